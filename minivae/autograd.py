@@ -1,0 +1,393 @@
+"""The reverse-mode engine: Tensor, Function, no_grad and anomaly mode.
+
+A Tensor wraps one backend array. Calling a Function on tensors runs its ``forward`` on the raw
+arrays and, when any input needs a gradient, records a node: the function, its inputs and a
+context holding what ``backward`` will need. ``Tensor.backward`` walks those nodes in reverse
+topological order (an explicit stack, so deep graphs never hit Python's recursion limit), asks each
+Function for the gradient of every input, sums gradients that reach the same tensor, and stores
+the result in the ``.grad`` of leaf tensors. Broadcasting is undone here, in ``_unbroadcast``, so
+no op carries that logic itself.
+"""
+import contextlib
+import threading
+
+import numpy as np
+
+from .backend import device_of, get_array_module, get_default_dtype, to_device
+
+
+class _State(threading.local):
+    grad_enabled = True
+    anomaly = False
+
+
+_state = _State()
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Context manager (and decorator) under which no graph is recorded: for evaluation and updates."""
+    previous, _state.grad_enabled = _state.grad_enabled, False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+@contextlib.contextmanager
+def enable_grad():
+    """Context manager that records the graph again inside a ``no_grad`` block."""
+    previous, _state.grad_enabled = _state.grad_enabled, True
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+def is_grad_enabled():
+    """True when operations currently record a graph."""
+    return _state.grad_enabled
+
+
+@contextlib.contextmanager
+def detect_anomaly():
+    """Check every forward output and backward gradient for NaN/Inf and name the op that made it.
+
+    Slow (one ``isfinite`` per array), so meant for debugging a loss that went NaN.
+    """
+    previous, _state.anomaly = _state.anomaly, True
+    try:
+        yield
+    finally:
+        _state.anomaly = previous
+
+
+class AnomalyError(FloatingPointError):
+    """Raised in anomaly mode when an op's forward or backward produces NaN or Inf."""
+
+
+class Context:
+    """What a Function's forward leaves for its backward.
+
+    ``save(*arrays)`` keeps arrays (read back as ``saved``); any other attribute may be set
+    freely (axes, shapes). ``needs_input_grad`` tells backward which gradients are wanted.
+    """
+    __slots__ = ("saved", "needs_input_grad", "__dict__")
+
+    def save(self, *arrays):
+        """Keep arrays for backward; only what backward needs (e.g. exp keeps its output)."""
+        self.saved = arrays
+
+
+class Function:
+    """Base of every op: subclasses define ``forward(ctx, *arrays, **params)`` and ``backward(ctx, grad)``.
+
+    Both work on raw backend arrays, never on Tensors. ``backward`` returns one gradient per
+    array input (a tuple, or a single array for one input), None where none is needed, in the
+    broadcast shape of the output; the engine sums it back to each input's shape.
+    """
+
+    @staticmethod
+    def forward(ctx, *arrays, **params):
+        """Compute the op's output array from the input arrays."""
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        """Return the gradient of the loss with respect to each input, given the output's gradient."""
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        """Run the op on tensors (or numbers / arrays, taken as constants) and record the graph node."""
+        tensors = _as_tensors(cls, inputs)
+        ctx = Context()
+        needs = tuple(t.requires_grad for t in tensors)
+        ctx.needs_input_grad = needs
+        if _state.anomaly:
+            _check_finite(cls, "forward input", [t.data for t in tensors])
+        out = cls.forward(ctx, *[t.data for t in tensors], **params)
+        if isinstance(out, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
+            out = np.asarray(out)
+        result = Tensor.__new__(Tensor)
+        result.data = out
+        result.grad = None
+        result._node = None
+        result.requires_grad = _state.grad_enabled and any(needs)
+        if result.requires_grad:
+            result._node = (cls, ctx, tensors)
+        if _state.anomaly:
+            _check_finite(cls, "forward", [out])
+        return result
+
+
+def _check_finite(fn, stage, arrays):
+    for a in arrays:
+        if a is not None and a.dtype.kind in "fc":
+            xp = get_array_module(a)
+            if not bool(xp.isfinite(a).all()):
+                raise AnomalyError(f"{fn.__name__} {stage} produced NaN or Inf "
+                                   f"(array of shape {tuple(a.shape)}, dtype {a.dtype})")
+
+
+def _as_tensors(fn, inputs):
+    """Wrap the inputs of one op as Tensors with one device and one float dtype.
+
+    Python numbers adopt the dtype of the tensor inputs so that ``x * 2`` stays float32; arrays of
+    another float dtype are refused rather than silently up- or down-cast.
+    """
+    ref = None
+    for x in inputs:
+        if isinstance(x, Tensor):
+            if ref is None:
+                ref = x
+            elif x.data.dtype != ref.data.dtype and x.data.dtype.kind == "f" and ref.data.dtype.kind == "f":
+                raise TypeError(f"{fn.__name__}: cannot mix {ref.dtype} and {x.dtype} tensors; "
+                                f"convert one with .astype() first")
+            elif device_of(x.data) != device_of(ref.data):
+                raise RuntimeError(f"{fn.__name__}: inputs are on different devices "
+                                   f"({device_of(ref.data)} and {device_of(x.data)}); move them with .to()")
+    if ref is None:
+        return [tensor(x) for x in inputs]
+    dtype = ref.data.dtype
+    xp = get_array_module(ref.data)
+    out = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            out.append(x)
+            continue
+        kind = getattr(getattr(x, "dtype", None), "kind", None)
+        if kind == "f" and x.dtype != dtype:
+            raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "
+                            f"without a silent cast; convert it first")
+        if kind is not None and device_of(x) != device_of(ref.data):
+            raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
+                               f"{device_of(ref.data)} tensor; move it first")
+        out.append(Tensor(xp.asarray(x, dtype=dtype)))
+    return out
+
+
+def _unbroadcast(grad, shape, fn):
+    """Sum ``grad`` over the axes that broadcasting added or stretched so it takes ``shape``."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
+    reduced = grad.sum(axis=axes, keepdims=True) if axes else grad
+    if lead:
+        reduced = reduced.reshape(reduced.shape[lead:])
+    if reduced.shape != shape:
+        raise RuntimeError(f"{fn.__name__}.backward returned a gradient of shape {grad.shape}, "
+                           f"which does not reduce to the input shape {shape}")
+    return reduced
+
+
+class Tensor:
+    """An n-dimensional array that records the operations applied to it, for reverse-mode gradients.
+
+    ``data`` is the backend array (NumPy or CuPy). Leaf tensors made with ``requires_grad=True``
+    receive ``grad`` after ``backward``; gradients accumulate across calls until reset.
+    """
+    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+    # Make NumPy defer to Tensor's reflected operators (array + tensor -> Tensor.__radd__).
+    __array_ufunc__ = None
+
+    def __init__(self, data, requires_grad=False):
+        xp = get_array_module(data)
+        self.data = data if isinstance(data, xp.ndarray) else xp.asarray(data)
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._node = None
+
+    # ----- properties -------------------------------------------------------------------------
+    shape = property(lambda self: self.data.shape, doc="The shape of the data array.")
+    dtype = property(lambda self: self.data.dtype, doc="The dtype of the data array.")
+    ndim = property(lambda self: self.data.ndim, doc="The number of dimensions.")
+    size = property(lambda self: self.data.size, doc="The number of elements.")
+    device = property(lambda self: device_of(self.data), doc='"cpu" or "gpu".')
+    is_leaf = property(lambda self: self._node is None, doc="True unless made by a recorded op.")
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.data!r}{grad})"
+
+    def __len__(self):
+        return len(self.data)
+
+    # ----- conversion -------------------------------------------------------------------------
+    def item(self):
+        """Return the single element as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.item()
+
+    def numpy(self):
+        """Return the data as a NumPy array (copied from the GPU if needed); no gradient flows."""
+        return to_device(self.data, "cpu")
+
+    def detach(self):
+        """Return a tensor sharing the data but cut from the graph."""
+        return Tensor(self.data)
+
+    def to(self, device):
+        """Return this tensor on ``device`` ("cpu" or "gpu"); a leaf keeps ``requires_grad``."""
+        if device_of(self.data) == device:
+            return self
+        return Tensor(to_device(self.data, device), requires_grad=self.requires_grad)
+
+    def astype(self, dtype):
+        """Return a copy with another dtype, cut from the graph (casts are explicit, never silent)."""
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+
+    # ----- the backward pass ------------------------------------------------------------------
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into the ``.grad`` of every leaf that requires it.
+
+        ``grad`` is the gradient of the final objective with respect to this tensor; it may be
+        omitted only for a one-element tensor. The graph's saved arrays are freed afterwards
+        unless ``retain_graph`` is True.
+        """
+        xp = get_array_module(self.data)
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input had requires_grad=True, or it was made under no_grad)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward() on a non-scalar tensor of shape {self.shape} needs "
+                                   "grad=, the gradient of the objective with respect to it")
+            grad = xp.ones_like(self.data)
+        else:
+            grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
+        grads = {id(self): grad}
+        for node in _topological_order(self):
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            if node._node is None:
+                if node.requires_grad:
+                    node.grad = g if node.grad is None else node.grad + g
+                continue
+            fn, ctx, inputs = node._node
+            if ctx is None:
+                raise RuntimeError("backward() through a graph that was already freed; "
+                                   "pass retain_graph=True to the first backward()")
+            in_grads = fn.backward(ctx, g)
+            if not isinstance(in_grads, tuple):
+                in_grads = (in_grads,)
+            if _state.anomaly:
+                _check_finite(fn, "backward", in_grads)
+            for inp, ig in zip(inputs, in_grads):
+                if ig is None or not inp.requires_grad:
+                    continue
+                ig = _unbroadcast(ig, inp.data.shape, fn)
+                if ig.dtype != inp.data.dtype:
+                    raise RuntimeError(f"{fn.__name__}.backward returned {ig.dtype} for a "
+                                       f"{inp.data.dtype} input")
+                acc = grads.get(id(inp))
+                grads[id(inp)] = ig if acc is None else acc + ig
+            if not retain_graph:
+                node._node = (fn, None, inputs)
+
+    # ----- operators (the ops module is bound at the bottom of this file) -----------------------
+    def __add__(self, other): return F.add(self, other)
+    def __radd__(self, other): return F.add(other, self)
+    def __sub__(self, other): return F.sub(self, other)
+    def __rsub__(self, other): return F.sub(other, self)
+    def __mul__(self, other): return F.mul(self, other)
+    def __rmul__(self, other): return F.mul(other, self)
+    def __truediv__(self, other): return F.div(self, other)
+    def __rtruediv__(self, other): return F.div(other, self)
+    def __pow__(self, exponent): return F.pow(self, exponent)
+    def __matmul__(self, other): return F.matmul(self, other)
+    def __rmatmul__(self, other): return F.matmul(other, self)
+    def __neg__(self): return F.neg(self)
+    def __getitem__(self, index): return F.getitem(self, index)
+
+    # Comparisons give plain boolean arrays: they have no gradient, and __eq__ stays identity.
+    def __lt__(self, other): return self.data < _raw(other)
+    def __le__(self, other): return self.data <= _raw(other)
+    def __gt__(self, other): return self.data > _raw(other)
+    def __ge__(self, other): return self.data >= _raw(other)
+
+    def sum(self, axis=None, keepdims=False):
+        """Sum over ``axis`` (all axes by default)."""
+        return F.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        """Mean over ``axis`` (all axes by default)."""
+        return F.mean(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        """Maximum over ``axis``; the gradient goes to the maximal elements, split evenly on ties."""
+        return F.max(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        """Return a tensor with the same data in another shape."""
+        return F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def transpose(self, *axes):
+        """Permute the axes (reverse them when none are given)."""
+        return F.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+
+    T = property(lambda self: F.transpose(self), doc="The tensor with its axes reversed.")
+
+    def exp(self):
+        """Elementwise exponential."""
+        return F.exp(self)
+
+    def log(self):
+        """Elementwise natural logarithm."""
+        return F.log(self)
+
+
+def _raw(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+def _topological_order(root):
+    """Nodes reachable from ``root``, each after every node that uses it (an explicit-stack DFS)."""
+    order, visited = [], set()
+    stack = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._node is not None:
+            stack.extend((inp, False) for inp in node._node[2]
+                         if inp.requires_grad and id(inp) not in visited)
+    order.reverse()
+    return order
+
+
+def tensor(data, requires_grad=False, dtype=None):
+    """Make a Tensor from a number, a list or an array.
+
+    Python numbers and lists of floats become the default dtype (float32); arrays keep their
+    dtype unless ``dtype`` is given. Integer data stays integer (and cannot require gradients).
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    xp = get_array_module(data)
+    if dtype is not None:
+        array = xp.asarray(data, dtype=dtype)
+    elif isinstance(data, xp.ndarray) or isinstance(data, np.generic):
+        array = xp.asarray(data)
+    else:
+        array = np.asarray(data)
+        if array.dtype.kind == "f" or (requires_grad and array.dtype.kind in "iub"):
+            array = array.astype(get_default_dtype())
+    return Tensor(array, requires_grad=requires_grad)
+
+
+# The ops import this module (for Function and Tensor), so they are bound last.
+from . import ops as F  # noqa: E402

@@ -1,0 +1,101 @@
+"""Array backends: NumPy on the CPU, CuPy on the GPU.
+
+Every op asks ``get_array_module(x)`` for the module that owns its arrays, so one piece of code
+serves both devices. CuPy is imported only when a GPU array is seen or a GPU is asked for:
+``import minivae`` needs NumPy alone.
+
+The dtype policy: Python numbers and lists become ``get_default_dtype()`` (float32, as in
+PyTorch); NumPy float arrays keep their dtype; an op never mixes float32 and float64 silently.
+"""
+import os
+import sys
+
+import numpy as np
+
+DEVICES = ("cpu", "gpu")
+_default_dtype = np.dtype(np.float32)
+
+
+class DeviceError(RuntimeError):
+    """Raised when a GPU is asked for but cannot be used, or devices are mixed in one op."""
+
+
+def get_default_dtype():
+    """Return the float dtype given to tensors made from Python numbers (float32 by default)."""
+    return _default_dtype
+
+
+def set_default_dtype(dtype):
+    """Set the float dtype for tensors made from Python numbers; only float32 and float64 are allowed."""
+    global _default_dtype
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"default dtype must be float32 or float64, got {dtype}")
+    _default_dtype = dtype
+
+
+def is_gpu_array(array):
+    """True when ``array`` is a CuPy ndarray (checked without importing CuPy)."""
+    return type(array).__module__.startswith("cupy")
+
+
+def get_array_module(*arrays):
+    """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
+    for a in arrays:
+        if is_gpu_array(a):
+            return sys.modules["cupy"]
+    return np
+
+
+def device_of(array):
+    """Return ``"gpu"`` for a CuPy array and ``"cpu"`` otherwise."""
+    return "gpu" if is_gpu_array(array) else "cpu"
+
+
+def cupy_module():
+    """Import and return CuPy, or raise one clear DeviceError saying why the GPU cannot be used."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise DeviceError(
+            "the GPU was asked for but CuPy is not installed: pip install 'minivae[gpu]' "
+            "(needs an NVIDIA GPU and CUDA driver)") from exc
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA raises several driver-specific error types
+        raise DeviceError(f"the GPU was asked for but CUDA reports no usable device: {exc}") from exc
+    if count < 1:
+        raise DeviceError("the GPU was asked for but CUDA reports no device")
+    return cupy
+
+
+def resolve_device(device=None):
+    """Turn ``device`` (None, "cpu", "gpu", "cuda" or "auto") into "cpu" or "gpu".
+
+    None reads ``$MINIVAE_DEVICE`` (default "cpu"); "auto" picks the GPU when CuPy and a device
+    are available.
+    """
+    device = (device or os.environ.get("MINIVAE_DEVICE") or "cpu").lower()
+    if device == "cuda":
+        device = "gpu"
+    if device == "auto":
+        try:
+            cupy_module()
+            return "gpu"
+        except DeviceError:
+            return "cpu"
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'auto'")
+    if device == "gpu":
+        cupy_module()
+    return device
+
+
+def to_device(array, device):
+    """Return ``array`` on ``device`` ("cpu" or "gpu"), copying only when it lives elsewhere."""
+    device = resolve_device(device)
+    if device == "gpu":
+        return cupy_module().asarray(array)
+    if is_gpu_array(array):
+        return array.get()
+    return np.asarray(array)

@@ -1,0 +1,402 @@
+"""Elementwise ops. Binary ops broadcast like NumPy; the engine sums gradients back to each shape.
+
+Each class docstring states the forward formula, the derivative and, where it matters, the
+numerically stable form that is computed. ``g`` is the gradient arriving from the output.
+"""
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+
+
+class Add(Function):
+    """add(a, b) = a + b.
+
+    d/da = 1, d/db = 1: both inputs receive g unchanged.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g
+
+
+class Sub(Function):
+    """sub(a, b) = a - b.
+
+    d/da = 1, d/db = -1.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, (-g if ctx.needs_input_grad[1] else None)
+
+
+class Mul(Function):
+    """mul(a, b) = a * b.
+
+    d/da = b, d/db = a (product rule).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        need_a, need_b = ctx.needs_input_grad
+        return (g * b if need_a else None), (g * a if need_b else None)
+
+
+class Div(Function):
+    """div(a, b) = a / b.
+
+    d/da = 1 / b, d/db = -a / b^2 = -(a / b) / b.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        out = a / b
+        ctx.save(b, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        b, out = ctx.saved
+        ga = g / b
+        return ga, (-ga * out if ctx.needs_input_grad[1] else None)
+
+
+class Neg(Function):
+    """neg(x) = -x.
+
+    d/dx = -1.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        return -x
+
+    @staticmethod
+    def backward(ctx, g):
+        return -g
+
+
+class Pow(Function):
+    """pow(x, p) = x^p for a constant scalar exponent p.
+
+    d/dx = p * x^(p-1).
+    """
+
+    @staticmethod
+    def forward(ctx, x, exponent):
+        ctx.save(x)
+        ctx.exponent = exponent
+        return x ** exponent
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved
+        p = ctx.exponent
+        return g * (p * x ** (p - 1))
+
+
+class Exp(Function):
+    """exp(x) = e^x.
+
+    d/dx = e^x, so backward reuses the saved output instead of the input.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        out = get_array_module(x).exp(x)
+        ctx.save(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved[0]
+
+
+class Log(Function):
+    """log(x), the natural logarithm.
+
+    d/dx = 1 / x.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return get_array_module(x).log(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / ctx.saved[0]
+
+
+class Sqrt(Function):
+    """sqrt(x) = x^(1/2).
+
+    d/dx = 1 / (2 sqrt(x)), computed from the saved output.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        out = get_array_module(x).sqrt(x)
+        ctx.save(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g / (2 * ctx.saved[0])
+
+
+class Abs(Function):
+    """abs(x) = |x|.
+
+    d/dx = sign(x) (taken as 0 at the kink x = 0).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return get_array_module(x).abs(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * get_array_module(g).sign(ctx.saved[0])
+
+
+class Tanh(Function):
+    """tanh(x) = (e^x - e^-x) / (e^x + e^-x).
+
+    d/dx = 1 - tanh(x)^2, computed from the saved output.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        out = get_array_module(x).tanh(x)
+        ctx.save(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out = ctx.saved[0]
+        return g * (1 - out * out)
+
+
+def _sigmoid(xp, x):
+    """1 / (1 + e^-x) as 0.5 * (1 + tanh(x / 2)): no overflow for any x and no cancellation."""
+    return 0.5 * (xp.tanh(0.5 * x) + 1)
+
+
+def _softplus(xp, x):
+    """log(1 + e^x) as max(x, 0) + log1p(e^-|x|): exp never overflows and small terms keep precision."""
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+class Sigmoid(Function):
+    """sigmoid(x) = 1 / (1 + e^-x).
+
+    d/dx = sigmoid(x) * (1 - sigmoid(x)), computed from the saved output.
+    Stable form: 0.5 * (1 + tanh(x / 2)), which cannot overflow for any x.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        out = _sigmoid(get_array_module(x), x)
+        ctx.save(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out = ctx.saved[0]
+        return g * (out * (1 - out))
+
+
+class Relu(Function):
+    """relu(x) = max(x, 0).
+
+    d/dx = 1 where x > 0, else 0 (0 at the kink x = 0).
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x > 0)
+        return get_array_module(x).maximum(x, 0)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved[0]
+
+
+class LeakyRelu(Function):
+    """leaky_relu(x) = x where x > 0, else slope * x.
+
+    d/dx = 1 where x > 0, else slope.
+    """
+
+    @staticmethod
+    def forward(ctx, x, slope=0.01):
+        xp = get_array_module(x)
+        positive = x > 0
+        ctx.save(positive)
+        ctx.slope = slope
+        return xp.where(positive, x, x * slope)
+
+    @staticmethod
+    def backward(ctx, g):
+        return get_array_module(g).where(ctx.saved[0], g, g * ctx.slope)
+
+
+class Elu(Function):
+    """elu(x) = x where x > 0, else alpha * (e^x - 1).
+
+    d/dx = 1 where x > 0, else alpha * e^x = elu(x) + alpha (from the saved output).
+    Stable form: expm1(x) keeps precision for x near 0; exp is only taken of min(x, 0).
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha=1.0):
+        xp = get_array_module(x)
+        positive = x > 0
+        out = xp.where(positive, x, alpha * xp.expm1(xp.minimum(x, 0)))
+        ctx.save(positive, out)
+        ctx.alpha = alpha
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        positive, out = ctx.saved
+        return get_array_module(g).where(positive, g, g * (out + ctx.alpha))
+
+
+class Softplus(Function):
+    """softplus(x) = log(1 + e^x).
+
+    d/dx = sigmoid(x).
+    Stable form: max(x, 0) + log1p(e^-|x|), which never overflows and keeps precision for very
+    negative x.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return _softplus(get_array_module(x), x)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * _sigmoid(get_array_module(g), ctx.saved[0])
+
+
+class LogSigmoid(Function):
+    """log_sigmoid(x) = log(1 / (1 + e^-x)) = -softplus(-x).
+
+    d/dx = 1 - sigmoid(x) = sigmoid(-x).
+    Stable form: min(x, 0) - log1p(e^-|x|); the naive log(sigmoid(x)) gives -inf below about -90
+    in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, x):
+        xp = get_array_module(x)
+        ctx.save(x)
+        return xp.minimum(x, 0) - xp.log1p(xp.exp(-xp.abs(x)))
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * _sigmoid(get_array_module(g), -ctx.saved[0])
+
+
+class Clip(Function):
+    """clip(x, lo, hi) = min(max(x, lo), hi).
+
+    d/dx = 1 where lo <= x <= hi, else 0.
+    """
+
+    @staticmethod
+    def forward(ctx, x, lo=None, hi=None):
+        xp = get_array_module(x)
+        inside = xp.ones(x.shape, dtype=bool)
+        if lo is not None:
+            inside &= x >= lo
+        if hi is not None:
+            inside &= x <= hi
+        ctx.save(inside)
+        return xp.clip(x, lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved[0]
+
+
+class Where(Function):
+    """where(cond, a, b) = a where cond is true, else b (cond is a constant boolean array).
+
+    d/da = 1 where cond, else 0; d/db = 0 where cond, else 1.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, cond):
+        xp = get_array_module(a, b)
+        ctx.save(cond)
+        return xp.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = get_array_module(g)
+        cond = ctx.saved[0]
+        need_a, need_b = ctx.needs_input_grad
+        return (xp.where(cond, g, 0) if need_a else None), (xp.where(cond, 0, g) if need_b else None)
+
+
+add = Add.apply
+sub = Sub.apply
+mul = Mul.apply
+div = Div.apply
+neg = Neg.apply
+exp = Exp.apply
+log = Log.apply
+sqrt = Sqrt.apply
+abs = Abs.apply  # noqa: A001 - the public name matches NumPy's
+tanh = Tanh.apply
+sigmoid = Sigmoid.apply
+relu = Relu.apply
+softplus = Softplus.apply
+log_sigmoid = LogSigmoid.apply
+
+
+def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
+    """x ** exponent for a constant Python number ``exponent`` (see ``Pow``)."""
+    if isinstance(exponent, Tensor) or hasattr(exponent, "shape"):
+        raise TypeError("pow: the exponent must be a Python number; for a tensor exponent "
+                        "write exp(b * log(x))")
+    return Pow.apply(x, exponent=exponent)
+
+
+def leaky_relu(x, slope=0.01):
+    """Leaky ReLU with negative-side slope ``slope`` (see ``LeakyRelu``)."""
+    return LeakyRelu.apply(x, slope=slope)
+
+
+def elu(x, alpha=1.0):
+    """ELU with saturation ``-alpha`` (see ``Elu``)."""
+    return Elu.apply(x, alpha=alpha)
+
+
+def clip(x, lo=None, hi=None):
+    """Clamp ``x`` into [lo, hi]; either bound may be None (see ``Clip``)."""
+    return Clip.apply(x, lo=lo, hi=hi)
+
+
+def where(cond, a, b):
+    """Pick ``a`` where ``cond`` is true and ``b`` elsewhere; ``cond`` carries no gradient (see ``Where``)."""
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    return Where.apply(a, b, cond=cond.astype(bool) if hasattr(cond, "astype") else bool(cond))

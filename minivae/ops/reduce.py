@@ -1,0 +1,188 @@
+"""Reductions: sum, mean, max, logsumexp, and the softmax family along an axis."""
+from ..autograd import Function
+from ..backend import get_array_module
+
+
+def _axes(axis, ndim):
+    """Normalize ``axis`` (None, int or tuple, negatives allowed) to a sorted tuple of axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    try:
+        norm = sorted({a + ndim if a < 0 else a for a in axes})
+    except TypeError:
+        raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}") from None
+    if any(not 0 <= a < ndim for a in norm) or len(norm) != len(axes):
+        raise ValueError(f"axis {axis!r} is invalid (or repeated) for an array of {ndim} dimensions")
+    return tuple(norm)
+
+
+def _expand(g, axes, keepdims):
+    """Re-insert the reduced axes as size 1 so ``g`` broadcasts against the input."""
+    if keepdims or not axes:
+        return g
+    shape = list(g.shape)
+    for a in axes:
+        shape.insert(a, 1)
+    return g.reshape(shape)
+
+
+class Sum(Function):
+    """sum(x, axis) = sum of x over the axes.
+
+    d/dx_i = 1 for every summed element: g is broadcast back over the reduced axes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes = _axes(axis, x.ndim)
+        ctx.shape, ctx.keepdims = x.shape, keepdims
+        return x.sum(axis=ctx.axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return get_array_module(g).broadcast_to(_expand(g, ctx.axes, ctx.keepdims), ctx.shape)
+
+
+class Mean(Function):
+    """mean(x, axis) = sum(x, axis) / n, with n the number of elements reduced.
+
+    d/dx_i = 1 / n.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        ctx.axes = _axes(axis, x.ndim)
+        ctx.shape, ctx.keepdims = x.shape, keepdims
+        n = 1
+        for a in ctx.axes:
+            n *= x.shape[a]
+        ctx.n = n
+        return x.mean(axis=ctx.axes, keepdims=keepdims)
+
+    @staticmethod
+    def backward(ctx, g):
+        return get_array_module(g).broadcast_to(_expand(g / ctx.n, ctx.axes, ctx.keepdims), ctx.shape)
+
+
+class Max(Function):
+    """max(x, axis) = the largest element along the axes.
+
+    d/dx_i = 1 / m for the m elements equal to the maximum (ties share the gradient evenly),
+    0 elsewhere.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        axes = _axes(axis, x.ndim)
+        out = x.max(axis=axes, keepdims=True)
+        mask = x == out
+        ctx.save(mask / mask.sum(axis=axes, keepdims=True, dtype=x.dtype))
+        ctx.axes, ctx.keepdims = axes, keepdims
+        return out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+
+    @staticmethod
+    def backward(ctx, g):
+        return _expand(g, ctx.axes, ctx.keepdims) * ctx.saved[0]
+
+
+def _logsumexp(xp, x, axes):
+    """log(sum(exp(x))) over ``axes`` with keepdims, shifted by the maximum so exp never overflows."""
+    m = x.max(axis=axes, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)  # an all -inf slice must give -inf, not NaN
+    return m + xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
+
+
+class LogSumExp(Function):
+    """logsumexp(x, axis) = log(sum_i exp(x_i)).
+
+    d/dx_i = exp(x_i - logsumexp(x)) = softmax(x)_i.
+    Stable form: m + log(sum(exp(x - m))) with m = max(x), so no term overflows.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=None, keepdims=False):
+        xp = get_array_module(x)
+        axes = _axes(axis, x.ndim)
+        out = _logsumexp(xp, x, axes)
+        ctx.save(x, out)
+        ctx.axes, ctx.keepdims = axes, keepdims
+        return out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+
+    @staticmethod
+    def backward(ctx, g):
+        x, out = ctx.saved
+        return _expand(g, ctx.axes, ctx.keepdims) * get_array_module(g).exp(x - out)
+
+
+class Softmax(Function):
+    """softmax(x)_i = exp(x_i) / sum_j exp(x_j) along ``axis``.
+
+    d/dx: the Jacobian is diag(s) - s s^T, so the input gradient is s * (g - sum(g * s)).
+    Stable form: exp(x - max(x)) before normalizing.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        xp = get_array_module(x)
+        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        out = e / e.sum(axis=axis, keepdims=True)
+        ctx.save(out)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        s = ctx.saved[0]
+        return s * (g - (g * s).sum(axis=ctx.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """log_softmax(x)_i = x_i - logsumexp(x) along ``axis``.
+
+    d/dx: the input gradient is g - softmax(x) * sum(g).
+    Stable form: through the shifted logsumexp, never log(softmax(x)), which underflows to -inf.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axis=-1):
+        xp = get_array_module(x)
+        out = x - _logsumexp(xp, x, (axis % x.ndim,))
+        ctx.save(out)
+        ctx.axis = axis
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out = ctx.saved[0]
+        return g - get_array_module(g).exp(out) * g.sum(axis=ctx.axis, keepdims=True)
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 - the public name matches NumPy's
+    """Sum over ``axis`` (None: all axes; an int or a tuple of ints)."""
+    return Sum.apply(x, axis=axis, keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    """Mean over ``axis`` (None: all axes; an int or a tuple of ints)."""
+    return Mean.apply(x, axis=axis, keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001 - the public name matches NumPy's
+    """Maximum over ``axis``; the gradient is shared evenly among tied maxima."""
+    return Max.apply(x, axis=axis, keepdims=keepdims)
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))) over ``axis``, computed without overflow."""
+    return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
+
+
+def softmax(x, axis=-1):
+    """Softmax along one axis."""
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """Log-softmax along one axis, computed without underflow."""
+    return LogSoftmax.apply(x, axis=axis)

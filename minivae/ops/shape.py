@@ -1,0 +1,179 @@
+"""Shape ops: reshape, transpose, broadcast_to, getitem, concatenate, stack.
+
+They move elements without changing values, so each backward moves the gradient back.
+"""
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+
+
+class Reshape(Function):
+    """reshape(x, shape): the same elements in another shape.
+
+    d/dx: g reshaped back to the input's shape.
+    """
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        ctx.shape = x.shape
+        try:
+            return x.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape an array of shape {x.shape} "
+                             f"({x.size} elements) into {tuple(shape)}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.reshape(ctx.shape)
+
+
+class Transpose(Function):
+    """transpose(x, axes): permute the axes (reverse them when axes is None).
+
+    d/dx: g permuted by the inverse permutation.
+    """
+
+    @staticmethod
+    def forward(ctx, x, axes=None):
+        axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
+        if sorted(axes) != list(range(x.ndim)):
+            raise ValueError(f"transpose: {axes} is not a permutation of the axes of shape {x.shape}")
+        ctx.inverse = tuple(sorted(range(x.ndim), key=axes.__getitem__))
+        return x.transpose(axes)
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.transpose(ctx.inverse)
+
+
+class BroadcastTo(Function):
+    """broadcast_to(x, shape): repeat x along new or size-1 axes, as NumPy broadcasting does.
+
+    d/dx: g summed over the repeated axes, which the engine's one unbroadcasting helper does,
+    so backward returns g as it is.
+    """
+
+    @staticmethod
+    def forward(ctx, x, shape):
+        try:
+            return get_array_module(x).broadcast_to(x, shape)
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {tuple(shape)}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+def _is_advanced(index):
+    """True when ``index`` uses integer or boolean arrays, whose repeated entries must accumulate."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(hasattr(p, "shape") or isinstance(p, list) for p in parts)
+
+
+class Getitem(Function):
+    """getitem(x, index) = x[index] (slices, integers, integer or boolean arrays).
+
+    d/dx: zeros of x's shape with g added at the indexed positions; an element picked k times
+    receives the sum of its k gradients (scatter-add, not assignment).
+    """
+
+    @staticmethod
+    def forward(ctx, x, index):
+        ctx.shape, ctx.index = x.shape, index
+        return x[index]
+
+    @staticmethod
+    def backward(ctx, g):
+        xp = get_array_module(g)
+        out = xp.zeros(ctx.shape, dtype=g.dtype)
+        if not _is_advanced(ctx.index):
+            out[ctx.index] = g
+        elif xp.__name__ == "numpy":
+            xp.add.at(out, ctx.index, g)
+        else:
+            import cupyx  # only reached with CuPy arrays, so CuPy is installed
+
+            cupyx.scatter_add(out, ctx.index, g)
+        return out
+
+
+class Concatenate(Function):
+    """concatenate(xs, axis): join arrays along an existing axis.
+
+    d/dx_k: the slice of g that x_k occupies.
+    """
+
+    @staticmethod
+    def forward(ctx, *xs, axis=0):
+        xp = get_array_module(*xs)
+        ctx.axis = axis
+        ctx.bounds = [0]
+        for x in xs:
+            ctx.bounds.append(ctx.bounds[-1] + x.shape[axis])
+        try:
+            return xp.concatenate(xs, axis=axis)
+        except ValueError:
+            raise ValueError(f"concatenate: shapes {[x.shape for x in xs]} do not match "
+                             f"off axis {axis}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        axis = ctx.axis % g.ndim
+        lead = (slice(None),) * axis
+        return tuple(g[lead + (slice(lo, hi),)] for lo, hi in zip(ctx.bounds, ctx.bounds[1:]))
+
+
+class Stack(Function):
+    """stack(xs, axis): join same-shaped arrays along a new axis.
+
+    d/dx_k: g indexed at position k of the new axis.
+    """
+
+    @staticmethod
+    def forward(ctx, *xs, axis=0):
+        xp = get_array_module(*xs)
+        ctx.axis, ctx.n = axis, len(xs)
+        try:
+            return xp.stack(xs, axis=axis)
+        except ValueError:
+            raise ValueError(f"stack: all shapes must be equal, got {[x.shape for x in xs]}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        axis = ctx.axis % g.ndim
+        lead = (slice(None),) * axis
+        return tuple(g[lead + (k,)] for k in range(ctx.n))
+
+
+def reshape(x, shape):
+    """Reshape ``x`` (one dimension may be -1)."""
+    return Reshape.apply(x, shape=tuple(shape) if not isinstance(shape, int) else (shape,))
+
+
+def transpose(x, axes=None):
+    """Permute the axes of ``x`` (reverse them when ``axes`` is None)."""
+    return Transpose.apply(x, axes=axes)
+
+
+def broadcast_to(x, shape):
+    """Broadcast ``x`` to ``shape`` (a read-only view; its gradient is summed back)."""
+    return BroadcastTo.apply(x, shape=tuple(shape))
+
+
+def getitem(x, index):
+    """``x[index]``; tensor indices are used by value and carry no gradient."""
+    if isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    elif isinstance(index, Tensor):
+        index = index.data
+    return Getitem.apply(x, index=index)
+
+
+def concatenate(xs, axis=0):
+    """Join a sequence of tensors along an existing axis."""
+    return Concatenate.apply(*xs, axis=axis)
+
+
+def stack(xs, axis=0):
+    """Join a sequence of same-shaped tensors along a new axis."""
+    return Stack.apply(*xs, axis=axis)
