@@ -1,6 +1,7 @@
 """The VAE hot path as single ops: reparameterization, analytic KLs and per-row log-likelihoods.
 
-Per-row ops treat axis 0 as the batch and sum over every other axis, returning shape (B,).
+Per-row ops sum over the last axis: (B, D) inputs give (B,), and (S, B, D) inputs (S samples per
+example) give (S, B). Inputs broadcast against each other like NumPy arrays.
 Fusing each into one node keeps temporaries out of the graph and lets the GPU run one kernel.
 """
 import math
@@ -13,13 +14,13 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def _row_sum(a):
-    """Sum over every axis but the first: one value per example."""
-    return a.sum(axis=tuple(range(1, a.ndim))) if a.ndim > 1 else a
+    """Sum over the last axis: one value per example (per sample and example for 3-D inputs)."""
+    return a.sum(axis=-1)
 
 
-def _per_row(g, ndim):
-    """Give a per-row gradient of shape (B,) trailing size-1 axes so it broadcasts over a row."""
-    return g.reshape(g.shape + (1,) * (ndim - 1))
+def _per_row(g):
+    """Give a per-row gradient a trailing size-1 axis so it broadcasts over the row."""
+    return g[..., None]
 
 
 class Reparameterize(Function):
@@ -64,7 +65,7 @@ class KLNormalStd(Function):
     def backward(ctx, g):
         mu, var = ctx.saved
         need_mu, need_logvar = ctx.needs_input_grad
-        g = _per_row(g, var.ndim)
+        g = _per_row(g)
         return (g * mu if need_mu else None), (g * (0.5 * (var - 1)) if need_logvar else None)
 
 
@@ -91,7 +92,7 @@ class KLNormalNormal(Function):
     @staticmethod
     def backward(ctx, g):
         d_scaled, ratio, r = ctx.saved
-        g = _per_row(g, r.ndim)
+        g = _per_row(g)
         need = ctx.needs_input_grad
         return (g * d_scaled if need[0] else None,
                 g * (0.5 * (ratio - 1)) if need[1] else None,
@@ -117,7 +118,7 @@ class BernoulliLogProb(Function):
     def backward(ctx, g):
         logits, x = ctx.saved
         need_l, need_x = ctx.needs_input_grad
-        g = _per_row(g, logits.ndim)
+        g = _per_row(g)
         return (g * (x - _sigmoid(get_array_module(g), logits)) if need_l else None,
                 g * logits if need_x else None)
 
@@ -141,7 +142,7 @@ class GaussianLogProb(Function):
     @staticmethod
     def backward(ctx, g):
         s, ds = ctx.saved
-        g = _per_row(g, s.ndim)
+        g = _per_row(g)
         need = ctx.needs_input_grad
         return (-g * s if need[0] else None,
                 g * s if need[1] else None,

@@ -1,0 +1,98 @@
+"""The VAE of Kingma & Welling (2014): Gaussian encoder, reparameterized sample, Bernoulli decoder.
+
+One class covers the variants that differ only in the objective: beta-VAE (``beta``), KL warm-up
+(the trainer passes a smaller ``beta``), several Monte Carlo samples (``mc_samples``) and the
+importance-weighted bound of Burda et al. 2015 (``iw_k`` > 1).
+
+Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on all S*B rows at once
+(the linear op accepts leading axes), so samples cost one batched pass, not a Python loop.
+"""
+import numpy as np
+
+from .. import functional as F
+from .. import nn
+from ..autograd import no_grad
+from ..backend import get_array_module
+from .common import MLP, GaussianHead, iwae_bound
+
+
+class VAE(nn.Module):
+    """A VAE with MLP encoder and decoder, z-dim ``z_dim`` (50 as in Kingma et al. 2014).
+
+    ``hidden`` lists the encoder's hidden sizes; the decoder mirrors them. ``beta`` weights the KL
+    (beta-VAE when > 1), ``mc_samples`` averages the ELBO over that many samples, and ``iw_k`` > 1
+    trains on the k-sample IWAE bound instead (analytic KL does not apply there).
+    """
+
+    def __init__(self, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu", beta=1.0,
+                 mc_samples=1, iw_k=1, rng=None):
+        super().__init__()
+        if mc_samples < 1 or iw_k < 1:
+            raise ValueError(f"mc_samples and iw_k must be >= 1, got {mc_samples} and {iw_k}")
+        if mc_samples > 1 and iw_k > 1:
+            raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
+        self.x_dim, self.z_dim = x_dim, z_dim
+        self.beta, self.mc_samples, self.iw_k = float(beta), int(mc_samples), int(iw_k)
+        hidden = tuple(hidden)
+        self.encoder = MLP((x_dim,) + hidden, activation, rng=rng)
+        self.q_z = GaussianHead(hidden[-1], z_dim, rng=rng)
+        self.decoder = MLP((z_dim,) + hidden[::-1] + (x_dim,), activation, final_activation=False, rng=rng)
+
+    def encode(self, x):
+        """Return (mu, logvar) of q(z | x)."""
+        return self.q_z(self.encoder(x))
+
+    def decode(self, z):
+        """Return the Bernoulli logits of p(x | z)."""
+        return self.decoder(z)
+
+    def _sample_z(self, x, k, noise):
+        mu, logvar = self.encode(x)
+        eps = noise.normal((k,) + mu.shape, dtype=mu.dtype)
+        return mu, logvar, F.reparameterize(mu, logvar, get_array_module(mu.data).asarray(eps))
+
+    def elbo(self, x, noise, samples=None):
+        """Per-example ELBO terms: (reconstruction E_q log p(x|z), KL(q(z|x) || p(z))), each (B,).
+
+        The KL is analytic; the reconstruction averages ``samples`` (default ``mc_samples``) draws.
+        """
+        mu, logvar, z = self._sample_z(x, samples or self.mc_samples, noise)
+        rec = F.bernoulli_log_prob(self.decode(z), x).mean(axis=0)
+        return rec, F.kl_normal_std(mu, logvar)
+
+    def log_weights(self, x, k, noise):
+        """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
+        mu, logvar, z = self._sample_z(x, k, noise)
+        return (F.bernoulli_log_prob(self.decode(z), x) + F.gaussian_log_prob(z, 0.0, 0.0)
+                - F.gaussian_log_prob(z, mu, logvar))
+
+    def loss(self, x, noise, beta=None):
+        """The training loss (a scalar Tensor) and a dict of per-batch statistics (floats).
+
+        ``beta`` overrides the model's KL weight (the trainer uses it for warm-up). With iw_k > 1
+        the loss is minus the IWAE bound and beta does not apply.
+        """
+        beta = self.beta if beta is None else beta
+        if self.iw_k > 1:
+            bound = iwae_bound(self.log_weights(x, self.iw_k, noise)).mean()
+            value = bound.item()
+            return -bound, {"loss": -value, "bound": value}
+        rec, kl = self.elbo(x, noise)
+        rec, kl = rec.mean(), kl.mean()
+        loss = beta * kl - rec
+        r, k = rec.item(), kl.item()
+        return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}
+
+    def sample(self, n, noise, probabilities=True):
+        """Draw n images from the model: z ~ N(0, I), then the decoder's Bernoulli means (n, x_dim).
+
+        With ``probabilities=False`` the pixels are also sampled (binary images).
+        """
+        param = next(iter(self.parameters())).data
+        xp = get_array_module(param)
+        with no_grad():
+            z = xp.asarray(noise.normal((n, self.z_dim), dtype=param.dtype))
+            probs = F.sigmoid(self.decode(z)).data
+        if probabilities:
+            return probs
+        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
