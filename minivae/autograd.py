@@ -106,7 +106,13 @@ class Function:
         ctx.needs_input_grad = needs
         if _state.anomaly:
             _check_finite(cls, "forward input", [t.data for t in tensors])
-        out = cls.forward(ctx, *[t.data for t in tensors], **params)
+        arrays = [t.data for t in tensors]
+        try:
+            out = cls.forward(ctx, *arrays, **params)
+        except ValueError as exc:
+            if len(arrays) > 1 and "could not be broadcast" in str(exc):
+                _explain_broadcast(cls, arrays)
+            raise
         if isinstance(out, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
             out = np.asarray(out)
         result = Tensor.__new__(Tensor)
@@ -119,6 +125,16 @@ class Function:
         if _state.anomaly:
             _check_finite(cls, "forward", [out])
         return result
+
+
+def _explain_broadcast(fn, arrays):
+    """Replace NumPy's broadcasting error with one that names the op (when the inputs are at fault)."""
+    shapes = [tuple(a.shape) for a in arrays]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"{fn.__name__}: cannot broadcast shapes "
+                         f"{' and '.join(map(str, shapes))} together") from None
 
 
 def _check_finite(fn, stage, arrays):
@@ -136,25 +152,30 @@ def _as_tensors(fn, inputs):
     Python numbers adopt the dtype of the tensor inputs so that ``x * 2`` stays float32; arrays of
     another float dtype are refused rather than silently up- or down-cast.
     """
-    ref = None
+    ref = None  # the first float tensor (else the first tensor) sets the dtype and device
     for x in inputs:
         if isinstance(x, Tensor):
             if ref is None:
                 ref = x
-            elif x.data.dtype != ref.data.dtype and x.data.dtype.kind == "f" and ref.data.dtype.kind == "f":
-                raise TypeError(f"{fn.__name__}: cannot mix {ref.dtype} and {x.dtype} tensors; "
-                                f"convert one with .astype() first")
             elif device_of(x.data) != device_of(ref.data):
                 raise RuntimeError(f"{fn.__name__}: inputs are on different devices "
                                    f"({device_of(ref.data)} and {device_of(x.data)}); move them with .to()")
+            elif x.data.dtype != ref.data.dtype and x.data.dtype.kind == "f":
+                if ref.data.dtype.kind == "f":
+                    raise TypeError(f"{fn.__name__}: cannot mix {ref.dtype} and {x.dtype} tensors; "
+                                    f"convert one with .astype() first")
+                ref = x
     if ref is None:
         return [tensor(x) for x in inputs]
     dtype = ref.data.dtype
     xp = get_array_module(ref.data)
+    if dtype.kind != "f":  # integer or boolean tensors only: NumPy's own promotion rules apply
+        return [x if isinstance(x, Tensor) else Tensor(xp.asarray(x)) for x in inputs]
     out = []
     for x in inputs:
         if isinstance(x, Tensor):
-            out.append(x)
+            # integer and boolean tensors are constants: they take the float dtype, never upcast it
+            out.append(x if x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
             continue
         kind = getattr(getattr(x, "dtype", None), "kind", None)
         if kind == "f" and x.dtype != dtype:
@@ -270,7 +291,8 @@ class Tensor:
                 continue
             if node._node is None:
                 if node.requires_grad:
-                    node.grad = g if node.grad is None else node.grad + g
+                    # A copy: g may be a read-only broadcast view or shared with another leaf.
+                    node.grad = g.copy() if node.grad is None else node.grad + g
                 continue
             fn, ctx, inputs = node._node
             if ctx is None:
@@ -291,7 +313,7 @@ class Tensor:
                 acc = grads.get(id(inp))
                 grads[id(inp)] = ig if acc is None else acc + ig
             if not retain_graph:
-                node._node = (fn, None, inputs)
+                node._node = (fn, None, ())  # drop the saved arrays and the inputs they came from
 
     # ----- operators (the ops module is bound at the bottom of this file) -----------------------
     def __add__(self, other): return F.add(self, other)

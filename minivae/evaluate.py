@@ -18,7 +18,8 @@ def logmeanexp(a, axis=0):
     xp = get_array_module(a)
     m = a.max(axis=axis, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)
-    out = m + xp.log(xp.exp(a - m).mean(axis=axis, keepdims=True))
+    with np.errstate(divide="ignore"):  # an all -inf slice is log(0) = -inf, as it should be
+        out = m + xp.log(xp.exp(a - m).mean(axis=axis, keepdims=True))
     return out.squeeze(axis)
 
 

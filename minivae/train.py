@@ -8,9 +8,12 @@ the seed and a position: the batch order and binarization of epoch e depend only
 checkpoint stores. So ``--resume`` after an interruption, even in the middle of an epoch, ends
 with exactly the parameters of an uninterrupted run.
 """
+import contextlib
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -88,6 +91,23 @@ def learning_rate(config, step, total_steps):
     return config.lr_min + (config.lr - config.lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+@contextlib.contextmanager
+def _deferred_interrupt(flag):
+    """Turn Ctrl-C into a request (``flag.set()``) that the loop honours between two steps.
+
+    A KeyboardInterrupt raised inside an optimizer step would leave half the parameters updated;
+    deferring it makes every saved checkpoint a state that an uninterrupted run passes through.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _progress_bar(total, desc, enabled):
     if not enabled:
         return None
@@ -114,6 +134,7 @@ class Trainer:
         self.loader = MinibatchLoader(self.data.x_train, config.batch_size, seed=config.seed)
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}
+        self.stop_requested = threading.Event()
 
     @property
     def total_steps(self):
@@ -151,6 +172,14 @@ class Trainer:
         self.noise.load_state_dict(meta["noise"])
         self.epoch, self.batch, self.sums = meta["epoch"], meta["batch"], meta["sums"]
 
+    def _truncate_metrics(self):
+        """Drop metric lines of epochs after the checkpoint (a crash between the two writes)."""
+        path = self.run_dir / METRICS
+        if path.exists():
+            lines = [line for line in path.read_text().splitlines()
+                     if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+            path.write_text("".join(line + "\n" for line in lines))
+
     # ----- the loop --------------------------------------------------------------------------
     def _step(self, xb, beta, step):
         self.optimizer.lr = learning_rate(self.config, step, self.total_steps)
@@ -182,6 +211,8 @@ class Trainer:
                 self.sums[k] = self.sums.get(k, 0.0) + v
             self.batch = i + 1
             self.sums["seconds"] = time.perf_counter() - start
+            if self.stop_requested.is_set():
+                raise KeyboardInterrupt
             if bar is not None:
                 bar.update(1)
                 if i % 20 == 0:
@@ -203,16 +234,20 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.restore()
+            self._truncate_metrics()
             self.log(f"resumed {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch}")
         (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
         try:
-            while self.epoch < self.config.epochs:
-                metrics = self._epoch()
-                with open(self.run_dir / METRICS, "a") as f:
-                    f.write(json.dumps(metrics) + "\n")
-                self.epoch, self.batch, self.sums = self.epoch + 1, 0, {}
-                self.save()
-                self.log(_epoch_line(metrics))
+            with _deferred_interrupt(self.stop_requested):
+                while self.epoch < self.config.epochs:
+                    metrics = self._epoch()
+                    with open(self.run_dir / METRICS, "a") as f:
+                        f.write(json.dumps(metrics) + "\n")
+                    self.epoch, self.batch, self.sums = self.epoch + 1, 0, {}
+                    self.save()
+                    self.log(_epoch_line(metrics))
+                    if self.stop_requested.is_set():
+                        raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.save()
             self.log(f"interrupted: saved epoch {self.epoch + 1}, batch {self.batch} to "

@@ -8,6 +8,7 @@ from .elementwise import (Abs, Add, Clip, Div, Elu, Exp, LeakyRelu, Log, LogSigm
                           div, elu, exp, leaky_relu, log, log_sigmoid, mul, neg, pow, relu,
                           sigmoid, softplus, sqrt, sub, tanh, where)
 from .linalg import Linear, Matmul, linear, matmul
+from .norm import BatchNorm, batch_norm
 from .reduce import (LogSoftmax, LogSumExp, Max, Mean, Softmax, Sum, log_softmax, logsumexp, max,
                      mean, softmax, sum)
 from .shape import (BroadcastTo, Concatenate, Getitem, Reshape, Stack, Transpose, broadcast_to,
@@ -18,6 +19,8 @@ from .vae import (BernoulliLogProb, BinaryCrossEntropyWithLogits, GaussianLogPro
                   kl_normal_std, reparameterize)
 
 __all__ = [
+    "BatchNorm",
+    "batch_norm",
     "Abs",
     "Add",
     "Clip",

@@ -105,6 +105,8 @@ class Pow(Function):
     def backward(ctx, g):
         (x,) = ctx.saved
         p = ctx.exponent
+        if p == 0:  # x^0 = 1 is constant; p * x^(p-1) would give 0 * inf = NaN at x = 0
+            return g * 0
         return g * (p * x ** (p - 1))
 
 
@@ -347,7 +349,11 @@ class Where(Function):
     def forward(ctx, a, b, cond):
         xp = get_array_module(a, b)
         ctx.save(cond)
-        return xp.where(cond, a, b)
+        try:
+            return xp.where(cond, a, b)
+        except ValueError:
+            raise ValueError(f"where: cannot broadcast the condition {xp.shape(cond)} with "
+                             f"{a.shape} and {b.shape}") from None
 
     @staticmethod
     def backward(ctx, g):
@@ -399,4 +405,4 @@ def clip(x, lo=None, hi=None):
 def where(cond, a, b):
     """Pick ``a`` where ``cond`` is true and ``b`` elsewhere; ``cond`` carries no gradient (see ``Where``)."""
     cond = cond.data if isinstance(cond, Tensor) else cond
-    return Where.apply(a, b, cond=cond.astype(bool) if hasattr(cond, "astype") else bool(cond))
+    return Where.apply(a, b, cond=get_array_module(cond).asarray(cond, dtype=bool))

@@ -1,0 +1,192 @@
+// Per-element math of the VAE hot path as __host__ __device__ inline functions, shared by
+// the CUDA kernels (*.cu) and the host test shim (tests/host_shim.cpp, built with g++ and
+// compared with the NumPy twin in minivae/random.py and minivae/ops):
+//   - uniform and standard-normal transforms of Philox words (the convention of
+//     minivae/random.py: float32 uniform ((w >> 9) + 0.5) * 2^-23, float64 (w + 0.5) * 2^-32,
+//     Box-Muller on the pairs (w0, w1), (w2, w3) of a block: r cos(theta), r sin(theta),
+//     r = sqrt(-2 log u1), theta = 2 pi u2 evaluated with sincospi);
+//   - reparameterization z = mu + exp(logvar / 2) * eps and its gradient;
+//   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
+//   - the index arithmetic of the kernels' tiles, so that the host shim can replay a
+//     kernel's thread loops sequentially and test the indexing without a GPU.
+// Compile without fast-math: the host and device builds then agree to a few ulp.
+#ifndef MINIVAE_VAE_MATH_CUH
+#define MINIVAE_VAE_MATH_CUH
+
+#include "philox.cuh"
+
+#if !defined(__CUDACC_RTC__)
+#include <math.h>
+#endif
+
+// ---- math wrappers with float and double overloads (device: CUDA libdevice; host: libm) ----
+MV_HD float mv_log(float x) { return logf(x); }
+MV_HD double mv_log(double x) { return log(x); }
+MV_HD float mv_sqrt(float x) { return sqrtf(x); }
+MV_HD double mv_sqrt(double x) { return sqrt(x); }
+MV_HD float mv_exp(float x) { return expf(x); }
+MV_HD double mv_exp(double x) { return exp(x); }
+MV_HD float mv_expm1(float x) { return expm1f(x); }
+MV_HD double mv_expm1(double x) { return expm1(x); }
+// sin(pi x) and cos(pi x): the argument reduction is exact (no rounded 2*pi, no slow path
+// for large arguments). Device: CUDA's sincospi. Host (test builds): x is folded exactly to
+// r = x - k in [-1/2, 1/2] with k the nearest integer, then sin/cos(pi r) in double and the
+// signs of (-1)^k -- the same evaluation as minivae.random, so both stay accurate near the
+// zeros of sin and cos.
+#if !defined(__CUDA_ARCH__)
+inline void mv_host_sincospi(double x, double* s, double* c) {
+    double k = floor(x + 0.5);
+    double r = x - k;  // exact
+    double t = 3.141592653589793238462643383279502884 * r;
+    double sr = sin(t), cr = cos(t);
+    bool odd = (((long long)k) & 1) != 0;
+    *s = odd ? -sr : sr;
+    *c = odd ? -cr : cr;
+}
+#endif
+MV_HD void mv_sincospi(float x, float* s, float* c) {
+#if defined(__CUDA_ARCH__)
+    sincospif(x, s, c);
+#else
+    double sd, cd;
+    mv_host_sincospi((double)x, &sd, &cd);
+    *s = (float)sd;
+    *c = (float)cd;
+#endif
+}
+MV_HD void mv_sincospi(double x, double* s, double* c) {
+#if defined(__CUDA_ARCH__)
+    sincospi(x, s, c);
+#else
+    mv_host_sincospi(x, s, c);
+#endif
+}
+
+// ---- uniform in (0, 1), strictly ----
+// float32: top 23 bits, centred: values k * 2^-23 + 2^-24, all exact, in [2^-24, 1 - 2^-24].
+MV_HD float mv_uniform_f32(mv_u32 w) {
+    return ((float)(w >> 9) + 0.5f) * 1.1920928955078125e-07f;  // 2^-23
+}
+// float64: all 32 bits, centred: exact, in [2^-33, 1 - 2^-33].
+MV_HD double mv_uniform_f64(mv_u32 w) {
+    return ((double)w + 0.5) * 2.3283064365386962890625e-10;  // 2^-32
+}
+
+template <typename T> struct mv_traits;
+template <> struct mv_traits<float> {
+    MV_HD static float uniform(mv_u32 w) { return mv_uniform_f32(w); }
+};
+template <> struct mv_traits<double> {
+    MV_HD static double uniform(mv_u32 w) { return mv_uniform_f64(w); }
+};
+
+// ---- standard normals by Box-Muller ----
+// One pair: n0 = r cos(theta), n1 = r sin(theta), r = sqrt(-2 log U(wa)), theta = 2 pi U(wb),
+// with sin and cos taken as sincospi(2 U(wb)) (2 U(wb) is exact).
+template <typename T>
+MV_HD void mv_box_muller(mv_u32 wa, mv_u32 wb, T* n0, T* n1) {
+    T u1 = mv_traits<T>::uniform(wa);
+    T u2 = mv_traits<T>::uniform(wb);
+    T r = mv_sqrt(T(-2) * mv_log(u1));
+    T s, c;
+    mv_sincospi(T(2) * u2, &s, &c);
+    *n0 = r * c;
+    *n1 = r * s;
+}
+
+// The four normals of one Philox block (elements 4*chunk ... 4*chunk + 3).
+template <typename T>
+MV_HD void mv_normal4(mv_u32x4 w, T out[4]) {
+    mv_box_muller<T>(w.x, w.y, &out[0], &out[1]);
+    mv_box_muller<T>(w.z, w.w, &out[2], &out[3]);
+}
+
+template <typename T>
+MV_HD void mv_uniform4(mv_u32x4 w, T out[4]) {
+    out[0] = mv_traits<T>::uniform(w.x);
+    out[1] = mv_traits<T>::uniform(w.y);
+    out[2] = mv_traits<T>::uniform(w.z);
+    out[3] = mv_traits<T>::uniform(w.w);
+}
+
+// The normal of element i alone (the slow path; the kernels use whole blocks).
+template <typename T>
+MV_HD T mv_normal_at(mv_u64 i, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    T n[4];
+    mv_normal4<T>(mv_philox_block(i >> 2, seed, offset, stream), n);
+    return n[i & 3];
+}
+
+// ---- reparameterization: z = mu + exp(logvar / 2) * eps ----
+template <typename T>
+MV_HD T mv_reparam(T mu, T logvar, T eps) {
+    return mu + mv_exp(T(0.5) * logvar) * eps;
+}
+// Gradient: dz/dmu = 1, dz/dlogvar = eps * exp(logvar / 2) / 2 (eps regenerated, never stored).
+template <typename T>
+MV_HD T mv_reparam_dlogvar(T dz, T logvar, T eps) {
+    return dz * eps * (T(0.5) * mv_exp(T(0.5) * logvar));
+}
+
+// ---- KL(N(mu, exp(logvar)) || N(0, 1)) of one coordinate ----
+//   kl = (mu^2 + exp(logvar) - 1 - logvar) / 2, written with expm1: near logvar = 0, where
+//   exp(logvar) - 1 - logvar cancels, the error stays a few ulp(logvar) instead of ulp(1).
+template <typename T>
+MV_HD T mv_kl_term(T mu, T logvar) {
+    return T(0.5) * (mu * mu + (mv_expm1(logvar) - logvar));
+}
+// Gradient with upstream g (per row): dkl/dmu = mu, dkl/dlogvar = (exp(logvar) - 1) / 2.
+template <typename T>
+MV_HD T mv_kl_dmu(T g, T mu) { return g * mu; }
+template <typename T>
+MV_HD T mv_kl_dlogvar(T g, T logvar) { return g * (T(0.5) * mv_expm1(logvar)); }
+
+// ---- tile geometry shared by the kernels and the host replay ----
+// A thread group of G threads handles a tile of G Philox blocks (4*G elements): in phase 1
+// thread t computes the block of chunk (tile_chunk0 + t) into tile[4t .. 4t+3]; after a
+// barrier, in phase 2 thread t handles tile elements j = t, t + G, t + 2G, t + 3G, so that
+// consecutive threads touch consecutive addresses (coalesced) and each Philox block is
+// computed exactly once.
+
+// Flat arrays of n elements: tile k starts at chunk k*G.
+MV_HD mv_i64 mv_flat_ntiles(mv_i64 n, int G) {
+    mv_i64 chunks = (n + 3) >> 2;
+    return (chunks + G - 1) / G;
+}
+
+// Rows of a (B, D) C-contiguous array: row b holds elements [b*D, b*D + D), which lie in
+// chunks [(b*D) / 4, (b*D + D - 1) / 4] (the boundary chunks are shared with the
+// neighbouring rows and computed by both; their other elements are masked).
+struct mv_row_span {
+    mv_i64 e_begin, e_end;  // elements [e_begin, e_end)
+    mv_i64 c_begin, c_last; // chunks [c_begin, c_last]
+};
+MV_HD mv_row_span mv_row_span_of(mv_i64 row, mv_i64 D) {
+    mv_row_span s;
+    s.e_begin = row * D;
+    s.e_end = s.e_begin + D;
+    s.c_begin = s.e_begin >> 2;
+    s.c_last = (s.e_end - 1) >> 2;
+    return s;
+}
+// Tiles per row, the same for every row (a row spans at most (D + 2) / 4 + 1 chunks), so that
+// all the rows of a block run the same number of barriers.
+MV_HD int mv_row_ntiles(mv_i64 D, int G) {
+    mv_i64 max_chunks = ((D + 2) >> 2) + 1;
+    return (int)((max_chunks + G - 1) / G);
+}
+
+// Phase 1 of the reparameterization tiles: the normals of one block into tile4[0..3]
+// (skipped past the end; the values there are never read).
+template <typename T>
+MV_HD void mv_tile_fill_normal(T* tile4, mv_i64 chunk, mv_i64 chunk_last,
+                               mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    if (chunk <= chunk_last) mv_normal4<T>(mv_philox_block((mv_u64)chunk, seed, offset, stream), tile4);
+}
+template <typename T>
+MV_HD void mv_tile_fill_uniform(T* tile4, mv_i64 chunk, mv_i64 chunk_last,
+                                mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    if (chunk <= chunk_last) mv_uniform4<T>(mv_philox_block((mv_u64)chunk, seed, offset, stream), tile4);
+}
+
+#endif  // MINIVAE_VAE_MATH_CUH

@@ -1,0 +1,321 @@
+"""Launch wrappers for the CUDA kernels in ``kernels/*.cu`` (CuPy only).
+
+Every function takes and returns CuPy arrays (float32 or float64, made C-contiguous here)
+and plain Python ints for the noise address ``(seed, offset, stream)`` -- the same address
+``minivae.random`` uses on the CPU, so ``reparameterize_forward(mu, lv, s, o)`` equals
+``mu + exp(lv / 2) * minivae.random.normal(mu.shape, s, o, mu.dtype)`` to float rounding
+(and the Philox words behind it bit for bit).
+
+Row ops (KL, fused) reduce over the last axis, like ``F.kl_normal_std``: an array of shape
+(..., D) is prod(shape[:-1]) rows of D elements, and the KL has shape ``shape[:-1]`` ((B, D)
+gives (B,), (S, B, D) gives (S, B)).
+
+Scalars are passed as NumPy scalars of the C types (``np.int64`` for ``long long``,
+``np.uint64`` for ``unsigned long long``, ``np.uint32`` for ``unsigned int``): raw kernels
+check nothing.
+"""
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from ._source import KERNEL_FILES, NVRTC_OPTIONS, kernel_source
+
+try:  # CuPy is optional: minivae works on NumPy alone, and this module imports without it
+    import cupy as cp
+except ImportError as _exc:  # pragma: no cover - exercised on machines without CuPy
+    cp = None
+    _CUPY_IMPORT_ERROR = _exc
+else:
+    _CUPY_IMPORT_ERROR = None
+
+__all__ = [
+    "is_available", "require", "get_function", "row_group_size",
+    "philox_words", "normal", "uniform",
+    "reparameterize_forward", "reparameterize_backward",
+    "kl_normal_std_forward", "kl_normal_std_backward",
+    "reparameterize_kl_forward", "reparameterize_kl_backward",
+]
+
+BLOCK = 256  # MV_BLOCK in kernels/device.cuh
+_MAX_ELEMENTS = 1 << 34  # element index i // 4 is one 32-bit counter word
+_MASK64 = (1 << 64) - 1
+_MASK32 = (1 << 32) - 1
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+_NULL = np.uint64(0)  # a null pointer argument (8 bytes, like a device pointer)
+
+_lock = threading.Lock()
+_modules: dict = {}
+
+
+def is_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    if cp is None:
+        return False
+    try:
+        return cp.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def require() -> None:
+    """Raise one clear error when the GPU path cannot run."""
+    if cp is None:
+        raise RuntimeError(
+            "minivae.gpu needs CuPy: install it with `pip install 'minivae[gpu]'` "
+            f"(cupy-cuda12x) on a machine with a CUDA GPU ({_CUPY_IMPORT_ERROR})")
+    if not is_available():
+        raise RuntimeError("minivae.gpu: CuPy is installed but no CUDA device is visible")
+
+
+def _module(filename: str):
+    """The ``cupy.RawModule`` of ``kernels/<filename>``, compiled by NVRTC at first use (and
+    cached on disk by CuPy, keyed by the inlined source and the options)."""
+    require()
+    dev = cp.cuda.runtime.getDevice()
+    key = (filename, dev)
+    mod = _modules.get(key)
+    if mod is None:
+        with _lock:
+            mod = _modules.get(key)
+            if mod is None:
+                mod = cp.RawModule(code=kernel_source(filename), options=NVRTC_OPTIONS)
+                _modules[key] = mod
+    return mod
+
+
+_FUNC_FILE = {
+    "mv_philox_words": "random.cu", "mv_normal": "random.cu", "mv_uniform": "random.cu",
+    "mv_reparam_fwd": "reparam.cu", "mv_reparam_bwd": "reparam.cu",
+    "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
+    "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
+}
+assert set(_FUNC_FILE.values()) <= set(KERNEL_FILES)
+
+
+def get_function(base: str, dtype=None):
+    """The kernel ``base`` (``base_f32``/``base_f64`` when a dtype is given)."""
+    name = base if dtype is None else f"{base}_{_SUFFIX[np.dtype(dtype)]}"
+    return _module(_FUNC_FILE[base]).get_function(name)
+
+
+# ------------------------------------------------------------------------------ helpers
+_sm_count: dict = {}
+
+
+def _max_grid() -> int:
+    dev = cp.cuda.runtime.getDevice()
+    n = _sm_count.get(dev)
+    if n is None:
+        n = _sm_count[dev] = cp.cuda.Device(dev).attributes["MultiProcessorCount"]
+    return 32 * n  # grid-stride loops beyond this (8 resident 256-thread blocks x 4 waves)
+
+
+def row_group_size(D: int) -> int:
+    """Threads per row G (a power of two in [8, 256]): about one Philox block per thread,
+    so one tile covers a row up to D ~ 1000. Rows per block R = 256 // G."""
+    chunks = (D + 2) // 4 + 1  # the most Philox blocks a row can touch
+    g = 8
+    while g < chunks and g < BLOCK:
+        g *= 2
+    return g
+
+
+def _address(seed, offset, stream):
+    seed, offset, stream = int(seed), int(offset), int(stream)
+    if not 0 <= seed <= _MASK64 or not 0 <= offset <= _MASK64 or not 0 <= stream <= _MASK32:
+        raise ValueError(f"noise address out of range: seed={seed}, offset={offset}, stream={stream}")
+    return np.uint64(seed), np.uint64(offset), np.uint32(stream)
+
+
+def _float_array(x, name):
+    require()
+    if not isinstance(x, cp.ndarray):
+        raise TypeError(f"{name}: expected a CuPy array, got {type(x).__name__}")
+    if x.dtype not in _SUFFIX:
+        raise TypeError(f"{name}: dtype must be float32 or float64, got {x.dtype}")
+    # (ascontiguousarray would turn a 0-d array into shape (1,))
+    return x if x.flags.c_contiguous else cp.ascontiguousarray(x)
+
+
+def _same(ref, x, name, shape=None):
+    x = _float_array(x, name)
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name}: dtype {x.dtype} differs from {ref.dtype}")
+    want = ref.shape if shape is None else shape
+    if x.shape != want:
+        raise ValueError(f"{name}: shape {x.shape} differs from {want}")
+    return x
+
+
+def _rows(x):
+    """(rows, D, shape of the per-row result) of an array reduced over its last axis."""
+    if x.ndim == 0:
+        raise ValueError("row ops reduce over the last axis: a 0-d array has none")
+    return math.prod(x.shape[:-1]), x.shape[-1], x.shape[:-1]
+
+
+def _check_n(n):
+    if n > _MAX_ELEMENTS:
+        raise ValueError(f"a draw holds at most 2**34 elements, got {n}")
+
+
+def _flat_launch(n):
+    tiles = -(-((n + 3) // 4) // BLOCK)
+    return (max(1, min(tiles, _max_grid())),), (BLOCK,)
+
+
+def _row_launch(B, D):
+    G = row_group_size(D)
+    R = BLOCK // G
+    return (max(1, min(-(-B // R), _max_grid())),), (G, R)
+
+
+# ------------------------------------------------------------------------------ generators
+def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
+    """Raw words of elements 0 .. n-1 of the draw: uint32 (n,) (== minivae.random.philox_words)."""
+    require()
+    n = int(n)
+    _check_n(n)
+    out = cp.empty(n, dtype=cp.uint32)
+    if n:
+        s, o, st = _address(seed, offset, stream)
+        chunks = (n + 3) // 4
+        grid = (max(1, min(-(-chunks // BLOCK), _max_grid())),)
+        get_function("mv_philox_words")(grid, (BLOCK,), (out, np.int64(n), s, o, st))
+    return out
+
+
+def _generate(base, shape, seed, offset, dtype, stream):
+    require()
+    shape = (int(shape),) if np.isscalar(shape) else tuple(int(v) for v in shape)
+    dtype = np.dtype(dtype)
+    if dtype not in _SUFFIX:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    n = math.prod(shape)
+    _check_n(n)
+    out = cp.empty(shape, dtype=dtype)
+    if n:
+        s, o, st = _address(seed, offset, stream)
+        grid, block = _flat_launch(n)
+        get_function(base, dtype)(grid, block, (out, np.int64(n), s, o, st))
+    return out
+
+
+def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0):
+    """Standard normals of the draw (seed, offset, stream) on the GPU (== minivae.random.normal)."""
+    return _generate("mv_normal", shape, seed, offset, dtype, stream)
+
+
+def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0):
+    """Uniforms in (0, 1) of the draw (seed, offset, stream) on the GPU (== minivae.random.uniform)."""
+    return _generate("mv_uniform", shape, seed, offset, dtype, stream)
+
+
+# ------------------------------------------------------------------------------ reparameterization
+def reparameterize_forward(mu, logvar, seed: int, offset: int = 0, stream: int = 0):
+    """z = mu + exp(logvar / 2) * eps, eps = element i of the draw (seed, offset, stream),
+    generated in registers (never stored)."""
+    mu = _float_array(mu, "mu")
+    logvar = _same(mu, logvar, "logvar")
+    n = mu.size
+    _check_n(n)
+    z = cp.empty_like(mu)
+    if n:
+        s, o, st = _address(seed, offset, stream)
+        grid, block = _flat_launch(n)
+        get_function("mv_reparam_fwd", mu.dtype)(grid, block, (mu, logvar, z, np.int64(n), s, o, st))
+    return z
+
+
+def reparameterize_backward(dz, logvar, seed: int, offset: int = 0, stream: int = 0,
+                            copy_dmu: bool = False):
+    """Gradients of z = mu + exp(logvar / 2) * eps with eps regenerated from its address:
+    returns ``(dmu, dlogvar)`` with ``dmu = dz`` (the same array unless ``copy_dmu``) and
+    ``dlogvar = dz * eps * exp(logvar / 2) / 2``."""
+    logvar = _float_array(logvar, "logvar")
+    dz = _same(logvar, dz, "dz")
+    n = dz.size
+    _check_n(n)
+    dlogvar = cp.empty_like(dz)
+    dmu = cp.empty_like(dz) if copy_dmu else None
+    if n:
+        s, o, st = _address(seed, offset, stream)
+        grid, block = _flat_launch(n)
+        get_function("mv_reparam_bwd", dz.dtype)(
+            grid, block, (dz, logvar, dmu if copy_dmu else _NULL, dlogvar, np.int64(n), s, o, st))
+    return (dmu if copy_dmu else dz), dlogvar
+
+
+# ------------------------------------------------------------------------------ KL to N(0, I)
+def kl_normal_std_forward(mu, logvar):
+    """kl[...] = sum over the last axis of (mu^2 + exp(logvar) - 1 - logvar) / 2: shape[:-1]."""
+    mu = _float_array(mu, "mu")
+    logvar = _same(mu, logvar, "logvar")
+    B, D, rshape = _rows(mu)
+    kl = cp.zeros(rshape, dtype=mu.dtype)
+    if B and D:
+        grid, block = _row_launch(B, D)
+        get_function("mv_kl_fwd", mu.dtype)(grid, block, (mu, logvar, kl, np.int64(B), np.int64(D)))
+    return kl
+
+
+def kl_normal_std_backward(gkl, mu, logvar):
+    """dmu = gkl[..., None] * mu, dlogvar = gkl[..., None] * (exp(logvar) - 1) / 2
+    (gkl: one value per row, shape[:-1])."""
+    mu = _float_array(mu, "mu")
+    logvar = _same(mu, logvar, "logvar")
+    B, D, rshape = _rows(mu)
+    gkl = _same(mu, gkl, "gkl", shape=rshape)
+    dmu = cp.empty_like(mu)
+    dlogvar = cp.empty_like(mu)
+    if B and D:
+        grid, block = _row_launch(B, D)
+        get_function("mv_kl_bwd", mu.dtype)(
+            grid, block, (gkl, mu, logvar, dmu, dlogvar, np.int64(B), np.int64(D)))
+    return dmu, dlogvar
+
+
+# ------------------------------------------------------------------------------ fused
+def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: int = 0):
+    """Both of the above in one pass: returns ``(z, kl)``."""
+    mu = _float_array(mu, "mu")
+    logvar = _same(mu, logvar, "logvar")
+    B, D, rshape = _rows(mu)
+    _check_n(mu.size)
+    z = cp.empty_like(mu)
+    kl = cp.zeros(rshape, dtype=mu.dtype)
+    if B and D:
+        s, o, st = _address(seed, offset, stream)
+        grid, block = _row_launch(B, D)
+        get_function("mv_reparam_kl_fwd", mu.dtype)(
+            grid, block, (mu, logvar, z, kl, np.int64(B), np.int64(D), s, o, st))
+    return z, kl
+
+
+def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, stream: int = 0):
+    """Gradients of (z, kl) = reparameterize_kl_forward(mu, logvar, ...) in one pass:
+    ``dmu = dz + gkl * mu``, ``dlogvar = dz * eps * exp(logvar / 2) / 2 + gkl * (exp(logvar) - 1) / 2``.
+    ``dz`` or ``gkl`` may be None (no gradient reached that output)."""
+    if dz is None and gkl is None:
+        raise ValueError("reparameterize_kl_backward: dz and gkl are both None")
+    if dz is None:
+        return kl_normal_std_backward(gkl, mu, logvar)
+    mu = _float_array(mu, "mu")
+    logvar = _same(mu, logvar, "logvar")
+    dz = _same(mu, dz, "dz")
+    B, D, rshape = _rows(mu)
+    _check_n(mu.size)
+    if gkl is not None:
+        gkl = _same(mu, gkl, "gkl", shape=rshape)
+    dmu = cp.empty_like(mu)
+    dlogvar = cp.empty_like(mu)
+    if B and D:
+        s, o, st = _address(seed, offset, stream)
+        grid, block = _row_launch(B, D)
+        get_function("mv_reparam_kl_bwd", mu.dtype)(
+            grid, block, (dz, gkl if gkl is not None else _NULL, mu, logvar, dmu, dlogvar,
+                          np.int64(B), np.int64(D), s, o, st))
+    return dmu, dlogvar

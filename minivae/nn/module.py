@@ -1,0 +1,425 @@
+"""Module, Parameter and the containers (Sequential, ModuleList).
+
+A Module owns three registries, filled by plain attribute assignment:
+
+* ``_parameters``: name -> Parameter (or None, for an optional parameter such as a missing bias),
+* ``_buffers``: name -> backend array that is state but not trained (BatchNorm's running
+  statistics), registered with ``register_buffer``,
+* ``_modules``: name -> child Module.
+
+Names are dotted through the tree (``encoder.0.weight``), as in PyTorch, and ``state_dict`` maps
+those names to NumPy arrays so a model can be saved in an ``.npz`` file without pickle.
+"""
+from collections import namedtuple
+
+import numpy as np
+
+from ..autograd import Tensor
+from ..backend import device_of, get_array_module, get_default_dtype, resolve_device, to_device
+
+
+class StateDictError(ValueError):
+    """``load_state_dict`` was given names, shapes or dtypes that do not match the module."""
+
+
+#: What a non-strict ``load_state_dict`` reports: the names it did not find and did not know.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class Parameter(Tensor):
+    """A Tensor that is a trainable weight of a Module: a leaf with ``requires_grad=True``.
+
+    Assigning a Parameter to an attribute of a Module registers it. Python numbers and lists
+    become the default dtype (float32); arrays keep their dtype.
+    """
+    __slots__ = ()  # Tensor uses __slots__; an empty tuple keeps Parameter free of a __dict__
+
+    def __init__(self, data, requires_grad=True):
+        if isinstance(data, Tensor):
+            data = data.data
+        xp = get_array_module(data)
+        if not isinstance(data, xp.ndarray):
+            # Numbers and lists follow mv.tensor's policy: the default float dtype.
+            data = np.asarray(data)
+            if data.dtype.kind in "fiub":
+                data = data.astype(get_default_dtype())
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return f"Parameter({self.data!r})"
+
+
+def _move_array(array, device):
+    return None if array is None else to_device(array, device)
+
+
+class Module:
+    """Base class of every layer and model: subclasses set attributes in ``__init__`` (after
+    ``super().__init__()``) and define ``forward``; calling the module calls ``forward``.
+
+    ``training`` is True after construction; ``train()`` / ``eval()`` set it on the whole tree
+    (BatchNorm uses batch statistics in training and running statistics in evaluation).
+    """
+
+    def __init__(self):
+        # object.__setattr__ because our own __setattr__ needs these dicts to exist already.
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "training", True)
+
+    # ----- registration -------------------------------------------------------------------------
+    def _registries(self):
+        regs = self.__dict__.get("_parameters"), self.__dict__.get("_buffers"), self.__dict__.get("_modules")
+        if regs[0] is None:
+            raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning "
+                                 "parameters, buffers or submodules")
+        return regs
+
+    def __setattr__(self, name, value):
+        if isinstance(value, (Parameter, Module)) or name in self.__dict__.get("_parameters", ()) \
+                or name in self.__dict__.get("_buffers", ()) or name in self.__dict__.get("_modules", ()):
+            params, buffers, modules = self._registries()
+            if isinstance(value, Parameter):
+                self._forget(name)
+                params[name] = value
+            elif isinstance(value, Module):
+                self._forget(name)
+                modules[name] = value
+            elif name in params:
+                if value is not None:
+                    raise TypeError(f"cannot assign a {type(value).__name__} to parameter {name!r}: "
+                                    "use a Parameter (or None), or set its .data")
+                params[name] = None
+            elif name in buffers:
+                if value is not None and not hasattr(value, "shape"):
+                    raise TypeError(f"cannot assign a {type(value).__name__} to buffer {name!r}: "
+                                    "buffers hold arrays")
+                buffers[name] = value
+            else:
+                if value is not None:
+                    raise TypeError(f"cannot assign a {type(value).__name__} to submodule {name!r}")
+                modules[name] = None
+            return
+        object.__setattr__(self, name, value)
+
+    def _forget(self, name):
+        """Remove ``name`` from every registry and the instance dict before it is re-registered."""
+        for reg in self._registries():
+            reg.pop(name, None)
+        self.__dict__.pop(name, None)
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails, i.e. for registered names.
+        d = self.__dict__
+        for reg in ("_parameters", "_buffers", "_modules"):
+            if reg in d and name in d[reg]:
+                return d[reg][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for reg in ("_parameters", "_buffers", "_modules"):
+            if name in self.__dict__.get(reg, ()):
+                del self.__dict__[reg][name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name, param):
+        """Register ``param`` (a Parameter, or None for an absent optional weight) under ``name``."""
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, "
+                            f"got {type(param).__name__}")
+        self._registries()
+        self._forget(name)
+        self._parameters[name] = param
+
+    def register_buffer(self, name, array):
+        """Register ``array`` (a backend array, or None) as non-trained state saved in ``state_dict``."""
+        if array is not None and not hasattr(array, "shape"):
+            raise TypeError(f"register_buffer({name!r}): expected an array, got {type(array).__name__}")
+        self._registries()
+        self._forget(name)
+        self._buffers[name] = array
+
+    # ----- traversal ----------------------------------------------------------------------------
+    def named_children(self):
+        """Yield (name, module) for each direct submodule."""
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self):
+        """Yield each direct submodule."""
+        for _, m in self.named_children():
+            yield m
+
+    def named_modules(self, prefix=""):
+        """Yield (dotted name, module) for this module ("" for itself) and every descendant, once each."""
+        seen = set()
+        stack = [(prefix, self)]
+        while stack:  # an explicit stack (pre-order), as in the engine: no recursion limit
+            name, m = stack.pop()
+            if id(m) in seen:
+                continue
+            seen.add(id(m))
+            yield name, m
+            kids = [(f"{name}.{k}" if name else k, c) for k, c in m.named_children()]
+            stack.extend(reversed(kids))
+
+    def modules(self):
+        """Yield this module and every descendant, once each."""
+        for _, m in self.named_modules():
+            yield m
+
+    def named_parameters(self, prefix="", recurse=True):
+        """Yield (dotted name, Parameter) for every parameter; a shared parameter appears once."""
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mname, m in mods:
+            for name, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mname}.{name}" if mname else name), p
+
+    def parameters(self, recurse=True):
+        """Yield every Parameter of the tree once (the input an optimizer expects)."""
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix="", recurse=True):
+        """Yield (dotted name, array) for every registered buffer that is not None."""
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mname, m in mods:
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mname}.{name}" if mname else name), b
+
+    def buffers(self, recurse=True):
+        """Yield every buffer array."""
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def apply(self, fn):
+        """Call ``fn(module)`` on every descendant and then on this module (e.g. a custom init); return self."""
+        for m in reversed(list(self.modules())):
+            fn(m)
+        return self
+
+    # ----- modes and gradients ------------------------------------------------------------------
+    def train(self, mode=True):
+        """Set ``training`` to ``mode`` on this module and every descendant; return self."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        """Evaluation mode (``train(False)``): BatchNorm uses its running statistics; return self."""
+        return self.train(False)
+
+    def zero_grad(self):
+        """Drop every parameter's gradient (set to None: cheaper than zero-filling, and never
+        writes into an array the engine may share between tensors)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, requires_grad=True):
+        """Turn gradient tracking on or off for every parameter (to freeze a part); return self."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
+    def num_parameters(self):
+        """The number of scalar weights in the tree."""
+        return sum(int(p.size) for p in self.parameters())
+
+    # ----- devices and dtypes -------------------------------------------------------------------
+    def to(self, device):
+        """Move every parameter, gradient and buffer to ``device`` ("cpu", "gpu", "auto"); return self.
+
+        The Parameter objects stay the same (only their ``.data`` is replaced), so an optimizer
+        built before the move keeps working (it moves its own state on the next step).
+        """
+        device = resolve_device(device)
+        for p in self.parameters():
+            p.data = to_device(p.data, device)
+            p.grad = _move_array(p.grad, device)
+        for m in self.modules():
+            for name, b in m._buffers.items():
+                m._buffers[name] = _move_array(b, device)
+        return self
+
+    def astype(self, dtype):
+        """Convert every float parameter and float buffer to ``dtype`` in place (gradients are
+        dropped); return self. Integer buffers (counters) keep their dtype."""
+        dtype = np.dtype(dtype)
+        for p in self.parameters():
+            if p.data.dtype.kind == "f":
+                p.data = p.data.astype(dtype)
+                p.grad = None
+        for m in self.modules():
+            for name, b in m._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    m._buffers[name] = b.astype(dtype)
+        return self
+
+    # ----- state ------------------------------------------------------------------------------
+    def _state_entries(self):
+        """name -> (owner module, registry name, key) for every saved array, in state_dict order."""
+        entries = {}
+        for mname, m in self.named_modules():
+            for reg in ("_parameters", "_buffers"):
+                for key, value in getattr(m, reg).items():
+                    if value is None:
+                        continue
+                    name = f"{mname}.{key}" if mname else key
+                    entries.setdefault(name, (m, reg, key))
+        return entries
+
+    def state_dict(self):
+        """Return {dotted name: NumPy array} for every parameter and buffer (copies, on the CPU).
+
+        The values are plain arrays, so ``np.savez(path, **model.state_dict())`` saves a model
+        and ``np.load(path, allow_pickle=False)`` reads it back without running any code.
+        """
+        out = {}
+        for name, (m, reg, key) in self._state_entries().items():
+            value = getattr(m, reg)[key]
+            array = value.data if isinstance(value, Tensor) else value
+            host = to_device(array, "cpu")
+            out[name] = host.copy() if host is array else host  # never hand out our own array
+        return out
+
+    def load_state_dict(self, state, strict=True):
+        """Copy the arrays of ``state`` (name -> array) into the parameters and buffers, in place.
+
+        Every problem is collected and reported at once, before anything is changed: names the
+        module lacks or the state lacks (only when ``strict``), and shape or dtype mismatches
+        (always: a silent cast or reshape would hide a wrong checkpoint). Returns
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        """
+        entries = self._state_entries()
+        missing = [n for n in entries if n not in state]
+        unexpected = [n for n in state if n not in entries]
+        problems = []
+        if strict and missing:
+            problems.append("missing key(s) in state_dict: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected key(s) in state_dict: " + ", ".join(unexpected))
+        updates = []
+        for name, (m, reg, key) in entries.items():
+            if name not in state:
+                continue
+            target = getattr(m, reg)[key]
+            target = target.data if isinstance(target, Tensor) else target
+            value = state[name]
+            value = value.data if isinstance(value, Tensor) else value
+            if not hasattr(value, "shape"):
+                value = np.asarray(value)
+            if tuple(value.shape) != tuple(target.shape):
+                problems.append(f"{name}: shape {tuple(value.shape)} in state_dict, "
+                                f"{tuple(target.shape)} in the module")
+            elif value.dtype != target.dtype:
+                problems.append(f"{name}: dtype {value.dtype} in state_dict, {target.dtype} in the "
+                                "module (convert one with astype first)")
+            else:
+                updates.append((target, value))
+        if problems:
+            raise StateDictError(f"error(s) loading state_dict into {type(self).__name__}:\n  "
+                                 + "\n  ".join(problems))
+        for target, value in updates:
+            # In place, so views of the arrays and the Parameter objects stay valid.
+            target[...] = to_device(value, device_of(target))
+        return IncompatibleKeys(missing, unexpected)
+
+    # ----- calling and printing -----------------------------------------------------------------
+    def forward(self, *args, **kwargs):
+        """Compute the module's output; every subclass defines it."""
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self):
+        """One line of the module's own settings for ``repr`` (subclasses override it)."""
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()]
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+class ModuleList(Module):
+    """A list of modules, each registered (named "0", "1", ...) so their parameters are found.
+
+    It has no forward: iterate over it in the parent's forward.
+    """
+
+    def __init__(self, modules=()):
+        super().__init__()
+        self.extend(modules)
+
+    def _check(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__} holds Modules, got {type(module).__name__}")
+        return module
+
+    def append(self, module):
+        """Add ``module`` at the end; return self."""
+        self._modules[str(len(self._modules))] = self._check(module)
+        return self
+
+    def extend(self, modules):
+        """Add each of ``modules`` at the end; return self."""
+        for m in modules:
+            self.append(m)
+        return self
+
+    def _key(self, i):
+        keys = list(self._modules)
+        if not -len(keys) <= i < len(keys):
+            raise IndexError(f"index {i} is out of range for {type(self).__name__} of length {len(keys)}")
+        return keys[i]
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return ModuleList(list(self._modules.values())[i])
+        return self._modules[self._key(i)]
+
+    def __setitem__(self, i, module):
+        self._modules[self._key(i)] = self._check(module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+class Sequential(ModuleList):
+    """Modules applied one after another: ``Sequential(Linear(784, 512), ReLU(), Linear(512, 10))``.
+
+    A single dict argument names the stages: ``Sequential({"fc": Linear(2, 3), "act": ReLU()})``.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], dict):
+            for name, m in modules[0].items():
+                self._modules[str(name)] = self._check(m)
+        else:
+            self.extend(modules)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Sequential(*list(self._modules.values())[i])
+        return super().__getitem__(i)
+
+    def forward(self, x):
+        """Feed ``x`` through each module in order."""
+        for m in self:
+            x = m(x)
+        return x

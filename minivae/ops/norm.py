@@ -1,0 +1,129 @@
+"""Normalization: batch normalization over the batch axis (training mode as one fused op)."""
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+from .elementwise import add, mul, sub
+
+
+def _reduce_axes(x):
+    """Every axis but the channel axis 1: (0,) for (N, C) and (0, 2) for (N, C, L)."""
+    return (0,) if x.ndim == 2 else (0, 2)
+
+
+def _channel_shape(x, n):
+    """The shape that broadcasts a per-channel vector of length ``n`` against ``x``."""
+    return (n,) if x.ndim == 2 else (n, 1)
+
+
+def _check_input(x, name):
+    if x.ndim not in (2, 3):
+        raise ValueError(f"{name}: expects input of shape (N, C) or (N, C, L), got {tuple(x.shape)}")
+
+
+class BatchNorm(Function):
+    """batch_norm(x, gamma, beta) in training mode, per channel c (axis 1), over the m elements
+    of the batch in that channel (axis 0, and axis 2 for (N, C, L) input):
+
+        mu = mean(x),  var = mean((x - mu)^2)  (biased, as in the normalization of Ioffe &
+        Szegedy 2015),  r = 1 / sqrt(var + eps),  xhat = (x - mu) r,  y = gamma xhat + beta.
+
+    d/dbeta = sum(g), d/dgamma = sum(g xhat), and, since xhat depends on x through mu and var too,
+
+        d/dx = gamma r (g - mean(g) - xhat mean(g xhat))
+
+    (dxhat = gamma g; d(mu)/dx_i = 1/m and d(var)/dx_i = 2 (x_i - mu) / m give the two mean
+    terms; the sums and means are per channel). Saves xhat and r, not x.
+    ``gamma`` and ``beta`` may both be omitted (affine=False): then y = xhat.
+
+    When ``running_mean`` / ``running_var`` (arrays) are given they are updated in place, as in
+    PyTorch: running = (1 - momentum) running + momentum stat, with the unbiased variance
+    var m / (m - 1) for ``running_var``. They are statistics, not inputs: no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, gamma=None, beta=None, eps=1e-5, running_mean=None, running_var=None,
+                momentum=0.1):
+        _check_input(x, "batch_norm")
+        xp = get_array_module(x)
+        axes = _reduce_axes(x)
+        m = x.size // x.shape[1]
+        if m < 2:
+            raise ValueError(f"batch_norm: training mode needs more than one value per channel, "
+                             f"got input of shape {tuple(x.shape)}")
+        for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+            if stat is not None and (stat.shape != (x.shape[1],) or stat.dtype != x.dtype):
+                raise ValueError(f"batch_norm: {name} must have shape ({x.shape[1]},) and dtype "
+                                 f"{x.dtype}, got {tuple(stat.shape)} {stat.dtype}")
+        c_shape = _channel_shape(x, x.shape[1])
+        mean = x.mean(axis=axes, keepdims=True)
+        xhat = x - mean
+        var = xp.square(xhat).mean(axis=axes)
+        r = 1 / xp.sqrt(var + eps)
+        xhat *= r.reshape(c_shape)  # xhat is a fresh array: normalize it in place
+        if running_mean is not None:
+            running_mean *= 1 - momentum
+            running_mean += momentum * mean.reshape(-1)
+        if running_var is not None:
+            running_var *= 1 - momentum
+            running_var += (momentum * m / (m - 1)) * var
+        ctx.save(xhat, r, gamma)
+        ctx.axes, ctx.c_shape = axes, c_shape
+        if gamma is None:
+            return xhat
+        out = xhat * gamma.reshape(c_shape)
+        out += beta.reshape(c_shape)  # out is fresh: add the shift in place
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, r, gamma = ctx.saved
+        axes, c_shape = ctx.axes, ctx.c_shape
+        needs = ctx.needs_input_grad
+        m = xhat.size // xhat.shape[1]
+        gsum = g.sum(axis=axes)
+        gx = g * xhat
+        gxsum = gx.sum(axis=axes)
+        dx = None
+        if needs[0]:
+            scale = r if gamma is None else gamma * r
+            xp = get_array_module(g)
+            xp.multiply(xhat, (gxsum / m).reshape(c_shape), out=gx)  # reuse the g*xhat buffer
+            dx = g - (gsum / m).reshape(c_shape)
+            dx -= gx
+            dx *= scale.reshape(c_shape)
+        if len(needs) == 1:
+            return dx
+        return dx, (gxsum if needs[1] else None), (gsum if needs[2] else None)
+
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, training=True,
+               momentum=0.1, eps=1e-5):
+    """Batch normalization of ``x`` (N, C) or (N, C, L) per channel; ``weight``/``bias`` are the
+    optional affine gamma and beta of shape (C,).
+
+    ``training=True``: batch statistics, one fused node (``BatchNorm``), running statistics
+    updated in place when given. ``training=False``: the running statistics (constant arrays),
+    y = x * s + (beta - running_mean * s) with s = gamma / sqrt(running_var + eps), composed of
+    elementwise ops so gradients still reach x, gamma and beta.
+    """
+    if (weight is None) != (bias is None):
+        raise ValueError("batch_norm: give both weight and bias, or neither")
+    if training:
+        params = (x,) if weight is None else (x, weight, bias)
+        return BatchNorm.apply(*params, eps=eps, running_mean=running_mean,
+                               running_var=running_var, momentum=momentum)
+    if running_mean is None or running_var is None:
+        raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
+    xd = x.data if isinstance(x, Tensor) else x
+    _check_input(xd, "batch_norm")
+    xp = get_array_module(running_var)
+    inv = 1 / xp.sqrt(running_var + eps)
+    c_shape = _channel_shape(xd, xd.shape[1])
+    if weight is None:
+        scale, shift = inv, -running_mean * inv
+    else:
+        scale = mul(weight, inv)
+        shift = sub(bias, mul(scale, running_mean))
+    if xd.ndim == 3:
+        scale = scale.reshape(c_shape)
+        shift = shift.reshape(c_shape)
+    return add(mul(x, scale), shift)

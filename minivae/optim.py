@@ -1,0 +1,438 @@
+"""Optimizers (SGD with momentum, Adam, AdamW), gradient clipping and learning-rate schedules.
+
+Conventions shared by every optimizer here:
+
+* ``p.grad`` is read-only. The engine may hand one gradient array to several tensors (``a + b``
+  gives both the same array), so an update never writes into it; ``clip_grad_norm_`` replaces
+  ``p.grad`` with a scaled copy instead of scaling in place.
+* Updates are in place (``p.data`` is modified, not replaced) and use ``out=`` into state and
+  scratch buffers the optimizer owns: one scratch array per (dtype, device), as large as the
+  largest parameter, so a step allocates nothing after the first. Parameters are updated one by
+  one rather than through one flat buffer: a VAE has a dozen parameter arrays, so the per-call
+  overhead is small next to the memory traffic, and a flat buffer would cost a gather of the
+  gradients every step and break whenever ``.data`` is replaced (``Module.to``, ``astype``).
+* Parameters whose ``grad`` is None are skipped (their state and step count do not advance).
+* ``state_dict()`` is a flat ``{str: numpy array | int | float}``: hyperparameters by name,
+  ``"num_params"``, and per parameter ``"state.<i>.<key>"`` (``i`` is the position in the
+  ``params`` list). Save the arrays with ``np.savez`` and the numbers with ``json``; nothing
+  needs pickle. ``load_state_dict`` restores hyperparameters and state exactly, so training
+  resumed from a checkpoint is bit-for-bit the uninterrupted run.
+
+Subnormal moments (issue 7): when a gradient entry stays exactly zero (MNIST border pixels),
+its moments decay geometrically, reach the subnormal range after some hundred steps and then
+stick there (0.9 * 4 * 2^-149 rounds back to 4 * 2^-149), and subnormal arithmetic is slow on
+CPUs. Every ``flush_every`` steps (default 10; 0 turns it off) the CPU optimizer sets moment
+entries below the dtype's smallest normal number (``finfo.tiny``, 1.2e-38 in float32) to zero.
+This changes no result beyond rounding: in Adam the flushed second moment adds at most
+sqrt(tiny) / sqrt(1 - beta2^t) ~ 3e-18 to a denominator that holds eps = 1e-8, far below half an
+ulp of eps, and a flushed first moment moves a parameter by less than lr * tiny / eps ~ 1e-33.
+On the GPU subnormals cost nothing and no flush is done.
+"""
+import math
+
+import numpy as np
+
+from .autograd import Tensor
+from .backend import device_of, get_array_module, to_device
+
+#: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
+FLUSH_EVERY = 10
+
+
+class Optimizer:
+    """Base class: holds the parameter list, per-parameter state and scratch buffers.
+
+    Subclasses list their scalar hyperparameters in ``_hyper`` (saved by ``state_dict``), the
+    names of their per-parameter state in ``_state_keys`` (those to clear of subnormals in
+    ``_flushed``), and define ``_update(i, p, g, state)``, which updates ``p.data`` in place.
+    """
+    _hyper = ("lr",)
+    _state_keys = ("step",)
+
+    def __init__(self, params, lr, flush_every=FLUSH_EVERY):
+        if isinstance(params, Tensor):
+            params = [params]
+        params = list(params)
+        if not params:
+            raise ValueError(f"{type(self).__name__} got an empty parameter list")
+        seen = set()
+        for i, p in enumerate(params):
+            if not isinstance(p, Tensor):
+                raise TypeError(f"{type(self).__name__}: parameter {i} is a {type(p).__name__}, "
+                                "not a Tensor")
+            if not p.is_leaf:
+                raise ValueError(f"{type(self).__name__}: parameter {i} is not a leaf tensor "
+                                 "(it was computed by an op); optimize the leaves it came from")
+            if p.dtype.kind != "f":
+                raise TypeError(f"{type(self).__name__}: parameter {i} has dtype {p.dtype}; "
+                                "only float tensors can be optimized")
+            if id(p) in seen:
+                raise ValueError(f"{type(self).__name__}: parameter {i} appears twice in the list")
+            seen.add(id(p))
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}")
+        self.params = params
+        self.lr = float(lr)
+        self.flush_every = int(flush_every)
+        self.state = [dict() for _ in params]
+        self._scratch = {}
+
+    # ----- the public API -------------------------------------------------------------------------
+    def step(self):
+        """Update every parameter that has a gradient, in place."""
+        for i, p in enumerate(self.params):
+            g = p.grad
+            if g is None:
+                continue
+            if g.shape != p.data.shape:
+                raise ValueError(f"parameter {i}: gradient of shape {g.shape} for a parameter of "
+                                 f"shape {p.data.shape}")
+            state = self._state_on_device(i, p)
+            state["step"] = state.get("step", 0) + 1
+            self._update(i, p, g, state)
+            if (self.flush_every and state["step"] % self.flush_every == 0
+                    and get_array_module(p.data) is np):
+                for key in self._flushed:
+                    if key in state:
+                        self._flush_subnormals(state[key], p)
+
+    def zero_grad(self):
+        """Set every parameter's gradient to None (never zero-filled in place: grads may alias)."""
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self):
+        """The flat checkpoint dict: hyperparameters, ``num_params`` and ``state.<i>.<key>``
+        entries (NumPy copies or Python numbers); see the module docstring."""
+        out = {name: _plain(getattr(self, name)) for name in self._hyper}
+        out["flush_every"] = self.flush_every
+        out["num_params"] = len(self.params)
+        for i, state in enumerate(self.state):
+            for key, value in state.items():
+                if hasattr(value, "shape"):
+                    host = to_device(value, "cpu")
+                    out[f"state.{i}.{key}"] = host.copy() if host is value else host
+                else:
+                    out[f"state.{i}.{key}"] = _plain(value)
+        return out
+
+    def load_state_dict(self, state_dict):
+        """Restore hyperparameters and per-parameter state from ``state_dict``, checking every
+        name, shape and dtype first (nothing changes when anything is wrong)."""
+        sd = dict(state_dict)
+        problems = []
+        scalars = self._hyper + ("flush_every", "num_params")
+        for name in scalars:
+            if name not in sd:
+                problems.append(f"missing key {name!r}")
+        n = sd.get("num_params")
+        if n is not None and int(n) != len(self.params):
+            problems.append(f"the state is for {int(n)} parameters, this optimizer has {len(self.params)}")
+        new_state = [dict() for _ in self.params]
+        for key, value in sd.items():
+            if key in scalars:
+                continue
+            parts = key.split(".")
+            if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() \
+                    or parts[2] not in self._state_keys:
+                problems.append(f"unexpected key {key!r} for {type(self).__name__}")
+                continue
+            i, name = int(parts[1]), parts[2]
+            if i >= len(self.params):
+                problems.append(f"{key}: there is no parameter {i}")
+                continue
+            p = self.params[i]
+            if name == "step":
+                new_state[i][name] = int(value)
+                continue
+            value = np.asarray(value) if not hasattr(value, "shape") else value
+            if tuple(value.shape) != tuple(p.data.shape) or value.dtype != p.data.dtype:
+                problems.append(f"{key}: {tuple(value.shape)} {value.dtype} in the state, parameter "
+                                f"{i} is {tuple(p.data.shape)} {p.data.dtype}")
+                continue
+            # A fresh contiguous copy on the parameter's device: updates write into it.
+            new_state[i][name] = to_device(np.array(to_device(value, "cpu")), device_of(p.data))
+        for i, st in enumerate(new_state):
+            if st and "step" not in st:
+                problems.append(f"state.{i}: arrays without a step count")
+        if problems:
+            raise ValueError(f"cannot load {type(self).__name__} state: " + "; ".join(problems))
+        for name in self._hyper:  # each keeps its Python type (bools were saved as 0/1)
+            setattr(self, name, type(getattr(self, name))(sd[name]))
+        self.flush_every = int(sd["flush_every"])
+        self.state = new_state
+
+    # ----- helpers for subclasses -------------------------------------------------------------
+    _flushed = ()  # names of the state arrays cleared of subnormals every flush_every steps
+
+    def _update(self, i, p, g, state):
+        raise NotImplementedError
+
+    def _state_on_device(self, i, p):
+        """The state of parameter ``i``, moved to ``p``'s device if ``Module.to`` moved ``p``."""
+        state = self.state[i]
+        dev = device_of(p.data)
+        for key, value in state.items():
+            if hasattr(value, "shape") and device_of(value) != dev:
+                state[key] = to_device(value, dev)
+        return state
+
+    def _buffer(self, p, slot=0, dtype=None):
+        """A scratch array shaped like ``p`` (shared by all parameters of one dtype and device)."""
+        dtype = p.data.dtype if dtype is None else np.dtype(dtype)
+        key = (slot, dtype, device_of(p.data))
+        flat = self._scratch.get(key)
+        if flat is None or flat.size < p.data.size:
+            xp = get_array_module(p.data)
+            flat = xp.empty(max(p.data.size, max(q.data.size for q in self.params)), dtype=dtype)
+            self._scratch[key] = flat
+        return flat[:p.data.size].reshape(p.data.shape)
+
+    def _flush_subnormals(self, array, p):
+        """Set entries of ``array`` with |x| < finfo.tiny to zero, in place (CPU; see module doc)."""
+        tiny = np.finfo(array.dtype).tiny
+        mask = self._buffer(p, slot="mask", dtype=bool)
+        absval = self._buffer(p, slot=0)
+        np.abs(array, out=absval)
+        np.less(absval, tiny, out=mask)
+        np.copyto(array, 0, where=mask)
+
+    def _weight_decayed(self, p, g, weight_decay):
+        """g + weight_decay * p in a scratch buffer (L2 regularization), or g itself when 0."""
+        if not weight_decay:
+            return g
+        gw = self._buffer(p, slot=1)
+        get_array_module(p.data).multiply(p.data, weight_decay, out=gw)
+        gw += g
+        return gw
+
+
+def _plain(value):
+    """A Python int or float for JSON (bools become ints)."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    return float(value)
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum (PyTorch's formulation):
+
+        d = g + weight_decay * p
+        buf = d (first step), then buf = momentum * buf + (1 - dampening) * d
+        d = d + momentum * buf (nesterov) or d = buf
+        p = p - lr * d
+    """
+    _hyper = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    _state_keys = ("step", "momentum_buffer")
+    _flushed = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                 flush_every=FLUSH_EVERY):
+        super().__init__(params, lr, flush_every)
+        if momentum < 0 or weight_decay < 0:
+            raise ValueError(f"invalid momentum {momentum} or weight_decay {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
+        self.momentum, self.dampening = float(momentum), float(dampening)
+        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+
+    def _update(self, i, p, g, state):
+        xp = get_array_module(p.data)
+        d = self._weight_decayed(p, g, self.weight_decay)
+        buf = self._buffer(p)
+        if self.momentum:
+            mom = state.get("momentum_buffer")
+            if mom is None:
+                state["momentum_buffer"] = mom = xp.array(d, copy=True)  # never alias the gradient
+            else:
+                mom *= self.momentum
+                if self.dampening:
+                    xp.multiply(d, 1 - self.dampening, out=buf)
+                    mom += buf
+                else:
+                    mom += d
+            if self.nesterov:
+                xp.multiply(mom, self.momentum, out=buf)
+                buf += d
+                d = buf
+            else:
+                d = mom
+        xp.multiply(d, -self.lr, out=buf)
+        p.data += buf
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015) with bias correction, optional L2 weight decay and AMSGrad:
+
+        g = g + weight_decay * p                 (coupled L2, as torch.optim.Adam)
+        m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
+        vmax = max(vmax, v) and v := vmax       (amsgrad only)
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    The last line is computed as p - (lr s / c1) * m / (sqrt(v) + eps s), with c1 = 1 - beta1^t
+    and s = sqrt(1 - beta2^t): the same number up to rounding, in five passes over the arrays
+    with no temporaries. With ``decoupled_weight_decay`` (AdamW, Loshchilov & Hutter 2019) the
+    decay is p = p (1 - lr weight_decay) before the update instead of a gradient term.
+    """
+    _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay")
+    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _flushed = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 amsgrad=False, decoupled_weight_decay=False, flush_every=FLUSH_EVERY):
+        super().__init__(params, lr, flush_every)
+        beta1, beta2 = betas
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"invalid betas {betas}: each must be in [0, 1)")
+        if eps < 0 or weight_decay < 0:
+            raise ValueError(f"invalid eps {eps} or weight_decay {weight_decay}")
+        self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
+        self.weight_decay, self.amsgrad = float(weight_decay), bool(amsgrad)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+
+    @property
+    def betas(self):
+        """(beta1, beta2)."""
+        return self.beta1, self.beta2
+
+    def _update(self, i, p, g, state):
+        xp = get_array_module(p.data)
+        if "exp_avg" not in state:
+            state["exp_avg"] = xp.zeros_like(p.data)
+            state["exp_avg_sq"] = xp.zeros_like(p.data)
+            if self.amsgrad:
+                state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+        t = state["step"]
+        if self.decoupled_weight_decay:
+            if self.weight_decay:
+                p.data *= 1 - self.lr * self.weight_decay
+        else:
+            g = self._weight_decayed(p, g, self.weight_decay)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        buf = self._buffer(p)
+        b1, b2 = self.beta1, self.beta2
+        m *= b1
+        xp.multiply(g, 1 - b1, out=buf)
+        m += buf
+        v *= b2
+        xp.multiply(g, 1 - b2, out=buf)
+        buf *= g
+        v += buf
+        if self.amsgrad:
+            vmax = state.get("max_exp_avg_sq")
+            if vmax is None:  # amsgrad switched on after a load: start from the current v
+                state["max_exp_avg_sq"] = vmax = v.copy()
+            xp.maximum(vmax, v, out=vmax)
+            v = vmax
+        c1 = 1 - b1 ** t
+        s = math.sqrt(1 - b2 ** t)
+        xp.sqrt(v, out=buf)
+        buf += self.eps * s
+        xp.divide(m, buf, out=buf)
+        buf *= -(self.lr * s / c1)
+        p.data += buf
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (default 0.01): p = p (1 - lr wd) before each update."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
+                 amsgrad=False, flush_every=FLUSH_EVERY):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad,
+                         decoupled_weight_decay=True, flush_every=flush_every)
+
+
+def clip_grad_norm_(params, max_norm, norm_type=2.0):
+    """Scale all gradients together so that their joint norm is at most ``max_norm``; return the
+    norm before clipping (a Python float).
+
+    The joint norm is the ``norm_type`` norm (2 or inf) of all gradient entries together. When it
+    exceeds ``max_norm`` every ``p.grad`` is replaced by ``p.grad * max_norm / (norm + 1e-6)``, a
+    new array: gradients may alias one another, so they are never scaled in place. Gradients are
+    reduced in their own dtype (no float64 temporaries); a NaN or Inf norm propagates into the
+    gradients, as in PyTorch, so the caller's NaN check sees it.
+    """
+    if isinstance(params, Tensor):
+        params = [params]
+    grads = [p for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm_type = float(norm_type)
+    if norm_type == math.inf:
+        total = max(float(get_array_module(p.grad).abs(p.grad).max()) for p in grads)
+    elif norm_type == 2.0:
+        sq = 0.0
+        for p in grads:
+            flat = p.grad.reshape(-1)
+            sq += float(get_array_module(flat).dot(flat, flat))
+        total = math.sqrt(sq)
+    else:
+        raise ValueError(f"norm_type must be 2 or inf, got {norm_type}")
+    coef = float(max_norm) / (total + 1e-6)
+    if coef < 1 or math.isnan(coef):
+        for p in grads:
+            p.grad = p.grad * coef  # a new array: never write into a gradient that may be shared
+    return total
+
+
+# ----- learning-rate schedules ----------------------------------------------------------------
+class LRScheduler:
+    """Sets ``optimizer.lr`` from a closed-form function of the step count (so resuming from
+    ``state_dict`` gives exactly the same rates). Call ``step()`` once per optimizer step (or
+    per epoch, if the schedule is counted in epochs)."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.base_lr = float(optimizer.lr)
+        self.last_step = 0
+        optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, t):
+        """The learning rate after ``t`` calls of ``step()``."""
+        raise NotImplementedError
+
+    def step(self):
+        """Advance one step and set the optimizer's learning rate."""
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+    def state_dict(self):
+        """{"base_lr": float, "last_step": int}: plain numbers for a JSON checkpoint."""
+        return {"base_lr": self.base_lr, "last_step": self.last_step}
+
+    def load_state_dict(self, state):
+        """Restore the schedule position and set the optimizer's learning rate accordingly."""
+        self.base_lr = float(state["base_lr"])
+        self.last_step = int(state["last_step"])
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+
+class CosineLR(LRScheduler):
+    """Linear warm-up over ``warmup_steps`` (from base_lr / warmup_steps to base_lr), then a
+    half cosine from base_lr down to ``min_lr`` at ``total_steps``, constant afterwards."""
+
+    def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0):
+        self.total_steps, self.min_lr, self.warmup_steps = int(total_steps), float(min_lr), int(warmup_steps)
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        """See the class docstring."""
+        if t < self.warmup_steps:
+            return self.base_lr * (t + 1) / self.warmup_steps
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (t - self.warmup_steps) / span)
+        return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class StepLR(LRScheduler):
+    """base_lr * gamma ** (t // step_size): decay by ``gamma`` every ``step_size`` steps."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        """See the class docstring."""
+        return self.base_lr * self.gamma ** (t // self.step_size)

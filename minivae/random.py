@@ -1,0 +1,425 @@
+"""Philox4x32-10 counter-based random numbers in vectorized NumPy.
+
+This module is the CPU twin of the GPU generator in ``kernels/philox.cuh`` and
+``kernels/vae_math.cuh``: both compute the same 32-bit words, bit for bit, from the
+same (seed, offset, stream, element index), and then apply the same float transforms.
+
+Philox4x32-10 (Salmon, Moraes, Dror and Shaw, "Parallel random numbers: as easy as
+1, 2, 3", SC 2011; the Random123 library) maps a 128-bit counter ``(c0, c1, c2, c3)``
+and a 64-bit key ``(k0, k1)`` to 128 random bits. One round is::
+
+    hi0, lo0 = mulhilo(0xD2511F53, c0)        # 32x32 -> 64-bit product, high and low words
+    hi1, lo1 = mulhilo(0xCD9E8D57, c2)
+    c = (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0)
+
+and between rounds the key is bumped by the Weyl constants ``k0 += 0x9E3779B9``,
+``k1 += 0xBB67AE85`` (mod 2**32). Ten rounds are applied.
+
+Addressing convention (one convention, everywhere)
+--------------------------------------------------
+A random number is addressed by ``(seed, offset, stream, i)``:
+
+* ``seed``   -- 64-bit key: ``key = (seed & 0xFFFFFFFF, seed >> 32)``;
+* ``offset`` -- 64-bit draw number (one *draw* = one array of noise); a
+  :class:`Generator` increments it by one per draw, so successive draws never overlap;
+* ``stream`` -- 32-bit sub-stream for independent noise with the same seed and offset
+  (default 0);
+* ``i``      -- flat (C-order) index of the element inside the draw, ``0 <= i < 2**34``.
+
+Element ``i`` takes word ``i % 4`` of the Philox block at counter::
+
+    counter = (i // 4, offset & 0xFFFFFFFF, offset >> 32, stream)
+
+so any slice of a draw can be regenerated from its indices alone, without storing the
+noise, and a GPU thread can compute element ``i`` from ``(seed, offset, stream, i)``.
+
+Float transforms
+----------------
+* **uniform, float32**: ``u = ((w >> 9) + 0.5) * 2**-23``: the top 23 bits of the word,
+  centred in their bin. Every value is exact in float32 and lies in
+  ``[2**-24, 1 - 2**-24]``: strictly inside (0, 1), so ``log(u)`` and ``log(1 - u)`` are
+  always finite.
+* **uniform, float64**: ``u = (w + 0.5) * 2**-32``: all 32 bits, exact in float64, in
+  ``[2**-33, 1 - 2**-33]``. (One word per element for both dtypes, so an element's
+  address does not depend on the dtype; float64 uniforms have a resolution of 2**-32.)
+* **standard normal** (Box-Muller): the four words of one Philox block give four
+  normals, as two pairs ``(w0, w1)`` and ``(w2, w3)``. For a pair ``(wa, wb)`` with
+  uniforms ``u1 = U(wa)``, ``u2 = U(wb)`` of the target dtype::
+
+      r = sqrt(-2 log u1),  theta = 2 pi u2   (sin and cos as sincospi(2 u2): exact reduction)
+      n_a = r * cos(theta),  n_b = r * sin(theta)
+
+  so element ``i`` is ``r cos(theta)`` when ``i`` is even and ``r sin(theta)`` when odd.
+  The tails are cut where ``u1`` is smallest: ``|n| <= 5.77`` in float32 and ``<= 6.77``
+  in float64 (probability of exceeding them under N(0,1): about 8e-9 and 1e-11).
+  NumPy computes ``r``, ``cos`` and ``sin`` in float64 (from the exact uniforms of the
+  target dtype) and rounds once at the end, so it is the accurate reference; the float32
+  GPU code computes them in float32 (logf, sqrtf, sincospif) and agrees to a few float32
+  ulps. The words and the uniforms are bit-identical on both sides.
+* **Gumbel**: ``g = -log(-log(u))`` with the uniform above.
+
+Public API
+----------
+``philox4x32(counter, key, rounds=10)``, ``philox_words(n, seed, offset, stream, start)``,
+``uniform_from_words``, ``normal_from_words``, ``uniform(shape, seed, offset)``,
+``normal(shape, seed, offset)``, ``gumbel(...)``, ``normal_at(indices, ...)``,
+:class:`Noise` (the address of one draw) and :class:`Generator` (a seed plus an advancing
+offset, with a JSON-able ``state_dict``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "PHILOX_M4x32_0", "PHILOX_M4x32_1", "PHILOX_W32_0", "PHILOX_W32_1",
+    "MAX_ELEMENTS", "philox4x32", "philox_words", "uniform_from_words",
+    "normal_from_words", "uniform", "normal", "gumbel", "normal_at",
+    "Noise", "Generator",
+]
+
+# Random123 constants (philox.h)
+PHILOX_M4x32_0 = 0xD2511F53
+PHILOX_M4x32_1 = 0xCD9E8D57
+PHILOX_W32_0 = 0x9E3779B9
+PHILOX_W32_1 = 0xBB67AE85
+
+_MASK32 = 0xFFFFFFFF
+_MASK64 = (1 << 64) - 1
+#: The element index lives in a 32-bit counter word as ``i // 4``: at most 2**34 elements per draw.
+MAX_ELEMENTS = 1 << 34
+
+_TWO_POW_M23 = 1.0 / (1 << 23)
+_TWO_POW_M32 = 1.0 / (1 << 32)
+
+
+def _check_u64(name: str, value) -> int:
+    v = int(value)
+    if v != value or not 0 <= v <= _MASK64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
+    return v
+
+
+def _check_u32(name: str, value) -> int:
+    v = int(value)
+    if v != value or not 0 <= v <= _MASK32:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    return v
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def _shape(shape) -> tuple[int, ...]:
+    if isinstance(shape, (int, np.integer)):
+        return (int(shape),)
+    return tuple(int(s) for s in shape)
+
+
+# ---------------------------------------------------------------------------------------
+# The bijection
+# ---------------------------------------------------------------------------------------
+
+def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
+    """Philox4x32 with ``rounds`` rounds (10 is the standard Philox4x32-10).
+
+    ``counter``: unsigned integers of shape ``(..., 4)``; ``key``: shape ``(..., 2)``;
+    the leading dimensions broadcast. Returns uint32 of shape ``(..., 4)``. Values must
+    fit in 32 bits. Products are formed exactly in uint64 and split into high and low words.
+    """
+    c = np.asarray(counter)
+    k = np.asarray(key)
+    if c.shape[-1:] != (4,) or k.shape[-1:] != (2,):
+        raise ValueError(f"philox4x32: counter must have shape (..., 4) and key (..., 2), "
+                         f"got {c.shape} and {k.shape}")
+    if int(rounds) != rounds or rounds < 0:
+        raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
+    for name, a in (("counter", c), ("key", k)):
+        if a.dtype.kind not in "ui":
+            raise TypeError(f"philox4x32: {name} must hold integers, got {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() > _MASK32):
+            raise ValueError(f"philox4x32: {name} words must be in [0, 2**32)")
+    c = c.astype(np.uint64)
+    k = k.astype(np.uint64)
+    c0, c1, c2, c3 = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
+    k0, k1 = k[..., 0], k[..., 1]
+    c0, c1, c2, c3, k0, k1 = np.broadcast_arrays(c0, c1, c2, c3, k0, k1)
+    m0 = np.uint64(PHILOX_M4x32_0)
+    m1 = np.uint64(PHILOX_M4x32_1)
+    w0 = np.uint64(PHILOX_W32_0)
+    w1 = np.uint64(PHILOX_W32_1)
+    mask = np.uint64(_MASK32)
+    s32 = np.uint64(32)
+    for r in range(int(rounds)):
+        if r:
+            k0 = (k0 + w0) & mask
+            k1 = (k1 + w1) & mask
+        p0 = c0 * m0  # < 2**64: exact
+        p1 = c2 * m1
+        c0, c1, c2, c3 = (p1 >> s32) ^ c1 ^ k0, p1 & mask, (p0 >> s32) ^ c3 ^ k1, p0 & mask
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+
+
+def _blocks(first_chunk: int, n_chunks: int, seed: int, offset: int, stream: int) -> np.ndarray:
+    """Philox blocks for chunks ``first_chunk ... first_chunk + n_chunks - 1``: uint32 (n_chunks, 4)."""
+    if first_chunk + n_chunks > (MAX_ELEMENTS >> 2):
+        raise ValueError(f"a draw holds at most 2**34 elements (element index overflow)")
+    ctr = np.empty((n_chunks, 4), dtype=np.uint64)
+    ctr[:, 0] = np.arange(first_chunk, first_chunk + n_chunks, dtype=np.uint64)
+    ctr[:, 1] = offset & _MASK32
+    ctr[:, 2] = offset >> 32
+    ctr[:, 3] = stream
+    key = np.array([seed & _MASK32, seed >> 32], dtype=np.uint64)
+    return philox4x32(ctr, key)
+
+
+def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int = 0) -> np.ndarray:
+    """The raw words of elements ``start ... start + n - 1`` of draw (seed, offset, stream).
+
+    Element ``i`` is word ``i % 4`` of ``philox4x32((i // 4, offset_lo, offset_hi, stream),
+    (seed_lo, seed_hi))``. Returns uint32 of shape (n,).
+    """
+    seed = _check_u64("seed", seed)
+    offset = _check_u64("offset", offset)
+    stream = _check_u32("stream", stream)
+    n, start = int(n), int(start)
+    if n < 0 or start < 0 or start + n > MAX_ELEMENTS:
+        raise ValueError(f"elements [{start}, {start + n}) outside [0, 2**34)")
+    if n == 0:
+        return np.empty(0, dtype=np.uint32)
+    c_first = start // 4
+    c_last = (start + n - 1) // 4
+    words = _blocks(c_first, c_last - c_first + 1, seed, offset, stream).reshape(-1)
+    lo = start - 4 * c_first
+    return words[lo:lo + n]
+
+
+# ---------------------------------------------------------------------------------------
+# Transforms
+# ---------------------------------------------------------------------------------------
+
+def uniform_from_words(words, dtype=np.float32) -> np.ndarray:
+    """Map uint32 words to uniforms strictly inside (0, 1) (see the module docstring)."""
+    dt = _float_dtype(dtype)
+    w = np.asarray(words, dtype=np.uint32)
+    if dt == np.float32:
+        # (w >> 9) < 2**23, so (w >> 9) + 0.5 needs 24 significant bits: exact in float32.
+        return ((w >> np.uint32(9)).astype(np.float32) + np.float32(0.5)) * np.float32(_TWO_POW_M23)
+    return (w.astype(np.float64) + 0.5) * _TWO_POW_M32
+
+
+def _sincospi(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """sin(pi x), cos(pi x) in float64 with an exact argument reduction.
+
+    ``x`` is folded to ``r = x - k`` in [-1/2, 1/2] (``k`` the nearest integer; the
+    subtraction is exact), so the result keeps its relative accuracy near the zeros of sin
+    and cos, like CUDA's ``sincospi`` (and the host build of ``kernels/vae_math.cuh``).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    k = np.floor(x + 0.5)
+    t = np.pi * (x - k)
+    sign = 1.0 - 2.0 * (np.mod(k, 2.0))
+    return sign * np.sin(t), sign * np.cos(t)
+
+
+def normal_from_words(words, dtype=np.float32) -> np.ndarray:
+    """Box-Muller on whole Philox blocks: uint32 (..., 4) -> normals (..., 4).
+
+    Pairs (w0, w1) and (w2, w3): ``n0 = r cos(theta)``, ``n1 = r sin(theta)`` with
+    ``r = sqrt(-2 log U(w0))`` and ``theta = 2 pi U(w1)`` (likewise n2, n3), ``U`` the
+    uniform of the target dtype. sin and cos are sincospi(2 U(w1)) (``2 U`` is exact); the
+    arithmetic is done in float64 and rounded once to the target dtype.
+    """
+    dt = _float_dtype(dtype)
+    w = np.asarray(words, dtype=np.uint32)
+    if w.shape[-1:] != (4,):
+        raise ValueError(f"normal_from_words expects words of shape (..., 4), got {w.shape}")
+    u = uniform_from_words(w, dt).astype(np.float64)  # exact
+    r = np.sqrt(-2.0 * np.log(u[..., 0::2]))
+    s, c = _sincospi(2.0 * u[..., 1::2])
+    out = np.empty(w.shape, dtype=np.float64)
+    out[..., 0::2] = r * c
+    out[..., 1::2] = r * s
+    return out.astype(dt, copy=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Draws addressed by (seed, offset, stream)
+# ---------------------------------------------------------------------------------------
+
+def _range_normals(start: int, n: int, seed: int, offset: int, stream: int, dt) -> np.ndarray:
+    if n == 0:
+        return np.empty(0, dtype=dt)
+    c_first = start // 4
+    c_last = (start + n - 1) // 4
+    blocks = _blocks(c_first, c_last - c_first + 1, seed, offset, stream)
+    vals = normal_from_words(blocks, dt).reshape(-1)
+    lo = start - 4 * c_first
+    return vals[lo:lo + n]
+
+
+def _check_draw(shape, seed, offset, stream, start):
+    shape = _shape(shape)
+    if any(s < 0 for s in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    n = math.prod(shape)
+    start = int(start)
+    if start < 0 or start + n > MAX_ELEMENTS:
+        raise ValueError(f"elements [{start}, {start + n}) outside [0, 2**34)")
+    return (shape, n, _check_u64("seed", seed), _check_u64("offset", offset),
+            _check_u32("stream", stream), start)
+
+
+def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
+           start: int = 0) -> np.ndarray:
+    """Standard normals of draw (seed, offset, stream), elements ``start ... start + size - 1``
+    in C order, reshaped to ``shape``. ``normal((B, D), s, o)[b, d]`` is element ``b*D + d``,
+    exactly what the GPU kernels compute for a (B, D) array with the same seed and offset."""
+    shape, n, seed, offset, stream, start = _check_draw(shape, seed, offset, stream, start)
+    return _range_normals(start, n, seed, offset, stream, _float_dtype(dtype)).reshape(shape)
+
+
+def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
+            start: int = 0) -> np.ndarray:
+    """Uniforms strictly inside (0, 1) of draw (seed, offset, stream); see :func:`normal`."""
+    shape, n, seed, offset, stream, start = _check_draw(shape, seed, offset, stream, start)
+    words = philox_words(n, seed, offset, stream, start)
+    return uniform_from_words(words, dtype).reshape(shape)
+
+
+def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
+           start: int = 0) -> np.ndarray:
+    """Standard Gumbel samples ``-log(-log(u))`` (computed in float64, rounded once)."""
+    dt = _float_dtype(dtype)
+    u = uniform(shape, seed, offset, dt, stream, start).astype(np.float64)
+    return (-np.log(-np.log(u))).astype(dt, copy=False)
+
+
+def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0) -> np.ndarray:
+    """The normals of arbitrary flat element indices of a draw (any integer array shape)."""
+    seed = _check_u64("seed", seed)
+    offset = _check_u64("offset", offset)
+    stream = _check_u32("stream", stream)
+    dt = _float_dtype(dtype)
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "ui":
+        raise TypeError("indices must be integers")
+    if idx.size and (idx.min() < 0 or idx.max() >= MAX_ELEMENTS):
+        raise ValueError("indices must be in [0, 2**34)")
+    idx = idx.astype(np.uint64)
+    ctr = np.empty(idx.shape + (4,), dtype=np.uint64)
+    ctr[..., 0] = idx >> np.uint64(2)
+    ctr[..., 1] = offset & _MASK32
+    ctr[..., 2] = offset >> 32
+    ctr[..., 3] = stream
+    key = np.array([seed & _MASK32, seed >> 32], dtype=np.uint64)
+    vals = normal_from_words(philox4x32(ctr, key), dt)
+    lane = (idx & np.uint64(3)).astype(np.intp)
+    return np.take_along_axis(vals, lane[..., None], axis=-1)[..., 0]
+
+
+@dataclass(frozen=True)
+class Noise:
+    """The address of one draw of noise: ``(seed, offset, stream)``.
+
+    A ``Noise`` is what the ops take instead of an eps array: on the CPU it is
+    materialized with :meth:`normal`; on the GPU the kernels regenerate it in registers
+    from the same address (forward and backward), so it is never stored. Calling it twice
+    gives the same numbers (which is what finite-difference gradient checks need).
+    """
+
+    seed: int
+    offset: int = 0
+    stream: int = 0
+
+    def __post_init__(self):
+        _check_u64("seed", self.seed)
+        _check_u64("offset", self.offset)
+        _check_u32("stream", self.stream)
+
+    def normal(self, shape, dtype=np.float32, start: int = 0) -> np.ndarray:
+        return normal(shape, self.seed, self.offset, dtype, self.stream, start)
+
+    def uniform(self, shape, dtype=np.float32, start: int = 0) -> np.ndarray:
+        return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
+
+    def gumbel(self, shape, dtype=np.float32, start: int = 0) -> np.ndarray:
+        return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
+
+
+class Generator:
+    """A seed and an offset that advances by one per draw, so draws never overlap.
+
+    >>> g = Generator(1234)
+    >>> a = g.normal((2, 3)); b = g.normal((2, 3))   # offsets 0 and 1
+    >>> state = g.state_dict()                        # {"seed": 1234, "offset": 2, "stream": 0}
+
+    ``state_dict()`` holds plain ints (JSON-able); ``load_state_dict`` restores it, so a
+    resumed training run draws exactly the noise of an uninterrupted one. ``next_noise()``
+    reserves one draw and returns its :class:`Noise` address (what the GPU path uses).
+    """
+
+    def __init__(self, seed: int = 0, offset: int = 0, stream: int = 0):
+        self._seed = _check_u64("seed", seed)
+        self._offset = _check_u64("offset", offset)
+        self._stream = _check_u32("stream", stream)
+
+    @property
+    def seed(self) -> int:
+        return self._seed
+
+    @property
+    def offset(self) -> int:
+        """The offset the next draw will use."""
+        return self._offset
+
+    @property
+    def stream(self) -> int:
+        return self._stream
+
+    def next_noise(self) -> Noise:
+        """Reserve the next draw and return its address."""
+        if self._offset >= _MASK64:
+            raise OverflowError("Generator offset exhausted (2**64 draws)")
+        noise = Noise(self._seed, self._offset, self._stream)
+        self._offset += 1
+        return noise
+
+    def normal(self, shape, dtype=np.float32) -> np.ndarray:
+        return self.next_noise().normal(shape, dtype)
+
+    def uniform(self, shape, dtype=np.float32) -> np.ndarray:
+        return self.next_noise().uniform(shape, dtype)
+
+    def gumbel(self, shape, dtype=np.float32) -> np.ndarray:
+        return self.next_noise().gumbel(shape, dtype)
+
+    def bernoulli(self, p, dtype=np.float32) -> np.ndarray:
+        """``(u < p)`` as ``dtype`` with one uniform per element of ``p`` (e.g. binarizing MNIST)."""
+        p = np.asarray(p)
+        u = self.next_noise().uniform(p.shape, np.float64)
+        return (u < p).astype(dtype)
+
+    def spawn(self, stream: int) -> "Generator":
+        """A generator with the same seed and offset on another stream (independent noise)."""
+        return Generator(self._seed, self._offset, stream)
+
+    def state_dict(self) -> dict:
+        return {"seed": self._seed, "offset": self._offset, "stream": self._stream}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = {"seed", "offset"} - set(state)
+        if missing:
+            raise KeyError(f"Generator state is missing {sorted(missing)}")
+        self._seed = _check_u64("seed", state["seed"])
+        self._offset = _check_u64("offset", state["offset"])
+        self._stream = _check_u32("stream", state.get("stream", 0))
+
+    def __repr__(self) -> str:
+        return f"Generator(seed={self._seed}, offset={self._offset}, stream={self._stream})"

@@ -1,0 +1,495 @@
+"""Pictures of a trained run: samples, reconstructions, the latent space, traversals, curves.
+
+``minivae plot RUN`` calls :func:`plot_run`, which writes PNG files into the run folder::
+
+    samples.png          an 8 x 8 grid of Bernoulli means decoded from z ~ N(0, I)
+    reconstructions.png  test inputs next to the Bernoulli means decoded from their posterior means
+    latent_pca.png       test-set posterior means E_q[z|x] projected to 2-D by PCA, coloured by label
+    latent_tsne.png      the same points embedded by t-SNE (only when scikit-learn is installed)
+    latent_umap.png      ... and by UMAP (only when umap-learn is installed)
+    traversal.png        z-dim 2: decoded grid over the Gaussian quantiles; otherwise one row per
+                         high-KL dimension, swept from -3 to 3 with the others at 0
+    kl_per_dim.png       mean KL(q(z_d|x) || N(0,1)) per latent dimension, active units marked
+    curves.png           learning curves from metrics.jsonl (ELBO or bound, validation ELBO, KL)
+    grad_norms.png       per-layer gradient norms, when metrics.jsonl has ``grad_norm/...`` keys
+
+matplotlib is an optional extra (``pip install 'minivae[viz]'``) and is imported inside the
+functions that need it. Figures are drawn with matplotlib's object-oriented API
+(``matplotlib.figure.Figure``, rendered by Agg) and never through ``pyplot``, so no screen is
+needed, no global backend is switched under a user's notebook, and no figure stays alive in
+pyplot's registry after it is saved.
+
+:func:`kl_per_dimension`, :func:`latent_activity` and :func:`active_units` are plain NumPy and
+need no matplotlib.
+"""
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from .backend import to_device
+
+# Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
+# when Cov_x(E_{q(u|x)}[u]) > 1e-2.
+ACTIVE_UNIT_THRESHOLD = 1e-2
+
+# Grey between tiles: visible against both the black background and the white strokes of digits.
+_PAD_VALUE = 0.5
+
+
+def _require_matplotlib():
+    """Import matplotlib (Agg only, through the Figure API) or explain how to install it."""
+    try:
+        import matplotlib  # noqa: F401
+        from matplotlib.figure import Figure
+        import matplotlib.image as mpimg
+    except ImportError as exc:
+        raise ImportError(
+            "minivae's pictures need matplotlib, an optional extra: pip install 'minivae[viz]'"
+        ) from exc
+    return Figure, mpimg
+
+
+# ----- plain NumPy: KL per dimension and active units -----------------------------------------
+
+def kl_per_dimension(mu, logvar):
+    """Mean over examples of KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (D,).
+
+    Per example and dimension KL = 0.5 * (mu^2 + exp(logvar) - 1 - logvar) (closed form for a
+    diagonal Gaussian against the standard normal); the sum over d of the result is the mean KL
+    term of the ELBO. A dimension with KL near 0 carries no information about x (posterior
+    collapse). ``mu`` and ``logvar`` are (N, D) arrays (NumPy, or anything ``np.asarray`` takes).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    logvar = np.asarray(logvar, dtype=np.float64)
+    if mu.shape != logvar.shape or mu.ndim != 2:
+        raise ValueError(f"mu and logvar must both be (N, D), got {mu.shape} and {logvar.shape}")
+    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
+
+
+def latent_activity(mu):
+    """Per-dimension activity Cov_x(E_q[z_d | x]) of Burda et al. 2015, shape (D,).
+
+    ``mu`` is the (N, D) matrix of posterior means over a data set; the activity of dimension d is
+    the variance of column d over the examples (normalized by N, the population variance).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim != 2:
+        raise ValueError(f"mu must be (N, D), got shape {mu.shape}")
+    return mu.var(axis=0)
+
+
+def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
+    """The number of active latent units: dimensions whose activity ``latent_activity(mu)`` exceeds
+    ``threshold`` (1e-2 as in Burda et al. 2015). ``mu`` is the (N, D) matrix of posterior means."""
+    return int((latent_activity(mu) > threshold).sum())
+
+
+def pca_2d(points):
+    """Project (N, D) points onto their first two principal components with an SVD.
+
+    Returns ``(projected (N, 2), explained variance ratio (2,))``. With D == 1 the second
+    coordinate is zero. The sign of each component is fixed (largest loading positive) so the
+    picture does not flip between runs of the same model.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    # Economy SVD of the centred data: rows of vt are the principal directions, s**2 / (N - 1)
+    # their variances. N x D with D <= a few hundred, so this is cheap.
+    _, s, vt = np.linalg.svd(x, full_matrices=False)
+    k = min(2, vt.shape[0])
+    vt = vt[:k]
+    signs = np.sign(vt[np.arange(k), np.abs(vt).argmax(axis=1)])
+    vt = vt * np.where(signs == 0, 1.0, signs)[:, None]
+    proj = np.zeros((len(x), 2))
+    proj[:, :k] = x @ vt.T
+    total = float((s ** 2).sum())
+    ratio = np.zeros(2)
+    if total > 0:
+        ratio[:k] = s[:k] ** 2 / total
+    return proj, ratio
+
+
+# ----- image grids -----------------------------------------------------------------------------
+
+def _as_images(images):
+    """(N, 784) or (N, H, W) array-like (NumPy or CuPy) -> float (N, H, W) NumPy array."""
+    # to_device copies CuPy arrays to the host and leaves NumPy arrays and lists as they are.
+    x = np.asarray(to_device(images, "cpu"), dtype=np.float64)
+    if x.ndim == 2:
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise ValueError(f"cannot reshape rows of length {x.shape[1]} into square images")
+        x = x.reshape(len(x), side, side)
+    if x.ndim != 3:
+        raise ValueError(f"images must be (N, H*W) or (N, H, W), got shape {x.shape}")
+    return x
+
+
+def tile_images(images, nrow=None, pad=2, pad_value=_PAD_VALUE):
+    """Arrange images into one 2-D array: ``nrow`` images per row (default ceil(sqrt(N))).
+
+    ``images`` is (N, H*W) with square images or (N, H, W); ``pad`` pixels of ``pad_value``
+    separate the tiles and frame the grid. Empty cells of the last row stay ``pad_value``.
+    """
+    x = _as_images(images)
+    n, h, w = x.shape
+    if n == 0:
+        raise ValueError("no images to tile")
+    ncol = nrow if nrow is not None else math.ceil(math.sqrt(n))
+    if ncol < 1:
+        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    ncol = min(ncol, n)
+    rows = math.ceil(n / ncol)
+    grid = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=np.float64)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        top, left = pad + r * (h + pad), pad + c * (w + pad)
+        grid[top:top + h, left:left + w] = x[i]
+    return grid
+
+
+def save_image_grid(images, path, nrow=None, pad=2, scale=1):
+    """Write images with values in [0, 1] as one grey-scale PNG grid; return the path.
+
+    ``images``: (N, 784) or (N, 28, 28) (NumPy or CuPy). ``nrow``: images per row (default
+    ceil(sqrt(N)), as torchvision's ``make_grid``). Each pixel of the grid is one pixel of the PNG,
+    magnified ``scale`` times by pixel repetition (nearest neighbour keeps the pixels sharp).
+    Values are clipped to [0, 1] and shown 0 = black, 1 = white.
+    """
+    _, mpimg = _require_matplotlib()
+    grid = np.clip(tile_images(images, nrow=nrow, pad=pad), 0.0, 1.0)
+    if scale != 1:
+        grid = np.kron(grid, np.ones((int(scale), int(scale))))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mpimg.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return path
+
+
+# ----- model queries (no graph, eval mode) ------------------------------------------------------
+
+def encode_dataset(model, x, batch_size=500):
+    """Posterior parameters (mu, logvar) of ``model`` for every row of ``x``, as float64 NumPy (N, D).
+
+    Runs in eval mode without recording a graph (``minivae.evaluate.evaluating``).
+    """
+    from .autograd import tensor
+    from .evaluate import evaluating
+
+    device = next(iter(model.parameters())).device
+    mus, logvars = [], []
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            mu, logvar = model.encode(tensor(to_device(x[start:start + batch_size], device)))
+            mus.append(mu.numpy().astype(np.float64))
+            logvars.append(logvar.numpy().astype(np.float64))
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def decode_means(model, z, batch_size=500):
+    """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim)."""
+    from .autograd import tensor
+    from .evaluate import evaluating
+    from . import functional as F
+
+    param = next(iter(model.parameters()))
+    z = np.asarray(z, dtype=param.dtype)
+    out = []
+    with evaluating(model):
+        for start in range(0, len(z), batch_size):
+            zb = tensor(to_device(z[start:start + batch_size], param.device))
+            out.append(F.sigmoid(model.decode(zb)).numpy())
+    return np.concatenate(out)
+
+
+# ----- figures ------------------------------------------------------------------------------
+
+def _save(fig, path):
+    fig.savefig(path, dpi=100)
+    return Path(path)
+
+
+def _gray_axes(ax, grid):
+    ax.imshow(grid, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_reconstructions(x, recon, path, n=32, ncol=8):
+    """Side-by-side grids: ``n`` inputs (left) and their reconstructions (right), same positions."""
+    Figure, _ = _require_matplotlib()
+    n = min(n, len(x))
+    # Height from the grids' aspect (ncol x ceil(n/ncol) tiles per panel) plus room for titles.
+    fig = Figure(figsize=(8, 0.5 + 3.9 * math.ceil(n / ncol) / ncol))
+    for ax, images, title in zip(fig.subplots(1, 2), (x[:n], recon[:n]),
+                                 ("input (binarized test images)", "reconstruction (Bernoulli means)")):
+        _gray_axes(ax, tile_images(images, nrow=ncol))
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
+    """A 2-D scatter of latent points coloured by digit label (tab10, with a legend)."""
+    Figure, _ = _require_matplotlib()
+    fig = Figure(figsize=(6.4, 5.6))
+    ax = fig.subplots()
+    labels = None if labels is None else np.asarray(labels)
+    if labels is None:
+        ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.6)
+    else:
+        # One scatter call per class, so the legend names every digit with its colour.
+        for c in np.unique(labels):
+            m = labels == c
+            ax.scatter(points[m, 0], points[m, 1], s=3, alpha=0.6, color=f"C{int(c) % 10}", label=str(c))
+        ax.legend(markerscale=4, fontsize=8, loc="best", title="label", title_fontsize=8)
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _gaussian_quantiles(n, lo=0.05, hi=0.95):
+    # Equal steps in probability, mapped through the inverse normal CDF (Kingma & Welling 2014,
+    # figure 4): the grid covers the prior's mass evenly instead of over-sampling its tails.
+    nd = statistics.NormalDist()
+    return np.array([nd.inv_cdf(p) for p in np.linspace(lo, hi, n)])
+
+
+def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
+    """Decode a latent traversal and save it.
+
+    z-dim 2: an n x n grid over the Gaussian quantiles of both axes (z1 left to right, z2 bottom
+    to top, as in a scatter plot). Otherwise: one row per latent dimension, the ``n_dims``
+    dimensions with the largest mean KL (``kl``, shape (D,); the first ones when None), each swept
+    over ``n`` values from -span to span while the other dimensions stay at 0, the prior mean.
+    """
+    Figure, _ = _require_matplotlib()
+    d = model.z_dim
+    if d == 2:
+        q = _gaussian_quantiles(n)
+        # Row r holds z2 = q[n-1-r] so that z2 grows upwards, matching the latent scatter.
+        z = np.array([[z1, z2] for z2 in q[::-1] for z1 in q])
+        grid = tile_images(decode_means(model, z), nrow=n, pad=1)
+        fig = Figure(figsize=(7, 7.3))
+        ax = fig.subplots()
+        _gray_axes(ax, grid)
+        ax.set_title("decoded latent grid over N(0,1) quantiles (z1 right, z2 up)", fontsize=10)
+        fig.tight_layout()
+        return _save(fig, path)
+    order = np.arange(d) if kl is None else np.argsort(-np.asarray(kl), kind="stable")
+    dims = order[:min(n_dims, d)]
+    values = np.linspace(-span, span, n)
+    z = np.zeros((len(dims) * n, d))
+    for r, dim in enumerate(dims):
+        z[r * n:(r + 1) * n, dim] = values
+    images = decode_means(model, z)
+    h = math.isqrt(images.shape[1])
+    pad = 1
+    grid = tile_images(images, nrow=n, pad=pad)
+    fig = Figure(figsize=(7, 1.0 + 6.4 * grid.shape[0] / grid.shape[1]))
+    ax = fig.subplots()
+    _gray_axes(ax, grid)
+    # Label each row with its dimension (and KL), the columns with the swept values.
+    ax.set_yticks([pad + r * (h + pad) + h / 2 for r in range(len(dims))])
+    ax.set_yticklabels([f"z{int(k)}" + ("" if kl is None else f" ({kl[k]:.2f})") for k in dims],
+                       fontsize=8)
+    ticks = [0, n // 2, n - 1]
+    ax.set_xticks([pad + c * (h + pad) + h / 2 for c in ticks])
+    ax.set_xticklabels([f"{values[c]:g}" for c in ticks], fontsize=8)
+    ax.set_title("traversal of the highest-KL dimensions (KL in nats), others at 0", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
+    """Bar plot of the mean KL per latent dimension; active units (activity > threshold) in colour."""
+    Figure, _ = _require_matplotlib()
+    kl = np.asarray(kl)
+    active = np.asarray(activity) > threshold
+    fig = Figure(figsize=(max(6.0, 0.16 * len(kl) + 2), 3.6))
+    ax = fig.subplots()
+    colors = np.where(active, "C0", "0.7")
+    ax.bar(np.arange(len(kl)), kl, color=colors, width=0.8)
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel("mean KL (nats)")
+    ax.set_xlim(-0.8, len(kl) - 0.2)
+    ax.set_title(f"KL per dimension: total {kl.sum():.2f} nats; active units "
+                 f"{int(active.sum())}/{len(kl)} (Cov_x E_q[z] > {threshold:g}, grey = inactive)",
+                 fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def read_metrics(run_dir):
+    """The lines of ``metrics.jsonl`` in ``run_dir`` as a list of dicts ([] if the file is absent)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(lines, key, x_key="epoch"):
+    pts = [(m[x_key], m[key]) for m in lines if m.get(key) is not None and x_key in m]
+    return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
+
+
+def plot_curves(metrics, path):
+    """Learning curves: train ELBO (or IWAE bound) and validation ELBO per epoch; train KL."""
+    Figure, _ = _require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
+    # Only per-epoch summary lines; gradient-trace lines (if any) may share the file.
+    lines = [m for m in metrics if "epoch" in m and ("valid_elbo" in m or "train_loss" in m)]
+    fig = Figure(figsize=(10, 3.8))
+    ax_b, ax_kl = fig.subplots(1, 2)
+    style = dict(marker="o", markersize=3)  # markers, so a one-epoch run still shows its point
+    for key, label in (("train_elbo", "train ELBO"), ("train_bound", "train bound"),
+                       ("valid_elbo", "validation ELBO")):
+        s = _series(lines, key)
+        if s:
+            ax_b.plot(*s, label=label, **style)
+    ax_b.set_xlabel("epoch")
+    ax_b.set_ylabel("nats per image")
+    ax_b.set_title("bound (higher is better)", fontsize=10)
+    if ax_b.lines:
+        ax_b.legend(fontsize=8)
+    s = _series(lines, "train_kl")
+    if s:
+        ax_kl.plot(*s, label="train KL", color="C3", **style)
+        ax_kl.legend(fontsize=8)
+        ax_kl.set_title("KL(q(z|x) || p(z))", fontsize=10)
+    else:
+        ax_kl.set_title("no KL logged (IWAE objective)", fontsize=10)
+    ax_kl.set_xlabel("epoch")
+    for ax in (ax_b, ax_kl):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax_kl.set_ylabel("nats per image")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+GRAD_PREFIX = "grad_norm/"
+RATIO_PREFIX = "update_ratio/"
+
+
+def has_grad_norms(metrics):
+    """True when any metrics line holds a ``grad_norm/...`` entry."""
+    return any(k.startswith(GRAD_PREFIX) for m in metrics for k in m)
+
+
+def plot_grad_norms(metrics, path):
+    """Per-layer gradient norms (``grad_norm/NAME`` keys) on a log scale, one line per name.
+
+    The x axis is ``step`` when the lines have it, else ``epoch``, else the line number. When
+    ``update_ratio/NAME`` keys are present they get a second panel (update-to-weight ratios).
+    """
+    Figure, _ = _require_matplotlib()
+    lines = [m for m in metrics if any(k.startswith(GRAD_PREFIX) for k in m)]
+    x_key = "step" if all("step" in m for m in lines) else "epoch" if all("epoch" in m for m in lines) else None
+    xs = [m[x_key] for m in lines] if x_key else list(range(1, len(lines) + 1))
+    panels = [(GRAD_PREFIX, "gradient norm")]
+    if any(k.startswith(RATIO_PREFIX) for m in lines for k in m):
+        panels.append((RATIO_PREFIX, "update / weight norm"))
+    fig = Figure(figsize=(6.5 * len(panels) + 2.5, 4.2))
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (prefix, ylabel) in zip(axes, panels):
+        names = sorted({k for m in lines for k in m if k.startswith(prefix)})
+        for name in names:
+            pts = [(x, m[name]) for x, m in zip(xs, lines) if m.get(name) is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name[len(prefix):],
+                    marker="o" if len(pts) < 3 else None, markersize=3)
+        ax.set_yscale("log")
+        ax.set_xlabel(x_key or "record")
+        ax.set_ylabel(ylabel)
+        ax.set_title(ylabel + " per layer", fontsize=10)
+    # One shared legend outside the panels: layer names are long.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    return _save(fig, path)
+
+
+def _embeddings(points, seed):
+    """Yield (name, 2-D embedding) for each optional embedder that is installed."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        TSNE = None
+    if TSNE is not None:
+        perplexity = min(30.0, (len(points) - 1) / 3.0)
+        yield "tsne", TSNE(n_components=2, perplexity=perplexity, init="pca",
+                           random_state=seed).fit_transform(points)
+    try:
+        import umap
+    except ImportError:
+        umap = None
+    if umap is not None:
+        yield "umap", umap.UMAP(n_components=2, random_state=seed).fit_transform(points)
+
+
+def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings=True):
+    """Draw every picture of a trained run into its folder; return the list of PNG paths.
+
+    ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
+    The model is rebuilt with ``minivae.cli._load_run``; the test images come from ``data`` (any
+    object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
+    fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
+    dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
+    ``n_embed`` of them to stay fast (``embeddings=False`` skips them). The sample grid uses the
+    Philox generator (``seed``, stream 3), as ``minivae sample`` does. See the module docstring for
+    the list of files.
+    """
+    _require_matplotlib()
+    from .cli import _load_run
+    from .data import binarize_eval, load_mnist
+    from .random import Generator
+
+    run_dir = Path(run_dir)
+    _, model = _load_run(run_dir)
+    data = data if data is not None else load_mnist(verbose=False)
+    n = min(n_latent, len(data.x_test))
+    x_test = binarize_eval(np.asarray(data.x_test[:n]), "test")
+    y_test = getattr(data, "y_test", None)
+    y_test = None if y_test is None else np.asarray(y_test)[:n]
+    paths = []
+
+    # Samples from the prior: Bernoulli means of the decoder, as in minivae sample.
+    images = model.sample(64, Generator(seed=seed, stream=3))
+    paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
+
+    mu, logvar = encode_dataset(model, x_test)
+    # Reconstruct from the posterior mean: deterministic, and the picture the encoder+decoder
+    # pair converges to, without sampling noise.
+    recon = decode_means(model, mu[:32])
+    paths.append(plot_reconstructions(x_test[:32], recon, run_dir / "reconstructions.png"))
+
+    proj, ratio = pca_2d(mu)
+    paths.append(plot_latent_scatter(
+        proj, y_test, run_dir / "latent_pca.png",
+        f"test-set posterior means E_q[z|x] (z-dim {mu.shape[1]}, n={n}), PCA",
+        f"PC1 ({100 * ratio[0]:.0f}% of variance)", f"PC2 ({100 * ratio[1]:.0f}% of variance)"))
+
+    if embeddings:
+        rng = np.random.default_rng(seed)
+        idx = np.sort(rng.choice(n, size=min(n_embed, n), replace=False))
+        for name, emb in _embeddings(mu[idx], seed):
+            paths.append(plot_latent_scatter(
+                np.asarray(emb), None if y_test is None else y_test[idx],
+                run_dir / f"latent_{name}.png",
+                f"test-set posterior means, {name.upper()} (n={len(idx)})", f"{name} 1", f"{name} 2"))
+
+    kl = kl_per_dimension(mu, logvar)
+    paths.append(plot_traversal(model, run_dir / "traversal.png", kl=kl))
+    paths.append(plot_kl_per_dim(kl, latent_activity(mu), run_dir / "kl_per_dim.png"))
+
+    metrics = read_metrics(run_dir)
+    if metrics:
+        paths.append(plot_curves(metrics, run_dir / "curves.png"))
+        if has_grad_norms(metrics):
+            paths.append(plot_grad_norms(metrics, run_dir / "grad_norms.png"))
+    return paths

@@ -1,0 +1,183 @@
+// Test-only host build of the kernels' __host__ __device__ code (kernels/*.cuh), loaded by
+// tests/test_kernels.py through ctypes and compared with the NumPy twin (minivae.random).
+//
+// Besides the per-element functions, it replays each kernel's tile loop sequentially: for every
+// tile, phase 1 for threads 0..G-1, then phase 2 for threads 0..G-1 -- the order a barrier
+// allows -- with the very phase functions of kernels/tiles.cuh the GPU runs. Group sums are
+// added left to right here (a tree on the GPU), so they agree to rounding only.
+//
+// Build: g++ -O2 -std=c++14 -shared -fPIC -I kernels tests/host_shim.cpp -o libshim.so
+// (no -ffast-math: the host and device builds must round the same way).
+#include "tiles.cuh"
+
+#include <vector>
+
+#define SHIM extern "C"
+
+SHIM int shim_abi_version() { return 1; }
+
+// ---- Philox -------------------------------------------------------------------------------
+SHIM void shim_philox4x32(const mv_u32* ctr, const mv_u32* key, mv_u32* out, mv_i64 n, int rounds) {
+    for (mv_i64 i = 0; i < n; ++i) {
+        mv_u32x4 c = {ctr[4 * i], ctr[4 * i + 1], ctr[4 * i + 2], ctr[4 * i + 3]};
+        mv_u32x2 k = {key[2 * i], key[2 * i + 1]};
+        mv_u32x4 r = rounds == 10 ? mv_philox4x32_10(c, k) : mv_philox4x32_R(rounds, c, k);
+        out[4 * i] = r.x;
+        out[4 * i + 1] = r.y;
+        out[4 * i + 2] = r.z;
+        out[4 * i + 3] = r.w;
+    }
+}
+
+SHIM void shim_philox_words(mv_u32* out, mv_i64 n, mv_u64 seed, mv_u64 offset, mv_u32 stream,
+                            mv_i64 start) {
+    for (mv_i64 i = 0; i < n; ++i) out[i] = mv_philox_word((mv_u64)(start + i), seed, offset, stream);
+}
+
+// ---- per-element transforms -----------------------------------------------------------------
+template <typename T>
+static void uniform_words(const mv_u32* w, T* out, mv_i64 n) {
+    for (mv_i64 i = 0; i < n; ++i) out[i] = mv_traits<T>::uniform(w[i]);
+}
+template <typename T>
+static void normal_words(const mv_u32* w, T* out, mv_i64 nblocks) {
+    for (mv_i64 b = 0; b < nblocks; ++b) {
+        mv_u32x4 v = {w[4 * b], w[4 * b + 1], w[4 * b + 2], w[4 * b + 3]};
+        mv_normal4<T>(v, out + 4 * b);
+    }
+}
+template <typename T>
+static void normal_at(const mv_i64* idx, T* out, mv_i64 n, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    for (mv_i64 i = 0; i < n; ++i) out[i] = mv_normal_at<T>((mv_u64)idx[i], seed, offset, stream);
+}
+template <typename T>
+static void elementwise(int which, const T* a, const T* b, const T* c, T* out, mv_i64 n) {
+    for (mv_i64 i = 0; i < n; ++i) {
+        switch (which) {
+            case 0: out[i] = mv_reparam<T>(a[i], b[i], c[i]); break;           // (mu, logvar, eps)
+            case 1: out[i] = mv_reparam_dlogvar<T>(a[i], b[i], c[i]); break;   // (dz, logvar, eps)
+            case 2: out[i] = mv_kl_term<T>(a[i], b[i]); break;                 // (mu, logvar)
+            case 3: out[i] = mv_kl_dmu<T>(a[i], b[i]); break;                  // (g, mu)
+            case 4: out[i] = mv_kl_dlogvar<T>(a[i], b[i]); break;              // (g, logvar)
+        }
+    }
+}
+
+// ---- kernel replays -------------------------------------------------------------------------
+template <typename T>
+static void replay_generate(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
+    std::vector<T> tile(4 * G);
+    for (mv_i64 t = 0; t < mv_flat_ntiles(n, G); ++t) {
+        for (int tx = 0; tx < G; ++tx) mv_flat_fill<T>(tile.data(), tx, G, t, n, dist, seed, offset, stream);
+        for (int tx = 0; tx < G; ++tx) mv_flat_store<T>(tile.data(), tx, G, t, n, out);
+    }
+}
+template <typename T>
+static void replay_reparam_fwd(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,
+                               mv_u32 stream, int G) {
+    std::vector<T> tile(4 * G);
+    for (mv_i64 t = 0; t < mv_flat_ntiles(n, G); ++t) {
+        for (int tx = 0; tx < G; ++tx) mv_flat_fill<T>(tile.data(), tx, G, t, n, 0, seed, offset, stream);
+        for (int tx = 0; tx < G; ++tx) mv_flat_reparam_fwd<T>(tile.data(), tx, G, t, n, mu, lv, z);
+    }
+}
+template <typename T>
+static void replay_reparam_bwd(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 n, mv_u64 seed,
+                               mv_u64 offset, mv_u32 stream, int G) {
+    std::vector<T> tile(4 * G);
+    for (mv_i64 t = 0; t < mv_flat_ntiles(n, G); ++t) {
+        for (int tx = 0; tx < G; ++tx) mv_flat_fill<T>(tile.data(), tx, G, t, n, 0, seed, offset, stream);
+        for (int tx = 0; tx < G; ++tx) mv_flat_reparam_bwd<T>(tile.data(), tx, G, t, n, dz, lv, dmu, dlv);
+    }
+}
+template <typename T>
+static void replay_kl_fwd(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D, int G) {
+    for (mv_i64 row = 0; row < B; ++row) {
+        mv_row_span s = mv_row_span_of(row, D);
+        T acc = T(0);
+        for (int tx = 0; tx < G; ++tx) acc += mv_row_kl_partial<T>(tx, G, s, mu, lv);
+        kl[row] = acc;
+    }
+}
+template <typename T>
+static void replay_kl_bwd(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D, int G) {
+    for (mv_i64 row = 0; row < B; ++row)
+        for (int tx = 0; tx < G; ++tx)
+            mv_row_kl_bwd<T>(tx, G, mv_row_span_of(row, D), gkl[row], mu, lv, dmu, dlv);
+}
+template <typename T>
+static void replay_reparam_kl_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,
+                                  mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
+    std::vector<T> tile(4 * G);
+    const int ntiles = mv_row_ntiles(D, G);
+    for (mv_i64 row = 0; row < B; ++row) {
+        mv_row_span s = mv_row_span_of(row, D);
+        std::vector<T> part(G, T(0));
+        for (int t = 0; t < ntiles; ++t) {
+            for (int tx = 0; tx < G; ++tx) mv_row_fill<T>(tile.data(), tx, G, t, s, seed, offset, stream);
+            for (int tx = 0; tx < G; ++tx) part[tx] += mv_row_fused_fwd<T>(tile.data(), tx, G, t, s, mu, lv, z);
+        }
+        T acc = T(0);
+        for (int tx = 0; tx < G; ++tx) acc += part[tx];
+        kl[row] = acc;
+    }
+}
+template <typename T>
+static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv,
+                                  mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
+    std::vector<T> tile(4 * G);
+    const int ntiles = mv_row_ntiles(D, G);
+    for (mv_i64 row = 0; row < B; ++row) {
+        mv_row_span s = mv_row_span_of(row, D);
+        T g = gkl ? gkl[row] : T(0);
+        for (int t = 0; t < ntiles; ++t) {
+            for (int tx = 0; tx < G; ++tx) mv_row_fill<T>(tile.data(), tx, G, t, s, seed, offset, stream);
+            for (int tx = 0; tx < G; ++tx) mv_row_fused_bwd<T>(tile.data(), tx, G, t, s, dz, g, mu, lv, dmu, dlv);
+        }
+    }
+}
+
+// ---- C entry points, one per dtype -----------------------------------------------------------
+#define SHIM_DTYPE(T, SFX)                                                                                   \
+    SHIM void shim_uniform_words_##SFX(const mv_u32* w, T* out, mv_i64 n) { uniform_words<T>(w, out, n); }   \
+    SHIM void shim_normal_words_##SFX(const mv_u32* w, T* out, mv_i64 nblocks) {                            \
+        normal_words<T>(w, out, nblocks);                                                                    \
+    }                                                                                                        \
+    SHIM void shim_normal_at_##SFX(const mv_i64* idx, T* out, mv_i64 n, mv_u64 seed, mv_u64 offset,         \
+                                   mv_u32 stream) {                                                          \
+        normal_at<T>(idx, out, n, seed, offset, stream);                                                     \
+    }                                                                                                        \
+    SHIM void shim_elementwise_##SFX(int which, const T* a, const T* b, const T* c, T* out, mv_i64 n) {     \
+        elementwise<T>(which, a, b, c, out, n);                                                              \
+    }                                                                                                        \
+    SHIM void shim_generate_##SFX(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream,    \
+                                  int G) {                                                                   \
+        replay_generate<T>(out, n, dist, seed, offset, stream, G);                                           \
+    }                                                                                                        \
+    SHIM void shim_reparam_fwd_##SFX(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,  \
+                                     mv_u32 stream, int G) {                                                 \
+        replay_reparam_fwd<T>(mu, lv, z, n, seed, offset, stream, G);                                        \
+    }                                                                                                        \
+    SHIM void shim_reparam_bwd_##SFX(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 n, mv_u64 seed,       \
+                                     mv_u64 offset, mv_u32 stream, int G) {                                  \
+        replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, offset, stream, G);                                 \
+    }                                                                                                        \
+    SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D, int G) {               \
+        replay_kl_fwd<T>(mu, lv, kl, B, D, G);                                                               \
+    }                                                                                                        \
+    SHIM void shim_kl_bwd_##SFX(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D, \
+                                int G) {                                                                     \
+        replay_kl_bwd<T>(gkl, mu, lv, dmu, dlv, B, D, G);                                                    \
+    }                                                                                                        \
+    SHIM void shim_reparam_kl_fwd_##SFX(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,          \
+                                        mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {                  \
+        replay_reparam_kl_fwd<T>(mu, lv, z, kl, B, D, seed, offset, stream, G);                              \
+    }                                                                                                        \
+    SHIM void shim_reparam_kl_bwd_##SFX(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu,        \
+                                        T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
+                                        mv_u32 stream, int G) {                                              \
+        replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream, G);                  \
+    }
+
+SHIM_DTYPE(float, f32)
+SHIM_DTYPE(double, f64)

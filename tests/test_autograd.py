@@ -1,0 +1,332 @@
+"""The engine: accumulation, topological order, graph freeing, no_grad, dtypes, conversions, memory."""
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae import Function, Tensor
+from minivae import functional as F
+from minivae.backend import get_default_dtype
+
+
+# ----- gradient accumulation and order ---------------------------------------------------------
+def test_tensor_used_twice_accumulates(t64):
+    x = t64(3, 4)
+    (x * x).backward(np.ones((3, 4)))
+    np.testing.assert_allclose(x.grad, 2 * x.data)
+    x.grad = None
+    g = np.random.default_rng(0).standard_normal((3, 4))
+    (x + x).backward(g)
+    np.testing.assert_allclose(x.grad, 2 * g)
+
+
+def test_diamond_graph(t64):
+    x = t64(3)
+    a = x * 2.0                 # two users of x
+    b = x.exp()
+    c = a * b                   # a used twice: in c and in d
+    d = (c + a).sum()
+    d.backward()
+    e = np.exp(x.data)
+    np.testing.assert_allclose(x.grad, 2 * e + 2 * x.data * e + 2)
+
+
+class CountingIdentity(Function):
+    """The identity, counting its backward calls: a node must run once, after all its users."""
+    calls = 0
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        CountingIdentity.calls += 1
+        return g
+
+
+def test_shared_node_runs_backward_once_with_the_full_gradient(t64):
+    x = t64(4)
+    CountingIdentity.calls = 0
+    h = CountingIdentity.apply(x)
+    # h reaches the root along paths of different lengths: a wrong order would run h's backward
+    # before every contribution has arrived.
+    long = h
+    for _ in range(5):
+        long = long * 1.0
+    out = (h * 3.0 + long + h.exp()).sum()
+    out.backward()
+    assert CountingIdentity.calls == 1
+    np.testing.assert_allclose(x.grad, 3 + 1 + np.exp(x.data))
+
+
+def test_deep_chain_has_no_recursion_limit():
+    x = mv.tensor(np.ones(2), requires_grad=True)
+    y = x
+    for _ in range(10_000):
+        y = y + 1.0
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, np.ones(2))
+
+
+def test_deep_chain_can_be_dropped_without_backward():
+    x = mv.tensor(np.ones(2), requires_grad=True)
+    y = x
+    for _ in range(10_000):
+        y = y * 1.0
+    del y  # the whole chain is released without a recursion error
+    gc.collect()
+
+
+def test_grad_accumulates_across_backward_calls_until_reset(t64):
+    x = t64(3)
+    (x * 2.0).sum().backward()
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad, np.full(3, 5.0))
+    x.grad = None
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad, np.full(3, 3.0))
+
+
+def test_only_leaves_get_grad(t64):
+    x = t64(3)
+    h = x * 2.0
+    h.sum().backward()
+    assert h.grad is None and x.grad is not None
+    assert x.is_leaf and not h.is_leaf
+
+
+def test_leaf_grads_are_owned_writable_arrays(t64):
+    """.grad never aliases the upstream array, another leaf's gradient or a read-only view."""
+    a, b = t64(3), t64(3)
+    g = np.arange(3.0)
+    (a + b).backward(g)
+    assert not np.shares_memory(a.grad, b.grad) and not np.shares_memory(a.grad, g)
+    a.grad *= 2  # an optimizer or a clipping step may scale gradients in place
+    np.testing.assert_array_equal(b.grad, g)
+    c = t64(2, 3)
+    c.sum().backward()  # the sum's backward is a broadcast (read-only) view
+    assert c.grad.flags.writeable and c.grad.flags.owndata
+
+
+# ----- the graph's life: retain_graph, no_grad, detach -------------------------------------------
+def test_retain_graph_allows_a_second_backward(t64):
+    x = t64(3)
+    loss = (x.exp() * x).sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.copy()
+    loss.backward()
+    np.testing.assert_allclose(x.grad, 2 * first)
+    with pytest.raises(RuntimeError, match="retain_graph=True"):
+        loss.backward()
+
+
+def test_second_backward_without_retain_graph_is_a_clear_error(t64):
+    x = t64(3)
+    loss = (x * x).sum()
+    loss.backward()
+    with pytest.raises(RuntimeError, match="already freed.*retain_graph=True"):
+        loss.backward()
+
+
+def test_no_grad_records_nothing(t64):
+    x = t64(3)
+    with mv.no_grad():
+        y = x * 2.0 + 1.0
+        assert not mv.is_grad_enabled()
+    assert mv.is_grad_enabled()
+    assert not y.requires_grad and y.is_leaf and y._node is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.sum().backward()
+
+
+def test_no_grad_as_decorator_and_enable_grad_inside(t64):
+    x = t64(3)
+
+    @mv.no_grad()
+    def evaluate(t):
+        with mv.enable_grad():
+            inner = t * 2.0
+        return inner, t * 3.0
+
+    inner, outer = evaluate(x)
+    assert inner.requires_grad and not outer.requires_grad
+
+
+def test_detach_shares_data_and_cuts_the_graph(t64):
+    x = t64(3)
+    d = x.detach()
+    assert np.shares_memory(d.data, x.data) and not d.requires_grad and d.is_leaf
+    (d * x).sum().backward()
+    np.testing.assert_allclose(x.grad, x.data)  # only the x path, not 2x
+
+
+# ----- conversions and operators ----------------------------------------------------------------
+def test_item_and_numpy():
+    t = mv.tensor([[2.5]])
+    assert t.item() == 2.5 and isinstance(t.item(), float)
+    with pytest.raises(ValueError, match="one element"):
+        mv.tensor([1.0, 2.0]).item()
+    x = mv.tensor([1.0, 2.0], requires_grad=True)
+    a = x.numpy()
+    assert isinstance(a, np.ndarray) and not isinstance(a, Tensor)
+    np.testing.assert_array_equal(a, [1.0, 2.0])
+
+
+def test_comparisons_return_boolean_arrays():
+    t = mv.tensor([-1.0, 0.0, 2.0])
+    for result, expected in [(t < 0, [True, False, False]), (t <= 0, [True, True, False]),
+                             (t > 0, [False, False, True]), (t >= mv.tensor([0.0, 0.0, 3.0]), [False, True, False])]:
+        assert isinstance(result, np.ndarray) and result.dtype == bool
+        np.testing.assert_array_equal(result, expected)
+    assert {t: 1}[t] == 1  # __eq__ stays identity, so tensors can be dict keys
+
+
+def test_numpy_array_on_the_left_gives_a_tensor(t64):
+    x = t64(3)
+    a = np.array([1.0, 2.0, 4.0])
+    for result, grad in [(a + x, np.ones(3)), (a - x, -np.ones(3)), (a * x, a), (a / x, -a / x.data**2)]:
+        assert isinstance(result, Tensor) and result.requires_grad
+        x.grad = None
+        result.sum().backward()
+        np.testing.assert_allclose(x.grad, grad)
+    m = t64(3, 2)
+    out = np.ones((2, 3)) @ m
+    assert isinstance(out, Tensor) and out.shape == (2, 2)
+    x32 = mv.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    out = np.ones(3, np.float32) * x32
+    assert isinstance(out, Tensor) and out.dtype == np.float32 and out.requires_grad
+
+
+def test_tensor_methods_match_functional(t64):
+    x = t64(2, 3)
+    np.testing.assert_array_equal(x.T.data, x.data.T)
+    np.testing.assert_array_equal(x.transpose().data, x.data.T)
+    np.testing.assert_array_equal(x.reshape(3, 2).data, x.data.reshape(3, 2))
+    np.testing.assert_array_equal(x.reshape((6,)).data, x.data.reshape(6))
+    np.testing.assert_allclose(x.mean(axis=1).data, x.data.mean(axis=1))
+    np.testing.assert_allclose(x.max(axis=0, keepdims=True).data, x.data.max(axis=0, keepdims=True))
+    np.testing.assert_allclose((x ** 2).data, x.data ** 2)
+    assert (x.shape, x.ndim, x.size, x.device, len(x)) == ((2, 3), 2, 6, "cpu", 2)
+
+
+# ----- dtypes -------------------------------------------------------------------------------
+def test_default_dtype_is_float32():
+    assert get_default_dtype() == np.float32
+    assert mv.tensor(1.0).dtype == np.float32
+    assert mv.tensor([1.0, 2.0]).dtype == np.float32
+    assert mv.tensor([1, 2], requires_grad=True).dtype == np.float32
+    assert mv.tensor([1, 2]).dtype.kind == "i"  # integer data stays integer
+    assert mv.tensor(np.zeros(2)).dtype == np.float64  # arrays keep their dtype
+    assert mv.tensor([1.0], dtype=np.float64).dtype == np.float64
+
+
+def test_set_default_dtype():
+    try:
+        mv.backend.set_default_dtype(np.float64)
+        assert mv.tensor(1.0).dtype == np.float64
+        with pytest.raises(TypeError):
+            mv.backend.set_default_dtype(np.float16)
+    finally:
+        mv.backend.set_default_dtype(np.float32)
+
+
+FLOAT32_EXPRESSIONS = {
+    "x*2": lambda x, y: x * 2,
+    "2*x": lambda x, y: 2 * x,
+    "x/3": lambda x, y: x / 3,
+    "3/x": lambda x, y: 3 / x,
+    "x**2.5": lambda x, y: x ** 2.5,
+    "x+1.5": lambda x, y: x + 1.5,
+    "1-x": lambda x, y: 1 - x,
+    "x*y": lambda x, y: x * y,
+    "x@y.T": lambda x, y: x @ y.T,
+    "clip": lambda x, y: F.clip(x, 0.2, 0.8),
+    "leaky_relu": lambda x, y: F.leaky_relu(x, 0.2),
+    "elu": lambda x, y: F.elu(x, 0.5),
+    "where with scalar": lambda x, y: F.where(x.data > 0.5, x, 0.0),
+    "mean": lambda x, y: x.mean(axis=0),
+    "softmax": lambda x, y: F.softmax(x),
+    "log_softmax": lambda x, y: F.log_softmax(x),
+    "logsumexp": lambda x, y: F.logsumexp(x, axis=1),
+    "kl_normal_std": lambda x, y: F.kl_normal_std(x, y),
+    "kl_normal_normal": lambda x, y: F.kl_normal_normal(x, y, 0.0, 0.0),
+    "reparameterize": lambda x, y: F.reparameterize(x, y, np.ones(3, np.float32)),
+    "bernoulli_log_prob": lambda x, y: F.bernoulli_log_prob(x, 1.0),
+    "gaussian_log_prob": lambda x, y: F.gaussian_log_prob(x, 0.5, y),
+    "bce mean": lambda x, y: F.binary_cross_entropy_with_logits(x, 0.5),
+    "linear": lambda x, y: F.linear(x, y.T, np.zeros(2, np.float32)),
+    "times an integer tensor": lambda x, y: x * mv.tensor([1, 2, 3]),
+}
+
+
+@pytest.mark.parametrize("name", list(FLOAT32_EXPRESSIONS))
+def test_float32_stays_float32_forward_and_backward(name):
+    x = mv.tensor([[0.1, 0.6, 0.9], [0.3, 0.7, 0.2]], requires_grad=True)
+    y = mv.tensor([[0.5, -0.4, 0.2], [0.1, 0.3, -0.2]], requires_grad=True)
+    out = FLOAT32_EXPRESSIONS[name](x, y)
+    assert out.dtype == np.float32
+    out.backward(np.ones(out.shape, np.float32))
+    for t in (x, y):
+        assert t.grad is None or t.grad.dtype == np.float32
+
+
+def test_integer_tensor_with_python_float_is_not_truncated():
+    np.testing.assert_array_equal((mv.tensor([1, 2]) * 0.5).data, [0.5, 1.0])
+
+
+def test_mixing_float32_and_float64_tensors_raises_naming_the_op():
+    x32 = mv.tensor([1.0, 2.0])
+    x64 = mv.tensor(np.array([1.0, 2.0]))
+    with pytest.raises(TypeError, match=r"Add: cannot mix float32 and float64"):
+        x32 + x64
+    with pytest.raises(TypeError, match=r"Matmul: cannot mix float64 and float32"):
+        x64.reshape(1, 2) @ x32.reshape(2, 1)
+    with pytest.raises(TypeError, match=r"Mul: a float64 array cannot be combined with a float32 tensor"):
+        x32 * np.ones(2)
+
+
+# ----- memory -----------------------------------------------------------------------------
+def _mlp_loss(x, W1, W2):
+    h = F.tanh(F.linear(x, W1))
+    h_ref = weakref.ref(h)
+    saved = [weakref.ref(a) for a in h._node[1].saved]  # what Tanh kept for its backward
+    loss = F.linear(h, W2).exp().mean()
+    return loss, h_ref, saved
+
+
+def test_intermediates_are_released_after_backward(t64):
+    x, W1, W2 = t64(8, 5, requires_grad=False), t64(5, 4), t64(4, 3)
+    loss, h_ref, saved = _mlp_loss(x, W1, W2)
+    gc.collect()
+    assert h_ref() is not None and all(r() is not None for r in saved)  # the graph holds them
+    loss.backward()
+    gc.collect()
+    # The loss is still alive, but its graph no longer holds the intermediate or its arrays.
+    assert h_ref() is None
+    assert all(r() is None for r in saved)
+    assert np.isfinite(loss.item()) and W1.grad is not None
+
+
+def test_retain_graph_keeps_intermediates_until_the_loss_goes(t64):
+    x, W1, W2 = t64(8, 5, requires_grad=False), t64(5, 4), t64(4, 3)
+    loss, h_ref, saved = _mlp_loss(x, W1, W2)
+    loss.backward(retain_graph=True)
+    gc.collect()
+    assert h_ref() is not None
+    del loss
+    gc.collect()
+    assert h_ref() is None and all(r() is None for r in saved)
+
+
+def test_no_grad_keeps_no_intermediates(t64):
+    x, W1, W2 = t64(8, 5), t64(5, 4), t64(4, 3)
+    with mv.no_grad():
+        h = F.tanh(F.linear(x, W1))
+        h_ref, data_ref = weakref.ref(h), weakref.ref(h.data)
+        out = F.linear(h, W2)
+        del h
+    gc.collect()
+    assert h_ref() is None and data_ref() is None and out._node is None

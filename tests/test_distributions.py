@@ -1,0 +1,138 @@
+"""minivae.distributions: per-example log-densities and KLs against NumPy formulas (no SciPy)."""
+import math
+
+import numpy as np
+import pytest
+
+import minivae as mv
+import minivae.distributions as D
+from minivae.gradcheck import gradcheck
+
+LOG_2PI = math.log(2 * math.pi)
+rng = np.random.default_rng(0)
+
+
+def _t(a, requires_grad=False):
+    return mv.tensor(np.asarray(a), requires_grad=requires_grad)
+
+
+def _np_log_normal(z, mu, logvar):
+    return (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 / np.exp(logvar))).sum(-1)
+
+
+def _np_log_softmax(logits):
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def test_log_standard_normal():
+    z = rng.standard_normal((5, 3))
+    out = D.log_standard_normal(_t(z))
+    assert out.shape == (5,)
+    np.testing.assert_allclose(out.data, (-0.5 * (LOG_2PI + z ** 2)).sum(1), rtol=1e-13)
+    np.testing.assert_allclose(D.StandardNormal().log_prob(_t(z)).data, out.data)
+
+
+def test_log_normal_and_class():
+    z, mu, logvar = rng.standard_normal((3, 4, 6))
+    np.testing.assert_allclose(D.log_normal(_t(z), _t(mu), _t(logvar)).data,
+                               _np_log_normal(z, mu, logvar), rtol=1e-13)
+    q = D.Normal(_t(mu), _t(logvar))
+    np.testing.assert_allclose(q.log_prob(_t(z)).data, _np_log_normal(z, mu, logvar), rtol=1e-13)
+    np.testing.assert_allclose(q.std.data, np.exp(logvar / 2), rtol=1e-13)
+
+
+def test_samples_by_examples_reduce_the_last_axis():
+    # (S, B, D) -> (S, B): S samples of each of B examples, broadcasting (B, D) parameters.
+    z, mu, logvar = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    out = D.log_standard_normal(_t(z))
+    assert out.shape == (2, 3)
+    np.testing.assert_allclose(out.data, (-0.5 * (LOG_2PI + z ** 2)).sum(-1), rtol=1e-13)
+    out = D.log_normal(_t(z), _t(mu), _t(logvar))
+    expected = (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 / np.exp(logvar))).sum(-1)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-13)
+    logits = rng.standard_normal((2, 3, 5))
+    y = np.eye(5)[rng.integers(0, 5, (2, 3))]
+    np.testing.assert_allclose(D.log_categorical(_t(y), _t(logits)).data,
+                               (y * _np_log_softmax(logits)).sum(-1), rtol=1e-12)
+
+
+def test_log_bernoulli_logits():
+    x = (rng.uniform(size=(4, 7)) < 0.5).astype(np.float64)
+    logits = rng.standard_normal((4, 7)) * 3
+    p = 1 / (1 + np.exp(-logits))
+    expected = (x * np.log(p) + (1 - x) * np.log(1 - p)).sum(1)
+    np.testing.assert_allclose(D.log_bernoulli_logits(_t(x), _t(logits)).data, expected, rtol=1e-12)
+    np.testing.assert_allclose(D.Bernoulli(_t(logits)).log_prob(_t(x)).data, expected, rtol=1e-12)
+    np.testing.assert_allclose(D.Bernoulli(_t(logits)).probs.data, p, rtol=1e-12)
+    # confidently wrong logits stay finite (the naive log(sigmoid) form gives -inf in float32)
+    extreme = D.log_bernoulli_logits(_t(np.array([[1.0, 0.0]], np.float32)),
+                                     _t(np.array([[-200.0, 200.0]], np.float32)))
+    np.testing.assert_allclose(extreme.data, [-400.0])
+
+
+def test_log_categorical():
+    k = 5
+    logits = rng.standard_normal((6, k)) * 4
+    labels = rng.integers(0, k, 6)
+    y = np.eye(k)[labels]
+    expected = _np_log_softmax(logits)[np.arange(6), labels]
+    out = D.log_categorical(_t(y), _t(logits))
+    assert out.shape == (6,)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12)
+    np.testing.assert_allclose(D.Categorical(_t(logits)).log_prob(_t(y)).data, expected, rtol=1e-12)
+    np.testing.assert_allclose(D.Categorical(_t(logits)).probs.data.sum(-1), 1.0, rtol=1e-12)
+    big = D.log_categorical(_t(np.array([[0.0, 1.0]], np.float32)),
+                            _t(np.array([[1000.0, 0.0]], np.float32)))
+    np.testing.assert_allclose(big.data, [-1000.0])  # no overflow, no -inf
+
+
+def test_log_uniform_categorical_is_a_vector_of_minus_log_k():
+    prior = D.log_uniform_categorical(7, 10)
+    assert prior.shape == (7,) and prior.dtype == np.float32 and not prior.requires_grad
+    np.testing.assert_allclose(prior.data, -math.log(10), rtol=1e-7)
+    assert D.log_uniform_categorical(3, 4, dtype=np.float64).dtype == np.float64
+    # it equals log_categorical under uniform logits for any label
+    y = np.eye(10)[[1, 4, 9]]
+    np.testing.assert_allclose(D.log_categorical(_t(y), _t(np.zeros((3, 10)))).data,
+                               D.log_uniform_categorical(3, 10, dtype=np.float64).data, rtol=1e-13)
+
+
+def test_kls_and_rsample():
+    mu_q, lv_q, mu_p, lv_p, eps = rng.standard_normal((5, 3, 4))
+    q, p = D.Normal(_t(mu_q), _t(lv_q)), D.Normal(_t(mu_p), _t(lv_p))
+    kl_std = 0.5 * (mu_q ** 2 + np.exp(lv_q) - 1 - lv_q).sum(1)
+    np.testing.assert_allclose(q.kl_std().data, kl_std, rtol=1e-12)
+    np.testing.assert_allclose(q.kl(D.StandardNormal()).data, kl_std, rtol=1e-12)
+    np.testing.assert_allclose(D.kl_normal_std(_t(mu_q), _t(lv_q)).data, kl_std, rtol=1e-12)
+    kl_qp = 0.5 * (lv_p - lv_q + (np.exp(lv_q) + (mu_q - mu_p) ** 2) / np.exp(lv_p) - 1).sum(1)
+    np.testing.assert_allclose(q.kl(p).data, kl_qp, rtol=1e-12)
+    np.testing.assert_allclose(q.kl(q).data, 0.0, atol=1e-12)
+    np.testing.assert_allclose(q.rsample(_t(eps)).data, mu_q + np.exp(lv_q / 2) * eps, rtol=1e-13)
+
+
+def test_kl_std_equals_the_monte_carlo_expectation():
+    # KL(q || p) = E_q[log q(z) - log p(z)]: the closed form agrees with a large sample of the
+    # distribution functions themselves (a consistency check of log_normal and the KL).
+    mu, lv = np.array([[0.3, -1.0]]), np.array([[-0.5, 0.4]])
+    eps = np.random.default_rng(1).standard_normal((200_000, 2))
+    z = mu + np.exp(lv / 2) * eps
+    q = D.Normal(_t(np.broadcast_to(mu, z.shape).copy()), _t(np.broadcast_to(lv, z.shape).copy()))
+    mc = (q.log_prob(_t(z)).data - D.log_standard_normal(_t(z)).data).mean()
+    assert mc == pytest.approx(float(D.kl_normal_std(_t(mu), _t(lv)).data[0]), abs=0.01)
+
+
+def test_gradients_flow_through_the_wrappers():
+    logits = _t(rng.standard_normal((3, 4)), requires_grad=True)
+    y = _t(np.eye(4)[[0, 2, 3]])
+    assert gradcheck(lambda l: D.log_categorical(y, l), logits)
+    z = _t(rng.standard_normal((3, 2)), requires_grad=True)
+    mu = _t(rng.standard_normal((3, 2)), requires_grad=True)
+    lv = _t(rng.standard_normal((3, 2)), requires_grad=True)
+    assert gradcheck(lambda z, m, v: D.log_normal(z, m, v) + D.log_standard_normal(z), z, mu, lv)
+
+
+def test_float32_stays_float32():
+    z = _t(rng.standard_normal((3, 2)).astype(np.float32))
+    assert D.log_standard_normal(z).dtype == np.float32
+    assert D.log_categorical(z, z).dtype == np.float32

@@ -1,0 +1,142 @@
+"""Bad input gets a clear error naming the op and the shapes or dtypes, not a NumPy traceback."""
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae import AnomalyError, Tensor
+from minivae import functional as F
+
+
+def ones(*shape):
+    return Tensor(np.ones(shape), requires_grad=True)
+
+
+# ----- shapes ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("a, b", [((2, 3), (4, 5)), ((2, 3, 4), (3, 2)), ((5, 3), (2, 4, 5))])
+def test_matmul_inner_mismatch_names_op_and_shapes(a, b):
+    with pytest.raises(ValueError, match=rf"matmul: shapes {a} and {b} do not match".replace("(", r"\(").replace(")", r"\)")):
+        ones(*a) @ ones(*b)
+
+
+def test_matmul_batch_mismatch_names_op_and_shapes():
+    with pytest.raises(ValueError, match=r"Matmul: cannot broadcast shapes \(2, 3, 4\) and \(5, 4, 2\)"):
+        F.matmul(ones(2, 3, 4), ones(5, 4, 2))
+
+
+def test_matmul_of_vectors_is_refused_clearly():
+    with pytest.raises(ValueError, match=r"matmul: needs arrays of at least 2 dimensions.*\(3,\)"):
+        ones(3) @ ones(3)
+
+
+def test_linear_mismatch_names_op_and_shapes():
+    with pytest.raises(ValueError, match=r"linear: shapes \(2, 3\) and \(4, 5\) do not match"):
+        F.linear(ones(2, 3), ones(4, 5))
+    with pytest.raises(ValueError, match=r"linear: the bias must have shape \(5,\), got \(4,\)"):
+        F.linear(ones(2, 4), ones(4, 5), ones(4))
+
+
+@pytest.mark.parametrize("op", [F.add, F.sub, F.mul, F.div], ids=["add", "sub", "mul", "div"])
+def test_broadcast_failure_names_op_and_shapes(op):
+    with pytest.raises(ValueError, match=r"(Add|Sub|Mul|Div): cannot broadcast shapes \(3, 2\) and \(4,\)"):
+        op(ones(3, 2), ones(4))
+
+
+def test_broadcast_failure_through_operators_and_vae_ops():
+    with pytest.raises(ValueError, match=r"Add: cannot broadcast shapes \(3,\) and \(4,\)"):
+        ones(3) + np.ones(4)
+    with pytest.raises(ValueError, match=r"KLNormalNormal: cannot broadcast shapes"):
+        F.kl_normal_normal(ones(4, 3), ones(4, 3), ones(2), ones(2))
+    with pytest.raises(ValueError, match=r"where: cannot broadcast the condition \(3,\) with \(4,\) and \(4,\)"):
+        F.where(np.ones(3, bool), ones(4), ones(4))
+
+
+def test_shape_op_errors_name_op_and_shapes():
+    with pytest.raises(ValueError, match=r"reshape: cannot reshape an array of shape \(2, 3\) .* into \(4, 2\)"):
+        ones(2, 3).reshape(4, 2)
+    with pytest.raises(ValueError, match=r"broadcast_to: cannot broadcast shape \(3,\) to \(2, 4\)"):
+        F.broadcast_to(ones(3), (2, 4))
+    with pytest.raises(ValueError, match=r"concatenate: shapes \[\(2, 3\), \(2, 4\)\] do not match off axis 0"):
+        F.concatenate([ones(2, 3), ones(2, 4)])
+    with pytest.raises(ValueError, match=r"stack: all shapes must be equal"):
+        F.stack([ones(2, 3), ones(3, 2)])
+    with pytest.raises(ValueError, match=r"transpose: .* is not a permutation"):
+        ones(2, 3).transpose(0, 0)
+
+
+def test_reduction_axis_errors():
+    with pytest.raises(ValueError, match="axis 2 is invalid"):
+        ones(2, 3).sum(axis=2)
+    with pytest.raises(ValueError, match="invalid \\(or repeated\\)"):
+        ones(2, 3).mean(axis=(1, -1))
+    with pytest.raises(ValueError, match="reduction must be"):
+        F.binary_cross_entropy_with_logits(ones(2), ones(2), reduction="avg")
+
+
+# ----- dtypes -------------------------------------------------------------------------------
+def test_dtype_mixing_names_the_op():
+    x32, x64 = mv.tensor([1.0, 2.0], requires_grad=True), ones(2)
+    with pytest.raises(TypeError, match=r"Mul: cannot mix float32 and float64"):
+        x32 * x64
+    with pytest.raises(TypeError, match=r"KLNormalStd: cannot mix float64 and float32"):
+        F.kl_normal_std(x64, x32)
+    with pytest.raises(TypeError, match=r"Sub: a float64 array cannot be combined with a float32 tensor"):
+        np.ones(2) - x32
+
+
+def test_only_float_tensors_can_require_grad():
+    with pytest.raises(TypeError, match="only float tensors"):
+        Tensor(np.arange(3), requires_grad=True)
+
+
+def test_pow_needs_a_number_exponent():
+    with pytest.raises(TypeError, match="exponent must be a Python number"):
+        ones(2) ** ones(2)
+
+
+# ----- backward misuse ----------------------------------------------------------------------
+def test_backward_on_non_scalar_needs_grad():
+    y = ones(2, 3) * 2.0
+    with pytest.raises(RuntimeError, match=r"non-scalar tensor of shape \(2, 3\) needs grad="):
+        y.backward()
+    with pytest.raises(ValueError, match=r"grad has shape \(3,\), tensor has \(2, 3\)"):
+        y.backward(np.ones(3))
+
+
+def test_backward_without_requires_grad():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        Tensor(np.ones(2)).sum().backward()
+
+
+# ----- anomaly mode -------------------------------------------------------------------------
+def test_anomaly_names_the_forward_that_made_nan():
+    x = ones(3) * -1.0
+    with np.errstate(all="ignore"), mv.detect_anomaly():
+        with pytest.raises(AnomalyError, match=r"Log forward produced NaN or Inf"):
+            F.exp(F.log(x))  # Log makes the NaN; Exp must not be blamed
+
+
+def test_anomaly_names_the_forward_that_made_inf():
+    with np.errstate(all="ignore"), mv.detect_anomaly():
+        with pytest.raises(AnomalyError, match=r"Div forward produced NaN or Inf"):
+            ones(2) / Tensor(np.zeros(2))
+
+
+def test_anomaly_names_the_backward_that_made_inf():
+    x = Tensor(np.array([0.0, 1.0]), requires_grad=True)
+    with np.errstate(all="ignore"), mv.detect_anomaly():
+        loss = (F.sqrt(x) * 3.0).sum()  # sqrt(0) = 0 is fine forward; its derivative is inf
+        with pytest.raises(AnomalyError, match=r"Sqrt backward produced NaN or Inf"):
+            loss.backward()
+
+
+def test_anomaly_catches_a_nan_input():
+    with mv.detect_anomaly():
+        with pytest.raises(AnomalyError, match=r"Tanh forward input"):
+            F.tanh(Tensor(np.array([np.nan]), requires_grad=True))
+
+
+def test_without_anomaly_mode_nan_passes_silently():
+    with np.errstate(all="ignore"):
+        out = F.log(ones(2) * -1.0)
+    assert np.isnan(out.data).all()
+    assert issubclass(AnomalyError, FloatingPointError)

@@ -1,0 +1,201 @@
+"""gradcheck checks itself: deliberately wrong backward passes are caught, correct ones pass."""
+import re
+
+import numpy as np
+import pytest
+
+from minivae import Function, GradcheckError, Tensor
+from minivae.gradcheck import ATOL, FULL_CHECK_MAX, RTOL, check_float32, gradcheck
+
+
+class Square(Function):
+    """x^2 with a correct backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2 * ctx.saved[0]
+
+
+class SquareOff(Function):
+    """x^2 whose backward is 1% too large."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2.02 * ctx.saved[0]
+
+
+class MatmulTransposedGrad(Function):
+    """a @ b with d/db transposed (for square b the shapes still match, so only values can tell)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save(a, b)
+        return a @ b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        return g @ b.T, (a.T @ g).T
+
+
+class FlipForgotten(Function):
+    """x reversed along axis 0, whose backward forgets to reverse g back: an all-ones upstream
+    gradient (or a loss that is a plain sum) cannot see this, a random one can."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x[::-1].copy()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g
+
+
+class OneElementWrong(Function):
+    """2x, with the gradient of one element (3, 7) dropped: only that element is wrong."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        out = 2 * g
+        out[3, 7] = 0.0
+        return out
+
+
+def test_correct_backward_passes(t64):
+    assert gradcheck(Square.apply, t64(3, 4))
+
+
+def test_off_by_one_percent_is_caught_and_named(t64):
+    x = t64(3, 4)
+    with pytest.raises(GradcheckError, match=r"input 0 disagrees at element \(0, 0\): analytic .*numeric"):
+        gradcheck(SquareOff.apply, x)
+
+
+def test_transposed_gradient_is_caught_on_the_right_input(t64):
+    a, b = t64(3, 3), t64(3, 3)
+    assert gradcheck(lambda a, b: a @ b, a, b)  # the real matmul passes
+    with pytest.raises(GradcheckError, match=r"input 1 disagrees at element \(\d+, \d+\)"):
+        gradcheck(MatmulTransposedGrad.apply, a, b)
+
+
+def test_forgotten_permutation_hidden_by_ones_caught_by_random_upstream(t64):
+    x = t64(4, 3)
+    # With an all-ones upstream gradient the wrong backward looks right ...
+    FlipForgotten.apply(x).backward(np.ones((4, 3)))
+    np.testing.assert_array_equal(x.grad, np.ones((4, 3)))
+    # ... gradcheck's random upstream catches it.
+    with pytest.raises(GradcheckError, match="input 0"):
+        gradcheck(FlipForgotten.apply, x)
+
+
+def test_random_direction_path_catches_wrong_scale_on_large_input(t64):
+    x = t64(20, 20)
+    assert x.size > FULL_CHECK_MAX
+    assert gradcheck(Square.apply, x)
+    with pytest.raises(GradcheckError, match="random direction 0 of"):
+        gradcheck(SquareOff.apply, x)
+
+
+def test_random_direction_path_catches_one_wrong_element(t64):
+    """Directions have no vanishing component, so a single wrong element of 400 still shows."""
+    x = t64(20, 20)
+    with pytest.raises(GradcheckError, match="random direction"):
+        gradcheck(OneElementWrong.apply, x)
+
+
+def test_random_direction_path_catches_transposition_on_large_input(t64):
+    a, b = t64(17, 17), t64(17, 17)
+    assert gradcheck(lambda a, b: a @ b, a, b)
+    with pytest.raises(GradcheckError, match="input 1 disagrees at random direction"):
+        gradcheck(MatmulTransposedGrad.apply, a, b)
+
+
+def test_error_reports_analytic_and_numeric_values():
+    x = Tensor(np.array([[1.5]]), requires_grad=True)
+    with pytest.raises(GradcheckError) as info:
+        gradcheck(SquareOff.apply, x)
+    message = str(info.value)
+    # d/dx x^2 at 1.5 is 3; the wrong backward says 3.03. Both appear (times the upstream u).
+    found = re.search(r"analytic (\S+), numeric (\S+) ", message)
+    analytic, numeric = float(found[1]), float(found[2])
+    assert analytic / numeric == pytest.approx(1.01, rel=1e-6)
+
+
+def test_tolerances_are_named_constants():
+    assert 0 < ATOL < 1e-3 and 0 < RTOL < 1e-2
+
+
+def test_inputs_without_grad_and_non_tensors_are_passed_through(t64):
+    x, c = t64(3), t64(3, requires_grad=False)
+    assert gradcheck(lambda x, c, k: x * c * k, x, c, 2.5)
+
+
+def test_gradcheck_refuses_float32_inputs():
+    x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(Square.apply, x)
+
+
+def test_gradcheck_needs_an_input_with_grad(t64):
+    with pytest.raises(GradcheckError, match="requires_grad"):
+        gradcheck(Square.apply, t64(3, requires_grad=False))
+
+
+class Upcast(Function):
+    """A forward that silently computes in float64 (its backward hands back the input's dtype)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.dtype = x.dtype
+        return x.astype(np.float64) * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return (2 * g).astype(ctx.dtype)
+
+
+class HalfPrecisionBackward(Function):
+    """exp with a backward computed in float16: right in float64, far off in float32."""
+
+    @staticmethod
+    def forward(ctx, x):
+        out = np.exp(x)
+        ctx.save(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        out = ctx.saved[0]
+        if out.dtype == np.float32:
+            return (g.astype(np.float16) * out.astype(np.float16)).astype(np.float32)
+        return g * out
+
+
+def test_check_float32_catches_silent_upcast(t64):
+    with pytest.raises(GradcheckError, match="silent upcast"):
+        check_float32(Upcast.apply, t64(3, 4))
+
+
+def test_check_float32_catches_imprecise_float32_backward(t64):
+    x = t64(3, 4)
+    assert gradcheck(HalfPrecisionBackward.apply, x)
+    with pytest.raises(GradcheckError, match="float32 gradient of input 0"):
+        check_float32(HalfPrecisionBackward.apply, x)
+
+
+def test_check_float32_passes_a_correct_op(t64):
+    assert check_float32(Square.apply, t64(3, 4))

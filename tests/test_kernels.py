@@ -1,0 +1,581 @@
+"""The CUDA kernels, checked on a machine without a GPU.
+
+1. Every kernels/*.cu compiles to PTX with nvcc for sm_80 and sm_90 (and, where CuPy's NVRTC
+   is importable, with NVRTC: the compiler used at run time).
+2. The __host__ __device__ headers are built for the host with g++ into a shared library
+   (tests/host_shim.cpp) and called through ctypes: Philox words bit-exact against the NumPy
+   twin, uniforms bit-exact, normals / reparameterization / KL to float tolerance, and a
+   sequential replay of each kernel's tile loop (the same phase functions the GPU runs).
+3. The CuPy launch wrappers (minivae/gpu/kernels.py) run against a fake CuPy whose kernels
+   are those replays, with every argument checked against the C signature in the .cu source.
+"""
+import ctypes
+import math
+import re
+import shutil
+import subprocess
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minivae.random as mr
+from minivae.gpu import _source
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = ROOT / "kernels"
+SHIM_SRC = Path(__file__).resolve().parent / "host_shim.cpp"
+CU_FILES = sorted(p.name for p in KERNELS.glob("*.cu"))
+NVCC = shutil.which("nvcc")
+CXX = shutil.which("g++") or shutil.which("c++")
+
+ENTRY_POINTS = {
+    "random.cu": ["mv_philox_words", "mv_normal_f32", "mv_normal_f64", "mv_uniform_f32", "mv_uniform_f64"],
+    "reparam.cu": ["mv_reparam_fwd_f32", "mv_reparam_fwd_f64", "mv_reparam_bwd_f32", "mv_reparam_bwd_f64"],
+    "kl.cu": ["mv_kl_fwd_f32", "mv_kl_fwd_f64", "mv_kl_bwd_f32", "mv_kl_bwd_f64"],
+    "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
+                 "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
+}
+
+# Tolerances (named, not per-test guesses). Float32 results of the host build differ from the
+# float64 NumPy reference by a few float32 ulps (logf/sqrtf/expf each <= 1 ulp, products).
+F32_RTOL, F32_ATOL = 4e-6, 2e-6
+F64_RTOL, F64_ATOL = 1e-13, 1e-13
+TOL = {np.float32: (F32_RTOL, F32_ATOL), np.float64: (F64_RTOL, F64_ATOL)}
+
+
+def test_kernel_files_are_known():
+    assert CU_FILES == sorted(ENTRY_POINTS) == sorted(_source.KERNEL_FILES)
+    for name in ["philox.cuh", "vae_math.cuh", "tiles.cuh", "device.cuh"]:
+        assert (KERNELS / name).is_file()
+
+
+# ------------------------------------------------------------------------------ nvcc -> PTX
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH: cannot compile the kernels to PTX here")
+    out = tmp_path_factory.mktemp("ptx")
+    procs = {}
+    for cu in CU_FILES:  # compile concurrently: 8 short nvcc runs
+        for arch in ("80", "90"):
+            dst = out / f"{cu}.sm_{arch}.ptx"
+            cmd = [NVCC, "-ptx", f"-arch=sm_{arch}", "-std=c++14", "-Werror", "all-warnings",
+                   "-I", str(KERNELS), "-o", str(dst), str(KERNELS / cu)]
+            procs[(cu, arch)] = (subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                  text=True), dst)
+    result = {}
+    for key, (proc, dst) in procs.items():
+        stdout, stderr = proc.communicate(timeout=300)
+        result[key] = (subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), dst)
+    return result
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+@pytest.mark.parametrize("cu", CU_FILES)
+def test_cu_compiles_to_ptx(ptx, cu, arch):
+    proc, dst = ptx[(cu, arch)]
+    assert proc.returncode == 0, f"nvcc failed on {cu} for sm_{arch}:\n{proc.stderr}"
+    text = dst.read_text()
+    assert f".target sm_{arch}" in text
+    entries = set(re.findall(r"\.entry\s+(\w+)", text))
+    assert entries == set(ENTRY_POINTS[cu])  # extern "C": unmangled, nothing else exported
+
+
+def test_no_fast_math_in_ptx(ptx):
+    """--use_fast_math would replace logf/sqrtf/sinf by approximate instructions (lg2.approx,
+    sqrt.approx, sin.approx) with flush-to-zero; the IEEE build has sqrt.rn and none of those.
+    (The accurate expf itself uses ex2.approx after an exact range reduction: not a sign.)"""
+    for arch in ("80", "90"):
+        proc, dst = ptx[("fused.cu", arch)]
+        assert proc.returncode == 0
+        text = dst.read_text()
+        for approx in ("lg2.approx", "sqrt.approx", "sin.approx", "cos.approx"):
+            assert approx not in text, approx
+        assert "sqrt.rn.f32" in text and "sqrt.rn.f64" in text
+
+
+def test_kernel_source_is_self_contained():
+    for cu in CU_FILES:
+        src = _source.kernel_source(cu)
+        assert not re.search(r'^\s*#\s*include\s+"', src, re.MULTILINE), cu
+        assert src.count("#define MINIVAE_PHILOX_CUH") == 1
+        assert 'extern "C" __global__' in src
+    assert _source.kernel_dir() == KERNELS or (_source.kernel_dir() / "philox.cuh").is_file()
+
+
+def test_nvrtc_compiles_sources():
+    """NVRTC (what cupy.RawModule runs at first use) compiles every kernel without a GPU."""
+    try:
+        from cupy.cuda import nvrtc
+
+        nvrtc.getVersion()
+    except Exception as exc:  # CuPy or libnvrtc absent: the nvcc test above still ran
+        pytest.skip(f"CuPy's NVRTC is not available here ({type(exc).__name__}: {exc})")
+    for cu in CU_FILES:
+        for arch in ("80", "90"):
+            assert len(_source.nvrtc_compile(cu, arch)) > 1000
+
+
+# ------------------------------------------------------------------------------ host build
+@pytest.fixture(scope="module")
+def shim(tmp_path_factory):
+    if CXX is None:
+        pytest.skip("no C++ compiler (g++) found: cannot build the host shim")
+    out = tmp_path_factory.mktemp("shim") / "libminivae_shim.so"
+    proc = subprocess.run(
+        [CXX, "-O2", "-std=c++14", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+         "-I", str(KERNELS), str(SHIM_SRC), "-o", str(out)],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
+    lib = ctypes.CDLL(str(out))
+    assert lib.shim_abi_version() == 1
+    return lib
+
+
+def test_headers_compile_as_cuda_host_code(tmp_path):
+    """nvcc -x cu: the same shim with MV_HD = __host__ __device__ __forceinline__."""
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH")
+    proc = subprocess.run(
+        [NVCC, "-x", "cu", "-std=c++14", "-c", "-Werror", "all-warnings", "-I", str(KERNELS),
+         str(SHIM_SRC), "-o", str(tmp_path / "shim.o")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+_I64, _U64, _U32, _INT = ctypes.c_longlong, ctypes.c_ulonglong, ctypes.c_uint, ctypes.c_int
+
+
+def _ptr(a):
+    return None if a is None else a.ctypes.data_as(ctypes.c_void_p)
+
+
+def _sfx(dtype):
+    return "f32" if np.dtype(dtype) == np.float32 else "f64"
+
+
+def call(lib, name, *args):
+    """Call a shim function, converting arrays to pointers and ints to their C types."""
+    fn = getattr(lib, name)
+    fn.restype = None
+    cargs = []
+    for a in args:
+        if isinstance(a, np.ndarray) or a is None:
+            cargs.append(_ptr(a))
+        else:
+            cargs.append(a)
+    fn(*cargs)
+
+
+def test_host_philox_known_answers(shim):
+    from test_random import KAT_PHILOX4X32, _hex
+
+    for rounds in (7, 10):
+        rows = [(c, k, w) for r, c, k, w in KAT_PHILOX4X32 if r == rounds]
+        ctr = np.ascontiguousarray(np.stack([_hex(c) for c, _, _ in rows]))
+        key = np.ascontiguousarray(np.stack([_hex(k) for _, k, _ in rows]))
+        out = np.zeros_like(ctr)
+        call(shim, "shim_philox4x32", ctr, key, out, _I64(len(rows)), _INT(rounds))
+        np.testing.assert_array_equal(out, np.stack([_hex(w) for _, _, w in rows]))
+
+
+def test_host_philox_bit_exact_random_inputs(shim):
+    rng = np.random.default_rng(1)
+    ctr = rng.integers(0, 1 << 32, size=(5000, 4), dtype=np.uint64).astype(np.uint32)
+    key = rng.integers(0, 1 << 32, size=(5000, 2), dtype=np.uint64).astype(np.uint32)
+    out = np.zeros_like(ctr)
+    call(shim, "shim_philox4x32", ctr, key, out, _I64(5000), _INT(10))
+    np.testing.assert_array_equal(out, mr.philox4x32(ctr, key))
+
+
+@pytest.mark.parametrize("seed,offset,stream,start", [
+    (0, 0, 0, 0), (0xDEADBEEFCAFEF00D, 0x123456789, 3, 5), ((1 << 64) - 1, (1 << 64) - 1, (1 << 32) - 1, 1 << 33)])
+def test_host_words_bit_exact(shim, seed, offset, stream, start):
+    n = 1001
+    out = np.zeros(n, np.uint32)
+    call(shim, "shim_philox_words", out, _I64(n), _U64(seed), _U64(offset), _U32(stream), _I64(start))
+    np.testing.assert_array_equal(out, mr.philox_words(n, seed, offset, stream, start))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_uniform_bit_exact(shim, dtype):
+    w = np.concatenate([np.array([0, 1, 511, 512, 0xFFFFFE00, 0xFFFFFFFF], np.uint32),
+                        mr.philox_words(4000, 3)])
+    out = np.zeros(w.size, dtype)
+    call(shim, f"shim_uniform_words_{_sfx(dtype)}", w, out, _I64(w.size))
+    np.testing.assert_array_equal(out, mr.uniform_from_words(w, dtype))
+    assert out.min() > 0 and out.max() < 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_normals_match_twin(shim, dtype):
+    edge = np.array([[0, 0, 0xFFFFFFFF, 0xFFFFFFFF], [0, 0xFFFFFFFF, 0xFFFFFFFF, 0],
+                     [0x80000000, 0x40000000, 0x7FFFFFFF, 0xC0000000]], np.uint32)
+    w = np.ascontiguousarray(np.concatenate([edge, mr.philox_words(40000, 12).reshape(-1, 4)]))
+    out = np.zeros(w.shape, dtype)
+    call(shim, f"shim_normal_words_{_sfx(dtype)}", w, out, _I64(w.shape[0]))
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(out, mr.normal_from_words(w, dtype), rtol=rtol, atol=atol)
+    # element addressing: normal of element i alone == element i of the draw
+    idx = np.array([0, 1, 2, 3, 4, 4097, (1 << 34) - 1, 12345678901], np.int64)
+    got = np.zeros(idx.size, dtype)
+    call(shim, f"shim_normal_at_{_sfx(dtype)}", idx, got, _I64(idx.size), _U64(9), _U64(4), _U32(1))
+    np.testing.assert_allclose(got, mr.normal_at(idx, 9, 4, dtype, stream=1), rtol=rtol, atol=atol)
+
+
+def _inputs(shape, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=shape).astype(dtype)
+    logvar = rng.uniform(-4, 2, size=shape).astype(dtype)
+    return mu, logvar
+
+
+def _ref_reparam(mu, logvar, seed, offset, stream=0):
+    eps = mr.normal(mu.shape, seed, offset, mu.dtype, stream).astype(np.float64)
+    std = np.exp(0.5 * logvar.astype(np.float64))
+    return mu + std * eps, eps, std
+
+
+def _ref_kl_terms(mu, logvar):
+    m, lv = mu.astype(np.float64), logvar.astype(np.float64)
+    return 0.5 * (m * m + np.expm1(lv) - lv)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_elementwise_math(shim, dtype):
+    mu, logvar = _inputs((3000,), dtype, 1)
+    logvar[:4] = np.array([0.0, 1e-7, -1e-7, 30.0], dtype)  # expm1 near 0; large variance
+    eps = mr.normal(3000, 4, 0, dtype)
+    dz = _inputs((3000,), dtype, 2)[0]
+    rtol, atol = TOL[dtype]
+    m, lv, e, g = (a.astype(np.float64) for a in (mu, logvar, eps, dz))
+    refs = {
+        0: (mu, logvar, eps, m + np.exp(0.5 * lv) * e),
+        1: (dz, logvar, eps, g * e * 0.5 * np.exp(0.5 * lv)),
+        2: (mu, logvar, eps, _ref_kl_terms(mu, logvar)),
+        3: (dz, mu, eps, g * m),
+        4: (dz, logvar, eps, g * 0.5 * np.expm1(lv)),
+    }
+    for which, (a, b, c, want) in refs.items():
+        out = np.zeros(3000, dtype)
+        call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(which), a, b, c, out, _I64(3000))
+        np.testing.assert_allclose(out, want, rtol=rtol, atol=atol, err_msg=f"op {which}")
+    # near logvar = 0 the expm1 form has an absolute error of a few ulp(logvar), where the naive
+    # exp(logvar) - 1 - logvar would lose ulp(1) ~ 6e-8 in float32
+    x = np.array([1e-3, -2e-4, 3e-6], dtype)
+    out = np.zeros(3, dtype)
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(2), np.zeros(3, dtype), x, np.zeros(3, dtype),
+         out, _I64(3))
+    want = 0.5 * (np.expm1(x.astype(np.float64)) - x.astype(np.float64))
+    ulp = np.spacing(np.abs(x)).astype(np.float64)
+    assert np.all(np.abs(out - want) <= 2 * ulp), (out, want)
+
+
+# ------------------------------------------------------------------------------ kernel replays
+FLAT_SIZES = [1, 3, 4, 5, 1023, 1024, 1025, 4097]
+ROW_SHAPES = [(1, 1), (3, 2), (5, 3), (7, 50), (4, 64), (2, 1001), (3, 2050), (100, 50)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", FLAT_SIZES)
+def test_replay_generate(shim, dtype, n):
+    for dist, twin in ((0, mr.normal), (1, mr.uniform)):
+        out = np.full(n, np.nan, dtype)
+        call(shim, f"shim_generate_{_sfx(dtype)}", out, _I64(n), _INT(dist), _U64(21), _U64(2),
+             _U32(0), _INT(256))
+        want = twin(n, 21, 2, dtype)
+        if dist == 1:
+            np.testing.assert_array_equal(out, want)
+        else:
+            np.testing.assert_allclose(out, want, rtol=TOL[dtype][0], atol=TOL[dtype][1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", FLAT_SIZES)
+def test_replay_reparam(shim, dtype, n):
+    rtol, atol = TOL[dtype]
+    seed, offset, stream = 1234, 7, 2
+    mu, logvar = _inputs((n,), dtype, n)
+    z = np.full(n, np.nan, dtype)
+    call(shim, f"shim_reparam_fwd_{_sfx(dtype)}", mu, logvar, z, _I64(n), _U64(seed), _U64(offset),
+         _U32(stream), _INT(256))
+    want, eps, std = _ref_reparam(mu, logvar, seed, offset, stream)
+    np.testing.assert_allclose(z, want, rtol=rtol, atol=atol)
+    dz = _inputs((n,), dtype, n + 1)[0]
+    for with_dmu in (True, False):
+        dmu = np.full(n, np.nan, dtype) if with_dmu else None
+        dlv = np.full(n, np.nan, dtype)
+        call(shim, f"shim_reparam_bwd_{_sfx(dtype)}", dz, logvar, dmu, dlv, _I64(n), _U64(seed),
+             _U64(offset), _U32(stream), _INT(256))
+        if with_dmu:
+            np.testing.assert_array_equal(dmu, dz)
+        np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+def test_replay_row_kernels(shim, dtype, shape):
+    from minivae.gpu.kernels import row_group_size
+
+    rtol, atol = TOL[dtype]
+    B, D = shape
+    seed, offset, stream = 99, 3, 0
+    mu, logvar = _inputs(shape, dtype, B * D)
+    dz = _inputs(shape, dtype, B * D + 1)[0]
+    gkl = _inputs((B,), dtype, B * D + 2)[0]
+    want_z, eps, std = _ref_reparam(mu, logvar, seed, offset, stream)
+    want_kl = _ref_kl_terms(mu, logvar).sum(axis=1)
+    m, lv = mu.astype(np.float64), logvar.astype(np.float64)
+    kl_rtol = rtol * max(1, D) ** 0.5 * 4
+    for G in sorted({8, 32, 256, row_group_size(D)}):
+        sfx = _sfx(dtype)
+        kl = np.full(B, np.nan, dtype)
+        call(shim, f"shim_kl_fwd_{sfx}", mu, logvar, kl, _I64(B), _I64(D), _INT(G))
+        np.testing.assert_allclose(kl, want_kl, rtol=kl_rtol, atol=atol)
+
+        dmu, dlv = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        call(shim, f"shim_kl_bwd_{sfx}", gkl, mu, logvar, dmu, dlv, _I64(B), _I64(D), _INT(G))
+        np.testing.assert_allclose(dmu, gkl[:, None] * m, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(dlv, gkl[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=atol)
+
+        z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
+        call(shim, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl, _I64(B), _I64(D),
+             _U64(seed), _U64(offset), _U32(stream), _INT(G))
+        np.testing.assert_allclose(z, want_z, rtol=rtol, atol=atol, err_msg=f"G={G}")
+        np.testing.assert_allclose(kl, want_kl, rtol=kl_rtol, atol=atol)
+
+        for g in (gkl, None):
+            dmu, dlv = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+            call(shim, f"shim_reparam_kl_bwd_{sfx}", dz, g, mu, logvar, dmu, dlv, _I64(B), _I64(D),
+                 _U64(seed), _U64(offset), _U32(stream), _INT(G))
+            gg = np.zeros(B) if g is None else g.astype(np.float64)
+            np.testing.assert_allclose(dmu, dz + gg[:, None] * m, rtol=rtol, atol=atol)
+            np.testing.assert_allclose(
+                dlv, dz * eps * std * 0.5 + gg[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=10 * atol)
+
+
+def test_row_group_size():
+    from minivae.gpu.kernels import BLOCK, row_group_size
+
+    for D in [1, 2, 3, 10, 50, 64, 100, 1000, 1021, 4096, 10 ** 6]:
+        G = row_group_size(D)
+        assert 8 <= G <= BLOCK and G & (G - 1) == 0 and BLOCK % G == 0
+        chunks = (D + 2) // 4 + 1
+        assert G >= min(chunks, BLOCK)  # one tile per row while it fits in a block
+    assert row_group_size(50) == 16
+
+
+# ------------------------------------------------------------------------------ wrappers on a fake CuPy
+_CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32}
+_PTR = {"float": np.float32, "double": np.float64, "mv_u32": np.uint32}
+
+
+def _signatures():
+    sigs = {}
+    for cu in CU_FILES:
+        text = (KERNELS / cu).read_text()
+        for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', text):
+            plist = []
+            for p in params.split(","):
+                p = " ".join(p.split())
+                m = re.match(r"(?:const )?(\w+)\s*(\*?)\s*(\w+)$", p)
+                assert m, p
+                plist.append((m.group(1), m.group(2) == "*", m.group(3)))
+            sigs[name] = plist
+    return sigs
+
+
+class _FakeKernel:
+    """Checks each argument against the C signature, then runs the host replay."""
+
+    REPLAY = {
+        "mv_philox_words": ("shim_philox_words", lambda a, G: a + [_I64(0)]),
+        "mv_normal": ("shim_generate", lambda a, G: a[:2] + [_INT(0)] + a[2:] + [_INT(G)]),
+        "mv_uniform": ("shim_generate", lambda a, G: a[:2] + [_INT(1)] + a[2:] + [_INT(G)]),
+    }
+
+    def __init__(self, lib, name, sig, calls):
+        self.lib, self.name, self.sig, self.calls = lib, name, sig, calls
+
+    def __call__(self, grid, block, args):
+        assert len(args) == len(self.sig), f"{self.name}: {len(args)} args for {len(self.sig)} params"
+        assert len(grid) == 1 and grid[0] >= 1
+        G = block[0]
+        assert math.prod(block) == 256 and G & (G - 1) == 0
+        cargs = []
+        for a, (ctype, is_ptr, pname) in zip(args, self.sig):
+            if is_ptr:
+                if isinstance(a, np.ndarray):
+                    assert a.dtype == _PTR[ctype], f"{self.name}.{pname}: {a.dtype} for {ctype}*"
+                    assert a.flags.c_contiguous
+                    cargs.append(_ptr(a))
+                else:  # a null pointer must be an 8-byte zero
+                    assert type(a) is np.uint64 and a == 0, f"{self.name}.{pname}: {a!r}"
+                    cargs.append(None)
+            else:
+                assert type(a) is _CTYPES[ctype], f"{self.name}.{pname}: {type(a)} for {ctype}"
+                cargs.append({"mv_i64": _I64, "mv_u64": _U64, "mv_u32": _U32}[ctype](int(a)))
+        base = re.sub(r"_f(32|64)$", "", self.name)
+        sfx = self.name[len(base):]
+        if base in self.REPLAY:
+            shim_name, conv = self.REPLAY[base]
+            cargs = conv(cargs, G)
+        else:
+            shim_name = "shim_" + base[len("mv_"):]
+            cargs = cargs + [_INT(G)]
+        fn = getattr(self.lib, shim_name + sfx)
+        fn.restype = None
+        fn(*cargs)
+        self.calls.append((self.name, grid, block))
+
+
+@pytest.fixture
+def fake_gpu(shim, monkeypatch):
+    import minivae.gpu.kernels as K
+
+    fake_cp = types.SimpleNamespace(
+        ndarray=np.ndarray, ascontiguousarray=np.ascontiguousarray, empty=np.empty,
+        empty_like=np.empty_like, zeros=np.zeros, uint32=np.uint32)
+    sigs = _signatures()
+    calls = []
+    monkeypatch.setattr(K, "cp", fake_cp)
+    monkeypatch.setattr(K, "require", lambda: None)
+    monkeypatch.setattr(K, "_max_grid", lambda: 4)
+    monkeypatch.setattr(K, "get_function", lambda base, dtype=None: _FakeKernel(
+        shim, base if dtype is None else f"{base}_{K._SUFFIX[np.dtype(dtype)]}",
+        sigs[base if dtype is None else f"{base}_{K._SUFFIX[np.dtype(dtype)]}"], calls))
+    return K, calls
+
+
+def test_signatures_parsed():
+    sigs = _signatures()
+    assert set(sigs) == {e for v in ENTRY_POINTS.values() for e in v}
+    assert [p[2] for p in sigs["mv_reparam_kl_bwd_f32"]] == [
+        "dz", "gkl", "mu", "logvar", "dmu", "dlogvar", "B", "D", "seed", "offset", "stream"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wrappers_on_fake_gpu(fake_gpu, dtype):
+    K, calls = fake_gpu
+    rtol, atol = TOL[dtype]
+    seed, offset = (1 << 64) - 3, (1 << 40) + 1
+    np.testing.assert_array_equal(K.philox_words(13, seed, offset, 5), mr.philox_words(13, seed, offset, 5))
+    np.testing.assert_allclose(K.normal((3, 7), seed, offset, dtype), mr.normal((3, 7), seed, offset, dtype),
+                               rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(K.uniform(9, seed, offset, dtype), mr.uniform(9, seed, offset, dtype))
+
+    shape = (6, 5, 50)  # (samples, batch, D): 30 rows of D = 50, reduced over the last axis
+    mu, logvar = _inputs(shape, dtype, 3)
+    dz = _inputs(shape, dtype, 4)[0]
+    gkl = _inputs((6, 5), dtype, 5)[0]
+    want_z, eps, std = _ref_reparam(mu, logvar, seed, offset)
+    want_kl = _ref_kl_terms(mu, logvar).sum(-1)
+
+    z = K.reparameterize_forward(mu, logvar, seed, offset)
+    assert z.shape == shape and z.dtype == dtype
+    np.testing.assert_allclose(z, want_z, rtol=rtol, atol=atol)
+    dmu, dlv = K.reparameterize_backward(dz, logvar, seed, offset)
+    assert dmu is dz
+    np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
+    dmu, _ = K.reparameterize_backward(dz, logvar, seed, offset, copy_dmu=True)
+    assert dmu is not dz and np.array_equal(dmu, dz)
+
+    kl = K.kl_normal_std_forward(mu, logvar)
+    assert kl.shape == (6, 5)
+    np.testing.assert_allclose(kl, want_kl, rtol=10 * rtol, atol=atol)
+    dmu, dlv = K.kl_normal_std_backward(gkl, mu, logvar)
+    np.testing.assert_allclose(dmu, gkl[..., None] * mu, rtol=rtol, atol=atol)
+
+    z2, kl2 = K.reparameterize_kl_forward(mu, logvar, seed, offset)
+    np.testing.assert_array_equal(z2, z)  # the same eps bits and the same formula
+    np.testing.assert_allclose(kl2, want_kl, rtol=10 * rtol, atol=atol)
+    dmu, dlv = K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, offset)
+    g = gkl.astype(np.float64)[..., None]
+    np.testing.assert_allclose(dmu, dz + g * mu, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dlv, dz * eps * std * 0.5 + g * 0.5 * np.expm1(logvar.astype(np.float64)),
+                               rtol=rtol, atol=10 * atol)
+    dmu_none, _ = K.reparameterize_kl_backward(dz, None, mu, logvar, seed, offset)
+    np.testing.assert_allclose(dmu_none, dz, rtol=0, atol=0)
+    assert {c[0] for c in calls} >= {f"mv_reparam_kl_bwd_{_sfx(dtype)}", f"mv_kl_fwd_{_sfx(dtype)}"}
+
+
+def test_wrappers_validate(fake_gpu):
+    K, _ = fake_gpu
+    mu, logvar = _inputs((4, 3), np.float32)
+    with pytest.raises(TypeError):
+        K.reparameterize_forward(mu, logvar.astype(np.float64), 0)
+    with pytest.raises(ValueError):
+        K.reparameterize_forward(mu, logvar[:2], 0)
+    with pytest.raises(ValueError):
+        K.reparameterize_forward(mu, logvar, -1)
+    with pytest.raises(TypeError):
+        K.kl_normal_std_forward(mu.astype(np.int32), logvar)
+    with pytest.raises(ValueError):
+        K.reparameterize_kl_backward(None, None, mu, logvar, 0)
+    assert K.reparameterize_forward(mu[:0], logvar[:0], 0).shape == (0, 3)
+    assert K.reparameterize_forward(mu[0, 0, ...], logvar[0, 0, ...], 0).shape == ()
+    assert K.kl_normal_std_forward(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32)).tolist() == [0, 0, 0]
+    assert K.kl_normal_std_forward(np.ones(4, np.float32), np.zeros(4, np.float32)).shape == ()
+    with pytest.raises(ValueError):
+        K.kl_normal_std_forward(np.ones((), np.float32), np.zeros((), np.float32))
+    # non-contiguous inputs are made contiguous before the launch
+    z = K.reparameterize_forward(np.asfortranarray(mu), logvar, 8)
+    np.testing.assert_array_equal(z, K.reparameterize_forward(mu, logvar, 8))
+
+
+def test_imports_do_not_need_cupy():
+    """`import minivae` and minivae.random never import CuPy; minivae.gpu imports without it
+    (and then says clearly that the GPU path cannot run)."""
+    import sys
+
+    code = ("import sys, minivae, minivae.random; assert 'cupy' not in sys.modules; "
+            "import minivae.gpu as g; "
+            "assert g.is_available() or g.kernels.cp is None or 'cupy' in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_kernels_ship_with_the_package(tmp_path):
+    """A non-editable build (setuptools build_py, as `pip install .` runs it) puts the kernel
+    sources in minivae/kernels/, and minivae.gpu finds them there."""
+    import sys
+
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "*.egg-info")
+    shutil.copytree(ROOT / "minivae", src / "minivae", ignore=ignore)
+    shutil.copytree(KERNELS, src / "kernels", ignore=ignore)
+    shutil.copy(ROOT / "pyproject.toml", src / "pyproject.toml")
+    (src / "README.md").write_text("minivae\n")
+    lib = tmp_path / "lib"
+    proc = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "build_py",
+                           "--build-lib", str(lib)], cwd=src, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    shipped = {p.name for p in (lib / "minivae" / "kernels").glob("*.cu*")}
+    assert shipped == {p.name for p in KERNELS.glob("*.cu*")}, (
+        "kernels/*.cu and *.cuh must ship as package data of minivae.kernels "
+        "(pyproject: package-dir mapping and package-data)")
+    code = ("import minivae, minivae.gpu as g; "
+            f"assert minivae.__file__.startswith({str(lib)!r}), minivae.__file__; "
+            f"assert str(g.kernel_dir()).startswith({str(lib)!r}), g.kernel_dir(); "
+            "assert 'extern \"C\" __global__' in g.kernel_source('fused.cu'); print('ok')")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "MINIVAE_KERNELS_DIR"}
+    env["PYTHONPATH"] = str(lib)
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_pyproject_lists_every_package():
+    """pyproject lists its packages (find cannot rename kernels/ to minivae.kernels): a new
+    subpackage missing from the list would be left out of non-editable installs."""
+    tomllib = pytest.importorskip("tomllib")
+    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(conf.get("packages", []))
+    found = {"minivae"} | {
+        "minivae." + ".".join(p.parent.relative_to(ROOT / "minivae").parts)
+        for p in (ROOT / "minivae").rglob("__init__.py") if p.parent != ROOT / "minivae"}
+    assert found | {"minivae.kernels"} <= listed, sorted(found | {"minivae.kernels"} - listed)
+    assert conf["package-dir"]["minivae.kernels"] == "kernels"
+    assert set(conf["package-data"]["minivae.kernels"]) >= {"*.cu", "*.cuh"}

@@ -1,0 +1,390 @@
+"""minivae.nn: module registration, state dicts, devices, Linear and init, BatchNorm1d, activations."""
+import io
+import math
+
+import numpy as np
+import pytest
+
+import minivae as mv
+import minivae.functional as F
+import minivae.nn as nn
+from minivae.gradcheck import check_float32, gradcheck
+from minivae.ops.norm import BatchNorm, batch_norm
+
+
+class Block(nn.Module):
+    """A small two-level model: parameters, a buffer-carrying child and a ModuleList."""
+
+    def __init__(self, rng=0):
+        super().__init__()
+        rng = np.random.default_rng(rng)
+        self.fc = nn.Linear(4, 3, rng=rng)
+        self.bn = nn.BatchNorm1d(3)
+        self.heads = nn.ModuleList([nn.Linear(3, 2, rng=rng), nn.Linear(3, 1, bias=False, rng=rng)])
+        self.scale = nn.Parameter(np.ones(1, dtype=np.float32))
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.fc(x)))
+        return F.concatenate([head(h) for head in self.heads], axis=1) * self.scale
+
+
+def _x(n=6, d=4, seed=1, dtype=np.float32):
+    return mv.tensor(np.random.default_rng(seed).standard_normal((n, d)).astype(dtype))
+
+
+# ----- registration and traversal ---------------------------------------------------------------
+def test_named_parameters_are_dotted_and_ordered():
+    names = [n for n, _ in Block().named_parameters()]
+    assert names == ["scale", "fc.weight", "fc.bias", "bn.weight", "bn.bias",
+                     "heads.0.weight", "heads.0.bias", "heads.1.weight"]
+
+
+def test_children_modules_and_buffers():
+    m = Block()
+    assert [n for n, _ in m.named_children()] == ["fc", "bn", "heads"]
+    assert [n for n, _ in m.named_modules()] == ["", "fc", "bn", "heads", "heads.0", "heads.1"]
+    assert [n for n, _ in m.named_buffers()] == ["bn.running_mean", "bn.running_var",
+                                                 "bn.num_batches_tracked"]
+    assert all(isinstance(p, nn.Parameter) and p.requires_grad for p in m.parameters())
+    assert m.num_parameters() == 4 * 3 + 3 + 3 + 3 + 3 * 2 + 2 + 3 + 1
+
+
+def test_shared_parameter_listed_once_and_reassignment():
+    m = nn.Module()
+    lin = nn.Linear(2, 2, rng=0)
+    m.a, m.b = lin, lin
+    assert len(list(m.parameters())) == 2
+    m.a = nn.Linear(2, 3, rng=0)  # replacing a submodule re-registers it
+    assert len(list(m.parameters())) == 4
+    with pytest.raises(TypeError):
+        m.a.weight = mv.tensor(np.zeros((2, 3), dtype=np.float32))  # not a Parameter
+    m.a.bias = None  # an optional parameter may be removed
+    assert "a.bias" not in m.state_dict()
+
+
+def test_missing_super_init_is_explained():
+    class Broken(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(2, 2)
+
+    with pytest.raises(AttributeError, match="super"):
+        Broken()
+
+
+def test_train_eval_propagate():
+    m = Block()
+    assert m.training and m.bn.training and m.heads[1].training
+    assert m.eval() is m
+    assert not any(mod.training for mod in m.modules())
+    m.train()
+    assert all(mod.training for mod in m.modules())
+
+
+def test_zero_grad_sets_none():
+    m = Block()
+    m(_x()).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    m.zero_grad()
+    assert all(p.grad is None for p in m.parameters())
+
+
+def test_sequential_and_module_list():
+    seq = nn.Sequential(nn.Linear(4, 5, rng=0), nn.Tanh(), nn.Linear(5, 2, rng=1))
+    x = _x()
+    expected = F.linear(F.tanh(F.linear(x, seq[0].weight, seq[0].bias)), seq[2].weight, seq[2].bias)
+    np.testing.assert_array_equal(seq(x).data, expected.data)
+    assert len(seq) == 3 and isinstance(seq[-1], nn.Linear) and len(seq[1:]) == 2
+    assert [n for n, _ in seq.named_parameters()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    named = nn.Sequential({"fc": nn.Linear(4, 2, rng=0), "act": nn.ReLU()})
+    assert list(named.state_dict()) == ["fc.weight", "fc.bias"]
+    with pytest.raises(IndexError):
+        seq[3]
+    with pytest.raises(TypeError):
+        nn.ModuleList([nn.ReLU(), "not a module"])
+
+
+# ----- state_dict ----------------------------------------------------------------------------------
+def test_state_dict_round_trip_through_npz():
+    m = Block(rng=0)
+    m(_x())  # one training step of BatchNorm so its running statistics are not the defaults
+    state = m.state_dict()
+    assert all(isinstance(v, np.ndarray) for v in state.values())
+    assert state["bn.num_batches_tracked"] == 1 and state["bn.num_batches_tracked"].dtype == np.int64
+    buf = io.BytesIO()
+    np.savez(buf, **state)
+    buf.seek(0)
+    with np.load(buf, allow_pickle=False) as f:
+        loaded = {k: f[k] for k in f.files}
+    other = Block(rng=5)
+    params_before = list(other.parameters())
+    other.load_state_dict(loaded)
+    assert list(other.parameters()) == params_before  # same Parameter objects, loaded in place
+    for k, v in other.state_dict().items():
+        np.testing.assert_array_equal(v, state[k])
+    m.eval(), other.eval()
+    np.testing.assert_array_equal(m(_x(seed=3)).data, other(_x(seed=3)).data)
+
+
+def test_state_dict_values_are_copies():
+    m = nn.Linear(2, 2, rng=0)
+    state = m.state_dict()
+    state["weight"][...] = 7
+    assert not np.any(m.weight.data == 7)
+
+
+def test_load_state_dict_reports_missing_and_unexpected_keys():
+    m = Block()
+    state = m.state_dict()
+    del state["fc.bias"]
+    state["fc.extra"] = np.zeros(3, dtype=np.float32)
+    with pytest.raises(nn.StateDictError, match=r"(?s)missing key.*fc\.bias.*unexpected key.*fc\.extra"):
+        m.load_state_dict(state)
+    result = m.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["fc.bias"] and result.unexpected_keys == ["fc.extra"]
+
+
+def test_load_state_dict_rejects_shape_and_dtype_without_changing_anything():
+    m = Block()
+    before = m.state_dict()
+    state = m.state_dict()
+    state["fc.weight"] = np.zeros((3, 4), dtype=np.float32)  # transposed
+    state["fc.bias"] = np.zeros(3, dtype=np.float64)        # wrong dtype
+    state["bn.running_mean"] = np.full(3, 9, dtype=np.float32)  # valid, but must not be applied
+    with pytest.raises(nn.StateDictError) as err:
+        m.load_state_dict(state)
+    msg = str(err.value)
+    assert "fc.weight: shape (3, 4) in state_dict, (4, 3) in the module" in msg
+    assert "fc.bias: dtype float64" in msg
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+    with pytest.raises(nn.StateDictError):  # shape errors are raised even when not strict
+        m.load_state_dict(state, strict=False)
+
+
+# ----- devices and dtypes ---------------------------------------------------------------------------
+def test_to_cpu_keeps_parameter_objects():
+    m = Block()
+    params = list(m.parameters())
+    assert m.to("cpu") is m
+    assert list(m.parameters()) == params
+    with pytest.raises(ValueError):
+        m.to("tpu")
+
+
+@pytest.mark.gpu
+def test_to_gpu_and_back():
+    m = Block()
+    x = _x()
+    ref = m(x).data
+    params = list(m.parameters())
+    m.to("gpu")
+    assert all(p.device == "gpu" for p in m.parameters()) and list(m.parameters()) == params
+    assert m.bn.running_mean.__class__.__module__.startswith("cupy")
+    out = m(x.to("gpu")).numpy()
+    m.to("cpu")
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_astype_converts_parameters_and_float_buffers():
+    m = Block().astype(np.float64)
+    assert all(p.dtype == np.float64 for p in m.parameters())
+    assert m.bn.running_var.dtype == np.float64 and m.bn.num_batches_tracked.dtype == np.int64
+    assert m(_x(dtype=np.float64)).dtype == np.float64
+
+
+# ----- Linear and init ------------------------------------------------------------------------------
+def test_linear_forward_and_layout():
+    lin = nn.Linear(4, 3, rng=0)
+    assert lin.weight.shape == (4, 3) and lin.bias.shape == (3,)
+    assert lin.weight.dtype == np.float32
+    x = _x()
+    np.testing.assert_allclose(lin(x).data, x.data @ lin.weight.data + lin.bias.data, rtol=1e-6)
+    nobias = nn.Linear(4, 3, bias=False, rng=0)
+    assert nobias.bias is None and [n for n, _ in nobias.named_parameters()] == ["weight"]
+
+
+def test_linear_default_init_bounds_pytorch_style():
+    lin = nn.Linear(300, 200, rng=0)
+    bound = 1 / math.sqrt(300)
+    for p in (lin.weight.data, lin.bias.data):
+        assert np.abs(p).max() <= bound * (1 + 1e-6)
+        assert np.abs(p).max() > 0.95 * bound  # the whole interval is used
+    # U(-b, b) has standard deviation b / sqrt(3)
+    assert abs(lin.weight.data.std() - bound / math.sqrt(3)) < 0.02 * bound
+
+
+def test_linear_init_is_deterministic_under_a_seed():
+    a, b, c = nn.Linear(5, 4, rng=7), nn.Linear(5, 4, rng=7), nn.Linear(5, 4, rng=8)
+    np.testing.assert_array_equal(a.weight.data, b.weight.data)
+    np.testing.assert_array_equal(a.bias.data, b.bias.data)
+    assert not np.array_equal(a.weight.data, c.weight.data)
+    nn.init.manual_seed(3)
+    d = nn.Linear(5, 4)
+    nn.init.manual_seed(3)
+    e = nn.Linear(5, 4)
+    np.testing.assert_array_equal(d.weight.data, e.weight.data)
+    # The draws happen in float64, so a float64 layer holds the float32 one's values unrounded.
+    f = nn.Linear(5, 4, rng=7, dtype=np.float64)
+    assert f.weight.dtype == np.float64
+    np.testing.assert_array_equal(f.weight.data.astype(np.float32), a.weight.data)
+
+
+def test_one_generator_threaded_through_layers():
+    rng = np.random.default_rng(0)
+    first, second = nn.Linear(3, 3, rng=rng), nn.Linear(3, 3, rng=rng)
+    assert not np.array_equal(first.weight.data, second.weight.data)
+    rng = np.random.default_rng(0)
+    np.testing.assert_array_equal(nn.Linear(3, 3, rng=rng).weight.data, first.weight.data)
+
+
+def test_init_functions_in_place():
+    w = nn.Parameter(np.empty((400, 300), dtype=np.float32))
+    array = w.data
+    nn.init.xavier_uniform_(w, rng=0)
+    assert w.data is array  # in place
+    assert np.abs(w.data).max() <= math.sqrt(6 / 700) * (1 + 1e-6)
+    nn.init.xavier_normal_(w, gain=2.0, rng=0)
+    assert abs(w.data.std() - 2 * math.sqrt(2 / 700)) < 0.02 * 2 * math.sqrt(2 / 700)
+    nn.init.kaiming_normal_(w, nonlinearity="relu", rng=0)
+    assert abs(w.data.std() - math.sqrt(2 / 400)) < 0.02 * math.sqrt(2 / 400)  # fan_in = shape[0]
+    nn.init.kaiming_uniform_(w, mode="fan_out", nonlinearity="relu", rng=0)
+    assert np.abs(w.data).max() <= math.sqrt(6 / 300) * (1 + 1e-6)
+    nn.init.constant_(w, 0.25)
+    assert np.all(w.data == 0.25)
+    nn.init.zeros_(w)
+    assert not w.data.any() and w.data is array
+    assert nn.init.calculate_fan_in_and_fan_out((784, 512)) == (784, 512)
+    assert nn.init.calculate_gain("leaky_relu", math.sqrt(5)) == pytest.approx(math.sqrt(1 / 3))
+    with pytest.raises(ValueError):
+        nn.init.xavier_uniform_(nn.Parameter(np.zeros(3, dtype=np.float32)))
+    with pytest.raises(TypeError):
+        nn.init.uniform_(w, rng="seed")
+
+
+def test_parameter_dtype_policy():
+    assert nn.Parameter([1.0, 2.0]).dtype == np.float32
+    assert nn.Parameter(np.zeros(2)).dtype == np.float64
+    p = nn.Parameter(np.zeros(2))
+    assert p.requires_grad and p.is_leaf and "Parameter" in repr(p)
+
+
+# ----- BatchNorm1d ----------------------------------------------------------------------------------
+def _bn_reference(x, gamma, beta, eps, axes):
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    return (x - mean) / np.sqrt(var + eps) * gamma.reshape(shape) + beta.reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5)])
+def test_batchnorm_train_matches_numpy_and_updates_running_stats(shape):
+    rng = np.random.default_rng(0)
+    bn = nn.BatchNorm1d(3, dtype=np.float64)
+    bn.weight.data[:] = rng.uniform(0.5, 2, 3)
+    bn.bias.data[:] = rng.standard_normal(3)
+    axes = (0,) if len(shape) == 2 else (0, 2)
+    rm, rv = np.zeros(3), np.ones(3)
+    for step in range(3):
+        x = rng.standard_normal(shape) * 2 + 1
+        out = bn(mv.tensor(x))
+        assert out._node[0] is BatchNorm  # training mode is one fused node
+        np.testing.assert_allclose(out.data, _bn_reference(x, bn.weight.data, bn.bias.data, 1e-5, axes),
+                                   rtol=1e-12, atol=1e-12)
+        m = x.size // 3
+        rm = 0.9 * rm + 0.1 * x.mean(axis=axes)
+        rv = 0.9 * rv + 0.1 * x.var(axis=axes) * m / (m - 1)  # unbiased, as PyTorch
+    np.testing.assert_allclose(bn.running_mean, rm, rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, rv, rtol=1e-12)
+    assert int(bn.num_batches_tracked) == 3
+
+
+def test_batchnorm_eval_uses_running_stats():
+    rng = np.random.default_rng(1)
+    bn = nn.BatchNorm1d(3, dtype=np.float64)
+    bn.running_mean[:] = rng.standard_normal(3)
+    bn.running_var[:] = rng.uniform(0.5, 2, 3)
+    bn.weight.data[:] = rng.uniform(0.5, 2, 3)
+    bn.bias.data[:] = rng.standard_normal(3)
+    bn.eval()
+    x = rng.standard_normal((5, 3))
+    expected = (x - bn.running_mean) / np.sqrt(bn.running_var + 1e-5) * bn.weight.data + bn.bias.data
+    before = bn.state_dict()
+    np.testing.assert_allclose(bn(mv.tensor(x)).data, expected, rtol=1e-12)
+    for k, v in bn.state_dict().items():  # evaluation never changes the statistics
+        np.testing.assert_array_equal(v, before[k])
+    x1 = rng.standard_normal((1, 3))  # one example is fine in evaluation mode
+    assert bn(mv.tensor(x1)).shape == (1, 3)
+
+
+def test_batchnorm_momentum_none_is_cumulative_average():
+    rng = np.random.default_rng(2)
+    bn = nn.BatchNorm1d(2, momentum=None, dtype=np.float64)
+    xs = [rng.standard_normal((6, 2)) for _ in range(4)]
+    for x in xs:
+        bn(mv.tensor(x))
+    np.testing.assert_allclose(bn.running_mean, np.mean([x.mean(0) for x in xs], axis=0), rtol=1e-12)
+    np.testing.assert_allclose(bn.running_var, np.mean([x.var(0, ddof=1) for x in xs], axis=0), rtol=1e-12)
+
+
+def test_batchnorm_without_tracking_or_affine():
+    bn = nn.BatchNorm1d(3, affine=False, track_running_stats=False, dtype=np.float64).eval()
+    assert list(bn.state_dict()) == [] and list(bn.parameters()) == []
+    x = np.random.default_rng(3).standard_normal((7, 3))
+    np.testing.assert_allclose(bn(mv.tensor(x)).data,
+                               _bn_reference(x, np.ones(3), np.zeros(3), 1e-5, (0,)), rtol=1e-12)
+
+
+def test_batchnorm_errors():
+    bn = nn.BatchNorm1d(3)
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        bn(_x(1, 3))
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        bn(_x(4, 5))
+
+
+def test_batchnorm_gradcheck_float64():
+    rng = np.random.default_rng(4)
+
+    def t(*shape, lo=None):
+        data = rng.uniform(lo, 1.5, shape) if lo else rng.standard_normal(shape)
+        return mv.tensor(data, requires_grad=True)
+
+    x, gamma, beta = t(5, 3), t(3, lo=0.5), t(3)
+    assert gradcheck(lambda x, g, b: batch_norm(x, g, b), x, gamma, beta)
+    x3, g2, b2 = t(3, 2, 4), t(2, lo=0.5), t(2)
+    assert gradcheck(lambda x, g, b: batch_norm(x, g, b), x3, g2, b2)
+    assert gradcheck(lambda x: batch_norm(x), x)  # affine=False
+    big = t(40, 8)  # the random-direction branch of gradcheck
+    assert gradcheck(lambda x: batch_norm(x), big)
+    rm, rv = rng.standard_normal(2), rng.uniform(0.5, 2, 2)
+    assert gradcheck(lambda x, g, b: batch_norm(x, g, b, rm, rv, training=False), x3, g2, b2)
+    # and through the module, in both modes
+    bn = nn.BatchNorm1d(3, dtype=np.float64)
+    assert gradcheck(lambda x: bn(x), x)
+    bn.eval()
+    assert gradcheck(lambda x: bn(x), x)
+
+
+def test_batchnorm_float32_backward_matches_float64():
+    rng = np.random.default_rng(5)
+    x = mv.tensor(rng.standard_normal((16, 4)) * 3 + 2, requires_grad=True)
+    g = mv.tensor(rng.uniform(0.5, 1.5, 4), requires_grad=True)
+    b = mv.tensor(rng.standard_normal(4), requires_grad=True)
+    assert check_float32(lambda x, g, b: batch_norm(x, g, b), x, g, b)
+
+
+# ----- activations ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("module, fn", [
+    (nn.ReLU(), F.relu), (nn.Tanh(), F.tanh), (nn.Sigmoid(), F.sigmoid), (nn.Softplus(), F.softplus),
+    (nn.LeakyReLU(0.2), lambda x: F.leaky_relu(x, slope=0.2)), (nn.ELU(0.5), lambda x: F.elu(x, alpha=0.5)),
+    (nn.Identity(), lambda x: x)])
+def test_activation_modules(module, fn):
+    x = _x()
+    np.testing.assert_array_equal(module(x).data, fn(x).data)
+    assert list(module.parameters()) == []
+
+
+def test_activation_by_name():
+    assert isinstance(nn.activation("ReLU"), nn.ReLU)
+    with pytest.raises(ValueError, match="unknown activation"):
+        nn.activation("swishy")

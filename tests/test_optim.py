@@ -1,0 +1,401 @@
+"""minivae.optim: updates against hand-written NumPy, exact resume, clipping, schedules, in-place work."""
+import io
+import json
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import minivae as mv
+import minivae.functional as F
+import minivae.nn as nn
+import minivae.optim as optim
+
+
+def _params(dtype=np.float32, seed=0, shapes=((3, 4), (4,))):
+    rng = np.random.default_rng(seed)
+    return [nn.Parameter(rng.standard_normal(s).astype(dtype)) for s in shapes]
+
+
+def _grads(params, steps, seed=1):
+    rng = np.random.default_rng(seed)
+    return [[rng.standard_normal(p.shape).astype(p.dtype) for p in params] for _ in range(steps)]
+
+
+def _run(opt, params, grads):
+    for gs in grads:
+        for p, g in zip(params, gs):
+            p.grad = g
+        opt.step()
+
+
+# ----- SGD -------------------------------------------------------------------------------------------
+def _sgd_reference(p, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    """torch.optim.SGD's update, written out in NumPy."""
+    p, buf = p.copy(), None
+    for g in grads:
+        d = g + weight_decay * p if weight_decay else g
+        if momentum:
+            buf = d.copy() if buf is None else momentum * buf + (1 - dampening) * d
+            d = d + momentum * buf if nesterov else buf
+        p = p + (-lr) * d
+    return p
+
+
+@pytest.mark.parametrize("kw", [
+    dict(), dict(momentum=0.9), dict(momentum=0.9, nesterov=True), dict(momentum=0.5, dampening=0.3),
+    dict(momentum=0.9, weight_decay=0.01), dict(weight_decay=0.1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_matches_numpy_exactly(kw, dtype):
+    params = _params(dtype)
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, 4)
+    _run(optim.SGD(params, lr=0.05, **kw), params, grads)
+    for j, p in enumerate(params):
+        ref = _sgd_reference(start[j], [gs[j] for gs in grads], 0.05, **kw)
+        assert ref.dtype == dtype
+        np.testing.assert_array_equal(p.data, ref)
+
+
+# ----- Adam ------------------------------------------------------------------------------------------
+def _adam_reference(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0, amsgrad=False, decoupled=False):
+    """Adam as implemented (bias corrections folded into the step size and eps), in NumPy."""
+    p = p.copy()
+    m, v, vmax = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
+    for t, g in enumerate(grads, start=1):
+        if decoupled:
+            p = p * (1 - lr * wd)
+        elif wd:
+            g = p * wd + g
+        m = m * b1 + g * (1 - b1)
+        v = v * b2 + g * (1 - b2) * g
+        if amsgrad:
+            vmax = np.maximum(vmax, v)
+        s = math.sqrt(1 - b2 ** t)
+        p = p + (m / (np.sqrt(vmax if amsgrad else v) + eps * s)) * -(lr * s / (1 - b1 ** t))
+    return p
+
+
+def _adam_textbook(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Kingma & Ba's Algorithm 1 with PyTorch's eps placement, in float64."""
+    p, m, v = p.astype(np.float64), 0.0, 0.0
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - lr / (1 - b1 ** t) * m / (np.sqrt(v) / math.sqrt(1 - b2 ** t) + eps)
+    return p
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.1), dict(amsgrad=True),
+                                dict(weight_decay=0.1, decoupled_weight_decay=True)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_matches_numpy_exactly(kw, dtype):
+    params = _params(dtype)
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, 5)
+    _run(optim.Adam(params, lr=0.01, betas=(0.8, 0.99), eps=1e-6, **kw), params, grads)
+    for j, p in enumerate(params):
+        ref = _adam_reference(start[j], [gs[j] for gs in grads], 0.01, 0.8, 0.99, 1e-6,
+                              kw.get("weight_decay", 0.0), kw.get("amsgrad", False),
+                              kw.get("decoupled_weight_decay", False))
+        assert ref.dtype == dtype
+        np.testing.assert_array_equal(p.data, ref)
+
+
+def test_adam_equals_the_textbook_formula_up_to_rounding():
+    params = _params(np.float64)
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, 20)
+    _run(optim.Adam(params, lr=0.01), params, grads)
+    for j, p in enumerate(params):
+        np.testing.assert_allclose(p.data, _adam_textbook(start[j], [gs[j] for gs in grads], 0.01),
+                                   rtol=1e-13, atol=1e-15)
+
+
+def test_adam_bias_correction_first_step_moves_by_lr():
+    # With bias correction, m_hat / sqrt(v_hat) = g / |g| at t = 1: every weight moves by lr,
+    # whatever the gradient's size (without it the step would be (1 - b1) / sqrt(1 - b2) * lr).
+    p = nn.Parameter(np.zeros(4))
+    p.grad = np.array([1e-3, -2.0, 50.0, -1e-2])
+    optim.Adam([p], lr=0.1, eps=1e-12).step()
+    np.testing.assert_allclose(p.data, [-0.1, 0.1, -0.1, 0.1], rtol=1e-8)
+
+
+def test_adamw_default_decay_and_class():
+    p = nn.Parameter(np.ones(3))
+    opt = optim.AdamW([p], lr=0.1)
+    assert opt.weight_decay == 0.01 and opt.decoupled_weight_decay
+    p.grad = np.zeros(3)
+    opt.step()
+    np.testing.assert_allclose(p.data, 1 - 0.1 * 0.01)  # a zero gradient leaves only the decay
+
+
+def test_gradients_are_read_only_and_may_alias():
+    params = _params(np.float32, shapes=((5,), (5,)))
+    shared = np.random.default_rng(0).standard_normal(5).astype(np.float32)
+    shared.flags.writeable = False  # any write into a gradient would raise
+    for opt in (optim.Adam(params, weight_decay=0.1), optim.SGD(params, lr=0.1, momentum=0.9,
+                                                                 weight_decay=0.1, nesterov=True)):
+        for _ in range(3):
+            for p in params:
+                p.grad = shared  # one array shared by two tensors, as the engine does for a + b
+            opt.step()
+    assert params[0].grad is shared
+
+
+def test_broadcast_gradient_view_is_accepted():
+    # A backward may hand out a read-only broadcast view (stride 0); the update only reads it.
+    for opt_class in (optim.Adam, optim.SGD):
+        p = nn.Parameter(np.zeros((3, 4), dtype=np.float32))
+        p.grad = np.broadcast_to(np.float32(1), (3, 4))
+        opt_class([p], lr=0.1).step()
+        np.testing.assert_allclose(p.data, -0.1, rtol=1e-6)
+    q = nn.Parameter(np.zeros((3, 4), dtype=np.float32))
+    F.sum(q * 2).backward()  # and whatever the engine gives
+    optim.Adam([q], lr=0.1).step()
+    np.testing.assert_allclose(q.data, -0.1, rtol=1e-6)
+
+
+def test_step_allocates_no_temporaries_after_the_first():
+    params = _params(np.float32, shapes=((300, 200), (200,)))
+    opt = optim.Adam(params, lr=1e-3, weight_decay=1e-4)
+    grads = _grads(params, 2)
+    _run(opt, params, grads[:1])  # creates the state and the scratch buffers
+    for p, g in zip(params, grads[1]):
+        p.grad = g
+    tracemalloc.start()
+    opt.step()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 0.05 * sum(p.data.nbytes for p in params), peak  # NumPy reports its buffers here
+
+
+def test_skips_parameters_without_gradient():
+    a, b = _params(np.float64, shapes=((2,), (2,)))
+    before = b.data.copy()
+    opt = optim.Adam([a, b])
+    a.grad = np.ones(2)
+    opt.step()
+    np.testing.assert_array_equal(b.data, before)
+    assert opt.state[1] == {} and opt.state[0]["step"] == 1
+
+
+def test_constructor_errors():
+    with pytest.raises(ValueError, match="empty"):
+        optim.SGD([], lr=0.1)
+    p = nn.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match="twice"):
+        optim.SGD([p, p], lr=0.1)
+    with pytest.raises(ValueError, match="leaf"):
+        optim.SGD([p * 2], lr=0.1)
+    with pytest.raises(ValueError, match="betas"):
+        optim.Adam([p], betas=(1.0, 0.999))
+    with pytest.raises(ValueError, match="Nesterov"):
+        optim.SGD([p], lr=0.1, nesterov=True)
+
+
+def test_zero_grad():
+    params = _params()
+    opt = optim.SGD(params, lr=0.1)
+    for p in params:
+        p.grad = np.ones(p.shape, np.float32)
+    opt.zero_grad()
+    assert all(p.grad is None for p in params)
+
+
+# ----- subnormal flushing ----------------------------------------------------------------------------
+def test_flush_removes_subnormal_moments_and_changes_nothing_else():
+    # Gradients that stop: the moments decay geometrically into the subnormal range and stick.
+    def run(flush_every):
+        p = nn.Parameter(np.linspace(-1, 1, 64, dtype=np.float32))
+        opt = optim.Adam([p], lr=1e-3, flush_every=flush_every)
+        rng = np.random.default_rng(0)
+        for t in range(1200):
+            g = rng.standard_normal(64).astype(np.float32) * 1e-3
+            g[32:] = 0 if t >= 5 else g[32:]  # half of the entries stop receiving gradient
+            p.grad = g
+            opt.step()
+        return p.data, opt.state[0]
+
+    p_plain, state_plain = run(0)
+    p_flush, state_flush = run(10)
+    tiny = np.finfo(np.float32).tiny
+    m = state_plain["exp_avg"]
+    assert np.any((m != 0) & (np.abs(m) < tiny)), "the scenario should create subnormals"
+    for key in ("exp_avg", "exp_avg_sq"):
+        a = state_flush[key]
+        assert not np.any((a != 0) & (np.abs(a) < tiny))
+    np.testing.assert_array_equal(p_flush, p_plain)  # no result changes, not even by rounding
+
+
+# ----- state_dict and exact resume -------------------------------------------------------------------
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        rng = np.random.default_rng(0)
+        self.net = nn.Sequential(nn.Linear(6, 8, rng=rng), nn.BatchNorm1d(8), nn.ELU(),
+                                 nn.Linear(8, 3, rng=rng))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _batches(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((10, 6)).astype(np.float32),
+             rng.standard_normal((10, 3)).astype(np.float32)) for _ in range(n)]
+
+
+def _train(model, opt, sched, batches):
+    for x, y in batches:
+        d = model(mv.tensor(x)) - mv.tensor(y)
+        loss = (d * d).mean()
+        opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+
+
+def _checkpoint(model, opt, sched):
+    """Save as a real checkpoint would: arrays to .npz, numbers to JSON, no pickle anywhere."""
+    arrays, numbers = {}, {}
+    for prefix, sd in (("model", model.state_dict()), ("optim", opt.state_dict()),
+                       ("sched", sched.state_dict())):
+        for k, v in sd.items():
+            (arrays if isinstance(v, np.ndarray) else numbers)[f"{prefix}/{k}"] = v
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    buf.seek(0)
+    text = json.dumps(numbers)
+    with np.load(buf, allow_pickle=False) as f:
+        loaded = {k: f[k] for k in f.files}
+    loaded.update(json.loads(text))
+    return {prefix: {k.split("/", 1)[1]: v for k, v in loaded.items() if k.startswith(prefix + "/")}
+            for prefix in ("model", "optim", "sched")}
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: optim.Adam(ps, lr=3e-3, weight_decay=1e-3, amsgrad=True, flush_every=3),
+    lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, flush_every=3)])
+def test_exact_resume(make_opt):
+    batches = _batches(12)
+    model = _Net()
+    opt = make_opt(model.parameters())
+    sched = optim.CosineLR(opt, total_steps=12, min_lr=1e-4, warmup_steps=2)
+    _train(model, opt, sched, batches)
+
+    first = _Net()
+    opt1 = make_opt(first.parameters())
+    sched1 = optim.CosineLR(opt1, total_steps=12, min_lr=1e-4, warmup_steps=2)
+    _train(first, opt1, sched1, batches[:7])  # 7: the flush period does not divide the split
+    ckpt = _checkpoint(first, opt1, sched1)
+
+    resumed = _Net()
+    for p in resumed.parameters():  # make sure nothing carries over by accident
+        p.data[...] = 0
+    opt2 = make_opt(resumed.parameters())
+    opt2.lr = 123.0  # overwritten by the checkpoint
+    sched2 = optim.CosineLR(opt2, total_steps=12, min_lr=1e-4, warmup_steps=2)
+    resumed.load_state_dict(ckpt["model"])
+    opt2.load_state_dict(ckpt["optim"])
+    sched2.load_state_dict(ckpt["sched"])
+    _train(resumed, opt2, sched2, batches[7:])
+
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert opt.lr == opt2.lr
+
+
+def test_optimizer_state_dict_is_flat_and_plain():
+    params = _params()
+    opt = optim.Adam(params, amsgrad=True)
+    _run(opt, params, _grads(params, 2))
+    sd = opt.state_dict()
+    assert sd["num_params"] == 2 and sd["amsgrad"] == 1 and sd["beta2"] == 0.999
+    assert set(sd) >= {"state.0.step", "state.0.exp_avg", "state.1.max_exp_avg_sq"}
+    for v in sd.values():
+        assert isinstance(v, (np.ndarray, int, float)) and not isinstance(v, bool)
+    json.dumps({k: v for k, v in sd.items() if not isinstance(v, np.ndarray)})
+    sd["state.0.exp_avg"][...] = 99  # a copy, not the live state
+    assert not np.any(opt.state[0]["exp_avg"] == 99)
+
+
+def test_optimizer_load_errors():
+    params = _params()
+    adam = optim.Adam(params)
+    _run(adam, params, _grads(params, 1))
+    sd = adam.state_dict()
+    with pytest.raises(ValueError, match="2 parameters, this optimizer has 1"):
+        optim.Adam(params[:1]).load_state_dict(sd)
+    bad = dict(sd)
+    bad["state.0.exp_avg"] = np.zeros((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"state\.0\.exp_avg: \(4, 3\)"):
+        optim.Adam(params).load_state_dict(bad)
+    sgd = optim.SGD(params, lr=0.1, momentum=0.9)
+    _run(sgd, params, _grads(params, 1))
+    with pytest.raises(ValueError, match="unexpected key|missing key"):
+        adam.load_state_dict(sgd.state_dict())
+    fresh = optim.Adam(params)
+    before = fresh.state_dict()
+    with pytest.raises(ValueError):
+        fresh.load_state_dict(bad)
+    assert fresh.state_dict().keys() == before.keys()  # unchanged after a failed load
+
+
+def test_module_to_keeps_optimizer_valid():
+    model = _Net()
+    opt = optim.Adam(model.parameters())
+    _train(model, opt, optim.StepLR(opt, 100), _batches(2))
+    model.to("cpu")
+    _train(model, opt, optim.StepLR(opt, 100), _batches(2, seed=1))
+    assert all(p.device == "cpu" for p in model.parameters())
+
+
+# ----- clip_grad_norm_ -------------------------------------------------------------------------------
+def test_clip_grad_norm_scales_copies_not_in_place():
+    params = _params(np.float64, shapes=((3,), (2, 2)))
+    shared = np.array([3.0, 4.0, 12.0])
+    params[0].grad = shared
+    params[1].grad = np.full((2, 2), 2.0)
+    total = optim.clip_grad_norm_(params, max_norm=1.0)
+    expected = math.sqrt(9 + 16 + 144 + 16)
+    assert total == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_array_equal(shared, [3.0, 4.0, 12.0])  # the original array is untouched
+    assert params[0].grad is not shared
+    new_norm = math.sqrt(sum((p.grad ** 2).sum() for p in params))
+    assert new_norm == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(params[0].grad, shared / (expected + 1e-6))
+
+
+def test_clip_grad_norm_below_threshold_and_inf_norm():
+    p = nn.Parameter(np.zeros(3, dtype=np.float32))
+    g = np.array([0.1, -0.2, 0.2], dtype=np.float32)
+    p.grad = g
+    assert optim.clip_grad_norm_([p], 1.0) == pytest.approx(0.3, rel=1e-6)
+    assert p.grad is g  # nothing to clip: the gradient is left alone
+    assert optim.clip_grad_norm_(p, 0.1, norm_type=math.inf) == pytest.approx(0.2)
+    assert p.grad.dtype == np.float32 and np.abs(p.grad).max() == pytest.approx(0.1, rel=1e-4)
+    assert optim.clip_grad_norm_([nn.Parameter(np.zeros(2))], 1.0) == 0.0
+
+
+# ----- schedules -------------------------------------------------------------------------------------
+def test_cosine_and_step_schedules():
+    opt = optim.SGD(_params(), lr=1.0)
+    sched = optim.CosineLR(opt, total_steps=10, min_lr=0.1, warmup_steps=2)
+    lrs = [opt.lr]
+    for _ in range(12):
+        sched.step()
+        lrs.append(opt.lr)
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0) and lrs[2] == pytest.approx(1.0)
+    assert lrs[6] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 4 / 8)))
+    assert lrs[10] == pytest.approx(0.1) and lrs[12] == pytest.approx(0.1)
+    opt2 = optim.SGD(_params(), lr=1.0)
+    step = optim.StepLR(opt2, step_size=3, gamma=0.5)
+    for _ in range(7):
+        step.step()
+    assert opt2.lr == pytest.approx(0.25)
+    again = optim.StepLR(optim.SGD(_params(), lr=5.0), step_size=3, gamma=0.5)
+    again.load_state_dict(step.state_dict())
+    assert again.optimizer.lr == opt2.lr

@@ -1,0 +1,248 @@
+"""The VAE, the training loop, checkpoints, resume, evaluation and the CLI, on small made-up data."""
+import json
+import math
+import types
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae import checkpoint
+from minivae import functional as F
+from minivae.evaluate import log_likelihood, logmeanexp
+from minivae.models import VAE, iwae_bound
+from minivae.random import Generator
+from minivae.train import CHECKPOINT, METRICS, Trainer, TrainConfig, TrainingDiverged, kl_weight
+
+
+def small_data(seed=0, n_train=300, n_eval=60, dim=784):
+    """Grey images with structure (a few prototypes plus noise), intensities in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    protos = rng.uniform(0, 1, (5, dim)) ** 3
+    def make(n):
+        labels = rng.integers(0, 5, n)
+        x = np.clip(protos[labels] + 0.1 * rng.standard_normal((n, dim)), 0, 1).astype(np.float32)
+        return x, labels
+    (xt, yt), (xv, yv), (xs, ys) = make(n_train), make(n_eval), make(n_eval)
+    return types.SimpleNamespace(x_train=xt, y_train=yt, x_valid=xv, y_valid=yv, x_test=xs, y_test=ys)
+
+
+def config(tmp_path, **kw):
+    base = dict(epochs=2, batch_size=50, hidden=(32,), z_dim=4, eval_k=0, out=str(tmp_path / "run"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def params(model):
+    return {k: v.copy() for k, v in model.state_dict().items()}
+
+
+def test_iwae_bound_at_k1_is_the_single_sample_elbo():
+    nn_seed = mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=20, z_dim=3, hidden=(8,))
+    x = mv.tensor((np.random.default_rng(1).random((6, 20)) < 0.5).astype(np.float64))
+    model.astype(np.float64)
+    log_w = model.log_weights(x, 1, Generator(5))
+    # The same eps by hand: log p(x|z) + log p(z) - log q(z|x), with z = mu + sigma * eps.
+    mu, logvar = model.encode(x)
+    eps = Generator(5).normal((1,) + mu.shape, dtype=np.float64)
+    z = mu.data + np.exp(0.5 * logvar.data) * eps
+    logits = model.decode(mv.tensor(z)).data
+    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1)
+    log_pz = (-0.5 * (z ** 2 + np.log(2 * np.pi))).sum(-1)
+    log_qz = (-0.5 * (eps ** 2 + logvar.data + np.log(2 * np.pi))).sum(-1)
+    np.testing.assert_allclose(log_w.data, log_px + log_pz - log_qz, rtol=1e-10)
+    np.testing.assert_array_equal(iwae_bound(log_w).data, log_w.data[0])
+    assert nn_seed is None
+
+
+def test_analytic_and_sampled_kl_agree_on_average():
+    mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=20, z_dim=3, hidden=(8,)).astype(np.float64)
+    x = mv.tensor((np.random.default_rng(1).random((4, 20)) < 0.5).astype(np.float64))
+    rec, kl = model.elbo(x, Generator(3), samples=20000)
+    sampled = iwae_bound(model.log_weights(x, 1, Generator(3))).data  # one draw: noisy
+    mc = model.log_weights(x, 20000, Generator(4)).data.mean(axis=0)
+    np.testing.assert_allclose(mc, (rec - kl).data, atol=0.05)
+    assert sampled.shape == (4,)
+
+
+def test_iwae_bound_increases_with_k():
+    mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=20, z_dim=3, hidden=(8,)).astype(np.float64)
+    x = mv.tensor((np.random.default_rng(1).random((8, 20)) < 0.5).astype(np.float64))
+    bounds = [float(np.mean([iwae_bound(model.log_weights(x, k, Generator(s))).data.mean()
+                             for s in range(40)])) for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2]
+
+
+def test_vae_loss_gradients_match_finite_differences():
+    mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=12, z_dim=3, hidden=(5,), iw_k=3).astype(np.float64)
+    x = mv.tensor((np.random.default_rng(1).random((4, 12)) < 0.5).astype(np.float64))
+    for name, p in model.named_parameters():
+        mv.gradcheck(lambda p_: model.loss(x, Generator(9))[0], p)
+
+
+def test_logmeanexp_is_stable_for_large_magnitudes():
+    a = np.array([[-1e4, -1e4 + 1.0], [1e4, 1e4 - 2.0], [-np.inf, 0.0]]).T
+    expected = [-1e4 + math.log((1 + math.e) / 2), 1e4 + math.log((1 + math.exp(-2)) / 2), math.log(0.5)]
+    np.testing.assert_allclose(logmeanexp(a, axis=0), expected, rtol=1e-12)
+    assert logmeanexp(np.full((3, 1), -np.inf), axis=0)[0] == -np.inf
+
+
+class _ConstantWeights:
+    """A stand-in model whose log-weights are a known constant per example (far from 0)."""
+
+    def __init__(self, offsets):
+        self.offsets, self.training = offsets, False
+        self.p = mv.tensor(np.zeros(1, np.float32))
+
+    def parameters(self):
+        return [self.p]
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def eval(self):
+        self.train(False)
+
+    def log_weights(self, x, k, noise):
+        return mv.tensor(np.broadcast_to(self.offsets[x.data[:, 0].astype(int)], (k, len(x))).copy())
+
+
+@pytest.mark.parametrize("chunk_rows", [10, 70, 10000])
+def test_log_likelihood_merges_chunks_exactly(chunk_rows):
+    offsets = np.array([-3000.0, 2500.0, 1.5])
+    x = np.array([[0], [1], [2], [1]], dtype=np.float32)
+    ll = log_likelihood(_ConstantWeights(offsets), x, k=37, batch_size=2, chunk_rows=chunk_rows)
+    np.testing.assert_allclose(ll, offsets[[0, 1, 2, 1]], rtol=1e-12)
+
+
+def test_log_likelihood_is_above_the_elbo_and_stable_across_chunkings():
+    mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=20, z_dim=3, hidden=(8,))
+    x = (np.random.default_rng(2).random((30, 20)) < 0.5).astype(np.float32)
+    a = log_likelihood(model, x, k=500, noise=Generator(1), batch_size=10, chunk_rows=5000)
+    b = log_likelihood(model, x, k=500, noise=Generator(2), batch_size=10, chunk_rows=100)
+    assert abs(a.mean() - b.mean()) < 0.05
+    from minivae.evaluate import elbo
+    bound, _, _ = elbo(model, x)
+    assert a.mean() > bound.mean()
+
+
+def test_checkpoint_round_trip_and_no_pickle(tmp_path):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"a": np.arange(3.0)}, {"epoch": 3, "nested": {"x": [1, 2]}})
+    arrays, meta = checkpoint.load(path)
+    np.testing.assert_array_equal(arrays["a"], np.arange(3.0))
+    assert meta == {"epoch": 3, "nested": {"x": [1, 2]}}
+    np.savez(path, a=np.array([object()], dtype=object))  # a pickled array must be refused
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(path)
+    path.write_bytes(b"truncated")
+    with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
+        checkpoint.load(path)
+
+
+def test_training_reduces_the_loss_and_writes_the_run_folder(tmp_path):
+    data = small_data()
+    trainer = Trainer(config(tmp_path, epochs=3), data=data, progress=False, log=lambda m: None)
+    trainer.fit()
+    lines = [json.loads(l) for l in (trainer.run_dir / METRICS).read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3]
+    assert lines[-1]["valid_elbo"] > lines[0]["valid_elbo"]
+    assert {"train_elbo", "train_rec", "train_kl", "valid_elbo", "seconds"} <= set(lines[0])
+    results = trainer.final_evaluation()
+    assert np.isfinite(results["test_elbo"])
+
+
+def _interrupt_after(trainer, n_steps):
+    """Make the trainer see a Ctrl-C after ``n_steps`` optimizer steps (as the SIGINT handler would)."""
+    step, count = trainer._step, [0]
+
+    def counting(*args):
+        out = step(*args)
+        count[0] += 1
+        if count[0] == n_steps:
+            trainer.stop_requested.set()
+        return out
+    trainer._step = counting
+
+
+@pytest.mark.parametrize("stop_after", [3, 6, 8])  # inside epoch 1, at its end, inside epoch 2
+def test_resume_after_interrupt_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after):
+    data = small_data()
+    quiet = dict(data=data, progress=False, log=lambda m: None)
+    ref = Trainer(config(tmp_path / "ref", warmup=2), **quiet)
+    ref.fit()
+
+    cut = Trainer(config(tmp_path / "cut", warmup=2), **quiet)
+    _interrupt_after(cut, stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    resumed = Trainer(config(tmp_path / "cut", warmup=2), **quiet)
+    resumed.fit(resume=True)
+    for name, value in params(ref.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[name], value, err_msg=name)
+    epochs = [json.loads(l)["epoch"] for l in (resumed.run_dir / METRICS).read_text().splitlines()]
+    assert epochs == [1, 2]
+
+
+def test_resume_extends_a_finished_run(tmp_path):
+    data = small_data()
+    quiet = dict(data=data, progress=False, log=lambda m: None)
+    ref = Trainer(config(tmp_path / "ref", epochs=2, lr_schedule="constant"), **quiet)
+    ref.fit()
+    short = Trainer(config(tmp_path / "s", epochs=1, lr_schedule="constant"), **quiet)
+    short.fit()
+    longer = Trainer(config(tmp_path / "s", epochs=2, lr_schedule="constant"), **quiet)
+    longer.fit(resume=True)
+    for name, value in params(ref.model).items():
+        np.testing.assert_array_equal(params(longer.model)[name], value, err_msg=name)
+
+
+def test_resume_refuses_a_different_configuration(tmp_path):
+    data = small_data()
+    quiet = dict(data=data, progress=False, log=lambda m: None)
+    Trainer(config(tmp_path, epochs=1), **quiet).fit()
+    with pytest.raises(checkpoint.CheckpointError, match="z_dim"):
+        Trainer(config(tmp_path, epochs=2, z_dim=5), **quiet).fit(resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    data = small_data()
+    trainer = Trainer(config(tmp_path, epochs=2), data=data, progress=False, log=lambda m: None)
+    trainer.fit()
+    before = (trainer.run_dir / CHECKPOINT).read_bytes()
+    again = Trainer(config(tmp_path, epochs=3), data=data, progress=False, log=lambda m: None)
+    again.restore()
+    again.model.decoder.net[-1].bias.data[:] = np.nan  # a diverged model
+    again.restore = lambda: None
+    with pytest.raises(TrainingDiverged, match="last good"):
+        again.fit(resume=True)
+    assert (trainer.run_dir / CHECKPOINT).read_bytes() == before
+
+
+def test_kl_warmup_counts_epochs():
+    c = TrainConfig(beta=2.0, warmup=4)
+    assert [kl_weight(c, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert kl_weight(TrainConfig(beta=3.0), 0) == 3.0
+
+
+def test_cli_train_one_short_epoch_and_eval(tmp_path, monkeypatch, capsys):
+    from minivae import cli, train as train_module
+
+    data = small_data(n_train=100, n_eval=20)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: data)
+    out = tmp_path / "cli"
+    code = cli.main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--batch-size", "50",
+                     "--out", str(out), "--eval-k", "5", "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["eval_k"] == 5 and results["test_nll"] > 0
+    assert "epoch   1" in capsys.readouterr().out
+    import minivae.data as data_module
+    monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
+    assert cli.main(["eval", str(out), "--k", "4", "--no-progress"]) == 0
+    assert json.loads((out / "eval_k4.json").read_text())["n_test"] == 20
