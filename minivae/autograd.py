@@ -178,7 +178,8 @@ def _as_tensors(fn, inputs):
             out.append(x if x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
             continue
         kind = getattr(getattr(x, "dtype", None), "kind", None)
-        if kind == "f" and x.dtype != dtype:
+        # NumPy scalars (np.sqrt(2.0)) are numbers like Python's and adopt the dtype too.
+        if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
             raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "
                             f"without a silent cast; convert it first")
         if kind is not None and device_of(x) != device_of(ref.data):
@@ -282,6 +283,8 @@ class Tensor:
             grad = xp.ones_like(self.data)
         else:
             grad = grad.data if isinstance(grad, Tensor) else xp.asarray(grad, dtype=self.dtype)
+            if grad.dtype != self.dtype:
+                raise TypeError(f"backward(): grad is {grad.dtype}, tensor is {self.dtype}")
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
         grads = {id(self): grad}

@@ -32,13 +32,30 @@ def _add_train_args(p):
     p.add_argument("--device", default=d.device, help="cpu, gpu or auto")
     p.add_argument("--eval-k", type=int, default=d.eval_k,
                    help="importance samples for the final test log-likelihood (0 skips it)")
+    p.add_argument("--set", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model-specific setting (repeatable), e.g. --set flows=8; VALUE is read as JSON "
+                        "when it parses, else as a string")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _parse_options(pairs):
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --set expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
 
 
 def _config_from_args(args):
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["hidden"] = tuple(values["hidden"])
+    values["model_options"] = _parse_options(values["model_options"])
     return TrainConfig(**values)
 
 

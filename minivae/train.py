@@ -55,11 +55,13 @@ class TrainConfig:
     out: str = "runs/vae"
     device: str = "cpu"
     eval_k: int = 1000  # importance samples for the test log-likelihood at the end (0: skip)
+    model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
 
     def model_kwargs(self):
-        """The keyword arguments of the model constructor."""
-        return dict(z_dim=self.z_dim, hidden=tuple(self.hidden), activation=self.activation,
-                    beta=self.beta, mc_samples=self.mc_samples, iw_k=self.iw_k)
+        """The keyword arguments of the model constructor (common ones, then ``model_options``)."""
+        common = dict(z_dim=self.z_dim, hidden=tuple(self.hidden), activation=self.activation,
+                      beta=self.beta, mc_samples=self.mc_samples, iw_k=self.iw_k)
+        return dict(common, **self.model_options)
 
     @classmethod
     def from_dict(cls, d):
@@ -197,6 +199,8 @@ class Trainer:
     def _epoch(self):
         config, epoch = self.config, self.epoch
         beta = kl_weight(config, epoch)
+        if hasattr(self.model, "set_epoch"):  # per-epoch schedules of a model (e.g. a temperature)
+            self.model.set_epoch(epoch)
         n_batches = len(self.loader)
         bar = _progress_bar(n_batches, f"epoch {epoch + 1}/{config.epochs}", self.progress)
         if bar is not None:

@@ -447,6 +447,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     _require_matplotlib()
     from .cli import _load_run
     from .data import binarize_eval, load_mnist
+    from .evaluate import evaluating
     from .random import Generator
 
     run_dir = Path(run_dir)
@@ -458,8 +459,10 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     y_test = None if y_test is None else np.asarray(y_test)[:n]
     paths = []
 
-    # Samples from the prior: Bernoulli means of the decoder, as in minivae sample.
-    images = model.sample(64, Generator(seed=seed, stream=3))
+    # Samples from the prior: Bernoulli means of the decoder, as in minivae sample. In eval mode,
+    # since sample() itself only turns the graph off (batch-norm layers must use running stats).
+    with evaluating(model):
+        images = model.sample(64, Generator(seed=seed, stream=3))
     paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
 
     mu, logvar = encode_dataset(model, x_test)

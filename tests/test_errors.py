@@ -140,3 +140,17 @@ def test_without_anomaly_mode_nan_passes_silently():
         out = F.log(ones(2) * -1.0)
     assert np.isnan(out.data).all()
     assert issubclass(AnomalyError, FloatingPointError)
+
+
+def test_numpy_scalars_act_like_python_numbers():
+    x = mv.tensor(np.ones(3, np.float32), requires_grad=True)
+    y = (x * np.sqrt(2.0)).sum()
+    assert y.dtype == np.float32
+    y.backward()
+    assert x.grad.dtype == np.float32
+
+
+def test_backward_refuses_a_gradient_of_another_dtype():
+    x = mv.tensor(np.ones(3, np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match="float64"):
+        (x * 2).backward(mv.tensor(np.ones(3)))

@@ -1,0 +1,512 @@
+#!/usr/bin/env python3
+"""Benchmark of the VAE sampling-and-KL hot path: forward + backward of
+
+    z = mu + exp(logvar / 2) * eps,  eps ~ N(0, I)
+    kl[b] = sum_d (mu^2 + exp(logvar) - 1 - logvar) / 2
+    backward with upstream (dz, gkl): dmu = dz + gkl * mu,
+                                      dlogvar = dz * eps * exp(logvar / 2) / 2 + gkl * (exp(logvar) - 1) / 2
+
+for B*D elements (float32 by default; D = 50, the MNIST latent size), implemented as
+
+* ``numpy``         -- hand-written NumPy on the CPU, eps from NumPy's PCG64 (stored for backward);
+* ``numpy-philox``  -- the same with eps from minivae.random (the CPU twin of our GPU generator);
+* ``cupy-unfused``  -- CuPy: cupy.random.standard_normal + elementwise ops and a sum (stored eps);
+* ``minivae-fused`` -- our kernels: reparameterize_kl_forward + reparameterize_kl_backward
+                       (2 launches, eps regenerated in registers, never stored);
+* ``minivae-separate`` -- our four separate kernels (reparam fwd/bwd, KL fwd/bwd);
+* ``torch``         -- PyTorch on the same device, the same elementwise formulas (when installed).
+
+Times are microseconds per forward+backward, the median of ``--repeats`` timed loops after a
+warm-up; GPU loops are timed with CUDA events around ``inner`` back-to-back calls (so launch and
+Python dispatch costs are included, as a user pays them). Effective bandwidth counts the bytes
+an ideal implementation must move: read mu, logvar; write z, kl; read dz, gkl, mu, logvar;
+write dmu, dlogvar: (8 N + 2 B) * itemsize. The share of peak divides it by the device's
+theoretical bandwidth (memory clock x bus width), and also by a measured device-to-device copy.
+
+Results go to ``<out>/kernels_<device>_<date>.json`` with the machine, device, versions, date
+and command. Run ``python benchmarks/bench_kernels.py --quick`` for a CPU-only smoke run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+import minivae.random as mr  # noqa: E402
+
+# Known theoretical peaks (GB/s) as a fallback when the device does not report its memory clock.
+KNOWN_PEAK_GBPS = {
+    "H200": 4800.0, "H100 80GB HBM3": 3352.0, "H100 SXM": 3352.0, "H100 PCIe": 2039.0, "H100 NVL": 3938.0,
+    "A100-SXM4-80GB": 2039.0, "A100 80GB PCIe": 1935.0, "A100-SXM4-40GB": 1555.0, "A100-PCIE-40GB": 1555.0,
+    "L4": 300.0, "L40S": 864.0, "A10": 600.0, "T4": 320.0, "RTX 4090": 1008.0,
+}
+TARGET_PEAK_SHARE = 0.80  # fused fwd+bwd from 1e7 elements up
+TARGET_SPEEDUP_MNIST = 3.0  # fused vs cupy-unfused at B=100, D=50
+
+
+def useful_bytes(B, D, itemsize):
+    return (8 * B * D + 2 * B) * itemsize
+
+
+# ------------------------------------------------------------------------------ implementations
+def make_numpy(B, D, dtype, philox=False):
+    rng = np.random.default_rng(0)
+    mu = rng.standard_normal((B, D)).astype(dtype)
+    lv = rng.uniform(-2, 1, (B, D)).astype(dtype)
+    dz = rng.standard_normal((B, D)).astype(dtype)
+    gkl = rng.standard_normal(B).astype(dtype)
+    gen = mr.Generator(1)
+    half = dtype(0.5)
+
+    def step():
+        eps = gen.normal((B, D), dtype) if philox else rng.standard_normal((B, D), dtype=dtype)
+        std = np.exp(half * lv)
+        z = mu + std * eps
+        var = std * std
+        kl = half * (mu * mu + var - 1 - lv).sum(axis=1)
+        g = gkl[:, None]
+        dmu = dz + g * mu
+        dlv = dz * eps * std * half + g * half * (var - 1)
+        return z, kl, dmu, dlv
+
+    return step, None
+
+
+def make_cupy_unfused(B, D, dtype, cp):
+    rs = cp.random.RandomState(0)
+    mu = rs.standard_normal((B, D), dtype=dtype)
+    lv = rs.uniform(-2, 1, (B, D)).astype(dtype)
+    dz = rs.standard_normal((B, D), dtype=dtype)
+    gkl = rs.standard_normal(B, dtype=dtype)
+    half = dtype(0.5)
+
+    def step():
+        eps = cp.random.standard_normal((B, D), dtype=dtype)
+        std = cp.exp(half * lv)
+        z = mu + std * eps
+        var = std * std
+        kl = half * (mu * mu + var - 1 - lv).sum(axis=1)
+        g = gkl[:, None]
+        dmu = dz + g * mu
+        dlv = dz * eps * std * half + g * half * (var - 1)
+        return z, kl, dmu, dlv
+
+    def forward():
+        eps = cp.random.standard_normal((B, D), dtype=dtype)
+        std = cp.exp(half * lv)
+        return mu + std * eps, half * (mu * mu + std * std - 1 - lv).sum(axis=1)
+
+    return step, forward
+
+
+def make_minivae(B, D, dtype, cp, fused=True):
+    import minivae.gpu as G
+
+    rs = cp.random.RandomState(0)
+    mu = rs.standard_normal((B, D), dtype=dtype)
+    lv = rs.uniform(-2, 1, (B, D)).astype(dtype)
+    dz = rs.standard_normal((B, D), dtype=dtype)
+    gkl = rs.standard_normal(B, dtype=dtype)
+    gen = mr.Generator(1)
+
+    if fused:
+        def step():
+            n = gen.next_noise()
+            z, kl = G.reparameterize_kl_forward(mu, lv, n.seed, n.offset, n.stream)
+            dmu, dlv = G.reparameterize_kl_backward(dz, gkl, mu, lv, n.seed, n.offset, n.stream)
+            return z, kl, dmu, dlv
+
+        def forward():
+            n = gen.next_noise()
+            return G.reparameterize_kl_forward(mu, lv, n.seed, n.offset, n.stream)
+    else:
+        def step():
+            n = gen.next_noise()
+            z = G.reparameterize_forward(mu, lv, n.seed, n.offset, n.stream)
+            kl = G.kl_normal_std_forward(mu, lv)
+            _, dlv_r = G.reparameterize_backward(dz, lv, n.seed, n.offset, n.stream)
+            dmu_k, dlv_k = G.kl_normal_std_backward(gkl, mu, lv)
+            return z, kl, dz + dmu_k, dlv_r + dlv_k
+
+        forward = None
+    return step, forward
+
+
+def make_torch(B, D, dtype, torch, device):
+    tdt = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
+    g = torch.Generator(device=device).manual_seed(0)
+    mu = torch.randn(B, D, generator=g, device=device, dtype=tdt)
+    lv = torch.rand(B, D, generator=g, device=device, dtype=tdt) * 3 - 2
+    dz = torch.randn(B, D, generator=g, device=device, dtype=tdt)
+    gkl = torch.randn(B, generator=g, device=device, dtype=tdt)
+
+    def step():
+        eps = torch.randn_like(mu)
+        std = torch.exp(0.5 * lv)
+        z = mu + std * eps
+        var = std * std
+        kl = 0.5 * (mu * mu + var - 1 - lv).sum(dim=1)
+        gg = gkl[:, None]
+        dmu = dz + gg * mu
+        dlv = dz * eps * std * 0.5 + gg * 0.5 * (var - 1)
+        return z, kl, dmu, dlv
+
+    def forward():
+        eps = torch.randn_like(mu)
+        std = torch.exp(0.5 * lv)
+        return mu + std * eps, 0.5 * (mu * mu + std * std - 1 - lv).sum(dim=1)
+
+    return step, forward
+
+
+# ------------------------------------------------------------------------------ timing
+def time_cpu(fn, repeats, budget_s):
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    fn()
+    one = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, min(10_000, int(0.02 / one)))  # ~20 ms per timed loop
+    repeats = max(3, min(repeats, int(budget_s / (one * inner)) or 3))
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples) * 1e6, inner, repeats
+
+
+def time_gpu(fn, repeats, budget_s, cp):
+    for _ in range(3):  # warm-up: compilation, allocator pools
+        fn()
+    cp.cuda.Device().synchronize()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    one = max(cp.cuda.get_elapsed_time(start, end) / 1e3, 1e-7)
+    inner = max(1, min(2000, int(0.01 / one)))  # ~10 ms per timed loop
+    repeats = max(5, min(repeats, int(budget_s / (one * inner)) or 5))
+    samples = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(cp.cuda.get_elapsed_time(start, end) / 1e3 / inner)
+    return statistics.median(samples) * 1e6, inner, repeats
+
+
+class _TorchTimer:
+    def __init__(self, torch):
+        self.torch = torch
+
+    def __call__(self, fn, repeats, budget_s):
+        torch = self.torch
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        one = max(start.elapsed_time(end) / 1e3, 1e-7)
+        inner = max(1, min(2000, int(0.01 / one)))
+        repeats = max(5, min(repeats, int(budget_s / (one * inner)) or 5))
+        samples = []
+        for _ in range(repeats):
+            start.record()
+            for _ in range(inner):
+                fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3 / inner)
+        return statistics.median(samples) * 1e6, inner, repeats
+
+
+# ------------------------------------------------------------------------------ environment
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info():
+    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
+
+
+def gpu_info(cp):
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    attrs = dev.attributes
+    clock_khz = props.get("memoryClockRate") or attrs.get("MemoryClockRate")
+    bus_bits = props.get("memoryBusWidth") or attrs.get("GlobalMemoryBusWidth")
+    peak = None
+    source = None
+    if clock_khz and bus_bits:
+        peak = 2 * clock_khz * 1e3 * bus_bits / 8 / 1e9
+        source = "2 x memory clock x bus width (device attributes)"
+    else:
+        for key, val in KNOWN_PEAK_GBPS.items():
+            if key.lower() in name.lower():
+                peak, source = val, f"datasheet value for '{key}'"
+                break
+    info = {
+        "name": name, "compute_capability": f"{props['major']}.{props['minor']}",
+        "multiprocessors": props["multiProcessorCount"], "memory_bytes": props["totalGlobalMem"],
+        "memory_clock_khz": clock_khz, "memory_bus_bits": bus_bits,
+        "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source,
+        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "cuda_driver": cp.cuda.runtime.driverGetVersion(),
+    }
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.memory",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        info["nvidia_smi"] = smi.stdout.strip()
+    except Exception:
+        pass
+    return info
+
+
+def measured_copy_gbps(cp, nbytes=1 << 30):
+    """Device-to-device copy bandwidth, counting bytes read plus written."""
+    a = cp.empty(nbytes // 4, dtype=cp.float32)
+    b = cp.empty_like(a)
+    a.fill(1)
+    for _ in range(3):
+        b[...] = a
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    times = []
+    for _ in range(10):
+        start.record()
+        b[...] = a
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) / 1e3)
+    del a, b
+    cp.get_default_memory_pool().free_all_blocks()
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def versions(cp, torch):
+    v = {"numpy": np.__version__}
+    try:
+        from importlib.metadata import version
+
+        v["minivae"] = version("minivae")
+    except Exception:
+        v["minivae"] = "source checkout"
+    if cp is not None:
+        v["cupy"] = cp.__version__
+    if torch is not None:
+        v["torch"] = torch.__version__
+    try:
+        v["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True, timeout=10).stdout.strip() or None
+    except Exception:
+        v["git_commit"] = None
+    return v
+
+
+# ------------------------------------------------------------------------------ main
+def parse_sizes(text):
+    return [int(float(s)) for s in text.split(",") if s.strip()]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1e3,1e4,1e5,1e6,1e7,1e8",
+                    help="comma-separated B*D totals (default 1e3..1e8); B = size // D")
+    ap.add_argument("--D", type=int, default=50, help="latent size, the row length (default 50)")
+    ap.add_argument("--mnist", default="100x50", help="also time this BxD (the MNIST batch), '' to skip")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--repeats", type=int, default=15, help="timed loops per case (median)")
+    ap.add_argument("--budget", type=float, default=2.0, help="seconds at most per case (about)")
+    ap.add_argument("--cpu-max", type=float, default=1e7, help="largest B*D run on the CPU (default 1e7)")
+    ap.add_argument("--no-gpu", action="store_true", help="CPU implementations only")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-philox-cpu", action="store_true", help="skip the numpy-philox row")
+    ap.add_argument("--quick", action="store_true", help="sizes 1e3..1e5, few repeats (smoke test)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output directory")
+    args = ap.parse_args(argv)
+
+    if args.quick:
+        args.sizes, args.repeats, args.budget = "1e3,1e4,1e5", 3, 0.3
+    dtype = np.dtype(args.dtype).type
+    itemsize = np.dtype(dtype).itemsize
+    shapes = [(max(1, n // args.D), args.D) for n in parse_sizes(args.sizes)]
+    if args.mnist:
+        b, d = (int(v) for v in args.mnist.lower().split("x"))
+        shapes = [(b, d)] + shapes
+
+    cp = torch = None
+    gpu = None
+    notes = []
+    if not args.no_gpu:
+        try:
+            import cupy
+
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                cp = cupy
+        except Exception as exc:  # no CuPy or no device: CPU rows only
+            notes.append(f"GPU rows skipped: {type(exc).__name__}: {exc}")
+        if cp is None and not notes:
+            notes.append("GPU rows skipped: no CUDA device")
+    if not args.no_torch:
+        try:
+            import torch as _torch
+
+            torch = _torch
+        except ImportError:
+            notes.append("torch rows skipped: PyTorch not installed")
+    torch_device = "cuda" if (torch is not None and cp is not None and torch.cuda.is_available()) else "cpu"
+
+    if cp is not None:
+        gpu = gpu_info(cp)
+        gpu["measured_copy_gbps"] = round(measured_copy_gbps(cp), 1)
+
+    impls = [("numpy", "cpu")]
+    if not args.no_philox_cpu:
+        impls.append(("numpy-philox", "cpu"))
+    if cp is not None:
+        impls += [("cupy-unfused", "gpu"), ("minivae-fused", "gpu"), ("minivae-separate", "gpu")]
+    if torch is not None:
+        impls.append(("torch", torch_device))
+
+    rows = []
+    for B, D in shapes:
+        n = B * D
+        nbytes = useful_bytes(B, D, itemsize)
+        for name, device in impls:
+            if device == "cpu" and n > args.cpu_max:
+                continue
+            try:
+                if name in ("numpy", "numpy-philox"):
+                    step, forward = make_numpy(B, D, dtype, philox=(name == "numpy-philox"))
+                    timer = time_cpu
+                elif name == "cupy-unfused":
+                    step, forward = make_cupy_unfused(B, D, dtype, cp)
+                    timer = lambda f, r, b: time_gpu(f, r, b, cp)  # noqa: E731
+                elif name.startswith("minivae"):
+                    step, forward = make_minivae(B, D, dtype, cp, fused=(name == "minivae-fused"))
+                    timer = lambda f, r, b: time_gpu(f, r, b, cp)  # noqa: E731
+                else:
+                    step, forward = make_torch(B, D, dtype, torch, torch_device)
+                    timer = _TorchTimer(torch) if torch_device == "cuda" else time_cpu
+                us, inner, reps = timer(step, args.repeats, args.budget)
+                row = {"impl": name, "device": device, "B": B, "D": D, "n": n, "dtype": args.dtype,
+                       "us_fwd_bwd": round(us, 3), "inner": inner, "repeats": reps,
+                       "gbps": round(nbytes / (us * 1e-6) / 1e9, 2)}
+                if forward is not None:
+                    us_f, _, _ = timer(forward, args.repeats, args.budget / 2)
+                    row["us_fwd"] = round(us_f, 3)
+                if device == "gpu" or (name == "torch" and torch_device == "cuda"):
+                    if gpu and gpu["peak_bandwidth_gbps"]:
+                        row["share_of_peak"] = round(row["gbps"] / gpu["peak_bandwidth_gbps"], 4)
+                    if gpu:
+                        row["share_of_copy"] = round(row["gbps"] / gpu["measured_copy_gbps"], 4)
+                rows.append(row)
+                print(f"{name:>17} {device:>4} B={B:<9} D={D:<4} n={n:<10.3g} "
+                      f"{us:12.2f} us  {row['gbps']:9.2f} GB/s"
+                      + (f"  {100 * row['share_of_peak']:5.1f}% of peak" if "share_of_peak" in row else ""),
+                      flush=True)
+            except Exception as exc:  # one failing case should not lose the others
+                rows.append({"impl": name, "device": device, "B": B, "D": D, "n": n, "error": repr(exc)})
+                print(f"{name:>17} B={B} D={D}: ERROR {exc!r}", flush=True)
+            finally:
+                if cp is not None:
+                    cp.get_default_memory_pool().free_all_blocks()
+
+    summary = summarize(rows, args)
+    now = _dt.datetime.now(_dt.timezone.utc)
+    result = {
+        "benchmark": "bench_kernels", "what": "reparameterization + KL to N(0,I), forward + backward",
+        "date": now.isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name] + sys.argv) if argv is None
+        else "bench_kernels.py " + " ".join(argv),
+        "machine": machine_info(), "device": gpu, "versions": versions(cp, torch),
+        "torch_device": torch_device if torch is not None else None,
+        "bytes_model": "(8*B*D + 2*B) * itemsize per forward+backward",
+        "targets": {"fused_share_of_peak_from_1e7": TARGET_PEAK_SHARE,
+                    "fused_speedup_vs_cupy_unfused_at_mnist": TARGET_SPEEDUP_MNIST},
+        "summary": summary, "notes": notes, "results": rows,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = re.sub(r"[^A-Za-z0-9]+", "-", gpu["name"]).strip("-").lower() if gpu else "cpu-only"
+    path = out / f"kernels_{dev}_{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown_table(rows))
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {path}")
+    return result
+
+
+def summarize(rows, args):
+    ok = [r for r in rows if "error" not in r]
+    s = {}
+    mnist = None
+    if args.mnist:
+        b, d = (int(v) for v in args.mnist.lower().split("x"))
+        mnist = (b, d)
+        by = {r["impl"]: r for r in ok if (r["B"], r["D"]) == mnist}
+        if "minivae-fused" in by and "cupy-unfused" in by:
+            s["mnist_speedup_fused_vs_cupy_unfused"] = round(
+                by["cupy-unfused"]["us_fwd_bwd"] / by["minivae-fused"]["us_fwd_bwd"], 2)
+            s["mnist_speedup_target_met"] = s["mnist_speedup_fused_vs_cupy_unfused"] >= TARGET_SPEEDUP_MNIST
+        if "minivae-fused" in by and "numpy" in by:
+            s["mnist_speedup_fused_vs_numpy_cpu"] = round(by["numpy"]["us_fwd_bwd"] / by["minivae-fused"]["us_fwd_bwd"], 2)
+    big = [r for r in ok if r["impl"] == "minivae-fused" and r["n"] >= 10 ** 7 and "share_of_peak" in r]
+    if big:
+        s["fused_share_of_peak_from_1e7"] = {str(r["n"]): r["share_of_peak"] for r in big}
+        s["fused_peak_target_met"] = all(r["share_of_peak"] >= TARGET_PEAK_SHARE for r in big)
+    return s
+
+
+def markdown_table(rows):
+    ok = [r for r in rows if "error" not in r]
+    impls = list(dict.fromkeys(r["impl"] for r in ok))
+    shapes = list(dict.fromkeys((r["B"], r["D"]) for r in ok))
+    head = "| B x D | " + " | ".join(f"{i} (us)" for i in impls) + " | fused GB/s (% peak) |"
+    lines = [head, "|" + "---|" * (len(impls) + 2)]
+    for B, D in shapes:
+        cells = []
+        fused = None
+        for i in impls:
+            r = next((r for r in ok if r["impl"] == i and (r["B"], r["D"]) == (B, D)), None)
+            cells.append(f"{r['us_fwd_bwd']:.1f}" if r else "-")
+            if i == "minivae-fused" and r:
+                fused = r
+        f = "-"
+        if fused:
+            f = f"{fused['gbps']:.0f}" + (f" ({100 * fused['share_of_peak']:.0f}%)" if "share_of_peak" in fused else "")
+        lines.append(f"| {B} x {D} | " + " | ".join(cells) + f" | {f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Tests of minivae.viz: image grids, the NumPy latent statistics, and ``plot_run`` on real runs.
+
+The run folders are made by the real trainer on a few hundred images the test makes (ten noisy
+class templates, so labels mean something), one with z-dim 2 and one with z-dim 3; ``plot_run``
+gets that data through its ``data=`` argument, so no test loads MNIST. matplotlib is in the dev
+extra, so these tests run in CI; they are skipped where it is absent.
+"""
+import json
+import math
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+import matplotlib.image as mpimg  # noqa: E402
+
+from minivae import viz  # noqa: E402
+from minivae.train import METRICS, Trainer, TrainConfig  # noqa: E402
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _read_png(path):
+    """Check the PNG signature and decode the file; return the (H, W, channels) array."""
+    path = Path(path)
+    assert path.exists(), path
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    return mpimg.imread(path)
+
+
+def _fake_mnist(n_train=300, n_valid=100, n_test=100, seed=0):
+    """Binary-ish 28x28 images: one random blob template per class plus pixel noise, in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    templates = (rng.random((10, 784)) < 0.15).astype(np.float32) * 0.9
+
+    def split(n):
+        y = rng.integers(0, 10, n)
+        x = np.clip(templates[y] + 0.1 * rng.random((n, 784)), 0, 1).astype(np.float32)
+        return x, y.astype(np.int64)
+
+    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = split(n_train), split(n_valid), split(n_test)
+    return types.SimpleNamespace(x_train=x_train, y_train=y_train, x_valid=x_valid, y_valid=y_valid,
+                                 x_test=x_test, y_test=y_test)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _fake_mnist()
+
+
+def _train_run(out, data, z_dim):
+    config = TrainConfig(epochs=2, batch_size=50, hidden=(32,), z_dim=z_dim, eval_k=0, out=str(out), seed=1)
+    Trainer(config, data=data, progress=False, log=lambda *a, **k: None).fit()
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def run_z2(tmp_path_factory, data):
+    return _train_run(tmp_path_factory.mktemp("viz") / "z2", data, 2)
+
+
+@pytest.fixture(scope="module")
+def run_z3(tmp_path_factory, data):
+    return _train_run(tmp_path_factory.mktemp("viz") / "z3", data, 3)
+
+
+def viz_model(run):
+    """The model of a run folder, rebuilt as ``minivae plot`` does."""
+    from minivae.cli import _load_run
+
+    return _load_run(run)[1]
+
+
+def _copy_run(run, tmp_path):
+    dst = tmp_path / run.name
+    shutil.copytree(run, dst)
+    return dst
+
+
+# ----- image grids ---------------------------------------------------------------------------------
+
+def test_save_image_grid_flat_rows_default_layout(tmp_path):
+    # 10 images -> ceil(sqrt(10)) = 4 per row, 3 rows; each tile 28 px plus a 2 px border.
+    images = np.zeros((10, 784))
+    images[0] = 1.0  # the first tile white, the rest black
+    path = viz.save_image_grid(images, tmp_path / "sub" / "grid.png")
+    img = _read_png(path)
+    assert img.shape[:2] == (3 * 30 + 2, 4 * 30 + 2)
+    rgb = img[..., :3]
+    assert np.allclose(rgb[2:30, 2:30], 1.0)           # first tile: white
+    assert np.allclose(rgb[2:30, 32:60], 0.0)          # second tile: black
+    assert np.allclose(rgb[0, :], rgb[0, 0])           # border: one grey value
+    assert 0.3 < rgb[0, 0, 0] < 0.7
+
+
+def test_save_image_grid_square_input_nrow_scale_and_clipping(tmp_path):
+    images = np.full((6, 28, 28), 2.0)  # out of range: clipped to white, not an error
+    img = _read_png(viz.save_image_grid(images, tmp_path / "g.png", nrow=3, scale=2))
+    assert img.shape[:2] == (2 * (2 * 30 + 2), 2 * (3 * 30 + 2))
+    assert np.allclose(img[4:60, 4:60, :3], 1.0)
+
+
+def test_tile_images_places_tiles_row_major():
+    images = np.arange(5)[:, None, None] * np.ones((5, 2, 2))
+    grid = viz.tile_images(images, nrow=2, pad=1, pad_value=-1)
+    assert grid.shape == (3 * 3 + 1, 2 * 3 + 1)
+    assert grid[1, 1] == 0 and grid[1, 4] == 1 and grid[4, 1] == 2 and grid[7, 1] == 4
+    assert grid[7, 4] == -1  # the empty last cell keeps the pad value
+
+
+def test_tile_images_rejects_non_square_rows():
+    with pytest.raises(ValueError, match="square"):
+        viz.tile_images(np.zeros((2, 10)))
+
+
+# ----- NumPy statistics, against hand computations ----------------------------------------------
+
+def test_kl_per_dimension_by_hand():
+    mu = np.array([[1.0, 0.0], [0.0, 2.0]])
+    logvar = np.array([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # 0.5 (mu^2 + exp(logvar) - 1 - logvar) per element:
+    # row 1: 0.5 (1 + 1 - 1) = 0.5 and 0.5 (2 - 1 - log 2); row 2: 0 and 0.5 (4 + 1 - 1) = 2.
+    expected = [(0.5 + 0.0) / 2, (0.5 * (1 - math.log(2.0)) + 2.0) / 2]
+    assert np.allclose(viz.kl_per_dimension(mu, logvar), expected)
+
+
+def test_kl_per_dimension_sums_to_the_models_kl(rng):
+    from minivae import functional as F
+    from minivae import tensor
+
+    mu, logvar = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
+    total = F.kl_normal_std(tensor(mu), tensor(logvar)).numpy().mean()
+    assert viz.kl_per_dimension(mu, logvar).sum() == pytest.approx(total, rel=1e-10)
+
+
+def test_kl_per_dimension_is_zero_at_the_prior():
+    assert np.allclose(viz.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 2))), 0.0)
+    with pytest.raises(ValueError):
+        viz.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_active_units_by_hand():
+    # Columns alternating +-a over 4 examples have population variance a^2.
+    signs = np.array([1.0, -1.0, 1.0, -1.0])[:, None]
+    mu = signs * np.array([0.0, 0.05, 1.0, 0.2]) + np.array([5.0, 0.0, -3.0, 0.0])  # offsets do not matter
+    assert np.allclose(viz.latent_activity(mu), [0.0, 0.0025, 1.0, 0.04])
+    assert viz.active_units(mu) == 2                     # 1.0 and 0.04 exceed 1e-2
+    assert viz.active_units(mu, threshold=1e-3) == 3
+    assert viz.active_units(mu, threshold=2.0) == 0
+
+
+def test_pca_2d_finds_the_main_direction(rng):
+    direction = np.array([3.0, 4.0, 0.0]) / 5.0
+    t = rng.normal(size=200) * 3
+    points = t[:, None] * direction + 0.01 * rng.normal(size=(200, 3)) + 7.0
+    proj, ratio = viz.pca_2d(points)
+    assert ratio[0] > 0.999 and ratio.sum() <= 1.0 + 1e-12
+    # The first coordinate is t up to the sign fixed by pca_2d (largest loading positive: +t here).
+    assert np.allclose(proj[:, 0], t - t.mean(), atol=0.05)
+    one_d, r1 = viz.pca_2d(rng.normal(size=(20, 1)))
+    assert np.all(one_d[:, 1] == 0) and r1[0] == pytest.approx(1.0)
+
+
+def test_gaussian_quantile_grid_is_symmetric():
+    q = viz._gaussian_quantiles(5)
+    assert q[2] == pytest.approx(0.0, abs=1e-12) and np.allclose(q, -q[::-1])
+    assert q[-1] == pytest.approx(1.6448536, rel=1e-6)  # the 95% quantile of N(0, 1)
+
+
+# ----- plot_run on trained runs -----------------------------------------------------------------------
+
+EXPECTED = ["samples.png", "reconstructions.png", "latent_pca.png", "traversal.png",
+            "kl_per_dim.png", "curves.png"]
+
+
+@pytest.mark.parametrize("run_name", ["run_z2", "run_z3"])
+def test_plot_run_writes_every_picture(request, run_name, data, tmp_path):
+    run = _copy_run(request.getfixturevalue(run_name), tmp_path)
+    paths = viz.plot_run(run, data=data, embeddings=False)
+    assert [p.name for p in paths] == EXPECTED
+    assert all(p.parent == run for p in paths)
+    images = {p.name: _read_png(p) for p in paths}
+    assert images["samples.png"].shape[:2] == (8 * 30 + 2, 8 * 30 + 2)
+    assert images["curves.png"].shape[:2] == (380, 1000)      # Figure(10 x 3.8 in) at 100 dpi
+    assert images["kl_per_dim.png"].shape[:2] == (360, 600)
+    for name, img in images.items():
+        assert img.ndim == 3 and img.shape[2] in (3, 4), name
+        assert np.isfinite(img).all() and img[..., :3].std() > 0.01, f"{name} is blank"
+
+
+def test_plot_run_traversal_shape_depends_on_z_dim(run_z2, run_z3, data, tmp_path):
+    # z-dim 2: a square 15 x 15 grid; z-dim 3: three rows (one per dimension) of 15 images.
+    for run, square in ((run_z2, True), (run_z3, False)):
+        run = _copy_run(run, tmp_path)
+        img = _read_png(viz.plot_traversal(viz_model(run), run / "t.png"))
+        h, w = img.shape[:2]
+        assert (abs(h - w) < 0.1 * w) == square, (run.name, h, w)
+
+
+def test_plot_run_grad_norms_when_logged(run_z3, data, tmp_path):
+    run = _copy_run(run_z3, tmp_path)
+    with open(run / METRICS, "a") as f:  # gradient-trace lines next to the epoch lines
+        for step in (10, 20, 30):
+            f.write(json.dumps({"step": step, "grad_norm/encoder.net.0.weight": 1.0 / step,
+                                "grad_norm/decoder.net.2.bias": 0.1 + step,
+                                "update_ratio/encoder.net.0.weight": 1e-3}) + "\n")
+    paths = viz.plot_run(run, data=data, embeddings=False)
+    assert [p.name for p in paths] == EXPECTED + ["grad_norms.png"]
+    assert _read_png(run / "grad_norms.png").shape[:2] == (420, 1550)  # two panels: (6.5*2+2.5) x 4.2 in
+
+
+def test_plot_run_without_grad_norms_or_metrics(run_z2, data, tmp_path):
+    run = _copy_run(run_z2, tmp_path)
+    (run / METRICS).unlink()
+    names = [p.name for p in viz.plot_run(run, data=data, embeddings=False)]
+    assert "curves.png" not in names and "grad_norms.png" not in names
+
+
+def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkeypatch):
+    # A stand-in sklearn.manifold.TSNE: checks the optional path without installing scikit-learn.
+    seen = {}
+
+    class FakeTSNE:
+        def __init__(self, n_components, perplexity, init, random_state):
+            seen.update(perplexity=perplexity, random_state=random_state)
+
+        def fit_transform(self, x):
+            seen["n"] = len(x)
+            return np.asarray(x)[:, :2] * 10
+
+    sklearn = types.ModuleType("sklearn")
+    manifold = types.ModuleType("sklearn.manifold")
+    manifold.TSNE = FakeTSNE
+    sklearn.manifold = manifold
+    monkeypatch.setitem(sys.modules, "sklearn", sklearn)
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", manifold)
+    monkeypatch.setitem(sys.modules, "umap", None)  # "not installed", even where it is
+    run = _copy_run(run_z3, tmp_path)
+    names = [p.name for p in viz.plot_run(run, data=data, n_embed=60, seed=4)]
+    assert "latent_tsne.png" in names and "latent_umap.png" not in names
+    assert seen == {"perplexity": pytest.approx(59 / 3), "random_state": 4, "n": 60}
+    _read_png(run / "latent_tsne.png")
+
+
+def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
+    # Spy on the loaded model's encode/decode: every call must happen in eval mode and return a
+    # tensor outside any graph; afterwards the model is back in its previous (training) mode.
+    from minivae import cli
+
+    calls, models = [], []
+    real = cli._load_run
+
+    def spy_load(run):
+        config, model = real(run)
+        for name in ("encode", "decode"):
+            method = getattr(model, name)
+
+            def wrapped(x, _method=method, _name=name):
+                out = _method(x)
+                first = out[0] if isinstance(out, tuple) else out
+                calls.append((_name, model.training, first.requires_grad))
+                return out
+
+            setattr(model, name, wrapped)
+        models.append(model)
+        return config, model
+
+    monkeypatch.setattr(cli, "_load_run", spy_load)
+    viz.plot_run(_copy_run(run_z3, tmp_path), data=data, embeddings=False)
+    assert {name for name, _, _ in calls} == {"encode", "decode"}
+    assert all(not training and not needs_grad for _, training, needs_grad in calls), calls
+    assert models[0].training
+
+
+def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install 'minivae\[viz\]'"):
+        viz.save_image_grid(np.zeros((1, 784)), tmp_path / "x.png")
+    with pytest.raises(ImportError, match="minivae"):
+        viz.plot_run(tmp_path)
