@@ -26,6 +26,9 @@ def _add_train_args(p):
     p.add_argument("--warmup", type=int, default=d.warmup, help="epochs of linear KL warm-up")
     p.add_argument("--mc-samples", type=int, default=d.mc_samples, help="Monte Carlo samples of the ELBO")
     p.add_argument("--iw-k", type=int, default=d.iw_k, help="train on the k-sample IWAE bound when > 1")
+    p.add_argument("--n-labelled", type=int, default=d.n_labelled,
+                   help="labels (balanced over the classes, chosen by --seed from the training set) a "
+                        "semi-supervised model (m2, adgm-ssl, sdgm-ssl) learns from")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="run folder (checkpoint, metrics, pictures)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -86,16 +89,20 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    """Score a trained run on the test set: ELBO and the k-sample log-likelihood."""
+    """Score a trained run on the test set: ELBO, the k-sample log-likelihood (and the error of a classifier)."""
     from .data import binarize_eval, load_mnist
     from .evaluate import elbo, log_likelihood
 
     config, model = _load_run(args.run)
-    x_test = binarize_eval(load_mnist(verbose=False).x_test, "test")[: args.n]
+    data = load_mnist(verbose=False)
+    x_test = binarize_eval(data.x_test, "test")[: args.n]
     bound, _, _ = elbo(model, x_test)
     ll = log_likelihood(model, x_test, k=args.k, progress=not args.no_progress)
     result = {"run": str(args.run), "n_test": len(x_test), "k": args.k,
               "test_elbo": float(bound.mean()), "test_nll": float(-ll.mean())}
+    if hasattr(model, "classify"):
+        from .train import classification_error
+        result["test_error"] = classification_error(model, x_test, data.y_test[: args.n])
     (Path(args.run) / f"eval_k{args.k}.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result))
     return 0
@@ -145,6 +152,7 @@ def build_parser():
     p = sub.add_parser("plot", help="pictures of a run (PNG files in the run folder)")
     p.add_argument("run")
     p.set_defaults(func=cmd_plot)
+    _add_gradient_commands(sub)
     return parser
 
 
@@ -152,3 +160,124 @@ def main(argv=None):
     """Entry point of the ``minivae`` command."""
     args = build_parser().parse_args(argv)
     return args.func(args)
+
+
+# ----- studying gradients: `minivae gradcheck` and `minivae graph` (see minivae.gradcheck_cases,
+# minivae.graph and docs/gradients.md) ---------------------------------------------------------
+
+def _add_gradient_commands(sub):
+    """Register the ``gradcheck`` and ``graph`` subcommands on the subparsers ``sub``."""
+    p = sub.add_parser("gradcheck", help="finite-difference checks of every op (or a model), as tables")
+    p.add_argument("--op", action="append", metavar="NAME",
+                   help="check only this op (class or function name, e.g. softplus; repeatable)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="float64: the exact check; float32: float32 backward vs float64 differences, "
+                        "with the error rounding alone would leave")
+    p.add_argument("--model", metavar="NAME",
+                   help="check a small instance of this model's loss w.r.t. every parameter "
+                        "(only the model unless --op is given too)")
+    p.set_defaults(func=cmd_gradcheck)
+    p = sub.add_parser("graph", help="the computation graph of one loss evaluation, as Graphviz DOT (+ SVG)")
+    p.add_argument("run", nargs="?", help="a run folder (its checkpoint's model); or give --model")
+    p.add_argument("--model", metavar="NAME", help="a freshly initialized model with the train defaults")
+    p.add_argument("--grad", action="store_true", help="label every node with its gradient norm")
+    p.add_argument("--out", help="output file: .dot (an .svg is written next to it when Graphviz is "
+                                 "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
+                   help="the batch: the first test images of a cached MNIST, or random binary "
+                        "images (auto: MNIST when cached)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise (and of random data)")
+    p.set_defaults(func=cmd_graph)
+
+
+def cmd_gradcheck(args):
+    """Print per-op (and per-model) tables of analytic vs numeric gradient errors; exit 1 on a failure."""
+    from .gradcheck_cases import CASES, criteria, find_op, format_table, public_name, report_model, report_op
+
+    try:
+        ops = [find_op(name) for name in args.op] if args.op else ([] if args.model else list(CASES))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(criteria(args.dtype))
+    failed, total = [], 0
+    for op in ops:
+        if op not in CASES:
+            print(f"error: {op.__name__} has no gradcheck case", file=sys.stderr)
+            return 2
+        rows = report_op(op, args.dtype)
+        total += len(rows)
+        failed += [f"{op.__name__} / {case} / input {label}" for case, label, r in rows if not r["passed"]]
+        name = public_name(op)
+        print("\n" + format_table(f"{op.__name__}" + (f" (F.{name})" if name else "") +
+                                  f": {len(CASES[op])} case{'s' if len(CASES[op]) != 1 else ''}, {args.dtype}", rows, args.dtype))
+    if args.model:
+        try:
+            rows = report_model(args.model, args.dtype)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        total += len(rows)
+        failed += [f"model {args.model} / {label}" for _, label, r in rows if not r["passed"]]
+        print("\n" + format_table(f"model {args.model}: the loss w.r.t. every parameter, {args.dtype}",
+                                  rows, args.dtype))
+    print(f"\n{total - len(failed)} of {total} checks passed" + (": FAILED " + "; ".join(failed) if failed else ""))
+    return 1 if failed else 0
+
+
+def _graph_batch(args, x_dim):
+    """The batch of ``minivae graph``: cached MNIST test images, or seeded random binary images."""
+    if args.data != "random":
+        from .data import binarize_eval, load_mnist
+        from .data.mnist import MNISTUnavailableError
+
+        try:
+            x = binarize_eval(load_mnist(sources=("cache",), verbose=False).x_test, "test")
+            if x.shape[1] == x_dim:
+                return x[: args.batch_size], "MNIST test images"
+        except MNISTUnavailableError:
+            if args.data == "mnist":
+                raise SystemExit("error: no cached MNIST (run `minivae train` once, or use --data random)")
+    rng = np.random.default_rng(args.seed)
+    return (rng.uniform(size=(args.batch_size, x_dim)) < 0.5).astype(np.float32), "random binary images"
+
+
+def cmd_graph(args):
+    """Write the graph of one loss evaluation as DOT (and SVG when Graphviz is installed)."""
+    from .graph import model_loss_graph, render_svg, svg_available
+    from .models import build_model
+    from .random import Noise
+
+    if (args.run is None) == (args.model is None):
+        print("error: give a run folder or --model NAME (one of the two)", file=sys.stderr)
+        return 2
+    if args.run is not None:
+        _, model = _load_run(args.run)
+        source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
+    else:
+        try:
+            model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
+    x, what = _graph_batch(args, getattr(model, "x_dim", 784))
+    title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
+    _, dot = model_loss_graph(model, x, Noise(seed=args.seed), grad=args.grad, title=title)
+    out = Path(args.out) if args.out else default_out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".svg":
+        if not svg_available():
+            print("error: SVG needs Graphviz's `dot` program; write a .dot file instead", file=sys.stderr)
+            return 2
+        out.write_text(render_svg(dot))
+        print(out)
+        return 0
+    out.write_text(dot)
+    print(out)
+    if svg_available():
+        svg = out.with_suffix(".svg")
+        svg.write_text(render_svg(dot))
+        print(svg)
+    return 0

@@ -13,6 +13,11 @@ a gradient,
 where f(x) = <u, fn(x)>. Differences are taken in float64: in float32 the truncation and the
 rounding errors of a central difference are both around 1e-3 and nothing can be concluded.
 ``check_float32`` then compares an op's float32 backward with its own float64 backward.
+
+``gradcheck_report`` runs the same comparisons (the generator ``_comparisons`` serves both) but
+measures every one instead of stopping at the first failure, per input: the largest absolute and
+relative errors, how many elements or directions were checked, and, for float32, the error that
+rounding alone would leave. ``minivae gradcheck`` prints those records as tables.
 """
 import numpy as np
 
@@ -63,25 +68,16 @@ def _fail(i, where, analytic, numeric, atol, rtol):
                          f"atol {atol:g} + rtol {rtol:g} * |numeric|)")
 
 
-def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CHECK_MAX,
-              n_directions=N_DIRECTIONS, seed=0):
-    """Check ``fn``'s analytic gradients against central differences; return True or raise GradcheckError.
+def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions, rng):
+    """Yield ``(input index, where, analytic, numeric)`` for every check of every input.
 
-    ``fn`` maps the inputs to one Tensor. Every Tensor input with ``requires_grad`` is checked and
-    must be float64 (the check works in float64 only); other arguments are passed unchanged.
-    The error names the input, the element or direction, the analytic and the numeric value.
+    ``f(x) = <upstream, fn(x)>`` is differentiated numerically along unit vectors (inputs of at
+    most ``full_check_max`` elements) or along ``n_directions`` random directions (larger ones);
+    ``grads`` are the analytic gradients, so ``analytic`` is the matching element or ``<grad, v>``.
+    Each input's data is restored before anything is yielded. Shared by ``gradcheck`` (which
+    stops at the first disagreement) and ``gradcheck_report`` (which measures all of them).
     """
-    rng = np.random.default_rng(seed)
-    for i, t in enumerate(inputs):
-        if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
-            raise TypeError(f"gradcheck: input {i} is {t.dtype}; finite differences need float64 "
-                            f"(use check_float32 for float32 backward passes)")
-    with no_grad():
-        probe = fn(*inputs)
-    xp = get_array_module(probe.data)
-    upstream = xp.asarray(rng.standard_normal(probe.shape))
-    _, grads = _analytic(fn, inputs, upstream)
-
+    xp = get_array_module(upstream)
     for i, t in enumerate(inputs):
         if not (isinstance(t, Tensor) and t.requires_grad):
             continue
@@ -101,17 +97,118 @@ def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CH
             for idx in np.ndindex(*t.shape):
                 e = xp.zeros(t.shape)
                 e[idx] = 1.0
-                num, ana = numeric_along(e), float(analytic[idx])
-                if abs(ana - num) > atol + rtol * abs(num):
-                    _fail(i, f"element {idx}", ana, num, atol, rtol)
+                num = numeric_along(e)
+                yield i, f"element {idx}", float(analytic[idx]), num
         else:
             for k in range(n_directions):
                 v = rng.uniform(0.5, 1.5, t.shape) * rng.choice([-1.0, 1.0], t.shape)
                 num = numeric_along(xp.asarray(v))
-                ana = float((analytic * v).sum())
-                if abs(ana - num) > atol + rtol * abs(num):
-                    _fail(i, f"random direction {k} of {n_directions}", ana, num, atol, rtol)
+                yield i, f"random direction {k} of {n_directions}", float((analytic * v).sum()), num
+
+
+def _check_float64(inputs, caller):
+    for i, t in enumerate(inputs):
+        if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
+            raise TypeError(f"{caller}: input {i} is {t.dtype}; finite differences need float64 "
+                            f"(use check_float32 for float32 backward passes)")
+
+
+def _upstream(fn, inputs, rng):
+    """A random upstream gradient u of fn's output shape (never all ones), on fn's device."""
+    with no_grad():
+        probe = fn(*inputs)
+    xp = get_array_module(probe.data)
+    return xp.asarray(rng.standard_normal(probe.shape))
+
+
+def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CHECK_MAX,
+              n_directions=N_DIRECTIONS, seed=0):
+    """Check ``fn``'s analytic gradients against central differences; return True or raise GradcheckError.
+
+    ``fn`` maps the inputs to one Tensor. Every Tensor input with ``requires_grad`` is checked and
+    must be float64 (the check works in float64 only); other arguments are passed unchanged.
+    The error names the input, the element or direction, the analytic and the numeric value.
+    """
+    rng = np.random.default_rng(seed)
+    _check_float64(inputs, "gradcheck")
+    upstream = _upstream(fn, inputs, rng)
+    _, grads = _analytic(fn, inputs, upstream)
+    for i, where, ana, num in _comparisons(fn, inputs, upstream, grads, eps, full_check_max,
+                                           n_directions, rng):
+        if abs(ana - num) > atol + rtol * abs(num):
+            _fail(i, where, ana, num, atol, rtol)
     return True
+
+
+#: Unit roundoff of float32 (half its machine epsilon): the relative error of one rounding.
+FLOAT32_UNIT_ROUNDOFF = float(np.finfo(np.float32).eps) / 2
+
+
+def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL,
+                     full_check_max=FULL_CHECK_MAX, n_directions=N_DIRECTIONS, seed=0):
+    """Measure, rather than assert, how far ``fn``'s analytic gradients are from central differences.
+
+    Runs the checks of ``gradcheck`` (same directions, same seed) but visits every one and
+    returns one record (a dict) per input that requires a gradient:
+
+    ``input`` (position), ``shape``, ``mode`` ("elements" or "directions"), ``checked`` (how
+    many), ``max_abs_err`` (max |analytic - numeric|), ``max_rel_err`` (that error divided by the
+    largest |numeric| of the input, 0 when all are 0), ``worst`` (the check that came nearest to
+    failing: largest error / tolerance), ``analytic``, ``numeric`` and ``tolerance`` there,
+    ``rounding`` and ``passed``.
+
+    ``dtype="float64"``: inputs must be float64; an element passes when |a - n| <= atol + rtol |n|
+    (``gradcheck``'s rule), and ``rounding`` is None. ``dtype="float32"``: the analytic gradient
+    is computed by float32 copies of the inputs, the numeric one in float64 at the very same
+    (float32-representable) point, and an input passes when its largest error is within
+    ``check_float32``'s tolerance, FLOAT32_ATOL + FLOAT32_RTOL * max|numeric|; ``rounding`` is
+    the error float32 cannot avoid, one unit roundoff (2^-24) of the largest gradient.
+    """
+    if dtype not in ("float64", "float32"):
+        raise ValueError(f"gradcheck_report: dtype must be 'float64' or 'float32', got {dtype!r}")
+    rng = np.random.default_rng(seed)
+    if dtype == "float64":
+        _check_float64(inputs, "gradcheck_report")
+        upstream = _upstream(fn, inputs, rng)
+        _, grads = _analytic(fn, inputs, upstream)
+    else:
+        as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad)
+                if isinstance(t, Tensor) else t for t in inputs]
+        # The float64 inputs of the numeric side: the float32 values, exactly.
+        inputs = [Tensor(t.data.astype(np.float64), requires_grad=t.requires_grad)
+                  if isinstance(t, Tensor) else t for t in as32]
+        upstream = _upstream(fn, inputs, rng)
+        _, grads32 = _analytic(fn, as32, upstream.astype(np.float32))
+        grads = [None if g is None else g.astype(np.float64) for g in grads32]
+    per_input = {}
+    for i, where, ana, num in _comparisons(fn, inputs, upstream, grads, eps, full_check_max,
+                                           n_directions, rng):
+        per_input.setdefault(i, []).append((where, ana, num))
+    records = []
+    for i, checks in per_input.items():
+        t = inputs[i]
+        errors = np.array([abs(a - n) for _, a, n in checks])
+        numeric = np.array([abs(n) for _, _, n in checks])
+        scale = float(numeric.max())
+        if dtype == "float64":
+            allowed, rounding = atol + rtol * numeric, None
+        else:
+            allowed = np.full(len(checks), FLOAT32_ATOL + FLOAT32_RTOL * scale)
+            rounding = FLOAT32_UNIT_ROUNDOFF * scale
+        worst = int(np.argmax(errors / allowed))
+        passed = bool((errors <= allowed).all())
+        tolerance = float(allowed[worst])
+        where, ana, num = checks[worst]
+        records.append({
+            "input": i, "shape": tuple(t.shape),
+            "mode": "elements" if t.size <= full_check_max else "directions",
+            "checked": len(checks),
+            "max_abs_err": float(errors.max()),
+            "max_rel_err": float(errors.max() / scale) if scale > 0 else 0.0,
+            "worst": where, "analytic": ana, "numeric": num,
+            "tolerance": tolerance, "rounding": rounding, "passed": passed,
+        })
+    return records
 
 
 def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):

@@ -64,7 +64,8 @@ Public API
 ``uniform_from_words``, ``normal_from_words``, ``uniform(shape, seed, offset)``,
 ``normal(shape, seed, offset)``, ``gumbel(...)``, ``normal_at(indices, ...)``,
 :class:`Noise` (the address of one draw) and :class:`Generator` (a seed plus an advancing
-offset, with a JSON-able ``state_dict``).
+offset, with a JSON-able ``state_dict``). Their ``normal``/``uniform``/``gumbel`` take
+``xp=cupy`` to draw on the GPU (minivae.gpu, the same words); CuPy is never imported otherwise.
 """
 from __future__ import annotations
 
@@ -147,36 +148,59 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
             raise ValueError(f"philox4x32: {name} words must be in [0, 2**32)")
     c = c.astype(np.uint64)
     k = k.astype(np.uint64)
-    c0, c1, c2, c3 = c[..., 0], c[..., 1], c[..., 2], c[..., 3]
-    k0, k1 = k[..., 0], k[..., 1]
-    c0, c1, c2, c3, k0, k1 = np.broadcast_arrays(c0, c1, c2, c3, k0, k1)
-    m0 = np.uint64(PHILOX_M4x32_0)
-    m1 = np.uint64(PHILOX_M4x32_1)
-    w0 = np.uint64(PHILOX_W32_0)
-    w1 = np.uint64(PHILOX_W32_1)
+    shape = np.broadcast_shapes(c.shape[:-1], k.shape[:-1])
+    words = _philox_u64(c[..., 0], c[..., 1], c[..., 2], c[..., 3], k[..., 0], k[..., 1],
+                        int(rounds), shape)
+    return np.stack(words, axis=-1).astype(np.uint32)
+
+
+def _philox_u64(c0, c1, c2, c3, k0, k1, rounds: int, shape):
+    """Philox4x32 on uint64 arrays (or ints) holding 32-bit words, broadcast to ``shape``.
+
+    The two multiplied words (c0, c2) and the two others (c1, c3) are kept as stacked (2, ...)
+    arrays, so one round is five whole-array operations (multiply, shift, mask, two xors):
+        hi, lo = (M0 c0, M1 c2) >> 32, & 0xFFFFFFFF
+        (c0, c2) <- (hi1, hi0) ^ (c1, c3) ^ (k0, k1);   (c1, c3) <- (lo1, lo0)
+    Returns the four output words as uint64 arrays of ``shape``.
+    """
+    lead = (2,) + (1,) * len(shape)
+    x = np.empty((2,) + tuple(shape), dtype=np.uint64)  # (c0, c2)
+    x[0], x[1] = c0, c2
+    y = np.empty_like(x)                                # (c1, c3)
+    y[0], y[1] = c1, c3
+    kshape = np.broadcast_shapes(np.shape(k0), np.shape(k1))
+    key = np.empty((2,) + kshape, dtype=np.uint64)
+    key[0], key[1] = k0, k1
+    key = key.reshape((2,) + (1,) * (len(shape) - len(kshape)) + kshape)
+    mult = np.array([PHILOX_M4x32_0, PHILOX_M4x32_1], dtype=np.uint64).reshape(lead)
+    weyl = np.array([PHILOX_W32_0, PHILOX_W32_1], dtype=np.uint64).reshape(lead)
     mask = np.uint64(_MASK32)
     s32 = np.uint64(32)
-    for r in range(int(rounds)):
+    prod = np.empty_like(x)
+    hi = np.empty_like(x)
+    for r in range(rounds):
         if r:
-            k0 = (k0 + w0) & mask
-            k1 = (k1 + w1) & mask
-        p0 = c0 * m0  # < 2**64: exact
-        p1 = c2 * m1
-        c0, c1, c2, c3 = (p1 >> s32) ^ c1 ^ k0, p1 & mask, (p0 >> s32) ^ c3 ^ k1, p0 & mask
-    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+            key = (key + weyl) & mask
+        np.multiply(x, mult, out=prod)  # < 2**64: exact
+        np.right_shift(prod, s32, out=hi)
+        np.bitwise_and(prod, mask, out=prod)  # lo
+        np.bitwise_xor(hi[::-1], y, out=x)
+        np.bitwise_xor(x, key, out=x)
+        y, prod = prod[::-1], y.base if y.base is not None else y  # (lo1, lo0); recycle old y
+    return x[0], y[0], x[1], y[1]
 
 
 def _blocks(first_chunk: int, n_chunks: int, seed: int, offset: int, stream: int) -> np.ndarray:
     """Philox blocks for chunks ``first_chunk ... first_chunk + n_chunks - 1``: uint32 (n_chunks, 4)."""
     if first_chunk + n_chunks > (MAX_ELEMENTS >> 2):
-        raise ValueError(f"a draw holds at most 2**34 elements (element index overflow)")
-    ctr = np.empty((n_chunks, 4), dtype=np.uint64)
-    ctr[:, 0] = np.arange(first_chunk, first_chunk + n_chunks, dtype=np.uint64)
-    ctr[:, 1] = offset & _MASK32
-    ctr[:, 2] = offset >> 32
-    ctr[:, 3] = stream
-    key = np.array([seed & _MASK32, seed >> 32], dtype=np.uint64)
-    return philox4x32(ctr, key)
+        raise ValueError("a draw holds at most 2**34 elements (element index overflow)")
+    chunks = np.arange(first_chunk, first_chunk + n_chunks, dtype=np.uint64)
+    words = _philox_u64(chunks, offset & _MASK32, offset >> 32, stream, seed & _MASK32, seed >> 32,
+                        10, (n_chunks,))
+    out = np.empty((n_chunks, 4), dtype=np.uint32)
+    for j, w in enumerate(words):
+        out[:, j] = w
+    return out
 
 
 def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int = 0) -> np.ndarray:
@@ -324,6 +348,15 @@ def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int
     return np.take_along_axis(vals, lane[..., None], axis=-1)[..., 0]
 
 
+def _gpu_kernels(xp):
+    """minivae.gpu when ``xp`` is CuPy, None for NumPy (CuPy is never imported here otherwise)."""
+    if xp is None or xp is np:
+        return None
+    from . import gpu  # deferred: only when GPU arrays are asked for
+
+    return gpu
+
+
 @dataclass(frozen=True)
 class Noise:
     """The address of one draw of noise: ``(seed, offset, stream)``.
@@ -343,14 +376,30 @@ class Noise:
         _check_u64("offset", self.offset)
         _check_u32("stream", self.stream)
 
-    def normal(self, shape, dtype=np.float32, start: int = 0) -> np.ndarray:
-        return normal(shape, self.seed, self.offset, dtype, self.stream, start)
+    def normal(self, shape, dtype=np.float32, start: int = 0, xp=None):
+        """The standard normals of this draw; ``xp=cupy`` generates them on the GPU (same
+        Philox words, see minivae.gpu.normal)."""
+        gpu = _gpu_kernels(xp)
+        if gpu is None:
+            return normal(shape, self.seed, self.offset, dtype, self.stream, start)
+        if start:
+            raise ValueError("start is not supported for GPU draws")
+        return gpu.normal(shape, self.seed, self.offset, dtype, self.stream)
 
-    def uniform(self, shape, dtype=np.float32, start: int = 0) -> np.ndarray:
-        return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
+    def uniform(self, shape, dtype=np.float32, start: int = 0, xp=None):
+        gpu = _gpu_kernels(xp)
+        if gpu is None:
+            return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
+        if start:
+            raise ValueError("start is not supported for GPU draws")
+        return gpu.uniform(shape, self.seed, self.offset, dtype, self.stream)
 
-    def gumbel(self, shape, dtype=np.float32, start: int = 0) -> np.ndarray:
-        return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
+    def gumbel(self, shape, dtype=np.float32, start: int = 0, xp=None):
+        gpu = _gpu_kernels(xp)
+        if gpu is None:
+            return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
+        u = self.uniform(shape, np.float64, start, xp)
+        return (-xp.log(-xp.log(u))).astype(_float_dtype(dtype), copy=False)
 
 
 class Generator:
@@ -391,19 +440,21 @@ class Generator:
         self._offset += 1
         return noise
 
-    def normal(self, shape, dtype=np.float32) -> np.ndarray:
-        return self.next_noise().normal(shape, dtype)
+    def normal(self, shape, dtype=np.float32, xp=None):
+        """Standard normals of the next draw (on the GPU with ``xp=cupy``)."""
+        return self.next_noise().normal(shape, dtype, xp=xp)
 
-    def uniform(self, shape, dtype=np.float32) -> np.ndarray:
-        return self.next_noise().uniform(shape, dtype)
+    def uniform(self, shape, dtype=np.float32, xp=None):
+        return self.next_noise().uniform(shape, dtype, xp=xp)
 
-    def gumbel(self, shape, dtype=np.float32) -> np.ndarray:
-        return self.next_noise().gumbel(shape, dtype)
+    def gumbel(self, shape, dtype=np.float32, xp=None):
+        return self.next_noise().gumbel(shape, dtype, xp=xp)
 
-    def bernoulli(self, p, dtype=np.float32) -> np.ndarray:
+    def bernoulli(self, p, dtype=np.float32, xp=None):
         """``(u < p)`` as ``dtype`` with one uniform per element of ``p`` (e.g. binarizing MNIST)."""
-        p = np.asarray(p)
-        u = self.next_noise().uniform(p.shape, np.float64)
+        xp = np if xp is None else xp
+        p = xp.asarray(p)
+        u = self.next_noise().uniform(p.shape, np.float64, xp=xp)
         return (u < p).astype(dtype)
 
     def spawn(self, stream: int) -> "Generator":

@@ -7,6 +7,13 @@ the seed and a position: the batch order and binarization of epoch e depend only
 (seed, e), and the reparameterization noise on the Philox generator's offset, which the
 checkpoint stores. So ``--resume`` after an interruption, even in the middle of an epoch, ends
 with exactly the parameters of an uninterrupted run.
+
+Semi-supervised models (``semi_supervised = True``: M2, ADGM/SDGM with labels) learn from
+``n_labelled`` labels, ``balanced_labelled_subset(y_train, n_labelled, seed)``, chosen from the
+training set only (the test set never takes part in training or model selection). Each step
+feeds them the usual unlabelled batch of all training images plus a labelled batch; the labelled
+batches are a pure function of (seed, optimizer step), so resuming stays exact. Models with a
+``classify`` method get ``valid_error`` per epoch and ``test_error`` at the end.
 """
 import contextlib
 import dataclasses
@@ -22,8 +29,8 @@ import numpy as np
 from . import checkpoint, nn, optim
 from .autograd import tensor
 from .backend import resolve_device, to_device
-from .data import MinibatchLoader, binarize_eval, load_mnist
-from .evaluate import elbo, log_likelihood
+from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
+from .evaluate import elbo, evaluating, log_likelihood
 from .models import build_model
 from .random import Generator
 
@@ -55,6 +62,7 @@ class TrainConfig:
     out: str = "runs/vae"
     device: str = "cpu"
     eval_k: int = 1000  # importance samples for the test log-likelihood at the end (0: skip)
+    n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
     model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
 
     def model_kwargs(self):
@@ -120,6 +128,41 @@ def _progress_bar(total, desc, enabled):
     return tqdm(total=total, desc=desc, leave=False, unit="batch")
 
 
+def classification_error(model, x, labels, batch_size=500):
+    """The fraction of the N examples in ``x`` (NumPy (N, D)) whose ``model.classify`` differs from ``labels``."""
+    device = next(iter(model.parameters())).device
+    wrong = 0
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            predicted = to_device(model.classify(tensor(to_device(x[start:start + batch_size], device))), "cpu")
+            wrong += int((predicted != np.asarray(labels[start:start + batch_size])).sum())
+    return wrong / max(1, len(x))
+
+
+class LabelledBatches:
+    """The labelled minibatch of every optimizer step, a pure function of (seed, step).
+
+    Step t takes batch t mod n of "labelled epoch" t // n (n batches per pass over the labelled
+    subset): each pass reshuffles and re-binarizes the subset (``MinibatchLoader``), so the few
+    labelled images are seen in ever new orders and draws without any state to checkpoint. Its
+    seed is derived from the run's with ``SeedSequence``, so its streams are not those of the
+    unlabelled loader.
+    """
+
+    def __init__(self, x, y, batch_size, seed):
+        derived = int(np.random.SeedSequence([seed, 4]).generate_state(1)[0])
+        self.loader = MinibatchLoader(x, min(batch_size, len(x)), seed=derived, y=y)
+        self._epoch, self._batches = None, []
+
+    def __call__(self, step):
+        """(x_l, y_l) of optimizer step ``step`` (0-based, counted over the whole run)."""
+        epoch, i = divmod(step, len(self.loader))
+        if epoch != self._epoch:  # copies: the loader's buffer is overwritten by its next epoch
+            self._batches = [(xb.copy(), yb.copy()) for xb, yb in self.loader.epoch(epoch)]
+            self._epoch = epoch
+        return self._batches[i]
+
+
 class Trainer:
     """Runs one training job described by a TrainConfig (see the module docstring)."""
 
@@ -134,6 +177,12 @@ class Trainer:
         self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
         self.noise = Generator(seed=config.seed)
         self.loader = MinibatchLoader(self.data.x_train, config.batch_size, seed=config.seed)
+        self.labelled = None
+        if getattr(self.model, "semi_supervised", False):
+            idx = balanced_labelled_subset(self.data.y_train, config.n_labelled, seed=config.seed)
+            self.labelled = LabelledBatches(self.data.x_train[idx], self.data.y_train[idx],
+                                            config.batch_size, config.seed)
+            self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}
         self.stop_requested = threading.Event()
@@ -185,7 +234,11 @@ class Trainer:
     # ----- the loop --------------------------------------------------------------------------
     def _step(self, xb, beta, step):
         self.optimizer.lr = learning_rate(self.config, step, self.total_steps)
-        loss, stats = self.model.loss(tensor(to_device(xb, self.device)), self.noise, beta=beta)
+        extra = {}
+        if self.labelled is not None:
+            xl, yl = self.labelled(step)
+            extra["labelled"] = (tensor(to_device(xl, self.device)), to_device(yl, self.device))
+        loss, stats = self.model.loss(tensor(to_device(xb, self.device)), self.noise, beta=beta, **extra)
         if not math.isfinite(stats["loss"]):
             raise TrainingDiverged(
                 f"the loss became {stats['loss']} at epoch {self.epoch + 1}, batch {self.batch + 1}; "
@@ -231,6 +284,8 @@ class Trainer:
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,
                        images_per_second=self.loader.num_examples / seconds)
+        if hasattr(self.model, "classify"):
+            metrics["valid_error"] = classification_error(self.model, self.x_valid, self.data.y_valid)
         return metrics
 
     def fit(self, resume=False):
@@ -260,11 +315,14 @@ class Trainer:
         return self.run_dir
 
     def final_evaluation(self):
-        """Test ELBO and (if eval_k > 0) the importance-sampled test log-likelihood; writes results.json."""
+        """Test ELBO, test error (models with ``classify``) and (if eval_k > 0) the
+        importance-sampled test log-likelihood; writes results.json."""
         x_test = binarize_eval(self.data.x_test, "test")
         bound, rec, kl = elbo(self.model, x_test)
         results = {"epochs": self.epoch, "test_elbo": float(bound.mean()), "test_rec": float(rec.mean()),
                    "test_kl": float(kl.mean())}
+        if hasattr(self.model, "classify"):
+            results["test_error"] = classification_error(self.model, x_test, self.data.y_test)
         if self.config.eval_k:
             ll = log_likelihood(self.model, x_test, k=self.config.eval_k, progress=self.progress)
             results.update(test_nll=float(-ll.mean()), eval_k=self.config.eval_k)
@@ -278,6 +336,8 @@ def _epoch_line(m):
                        ("train_kl", "KL"), ("valid_elbo", "valid ELBO")):
         if m.get(key) is not None:
             parts.append(f"{label} {m[key]:8.2f}")
+    if m.get("valid_error") is not None:
+        parts.append(f"valid error {100 * m['valid_error']:5.2f}%")
     parts.append(f"{m['seconds']:.1f} s")
     return " | ".join(parts)
 

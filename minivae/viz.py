@@ -389,27 +389,36 @@ def plot_grad_norms(metrics, path):
     ``update_ratio/NAME`` keys are present they get a second panel (update-to-weight ratios).
     """
     Figure, _ = _require_matplotlib()
-    lines = [m for m in metrics if any(k.startswith(GRAD_PREFIX) for k in m)]
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    # Trace lines only (epoch summaries may share the file); ratios may sit on lines of their own.
+    lines = [m for m in metrics if any(k.startswith((GRAD_PREFIX, RATIO_PREFIX)) for k in m)]
     x_key = "step" if all("step" in m for m in lines) else "epoch" if all("epoch" in m for m in lines) else None
     xs = [m[x_key] for m in lines] if x_key else list(range(1, len(lines) + 1))
     panels = [(GRAD_PREFIX, "gradient norm")]
     if any(k.startswith(RATIO_PREFIX) for m in lines for k in m):
         panels.append((RATIO_PREFIX, "update / weight norm"))
+    # One colour per layer name, shared by both panels, so the single legend is right for both.
+    layers = sorted({k.split("/", 1)[1] for m in lines for k in m
+                     if k.startswith((GRAD_PREFIX, RATIO_PREFIX))})
+    palette = "tab10" if len(layers) <= 10 else "tab20"
+    colors = {name: matplotlib.colormaps[palette](i % 20) for i, name in enumerate(layers)}
     fig = Figure(figsize=(6.5 * len(panels) + 2.5, 4.2))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (prefix, ylabel) in zip(axes, panels):
-        names = sorted({k for m in lines for k in m if k.startswith(prefix)})
-        for name in names:
-            pts = [(x, m[name]) for x, m in zip(xs, lines) if m.get(name) is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name[len(prefix):],
-                    marker="o" if len(pts) < 3 else None, markersize=3)
+        for layer in layers:
+            pts = [(x, m[prefix + layer]) for x, m in zip(xs, lines) if m.get(prefix + layer) is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[layer],
+                        marker="o" if len(pts) < 3 else None, markersize=3)
         ax.set_yscale("log")
         ax.set_xlabel(x_key or "record")
         ax.set_ylabel(ylabel)
         ax.set_title(ylabel + " per layer", fontsize=10)
     # One shared legend outside the panels: layer names are long.
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=7)
+    handles = [Line2D([], [], color=colors[name]) for name in layers]
+    fig.legend(handles, layers, loc="center right", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
     return _save(fig, path)
 

@@ -572,10 +572,31 @@ def test_pyproject_lists_every_package():
     subpackage missing from the list would be left out of non-editable installs."""
     tomllib = pytest.importorskip("tomllib")
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    listed = set(conf.get("packages", []))
+    listed = conf.get("packages", [])
+    assert isinstance(listed, list), (
+        "pyproject: kernels/ ships as minivae.kernels only with an explicit packages list "
+        "and [tool.setuptools.package-dir] \"minivae.kernels\" = \"kernels\" (packages.find cannot map it)")
+    listed = set(listed)
     found = {"minivae"} | {
         "minivae." + ".".join(p.parent.relative_to(ROOT / "minivae").parts)
         for p in (ROOT / "minivae").rglob("__init__.py") if p.parent != ROOT / "minivae"}
     assert found | {"minivae.kernels"} <= listed, sorted(found | {"minivae.kernels"} - listed)
     assert conf["package-dir"]["minivae.kernels"] == "kernels"
     assert set(conf["package-data"]["minivae.kernels"]) >= {"*.cu", "*.cuh"}
+
+
+def test_noise_draws_on_fake_gpu(fake_gpu):
+    """Noise / Generator with xp=<GPU module> go through minivae.gpu (here: the fake)."""
+    K, calls = fake_gpu
+    xp = types.SimpleNamespace(log=np.log, asarray=np.asarray)  # stands for cupy
+    noise = mr.Noise(5, 6, 1)
+    np.testing.assert_allclose(noise.normal((4, 5), np.float32, xp=xp), noise.normal((4, 5)), **dict(
+        zip(("rtol", "atol"), TOL[np.float32])))
+    np.testing.assert_array_equal(noise.uniform(7, np.float64, xp=xp), noise.uniform(7, np.float64))
+    np.testing.assert_allclose(noise.gumbel(9, np.float64, xp=xp), noise.gumbel(9, np.float64), rtol=1e-15)
+    g = mr.Generator(3)
+    a = g.normal((2, 3), xp=xp)
+    assert g.offset == 1 and a.shape == (2, 3)
+    assert {c[0] for c in calls} >= {"mv_normal_f32", "mv_uniform_f64"}
+    with pytest.raises(ValueError):
+        noise.normal(4, xp=xp, start=1)

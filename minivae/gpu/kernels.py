@@ -60,14 +60,21 @@ def is_available() -> bool:
         return False
 
 
+_ready = False
+
+
 def require() -> None:
-    """Raise one clear error when the GPU path cannot run."""
+    """Raise one clear error when the GPU path cannot run (checked once, then cached)."""
+    global _ready
+    if _ready:
+        return
     if cp is None:
         raise RuntimeError(
             "minivae.gpu needs CuPy: install it with `pip install 'minivae[gpu]'` "
             f"(cupy-cuda12x) on a machine with a CUDA GPU ({_CUPY_IMPORT_ERROR})")
     if not is_available():
         raise RuntimeError("minivae.gpu: CuPy is installed but no CUDA device is visible")
+    _ready = True
 
 
 def _module(filename: str):
@@ -95,10 +102,18 @@ _FUNC_FILE = {
 assert set(_FUNC_FILE.values()) <= set(KERNEL_FILES)
 
 
+_functions: dict = {}
+
+
 def get_function(base: str, dtype=None):
-    """The kernel ``base`` (``base_f32``/``base_f64`` when a dtype is given)."""
+    """The kernel ``base`` (``base_f32``/``base_f64`` when a dtype is given), cached per device
+    (launches at MNIST sizes are dominated by such Python overheads)."""
     name = base if dtype is None else f"{base}_{_SUFFIX[np.dtype(dtype)]}"
-    return _module(_FUNC_FILE[base]).get_function(name)
+    key = (name, cp.cuda.runtime.getDevice())
+    fn = _functions.get(key)
+    if fn is None:
+        fn = _functions[key] = _module(_FUNC_FILE[base]).get_function(name)
+    return fn
 
 
 # ------------------------------------------------------------------------------ helpers

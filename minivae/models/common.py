@@ -3,31 +3,45 @@
 Every model exposes ``log_weights(x, k, noise)``: the (k, B) array of importance log-weights
 log p(x, h) - log q(h | x) for k latent samples h ~ q(h | x). The ELBO, the IWAE bound and the
 importance-sampled log-likelihood of ``minivae.evaluate`` are all functions of it.
+Models with an ``elbo(x, noise)`` -> (reconstruction, KL) per example train on it through
+``LatentVariableModel.loss`` (the KL weighted by beta for beta-VAE and warm-up).
 """
 import math
 
+import numpy as np
+
 from .. import functional as F
 from .. import nn
+from ..autograd import no_grad
+from ..backend import get_array_module
 
 
 class MLP(nn.Module):
     """Dense layers ``sizes[0] -> sizes[1] -> ... -> sizes[-1]`` with ``activation`` between them.
 
     ``final_activation`` also applies it after the last layer (for a trunk that feeds heads).
+    ``batch_norm`` puts a BatchNorm1d between each hidden linear layer and its activation (as in
+    the Ladder VAE); inputs with leading sample axes, (S, B, D), are normalized as S*B rows.
     """
 
-    def __init__(self, sizes, activation="relu", final_activation=True, rng=None):
+    def __init__(self, sizes, activation="relu", final_activation=True, batch_norm=False, rng=None):
         super().__init__()
+        self.batch_norm = bool(batch_norm)
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
             layers.append(nn.Linear(n_in, n_out, rng=rng))
             if final_activation or i < len(sizes) - 2:
+                if batch_norm:
+                    layers.append(nn.BatchNorm1d(n_out))
                 layers.append(nn.activation(activation))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
         """Apply the layers in order."""
-        return self.net(x)
+        if not self.batch_norm or x.ndim == 2:
+            return self.net(x)
+        out = self.net(x.reshape(-1, x.shape[-1]))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class GaussianHead(nn.Module):
@@ -53,3 +67,121 @@ def iwae_bound(log_w):
     At k = 1 it is the single-sample ELBO itself (Burda et al. 2015).
     """
     return F.logsumexp(log_w, axis=0) - math.log(log_w.shape[0])
+
+
+def rsample(mu, logvar, noise, k=None):
+    """A reparameterized draw z = mu + e^(logvar/2) eps with eps ~ N(0, I) from ``noise``.
+
+    With ``k`` the draw has shape (k, *mu.shape): k independent samples per row (a fresh eps for
+    each, never one sample repeated); without, the broadcast shape of ``mu`` and ``logvar``.
+    """
+    shape = np.broadcast_shapes(mu.shape, logvar.shape)
+    if k is not None:
+        shape = (int(k),) + shape
+    eps = noise.normal(shape, dtype=mu.dtype)
+    return F.reparameterize(mu, logvar, get_array_module(mu.data).asarray(eps))
+
+
+def model_array_module(model):
+    """(xp, dtype) of a model's parameters: where and in what precision to make its noise."""
+    param = next(iter(model.parameters())).data
+    return get_array_module(param), param.dtype
+
+
+class GaussianLayer(nn.Module):
+    """A conditional diagonal Gaussian: (mu, logvar) = GaussianHead(MLP(h)), the MLP with sizes
+    ``n_in -> hidden...`` (``batch_norm`` as in ``MLP``); h may carry leading sample axes."""
+
+    def __init__(self, n_in, hidden, n_out, activation="relu", batch_norm=False, rng=None):
+        super().__init__()
+        hidden = tuple(hidden)
+        self.trunk = MLP((n_in,) + hidden, activation, batch_norm=batch_norm, rng=rng)
+        self.head = GaussianHead(hidden[-1], n_out, rng=rng)
+
+    def forward(self, h):
+        """Return (mu, logvar)."""
+        return self.head(self.trunk(h))
+
+
+class TopDownGenerator(nn.Module):
+    """The generative model of a VAE with L stochastic layers z_1 (bottom) ... z_L (top):
+
+        p(x, z_1, ..., z_L) = p(x | z_1) p(z_1 | z_2) ... p(z_{L-1} | z_L) p(z_L),
+
+    p(z_L) = N(0, I), each p(z_l | z_{l+1}) a diagonal Gaussian from a ``GaussianLayer``, p(x | z_1)
+    Bernoulli. ``blocks[l]`` are the hidden sizes of the inference network between layer l and l+1
+    (``blocks[0]``: between x and z_1); the generative network between the same two layers mirrors
+    them (Burda et al. 2015: q(z_1|x) 200-200, q(z_2|z_1) 100-100, p(z_1|z_2) 100-100,
+    p(x|z_1) 200-200). Shared by the two-layer IWAE and the Ladder VAE, whose generative models
+    are the same (Sonderby et al. 2016 change only the inference model).
+    Layers are 0-based in code: ``z_dims[0]`` is z_1.
+    """
+
+    def __init__(self, x_dim, z_dims, blocks, activation="relu", batch_norm=False, rng=None):
+        super().__init__()
+        self.z_dims = tuple(int(d) for d in z_dims)
+        blocks = [tuple(b) for b in blocks]
+        if len(blocks) != len(self.z_dims):
+            raise ValueError(f"need one hidden block per stochastic layer, got {len(blocks)} blocks "
+                             f"for {len(self.z_dims)} layers")
+        self.priors = nn.ModuleList([
+            GaussianLayer(self.z_dims[l + 1], blocks[l + 1][::-1], self.z_dims[l], activation,
+                          batch_norm, rng=rng) for l in range(len(self.z_dims) - 1)])
+        self.likelihood = MLP((self.z_dims[0],) + blocks[0][::-1] + (x_dim,), activation,
+                              final_activation=False, batch_norm=batch_norm, rng=rng)
+
+    def prior(self, l, z_above):
+        """(mu, logvar) of p(z_l | z_{l+1}) for 0-based l < L - 1, given z_{l+1} = ``z_above``."""
+        return self.priors[l](z_above)
+
+    def logits(self, z_bottom):
+        """The Bernoulli logits of p(x | z_1)."""
+        return self.likelihood(z_bottom)
+
+    def log_prob(self, x, zs):
+        """log p(x, z_1, ..., z_L) per sample and example: ``zs`` bottom to top, each (S, B, d_l)."""
+        out = F.bernoulli_log_prob(self.logits(zs[0]), x) + F.gaussian_log_prob(zs[-1], 0.0, 0.0)
+        for l in range(len(zs) - 1):
+            mu, logvar = self.prior(l, zs[l + 1])
+            out = out + F.gaussian_log_prob(zs[l], mu, logvar)
+        return out
+
+    def sample(self, n, noise, probabilities=True):
+        """n images by ancestral sampling from z_L ~ N(0, I) down: Bernoulli means (or binary pixels)."""
+        xp, dtype = model_array_module(self)
+        with no_grad():
+            z = xp.asarray(noise.normal((n, self.z_dims[-1]), dtype=dtype))
+            for l in reversed(range(len(self.z_dims) - 1)):
+                z = rsample(*self.prior(l, z), noise)
+            probs = F.sigmoid(self.logits(z)).data
+        if probabilities:
+            return probs
+        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+
+
+class LatentVariableModel(nn.Module):
+    """Base of the models: the training loss from ``elbo`` or from ``log_weights``.
+
+    Subclasses set ``beta`` (KL weight), ``mc_samples`` (samples of the ELBO) and ``iw_k`` and
+    define ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) and
+    ``log_weights(x, k, noise)`` -> (k, B).
+    """
+
+    beta, mc_samples, iw_k = 1.0, 1, 1
+
+    def loss(self, x, noise, beta=None):
+        """The training loss (a scalar Tensor) and a dict of per-batch statistics (floats).
+
+        ``beta`` overrides the model's KL weight (the trainer uses it for warm-up). With iw_k > 1
+        the loss is minus the IWAE bound and beta does not apply.
+        """
+        beta = self.beta if beta is None else beta
+        if self.iw_k > 1:
+            bound = iwae_bound(self.log_weights(x, self.iw_k, noise)).mean()
+            value = bound.item()
+            return -bound, {"loss": -value, "bound": value}
+        rec, kl = self.elbo(x, noise)
+        rec, kl = rec.mean(), kl.mean()
+        loss = beta * kl - rec
+        r, k = rec.item(), kl.item()
+        return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}

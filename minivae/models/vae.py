@@ -7,16 +7,12 @@ importance-weighted bound of Burda et al. 2015 (``iw_k`` > 1).
 Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on all S*B rows at once
 (the linear op accepts leading axes), so samples cost one batched pass, not a Python loop.
 """
-import numpy as np
-
 from .. import functional as F
-from .. import nn
 from ..autograd import no_grad
-from ..backend import get_array_module
-from .common import MLP, GaussianHead, iwae_bound
+from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
 
 
-class VAE(nn.Module):
+class VAE(LatentVariableModel):
     """A VAE with MLP encoder and decoder, z-dim ``z_dim`` (50 as in Kingma et al. 2014).
 
     ``hidden`` lists the encoder's hidden sizes; the decoder mirrors them. ``beta`` weights the KL
@@ -48,8 +44,7 @@ class VAE(nn.Module):
 
     def _sample_z(self, x, k, noise):
         mu, logvar = self.encode(x)
-        eps = noise.normal((k,) + mu.shape, dtype=mu.dtype)
-        return mu, logvar, F.reparameterize(mu, logvar, get_array_module(mu.data).asarray(eps))
+        return mu, logvar, rsample(mu, logvar, noise, k)
 
     def elbo(self, x, noise, samples=None):
         """Per-example ELBO terms: (reconstruction E_q log p(x|z), KL(q(z|x) || p(z))), each (B,).
@@ -66,32 +61,14 @@ class VAE(nn.Module):
         return (F.bernoulli_log_prob(self.decode(z), x) + F.gaussian_log_prob(z, 0.0, 0.0)
                 - F.gaussian_log_prob(z, mu, logvar))
 
-    def loss(self, x, noise, beta=None):
-        """The training loss (a scalar Tensor) and a dict of per-batch statistics (floats).
-
-        ``beta`` overrides the model's KL weight (the trainer uses it for warm-up). With iw_k > 1
-        the loss is minus the IWAE bound and beta does not apply.
-        """
-        beta = self.beta if beta is None else beta
-        if self.iw_k > 1:
-            bound = iwae_bound(self.log_weights(x, self.iw_k, noise)).mean()
-            value = bound.item()
-            return -bound, {"loss": -value, "bound": value}
-        rec, kl = self.elbo(x, noise)
-        rec, kl = rec.mean(), kl.mean()
-        loss = beta * kl - rec
-        r, k = rec.item(), kl.item()
-        return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}
-
     def sample(self, n, noise, probabilities=True):
         """Draw n images from the model: z ~ N(0, I), then the decoder's Bernoulli means (n, x_dim).
 
         With ``probabilities=False`` the pixels are also sampled (binary images).
         """
-        param = next(iter(self.parameters())).data
-        xp = get_array_module(param)
+        xp, dtype = model_array_module(self)
         with no_grad():
-            z = xp.asarray(noise.normal((n, self.z_dim), dtype=param.dtype))
+            z = xp.asarray(noise.normal((n, self.z_dim), dtype=dtype))
             probs = F.sigmoid(self.decode(z)).data
         if probabilities:
             return probs

@@ -1,0 +1,103 @@
+"""The Ladder VAE (Sonderby, Raiko, Maaloe, Sonderby & Winther 2016).
+
+Same generative model as a VAE with L stochastic layers (``TopDownGenerator``), new inference:
+
+1. a deterministic bottom-up pass d_l = MLP_l(d_{l-1}) (d_0 = x) gives at every layer an estimate
+   N(mu_hat_l, var_hat_l) from the data alone;
+2. a top-down pass samples z_L ~ N(mu_hat_L, var_hat_L), then for l = L-1 ... 1 combines the
+   generative model's own p(z_l | z_{l+1}) = N(mu_p, var_p) with the bottom-up estimate by
+   precision weighting, q(z_l | .) = N(mu_q, var_q) with 1/var_q = 1/var_hat + 1/var_p and
+   mu_q = (mu_hat/var_hat + mu_p/var_p) var_q (one op, ``F.precision_weighted_merge``), and
+   samples z_l from it.
+
+Every KL term is in closed form given the layer above: KL(q(z_L|x) || N(0, I)) and
+KL(q(z_l|.) || p(z_l|z_{l+1})) for l < L. As in the paper, all deterministic layers use batch
+normalization, the MLPs have two layers, and the KL is warmed up: pass ``--warmup EPOCHS`` to
+the trainer (the paper ramps it from 0 to 1 over 200 epochs).
+
+Registered as ``ladder``. The trainer's ``--hidden`` lists one width per stochastic layer (so its
+length is L, 2 to 5 in the paper), ``--set z_dims=[...]`` the latent sizes (default the paper's
+64, 32, 16, 8, 4, cut to L); ``--z-dim`` is not used. The paper's five-layer MNIST model:
+``--model ladder --hidden 512 256 128 64 32 --activation leaky_relu --warmup 200``.
+"""
+from .. import functional as F
+from .. import nn
+from ..ops.ladder import precision_weighted
+from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator, rsample
+
+PAPER_Z_DIMS = (64, 32, 16, 8, 4)
+
+
+class LadderVAE(LatentVariableModel):
+    """A Ladder VAE with ``len(hidden)`` stochastic layers (see the module docstring).
+
+    ``hidden[l]`` is the width of the ``mlp_layers`` dense layers between layer l and l+1 (both
+    ways), ``z_dims[l]`` the size of z_{l+1}. ``z_dim`` is accepted for the trainer's common
+    settings and ignored.
+    """
+
+    def __init__(self, x_dim=784, z_dims=None, hidden=(512, 256, 128, 64, 32), mlp_layers=2,
+                 activation="leaky_relu", batch_norm=True, beta=1.0, mc_samples=1, iw_k=1,
+                 z_dim=None, rng=None):
+        super().__init__()
+        hidden = tuple(int(h) for h in hidden)
+        if z_dims is None:
+            if len(hidden) > len(PAPER_Z_DIMS):
+                raise ValueError(f"ladder: give z_dims for more than {len(PAPER_Z_DIMS)} layers")
+            z_dims = PAPER_Z_DIMS[:len(hidden)]
+        if len(z_dims) != len(hidden):
+            raise ValueError(f"ladder: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
+        if mc_samples < 1 or iw_k < 1 or (mc_samples > 1 and iw_k > 1):
+            raise ValueError(f"need mc_samples >= 1 and iw_k >= 1, not both > 1; got {mc_samples}, {iw_k}")
+        self.x_dim, self.z_dims = x_dim, tuple(int(d) for d in z_dims)
+        self.beta, self.mc_samples, self.iw_k = float(beta), int(mc_samples), int(iw_k)
+        blocks = [(h,) * mlp_layers for h in hidden]
+        inputs = (x_dim,) + hidden[:-1]
+        self.up = nn.ModuleList([MLP((n_in,) + b, activation, batch_norm=batch_norm, rng=rng)
+                             for n_in, b in zip(inputs, blocks)])
+        self.up_heads = nn.ModuleList([GaussianHead(h, d, rng=rng) for h, d in zip(hidden, self.z_dims)])
+        self.generator = TopDownGenerator(x_dim, self.z_dims, blocks, activation, batch_norm, rng=rng)
+
+    def _posterior(self, x, k, noise):
+        """k draws from q: z (bottom to top, each (k, B, d_l)), the q and the p parameters per
+        layer ((mu, logvar) pairs, bottom to top; the top layer's p is N(0, I), given as None)."""
+        d, bottom_up = x, []
+        for mlp, head in zip(self.up, self.up_heads):
+            d = mlp(d)
+            bottom_up.append(head(d))
+        q, p = [bottom_up[-1]], [None]
+        zs = [rsample(*q[0], noise, k)]
+        for l in reversed(range(len(self.z_dims) - 1)):
+            p.insert(0, self.generator.prior(l, zs[0]))
+            q.insert(0, precision_weighted(*bottom_up[l], *p[0]))
+            zs.insert(0, rsample(*q[0], noise))
+        return zs, q, p
+
+    def log_weights(self, x, k, noise):
+        """(k, B) log p(x, z_1..z_L) - log q(z_1..z_L | x) for k independent draws per example."""
+        zs, q, p = self._posterior(x, k, noise)
+        log_w = (F.bernoulli_log_prob(self.generator.logits(zs[0]), x)
+                 + F.gaussian_log_prob(zs[-1], 0.0, 0.0) - F.gaussian_log_prob(zs[-1], *q[-1]))
+        for z, q_l, p_l in zip(zs[:-1], q[:-1], p[:-1]):
+            log_w = log_w + F.gaussian_log_prob(z, *p_l) - F.gaussian_log_prob(z, *q_l)
+        return log_w
+
+    def kl_terms(self, q, p):
+        """The analytic KL of each layer, bottom to top: (S, B) below the top, (B,) at the top."""
+        return ([F.kl_normal_normal(*q_l, *p_l) for q_l, p_l in zip(q[:-1], p[:-1])]
+                + [F.kl_normal_std(*q[-1])])
+
+    def elbo(self, x, noise, samples=None):
+        """Per-example (reconstruction, KL), each (B,), averaged over ``samples`` draws; the KL is
+        the sum of the layers' closed-form KLs (each given a sample of the layer above)."""
+        zs, q, p = self._posterior(x, samples or self.mc_samples, noise)
+        rec = F.bernoulli_log_prob(self.generator.logits(zs[0]), x).mean(axis=0)
+        *lower, top = self.kl_terms(q, p)
+        kl = top
+        for term in lower:
+            kl = kl + term.mean(axis=0)
+        return rec, kl
+
+    def sample(self, n, noise, probabilities=True):
+        """n images by ancestral sampling (see ``TopDownGenerator.sample``)."""
+        return self.generator.sample(n, noise, probabilities)

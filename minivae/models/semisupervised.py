@@ -1,0 +1,238 @@
+"""What the semi-supervised models (M2, ADGM, SDGM) share: the bounds with a label y.
+
+Notation (Kingma et al. 2014, "Semi-supervised learning with deep generative models", Sec. 3.2).
+A model has a label y in {0..K-1}, continuous latents h (z for M2; a and z for ADGM/SDGM), a
+uniform prior p(y) = 1/K and an inference model with a classifier q(y | x, ...). For a labelled
+pair the bound is (their Eq. 6, written here as a quantity to maximize)
+
+    L(x, y) = E_q(h|x,y) [ log p(x | y, h) + log p(y) + log p(h) - log q(h | x, y) ] <= log p(x, y),
+
+for an unlabelled x the label is a latent variable too (their Eq. 7):
+
+    U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)) <= log p(x),
+
+and the training objective over labelled pairs and unlabelled images adds a classification
+loss that trains q(y | x) on the labels directly (their Eq. 9), here per minibatch:
+
+    loss = -mean_u U(x) - mean_l L(x, y) + alpha * mean_l [-log q(y | x)],
+    alpha = 0.1 * N / N_l by default,
+
+with N the number of training images and N_l the number of labels (so the classifier's term
+keeps the weight 0.1 N that the paper gives it against a sum over the data set, whatever N_l).
+
+The sum over y in U(x) is exact: all K labels are enumerated in one batched pass. The label is
+an extra leading axis: a grid of one-hot vectors of shape (K, 1, 1, K) meets x of shape
+(B, D) in the first layer of each network (``JointMLP``: x W_x + y W_y + b broadcasts to
+(K, 1, B, H)), so x W_x is computed once for all K labels, and every per-example quantity has
+shape (L, S, B): L labels (K when enumerating, 1 for a labelled batch), S samples, B examples.
+
+A subclass provides three methods:
+
+* ``_context(x, samples, noise, mean=False)``: what the inference model draws before y (for
+  ADGM/SDGM the auxiliary a ~ q(a | x) and log q(a | x); for M2 nothing), as a dict with at
+  least ``samples``;
+* ``_class_logits(x, context)``: the logits of q(y | x, ...), shape (S or 1, B, K);
+* ``_terms(x, y, context, noise, analytic)``: for labels y of shape (L, 1, B or 1, K), the
+  reconstruction log p(x | ...) and the latent part log p(h | y) - log q(h | x, y) (the analytic
+  -KL where ``analytic`` and a closed form exists), each of shape (L, S, B) or broadcastable.
+"""
+from .. import functional as F
+from .. import nn
+from ..autograd import Tensor, no_grad, tensor
+from ..backend import get_array_module
+from ..distributions import log_categorical, log_uniform_categorical
+from .common import MLP
+
+
+class JointMLP(nn.Module):
+    """An MLP on several inputs: h = act(sum_i x_i W_i + b), then the layers ``hidden[1:]``.
+
+    The first layer equals one Linear on the concatenation [x_1, ..., x_n] (the W_i are the
+    blocks of its weight), but the inputs may have different leading axes that broadcast, so a
+    grid of K labels meets a batch of images without copying the images K times. Each block is
+    initialized with its own fan-in (the default of ``nn.Linear``), so a 10-wide one-hot input
+    is not drowned by a 784-wide image at initialization. The output is ``hidden[-1]`` wide,
+    with the activation applied (a trunk that feeds heads).
+    """
+
+    def __init__(self, in_sizes, hidden, activation="relu", rng=None):
+        super().__init__()
+        hidden = tuple(hidden)
+        self.in_sizes = tuple(int(n) for n in in_sizes)
+        # One bias for the sum: the first block carries it.
+        self.inputs = nn.ModuleList([nn.Linear(n, hidden[0], bias=(i == 0), rng=rng)
+                                     for i, n in enumerate(self.in_sizes)])
+        self.act = nn.activation(activation)
+        self.rest = MLP(hidden, activation, rng=rng) if len(hidden) > 1 else nn.Identity()
+
+    def forward(self, *xs):
+        """act(sum_i x_i W_i + b) through the remaining layers; the x_i broadcast on leading axes."""
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"JointMLP takes {len(self.inputs)} inputs, got {len(xs)}")
+        h = self.inputs[0](xs[0])
+        for layer, x in zip(self.inputs[1:], xs[1:]):
+            h = h + layer(x)
+        return self.rest(self.act(h))
+
+
+def draw_normal(noise, shape, like):
+    """A standard normal array of ``shape`` from the Philox generator, in ``like``'s dtype and device."""
+    xp = get_array_module(like.data)
+    return xp.asarray(noise.normal(tuple(shape), dtype=like.dtype))
+
+
+def one_hot(labels, num_classes, like):
+    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device."""
+    xp = get_array_module(like.data)
+    labels = labels.data if isinstance(labels, Tensor) else labels
+    labels = xp.asarray(labels).astype(int)
+    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise ValueError(f"labels must be a 1-D array of integers in [0, {num_classes})")
+    return tensor(xp.eye(num_classes, dtype=like.dtype)[labels])
+
+
+def label_grid(num_classes, like):
+    """All K labels as one-hot rows of shape (K, 1, 1, K): the label axis leads, then samples and batch."""
+    xp = get_array_module(like.data)
+    return tensor(xp.eye(num_classes, dtype=like.dtype).reshape(num_classes, 1, 1, num_classes))
+
+
+def bernoulli_images(probs, noise, probabilities):
+    """Return the Bernoulli means ``probs``, or binary images drawn from them with ``noise``."""
+    if probabilities:
+        return probs
+    xp = get_array_module(probs)
+    return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+
+
+class SemiSupervised(nn.Module):
+    """The labelled and unlabelled bounds, the loss, the log-weights and the classifier of a
+    model with a label y (see the module docstring for the math and what a subclass provides).
+
+    ``alpha`` weights the classification loss; None means 0.1 * N / N_l, fixed once the trainer
+    calls ``set_data_sizes(N, N_l)`` (``alpha_scale`` replaces the 0.1). ``beta`` weights the
+    continuous latents' KL terms (warm-up, beta-VAE); the label's terms are not scaled.
+    ``mc_samples`` averages the bounds over that many draws of the continuous latents.
+    """
+
+    semi_supervised = True
+    #: Rows (labels x samples x examples) one pass of ``log_weights`` may hold; more are chunked.
+    max_rows = 20000
+
+    def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if mc_samples < 1:
+            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        self.num_classes, self.beta, self.mc_samples = int(num_classes), float(beta), int(mc_samples)
+        self.alpha_given = None if alpha is None else float(alpha)
+        self.alpha, self.alpha_scale = self.alpha_given, float(alpha_scale)
+
+    # ----- what a subclass provides ------------------------------------------------------------
+    def _context(self, x, samples, noise, mean=False):
+        raise NotImplementedError
+
+    def _class_logits(self, x, context):
+        raise NotImplementedError
+
+    def _terms(self, x, y, context, noise, analytic=True):
+        raise NotImplementedError
+
+    # ----- the bounds --------------------------------------------------------------------------
+    def set_data_sizes(self, n_total, n_labelled):
+        """Fix alpha = alpha_scale * N / N_l (Kingma et al. 2014 use alpha = 0.1 N), unless given."""
+        if self.alpha_given is None:
+            self.alpha = self.alpha_scale * n_total / n_labelled
+
+    def log_prior_y(self, x):
+        """log p(y) = -log K for every example: a (B,) vector (not a scalar), for any y."""
+        return log_uniform_categorical(x.shape[0], self.num_classes, dtype=x.dtype, device=x.device)
+
+    def labelled_bound(self, x, labels, noise, beta=None):
+        """L(x, y) per example, shape (B,), and the classification loss -log q(y | x, ...), (B,).
+
+        L(x, y) = E[log p(x | y, h) + beta (log p(h) - log q(h | x, y))] + log p(y), with the
+        expectation over ``mc_samples`` draws (the analytic KL where the model has one).
+        """
+        beta = self.beta if beta is None else beta
+        y = one_hot(labels, self.num_classes, x)
+        context = self._context(x, self.mc_samples, noise)
+        rec, latent = self._terms(x, y.reshape(1, 1, *y.shape), context, noise)
+        bound = (rec + beta * latent).mean(axis=(0, 1)) + self.log_prior_y(x)
+        class_loss = -log_categorical(y, self._class_logits(x, context)).mean(axis=0)
+        return bound, class_loss
+
+    def _enumerated(self, x, noise, beta, samples, analytic=True):
+        """Per-label bounds (K, S, B), log q(y | x, ...) and q(y | x, ...) as (K, S or 1, B), rec (K, S, B)."""
+        context = self._context(x, samples, noise)
+        rec, latent = self._terms(x, label_grid(self.num_classes, x), context, noise, analytic)
+        per_label = rec + beta * latent + self.log_prior_y(x)
+        log_q = F.log_softmax(self._class_logits(x, context), axis=-1).transpose(2, 0, 1)
+        return per_label, log_q, F.exp(log_q), rec
+
+    def unlabelled_bound(self, x, noise, beta=None):
+        """U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)) per example, shape (B,), all labels at once.
+
+        Written as sum_y q(y | x) [L(x, y) - log q(y | x)] over the label axis, then averaged
+        over the samples.
+        """
+        beta = self.beta if beta is None else beta
+        per_label, log_q, q, _ = self._enumerated(x, noise, beta, self.mc_samples)
+        return F.sum(q * (per_label - log_q), axis=0).mean(axis=0)
+
+    def elbo(self, x, noise, samples=None):
+        """U(x) split as (reconstruction, KL) per example, each (B,): rec = sum_y q(y|x) E log p(x|y,h)
+        and kl = rec - U(x), the KL of q(y, h | x) from the prior (labels included)."""
+        per_label, log_q, q, rec = self._enumerated(x, noise, 1.0, samples or self.mc_samples)
+        bound = F.sum(q * (per_label - log_q), axis=0).mean(axis=0)
+        rec = F.sum(q * rec, axis=0).mean(axis=0)
+        return rec, rec - bound
+
+    def loss(self, x, noise, beta=None, labelled=None):
+        """The training loss (a scalar Tensor) and per-batch statistics (floats).
+
+        ``x`` is an unlabelled batch; ``labelled`` an optional pair (x_l, labels) of a labelled
+        batch. loss = -mean U(x) [- mean L(x_l, y_l) + alpha mean(-log q(y_l | x_l))].
+        """
+        bound_u = self.unlabelled_bound(x, noise, beta).mean()
+        loss = -bound_u
+        stats = {"elbo": bound_u.item()}
+        if labelled is not None:
+            if self.alpha is None:
+                raise ValueError("alpha is not set: pass alpha= or call set_data_sizes(N, N_labelled)")
+            x_l, y_l = labelled
+            bound_l, class_loss = self.labelled_bound(x_l, y_l, noise, beta)
+            bound_l, class_loss = bound_l.mean(), class_loss.mean()
+            loss = loss - bound_l + self.alpha * class_loss
+            stats.update(labelled_bound=bound_l.item(), class_loss=class_loss.item())
+        stats["loss"] = loss.item()
+        return loss, stats
+
+    def log_weights(self, x, k, noise):
+        """(k, B) importance log-weights with the label summed out exactly.
+
+        For each of k independent draws, every label y gets its own z_y ~ q(z | x, y, ...) and
+        log w = log sum_y p(x, y, h_y) / q(h_y | x, y) (h_y: the continuous latents; for ADGM and
+        SDGM the auxiliary a ~ q(a | x) is shared by the labels and sits in the denominator).
+        E[w] = sum_y p(x, y) = p(x), so log mean_k w is a valid bound on log p(x); q(y | x)
+        cancels from the weight (its role, choosing y, is taken by the exact sum). Draws are
+        made in chunks of at most ``max_rows`` rows.
+        """
+        per_chunk = max(1, self.max_rows // (self.num_classes * x.shape[0]))
+        chunks = []
+        for start in range(0, k, per_chunk):
+            per_label, _, _, _ = self._enumerated(x, noise, 1.0, min(per_chunk, k - start), analytic=False)
+            chunks.append(F.logsumexp(per_label, axis=0))
+        return chunks[0] if len(chunks) == 1 else F.concatenate(chunks, axis=0)
+
+    def class_probabilities(self, x):
+        """q(y | x) as a (B, K) array (for ADGM/SDGM at the mean of q(a | x)), without a graph."""
+        with no_grad():
+            logits = self._class_logits(x, self._context(x, 1, None, mean=True))
+            return F.softmax(logits, axis=-1).data[0]
+
+    def classify(self, x):
+        """The predicted labels argmax_y q(y | x), an integer array (B,)."""
+        return self.class_probabilities(x).argmax(axis=-1)
+

@@ -1,0 +1,66 @@
+"""The Ladder VAE's precision-weighted combination of two Gaussians as one op (Sonderby et al. 2016)."""
+from ..autograd import Function
+from ..backend import get_array_module
+from .elementwise import _sigmoid
+
+
+class PrecisionWeightedMerge(Function):
+    """precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p) = stack([mu_q, logvar_q]).
+
+    The Ladder VAE's posterior at a layer combines the bottom-up estimate N(mu_hat, var_hat) with
+    the top-down prior N(mu_p, var_p) by precision weighting (a product of the two densities):
+
+        var_q = 1 / (1/var_hat + 1/var_p),    mu_q = (mu_hat/var_hat + mu_p/var_p) * var_q.
+
+    In the log-variance parametrization (a = logvar_hat, c = logvar_p) the weights are sigmoids
+    and the new log-variance a log-sum-exp, computed in that stable form:
+
+        w_hat = var_q / var_hat = sigmoid(c - a),    w_p = var_q / var_p = sigmoid(a - c),
+        mu_q = w_hat mu_hat + w_p mu_p,              logvar_q = -logaddexp(-a, -c).
+
+    Derivatives, with d = mu_hat - mu_p and dw_hat/da = -w_hat w_p:
+
+        dmu_q/dmu_hat = w_hat,      dmu_q/dmu_p = w_p,
+        dmu_q/da = -w_hat w_p d,    dmu_q/dc = w_hat w_p d,
+        dlogvar_q/da = w_hat,       dlogvar_q/dc = w_p,     (logvar_q does not depend on the means)
+
+    so with the upstream gradients (g_mu, g_lv) of the two outputs:
+    grad mu_hat = g_mu w_hat, grad mu_p = g_mu w_p, grad a = w_hat (g_lv - g_mu w_p d),
+    grad c = w_p (g_lv + g_mu w_hat d).
+
+    The inputs broadcast (e.g. bottom-up (B, D) against top-down (S, B, D) for S samples); the
+    output stacks the two results on a new leading axis, shape (2, *broadcast shape): index it
+    with ``out[0]``, ``out[1]`` (``precision_weighted`` does).
+    """
+
+    @staticmethod
+    def forward(ctx, mu_hat, logvar_hat, mu_p, logvar_p):
+        xp = get_array_module(mu_hat, mu_p)
+        w_hat = _sigmoid(xp, logvar_p - logvar_hat)
+        w_p = _sigmoid(xp, logvar_hat - logvar_p)
+        d = mu_hat - mu_p
+        mu_q = mu_p + w_hat * d
+        logvar_q = -xp.logaddexp(-logvar_hat, -logvar_p)
+        mu_q, logvar_q = xp.broadcast_arrays(mu_q, logvar_q)
+        ctx.save(w_hat, w_p, d)
+        return xp.stack([mu_q, logvar_q])
+
+    @staticmethod
+    def backward(ctx, g):
+        w_hat, w_p, d = ctx.saved
+        g_mu, g_lv = g[0], g[1]
+        need = ctx.needs_input_grad
+        cross = g_mu * d  # shared by both log-variance gradients
+        return (g_mu * w_hat if need[0] else None,
+                w_hat * (g_lv - w_p * cross) if need[1] else None,
+                g_mu * w_p if need[2] else None,
+                w_p * (g_lv + w_hat * cross) if need[3] else None)
+
+
+precision_weighted_merge = PrecisionWeightedMerge.apply
+
+
+def precision_weighted(mu_hat, logvar_hat, mu_p, logvar_p):
+    """(mu_q, logvar_q) of the precision-weighted combination (see ``PrecisionWeightedMerge``)."""
+    out = PrecisionWeightedMerge.apply(mu_hat, logvar_hat, mu_p, logvar_p)
+    return out[0], out[1]

@@ -1,0 +1,144 @@
+"""The Ladder VAE: the precision-weighted combination op against its closed form, and the model."""
+import numpy as np
+import pytest
+from test_train import config, small_data
+
+import minivae as mv
+from minivae import functional as F
+from minivae import nn
+from minivae.gradcheck import check_float32, gradcheck
+from minivae.models import LadderVAE, build_model
+from minivae.ops.ladder import PrecisionWeightedMerge, precision_weighted, precision_weighted_merge
+from minivae.random import Generator
+from minivae.train import METRICS, Trainer
+
+
+def closed_form(mu_hat, var_hat, mu_p, var_p):
+    """The textbook formulas, in variances: 1/var_q = 1/var_hat + 1/var_p, mu_q = (mu_hat/var_hat + mu_p/var_p) var_q."""
+    var_q = 1 / (1 / var_hat + 1 / var_p)
+    return (mu_hat / var_hat + mu_p / var_p) * var_q, var_q
+
+
+def test_merge_matches_the_closed_form(rng):
+    mu_hat, mu_p = rng.normal(0, 2, (2, 5, 4))
+    logvar_hat, logvar_p = rng.uniform(-4, 4, (2, 5, 4))
+    mu_q, logvar_q = precision_weighted(*(mv.tensor(a) for a in (mu_hat, logvar_hat, mu_p, logvar_p)))
+    mu_ref, var_ref = closed_form(mu_hat, np.exp(logvar_hat), mu_p, np.exp(logvar_p))
+    np.testing.assert_allclose(mu_q.data, mu_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.exp(logvar_q.data), var_ref, rtol=1e-12)
+
+
+def test_merge_special_cases():
+    # Equal variances: the mean is the average and the variance halves.
+    mu_q, logvar_q = precision_weighted(mv.tensor([1.0]), mv.tensor([0.3]), mv.tensor([3.0]), mv.tensor([0.3]))
+    np.testing.assert_allclose([mu_q.item(), logvar_q.item()], [2.0, 0.3 - np.log(2)], rtol=1e-14)
+    # A far more precise bottom-up estimate wins, without overflow (log-variances of +-300).
+    mu_q, logvar_q = precision_weighted(mv.tensor([1.0]), mv.tensor([-300.0]), mv.tensor([3.0]), mv.tensor([300.0]))
+    assert mu_q.item() == 1.0 and logvar_q.item() == -300.0
+
+
+def test_merge_broadcasts_bottom_up_against_samples(rng):
+    mu_hat, logvar_hat = (mv.tensor(rng.normal(size=(3, 4)), requires_grad=True) for _ in range(2))
+    mu_p, logvar_p = (mv.tensor(rng.normal(size=(5, 3, 4)), requires_grad=True) for _ in range(2))
+    out = precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p)
+    assert out.shape == (2, 5, 3, 4)
+    (out * mv.tensor(rng.normal(size=out.shape))).sum().backward()
+    assert mu_hat.grad.shape == (3, 4) and mu_p.grad.shape == (5, 3, 4)
+    assert gradcheck(precision_weighted_merge, mu_hat, logvar_hat, mu_p, logvar_p)
+
+
+@pytest.mark.parametrize("scale", [1.0, 6.0])  # moderate and very unequal precisions
+def test_merge_gradcheck(rng, scale):
+    inputs = [mv.tensor(rng.uniform(-scale, scale, (4, 3)), requires_grad=True) for _ in range(4)]
+    assert gradcheck(precision_weighted_merge, *inputs)
+    assert check_float32(precision_weighted_merge, *inputs)
+    assert gradcheck(lambda *a: precision_weighted(*a)[0] * precision_weighted(*a)[1], *inputs)
+
+
+def small_ladder(layers=3, **kw):
+    mv.nn.init.manual_seed(0)
+    kw = dict(dict(x_dim=12, hidden=(10, 8, 6, 5, 4)[:layers], z_dims=(4, 3, 3, 2, 2)[:layers],
+                   activation="tanh"), **kw)
+    return LadderVAE(**kw).astype(np.float64)
+
+
+def binary(rng, n, d=12):
+    return mv.tensor((rng.random((n, d)) < 0.5).astype(np.float64))
+
+
+def test_ladder_has_batch_norm_and_defaults_as_in_the_paper():
+    model = LadderVAE()
+    assert model.z_dims == (64, 32, 16, 8, 4)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 2 * 5 + 2 * 5  # up + down MLPs
+    assert LadderVAE(hidden=(512, 256)).z_dims == (64, 32)  # the trainer's default --hidden: 2 layers
+    with pytest.raises(ValueError, match="z_dims"):
+        LadderVAE(hidden=(8, 4), z_dims=(2,))
+
+
+@pytest.mark.parametrize("layers", [2, 5])
+def test_log_weights_are_per_sample_and_per_example(rng, layers):
+    model = small_ladder(layers).eval()
+    x = binary(rng, 6)
+    log_w = model.log_weights(x, 4, Generator(1)).data
+    assert log_w.shape == (4, 6) and np.isfinite(log_w).all()
+    assert len(np.unique(log_w[:, 0])) == 4  # k independent draws, not one repeated
+    # In eval mode (running statistics) an example's weights do not depend on the rest of the batch.
+    alone = model.log_weights(mv.tensor(x.data[:1]), 4, Generator(1)).data
+    assert not np.allclose(alone[:, 0], log_w[:, 0])  # other draws (other eps), so compare in law:
+    many = [model.log_weights(mv.tensor(x.data[:1]), 2000, Generator(s)).data.mean() for s in (2, 3)]
+    np.testing.assert_allclose(many[0], many[1], atol=0.5)
+
+
+def test_analytic_kls_equal_the_sampled_kl_on_average(rng):
+    model = small_ladder(3).eval()
+    x = binary(rng, 3)
+    rec, kl = model.elbo(x, Generator(4), samples=20000)
+    mc = model.log_weights(x, 20000, Generator(5)).data.mean(axis=0)
+    np.testing.assert_allclose(mc, (rec - kl).data, atol=0.1)
+    assert kl.shape == (3,) and (kl.data > 0).all()
+
+
+def test_posterior_variance_is_exp_logvar_and_can_be_below_one(rng):
+    """var = exp(logvar): a softplus on the log-variance would keep every variance above 1."""
+    model = small_ladder(2).eval()
+    model.up_heads[1].logvar.bias.data[:] = -4.0  # top layer: var_hat = e^-4 (times e^(W h))
+    model.up_heads[1].logvar.weight.data[:] = 0.0
+    x = binary(rng, 1)
+    zs, q, _ = model._posterior(x, 20000, Generator(6))
+    np.testing.assert_allclose(zs[-1].data.var(axis=0)[0], np.exp(-4.0), rtol=0.05)
+    np.testing.assert_allclose(zs[0].data.var(axis=0), np.exp(q[0][1].data).mean(axis=0), rtol=0.1)
+
+
+def test_beta_weights_the_kl_for_warm_up(rng):
+    model = small_ladder(2)
+    x = binary(rng, 5)
+    full, s1 = model.loss(x, Generator(7))
+    none, s0 = model.loss(x, Generator(7), beta=0.0)
+    assert s0["loss"] == pytest.approx(-s0["rec"]) and s1["loss"] == pytest.approx(s1["kl"] - s1["rec"])
+    assert full.item() > none.item()
+
+
+def test_ladder_loss_gradients_match_finite_differences(rng):
+    model = small_ladder(3, hidden=(5, 4, 3), z_dims=(3, 2, 2), mlp_layers=1)
+    x = binary(rng, 4)
+    for _, p in model.named_parameters():
+        gradcheck(lambda p_: model.loss(x, Generator(9))[0], p)
+    iw = small_ladder(2, hidden=(5, 4), z_dims=(3, 2), mlp_layers=1, iw_k=3)
+    for _, p in iw.named_parameters():
+        gradcheck(lambda p_: iw.loss(x, Generator(9))[0], p)
+
+
+def test_ladder_trains_with_warm_up_from_the_trainer(tmp_path):
+    cfg = config(tmp_path, model="ladder", hidden=(16, 8), warmup=2, eval_k=5)
+    trainer = Trainer(cfg, data=small_data(), progress=False, log=lambda m: None)
+    trainer.fit()
+    lines = [__import__("json").loads(l) for l in (trainer.run_dir / METRICS).read_text().splitlines()]
+    assert [m["beta"] for m in lines] == [0.5, 1.0]
+    assert isinstance(build_model("ladder", hidden=(16, 8)), LadderVAE)
+    assert np.isfinite(trainer.final_evaluation()["test_nll"])
+
+
+def test_merge_is_one_op_in_the_graph():
+    out = precision_weighted_merge(*(mv.tensor(np.ones(2), requires_grad=True) for _ in range(4)))
+    assert out._node[0] is PrecisionWeightedMerge
+    assert F.exp is not None
