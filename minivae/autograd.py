@@ -9,6 +9,7 @@ the result in the ``.grad`` of leaf tensors. Broadcasting is undone here, in ``_
 no op carries that logic itself.
 """
 import contextlib
+import sys
 import threading
 
 import numpy as np
@@ -102,9 +103,10 @@ class Function:
         """Run the op on tensors (or numbers / arrays, taken as constants) and record the graph node."""
         tensors = _as_tensors(cls, inputs)
         ctx = Context()
-        needs = tuple(t.requires_grad for t in tensors)
+        needs = tuple([t.requires_grad for t in tensors])
         ctx.needs_input_grad = needs
-        if _state.anomaly:
+        anomaly = _state.anomaly
+        if anomaly:
             _check_finite(cls, "forward input", [t.data for t in tensors])
         arrays = [t.data for t in tensors]
         try:
@@ -122,7 +124,7 @@ class Function:
         result.requires_grad = _state.grad_enabled and any(needs)
         if result.requires_grad:
             result._node = (cls, ctx, tensors)
-        if _state.anomaly:
+        if anomaly:
             _check_finite(cls, "forward", [out])
         return result
 
@@ -152,6 +154,15 @@ def _as_tensors(fn, inputs):
     Python numbers adopt the dtype of the tensor inputs so that ``x * 2`` stays float32; arrays of
     another float dtype are refused rather than silently up- or down-cast.
     """
+    # Fast path, the common case: Tensors on the CPU that share one dtype, taken as they are.
+    dtype = None
+    for x in inputs:
+        if type(x) is not Tensor and not isinstance(x, Tensor) or type(x.data) is not np.ndarray \
+                or (dtype is not None and x.data.dtype != dtype):
+            break
+        dtype = x.data.dtype
+    else:
+        return list(inputs)
     ref = None  # the first float tensor (else the first tensor) sets the dtype and device
     for x in inputs:
         if isinstance(x, Tensor):
@@ -288,14 +299,24 @@ class Tensor:
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
         grads = {id(self): grad}
+        owned = set()  # ids of sums the engine allocated and has shown to no one (see _unshared)
+        in_grads = ig = acc = None
         for node in _topological_order(self):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
+            g_owned = id(g) in owned
+            owned.discard(id(g))  # from here on g may be handed to an op, which may share it
             if node._node is None:
                 if node.requires_grad:
-                    # A copy: g may be a read-only broadcast view or shared with another leaf.
-                    node.grad = g.copy() if node.grad is None else node.grad + g
+                    if node.grad is not None:
+                        node.grad = node.grad + g  # never in place: the caller may hold .grad
+                    elif g_owned or _unshared(g):
+                        node.grad = g  # nobody else sees this array: no copy needed
+                    else:
+                        # g may be a read-only broadcast view, shared with another leaf, or
+                        # still held elsewhere (the caller's grad=, an op's context).
+                        node.grad = g.copy()
                 continue
             fn, ctx, inputs = node._node
             if ctx is None:
@@ -314,7 +335,15 @@ class Tensor:
                     raise RuntimeError(f"{fn.__name__}.backward returned {ig.dtype} for a "
                                        f"{inp.data.dtype} input")
                 acc = grads.get(id(inp))
-                grads[id(inp)] = ig if acc is None else acc + ig
+                if acc is None:
+                    grads[id(inp)] = ig
+                elif id(acc) in owned:
+                    acc += ig  # in place: the engine allocated acc and no one else has seen it
+                else:
+                    acc = grads[id(inp)] = acc + ig
+                    if not isinstance(acc, np.generic):  # 0-d sums are immutable NumPy scalars
+                        owned.add(id(acc))
+            in_grads = ig = acc = None  # hold no stale references (_unshared counts them)
             if not retain_graph:
                 node._node = (fn, None, ())  # drop the saved arrays and the inputs they came from
 
@@ -372,6 +401,46 @@ class Tensor:
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
+
+
+def _refcount(array):
+    """``sys.getrefcount`` one call deep: as ``_unshared`` counts its argument."""
+    return sys.getrefcount(array)
+
+
+def _calibrate_unshared():
+    """The reference count ``_refcount`` reports for an array held by one local variable only.
+
+    0 (never adopt an array, always copy) where reference counts cannot tell that a view holds
+    the array (an interpreter without ``sys.getrefcount``, or with other counting rules).
+    """
+    if not hasattr(sys, "getrefcount"):
+        return 0
+    a = np.empty(1)
+    alone = _refcount(a)
+    view = a[:]  # a view keeps a reference to the array that owns the memory
+    shared = _refcount(a)
+    del view
+    return alone if shared == alone + 1 and _refcount(a) == alone else 0
+
+
+_UNSHARED_REFS = _calibrate_unshared()
+
+
+def _unshared(g):
+    """True when ``g`` can become a leaf's ``.grad`` without a copy: a writable NumPy array that
+    owns its memory and is referenced by nothing but the engine's one local variable.
+
+    Any other holder shows in the reference count: a second tensor's pending gradient (an op
+    that returned the same array for two inputs), an op's context, the caller's ``grad=``
+    argument, or a view (views keep a reference to the array owning the memory). A read-only
+    broadcast view or a slice is not a base array and is always copied. CuPy arrays are always
+    copied (their views may share memory through a memory pointer alone).
+    """
+    # The caller's variable, this function's argument and getrefcount's own: the same three
+    # references _calibrate_unshared counts for an array nobody else holds.
+    return (type(g) is np.ndarray and g.base is None and g.flags.writeable
+            and sys.getrefcount(g) <= _UNSHARED_REFS)
 
 
 def _topological_order(root):

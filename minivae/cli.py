@@ -113,8 +113,11 @@ def cmd_sample(args):
     from .random import Generator
     from .viz import save_image_grid
 
+    from .evaluate import evaluating
+
     _, model = _load_run(args.run)
-    images = model.sample(args.n, Generator(seed=args.seed, stream=3))
+    with evaluating(model):  # BatchNorm layers must use their running statistics
+        images = model.sample(args.n, Generator(seed=args.seed, stream=3))
     path = Path(args.out or Path(args.run) / "samples.png")
     save_image_grid(np.asarray(images), path)
     print(path)

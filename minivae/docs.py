@@ -66,8 +66,16 @@ def ops_by_module():
     groups = {}
     for op in op_classes():
         groups.setdefault(op.__module__, []).append(op)
-    return [(sys.modules[name], sorted(ops, key=lambda op: inspect.getsourcelines(op)[1]))
-            for name, ops in sorted(groups.items(), key=lambda kv: _module_key(kv[0]))]
+    out = []
+    for name, ops in sorted(groups.items(), key=lambda kv: _module_key(kv[0])):
+        source = inspect.getsource(sys.modules[name])
+
+        def position(op):
+            match = re.search(rf"^class {op.__name__}\b", source, flags=re.M)
+            return (match.start() if match else len(source), op.__name__)
+
+        out.append((sys.modules[name], sorted(ops, key=position)))
+    return out
 
 
 def _anchor(op):
@@ -99,12 +107,13 @@ def render_op(op):
     name = public_name(op)
     cases = ", ".join(f"`{case}`" for case, _, _ in CASES.get(op, [])) or "none"
     parts = [f'<a id="{_anchor(op)}"></a>',
-             f"### {op.__name__}" + (f" (`F.{name}`)" if name else ""),
+             f"#### {op.__name__}" + (f" (`F.{name}`)" if name else ""),
              f"Gradcheck cases: {cases}. Check: `minivae gradcheck --op {name or op.__name__}`.",
              "**Forward**", _fence(forward or "(not stated in the docstring)"),
              "**Derivative**", _fence(derivative or "(not stated in the docstring)"),
              "**Stable form**",
-             _fence(stable) if stable else "The formula above, computed as written."]
+             _fence(re.sub(r"^Stable form:?\s*", "", stable)) if stable
+             else "The formula above, computed as written."]
     return "\n\n".join(parts)
 
 
@@ -113,7 +122,7 @@ def render_reference():
     sections = []
     for module, ops in ops_by_module():
         summary = inspect.cleandoc(module.__doc__ or "").split("\n\n")[0].replace("\n", " ")
-        sections.append(f"## Module `{_path(module)}`\n\n{summary}")
+        sections.append(f"### Module `{_path(module)}`\n\n{summary}")
         sections.extend(render_op(op) for op in ops)
     return "\n\n".join(sections)
 

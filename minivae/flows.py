@@ -12,9 +12,15 @@ It is invertible when w^T u_hat >= -1, which the constraint of the paper's appen
 
     u_hat = u + (m(w^T u) - w^T u) w / ||w||^2,   m(a) = -1 + softplus(a),
 
-so that w^T u_hat = m(w^T u) > -1 and 1 + u_hat^T psi = 1 + (1 - h^2) m(w^T u) > 0: the
-log-determinant is always finite. Chaining K transforms z_K = f_K o ... o f_1 (z_0) gives the
-density log q_K(z_K) = log q_0(z_0) - sum_k log |det df_k/dz_{k-1}| used in the bound.
+so that w^T u_hat = m(w^T u) > -1. Then, with s = softplus(w^T u) > 0,
+
+    1 + u_hat^T psi = 1 + (1 - h^2) m(w^T u) = h^2 + (1 - h^2) s > 0,
+
+and the log-determinant is computed in that last form: written as 1 + (1 - h^2)(-1 + s), the sum
+-1 + s rounds to exactly -1 for w^T u below about -38 (float64; -17 in float32), and
+log(h^2) is -inf where h = 0.
+Chaining K transforms z_K = f_K o ... o f_1 (z_0) gives the density
+log q_K(z_K) = log q_0(z_0) - sum_k log |det df_k/dz_{k-1}| used in the bound.
 
 Everything is per example: u, w, b may differ between the examples of a batch (amortized flows,
 predicted by the encoder as in the paper) and the log-determinant has one value per sample and
@@ -39,13 +45,14 @@ def planar_flow(z, u, w, b):
 
     ``u`` and ``w`` (..., D) and ``b`` (...) broadcast against z without its last axis (one
     transform per example, shared by its samples); ``u`` is constrained here (``constrain_u``).
-    The log-determinant has z's shape without the last axis: one value per sample and example.
+    The log-determinant, log(h^2 + (1 - h^2) softplus(w^T u)) (the module docstring), has z's
+    shape without the last axis: one value per sample and example.
     """
     u_hat = constrain_u(u, w)
     h = F.tanh(F.sum(w * z, axis=-1) + b)  # (...): one projection per sample and example
-    h_col = F.reshape(h, h.shape + (1,))
-    psi_dot_u = (1.0 - h * h) * F.sum(w * u_hat, axis=-1)  # u_hat^T psi(z)
-    return z + u_hat * h_col, F.log(1.0 + psi_dot_u)
+    h2 = h * h
+    log_det = F.log(h2 + (1.0 - h2) * F.softplus(F.sum(w * u, axis=-1)))
+    return z + u_hat * F.reshape(h, h.shape + (1,)), log_det
 
 
 class AmortizedPlanarFlows(nn.Module):

@@ -25,6 +25,7 @@ from . import functional as F
 from . import ops as _ops_package
 from .autograd import Function, Tensor
 from .ops import elementwise as el, linalg as la, norm, reduce as rd, shape as sh, vae
+from .ops import ladder
 
 
 def away_from(rng, shape, points=(0.0,), margin=0.1, low=-2.0, high=2.0):
@@ -69,6 +70,13 @@ class Const:
 
     def __init__(self, spec):
         self.spec = spec
+
+
+def _noise(seed, offset):
+    """A fixed counter-addressed draw: the same eps at every call, as a finite difference needs."""
+    from .random import Noise
+
+    return Noise(seed=seed, offset=offset)
 
 
 def case(name, fn, *specs):
@@ -254,6 +262,11 @@ CASES = {
         case("fixed eps", F.reparameterize, U(4, 3), U(4, 3), Const(U(4, 3))),
         case("broadcast mu (3,)", F.reparameterize, U(3), U(4, 3), Const(U(4, 3))),
     ],
+    vae.ReparameterizeNoise: [
+        case("Philox noise", lambda m, lv: F.reparameterize(m, lv, _noise(7, 3)), U(4, 3), U(4, 3, low=-2, high=1)),
+        case("3 samples per row", lambda m, lv: F.reparameterize(m, lv, _noise(7, 3), shape=(3, 4, 3)),
+             U(4, 3), U(4, 3)),
+    ],
     vae.KLNormalStd: [
         case("(4,3)", F.kl_normal_std, U(4, 3), U(4, 3, low=-2, high=1)),
         case("3-D rows", F.kl_normal_std, U(2, 3, 2), U(2, 3, 2)),
@@ -278,6 +291,17 @@ CASES = {
              U(4, 5, low=-4, high=4), U(4, 5, low=0, high=1)),
         case("none", lambda l, x: F.binary_cross_entropy_with_logits(l, x, reduction="none"),
              U(4, 5, low=-4, high=4), Const(BINARY(4, 5))),
+    ],
+    # ---- Ladder VAE (mu_q and logvar_q stacked on a new leading axis) ----
+    ladder.PrecisionWeightedMerge: [
+        case("same shapes", ladder.precision_weighted_merge, U(4, 3), U(4, 3, low=-3, high=3),
+             U(4, 3), U(4, 3, low=-3, high=3)),
+        case("bottom-up (3,2) against samples (2,3,2)", ladder.precision_weighted_merge,
+             U(3, 2), U(3, 2), U(2, 3, 2), U(2, 3, 2)),
+        case("very unequal precisions", ladder.precision_weighted_merge, U(4, 3),
+             U(4, 3, low=-8, high=-4), U(4, 3), U(4, 3, low=4, high=8)),
+        case("constant prior", ladder.precision_weighted_merge, U(4, 3), U(4, 3),
+             Const(U(4, 3)), Const(U(4, 3))),
     ],
 }
 
@@ -312,12 +336,14 @@ def public_name(op):
 
 
 def find_op(name):
-    """The op class called ``name`` (class or function name, any case); ValueError if none."""
+    """The op class called ``name`` (class or function name, any case) among the ops of
+    ``minivae.ops`` and the keys of ``CASES``; ValueError if none."""
     key = name.lower().replace("-", "_")
-    for op in sorted(op_classes(), key=lambda c: c.__name__):
+    ops = sorted(op_classes() | set(CASES), key=lambda c: c.__name__)
+    for op in ops:
         if key in (op.__name__.lower(), public_name(op)):
             return op
-    known = ", ".join(sorted(public_name(op) or op.__name__ for op in op_classes()))
+    known = ", ".join(sorted(public_name(op) or op.__name__ for op in ops))
     raise ValueError(f"unknown op {name!r}; choose from: {known}")
 
 

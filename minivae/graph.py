@@ -122,7 +122,7 @@ def _recording_backward(classes, store):
             original = cls.backward  # the plain function (a staticmethod unwraps on access)
 
             def recording(ctx, g, _original=original):
-                store[id(ctx)] = g
+                store[id(ctx)] = g.copy()  # a copy: the engine may reuse g's buffer later
                 return _original(ctx, g)
 
             patched.append((cls, cls.__dict__.get("backward")))
@@ -177,6 +177,9 @@ def trace_graph(root, names=None, grad=False):
         raise TypeError(f"trace_graph: expected a Tensor, got {type(root).__name__}")
     names = dict(names or {})
     tensors = _walk(root)
+    if any(t._node is not None and t._node[1] is None for t in tensors):
+        raise RuntimeError("trace_graph: the graph was already freed by a backward pass (its inputs "
+                           "are gone); trace before calling backward, or pass retain_graph=True")
     ids = {id(t): f"n{i}" for i, t in enumerate(tensors)}
     grads = node_gradients(root) if grad else {}
     nodes, edges = [], []

@@ -91,7 +91,7 @@ class Optimizer:
             state["step"] = state.get("step", 0) + 1
             self._update(i, p, g, state)
             if (self.flush_every and state["step"] % self.flush_every == 0
-                    and get_array_module(p.data) is np):
+                    and isinstance(p.data, np.ndarray)):
                 for key in self._flushed:
                     if key in state:
                         self._flush_subnormals(state[key], p)
@@ -171,6 +171,9 @@ class Optimizer:
     def _state_on_device(self, i, p):
         """The state of parameter ``i``, moved to ``p``'s device if ``Module.to`` moved ``p``."""
         state = self.state[i]
+        if isinstance(p.data, np.ndarray) and all(isinstance(v, np.ndarray) or not hasattr(v, "shape")
+                                                  for v in state.values()):
+            return state  # the common case, checked cheaply: everything on the CPU already
         dev = device_of(p.data)
         for key, value in state.items():
             if hasattr(value, "shape") and device_of(value) != dev:
@@ -180,7 +183,7 @@ class Optimizer:
     def _buffer(self, p, slot=0, dtype=None):
         """A scratch array shaped like ``p`` (shared by all parameters of one dtype and device)."""
         dtype = p.data.dtype if dtype is None else np.dtype(dtype)
-        key = (slot, dtype, device_of(p.data))
+        key = (slot, dtype, "cpu" if isinstance(p.data, np.ndarray) else device_of(p.data))
         flat = self._scratch.get(key)
         if flat is None or flat.size < p.data.size:
             xp = get_array_module(p.data)
@@ -189,13 +192,19 @@ class Optimizer:
         return flat[:p.data.size].reshape(p.data.shape)
 
     def _flush_subnormals(self, array, p):
-        """Set entries of ``array`` with |x| < finfo.tiny to zero, in place (CPU; see module doc)."""
+        """Set entries of ``array`` with |x| < finfo.tiny to zero, in place (CPU; see module doc).
+
+        As multiplications by a keep-mask (x * 1 = x; x * 0 = +-0) and an addition of +0
+        (-0 + 0 = +0, x + 0 = x): the same result as ``copyto(array, 0, where=|array| < tiny)``
+        in four fast passes, where ``copyto`` with ``where=`` alone is ten times slower.
+        """
         tiny = np.finfo(array.dtype).tiny
-        mask = self._buffer(p, slot="mask", dtype=bool)
+        keep = self._buffer(p, slot="mask", dtype=bool)
         absval = self._buffer(p, slot=0)
         np.abs(array, out=absval)
-        np.less(absval, tiny, out=mask)
-        np.copyto(array, 0, where=mask)
+        np.greater_equal(absval, tiny, out=keep)  # False below tiny (and for NaN, kept as NaN)
+        np.multiply(array, keep, out=array)
+        array += 0.0
 
     def _weight_decayed(self, p, g, weight_decay):
         """g + weight_decay * p in a scratch buffer (L2 regularization), or g itself when 0."""

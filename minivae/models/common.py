@@ -78,8 +78,8 @@ def rsample(mu, logvar, noise, k=None):
     shape = np.broadcast_shapes(mu.shape, logvar.shape)
     if k is not None:
         shape = (int(k),) + shape
-    eps = noise.normal(shape, dtype=mu.dtype)
-    return F.reparameterize(mu, logvar, get_array_module(mu.data).asarray(eps))
+    # Counter-addressed noise: the GPU kernel draws eps in registers, the CPU its NumPy twin.
+    return F.reparameterize(mu, logvar, noise, shape=shape)
 
 
 def model_array_module(model):
@@ -138,6 +138,14 @@ class TopDownGenerator(nn.Module):
         """The Bernoulli logits of p(x | z_1)."""
         return self.likelihood(z_bottom)
 
+    def decode(self, z_top):
+        """Bernoulli logits of p(x | .) from a top-layer z_L through the conditional means below
+        (z_l = mean of p(z_l | z_{l+1})): the deterministic decoder used for pictures."""
+        z = z_top
+        for l in reversed(range(len(self.z_dims) - 1)):
+            z = self.prior(l, z)[0]
+        return self.logits(z)
+
     def log_prob(self, x, zs):
         """log p(x, z_1, ..., z_L) per sample and example: ``zs`` bottom to top, each (S, B, d_l)."""
         out = F.bernoulli_log_prob(self.logits(zs[0]), x) + F.gaussian_log_prob(zs[-1], 0.0, 0.0)
@@ -147,13 +155,21 @@ class TopDownGenerator(nn.Module):
         return out
 
     def sample(self, n, noise, probabilities=True):
-        """n images by ancestral sampling from z_L ~ N(0, I) down: Bernoulli means (or binary pixels)."""
+        """n images by ancestral sampling from z_L ~ N(0, I) down: Bernoulli means (or binary pixels).
+
+        Runs in eval mode (batch normalization with its running statistics, left unchanged).
+        """
         xp, dtype = model_array_module(self)
-        with no_grad():
-            z = xp.asarray(noise.normal((n, self.z_dims[-1]), dtype=dtype))
-            for l in reversed(range(len(self.z_dims) - 1)):
-                z = rsample(*self.prior(l, z), noise)
-            probs = F.sigmoid(self.logits(z)).data
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                z = xp.asarray(noise.normal((n, self.z_dims[-1]), dtype=dtype))
+                for l in reversed(range(len(self.z_dims) - 1)):
+                    z = rsample(*self.prior(l, z), noise)
+                probs = F.sigmoid(self.logits(z)).data
+        finally:
+            self.train(was_training)
         if probabilities:
             return probs
         return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)

@@ -50,6 +50,20 @@ class TwoLayerVAE(LatentVariableModel):
         self.q_z2 = GaussianLayer(d1, h2, d2, activation, rng=rng)
         self.generator = TopDownGenerator(x_dim, self.z_dims, (h1, h2), activation, rng=rng)
 
+    @property
+    def z_dim(self):
+        """The size of the top layer z2 (the one ``encode`` describes, for pictures)."""
+        return self.z_dims[-1]
+
+    def encode(self, x):
+        """(mu, logvar) of q(z2 | z1) at z1 = the mean of q(z1 | x): a summary of the top layer
+        for pictures (the marginal q(z2 | x) is not Gaussian)."""
+        return self.q_z2(self.q_z1(x)[0])
+
+    def decode(self, z_top):
+        """Bernoulli logits from z2 through the mean of p(z1 | z2) (``TopDownGenerator.decode``)."""
+        return self.generator.decode(z_top)
+
     def _posterior(self, x, k, noise):
         """k draws (z1, z2) ~ q(z1 | x) q(z2 | z1), each (k, B, d), and the q parameters."""
         mu1, logvar1 = self.q_z1(x)

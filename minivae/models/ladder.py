@@ -58,6 +58,22 @@ class LadderVAE(LatentVariableModel):
         self.up_heads = nn.ModuleList([GaussianHead(h, d, rng=rng) for h, d in zip(hidden, self.z_dims)])
         self.generator = TopDownGenerator(x_dim, self.z_dims, blocks, activation, batch_norm, rng=rng)
 
+    @property
+    def z_dim(self):
+        """The size of the top layer z_L (the one ``encode`` describes, for pictures)."""
+        return self.z_dims[-1]
+
+    def encode(self, x):
+        """(mu, logvar) of q(z_L | x), the top layer's posterior (the end of the bottom-up pass)."""
+        d = x
+        for mlp in self.up:
+            d = mlp(d)
+        return self.up_heads[-1](d)
+
+    def decode(self, z_top):
+        """Bernoulli logits from z_L through the generative means (``TopDownGenerator.decode``)."""
+        return self.generator.decode(z_top)
+
     def _posterior(self, x, k, noise):
         """k draws from q: z (bottom to top, each (k, B, d_l)), the q and the p parameters per
         layer ((mu, logvar) pairs, bottom to top; the top layer's p is N(0, I), given as None)."""

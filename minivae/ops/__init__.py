@@ -8,17 +8,20 @@ from .elementwise import (Abs, Add, Clip, Div, Elu, Exp, LeakyRelu, Log, LogSigm
                           div, elu, exp, leaky_relu, log, log_sigmoid, mul, neg, pow, relu,
                           sigmoid, softplus, sqrt, sub, tanh, where)
 from .linalg import Linear, Matmul, linear, matmul
+from .ladder import PrecisionWeightedMerge, precision_weighted
 from .norm import BatchNorm, batch_norm
 from .reduce import (LogSoftmax, LogSumExp, Max, Mean, Softmax, Sum, log_softmax, logsumexp, max,
                      mean, softmax, sum)
 from .shape import (BroadcastTo, Concatenate, Getitem, Reshape, Stack, Transpose, broadcast_to,
                     concatenate, getitem, reshape, stack, transpose)
 from .vae import (BernoulliLogProb, BinaryCrossEntropyWithLogits, GaussianLogProb, KLNormalNormal,
-                  KLNormalStd, Reparameterize, bernoulli_log_prob,
+                  KLNormalStd, Reparameterize, ReparameterizeNoise, bernoulli_log_prob,
                   binary_cross_entropy_with_logits, gaussian_log_prob, kl_normal_normal,
                   kl_normal_std, reparameterize)
 
 __all__ = [
+    "PrecisionWeightedMerge",
+    "precision_weighted",
     "BatchNorm",
     "batch_norm",
     "Abs",
@@ -93,6 +96,7 @@ __all__ = [
     "KLNormalNormal",
     "KLNormalStd",
     "Reparameterize",
+    "ReparameterizeNoise",
     "bernoulli_log_prob",
     "binary_cross_entropy_with_logits",
     "gaussian_log_prob",

@@ -5,32 +5,31 @@ from .elementwise import _sigmoid
 
 
 class PrecisionWeightedMerge(Function):
-    """precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p) = stack([mu_q, logvar_q]).
-
-    The Ladder VAE's posterior at a layer combines the bottom-up estimate N(mu_hat, var_hat) with
-    the top-down prior N(mu_p, var_p) by precision weighting (a product of the two densities):
+    """precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p) = stack([mu_q, logvar_q]): the
+    Ladder VAE's posterior at a layer, the bottom-up estimate N(mu_hat, var_hat) and the top-down
+    prior N(mu_p, var_p) combined by precision weighting (the normalized product of the densities):
 
         var_q = 1 / (1/var_hat + 1/var_p),    mu_q = (mu_hat/var_hat + mu_p/var_p) * var_q.
 
     In the log-variance parametrization (a = logvar_hat, c = logvar_p) the weights are sigmoids
-    and the new log-variance a log-sum-exp, computed in that stable form:
+    and the log-variance a log-sum-exp:
 
         w_hat = var_q / var_hat = sigmoid(c - a),    w_p = var_q / var_p = sigmoid(a - c),
         mu_q = w_hat mu_hat + w_p mu_p,              logvar_q = -logaddexp(-a, -c).
 
-    Derivatives, with d = mu_hat - mu_p and dw_hat/da = -w_hat w_p:
+    The inputs broadcast (bottom-up (B, D) against top-down (S, B, D) for S samples); the two
+    results are stacked on a new leading axis, shape (2, *broadcast shape), so the op is one node:
+    index it with ``out[0]`` and ``out[1]`` (``precision_weighted`` does).
 
-        dmu_q/dmu_hat = w_hat,      dmu_q/dmu_p = w_p,
-        dmu_q/da = -w_hat w_p d,    dmu_q/dc = w_hat w_p d,
-        dlogvar_q/da = w_hat,       dlogvar_q/dc = w_p,     (logvar_q does not depend on the means)
-
-    so with the upstream gradients (g_mu, g_lv) of the two outputs:
+    Derivatives, with d = mu_hat - mu_p and d/da w_hat = -w_hat w_p (logvar_q does not depend on
+    the means): d/dmu_hat mu_q = w_hat, d/dmu_p mu_q = w_p, d/da mu_q = -w_hat w_p d,
+    d/dc mu_q = w_hat w_p d, d/da logvar_q = w_hat, d/dc logvar_q = w_p. With the upstream
+    gradients (g_mu, g_lv) of the two outputs:
     grad mu_hat = g_mu w_hat, grad mu_p = g_mu w_p, grad a = w_hat (g_lv - g_mu w_p d),
     grad c = w_p (g_lv + g_mu w_hat d).
 
-    The inputs broadcast (e.g. bottom-up (B, D) against top-down (S, B, D) for S samples); the
-    output stacks the two results on a new leading axis, shape (2, *broadcast shape): index it
-    with ``out[0]``, ``out[1]`` (``precision_weighted`` does).
+    Stable form: no variance is formed; sigmoid (as tanh) and logaddexp of the log-variances never
+    overflow, so log-variances of +-300 give exact results.
     """
 
     @staticmethod

@@ -6,8 +6,11 @@ Fusing each into one node keeps temporaries out of the graph and lets the GPU ru
 """
 import math
 
+import numpy as np
+
 from ..autograd import Function
 from ..backend import get_array_module
+from ..random import Generator, Noise
 from .elementwise import _sigmoid, _softplus
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -47,6 +50,53 @@ class Reparameterize(Function):
                 g * std if need_eps else None)
 
 
+def _gpu():
+    """minivae.gpu (the CUDA kernels); imported only on the GPU path, so CuPy stays optional."""
+    from .. import gpu
+
+    return gpu
+
+
+class ReparameterizeNoise(Function):
+    """reparameterize(mu, logvar, noise) = mu + exp(logvar / 2) * eps, eps the standard normals of
+    the counter-addressed draw ``noise`` (a minivae.random.Noise), of shape ``shape`` (default: the
+    broadcast shape of mu and logvar; (S, B, D) from (B, D) parameters draws S samples).
+
+    d/dmu = 1, d/dlogvar = exp(logvar / 2) * eps / 2. eps is not an input (no gradient).
+    GPU: one kernel generates eps in registers from (seed, offset, stream, element index) and the
+    backward kernel regenerates it from the same address, so eps is never stored. CPU: eps comes
+    from the NumPy twin (the same Philox words, so the same eps to float rounding) and
+    exp(logvar / 2) * eps is saved, as in Reparameterize.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, logvar, noise=None, shape=None):
+        xp = get_array_module(mu, logvar)
+        shape = np.broadcast_shapes(mu.shape, logvar.shape, () if shape is None else tuple(shape))
+        ctx.noise = noise
+        if xp is not np:
+            lv = xp.ascontiguousarray(xp.broadcast_to(logvar, shape))
+            ctx.save(lv)
+            return _gpu().reparameterize_forward(xp.ascontiguousarray(xp.broadcast_to(mu, shape)), lv,
+                                                 noise.seed, noise.offset, noise.stream)
+        scaled = np.exp(0.5 * logvar) * noise.normal(shape, dtype=mu.dtype)
+        ctx.save(scaled)
+        return mu + scaled
+
+    @staticmethod
+    def backward(ctx, g):
+        need_mu, need_logvar = ctx.needs_input_grad
+        (saved,) = ctx.saved
+        if not need_logvar:
+            return g, None
+        if get_array_module(g) is not np:
+            n = ctx.noise
+            _, dlogvar = _gpu().reparameterize_backward(g, saved, n.seed, n.offset, n.stream)
+        else:
+            dlogvar = g * (0.5 * saved)
+        return (g if need_mu else None), dlogvar
+
+
 class KLNormalStd(Function):
     """kl_normal_std(mu, logvar) = KL(N(mu, e^logvar) || N(0, I)) per row
     = 1/2 * sum_j (mu_j^2 + e^logvar_j - 1 - logvar_j).
@@ -57,14 +107,23 @@ class KLNormalStd(Function):
 
     @staticmethod
     def forward(ctx, mu, logvar):
-        var = get_array_module(logvar).exp(logvar)
+        xp = get_array_module(mu, logvar)
+        ctx.gpu = xp is not np and mu.shape == logvar.shape and mu.ndim >= 1
+        if ctx.gpu:  # one block-level reduction per row (kernels/kl.cu)
+            ctx.save(mu, logvar)
+            return _gpu().kl_normal_std_forward(mu, logvar)
+        var = xp.exp(logvar)
         ctx.save(mu, var)
         return 0.5 * _row_sum(mu * mu + var - 1 - logvar)
 
     @staticmethod
     def backward(ctx, g):
-        mu, var = ctx.saved
         need_mu, need_logvar = ctx.needs_input_grad
+        if ctx.gpu:
+            mu, logvar = ctx.saved
+            dmu, dlogvar = _gpu().kl_normal_std_backward(g, mu, logvar)
+            return (dmu if need_mu else None), (dlogvar if need_logvar else None)
+        mu, var = ctx.saved
         g = _per_row(g)
         return (g * mu if need_mu else None), (g * (0.5 * (var - 1)) if need_logvar else None)
 
@@ -106,21 +165,46 @@ class BernoulliLogProb(Function):
 
     d/dlogits = x - sigmoid(l), d/dx = l.
     Stable form: softplus(l) = max(l, 0) + log1p(e^-|l|), never log(sigmoid(l)), which is -inf
-    for confident wrong logits.
+    for confident wrong logits; sigmoid(l) = (1 + tanh(l / 2)) / 2.
+    Cheap form: the passes run in place in two temporaries in forward and one in backward (the
+    same operations in the same order as the plain expressions, so the same numbers), instead of
+    one fresh image-sized array per operation (eight in forward, six in backward).
     """
 
     @staticmethod
     def forward(ctx, logits, x):
         ctx.save(logits, x)
-        return _row_sum(x * logits - _softplus(get_array_module(logits), logits))
+        xp = get_array_module(logits, x)
+        if np.broadcast_shapes(logits.shape, x.shape) != logits.shape:  # x adds axes: plain form
+            return _row_sum(x * logits - _softplus(xp, logits))
+        sp = xp.abs(logits)  # softplus = max(l, 0) + log1p(exp(-|l|)), built in place
+        xp.negative(sp, out=sp)
+        xp.exp(sp, out=sp)
+        xp.log1p(sp, out=sp)
+        tmp = xp.maximum(logits, 0)
+        tmp += sp
+        xp.multiply(x, logits, out=sp)  # reuse: x l - softplus
+        sp -= tmp
+        return _row_sum(sp)
 
     @staticmethod
     def backward(ctx, g):
         logits, x = ctx.saved
         need_l, need_x = ctx.needs_input_grad
         g = _per_row(g)
-        return (g * (x - _sigmoid(get_array_module(g), logits)) if need_l else None,
-                g * logits if need_x else None)
+        xp = get_array_module(g, logits)
+        d = None
+        if need_l:
+            if np.broadcast_shapes(logits.shape, x.shape, g.shape) != logits.shape:
+                d = g * (x - _sigmoid(xp, logits))
+            else:  # g * (x - sigmoid(l)), sigmoid(l) = 0.5 * (tanh(0.5 l) + 1), in one array
+                d = xp.multiply(logits, 0.5)
+                xp.tanh(d, out=d)
+                d += 1
+                d *= 0.5
+                xp.subtract(x, d, out=d)
+                d *= g
+        return d, (g * logits if need_x else None)
 
 
 class GaussianLogProb(Function):
@@ -179,7 +263,24 @@ class BinaryCrossEntropyWithLogits(Function):
                 -g * logits if need_x else None)
 
 
-reparameterize = Reparameterize.apply
+def reparameterize(mu, logvar, eps, shape=None):
+    """z = mu + exp(logvar / 2) * eps (see Reparameterize).
+
+    ``eps`` is either an array / Tensor of standard normals (an input like any other: it gets a
+    gradient when it requires one), or counter-addressed noise: a ``minivae.random.Noise``, or a
+    ``minivae.random.Generator`` (its next draw). Counter-addressed noise runs the fused GPU
+    kernels on GPU tensors and the NumPy twin on CPU tensors, with the same eps for the same
+    seed and offset; ``shape`` then sets the shape of the draw (e.g. (S,) + mu.shape for S samples).
+    """
+    if isinstance(eps, Generator):
+        eps = eps.next_noise()
+    if isinstance(eps, Noise):
+        return ReparameterizeNoise.apply(mu, logvar, noise=eps, shape=shape)
+    if shape is not None:
+        raise TypeError("reparameterize: shape= applies to counter-addressed noise (Noise or Generator)")
+    return Reparameterize.apply(mu, logvar, eps)
+
+
 kl_normal_std = KLNormalStd.apply
 kl_normal_normal = KLNormalNormal.apply
 bernoulli_log_prob = BernoulliLogProb.apply

@@ -1,0 +1,551 @@
+"""One MNIST VAE training step, side by side: minivae, a hand-written NumPy VAE, PyTorch CPU.
+
+A step is what the trainer does per batch: draw eps, forward, backward, Adam update (and read
+the loss as a Python number). The model is the default VAE (784-512-256, z 50, mirrored
+decoder, Bernoulli likelihood, analytic KL) in float32, at batch 100 and 1000:
+
+* minivae: ``model.loss(x, noise)``, ``zero_grad``, ``backward``, ``Adam.step`` (as in
+  ``minivae.train``; eps is drawn with minivae's Philox generator);
+* numpy: ``benchmarks/reference_numpy_vae.py``, the same math with explicit forward and
+  backward (eps from NumPy's generator); its gradients are tested equal to minivae's;
+* torch: the same model in PyTorch with ``torch.optim.Adam`` (defaults), when ``import torch``
+  works, with the same number of threads;
+* numpy-noflush: the reference without the subnormal flush (to see what the flush buys).
+
+Steady state. Border pixels of MNIST are zero in every image, so some weights get exactly zero
+gradients and their Adam moments decay geometrically into the subnormal range (slow on CPUs)
+after some hundred steps. Before timing, ``--warmup-steps`` Adam steps (default 1000, plain
+Adam without any flush) are run once with the reference on real MNIST batches of 100; every
+library then starts from the same weights and moments (those a long run has), and minivae and
+the reference apply their remedy (flushing subnormal moments every 10 steps) as they would in
+a real run. Running 1000 steps per library and batch size would take minutes on two cores for
+the same state.
+
+Timing. Each measurement is a block of ``--block`` steps (a multiple of 10, so the periodic
+flush is included at its real rate); the libraries take turns block by block, in rotating
+order, so load from other processes hits them alike. Reported: median (and min, quartiles) ms
+per step over ``--repeat`` blocks, images per second, and the ratio of each library to minivae.
+Before timing, the three are checked to compute the same loss and gradients on one batch.
+
+Also per library: minor page faults per step (memory the allocator gave back to the OS and
+touches again) and the time to draw eps alone.
+
+Memory, per library, for one step after timing: the peak of the bytes allocated during the
+step and alive at once, seen by tracemalloc (NumPy and minivae; PyTorch's allocator is not
+visible to it), and the rise of the process's peak resident set size during the step (Linux:
+``/proc/self/clear_refs`` resets VmHWM), the median of three steps.
+
+    python benchmarks/bench_train_step.py                 # writes results/train_step_<machine>_t<threads>.json
+    python benchmarks/bench_train_step.py --threads 1
+    python benchmarks/bench_train_step.py --device gpu    # minivae on CuPy; skipped without it
+    python benchmarks/bench_train_step.py --retain-freed-memory   # glibc keeps freed memory
+"""
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import minivae as mv  # noqa: E402
+import reference_numpy_vae as ref  # noqa: E402
+from machine import default_machine_name, machine_info  # noqa: E402
+from minivae import optim  # noqa: E402
+from minivae.backend import DeviceError, cupy_module, to_device  # noqa: E402
+from minivae.data import MinibatchLoader, load_mnist  # noqa: E402
+from minivae.models import VAE  # noqa: E402
+from minivae.random import Generator  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # the benchmark runs without PyTorch; its column is then absent
+    torch = None
+try:
+    import threadpoolctl
+except ImportError:
+    threadpoolctl = None
+
+LR = 1e-3
+Z_DIM = 50
+LIBS = ("minivae", "numpy", "torch", "numpy-noflush")
+
+
+# ----- the three libraries ------------------------------------------------------------------
+class MinivaeRunner:
+    """minivae's VAE and Adam, stepped as ``minivae.train.Trainer`` steps them."""
+    name = "minivae"
+
+    def __init__(self, state, device, seed):
+        mv.nn.init.manual_seed(0)
+        self.device = device
+        self.model = VAE(z_dim=Z_DIM).to(device)
+        params = list(self.model.parameters())
+        for p, a in zip(params, state["params"]):
+            p.data[...] = to_device(a, device)
+        self.opt = optim.Adam(params, lr=LR)
+        if state["t"]:
+            for i, (m, v) in enumerate(zip(state["m"], state["v"])):
+                self.opt.state[i] = {"step": state["t"], "exp_avg": to_device(m.copy(), device),
+                                     "exp_avg_sq": to_device(v.copy(), device)}
+        self.noise = Generator(seed)
+
+    def batch(self, x):
+        return to_device(x, self.device)
+
+    def step(self, xb):
+        loss, stats = self.model.loss(mv.tensor(xb), self.noise)
+        self.model.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return stats["loss"]
+
+    def draw_eps(self, b):
+        return self.noise.normal((1, b, Z_DIM), dtype=np.float32)
+
+    def loss_and_grads(self, xb, seed):
+        """Loss and gradients (NumPy, minivae's layout) with eps = Generator(seed)'s first draw."""
+        self.model.zero_grad()
+        loss, _ = self.model.loss(mv.tensor(xb), Generator(seed))
+        loss.backward()
+        grads = [to_device(p.grad, "cpu") for p in self.model.parameters()]
+        self.model.zero_grad()
+        return loss.item(), grads
+
+    def sync(self):
+        if self.device == "gpu":
+            cupy_module().cuda.Device().synchronize()
+
+
+class NumpyRunner:
+    """The hand-written reference (``reference_numpy_vae.py``); on the GPU the same code on CuPy."""
+    name = "numpy"
+
+    def __init__(self, state, device, seed, flush_every=10):
+        self.xp = cupy_module() if device == "gpu" else np
+        params = [self.xp.array(a) for a in state["params"]]
+        self.model = ref.ReferenceVAE(params)
+        self.opt = ref.ReferenceAdam(params, lr=LR, flush_every=flush_every)
+        if state["t"]:
+            self.opt.m = [self.xp.array(m) for m in state["m"]]
+            self.opt.v = [self.xp.array(v) for v in state["v"]]
+            self.opt.t = state["t"]
+        self.rng = self.xp.random.default_rng(seed) if device == "gpu" else np.random.default_rng(seed)
+
+    def batch(self, x):
+        return self.xp.asarray(x)
+
+    def draw_eps(self, b):
+        return self.rng.standard_normal((b, Z_DIM), dtype=np.float32)
+
+    def step(self, xb):
+        eps = self.draw_eps(xb.shape[0])
+        loss, _, grads = self.model.loss_and_grads(xb, eps)
+        self.opt.step(grads)
+        return loss
+
+    def loss_and_grads(self, xb, eps):
+        loss, _, grads = self.model.loss_and_grads(xb, self.xp.asarray(eps))
+        return loss, [to_device(g, "cpu") for g in grads]
+
+    def state(self):
+        """Weights and Adam moments as NumPy copies (to start the other libraries from)."""
+        host = lambda arrays: [to_device(a, "cpu").copy() for a in arrays]  # noqa: E731
+        return {"params": host(self.model.params), "m": host(self.opt.m), "v": host(self.opt.v),
+                "t": self.opt.t}
+
+    def sync(self):
+        if self.xp is not np:
+            self.xp.cuda.Device().synchronize()
+
+
+if torch is not None:
+    class TorchVAE(torch.nn.Module):
+        """The same VAE in PyTorch, written as a PyTorch user would."""
+
+        def __init__(self, hidden=(512, 256), x_dim=784, z_dim=Z_DIM):
+            super().__init__()
+            L = torch.nn.Linear
+            enc = (x_dim,) + hidden
+            self.enc = torch.nn.ModuleList(L(a, b) for a, b in zip(enc, enc[1:]))
+            self.mu, self.logvar = L(hidden[-1], z_dim), L(hidden[-1], z_dim)
+            dec = (z_dim,) + hidden[::-1] + (x_dim,)
+            self.dec = torch.nn.ModuleList(L(a, b) for a, b in zip(dec, dec[1:]))
+
+        def ordered_linears(self):
+            """The linear layers in minivae's parameter order."""
+            return list(self.enc) + [self.mu, self.logvar] + list(self.dec)
+
+        def loss(self, x, eps):
+            h = x
+            for layer in self.enc:
+                h = torch.relu(layer(h))
+            mu, logvar = self.mu(h), self.logvar(h)
+            z = mu + torch.exp(0.5 * logvar) * eps
+            a = z
+            for i, layer in enumerate(self.dec):
+                a = layer(a)
+                if i < len(self.dec) - 1:
+                    a = torch.relu(a)
+            rec = -torch.nn.functional.binary_cross_entropy_with_logits(a, x, reduction="none").sum(-1)
+            kl = 0.5 * (mu * mu + logvar.exp() - 1 - logvar).sum(-1)
+            return kl.mean() - rec.mean()
+
+
+class TorchRunner:
+    """PyTorch (CPU, or CUDA with ``--device gpu``) with ``torch.optim.Adam``'s defaults."""
+    name = "torch"
+
+    def __init__(self, state, device, seed):
+        self.dev = torch.device("cuda" if device == "gpu" else "cpu")
+        self.model = TorchVAE().to(self.dev)
+        # minivae's weight is (in, out); torch.nn.Linear's is (out, in): transpose weights
+        # (and their moments) on the way in, and weight gradients on the way out.
+        self.params = [t for lin in self.model.ordered_linears() for t in (lin.weight, lin.bias)]
+        with torch.no_grad():
+            for p, a in zip(self.params, state["params"]):
+                p.copy_(torch.from_numpy(np.ascontiguousarray(a.T)))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR)
+        if state["t"]:
+            for p, m, v in zip(self.params, state["m"], state["v"]):
+                self.opt.state[p] = {
+                    "step": torch.tensor(float(state["t"])),
+                    "exp_avg": torch.from_numpy(np.ascontiguousarray(m.T)).to(self.dev),
+                    "exp_avg_sq": torch.from_numpy(np.ascontiguousarray(v.T)).to(self.dev)}
+        self.gen = torch.Generator(device=self.dev).manual_seed(seed)
+
+    def batch(self, x):
+        return torch.from_numpy(x).to(self.dev)  # shares memory on the CPU
+
+    def draw_eps(self, b):
+        return torch.randn(b, Z_DIM, generator=self.gen, device=self.dev)
+
+    def step(self, xb):
+        eps = self.draw_eps(xb.shape[0])
+        loss = self.model.loss(xb, eps)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def loss_and_grads(self, xb, eps):
+        self.opt.zero_grad()
+        loss = self.model.loss(xb, torch.from_numpy(eps).to(self.dev))
+        loss.backward()
+        grads = [p.grad.cpu().numpy().T for p in self.params]
+        self.opt.zero_grad()
+        return loss.item(), grads
+
+    def sync(self):
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
+
+
+# ----- measurements ---------------------------------------------------------------------------
+def _rss_kib():
+    """(VmRSS, VmHWM) of this process in KiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            text = f.read()
+        return tuple(int(re.search(rf"^{k}:\s+(\d+)", text, re.M).group(1)) for k in ("VmRSS", "VmHWM"))
+    except (OSError, AttributeError):
+        return None
+
+
+def _reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def measure_memory(runner, batches, tracemalloc_ok=True):
+    """Peak bytes allocated and alive at once during one step (tracemalloc), and the rise of
+    the peak RSS during one step (median of three steps)."""
+    out = {"tracemalloc_peak_mib": None, "rss_peak_rise_mib": None}
+    if tracemalloc_ok:
+        gc.collect()
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        runner.step(batches[0])
+        runner.sync()
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        out["tracemalloc_peak_mib"] = round(peak / 2**20, 2)
+    rises = []
+    for k in range(3):
+        gc.collect()
+        before = _rss_kib()
+        if before is None or not _reset_peak_rss():
+            break
+        runner.step(batches[k % len(batches)])
+        runner.sync()
+        rises.append(_rss_kib()[1] - before[0])
+    if rises:
+        out["rss_peak_rise_mib"] = round(statistics.median(rises) / 1024, 2)
+    return out
+
+
+def count_subnormal(arrays):
+    """Entries that are nonzero and below the smallest normal float32 number."""
+    tiny = np.finfo(np.float32).tiny
+    return int(sum(np.count_nonzero((a != 0) & (np.abs(a) < tiny)) for a in arrays))
+
+
+def warm_state(data, steps, seed):
+    """Weights and Adam moments after ``steps`` plain Adam steps (batch 100, real MNIST)."""
+    mv.nn.init.manual_seed(0)
+    params = [p.data.copy() for p in VAE(z_dim=Z_DIM).parameters()]
+    state = {"params": params, "m": None, "v": None, "t": 0}
+    if steps <= 0:
+        return state, {"steps": 0}
+    runner = NumpyRunner(state, "cpu", seed, flush_every=0)
+    loader = MinibatchLoader(data.x_train, 100, seed=seed)
+    t0, done, epoch = time.perf_counter(), 0, 0
+    while done < steps:
+        for xb in loader.epoch(epoch):
+            runner.step(xb)
+            done += 1
+            if done == steps:
+                break
+        epoch += 1
+    state = runner.state()
+    n = sum(m.size for m in state["m"])
+    info = {"steps": steps, "batch": 100, "seconds": round(time.perf_counter() - t0, 1),
+            "subnormal_exp_avg_fraction": round(count_subnormal(state["m"]) / n, 4),
+            "subnormal_exp_avg_sq_fraction": round(count_subnormal(state["v"]) / n, 4),
+            "zero_exp_avg_fraction": round(sum(int(np.count_nonzero(m == 0)) for m in state["m"]) / n, 4)}
+    return state, info
+
+
+def check_agreement(runners, xb_host, seed):
+    """Max relative gradient difference of each library to minivae (same weights, x, eps)."""
+    base = runners["minivae"]
+    loss0, grads0 = base.loss_and_grads(base.batch(xb_host), seed)
+    eps = Generator(seed).normal((1, xb_host.shape[0], Z_DIM), dtype=np.float32)[0]
+    out = {}
+    for name, r in runners.items():
+        if name == "minivae":
+            continue
+        loss, grads = r.loss_and_grads(r.batch(xb_host), eps)
+        err = max(float(np.abs(g - g0).max() / max(np.abs(g0).max(), 1e-30)) for g, g0 in zip(grads, grads0))
+        out[name] = {"loss_rel_diff": abs(loss - loss0) / abs(loss0), "grad_max_rel_diff": err}
+        if out[name]["loss_rel_diff"] > 1e-4 or err > 1e-2:
+            raise AssertionError(f"{name} does not compute minivae's loss and gradients: {out[name]}")
+    return out
+
+
+def time_interleaved(runners, batches, repeat, block):
+    """Median/min/quartiles of ms per step over ``repeat`` blocks of ``block`` steps each."""
+    names = list(runners)
+    cursor = {n: 0 for n in names}
+    times = {n: [] for n in names}
+    faults = {n: [] for n in names}
+    losses = {n: None for n in names}
+
+    def run_block(n):
+        r, bs = runners[n], batches[n]
+        r.sync()
+        f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        t0 = time.perf_counter()
+        for _ in range(block):
+            losses[n] = r.step(bs[cursor[n] % len(bs)])
+            cursor[n] += 1
+        r.sync()
+        t1 = time.perf_counter()
+        faults[n].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / block)
+        return (t1 - t0) / block * 1e3
+
+    for n in names:  # untimed: first-touch allocations, caches, lazy initialization
+        run_block(n)
+    for i in range(repeat):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            times[n].append(run_block(n))
+    out = {}
+    for n, t in times.items():
+        q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
+        out[n] = {"ms_per_step": round(statistics.median(t), 3), "ms_min": round(min(t), 3),
+                  "ms_q1": round(q[0], 3), "ms_q3": round(q[2], 3), "last_loss": round(float(losses[n]), 3),
+                  "page_faults_per_step": round(statistics.median(faults[n][1:]), 1)}
+    return out
+
+
+def time_eps(runner, b, repeat=50):
+    """Median ms to draw one batch of eps (minivae: Philox; numpy and torch: their generators)."""
+    ts = []
+    for _ in range(repeat):
+        runner.sync()
+        t0 = time.perf_counter()
+        runner.draw_eps(b)
+        runner.sync()
+        ts.append(time.perf_counter() - t0)
+    return round(statistics.median(ts) * 1e3, 4)
+
+
+def retain_freed_memory():
+    """Ask glibc to keep freed memory (no trimming, no mmap below 32 MiB); True if it could."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) and libc.mallopt(M_MMAP_THRESHOLD, 32 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
+def blas_info():
+    """What threadpoolctl sees (BLAS and OpenMP libraries with their thread counts)."""
+    if threadpoolctl is None:
+        return None
+    keys = ("user_api", "internal_api", "prefix", "version", "num_threads", "architecture", "threading_layer")
+    return [{k: lib.get(k) for k in keys if k in lib} for lib in threadpoolctl.threadpool_info()]
+
+
+def targets(rows):
+    """The issue's targets, evaluated on this run's medians."""
+    out = {}
+    for b, row in rows.items():
+        mvt, res = row["minivae"]["ms_per_step"], {}
+        if "numpy" in row:
+            r = mvt / row["numpy"]["ms_per_step"]
+            res["time_vs_numpy"] = {"value": round(r, 3), "target": "<= 1.1", "met": r <= 1.1}
+            mm, mn = row["minivae"].get("tracemalloc_peak_mib"), row["numpy"].get("tracemalloc_peak_mib")
+            if mm and mn:
+                r = mm / mn
+                res["peak_memory_vs_numpy"] = {"value": round(r, 3), "target": "<= 1.5", "met": r <= 1.5}
+        if "torch" in row:
+            if int(b) <= 100:
+                r = row["torch"]["ms_per_step"] / mvt  # throughput ratio minivae / torch
+                res["throughput_vs_torch"] = {"value": round(r, 3), "target": ">= 1.0", "met": r >= 1.0}
+            else:
+                r = mvt / row["torch"]["ms_per_step"]
+                res["time_vs_torch"] = {"value": round(r, 3), "target": "<= 1.2", "met": r <= 1.2}
+        out[b] = res
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS / PyTorch threads (default: the cores this process may use)")
+    parser.add_argument("--repeat", type=int, default=None,
+                        help="timed blocks per library (default 20 at batch <= 200, else 8)")
+    parser.add_argument("--block", type=int, default=10, help="steps per timed block (default 10)")
+    parser.add_argument("--warmup-steps", type=int, default=1000,
+                        help="plain Adam steps (batch 100) before timing, for the steady state")
+    parser.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
+    parser.add_argument("--retain-freed-memory", action="store_true",
+                        help="glibc: never give freed memory back to the OS during the run (all libraries)")
+    args = parser.parse_args(argv)
+    retained = retain_freed_memory() if args.retain_freed_memory else False
+
+    if args.device == "gpu":
+        try:
+            cupy_module()
+        except DeviceError as exc:
+            print(f"skipped: --device gpu needs CuPy and a CUDA device ({exc})")
+            return None
+    libs = [n for n in args.libs if n != "torch" or torch is not None]
+    if "minivae" not in libs:
+        libs.insert(0, "minivae")
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+    load_before = os.getloadavg()
+    t_start = time.perf_counter()
+    data = load_mnist(verbose=False)
+    state, warm = warm_state(data, args.warmup_steps, seed=1)
+    print(f"steady state after {warm['steps']} Adam steps: {json.dumps(warm)}", flush=True)
+    # Timed batches: one binarized epoch (seed 2), cut into batches (views).
+    host = next(iter(MinibatchLoader(data.x_train, len(data.x_train), seed=2).epoch(0))).copy()
+
+    makers = {"minivae": MinivaeRunner, "numpy": NumpyRunner, "torch": TorchRunner,
+              "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
+    rows, agreement = {}, {}
+    for b in args.batch:
+        host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
+        runners = {n: makers[n](state, args.device, seed=3) for n in libs}
+        batches = {n: [r.batch(x) for x in host_batches] for n, r in runners.items()}
+        agreement[str(b)] = check_agreement({n: r for n, r in runners.items() if n != "numpy-noflush"},
+                                            host_batches[0], seed=4)
+        repeat = args.repeat or (20 if b <= 200 else 8)
+        row = time_interleaved(runners, batches, repeat, args.block)
+        for n, r in runners.items():
+            row[n]["images_per_s"] = round(b / row[n]["ms_per_step"] * 1e3, 1)
+            row[n]["time_ratio_to_minivae"] = round(row[n]["ms_per_step"] / row["minivae"]["ms_per_step"], 3)
+            row[n]["throughput_ratio_to_minivae"] = round(row["minivae"]["ms_per_step"] / row[n]["ms_per_step"], 3)
+            row[n]["eps_ms"] = time_eps(r, b)
+            if args.device == "cpu":
+                row[n].update(measure_memory(r, batches[n], tracemalloc_ok=(n != "torch")))
+        rows[str(b)] = row
+        print(f"batch {b}: " + "   ".join(
+            f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, x{v['time_ratio_to_minivae']:.2f})"
+            for n, v in row.items()), flush=True)
+        del runners, batches
+
+    info = machine_info()
+    name = args.machine or default_machine_name(info)
+    n_params = sum(a.size for a in state["params"])
+    record = {
+        "benchmark": "VAE training step (forward, backward, Adam), float32",
+        "machine": dict(info, name=name),
+        "device": args.device,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                     "torch": torch.__version__ if torch is not None else None,
+                     "threadpoolctl": threadpoolctl.__version__ if threadpoolctl is not None else None,
+                     "minivae": mv.__version__},
+        "threads": threads,
+        "retain_freed_memory": retained,
+        "blas": blas_info(),
+        "torch_backends": ({"mkl": torch.backends.mkl.is_available(),
+                            "mkldnn": torch.backends.mkldnn.is_available(),
+                            "num_threads": torch.get_num_threads()} if torch is not None else None),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "python_executable": sys.executable,
+        "model": {"x_dim": 784, "hidden": [512, 256], "z_dim": Z_DIM, "parameters": int(n_params),
+                  "dtype": "float32", "optimizer": f"Adam(lr={LR})"},
+        "steady_state": warm,
+        "timing": (f"ms per step: median (min, quartiles) over blocks of {args.block} steps; libraries "
+                   "interleaved block by block in rotating order"),
+        "load_average": {"before": [round(x, 2) for x in load_before],
+                         "after": [round(x, 2) for x in os.getloadavg()]},
+        "seconds": round(time.perf_counter() - t_start, 1),
+        "agreement": agreement,
+        "results": rows,
+        "targets": targets(rows),
+    }
+    print(json.dumps(record["targets"], indent=1))
+    if not args.no_save:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        suffix = "" if args.device == "cpu" else f"_{args.device}"
+        suffix += "_retain" if retained else ""
+        path = out / f"train_step_{name}_t{threads}{suffix}.json"
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {path}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""What every benchmark JSON records: the machine, library versions, date and command."""
+import datetime
+import json
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        if found:
+            return found.group(1).strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info():
+    """Platform, CPU model, core counts, and the BLAS NumPy uses (via threadpoolctl when installed)."""
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpu_model": cpu_model(),
+            "cores": os.cpu_count(),
+            "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [{k: d.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                        for d in threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        info["blas"] = None
+    return info
+
+
+def default_machine_name(info=None):
+    """A short file-name slug for this machine, e.g. ``amd-epyc-2c``."""
+    info = info or machine_info()
+    slug = re.sub(r"[^a-z0-9]+", "-", info["cpu_model"].lower()).strip("-")
+    return f"{slug}-{info['cores']}c"
+
+
+def versions(*modules):
+    """Python, NumPy and minivae versions, plus those of the named optional modules when importable."""
+    import minivae
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "minivae": minivae.__version__}
+    for name in modules:
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def write_result(name, payload, out_dir=None):
+    """Write ``payload`` plus machine, versions, date and command as JSON; return the path."""
+    record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": " ".join([Path(sys.executable).name] + sys.argv),
+              "machine": machine_info()}
+    record.update(payload)
+    path = Path(out_dir or RESULTS) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path

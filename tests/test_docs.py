@@ -1,0 +1,102 @@
+"""The docs cannot rot: docs/gradients.md matches the ops' docstrings, and the Python blocks of
+docs/tutorial.md and docs/gradients.md run and their assertions hold."""
+import re
+from pathlib import Path
+
+import pytest
+
+from minivae import docs
+from minivae.gradcheck_cases import op_classes
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def python_blocks(path):
+    """The ```python fenced blocks of a markdown file, in order, with their first line numbers."""
+    text = path.read_text()
+    return [(text[:m.start()].count("\n") + 2, m.group(1))
+            for m in re.finditer(r"^```python\n(.*?)^```", text, flags=re.S | re.M)]
+
+
+def run_blocks(path, tmp_path, monkeypatch):
+    """Execute every python block of ``path`` in one namespace (as a reader pasting them would)."""
+    monkeypatch.chdir(tmp_path)  # anything a block writes lands in a scratch folder
+    namespace = {"__name__": f"docs_{path.stem}"}
+    blocks = python_blocks(path)
+    assert blocks, f"{path} has no python blocks"
+    for line, code in blocks:
+        exec(compile(code, f"{path.name}:{line}", "exec"), namespace)
+
+
+def test_gradients_doc_matches_the_docstrings():
+    """Regenerate docs/gradients.md in memory; it must equal the committed file."""
+    committed = (DOCS / "gradients.md").read_text()
+    assert docs.render_gradients() == committed, \
+        "docs/gradients.md is stale: run `python -m minivae.docs` and commit the result"
+
+
+def test_a_changed_docstring_is_detected(monkeypatch):
+    """The comparison above really depends on the docstrings."""
+    before = docs.render_gradients()
+    op = sorted(op_classes(), key=lambda c: c.__name__)[0]
+    monkeypatch.setattr(op, "__doc__", op.__doc__ + "\n\nAn extra sentence.")
+    assert docs.render_gradients() != before
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return docs.render_reference()
+
+
+@pytest.mark.parametrize("op", sorted(op_classes(), key=lambda c: c.__name__), ids=lambda c: c.__name__)
+def test_every_op_states_forward_and_derivative(op, reference):
+    forward, derivative, _ = docs.split_docstring(op.__doc__)
+    assert forward, f"{op.__name__}'s docstring has no forward formula"
+    assert derivative, f"{op.__name__}'s docstring states no derivative (a paragraph with d/d...)"
+    assert f'<a id="op-{op.__name__.lower()}"></a>' in reference
+
+
+def test_split_docstring():
+    doc = """f(x) = log(1 + e^x).
+
+    d/dx = sigmoid(x).
+    Stable form: max(x, 0) + log1p(e^-|x|),
+    which never overflows.
+
+    A note after.
+    """
+    forward, derivative, stable = docs.split_docstring(doc)
+    assert forward == "f(x) = log(1 + e^x)."
+    assert derivative == "d/dx = sigmoid(x).\n\nA note after."
+    assert stable == "Stable form: max(x, 0) + log1p(e^-|x|),\nwhich never overflows."
+
+
+def test_template_needs_both_markers():
+    with pytest.raises(ValueError, match="op-reference"):
+        docs.render_gradients("# title\n\n" + docs.INDEX_MARKER + "\n")
+
+
+def test_docs_command_writes_and_checks(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "gradients.md"
+    monkeypatch.setattr(docs, "OUTPUT", out)
+    assert docs.main(["--check"]) == 1                       # missing
+    assert docs.main([]) == 0 and out.read_text() == docs.render_gradients()
+    assert docs.main(["--check"]) == 0
+    out.write_text(out.read_text() + "edited by hand\n")
+    assert docs.main(["--check"]) == 1
+    assert "out of date" in capsys.readouterr().err
+
+
+def test_tutorial_runs(tmp_path, monkeypatch):
+    run_blocks(DOCS / "tutorial.md", tmp_path, monkeypatch)
+
+
+def test_gradients_worked_examples_run(tmp_path, monkeypatch):
+    run_blocks(DOCS / "gradients.md", tmp_path, monkeypatch)
+
+
+def test_pictures_are_in_docs():
+    for name in ("vae_graph.svg", "grad_norms.png"):
+        path = DOCS / name
+        assert path.exists() and path.stat().st_size > 1000, f"docs/{name} is missing"
+    assert (DOCS / "vae_graph.svg").read_text().lstrip().startswith(("<?xml", "<svg"))

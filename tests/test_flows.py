@@ -1,0 +1,176 @@
+"""Planar flows: log-det-Jacobian against a numerical Jacobian, per example, invertible, gradchecked;
+the flow VAE's bound and its training."""
+import numpy as np
+import pytest
+from test_train import config, small_data
+
+import minivae as mv
+from minivae import optim
+from minivae.flows import AmortizedPlanarFlows, constrain_u, planar_flow
+from minivae.gradcheck import gradcheck
+from minivae.models import VAE, FlowVAE, build_model
+from minivae.random import Generator
+from minivae.train import Trainer
+
+
+def t(a, grad=False):
+    return mv.tensor(np.asarray(a, dtype=np.float64), requires_grad=grad)
+
+
+def numerical_log_det(z, u, w, b, eps=1e-6):
+    """log |det df/dz| of one example from central differences and np.linalg.slogdet."""
+    f = lambda v: planar_flow(t(v), t(u), t(w), t(b))[0].data
+    jac = np.stack([(f(z + eps * e) - f(z - eps * e)) / (2 * eps) for e in np.eye(len(z))], axis=1)
+    sign, log_abs = np.linalg.slogdet(jac)
+    assert sign > 0
+    return log_abs
+
+
+def test_log_det_matches_the_numerical_jacobian_per_example(rng):
+    B, D = 5, 4
+    z, u, w = rng.normal(size=(3, B, D))
+    u[0] = -3 * w[0]  # an example whose raw u would make the map non-invertible
+    b = rng.normal(size=B)
+    _, log_det = planar_flow(t(z), t(u), t(w), t(b))
+    assert log_det.shape == (B,)
+    expected = [numerical_log_det(z[i], u[i], w[i], b[i]) for i in range(B)]
+    np.testing.assert_allclose(log_det.data, expected, rtol=1e-7, atol=1e-8)
+
+
+def test_log_det_is_per_sample_and_example_not_summed_over_the_batch(rng):
+    S, B, D = 3, 4, 2
+    z = rng.normal(size=(S, B, D))
+    u, w = rng.normal(size=(2, B, D))
+    b = rng.normal(size=B)
+    f, log_det = planar_flow(t(z), t(u), t(w), t(b))
+    assert f.shape == (S, B, D) and log_det.shape == (S, B)
+    moved = z.copy()
+    moved[:, 1:] += 1.0  # change every other example: example 0's log-det must not move
+    _, again = planar_flow(t(moved), t(u), t(w), t(b))
+    np.testing.assert_array_equal(again.data[:, 0], log_det.data[:, 0])
+    for s in range(S):
+        np.testing.assert_allclose(log_det.data[s, 2], numerical_log_det(z[s, 2], u[2], w[2], b[2]),
+                                   rtol=1e-7, atol=1e-8)
+
+
+def test_constraint_makes_every_transform_invertible(rng):
+    w = rng.normal(size=(200, 3))
+    u = -rng.uniform(0.5, 20, (200, 1)) * w + rng.normal(size=(200, 3))  # many with w.u << -1
+    wu = (w * u).sum(-1)
+    u_hat = constrain_u(t(u), t(w)).data
+    wu_hat = (w * u_hat).sum(-1)
+    assert (wu < -1).sum() > 100
+    np.testing.assert_allclose(wu_hat, -1 + np.logaddexp(0, wu), atol=1e-12)  # w.u_hat = m(w.u) >= -1
+    # Along w the map is a -> a + (w.u_hat) tanh(a + b): increasing, hence one-to-one.
+    a = np.linspace(-6, 6, 2001)
+    for i in np.flatnonzero(wu_hat > -0.999)[:20]:
+        assert (np.diff(a + wu_hat[i] * np.tanh(a + 0.3)) > 0).all()
+    # u changes only along w (u_hat - u is parallel to w).
+    diff = u_hat - u
+    cross = diff[:, None, :] * w[:, :, None] - diff[:, :, None] * w[:, None, :]
+    np.testing.assert_allclose(cross, 0, atol=1e-9)
+
+
+def test_log_det_stays_finite_where_the_constraint_saturates():
+    """w.u = -60: m(w.u) = -1 + 9e-27 is -1 in floating point, and at h = 0 the naive
+    log(1 + (1 - h^2) m) would be log(0); the stable form gives log(softplus(-60)) = -60."""
+    w = np.array([[1.0, 0.0]])
+    u = np.array([[-60.0, 0.0]])
+    z = np.array([[0.5, 2.0]])
+    _, log_det = planar_flow(t(z), t(u), t(w), t(np.array([-0.5])))
+    np.testing.assert_allclose(log_det.data, [-60.0], rtol=1e-12)
+
+
+def test_planar_flow_gradcheck(rng):
+    z = t(rng.normal(size=(2, 3, 4)), grad=True)
+    u, w = (t(rng.normal(size=(3, 4)), grad=True) for _ in range(2))
+    b = t(rng.normal(size=3), grad=True)
+    assert gradcheck(lambda *a: planar_flow(*a)[0], z, u, w, b)
+    assert gradcheck(lambda *a: planar_flow(*a)[1], z, u, w, b)
+
+
+def test_amortized_flows_chain_the_transforms(rng):
+    mv.nn.init.manual_seed(0)
+    flows = AmortizedPlanarFlows(5, 3, 4).astype(np.float64)
+    h, z0 = t(rng.normal(size=(2, 5))), t(rng.normal(size=(6, 2, 3)))
+    zk, total = flows(h, z0)
+    p = flows.params(h).data
+    z, expected = z0, 0
+    for k in range(4):
+        c = p[:, 7 * k:7 * (k + 1)]
+        z, ld = planar_flow(z, t(c[:, :3]), t(c[:, 3:6]), t(c[:, 6]))
+        expected = expected + ld.data
+    np.testing.assert_allclose(zk.data, z.data, rtol=1e-12)
+    np.testing.assert_allclose(total.data, expected, rtol=1e-12)
+    assert total.shape == (6, 2)
+    same, zero = AmortizedPlanarFlows(5, 3, 0)(h, z0)
+    assert same is z0 and zero.shape == (6, 2) and not zero.data.any()
+
+
+def small_flow(**kw):
+    mv.nn.init.manual_seed(0)
+    return FlowVAE(**dict(dict(x_dim=10, z_dim=3, hidden=(6,), activation="tanh", flows=3), **kw)).astype(np.float64)
+
+
+def binary(rng, n, d=10):
+    return mv.tensor((rng.random((n, d)) < 0.5).astype(np.float64))
+
+
+def test_flow_log_weights_by_hand(rng):
+    model = small_flow()
+    x = binary(rng, 4)
+    log_w = model.log_weights(x, 2, Generator(3)).data
+    h = model.encoder(x)
+    mu, logvar = model.q_z(h)
+    eps = Generator(3).normal((2, 4, 3), dtype=np.float64)
+    z0 = mu.data + np.exp(logvar.data / 2) * eps
+    zk, log_det = model.flows(h, t(z0))
+    logits = model.decode(zk).data
+    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1)
+    log_pz = -0.5 * (zk.data ** 2 + np.log(2 * np.pi)).sum(-1)
+    log_q0 = -0.5 * (eps ** 2 + logvar.data + np.log(2 * np.pi)).sum(-1)
+    np.testing.assert_allclose(log_w, log_px + log_pz - (log_q0 - log_det.data), rtol=1e-10)
+
+
+def test_zero_flows_is_the_vae_and_the_elbo_matches_the_weights_on_average(rng):
+    x = binary(rng, 3)
+    flow0, vae = small_flow(flows=0), VAE(x_dim=10, z_dim=3, hidden=(6,), activation="tanh").astype(np.float64)
+    vae.load_state_dict({k: v for k, v in flow0.state_dict().items() if not k.startswith("flows.")})
+    np.testing.assert_allclose(flow0.log_weights(x, 5, Generator(1)).data,
+                               vae.log_weights(x, 5, Generator(1)).data, rtol=1e-12)
+    model = small_flow()
+    rec, kl = model.elbo(x, Generator(2), samples=20000)
+    mc = model.log_weights(x, 20000, Generator(3)).data.mean(axis=0)
+    np.testing.assert_allclose(mc, (rec - kl).data, atol=0.05)
+
+
+def test_flow_vae_gradients_match_finite_differences(rng):
+    x = binary(rng, 4)
+    for kw in ({}, {"iw_k": 3}):
+        model = small_flow(**kw)
+        for _, p in model.named_parameters():
+            gradcheck(lambda p_: model.loss(x, Generator(9))[0], p)
+
+
+def test_an_optimizer_made_before_training_trains_the_flow_parameters(rng):
+    """The flows are built with the model, so an optimizer made from model.parameters() right
+    after construction holds their parameters and a step moves them."""
+    model = build_model("flow", x_dim=10, z_dim=3, hidden=(6,), flows=2)
+    opt = optim.Adam(model.parameters(), lr=0.01)
+    flow_params = [p for name, p in model.named_parameters() if name.startswith("flows.")]
+    assert flow_params and {id(p) for p in model.parameters()} == {id(p) for p in opt.params}
+    before = [p.data.copy() for p in flow_params]
+    loss, _ = model.loss(mv.tensor((rng.random((8, 10)) < 0.5).astype(np.float32)), Generator(0))
+    model.zero_grad()
+    loss.backward()
+    opt.step()
+    assert all(p.grad is not None and np.abs(p.grad).sum() > 0 for p in flow_params)
+    assert all(not np.array_equal(b, p.data) for b, p in zip(before, flow_params))
+
+
+def test_flow_model_trains_from_the_cli_settings(tmp_path):
+    cfg = config(tmp_path, model="flow", model_options={"flows": 2}, eval_k=5, epochs=2)
+    trainer = Trainer(cfg, data=small_data(), progress=False, log=lambda m: None)
+    trainer.fit()
+    assert trainer.model.flows.n_flows == 2
+    assert np.isfinite(trainer.final_evaluation()["test_nll"])

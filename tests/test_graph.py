@@ -1,0 +1,184 @@
+"""minivae.graph: the traced graph, the gradients of intermediate nodes, and the DOT export
+(parsed back line by line), including the ``minivae graph`` command."""
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae import checkpoint
+from minivae import functional as F
+from minivae.cli import main
+from minivae.graph import model_loss_graph, node_gradients, parameter_names, to_dot, trace_graph
+from minivae.models import VAE
+from minivae.ops.elementwise import Exp
+from minivae.random import Noise
+from minivae.train import CHECKPOINT, TrainConfig
+
+NODE = re.compile(r'^  (n\d+) \[label="((?:[^"\\]|\\.)*)", shape=(\w+), fillcolor="(#[0-9a-f]{6})"(, penwidth=2)?\];$')
+EDGE = re.compile(r"^  (n\d+) -> (n\d+);$")
+HEADER = re.compile(r"^  (rankdir=\w+|node \[.*\]|edge \[.*\]|label=\".*\"|labelloc=t);$")
+
+
+def parse_dot(text):
+    """A strict reader of our DOT output: ({node id: label lines}, [(src, dst)], root id).
+
+    Every line must be the opening, the closing brace, a header line, a node or an edge.
+    """
+    lines = text.rstrip("\n").split("\n")
+    assert lines[0] == "digraph minivae {" and lines[-1] == "}"
+    nodes, edges, roots = {}, [], []
+    for line in lines[1:-1]:
+        if HEADER.match(line):
+            continue
+        m = NODE.match(line)
+        if m:
+            assert m.group(1) not in nodes, f"node {m.group(1)} defined twice"
+            nodes[m.group(1)] = m.group(2).split("\\n")
+            if m.group(5):
+                roots.append(m.group(1))
+            continue
+        m = EDGE.match(line)
+        assert m, f"unexpected DOT line: {line!r}"
+        edges.append((m.group(1), m.group(2)))
+    assert len(roots) == 1
+    return nodes, edges, roots[0]
+
+
+def check_dag(nodes, edges, root):
+    """Edges join defined nodes, there is no cycle, and only the root feeds nothing."""
+    assert all(s in nodes and d in nodes for s, d in edges)
+    feeds = {s for s, _ in edges}
+    assert set(nodes) - feeds == {root}
+    indegree = {n: 0 for n in nodes}
+    for _, d in edges:
+        indegree[d] += 1
+    ready = [n for n, k in indegree.items() if k == 0]
+    seen = 0
+    while ready:
+        n = ready.pop()
+        seen += 1
+        for s, d in edges:
+            if s == n:
+                indegree[d] -= 1
+                if indegree[d] == 0:
+                    ready.append(d)
+    assert seen == len(nodes), "the graph has a cycle"
+
+
+def test_small_expression_graph_and_dot():
+    a = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    c = mv.tensor(np.array([3.0, 4.0]))
+    out = (F.exp(a) * c + a).sum()
+    graph = trace_graph(out, names={id(a): "a", id(c): "c"})
+    assert [n.op for n in graph.nodes if n.kind == "op"] == ["Exp", "Mul", "Add", "Sum"]
+    assert {n.name: n.kind for n in graph.nodes if n.kind != "op"} == {"a": "param", "c": "input"}
+    nodes, edges, root = parse_dot(to_dot(graph, title='a "quoted" title'))
+    check_dag(nodes, edges, root)
+    assert len(nodes) == 6 and len(edges) == 6           # a, c, exp, mul, add, sum; a is used twice
+    labels = {n: lines[0] for n, lines in nodes.items()}
+    assert nodes[root] == ["Sum", "() float64"]
+    by_label = {v: k for k, v in labels.items()}
+    assert (by_label["a"], by_label["Exp"]) in edges and (by_label["a"], by_label["Add"]) in edges
+    assert nodes[by_label["Exp"]][1] == "(2,) float64"
+
+
+def test_gradients_of_intermediate_nodes():
+    a = mv.tensor(np.array([1.0, -2.0, 0.5]), requires_grad=True)
+    e = F.exp(a)
+    out = (e * a).sum() + (a * a).sum()                   # a reaches the loss along three paths
+    grads = node_gradients(out)
+    np.testing.assert_allclose(grads[id(e)], a.data)      # d out / d exp(a) = a
+    np.testing.assert_allclose(grads[id(a)], np.exp(a.data) * (1 + a.data) + 2 * a.data)
+    assert grads[id(out)] == 1.0
+    assert a.grad is None                                  # .grad untouched
+    assert "backward" in Exp.__dict__ and Exp.backward.__name__ == "backward"  # restored
+    out.backward()                                         # the graph is still usable
+    np.testing.assert_allclose(a.grad, grads[id(a)])
+
+
+def test_trace_with_grad_labels_norms_and_keeps_existing_grads():
+    W = mv.tensor(np.random.default_rng(0).standard_normal((3, 2)), requires_grad=True)
+    W.grad = np.full((3, 2), 7.0)
+    x = mv.tensor(np.ones((4, 3)))
+    h = F.tanh(x @ W)
+    loss = (h * h).mean()
+    graph = trace_graph(loss, names={id(W): "W"}, grad=True)
+    np.testing.assert_array_equal(W.grad, 7.0)
+    W.grad = None
+    loss.backward()
+    node = next(n for n in graph.nodes if n.name == "W")
+    assert node.grad_norm == pytest.approx(np.linalg.norm(W.grad))
+    tanh_node = next(n for n in graph.nodes if n.op == "Tanh")
+    assert tanh_node.grad_norm == pytest.approx(np.linalg.norm(2 * h.data / h.size))
+    assert next(n for n in graph.nodes if n.kind == "const").grad_norm is None
+    nodes, _, _ = parse_dot(to_dot(graph))
+    assert any(lines[-1].startswith("|grad| ") for lines in nodes.values())
+
+
+def test_freed_graph_is_refused_for_gradients():
+    a = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    out = F.exp(a).sum()
+    out.backward()
+    with pytest.raises(RuntimeError, match="already freed"):
+        node_gradients(out)
+    with pytest.raises(RuntimeError, match="already freed"):
+        trace_graph(out)
+
+
+def test_vae_loss_graph():
+    model = VAE(x_dim=12, z_dim=3, hidden=(8,), rng=np.random.default_rng(0))
+    x = (np.random.default_rng(1).uniform(size=(5, 12)) < 0.5).astype(np.float32)
+    graph, dot = model_loss_graph(model, x, Noise(seed=0), grad=True)
+    nodes, edges, root = parse_dot(dot)
+    check_dag(nodes, edges, root)
+    titles = [lines[0] for lines in nodes.values()]
+    for name in parameter_names(model).values():
+        assert titles.count(name) == 1
+    for op in ("Linear", "Relu", "KLNormalStd", "BernoulliLogProb"):
+        assert op in titles
+    assert "x" in titles and all(lines[1].endswith("float32") for lines in nodes.values())
+    # the parameters' gradient norms are those of an ordinary backward
+    loss, _ = model.loss(mv.tensor(x), Noise(seed=0))
+    loss.backward()
+    norms = {n.name: n.grad_norm for n in graph.nodes if n.kind == "param"}
+    for name, p in model.named_parameters():
+        assert norms[name] == pytest.approx(float(np.linalg.norm(p.grad.astype(np.float64))), rel=1e-5)
+
+
+def test_graph_command_for_a_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("minivae.graph.svg_available", lambda: False)
+    out = tmp_path / "vae.dot"
+    assert main(["graph", "--model", "vae", "--data", "random", "--batch-size", "4", "--grad",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.split() == [str(out)]
+    nodes, edges, root = parse_dot(out.read_text())
+    check_dag(nodes, edges, root)
+    assert ["x", "(4, 784) float32"] in nodes.values()
+    assert sum(1 for lines in nodes.values() if lines[0].startswith("encoder.")) == 4
+    # SVG was asked for but Graphviz is "missing": a clear error, no file
+    assert main(["graph", "--model", "vae", "--data", "random", "--out", str(tmp_path / "g.svg")]) == 2
+    assert not (tmp_path / "g.svg").exists()
+
+
+def test_graph_command_for_a_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("minivae.graph.svg_available", lambda: False)
+    config = TrainConfig(z_dim=2, hidden=(8,), out=str(tmp_path))
+    model = VAE(**config.model_kwargs(), rng=np.random.default_rng(0))
+    checkpoint.save(tmp_path / CHECKPOINT, {f"model/{k}": v for k, v in model.state_dict().items()},
+                    {"config": dataclasses.asdict(config)})
+    assert main(["graph", str(tmp_path), "--data", "random"]) == 0
+    nodes, edges, root = parse_dot((tmp_path / "graph.dot").read_text())
+    check_dag(nodes, edges, root)
+    assert ["q_z.mu.weight", "(8, 2) float32"] in nodes.values()
+    assert main(["graph"]) == 2 and "one of the two" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not __import__("shutil").which("dot"), reason="Graphviz's dot is not installed")
+def test_svg_rendering(tmp_path):
+    from minivae.graph import render_svg
+
+    a = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    svg = render_svg(to_dot(trace_graph(F.exp(a).sum())))
+    assert "<svg" in svg and "Exp" in svg

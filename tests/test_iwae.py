@@ -1,0 +1,118 @@
+"""The IWAE with one and two stochastic layers: the registered factory, k = 1 is the ELBO,
+k independent samples per example, the bound grows with k, gradients, training."""
+import numpy as np
+import pytest
+from test_train import config, small_data
+
+import minivae as mv
+from minivae.gradcheck import gradcheck
+from minivae.models import VAE, TwoLayerVAE, build_model, iwae_bound
+from minivae.models.iwae import DEFAULT_K
+from minivae.random import Generator
+from minivae.train import Trainer
+
+
+def two_layer(**kw):
+    mv.nn.init.manual_seed(0)
+    kw = dict(dict(x_dim=12, z_dims=(4, 2), blocks=((8,), (5,))), **kw)
+    return TwoLayerVAE(**kw).astype(np.float64)
+
+
+def binary(rng, n, d=12):
+    return mv.tensor((rng.random((n, d)) < 0.5).astype(np.float64))
+
+
+def test_factory_options():
+    one = build_model("iwae", z_dim=3, hidden=(8,))
+    assert isinstance(one, VAE) and one.iw_k == DEFAULT_K == 5
+    assert build_model("iwae", iw_k=50).iw_k == 50 and build_model("iwae", k=1).iw_k == 1
+    with pytest.raises(ValueError, match="contradicts"):
+        build_model("iwae", k=5, iw_k=50)
+    two = build_model("iwae", layers=2, z_dim=50, hidden=(200, 200), activation="tanh")
+    assert isinstance(two, TwoLayerVAE) and two.z_dims == (100, 50) and two.iw_k == 5
+    shapes = {k: v.shape for k, v in two.state_dict().items() if k.endswith("weight")}
+    assert shapes["q_z1.trunk.net.0.weight"] == (784, 200) and shapes["q_z2.trunk.net.0.weight"] == (100, 100)
+    assert shapes["generator.priors.0.trunk.net.0.weight"] == (50, 100)
+    assert shapes["generator.likelihood.net.0.weight"] == (100, 200)
+    with pytest.raises(ValueError, match="layers"):
+        build_model("iwae", layers=3)
+
+
+def test_two_layer_log_weights_by_hand(rng):
+    model = two_layer()
+    x = binary(rng, 3)
+    log_w = model.log_weights(x, 2, Generator(4)).data
+    g = Generator(4)
+    mu1, lv1 = (a.data for a in model.q_z1(x))
+    e1 = g.normal((2, 3, 4), dtype=np.float64)
+    z1 = mu1 + np.exp(lv1 / 2) * e1
+    mu2, lv2 = (a.data for a in model.q_z2(mv.tensor(z1)))
+    e2 = g.normal((2, 3, 2), dtype=np.float64)
+    z2 = mu2 + np.exp(lv2 / 2) * e2
+
+    def log_normal(z, mu, lv):
+        return -0.5 * (np.log(2 * np.pi) + lv + (z - mu) ** 2 / np.exp(lv)).sum(-1)
+
+    mu_p, lv_p = (a.data for a in model.generator.prior(0, mv.tensor(z2)))
+    logits = model.generator.logits(mv.tensor(z1)).data
+    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1)
+    expected = (log_px + log_normal(z1, mu_p, lv_p) + log_normal(z2, 0, 0)
+                - log_normal(z1, mu1, lv1) - log_normal(z2, mu2, lv2))
+    np.testing.assert_allclose(log_w, expected, rtol=1e-10)
+
+
+def test_k1_bound_is_the_elbo(rng):
+    """At k = 1 the IWAE bound is exactly the single-sample ELBO (log-weight), and training with
+    k = 1 uses the ELBO with the closed-form KL, equal to it in expectation."""
+    model = two_layer()
+    x = binary(rng, 4)
+    log_w = model.log_weights(x, 1, Generator(3))
+    np.testing.assert_array_equal(iwae_bound(log_w).data, log_w.data[0])
+    rec, kl = model.elbo(x, Generator(3), samples=20000)
+    mc = model.log_weights(x, 20000, Generator(4)).data.mean(axis=0)
+    np.testing.assert_allclose(mc, (rec - kl).data, atol=0.05)
+    _, stats = model.loss(x, Generator(3))
+    assert "elbo" in stats and "bound" not in stats
+    one = build_model("iwae", k=1, x_dim=12, z_dim=2, hidden=(8,))
+    assert "elbo" in one.loss(mv.tensor(x.data.astype(np.float32)), Generator(0))[1]
+
+
+def test_k_samples_are_independent_draws_per_example(rng):
+    model = two_layer()
+    x = binary(rng, 3)
+    (z1, z2), _ = model._posterior(x, 6, Generator(5))
+    assert z1.shape == (6, 3, 4) and z2.shape == (6, 3, 2)
+    for z in (z1.data, z2.data):
+        for b in range(3):
+            assert len({tuple(row) for row in z[:, b]}) == 6  # six different draws for each example
+    log_w = model.log_weights(x, 6, Generator(5)).data
+    assert log_w.shape == (6, 3) and len(np.unique(log_w)) == 18
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bound_increases_with_k(rng, layers):
+    mv.nn.init.manual_seed(0)
+    model = build_model("iwae", layers=layers, x_dim=12, z_dim=2, z1_dim=3, hidden=(8,), hidden2=(5,))
+    model.astype(np.float64)
+    x = binary(rng, 8)
+    bounds = [np.mean([iwae_bound(model.log_weights(x, k, Generator(s))).data.mean() for s in range(30)])
+              for k in (1, 10, 100)]
+    assert bounds[0] < bounds[1] < bounds[2]
+
+
+def test_two_layer_gradients_match_finite_differences(rng):
+    x = binary(rng, 4)
+    for kw in ({"iw_k": 3}, {"iw_k": 1}):
+        model = two_layer(**kw)
+        for _, p in model.named_parameters():
+            gradcheck(lambda p_: model.loss(x, Generator(9))[0], p)
+
+
+def test_two_layer_iwae_trains_from_the_cli_settings(tmp_path):
+    cfg = config(tmp_path, model="iwae", model_options={"layers": 2, "k": 3, "z1_dim": 6, "hidden2": [8]},
+                 eval_k=5, epochs=2)
+    trainer = Trainer(cfg, data=small_data(), progress=False, log=lambda m: None)
+    trainer.fit()
+    assert isinstance(trainer.model, TwoLayerVAE) and trainer.model.iw_k == 3
+    results = trainer.final_evaluation()
+    assert np.isfinite(results["test_nll"]) and results["test_nll"] < -results["test_elbo"] + 1.0

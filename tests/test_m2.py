@@ -1,0 +1,260 @@
+"""M2 (Kingma et al. 2014) and the semi-supervised trainer, on small made-up data.
+
+The reference values are written out in NumPy from the model's own networks, one label at a
+time, so the batched enumeration of the labels is compared with an explicit loop.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae.models import M2, build_model
+from minivae.models.semisupervised import JointMLP, one_hot
+from minivae.random import Generator
+from minivae.train import METRICS, LabelledBatches, Trainer, TrainConfig, classification_error
+
+from test_train import _interrupt_after, params, small_data
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+# ----- NumPy references (float64) -------------------------------------------------------------
+def np_bernoulli(logits, x):
+    """log Bernoulli(x; sigmoid(logits)) summed over the last axis."""
+    return (x * logits - np.logaddexp(0.0, logits)).sum(-1)
+
+
+def np_log_normal(z, mu, logvar):
+    """log N(z; mu, e^logvar) summed over the last axis."""
+    return -0.5 * ((z - mu) ** 2 * np.exp(-logvar) + logvar + LOG_2PI).sum(-1)
+
+
+def np_kl_std(mu, logvar):
+    """KL(N(mu, e^logvar) || N(0, I)) summed over the last axis."""
+    return 0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar).sum(-1)
+
+
+def np_log_softmax(logits):
+    m = logits.max(-1, keepdims=True)
+    return logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+
+
+def np_logsumexp(a, axis=0):
+    m = a.max(axis=axis, keepdims=True)
+    return (m + np.log(np.exp(a - m).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def binary(rng, shape):
+    return mv.tensor((rng.random(shape) < 0.5).astype(np.float64))
+
+
+def small_m2(k=4, s=2, **kw):
+    mv.nn.init.manual_seed(0)
+    return M2(x_dim=10, z_dim=3, hidden=(6,), num_classes=k, mc_samples=s, **kw).astype(np.float64)
+
+
+def m2_label_terms(model, x, label, eps, analytic=True):
+    """(log p(x | y, z), latent part) of M2 for one label per example, by hand; eps (S, B, D)."""
+    y = one_hot(label, model.num_classes, x)
+    mu, logvar = (t.data for t in model.encode(x, y))
+    z = mu + np.exp(0.5 * logvar) * eps
+    rec = np_bernoulli(model.decode(mv.tensor(z), y).data, x.data)
+    if analytic:
+        return rec, -np_kl_std(mu, logvar)
+    return rec, np_log_normal(z, 0.0, 0.0) - np_log_normal(z, mu, logvar)
+
+
+# ----- the model ------------------------------------------------------------------------------
+def test_the_label_prior_is_minus_log_k_per_example():
+    model = small_m2(k=4)
+    x = binary(np.random.default_rng(0), (5, 10))
+    log_py = model.log_prior_y(x)
+    assert log_py.shape == (5,)  # a vector, one value per example, not a scalar
+    np.testing.assert_array_equal(log_py.data, np.full(5, -math.log(4)))
+
+
+def test_joint_mlp_is_one_linear_on_the_concatenation():
+    mv.nn.init.manual_seed(0)
+    net = JointMLP((5, 3), (4,), activation="tanh").astype(np.float64)
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((2, 6, 5)), rng.standard_normal((6, 3))
+    W = np.concatenate([net.inputs[0].weight.data, net.inputs[1].weight.data])
+    expected = np.tanh(np.concatenate([a, np.broadcast_to(b, (2, 6, 3))], -1) @ W + net.inputs[0].bias.data)
+    np.testing.assert_allclose(net(mv.tensor(a), mv.tensor(b)).data, expected, rtol=1e-12)
+    assert net.inputs[1].bias is None  # one bias for the sum
+
+
+def test_enumerated_unlabelled_bound_equals_a_loop_over_labels():
+    k, s, b = 4, 2, 5
+    model = small_m2(k, s)
+    x = binary(np.random.default_rng(1), (b, 10))
+    got = model.unlabelled_bound(x, Generator(7)).data
+    eps = Generator(7).normal((k, s, b, 3), dtype=np.float64)
+    log_q = np_log_softmax(model.classifier(x).data)
+    expected = np.zeros(b)
+    for label in range(k):  # U(x) = sum_y q(y|x) [L(x, y) - log q(y|x)]
+        rec, latent = m2_label_terms(model, x, np.full(b, label), eps[label])
+        bound = rec.mean(0) + latent - math.log(k)
+        expected += np.exp(log_q[:, label]) * (bound - log_q[:, label])
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    rec, kl = model.elbo(x, Generator(7))  # the same bound, split for the evaluation code
+    np.testing.assert_allclose((rec - kl).data, expected, rtol=1e-12)
+
+
+def test_labelled_bound_and_classification_loss_by_hand():
+    k, s, b = 4, 3, 6
+    model = small_m2(k, s)
+    x = binary(np.random.default_rng(2), (b, 10))
+    labels = np.array([0, 3, 1, 1, 2, 3])
+    bound, class_loss = model.labelled_bound(x, labels, Generator(3), beta=0.5)
+    eps = Generator(3).normal((1, s, b, 3), dtype=np.float64)[0]
+    rec, latent = m2_label_terms(model, x, labels, eps)
+    np.testing.assert_allclose(bound.data, rec.mean(0) + 0.5 * latent - math.log(k), rtol=1e-12)
+    log_q = np_log_softmax(model.classifier(x).data)
+    np.testing.assert_allclose(class_loss.data, -log_q[np.arange(b), labels], rtol=1e-12)
+
+
+def test_loss_combines_the_bounds_with_alpha():
+    model = small_m2(alpha=7.0)
+    rng = np.random.default_rng(3)
+    x, xl, labels = binary(rng, (5, 10)), binary(rng, (4, 10)), np.array([0, 1, 2, 3])
+    loss, stats = model.loss(x, Generator(4), labelled=(xl, labels))
+    g = Generator(4)  # the loss draws the unlabelled noise first, then the labelled noise
+    u = model.unlabelled_bound(x, g).data.mean()
+    bound, ce = model.labelled_bound(xl, labels, g)
+    np.testing.assert_allclose(loss.data, -u - bound.data.mean() + 7.0 * ce.data.mean(), rtol=1e-12)
+    assert stats["loss"] == pytest.approx(loss.item()) and stats["elbo"] == pytest.approx(u)
+    with pytest.raises(ValueError, match="alpha"):
+        small_m2().loss(x, Generator(4), labelled=(xl, labels))
+
+
+def test_log_weights_sum_the_labels_out_exactly():
+    k, b, n = 4, 5, 3
+    model = small_m2(k)
+    x = binary(np.random.default_rng(4), (b, 10))
+    got = model.log_weights(x, n, Generator(5)).data
+    eps = Generator(5).normal((k, n, b, 3), dtype=np.float64)
+    per_label = np.stack([sum(m2_label_terms(model, x, np.full(b, y), eps[y], analytic=False))
+                          for y in range(k)]) - math.log(k)
+    np.testing.assert_allclose(got, np_logsumexp(per_label, axis=0), rtol=1e-12)
+    # In chunks of one sample each: chunk j is the one-sample draw at generator offset j.
+    model.max_rows = k * b
+    chunked = model.log_weights(x, n, Generator(5)).data
+    for j in range(n):
+        np.testing.assert_array_equal(chunked[j], model.log_weights(x, 1, Generator(5, offset=j)).data[0])
+
+
+def test_m2_loss_gradients_match_finite_differences():
+    mv.nn.init.manual_seed(0)
+    model = M2(x_dim=6, z_dim=2, hidden=(4,), num_classes=3, alpha=2.0, mc_samples=2).astype(np.float64)
+    rng = np.random.default_rng(5)
+    x, xl, labels = binary(rng, (4, 6)), binary(rng, (3, 6)), np.array([2, 0, 1])
+    for name, p in model.named_parameters():
+        mv.gradcheck(lambda p_: model.loss(x, Generator(9), beta=0.7, labelled=(xl, labels))[0], p)
+
+
+def test_classify_and_the_classification_error():
+    model = small_m2(k=4)
+    x = binary(np.random.default_rng(6), (10, 10))
+    predicted = model.classify(x)
+    np.testing.assert_array_equal(predicted, model.classifier(x).data.argmax(-1))
+    labels = predicted.copy()
+    labels[[1, 4, 9]] = (labels[[1, 4, 9]] + 1) % 4  # three wrong labels out of ten
+    for batch_size in (3, 10, 100):
+        assert classification_error(model, x.data, labels, batch_size=batch_size) == pytest.approx(0.3)
+
+
+def test_sample_cycles_through_the_labels():
+    model = small_m2(k=4)
+    images = model.sample(6, Generator(0))
+    assert images.shape == (6, 10) and np.all((images > 0) & (images < 1))
+    binary_images = model.sample(6, Generator(0), probabilities=False)
+    assert set(np.unique(binary_images)) <= {0.0, 1.0}
+
+
+# ----- the trainer ----------------------------------------------------------------------------
+def ssl_config(tmp_path, **kw):
+    base = dict(model="m2", epochs=2, batch_size=50, hidden=(32,), z_dim=4, eval_k=0, n_labelled=25,
+                out=str(tmp_path / "run"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_labelled_batches_are_a_function_of_seed_and_step():
+    data = small_data()
+    idx = np.arange(0, 60, 2)
+    a = LabelledBatches(data.x_train[idx], data.y_train[idx], 10, seed=3)
+    b = LabelledBatches(data.x_train[idx], data.y_train[idx], 10, seed=3)
+    for step in (5, 0, 4, 3):  # any order: no state carried from one step to the next
+        np.testing.assert_array_equal(a(step)[0], b(step)[0])
+    pass_labels = np.sort(np.concatenate([a(step)[1] for step in range(3)]))
+    np.testing.assert_array_equal(pass_labels, np.sort(data.y_train[idx]))  # one pass: every label once
+    assert not np.array_equal(a(0)[0], a(3)[0])  # the next pass: new order and new binarization
+
+
+def test_semi_supervised_training_reduces_the_loss_and_reports_errors(tmp_path):
+    data = small_data()
+    trainer = Trainer(ssl_config(tmp_path, epochs=4), data=data, progress=False, log=lambda m: None)
+    assert trainer.model.alpha == pytest.approx(0.1 * 300 / 25)  # 0.1 N / N_l
+    trainer.fit()
+    lines = [json.loads(l) for l in (trainer.run_dir / METRICS).read_text().splitlines()]
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert lines[-1]["valid_elbo"] > lines[0]["valid_elbo"]
+    assert {"train_class_loss", "train_labelled_bound", "valid_error"} <= set(lines[0])
+    assert lines[-1]["valid_error"] <= lines[0]["valid_error"]
+    results = trainer.final_evaluation()
+    assert 0.0 <= results["test_error"] < 0.5 and np.isfinite(results["test_elbo"])
+
+
+def test_the_labelled_subset_comes_from_the_training_labels_only(tmp_path, monkeypatch):
+    from minivae import train as train_module
+
+    seen = {}
+
+    def spy(labels, n_labelled, seed):
+        seen.update(labels=labels, n=n_labelled, seed=seed)
+        return np.arange(n_labelled)
+
+    monkeypatch.setattr(train_module, "balanced_labelled_subset", spy)
+    data = small_data()
+    Trainer(ssl_config(tmp_path, seed=4), data=data, progress=False, log=lambda m: None)
+    assert seen["labels"] is data.y_train and seen["n"] == 25 and seen["seed"] == 4
+
+
+@pytest.mark.parametrize("stop_after", [3, 6])  # inside epoch 1, inside epoch 2
+def test_semi_supervised_resume_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after):
+    data = small_data(n_train=200, n_eval=20)  # 4 batches per epoch
+    quiet = dict(data=data, progress=False, log=lambda m: None)
+    ref = Trainer(ssl_config(tmp_path / "ref", warmup=2), **quiet)
+    ref.fit()
+    cut = Trainer(ssl_config(tmp_path / "cut", warmup=2), **quiet)
+    _interrupt_after(cut, stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    resumed = Trainer(ssl_config(tmp_path / "cut", warmup=2), **quiet)
+    resumed.fit(resume=True)
+    for name, value in params(ref.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[name], value, err_msg=name)
+
+
+def test_cli_trains_m2_with_n_labelled_and_reports_the_test_error(tmp_path, monkeypatch, capsys):
+    from minivae import cli, train as train_module
+    import minivae.data as data_module
+
+    data = small_data(n_train=100, n_eval=20)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: data)
+    monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
+    out = tmp_path / "cli"
+    code = cli.main(["train", "--model", "m2", "--n-labelled", "10", "--epochs", "1", "--hidden", "16",
+                     "--z-dim", "2", "--batch-size", "50", "--out", str(out), "--eval-k", "3",
+                     "--set", "alpha=1.5", "--no-progress"])
+    assert code == 0
+    assert json.loads((out / "config.json").read_text())["n_labelled"] == 10
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["test_error"] <= 1.0 and results["test_nll"] > 0
+    assert "valid error" in capsys.readouterr().out
+    assert cli.main(["eval", str(out), "--k", "2", "--no-progress"]) == 0
+    assert "test_error" in json.loads((out / "eval_k2.json").read_text())
+    assert build_model("m2", alpha=1.5).alpha == 1.5

@@ -1,0 +1,75 @@
+"""minivae.trace: gradient norms, update-to-weight ratios and the latent (posterior-collapse) summary."""
+import json
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae import optim
+from minivae.models import VAE
+from minivae.random import Generator
+from minivae.trace import gradient_norms, latent_summary, snapshot, update_ratios
+from minivae.viz import GRAD_PREFIX, RATIO_PREFIX, has_grad_norms
+
+
+@pytest.fixture
+def model_and_batch():
+    model = VAE(x_dim=10, z_dim=4, hidden=(6,), rng=np.random.default_rng(0))
+    x = (np.random.default_rng(1).uniform(size=(32, 10)) < 0.5).astype(np.float32)
+    return model, x
+
+
+def test_gradient_norms(model_and_batch):
+    model, x = model_and_batch
+    assert gradient_norms(model) == {}                      # no gradient yet: nothing reported
+    loss, _ = model.loss(mv.tensor(x), Generator(0))
+    loss.backward()
+    norms = gradient_norms(model)
+    assert set(norms) == {GRAD_PREFIX + name for name, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        assert norms[GRAD_PREFIX + name] == pytest.approx(np.linalg.norm(p.grad.astype(np.float64)))
+    assert all(isinstance(v, float) for v in norms.values())
+    json.dumps(norms)                                       # ready for metrics.jsonl
+    assert has_grad_norms([norms])                          # and for minivae.viz's plot
+
+
+def test_update_ratios_of_an_sgd_step(model_and_batch):
+    model, x = model_and_batch
+    loss, _ = model.loss(mv.tensor(x), Generator(0))
+    loss.backward()
+    before = snapshot(model)
+    lr = 0.1
+    optim.SGD(model.parameters(), lr=lr).step()
+    ratios = update_ratios(before, snapshot(model))
+    assert ratios == update_ratios(before, model)           # a model works as "after" too
+    for name, p in model.named_parameters():
+        expected = lr * np.linalg.norm(p.grad.astype(np.float64)) / np.linalg.norm(before[name].astype(np.float64))
+        assert ratios[RATIO_PREFIX + name] == pytest.approx(expected, rel=1e-4)
+    assert before["encoder.net.0.weight"] is not model.encoder.net[0].weight.data   # a copy
+
+
+def test_update_ratio_of_zero_weights():
+    before = {"b": np.zeros(3), "w": np.zeros(2), "v": np.array([3.0, 4.0])}
+    after = {"b": np.array([0.0, 0.3, 0.4]), "w": np.zeros(2), "v": np.array([3.0, 4.5])}
+    ratios = update_ratios(before, after)
+    assert ratios == {RATIO_PREFIX + "b": 1.0, RATIO_PREFIX + "w": 0.0, RATIO_PREFIX + "v": pytest.approx(0.1)}
+
+
+def test_latent_summary_finds_dead_units(model_and_batch):
+    model, x = model_and_batch
+    # dimensions 0 and 2 vary strongly with x; 1 and 3 ignore it: constant posterior mean
+    # (inactive) equal to the prior (zero KL)
+    model.q_z.mu.weight.data[:, [0, 2]] *= 20
+    for layer in (model.q_z.mu, model.q_z.logvar):
+        layer.weight.data[:, [1, 3]] = 0
+        layer.bias.data[[1, 3]] = 0
+    summary = latent_summary(model, x)
+    assert summary["active_units"] == 2
+    kl = summary["kl_per_dim"]
+    assert len(kl) == 4 and kl[1] == 0.0 and kl[3] == 0.0 and kl[0] > 0 and kl[2] > 0
+    # the per-dimension KLs add up to the model's (analytic) KL term
+    with mv.no_grad():
+        mu, logvar = model.encode(mv.tensor(x))
+        total = float(mv.functional.kl_normal_std(mu, logvar).data.mean())
+    assert sum(kl) == pytest.approx(total, rel=1e-5)
+    json.dumps(summary)
