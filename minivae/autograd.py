@@ -443,8 +443,11 @@ def _unshared(g):
             and sys.getrefcount(g) <= _UNSHARED_REFS)
 
 
-def _topological_order(root):
-    """Nodes reachable from ``root``, each after every node that uses it (an explicit-stack DFS)."""
+def _topological_order(root, constants=False):
+    """Nodes reachable from ``root``, each after every node that uses it (an explicit-stack DFS).
+
+    Inputs that need no gradient are skipped unless ``constants`` (for drawing the whole graph).
+    """
     order, visited = [], set()
     stack = [(root, False)]
     while stack:
@@ -458,7 +461,7 @@ def _topological_order(root):
         stack.append((node, True))
         if node._node is not None:
             stack.extend((inp, False) for inp in node._node[2]
-                         if inp.requires_grad and id(inp) not in visited)
+                         if (constants or inp.requires_grad) and id(inp) not in visited)
     order.reverse()
     return order
 

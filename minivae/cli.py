@@ -1,4 +1,4 @@
-"""The command line: ``minivae train | eval | sample | plot`` (also ``python -m minivae ...``)."""
+"""The command line: ``minivae train | eval | sample | plot | gradcheck | graph`` (also ``python -m minivae``)."""
 import argparse
 import dataclasses
 import json
@@ -89,7 +89,7 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    """Score a trained run on the test set: ELBO, the k-sample log-likelihood (and the error of a classifier)."""
+    """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     from .data import binarize_eval, load_mnist
     from .evaluate import elbo, log_likelihood
 

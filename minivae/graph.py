@@ -30,7 +30,7 @@ import subprocess
 
 import numpy as np
 
-from .autograd import Tensor
+from .autograd import Tensor, _topological_order
 from .backend import to_device
 
 #: Fill colours of the node kinds (op outputs, parameters / named leaves, constants, the root).
@@ -90,21 +90,8 @@ def parameter_names(model):
 
 
 def _walk(root):
-    """Every tensor reachable from ``root`` through ``_node`` links, inputs first (explicit stack)."""
-    order, seen = [], set()
-    stack = [(root, False)]
-    while stack:
-        t, expanded = stack.pop()
-        if expanded:
-            order.append(t)
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        stack.append((t, True))
-        if t._node is not None:
-            stack.extend((inp, False) for inp in reversed(t._node[2]) if id(inp) not in seen)
-    return order
+    """Every tensor reachable from ``root``, constants included, inputs before their users."""
+    return _topological_order(root, constants=True)[::-1]
 
 
 def _norm(array):

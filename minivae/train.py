@@ -129,12 +129,14 @@ def _progress_bar(total, desc, enabled):
 
 
 def classification_error(model, x, labels, batch_size=500):
-    """The fraction of the N examples in ``x`` (NumPy (N, D)) whose ``model.classify`` differs from ``labels``."""
+    """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
+    ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches."""
     device = next(iter(model.parameters())).device
     wrong = 0
     with evaluating(model):
         for start in range(0, len(x), batch_size):
-            predicted = to_device(model.classify(tensor(to_device(x[start:start + batch_size], device))), "cpu")
+            xb = tensor(to_device(x[start:start + batch_size], device))
+            predicted = to_device(model.classify(xb), "cpu")
             wrong += int((predicted != np.asarray(labels[start:start + batch_size])).sum())
     return wrong / max(1, len(x))
 

@@ -3,22 +3,7 @@ import numpy as np
 import pytest
 
 from minivae import Tensor
-
-
-def away_from(rng, shape, points=(0.0,), margin=0.1, low=-2.0, high=2.0):
-    """Uniform values in [low, high] pushed at least ``margin`` away from every point in ``points``
-    (relu/abs at 0, clip at its bounds), so a finite difference never straddles a kink."""
-    x = rng.uniform(low, high, shape)
-    for p in points:
-        near = np.abs(x - p) < margin
-        x = np.where(near, p + np.where(x >= p, margin, -margin) * rng.uniform(1, 2, shape), x)
-    return x
-
-
-def distinct(rng, shape, spacing=0.1):
-    """Values at least ``spacing`` apart in random order: no ties for max."""
-    n = int(np.prod(shape))
-    return (rng.permutation(n) * spacing + rng.uniform(0, spacing / 4, n) - n * spacing / 2).reshape(shape)
+from minivae.gradcheck_cases import away_from, distinct  # noqa: F401  (used by the tests)
 
 
 @pytest.fixture

@@ -94,8 +94,9 @@ def test_semi_supervised_log_weights_sum_the_labels_out_with_a_shared(cls):
     x = binary(np.random.default_rng(2), (b, D))
     g = Generator(5)
     eps_a, eps_z = g.normal((n, b, A), dtype=np.float64), g.normal((k, n, b, Z), dtype=np.float64)
-    per_label = np.stack([sum(hand_terms(model, x, one_hot(np.full(b, y), k, x), eps_a, eps_z[y], False)[:2])
-                          for y in range(k)]) - math.log(k)
+    per_label = np.stack([
+        sum(hand_terms(model, x, one_hot(np.full(b, y), k, x), eps_a, eps_z[y], False)[:2]) for y in range(k)
+    ]) - math.log(k)
     np.testing.assert_allclose(model.log_weights(x, n, Generator(5)).data, np_logsumexp(per_label), rtol=1e-12)
 
 

@@ -164,7 +164,8 @@ class SemiSupervised(nn.Module):
         return bound, class_loss
 
     def _enumerated(self, x, noise, beta, samples, analytic=True):
-        """Per-label bounds (K, S, B), log q(y | x, ...) and q(y | x, ...) as (K, S or 1, B), rec (K, S, B)."""
+        """Per-label bounds L(x, y) (K, S, B), log q(y | x, ...) and q(y | x, ...) as (K, S or 1, B),
+        and the reconstruction terms (K, S, B)."""
         context = self._context(x, samples, noise)
         rec, latent = self._terms(x, label_grid(self.num_classes, x), context, noise, analytic)
         per_label = rec + beta * latent + self.log_prior_y(x)

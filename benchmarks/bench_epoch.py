@@ -1,0 +1,150 @@
+"""Seconds per MNIST training epoch: minivae's trainer vs the same model in PyTorch CPU.
+
+One epoch of the default VAE (784-512-256, z 50, Adam, cosine learning rate) over the 50,000
+real MNIST training images at ``--batch`` (default 100), float32, from the same initial weights:
+
+* minivae: ``minivae.train.Trainer``'s own step (learning rate, loss, NaN check, zero_grad,
+  backward, Adam) on its own minibatch loader (shuffled, dynamically binarized per epoch);
+* torch: the same model and Adam in PyTorch, fed the same batches (``torch.from_numpy`` views),
+  the same learning-rate schedule, with the same number of threads;
+* numpy: the hand-written reference of ``reference_numpy_vae.py`` (for scale).
+
+The libraries take turns every ``--chunk`` batches over the same epoch, so a burst of load from
+other processes slows them alike; each library's epoch time is the sum of its own step times
+plus the time to prepare the epoch's batches (shuffle and binarize, done once by minivae's loader
+and counted for every library). Evaluation is not included.
+
+    python benchmarks/bench_epoch.py            # writes results/epoch_<machine>_t<threads>.json
+"""
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_train_step as bts  # noqa: E402
+from machine import default_machine_name, machine_info, versions, write_result  # noqa: E402
+from minivae.train import TrainConfig, Trainer, learning_rate  # noqa: E402
+from minivae.data import load_mnist  # noqa: E402
+
+try:
+    import torch
+except ImportError:
+    torch = None
+try:
+    import threadpoolctl
+except ImportError:
+    threadpoolctl = None
+
+
+class TrainerStep:
+    """minivae: the Trainer's own per-batch step."""
+
+    def __init__(self, config, data):
+        self.trainer = Trainer(config, data=data, progress=False, log=lambda *a: None)
+        self.steps = 0
+
+    def params(self):
+        return [p.data.copy() for p in self.trainer.model.parameters()]
+
+    def __call__(self, xb):
+        self.trainer._step(xb, self.trainer.config.beta, self.steps)
+        self.steps += 1
+
+
+class ScheduledRunner:
+    """A bench_train_step runner with the trainer's learning-rate schedule applied each step."""
+
+    def __init__(self, runner, config, total_steps):
+        self.runner, self.config, self.total, self.steps = runner, config, total_steps, 0
+
+    def __call__(self, xb):
+        lr = learning_rate(self.config, self.steps, self.total)
+        if isinstance(self.runner, bts.TorchRunner):
+            for group in self.runner.opt.param_groups:
+                group["lr"] = lr
+            self.runner.step(self.runner.batch(xb))
+        else:
+            self.runner.opt.lr = lr
+            self.runner.step(xb)
+        self.steps += 1
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per library (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS / PyTorch threads (default: the cores this process may use)")
+    parser.add_argument("--chunk", type=int, default=25, help="batches per turn (default 25)")
+    parser.add_argument("--libs", nargs="+", default=["minivae", "torch", "numpy"],
+                        choices=["minivae", "torch", "numpy"])
+    parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
+    parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
+    if torch is not None:
+        torch.set_num_threads(threads)
+    libs = [n for n in args.libs if n != "torch" or torch is not None]
+    load_before = os.getloadavg()
+
+    data = load_mnist(verbose=False)
+    config = TrainConfig(batch_size=args.batch, epochs=args.epochs, out="/tmp/minivae-bench-epoch")
+    mine = TrainerStep(config, data)
+    state = {"params": mine.params(), "m": None, "v": None, "t": 0}
+    total = mine.trainer.total_steps
+    steppers = {"minivae": mine}
+    if "torch" in libs:
+        steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, "cpu", seed=config.seed), config, total)
+    if "numpy" in libs:
+        steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, "cpu", seed=config.seed), config, total)
+
+    seconds = {n: 0.0 for n in steppers}
+    prepare = 0.0
+    for epoch in range(args.epochs):
+        t0 = time.perf_counter()
+        batches = list(mine.trainer.loader.epoch(epoch))  # views of the loader's epoch buffer
+        prepare += time.perf_counter() - t0
+        names = list(steppers)
+        for c, start in enumerate(range(0, len(batches), args.chunk)):
+            chunk = batches[start:start + args.chunk]
+            for n in names[c % len(names):] + names[:c % len(names)]:
+                step = steppers[n]
+                t0 = time.perf_counter()
+                for xb in chunk:
+                    step(xb)
+                seconds[n] += time.perf_counter() - t0
+        print(f"epoch {epoch + 1}: " + "   ".join(f"{n} {s:.1f} s" for n, s in seconds.items()), flush=True)
+
+    per_epoch = {n: round((s + prepare) / args.epochs, 2) for n, s in seconds.items()}
+    results = {n: {"seconds_per_epoch": v, "images_per_s": round(len(data.x_train) / v, 1),
+                   "time_ratio_to_minivae": round(v / per_epoch["minivae"], 3)} for n, v in per_epoch.items()}
+    payload = {
+        "benchmark": "seconds per MNIST training epoch (default VAE, float32)",
+        "device": "cpu", "batch": args.batch, "epochs": args.epochs, "threads": threads,
+        "train_images": int(len(data.x_train)), "steps_per_epoch": len(mine.trainer.loader),
+        "versions": versions("torch", "threadpoolctl"),
+        "blas": bts.blas_info(),
+        "prepare_batches_seconds_per_epoch": round(prepare / args.epochs, 3),
+        "timing": (f"sum of each library's step times over the epoch, the libraries taking turns every "
+                   f"{args.chunk} batches, plus the batch preparation (counted for each)"),
+        "load_average": {"before": [round(x, 2) for x in load_before],
+                         "after": [round(x, 2) for x in os.getloadavg()]},
+        "results": results,
+    }
+    print(results)
+    if not args.no_save:
+        name = args.machine or default_machine_name(machine_info())
+        path = write_result(f"epoch_{name}_t{threads}_b{args.batch}", payload)
+        print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
