@@ -28,6 +28,9 @@ over 100 draws of a instead).
 Paper figures for MNIST with 100 labels: ADGM 0.96% (+- 0.02), SDGM 1.32% (+- 0.07) test error.
 The defaults (a and z of 100 dimensions, two hidden layers of 500 units) are those of the
 authors' MNIST script; they trained for 1000 epochs.
+
+Registered as ``adgm`` and ``sdgm`` (unsupervised) and ``adgm-ssl`` and ``sdgm-ssl``
+(semi-supervised); model settings through ``--set``, e.g. ``--set a_dim=100``.
 """
 from .. import functional as F
 from .. import nn

@@ -14,7 +14,8 @@ them. The paper reports 11.97% (+- 1.71) test error on MNIST with 100 labels (it
 
 Cost: the unlabelled bound runs the encoder head and the decoder on K * S * B rows (K = 10
 labels), so a step costs about K times a VAE step of the same size; the 784-wide first layer of
-the encoder and the classifier run once per image.
+the encoder and the classifier run once per image. Registered as ``m2``: ``minivae train --model
+m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 """
 from .. import functional as F
 from .. import nn
