@@ -35,6 +35,8 @@ def _add_train_args(p):
     p.add_argument("--device", default=d.device, help="cpu, gpu or auto")
     p.add_argument("--eval-k", type=int, default=d.eval_k,
                    help="importance samples for the final test log-likelihood (0 skips it)")
+    p.add_argument("--trace-every", type=int, default=d.trace_every,
+                   help="log per-layer gradient norms and update ratios every N steps (0: off)")
     p.add_argument("--set", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
                    help="a model-specific setting (repeatable), e.g. --set flows=8; VALUE is read as JSON "
                         "when it parses, else as a string")

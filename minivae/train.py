@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, nn, optim
+from . import checkpoint, nn, optim, trace
 from .autograd import tensor
 from .backend import resolve_device, to_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
@@ -64,6 +64,7 @@ class TrainConfig:
     eval_k: int = 1000  # importance samples for the test log-likelihood at the end (0: skip)
     n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
     model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
+    trace_every: int = 0  # log gradient norms and update ratios every N steps (0: off)
 
     def model_kwargs(self):
         """The keyword arguments of the model constructor (common ones, then ``model_options``)."""
@@ -214,7 +215,7 @@ class Trainer:
         saved = TrainConfig.from_dict(meta["config"])
         # Only the length of the run may change on resume; anything else would not be the same run.
         mismatched = [f.name for f in dataclasses.fields(TrainConfig)
-                      if f.name not in ("epochs", "out", "device", "eval_k")
+                      if f.name not in ("epochs", "out", "device", "eval_k", "trace_every")
                       and getattr(saved, f.name) != getattr(self.config, f.name)]
         if mismatched:
             raise checkpoint.CheckpointError(
@@ -226,11 +227,13 @@ class Trainer:
         self.epoch, self.batch, self.sums = meta["epoch"], meta["batch"], meta["sums"]
 
     def _truncate_metrics(self):
-        """Drop metric lines of epochs after the checkpoint (a crash between the two writes)."""
+        """Drop metric lines written after the checkpoint (epoch summaries of a crash between the
+        two writes, and gradient traces of steps that will run again)."""
         path = self.run_dir / METRICS
         if path.exists():
-            lines = [line for line in path.read_text().splitlines()
-                     if line.strip() and json.loads(line)["epoch"] <= self.epoch]
+            done = self.epoch * len(self.loader) + self.batch  # optimizer steps in the checkpoint
+            lines = [line for line in path.read_text().splitlines() if line.strip()
+                     and _kept(json.loads(line), self.epoch, done)]
             path.write_text("".join(line + "\n" for line in lines))
 
     # ----- the loop --------------------------------------------------------------------------
@@ -248,7 +251,15 @@ class Trainer:
                 "state. Try a smaller --lr or a KL --warmup.")
         self.model.zero_grad()
         loss.backward()
-        self.optimizer.step()
+        if self.config.trace_every and step % self.config.trace_every == 0:
+            record = {"step": step, "epoch": self.epoch + 1, **trace.gradient_norms(self.model)}
+            before = trace.snapshot(self.model)
+            self.optimizer.step()
+            record.update(trace.update_ratios(before, self.model))
+            with open(self.run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:
+            self.optimizer.step()
         return stats
 
     def _epoch(self):
@@ -286,6 +297,8 @@ class Trainer:
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,
                        images_per_second=self.loader.num_examples / seconds)
+        if hasattr(self.model, "encode") and self.labelled is None:  # posterior collapse summary
+            metrics.update(trace.latent_summary(self.model, self.x_valid[:2000]))
         if hasattr(self.model, "classify"):
             metrics["valid_error"] = classification_error(self.model, self.x_valid, self.data.y_valid)
         return metrics
@@ -330,6 +343,11 @@ class Trainer:
             results.update(test_nll=float(-ll.mean()), eval_k=self.config.eval_k)
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         return results
+
+
+def _kept(line, epoch, steps):
+    """Whether a metrics line belongs to a run checkpointed after ``epoch`` epochs and ``steps`` steps."""
+    return line["step"] < steps if "step" in line else line["epoch"] <= epoch
 
 
 def _epoch_line(m):

@@ -246,3 +246,20 @@ def test_cli_train_one_short_epoch_and_eval(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
     assert cli.main(["eval", str(out), "--k", "4", "--no-progress"]) == 0
     assert json.loads((out / "eval_k4.json").read_text())["n_test"] == 20
+
+
+def test_gradient_tracing_logs_norms_and_survives_resume(tmp_path):
+    data = small_data()
+    quiet = dict(data=data, progress=False, log=lambda m: None)
+    cut = Trainer(config(tmp_path, trace_every=2), **quiet)
+    _interrupt_after(cut, 9)  # inside epoch 2 (6 steps per epoch)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    Trainer(config(tmp_path, trace_every=2), **quiet).fit(resume=True)
+    lines = [json.loads(l) for l in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    traces = [m for m in lines if "step" in m]
+    assert [m["step"] for m in traces] == [0, 2, 4, 6, 8, 10]  # once each, none lost or repeated
+    assert all(v > 0 for k, v in traces[0].items() if k.startswith(("grad_norm/", "update_ratio/")))
+    summaries = [m for m in lines if "valid_elbo" in m]
+    assert [m["epoch"] for m in summaries] == [1, 2]
+    assert 0 <= summaries[-1]["active_units"] <= 4 and len(summaries[-1]["kl_per_dim"]) == 4
