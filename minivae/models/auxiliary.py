@@ -94,7 +94,7 @@ class _AuxiliaryNetworks:
         a = context["a"]
         mu, logvar = self.q_z(self.q_z_net(*self._parents(x, a, y)))
         labels = () if y is None else (y.shape[0],)
-        z = F.reparameterize(mu, logvar, draw_normal(noise, labels + a.shape[:-1] + (self.z_dim,), mu))
+        z = F.reparameterize(mu, logvar, noise, shape=labels + a.shape[:-1] + (self.z_dim,))
         rec = F.bernoulli_log_prob(self.decode(z, y, a), x)
         mu_a, logvar_a = self.p_a(self.p_a_net(*self._parents(z, y, None if self.skip else x)))
         latent = F.gaussian_log_prob(a, mu_a, logvar_a) - context["log_qa"]

@@ -63,8 +63,7 @@ class M2(SemiSupervised):
     def _terms(self, x, y, context, noise, analytic=True):
         """log p(x | y, z) for z ~ q(z | x, y), and -KL (analytic) or log p(z) - log q(z | x, y)."""
         mu, logvar = self.encode(x, y)  # (L, 1, B, D): q(z | x, y) does not depend on the sample
-        eps = draw_normal(noise, (y.shape[0], context["samples"], x.shape[0], self.z_dim), mu)
-        z = F.reparameterize(mu, logvar, eps)
+        z = F.reparameterize(mu, logvar, noise, shape=(y.shape[0], context["samples"], x.shape[0], self.z_dim))
         rec = F.bernoulli_log_prob(self.decode(z, y), x)
         if analytic:
             return rec, -F.kl_normal_std(mu, logvar)
