@@ -1,0 +1,164 @@
+"""Markdown tables from the benchmark JSON files (the README's numbers are generated, not typed).
+
+    python benchmarks/report.py            # print the tables for every train_step_* and epoch_* result
+    python benchmarks/report.py --write    # also replace the generated section of benchmarks/README.md
+    python benchmarks/report.py --readme   # and the short results section of the top-level README.md
+
+Each table names the machine, the threads, the date and the command of the run it came from.
+"""
+import argparse
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+README = HERE / "README.md"
+BEGIN = "<!-- BEGIN GENERATED: benchmarks/report.py -->"
+END = "<!-- END GENERATED -->"
+TOP_README = HERE.parent / "README.md"
+TOP_BEGIN, TOP_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _fmt(v, digits=2):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "**no**"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def _source(r):
+    m = r["machine"]
+    load = r.get("load_average", {})
+    load_s = ""
+    if load:
+        load_s = f", load average {load['before'][0]:.1f} before / {load['after'][0]:.1f} after"
+    return (f"{m.get('cpu_model')} ({m.get('cores')} cores), {r.get('threads')} thread(s), "
+            f"{r['date'][:10]}{load_s}; `{r['command']}`")
+
+
+def train_step_tables(r):
+    """The per-library table and the targets table of one bench_train_step result."""
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} threads)"
+                     for b in (r.get("blas") or []) if b.get("user_api") == "blas")
+    lines = [f"Training step, {r['model']['dtype']}, {r['model']['parameters']:,} parameters, "
+             f"steady state after {r['steady_state'].get('steps', 0)} Adam steps "
+             f"({100 * r['steady_state'].get('subnormal_exp_avg_fraction', 0):.1f}% of Adam's first "
+             f"moments subnormal). {_source(r)}. NumPy BLAS: {blas or 'unknown'}.", "",
+             "| batch | library | ms / step | images / s | time vs minivae | tracemalloc peak (MiB) "
+             "| peak RSS rise (MiB) | page faults / step | eps draw (ms) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for b, row in r["results"].items():
+        for lib, v in row.items():
+            lines.append("| " + " | ".join([
+                b, lib, _fmt(v["ms_per_step"]), _fmt(v["images_per_s"], 0), _fmt(v["time_ratio_to_minivae"]),
+                _fmt(v.get("tracemalloc_peak_mib"), 1), _fmt(v.get("rss_peak_rise_mib"), 1),
+                _fmt(v.get("page_faults_per_step"), 0), _fmt(v.get("eps_ms"), 3)]) + " |")
+    lines += ["", "| batch | target | goal | this run | met |", "|---|---|---|---|---|"]
+    names = {"time_vs_numpy": "minivae time / NumPy reference time",
+             "throughput_vs_torch": "minivae throughput / PyTorch throughput",
+             "time_vs_torch": "minivae time / PyTorch time",
+             "peak_memory_vs_numpy": "minivae peak step memory / reference's (tracemalloc)",
+             "time_vs_numpy_if_eps_cost_the_same": "minivae time / reference time, minivae's eps draw "
+                                                   "counted at NumPy's cost (not a target)"}
+    for b, targets in r.get("targets", {}).items():
+        for key, t in targets.items():
+            lines.append(f"| {b} | {names.get(key, key)} | {t['target']} | {_fmt(t['value'], 3)} | {_fmt(t['met'])} |")
+    return "\n".join(lines)
+
+
+def epoch_table(r):
+    """The table of one bench_epoch result."""
+    lines = [f"One MNIST epoch ({r['train_images']:,} images, batch {r['batch']}, "
+             f"{r['steps_per_epoch']} steps; batch preparation {r['prepare_batches_seconds_per_epoch']:.2f} s "
+             f"counted for each library). {_source(r)}.", "",
+             "| library | seconds / epoch | images / s | time vs minivae |", "|---|---|---|---|"]
+    for lib, v in r["results"].items():
+        lines.append(f"| {lib} | {_fmt(v['seconds_per_epoch'])} | {_fmt(v['images_per_s'], 0)} | "
+                     f"{_fmt(v['time_ratio_to_minivae'])} |")
+    return "\n".join(lines)
+
+
+def mnist_table(paths):
+    """Trained models (``bench_mnist.py``): test NLL and ELBO, time per epoch."""
+    lines = ["| run | epochs | test NLL (nats) | test ELBO | s / epoch | machine, date |",
+             "|---|---|---|---|---|---|"]
+    for path in paths:
+        r = json.loads(path.read_text())
+        nll = (f"{r['test_nll']:.2f} ± {r.get('test_nll_stderr', 0):.2f} (k={r.get('nll_k')}, "
+               f"{r.get('nll_n_test')} images)")
+        lines.append(f"| `{path.stem}` | {r.get('epochs')} | {nll} | {_fmt(r.get('test_elbo'))} | "
+                     f"{_fmt(r.get('seconds_per_epoch_median'), 1)} | {r['machine'].get('cpu_model')}, "
+                     f"{r['date'][:10]} |")
+    return "\n".join(lines)
+
+
+def summary(results_dir=RESULTS):
+    """The short results section of the top-level README: trained models, step and epoch speed."""
+    parts = []
+    mnist = sorted(results_dir.glob("mnist_*.json"))
+    if mnist:
+        parts += ["Trained on dynamically binarized MNIST (`benchmarks/bench_mnist.py`):", "",
+                  mnist_table(mnist), ""]
+    steps = sorted(results_dir.glob("train_step_*.json"))
+    if steps:
+        parts += ["One training step of the default VAE, float32, the libraries interleaved in one "
+                  "process (`benchmarks/bench_train_step.py`; details, memory and the targets in "
+                  "[benchmarks/README.md](benchmarks/README.md)):", "",
+                  "| run | batch | minivae ms / step | NumPy reference | PyTorch CPU |", "|---|---|---|---|---|"]
+        for path in steps:
+            r = json.loads(path.read_text())
+            for b, row in r["results"].items():
+                cells = [f"`{path.stem}` ({r.get('threads')} thread(s))", b, _fmt(row["minivae"]["ms_per_step"])]
+                for lib in ("numpy", "torch"):
+                    v = row.get(lib)
+                    cells.append("-" if v is None else
+                                 f"{_fmt(v['ms_per_step'])} ({_fmt(v['time_ratio_to_minivae'])}x minivae's time)")
+                parts.append("| " + " | ".join(cells) + " |")
+        parts.append("")
+    for path in sorted(results_dir.glob("epoch_*.json")):
+        parts += [f"`{path.stem}`: " + epoch_table(json.loads(path.read_text())), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def render(results_dir=RESULTS):
+    """All tables, newest file last within each kind."""
+    parts = []
+    for path in sorted(results_dir.glob("train_step_*.json")):
+        parts += [f"#### `{path.name}`", "", train_step_tables(json.loads(path.read_text())), ""]
+    for path in sorted(results_dir.glob("epoch_*.json")):
+        parts += [f"#### `{path.name}`", "", epoch_table(json.loads(path.read_text())), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def write_readme(text, readme=README, begin=BEGIN, end=END):
+    """Replace the text between the generated-section markers of ``readme``."""
+    old = readme.read_text()
+    head, sep, rest = old.partition(begin)
+    if not sep or end not in rest:
+        raise SystemExit(f"{readme} has no {begin} ... {end} section")
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{begin}\n{text}{end}{tail}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="update benchmarks/README.md in place")
+    parser.add_argument("--readme", action="store_true",
+                        help="update the results section of the top-level README.md in place")
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    text = render(Path(args.results))
+    print(text)
+    if args.write:
+        write_readme("\n" + text + "\n")
+        print(f"updated {README}")
+    if args.readme:
+        write_readme(summary(Path(args.results)), TOP_README, TOP_BEGIN, TOP_END)
+        print(f"updated {TOP_README}")
+
+
+if __name__ == "__main__":
+    main()
