@@ -349,6 +349,8 @@ def find_op(name):
 
 #: The sizes of the small model that ``model_case`` checks (every parameter element by element).
 SMALL_MODEL = dict(x_dim=12, z_dim=3, hidden=(8,))
+#: Ladder models need two stochastic layers for the precision-weighted merge to be checked.
+MODEL_SIZES = {"ladder": dict(hidden=(8, 6), z_dims=(3, 2)), "ladder-m2": dict(hidden=(8, 6), z_dims=(3, 2))}
 
 
 def model_case(name="vae", batch=4, seed=0, **kwargs):
@@ -364,7 +366,8 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
     from .random import Noise
 
     rng = np.random.default_rng(seed)
-    model = build_model(name, **dict(SMALL_MODEL, rng=rng, **kwargs)).astype(np.float64)
+    sizes = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
+    model = build_model(name, **dict(sizes, rng=rng, **kwargs)).astype(np.float64)
     x = (rng.uniform(size=(batch, model.x_dim)) < 0.5).astype(np.float64)
     noise = Noise(seed=seed)
     slots, names = [], []

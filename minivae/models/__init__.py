@@ -7,6 +7,7 @@ from .flow import FlowVAE
 from .gumbel import GumbelSoftmaxVAE
 from .iwae import TwoLayerVAE, iwae
 from .ladder import LadderVAE
+from .ladder_m2 import LadderM2
 
 MODELS = {"vae": VAE}
 # Semi-supervised models (class attribute semi_supervised = True) train with labels too.
@@ -14,6 +15,7 @@ MODELS.update({"m2": M2, "adgm": ADGM, "sdgm": SDGM, "adgm-ssl": SemiSupervisedA
                "sdgm-ssl": SemiSupervisedSDGM})
 # Unsupervised models beyond the VAE (iwae is a factory: one-layer VAE(iw_k=k) or TwoLayerVAE).
 MODELS.update({"iwae": iwae, "ladder": LadderVAE, "flow": FlowVAE, "gumbel": GumbelSoftmaxVAE})
+MODELS["ladder-m2"] = LadderM2  # semi-supervised too: M2 with a Ladder VAE encoder/decoder
 
 
 def build_model(name, **kwargs):

@@ -20,12 +20,51 @@ length is L, 2 to 5 in the paper), ``--set z_dims=[...]`` the latent sizes (defa
 64, 32, 16, 8, 4, cut to L); ``--z-dim`` is not used. The paper's five-layer MNIST model:
 ``--model ladder --hidden 512 256 128 64 32 --activation leaky_relu --warmup 200``.
 """
+import numpy as np
+
 from .. import functional as F
 from .. import nn
 from ..ops.ladder import precision_weighted
-from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator, rsample
+from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 
 PAPER_Z_DIMS = (64, 32, 16, 8, 4)
+
+
+def top_down(bottom_up, prior, noise, shape):
+    """The Ladder VAE's top-down pass: draws from q and the q and p parameters of every layer.
+
+    ``bottom_up`` lists the bottom-up estimates (mu_hat, logvar_hat) of the L layers, bottom to
+    top; the top one is q(z_L | .) itself, and z_L is drawn from it with shape ``shape`` (e.g.
+    (k, B, d_L) for k draws). Then for l = L-1 ... 1 (0-based l = L-2 ... 0) ``prior(l, z_above)``
+    gives (mu_p, logvar_p) of p(z_l | z_{l+1}), the posterior is their precision-weighted
+    combination q(z_l | .) = precision_weighted(bottom_up[l], p_l), and z_l is drawn from it.
+    The estimates broadcast against the samples: a (B, d) estimate merges with a (k, B, d)
+    prior. Returns (zs, q, p), each bottom to top; the top layer's p is None (the model's prior
+    for it, N(0, I), has no parameters). Shared by the Ladder VAE and the Ladder M2.
+    """
+    q, p = [bottom_up[-1]], [None]
+    zs = [F.reparameterize(*q[0], noise, shape=shape)]
+    for l in reversed(range(len(bottom_up) - 1)):
+        p.insert(0, prior(l, zs[0]))
+        q.insert(0, precision_weighted(*bottom_up[l], *p[0]))
+        zs.insert(0, F.reparameterize(*q[0], noise))
+    return zs, q, p
+
+
+def kl_terms(q, p):
+    """The analytic KL of each layer, bottom to top, from ``top_down``'s q and p:
+    KL(q(z_l | .) || p(z_l | z_{l+1})) below the top (one per draw of z_{l+1}), KL(q(z_L | .) || N(0, I))."""
+    return ([F.kl_normal_normal(*q_l, *p_l) for q_l, p_l in zip(q[:-1], p[:-1])]
+            + [F.kl_normal_std(*q[-1])])
+
+
+def log_ratio(zs, q, p):
+    """log p(z_1, ..., z_L) - log q(z_1, ..., z_L | .) per draw, from ``top_down``'s results:
+    the top layer against N(0, I), each lower one against p(z_l | z_{l+1})."""
+    out = F.gaussian_log_prob(zs[-1], 0.0, 0.0) - F.gaussian_log_prob(zs[-1], *q[-1])
+    for z, q_l, p_l in zip(zs[:-1], q[:-1], p[:-1]):
+        out = out + F.gaussian_log_prob(z, *p_l) - F.gaussian_log_prob(z, *q_l)
+    return out
 
 
 class LadderVAE(LatentVariableModel):
@@ -74,34 +113,30 @@ class LadderVAE(LatentVariableModel):
         """Bernoulli logits from z_L through the generative means (``TopDownGenerator.decode``)."""
         return self.generator.decode(z_top)
 
+    def bottom_up(self, x):
+        """The deterministic bottom-up pass: each layer's estimate (mu_hat, logvar_hat) from the
+        data alone, bottom to top (the top one is q(z_L | x))."""
+        d, out = x, []
+        for mlp, head in zip(self.up, self.up_heads):
+            d = mlp(d)
+            out.append(head(d))
+        return out
+
     def _posterior(self, x, k, noise):
         """k draws from q: z (bottom to top, each (k, B, d_l)), the q and the p parameters per
         layer ((mu, logvar) pairs, bottom to top; the top layer's p is N(0, I), given as None)."""
-        d, bottom_up = x, []
-        for mlp, head in zip(self.up, self.up_heads):
-            d = mlp(d)
-            bottom_up.append(head(d))
-        q, p = [bottom_up[-1]], [None]
-        zs = [rsample(*q[0], noise, k)]
-        for l in reversed(range(len(self.z_dims) - 1)):
-            p.insert(0, self.generator.prior(l, zs[0]))
-            q.insert(0, precision_weighted(*bottom_up[l], *p[0]))
-            zs.insert(0, rsample(*q[0], noise))
-        return zs, q, p
+        bottom_up = self.bottom_up(x)
+        shape = (int(k),) + np.broadcast_shapes(*(t.shape for t in bottom_up[-1]))
+        return top_down(bottom_up, self.generator.prior, noise, shape)
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z_1..z_L) - log q(z_1..z_L | x) for k independent draws per example."""
         zs, q, p = self._posterior(x, k, noise)
-        log_w = (F.bernoulli_log_prob(self.generator.logits(zs[0]), x)
-                 + F.gaussian_log_prob(zs[-1], 0.0, 0.0) - F.gaussian_log_prob(zs[-1], *q[-1]))
-        for z, q_l, p_l in zip(zs[:-1], q[:-1], p[:-1]):
-            log_w = log_w + F.gaussian_log_prob(z, *p_l) - F.gaussian_log_prob(z, *q_l)
-        return log_w
+        return F.bernoulli_log_prob(self.generator.logits(zs[0]), x) + log_ratio(zs, q, p)
 
     def kl_terms(self, q, p):
         """The analytic KL of each layer, bottom to top: (S, B) below the top, (B,) at the top."""
-        return ([F.kl_normal_normal(*q_l, *p_l) for q_l, p_l in zip(q[:-1], p[:-1])]
-                + [F.kl_normal_std(*q[-1])])
+        return kl_terms(q, p)
 
     def elbo(self, x, noise, samples=None):
         """Per-example (reconstruction, KL), each (B,), averaged over ``samples`` draws; the KL is

@@ -53,17 +53,23 @@ class JointMLP(nn.Module):
     initialized with its own fan-in (the default of ``nn.Linear``), so a 10-wide one-hot input
     is not drowned by a 784-wide image at initialization. The output is ``hidden[-1]`` wide,
     with the activation applied (a trunk that feeds heads).
+
+    ``batch_norm`` puts a BatchNorm1d before each activation, as ``MLP`` does; its statistics
+    are taken over all rows of the broadcast result, e.g. the K * B rows of K enumerated labels
+    times B images (see ``ladder_m2`` for why that, not one set per label).
     """
 
-    def __init__(self, in_sizes, hidden, activation="relu", rng=None):
+    def __init__(self, in_sizes, hidden, activation="relu", batch_norm=False, rng=None):
         super().__init__()
         hidden = tuple(hidden)
         self.in_sizes = tuple(int(n) for n in in_sizes)
         # One bias for the sum: the first block carries it.
         self.inputs = nn.ModuleList([nn.Linear(n, hidden[0], bias=(i == 0), rng=rng)
                                      for i, n in enumerate(self.in_sizes)])
+        self.norm = nn.BatchNorm1d(hidden[0]) if batch_norm else None
         self.act = nn.activation(activation)
-        self.rest = MLP(hidden, activation, rng=rng) if len(hidden) > 1 else nn.Identity()
+        self.rest = (MLP(hidden, activation, batch_norm=batch_norm, rng=rng) if len(hidden) > 1
+                     else nn.Identity())
 
     def forward(self, *xs):
         """act(sum_i x_i W_i + b) through the remaining layers; the x_i broadcast on leading axes."""
@@ -72,6 +78,8 @@ class JointMLP(nn.Module):
         h = self.inputs[0](xs[0])
         for layer, x in zip(self.inputs[1:], xs[1:]):
             h = h + layer(x)
+        if self.norm is not None:  # leading axes (labels, samples, batch) are normalized as rows
+            h = self.norm(h.reshape(-1, h.shape[-1])).reshape(*h.shape)
         return self.rest(self.act(h))
 
 
