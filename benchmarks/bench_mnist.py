@@ -30,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--nll-k", type=int, default=5000, help="importance samples for the test NLL")
     parser.add_argument("--eval-n", type=int, default=10000, help="score the first N test images")
     parser.add_argument("--name", help="result file name (default from the config and machine)")
+    parser.add_argument("--trained-with", help="with --resume of a finished run: the command that trained it")
     args = parser.parse_args(argv)
     config = _config_from_args(args)
     config.eval_k = 0  # scored below, with --nll-k, and timed apart from training
@@ -48,6 +49,7 @@ def main(argv=None):
     eval_seconds = time.perf_counter() - start
     epoch_seconds = [m["seconds"] for m in metrics]
     payload = {
+        "run_command": args.trained_with or " ".join(["python"] + sys.argv),
         "config": json.loads((trainer.run_dir / "config.json").read_text()),
         "versions": versions(),
         "epochs": len(metrics),

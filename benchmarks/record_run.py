@@ -1,0 +1,42 @@
+"""Record a finished run folder (config, per-epoch metrics, final results) as a benchmark JSON.
+
+    python benchmarks/record_run.py RUN --name NAME --command "the minivae train command used"
+
+For runs made with ``minivae train`` directly (``bench_mnist.py`` records its own). The JSON holds
+the run's config, epochs, summed and median epoch seconds, its final validation metrics and its
+``results.json``, plus the usual machine / versions / date fields of this machine.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import versions, write_result  # noqa: E402
+
+
+def main(argv=None):
+    """Read the run folder and write ``benchmarks/results/run_<NAME>.json``."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--command", required=True, help="the command that trained the run")
+    args = parser.parse_args(argv)
+    run = Path(args.run)
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+               if line.strip() and "valid_elbo" in line]
+    seconds = [m["seconds"] for m in metrics]
+    payload = {"run_command": args.command,
+               "config": json.loads((run / "config.json").read_text()),
+               "versions": versions(),
+               "epochs": len(metrics),
+               "train_seconds_all_epochs": round(sum(seconds), 1),
+               "seconds_per_epoch_median": round(statistics.median(seconds), 2),
+               "final_epoch": metrics[-1],
+               "results": json.loads((run / "results.json").read_text())}
+    print(write_result(f"run_{args.name}", payload))
+
+
+if __name__ == "__main__":
+    main()
