@@ -9,10 +9,11 @@
 #    dependencies that are missing;
 # 4. runs `pytest -m gpu` (the kernels against the NumPy twin, device gradchecks, a VAE step GPU vs
 #    CPU) and the no-GPU kernel tests (nvcc/NVRTC compiles, host build of the headers);
-# 5. runs benchmarks/bench_kernels.py (B*D = 1e3 .. 1e8, float32) and writes its JSON.
+# 5. runs benchmarks/bench_kernels.py (B*D = 1e3 .. 1e8, float32) and writes its JSON;
+# 6. runs benchmarks/bench_train_step.py --device gpu (a VAE training step, GPU vs CPU).
 #
 # Everything lands in $OUT (at most 8 files): gpu_check.log, pytest_gpu.xml, pytest_cpu.xml,
-# kernels_<device>_<date>.json, bench_kernels.md. Exit status: 0 when every step passed.
+# kernels_<device>_<date>.json, bench_kernels.md, train_step_<machine>_*.json. Exit status: 0 when every step passed.
 # Environment: OUT, PYTHON (default python3), BENCH_ARGS (extra bench_kernels.py arguments),
 # NO_INSTALL=1 (install nothing: use the checkout through PYTHONPATH).
 set -u
@@ -88,6 +89,11 @@ else
     echo "FAIL: bench_kernels"
     status=1
 fi
+
+step "bench_train_step --device gpu"
+# One MNIST VAE training step on the GPU next to the same step on the CPU (issue 5).
+"$PYTHON" benchmarks/bench_train_step.py --device gpu --out "$OUT" --max-seconds 120 \
+    || { echo "FAIL: bench_train_step --device gpu"; status=1; }
 
 step "done: status $status"
 ls -la "$OUT"
