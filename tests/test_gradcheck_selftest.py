@@ -21,13 +21,8 @@ class Square(Function):
         return g * 2 * ctx.saved[0]
 
 
-class SquareOff(Function):
-    """x^2 whose backward is 1% too large."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save(x)
-        return x * x
+class SquareOff(Square):
+    """x^2 whose backward is 1% too large: d/dx = 2.02 x (wrong on purpose)."""
 
     @staticmethod
     def backward(ctx, g):
