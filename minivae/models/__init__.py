@@ -9,13 +9,13 @@ from .iwae import TwoLayerVAE, iwae
 from .ladder import LadderVAE
 from .ladder_m2 import LadderM2
 
-MODELS = {"vae": VAE}
-# Semi-supervised models (class attribute semi_supervised = True) train with labels too.
-MODELS.update({"m2": M2, "adgm": ADGM, "sdgm": SDGM, "adgm-ssl": SemiSupervisedADGM,
-               "sdgm-ssl": SemiSupervisedSDGM})
-# Unsupervised models beyond the VAE (iwae is a factory: one-layer VAE(iw_k=k) or TwoLayerVAE).
-MODELS.update({"iwae": iwae, "ladder": LadderVAE, "flow": FlowVAE, "gumbel": GumbelSoftmaxVAE})
-MODELS["ladder-m2"] = LadderM2  # semi-supervised too: M2 with a Ladder VAE encoder/decoder
+MODELS = {
+    # unsupervised (iwae is a factory: the one-layer VAE(iw_k=k) or TwoLayerVAE)
+    "vae": VAE, "iwae": iwae, "ladder": LadderVAE, "flow": FlowVAE, "gumbel": GumbelSoftmaxVAE,
+    "adgm": ADGM, "sdgm": SDGM,
+    # semi-supervised (class attribute semi_supervised = True): trained with labels too
+    "m2": M2, "adgm-ssl": SemiSupervisedADGM, "sdgm-ssl": SemiSupervisedSDGM, "ladder-m2": LadderM2,
+}
 
 
 def build_model(name, **kwargs):
