@@ -220,6 +220,10 @@ class Trainer:
         if mismatched:
             raise checkpoint.CheckpointError(
                 f"--resume with settings that differ from the checkpoint's: {mismatched}")
+        if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
+            # The cosine schedule spans the whole run, so a new length bends the remaining rates.
+            self.log(f"note: --epochs changed from {saved.epochs} to {self.config.epochs}; the cosine "
+                     "learning-rate schedule is recomputed for the new length")
         self.model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
         state = dict(meta["optim"], **checkpoint.split_prefix(arrays, "optim/"))
         self.optimizer.load_state_dict(state)
