@@ -46,7 +46,7 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """Every setting of a run (saved as ``config.json`` and inside each checkpoint)."""
     model: str = "vae"
-    epochs: int = 100
+    epochs: int = 150
     batch_size: int = 100
     lr: float = 1e-3
     lr_schedule: str = "cosine"  # "cosine" (to lr_min at the last step) or "constant"
@@ -55,7 +55,7 @@ class TrainConfig:
     hidden: tuple = (512, 256)
     activation: str = "relu"
     beta: float = 1.0
-    warmup: int = 0  # epochs of linear KL warm-up from 0 to beta
+    warmup: int = 10  # epochs of linear KL warm-up from 0 to beta (0: none)
     mc_samples: int = 1
     iw_k: int = 1
     seed: int = 0

@@ -227,7 +227,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
 def test_kl_warmup_counts_epochs():
     c = TrainConfig(beta=2.0, warmup=4)
     assert [kl_weight(c, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
-    assert kl_weight(TrainConfig(beta=3.0), 0) == 3.0
+    assert kl_weight(TrainConfig(beta=3.0, warmup=0), 0) == 3.0
 
 
 def test_cli_train_one_short_epoch_and_eval(tmp_path, monkeypatch, capsys):
