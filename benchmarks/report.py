@@ -108,7 +108,8 @@ def _model_row(path):
     setting, figure = PAPER.get(name, ("-", "-"))
     command = r.get("run_command") or r["command"]
     wall = r.get("train_seconds_all_epochs")
-    return (f"| {name} | `{command}` | {r['epochs']} | {wall / 60:.1f} min "
+    label = f"{name}, KL warm-up {c.get('warmup', 0)} epochs"  # the command's defaults may have changed since
+    return (f"| {label} | `{command}` | {r['epochs']} | {wall / 60:.1f} min "
             f"({r['seconds_per_epoch_median']:.1f} s median epoch) | {ours} | {figure} ({setting}) |")
 
 
