@@ -21,7 +21,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import timeit
@@ -32,6 +31,9 @@ import numpy as np
 import minivae
 from minivae import Tensor
 from minivae import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import default_machine_name, machine_info  # noqa: E402
 
 try:
     import torch
@@ -188,24 +190,6 @@ def _bench_op(name, spec, dtype, repeat, rng):
     if "torch_us" in row:
         row["torch_overhead_us"] = row["torch_us"] - row["numpy_us"]
     return {k: round(v, 3) for k, v in row.items()}
-
-
-def machine_info():
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            found = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu = found.group(1).strip() if found else cpu
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_model": cpu,
-            "cores": os.cpu_count(),
-            "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None}
-
-
-def default_machine_name(info):
-    slug = re.sub(r"[^a-z0-9]+", "-", info["cpu_model"].lower()).strip("-")
-    return f"{slug}-{info['cores']}c"
 
 
 def markdown_table(results):

@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -47,6 +45,9 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 import minivae.random as mr  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import machine_info  # noqa: E402
 
 # Known theoretical peaks (GB/s) as a fallback when the device does not report its memory clock.
 KNOWN_PEAK_GBPS = {
@@ -242,21 +243,6 @@ class _TorchTimer:
 
 
 # ------------------------------------------------------------------------------ environment
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info():
-    return {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(), "python": sys.version.split()[0]}
-
-
 def gpu_info(cp):
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)

@@ -1,7 +1,6 @@
 """Planar flows: log-det-Jacobian against a numerical Jacobian, per example, invertible, gradchecked;
 the flow VAE's bound and its training."""
 import numpy as np
-import pytest
 from test_train import config, small_data
 
 import minivae as mv

@@ -8,7 +8,6 @@ import pytest
 
 import minivae as mv
 from minivae import checkpoint
-from minivae import functional as F
 from minivae.evaluate import log_likelihood, logmeanexp
 from minivae.models import VAE, iwae_bound
 from minivae.random import Generator
