@@ -15,7 +15,7 @@ from minivae.models.semisupervised import JointMLP, one_hot
 from minivae.random import Generator
 from minivae.train import METRICS, LabelledBatches, Trainer, TrainConfig, classification_error
 
-from test_train import _interrupt_after, params, small_data
+from test_train import check_exact_resume, small_data
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -226,17 +226,7 @@ def test_the_labelled_subset_comes_from_the_training_labels_only(tmp_path, monke
 @pytest.mark.parametrize("stop_after", [3, 6])  # inside epoch 1, inside epoch 2
 def test_semi_supervised_resume_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after):
     data = small_data(n_train=200, n_eval=20)  # 4 batches per epoch
-    quiet = dict(data=data, progress=False, log=lambda m: None)
-    ref = Trainer(ssl_config(tmp_path / "ref", warmup=2), **quiet)
-    ref.fit()
-    cut = Trainer(ssl_config(tmp_path / "cut", warmup=2), **quiet)
-    _interrupt_after(cut, stop_after)
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
-    resumed = Trainer(ssl_config(tmp_path / "cut", warmup=2), **quiet)
-    resumed.fit(resume=True)
-    for name, value in params(ref.model).items():
-        np.testing.assert_array_equal(params(resumed.model)[name], value, err_msg=name)
+    check_exact_resume(lambda name: ssl_config(tmp_path / name, warmup=2), data, stop_after)
 
 
 def test_cli_trains_m2_with_n_labelled_and_reports_the_test_error(tmp_path, monkeypatch, capsys):

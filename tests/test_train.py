@@ -169,21 +169,28 @@ def _interrupt_after(trainer, n_steps):
     trainer._step = counting
 
 
-@pytest.mark.parametrize("stop_after", [3, 6, 8])  # inside epoch 1, at its end, inside epoch 2
-def test_resume_after_interrupt_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after):
-    data = small_data()
+def check_exact_resume(make_config, data, stop_after):
+    """Train once straight through and once cut by Ctrl-C after ``stop_after`` steps and resumed:
+    the parameters (and buffers) must be bit-identical. ``make_config(name)`` gives each run's
+    config; returns the resumed trainer."""
     quiet = dict(data=data, progress=False, log=lambda m: None)
-    ref = Trainer(config(tmp_path / "ref", warmup=2), **quiet)
+    ref = Trainer(make_config("ref"), **quiet)
     ref.fit()
-
-    cut = Trainer(config(tmp_path / "cut", warmup=2), **quiet)
+    cut = Trainer(make_config("cut"), **quiet)
     _interrupt_after(cut, stop_after)
     with pytest.raises(KeyboardInterrupt):
         cut.fit()
-    resumed = Trainer(config(tmp_path / "cut", warmup=2), **quiet)
+    resumed = Trainer(make_config("cut"), **quiet)
     resumed.fit(resume=True)
-    for name, value in params(ref.model).items():
+    expected = params(ref.model)
+    for name, value in expected.items():
         np.testing.assert_array_equal(params(resumed.model)[name], value, err_msg=name)
+    return resumed
+
+
+@pytest.mark.parametrize("stop_after", [3, 6, 8])  # inside epoch 1, at its end, inside epoch 2
+def test_resume_after_interrupt_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after):
+    resumed = check_exact_resume(lambda name: config(tmp_path / name, warmup=2), small_data(), stop_after)
     epochs = [json.loads(l)["epoch"] for l in (resumed.run_dir / METRICS).read_text().splitlines()]
     assert epochs == [1, 2]
 
