@@ -64,18 +64,14 @@ def useful_bytes(B, D, itemsize):
 
 
 # ------------------------------------------------------------------------------ implementations
-def make_numpy(B, D, dtype, philox=False):
-    rng = np.random.default_rng(0)
-    mu = rng.standard_normal((B, D)).astype(dtype)
-    lv = rng.uniform(-2, 1, (B, D)).astype(dtype)
-    dz = rng.standard_normal((B, D)).astype(dtype)
-    gkl = rng.standard_normal(B).astype(dtype)
-    gen = mr.Generator(1)
-    half = dtype(0.5)
+def _unfused_step(xp, mu, lv, dz, gkl, draw):
+    """Forward and backward of reparameterization + per-row KL as separate array operations
+    (NumPy or CuPy ``xp``), with eps from ``draw()``: the unfused baseline."""
+    half = mu.dtype.type(0.5)
 
     def step():
-        eps = gen.normal((B, D), dtype) if philox else rng.standard_normal((B, D), dtype=dtype)
-        std = np.exp(half * lv)
+        eps = draw()
+        std = xp.exp(half * lv)
         z = mu + std * eps
         var = std * std
         kl = half * (mu * mu + var - 1 - lv).sum(axis=1)
@@ -84,7 +80,19 @@ def make_numpy(B, D, dtype, philox=False):
         dlv = dz * eps * std * half + g * half * (var - 1)
         return z, kl, dmu, dlv
 
-    return step, None
+    return step
+
+
+def make_numpy(B, D, dtype, philox=False):
+    rng = np.random.default_rng(0)
+    mu = rng.standard_normal((B, D)).astype(dtype)
+    lv = rng.uniform(-2, 1, (B, D)).astype(dtype)
+    dz = rng.standard_normal((B, D)).astype(dtype)
+    gkl = rng.standard_normal(B).astype(dtype)
+    gen = mr.Generator(1)
+    if philox:
+        return _unfused_step(np, mu, lv, dz, gkl, lambda: gen.normal((B, D), dtype)), None
+    return _unfused_step(np, mu, lv, dz, gkl, lambda: rng.standard_normal((B, D), dtype=dtype)), None
 
 
 def make_cupy_unfused(B, D, dtype, cp):
@@ -94,17 +102,7 @@ def make_cupy_unfused(B, D, dtype, cp):
     dz = rs.standard_normal((B, D), dtype=dtype)
     gkl = rs.standard_normal(B, dtype=dtype)
     half = dtype(0.5)
-
-    def step():
-        eps = cp.random.standard_normal((B, D), dtype=dtype)
-        std = cp.exp(half * lv)
-        z = mu + std * eps
-        var = std * std
-        kl = half * (mu * mu + var - 1 - lv).sum(axis=1)
-        g = gkl[:, None]
-        dmu = dz + g * mu
-        dlv = dz * eps * std * half + g * half * (var - 1)
-        return z, kl, dmu, dlv
+    step = _unfused_step(cp, mu, lv, dz, gkl, lambda: cp.random.standard_normal((B, D), dtype=dtype))
 
     def forward():
         eps = cp.random.standard_normal((B, D), dtype=dtype)
