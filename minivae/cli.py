@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .train import CHECKPOINT, TrainConfig
+from .train import TrainConfig, load_run
 
 
 def _add_train_args(p):
@@ -28,7 +28,7 @@ def _add_train_args(p):
     p.add_argument("--iw-k", type=int, default=d.iw_k, help="train on the k-sample IWAE bound when > 1")
     p.add_argument("--n-labelled", type=int, default=d.n_labelled,
                    help="labels (balanced over the classes, chosen by --seed from the training set) a "
-                        "semi-supervised model (m2, adgm-ssl, sdgm-ssl) learns from")
+                        "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="run folder (checkpoint, metrics, pictures)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -64,18 +64,6 @@ def _config_from_args(args):
     return TrainConfig(**values)
 
 
-def _load_run(run):
-    """Rebuild the model of a run folder from its checkpoint; return (config, model)."""
-    from . import checkpoint
-    from .models import build_model
-
-    arrays, meta = checkpoint.load(Path(run) / CHECKPOINT)
-    config = TrainConfig.from_dict(meta["config"])
-    model = build_model(config.model, **config.model_kwargs())
-    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
-    return config, model
-
-
 def cmd_train(args):
     """Train (or resume) a run and print its test results."""
     from .train import TrainingDiverged, train
@@ -93,15 +81,15 @@ def cmd_train(args):
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     from .data import binarize_eval, load_mnist
-    from .evaluate import elbo, log_likelihood
+    from .evaluate import elbo, log_likelihood, nll_summary
 
-    config, model = _load_run(args.run)
+    config, model = load_run(args.run)
     data = load_mnist(verbose=False)
     x_test = binarize_eval(data.x_test, "test")[: args.n]
     bound, _, _ = elbo(model, x_test)
     ll = log_likelihood(model, x_test, k=args.k, progress=not args.no_progress)
     result = {"run": str(args.run), "n_test": len(x_test), "k": args.k,
-              "test_elbo": float(bound.mean()), "test_nll": float(-ll.mean())}
+              "test_elbo": float(bound.mean()), **nll_summary(ll)}
     if hasattr(model, "classify"):
         from .train import classification_error
         result["test_error"] = classification_error(model, x_test, data.y_test[: args.n])
@@ -117,7 +105,7 @@ def cmd_sample(args):
 
     from .evaluate import evaluating
 
-    _, model = _load_run(args.run)
+    _, model = load_run(args.run)
     with evaluating(model):  # BatchNorm layers must use their running statistics
         images = model.sample(args.n, Generator(seed=args.seed, stream=3))
     path = Path(args.out or Path(args.run) / "samples.png")
@@ -258,7 +246,7 @@ def cmd_graph(args):
         print("error: give a run folder or --model NAME (one of the two)", file=sys.stderr)
         return 2
     if args.run is not None:
-        _, model = _load_run(args.run)
+        _, model = load_run(args.run)
         source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
     else:
         try:

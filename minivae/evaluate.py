@@ -99,3 +99,9 @@ def elbo(model, x, noise=None, batch_size=500):
                 bound[sl] = model.log_weights(xb, 1, noise).numpy()[0]
                 rec[sl] = kl[sl] = np.nan
     return bound, rec, kl
+
+
+def nll_summary(ll):
+    """Mean test NLL and its standard error over the images, from per-image log-likelihoods."""
+    ll = np.asarray(ll, dtype=np.float64)
+    return {"test_nll": float(-ll.mean()), "test_nll_stderr": float(ll.std(ddof=1) / np.sqrt(len(ll)))}

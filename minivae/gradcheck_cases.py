@@ -350,7 +350,9 @@ def find_op(name):
 #: The sizes of the small model that ``model_case`` checks (every parameter element by element).
 SMALL_MODEL = dict(x_dim=12, z_dim=3, hidden=(8,))
 #: Ladder models need two stochastic layers for the precision-weighted merge to be checked.
-MODEL_SIZES = {"ladder": dict(hidden=(8, 6), z_dims=(3, 2)), "ladder-m2": dict(hidden=(8, 6), z_dims=(3, 2))}
+#: M1+M2 gets a fresh small M1 (its weights are frozen, so only M2's are checked).
+MODEL_SIZES = {"ladder": dict(hidden=(8, 6), z_dims=(3, 2)), "ladder-m2": dict(hidden=(8, 6), z_dims=(3, 2)),
+               "m1m2": dict(m1=dict(x_dim=12, z_dim=4, hidden=(8,)))}
 
 
 def model_case(name="vae", batch=4, seed=0, **kwargs):
@@ -360,7 +362,8 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
     with fixed reparameterization noise (a ``minivae.random.Noise``, which gives the same eps at
     every call), evaluated with ``params`` in place of the model's parameters, so the inputs
     may be float64 or float32 copies. ``inputs`` are float64: x (a constant), then a copy of
-    every parameter, in ``named_parameters`` order.
+    every trainable parameter (``requires_grad``; a frozen part such as M1+M2's M1 is a constant), in
+    ``named_parameters`` order.
     """
     from .models import build_model
     from .random import Noise
@@ -373,7 +376,8 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
     slots, names = [], []
     for mname, module in model.named_modules():
         for key, p in module._parameters.items():
-            if p is not None and all(p is not module2._parameters[k2] for module2, k2 in slots):
+            if (p is not None and p.requires_grad
+                    and all(p is not module2._parameters[k2] for module2, k2 in slots)):
                 slots.append((module, key))
                 names.append(f"{mname}.{key}" if mname else key)
     inputs = [Tensor(x)] + [Tensor(module._parameters[key].data.copy(), requires_grad=True)

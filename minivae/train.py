@@ -8,7 +8,7 @@ the seed and a position: the batch order and binarization of epoch e depend only
 checkpoint stores. So ``--resume`` after an interruption, even in the middle of an epoch, ends
 with exactly the parameters of an uninterrupted run.
 
-Semi-supervised models (``semi_supervised = True``: M2, ADGM/SDGM with labels) learn from
+Semi-supervised models (``semi_supervised = True``: M2, M1+M2, ADGM/SDGM with labels, Ladder-M2) learn from
 ``n_labelled`` labels, ``balanced_labelled_subset(y_train, n_labelled, seed)``, chosen from the
 training set only (the test set never takes part in training or model selection). Each step
 feeds them the usual unlabelled batch of all training images plus a labelled batch; the labelled
@@ -30,7 +30,7 @@ from . import checkpoint, nn, optim, trace
 from .autograd import tensor
 from .backend import resolve_device, to_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
-from .evaluate import elbo, evaluating, log_likelihood
+from .evaluate import elbo, evaluating, log_likelihood, nll_summary
 from .models import build_model
 from .random import Generator
 
@@ -344,7 +344,7 @@ class Trainer:
             results["test_error"] = classification_error(self.model, x_test, self.data.y_test)
         if self.config.eval_k:
             ll = log_likelihood(self.model, x_test, k=self.config.eval_k, progress=self.progress)
-            results.update(test_nll=float(-ll.mean()), eval_k=self.config.eval_k)
+            results.update(nll_summary(ll), eval_k=self.config.eval_k)
         (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         return results
 
@@ -364,6 +364,21 @@ def _epoch_line(m):
         parts.append(f"valid error {100 * m['valid_error']:5.2f}%")
     parts.append(f"{m['seconds']:.1f} s")
     return " | ".join(parts)
+
+
+def load_run(run):
+    """Rebuild the model of a run folder from its checkpoint; return (config, model).
+
+    Raises FileNotFoundError naming the folder when it holds no checkpoint."""
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"{run} is not a run folder: {path} does not exist (train one with "
+                                f"`minivae train --out {run}`)")
+    arrays, meta = checkpoint.load(path)
+    config = TrainConfig.from_dict(meta["config"])
+    model = build_model(config.model, **config.model_kwargs())
+    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    return config, model
 
 
 def train(config, resume=False, progress=True, data=None, log=print):

@@ -445,7 +445,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     """Draw every picture of a trained run into its folder; return the list of PNG paths.
 
     ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
-    The model is rebuilt with ``minivae.cli._load_run``; the test images come from ``data`` (any
+    The model is rebuilt with ``minivae.train.load_run``; the test images come from ``data`` (any
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
@@ -454,13 +454,13 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     the list of files.
     """
     _require_matplotlib()
-    from .cli import _load_run
+    from .train import load_run
     from .data import binarize_eval, load_mnist
     from .evaluate import evaluating
     from .random import Generator
 
     run_dir = Path(run_dir)
-    _, model = _load_run(run_dir)
+    _, model = load_run(run_dir)
     data = data if data is not None else load_mnist(verbose=False)
     n = min(n_latent, len(data.x_test))
     x_test = binarize_eval(np.asarray(data.x_test[:n]), "test")

@@ -60,7 +60,11 @@ def m2_label_terms(model, x, label, eps, analytic=True):
     y = one_hot(label, model.num_classes, x)
     mu, logvar = (t.data for t in model.encode(x, y))
     z = mu + np.exp(0.5 * logvar) * eps
-    rec = np_bernoulli(model.decode(mv.tensor(z), y).data, x.data)
+    out = model.decode(mv.tensor(z), y)
+    if model.likelihood == "gaussian":
+        rec = np_log_normal(x.data, out[0].data, out[1].data)
+    else:
+        rec = np_bernoulli(out.data, x.data)
     if analytic:
         return rec, -np_kl_std(mu, logvar)
     return rec, np_log_normal(z, 0.0, 0.0) - np_log_normal(z, mu, logvar)
@@ -86,10 +90,12 @@ def test_joint_mlp_is_one_linear_on_the_concatenation():
     assert net.inputs[1].bias is None  # one bias for the sum
 
 
-def test_enumerated_unlabelled_bound_equals_a_loop_over_labels():
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_enumerated_unlabelled_bound_equals_a_loop_over_labels(likelihood):
     k, s, b = 4, 2, 5
-    model = small_m2(k, s)
-    x = binary(np.random.default_rng(1), (b, 10))
+    model = small_m2(k, s, likelihood=likelihood)
+    rng = np.random.default_rng(1)
+    x = binary(rng, (b, 10)) if likelihood == "bernoulli" else mv.tensor(rng.standard_normal((b, 10)))
     got = model.unlabelled_bound(x, Generator(7)).data
     eps = Generator(7).normal((k, s, b, 3), dtype=np.float64)
     log_q = np_log_softmax(model.classifier(x).data)

@@ -70,9 +70,9 @@ def run_z3(tmp_path_factory, data):
 
 def viz_model(run):
     """The model of a run folder, rebuilt as ``minivae plot`` does."""
-    from minivae.cli import _load_run
+    from minivae.train import load_run
 
-    return _load_run(run)[1]
+    return load_run(run)[1]
 
 
 def _copy_run(run, tmp_path):
@@ -249,10 +249,10 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
 def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
     # Spy on the loaded model's encode/decode: every call must happen in eval mode and return a
     # tensor outside any graph; afterwards the model is back in its previous (training) mode.
-    from minivae import cli
+    from minivae import train
 
     calls, models = [], []
-    real = cli._load_run
+    real = train.load_run
 
     def spy_load(run):
         config, model = real(run)
@@ -269,7 +269,7 @@ def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, mo
         models.append(model)
         return config, model
 
-    monkeypatch.setattr(cli, "_load_run", spy_load)
+    monkeypatch.setattr(train, "load_run", spy_load)
     viz.plot_run(_copy_run(run_z3, tmp_path), data=data, embeddings=False)
     assert {name for name, _, _ in calls} == {"encode", "decode"}
     assert all(not training and not needs_grad for _, training, needs_grad in calls), calls

@@ -3,6 +3,7 @@ from .common import MLP, GaussianHead, iwae_bound
 from .vae import VAE
 from .auxiliary import ADGM, SDGM, SemiSupervisedADGM, SemiSupervisedSDGM
 from .m2 import M2
+from .m1m2 import M1M2
 from .flow import FlowVAE
 from .gumbel import GumbelSoftmaxVAE
 from .iwae import TwoLayerVAE, iwae
@@ -15,6 +16,7 @@ MODELS = {
     "adgm": ADGM, "sdgm": SDGM,
     # semi-supervised (class attribute semi_supervised = True): trained with labels too
     "m2": M2, "adgm-ssl": SemiSupervisedADGM, "sdgm-ssl": SemiSupervisedSDGM, "ladder-m2": LadderM2,
+    "m1m2": M1M2,  # M2 on the latent features of a trained VAE (--set m1=RUN)
 }
 
 

@@ -2,7 +2,9 @@
 
 Generative model (their Eq. 2): p(y) = Cat(y; 1/K), p(z) = N(z; 0, I), p(x | y, z) Bernoulli
 with logits f(y, z). Inference model (their Eq. 4): q(z | x, y) = N(mu(x, y), diag e^logvar(x, y))
-and the classifier q(y | x) = Cat(y; softmax(g(x))). The labelled bound, the unlabelled bound
+and the classifier q(y | x) = Cat(y; softmax(g(x))). With ``likelihood="gaussian"``, p(x | y, z) is a
+diagonal Gaussian N(x; m(y, z), diag e^s(y, z)) instead: the M2 of M1+M2, whose "x" are the real-valued
+latent features of a trained VAE (``minivae.models.m1m2``). The labelled bound, the unlabelled bound
 summed over all labels and the classification term are those of ``semisupervised`` (their
 Eqs. 6, 7 and 9); the KL of q(z | x, y) from p(z) is analytic:
 
@@ -25,18 +27,25 @@ from .common import MLP, GaussianHead
 from .semisupervised import JointMLP, SemiSupervised, bernoulli_images, draw_normal, one_hot
 
 
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
 class M2(SemiSupervised):
-    """M2 with MLP classifier q(y|x), encoder q(z|x,y) and Bernoulli decoder p(x|y,z).
+    """M2 with MLP classifier q(y|x), encoder q(z|x,y) and a Bernoulli (default) or Gaussian
+    decoder p(x|y,z) (``likelihood``).
 
     ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``beta`` and ``mc_samples`` are those of
     ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
     """
 
     def __init__(self, x_dim=784, z_dim=50, hidden=(500,), activation="relu", num_classes=10,
-                 alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, rng=None):
+                 alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, likelihood="bernoulli", rng=None):
         super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
         if iw_k != 1:
             raise ValueError("M2 trains on the ELBO-based bounds; iw_k must be 1")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
+        self.likelihood = likelihood
         self.x_dim, self.z_dim = x_dim, z_dim
         hidden, k = tuple(hidden), self.num_classes
         self.classifier = nn.Sequential(MLP((x_dim,) + hidden, activation, rng=rng),
@@ -44,15 +53,24 @@ class M2(SemiSupervised):
         self.encoder = JointMLP((x_dim, k), hidden, activation, rng=rng)
         self.q_z = GaussianHead(hidden[-1], z_dim, rng=rng)
         self.decoder = JointMLP((z_dim, k), hidden[::-1], activation, rng=rng)
-        self.logits = nn.Linear(hidden[0], x_dim, rng=rng)
+        # The parameters of p(x | y, z): Bernoulli logits, or a Gaussian's (mean, log-variance).
+        self.out = (nn.Linear(hidden[0], x_dim, rng=rng) if likelihood == "bernoulli"
+                    else GaussianHead(hidden[0], x_dim, rng=rng))
 
     def encode(self, x, y):
         """(mu, logvar) of q(z | x, y); y one-hot, possibly a label grid (K, 1, 1, K)."""
         return self.q_z(self.encoder(x, y))
 
     def decode(self, z, y):
-        """The Bernoulli logits of p(x | y, z)."""
-        return self.logits(self.decoder(z, y))
+        """The parameters of p(x | y, z): Bernoulli logits, or (mean, logvar) of the Gaussian."""
+        return self.out(self.decoder(z, y))
+
+    def log_likelihood(self, x, z, y):
+        """log p(x | y, z) per example (summed over the last axis of x)."""
+        params = self.decode(z, y)
+        if self.likelihood == "bernoulli":
+            return F.bernoulli_log_prob(params, x)
+        return F.gaussian_log_prob(x, *params)
 
     def _context(self, x, samples, noise, mean=False):
         return {"samples": samples}  # M2 draws nothing before y
@@ -64,17 +82,22 @@ class M2(SemiSupervised):
         """log p(x | y, z) for z ~ q(z | x, y), and -KL (analytic) or log p(z) - log q(z | x, y)."""
         mu, logvar = self.encode(x, y)  # (L, 1, B, D): q(z | x, y) does not depend on the sample
         z = F.reparameterize(mu, logvar, noise, shape=(y.shape[0], context["samples"], x.shape[0], self.z_dim))
-        rec = F.bernoulli_log_prob(self.decode(z, y), x)
+        rec = self.log_likelihood(x, z, y)
         if analytic:
             return rec, -F.kl_normal_std(mu, logvar)
         return rec, F.gaussian_log_prob(z, 0.0, 0.0) - F.gaussian_log_prob(z, mu, logvar)
 
     def sample(self, n, noise, probabilities=True, labels=None):
-        """n images from p(x | y, z), z ~ N(0, I), with labels 0, 1, ..., K-1, 0, ... (or ``labels``)."""
+        """n draws from p(x | y, z), z ~ N(0, I), with labels 0, 1, ..., K-1, 0, ... (or ``labels``).
+
+        Bernoulli: the means (``probabilities``) or binary images; Gaussian: the means m(y, z).
+        """
         param = next(iter(self.parameters()))
         xp = get_array_module(param.data)
         labels = xp.arange(n) % self.num_classes if labels is None else labels
         with no_grad():
             z = draw_normal(noise, (n, self.z_dim), param)
-            probs = F.sigmoid(self.decode(z, one_hot(labels, self.num_classes, param))).data
-        return bernoulli_images(probs, noise, probabilities)
+            out = self.decode(z, one_hot(labels, self.num_classes, param))
+        if self.likelihood == "gaussian":
+            return out[0].data
+        return bernoulli_images(F.sigmoid(out).data, noise, probabilities)

@@ -1,0 +1,111 @@
+"""M1+M2 (Kingma, Rezende, Mohamed & Welling 2014, Sec. 3.2.3): M2 on the latent space of a VAE.
+
+M1 is a VAE trained on all images without labels (``minivae train --model vae``); its encoder
+q(z1 | x) turns each image into a 50-dimensional feature z1, where the classes are far easier to
+separate than in pixel space. M2 (``minivae.models.m2``) is then trained semi-supervised on z1
+instead of x, with a Gaussian p(z1 | y, z2) in place of the Bernoulli image likelihood:
+
+    p(y) p(z2) p(z1 | y, z2),   q(y | z1) q(z2 | z1, y),   z1 ~ q(z1 | x) from the frozen M1.
+
+As in the paper, M1 stays fixed while M2 trains (its parameters do not require gradients, so the
+optimizer skips them), and M2 sees a fresh sample z1 ~ q(z1 | x) at every step; classification
+uses the mean of q(z1 | x), so a prediction is deterministic. The bounds (``loss``, ``elbo``,
+``log_weights``) are those of M2 on z1: they bound log p(z1), not log p(x), so the number to
+compare is the test error (the paper reports 3.33% +- 0.14 with 100 labels, its Table 1).
+Samples go through both models: z2 ~ N(0, I) and y give z1 (the mean of p(z1 | y, z2)), which
+M1's decoder turns into an image.
+
+Registered as ``m1m2``; ``--set m1=RUN`` names the folder of a trained VAE run (required):
+``minivae train --model m1m2 --set m1=runs/vae --n-labelled 100 --hidden 500 --z-dim 50``.
+``--hidden`` and ``--z-dim`` are M2's (z2); M1's sizes come from its run. The checkpoint keeps
+M1's weights too, so a trained M1+M2 does not depend on the M1 folder staying unchanged.
+"""
+from .. import functional as F
+from .. import nn
+from ..autograd import no_grad
+from .common import rsample
+from .m2 import M2
+from .semisupervised import bernoulli_images
+from .vae import VAE
+
+
+def _m1_model(m1):
+    """The frozen M1: a trained VAE from a run folder, a VAE, or (for tests and gradient checks)
+    a fresh untrained VAE made from a dict of its settings."""
+    if m1 is None:
+        raise ValueError("m1m2 needs a trained VAE as M1: pass --set m1=RUN (a `minivae train` run folder)")
+    if isinstance(m1, dict):
+        model = VAE(**m1)
+    elif isinstance(m1, VAE):
+        model = m1
+    else:
+        from ..train import load_run  # deferred: the trainer imports the model registry
+
+        config, model = load_run(m1)
+        if type(model) is not VAE:
+            raise ValueError(f"M1 must be a one-layer VAE run (model vae, or iwae with one layer); "
+                             f"{m1} holds a {config.model!r} model")
+    if type(model) is not VAE:
+        raise ValueError(f"M1 must be a one-layer VAE, got {type(model).__name__}")
+    return model.requires_grad_(False)
+
+
+class M1M2(nn.Module):
+    """M2 (Gaussian likelihood) trained on the features z1 ~ q(z1 | x) of a frozen VAE ``m1``.
+
+    ``m1``: a run folder, a VAE or a dict of VAE settings (see ``_m1_model``). ``z_dim`` and
+    ``hidden`` are M2's; the other settings are M2's too (``alpha``, ``beta``, ...). ``x_dim``, if
+    given, must be M1's input size.
+    """
+
+    semi_supervised = True
+
+    def __init__(self, m1=None, x_dim=None, z_dim=50, hidden=(500,), activation="relu", num_classes=10,
+                 alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, rng=None):
+        super().__init__()
+        self.m1 = _m1_model(m1)
+        if x_dim is not None and x_dim != self.m1.x_dim:
+            raise ValueError(f"x_dim={x_dim} does not match M1's input size {self.m1.x_dim}")
+        self.x_dim, self.z_dim = self.m1.x_dim, z_dim
+        self.m2 = M2(self.m1.z_dim, z_dim, hidden, activation, num_classes, alpha, alpha_scale, beta,
+                     mc_samples, iw_k, likelihood="gaussian", rng=rng)
+
+    def features(self, x, noise=None):
+        """z1 ~ q(z1 | x) from M1 (its mean when ``noise`` is None), a constant (B, z1) Tensor."""
+        with no_grad():
+            mu, logvar = self.m1.encode(x)
+            return mu if noise is None else rsample(mu, logvar, noise)
+
+    def set_data_sizes(self, n_total, n_labelled):
+        """Fix M2's alpha from the data sizes (see ``SemiSupervised.set_data_sizes``)."""
+        self.m2.set_data_sizes(n_total, n_labelled)
+
+    def loss(self, x, noise, beta=None, labelled=None):
+        """M2's training loss on the features of the unlabelled batch x and of ``labelled`` (x_l, y_l)."""
+        if labelled is not None:
+            labelled = (self.features(labelled[0], noise), labelled[1])
+        return self.m2.loss(self.features(x, noise), noise, beta, labelled)
+
+    def elbo(self, x, noise, samples=None):
+        """M2's (reconstruction, KL) per example on z1 ~ q(z1 | x): terms of a bound on log p(z1)."""
+        return self.m2.elbo(self.features(x, noise), noise, samples)
+
+    def log_weights(self, x, k, noise):
+        """M2's (k, B) importance log-weights of one draw z1 ~ q(z1 | x) (a bound on log p(z1))."""
+        return self.m2.log_weights(self.features(x, noise), k, noise)
+
+    def class_probabilities(self, x):
+        """q(y | z1) at the mean of q(z1 | x), as a (B, K) array."""
+        return self.m2.class_probabilities(self.features(x))
+
+    def classify(self, x):
+        """The predicted labels argmax_y q(y | z1) at the mean of q(z1 | x), an integer array (B,)."""
+        return self.m2.classify(self.features(x))
+
+    def sample(self, n, noise, probabilities=True, labels=None):
+        """n images: z1 = the mean of p(z1 | y, z2), z2 ~ N(0, I), labels 0..K-1, 0, ... (or
+        ``labels``), decoded by M1 (Bernoulli means, or binary images)."""
+        z1 = self.m2.sample(n, noise, labels=labels)
+        with no_grad():
+            probs = F.sigmoid(self.m1.decode(z1)).data
+        return bernoulli_images(probs, noise, probabilities)

@@ -1,0 +1,130 @@
+"""M1+M2 (Kingma et al. 2014): M2 with a Gaussian likelihood on the features of a frozen VAE."""
+import json
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae.models import VAE, M1M2, build_model
+from minivae.random import Generator
+from minivae.train import TrainConfig, Trainer
+
+from test_m2 import np_log_softmax
+from test_train import check_exact_resume, small_data
+
+
+def small_m1m2(**kw):
+    mv.nn.init.manual_seed(0)
+    m1 = VAE(x_dim=10, z_dim=4, hidden=(6,)).astype(np.float64)
+    return M1M2(m1=m1, z_dim=3, hidden=(5,), num_classes=4, **kw).astype(np.float64)
+
+
+def np_features(m1, x, eps=None):
+    """M1's z1 by hand: the one-hidden-layer ReLU encoder, then mu (+ sigma * eps)."""
+    lin = m1.encoder.net[0]
+    h = np.maximum(x @ lin.weight.data + lin.bias.data, 0.0)
+    mu = h @ m1.q_z.mu.weight.data + m1.q_z.mu.bias.data
+    logvar = h @ m1.q_z.logvar.weight.data + m1.q_z.logvar.bias.data
+    return mu if eps is None else mu + np.exp(0.5 * logvar) * eps
+
+
+def test_loss_is_m2_on_m1_features_computed_by_hand():
+    model = small_m1m2(alpha=2.0)
+    rng = np.random.default_rng(3)
+    x = (rng.random((5, 10)) < 0.5).astype(np.float64)
+    xl, labels = (rng.random((4, 10)) < 0.5).astype(np.float64), np.array([0, 1, 2, 3])
+    loss, _ = model.loss(mv.tensor(x), Generator(4), labelled=(mv.tensor(xl), labels))
+    g = Generator(4)  # the labelled batch's z1 is drawn first, then the unlabelled one, then M2's noise
+    fl = np_features(model.m1, xl, g.normal((4, 4), dtype=np.float64))
+    f = np_features(model.m1, x, g.normal((5, 4), dtype=np.float64))
+    expected, _ = model.m2.loss(mv.tensor(f), g, labelled=(mv.tensor(fl), labels))
+    np.testing.assert_allclose(loss.data, expected.data, rtol=1e-12)
+
+
+def test_m1_stays_frozen_while_m2_trains():
+    model = small_m1m2(alpha=1.0)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    opt = mv.optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    x = mv.tensor((rng.random((8, 10)) < 0.5).astype(np.float64))
+    loss, _ = model.loss(x, Generator(1), labelled=(x, np.arange(8) % 4))
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None and not p.requires_grad for p in model.m1.parameters())
+    after = model.state_dict()
+    for name, value in before.items():
+        if name.startswith("m1."):
+            np.testing.assert_array_equal(after[name], value, err_msg=name)
+    assert all(not np.array_equal(after[n], before[n]) for n in before if n.startswith("m2.") and "weight" in n)
+
+
+def test_classification_uses_the_mean_of_q_z1():
+    model = small_m1m2()
+    x = (np.random.default_rng(5).random((7, 10)) < 0.5).astype(np.float64)
+    probs = model.class_probabilities(mv.tensor(x))
+    expected = np.exp(np_log_softmax(model.m2.classifier(mv.tensor(np_features(model.m1, x))).data))
+    np.testing.assert_allclose(probs, expected, rtol=1e-12)
+    np.testing.assert_array_equal(model.classify(mv.tensor(x)), expected.argmax(-1))
+
+
+def test_samples_are_images_decoded_by_m1():
+    model = small_m1m2()
+    images = model.sample(6, Generator(2))
+    assert images.shape == (6, 10) and np.all((images > 0) & (images < 1))
+    binary = model.sample(6, Generator(2), probabilities=False)
+    assert set(np.unique(binary)) <= {0.0, 1.0}
+
+
+def test_gradcheck_covers_m2_and_not_the_frozen_m1():
+    from minivae.cli import main
+    from minivae.gradcheck_cases import model_case
+
+    names, _, _ = model_case("m1m2")
+    assert names and all(n.startswith("m2.") for n in names)
+    assert main(["gradcheck", "--model", "m1m2"]) == 0
+
+
+def _vae_run(tmp_path, data, name="m1", model="vae"):
+    config = TrainConfig(model=model, epochs=1, batch_size=50, hidden=(16,), z_dim=4, eval_k=0,
+                         n_labelled=25, out=str(tmp_path / name))
+    Trainer(config, data=data, progress=False, log=lambda m: None).fit()
+    return tmp_path / name
+
+
+def test_m1_comes_from_a_run_folder_and_bad_m1_is_named(tmp_path):
+    data = small_data(n_train=100, n_eval=20)
+    run = _vae_run(tmp_path, data)
+    model = build_model("m1m2", m1=str(run), z_dim=3, hidden=(8,))
+    _, vae = mv.train.load_run(run)
+    for name, value in vae.state_dict().items():
+        np.testing.assert_array_equal(model.m1.state_dict()[name], value)
+    assert model.x_dim == 784
+    with pytest.raises(ValueError, match="--set m1=RUN"):
+        build_model("m1m2")
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        build_model("m1m2", m1=str(tmp_path / "missing"))
+    m2_run = _vae_run(tmp_path, data, name="m2run", model="m2")
+    with pytest.raises(ValueError, match="'m2' model"):
+        build_model("m1m2", m1=str(m2_run))
+    with pytest.raises(ValueError, match="x_dim"):
+        M1M2(m1=str(run), x_dim=10)
+
+
+def test_resume_is_exact_and_the_cli_reports_the_test_error(tmp_path, monkeypatch):
+    from minivae import cli, train as train_module
+    import minivae.data as data_module
+
+    data = small_data(n_train=200, n_eval=20)
+    run = _vae_run(tmp_path, data)
+    check_exact_resume(lambda name: TrainConfig(model="m1m2", epochs=2, batch_size=50, hidden=(16,), z_dim=3,
+                                                eval_k=0, n_labelled=25, out=str(tmp_path / name),
+                                                model_options={"m1": str(run)}), data, 3)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: data)
+    monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
+    out = tmp_path / "cli"
+    assert cli.main(["train", "--model", "m1m2", "--set", f"m1={run}", "--n-labelled", "10", "--epochs", "1",
+                     "--hidden", "16", "--z-dim", "2", "--batch-size", "50", "--out", str(out),
+                     "--eval-k", "0", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert 0.0 <= results["test_error"] <= 1.0
+    assert cli.main(["eval", str(out), "--k", "2", "--no-progress"]) == 0
