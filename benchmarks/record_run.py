@@ -1,10 +1,13 @@
 """Record a finished run folder (config, per-epoch metrics, final results) as a benchmark JSON.
 
     python benchmarks/record_run.py RUN --name NAME --command "the minivae train command used"
+        [--eval RUN/eval_k5000.json --eval-command "the minivae eval command used"]
 
 For runs made with ``minivae train`` directly (``bench_mnist.py`` records its own). The JSON holds
 the run's config, epochs, summed and median epoch seconds, its final validation metrics and its
-``results.json``, plus the usual machine / versions / date fields of this machine.
+``results.json``, plus the usual machine / versions / date fields of this machine. ``--eval``
+adds a later ``minivae eval`` of the run (its test NLL, standard error, k and images replace
+those of ``results.json``).
 """
 import argparse
 import json
@@ -22,7 +25,11 @@ def main(argv=None):
     parser.add_argument("run")
     parser.add_argument("--name", required=True)
     parser.add_argument("--command", required=True, help="the command that trained the run")
+    parser.add_argument("--eval", help="an eval_k*.json that `minivae eval` wrote for this run")
+    parser.add_argument("--eval-command", help="the command that wrote --eval")
     args = parser.parse_args(argv)
+    if bool(args.eval) != bool(args.eval_command):
+        parser.error("--eval and --eval-command go together")
     run = Path(args.run)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                if line.strip() and "valid_elbo" in line]
@@ -35,6 +42,11 @@ def main(argv=None):
                "seconds_per_epoch_median": round(statistics.median(seconds), 2),
                "final_epoch": metrics[-1],
                "results": json.loads((run / "results.json").read_text())}
+    if args.eval:
+        ev = json.loads(Path(args.eval).read_text())
+        payload["results"].update(test_nll=ev["test_nll"], test_nll_stderr=ev.get("test_nll_stderr"),
+                                  eval_k=ev["k"], n_test=ev["n_test"], test_elbo=ev["test_elbo"])
+        payload["eval_command"] = args.eval_command
     print(write_result(f"run_{args.name}", payload))
 
 

@@ -248,7 +248,7 @@ def _sincospi(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=np.float64)
     k = np.floor(x + 0.5)
     t = np.pi * (x - k)
-    sign = 1.0 - 2.0 * (np.mod(k, 2.0))
+    sign = 1.0 - 2.0 * (k - 2.0 * np.floor(0.5 * k))  # k mod 2, exact; np.mod is ~10x slower
     return sign * np.sin(t), sign * np.cos(t)
 
 
