@@ -2,7 +2,8 @@
 
 ``minivae plot RUN`` calls :func:`plot_run`, which writes PNG files into the run folder::
 
-    samples.png          an 8 x 8 grid of Bernoulli means decoded from z ~ N(0, I)
+    samples.png          an 8 x 8 grid of Bernoulli means decoded from z ~ N(0, I) (a model with a
+                         label y: one row per class, 8 draws each)
     reconstructions.png  test inputs next to the Bernoulli means decoded from their posterior means
     latent_pca.png       test-set posterior means E_q[z|x] projected to 2-D by PCA, coloured by label
     latent_tsne.png      the same points embedded by t-SNE (only when scikit-learn is installed)
@@ -10,8 +11,13 @@
     traversal.png        z-dim 2: decoded grid over the Gaussian quantiles; otherwise one row per
                          high-KL dimension, swept from -3 to 3 with the others at 0
     kl_per_dim.png       mean KL(q(z_d|x) || N(0,1)) per latent dimension, active units marked
-    curves.png           learning curves from metrics.jsonl (ELBO or bound, validation ELBO, KL)
+    curves.png           learning curves from metrics.jsonl (ELBO or bound, validation ELBO, KL or
+                         the validation error)
     grad_norms.png       per-layer gradient norms, when metrics.jsonl has ``grad_norm/...`` keys
+
+The reconstructions and the latent pictures (PCA to KL per dimension) are drawn for the models
+with one Gaussian latent q(z | x) (the VAE family: ``vae``, ``flow``'s base posterior); the
+others (two-layer IWAE, Ladder, Gumbel, ADGM/SDGM, M2, ...) get the samples and the curves.
 
 matplotlib is an optional extra (``pip install 'minivae[viz]'``) and is imported inside the
 functions that need it. Figures are drawn with matplotlib's object-oriented API
@@ -339,7 +345,8 @@ def _series(lines, key, x_key="epoch"):
 
 
 def plot_curves(metrics, path):
-    """Learning curves: train ELBO (or IWAE bound) and validation ELBO per epoch; train KL."""
+    """Learning curves: train ELBO (or IWAE bound) and validation ELBO per epoch; train KL, or the
+    validation error of a model with a classifier."""
     Figure, _ = _require_matplotlib()
     from matplotlib.ticker import MaxNLocator
 
@@ -358,17 +365,23 @@ def plot_curves(metrics, path):
     ax_b.set_title("bound (higher is better)", fontsize=10)
     if ax_b.lines:
         ax_b.legend(fontsize=8)
-    s = _series(lines, "train_kl")
-    if s:
+    errors, s = _series(lines, "valid_error"), _series(lines, "train_kl")
+    if errors:  # a classifier's run: its validation error is the curve to watch
+        ax_kl.plot(errors[0], [100 * e for e in errors[1]], label="validation error", color="C3", **style)
+        ax_kl.set_title("classification error (lower is better)", fontsize=10)
+        ax_kl.set_ylabel("% of validation images")
+    elif s:
         ax_kl.plot(*s, label="train KL", color="C3", **style)
-        ax_kl.legend(fontsize=8)
         ax_kl.set_title("KL(q(z|x) || p(z))", fontsize=10)
+        ax_kl.set_ylabel("nats per image")
     else:
         ax_kl.set_title("no KL logged (IWAE objective)", fontsize=10)
+        ax_kl.set_ylabel("nats per image")
+    if ax_kl.lines:
+        ax_kl.legend(fontsize=8)
     ax_kl.set_xlabel("epoch")
     for ax in (ax_b, ax_kl):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-    ax_kl.set_ylabel("nats per image")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -456,6 +469,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     _require_matplotlib()
     from .train import load_run
     from .data import binarize_eval, load_mnist
+    from .models import VAE
     from .evaluate import evaluating
     from .random import Generator
 
@@ -470,10 +484,29 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
 
     # Samples from the prior: Bernoulli means of the decoder, as in minivae sample. In eval mode,
     # since sample() itself only turns the graph off (batch-norm layers must use running stats).
+    # A model with a label draws one class per row (8 draws of the other latents each).
     with evaluating(model):
-        images = model.sample(64, Generator(seed=seed, stream=3))
+        if getattr(model, "semi_supervised", False):
+            labels = np.repeat(np.arange(model.num_classes), 8)
+            images = model.sample(len(labels), Generator(seed=seed, stream=3), labels=labels)
+        else:
+            images = model.sample(64, Generator(seed=seed, stream=3))
     paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
 
+    if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE
+        paths += _latent_pictures(model, run_dir, x_test, y_test, n, n_embed, seed, embeddings)
+
+    metrics = read_metrics(run_dir)
+    if metrics:
+        paths.append(plot_curves(metrics, run_dir / "curves.png"))
+        if has_grad_norms(metrics):
+            paths.append(plot_grad_norms(metrics, run_dir / "grad_norms.png"))
+    return paths
+
+
+def _latent_pictures(model, run_dir, x_test, y_test, n, n_embed, seed, embeddings):
+    """Reconstructions, PCA (t-SNE, UMAP), traversal and KL-per-dimension pictures of a VAE."""
+    paths = []
     mu, logvar = encode_dataset(model, x_test)
     # Reconstruct from the posterior mean: deterministic, and the picture the encoder+decoder
     # pair converges to, without sampling noise.
@@ -498,10 +531,4 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     kl = kl_per_dimension(mu, logvar)
     paths.append(plot_traversal(model, run_dir / "traversal.png", kl=kl))
     paths.append(plot_kl_per_dim(kl, latent_activity(mu), run_dir / "kl_per_dim.png"))
-
-    metrics = read_metrics(run_dir)
-    if metrics:
-        paths.append(plot_curves(metrics, run_dir / "curves.png"))
-        if has_grad_norms(metrics):
-            paths.append(plot_grad_norms(metrics, run_dir / "grad_norms.png"))
     return paths

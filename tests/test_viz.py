@@ -192,6 +192,20 @@ def test_plot_run_writes_every_picture(request, run_name, data, tmp_path):
         assert np.isfinite(img).all() and img[..., :3].std() > 0.01, f"{name} is blank"
 
 
+@pytest.mark.parametrize("model", ["m2", "ladder"])
+def test_plot_run_draws_samples_and_curves_for_models_without_one_gaussian_latent(model, data, tmp_path):
+    config = TrainConfig(model=model, epochs=2, batch_size=50, hidden=(16, 8), z_dim=3, eval_k=0,
+                         n_labelled=20, out=str(tmp_path / model), seed=1)
+    Trainer(config, data=data, progress=False, log=lambda *a, **k: None).fit()
+    paths = viz.plot_run(tmp_path / model, data=data, embeddings=False)
+    assert [p.name for p in paths] == ["samples.png", "curves.png"]
+    images = {p.name: _read_png(p) for p in paths}
+    rows = 10 if model == "m2" else 8  # a model with labels: one row per class
+    assert images["samples.png"].shape[:2] == (rows * 30 + 2, 8 * 30 + 2)
+    for name, img in images.items():
+        assert np.isfinite(img).all() and img[..., :3].std() > 0.01, f"{name} is blank"
+
+
 def test_plot_run_traversal_shape_depends_on_z_dim(run_z2, run_z3, data, tmp_path):
     # z-dim 2: a square 15 x 15 grid; z-dim 3: three rows (one per dimension) of 15 images.
     for run, square in ((run_z2, True), (run_z3, False)):

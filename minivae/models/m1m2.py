@@ -69,6 +69,7 @@ class M1M2(nn.Module):
         self.x_dim, self.z_dim = self.m1.x_dim, z_dim
         self.m2 = M2(self.m1.z_dim, z_dim, hidden, activation, num_classes, alpha, alpha_scale, beta,
                      mc_samples, iw_k, likelihood="gaussian", rng=rng)
+        self.num_classes = self.m2.num_classes
 
     def features(self, x, noise=None):
         """z1 ~ q(z1 | x) from M1 (its mean when ``noise`` is None), a constant (B, z1) Tensor."""
