@@ -209,6 +209,14 @@ CASES = {
         case("3-D x without bias", F.linear, U(2, 3, 4), U(4, 5)),
         case("constant x", F.linear, Const(U(3, 4)), U(4, 2), U(2)),
     ],
+    la.LinearRelu: [
+        # every pre-activation x @ W + b of these seeds is >= 1e-3 from the kink at 0, far beyond
+        # the finite-difference step (tests/test_ops_gradcheck.py checks it)
+        case("with bias", F.linear_relu, U(3, 4), U(4, 5), U(5)),
+        case("without bias", F.linear_relu, U(3, 4), U(4, 5)),
+        case("3-D x with bias", F.linear_relu, U(2, 3, 4), U(4, 5), U(5)),
+        case("constant x", F.linear_relu, Const(U(3, 4)), U(4, 2), U(2)),
+    ],
     # ---- shape ----
     sh.Reshape: [
         case("(3,4)->(2,6)", lambda a: F.reshape(a, (2, 6)), U(3, 4)),

@@ -84,14 +84,14 @@ def test_no_float64_array_is_computed_in_a_float32_step():
 
 def test_the_watch_sees_an_upcast_inside_an_op(monkeypatch):
     """The check above would fail if an op computed a float64 temporary."""
-    from minivae.ops import elementwise
+    from minivae.ops import linalg
 
-    original = elementwise.Relu.forward
+    original = linalg.LinearRelu.forward
 
-    def upcasting_forward(ctx, x):
-        return original(ctx, (x * np.float64(1.0)).astype(x.dtype))  # float64 inside, float32 out
+    def upcasting_forward(ctx, x, W, b=None):
+        return original(ctx, (x * np.float64(1.0)).astype(x.dtype), W, b)  # float64 inside, float32 out
 
-    monkeypatch.setattr(elementwise.Relu, "forward", staticmethod(upcasting_forward))
+    monkeypatch.setattr(linalg.LinearRelu, "forward", staticmethod(upcasting_forward))
     model, x = _model_and_batch()
     for p in model.parameters():
         p.data = p.data.view(_Watch)

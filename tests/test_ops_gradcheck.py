@@ -92,3 +92,29 @@ def test_pow_zero_exponent_has_zero_gradient_at_zero():
     x = Tensor(np.array([0.0, 1.5]), requires_grad=True)
     (x ** 0).sum().backward()
     np.testing.assert_array_equal(x.grad, [0.0, 0.0])
+
+
+def test_linear_relu_cases_stay_off_the_kink():
+    # The finite differences of linear_relu are only valid where no pre-activation crosses 0.
+    from minivae.ops.linalg import LinearRelu
+
+    for name, _, specs in CASES[LinearRelu]:
+        x, W, *b = (t.data for t in build(specs, _rng_for(LinearRelu, name)))
+        pre = x @ W + (b[0] if b else 0.0)
+        assert np.abs(pre).min() > 1e-3, name
+
+
+def test_linear_relu_equals_linear_then_relu_exactly():
+    rng = np.random.default_rng(0)
+    x, W, b = (rng.standard_normal(s).astype(np.float32) for s in ((2, 6, 5), (5, 7), (7,)))
+    g = rng.standard_normal((2, 6, 7)).astype(np.float32)
+    outs, grads = [], []
+    for fused in (True, False):
+        ts = [Tensor(a.copy(), requires_grad=True) for a in (x, W, b)]
+        out = F.linear_relu(*ts) if fused else F.relu(F.linear(*ts))
+        (out * Tensor(g)).sum().backward()
+        outs.append(out.data)
+        grads.append([t.grad for t in ts])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    for a, c in zip(*grads):
+        np.testing.assert_array_equal(a, c)

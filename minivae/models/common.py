@@ -37,11 +37,25 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
-        """Apply the layers in order."""
+        """Apply the layers in order; a Linear followed by a ReLU runs as one ``F.linear_relu`` node
+        (the same numbers as the two layers, with one array and one graph node fewer)."""
         if not self.batch_norm or x.ndim == 2:
-            return self.net(x)
-        out = self.net(x.reshape(-1, x.shape[-1]))
+            return self._layers(x)
+        out = self._layers(x.reshape(-1, x.shape[-1]))
         return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    def _layers(self, h):
+        layers = list(self.net)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if type(layer) is nn.Linear and i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU:
+                h = F.linear_relu(h, layer.weight, layer.bias)
+                i += 2
+            else:
+                h = layer(h)
+                i += 1
+        return h
 
 
 class GaussianHead(nn.Module):

@@ -7,7 +7,7 @@ from .elementwise import (Abs, Add, Clip, Div, Elu, Exp, LeakyRelu, Log, LogSigm
                           Pow, Relu, Sigmoid, Softplus, Sqrt, Sub, Tanh, Where, abs, add, clip,
                           div, elu, exp, leaky_relu, log, log_sigmoid, mul, neg, pow, relu,
                           sigmoid, softplus, sqrt, sub, tanh, where)
-from .linalg import Linear, Matmul, linear, matmul
+from .linalg import Linear, LinearRelu, Matmul, linear, linear_relu, matmul
 from .ladder import PrecisionWeightedMerge, precision_weighted
 from .norm import BatchNorm, batch_norm
 from .reduce import (LogSoftmax, LogSumExp, Max, Mean, Softmax, Sum, log_softmax, logsumexp, max,
@@ -63,8 +63,10 @@ __all__ = [
     "tanh",
     "where",
     "Linear",
+    "LinearRelu",
     "Matmul",
     "linear",
+    "linear_relu",
     "matmul",
     "LogSoftmax",
     "LogSumExp",

@@ -1,5 +1,6 @@
-"""Matrix products: matmul, and linear (x @ W + b) fused into one node."""
+"""Matrix products: matmul, linear (x @ W + b) fused into one node, and linear + ReLU in one node."""
 from ..autograd import Function
+from ..backend import get_array_module
 
 
 def _check_inner(name, a_shape, b_shape):
@@ -33,6 +34,31 @@ class Matmul(Function):
         return ga, gb
 
 
+def _linear_forward(ctx, name, x, W, b):
+    """x @ W + b into a fresh array (shapes checked, x and W saved for the backward pass)."""
+    _check_inner(name, x.shape if x.ndim >= 2 else (1,) + x.shape, W.shape)
+    if W.ndim != 2:
+        raise ValueError(f"{name}: the weight must be 2-D (in, out), got shape {W.shape}")
+    if b is not None and b.shape != (W.shape[1],):
+        raise ValueError(f"{name}: the bias must have shape ({W.shape[1]},), got {b.shape}")
+    ctx.save(x, W)
+    out = x @ W
+    if b is not None:
+        out += b  # out is a fresh array, so adding in place is safe and saves a temporary
+    return out
+
+
+def _linear_backward(ctx, g, x, W):
+    """(d/dx, d/dW[, d/db]) of x @ W + b for the upstream gradient g of its output."""
+    needs = ctx.needs_input_grad
+    gx = g @ W.T if needs[0] else None
+    g2 = g.reshape(-1, g.shape[-1])
+    gW = x.reshape(-1, x.shape[-1]).T @ g2 if needs[1] else None
+    if len(needs) == 2:
+        return gx, gW
+    return gx, gW, (g2.sum(axis=0) if needs[2] else None)
+
+
 class Linear(Function):
     """linear(x, W, b) = x @ W + b, with x of shape (..., in), W (in, out), b (out,).
 
@@ -42,27 +68,35 @@ class Linear(Function):
 
     @staticmethod
     def forward(ctx, x, W, b=None):
-        _check_inner("linear", x.shape if x.ndim >= 2 else (1,) + x.shape, W.shape)
-        if W.ndim != 2:
-            raise ValueError(f"linear: the weight must be 2-D (in, out), got shape {W.shape}")
-        if b is not None and b.shape != (W.shape[1],):
-            raise ValueError(f"linear: the bias must have shape ({W.shape[1]},), got {b.shape}")
-        ctx.save(x, W)
-        out = x @ W
-        if b is not None:
-            out += b  # out is a fresh array, so adding in place is safe and saves a temporary
+        return _linear_forward(ctx, "linear", x, W, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved
+        return _linear_backward(ctx, g, x, W)
+
+
+class LinearRelu(Function):
+    """linear_relu(x, W, b) = max(x @ W + b, 0): a dense layer and its ReLU in one node.
+
+    With a = x @ W + b, the gradient reaching a is g * [a > 0] (0 at the kink a = 0, as ``relu``);
+    from there the rules of ``linear``: d/dx = g_a @ W^T, d/dW = x^T @ g_a, d/db = sum of g_a over
+    rows. The ReLU is applied in place to the product, so the layer allocates one array instead of
+    two and the graph has one node instead of two (``MLP`` uses it for every ReLU layer).
+    """
+
+    @staticmethod
+    def forward(ctx, x, W, b=None):
+        out = _linear_forward(ctx, "linear_relu", x, W, b)
+        xp = get_array_module(out)
+        xp.maximum(out, 0, out=out)
+        ctx.active = out > 0
         return out
 
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved
-        needs = ctx.needs_input_grad
-        gx = g @ W.T if needs[0] else None
-        g2 = g.reshape(-1, g.shape[-1])
-        gW = x.reshape(-1, x.shape[-1]).T @ g2 if needs[1] else None
-        if len(needs) == 2:
-            return gx, gW
-        return gx, gW, (g2.sum(axis=0) if needs[2] else None)
+        return _linear_backward(ctx, g * ctx.active, x, W)
 
 
 matmul = Matmul.apply
@@ -71,3 +105,8 @@ matmul = Matmul.apply
 def linear(x, W, b=None):
     """x @ W + b as one op (see ``Linear``); ``b`` may be None."""
     return Linear.apply(x, W) if b is None else Linear.apply(x, W, b)
+
+
+def linear_relu(x, W, b=None):
+    """max(x @ W + b, 0) as one op (see ``LinearRelu``); ``b`` may be None."""
+    return LinearRelu.apply(x, W) if b is None else LinearRelu.apply(x, W, b)
