@@ -116,17 +116,20 @@ def _model_row(path):
     res = r.get("results", r)
     if "test_error" in res:
         ours = f"test error {100 * res['test_error']:.2f}%"
+    elif "test_nll" not in res:
+        ours = f"test ELBO {res['test_elbo']:.2f} (no importance-sampled NLL)"
     else:
         k = r.get("nll_k") or res.get("eval_k")
         n = r.get("nll_n_test") or res.get("n_test", 10000)
         stderr = r.get("test_nll_stderr") or res.get("test_nll_stderr")
         ours = (f"test NLL {res['test_nll']:.2f}" + (f" ± {stderr:.2f}" if stderr else "")
                 + f" (k={k}, {n} images); test ELBO {res['test_elbo']:.2f}")
-    setting, figure, checked = PAPER.get(name, ("-", "-", ""))
+    setting, figure, checked = PAPER.get(name, ("-", "-", "")) if c.get("beta", 1.0) == 1.0 else ("-", "-", "")
     paper = f"{figure} ({setting}; {checked})" if checked else "-"
     command = r.get("run_command") or r["command"]
     wall = r.get("train_seconds_all_epochs")
-    label = f"{name}, KL warm-up {c.get('warmup', 0)} epochs"  # the command's defaults may have changed since
+    beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
+    label = f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs"  # the command's defaults may have changed since
     return (f"| {label} | `{command}` | {r['epochs']} | {wall / 60:.1f} min "
             f"({r['seconds_per_epoch_median']:.1f} s median epoch) | {ours} | {paper} |")
 

@@ -324,7 +324,7 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("mean KL (nats)")
     ax.set_xlim(-0.8, len(kl) - 0.2)
-    ax.set_title(f"KL per dimension: total {kl.sum():.2f} nats; active units "
+    ax.set_title(f"KL per dimension: total {kl.sum():.2f} nats\nactive units "
                  f"{int(active.sum())}/{len(kl)} (Cov_x E_q[z] > {threshold:g}, grey = inactive)",
                  fontsize=9)
     fig.tight_layout()
