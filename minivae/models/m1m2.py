@@ -18,7 +18,8 @@ M1's decoder turns into an image.
 Registered as ``m1m2``; ``--set m1=RUN`` names the folder of a trained VAE run (required):
 ``minivae train --model m1m2 --set m1=runs/vae --n-labelled 100 --hidden 500 --z-dim 50``.
 ``--hidden`` and ``--z-dim`` are M2's (z2); M1's sizes come from its run. The checkpoint keeps
-M1's weights too, so a trained M1+M2 does not depend on the M1 folder staying unchanged.
+M1's weights too, so a trained M1+M2 keeps the M1 it was trained with even if the M1 run goes on
+training (the M1 folder must still exist: its config gives M1's sizes when the model is rebuilt).
 """
 from .. import functional as F
 from .. import nn
