@@ -30,6 +30,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if bool(args.eval) != bool(args.eval_command):
         parser.error("--eval and --eval-command go together")
+    if not (Path(args.run) / "results.json").exists() and not args.eval:
+        parser.error(f"{args.run} has no results.json: give the evaluation with --eval")
     run = Path(args.run)
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                if line.strip() and "valid_elbo" in line]
@@ -41,7 +43,8 @@ def main(argv=None):
                "train_seconds_all_epochs": round(sum(seconds), 1),
                "seconds_per_epoch_median": round(statistics.median(seconds), 2),
                "final_epoch": metrics[-1],
-               "results": json.loads((run / "results.json").read_text())}
+               "results": (json.loads((run / "results.json").read_text()) if (run / "results.json").exists()
+                           else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
         payload["results"].update(test_nll=ev["test_nll"], test_nll_stderr=ev.get("test_nll_stderr"),
