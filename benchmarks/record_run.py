@@ -30,9 +30,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if bool(args.eval) != bool(args.eval_command):
         parser.error("--eval and --eval-command go together")
-    if not (Path(args.run) / "results.json").exists() and not args.eval:
-        parser.error(f"{args.run} has no results.json: give the evaluation with --eval")
     run = Path(args.run)
+    finished = (run / "results.json").exists()
+    if not finished and not args.eval:
+        parser.error(f"{args.run} has no results.json: give the evaluation with --eval")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                if line.strip() and "valid_elbo" in line]
     seconds = [m["seconds"] for m in metrics]
@@ -43,7 +44,7 @@ def main(argv=None):
                "train_seconds_all_epochs": round(sum(seconds), 1),
                "seconds_per_epoch_median": round(statistics.median(seconds), 2),
                "final_epoch": metrics[-1],
-               "results": (json.loads((run / "results.json").read_text()) if (run / "results.json").exists()
+               "results": (json.loads((run / "results.json").read_text()) if finished
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())

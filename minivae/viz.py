@@ -366,6 +366,7 @@ def plot_curves(metrics, path):
     if ax_b.lines:
         ax_b.legend(fontsize=8)
     errors, s = _series(lines, "valid_error"), _series(lines, "train_kl")
+    ax_kl.set_ylabel("nats per image")
     if errors:  # a classifier's run: its validation error is the curve to watch
         ax_kl.plot(errors[0], [100 * e for e in errors[1]], label="validation error", color="C3", **style)
         ax_kl.set_title("classification error (lower is better)", fontsize=10)
@@ -373,10 +374,8 @@ def plot_curves(metrics, path):
     elif s:
         ax_kl.plot(*s, label="train KL", color="C3", **style)
         ax_kl.set_title("KL(q(z|x) || p(z))", fontsize=10)
-        ax_kl.set_ylabel("nats per image")
     else:
         ax_kl.set_title("no KL logged (IWAE objective)", fontsize=10)
-        ax_kl.set_ylabel("nats per image")
     if ax_kl.lines:
         ax_kl.legend(fontsize=8)
     ax_kl.set_xlabel("epoch")
@@ -494,7 +493,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
 
     if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE
-        paths += _latent_pictures(model, run_dir, x_test, y_test, n, n_embed, seed, embeddings)
+        paths += _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings)
 
     metrics = read_metrics(run_dir)
     if metrics:
@@ -504,9 +503,9 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     return paths
 
 
-def _latent_pictures(model, run_dir, x_test, y_test, n, n_embed, seed, embeddings):
+def _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings):
     """Reconstructions, PCA (t-SNE, UMAP), traversal and KL-per-dimension pictures of a VAE."""
-    paths = []
+    paths, n = [], len(x_test)
     mu, logvar = encode_dataset(model, x_test)
     # Reconstruct from the posterior mean: deterministic, and the picture the encoder+decoder
     # pair converges to, without sampling noise.

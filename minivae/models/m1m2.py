@@ -35,19 +35,19 @@ def _m1_model(m1):
     a fresh untrained VAE made from a dict of its settings."""
     if m1 is None:
         raise ValueError("m1m2 needs a trained VAE as M1: pass --set m1=RUN (a `minivae train` run folder)")
+    source = ""
     if isinstance(m1, dict):
         model = VAE(**m1)
-    elif isinstance(m1, VAE):
+    elif isinstance(m1, nn.Module):
         model = m1
     else:
         from ..train import load_run  # deferred: the trainer imports the model registry
 
         config, model = load_run(m1)
-        if type(model) is not VAE:
-            raise ValueError(f"M1 must be a one-layer VAE run (model vae, or iwae with one layer); "
-                             f"{m1} holds a {config.model!r} model")
+        source = f"; {m1} holds a {config.model!r} model"
     if type(model) is not VAE:
-        raise ValueError(f"M1 must be a one-layer VAE, got {type(model).__name__}")
+        raise ValueError(f"M1 must be a one-layer VAE (model vae, or iwae with one layer), got "
+                         f"{type(model).__name__}{source}")
     return model.requires_grad_(False)
 
 
