@@ -136,3 +136,31 @@ def test_float32_stays_float32():
     z = _t(rng.standard_normal((3, 2)).astype(np.float32))
     assert D.log_standard_normal(z).dtype == np.float32
     assert D.log_categorical(z, z).dtype == np.float32
+
+
+def _kl_and_log_prob_with_grads(mu_q, lv_q, mu_p, lv_p, z):
+    args = [_t(a, requires_grad=True) for a in (mu_q, lv_q, mu_p, lv_p, z)]
+    kl = D.kl_normal_normal(*args[:4])
+    lp = D.log_normal(args[4], args[2], args[3])
+    (kl.sum() + lp.sum()).backward()
+    return kl.data, lp.data, [a.grad for a in args]
+
+
+def test_collapsed_prior_variance_gives_finite_kl_and_log_density_in_float32():
+    # A collapsed unit (seen in a Ladder-M2 run evaluated with batch-norm running statistics):
+    # the prior's log-variance is -89.3, where e^-logvar overflows float32, and the posterior
+    # matches it (precision weighting), so z - mu_p and mu_q - mu_p are 0 or tiny. The old
+    # forms computed inf * 0 = NaN; the stable ones must agree with float64.
+    lv = np.array([[-89.26, -60.0, 0.5], [-100.0, -89.26, -1.0]])
+    mu_p = np.array([[0.25, -1.5, 0.0], [2.0, 0.75, 0.3]])
+    mu_q, lv_q = mu_p.copy(), lv + np.array([[0.0, -0.01, 0.2], [0.001, 0.0, -0.3]])
+    mu_q[:, 2] += 0.4
+    z = mu_p.copy()
+    z[:, 2] += 0.7
+    ref = _kl_and_log_prob_with_grads(mu_q, lv_q, mu_p, lv, z)
+    got = _kl_and_log_prob_with_grads(*(a.astype(np.float32) for a in (mu_q, lv_q, mu_p, lv, z)))
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-5)
+    for g32, g64 in zip(got[2], ref[2]):
+        assert np.isfinite(g32).all()
+        np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5)

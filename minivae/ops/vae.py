@@ -135,17 +135,19 @@ class KLNormalNormal(Function):
     With d = mu_q - mu_p and r = (e^logvar_q + d^2) / e^logvar_p:
     d/dmu_q = d / e^logvar_p, d/dmu_p = -d / e^logvar_p,
     d/dlogvar_q = (e^logvar_q / e^logvar_p - 1) / 2, d/dlogvar_p = (1 - r) / 2.
-    Divisions are written as multiplications by e^-logvar_p, computed once.
+    Stable form: the variance ratio is e^(logvar_q - logvar_p) and d^2 / e^logvar_p is
+    (d e^(-logvar_p / 2))^2, so a collapsed prior (logvar_p below -88, where e^-logvar_p overflows
+    float32) that the posterior matches gives its true, small KL, not inf * 0 = NaN.
     """
 
     @staticmethod
     def forward(ctx, mu_q, logvar_q, mu_p, logvar_p):
         xp = get_array_module(mu_q, mu_p)
-        inv_var_p = xp.exp(-logvar_p)
-        ratio = xp.exp(logvar_q) * inv_var_p
-        d = mu_q - mu_p
-        r = ratio + d * d * inv_var_p
-        ctx.save(d * inv_var_p, ratio, r)
+        inv_std_p = xp.exp(-0.5 * logvar_p)
+        ratio = xp.exp(logvar_q - logvar_p)
+        d_std = (mu_q - mu_p) * inv_std_p
+        r = ratio + d_std * d_std
+        ctx.save(d_std * inv_std_p, ratio, r)
         return 0.5 * _row_sum(logvar_p - logvar_q + r - 1)
 
     @staticmethod
@@ -212,15 +214,17 @@ class GaussianLogProb(Function):
     = -1/2 * sum_j [log(2 pi) + logvar_j + (x_j - mu_j)^2 e^-logvar_j].
 
     With s = (x - mu) e^-logvar: d/dx = -s, d/dmu = s, d/dlogvar = ((x - mu) s - 1) / 2.
+    Stable form: (x - mu)^2 e^-logvar is ((x - mu) e^(-logvar / 2))^2, finite in float32 down to
+    logvar = -176 (e^-logvar alone overflows below -88, and 0 * inf = NaN where x equals mu).
     """
 
     @staticmethod
     def forward(ctx, x, mu, logvar):
         xp = get_array_module(x, mu)
-        d = x - mu
-        s = d * xp.exp(-logvar)
-        ds = d * s
-        ctx.save(s, ds)
+        inv_std = xp.exp(-0.5 * logvar)
+        t = (x - mu) * inv_std
+        ds = t * t
+        ctx.save(t * inv_std, ds)
         return -0.5 * _row_sum(_LOG_2PI + logvar + ds)
 
     @staticmethod
