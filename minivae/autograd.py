@@ -72,8 +72,11 @@ class Context:
 
     ``save(*arrays)`` keeps arrays (read back as ``saved``); any other attribute may be set
     freely (axes, shapes). ``needs_input_grad`` tells backward which gradients are wanted.
+    ``grad_owned``, set by the engine just before backward, is True when the upstream gradient
+    array is the engine's alone (no other tensor, context or caller holds it or a view of it):
+    backward may then overwrite it instead of allocating a new array.
     """
-    __slots__ = ("saved", "needs_input_grad", "__dict__")
+    __slots__ = ("saved", "needs_input_grad", "grad_owned", "__dict__")
 
     def save(self, *arrays):
         """Keep arrays for backward; only what backward needs (e.g. exp keeps its output)."""
@@ -322,6 +325,7 @@ class Tensor:
             if ctx is None:
                 raise RuntimeError("backward() through a graph that was already freed; "
                                    "pass retain_graph=True to the first backward()")
+            ctx.grad_owned = g_owned or _unshared(g)
             in_grads = fn.backward(ctx, g)
             if not isinstance(in_grads, tuple):
                 in_grads = (in_grads,)

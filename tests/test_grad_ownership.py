@@ -197,3 +197,56 @@ def test_zero_dimensional_leaves_accumulate_every_contribution():
     x = mv.tensor(2.0, requires_grad=True)
     (x * x + 3 * x).backward()  # three contributions; 0-d sums are NumPy scalars
     assert x.grad == 7.0
+
+
+class _Scribbles(Function):
+    """y = 3 x; backward records ``grad_owned`` and, when it is True, overwrites g with NaN
+    before returning a fresh gradient (what an op that works in place may do)."""
+    owned = []
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 3
+
+    @staticmethod
+    def backward(ctx, g):
+        out = g * 3
+        _Scribbles.owned.append(ctx.grad_owned)
+        if ctx.grad_owned:
+            g[...] = np.nan
+        return out
+
+
+@_ADOPTS
+def test_backward_may_overwrite_the_upstream_gradient_only_when_the_engine_owns_it():
+    _Scribbles.owned.clear()
+    x = _leaf(3)
+    (_Scribbles.apply(x) * 2.0).sum().backward()  # Mul's backward: a fresh g * 2
+    assert _Scribbles.owned == [True]
+    np.testing.assert_array_equal(x.grad, np.full(3, 6.0))
+
+    # The caller's grad= argument, and an array two inputs received from Add, are not the
+    # engine's alone: the flag is False and no scribble reaches another gradient.
+    _Scribbles.owned.clear()
+    y = _Scribbles.apply(_leaf(3))
+    g = np.arange(3.0)
+    y.backward(g)
+    np.testing.assert_array_equal(g, np.arange(3.0))
+    a, b = _leaf(3), _leaf(3)
+    (_Scribbles.apply(a) + _Scribbles.apply(b)).backward(np.ones(3))
+    assert _Scribbles.owned[0] is False and _Scribbles.owned[1] is False
+    np.testing.assert_array_equal(a.grad, np.full(3, 3.0))
+    np.testing.assert_array_equal(b.grad, np.full(3, 3.0))
+
+
+def test_linear_relu_masks_a_shared_upstream_gradient_without_touching_it():
+    # Add hands one array to both layers: the first one to run must not mask it in place.
+    rng = np.random.default_rng(0)
+    x = mv.tensor(rng.standard_normal((4, 3)))
+    W1, W2, b = _leaf(3, 5), mv.Tensor(rng.standard_normal((3, 5)), requires_grad=True), _leaf(5)
+    a, c = F.linear_relu(x, W1, b), F.linear_relu(x, W2, b)
+    g = rng.standard_normal((4, 5))
+    (a + c).backward(g)
+    for W, out in ((W1, a), (W2, c)):
+        np.testing.assert_allclose(W.grad, x.data.T @ (g * (out.data > 0)), rtol=1e-12)
+    np.testing.assert_allclose(b.grad, (g * (a.data > 0)).sum(0) + (g * (c.data > 0)).sum(0), rtol=1e-12)

@@ -82,7 +82,9 @@ class LinearRelu(Function):
     With a = x @ W + b, the gradient reaching a is g * [a > 0] (0 at the kink a = 0, as ``relu``);
     from there the rules of ``linear``: d/dx = g_a @ W^T, d/dW = x^T @ g_a, d/db = sum of g_a over
     rows. The ReLU is applied in place to the product, so the layer allocates one array instead of
-    two and the graph has one node instead of two (``MLP`` uses it for every ReLU layer).
+    two and the graph has one node instead of two (``MLP`` uses it for every ReLU layer); in
+    backward the mask is applied in place to g when the engine owns it alone (``grad_owned``),
+    which saves an image-sized allocation per layer (fresh large arrays cost page faults).
     """
 
     @staticmethod
@@ -96,7 +98,11 @@ class LinearRelu(Function):
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved
-        return _linear_backward(ctx, g * ctx.active, x, W)
+        if ctx.grad_owned:  # usually the fresh g @ W^T of the layer above: mask it in place
+            g *= ctx.active
+        else:
+            g = g * ctx.active
+        return _linear_backward(ctx, g, x, W)
 
 
 matmul = Matmul.apply
