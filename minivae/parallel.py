@@ -14,6 +14,7 @@ The count is ``set_num_threads(n)``; by default the first of the environment var
 limited to one BLAS thread uses one here too), else the CPUs this process may run on. It does
 not change BLAS's own threads: set those with the same variables or ``threadpoolctl``.
 """
+import numbers
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -52,7 +53,7 @@ def set_num_threads(n):
     default from the environment. BLAS's threads are not changed."""
     global _num_threads
     if n is not None:
-        if isinstance(n, bool) or int(n) != n or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"set_num_threads: need an integer >= 1 (or None), got {n!r}")
         n = int(n)
     _num_threads = n

@@ -44,7 +44,7 @@ def test_thread_count_from_the_environment_and_set_num_threads(monkeypatch):
         monkeypatch.setenv("OMP_NUM_THREADS", bad)
         with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
             mv.get_num_threads()
-    for bad in (0, 1.5, True, "2"):
+    for bad in (0, 1.5, 2.0, True, "2", "two"):
         with pytest.raises(ValueError, match="set_num_threads"):
             mv.set_num_threads(bad)
 
