@@ -87,6 +87,17 @@ def run_split(fn, groups):
             raise e
 
 
+def _forget_pool_after_fork():
+    """A forked child inherits the pool object but not its threads: work handed to it would
+    never run. The child starts a pool of its own on first use instead."""
+    global _pool, _pool_workers, _lock
+    _pool, _pool_workers, _lock = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def _executor(workers):
     """The shared pool, with at least ``workers`` threads (created on first use)."""
     global _pool, _pool_workers

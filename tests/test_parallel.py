@@ -1,5 +1,8 @@
 """minivae.parallel and the optimizer's multi-threaded step: same numbers for any thread count."""
+import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -147,3 +150,28 @@ def test_every_gradient_shape_is_checked_before_any_update():
     with pytest.raises(ValueError, match="parameter 1: gradient of shape"):
         optim.Adam(params).step()
     np.testing.assert_array_equal(params[0].data, before)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_parallel_steps_with_a_pool_of_its_own():
+    # The parent's pool threads do not exist in a child: without a fresh pool the child's
+    # first parallel step would wait forever for them.
+    parallel.run_split(lambda group: None, [[0], [1]])  # the parent has a pool now
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if a two-thread split completes
+        try:
+            done = []
+            parallel.run_split(done.append, [[0], [1]])
+            os._exit(0 if sorted(done) == [[0], [1]] else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        finished, status = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child's parallel step did not finish (it waited for the parent's threads)")
