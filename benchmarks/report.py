@@ -83,7 +83,8 @@ def epoch_table(r):
 
 #: Paper figures on MNIST: (setting, figure, how it was checked). Test NLL in nats (the papers'
 #: 5000-sample bound), or test error with 100 labels. "read in the paper" means its own table was
-#: read; "second-hand" means a later paper's table quoting it (the original was not reachable).
+#: read; "second-hand" means a later paper's table (or a replication's README) quoting it (the
+#: original was not reachable).
 PAPER = {
     "vae": ("1-layer VAE, 2x200 tanh, Burda et al. 2015 Table 1", "86.76", "read in the paper"),
     "iwae": ("1-layer IWAE k=5 / k=50, Burda et al. 2015 Table 1", "85.54 / 84.78", "read in the paper"),
@@ -92,7 +93,7 @@ PAPER = {
     "flow": ("DLGM + planar flows K=80, Rezende & Mohamed 2015", "85.10", "second-hand"),
     "ladder": ("LVAE, Sonderby et al. 2016, as quoted in Kingma et al. 2016 (IAF) Table 1; its setting "
                "not confirmed", "81.74", "second-hand"),
-    "m2": ("M2, 100 labels, Kingma et al. 2014 Table 1", "11.97%", "not verified"),
+    "m2": ("M2, 100 labels, Kingma et al. 2014 Table 1", "11.97% ± 1.71", "second-hand"),
     "m1m2": ("M1+M2, 100 labels, Kingma et al. 2014 Table 1", "3.33% ± 0.14", "second-hand"),
     "adgm-ssl": ("ADGM, 100 labels, Maaloe et al. 2016", "0.96% ± 0.02", "second-hand"),
     "sdgm-ssl": ("SDGM, 100 labels, Maaloe et al. 2016", "1.32% ± 0.07", "second-hand"),
