@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_train_step as bts  # noqa: E402
 from machine import default_machine_name, machine_info, versions, write_result  # noqa: E402
-import minivae as mv  # noqa: E402
 from minivae.train import TrainConfig, Trainer, learning_rate  # noqa: E402
 from minivae.data import load_mnist  # noqa: E402
 
@@ -78,7 +77,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=1, help="epochs per library (default 1)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS, PyTorch and minivae threads (default: the cores this process may use)")
+                        help="BLAS / PyTorch threads (default: the cores this process may use)")
     parser.add_argument("--chunk", type=int, default=25, help="batches per turn (default 25)")
     parser.add_argument("--libs", nargs="+", default=["minivae", "torch", "numpy"],
                         choices=["minivae", "torch", "numpy"])
@@ -88,7 +87,6 @@ def main(argv=None):
 
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
-    mv.set_num_threads(threads)  # minivae's own threads (the optimizer's update), as BLAS's
     if torch is not None:
         torch.set_num_threads(threads)
     libs = [n for n in args.libs if n != "torch" or torch is not None]

@@ -458,7 +458,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--threads", type=int, default=None,
-                        help="BLAS, PyTorch and minivae threads (default: the cores this process may use)")
+                        help="BLAS / PyTorch threads (default: the cores this process may use)")
     parser.add_argument("--repeat", type=int, default=None,
                         help="timed blocks per library (default 20 at batch <= 200, else 8)")
     parser.add_argument("--block", type=int, default=10, help="steps per timed block (default 10)")
@@ -487,7 +487,6 @@ def main(argv=None):
         libs.insert(0, "minivae")
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
-    mv.set_num_threads(threads)  # minivae's own threads (the optimizer's update), as BLAS's
     if torch is not None:
         torch.set_num_threads(threads)
 

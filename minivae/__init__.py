@@ -3,6 +3,5 @@ from . import backend, functional, ops
 from .autograd import (AnomalyError, Function, Tensor, detect_anomaly, enable_grad,
                        is_grad_enabled, no_grad, tensor)
 from .gradcheck import GradcheckError, gradcheck
-from .parallel import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

@@ -6,14 +6,11 @@ Conventions shared by every optimizer here:
   gives both the same array), so an update never writes into it; ``clip_grad_norm_`` replaces
   ``p.grad`` with a scaled copy instead of scaling in place.
 * Updates are in place (``p.data`` is modified, not replaced) and use ``out=`` into state and
-  scratch buffers the optimizer owns: one scratch array per (dtype, device, thread), as large
-  as the largest parameter, so a step allocates nothing after the first. Parameters are updated
-  one by one rather than through one flat buffer: a VAE has a dozen parameter arrays, so the
-  per-call overhead is small next to the memory traffic, and a flat buffer would cost a gather
-  of the gradients every step and break whenever ``.data`` is replaced (``Module.to``,
-  ``astype``). On the CPU the parameters are shared out among ``minivae.get_num_threads()``
-  threads (size-balanced groups, see ``Optimizer.step``): NumPy's passes run on one thread each,
-  so this is what lets the memory-bound update use more than one core.
+  scratch buffers the optimizer owns: one scratch array per (dtype, device), as large as the
+  largest parameter, so a step allocates nothing after the first. Parameters are updated one by
+  one rather than through one flat buffer: a VAE has a dozen parameter arrays, so the per-call
+  overhead is small next to the memory traffic, and a flat buffer would cost a gather of the
+  gradients every step and break whenever ``.data`` is replaced (``Module.to``, ``astype``).
 * Parameters whose ``grad`` is None are skipped (their state and step count do not advance).
 * ``state_dict()`` is a flat ``{str: numpy array | int | float}``: hyperparameters by name,
   ``"num_params"``, and per parameter ``"state.<i>.<key>"`` (``i`` is the position in the
@@ -32,19 +29,14 @@ ulp of eps, and a flushed first moment moves a parameter by less than lr * tiny 
 On the GPU subnormals cost nothing and no flush is done.
 """
 import math
-import threading
 
 import numpy as np
 
 from .autograd import Tensor
 from .backend import device_of, get_array_module, to_device
-from .parallel import balanced_groups, get_num_threads, run_split
 
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
 FLUSH_EVERY = 10
-#: Parameters holding fewer numbers are updated on one thread: handing work to a second thread
-#: costs some tens of microseconds, about what a step over 2**18 float32 numbers saves.
-PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
 class Optimizer:
@@ -87,39 +79,19 @@ class Optimizer:
 
     # ----- the public API -------------------------------------------------------------------------
     def step(self):
-        """Update every parameter that has a gradient, in place.
-
-        Every gradient's shape is checked before any parameter changes. On the CPU, when
-        ``minivae.get_num_threads()`` > 1 and the parameters hold at least
-        ``PARALLEL_MIN_ELEMENTS`` numbers, they are split into size-balanced groups updated by
-        that many threads at once (``minivae.parallel``): the same operations per parameter,
-        so the same results for any thread count.
-        """
-        todo = []
+        """Update every parameter that has a gradient, in place (every gradient's shape is
+        checked first, so a bad one leaves all parameters unchanged)."""
+        for i, p in enumerate(self.params):
+            if p.grad is not None and p.grad.shape != p.data.shape:
+                raise ValueError(f"parameter {i}: gradient of shape {p.grad.shape} for a parameter "
+                                 f"of shape {p.data.shape}")
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
-            if g.shape != p.data.shape:
-                raise ValueError(f"parameter {i}: gradient of shape {g.shape} for a parameter of "
-                                 f"shape {p.data.shape}")
-            todo.append(i)
-        sizes = [self.params[i].data.size for i in todo]
-        threads = get_num_threads()
-        if (threads > 1 and sum(sizes) >= PARALLEL_MIN_ELEMENTS
-                and all(type(self.params[i].data) is np.ndarray for i in todo)):
-            groups = [[todo[j] for j in group] for group in balanced_groups(sizes, threads)]
-        else:
-            groups = [todo]
-        run_split(self._update_group, groups)
-
-    def _update_group(self, indices):
-        """Update the parameters ``indices`` one after another (one thread's share of a step)."""
-        for i in indices:
-            p = self.params[i]
             state = self._state_on_device(i, p)
             state["step"] = state.get("step", 0) + 1
-            self._update(i, p, p.grad, state)
+            self._update(i, p, g, state)
             if (self.flush_every and state["step"] % self.flush_every == 0
                     and isinstance(p.data, np.ndarray)):
                 for key in self._flushed:
@@ -211,12 +183,9 @@ class Optimizer:
         return state
 
     def _buffer(self, p, slot=0, dtype=None):
-        """A scratch array shaped like ``p`` (shared by all parameters of one dtype and device
-        that one thread updates)."""
+        """A scratch array shaped like ``p`` (shared by all parameters of one dtype and device)."""
         dtype = p.data.dtype if dtype is None else np.dtype(dtype)
-        # One set per thread: the threads of a parallel step must not share scratch arrays.
-        key = (threading.get_ident(), slot, dtype,
-               "cpu" if isinstance(p.data, np.ndarray) else device_of(p.data))
+        key = (slot, dtype, "cpu" if isinstance(p.data, np.ndarray) else device_of(p.data))
         flat = self._scratch.get(key)
         if flat is None or flat.size < p.data.size:
             xp = get_array_module(p.data)

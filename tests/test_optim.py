@@ -399,3 +399,13 @@ def test_cosine_and_step_schedules():
     again = optim.StepLR(optim.SGD(_params(), lr=5.0), step_size=3, gamma=0.5)
     again.load_state_dict(step.state_dict())
     assert again.optimizer.lr == opt2.lr
+
+
+def test_every_gradient_shape_is_checked_before_any_update():
+    params = _params(np.float32, shapes=((3, 4), (4,)))
+    before = params[0].data.copy()
+    params[0].grad = np.ones((3, 4), np.float32)
+    params[1].grad = np.ones((5,), np.float32)
+    with pytest.raises(ValueError, match="parameter 1: gradient of shape"):
+        optim.Adam(params).step()
+    np.testing.assert_array_equal(params[0].data, before)
