@@ -269,3 +269,24 @@ def test_gradient_tracing_logs_norms_and_survives_resume(tmp_path):
     summaries = [m for m in lines if "valid_elbo" in m]
     assert [m["epoch"] for m in summaries] == [1, 2]
     assert 0 <= summaries[-1]["active_units"] <= 4 and len(summaries[-1]["kl_per_dim"]) == 4
+
+
+class _GuardedTestSet(types.SimpleNamespace):
+    """MNIST-like data whose test arrays record every read (``reads``)."""
+
+    def __getattribute__(self, name):
+        if name in ("x_test", "y_test"):
+            object.__getattribute__(self, "reads").append(name)
+        return object.__getattribute__(self, name)
+
+
+@pytest.mark.parametrize("model, extra", [("vae", {}), ("m2", {"n_labelled": 20})])
+def test_training_never_reads_the_test_set(tmp_path, model, extra):
+    # Model selection and early monitoring may use the validation split only; the test images
+    # and labels are read once, by the final evaluation.
+    data = _GuardedTestSet(reads=[], **vars(small_data()))
+    trainer = Trainer(config(tmp_path, model=model, **extra), data=data, progress=False, log=lambda *a: None)
+    trainer.fit()
+    assert data.reads == []
+    results = trainer.final_evaluation()
+    assert "x_test" in data.reads and math.isfinite(results["test_elbo"])
