@@ -211,8 +211,8 @@ class LatentVariableModel(nn.Module):
             value = bound.item()
             return -bound, {"loss": -value, "bound": value}
         rec, kl = self.elbo(x, noise)
-        # One mean of the per-example loss (two graph nodes fewer than two means and their
+        # One mean of the per-example loss (a graph node fewer than two means and their
         # difference); the statistics are read off the arrays, outside the graph.
-        loss = ((kl - rec) if beta == 1 else (beta * kl - rec)).mean()
+        loss = (beta * kl - rec).mean()
         r, k = float(rec.data.mean()), float(kl.data.mean())
         return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}
