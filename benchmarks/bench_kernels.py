@@ -47,7 +47,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import minivae.random as mr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import machine_info  # noqa: E402
+from machine import git_commit, machine_info  # noqa: E402
 
 # Known theoretical peaks (GB/s) as a fallback when the device does not report its memory clock.
 KNOWN_PEAK_GBPS = {
@@ -306,11 +306,7 @@ def versions(cp, torch):
         v["cupy"] = cp.__version__
     if torch is not None:
         v["torch"] = torch.__version__
-    try:
-        v["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                         text=True, timeout=10).stdout.strip() or None
-    except Exception:
-        v["git_commit"] = None
+    v["git_commit"] = git_commit()
     return v
 
 

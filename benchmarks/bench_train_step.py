@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import minivae as mv  # noqa: E402
 import reference_numpy_vae as ref  # noqa: E402
-from machine import default_machine_name, machine_info  # noqa: E402
+from machine import default_machine_name, git_commit, machine_info  # noqa: E402
 from minivae import optim  # noqa: E402
 from minivae.backend import DeviceError, cupy_module, to_device  # noqa: E402
 from minivae.data import MinibatchLoader, load_mnist  # noqa: E402
@@ -535,7 +535,7 @@ def main(argv=None):
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "torch": torch.__version__ if torch is not None else None,
                      "threadpoolctl": threadpoolctl.__version__ if threadpoolctl is not None else None,
-                     "minivae": mv.__version__},
+                     "minivae": mv.__version__, "git_commit": git_commit()},
         "threads": threads,
         "retain_freed_memory": retained,
         "blas": blas_info(),

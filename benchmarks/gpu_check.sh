@@ -10,12 +10,20 @@
 # 4. runs `pytest -m gpu` (the kernels against the NumPy twin, device gradchecks, a VAE step GPU vs
 #    CPU) and the no-GPU kernel tests (nvcc/NVRTC compiles, host build of the headers);
 # 5. runs benchmarks/bench_kernels.py (B*D = 1e3 .. 1e8, float32) and writes its JSON;
-# 6. runs benchmarks/bench_train_step.py --device gpu (a VAE training step, GPU vs CPU).
+# 6. runs benchmarks/bench_train_step.py --device gpu (a VAE training step on the GPU), then
+#    trains the default VAE for two epochs on the GPU (`minivae train --device gpu`, the main job),
+#    then the same training step on this machine's CPU (GPU vs CPU on one machine);
+# 7. last, the kernel tests that need no GPU (nvcc to PTX, the host build of the headers).
+#
+# Every step runs under `timeout` (STEP_TIMEOUT seconds, default 240) so that one hang cannot
+# use up a lent machine's time; later steps still run.
 #
 # Everything lands in $OUT (at most 8 files): gpu_check.log, pytest_gpu.xml, pytest_cpu.xml,
-# kernels_<device>_<date>.json, bench_kernels.md, train_step_<machine>_*.json. Exit status: 0 when every step passed.
+# kernels_<device>_<date>.json, bench_kernels.md, train_step_<machine>_*_gpu.json,
+# train_step_<machine>_t<threads>.json, train_gpu_metrics.jsonl. Exit status: 0 when every step passed.
 # Environment: OUT, PYTHON (default python3), BENCH_ARGS (extra bench_kernels.py arguments),
-# NO_INSTALL=1 (install nothing: use the checkout through PYTHONPATH).
+# NO_INSTALL=1 (install nothing: use the checkout through PYTHONPATH), STEP_TIMEOUT,
+# MINIVAE_DATA (where the cached mnist.npz is: a machine without the internet needs it there).
 set -u
 set -o pipefail
 
@@ -27,6 +35,8 @@ LOG="$OUT/gpu_check.log"
 exec > >(tee -a "$LOG") 2>&1
 export PYTHONUNBUFFERED=1
 status=0
+STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
+run() { timeout --kill-after=10 "$STEP_TIMEOUT" "$@"; }
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
 
 step "machine"
@@ -73,15 +83,11 @@ print("kernel sources:", g.kernel_dir())
 EOF
 
 step "pytest -m gpu"
-"$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" || { echo "FAIL: pytest -m gpu"; status=1; }
-
-step "kernel tests without the GPU (nvcc, NVRTC, host build)"
-"$PYTHON" -m pytest tests/test_kernels.py tests/test_random.py -q -rs -p no:cacheprovider \
-    --junitxml="$OUT/pytest_cpu.xml" || { echo "FAIL: kernel/random tests"; status=1; }
+run "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" || { echo "FAIL: pytest -m gpu"; status=1; }
 
 step "bench_kernels"
 # shellcheck disable=SC2086
-if "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" ${BENCH_ARGS:-} | tee "$OUT/bench_kernels.txt"; then
+if run "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" ${BENCH_ARGS:-} | tee "$OUT/bench_kernels.txt"; then
     # keep the table alone for the README
     sed -n '/^| B x D/,/^$/p' "$OUT/bench_kernels.txt" | sed '/^{/,$d' > "$OUT/bench_kernels.md"
     rm -f "$OUT/bench_kernels.txt"
@@ -92,8 +98,25 @@ fi
 
 step "bench_train_step --device gpu"
 # One MNIST VAE training step on the GPU next to the same step on the CPU (issue 5).
-"$PYTHON" benchmarks/bench_train_step.py --device gpu --out "$OUT" --max-seconds 120 \
+run "$PYTHON" benchmarks/bench_train_step.py --device gpu --out "$OUT" --max-seconds 90 \
     || { echo "FAIL: bench_train_step --device gpu"; status=1; }
+
+step "minivae train --device gpu (the default VAE, two epochs, k = 100 evaluation)"
+rm -rf "${TMPDIR:-/tmp}/minivae_gpu_run"
+if run "$PYTHON" -m minivae train --device gpu --epochs 2 --eval-k 100 --no-progress \
+        --out "${TMPDIR:-/tmp}/minivae_gpu_run"; then
+    cp "${TMPDIR:-/tmp}/minivae_gpu_run/metrics.jsonl" "$OUT/train_gpu_metrics.jsonl" || true
+else
+    echo "FAIL: minivae train --device gpu"; status=1
+fi
+
+step "bench_train_step on this machine's CPU (GPU vs CPU)"
+run "$PYTHON" benchmarks/bench_train_step.py --out "$OUT" --max-seconds 60 \
+    || { echo "FAIL: bench_train_step (CPU)"; status=1; }
+
+step "kernel tests without the GPU (nvcc, NVRTC, host build)"
+run "$PYTHON" -m pytest tests/test_kernels.py tests/test_random.py -q -rs -p no:cacheprovider \
+    --junitxml="$OUT/pytest_cpu.xml" || { echo "FAIL: kernel/random tests"; status=1; }
 
 step "done: status $status"
 ls -la "$OUT"

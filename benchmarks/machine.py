@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -44,11 +45,23 @@ def default_machine_name(info=None):
     return f"{slug}-{info['cores']}c"
 
 
+def git_commit():
+    """The checkout's commit; ``$MINIVAE_GIT_COMMIT`` where the tree is a copy without ``.git``
+    (as on a lent GPU machine); None when neither says."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=RESULTS.parent, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        found = ""
+    return found or os.environ.get("MINIVAE_GIT_COMMIT")
+
+
 def versions(*modules):
     """Python, NumPy and minivae versions, plus those of the named optional modules when importable."""
     import minivae
 
-    out = {"python": platform.python_version(), "numpy": np.__version__, "minivae": minivae.__version__}
+    out = {"python": platform.python_version(), "numpy": np.__version__, "minivae": minivae.__version__,
+           "git_commit": git_commit()}
     for name in modules:
         try:
             out[name] = __import__(name).__version__

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import DeviceError
 from .train import TrainConfig, load_run
 
 
@@ -152,7 +153,11 @@ def build_parser():
 def main(argv=None):
     """Entry point of the ``minivae`` command."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except DeviceError as exc:  # --device gpu without CuPy or a usable GPU: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 # ----- studying gradients: `minivae gradcheck` and `minivae graph` (see minivae.gradcheck_cases,

@@ -18,3 +18,17 @@ def t64(rng):
     def make(*shape, low=-1.0, high=1.0, requires_grad=True):
         return Tensor(rng.uniform(low, high, shape), requires_grad=requires_grad)
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, saying why, where CuPy or a CUDA device is missing (they are
+    deselected by default; ``pytest -m gpu`` selects them)."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import minivae.gpu
+
+    if not minivae.gpu.is_available():
+        skip = pytest.mark.skip(reason="needs CuPy and a CUDA device")
+        for item in gpu_items:
+            item.add_marker(skip)

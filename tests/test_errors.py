@@ -154,3 +154,17 @@ def test_backward_refuses_a_gradient_of_another_dtype():
     x = mv.tensor(np.ones(3, np.float32), requires_grad=True)
     with pytest.raises(TypeError, match="float64"):
         (x * 2).backward(mv.tensor(np.ones(3)))
+
+
+# ----- devices --------------------------------------------------------------------------------
+def test_train_on_a_missing_gpu_is_one_error_line_not_a_traceback(tmp_path, capsys):
+    """`minivae train --device gpu` where CuPy or a device is missing: exit 2, one line saying why."""
+    import minivae.gpu
+    from minivae.cli import main
+
+    if minivae.gpu.is_available():
+        pytest.skip("a GPU is usable here")
+    assert main(["train", "--device", "gpu", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the GPU was asked for but") and "\n" not in err
+    assert not (tmp_path / "run").exists()

@@ -169,26 +169,11 @@ def test_kernel_gradients_float64_on_device(shape):
     cp.testing.assert_allclose(grads[1], g_lv + k_lv, rtol=1e-13, atol=1e-13)
 
 
-def _noise_ops_available():
-    """True once F.reparameterize accepts a counter-addressed Noise (the GPU dispatch)."""
-    import minivae as mv
-    import minivae.functional as F
-
-    mu = mv.tensor(np.zeros((2, 3)))
-    try:
-        F.reparameterize(mu, mu, mr.Noise(1, 0))
-    except Exception:
-        return False
-    return True
-
-
 def test_ops_gradcheck_float64_on_device():
     """minivae.gradcheck of the kernel-backed ops, on GPU tensors in float64."""
     import minivae as mv
     import minivae.functional as F
 
-    if not _noise_ops_available():
-        pytest.skip("F.reparameterize does not take a minivae.random.Noise yet (GPU dispatch pending)")
     mu_np, lv_np = inputs((6, 5), np.float64, 7)
     mu = mv.tensor(mu_np, requires_grad=True).to("gpu")
     logvar = mv.tensor(lv_np, requires_grad=True).to("gpu")
@@ -242,3 +227,66 @@ def test_vae_training_step_gpu_matches_cpu():
     assert w_c.keys() == w_g.keys()
     for k in w_c:
         np.testing.assert_allclose(np.asarray(w_g[k]), np.asarray(w_c[k]), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+# ------------------------------------------------------------------------------ every model, both devices
+def _model_pair(name):
+    """The same small float64 model twice (same weights): one on the CPU, one on the GPU."""
+    from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
+    from minivae.models import build_model
+
+    sizes = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
+    cpu_model = build_model(name, **dict(sizes, rng=np.random.default_rng(0))).astype(np.float64)
+    return cpu_model, copy.deepcopy(cpu_model).to("gpu")
+
+
+def _grads(model):
+    return {n: cp.asnumpy(p.grad) if isinstance(p.grad, cp.ndarray) else p.grad
+            for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _models():
+    from minivae.models import MODELS
+
+    return sorted(MODELS)
+
+
+@pytest.mark.parametrize("name", _models())
+def test_every_model_loss_gradients_and_log_weights_match_the_cpu(name):
+    """Each model's training loss (labelled batch too for the semi-supervised ones), every
+    parameter's gradient and the importance log-weights of evaluation, float64, on the GPU (our
+    kernels, CuPy) against the CPU (the NumPy twin) with the same weights and noise address."""
+    import minivae as mv
+
+    cpu_model, gpu_model = _model_pair(name)
+    rng = np.random.default_rng(1)
+    x = (rng.uniform(size=(6, cpu_model.x_dim)) < 0.5).astype(np.float64)
+    labels = np.arange(6) % 10
+    semi = getattr(cpu_model, "semi_supervised", False)
+    if semi:
+        cpu_model.set_data_sizes(60, 4)
+        gpu_model.set_data_sizes(60, 4)
+    out = {}
+    for model, device in ((cpu_model, "cpu"), (gpu_model, "gpu")):
+        extra = {"labelled": (mv.tensor(x[:4]).to(device), mv.backend.to_device(labels[:4], device))} if semi else {}
+        loss, _ = model.loss(mv.tensor(x).to(device), mv.random.Noise(seed=5), beta=0.7, **extra)
+        assert loss.device == device
+        loss.backward()
+        with mv.no_grad():
+            lw = model.log_weights(mv.tensor(x).to(device), 3, mv.random.Noise(seed=6))
+        assert lw.device == device and lw.shape == (3, len(x))
+        out[device] = (float(loss.item()), _grads(model), lw.numpy())
+    (loss_c, g_c, lw_c), (loss_g, g_g, lw_g) = out["cpu"], out["gpu"]
+    assert loss_g == pytest.approx(loss_c, rel=1e-10, abs=1e-10)
+    assert g_c.keys() == g_g.keys() and g_c
+    for k in g_c:
+        np.testing.assert_allclose(g_g[k], g_c[k], rtol=1e-8, atol=1e-10 * (1 + np.abs(g_c[k]).max()), err_msg=k)
+    np.testing.assert_allclose(lw_g, lw_c, rtol=1e-10, atol=1e-10)
+
+
+def test_mixing_devices_in_one_op_raises():
+    import minivae as mv
+
+    a = mv.tensor(np.ones(3, np.float32))
+    with pytest.raises(RuntimeError, match="different devices"):
+        a.to("gpu") + a
