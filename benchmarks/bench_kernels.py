@@ -47,7 +47,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import minivae.random as mr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import git_commit, machine_info  # noqa: E402
+from machine import git_commit, machine_info
+from machine import gpu_info as machine_gpu_info  # noqa: E402
 
 # Known theoretical peaks (GB/s) as a fallback when the device does not report its memory clock.
 KNOWN_PEAK_GBPS = {
@@ -242,9 +243,11 @@ class _TorchTimer:
 
 # ------------------------------------------------------------------------------ environment
 def gpu_info(cp):
+    """machine.gpu_info() plus the memory clock, bus width and the theoretical peak bandwidth."""
+    info = machine_gpu_info()
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    name = info["name"]
     attrs = dev.attributes
     clock_khz = props.get("memoryClockRate") or attrs.get("MemoryClockRate")
     bus_bits = props.get("memoryBusWidth") or attrs.get("GlobalMemoryBusWidth")
@@ -258,13 +261,8 @@ def gpu_info(cp):
             if key.lower() in name.lower():
                 peak, source = val, f"datasheet value for '{key}'"
                 break
-    info = {
-        "name": name, "compute_capability": f"{props['major']}.{props['minor']}",
-        "multiprocessors": props["multiProcessorCount"], "memory_bytes": props["totalGlobalMem"],
-        "memory_clock_khz": clock_khz, "memory_bus_bits": bus_bits,
-        "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source,
-        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "cuda_driver": cp.cuda.runtime.driverGetVersion(),
-    }
+    info.update({"memory_clock_khz": clock_khz, "memory_bus_bits": bus_bits,
+                 "peak_bandwidth_gbps": peak, "peak_bandwidth_source": source})
     try:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.memory",
                               "--format=csv,noheader"], capture_output=True, text=True, timeout=20)

@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import minivae as mv  # noqa: E402
 import reference_numpy_vae as ref  # noqa: E402
-from machine import default_machine_name, git_commit, machine_info  # noqa: E402
+from machine import default_machine_name, git_commit, gpu_info, machine_info  # noqa: E402
 from minivae import optim  # noqa: E402
 from minivae.backend import DeviceError, cupy_module, to_device  # noqa: E402
 from minivae.data import MinibatchLoader, load_mnist  # noqa: E402
@@ -531,6 +531,7 @@ def main(argv=None):
         "benchmark": "VAE training step (forward, backward, Adam), float32",
         "machine": dict(info, name=name),
         "device": args.device,
+        "gpu": gpu_info() if args.device == "gpu" else None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "torch": torch.__version__ if torch is not None else None,

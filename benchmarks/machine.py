@@ -38,6 +38,19 @@ def machine_info():
     return info
 
 
+def gpu_info():
+    """Name, compute capability, memory, driver and CUDA runtime of the current CUDA device (CuPy)."""
+    import cupy as cp
+
+    dev = cp.cuda.Device()
+    props = cp.cuda.runtime.getDeviceProperties(dev.id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {"name": name, "compute_capability": f"{props['major']}.{props['minor']}",
+            "multiprocessors": props["multiProcessorCount"], "memory_bytes": props["totalGlobalMem"],
+            "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "cuda_driver": cp.cuda.runtime.driverGetVersion(),
+            "cupy": cp.__version__}
+
+
 def default_machine_name(info=None):
     """A short file-name slug for this machine, e.g. ``amd-epyc-2c``."""
     info = info or machine_info()
@@ -46,14 +59,15 @@ def default_machine_name(info=None):
 
 
 def git_commit():
-    """The checkout's commit; ``$MINIVAE_GIT_COMMIT`` where the tree is a copy without ``.git``
-    (as on a lent GPU machine); None when neither says."""
+    """The checkout's commit: ``$MINIVAE_GIT_COMMIT`` when set (a copy of the tree, as on a lent
+    GPU machine, may carry a stale ``.git``), else ``git rev-parse HEAD``; None when neither says."""
+    if os.environ.get("MINIVAE_GIT_COMMIT"):
+        return os.environ["MINIVAE_GIT_COMMIT"]
     try:
-        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=RESULTS.parent, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=RESULTS.parent, capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        found = ""
-    return found or os.environ.get("MINIVAE_GIT_COMMIT")
+        return None
 
 
 def versions(*modules):

@@ -35,8 +35,39 @@ def _source(r):
     load_s = ""
     if load:
         load_s = f", load average {load['before'][0]:.1f} before / {load['after'][0]:.1f} after"
-    return (f"{m.get('cpu_model')} ({m.get('cores')} cores), {r.get('threads')} thread(s), "
+    gpu = f"GPU {r['gpu']['name']} (CuPy / CUDA), host " if r.get("device") == "gpu" and r.get("gpu") else ""
+    return (f"{gpu}{m.get('cpu_model')} ({m.get('cores')} cores), {r.get('threads')} thread(s), "
             f"{r['date'][:10]}{load_s}; `{r['command']}`")
+
+
+def _step_run_label(path, r):
+    if r.get("device") == "gpu":
+        return f"`{path.stem}` (GPU: {r['gpu']['name'] if r.get('gpu') else 'unnamed'})"
+    return f"`{path.stem}` (CPU, {r.get('threads')} thread(s))"
+
+
+def kernels_section(path):
+    """One bench_kernels result: the device, the table of microseconds and the two targets."""
+    from bench_kernels import markdown_table
+
+    r = json.loads(path.read_text())
+    d, s = r.get("device") or {}, r.get("summary", {})
+    if not d:
+        return ""
+    peak = d.get("peak_bandwidth_gbps")
+    lines = [f"`{path.stem}`: reparameterization + KL, forward + backward, {r['results'][0].get('dtype', 'float32')}, "
+             f"microseconds per call (CUDA events, median). {d['name']} (peak {peak:.0f} GB/s from "
+             f"{d.get('peak_bandwidth_source')}; a device-to-device copy measured {d.get('measured_copy_gbps')} GB/s), "
+             f"CuPy {r['versions'].get('cupy')}, {r['date'][:10]}; `{r['command']}`.", "",
+             markdown_table(r["results"]), ""]
+    if "mnist_speedup_fused_vs_cupy_unfused" in s:
+        lines.append(f"- fused vs unfused CuPy at MNIST size (100 x 50): {s['mnist_speedup_fused_vs_cupy_unfused']}x "
+                     f"(target >= 3: {_fmt(s.get('mnist_speedup_target_met'))})")
+    if "fused_share_of_peak_from_1e7" in s:
+        shares = ", ".join(f"{float(n):.0e} elements {100 * v:.0f}%" for n, v in s["fused_share_of_peak_from_1e7"].items())
+        lines.append(f"- fused share of peak bandwidth from 1e7 elements: {shares} "
+                     f"(target >= 80%: {_fmt(s.get('fused_peak_target_met'))})")
+    return "\n".join(lines)
 
 
 def train_step_tables(r):
@@ -172,11 +203,12 @@ def summary(results_dir=RESULTS):
         parts += ["One training step of the default VAE, float32, the libraries interleaved in one "
                   "process (`benchmarks/bench_train_step.py`; details, memory and the targets in "
                   "[benchmarks/README.md](benchmarks/README.md)):", "",
-                  "| run | batch | minivae ms / step | NumPy reference | PyTorch CPU |", "|---|---|---|---|---|"]
+                  "| run | batch | minivae ms / step | NumPy reference (CuPy on the GPU) | PyTorch |",
+                  "|---|---|---|---|---|"]
         for path in steps:
             r = json.loads(path.read_text())
             for b, row in r["results"].items():
-                cells = [f"`{path.stem}` ({r.get('threads')} thread(s))", b, _fmt(row["minivae"]["ms_per_step"])]
+                cells = [_step_run_label(path, r), b, _fmt(row["minivae"]["ms_per_step"])]
                 for lib in ("numpy", "torch"):
                     v = row.get(lib)
                     cells.append("-" if v is None else
@@ -185,6 +217,10 @@ def summary(results_dir=RESULTS):
         parts.append("")
     for path in sorted(results_dir.glob("epoch_*.json")):
         parts += [f"`{path.stem}`: " + epoch_table(json.loads(path.read_text())), ""]
+    kernels = [k for k in map(kernels_section, sorted(results_dir.glob("kernels_*.json"))) if k]
+    if kernels:
+        parts += ["Our CUDA kernels against unfused CuPy, PyTorch and NumPy (`benchmarks/bench_kernels.py`, "
+                  "run by `bash benchmarks/gpu_check.sh` on a lent GPU machine):", ""] + kernels + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -195,6 +231,10 @@ def render(results_dir=RESULTS):
         parts += [f"#### `{path.name}`", "", train_step_tables(json.loads(path.read_text())), ""]
     for path in sorted(results_dir.glob("epoch_*.json")):
         parts += [f"#### `{path.name}`", "", epoch_table(json.loads(path.read_text())), ""]
+    for path in sorted(results_dir.glob("kernels_*.json")):
+        section = kernels_section(path)
+        if section:
+            parts += [f"#### `{path.name}`", "", section, ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
