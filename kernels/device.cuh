@@ -1,14 +1,26 @@
-// Device-only helpers of the kernels (never compiled for the host): the block size and the
-// reduction of a thread group's partial sums. A "group" is the G = blockDim.x threads of one
+// Device-only helpers of the kernels (never compiled for the host): the block size, the
+// grid-stride loop over chunks and the reduction of a thread group's partial sums. A "group" is the G = blockDim.x threads of one
 // row (threadIdx.y picks the row inside the block); G is a power of two in [8, 256] and
 // G * blockDim.y == MV_BLOCK, so a warp never straddles two groups unevenly: for G < 32 a warp
 // holds 32 / G whole groups, for G >= 32 a group holds G / 32 whole warps.
 #ifndef MINIVAE_DEVICE_CUH
 #define MINIVAE_DEVICE_CUH
 
-#include "tiles.cuh"
+#include "chunks.cuh"
 
 #define MV_BLOCK 256
+
+// First chunk of this thread and the stride of a flat kernel's grid-stride loop (1-D launch).
+#define MV_FOR_CHUNKS(c, nchunks)                                                       \
+    for (mv_i64 c = (mv_i64)blockIdx.x * blockDim.x + threadIdx.x; c < (nchunks);      \
+         c += (mv_i64)gridDim.x * blockDim.x)
+
+// The rows of a row kernel's block (launch (G, MV_BLOCK / G)): row = row0 + threadIdx.y, with
+// every thread of the block running the same number of iterations (the group sums contain
+// barriers when G > 32), so the rows past B are inactive rather than skipped.
+#define MV_FOR_ROW_BLOCKS(row0, B)                                                      \
+    for (mv_i64 row0 = (mv_i64)blockIdx.x * blockDim.y; row0 < (B);                     \
+         row0 += (mv_i64)gridDim.x * blockDim.y)
 
 // Sum of v over the thread group of threadIdx.y; the result is valid in threadIdx.x == 0.
 // Must be reached by every thread of the block (it contains barriers when G > 32).

@@ -3,7 +3,7 @@
 //   backward: dmu = dz + gkl * mu,
 //             dlogvar = dz * eps * exp(logvar / 2) / 2 + gkl * (exp(logvar) - 1) / 2
 // eps is element b*D + d of the draw (seed, offset, stream) (minivae.random.normal((B, D), ...)),
-// generated in registers/shared memory in both passes and never stored in global memory.
+// generated in registers in both passes (a thread per chunk of 4 elements) and never stored.
 // gkl may be a null pointer in the backward (no gradient reaches the KL).
 // Launch: block (G, MV_BLOCK / G, 1) with G a power of two in [8, 256]; any grid.
 #include "device.cuh"
@@ -12,22 +12,16 @@ template <typename T>
 __device__ __forceinline__ void mv_reparam_kl_fwd(const T* __restrict__ mu, const T* __restrict__ logvar,
                                                   T* __restrict__ z, T* __restrict__ kl, mv_i64 B,
                                                   mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    __shared__ T tile[4 * MV_BLOCK];
     __shared__ T red[MV_BLOCK / 32];
-    const int G = blockDim.x, R = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-    T* my = tile + 4 * G * ty;
-    const int ntiles = mv_row_ntiles(D, G);
-    for (mv_i64 row0 = (mv_i64)blockIdx.x * R; row0 < B; row0 += (mv_i64)gridDim.x * R) {
-        const mv_i64 row = row0 + ty;
+    const int G = blockDim.x, tx = threadIdx.x;
+    MV_FOR_ROW_BLOCKS(row0, B) {
+        const mv_i64 row = row0 + threadIdx.y;
         const bool active = row < B;
         const mv_row_span s = mv_row_span_of(active ? row : 0, D);
         T acc = T(0);
-        for (int t = 0; t < ntiles; ++t) {
-            if (active) mv_row_fill<T>(my, tx, G, t, s, seed, offset, stream);
-            __syncthreads();
-            if (active) acc += mv_row_fused_fwd<T>(my, tx, G, t, s, mu, logvar, z);
-            __syncthreads();
-        }
+        if (active)
+            for (mv_i64 c = s.c_begin + tx; c <= s.c_last; c += G)
+                acc += mv_chunk_fused_fwd<T>(c, s, seed, offset, stream, mu, logvar, z);
         acc = mv_group_sum<T>(acc, G, red);
         if (active && tx == 0) kl[row] = acc;
     }
@@ -38,21 +32,14 @@ __device__ __forceinline__ void mv_reparam_kl_bwd(const T* __restrict__ dz, cons
                                                   const T* __restrict__ mu, const T* __restrict__ logvar,
                                                   T* __restrict__ dmu, T* __restrict__ dlogvar, mv_i64 B,
                                                   mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    __shared__ T tile[4 * MV_BLOCK];
-    const int G = blockDim.x, R = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
-    T* my = tile + 4 * G * ty;
-    const int ntiles = mv_row_ntiles(D, G);
-    for (mv_i64 row0 = (mv_i64)blockIdx.x * R; row0 < B; row0 += (mv_i64)gridDim.x * R) {
-        const mv_i64 row = row0 + ty;
-        const bool active = row < B;
-        const mv_row_span s = mv_row_span_of(active ? row : 0, D);
-        const T g = (active && gkl) ? gkl[row] : T(0);
-        for (int t = 0; t < ntiles; ++t) {
-            if (active) mv_row_fill<T>(my, tx, G, t, s, seed, offset, stream);
-            __syncthreads();
-            if (active) mv_row_fused_bwd<T>(my, tx, G, t, s, dz, g, mu, logvar, dmu, dlogvar);
-            __syncthreads();
-        }
+    const int G = blockDim.x, tx = threadIdx.x;
+    MV_FOR_ROW_BLOCKS(row0, B) {
+        const mv_i64 row = row0 + threadIdx.y;
+        if (row >= B) continue;
+        const mv_row_span s = mv_row_span_of(row, D);
+        const T g = gkl ? gkl[row] : T(0);
+        for (mv_i64 c = s.c_begin + tx; c <= s.c_last; c += G)
+            mv_chunk_fused_bwd<T>(c, s, seed, offset, stream, dz, g, mu, logvar, dmu, dlogvar);
     }
 }
 

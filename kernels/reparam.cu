@@ -3,37 +3,22 @@
 // minivae.random.normal(..., seed, offset, stream) gives for index i -- and its backward,
 // which regenerates eps instead of reading a stored copy:
 //   dmu = dz,  dlogvar = dz * eps * exp(logvar / 2) / 2.
-// Arrays are C-contiguous with n elements. Launch: block (MV_BLOCK, 1, 1), any grid.
+// Arrays are C-contiguous with n elements; one thread per chunk of 4 elements.
+// Launch: block (MV_BLOCK, 1, 1), any grid.
 #include "device.cuh"
 
 template <typename T>
 __device__ __forceinline__ void mv_reparam_fwd(const T* __restrict__ mu, const T* __restrict__ logvar,
                                                T* __restrict__ z, mv_i64 n, mv_u64 seed,
                                                mv_u64 offset, mv_u32 stream) {
-    __shared__ T tile[4 * MV_BLOCK];
-    const int G = blockDim.x, tx = threadIdx.x;
-    const mv_i64 ntiles = mv_flat_ntiles(n, G);
-    for (mv_i64 t = blockIdx.x; t < ntiles; t += gridDim.x) {
-        mv_flat_fill<T>(tile, tx, G, t, n, 0, seed, offset, stream);
-        __syncthreads();
-        mv_flat_reparam_fwd<T>(tile, tx, G, t, n, mu, logvar, z);
-        __syncthreads();
-    }
+    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_reparam_fwd<T>(c, n, seed, offset, stream, mu, logvar, z);
 }
 
 template <typename T>
 __device__ __forceinline__ void mv_reparam_bwd(const T* __restrict__ dz, const T* __restrict__ logvar,
                                                T* __restrict__ dmu, T* __restrict__ dlogvar, mv_i64 n,
                                                mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    __shared__ T tile[4 * MV_BLOCK];
-    const int G = blockDim.x, tx = threadIdx.x;
-    const mv_i64 ntiles = mv_flat_ntiles(n, G);
-    for (mv_i64 t = blockIdx.x; t < ntiles; t += gridDim.x) {
-        mv_flat_fill<T>(tile, tx, G, t, n, 0, seed, offset, stream);
-        __syncthreads();
-        mv_flat_reparam_bwd<T>(tile, tx, G, t, n, dz, logvar, dmu, dlogvar);
-        __syncthreads();
-    }
+    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_reparam_bwd<T>(c, n, seed, offset, stream, dz, logvar, dmu, dlogvar);
 }
 
 extern "C" __global__ void mv_reparam_fwd_f32(const float* mu, const float* logvar, float* z,

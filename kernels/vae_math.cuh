@@ -6,9 +6,8 @@
 //     Box-Muller on the pairs (w0, w1), (w2, w3) of a block: r cos(theta), r sin(theta),
 //     r = sqrt(-2 log u1), theta = 2 pi u2 evaluated with sincospi);
 //   - reparameterization z = mu + exp(logvar / 2) * eps and its gradient;
-//   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
-//   - the index arithmetic of the kernels' tiles, so that the host shim can replay a
-//     kernel's thread loops sequentially and test the indexing without a GPU.
+//   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient.
+// (The kernels' per-thread loops over these are in chunks.cuh.)
 // Compile without fast-math: the host and device builds then agree to a few ulp.
 #ifndef MINIVAE_VAE_MATH_CUH
 #define MINIVAE_VAE_MATH_CUH
@@ -140,53 +139,5 @@ template <typename T>
 MV_HD T mv_kl_dmu(T g, T mu) { return g * mu; }
 template <typename T>
 MV_HD T mv_kl_dlogvar(T g, T logvar) { return g * (T(0.5) * mv_expm1(logvar)); }
-
-// ---- tile geometry shared by the kernels and the host replay ----
-// A thread group of G threads handles a tile of G Philox blocks (4*G elements): in phase 1
-// thread t computes the block of chunk (tile_chunk0 + t) into tile[4t .. 4t+3]; after a
-// barrier, in phase 2 thread t handles tile elements j = t, t + G, t + 2G, t + 3G, so that
-// consecutive threads touch consecutive addresses (coalesced) and each Philox block is
-// computed exactly once.
-
-// Flat arrays of n elements: tile k starts at chunk k*G.
-MV_HD mv_i64 mv_flat_ntiles(mv_i64 n, int G) {
-    mv_i64 chunks = (n + 3) >> 2;
-    return (chunks + G - 1) / G;
-}
-
-// Rows of a (B, D) C-contiguous array: row b holds elements [b*D, b*D + D), which lie in
-// chunks [(b*D) / 4, (b*D + D - 1) / 4] (the boundary chunks are shared with the
-// neighbouring rows and computed by both; their other elements are masked).
-struct mv_row_span {
-    mv_i64 e_begin, e_end;  // elements [e_begin, e_end)
-    mv_i64 c_begin, c_last; // chunks [c_begin, c_last]
-};
-MV_HD mv_row_span mv_row_span_of(mv_i64 row, mv_i64 D) {
-    mv_row_span s;
-    s.e_begin = row * D;
-    s.e_end = s.e_begin + D;
-    s.c_begin = s.e_begin >> 2;
-    s.c_last = (s.e_end - 1) >> 2;
-    return s;
-}
-// Tiles per row, the same for every row (a row spans at most (D + 2) / 4 + 1 chunks), so that
-// all the rows of a block run the same number of barriers.
-MV_HD int mv_row_ntiles(mv_i64 D, int G) {
-    mv_i64 max_chunks = ((D + 2) >> 2) + 1;
-    return (int)((max_chunks + G - 1) / G);
-}
-
-// Phase 1 of the reparameterization tiles: the normals of one block into tile4[0..3]
-// (skipped past the end; the values there are never read).
-template <typename T>
-MV_HD void mv_tile_fill_normal(T* tile4, mv_i64 chunk, mv_i64 chunk_last,
-                               mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    if (chunk <= chunk_last) mv_normal4<T>(mv_philox_block((mv_u64)chunk, seed, offset, stream), tile4);
-}
-template <typename T>
-MV_HD void mv_tile_fill_uniform(T* tile4, mv_i64 chunk, mv_i64 chunk_last,
-                                mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    if (chunk <= chunk_last) mv_uniform4<T>(mv_philox_block((mv_u64)chunk, seed, offset, stream), tile4);
-}
 
 #endif  // MINIVAE_VAE_MATH_CUH

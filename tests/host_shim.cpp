@@ -1,20 +1,21 @@
 // Test-only host build of the kernels' __host__ __device__ code (kernels/*.cuh), loaded by
 // tests/test_kernels.py through ctypes and compared with the NumPy twin (minivae.random).
 //
-// Besides the per-element functions, it replays each kernel's tile loop sequentially: for every
-// tile, phase 1 for threads 0..G-1, then phase 2 for threads 0..G-1 -- the order a barrier
-// allows -- with the very phase functions of kernels/tiles.cuh the GPU runs. Group sums are
-// added left to right here (a tree on the GPU), so they agree to rounding only.
+// Besides the per-element functions, it replays each kernel's thread loops sequentially with the
+// very per-chunk functions of kernels/chunks.cuh the GPU runs: every chunk of a flat array, and
+// for a row kernel the chunks c_begin + tx, c_begin + tx + G, ... of thread tx = 0 .. G-1 of the
+// row's group. Group sums are added left to right here (a tree on the GPU), so they agree to
+// rounding only.
 //
 // Build: g++ -O2 -std=c++14 -shared -fPIC -I kernels tests/host_shim.cpp -o libshim.so
 // (no -ffast-math: the host and device builds must round the same way).
-#include "tiles.cuh"
+#include "chunks.cuh"
 
 #include <vector>
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 1; }
+SHIM int shim_abi_version() { return 2; }
 
 // ---- Philox -------------------------------------------------------------------------------
 SHIM void shim_philox4x32(const mv_u32* ctr, const mv_u32* key, mv_u32* out, mv_i64 n, int rounds) {
@@ -65,75 +66,69 @@ static void elementwise(int which, const T* a, const T* b, const T* c, T* out, m
 
 // ---- kernel replays -------------------------------------------------------------------------
 template <typename T>
-static void replay_generate(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
-    std::vector<T> tile(4 * G);
-    for (mv_i64 t = 0; t < mv_flat_ntiles(n, G); ++t) {
-        for (int tx = 0; tx < G; ++tx) mv_flat_fill<T>(tile.data(), tx, G, t, n, dist, seed, offset, stream);
-        for (int tx = 0; tx < G; ++tx) mv_flat_store<T>(tile.data(), tx, G, t, n, out);
-    }
+static void replay_generate(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_generate<T>(c, n, dist, seed, offset, stream, out);
 }
 template <typename T>
 static void replay_reparam_fwd(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                               mv_u32 stream, int G) {
-    std::vector<T> tile(4 * G);
-    for (mv_i64 t = 0; t < mv_flat_ntiles(n, G); ++t) {
-        for (int tx = 0; tx < G; ++tx) mv_flat_fill<T>(tile.data(), tx, G, t, n, 0, seed, offset, stream);
-        for (int tx = 0; tx < G; ++tx) mv_flat_reparam_fwd<T>(tile.data(), tx, G, t, n, mu, lv, z);
-    }
+                               mv_u32 stream) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_reparam_fwd<T>(c, n, seed, offset, stream, mu, lv, z);
 }
 template <typename T>
 static void replay_reparam_bwd(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 n, mv_u64 seed,
-                               mv_u64 offset, mv_u32 stream, int G) {
-    std::vector<T> tile(4 * G);
-    for (mv_i64 t = 0; t < mv_flat_ntiles(n, G); ++t) {
-        for (int tx = 0; tx < G; ++tx) mv_flat_fill<T>(tile.data(), tx, G, t, n, 0, seed, offset, stream);
-        for (int tx = 0; tx < G; ++tx) mv_flat_reparam_bwd<T>(tile.data(), tx, G, t, n, dz, lv, dmu, dlv);
-    }
+                               mv_u64 offset, mv_u32 stream) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c)
+        mv_chunk_reparam_bwd<T>(c, n, seed, offset, stream, dz, lv, dmu, dlv);
+}
+// A row kernel's group: visit(tx, c) for every chunk c of thread tx, threads in order.
+template <typename Visit>
+static void replay_row_group(mv_row_span s, int G, Visit visit) {
+    for (int tx = 0; tx < G; ++tx)
+        for (mv_i64 c = s.c_begin + tx; c <= s.c_last; c += G) visit(tx, c);
+}
+template <typename T>
+static T group_sum(const std::vector<T>& part) {
+    T acc = T(0);
+    for (T v : part) acc += v;
+    return acc;
 }
 template <typename T>
 static void replay_kl_fwd(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D, int G) {
     for (mv_i64 row = 0; row < B; ++row) {
         mv_row_span s = mv_row_span_of(row, D);
-        T acc = T(0);
-        for (int tx = 0; tx < G; ++tx) acc += mv_row_kl_partial<T>(tx, G, s, mu, lv);
-        kl[row] = acc;
+        std::vector<T> part(G, T(0));
+        replay_row_group(s, G, [&](int tx, mv_i64 c) { part[tx] += mv_chunk_kl<T>(c, s, mu, lv); });
+        kl[row] = group_sum(part);
     }
 }
 template <typename T>
 static void replay_kl_bwd(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D, int G) {
-    for (mv_i64 row = 0; row < B; ++row)
-        for (int tx = 0; tx < G; ++tx)
-            mv_row_kl_bwd<T>(tx, G, mv_row_span_of(row, D), gkl[row], mu, lv, dmu, dlv);
+    for (mv_i64 row = 0; row < B; ++row) {
+        mv_row_span s = mv_row_span_of(row, D);
+        replay_row_group(s, G, [&](int, mv_i64 c) { mv_chunk_kl_bwd<T>(c, s, gkl[row], mu, lv, dmu, dlv); });
+    }
 }
 template <typename T>
 static void replay_reparam_kl_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,
                                   mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
-    std::vector<T> tile(4 * G);
-    const int ntiles = mv_row_ntiles(D, G);
     for (mv_i64 row = 0; row < B; ++row) {
         mv_row_span s = mv_row_span_of(row, D);
         std::vector<T> part(G, T(0));
-        for (int t = 0; t < ntiles; ++t) {
-            for (int tx = 0; tx < G; ++tx) mv_row_fill<T>(tile.data(), tx, G, t, s, seed, offset, stream);
-            for (int tx = 0; tx < G; ++tx) part[tx] += mv_row_fused_fwd<T>(tile.data(), tx, G, t, s, mu, lv, z);
-        }
-        T acc = T(0);
-        for (int tx = 0; tx < G; ++tx) acc += part[tx];
-        kl[row] = acc;
+        replay_row_group(s, G, [&](int tx, mv_i64 c) {
+            part[tx] += mv_chunk_fused_fwd<T>(c, s, seed, offset, stream, mu, lv, z);
+        });
+        kl[row] = group_sum(part);
     }
 }
 template <typename T>
 static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv,
                                   mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
-    std::vector<T> tile(4 * G);
-    const int ntiles = mv_row_ntiles(D, G);
     for (mv_i64 row = 0; row < B; ++row) {
         mv_row_span s = mv_row_span_of(row, D);
         T g = gkl ? gkl[row] : T(0);
-        for (int t = 0; t < ntiles; ++t) {
-            for (int tx = 0; tx < G; ++tx) mv_row_fill<T>(tile.data(), tx, G, t, s, seed, offset, stream);
-            for (int tx = 0; tx < G; ++tx) mv_row_fused_bwd<T>(tile.data(), tx, G, t, s, dz, g, mu, lv, dmu, dlv);
-        }
+        replay_row_group(s, G, [&](int, mv_i64 c) {
+            mv_chunk_fused_bwd<T>(c, s, seed, offset, stream, dz, g, mu, lv, dmu, dlv);
+        });
     }
 }
 
@@ -150,17 +145,16 @@ static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const 
     SHIM void shim_elementwise_##SFX(int which, const T* a, const T* b, const T* c, T* out, mv_i64 n) {     \
         elementwise<T>(which, a, b, c, out, n);                                                              \
     }                                                                                                        \
-    SHIM void shim_generate_##SFX(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream,    \
-                                  int G) {                                                                   \
-        replay_generate<T>(out, n, dist, seed, offset, stream, G);                                           \
+    SHIM void shim_generate_##SFX(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream) {   \
+        replay_generate<T>(out, n, dist, seed, offset, stream);                                              \
     }                                                                                                        \
     SHIM void shim_reparam_fwd_##SFX(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,  \
-                                     mv_u32 stream, int G) {                                                 \
-        replay_reparam_fwd<T>(mu, lv, z, n, seed, offset, stream, G);                                        \
+                                     mv_u32 stream) {                                                        \
+        replay_reparam_fwd<T>(mu, lv, z, n, seed, offset, stream);                                           \
     }                                                                                                        \
     SHIM void shim_reparam_bwd_##SFX(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 n, mv_u64 seed,       \
-                                     mv_u64 offset, mv_u32 stream, int G) {                                  \
-        replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, offset, stream, G);                                 \
+                                     mv_u64 offset, mv_u32 stream) {                                         \
+        replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, offset, stream);                                    \
     }                                                                                                        \
     SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D, int G) {               \
         replay_kl_fwd<T>(mu, lv, kl, B, D, G);                                                               \

@@ -5,7 +5,7 @@
 2. The __host__ __device__ headers are built for the host with g++ into a shared library
    (tests/host_shim.cpp) and called through ctypes: Philox words bit-exact against the NumPy
    twin, uniforms bit-exact, normals / reparameterization / KL to float tolerance, and a
-   sequential replay of each kernel's tile loop (the same phase functions the GPU runs).
+   sequential replay of each kernel's thread loops (the same per-chunk functions the GPU runs).
 3. The CuPy launch wrappers (minivae/gpu/kernels.py) run against a fake CuPy whose kernels
    are those replays, with every argument checked against the C signature in the .cu source.
 """
@@ -47,7 +47,7 @@ TOL = {np.float32: (F32_RTOL, F32_ATOL), np.float64: (F64_RTOL, F64_ATOL)}
 
 def test_kernel_files_are_known():
     assert CU_FILES == sorted(ENTRY_POINTS) == sorted(_source.KERNEL_FILES)
-    for name in ["philox.cuh", "vae_math.cuh", "tiles.cuh", "device.cuh"]:
+    for name in ["philox.cuh", "vae_math.cuh", "chunks.cuh", "device.cuh"]:
         assert (KERNELS / name).is_file()
 
 
@@ -130,7 +130,7 @@ def shim(tmp_path_factory):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 1
+    assert lib.shim_abi_version() == 2
     return lib
 
 
@@ -282,8 +282,7 @@ ROW_SHAPES = [(1, 1), (3, 2), (5, 3), (7, 50), (4, 64), (2, 1001), (3, 2050), (1
 def test_replay_generate(shim, dtype, n):
     for dist, twin in ((0, mr.normal), (1, mr.uniform)):
         out = np.full(n, np.nan, dtype)
-        call(shim, f"shim_generate_{_sfx(dtype)}", out, _I64(n), _INT(dist), _U64(21), _U64(2),
-             _U32(0), _INT(256))
+        call(shim, f"shim_generate_{_sfx(dtype)}", out, _I64(n), _INT(dist), _U64(21), _U64(2), _U32(0))
         want = twin(n, 21, 2, dtype)
         if dist == 1:
             np.testing.assert_array_equal(out, want)
@@ -299,7 +298,7 @@ def test_replay_reparam(shim, dtype, n):
     mu, logvar = _inputs((n,), dtype, n)
     z = np.full(n, np.nan, dtype)
     call(shim, f"shim_reparam_fwd_{_sfx(dtype)}", mu, logvar, z, _I64(n), _U64(seed), _U64(offset),
-         _U32(stream), _INT(256))
+         _U32(stream))
     want, eps, std = _ref_reparam(mu, logvar, seed, offset, stream)
     np.testing.assert_allclose(z, want, rtol=rtol, atol=atol)
     dz = _inputs((n,), dtype, n + 1)[0]
@@ -307,7 +306,7 @@ def test_replay_reparam(shim, dtype, n):
         dmu = np.full(n, np.nan, dtype) if with_dmu else None
         dlv = np.full(n, np.nan, dtype)
         call(shim, f"shim_reparam_bwd_{_sfx(dtype)}", dz, logvar, dmu, dlv, _I64(n), _U64(seed),
-             _U64(offset), _U32(stream), _INT(256))
+             _U64(offset), _U32(stream))
         if with_dmu:
             np.testing.assert_array_equal(dmu, dz)
         np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
@@ -362,7 +361,7 @@ def test_row_group_size():
         G = row_group_size(D)
         assert 8 <= G <= BLOCK and G & (G - 1) == 0 and BLOCK % G == 0
         chunks = (D + 2) // 4 + 1
-        assert G >= min(chunks, BLOCK)  # one tile per row while it fits in a block
+        assert G >= min(chunks, BLOCK)  # one chunk per thread while a row fits in a block
     assert row_group_size(50) == 16
 
 
@@ -391,9 +390,11 @@ class _FakeKernel:
 
     REPLAY = {
         "mv_philox_words": ("shim_philox_words", lambda a, G: a + [_I64(0)]),
-        "mv_normal": ("shim_generate", lambda a, G: a[:2] + [_INT(0)] + a[2:] + [_INT(G)]),
-        "mv_uniform": ("shim_generate", lambda a, G: a[:2] + [_INT(1)] + a[2:] + [_INT(G)]),
+        "mv_normal": ("shim_generate", lambda a, G: a[:2] + [_INT(0)] + a[2:]),
+        "mv_uniform": ("shim_generate", lambda a, G: a[:2] + [_INT(1)] + a[2:]),
     }
+    #: Row kernels: the replay needs the group size G (threads per row) of the launch.
+    ROW_KERNELS = {"mv_kl_fwd", "mv_kl_bwd", "mv_reparam_kl_fwd", "mv_reparam_kl_bwd"}
 
     def __init__(self, lib, name, sig, calls):
         self.lib, self.name, self.sig, self.calls = lib, name, sig, calls
@@ -423,7 +424,8 @@ class _FakeKernel:
             cargs = conv(cargs, G)
         else:
             shim_name = "shim_" + base[len("mv_"):]
-            cargs = cargs + [_INT(G)]
+            if base in self.ROW_KERNELS:
+                cargs = cargs + [_INT(G)]
         fn = getattr(self.lib, shim_name + sfx)
         fn.restype = None
         fn(*cargs)

@@ -129,8 +129,8 @@ def _max_grid() -> int:
 
 
 def row_group_size(D: int) -> int:
-    """Threads per row G (a power of two in [8, 256]): about one Philox block per thread,
-    so one tile covers a row up to D ~ 1000. Rows per block R = 256 // G."""
+    """Threads per row G (a power of two in [8, 256]): one chunk (Philox block of 4 elements)
+    per thread for rows up to D ~ 1000, a few per thread beyond. Rows per block R = 256 // G."""
     chunks = (D + 2) // 4 + 1  # the most Philox blocks a row can touch
     g = 8
     while g < chunks and g < BLOCK:
@@ -178,8 +178,8 @@ def _check_n(n):
 
 
 def _flat_launch(n):
-    tiles = -(-((n + 3) // 4) // BLOCK)
-    return (max(1, min(tiles, _max_grid())),), (BLOCK,)
+    blocks = -(-((n + 3) // 4) // BLOCK)  # one thread per chunk of 4 elements
+    return (max(1, min(blocks, _max_grid())),), (BLOCK,)
 
 
 def _row_launch(B, D):
