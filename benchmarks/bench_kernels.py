@@ -301,7 +301,15 @@ def versions(cp, torch):
     except Exception:
         v["minivae"] = "source checkout"
     if cp is not None:
+        import hashlib
+
+        import minivae.gpu as G
+
         v["cupy"] = cp.__version__
+        # which kernel sources ran ($MINIVAE_KERNELS_DIR can point at another version of them)
+        v["kernel_dir"] = str(G.kernel_dir())
+        v["kernel_sources_sha256"] = hashlib.sha256(
+            "".join(G.kernel_source(f) for f in G.KERNEL_FILES).encode()).hexdigest()[:16]
     if torch is not None:
         v["torch"] = torch.__version__
     v["git_commit"] = git_commit()
@@ -327,6 +335,8 @@ def main(argv=None):
     ap.add_argument("--no-gpu", action="store_true", help="CPU implementations only")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-philox-cpu", action="store_true", help="skip the numpy-philox row")
+    ap.add_argument("--impls", nargs="+", metavar="NAME",
+                    help="run only these implementations (e.g. minivae-fused cupy-unfused)")
     ap.add_argument("--quick", action="store_true", help="sizes 1e3..1e5, few repeats (smoke test)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output directory")
     args = ap.parse_args(argv)
@@ -373,6 +383,8 @@ def main(argv=None):
         impls += [("cupy-unfused", "gpu"), ("minivae-fused", "gpu"), ("minivae-separate", "gpu")]
     if torch is not None:
         impls.append(("torch", torch_device))
+    if args.impls:
+        impls = [(name, device) for name, device in impls if name in args.impls]
 
     rows = []
     for B, D in shapes:

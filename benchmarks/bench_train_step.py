@@ -454,6 +454,27 @@ def targets(rows):
     return out
 
 
+def profile_steps(runner, batches, steps):
+    """cProfile of ``steps`` training steps of ``runner``: the 25 functions with the most own
+    time. On the GPU a small step is launch-bound, so this is where its time goes."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    runner.sync()
+    prof.enable()
+    for i in range(steps):
+        runner.step(batches[i % len(batches)])
+    runner.sync()
+    prof.disable()
+    stats = pstats.Stats(prof)
+    top = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:25]
+    return {"steps": steps, "seconds": round(stats.total_tt, 4), "top_by_own_time": [
+        {"function": f"{Path(path).name}:{line}({name})", "calls": calls, "own_s": round(own, 4),
+         "cumulative_s": round(cum, 4)}
+        for (path, line, name), (_, calls, own, cum, _) in top]}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
@@ -471,6 +492,8 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     parser.add_argument("--max-seconds", type=float, default=170,
                         help="fewer repeats (at least 3) when the timing would take longer than this")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also run cProfile over this many minivae steps per batch size (in the JSON)")
     parser.add_argument("--retain-freed-memory", action="store_true",
                         help="glibc: never give freed memory back to the OS during the run (all libraries)")
     args = parser.parse_args(argv)
@@ -518,6 +541,8 @@ def main(argv=None):
             row[n]["eps_ms"] = time_eps(r, b)
             if args.device == "cpu":
                 row[n].update(measure_memory(r, batches[n], tracemalloc_ok=(n != "torch")))
+        if args.profile:
+            row["minivae"]["profile"] = profile_steps(runners["minivae"], batches["minivae"], args.profile)
         rows[str(b)] = row
         print(f"batch {b}: " + "   ".join(
             f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, x{v['time_ratio_to_minivae']:.2f})"
