@@ -188,6 +188,13 @@ def engine_table(results_dir=RESULTS):
     return "\n".join(lines)
 
 
+def _latest_full_kernel_run(results_dir):
+    """The newest bench_kernels result on a GPU that ran every implementation (no --impls)."""
+    runs = [(r["date"], path) for path in results_dir.glob("kernels_*.json")
+            for r in [json.loads(path.read_text())] if r.get("device") and "--impls" not in r["command"]]
+    return max(runs)[1] if runs else None
+
+
 def summary(results_dir=RESULTS):
     """The short results section of the top-level README: trained models, step and epoch speed."""
     parts = []
@@ -217,10 +224,12 @@ def summary(results_dir=RESULTS):
         parts.append("")
     for path in sorted(results_dir.glob("epoch_*.json")):
         parts += [f"`{path.stem}`: " + epoch_table(json.loads(path.read_text())), ""]
-    kernels = [k for k in map(kernels_section, sorted(results_dir.glob("kernels_*.json"))) if k]
-    if kernels:
+    latest = _latest_full_kernel_run(results_dir)
+    if latest:
         parts += ["Our CUDA kernels against unfused CuPy, PyTorch and NumPy (`benchmarks/bench_kernels.py`, "
-                  "run by `bash benchmarks/gpu_check.sh` on a lent GPU machine):", ""] + kernels + [""]
+                  "run by `bash benchmarks/gpu_check.sh` on a lent GPU machine; the newest full run, the "
+                  "others and A/B runs in [benchmarks/README.md](benchmarks/README.md)):", "",
+                  kernels_section(latest), ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
