@@ -27,6 +27,10 @@ This changes no result beyond rounding: in Adam the flushed second moment adds a
 sqrt(tiny) / sqrt(1 - beta2^t) ~ 3e-18 to a denominator that holds eps = 1e-8, far below half an
 ulp of eps, and a flushed first moment moves a parameter by less than lr * tiny / eps ~ 1e-33.
 On the GPU subnormals cost nothing and no flush is done.
+
+On the GPU, Adam's update is one kernel launch per parameter (``kernels/adam.cu``) instead of
+the eight element-wise CuPy launches of the NumPy form; it performs the same rounded operations
+in the same order, so both devices give the same bits.
 """
 import math
 
@@ -313,9 +317,23 @@ class Adam(Optimizer):
         if "exp_avg" not in state:
             state["exp_avg"] = xp.zeros_like(p.data)
             state["exp_avg_sq"] = xp.zeros_like(p.data)
-            if self.amsgrad:
-                state["max_exp_avg_sq"] = xp.zeros_like(p.data)
+        if self.amsgrad and state.get("max_exp_avg_sq") is None:
+            # fresh, or amsgrad switched on after a load: max(0, v) = v starts it from this step's v
+            state["max_exp_avg_sq"] = xp.zeros_like(p.data)
         t = state["step"]
+        b1, b2 = self.beta1, self.beta2
+        c1 = 1 - b1 ** t
+        s = math.sqrt(1 - b2 ** t)
+        if xp is not np:  # one fused kernel per parameter instead of eight CuPy launches
+            from .gpu import adam_update
+
+            decoupled = self.decoupled_weight_decay and self.weight_decay
+            adam_update(p.data, g, state["exp_avg"], state["exp_avg_sq"],
+                        state["max_exp_avg_sq"] if self.amsgrad else None,
+                        b1=b1, b2=b2, eps_s=self.eps * s, neg_step=-(self.lr * s / c1),
+                        weight_decay=0.0 if self.decoupled_weight_decay else self.weight_decay,
+                        decay=1 - self.lr * self.weight_decay if decoupled else None)
+            return
         if self.decoupled_weight_decay:
             if self.weight_decay:
                 p.data *= 1 - self.lr * self.weight_decay
@@ -323,7 +341,6 @@ class Adam(Optimizer):
             g = self._weight_decayed(p, g, self.weight_decay)
         m, v = state["exp_avg"], state["exp_avg_sq"]
         buf = self._buffer(p)
-        b1, b2 = self.beta1, self.beta2
         m *= b1
         xp.multiply(g, 1 - b1, out=buf)
         m += buf
@@ -332,13 +349,9 @@ class Adam(Optimizer):
         buf *= g
         v += buf
         if self.amsgrad:
-            vmax = state.get("max_exp_avg_sq")
-            if vmax is None:  # amsgrad switched on after a load: start from the current v
-                state["max_exp_avg_sq"] = vmax = v.copy()
+            vmax = state["max_exp_avg_sq"]
             xp.maximum(vmax, v, out=vmax)
             v = vmax
-        c1 = 1 - b1 ** t
-        s = math.sqrt(1 - b2 ** t)
         xp.sqrt(v, out=buf)
         buf += self.eps * s
         xp.divide(m, buf, out=buf)

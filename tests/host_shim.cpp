@@ -9,6 +9,7 @@
 //
 // Build: g++ -O2 -std=c++14 -shared -fPIC -I kernels tests/host_shim.cpp -o libshim.so
 // (no -ffast-math: the host and device builds must round the same way).
+#include "adam.cuh"
 #include "chunks.cuh"
 
 #include <vector>
@@ -132,6 +133,11 @@ static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const 
     }
 }
 
+template <typename T>
+static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam_scalars<T> s) {
+    for (mv_i64 i = 0; i < n; ++i) mv_adam_entry<T>(i, p, g, m, v, vmax, s);
+}
+
 // ---- C entry points, one per dtype -----------------------------------------------------------
 #define SHIM_DTYPE(T, SFX)                                                                                   \
     SHIM void shim_uniform_words_##SFX(const mv_u32* w, T* out, mv_i64 n) { uniform_words<T>(w, out, n); }   \
@@ -172,6 +178,17 @@ static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const 
                                         mv_u32 stream, int G) {                                              \
         replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream, G);                  \
     }
+
+#define SHIM_ADAM(T, SFX)                                                                                    \
+    SHIM void shim_adam_##SFX(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, T b1, T one_minus_b1, T b2,   \
+                              T one_minus_b2, T eps_s, T neg_step, T weight_decay, T decay, int amsgrad,     \
+                              int decoupled) {                                                               \
+        const mv_adam_scalars<T> s = {b1, one_minus_b1, b2, one_minus_b2, eps_s, neg_step,                  \
+                                      weight_decay, decay, amsgrad, decoupled};                              \
+        replay_adam<T>(p, g, m, v, vmax, n, s);                                                              \
+    }
+SHIM_ADAM(float, f32)
+SHIM_ADAM(double, f64)
 
 SHIM_DTYPE(float, f32)
 SHIM_DTYPE(double, f64)

@@ -36,6 +36,7 @@ ENTRY_POINTS = {
     "kl.cu": ["mv_kl_fwd_f32", "mv_kl_fwd_f64", "mv_kl_bwd_f32", "mv_kl_bwd_f64"],
     "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
                  "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
+    "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
 }
 
 # Tolerances (named, not per-test guesses). Float32 results of the host build differ from the
@@ -47,7 +48,7 @@ TOL = {np.float32: (F32_RTOL, F32_ATOL), np.float64: (F64_RTOL, F64_ATOL)}
 
 def test_kernel_files_are_known():
     assert CU_FILES == sorted(ENTRY_POINTS) == sorted(_source.KERNEL_FILES)
-    for name in ["philox.cuh", "vae_math.cuh", "chunks.cuh", "device.cuh"]:
+    for name in ["philox.cuh", "vae_math.cuh", "chunks.cuh", "device.cuh", "adam.cuh"]:
         assert (KERNELS / name).is_file()
 
 
@@ -366,7 +367,10 @@ def test_row_group_size():
 
 
 # ------------------------------------------------------------------------------ wrappers on a fake CuPy
-_CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32}
+_CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32, "int": np.int32,
+           "float": np.float32, "double": np.float64}
+_CSCALAR = {"mv_i64": ctypes.c_longlong, "mv_u64": ctypes.c_ulonglong, "mv_u32": ctypes.c_uint, "int": ctypes.c_int,
+            "float": ctypes.c_float, "double": ctypes.c_double}
 _PTR = {"float": np.float32, "double": np.float64, "mv_u32": np.uint32}
 
 
@@ -416,7 +420,7 @@ class _FakeKernel:
                     cargs.append(None)
             else:
                 assert type(a) is _CTYPES[ctype], f"{self.name}.{pname}: {type(a)} for {ctype}"
-                cargs.append({"mv_i64": _I64, "mv_u64": _U64, "mv_u32": _U32}[ctype](int(a)))
+                cargs.append(_CSCALAR[ctype](a.item()))
         base = re.sub(r"_f(32|64)$", "", self.name)
         sfx = self.name[len(base):]
         if base in self.REPLAY:
@@ -438,7 +442,7 @@ def fake_gpu(shim, monkeypatch):
 
     fake_cp = types.SimpleNamespace(
         ndarray=np.ndarray, ascontiguousarray=np.ascontiguousarray, empty=np.empty,
-        empty_like=np.empty_like, zeros=np.zeros, uint32=np.uint32)
+        empty_like=np.empty_like, zeros=np.zeros, zeros_like=np.zeros_like, uint32=np.uint32)
     sigs = _signatures()
     calls = []
     monkeypatch.setattr(K, "cp", fake_cp)
@@ -602,3 +606,54 @@ def test_noise_draws_on_fake_gpu(fake_gpu):
     assert {c[0] for c in calls} >= {"mv_normal_f32", "mv_uniform_f64"}
     with pytest.raises(ValueError):
         noise.normal(4, xp=xp, start=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.1), dict(amsgrad=True),
+                                dict(weight_decay=0.05, decoupled_weight_decay=True),
+                                dict(weight_decay=0.05, decoupled_weight_decay=True, amsgrad=True)],
+                         ids=["adam", "l2", "amsgrad", "adamw", "adamw-amsgrad"])
+def test_adam_kernel_equals_the_numpy_optimizer_bit_for_bit(fake_gpu, monkeypatch, dtype, kw):
+    """minivae.optim.Adam's GPU branch (its scalars, the wrapper, adam.cu's per-entry update,
+    here built for the host) against its NumPy branch: the same bits after six steps, the
+    gradients' zeros and large values included (the first step's update is ~lr * sign(g))."""
+    import minivae as mv
+    from minivae import optim
+
+    K, calls = fake_gpu
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype(dtype) for s in [(7, 5), (5,), (1,)]]
+    grads = [[(rng.standard_normal(a.shape) * 10.0 ** rng.integers(-6, 3, a.shape)
+               * (rng.uniform(size=a.shape) > 0.2)).astype(dtype) for a in start] for _ in range(6)]
+    finals = []
+    for gpu in (True, False):
+        params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
+        opt = optim.Adam(params, lr=1e-2, flush_every=0, **kw)
+        with monkeypatch.context() as mp:
+            if gpu:  # the optimizer sees a "GPU" module; its arrays are NumPy, the kernel the host build
+                mp.setattr(optim, "get_array_module", lambda *arrays: K.cp)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = g
+                opt.step()
+        finals.append(([p.data for p in params], opt.state))
+    (p_gpu, s_gpu), (p_cpu, s_cpu) = finals
+    assert sum(c[0] == f"mv_adam_{_sfx(dtype)}" for c in calls) == 6 * len(start)
+    for a, b in zip(p_gpu, p_cpu):
+        np.testing.assert_array_equal(a, b)
+    for sg, sc in zip(s_gpu, s_cpu):
+        assert sg.keys() == sc.keys()
+        for key in sc:
+            np.testing.assert_array_equal(sg[key], sc[key], err_msg=key)
+
+
+def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
+    K, _ = fake_gpu
+    p = np.zeros((4, 3), np.float32)
+    ok = dict(b1=0.9, b2=0.999, eps_s=1e-8, neg_step=-1e-3)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        K.adam_update(p, p.copy(), np.zeros((3, 4), np.float32).T, p.copy(), None, **ok)
+    with pytest.raises(ValueError, match="does not match"):
+        K.adam_update(p, p.copy(), np.zeros((4, 3), np.float64), p.copy(), None, **ok)
+    with pytest.raises(ValueError, match="shape"):
+        K.adam_update(p, np.zeros(12, np.float32), p.copy(), p.copy(), None, **ok)

@@ -11,6 +11,7 @@ and the same normals to a few float32 ulps.
 """
 from ._source import KERNEL_FILES, NVRTC_OPTIONS, kernel_dir, kernel_source, nvrtc_compile
 from .kernels import (
+    adam_update,
     get_function,
     is_available,
     kl_normal_std_backward,
@@ -32,5 +33,5 @@ __all__ = [
     "philox_words", "normal", "uniform",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
-    "reparameterize_kl_forward", "reparameterize_kl_backward",
+    "reparameterize_kl_forward", "reparameterize_kl_backward", "adam_update",
 ]

@@ -36,7 +36,7 @@ __all__ = [
     "philox_words", "normal", "uniform",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
-    "reparameterize_kl_forward", "reparameterize_kl_backward",
+    "reparameterize_kl_forward", "reparameterize_kl_backward", "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -98,6 +98,7 @@ _FUNC_FILE = {
     "mv_reparam_fwd": "reparam.cu", "mv_reparam_bwd": "reparam.cu",
     "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
+    "mv_adam": "adam.cu",
 }
 assert set(_FUNC_FILE.values()) <= set(KERNEL_FILES)
 
@@ -334,3 +335,49 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
             grid, block, (dz, gkl if gkl is not None else _NULL, mu, logvar, dmu, dlogvar,
                           np.int64(B), np.int64(D), s, o, st))
     return dmu, dlogvar
+
+
+# ------------------------------------------------------------------------------ Adam
+def _in_place(ref, x, name):
+    """An array updated in place: same dtype and shape as ``ref`` and C-contiguous (a copy
+    made here would take the update and be thrown away)."""
+    if not isinstance(x, cp.ndarray):
+        raise TypeError(f"{name}: expected a CuPy array, got {type(x).__name__}")
+    if x.dtype != ref.dtype or x.shape != ref.shape:
+        raise ValueError(f"{name}: {x.dtype} {x.shape} does not match the parameter's {ref.dtype} {ref.shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError(f"{name}: Adam updates it in place, so it must be C-contiguous")
+    return x
+
+
+def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, decay=None):
+    """One Adam step of parameter ``p`` in place, with its moments ``m``, ``v`` (and the running
+    maximum ``vmax`` of v with amsgrad; None otherwise): the GPU form of ``minivae.optim.Adam``'s
+    update, the same numbers bit for bit.
+
+    ``eps_s`` = eps sqrt(1 - b2^t), ``neg_step`` = -lr sqrt(1 - b2^t) / (1 - b1^t);
+    ``weight_decay`` adds the coupled L2 term weight_decay * p to the gradient; ``decay`` (AdamW)
+    multiplies p by it first instead. Each scalar is rounded to p's dtype here, as NumPy rounds
+    a Python float next to an array of that dtype.
+    """
+    require()
+    p = _in_place(p, p, "p")
+    if p.dtype not in _SUFFIX:
+        raise TypeError(f"p: dtype must be float32 or float64, got {p.dtype}")
+    g = _same(p, g, "g")
+    m, v = _in_place(p, m, "exp_avg"), _in_place(p, v, "exp_avg_sq")
+    if vmax is not None:
+        vmax = _in_place(p, vmax, "max_exp_avg_sq")
+    n = p.size
+    if n:
+        T = p.dtype.type
+        get_function("mv_adam", p.dtype)(
+            *_flat_elements_launch(n),
+            (p, g, m, v, vmax if vmax is not None else _NULL, np.int64(n), T(b1), T(1 - b1), T(b2), T(1 - b2),
+             T(eps_s), T(neg_step), T(weight_decay), T(1 if decay is None else decay),
+             np.int32(vmax is not None), np.int32(decay is not None)))
+
+
+def _flat_elements_launch(n):
+    blocks = -(-n // BLOCK)  # one thread per element
+    return (max(1, min(blocks, _max_grid())),), (BLOCK,)
