@@ -1,8 +1,9 @@
 // Device-only helpers of the kernels (never compiled for the host): the block size, the
-// grid-stride loop over chunks and the reduction of a thread group's partial sums. A "group" is the G = blockDim.x threads of one
-// row (threadIdx.y picks the row inside the block); G is a power of two in [8, 256] and
-// G * blockDim.y == MV_BLOCK, so a warp never straddles two groups unevenly: for G < 32 a warp
-// holds 32 / G whole groups, for G >= 32 a group holds G / 32 whole warps.
+// grid-stride loops and the reduction of a thread group's partial sums. A "group" is the
+// G = blockDim.x threads of one row (threadIdx.y picks the row inside the block); G is a
+// power of two in [8, 256] and G * blockDim.y == MV_BLOCK, so a warp never straddles two
+// groups unevenly: for G < 32 a warp holds 32 / G whole groups, for G >= 32 a group holds
+// G / 32 whole warps.
 #ifndef MINIVAE_DEVICE_CUH
 #define MINIVAE_DEVICE_CUH
 

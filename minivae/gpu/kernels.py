@@ -183,6 +183,11 @@ def _flat_launch(n):
     return (max(1, min(blocks, _max_grid())),), (BLOCK,)
 
 
+def _flat_elements_launch(n):
+    blocks = -(-n // BLOCK)  # one thread per element
+    return (max(1, min(blocks, _max_grid())),), (BLOCK,)
+
+
 def _row_launch(B, D):
     G = row_group_size(D)
     R = BLOCK // G
@@ -376,8 +381,3 @@ def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, 
             (p, g, m, v, vmax if vmax is not None else _NULL, np.int64(n), T(b1), T(1 - b1), T(b2), T(1 - b2),
              T(eps_s), T(neg_step), T(weight_decay), T(1 if decay is None else decay),
              np.int32(vmax is not None), np.int32(decay is not None)))
-
-
-def _flat_elements_launch(n):
-    blocks = -(-n // BLOCK)  # one thread per element
-    return (max(1, min(blocks, _max_grid())),), (BLOCK,)
