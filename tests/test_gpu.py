@@ -324,3 +324,26 @@ def test_adam_on_the_gpu_equals_the_cpu_bit_for_bit(kw, dtype):
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+
+
+def test_eval_command_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch):
+    """`minivae eval RUN --device gpu`: the test ELBO and the k-sample log-likelihood of a run
+    agree with the CPU evaluation (the same noise addresses; float32 rounding apart)."""
+    import json
+
+    from minivae import cli
+    import minivae.data as data_module
+    from test_train import small_data
+
+    data = small_data(n_train=100, n_eval=20)
+    monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
+    monkeypatch.setattr("minivae.train.load_mnist", lambda verbose=True: data)
+    out = tmp_path / "run"
+    assert cli.main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--batch-size", "50",
+                     "--out", str(out), "--eval-k", "0", "--no-progress"]) == 0
+    results = {}
+    for device in ("cpu", "gpu"):
+        assert cli.main(["eval", str(out), "--k", "8", "--device", device, "--no-progress"]) == 0
+        results[device] = json.loads((out / "eval_k8.json").read_text())
+    for key in ("test_elbo", "test_nll"):
+        assert results["gpu"][key] == pytest.approx(results["cpu"][key], rel=1e-4), key

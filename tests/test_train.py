@@ -251,7 +251,15 @@ def test_cli_train_one_short_epoch_and_eval(tmp_path, monkeypatch, capsys):
     import minivae.data as data_module
     monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
     assert cli.main(["eval", str(out), "--k", "4", "--no-progress"]) == 0
-    assert json.loads((out / "eval_k4.json").read_text())["n_test"] == 20
+    first = json.loads((out / "eval_k4.json").read_text())
+    assert first["n_test"] == 20
+    assert cli.main(["eval", str(out), "--k", "4", "--device", "cpu", "--no-progress"]) == 0
+    assert json.loads((out / "eval_k4.json").read_text()) == first  # the same noise, the same numbers
+    import minivae.gpu
+    if not minivae.gpu.is_available():  # --device gpu where there is none: one error line, exit 2
+        capsys.readouterr()
+        assert cli.main(["eval", str(out), "--k", "4", "--device", "gpu", "--no-progress"]) == 2
+        assert capsys.readouterr().err.startswith("error: the GPU was asked for but")
 
 
 def test_gradient_tracing_logs_norms_and_survives_resume(tmp_path):
