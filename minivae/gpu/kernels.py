@@ -178,14 +178,15 @@ def _check_n(n):
         raise ValueError(f"a draw holds at most 2**34 elements, got {n}")
 
 
-def _flat_launch(n):
-    blocks = -(-((n + 3) // 4) // BLOCK)  # one thread per chunk of 4 elements
-    return (max(1, min(blocks, _max_grid())),), (BLOCK,)
+def _flat_launch(threads):
+    """(grid, block) of a 1-D launch of ``threads`` threads: blocks of BLOCK, at most
+    ``_max_grid()`` of them (the kernels' grid-stride loops cover the rest)."""
+    return (max(1, min(-(-threads // BLOCK), _max_grid())),), (BLOCK,)
 
 
-def _flat_elements_launch(n):
-    blocks = -(-n // BLOCK)  # one thread per element
-    return (max(1, min(blocks, _max_grid())),), (BLOCK,)
+def _chunks(n):
+    """Chunks (Philox blocks of 4 elements) of n elements: the threads of a flat noise kernel."""
+    return (n + 3) // 4
 
 
 def _row_launch(B, D):
@@ -203,9 +204,7 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
     out = cp.empty(n, dtype=cp.uint32)
     if n:
         s, o, st = _address(seed, offset, stream)
-        chunks = (n + 3) // 4
-        grid = (max(1, min(-(-chunks // BLOCK), _max_grid())),)
-        get_function("mv_philox_words")(grid, (BLOCK,), (out, np.int64(n), s, o, st))
+        get_function("mv_philox_words")(*_flat_launch(_chunks(n)), (out, np.int64(n), s, o, st))
     return out
 
 
@@ -220,7 +219,7 @@ def _generate(base, shape, seed, offset, dtype, stream):
     out = cp.empty(shape, dtype=dtype)
     if n:
         s, o, st = _address(seed, offset, stream)
-        grid, block = _flat_launch(n)
+        grid, block = _flat_launch(_chunks(n))
         get_function(base, dtype)(grid, block, (out, np.int64(n), s, o, st))
     return out
 
@@ -246,7 +245,7 @@ def reparameterize_forward(mu, logvar, seed: int, offset: int = 0, stream: int =
     z = cp.empty_like(mu)
     if n:
         s, o, st = _address(seed, offset, stream)
-        grid, block = _flat_launch(n)
+        grid, block = _flat_launch(_chunks(n))
         get_function("mv_reparam_fwd", mu.dtype)(grid, block, (mu, logvar, z, np.int64(n), s, o, st))
     return z
 
@@ -264,7 +263,7 @@ def reparameterize_backward(dz, logvar, seed: int, offset: int = 0, stream: int 
     dmu = cp.empty_like(dz) if copy_dmu else None
     if n:
         s, o, st = _address(seed, offset, stream)
-        grid, block = _flat_launch(n)
+        grid, block = _flat_launch(_chunks(n))
         get_function("mv_reparam_bwd", dz.dtype)(
             grid, block, (dz, logvar, dmu if copy_dmu else _NULL, dlogvar, np.int64(n), s, o, st))
     return (dmu if copy_dmu else dz), dlogvar
@@ -377,7 +376,7 @@ def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, 
     if n:
         T = p.dtype.type
         get_function("mv_adam", p.dtype)(
-            *_flat_elements_launch(n),
+            *_flat_launch(n),  # one thread per element
             (p, g, m, v, vmax if vmax is not None else _NULL, np.int64(n), T(b1), T(1 - b1), T(b2), T(1 - b2),
              T(eps_s), T(neg_step), T(weight_decay), T(1 if decay is None else decay),
              np.int32(vmax is not None), np.int32(decay is not None)))
