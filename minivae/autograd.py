@@ -106,12 +106,12 @@ class Function:
         """Run the op on tensors (or numbers / arrays, taken as constants) and record the graph node."""
         tensors = _as_tensors(cls, inputs)
         ctx = Context()
-        needs = tuple([t.requires_grad for t in tensors])
-        ctx.needs_input_grad = needs
-        anomaly = _state.anomaly
-        if anomaly:
-            _check_finite(cls, "forward input", [t.data for t in tensors])
+        ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
         arrays = [t.data for t in tensors]
+        state = _state
+        anomaly = state.anomaly
+        if anomaly:
+            _check_finite(cls, "forward input", arrays)
         try:
             out = cls.forward(ctx, *arrays, **params)
         except ValueError as exc:
@@ -123,10 +123,12 @@ class Function:
         result = Tensor.__new__(Tensor)
         result.data = out
         result.grad = None
-        result._node = None
-        result.requires_grad = _state.grad_enabled and any(needs)
-        if result.requires_grad:
+        if state.grad_enabled and True in needs:
+            result.requires_grad = True
             result._node = (cls, ctx, tensors)
+        else:
+            result.requires_grad = False
+            result._node = None
         if anomaly:
             _check_finite(cls, "forward", [out])
         return result
@@ -301,16 +303,20 @@ class Tensor:
                 raise TypeError(f"backward(): grad is {grad.dtype}, tensor is {self.dtype}")
             if grad.shape != self.shape:
                 raise ValueError(f"backward(): grad has shape {grad.shape}, tensor has {self.shape}")
-        grads = {id(self): grad}
+        # Keyed by the tensors themselves: Tensor hashes by identity (it defines no __eq__).
+        grads = {self: grad}
         owned = set()  # ids of sums the engine allocated and has shown to no one (see _unshared)
+        anomaly = _state.anomaly
         in_grads = ig = acc = None
         for node in _topological_order(self):
-            g = grads.pop(id(node), None)
+            g = grads.pop(node, None)
             if g is None:
                 continue
             g_owned = id(g) in owned
-            owned.discard(id(g))  # from here on g may be handed to an op, which may share it
-            if node._node is None:
+            if g_owned:
+                owned.discard(id(g))  # from here on g may be handed to an op, which may share it
+            recorded = node._node
+            if recorded is None:
                 if node.requires_grad:
                     if node.grad is not None:
                         node.grad = node.grad + g  # never in place: the caller may hold .grad
@@ -321,33 +327,35 @@ class Tensor:
                         # still held elsewhere (the caller's grad=, an op's context).
                         node.grad = g.copy()
                 continue
-            fn, ctx, inputs = node._node
+            fn, ctx, inputs = recorded
             if ctx is None:
                 raise RuntimeError("backward() through a graph that was already freed; "
                                    "pass retain_graph=True to the first backward()")
             ctx.grad_owned = g_owned or _unshared(g)
             in_grads = fn.backward(ctx, g)
-            if not isinstance(in_grads, tuple):
+            if type(in_grads) is not tuple:
                 in_grads = (in_grads,)
-            if _state.anomaly:
+            if anomaly:
                 _check_finite(fn, "backward", in_grads)
             for inp, ig in zip(inputs, in_grads):
                 if ig is None or not inp.requires_grad:
                     continue
-                ig = _unbroadcast(ig, inp.data.shape, fn)
-                if ig.dtype != inp.data.dtype:
+                data = inp.data
+                if ig.shape != data.shape:
+                    ig = _unbroadcast(ig, data.shape, fn)
+                if ig.dtype != data.dtype:
                     raise RuntimeError(f"{fn.__name__}.backward returned {ig.dtype} for a "
-                                       f"{inp.data.dtype} input")
-                acc = grads.get(id(inp))
+                                       f"{data.dtype} input")
+                acc = grads.get(inp)
                 if acc is None:
-                    grads[id(inp)] = ig
+                    grads[inp] = ig
                 elif id(acc) in owned:
                     acc += ig  # in place: the engine allocated acc and no one else has seen it
                 else:
-                    acc = grads[id(inp)] = acc + ig
+                    acc = grads[inp] = acc + ig
                     if not isinstance(acc, np.generic):  # 0-d sums are immutable NumPy scalars
                         owned.add(id(acc))
-            in_grads = ig = acc = None  # hold no stale references (_unshared counts them)
+            in_grads = ig = acc = g = None  # hold no stale references (_unshared counts them)
             if not retain_graph:
                 node._node = (fn, None, ())  # drop the saved arrays and the inputs they came from
 
@@ -459,13 +467,14 @@ def _topological_order(root, constants=False):
         if expanded:
             order.append(node)
             continue
-        if id(node) in visited:
+        if node in visited:
             continue
-        visited.add(id(node))
+        visited.add(node)
         stack.append((node, True))
-        if node._node is not None:
-            stack.extend((inp, False) for inp in node._node[2]
-                         if (constants or inp.requires_grad) and id(inp) not in visited)
+        recorded = node._node
+        if recorded is not None:
+            stack.extend([(inp, False) for inp in recorded[2]
+                          if (constants or inp.requires_grad) and inp not in visited])
     order.reverse()
     return order
 

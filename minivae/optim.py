@@ -79,7 +79,8 @@ class Optimizer:
         self.lr = float(lr)
         self.flush_every = int(flush_every)
         self.state = [dict() for _ in params]
-        self._scratch = {}
+        self._scratch = {}  # (slot, dtype, array type) -> flat scratch array
+        self._views = {}  # the same key + a shape -> a view of its start in that shape
 
     # ----- the public API -------------------------------------------------------------------------
     def step(self):
@@ -177,9 +178,12 @@ class Optimizer:
     def _state_on_device(self, i, p):
         """The state of parameter ``i``, moved to ``p``'s device if ``Module.to`` moved ``p``."""
         state = self.state[i]
-        if isinstance(p.data, np.ndarray) and all(isinstance(v, np.ndarray) or not hasattr(v, "shape")
-                                                  for v in state.values()):
-            return state  # the common case, checked cheaply: everything on the CPU already
+        kind = type(p.data)
+        for value in state.values():
+            if type(value) is not kind and hasattr(value, "shape"):
+                break
+        else:
+            return state  # the common case, checked cheaply: every array of the state is where p is
         dev = device_of(p.data)
         for key, value in state.items():
             if hasattr(value, "shape") and device_of(value) != dev:
@@ -188,14 +192,21 @@ class Optimizer:
 
     def _buffer(self, p, slot=0, dtype=None):
         """A scratch array shaped like ``p`` (shared by all parameters of one dtype and device)."""
-        dtype = p.data.dtype if dtype is None else np.dtype(dtype)
-        key = (slot, dtype, "cpu" if isinstance(p.data, np.ndarray) else device_of(p.data))
-        flat = self._scratch.get(key)
-        if flat is None or flat.size < p.data.size:
-            xp = get_array_module(p.data)
-            flat = xp.empty(max(p.data.size, max(q.data.size for q in self.params)), dtype=dtype)
-            self._scratch[key] = flat
-        return flat[:p.data.size].reshape(p.data.shape)
+        data = p.data
+        dtype = data.dtype if dtype is None else np.dtype(dtype)
+        # Views are cached by shape: slicing and reshaping anew for every parameter on every
+        # step costs more than a lookup.
+        view = self._views.get((slot, dtype, type(data), data.shape))
+        if view is None:
+            key = (slot, dtype, type(data))
+            flat = self._scratch.get(key)
+            if flat is None or flat.size < data.size:
+                xp = get_array_module(data)
+                flat = xp.empty(max(data.size, max(q.data.size for q in self.params)), dtype=dtype)
+                self._scratch[key] = flat
+                self._views.clear()  # views of a replaced array
+            view = self._views[key + (data.shape,)] = flat[:data.size].reshape(data.shape)
+        return view
 
     def _flush_subnormals(self, array, p):
         """Set entries of ``array`` with |x| < finfo.tiny to zero, in place (CPU; see module doc).

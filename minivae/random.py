@@ -69,6 +69,7 @@ offset, with a JSON-able ``state_dict``). Their ``normal``/``uniform``/``gumbel`
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -149,57 +150,75 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     c = c.astype(np.uint64)
     k = k.astype(np.uint64)
     shape = np.broadcast_shapes(c.shape[:-1], k.shape[:-1])
-    words = _philox_u64(c[..., 0], c[..., 1], c[..., 2], c[..., 3], k[..., 0], k[..., 1],
-                        int(rounds), shape)
-    return np.stack(words, axis=-1).astype(np.uint32)
+    x = np.empty((2,) + shape, dtype=np.uint64)
+    lo = np.empty_like(x)
+    x[0], x[1], lo[0], lo[1] = c[..., 0], c[..., 2], c[..., 3], c[..., 1]
+    k = np.moveaxis(k, -1, 0)  # (2, ...): the key words, aligned with x's trailing axes
+    keys = _round_keys(k.reshape((2,) + (1,) * (len(shape) - (k.ndim - 1)) + k.shape[1:]), int(rounds))
+    x, y = _rounds(x, lo, keys)
+    return np.stack([x[0], y[0], x[1], y[1]], axis=-1).astype(np.uint32)
 
 
-def _philox_u64(c0, c1, c2, c3, k0, k1, rounds: int, shape):
-    """Philox4x32 on uint64 arrays (or ints) holding 32-bit words, broadcast to ``shape``.
+_MULT = np.array([[PHILOX_M4x32_0], [PHILOX_M4x32_1]], dtype=np.uint64)
+_WEYL = np.array([[PHILOX_W32_0], [PHILOX_W32_1]], dtype=np.uint64)
 
-    The two multiplied words (c0, c2) and the two others (c1, c3) are kept as stacked (2, ...)
-    arrays, so one round is five whole-array operations (multiply, shift, mask, two xors):
-        hi, lo = (M0 c0, M1 c2) >> 32, & 0xFFFFFFFF
-        (c0, c2) <- (hi1, hi0) ^ (c1, c3) ^ (k0, k1);   (c1, c3) <- (lo1, lo0)
-    Returns the four output words as uint64 arrays of ``shape``.
+
+def _round_keys(key: np.ndarray, rounds: int) -> np.ndarray:
+    """The keys of rounds 0 ... rounds - 1 from a (2, ...) uint64 key: (rounds, 2, ...), round r's
+    key being (k0 + r W0, k1 + r W1) mod 2**32 (the key is bumped by the Weyl constants between
+    rounds). All at once: per round, two tiny array operations cost about what the round does."""
+    r = np.arange(rounds, dtype=np.uint64).reshape((-1,) + (1,) * key.ndim)
+    weyl = _WEYL.reshape((2,) + (1,) * (key.ndim - 1))
+    return (key + r * weyl) & np.uint64(_MASK32)  # < 2**32 (rounds + 1): no uint64 overflow
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_round_keys(seed: int) -> np.ndarray:
+    """The ten round keys of a draw's 64-bit seed, (10, 2, 1), read-only (cached: a training run
+    draws with one seed, and building them costs a tenth of a small draw)."""
+    keys = _round_keys(np.array([[seed & _MASK32], [seed >> 32]], dtype=np.uint64), 10)
+    keys.flags.writeable = False
+    return keys
+
+
+def _rounds(x: np.ndarray, lo: np.ndarray, keys: np.ndarray):
+    """Philox4x32's rounds on uint64 arrays holding 32-bit words: ``x`` the two multiplied words
+    (c0, c2) and ``lo`` the two others in swapped order, (c3, c1), both (2, ...), and one key
+    per round from ``keys`` (each broadcasting against them). Both arrays are overwritten;
+    returns the final ((c0, c2), (c1, c3)).
+
+    Stacking the words makes a round five whole-array operations. With hi and lo the high and
+    low words of the products (M0 c0, M1 c2) and swap() exchanging the two rows, a round is
+        (c0, c2) <- swap(hi) ^ (c1, c3) ^ (k0, k1);   (c1, c3) <- swap(lo)
+    so the first line is swap(hi ^ lo_previous) ^ k: the xor of hi and lo runs on contiguous
+    rows and only the last operation reads a swapped (row-reversed) view, which for a small
+    draw costs twice as much to set up. Keeping (c1, c3) swapped is why ``lo`` comes that way.
     """
-    lead = (2,) + (1,) * len(shape)
-    x = np.empty((2,) + tuple(shape), dtype=np.uint64)  # (c0, c2)
-    x[0], x[1] = c0, c2
-    y = np.empty_like(x)                                # (c1, c3)
-    y[0], y[1] = c1, c3
-    kshape = np.broadcast_shapes(np.shape(k0), np.shape(k1))
-    key = np.empty((2,) + kshape, dtype=np.uint64)
-    key[0], key[1] = k0, k1
-    key = key.reshape((2,) + (1,) * (len(shape) - len(kshape)) + kshape)
-    mult = np.array([PHILOX_M4x32_0, PHILOX_M4x32_1], dtype=np.uint64).reshape(lead)
-    weyl = np.array([PHILOX_W32_0, PHILOX_W32_1], dtype=np.uint64).reshape(lead)
-    mask = np.uint64(_MASK32)
-    s32 = np.uint64(32)
-    prod = np.empty_like(x)
+    mult = _MULT.reshape((2,) + (1,) * (x.ndim - 1))
+    mask, s32 = np.uint64(_MASK32), np.uint64(32)
+    lo_prev, lo = lo, np.empty_like(x)
     hi = np.empty_like(x)
-    for r in range(rounds):
-        if r:
-            key = (key + weyl) & mask
-        np.multiply(x, mult, out=prod)  # < 2**64: exact
-        np.right_shift(prod, s32, out=hi)
-        np.bitwise_and(prod, mask, out=prod)  # lo
-        np.bitwise_xor(hi[::-1], y, out=x)
-        np.bitwise_xor(x, key, out=x)
-        y, prod = prod[::-1], y.base if y.base is not None else y  # (lo1, lo0); recycle old y
-    return x[0], y[0], x[1], y[1]
+    for key in keys:
+        np.multiply(x, mult, out=lo)  # < 2**64: exact
+        np.right_shift(lo, s32, out=hi)
+        np.bitwise_and(lo, mask, out=lo)
+        np.bitwise_xor(hi, lo_prev, out=hi)
+        np.bitwise_xor(hi[::-1], key, out=x)
+        lo, lo_prev = lo_prev, lo
+    return x, lo_prev[::-1]
 
 
 def _blocks(first_chunk: int, n_chunks: int, seed: int, offset: int, stream: int) -> np.ndarray:
     """Philox blocks for chunks ``first_chunk ... first_chunk + n_chunks - 1``: uint32 (n_chunks, 4)."""
     if first_chunk + n_chunks > (MAX_ELEMENTS >> 2):
         raise ValueError("a draw holds at most 2**34 elements (element index overflow)")
-    chunks = np.arange(first_chunk, first_chunk + n_chunks, dtype=np.uint64)
-    words = _philox_u64(chunks, offset & _MASK32, offset >> 32, stream, seed & _MASK32, seed >> 32,
-                        10, (n_chunks,))
+    x = np.empty((2, n_chunks), dtype=np.uint64)
+    lo = np.empty_like(x)
+    x[0] = np.arange(first_chunk, first_chunk + n_chunks, dtype=np.uint64)
+    x[1], lo[0], lo[1] = offset >> 32, stream, offset & _MASK32
+    x, y = _rounds(x, lo, _seed_round_keys(seed))
     out = np.empty((n_chunks, 4), dtype=np.uint32)
-    for j, w in enumerate(words):
-        out[:, j] = w
+    out[:, 0], out[:, 1], out[:, 2], out[:, 3] = x[0], y[0], x[1], y[1]
     return out
 
 

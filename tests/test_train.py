@@ -55,6 +55,22 @@ def test_iwae_bound_at_k1_is_the_single_sample_elbo():
     assert nn_seed is None
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_sample_elbo_equals_the_elbo_of_a_one_sample_axis(dtype):
+    """With one sample the ELBO keeps the batch shape (no sample axis, no mean over it); the
+    reconstruction term must be bit for bit the (1, B) one averaged over its sample axis."""
+    mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=20, z_dim=3, hidden=(8,)).astype(dtype)
+    x = mv.tensor((np.random.default_rng(1).random((6, 20)) < 0.5).astype(dtype))
+    rec, kl = model.elbo(x, Generator(5))
+    mu, logvar = model.encode(x)
+    z = mv.functional.reparameterize(mu, logvar, Generator(5).next_noise(), shape=(1,) + mu.shape)
+    rec_axis = mv.functional.bernoulli_log_prob(model.decode(z), x).mean(axis=0)
+    assert rec.shape == kl.shape == (6,)
+    np.testing.assert_array_equal(rec.data, rec_axis.data)
+    assert rec.data.dtype == dtype
+
+
 def test_analytic_and_sampled_kl_agree_on_average():
     mv.nn.init.manual_seed(0)
     model = VAE(x_dim=20, z_dim=3, hidden=(8,)).astype(np.float64)

@@ -42,22 +42,23 @@ class VAE(LatentVariableModel):
         """Return the Bernoulli logits of p(x | z)."""
         return self.decoder(z)
 
-    def _sample_z(self, x, k, noise):
-        mu, logvar = self.encode(x)
-        return mu, logvar, rsample(mu, logvar, noise, k)
-
     def elbo(self, x, noise, samples=None):
         """Per-example ELBO terms: (reconstruction E_q log p(x|z), KL(q(z|x) || p(z))), each (B,).
 
         The KL is analytic; the reconstruction averages ``samples`` (default ``mc_samples``) draws.
         """
-        mu, logvar, z = self._sample_z(x, samples or self.mc_samples, noise)
-        rec = F.bernoulli_log_prob(self.decode(z), x).mean(axis=0)
-        return rec, F.kl_normal_std(mu, logvar)
+        k = samples or self.mc_samples
+        mu, logvar = self.encode(x)
+        # One sample keeps the batch shape (B, D): the same noise elements as (1, B, D), and no
+        # mean over a single sample (a graph node fewer per step).
+        z = rsample(mu, logvar, noise, k if k > 1 else None)
+        rec = F.bernoulli_log_prob(self.decode(z), x)
+        return (rec if k == 1 else rec.mean(axis=0)), F.kl_normal_std(mu, logvar)
 
     def log_weights(self, x, k, noise):
         """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
-        mu, logvar, z = self._sample_z(x, k, noise)
+        mu, logvar = self.encode(x)
+        z = rsample(mu, logvar, noise, k)
         return (F.bernoulli_log_prob(self.decode(z), x) + F.gaussian_log_prob(z, 0.0, 0.0)
                 - F.gaussian_log_prob(z, mu, logvar))
 

@@ -166,7 +166,7 @@ class Module:
             seen.add(id(m))
             yield name, m
             if name is None:
-                stack.extend((None, c) for c in reversed(m._modules.values()) if c is not None)
+                stack.extend([(None, c) for c in reversed(m._modules.values()) if c is not None])
             else:
                 kids = [(f"{name}.{k}" if name else k, c) for k, c in m.named_children()]
                 stack.extend(reversed(kids))
@@ -233,7 +233,7 @@ class Module:
     def zero_grad(self):
         """Drop every parameter's gradient (set to None: cheaper than zero-filling, and never
         writes into an array the engine may share between tensors)."""
-        for m in self.modules():  # a shared parameter is reset twice: harmless, and cheaper than dedup
+        for _, m in self._walk():  # a shared parameter is reset twice: harmless, and cheaper than dedup
             for p in m._parameters.values():
                 if p is not None:
                     p.grad = None
