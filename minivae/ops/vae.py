@@ -79,7 +79,8 @@ class ReparameterizeNoise(Function):
             ctx.save(lv)
             return _gpu().reparameterize_forward(xp.ascontiguousarray(xp.broadcast_to(mu, shape)), lv,
                                                  noise.seed, noise.offset, noise.stream)
-        scaled = np.exp(0.5 * logvar) * noise.normal(shape, dtype=mu.dtype)
+        scaled = noise.normal(shape, dtype=mu.dtype)  # a fresh array of the full shape
+        scaled *= np.exp(0.5 * logvar)
         ctx.save(scaled)
         return mu + scaled
 
@@ -114,7 +115,10 @@ class KLNormalStd(Function):
             return _gpu().kl_normal_std_forward(mu, logvar)
         var = xp.exp(logvar)
         ctx.save(mu, var)
-        return 0.5 * _row_sum(mu * mu + var - 1 - logvar)
+        terms = xp.add(mu * mu, var)  # mu^2 + var - 1 - logvar, left to right, the rest in place
+        terms -= 1
+        terms -= logvar
+        return 0.5 * _row_sum(terms)
 
     @staticmethod
     def backward(ctx, g):
@@ -125,7 +129,12 @@ class KLNormalStd(Function):
             return (dmu if need_mu else None), (dlogvar if need_logvar else None)
         mu, var = ctx.saved
         g = _per_row(g)
-        return (g * mu if need_mu else None), (g * (0.5 * (var - 1)) if need_logvar else None)
+        dlogvar = None
+        if need_logvar:  # g * (0.5 * (var - 1)), one temporary fewer
+            half = var - 1
+            half *= 0.5
+            dlogvar = g * half
+        return (g * mu if need_mu else None), dlogvar
 
 
 class KLNormalNormal(Function):
@@ -177,7 +186,8 @@ class BernoulliLogProb(Function):
     def forward(ctx, logits, x):
         ctx.save(logits, x)
         xp = get_array_module(logits, x)
-        if np.broadcast_shapes(logits.shape, x.shape) != logits.shape:  # x adds axes: plain form
+        ctx.in_place = x.shape == logits.shape or np.broadcast_shapes(logits.shape, x.shape) == logits.shape
+        if not ctx.in_place:  # x adds axes: plain form
             return _row_sum(x * logits - _softplus(xp, logits))
         sp = xp.abs(logits)  # softplus = max(l, 0) + log1p(exp(-|l|)), built in place
         xp.negative(sp, out=sp)
@@ -197,7 +207,7 @@ class BernoulliLogProb(Function):
         xp = get_array_module(g, logits)
         d = None
         if need_l:
-            if np.broadcast_shapes(logits.shape, x.shape, g.shape) != logits.shape:
+            if not ctx.in_place:  # g has the output's shape, so it fits logits when x does
                 d = g * (x - _sigmoid(xp, logits))
             else:  # g * (x - sigmoid(l)), sigmoid(l) = 0.5 * (tanh(0.5 l) + 1), in one array
                 d = xp.multiply(logits, 0.5)
