@@ -308,26 +308,14 @@ class Tensor:
         owned = set()  # ids of sums the engine allocated and has shown to no one (see _unshared)
         anomaly = _state.anomaly
         in_grads = ig = acc = None
-        for node in _topological_order(self):
+        for node in _topological_order(self, leaves=False):
             g = grads.pop(node, None)
             if g is None:
                 continue
             g_owned = id(g) in owned
             if g_owned:
-                owned.discard(id(g))  # from here on g may be handed to an op, which may share it
-            recorded = node._node
-            if recorded is None:
-                if node.requires_grad:
-                    if node.grad is not None:
-                        node.grad = node.grad + g  # never in place: the caller may hold .grad
-                    elif g_owned or _unshared(g):
-                        node.grad = g  # nobody else sees this array: no copy needed
-                    else:
-                        # g may be a read-only broadcast view, shared with another leaf, or
-                        # still held elsewhere (the caller's grad=, an op's context).
-                        node.grad = g.copy()
-                continue
-            fn, ctx, inputs = recorded
+                owned.discard(id(g))  # from here on g is handed to an op, which may share it
+            fn, ctx, inputs = node._node
             if ctx is None:
                 raise RuntimeError("backward() through a graph that was already freed; "
                                    "pass retain_graph=True to the first backward()")
@@ -358,6 +346,20 @@ class Tensor:
             in_grads = ig = acc = g = None  # hold no stale references (_unshared counts them)
             if not retain_graph:
                 node._node = (fn, None, ())  # drop the saved arrays and the inputs they came from
+        # What is left are the leaves' complete sums (every op that feeds them has run).
+        while grads:
+            leaf, g = grads.popitem()
+            if not leaf.requires_grad:
+                continue
+            if leaf.grad is not None:
+                leaf.grad = leaf.grad + g  # never in place: the caller may hold .grad
+            elif id(g) in owned or _unshared(g):
+                leaf.grad = g  # nobody else sees this array: no copy needed
+            else:
+                # g may be a read-only broadcast view, shared with another leaf, or still
+                # held elsewhere (the caller's grad=, an op's context).
+                leaf.grad = g.copy()
+            g = None
 
     # ----- operators (the ops module is bound at the bottom of this file) -----------------------
     def __add__(self, other): return F.add(self, other)
@@ -455,10 +457,12 @@ def _unshared(g):
             and sys.getrefcount(g) <= _UNSHARED_REFS)
 
 
-def _topological_order(root, constants=False):
+def _topological_order(root, constants=False, leaves=True):
     """Nodes reachable from ``root``, each after every node that uses it (an explicit-stack DFS).
 
-    Inputs that need no gradient are skipped unless ``constants`` (for drawing the whole graph).
+    Inputs that need no gradient are skipped unless ``constants`` (for drawing the whole graph);
+    leaves (tensors no op made) are left out when ``leaves`` is False (the backward pass gives
+    them their gradient after all op nodes, so they need no place in the order).
     """
     order, visited = [], set()
     stack = [(root, False)]
@@ -470,11 +474,14 @@ def _topological_order(root, constants=False):
         if node in visited:
             continue
         visited.add(node)
-        stack.append((node, True))
         recorded = node._node
-        if recorded is not None:
-            stack.extend([(inp, False) for inp in recorded[2]
-                          if (constants or inp.requires_grad) and inp not in visited])
+        if recorded is None:
+            if leaves:
+                order.append(node)
+            continue
+        stack.append((node, True))
+        stack.extend([(inp, False) for inp in recorded[2]
+                      if (constants or inp.requires_grad) and inp not in visited])
     order.reverse()
     return order
 

@@ -85,6 +85,33 @@ def test_draws_are_pinned_bit_for_bit(kind, args, digest):
     assert hashlib.sha256(out.tobytes()).hexdigest()[:16] == digest
 
 
+@pytest.mark.parametrize("first", [0, 2 ** 32 - 5, 2 ** 64 - 40])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequential_draws_equal_single_draws(first, dtype):
+    """A reader drawing offset after offset gets its next draws computed several at a time
+    (mr._Prefetch); every one must equal the same draw computed alone, also across the 2**32
+    boundary of the offset's low word and up to the last offset."""
+    seed, shape = 0xDEADBEEF12345678, (7, 5)
+    mr._prefetch._readers.clear()
+    g = mr.Generator(seed, offset=first, stream=3)
+    got = [g.normal(shape, dtype) for _ in range(38)]
+    assert any(reader[1] for reader in mr._prefetch._readers.values())  # the prefetch did run
+    alone = mr._Prefetch(max_draws=1)
+    for i in reversed(range(38)):  # backwards: no sequential reader, each draw computed alone
+        want = alone.normals(0, 35, seed, first + i, 3, np.dtype(dtype)).reshape(shape)
+        assert got[i].tobytes() == want.tobytes(), f"draw {i}"
+        assert got[i].dtype == dtype and got[i].shape == shape
+
+
+def test_prefetch_stays_bounded():
+    cache = mr._Prefetch(max_elements=100, max_draws=16, max_readers=2)
+    for n in (10, 20, 30):
+        for offset in range(5):
+            cache.normals(0, n, 1, offset, 0, np.dtype(np.float32))
+    assert len(cache._readers) == 2
+    assert all(len(r[1]) * n < 100 for r, n in zip(cache._readers.values(), (20, 30)))
+
+
 # ------------------------------------------------------------------------------ uniforms
 def test_uniform_edges_strictly_inside():
     w = np.array([0, 1, 511, 512, 0x7FFFFFFF, 0xFFFFFE00, 0xFFFFFFFF], dtype=np.uint32)
