@@ -9,8 +9,9 @@ real MNIST training images at ``--batch`` (default 100), float32, from the same 
   the same learning-rate schedule, with the same number of threads;
 * numpy: the hand-written reference of ``reference_numpy_vae.py`` (for scale).
 
-The libraries take turns every ``--chunk`` batches over the same epoch, so a burst of load from
-other processes slows them alike; each library's epoch time is the sum of its own step times
+The libraries take turns every ``--chunk`` batches over the same epoch, in a new random order
+each time (so a burst of load from other processes, or PyTorch's OpenMP threads still spinning
+after its turn, slows them alike); each library's epoch time is the sum of its own step times
 plus the time to prepare the epoch's batches (shuffle and binarize, done once by minivae's loader
 and counted for every library). Evaluation is not included.
 
@@ -18,6 +19,7 @@ and counted for every library). Evaluation is not included.
 """
 import argparse
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -105,14 +107,15 @@ def main(argv=None):
 
     seconds = {n: 0.0 for n in steppers}
     prepare = 0.0
+    order = random.Random(0)  # a new random order per chunk, seeded
     for epoch in range(args.epochs):
         t0 = time.perf_counter()
         batches = list(mine.trainer.loader.epoch(epoch))  # views of the loader's epoch buffer
         prepare += time.perf_counter() - t0
         names = list(steppers)
-        for c, start in enumerate(range(0, len(batches), args.chunk)):
+        for start in range(0, len(batches), args.chunk):
             chunk = batches[start:start + args.chunk]
-            for n in names[c % len(names):] + names[:c % len(names)]:
+            for n in order.sample(names, len(names)):  # see bench_train_step.time_interleaved
                 step = steppers[n]
                 t0 = time.perf_counter()
                 for xb in chunk:

@@ -22,8 +22,10 @@ a real run. Running 1000 steps per library and batch size would take minutes on 
 the same state.
 
 Timing. Each measurement is a block of ``--block`` steps (a multiple of 10, so the periodic
-flush is included at its real rate); the libraries take turns block by block, in rotating
-order, so load from other processes hits them alike. Reported: median (and min, quartiles) ms
+flush is included at its real rate); the libraries take turns block by block, in a new random
+order each round, so load from other processes hits them alike, and so does the library before:
+PyTorch's OpenMP threads keep spinning after its block, and with a fixed rotation the library
+after it always paid for that (19% at two threads). Reported: median (and min, quartiles) ms
 per step over ``--repeat`` blocks, images per second, and the ratio of each library to minivae.
 Before timing, the three are checked to compute the same loss and gradients on one batch.
 
@@ -47,6 +49,7 @@ import gc
 import json
 import os
 import platform
+import random
 import re
 import resource
 import statistics
@@ -356,6 +359,7 @@ def time_interleaved(runners, batches, repeat, block, budget_s=None):
     """Median/min/quartiles of ms per step over ``repeat`` blocks of ``block`` steps each (fewer,
     but at least 3, when the untimed first round says ``repeat`` would not fit in ``budget_s``)."""
     names = list(runners)
+    order = random.Random(0)  # seeded: a rerun takes the same orders
     cursor = {n: 0 for n in names}
     times = {n: [] for n in names}
     faults = {n: [] for n in names}
@@ -380,8 +384,8 @@ def time_interleaved(runners, batches, repeat, block, budget_s=None):
     round_s = time.perf_counter() - t0
     if budget_s is not None and round_s * repeat > budget_s:
         repeat = max(3, int(budget_s / round_s))
-    for i in range(repeat):
-        for n in names[i % len(names):] + names[:i % len(names)]:
+    for _ in range(repeat):
+        for n in order.sample(names, len(names)):
             times[n].append(run_block(n))
     out = {}
     for n, t in times.items():
@@ -575,7 +579,7 @@ def main(argv=None):
                   "dtype": "float32", "optimizer": f"Adam(lr={LR})"},
         "steady_state": warm,
         "timing": (f"ms per step: median (min, quartiles) over blocks of {args.block} steps; libraries "
-                   "interleaved block by block in rotating order"),
+                   "interleaved block by block in a random order each round (seeded)"),
         "repeats": repeats,
         "load_average": {"before": [round(x, 2) for x in load_before],
                          "after": [round(x, 2) for x in os.getloadavg()]},
