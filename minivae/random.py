@@ -323,35 +323,40 @@ class _Prefetch:
 
     A training run asks for draw o, then o + 1, o + 2, ... of one shape (its eps). A small draw
     costs ~80 NumPy calls whose cost is mostly fixed, and inside a training step, between large
-    matrix products, those calls run cold: two to three times slower than in a loop. So once a
-    reader is seen asking for the draw right after its previous one, the next ``k`` draws are
-    computed in one pass (k * n elements, at most ``max_elements``) and handed out in turn.
-    Counter-based noise makes this invisible: every element is the same function of its address
-    either way. Bounded: a few readers (keys), each holding fewer than ``max_elements`` values.
+    matrix products, those calls run cold: two to three times slower than in a loop. So when a
+    draw is asked for right after the one before it (same seed, stream, dtype and elements), the
+    next ``k`` draws are computed in one pass (k * n elements, at most ``max_elements``) and kept;
+    a request inside that window gets a copy of its row (a caller may write into what it gets,
+    and two readers may ask for the same draw). A request that is neither inside the window nor
+    right after the last one is computed alone, so readers that interleave at unrelated offsets
+    cost what they did without the prefetch, never more. Counter-based noise makes all of this
+    invisible: every element is the same function of its address either way. Bounded: a few
+    keys, each holding fewer than ``max_elements`` values.
     """
 
     def __init__(self, max_elements=1 << 16, max_draws=10, max_readers=4):
         self.max_elements, self.max_draws, self.max_readers = max_elements, max_draws, max_readers
-        self._readers = {}  # (seed, stream, dtype, start, n) -> [next offset, draws for it on, reversed]
+        # (seed, stream, dtype, start, n) -> [last offset asked for, first offset of block, block]
+        self._readers = {}
         self._lock = threading.Lock()
 
     def normals(self, start: int, n: int, seed: int, offset: int, stream: int, dt) -> np.ndarray:
         """Elements ``start ... start + n - 1`` of draw (seed, offset, stream), as ``_range_normals``."""
         key = (seed, stream, dt, start, n)
         with self._lock:
-            reader = self._readers.pop(key, None)  # re-inserted below: the newest reader is last
-            draws = 1
-            if reader is not None and reader[0] == offset:
-                if reader[1]:
-                    reader[0] += 1
-                    self._readers[key] = reader
-                    return reader[1].pop()
+            last, first, block = self._readers.pop(key, (None, 0, None))  # re-inserted as newest
+            if block is not None and 0 <= offset - first < len(block):
+                out = block[offset - first].copy()
+            elif last is not None and offset == last + 1:
                 draws = max(1, min(self.max_draws, self.max_elements // max(n, 1), _MASK64 - offset + 1))
-            fresh = list(_range_normals(start, n, seed, offset, stream, dt, draws))
-            self._readers[key] = [offset + 1, fresh[:0:-1]]
+                first, block = offset, _range_normals(start, n, seed, offset, stream, dt, draws)
+                out = block[0].copy()
+            else:
+                out = _range_normals(start, n, seed, offset, stream, dt)[0]
+            self._readers[key] = (offset, first, block)
             while len(self._readers) > self.max_readers:
                 del self._readers[next(iter(self._readers))]
-            return fresh[0]
+            return out
 
 
 _prefetch = _Prefetch()
