@@ -336,7 +336,7 @@ class _Prefetch:
 
     def __init__(self, max_elements=1 << 16, max_draws=10, max_readers=4):
         self.max_elements, self.max_draws, self.max_readers = max_elements, max_draws, max_readers
-        # (seed, stream, dtype, start, n) -> [last offset asked for, first offset of block, block]
+        # (seed, stream, dtype, start, n) -> (last offset asked for, first offset of the block, block)
         self._readers = {}
         self._lock = threading.Lock()
 
@@ -347,12 +347,14 @@ class _Prefetch:
             last, first, block = self._readers.pop(key, (None, 0, None))  # re-inserted as newest
             if block is not None and 0 <= offset - first < len(block):
                 out = block[offset - first].copy()
-            elif last is not None and offset == last + 1:
-                draws = max(1, min(self.max_draws, self.max_elements // max(n, 1), _MASK64 - offset + 1))
-                first, block = offset, _range_normals(start, n, seed, offset, stream, dt, draws)
-                out = block[0].copy()
             else:
-                out = _range_normals(start, n, seed, offset, stream, dt)[0]
+                draws = 1
+                if last is not None and offset == last + 1:
+                    draws = min(self.max_draws, self.max_elements // max(n, 1), _MASK64 - offset + 1)
+                fresh = _range_normals(start, n, seed, offset, stream, dt, max(draws, 1))
+                if draws > 1:  # a new window (a draw too large for one stays uncached)
+                    first, block = offset, fresh
+                out = fresh[0].copy() if draws > 1 else fresh[0]
             self._readers[key] = (offset, first, block)
             while len(self._readers) > self.max_readers:
                 del self._readers[next(iter(self._readers))]

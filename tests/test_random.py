@@ -138,6 +138,9 @@ def test_prefetch_stays_bounded():
             cache.normals(0, n, 1, offset, 0, np.dtype(np.float32))
     assert len(cache._readers) == 2
     assert all(len(r[2]) * n <= 100 for r, n in zip(cache._readers.values(), (20, 30)))
+    for offset in range(5):  # too large for a window of two: computed alone, nothing kept
+        cache.normals(0, 60, 1, offset, 0, np.dtype(np.float32))
+    assert cache._readers[(1, 0, np.dtype(np.float32), 0, 60)][2] is None
 
 
 # ------------------------------------------------------------------------------ uniforms
