@@ -348,9 +348,7 @@ class Tensor:
                 node._node = (fn, None, ())  # drop the saved arrays and the inputs they came from
         # What is left are the leaves' complete sums (every op that feeds them has run).
         while grads:
-            leaf, g = grads.popitem()
-            if not leaf.requires_grad:
-                continue
+            leaf, g = grads.popitem()  # every key requires grad: the loop above enters no other
             if leaf.grad is not None:
                 leaf.grad = leaf.grad + g  # never in place: the caller may hold .grad
             elif id(g) in owned or _unshared(g):

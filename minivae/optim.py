@@ -179,15 +179,10 @@ class Optimizer:
         """The state of parameter ``i``, moved to ``p``'s device if ``Module.to`` moved ``p``."""
         state = self.state[i]
         kind = type(p.data)
-        for value in state.values():
-            if type(value) is not kind and hasattr(value, "shape"):
-                break
-        else:
-            return state  # the common case, checked cheaply: every array of the state is where p is
-        dev = device_of(p.data)
         for key, value in state.items():
-            if hasattr(value, "shape") and device_of(value) != dev:
-                state[key] = to_device(value, dev)
+            # The common case costs one type check per entry: arrays already where p is.
+            if type(value) is not kind and hasattr(value, "shape") and device_of(value) != device_of(p.data):
+                state[key] = to_device(value, device_of(p.data))
         return state
 
     def _buffer(self, p, slot=0, dtype=None):
