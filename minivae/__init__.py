@@ -1,7 +1,8 @@
 """minivae: variational autoencoders on a small reverse-mode autodiff engine (NumPy / CuPy)."""
 from . import backend, functional, ops
-from .autograd import (AnomalyError, Function, Tensor, detect_anomaly, enable_grad,
-                       is_grad_enabled, no_grad, tensor)
+from .autograd import (AnomalyError, Tensor, detect_anomaly, enable_grad, is_grad_enabled, no_grad,
+                       tensor)
+from .function import Function
 from .gradcheck import GradcheckError, gradcheck
 
 __version__ = "0.1.0"

@@ -1,8 +1,9 @@
 """Finite-difference gradient checks: every hand-written backward is compared with numbers.
 
-``gradcheck(fn, *inputs)`` contracts the output with a random upstream gradient u (never all
-ones: a sum hides transposed or permuted gradients) and compares, for every input that requires
-a gradient,
+``gradcheck(fn, *inputs)`` contracts each output with a random upstream gradient u_k of its own
+(never all ones: a sum hides transposed or permuted gradients; independent per output, so that
+swapped or mixed-up output gradients show) and compares, for every input that requires a
+gradient,
 
 * each element of the analytic gradient with the central difference
   (f(x + eps e_i) - f(x - eps e_i)) / (2 eps) when the input is small, and
@@ -10,7 +11,7 @@ a gradient,
   directions v whose components are all of size 0.5 to 1.5 (none vanishes, so no element
   escapes the check) when it is large,
 
-where f(x) = <u, fn(x)>. Differences are taken in float64: in float32 the truncation and the
+where f(x) = sum_k <u_k, fn(x)_k> (one term for an op with one output). Differences are taken in float64: in float32 the truncation and the
 rounding errors of a central difference are both around 1e-3 and nothing can be concluded.
 ``check_float32`` then compares an op's float32 backward with its own float64 backward.
 
@@ -21,7 +22,7 @@ rounding alone would leave. ``minivae gradcheck`` prints those records as tables
 """
 import numpy as np
 
-from .autograd import Tensor, no_grad
+from .autograd import Tensor, backward, no_grad
 from .backend import get_array_module
 
 #: Step of the central difference in float64: truncation error ~eps^2, rounding ~1e-16/eps.
@@ -43,23 +44,31 @@ class GradcheckError(AssertionError):
     """An analytic gradient disagrees with the finite-difference one (the message says where)."""
 
 
+def _outputs(out):
+    """fn's result as a tuple of Tensors (fn may return one Tensor or several)."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 def _contract(fn, inputs, upstream):
-    """f(inputs) = <upstream, fn(inputs)> as a float, without recording a graph."""
+    """f(inputs) = sum_k <upstream[k], fn(inputs)[k]> as a float, without recording a graph."""
     with no_grad():
-        out = fn(*inputs)
-    return float((out.data * upstream).sum())
+        outs = _outputs(fn(*inputs))
+    return sum(float((out.data * u).sum()) for out, u in zip(outs, upstream))
 
 
 def _analytic(fn, inputs, upstream):
+    """fn's outputs and the gradients of <upstream, fn> for each input (None where none is needed)."""
     for t in inputs:
         if isinstance(t, Tensor):
             t.grad = None
-    out = fn(*inputs)
-    if not isinstance(out, Tensor) or not out.requires_grad:
-        raise GradcheckError("fn must return a Tensor that depends on an input with requires_grad=True")
-    out.backward(out.data.dtype.type(1) * upstream)
+    outs = _outputs(fn(*inputs))
+    if not all(isinstance(out, Tensor) for out in outs) or not any(out.requires_grad for out in outs):
+        raise GradcheckError("fn must return Tensors, at least one depending on an input with "
+                             "requires_grad=True")
+    roots = [(out, out.data.dtype.type(1) * u) for out, u in zip(outs, upstream) if out.requires_grad]
+    backward([out for out, _ in roots], [u for _, u in roots])
     grads = [t.grad if isinstance(t, Tensor) and t.requires_grad else None for t in inputs]
-    return out, grads
+    return outs, grads
 
 
 def _fail(i, where, analytic, numeric, atol, rtol):
@@ -71,13 +80,13 @@ def _fail(i, where, analytic, numeric, atol, rtol):
 def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions, rng):
     """Yield ``(input index, where, analytic, numeric)`` for every check of every input.
 
-    ``f(x) = <upstream, fn(x)>`` is differentiated numerically along unit vectors (inputs of at
+    ``f(x) = sum_k <upstream[k], fn(x)[k]>`` is differentiated numerically along unit vectors (inputs of at
     most ``full_check_max`` elements) or along ``n_directions`` random directions (larger ones);
     ``grads`` are the analytic gradients, so ``analytic`` is the matching element or ``<grad, v>``.
     Each input's data is restored before anything is yielded. Shared by ``gradcheck`` (which
     stops at the first disagreement) and ``gradcheck_report`` (which measures all of them).
     """
-    xp = get_array_module(upstream)
+    xp = get_array_module(upstream[0])
     for i, t in enumerate(inputs):
         if not (isinstance(t, Tensor) and t.requires_grad):
             continue
@@ -114,18 +123,19 @@ def _check_float64(inputs, caller):
 
 
 def _upstream(fn, inputs, rng):
-    """A random upstream gradient u of fn's output shape (never all ones), on fn's device."""
+    """Independent random upstream gradients, one per output of fn in its shape (never all ones),
+    on fn's device."""
     with no_grad():
-        probe = fn(*inputs)
-    xp = get_array_module(probe.data)
-    return xp.asarray(rng.standard_normal(probe.shape))
+        outs = _outputs(fn(*inputs))
+    xp = get_array_module(outs[0].data)
+    return [xp.asarray(rng.standard_normal(out.shape)) for out in outs]
 
 
 def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CHECK_MAX,
               n_directions=N_DIRECTIONS, seed=0):
     """Check ``fn``'s analytic gradients against central differences; return True or raise GradcheckError.
 
-    ``fn`` maps the inputs to one Tensor. Every Tensor input with ``requires_grad`` is checked and
+    ``fn`` maps the inputs to one Tensor or a tuple of Tensors. Every Tensor input with ``requires_grad`` is checked and
     must be float64 (the check works in float64 only); other arguments are passed unchanged.
     The error names the input, the element or direction, the analytic and the numeric value.
     """
@@ -178,7 +188,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
         inputs = [Tensor(t.data.astype(np.float64), requires_grad=t.requires_grad)
                   if isinstance(t, Tensor) else t for t in as32]
         upstream = _upstream(fn, inputs, rng)
-        _, grads32 = _analytic(fn, as32, upstream.astype(np.float32))
+        _, grads32 = _analytic(fn, as32, [u.astype(np.float32) for u in upstream])
         grads = [None if g is None else g.astype(np.float64) for g in grads32]
     per_input = {}
     for i, where, ana, num in _comparisons(fn, inputs, upstream, grads, eps, full_check_max,
@@ -220,15 +230,14 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
     rng = np.random.default_rng(seed)
     as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad) if isinstance(t, Tensor)
             else t for t in inputs]
-    with no_grad():
-        probe = fn(*inputs)
-    xp = get_array_module(probe.data)
-    upstream = xp.asarray(rng.standard_normal(probe.shape))
-    out64, grads64 = _analytic(fn, inputs, upstream)
-    out32, grads32 = _analytic(fn, as32, upstream.astype(np.float32))
-    if out32.dtype != np.float32:
-        raise GradcheckError(f"float32 inputs gave a {out32.dtype} output: a silent upcast")
-    pairs = [("output", out64.data, out32.data)] + [
+    upstream = _upstream(fn, inputs, rng)
+    outs64, grads64 = _analytic(fn, inputs, upstream)
+    outs32, grads32 = _analytic(fn, as32, [u.astype(np.float32) for u in upstream])
+    for out32 in outs32:
+        if out32.dtype != np.float32:
+            raise GradcheckError(f"float32 inputs gave a {out32.dtype} output: a silent upcast")
+    names = ["output"] if len(outs64) == 1 else [f"output {k}" for k in range(len(outs64))]
+    pairs = [(name, o64.data, o32.data) for name, o64, o32 in zip(names, outs64, outs32)] + [
         (f"gradient of input {i}", g64, g32) for i, (g64, g32) in enumerate(zip(grads64, grads32))
         if g64 is not None]
     for name, ref, got in pairs:

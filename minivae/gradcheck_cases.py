@@ -23,7 +23,8 @@ import numpy as np
 
 from . import functional as F
 from . import ops as _ops_package
-from .autograd import Function, Tensor
+from .autograd import Tensor
+from .function import Function
 from .ops import elementwise as el, linalg as la, norm, reduce as rd, shape as sh, vae
 from .ops import ladder
 

@@ -1,7 +1,7 @@
 """The computation graph of one evaluation, as data and as Graphviz DOT (optionally with gradients).
 
-While a graph is alive every Tensor made by an op holds ``_node = (Function class, ctx, inputs)``
-(see ``minivae.autograd``). ``trace_graph(root)`` walks those links from ``root`` (an explicit
+While a graph is alive every Tensor made by an op holds ``_node``, the op's ``Node`` (see
+``minivae.function``). ``trace_graph(root)`` walks those links from ``root`` (an explicit
 stack, no recursion) and returns a ``Graph``: one node per tensor, each labelled with the op that
 made it (or its name, for a leaf), its shape and its dtype, and one edge per use of a tensor as an
 input. Constant inputs (data, reparameterization noise) are nodes too, so the picture shows
@@ -91,7 +91,14 @@ def parameter_names(model):
 
 def _walk(root):
     """Every tensor reachable from ``root``, constants included, inputs before their users."""
-    return _topological_order(root, constants=True)[::-1]
+    tensors, seen = [], set()
+    for node in reversed(_topological_order([root])):
+        outputs = [out() for out in node.outputs]
+        for t in list(node.inputs) + [t for t in outputs if t is not None]:
+            if t not in seen:
+                seen.add(t)
+                tensors.append(t)
+    return tensors or [root]
 
 
 def _norm(array):
@@ -102,15 +109,15 @@ def _norm(array):
 
 @contextlib.contextmanager
 def _recording_backward(classes, store):
-    """Within the block, ``store[id(ctx)] = g`` for every ``backward(ctx, g)`` of ``classes``."""
+    """Within the block, ``store[id(ctx)] = grads`` for every ``backward(ctx, *grads)`` of ``classes``."""
     patched = []  # (class, the backward in its own __dict__ or None when inherited)
     try:
         for cls in classes:
             original = cls.backward  # the plain function (a staticmethod unwraps on access)
 
-            def recording(ctx, g, _original=original):
-                store[id(ctx)] = g.copy()  # a copy: the engine may reuse g's buffer later
-                return _original(ctx, g)
+            def recording(ctx, *grads, _original=original):
+                store[id(ctx)] = [None if g is None else g.copy() for g in grads]
+                return _original(ctx, *grads)
 
             patched.append((cls, cls.__dict__.get("backward")))
             cls.backward = staticmethod(recording)
@@ -131,20 +138,25 @@ def node_gradients(root, grad=None):
     branches cut by an op) are absent.
     """
     tensors = _walk(root)
-    ctx_owner = {id(t._node[1]): t for t in tensors if t._node is not None and t._node[1] is not None}
-    if len(ctx_owner) < sum(t._node is not None for t in tensors):
+    ops = [t for t in tensors if t._node is not None]
+    if any(t._node.ctx is None for t in ops):
         raise RuntimeError("node_gradients: the graph was already freed by a backward pass; "
                            "trace it before calling backward, or pass retain_graph=True")
     leaves = [t for t in tensors if t._node is None and t.requires_grad]
     saved = [t.grad for t in leaves]
-    classes = sorted({t._node[0] for t in tensors if t._node is not None}, key=lambda c: c.__name__)
+    classes = sorted({t._node.fn for t in ops}, key=lambda c: c.__name__)
     received = {}
     try:
         for t in leaves:
             t.grad = None
         with _recording_backward(classes, received):
             root.backward(grad, retain_graph=True)
-        out = {id(ctx_owner[k]): g for k, g in received.items() if k in ctx_owner}
+        out = {}
+        for t in ops:  # the gradient of each output of t's op, t's own among them
+            grads = received.get(id(t._node.ctx))
+            index = [ref() for ref in t._node.outputs].index(t)
+            if grads is not None and grads[index] is not None:
+                out[id(t)] = grads[index]
         out.update({id(t): t.grad for t in leaves if t.grad is not None})
     finally:
         for t, g in zip(leaves, saved):
@@ -164,7 +176,7 @@ def trace_graph(root, names=None, grad=False):
         raise TypeError(f"trace_graph: expected a Tensor, got {type(root).__name__}")
     names = dict(names or {})
     tensors = _walk(root)
-    if any(t._node is not None and t._node[1] is None for t in tensors):
+    if any(t._node is not None and t._node.ctx is None for t in tensors):
         raise RuntimeError("trace_graph: the graph was already freed by a backward pass (its inputs "
                            "are gone); trace before calling backward, or pass retain_graph=True")
     ids = {id(t): f"n{i}" for i, t in enumerate(tensors)}
@@ -172,7 +184,7 @@ def trace_graph(root, names=None, grad=False):
     nodes, edges = [], []
     for t in tensors:
         if t._node is not None:
-            kind, op = "op", t._node[0].__name__
+            kind, op = "op", t._node.fn.__name__
         else:
             kind = "param" if t.requires_grad else "input" if id(t) in names else "const"
             op = ""
@@ -184,7 +196,7 @@ def trace_graph(root, names=None, grad=False):
                           name=name, root=t is root,
                           grad_norm=None if g is None else _norm(g)))
         if t._node is not None:
-            edges.extend((ids[id(inp)], ids[id(t)]) for inp in t._node[2])
+            edges.extend((ids[id(inp)], ids[id(t)]) for inp in t._node.inputs)
     return Graph(nodes=nodes, edges=edges, tensors={ids[id(t)]: t for t in tensors})
 
 

@@ -292,7 +292,7 @@ def test_mixing_float32_and_float64_tensors_raises_naming_the_op():
 def _mlp_loss(x, W1, W2):
     h = F.tanh(F.linear(x, W1))
     h_ref = weakref.ref(h)
-    saved = [weakref.ref(a) for a in h._node[1].saved]  # what Tanh kept for its backward
+    saved = [weakref.ref(a) for a in h._node.ctx.saved]  # what Tanh kept for its backward
     loss = F.linear(h, W2).exp().mean()
     return loss, h_ref, saved
 
@@ -330,3 +330,85 @@ def test_no_grad_keeps_no_intermediates(t64):
         del h
     gc.collect()
     assert h_ref() is None and data_ref() is None and out._node is None
+
+
+# ----- functions with several outputs ----------------------------------------------------------
+class _SplitHalves(Function):
+    """(x[:n], x[n:]) of a vector of length 2n; backward records what it receives, and puts each
+    upstream gradient back in its half (zeros for an output no gradient reached)."""
+    calls = []
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.n = len(x) // 2
+        return x[:ctx.n].copy(), x[ctx.n:].copy()
+
+    @staticmethod
+    def backward(ctx, g_first, g_second):
+        _SplitHalves.calls.append((g_first, g_second))
+        out = np.zeros(2 * ctx.n)
+        if g_first is not None:
+            out[:ctx.n] = g_first
+        if g_second is not None:
+            out[ctx.n:] = g_second
+        return out
+
+
+def test_a_two_output_function_returns_two_tensors_of_one_node(t64):
+    x = t64(4)
+    first, second = _SplitHalves.apply(x)
+    assert isinstance(first, Tensor) and isinstance(second, Tensor)
+    assert first._node is second._node and first._node.fn is _SplitHalves
+    assert first._node.inputs == [x] and [ref() for ref in first._node.outputs] == [first, second]
+    np.testing.assert_array_equal(np.concatenate([first.data, second.data]), x.data)
+    with mv.no_grad():
+        a, b = _SplitHalves.apply(x)
+    assert a._node is None and b._node is None and not a.requires_grad
+
+
+def test_a_two_output_node_runs_once_after_both_gradients_are_complete(t64):
+    x = t64(4)
+    first, second = _SplitHalves.apply(x)
+    # second reaches the loss through a longer path than first, and first through two uses.
+    loss = (first * 2.0).sum() + (first * 3.0).sum() + ((second * 4.0).exp().log()).sum()
+    _SplitHalves.calls.clear()
+    loss.backward()
+    assert len(_SplitHalves.calls) == 1
+    g_first, g_second = _SplitHalves.calls[0]
+    np.testing.assert_allclose(g_first, [5.0, 5.0])
+    np.testing.assert_allclose(g_second, [4.0, 4.0], rtol=1e-12)
+    np.testing.assert_allclose(x.grad, [5.0, 5.0, 4.0, 4.0], rtol=1e-12)
+
+
+def test_an_output_no_gradient_reaches_gets_none(t64):
+    x = t64(4)
+    first, second = _SplitHalves.apply(x)
+    _SplitHalves.calls.clear()
+    (second * 3.0).sum().backward()
+    assert _SplitHalves.calls[0][0] is None
+    np.testing.assert_array_equal(x.grad, [0.0, 0.0, 3.0, 3.0])
+    x.grad = None
+    second = _SplitHalves.apply(x)[1]  # the first output is dropped at once
+    gc.collect()
+    _SplitHalves.calls.clear()
+    second.sum().backward()
+    assert _SplitHalves.calls[0][0] is None
+
+
+def test_backward_from_several_tensors_at_once(t64):
+    x = t64(4)
+    first, second = _SplitHalves.apply(x)
+    mv.autograd.backward([first, second], [np.array([1.0, 2.0]), np.array([3.0, 4.0])])
+    np.testing.assert_array_equal(x.grad, [1.0, 2.0, 3.0, 4.0])
+
+
+def test_outputs_and_node_form_no_reference_cycle(t64):
+    x = t64(4)
+    first, second = _SplitHalves.apply(x)
+    refs = [weakref.ref(first), weakref.ref(second)]
+    gc.disable()
+    try:
+        del first, second
+        assert [r() for r in refs] == [None, None]  # freed by reference counting alone
+    finally:
+        gc.enable()

@@ -194,3 +194,59 @@ def test_check_float32_catches_imprecise_float32_backward(t64):
 
 def test_check_float32_passes_a_correct_op(t64):
     assert check_float32(Square.apply, t64(3, 4))
+
+
+class SumAndProduct(Function):
+    """Two outputs, (a + b, a * b): d(a+b)/da = d(a+b)/db = 1, d(ab)/da = b, d(ab)/db = a
+    (an upstream gradient of None counts as 0)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save(a, b)
+        return a + b, a * b
+
+    @staticmethod
+    def backward(ctx, g_sum, g_prod):
+        a, b = ctx.saved
+        g_sum = 0.0 if g_sum is None else g_sum
+        g_prod = 0.0 if g_prod is None else g_prod
+        return g_sum + g_prod * b, g_sum + g_prod * a
+
+
+class SumAndProductSwapped(SumAndProduct):
+    """The same outputs, whose backward mixes up the two upstream gradients (wrong on purpose)."""
+
+    @staticmethod
+    def backward(ctx, g_sum, g_prod):
+        return SumAndProduct.backward(ctx, g_prod, g_sum)
+
+
+def test_two_output_op_passes(t64):
+    assert gradcheck(SumAndProduct.apply, t64(3, 2), t64(3, 2))
+    assert check_float32(SumAndProduct.apply, t64(3, 2), t64(3, 2))
+
+
+def test_swapped_output_gradients_are_caught(t64):
+    # With one upstream gradient for both outputs (or all ones) the swap would cancel out.
+    with pytest.raises(GradcheckError):
+        gradcheck(SumAndProductSwapped.apply, t64(3, 2), t64(3, 2))
+
+
+def test_each_output_gets_its_own_random_upstream_gradient(t64, monkeypatch):
+    seen = []
+    original = SumAndProduct.backward
+
+    def spy(ctx, g_sum, g_prod):
+        seen.append((g_sum.copy(), g_prod.copy()))
+        return original(ctx, g_sum, g_prod)
+
+    monkeypatch.setattr(SumAndProduct, "backward", staticmethod(spy))
+    gradcheck(SumAndProduct.apply, t64(2, 2), t64(2, 2))
+    (g_sum, g_prod), = seen
+    assert not np.array_equal(g_sum, g_prod)
+    assert len(np.unique(g_sum)) == g_sum.size and len(np.unique(g_prod)) == g_prod.size
+
+
+def test_an_unused_output_is_checked_as_constant(t64):
+    # Only the product is returned: the sum's upstream gradient is None inside backward.
+    assert gradcheck(lambda a, b: SumAndProduct.apply(a, b)[1], t64(3), t64(3))

@@ -144,7 +144,7 @@ def test_ladder_trains_with_warm_up_from_the_trainer(tmp_path):
 
 def test_merge_is_one_op_in_the_graph():
     out = precision_weighted_merge(*(mv.tensor(np.ones(2), requires_grad=True) for _ in range(4)))
-    assert out._node[0] is PrecisionWeightedMerge
+    assert out._node.fn is PrecisionWeightedMerge
 
 
 def test_sampling_uses_running_statistics_and_leaves_them_alone():

@@ -287,7 +287,7 @@ def test_batchnorm_train_matches_numpy_and_updates_running_stats(shape):
     for step in range(3):
         x = rng.standard_normal(shape) * 2 + 1
         out = bn(mv.tensor(x))
-        assert out._node[0] is BatchNorm  # training mode is one fused node
+        assert out._node.fn is BatchNorm  # training mode is one fused node
         np.testing.assert_allclose(out.data, _bn_reference(x, bn.weight.data, bn.bias.data, 1e-5, axes),
                                    rtol=1e-12, atol=1e-12)
         m = x.size // 3

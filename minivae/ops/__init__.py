@@ -14,6 +14,7 @@ from .reduce import (LogSoftmax, LogSumExp, Max, Mean, Softmax, Sum, log_softmax
                      mean, softmax, sum)
 from .shape import (BroadcastTo, Concatenate, Getitem, Reshape, Stack, Transpose, broadcast_to,
                     concatenate, getitem, reshape, stack, transpose)
+from . import tensor_methods
 from .vae import (BernoulliLogProb, BinaryCrossEntropyWithLogits, GaussianLogProb, KLNormalNormal,
                   KLNormalStd, Reparameterize, ReparameterizeNoise, bernoulli_log_prob,
                   binary_cross_entropy_with_logits, gaussian_log_prob, kl_normal_normal,
@@ -106,3 +107,5 @@ __all__ = [
     "kl_normal_std",
     "reparameterize",
 ]
+
+tensor_methods.install()

@@ -3,8 +3,9 @@
 Each class docstring states the forward formula, the derivative and, where it matters, the
 numerically stable form that is computed. ``g`` is the gradient arriving from the output.
 """
-from ..autograd import Function, Tensor
+from ..autograd import Tensor
 from ..backend import get_array_module
+from ..function import Function
 
 
 class Add(Function):

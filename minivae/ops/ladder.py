@@ -1,6 +1,6 @@
 """The Ladder VAE's precision-weighted combination of two Gaussians as one op (Sonderby et al. 2016)."""
-from ..autograd import Function
 from ..backend import get_array_module
+from ..function import Function
 from .elementwise import _sigmoid
 
 

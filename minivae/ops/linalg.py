@@ -1,6 +1,6 @@
 """Matrix products: matmul, linear (x @ W + b) fused into one node, and linear + ReLU in one node."""
-from ..autograd import Function
 from ..backend import get_array_module
+from ..function import Function
 
 
 def _check_inner(name, a_shape, b_shape):
@@ -82,9 +82,7 @@ class LinearRelu(Function):
     With a = x @ W + b, the gradient reaching a is g * [a > 0] (0 at the kink a = 0, as ``relu``);
     from there the rules of ``linear``: d/dx = g_a @ W^T, d/dW = x^T @ g_a, d/db = sum of g_a over
     rows. The ReLU is applied in place to the product, so the layer allocates one array instead of
-    two and the graph has one node instead of two (``MLP`` uses it for every ReLU layer); in
-    backward the mask is applied in place to g when the engine owns it alone (``grad_owned``),
-    which saves an image-sized allocation per layer (fresh large arrays cost page faults).
+    two and the graph has one node instead of two (``MLP`` uses it for every ReLU layer).
     """
 
     @staticmethod
@@ -98,11 +96,7 @@ class LinearRelu(Function):
     @staticmethod
     def backward(ctx, g):
         x, W = ctx.saved
-        if ctx.grad_owned:  # usually the fresh g @ W^T of the layer above: mask it in place
-            g *= ctx.active
-        else:
-            g = g * ctx.active
-        return _linear_backward(ctx, g, x, W)
+        return _linear_backward(ctx, g * ctx.active, x, W)
 
 
 matmul = Matmul.apply

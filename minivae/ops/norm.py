@@ -1,6 +1,7 @@
 """Normalization: batch normalization over the batch axis (training mode as one fused op)."""
-from ..autograd import Function, Tensor
+from ..autograd import Tensor
 from ..backend import get_array_module
+from ..function import Function
 from .elementwise import add, mul, sub
 
 

@@ -1,6 +1,6 @@
 """Reductions: sum, mean, max, logsumexp, and the softmax family along an axis."""
-from ..autograd import Function
 from ..backend import get_array_module
+from ..function import Function
 
 
 def _axes(axis, ndim):

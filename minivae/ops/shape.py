@@ -2,8 +2,9 @@
 
 They move elements without changing values, so each backward moves the gradient back.
 """
-from ..autograd import Function, Tensor
+from ..autograd import Tensor
 from ..backend import get_array_module
+from ..function import Function
 
 
 class Reshape(Function):

@@ -8,8 +8,8 @@ import math
 
 import numpy as np
 
-from ..autograd import Function
 from ..backend import get_array_module
+from ..function import Function
 from ..random import Generator, Noise
 from .elementwise import _sigmoid, _softplus
 

@@ -1,0 +1,174 @@
+"""Function, the base of every op; its Context; and Node, the record of one op in the graph.
+
+An op is a ``Function`` subclass with two static methods over raw backend arrays (never Tensors):
+
+* ``forward(ctx, *arrays, **params)`` returns one array, or a tuple of arrays for an op with
+  several outputs;
+* ``backward(ctx, *grads)`` receives one upstream gradient per output (``None`` for an output no
+  gradient reached; a one-output op simply writes ``backward(ctx, g)``) and returns one gradient
+  per input: a tuple, or a bare array for one input, ``None`` where an input needs none, each in
+  the broadcast shape (the engine sums it back to the input's shape).
+
+``Function.apply(*inputs, **params)`` runs ``forward`` on tensors and returns one Tensor, or a
+tuple of Tensors (one per output). When some input requires a gradient (and ``no_grad`` is not
+active) it records a ``Node`` that every output tensor points to; ``Tensor.backward`` (in
+``minivae.autograd``) walks those nodes.
+
+This module sits above ``minivae.autograd``: recording a node means making Tensors, so it needs
+the Tensor class, while the engine only reads the fields of the nodes it is given.
+"""
+import weakref
+
+import numpy as np
+
+from .autograd import Tensor, _check_finite, _state, tensor
+from .backend import device_of, get_array_module
+
+
+class Context:
+    """What a Function's forward leaves for its backward.
+
+    ``save(*arrays)`` keeps arrays (read back as ``saved``); any other attribute may be set
+    freely (axes, shapes). ``needs_input_grad`` tells backward which gradients are wanted.
+    """
+    __slots__ = ("saved", "needs_input_grad", "__dict__")
+
+    def save(self, *arrays):
+        """Keep arrays for backward; only what backward needs (e.g. exp keeps its output)."""
+        self.saved = arrays
+
+
+class Node:
+    """One recorded op: ``fn`` (the Function class), ``ctx`` (its Context), ``inputs`` (the input
+    Tensors) and ``outputs`` (weak references to the output Tensors, in order).
+
+    The outputs are weak references so that a tensor and its node never form a reference cycle:
+    an output the caller dropped simply receives no gradient. After a backward pass without
+    ``retain_graph`` the engine sets ``ctx`` to None and ``inputs`` to ``()`` to free memory.
+    """
+    __slots__ = ("fn", "ctx", "inputs", "outputs")
+
+    def __init__(self, fn, ctx, inputs, outputs):
+        self.fn = fn
+        self.ctx = ctx
+        self.inputs = inputs
+        self.outputs = outputs
+
+    def __repr__(self):
+        return f"Node({self.fn.__name__}, {len(self.inputs)} inputs, {len(self.outputs)} outputs)"
+
+
+class Function:
+    """Base of every op: subclasses define ``forward(ctx, *arrays, **params)`` and ``backward(ctx, *grads)``.
+
+    See the module docstring for the contract; ``apply`` is how an op is called on tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, *arrays, **params):
+        """Compute the op's output array (or tuple of arrays) from the input arrays."""
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, *grads):
+        """Return the gradient of the loss with respect to each input, given each output's gradient."""
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **params):
+        """Run the op on tensors (or numbers / arrays, taken as constants) and record the graph node.
+
+        Returns one Tensor, or a tuple of Tensors when ``forward`` returns a tuple of arrays.
+        """
+        tensors = _as_tensors(cls, inputs)
+        ctx = Context()
+        ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
+        arrays = [t.data for t in tensors]
+        anomaly = _state.anomaly
+        if anomaly:
+            _check_finite(cls, "forward input", arrays)
+        try:
+            out = cls.forward(ctx, *arrays, **params)
+        except ValueError as exc:
+            if len(arrays) > 1 and "could not be broadcast" in str(exc):
+                _explain_broadcast(cls, arrays)
+            raise
+        several = type(out) is tuple
+        outs = out if several else (out,)
+        if anomaly:
+            _check_finite(cls, "forward", outs)
+        record = _state.grad_enabled and True in needs
+        results = []
+        for a in outs:
+            if isinstance(a, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
+                a = np.asarray(a)
+            t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
+            t.data, t.grad, t.requires_grad, t._node = a, None, record, None
+            results.append(t)
+        if record:
+            node = Node(cls, ctx, tensors, tuple(map(weakref.ref, results)))
+            for t in results:
+                t._node = node
+        return tuple(results) if several else results[0]
+
+
+def _explain_broadcast(fn, arrays):
+    """Replace NumPy's broadcasting error with one that names the op (when the inputs are at fault)."""
+    shapes = [tuple(a.shape) for a in arrays]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"{fn.__name__}: cannot broadcast shapes "
+                         f"{' and '.join(map(str, shapes))} together") from None
+
+
+def _as_tensors(fn, inputs):
+    """Wrap the inputs of one op as Tensors with one device and one float dtype.
+
+    Python numbers adopt the dtype of the tensor inputs so that ``x * 2`` stays float32; arrays of
+    another float dtype are refused rather than silently up- or down-cast.
+    """
+    # Fast path, the common case: Tensors on the CPU that share one dtype, taken as they are.
+    dtype = None
+    for x in inputs:
+        if type(x) is not Tensor and not isinstance(x, Tensor) or type(x.data) is not np.ndarray \
+                or (dtype is not None and x.data.dtype != dtype):
+            break
+        dtype = x.data.dtype
+    else:
+        return list(inputs)
+    ref = None  # the first float tensor (else the first tensor) sets the dtype and device
+    for x in inputs:
+        if isinstance(x, Tensor):
+            if ref is None:
+                ref = x
+            elif device_of(x.data) != device_of(ref.data):
+                raise RuntimeError(f"{fn.__name__}: inputs are on different devices "
+                                   f"({device_of(ref.data)} and {device_of(x.data)}); move them with .to()")
+            elif x.data.dtype != ref.data.dtype and x.data.dtype.kind == "f":
+                if ref.data.dtype.kind == "f":
+                    raise TypeError(f"{fn.__name__}: cannot mix {ref.dtype} and {x.dtype} tensors; "
+                                    f"convert one with .astype() first")
+                ref = x
+    if ref is None:
+        return [tensor(x) for x in inputs]
+    dtype = ref.data.dtype
+    xp = get_array_module(ref.data)
+    if dtype.kind != "f":  # integer or boolean tensors only: NumPy's own promotion rules apply
+        return [x if isinstance(x, Tensor) else Tensor(xp.asarray(x)) for x in inputs]
+    out = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            # integer and boolean tensors are constants: they take the float dtype, never upcast it
+            out.append(x if x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
+            continue
+        kind = getattr(getattr(x, "dtype", None), "kind", None)
+        # NumPy scalars (np.sqrt(2.0)) are numbers like Python's and adopt the dtype too.
+        if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
+            raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "
+                            f"without a silent cast; convert it first")
+        if kind is not None and device_of(x) != device_of(ref.data):
+            raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
+                               f"{device_of(ref.data)} tensor; move it first")
+        out.append(Tensor(xp.asarray(x, dtype=dtype)))
+    return out
