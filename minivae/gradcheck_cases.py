@@ -301,7 +301,7 @@ CASES = {
         case("none", lambda l, x: F.binary_cross_entropy_with_logits(l, x, reduction="none"),
              U(4, 5, low=-4, high=4), Const(BINARY(4, 5))),
     ],
-    # ---- Ladder VAE (mu_q and logvar_q stacked on a new leading axis) ----
+    # ---- Ladder VAE (two outputs: mu_q and logvar_q) ----
     ladder.PrecisionWeightedMerge: [
         case("same shapes", ladder.precision_weighted_merge, U(4, 3), U(4, 3, low=-3, high=3),
              U(4, 3), U(4, 3, low=-3, high=3)),
@@ -311,6 +311,10 @@ CASES = {
              U(4, 3, low=-8, high=-4), U(4, 3), U(4, 3, low=4, high=8)),
         case("constant prior", ladder.precision_weighted_merge, U(4, 3), U(4, 3),
              Const(U(4, 3)), Const(U(4, 3))),
+        case("mu_q only (no gradient reaches logvar_q)", lambda *a: ladder.precision_weighted_merge(*a)[0],
+             U(4, 3), U(4, 3), U(4, 3), U(4, 3)),
+        case("logvar_q only (no gradient reaches mu_q)", lambda *a: ladder.precision_weighted_merge(*a)[1],
+             U(4, 3), U(4, 3), U(4, 3), U(4, 3)),
     ],
 }
 

@@ -9,7 +9,7 @@ import minivae as mv
 from minivae import nn
 from minivae.gradcheck import check_float32, gradcheck
 from minivae.models import LadderVAE, build_model
-from minivae.ops.ladder import PrecisionWeightedMerge, precision_weighted, precision_weighted_merge
+from minivae.ops.ladder import PrecisionWeightedMerge, precision_weighted_merge
 from minivae.random import Generator
 from minivae.train import METRICS, Trainer
 
@@ -23,7 +23,7 @@ def closed_form(mu_hat, var_hat, mu_p, var_p):
 def test_merge_matches_the_closed_form(rng):
     mu_hat, mu_p = rng.normal(0, 2, (2, 5, 4))
     logvar_hat, logvar_p = rng.uniform(-4, 4, (2, 5, 4))
-    mu_q, logvar_q = precision_weighted(*(mv.tensor(a) for a in (mu_hat, logvar_hat, mu_p, logvar_p)))
+    mu_q, logvar_q = precision_weighted_merge(*(mv.tensor(a) for a in (mu_hat, logvar_hat, mu_p, logvar_p)))
     mu_ref, var_ref = closed_form(mu_hat, np.exp(logvar_hat), mu_p, np.exp(logvar_p))
     np.testing.assert_allclose(mu_q.data, mu_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.exp(logvar_q.data), var_ref, rtol=1e-12)
@@ -31,19 +31,19 @@ def test_merge_matches_the_closed_form(rng):
 
 def test_merge_special_cases():
     # Equal variances: the mean is the average and the variance halves.
-    mu_q, logvar_q = precision_weighted(*(mv.tensor(np.array([v])) for v in (1.0, 0.3, 3.0, 0.3)))
+    mu_q, logvar_q = precision_weighted_merge(*(mv.tensor(np.array([v])) for v in (1.0, 0.3, 3.0, 0.3)))
     np.testing.assert_allclose([mu_q.item(), logvar_q.item()], [2.0, 0.3 - np.log(2)], rtol=1e-14)
     # A far more precise bottom-up estimate wins, without overflow (log-variances of +-300).
-    mu_q, logvar_q = precision_weighted(*(mv.tensor(np.array([v])) for v in (1.0, -300.0, 3.0, 300.0)))
+    mu_q, logvar_q = precision_weighted_merge(*(mv.tensor(np.array([v])) for v in (1.0, -300.0, 3.0, 300.0)))
     assert mu_q.item() == 1.0 and logvar_q.item() == -300.0
 
 
 def test_merge_broadcasts_bottom_up_against_samples(rng):
     mu_hat, logvar_hat = (mv.tensor(rng.normal(size=(3, 4)), requires_grad=True) for _ in range(2))
     mu_p, logvar_p = (mv.tensor(rng.normal(size=(5, 3, 4)), requires_grad=True) for _ in range(2))
-    out = precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p)
-    assert out.shape == (2, 5, 3, 4)
-    (out * mv.tensor(rng.normal(size=out.shape))).sum().backward()
+    mu_q, logvar_q = precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p)
+    assert mu_q.shape == logvar_q.shape == (5, 3, 4)
+    (mu_q * mv.tensor(rng.normal(size=mu_q.shape)) + logvar_q * mv.tensor(rng.normal(size=mu_q.shape))).sum().backward()
     assert mu_hat.grad.shape == (3, 4) and mu_p.grad.shape == (5, 3, 4)
     assert gradcheck(precision_weighted_merge, mu_hat, logvar_hat, mu_p, logvar_p)
 
@@ -53,7 +53,7 @@ def test_merge_gradcheck(rng, scale):
     inputs = [mv.tensor(rng.uniform(-scale, scale, (4, 3)), requires_grad=True) for _ in range(4)]
     assert gradcheck(precision_weighted_merge, *inputs)
     assert check_float32(precision_weighted_merge, *inputs)
-    assert gradcheck(lambda *a: precision_weighted(*a)[0] * precision_weighted(*a)[1], *inputs)
+    assert gradcheck(lambda *a: precision_weighted_merge(*a)[0] * precision_weighted_merge(*a)[1], *inputs)
 
 
 def small_ladder(layers=3, **kw):
@@ -143,8 +143,8 @@ def test_ladder_trains_with_warm_up_from_the_trainer(tmp_path):
 
 
 def test_merge_is_one_op_in_the_graph():
-    out = precision_weighted_merge(*(mv.tensor(np.ones(2), requires_grad=True) for _ in range(4)))
-    assert out._node.fn is PrecisionWeightedMerge
+    mu_q, logvar_q = precision_weighted_merge(*(mv.tensor(np.ones(2), requires_grad=True) for _ in range(4)))
+    assert mu_q._node is logvar_q._node and mu_q._node.fn is PrecisionWeightedMerge
 
 
 def test_sampling_uses_running_statistics_and_leaves_them_alone():

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..ops.ladder import precision_weighted
+from ..ops.ladder import precision_weighted_merge
 from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 
 PAPER_Z_DIMS = (64, 32, 16, 8, 4)
@@ -37,7 +37,7 @@ def top_down(bottom_up, prior, noise, shape):
     top; the top one is q(z_L | .) itself, and z_L is drawn from it with shape ``shape`` (e.g.
     (k, B, d_L) for k draws). Then for l = L-1 ... 1 (0-based l = L-2 ... 0) ``prior(l, z_above)``
     gives (mu_p, logvar_p) of p(z_l | z_{l+1}), the posterior is their precision-weighted
-    combination q(z_l | .) = precision_weighted(bottom_up[l], p_l), and z_l is drawn from it.
+    combination q(z_l | .) = precision_weighted_merge(bottom_up[l], p_l), and z_l is drawn from it.
     The estimates broadcast against the samples: a (B, d) estimate merges with a (k, B, d)
     prior. Returns (zs, q, p), each bottom to top; the top layer's p is None (the model's prior
     for it, N(0, I), has no parameters). Shared by the Ladder VAE and the Ladder M2.
@@ -46,7 +46,7 @@ def top_down(bottom_up, prior, noise, shape):
     zs = [F.reparameterize(*q[0], noise, shape=shape)]
     for l in reversed(range(len(bottom_up) - 1)):
         p.insert(0, prior(l, zs[0]))
-        q.insert(0, precision_weighted(*bottom_up[l], *p[0]))
+        q.insert(0, precision_weighted_merge(*bottom_up[l], *p[0]))
         zs.insert(0, F.reparameterize(*q[0], noise))
     return zs, q, p
 

@@ -8,7 +8,7 @@ from .elementwise import (Abs, Add, Clip, Div, Elu, Exp, LeakyRelu, Log, LogSigm
                           div, elu, exp, leaky_relu, log, log_sigmoid, mul, neg, pow, relu,
                           sigmoid, softplus, sqrt, sub, tanh, where)
 from .linalg import Linear, LinearRelu, Matmul, linear, linear_relu, matmul
-from .ladder import PrecisionWeightedMerge, precision_weighted
+from .ladder import PrecisionWeightedMerge, precision_weighted_merge
 from .norm import BatchNorm, batch_norm
 from .reduce import (LogSoftmax, LogSumExp, Max, Mean, Softmax, Sum, log_softmax, logsumexp, max,
                      mean, softmax, sum)
@@ -22,7 +22,7 @@ from .vae import (BernoulliLogProb, BinaryCrossEntropyWithLogits, GaussianLogPro
 
 __all__ = [
     "PrecisionWeightedMerge",
-    "precision_weighted",
+    "precision_weighted_merge",
     "BatchNorm",
     "batch_norm",
     "Abs",

@@ -5,7 +5,7 @@ from .elementwise import _sigmoid
 
 
 class PrecisionWeightedMerge(Function):
-    """precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p) = stack([mu_q, logvar_q]): the
+    """precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p) = (mu_q, logvar_q): the
     Ladder VAE's posterior at a layer, the bottom-up estimate N(mu_hat, var_hat) and the top-down
     prior N(mu_p, var_p) combined by precision weighting (the normalized product of the densities):
 
@@ -17,14 +17,13 @@ class PrecisionWeightedMerge(Function):
         w_hat = var_q / var_hat = sigmoid(c - a),    w_p = var_q / var_p = sigmoid(a - c),
         mu_q = w_hat mu_hat + w_p mu_p,              logvar_q = -logaddexp(-a, -c).
 
-    The inputs broadcast (bottom-up (B, D) against top-down (S, B, D) for S samples); the two
-    results are stacked on a new leading axis, shape (2, *broadcast shape), so the op is one node:
-    index it with ``out[0]`` and ``out[1]`` (``precision_weighted`` does).
+    The inputs broadcast (bottom-up (B, D) against top-down (S, B, D) for S samples); both
+    outputs have the broadcast shape of all four inputs.
 
     Derivatives, with d = mu_hat - mu_p and d/da w_hat = -w_hat w_p (logvar_q does not depend on
     the means): d/dmu_hat mu_q = w_hat, d/dmu_p mu_q = w_p, d/da mu_q = -w_hat w_p d,
     d/dc mu_q = w_hat w_p d, d/da logvar_q = w_hat, d/dc logvar_q = w_p. With the upstream
-    gradients (g_mu, g_lv) of the two outputs:
+    gradients (g_mu, g_lv) of the two outputs (0 for an output no gradient reached):
     grad mu_hat = g_mu w_hat, grad mu_p = g_mu w_p, grad a = w_hat (g_lv - g_mu w_p d),
     grad c = w_p (g_lv + g_mu w_hat d).
 
@@ -40,14 +39,18 @@ class PrecisionWeightedMerge(Function):
         d = mu_hat - mu_p
         mu_q = mu_p + w_hat * d
         logvar_q = -xp.logaddexp(-logvar_hat, -logvar_p)
-        mu_q, logvar_q = xp.broadcast_arrays(mu_q, logvar_q)
+        if logvar_q.shape != mu_q.shape:  # the means may broadcast further than the variances
+            logvar_q = xp.broadcast_to(logvar_q, mu_q.shape).copy()
         ctx.save(w_hat, w_p, d)
-        return xp.stack([mu_q, logvar_q])
+        return mu_q, logvar_q
 
     @staticmethod
-    def backward(ctx, g):
+    def backward(ctx, g_mu, g_lv):
         w_hat, w_p, d = ctx.saved
-        g_mu, g_lv = g[0], g[1]
+        if g_mu is None:
+            g_mu = get_array_module(g_lv).zeros_like(g_lv)
+        if g_lv is None:
+            g_lv = get_array_module(g_mu).zeros_like(g_mu)
         need = ctx.needs_input_grad
         cross = g_mu * d  # shared by both log-variance gradients
         return (g_mu * w_hat if need[0] else None,
@@ -57,9 +60,3 @@ class PrecisionWeightedMerge(Function):
 
 
 precision_weighted_merge = PrecisionWeightedMerge.apply
-
-
-def precision_weighted(mu_hat, logvar_hat, mu_p, logvar_p):
-    """(mu_q, logvar_q) of the precision-weighted combination (see ``PrecisionWeightedMerge``)."""
-    out = PrecisionWeightedMerge.apply(mu_hat, logvar_hat, mu_p, logvar_p)
-    return out[0], out[1]
