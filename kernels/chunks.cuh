@@ -8,12 +8,11 @@
 // Neighbouring threads own neighbouring chunks, so a warp reads 32 x 16 contiguous bytes per
 // input (one 16-byte vector load per thread where the chunk is whole and aligned).
 //
-// Flat kernels (random.cu, reparam.cu) run these over the chunks of n elements. Row kernels
-// (kl.cu, fused.cu) give each row of a C-contiguous (B, D) array a group of G threads that
-// take the row's chunks c_begin + tx, c_begin + tx + G, ... and mask the elements outside the
-// row (the chunks that straddle two rows are computed by both), then sum the group's KL terms.
-// tests/host_shim.cpp replays the same loops on the host, calling these very functions, so the
-// indexing (every element written once, rows masked) is tested without a GPU.
+// Flat kernels (random.cu, reparam.cu, and the backward passes of kl.cu, fused.cu) run these
+// over the chunks of n elements; the forward row kernels run them over tiles of whole rows
+// (see "row kernels" below). tests/host_shim.cpp replays the same loops on the host, calling
+// these very functions, so the indexing (every element written once, rows and tiles masked,
+// the order of the row sums) is tested without a GPU.
 #ifndef MINIVAE_CHUNKS_CUH
 #define MINIVAE_CHUNKS_CUH
 
@@ -123,78 +122,123 @@ MV_HD void mv_chunk_reparam_bwd(mv_i64 c, mv_i64 n, mv_u64 seed, mv_u64 offset, 
 }
 
 // ---------------------------------------------------------------- row kernels ((B, D) arrays)
-// Row b holds elements [b*D, b*D + D), which lie in chunks [(b*D) / 4, (b*D + D - 1) / 4].
-struct mv_row_span {
-    mv_i64 e_begin, e_end;  // elements [e_begin, e_end)
-    mv_i64 c_begin, c_last; // chunks [c_begin, c_last]
+// Row b of a C-contiguous (B, D) array holds elements [b*D, b*D + D).
+//
+// Backward passes need no reduction: they run flat over the chunks like the kernels above, each
+// element e taking its row's upstream gkl[e / D] (one division per chunk).
+//
+// Forward passes sum each row's KL terms. They work on tiles: a tile is R whole rows (or, for
+// rows longer than MV_TILE elements, one MV_TILE-long segment of one row), at most MV_TILE
+// elements. The block (a) computes the tile's chunks flat, one chunk per thread, writing z and
+// parking each element's KL term in shared memory at its position in the tile, then (b) sums
+// each row's terms in a FIXED order (mv_segment_sum below): kl = segment sums added in segment
+// order, each segment summed by P "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to
+// right -- whose P partials are then added pairwise by a halving tree (lane i += lane i + P/2,
+// then + P/4, ... 1). R is chosen so that R*D is a multiple of 4: then every tile starts on a
+// chunk boundary, and its chunks are whole, aligned 16-byte vector loads and stores.
+// The result is deterministic (no atomics) and is the same on the host replay, which calls
+// mv_segment_sum itself.
+#define MV_TILE 2048
+
+struct mv_row_tiling {
+    mv_i64 rows;  // R: rows per tile (1 when a row is longer than MV_TILE)
+    int lanes;    // P: the lanes summing one row segment, a power of two in [1, 32]
 };
-MV_HD mv_row_span mv_row_span_of(mv_i64 row, mv_i64 D) {
-    mv_row_span s;
-    s.e_begin = row * D;
-    s.e_end = s.e_begin + D;
-    s.c_begin = s.e_begin >> 2;
-    s.c_last = (s.e_end - 1) >> 2;
-    return s;
+MV_HD mv_row_tiling mv_row_tiling_of(mv_i64 D) {
+    mv_row_tiling t;
+    // the smallest m with m*D a multiple of 4: 4 / gcd(D, 4)
+    const mv_i64 m = (D % 4 == 0) ? 1 : ((D % 2 == 0) ? 2 : 4);
+    t.rows = (MV_TILE / (m * D)) * m;
+    if (t.rows < 1) t.rows = 1;
+    const mv_i64 seg = D < MV_TILE ? D : MV_TILE;
+    int p = 1;
+    while (p < 32 && 8 * p < seg) p *= 2;  // about 8 terms or fewer per lane
+    t.lanes = p;
+    return t;
 }
 
-// Fused forward of chunk c of row s: z for its elements in the row; returns their KL terms' sum.
+// Lane p's partial of the terms [0, n) of a segment: terms p, p + P, ... added left to right.
 template <typename T>
-MV_HD T mv_chunk_fused_fwd(mv_i64 c, mv_row_span s, mv_u64 seed, mv_u64 offset, mv_u32 stream,
-                           const T* mu, const T* logvar, T* z) {
-    T m[4], lv[4], eps[4];
-    mv_load4<T>(mu, c, s.e_begin, s.e_end, m);
-    mv_load4<T>(logvar, c, s.e_begin, s.e_end, lv);
-    mv_normal4<T>(mv_philox_block((mv_u64)c, seed, offset, stream), eps);
+MV_HD T mv_lane_partial(const T* terms, mv_i64 n, int p, int P) {
     T acc = T(0);
-    for (int k = 0; k < 4; ++k) {
-        acc += mv_kl_term<T>(m[k], lv[k]);  // exactly 0 for the masked (zero) elements
-        m[k] = mv_reparam<T>(m[k], lv[k], eps[k]);
-    }
-    mv_store4<T>(z, c, s.e_begin, s.e_end, m);
+    for (mv_i64 j = p; j < n; j += P) acc += terms[j];
     return acc;
 }
+// The whole fixed-order sum of one segment, sequentially (the host replay's: the halving tree
+// over an array, in the order the device's shuffle-down tree, mv_lane_tree, adds).
+template <typename T>
+MV_HD T mv_segment_sum(const T* terms, mv_i64 n, int P) {
+    T part[32];
+    for (int p = 0; p < P; ++p) part[p] = mv_lane_partial<T>(terms, n, p, P);
+    for (int o = P / 2; o > 0; o /= 2)
+        for (int i = 0; i < o; ++i) part[i] += part[i + o];
+    return part[0];
+}
 
-// Fused backward of chunk c of row s, with upstream dz (B, D) and g, the row's gkl:
+// Forward of chunk c inside the tile [lo, hi): KL terms of its elements in the tile into
+// terms[e - lo] (the other elements are left alone), and with fuse, z = mu + exp(logvar/2) eps.
+template <typename T, bool fuse>
+MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 offset,
+                            mv_u32 stream, const T* mu, const T* logvar, T* z, T* terms) {
+    T m[4], lv[4], eps[4];
+    mv_load4<T>(mu, c, lo, hi, m);
+    mv_load4<T>(logvar, c, lo, hi, lv);
+    if (fuse) mv_normal4<T>(mv_philox_block((mv_u64)c, seed, offset, stream), eps);
+    for (int k = 0; k < 4; ++k) {
+        const mv_i64 e = 4 * c + k;
+        if (e >= lo && e < hi) terms[e - lo] = mv_kl_term<T>(m[k], lv[k]);
+        if (fuse) m[k] = mv_reparam<T>(m[k], lv[k], eps[k]);
+    }
+    if (fuse) mv_store4<T>(z, c, lo, hi, m);
+}
+
+// The upstream gkl of the four elements of chunk c (0 past n, and everywhere when gkl is null).
+template <typename T>
+MV_HD void mv_row_upstream4(const T* gkl, mv_i64 c, mv_i64 n, mv_i64 D, T g[4]) {
+    const mv_i64 e0 = 4 * c;
+    // one division per chunk, in 32 bits when it fits (a 64-bit division is a long subroutine)
+    mv_i64 row = (e0 < 0x7fffffffLL && D < 0x7fffffffLL) ? (mv_i64)((mv_u32)e0 / (mv_u32)D) : e0 / D;
+    mv_i64 next = (row + 1) * D;
+    for (int k = 0; k < 4; ++k) {
+        const mv_i64 e = 4 * c + k;
+        while (e >= next) { ++row; next += D; }  // D < 4: a chunk can span several rows
+        g[k] = (gkl && e < n) ? gkl[row] : T(0);
+    }
+}
+
+// Fused backward of chunk c of the n = B*D elements, upstream dz and gkl (B,) (may be null):
 //   dmu = dz + g * mu,   dlogvar = dz * eps * exp(logvar / 2) / 2 + g * (exp(logvar) - 1) / 2.
 template <typename T>
-MV_HD void mv_chunk_fused_bwd(mv_i64 c, mv_row_span s, mv_u64 seed, mv_u64 offset, mv_u32 stream,
-                              const T* dz, T g, const T* mu, const T* logvar, T* dmu, T* dlogvar) {
-    T d[4], m[4], lv[4], eps[4];
-    mv_load4<T>(dz, c, s.e_begin, s.e_end, d);
-    mv_load4<T>(mu, c, s.e_begin, s.e_end, m);
-    mv_load4<T>(logvar, c, s.e_begin, s.e_end, lv);
+MV_HD void mv_chunk_fused_bwd(mv_i64 c, mv_i64 n, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream,
+                              const T* dz, const T* gkl, const T* mu, const T* logvar, T* dmu, T* dlogvar) {
+    T d[4], m[4], lv[4], eps[4], g[4];
+    mv_load4<T>(dz, c, 0, n, d);
+    mv_load4<T>(mu, c, 0, n, m);
+    mv_load4<T>(logvar, c, 0, n, lv);
+    mv_row_upstream4<T>(gkl, c, n, D, g);
     mv_normal4<T>(mv_philox_block((mv_u64)c, seed, offset, stream), eps);
     for (int k = 0; k < 4; ++k) {
-        m[k] = d[k] + mv_kl_dmu<T>(g, m[k]);
-        lv[k] = mv_reparam_dlogvar<T>(d[k], lv[k], eps[k]) + mv_kl_dlogvar<T>(g, lv[k]);
+        m[k] = d[k] + mv_kl_dmu<T>(g[k], m[k]);
+        lv[k] = mv_reparam_dlogvar<T>(d[k], lv[k], eps[k]) + mv_kl_dlogvar<T>(g[k], lv[k]);
     }
-    mv_store4<T>(dmu, c, s.e_begin, s.e_end, m);
-    mv_store4<T>(dlogvar, c, s.e_begin, s.e_end, lv);
+    mv_store4<T>(dmu, c, 0, n, m);
+    mv_store4<T>(dlogvar, c, 0, n, lv);
 }
 
-// KL alone: the KL terms' sum of chunk c's elements in row s, and its backward.
+// KL backward alone of chunk c: dmu = g * mu, dlogvar = g * (exp(logvar) - 1) / 2.
 template <typename T>
-MV_HD T mv_chunk_kl(mv_i64 c, mv_row_span s, const T* mu, const T* logvar) {
-    T m[4], lv[4];
-    mv_load4<T>(mu, c, s.e_begin, s.e_end, m);
-    mv_load4<T>(logvar, c, s.e_begin, s.e_end, lv);
-    T acc = T(0);
-    for (int k = 0; k < 4; ++k) acc += mv_kl_term<T>(m[k], lv[k]);
-    return acc;
-}
-
-template <typename T>
-MV_HD void mv_chunk_kl_bwd(mv_i64 c, mv_row_span s, T g, const T* mu, const T* logvar, T* dmu,
-                           T* dlogvar) {
-    T m[4], lv[4];
-    mv_load4<T>(mu, c, s.e_begin, s.e_end, m);
-    mv_load4<T>(logvar, c, s.e_begin, s.e_end, lv);
+MV_HD void mv_chunk_kl_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* gkl, const T* mu, const T* logvar,
+                           T* dmu, T* dlogvar) {
+    T m[4], lv[4], g[4];
+    mv_load4<T>(mu, c, 0, n, m);
+    mv_load4<T>(logvar, c, 0, n, lv);
+    mv_row_upstream4<T>(gkl, c, n, D, g);
     for (int k = 0; k < 4; ++k) {
-        m[k] = mv_kl_dmu<T>(g, m[k]);
-        lv[k] = mv_kl_dlogvar<T>(g, lv[k]);
+        m[k] = mv_kl_dmu<T>(g[k], m[k]);
+        lv[k] = mv_kl_dlogvar<T>(g[k], lv[k]);
     }
-    mv_store4<T>(dmu, c, s.e_begin, s.e_end, m);
-    mv_store4<T>(dlogvar, c, s.e_begin, s.e_end, lv);
+    mv_store4<T>(dmu, c, 0, n, m);
+    mv_store4<T>(dlogvar, c, 0, n, lv);
 }
 
 #endif  // MINIVAE_CHUNKS_CUH

@@ -1,9 +1,5 @@
 // Device-only helpers of the kernels (never compiled for the host): the block size, the
-// grid-stride loops and the reduction of a thread group's partial sums. A "group" is the
-// G = blockDim.x threads of one row (threadIdx.y picks the row inside the block); G is a
-// power of two in [8, 256] and G * blockDim.y == MV_BLOCK, so a warp never straddles two
-// groups unevenly: for G < 32 a warp holds 32 / G whole groups, for G >= 32 a group holds
-// G / 32 whole warps.
+// grid-stride loop of the flat kernels and the tiled forward pass of the row kernels.
 #ifndef MINIVAE_DEVICE_CUH
 #define MINIVAE_DEVICE_CUH
 
@@ -16,30 +12,61 @@
     for (mv_i64 c = (mv_i64)blockIdx.x * blockDim.x + threadIdx.x; c < (nchunks);      \
          c += (mv_i64)gridDim.x * blockDim.x)
 
-// The rows of a row kernel's block (launch (G, MV_BLOCK / G)): row = row0 + threadIdx.y, with
-// every thread of the block running the same number of iterations (the group sums contain
-// barriers when G > 32), so the rows past B are inactive rather than skipped.
-#define MV_FOR_ROW_BLOCKS(row0, B)                                                      \
-    for (mv_i64 row0 = (mv_i64)blockIdx.x * blockDim.y; row0 < (B);                     \
-         row0 += (mv_i64)gridDim.x * blockDim.y)
-
-// Sum of v over the thread group of threadIdx.y; the result is valid in threadIdx.x == 0.
-// Must be reached by every thread of the block (it contains barriers when G > 32).
-// Fixed reduction tree: the result is the same from run to run.
+// Sum of the P partials of a lane group (P a power of two <= 32, groups aligned in the warp):
+// the halving tree of chunks.cuh (lane i += lane i + o, o = P/2 ... 1); valid in lane 0.
+// Every lane of the warp must call it.
 template <typename T>
-__device__ __forceinline__ T mv_group_sum(T v, int G, T* red) {
-    const int tx = threadIdx.x, ty = threadIdx.y;
-    const int w = G < 32 ? G : 32;
-    for (int o = w >> 1; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o, w);
-    if (G <= 32) return v;
-    const int nw = G >> 5;
-    __syncthreads();  // red may still be read from the previous call
-    if ((tx & 31) == 0) red[ty * nw + (tx >> 5)] = v;
-    __syncthreads();
-    T s = T(0);
-    if (tx == 0)
-        for (int i = 0; i < nw; ++i) s += red[ty * nw + i];
-    return s;
+__device__ __forceinline__ T mv_lane_tree(T v, int P) {
+    for (int o = P >> 1; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o, P);
+    return v;
+}
+
+// The forward of a row kernel over C-contiguous (B, D) arrays (block (MV_BLOCK, 1, 1), any
+// grid): kl[b] = sum of row b's KL terms in the order of chunks.cuh, and with fuse also
+// z = mu + exp(logvar / 2) * eps. Each block takes tiles (R rows, or one segment of a long row)
+// in a grid-stride loop: (a) the tile's chunks flat, one per thread, terms parked in shared
+// memory; (b) P lanes per row segment sum them. Loads and stores are whole 16-byte vectors
+// where the tile starts on a chunk boundary (see mv_row_tiling_of).
+template <typename T, bool fuse>
+__device__ __forceinline__ void mv_row_fwd_tiles(const T* __restrict__ mu, const T* __restrict__ logvar,
+                                                 T* __restrict__ z, T* __restrict__ kl, mv_i64 B, mv_i64 D,
+                                                 mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    __shared__ T terms[MV_TILE];
+    const mv_row_tiling t = mv_row_tiling_of(D);
+    const int P = t.lanes, tid = threadIdx.x, lane = tid & (P - 1), group = tid / P;
+    const int groups = MV_BLOCK / P;
+    const mv_i64 ntiles = (B + t.rows - 1) / t.rows;
+    for (mv_i64 tile = blockIdx.x; tile < ntiles; tile += gridDim.x) {
+        const mv_i64 r0 = tile * t.rows;
+        const mv_i64 r1 = r0 + t.rows < B ? r0 + t.rows : B;
+        T carry = T(0);  // the row's sum over its earlier segments (one-row tiles only)
+        for (mv_i64 lo = r0 * D; lo < r1 * D; lo += MV_TILE) {
+            const mv_i64 hi = lo + MV_TILE < r1 * D ? lo + MV_TILE : r1 * D;
+            for (mv_i64 c = (lo >> 2) + tid; c <= (hi - 1) >> 2; c += MV_BLOCK)
+                mv_chunk_row_fwd<T, fuse>(c, lo, hi, seed, offset, stream, mu, logvar, z, terms);
+            __syncthreads();
+            // rows [r0, r1) meet this segment in [max(lo, row*D), min(hi, row*D + D))
+            for (mv_i64 base = r0; base < r1; base += groups) {  // the same trip count in every lane
+                const mv_i64 row = base + group;
+                T v = T(0);
+                mv_i64 a = 0, b = 0;
+                if (row < r1) {
+                    a = row * D > lo ? row * D : lo;
+                    b = row * D + D < hi ? row * D + D : hi;
+                    v = mv_lane_partial<T>(terms + (a - lo), b - a, lane, P);
+                }
+                v = mv_lane_tree<T>(v, P);
+                if (row < r1 && lane == 0) {
+                    carry += v;
+                    if (b == row * D + D) {  // the row's last segment
+                        kl[row] = carry;
+                        carry = T(0);
+                    }
+                }
+            }
+            __syncthreads();  // terms is overwritten by the next segment
+        }
+    }
 }
 
 #endif  // MINIVAE_DEVICE_CUH

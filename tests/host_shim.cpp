@@ -3,9 +3,8 @@
 //
 // Besides the per-element functions, it replays each kernel's thread loops sequentially with the
 // very per-chunk functions of kernels/chunks.cuh the GPU runs: every chunk of a flat array, and
-// for a row kernel the chunks c_begin + tx, c_begin + tx + G, ... of thread tx = 0 .. G-1 of the
-// row's group. Group sums are added left to right here (a tree on the GPU), so they agree to
-// rounding only.
+// for a forward row kernel every tile (its chunks, then its row sums in the device's fixed
+// order, mv_segment_sum), so the row sums are the device's bit for bit, not only to rounding.
 //
 // Build: g++ -O2 -std=c++14 -shared -fPIC -I kernels tests/host_shim.cpp -o libshim.so
 // (no -ffast-math: the host and device builds must round the same way).
@@ -16,7 +15,14 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 2; }
+SHIM int shim_abi_version() { return 3; }
+
+// ---- the tiling of the forward row kernels (rows per tile, lanes per row segment) ----------
+SHIM void shim_row_tiling(mv_i64 D, mv_i64* rows, int* lanes) {
+    const mv_row_tiling t = mv_row_tiling_of(D);
+    *rows = t.rows;
+    *lanes = t.lanes;
+}
 
 // ---- Philox -------------------------------------------------------------------------------
 SHIM void shim_philox4x32(const mv_u32* ctr, const mv_u32* key, mv_u32* out, mv_i64 n, int rounds) {
@@ -81,56 +87,41 @@ static void replay_reparam_bwd(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 
     for (mv_i64 c = 0; c < mv_nchunks(n); ++c)
         mv_chunk_reparam_bwd<T>(c, n, seed, offset, stream, dz, lv, dmu, dlv);
 }
-// A row kernel's group: visit(tx, c) for every chunk c of thread tx, threads in order.
-template <typename Visit>
-static void replay_row_group(mv_row_span s, int G, Visit visit) {
-    for (int tx = 0; tx < G; ++tx)
-        for (mv_i64 c = s.c_begin + tx; c <= s.c_last; c += G) visit(tx, c);
-}
-template <typename T>
-static T group_sum(const std::vector<T>& part) {
-    T acc = T(0);
-    for (T v : part) acc += v;
-    return acc;
-}
-template <typename T>
-static void replay_kl_fwd(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D, int G) {
-    for (mv_i64 row = 0; row < B; ++row) {
-        mv_row_span s = mv_row_span_of(row, D);
-        std::vector<T> part(G, T(0));
-        replay_row_group(s, G, [&](int tx, mv_i64 c) { part[tx] += mv_chunk_kl<T>(c, s, mu, lv); });
-        kl[row] = group_sum(part);
+// A forward row kernel: its tiles in order, each one's chunks then its row-segment sums in the
+// order of the device (mv_segment_sum), segments of a row added in order.
+template <typename T, bool fuse>
+static void replay_row_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
+                           mv_u64 offset, mv_u32 stream) {
+    const mv_row_tiling t = mv_row_tiling_of(D);
+    std::vector<T> terms(MV_TILE);
+    for (mv_i64 r0 = 0; r0 < B; r0 += t.rows) {
+        const mv_i64 r1 = r0 + t.rows < B ? r0 + t.rows : B;
+        T carry = T(0);
+        for (mv_i64 lo = r0 * D; lo < r1 * D; lo += MV_TILE) {
+            const mv_i64 hi = lo + MV_TILE < r1 * D ? lo + MV_TILE : r1 * D;
+            for (mv_i64 c = lo >> 2; c <= (hi - 1) >> 2; ++c)
+                mv_chunk_row_fwd<T, fuse>(c, lo, hi, seed, offset, stream, mu, lv, z, terms.data());
+            for (mv_i64 row = r0; row < r1; ++row) {
+                const mv_i64 a = row * D > lo ? row * D : lo, b = row * D + D < hi ? row * D + D : hi;
+                if (a >= b) continue;
+                carry += mv_segment_sum<T>(terms.data() + (a - lo), b - a, t.lanes);
+                if (b == row * D + D) {
+                    kl[row] = carry;
+                    carry = T(0);
+                }
+            }
+        }
     }
 }
 template <typename T>
-static void replay_kl_bwd(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D, int G) {
-    for (mv_i64 row = 0; row < B; ++row) {
-        mv_row_span s = mv_row_span_of(row, D);
-        replay_row_group(s, G, [&](int, mv_i64 c) { mv_chunk_kl_bwd<T>(c, s, gkl[row], mu, lv, dmu, dlv); });
-    }
-}
-template <typename T>
-static void replay_reparam_kl_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,
-                                  mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
-    for (mv_i64 row = 0; row < B; ++row) {
-        mv_row_span s = mv_row_span_of(row, D);
-        std::vector<T> part(G, T(0));
-        replay_row_group(s, G, [&](int tx, mv_i64 c) {
-            part[tx] += mv_chunk_fused_fwd<T>(c, s, seed, offset, stream, mu, lv, z);
-        });
-        kl[row] = group_sum(part);
-    }
+static void replay_kl_bwd(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {
+    for (mv_i64 c = 0; c < mv_nchunks(B * D); ++c) mv_chunk_kl_bwd<T>(c, B * D, D, gkl, mu, lv, dmu, dlv);
 }
 template <typename T>
 static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv,
-                                  mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {
-    for (mv_i64 row = 0; row < B; ++row) {
-        mv_row_span s = mv_row_span_of(row, D);
-        T g = gkl ? gkl[row] : T(0);
-        replay_row_group(s, G, [&](int, mv_i64 c) {
-            mv_chunk_fused_bwd<T>(c, s, seed, offset, stream, dz, g, mu, lv, dmu, dlv);
-        });
-    }
+                                  mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+    for (mv_i64 c = 0; c < mv_nchunks(B * D); ++c)
+        mv_chunk_fused_bwd<T>(c, B * D, D, seed, offset, stream, dz, gkl, mu, lv, dmu, dlv);
 }
 
 template <typename T>
@@ -162,22 +153,22 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
                                      mv_u64 offset, mv_u32 stream) {                                         \
         replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, offset, stream);                                    \
     }                                                                                                        \
-    SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D, int G) {               \
-        replay_kl_fwd<T>(mu, lv, kl, B, D, G);                                                               \
+    SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D) {                      \
+        replay_row_fwd<T, false>(mu, lv, nullptr, kl, B, D, 0, 0, 0);                                        \
     }                                                                                                        \
-    SHIM void shim_kl_bwd_##SFX(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D, \
-                                int G) {                                                                     \
-        replay_kl_bwd<T>(gkl, mu, lv, dmu, dlv, B, D, G);                                                    \
+    SHIM void shim_kl_bwd_##SFX(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {\
+        replay_kl_bwd<T>(gkl, mu, lv, dmu, dlv, B, D);                                                       \
     }                                                                                                        \
     SHIM void shim_reparam_kl_fwd_##SFX(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,          \
-                                        mv_u64 seed, mv_u64 offset, mv_u32 stream, int G) {                  \
-        replay_reparam_kl_fwd<T>(mu, lv, z, kl, B, D, seed, offset, stream, G);                              \
+                                        mv_u64 seed, mv_u64 offset, mv_u32 stream) {                         \
+        replay_row_fwd<T, true>(mu, lv, z, kl, B, D, seed, offset, stream);                                  \
     }                                                                                                        \
     SHIM void shim_reparam_kl_bwd_##SFX(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu,        \
                                         T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
-                                        mv_u32 stream, int G) {                                              \
-        replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream, G);                  \
-    }
+                                        mv_u32 stream) {                                                     \
+        replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream);                     \
+    }                                                                                                        \
+    SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 
 #define SHIM_ADAM(T, SFX)                                                                                    \
     SHIM void shim_adam_##SFX(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, T b1, T one_minus_b1, T b2,   \

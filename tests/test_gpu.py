@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minivae.random as mr
-from test_kernels import ADAM_IDS, ADAM_SETTINGS, adam_case, assert_same_adam_state
+from test_kernels import ADAM_IDS, ADAM_SETTINGS, _documented_row_sum, adam_case, assert_same_adam_state
 
 pytestmark = pytest.mark.gpu
 
@@ -75,7 +75,8 @@ def test_normal_large_draw_statistics_and_ulps():
 
 
 # ------------------------------------------------------------------------------ kernels vs twin
-SHAPES = [(1,), (5,), (1025,), (100, 50), (7, 3), (3, 2, 50), (64, 1), (2, 1001), (3, 5000), (1000, 1000)]
+SHAPES = [(1,), (5,), (1025,), (100, 50), (45, 50), (7, 3), (700, 3), (1030, 2), (3, 2, 50), (64, 1),
+          (2, 1001), (5, 784), (2, 4101), (3, 5000), (1000, 1000)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -125,6 +126,22 @@ def test_kernels_are_deterministic():
     z2, kl2 = G.reparameterize_kl_forward(mu, logvar, 5, 6)
     assert bool((z1 == z2).all()) and bool((kl1 == kl2).all())
     assert bool((G.kl_normal_std_forward(mu, logvar) == G.kl_normal_std_forward(mu, logvar)).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [2, 3, 50, 784, 4101])
+def test_row_sums_follow_the_documented_order(dtype, D):
+    """The KL of a row is its device-computed terms summed in the order documented in
+    kernels/chunks.cuh, bit for bit (the terms themselves: rows of D = 1, whose sum is the term)."""
+    B = 37
+    mu, logvar = (cp.asarray(a) for a in inputs((B, D), dtype, 11))
+    terms = host(G.kl_normal_std_forward(mu.reshape(-1, 1), logvar.reshape(-1, 1)))
+    lanes = 1
+    while lanes < 32 and 8 * lanes < min(D, 2048):
+        lanes *= 2
+    want = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], lanes) for r in range(B)], dtype)
+    np.testing.assert_array_equal(host(G.kl_normal_std_forward(mu, logvar)), want)
+    np.testing.assert_array_equal(host(G.reparameterize_kl_forward(mu, logvar, 3, 4)[1]), want)
 
 
 def test_noncontiguous_inputs():

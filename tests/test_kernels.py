@@ -131,7 +131,7 @@ def shim(tmp_path_factory):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 2
+    assert lib.shim_abi_version() == 3
     return lib
 
 
@@ -275,7 +275,10 @@ def test_host_elementwise_math(shim, dtype):
 
 # ------------------------------------------------------------------------------ kernel replays
 FLAT_SIZES = [1, 3, 4, 5, 1023, 1024, 1025, 4097]
-ROW_SHAPES = [(1, 1), (3, 2), (5, 3), (7, 50), (4, 64), (2, 1001), (3, 2050), (100, 50)]
+# (the forward tiles: 40 rows of D = 50, 1024 of D = 2, 680 of D = 3; rows past 2048 elements
+# are summed in segments, 4101 odd so that the segments start off a chunk boundary)
+ROW_SHAPES = [(1, 1), (3, 2), (1030, 2), (5, 3), (700, 3), (7, 50), (100, 50), (4, 64), (2, 1001),
+              (3, 2050), (2, 4101), (5, 784)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -313,11 +316,53 @@ def test_replay_reparam(shim, dtype, n):
         np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
 
 
+def _row_tiling(shim, D):
+    rows, lanes = _I64(0), _INT(0)
+    shim.shim_row_tiling(_I64(D), ctypes.byref(rows), ctypes.byref(lanes))
+    return rows.value, lanes.value
+
+
+def _documented_row_sum(terms, P, tile=2048):
+    """A row's KL in the order documented in kernels/chunks.cuh, in the terms' dtype: segments
+    of at most ``tile`` terms in order; in a segment, lane p adds terms p, p + P, ... left to
+    right, then the lanes' partials are added by the halving tree (i += i + P/2, ..., i += i + 1)."""
+    zero = terms.dtype.type(0)
+    total = zero
+    for s0 in range(0, len(terms), tile):
+        seg = terms[s0:s0 + tile]
+        part = [zero] * P
+        for p in range(P):
+            for v in seg[p::P]:
+                part[p] = part[p] + v
+        o = P // 2
+        while o:
+            for i in range(o):
+                part[i] = part[i] + part[i + o]
+            o //= 2
+        total = total + part[0]
+    return total
+
+
+def test_row_tiling(shim):
+    """Tiles of whole rows start on chunk boundaries (R*D % 4 == 0) and fit the shared buffer;
+    about 8 terms or fewer per lane."""
+    from minivae.gpu.kernels import BLOCK
+
+    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 2048, 2049, 4101, 10 ** 6]:
+        R, P = _row_tiling(shim, D)
+        assert R >= 1 and P & (P - 1) == 0 and 1 <= P <= 32 and BLOCK % P == 0
+        if D <= 512:
+            assert (R * D) % 4 == 0 and R * D <= 2048 and R * D > 2048 - 4 * D
+        if D > 2048:
+            assert R == 1 and P == 32
+        else:
+            assert 8 * P >= D or P == 32
+    assert _row_tiling(shim, 50) == (40, 8) and _row_tiling(shim, 784) == (2, 32)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 def test_replay_row_kernels(shim, dtype, shape):
-    from minivae.gpu.kernels import row_group_size
-
     rtol, atol = TOL[dtype]
     B, D = shape
     seed, offset, stream = 99, 3, 0
@@ -328,42 +373,49 @@ def test_replay_row_kernels(shim, dtype, shape):
     want_kl = _ref_kl_terms(mu, logvar).sum(axis=1)
     m, lv = mu.astype(np.float64), logvar.astype(np.float64)
     kl_rtol = rtol * max(1, D) ** 0.5 * 4
-    for G in sorted({8, 32, 256, row_group_size(D)}):
-        sfx = _sfx(dtype)
-        kl = np.full(B, np.nan, dtype)
-        call(shim, f"shim_kl_fwd_{sfx}", mu, logvar, kl, _I64(B), _I64(D), _INT(G))
-        np.testing.assert_allclose(kl, want_kl, rtol=kl_rtol, atol=atol)
+    sfx = _sfx(dtype)
+    # the device's own terms, summed in the documented order: the replay must equal it exactly
+    terms = np.empty(B * D, dtype)
+    call(shim, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
+    P = _row_tiling(shim, D)[1]
+    ordered = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], P) for r in range(B)], dtype)
 
+    kl = np.full(B, np.nan, dtype)
+    call(shim, f"shim_kl_fwd_{sfx}", mu, logvar, kl, _I64(B), _I64(D))
+    np.testing.assert_allclose(kl, want_kl, rtol=kl_rtol, atol=atol)
+    np.testing.assert_array_equal(kl, ordered)
+
+    dmu, dlv = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+    call(shim, f"shim_kl_bwd_{sfx}", gkl, mu, logvar, dmu, dlv, _I64(B), _I64(D))
+    np.testing.assert_allclose(dmu, gkl[:, None] * m, rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dlv, gkl[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=atol)
+
+    z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
+    call(shim, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl, _I64(B), _I64(D),
+         _U64(seed), _U64(offset), _U32(stream))
+    np.testing.assert_allclose(z, want_z, rtol=rtol, atol=atol)
+    np.testing.assert_array_equal(kl, ordered)
+
+    for g in (gkl, None):
         dmu, dlv = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
-        call(shim, f"shim_kl_bwd_{sfx}", gkl, mu, logvar, dmu, dlv, _I64(B), _I64(D), _INT(G))
-        np.testing.assert_allclose(dmu, gkl[:, None] * m, rtol=rtol, atol=atol)
-        np.testing.assert_allclose(dlv, gkl[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=atol)
-
-        z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
-        call(shim, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl, _I64(B), _I64(D),
-             _U64(seed), _U64(offset), _U32(stream), _INT(G))
-        np.testing.assert_allclose(z, want_z, rtol=rtol, atol=atol, err_msg=f"G={G}")
-        np.testing.assert_allclose(kl, want_kl, rtol=kl_rtol, atol=atol)
-
-        for g in (gkl, None):
-            dmu, dlv = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
-            call(shim, f"shim_reparam_kl_bwd_{sfx}", dz, g, mu, logvar, dmu, dlv, _I64(B), _I64(D),
-                 _U64(seed), _U64(offset), _U32(stream), _INT(G))
-            gg = np.zeros(B) if g is None else g.astype(np.float64)
-            np.testing.assert_allclose(dmu, dz + gg[:, None] * m, rtol=rtol, atol=atol)
-            np.testing.assert_allclose(
-                dlv, dz * eps * std * 0.5 + gg[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=10 * atol)
+        call(shim, f"shim_reparam_kl_bwd_{sfx}", dz, g, mu, logvar, dmu, dlv, _I64(B), _I64(D),
+             _U64(seed), _U64(offset), _U32(stream))
+        gg = np.zeros(B) if g is None else g.astype(np.float64)
+        np.testing.assert_allclose(dmu, dz + gg[:, None] * m, rtol=rtol, atol=atol)
+        np.testing.assert_allclose(
+            dlv, dz * eps * std * 0.5 + gg[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=10 * atol)
 
 
-def test_row_group_size():
-    from minivae.gpu.kernels import BLOCK, row_group_size
-
-    for D in [1, 2, 3, 10, 50, 64, 100, 1000, 1021, 4096, 10 ** 6]:
-        G = row_group_size(D)
-        assert 8 <= G <= BLOCK and G & (G - 1) == 0 and BLOCK % G == 0
-        chunks = (D + 2) // 4 + 1
-        assert G >= min(chunks, BLOCK)  # one chunk per thread while a row fits in a block
-    assert row_group_size(50) == 16
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_segment_sum_order_is_the_documented_one(shim, dtype):
+    """The shared order function itself, on terms where the order shows in the rounding."""
+    rng = np.random.default_rng(5)
+    terms = (rng.standard_normal(3000) * 10.0 ** rng.integers(-8, 8, 3000)).astype(dtype)
+    fn = getattr(shim, f"shim_segment_sum_{_sfx(dtype)}")
+    fn.restype = ctypes.c_float if dtype == np.float32 else ctypes.c_double
+    for n, P in [(1, 1), (7, 1), (50, 8), (100, 16), (784, 32), (2048, 32)]:
+        got = dtype(fn(_ptr(terms), _I64(n), _INT(P)))
+        assert got == _documented_row_sum(terms[:n], P, tile=10 ** 9), (n, P)
 
 
 # ------------------------------------------------------------------------------ wrappers on a fake CuPy
@@ -393,12 +445,10 @@ class _FakeKernel:
     """Checks each argument against the C signature, then runs the host replay."""
 
     REPLAY = {
-        "mv_philox_words": ("shim_philox_words", lambda a, G: a + [_I64(0)]),
-        "mv_normal": ("shim_generate", lambda a, G: a[:2] + [_INT(0)] + a[2:]),
-        "mv_uniform": ("shim_generate", lambda a, G: a[:2] + [_INT(1)] + a[2:]),
+        "mv_philox_words": ("shim_philox_words", lambda a: a + [_I64(0)]),
+        "mv_normal": ("shim_generate", lambda a: a[:2] + [_INT(0)] + a[2:]),
+        "mv_uniform": ("shim_generate", lambda a: a[:2] + [_INT(1)] + a[2:]),
     }
-    #: Row kernels: the replay needs the group size G (threads per row) of the launch.
-    ROW_KERNELS = {"mv_kl_fwd", "mv_kl_bwd", "mv_reparam_kl_fwd", "mv_reparam_kl_bwd"}
 
     def __init__(self, lib, name, sig, calls):
         self.lib, self.name, self.sig, self.calls = lib, name, sig, calls
@@ -406,8 +456,7 @@ class _FakeKernel:
     def __call__(self, grid, block, args):
         assert len(args) == len(self.sig), f"{self.name}: {len(args)} args for {len(self.sig)} params"
         assert len(grid) == 1 and grid[0] >= 1
-        G = block[0]
-        assert math.prod(block) == 256 and G & (G - 1) == 0
+        assert block == (256,)  # MV_BLOCK: the row kernels' tiles assume it too
         cargs = []
         for a, (ctype, is_ptr, pname) in zip(args, self.sig):
             if is_ptr:
@@ -425,11 +474,9 @@ class _FakeKernel:
         sfx = self.name[len(base):]
         if base in self.REPLAY:
             shim_name, conv = self.REPLAY[base]
-            cargs = conv(cargs, G)
+            cargs = conv(cargs)
         else:
             shim_name = "shim_" + base[len("mv_"):]
-            if base in self.ROW_KERNELS:
-                cargs = cargs + [_INT(G)]
         fn = getattr(self.lib, shim_name + sfx)
         fn.restype = None
         fn(*cargs)

@@ -23,13 +23,12 @@ from .kernels import (
     reparameterize_kl_backward,
     reparameterize_kl_forward,
     require,
-    row_group_size,
     uniform,
 )
 
 __all__ = [
     "KERNEL_FILES", "NVRTC_OPTIONS", "kernel_dir", "kernel_source", "nvrtc_compile",
-    "get_function", "is_available", "require", "row_group_size",
+    "get_function", "is_available", "require",
     "philox_words", "normal", "uniform",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",

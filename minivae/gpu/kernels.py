@@ -32,7 +32,7 @@ else:
     _CUPY_IMPORT_ERROR = None
 
 __all__ = [
-    "is_available", "require", "get_function", "row_group_size",
+    "is_available", "require", "get_function",
     "philox_words", "normal", "uniform",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
@@ -129,16 +129,6 @@ def _max_grid() -> int:
     return 32 * n  # grid-stride loops beyond this (8 resident 256-thread blocks x 4 waves)
 
 
-def row_group_size(D: int) -> int:
-    """Threads per row G (a power of two in [8, 256]): one chunk (Philox block of 4 elements)
-    per thread for rows up to D ~ 1000, a few per thread beyond. Rows per block R = 256 // G."""
-    chunks = (D + 2) // 4 + 1  # the most Philox blocks a row can touch
-    g = 8
-    while g < chunks and g < BLOCK:
-        g *= 2
-    return g
-
-
 def _address(seed, offset, stream):
     seed, offset, stream = int(seed), int(offset), int(stream)
     if not 0 <= seed <= _MASK64 or not 0 <= offset <= _MASK64 or not 0 <= stream <= _MASK32:
@@ -189,10 +179,11 @@ def _chunks(n):
     return (n + 3) // 4
 
 
-def _row_launch(B, D):
-    G = row_group_size(D)
-    R = BLOCK // G
-    return (max(1, min(-(-B // R), _max_grid())),), (G, R)
+def _row_forward_launch(B, D):
+    """(grid, block) of a forward row kernel: a block per tile of whole rows (at most MV_TILE =
+    2048 elements, at least half of it for D <= 512; see kernels/chunks.cuh), so B*D / 1024 + 1
+    blocks are enough for every tile, never more than B (a tile holds at least one row)."""
+    return (max(1, min(B, B * D // 1024 + 1, _max_grid())),), (BLOCK,)
 
 
 # ------------------------------------------------------------------------------ generators
@@ -277,7 +268,7 @@ def kl_normal_std_forward(mu, logvar):
     B, D, rshape = _rows(mu)
     kl = cp.zeros(rshape, dtype=mu.dtype)
     if B and D:
-        grid, block = _row_launch(B, D)
+        grid, block = _row_forward_launch(B, D)
         get_function("mv_kl_fwd", mu.dtype)(grid, block, (mu, logvar, kl, np.int64(B), np.int64(D)))
     return kl
 
@@ -292,7 +283,7 @@ def kl_normal_std_backward(gkl, mu, logvar):
     dmu = cp.empty_like(mu)
     dlogvar = cp.empty_like(mu)
     if B and D:
-        grid, block = _row_launch(B, D)
+        grid, block = _flat_launch(_chunks(B * D))
         get_function("mv_kl_bwd", mu.dtype)(
             grid, block, (gkl, mu, logvar, dmu, dlogvar, np.int64(B), np.int64(D)))
     return dmu, dlogvar
@@ -309,7 +300,7 @@ def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: in
     kl = cp.zeros(rshape, dtype=mu.dtype)
     if B and D:
         s, o, st = _address(seed, offset, stream)
-        grid, block = _row_launch(B, D)
+        grid, block = _row_forward_launch(B, D)
         get_function("mv_reparam_kl_fwd", mu.dtype)(
             grid, block, (mu, logvar, z, kl, np.int64(B), np.int64(D), s, o, st))
     return z, kl
@@ -334,7 +325,7 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
     dlogvar = cp.empty_like(mu)
     if B and D:
         s, o, st = _address(seed, offset, stream)
-        grid, block = _row_launch(B, D)
+        grid, block = _flat_launch(_chunks(B * D))
         get_function("mv_reparam_kl_bwd", mu.dtype)(
             grid, block, (dz, gkl if gkl is not None else _NULL, mu, logvar, dmu, dlogvar,
                           np.int64(B), np.int64(D), s, o, st))
