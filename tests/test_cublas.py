@@ -1,0 +1,157 @@
+"""minivae.gpu.cublas without a GPU: the ctypes calls go to a stand-in libcublas built here with
+the C compiler (a naive column-major gemm on host memory, with cuBLAS's own signatures), so
+the argument order of the row-major -> column-major mapping, the leading dimensions, the
+scalars passed by reference and the handle's life are all checked against NumPy.
+(The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
+import ctypes
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from minivae.gpu import cublas
+
+CC = shutil.which("gcc") or shutil.which("cc")
+
+FAKE_CUBLAS = r"""
+#include <stddef.h>
+static int handles = 0, last_stream = -1;
+static size_t workspace = 0;
+int cublasCreate_v2(void** h) { *h = (void*)(size_t)(0x1000 + ++handles); return 0; }
+int cublasDestroy_v2(void* h) { (void)h; --handles; return 0; }
+int cublasSetStream_v2(void* h, void* s) { (void)h; last_stream = (int)(size_t)s; return 0; }
+int cublasSetWorkspace_v2(void* h, void* p, size_t n) { (void)h; (void)p; workspace = n; return 0; }
+int fake_live_handles(void) { return handles; }
+int fake_last_stream(void) { return last_stream; }
+#define GEMM(NAME, T)                                                                          \
+int NAME(void* h, int ta, int tb, int m, int n, int k, const T* alpha, const T* A, int lda,    \
+         const T* B, int ldb, const T* beta, T* C, int ldc) {                                  \
+    (void)h;                                                                                   \
+    if (ta < 0 || ta > 1 || tb < 0 || tb > 1 || m < 0 || n < 0 || k < 0) return 7;             \
+    if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || lda < 1) return 7;              \
+    for (int j = 0; j < n; ++j)                                                                \
+        for (int i = 0; i < m; ++i) {                                                          \
+            T acc = 0;                                                                         \
+            for (int l = 0; l < k; ++l) {                                                      \
+                T a = ta ? A[l + i * lda] : A[i + l * lda];                                    \
+                T b = tb ? B[j + l * ldb] : B[l + j * ldb];                                    \
+                acc += a * b;                                                                  \
+            }                                                                                  \
+            C[i + j * ldc] = *alpha * acc + (*beta == 0 ? 0 : *beta * C[i + j * ldc]);         \
+        }                                                                                      \
+    return 0;                                                                                  \
+}
+GEMM(cublasSgemm_v2, float)
+GEMM(cublasDgemm_v2, double)
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_lib_path(tmp_path_factory):
+    if CC is None:
+        pytest.skip("no C compiler: cannot build the stand-in libcublas")
+    d = tmp_path_factory.mktemp("fakecublas")
+    (d / "fake.c").write_text(FAKE_CUBLAS)
+    out = d / "libcublas.so.99"
+    proc = subprocess.run([CC, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", str(d / "fake.c"), "-o", str(out)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return str(out)
+
+
+@pytest.fixture
+def gemm(fake_lib_path, monkeypatch):
+    monkeypatch.setattr(cublas, "_device_pointer", lambda x: x.ctypes.data)  # host memory stands in
+    monkeypatch.setattr(cublas, "_current_stream", lambda: 7)
+    lib = cublas.load_library([fake_lib_path])
+    g = cublas.Gemm(library=lib, workspace_bytes=0)
+    yield g, lib
+    g.close()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transa", [False, True])
+@pytest.mark.parametrize("transb", [False, True])
+def test_row_major_products_equal_numpy(gemm, dtype, transa, transb):
+    g, lib = gemm
+    rng = np.random.default_rng(3)
+    m, k, n = 5, 7, 3  # all different: a swapped dimension or leading dimension shows
+    a = rng.standard_normal((k, m) if transa else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if transb else (k, n)).astype(dtype)
+    out = rng.standard_normal((m, n)).astype(dtype)
+    before = out.copy()
+    want = 0.5 * (a.T if transa else a) @ (b.T if transb else b) + 2.0 * before
+    assert g.gemm(a, b, out, transa=transa, transb=transb, alpha=0.5, beta=2.0) is out
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+    assert lib.fake_last_stream() == 7  # the handle follows the current stream at every call
+
+
+def test_beta_zero_ignores_what_out_held(gemm):
+    g, _ = gemm
+    a, b = np.ones((2, 3)), np.ones((3, 4))
+    out = np.full((2, 4), np.nan)
+    g.gemm(a, b, out)
+    np.testing.assert_array_equal(out, np.full((2, 4), 3.0))
+
+
+def test_bad_arguments_raise_clear_errors(gemm):
+    g, _ = gemm
+    a, b, out = np.ones((2, 3)), np.ones((3, 4)), np.ones((2, 4))
+    with pytest.raises(ValueError, match="do not match"):
+        g.gemm(a, b, np.ones((4, 2)))
+    with pytest.raises(ValueError, match="do not match"):
+        g.gemm(a, b, out, transb=True)
+    with pytest.raises(TypeError, match="dtype"):
+        g.gemm(a.astype(np.float32), b, out)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        g.gemm(a.astype(np.int32), b.astype(np.int32), out.astype(np.int32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        g.gemm(np.ones((3, 2)).T, b, out)
+    with pytest.raises(ValueError, match="2-D"):
+        g.gemm(np.ones(3), b, out)
+
+
+def test_handle_is_destroyed_once(fake_lib_path, monkeypatch):
+    lib = cublas.load_library([fake_lib_path])
+    live = lib.fake_live_handles()
+    g = cublas.Gemm(library=lib, workspace_bytes=0)
+    assert lib.fake_live_handles() == live + 1
+    g.close()
+    g.close()
+    assert lib.fake_live_handles() == live
+    with pytest.raises(RuntimeError, match="closed"):
+        g.gemm(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)))
+
+
+def test_a_failing_status_names_it(gemm):
+    g, real = gemm
+
+    class Failing:  # the real library, except that gemm reports CUBLAS_STATUS_EXECUTION_FAILED
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def cublasDgemm_v2(self, *args):
+            return 13
+
+    g._lib = Failing()
+    with pytest.raises(RuntimeError, match="cublasDgemm_v2 failed: CUBLAS_STATUS_EXECUTION_FAILED"):
+        g.gemm(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)))
+
+
+def test_missing_library_is_one_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="libcublas was not found.*MINIVAE_CUBLAS"):
+        cublas.load_library([str(tmp_path / "libcublas.so.13"), "libcublas_no_such_name.so.0"])
+
+
+def test_candidates_prefer_the_environment_and_the_cuda_major(monkeypatch, tmp_path):
+    lib = tmp_path / "nvidia" / "cu13" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "libcublas.so.13").write_bytes(b"")
+    monkeypatch.setenv("MINIVAE_CUBLAS", "/opt/x/libcublas.so")
+    monkeypatch.setattr("sys.path", [str(tmp_path)])
+    cands = cublas.library_candidates(13)
+    assert cands[0] == "/opt/x/libcublas.so"
+    assert cands[1] == str(lib / "libcublas.so.13")
+    assert "libcublas.so.13" in cands  # the loader's own search comes last
