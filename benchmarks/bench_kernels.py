@@ -23,6 +23,13 @@ an ideal implementation must move: read mu, logvar; write z, kl; read dz, gkl, m
 write dmu, dlogvar: (8 N + 2 B) * itemsize. The share of peak divides it by the device's
 theoretical bandwidth (memory clock x bus width), and also by a measured device-to-device copy.
 
+On a GPU it also times each kernel alone (``--kernel-sizes``, default 1e7 and 1e8 elements, rows
+of ``--kernel-D`` = 2, 10, 50, 100, 784) and reports its bandwidth as a share of a
+device-to-device copy measured in the same run: of 1 GiB (``share_of_copy``) and of the kernel's
+own array size (``share_of_copy_same_size``). Bytes per kernel are what it must move (n elements,
+B rows): reparameterization forward/backward 3n, KL forward 2n + B, KL backward 4n + B, fused
+forward 3n + B, fused backward 5n + B, times the itemsize.
+
 Results go to ``<out>/kernels_<device>_<date>.json`` with the machine, device, versions, date
 and command. Run ``python benchmarks/bench_kernels.py --quick`` for a CPU-only smoke run.
 """
@@ -273,8 +280,9 @@ def gpu_info(cp):
 
 
 def measured_copy_gbps(cp, nbytes=1 << 30):
-    """Device-to-device copy bandwidth, counting bytes read plus written."""
-    a = cp.empty(nbytes // 4, dtype=cp.float32)
+    """Device-to-device copy bandwidth of ``nbytes``, counting bytes read plus written."""
+    a = cp.empty(max(1, nbytes // 4), dtype=cp.float32)
+    nbytes = a.nbytes
     b = cp.empty_like(a)
     a.fill(1)
     for _ in range(3):
@@ -290,6 +298,85 @@ def measured_copy_gbps(cp, nbytes=1 << 30):
     del a, b
     cp.get_default_memory_pool().free_all_blocks()
     return 2 * nbytes / statistics.median(times) / 1e9
+
+
+# ------------------------------------------------------------------------------ kernels alone
+TARGET_COPY_SHARE = 0.85  # row kernels (KL, fused) against a device-to-device copy, from 1e7 up
+
+#: name -> (bytes moved in units of (n, B) elements, the call on prepared arrays)
+KERNELS = {
+    "reparam_fwd": ((3, 0), lambda G, a: G.reparameterize_forward(a["mu"], a["lv"], 1, 2)),
+    "reparam_bwd": ((3, 0), lambda G, a: G.reparameterize_backward(a["dz"], a["lv"], 1, 2)),
+    "kl_fwd": ((2, 1), lambda G, a: G.kl_normal_std_forward(a["mu"], a["lv"])),
+    "kl_bwd": ((4, 1), lambda G, a: G.kl_normal_std_backward(a["gkl"], a["mu"], a["lv"])),
+    "fused_fwd": ((3, 1), lambda G, a: G.reparameterize_kl_forward(a["mu"], a["lv"], 1, 2)),
+    "fused_bwd": ((5, 1), lambda G, a: G.reparameterize_kl_backward(a["dz"], a["gkl"], a["mu"], a["lv"], 1, 2)),
+}
+ROW_KERNELS = ("kl_fwd", "kl_bwd", "fused_fwd", "fused_bwd")
+
+
+def kernel_rows(cp, dtype, sizes, Ds, copy_gbps, repeats, budget):
+    """Each kernel alone at n = B*D elements for every size and D: microseconds, GB/s and the
+    share of the copy bandwidth (1 GiB, and the same size as one of the kernel's arrays)."""
+    import minivae.gpu as G
+
+    itemsize = np.dtype(dtype).itemsize
+    rows = []
+    for n_req in sizes:
+        for D in Ds:
+            B = max(1, n_req // D)
+            n = B * D
+            same = measured_copy_gbps(cp, n * itemsize)
+            rs = cp.random.RandomState(0)
+            arrays = {"mu": rs.standard_normal((B, D), dtype=dtype),
+                      "lv": rs.uniform(-2, 1, (B, D)).astype(dtype),
+                      "dz": rs.standard_normal((B, D), dtype=dtype),
+                      "gkl": rs.standard_normal(B, dtype=dtype)}
+            for name, ((kn, kb), call) in KERNELS.items():
+                try:
+                    us, inner, reps = time_gpu(lambda: call(G, arrays), repeats, budget, cp)
+                    gbps = (kn * n + kb * B) * itemsize / (us * 1e-6) / 1e9
+                    row = {"kernel": name, "B": B, "D": D, "n": n, "dtype": np.dtype(dtype).name,
+                           "us": round(us, 3), "gbps": round(gbps, 1), "inner": inner, "repeats": reps,
+                           "share_of_copy": round(gbps / copy_gbps, 4),
+                           "share_of_copy_same_size": round(gbps / same, 4),
+                           "copy_same_size_gbps": round(same, 1)}
+                    print(f"{name:>12} B={B:<9} D={D:<4} n={n:<10.3g} {us:10.1f} us {gbps:8.0f} GB/s "
+                          f"{100 * row['share_of_copy']:5.1f}% of copy ({100 * row['share_of_copy_same_size']:5.1f}% "
+                          "of a same-size copy)", flush=True)
+                except Exception as exc:  # one failing case should not lose the others
+                    row = {"kernel": name, "B": B, "D": D, "n": n, "error": repr(exc)}
+                    print(f"{name:>12} B={B} D={D}: ERROR {exc!r}", flush=True)
+                rows.append(row)
+            del arrays
+            cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def kernel_summary(rows):
+    """Worst share of copy per row kernel, and whether every row kernel met the target."""
+    ok = [r for r in rows if "error" not in r]
+    worst = {}
+    for r in ok:
+        worst[r["kernel"]] = min(worst.get(r["kernel"], 9.9), r["share_of_copy"])
+    row_cases = [r for r in rows if r["kernel"] in ROW_KERNELS]  # a failed case fails the target
+    return {"worst_share_of_copy": worst, "row_kernels_target": TARGET_COPY_SHARE,
+            "row_kernels_target_met": bool(row_cases) and all(
+                r.get("share_of_copy", 0) >= TARGET_COPY_SHARE for r in row_cases)}
+
+
+def kernel_table(rows):
+    """Markdown: one line per (n, D), one column per kernel: share of copy in percent."""
+    ok = [r for r in rows if "error" not in r]
+    cases = list(dict.fromkeys((r["n"], r["D"]) for r in ok))
+    lines = ["| n | D | " + " | ".join(KERNELS) + " |", "|" + "---|" * (len(KERNELS) + 2)]
+    for n, D in cases:
+        cells = []
+        for k in KERNELS:
+            r = next((r for r in ok if r["kernel"] == k and (r["n"], r["D"]) == (n, D)), None)
+            cells.append(f"{100 * r['share_of_copy']:.0f}%" if r else "-")
+        lines.append(f"| {n:.0e} | {D} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def versions(cp, torch):
@@ -337,6 +424,9 @@ def main(argv=None):
     ap.add_argument("--no-philox-cpu", action="store_true", help="skip the numpy-philox row")
     ap.add_argument("--impls", nargs="+", metavar="NAME",
                     help="run only these implementations (e.g. minivae-fused cupy-unfused)")
+    ap.add_argument("--kernel-sizes", default="1e7,1e8",
+                    help="B*D totals of the kernels-alone section (GPU only; '' to skip)")
+    ap.add_argument("--kernel-D", default="2,10,50,100,784", help="row lengths of the kernels-alone section")
     ap.add_argument("--quick", action="store_true", help="sizes 1e3..1e5, few repeats (smoke test)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output directory")
     args = ap.parse_args(argv)
@@ -430,7 +520,13 @@ def main(argv=None):
                 if cp is not None:
                     cp.get_default_memory_pool().free_all_blocks()
 
+    krows = []
+    if cp is not None and args.kernel_sizes:
+        krows = kernel_rows(cp, dtype, parse_sizes(args.kernel_sizes), parse_sizes(args.kernel_D),
+                            gpu["measured_copy_gbps"], args.repeats, args.budget)
     summary = summarize(rows, args)
+    if krows:
+        summary["kernels_alone"] = kernel_summary(krows)
     now = _dt.datetime.now(_dt.timezone.utc)
     result = {
         "benchmark": "bench_kernels", "what": "reparameterization + KL to N(0,I), forward + backward",
@@ -443,6 +539,7 @@ def main(argv=None):
         "targets": {"fused_share_of_peak_from_1e7": TARGET_PEAK_SHARE,
                     "fused_speedup_vs_cupy_unfused_at_mnist": TARGET_SPEEDUP_MNIST},
         "summary": summary, "notes": notes, "results": rows,
+        "kernels_alone": krows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -450,6 +547,9 @@ def main(argv=None):
     path = out / f"kernels_{dev}_{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(markdown_table(rows))
+    if krows:
+        print()
+        print(kernel_table(krows))
     print(json.dumps(summary, indent=2))
     print(f"wrote {path}")
     return result
