@@ -1,4 +1,4 @@
-"""Seconds per MNIST training epoch: minivae's trainer vs the same model in PyTorch CPU.
+"""Seconds per MNIST training epoch: minivae's trainer vs the same model in PyTorch.
 
 One epoch of the default VAE (784-512-256, z 50, Adam, cosine learning rate) over the 50,000
 real MNIST training images at ``--batch`` (default 100), float32, from the same initial weights:
@@ -15,7 +15,12 @@ after its turn, slows them alike); each library's epoch time is the sum of its o
 plus the time to prepare the epoch's batches (shuffle and binarize, done once by minivae's loader
 and counted for every library). Evaluation is not included.
 
-    python benchmarks/bench_epoch.py            # writes results/epoch_<machine>_t<threads>.json
+With ``--device gpu`` the same on the GPU: minivae's trainer with ``device="gpu"`` (batches
+prepared on the host as the trainer prepares them, then moved), PyTorch CUDA eager, and the
+reference on CuPy; each turn ends with a device synchronization so that its time is complete.
+
+    python benchmarks/bench_epoch.py            # writes results/epoch_<machine>_t<threads>_b<batch>.json
+    python benchmarks/bench_epoch.py --device gpu
 """
 import argparse
 import os
@@ -27,8 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_train_step as bts  # noqa: E402
-from machine import default_machine_name, machine_info, versions, write_result  # noqa: E402
+from machine import default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 from minivae.train import TrainConfig, Trainer, learning_rate  # noqa: E402
+from minivae.backend import DeviceError, cupy_module  # noqa: E402
 from minivae.data import load_mnist  # noqa: E402
 
 try:
@@ -70,7 +76,7 @@ class ScheduledRunner:
             self.runner.step(self.runner.batch(xb))
         else:
             self.runner.opt.lr = lr
-            self.runner.step(xb)
+            self.runner.step(self.runner.batch(xb))
         self.steps += 1
 
 
@@ -83,9 +89,23 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=25, help="batches per turn (default 25)")
     parser.add_argument("--libs", nargs="+", default=["minivae", "torch", "numpy"],
                         choices=["minivae", "torch", "numpy"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
+    parser.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
+    sync = lambda: None  # noqa: E731
+    if args.device == "gpu":
+        try:
+            cp = cupy_module()
+        except DeviceError as exc:
+            print(f"skipped: --device gpu needs CuPy and a CUDA device ({exc})")
+            return None
+
+        def sync():
+            cp.cuda.Device().synchronize()
+            if torch is not None and torch.cuda.is_available():
+                torch.cuda.synchronize()
 
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
     limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
@@ -95,15 +115,16 @@ def main(argv=None):
     load_before = os.getloadavg()
 
     data = load_mnist(verbose=False)
-    config = TrainConfig(batch_size=args.batch, epochs=args.epochs, out="/tmp/minivae-bench-epoch")
+    config = TrainConfig(batch_size=args.batch, epochs=args.epochs, out="/tmp/minivae-bench-epoch",
+                         device=args.device)
     mine = TrainerStep(config, data)
-    state = {"params": mine.params(), "m": None, "v": None, "t": 0}
+    state = {"params": [bts.to_device(p, "cpu") for p in mine.params()], "m": None, "v": None, "t": 0}
     total = mine.trainer.total_steps
     steppers = {"minivae": mine}
     if "torch" in libs:
-        steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, "cpu", seed=config.seed), config, total)
+        steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), config, total)
     if "numpy" in libs:
-        steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, "cpu", seed=config.seed), config, total)
+        steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, args.device, seed=config.seed), config, total)
 
     seconds = {n: 0.0 for n in steppers}
     prepare = 0.0
@@ -117,9 +138,11 @@ def main(argv=None):
             chunk = batches[start:start + args.chunk]
             for n in order.sample(names, len(names)):  # see bench_train_step.time_interleaved
                 step = steppers[n]
+                sync()
                 t0 = time.perf_counter()
                 for xb in chunk:
                     step(xb)
+                sync()
                 seconds[n] += time.perf_counter() - t0
         print(f"epoch {epoch + 1}: " + "   ".join(f"{n} {s:.1f} s" for n, s in seconds.items()), flush=True)
 
@@ -128,9 +151,9 @@ def main(argv=None):
                    "time_ratio_to_minivae": round(v / per_epoch["minivae"], 3)} for n, v in per_epoch.items()}
     payload = {
         "benchmark": "seconds per MNIST training epoch (default VAE, float32)",
-        "device": "cpu", "batch": args.batch, "epochs": args.epochs, "threads": threads,
+        "device": args.device, "gpu": gpu_info() if args.device == "gpu" else None, "batch": args.batch, "epochs": args.epochs, "threads": threads,
         "train_images": int(len(data.x_train)), "steps_per_epoch": len(mine.trainer.loader),
-        "versions": versions("torch", "threadpoolctl"),
+        "versions": versions("torch", "threadpoolctl", *(["cupy"] if args.device == "gpu" else [])),
         "blas": bts.blas_info(),
         "prepare_batches_seconds_per_epoch": round(prepare / args.epochs, 3),
         "timing": (f"sum of each library's step times over the epoch, the libraries taking turns every "
@@ -142,7 +165,8 @@ def main(argv=None):
     print(results)
     if not args.no_save:
         name = args.machine or default_machine_name(machine_info())
-        path = write_result(f"epoch_{name}_t{threads}_b{args.batch}", payload)
+        suffix = "_gpu" if args.device == "gpu" else ""
+        path = write_result(f"epoch_{name}_t{threads}_b{args.batch}{suffix}", payload, args.out)
         print(f"wrote {path}")
     return payload
 

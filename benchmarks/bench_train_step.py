@@ -10,7 +10,19 @@ decoder, Bernoulli likelihood, analytic KL) in float32, at batch 100 and 1000:
   backward (eps from NumPy's generator); its gradients are tested equal to minivae's;
 * torch: the same model in PyTorch with ``torch.optim.Adam`` (defaults), when ``import torch``
   works, with the same number of threads;
-* numpy-noflush: the reference without the subnormal flush (to see what the flush buys).
+* numpy-noflush: the reference without the subnormal flush (to see what the flush buys);
+* torch-flush (CPU): PyTorch with ``torch.set_flush_denormal(True)`` during its steps, PyTorch's
+  own remedy for subnormal numbers, next to its default;
+* torch-graph (``--device gpu``): PyTorch with the whole step (forward, backward,
+  ``Adam(capturable=True)``) captured once in a CUDA graph (``torch.cuda.graph``) and replayed;
+  eps is drawn inside the graph and the loss stays on the device (read once per timed block).
+
+On the GPU, "numpy" is the same reference code run on CuPy (the CuPy reference step), and the
+batch sizes are 100, 1000 and 10000.
+
+Forward and backward alone (CPU, unless ``--skip-fwd-bwd``): the same libraries without the
+optimizer, from a fresh initialization (no warm-up, so no subnormal moments), to separate the
+engine's cost from the optimizer's.
 
 Steady state. Border pixels of MNIST are zero in every image, so some weights get exactly zero
 gradients and their Adam moments decay geometrically into the subnormal range (slow on some CPUs)
@@ -39,7 +51,7 @@ visible to it), and the rise of the process's peak resident set size during the 
 
     python benchmarks/bench_train_step.py                 # writes results/train_step_<machine>_t<threads>.json
     python benchmarks/bench_train_step.py --threads 1
-    python benchmarks/bench_train_step.py --device gpu    # minivae on CuPy; skipped without it
+    python benchmarks/bench_train_step.py --device gpu    # minivae on CuPy, PyTorch CUDA eager and graph
     python benchmarks/bench_train_step.py --retain-freed-memory   # glibc keeps freed memory
 """
 import argparse
@@ -82,7 +94,9 @@ except ImportError:
 
 LR = 1e-3
 Z_DIM = 50
-LIBS = ("minivae", "numpy", "torch", "numpy-noflush")
+LIBS = ("minivae", "numpy", "torch", "numpy-noflush", "torch-flush", "torch-graph")
+CPU_LIBS = ("minivae", "numpy", "torch", "torch-flush", "numpy-noflush")
+GPU_LIBS = ("minivae", "numpy", "torch", "torch-graph")
 
 
 # ----- the libraries ------------------------------------------------------------------------
@@ -107,12 +121,17 @@ class MinivaeRunner:
     def batch(self, x):
         return to_device(x, self.device)
 
-    def step(self, xb):
+    def fwd_bwd(self, xb):
+        """Forward and backward without the optimizer step; returns the loss."""
         loss, stats = self.model.loss(mv.tensor(xb), self.noise)
         self.model.zero_grad()
         loss.backward()
-        self.opt.step()
         return stats["loss"]
+
+    def step(self, xb):
+        loss = self.fwd_bwd(xb)
+        self.opt.step()
+        return loss
 
     def draw_eps(self, b):
         xp = cupy_module() if self.device == "gpu" else None  # the GPU draws with its own kernel
@@ -153,9 +172,13 @@ class NumpyRunner:
     def draw_eps(self, b):
         return self.rng.standard_normal((b, Z_DIM), dtype=np.float32)
 
+    def fwd_bwd(self, xb):
+        """Forward and backward without the optimizer step; returns the loss and gradients."""
+        loss, _, grads = self.model.loss_and_grads(xb, self.draw_eps(xb.shape[0]))
+        return loss, grads
+
     def step(self, xb):
-        eps = self.draw_eps(xb.shape[0])
-        loss, _, grads = self.model.loss_and_grads(xb, eps)
+        loss, grads = self.fwd_bwd(xb)
         self.opt.step(grads)
         return loss
 
@@ -235,13 +258,17 @@ class TorchRunner:
     def draw_eps(self, b):
         return torch.randn(b, Z_DIM, generator=self.gen, device=self.dev)
 
-    def step(self, xb):
-        eps = self.draw_eps(xb.shape[0])
-        loss = self.model.loss(xb, eps)
+    def fwd_bwd(self, xb):
+        """Forward and backward without the optimizer step; returns the loss."""
+        loss = self.model.loss(xb, self.draw_eps(xb.shape[0]))
         self.opt.zero_grad()
         loss.backward()
-        self.opt.step()
         return loss.item()
+
+    def step(self, xb):
+        loss = self.fwd_bwd(xb)
+        self.opt.step()
+        return loss
 
     def loss_and_grads(self, xb, eps):
         self.opt.zero_grad()
@@ -254,6 +281,84 @@ class TorchRunner:
     def sync(self):
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
+
+
+class TorchFlushRunner(TorchRunner):
+    """PyTorch on the CPU with subnormal numbers flushed to zero (``torch.set_flush_denormal``)
+    during its own steps only: the setting is per thread and would also change NumPy's and
+    minivae's arithmetic in this thread, so it is switched off after each step."""
+    name = "torch-flush"
+
+    def __init__(self, state, device, seed):
+        if device != "cpu":
+            raise ValueError("torch-flush is a CPU column")
+        super().__init__(state, device, seed)
+
+    def fwd_bwd(self, xb):
+        torch.set_flush_denormal(True)
+        try:
+            return super().fwd_bwd(xb)
+        finally:
+            torch.set_flush_denormal(False)
+
+    def step(self, xb):
+        torch.set_flush_denormal(True)
+        try:
+            return super().step(xb)
+        finally:
+            torch.set_flush_denormal(False)
+
+
+class TorchGraphRunner(TorchRunner):
+    """PyTorch CUDA with the whole step -- eps, forward, backward, ``Adam(capturable=True)`` --
+    captured once in a CUDA graph and replayed (the recipe of PyTorch's CUDA graph notes: three
+    warm-up steps on a side stream, gradients set to None before the capture). Each step copies
+    the batch into the graph's input buffer and replays; the loss stays on the device."""
+    name = "torch-graph"
+
+    def __init__(self, state, device, seed):
+        if device != "gpu":
+            raise ValueError("torch-graph needs --device gpu")
+        super().__init__(state, device, seed)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, capturable=True)
+        if state["t"]:
+            for p, m, v in zip(self.params, state["m"], state["v"]):
+                self.opt.state[p] = {
+                    "step": torch.tensor(float(state["t"]), device=self.dev),  # capturable: on the device
+                    "exp_avg": torch.from_numpy(np.ascontiguousarray(m.T)).to(self.dev),
+                    "exp_avg_sq": torch.from_numpy(np.ascontiguousarray(v.T)).to(self.dev)}
+        self.graph = self.static_x = self.static_loss = None
+
+    def _whole_step(self):
+        eps = torch.randn(self.static_x.shape[0], Z_DIM, device=self.dev)  # graph-safe generator
+        loss = self.model.loss(self.static_x, eps)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+    def _capture(self, xb):
+        self.static_x = xb.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.opt.zero_grad(set_to_none=True)
+                self._whole_step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self._whole_step()
+
+    def step(self, xb):
+        if self.graph is None or xb.shape != self.static_x.shape:
+            self._capture(xb)
+        self.static_x.copy_(xb)
+        self.graph.replay()
+        return self.static_loss
+
+    def fwd_bwd(self, xb):
+        raise NotImplementedError("torch-graph captures the whole step only")
 
 
 # ----- measurements ---------------------------------------------------------------------------
@@ -397,6 +502,21 @@ def time_interleaved(runners, batches, repeat, block, budget_s=None):
     return out
 
 
+class ForwardBackwardOnly:
+    """A runner's forward and backward without its optimizer, as a runner ``time_interleaved``
+    can time."""
+
+    def __init__(self, runner):
+        self.runner, self.name = runner, runner.name
+
+    def step(self, xb):
+        loss = self.runner.fwd_bwd(xb)
+        return loss[0] if isinstance(loss, tuple) else loss
+
+    def sync(self):
+        self.runner.sync()
+
+
 def time_eps(runner, b, repeat=52):
     """Mean ms to draw one batch of eps over ``repeat`` consecutive draws (minivae: Philox;
     numpy and torch: their generators). The mean, not the median: minivae computes a sequential
@@ -482,7 +602,8 @@ def profile_steps(runner, batches, steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch sizes (default 100 1000 on the CPU, 100 1000 10000 on the GPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS / PyTorch threads (default: the cores this process may use)")
     parser.add_argument("--repeat", type=int, default=None,
@@ -490,7 +611,10 @@ def main(argv=None):
     parser.add_argument("--block", type=int, default=10, help="steps per timed block (default 10)")
     parser.add_argument("--warmup-steps", type=int, default=1000,
                         help="plain Adam steps (batch 100) before timing, for the steady state")
-    parser.add_argument("--libs", nargs="+", default=list(LIBS), choices=LIBS)
+    parser.add_argument("--libs", nargs="+", default=None, choices=LIBS,
+                        help=f"default: {' '.join(CPU_LIBS)} on the CPU, {' '.join(GPU_LIBS)} on the GPU")
+    parser.add_argument("--skip-fwd-bwd", action="store_true",
+                        help="CPU: skip the forward+backward-only timing at a fresh initialization")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
@@ -510,7 +634,14 @@ def main(argv=None):
         except DeviceError as exc:
             print(f"skipped: --device gpu needs CuPy and a CUDA device ({exc})")
             return None
-    libs = [n for n in args.libs if n != "torch" or torch is not None]
+    if args.batch is None:
+        args.batch = [100, 1000, 10000] if args.device == "gpu" else [100, 1000]
+    if args.libs is None:
+        args.libs = list(GPU_LIBS if args.device == "gpu" else CPU_LIBS)
+    wrong = set(args.libs) & {"torch-flush", "torch-graph"} - set(GPU_LIBS if args.device == "gpu" else CPU_LIBS)
+    if wrong:
+        parser.error(f"{', '.join(sorted(wrong))} cannot run with --device {args.device}")
+    libs = [n for n in args.libs if not n.startswith("torch") or torch is not None]
     if "minivae" not in libs:
         libs.insert(0, "minivae")
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
@@ -527,14 +658,15 @@ def main(argv=None):
     host = next(iter(MinibatchLoader(data.x_train, len(data.x_train), seed=2).epoch(0))).copy()
 
     makers = {"minivae": MinivaeRunner, "numpy": NumpyRunner, "torch": TorchRunner,
+              "torch-flush": TorchFlushRunner, "torch-graph": TorchGraphRunner,
               "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
     rows, agreement, repeats = {}, {}, {}
     for k, b in enumerate(args.batch):
         host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
         runners = {n: makers[n](state, args.device, seed=3) for n in libs}
         batches = {n: [r.batch(x) for x in host_batches] for n, r in runners.items()}
-        agreement[str(b)] = check_agreement({n: r for n, r in runners.items() if n != "numpy-noflush"},
-                                            host_batches[0], seed=4)
+        agreement[str(b)] = check_agreement(
+            {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph")}, host_batches[0], seed=4)
         repeat = args.repeat or (20 if b <= 200 else 8)
         budget = (args.max_seconds - (time.perf_counter() - t_start)) / (len(args.batch) - k) * 0.8
         row = time_interleaved(runners, batches, repeat, args.block, budget_s=max(budget, 0))
@@ -553,6 +685,26 @@ def main(argv=None):
             f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, x{v['time_ratio_to_minivae']:.2f})"
             for n, v in row.items()), flush=True)
         del runners, batches
+
+    fwd_bwd = {}
+    if args.device == "cpu" and not args.skip_fwd_bwd:
+        fresh, _ = warm_state(data, 0, seed=1)
+        for b in args.batch:
+            host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
+            runners = {n: ForwardBackwardOnly(makers[n](fresh, "cpu", seed=3))
+                       for n in libs if n in ("minivae", "numpy", "torch", "torch-flush")}
+            batches = {n: [r.runner.batch(x) for x in host_batches] for n, r in runners.items()}
+            budget = max(0.0, args.max_seconds - (time.perf_counter() - t_start)) * 0.2
+            row = time_interleaved(runners, batches, args.repeat or (20 if b <= 200 else 8), args.block,
+                                   budget_s=budget)
+            row.pop("_repeat")
+            for n in runners:
+                row[n]["time_ratio_to_minivae"] = round(row[n]["ms_per_step"] / row["minivae"]["ms_per_step"], 3)
+            fwd_bwd[str(b)] = row
+            print(f"batch {b}, forward+backward only (fresh initialization): " + "   ".join(
+                f"{n} {v['ms_per_step']:.2f} ms (x{v['time_ratio_to_minivae']:.2f})" for n, v in row.items()),
+                flush=True)
+            del runners, batches
 
     info = machine_info()
     name = args.machine or default_machine_name(info)
@@ -586,6 +738,7 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - t_start, 1),
         "agreement": agreement,
         "results": rows,
+        "forward_backward_only_fresh_init": fwd_bwd,
         "targets": targets(rows),
     }
     print(json.dumps(record["targets"], indent=1))
