@@ -1,123 +1,149 @@
 #!/usr/bin/env bash
-# One command for a machine with a CUDA GPU, from the repository root:
+# Everything a GPU machine should check, in one call from the repository root, in under 7 minutes:
 #
-#     bash benchmarks/gpu_check.sh            # results under $OUT (default ./gpu_check_out)
+#     OUT=/some/folder bash benchmarks/gpu_check.sh
 #
-# 1. reports the machine (nvidia-smi, python, versions);
-# 2. makes sure CuPy imports and sees the GPU (installs cupy-cuda12x only when no CuPy is there);
-# 3. installs minivae from this checkout (no build isolation, no dependency downloads) and the test
-#    dependencies that are missing;
-# 4. runs `pytest -m gpu` (the kernels against the NumPy twin, device gradchecks, a VAE step GPU vs
-#    CPU) and the no-GPU kernel tests (nvcc/NVRTC compiles, host build of the headers);
-# 5. runs benchmarks/bench_kernels.py (B*D = 1e3 .. 1e8, float32) and writes its JSON;
-# 6. runs benchmarks/bench_train_step.py --device gpu (a VAE training step on the GPU), then
-#    trains the default VAE for two epochs on the GPU (`minivae train --device gpu`, the main job),
-#    then the same training step on this machine's CPU (GPU vs CPU on one machine);
-# 7. last, the kernel tests that need no GPU (nvcc to PTX, the host build of the headers).
+# Steps (each under its own `timeout`; a failing step is reported and the next one still runs):
+#   1. machine   nvidia-smi, Python, NumPy/CuPy/PyTorch versions; MNIST found in the cache
+#   2. pytest    `pytest -m gpu`: every GPU test (kernels against the NumPy twin, row sums in
+#                their documented order, cuBLAS gemm eager and inside a captured CUDA graph,
+#                device gradchecks, a VAE step GPU vs CPU, Adam bit for bit, ...)
+#   3. kernels   benchmarks/bench_kernels.py: fused kernels vs CuPy/PyTorch, and each kernel
+#                alone at 1e7 and 1e8 elements (D = 2, 10, 50, 100, 784) as a share of a
+#                device-to-device copy measured in the same run
+#   4. step      benchmarks/bench_train_step.py --device gpu: minivae eager, the reference on
+#                CuPy, PyTorch CUDA eager and PyTorch with the whole step in a CUDA graph, at
+#                batch 100, 1000, 10000
+#   5. epoch     benchmarks/bench_epoch.py --device gpu: seconds per epoch (batch 100)
+#   6. train     `minivae train --device gpu`, the default VAE for 2 epochs (k = 100 evaluation)
 #
-# Every step runs under `timeout` (STEP_TIMEOUT seconds, default 240) so that one hang cannot
-# use up a lent machine's time; later steps still run.
+# Files written to $OUT (at most 7): gpu_check.log (everything), summary.txt (one line per step),
+# pytest_gpu.log, kernels_<device>_<date>.json, train_step_<machine>_t<threads>_gpu.json,
+# epoch_<machine>_t<threads>_b100_gpu.json, train_gpu_metrics.jsonl.
 #
-# Everything lands in $OUT (at most 8 files): gpu_check.log, pytest_gpu.xml, pytest_cpu.xml,
-# kernels_<device>_<date>.json, bench_kernels.md, train_step_<machine>_*_gpu.json,
-# train_step_<machine>_t<threads>.json, train_gpu_metrics.jsonl. Exit status: 0 when every step passed.
-# Environment: OUT, PYTHON (default python3), BENCH_ARGS (extra bench_kernels.py arguments),
-# NO_INSTALL=1 (install nothing: use the checkout through PYTHONPATH), STEP_TIMEOUT,
-# MINIVAE_DATA (where the cached mnist.npz is: a machine without the internet needs it there).
+# Needs (installs nothing, reaches no network): CuPy and PyTorch with CUDA already installed for
+# $PYTHON (default python3), with numpy and pytest; minivae runs from this checkout through
+# PYTHONPATH. MNIST must be in the cache folder $MINIVAE_DATA (default ./.mnist_cache: copy
+# mnist.npz and mnist.json there from ~/.cache/minivae of a machine that has them).
+#
+# Environment: OUT (default ./gpu_check_out), PYTHON, MINIVAE_DATA, TOTAL_SECONDS (default 400:
+# a step gets at most what is left of it), DRY_RUN=1 (check the script itself on a machine
+# without a GPU: small sizes, CPU training; GPU-only steps report that they were skipped).
+# Exit status: 0 when every step passed.
 set -u
 set -o pipefail
 
 cd "$(dirname "$0")/.." || exit 2
-OUT="${OUT:-$PWD/gpu_check_out}"
+ROOT="$PWD"
+OUT="${OUT:-$ROOT/gpu_check_out}"
 PYTHON="${PYTHON:-python3}"
+TOTAL_SECONDS="${TOTAL_SECONDS:-400}"
+DRY_RUN="${DRY_RUN:-}"
+export MINIVAE_DATA="${MINIVAE_DATA:-$ROOT/.mnist_cache}"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export MINIVAE_KERNELS_DIR="$ROOT/kernels"
+export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
 exec > >(tee -a "$LOG") 2>&1
-export PYTHONUNBUFFERED=1
 status=0
-STEP_TIMEOUT="${STEP_TIMEOUT:-240}"
-run() { timeout --kill-after=10 "$STEP_TIMEOUT" "$@"; }
-step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+SCRATCH="$(mktemp -d)"
+trap 'rm -rf "$SCRATCH"' EXIT
 
-step "machine"
-date -u
-uname -a
-nvidia-smi || echo "nvidia-smi failed"
-"$PYTHON" --version
-git rev-parse HEAD 2>/dev/null || true
+# run_step NAME BUDGET_SECONDS COMMAND...: runs COMMAND under timeout (its budget, or what is
+# left of TOTAL_SECONDS, whichever is less) and appends one line to summary.txt.
+run_step() {
+    local name="$1" budget="$2"
+    shift 2
+    local left=$((TOTAL_SECONDS - SECONDS - 5))
+    if [ "$left" -lt 20 ]; then
+        echo "SKIP  $name: only ${left}s of TOTAL_SECONDS=$TOTAL_SECONDS left" | tee -a "$SUMMARY"
+        status=1
+        return
+    fi
+    [ "$budget" -gt "$left" ] && budget="$left"
+    echo
+    echo "=== $name (budget ${budget}s, $(date -u +%H:%M:%S))"
+    local t0=$SECONDS rc=0
+    timeout --kill-after=10 "$budget" "$@" || rc=$?
+    local took=$((SECONDS - t0))
+    if [ "$rc" -eq 0 ]; then
+        echo "PASS  $name (${took}s)" | tee -a "$SUMMARY"
+    elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        echo "FAIL  $name: timed out after ${took}s (budget ${budget}s)" | tee -a "$SUMMARY"
+        status=1
+    else
+        echo "FAIL  $name: exit status $rc after ${took}s" | tee -a "$SUMMARY"
+        status=1
+    fi
+}
 
-step "CuPy"
-if "$PYTHON" -c "import cupy; print('cupy', cupy.__version__)"; then
-    echo "CuPy is installed: not installing anything"
-elif command -v nvidia-smi >/dev/null; then
-    echo "no CuPy: trying pip install cupy-cuda12x"
-    "$PYTHON" -m pip install -q cupy-cuda12x || echo "pip install cupy-cuda12x failed (offline? carry a wheel)"
+if [ -n "$DRY_RUN" ]; then
+    echo "DRY_RUN: small sizes, CPU training (checks this script, not the GPU)"
+    KERNEL_ARGS=(--quick --kernel-sizes 1e4 --kernel-D 2,50 --no-philox-cpu)
+    STEP_ARGS=(--warmup-steps 0 --repeat 3 --max-seconds 20)
+    TRAIN_DEVICE=cpu
 else
-    echo "no CuPy and no nvidia-smi: not a GPU machine, not installing CuPy"
+    KERNEL_ARGS=(--sizes 1e5,1e7 --mnist 100x50 --cpu-max 1e5 --budget 0.5 --repeats 9 --no-philox-cpu)
+    STEP_ARGS=(--warmup-steps 200 --max-seconds 60)
+    TRAIN_DEVICE=gpu
 fi
-"$PYTHON" -c "import cupy; n = cupy.cuda.runtime.getDeviceCount(); assert n > 0; print(n, 'device(s), CUDA runtime', cupy.cuda.runtime.runtimeGetVersion())" \
-    || { echo "FAIL: CuPy cannot use a GPU here"; status=1; }
 
-step "install minivae and test dependencies"
-if [ -n "${NO_INSTALL:-}" ]; then
-    echo "NO_INSTALL set: using PYTHONPATH=$PWD, installing nothing"
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-elif ! "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . ; then
-    echo "pip install -e . failed: using PYTHONPATH=$PWD"
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
-for mod in numpy pytest hypothesis; do
-    "$PYTHON" -c "import $mod" 2>/dev/null || { [ -z "${NO_INSTALL:-}" ] && "$PYTHON" -m pip install -q "$mod"; } \
-        || echo "could not install $mod"
-done
-"$PYTHON" - <<'EOF'
-import importlib
-for name in ("numpy", "cupy", "torch", "pytest", "hypothesis", "minivae"):
+machine() {
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv || echo "nvidia-smi failed"
+    git -C "$ROOT" rev-parse HEAD 2>/dev/null || true
+    "$PYTHON" - <<'EOF'
+import importlib, os, sys
+print("python", sys.version.split()[0], sys.executable)
+for name in ("numpy", "cupy", "torch", "pytest", "minivae"):
     try:
         m = importlib.import_module(name)
-        print(f"{name:12s} {getattr(m, '__version__', '?'):16s} {getattr(m, '__file__', '')}")
+        print(f"{name:8s} {getattr(m, '__version__', '?'):14s} {os.path.dirname(getattr(m, '__file__', '') or '')}")
     except Exception as exc:
-        print(f"{name:12s} missing ({type(exc).__name__}: {exc})")
-import minivae.gpu as g
-print("kernel sources:", g.kernel_dir())
+        print(f"{name:8s} missing ({type(exc).__name__}: {exc})")
+try:
+    import cupy
+    print("CUDA devices:", cupy.cuda.runtime.getDeviceCount(), "runtime", cupy.cuda.runtime.runtimeGetVersion())
+    import torch
+    print("torch.cuda:", torch.cuda.is_available(), torch.version.cuda)
+except Exception as exc:
+    print("GPU stack:", type(exc).__name__, exc)
+from minivae.data import load_mnist
+d = load_mnist(sources=("cache",), verbose=False)
+print("MNIST from the cache:", d.cache_path, d.x_train.shape)
 EOF
+}
 
-step "pytest -m gpu"
-run "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider --junitxml="$OUT/pytest_gpu.xml" || { echo "FAIL: pytest -m gpu"; status=1; }
+pytest_gpu() {
+    "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider tests > "$OUT/pytest_gpu.log" 2>&1
+    local rc=$?
+    tail -n 25 "$OUT/pytest_gpu.log"
+    echo "      pytest: $(tail -n 1 "$OUT/pytest_gpu.log" | tr -d '=')" >> "$SUMMARY"
+    return $rc
+}
 
-step "bench_kernels"
-# shellcheck disable=SC2086
-if run "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" ${BENCH_ARGS:-} | tee "$OUT/bench_kernels.txt"; then
-    # keep the table alone for the README
-    sed -n '/^| B x D/,/^$/p' "$OUT/bench_kernels.txt" | sed '/^{/,$d' > "$OUT/bench_kernels.md"
-    rm -f "$OUT/bench_kernels.txt"
-else
-    echo "FAIL: bench_kernels"
-    status=1
-fi
+train_gpu() {
+    rm -rf "$SCRATCH/run"
+    "$PYTHON" -m minivae train --device "$TRAIN_DEVICE" --epochs 2 --eval-k 100 --no-progress \
+        --out "$SCRATCH/run" && cp "$SCRATCH/run/metrics.jsonl" "$OUT/train_gpu_metrics.jsonl"
+}
 
-step "bench_train_step --device gpu"
-# One MNIST VAE training step on the GPU next to the same step on the CPU (issue 5).
-run "$PYTHON" benchmarks/bench_train_step.py --device gpu --out "$OUT" --max-seconds 90 \
-    || { echo "FAIL: bench_train_step --device gpu"; status=1; }
+# (timeout runs programs, not shell functions: the functions above run in a child bash)
+export OUT PYTHON ROOT SCRATCH TRAIN_DEVICE SUMMARY
+export -f machine pytest_gpu train_gpu
+run_step machine 40 bash -c machine
+run_step "pytest -m gpu" 130 bash -c pytest_gpu
+run_step "bench_kernels" 80 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" "${KERNEL_ARGS[@]}"
+run_step "bench_train_step --device gpu" 100 "$PYTHON" benchmarks/bench_train_step.py --device gpu \
+    --out "$OUT" "${STEP_ARGS[@]}"
+run_step "bench_epoch --device gpu" 45 "$PYTHON" benchmarks/bench_epoch.py --device gpu --out "$OUT"
+run_step "minivae train --device $TRAIN_DEVICE (2 epochs)" 60 bash -c train_gpu
 
-step "minivae train --device gpu (the default VAE, two epochs, k = 100 evaluation)"
-rm -rf "${TMPDIR:-/tmp}/minivae_gpu_run"
-if run "$PYTHON" -m minivae train --device gpu --epochs 2 --eval-k 100 --no-progress \
-        --out "${TMPDIR:-/tmp}/minivae_gpu_run"; then
-    cp "${TMPDIR:-/tmp}/minivae_gpu_run/metrics.jsonl" "$OUT/train_gpu_metrics.jsonl" || true
-else
-    echo "FAIL: minivae train --device gpu"; status=1
-fi
-
-step "bench_train_step on this machine's CPU (GPU vs CPU)"
-run "$PYTHON" benchmarks/bench_train_step.py --out "$OUT" --max-seconds 60 \
-    || { echo "FAIL: bench_train_step (CPU)"; status=1; }
-
-step "kernel tests without the GPU (nvcc, NVRTC, host build)"
-run "$PYTHON" -m pytest tests/test_kernels.py tests/test_random.py -q -rs -p no:cacheprovider \
-    --junitxml="$OUT/pytest_cpu.xml" || { echo "FAIL: kernel/random tests"; status=1; }
-
-step "done: status $status"
+echo
+echo "=== done in ${SECONDS}s, status $status"
+cat "$SUMMARY"
 ls -la "$OUT"
 exit $status
