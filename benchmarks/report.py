@@ -48,7 +48,7 @@ def _step_run_label(path, r):
 
 def kernels_section(path):
     """One bench_kernels result: the device, the table of microseconds and the two targets."""
-    from bench_kernels import markdown_table
+    from bench_kernels import TARGET_COPY_SHARE, kernel_table, markdown_table
 
     r = json.loads(path.read_text())
     d, s = r.get("device") or {}, r.get("summary", {})
@@ -67,6 +67,13 @@ def kernels_section(path):
         shares = ", ".join(f"{float(n):.0e} elements {100 * v:.0f}%" for n, v in s["fused_share_of_peak_from_1e7"].items())
         lines.append(f"- fused share of peak bandwidth from 1e7 elements: {shares} "
                      f"(target >= 80%: {_fmt(s.get('fused_peak_target_met'))})")
+    if r.get("kernels_alone"):
+        alone = s.get("kernels_alone", {})
+        lines += ["", "Each kernel alone: its bandwidth (the bytes it must move) as a share of the "
+                  f"{d.get('measured_copy_gbps')} GB/s copy of the same run.", "",
+                  kernel_table(r["kernels_alone"]), "",
+                  f"- KL and fused kernels at >= {100 * TARGET_COPY_SHARE:.0f}% of the copy in every case: "
+                  f"{_fmt(alone.get('row_kernels_target_met'))}"]
     return "\n".join(lines)
 
 
@@ -87,6 +94,12 @@ def train_step_tables(r):
                 b, lib, _fmt(v["ms_per_step"]), _fmt(v["images_per_s"], 0), _fmt(v["time_ratio_to_minivae"]),
                 _fmt(v.get("tracemalloc_peak_mib"), 1), _fmt(v.get("rss_peak_rise_mib"), 1),
                 _fmt(v.get("page_faults_per_step"), 0), _fmt(v.get("eps_ms"), 3)]) + " |")
+    if r.get("forward_backward_only_fresh_init"):
+        lines += ["", "Forward and backward only (no optimizer), from a fresh initialization:", "",
+                  "| batch | library | ms / step | time vs minivae |", "|---|---|---|---|"]
+        for b, row in r["forward_backward_only_fresh_init"].items():
+            for lib, v in row.items():
+                lines.append(f"| {b} | {lib} | {_fmt(v['ms_per_step'])} | {_fmt(v['time_ratio_to_minivae'])} |")
     lines += ["", "| batch | target | goal | this run | met |", "|---|---|---|---|---|"]
     names = {"time_vs_numpy": "minivae time / NumPy reference time",
              "throughput_vs_torch": "minivae throughput / PyTorch throughput",
@@ -210,13 +223,14 @@ def summary(results_dir=RESULTS):
         parts += ["One training step of the default VAE, float32, the libraries interleaved in one "
                   "process (`benchmarks/bench_train_step.py`; details, memory and the targets in "
                   "[benchmarks/README.md](benchmarks/README.md)):", "",
-                  "| run | batch | minivae ms / step | NumPy reference (CuPy on the GPU) | PyTorch |",
-                  "|---|---|---|---|---|"]
+                  "| run | batch | minivae ms / step | NumPy reference (CuPy on the GPU) | PyTorch "
+                  "| PyTorch, whole step in a CUDA graph |",
+                  "|---|---|---|---|---|---|"]
         for path in steps:
             r = json.loads(path.read_text())
             for b, row in r["results"].items():
                 cells = [_step_run_label(path, r), b, _fmt(row["minivae"]["ms_per_step"])]
-                for lib in ("numpy", "torch"):
+                for lib in ("numpy", "torch", "torch-graph"):
                     v = row.get(lib)
                     cells.append("-" if v is None else
                                  f"{_fmt(v['ms_per_step'])} ({_fmt(v['time_ratio_to_minivae'])}x minivae's time)")
