@@ -360,6 +360,14 @@ def test_row_tiling(shim):
     assert _row_tiling(shim, 50) == (40, 8) and _row_tiling(shim, 784) == (2, 32)
 
 
+def test_launch_grid_has_one_block_per_tile(shim):
+    """The wrappers' copy of the tiling (for the grid size) equals the kernels' own."""
+    from minivae.gpu.kernels import rows_per_tile
+
+    for D in list(range(1, 600)) + [1001, 2047, 2048, 2049, 4101, 10 ** 6]:
+        assert rows_per_tile(D) == _row_tiling(shim, D)[0], D
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 def test_replay_row_kernels(shim, dtype, shape):

@@ -179,11 +179,20 @@ def _chunks(n):
     return (n + 3) // 4
 
 
+TILE = 2048  # MV_TILE in kernels/chunks.cuh
+
+
+def rows_per_tile(D: int) -> int:
+    """Rows per tile of the forward row kernels: mv_row_tiling_of(D).rows of kernels/chunks.cuh
+    (the most rows, a multiple of 4 / gcd(D, 4), that fit in TILE elements; at least one)."""
+    m = 1 if D % 4 == 0 else (2 if D % 2 == 0 else 4)
+    return max(1, TILE // (m * D) * m)
+
+
 def _row_forward_launch(B, D):
-    """(grid, block) of a forward row kernel: a block per tile of whole rows (at most MV_TILE =
-    2048 elements, at least half of it for D <= 512; see kernels/chunks.cuh), so B*D / 1024 + 1
-    blocks are enough for every tile, never more than B (a tile holds at least one row)."""
-    return (max(1, min(B, B * D // 1024 + 1, _max_grid())),), (BLOCK,)
+    """(grid, block) of a forward row kernel: one block per tile, so that the hardware hands
+    the tiles out as blocks finish (a grid-stride loop would give some blocks one tile more)."""
+    return (max(1, min(-(-B // rows_per_tile(D)), 2 ** 31 - 1)),), (BLOCK,)
 
 
 # ------------------------------------------------------------------------------ generators
