@@ -9,6 +9,8 @@ new checkpoint, never half of one.
 import json
 import os
 import tempfile
+import tokenize
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +52,10 @@ def load(path):
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
         meta = json.loads(str(arrays.pop(META_KEY)))
-    except (OSError, ValueError, KeyError, EOFError) as exc:
+    # A cut-off or damaged file fails deep inside zipfile or NumPy's header parser, with
+    # whatever error that layer raises; all of them mean the same thing here.
+    except (OSError, ValueError, KeyError, EOFError, SyntaxError, NotImplementedError,
+            zipfile.BadZipFile, tokenize.TokenError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
     return arrays, meta
 

@@ -1,59 +1,221 @@
-"""The command line: ``minivae train | eval | sample | plot | gradcheck | graph`` (also ``python -m minivae``)."""
+"""The command line: ``minivae train | eval | sample | plot | models | gradcheck | graph``
+(also ``python -m minivae``).
+
+One error path: every mistake a user can make (an unknown model, a value out of range, a
+missing or damaged run folder, a device that cannot be used, a folder that cannot be written, a
+full disk) ends in one line, ``minivae: error: ...``, naming the bad value and what would be
+valid, and exit status 2. Each command checks all of its arguments before any work starts (before
+MNIST is loaded or a step is taken). A traceback appears only with ``--debug``, or for a bug.
+"""
 import argparse
 import dataclasses
+import errno
 import json
+import math
+import re
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .backend import DeviceError, resolve_device
-from .train import TrainConfig, load_run
+from .checkpoint import CheckpointError
+from .data.mnist import SPLIT_SIZES, MNISTError
+from .models import MODELS, build_model
+from .models.settings import COMMON, model_settings, parse_setting
+from .nn import ACTIVATIONS
+from .train import CHECKPOINT, TrainConfig, TrainingDiverged, load_run, resume_mismatches
+
+PROG = "minivae"
+#: The devices ``--device`` accepts ("cuda" is another name for "gpu").
+DEVICES = ("cpu", "gpu", "cuda", "auto")
+#: Labels a semi-supervised model learns from are balanced over MNIST's ten classes.
+N_CLASSES = 10
+
+
+class UsageError(Exception):
+    """A mistake in the command line: printed as one line, exit status 2."""
+
+
+#: Errors of the library that describe a problem with the user's input or machine, not a bug:
+#: printed as one line (their message names the file or value), exit status 2.
+USER_ERRORS = (UsageError, DeviceError, CheckpointError, MNISTError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are raised (as UsageError), so ``main`` prints them as one line."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help with every default shown, and the description's line breaks kept."""
+
+    def _fill_text(self, text, width, indent):
+        return "\n".join(indent + line for line in text.splitlines())
+
+    def _get_help_string(self, action):
+        if action.default in (False, None, []):  # a flag, or an option that is off unless given
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ----- argument types: each refuses a bad value with a message naming it --------------------------
+
+def _integer(low, what):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {what}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give {what}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def _number(low, inclusive, what):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what}") from None
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {what}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _integer(1, "an integer >= 1")
+count = _integer(0, "an integer >= 0")
+positive_float = _number(0.0, False, "a number > 0")
+nonnegative_float = _number(0.0, True, "a number >= 0")
+
+
+# ----- checks shared by the commands -------------------------------------------------------------
+
+def _check_writable_folder(folder, option, hint="give a folder you can write to", label=None):
+    """Refuse a folder that is a file, or that cannot be created or written, before any work.
+
+    ``label`` starts the message (default: ``option folder``)."""
+    folder = Path(folder)
+    label = label or f"{option} {folder}"
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{label}: this is a file, not a folder; give a folder")
+    existing = next(p for p in [folder, *folder.parents] if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise UsageError(f"{label}: {existing} is a file, not a folder")
+    try:  # os.access says yes to root even on a read-only mount: try to write instead
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{label}: cannot write in {existing} ({exc.strerror or exc}); {hint}") from None
+
+
+def _check_writable_file(path, option, hint="give a folder you can write to"):
+    """Refuse an output file that is a folder or whose folder cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: this is a folder; give a file name")
+    _check_writable_folder(path.parent, option, hint, label=f"{option} {path}")
+
+
+def _load_run(run):
+    """(config, model) of a run folder, or one UsageError naming the folder when it holds no run."""
+    if not (Path(run) / CHECKPOINT).is_file():
+        if not Path(run).exists():
+            raise UsageError(f"run folder {run} does not exist (train one with `minivae train --out {run}`)")
+        raise UsageError(f"{run} is not a run folder: it has no {CHECKPOINT} "
+                         f"(train one with `minivae train --out {run}`)")
+    return load_run(run)  # a damaged checkpoint raises CheckpointError
+
+
+# ----- train ------------------------------------------------------------------------------------
+
+def _settings_text(model):
+    """The lines of help listing the ``--set`` keys of ``model`` with their types and defaults."""
+    settings = model_settings(model)
+    if not settings:
+        return f"model {model!r} has no --set settings"
+    lines = [f"--set KEY=VALUE settings of model {model!r} (type, default):"]
+    lines += [f"  {s.describe()}" for s in settings.values()]
+    return "\n".join(lines)
+
+
+class _TrainHelp(argparse.Action):
+    """``-h``: the usual help, then the ``--set`` keys of the ``--model`` given before it."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.print_help()
+        print("\n" + _settings_text(namespace.model))
+        parser.exit()
 
 
 def _add_train_args(p):
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, help="model family (default %(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="passes over the 50k training images")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (peak of the schedule)")
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule)
-    p.add_argument("--lr-min", type=float, default=d.lr_min, help="final rate of the cosine schedule")
-    p.add_argument("--z-dim", type=int, default=d.z_dim)
-    p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden),
+    p.add_argument("-h", "--help", action=_TrainHelp,
+                   help="show this help and the --set keys of the --model given before it, then exit")
+    p.add_argument("--model", default=d.model, choices=list(MODELS),
+                   help="model family (each one's --set keys: `minivae models`)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the 50k training images")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per optimizer step")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate (peak of the schedule)")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
+                   help="cosine: from --lr down to --lr-min at the last step; constant: --lr throughout")
+    p.add_argument("--lr-min", type=nonnegative_float, default=d.lr_min, help="final rate of the cosine schedule")
+    p.add_argument("--z-dim", type=positive_int, default=d.z_dim, help="size of the latent code z")
+    p.add_argument("--hidden", type=positive_int, nargs="+", default=list(d.hidden),
                    help="encoder hidden sizes; the decoder mirrors them")
-    p.add_argument("--activation", default=d.activation)
-    p.add_argument("--beta", type=float, default=d.beta, help="KL weight (beta-VAE when > 1)")
-    p.add_argument("--warmup", type=int, default=d.warmup, help="epochs of linear KL warm-up")
-    p.add_argument("--mc-samples", type=int, default=d.mc_samples, help="Monte Carlo samples of the ELBO")
-    p.add_argument("--iw-k", type=int, default=d.iw_k, help="train on the k-sample IWAE bound when > 1")
-    p.add_argument("--n-labelled", type=int, default=d.n_labelled,
+    p.add_argument("--activation", default=d.activation, choices=list(ACTIVATIONS),
+                   help="nonlinearity between the hidden layers")
+    p.add_argument("--beta", type=nonnegative_float, default=d.beta, help="KL weight (beta-VAE when > 1)")
+    p.add_argument("--warmup", type=count, default=d.warmup, help="epochs of linear KL warm-up (0: none)")
+    p.add_argument("--mc-samples", type=positive_int, default=d.mc_samples,
+                   help="Monte Carlo samples of the ELBO per image")
+    p.add_argument("--iw-k", type=positive_int, default=d.iw_k, help="train on the k-sample IWAE bound when > 1")
+    p.add_argument("--n-labelled", type=positive_int, default=d.n_labelled,
                    help="labels (balanced over the classes, chosen by --seed from the training set) a "
-                        "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=d.out, help="run folder (checkpoint, metrics, pictures)")
+                        "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from; "
+                        "a multiple of 10")
+    p.add_argument("--seed", type=count, default=d.seed,
+                   help="seed of the initial weights, the batch order, the binarization and the noise")
+    p.add_argument("--out", default=d.out, help="run folder (config, checkpoint, metrics, results, pictures)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--device", default=d.device, help="cpu, gpu or auto")
-    p.add_argument("--eval-k", type=int, default=d.eval_k,
+    p.add_argument("--device", default=d.device, choices=DEVICES,
+                   help="where to train; auto: the GPU when CuPy and a device are usable")
+    p.add_argument("--eval-k", type=count, default=d.eval_k,
                    help="importance samples for the final test log-likelihood (0 skips it)")
-    p.add_argument("--trace-every", type=int, default=d.trace_every,
+    p.add_argument("--trace-every", type=count, default=d.trace_every,
                    help="log per-layer gradient norms and update ratios every N steps (0: off)")
     p.add_argument("--set", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
-                   help="a model-specific setting (repeatable), e.g. --set flows=8; VALUE is read as JSON "
-                        "when it parses, else as a string")
+                   help="a model-specific setting (repeatable), e.g. --set flows=8; the keys of a model "
+                        "and their types: `minivae models` or `minivae train --model NAME --help`. The "
+                        "settings with an option of their own (" + ", ".join(COMMON.values()) + ") are "
+                        "given through it, never through --set")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _parse_options(pairs):
+def _parse_options(model, pairs):
+    """The ``--set`` pairs as a dict of typed values (see ``minivae.models.settings``)."""
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise SystemExit(f"error: --set expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--set {pair}: expected KEY=VALUE, e.g. --set flows=8")
+        key = key.replace("-", "_")
         try:
-            options[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
+            options[key] = parse_setting(model, key, value)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return options
 
 
@@ -61,56 +223,141 @@ def _config_from_args(args):
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["hidden"] = tuple(values["hidden"])
-    values["model_options"] = _parse_options(values["model_options"])
+    values["model_options"] = _parse_options(args.model, values["model_options"])
     return TrainConfig(**values)
+
+
+def _option(name):
+    """The command-line option of a TrainConfig field (``z_dim`` -> ``--z-dim``)."""
+    return "--set" if name == "model_options" else "--" + name.replace("_", "-")
+
+
+def _check_resume(config):
+    """Refuse ``--resume`` of a folder without a run, or with settings the run was not trained with."""
+    path = Path(config.out) / CHECKPOINT
+    if not path.is_file():
+        raise UsageError(f"--resume: {config.out} holds no run to continue (no {CHECKPOINT}); "
+                         "leave out --resume to start one")
+    saved, _ = load_run(config.out)
+    changed = [f"{_option(name)} {getattr(config, name)} (the run has {getattr(saved, name)})"
+               for name in resume_mismatches(saved, config)]
+    if changed:
+        raise UsageError(f"--resume with settings the run in {config.out} was not trained with: "
+                         f"{'; '.join(changed)}; only --epochs, --device, --eval-k and --trace-every "
+                         "may change")
+
+
+def check_train(args):
+    """Every check of ``minivae train``; returns the TrainConfig. Nothing is loaded or trained."""
+    config = _config_from_args(args)
+    resolve_device(config.device)  # DeviceError now when the GPU cannot be used
+    semi_supervised = getattr(MODELS[config.model], "semi_supervised", False)
+    if semi_supervised and config.n_labelled % N_CLASSES:
+        raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
+                         f"{N_CLASSES} classes; give e.g. 100")
+    try:  # the constructor's own checks (e.g. iwae's layers, ladder's z_dims), on a throw-away model
+        build_model(config.model, **config.model_kwargs())
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    _check_writable_folder(config.out, "--out")
+    if args.resume:
+        _check_resume(config)
+    return config
 
 
 def cmd_train(args):
     """Train (or resume) a run and print its test results."""
-    from .train import TrainingDiverged, train
+    from .train import train
 
+    config = check_train(args)
     try:
-        train(_config_from_args(args), resume=args.resume, progress=not args.no_progress)
+        train(config, resume=args.resume, progress=not args.no_progress)
     except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
     return 0
 
 
+def _summary(obj):
+    """The first sentence of ``obj``'s docstring, on one line."""
+    paragraph = " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "")
+    return re.split(r"(?<! al)\. (?=[A-Z])", paragraph)[0].rstrip(".") + "."
+
+
+def cmd_models(args):
+    """List the models, a sentence about each, and their ``--set`` keys (types and defaults)."""
+    for name, cls in MODELS.items():
+        print(f"{name}: {_summary(cls)}")
+        for setting in model_settings(name).values():
+            print(f"    --set {setting.describe()}")
+    print("\nEvery model also takes " + ", ".join(COMMON.values()) + " (see `minivae train --help`).")
+    return 0
+
+
+# ----- eval -------------------------------------------------------------------------------------
+
+#: ``minivae eval``'s default number of importance samples: the training's own final evaluation
+#: uses it too. The papers' k = 5000 takes five times as long (give --k 5000).
+EVAL_K = 1000
+
+
+def _estimate_line(model, x, k, batch_size=100):
+    """Time the log-likelihood of one batch (with noise of its own) and say how long all of ``x`` takes."""
+    from .evaluate import log_likelihood
+    from .random import Generator
+
+    start = time.perf_counter()
+    log_likelihood(model, x[:batch_size], k=k, noise=Generator(seed=0, stream=99), batch_size=batch_size)
+    seconds = (time.perf_counter() - start) * math.ceil(len(x) / batch_size)
+    took = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return (f"{PROG}: log p(x) with k={k} importance samples on {len(x)} images: about {took} here "
+            "(fewer with a smaller --k or --n)")
+
+
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
+    device = resolve_device(args.device)
+    _, model = _load_run(args.run)
+    n = min(args.n, SPLIT_SIZES["test"])
+    if args.out:
+        out = Path(args.out)
+        _check_writable_file(out, "--out")
+    else:  # a score of part of the test set never replaces one of all of it
+        out = Path(args.run) / f"eval_k{args.k}{'' if n == SPLIT_SIZES['test'] else f'_first{n}'}.json"
+        _check_writable_file(out, "the result file", hint="write it elsewhere with --out FILE")
     from .data import binarize_eval, load_mnist
     from .evaluate import elbo, log_likelihood, nll_summary
 
-    config, model = load_run(args.run)
-    model.to(resolve_device(args.device))  # the evaluation follows the model's device
+    model.to(device)  # the evaluation follows the model's device
     data = load_mnist(verbose=False)
-    x_test = binarize_eval(data.x_test, "test")[: args.n]
+    x_test = binarize_eval(data.x_test, "test")[:n]
     bound, _, _ = elbo(model, x_test)
+    print(_estimate_line(model, x_test, args.k), file=sys.stderr)
     ll = log_likelihood(model, x_test, k=args.k, progress=not args.no_progress)
     result = {"run": str(args.run), "n_test": len(x_test), "k": args.k,
               "test_elbo": float(bound.mean()), **nll_summary(ll)}
     if hasattr(model, "classify"):
         from .train import classification_error
-        result["test_error"] = classification_error(model, x_test, data.y_test[: args.n])
-    (Path(args.run) / f"eval_k{args.k}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+        result["test_error"] = classification_error(model, x_test, data.y_test[:n])
+    print(json.dumps(result))  # before the file: a failed write loses nothing
+    out.write_text(json.dumps(result, indent=2))
+    print(f"{PROG}: wrote {out}", file=sys.stderr)
     return 0
 
 
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
+    path = Path(args.out or Path(args.run) / "samples.png")
+    _, model = _load_run(args.run)
+    _check_writable_file(path, "--out")
+    from .evaluate import evaluating
     from .random import Generator
     from .viz import save_image_grid
 
-    from .evaluate import evaluating
-
-    _, model = load_run(args.run)
     with evaluating(model):  # BatchNorm layers must use their running statistics
         images = model.sample(args.n, Generator(seed=args.seed, stream=3))
-    path = Path(args.out or Path(args.run) / "samples.png")
     save_image_grid(np.asarray(images), path)
     print(path)
     return 0
@@ -118,6 +365,12 @@ def cmd_sample(args):
 
 def cmd_plot(args):
     """Draw the run's pictures (samples, reconstructions, latent space, curves) as PNGs."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError("plot needs matplotlib, an optional extra: pip install 'minivae[viz]'") from None
+    _load_run(args.run)
+    _check_writable_folder(args.run, "the run folder")
     from .viz import plot_run
 
     for path in plot_run(args.run):
@@ -127,68 +380,101 @@ def cmd_plot(args):
 
 def build_parser():
     """The argparse parser of the ``minivae`` command."""
-    parser = argparse.ArgumentParser(prog="minivae", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a VAE on MNIST")
+    parser = _Parser(prog=PROG, description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    def command(name, func, help, **kw):
+        p = sub.add_parser(name, help=help, description=help, parents=[common], formatter_class=_Formatter, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("train", cmd_train, "train a VAE on MNIST into a run folder", add_help=False)
     _add_train_args(p)
-    p.set_defaults(func=cmd_train)
-    p = sub.add_parser("eval", help="test ELBO and importance-sampled log-likelihood of a run")
-    p.add_argument("run")
-    p.add_argument("--k", type=int, default=5000)
-    p.add_argument("--n", type=int, default=10000, help="score the first N test images")
-    p.add_argument("--device", default="cpu", help="cpu, gpu or auto (k = 5000 takes seconds on a GPU)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_eval)
-    p = sub.add_parser("sample", help="a grid of images sampled from a trained model")
-    p.add_argument("run")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out")
-    p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("plot", help="pictures of a run (PNG files in the run folder)")
-    p.add_argument("run")
-    p.set_defaults(func=cmd_plot)
-    _add_gradient_commands(sub)
+    p = command("eval", cmd_eval, "test ELBO and importance-sampled log-likelihood of a run "
+                                  "(prints an estimate of the time first)")
+    p.add_argument("run", help="a run folder written by `minivae train`")
+    p.add_argument("--k", type=positive_int, default=EVAL_K,
+                   help="importance samples per image (the papers use 5000: five times slower)")
+    p.add_argument("--n", type=positive_int, default=10000, help="score the first N test images")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to compute (k = 5000 takes "
+                                                                      "seconds on a GPU)")
+    p.add_argument("--out", help="the JSON file of the result (default: RUN/eval_kK.json, or "
+                                 "RUN/eval_kK_firstN.json for part of the test set)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
+    p.add_argument("run", help="a run folder written by `minivae train`")
+    p.add_argument("--n", type=positive_int, default=64, help="how many images")
+    p.add_argument("--seed", type=count, default=0, help="seed of the samples")
+    p.add_argument("--out", help="the PNG file (default: RUN/samples.png)")
+    p = command("plot", cmd_plot, "pictures of a run (PNG files in the run folder)")
+    p.add_argument("run", help="a run folder written by `minivae train`")
+    command("models", cmd_models, "the models and their --set keys, with types and defaults")
+    _add_gradient_commands(command)
     return parser
 
 
+def _os_error_line(exc):
+    """One line for an error of the operating system (a full disk, a folder that cannot be written)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}; free some space and run the command again "
+                "(a training run continues from its last checkpoint with --resume)")
+    return f"{exc.strerror or exc}{where}"
+
+
 def main(argv=None):
-    """Entry point of the ``minivae`` command."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``minivae`` command; returns the exit status (2 for a user error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return _error(str(exc))
     try:
         return args.func(args)
-    except DeviceError as exc:  # --device gpu without CuPy or a usable GPU: one line, no traceback
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        return _error(str(exc))
+    except OSError as exc:  # a full disk, a folder that cannot be written: the machine, not a bug
+        if args.debug:
+            raise
+        return _error(_os_error_line(exc))
+
+
+def _error(message):
+    """Print ``minivae: error: message`` and return the exit status of a user error, 2."""
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 # ----- studying gradients: `minivae gradcheck` and `minivae graph` (see minivae.gradcheck_cases,
 # minivae.graph and docs/gradients.md) ---------------------------------------------------------
 
-def _add_gradient_commands(sub):
-    """Register the ``gradcheck`` and ``graph`` subcommands on the subparsers ``sub``."""
-    p = sub.add_parser("gradcheck", help="finite-difference checks of every op (or a model), as tables")
+def _add_gradient_commands(command):
+    """Register the ``gradcheck`` and ``graph`` subcommands through ``command`` (see build_parser)."""
+    p = command("gradcheck", cmd_gradcheck, "finite-difference checks of every op (or a model), as tables")
     p.add_argument("--op", action="append", metavar="NAME",
                    help="check only this op (class or function name, e.g. softplus; repeatable)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64: the exact check; float32: float32 backward vs float64 differences, "
                         "with the error rounding alone would leave")
-    p.add_argument("--model", metavar="NAME",
+    p.add_argument("--model", metavar="NAME", choices=list(MODELS),
                    help="check a small instance of this model's loss w.r.t. every parameter "
-                        "(only the model unless --op is given too)")
-    p.set_defaults(func=cmd_gradcheck)
-    p = sub.add_parser("graph", help="the computation graph of one loss evaluation, as Graphviz DOT (+ SVG)")
+                        "(only the model unless --op is given too); one of " + ", ".join(MODELS))
+    p = command("graph", cmd_graph, "the computation graph of one loss evaluation, as Graphviz DOT (+ SVG)")
     p.add_argument("run", nargs="?", help="a run folder (its checkpoint's model); or give --model")
-    p.add_argument("--model", metavar="NAME", help="a freshly initialized model with the train defaults")
+    p.add_argument("--model", metavar="NAME", choices=list(MODELS),
+                   help="a freshly initialized model with the train defaults; one of " + ", ".join(MODELS))
     p.add_argument("--grad", action="store_true", help="label every node with its gradient norm")
     p.add_argument("--out", help="output file: .dot (an .svg is written next to it when Graphviz is "
                                  "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="images in the batch")
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
                    help="the batch: the first test images of a cached MNIST, or random binary "
                         "images (auto: MNIST when cached)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the noise (and of random data)")
-    p.set_defaults(func=cmd_graph)
+    p.add_argument("--seed", type=count, default=0, help="seed of the noise (and of random data)")
 
 
 def cmd_gradcheck(args):
@@ -198,14 +484,13 @@ def cmd_gradcheck(args):
     try:
         ops = [find_op(name) for name in args.op] if args.op else ([] if args.model else list(CASES))
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from None
+    missing = [op.__name__ for op in ops if op not in CASES]
+    if missing:
+        raise UsageError(f"--op {missing[0]}: this op has no gradcheck case")
     print(criteria(args.dtype))
     failed, total = [], 0
     for op in ops:
-        if op not in CASES:
-            print(f"error: {op.__name__} has no gradcheck case", file=sys.stderr)
-            return 2
         rows = report_op(op, args.dtype)
         total += len(rows)
         failed += [f"{op.__name__} / {case} / input {label}" for case, label, r in rows if not r["passed"]]
@@ -213,11 +498,7 @@ def cmd_gradcheck(args):
         print("\n" + format_table(f"{op.__name__}" + (f" (F.{name})" if name else "") +
                                   f": {len(CASES[op])} case{'s' if len(CASES[op]) != 1 else ''}, {args.dtype}", rows, args.dtype))
     if args.model:
-        try:
-            rows = report_model(args.model, args.dtype)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        rows = report_model(args.model, args.dtype)
         total += len(rows)
         failed += [f"model {args.model} / {label}" for _, label, r in rows if not r["passed"]]
         print("\n" + format_table(f"model {args.model}: the loss w.r.t. every parameter, {args.dtype}",
@@ -238,7 +519,8 @@ def _graph_batch(args, x_dim):
                 return x[: args.batch_size], "MNIST test images"
         except MNISTUnavailableError:
             if args.data == "mnist":
-                raise SystemExit("error: no cached MNIST (run `minivae train` once, or use --data random)")
+                raise UsageError("--data mnist: no cached MNIST (run `minivae train` once, or use "
+                                 "--data random)") from None
     rng = np.random.default_rng(args.seed)
     return (rng.uniform(size=(args.batch_size, x_dim)) < 0.5).astype(np.float32), "random binary images"
 
@@ -246,31 +528,25 @@ def _graph_batch(args, x_dim):
 def cmd_graph(args):
     """Write the graph of one loss evaluation as DOT (and SVG when Graphviz is installed)."""
     from .graph import model_loss_graph, render_svg, svg_available
-    from .models import build_model
     from .random import Noise
 
     if (args.run is None) == (args.model is None):
-        print("error: give a run folder or --model NAME (one of the two)", file=sys.stderr)
-        return 2
+        raise UsageError("graph: give a run folder or --model NAME (one of the two)")
     if args.run is not None:
-        _, model = load_run(args.run)
+        _, model = _load_run(args.run)
         source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
     else:
-        try:
-            model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())
         source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
+    out = Path(args.out) if args.out else default_out
+    if out.suffix == ".svg" and not svg_available():
+        raise UsageError(f"--out {out}: an SVG needs Graphviz's `dot` program, which is not installed; "
+                         "give a .dot file instead")
+    _check_writable_file(out, "--out")
     x, what = _graph_batch(args, getattr(model, "x_dim", 784))
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     _, dot = model_loss_graph(model, x, Noise(seed=args.seed), grad=args.grad, title=title)
-    out = Path(args.out) if args.out else default_out
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".svg":
-        if not svg_available():
-            print("error: SVG needs Graphviz's `dot` program; write a .dot file instead", file=sys.stderr)
-            return 2
         out.write_text(render_svg(dot))
         print(out)
         return 0
@@ -280,4 +556,7 @@ def cmd_graph(args):
         svg = out.with_suffix(".svg")
         svg.write_text(render_svg(dot))
         print(svg)
+    else:
+        print(f"{PROG}: note: no SVG written: an SVG needs Graphviz's `dot` program "
+              f"(apt-get install graphviz; then `dot -Tsvg {out} -o {out.with_suffix('.svg')}`)", file=sys.stderr)
     return 0

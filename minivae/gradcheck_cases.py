@@ -272,8 +272,9 @@ CASES = {
         case("broadcast mu (3,)", F.reparameterize, U(3), U(4, 3), Const(U(4, 3))),
     ],
     vae.ReparameterizeNoise: [
-        case("Philox noise", lambda m, lv: F.reparameterize(m, lv, _noise(7, 3)), U(4, 3), U(4, 3, low=-2, high=1)),
-        case("3 samples per row", lambda m, lv: F.reparameterize(m, lv, _noise(7, 3), shape=(3, 4, 3)),
+        case("Philox noise", lambda mu, logvar: F.reparameterize(mu, logvar, _noise(7, 3)), U(4, 3),
+             U(4, 3, low=-2, high=1)),
+        case("3 samples per row", lambda mu, logvar: F.reparameterize(mu, logvar, _noise(7, 3), shape=(3, 4, 3)),
              U(4, 3), U(4, 3)),
     ],
     vae.KLNormalStd: [
@@ -411,15 +412,29 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
 
 # ----- reports: the tables of ``minivae gradcheck`` --------------------------------------------
 
+def input_label(fn, position):
+    """The name of ``fn``'s positional parameter number ``position`` (``mu``, ``logvar``, ``eps``
+    for ``F.reparameterize``), or ``#position`` when ``fn`` takes ``*args`` there."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # a builtin without a signature
+        return f"#{position}"
+    if position < len(params) and params[position].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                           inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return params[position].name
+    return f"#{position}"
+
+
 def report_op(op, dtype="float64"):
-    """``gradcheck_report`` of every case of ``op``: a list of (case name, input label, record)."""
+    """``gradcheck_report`` of every case of ``op``: a list of (case name, input label, record),
+    the input labelled by its parameter name in the case's function (see ``input_label``)."""
     from .gradcheck import gradcheck_report
 
     rows = []
     for name, fn, specs in CASES[op]:
         inputs = build(specs, rng_for(op, name))
         for record in gradcheck_report(fn, *inputs, dtype=dtype):
-            rows.append((name, f"#{record['input']}", record))
+            rows.append((name, input_label(fn, record["input"]), record))
     return rows
 
 

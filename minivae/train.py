@@ -85,6 +85,18 @@ class TrainConfig:
         return cls(**d)
 
 
+#: The settings a resumed run may change: its length and where and how it runs; anything else
+#: would not be the same run.
+RESUME_MAY_CHANGE = ("epochs", "out", "device", "eval_k", "trace_every")
+
+
+def resume_mismatches(saved, config):
+    """The names of the settings in which ``config`` differs from the run's ``saved`` config and
+    that a resume may not change (all but ``RESUME_MAY_CHANGE``)."""
+    return [f.name for f in dataclasses.fields(TrainConfig)
+            if f.name not in RESUME_MAY_CHANGE and getattr(saved, f.name) != getattr(config, f.name)]
+
+
 def kl_weight(config, epoch):
     """The KL weight in ``epoch`` (0-based): beta, ramped linearly from beta/warmup over ``warmup`` epochs."""
     if config.warmup <= 0:
@@ -213,10 +225,7 @@ class Trainer:
         """Load the run folder's checkpoint into the model, optimizer, generator and position."""
         arrays, meta = checkpoint.load(self.run_dir / CHECKPOINT)
         saved = TrainConfig.from_dict(meta["config"])
-        # Only the length of the run may change on resume; anything else would not be the same run.
-        mismatched = [f.name for f in dataclasses.fields(TrainConfig)
-                      if f.name not in ("epochs", "out", "device", "eval_k", "trace_every")
-                      and getattr(saved, f.name) != getattr(self.config, f.name)]
+        mismatched = resume_mismatches(saved, self.config)
         if mismatched:
             raise checkpoint.CheckpointError(
                 f"--resume with settings that differ from the checkpoint's: {mismatched}")

@@ -166,5 +166,5 @@ def test_train_on_a_missing_gpu_is_one_error_line_not_a_traceback(tmp_path, caps
         pytest.skip("a GPU is usable here")
     assert main(["train", "--device", "gpu", "--epochs", "1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: the GPU was asked for but") and "\n" not in err
+    assert err.startswith("minivae: error: the GPU was asked for but") and "\n" not in err
     assert not (tmp_path / "run").exists()

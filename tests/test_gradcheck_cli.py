@@ -112,4 +112,4 @@ def test_cli_errors(capsys):
     assert main(["gradcheck", "--op", "nope"]) == 2
     assert "unknown op 'nope'" in capsys.readouterr().err
     assert main(["gradcheck", "--model", "nope"]) == 2
-    assert "unknown model" in capsys.readouterr().err
+    assert "invalid choice: 'nope' (choose from 'vae'" in capsys.readouterr().err

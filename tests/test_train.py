@@ -275,7 +275,7 @@ def test_cli_train_one_short_epoch_and_eval(tmp_path, monkeypatch, capsys):
     if not minivae.gpu.is_available():  # --device gpu where there is none: one error line, exit 2
         capsys.readouterr()
         assert cli.main(["eval", str(out), "--k", "4", "--device", "gpu", "--no-progress"]) == 2
-        assert capsys.readouterr().err.startswith("error: the GPU was asked for but")
+        assert capsys.readouterr().err.startswith("minivae: error: the GPU was asked for but")
 
 
 def test_gradient_tracing_logs_norms_and_survives_resume(tmp_path):

@@ -164,8 +164,8 @@ class SemiSupervisedADGM(_AuxiliaryNetworks, SemiSupervised):
     """
 
     def __init__(self, x_dim=784, a_dim=100, z_dim=100, hidden=(500, 500), activation="relu",
-                 num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1,
-                 rng=None):
+                 num_classes=10, alpha: float | None = None, alpha_scale=0.1, beta=1.0, mc_samples=1,
+                 iw_k=1, rng=None):
         super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
         if iw_k != 1:
             raise ValueError(f"{type(self).__name__} trains on the ELBO-based bounds; iw_k must be 1")

@@ -97,9 +97,10 @@ class TwoLayerVAE(LatentVariableModel):
         return self.generator.sample(n, noise, probabilities)
 
 
-def iwae(layers=1, k=None, z1_dim=100, hidden2=(100, 100), x_dim=784, z_dim=50, hidden=(512, 256),
-         activation="relu", beta=1.0, mc_samples=1, iw_k=1, rng=None):
-    """The model registered as ``iwae`` (see the module docstring for the options)."""
+def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=784, z_dim=50,
+         hidden=(512, 256), activation="relu", beta=1.0, mc_samples=1, iw_k=1, rng=None):
+    """The importance-weighted autoencoder: ``VAE(iw_k=k)`` (one layer) or ``TwoLayerVAE`` (see the
+    module docstring for the options)."""
     if k is None:
         k = iw_k if iw_k > 1 else DEFAULT_K
     elif iw_k > 1 and iw_k != k:

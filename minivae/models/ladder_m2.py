@@ -103,9 +103,10 @@ class LadderM2(SemiSupervised):
     ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
     """
 
-    def __init__(self, x_dim=784, z_dims=None, hidden=(128, 128, 128), mlp_layers=1,
-                 activation="leaky_relu", batch_norm=True, num_classes=10, classifier_hidden=None,
-                 alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, z_dim=None, rng=None):
+    def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(128, 128, 128),
+                 mlp_layers=1, activation="leaky_relu", batch_norm=True, num_classes=10,
+                 classifier_hidden: tuple[int, ...] | None = None, alpha: float | None = None,
+                 alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, z_dim=None, rng=None):
         super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
         if iw_k != 1:
             raise ValueError("ladder-m2 trains on the ELBO-based bounds; iw_k must be 1")

@@ -61,8 +61,9 @@ class M1M2(nn.Module):
 
     semi_supervised = True
 
-    def __init__(self, m1=None, x_dim=None, z_dim=50, hidden=(500,), activation="relu", num_classes=10,
-                 alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, rng=None):
+    def __init__(self, m1: str | dict | VAE | None = None, x_dim=None, z_dim=50, hidden=(500,),
+                 activation="relu", num_classes=10, alpha: float | None = None, alpha_scale=0.1,
+                 beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__()
         self.m1 = _m1_model(m1)
         if x_dim is not None and x_dim != self.m1.x_dim:

@@ -39,7 +39,8 @@ class M2(SemiSupervised):
     """
 
     def __init__(self, x_dim=784, z_dim=50, hidden=(500,), activation="relu", num_classes=10,
-                 alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, likelihood="bernoulli", rng=None):
+                 alpha: float | None = None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1,
+                 likelihood="bernoulli", rng=None):
         super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
         if iw_k != 1:
             raise ValueError("M2 trains on the ELBO-based bounds; iw_k must be 1")

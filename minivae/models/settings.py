@@ -1,0 +1,139 @@
+"""The model-specific settings of each model: the keys of ``minivae train --set KEY=VALUE``.
+
+They are read from the model's constructor, so they cannot drift from it: every keyword
+parameter is a setting, typed by its annotation when it has one (the first type of a union
+other than None) and otherwise by its default (``flows=8`` is an int, ``hidden2=(100, 100)`` a
+tuple of ints). Two kinds of parameters are not settings:
+
+* ``COMMON``: the ones every model receives from the trainer's own options (``--z-dim``,
+  ``--hidden``, ...). ``--set z_dim=5`` is refused, so that a run has one value for each and
+  ``config.json`` records it;
+* ``INTERNAL``: the image size, fixed by the data, and the initialization generator.
+
+``parse_setting`` turns the text of a ``--set`` value into that type, strictly: ``flows=2.5``
+or ``flows=abc`` is an error, not 2 or a string.
+"""
+import dataclasses
+import inspect
+import math
+import types
+import typing
+
+from . import MODELS
+
+#: The constructor parameters set by the trainer's options, and the option that sets each.
+COMMON = {"z_dim": "--z-dim", "hidden": "--hidden", "activation": "--activation", "beta": "--beta",
+          "mc_samples": "--mc-samples", "iw_k": "--iw-k"}
+#: Constructor parameters that are not settings: the image size (from the data) and the generator.
+INTERNAL = ("x_dim", "rng")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One ``--set`` key of a model: its name, its type (``item`` for a tuple's elements) and default."""
+    name: str
+    type: type
+    default: object
+    item: type = None
+    optional: bool = False
+
+    def type_name(self):
+        """The type as help text shows it: ``int``, ``float``, ``list of int``, ``str or none``."""
+        name = f"list of {self.item.__name__}" if self.type is tuple else self.type.__name__
+        return f"{name} or none" if self.optional else name
+
+    def describe(self):
+        """``name (type, default value)``, one entry of a help listing."""
+        default = "none" if self.default is None else _format(self.default)
+        return f"{self.name} ({self.type_name()}, default {default})"
+
+
+def _format(value):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def _annotated_type(annotation):
+    """(type, item type, optional) of an annotation such as ``int | None`` or ``tuple[int, ...]``."""
+    optional = False
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = typing.get_args(annotation)
+        optional = type(None) in args
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return tuple, typing.get_args(annotation)[0], optional
+    return annotation, None, optional
+
+
+def _setting(param):
+    if param.annotation is not inspect.Parameter.empty:
+        kind, item, optional = _annotated_type(param.annotation)
+        return Setting(param.name, kind, param.default, item, optional or param.default is None)
+    default = param.default
+    if isinstance(default, tuple):
+        return Setting(param.name, tuple, default, type(default[0]) if default else int)
+    return Setting(param.name, type(default), default)
+
+
+def model_settings(model):
+    """The ``--set`` keys of the model registered as ``model``: a dict name -> ``Setting``, in
+    the constructor's order. Raises ValueError naming the models for an unknown name."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
+    params = inspect.signature(MODELS[model]).parameters.values()
+    return {p.name: _setting(p) for p in params
+            if p.name not in COMMON and p.name not in INTERNAL and p.kind is p.POSITIONAL_OR_KEYWORD}
+
+
+def _parse_scalar(kind, text):
+    if kind is bool:
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ValueError("is not true or false")
+    if kind is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("is not an integer") from None
+    if kind is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError("is not a finite number")
+        return value
+    if kind is str:
+        return text
+    raise ValueError(f"cannot be given on the command line (a {kind.__name__})")
+
+
+def parse_setting(model, key, text):
+    """The value of ``--set key=text`` for ``model``, converted to the setting's type.
+
+    A list is written ``100,100`` or ``[100, 100]`` and returned as a list (its JSON form, as
+    ``config.json`` stores it); ``none`` is accepted where the default is None. Raises
+    ValueError with a one-line message naming the key, the value and what would be valid.
+    """
+    if key in COMMON:
+        raise ValueError(f"--set {key}={text}: {key} has its own option; use {COMMON[key]} instead")
+    settings = model_settings(model)
+    if key not in settings:
+        valid = "; ".join(s.describe() for s in settings.values())
+        raise ValueError(f"--set {key}={text}: model {model!r} has no setting {key!r}; "
+                         + (f"its settings: {valid}" if valid else "it has no --set settings"))
+    setting = settings[key]
+    if setting.optional and text.lower() in ("none", "null"):
+        return None
+    try:
+        if setting.type is tuple:
+            items = [t for t in text.strip().strip("[]()").replace(",", " ").split()]
+            if not items:
+                raise ValueError("is an empty list")
+            return [_parse_scalar(setting.item, t) for t in items]
+        return _parse_scalar(setting.type, text)
+    except ValueError as exc:
+        raise ValueError(f"--set {key}={text}: {text!r} {exc} (expected {setting.describe()})") from None

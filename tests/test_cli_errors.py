@@ -1,0 +1,332 @@
+"""Every user mistake on the command line ends in one line, ``minivae: error: ...``, naming the
+bad value (and what would be valid), with exit status 2 and no traceback; all of them are caught
+before any work starts: MNIST is never loaded here (``no_mnist`` makes loading it fail the test)."""
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import minivae.data
+import minivae.train
+from minivae import checkpoint, cli
+from minivae.cli import UsageError, main
+from minivae.train import CHECKPOINT
+from test_train import small_data
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _no_mnist(*args, **kwargs):
+    raise AssertionError("MNIST was loaded before the arguments were checked")
+
+
+@pytest.fixture(autouse=True)
+def no_mnist(monkeypatch):
+    """Loading MNIST fails the test: every error below must be found before the data is touched."""
+    monkeypatch.setattr(minivae.data, "load_mnist", _no_mnist)
+    monkeypatch.setattr(minivae.train, "load_mnist", _no_mnist)
+
+
+def user_error(capsys, argv, *named):
+    """Run ``minivae argv``; assert exit status 2 and one line ``minivae: error: ...`` containing
+    every string of ``named``, and no traceback; return the line."""
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("minivae: error: "), err
+    assert "Traceback" not in err
+    for text in named:
+        assert text in lines[0], (text, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A finished one-epoch run of a tiny VAE (made by the CLI itself, on small made-up data)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+        code = main(["train", "--epochs", "1", "--hidden", "8", "--z-dim", "2", "--batch-size", "50",
+                     "--eval-k", "0", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture
+def run(trained_run, tmp_path):
+    """A private copy of ``trained_run`` that a test may damage."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run"))
+
+
+def tiny(out, *extra):
+    """The arguments of a tiny training run into ``out``."""
+    return ["train", "--epochs", "1", "--hidden", "8", "--z-dim", "2", "--batch-size", "50",
+            "--eval-k", "0", "--out", str(out), "--no-progress", *extra]
+
+
+# ----- unknown names ----------------------------------------------------------------------------
+
+def test_unknown_model_lists_the_models(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "vea", "--out", str(tmp_path / "r")], "'vea'", "'vae'", "'flow'", "'m1m2'")
+
+
+def test_unknown_activation_lists_the_activations(capsys, tmp_path):
+    user_error(capsys, ["train", "--activation", "rleu", "--out", str(tmp_path / "r")], "'rleu'", "'relu'", "'tanh'")
+
+
+def test_unknown_device_lists_the_devices(capsys, tmp_path):
+    user_error(capsys, ["train", "--device", "tpu", "--out", str(tmp_path / "r")], "'tpu'", "'cpu'", "'gpu'")
+
+
+def test_unknown_device_for_eval(capsys, run):
+    user_error(capsys, ["eval", str(run), "--device", "cuda0"], "'cuda0'", "'cpu'", "'gpu'")
+
+
+def test_unknown_model_for_gradcheck_and_graph(capsys):
+    user_error(capsys, ["gradcheck", "--model", "vea"], "'vea'", "'vae'")
+    user_error(capsys, ["graph", "--model", "vea"], "'vea'", "'vae'")
+
+
+def test_unknown_op_for_gradcheck(capsys):
+    user_error(capsys, ["gradcheck", "--op", "softpuls"], "'softpuls'")
+
+
+def test_unknown_command(capsys):
+    user_error(capsys, ["trian"], "'trian'", "'train'")
+
+
+# ----- run folders ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["eval", "sample", "plot", "graph"])
+def test_missing_run_folder(capsys, tmp_path, command):
+    user_error(capsys, [command, str(tmp_path / "nope")], str(tmp_path / "nope"), "does not exist")
+
+
+def test_a_folder_without_a_run(capsys, tmp_path):
+    user_error(capsys, ["eval", str(tmp_path)], str(tmp_path), "not a run folder", CHECKPOINT)
+
+
+def test_resume_without_a_run(capsys, tmp_path):
+    user_error(capsys, tiny(tmp_path / "empty", "--resume"), str(tmp_path / "empty"), "--resume", "no run")
+
+
+def test_resume_with_changed_settings(capsys, run):
+    line = user_error(capsys, tiny(run, "--resume", "--z-dim", "3", "--lr", "0.01"), "--resume",
+                      "--z-dim 3 (the run has 2)", "--lr 0.01 (the run has 0.001)")
+    assert "--epochs" in line  # what may change
+
+
+def test_resume_may_change_the_length(capsys, run, monkeypatch):
+    """The check above does not refuse what a resume may change (here it gets as far as the data)."""
+    with pytest.raises(AssertionError, match="MNIST was loaded"):
+        main(tiny(run, "--resume", "--epochs", "2", "--eval-k", "3"))
+
+
+def test_truncated_checkpoint(capsys, run):
+    path = run / CHECKPOINT
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    user_error(capsys, ["eval", str(run)], str(path), "corrupt")
+    user_error(capsys, ["sample", str(run)], str(path))
+    user_error(capsys, tiny(run, "--resume"), str(path))
+
+
+def test_checkpoint_cut_anywhere_raises_checkpoint_error(tmp_path):
+    """Whatever byte a file is cut at, loading raises the project's CheckpointError (not the
+    BadZipFile, EOFError or NotImplementedError of the layers below)."""
+    import numpy as np
+
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.arange(30.0).reshape(5, 6)}, {"epoch": 1})
+    data = path.read_bytes()
+    cut = tmp_path / "cut.npz"
+    for n in range(len(data)):
+        cut.write_bytes(data[:n])
+        with pytest.raises(checkpoint.CheckpointError, match="unreadable or corrupt"):
+            checkpoint.load(cut)
+
+
+def test_damaged_header_raises_checkpoint_error(tmp_path):
+    """Bytes overwritten inside the arrays' headers (parsed by NumPy's tokenizer) are a CheckpointError too."""
+    import numpy as np
+
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.arange(30.0).reshape(5, 6)}, {"epoch": 1})
+    data = bytearray(path.read_bytes())
+    start = data.index(b"{'descr'")
+    for i in range(start, data.index(b"}", start) + 1):
+        for byte in b"(['\x00":
+            damaged = bytearray(data)
+            damaged[i] = byte
+            path.write_bytes(bytes(damaged))
+            try:
+                checkpoint.load(path)
+            except checkpoint.CheckpointError:
+                pass
+
+
+# ----- --set ------------------------------------------------------------------------------------
+
+def test_unknown_set_key_lists_the_models_keys(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "flow", "--set", "flow=8", "--out", str(tmp_path / "r")],
+               "flow=8", "'flow'", "flows (int, default 8)")
+
+
+def test_set_key_of_a_model_without_settings(capsys, tmp_path):
+    user_error(capsys, ["train", "--set", "flows=8", "--out", str(tmp_path / "r")], "flows=8", "no --set settings")
+
+
+def test_set_value_that_is_not_a_number(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "flow", "--set", "flows=abc", "--out", str(tmp_path / "r")],
+               "flows=abc", "not an integer", "int")
+
+
+def test_set_float_for_an_int_is_an_error(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "flow", "--set", "flows=2.5", "--out", str(tmp_path / "r")],
+               "flows=2.5", "not an integer")
+
+
+def test_set_a_setting_that_has_its_own_option(capsys, tmp_path):
+    """``--set z_dim=5`` would contradict ``--z-dim`` (and config.json): refused, naming the option."""
+    user_error(capsys, ["train", "--z-dim", "2", "--set", "z_dim=5", "--out", str(tmp_path / "r")],
+               "z_dim=5", "--z-dim")
+
+
+def test_set_without_equals(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "flow", "--set", "flows", "--out", str(tmp_path / "r")],
+               "flows", "KEY=VALUE")
+
+
+def test_set_value_the_model_refuses(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "iwae", "--set", "layers=3", "--out", str(tmp_path / "r")],
+               "layers", "3")
+
+
+def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "m2", "--n-labelled", "105", "--out", str(tmp_path / "r")],
+               "--n-labelled", "105", "multiple of the 10 classes")
+
+
+def test_m1m2_with_a_missing_m1_run(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "m1m2", "--set", f"m1={tmp_path / 'nope'}",
+                        "--out", str(tmp_path / "r")], str(tmp_path / "nope"))
+
+
+# ----- numbers out of range ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("option, value", [
+    ("--z-dim", "0"), ("--batch-size", "0"), ("--epochs", "0"), ("--epochs", "-1"), ("--eval-k", "-1"),
+    ("--mc-samples", "0"), ("--iw-k", "0"), ("--warmup", "-2"), ("--lr", "0"), ("--lr", "nan"),
+    ("--beta", "-1"), ("--hidden", "0"), ("--seed", "-1"), ("--n-labelled", "0"), ("--epochs", "2.5"),
+])
+def test_train_number_out_of_range(capsys, tmp_path, option, value):
+    user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)
+
+
+@pytest.mark.parametrize("option, value", [("--k", "0"), ("--n", "0"), ("--k", "-5"), ("--n", "ten")])
+def test_eval_number_out_of_range(capsys, run, option, value):
+    user_error(capsys, ["eval", str(run), option, value], f"argument {option}", value)
+
+
+def test_sample_and_graph_numbers_out_of_range(capsys, run):
+    user_error(capsys, ["sample", str(run), "--n", "0"], "argument --n", "0")
+    user_error(capsys, ["graph", "--model", "vae", "--batch-size", "0"], "argument --batch-size", "0")
+
+
+# ----- output folders ---------------------------------------------------------------------------
+
+def test_out_is_a_file(capsys, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    user_error(capsys, ["train", "--out", str(tmp_path / "file")], str(tmp_path / "file"), "not a folder")
+    user_error(capsys, ["train", "--out", str(tmp_path / "file" / "run")], str(tmp_path / "file"), "not a folder")
+
+
+def test_output_file_is_a_folder(capsys, run, tmp_path):
+    user_error(capsys, ["sample", str(run), "--out", str(tmp_path)], str(tmp_path), "is a folder")
+    user_error(capsys, ["eval", str(run), "--out", str(tmp_path)], str(tmp_path), "is a folder")
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A read-only folder. chmod does not stop root, so there the operating system's answer to a
+    write in that folder (EACCES) is given by the temporary-file call the check makes."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR)
+    if os.access(folder, os.W_OK):  # root
+        real = tempfile.TemporaryFile
+
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve() == folder.resolve():
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+            return real(*args, dir=dir, **kwargs)
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    yield folder
+    folder.chmod(stat.S_IRWXU)
+
+
+def test_out_in_a_read_only_folder(capsys, read_only):
+    user_error(capsys, ["train", "--out", str(read_only / "run")], str(read_only), "cannot write")
+    user_error(capsys, ["train", "--out", str(read_only)], str(read_only), "cannot write")
+
+
+def test_eval_of_a_read_only_run_is_refused_before_computing(capsys, run, read_only):
+    shutil.copy(run / CHECKPOINT, read_only / CHECKPOINT)
+    user_error(capsys, ["eval", str(read_only)], str(read_only), "cannot write", "--out FILE")
+
+
+def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
+    """A disk that fills up during training (the checkpoint's fsync fails with ENOSPC)."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    user_error(capsys, tiny(tmp_path / "r"), "no space left")
+
+
+# ----- graph ------------------------------------------------------------------------------------
+
+def test_graph_needs_a_run_or_a_model(capsys, run):
+    user_error(capsys, ["graph"], "--model")
+    user_error(capsys, ["graph", str(run), "--model", "vae"], "--model")
+
+
+def test_graph_svg_without_graphviz(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    user_error(capsys, ["graph", "--model", "vae", "--data", "random", "--out", str(tmp_path / "g.svg")],
+               "g.svg", "Graphviz")
+
+
+# ----- the error path itself --------------------------------------------------------------------
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        main(["eval", str(tmp_path / "nope"), "--debug"])
+
+
+def test_a_bug_is_not_hidden(monkeypatch, run):
+    """Only the known user errors become one line; anything else keeps its traceback."""
+    def broken(args):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(cli, "cmd_sample", broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["sample", str(run)])
+
+
+def test_python_dash_m_prints_one_line_and_exits_2(tmp_path):
+    """The real command, in a fresh process: exit status 2, one line on stderr, nothing on stdout."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    done = subprocess.run([sys.executable, "-m", "minivae", "train", "--z-dim", "0", "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == ["minivae: error: argument --z-dim: 0 is out of range; give an integer >= 1"]
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,120 @@
+"""What a new user reads: help text on every argument with its default, the models and their
+``--set`` keys, ``--version``, gradcheck tables that name inputs, ``graph`` without Graphviz and
+``eval``'s time estimate."""
+import argparse
+import json
+import shutil
+
+import pytest
+
+import minivae
+import minivae.data
+import minivae.evaluate
+from minivae.cli import EVAL_K, build_parser, main
+from minivae.models import MODELS
+from minivae.models.settings import COMMON, model_settings
+from test_cli_errors import trained_run  # noqa: F401  (a fixture)
+from test_train import small_data
+
+
+def subparsers():
+    """(name, parser) of every subcommand."""
+    action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(action.choices.items())
+
+
+@pytest.mark.parametrize("name, parser", subparsers(), ids=[n for n, _ in subparsers()])
+def test_every_argument_has_help_text(name, parser):
+    for action in parser._actions:
+        assert action.help, f"minivae {name} {'/'.join(action.option_strings) or action.dest} has no help text"
+
+
+def test_train_help_lists_models_activations_devices_and_defaults(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # undo the line wrapping
+    assert "{" + ",".join(MODELS) + "}" in out
+    assert "{relu,leaky_relu,elu,tanh" in out and "{cpu,gpu,cuda,auto}" in out
+    for text in ("--batch-size BATCH_SIZE images per optimizer step (default: 100)",
+                 "--z-dim Z_DIM size of the latent code z (default: 50)",
+                 "--epochs EPOCHS passes over the 50k training images (default: 150)",
+                 "(default: runs/vae)", "`minivae models`"):
+        assert text in out
+
+
+def test_train_help_for_a_model_lists_its_set_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "gumbel", "--help"])
+    out = capsys.readouterr().out
+    for setting in model_settings("gumbel").values():
+        assert f"  {setting.describe()}\n" in out
+    assert "tau0 (float, default 1.0)" in out
+
+
+def test_models_command_lists_every_model_and_setting(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name in MODELS:
+        assert f"\n{name}: " in "\n" + out
+        for setting in model_settings(name).values():
+            assert f"--set {setting.describe()}" in out
+    assert "flows (int, default 8)" in out and "hidden2 (list of int, default 100,100)" in out
+    assert "m1 (str or none, default none)" in out
+    assert ", ".join(COMMON.values()) in out
+
+
+def test_eval_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {EVAL_K})" in out and "(default: 10000)" in out and "5000" in out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"minivae {minivae.__version__}"
+
+
+def test_gradcheck_tables_name_the_inputs(capsys):
+    assert main(["gradcheck", "--op", "reparameterize"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  all inputs")]
+    assert [row[2] for row in rows] == ["mu", "logvar", "eps"]
+
+
+def test_graph_without_graphviz_says_an_svg_needs_it(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    out = tmp_path / "vae.dot"
+    assert main(["graph", "--model", "vae", "--data", "random", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert out.read_text().startswith("digraph") and not out.with_suffix(".svg").exists()
+    assert captured.out.strip() == str(out)
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and "SVG needs Graphviz" in lines[0] and str(out) in lines[0]
+
+
+def test_eval_estimates_the_time_and_shows_progress(capsys, monkeypatch, trained_run):  # noqa: F811
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    calls = []
+    real = minivae.evaluate.log_likelihood
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(minivae.evaluate, "log_likelihood", spy)
+    assert main(["eval", str(trained_run), "--k", "3", "--out", str(trained_run / "e.json")]) == 0
+    captured = capsys.readouterr()
+    estimate = [line for line in captured.err.splitlines() if "importance samples on 20 images: about" in line]
+    assert estimate and estimate[0].startswith("minivae: log p(x) with k=3")
+    assert captured.err.index(estimate[0]) < captured.err.index("wrote")
+    assert calls[-1]["progress"] is True and calls[-1]["k"] == 3   # the bar (tqdm) of the real evaluation
+    result = json.loads(captured.out)
+    assert result == json.loads((trained_run / "e.json").read_text()) and result["k"] == 3
+
+
+def test_eval_of_part_of_the_test_set_gets_its_own_file(capsys, monkeypatch, trained_run):  # noqa: F811
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    assert main(["eval", str(trained_run), "--k", "2", "--n", "10", "--no-progress"]) == 0
+    assert json.loads((trained_run / "eval_k2_first10.json").read_text())["n_test"] == 10
