@@ -1,8 +1,10 @@
 """The docs cannot rot: docs/gradients.md matches the ops' docstrings, and the Python blocks of
 docs/tutorial.md and docs/gradients.md run and their assertions hold."""
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minivae import docs
@@ -93,6 +95,38 @@ def test_tutorial_runs(tmp_path, monkeypatch):
 
 def test_gradients_worked_examples_run(tmp_path, monkeypatch):
     run_blocks(DOCS / "gradients.md", tmp_path, monkeypatch)
+
+
+def test_vae_graph_svg_is_todays_graph():
+    """docs/vae_graph.svg shows today's graph of the default VAE's loss: the same nodes (op or
+    parameter, shape, dtype; the gradient norms depend on the images) and as many edges.
+    Regenerate it with `python -m minivae.docs --graph`."""
+    x = (np.random.default_rng(0).uniform(size=(16, 784)) < 0.5).astype(np.float32)
+    today = docs.dot_structure(docs.vae_graph_dot(x))
+    assert len(today[0]) > 20 and today[1] > 20
+    assert docs.svg_structure((DOCS / "vae_graph.svg").read_text()) == today, \
+        "docs/vae_graph.svg is stale: run `python -m minivae.docs --graph` and commit the result"
+
+
+def test_graph_structure_sees_a_changed_graph():
+    """The comparison above tells graphs apart (here: two ELBO samples add nodes)."""
+    from minivae.graph import model_loss_graph
+    from minivae.models import VAE
+    from minivae.random import Noise
+
+    x = (np.random.default_rng(0).uniform(size=(16, 784)) < 0.5).astype(np.float32)
+    _, other = model_loss_graph(VAE(mc_samples=2), x, Noise(seed=0), grad=True)
+    assert docs.dot_structure(other) != docs.dot_structure(docs.vae_graph_dot(x))
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz's dot")
+def test_svg_and_dot_structures_agree():
+    """svg_structure reads back what dot_structure reads from the DOT it was rendered from."""
+    from minivae.graph import render_svg
+
+    x = (np.random.default_rng(1).uniform(size=(4, 784)) < 0.5).astype(np.float32)
+    dot = docs.vae_graph_dot(x)
+    assert docs.svg_structure(render_svg(dot)) == docs.dot_structure(dot)
 
 
 def test_pictures_are_in_docs():

@@ -4,7 +4,8 @@
 
 * ``docs/vae_graph.svg``: ``minivae graph``'s output for the default MNIST VAE (784-512-256-50) at
   its initial weights, on 16 binarized MNIST test images, every node labelled with its gradient
-  norm. Needs Graphviz's ``dot`` program (e.g. ``apt-get install graphviz``).
+  norm (``minivae.docs.write_vae_graph``, also run by ``python -m minivae.docs --graph``). Needs
+  Graphviz's ``dot`` program (e.g. ``apt-get install graphviz``).
 * ``docs/grad_norms.png``: a short real training run (Adam, lr 1e-3, batch 100, the trainer's
   defaults) with ``minivae.trace.gradient_norms`` and ``update_ratios`` logged every ``--every``
   steps, drawn by ``minivae.viz.plot_grad_norms``. The script prints the first and last logged
@@ -25,23 +26,11 @@ sys.path.insert(0, str(ROOT))
 from minivae import nn, optim  # noqa: E402
 from minivae.autograd import tensor  # noqa: E402
 from minivae.data import MinibatchLoader, binarize_eval, load_mnist  # noqa: E402
-from minivae.graph import model_loss_graph, render_svg  # noqa: E402
+from minivae.docs import write_vae_graph  # noqa: E402
 from minivae.models import VAE  # noqa: E402
-from minivae.random import Generator, Noise  # noqa: E402
+from minivae.random import Generator  # noqa: E402
 from minivae.trace import gradient_norms, latent_summary, snapshot, update_ratios  # noqa: E402
 from minivae.viz import plot_grad_norms  # noqa: E402
-
-
-def graph_picture(data, out):
-    """Render the graph of the default VAE's loss (initial weights) with gradient norms to ``out``."""
-    nn.init.manual_seed(0)
-    model = VAE()
-    x = binarize_eval(data.x_test, "test")[:16]
-    _, dot = model_loss_graph(model, x, Noise(seed=0), grad=True,
-                              title="VAE loss (784-512-256-50, initial weights) on 16 MNIST test images; "
-                                    "|grad| = norm of d loss / d node")
-    out.write_text(render_svg(dot))
-    return out
 
 
 def training_picture(data, out, steps, every):
@@ -79,7 +68,7 @@ def main(argv=None):
     parser.add_argument("--every", type=int, default=10)
     args = parser.parse_args(argv)
     data = load_mnist(verbose=False)
-    print(graph_picture(data, ROOT / "docs" / "vae_graph.svg"))
+    print(write_vae_graph(ROOT / "docs" / "vae_graph.svg"))
     records, summary = training_picture(data, ROOT / "docs" / "grad_norms.png", args.steps, args.every)
     print(ROOT / "docs" / "grad_norms.png")
     print(json.dumps({"first": records[0]["loss"], "last": records[-1]["loss"], **summary}))
