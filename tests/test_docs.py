@@ -89,8 +89,21 @@ def test_docs_command_writes_and_checks(tmp_path, monkeypatch, capsys):
     assert "out of date" in capsys.readouterr().err
 
 
-def test_tutorial_runs(tmp_path, monkeypatch):
-    run_blocks(DOCS / "tutorial.md", tmp_path, monkeypatch)
+def test_tutorial_runs_and_shows_what_it_prints(tmp_path, monkeypatch):
+    """Every block of docs/tutorial.md runs, and the output shown under it is what it prints
+    (`python -m minivae.docs` rewrites the shown outputs)."""
+    monkeypatch.chdir(tmp_path)
+    committed = (DOCS / "tutorial.md").read_text()
+    blocks = list(docs.TUTORIAL_BLOCK.finditer(committed))
+    assert len(blocks) >= 10 and all(b.group("output") for b in blocks), "a tutorial block shows no output"
+    assert docs.render_tutorial(committed) == committed, \
+        "docs/tutorial.md shows stale outputs: run `python -m minivae.docs` and commit the result"
+
+
+def test_a_stale_tutorial_output_is_detected(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = "Intro.\n\n```python\nprint(1 + 1)\n```\n\n```text\n3\n```\n\nEnd.\n"
+    assert docs.render_tutorial(text) == text.replace("```text\n3\n", "```text\n2\n")
 
 
 def test_gradients_worked_examples_run(tmp_path, monkeypatch):
