@@ -7,10 +7,16 @@
 Each table names the machine, the threads, the date and the command of the run it came from.
 """
 import argparse
+import dataclasses
 import json
+import re
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # this checkout's minivae: its defaults shape the commands
+from minivae.train import TrainConfig  # noqa: E402
+
 RESULTS = HERE / "results"
 README = HERE / "README.md"
 BEGIN = "<!-- BEGIN GENERATED: benchmarks/report.py -->"
@@ -153,12 +159,62 @@ def _model_name(c):
     return c["model"]
 
 
+def _run_folder(path):
+    """A run folder as the README's commands name it: ``runs/NAME`` (recorded paths are absolute)."""
+    return f"runs/{Path(path).name}"
+
+
+def _arg(value):
+    if isinstance(value, (list, tuple)):
+        return " ".join(_arg(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def train_command(config):
+    """The ``minivae train`` command that trains a run with the recorded ``config`` (its
+    config.json) today: every setting that differs from today's defaults, then ``--out``."""
+    defaults = dataclasses.asdict(TrainConfig())
+    parts = ["minivae train"]
+    for key, value in config.items():
+        if key in ("model_options", "out") or value == defaults[key] or (
+                isinstance(value, list) and tuple(value) == tuple(defaults[key])):
+            continue
+        parts.append(f"--{key.replace('_', '-')} {_arg(value)}")
+    for key, value in config.get("model_options", {}).items():
+        if key == "m1":  # a run folder
+            value = _run_folder(value)
+        parts.append(f"--set {key}={','.join(map(_arg, value)) if isinstance(value, list) else _arg(value)}")
+    return " ".join(parts + [f"--out {_run_folder(config['out'])}"])
+
+
+def _environment(command):
+    """The ``NAME=value`` assignments that start a recorded shell command (e.g. the BLAS threads)."""
+    return re.match(r"((?:[A-Z_][A-Z0-9_]*=\S+\s+)*)", command).group(1)
+
+
+def _row_command(r, nll_k):
+    """The command cell of a row: the recorded environment, the train command from the config, and
+    ``minivae eval`` when the row's log-likelihood was measured apart from the training."""
+    c = r["config"]
+    command = _environment(r.get("run_command") or "") + train_command(c)
+    if nll_k and nll_k != c.get("eval_k"):
+        command += f" && minivae eval {_run_folder(c['out'])} --k {nll_k}"
+    return command
+
+
+def _row_note(r):
+    """A recorded note on the run (text in parentheses after its command), or ""."""
+    match = re.search(r"\s\((.*)\)\s*$", r.get("run_command") or "")
+    return f"; {match.group(1)}" if match else ""
+
+
 def _model_row(path):
     """One row of the model-family table from a bench_mnist (mnist_*) or record_run (run_*) JSON."""
     r = json.loads(path.read_text())
     c = r["config"]
     name = _model_name(c)
     res = r.get("results", r)
+    k = None
     if "test_error" in res:
         ours = f"test error {100 * res['test_error']:.2f}%"
     elif "test_nll" not in res:
@@ -171,12 +227,11 @@ def _model_row(path):
                 + f" (k={k}, {n} images); test ELBO {res['test_elbo']:.2f}")
     setting, figure, checked = PAPER.get(name, ("-", "-", "")) if c.get("beta", 1.0) == 1.0 else ("-", "-", "")
     paper = f"{figure} ({setting}; {checked})" if checked else "-"
-    command = r.get("run_command") or r["command"]
     wall = r.get("train_seconds_all_epochs")
     beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
-    label = f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs"  # the command's defaults may have changed since
-    return (f"| {label} | `{command}` | {r['epochs']} | {wall / 60:.1f} min "
-            f"({r['seconds_per_epoch_median']:.1f} s median epoch) | {ours} | {paper} |")
+    label = f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs"
+    return (f"| {label} | `{_row_command(r, k)}` | {r['epochs']} | {wall / 60:.1f} min "
+            f"({r['seconds_per_epoch_median']:.1f} s median epoch{_row_note(r)}) | {ours} | {paper} |")
 
 
 def models_table(results_dir=RESULTS):

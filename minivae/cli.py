@@ -162,8 +162,6 @@ class _TrainHelp(argparse.Action):
 
 def _add_train_args(p):
     d = TrainConfig()
-    p.add_argument("-h", "--help", action=_TrainHelp,
-                   help="show this help and the --set keys of the --model given before it, then exit")
     p.add_argument("--model", default=d.model, choices=list(MODELS),
                    help="model family (each one's --set keys: `minivae models`)")
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the 50k training images")
@@ -392,6 +390,8 @@ def build_parser():
         return p
 
     p = command("train", cmd_train, "train a VAE on MNIST into a run folder", add_help=False)
+    p.add_argument("-h", "--help", action=_TrainHelp,
+                   help="show this help and the --set keys of the --model given before it, then exit")
     _add_train_args(p)
     p = command("eval", cmd_eval, "test ELBO and importance-sampled log-likelihood of a run "
                                   "(prints an estimate of the time first)")

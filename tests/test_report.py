@@ -1,0 +1,63 @@
+"""The README's results rows are generated from each run's recorded config, so that each row's
+command trains that very run with today's defaults."""
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from minivae.cli import _config_from_args, build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import report  # noqa: E402
+
+RUNS = sorted(RESULTS.glob("mnist_*.json")) + sorted(RESULTS.glob("run_*.json"))
+
+
+def config_of(command):
+    """The TrainConfig that ``minivae train ...`` (after any VAR=value prefix) would train with."""
+    words = shlex.split(command.split(" && ")[0])
+    words = words[words.index("minivae") + 1:]
+    return dataclasses.asdict(_config_from_args(build_parser().parse_args(words)))
+
+
+@pytest.mark.parametrize("path", RUNS, ids=[p.stem for p in RUNS])
+def test_row_command_trains_the_recorded_config(path):
+    recorded = json.loads(path.read_text())["config"]
+    parsed = config_of(report.train_command(recorded))
+    for key, value in recorded.items():
+        if key == "out":
+            assert Path(parsed[key]).name == Path(value).name
+        elif key == "model_options" and "m1" in value:
+            assert Path(parsed[key].pop("m1")).name == Path(value["m1"]).name
+            assert parsed[key] == {k: v for k, v in value.items() if k != "m1"}
+        else:
+            assert parsed[key] == (tuple(value) if isinstance(value, list) and key == "hidden" else value), key
+
+
+def test_warmup_zero_rows_say_so():
+    """A run trained without warm-up (today's default is 10 epochs) shows --warmup 0."""
+    row = next(line for line in report.models_table().splitlines() if "`minivae train --warmup 0" in line)
+    assert "vae, KL warm-up 0 epochs" in row
+
+
+def test_a_separate_evaluation_is_part_of_the_command():
+    c = json.loads((RESULTS / "mnist_vae_150ep_amd-epyc-2c.json").read_text())
+    assert report._row_command(c, 5000).endswith(" && minivae eval runs/A --k 5000")
+    assert " && " not in report._row_command(c, 0)
+
+
+def test_command_cells_hold_only_commands():
+    """Notes go outside the backticks, so every command cell can be pasted as it is."""
+    for line in report.models_table().splitlines()[2:]:
+        command = line.split("`")[1]
+        assert "(" not in command and ")" not in command, command
+
+
+def test_readme_has_the_generated_model_table():
+    assert report.models_table() in (ROOT / "README.md").read_text(), \
+        "README.md's results are stale: run `python benchmarks/report.py --readme`"
