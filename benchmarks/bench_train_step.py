@@ -550,7 +550,7 @@ def blas_info():
 
 
 def targets(rows):
-    """The issue's targets, evaluated on this run's medians."""
+    """The targets (see benchmarks/README.md), evaluated on this run's medians."""
     out = {}
     for b, row in rows.items():
         mvt, res = row["minivae"]["ms_per_step"], {}

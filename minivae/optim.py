@@ -18,7 +18,7 @@ Conventions shared by every optimizer here:
   needs pickle. ``load_state_dict`` restores hyperparameters and state exactly, so training
   resumed from a checkpoint is bit-for-bit the uninterrupted run.
 
-Subnormal moments (issue 7): when a gradient entry stays exactly zero (MNIST border pixels),
+Subnormal moments: when a gradient entry stays exactly zero (MNIST border pixels),
 its moments decay geometrically, reach the subnormal range after some hundred steps and then
 stick there (0.9 * 4 * 2^-149 rounds back to 4 * 2^-149), and subnormal arithmetic is slow on
 CPUs. Every ``flush_every`` steps (default 10; 0 turns it off) the CPU optimizer sets moment

@@ -211,7 +211,7 @@ def test_vae_training_step_gpu_matches_cpu():
     """One training step of the MNIST VAE (float32) on the GPU and on the CPU from the same
     weights, batch and noise seed: loss, gradients and updated weights agree to float32 rounding.
 
-    Written against minivae.models.VAE / minivae.optim (issue 4). With the GPU dispatch of the
+    Written against minivae.models.VAE / minivae.optim. With the GPU dispatch of the
     ops, the GPU step runs our kernels and the CPU step the NumPy twin, on the same eps bits.
     SGD, not Adam, for the comparison: Adam's first step is ~lr * sign(g), which a rounding
     difference flips wherever a gradient is ~0.

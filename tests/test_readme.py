@@ -65,3 +65,30 @@ def test_readme_command_is_valid(words):
     args = build_parser().parse_args(words)
     if args.command == "train":
         _config_from_args(args)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Words that point at documents or history outside the repository.
+OUTSIDE = re.compile(r"\bsessions?\b|DESIGN\.md|GPU-NOTES|\bthe issue\b|\bissues? #?\d+|design notes", re.I)
+
+
+def project_files():
+    """The repository's code and documentation (not the recorded results, which are records)."""
+    skip = {".git", ".venv", "venv", "__pycache__", "runs", "build", "results"}
+    for path in sorted(ROOT.rglob("*")):
+        if (path.suffix in (".py", ".md", ".sh", ".toml", ".cu", ".cuh", ".cfg", ".yml", ".yaml", ".txt")
+                and not skip & set(path.relative_to(ROOT).parts) and path != Path(__file__).resolve()):
+            yield path
+
+
+def test_project_files_speak_of_the_project_only():
+    hits = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}" for path in project_files()
+            for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if OUTSIDE.search(line)]
+    assert len(list(project_files())) > 50
+    assert not hits, "references to documents or history outside the repository:\n" + "\n".join(hits)
+
+
+def test_license_is_mit_as_pyproject_says():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and "Copyright (c) 2026 the minivae authors" in text
+    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()

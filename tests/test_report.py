@@ -2,6 +2,7 @@
 command trains that very run with today's defaults."""
 import dataclasses
 import json
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -61,3 +62,29 @@ def test_command_cells_hold_only_commands():
 def test_readme_has_the_generated_model_table():
     assert report.models_table() in (ROOT / "README.md").read_text(), \
         "README.md's results are stale: run `python benchmarks/report.py --readme`"
+
+
+def _comparable(config, keys):
+    """``config`` restricted to ``keys``, with lists as tuples and M1 run folders by name."""
+    out = {}
+    for key in keys:
+        value = config[key]
+        if key == "model_options":
+            value = {k: Path(v).name if k == "m1" else v for k, v in value.items()}
+        out[key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def test_results_doc_commands_train_recorded_runs():
+    """Each command in docs/results.md's tables (written after `minivae train`) gives the config of
+    one recorded run, apart from where it ran and its final evaluation."""
+    recorded = [json.loads(p.read_text())["config"] for p in RUNS]
+    text = (ROOT / "docs" / "results.md").read_text()
+    spans = [s for line in text.splitlines() if line.startswith("|")
+             for s in re.findall(r"`([^`]*)`", line) if s.startswith(("--", "minivae train"))]
+    assert len(spans) >= 15
+    for span in spans:
+        parsed = config_of("minivae train " + span.replace("minivae train", ""))
+        matches = [c for c in recorded
+                   if _comparable(parsed, set(c) - {"out", "eval_k"}) == _comparable(c, set(c) - {"out", "eval_k"})]
+        assert matches, f"docs/results.md: `{span}` trains none of the recorded runs"
