@@ -273,8 +273,6 @@ def cmd_train(args):
     except TrainingDiverged as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     return 0
 
 
@@ -441,6 +439,11 @@ def main(argv=None):
         if args.debug:
             raise
         return _error(_os_error_line(exc))
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; training has said what it saved
+        if args.debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _error(message):

@@ -330,3 +330,11 @@ def test_python_dash_m_prints_one_line_and_exits_2(tmp_path):
     assert done.stdout == ""
     assert done.stderr.splitlines() == ["minivae: error: argument --z-dim: 0 is out of range; give an integer >= 1"]
     assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch, run):
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_sample", interrupted)
+    assert main(["sample", str(run)]) == 130
+    assert capsys.readouterr().err == "minivae: interrupted\n"
