@@ -541,7 +541,10 @@ def cmd_graph(args):
         _, model = _load_run(args.run)
         source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
     else:
-        model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())
+        try:
+            model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())
+        except ValueError as exc:  # e.g. m1m2, which needs a trained M1: only from a run folder
+            raise UsageError(f"graph --model {args.model}: {exc}") from None
         source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
     out = Path(args.out) if args.out else default_out
     if out.suffix == ".svg" and not svg_available():

@@ -299,6 +299,10 @@ def test_graph_needs_a_run_or_a_model(capsys, run):
     user_error(capsys, ["graph", str(run), "--model", "vae"], "--model")
 
 
+def test_graph_of_a_model_that_needs_a_run(capsys):
+    user_error(capsys, ["graph", "--model", "m1m2", "--data", "random"], "m1m2", "m1")
+
+
 def test_graph_svg_without_graphviz(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     user_error(capsys, ["graph", "--model", "vae", "--data", "random", "--out", str(tmp_path / "g.svg")],
