@@ -20,7 +20,8 @@ import minivae as mv
 from minivae import nn
 from minivae.cli import main
 from minivae.models import M2, LadderM2, build_model
-from minivae.models.semisupervised import JointMLP, one_hot
+from minivae.distributions import one_hot
+from minivae.models.common import JointMLP
 from minivae.random import Generator
 from minivae.train import METRICS, Trainer, classification_error
 

@@ -11,7 +11,8 @@ import pytest
 
 import minivae as mv
 from minivae.models import M2, build_model
-from minivae.models.semisupervised import JointMLP, one_hot
+from minivae.distributions import one_hot
+from minivae.models.common import JointMLP
 from minivae.random import Generator
 from minivae.train import METRICS, LabelledBatches, Trainer, TrainConfig, classification_error
 

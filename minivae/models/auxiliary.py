@@ -36,8 +36,9 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..backend import get_array_module
-from .common import MLP, GaussianHead, LatentVariableModel, rsample
-from .semisupervised import JointMLP, SemiSupervised, bernoulli_images, draw_normal, one_hot
+from ..distributions import one_hot, sample_bernoulli, standard_normal
+from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
+from .semisupervised import SemiSupervised
 
 
 class _AuxiliaryNetworks:
@@ -105,13 +106,13 @@ class _AuxiliaryNetworks:
     def _sample(self, n, noise, probabilities, y):
         param = next(iter(self.parameters()))
         with no_grad():
-            z = draw_normal(noise, (n, self.z_dim), param)
+            z = standard_normal(noise, (n, self.z_dim), param)
             a = None
             if self.skip:  # the SDGM generates a before x: a ~ p(a | z, y)
                 mu_a, logvar_a = self.p_a(self.p_a_net(*self._parents(z, y)))
                 a = rsample(mu_a, logvar_a, noise)
             probs = F.sigmoid(self.decode(z, y, a)).data
-        return bernoulli_images(probs, noise, probabilities)
+        return probs if probabilities else sample_bernoulli(probs, noise)
 
 
 class ADGM(_AuxiliaryNetworks, LatentVariableModel):

@@ -13,6 +13,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..distributions import sample_bernoulli
 from ..backend import get_array_module
 
 
@@ -117,6 +118,45 @@ class GaussianLayer(nn.Module):
         return self.head(self.trunk(h))
 
 
+class JointMLP(nn.Module):
+    """An MLP on several inputs: h = act(sum_i x_i W_i + b), then the layers ``hidden[1:]``.
+
+    The first layer equals one Linear on the concatenation [x_1, ..., x_n] (the W_i are the
+    blocks of its weight), but the inputs may have different leading axes that broadcast, so a
+    grid of K labels meets a batch of images without copying the images K times. Each block is
+    initialized with its own fan-in (the default of ``nn.Linear``), so a 10-wide one-hot input
+    is not drowned by a 784-wide image at initialization. The output is ``hidden[-1]`` wide,
+    with the activation applied (a trunk that feeds heads).
+
+    ``batch_norm`` puts a BatchNorm1d before each activation, as ``MLP`` does; its statistics
+    are taken over all rows of the broadcast result, e.g. the K * B rows of K enumerated labels
+    times B images (see ``ladder_m2`` for why that, not one set per label).
+    """
+
+    def __init__(self, in_sizes, hidden, activation="relu", batch_norm=False, rng=None):
+        super().__init__()
+        hidden = tuple(hidden)
+        self.in_sizes = tuple(int(n) for n in in_sizes)
+        # One bias for the sum: the first block carries it.
+        self.inputs = nn.ModuleList([nn.Linear(n, hidden[0], bias=(i == 0), rng=rng)
+                                     for i, n in enumerate(self.in_sizes)])
+        self.norm = nn.BatchNorm1d(hidden[0]) if batch_norm else None
+        self.act = nn.activation(activation)
+        self.rest = (MLP(hidden, activation, batch_norm=batch_norm, rng=rng) if len(hidden) > 1
+                     else nn.Identity())
+
+    def forward(self, *xs):
+        """act(sum_i x_i W_i + b) through the remaining layers; the x_i broadcast on leading axes."""
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"JointMLP takes {len(self.inputs)} inputs, got {len(xs)}")
+        h = self.inputs[0](xs[0])
+        for layer, x in zip(self.inputs[1:], xs[1:]):
+            h = h + layer(x)
+        if self.norm is not None:  # leading axes (labels, samples, batch) are normalized as rows
+            h = self.norm(h.reshape(-1, h.shape[-1])).reshape(*h.shape)
+        return self.rest(self.act(h))
+
+
 class TopDownGenerator(nn.Module):
     """The generative model of a VAE with L stochastic layers z_1 (bottom) ... z_L (top):
 
@@ -184,9 +224,7 @@ class TopDownGenerator(nn.Module):
                 probs = F.sigmoid(self.logits(z)).data
         finally:
             self.train(was_training)
-        if probabilities:
-            return probs
-        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+        return probs if probabilities else sample_bernoulli(probs, noise)
 
 
 class LatentVariableModel(nn.Module):

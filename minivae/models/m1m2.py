@@ -24,9 +24,9 @@ training (the M1 folder must still exist: its config gives M1's sizes when the m
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..distributions import sample_bernoulli
 from .common import rsample
 from .m2 import M2
-from .semisupervised import bernoulli_images
 from .vae import VAE
 
 
@@ -110,4 +110,4 @@ class M1M2(nn.Module):
         z1 = self.m2.sample(n, noise, labels=labels)
         with no_grad():
             probs = F.sigmoid(self.m1.decode(z1)).data
-        return bernoulli_images(probs, noise, probabilities)
+        return probs if probabilities else sample_bernoulli(probs, noise)

@@ -9,6 +9,7 @@ Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on al
 """
 from .. import functional as F
 from ..autograd import no_grad
+from ..distributions import sample_bernoulli
 from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
 
 
@@ -71,6 +72,4 @@ class VAE(LatentVariableModel):
         with no_grad():
             z = xp.asarray(noise.normal((n, self.z_dim), dtype=dtype))
             probs = F.sigmoid(self.decode(z)).data
-        if probabilities:
-            return probs
-        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+        return probs if probabilities else sample_bernoulli(probs, noise)
