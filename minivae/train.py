@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint, nn, optim, trace
+from .analysis import latent_summary
 from .autograd import tensor
 from .backend import resolve_device, to_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
@@ -302,7 +303,7 @@ class Trainer:
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,
                        images_per_second=self.loader.num_examples / seconds)
         if hasattr(self.model, "encode") and self.labelled is None:  # posterior collapse summary
-            metrics.update(trace.latent_summary(self.model, self.x_valid[:2000]))
+            metrics.update(latent_summary(self.model, self.x_valid[:2000]))
         if hasattr(self.model, "classify"):
             metrics["valid_error"] = classification_error(self.model, self.x_valid, self.data.y_valid)
         return metrics
