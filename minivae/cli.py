@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .backend import DeviceError, resolve_device
-from .train import TrainConfig, load_run
+from .runs import TrainConfig, eval_results_path, load_run, write_json
 
 
 def _add_train_args(p):
@@ -33,6 +33,8 @@ def _add_train_args(p):
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="run folder (checkpoint, metrics, pictures)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run (its files are removed)")
     p.add_argument("--device", default=d.device, help="cpu, gpu or auto")
     p.add_argument("--eval-k", type=int, default=d.eval_k,
                    help="importance samples for the final test log-likelihood (0 skips it)")
@@ -70,7 +72,8 @@ def cmd_train(args):
     from .train import TrainingDiverged, train
 
     try:
-        train(_config_from_args(args), resume=args.resume, progress=not args.no_progress)
+        train(_config_from_args(args), resume=args.resume, overwrite=args.overwrite,
+              progress=not args.no_progress)
     except TrainingDiverged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -82,21 +85,16 @@ def cmd_train(args):
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     from .data import binarize_eval, load_mnist
-    from .evaluate import elbo, log_likelihood, nll_summary
+    from .evaluate import test_set_scores
 
-    config, model = load_run(args.run)
+    _, model = load_run(args.run)
     model.to(resolve_device(args.device))  # the evaluation follows the model's device
     data = load_mnist(verbose=False)
     x_test = binarize_eval(data.x_test, "test")[: args.n]
-    bound, _, _ = elbo(model, x_test)
-    ll = log_likelihood(model, x_test, k=args.k, progress=not args.no_progress)
-    result = {"run": str(args.run), "n_test": len(x_test), "k": args.k,
-              "test_elbo": float(bound.mean()), **nll_summary(ll)}
-    if hasattr(model, "classify"):
-        from .train import classification_error
-        result["test_error"] = classification_error(model, x_test, data.y_test[: args.n])
-    (Path(args.run) / f"eval_k{args.k}.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    result = {"run": str(args.run), **test_set_scores(model, x_test, data.y_test[: args.n], args.k,
+                                                      progress=not args.no_progress)}
+    print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
+    write_json(eval_results_path(args.run, args.k), result)
     return 0
 
 
@@ -262,7 +260,7 @@ def cmd_graph(args):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
-    x, what = _graph_batch(args, getattr(model, "x_dim", 784))
+    x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     _, dot = model_loss_graph(model, x, Noise(seed=args.seed), grad=args.grad, title=title)
     out = Path(args.out) if args.out else default_out

@@ -27,7 +27,6 @@ pyplot's registry after it is saved.
 
 The latent statistics (KL per dimension, active units) are computed by ``minivae.analysis``.
 """
-import json
 import math
 import statistics
 from pathlib import Path
@@ -42,6 +41,7 @@ from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
 from .random import Generator
+from .runs import load_run, read_metrics
 from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
@@ -279,14 +279,6 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     return _save(fig, path)
 
 
-def read_metrics(run_dir):
-    """The lines of ``metrics.jsonl`` in ``run_dir`` as a list of dicts ([] if the file is absent)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _series(lines, key, x_key="epoch"):
     pts = [(m[x_key], m[key]) for m in lines if m.get(key) is not None and x_key in m]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
@@ -401,7 +393,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     """Draw every picture of a trained run into its folder; return the list of PNG paths.
 
     ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
-    The model is rebuilt with ``minivae.train.load_run``; the test images come from ``data`` (any
+    The model is rebuilt with ``minivae.runs.load_run``; the test images come from ``data`` (any
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
@@ -410,8 +402,6 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     the list of files.
     """
     _require_matplotlib()
-    from .train import load_run
-
     run_dir = Path(run_dir)
     _, model = load_run(run_dir)
     data = data if data is not None else load_mnist(verbose=False)
@@ -425,7 +415,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     # since sample() itself only turns the graph off (batch-norm layers must use running stats).
     # A model with a label draws one class per row (8 draws of the other latents each).
     with evaluating(model):
-        if getattr(model, "semi_supervised", False):
+        if model.semi_supervised:
             labels = np.repeat(np.arange(model.num_classes), 8)
             images = model.sample(len(labels), Generator(seed=seed, stream=3), labels=labels)
         else:

@@ -14,7 +14,7 @@ from minivae.graph import model_loss_graph, node_gradients, parameter_names, to_
 from minivae.models import VAE
 from minivae.ops.elementwise import Exp
 from minivae.random import Noise
-from minivae.train import CHECKPOINT, TrainConfig
+from minivae.runs import CHECKPOINT, TrainConfig
 
 NODE = re.compile(r'^  (n\d+) \[label="((?:[^"\\]|\\.)*)", shape=(\w+), fillcolor="(#[0-9a-f]{6})"(, penwidth=2)?\];$')
 EDGE = re.compile(r"^  (n\d+) -> (n\d+);$")

@@ -11,7 +11,8 @@ from minivae import checkpoint
 from minivae.evaluate import log_likelihood, logmeanexp
 from minivae.models import VAE, iwae_bound
 from minivae.random import Generator
-from minivae.train import CHECKPOINT, METRICS, Trainer, TrainConfig, TrainingDiverged, kl_weight
+from minivae.runs import CHECKPOINT, METRICS, ResumeMismatchError, TrainConfig
+from minivae.train import Trainer, TrainingDiverged, kl_weight
 
 
 def small_data(seed=0, n_train=300, n_eval=60, dim=784):
@@ -228,7 +229,7 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     data = small_data()
     quiet = dict(data=data, progress=False, log=lambda m: None)
     Trainer(config(tmp_path, epochs=1), **quiet).fit()
-    with pytest.raises(checkpoint.CheckpointError, match="z_dim"):
+    with pytest.raises(ResumeMismatchError, match="z_dim: 4 -> 5"):
         Trainer(config(tmp_path, epochs=2, z_dim=5), **quiet).fit(resume=True)
 
 

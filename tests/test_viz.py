@@ -18,7 +18,8 @@ pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
 
 from minivae import viz  # noqa: E402
-from minivae.train import METRICS, Trainer, TrainConfig  # noqa: E402
+from minivae.runs import METRICS, TrainConfig, load_run  # noqa: E402
+from minivae.train import Trainer  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -69,8 +70,6 @@ def run_z3(tmp_path_factory, data):
 
 def viz_model(run):
     """The model of a run folder, rebuilt as ``minivae plot`` does."""
-    from minivae.train import load_run
-
     return load_run(run)[1]
 
 
@@ -228,10 +227,8 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
 def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
     # Spy on the loaded model's encode/decode: every call must happen in eval mode and return a
     # tensor outside any graph; afterwards the model is back in its previous (training) mode.
-    from minivae import train
-
     calls, models = [], []
-    real = train.load_run
+    real = load_run
 
     def spy_load(run):
         config, model = real(run)
@@ -248,7 +245,7 @@ def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, mo
         models.append(model)
         return config, model
 
-    monkeypatch.setattr(train, "load_run", spy_load)
+    monkeypatch.setattr(viz, "load_run", spy_load)
     viz.plot_run(_copy_run(run_z3, tmp_path), data=data, embeddings=False)
     assert {name for name, _, _ in calls} == {"encode", "decode"}
     assert all(not training and not needs_grad for _, training, needs_grad in calls), calls

@@ -15,6 +15,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
+from .base import Model
 
 
 class MLP(nn.Module):
@@ -227,7 +228,7 @@ class TopDownGenerator(nn.Module):
         return probs if probabilities else sample_bernoulli(probs, noise)
 
 
-class LatentVariableModel(nn.Module):
+class LatentVariableModel(Model):
     """Base of the models: the training loss from ``elbo`` or from ``log_weights``.
 
     Subclasses set ``beta`` (KL weight), ``mc_samples`` (samples of the ELBO) and ``iw_k`` and

@@ -35,6 +35,8 @@ class TwoLayerVAE(LatentVariableModel):
     (``iw_k`` = 1, KL weighted by ``beta``) or on the k-sample IWAE bound.
     """
 
+    gaussian_encoder = True
+
     def __init__(self, x_dim=784, z_dims=(100, 50), blocks=((200, 200), (100, 100)),
                  activation="tanh", beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__()

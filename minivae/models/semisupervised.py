@@ -37,10 +37,10 @@ A subclass provides three methods:
   -KL where ``analytic`` and a closed form exists), each of shape (L, S, B) or broadcastable.
 """
 from .. import functional as F
-from .. import nn
 from ..autograd import no_grad, tensor
 from ..backend import get_array_module
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
+from .base import Model
 
 
 def label_grid(num_classes, like):
@@ -49,7 +49,7 @@ def label_grid(num_classes, like):
     return tensor(xp.eye(num_classes, dtype=like.dtype).reshape(num_classes, 1, 1, num_classes))
 
 
-class SemiSupervised(nn.Module):
+class SemiSupervised(Model):
     """The labelled and unlabelled bounds, the loss, the log-weights and the classifier of a
     model with a label y (see the module docstring for the math and what a subclass provides).
 
@@ -60,6 +60,7 @@ class SemiSupervised(nn.Module):
     """
 
     semi_supervised = True
+    classifies = True
     #: Rows (labels x samples x examples) one pass of ``log_weights`` may hold; more are chunked.
     max_rows = 20000
 

@@ -21,6 +21,8 @@ class VAE(LatentVariableModel):
     trains on the k-sample IWAE bound instead (analytic KL does not apply there).
     """
 
+    gaussian_encoder = True
+
     def __init__(self, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, rng=None):
         super().__init__()
