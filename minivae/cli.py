@@ -94,7 +94,7 @@ def cmd_eval(args):
     result = {"run": str(args.run), **test_set_scores(model, x_test, data.y_test[: args.n], args.k,
                                                       progress=not args.no_progress)}
     print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
-    write_json(eval_results_path(args.run, args.k), result)
+    write_json(eval_results_path(args.run, args.k), result, kept="the result is printed above")
     return 0
 
 

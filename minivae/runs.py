@@ -226,8 +226,11 @@ def _reason(exc):
     return exc.strerror or str(exc)
 
 
-def write_json(path, obj):
-    """Write ``obj`` as indented JSON to ``path`` atomically; raise RunWriteError on failure."""
+def write_json(path, obj, kept=""):
+    """Write ``obj`` as indented JSON to ``path`` atomically; raise RunWriteError on failure.
+
+    ``kept`` says in that error where the numbers are still to be found (e.g. "printed above").
+    """
     path = Path(path)
     tmp = None
     try:
@@ -238,7 +241,7 @@ def write_json(path, obj):
     except OSError as exc:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise RunWriteError(f"could not write {path}: {_reason(exc)}") from None
+        raise RunWriteError(f"could not write {path}: {_reason(exc)}" + (f"; {kept}" if kept else "")) from None
 
 
 def save_checkpoint(run_dir, arrays, meta):

@@ -305,7 +305,7 @@ class Trainer:
             ll = log_likelihood(self.model, x_test, k=self.config.eval_k, progress=self.progress)
             results.update(nll_summary(ll), eval_k=self.config.eval_k)
         self.log(json.dumps(results))
-        runs.write_json(self.run_dir / RESULTS, results)
+        runs.write_json(self.run_dir / RESULTS, results, kept="the results are printed above")
         return results
 
 
