@@ -247,6 +247,19 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     assert (trainer.run_dir / CHECKPOINT).read_bytes() == before
 
 
+def test_the_learning_rate_follows_the_cosine_schedule_or_stays_constant(tmp_path):
+    data = small_data()
+    cosine = Trainer(config(tmp_path, lr=1e-3, lr_min=1e-4), data=data, progress=False, log=lambda m: None)
+    total = cosine.total_steps
+    assert cosine.learning_rate(0) == 1e-3 and cosine.learning_rate(total) == pytest.approx(1e-4)
+    assert cosine.learning_rate(total // 2) == pytest.approx(0.5 * (1e-3 + 1e-4))
+    assert cosine.learning_rate(2 * total) == cosine.learning_rate(total)  # constant after the end
+    constant = Trainer(config(tmp_path, lr_schedule="constant"), data=data, progress=False, log=lambda m: None)
+    assert {constant.learning_rate(t) for t in (0, 5, 10 * total)} == {constant.config.lr}
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        Trainer(config(tmp_path, lr_schedule="linear"), data=data, progress=False, log=lambda m: None)
+
+
 def test_kl_warmup_counts_epochs():
     c = TrainConfig(beta=2.0, warmup=4)
     assert [kl_weight(c, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]

@@ -123,8 +123,6 @@ class ADGM(_AuxiliaryNetworks, LatentVariableModel):
     trains on the k-sample importance-weighted bound instead.
     """
 
-    semi_supervised = False
-
     def __init__(self, x_dim=784, a_dim=100, z_dim=100, hidden=(500, 500), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__()
