@@ -7,6 +7,7 @@ A run lives in one folder::
     checkpoint.npz   model, optimizer, noise generator and loop position (``minivae.checkpoint``)
     results.json     the test numbers, written at the end
     eval_k*.json     the results of ``minivae eval``
+    *.png            the pictures of ``minivae plot`` (``PICTURES``)
 
 Rules:
 
@@ -34,9 +35,12 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
+#: The pictures ``minivae plot`` and ``minivae sample`` draw into a run folder.
+PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png", "latent_umap.png",
+            "traversal.png", "kl_per_dim.png", "curves.png", "grad_norms.png")
 #: The files of a run, by name and by pattern; ``overwrite`` removes these and nothing else.
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, RESULTS)
-RUN_FILE_PATTERNS = ("eval_k*.json", "*.png", "graph.dot", "graph.svg")
+RUN_FILE_PATTERNS = ("eval_k*.json", "graph.dot", "graph.svg") + PICTURES
 #: The temporary files of an interrupted atomic write (``checkpoint.save`` and ``write_json`` name
 #: them ``<file>.<random>.tmp``).
 STRAY_PATTERNS = tuple(f"{name}.*.tmp" for name in RUN_FILES) + ("eval_k*.json.*.tmp",)

@@ -18,7 +18,7 @@ pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
 
 from minivae import viz  # noqa: E402
-from minivae.runs import METRICS, TrainConfig, load_run  # noqa: E402
+from minivae.runs import METRICS, PICTURES, TrainConfig, load_run  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -220,6 +220,7 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
     run = _copy_run(run_z3, tmp_path)
     names = [p.name for p in viz.plot_run(run, data=data, n_embed=60, seed=4)]
     assert "latent_tsne.png" in names and "latent_umap.png" not in names
+    assert set(EXPECTED + ["grad_norms.png", "latent_umap.png"] + names) <= set(PICTURES)  # all known
     assert seen == {"perplexity": pytest.approx(59 / 3), "random_state": 4, "n": 60}
     _read_png(run / "latent_tsne.png")
 
