@@ -186,16 +186,15 @@ def prepare_run_dir(run_dir, resume=False, overwrite=False):
                              "(start it again), not both")
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} is a file, not a run folder; give --out a folder")
-    if resume:
-        if not (run_dir / CHECKPOINT).is_file():
-            raise NotARunError(f"cannot resume {run_dir}: it has no {CHECKPOINT}; train without "
-                               "--resume" + (" (or with --overwrite)" if holds_run(run_dir) else ""))
-    elif holds_run(run_dir):
-        if not overwrite:
-            raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume, start "
-                                 "it again with --overwrite, or choose another --out")
-        _remove_run_files(run_dir)
+    if resume and not (run_dir / CHECKPOINT).is_file():
+        way = "start it again with --overwrite" if holds_run(run_dir) else "train without --resume"
+        raise NotARunError(f"cannot resume {run_dir}: it has no {CHECKPOINT}; {way}")
+    if not resume and holds_run(run_dir) and not overwrite:
+        raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume, start "
+                             "it again with --overwrite, or choose another --out")
     try:
+        if overwrite:
+            _remove_run_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stray_files(run_dir)
     except OSError as exc:
@@ -203,6 +202,7 @@ def prepare_run_dir(run_dir, resume=False, overwrite=False):
 
 
 def _remove_run_files(run_dir):
+    """Delete the files a run writes (``RUN_FILES``, ``RUN_FILE_PATTERNS``), if there are any."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     for pattern in RUN_FILE_PATTERNS:

@@ -79,7 +79,11 @@ def test_overwrite_starts_again_and_leaves_no_old_results(tmp_path):
 
 def test_resume_and_out_are_checked_before_training(tmp_path):
     data = small_data()
-    with pytest.raises(NotARunError, match="no checkpoint.npz"):
+    with pytest.raises(NotARunError, match="no checkpoint.npz; train without --resume"):
+        Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # killed before its first checkpoint
+    with pytest.raises(NotARunError, match="no checkpoint.npz; start it again with --overwrite"):
         Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
     with pytest.raises(RunFolderError, match="not both"):
         Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True, overwrite=True)
