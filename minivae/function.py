@@ -14,6 +14,22 @@ tuple of Tensors (one per output). When some input requires a gradient (and ``no
 active) it records a ``Node`` that every output tensor points to; ``Tensor.backward`` (in
 ``minivae.autograd``) walks those nodes.
 
+Saved arrays are guarded against in-place changes between forward and backward, which would
+make the gradients silently wrong, in two ways:
+
+* every Tensor has a version number that the library raises (``Tensor.bump_version``) whenever
+  it writes into ``data`` in place (optimizer steps, ``Module.load_state_dict``); a node records
+  the versions of the inputs whose arrays its context saved, and ``check_versions`` (called by
+  the engine just before the node's backward) raises ``InPlaceModificationError`` naming the op
+  and the input. This works for NumPy and CuPy arrays alike.
+* NumPy arrays can also be protected against writes that bypass the library
+  (``x.data[:] = 10``): the arrays a context saves are made read-only
+  (``arr.flags.writeable = False``) until the node is released (after its backward, or when the
+  graph is dropped), so such a write fails at once with NumPy's "read-only" error. Only arrays
+  that own their memory are locked (a view cannot be made writable again while its base is
+  read-only), so a write through a view, or into the base of a saved view, is not caught. CuPy
+  arrays have no such flag; on the GPU only the version numbers guard.
+
 This module sits above ``minivae.autograd``: recording a node means making Tensors, so it needs
 the Tensor class, while the engine only reads the fields of the nodes it is given.
 """
@@ -38,21 +54,49 @@ class Context:
         self.saved = arrays
 
 
+class InPlaceModificationError(RuntimeError):
+    """A tensor that an op saved for its backward was changed in place before that backward ran."""
+
+
 class Node:
     """One recorded op: ``fn`` (the Function class), ``ctx`` (its Context), ``inputs`` (the input
-    Tensors) and ``outputs`` (weak references to the output Tensors, in order).
+    Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions`` (each
+    input's version when the op ran, None for an input whose array the context did not save) and
+    ``read_only`` (the NumPy arrays this node made read-only).
 
     The outputs are weak references so that a tensor and its node never form a reference cycle:
     an output the caller dropped simply receives no gradient. After a backward pass without
-    ``retain_graph`` the engine sets ``ctx`` to None and ``inputs`` to ``()`` to free memory.
+    ``retain_graph`` the engine calls ``release``, which frees the saved arrays and the inputs.
     """
-    __slots__ = ("fn", "ctx", "inputs", "outputs")
+    __slots__ = ("fn", "ctx", "inputs", "outputs", "versions", "read_only")
 
-    def __init__(self, fn, ctx, inputs, outputs):
+    def __init__(self, fn, ctx, inputs, outputs, versions, read_only):
         self.fn = fn
         self.ctx = ctx
         self.inputs = inputs
         self.outputs = outputs
+        self.versions = versions
+        self.read_only = read_only
+
+    def check_versions(self):
+        """Raise InPlaceModificationError if an input this op saved was changed in place since."""
+        for i, (t, version) in enumerate(zip(self.inputs, self.versions)):
+            if version is not None and t._version != version:
+                raise InPlaceModificationError(
+                    f"{self.fn.__name__}: input {i} (a {t.dtype} tensor of shape {tuple(t.shape)}) "
+                    f"was changed in place after the forward pass (version {version}, now "
+                    f"{t._version}), but {self.fn.__name__}.backward needs its old value; call "
+                    f"backward() before changing it (e.g. before optimizer.step()), or run the "
+                    f"forward pass again")
+
+    def release(self):
+        """Free the context and the inputs, and make the arrays locked by this node writable."""
+        for a in self.read_only:
+            a.flags.writeable = True
+        self.ctx, self.inputs, self.read_only = None, (), ()
+
+    # A graph dropped without a backward pass must not leave its arrays read-only.
+    __del__ = release
 
     def __repr__(self):
         return f"Node({self.fn.__name__}, {len(self.inputs)} inputs, {len(self.outputs)} outputs)"
@@ -103,10 +147,17 @@ class Function:
             if isinstance(a, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
                 a = np.asarray(a)
             t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
-            t.data, t.grad, t.requires_grad, t._node = a, None, record, None
+            t.data, t.grad, t.requires_grad, t._node, t._version, t._hooks = a, None, record, None, 0, None
             results.append(t)
         if record:
-            node = Node(cls, ctx, tensors, tuple(map(weakref.ref, results)))
+            saved = getattr(ctx, "saved", ())
+            versions = tuple([t._version if any(t.data is a for a in saved) else None
+                              for t in tensors])
+            read_only = [a for a in saved if type(a) is np.ndarray and a.flags.owndata
+                         and a.flags.writeable]
+            for a in read_only:
+                a.flags.writeable = False
+            node = Node(cls, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
             for t in results:
                 t._node = node
         return tuple(results) if several else results[0]

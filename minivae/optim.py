@@ -96,6 +96,7 @@ class Optimizer:
                 continue
             state = self._state_on_device(i, p)
             state["step"] = state.get("step", 0) + 1
+            p.bump_version()  # a graph that saved p's old values must not use them
             self._update(i, p, g, state)
             if (self.flush_every and state["step"] % self.flush_every == 0
                     and isinstance(p.data, np.ndarray)):
