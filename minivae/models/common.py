@@ -24,40 +24,39 @@ class MLP(nn.Module):
     ``final_activation`` also applies it after the last layer (for a trunk that feeds heads).
     ``batch_norm`` puts a BatchNorm1d between each hidden linear layer and its activation (as in
     the Ladder VAE); inputs with leading sample axes, (S, B, D), are normalized as S*B rows.
+    A linear layer followed directly by a ReLU is one ``nn.LinearReLU`` (one fused op).
     """
 
     def __init__(self, sizes, activation="relu", final_activation=True, batch_norm=False, rng=None):
         super().__init__()
         self.batch_norm = bool(batch_norm)
-        layers = []
+        fuse = activation.lower() == "relu" and not batch_norm
+        # The layers are named by their positions in the unfused list (Linear, [BatchNorm1d,]
+        # activation, Linear, ...), so a LinearReLU keeps the parameter names of its Linear:
+        # net.0.weight, net.2.weight, ... whether fused or not.
+        layers, position = {}, 0
         for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-            layers.append(nn.Linear(n_in, n_out, rng=rng))
-            if final_activation or i < len(sizes) - 2:
+            activated = final_activation or i < len(sizes) - 2
+            if activated and fuse:
+                layers[str(position)] = nn.LinearReLU(n_in, n_out, rng=rng)
+                position += 2  # the Linear and the ReLU it stands for
+                continue
+            layers[str(position)] = nn.Linear(n_in, n_out, rng=rng)
+            position += 1
+            if activated:
                 if batch_norm:
-                    layers.append(nn.BatchNorm1d(n_out))
-                layers.append(nn.activation(activation))
-        self.net = nn.Sequential(*layers)
+                    layers[str(position)] = nn.BatchNorm1d(n_out)
+                    position += 1
+                layers[str(position)] = nn.activation(activation)
+                position += 1
+        self.net = nn.Sequential(layers)
 
     def forward(self, x):
-        """Apply the layers in order; a Linear followed by a ReLU runs as one ``F.linear_relu`` node
-        (the same numbers as the two layers, with one array and one graph node fewer)."""
+        """Apply the layers in order."""
         if not self.batch_norm or x.ndim == 2:
-            return self._layers(x)
-        out = self._layers(x.reshape(-1, x.shape[-1]))
+            return self.net(x)
+        out = self.net(x.reshape(-1, x.shape[-1]))
         return out.reshape(*x.shape[:-1], out.shape[-1])
-
-    def _layers(self, h):
-        layers = list(self.net)
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if type(layer) is nn.Linear and i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU:
-                h = F.linear_relu(h, layer.weight, layer.bias)
-                i += 2
-            else:
-                h = layer(h)
-                i += 1
-        return h
 
 
 class GaussianHead(nn.Module):
