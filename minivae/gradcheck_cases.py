@@ -419,7 +419,7 @@ def report_op(op, dtype="float64"):
     for name, fn, specs in CASES[op]:
         inputs = build(specs, rng_for(op, name))
         for record in gradcheck_report(fn, *inputs, dtype=dtype):
-            rows.append((name, f"#{record['input']}", record))
+            rows.append((name, record["name"], record))
     return rows
 
 
