@@ -137,8 +137,8 @@ class Tensor:
         """
         self._version += 1
         data = self.data
-        if type(data) is np.ndarray and data.flags.owndata and not data.flags.writeable:
-            data.flags.writeable = True
+        if type(data) is np.ndarray and data.base is None and not data.flags.writeable:
+            data.setflags(write=True)
 
     def register_hook(self, hook):
         """Call ``hook(grad)`` with this tensor's gradient once it is complete in a backward pass.
@@ -283,7 +283,8 @@ def backward(tensors, grads, retain_graph=False):
                 break
         else:
             continue  # no gradient reached this op (an op after it returned None)
-        node.check_versions()
+        if node.versions:
+            node.check_versions()
         in_grads = fn.backward(ctx, *out_grads)
         if type(in_grads) is not tuple:
             in_grads = (in_grads,)

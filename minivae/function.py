@@ -22,9 +22,9 @@ make the gradients silently wrong, in two ways:
   the versions of the inputs whose arrays its context saved, and ``check_versions`` (called by
   the engine just before the node's backward) raises ``InPlaceModificationError`` naming the op
   and the input. This works for NumPy and CuPy arrays alike.
-* NumPy arrays can also be protected against writes that bypass the library
+* NumPy arrays are also protected against writes that bypass the library
   (``x.data[:] = 10``): the arrays a context saves are made read-only
-  (``arr.flags.writeable = False``) until the node is released (after its backward, or when the
+  (``arr.setflags(write=False)``) until the node is released (after its backward, or when the
   graph is dropped), so such a write fails at once with NumPy's "read-only" error. Only arrays
   that own their memory are locked (a view cannot be made writable again while its base is
   read-only), so a write through a view, or into the base of a saved view, is not caught. CuPy
@@ -47,7 +47,8 @@ class Context:
     ``save(*arrays)`` keeps arrays (read back as ``saved``); any other attribute may be set
     freely (axes, shapes). ``needs_input_grad`` tells backward which gradients are wanted.
     """
-    __slots__ = ("saved", "needs_input_grad", "__dict__")
+    __slots__ = ("needs_input_grad", "__dict__")
+    saved = ()  # until save() is called
 
     def save(self, *arrays):
         """Keep arrays for backward; only what backward needs (e.g. exp keeps its output)."""
@@ -60,8 +61,8 @@ class InPlaceModificationError(RuntimeError):
 
 class Node:
     """One recorded op: ``fn`` (the Function class), ``ctx`` (its Context), ``inputs`` (the input
-    Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions`` (each
-    input's version when the op ran, None for an input whose array the context did not save) and
+    Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions``
+    (``(input index, version when the op ran)`` for each input whose array the context saved) and
     ``read_only`` (the NumPy arrays this node made read-only).
 
     The outputs are weak references so that a tensor and its node never form a reference cycle:
@@ -80,8 +81,9 @@ class Node:
 
     def check_versions(self):
         """Raise InPlaceModificationError if an input this op saved was changed in place since."""
-        for i, (t, version) in enumerate(zip(self.inputs, self.versions)):
-            if version is not None and t._version != version:
+        for i, version in self.versions:
+            t = self.inputs[i]
+            if t._version != version:
                 raise InPlaceModificationError(
                     f"{self.fn.__name__}: input {i} (a {t.dtype} tensor of shape {tuple(t.shape)}) "
                     f"was changed in place after the forward pass (version {version}, now "
@@ -92,11 +94,13 @@ class Node:
     def release(self):
         """Free the context and the inputs, and make the arrays locked by this node writable."""
         for a in self.read_only:
-            a.flags.writeable = True
+            a.setflags(write=True)
         self.ctx, self.inputs, self.read_only = None, (), ()
 
-    # A graph dropped without a backward pass must not leave its arrays read-only.
-    __del__ = release
+    def __del__(self):
+        # A graph dropped without a backward pass must not leave its arrays read-only.
+        for a in self.read_only:
+            a.setflags(write=True)
 
     def __repr__(self):
         return f"Node({self.fn.__name__}, {len(self.inputs)} inputs, {len(self.outputs)} outputs)"
@@ -150,13 +154,15 @@ class Function:
             t.data, t.grad, t.requires_grad, t._node, t._version, t._hooks = a, None, record, None, 0, None
             results.append(t)
         if record:
-            saved = getattr(ctx, "saved", ())
-            versions = tuple([t._version if any(t.data is a for a in saved) else None
-                              for t in tensors])
-            read_only = [a for a in saved if type(a) is np.ndarray and a.flags.owndata
-                         and a.flags.writeable]
-            for a in read_only:
-                a.flags.writeable = False
+            versions, read_only = (), []
+            saved = ctx.saved
+            if saved:
+                ids = [id(a) for a in saved]
+                versions = tuple([(i, t._version) for i, t in enumerate(tensors) if id(t.data) in ids])
+                for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
+                    if type(a) is np.ndarray and a.base is None and a.flags.writeable:
+                        a.setflags(write=False)
+                        read_only.append(a)
             node = Node(cls, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
             for t in results:
                 t._node = node
