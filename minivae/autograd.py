@@ -258,7 +258,8 @@ def backward(tensors, grads, retain_graph=False):
     always into a new array: an op may hand one array to several inputs (``add`` gives g to
     both), so adding into it in place would change another tensor's gradient too. A leaf keeps
     the summed array as its ``.grad`` when that array is surely its own (not a view, not given to
-    another leaf, and no context outlives the pass); otherwise it gets a copy.
+    another leaf, and no context outlives the pass); otherwise it gets a copy. A tensor's hooks
+    run when its sum is complete: just before its node's backward, or at the end for a leaf.
     """
     pending = {}  # tensor -> the sum of the gradients that reached it so far
     for t, g in zip(tensors, grads):
