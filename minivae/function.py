@@ -51,7 +51,11 @@ class Context:
     saved = ()  # until save() is called
 
     def save(self, *arrays):
-        """Keep arrays for backward; only what backward needs (e.g. exp keeps its output)."""
+        """Keep arrays for backward; only what backward needs (e.g. exp keeps its output).
+
+        The saved NumPy arrays are read-only until the node is released (see the module
+        docstring), so backward must compute into new arrays, never into a saved one.
+        """
         self.saved = arrays
 
 
