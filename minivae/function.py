@@ -97,14 +97,16 @@ class Node:
 
     def release(self):
         """Free the context and the inputs, and make the arrays locked by this node writable."""
-        for a in self.read_only:
-            a.setflags(write=True)
-        self.ctx, self.inputs, self.read_only = None, (), ()
+        self._unlock()
+        self.ctx, self.inputs = None, ()
 
     def __del__(self):
-        # A graph dropped without a backward pass must not leave its arrays read-only.
+        self._unlock()  # a graph dropped without a backward pass must not leave arrays read-only
+
+    def _unlock(self):
         for a in self.read_only:
             a.setflags(write=True)
+        self.read_only = ()
 
     def __repr__(self):
         return f"Node({self.fn.__name__}, {len(self.inputs)} inputs, {len(self.outputs)} outputs)"
@@ -155,7 +157,8 @@ class Function:
             if isinstance(a, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
                 a = np.asarray(a)
             t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
-            t.data, t.grad, t.requires_grad, t._node, t._version, t._hooks = a, None, record, None, 0, None
+            t.data, t.grad, t.requires_grad, t._node = a, None, record, None
+            t._version, t._hooks = 0, None
             results.append(t)
         if record:
             versions, read_only = (), []

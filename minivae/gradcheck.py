@@ -103,8 +103,8 @@ def _analytic(fn, inputs, upstream):
 
 
 def _fail(i, name, where, analytic, numeric, atol, rtol):
-    raise GradcheckError(f"gradient of input {i} ({name}) disagrees at {where}: analytic {analytic:.10g}, "
-                         f"numeric {numeric:.10g} (|diff| {abs(analytic - numeric):.3g} > "
+    raise GradcheckError(f"gradient of input {i} ({name}) disagrees at {where}: analytic "
+                         f"{analytic:.10g}, numeric {numeric:.10g} (|diff| {abs(analytic - numeric):.3g} > "
                          f"atol {atol:g} + rtol {rtol:g} * |numeric|)")
 
 
@@ -149,8 +149,8 @@ def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions,
 def _check_float64(inputs, names, caller):
     for i, t in enumerate(inputs):
         if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
-            raise TypeError(f"{caller}: input {i} ({names[i]}) is {t.dtype}; finite differences need float64 "
-                            f"(use check_float32 for float32 backward passes)")
+            raise TypeError(f"{caller}: input {i} ({names[i]}) is {t.dtype}; finite differences "
+                            f"need float64 (use check_float32 for float32 backward passes)")
 
 
 def _upstream(fn, inputs, rng):
