@@ -109,6 +109,22 @@ def test_version_check_guards_arrays_without_a_writeable_flag():
         y.backward()
 
 
+class ArrayWithoutLocking(np.ndarray):
+    """Stands for a CuPy array on the CPU: not a plain numpy.ndarray, so the engine never locks it."""
+
+
+def test_arrays_that_cannot_be_locked_rely_on_versions():
+    x = mv.tensor(np.arange(1.0, 4.0).view(ArrayWithoutLocking), requires_grad=True)
+    w = mv.tensor(np.ones(3).view(ArrayWithoutLocking), requires_grad=True)
+    y = (x * w).sum()
+    assert x.data.flags.writeable and w.data.flags.writeable  # nothing was locked
+    opt = optim.SGD([w], lr=0.5)
+    w.grad = np.ones(3).view(ArrayWithoutLocking)
+    opt.step()  # an optimizer step before backward
+    with pytest.raises(InPlaceModificationError, match="Mul: input 1"):
+        y.backward()
+
+
 def test_unsaved_inputs_may_change():
     x = x64(1.0, 2.0)
     y = (x + 1.0).sum()  # add saves nothing
