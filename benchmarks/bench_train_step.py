@@ -519,9 +519,7 @@ class ForwardBackwardOnly:
 
 def time_eps(runner, b, repeat=52):
     """Mean ms to draw one batch of eps over ``repeat`` consecutive draws (minivae: Philox;
-    numpy and torch: their generators). The mean, not the median: minivae computes a sequential
-    reader's next small draws several at a time (``minivae.random._Prefetch``), so most draws are
-    free and a few cost several; the mean is what a training step pays."""
+    numpy and torch: their generators). The mean is what a training step pays."""
     runner.sync()
     t0 = time.perf_counter()
     for _ in range(repeat):
