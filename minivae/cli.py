@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import streams
 from .backend import DeviceError, resolve_device
 from .runs import TrainConfig, eval_results_path, load_run, write_json
 
@@ -107,7 +108,7 @@ def cmd_sample(args):
 
     _, model = load_run(args.run)
     with evaluating(model):  # BatchNorm layers must use their running statistics
-        images = model.sample(args.n, Generator(seed=args.seed, stream=3))
+        images = model.sample(args.n, Generator(seed=args.seed, stream=streams.SAMPLE_IMAGES))
     path = Path(args.out or Path(args.run) / "samples.png")
     save_image_grid(np.asarray(images), path)
     print(path)

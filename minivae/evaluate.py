@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
 from .random import Generator
@@ -57,7 +58,7 @@ def log_likelihood(model, x, k=5000, noise=None, batch_size=100, chunk_rows=2500
     ``model.log_weights(x, k, noise)`` gives (k, B) log-weights; they are drawn ``chunk_rows //
     batch_size`` samples at a time and merged by log-sum-exp.
     """
-    noise = noise or Generator(seed=12345, stream=7)
+    noise = noise or Generator(seed=12345, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
     out = np.empty(len(x))
     per_chunk = max(1, min(k, chunk_rows // batch_size))
@@ -81,7 +82,7 @@ def elbo(model, x, noise=None, batch_size=500):
     """Per-example single-sample ELBO and its (reconstruction, KL) parts, as NumPy arrays.
 
     """
-    noise = noise or Generator(seed=12345, stream=8)
+    noise = noise or Generator(seed=12345, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))
     with evaluating(model):

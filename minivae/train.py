@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint, nn, optim, runs, trace
+from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
 from .backend import resolve_device, to_device
@@ -90,7 +90,7 @@ class LabelledBatches:
     """
 
     def __init__(self, x, y, batch_size, seed):
-        derived = int(np.random.SeedSequence([seed, 4]).generate_state(1)[0])
+        derived = int(np.random.SeedSequence([seed, streams.LABELLED_LOADER]).generate_state(1)[0])
         self.loader = MinibatchLoader(x, min(batch_size, len(x)), seed=derived, y=y)
         self._epoch, self._batches = None, []
 
@@ -115,7 +115,7 @@ class Trainer:
         nn.init.manual_seed(config.seed)
         self.model = runs.build_run_model(config).to(self.device)
         self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
-        self.noise = Generator(seed=config.seed)
+        self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
         self.loader = MinibatchLoader(self.data.x_train, config.batch_size, seed=config.seed)
         if config.lr_schedule == "cosine":
             self.schedule = optim.CosineLR(self.optimizer, self.total_steps, min_lr=config.lr_min)

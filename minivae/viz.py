@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import functional as F
+from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
@@ -417,9 +418,9 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     with evaluating(model):
         if model.semi_supervised:
             labels = np.repeat(np.arange(model.num_classes), 8)
-            images = model.sample(len(labels), Generator(seed=seed, stream=3), labels=labels)
+            images = model.sample(len(labels), Generator(seed=seed, stream=streams.SAMPLE_IMAGES), labels=labels)
         else:
-            images = model.sample(64, Generator(seed=seed, stream=3))
+            images = model.sample(64, Generator(seed=seed, stream=streams.SAMPLE_IMAGES))
     paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
 
     if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE

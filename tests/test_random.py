@@ -313,3 +313,16 @@ def test_generator_bernoulli_and_spawn():
     s = g.spawn(9)
     assert s.stream == 9 and s.offset == g.offset and s.seed == g.seed
     assert not np.any(s.normal(100) == g.normal(100))
+
+
+def test_stream_numbers_are_named_once_and_distinct():
+    """Every stream number is a named constant of minivae.streams; within each kind (Philox
+    streams, data-pipeline streams) no two names share a number, so no two uses share noise."""
+    from minivae import streams
+
+    philox = [streams.TRAIN_NOISE, streams.SAMPLE_IMAGES, streams.EVAL_LOG_LIKELIHOOD, streams.EVAL_ELBO]
+    data = [streams.DATA_SHUFFLE, streams.DATA_BINARIZE, streams.DATA_LABELLED, streams.LABELLED_LOADER]
+    assert len(set(philox)) == len(philox) and len(set(data)) == len(data)
+    names = [n for n in vars(streams) if n.isupper()]
+    assert sorted(names) == sorted(["TRAIN_NOISE", "SAMPLE_IMAGES", "EVAL_LOG_LIKELIHOOD", "EVAL_ELBO",
+                                    "DATA_SHUFFLE", "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])
