@@ -64,9 +64,9 @@ Public API
 ``uniform_from_words``, ``normal_from_words``, ``uniform(shape, seed, offset)``,
 ``normal(shape, seed, offset)``, ``gumbel(...)``, ``normal_at(indices, ...)``,
 :class:`Noise` (the address of one draw) and :class:`Generator` (a seed plus an advancing
-offset, with a JSON-able ``state_dict``). Their ``normal``/``uniform``/``gumbel`` take
-``xp=cupy`` to draw on the GPU: the generator kernels are registered in ``minivae.gpu.dispatch``
-(the same words); CuPy is never imported otherwise.
+offset, with a JSON-able ``state_dict``). All of them compute on the CPU; on the GPU the same
+draws come from ``minivae.gpu.normal`` / ``uniform`` (the same words), and the reparameterization
+kernels generate them in registers from a :class:`Noise`.
 
 Every draw is computed from its address when it is asked for: nothing is kept between calls.
 """
@@ -368,15 +368,6 @@ def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int
     return np.take_along_axis(vals, lane[..., None], axis=-1)[..., 0]
 
 
-def _gpu_kernels(xp):
-    """minivae.gpu when ``xp`` is CuPy, None for NumPy (CuPy is never imported here otherwise)."""
-    if xp is None or xp is np:
-        return None
-    from . import gpu  # deferred: only when GPU arrays are asked for
-
-    return gpu
-
-
 @dataclass(frozen=True)
 class Noise:
     """The address of one draw of noise: ``(seed, offset, stream)``.
@@ -396,30 +387,17 @@ class Noise:
         _check_u64("offset", self.offset)
         _check_u32("stream", self.stream)
 
-    def normal(self, shape, dtype=np.float32, start: int = 0, xp=None):
-        """The standard normals of this draw; ``xp=cupy`` generates them on the GPU (same
-        Philox words, see minivae.gpu.normal)."""
-        gpu = _gpu_kernels(xp)
-        if gpu is None:
-            return normal(shape, self.seed, self.offset, dtype, self.stream, start)
-        if start:
-            raise ValueError("start is not supported for GPU draws")
-        return gpu.normal(shape, self.seed, self.offset, dtype, self.stream)
+    def normal(self, shape, dtype=np.float32, start: int = 0):
+        """The standard normals of this draw (see :func:`normal`)."""
+        return normal(shape, self.seed, self.offset, dtype, self.stream, start)
 
-    def uniform(self, shape, dtype=np.float32, start: int = 0, xp=None):
-        gpu = _gpu_kernels(xp)
-        if gpu is None:
-            return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
-        if start:
-            raise ValueError("start is not supported for GPU draws")
-        return gpu.uniform(shape, self.seed, self.offset, dtype, self.stream)
+    def uniform(self, shape, dtype=np.float32, start: int = 0):
+        """The uniforms of this draw (see :func:`uniform`)."""
+        return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
 
-    def gumbel(self, shape, dtype=np.float32, start: int = 0, xp=None):
-        gpu = _gpu_kernels(xp)
-        if gpu is None:
-            return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
-        u = self.uniform(shape, np.float64, start, xp)
-        return (-xp.log(-xp.log(u))).astype(_float_dtype(dtype), copy=False)
+    def gumbel(self, shape, dtype=np.float32, start: int = 0):
+        """The Gumbel samples of this draw (see :func:`gumbel`)."""
+        return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
 
 
 class Generator:
@@ -460,21 +438,22 @@ class Generator:
         self._offset += 1
         return noise
 
-    def normal(self, shape, dtype=np.float32, xp=None):
-        """Standard normals of the next draw (on the GPU with ``xp=cupy``)."""
-        return self.next_noise().normal(shape, dtype, xp=xp)
+    def normal(self, shape, dtype=np.float32):
+        """Standard normals of the next draw."""
+        return self.next_noise().normal(shape, dtype)
 
-    def uniform(self, shape, dtype=np.float32, xp=None):
-        return self.next_noise().uniform(shape, dtype, xp=xp)
+    def uniform(self, shape, dtype=np.float32):
+        """Uniforms of the next draw."""
+        return self.next_noise().uniform(shape, dtype)
 
-    def gumbel(self, shape, dtype=np.float32, xp=None):
-        return self.next_noise().gumbel(shape, dtype, xp=xp)
+    def gumbel(self, shape, dtype=np.float32):
+        """Gumbel samples of the next draw."""
+        return self.next_noise().gumbel(shape, dtype)
 
-    def bernoulli(self, p, dtype=np.float32, xp=None):
+    def bernoulli(self, p, dtype=np.float32):
         """``(u < p)`` as ``dtype`` with one uniform per element of ``p`` (e.g. binarizing MNIST)."""
-        xp = np if xp is None else xp
-        p = xp.asarray(p)
-        u = self.next_noise().uniform(p.shape, np.float64, xp=xp)
+        p = np.asarray(p)
+        u = self.next_noise().uniform(p.shape, np.float64)
         return (u < p).astype(dtype)
 
     def spawn(self, stream: int) -> "Generator":

@@ -646,23 +646,6 @@ def test_pyproject_lists_every_package():
     assert set(conf["package-data"]["minivae.kernels"]) >= {"*.cu", "*.cuh"}
 
 
-def test_noise_draws_on_fake_gpu(fake_gpu):
-    """Noise / Generator with xp=<GPU module> go through minivae.gpu (here: the fake)."""
-    K, calls = fake_gpu
-    xp = types.SimpleNamespace(log=np.log, asarray=np.asarray)  # stands for cupy
-    noise = mr.Noise(5, 6, 1)
-    np.testing.assert_allclose(noise.normal((4, 5), np.float32, xp=xp), noise.normal((4, 5)), **dict(
-        zip(("rtol", "atol"), TOL[np.float32])))
-    np.testing.assert_array_equal(noise.uniform(7, np.float64, xp=xp), noise.uniform(7, np.float64))
-    np.testing.assert_allclose(noise.gumbel(9, np.float64, xp=xp), noise.gumbel(9, np.float64), rtol=1e-15)
-    g = mr.Generator(3)
-    a = g.normal((2, 3), xp=xp)
-    assert g.offset == 1 and a.shape == (2, 3)
-    assert {c[0] for c in calls} >= {"mv_normal_f32", "mv_uniform_f64"}
-    with pytest.raises(ValueError):
-        noise.normal(4, xp=xp, start=1)
-
-
 ADAM_SETTINGS = [dict(), dict(weight_decay=0.1), dict(amsgrad=True),
                  dict(weight_decay=0.05, decoupled_weight_decay=True),
                  dict(weight_decay=0.05, decoupled_weight_decay=True, amsgrad=True)]
