@@ -12,7 +12,10 @@ An op is a ``Function`` subclass with two static methods over raw backend arrays
 ``Function.apply(*inputs, **params)`` runs ``forward`` on tensors and returns one Tensor, or a
 tuple of Tensors (one per output). When some input requires a gradient (and ``no_grad`` is not
 active) it records a ``Node`` that every output tensor points to; ``Tensor.backward`` (in
-``minivae.autograd``) walks those nodes.
+``minivae.autograd``) walks those nodes. On CuPy inputs, ``apply`` first asks the dispatch table
+of ``minivae.gpu`` (``minivae.gpu.dispatch.select``) whether a CUDA kernel is registered for the
+op and takes these inputs; then the row's forward and backward run instead of the op's own
+(``minivae.gpu.dispatch.explain`` says which path an op takes, and why).
 
 Saved arrays are guarded against in-place changes between forward and backward, which would
 make the gradients silently wrong, in two ways:
@@ -39,6 +42,7 @@ import numpy as np
 
 from .autograd import Tensor, _check_finite, _state, tensor
 from .backend import device_of, get_array_module
+from .gpu import dispatch
 
 
 class Context:
@@ -64,7 +68,8 @@ class InPlaceModificationError(RuntimeError):
 
 
 class Node:
-    """One recorded op: ``fn`` (the Function class), ``ctx`` (its Context), ``inputs`` (the input
+    """One recorded op: ``fn`` (the Function class, or the dispatch-table row that ran it on CuPy
+    arrays: either has the ``backward`` to call), ``ctx`` (its Context), ``inputs`` (the input
     Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions``
     (``(input index, version when the op ran)`` for each input whose array the context saved) and
     ``read_only`` (the NumPy arrays this node made read-only).
@@ -141,8 +146,10 @@ class Function:
         anomaly = _state.anomaly
         if anomaly:
             _check_finite(cls, "forward input", arrays)
+        # A CUDA kernel registered for this op and these (CuPy) inputs, or None: the op's own code.
+        impl = dispatch.select(cls.__name__, *arrays, **params) or cls
         try:
-            out = cls.forward(ctx, *arrays, **params)
+            out = impl.forward(ctx, *arrays, **params)
         except ValueError as exc:
             if len(arrays) > 1 and "could not be broadcast" in str(exc):
                 _explain_broadcast(cls, arrays)
@@ -170,7 +177,7 @@ class Function:
                     if type(a) is np.ndarray and a.base is None and a.flags.writeable:
                         a.setflags(write=False)
                         read_only.append(a)
-            node = Node(cls, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
+            node = Node(impl, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
             for t in results:
                 t._node = node
         return tuple(results) if several else results[0]

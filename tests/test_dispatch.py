@@ -39,7 +39,7 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 def test_the_table_names_the_registered_kernels():
     """Reparameterization (noise), KL, the fused pair and Adam, each with a stated condition
     and, for the ops, a forward and a backward launch."""
-    assert {"ReparameterizeNoise", "KLNormalStd", "Adam"} <= set(dispatch.TABLE)
+    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)

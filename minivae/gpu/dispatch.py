@@ -63,7 +63,10 @@ def register(op, forward, backward=None, *, takes, accepts=lambda *arrays, **par
 
 
 def _decide(op, arrays, params):
-    if not any(is_gpu_array(a) for a in arrays):
+    for a in arrays:
+        if is_gpu_array(a):
+            break
+    else:
         return None, "xp code: no input is a CuPy array"
     row = TABLE.get(op)
     if row is None:
@@ -75,7 +78,10 @@ def _decide(op, arrays, params):
 
 def select(op, *arrays, **params):
     """The row of ``op`` when its kernels take these inputs (some of them CuPy arrays), else None."""
-    return _decide(op, arrays, params)[0]
+    for a in arrays:  # NumPy inputs, the common case, return at once
+        if is_gpu_array(a):
+            return _decide(op, arrays, params)[0]
+    return None
 
 
 def explain(op, *arrays, **params):
@@ -134,6 +140,37 @@ def _kl_backward(ctx, g):
 
 register("KLNormalStd", _kl_forward, _kl_backward, accepts=_same_shape_rows,
          takes="mu and logvar of one shape, at least 1-D")
+
+
+def _reparameterize_kl_forward(ctx, mu, logvar, noise=None, samples=None):
+    # S samples: the kernels run on S broadcast copies of the rows (element s*B*D + b*D + d of the
+    # draw, as the xp code draws them), and the KL of the first copy is the op's per-row KL.
+    xp = get_array_module(mu, logvar)
+    ctx.noise, ctx.samples = noise, samples
+    if samples is not None:
+        shape = (int(samples),) + mu.shape
+        mu, logvar = _broadcast_c(xp, mu, shape), _broadcast_c(xp, logvar, shape)
+    ctx.save(mu, logvar)
+    z, kl = _kernels().reparameterize_kl_forward(mu, logvar, noise.seed, noise.offset, noise.stream)
+    return z, (kl if samples is None else kl[0])
+
+
+def _reparameterize_kl_backward(ctx, gz, gkl):
+    need_mu, need_logvar = ctx.needs_input_grad
+    mu, logvar = ctx.saved
+    if gkl is not None and ctx.samples is not None:  # the KL's gradient reaches the first copy only
+        first = get_array_module(gkl).zeros(mu.shape[:-1], dtype=gkl.dtype)
+        first[0] = gkl
+        gkl = first
+    n = ctx.noise
+    dmu, dlogvar = _kernels().reparameterize_kl_backward(gz, gkl, mu, logvar, n.seed, n.offset, n.stream)
+    # (S, B, D) gradients for (B, D) inputs: the engine sums them over the samples
+    return (dmu if need_mu else None), (dlogvar if need_logvar else None)
+
+
+register("ReparameterizeKL", _reparameterize_kl_forward, _reparameterize_kl_backward,
+         accepts=_same_shape_rows,
+         takes="mu and logvar of one shape, at least 1-D (S samples run on S broadcast copies)")
 
 
 def _adam_update(p, g, m, v, vmax, work=None, **scalars):
