@@ -137,7 +137,7 @@ def test_vae_loss_graph():
     titles = [lines[0] for lines in nodes.values()]
     for name in parameter_names(model).values():
         assert titles.count(name) == 1
-    for op in ("Linear", "LinearRelu", "KLNormalStd", "BernoulliLogProb"):
+    for op in ("Linear", "LinearRelu", "ReparameterizeKL", "BernoulliLogProb"):
         assert op in titles
     assert "x" in titles and all(lines[1].endswith("float32") for lines in nodes.values())
     # the parameters' gradient norms are those of an ordinary backward

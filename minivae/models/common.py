@@ -250,8 +250,7 @@ class LatentVariableModel(Model):
             return -bound, {"loss": -value, "bound": value}
         rec, kl = self.elbo(x, noise)
         # One mean of the per-example loss (a graph node fewer than two means and their
-        # difference), and no multiplication by a beta of 1 (another node); the statistics are
-        # read off the arrays, outside the graph.
-        loss = ((kl if beta == 1 else beta * kl) - rec).mean()
+        # difference); the statistics are read off the arrays, outside the graph.
+        loss = (beta * kl - rec).mean()
         r, k = float(rec.data.mean()), float(kl.data.mean())
         return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}

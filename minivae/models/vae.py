@@ -48,15 +48,13 @@ class VAE(LatentVariableModel):
     def elbo(self, x, noise, samples=None):
         """Per-example ELBO terms: (reconstruction E_q log p(x|z), KL(q(z|x) || p(z))), each (B,).
 
-        The KL is analytic; the reconstruction averages ``samples`` (default ``mc_samples``) draws.
+        The KL is analytic; the reconstruction averages ``samples`` (default ``mc_samples``) draws
+        z of shape (samples, B, D). Both come from one ``F.reparameterize_kl`` node (on the GPU,
+        the fused reparameterization + KL kernels).
         """
-        k = samples or self.mc_samples
         mu, logvar = self.encode(x)
-        # One sample keeps the batch shape (B, D): the same noise elements as (1, B, D), and no
-        # mean over a single sample (a graph node fewer per step).
-        z = rsample(mu, logvar, noise, k if k > 1 else None)
-        rec = F.bernoulli_log_prob(self.decode(z), x)
-        return (rec if k == 1 else rec.mean(axis=0)), F.kl_normal_std(mu, logvar)
+        z, kl = F.reparameterize_kl(mu, logvar, noise, samples=samples or self.mc_samples)
+        return F.bernoulli_log_prob(self.decode(z), x).mean(axis=0), kl
 
     def log_weights(self, x, k, noise):
         """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
