@@ -32,12 +32,13 @@ from ..backend import get_array_module, is_gpu_array
 __all__ = ["Kernel", "TABLE", "register", "select", "explain"]
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Kernel:
     """One row of the table: the CUDA implementation of the op ``op`` (see the module docstring).
 
     A row has the interface of a Function (``forward``, ``backward``, ``__name__``), so the graph
-    node of an op that ran on its kernels records the row that ran.
+    node of an op that ran on its kernels records the row that ran (compared and hashed by
+    identity, like a Function class).
     """
 
     op: str
