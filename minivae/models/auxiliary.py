@@ -93,14 +93,15 @@ class _AuxiliaryNetworks:
         """log p(x | ...) and log p(a | ...) - log q(a | x) + [-KL(q(z | a, y, x) || p(z)) or
         log p(z) - log q(z | a, y, x)], for z ~ q(z | a, y, x); y None for the unsupervised model."""
         a = context["a"]
+        # (labels,) + a's sample and batch axes + (z_dim,): one z per label, sample and example,
+        # and the KL of q(z | a, y, x) to p(z) = N(0, I) from the same node
         mu, logvar = self.q_z(self.q_z_net(*self._parents(x, a, y)))
-        labels = () if y is None else (y.shape[0],)
-        z = F.reparameterize(mu, logvar, noise, shape=labels + a.shape[:-1] + (self.z_dim,))
+        z, kl = F.reparameterize_kl(mu, logvar, noise)
         rec = F.bernoulli_log_prob(self.decode(z, y, a), x)
         mu_a, logvar_a = self.p_a(self.p_a_net(*self._parents(z, y, None if self.skip else x)))
         latent = F.gaussian_log_prob(a, mu_a, logvar_a) - context["log_qa"]
         if analytic:
-            return rec, latent - F.kl_normal_std(mu, logvar)
+            return rec, latent - kl
         return rec, latent + F.gaussian_log_prob(z, 0.0, 0.0) - F.gaussian_log_prob(z, mu, logvar)
 
     def _sample(self, n, noise, probabilities, y):
