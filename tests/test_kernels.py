@@ -561,6 +561,19 @@ def test_wrappers_on_fake_gpu(fake_gpu, dtype):
     assert {c[0] for c in calls} >= {f"mv_reparam_kl_bwd_{_sfx(dtype)}", f"mv_kl_fwd_{_sfx(dtype)}"}
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sums_of_empty_rows_are_zero(fake_gpu, dtype):
+    """The forward row kernels write every row's kl (no memset first); rows of D = 0, which no
+    kernel runs on, sum to 0."""
+    K, calls = fake_gpu
+    empty = np.zeros((3, 0), dtype)
+    np.testing.assert_array_equal(K.kl_normal_std_forward(empty, empty), np.zeros(3, dtype))
+    z, kl = K.reparameterize_kl_forward(empty, empty, 1, 2)
+    assert z.shape == (3, 0)
+    np.testing.assert_array_equal(kl, np.zeros(3, dtype))
+    assert not calls
+
+
 def test_wrappers_validate(fake_gpu):
     K, _ = fake_gpu
     mu, logvar = _inputs((4, 3), np.float32)
