@@ -84,6 +84,34 @@ def test_cu_compiles_to_ptx(ptx, cu, arch):
     assert entries == set(ENTRY_POINTS[cu])  # extern "C": unmangled, nothing else exported
 
 
+def _ab_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ab_row_kernels", ROOT / "benchmarks" / "ab_row_kernels.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    return ab
+
+
+def test_row_forward_variants_compile(tmp_path):
+    """Every candidate design of the forward row kernels (benchmarks/ab_row_kernels.py) compiles
+    to PTX for sm_90 without a warning, with the same entry points."""
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH")
+    procs = []
+    for name, opts in _ab_script().VARIANTS.items():
+        for cu in ("kl.cu", "fused.cu"):
+            dst = tmp_path / f"{name}.{cu}.ptx"
+            cmd = [NVCC, "-ptx", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", *opts,
+                   "-I", str(KERNELS), "-o", str(dst), str(KERNELS / cu)]
+            procs.append((name, cu, dst, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                          text=True)))
+    for name, cu, dst, proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name} {cu}:\n{err}"
+        assert set(re.findall(r"\.entry\s+(\w+)", dst.read_text())) == set(ENTRY_POINTS[cu])
+
+
 def test_no_fast_math_in_ptx(ptx):
     """--use_fast_math would replace logf/sqrtf/sinf by approximate instructions (lg2.approx,
     sqrt.approx, sin.approx) with flush-to-zero; the IEEE build has sqrt.rn and none of those.
@@ -426,6 +454,73 @@ def test_segment_sum_order_is_the_documented_one(shim, dtype):
         assert got == _documented_row_sum(terms[:n], P, tile=10 ** 9), (n, P)
 
 
+def _span_tiling(shim, D):
+    rows, chunks, lanes = _INT(0), _I64(0), _INT(0)
+    shim.shim_span_tiling(_I64(D), ctypes.byref(rows), ctypes.byref(chunks), ctypes.byref(lanes))
+    return rows.value, chunks.value, lanes.value
+
+
+def _documented_span_sums(terms, B, D, m, G):
+    """The row sums of the spans design in the order documented in kernels/chunks.cuh: spans of
+    m rows; lane j adds the terms of the span's chunks j, j + G, ... in element order to its
+    partial of their row; the G partials of a row are added by the halving tree."""
+    zero = terms.dtype.type(0)
+    kl = np.empty(B, terms.dtype)
+    for s in range(-(-B // m)):
+        lo = s * m * D
+        hi = min(lo + m * D, B * D)
+        part = [[zero] * m for _ in range(G)]
+        for j in range(G):
+            for k in range(j, m * D // 4, G):
+                for off in range(4 * k, 4 * k + 4):
+                    if lo + off < hi:
+                        part[j][off // D] = part[j][off // D] + terms[lo + off]
+        o = G // 2
+        while o:
+            for i in range(o):
+                part[i] = [a + b for a, b in zip(part[i], part[i + o])]
+            o //= 2
+        for r in range(m):
+            if s * m + r < B:
+                kl[s * m + r] = part[0][r]
+    return kl
+
+
+def test_span_tiling(shim):
+    """Spans of the candidate design start on chunk boundaries; two chunks or more per lane."""
+    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 4101]:
+        m, S, G = _span_tiling(shim, D)
+        assert (m * D) % 4 == 0 and m * D // 4 == S and m == 4 // math.gcd(D, 4)
+        assert G & (G - 1) == 0 and 1 <= G <= 32 and (G == 1 or 2 * G <= S)
+    assert _span_tiling(shim, 50) == (2, 25, 8) and _span_tiling(shim, 784) == (1, 196, 32)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ROW_SHAPES + [(9, 1), (7, 7), (5, 10)])
+def test_replay_span_rows(shim, dtype, shape):
+    """The spans design (a candidate forward row kernel): z as the reparameterization, kl in
+    its documented order bit for bit."""
+    B, D = shape
+    seed, offset, stream = 99, 3, 1
+    mu, logvar = _inputs(shape, dtype, B * D)
+    sfx = _sfx(dtype)
+    terms = np.empty(B * D, dtype)
+    call(shim, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
+    m, _, G = _span_tiling(shim, D)
+    ordered = _documented_span_sums(terms, B, D, m, G)
+    z_ref = np.full(shape, np.nan, dtype)
+    call(shim, f"shim_reparam_fwd_{sfx}", mu, logvar, z_ref, _I64(B * D), _U64(seed), _U64(offset), _U32(stream))
+    for fuse in (0, 1):
+        z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
+        call(shim, f"shim_span_fwd_{sfx}", _INT(fuse), mu, logvar, z if fuse else None, kl, _I64(B), _I64(D),
+             _U64(seed), _U64(offset), _U32(stream))
+        np.testing.assert_array_equal(kl, ordered)
+        np.testing.assert_allclose(kl, _ref_kl_terms(mu, logvar).sum(axis=1),
+                                   rtol=TOL[dtype][0] * max(1, D) ** 0.5 * 4, atol=TOL[dtype][1])
+        if fuse:
+            np.testing.assert_array_equal(z, z_ref)
+
+
 # ------------------------------------------------------------------------------ wrappers on a fake CuPy
 _CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32, "int": np.int32,
            "float": np.float32, "double": np.float64}
@@ -458,8 +553,9 @@ class _FakeKernel:
         "mv_uniform": ("shim_generate", lambda a: a[:2] + [_INT(1)] + a[2:]),
     }
 
-    def __init__(self, lib, name, sig, calls):
+    def __init__(self, lib, name, sig, calls, replay=None):
         self.lib, self.name, self.sig, self.calls = lib, name, sig, calls
+        self.replay = replay  # a function of the C arguments, instead of the shim's default replay
 
     def __call__(self, grid, block, args):
         assert len(args) == len(self.sig), f"{self.name}: {len(args)} args for {len(self.sig)} params"
@@ -480,14 +576,17 @@ class _FakeKernel:
                 cargs.append(_CSCALAR[ctype](a.item()))
         base = re.sub(r"_f(32|64)$", "", self.name)
         sfx = self.name[len(base):]
-        if base in self.REPLAY:
-            shim_name, conv = self.REPLAY[base]
-            cargs = conv(cargs)
+        if self.replay is not None:
+            self.replay(cargs)
         else:
-            shim_name = "shim_" + base[len("mv_"):]
-        fn = getattr(self.lib, shim_name + sfx)
-        fn.restype = None
-        fn(*cargs)
+            if base in self.REPLAY:
+                shim_name, conv = self.REPLAY[base]
+                cargs = conv(cargs)
+            else:
+                shim_name = "shim_" + base[len("mv_"):]
+            fn = getattr(self.lib, shim_name + sfx)
+            fn.restype = None
+            fn(*cargs)
         self.calls.append((self.name, grid, block))
 
 
@@ -757,3 +856,119 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, mo
     assert loss_g == pytest.approx(loss_c, rel=1e-5)
     for a, b in zip(grads_g + w_g, grads_c + w_c):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the A/B benchmark on a fake CuPy
+class _FakeModule:
+    """cupy.RawModule of the fake: kernels checked against their C signatures, run by the host
+    replays (the spans design's own replay where -DMV_ROW_FWD_VARIANT=2 is among the options)."""
+
+    def __init__(self, lib, calls, code, options):
+        assert code.startswith("// minivae kernel source:") and "--std=c++14" in options
+        self.lib, self.calls, self.sigs = lib, calls, _signatures()
+        self.spans = "-DMV_ROW_FWD_VARIANT=2" in options
+
+    def get_function(self, name):
+        replay = None
+        if self.spans and name.startswith(("mv_kl_fwd_", "mv_reparam_kl_fwd_")):
+            fn = getattr(self.lib, "shim_span_fwd_" + name[-3:])
+            fn.restype = None
+            if name.startswith("mv_kl_fwd_"):
+                def replay(a):
+                    fn(_INT(0), a[0], a[1], None, a[2], a[3], a[4], _U64(0), _U64(0), _U32(0))
+            else:
+                def replay(a):
+                    fn(_INT(1), *a)
+        return _FakeKernel(self.lib, name, self.sigs[name], self.calls, replay)
+
+
+def _fake_cupy(lib, calls):
+    class Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class RandomState:
+        def __init__(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+        def standard_normal(self, size, dtype=np.float64):
+            return self.rng.standard_normal(size).astype(dtype)
+
+        def uniform(self, low, high, size):
+            return self.rng.uniform(low, high, size)
+
+    pool = types.SimpleNamespace(free_all_blocks=lambda: None)
+    cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: 0.5,
+        Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 2}),
+        runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda d: {"name": b"Fake GPU"}))
+    return types.SimpleNamespace(
+        __version__="fake", cuda=cuda, random=types.SimpleNamespace(RandomState=RandomState),
+        RawModule=lambda code, options: _FakeModule(lib, calls, code, options),
+        get_default_memory_pool=lambda: pool, float32=np.float32, float64=np.float64,
+        ones=np.ones, empty=np.empty, empty_like=np.empty_like, full=np.full, abs=np.abs,
+        maximum=np.maximum, expm1=np.expm1, array_equal=np.array_equal, asnumpy=np.asarray)
+
+
+def test_ab_row_kernels_on_fake_gpu(shim, tmp_path):
+    """benchmarks/ab_row_kernels.py end to end on a fake CuPy (every launch's arguments checked
+    against the C signature, kernels replayed on the host): every variant passes its checks and
+    is timed, and one JSON is written."""
+    import json
+
+    ab = _ab_script()
+    calls = []
+    res = ab.main(["--sizes", "600,3000", "--D", "2,3,50,784", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)],
+                  cp=_fake_cupy(shim, calls))
+    assert set(res["variants"]) == set(ab.VARIANTS)
+    for name, info in res["variants"].items():
+        assert info["edge_checks_passed"], (name, info["failures"])
+    assert len(res["rows"]) == 2 * 4 * len(ab.VARIANTS) * 2
+    for r in res["rows"]:
+        assert "error" not in r and r["us"] > 0 and r["kl_max_rel_err"] <= 1e-5, r
+        if r["variant"] == "regtiles":  # the order of the tiles: the same kl bit for bit
+            assert r["kl_bit_identical_to_tiles"], r
+    assert {c[0] for c in calls} >= {"mv_kl_fwd_f32", "mv_reparam_kl_fwd_f64", "mv_reparam_fwd_f32"}
+    files = list(tmp_path.glob("ab_row_kernels_fake-gpu_*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == res["rows"]
+    # one block per tile for the tiles; the spans' lanes, at most max_grid blocks
+    assert ab.launch_grid("tiles", 1000, 50, 64) == 25 and ab.launch_grid("regtiles", 1000, 50, 64) == 13
+    assert ab.launch_grid("spans", 1000, 50, 64) == 16 and ab.launch_grid("spans", 10 ** 6, 50, 64) == 64
+    for D in (1, 2, 3, 10, 50, 784, 4101):
+        assert ab._span_lanes(D) == _span_tiling(shim, D)[2]
+
+
+def test_ab_row_kernels_reports_a_failing_variant(shim, tmp_path, monkeypatch):
+    """A variant whose kl is wrong is reported with its failures and not timed."""
+    ab = _ab_script()
+    calls = []
+    fake = _fake_cupy(shim, calls)
+    real = fake.RawModule
+
+    def broken(code, options):
+        mod = real(code, options)
+        if "-DMV_ROW_FWD_VARIANT=1" in options:
+            get = mod.get_function
+
+            def get_function(name):
+                k = get(name)
+                if name.startswith("mv_kl_fwd_"):
+                    def wrong(a):  # one row's kl never written
+                        shim_fn = getattr(shim, "shim_kl_fwd_" + name[-3:])
+                        shim_fn.restype = None
+                        shim_fn(a[0], a[1], a[2], _I64(a[3].value - 1), a[4])
+                    k.replay = wrong
+                return k
+            mod.get_function = get_function
+        return mod
+
+    fake.RawModule = broken
+    res = ab.main(["--sizes", "600", "--D", "50", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)], cp=fake)
+    assert not res["variants"]["regtiles"]["edge_checks_passed"]
+    assert any("kl relative error nan" in f for f in res["variants"]["regtiles"]["failures"])
+    assert res["worst_share_of_copy"]["regtiles"].startswith("failed")
+    assert all(r["variant"] != "regtiles" for r in res["rows"])
+    assert res["variants"]["spans"]["edge_checks_passed"]
