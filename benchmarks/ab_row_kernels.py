@@ -52,6 +52,8 @@ VARIANTS = {
     "regtiles": ("-DMV_ROW_FWD_VARIANT=1",),
     "spans": ("-DMV_ROW_FWD_VARIANT=2",),
     "spans-batch2": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_BATCH=2"),
+    "spans-batch1": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_BATCH=1"),
+    "spans-wide": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_LANE_CHUNKS=4"),
 }
 KERNELS = {"kl_fwd": 2, "fused_fwd": 3}  # name -> bytes moved per element (plus one per row)
 EDGE_SHAPES = [(1, 1), (3, 2), (1030, 2), (5, 3), (700, 3), (9, 1), (333, 7), (1000, 10), (7, 50),
@@ -66,10 +68,19 @@ def _m(D):
     return 1 if D % 4 == 0 else (2 if D % 2 == 0 else 4)
 
 
-def _span_lanes(D):
-    """mv_span_tiling_of(D).lanes: a power of two <= 32 with two chunks or more per lane."""
+def _option(variant, macro, default):
+    """The value of ``-Dmacro=value`` among a variant's options (``default`` without one)."""
+    for opt in VARIANTS[variant]:
+        if opt.startswith(f"-D{macro}="):
+            return int(opt.split("=", 1)[1])
+    return default
+
+
+def _span_lanes(D, lane_chunks=2):
+    """mv_span_tiling_of(D).lanes: the largest power of two <= 32 leaving each lane
+    ``lane_chunks`` (MV_SPAN_LANE_CHUNKS) chunks or more."""
     chunks, g = _m(D) * D // 4, 1
-    while g < 32 and 4 * g <= chunks:
+    while g < 32 and 2 * g * lane_chunks <= chunks:
         g *= 2
     return g
 
@@ -79,7 +90,7 @@ def launch_grid(variant, B, D, max_grid):
     spans at most ``max_grid`` blocks (a grid-stride loop covers the rest). Any grid is correct."""
     design = VARIANTS[variant][0]
     if design.endswith("=2"):
-        threads = -(-B // _m(D)) * _span_lanes(D)
+        threads = -(-B // _m(D)) * _span_lanes(D, _option(variant, "MV_SPAN_LANE_CHUNKS", 2))
         return max(1, min(-(-threads // BLOCK), max_grid))
     if design.endswith("=1") and D <= REGTILE // 4:
         rows = REGTILE // (_m(D) * D) * _m(D)
@@ -220,6 +231,8 @@ def main(argv=None, cp=None):
     ap.add_argument("--D", default="2,10,50,100,784", help="row lengths of the timed cases")
     ap.add_argument("--repeats", type=int, default=7, help="timed loops per case (median)")
     ap.add_argument("--copy-mib", type=int, default=1024, help="size of the reference copy (MiB)")
+    ap.add_argument("--max-seconds", type=float, default=150.0,
+                    help="start no timed case after this many seconds (the JSON says which were skipped)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
     names = [v for v in args.variants.split(",") if v]
@@ -229,14 +242,31 @@ def main(argv=None, cp=None):
     if cp is None:
         import cupy as cp
     t_start = time.perf_counter()
+    now = _dt.datetime.now(_dt.timezone.utc)
     dev_name = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())["name"]
     dev_name = dev_name.decode() if isinstance(dev_name, bytes) else str(dev_name)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = re.sub(r"[^A-Za-z0-9]+", "-", dev_name).strip("-").lower()
+    path = out / f"ab_row_kernels_{dev}_{now.strftime('%Y%m%dT%H%M%SZ')}.json"
+    meta, rows = {}, []
+    result = {"benchmark": "ab_row_kernels", "date": now.isoformat(timespec="seconds"),
+              "command": "ab_row_kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "device": dev_name, "cupy": cp.__version__, "git_commit": git_commit(),
+              "copy_mib": args.copy_mib, "copy_gbps": {},
+              "bytes_model": "kl_fwd (2n + B) * 4, fused_fwd (3n + B) * 4 (float32)",
+              "variants": meta, "worst_share_of_copy": {}, "rows": rows, "complete": False}
+
+    def save():  # after every step: a run cut short still leaves what it measured
+        result["seconds"] = round(time.perf_counter() - t_start, 1)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
     print(f"device: {dev_name}, CuPy {cp.__version__}", flush=True)
-    copy_start = copy_gbps(cp, args.copy_mib << 20, args.repeats)
+    copy_start = result["copy_gbps"]["start"] = round(copy_gbps(cp, args.copy_mib << 20, args.repeats), 1)
     print(f"{args.copy_mib} MiB copy: {copy_start:.0f} GB/s", flush=True)
 
     ref = Reference(cp)
-    variants, meta = {}, {}
+    variants = {}
     for name in names:
         info = meta[name] = {"options": list(VARIANTS[name])}
         try:
@@ -251,79 +281,80 @@ def main(argv=None, cp=None):
               + ("passed" if not fails else f"FAILED: {fails[:3]}"), flush=True)
         if not fails:
             variants[name] = var
+        save()
 
-    rows = []
     sizes, Ds = parse_ints(args.sizes), parse_ints(args.D)
     nmax = max(sizes)
     rs = cp.random.RandomState(0)
     mu_all = rs.standard_normal(nmax, dtype=cp.float32)
     lv_all = rs.uniform(-2, 1, nmax).astype(cp.float32)
+    skipped = result["skipped_cases"] = []
     for n_req in sizes:
         for D in Ds:
             B = max(1, n_req // D)
             n = B * D
-            mu, lv = mu_all[:n].reshape(B, D), lv_all[:n].reshape(B, D)
-            z_ref, kl_ref = ref.z(mu, lv), ref.kl(mu, lv)
-            z, kl = cp.empty_like(mu), cp.empty((B,), dtype=mu.dtype)
-            kl_tiles = None
-            same_bytes = {k: copy_gbps(cp, (b * n + B) * 4 // 2, args.repeats) for k, b in KERNELS.items()}
-            for name, var in variants.items():
-                fails, worst, kl_first = check_case(cp, var, ref, mu, lv, z_ref, kl_ref, np.float32)
-                same_as_tiles = None
-                if name == "tiles":
-                    kl_tiles = kl_first
-                elif kl_tiles is not None:
-                    same_as_tiles = bool(cp.array_equal(kl_first, kl_tiles))
-                for kernel, per in KERNELS.items():
-                    row = {"variant": name, "kernel": kernel, "n": n, "B": B, "D": D,
-                           "kl_max_rel_err": worst, "kl_bit_identical_to_tiles": same_as_tiles}
-                    if fails:
-                        row["error"] = fails
-                        print(f"{name:>13} {kernel:>9} n={n:<10.3g} D={D:<4} FAILED: {fails}", flush=True)
-                    else:
-                        us = time_us(cp, lambda: var.run(kernel, mu, lv, z, kl), args.repeats)
-                        gbps = (per * n + B) * 4 / (us * 1e-6) / 1e9
-                        row.update({"us": round(us, 2), "gbps": round(gbps, 1),
-                                    "share_of_copy": round(gbps / copy_start, 4),
-                                    "copy_same_bytes_gbps": round(same_bytes[kernel], 1),
-                                    "share_of_copy_same_bytes": round(gbps / same_bytes[kernel], 4)})
-                        print(f"{name:>13} {kernel:>9} n={n:<10.3g} D={D:<4} {us:9.1f} us {gbps:7.0f} GB/s "
-                              f"{100 * row['share_of_copy']:5.1f}% of the big copy, "
-                              f"{100 * row['share_of_copy_same_bytes']:5.1f}% of a same-bytes copy", flush=True)
-                    rows.append(row)
-            del mu, lv, z_ref, kl_ref, z, kl, kl_tiles
+            if time.perf_counter() - t_start > args.max_seconds:
+                skipped.append({"n": n, "D": D})
+                print(f"n={n:.3g} D={D}: skipped (past --max-seconds {args.max_seconds})", flush=True)
+                continue
+            rows += time_case(cp, variants, ref, mu_all[:n].reshape(B, D), lv_all[:n].reshape(B, D),
+                              copy_start, args.repeats)
             cp.get_default_memory_pool().free_all_blocks()
+            save()
     del mu_all, lv_all
     cp.get_default_memory_pool().free_all_blocks()
-    copy_end = copy_gbps(cp, args.copy_mib << 20, args.repeats)
+    copy_end = result["copy_gbps"]["end"] = round(copy_gbps(cp, args.copy_mib << 20, args.repeats), 1)
 
-    summary = {}
+    summary = result["worst_share_of_copy"]
     for name in names:
-        mine = [r for r in rows if r["variant"] == name]
         if not meta[name]["edge_checks_passed"]:
             summary[name] = "failed its checks (see variants)"
             continue
+        mine = [r for r in rows if r["variant"] == name]
         summary[name] = {k: min((r.get("share_of_copy", 0.0) for r in mine if r["kernel"] == k), default=None)
                          for k in KERNELS}
-    now = _dt.datetime.now(_dt.timezone.utc)
-    result = {"benchmark": "ab_row_kernels", "date": now.isoformat(timespec="seconds"),
-              "command": "ab_row_kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
-              "device": dev_name, "cupy": cp.__version__, "git_commit": git_commit(),
-              "copy_mib": args.copy_mib,
-              "copy_gbps": {"start": round(copy_start, 1), "end": round(copy_end, 1)},
-              "bytes_model": "kl_fwd (2n + B) * 4, fused_fwd (3n + B) * 4 (float32)",
-              "variants": meta, "worst_share_of_copy": summary, "rows": rows,
-              "seconds": round(time.perf_counter() - t_start, 1)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dev = re.sub(r"[^A-Za-z0-9]+", "-", dev_name).strip("-").lower()
-    path = out / f"ab_row_kernels_{dev}_{now.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    result["complete"] = not skipped
+    save()
     print(table(rows, names))
     print(json.dumps(summary, indent=2))
     print(f"{args.copy_mib} MiB copy {copy_start:.0f} GB/s at the start, {copy_end:.0f} GB/s at the end; "
           f"{result['seconds']} s in all\nwrote {path}")
     return result
+
+
+def time_case(cp, variants, ref, mu, lv, copy_big, repeats):
+    """Rows of one (n, D): every variant checked, then its two kernels timed (or its failures)."""
+    B, D = mu.shape
+    n = B * D
+    z_ref, kl_ref = ref.z(mu, lv), ref.kl(mu, lv)
+    z, kl = cp.empty_like(mu), cp.empty((B,), dtype=mu.dtype)
+    same_bytes = {k: copy_gbps(cp, (b * n + B) * 4 // 2, repeats) for k, b in KERNELS.items()}
+    rows, kl_tiles = [], None
+    for name, var in variants.items():
+        fails, worst, kl_first = check_case(cp, var, ref, mu, lv, z_ref, kl_ref, np.float32)
+        same_as_tiles = None
+        if name == "tiles":
+            kl_tiles = kl_first
+        elif kl_tiles is not None:
+            same_as_tiles = bool(cp.array_equal(kl_first, kl_tiles))
+        for kernel, per in KERNELS.items():
+            row = {"variant": name, "kernel": kernel, "n": n, "B": B, "D": D,
+                   "kl_max_rel_err": worst, "kl_bit_identical_to_tiles": same_as_tiles}
+            if fails:
+                row["error"] = fails
+                print(f"{name:>13} {kernel:>9} n={n:<10.3g} D={D:<4} FAILED: {fails}", flush=True)
+            else:
+                us = time_us(cp, lambda: var.run(kernel, mu, lv, z, kl), repeats)
+                gbps = (per * n + B) * 4 / (us * 1e-6) / 1e9
+                row.update({"us": round(us, 2), "gbps": round(gbps, 1),
+                            "share_of_copy": round(gbps / copy_big, 4),
+                            "copy_same_bytes_gbps": round(same_bytes[kernel], 1),
+                            "share_of_copy_same_bytes": round(gbps / same_bytes[kernel], 4)})
+                print(f"{name:>13} {kernel:>9} n={n:<10.3g} D={D:<4} {us:9.1f} us {gbps:7.0f} GB/s "
+                      f"{100 * row['share_of_copy']:5.1f}% of the big copy, "
+                      f"{100 * row['share_of_copy_same_bytes']:5.1f}% of a same-bytes copy", flush=True)
+            rows.append(row)
+    return rows
 
 
 def table(rows, names):

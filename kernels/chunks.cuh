@@ -196,8 +196,8 @@ MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 
 // default). Variant 1 keeps the order above; variant 2, spans, has its own order:
 //
 // A span is m = 4 / gcd(D, 4) rows (the last span may have fewer), so it starts on a chunk
-// boundary and holds S = m*D/4 whole chunks. G lanes (a power of two, at most 32 and at most
-// S/2 when S >= 2) own a span without shared memory: lane j takes the span's chunks j, j + G,
+// boundary and holds S = m*D/4 whole chunks. G lanes (the largest power of two <= 32 that leaves
+// each lane MV_SPAN_LANE_CHUNKS chunks or more; 1 for short spans) own a span without shared memory: lane j takes the span's chunks j, j + G,
 // j + 2G, ... and adds each element's KL term, in element order, to the partial of its row in
 // the span; the G partials of each row are then added by the halving tree of mv_segment_sum.
 // (unrolled on the device, so that arrays indexed by the loop counter stay in registers)
@@ -205,6 +205,10 @@ MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 
 #define MV_UNROLL _Pragma("unroll")
 #else
 #define MV_UNROLL
+#endif
+
+#ifndef MV_SPAN_LANE_CHUNKS
+#define MV_SPAN_LANE_CHUNKS 2
 #endif
 
 struct mv_span_tiling {
@@ -217,7 +221,7 @@ MV_HD mv_span_tiling mv_span_tiling_of(mv_i64 D) {
     t.rows = (D % 4 == 0) ? 1 : ((D % 2 == 0) ? 2 : 4);
     t.chunks = t.rows * D / 4;
     int g = 1;
-    while (g < 32 && 4 * g <= t.chunks) g *= 2;  // at least two chunks per lane
+    while (g < 32 && 2 * g * MV_SPAN_LANE_CHUNKS <= t.chunks) g *= 2;
     t.lanes = g;
     return t;
 }

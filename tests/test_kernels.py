@@ -150,17 +150,28 @@ def test_nvrtc_compiles_sources():
 # ------------------------------------------------------------------------------ host build
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
+    return _build_shim(tmp_path_factory)
+
+
+def _build_shim(tmp_path_factory, *defines):
     if CXX is None:
         pytest.skip("no C++ compiler (g++) found: cannot build the host shim")
     out = tmp_path_factory.mktemp("shim") / "libminivae_shim.so"
     proc = subprocess.run(
-        [CXX, "-O2", "-std=c++14", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+        [CXX, "-O2", "-std=c++14", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", *defines,
          "-I", str(KERNELS), str(SHIM_SRC), "-o", str(out)],
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
     assert lib.shim_abi_version() == 3
     return lib
+
+
+@pytest.fixture(scope="module")
+def shim_spans_other(tmp_path_factory):
+    """The host shim with the other parameters of the spans design (one chunk loaded at a time,
+    four chunks or more per lane)."""
+    return _build_shim(tmp_path_factory, "-DMV_SPAN_BATCH=1", "-DMV_SPAN_LANE_CHUNKS=4")
 
 
 def test_headers_compile_as_cuda_host_code(tmp_path):
@@ -495,11 +506,18 @@ def test_span_tiling(shim):
     assert _span_tiling(shim, 50) == (2, 25, 8) and _span_tiling(shim, 784) == (1, 196, 32)
 
 
+def test_span_tiling_other_parameters(shim_spans_other):
+    assert _span_tiling(shim_spans_other, 50) == (2, 25, 4) and _span_tiling(shim_spans_other, 10) == (2, 5, 1)
+
+
+@pytest.mark.parametrize("params", ["default", "other"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", ROW_SHAPES + [(9, 1), (7, 7), (5, 10)])
-def test_replay_span_rows(shim, dtype, shape):
+def test_replay_span_rows(shim, shim_spans_other, params, dtype, shape):
     """The spans design (a candidate forward row kernel): z as the reparameterization, kl in
-    its documented order bit for bit."""
+    its documented order bit for bit (with the default parameters and the others)."""
+    if params == "other":
+        shim = shim_spans_other
     B, D = shape
     seed, offset, stream = 99, 3, 1
     mu, logvar = _inputs(shape, dtype, B * D)
@@ -861,7 +879,8 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, mo
 # ------------------------------------------------------------------------------ the A/B benchmark on a fake CuPy
 class _FakeModule:
     """cupy.RawModule of the fake: kernels checked against their C signatures, run by the host
-    replays (the spans design's own replay where -DMV_ROW_FWD_VARIANT=2 is among the options)."""
+    replays (the spans design's own replay, with the default parameters, where
+    -DMV_ROW_FWD_VARIANT=2 is among the options)."""
 
     def __init__(self, lib, calls, code, options):
         assert code.startswith("// minivae kernel source:") and "--std=c++14" in options
@@ -934,11 +953,16 @@ def test_ab_row_kernels_on_fake_gpu(shim, tmp_path):
     assert {c[0] for c in calls} >= {"mv_kl_fwd_f32", "mv_reparam_kl_fwd_f64", "mv_reparam_fwd_f32"}
     files = list(tmp_path.glob("ab_row_kernels_fake-gpu_*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == res["rows"]
+    assert res["complete"] and set(res["copy_gbps"]) == {"start", "end"}
+    cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "tiles,spans", "--copy-mib", "1",
+                   "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(shim, calls))
+    assert not cut["complete"] and cut["rows"] == [] and len(cut["skipped_cases"]) == 2
     # one block per tile for the tiles; the spans' lanes, at most max_grid blocks
     assert ab.launch_grid("tiles", 1000, 50, 64) == 25 and ab.launch_grid("regtiles", 1000, 50, 64) == 13
     assert ab.launch_grid("spans", 1000, 50, 64) == 16 and ab.launch_grid("spans", 10 ** 6, 50, 64) == 64
     for D in (1, 2, 3, 10, 50, 784, 4101):
         assert ab._span_lanes(D) == _span_tiling(shim, D)[2]
+    assert ab._span_lanes(50, 4) == 4 and ab.launch_grid("spans-wide", 1000, 50, 64) == 8
 
 
 def test_ab_row_kernels_reports_a_failing_variant(shim, tmp_path, monkeypatch):
