@@ -54,6 +54,8 @@ VARIANTS = {
     "spans-batch2": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_BATCH=2"),
     "spans-batch1": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_BATCH=1"),
     "spans-wide": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_LANE_CHUNKS=4"),
+    # one thread per span (its rows summed sequentially, the neighbours' lines shared through L1)
+    "spans-thread": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_LANE_CHUNKS=100000"),
 }
 KERNELS = {"kl_fwd": 2, "fused_fwd": 3}  # name -> bytes moved per element (plus one per row)
 EDGE_SHAPES = [(1, 1), (3, 2), (1030, 2), (5, 3), (700, 3), (9, 1), (333, 7), (1000, 10), (7, 50),

@@ -196,19 +196,20 @@ MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 
 // default). Variant 1 keeps the order above; variant 2, spans, has its own order:
 //
 // A span is m = 4 / gcd(D, 4) rows (the last span may have fewer), so it starts on a chunk
-// boundary and holds S = m*D/4 whole chunks. G lanes (the largest power of two <= 32 that leaves
-// each lane MV_SPAN_LANE_CHUNKS chunks or more; 1 for short spans) own a span without shared memory: lane j takes the span's chunks j, j + G,
-// j + 2G, ... and adds each element's KL term, in element order, to the partial of its row in
-// the span; the G partials of each row are then added by the halving tree of mv_segment_sum.
+// boundary and holds S = m*D/4 whole chunks. G lanes own a span without shared memory: G is
+// the largest power of two <= 32 that leaves each lane MV_SPAN_LANE_CHUNKS chunks or more (1 for
+// short spans). Lane j takes the span's chunks j, j + G, j + 2G, ... and adds each element's KL
+// term, in element order, to the partial of its row in the span; the G partials of each row are
+// then added by the halving tree of mv_segment_sum.
+#ifndef MV_SPAN_LANE_CHUNKS
+#define MV_SPAN_LANE_CHUNKS 2
+#endif
+
 // (unrolled on the device, so that arrays indexed by the loop counter stay in registers)
 #if defined(__CUDA_ARCH__)
 #define MV_UNROLL _Pragma("unroll")
 #else
 #define MV_UNROLL
-#endif
-
-#ifndef MV_SPAN_LANE_CHUNKS
-#define MV_SPAN_LANE_CHUNKS 2
 #endif
 
 struct mv_span_tiling {

@@ -963,6 +963,7 @@ def test_ab_row_kernels_on_fake_gpu(shim, tmp_path):
     for D in (1, 2, 3, 10, 50, 784, 4101):
         assert ab._span_lanes(D) == _span_tiling(shim, D)[2]
     assert ab._span_lanes(50, 4) == 4 and ab.launch_grid("spans-wide", 1000, 50, 64) == 8
+    assert ab._span_lanes(784, 100000) == 1 and ab.launch_grid("spans-thread", 1000, 50, 64) == 2
 
 
 def test_ab_row_kernels_reports_a_failing_variant(shim, tmp_path, monkeypatch):
