@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_train_step as bts  # noqa: E402
 from machine import default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
-from minivae.train import TrainConfig, Trainer, learning_rate  # noqa: E402
+from minivae.runs import TrainConfig  # noqa: E402
+from minivae.train import Trainer  # noqa: E402
 from minivae.backend import DeviceError, cupy_module  # noqa: E402
 from minivae.data import load_mnist  # noqa: E402
 
@@ -65,11 +66,11 @@ class TrainerStep:
 class ScheduledRunner:
     """A bench_train_step runner with the trainer's learning-rate schedule applied each step."""
 
-    def __init__(self, runner, config, total_steps):
-        self.runner, self.config, self.total, self.steps = runner, config, total_steps, 0
+    def __init__(self, runner, trainer):
+        self.runner, self.trainer, self.steps = runner, trainer, 0
 
     def __call__(self, xb):
-        lr = learning_rate(self.config, self.steps, self.total)
+        lr = self.trainer.learning_rate(self.steps)
         if isinstance(self.runner, bts.TorchRunner):
             for group in self.runner.opt.param_groups:
                 group["lr"] = lr
@@ -122,9 +123,9 @@ def main(argv=None):
     total = mine.trainer.total_steps
     steppers = {"minivae": mine}
     if "torch" in libs:
-        steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), config, total)
+        steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), mine.trainer)
     if "numpy" in libs:
-        steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, args.device, seed=config.seed), config, total)
+        steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, args.device, seed=config.seed), mine.trainer)
 
     seconds = {n: 0.0 for n in steppers}
     prepare = 0.0

@@ -134,8 +134,12 @@ class MinivaeRunner:
         return loss
 
     def draw_eps(self, b):
-        xp = cupy_module() if self.device == "gpu" else None  # the GPU draws with its own kernel
-        return self.noise.normal((1, b, Z_DIM), dtype=np.float32, xp=xp)
+        if self.device != "gpu":
+            return self.noise.normal((1, b, Z_DIM), dtype=np.float32)
+        from minivae import gpu  # the GPU draws with its own kernel, from the same address
+
+        n = self.noise.next_noise()
+        return gpu.normal((1, b, Z_DIM), n.seed, n.offset, np.float32, n.stream)
 
     def loss_and_grads(self, xb, seed):
         """Loss and gradients (NumPy, minivae's layout) with eps = Generator(seed)'s first draw."""
@@ -519,9 +523,7 @@ class ForwardBackwardOnly:
 
 def time_eps(runner, b, repeat=52):
     """Mean ms to draw one batch of eps over ``repeat`` consecutive draws (minivae: Philox;
-    numpy and torch: their generators). The mean, not the median: minivae computes a sequential
-    reader's next small draws several at a time (``minivae.random._Prefetch``), so most draws are
-    free and a few cost several; the mean is what a training step pays."""
+    numpy and torch: their generators). The mean is what a training step pays."""
     runner.sync()
     t0 = time.perf_counter()
     for _ in range(repeat):

@@ -192,6 +192,85 @@ MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 
     if (fuse) mv_store4<T>(z, c, lo, hi, m);
 }
 
+// ---- candidate forward designs (MV_ROW_FWD_VARIANT in device.cuh; 0, the tiles above, is the
+// default). Variant 1 keeps the order above; variant 2, spans, has its own order:
+//
+// A span is m = 4 / gcd(D, 4) rows (the last span may have fewer), so it starts on a chunk
+// boundary and holds S = m*D/4 whole chunks. G lanes own a span without shared memory: G is
+// the largest power of two <= 32 that leaves each lane MV_SPAN_LANE_CHUNKS chunks or more (1 for
+// short spans). Lane j takes the span's chunks j, j + G, j + 2G, ... and adds each element's KL
+// term, in element order, to the partial of its row in the span; the G partials of each row are
+// then added by the halving tree of mv_segment_sum.
+#ifndef MV_SPAN_LANE_CHUNKS
+#define MV_SPAN_LANE_CHUNKS 2
+#endif
+
+// (unrolled on the device, so that arrays indexed by the loop counter stay in registers)
+#if defined(__CUDA_ARCH__)
+#define MV_UNROLL _Pragma("unroll")
+#else
+#define MV_UNROLL
+#endif
+
+struct mv_span_tiling {
+    int rows;       // m: rows per span
+    mv_i64 chunks;  // S: chunks of a whole span
+    int lanes;      // G
+};
+MV_HD mv_span_tiling mv_span_tiling_of(mv_i64 D) {
+    mv_span_tiling t;
+    t.rows = (D % 4 == 0) ? 1 : ((D % 2 == 0) ? 2 : 4);
+    t.chunks = t.rows * D / 4;
+    int g = 1;
+    while (g < 32 && 2 * g * MV_SPAN_LANE_CHUNKS <= t.chunks) g *= 2;
+    t.lanes = g;
+    return t;
+}
+
+// Chunks a lane loads before it uses any of them (its bytes in flight).
+#ifndef MV_SPAN_BATCH
+#define MV_SPAN_BATCH 4
+#endif
+
+// Lane j's partials acc[0 .. m) of the rows of span s (rows s*m ..), and with fuse z of its chunks.
+template <typename T, bool fuse>
+MV_HD void mv_span_lane_fwd(mv_i64 s, int j, const mv_span_tiling t, mv_i64 B, mv_i64 D, mv_u64 seed,
+                            mv_u64 offset, mv_u32 stream, const T* mu, const T* logvar, T* z, T acc[4]) {
+    const mv_i64 lo = s * t.rows * D;
+    const mv_i64 end = lo + t.rows * D, hi = end < B * D ? end : B * D;
+    const mv_i64 c0 = lo >> 2;
+    MV_UNROLL for (int r = 0; r < 4; ++r) acc[r] = T(0);
+    for (mv_i64 k0 = j; k0 < t.chunks; k0 += MV_SPAN_BATCH * t.lanes) {
+        T m[MV_SPAN_BATCH][4], lv[MV_SPAN_BATCH][4];
+        MV_UNROLL for (int q = 0; q < MV_SPAN_BATCH; ++q) {  // all loads first
+            const mv_i64 k = k0 + q * t.lanes;
+            if (k < t.chunks) {
+                mv_load4<T>(mu, c0 + k, lo, hi, m[q]);
+                mv_load4<T>(logvar, c0 + k, lo, hi, lv[q]);
+            }
+        }
+        MV_UNROLL for (int q = 0; q < MV_SPAN_BATCH; ++q) {
+            const mv_i64 k = k0 + q * t.lanes;
+            if (k < t.chunks) {
+                T eps[4];
+                if (fuse) mv_normal4<T>(mv_philox_block((mv_u64)(c0 + k), seed, offset, stream), eps);
+                int row = 0;  // the row in the span (m <= 4 of them: no division)
+                MV_UNROLL for (int i = 0; i < 4; ++i) {
+                    const mv_i64 off = 4 * k + i;  // element lo + off
+                    if (lo + off < hi) {
+                        while (off >= (mv_i64)(row + 1) * D) ++row;
+                        const T term = mv_kl_term<T>(m[q][i], lv[q][i]);
+                        MV_UNROLL for (int r = 0; r < 4; ++r)
+                            if (r == row) acc[r] += term;
+                        if (fuse) m[q][i] = mv_reparam<T>(m[q][i], lv[q][i], eps[i]);
+                    }
+                }
+                if (fuse) mv_store4<T>(z, c0 + k, lo, hi, m[q]);
+            }
+        }
+    }
+}
+
 // The upstream gkl of the four elements of chunk c (0 past n, and everywhere when gkl is null).
 template <typename T>
 MV_HD void mv_row_upstream4(const T* gkl, mv_i64 c, mv_i64 n, mv_i64 D, T g[4]) {

@@ -13,12 +13,12 @@
 extern "C" __global__ void mv_reparam_kl_fwd_f32(const float* mu, const float* logvar, float* z,
                                                  float* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
                                                  mv_u64 offset, mv_u32 stream) {
-    mv_row_fwd_tiles<float, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
+    mv_row_fwd<float, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
 }
 extern "C" __global__ void mv_reparam_kl_fwd_f64(const double* mu, const double* logvar, double* z,
                                                  double* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
                                                  mv_u64 offset, mv_u32 stream) {
-    mv_row_fwd_tiles<double, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
+    mv_row_fwd<double, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
 }
 
 template <typename T>

@@ -2,7 +2,7 @@
 from . import backend, functional, ops
 from .autograd import (AnomalyError, Tensor, detect_anomaly, enable_grad, is_grad_enabled, no_grad,
                        tensor)
-from .function import Function
+from .function import Function, InPlaceModificationError
 from .gradcheck import GradcheckError, gradcheck
 
 __version__ = "0.1.0"

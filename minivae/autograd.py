@@ -9,6 +9,12 @@ once with the gradients of all its outputs, sums gradients that reach the same t
 the result in the ``.grad`` of leaf tensors. Broadcasting is undone here, in ``_unbroadcast``, so
 no op carries that logic itself.
 
+``Tensor.register_hook(fn)`` asks for a tensor's gradient once it is complete (summed over every
+use): ``fn(grad)`` is called then and may return a replacement. Every tensor carries a version
+number, raised by ``bump_version`` whenever the library changes its array in place (an optimizer
+step, loading a checkpoint); a node remembers the versions of the inputs it saved, and backward
+refuses to run it when one has changed (see ``minivae.function`` for the whole rule).
+
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
 """
@@ -101,7 +107,7 @@ class Tensor:
     ``data`` is the backend array (NumPy or CuPy). Leaf tensors made with ``requires_grad=True``
     receive ``grad`` after ``backward``; gradients accumulate across calls until reset.
     """
-    __slots__ = ("data", "grad", "requires_grad", "_node", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_version", "_hooks", "__weakref__")
     # Make NumPy defer to Tensor's reflected operators (array + tensor -> Tensor.__radd__).
     __array_ufunc__ = None
 
@@ -113,6 +119,44 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self._node = None
+        self._version = 0
+        self._hooks = None
+
+    @property
+    def version(self):
+        """How many times the library changed ``data`` in place (see ``bump_version``)."""
+        return self._version
+
+    def bump_version(self):
+        """Record an in-place change of ``data``: call it just before writing into the array.
+
+        The optimizers and ``Module.load_state_dict`` do. A graph that saved this tensor for its
+        backward then refuses to use the changed values: ``backward()`` raises an error naming
+        the op. On the CPU a saved array is read-only until its graph is released (see
+        ``minivae.function``); this makes it writable again, since the version check takes over.
+        """
+        self._version += 1
+        data = self.data
+        if type(data) is np.ndarray and data.base is None and not data.flags.writeable:
+            data.setflags(write=True)
+
+    def register_hook(self, hook):
+        """Call ``hook(grad)`` with this tensor's gradient once it is complete in a backward pass.
+
+        "Complete" means summed over every use of the tensor, so the hook runs once per pass. It
+        may return a replacement array of the same shape and dtype (or None to keep ``grad``);
+        the replacement is what flows on to the inputs, or into ``.grad`` for a leaf (the hook
+        runs before accumulation). Returns a handle whose ``remove()`` unregisters the hook.
+        """
+        if not callable(hook):
+            raise TypeError(f"register_hook: expected a callable, got {type(hook).__name__}")
+        if not self.requires_grad:
+            raise RuntimeError("register_hook on a tensor that does not require grad "
+                               "(no gradient will ever reach it)")
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        return HookHandle(self, hook)
 
     # ----- properties -------------------------------------------------------------------------
     shape = property(lambda self: self.data.shape, doc="The shape of the data array.")
@@ -176,6 +220,32 @@ def _raw(x):
     return x.data if isinstance(x, Tensor) else x
 
 
+class HookHandle:
+    """What ``Tensor.register_hook`` returns: ``remove()`` unregisters the hook."""
+    __slots__ = ("tensor", "hook")
+
+    def __init__(self, tensor, hook):
+        self.tensor, self.hook = tensor, hook
+
+    def remove(self):
+        """Unregister the hook (once; later calls do nothing)."""
+        hooks = self.tensor._hooks
+        if hooks is not None and self.hook in hooks:
+            hooks.remove(self.hook)
+
+
+def _run_hooks(t, grad):
+    """``grad`` after each of ``t``'s hooks (a hook returning None keeps it)."""
+    for hook in t._hooks:
+        new = hook(grad)
+        if new is not None:
+            if new.shape != grad.shape or new.dtype != grad.dtype:
+                raise RuntimeError(f"a gradient hook returned {new.dtype} {tuple(new.shape)} for a "
+                                   f"gradient of {grad.dtype} {tuple(grad.shape)}")
+            grad = new
+    return grad
+
+
 def backward(tensors, grads, retain_graph=False):
     """Accumulate into the ``.grad`` of every leaf the gradient of sum_k <grads[k], tensors[k]>.
 
@@ -188,7 +258,8 @@ def backward(tensors, grads, retain_graph=False):
     always into a new array: an op may hand one array to several inputs (``add`` gives g to
     both), so adding into it in place would change another tensor's gradient too. A leaf keeps
     the summed array as its ``.grad`` when that array is surely its own (not a view, not given to
-    another leaf, and no context outlives the pass); otherwise it gets a copy.
+    another leaf, and no context outlives the pass); otherwise it gets a copy. A tensor's hooks
+    run when its sum is complete: just before its node's backward, or at the end for a leaf.
     """
     pending = {}  # tensor -> the sum of the gradients that reached it so far
     for t, g in zip(tensors, grads):
@@ -201,15 +272,26 @@ def backward(tensors, grads, retain_graph=False):
         if ctx is None:
             raise RuntimeError("backward() through a graph that was already freed; "
                                "pass retain_graph=True to the first backward()")
-        out_grads = [pending.pop(out(), None) for out in node.outputs]
+        out_grads = []
+        for ref in node.outputs:
+            out = ref()
+            g = pending.pop(out, None)
+            if g is not None and out._hooks:
+                g = _run_hooks(out, g)
+            out_grads.append(g)
         for g in out_grads:
             if g is not None:
                 break
         else:
             continue  # no gradient reached this op (an op after it returned None)
+        if node.versions:
+            node.check_versions()
         in_grads = fn.backward(ctx, *out_grads)
         if type(in_grads) is not tuple:
             in_grads = (in_grads,)
+        if len(in_grads) != len(node.inputs):
+            raise RuntimeError(f"{fn.__name__}.backward returned {len(in_grads)} gradient(s) for "
+                               f"{len(node.inputs)} input(s); return one per input (None for none)")
         if anomaly:
             _check_finite(fn, "backward", in_grads)
         for inp, g in zip(node.inputs, in_grads):
@@ -224,10 +306,13 @@ def backward(tensors, grads, retain_graph=False):
             acc = pending.get(inp)
             pending[inp] = g if acc is None else acc + g
         if not retain_graph:
-            node.ctx, node.inputs = None, ()  # drop the saved arrays and the input tensors
+            node.release()  # drop the saved arrays and the input tensors
     # What is left are the leaves' complete sums (every op that feeds them has run).
     given = set()  # ids of the arrays already given to a leaf in this pass
     for leaf, g in pending.items():
+        if leaf._hooks:
+            hooked = _run_hooks(leaf, g)
+            g = g if hooked is g else hooked.copy()  # a replacement may be the hook's own array
         if leaf.grad is not None:
             leaf.grad = leaf.grad + g  # a new array: the caller may hold the old .grad
             continue
@@ -248,8 +333,15 @@ def _root_gradient(t, grad):
             raise RuntimeError(f"backward() on a non-scalar tensor of shape {t.shape} needs "
                                "grad=, the gradient of the objective with respect to it")
         return xp.ones_like(t.data)
-    # A copy: the caller keeps its array, and no leaf's .grad may alias it.
-    grad = grad.data.copy() if isinstance(grad, Tensor) else xp.array(grad, dtype=t.dtype)
+    # A copy: the caller keeps its array, and no leaf's .grad may alias it. Numbers and lists
+    # take t's dtype; an array or tensor of another float dtype is refused, never cast.
+    if isinstance(grad, Tensor):
+        grad = grad.data.copy()
+    elif getattr(grad, "dtype", None) is not None and grad.dtype.kind == "f" \
+            and not isinstance(grad, np.generic):
+        grad = xp.array(grad)
+    else:
+        grad = xp.array(grad, dtype=t.dtype)
     if grad.dtype != t.dtype:
         raise TypeError(f"backward(): grad is {grad.dtype}, tensor is {t.dtype}")
     if grad.shape != t.shape:

@@ -20,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, streams
 from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
 from .data.mnist import SPLIT_SIZES, MNISTError
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
-from .train import CHECKPOINT, TrainConfig, TrainingDiverged, load_run, resume_mismatches
+from .runs import (CHECKPOINT, RunFolderError, TrainConfig, build_run_model, eval_results_path,
+                   load_run, next_free_run_dir, prepare_run_dir, write_json)
+from .train import TrainingDiverged
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -42,7 +44,7 @@ class UsageError(Exception):
 
 #: Errors of the library that describe a problem with the user's input or machine, not a bug:
 #: printed as one line (their message names the file or value), exit status 2.
-USER_ERRORS = (UsageError, DeviceError, CheckpointError, MNISTError)
+USER_ERRORS = (UsageError, DeviceError, CheckpointError, MNISTError, RunFolderError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -186,8 +188,12 @@ def _add_train_args(p):
                         "a multiple of 10")
     p.add_argument("--seed", type=count, default=d.seed,
                    help="seed of the initial weights, the batch order, the binarization and the noise")
-    p.add_argument("--out", default=d.out, help="run folder (config, checkpoint, metrics, results, pictures)")
+    p.add_argument("--out", help=f"run folder (config, checkpoint, metrics, results, pictures); default "
+                                 f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
+                                 f"({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again in an --out that holds a run (its files are removed first)")
     p.add_argument("--device", default=d.device, choices=DEVICES,
                    help="where to train; auto: the GPU when CuPy and a device are usable")
     p.add_argument("--eval-k", type=count, default=d.eval_k,
@@ -217,32 +223,26 @@ def _parse_options(model, pairs):
     return options
 
 
+def _default_out(resume):
+    """The run folder of ``train`` without ``--out``: ``runs/vae`` to resume, else the first of
+    ``runs/vae``, ``runs/vae-2``, ... that holds no run (training twice makes two runs)."""
+    base = TrainConfig().out
+    return base if resume else str(next_free_run_dir(base))
+
+
 def _config_from_args(args):
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
+    values["out"] = args.out or _default_out(args.resume)
     values["hidden"] = tuple(values["hidden"])
     values["model_options"] = _parse_options(args.model, values["model_options"])
     return TrainConfig(**values)
 
 
-def _option(name):
-    """The command-line option of a TrainConfig field (``z_dim`` -> ``--z-dim``)."""
-    return "--set" if name == "model_options" else "--" + name.replace("_", "-")
-
-
 def _check_resume(config):
-    """Refuse ``--resume`` of a folder without a run, or with settings the run was not trained with."""
-    path = Path(config.out) / CHECKPOINT
-    if not path.is_file():
-        raise UsageError(f"--resume: {config.out} holds no run to continue (no {CHECKPOINT}); "
-                         "leave out --resume to start one")
-    saved, _ = load_run(config.out)
-    changed = [f"{_option(name)} {getattr(config, name)} (the run has {getattr(saved, name)})"
-               for name in resume_mismatches(saved, config)]
-    if changed:
-        raise UsageError(f"--resume with settings the run in {config.out} was not trained with: "
-                         f"{'; '.join(changed)}; only --epochs, --device, --eval-k and --trace-every "
-                         "may change")
+    """Refuse ``--resume`` with settings the run in ``config.out`` was not trained with."""
+    saved, _ = load_run(config.out)  # NotARunError without a checkpoint, CheckpointError when damaged
+    config.check_resumable(saved)
 
 
 def check_train(args):
@@ -254,10 +254,13 @@ def check_train(args):
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
                          f"{N_CLASSES} classes; give e.g. 100")
     try:  # the constructor's own checks (e.g. iwae's layers, ladder's z_dims), on a throw-away model
-        build_model(config.model, **config.model_kwargs())
+        build_run_model(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     _check_writable_folder(config.out, "--out")
+    # Last: claim the folder (refuse one holding a run unless --resume or --overwrite; remove the
+    # old run's files with --overwrite), so that no data is loaded for a run that cannot start.
+    prepare_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
         _check_resume(config)
     return config
@@ -269,7 +272,7 @@ def cmd_train(args):
 
     config = check_train(args)
     try:
-        train(config, resume=args.resume, progress=not args.no_progress)
+        train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except TrainingDiverged as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
@@ -304,7 +307,7 @@ def _estimate_line(model, x, k, batch_size=100):
     from .evaluate import log_likelihood
     from .random import Generator
 
-    noise = Generator(seed=0, stream=99)
+    noise = Generator(seed=0, stream=streams.EVAL_TIME_ESTIMATE)
     log_likelihood(model, x[:1], k=1, noise=noise)  # first calls (GPU kernels compile) are not timed
     start = time.perf_counter()
     log_likelihood(model, x[:batch_size], k=k, noise=noise, batch_size=batch_size)
@@ -323,24 +326,21 @@ def cmd_eval(args):
         out = Path(args.out)
         _check_writable_file(out, "--out")
     else:  # a score of part of the test set never replaces one of all of it
-        out = Path(args.run) / f"eval_k{args.k}{'' if n == SPLIT_SIZES['test'] else f'_first{n}'}.json"
+        out = eval_results_path(args.run, args.k)
+        if n < SPLIT_SIZES["test"]:
+            out = out.with_name(f"{out.stem}_first{n}.json")
         _check_writable_file(out, "the result file", hint="write it elsewhere with --out FILE")
     from .data import binarize_eval, load_mnist
-    from .evaluate import elbo, log_likelihood, nll_summary
+    from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
     data = load_mnist(verbose=False)
     x_test = binarize_eval(data.x_test, "test")[:n]
-    bound, _, _ = elbo(model, x_test)
     print(_estimate_line(model, x_test, args.k), file=sys.stderr)
-    ll = log_likelihood(model, x_test, k=args.k, progress=not args.no_progress)
-    result = {"run": str(args.run), "n_test": len(x_test), "k": args.k,
-              "test_elbo": float(bound.mean()), **nll_summary(ll)}
-    if hasattr(model, "classify"):
-        from .train import classification_error
-        result["test_error"] = classification_error(model, x_test, data.y_test[:n])
-    print(json.dumps(result))  # before the file: a failed write loses nothing
-    out.write_text(json.dumps(result, indent=2))
+    result = {"run": str(args.run), **test_set_scores(model, x_test, data.y_test[:n], args.k,
+                                                      progress=not args.no_progress)}
+    print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
+    write_json(out, result, kept="the result is printed above")
     print(f"{PROG}: wrote {out}", file=sys.stderr)
     return 0
 
@@ -355,7 +355,7 @@ def cmd_sample(args):
     from .viz import save_image_grid
 
     with evaluating(model):  # BatchNorm layers must use their running statistics
-        images = model.sample(args.n, Generator(seed=args.seed, stream=3))
+        images = model.sample(args.n, Generator(seed=args.seed, stream=streams.SAMPLE_IMAGES))
     save_image_grid(np.asarray(images), path)
     print(path)
     return 0
@@ -551,7 +551,7 @@ def cmd_graph(args):
         raise UsageError(f"--out {out}: an SVG needs Graphviz's `dot` program, which is not installed; "
                          "give a .dot file instead")
     _check_writable_file(out, "--out")
-    x, what = _graph_batch(args, getattr(model, "x_dim", 784))
+    x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     _, dot = model_loss_graph(model, x, Noise(seed=args.seed), grad=args.grad, title=title)
     if out.suffix == ".svg":

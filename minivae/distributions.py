@@ -1,34 +1,44 @@
-"""Log-densities for the models, as thin wrappers over the fused ops of ``minivae.functional``.
+"""Sampling and categorical helpers that several models share.
 
-Every ``log_*`` function sums over the last axis (the per-row convention of the fused ops):
-(B, D) inputs give one value per example, shape (B,), and (S, B, D) inputs (S Monte Carlo or
-importance samples per example) give (S, B); inputs broadcast against each other. The math and
-the gradients live in the ops (``GaussianLogProb``, ``BernoulliLogProb``, ``KLNormalStd``, ...);
-nothing is recomputed here.
+The log-densities and KLs themselves are fused ops of ``minivae.functional``
+(``gaussian_log_prob``, ``bernoulli_log_prob``, ``kl_normal_std``, ``kl_normal_normal``), which
+the models call directly. Here:
+
+* ``sample_bernoulli``: binary images from Bernoulli means, the one place models draw pixels;
+* ``standard_normal``: a N(0, I) draw from the Philox generator, in a model's dtype and device;
+* ``one_hot``, ``log_categorical``, ``log_uniform_categorical``: labels and the categorical
+  distribution of the models with a discrete variable (M2, ADGM/SDGM, Gumbel-softmax).
 """
 import math
 
 import numpy as np
 
 from . import functional as F
-from .autograd import Tensor
-from .backend import get_default_dtype, to_device
+from .autograd import Tensor, tensor
+from .backend import get_array_module, get_default_dtype, to_device
 
 
-def log_standard_normal(z):
-    """log N(z; 0, I) per row = -1/2 sum_j (log 2 pi + z_j^2)."""
-    return F.gaussian_log_prob(z, 0.0, 0.0)
+def sample_bernoulli(probs, noise):
+    """Binary images drawn from the Bernoulli means ``probs`` (a NumPy or CuPy array): pixel j is
+    1 where u_j < probs_j, u_j ~ Uniform[0, 1) from the Philox generator ``noise``."""
+    xp = get_array_module(probs)
+    return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
 
 
-def log_normal(z, mu, logvar):
-    """log N(z; mu, diag(e^logvar)) per row (``F.gaussian_log_prob``)."""
-    return F.gaussian_log_prob(z, mu, logvar)
+def standard_normal(noise, shape, like):
+    """A standard normal array of ``shape`` from the Philox generator, in ``like``'s dtype and device."""
+    xp = get_array_module(like.data)
+    return xp.asarray(noise.normal(tuple(shape), dtype=like.dtype))
 
 
-def log_bernoulli_logits(x, logits):
-    """log Bernoulli(x; sigmoid(logits)) per row = sum_j [x_j l_j - softplus(l_j)] (stable;
-    ``F.bernoulli_log_prob``). ``x`` may be binary or a probability in [0, 1]."""
-    return F.bernoulli_log_prob(logits, x)
+def one_hot(labels, num_classes, like):
+    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device."""
+    xp = get_array_module(like.data)
+    labels = labels.data if isinstance(labels, Tensor) else labels
+    labels = xp.asarray(labels).astype(int)
+    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise ValueError(f"labels must be a 1-D array of integers in [0, {num_classes})")
+    return tensor(xp.eye(num_classes, dtype=like.dtype)[labels])
 
 
 def log_categorical(y_onehot, logits):
@@ -42,83 +52,3 @@ def log_uniform_categorical(batch_size, num_classes, dtype=None, device="cpu"):
     dtype = np.dtype(get_default_dtype() if dtype is None else dtype)
     value = np.full(int(batch_size), -math.log(num_classes), dtype=dtype)
     return Tensor(to_device(value, device))
-
-
-def kl_normal_std(mu, logvar):
-    """KL(N(mu, e^logvar) || N(0, I)) per row, in closed form (``F.kl_normal_std``)."""
-    return F.kl_normal_std(mu, logvar)
-
-
-def kl_normal_normal(mu_q, logvar_q, mu_p, logvar_p):
-    """KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) per row, in closed form."""
-    return F.kl_normal_normal(mu_q, logvar_q, mu_p, logvar_p)
-
-
-class Normal:
-    """A diagonal Gaussian N(mu, diag(e^logvar)), parameterized by its log-variance."""
-
-    def __init__(self, mu, logvar):
-        self.mu, self.logvar = mu, logvar
-
-    @property
-    def std(self):
-        """e^(logvar / 2)."""
-        return F.exp(self.logvar * 0.5)
-
-    def log_prob(self, x):
-        """log N(x; mu, e^logvar) per row."""
-        return log_normal(x, self.mu, self.logvar)
-
-    def rsample(self, eps):
-        """mu + e^(logvar/2) * eps: a sample differentiable in (mu, logvar), given eps ~ N(0, I)."""
-        return F.reparameterize(self.mu, self.logvar, eps)
-
-    def kl(self, other):
-        """KL(self || other) per row; ``other`` is a Normal or a StandardNormal."""
-        if isinstance(other, StandardNormal):
-            return self.kl_std()
-        return kl_normal_normal(self.mu, self.logvar, other.mu, other.logvar)
-
-    def kl_std(self):
-        """KL(self || N(0, I)) per row."""
-        return kl_normal_std(self.mu, self.logvar)
-
-
-class StandardNormal:
-    """N(0, I): the VAE prior."""
-
-    def log_prob(self, z):
-        """log N(z; 0, I) per row."""
-        return log_standard_normal(z)
-
-
-class Bernoulli:
-    """Independent Bernoulli variables with probabilities sigmoid(logits)."""
-
-    def __init__(self, logits):
-        self.logits = logits
-
-    @property
-    def probs(self):
-        """sigmoid(logits): the mean."""
-        return F.sigmoid(self.logits)
-
-    def log_prob(self, x):
-        """log p(x) per row."""
-        return log_bernoulli_logits(x, self.logits)
-
-
-class Categorical:
-    """A categorical distribution over the last axis with probabilities softmax(logits)."""
-
-    def __init__(self, logits):
-        self.logits = logits
-
-    @property
-    def probs(self):
-        """softmax(logits) over the last axis."""
-        return F.softmax(self.logits, axis=-1)
-
-    def log_prob(self, y_onehot):
-        """log p(y) per row, for one-hot (or soft) labels ``y_onehot``."""
-        return log_categorical(y_onehot, self.logits)

@@ -1,4 +1,4 @@
-"""Evaluation: the ELBO and the importance-sampled log-likelihood estimate.
+"""Evaluation: the ELBO, the importance-sampled log-likelihood estimate and a classifier's error.
 
 log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x) (Burda et al. 2015), the number
 papers report as test NLL with k = 5000. The k samples are drawn in chunks and combined with a
@@ -9,8 +9,10 @@ import math
 
 import numpy as np
 
+from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
+from .random import Generator
 
 
 def logmeanexp(a, axis=0):
@@ -56,9 +58,7 @@ def log_likelihood(model, x, k=5000, noise=None, batch_size=100, chunk_rows=2500
     ``model.log_weights(x, k, noise)`` gives (k, B) log-weights; they are drawn ``chunk_rows //
     batch_size`` samples at a time and merged by log-sum-exp.
     """
-    from .random import Generator
-
-    noise = noise or Generator(seed=12345, stream=7)
+    noise = noise or Generator(seed=12345, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
     out = np.empty(len(x))
     per_chunk = max(1, min(k, chunk_rows // batch_size))
@@ -81,23 +81,16 @@ def log_likelihood(model, x, k=5000, noise=None, batch_size=100, chunk_rows=2500
 def elbo(model, x, noise=None, batch_size=500):
     """Per-example single-sample ELBO and its (reconstruction, KL) parts, as NumPy arrays.
 
-    Models without an analytic-KL ``elbo`` are scored by their k = 1 bound.
     """
-    from .random import Generator
-
-    noise = noise or Generator(seed=12345, stream=8)
+    noise = noise or Generator(seed=12345, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))
     with evaluating(model):
         for sl in _batches(len(x), batch_size):
             xb = tensor(to_device(x[sl], device))
-            if hasattr(model, "elbo"):
-                r, k = model.elbo(xb, noise)
-                rec[sl], kl[sl] = r.numpy(), k.numpy()
-                bound[sl] = rec[sl] - kl[sl]
-            else:
-                bound[sl] = model.log_weights(xb, 1, noise).numpy()[0]
-                rec[sl] = kl[sl] = np.nan
+            r, k = model.elbo(xb, noise)
+            rec[sl], kl[sl] = r.numpy(), k.numpy()
+            bound[sl] = rec[sl] - kl[sl]
     return bound, rec, kl
 
 
@@ -105,3 +98,28 @@ def nll_summary(ll):
     """Mean test NLL and its standard error over the images, from per-image log-likelihoods."""
     ll = np.asarray(ll, dtype=np.float64)
     return {"test_nll": float(-ll.mean()), "test_nll_stderr": float(ll.std(ddof=1) / np.sqrt(len(ll)))}
+
+
+def classification_error(model, x, labels, batch_size=500):
+    """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
+    ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches."""
+    device = next(iter(model.parameters())).device
+    wrong = 0
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            xb = tensor(to_device(x[start:start + batch_size], device))
+            predicted = to_device(model.classify(xb), "cpu")
+            wrong += int((predicted != np.asarray(labels[start:start + batch_size])).sum())
+    return wrong / max(1, len(x))
+
+
+def test_set_scores(model, x_test, y_test, k, progress=False):
+    """What ``minivae eval`` reports for a model on binarized test images ``x_test``: the number
+    of images, k, the mean ELBO, the k-sample NLL and its standard error, and (for a model that
+    ``classifies``) the classification error against ``y_test``."""
+    bound, _, _ = elbo(model, x_test)
+    ll = log_likelihood(model, x_test, k=k, progress=progress)
+    scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll)}
+    if model.classifies:
+        scores["test_error"] = classification_error(model, x_test, y_test)
+    return scores

@@ -12,7 +12,26 @@ An op is a ``Function`` subclass with two static methods over raw backend arrays
 ``Function.apply(*inputs, **params)`` runs ``forward`` on tensors and returns one Tensor, or a
 tuple of Tensors (one per output). When some input requires a gradient (and ``no_grad`` is not
 active) it records a ``Node`` that every output tensor points to; ``Tensor.backward`` (in
-``minivae.autograd``) walks those nodes.
+``minivae.autograd``) walks those nodes. On CuPy inputs, ``apply`` first asks the dispatch table
+of ``minivae.gpu`` (``minivae.gpu.dispatch.select``) whether a CUDA kernel is registered for the
+op and takes these inputs; then the row's forward and backward run instead of the op's own
+(``minivae.gpu.dispatch.explain`` says which path an op takes, and why).
+
+Saved arrays are guarded against in-place changes between forward and backward, which would
+make the gradients silently wrong, in two ways:
+
+* every Tensor has a version number that the library raises (``Tensor.bump_version``) whenever
+  it writes into ``data`` in place (optimizer steps, ``Module.load_state_dict``); a node records
+  the versions of the inputs whose arrays its context saved, and ``check_versions`` (called by
+  the engine just before the node's backward) raises ``InPlaceModificationError`` naming the op
+  and the input. This works for NumPy and CuPy arrays alike.
+* NumPy arrays are also protected against writes that bypass the library
+  (``x.data[:] = 10``): the arrays a context saves are made read-only
+  (``arr.setflags(write=False)``) until the node is released (after its backward, or when the
+  graph is dropped), so such a write fails at once with NumPy's "read-only" error. Only arrays
+  that own their memory are locked (a view cannot be made writable again while its base is
+  read-only), so a write through a view, or into the base of a saved view, is not caught. CuPy
+  arrays have no such flag; on the GPU only the version numbers guard.
 
 This module sits above ``minivae.autograd``: recording a node means making Tensors, so it needs
 the Tensor class, while the engine only reads the fields of the nodes it is given.
@@ -23,6 +42,7 @@ import numpy as np
 
 from .autograd import Tensor, _check_finite, _state, tensor
 from .backend import device_of, get_array_module
+from .gpu import dispatch
 
 
 class Context:
@@ -31,28 +51,67 @@ class Context:
     ``save(*arrays)`` keeps arrays (read back as ``saved``); any other attribute may be set
     freely (axes, shapes). ``needs_input_grad`` tells backward which gradients are wanted.
     """
-    __slots__ = ("saved", "needs_input_grad", "__dict__")
+    __slots__ = ("needs_input_grad", "__dict__")
+    saved = ()  # until save() is called
 
     def save(self, *arrays):
-        """Keep arrays for backward; only what backward needs (e.g. exp keeps its output)."""
+        """Keep arrays for backward; only what backward needs (e.g. exp keeps its output).
+
+        The saved NumPy arrays are read-only until the node is released (see the module
+        docstring), so backward must compute into new arrays, never into a saved one.
+        """
         self.saved = arrays
 
 
+class InPlaceModificationError(RuntimeError):
+    """A tensor that an op saved for its backward was changed in place before that backward ran."""
+
+
 class Node:
-    """One recorded op: ``fn`` (the Function class), ``ctx`` (its Context), ``inputs`` (the input
-    Tensors) and ``outputs`` (weak references to the output Tensors, in order).
+    """One recorded op: ``fn`` (the Function class, or the dispatch-table row that ran it on CuPy
+    arrays: either has the ``backward`` to call), ``ctx`` (its Context), ``inputs`` (the input
+    Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions``
+    (``(input index, version when the op ran)`` for each input whose array the context saved) and
+    ``read_only`` (the NumPy arrays this node made read-only).
 
     The outputs are weak references so that a tensor and its node never form a reference cycle:
     an output the caller dropped simply receives no gradient. After a backward pass without
-    ``retain_graph`` the engine sets ``ctx`` to None and ``inputs`` to ``()`` to free memory.
+    ``retain_graph`` the engine calls ``release``, which frees the saved arrays and the inputs.
     """
-    __slots__ = ("fn", "ctx", "inputs", "outputs")
+    __slots__ = ("fn", "ctx", "inputs", "outputs", "versions", "read_only")
 
-    def __init__(self, fn, ctx, inputs, outputs):
+    def __init__(self, fn, ctx, inputs, outputs, versions, read_only):
         self.fn = fn
         self.ctx = ctx
         self.inputs = inputs
         self.outputs = outputs
+        self.versions = versions
+        self.read_only = read_only
+
+    def check_versions(self):
+        """Raise InPlaceModificationError if an input this op saved was changed in place since."""
+        for i, version in self.versions:
+            t = self.inputs[i]
+            if t._version != version:
+                raise InPlaceModificationError(
+                    f"{self.fn.__name__}: input {i} (a {t.dtype} tensor of shape {tuple(t.shape)}) "
+                    f"was changed in place after the forward pass (version {version}, now "
+                    f"{t._version}), but {self.fn.__name__}.backward needs its old value; call "
+                    f"backward() before changing it (e.g. before optimizer.step()), or run the "
+                    f"forward pass again")
+
+    def release(self):
+        """Free the context and the inputs, and make the arrays locked by this node writable."""
+        self._unlock()
+        self.ctx, self.inputs = None, ()
+
+    def __del__(self):
+        self._unlock()  # a graph dropped without a backward pass must not leave arrays read-only
+
+    def _unlock(self):
+        for a in self.read_only:
+            a.setflags(write=True)
+        self.read_only = ()
 
     def __repr__(self):
         return f"Node({self.fn.__name__}, {len(self.inputs)} inputs, {len(self.outputs)} outputs)"
@@ -87,8 +146,10 @@ class Function:
         anomaly = _state.anomaly
         if anomaly:
             _check_finite(cls, "forward input", arrays)
+        # A CUDA kernel registered for this op and these (CuPy) inputs, or None: the op's own code.
+        impl = dispatch.select(cls.__name__, *arrays, **params) or cls
         try:
-            out = cls.forward(ctx, *arrays, **params)
+            out = impl.forward(ctx, *arrays, **params)
         except ValueError as exc:
             if len(arrays) > 1 and "could not be broadcast" in str(exc):
                 _explain_broadcast(cls, arrays)
@@ -104,9 +165,19 @@ class Function:
                 a = np.asarray(a)
             t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
             t.data, t.grad, t.requires_grad, t._node = a, None, record, None
+            t._version, t._hooks = 0, None
             results.append(t)
         if record:
-            node = Node(cls, ctx, tensors, tuple(map(weakref.ref, results)))
+            versions, read_only = (), []
+            saved = ctx.saved
+            if saved:
+                ids = [id(a) for a in saved]
+                versions = tuple([(i, t._version) for i, t in enumerate(tensors) if id(t.data) in ids])
+                for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
+                    if type(a) is np.ndarray and a.base is None and a.flags.writeable:
+                        a.setflags(write=False)
+                        read_only.append(a)
+            node = Node(impl, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
             for t in results:
                 t._node = node
         return tuple(results) if several else results[0]

@@ -19,11 +19,17 @@ rounding errors of a central difference are both around 1e-3 and nothing can be 
 measures every one instead of stopping at the first failure, per input: the largest absolute and
 relative errors, how many elements or directions were checked, and, for float32, the error that
 rounding alone would leave. ``minivae gradcheck`` prints those records as tables.
+
+Inputs are named by ``fn``'s parameter names (``input_names``: those of the op's ``forward`` for
+``SomeFunction.apply``), e.g. "input 1 (logvar)".
 """
+import inspect
+
 import numpy as np
 
 from .autograd import Tensor, backward, no_grad
 from .backend import get_array_module
+from .function import Function
 
 #: Step of the central difference in float64: truncation error ~eps^2, rounding ~1e-16/eps.
 EPS = 1e-6
@@ -42,6 +48,31 @@ FLOAT32_ATOL = 1e-5
 
 class GradcheckError(AssertionError):
     """An analytic gradient disagrees with the finite-difference one (the message says where)."""
+
+
+def input_names(fn, n):
+    """Names of ``fn``'s first ``n`` positional arguments, read from its signature.
+
+    For ``SomeFunction.apply`` they are the parameters of its ``forward`` after ``ctx``; a
+    ``*args`` parameter gives ``args[0]``, ``args[1]``...; positions without a name (a callable
+    without a readable signature) are ``#0``, ``#1``...
+    """
+    target, skip = fn, 0
+    owner = getattr(fn, "__self__", None)
+    if isinstance(owner, type) and issubclass(owner, Function) and fn.__name__ == "apply":
+        target, skip = owner.forward, 1  # forward(ctx, *arrays): ctx is not an input
+    try:
+        params = list(inspect.signature(target).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        params = []
+    names = []
+    for p in params:
+        if p.kind is p.VAR_POSITIONAL:
+            names += [f"{p.name}[{k}]" for k in range(n - len(names))]
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    names = names[:n]
+    return names + [f"#{i}" for i in range(len(names), n)]
 
 
 def _outputs(out):
@@ -71,9 +102,9 @@ def _analytic(fn, inputs, upstream):
     return outs, grads
 
 
-def _fail(i, where, analytic, numeric, atol, rtol):
-    raise GradcheckError(f"gradient of input {i} disagrees at {where}: analytic {analytic:.10g}, "
-                         f"numeric {numeric:.10g} (|diff| {abs(analytic - numeric):.3g} > "
+def _fail(i, name, where, analytic, numeric, atol, rtol):
+    raise GradcheckError(f"gradient of input {i} ({name}) disagrees at {where}: analytic "
+                         f"{analytic:.10g}, numeric {numeric:.10g} (|diff| {abs(analytic - numeric):.3g} > "
                          f"atol {atol:g} + rtol {rtol:g} * |numeric|)")
 
 
@@ -115,11 +146,11 @@ def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions,
                 yield i, f"random direction {k} of {n_directions}", float((analytic * v).sum()), num
 
 
-def _check_float64(inputs, caller):
+def _check_float64(inputs, names, caller):
     for i, t in enumerate(inputs):
         if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
-            raise TypeError(f"{caller}: input {i} is {t.dtype}; finite differences need float64 "
-                            f"(use check_float32 for float32 backward passes)")
+            raise TypeError(f"{caller}: input {i} ({names[i]}) is {t.dtype}; finite differences "
+                            f"need float64 (use check_float32 for float32 backward passes)")
 
 
 def _upstream(fn, inputs, rng):
@@ -137,16 +168,18 @@ def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CH
 
     ``fn`` maps the inputs to one Tensor or a tuple of Tensors. Every Tensor input with ``requires_grad`` is checked and
     must be float64 (the check works in float64 only); other arguments are passed unchanged.
-    The error names the input, the element or direction, the analytic and the numeric value.
+    The error names the input (position and argument name), the element or direction, the
+    analytic and the numeric value.
     """
     rng = np.random.default_rng(seed)
-    _check_float64(inputs, "gradcheck")
+    names = input_names(fn, len(inputs))
+    _check_float64(inputs, names, "gradcheck")
     upstream = _upstream(fn, inputs, rng)
     _, grads = _analytic(fn, inputs, upstream)
     for i, where, ana, num in _comparisons(fn, inputs, upstream, grads, eps, full_check_max,
                                            n_directions, rng):
         if abs(ana - num) > atol + rtol * abs(num):
-            _fail(i, where, ana, num, atol, rtol)
+            _fail(i, names[i], where, ana, num, atol, rtol)
     return True
 
 
@@ -161,7 +194,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
     Runs the checks of ``gradcheck`` (same directions, same seed) but visits every one and
     returns one record (a dict) per input that requires a gradient:
 
-    ``input`` (position), ``shape``, ``mode`` ("elements" or "directions"), ``checked`` (how
+    ``input`` (position), ``name`` (the argument's name, see ``input_names``), ``shape``, ``mode`` ("elements" or "directions"), ``checked`` (how
     many), ``max_abs_err`` (max |analytic - numeric|), ``max_rel_err`` (that error divided by the
     largest |numeric| of the input, 0 when all are 0), ``worst`` (the check that came nearest to
     failing: largest error / tolerance), ``analytic``, ``numeric`` and ``tolerance`` there,
@@ -177,8 +210,9 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
     if dtype not in ("float64", "float32"):
         raise ValueError(f"gradcheck_report: dtype must be 'float64' or 'float32', got {dtype!r}")
     rng = np.random.default_rng(seed)
+    names = input_names(fn, len(inputs))
     if dtype == "float64":
-        _check_float64(inputs, "gradcheck_report")
+        _check_float64(inputs, names, "gradcheck_report")
         upstream = _upstream(fn, inputs, rng)
         _, grads = _analytic(fn, inputs, upstream)
     else:
@@ -210,7 +244,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
         tolerance = float(allowed[worst])
         where, ana, num = checks[worst]
         records.append({
-            "input": i, "shape": tuple(t.shape),
+            "input": i, "name": names[i], "shape": tuple(t.shape),
             "mode": "elements" if t.size <= full_check_max else "directions",
             "checked": len(checks),
             "max_abs_err": float(errors.max()),
@@ -237,9 +271,10 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
         if out32.dtype != np.float32:
             raise GradcheckError(f"float32 inputs gave a {out32.dtype} output: a silent upcast")
     names = ["output"] if len(outs64) == 1 else [f"output {k}" for k in range(len(outs64))]
+    arguments = input_names(fn, len(inputs))
     pairs = [(name, o64.data, o32.data) for name, o64, o32 in zip(names, outs64, outs32)] + [
-        (f"gradient of input {i}", g64, g32) for i, (g64, g32) in enumerate(zip(grads64, grads32))
-        if g64 is not None]
+        (f"gradient of input {i} ({arguments[i]})", g64, g32)
+        for i, (g64, g32) in enumerate(zip(grads64, grads32)) if g64 is not None]
     for name, ref, got in pairs:
         if got.dtype != np.float32:
             raise GradcheckError(f"{name} is {got.dtype} for float32 inputs: a silent upcast")

@@ -277,6 +277,14 @@ CASES = {
         case("3 samples per row", lambda mu, logvar: F.reparameterize(mu, logvar, _noise(7, 3), shape=(3, 4, 3)),
              U(4, 3), U(4, 3)),
     ],
+    vae.ReparameterizeKL: [  # two outputs: a random upstream gradient for each
+        case("z and kl", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3)), U(4, 3), U(4, 3, low=-2, high=1)),
+        case("3 samples per row", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3), samples=3),
+             U(4, 3), U(4, 3)),
+        case("3-D rows", lambda m, lv: F.reparameterize_kl(m, lv, _noise(5, 1)), U(2, 3, 2), U(2, 3, 2)),
+        case("z only", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3))[0], U(4, 3), U(4, 3)),
+        case("kl only", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3))[1], U(4, 3), U(4, 3)),
+    ],
     vae.KLNormalStd: [
         case("(4,3)", F.kl_normal_std, U(4, 3), U(4, 3, low=-2, high=1)),
         case("3-D rows", F.kl_normal_std, U(2, 3, 2), U(2, 3, 2)),
@@ -412,29 +420,15 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
 
 # ----- reports: the tables of ``minivae gradcheck`` --------------------------------------------
 
-def input_label(fn, position):
-    """The name of ``fn``'s positional parameter number ``position`` (``mu``, ``logvar``, ``eps``
-    for ``F.reparameterize``), or ``#position`` when ``fn`` takes ``*args`` there."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # a builtin without a signature
-        return f"#{position}"
-    if position < len(params) and params[position].kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                           inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        return params[position].name
-    return f"#{position}"
-
-
 def report_op(op, dtype="float64"):
-    """``gradcheck_report`` of every case of ``op``: a list of (case name, input label, record),
-    the input labelled by its parameter name in the case's function (see ``input_label``)."""
+    """``gradcheck_report`` of every case of ``op``: a list of (case name, input label, record)."""
     from .gradcheck import gradcheck_report
 
     rows = []
     for name, fn, specs in CASES[op]:
         inputs = build(specs, rng_for(op, name))
         for record in gradcheck_report(fn, *inputs, dtype=dtype):
-            rows.append((name, input_label(fn, record["input"]), record))
+            rows.append((name, record["name"], record))
     return rows
 
 

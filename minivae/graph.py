@@ -9,10 +9,9 @@ everything an op consumed.
 
 ``node_gradients(root)`` runs one backward pass and returns the gradient of ``root`` with respect
 to every tensor of the graph, intermediate ones included. The engine stores gradients only on
-leaves, so it records the gradient each Function's ``backward`` receives (which is the gradient of
-that Function's output, already summed over all its uses) through a temporary wrapper of the
-``backward`` methods of the classes in the graph; they are restored afterwards, and the leaves'
-``.grad`` are left as they were. (Not thread-safe: do not run another backward meanwhile.)
+leaves, so a temporary gradient hook (``Tensor.register_hook``) on each intermediate tensor
+records its complete gradient; the hooks are removed afterwards, and the leaves' ``.grad`` are
+left as they were.
 
 ``to_dot(graph)`` writes DOT text; ``render_svg`` turns it into SVG with the ``graphviz`` Python
 package, or the ``dot`` program when only that is installed.
@@ -23,7 +22,6 @@ Example::
     graph = trace_graph(loss, names=parameter_names(model), grad=True)
     Path("vae.dot").write_text(to_dot(graph, title="VAE loss"))
 """
-import contextlib
 import dataclasses
 import shutil
 import subprocess
@@ -107,29 +105,6 @@ def _norm(array):
     return float(np.sqrt(np.sum(a * a)))
 
 
-@contextlib.contextmanager
-def _recording_backward(classes, store):
-    """Within the block, ``store[id(ctx)] = grads`` for every ``backward(ctx, *grads)`` of ``classes``."""
-    patched = []  # (class, the backward in its own __dict__ or None when inherited)
-    try:
-        for cls in classes:
-            original = cls.backward  # the plain function (a staticmethod unwraps on access)
-
-            def recording(ctx, *grads, _original=original):
-                store[id(ctx)] = [None if g is None else g.copy() for g in grads]
-                return _original(ctx, *grads)
-
-            patched.append((cls, cls.__dict__.get("backward")))
-            cls.backward = staticmethod(recording)
-        yield
-    finally:
-        for cls, own in patched:
-            if own is None:
-                del cls.backward
-            else:
-                cls.backward = own
-
-
 def node_gradients(root, grad=None):
     """The gradient of ``root`` with respect to each tensor of its graph: ``{id(tensor): array}``.
 
@@ -144,21 +119,22 @@ def node_gradients(root, grad=None):
                            "trace it before calling backward, or pass retain_graph=True")
     leaves = [t for t in tensors if t._node is None and t.requires_grad]
     saved = [t.grad for t in leaves]
-    classes = sorted({t._node.fn for t in ops}, key=lambda c: c.__name__)
-    received = {}
+    out = {}
+
+    def recorder(t):
+        def record(g):
+            out[id(t)] = g.copy()
+        return record
+
+    handles = [t.register_hook(recorder(t)) for t in ops]
     try:
         for t in leaves:
             t.grad = None
-        with _recording_backward(classes, received):
-            root.backward(grad, retain_graph=True)
-        out = {}
-        for t in ops:  # the gradient of each output of t's op, t's own among them
-            grads = received.get(id(t._node.ctx))
-            index = [ref() for ref in t._node.outputs].index(t)
-            if grads is not None and grads[index] is not None:
-                out[id(t)] = grads[index]
+        root.backward(grad, retain_graph=True)
         out.update({id(t): t.grad for t in leaves if t.grad is not None})
     finally:
+        for handle in handles:
+            handle.remove()
         for t, g in zip(leaves, saved):
             t.grad = g
     return out

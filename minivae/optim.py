@@ -5,12 +5,14 @@ Conventions shared by every optimizer here:
 * ``p.grad`` is read-only. The engine may hand one gradient array to several tensors (``a + b``
   gives both the same array), so an update never writes into it; ``clip_grad_norm_`` replaces
   ``p.grad`` with a scaled copy instead of scaling in place.
-* Updates are in place (``p.data`` is modified, not replaced) and use ``out=`` into state and
-  scratch buffers the optimizer owns: one scratch array per (dtype, device), as large as the
-  largest parameter, so a step allocates nothing after the first. Parameters are updated one by
-  one rather than through one flat buffer: a VAE has a dozen parameter arrays, so the per-call
-  overhead is small next to the memory traffic, and a flat buffer would cost a gather of the
-  gradients every step and break whenever ``.data`` is replaced (``Module.to``, ``astype``).
+* Updates are in place (``p.data`` is modified, not replaced).
+* Adam keeps its parameters in one flat array per dtype and device: at its first step each
+  ``p.data`` becomes a view of that array, and the moments ``exp_avg`` and ``exp_avg_sq`` are
+  views of flat arrays with the same layout. A step gathers the gradients into one flat array
+  and updates all parameters with one pass per operation (on the GPU: one kernel launch for
+  all of them). When ``p.data`` or a state array has been replaced since (``Module.to``,
+  ``astype``, assigning ``opt.state[i]``), the next step builds the layout anew from the current
+  arrays. SGD updates parameter by parameter.
 * Parameters whose ``grad`` is None are skipped (their state and step count do not advance).
 * ``state_dict()`` is a flat ``{str: numpy array | int | float}``: hyperparameters by name,
   ``"num_params"``, and per parameter ``"state.<i>.<key>"`` (``i`` is the position in the
@@ -21,16 +23,16 @@ Conventions shared by every optimizer here:
 Subnormal moments: when a gradient entry stays exactly zero (MNIST border pixels),
 its moments decay geometrically, reach the subnormal range after some hundred steps and then
 stick there (0.9 * 4 * 2^-149 rounds back to 4 * 2^-149), and subnormal arithmetic is slow on
-CPUs. Every ``flush_every`` steps (default 10; 0 turns it off) the CPU optimizer sets moment
+CPUs. Every ``flush_every`` steps (default 10; 0 turns it off) the optimizer sets moment
 entries below the dtype's smallest normal number (``finfo.tiny``, 1.2e-38 in float32) to zero.
 This changes no result beyond rounding: in Adam the flushed second moment adds at most
 sqrt(tiny) / sqrt(1 - beta2^t) ~ 3e-18 to a denominator that holds eps = 1e-8, far below half an
 ulp of eps, and a flushed first moment moves a parameter by less than lr * tiny / eps ~ 1e-33.
-On the GPU subnormals cost nothing and no flush is done.
+The flush is the same on every device (on the GPU it costs four launches every ten steps).
 
-On the GPU, Adam's update is one kernel launch per parameter (``kernels/adam.cu``) instead of
-the eight element-wise CuPy launches of the NumPy form; it performs the same rounded operations
-in the same order, so both devices give the same bits.
+On the GPU, Adam's update is the kernel that ``minivae.gpu.dispatch`` registers for ``"Adam"``
+(``kernels/adam.cu``): one launch over the flat arrays instead of the eight element-wise passes
+of the xp form, with the same rounded operations in the same order, so both give the same bits.
 """
 import math
 
@@ -38,6 +40,7 @@ import numpy as np
 
 from .autograd import Tensor
 from .backend import device_of, get_array_module, to_device
+from .gpu import dispatch
 
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
 FLUSH_EVERY = 10
@@ -79,29 +82,24 @@ class Optimizer:
         self.lr = float(lr)
         self.flush_every = int(flush_every)
         self.state = [dict() for _ in params]
-        self._scratch = {}  # (slot, dtype, array type) -> flat scratch array
-        self._views = {}  # the same key + a shape -> a view of its start in that shape
 
     # ----- the public API -------------------------------------------------------------------------
     def step(self):
         """Update every parameter that has a gradient, in place (every gradient's shape is
         checked first, so a bad one leaves all parameters unchanged)."""
-        for i, p in enumerate(self.params):
-            if p.grad is not None and p.grad.shape != p.data.shape:
-                raise ValueError(f"parameter {i}: gradient of shape {p.grad.shape} for a parameter "
-                                 f"of shape {p.data.shape}")
+        self._check_grads()
         for i, p in enumerate(self.params):
             g = p.grad
             if g is None:
                 continue
             state = self._state_on_device(i, p)
             state["step"] = state.get("step", 0) + 1
+            p.bump_version()  # a graph that saved p's old values must not use them
             self._update(i, p, g, state)
-            if (self.flush_every and state["step"] % self.flush_every == 0
-                    and isinstance(p.data, np.ndarray)):
+            if self.flush_every and state["step"] % self.flush_every == 0:
                 for key in self._flushed:
                     if key in state:
-                        self._flush_subnormals(state[key], p)
+                        flush_subnormals(state[key])
 
     def zero_grad(self):
         """Set every parameter's gradient to None (never zero-filled in place: grads may alias)."""
@@ -172,60 +170,37 @@ class Optimizer:
     # ----- helpers for subclasses -------------------------------------------------------------
     _flushed = ()  # names of the state arrays cleared of subnormals every flush_every steps
 
+    def _check_grads(self):
+        for i, p in enumerate(self.params):
+            if p.grad is not None and p.grad.shape != p.data.shape:
+                raise ValueError(f"parameter {i}: gradient of shape {p.grad.shape} for a parameter "
+                                 f"of shape {p.data.shape}")
+
     def _update(self, i, p, g, state):
         raise NotImplementedError
 
     def _state_on_device(self, i, p):
         """The state of parameter ``i``, moved to ``p``'s device if ``Module.to`` moved ``p``."""
         state = self.state[i]
-        kind = type(p.data)
         for key, value in state.items():
-            # The common case costs one type check per entry: arrays already where p is.
-            if type(value) is not kind and hasattr(value, "shape") and device_of(value) != device_of(p.data):
+            if hasattr(value, "shape") and device_of(value) != device_of(p.data):
                 state[key] = to_device(value, device_of(p.data))
         return state
 
-    def _buffer(self, p, slot=0, dtype=None):
-        """A scratch array shaped like ``p`` (shared by all parameters of one dtype and device)."""
-        data = p.data
-        dtype = data.dtype if dtype is None else np.dtype(dtype)
-        # Views are cached by shape: slicing and reshaping anew for every parameter on every
-        # step costs more than a lookup.
-        view = self._views.get((slot, dtype, type(data), data.shape))
-        if view is None:
-            key = (slot, dtype, type(data))
-            flat = self._scratch.get(key)
-            if flat is None or flat.size < data.size:
-                xp = get_array_module(data)
-                flat = xp.empty(max(data.size, max(q.data.size for q in self.params)), dtype=dtype)
-                self._scratch[key] = flat
-                self._views.clear()  # views of a replaced array
-            view = self._views[key + (data.shape,)] = flat[:data.size].reshape(data.shape)
-        return view
 
-    def _flush_subnormals(self, array, p):
-        """Set entries of ``array`` with |x| < finfo.tiny to zero, in place (CPU; see module doc).
+def flush_subnormals(array, work=None):
+    """Set the entries of ``array`` with |x| < finfo.tiny to +0, in place (see the module docstring).
 
-        As multiplications by a keep-mask (x * 1 = x; x * 0 = +-0) and an addition of +0
-        (-0 + 0 = +0, x + 0 = x): the same result as ``copyto(array, 0, where=|array| < tiny)``
-        in four fast passes, where ``copyto`` with ``where=`` alone is ten times slower.
-        """
-        tiny = np.finfo(array.dtype).tiny
-        keep = self._buffer(p, slot="mask", dtype=bool)
-        absval = self._buffer(p, slot=0)
-        np.abs(array, out=absval)
-        np.greater_equal(absval, tiny, out=keep)  # False below tiny (and for NaN, kept as NaN)
-        np.multiply(array, keep, out=array)
-        array += 0.0
-
-    def _weight_decayed(self, p, g, weight_decay):
-        """g + weight_decay * p in a scratch buffer (L2 regularization), or g itself when 0."""
-        if not weight_decay:
-            return g
-        gw = self._buffer(p, slot=1)
-        get_array_module(p.data).multiply(p.data, weight_decay, out=gw)
-        gw += g
-        return gw
+    As a multiplication by a keep-mask of ones and zeros (x * 1 = x; x * 0 = +-0) and an addition
+    of +0 (-0 + 0 = +0, x + 0 = x): the same result as ``copyto(array, 0, where=|array| < tiny)``
+    in four fast passes, where ``copyto`` with ``where=`` alone is ten times slower. NaN is kept
+    (its mask is 0, and NaN * 0 is NaN). ``work``: an array like ``array`` to build the mask in.
+    """
+    xp = get_array_module(array)
+    keep = xp.abs(array, out=work)
+    xp.greater_equal(keep, xp.finfo(array.dtype).tiny, out=keep)  # 1.0 or 0.0
+    xp.multiply(array, keep, out=array)
+    array += 0.0
 
 
 def _plain(value):
@@ -260,28 +235,16 @@ class SGD(Optimizer):
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
 
     def _update(self, i, p, g, state):
-        xp = get_array_module(p.data)
-        d = self._weight_decayed(p, g, self.weight_decay)
-        buf = self._buffer(p)
+        d = p.data * self.weight_decay + g if self.weight_decay else g
         if self.momentum:
             mom = state.get("momentum_buffer")
             if mom is None:
-                state["momentum_buffer"] = mom = xp.array(d, copy=True)  # never alias the gradient
+                state["momentum_buffer"] = mom = d.copy()  # never alias the gradient
             else:
                 mom *= self.momentum
-                if self.dampening:
-                    xp.multiply(d, 1 - self.dampening, out=buf)
-                    mom += buf
-                else:
-                    mom += d
-            if self.nesterov:
-                xp.multiply(mom, self.momentum, out=buf)
-                buf += d
-                d = buf
-            else:
-                d = mom
-        xp.multiply(d, -self.lr, out=buf)
-        p.data += buf
+                mom += d * (1 - self.dampening) if self.dampening else d
+            d = mom * self.momentum + d if self.nesterov else mom
+        p.data += d * -self.lr
 
 
 class Adam(Optimizer):
@@ -293,9 +256,14 @@ class Adam(Optimizer):
         p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 
     The last line is computed as p - (lr s / c1) * m / (sqrt(v) + eps s), with c1 = 1 - beta1^t
-    and s = sqrt(1 - beta2^t): the same number up to rounding, in five passes over the arrays
-    with no temporaries. With ``decoupled_weight_decay`` (AdamW, Loshchilov & Hutter 2019) the
-    decay is p = p (1 - lr weight_decay) before the update instead of a gradient term.
+    and s = sqrt(1 - beta2^t): the same number up to rounding, in five passes over the arrays.
+    With ``decoupled_weight_decay`` (AdamW, Loshchilov & Hutter 2019) the decay is
+    p = p (1 - lr weight_decay) before the update instead of a gradient term.
+
+    The parameters live in one flat array per dtype and device (see the module docstring), so a
+    step is one update over all of them: the xp code below on the CPU, the kernel registered for
+    ``"Adam"`` in ``minivae.gpu.dispatch`` on the GPU. Parameters with different step counts (one
+    that had no gradient at some step) are updated in separate runs, each with its own t.
     """
     _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay")
     _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
@@ -312,57 +280,107 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.weight_decay, self.amsgrad = float(weight_decay), bool(amsgrad)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self._layouts = []  # built at the first step
 
     @property
     def betas(self):
         """(beta1, beta2)."""
         return self.beta1, self.beta2
 
-    def _update(self, i, p, g, state):
-        xp = get_array_module(p.data)
-        if "exp_avg" not in state:
-            state["exp_avg"] = xp.zeros_like(p.data)
-            state["exp_avg_sq"] = xp.zeros_like(p.data)
-        if self.amsgrad and state.get("max_exp_avg_sq") is None:
-            # fresh, or amsgrad switched on after a load: max(0, v) = v starts it from this step's v
-            state["max_exp_avg_sq"] = xp.zeros_like(p.data)
-        t = state["step"]
-        b1, b2 = self.beta1, self.beta2
-        c1 = 1 - b1 ** t
-        s = math.sqrt(1 - b2 ** t)
-        if xp is not np:  # one fused kernel per parameter instead of eight CuPy launches
-            from .gpu import adam_update
+    def step(self):
+        """Update every parameter that has a gradient, in place: one flat update per run of
+        parameters (see the class docstring). Every gradient's shape is checked first."""
+        self._check_grads()
+        if not self._layouts or not all(layout.holds(self.params, self.state, self.amsgrad)
+                                        for layout in self._layouts):
+            self._layouts = self._build_layouts()
+        for layout in self._layouts:
+            for a, b in layout.runs(self.params, self.state):
+                for j in range(a, b):
+                    state = self.state[layout.members[j]]
+                    state["step"] = state.get("step", 0) + 1
+                    for key, views in layout.views.items():
+                        if key != "param":
+                            state[key] = views[j]
+                t = self.state[layout.members[a]]["step"]
+                self._update(layout, a, b, t)
+                if self.flush_every and t % self.flush_every == 0:
+                    lo, hi = layout.offsets[a], layout.offsets[b]
+                    for flat in layout.moments.values():
+                        flush_subnormals(flat[lo:hi], work=layout.scratch[lo:hi])
 
-            decoupled = self.decoupled_weight_decay and self.weight_decay
-            adam_update(p.data, g, state["exp_avg"], state["exp_avg_sq"],
-                        state["max_exp_avg_sq"] if self.amsgrad else None,
-                        b1=b1, b2=b2, eps_s=self.eps * s, neg_step=-(self.lr * s / c1),
-                        weight_decay=0.0 if self.decoupled_weight_decay else self.weight_decay,
-                        decay=1 - self.lr * self.weight_decay if decoupled else None)
+    def _build_layouts(self):
+        groups = {}
+        for i, p in enumerate(self.params):
+            groups.setdefault((p.data.dtype, device_of(p.data)), []).append(i)
+        return [_FlatLayout(members, self.params, self.state, self.amsgrad) for members in groups.values()]
+
+    def _gathered(self, layout, a, b):
+        """The gradients of members a .. b - 1 as one flat array (a parameter's own gradient,
+        flattened, when there is one; else copied into the layout's gradient array)."""
+        grads = [self.params[i].grad.reshape(-1) for i in layout.members[a:b]]
+        if len(grads) == 1:
+            return grads[0]
+        out = layout.grad[layout.offsets[a]:layout.offsets[b]]
+        get_array_module(out).concatenate(grads, out=out)
+        return out
+
+    def _update(self, layout, a, b, t):
+        """One Adam step at step count t of the members a .. b - 1 of ``layout``, in place: one
+        launch of the registered kernel over their flat arrays, or the xp code parameter by
+        parameter (on views of the same arrays; arrays of one parameter stay in the CPU's cache
+        across the update's passes, where the whole flat array would not)."""
+        c1 = 1 - self.beta1 ** t
+        s = math.sqrt(1 - self.beta2 ** t)
+        decoupled = self.decoupled_weight_decay and self.weight_decay
+        scalars = dict(b1=self.beta1, b2=self.beta2, eps_s=self.eps * s, neg_step=-(self.lr * s / c1),
+                       weight_decay=0.0 if self.decoupled_weight_decay else self.weight_decay,
+                       decay=1 - self.lr * self.weight_decay if decoupled else None)
+        lo, hi = layout.offsets[a], layout.offsets[b]
+        flat = [layout.param[lo:hi], layout.moments["exp_avg"][lo:hi], layout.moments["exp_avg_sq"][lo:hi]]
+        kernel = dispatch.select("Adam", *flat)
+        if kernel is not None:
+            p, m, v = flat
+            vmax = layout.moments["max_exp_avg_sq"][lo:hi] if self.amsgrad else None
+            kernel.forward(p, self._gathered(layout, a, b), m, v, vmax, **scalars)
             return
-        if self.decoupled_weight_decay:
-            if self.weight_decay:
-                p.data *= 1 - self.lr * self.weight_decay
-        else:
-            g = self._weight_decayed(p, g, self.weight_decay)
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        buf = self._buffer(p)
-        m *= b1
-        xp.multiply(g, 1 - b1, out=buf)
-        m += buf
-        v *= b2
-        xp.multiply(g, 1 - b2, out=buf)
-        buf *= g
-        v += buf
-        if self.amsgrad:
-            vmax = state["max_exp_avg_sq"]
-            xp.maximum(vmax, v, out=vmax)
-            v = vmax
-        xp.sqrt(v, out=buf)
-        buf += self.eps * s
-        xp.divide(m, buf, out=buf)
-        buf *= -(self.lr * s / c1)
-        p.data += buf
+        for j in range(a, b):
+            part = slice(layout.offsets[j], layout.offsets[j + 1])
+            moments = {key: m[part] for key, m in layout.moments.items()}
+            _adam_update(layout.param[part], self.params[layout.members[j]].grad.reshape(-1),
+                         moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"),
+                         work=(layout.scratch[part], layout.grad[part]), **scalars)
+
+
+def _adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay, decay, work):
+    """Adam's update in place, over xp (see Adam): ``eps_s`` = eps sqrt(1 - b2^t), ``neg_step`` =
+    -lr sqrt(1 - b2^t) / (1 - b1^t); ``decay`` (AdamW's 1 - lr wd, or None) scales p first,
+    ``weight_decay`` adds the coupled L2 term; ``work`` = (buf, gw), two arrays like p that the
+    update may overwrite (gw may be g itself), so a step allocates nothing. Each operation is
+    rounded once, in this order: the GPU kernel (kernels/adam.cuh) performs the same ones and
+    gives the same bits."""
+    xp = get_array_module(p)
+    buf, gw = work
+    if decay is not None:
+        p *= decay
+    elif weight_decay:
+        xp.multiply(p, weight_decay, out=buf)
+        g = xp.add(buf, g, out=gw)  # (wd p) + g
+    m *= b1
+    xp.multiply(g, 1 - b1, out=buf)
+    m += buf
+    v *= b2
+    xp.multiply(g, 1 - b2, out=buf)
+    buf *= g
+    v += buf
+    if vmax is not None:
+        xp.maximum(vmax, v, out=vmax)
+        v = vmax
+    xp.sqrt(v, out=buf)
+    buf += eps_s
+    xp.divide(m, buf, out=buf)
+    buf *= neg_step
+    p += buf
 
 
 class AdamW(Adam):
@@ -372,6 +390,70 @@ class AdamW(Adam):
                  amsgrad=False, flush_every=FLUSH_EVERY):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad,
                          decoupled_weight_decay=True, flush_every=flush_every)
+
+
+class _FlatLayout:
+    """The parameters of one dtype and device (``members``, indices into the parameter list) as
+    views of one flat array, with Adam's moments and the step's gradient as flat arrays of the
+    same layout: parameter ``members[j]`` holds elements ``offsets[j]:offsets[j + 1]``.
+
+    Built from the current ``p.data`` and state arrays (the moments of a parameter without state
+    are zero), which are then replaced by views of the flat arrays: ``views[key][j]``.
+    """
+
+    def __init__(self, members, params, states, amsgrad):
+        first = params[members[0]].data
+        xp, device = get_array_module(first), device_of(first)
+        self.members, self.amsgrad = members, amsgrad
+        self.offsets = [0]
+        for i in members:
+            self.offsets.append(self.offsets[-1] + params[i].data.size)
+        n = self.offsets[-1]
+        # Arrays like the parameters (empty_like keeps an ndarray subclass), flat.
+        self.param = xp.empty_like(first, shape=n)
+        self.grad = xp.empty_like(first, shape=n)  # the gathered gradient (and the L2-decayed one)
+        self.scratch = xp.empty_like(first, shape=n)  # the work array of the xp update
+        keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
+        self.moments = {key: xp.zeros_like(first, shape=n) for key in keys}
+        self.views = {key: [] for key in ("param",) + keys}
+        for j, i in enumerate(members):
+            p, part = params[i], slice(self.offsets[j], self.offsets[j + 1])
+            self.param[part] = p.data.reshape(-1)
+            p.data = self.param[part].reshape(p.data.shape)
+            self.views["param"].append(p.data)
+            for key, flat in self.moments.items():
+                view = flat[part].reshape(p.data.shape)
+                if states[i].get(key) is not None:
+                    view[...] = to_device(states[i][key], device)
+                    states[i][key] = view
+                self.views[key].append(view)
+
+    def holds(self, params, states, amsgrad):
+        """Whether every member's data and moments are still the views this layout made."""
+        if amsgrad != self.amsgrad:
+            return False
+        for j, i in enumerate(self.members):
+            if params[i].data is not self.views["param"][j]:
+                return False
+            for key in self.moments:
+                value = states[i].get(key)
+                if value is not None and value is not self.views[key][j]:
+                    return False
+        return True
+
+    def runs(self, params, states):
+        """Maximal runs of consecutive members that have a gradient and one step count: the
+        (first, last + 1) positions in ``members`` that one flat update covers."""
+        out = []
+        for j, i in enumerate(self.members):
+            if params[i].grad is None:
+                continue
+            step = states[i].get("step", 0)
+            if out and out[-1][1] == j and out[-1][2] == step:
+                out[-1][1] = j + 1
+            else:
+                out.append([j, j + 1, step])
+        return [(a, b) for a, b, _ in out]
 
 
 def clip_grad_norm_(params, max_norm, norm_type=2.0):

@@ -64,18 +64,15 @@ Public API
 ``uniform_from_words``, ``normal_from_words``, ``uniform(shape, seed, offset)``,
 ``normal(shape, seed, offset)``, ``gumbel(...)``, ``normal_at(indices, ...)``,
 :class:`Noise` (the address of one draw) and :class:`Generator` (a seed plus an advancing
-offset, with a JSON-able ``state_dict``). Their ``normal``/``uniform``/``gumbel`` take
-``xp=cupy`` to draw on the GPU (minivae.gpu, the same words); CuPy is never imported otherwise.
+offset, with a JSON-able ``state_dict``). All of them compute on the CPU; on the GPU the same
+draws come from ``minivae.gpu.normal`` / ``uniform`` (the same words), and the reparameterization
+kernels generate them in registers from a :class:`Noise`.
 
-Speed (CPU): a training step's eps is a small draw, offset after offset. ``normal`` notices such
-a sequential reader and computes its next few draws in one pass (``_Prefetch``); since every
-element is a function of its address alone, the numbers are exactly those of single draws.
+Every draw is computed from its address when it is asked for: nothing is kept between calls.
 """
 from __future__ import annotations
 
-import functools
 import math
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,6 +163,8 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
 
 _MULT = np.array([[PHILOX_M4x32_0], [PHILOX_M4x32_1]], dtype=np.uint64)
 _WEYL = np.array([[PHILOX_W32_0], [PHILOX_W32_1]], dtype=np.uint64)
+#: r * (W0, W1) for the ten rounds r = 0 ... 9 of Philox4x32-10: (10, 2, 1), below 2**36.
+_WEYL_STEPS = np.arange(10, dtype=np.uint64)[:, None, None] * _WEYL
 
 
 def _round_keys(key: np.ndarray, rounds: int) -> np.ndarray:
@@ -177,13 +176,9 @@ def _round_keys(key: np.ndarray, rounds: int) -> np.ndarray:
     return (key + r * weyl) & np.uint64(_MASK32)  # < 2**32 (rounds + 1): no uint64 overflow
 
 
-@functools.lru_cache(maxsize=16)
 def _seed_round_keys(seed: int) -> np.ndarray:
-    """The ten round keys of a draw's 64-bit seed, (10, 2, 1), read-only (cached: a training run
-    draws with one seed, and building them costs a tenth of a small draw)."""
-    keys = _round_keys(np.array([[seed & _MASK32], [seed >> 32]], dtype=np.uint64), 10)
-    keys.flags.writeable = False
-    return keys
+    """The ten round keys of a draw's 64-bit seed: (10, 2, 1)."""
+    return (_WEYL_STEPS + np.array([[seed & _MASK32], [seed >> 32]], dtype=np.uint64)) & np.uint64(_MASK32)
 
 
 def _rounds(x: np.ndarray, lo: np.ndarray, keys: np.ndarray):
@@ -213,20 +208,17 @@ def _rounds(x: np.ndarray, lo: np.ndarray, keys: np.ndarray):
     return x, lo_prev[::-1]
 
 
-def _blocks(first_chunk: int, n_chunks: int, seed: int, offset: int, stream: int,
-            draws: int = 1) -> np.ndarray:
-    """Philox blocks for chunks ``first_chunk ... first_chunk + n_chunks - 1`` of ``draws``
-    consecutive draws (offsets ``offset ... offset + draws - 1``): uint32 (draws * n_chunks, 4),
-    draw after draw."""
+def _blocks(first_chunk: int, n_chunks: int, seed: int, offset: int, stream: int) -> np.ndarray:
+    """Philox blocks for chunks ``first_chunk ... first_chunk + n_chunks - 1`` of draw
+    (seed, offset, stream): uint32 (n_chunks, 4)."""
     if first_chunk + n_chunks > (MAX_ELEMENTS >> 2):
         raise ValueError("a draw holds at most 2**34 elements (element index overflow)")
-    x = np.empty((2, draws, n_chunks), dtype=np.uint64)
+    x = np.empty((2, n_chunks), dtype=np.uint64)
     lo = np.empty_like(x)
     x[0] = np.arange(first_chunk, first_chunk + n_chunks, dtype=np.uint64)
-    offsets = np.arange(offset, offset + draws, dtype=np.uint64)[:, None]  # < 2**64 (the caller's)
-    x[1], lo[0], lo[1] = offsets >> np.uint64(32), stream, offsets & np.uint64(_MASK32)
-    x, y = _rounds(x.reshape(2, -1), lo.reshape(2, -1), _seed_round_keys(seed))
-    out = np.empty((draws * n_chunks, 4), dtype=np.uint32)
+    x[1], lo[0], lo[1] = offset >> 32, stream, offset & _MASK32
+    x, y = _rounds(x, lo, _seed_round_keys(seed))
+    out = np.empty((n_chunks, 4), dtype=np.uint32)
     out[:, 0], out[:, 1], out[:, 2], out[:, 3] = x[0], y[0], x[1], y[1]
     return out
 
@@ -305,63 +297,15 @@ def normal_from_words(words, dtype=np.float32) -> np.ndarray:
 # Draws addressed by (seed, offset, stream)
 # ---------------------------------------------------------------------------------------
 
-def _range_normals(start: int, n: int, seed: int, offset: int, stream: int, dt,
-                   draws: int = 1) -> np.ndarray:
-    """Elements ``start ... start + n - 1`` of ``draws`` consecutive draws from ``offset``: (draws, n)."""
+def _range_normals(start: int, n: int, seed: int, offset: int, stream: int, dt) -> np.ndarray:
+    """Elements ``start ... start + n - 1`` of draw (seed, offset, stream): (n,)."""
     if n == 0:
-        return np.empty((draws, 0), dtype=dt)
+        return np.empty(0, dtype=dt)
     c_first = start // 4
     c_last = (start + n - 1) // 4
-    blocks = _blocks(c_first, c_last - c_first + 1, seed, offset, stream, draws)
-    vals = normal_from_words(blocks, dt).reshape(draws, -1)
+    blocks = _blocks(c_first, c_last - c_first + 1, seed, offset, stream)
     lo = start - 4 * c_first
-    return vals[:, lo:lo + n]
-
-
-class _Prefetch:
-    """The normals of a sequential reader's next draws, computed several at a time.
-
-    A training run asks for draw o, then o + 1, o + 2, ... of one shape (its eps). A small draw
-    costs ~80 NumPy calls whose cost is mostly fixed, and inside a training step, between large
-    matrix products, those calls run cold: two to three times slower than in a loop. So when a
-    draw is asked for right after the one before it (same seed, stream, dtype and elements), the
-    next ``k`` draws are computed in one pass (k * n elements, at most ``max_elements``) and kept;
-    a request inside that window gets a copy of its row (a caller may write into what it gets,
-    and two readers may ask for the same draw). A request that is neither inside the window nor
-    right after the last one is computed alone, so readers that interleave at unrelated offsets
-    cost what they did without the prefetch, never more. Counter-based noise makes all of this
-    invisible: every element is the same function of its address either way. Bounded: a few
-    keys, each holding fewer than ``max_elements`` values.
-    """
-
-    def __init__(self, max_elements=1 << 16, max_draws=10, max_readers=4):
-        self.max_elements, self.max_draws, self.max_readers = max_elements, max_draws, max_readers
-        # (seed, stream, dtype, start, n) -> (last offset asked for, first offset of the block, block)
-        self._readers = {}
-        self._lock = threading.Lock()
-
-    def normals(self, start: int, n: int, seed: int, offset: int, stream: int, dt) -> np.ndarray:
-        """Elements ``start ... start + n - 1`` of draw (seed, offset, stream), as ``_range_normals``."""
-        key = (seed, stream, dt, start, n)
-        with self._lock:
-            last, first, block = self._readers.pop(key, (None, 0, None))  # re-inserted as newest
-            if block is not None and 0 <= offset - first < len(block):
-                out = block[offset - first].copy()
-            else:
-                draws = 1
-                if last is not None and offset == last + 1:
-                    draws = min(self.max_draws, self.max_elements // max(n, 1), _MASK64 - offset + 1)
-                fresh = _range_normals(start, n, seed, offset, stream, dt, max(draws, 1))
-                if draws > 1:  # a new window (a draw too large for one stays uncached)
-                    first, block = offset, fresh
-                out = fresh[0].copy() if draws > 1 else fresh[0]
-            self._readers[key] = (offset, first, block)
-            while len(self._readers) > self.max_readers:
-                del self._readers[next(iter(self._readers))]
-            return out
-
-
-_prefetch = _Prefetch()
+    return normal_from_words(blocks, dt).reshape(-1)[lo:lo + n]
 
 
 def _check_draw(shape, seed, offset, stream, start):
@@ -382,7 +326,7 @@ def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
     in C order, reshaped to ``shape``. ``normal((B, D), s, o)[b, d]`` is element ``b*D + d``,
     exactly what the GPU kernels compute for a (B, D) array with the same seed and offset."""
     shape, n, seed, offset, stream, start = _check_draw(shape, seed, offset, stream, start)
-    return _prefetch.normals(start, n, seed, offset, stream, _float_dtype(dtype)).reshape(shape)
+    return _range_normals(start, n, seed, offset, stream, _float_dtype(dtype)).reshape(shape)
 
 
 def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
@@ -424,15 +368,6 @@ def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int
     return np.take_along_axis(vals, lane[..., None], axis=-1)[..., 0]
 
 
-def _gpu_kernels(xp):
-    """minivae.gpu when ``xp`` is CuPy, None for NumPy (CuPy is never imported here otherwise)."""
-    if xp is None or xp is np:
-        return None
-    from . import gpu  # deferred: only when GPU arrays are asked for
-
-    return gpu
-
-
 @dataclass(frozen=True)
 class Noise:
     """The address of one draw of noise: ``(seed, offset, stream)``.
@@ -452,30 +387,17 @@ class Noise:
         _check_u64("offset", self.offset)
         _check_u32("stream", self.stream)
 
-    def normal(self, shape, dtype=np.float32, start: int = 0, xp=None):
-        """The standard normals of this draw; ``xp=cupy`` generates them on the GPU (same
-        Philox words, see minivae.gpu.normal)."""
-        gpu = _gpu_kernels(xp)
-        if gpu is None:
-            return normal(shape, self.seed, self.offset, dtype, self.stream, start)
-        if start:
-            raise ValueError("start is not supported for GPU draws")
-        return gpu.normal(shape, self.seed, self.offset, dtype, self.stream)
+    def normal(self, shape, dtype=np.float32, start: int = 0):
+        """The standard normals of this draw (see :func:`normal`)."""
+        return normal(shape, self.seed, self.offset, dtype, self.stream, start)
 
-    def uniform(self, shape, dtype=np.float32, start: int = 0, xp=None):
-        gpu = _gpu_kernels(xp)
-        if gpu is None:
-            return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
-        if start:
-            raise ValueError("start is not supported for GPU draws")
-        return gpu.uniform(shape, self.seed, self.offset, dtype, self.stream)
+    def uniform(self, shape, dtype=np.float32, start: int = 0):
+        """The uniforms of this draw (see :func:`uniform`)."""
+        return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
 
-    def gumbel(self, shape, dtype=np.float32, start: int = 0, xp=None):
-        gpu = _gpu_kernels(xp)
-        if gpu is None:
-            return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
-        u = self.uniform(shape, np.float64, start, xp)
-        return (-xp.log(-xp.log(u))).astype(_float_dtype(dtype), copy=False)
+    def gumbel(self, shape, dtype=np.float32, start: int = 0):
+        """The Gumbel samples of this draw (see :func:`gumbel`)."""
+        return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
 
 
 class Generator:
@@ -516,21 +438,22 @@ class Generator:
         self._offset += 1
         return noise
 
-    def normal(self, shape, dtype=np.float32, xp=None):
-        """Standard normals of the next draw (on the GPU with ``xp=cupy``)."""
-        return self.next_noise().normal(shape, dtype, xp=xp)
+    def normal(self, shape, dtype=np.float32):
+        """Standard normals of the next draw."""
+        return self.next_noise().normal(shape, dtype)
 
-    def uniform(self, shape, dtype=np.float32, xp=None):
-        return self.next_noise().uniform(shape, dtype, xp=xp)
+    def uniform(self, shape, dtype=np.float32):
+        """Uniforms of the next draw."""
+        return self.next_noise().uniform(shape, dtype)
 
-    def gumbel(self, shape, dtype=np.float32, xp=None):
-        return self.next_noise().gumbel(shape, dtype, xp=xp)
+    def gumbel(self, shape, dtype=np.float32):
+        """Gumbel samples of the next draw."""
+        return self.next_noise().gumbel(shape, dtype)
 
-    def bernoulli(self, p, dtype=np.float32, xp=None):
+    def bernoulli(self, p, dtype=np.float32):
         """``(u < p)`` as ``dtype`` with one uniform per element of ``p`` (e.g. binarizing MNIST)."""
-        xp = np if xp is None else xp
-        p = xp.asarray(p)
-        u = self.next_noise().uniform(p.shape, np.float64, xp=xp)
+        p = np.asarray(p)
+        u = self.next_noise().uniform(p.shape, np.float64)
         return (u < p).astype(dtype)
 
     def spawn(self, stream: int) -> "Generator":

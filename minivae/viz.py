@@ -25,21 +25,25 @@ functions that need it. Figures are drawn with matplotlib's object-oriented API
 needed, no global backend is switched under a user's notebook, and no figure stays alive in
 pyplot's registry after it is saved.
 
-:func:`kl_per_dimension`, :func:`latent_activity` and :func:`active_units` are plain NumPy and
-need no matplotlib.
+The latent statistics (KL per dimension, active units) are computed by ``minivae.analysis``.
 """
-import json
 import math
 import statistics
 from pathlib import Path
 
 import numpy as np
 
+from . import functional as F
+from . import streams
+from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
+from .autograd import tensor
 from .backend import to_device
-
-# Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
-# when Cov_x(E_{q(u|x)}[u]) > 1e-2.
-ACTIVE_UNIT_THRESHOLD = 1e-2
+from .data import binarize_eval, load_mnist
+from .evaluate import evaluating
+from .models import VAE
+from .random import Generator
+from .runs import load_run, read_metrics
+from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
 _PAD_VALUE = 0.5
@@ -58,40 +62,7 @@ def _require_matplotlib():
     return Figure, mpimg
 
 
-# ----- plain NumPy: KL per dimension and active units -----------------------------------------
-
-def kl_per_dimension(mu, logvar):
-    """Mean over examples of KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (D,).
-
-    Per example and dimension KL = 0.5 * (mu^2 + exp(logvar) - 1 - logvar) (closed form for a
-    diagonal Gaussian against the standard normal); the sum over d of the result is the mean KL
-    term of the ELBO. A dimension with KL near 0 carries no information about x (posterior
-    collapse). ``mu`` and ``logvar`` are (N, D) arrays (NumPy, or anything ``np.asarray`` takes).
-    """
-    mu = np.asarray(mu, dtype=np.float64)
-    logvar = np.asarray(logvar, dtype=np.float64)
-    if mu.shape != logvar.shape or mu.ndim != 2:
-        raise ValueError(f"mu and logvar must both be (N, D), got {mu.shape} and {logvar.shape}")
-    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
-
-
-def latent_activity(mu):
-    """Per-dimension activity Cov_x(E_q[z_d | x]) of Burda et al. 2015, shape (D,).
-
-    ``mu`` is the (N, D) matrix of posterior means over a data set; the activity of dimension d is
-    the variance of column d over the examples (normalized by N, the population variance).
-    """
-    mu = np.asarray(mu, dtype=np.float64)
-    if mu.ndim != 2:
-        raise ValueError(f"mu must be (N, D), got shape {mu.shape}")
-    return mu.var(axis=0)
-
-
-def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
-    """The number of active latent units: dimensions whose activity ``latent_activity(mu)`` exceeds
-    ``threshold`` (1e-2 as in Burda et al. 2015). ``mu`` is the (N, D) matrix of posterior means."""
-    return int((latent_activity(mu) > threshold).sum())
-
+# ----- plain NumPy --------------------------------------------------------------------------------
 
 def pca_2d(points):
     """Project (N, D) points onto their first two principal components with an SVD.
@@ -177,30 +148,8 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
 
 # ----- model queries (no graph, eval mode) ------------------------------------------------------
 
-def encode_dataset(model, x, batch_size=500):
-    """Posterior parameters (mu, logvar) of ``model`` for every row of ``x``, as float64 NumPy (N, D).
-
-    Runs in eval mode without recording a graph (``minivae.evaluate.evaluating``).
-    """
-    from .autograd import tensor
-    from .evaluate import evaluating
-
-    device = next(iter(model.parameters())).device
-    mus, logvars = [], []
-    with evaluating(model):
-        for start in range(0, len(x), batch_size):
-            mu, logvar = model.encode(tensor(to_device(x[start:start + batch_size], device)))
-            mus.append(mu.numpy().astype(np.float64))
-            logvars.append(logvar.numpy().astype(np.float64))
-    return np.concatenate(mus), np.concatenate(logvars)
-
-
 def decode_means(model, z, batch_size=500):
     """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim)."""
-    from .autograd import tensor
-    from .evaluate import evaluating
-    from . import functional as F
-
     param = next(iter(model.parameters()))
     z = np.asarray(z, dtype=param.dtype)
     out = []
@@ -331,14 +280,6 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     return _save(fig, path)
 
 
-def read_metrics(run_dir):
-    """The lines of ``metrics.jsonl`` in ``run_dir`` as a list of dicts ([] if the file is absent)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _series(lines, key, x_key="epoch"):
     pts = [(m[x_key], m[key]) for m in lines if m.get(key) is not None and x_key in m]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
@@ -383,10 +324,6 @@ def plot_curves(metrics, path):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.tight_layout()
     return _save(fig, path)
-
-
-GRAD_PREFIX = "grad_norm/"
-RATIO_PREFIX = "update_ratio/"
 
 
 def has_grad_norms(metrics):
@@ -457,7 +394,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     """Draw every picture of a trained run into its folder; return the list of PNG paths.
 
     ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
-    The model is rebuilt with ``minivae.train.load_run``; the test images come from ``data`` (any
+    The model is rebuilt with ``minivae.runs.load_run``; the test images come from ``data`` (any
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
@@ -466,12 +403,6 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     the list of files.
     """
     _require_matplotlib()
-    from .train import load_run
-    from .data import binarize_eval, load_mnist
-    from .models import VAE
-    from .evaluate import evaluating
-    from .random import Generator
-
     run_dir = Path(run_dir)
     _, model = load_run(run_dir)
     data = data if data is not None else load_mnist(verbose=False)
@@ -485,11 +416,11 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     # since sample() itself only turns the graph off (batch-norm layers must use running stats).
     # A model with a label draws one class per row (8 draws of the other latents each).
     with evaluating(model):
-        if getattr(model, "semi_supervised", False):
+        if model.semi_supervised:
             labels = np.repeat(np.arange(model.num_classes), 8)
-            images = model.sample(len(labels), Generator(seed=seed, stream=3), labels=labels)
+            images = model.sample(len(labels), Generator(seed=seed, stream=streams.SAMPLE_IMAGES), labels=labels)
         else:
-            images = model.sample(64, Generator(seed=seed, stream=3))
+            images = model.sample(64, Generator(seed=seed, stream=streams.SAMPLE_IMAGES))
     paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
 
     if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE

@@ -24,6 +24,13 @@ SHIM void shim_row_tiling(mv_i64 D, mv_i64* rows, int* lanes) {
     *lanes = t.lanes;
 }
 
+SHIM void shim_span_tiling(mv_i64 D, int* rows, mv_i64* chunks, int* lanes) {
+    const mv_span_tiling t = mv_span_tiling_of(D);
+    *rows = t.rows;
+    *chunks = t.chunks;
+    *lanes = t.lanes;
+}
+
 // ---- Philox -------------------------------------------------------------------------------
 SHIM void shim_philox4x32(const mv_u32* ctr, const mv_u32* key, mv_u32* out, mv_i64 n, int rounds) {
     for (mv_i64 i = 0; i < n; ++i) {
@@ -113,6 +120,23 @@ static void replay_row_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i
         }
     }
 }
+// The spans design (a candidate forward, variant 2): every lane of every span, then each row's
+// lane partials added by the halving tree, as mv_lane_tree adds them on the device.
+template <typename T, bool fuse>
+static void replay_span_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
+                            mv_u64 offset, mv_u32 stream) {
+    const mv_span_tiling t = mv_span_tiling_of(D);
+    std::vector<T> part(4 * t.lanes);
+    for (mv_i64 s = 0; s * t.rows < B; ++s) {
+        for (int j = 0; j < t.lanes; ++j)
+            mv_span_lane_fwd<T, fuse>(s, j, t, B, D, seed, offset, stream, mu, lv, z, &part[4 * j]);
+        for (int r = 0; r < t.rows && s * t.rows + r < B; ++r) {
+            for (int o = t.lanes / 2; o > 0; o /= 2)
+                for (int i = 0; i < o; ++i) part[4 * i + r] += part[4 * (i + o) + r];
+            kl[s * t.rows + r] = part[r];
+        }
+    }
+}
 template <typename T>
 static void replay_kl_bwd(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {
     for (mv_i64 c = 0; c < mv_nchunks(B * D); ++c) mv_chunk_kl_bwd<T>(c, B * D, D, gkl, mu, lv, dmu, dlv);
@@ -167,6 +191,13 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
                                         T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
                                         mv_u32 stream) {                                                     \
         replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream);                     \
+    }                                                                                                        \
+    SHIM void shim_span_fwd_##SFX(int fuse, const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,      \
+                                  mv_u64 seed, mv_u64 offset, mv_u32 stream) {                               \
+        if (fuse)                                                                                            \
+            replay_span_fwd<T, true>(mu, lv, z, kl, B, D, seed, offset, stream);                             \
+        else                                                                                                 \
+            replay_span_fwd<T, false>(mu, lv, nullptr, kl, B, D, 0, 0, 0);                                   \
     }                                                                                                        \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 

@@ -12,7 +12,7 @@ import pytest
 
 import minivae as mv
 from minivae.models import ADGM, SDGM, SemiSupervisedADGM, SemiSupervisedSDGM
-from minivae.models.semisupervised import one_hot
+from minivae.distributions import one_hot
 from minivae.random import Generator
 from minivae.train import Trainer
 

@@ -39,7 +39,8 @@ def test_train_help_lists_models_activations_devices_and_defaults(capsys):
     for text in ("--batch-size BATCH_SIZE images per optimizer step (default: 100)",
                  "--z-dim Z_DIM size of the latent code z (default: 50)",
                  "--epochs EPOCHS passes over the 50k training images (default: 150)",
-                 "(default: runs/vae)", "`minivae models`"):
+                 "default runs/vae, or runs/vae-2, runs/vae-3, ... when it holds a run",
+                 "--overwrite", "`minivae models`"):
         assert text in out
 
 

@@ -9,6 +9,7 @@ and HOME at a temporary directory and replaces the HTTP getter by one that refus
 
 import gzip
 import hashlib
+import json
 import pickle
 import shutil
 import struct
@@ -323,7 +324,24 @@ def test_cache_roundtrip_and_corruption_detected(tmp_path):
     npz.write_bytes(first)
     (tmp_path / mnist.SIDECAR_FILE).unlink()
     with pytest.raises(DataIntegrityError, match="sidecar"):
-        mnist.read_cache(tmp_path, expected_content=None)
+        mnist.read_cache(tmp_path, expected_content=None)  # nothing to verify the file against
+
+
+def test_cache_without_its_sidecar_is_verified_by_the_content_digest(tmp_path, monkeypatch):
+    arrays = small_uint8_arrays()
+    for key, a in arrays.items():  # the sizes the content check requires: those of these arrays
+        monkeypatch.setitem(mnist.SPLIT_SIZES, key[2:], a.shape[0])
+    mnist.write_cache(tmp_path, arrays, {"source": "test"})
+    sidecar = (tmp_path / mnist.SIDECAR_FILE).read_text()
+    (tmp_path / mnist.SIDECAR_FILE).unlink()
+    back = mnist.read_cache(tmp_path, expected_content=mnist.content_sha256(arrays))
+    for k in mnist.ARRAY_KEYS:
+        np.testing.assert_array_equal(back[k], arrays[k])
+    assert json.loads((tmp_path / mnist.SIDECAR_FILE).read_text())["sha256"] == json.loads(sidecar)["sha256"]
+    (tmp_path / mnist.SIDECAR_FILE).unlink()
+    with pytest.raises(DataIntegrityError, match="not the reference MNIST content"):
+        mnist.read_cache(tmp_path, expected_content="0" * 64)  # other content: still refused
+    assert not (tmp_path / mnist.SIDECAR_FILE).exists()
 
 
 def test_corrupted_cache_reported_by_load_mnist(tmp_path):

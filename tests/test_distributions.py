@@ -1,4 +1,5 @@
-"""minivae.distributions: per-example log-densities and KLs against NumPy formulas (no SciPy)."""
+"""The log-densities and KLs the models use (the fused ops of minivae.functional and the helpers
+of minivae.distributions) against NumPy formulas (no SciPy), and the shared sampling helpers."""
 import math
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 
 import minivae as mv
 import minivae.distributions as D
+from minivae import functional as F
+from minivae.random import Generator
 from minivae.gradcheck import gradcheck
 
 LOG_2PI = math.log(2 * math.pi)
@@ -27,28 +30,24 @@ def _np_log_softmax(logits):
 
 def test_log_standard_normal():
     z = rng.standard_normal((5, 3))
-    out = D.log_standard_normal(_t(z))
+    out = F.gaussian_log_prob(_t(z), 0.0, 0.0)
     assert out.shape == (5,)
     np.testing.assert_allclose(out.data, (-0.5 * (LOG_2PI + z ** 2)).sum(1), rtol=1e-13)
-    np.testing.assert_allclose(D.StandardNormal().log_prob(_t(z)).data, out.data)
 
 
-def test_log_normal_and_class():
+def test_log_normal():
     z, mu, logvar = rng.standard_normal((3, 4, 6))
-    np.testing.assert_allclose(D.log_normal(_t(z), _t(mu), _t(logvar)).data,
+    np.testing.assert_allclose(F.gaussian_log_prob(_t(z), _t(mu), _t(logvar)).data,
                                _np_log_normal(z, mu, logvar), rtol=1e-13)
-    q = D.Normal(_t(mu), _t(logvar))
-    np.testing.assert_allclose(q.log_prob(_t(z)).data, _np_log_normal(z, mu, logvar), rtol=1e-13)
-    np.testing.assert_allclose(q.std.data, np.exp(logvar / 2), rtol=1e-13)
 
 
 def test_samples_by_examples_reduce_the_last_axis():
     # (S, B, D) -> (S, B): S samples of each of B examples, broadcasting (B, D) parameters.
     z, mu, logvar = rng.standard_normal((2, 3, 4)), rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
-    out = D.log_standard_normal(_t(z))
+    out = F.gaussian_log_prob(_t(z), 0.0, 0.0)
     assert out.shape == (2, 3)
     np.testing.assert_allclose(out.data, (-0.5 * (LOG_2PI + z ** 2)).sum(-1), rtol=1e-13)
-    out = D.log_normal(_t(z), _t(mu), _t(logvar))
+    out = F.gaussian_log_prob(_t(z), _t(mu), _t(logvar))
     expected = (-0.5 * (LOG_2PI + logvar + (z - mu) ** 2 / np.exp(logvar))).sum(-1)
     np.testing.assert_allclose(out.data, expected, rtol=1e-13)
     logits = rng.standard_normal((2, 3, 5))
@@ -62,12 +61,10 @@ def test_log_bernoulli_logits():
     logits = rng.standard_normal((4, 7)) * 3
     p = 1 / (1 + np.exp(-logits))
     expected = (x * np.log(p) + (1 - x) * np.log(1 - p)).sum(1)
-    np.testing.assert_allclose(D.log_bernoulli_logits(_t(x), _t(logits)).data, expected, rtol=1e-12)
-    np.testing.assert_allclose(D.Bernoulli(_t(logits)).log_prob(_t(x)).data, expected, rtol=1e-12)
-    np.testing.assert_allclose(D.Bernoulli(_t(logits)).probs.data, p, rtol=1e-12)
+    np.testing.assert_allclose(F.bernoulli_log_prob(_t(logits), _t(x)).data, expected, rtol=1e-12)
     # confidently wrong logits stay finite (the naive log(sigmoid) form gives -inf in float32)
-    extreme = D.log_bernoulli_logits(_t(np.array([[1.0, 0.0]], np.float32)),
-                                     _t(np.array([[-200.0, 200.0]], np.float32)))
+    extreme = F.bernoulli_log_prob(_t(np.array([[-200.0, 200.0]], np.float32)),
+                                   _t(np.array([[1.0, 0.0]], np.float32)))
     np.testing.assert_allclose(extreme.data, [-400.0])
 
 
@@ -80,8 +77,6 @@ def test_log_categorical():
     out = D.log_categorical(_t(y), _t(logits))
     assert out.shape == (6,)
     np.testing.assert_allclose(out.data, expected, rtol=1e-12)
-    np.testing.assert_allclose(D.Categorical(_t(logits)).log_prob(_t(y)).data, expected, rtol=1e-12)
-    np.testing.assert_allclose(D.Categorical(_t(logits)).probs.data.sum(-1), 1.0, rtol=1e-12)
     big = D.log_categorical(_t(np.array([[0.0, 1.0]], np.float32)),
                             _t(np.array([[1000.0, 0.0]], np.float32)))
     np.testing.assert_allclose(big.data, [-1000.0])  # no overflow, no -inf
@@ -98,17 +93,15 @@ def test_log_uniform_categorical_is_a_vector_of_minus_log_k():
                                D.log_uniform_categorical(3, 10, dtype=np.float64).data, rtol=1e-13)
 
 
-def test_kls_and_rsample():
-    mu_q, lv_q, mu_p, lv_p, eps = rng.standard_normal((5, 3, 4))
-    q, p = D.Normal(_t(mu_q), _t(lv_q)), D.Normal(_t(mu_p), _t(lv_p))
+def test_kls():
+    mu_q, lv_q, mu_p, lv_p = rng.standard_normal((4, 3, 4))
     kl_std = 0.5 * (mu_q ** 2 + np.exp(lv_q) - 1 - lv_q).sum(1)
-    np.testing.assert_allclose(q.kl_std().data, kl_std, rtol=1e-12)
-    np.testing.assert_allclose(q.kl(D.StandardNormal()).data, kl_std, rtol=1e-12)
-    np.testing.assert_allclose(D.kl_normal_std(_t(mu_q), _t(lv_q)).data, kl_std, rtol=1e-12)
+    np.testing.assert_allclose(F.kl_normal_std(_t(mu_q), _t(lv_q)).data, kl_std, rtol=1e-12)
     kl_qp = 0.5 * (lv_p - lv_q + (np.exp(lv_q) + (mu_q - mu_p) ** 2) / np.exp(lv_p) - 1).sum(1)
-    np.testing.assert_allclose(q.kl(p).data, kl_qp, rtol=1e-12)
-    np.testing.assert_allclose(q.kl(q).data, 0.0, atol=1e-12)
-    np.testing.assert_allclose(q.rsample(_t(eps)).data, mu_q + np.exp(lv_q / 2) * eps, rtol=1e-13)
+    np.testing.assert_allclose(F.kl_normal_normal(_t(mu_q), _t(lv_q), _t(mu_p), _t(lv_p)).data, kl_qp,
+                               rtol=1e-12)
+    np.testing.assert_allclose(F.kl_normal_normal(_t(mu_q), _t(lv_q), _t(mu_q), _t(lv_q)).data, 0.0,
+                               atol=1e-12)
 
 
 def test_kl_std_equals_the_monte_carlo_expectation():
@@ -117,9 +110,9 @@ def test_kl_std_equals_the_monte_carlo_expectation():
     mu, lv = np.array([[0.3, -1.0]]), np.array([[-0.5, 0.4]])
     eps = np.random.default_rng(1).standard_normal((200_000, 2))
     z = mu + np.exp(lv / 2) * eps
-    q = D.Normal(_t(np.broadcast_to(mu, z.shape).copy()), _t(np.broadcast_to(lv, z.shape).copy()))
-    mc = (q.log_prob(_t(z)).data - D.log_standard_normal(_t(z)).data).mean()
-    assert mc == pytest.approx(float(D.kl_normal_std(_t(mu), _t(lv)).data[0]), abs=0.01)
+    log_q = F.gaussian_log_prob(_t(z), _t(mu), _t(lv)).data
+    mc = (log_q - F.gaussian_log_prob(_t(z), 0.0, 0.0).data).mean()
+    assert mc == pytest.approx(float(F.kl_normal_std(_t(mu), _t(lv)).data[0]), abs=0.01)
 
 
 def test_gradients_flow_through_the_wrappers():
@@ -129,19 +122,19 @@ def test_gradients_flow_through_the_wrappers():
     z = _t(rng.standard_normal((3, 2)), requires_grad=True)
     mu = _t(rng.standard_normal((3, 2)), requires_grad=True)
     lv = _t(rng.standard_normal((3, 2)), requires_grad=True)
-    assert gradcheck(lambda z, m, v: D.log_normal(z, m, v) + D.log_standard_normal(z), z, mu, lv)
+    assert gradcheck(lambda z, m, v: F.gaussian_log_prob(z, m, v) + F.gaussian_log_prob(z, 0.0, 0.0), z, mu, lv)
 
 
 def test_float32_stays_float32():
     z = _t(rng.standard_normal((3, 2)).astype(np.float32))
-    assert D.log_standard_normal(z).dtype == np.float32
+    assert F.gaussian_log_prob(z, 0.0, 0.0).dtype == np.float32
     assert D.log_categorical(z, z).dtype == np.float32
 
 
 def _kl_and_log_prob_with_grads(mu_q, lv_q, mu_p, lv_p, z):
     args = [_t(a, requires_grad=True) for a in (mu_q, lv_q, mu_p, lv_p, z)]
-    kl = D.kl_normal_normal(*args[:4])
-    lp = D.log_normal(args[4], args[2], args[3])
+    kl = F.kl_normal_normal(*args[:4])
+    lp = F.gaussian_log_prob(args[4], args[2], args[3])
     (kl.sum() + lp.sum()).backward()
     return kl.data, lp.data, [a.grad for a in args]
 
@@ -164,3 +157,23 @@ def test_collapsed_prior_variance_gives_finite_kl_and_log_density_in_float32():
     for g32, g64 in zip(got[2], ref[2]):
         assert np.isfinite(g32).all()
         np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5)
+
+
+def test_sample_bernoulli_draws_pixels_below_their_means():
+    probs = np.array([[0.0, 1.0, 0.25, 0.75]] * 20000, dtype=np.float32)
+    images = D.sample_bernoulli(probs, Generator(3))
+    assert images.dtype == np.float32 and set(np.unique(images)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(images[:, :2], probs[:, :2])  # p = 0 never fires, p = 1 always
+    np.testing.assert_allclose(images.mean(axis=0)[2:], [0.25, 0.75], atol=0.01)
+    # the same generator state gives the same images: u < p with u ~ U[0, 1) from the generator
+    u = Generator(3).uniform(probs.shape, dtype=np.float32)
+    np.testing.assert_array_equal(images, (u < probs).astype(np.float32))
+
+
+def test_one_hot_checks_the_labels():
+    like = _t(np.zeros(1, np.float32))
+    y = D.one_hot(np.array([2, 0]), 3, like)
+    np.testing.assert_array_equal(y.data, [[0, 0, 1], [1, 0, 0]])
+    assert y.dtype == np.float32
+    with pytest.raises(ValueError, match=r"integers in \[0, 3\)"):
+        D.one_hot(np.array([3]), 3, like)

@@ -198,6 +198,9 @@ def test_ops_gradcheck_float64_on_device():
     noise = mr.Noise(77, 3)
     assert mv.gradcheck(lambda m, lv: F.reparameterize(m, lv, noise), mu, logvar)
     assert mv.gradcheck(lambda m, lv: F.kl_normal_std(m, lv), mu, logvar)
+    # the fused pair as one two-output op (a random upstream gradient for z and for kl)
+    assert mv.gradcheck(lambda m, lv: F.reparameterize_kl(m, lv, noise), mu, logvar)
+    assert mv.gradcheck(lambda m, lv: F.reparameterize_kl(m, lv, noise, samples=3), mu, logvar)
     # MC samples: z of shape (S, B, D) from (B, D) parameters
     assert mv.gradcheck(lambda m, lv: F.reparameterize(m, lv, noise, shape=(3, 6, 5)), mu, logvar)
     # the same eps on both devices
@@ -405,3 +408,47 @@ def test_cublas_gemms_captured_in_a_cuda_graph(dtype):
         want = cp.matmul(cp.maximum(cp.matmul(x, w1), 0), w2.T)
         tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(host(y), host(want), **tol)
+
+
+# ------------------------------------------------------------------------------ the dispatch table
+@pytest.mark.parametrize("mc_samples", [1, 3])
+def test_the_fused_kernels_run_in_a_vae_training_step(monkeypatch, mc_samples):
+    """A VAE training step on the GPU runs the loss's ReparameterizeKL node on the fused kernels
+    of the dispatch table (launches counted by wrapping the table's rows) and Adam as one launch
+    over all parameters; the same step on the CPU gives the same loss to float32 rounding."""
+    import dataclasses
+
+    import minivae as mv
+    from minivae import optim
+    from minivae.gpu import dispatch
+    from minivae.models import VAE
+
+    counts = {}
+
+    def counted(name, fn):
+        def run(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return fn(*args, **kwargs)
+        return run
+
+    for op in ("ReparameterizeKL", "Adam"):
+        row = dispatch.TABLE[op]
+        monkeypatch.setitem(dispatch.TABLE, op, dataclasses.replace(
+            row, forward=counted(f"{op}.forward", row.forward),
+            backward=row.backward and counted(f"{op}.backward", row.backward)))
+    x = (np.random.default_rng(0).uniform(size=(100, 784)) < 0.5).astype(np.float32)
+    losses = []
+    for device in ("gpu", "cpu"):
+        mv.nn.init.manual_seed(0)
+        model = VAE(mc_samples=mc_samples).to(device)
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+        loss, _ = model.loss(mv.tensor(x).to(device), mr.Generator(seed=3))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if device == "gpu":
+            assert counts == {"ReparameterizeKL.forward": 1, "ReparameterizeKL.backward": 1, "Adam.forward": 1}
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    mu = cp.zeros((100, 50), dtype=cp.float32)
+    assert dispatch.explain("ReparameterizeKL", mu, mu).startswith("kernel: ")
+    assert dispatch.explain("KLNormalStd", mu, mu[0]).startswith("xp code on CuPy")

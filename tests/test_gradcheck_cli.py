@@ -105,7 +105,7 @@ def test_cli_reports_a_failure(capsys, monkeypatch):
     monkeypatch.setitem(gradcheck_cases.CASES, SquareOff, [case("off by 1%", SquareOff.apply, U(2, 3))])
     assert main(["gradcheck", "--op", "SquareOff"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL at element" in out and "0 of 1 checks passed: FAILED SquareOff / off by 1% / input #0" in out
+    assert "FAIL at element" in out and "0 of 1 checks passed: FAILED SquareOff / off by 1% / input x" in out
 
 
 def test_cli_errors(capsys):

@@ -76,14 +76,14 @@ def test_correct_backward_passes(t64):
 
 def test_off_by_one_percent_is_caught_and_named(t64):
     x = t64(3, 4)
-    with pytest.raises(GradcheckError, match=r"input 0 disagrees at element \(0, 0\): analytic .*numeric"):
+    with pytest.raises(GradcheckError, match=r"input 0 \(x\) disagrees at element \(0, 0\): analytic .*numeric"):
         gradcheck(SquareOff.apply, x)
 
 
 def test_transposed_gradient_is_caught_on_the_right_input(t64):
     a, b = t64(3, 3), t64(3, 3)
     assert gradcheck(lambda a, b: a @ b, a, b)  # the real matmul passes
-    with pytest.raises(GradcheckError, match=r"input 1 disagrees at element \(\d+, \d+\)"):
+    with pytest.raises(GradcheckError, match=r"input 1 \(b\) disagrees at element \(\d+, \d+\)"):
         gradcheck(MatmulTransposedGrad.apply, a, b)
 
 
@@ -115,7 +115,7 @@ def test_random_direction_path_catches_one_wrong_element(t64):
 def test_random_direction_path_catches_transposition_on_large_input(t64):
     a, b = t64(17, 17), t64(17, 17)
     assert gradcheck(lambda a, b: a @ b, a, b)
-    with pytest.raises(GradcheckError, match="input 1 disagrees at random direction"):
+    with pytest.raises(GradcheckError, match=r"input 1 \(b\) disagrees at random direction"):
         gradcheck(MatmulTransposedGrad.apply, a, b)
 
 
@@ -250,3 +250,25 @@ def test_each_output_gets_its_own_random_upstream_gradient(t64, monkeypatch):
 def test_an_unused_output_is_checked_as_constant(t64):
     # Only the product is returned: the sum's upstream gradient is None inside backward.
     assert gradcheck(lambda a, b: SumAndProduct.apply(a, b)[1], t64(3), t64(3))
+
+
+def test_inputs_are_named_by_the_forward_arguments():
+    import minivae.functional as F
+    from minivae.gradcheck import input_names
+    from minivae.ops.vae import Reparameterize
+
+    assert input_names(F.linear, 3) == ["x", "W", "b"]
+    assert input_names(MatmulTransposedGrad.apply, 2) == ["a", "b"]
+    assert input_names(lambda mu, logvar: mu, 2) == ["mu", "logvar"]
+    assert input_names(lambda *xs: xs[0], 2) == ["xs[0]", "xs[1]"]
+    assert input_names(max, 2) == ["#0", "#1"]  # a builtin without a readable signature
+    assert input_names(Reparameterize.apply, 2)[:2] == ["mu", "logvar"]
+
+
+def test_failure_shows_the_name_and_both_values(t64):
+    with pytest.raises(GradcheckError) as err:
+        gradcheck(lambda mu, logvar: SquareOff.apply(mu) + logvar, t64(2, 2), t64(2, 2))
+    message = str(err.value)
+    assert "input 0 (mu)" in message
+    analytic, numeric = (float(m) for m in re.findall(r"(?:analytic|numeric) ([-+0-9.e]+)", message)[:2])
+    assert analytic == pytest.approx(numeric * 1.01, rel=1e-6)

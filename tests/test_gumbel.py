@@ -12,7 +12,8 @@ from minivae.gradcheck import gradcheck
 from minivae.models import GumbelSoftmaxVAE, build_model
 from minivae.models.gumbel import temperature
 from minivae.random import Generator
-from minivae.train import METRICS, Trainer
+from minivae.runs import METRICS
+from minivae.train import Trainer
 
 
 def small(**kw):

@@ -16,16 +16,6 @@ import pytest
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "minivae"
 
-#: Cycles that exist today and are being removed by a change in progress; each is written from
-#: its alphabetically first module. Empty this when that change lands: the test then fails on
-#: any cycle at all.
-KNOWN_CYCLES_BEING_REMOVED = {
-    ("minivae.models", "minivae.models.m1m2", "minivae.train"),
-    ("minivae.trace", "minivae.viz", "minivae.train"),
-    ("minivae.models", "minivae.models.m1m2", "minivae.train", "minivae.trace", "minivae.viz"),
-}
-
-
 def module_names(package_dir):
     """``{dotted module name: path}`` of every ``.py`` file under ``package_dir``."""
     root = package_dir.parent
@@ -98,10 +88,7 @@ def _describe(cycles):
 
 def test_minivae_has_no_import_cycles():
     cycles = find_cycles(import_graph(PACKAGE_DIR))
-    new = cycles - KNOWN_CYCLES_BEING_REMOVED
-    assert not new, f"import cycles:\n{_describe(new)}"
-    gone = KNOWN_CYCLES_BEING_REMOVED - cycles
-    assert not gone, f"these cycles are gone; remove them from KNOWN_CYCLES_BEING_REMOVED:\n{_describe(gone)}"
+    assert not cycles, f"import cycles:\n{_describe(cycles)}"
 
 
 def _package(tmp_path, files):

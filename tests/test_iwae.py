@@ -80,7 +80,7 @@ def test_k1_bound_is_the_elbo(rng):
 def test_k_samples_are_independent_draws_per_example(rng):
     model = two_layer()
     x = binary(rng, 3)
-    (z1, z2), _ = model._posterior(x, 6, Generator(5))
+    (z1, z2), _, _ = model._posterior(x, 6, Generator(5))
     assert z1.shape == (6, 3, 4) and z2.shape == (6, 3, 2)
     for z in (z1.data, z2.data):
         for b in range(3):

@@ -84,6 +84,34 @@ def test_cu_compiles_to_ptx(ptx, cu, arch):
     assert entries == set(ENTRY_POINTS[cu])  # extern "C": unmangled, nothing else exported
 
 
+def _ab_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ab_row_kernels", ROOT / "benchmarks" / "ab_row_kernels.py")
+    ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ab)
+    return ab
+
+
+def test_row_forward_variants_compile(tmp_path):
+    """Every candidate design of the forward row kernels (benchmarks/ab_row_kernels.py) compiles
+    to PTX for sm_90 without a warning, with the same entry points."""
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH")
+    procs = []
+    for name, opts in _ab_script().VARIANTS.items():
+        for cu in ("kl.cu", "fused.cu"):
+            dst = tmp_path / f"{name}.{cu}.ptx"
+            cmd = [NVCC, "-ptx", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", *opts,
+                   "-I", str(KERNELS), "-o", str(dst), str(KERNELS / cu)]
+            procs.append((name, cu, dst, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                          text=True)))
+    for name, cu, dst, proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, f"{name} {cu}:\n{err}"
+        assert set(re.findall(r"\.entry\s+(\w+)", dst.read_text())) == set(ENTRY_POINTS[cu])
+
+
 def test_no_fast_math_in_ptx(ptx):
     """--use_fast_math would replace logf/sqrtf/sinf by approximate instructions (lg2.approx,
     sqrt.approx, sin.approx) with flush-to-zero; the IEEE build has sqrt.rn and none of those.
@@ -122,17 +150,28 @@ def test_nvrtc_compiles_sources():
 # ------------------------------------------------------------------------------ host build
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory):
+    return _build_shim(tmp_path_factory)
+
+
+def _build_shim(tmp_path_factory, *defines):
     if CXX is None:
         pytest.skip("no C++ compiler (g++) found: cannot build the host shim")
     out = tmp_path_factory.mktemp("shim") / "libminivae_shim.so"
     proc = subprocess.run(
-        [CXX, "-O2", "-std=c++14", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+        [CXX, "-O2", "-std=c++14", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC", *defines,
          "-I", str(KERNELS), str(SHIM_SRC), "-o", str(out)],
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
     assert lib.shim_abi_version() == 3
     return lib
+
+
+@pytest.fixture(scope="module")
+def shim_spans_other(tmp_path_factory):
+    """The host shim with the other parameters of the spans design (one chunk loaded at a time,
+    four chunks or more per lane)."""
+    return _build_shim(tmp_path_factory, "-DMV_SPAN_BATCH=1", "-DMV_SPAN_LANE_CHUNKS=4")
 
 
 def test_headers_compile_as_cuda_host_code(tmp_path):
@@ -426,6 +465,80 @@ def test_segment_sum_order_is_the_documented_one(shim, dtype):
         assert got == _documented_row_sum(terms[:n], P, tile=10 ** 9), (n, P)
 
 
+def _span_tiling(shim, D):
+    rows, chunks, lanes = _INT(0), _I64(0), _INT(0)
+    shim.shim_span_tiling(_I64(D), ctypes.byref(rows), ctypes.byref(chunks), ctypes.byref(lanes))
+    return rows.value, chunks.value, lanes.value
+
+
+def _documented_span_sums(terms, B, D, m, G):
+    """The row sums of the spans design in the order documented in kernels/chunks.cuh: spans of
+    m rows; lane j adds the terms of the span's chunks j, j + G, ... in element order to its
+    partial of their row; the G partials of a row are added by the halving tree."""
+    zero = terms.dtype.type(0)
+    kl = np.empty(B, terms.dtype)
+    for s in range(-(-B // m)):
+        lo = s * m * D
+        hi = min(lo + m * D, B * D)
+        part = [[zero] * m for _ in range(G)]
+        for j in range(G):
+            for k in range(j, m * D // 4, G):
+                for off in range(4 * k, 4 * k + 4):
+                    if lo + off < hi:
+                        part[j][off // D] = part[j][off // D] + terms[lo + off]
+        o = G // 2
+        while o:
+            for i in range(o):
+                part[i] = [a + b for a, b in zip(part[i], part[i + o])]
+            o //= 2
+        for r in range(m):
+            if s * m + r < B:
+                kl[s * m + r] = part[0][r]
+    return kl
+
+
+def test_span_tiling(shim):
+    """Spans of the candidate design start on chunk boundaries; two chunks or more per lane."""
+    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 4101]:
+        m, S, G = _span_tiling(shim, D)
+        assert (m * D) % 4 == 0 and m * D // 4 == S and m == 4 // math.gcd(D, 4)
+        assert G & (G - 1) == 0 and 1 <= G <= 32 and (G == 1 or 2 * G <= S)
+    assert _span_tiling(shim, 50) == (2, 25, 8) and _span_tiling(shim, 784) == (1, 196, 32)
+
+
+def test_span_tiling_other_parameters(shim_spans_other):
+    assert _span_tiling(shim_spans_other, 50) == (2, 25, 4) and _span_tiling(shim_spans_other, 10) == (2, 5, 1)
+
+
+@pytest.mark.parametrize("params", ["default", "other"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ROW_SHAPES + [(9, 1), (7, 7), (5, 10)])
+def test_replay_span_rows(shim, shim_spans_other, params, dtype, shape):
+    """The spans design (a candidate forward row kernel): z as the reparameterization, kl in
+    its documented order bit for bit (with the default parameters and the others)."""
+    if params == "other":
+        shim = shim_spans_other
+    B, D = shape
+    seed, offset, stream = 99, 3, 1
+    mu, logvar = _inputs(shape, dtype, B * D)
+    sfx = _sfx(dtype)
+    terms = np.empty(B * D, dtype)
+    call(shim, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
+    m, _, G = _span_tiling(shim, D)
+    ordered = _documented_span_sums(terms, B, D, m, G)
+    z_ref = np.full(shape, np.nan, dtype)
+    call(shim, f"shim_reparam_fwd_{sfx}", mu, logvar, z_ref, _I64(B * D), _U64(seed), _U64(offset), _U32(stream))
+    for fuse in (0, 1):
+        z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
+        call(shim, f"shim_span_fwd_{sfx}", _INT(fuse), mu, logvar, z if fuse else None, kl, _I64(B), _I64(D),
+             _U64(seed), _U64(offset), _U32(stream))
+        np.testing.assert_array_equal(kl, ordered)
+        np.testing.assert_allclose(kl, _ref_kl_terms(mu, logvar).sum(axis=1),
+                                   rtol=TOL[dtype][0] * max(1, D) ** 0.5 * 4, atol=TOL[dtype][1])
+        if fuse:
+            np.testing.assert_array_equal(z, z_ref)
+
+
 # ------------------------------------------------------------------------------ wrappers on a fake CuPy
 _CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32, "int": np.int32,
            "float": np.float32, "double": np.float64}
@@ -458,8 +571,9 @@ class _FakeKernel:
         "mv_uniform": ("shim_generate", lambda a: a[:2] + [_INT(1)] + a[2:]),
     }
 
-    def __init__(self, lib, name, sig, calls):
+    def __init__(self, lib, name, sig, calls, replay=None):
         self.lib, self.name, self.sig, self.calls = lib, name, sig, calls
+        self.replay = replay  # a function of the C arguments, instead of the shim's default replay
 
     def __call__(self, grid, block, args):
         assert len(args) == len(self.sig), f"{self.name}: {len(args)} args for {len(self.sig)} params"
@@ -480,14 +594,17 @@ class _FakeKernel:
                 cargs.append(_CSCALAR[ctype](a.item()))
         base = re.sub(r"_f(32|64)$", "", self.name)
         sfx = self.name[len(base):]
-        if base in self.REPLAY:
-            shim_name, conv = self.REPLAY[base]
-            cargs = conv(cargs)
+        if self.replay is not None:
+            self.replay(cargs)
         else:
-            shim_name = "shim_" + base[len("mv_"):]
-        fn = getattr(self.lib, shim_name + sfx)
-        fn.restype = None
-        fn(*cargs)
+            if base in self.REPLAY:
+                shim_name, conv = self.REPLAY[base]
+                cargs = conv(cargs)
+            else:
+                shim_name = "shim_" + base[len("mv_"):]
+            fn = getattr(self.lib, shim_name + sfx)
+            fn.restype = None
+            fn(*cargs)
         self.calls.append((self.name, grid, block))
 
 
@@ -559,6 +676,19 @@ def test_wrappers_on_fake_gpu(fake_gpu, dtype):
     dmu_none, _ = K.reparameterize_kl_backward(dz, None, mu, logvar, seed, offset)
     np.testing.assert_allclose(dmu_none, dz, rtol=0, atol=0)
     assert {c[0] for c in calls} >= {f"mv_reparam_kl_bwd_{_sfx(dtype)}", f"mv_kl_fwd_{_sfx(dtype)}"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_sums_of_empty_rows_are_zero(fake_gpu, dtype):
+    """The forward row kernels write every row's kl (no memset first); rows of D = 0, which no
+    kernel runs on, sum to 0."""
+    K, calls = fake_gpu
+    empty = np.zeros((3, 0), dtype)
+    np.testing.assert_array_equal(K.kl_normal_std_forward(empty, empty), np.zeros(3, dtype))
+    z, kl = K.reparameterize_kl_forward(empty, empty, 1, 2)
+    assert z.shape == (3, 0)
+    np.testing.assert_array_equal(kl, np.zeros(3, dtype))
+    assert not calls
 
 
 def test_wrappers_validate(fake_gpu):
@@ -646,23 +776,6 @@ def test_pyproject_lists_every_package():
     assert set(conf["package-data"]["minivae.kernels"]) >= {"*.cu", "*.cuh"}
 
 
-def test_noise_draws_on_fake_gpu(fake_gpu):
-    """Noise / Generator with xp=<GPU module> go through minivae.gpu (here: the fake)."""
-    K, calls = fake_gpu
-    xp = types.SimpleNamespace(log=np.log, asarray=np.asarray)  # stands for cupy
-    noise = mr.Noise(5, 6, 1)
-    np.testing.assert_allclose(noise.normal((4, 5), np.float32, xp=xp), noise.normal((4, 5)), **dict(
-        zip(("rtol", "atol"), TOL[np.float32])))
-    np.testing.assert_array_equal(noise.uniform(7, np.float64, xp=xp), noise.uniform(7, np.float64))
-    np.testing.assert_allclose(noise.gumbel(9, np.float64, xp=xp), noise.gumbel(9, np.float64), rtol=1e-15)
-    g = mr.Generator(3)
-    a = g.normal((2, 3), xp=xp)
-    assert g.offset == 1 and a.shape == (2, 3)
-    assert {c[0] for c in calls} >= {"mv_normal_f32", "mv_uniform_f64"}
-    with pytest.raises(ValueError):
-        noise.normal(4, xp=xp, start=1)
-
-
 ADAM_SETTINGS = [dict(), dict(weight_decay=0.1), dict(amsgrad=True),
                  dict(weight_decay=0.05, decoupled_weight_decay=True),
                  dict(weight_decay=0.05, decoupled_weight_decay=True, amsgrad=True)]
@@ -693,10 +806,12 @@ def assert_same_adam_state(params, states, want_params, want_states):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", ADAM_SETTINGS, ids=ADAM_IDS)
 def test_adam_kernel_equals_the_numpy_optimizer_bit_for_bit(fake_gpu, monkeypatch, dtype, kw):
-    """minivae.optim.Adam's GPU branch (its scalars, the wrapper, adam.cu's per-entry update,
-    here built for the host) against its NumPy branch: the same bits after six steps."""
+    """minivae.optim.Adam's GPU path (its scalars, the dispatch table's row, the wrapper, adam.cu's
+    per-entry update, here built for the host) against its xp code on NumPy: the same bits after
+    six steps, with one launch per step for all parameters (one flat buffer)."""
     import minivae as mv
     from minivae import optim
+    from minivae.gpu import dispatch
 
     K, calls = fake_gpu
     start, grads = adam_case(dtype)
@@ -705,14 +820,14 @@ def test_adam_kernel_equals_the_numpy_optimizer_bit_for_bit(fake_gpu, monkeypatc
         params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
         opt = optim.Adam(params, lr=1e-2, flush_every=0, **kw)
         with monkeypatch.context() as mp:
-            if gpu:  # the optimizer sees a "GPU" module; its arrays are NumPy, the kernel the host build
-                mp.setattr(optim, "get_array_module", lambda *arrays: K.cp)
+            if gpu:  # the table takes the arrays for CuPy's; they are NumPy, the kernel the host build
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
             for step in grads:
                 for p, g in zip(params, step):
                     p.grad = g
                 opt.step()
         finals.append(([p.data for p in params], opt.state))
-    assert sum(c[0] == f"mv_adam_{_sfx(dtype)}" for c in calls) == len(grads) * len(start)
+    assert sum(c[0] == f"mv_adam_{_sfx(dtype)}" for c in calls) == len(grads)
     assert_same_adam_state(*finals[0], *finals[1])
 
 
@@ -726,3 +841,159 @@ def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
         K.adam_update(p, p.copy(), np.zeros((4, 3), np.float64), p.copy(), None, **ok)
     with pytest.raises(ValueError, match="shape"):
         K.adam_update(p, np.zeros(12, np.float32), p.copy(), p.copy(), None, **ok)
+
+
+@pytest.mark.parametrize("mc_samples", [1, 3])
+def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, monkeypatch, mc_samples):
+    """A VAE training step with the dispatch table taking every array for a CuPy array: the
+    loss's ReparameterizeKL node runs the fused forward and backward kernels (host builds, through
+    the launch wrappers) and Adam one launch; loss, gradients and weights agree with the CPU step."""
+    import minivae as mv
+    from minivae import optim
+    from minivae.gpu import dispatch
+    from minivae.models import VAE
+
+    K, calls = fake_gpu
+    x = (np.random.default_rng(0).uniform(size=(6, 12)) < 0.5).astype(np.float32)
+    out = []
+    for gpu in (True, False):
+        model = VAE(x_dim=12, z_dim=3, hidden=(8,), mc_samples=mc_samples, rng=np.random.default_rng(1))
+        opt = optim.Adam(model.parameters(), lr=1e-2)
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            loss, _ = model.loss(mv.tensor(x), mr.Noise(seed=4, offset=2))
+            loss.backward()
+            grads = [p.grad.copy() for p in model.parameters()]
+            opt.step()
+        out.append((loss.item(), grads, [p.data.copy() for p in model.parameters()]))
+    names = [c[0] for c in calls]
+    assert names.count("mv_reparam_kl_fwd_f32") == names.count("mv_reparam_kl_bwd_f32") == 1
+    assert names.count("mv_adam_f32") == 1
+    (loss_g, grads_g, w_g), (loss_c, grads_c, w_c) = out
+    assert loss_g == pytest.approx(loss_c, rel=1e-5)
+    for a, b in zip(grads_g + w_g, grads_c + w_c):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ the A/B benchmark on a fake CuPy
+class _FakeModule:
+    """cupy.RawModule of the fake: kernels checked against their C signatures, run by the host
+    replays (the spans design's own replay, with the default parameters, where
+    -DMV_ROW_FWD_VARIANT=2 is among the options)."""
+
+    def __init__(self, lib, calls, code, options):
+        assert code.startswith("// minivae kernel source:") and "--std=c++14" in options
+        self.lib, self.calls, self.sigs = lib, calls, _signatures()
+        self.spans = "-DMV_ROW_FWD_VARIANT=2" in options
+
+    def get_function(self, name):
+        replay = None
+        if self.spans and name.startswith(("mv_kl_fwd_", "mv_reparam_kl_fwd_")):
+            fn = getattr(self.lib, "shim_span_fwd_" + name[-3:])
+            fn.restype = None
+            if name.startswith("mv_kl_fwd_"):
+                def replay(a):
+                    fn(_INT(0), a[0], a[1], None, a[2], a[3], a[4], _U64(0), _U64(0), _U32(0))
+            else:
+                def replay(a):
+                    fn(_INT(1), *a)
+        return _FakeKernel(self.lib, name, self.sigs[name], self.calls, replay)
+
+
+def _fake_cupy(lib, calls):
+    class Event:
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class RandomState:
+        def __init__(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+        def standard_normal(self, size, dtype=np.float64):
+            return self.rng.standard_normal(size).astype(dtype)
+
+        def uniform(self, low, high, size):
+            return self.rng.uniform(low, high, size)
+
+    pool = types.SimpleNamespace(free_all_blocks=lambda: None)
+    cuda = types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: 0.5,
+        Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 2}),
+        runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda d: {"name": b"Fake GPU"}))
+    return types.SimpleNamespace(
+        __version__="fake", cuda=cuda, random=types.SimpleNamespace(RandomState=RandomState),
+        RawModule=lambda code, options: _FakeModule(lib, calls, code, options),
+        get_default_memory_pool=lambda: pool, float32=np.float32, float64=np.float64,
+        ones=np.ones, empty=np.empty, empty_like=np.empty_like, full=np.full, abs=np.abs,
+        maximum=np.maximum, expm1=np.expm1, array_equal=np.array_equal, asnumpy=np.asarray)
+
+
+def test_ab_row_kernels_on_fake_gpu(shim, tmp_path):
+    """benchmarks/ab_row_kernels.py end to end on a fake CuPy (every launch's arguments checked
+    against the C signature, kernels replayed on the host): every variant passes its checks and
+    is timed, and one JSON is written."""
+    import json
+
+    ab = _ab_script()
+    calls = []
+    res = ab.main(["--sizes", "600,3000", "--D", "2,3,50,784", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)],
+                  cp=_fake_cupy(shim, calls))
+    assert set(res["variants"]) == set(ab.VARIANTS)
+    for name, info in res["variants"].items():
+        assert info["edge_checks_passed"], (name, info["failures"])
+    assert len(res["rows"]) == 2 * 4 * len(ab.VARIANTS) * 2
+    for r in res["rows"]:
+        assert "error" not in r and r["us"] > 0 and r["kl_max_rel_err"] <= 1e-5, r
+        if r["variant"] == "regtiles":  # the order of the tiles: the same kl bit for bit
+            assert r["kl_bit_identical_to_tiles"], r
+    assert {c[0] for c in calls} >= {"mv_kl_fwd_f32", "mv_reparam_kl_fwd_f64", "mv_reparam_fwd_f32"}
+    files = list(tmp_path.glob("ab_row_kernels_fake-gpu_*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == res["rows"]
+    assert res["complete"] and set(res["copy_gbps"]) == {"start", "end"}
+    cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "tiles,spans", "--copy-mib", "1",
+                   "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(shim, calls))
+    assert not cut["complete"] and cut["rows"] == [] and len(cut["skipped_cases"]) == 2
+    # one block per tile for the tiles; the spans' lanes, at most max_grid blocks
+    assert ab.launch_grid("tiles", 1000, 50, 64) == 25 and ab.launch_grid("regtiles", 1000, 50, 64) == 13
+    assert ab.launch_grid("spans", 1000, 50, 64) == 16 and ab.launch_grid("spans", 10 ** 6, 50, 64) == 64
+    for D in (1, 2, 3, 10, 50, 784, 4101):
+        assert ab._span_lanes(D) == _span_tiling(shim, D)[2]
+    assert ab._span_lanes(50, 4) == 4 and ab.launch_grid("spans-wide", 1000, 50, 64) == 8
+    assert ab._span_lanes(784, 100000) == 1 and ab.launch_grid("spans-thread", 1000, 50, 64) == 2
+
+
+def test_ab_row_kernels_reports_a_failing_variant(shim, tmp_path, monkeypatch):
+    """A variant whose kl is wrong is reported with its failures and not timed."""
+    ab = _ab_script()
+    calls = []
+    fake = _fake_cupy(shim, calls)
+    real = fake.RawModule
+
+    def broken(code, options):
+        mod = real(code, options)
+        if "-DMV_ROW_FWD_VARIANT=1" in options:
+            get = mod.get_function
+
+            def get_function(name):
+                k = get(name)
+                if name.startswith("mv_kl_fwd_"):
+                    def wrong(a):  # one row's kl never written
+                        shim_fn = getattr(shim, "shim_kl_fwd_" + name[-3:])
+                        shim_fn.restype = None
+                        shim_fn(a[0], a[1], a[2], _I64(a[3].value - 1), a[4])
+                    k.replay = wrong
+                return k
+            mod.get_function = get_function
+        return mod
+
+    fake.RawModule = broken
+    res = ab.main(["--sizes", "600", "--D", "50", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)], cp=fake)
+    assert not res["variants"]["regtiles"]["edge_checks_passed"]
+    assert any("kl relative error nan" in f for f in res["variants"]["regtiles"]["failures"])
+    assert res["worst_share_of_copy"]["regtiles"].startswith("failed")
+    assert all(r["variant"] != "regtiles" for r in res["rows"])
+    assert res["variants"]["spans"]["edge_checks_passed"]

@@ -11,7 +11,8 @@ from minivae.gradcheck import check_float32, gradcheck
 from minivae.models import LadderVAE, build_model
 from minivae.ops.ladder import PrecisionWeightedMerge, precision_weighted_merge
 from minivae.random import Generator
-from minivae.train import METRICS, Trainer
+from minivae.runs import METRICS
+from minivae.train import Trainer
 
 
 def closed_form(mu_hat, var_hat, mu_p, var_p):

@@ -20,9 +20,12 @@ import minivae as mv
 from minivae import nn
 from minivae.cli import main
 from minivae.models import M2, LadderM2, build_model
-from minivae.models.semisupervised import JointMLP, one_hot
+from minivae.distributions import one_hot
+from minivae.models.common import JointMLP
 from minivae.random import Generator
-from minivae.train import METRICS, Trainer, classification_error
+from minivae.evaluate import classification_error
+from minivae.runs import METRICS
+from minivae.train import Trainer
 
 
 def np_kl_normal(mu_q, logvar_q, mu_p, logvar_p):

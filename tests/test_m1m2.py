@@ -7,7 +7,8 @@ import pytest
 import minivae as mv
 from minivae.models import VAE, M1M2, build_model
 from minivae.random import Generator
-from minivae.train import TrainConfig, Trainer
+from minivae.runs import NotARunError, TrainConfig, build_run_model, load_run
+from minivae.train import Trainer
 
 from test_m2 import np_log_softmax
 from test_train import check_exact_resume, small_data
@@ -94,20 +95,23 @@ def _vae_run(tmp_path, data, name="m1", model="vae"):
 def test_m1_comes_from_a_run_folder_and_bad_m1_is_named(tmp_path):
     data = small_data(n_train=100, n_eval=20)
     run = _vae_run(tmp_path, data)
-    model = build_model("m1m2", m1=str(run), z_dim=3, hidden=(8,))
-    _, vae = mv.train.load_run(run)
+    def m1m2_config(m1):
+        return TrainConfig(model="m1m2", z_dim=3, hidden=(8,), model_options={"m1": str(m1)})
+
+    model = build_run_model(m1m2_config(run))  # the run layer loads the VAE of the run folder
+    _, vae = load_run(run)
     for name, value in vae.state_dict().items():
         np.testing.assert_array_equal(model.m1.state_dict()[name], value)
     assert model.x_dim == 784
     with pytest.raises(ValueError, match="--set m1=RUN"):
         build_model("m1m2")
-    with pytest.raises(FileNotFoundError, match="not a run folder"):
-        build_model("m1m2", m1=str(tmp_path / "missing"))
+    with pytest.raises(NotARunError, match="missing is not a run folder"):
+        build_run_model(m1m2_config(tmp_path / "missing"))
     m2_run = _vae_run(tmp_path, data, name="m2run", model="m2")
-    with pytest.raises(ValueError, match="'m2' model"):
-        build_model("m1m2", m1=str(m2_run))
+    with pytest.raises(ValueError, match="one-layer VAE.*got M2"):
+        build_run_model(m1m2_config(m2_run))
     with pytest.raises(ValueError, match="x_dim"):
-        M1M2(m1=str(run), x_dim=10)
+        M1M2(m1=vae, x_dim=10)
 
 
 def test_resume_is_exact_and_the_cli_reports_the_test_error(tmp_path, monkeypatch):

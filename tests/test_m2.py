@@ -11,9 +11,12 @@ import pytest
 
 import minivae as mv
 from minivae.models import M2, build_model
-from minivae.models.semisupervised import JointMLP, one_hot
+from minivae.distributions import one_hot
+from minivae.models.common import JointMLP
 from minivae.random import Generator
-from minivae.train import METRICS, LabelledBatches, Trainer, TrainConfig, classification_error
+from minivae.evaluate import classification_error
+from minivae.runs import METRICS, TrainConfig
+from minivae.train import LabelledBatches, Trainer
 
 from test_train import check_exact_resume, small_data
 

@@ -388,3 +388,33 @@ def test_activation_by_name():
     assert isinstance(nn.activation("ReLU"), nn.ReLU)
     with pytest.raises(ValueError, match="unknown activation"):
         nn.activation("swishy")
+
+
+def test_linear_relu_matches_linear_then_relu_bit_for_bit():
+    fused = nn.LinearReLU(5, 4, dtype=np.float64, rng=3)
+    plain = nn.Sequential(nn.Linear(5, 4, dtype=np.float64, rng=3), nn.ReLU())
+    x = mv.tensor(np.random.default_rng(0).standard_normal((6, 5)), requires_grad=True)
+    a = fused(x)
+    a.sum().backward()
+    grads = [x.grad, fused.weight.grad, fused.bias.grad]
+    x.grad = None
+    b = plain(x)
+    b.sum().backward()
+    assert a.data.tobytes() == b.data.tobytes()
+    for g, h in zip(grads, [x.grad, plain[0].weight.grad, plain[0].bias.grad]):
+        assert g.tobytes() == h.tobytes()
+    assert a._node.fn.__name__ == "LinearRelu" and b._node.fn.__name__ == "Relu"
+
+
+def test_mlp_builds_linear_relu_layers_under_the_unfused_names():
+    from minivae.models.common import MLP
+
+    relu = MLP((6, 5, 4, 3), "relu", final_activation=False, rng=0)
+    assert [type(m).__name__ for m in relu.net] == ["LinearReLU", "LinearReLU", "Linear"]
+    tanh = MLP((6, 5, 4, 3), "tanh", final_activation=False, rng=0)
+    assert [type(m).__name__ for m in tanh.net] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
+    assert list(relu.state_dict()) == list(tanh.state_dict()) == [
+        "net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.4.weight", "net.4.bias"]
+    normed = MLP((6, 5, 3), "relu", batch_norm=True, rng=0)  # a BatchNorm1d sits between: no fusion
+    assert [type(m).__name__ for m in normed.net] == ["Linear", "BatchNorm1d", "ReLU", "Linear",
+                                                      "BatchNorm1d", "ReLU"]

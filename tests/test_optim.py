@@ -409,3 +409,61 @@ def test_every_gradient_shape_is_checked_before_any_update():
     with pytest.raises(ValueError, match="parameter 1: gradient of shape"):
         optim.Adam(params).step()
     np.testing.assert_array_equal(params[0].data, before)
+
+
+# ----- Adam's flat buffer --------------------------------------------------------------------------
+def _one_by_one(start, grads, **kw):
+    """The reference: one Adam per parameter (no shared buffer), None gradients skipped."""
+    params = [nn.Parameter(a.copy()) for a in start]
+    opts = [optim.Adam([p], lr=1e-2, **kw) for p in params]
+    for step in grads:
+        for p, g, opt in zip(params, step, opts):
+            p.grad = g
+            if g is not None:
+                opt.step()
+    return [p.data for p in params], [opt.state[0] for opt in opts]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(amsgrad=True, weight_decay=0.1, flush_every=3)])
+def test_adam_keeps_parameters_in_one_flat_array_and_updates_as_one_by_one(kw):
+    """After a step every parameter is a view of one flat array; parameters whose gradient was
+    missing at some steps (their step counts differ) and float64 parameters next to float32 ones
+    get exactly the updates of one optimizer per parameter."""
+    rng = np.random.default_rng(0)
+    start = [rng.standard_normal(s).astype(np.float32) for s in ((3, 4), (4,), (2, 2), (5,))]
+    start.append(rng.standard_normal(3))  # float64: a layout of its own
+    grads = [[rng.standard_normal(a.shape).astype(a.dtype) for a in start] for _ in range(12)]
+    for t in (2, 3, 7):
+        grads[t][1] = None  # parameter 1 falls behind by three steps
+    grads[5][0] = grads[5][3] = None
+    want_params, want_states = _one_by_one(start, grads, **kw)
+    params = [nn.Parameter(a.copy()) for a in start]
+    opt = optim.Adam(params, lr=1e-2, **kw)
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = g
+        opt.step()
+        flat = params[0].data.base
+        assert all(p.data.base is flat for p in params[:4]) and params[4].data.base is not flat
+    for p, want, state, want_state in zip(params, want_params, opt.state, want_states):
+        np.testing.assert_array_equal(p.data, want)
+        assert state.keys() == want_state.keys()
+        for key in want_state:
+            np.testing.assert_array_equal(state[key], want_state[key], err_msg=key)
+
+
+def test_adam_follows_parameters_and_state_that_were_replaced():
+    """Replacing ``p.data`` (as Module.to and astype do) or a state array between steps moves
+    the flat layout onto the new arrays: the run continues exactly as if nothing was replaced."""
+    start, grads = [a.data for a in _params()], _grads(_params(), 6)
+    want, _ = _one_by_one(start, grads)
+    params = [nn.Parameter(a.copy()) for a in start]
+    opt = optim.Adam(params, lr=1e-2)
+    _run(opt, params, grads[:2])
+    params[0].data = params[0].data.copy()
+    _run(opt, params, grads[2:4])
+    opt.state[1]["exp_avg"] = opt.state[1]["exp_avg"].copy()
+    _run(opt, params, grads[4:])
+    for p, w in zip(params, want):
+        np.testing.assert_array_equal(p.data, w)
+    assert params[0].data.base is params[1].data.base is not None

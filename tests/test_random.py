@@ -85,62 +85,36 @@ def test_draws_are_pinned_bit_for_bit(kind, args, digest):
     assert hashlib.sha256(out.tobytes()).hexdigest()[:16] == digest
 
 
-@pytest.mark.parametrize("first", [0, 2 ** 32 - 5, 2 ** 64 - 40])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sequential_draws_equal_single_draws(first, dtype):
-    """A reader drawing offset after offset gets its next draws computed several at a time
-    (mr._Prefetch); every one must equal the same draw computed alone, also across the 2**32
-    boundary of the offset's low word and up to the last offset."""
+@pytest.mark.parametrize("first, dtype, digest", [
+    (2 ** 32 - 5, np.float32, "865b0b6310ea5110"),
+    (2 ** 64 - 13, np.float64, "06206d79729a3662"),
+])
+def test_sequential_draws_are_pinned_across_the_offset_words(first, dtype, digest):
+    """Twelve draws of a Generator, offset after offset, across the 2**32 boundary of the
+    offset's low word and up to the last offset: the same bytes as before the generator was
+    rewritten, and each equal to the same draw asked for alone, in reverse order."""
     seed, shape = 0xDEADBEEF12345678, (7, 5)
-    mr._prefetch._readers.clear()
     g = mr.Generator(seed, offset=first, stream=3)
-    got = [g.normal(shape, dtype) for _ in range(38)]
-    assert any(r[2] is not None and len(r[2]) > 1 for r in mr._prefetch._readers.values())  # it ran
-    alone = mr._Prefetch(max_draws=1)
-    for i in reversed(range(38)):  # backwards: no sequential reader, each draw computed alone
-        want = alone.normals(0, 35, seed, first + i, 3, np.dtype(dtype)).reshape(shape)
+    got = [g.normal(shape, dtype) for _ in range(12)]
+    assert hashlib.sha256(b"".join(d.tobytes() for d in got)).hexdigest()[:16] == digest
+    for i in reversed(range(12)):
+        want = mr.normal(shape, seed, first + i, dtype, stream=3)
         assert got[i].tobytes() == want.tobytes(), f"draw {i}"
         assert got[i].dtype == dtype and got[i].shape == shape
 
 
-def test_interleaved_readers_get_their_draws_and_cost_no_more():
-    """Two readers with one seed and stream: in step (the same offsets: both served from one
-    window, one pass per ten draws) and far apart (no window: each draw computed once, alone)."""
-    dt = np.dtype(np.float32)
-    alone = mr._Prefetch(max_draws=1)
-    original = mr._range_normals
-    for in_step in (True, False):
-        pairs = [(i, i if in_step else 1000 + i) for i in range(30)]
-        want = {o: alone.normals(0, 12, 7, o, 0, dt).copy() for pair in pairs for o in pair}
-        cache, passes = mr._Prefetch(), []
-
-        def counting(start, n, seed, offset, stream, dt, draws=1):
-            passes.append(draws)  # draws computed in this pass
-            return original(start, n, seed, offset, stream, dt, draws)
-
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(mr, "_range_normals", counting)
-            for a, b in pairs:
-                got_a = cache.normals(0, 12, 7, a, 0, dt)
-                np.testing.assert_array_equal(got_a, want[a])
-                got_a += 1  # a caller may write into its draw: the other reader must not see it
-                np.testing.assert_array_equal(cache.normals(0, 12, 7, b, 0, dt), want[b])
-        if in_step:
-            assert len(passes) == 5  # offset 0 twice alone, then windows 1-10, 11-20, 21-30
-        else:
-            assert passes == [1] * 60  # never more than the one draw asked for
-
-
-def test_prefetch_stays_bounded():
-    cache = mr._Prefetch(max_elements=100, max_draws=16, max_readers=2)
-    for n in (10, 20, 30):
-        for offset in range(5):
-            cache.normals(0, n, 1, offset, 0, np.dtype(np.float32))
-    assert len(cache._readers) == 2
-    assert all(len(r[2]) * n <= 100 for r, n in zip(cache._readers.values(), (20, 30)))
-    for offset in range(5):  # too large for a window of two: computed alone, nothing kept
-        cache.normals(0, 60, 1, offset, 0, np.dtype(np.float32))
-    assert cache._readers[(1, 0, np.dtype(np.float32), 0, 60)][2] is None
+def test_a_draw_depends_on_its_address_only():
+    """Elements of one draw equal the single-element path (philox4x32 of each counter), whatever
+    was drawn before, and writing into a returned draw changes no later draw."""
+    seed, offset, stream = 77, 2 ** 32 + 3, 9
+    first = mr.normal((4, 6), seed, offset, np.float64, stream)
+    np.testing.assert_array_equal(first.reshape(-1), mr.normal_at(np.arange(24), seed, offset, np.float64, stream))
+    first += 1.0
+    mr.normal((4, 6), seed, offset + 1, np.float64, stream)  # another reader in between
+    again = mr.normal((4, 6), seed, offset, np.float64, stream)
+    np.testing.assert_array_equal(again + 1.0, first)
+    part = mr.normal((5,), seed, offset, np.float64, stream, start=7)
+    np.testing.assert_array_equal(part, again.reshape(-1)[7:12])
 
 
 # ------------------------------------------------------------------------------ uniforms
@@ -339,3 +313,17 @@ def test_generator_bernoulli_and_spawn():
     s = g.spawn(9)
     assert s.stream == 9 and s.offset == g.offset and s.seed == g.seed
     assert not np.any(s.normal(100) == g.normal(100))
+
+
+def test_stream_numbers_are_named_once_and_distinct():
+    """Every stream number is a named constant of minivae.streams; within each kind (Philox
+    streams, data-pipeline streams) no two names share a number, so no two uses share noise."""
+    from minivae import streams
+
+    philox = [streams.TRAIN_NOISE, streams.SAMPLE_IMAGES, streams.EVAL_LOG_LIKELIHOOD, streams.EVAL_ELBO,
+              streams.EVAL_TIME_ESTIMATE]
+    data = [streams.DATA_SHUFFLE, streams.DATA_BINARIZE, streams.DATA_LABELLED, streams.LABELLED_LOADER]
+    assert len(set(philox)) == len(philox) and len(set(data)) == len(data)
+    names = [n for n in vars(streams) if n.isupper()]
+    assert sorted(names) == sorted(["TRAIN_NOISE", "SAMPLE_IMAGES", "EVAL_LOG_LIKELIHOOD", "EVAL_ELBO",
+                                    "EVAL_TIME_ESTIMATE", "DATA_SHUFFLE", "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])

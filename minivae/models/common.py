@@ -13,7 +13,9 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..distributions import sample_bernoulli
 from ..backend import get_array_module
+from .base import Model
 
 
 class MLP(nn.Module):
@@ -22,40 +24,39 @@ class MLP(nn.Module):
     ``final_activation`` also applies it after the last layer (for a trunk that feeds heads).
     ``batch_norm`` puts a BatchNorm1d between each hidden linear layer and its activation (as in
     the Ladder VAE); inputs with leading sample axes, (S, B, D), are normalized as S*B rows.
+    A linear layer followed directly by a ReLU is one ``nn.LinearReLU`` (one fused op).
     """
 
     def __init__(self, sizes, activation="relu", final_activation=True, batch_norm=False, rng=None):
         super().__init__()
         self.batch_norm = bool(batch_norm)
-        layers = []
+        fuse = activation.lower() == "relu" and not batch_norm
+        # The layers are named by their positions in the unfused list (Linear, [BatchNorm1d,]
+        # activation, Linear, ...), so a LinearReLU keeps the parameter names of its Linear:
+        # net.0.weight, net.2.weight, ... whether fused or not.
+        layers, position = {}, 0
         for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
-            layers.append(nn.Linear(n_in, n_out, rng=rng))
-            if final_activation or i < len(sizes) - 2:
+            activated = final_activation or i < len(sizes) - 2
+            if activated and fuse:
+                layers[str(position)] = nn.LinearReLU(n_in, n_out, rng=rng)
+                position += 2  # the Linear and the ReLU it stands for
+                continue
+            layers[str(position)] = nn.Linear(n_in, n_out, rng=rng)
+            position += 1
+            if activated:
                 if batch_norm:
-                    layers.append(nn.BatchNorm1d(n_out))
-                layers.append(nn.activation(activation))
-        self.net = nn.Sequential(*layers)
+                    layers[str(position)] = nn.BatchNorm1d(n_out)
+                    position += 1
+                layers[str(position)] = nn.activation(activation)
+                position += 1
+        self.net = nn.Sequential(layers)
 
     def forward(self, x):
-        """Apply the layers in order; a Linear followed by a ReLU runs as one ``F.linear_relu`` node
-        (the same numbers as the two layers, with one array and one graph node fewer)."""
+        """Apply the layers in order."""
         if not self.batch_norm or x.ndim == 2:
-            return self._layers(x)
-        out = self._layers(x.reshape(-1, x.shape[-1]))
+            return self.net(x)
+        out = self.net(x.reshape(-1, x.shape[-1]))
         return out.reshape(*x.shape[:-1], out.shape[-1])
-
-    def _layers(self, h):
-        layers = list(self.net)
-        i = 0
-        while i < len(layers):
-            layer = layers[i]
-            if type(layer) is nn.Linear and i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU:
-                h = F.linear_relu(h, layer.weight, layer.bias)
-                i += 2
-            else:
-                h = layer(h)
-                i += 1
-        return h
 
 
 class GaussianHead(nn.Module):
@@ -115,6 +116,45 @@ class GaussianLayer(nn.Module):
     def forward(self, h):
         """Return (mu, logvar)."""
         return self.head(self.trunk(h))
+
+
+class JointMLP(nn.Module):
+    """An MLP on several inputs: h = act(sum_i x_i W_i + b), then the layers ``hidden[1:]``.
+
+    The first layer equals one Linear on the concatenation [x_1, ..., x_n] (the W_i are the
+    blocks of its weight), but the inputs may have different leading axes that broadcast, so a
+    grid of K labels meets a batch of images without copying the images K times. Each block is
+    initialized with its own fan-in (the default of ``nn.Linear``), so a 10-wide one-hot input
+    is not drowned by a 784-wide image at initialization. The output is ``hidden[-1]`` wide,
+    with the activation applied (a trunk that feeds heads).
+
+    ``batch_norm`` puts a BatchNorm1d before each activation, as ``MLP`` does; its statistics
+    are taken over all rows of the broadcast result, e.g. the K * B rows of K enumerated labels
+    times B images (see ``ladder_m2`` for why that, not one set per label).
+    """
+
+    def __init__(self, in_sizes, hidden, activation="relu", batch_norm=False, rng=None):
+        super().__init__()
+        hidden = tuple(hidden)
+        self.in_sizes = tuple(int(n) for n in in_sizes)
+        # One bias for the sum: the first block carries it.
+        self.inputs = nn.ModuleList([nn.Linear(n, hidden[0], bias=(i == 0), rng=rng)
+                                     for i, n in enumerate(self.in_sizes)])
+        self.norm = nn.BatchNorm1d(hidden[0]) if batch_norm else None
+        self.act = nn.activation(activation)
+        self.rest = (MLP(hidden, activation, batch_norm=batch_norm, rng=rng) if len(hidden) > 1
+                     else nn.Identity())
+
+    def forward(self, *xs):
+        """act(sum_i x_i W_i + b) through the remaining layers; the x_i broadcast on leading axes."""
+        if len(xs) != len(self.inputs):
+            raise ValueError(f"JointMLP takes {len(self.inputs)} inputs, got {len(xs)}")
+        h = self.inputs[0](xs[0])
+        for layer, x in zip(self.inputs[1:], xs[1:]):
+            h = h + layer(x)
+        if self.norm is not None:  # leading axes (labels, samples, batch) are normalized as rows
+            h = self.norm(h.reshape(-1, h.shape[-1])).reshape(*h.shape)
+        return self.rest(self.act(h))
 
 
 class TopDownGenerator(nn.Module):
@@ -184,12 +224,10 @@ class TopDownGenerator(nn.Module):
                 probs = F.sigmoid(self.logits(z)).data
         finally:
             self.train(was_training)
-        if probabilities:
-            return probs
-        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+        return probs if probabilities else sample_bernoulli(probs, noise)
 
 
-class LatentVariableModel(nn.Module):
+class LatentVariableModel(Model):
     """Base of the models: the training loss from ``elbo`` or from ``log_weights``.
 
     Subclasses set ``beta`` (KL weight), ``mc_samples`` (samples of the ELBO) and ``iw_k`` and
@@ -212,8 +250,7 @@ class LatentVariableModel(nn.Module):
             return -bound, {"loss": -value, "bound": value}
         rec, kl = self.elbo(x, noise)
         # One mean of the per-example loss (a graph node fewer than two means and their
-        # difference), and no multiplication by a beta of 1 (another node); the statistics are
-        # read off the arrays, outside the graph.
-        loss = ((kl if beta == 1 else beta * kl) - rec).mean()
+        # difference); the statistics are read off the arrays, outside the graph.
+        loss = (beta * kl - rec).mean()
         r, k = float(rec.data.mean()), float(kl.data.mean())
         return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}

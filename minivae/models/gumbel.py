@@ -32,7 +32,7 @@ import math
 
 from .. import functional as F
 from ..autograd import no_grad, tensor
-from ..distributions import log_categorical, log_uniform_categorical
+from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
 from .common import MLP, LatentVariableModel, model_array_module
 
 
@@ -125,6 +125,4 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         with no_grad():
             y = self._one_hot(self._gumbel((n, self.n_vars, self.n_classes), noise))
             probs = F.sigmoid(self.decode(y)).data
-        if probabilities:
-            return probs
-        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+        return probs if probabilities else sample_bernoulli(probs, noise)

@@ -35,6 +35,8 @@ class TwoLayerVAE(LatentVariableModel):
     (``iw_k`` = 1, KL weighted by ``beta``) or on the k-sample IWAE bound.
     """
 
+    gaussian_encoder = True
+
     def __init__(self, x_dim=784, z_dims=(100, 50), blocks=((200, 200), (100, 100)),
                  activation="tanh", beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__()
@@ -65,16 +67,17 @@ class TwoLayerVAE(LatentVariableModel):
         return self.generator.decode(z_top)
 
     def _posterior(self, x, k, noise):
-        """k draws (z1, z2) ~ q(z1 | x) q(z2 | z1), each (k, B, d), and the q parameters."""
+        """k draws (z1, z2) ~ q(z1 | x) q(z2 | z1), each (k, B, d), the q parameters, and
+        KL(q(z2 | z1) || N(0, I)) per draw, (k, B) (z2 and this KL come from one node)."""
         mu1, logvar1 = self.q_z1(x)
         z1 = rsample(mu1, logvar1, noise, k)
         mu2, logvar2 = self.q_z2(z1)
-        z2 = rsample(mu2, logvar2, noise)
-        return (z1, z2), ((mu1, logvar1), (mu2, logvar2))
+        z2, kl2 = F.reparameterize_kl(mu2, logvar2, noise)
+        return (z1, z2), ((mu1, logvar1), (mu2, logvar2)), kl2
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z1, z2) - log q(z1, z2 | x) for k independent draws per example."""
-        (z1, z2), ((mu1, logvar1), (mu2, logvar2)) = self._posterior(x, k, noise)
+        (z1, z2), ((mu1, logvar1), (mu2, logvar2)), _ = self._posterior(x, k, noise)
         log_q = F.gaussian_log_prob(z1, mu1, logvar1) + F.gaussian_log_prob(z2, mu2, logvar2)
         return self.generator.log_prob(x, (z1, z2)) - log_q
 
@@ -85,11 +88,10 @@ class TwoLayerVAE(LatentVariableModel):
         in closed form given z1; the first is sampled (p(z1 | z2) depends on z2, which depends on
         z1, so it has no closed form).
         """
-        (z1, z2), ((mu1, logvar1), (mu2, logvar2)) = self._posterior(x, samples or self.mc_samples, noise)
+        (z1, z2), ((mu1, logvar1), _), kl2 = self._posterior(x, samples or self.mc_samples, noise)
         rec = F.bernoulli_log_prob(self.generator.logits(z1), x)
         mu_p, logvar_p = self.generator.prior(0, z2)
-        kl = (F.gaussian_log_prob(z1, mu1, logvar1) - F.gaussian_log_prob(z1, mu_p, logvar_p)
-              + F.kl_normal_std(mu2, logvar2))
+        kl = F.gaussian_log_prob(z1, mu1, logvar1) - F.gaussian_log_prob(z1, mu_p, logvar_p) + kl2
         return rec.mean(axis=0), kl.mean(axis=0)
 
     def sample(self, n, noise, probabilities=True):

@@ -75,6 +75,8 @@ class LadderVAE(LatentVariableModel):
     settings and ignored.
     """
 
+    gaussian_encoder = True
+
     def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(512, 256, 128, 64, 32),
                  mlp_layers=2, activation="leaky_relu", batch_norm=True, beta=1.0, mc_samples=1, iw_k=1,
                  z_dim=None, rng=None):

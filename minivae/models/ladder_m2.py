@@ -75,9 +75,10 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..backend import get_array_module
-from .common import MLP, GaussianHead, GaussianLayer, rsample
+from ..distributions import one_hot, sample_bernoulli, standard_normal
+from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
 from .ladder import PAPER_Z_DIMS, kl_terms, log_ratio, top_down
-from .semisupervised import JointMLP, SemiSupervised, bernoulli_images, draw_normal, one_hot
+from .semisupervised import SemiSupervised
 
 
 class JointGaussianLayer(nn.Module):
@@ -212,10 +213,10 @@ class LadderM2(SemiSupervised):
         self.eval()
         try:
             with no_grad():
-                z = draw_normal(noise, (n, self.z_dims[-1]), param)
+                z = standard_normal(noise, (n, self.z_dims[-1]), param)
                 for l in reversed(range(len(self.z_dims) - 1)):
                     z = rsample(*self.prior(l, z, y), noise)
                 probs = F.sigmoid(self.logits(z, y)).data
         finally:
             self.train(was_training)
-        return bernoulli_images(probs, noise, probabilities)
+        return probs if probabilities else sample_bernoulli(probs, noise)

@@ -15,53 +15,48 @@ compare is the test error (the paper reports 3.33% +- 0.14 with 100 labels, its 
 Samples go through both models: z2 ~ N(0, I) and y give z1 (the mean of p(z1 | y, z2)), which
 M1's decoder turns into an image.
 
-Registered as ``m1m2``; ``--set m1=RUN`` names the folder of a trained VAE run (required):
+The model takes the trained VAE itself (``M1M2(m1=vae)``). Registered as ``m1m2``, where
+``--set m1=RUN`` names the folder of a trained VAE run (required), which the run layer
+(``minivae.runs``, its ``run_options``) loads and passes in:
 ``minivae train --model m1m2 --set m1=runs/vae --n-labelled 100 --hidden 500 --z-dim 50``.
 ``--hidden`` and ``--z-dim`` are M2's (z2); M1's sizes come from its run. The checkpoint keeps
 M1's weights too, so a trained M1+M2 keeps the M1 it was trained with even if the M1 run goes on
 training (the M1 folder must still exist: its config gives M1's sizes when the model is rebuilt).
 """
 from .. import functional as F
-from .. import nn
 from ..autograd import no_grad
+from ..distributions import sample_bernoulli
+from .base import Model
 from .common import rsample
 from .m2 import M2
-from .semisupervised import bernoulli_images
 from .vae import VAE
 
 
 def _m1_model(m1):
-    """The frozen M1: a trained VAE from a run folder, a VAE, or (for tests and gradient checks)
-    a fresh untrained VAE made from a dict of its settings."""
+    """The frozen M1: a trained VAE, or (for tests and gradient checks) a fresh untrained VAE made
+    from a dict of its settings."""
     if m1 is None:
         raise ValueError("m1m2 needs a trained VAE as M1: pass --set m1=RUN (a `minivae train` run folder)")
-    source = ""
-    if isinstance(m1, dict):
-        model = VAE(**m1)
-    elif isinstance(m1, nn.Module):
-        model = m1
-    else:
-        from ..train import load_run  # deferred: the trainer imports the model registry
-
-        config, model = load_run(m1)
-        source = f"; {m1} holds a {config.model!r} model"
+    model = VAE(**m1) if isinstance(m1, dict) else m1
     if type(model) is not VAE:
         raise ValueError(f"M1 must be a one-layer VAE (model vae, or iwae with one layer), got "
-                         f"{type(model).__name__}{source}")
+                         f"{type(model).__name__}")
     return model.requires_grad_(False)
 
 
-class M1M2(nn.Module):
+class M1M2(Model):
     """M2 (Gaussian likelihood) trained on the features z1 ~ q(z1 | x) of a frozen VAE ``m1``.
 
-    ``m1``: a run folder, a VAE or a dict of VAE settings (see ``_m1_model``). ``z_dim`` and
-    ``hidden`` are M2's; the other settings are M2's too (``alpha``, ``beta``, ...). ``x_dim``, if
-    given, must be M1's input size.
+    ``m1``: a trained VAE, or a dict of VAE settings (see ``_m1_model``). ``z_dim`` and ``hidden``
+    are M2's; the other settings are M2's too (``alpha``, ``beta``, ...). ``x_dim``, if given, must
+    be M1's input size.
     """
 
     semi_supervised = True
+    classifies = True
+    run_options = ("m1",)
 
-    def __init__(self, m1: str | dict | VAE | None = None, x_dim=None, z_dim=50, hidden=(500,),
+    def __init__(self, m1: VAE | dict | None = None, x_dim=None, z_dim=50, hidden=(500,),
                  activation="relu", num_classes=10, alpha: float | None = None, alpha_scale=0.1,
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__()
@@ -111,4 +106,4 @@ class M1M2(nn.Module):
         z1 = self.m2.sample(n, noise, labels=labels)
         with no_grad():
             probs = F.sigmoid(self.m1.decode(z1)).data
-        return bernoulli_images(probs, noise, probabilities)
+        return probs if probabilities else sample_bernoulli(probs, noise)

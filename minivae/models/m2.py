@@ -23,8 +23,9 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..backend import get_array_module
-from .common import MLP, GaussianHead
-from .semisupervised import JointMLP, SemiSupervised, bernoulli_images, draw_normal, one_hot
+from ..distributions import one_hot, sample_bernoulli, standard_normal
+from .common import MLP, GaussianHead, JointMLP
+from .semisupervised import SemiSupervised
 
 
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -97,8 +98,9 @@ class M2(SemiSupervised):
         xp = get_array_module(param.data)
         labels = xp.arange(n) % self.num_classes if labels is None else labels
         with no_grad():
-            z = draw_normal(noise, (n, self.z_dim), param)
+            z = standard_normal(noise, (n, self.z_dim), param)
             out = self.decode(z, one_hot(labels, self.num_classes, param))
         if self.likelihood == "gaussian":
             return out[0].data
-        return bernoulli_images(F.sigmoid(out).data, noise, probabilities)
+        probs = F.sigmoid(out).data
+        return probs if probabilities else sample_bernoulli(probs, noise)

@@ -22,7 +22,7 @@ keeps the weight 0.1 N that the paper gives it against a sum over the data set, 
 
 The sum over y in U(x) is exact: all K labels are enumerated in one batched pass. The label is
 an extra leading axis: a grid of one-hot vectors of shape (K, 1, 1, K) meets x of shape
-(B, D) in the first layer of each network (``JointMLP``: x W_x + y W_y + b broadcasts to
+(B, D) in the first layer of each network (``common.JointMLP``: x W_x + y W_y + b broadcasts to
 (K, 1, B, H)), so x W_x is computed once for all K labels, and every per-example quantity has
 shape (L, S, B): L labels (K when enumerating, 1 for a labelled batch), S samples, B examples.
 
@@ -37,66 +37,10 @@ A subclass provides three methods:
   -KL where ``analytic`` and a closed form exists), each of shape (L, S, B) or broadcastable.
 """
 from .. import functional as F
-from .. import nn
-from ..autograd import Tensor, no_grad, tensor
+from ..autograd import no_grad, tensor
 from ..backend import get_array_module
-from ..distributions import log_categorical, log_uniform_categorical
-from .common import MLP
-
-
-class JointMLP(nn.Module):
-    """An MLP on several inputs: h = act(sum_i x_i W_i + b), then the layers ``hidden[1:]``.
-
-    The first layer equals one Linear on the concatenation [x_1, ..., x_n] (the W_i are the
-    blocks of its weight), but the inputs may have different leading axes that broadcast, so a
-    grid of K labels meets a batch of images without copying the images K times. Each block is
-    initialized with its own fan-in (the default of ``nn.Linear``), so a 10-wide one-hot input
-    is not drowned by a 784-wide image at initialization. The output is ``hidden[-1]`` wide,
-    with the activation applied (a trunk that feeds heads).
-
-    ``batch_norm`` puts a BatchNorm1d before each activation, as ``MLP`` does; its statistics
-    are taken over all rows of the broadcast result, e.g. the K * B rows of K enumerated labels
-    times B images (see ``ladder_m2`` for why that, not one set per label).
-    """
-
-    def __init__(self, in_sizes, hidden, activation="relu", batch_norm=False, rng=None):
-        super().__init__()
-        hidden = tuple(hidden)
-        self.in_sizes = tuple(int(n) for n in in_sizes)
-        # One bias for the sum: the first block carries it.
-        self.inputs = nn.ModuleList([nn.Linear(n, hidden[0], bias=(i == 0), rng=rng)
-                                     for i, n in enumerate(self.in_sizes)])
-        self.norm = nn.BatchNorm1d(hidden[0]) if batch_norm else None
-        self.act = nn.activation(activation)
-        self.rest = (MLP(hidden, activation, batch_norm=batch_norm, rng=rng) if len(hidden) > 1
-                     else nn.Identity())
-
-    def forward(self, *xs):
-        """act(sum_i x_i W_i + b) through the remaining layers; the x_i broadcast on leading axes."""
-        if len(xs) != len(self.inputs):
-            raise ValueError(f"JointMLP takes {len(self.inputs)} inputs, got {len(xs)}")
-        h = self.inputs[0](xs[0])
-        for layer, x in zip(self.inputs[1:], xs[1:]):
-            h = h + layer(x)
-        if self.norm is not None:  # leading axes (labels, samples, batch) are normalized as rows
-            h = self.norm(h.reshape(-1, h.shape[-1])).reshape(*h.shape)
-        return self.rest(self.act(h))
-
-
-def draw_normal(noise, shape, like):
-    """A standard normal array of ``shape`` from the Philox generator, in ``like``'s dtype and device."""
-    xp = get_array_module(like.data)
-    return xp.asarray(noise.normal(tuple(shape), dtype=like.dtype))
-
-
-def one_hot(labels, num_classes, like):
-    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device."""
-    xp = get_array_module(like.data)
-    labels = labels.data if isinstance(labels, Tensor) else labels
-    labels = xp.asarray(labels).astype(int)
-    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
-        raise ValueError(f"labels must be a 1-D array of integers in [0, {num_classes})")
-    return tensor(xp.eye(num_classes, dtype=like.dtype)[labels])
+from ..distributions import log_categorical, log_uniform_categorical, one_hot
+from .base import Model
 
 
 def label_grid(num_classes, like):
@@ -105,15 +49,7 @@ def label_grid(num_classes, like):
     return tensor(xp.eye(num_classes, dtype=like.dtype).reshape(num_classes, 1, 1, num_classes))
 
 
-def bernoulli_images(probs, noise, probabilities):
-    """Return the Bernoulli means ``probs``, or binary images drawn from them with ``noise``."""
-    if probabilities:
-        return probs
-    xp = get_array_module(probs)
-    return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
-
-
-class SemiSupervised(nn.Module):
+class SemiSupervised(Model):
     """The labelled and unlabelled bounds, the loss, the log-weights and the classifier of a
     model with a label y (see the module docstring for the math and what a subclass provides).
 
@@ -124,6 +60,7 @@ class SemiSupervised(nn.Module):
     """
 
     semi_supervised = True
+    classifies = True
     #: Rows (labels x samples x examples) one pass of ``log_weights`` may hold; more are chunked.
     max_rows = 20000
 

@@ -3,7 +3,8 @@
 They are read from the model's constructor, so they cannot drift from it: every keyword
 parameter is a setting, typed by its annotation when it has one (the first type of a union
 other than None) and otherwise by its default (``flows=8`` is an int, ``hidden2=(100, 100)`` a
-tuple of ints). Two kinds of parameters are not settings:
+tuple of ints); a parameter the model lists in ``run_options`` is given as a run folder (a str)
+whose model ``minivae.runs`` loads. Two kinds of parameters are not settings:
 
 * ``COMMON``: the ones every model receives from the trainer's own options (``--z-dim``,
   ``--hidden``, ...). ``--set z_dim=5`` is refused, so that a run has one value for each and
@@ -68,7 +69,9 @@ def _annotated_type(annotation):
     return annotation, None, optional
 
 
-def _setting(param):
+def _setting(param, run_options):
+    if param.name in run_options:
+        return Setting(param.name, str, param.default, optional=param.default is None)
     if param.annotation is not inspect.Parameter.empty:
         kind, item, optional = _annotated_type(param.annotation)
         return Setting(param.name, kind, param.default, item, optional or param.default is None)
@@ -84,7 +87,8 @@ def model_settings(model):
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose from {', '.join(MODELS)}")
     params = inspect.signature(MODELS[model]).parameters.values()
-    return {p.name: _setting(p) for p in params
+    run_options = getattr(MODELS[model], "run_options", ())
+    return {p.name: _setting(p, run_options) for p in params
             if p.name not in COMMON and p.name not in INTERNAL and p.kind is p.POSITIONAL_OR_KEYWORD}
 
 

@@ -9,6 +9,7 @@ Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on al
 """
 from .. import functional as F
 from ..autograd import no_grad
+from ..distributions import sample_bernoulli
 from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
 
 
@@ -19,6 +20,8 @@ class VAE(LatentVariableModel):
     (beta-VAE when > 1), ``mc_samples`` averages the ELBO over that many samples, and ``iw_k`` > 1
     trains on the k-sample IWAE bound instead (analytic KL does not apply there).
     """
+
+    gaussian_encoder = True
 
     def __init__(self, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, rng=None):
@@ -45,15 +48,13 @@ class VAE(LatentVariableModel):
     def elbo(self, x, noise, samples=None):
         """Per-example ELBO terms: (reconstruction E_q log p(x|z), KL(q(z|x) || p(z))), each (B,).
 
-        The KL is analytic; the reconstruction averages ``samples`` (default ``mc_samples``) draws.
+        The KL is analytic; the reconstruction averages ``samples`` (default ``mc_samples``) draws
+        z of shape (samples, B, D). Both come from one ``F.reparameterize_kl`` node (on the GPU,
+        the fused reparameterization + KL kernels).
         """
-        k = samples or self.mc_samples
         mu, logvar = self.encode(x)
-        # One sample keeps the batch shape (B, D): the same noise elements as (1, B, D), and no
-        # mean over a single sample (a graph node fewer per step).
-        z = rsample(mu, logvar, noise, k if k > 1 else None)
-        rec = F.bernoulli_log_prob(self.decode(z), x)
-        return (rec if k == 1 else rec.mean(axis=0)), F.kl_normal_std(mu, logvar)
+        z, kl = F.reparameterize_kl(mu, logvar, noise, samples=samples or self.mc_samples)
+        return F.bernoulli_log_prob(self.decode(z), x).mean(axis=0), kl
 
     def log_weights(self, x, k, noise):
         """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
@@ -71,6 +72,4 @@ class VAE(LatentVariableModel):
         with no_grad():
             z = xp.asarray(noise.normal((n, self.z_dim), dtype=dtype))
             probs = F.sigmoid(self.decode(z)).data
-        if probabilities:
-            return probs
-        return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+        return probs if probabilities else sample_bernoulli(probs, noise)

@@ -4,10 +4,11 @@
 ``minivae.nn.init`` for how to make a model reproducible).
 """
 from . import init
-from .layers import (ACTIVATIONS, ELU, BatchNorm1d, Identity, LeakyReLU, Linear, ReLU, Sigmoid,
+from .layers import (ACTIVATIONS, ELU, BatchNorm1d, Identity, LeakyReLU, Linear, LinearReLU,
+                     ReLU, Sigmoid,
                      Softplus, Tanh, activation)
 from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
 
 __all__ = ["init", "Module", "Parameter", "ModuleList", "Sequential", "StateDictError",
-           "IncompatibleKeys", "Linear", "BatchNorm1d", "Identity", "ReLU", "LeakyReLU", "ELU",
+           "IncompatibleKeys", "Linear", "LinearReLU", "BatchNorm1d", "Identity", "ReLU", "LeakyReLU", "ELU",
            "Tanh", "Sigmoid", "Softplus", "ACTIVATIONS", "activation"]

@@ -45,6 +45,8 @@ def get_rng(rng=None):
 def _fill(tensor, values):
     """Write ``values`` (float64 NumPy) into ``tensor``'s array in place, in its dtype and device."""
     array = tensor.data if isinstance(tensor, Tensor) else tensor
+    if isinstance(tensor, Tensor):
+        tensor.bump_version()  # a graph that saved the old values must not use them
     host = np.asarray(values, dtype=np.float64).astype(array.dtype)
     # In place: the Parameter object and any view of its array stay valid.
     array[...] = to_device(host, device_of(array))

@@ -1,4 +1,5 @@
-"""Layers: Linear, BatchNorm1d and the activation modules (thin wrappers over ``minivae.ops``)."""
+"""Layers: Linear, LinearReLU, BatchNorm1d and the activation modules (thin wrappers over
+``minivae.ops``)."""
 import math
 
 import numpy as np
@@ -48,6 +49,18 @@ class Linear(Module):
     def extra_repr(self):
         """The settings shown by repr."""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class LinearReLU(Linear):
+    """y = max(x @ W + b, 0): a ``Linear`` layer and its ReLU as one fused op (``F.linear_relu``).
+
+    The same numbers as ``Sequential(Linear(...), ReLU())``, with one array and one graph node
+    fewer per layer; the parameters (and their initialization) are those of ``Linear``.
+    """
+
+    def forward(self, x):
+        """max(x @ W + b, 0) as one fused op."""
+        return F.linear_relu(x, self.weight, self.bias)
 
 
 class BatchNorm1d(Module):

@@ -325,8 +325,8 @@ class Module:
         for name, (m, reg, key) in entries.items():
             if name not in state:
                 continue
-            target = getattr(m, reg)[key]
-            target = target.data if isinstance(target, Tensor) else target
+            owner = getattr(m, reg)[key]
+            target = owner.data if isinstance(owner, Tensor) else owner
             value = state[name]
             value = value.data if isinstance(value, Tensor) else value
             if not hasattr(value, "shape"):
@@ -338,11 +338,13 @@ class Module:
                 problems.append(f"{name}: dtype {value.dtype} in state_dict, {target.dtype} in the "
                                 "module (convert one with astype first)")
             else:
-                updates.append((target, value))
+                updates.append((owner, target, value))
         if problems:
             raise StateDictError(f"error(s) loading state_dict into {type(self).__name__}:\n  "
                                  + "\n  ".join(problems))
-        for target, value in updates:
+        for owner, target, value in updates:
+            if isinstance(owner, Tensor):
+                owner.bump_version()  # a graph that saved the old values must not use them
             # In place, so views of the arrays and the Parameter objects stay valid.
             target[...] = to_device(value, device_of(target))
         return IncompatibleKeys(missing, unexpected)

@@ -16,9 +16,9 @@ from .shape import (BroadcastTo, Concatenate, Getitem, Reshape, Stack, Transpose
                     concatenate, getitem, reshape, stack, transpose)
 from . import tensor_methods
 from .vae import (BernoulliLogProb, BinaryCrossEntropyWithLogits, GaussianLogProb, KLNormalNormal,
-                  KLNormalStd, Reparameterize, ReparameterizeNoise, bernoulli_log_prob,
-                  binary_cross_entropy_with_logits, gaussian_log_prob, kl_normal_normal,
-                  kl_normal_std, reparameterize)
+                  KLNormalStd, Reparameterize, ReparameterizeKL, ReparameterizeNoise,
+                  bernoulli_log_prob, binary_cross_entropy_with_logits, gaussian_log_prob,
+                  kl_normal_normal, kl_normal_std, reparameterize, reparameterize_kl)
 
 __all__ = [
     "PrecisionWeightedMerge",
@@ -99,6 +99,7 @@ __all__ = [
     "KLNormalNormal",
     "KLNormalStd",
     "Reparameterize",
+    "ReparameterizeKL",
     "ReparameterizeNoise",
     "bernoulli_log_prob",
     "binary_cross_entropy_with_logits",
@@ -106,6 +107,7 @@ __all__ = [
     "kl_normal_normal",
     "kl_normal_std",
     "reparameterize",
+    "reparameterize_kl",
 ]
 
 tensor_methods.install()

@@ -50,52 +50,52 @@ class Reparameterize(Function):
                 g * std if need_eps else None)
 
 
-def _gpu():
-    """minivae.gpu (the CUDA kernels); imported only on the GPU path, so CuPy stays optional."""
-    from .. import gpu
-
-    return gpu
-
-
 class ReparameterizeNoise(Function):
     """reparameterize(mu, logvar, noise) = mu + exp(logvar / 2) * eps, eps the standard normals of
     the counter-addressed draw ``noise`` (a minivae.random.Noise), of shape ``shape`` (default: the
     broadcast shape of mu and logvar; (S, B, D) from (B, D) parameters draws S samples).
 
     d/dmu = 1, d/dlogvar = exp(logvar / 2) * eps / 2. eps is not an input (no gradient).
-    GPU: one kernel generates eps in registers from (seed, offset, stream, element index) and the
-    backward kernel regenerates it from the same address, so eps is never stored. CPU: eps comes
-    from the NumPy twin (the same Philox words, so the same eps to float rounding) and
-    exp(logvar / 2) * eps is saved, as in Reparameterize.
+    Here eps comes from the NumPy twin of the GPU generator and exp(logvar / 2) * eps is saved,
+    as in Reparameterize. On CuPy arrays the kernels of the dispatch table (minivae.gpu.dispatch)
+    run instead: they generate eps in registers from (seed, offset, stream, element index) and
+    regenerate it in backward, so it is never stored.
     """
 
     @staticmethod
     def forward(ctx, mu, logvar, noise=None, shape=None):
         xp = get_array_module(mu, logvar)
         shape = np.broadcast_shapes(mu.shape, logvar.shape, () if shape is None else tuple(shape))
-        ctx.noise = noise
-        if xp is not np:
-            lv = xp.ascontiguousarray(xp.broadcast_to(logvar, shape))
-            ctx.save(lv)
-            return _gpu().reparameterize_forward(xp.ascontiguousarray(xp.broadcast_to(mu, shape)), lv,
-                                                 noise.seed, noise.offset, noise.stream)
-        scaled = noise.normal(shape, dtype=mu.dtype)  # a fresh array of the full shape
-        scaled *= np.exp(0.5 * logvar)
+        scaled = xp.asarray(noise.normal(shape, dtype=mu.dtype))  # a fresh array of the full shape
+        scaled *= xp.exp(0.5 * logvar)
         ctx.save(scaled)
         return mu + scaled
 
     @staticmethod
     def backward(ctx, g):
         need_mu, need_logvar = ctx.needs_input_grad
-        (saved,) = ctx.saved
-        if not need_logvar:
-            return g, None
-        if get_array_module(g) is not np:
-            n = ctx.noise
-            _, dlogvar = _gpu().reparameterize_backward(g, saved, n.seed, n.offset, n.stream)
-        else:
-            dlogvar = g * (0.5 * saved)
-        return (g if need_mu else None), dlogvar
+        (scaled,) = ctx.saved
+        return (g if need_mu else None), (g * (0.5 * scaled) if need_logvar else None)
+
+
+def _kl_terms(xp, mu, logvar):
+    """(the KL to N(0, I) per row, e^logvar): 1/2 sum_j (mu_j^2 + e^logvar_j - 1 - logvar_j)."""
+    var = xp.exp(logvar)
+    terms = xp.add(mu * mu, var)  # mu^2 + var - 1 - logvar, left to right, the rest in place
+    terms -= 1
+    terms -= logvar
+    return 0.5 * _row_sum(terms), var
+
+
+def _kl_grads(g, mu, var, need_mu, need_logvar):
+    """(d/dmu, d/dlogvar) of the KL to N(0, I) for the per-row upstream gradient g."""
+    g = _per_row(g)
+    dlogvar = None
+    if need_logvar:  # g * (0.5 * (var - 1)), one temporary fewer
+        half = var - 1
+        half *= 0.5
+        dlogvar = g * half
+    return (g * mu if need_mu else None), dlogvar
 
 
 class KLNormalStd(Function):
@@ -103,38 +103,73 @@ class KLNormalStd(Function):
     = 1/2 * sum_j (mu_j^2 + e^logvar_j - 1 - logvar_j).
 
     d/dmu = mu, d/dlogvar = (e^logvar - 1) / 2 (times the row's upstream gradient).
-    Analytic, never a Monte Carlo estimate: it has no variance.
+    Analytic, never a Monte Carlo estimate: it has no variance. On CuPy arrays of one shape the
+    dispatch table's kernels (one reduction per row) run instead.
     """
 
     @staticmethod
     def forward(ctx, mu, logvar):
-        xp = get_array_module(mu, logvar)
-        ctx.gpu = xp is not np and mu.shape == logvar.shape and mu.ndim >= 1
-        if ctx.gpu:  # one block-level reduction per row (kernels/kl.cu)
-            ctx.save(mu, logvar)
-            return _gpu().kl_normal_std_forward(mu, logvar)
-        var = xp.exp(logvar)
+        kl, var = _kl_terms(get_array_module(mu, logvar), mu, logvar)
         ctx.save(mu, var)
-        terms = xp.add(mu * mu, var)  # mu^2 + var - 1 - logvar, left to right, the rest in place
-        terms -= 1
-        terms -= logvar
-        return 0.5 * _row_sum(terms)
+        return kl
 
     @staticmethod
     def backward(ctx, g):
-        need_mu, need_logvar = ctx.needs_input_grad
-        if ctx.gpu:
-            mu, logvar = ctx.saved
-            dmu, dlogvar = _gpu().kl_normal_std_backward(g, mu, logvar)
-            return (dmu if need_mu else None), (dlogvar if need_logvar else None)
         mu, var = ctx.saved
-        g = _per_row(g)
-        dlogvar = None
-        if need_logvar:  # g * (0.5 * (var - 1)), one temporary fewer
-            half = var - 1
-            half *= 0.5
-            dlogvar = g * half
-        return (g * mu if need_mu else None), dlogvar
+        return _kl_grads(g, mu, var, *ctx.needs_input_grad)
+
+
+class ReparameterizeKL(Function):
+    """reparameterize_kl(mu, logvar, noise, samples=None) = (z, kl): a reparameterized sample of
+    q = N(mu, e^logvar) and its KL to the prior N(0, I), in one op with two outputs:
+
+        z  = mu + exp(logvar / 2) * eps,                       eps the normals of the draw ``noise``
+        kl = 1/2 * sum_j (mu_j^2 + e^logvar_j - 1 - logvar_j)  per row (the last axis)
+
+    With ``samples`` = S, z has shape (S,) + mu.shape (S independent samples per row); kl has
+    shape mu.shape[:-1] either way: it does not depend on eps, so it is computed once per row.
+    With upstream gradients gz (of z) and gkl (of kl, one per row):
+
+        d/dmu     = sum_s gz + gkl * mu
+        d/dlogvar = sum_s gz * exp(logvar / 2) * eps / 2 + gkl * (e^logvar - 1) / 2
+
+    (the sum over samples as the engine sums a broadcast gradient), the same numbers as
+    ``reparameterize`` and ``kl_normal_std`` applied separately. On CuPy arrays of one shape with
+    one sample per row, the dispatch table runs the fused kernels: one pass reads mu and logvar
+    and writes z and kl; eps is generated in registers and regenerated in backward.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, logvar, noise=None, samples=None):
+        if mu.shape != logvar.shape or mu.ndim < 1:
+            raise ValueError(f"reparameterize_kl: mu and logvar must have one shape with at least one "
+                             f"axis, got {mu.shape} and {logvar.shape}")
+        xp = get_array_module(mu, logvar)
+        shape = mu.shape if samples is None else (int(samples),) + mu.shape
+        scaled = xp.asarray(noise.normal(shape, dtype=mu.dtype))  # a fresh array of the full shape
+        scaled *= xp.exp(0.5 * logvar)
+        kl, var = _kl_terms(xp, mu, logvar)
+        ctx.save(scaled, mu, var)
+        return mu + scaled, kl
+
+    @staticmethod
+    def backward(ctx, gz, gkl):
+        scaled, mu, var = ctx.saved
+        need_mu, need_logvar = ctx.needs_input_grad
+        dmu = dlogvar = None
+        if gz is not None:
+            dmu = _sum_samples(gz, mu.shape) if need_mu else None
+            dlogvar = _sum_samples(gz * (0.5 * scaled), mu.shape) if need_logvar else None
+        if gkl is not None:
+            kl_mu, kl_logvar = _kl_grads(gkl, mu, var, need_mu, need_logvar)
+            dmu = kl_mu if dmu is None else kl_mu + dmu
+            dlogvar = kl_logvar if dlogvar is None else kl_logvar + dlogvar
+        return dmu, dlogvar
+
+
+def _sum_samples(g, shape):
+    """A gradient of S samples, (S,) + shape, summed to ``shape`` (as the engine sums it)."""
+    return g if g.shape == shape else g.sum(axis=(0,), keepdims=True).reshape(shape)
 
 
 class KLNormalNormal(Function):
@@ -224,8 +259,12 @@ class GaussianLogProb(Function):
     = -1/2 * sum_j [log(2 pi) + logvar_j + (x_j - mu_j)^2 e^-logvar_j].
 
     With s = (x - mu) e^-logvar: d/dx = -s, d/dmu = s, d/dlogvar = ((x - mu) s - 1) / 2.
-    Stable form: (x - mu)^2 e^-logvar is ((x - mu) e^(-logvar / 2))^2, finite in float32 down to
-    logvar = -176 (e^-logvar alone overflows below -88, and 0 * inf = NaN where x equals mu).
+    Stable form: with t = (x - mu) e^(-logvar / 2), (x - mu)^2 e^-logvar is t^2, finite in float32
+    down to logvar = -176 (e^-logvar alone overflows below -88, and 0 * inf = NaN where x equals
+    mu); (x - mu) s is t^2 too, and g s is computed as (g t) e^(-logvar / 2), so a collapsed
+    variance gives a finite gradient wherever the product is finite (s alone is 2.7e40 at
+    logvar = -100 and x - mu = 1e-3, above float32's largest number, while g s for the mean over
+    a batch of 1000 is 2.7e37).
     """
 
     @staticmethod
@@ -234,16 +273,17 @@ class GaussianLogProb(Function):
         inv_std = xp.exp(-0.5 * logvar)
         t = (x - mu) * inv_std
         ds = t * t
-        ctx.save(t * inv_std, ds)
+        ctx.save(t, inv_std, ds)
         return -0.5 * _row_sum(_LOG_2PI + logvar + ds)
 
     @staticmethod
     def backward(ctx, g):
-        s, ds = ctx.saved
+        t, inv_std, ds = ctx.saved
         g = _per_row(g)
         need = ctx.needs_input_grad
-        return (-g * s if need[0] else None,
-                g * s if need[1] else None,
+        gs = (g * t) * inv_std if need[0] or need[1] else None
+        return (-gs if need[0] else None,
+                gs if need[1] else None,
                 g * (0.5 * (ds - 1)) if need[2] else None)
 
 
@@ -293,6 +333,18 @@ def reparameterize(mu, logvar, eps, shape=None):
     if shape is not None:
         raise TypeError("reparameterize: shape= applies to counter-addressed noise (Noise or Generator)")
     return Reparameterize.apply(mu, logvar, eps)
+
+
+def reparameterize_kl(mu, logvar, noise, samples=None):
+    """(z, kl): z = mu + exp(logvar / 2) * eps and kl = KL(N(mu, e^logvar) || N(0, I)) per row, in
+    one op (see ReparameterizeKL). ``noise`` is a ``minivae.random.Noise`` or a ``Generator``
+    (its next draw); ``samples`` = S draws z of shape (S,) + mu.shape, the KL staying per row."""
+    if isinstance(noise, Generator):
+        noise = noise.next_noise()
+    if not isinstance(noise, Noise):
+        raise TypeError(f"reparameterize_kl: noise must be a minivae.random.Noise or Generator, "
+                        f"got {type(noise).__name__}")
+    return ReparameterizeKL.apply(mu, logvar, noise=noise, samples=samples)
 
 
 kl_normal_std = KLNormalStd.apply

@@ -1,0 +1,81 @@
+"""Latent statistics of a trained model: KL per latent dimension and active units.
+
+Posterior collapse shows in these numbers: a latent dimension whose posterior mean no longer
+varies with x carries no information (its KL from the prior is ~0). The trainer logs
+``latent_summary`` per epoch (``active_units``, ``kl_per_dim`` in ``metrics.jsonl``), and
+``minivae.viz`` draws the same statistics. Everything here is plain NumPy once the posterior
+parameters are computed.
+"""
+import numpy as np
+
+from .autograd import tensor
+from .backend import to_device
+from .evaluate import evaluating
+
+# Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
+# when Cov_x(E_{q(u|x)}[u]) > 1e-2.
+ACTIVE_UNIT_THRESHOLD = 1e-2
+
+
+def kl_per_dimension(mu, logvar):
+    """Mean over examples of KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (D,).
+
+    Per example and dimension KL = 0.5 * (mu^2 + exp(logvar) - 1 - logvar) (closed form for a
+    diagonal Gaussian against the standard normal); the sum over d of the result is the mean KL
+    term of the ELBO. A dimension with KL near 0 carries no information about x (posterior
+    collapse). ``mu`` and ``logvar`` are (N, D) arrays (NumPy, or anything ``np.asarray`` takes).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    logvar = np.asarray(logvar, dtype=np.float64)
+    if mu.shape != logvar.shape or mu.ndim != 2:
+        raise ValueError(f"mu and logvar must both be (N, D), got {mu.shape} and {logvar.shape}")
+    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
+
+
+def latent_activity(mu):
+    """Per-dimension activity Cov_x(E_q[z_d | x]) of Burda et al. 2015, shape (D,).
+
+    ``mu`` is the (N, D) matrix of posterior means over a data set; the activity of dimension d is
+    the variance of column d over the examples (normalized by N, the population variance).
+    """
+    mu = np.asarray(mu, dtype=np.float64)
+    if mu.ndim != 2:
+        raise ValueError(f"mu must be (N, D), got shape {mu.shape}")
+    return mu.var(axis=0)
+
+
+def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
+    """The number of active latent units: dimensions whose activity ``latent_activity(mu)`` exceeds
+    ``threshold`` (1e-2 as in Burda et al. 2015). ``mu`` is the (N, D) matrix of posterior means."""
+    return int((latent_activity(mu) > threshold).sum())
+
+
+def encode_dataset(model, x, batch_size=500):
+    """Posterior parameters (mu, logvar) of ``model`` for every row of ``x``, as float64 NumPy (N, D).
+
+    ``model.encode`` must return (mu, logvar) (``model.gaussian_encoder``). Runs in eval mode
+    without recording a graph (``minivae.evaluate.evaluating``).
+    """
+    device = next(iter(model.parameters())).device
+    mus, logvars = [], []
+    with evaluating(model):
+        for start in range(0, len(x), batch_size):
+            mu, logvar = model.encode(tensor(to_device(x[start:start + batch_size], device)))
+            mus.append(mu.numpy().astype(np.float64))
+            logvars.append(logvar.numpy().astype(np.float64))
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def latent_summary(model, x, batch_size=500, threshold=ACTIVE_UNIT_THRESHOLD):
+    """Posterior-collapse summary of ``model`` on the data ``x`` (an (N, x_dim) NumPy array):
+    ``{"active_units": int, "kl_per_dim": [float, ...]}``.
+
+    ``kl_per_dim[d]`` is the mean over x of KL(q(z_d | x) || N(0, 1)) (it sums to the ELBO's KL
+    term); ``active_units`` counts the dimensions d with Cov_x(E_q[z_d | x]) > ``threshold``
+    (Burda et al. 2015). The model is run in eval mode without a graph (``model.encode`` must
+    return (mu, logvar)); a few thousand examples give a stable count.
+    """
+    dtype = next(iter(model.parameters())).dtype
+    mu, logvar = encode_dataset(model, np.asarray(x, dtype=dtype), batch_size=batch_size)
+    return {"active_units": active_units(mu, threshold),
+            "kl_per_dim": [float(v) for v in kl_per_dimension(mu, logvar)]}

@@ -1,0 +1,49 @@
+"""The base class of every model: what the trainer, the evaluator and the command line rely on.
+
+A model is an ``nn.Module`` with an attribute ``x_dim`` (the size of an image row) and these
+methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``):
+
+* ``loss(x, noise, beta=None)`` -> (scalar loss Tensor, dict of float statistics);
+* ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) Tensors, shape (B,);
+* ``log_weights(x, k, noise)`` -> (k, B) importance log-weights;
+* ``sample(n, noise, probabilities=True)`` -> n images (Bernoulli means, or binary images);
+* ``set_epoch(epoch)``: called by the trainer at the start of every epoch (default: nothing).
+
+and the class attributes below say which optional capabilities it has; code asks these, never
+``hasattr``.
+"""
+from .. import nn
+
+
+class Model(nn.Module):
+    """A latent-variable model of images (see the module docstring for the methods)."""
+
+    #: Learns from labels too: ``loss(x, noise, beta, labelled=(x_l, y_l))``, and
+    #: ``set_data_sizes(n_total, n_labelled)`` is called before training.
+    semi_supervised = False
+    #: Has a classifier: ``classify(x)`` -> an integer array of predicted labels (B,).
+    classifies = False
+    #: ``encode(x)`` -> (mu, logvar) of one diagonal Gaussian q(z | x) (for the latent statistics).
+    gaussian_encoder = False
+    #: Constructor options whose value may name another run folder; the run layer replaces the
+    #: folder by the model it holds (M1+M2's ``m1``).
+    run_options = ()
+
+    def loss(self, x, noise, beta=None):
+        """The training loss and its statistics (see the module docstring)."""
+        raise NotImplementedError
+
+    def elbo(self, x, noise, samples=None):
+        """Per-example (reconstruction, KL) of the bound (see the module docstring)."""
+        raise NotImplementedError
+
+    def log_weights(self, x, k, noise):
+        """(k, B) importance log-weights (see the module docstring)."""
+        raise NotImplementedError
+
+    def sample(self, n, noise, probabilities=True):
+        """n images drawn from the model (see the module docstring)."""
+        raise NotImplementedError
+
+    def set_epoch(self, epoch):
+        """Per-epoch schedules of the model (e.g. a temperature); none by default."""

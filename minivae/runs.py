@@ -1,0 +1,320 @@
+"""The run folder: its settings, its files, and the rules that keep a run from being lost.
+
+A run lives in one folder::
+
+    config.json      the settings (a ``TrainConfig``), written when training starts
+    metrics.jsonl    one JSON line per epoch (and per traced step, with ``--trace-every``)
+    checkpoint.npz   model, optimizer, noise generator and loop position (``minivae.checkpoint``)
+    results.json     the test numbers, written at the end
+    eval_k*.json     the results of ``minivae eval``
+    *.png            the pictures of ``minivae plot`` (``PICTURES``)
+
+Rules:
+
+* training never starts over a folder that holds a run, unless told to continue it (``resume``)
+  or to start again (``overwrite``, which first removes the files a run writes);
+* a cut-off last line of ``metrics.jsonl`` (a full disk, a kill while appending) is dropped on
+  read, so it never blocks a resume or a plot;
+* JSON files are written atomically (a temporary file moved into place), and a failed write
+  raises ``RunWriteError``, one line naming the file and the reason;
+* leftover ``checkpoint.npz.*.tmp`` files of an interrupted save are removed at the next start.
+
+Errors about a run folder are ``RunFolderError`` (a ``ValueError``): one line naming the folder and
+what would be valid.
+"""
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from . import checkpoint
+from .models import MODELS, build_model
+
+CONFIG = "config.json"
+CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+RESULTS = "results.json"
+#: The pictures ``minivae plot`` and ``minivae sample`` draw into a run folder.
+PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png", "latent_umap.png",
+            "traversal.png", "kl_per_dim.png", "curves.png", "grad_norms.png")
+#: The files of a run, by name and by pattern; ``overwrite`` removes these and nothing else.
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, RESULTS)
+RUN_FILE_PATTERNS = ("eval_k*.json", "graph.dot", "graph.svg") + PICTURES
+#: The temporary files of an interrupted atomic write (``checkpoint.save`` and ``write_json`` name
+#: them ``<file>.<random>.tmp``).
+STRAY_PATTERNS = tuple(f"{name}.*.tmp" for name in RUN_FILES) + ("eval_k*.json.*.tmp",)
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used as asked; the message names the folder and what would be valid."""
+
+
+class RunExistsError(RunFolderError):
+    """Training was asked to start in a folder that already holds a run."""
+
+
+class NotARunError(RunFolderError):
+    """A folder that should hold a run (a checkpoint) does not."""
+
+
+class ResumeMismatchError(RunFolderError):
+    """``resume`` with settings that differ from those of the run's checkpoint."""
+
+
+class RunWriteError(RunFolderError):
+    """A file of a run folder could not be written (a full disk, a read-only folder, ...)."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Every setting of a run (saved as ``config.json`` and inside each checkpoint)."""
+    model: str = "vae"
+    epochs: int = 150
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # "cosine" (to lr_min at the last step) or "constant"
+    lr_min: float = 1e-4
+    z_dim: int = 50
+    hidden: tuple = (512, 256)
+    activation: str = "relu"
+    beta: float = 1.0
+    warmup: int = 10  # epochs of linear KL warm-up from 0 to beta (0: none)
+    mc_samples: int = 1
+    iw_k: int = 1
+    seed: int = 0
+    out: str = "runs/vae"
+    device: str = "cpu"
+    eval_k: int = 1000  # importance samples for the test log-likelihood at the end (0: skip)
+    n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
+    model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
+    trace_every: int = 0  # log gradient norms and update ratios every N steps (0: off)
+
+    #: Settings that may change when a run is resumed; any other change makes another run.
+    RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every")
+
+    def model_kwargs(self):
+        """The keyword arguments of the model constructor (common ones, then ``model_options``)."""
+        common = dict(z_dim=self.z_dim, hidden=tuple(self.hidden), activation=self.activation,
+                      beta=self.beta, mc_samples=self.mc_samples, iw_k=self.iw_k)
+        return dict(common, **self.model_options)
+
+    def to_dict(self):
+        """The JSON form of the config (what ``config.json`` holds)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        """Rebuild a config from its JSON form (unknown keys are an error, so typos surface)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        d = dict(d)
+        if "hidden" in d:
+            d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+    def check_resumable(self, saved):
+        """Raise ResumeMismatchError unless this config continues the run of ``saved`` (a TrainConfig)."""
+        mismatched = [f.name for f in dataclasses.fields(self) if f.name not in self.RESUMABLE_CHANGES
+                      and getattr(saved, f.name) != getattr(self, f.name)]
+        if mismatched:
+            changes = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(self, name)!r}"
+                                for name in mismatched)
+            raise ResumeMismatchError(
+                f"cannot resume {self.out} with other settings ({changes}); only "
+                f"{', '.join(self.RESUMABLE_CHANGES)} may change, or start again with --overwrite")
+
+
+# ----- the model of a run ------------------------------------------------------------------------
+
+def build_run_model(config):
+    """The (untrained) model that ``config`` describes.
+
+    Options that a model class lists in ``run_options`` name other run folders (M1+M2's ``m1``);
+    they are replaced by the models those runs hold before the model is built.
+    """
+    kwargs = config.model_kwargs()
+    # MODELS holds classes and one factory function (iwae), which has no run options.
+    for name in getattr(MODELS.get(config.model), "run_options", ()):
+        if isinstance(kwargs.get(name), (str, os.PathLike)):
+            kwargs[name] = load_run(kwargs[name])[1]
+    return build_model(config.model, **kwargs)
+
+
+def load_run(run):
+    """Rebuild the model of a run folder from its checkpoint; return (config, model).
+
+    Raises NotARunError naming the folder when it holds no checkpoint.
+    """
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise NotARunError(f"{run} is not a run folder: it has no {CHECKPOINT} (train one with "
+                           f"`minivae train --out {run}`)")
+    arrays, meta = checkpoint.load(path)
+    config = TrainConfig.from_dict(meta["config"])
+    model = build_run_model(config)
+    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    return config, model
+
+
+# ----- claiming a folder for training -------------------------------------------------------------
+
+def holds_run(run_dir):
+    """Whether ``run_dir`` holds any file of a run (config, checkpoint, metrics or results)."""
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
+def remove_stray_files(run_dir):
+    """Delete the temporary files that an interrupted atomic write left in ``run_dir``."""
+    for pattern in STRAY_PATTERNS:
+        for path in Path(run_dir).glob(pattern):
+            path.unlink()
+
+
+def prepare_run_dir(run_dir, resume=False, overwrite=False):
+    """Make ``run_dir`` ready for training; raise RunFolderError when it may not be used as asked.
+
+    A new or empty folder is created. A folder that holds a run is refused unless ``resume``
+    (it must hold a checkpoint, which training continues) or ``overwrite`` (the run's files are
+    removed first). Stray temporary files of an interrupted save are removed in every case.
+    """
+    run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise RunFolderError(f"{run_dir}: choose --resume (continue the run) or --overwrite "
+                             "(start it again), not both")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir} is a file, not a run folder; give --out a folder")
+    if resume and not (run_dir / CHECKPOINT).is_file():
+        way = "start it again with --overwrite" if holds_run(run_dir) else "train without --resume"
+        raise NotARunError(f"cannot resume {run_dir}: it has no {CHECKPOINT}; {way}")
+    if not resume and holds_run(run_dir) and not overwrite:
+        raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume, start "
+                             "it again with --overwrite, or choose another --out")
+    try:
+        if overwrite:
+            _remove_run_files(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stray_files(run_dir)
+    except OSError as exc:
+        raise RunWriteError(f"cannot use {run_dir} as a run folder: {_reason(exc)}") from None
+
+
+def _remove_run_files(run_dir):
+    """Delete the files a run writes (``RUN_FILES``, ``RUN_FILE_PATTERNS``), if there are any."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for pattern in RUN_FILE_PATTERNS:
+        for path in run_dir.glob(pattern):
+            path.unlink()
+
+
+def next_free_run_dir(base):
+    """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none.
+
+    The default ``--out`` of ``minivae train``: training twice makes two runs.
+    """
+    base = Path(base)
+    candidate, n = base, 1
+    while holds_run(candidate) or (candidate.exists() and not candidate.is_dir()):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+# ----- writing and reading the run's files --------------------------------------------------------
+
+def _reason(exc):
+    """An OSError as a short reason ("No space left on device"), without the chained traceback."""
+    return exc.strerror or str(exc)
+
+
+def write_json(path, obj, kept=""):
+    """Write ``obj`` as indented JSON to ``path`` atomically; raise RunWriteError on failure.
+
+    ``kept`` says in that error where the numbers are still to be found (e.g. "printed above").
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise RunWriteError(f"could not write {path}: {_reason(exc)}" + (f"; {kept}" if kept else "")) from None
+
+
+def save_checkpoint(run_dir, arrays, meta):
+    """``checkpoint.save`` into the run folder; a failed write raises RunWriteError and leaves the
+    previous checkpoint as it was (the save is atomic)."""
+    path = Path(run_dir) / CHECKPOINT
+    try:
+        checkpoint.save(path, arrays, meta)
+    except OSError as exc:
+        raise RunWriteError(f"could not write {path}: {_reason(exc)}; the previous checkpoint "
+                            "is kept") from None
+
+
+def append_metrics(run_dir, record):
+    """Append ``record`` as one line of ``metrics.jsonl`` (one write: a line and its newline)."""
+    path = Path(run_dir) / METRICS
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise RunWriteError(f"could not write {path}: {_reason(exc)}") from None
+
+
+def read_metrics(run_dir):
+    """The lines of ``metrics.jsonl`` in ``run_dir`` as a list of dicts ([] if the file is absent).
+
+    A last line cut off by a crash (no newline, not valid JSON) is dropped; any other line that is
+    not JSON raises RunFolderError naming the file and the line.
+    """
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    text = path.read_text()
+    lines = text.split("\n")
+    partial = lines.pop()  # "" when the file ends with a newline, as every complete write does
+    records = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunFolderError(f"{path} line {number} is not JSON: {line[:60]!r}") from None
+    if partial.strip():
+        try:
+            records.append(json.loads(partial))
+        except json.JSONDecodeError:
+            pass  # cut off while it was being written: the epoch it belonged to runs again
+    return records
+
+
+def rewrite_metrics(run_dir, keep):
+    """Keep only the metrics lines for which ``keep(record)`` is true (a cut-off last line goes
+    too); the file is replaced atomically."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    kept = [record for record in read_metrics(run_dir) if keep(record)]
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("".join(json.dumps(record) + "\n" for record in kept))
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise RunWriteError(f"could not write {path}: {_reason(exc)}") from None
+
+
+def eval_results_path(run_dir, k):
+    """Where ``minivae eval --k K`` writes its result: ``RUN/eval_kK.json``."""
+    return Path(run_dir) / f"eval_k{int(k)}.json"
+

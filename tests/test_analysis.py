@@ -1,0 +1,41 @@
+"""minivae.analysis: KL per latent dimension and active units, by hand."""
+import math
+
+import numpy as np
+import pytest
+
+from minivae import analysis
+
+
+def test_kl_per_dimension_by_hand():
+    mu = np.array([[1.0, 0.0], [0.0, 2.0]])
+    logvar = np.array([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # 0.5 (mu^2 + exp(logvar) - 1 - logvar) per element:
+    # row 1: 0.5 (1 + 1 - 1) = 0.5 and 0.5 (2 - 1 - log 2); row 2: 0 and 0.5 (4 + 1 - 1) = 2.
+    expected = [(0.5 + 0.0) / 2, (0.5 * (1 - math.log(2.0)) + 2.0) / 2]
+    assert np.allclose(analysis.kl_per_dimension(mu, logvar), expected)
+
+
+def test_kl_per_dimension_sums_to_the_models_kl(rng):
+    from minivae import functional as F
+    from minivae import tensor
+
+    mu, logvar = rng.normal(size=(50, 4)), rng.normal(size=(50, 4))
+    total = F.kl_normal_std(tensor(mu), tensor(logvar)).numpy().mean()
+    assert analysis.kl_per_dimension(mu, logvar).sum() == pytest.approx(total, rel=1e-10)
+
+
+def test_kl_per_dimension_is_zero_at_the_prior():
+    assert np.allclose(analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 2))), 0.0)
+    with pytest.raises(ValueError):
+        analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 3)))
+
+
+def test_active_units_by_hand():
+    # Columns alternating +-a over 4 examples have population variance a^2.
+    signs = np.array([1.0, -1.0, 1.0, -1.0])[:, None]
+    mu = signs * np.array([0.0, 0.05, 1.0, 0.2]) + np.array([5.0, 0.0, -3.0, 0.0])  # offsets do not matter
+    assert np.allclose(analysis.latent_activity(mu), [0.0, 0.0025, 1.0, 0.04])
+    assert analysis.active_units(mu) == 2                     # 1.0 and 0.04 exceed 1e-2
+    assert analysis.active_units(mu, threshold=1e-3) == 3
+    assert analysis.active_units(mu, threshold=2.0) == 0

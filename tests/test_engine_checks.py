@@ -1,0 +1,174 @@
+"""The engine's guards and hooks: gradient hooks, in-place changes of saved tensors, backward
+functions that return the wrong number of gradients, and mixed dtypes at backward()."""
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae import nn, optim
+from minivae.autograd import backward
+from minivae.function import Function, InPlaceModificationError
+
+
+def x64(*values):
+    return mv.tensor(np.array(values, dtype=np.float64), requires_grad=True)
+
+
+# ----- hooks ------------------------------------------------------------------------------------
+def test_hook_is_called_once_with_the_complete_gradient():
+    x = x64(1.0, 2.0, 3.0)
+    h = x * 2.0
+    seen = []
+    h.register_hook(lambda g: seen.append(g.copy()))
+    (h * h + h * 3.0).sum().backward()  # h is used three times
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], 2 * h.data + 3.0)
+
+
+def test_hook_replacement_flows_on_to_the_inputs():
+    x = x64(1.0, 2.0)
+    h = x * 3.0
+    h.register_hook(lambda g: np.zeros_like(g) + 10.0)
+    (h * h).sum().backward()
+    np.testing.assert_array_equal(x.grad, [30.0, 30.0])
+
+
+def test_leaf_hook_runs_before_accumulation_and_can_be_removed():
+    x = x64(1.0, 2.0)
+    handle = x.register_hook(lambda g: g * 0.5)
+    (x * 4.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 2.0])
+    handle.remove()
+    (x * 4.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [6.0, 6.0])
+
+
+def test_hook_of_the_wrong_shape_is_refused():
+    x = x64(1.0, 2.0)
+    h = x * 2.0
+    h.register_hook(lambda g: np.zeros(3))
+    with pytest.raises(RuntimeError, match="hook returned"):
+        h.sum().backward()
+
+
+def test_hook_needs_a_tensor_that_requires_grad():
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        mv.tensor(np.ones(2)).register_hook(lambda g: None)
+
+
+# ----- in-place changes of saved tensors --------------------------------------------------------
+def test_raw_write_into_a_saved_array_fails_at_once():
+    x = x64(1.0, 2.0, 3.0)
+    y = (x * x).sum()
+    with pytest.raises(ValueError, match="read-only"):
+        x.data[:] = 10
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0, 6.0])  # the gradient at the old values
+    x.data[:] = 10  # released by backward: writable again
+
+
+def test_a_dropped_graph_releases_its_arrays():
+    x = x64(1.0, 2.0)
+    y = (x * x).sum()
+    del y
+    x.data[:] = 5.0  # no backward ran, but nothing can use the saved values any more
+    np.testing.assert_array_equal(x.data, [5.0, 5.0])
+
+
+def test_retained_graph_keeps_arrays_read_only_until_dropped():
+    x = x64(1.0, 2.0)
+    y = (x * x).sum()
+    y.backward(retain_graph=True)
+    with pytest.raises(ValueError, match="read-only"):
+        x.data[0] = 3.0
+    del y
+    x.data[0] = 3.0
+
+
+def test_optimizer_step_before_backward_names_the_op_and_input():
+    mv.nn.init.manual_seed(0)
+    layer = nn.Linear(3, 2, dtype=np.float64)
+    opt = optim.SGD(layer.parameters(), lr=0.1)
+    x = mv.tensor(np.ones((4, 3)))
+    layer(x).sum().backward()  # gradients from an earlier step
+    loss = layer(x).sum()
+    opt.step()  # changes the weights that the new graph saved
+    with pytest.raises(InPlaceModificationError, match=r"Linear: input 1 .*shape \(3, 2\).*version"):
+        loss.backward()
+
+
+def test_version_check_guards_arrays_without_a_writeable_flag():
+    # CuPy arrays cannot be made read-only: only the version numbers guard them. A view is never
+    # locked either, so it exercises the same path on the CPU.
+    base = np.arange(6.0).reshape(2, 3)
+    x = mv.tensor(base[0], requires_grad=True)
+    assert not x.data.flags.owndata
+    y = (x * x).sum()
+    x.data[:] = 10.0  # not locked: a view
+    x.bump_version()
+    with pytest.raises(InPlaceModificationError, match="Mul: input 0"):
+        y.backward()
+
+
+class ArrayWithoutLocking(np.ndarray):
+    """Stands for a CuPy array on the CPU: not a plain numpy.ndarray, so the engine never locks it."""
+
+
+def test_arrays_that_cannot_be_locked_rely_on_versions():
+    x = mv.tensor(np.arange(1.0, 4.0).view(ArrayWithoutLocking), requires_grad=True)
+    w = mv.tensor(np.ones(3).view(ArrayWithoutLocking), requires_grad=True)
+    y = (x * w).sum()
+    assert x.data.flags.writeable and w.data.flags.writeable  # nothing was locked
+    opt = optim.SGD([w], lr=0.5)
+    w.grad = np.ones(3).view(ArrayWithoutLocking)
+    opt.step()  # an optimizer step before backward
+    with pytest.raises(InPlaceModificationError, match="Mul: input 1"):
+        y.backward()
+
+
+def test_unsaved_inputs_may_change():
+    x = x64(1.0, 2.0)
+    y = (x + 1.0).sum()  # add saves nothing
+    x.bump_version()
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [1.0, 1.0])
+
+
+def test_load_state_dict_before_backward_is_caught():
+    mv.nn.init.manual_seed(0)
+    layer = nn.Linear(2, 2, dtype=np.float64)
+    state = layer.state_dict()
+    loss = layer(mv.tensor(np.ones((1, 2)))).sum()
+    layer.load_state_dict(state)
+    with pytest.raises(InPlaceModificationError, match="Linear"):
+        loss.backward()
+
+
+# ----- backward's contract ----------------------------------------------------------------------
+class TwoGradientsForOneInput(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * 2, g
+
+
+def test_wrong_number_of_gradients_names_the_function():
+    x = x64(1.0, 2.0)
+    with pytest.raises(RuntimeError, match="TwoGradientsForOneInput.backward returned 2 gradient"):
+        TwoGradientsForOneInput.apply(x).sum().backward()
+
+
+def test_gradcheck_fails_on_a_wrong_number_of_gradients():
+    with pytest.raises(RuntimeError, match="TwoGradientsForOneInput"):
+        mv.gradcheck(TwoGradientsForOneInput.apply, x64(1.0, 2.0))
+
+
+def test_backward_grad_of_another_dtype_is_refused():
+    x = mv.tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    y = x * 2.0
+    with pytest.raises(TypeError, match="grad is float64, tensor is float32"):
+        y.backward(grad=np.ones(3, dtype=np.float64))
+    with pytest.raises(TypeError, match="grad is float64, tensor is float32"):
+        backward([y], [mv.tensor(np.ones(3, dtype=np.float64))])

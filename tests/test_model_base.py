@@ -1,0 +1,33 @@
+"""Every registered model declares its capabilities (models.base.Model) truthfully."""
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae.models import MODELS
+from minivae.models.base import Model
+from minivae.runs import TrainConfig, build_run_model
+
+
+def small_model(name):
+    options = {"m1": {"z_dim": 3, "hidden": (8,)}} if name == "m1m2" else {}
+    return build_run_model(TrainConfig(model=name, hidden=(8, 8), z_dim=2, model_options=options))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_declared_capabilities_match_the_methods(name):
+    model = small_model(name)
+    assert isinstance(model, Model)
+    assert model.classifies == callable(getattr(model, "classify", None))
+    if model.semi_supervised:
+        model.set_data_sizes(100, 10)
+    x = mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+    if model.gaussian_encoder:
+        mu, logvar = model.encode(x)
+        assert mu.shape == logvar.shape == (3, model.z_dim)
+    if model.classifies:
+        assert model.classify(x).shape == (3,)
+    model.set_epoch(0)  # every model takes the per-epoch call
+
+
+def test_the_run_options_are_declared_by_the_models_that_load_runs():
+    assert {name for name, cls in MODELS.items() if getattr(cls, "run_options", ())} == {"m1m2"}

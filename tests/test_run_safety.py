@@ -1,0 +1,341 @@
+"""No run is ever lost: refusal to train over a run, crash-consistent run folders, the divergence
+guard, failed writes, and kill -9 at random times."""
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivae import checkpoint, cli, runs
+from minivae.runs import (CHECKPOINT, METRICS, RESULTS, NotARunError, RunExistsError, RunFolderError,
+                          RunWriteError)
+from minivae.train import Trainer, TrainingDiverged, train
+
+from test_train import _interrupt_after, config, params, small_data
+
+QUIET = dict(progress=False, log=lambda m: None)
+STEPS_PER_EPOCH = 6  # small_data(): 300 training images in batches of 50
+
+
+def files(run):
+    """Every file of a folder with its bytes."""
+    return {p.name: p.read_bytes() for p in Path(run).iterdir()}
+
+
+def one_line(exc):
+    message = str(exc.value)
+    assert message and "\n" not in message, message
+    return message
+
+
+# ----- training into an existing run ------------------------------------------------------------
+
+def test_training_into_a_finished_run_is_refused_and_changes_nothing(tmp_path):
+    data = small_data()
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    before = files(tmp_path / "run")
+    with pytest.raises(RunExistsError) as exc:
+        train(config(tmp_path, epochs=1), data=data, **QUIET)
+    message = one_line(exc)
+    assert str(tmp_path / "run") in message and "--resume" in message and "--overwrite" in message
+    assert files(tmp_path / "run") == before
+
+
+def test_ctrl_c_after_starting_in_a_finished_run_leaves_it_as_it_was(tmp_path):
+    data = small_data()
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    before = files(tmp_path / "run")
+    trainer = Trainer(config(tmp_path, epochs=1), data=data, **QUIET)
+    _interrupt_after(trainer, 1)  # a Ctrl-C after one step would save a checkpoint at batch 1
+    with pytest.raises(RunExistsError):
+        trainer.fit()
+    assert files(tmp_path / "run") == before
+
+
+def test_overwrite_starts_again_and_leaves_no_old_results(tmp_path):
+    data = small_data()
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=2, eval_k=2), data=data, **QUIET)
+    (run / "eval_k4.json").write_text("{}")
+    (run / "samples.png").write_bytes(b"an old picture")
+    (run / "notes.txt").write_text("mine")  # not a file of the run: kept
+    trainer = Trainer(config(tmp_path, epochs=1), data=data, **QUIET)
+    trainer.fit(overwrite=True)
+    fresh = Trainer(config(tmp_path / "fresh", epochs=1), data=data, **QUIET)
+    fresh.fit()
+    for name, value in params(fresh.model).items():
+        np.testing.assert_array_equal(params(trainer.model)[name], value, err_msg=name)
+    assert [json.loads(line)["epoch"] for line in (run / METRICS).read_text().splitlines()] == [1]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl",
+                                                      "notes.txt"]
+
+
+def test_resume_and_out_are_checked_before_training(tmp_path):
+    data = small_data()
+    with pytest.raises(NotARunError, match="no checkpoint.npz; train without --resume"):
+        Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # killed before its first checkpoint
+    with pytest.raises(NotARunError, match="no checkpoint.npz; start it again with --overwrite"):
+        Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
+    with pytest.raises(RunFolderError, match="not both"):
+        Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        Trainer(config(tmp_path, out=str(tmp_path / "file")), data=data, **QUIET).fit()
+
+
+def test_next_free_run_dir_counts_up_past_folders_that_hold_runs(tmp_path):
+    base = tmp_path / "runs" / "vae"
+    assert runs.next_free_run_dir(base) == base
+    base.mkdir(parents=True)
+    assert runs.next_free_run_dir(base) == base  # an empty folder holds no run
+    (base / "config.json").write_text("{}")
+    assert runs.next_free_run_dir(base) == tmp_path / "runs" / "vae-2"
+    (tmp_path / "runs" / "vae-2").mkdir()
+    (tmp_path / "runs" / "vae-2" / METRICS).write_text("")
+    assert runs.next_free_run_dir(base) == tmp_path / "runs" / "vae-3"
+
+
+# ----- crash-consistent run folders -------------------------------------------------------------
+
+def test_a_cut_off_last_metrics_line_never_blocks_resume_or_reading(tmp_path):
+    data = small_data()
+    run = tmp_path / "run"
+    cut = Trainer(config(tmp_path), data=data, **QUIET)
+    _interrupt_after(cut, STEPS_PER_EPOCH + 2)  # inside epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    with open(run / METRICS, "a") as f:
+        f.write('{"epoch": 2, "beta": 0.1, "train_lo')  # a kill while appending
+    assert [m["epoch"] for m in runs.read_metrics(run)] == [1]
+    Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
+    lines = (run / METRICS).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_a_broken_metrics_line_inside_the_file_is_named(tmp_path):
+    (tmp_path / METRICS).write_text('{"epoch": 1}\n{"epo\n{"epoch": 2}\n')
+    with pytest.raises(RunFolderError, match="line 2 is not JSON"):
+        runs.read_metrics(tmp_path)
+
+
+def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
+    data = small_data()
+    run = tmp_path / "run"
+    cut = Trainer(config(tmp_path), data=data, **QUIET)
+    _interrupt_after(cut, 3)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    stray = [run / "checkpoint.npz.k2j3h4.tmp", run / "metrics.jsonl.abc.tmp", run / "results.json.x.tmp"]
+    for path in stray:
+        path.write_bytes(b"\0" * 1000)  # what kill -9 during an atomic write leaves
+    (run / "mine.tmp").write_text("a user's file")
+    Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
+    assert not any(path.exists() for path in stray)
+    assert (run / "mine.tmp").exists()
+
+
+def _full_disk_on_call(n):
+    """A stand-in for np.savez that fails like a full disk on its ``n``-th call (1-based)."""
+    real, calls = np.savez, [0]
+
+    def savez(f, **arrays):
+        calls[0] += 1
+        if calls[0] == n:
+            f.write(b"PK\x03\x04 half a checkpoint")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(f, **arrays)
+    return savez
+
+
+def test_a_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    data = small_data()  # a constant rate: the cosine schedule would bend with the new length
+    run = tmp_path / "run"
+    Trainer(config(tmp_path, epochs=1, lr_schedule="constant"), data=data, **QUIET).fit()
+    before = (run / CHECKPOINT).read_bytes()
+    monkeypatch.setattr(checkpoint.np, "savez", _full_disk_on_call(1))
+    with pytest.raises(RunWriteError) as exc:
+        Trainer(config(tmp_path, epochs=2, lr_schedule="constant"), data=data, **QUIET).fit(resume=True)
+    message = one_line(exc)
+    assert os.strerror(errno.ENOSPC) in message and str(run / CHECKPOINT) in message
+    assert "previous checkpoint is kept" in message
+    assert (run / CHECKPOINT).read_bytes() == before
+    assert not list(run.glob("*.tmp"))
+    monkeypatch.undo()  # space again: the run goes on from the kept checkpoint
+    resumed = Trainer(config(tmp_path, epochs=2, lr_schedule="constant"), data=data, **QUIET)
+    resumed.fit(resume=True)
+    ref = Trainer(config(tmp_path / "ref", epochs=2, lr_schedule="constant"), data=data, **QUIET)
+    ref.fit()
+    for name, value in params(ref.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[name], value, err_msg=name)
+
+
+def test_eval_prints_its_result_before_writing_it(tmp_path, monkeypatch, capsys):
+    import minivae.data as data_module
+
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
+    real_mkstemp = runs.tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):  # the run folder refuses new files
+        if Path(dir) == run:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    capsys.readouterr()
+    try:
+        code = cli.main(["eval", str(run), "--k", "3", "--no-progress"])
+        captured = capsys.readouterr()
+        message, out = captured.err, captured.out
+        assert code == 2
+    except RunWriteError as exc:
+        message, out = str(exc), capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["k"] == 3 and np.isfinite(result["test_nll"])
+    assert "eval_k3.json" in message and os.strerror(errno.EROFS) in message and "printed above" in message
+    assert not (run / "eval_k3.json").exists()
+
+
+# ----- the divergence guard ---------------------------------------------------------------------
+
+def _bad_gradient_at(trainer, step, value):
+    """Make one parameter's gradient ``value`` everywhere (with a finite loss) at optimizer step
+    ``step`` (1-based, counted from this trainer's start)."""
+    real, count = trainer.optimizer.step, [0]
+
+    def bad_step():
+        count[0] += 1
+        if count[0] == step:
+            p = next(iter(trainer.model.parameters()))
+            p.grad = np.full_like(p.grad, value)
+        real()
+    trainer.optimizer.step = bad_step
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflows under test
+def test_an_infinite_gradient_on_the_last_step_before_a_save_keeps_the_good_checkpoint(tmp_path):
+    data = small_data()
+    run = tmp_path / "run"
+    Trainer(config(tmp_path, epochs=1), data=data, **QUIET).fit()
+    before = (run / CHECKPOINT).read_bytes()
+    trainer = Trainer(config(tmp_path, epochs=2), data=data, **QUIET)
+    _bad_gradient_at(trainer, STEPS_PER_EPOCH, np.inf)  # the last step of epoch 2
+    with pytest.raises(TrainingDiverged) as exc:
+        trainer.fit(resume=True)
+    assert f"{run / CHECKPOINT} still holds the last good state, at the end of epoch 1" in one_line(exc)
+    assert (run / CHECKPOINT).read_bytes() == before
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflows under test
+def test_an_infinite_adam_moment_is_never_saved(tmp_path):
+    # A gradient of 1e30 is finite, but its square overflows float32: the second moment becomes
+    # inf and the update m / sqrt(v) is 0, so loss and weights stay finite while that parameter
+    # is frozen for good. Such a state must not be saved as if it were good.
+    data = small_data()
+    trainer = Trainer(config(tmp_path, epochs=1), data=data, **QUIET)
+    _bad_gradient_at(trainer, 2, 1e30)
+    with pytest.raises(TrainingDiverged) as exc:
+        trainer.fit()
+    message = one_line(exc)
+    assert "optim/" in message and "no checkpoint yet" in message
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflows under test
+def test_a_huge_learning_rate_never_ends_with_a_non_finite_checkpoint(tmp_path):
+    data = small_data()
+    with pytest.raises(TrainingDiverged) as exc:
+        train(config(tmp_path, epochs=3, lr=150, warmup=0, lr_schedule="constant"), data=data, **QUIET)
+    one_line(exc)
+    path = tmp_path / "run" / CHECKPOINT
+    if path.exists():
+        arrays, _ = checkpoint.load(path)
+        assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_divergence_before_the_first_save_says_there_is_no_checkpoint(tmp_path):
+    trainer = Trainer(config(tmp_path), data=small_data(), **QUIET)
+    trainer.model.decoder.net[-1].bias.data[:] = np.nan
+    with pytest.raises(TrainingDiverged) as exc:
+        trainer.fit()
+    message = one_line(exc)
+    assert "no checkpoint yet" in message and "still holds" not in message
+    assert not (tmp_path / "run" / CHECKPOINT).exists()
+
+
+# ----- kill -9 at random times ------------------------------------------------------------------
+
+EPOCHS, MIN_KILLS = 6, 2
+_CHILD = f"""
+EPOCHS = {EPOCHS}
+import sys
+from pathlib import Path
+from minivae.runs import CHECKPOINT, TrainConfig
+from minivae.train import train
+from test_train import small_data
+
+out = Path(sys.argv[1])
+resume = (out / CHECKPOINT).exists()
+config = TrainConfig(epochs=EPOCHS, batch_size=50, hidden=(32,), z_dim=4, eval_k=2, warmup=2, trace_every=5,
+                     out=str(out))
+train(config, resume=resume, overwrite=not resume, data=small_data(n_train=600), progress=False,
+      log=lambda m: None)
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_times_always_resumes_to_the_same_bits(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
+                                                       os.environ.get("PYTHONPATH", "")]))
+
+    def run(out, kill_after=None):
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, str(out)], env=env)
+        if kill_after is None:
+            return child.wait(timeout=120)
+        try:
+            return child.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            return None
+
+    start = time.monotonic()
+    assert run(tmp_path / "ref") == 0
+    whole = time.monotonic() - start  # start-up and training: kills land anywhere in a run
+    rng = np.random.default_rng(0)
+    out = tmp_path / "killed"
+    for _ in range(5):  # a machine faster than the first run may finish before enough kills
+        shutil.rmtree(out, ignore_errors=True)
+        kills, stalls, last = 0, 0, None
+        # A kill lands anywhere in a run; a run that made no progress (killed before its next
+        # checkpoint, as under a heavy machine load) gets a longer time before the next kill.
+        while (code := run(out, kill_after=float(rng.uniform(0.2, 0.9) * whole * (1 + stalls)))) is None:
+            kills += 1
+            saved = (out / CHECKPOINT).read_bytes() if (out / CHECKPOINT).exists() else None
+            stalls, last = (stalls + 1 if saved == last else 0), saved
+            assert kills < 40, "the killed run makes no progress"
+        assert code == 0
+        if kills >= MIN_KILLS:
+            break
+        whole /= 2
+    assert kills >= MIN_KILLS
+    ref, _ = checkpoint.load(tmp_path / "ref" / CHECKPOINT)
+    got, meta = checkpoint.load(out / CHECKPOINT)
+    assert meta["epoch"] == EPOCHS and sorted(got) == sorted(ref)
+    for name, value in ref.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    lines = runs.read_metrics(out)
+    assert [m["epoch"] for m in lines if "valid_elbo" in m] == list(range(1, EPOCHS + 1))
+    assert [m["step"] for m in lines if "step" in m] == list(range(0, 12 * EPOCHS, 5))
+    assert json.loads((out / RESULTS).read_text()) == json.loads((tmp_path / "ref" / RESULTS).read_text())
+    assert not list(out.glob("*.tmp"))
