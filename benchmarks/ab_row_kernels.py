@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
-"""A/B of the candidate designs of the forward row kernels (KL alone, reparameterization + KL),
+"""A/B of compile-time settings of the forward row kernels (KL alone, reparameterization + KL),
 in one process on one GPU.
 
-The forward row kernel is chosen when the kernels are compiled (``-DMV_ROW_FWD_VARIANT=k``, see
-kernels/device.cuh); the library compiles the default. Here every candidate of ``VARIANTS`` is
-compiled from the same sources with its own options and launched directly (no wrapper), then
+The forward row kernel (mv_row_fwd in kernels/device.cuh) takes two settings when it is
+compiled: ``-DMV_TILE=e`` (elements per tile, MV_TILE / (4 * 256) chunks per thread, default 4096)
+and ``-DMV_ROW_FWD_MIN_BLOCKS=k`` (__launch_bounds__: k resident blocks of 256 threads, registers
+capped to match; default none, 4 blocks at the compiler's 64 registers); the library compiles the
+defaults. Here every setting of ``VARIANTS`` is compiled from the same sources with its own
+options and launched directly (no wrapper), then
 
 1. checked: on small edge shapes (float32 and float64) and on every timed case, kl against a
    float64 row sum (relative 1e-5 in float32, 1e-12 in float64), every kl written, z bit for bit
    the reparameterization kernel's, and kl of the KL kernel bit for bit the fused kernel's; a
    variant (or a case) that fails is reported with its failures and not timed;
 2. timed alone (CUDA events, the median of ``--repeats`` loops) at ``--sizes`` elements (default
-   1e7 and 1e8) for rows of ``--D`` (default 2, 10, 50, 100, 784), next to a device-to-device copy
+   1e7 and 1e8) for rows of ``--D`` (default 10, 50, 784), next to a device-to-device copy
    moving the same bytes and a 1 GiB copy (``--copy-mib``) measured in the same run (at the start
    and the end).
 
@@ -41,63 +44,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import git_commit  # noqa: E402
 
 from minivae.gpu._source import NVRTC_OPTIONS, kernel_source  # noqa: E402
+from minivae.gpu.kernels import BLOCK, TILE  # noqa: E402
 
-BLOCK = 256  # MV_BLOCK
-TILE = 2048  # MV_TILE (variant 0)
-REGTILE = 4096  # MV_REGTILE (variant 1)
-
-#: name -> NVRTC options added to the library's (the first is the default design)
+#: name -> NVRTC options added to the library's (DEFAULT: none, the library's own build)
 VARIANTS = {
-    "tiles": ("-DMV_ROW_FWD_VARIANT=0",),
-    "regtiles": ("-DMV_ROW_FWD_VARIANT=1",),
-    "spans": ("-DMV_ROW_FWD_VARIANT=2",),
-    "spans-batch2": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_BATCH=2"),
-    "spans-batch1": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_BATCH=1"),
-    "spans-wide": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_LANE_CHUNKS=4"),
-    # one thread per span (its rows summed sequentially, the neighbours' lines shared through L1)
-    "spans-thread": ("-DMV_ROW_FWD_VARIANT=2", "-DMV_SPAN_LANE_CHUNKS=100000"),
+    "regtiles": (),
+    # 2 chunks a thread: fewer registers (5-6 blocks of 256 resident instead of 4)
+    "regtiles-2048": ("-DMV_TILE=2048",),
+    # 2 chunks a thread, registers capped for 6 blocks
+    "regtiles-2048-lb6": ("-DMV_TILE=2048", "-DMV_ROW_FWD_MIN_BLOCKS=6"),
+    # 1 chunk a thread, registers capped for 8 blocks (all 2048 threads of a multiprocessor)
+    "regtiles-1024-lb8": ("-DMV_TILE=1024", "-DMV_ROW_FWD_MIN_BLOCKS=8"),
 }
+DEFAULT = "regtiles"
 KERNELS = {"kl_fwd": 2, "fused_fwd": 3}  # name -> bytes moved per element (plus one per row)
-EDGE_SHAPES = [(1, 1), (3, 2), (1030, 2), (5, 3), (700, 3), (9, 1), (333, 7), (1000, 10), (7, 50),
-               (1001, 50), (4, 64), (2, 1001), (3, 2050), (2, 4101), (5, 784), (77, 100)]
+EDGE_SHAPES = [(1, 1), (3, 2), (2050, 2), (5, 3), (1370, 3), (9, 1), (333, 7), (1000, 10), (7, 50),
+               (1001, 50), (4, 64), (9, 1001), (3, 1025), (3, 2050), (2, 4101), (2, 9001), (5, 784),
+               (77, 100)]
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 SEED, OFFSET, STREAM = 1234, 5, 1
 
 
 # ------------------------------------------------------------------------------ launches
-def _m(D):
-    """Rows that make a whole number of chunks: 4 / gcd(D, 4)."""
-    return 1 if D % 4 == 0 else (2 if D % 2 == 0 else 4)
-
-
-def _option(variant, macro, default):
-    """The value of ``-Dmacro=value`` among a variant's options (``default`` without one)."""
+def tile_of(variant):
+    """The variant's MV_TILE (the library's TILE without a -DMV_TILE option)."""
     for opt in VARIANTS[variant]:
-        if opt.startswith(f"-D{macro}="):
+        if opt.startswith("-DMV_TILE="):
             return int(opt.split("=", 1)[1])
-    return default
+    return TILE
 
 
-def _span_lanes(D, lane_chunks=2):
-    """mv_span_tiling_of(D).lanes: the largest power of two <= 32 leaving each lane
-    ``lane_chunks`` (MV_SPAN_LANE_CHUNKS) chunks or more."""
-    chunks, g = _m(D) * D // 4, 1
-    while g < 32 and 2 * g * lane_chunks <= chunks:
-        g *= 2
-    return g
-
-
-def launch_grid(variant, B, D, max_grid):
-    """Blocks of a variant's forward launch: one per tile (tiles, regtiles), or the lanes of the
-    spans at most ``max_grid`` blocks (a grid-stride loop covers the rest). Any grid is correct."""
-    design = VARIANTS[variant][0]
-    if design.endswith("=2"):
-        threads = -(-B // _m(D)) * _span_lanes(D, _option(variant, "MV_SPAN_LANE_CHUNKS", 2))
-        return max(1, min(-(-threads // BLOCK), max_grid))
-    if design.endswith("=1") and D <= REGTILE // 4:
-        rows = REGTILE // (_m(D) * D) * _m(D)
-    else:
-        rows = max(1, TILE // (_m(D) * D) * _m(D))
+def launch_grid(variant, B, D):
+    """Blocks of a variant's forward launch: one per tile (mv_row_tiling_of(D).rows rows of its
+    MV_TILE, as minivae.gpu.kernels.rows_per_tile for the default). Any grid is correct."""
+    m = 1 if D % 4 == 0 else (2 if D % 2 == 0 else 4)
+    rows = max(1, tile_of(variant) // (m * D) * m)
     return max(1, min(-(-B // rows), 2 ** 31 - 1))
 
 
@@ -115,13 +96,12 @@ class Variant:
             for sfx in ("f32", "f64"):
                 self.fns[(base, sfx)] = mod.get_function(f"{base}_{sfx}")
         self.compile_s = time.perf_counter() - t0
-        self.max_grid = 32 * cp.cuda.Device().attributes["MultiProcessorCount"]
 
     def run(self, kernel, mu, lv, z, kl):
         """Launch ``kernel`` ("kl_fwd" or "fused_fwd") on (B, D) arrays into kl (and z)."""
         B, D = mu.shape
         sfx = "f32" if mu.dtype == np.float32 else "f64"
-        grid = (launch_grid(self.name, B, D, self.max_grid),)
+        grid = (launch_grid(self.name, B, D),)
         if kernel == "kl_fwd":
             self.fns[("mv_kl_fwd", sfx)](grid, (BLOCK,), (mu, lv, kl, np.int64(B), np.int64(D)))
         else:
@@ -230,10 +210,10 @@ def main(argv=None, cp=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names of VARIANTS")
     ap.add_argument("--sizes", default="1e7,1e8", help="elements n = B*D of the timed cases")
-    ap.add_argument("--D", default="2,10,50,100,784", help="row lengths of the timed cases")
+    ap.add_argument("--D", default="10,50,784", help="row lengths of the timed cases")
     ap.add_argument("--repeats", type=int, default=7, help="timed loops per case (median)")
     ap.add_argument("--copy-mib", type=int, default=1024, help="size of the reference copy (MiB)")
-    ap.add_argument("--max-seconds", type=float, default=150.0,
+    ap.add_argument("--max-seconds", type=float, default=45.0,
                     help="start no timed case after this many seconds (the JSON says which were skipped)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -279,7 +259,7 @@ def main(argv=None, cp=None):
             fails = [f"{type(exc).__name__}: {exc}"]
         info["edge_checks_passed"] = not fails
         info["failures"] = fails
-        print(f"{name:>13}: compiled in {info.get('compile_s', '-')} s, edge checks "
+        print(f"{name:>17}: compiled in {info.get('compile_s', '-')} s, edge checks "
               + ("passed" if not fails else f"FAILED: {fails[:3]}"), flush=True)
         if not fails:
             variants[name] = var
@@ -331,20 +311,21 @@ def time_case(cp, variants, ref, mu, lv, copy_big, repeats):
     z_ref, kl_ref = ref.z(mu, lv), ref.kl(mu, lv)
     z, kl = cp.empty_like(mu), cp.empty((B,), dtype=mu.dtype)
     same_bytes = {k: copy_gbps(cp, (b * n + B) * 4 // 2, repeats) for k, b in KERNELS.items()}
-    rows, kl_tiles = [], None
+    rows, kl_default = [], None
     for name, var in variants.items():
         fails, worst, kl_first = check_case(cp, var, ref, mu, lv, z_ref, kl_ref, np.float32)
-        same_as_tiles = None
-        if name == "tiles":
-            kl_tiles = kl_first
-        elif kl_tiles is not None:
-            same_as_tiles = bool(cp.array_equal(kl_first, kl_tiles))
+        # every setting sums a row of D <= MV_TILE - 3 in one segment, in the same order
+        same_as_default = None
+        if name == DEFAULT:
+            kl_default = kl_first
+        elif kl_default is not None:
+            same_as_default = bool(cp.array_equal(kl_first, kl_default))
         for kernel, per in KERNELS.items():
             row = {"variant": name, "kernel": kernel, "n": n, "B": B, "D": D,
-                   "kl_max_rel_err": worst, "kl_bit_identical_to_tiles": same_as_tiles}
+                   "kl_max_rel_err": worst, "kl_bit_identical_to_default": same_as_default}
             if fails:
                 row["error"] = fails
-                print(f"{name:>13} {kernel:>9} n={n:<10.3g} D={D:<4} FAILED: {fails}", flush=True)
+                print(f"{name:>17} {kernel:>9} n={n:<10.3g} D={D:<4} FAILED: {fails}", flush=True)
             else:
                 us = time_us(cp, lambda: var.run(kernel, mu, lv, z, kl), repeats)
                 gbps = (per * n + B) * 4 / (us * 1e-6) / 1e9
@@ -352,7 +333,7 @@ def time_case(cp, variants, ref, mu, lv, copy_big, repeats):
                             "share_of_copy": round(gbps / copy_big, 4),
                             "copy_same_bytes_gbps": round(same_bytes[kernel], 1),
                             "share_of_copy_same_bytes": round(gbps / same_bytes[kernel], 4)})
-                print(f"{name:>13} {kernel:>9} n={n:<10.3g} D={D:<4} {us:9.1f} us {gbps:7.0f} GB/s "
+                print(f"{name:>17} {kernel:>9} n={n:<10.3g} D={D:<4} {us:9.1f} us {gbps:7.0f} GB/s "
                       f"{100 * row['share_of_copy']:5.1f}% of the big copy, "
                       f"{100 * row['share_of_copy_same_bytes']:5.1f}% of a same-bytes copy", flush=True)
             rows.append(row)

@@ -127,21 +127,28 @@ MV_HD void mv_chunk_reparam_bwd(mv_i64 c, mv_i64 n, mv_u64 seed, mv_u64 offset, 
 // Backward passes need no reduction: they run flat over the chunks like the kernels above, each
 // element e taking its row's upstream gkl[e / D] (one division per chunk).
 //
-// Forward passes sum each row's KL terms. They work on tiles: a tile is R whole rows (or, for
-// rows longer than MV_TILE elements, one MV_TILE-long segment of one row), at most MV_TILE
-// elements. The block (a) computes the tile's chunks flat, one chunk per thread, writing z and
-// parking each element's KL term in shared memory at its position in the tile, then (b) sums
-// each row's terms in a FIXED order (mv_segment_sum below): kl = segment sums added in segment
-// order, each segment summed by P "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to
-// right -- whose P partials are then added pairwise by a halving tree (lane i += lane i + P/2,
-// then + P/4, ... 1). R is chosen so that R*D is a multiple of 4: then every tile starts on a
-// chunk boundary, and its chunks are whole, aligned 16-byte vector loads and stores.
+// Forward passes sum each row's KL terms. They work on tiles of at most MV_TILE elements: a tile
+// is R whole rows, or, for rows too long for that, one segment of one row. The block (a) loads
+// the tile's chunks into registers (each thread MV_TILE / (4 * MV_BLOCK) of them, all loads
+// before any use, so that they are in flight together), computes them (mv_chunk_row_fwd: z, and
+// each element's KL term parked in shared memory at its place in the tile), then (b) sums each
+// row's terms in a FIXED order (mv_segment_sum below): kl = segment sums added in segment order,
+// each segment summed by P "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to right --
+// whose P partials are then added pairwise by a halving tree (lane i += lane i + P/2, then
+// + P/4, ... 1). R is chosen so that R*D is a multiple of 4: then a tile of whole rows starts
+// on a chunk boundary, and its chunks are whole, aligned 16-byte vector loads and stores.
+// A row that does not fit so (R = 1) is cut into segments: the first runs from the row's start
+// to MV_TILE elements past the chunk boundary at or before it, each next one MV_TILE further
+// (so every segment covers at most MV_TILE / 4 chunks, and all but the first start on a chunk
+// boundary); a row of D <= MV_TILE - 3 is one segment.
 // The result is deterministic (no atomics) and is the same on the host replay, which calls
 // mv_segment_sum itself.
-#define MV_TILE 2048
+#ifndef MV_TILE
+#define MV_TILE 4096
+#endif
 
 struct mv_row_tiling {
-    mv_i64 rows;  // R: rows per tile (1 when a row is longer than MV_TILE)
+    mv_i64 rows;  // R: rows per tile (1 when R*D % 4 == 0 leaves no whole rows in MV_TILE)
     int lanes;    // P: the lanes summing one row segment, a power of two in [1, 32]
 };
 MV_HD mv_row_tiling mv_row_tiling_of(mv_i64 D) {
@@ -155,6 +162,13 @@ MV_HD mv_row_tiling mv_row_tiling_of(mv_i64 D) {
     while (p < 32 && 8 * p < seg) p *= 2;  // about 8 terms or fewer per lane
     t.lanes = p;
     return t;
+}
+
+// The end of the tile (or segment) that starts at element lo, for the tile of rows [r0, r1):
+// MV_TILE elements past the chunk boundary at or before lo, or the end of row r1 - 1.
+MV_HD mv_i64 mv_tile_end(mv_i64 lo, mv_i64 r1, mv_i64 D) {
+    const mv_i64 cap = 4 * (lo >> 2) + MV_TILE;
+    return cap < r1 * D ? cap : r1 * D;
 }
 
 // Lane p's partial of the terms [0, n) of a segment: terms p, p + P, ... added left to right.
@@ -175,100 +189,19 @@ MV_HD T mv_segment_sum(const T* terms, mv_i64 n, int P) {
     return part[0];
 }
 
-// Forward of chunk c inside the tile [lo, hi): KL terms of its elements in the tile into
-// terms[e - lo] (the other elements are left alone), and with fuse, z = mu + exp(logvar/2) eps.
+// Forward of chunk c of the tile [lo, hi), its inputs m, lv already loaded (mv_load4: 0 outside
+// the tile): the KL terms of its four elements into t4 (those outside the tile are terms of
+// zeros, never summed), and with fuse z = mu + exp(logvar / 2) eps of its elements in the tile.
 template <typename T, bool fuse>
-MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 offset,
-                            mv_u32 stream, const T* mu, const T* logvar, T* z, T* terms) {
-    T m[4], lv[4], eps[4];
-    mv_load4<T>(mu, c, lo, hi, m);
-    mv_load4<T>(logvar, c, lo, hi, lv);
+MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 offset, mv_u32 stream,
+                            T m[4], const T lv[4], T* z, T t4[4]) {
+    T eps[4];
     if (fuse) mv_normal4<T>(mv_philox_block((mv_u64)c, seed, offset, stream), eps);
     for (int k = 0; k < 4; ++k) {
-        const mv_i64 e = 4 * c + k;
-        if (e >= lo && e < hi) terms[e - lo] = mv_kl_term<T>(m[k], lv[k]);
+        t4[k] = mv_kl_term<T>(m[k], lv[k]);
         if (fuse) m[k] = mv_reparam<T>(m[k], lv[k], eps[k]);
     }
     if (fuse) mv_store4<T>(z, c, lo, hi, m);
-}
-
-// ---- candidate forward designs (MV_ROW_FWD_VARIANT in device.cuh; 0, the tiles above, is the
-// default). Variant 1 keeps the order above; variant 2, spans, has its own order:
-//
-// A span is m = 4 / gcd(D, 4) rows (the last span may have fewer), so it starts on a chunk
-// boundary and holds S = m*D/4 whole chunks. G lanes own a span without shared memory: G is
-// the largest power of two <= 32 that leaves each lane MV_SPAN_LANE_CHUNKS chunks or more (1 for
-// short spans). Lane j takes the span's chunks j, j + G, j + 2G, ... and adds each element's KL
-// term, in element order, to the partial of its row in the span; the G partials of each row are
-// then added by the halving tree of mv_segment_sum.
-#ifndef MV_SPAN_LANE_CHUNKS
-#define MV_SPAN_LANE_CHUNKS 2
-#endif
-
-// (unrolled on the device, so that arrays indexed by the loop counter stay in registers)
-#if defined(__CUDA_ARCH__)
-#define MV_UNROLL _Pragma("unroll")
-#else
-#define MV_UNROLL
-#endif
-
-struct mv_span_tiling {
-    int rows;       // m: rows per span
-    mv_i64 chunks;  // S: chunks of a whole span
-    int lanes;      // G
-};
-MV_HD mv_span_tiling mv_span_tiling_of(mv_i64 D) {
-    mv_span_tiling t;
-    t.rows = (D % 4 == 0) ? 1 : ((D % 2 == 0) ? 2 : 4);
-    t.chunks = t.rows * D / 4;
-    int g = 1;
-    while (g < 32 && 2 * g * MV_SPAN_LANE_CHUNKS <= t.chunks) g *= 2;
-    t.lanes = g;
-    return t;
-}
-
-// Chunks a lane loads before it uses any of them (its bytes in flight).
-#ifndef MV_SPAN_BATCH
-#define MV_SPAN_BATCH 4
-#endif
-
-// Lane j's partials acc[0 .. m) of the rows of span s (rows s*m ..), and with fuse z of its chunks.
-template <typename T, bool fuse>
-MV_HD void mv_span_lane_fwd(mv_i64 s, int j, const mv_span_tiling t, mv_i64 B, mv_i64 D, mv_u64 seed,
-                            mv_u64 offset, mv_u32 stream, const T* mu, const T* logvar, T* z, T acc[4]) {
-    const mv_i64 lo = s * t.rows * D;
-    const mv_i64 end = lo + t.rows * D, hi = end < B * D ? end : B * D;
-    const mv_i64 c0 = lo >> 2;
-    MV_UNROLL for (int r = 0; r < 4; ++r) acc[r] = T(0);
-    for (mv_i64 k0 = j; k0 < t.chunks; k0 += MV_SPAN_BATCH * t.lanes) {
-        T m[MV_SPAN_BATCH][4], lv[MV_SPAN_BATCH][4];
-        MV_UNROLL for (int q = 0; q < MV_SPAN_BATCH; ++q) {  // all loads first
-            const mv_i64 k = k0 + q * t.lanes;
-            if (k < t.chunks) {
-                mv_load4<T>(mu, c0 + k, lo, hi, m[q]);
-                mv_load4<T>(logvar, c0 + k, lo, hi, lv[q]);
-            }
-        }
-        MV_UNROLL for (int q = 0; q < MV_SPAN_BATCH; ++q) {
-            const mv_i64 k = k0 + q * t.lanes;
-            if (k < t.chunks) {
-                T eps[4];
-                if (fuse) mv_normal4<T>(mv_philox_block((mv_u64)(c0 + k), seed, offset, stream), eps);
-                int row = 0;  // the row in the span (m <= 4 of them: no division)
-                MV_UNROLL for (int i = 0; i < 4; ++i) {
-                    const mv_i64 off = 4 * k + i;  // element lo + off
-                    if (lo + off < hi) {
-                        while (off >= (mv_i64)(row + 1) * D) ++row;
-                        const T term = mv_kl_term<T>(m[q][i], lv[q][i]);
-                        MV_UNROLL for (int r = 0; r < 4; ++r)
-                            if (r == row) acc[r] += term;
-                        if (fuse) m[q][i] = mv_reparam<T>(m[q][i], lv[q][i], eps[i]);
-                    }
-                }
-                if (fuse) mv_store4<T>(z, c0 + k, lo, hi, m[q]);
-            }
-        }
-    }
 }
 
 // The upstream gkl of the four elements of chunk c (0 past n, and everywhere when gkl is null).

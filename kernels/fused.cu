@@ -4,20 +4,20 @@
 //             dlogvar = dz * eps * exp(logvar / 2) / 2 + gkl * (exp(logvar) - 1) / 2
 // eps is element b*D + d of the draw (seed, offset, stream) (minivae.random.normal((B, D), ...)),
 // generated in registers in both passes (a thread per chunk of 4 elements) and never stored.
-// The forward works on tiles of whole rows and sums each row in the fixed order documented in
-// chunks.cuh; the backward is flat over the chunks. gkl may be a null pointer in the backward
-// (no gradient reaches the KL).
+// The forward works on tiles of whole rows held in registers (mv_row_fwd of device.cuh) and
+// sums each row in the fixed order documented in chunks.cuh; the backward is flat over the
+// chunks. gkl may be a null pointer in the backward (no gradient reaches the KL).
 // Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
 #include "device.cuh"
 
-extern "C" __global__ void mv_reparam_kl_fwd_f32(const float* mu, const float* logvar, float* z,
-                                                 float* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
-                                                 mv_u64 offset, mv_u32 stream) {
+extern "C" __global__ void MV_ROW_FWD_BOUNDS
+mv_reparam_kl_fwd_f32(const float* mu, const float* logvar, float* z, float* kl, mv_i64 B, mv_i64 D,
+                      mv_u64 seed, mv_u64 offset, mv_u32 stream) {
     mv_row_fwd<float, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
 }
-extern "C" __global__ void mv_reparam_kl_fwd_f64(const double* mu, const double* logvar, double* z,
-                                                 double* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
-                                                 mv_u64 offset, mv_u32 stream) {
+extern "C" __global__ void MV_ROW_FWD_BOUNDS
+mv_reparam_kl_fwd_f64(const double* mu, const double* logvar, double* z, double* kl, mv_i64 B, mv_i64 D,
+                      mv_u64 seed, mv_u64 offset, mv_u32 stream) {
     mv_row_fwd<double, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
 }
 

@@ -1,17 +1,17 @@
 // Analytic KL(N(mu, diag(exp(logvar))) || N(0, I)) per row of C-contiguous (B, D) arrays:
 //   kl[b] = sum_d (mu^2 + exp(logvar) - 1 - logvar) / 2      (expm1 form, see vae_math.cuh)
-// forward: tiles of whole rows, the row sums in the fixed order documented in chunks.cuh;
-// backward with upstream gkl (B,): dmu = gkl * mu, dlogvar = gkl * (exp(logvar) - 1) / 2,
-// flat over the chunks of the B*D elements.
+// forward: tiles of whole rows held in registers (mv_row_fwd of device.cuh), the row sums in
+// the fixed order documented in chunks.cuh; backward with upstream gkl (B,): dmu = gkl * mu,
+// dlogvar = gkl * (exp(logvar) - 1) / 2, flat over the chunks of the B*D elements.
 // Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
 #include "device.cuh"
 
-extern "C" __global__ void mv_kl_fwd_f32(const float* mu, const float* logvar, float* kl,
-                                         mv_i64 B, mv_i64 D) {
+extern "C" __global__ void MV_ROW_FWD_BOUNDS
+mv_kl_fwd_f32(const float* mu, const float* logvar, float* kl, mv_i64 B, mv_i64 D) {
     mv_row_fwd<float, false>(mu, logvar, nullptr, kl, B, D, 0, 0, 0);
 }
-extern "C" __global__ void mv_kl_fwd_f64(const double* mu, const double* logvar, double* kl,
-                                         mv_i64 B, mv_i64 D) {
+extern "C" __global__ void MV_ROW_FWD_BOUNDS
+mv_kl_fwd_f64(const double* mu, const double* logvar, double* kl, mv_i64 B, mv_i64 D) {
     mv_row_fwd<double, false>(mu, logvar, nullptr, kl, B, D, 0, 0, 0);
 }
 

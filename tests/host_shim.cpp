@@ -15,19 +15,12 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 3; }
+SHIM int shim_abi_version() { return 4; }
 
 // ---- the tiling of the forward row kernels (rows per tile, lanes per row segment) ----------
 SHIM void shim_row_tiling(mv_i64 D, mv_i64* rows, int* lanes) {
     const mv_row_tiling t = mv_row_tiling_of(D);
     *rows = t.rows;
-    *lanes = t.lanes;
-}
-
-SHIM void shim_span_tiling(mv_i64 D, int* rows, mv_i64* chunks, int* lanes) {
-    const mv_span_tiling t = mv_span_tiling_of(D);
-    *rows = t.rows;
-    *chunks = t.chunks;
     *lanes = t.lanes;
 }
 
@@ -94,8 +87,9 @@ static void replay_reparam_bwd(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 
     for (mv_i64 c = 0; c < mv_nchunks(n); ++c)
         mv_chunk_reparam_bwd<T>(c, n, seed, offset, stream, dz, lv, dmu, dlv);
 }
-// A forward row kernel: its tiles in order, each one's chunks then its row-segment sums in the
-// order of the device (mv_segment_sum), segments of a row added in order.
+// A forward row kernel: its tiles in order, each segment's chunks (loaded, then computed, their
+// terms at 4 (c - c0) + k) then its row-segment sums in the order of the device (mv_segment_sum),
+// segments of a row added in order.
 template <typename T, bool fuse>
 static void replay_row_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
                            mv_u64 offset, mv_u32 stream) {
@@ -104,36 +98,24 @@ static void replay_row_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i
     for (mv_i64 r0 = 0; r0 < B; r0 += t.rows) {
         const mv_i64 r1 = r0 + t.rows < B ? r0 + t.rows : B;
         T carry = T(0);
-        for (mv_i64 lo = r0 * D; lo < r1 * D; lo += MV_TILE) {
-            const mv_i64 hi = lo + MV_TILE < r1 * D ? lo + MV_TILE : r1 * D;
-            for (mv_i64 c = lo >> 2; c <= (hi - 1) >> 2; ++c)
-                mv_chunk_row_fwd<T, fuse>(c, lo, hi, seed, offset, stream, mu, lv, z, terms.data());
+        for (mv_i64 lo = r0 * D, hi; lo < r1 * D; lo = hi) {
+            hi = mv_tile_end(lo, r1, D);
+            const mv_i64 c0 = lo >> 2, c1 = (hi + 3) >> 2;
+            for (mv_i64 c = c0; c < c1; ++c) {
+                T m[4], v[4];
+                mv_load4<T>(mu, c, lo, hi, m);
+                mv_load4<T>(lv, c, lo, hi, v);
+                mv_chunk_row_fwd<T, fuse>(c, lo, hi, seed, offset, stream, m, v, z, &terms[4 * (c - c0)]);
+            }
             for (mv_i64 row = r0; row < r1; ++row) {
                 const mv_i64 a = row * D > lo ? row * D : lo, b = row * D + D < hi ? row * D + D : hi;
                 if (a >= b) continue;
-                carry += mv_segment_sum<T>(terms.data() + (a - lo), b - a, t.lanes);
+                carry += mv_segment_sum<T>(terms.data() + (a - 4 * c0), b - a, t.lanes);
                 if (b == row * D + D) {
                     kl[row] = carry;
                     carry = T(0);
                 }
             }
-        }
-    }
-}
-// The spans design (a candidate forward, variant 2): every lane of every span, then each row's
-// lane partials added by the halving tree, as mv_lane_tree adds them on the device.
-template <typename T, bool fuse>
-static void replay_span_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
-                            mv_u64 offset, mv_u32 stream) {
-    const mv_span_tiling t = mv_span_tiling_of(D);
-    std::vector<T> part(4 * t.lanes);
-    for (mv_i64 s = 0; s * t.rows < B; ++s) {
-        for (int j = 0; j < t.lanes; ++j)
-            mv_span_lane_fwd<T, fuse>(s, j, t, B, D, seed, offset, stream, mu, lv, z, &part[4 * j]);
-        for (int r = 0; r < t.rows && s * t.rows + r < B; ++r) {
-            for (int o = t.lanes / 2; o > 0; o /= 2)
-                for (int i = 0; i < o; ++i) part[4 * i + r] += part[4 * (i + o) + r];
-            kl[s * t.rows + r] = part[r];
         }
     }
 }
@@ -191,13 +173,6 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
                                         T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
                                         mv_u32 stream) {                                                     \
         replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream);                     \
-    }                                                                                                        \
-    SHIM void shim_span_fwd_##SFX(int fuse, const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,      \
-                                  mv_u64 seed, mv_u64 offset, mv_u32 stream) {                               \
-        if (fuse)                                                                                            \
-            replay_span_fwd<T, true>(mu, lv, z, kl, B, D, seed, offset, stream);                             \
-        else                                                                                                 \
-            replay_span_fwd<T, false>(mu, lv, nullptr, kl, B, D, 0, 0, 0);                                   \
     }                                                                                                        \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 

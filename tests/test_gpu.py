@@ -18,6 +18,7 @@ pytestmark = pytest.mark.gpu
 
 cp = pytest.importorskip("cupy", reason="CuPy is not installed (pip install 'minivae[gpu]')")
 import minivae.gpu as G  # noqa: E402
+from minivae.gpu.kernels import TILE  # noqa: E402
 
 if not G.is_available():
     pytest.skip("CuPy is installed but no CUDA device is visible", allow_module_level=True)
@@ -129,7 +130,7 @@ def test_kernels_are_deterministic():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("D", [2, 3, 50, 784, 4101])
+@pytest.mark.parametrize("D", [2, 3, 50, 784, 1025, 4101, 9001])
 def test_row_sums_follow_the_documented_order(dtype, D):
     """The KL of a row is its device-computed terms summed in the order documented in
     kernels/chunks.cuh, bit for bit (the terms themselves: rows of D = 1, whose sum is the term)."""
@@ -137,9 +138,10 @@ def test_row_sums_follow_the_documented_order(dtype, D):
     mu, logvar = (cp.asarray(a) for a in inputs((B, D), dtype, 11))
     terms = host(G.kl_normal_std_forward(mu.reshape(-1, 1), logvar.reshape(-1, 1)))
     lanes = 1
-    while lanes < 32 and 8 * lanes < min(D, 2048):
+    while lanes < 32 and 8 * lanes < min(D, TILE):
         lanes *= 2
-    want = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], lanes) for r in range(B)], dtype)
+    want = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], lanes, r * D, TILE) for r in range(B)],
+                    dtype)
     np.testing.assert_array_equal(host(G.kl_normal_std_forward(mu, logvar)), want)
     np.testing.assert_array_equal(host(G.reparameterize_kl_forward(mu, logvar, 3, 4)[1]), want)
 

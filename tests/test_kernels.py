@@ -163,15 +163,8 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 3
+    assert lib.shim_abi_version() == 4
     return lib
-
-
-@pytest.fixture(scope="module")
-def shim_spans_other(tmp_path_factory):
-    """The host shim with the other parameters of the spans design (one chunk loaded at a time,
-    four chunks or more per lane)."""
-    return _build_shim(tmp_path_factory, "-DMV_SPAN_BATCH=1", "-DMV_SPAN_LANE_CHUNKS=4")
 
 
 def test_headers_compile_as_cuda_host_code(tmp_path):
@@ -314,10 +307,11 @@ def test_host_elementwise_math(shim, dtype):
 
 # ------------------------------------------------------------------------------ kernel replays
 FLAT_SIZES = [1, 3, 4, 5, 1023, 1024, 1025, 4097]
-# (the forward tiles: 40 rows of D = 50, 1024 of D = 2, 680 of D = 3; rows past 2048 elements
-# are summed in segments, 4101 odd so that the segments start off a chunk boundary)
-ROW_SHAPES = [(1, 1), (3, 2), (1030, 2), (5, 3), (700, 3), (7, 50), (100, 50), (4, 64), (2, 1001),
-              (3, 2050), (2, 4101), (5, 784)]
+# (the forward tiles: 80 rows of D = 50, 2048 of D = 2, 1364 of D = 3, one of D = 1025; rows
+# past 4093 elements are summed in segments, 4101 and 9001 odd so that rows start off a chunk
+# boundary)
+ROW_SHAPES = [(1, 1), (3, 2), (2050, 2), (5, 3), (1370, 3), (7, 50), (170, 50), (4, 64), (9, 1001),
+              (3, 1025), (3, 2050), (2, 4101), (3, 9001), (5, 784), (7, 1024)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -361,14 +355,17 @@ def _row_tiling(shim, D):
     return rows.value, lanes.value
 
 
-def _documented_row_sum(terms, P, tile=2048):
-    """A row's KL in the order documented in kernels/chunks.cuh, in the terms' dtype: segments
-    of at most ``tile`` terms in order; in a segment, lane p adds terms p, p + P, ... left to
-    right, then the lanes' partials are added by the halving tree (i += i + P/2, ..., i += i + 1)."""
+def _documented_row_sum(terms, P, start=0, tile=4096):
+    """The KL of the row whose terms are ``terms``, starting at element ``start`` of the array,
+    in the order documented in kernels/chunks.cuh, in the terms' dtype: segments in order, the
+    first ending ``tile`` elements past the chunk boundary at or before ``start``, each next one
+    ``tile`` further; in a segment, lane p adds terms p, p + P, ... left to right, then the lanes'
+    partials are added by the halving tree (i += i + P/2, ..., i += i + 1)."""
     zero = terms.dtype.type(0)
     total = zero
-    for s0 in range(0, len(terms), tile):
-        seg = terms[s0:s0 + tile]
+    cuts = list(range(start - start % 4 + tile - start, len(terms), tile))
+    for s0, s1 in zip([0] + cuts, cuts + [len(terms)]):
+        seg = terms[s0:s1]
         part = [zero] * P
         for p in range(P):
             for v in seg[p::P]:
@@ -383,27 +380,29 @@ def _documented_row_sum(terms, P, tile=2048):
 
 
 def test_row_tiling(shim):
-    """Tiles of whole rows start on chunk boundaries (R*D % 4 == 0) and fit the shared buffer;
-    about 8 terms or fewer per lane."""
-    from minivae.gpu.kernels import BLOCK
+    """Tiles of whole rows start on chunk boundaries (R*D % 4 == 0) and fill the shared buffer
+    (less than the next multiple of 4 / gcd(D, 4) rows left out); about 8 terms or fewer per lane."""
+    from minivae.gpu.kernels import BLOCK, TILE
 
-    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 2048, 2049, 4101, 10 ** 6]:
+    assert TILE == 4096 and TILE % (4 * BLOCK) == 0  # MV_TILE, MV_TILE_CHUNKS = 4 chunks a thread
+    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 1024, 1025, 2048, 2049, 4101, 10 ** 6]:
         R, P = _row_tiling(shim, D)
+        m = 4 // math.gcd(D, 4)
         assert R >= 1 and P & (P - 1) == 0 and 1 <= P <= 32 and BLOCK % P == 0
-        if D <= 512:
-            assert (R * D) % 4 == 0 and R * D <= 2048 and R * D > 2048 - 4 * D
-        if D > 2048:
-            assert R == 1 and P == 32
+        if m * D <= TILE:
+            assert R % m == 0 and R * D <= TILE < (R + m) * D
         else:
-            assert 8 * P >= D or P == 32
-    assert _row_tiling(shim, 50) == (40, 8) and _row_tiling(shim, 784) == (2, 32)
+            assert R == 1
+        assert 8 * P >= min(D, TILE) or P == 32
+    assert _row_tiling(shim, 50) == (80, 8) and _row_tiling(shim, 784) == (5, 32)
+    assert _row_tiling(shim, 10) == (408, 2) and _row_tiling(shim, 1025) == (1, 32)
 
 
 def test_launch_grid_has_one_block_per_tile(shim):
     """The wrappers' copy of the tiling (for the grid size) equals the kernels' own."""
     from minivae.gpu.kernels import rows_per_tile
 
-    for D in list(range(1, 600)) + [1001, 2047, 2048, 2049, 4101, 10 ** 6]:
+    for D in list(range(1, 1100)) + [2047, 2048, 2049, 4095, 4096, 4097, 4101, 10 ** 6]:
         assert rows_per_tile(D) == _row_tiling(shim, D)[0], D
 
 
@@ -425,7 +424,7 @@ def test_replay_row_kernels(shim, dtype, shape):
     terms = np.empty(B * D, dtype)
     call(shim, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
     P = _row_tiling(shim, D)[1]
-    ordered = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], P) for r in range(B)], dtype)
+    ordered = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], P, r * D) for r in range(B)], dtype)
 
     kl = np.full(B, np.nan, dtype)
     call(shim, f"shim_kl_fwd_{sfx}", mu, logvar, kl, _I64(B), _I64(D))
@@ -465,80 +464,6 @@ def test_segment_sum_order_is_the_documented_one(shim, dtype):
         assert got == _documented_row_sum(terms[:n], P, tile=10 ** 9), (n, P)
 
 
-def _span_tiling(shim, D):
-    rows, chunks, lanes = _INT(0), _I64(0), _INT(0)
-    shim.shim_span_tiling(_I64(D), ctypes.byref(rows), ctypes.byref(chunks), ctypes.byref(lanes))
-    return rows.value, chunks.value, lanes.value
-
-
-def _documented_span_sums(terms, B, D, m, G):
-    """The row sums of the spans design in the order documented in kernels/chunks.cuh: spans of
-    m rows; lane j adds the terms of the span's chunks j, j + G, ... in element order to its
-    partial of their row; the G partials of a row are added by the halving tree."""
-    zero = terms.dtype.type(0)
-    kl = np.empty(B, terms.dtype)
-    for s in range(-(-B // m)):
-        lo = s * m * D
-        hi = min(lo + m * D, B * D)
-        part = [[zero] * m for _ in range(G)]
-        for j in range(G):
-            for k in range(j, m * D // 4, G):
-                for off in range(4 * k, 4 * k + 4):
-                    if lo + off < hi:
-                        part[j][off // D] = part[j][off // D] + terms[lo + off]
-        o = G // 2
-        while o:
-            for i in range(o):
-                part[i] = [a + b for a, b in zip(part[i], part[i + o])]
-            o //= 2
-        for r in range(m):
-            if s * m + r < B:
-                kl[s * m + r] = part[0][r]
-    return kl
-
-
-def test_span_tiling(shim):
-    """Spans of the candidate design start on chunk boundaries; two chunks or more per lane."""
-    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 4101]:
-        m, S, G = _span_tiling(shim, D)
-        assert (m * D) % 4 == 0 and m * D // 4 == S and m == 4 // math.gcd(D, 4)
-        assert G & (G - 1) == 0 and 1 <= G <= 32 and (G == 1 or 2 * G <= S)
-    assert _span_tiling(shim, 50) == (2, 25, 8) and _span_tiling(shim, 784) == (1, 196, 32)
-
-
-def test_span_tiling_other_parameters(shim_spans_other):
-    assert _span_tiling(shim_spans_other, 50) == (2, 25, 4) and _span_tiling(shim_spans_other, 10) == (2, 5, 1)
-
-
-@pytest.mark.parametrize("params", ["default", "other"])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", ROW_SHAPES + [(9, 1), (7, 7), (5, 10)])
-def test_replay_span_rows(shim, shim_spans_other, params, dtype, shape):
-    """The spans design (a candidate forward row kernel): z as the reparameterization, kl in
-    its documented order bit for bit (with the default parameters and the others)."""
-    if params == "other":
-        shim = shim_spans_other
-    B, D = shape
-    seed, offset, stream = 99, 3, 1
-    mu, logvar = _inputs(shape, dtype, B * D)
-    sfx = _sfx(dtype)
-    terms = np.empty(B * D, dtype)
-    call(shim, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
-    m, _, G = _span_tiling(shim, D)
-    ordered = _documented_span_sums(terms, B, D, m, G)
-    z_ref = np.full(shape, np.nan, dtype)
-    call(shim, f"shim_reparam_fwd_{sfx}", mu, logvar, z_ref, _I64(B * D), _U64(seed), _U64(offset), _U32(stream))
-    for fuse in (0, 1):
-        z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
-        call(shim, f"shim_span_fwd_{sfx}", _INT(fuse), mu, logvar, z if fuse else None, kl, _I64(B), _I64(D),
-             _U64(seed), _U64(offset), _U32(stream))
-        np.testing.assert_array_equal(kl, ordered)
-        np.testing.assert_allclose(kl, _ref_kl_terms(mu, logvar).sum(axis=1),
-                                   rtol=TOL[dtype][0] * max(1, D) ** 0.5 * 4, atol=TOL[dtype][1])
-        if fuse:
-            np.testing.assert_array_equal(z, z_ref)
-
-
 # ------------------------------------------------------------------------------ wrappers on a fake CuPy
 _CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32, "int": np.int32,
            "float": np.float32, "double": np.float64}
@@ -551,7 +476,7 @@ def _signatures():
     sigs = {}
     for cu in CU_FILES:
         text = (KERNELS / cu).read_text()
-        for name, params in re.findall(r'extern "C" __global__ void (\w+)\(([^)]*)\)', text):
+        for name, params in re.findall(r'extern "C" __global__ void\s+(?:MV_ROW_FWD_BOUNDS\s+)?(\w+)\(([^)]*)\)', text):
             plist = []
             for p in params.split(","):
                 p = " ".join(p.split())
@@ -879,29 +804,19 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, mo
 # ------------------------------------------------------------------------------ the A/B benchmark on a fake CuPy
 class _FakeModule:
     """cupy.RawModule of the fake: kernels checked against their C signatures, run by the host
-    replays (the spans design's own replay, with the default parameters, where
-    -DMV_ROW_FWD_VARIANT=2 is among the options)."""
+    replays of a shim built with the module's -DMV_TILE (``libs``: MV_TILE -> shim)."""
 
-    def __init__(self, lib, calls, code, options):
+    def __init__(self, libs, calls, code, options):
         assert code.startswith("// minivae kernel source:") and "--std=c++14" in options
-        self.lib, self.calls, self.sigs = lib, calls, _signatures()
-        self.spans = "-DMV_ROW_FWD_VARIANT=2" in options
+        tiles = [int(o.split("=", 1)[1]) for o in options if o.startswith("-DMV_TILE=")]
+        self.lib = libs[tiles[-1] if tiles else 4096]
+        self.calls, self.sigs = calls, _signatures()
 
     def get_function(self, name):
-        replay = None
-        if self.spans and name.startswith(("mv_kl_fwd_", "mv_reparam_kl_fwd_")):
-            fn = getattr(self.lib, "shim_span_fwd_" + name[-3:])
-            fn.restype = None
-            if name.startswith("mv_kl_fwd_"):
-                def replay(a):
-                    fn(_INT(0), a[0], a[1], None, a[2], a[3], a[4], _U64(0), _U64(0), _U32(0))
-            else:
-                def replay(a):
-                    fn(_INT(1), *a)
-        return _FakeKernel(self.lib, name, self.sigs[name], self.calls, replay)
+        return _FakeKernel(self.lib, name, self.sigs[name], self.calls)
 
 
-def _fake_cupy(lib, calls):
+def _fake_cupy(libs, calls):
     class Event:
         def record(self):
             pass
@@ -926,63 +841,73 @@ def _fake_cupy(lib, calls):
         runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda d: {"name": b"Fake GPU"}))
     return types.SimpleNamespace(
         __version__="fake", cuda=cuda, random=types.SimpleNamespace(RandomState=RandomState),
-        RawModule=lambda code, options: _FakeModule(lib, calls, code, options),
+        RawModule=lambda code, options: _FakeModule(libs, calls, code, options),
         get_default_memory_pool=lambda: pool, float32=np.float32, float64=np.float64,
         ones=np.ones, empty=np.empty, empty_like=np.empty_like, full=np.full, abs=np.abs,
         maximum=np.maximum, expm1=np.expm1, array_equal=np.array_equal, asnumpy=np.asarray)
 
 
-def test_ab_row_kernels_on_fake_gpu(shim, tmp_path):
+@pytest.fixture(scope="module")
+def ab_shims(shim, tmp_path_factory):
+    """The host shims of every MV_TILE among the A/B's variants (MV_TILE -> shim)."""
+    libs = {4096: shim}
+    for opts in _ab_script().VARIANTS.values():
+        for o in opts:
+            if o.startswith("-DMV_TILE=") and int(o.split("=", 1)[1]) not in libs:
+                libs[int(o.split("=", 1)[1])] = _build_shim(tmp_path_factory, o)
+    return libs
+
+
+def test_ab_row_kernels_on_fake_gpu(ab_shims, tmp_path):
     """benchmarks/ab_row_kernels.py end to end on a fake CuPy (every launch's arguments checked
-    against the C signature, kernels replayed on the host): every variant passes its checks and
-    is timed, and one JSON is written."""
+    against the C signature, kernels replayed on the host with the variant's tile): every variant
+    passes its checks and is timed, with the default's kl bit for bit, and one JSON is written."""
     import json
 
     ab = _ab_script()
     calls = []
     res = ab.main(["--sizes", "600,3000", "--D", "2,3,50,784", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)],
-                  cp=_fake_cupy(shim, calls))
-    assert set(res["variants"]) == set(ab.VARIANTS)
+                  cp=_fake_cupy(ab_shims, calls))
+    assert set(res["variants"]) == set(ab.VARIANTS) and ab.DEFAULT in ab.VARIANTS
     for name, info in res["variants"].items():
         assert info["edge_checks_passed"], (name, info["failures"])
     assert len(res["rows"]) == 2 * 4 * len(ab.VARIANTS) * 2
     for r in res["rows"]:
         assert "error" not in r and r["us"] > 0 and r["kl_max_rel_err"] <= 1e-5, r
-        if r["variant"] == "regtiles":  # the order of the tiles: the same kl bit for bit
-            assert r["kl_bit_identical_to_tiles"], r
+        assert r["kl_bit_identical_to_default"] is (None if r["variant"] == ab.DEFAULT else True), r
     assert {c[0] for c in calls} >= {"mv_kl_fwd_f32", "mv_reparam_kl_fwd_f64", "mv_reparam_fwd_f32"}
     files = list(tmp_path.glob("ab_row_kernels_fake-gpu_*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == res["rows"]
     assert res["complete"] and set(res["copy_gbps"]) == {"start", "end"}
-    cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "tiles,spans", "--copy-mib", "1",
-                   "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(shim, calls))
+    cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "regtiles,regtiles-2048", "--copy-mib", "1",
+                   "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(ab_shims, calls))
     assert not cut["complete"] and cut["rows"] == [] and len(cut["skipped_cases"]) == 2
-    # one block per tile for the tiles; the spans' lanes, at most max_grid blocks
-    assert ab.launch_grid("tiles", 1000, 50, 64) == 25 and ab.launch_grid("regtiles", 1000, 50, 64) == 13
-    assert ab.launch_grid("spans", 1000, 50, 64) == 16 and ab.launch_grid("spans", 10 ** 6, 50, 64) == 64
-    for D in (1, 2, 3, 10, 50, 784, 4101):
-        assert ab._span_lanes(D) == _span_tiling(shim, D)[2]
-    assert ab._span_lanes(50, 4) == 4 and ab.launch_grid("spans-wide", 1000, 50, 64) == 8
-    assert ab._span_lanes(784, 100000) == 1 and ab.launch_grid("spans-thread", 1000, 50, 64) == 2
+    # one block per tile of the variant's MV_TILE
+    assert ab.launch_grid("regtiles", 1000, 50) == 13 and ab.launch_grid("regtiles-2048", 1000, 50) == 25
+    assert ab.launch_grid("regtiles-1024-lb8", 1000, 50) == 50 and ab.launch_grid("regtiles", 3, 9001) == 3
+    from minivae.gpu.kernels import rows_per_tile
+
+    for D in (1, 2, 3, 10, 50, 784, 1025, 4101):
+        assert ab.launch_grid("regtiles", 10 ** 6, D) == -(-10 ** 6 // rows_per_tile(D))
 
 
-def test_ab_row_kernels_reports_a_failing_variant(shim, tmp_path, monkeypatch):
+def test_ab_row_kernels_reports_a_failing_variant(ab_shims, tmp_path, monkeypatch):
     """A variant whose kl is wrong is reported with its failures and not timed."""
     ab = _ab_script()
     calls = []
-    fake = _fake_cupy(shim, calls)
+    fake = _fake_cupy(ab_shims, calls)
     real = fake.RawModule
 
     def broken(code, options):
         mod = real(code, options)
-        if "-DMV_ROW_FWD_VARIANT=1" in options:
+        if "-DMV_TILE=2048" in options and "-DMV_ROW_FWD_MIN_BLOCKS=6" not in options:  # regtiles-2048
             get = mod.get_function
 
             def get_function(name):
                 k = get(name)
                 if name.startswith("mv_kl_fwd_"):
                     def wrong(a):  # one row's kl never written
-                        shim_fn = getattr(shim, "shim_kl_fwd_" + name[-3:])
+                        shim_fn = getattr(mod.lib, "shim_kl_fwd_" + name[-3:])
                         shim_fn.restype = None
                         shim_fn(a[0], a[1], a[2], _I64(a[3].value - 1), a[4])
                     k.replay = wrong
@@ -992,8 +917,10 @@ def test_ab_row_kernels_reports_a_failing_variant(shim, tmp_path, monkeypatch):
 
     fake.RawModule = broken
     res = ab.main(["--sizes", "600", "--D", "50", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)], cp=fake)
-    assert not res["variants"]["regtiles"]["edge_checks_passed"]
-    assert any("kl relative error nan" in f for f in res["variants"]["regtiles"]["failures"])
-    assert res["worst_share_of_copy"]["regtiles"].startswith("failed")
-    assert all(r["variant"] != "regtiles" for r in res["rows"])
-    assert res["variants"]["spans"]["edge_checks_passed"]
+    bad = "regtiles-2048"
+    assert not res["variants"][bad]["edge_checks_passed"]
+    assert any("kl relative error nan" in f for f in res["variants"][bad]["failures"])
+    assert res["worst_share_of_copy"][bad].startswith("failed")
+    assert all(r["variant"] != bad for r in res["rows"])
+    assert res["variants"]["regtiles"]["edge_checks_passed"]
+    assert res["variants"]["regtiles-2048-lb6"]["edge_checks_passed"]

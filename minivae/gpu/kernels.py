@@ -179,7 +179,7 @@ def _chunks(n):
     return (n + 3) // 4
 
 
-TILE = 2048  # MV_TILE in kernels/chunks.cuh
+TILE = 4096  # MV_TILE in kernels/chunks.cuh
 
 
 def rows_per_tile(D: int) -> int:
