@@ -305,9 +305,10 @@ class Adam(Optimizer):
                 t = self.state[layout.members[a]]["step"]
                 self._update(layout, a, b, t)
                 if self.flush_every and t % self.flush_every == 0:
-                    lo, hi = layout.offsets[a], layout.offsets[b]
-                    for flat in layout.moments.values():
-                        flush_subnormals(flat[lo:hi], work=layout.scratch[lo:hi])
+                    for j in range(a, b):
+                        part = slice(layout.offsets[j], layout.offsets[j + 1])
+                        for flat in layout.moments.values():
+                            flush_subnormals(flat[part], work=layout.work_for(j)[0])
 
     def _build_layouts(self):
         groups = {}
@@ -349,7 +350,7 @@ class Adam(Optimizer):
             moments = {key: m[part] for key, m in layout.moments.items()}
             _adam_update(layout.param[part], self.params[layout.members[j]].grad.reshape(-1),
                          moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"),
-                         work=(layout.scratch[part], layout.grad[part]), **scalars)
+                         work=layout.work_for(j), **scalars)
 
 
 def _adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay, decay, work):
@@ -411,8 +412,11 @@ class _FlatLayout:
         n = self.offsets[-1]
         # Arrays like the parameters (empty_like keeps an ndarray subclass), flat.
         self.param = xp.empty_like(first, shape=n)
-        self.grad = xp.empty_like(first, shape=n)  # the gathered gradient (and the L2-decayed one)
-        self.scratch = xp.empty_like(first, shape=n)  # the work array of the xp update
+        self.grad = xp.empty_like(first, shape=n)  # the gathered gradient of the kernel's update
+        # The xp update's two work arrays, as long as the largest member: the update runs member
+        # by member, and reusing the same memory for each keeps it in the CPU's cache.
+        longest = max(b - a for a, b in zip(self.offsets, self.offsets[1:]))
+        self.work = (xp.empty_like(first, shape=longest), xp.empty_like(first, shape=longest))
         keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
         self.moments = {key: xp.zeros_like(first, shape=n) for key in keys}
         self.views = {key: [] for key in ("param",) + keys}
@@ -427,6 +431,12 @@ class _FlatLayout:
                     view[...] = to_device(states[i][key], device)
                     states[i][key] = view
                 self.views[key].append(view)
+
+    def work_for(self, j):
+        """The two work arrays cut to the length of member ``j`` (for the xp update and the
+        subnormal flush)."""
+        size = self.offsets[j + 1] - self.offsets[j]
+        return self.work[0][:size], self.work[1][:size]
 
     def holds(self, params, states, amsgrad):
         """Whether every member's data and moments are still the views this layout made."""
