@@ -303,12 +303,7 @@ class Adam(Optimizer):
                         if key != "param":
                             state[key] = views[j]
                 t = self.state[layout.members[a]]["step"]
-                self._update(layout, a, b, t)
-                if self.flush_every and t % self.flush_every == 0:
-                    for j in range(a, b):
-                        part = slice(layout.offsets[j], layout.offsets[j + 1])
-                        for flat in layout.moments.values():
-                            flush_subnormals(flat[part], work=layout.work_for(j)[0])
+                self._update(layout, a, b, t, flush=bool(self.flush_every) and t % self.flush_every == 0)
 
     def _build_layouts(self):
         groups = {}
@@ -326,11 +321,13 @@ class Adam(Optimizer):
         get_array_module(out).concatenate(grads, out=out)
         return out
 
-    def _update(self, layout, a, b, t):
+    def _update(self, layout, a, b, t, flush):
         """One Adam step at step count t of the members a .. b - 1 of ``layout``, in place: one
         launch of the registered kernel over their flat arrays, or the xp code parameter by
         parameter (on views of the same arrays; arrays of one parameter stay in the CPU's cache
-        across the update's passes, where the whole flat array would not)."""
+        across the update's passes, where the whole flat array would not). With ``flush`` the
+        moments are then cleared of subnormals in the same way: over the flat arrays after the
+        kernel, parameter by parameter after the xp code."""
         c1 = 1 - self.beta1 ** t
         s = math.sqrt(1 - self.beta2 ** t)
         decoupled = self.decoupled_weight_decay and self.weight_decay
@@ -344,6 +341,9 @@ class Adam(Optimizer):
             p, m, v = flat
             vmax = layout.moments["max_exp_avg_sq"][lo:hi] if self.amsgrad else None
             kernel.forward(p, self._gathered(layout, a, b), m, v, vmax, **scalars)
+            if flush:  # the gathered gradient is used up: its array is the flush's work array
+                for moment in layout.moments.values():
+                    flush_subnormals(moment[lo:hi], work=layout.grad[lo:hi])
             return
         for j in range(a, b):
             part = slice(layout.offsets[j], layout.offsets[j + 1])
@@ -351,6 +351,9 @@ class Adam(Optimizer):
             _adam_update(layout.param[part], self.params[layout.members[j]].grad.reshape(-1),
                          moments["exp_avg"], moments["exp_avg_sq"], moments.get("max_exp_avg_sq"),
                          work=layout.work_for(j), **scalars)
+            if flush:
+                for moment in moments.values():
+                    flush_subnormals(moment, work=layout.work_for(j)[0])
 
 
 def _adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay, decay, work):
@@ -396,7 +399,8 @@ class AdamW(Adam):
 class _FlatLayout:
     """The parameters of one dtype and device (``members``, indices into the parameter list) as
     views of one flat array, with Adam's moments and the step's gradient as flat arrays of the
-    same layout: parameter ``members[j]`` holds elements ``offsets[j]:offsets[j + 1]``.
+    same layout: parameter ``members[j]`` holds elements ``offsets[j]:offsets[j + 1]``; and the
+    two work arrays of the xp update (``work``, as long as the largest member), rebuilt with it.
 
     Built from the current ``p.data`` and state arrays (the moments of a parameter without state
     are zero), which are then replaced by views of the flat arrays: ``views[key][j]``.
@@ -412,7 +416,8 @@ class _FlatLayout:
         n = self.offsets[-1]
         # Arrays like the parameters (empty_like keeps an ndarray subclass), flat.
         self.param = xp.empty_like(first, shape=n)
-        self.grad = xp.empty_like(first, shape=n)  # the gathered gradient of the kernel's update
+        # The gathered gradient of the kernel's update, then the work array of its flush.
+        self.grad = xp.empty_like(first, shape=n)
         # The xp update's two work arrays, as long as the largest member: the update runs member
         # by member, and reusing the same memory for each keeps it in the CPU's cache.
         longest = max(b - a for a, b in zip(self.offsets, self.offsets[1:]))

@@ -756,6 +756,38 @@ def test_adam_kernel_equals_the_numpy_optimizer_bit_for_bit(fake_gpu, monkeypatc
     assert_same_adam_state(*finals[0], *finals[1])
 
 
+def test_adam_kernel_path_flushes_subnormals_like_the_numpy_optimizer(fake_gpu, monkeypatch):
+    """With a flush every second step, the kernel path (one flush over the flat moments, its work
+    array the gathered gradient) and the xp path (one flush per parameter after its update) leave
+    the same bits, and no subnormal moment where the run without flushes has some."""
+    import minivae as mv
+    from minivae import optim
+    from minivae.gpu import dispatch
+
+    start, grads = adam_case(np.float32, steps=4)
+    grads = [[g * np.float32(1e-20) for g in step] for step in grads]  # g^2 (1 - b2) is subnormal
+    finals = {}
+    for gpu, flush_every in ((True, 2), (False, 2), (False, 0)):
+        params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
+        opt = optim.Adam(params, lr=1e-2, flush_every=flush_every)
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = g
+                opt.step()
+        finals[gpu, flush_every] = ([p.data for p in params], opt.state)
+
+    def subnormals(state):
+        tiny = np.finfo(np.float32).tiny
+        return sum(int(((s[k] != 0) & (np.abs(s[k]) < tiny)).sum()) for s in state for k in ("exp_avg_sq",))
+
+    assert subnormals(finals[False, 0][1]) > 0
+    assert subnormals(finals[True, 2][1]) == 0
+    assert_same_adam_state(*finals[True, 2], *finals[False, 2])
+
+
 def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
     K, _ = fake_gpu
     p = np.zeros((4, 3), np.float32)
