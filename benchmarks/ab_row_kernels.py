@@ -29,7 +29,6 @@ import datetime as _dt
 import json
 import os
 import re
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_kernels import time_gpu  # noqa: E402
 from machine import git_commit  # noqa: E402
 
 from minivae.gpu._source import NVRTC_OPTIONS, kernel_source  # noqa: E402
@@ -167,26 +167,9 @@ def check_edges(cp, var, ref):
 
 
 # ------------------------------------------------------------------------------ timing
-def time_us(cp, fn, repeats, min_loop_s=2e-3):
-    """Median microseconds of fn() over ``repeats`` loops of back-to-back calls (CUDA events)."""
-    for _ in range(3):
-        fn()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    one = max(cp.cuda.get_elapsed_time(start, end) / 1e3, 1e-7)
-    inner = max(1, min(1000, int(min_loop_s / one)))
-    samples = []
-    for _ in range(repeats):
-        start.record()
-        for _ in range(inner):
-            fn()
-        end.record()
-        end.synchronize()
-        samples.append(cp.cuda.get_elapsed_time(start, end) / 1e3 / inner)
-    return statistics.median(samples) * 1e6
+def time_us(cp, fn, repeats):
+    """Median microseconds of fn() (bench_kernels' CUDA-event loops, at most 0.5 s per call)."""
+    return time_gpu(fn, repeats, 0.5, cp)[0]
 
 
 def copy_gbps(cp, nbytes, repeats):

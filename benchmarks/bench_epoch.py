@@ -120,7 +120,6 @@ def main(argv=None):
                          device=args.device)
     mine = TrainerStep(config, data)
     state = {"params": [bts.to_device(p, "cpu") for p in mine.params()], "m": None, "v": None, "t": 0}
-    total = mine.trainer.total_steps
     steppers = {"minivae": mine}
     if "torch" in libs:
         steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), mine.trainer)

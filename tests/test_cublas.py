@@ -3,7 +3,6 @@ the C compiler (a naive column-major gemm on host memory, with cuBLAS's own sign
 the argument order of the row-major -> column-major mapping, the leading dimensions, the
 scalars passed by reference and the handle's life are all checked against NumPy.
 (The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
-import ctypes
 import shutil
 import subprocess
 

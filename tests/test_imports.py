@@ -12,9 +12,8 @@ cupy, matplotlib, tqdm, scikit-learn, umap) are no edges.
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "minivae"
+
 
 def module_names(package_dir):
     """``{dotted module name: path}`` of every ``.py`` file under ``package_dir``."""

@@ -869,7 +869,7 @@ def _fake_cupy(libs, calls):
     pool = types.SimpleNamespace(free_all_blocks=lambda: None)
     cuda = types.SimpleNamespace(
         Event=Event, get_elapsed_time=lambda a, b: 0.5,
-        Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 2}),
+        Device=lambda: types.SimpleNamespace(attributes={"MultiProcessorCount": 2}, synchronize=lambda: None),
         runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceProperties=lambda d: {"name": b"Fake GPU"}))
     return types.SimpleNamespace(
         __version__="fake", cuda=cuda, random=types.SimpleNamespace(RandomState=RandomState),
