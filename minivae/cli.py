@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import json
 import math
+import os
 import re
 import sys
 import tempfile
@@ -428,6 +429,16 @@ def _os_error_line(exc):
 def main(argv=None):
     """Entry point of the ``minivae`` command; returns the exit status (2 for a user error)."""
     try:
+        return _run(argv)
+    except BrokenPipeError:  # the reader of our output left early (`minivae models | head`)
+        # Point stdout at /dev/null so that the interpreter's last flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(argv):
+    """``main`` without the closed-pipe case: parse, run the command, map errors to one line."""
+    try:
         args = build_parser().parse_args(argv)
     except UsageError as exc:
         return _error(str(exc))
@@ -437,6 +448,8 @@ def main(argv=None):
         if args.debug:
             raise
         return _error(str(exc))
+    except BrokenPipeError:
+        raise
     except OSError as exc:  # a full disk, a folder that cannot be written: the machine, not a bug
         if args.debug:
             raise

@@ -3,7 +3,11 @@
 ``eval``'s time estimate."""
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +123,16 @@ def test_eval_of_part_of_the_test_set_gets_its_own_file(capsys, monkeypatch, tra
     monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
     assert main(["eval", str(trained_run), "--k", "2", "--n", "10", "--no-progress"]) == 0
     assert json.loads((trained_run / "eval_k2_first10.json").read_text())["n_test"] == 10
+
+
+def test_output_into_a_pipe_closed_early_ends_without_a_traceback():
+    """`minivae train --help | head -1`: the reader leaves early; no traceback, no error line."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    for args in (["train", "--model", "flow", "--help"], ["models"]):
+        proc = subprocess.Popen([sys.executable, "-m", "minivae", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        proc.stdout.readline()
+        proc.stdout.close()  # the reader leaves before the rest is written
+        err = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+        assert "Traceback" not in err and "error" not in err, err
