@@ -278,12 +278,12 @@ CASES = {
              U(4, 3), U(4, 3)),
     ],
     vae.ReparameterizeKL: [  # two outputs: a random upstream gradient for each
-        case("z and kl", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3)), U(4, 3), U(4, 3, low=-2, high=1)),
-        case("3 samples per row", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3), samples=3),
+        case("z and kl", lambda mu, logvar: F.reparameterize_kl(mu, logvar, _noise(7, 3)), U(4, 3), U(4, 3, low=-2, high=1)),
+        case("3 samples per row", lambda mu, logvar: F.reparameterize_kl(mu, logvar, _noise(7, 3), samples=3),
              U(4, 3), U(4, 3)),
-        case("3-D rows", lambda m, lv: F.reparameterize_kl(m, lv, _noise(5, 1)), U(2, 3, 2), U(2, 3, 2)),
-        case("z only", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3))[0], U(4, 3), U(4, 3)),
-        case("kl only", lambda m, lv: F.reparameterize_kl(m, lv, _noise(7, 3))[1], U(4, 3), U(4, 3)),
+        case("3-D rows", lambda mu, logvar: F.reparameterize_kl(mu, logvar, _noise(5, 1)), U(2, 3, 2), U(2, 3, 2)),
+        case("z only", lambda mu, logvar: F.reparameterize_kl(mu, logvar, _noise(7, 3))[0], U(4, 3), U(4, 3)),
+        case("kl only", lambda mu, logvar: F.reparameterize_kl(mu, logvar, _noise(7, 3))[1], U(4, 3), U(4, 3)),
     ],
     vae.KLNormalStd: [
         case("(4,3)", F.kl_normal_std, U(4, 3), U(4, 3, low=-2, high=1)),
