@@ -30,7 +30,6 @@ import inspect
 import io
 import re
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .gradcheck_cases import CASES, op_classes, public_name
@@ -188,26 +187,6 @@ def vae_graph_dot(x):
     init.manual_seed(0)
     _, dot = model_loss_graph(VAE(), x, Noise(seed=0), grad=True, title=GRAPH_TITLE)
     return dot
-
-
-def _structure(labels, edges):
-    """The labels without their gradient-norm lines, sorted, and the number of edges."""
-    return sorted(tuple(line for line in label if not line.startswith("|grad|")) for label in labels), edges
-
-
-def dot_structure(dot):
-    """``_structure`` of DOT text written by ``minivae.graph.to_dot``."""
-    labels = [m.group(1).split("\\n") for m in re.finditer(r'^\s*n\d+ \[label="(.*?)"', dot, flags=re.M)]
-    return _structure(labels, len(re.findall(r"^\s*n\d+ -> n\d+", dot, flags=re.M)))
-
-
-def svg_structure(svg):
-    """``_structure`` of the SVG Graphviz rendered from such DOT text."""
-    ns = {"svg": "http://www.w3.org/2000/svg"}
-    root = ET.fromstring(svg)
-    groups = root.findall(".//svg:g", ns)
-    labels = [[t.text for t in g.findall("svg:text", ns)] for g in groups if g.get("class") == "node"]
-    return _structure(labels, sum(g.get("class") == "edge" for g in groups))
 
 
 def write_vae_graph(out=GRAPH_SVG):

@@ -450,16 +450,6 @@ class Generator:
         """Gumbel samples of the next draw."""
         return self.next_noise().gumbel(shape, dtype)
 
-    def bernoulli(self, p, dtype=np.float32):
-        """``(u < p)`` as ``dtype`` with one uniform per element of ``p`` (e.g. binarizing MNIST)."""
-        p = np.asarray(p)
-        u = self.next_noise().uniform(p.shape, np.float64)
-        return (u < p).astype(dtype)
-
-    def spawn(self, stream: int) -> "Generator":
-        """A generator with the same seed and offset on another stream (independent noise)."""
-        return Generator(self._seed, self._offset, stream)
-
     def state_dict(self) -> dict:
         return {"seed": self._seed, "offset": self._offset, "stream": self._stream}
 

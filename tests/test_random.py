@@ -304,17 +304,6 @@ def test_generator_state_round_trip():
         h.load_state_dict({"seed": -3, "offset": 0})
 
 
-def test_generator_bernoulli_and_spawn():
-    g = mr.Generator(1)
-    p = np.full((200, 200), 0.3)
-    x = g.bernoulli(p)
-    assert x.dtype == np.float32 and set(np.unique(x)) <= {0.0, 1.0}
-    assert abs(x.mean() - 0.3) < 0.01
-    s = g.spawn(9)
-    assert s.stream == 9 and s.offset == g.offset and s.seed == g.seed
-    assert not np.any(s.normal(100) == g.normal(100))
-
-
 def test_stream_numbers_are_named_once_and_distinct():
     """Every stream number is a named constant of minivae.streams; within each kind (Philox
     streams, data-pipeline streams) no two names share a number, so no two uses share noise."""
