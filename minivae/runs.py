@@ -198,7 +198,7 @@ def prepare_run_dir(run_dir, resume=False, overwrite=False):
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_stray_files(run_dir)
     except OSError as exc:
-        raise RunWriteError(f"cannot use {run_dir} as a run folder: {_reason(exc)}") from None
+        raise RunWriteError(f"cannot use {run_dir} as a run folder: {exc.strerror or exc}") from None
 
 
 def _remove_run_files(run_dir):
@@ -225,9 +225,25 @@ def next_free_run_dir(base):
 
 # ----- writing and reading the run's files --------------------------------------------------------
 
-def _reason(exc):
-    """An OSError as a short reason ("No space left on device"), without the chained traceback."""
-    return exc.strerror or str(exc)
+def _write_error(path, exc, kept=""):
+    """RunWriteError for a failed write of ``path``: the short reason of the OSError ("No space
+    left on device", without the chained traceback) and where the numbers are still found."""
+    return RunWriteError(f"could not write {path}: {exc.strerror or exc}" + (f"; {kept}" if kept else ""))
+
+
+def _replace_text(path, text, kept=""):
+    """Replace the file ``path`` by ``text`` atomically: a temporary file in the same folder, then
+    ``os.replace``; on failure the temporary file is removed and RunWriteError raised."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise _write_error(path, exc, kept) from None
 
 
 def write_json(path, obj, kept=""):
@@ -235,17 +251,7 @@ def write_json(path, obj, kept=""):
 
     ``kept`` says in that error where the numbers are still to be found (e.g. "printed above").
     """
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise RunWriteError(f"could not write {path}: {_reason(exc)}" + (f"; {kept}" if kept else "")) from None
+    _replace_text(Path(path), json.dumps(obj, indent=2), kept)
 
 
 def save_checkpoint(run_dir, arrays, meta):
@@ -255,8 +261,7 @@ def save_checkpoint(run_dir, arrays, meta):
     try:
         checkpoint.save(path, arrays, meta)
     except OSError as exc:
-        raise RunWriteError(f"could not write {path}: {_reason(exc)}; the previous checkpoint "
-                            "is kept") from None
+        raise _write_error(path, exc, "the previous checkpoint is kept") from None
 
 
 def append_metrics(run_dir, record):
@@ -266,7 +271,7 @@ def append_metrics(run_dir, record):
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as exc:
-        raise RunWriteError(f"could not write {path}: {_reason(exc)}") from None
+        raise _write_error(path, exc) from None
 
 
 def read_metrics(run_dir):
@@ -303,15 +308,7 @@ def rewrite_metrics(run_dir, keep):
     if not path.exists():
         return
     kept = [record for record in read_metrics(run_dir) if keep(record)]
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(json.dumps(record) + "\n" for record in kept))
-        os.replace(tmp, path)
-    except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise RunWriteError(f"could not write {path}: {_reason(exc)}") from None
+    _replace_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
 def eval_results_path(run_dir, k):
