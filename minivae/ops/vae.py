@@ -50,6 +50,14 @@ class Reparameterize(Function):
                 g * std if need_eps else None)
 
 
+def _scaled_noise(xp, noise, shape, logvar):
+    """exp(logvar / 2) * eps with eps the normals of the draw ``noise`` of ``shape`` (logvar's
+    dtype), built in place in the fresh array of the draw."""
+    scaled = xp.asarray(noise.normal(shape, dtype=logvar.dtype))
+    scaled *= xp.exp(0.5 * logvar)
+    return scaled
+
+
 class ReparameterizeNoise(Function):
     """reparameterize(mu, logvar, noise) = mu + exp(logvar / 2) * eps, eps the standard normals of
     the counter-addressed draw ``noise`` (a minivae.random.Noise), of shape ``shape`` (default: the
@@ -66,8 +74,7 @@ class ReparameterizeNoise(Function):
     def forward(ctx, mu, logvar, noise=None, shape=None):
         xp = get_array_module(mu, logvar)
         shape = np.broadcast_shapes(mu.shape, logvar.shape, () if shape is None else tuple(shape))
-        scaled = xp.asarray(noise.normal(shape, dtype=mu.dtype))  # a fresh array of the full shape
-        scaled *= xp.exp(0.5 * logvar)
+        scaled = _scaled_noise(xp, noise, shape, logvar)
         ctx.save(scaled)
         return mu + scaled
 
@@ -146,8 +153,7 @@ class ReparameterizeKL(Function):
                              f"axis, got {mu.shape} and {logvar.shape}")
         xp = get_array_module(mu, logvar)
         shape = mu.shape if samples is None else (int(samples),) + mu.shape
-        scaled = xp.asarray(noise.normal(shape, dtype=mu.dtype))  # a fresh array of the full shape
-        scaled *= xp.exp(0.5 * logvar)
+        scaled = _scaled_noise(xp, noise, shape, logvar)
         kl, var = _kl_terms(xp, mu, logvar)
         ctx.save(scaled, mu, var)
         return mu + scaled, kl
