@@ -298,19 +298,22 @@ class TorchFlushRunner(TorchRunner):
             raise ValueError("torch-flush is a CPU column")
         super().__init__(state, device, seed)
 
-    def fwd_bwd(self, xb):
+    @staticmethod
+    @contextlib.contextmanager
+    def _flushing():
         torch.set_flush_denormal(True)
         try:
-            return super().fwd_bwd(xb)
+            yield
         finally:
             torch.set_flush_denormal(False)
 
+    def fwd_bwd(self, xb):
+        with self._flushing():
+            return super().fwd_bwd(xb)
+
     def step(self, xb):
-        torch.set_flush_denormal(True)
-        try:
+        with self._flushing():
             return super().step(xb)
-        finally:
-            torch.set_flush_denormal(False)
 
 
 class TorchGraphRunner(TorchRunner):
