@@ -8,9 +8,10 @@ Conventions shared by every optimizer here:
 * Updates are in place (``p.data`` is modified, not replaced).
 * Adam keeps its parameters in one flat array per dtype and device: at its first step each
   ``p.data`` becomes a view of that array, and the moments ``exp_avg`` and ``exp_avg_sq`` are
-  views of flat arrays with the same layout. A step gathers the gradients into one flat array
-  and updates all parameters with one pass per operation (on the GPU: one kernel launch for
-  all of them). When ``p.data`` or a state array has been replaced since (``Module.to``,
+  views of flat arrays with the same layout. On the GPU a step gathers the gradients into one
+  flat array and updates all parameters with one kernel launch; on the CPU the same operations
+  run parameter by parameter on views of the flat arrays (one parameter's arrays stay in the
+  cache across the passes). When ``p.data`` or a state array has been replaced since (``Module.to``,
   ``astype``, assigning ``opt.state[i]``), the next step builds the layout anew from the current
   arrays. SGD updates parameter by parameter.
 * Parameters whose ``grad`` is None are skipped (their state and step count do not advance).
@@ -260,9 +261,10 @@ class Adam(Optimizer):
     With ``decoupled_weight_decay`` (AdamW, Loshchilov & Hutter 2019) the decay is
     p = p (1 - lr weight_decay) before the update instead of a gradient term.
 
-    The parameters live in one flat array per dtype and device (see the module docstring), so a
-    step is one update over all of them: the xp code below on the CPU, the kernel registered for
-    ``"Adam"`` in ``minivae.gpu.dispatch`` on the GPU. Parameters with different step counts (one
+    The parameters live in one flat array per dtype and device (see the module docstring): on
+    the GPU a step is one launch of the kernel registered for ``"Adam"`` in
+    ``minivae.gpu.dispatch`` over all of them, on the CPU the xp code below, parameter by
+    parameter. Parameters with different step counts (one
     that had no gradient at some step) are updated in separate runs, each with its own t.
     """
     _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "decoupled_weight_decay")
