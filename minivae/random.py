@@ -163,8 +163,6 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
 
 _MULT = np.array([[PHILOX_M4x32_0], [PHILOX_M4x32_1]], dtype=np.uint64)
 _WEYL = np.array([[PHILOX_W32_0], [PHILOX_W32_1]], dtype=np.uint64)
-#: r * (W0, W1) for the ten rounds r = 0 ... 9 of Philox4x32-10: (10, 2, 1), below 2**36.
-_WEYL_STEPS = np.arange(10, dtype=np.uint64)[:, None, None] * _WEYL
 
 
 def _round_keys(key: np.ndarray, rounds: int) -> np.ndarray:
@@ -178,7 +176,7 @@ def _round_keys(key: np.ndarray, rounds: int) -> np.ndarray:
 
 def _seed_round_keys(seed: int) -> np.ndarray:
     """The ten round keys of a draw's 64-bit seed: (10, 2, 1)."""
-    return (_WEYL_STEPS + np.array([[seed & _MASK32], [seed >> 32]], dtype=np.uint64)) & np.uint64(_MASK32)
+    return _round_keys(np.array([[seed & _MASK32], [seed >> 32]], dtype=np.uint64), 10)
 
 
 def _rounds(x: np.ndarray, lo: np.ndarray, keys: np.ndarray):
