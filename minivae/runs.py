@@ -89,6 +89,10 @@ class TrainConfig:
     n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
     model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
     trace_every: int = 0  # log gradient norms and update ratios every N steps (0: off)
+    # The generator of the training data's order and bits: "philox" (minivae.data, the same on
+    # the CPU and the GPU). A config saved before it existed reads "pcg64": such a run was
+    # trained on other batches, so it can be evaluated but not resumed.
+    data_rng: str = "philox"
 
     #: Settings that may change when a run is resumed; any other change makes another run.
     RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every")
@@ -111,12 +115,18 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         d = dict(d)
+        d.setdefault("data_rng", "pcg64")
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
 
     def check_resumable(self, saved):
         """Raise ResumeMismatchError unless this config continues the run of ``saved`` (a TrainConfig)."""
+        if saved.data_rng != self.data_rng:
+            raise ResumeMismatchError(
+                f"cannot resume {self.out}: it was trained on batches drawn by {saved.data_rng!r}, and "
+                f"this minivae draws them with {self.data_rng!r}, so the run could not continue as it "
+                "began; evaluate it as it is (minivae eval), or start again with --overwrite")
         mismatched = [f.name for f in dataclasses.fields(self) if f.name not in self.RESUMABLE_CHANGES
                       and getattr(saved, f.name) != getattr(self, f.name)]
         if mismatched:

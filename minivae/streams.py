@@ -2,12 +2,14 @@
 
 Two kinds of generators take a stream number next to the run's seed:
 
-* **Philox streams** (``minivae.random``): the ``stream`` word of a draw's address
-  (seed, offset, stream, element). Draws on different streams never share numbers, whatever
-  their offsets, so sampling pictures or evaluating a model never reuses training noise.
-* **Data streams** (``minivae.data``): the second entry of the ``np.random.SeedSequence([seed,
-  stream, ...])`` that seeds each PCG64 generator of the data pipeline, so the shuffle, the
-  binarization and the choice of labelled examples are independent for one seed.
+* **Philox streams** (``minivae.random`` on the CPU, ``minivae.gpu`` on the GPU): the ``stream``
+  word of a draw's address (seed, offset, stream, element). Draws on different streams never
+  share numbers, whatever their offsets, so sampling pictures or evaluating a model never reuses
+  training noise, and the training data's shuffle and bits are drawn the same on both devices.
+* **Data streams** (``minivae.data``, CPU only): the second entry of the
+  ``np.random.SeedSequence([seed, stream, ...])`` that seeds each PCG64 generator of the fixed
+  draws (the validation and test bits, the choice of labelled examples), so they are independent
+  for one seed.
 
 The values are those the recorded runs were made with; changing one changes their numbers.
 """
@@ -24,11 +26,15 @@ EVAL_ELBO = 8
 #: The one batch that ``minivae eval`` times to estimate how long the evaluation takes (its
 #: numbers are thrown away).
 EVAL_TIME_ESTIMATE = 9
+#: The order of each training epoch (offset: the epoch; ``minivae.data.epoch_permutation``).
+TRAIN_ORDER = 10
+#: The Bernoulli draws that binarize each training epoch (offset: the epoch;
+#: ``minivae.data.binarize``).
+TRAIN_BITS = 11
 
 # ----- data streams (np.random.SeedSequence([seed, stream, ...])) -------------------------------
-#: The permutation of each training epoch.
-DATA_SHUFFLE = 1
-#: The Bernoulli draws that binarize each split (and each training epoch).
+#: The one fixed Bernoulli draw of the validation set and of the test set
+#: (``minivae.data.binarize_eval``). (1 was the training shuffle before it moved to Philox.)
 DATA_BINARIZE = 2
 #: The choice of the labelled subset of a semi-supervised run.
 DATA_LABELLED = 3

@@ -33,7 +33,7 @@ import numpy as np
 from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
-from .backend import resolve_device, to_device
+from .backend import resolve_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .evaluate import classification_error, elbo, log_likelihood, nll_summary
 from .random import Generator
@@ -89,9 +89,9 @@ class LabelledBatches:
     unlabelled loader.
     """
 
-    def __init__(self, x, y, batch_size, seed):
+    def __init__(self, x, y, batch_size, seed, device="cpu"):
         derived = int(np.random.SeedSequence([seed, streams.LABELLED_LOADER]).generate_state(1)[0])
-        self.loader = MinibatchLoader(x, min(batch_size, len(x)), seed=derived, y=y)
+        self.loader = MinibatchLoader(x, min(batch_size, len(x)), seed=derived, y=y, device=device)
         self._epoch, self._batches = None, []
 
     def __call__(self, step):
@@ -116,7 +116,11 @@ class Trainer:
         self.model = runs.build_run_model(config).to(self.device)
         self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
-        self.loader = MinibatchLoader(self.data.x_train, config.batch_size, seed=config.seed)
+        if config.data_rng != "philox":
+            raise ValueError(f"this minivae draws the training batches with 'philox', not {config.data_rng!r}")
+        # The training images live on the training device: each epoch is shuffled and binarized there.
+        self.loader = MinibatchLoader(self.data.x_train, config.batch_size, seed=config.seed,
+                                      device=self.device)
         if config.lr_schedule == "cosine":
             self.schedule = optim.CosineLR(self.optimizer, self.total_steps, min_lr=config.lr_min)
         elif config.lr_schedule == "constant":
@@ -127,7 +131,7 @@ class Trainer:
         if self.model.semi_supervised:
             idx = balanced_labelled_subset(self.data.y_train, config.n_labelled, seed=config.seed)
             self.labelled = LabelledBatches(self.data.x_train[idx], self.data.y_train[idx],
-                                            config.batch_size, config.seed)
+                                            config.batch_size, config.seed, self.device)
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}
@@ -204,8 +208,8 @@ class Trainer:
         extra = {}
         if self.labelled is not None:
             xl, yl = self.labelled(step)
-            extra["labelled"] = (tensor(to_device(xl, self.device)), to_device(yl, self.device))
-        loss, stats = self.model.loss(tensor(to_device(xb, self.device)), self.noise, beta=beta, **extra)
+            extra["labelled"] = (tensor(xl), yl)  # the loaders serve batches on the training device
+        loss, stats = self.model.loss(tensor(xb), self.noise, beta=beta, **extra)
         if not math.isfinite(stats["loss"]):
             raise TrainingDiverged(
                 f"the loss became {stats['loss']} at epoch {self.epoch + 1}, batch {self.batch + 1}; "

@@ -125,6 +125,18 @@ def test_resume_with_changed_settings(capsys, run):
     assert "epochs" in line and "--overwrite" in line  # what may change, and how to start again
 
 
+def test_resume_of_a_run_trained_on_the_former_batches(capsys, run):
+    """A checkpoint whose config predates ``data_rng`` was trained on PCG64 batches: resuming it
+    would switch generators mid-run, so it is refused, saying why and what can be done."""
+    from minivae import runs
+
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    del meta["config"]["data_rng"]
+    runs.save_checkpoint(run, arrays, meta)
+    user_error(capsys, tiny(run, "--resume"), "cannot resume", "'pcg64'", "'philox'", "minivae eval",
+               "--overwrite")
+
+
 def test_resume_may_change_the_length(capsys, run, monkeypatch):
     """The check above does not refuse what a resume may change (here it gets as far as the data)."""
     with pytest.raises(AssertionError, match="MNIST was loaded"):

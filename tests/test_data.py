@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 
 import minivae.data as data
+import minivae.random
+from minivae import streams
 from minivae.data import (
     DataIntegrityError,
     MinibatchLoader,
@@ -515,7 +517,7 @@ def test_binarize_deterministic_in_seed_and_epoch(probs):
     np.testing.assert_array_equal(a, binarize(probs, seed=3, epoch=5))
     assert not np.array_equal(a, binarize(probs, seed=3, epoch=6))
     assert not np.array_equal(a, binarize(probs, seed=4, epoch=5))
-    assert not np.array_equal(a, binarize(probs, seed=3, epoch=5, split="valid"))
+    assert not np.array_equal(binarize(probs, seed=0, epoch=0), binarize_eval(probs, "valid"))
 
 
 def test_binarize_is_bernoulli(probs):
@@ -527,21 +529,57 @@ def test_binarize_is_bernoulli(probs):
     assert np.corrcoef(draws.mean(0).ravel(), probs.ravel())[0, 1] > 0.9
 
 
-def test_binarize_chunking_and_out(probs, monkeypatch):
+def mnist_like(n=64, d=784, seed=0):
+    """Intensities k / 255 with MNIST's mix: mostly 0, some exactly 1, the rest in between."""
+    rng = np.random.default_rng(seed)
+    k = rng.integers(0, 256, (n, d))
+    k[rng.random((n, d)) < 0.7] = 0
+    k[rng.random((n, d)) < 0.05] = 255
+    return np.divide(k, 255, dtype=np.float32)
+
+
+def test_training_bits_follow_their_definition():
+    """Pixels at 0 and 1 keep their value; the k-th pixel strictly inside (0, 1), in C order, is
+    1 exactly when the k-th float32 uniform of the Philox draw (seed, offset=epoch, TRAIN_BITS)
+    is below it: recomputed here from minivae.random."""
+    x = mnist_like()
+    flat = x.ravel()
+    inside = np.flatnonzero((flat > 0) & (flat < 1))
+    assert 0 < len(inside) < flat.size and (flat == 1).any()
+    for seed, epoch in [(0, 0), (7, 3), (2**63 + 5, 2**40)]:
+        u = minivae.random.uniform(len(inside), seed, epoch, np.float32, streams.TRAIN_BITS)
+        want = (flat >= 1).astype(np.float32)
+        want[inside] = u < flat[inside]
+        np.testing.assert_array_equal(binarize(x, seed=seed, epoch=epoch).ravel(), want)
+
+
+def test_binarize_out_and_in_place(probs):
     ref = binarize(probs, seed=9, epoch=2)
-    monkeypatch.setattr(binarize_mod, "CHUNK_ROWS", 7)
-    np.testing.assert_array_equal(binarize(probs, seed=9, epoch=2), ref)
+    out = np.full_like(probs, 7.0)
+    assert binarize(probs, seed=9, epoch=2, out=out) is out
+    np.testing.assert_array_equal(out, ref)
     buf = probs.copy()
     assert binarize(buf, seed=9, epoch=2, out=buf) is buf
     np.testing.assert_array_equal(buf, ref)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        binarize(probs, seed=9, out=np.empty(probs.shape, np.float64))
 
 
-def test_eval_binarization_fixed_and_independent(probs):
+def test_eval_binarization_fixed_and_independent(probs, monkeypatch):
+    """The evaluation bits are the PCG64 draws the recorded results were scored on: float32
+    uniforms of SeedSequence([EVAL_BINARIZATION_SEED, DATA_BINARIZE, split code, 0]), whatever the
+    chunking."""
     v1, v2 = binarize_eval(probs, "valid"), binarize_eval(probs, "valid")
     t = binarize_eval(probs, "test")
     np.testing.assert_array_equal(v1, v2)
     assert not np.array_equal(v1, t)
-    np.testing.assert_array_equal(v1, binarize(probs, seed=data.EVAL_BINARIZATION_SEED, epoch=0, split="valid"))
+    for split, code in (("valid", 1), ("test", 2)):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+            [data.EVAL_BINARIZATION_SEED, streams.DATA_BINARIZE, code, 0])))
+        want = (rng.random(probs.shape, dtype=np.float32) < probs).astype(np.float32)
+        np.testing.assert_array_equal(binarize_eval(probs, split), want)
+    monkeypatch.setattr(binarize_mod, "CHUNK_ROWS", 7)
+    np.testing.assert_array_equal(binarize_eval(probs, "valid"), v1)
     with pytest.raises(ValueError):
         binarize_eval(probs, "train")
 
@@ -553,6 +591,10 @@ def test_seeds_are_validated(probs):
         binarize(probs, seed=1.0)
     with pytest.raises(ValueError):
         binarize(probs, seed=-1)
+    with pytest.raises(ValueError, match="2\\*\\*64"):
+        binarize(probs, seed=2**64)
+    with pytest.raises(ValueError, match="epoch"):
+        binarize(probs, seed=0, epoch=-1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -594,6 +636,33 @@ def test_batches_deterministic_in_seed_and_epoch():
     assert not np.array_equal(run(0, 3), run(0, 4))
     assert not np.array_equal(run(0, 3), run(1, 3))
     np.testing.assert_array_equal(epoch_permutation(200, seed=0, epoch=3), ids(run(0, 3), 200))
+
+
+def test_epoch_permutation_follows_its_definition():
+    """Example i's key is the 64-bit number of words 2i, 2i+1 of the Philox draw (seed,
+    offset=epoch, TRAIN_ORDER), its lowest bits replaced by i; the order sorts the keys.
+    Recomputed here with Python integers and sorted()."""
+    for n, seed, epoch in [(1, 0, 0), (2, 5, 1), (37, 3, 9), (1000, 2**63 + 1, 2**33)]:
+        w = minivae.random.philox_words(2 * n, seed, epoch, streams.TRAIN_ORDER).tolist()
+        bits = (n - 1).bit_length()
+        keys = [((w[2 * i] << 32 | w[2 * i + 1]) >> bits << bits) | i for i in range(n)]
+        want = sorted(range(n), key=keys.__getitem__)
+        got = epoch_permutation(n, seed=seed, epoch=epoch)
+        assert got.dtype == np.int64
+        assert got.tolist() == want
+    assert epoch_permutation(0, seed=0, epoch=0).shape == (0,)
+
+
+def test_epoch_permutations_are_uniform():
+    """Over 2400 epochs every one of the 120 orders of 5 examples turns up about 20 times (a
+    chi-square test at the 2e-6 level: a biased or stuck shuffle fails it)."""
+    counts = {}
+    for epoch in range(2400):
+        key = tuple(epoch_permutation(5, seed=11, epoch=epoch).tolist())
+        counts[key] = counts.get(key, 0) + 1
+    assert len(counts) == 120
+    chi2 = sum((c - 20) ** 2 / 20 for c in counts.values())
+    assert chi2 < 205  # chi-square with 119 degrees of freedom: P(> 205) is about 2e-6
 
 
 def test_resumed_loader_sees_the_same_batches_and_bits():

@@ -454,3 +454,37 @@ def test_the_fused_kernels_run_in_a_vae_training_step(monkeypatch, mc_samples):
     mu = cp.zeros((100, 50), dtype=cp.float32)
     assert dispatch.explain("ReparameterizeKL", mu, mu).startswith("kernel: ")
     assert dispatch.explain("KLNormalStd", mu, mu[0]).startswith("xp code on CuPy")
+
+
+# ------------------------------------------------------------------------------ data on the device
+def test_epoch_permutations_on_the_gpu_are_the_cpu_ones():
+    from minivae.data import epoch_permutation
+
+    for n, seed, epoch in [(1, 0, 0), (7, 3, 1), (50000, 0, 0), (50000, 2**63 + 7, 149)]:
+        gpu = epoch_permutation(n, seed=seed, epoch=epoch, device="gpu")
+        assert isinstance(gpu, cp.ndarray) and gpu.dtype == cp.int64
+        np.testing.assert_array_equal(host(gpu), epoch_permutation(n, seed=seed, epoch=epoch))
+
+
+def test_gpu_loader_serves_the_cpu_loaders_batches_and_bits():
+    """Given the seed and the epoch, the loader whose images live on the GPU serves the same
+    images, in the same order, with the same binarized bits (and labels) as the CPU loader."""
+    from minivae.data import MinibatchLoader
+
+    rng = np.random.default_rng(0)
+    k = rng.integers(0, 256, (1000, 784))
+    k[rng.random(k.shape) < 0.7] = 0
+    k[rng.random(k.shape) < 0.05] = 255
+    x = np.divide(k, 255, dtype=np.float32)
+    y = rng.integers(0, 10, 1000)
+    for options in [{}, {"drop_last": True}, {"shuffle": False}, {"binarize": False}]:
+        cpu = MinibatchLoader(x, 96, seed=5, y=y, **options)
+        gpu = MinibatchLoader(x, 96, seed=5, y=y, device="gpu", **options)
+        for epoch in (0, 1, 149):
+            got = list(gpu.epoch(epoch))
+            want = list(cpu.epoch(epoch))
+            assert len(got) == len(want)
+            for (xg, yg), (xc, yc) in zip(got, want):
+                assert isinstance(xg, cp.ndarray) and xg.dtype == cp.float32
+                np.testing.assert_array_equal(host(xg), xc)
+                np.testing.assert_array_equal(host(yg), yc)

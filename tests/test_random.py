@@ -310,9 +310,24 @@ def test_stream_numbers_are_named_once_and_distinct():
     from minivae import streams
 
     philox = [streams.TRAIN_NOISE, streams.SAMPLE_IMAGES, streams.EVAL_LOG_LIKELIHOOD, streams.EVAL_ELBO,
-              streams.EVAL_TIME_ESTIMATE]
-    data = [streams.DATA_SHUFFLE, streams.DATA_BINARIZE, streams.DATA_LABELLED, streams.LABELLED_LOADER]
+              streams.EVAL_TIME_ESTIMATE, streams.TRAIN_ORDER, streams.TRAIN_BITS]
+    data = [streams.DATA_BINARIZE, streams.DATA_LABELLED, streams.LABELLED_LOADER]
     assert len(set(philox)) == len(philox) and len(set(data)) == len(data)
     names = [n for n in vars(streams) if n.isupper()]
     assert sorted(names) == sorted(["TRAIN_NOISE", "SAMPLE_IMAGES", "EVAL_LOG_LIKELIHOOD", "EVAL_ELBO",
-                                    "EVAL_TIME_ESTIMATE", "DATA_SHUFFLE", "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])
+                                    "EVAL_TIME_ESTIMATE", "TRAIN_ORDER", "TRAIN_BITS", "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])
+
+
+@pytest.mark.parametrize("start", [0, 3, 262141])
+def test_words_of_a_draw_longer_than_a_slice_are_the_blocks_words(start):
+    """A large draw is computed a slice at a time: across the slices' seams (and from a start
+    inside a block) its words are still those of the Philox blocks at their counters."""
+    n = 2 * mr._SLICE + 5
+    words = mr.philox_words(n, seed=2**40 + 9, offset=2**33 + 1, stream=7, start=start)
+    for i in (0, 1, mr._SLICE - start - 1, mr._SLICE - start, mr._SLICE, n - 1):
+        e = start + i
+        ctr = np.array([e // 4, (2**33 + 1) & 0xFFFFFFFF, (2**33 + 1) >> 32, 7], dtype=np.uint64)
+        key = np.array([(2**40 + 9) & 0xFFFFFFFF, (2**40 + 9) >> 32], dtype=np.uint64)
+        assert words[i] == mr.philox4x32(ctr, key)[e % 4], i
+    np.testing.assert_array_equal(words[5:], mr.philox_words(n - 5, seed=2**40 + 9, offset=2**33 + 1,
+                                                             stream=7, start=start + 5))

@@ -34,9 +34,12 @@ Numbers on this data are not comparable with numbers on the fixed "binarized MNI
 Larochelle & Murray (2011) (a different single draw, also used for training), nor with
 thresholded MNIST (pixel > 0.5), a different and easier distribution.
 
-Determinism. Each epoch's order and bits are pure functions of ``(seed, epoch)`` (independent
-PCG64 streams from ``np.random.SeedSequence([seed, stream, ...])``), so a run resumed at epoch
-``e`` sees exactly the batches of an uninterrupted run, with no RNG state to checkpoint.
+Determinism. Each epoch's order and bits are pure functions of ``(seed, epoch)``, drawn from
+Philox, which gives the same words on the CPU and on the GPU: a run resumed at epoch ``e`` sees
+exactly the batches of an uninterrupted run, with no RNG state to checkpoint, and
+``MinibatchLoader(..., device="gpu")`` keeps the images on the GPU and serves the very batches of
+the CPU loader. The fixed draws (validation and test bits, labelled examples) come from PCG64
+streams of ``np.random.SeedSequence([seed, stream, ...])``, once per run, on the CPU.
 """
 
 from .batching import (

@@ -1,12 +1,14 @@
-"""Seeded minibatches and labelled subsets.
+"""Seeded minibatches and labelled subsets, on the CPU or on the GPU.
 
 Epoch ``e`` of a run with seed ``s`` is a pure function of ``(s, e)``: its order is
-``epoch_permutation(n, seed=s, epoch=e)`` and its binarization the training stream keyed by
-``(s, 'train', e)``. No generator state is carried from one epoch to the next, so resuming at epoch
-``e`` reproduces exactly the batches an uninterrupted run would have seen.
+``epoch_permutation(n, seed=s, epoch=e)`` and its bits ``binarize(x, seed=s, epoch=e)``, both
+drawn from Philox, which gives the same words on both devices. No generator state is carried from
+one epoch to the next, so resuming at epoch ``e`` reproduces exactly the batches an uninterrupted
+run would have seen, and a loader whose images live on the GPU serves the very batches of one on
+the CPU.
 
-To avoid work per step, an epoch is materialised once: the examples are gathered in the epoch's
-order into one preallocated float32 buffer (``np.take(..., out=)``), binarized in place, and the
+To avoid work per step, an epoch is materialised once: the images are binarized in a work
+buffer, then gathered in the epoch's order into the epoch buffer (``take(..., out=)``), and the
 batches are yielded as *views* of consecutive rows. A batch therefore stays valid only until the
 same buffer is filled again (the next epoch of the same ``MinibatchLoader``); copy it if you keep
 it longer.
@@ -18,13 +20,33 @@ from typing import Iterator
 
 import numpy as np
 
+from .. import streams
+from ..backend import device_of, get_array_module, resolve_device, to_device
 from . import _rng
-from .binarization import binarize_inplace
+from .binarization import EpochBits
 
 
-def epoch_permutation(n: int, *, seed: int, epoch: int) -> np.ndarray:
-    """The order of the ``n`` examples in epoch ``epoch`` (int64 permutation of ``range(n)``)."""
-    return _rng.generator(seed, _rng.STREAM_SHUFFLE, epoch).permutation(n).astype(np.int64, copy=False)
+def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
+    """The order of the ``n`` examples in epoch ``epoch``: an int64 permutation of ``range(n)`` on
+    ``device`` ("cpu" or "gpu"), the same on both.
+
+    Example ``i`` gets a 64-bit random key from two words of the Philox draw ``(seed, offset=epoch,
+    stream=TRAIN_ORDER)``, and the examples are sorted by key. The key's lowest bits are replaced by
+    ``i`` itself, which makes every key distinct: then any sorting algorithm, stable or not, on
+    either device, gives the same order. (For n = 50,000 that leaves 48 random bits; two examples
+    tie on them with probability about 4e-6 per epoch, and a tie keeps their original order.)
+    """
+    n = int(n)
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    words = _rng.philox_words(2 * n, _rng.check_seed(seed), _rng.check_seed(epoch, "epoch"),
+                              streams.TRAIN_ORDER, device)
+    xp = get_array_module(words)
+    pairs = words.reshape(n, 2).astype(xp.uint64)
+    index_bits = (n - 1).bit_length() if n > 1 else 0
+    keys = (((pairs[:, 0] << 32) | pairs[:, 1]) >> index_bits) << index_bits
+    keys |= xp.arange(n, dtype=xp.uint64)
+    return xp.argsort(keys).astype(xp.int64, copy=False)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
@@ -34,79 +56,43 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
-def iterate_minibatches(
-    x: np.ndarray,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    shuffle: bool = True,
-    drop_last: bool = False,
-    y: np.ndarray | None = None,
-    binarize: bool = False,
-    buffer: np.ndarray | None = None,
-) -> Iterator:
+def iterate_minibatches(x, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
+                        drop_last: bool = False, y=None, binarize: bool = False) -> Iterator:
     """Yield the minibatches of one epoch, deterministically in ``(seed, epoch)``.
 
-    Each example appears exactly once per epoch (all but the final ``n % batch_size`` when
-    ``drop_last``). ``binarize=True`` replaces the intensities by the epoch's Bernoulli draw
-    (dynamic binarization of the training set). Yields ``xb`` or, when ``y`` is given,
-    ``(xb, yb)``.
-
-    Batches are views into one epoch buffer: ``buffer`` (float32, same shape as ``x``) when
-    given, reused across calls, otherwise a buffer allocated for this epoch. With
-    ``shuffle=False`` and ``binarize=False`` the batches are views of ``x`` itself (no copy).
+    One-off form of ``MinibatchLoader(x, batch_size, seed=seed, ...).epoch(epoch)`` (see there),
+    on ``x``'s device; note that ``binarize`` is off by default here. Yields ``xb`` or, when ``y``
+    is given, ``(xb, yb)``.
     """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"x must be 2-D (N, D), got shape {x.shape}")
-    n = x.shape[0]
-    nb = num_batches(n, batch_size, drop_last)
-    if y is not None:
-        y = np.asarray(y)
-        if y.shape[0] != n:
-            raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
-    _rng.check_seed(seed)
-    _rng.check_seed(epoch, "epoch")
+    x = get_array_module(x).asarray(x)
+    loader = MinibatchLoader(x, batch_size, seed=seed, y=y, shuffle=shuffle, binarize=binarize,
+                             drop_last=drop_last, device=device_of(x))
+    return loader.epoch(epoch)
 
-    perm = epoch_permutation(n, seed=seed, epoch=epoch) if shuffle else None
-    if perm is None and not binarize:
-        data = x  # nothing to reorder or draw: serve views of the caller's array
-    else:
-        if buffer is None:
-            buffer = np.empty(x.shape, dtype=np.float32)
-        elif buffer.shape != x.shape or buffer.dtype != np.float32 or not buffer.flags.c_contiguous:
-            raise ValueError(f"buffer must be a C-contiguous float32 array of shape {x.shape}")
-        if perm is None:
-            np.copyto(buffer, x, casting="same_kind")
-        elif x.dtype == np.float32:
-            # mode="clip": the indices are a permutation, so in range; "raise" would make NumPy
-            # buffer the output internally, a hidden full-size temporary.
-            np.take(x, perm, axis=0, out=buffer, mode="clip")
-        else:
-            np.copyto(buffer, x[perm], casting="same_kind")
-        if binarize:
-            rng = _rng.generator(seed, _rng.STREAM_BINARIZE, _rng.split_code("train"), epoch)
-            binarize_inplace(buffer, rng)
-        data = buffer
-    labels = None if y is None else (y if perm is None else y[perm])
 
-    for b in range(nb):
-        sl = slice(b * batch_size, min((b + 1) * batch_size, n))
-        if labels is None:
-            yield data[sl]
-        else:
-            yield data[sl], labels[sl]
+def _gather_rows(source, order, out):
+    """``out[i] = source[order[i]]`` for a permutation ``order``, without a full-size temporary."""
+    if isinstance(source, np.ndarray):
+        # mode="clip": the indices are a permutation, so in range; NumPy's default "raise" would
+        # buffer the output internally, a hidden full-size temporary.
+        return np.take(source, order, axis=0, out=out, mode="clip")
+    return source.take(order, axis=0, out=out)  # CuPy's take has no mode and writes out directly
 
 
 class MinibatchLoader:
-    """Epoch-indexed minibatches of one array, with one buffer reused across epochs.
+    """Epoch-indexed minibatches of one array, on the CPU or on the GPU.
 
-    ``loader.epoch(e)`` yields the batches of epoch ``e`` (see ``iterate_minibatches``); the
-    result depends only on ``(seed, e)``, so a run resumed at epoch ``e`` calls
-    ``loader.epoch(e)`` and continues bit for bit. Defaults suit VAE training on MNIST:
-    shuffled, dynamically binarized. Batches are views into the loader's buffer, overwritten
-    when the next epoch starts.
+    ``loader.epoch(e)`` yields the batches of epoch ``e``: each example exactly once (all but the
+    final ``n % batch_size`` when ``drop_last``), in the order ``epoch_permutation(n, seed, e)``
+    when ``shuffle``, as the bits ``binarize(x, seed, e)`` when ``binarize`` (dynamic
+    binarization), else as given. The result depends only on ``(seed, e)``, so a run resumed at
+    epoch ``e`` calls ``loader.epoch(e)`` and continues bit for bit; and it does not depend on
+    the device: with ``device="gpu"`` the images are copied to the GPU once, the shuffle and the
+    bits are drawn there, and the batches (CuPy arrays) equal the CPU loader's. Defaults suit
+    VAE training on MNIST: shuffled, dynamically binarized.
+
+    Batches are views into the loader's epoch buffer, overwritten when the next epoch starts (with
+    ``shuffle=False`` and ``binarize=False`` they are views of the images themselves).
 
     Example::
 
@@ -116,32 +102,32 @@ class MinibatchLoader:
                 ...
     """
 
-    def __init__(
-        self,
-        x: np.ndarray,
-        batch_size: int,
-        *,
-        seed: int,
-        y: np.ndarray | None = None,
-        shuffle: bool = True,
-        binarize: bool = True,
-        drop_last: bool = False,
-    ):
-        x = np.asarray(x)
+    def __init__(self, x, batch_size: int, *, seed: int, y=None, shuffle: bool = True,
+                 binarize: bool = True, drop_last: bool = False, device: str = "cpu"):
+        self.device = resolve_device(device)
+        xp = get_array_module(x)
+        x = xp.asarray(x)
         if x.ndim != 2:
             raise ValueError(f"x must be 2-D (N, D), got shape {x.shape}")
         if binarize and x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
             raise ValueError("binarize=True needs intensities in [0, 1]")
-        # One conversion up front, so that every epoch can gather with np.take(out=) directly.
-        self.x = np.ascontiguousarray(x, dtype=np.float32)
-        self.y = None if y is None else np.asarray(y)
+        if y is not None and len(y) != len(x):
+            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        # One conversion up front, so that every epoch can gather with take(out=) directly.
+        self.x = to_device(xp.ascontiguousarray(x, dtype=xp.float32), self.device)
+        self.y = None if y is None else to_device(y, self.device)
         self.batch_size = int(batch_size)
         self.seed = _rng.check_seed(seed)
         self.shuffle = bool(shuffle)
-        self.binarize = bool(binarize)
         self.drop_last = bool(drop_last)
         num_batches(len(self.x), self.batch_size, self.drop_last)  # validates batch_size
-        self._buffer = None
+        self.bits = EpochBits(self.x, seed=self.seed) if binarize else None
+        self._work = self._buffer = None
+
+    @property
+    def binarize(self) -> bool:
+        """Whether the batches are the epoch's Bernoulli draw rather than the intensities."""
+        return self.bits is not None
 
     def __len__(self) -> int:
         """Number of minibatches per epoch."""
@@ -152,14 +138,37 @@ class MinibatchLoader:
         """Number of examples per epoch actually served (excludes the dropped tail)."""
         return len(self) * self.batch_size if self.drop_last else len(self.x)
 
+    def epoch_data(self, epoch: int):
+        """The whole epoch ``epoch`` as one array (N, D) in the order it is served, and its labels
+        (None without ``y``): the loader's epoch buffer, or the images themselves when there is
+        nothing to reorder or draw."""
+        epoch = _rng.check_seed(epoch, "epoch")
+        xp = get_array_module(self.x)
+        perm = epoch_permutation(len(self.x), seed=self.seed, epoch=epoch, device=self.device) \
+            if self.shuffle else None
+        if perm is None and self.bits is None:
+            return self.x, self.y
+        if self._buffer is None:
+            self._buffer = xp.empty_like(self.x)
+        if perm is None:
+            data = self.bits.draw(epoch, out=self._buffer)
+        else:
+            source = self.x
+            if self.bits is not None:
+                if self._work is None:
+                    self._work = xp.empty_like(self.x)
+                source = self.bits.draw(epoch, out=self._work)
+            data = _gather_rows(source, perm, self._buffer)
+        labels = None if self.y is None else (self.y if perm is None else self.y[perm])
+        return data, labels
+
     def epoch(self, epoch: int) -> Iterator:
         """Iterator over the minibatches of epoch ``epoch`` (``xb`` or ``(xb, yb)``)."""
-        if (self.shuffle or self.binarize) and self._buffer is None:
-            self._buffer = np.empty(self.x.shape, dtype=np.float32)
-        return iterate_minibatches(
-            self.x, self.batch_size, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-            drop_last=self.drop_last, y=self.y, binarize=self.binarize, buffer=self._buffer,
-        )
+        data, labels = self.epoch_data(epoch)
+        n = len(self.x)
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
+            yield data[sl] if labels is None else (data[sl], labels[sl])
 
 
 def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed: int) -> np.ndarray:
