@@ -57,7 +57,8 @@ VARIANTS = {
     "regtiles-1024-lb8": ("-DMV_TILE=1024", "-DMV_ROW_FWD_MIN_BLOCKS=8"),
 }
 DEFAULT = "regtiles"
-KERNELS = {"kl_fwd": 2, "fused_fwd": 3}  # name -> bytes moved per element (plus one per row)
+KERNELS = {"kl_fwd": 2, "fused_fwd": 3}
+NULL = np.uint64(0)  # a null pointer argument: the draw's offset is OFFSET alone  # name -> bytes moved per element (plus one per row)
 EDGE_SHAPES = [(1, 1), (3, 2), (2050, 2), (5, 3), (1370, 3), (9, 1), (333, 7), (1000, 10), (7, 50),
                (1001, 50), (4, 64), (9, 1001), (3, 1025), (3, 2050), (2, 4101), (2, 9001), (5, 784),
                (77, 100)]
@@ -107,7 +108,7 @@ class Variant:
         else:
             self.fns[("mv_reparam_kl_fwd", sfx)](
                 grid, (BLOCK,), (mu, lv, z, kl, np.int64(B), np.int64(D), np.uint64(SEED),
-                                 np.uint64(OFFSET), np.uint32(STREAM)))
+                                 np.uint64(OFFSET), NULL, np.uint32(STREAM)))
 
 
 class Reference:
@@ -124,7 +125,7 @@ class Reference:
         n = mu.size
         grid = (max(1, min(-(-((n + 3) // 4) // BLOCK), 2 ** 31 - 1)),)
         sfx = "f32" if mu.dtype == np.float32 else "f64"
-        self.fns[sfx](grid, (BLOCK,), (mu, lv, z, np.int64(n), np.uint64(SEED), np.uint64(OFFSET),
+        self.fns[sfx](grid, (BLOCK,), (mu, lv, z, np.int64(n), np.uint64(SEED), np.uint64(OFFSET), NULL,
                                        np.uint32(STREAM)))
         return z
 

@@ -58,6 +58,19 @@ struct mv_adam_scalars {
     int amsgrad, decoupled;
 };
 
+// The scalars of the step: ``s``, with eps_s, neg_step and decay taken from step_scalars[0..2]
+// (device memory; see adam.cu) when that is not a null pointer, each rounded to T as NumPy rounds
+// a Python float next to a T array.
+template <typename T>
+MV_HD mv_adam_scalars<T> mv_adam_at_step(mv_adam_scalars<T> s, const double* step_scalars) {
+    if (step_scalars) {
+        s.eps_s = T(step_scalars[0]);
+        s.neg_step = T(step_scalars[1]);
+        s.decay = T(step_scalars[2]);
+    }
+    return s;
+}
+
 // Entry i: p, m, v (and vmax with amsgrad) updated in place from the gradient g.
 template <typename T>
 MV_HD void mv_adam_entry(mv_i64 i, T* p, const T* g, T* m, T* v, T* vmax, mv_adam_scalars<T> s) {

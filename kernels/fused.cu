@@ -6,19 +6,22 @@
 // generated in registers in both passes (a thread per chunk of 4 elements) and never stored.
 // The forward works on tiles of whole rows held in registers (mv_row_fwd of device.cuh) and
 // sums each row in the fixed order documented in chunks.cuh; the backward is flat over the
-// chunks. gkl may be a null pointer in the backward (no gradient reaches the KL).
+// chunks. gkl may be a null pointer in the backward (no gradient reaches the KL). The draw's
+// offset is offset + *offset_from when offset_from is not a null pointer (mv_draw_offset).
 // Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
 #include "device.cuh"
 
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_reparam_kl_fwd_f32(const float* mu, const float* logvar, float* z, float* kl, mv_i64 B, mv_i64 D,
-                      mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    mv_row_fwd<float, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
+                      mv_u64 seed, mv_u64 offset, const mv_u64* offset_from, mv_u32 stream) {
+    mv_row_fwd<float, true>(mu, logvar, z, kl, B, D, seed, mv_draw_offset(offset, offset_from),
+                             stream);
 }
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_reparam_kl_fwd_f64(const double* mu, const double* logvar, double* z, double* kl, mv_i64 B, mv_i64 D,
-                      mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    mv_row_fwd<double, true>(mu, logvar, z, kl, B, D, seed, offset, stream);
+                      mv_u64 seed, mv_u64 offset, const mv_u64* offset_from, mv_u32 stream) {
+    mv_row_fwd<double, true>(mu, logvar, z, kl, B, D, seed, mv_draw_offset(offset, offset_from),
+                             stream);
 }
 
 template <typename T>
@@ -34,12 +37,14 @@ __device__ __forceinline__ void mv_reparam_kl_bwd(const T* __restrict__ dz, cons
 extern "C" __global__ void mv_reparam_kl_bwd_f32(const float* dz, const float* gkl, const float* mu,
                                                  const float* logvar, float* dmu, float* dlogvar,
                                                  mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,
-                                                 mv_u32 stream) {
-    mv_reparam_kl_bwd<float>(dz, gkl, mu, logvar, dmu, dlogvar, B, D, seed, offset, stream);
+                                                 const mv_u64* offset_from, mv_u32 stream) {
+    mv_reparam_kl_bwd<float>(dz, gkl, mu, logvar, dmu, dlogvar, B, D, seed,
+                              mv_draw_offset(offset, offset_from), stream);
 }
 extern "C" __global__ void mv_reparam_kl_bwd_f64(const double* dz, const double* gkl, const double* mu,
                                                  const double* logvar, double* dmu, double* dlogvar,
                                                  mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,
-                                                 mv_u32 stream) {
-    mv_reparam_kl_bwd<double>(dz, gkl, mu, logvar, dmu, dlogvar, B, D, seed, offset, stream);
+                                                 const mv_u64* offset_from, mv_u32 stream) {
+    mv_reparam_kl_bwd<double>(dz, gkl, mu, logvar, dmu, dlogvar, B, D, seed,
+                              mv_draw_offset(offset, offset_from), stream);
 }

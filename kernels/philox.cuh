@@ -32,6 +32,14 @@ struct mv_u32x2 { mv_u32 x, y; };
 #define MV_PHILOX_W1 0xBB67AE85u
 
 // High and low 32-bit words of the 64-bit product a * b.
+// The offset of a draw: ``offset``, plus the number at ``offset_from`` when that is not a null
+// pointer. offset_from is a counter in device memory: a CUDA graph captures a kernel's scalar
+// arguments once, so a captured training step reads its draw's offset from memory, where the
+// step advances it, to draw new noise at every replay.
+MV_HD mv_u64 mv_draw_offset(mv_u64 offset, const mv_u64* offset_from) {
+    return offset_from ? offset + *offset_from : offset;
+}
+
 MV_HD void mv_mulhilo32(mv_u32 a, mv_u32 b, mv_u32* hi, mv_u32* lo) {
 #if defined(__CUDA_ARCH__)
     *hi = __umulhi(a, b);

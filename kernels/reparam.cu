@@ -3,7 +3,8 @@
 // minivae.random.normal(..., seed, offset, stream) gives for index i -- and its backward,
 // which regenerates eps instead of reading a stored copy:
 //   dmu = dz,  dlogvar = dz * eps * exp(logvar / 2) / 2.
-// Arrays are C-contiguous with n elements; one thread per chunk of 4 elements.
+// Arrays are C-contiguous with n elements; one thread per chunk of 4 elements. The draw's offset
+// is offset + *offset_from when offset_from is not a null pointer (mv_draw_offset, philox.cuh).
 // Launch: block (MV_BLOCK, 1, 1), any grid.
 #include "device.cuh"
 
@@ -22,21 +23,23 @@ __device__ __forceinline__ void mv_reparam_bwd(const T* __restrict__ dz, const T
 }
 
 extern "C" __global__ void mv_reparam_fwd_f32(const float* mu, const float* logvar, float* z,
-                                              mv_i64 n, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    mv_reparam_fwd<float>(mu, logvar, z, n, seed, offset, stream);
+                                              mv_i64 n, mv_u64 seed, mv_u64 offset,
+                                              const mv_u64* offset_from, mv_u32 stream) {
+    mv_reparam_fwd<float>(mu, logvar, z, n, seed, mv_draw_offset(offset, offset_from), stream);
 }
 extern "C" __global__ void mv_reparam_fwd_f64(const double* mu, const double* logvar, double* z,
-                                              mv_i64 n, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
-    mv_reparam_fwd<double>(mu, logvar, z, n, seed, offset, stream);
+                                              mv_i64 n, mv_u64 seed, mv_u64 offset,
+                                              const mv_u64* offset_from, mv_u32 stream) {
+    mv_reparam_fwd<double>(mu, logvar, z, n, seed, mv_draw_offset(offset, offset_from), stream);
 }
 // dmu may be a null pointer (then only dlogvar is written; dmu = dz needs no kernel).
 extern "C" __global__ void mv_reparam_bwd_f32(const float* dz, const float* logvar, float* dmu,
                                               float* dlogvar, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                                              mv_u32 stream) {
-    mv_reparam_bwd<float>(dz, logvar, dmu, dlogvar, n, seed, offset, stream);
+                                              const mv_u64* offset_from, mv_u32 stream) {
+    mv_reparam_bwd<float>(dz, logvar, dmu, dlogvar, n, seed, mv_draw_offset(offset, offset_from), stream);
 }
 extern "C" __global__ void mv_reparam_bwd_f64(const double* dz, const double* logvar, double* dmu,
                                               double* dlogvar, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                                              mv_u32 stream) {
-    mv_reparam_bwd<double>(dz, logvar, dmu, dlogvar, n, seed, offset, stream);
+                                              const mv_u64* offset_from, mv_u32 stream) {
+    mv_reparam_bwd<double>(dz, logvar, dmu, dlogvar, n, seed, mv_draw_offset(offset, offset_from), stream);
 }

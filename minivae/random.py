@@ -73,7 +73,7 @@ Every draw is computed from its address when it is asked for: nothing is kept be
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -380,28 +380,47 @@ class Noise:
     materialized with :meth:`normal`; on the GPU the kernels regenerate it in registers
     from the same address (forward and backward), so it is never stored. Calling it twice
     gives the same numbers (which is what finite-difference gradient checks need).
+
+    ``offset_from`` (GPU only): a CuPy uint64 array of one value, added to ``offset`` when a
+    kernel runs. A CUDA graph freezes the arguments of the kernels it captures; a captured
+    training step therefore names its draws by an offset in device memory, which the step
+    advances, so that each replay draws new noise. Such a draw exists only on the GPU: the
+    CPU methods below refuse it.
     """
 
     seed: int
     offset: int = 0
     stream: int = 0
+    offset_from: object = field(default=None, compare=False)
 
     def __post_init__(self):
         _check_u64("seed", self.seed)
         _check_u64("offset", self.offset)
         _check_u32("stream", self.stream)
+        f = self.offset_from
+        if f is not None and (getattr(f, "dtype", None) != np.uint64 or getattr(f, "size", 0) != 1):
+            raise TypeError(f"offset_from must be a device array of one uint64, got {f!r}")
+
+    def _host_address(self):
+        if self.offset_from is not None:
+            raise ValueError("this draw's offset lives in device memory (offset_from): only the GPU "
+                             "kernels can generate it")
+        return self.seed, self.offset
 
     def normal(self, shape, dtype=np.float32, start: int = 0):
         """The standard normals of this draw (see :func:`normal`)."""
-        return normal(shape, self.seed, self.offset, dtype, self.stream, start)
+        seed, offset = self._host_address()
+        return normal(shape, seed, offset, dtype, self.stream, start)
 
     def uniform(self, shape, dtype=np.float32, start: int = 0):
         """The uniforms of this draw (see :func:`uniform`)."""
-        return uniform(shape, self.seed, self.offset, dtype, self.stream, start)
+        seed, offset = self._host_address()
+        return uniform(shape, seed, offset, dtype, self.stream, start)
 
     def gumbel(self, shape, dtype=np.float32, start: int = 0):
         """The Gumbel samples of this draw (see :func:`gumbel`)."""
-        return gumbel(shape, self.seed, self.offset, dtype, self.stream, start)
+        seed, offset = self._host_address()
+        return gumbel(shape, seed, offset, dtype, self.stream, start)
 
 
 class Generator:

@@ -15,7 +15,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 4; }
+SHIM int shim_abi_version() { return 5; }
 
 // ---- the tiling of the forward row kernels (rows per tile, lanes per row segment) ----------
 SHIM void shim_row_tiling(mv_i64 D, mv_i64* rows, int* lanes) {
@@ -152,12 +152,12 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_generate<T>(out, n, dist, seed, offset, stream);                                              \
     }                                                                                                        \
     SHIM void shim_reparam_fwd_##SFX(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,  \
-                                     mv_u32 stream) {                                                        \
-        replay_reparam_fwd<T>(mu, lv, z, n, seed, offset, stream);                                           \
+                                     const mv_u64* from, mv_u32 stream) {                                    \
+        replay_reparam_fwd<T>(mu, lv, z, n, seed, mv_draw_offset(offset, from), stream);                     \
     }                                                                                                        \
     SHIM void shim_reparam_bwd_##SFX(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 n, mv_u64 seed,       \
-                                     mv_u64 offset, mv_u32 stream) {                                         \
-        replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, offset, stream);                                    \
+                                     mv_u64 offset, const mv_u64* from, mv_u32 stream) {                     \
+        replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, mv_draw_offset(offset, from), stream);              \
     }                                                                                                        \
     SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D) {                      \
         replay_row_fwd<T, false>(mu, lv, nullptr, kl, B, D, 0, 0, 0);                                        \
@@ -166,23 +166,24 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_kl_bwd<T>(gkl, mu, lv, dmu, dlv, B, D);                                                       \
     }                                                                                                        \
     SHIM void shim_reparam_kl_fwd_##SFX(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,          \
-                                        mv_u64 seed, mv_u64 offset, mv_u32 stream) {                         \
-        replay_row_fwd<T, true>(mu, lv, z, kl, B, D, seed, offset, stream);                                  \
+                                        mv_u64 seed, mv_u64 offset, const mv_u64* from, mv_u32 stream) {     \
+        replay_row_fwd<T, true>(mu, lv, z, kl, B, D, seed, mv_draw_offset(offset, from), stream);            \
     }                                                                                                        \
     SHIM void shim_reparam_kl_bwd_##SFX(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu,        \
                                         T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
-                                        mv_u32 stream) {                                                     \
-        replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, offset, stream);                     \
+                                        const mv_u64* from, mv_u32 stream) {                                 \
+        replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, mv_draw_offset(offset, from),        \
+                                 stream);                                                                    \
     }                                                                                                        \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 
 #define SHIM_ADAM(T, SFX)                                                                                    \
     SHIM void shim_adam_##SFX(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, T b1, T one_minus_b1, T b2,   \
                               T one_minus_b2, T eps_s, T neg_step, T weight_decay, T decay, int amsgrad,     \
-                              int decoupled) {                                                               \
+                              int decoupled, const double* step_scalars) {                                   \
         const mv_adam_scalars<T> s = {b1, one_minus_b1, b2, one_minus_b2, eps_s, neg_step,                  \
                                       weight_decay, decay, amsgrad, decoupled};                              \
-        replay_adam<T>(p, g, m, v, vmax, n, s);                                                              \
+        replay_adam<T>(p, g, m, v, vmax, n, mv_adam_at_step(s, step_scalars));                               \
     }
 SHIM_ADAM(float, f32)
 SHIM_ADAM(double, f64)

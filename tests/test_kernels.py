@@ -163,7 +163,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 4
+    assert lib.shim_abi_version() == 5
     return lib
 
 
@@ -334,8 +334,9 @@ def test_replay_reparam(shim, dtype, n):
     seed, offset, stream = 1234, 7, 2
     mu, logvar = _inputs((n,), dtype, n)
     z = np.full(n, np.nan, dtype)
-    call(shim, f"shim_reparam_fwd_{_sfx(dtype)}", mu, logvar, z, _I64(n), _U64(seed), _U64(offset),
-         _U32(stream))
+    # the offset from device memory (offset 3 + a counter holding 4) draws the noise of offset 7
+    call(shim, f"shim_reparam_fwd_{_sfx(dtype)}", mu, logvar, z, _I64(n), _U64(seed), _U64(offset - 4),
+         np.array([4], np.uint64), _U32(stream))
     want, eps, std = _ref_reparam(mu, logvar, seed, offset, stream)
     np.testing.assert_allclose(z, want, rtol=rtol, atol=atol)
     dz = _inputs((n,), dtype, n + 1)[0]
@@ -343,7 +344,7 @@ def test_replay_reparam(shim, dtype, n):
         dmu = np.full(n, np.nan, dtype) if with_dmu else None
         dlv = np.full(n, np.nan, dtype)
         call(shim, f"shim_reparam_bwd_{_sfx(dtype)}", dz, logvar, dmu, dlv, _I64(n), _U64(seed),
-             _U64(offset), _U32(stream))
+             _U64(offset), None, _U32(stream))
         if with_dmu:
             np.testing.assert_array_equal(dmu, dz)
         np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
@@ -438,14 +439,15 @@ def test_replay_row_kernels(shim, dtype, shape):
 
     z, kl = np.full(shape, np.nan, dtype), np.full(B, np.nan, dtype)
     call(shim, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl, _I64(B), _I64(D),
-         _U64(seed), _U64(offset), _U32(stream))
+         _U64(seed), _U64(offset), None, _U32(stream))
     np.testing.assert_allclose(z, want_z, rtol=rtol, atol=atol)
     np.testing.assert_array_equal(kl, ordered)
 
     for g in (gkl, None):
         dmu, dlv = np.full(shape, np.nan, dtype), np.full(shape, np.nan, dtype)
+        # the offset from device memory: 0 + a counter holding it
         call(shim, f"shim_reparam_kl_bwd_{sfx}", dz, g, mu, logvar, dmu, dlv, _I64(B), _I64(D),
-             _U64(seed), _U64(offset), _U32(stream))
+             _U64(seed), _U64(0), np.array([offset], np.uint64), _U32(stream))
         gg = np.zeros(B) if g is None else g.astype(np.float64)
         np.testing.assert_allclose(dmu, dz + gg[:, None] * m, rtol=rtol, atol=atol)
         np.testing.assert_allclose(
@@ -469,7 +471,7 @@ _CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32, "int": 
            "float": np.float32, "double": np.float64}
 _CSCALAR = {"mv_i64": ctypes.c_longlong, "mv_u64": ctypes.c_ulonglong, "mv_u32": ctypes.c_uint, "int": ctypes.c_int,
             "float": ctypes.c_float, "double": ctypes.c_double}
-_PTR = {"float": np.float32, "double": np.float64, "mv_u32": np.uint32}
+_PTR = {"float": np.float32, "double": np.float64, "mv_u32": np.uint32, "mv_u64": np.uint64}
 
 
 def _signatures():
@@ -555,7 +557,7 @@ def test_signatures_parsed():
     sigs = _signatures()
     assert set(sigs) == {e for v in ENTRY_POINTS.values() for e in v}
     assert [p[2] for p in sigs["mv_reparam_kl_bwd_f32"]] == [
-        "dz", "gkl", "mu", "logvar", "dmu", "dlogvar", "B", "D", "seed", "offset", "stream"]
+        "dz", "gkl", "mu", "logvar", "dmu", "dlogvar", "B", "D", "seed", "offset", "offset_from", "stream"]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -601,6 +603,59 @@ def test_wrappers_on_fake_gpu(fake_gpu, dtype):
     dmu_none, _ = K.reparameterize_kl_backward(dz, None, mu, logvar, seed, offset)
     np.testing.assert_allclose(dmu_none, dz, rtol=0, atol=0)
     assert {c[0] for c in calls} >= {f"mv_reparam_kl_bwd_{_sfx(dtype)}", f"mv_kl_fwd_{_sfx(dtype)}"}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_draws_offset_from_device_memory_is_added_to_its_offset(fake_gpu, dtype):
+    """offset_from (a one-value uint64 array the kernel reads when it runs) plus offset names the
+    draw: offset 3 with a counter holding 2**40 draws the noise of offset 2**40 + 3, through each
+    wrapper that takes a draw; a wrong array is refused before any launch."""
+    K, calls = fake_gpu
+    seed, offset = 77, (1 << 40) + 3
+    counter = np.array([1 << 40], np.uint64)
+    mu, logvar = _inputs((4, 50), dtype, 8)
+    dz, gkl = _inputs((4, 50), dtype, 9)[0], _inputs((4,), dtype, 10)[0]
+    pairs = [(K.reparameterize_forward(mu, logvar, seed, offset),
+              K.reparameterize_forward(mu, logvar, seed, 3, offset_from=counter)),
+             (K.reparameterize_backward(dz, logvar, seed, offset)[1],
+              K.reparameterize_backward(dz, logvar, seed, 3, offset_from=counter)[1]),
+             (K.reparameterize_kl_forward(mu, logvar, seed, offset)[0],
+              K.reparameterize_kl_forward(mu, logvar, seed, 3, offset_from=counter)[0]),
+             (K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, offset)[1],
+              K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, 3, offset_from=counter)[1])]
+    for want, got in pairs:
+        np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(K.reparameterize_forward(mu, logvar, seed, 3), pairs[0][0])
+    n = len(calls)
+    for bad in (np.array([1], np.int64), np.array([1, 2], np.uint64), 5):
+        with pytest.raises(ValueError, match="offset_from"):
+            K.reparameterize_forward(mu, logvar, seed, 3, offset_from=bad)
+    assert len(calls) == n
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_reads_the_steps_scalars_from_device_memory(fake_gpu, dtype):
+    """With step_scalars = (eps_s, neg_step, decay) in a float64 array, the kernel ignores those
+    arguments and gives the bits it gives when they are passed as arguments."""
+    K, calls = fake_gpu
+    rng = np.random.default_rng(3)
+    p0, g, m0, v0 = (rng.standard_normal(300).astype(dtype) for _ in range(4))
+    v0 = np.abs(v0)
+    hyper = dict(b1=0.9, b2=0.999, weight_decay=0.0)
+    scalars = dict(eps_s=1e-8 * 0.0316, neg_step=-1e-3 * 0.0316 / 0.1, decay=1 - 1e-3 * 0.01)
+    results = []
+    for device in (False, True):
+        p, m, v = p0.copy(), m0.copy(), v0.copy()
+        if device:
+            K.adam_update(p, g, m, v, None, **hyper, eps_s=0.5, neg_step=7.0, decay=0.25,
+                          step_scalars=np.array([scalars["eps_s"], scalars["neg_step"], scalars["decay"]]))
+        else:
+            K.adam_update(p, g, m, v, None, **hyper, **scalars)
+        results.append((p, m, v))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="step_scalars"):
+        K.adam_update(p, g, m, v, None, **hyper, **scalars, step_scalars=np.zeros(3, np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

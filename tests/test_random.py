@@ -331,3 +331,18 @@ def test_words_of_a_draw_longer_than_a_slice_are_the_blocks_words(start):
         assert words[i] == mr.philox4x32(ctr, key)[e % 4], i
     np.testing.assert_array_equal(words[5:], mr.philox_words(n - 5, seed=2**40 + 9, offset=2**33 + 1,
                                                              stream=7, start=start + 5))
+
+
+def test_a_draw_with_its_offset_in_device_memory_is_refused_on_the_cpu():
+    """A Noise whose offset lives in device memory (offset_from) names a GPU draw: the CPU
+    methods refuse it instead of drawing the noise of the wrong offset; a malformed counter is
+    refused when the Noise is made."""
+    counter = np.array([5], np.uint64)  # stands in for the device array
+    noise = mr.Noise(1, 2, 3, offset_from=counter)
+    assert noise == mr.Noise(1, 2, 3)  # the counter is not part of the address's identity
+    for draw in (noise.normal, noise.uniform, noise.gumbel):
+        with pytest.raises(ValueError, match="device memory"):
+            draw((2, 3))
+    for bad in (np.array([5], np.int64), np.array([1, 2], np.uint64), 5):
+        with pytest.raises(TypeError, match="offset_from"):
+            mr.Noise(1, offset_from=bad)

@@ -107,7 +107,8 @@ def _reparameterize_forward(ctx, mu, logvar, noise=None, shape=None):
     ctx.noise = noise
     lv = _broadcast_c(xp, logvar, shape)
     ctx.save(lv)
-    return _kernels().reparameterize_forward(_broadcast_c(xp, mu, shape), lv, noise.seed, noise.offset, noise.stream)
+    return _kernels().reparameterize_forward(_broadcast_c(xp, mu, shape), lv, noise.seed, noise.offset,
+                                             noise.stream, offset_from=noise.offset_from)
 
 
 def _reparameterize_backward(ctx, g):
@@ -116,7 +117,7 @@ def _reparameterize_backward(ctx, g):
         return g, None
     (lv,) = ctx.saved
     n = ctx.noise
-    _, dlogvar = _kernels().reparameterize_backward(g, lv, n.seed, n.offset, n.stream)
+    _, dlogvar = _kernels().reparameterize_backward(g, lv, n.seed, n.offset, n.stream, offset_from=n.offset_from)
     return (g if need_mu else None), dlogvar
 
 
@@ -152,7 +153,8 @@ def _reparameterize_kl_forward(ctx, mu, logvar, noise=None, samples=None):
         shape = (int(samples),) + mu.shape
         mu, logvar = _broadcast_c(xp, mu, shape), _broadcast_c(xp, logvar, shape)
     ctx.save(mu, logvar)
-    z, kl = _kernels().reparameterize_kl_forward(mu, logvar, noise.seed, noise.offset, noise.stream)
+    z, kl = _kernels().reparameterize_kl_forward(mu, logvar, noise.seed, noise.offset, noise.stream,
+                                                 offset_from=noise.offset_from)
     return z, (kl if samples is None else kl[0])
 
 
@@ -164,7 +166,8 @@ def _reparameterize_kl_backward(ctx, gz, gkl):
         first[0] = gkl
         gkl = first
     n = ctx.noise
-    dmu, dlogvar = _kernels().reparameterize_kl_backward(gz, gkl, mu, logvar, n.seed, n.offset, n.stream)
+    dmu, dlogvar = _kernels().reparameterize_kl_backward(gz, gkl, mu, logvar, n.seed, n.offset, n.stream,
+                                                         offset_from=n.offset_from)
     # (S, B, D) gradients for (B, D) inputs: the engine sums them over the samples
     return (dmu if need_mu else None), (dlogvar if need_logvar else None)
 

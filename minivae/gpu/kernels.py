@@ -136,6 +136,21 @@ def _address(seed, offset, stream):
     return np.uint64(seed), np.uint64(offset), np.uint32(stream)
 
 
+def _device_words(x, name, dtype, size):
+    """A device array argument read by a kernel (``size`` values of ``dtype``), or a null pointer
+    for None."""
+    if x is None:
+        return _NULL
+    if not isinstance(x, cp.ndarray) or x.dtype != dtype or x.size != size or not x.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous CuPy {np.dtype(dtype).name} array of {size} "
+                         f"values, got {x!r}")
+    return x
+
+
+def _offset_from(x):
+    return _device_words(x, "offset_from", np.uint64, 1)
+
+
 def _float_array(x, name):
     require()
     if not isinstance(x, cp.ndarray):
@@ -241,9 +256,10 @@ def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0
 
 
 # ------------------------------------------------------------------------------ reparameterization
-def reparameterize_forward(mu, logvar, seed: int, offset: int = 0, stream: int = 0):
+def reparameterize_forward(mu, logvar, seed: int, offset: int = 0, stream: int = 0, offset_from=None):
     """z = mu + exp(logvar / 2) * eps, eps = element i of the draw (seed, offset, stream),
-    generated in registers (never stored)."""
+    generated in registers (never stored). ``offset_from`` (a CuPy uint64 array of one value, or
+    None) adds its value to the offset when the kernel runs: the noise of a captured CUDA graph."""
     mu = _float_array(mu, "mu")
     logvar = _same(mu, logvar, "logvar")
     n = mu.size
@@ -252,15 +268,16 @@ def reparameterize_forward(mu, logvar, seed: int, offset: int = 0, stream: int =
     if n:
         s, o, st = _address(seed, offset, stream)
         grid, block = _flat_launch(_chunks(n))
-        get_function("mv_reparam_fwd", mu.dtype)(grid, block, (mu, logvar, z, np.int64(n), s, o, st))
+        get_function("mv_reparam_fwd", mu.dtype)(
+            grid, block, (mu, logvar, z, np.int64(n), s, o, _offset_from(offset_from), st))
     return z
 
 
 def reparameterize_backward(dz, logvar, seed: int, offset: int = 0, stream: int = 0,
-                            copy_dmu: bool = False):
+                            copy_dmu: bool = False, offset_from=None):
     """Gradients of z = mu + exp(logvar / 2) * eps with eps regenerated from its address:
     returns ``(dmu, dlogvar)`` with ``dmu = dz`` (the same array unless ``copy_dmu``) and
-    ``dlogvar = dz * eps * exp(logvar / 2) / 2``."""
+    ``dlogvar = dz * eps * exp(logvar / 2) / 2`` (``offset_from``: see reparameterize_forward)."""
     logvar = _float_array(logvar, "logvar")
     dz = _same(logvar, dz, "dz")
     n = dz.size
@@ -271,7 +288,8 @@ def reparameterize_backward(dz, logvar, seed: int, offset: int = 0, stream: int 
         s, o, st = _address(seed, offset, stream)
         grid, block = _flat_launch(_chunks(n))
         get_function("mv_reparam_bwd", dz.dtype)(
-            grid, block, (dz, logvar, dmu if copy_dmu else _NULL, dlogvar, np.int64(n), s, o, st))
+            grid, block, (dz, logvar, dmu if copy_dmu else _NULL, dlogvar, np.int64(n), s, o,
+                          _offset_from(offset_from), st))
     return (dmu if copy_dmu else dz), dlogvar
 
 
@@ -305,8 +323,9 @@ def kl_normal_std_backward(gkl, mu, logvar):
 
 
 # ------------------------------------------------------------------------------ fused
-def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: int = 0):
-    """Both of the above in one pass: returns ``(z, kl)``."""
+def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: int = 0, offset_from=None):
+    """Both of the above in one pass: returns ``(z, kl)`` (``offset_from``: see
+    reparameterize_forward)."""
     mu = _float_array(mu, "mu")
     logvar = _same(mu, logvar, "logvar")
     B, D, rshape = _rows(mu)
@@ -317,11 +336,12 @@ def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: in
         s, o, st = _address(seed, offset, stream)
         grid, block = _row_forward_launch(B, D)
         get_function("mv_reparam_kl_fwd", mu.dtype)(
-            grid, block, (mu, logvar, z, kl, np.int64(B), np.int64(D), s, o, st))
+            grid, block, (mu, logvar, z, kl, np.int64(B), np.int64(D), s, o, _offset_from(offset_from), st))
     return z, kl
 
 
-def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, stream: int = 0):
+def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, stream: int = 0,
+                               offset_from=None):
     """Gradients of (z, kl) = reparameterize_kl_forward(mu, logvar, ...) in one pass:
     ``dmu = dz + gkl * mu``, ``dlogvar = dz * eps * exp(logvar / 2) / 2 + gkl * (exp(logvar) - 1) / 2``.
     ``dz`` or ``gkl`` may be None (no gradient reached that output)."""
@@ -343,7 +363,7 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
         grid, block = _flat_launch(_chunks(B * D))
         get_function("mv_reparam_kl_bwd", mu.dtype)(
             grid, block, (dz, gkl if gkl is not None else _NULL, mu, logvar, dmu, dlogvar,
-                          np.int64(B), np.int64(D), s, o, st))
+                          np.int64(B), np.int64(D), s, o, _offset_from(offset_from), st))
     return dmu, dlogvar
 
 
@@ -360,7 +380,8 @@ def _in_place(ref, x, name):
     return x
 
 
-def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, decay=None):
+def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, decay=None,
+                step_scalars=None):
     """One Adam step of parameter ``p`` in place, with its moments ``m``, ``v`` (and the running
     maximum ``vmax`` of v with amsgrad; None otherwise): the GPU form of ``minivae.optim.Adam``'s
     update, the same numbers bit for bit.
@@ -368,7 +389,9 @@ def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, 
     ``eps_s`` = eps sqrt(1 - b2^t), ``neg_step`` = -lr sqrt(1 - b2^t) / (1 - b1^t);
     ``weight_decay`` adds the coupled L2 term weight_decay * p to the gradient; ``decay`` (AdamW)
     multiplies p by it first instead. Each scalar is rounded to p's dtype here, as NumPy rounds
-    a Python float next to an array of that dtype.
+    a Python float next to an array of that dtype. ``step_scalars`` (a CuPy float64 array
+    (eps_s, neg_step, decay), or None) replaces those three when the kernel runs: the step's
+    scalars of a captured CUDA graph, rounded to p's dtype in the kernel in the same way.
     """
     require()
     p = _in_place(p, p, "p")
@@ -385,4 +408,5 @@ def adam_update(p, g, m, v, vmax, *, b1, b2, eps_s, neg_step, weight_decay=0.0, 
             *_flat_launch(n),  # one thread per element
             (p, g, m, v, vmax if vmax is not None else _NULL, np.int64(n), T(b1), T(1 - b1), T(b2), T(1 - b2),
              T(eps_s), T(neg_step), T(weight_decay), T(1 if decay is None else decay),
-             np.int32(vmax is not None), np.int32(decay is not None)))
+             np.int32(vmax is not None), np.int32(decay is not None),
+             _device_words(step_scalars, "step_scalars", np.float64, 3)))
