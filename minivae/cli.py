@@ -197,6 +197,9 @@ def _add_train_args(p):
                    help="start again in an --out that holds a run (its files are removed first)")
     p.add_argument("--device", default=d.device, choices=DEVICES,
                    help="where to train; auto: the GPU when CuPy and a device are usable")
+    p.add_argument("--eager", action="store_true",
+                   help="on the GPU, run every step from Python (the oracle of graph mode, for study) "
+                        "instead of replaying the step captured as one CUDA graph")
     p.add_argument("--eval-k", type=count, default=d.eval_k,
                    help="importance samples for the final test log-likelihood (0 skips it)")
     p.add_argument("--trace-every", type=count, default=d.trace_every,

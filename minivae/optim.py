@@ -102,6 +102,14 @@ class Optimizer:
                     if key in state:
                         flush_subnormals(state[key])
 
+    def set_steps(self, t):
+        """Set the step count of every parameter that has state to ``t``. A training step captured
+        as a CUDA graph runs its Python side (which counts steps) once, at the capture, and the
+        device takes the replays: the trainer records the device's count here before a checkpoint."""
+        for state in self.state:
+            if "step" in state:
+                state["step"] = int(t)
+
     def zero_grad(self):
         """Set every parameter's gradient to None (never zero-filled in place: grads may alias)."""
         for p in self.params:
@@ -274,6 +282,9 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, decoupled_weight_decay=False, flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
+        #: None, or a device array (eps_s, neg_step, decay) the GPU update reads in place of the
+        #: numbers of ``update_scalars``: set by graph mode (see ``minivae.gpu.graph``).
+        self.step_scalars = None
         beta1, beta2 = betas
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"invalid betas {betas}: each must be in [0, 1)")
@@ -289,9 +300,12 @@ class Adam(Optimizer):
         """(beta1, beta2)."""
         return self.beta1, self.beta2
 
-    def step(self):
+    def step(self, flush=None):
         """Update every parameter that has a gradient, in place: one flat update per run of
-        parameters (see the class docstring). Every gradient's shape is checked first."""
+        parameters (see the class docstring). Every gradient's shape is checked first.
+
+        ``flush``: whether the moments are then cleared of subnormals; None (the default) does
+        it every ``flush_every`` steps. A step captured as a CUDA graph fixes it when captured."""
         self._check_grads()
         if not self._layouts or not all(layout.holds(self.params, self.state, self.amsgrad)
                                         for layout in self._layouts):
@@ -305,7 +319,19 @@ class Adam(Optimizer):
                         if key != "param":
                             state[key] = views[j]
                 t = self.state[layout.members[a]]["step"]
-                self._update(layout, a, b, t, flush=bool(self.flush_every) and t % self.flush_every == 0)
+                flush_now = bool(self.flush_every) and t % self.flush_every == 0 if flush is None else flush
+                self._update(layout, a, b, t, flush=flush_now)
+
+    def update_scalars(self, t, lr):
+        """The scalars of the update at step count ``t`` with learning rate ``lr``: b1, b2,
+        ``eps_s`` = eps sqrt(1 - b2^t), ``neg_step`` = -lr sqrt(1 - b2^t) / (1 - b1^t), the coupled
+        ``weight_decay`` and AdamW's ``decay`` = 1 - lr weight_decay (None without it)."""
+        c1 = 1 - self.beta1 ** t
+        s = math.sqrt(1 - self.beta2 ** t)
+        decoupled = self.decoupled_weight_decay and self.weight_decay
+        return dict(b1=self.beta1, b2=self.beta2, eps_s=self.eps * s, neg_step=-(lr * s / c1),
+                    weight_decay=0.0 if self.decoupled_weight_decay else self.weight_decay,
+                    decay=1 - lr * self.weight_decay if decoupled else None)
 
     def _build_layouts(self):
         groups = {}
@@ -330,23 +356,21 @@ class Adam(Optimizer):
         across the update's passes, where the whole flat array would not). With ``flush`` the
         moments are then cleared of subnormals in the same way: over the flat arrays after the
         kernel, parameter by parameter after the xp code."""
-        c1 = 1 - self.beta1 ** t
-        s = math.sqrt(1 - self.beta2 ** t)
-        decoupled = self.decoupled_weight_decay and self.weight_decay
-        scalars = dict(b1=self.beta1, b2=self.beta2, eps_s=self.eps * s, neg_step=-(self.lr * s / c1),
-                       weight_decay=0.0 if self.decoupled_weight_decay else self.weight_decay,
-                       decay=1 - self.lr * self.weight_decay if decoupled else None)
+        scalars = self.update_scalars(t, self.lr)
         lo, hi = layout.offsets[a], layout.offsets[b]
         flat = [layout.param[lo:hi], layout.moments["exp_avg"][lo:hi], layout.moments["exp_avg_sq"][lo:hi]]
         kernel = dispatch.select("Adam", *flat)
         if kernel is not None:
             p, m, v = flat
             vmax = layout.moments["max_exp_avg_sq"][lo:hi] if self.amsgrad else None
-            kernel.forward(p, self._gathered(layout, a, b), m, v, vmax, **scalars)
+            kernel.forward(p, self._gathered(layout, a, b), m, v, vmax, step_scalars=self.step_scalars,
+                           **scalars)
             if flush:  # the gathered gradient is used up: its array is the flush's work array
                 for moment in layout.moments.values():
                     flush_subnormals(moment[lo:hi], work=layout.grad[lo:hi])
             return
+        if self.step_scalars is not None:
+            raise ValueError("step_scalars (device-resident step scalars) need the GPU update kernel")
         for j in range(a, b):
             part = slice(layout.offsets[j], layout.offsets[j + 1])
             moments = {key: m[part] for key, m in layout.moments.items()}

@@ -89,13 +89,14 @@ class TrainConfig:
     n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
     model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
     trace_every: int = 0  # log gradient norms and update ratios every N steps (0: off)
+    eager: bool = False  # on the GPU: every step from Python, not replays of a captured CUDA graph
     # The generator of the training data's order and bits: "philox" (minivae.data, the same on
     # the CPU and the GPU). A config saved before it existed reads "pcg64": such a run was
     # trained on other batches, so it can be evaluated but not resumed.
     data_rng: str = "philox"
 
     #: Settings that may change when a run is resumed; any other change makes another run.
-    RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every")
+    RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every", "eager")
 
     def model_kwargs(self):
         """The keyword arguments of the model constructor (common ones, then ``model_options``)."""

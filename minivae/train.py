@@ -36,6 +36,7 @@ from .autograd import tensor
 from .backend import resolve_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .evaluate import classification_error, elbo, log_likelihood, nll_summary
+from .graph_steps import GraphSteps
 from .random import Generator
 from .runs import CHECKPOINT, CONFIG, RESULTS, TrainConfig
 
@@ -135,6 +136,10 @@ class Trainer:
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}
+        # Graph mode (minivae.graph_steps): on the GPU, unless asked to run eagerly or to trace
+        # gradients (which reads them on the host at chosen steps). Set up after the first step.
+        self.use_graph = self.device == "gpu" and not config.eager and not config.trace_every
+        self.graph = None
         self.saved = None  # (epoch, batch) of the checkpoint in the run folder, once there is one
         self.stop_requested = threading.Event()
 
@@ -142,6 +147,15 @@ class Trainer:
     def total_steps(self):
         """Optimizer steps in the whole run."""
         return self.config.epochs * len(self.loader)
+
+    @property
+    def steps_done(self):
+        """Optimizer steps taken so far in the run (the position ``epoch``, ``batch``)."""
+        return self.epoch * len(self.loader) + self.batch
+
+    def kl_weight_of_step(self, step):
+        """The KL weight of optimizer step ``step`` (0-based): that of its epoch (``kl_weight``)."""
+        return kl_weight(self.config, step // len(self.loader))
 
     def learning_rate(self, step):
         """The learning rate of optimizer step ``step``: ``lr``, or the cosine schedule's
@@ -155,6 +169,7 @@ class Trainer:
         Raises TrainingDiverged, and writes nothing, when a parameter or an optimizer moment is
         not finite: a checkpoint always holds a state training can go on from.
         """
+        self._fold_graph()
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         numbers = {}
         for k, v in self.optimizer.state_dict().items():
@@ -202,6 +217,51 @@ class Trainer:
         done = self.epoch * len(self.loader) + self.batch  # optimizer steps in the checkpoint
         runs.rewrite_metrics(self.run_dir, lambda line: _kept(line, self.epoch, done))
 
+    # ----- graph mode ------------------------------------------------------------------------
+    def _run_step(self, xb, beta, step):
+        """Step ``step``: from Python (``_step``), or as a replay of the captured graph. Returns
+        the step's statistics, or None when they are summed on the device. The first step of a
+        GPU run is eager; it sets graph mode up for the rest (see minivae.graph_steps)."""
+        if self.graph is not None:
+            if self.graph.takes(xb):
+                return self.graph.step(xb, step)
+            # A shorter last batch: this step runs eagerly, from the host's copy of the state.
+            self._fold_graph()
+            stats = self._step(xb, beta, step)
+            self.graph.skip_step()
+            return stats
+        before = self.noise.offset
+        stats = self._step(xb, beta, step)
+        if self.use_graph and step + 1 < self.total_steps:
+            self.graph = GraphSteps(self, step + 1, self.noise.offset - before, list(stats))
+            self._capture()
+        return stats
+
+    def _capture(self):
+        """(Re)capture the graphs of the step, or say why the model cannot be and go on eagerly."""
+        try:
+            self.graph.capture()
+        except Exception as exc:  # whatever the capture refused; the reason is in the message
+            self.log(f"note: the {self.config.model} step cannot be captured as a CUDA graph "
+                     f"({type(exc).__name__}: {exc}); training eagerly")
+            self.graph, self.use_graph = None, False
+
+    def _fold_graph(self):
+        """Bring graph mode's device-side state to the host: stop on a non-finite loss, add the
+        device's sums of the statistics to ``sums``, and record the optimizer's step count, the
+        noise generator's offset and the learning rate of the steps replayed so far."""
+        if self.graph is None:
+            return
+        if self.graph.has_diverged():
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite before {_position(self.epoch, self.batch)}; "
+                f"{self._last_good()}. Try a smaller --lr or a KL --warmup.")
+        for k, v in self.graph.read_sums().items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.graph.clear_sums()
+        self.graph.sync_host(self.steps_done)
+        self.optimizer.lr = self.learning_rate(max(self.steps_done - 1, 0))
+
     # ----- the loop --------------------------------------------------------------------------
     def _step(self, xb, beta, step):
         self.optimizer.lr = self.learning_rate(step)
@@ -236,11 +296,13 @@ class Trainer:
             bar.update(self.batch)
         start = time.perf_counter() - self.sums.get("seconds", 0.0)
         self.model.train()
+        if self.graph is not None:  # again for this epoch: its model settings are captured too
+            self._capture()
         for i, xb in enumerate(self.loader.epoch(epoch)):
             if i < self.batch:  # resuming inside this epoch: these batches were done already
                 continue
-            stats = self._step(xb, beta, epoch * n_batches + i)
-            for k, v in stats.items():
+            stats = self._run_step(xb, beta, epoch * n_batches + i)
+            for k, v in (stats or {}).items():
                 self.sums[k] = self.sums.get(k, 0.0) + v
             self.batch = i + 1
             self.sums["seconds"] = time.perf_counter() - start
@@ -249,11 +311,13 @@ class Trainer:
             if bar is not None:
                 bar.update(1)
                 if i % 20 == 0:
+                    self._fold_graph()
                     shown = {k: f"{v / self.batch:.2f}" for k, v in self.sums.items()
                              if k in ("loss", "elbo", "kl")}
                     bar.set_postfix(shown, refresh=False)
         if bar is not None:
             bar.close()
+        self._fold_graph()
         seconds = time.perf_counter() - start
         metrics = {"epoch": epoch + 1, "beta": beta, "lr": self.optimizer.lr}
         metrics.update({f"train_{k}": v / n_batches for k, v in self.sums.items() if k != "seconds"})

@@ -10,6 +10,7 @@
 // (no -ffast-math: the host and device builds must round the same way).
 #include "adam.cuh"
 #include "chunks.cuh"
+#include "step.cuh"
 
 #include <vector>
 
@@ -190,3 +191,9 @@ SHIM_ADAM(double, f64)
 
 SHIM_DTYPE(float, f32)
 SHIM_DTYPE(double, f64)
+
+// ---- the step counter of graph mode (step.cu: one thread) ----------------------------------
+SHIM void shim_step_advance(const double* table, const mv_u64* offsets, mv_i64 width, mv_i64 steps,
+                            mv_i64* step, double* current, mv_u64* offset) {
+    mv_step_advance_at(table, offsets, width, steps, step, current, offset);
+}

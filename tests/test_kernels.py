@@ -37,6 +37,7 @@ ENTRY_POINTS = {
     "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
                  "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
+    "step.cu": ["mv_step_advance"],
 }
 
 # Tolerances (named, not per-test guesses). Float32 results of the host build differ from the
@@ -48,7 +49,7 @@ TOL = {np.float32: (F32_RTOL, F32_ATOL), np.float64: (F64_RTOL, F64_ATOL)}
 
 def test_kernel_files_are_known():
     assert CU_FILES == sorted(ENTRY_POINTS) == sorted(_source.KERNEL_FILES)
-    for name in ["philox.cuh", "vae_math.cuh", "chunks.cuh", "device.cuh", "adam.cuh"]:
+    for name in ["philox.cuh", "vae_math.cuh", "chunks.cuh", "device.cuh", "adam.cuh", "step.cuh"]:
         assert (KERNELS / name).is_file()
 
 
@@ -471,7 +472,7 @@ _CTYPES = {"mv_i64": np.int64, "mv_u64": np.uint64, "mv_u32": np.uint32, "int": 
            "float": np.float32, "double": np.float64}
 _CSCALAR = {"mv_i64": ctypes.c_longlong, "mv_u64": ctypes.c_ulonglong, "mv_u32": ctypes.c_uint, "int": ctypes.c_int,
             "float": ctypes.c_float, "double": ctypes.c_double}
-_PTR = {"float": np.float32, "double": np.float64, "mv_u32": np.uint32, "mv_u64": np.uint64}
+_PTR = {"float": np.float32, "double": np.float64, "mv_u32": np.uint32, "mv_u64": np.uint64, "mv_i64": np.int64}
 
 
 def _signatures():
@@ -505,7 +506,8 @@ class _FakeKernel:
     def __call__(self, grid, block, args):
         assert len(args) == len(self.sig), f"{self.name}: {len(args)} args for {len(self.sig)} params"
         assert len(grid) == 1 and grid[0] >= 1
-        assert block == (256,)  # MV_BLOCK: the row kernels' tiles assume it too
+        # MV_BLOCK (the row kernels' tiles assume it too); the step counter runs on one thread
+        assert block == ((1,) if self.name == "mv_step_advance" else (256,))
         cargs = []
         for a, (ctype, is_ptr, pname) in zip(args, self.sig):
             if is_ptr:

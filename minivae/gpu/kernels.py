@@ -99,6 +99,7 @@ _FUNC_FILE = {
     "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
     "mv_adam": "adam.cu",
+    "mv_step_advance": "step.cu",
 }
 assert set(_FUNC_FILE.values()) <= set(KERNEL_FILES)
 

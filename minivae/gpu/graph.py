@@ -1,0 +1,150 @@
+"""Graph mode: a training step captured once as a CUDA graph and replayed at every step.
+
+A CUDA graph records the kernels a stream runs, with their arguments, and replays all of them with
+one launch: Python, the engine and CuPy then cost nothing per step. But a replay passes the very
+arguments that were captured, so whatever a step changes from one step to the next must be read
+from device memory. In a training step that is:
+
+* the step's scalars: Adam's ``eps_s``, ``neg_step`` and ``decay`` (they hold the bias corrections
+  and the learning-rate schedule) and the KL weight of warm-up. ``StepSchedule`` holds them for
+  every step of the run as a table in device memory, computed on the host by the code the eager
+  trainer uses, so both get the same numbers; the step's first kernel (``mv_step_advance``, in
+  kernels/step.cu) copies the step's row to ``current`` and advances the step counter;
+* the step's noise: ``StepNoise`` hands out draw ``j`` of the step as ``Noise(seed, j, stream,
+  offset_from=schedule.offset)``: the kernels add the step's first offset, read from memory, so
+  the draws of step t are those the eager trainer's generator gives step t;
+* the batch: an input buffer of fixed address that the trainer fills before each replay.
+
+``CapturedStep(fn)`` records ``fn()`` on a stream of its own, with the memory of the capture from
+a pool of its own that lives as long as the graph: an array freed during the capture is reused
+only by later work of the same capture, in stream order, never by work outside the graph.
+``replay()`` launches the graph on the current stream, after the work already queued there (such
+as the copy of the next batch into the input buffer).
+
+Nothing here runs without CuPy; the trainer (``minivae.train``) decides when to use it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import cupy_module
+from ..random import Noise
+
+__all__ = ["COLUMNS", "StepSchedule", "StepNoise", "CapturedStep"]
+
+#: The per-step scalars of a table row, in order: Adam's eps_s, neg_step and decay (the three that
+#: the Adam kernel reads from memory, kernels/adam.cu), then the KL weight.
+COLUMNS = ("eps_s", "neg_step", "decay", "kl_weight")
+
+
+class StepSchedule:
+    """The per-step scalars and noise offsets of ``len(rows)`` consecutive training steps, in
+    device memory, and the counter that selects the current step's.
+
+    ``rows``: float64 (steps, len(COLUMNS)); ``offsets``: the noise offset of each step's first
+    draw. ``advance()`` (the first launch of a step) copies the next row to ``current`` and the
+    next offset to ``offset``; the trainer never advances past the last row.
+    """
+
+    def __init__(self, rows, offsets):
+        cp = cupy_module()
+        rows = np.ascontiguousarray(rows, dtype=np.float64)
+        offsets = np.ascontiguousarray(offsets, dtype=np.uint64)
+        if rows.ndim != 2 or rows.shape[1] != len(COLUMNS) or offsets.shape != (len(rows),):
+            raise ValueError(f"a schedule needs rows of shape (steps, {len(COLUMNS)}) and one offset "
+                             f"a step, got {rows.shape} and {offsets.shape}")
+        self.steps = len(rows)
+        self.table, self.offsets = cp.asarray(rows), cp.asarray(offsets)
+        self.counter = cp.zeros(1, dtype=cp.int64)
+        self.current = cp.zeros(len(COLUMNS), dtype=cp.float64)
+        self.offset = cp.zeros(1, dtype=cp.uint64)
+
+    def advance(self):
+        """Select the next step's row and offset (one launch of ``mv_step_advance``)."""
+        from .kernels import get_function  # deferred: it imports CuPy
+
+        get_function("mv_step_advance")((1,), (1,), (
+            self.table, self.offsets, np.int64(len(COLUMNS)), np.int64(self.steps), self.counter,
+            self.current, self.offset))
+
+    @property
+    def adam_scalars(self):
+        """The current step's (eps_s, neg_step, decay): what ``Adam.step_scalars`` takes."""
+        return self.current[:3]
+
+    def kl_weight(self, dtype):
+        """The current step's KL weight as a 0-d array of ``dtype`` (read when the step runs)."""
+        return self.current[3].astype(dtype)
+
+
+class StepNoise:
+    """The noise generator of a captured step: the ``j``-th draw of a step is ``Noise(seed, j,
+    stream, offset_from=schedule.offset)``, offset j past the step's first offset in memory.
+
+    It has the interface of ``minivae.random.Generator`` that models use (``next_noise``, and the
+    host draws ``normal``/``uniform``/``gumbel``, which such a draw refuses: a model that draws
+    noise on the host cannot be captured). ``draws`` counts the draws since ``reset()``.
+    """
+
+    def __init__(self, seed, stream, offset_from):
+        self.seed, self.stream, self.offset_from = int(seed), int(stream), offset_from
+        self.draws = 0
+
+    def reset(self):
+        """Start a step: its first draw is offset 0 past the step's first offset."""
+        self.draws = 0
+
+    def next_noise(self):
+        """The address of the step's next draw."""
+        noise = Noise(self.seed, self.draws, self.stream, offset_from=self.offset_from)
+        self.draws += 1
+        return noise
+
+    def normal(self, shape, dtype=np.float32):
+        """Refused: see the class docstring."""
+        return self.next_noise().normal(shape, dtype)
+
+    def uniform(self, shape, dtype=np.float32):
+        """Refused: see the class docstring."""
+        return self.next_noise().uniform(shape, dtype)
+
+    def gumbel(self, shape, dtype=np.float32):
+        """Refused: see the class docstring."""
+        return self.next_noise().gumbel(shape, dtype)
+
+
+class CapturedStep:
+    """``fn()`` captured once as a CUDA graph (see the module docstring); ``replay()`` runs it.
+
+    A capture runs the Python side of ``fn`` once but executes none of its kernels. When ``fn``
+    does something a capture refuses (a copy to the host, a cuBLAS call through CuPy, a host
+    draw of noise), the error is raised here and nothing was executed.
+    """
+
+    def __init__(self, fn):
+        cp = cupy_module()
+        self.pool = cp.cuda.MemoryPool()
+        self.stream = cp.cuda.Stream(non_blocking=True)
+        cp.cuda.get_current_stream().synchronize()  # nothing queued may still use the pool's memory
+        with cp.cuda.using_allocator(self.pool.malloc), self.stream:
+            self.stream.begin_capture()
+            try:
+                fn()
+            except BaseException:
+                _end_capture_after_error(self.stream)
+                raise
+            self.graph = self.stream.end_capture()
+
+    def replay(self):
+        """Launch the graph on the current stream."""
+        cp = cupy_module()
+        self.graph.launch(cp.cuda.get_current_stream())
+
+
+def _end_capture_after_error(stream):
+    """End a capture that ``fn`` broke off, so that the stream is usable again; its own error (an
+    invalidated capture) would only hide the one that says why, which the caller re-raises."""
+    try:
+        stream.end_capture()
+    except Exception:
+        pass

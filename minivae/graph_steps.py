@@ -1,0 +1,138 @@
+"""The GPU trainer's graph mode: the rest of a run's steps as replays of one captured CUDA graph.
+
+``Trainer`` (minivae.train) runs the first step of a GPU run eagerly, from Python: it compiles the
+kernels, builds the optimizer's flat buffers and counts the step's noise draws. Then
+``GraphSteps`` takes over: it computes every remaining step's scalars on the host, with the very
+code of the eager step (``Trainer.learning_rate``, ``Adam.update_scalars``, ``train.kl_weight``),
+into a ``StepSchedule`` in device memory, and captures one step that reads them
+(``minivae.gpu.graph``): the engine's forward and backward, Adam, and the sums of the step's
+statistics, all on the device. Each later step copies its batch into the input buffer and
+replays the graph. So N replays give the parameters of N eager steps bit for bit.
+
+Two graphs are captured, one whose Adam clears the moments of subnormals and one that does not
+(the optimizer does it every ``flush_every`` steps), and both again at the start of every epoch,
+so that a model's per-epoch settings (``set_epoch``) are those of the epoch.
+
+Nothing is read back per step. The statistics are summed on the device and read when the
+progress bar or the epoch's metrics need them; a flag on the device records a non-finite loss,
+and is read at the same times and before every checkpoint, so a step that produced NaN or Inf
+never reaches a saved checkpoint.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import streams
+from .autograd import tensor
+from .gpu.graph import COLUMNS, CapturedStep, StepNoise, StepSchedule
+
+
+class GraphSteps:
+    """Graph mode for the steps ``first_step`` ... the last of ``trainer``'s run (see the module
+    docstring). ``draws`` is the number of noise draws a step makes, ``keys`` the names of its
+    statistics (both as the eager first step found them)."""
+
+    def __init__(self, trainer, first_step, draws, keys):
+        import cupy as cp  # graph mode exists on the GPU only
+
+        self.cp, self.trainer = cp, trainer
+        self.model, self.optimizer = trainer.model, trainer.optimizer
+        self.first_step, self.draws = int(first_step), int(draws)
+        self.noise_start = trainer.noise.offset  # the generator's offset at first_step
+        self.flush_every = self.optimizer.flush_every
+        steps = range(self.first_step, trainer.total_steps)
+        self.schedule = StepSchedule([self._row(t) for t in steps],
+                                     [self.noise_start + (t - self.first_step) * self.draws for t in steps])
+        self.noise = StepNoise(trainer.noise.seed, streams.TRAIN_NOISE, self.schedule.offset)
+        loader = trainer.loader
+        dtype = self.model.parameters()[0].dtype
+        self.dtype = dtype
+        self.x = cp.zeros((loader.batch_size, loader.x.shape[1]), dtype=loader.x.dtype)
+        self.labelled = None
+        if trainer.labelled is not None:
+            xl, yl = trainer.labelled(0)
+            self.labelled = (cp.zeros_like(xl), cp.zeros_like(yl))
+        self.sums = {k: cp.zeros((), dtype=dtype) for k in keys}
+        self.diverged = cp.zeros((), dtype=cp.bool_)
+        self.graphs = {}
+
+    def _row(self, t):
+        """The scalars of step ``t`` (0-based, over the whole run), in the order of ``COLUMNS``."""
+        trainer = self.trainer
+        scalars = self.optimizer.update_scalars(t + 1, trainer.learning_rate(t))
+        decay = 1.0 if scalars["decay"] is None else scalars["decay"]
+        row = dict(eps_s=scalars["eps_s"], neg_step=scalars["neg_step"], decay=decay,
+                   kl_weight=trainer.kl_weight_of_step(t))
+        return [row[c] for c in COLUMNS]
+
+    # ----- the captured step ----------------------------------------------------------------------
+    def _step(self, flush):
+        """One training step on the device, reading everything that changes from memory."""
+        cp = self.cp
+        self.schedule.advance()
+        self.noise.reset()
+        extra = {}
+        if self.labelled is not None:
+            extra["labelled"] = (tensor(self.labelled[0]), self.labelled[1])
+        loss, stats = self.model.loss(tensor(self.x), self.noise, beta=self.schedule.kl_weight(self.dtype),
+                                      **extra)
+        self.model.zero_grad()
+        loss.backward()
+        self.optimizer.step(flush=flush)
+        for k, total in self.sums.items():
+            cp.add(total, stats[k], out=total)
+        cp.logical_or(self.diverged, ~cp.isfinite(loss.data), out=self.diverged)
+
+    def capture(self):
+        """Capture the step with and without the flush (at the start of each epoch)."""
+        steps_taken = self.trainer.steps_done
+        self.optimizer.step_scalars = self.schedule.adam_scalars
+        try:
+            self.graphs = {flush: CapturedStep(lambda flush=flush: self._step(flush)) for flush in (False, True)}
+        finally:  # the captures ran the Python side of two steps that did not happen
+            self.optimizer.step_scalars = None
+            self.optimizer.set_steps(steps_taken)
+            self.model.zero_grad()
+
+    def takes(self, xb):
+        """Whether the graph can run on batch ``xb`` (the input buffer's shape: a shorter last
+        batch of an epoch runs eagerly instead, followed by ``skip_step``)."""
+        return xb.shape == self.x.shape
+
+    def step(self, xb, t):
+        """Run step ``t`` on batch ``xb``: copy it into the input buffer, replay the graph."""
+        cp = self.cp
+        cp.copyto(self.x, xb)
+        if self.labelled is not None:
+            xl, yl = self.trainer.labelled(t)
+            cp.copyto(self.labelled[0], xl)
+            cp.copyto(self.labelled[1], yl)
+        self.graphs[bool(self.flush_every) and (t + 1) % self.flush_every == 0].replay()
+
+    def skip_step(self):
+        """Pass over the schedule's row of a step that ran eagerly."""
+        self.schedule.advance()
+
+    # ----- what the host reads ---------------------------------------------------------------------
+    def read_sums(self):
+        """The statistics summed since the last ``clear_sums`` (one read from the device)."""
+        keys = list(self.sums)
+        values = self.cp.stack([self.sums[k] for k in keys]).get() if keys else np.zeros(0)
+        return {k: float(v) for k, v in zip(keys, values)}
+
+    def clear_sums(self):
+        """Start new sums (at the start of an epoch)."""
+        for total in self.sums.values():
+            total.fill(0)
+
+    def has_diverged(self):
+        """Whether a replayed step's loss was NaN or infinite (one read from the device)."""
+        return bool(self.diverged.get())
+
+    def sync_host(self, steps_done):
+        """Record on the host what the device did, before a checkpoint: the optimizer's step
+        count and the noise generator's offset after ``steps_done`` steps of the run."""
+        self.optimizer.set_steps(steps_done)
+        self.trainer.noise.load_state_dict({
+            "seed": self.trainer.noise.seed, "stream": self.trainer.noise.stream,
+            "offset": self.noise_start + (steps_done - self.first_step) * self.draws})
