@@ -1,62 +1,12 @@
-"""minivae.gpu.cublas without a GPU: the ctypes calls go to a stand-in libcublas built here with
-the C compiler (a naive column-major gemm on host memory, with cuBLAS's own signatures), so
-the argument order of the row-major -> column-major mapping, the leading dimensions, the
-scalars passed by reference and the handle's life are all checked against NumPy.
-(The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
-import shutil
-import subprocess
-
+"""minivae.gpu.cublas without a GPU: the ctypes calls go to a stand-in libcublas built with the C
+compiler (``fake_lib_path`` in conftest.py: a naive column-major gemm on host memory, with
+cuBLAS's own signatures), so the argument order of the row-major -> column-major mapping, the
+leading dimensions, the scalars passed by reference and the handle's life are all checked against
+NumPy. (The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
 import numpy as np
 import pytest
 
 from minivae.gpu import cublas
-
-CC = shutil.which("gcc") or shutil.which("cc")
-
-FAKE_CUBLAS = r"""
-#include <stddef.h>
-static int handles = 0, last_stream = -1;
-static size_t workspace = 0;
-int cublasCreate_v2(void** h) { *h = (void*)(size_t)(0x1000 + ++handles); return 0; }
-int cublasDestroy_v2(void* h) { (void)h; --handles; return 0; }
-int cublasSetStream_v2(void* h, void* s) { (void)h; last_stream = (int)(size_t)s; return 0; }
-int cublasSetWorkspace_v2(void* h, void* p, size_t n) { (void)h; (void)p; workspace = n; return 0; }
-int fake_live_handles(void) { return handles; }
-int fake_last_stream(void) { return last_stream; }
-#define GEMM(NAME, T)                                                                          \
-int NAME(void* h, int ta, int tb, int m, int n, int k, const T* alpha, const T* A, int lda,    \
-         const T* B, int ldb, const T* beta, T* C, int ldc) {                                  \
-    (void)h;                                                                                   \
-    if (ta < 0 || ta > 1 || tb < 0 || tb > 1 || m < 0 || n < 0 || k < 0) return 7;             \
-    if (lda < (ta ? k : m) || ldb < (tb ? n : k) || ldc < m || lda < 1) return 7;              \
-    for (int j = 0; j < n; ++j)                                                                \
-        for (int i = 0; i < m; ++i) {                                                          \
-            T acc = 0;                                                                         \
-            for (int l = 0; l < k; ++l) {                                                      \
-                T a = ta ? A[l + i * lda] : A[i + l * lda];                                    \
-                T b = tb ? B[j + l * ldb] : B[l + j * ldb];                                    \
-                acc += a * b;                                                                  \
-            }                                                                                  \
-            C[i + j * ldc] = *alpha * acc + (*beta == 0 ? 0 : *beta * C[i + j * ldc]);         \
-        }                                                                                      \
-    return 0;                                                                                  \
-}
-GEMM(cublasSgemm_v2, float)
-GEMM(cublasDgemm_v2, double)
-"""
-
-
-@pytest.fixture(scope="module")
-def fake_lib_path(tmp_path_factory):
-    if CC is None:
-        pytest.skip("no C compiler: cannot build the stand-in libcublas")
-    d = tmp_path_factory.mktemp("fakecublas")
-    (d / "fake.c").write_text(FAKE_CUBLAS)
-    out = d / "libcublas.so.99"
-    proc = subprocess.run([CC, "-O1", "-shared", "-fPIC", "-Wall", "-Werror", str(d / "fake.c"), "-o", str(out)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return str(out)
 
 
 @pytest.fixture

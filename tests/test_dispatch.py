@@ -1,15 +1,22 @@
 """The dispatch table of minivae.gpu: which ops run CUDA kernels on CuPy arrays, and when.
 
 Without a GPU the table is checked with NumPy arrays standing for CuPy's (``is_gpu_array``
-patched): the choice of path and its explanation, and that consulting it imports no CuPy.
+patched): the choice of path and its explanation, and that consulting it imports no CuPy. The
+dense-layer rows run their products on the stand-in libcublas of conftest.py (``fake_cublas``),
+which computes the column-major gemm it is given from the arrays' addresses: their results are
+compared with the NumPy ops, and the gemm arguments of each product are checked one by one.
 """
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from minivae.gpu import dispatch
+import minivae as mv
+import minivae.functional as F
+from minivae.function import Context
+from minivae.gpu import cublas, dispatch
 
 
 @pytest.fixture
@@ -37,9 +44,10 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 
 
 def test_the_table_names_the_registered_kernels():
-    """Reparameterization (noise), KL, the fused pair and Adam, each with a stated condition
-    and, for the ops, a forward and a backward launch."""
-    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "Adam"} <= set(dispatch.TABLE)
+    """Reparameterization (noise), KL, the fused pair, the dense layers and Adam, each with a
+    stated condition and, for the ops, a forward and a backward launch."""
+    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "Matmul", "Linear", "LinearRelu",
+            "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)
@@ -50,3 +58,153 @@ def test_consulting_the_table_imports_no_cupy():
             "assert 'cupy' not in sys.modules and 'minivae.gpu.kernels' not in sys.modules; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+# ------------------------------------------------------------------------------ dense layers on cuBLAS
+TOL = {np.float32: dict(rtol=2e-6, atol=2e-6), np.float64: dict(rtol=1e-13, atol=1e-13)}
+OP_N, OP_T = 0, 1  # cublasOperation_t
+DENSE = {  # op name -> (function of tensors, input shapes): every dimension different
+    "Matmul": (F.matmul, [(5, 7), (7, 3)]),
+    "Linear": (F.linear, [(2, 4, 7), (7, 3), (3,)]),
+    "LinearRelu": (F.linear_relu, [(2, 4, 7), (7, 3), (3,)]),
+}
+CASES = [("Matmul", 2), ("Linear", 3), ("Linear", 2), ("LinearRelu", 3), ("LinearRelu", 2)]
+
+
+def _forward_backward(fn, arrays, upstream, monkeypatch, gpu):
+    """fn's output, the input gradients for the upstream gradient, and what the node ran; the
+    table takes the arrays for CuPy's when ``gpu``."""
+    tensors = [mv.Tensor(a.copy(), requires_grad=True) for a in arrays]
+    with monkeypatch.context() as mp:
+        if gpu:
+            mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        out = fn(*tensors)
+        ran = out._node.fn
+        if upstream is None:  # through sum: the row gets a broadcast (non-contiguous) gradient
+            out.sum().backward()
+        else:
+            out.backward(upstream)
+    return [out.data] + [t.grad for t in tensors], ran
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name, n_inputs", CASES)
+@pytest.mark.parametrize("through_sum", [False, True])
+def test_dense_rows_equal_the_numpy_ops(fake_cublas, monkeypatch, name, n_inputs, dtype, through_sum):
+    """Forward and backward of each dense-layer row (its products on the stand-in cuBLAS) against
+    the op's NumPy code: output and every gradient to float rounding."""
+    fn, shapes = DENSE[name]
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(s).astype(dtype) for s in shapes[:n_inputs]]
+    out_shape = shapes[0][:-1] + shapes[1][-1:]
+    upstream = None if through_sum else rng.standard_normal(out_shape).astype(dtype)
+    got, ran = _forward_backward(fn, arrays, upstream, monkeypatch, gpu=True)
+    want, ran_cpu = _forward_backward(fn, arrays, upstream, monkeypatch, gpu=False)
+    assert ran is dispatch.TABLE[name] and ran_cpu.__name__ == name and ran_cpu is not ran
+    assert len(fake_cublas.calls) == 3  # forward, g W^T, x^T g
+    if name == "LinearRelu":
+        assert 0 < (want[0] > 0).mean() < 1  # the mask matters
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype == dtype
+        np.testing.assert_allclose(g, w, **TOL[dtype])
+
+
+def _gemm(name, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
+    """The fields of conftest's GemmCall for C = 1 * op(A) op(B) + 0 * C (column-major)."""
+    return (name, transa, transb, m, n, k, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb, 0.0, C.ctypes.data, ldc)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_row_gemm_arguments(fake_cublas, dtype):
+    """The three products of a Linear row as cuBLAS receives them. Row-major C = op(A) @ op(B) is
+    column-major C^T = op(B)^T @ op(A)^T, so B comes first; transposes are flags on the arrays'
+    own memory (W, x and g are read where they are: no copies)."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 4, 7)).astype(dtype)  # 8 rows of in = 7
+    W = rng.standard_normal((7, 3)).astype(dtype)  # out = 3
+    b = rng.standard_normal(3).astype(dtype)
+    g = rng.standard_normal((2, 4, 3)).astype(dtype)
+    row = dispatch.TABLE["Linear"]
+    ctx = Context()
+    ctx.needs_input_grad = (True, True, True)
+    out = row.forward(ctx, x, W, b)
+    gx, gW, gb = row.backward(ctx, g)
+    name = "cublasSgemm_v2" if dtype == np.float32 else "cublasDgemm_v2"
+    assert fake_cublas.calls == [
+        _gemm(name, OP_N, OP_N, 3, 8, 7, W, 3, x, 7, out, 3),  # out = x W
+        _gemm(name, OP_T, OP_N, 7, 8, 3, W, 3, g, 3, gx, 7),  # gx = g W^T
+        _gemm(name, OP_N, OP_T, 3, 7, 8, g, 3, x, 7, gW, 3),  # gW = x^T g
+    ]
+    tol = TOL[dtype]
+    np.testing.assert_allclose(out, x @ W + b, **tol)
+    np.testing.assert_allclose(gx, g @ W.T, **tol)
+    np.testing.assert_allclose(gW, x.reshape(8, 7).T @ g.reshape(8, 3), **tol)
+    np.testing.assert_allclose(gb, g.reshape(8, 3).sum(0), **tol)
+    assert ctx.saved[0] is x and ctx.saved[1] is W  # what the op's own forward saves
+
+
+def test_dense_rows_run_only_the_products_needed(fake_cublas):
+    """No gradient for x (a data batch): the backward runs x^T g only."""
+    x, W, b = np.ones((4, 5)), np.ones((5, 2)), np.ones(2)
+    row = dispatch.TABLE["LinearRelu"]
+    ctx = Context()
+    ctx.needs_input_grad = (False, True, False)
+    row.forward(ctx, x, W, b)
+    gx, gW, gb = row.backward(ctx, np.ones((4, 2)))
+    assert gx is None and gb is None
+    np.testing.assert_array_equal(gW, np.full((5, 2), 4.0))
+    assert [(c.transa, c.transb) for c in fake_cublas.calls] == [(OP_N, OP_N), (OP_N, OP_T)]
+
+
+def test_dense_rows_are_chosen_only_where_cublas_takes_the_inputs(fake_cublas, as_gpu, monkeypatch):
+    f32, f64 = np.ones((4, 5), np.float32), np.ones((5, 3), np.float64)
+    W, b = np.ones((5, 3), np.float32), np.ones(3, np.float32)
+    assert dispatch.select("Matmul", f32, W) is dispatch.TABLE["Matmul"]
+    assert dispatch.select("Linear", np.ones((2, 4, 5), np.float32), W, b) is dispatch.TABLE["Linear"]
+    assert dispatch.select("LinearRelu", f32, W) is dispatch.TABLE["LinearRelu"]
+    assert dispatch.explain("Linear", f32, W, b).startswith("kernel: ")
+    why_not = {
+        "batched (3-D) matmul": ("Matmul", np.ones((2, 4, 5), np.float32), np.ones((2, 5, 3), np.float32)),
+        "mixed dtypes": ("Linear", f32, f64),
+        "non-contiguous weight": ("Linear", f32, np.ones((3, 5), np.float32).T),
+        "non-contiguous x": ("LinearRelu", np.ones((5, 4), np.float32).T, W, b),
+        "integers": ("Matmul", f32.astype(np.int32), W.astype(np.int32)),
+        "mismatched shapes": ("Linear", f32, np.ones((4, 3), np.float32)),
+        "a bias of the wrong shape": ("Linear", f32, W, np.ones(5, np.float32)),
+    }
+    for case, (op, *arrays) in why_not.items():
+        assert dispatch.select(op, *arrays) is None, case
+        assert dispatch.explain(op, *arrays) == f"xp code on CuPy: {op}'s kernel takes {dispatch.TABLE[op].takes}"
+    assert "2-D a (m, k) and b (k, n)" in dispatch.TABLE["Matmul"].takes
+    assert "C-contiguous float32 or float64 arrays of one dtype" in dispatch.TABLE["Linear"].takes
+    monkeypatch.setattr(dispatch, "_device", lambda a: 1 if a is W else 0)  # W on another device
+    assert dispatch.select("Linear", f32, W, b) is None
+
+
+def test_a_shape_mismatch_reaches_the_ops_own_error(fake_cublas, as_gpu):
+    x, W = mv.tensor(np.ones((4, 5), np.float32)), mv.tensor(np.ones((4, 3), np.float32))
+    with pytest.raises(ValueError, match="linear: shapes .* do not match"):
+        F.linear(x, W)
+    assert not fake_cublas.calls
+
+
+def test_one_gemm_handle_per_device(fake_cublas, monkeypatch):
+    first = dispatch.gemm_handle()
+    assert dispatch.gemm_handle() is first  # kept: it must exist before a capture
+    live = fake_cublas.fake_live_handles()
+    monkeypatch.setattr(dispatch, "_current_device", lambda: 1)
+    second = dispatch.gemm_handle()
+    assert second is not first and fake_cublas.fake_live_handles() == live + 1
+    assert dispatch.gemm_handle() is second
+
+
+def test_a_missing_libcublas_is_one_clear_error(fake_cublas, as_gpu, monkeypatch, tmp_path):
+    """No silent fallback to cupy.matmul (which a CUDA graph could not capture): the error of
+    cublas.load_library, naming what it tried, reaches the caller."""
+    missing = str(tmp_path / "libcublas.so.13")
+    monkeypatch.setattr(cublas, "library_candidates", lambda major=None: [missing])
+    x, W = mv.tensor(np.ones((4, 5), np.float32)), mv.tensor(np.ones((5, 3), np.float32))
+    for _ in range(2):  # and again: no handle was kept
+        with pytest.raises(RuntimeError, match=f"libcublas was not found.*{re.escape(missing)}.*MINIVAE_CUBLAS"):
+            F.linear(x, W)
+    assert dispatch._gemms == {}

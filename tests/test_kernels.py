@@ -858,10 +858,13 @@ def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
 
 
 @pytest.mark.parametrize("mc_samples", [1, 3])
-def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, monkeypatch, mc_samples):
+def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fake_cublas, monkeypatch,
+                                                                   mc_samples):
     """A VAE training step with the dispatch table taking every array for a CuPy array: the
     loss's ReparameterizeKL node runs the fused forward and backward kernels (host builds, through
-    the launch wrappers) and Adam one launch; loss, gradients and weights agree with the CPU step."""
+    the launch wrappers), the dense layers their products on the stand-in cuBLAS (one per layer
+    forward, two backward, one for the first layer, whose input needs no gradient) and Adam one
+    launch; loss, gradients and weights agree with the CPU step."""
     import minivae as mv
     from minivae import optim
     from minivae.gpu import dispatch
@@ -884,6 +887,8 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, mo
     names = [c[0] for c in calls]
     assert names.count("mv_reparam_kl_fwd_f32") == names.count("mv_reparam_kl_bwd_f32") == 1
     assert names.count("mv_adam_f32") == 1
+    layers = sum(isinstance(m, (mv.nn.Linear, mv.nn.LinearReLU)) for m in model.modules())
+    assert len(fake_cublas.calls) == 3 * layers - 1
     (loss_g, grads_g, w_g), (loss_c, grads_c, w_c) = out
     assert loss_g == pytest.approx(loss_c, rel=1e-5)
     for a, b in zip(grads_g + w_g, grads_c + w_c):

@@ -17,8 +17,24 @@ is correct, only slower. ``explain`` says which path an op takes for given input
     >>> dispatch.explain("KLNormalStd", mu, logvar_row)      # CuPy arrays of shapes (B, D), (D,)
     'xp code on CuPy: KLNormalStd's kernel takes mu and logvar of one shape, at least 1-D'
 
+The rows:
+
+* ``ReparameterizeNoise``: z = mu + exp(logvar / 2) eps in one launch (``kernels/reparam.cu``);
+  eps is generated in registers and regenerated in backward, never stored.
+* ``KLNormalStd``: the KL of each row and its gradient (``kernels/kl.cu``).
+* ``ReparameterizeKL``: both in one pass over mu and logvar (``kernels/fused.cu``).
+* ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
+  cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); bias, ReLU
+  and the bias gradient (a column sum) as CuPy elementwise work. CuPy's own matmul cannot be
+  captured in a CUDA graph; running the same cuBLAS calls eagerly too is what makes a captured
+  step give the eager step's bits. ``gemm_handle()`` is the cuBLAS handle of the current device,
+  made at the first product; when libcublas cannot be loaded it raises that error (there is no
+  silent fallback to ``cupy.matmul``).
+* ``"Adam"``: the optimizer's update of all parameters in one launch (``kernels/adam.cu``).
+
 The table is keyed by name so that this package never imports the ops. Importing this module
-does not import CuPy: the launches load ``minivae.gpu.kernels`` when a row runs.
+does not import CuPy: the rows load ``minivae.gpu.kernels`` or ``minivae.gpu.cublas`` when they
+run.
 """
 from __future__ import annotations
 
@@ -29,7 +45,7 @@ import numpy as np
 
 from ..backend import get_array_module, is_gpu_array
 
-__all__ = ["Kernel", "TABLE", "register", "select", "explain"]
+__all__ = ["Kernel", "TABLE", "register", "select", "explain", "gemm_handle"]
 
 
 @dataclass(eq=False)
@@ -185,3 +201,143 @@ def _adam_update(p, g, m, v, vmax, work=None, **scalars):
 register("Adam", _adam_update,
          takes="C-contiguous parameter, moments and gradient of one shape and dtype: one launch "
                "over all of them")
+
+
+# ------------------------------------------------------------------------------ dense layers on cuBLAS
+# (in eager mode too, so that a captured step runs the very same gemm calls: see the module docstring)
+def _cublas():
+    from . import cublas  # deferred: it imports CuPy
+
+    return cublas
+
+
+def _current_device():
+    """The id of the CUDA device CuPy launches on now."""
+    return _cublas().cp.cuda.runtime.getDevice()
+
+
+def _device(a):
+    """The id of the CUDA device that holds the CuPy array ``a``."""
+    return a.device.id
+
+
+#: CUDA device id -> the cublas.Gemm of the rows below on that device. One handle per device, made
+#: at the first product and kept: cuBLAS must not allocate while a stream is being captured, so
+#: the handle and its workspace have to exist before any capture, and a captured graph goes on
+#: using the workspace it was captured with, so they must outlive every graph.
+_gemms: dict = {}
+
+
+def gemm_handle():
+    """The ``cublas.Gemm`` of the current CUDA device, created at its first use (an eager step
+    before a capture creates it). Raises ``cublas.load_library``'s error, naming what was tried,
+    when libcublas cannot be loaded: there is no silent fallback to ``cupy.matmul``, which a
+    graph could not capture."""
+    device = _current_device()
+    gemm = _gemms.get(device)
+    if gemm is None:
+        gemm = _gemms[device] = _cublas().Gemm()
+    return gemm
+
+
+def _product_into(out, a, b, transa=False, transb=False):
+    """``out = op(a) @ op(b)`` (``op(x)`` is ``x.T`` when ``trans*``: a flag for cuBLAS, never a
+    copy), all three 2-D and C-contiguous; returns ``out``."""
+    return gemm_handle().gemm(a, b, out, transa=transa, transb=transb)
+
+
+_GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_GEMM_OPERANDS = "C-contiguous float32 or float64 arrays of one dtype on the current CUDA device"
+
+
+def _gemm_operands(*arrays):
+    dtype, device = arrays[0].dtype, _current_device()
+    return dtype in _GEMM_DTYPES and all(
+        a.dtype == dtype and a.flags.c_contiguous and _device(a) == device for a in arrays)
+
+
+def _matmul_accepts(a, b):
+    return a.ndim == b.ndim == 2 and a.shape[1] == b.shape[0] and _gemm_operands(a, b)
+
+
+def _matmul_forward(ctx, a, b):
+    ctx.save(a, b)
+    xp = get_array_module(a)
+    return _product_into(xp.empty((a.shape[0], b.shape[1]), a.dtype), a, b)
+
+
+def _matmul_backward(ctx, g):
+    a, b = ctx.saved
+    need_a, need_b = ctx.needs_input_grad
+    xp = get_array_module(g)
+    g = xp.ascontiguousarray(g)  # an upstream gradient may be a broadcast view
+    ga = _product_into(xp.empty_like(a), g, b, transb=True) if need_a else None  # g @ b^T
+    gb = _product_into(xp.empty_like(b), a, g, transa=True) if need_b else None  # a^T @ g
+    return ga, gb
+
+
+register("Matmul", _matmul_forward, _matmul_backward, accepts=_matmul_accepts,
+         takes=f"2-D a (m, k) and b (k, n), {_GEMM_OPERANDS} (batched products run the xp code)")
+
+
+def _linear_accepts(x, W, b=None):
+    return (x.ndim >= 1 and W.ndim == 2 and x.shape[-1] == W.shape[0]
+            and (b is None or b.shape == (W.shape[1],))
+            and _gemm_operands(x, W, *(() if b is None else (b,))))
+
+
+def _rows(a):
+    """A C-contiguous (..., n) array as a 2-D view of its rows (no copy)."""
+    return a.reshape(-1, a.shape[-1])
+
+
+def _linear_forward(ctx, x, W, b=None):
+    ctx.save(x, W)
+    xp = get_array_module(x)
+    out = xp.empty(x.shape[:-1] + (W.shape[1],), x.dtype)
+    _product_into(_rows(out), _rows(x), W)
+    if b is not None:
+        out += b  # out is a fresh array
+    return out
+
+
+def _dense_backward(ctx, g, x, W):
+    """(d/dx, d/dW[, d/db]) of x @ W + b: g @ W^T, x^T @ g and the column sums of g (x's leading
+    axes flattened into rows)."""
+    needs = ctx.needs_input_grad
+    xp = get_array_module(g)
+    g = _rows(xp.ascontiguousarray(g))  # an upstream gradient may be a broadcast view
+    gx = gW = None
+    if needs[0]:
+        gx = xp.empty_like(x)
+        _product_into(_rows(gx), g, W, transb=True)
+    if needs[1]:
+        gW = _product_into(xp.empty_like(W), _rows(x), g, transa=True)
+    if len(needs) == 2:
+        return gx, gW
+    return gx, gW, (g.sum(axis=0) if needs[2] else None)
+
+
+def _linear_backward(ctx, g):
+    x, W = ctx.saved
+    return _dense_backward(ctx, g, x, W)
+
+
+def _linear_relu_forward(ctx, x, W, b=None):
+    out = _linear_forward(ctx, x, W, b)
+    xp = get_array_module(out)
+    xp.maximum(out, 0, out=out)
+    ctx.active = out > 0
+    return out
+
+
+def _linear_relu_backward(ctx, g):
+    x, W = ctx.saved
+    return _dense_backward(ctx, g * ctx.active, x, W)
+
+
+_LINEAR_TAKES = (f"x of shape (..., in) (its rows flattened), W (in, out) and b (out,) or none, "
+                 f"{_GEMM_OPERANDS}")
+register("Linear", _linear_forward, _linear_backward, accepts=_linear_accepts, takes=_LINEAR_TAKES)
+register("LinearRelu", _linear_relu_forward, _linear_relu_backward, accepts=_linear_accepts,
+         takes=_LINEAR_TAKES)
