@@ -47,10 +47,12 @@ static int handles = 0, last_stream = -1;
 static size_t workspace = 0;
 int cublasCreate_v2(void** h) { *h = (void*)(size_t)(0x1000 + ++handles); return 0; }
 int cublasDestroy_v2(void* h) { (void)h; --handles; return 0; }
-int cublasSetStream_v2(void* h, void* s) { (void)h; last_stream = (int)(size_t)s; return 0; }
+/* as cuBLAS documents it: setting the stream resets the workspace to the library's own pool */
+int cublasSetStream_v2(void* h, void* s) { (void)h; last_stream = (int)(size_t)s; workspace = 0; return 0; }
 int cublasSetWorkspace_v2(void* h, void* p, size_t n) { (void)h; (void)p; workspace = n; return 0; }
 int fake_live_handles(void) { return handles; }
 int fake_last_stream(void) { return last_stream; }
+int fake_workspace(void) { return (int)workspace; }
 #define GEMM(NAME, T)                                                                          \
 int NAME(void* h, int ta, int tb, int m, int n, int k, const T* alpha, const T* A, int lda,    \
          const T* B, int ldb, const T* beta, T* C, int ldc) {                                  \

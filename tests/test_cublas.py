@@ -74,6 +74,18 @@ def test_handle_is_destroyed_once(fake_lib_path, monkeypatch):
         g.gemm(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)))
 
 
+def test_the_workspace_outlives_every_stream_change(fake_cublas):
+    """cublasSetStream puts the handle back on cuBLAS's own workspace pool; the user workspace
+    (allocated before any capture, so that cuBLAS allocates nothing during one) is set again
+    after it at every call."""
+    g = cublas.Gemm()  # fake_cublas: the stand-in library and a NumPy stand-in for CuPy
+    assert fake_cublas.fake_workspace() == cublas.WORKSPACE_BYTES
+    g.gemm(np.ones((2, 3)), np.ones((3, 4)), np.ones((2, 4)))
+    assert fake_cublas.fake_last_stream() == 7
+    assert fake_cublas.fake_workspace() == cublas.WORKSPACE_BYTES
+    g.close()
+
+
 def test_a_failing_status_names_it(gemm):
     g, real = gemm
 

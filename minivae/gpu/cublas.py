@@ -4,8 +4,9 @@ Why this module exists. CuPy refuses every cuBLAS call while a stream is being c
 (``cupy.matmul``, ``@`` and even ``cupy_backends.cuda.libs.cublas.sgemm`` raise
 ``NotImplementedError: calling cuBLAS API during stream capture is currently unsupported``).
 cuBLAS itself captures fine: ``cublasSgemm_v2`` with a handle of its own, its stream set to the
-capturing stream (``cublasSetStream_v2``) and its workspace set before the capture
-(``cublasSetWorkspace_v2``) records its kernels into the graph like any other launch.
+capturing stream (``cublasSetStream_v2``) and its workspace allocated before the capture
+(``cublasSetWorkspace_v2``, set again after every ``cublasSetStream_v2``, which resets it to
+cuBLAS's own pool) records its kernels into the graph like any other launch.
 
 Why ctypes rather than a package. The maintained bindings that reach the same C functions are
 nvmath-python (``nvmath.bindings.cublas`` / ``cublasLt``; version 1.0.1 is a 5.6 MB wheel that
@@ -148,8 +149,11 @@ class Gemm:
         self._workspace = None
         if workspace_bytes:
             self._workspace = cp.empty(workspace_bytes, dtype=cp.uint8)  # kept alive with the handle
-            _check(self._lib.cublasSetWorkspace_v2(handle, _device_pointer(self._workspace), workspace_bytes),
-                   "cublasSetWorkspace_v2")
+            self._set_workspace()
+
+    def _set_workspace(self):
+        ws = self._workspace
+        _check(self._lib.cublasSetWorkspace_v2(self._handle, _device_pointer(ws), ws.size), "cublasSetWorkspace_v2")
 
     def close(self):
         """Destroy the handle (idempotent)."""
@@ -192,6 +196,8 @@ class Gemm:
         scalar = ctypes.c_float if single else ctypes.c_double
         fn = self._lib.cublasSgemm_v2 if single else self._lib.cublasDgemm_v2
         _check(self._lib.cublasSetStream_v2(self._handle, _current_stream()), "cublasSetStream_v2")
+        if self._workspace is not None:  # cublasSetStream resets the workspace to cuBLAS's own pool
+            self._set_workspace()
         # column-major: out^T (n, m) = op(b)^T (n, k) @ op(a)^T (k, m), see the module docstring
         _check(fn(self._handle, _OP_T if transb else _OP_N, _OP_T if transa else _OP_N, n, m, k,
                   ctypes.byref(scalar(alpha)), _device_pointer(b), max(1, b.shape[1]),
