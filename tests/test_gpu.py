@@ -2,8 +2,9 @@
 
 The kernels against the NumPy twin on the same noise address: Philox words bit-exact, uniforms
 bit-exact, normals and z to float32 rounding; float64 finite-difference checks of the kernel
-gradients on the device; the kernel-backed ops through ``minivae.gradcheck``; and one VAE
-training step on the GPU against the same step on the CPU.
+gradients on the device; the kernel-backed ops through ``minivae.gradcheck``; one VAE training
+step on the GPU against the same step on the CPU; and the dense-layer rows on cuBLAS against
+cupy.matmul, through ``minivae.gradcheck``, and captured in a CUDA graph against the eager bits.
 """
 import copy
 import math
@@ -488,3 +489,101 @@ def test_gpu_loader_serves_the_cpu_loaders_batches_and_bits():
                 assert isinstance(xg, cp.ndarray) and xg.dtype == cp.float32
                 np.testing.assert_array_equal(host(xg), xc)
                 np.testing.assert_array_equal(host(yg), yc)
+
+
+# ------------------------------------------------------------------------------ dense layers on cuBLAS
+@pytest.mark.parametrize("name", ["Linear", "LinearRelu"])
+def test_dense_rows_on_cublas_equal_cupy_matmul(name):
+    """A Linear / LinearRelu node on CuPy float32 runs its row of the dispatch table (products on
+    minivae.gpu.cublas): output and gradients agree with the same formulas on cupy.matmul."""
+    import minivae as mv
+    import minivae.functional as F
+    from minivae.gpu import dispatch
+
+    rng = np.random.default_rng(8)
+    x0 = cp.asarray(rng.standard_normal((3, 100, 784)).astype(np.float32))  # 300 rows
+    W0 = cp.asarray((rng.standard_normal((784, 512)) / 28).astype(np.float32))
+    b0 = cp.asarray(rng.standard_normal(512).astype(np.float32))
+    g = cp.asarray(rng.standard_normal((3, 100, 512)).astype(np.float32))
+    x, W, b = (mv.Tensor(a.copy(), requires_grad=True) for a in (x0, W0, b0))
+    assert dispatch.explain(name, x.data, W.data, b.data).startswith("kernel: ")
+    out = (F.linear if name == "Linear" else F.linear_relu)(x, W, b)
+    assert out._node.fn is dispatch.TABLE[name]
+    out.backward(g)
+    want_out = cp.matmul(x0, W0) + b0
+    if name == "LinearRelu":
+        want_out = cp.maximum(want_out, 0)
+        g = g * (out.data > 0)  # the row's own mask: a product within rounding of 0 may differ
+    g_rows = g.reshape(-1, 512)
+    want = [want_out, cp.matmul(g, W0.T), cp.matmul(x0.reshape(-1, 784).T, g_rows), g_rows.sum(axis=0)]
+    for got, w in zip([out.data, x.grad, W.grad, b.grad], want):
+        assert isinstance(got, cp.ndarray) and got.dtype == np.float32 and got.shape == w.shape
+        np.testing.assert_allclose(host(got), host(w), rtol=1e-4, atol=1e-4)
+
+
+def test_dense_rows_gradcheck_float64_on_device():
+    """minivae.gradcheck of the Linear, LinearRelu and 2-D Matmul cases on GPU tensors in float64,
+    every node running its cuBLAS row."""
+    import minivae as mv
+    from minivae.gpu import dispatch
+    from minivae.gradcheck_cases import CASES, build, rng_for
+    from minivae.ops.linalg import Linear, LinearRelu, Matmul
+
+    cases = [(op, name, fn, specs) for op in (Linear, LinearRelu, Matmul) for name, fn, specs in CASES[op]
+             if op is not Matmul or name == "(3,4)@(4,5)"]
+    assert len(cases) == 10
+    for op, name, fn, specs in cases:
+        inputs = [t.to("gpu") for t in build(specs, rng_for(op, name))]
+        assert fn(*inputs)._node.fn is dispatch.TABLE[op.__name__], name
+        assert mv.gradcheck(fn, *inputs), name
+
+
+def test_dense_rows_captured_in_a_cuda_graph_give_the_eager_bits():
+    """A LinearRelu + Linear forward and backward captured once in a CUDA graph (relaxed mode, on
+    a non-blocking stream) and replayed twice, for two batches written into the input buffer:
+    the output and every gradient are the eager run's bits on the same inputs (the rows run the
+    same cuBLAS calls in both modes)."""
+    import minivae as mv
+    import minivae.functional as F
+    from minivae.gpu import dispatch
+
+    rng = np.random.default_rng(10)
+    batches = [rng.standard_normal((100, 784)).astype(np.float32) for _ in range(2)]
+    W1, b1, W2, b2 = (mv.Tensor(cp.asarray(a.astype(np.float32)), requires_grad=True) for a in (
+        rng.standard_normal((784, 512)) / 28, rng.standard_normal(512) / 10,
+        rng.standard_normal((512, 256)) / 22, rng.standard_normal(256) / 10))
+    u = cp.asarray(rng.standard_normal((100, 256)).astype(np.float32))  # the upstream gradient
+    x = mv.Tensor(cp.empty((100, 784), np.float32), requires_grad=True)  # the graph's input buffer
+    leaves = [x, W1, b1, W2, b2]
+
+    def step():
+        for t in leaves:
+            t.grad = None  # fresh gradient arrays: the graph writes into those it allocated
+        h = F.linear_relu(x, W1, b1)
+        y = F.linear(h, W2, b2)
+        assert h._node.fn is dispatch.TABLE["LinearRelu"] and y._node.fn is dispatch.TABLE["Linear"]
+        (y * u).sum().backward()
+        return [y.data] + [t.grad for t in leaves]
+
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        eager = []
+        for batch in batches:  # also compiles every CuPy kernel and makes the cuBLAS handle
+            x.data.set(batch)
+            eager.append([host(a) for a in step()])
+        assert not np.array_equal(eager[0][0], eager[1][0])
+        x.data.set(batches[0])
+        stream.synchronize()
+        stream.begin_capture(mode=cp.cuda.runtime.streamCaptureModeRelaxed)
+        try:
+            outputs = step()  # the graph's output arrays, kept alive here
+        finally:
+            graph = stream.end_capture()
+        for want, batch in zip(eager, batches):
+            x.data.set(batch)
+            for a in outputs:
+                a.fill(np.nan)  # what the replay does not write stays NaN
+            graph.launch(stream)
+            stream.synchronize()
+            for i, (got, w) in enumerate(zip(outputs, want)):
+                np.testing.assert_array_equal(host(got), w, err_msg=f"output {i}")
