@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""A/B of compile-time settings of the forward row kernels (KL alone, reparameterization + KL),
-in one process on one GPU.
+"""A/B of compile-time designs and settings of the forward row kernels (KL alone,
+reparameterization + KL), in one process on one GPU.
 
-The forward row kernel (mv_row_fwd in kernels/device.cuh) takes two settings when it is
-compiled: ``-DMV_TILE=e`` (elements per tile, MV_TILE / (4 * 256) chunks per thread, default 4096)
-and ``-DMV_ROW_FWD_MIN_BLOCKS=k`` (__launch_bounds__: k resident blocks of 256 threads, registers
-capped to match; default none, 4 blocks at the compiler's 64 registers); the library compiles the
-defaults. Here every setting of ``VARIANTS`` is compiled from the same sources with its own
-options and launched directly (no wrapper), then
+The forward row kernel (mv_row_fwd in kernels/device.cuh) takes three settings when it is
+compiled: ``-DMV_ROW_FWD=MV_REGTILES`` (the default: a block of 256 threads per tile, one block
+per tile) or ``MV_WARPTILES`` (a warp per tile, the warps walking the tiles in a grid-stride
+loop); ``-DMV_TILE=e`` (elements per tile, e / (4 * threads per tile) chunks per thread, default
+4096); ``-DMV_ROW_FWD_MIN_BLOCKS=k`` (__launch_bounds__: k resident blocks of 256 threads,
+registers capped to match; default none). The library compiles the defaults. Here every setting
+of ``VARIANTS`` is compiled from the same sources with its own options and launched directly (no
+wrapper, the grid of ``launch_grid``), then
 
 1. checked: on small edge shapes (float32 and float64) and on every timed case, kl against a
    float64 row sum (relative 1e-5 in float32, 1e-12 in float64), every kl written, z bit for bit
@@ -46,15 +48,18 @@ from machine import git_commit  # noqa: E402
 from minivae.gpu._source import NVRTC_OPTIONS, kernel_source  # noqa: E402
 from minivae.gpu.kernels import BLOCK, TILE  # noqa: E402
 
-#: name -> NVRTC options added to the library's (DEFAULT: none, the library's own build)
+#: name -> NVRTC options added to the library's (DEFAULT: none, the library's own build).
+#: (Measured before on an H200 and dropped, each slower than regtiles at every size: regtiles with
+#: tiles of 2048 elements, alone and capped for 6 blocks, and of 1024 capped for 8 blocks.)
+_WARPTILES = "-DMV_ROW_FWD=MV_WARPTILES"
 VARIANTS = {
     "regtiles": (),
-    # 2 chunks a thread: fewer registers (5-6 blocks of 256 resident instead of 4)
-    "regtiles-2048": ("-DMV_TILE=2048",),
-    # 2 chunks a thread, registers capped for 6 blocks
-    "regtiles-2048-lb6": ("-DMV_TILE=2048", "-DMV_ROW_FWD_MIN_BLOCKS=6"),
-    # 1 chunk a thread, registers capped for 8 blocks (all 2048 threads of a multiprocessor)
-    "regtiles-1024-lb8": ("-DMV_TILE=1024", "-DMV_ROW_FWD_MIN_BLOCKS=8"),
+    # a warp per tile of 512 elements: 4 chunks a lane, as a thread of regtiles (72-80 registers)
+    "warptiles": (_WARPTILES, "-DMV_TILE=512"),
+    # the same, registers capped at 64 for 4 resident blocks (a few bytes spilled)
+    "warptiles-lb4": (_WARPTILES, "-DMV_TILE=512", "-DMV_ROW_FWD_MIN_BLOCKS=4"),
+    # a warp per tile of 256 elements: 2 chunks a lane, 56-64 registers (4 blocks)
+    "warptiles-256": (_WARPTILES, "-DMV_TILE=256"),
 }
 DEFAULT = "regtiles"
 KERNELS = {"kl_fwd": 2, "fused_fwd": 3}
@@ -75,12 +80,18 @@ def tile_of(variant):
     return TILE
 
 
-def launch_grid(variant, B, D):
-    """Blocks of a variant's forward launch: one per tile (mv_row_tiling_of(D).rows rows of its
-    MV_TILE, as minivae.gpu.kernels.rows_per_tile for the default). Any grid is correct."""
+def launch_grid(variant, B, D, sms):
+    """Blocks of a variant's forward launch on a GPU of ``sms`` multiprocessors (any grid is
+    correct). Tiles are mv_row_tiling_of(D).rows rows of the variant's MV_TILE (as
+    minivae.gpu.kernels.rows_per_tile for the default). Regtiles: one block per tile, as the
+    library launches it. Warptiles: a warp per tile, the warps of the grid striding over the tiles:
+    the flat kernels' grid, one block per BLOCK / 32 tiles, at most 32 blocks per multiprocessor."""
     m = 1 if D % 4 == 0 else (2 if D % 2 == 0 else 4)
     rows = max(1, tile_of(variant) // (m * D) * m)
-    return max(1, min(-(-B // rows), 2 ** 31 - 1))
+    tiles = -(-B // rows)
+    if _WARPTILES in VARIANTS[variant]:
+        return max(1, min(-(-tiles // (BLOCK // 32)), 32 * sms))
+    return max(1, min(tiles, 2 ** 31 - 1))
 
 
 class Variant:
@@ -89,6 +100,7 @@ class Variant:
     def __init__(self, cp, name):
         t0 = time.perf_counter()
         self.cp, self.name = cp, name
+        self.sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         opts = tuple(NVRTC_OPTIONS) + VARIANTS[name]
         self.options = opts
         self.fns = {}
@@ -102,7 +114,7 @@ class Variant:
         """Launch ``kernel`` ("kl_fwd" or "fused_fwd") on (B, D) arrays into kl (and z)."""
         B, D = mu.shape
         sfx = "f32" if mu.dtype == np.float32 else "f64"
-        grid = (launch_grid(self.name, B, D),)
+        grid = (launch_grid(self.name, B, D, self.sms),)
         if kernel == "kl_fwd":
             self.fns[("mv_kl_fwd", sfx)](grid, (BLOCK,), (mu, lv, kl, np.int64(B), np.int64(D)))
         else:
@@ -197,7 +209,7 @@ def main(argv=None, cp=None):
     ap.add_argument("--D", default="10,50,784", help="row lengths of the timed cases")
     ap.add_argument("--repeats", type=int, default=7, help="timed loops per case (median)")
     ap.add_argument("--copy-mib", type=int, default=1024, help="size of the reference copy (MiB)")
-    ap.add_argument("--max-seconds", type=float, default=45.0,
+    ap.add_argument("--max-seconds", type=float, default=35.0,
                     help="start no timed case after this many seconds (the JSON says which were skipped)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "benchmarks" / "results"))
     args = ap.parse_args(argv)
@@ -298,7 +310,8 @@ def time_case(cp, variants, ref, mu, lv, copy_big, repeats):
     rows, kl_default = [], None
     for name, var in variants.items():
         fails, worst, kl_first = check_case(cp, var, ref, mu, lv, z_ref, kl_ref, np.float32)
-        # every setting sums a row of D <= MV_TILE - 3 in one segment, in the same order
+        # every setting sums a row of D <= its MV_TILE - 3 in one segment, in the same order (longer
+        # rows are cut at every MV_TILE elements: then the order, and maybe the rounding, differ)
         same_as_default = None
         if name == DEFAULT:
             kl_default = kl_first

@@ -128,21 +128,22 @@ MV_HD void mv_chunk_reparam_bwd(mv_i64 c, mv_i64 n, mv_u64 seed, mv_u64 offset, 
 // element e taking its row's upstream gkl[e / D] (one division per chunk).
 //
 // Forward passes sum each row's KL terms. They work on tiles of at most MV_TILE elements: a tile
-// is R whole rows, or, for rows too long for that, one segment of one row. The block (a) loads
-// the tile's chunks into registers (each thread MV_TILE / (4 * MV_BLOCK) of them, all loads
-// before any use, so that they are in flight together), computes them (mv_chunk_row_fwd: z, and
-// each element's KL term parked in shared memory at its place in the tile), then (b) sums each
-// row's terms in a FIXED order (mv_segment_sum below): kl = segment sums added in segment order,
-// each segment summed by P "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to right --
-// whose P partials are then added pairwise by a halving tree (lane i += lane i + P/2, then
-// + P/4, ... 1). R is chosen so that R*D is a multiple of 4: then a tile of whole rows starts
-// on a chunk boundary, and its chunks are whole, aligned 16-byte vector loads and stores.
+// is R whole rows, or, for rows too long for that, one segment of one row. The threads that
+// share a tile (a block, or a warp: the designs of device.cuh) (a) load the tile's chunks into
+// registers (each thread an equal share, all loads before any use, so that they are in flight
+// together), compute them (mv_chunk_row_fwd: z, and each element's KL term parked in shared
+// memory at its place in the tile), then (b) sum each row's terms in a FIXED order
+// (mv_segment_sum below): kl = segment sums added in segment order, each segment summed by P
+// "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to right -- whose P partials are then
+// added pairwise by a halving tree (lane i += lane i + P/2, then + P/4, ... 1). R is chosen so
+// that R*D is a multiple of 4: then a tile of whole rows starts on a chunk boundary, and its
+// chunks are whole, aligned 16-byte vector loads and stores.
 // A row that does not fit so (R = 1) is cut into segments: the first runs from the row's start
 // to MV_TILE elements past the chunk boundary at or before it, each next one MV_TILE further
 // (so every segment covers at most MV_TILE / 4 chunks, and all but the first start on a chunk
 // boundary); a row of D <= MV_TILE - 3 is one segment.
 // The result is deterministic (no atomics) and is the same on the host replay, which calls
-// mv_segment_sum itself.
+// mv_segment_sum itself; it depends on MV_TILE (where long rows are cut), not on who sums a tile.
 #ifndef MV_TILE
 #define MV_TILE 4096
 #endif

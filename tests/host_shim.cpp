@@ -5,6 +5,9 @@
 // very per-chunk functions of kernels/chunks.cuh the GPU runs: every chunk of a flat array, and
 // for a forward row kernel every tile (its chunks, then its row sums in the device's fixed
 // order, mv_segment_sum), so the row sums are the device's bit for bit, not only to rounding.
+// The tiles and their order depend on MV_TILE alone, not on the design of device.cuh that runs
+// them (a block or a warp per tile): a shim built with -DMV_TILE=512 replays the forward row
+// kernels built with -DMV_ROW_FWD=MV_WARPTILES -DMV_TILE=512.
 //
 // Build: g++ -O2 -std=c++14 -shared -fPIC -I kernels tests/host_shim.cpp -o libshim.so
 // (no -ffast-math: the host and device builds must round the same way).
@@ -18,7 +21,8 @@
 
 SHIM int shim_abi_version() { return 5; }
 
-// ---- the tiling of the forward row kernels (rows per tile, lanes per row segment) ----------
+// ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
+SHIM mv_i64 shim_tile() { return MV_TILE; }
 SHIM void shim_row_tiling(mv_i64 D, mv_i64* rows, int* lanes) {
     const mv_row_tiling t = mv_row_tiling_of(D);
     *rows = t.rows;

@@ -147,6 +147,35 @@ def test_row_sums_follow_the_documented_order(dtype, D):
     np.testing.assert_array_equal(host(G.reparameterize_kl_forward(mu, logvar, 3, 4)[1]), want)
 
 
+def test_row_forward_variants_follow_the_documented_order():
+    """Every candidate design of the forward row kernels (benchmarks/ab_row_kernels.py, compiled
+    with its own options): kl is the device's terms summed in the documented order of its tile,
+    bit for bit, and z the reparameterization kernel's bit for bit."""
+    from test_kernels import _ab_script
+
+    ab = _ab_script()
+    for name in ab.VARIANTS:
+        var, tile = ab.Variant(cp, name), ab.tile_of(name)
+        for dtype in DTYPES:
+            for D in (1, 3, 50, 784, 5001):
+                B = 37
+                mu, logvar = (cp.asarray(a) for a in inputs((B, D), dtype, 12))
+                terms = host(G.kl_normal_std_forward(mu.reshape(-1, 1), logvar.reshape(-1, 1)))
+                lanes = 1
+                while lanes < 32 and 8 * lanes < min(D, tile):
+                    lanes *= 2
+                want = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], lanes, r * D, tile)
+                                 for r in range(B)], dtype)
+                z, kl = cp.full((B, D), np.nan, dtype), cp.full((B,), np.nan, dtype)
+                var.run("fused_fwd", mu, logvar, z, kl)
+                np.testing.assert_array_equal(host(kl), want, err_msg=f"{name} {dtype.__name__} D={D}")
+                z_ref = G.reparameterize_forward(mu, logvar, ab.SEED, ab.OFFSET, ab.STREAM)
+                np.testing.assert_array_equal(host(z), host(z_ref), err_msg=f"{name} {dtype.__name__} D={D}")
+                kl = cp.full((B,), np.nan, dtype)
+                var.run("kl_fwd", mu, logvar, None, kl)
+                np.testing.assert_array_equal(host(kl), want, err_msg=f"{name} {dtype.__name__} D={D}")
+
+
 def test_noncontiguous_inputs():
     mu, logvar = (cp.asarray(a) for a in inputs((50, 40), np.float32, 5))
     z = G.reparameterize_forward(mu.T, logvar.T, 3)

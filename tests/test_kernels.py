@@ -94,23 +94,45 @@ def _ab_script():
     return ab
 
 
+FAST_MATH_SIGNS = ("lg2.approx", "sqrt.approx", "sin.approx", "cos.approx")
+
+
 def test_row_forward_variants_compile(tmp_path):
     """Every candidate design of the forward row kernels (benchmarks/ab_row_kernels.py) compiles
-    to PTX for sm_90 without a warning, with the same entry points."""
+    to PTX for sm_80 and sm_90 without a warning, with the same entry points and IEEE math."""
     if NVCC is None:
         pytest.skip("nvcc not found on PATH")
     procs = []
     for name, opts in _ab_script().VARIANTS.items():
         for cu in ("kl.cu", "fused.cu"):
-            dst = tmp_path / f"{name}.{cu}.ptx"
-            cmd = [NVCC, "-ptx", "-arch=sm_90", "-std=c++14", "-Werror", "all-warnings", *opts,
-                   "-I", str(KERNELS), "-o", str(dst), str(KERNELS / cu)]
-            procs.append((name, cu, dst, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                          text=True)))
+            for arch in ("80", "90"):
+                dst = tmp_path / f"{name}.{cu}.sm_{arch}.ptx"
+                cmd = [NVCC, "-ptx", f"-arch=sm_{arch}", "-std=c++14", "-Werror", "all-warnings", *opts,
+                       "-I", str(KERNELS), "-o", str(dst), str(KERNELS / cu)]
+                procs.append((name, cu, dst, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                              text=True)))
     for name, cu, dst, proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"{name} {cu}:\n{err}"
-        assert set(re.findall(r"\.entry\s+(\w+)", dst.read_text())) == set(ENTRY_POINTS[cu])
+        text = dst.read_text()
+        assert set(re.findall(r"\.entry\s+(\w+)", text)) == set(ENTRY_POINTS[cu])
+        assert not [a for a in FAST_MATH_SIGNS if a in text], (name, dst.name)
+        if cu == "fused.cu":
+            assert "sqrt.rn.f32" in text and "sqrt.rn.f64" in text, (name, dst.name)
+
+
+def test_row_forward_design_must_be_a_known_one(tmp_path):
+    """A misspelt design (-DMV_ROW_FWD=warp: an unknown name, 0 in #if) stops the compile, and so
+    does a tile that is no multiple of the threads sharing it."""
+    if NVCC is None:
+        pytest.skip("nvcc not found on PATH")
+    for opts, message in ((["-DMV_ROW_FWD=warp"], "MV_ROW_FWD must be MV_REGTILES or MV_WARPTILES"),
+                          (["-DMV_ROW_FWD=MV_WARPTILES", "-DMV_TILE=500"], "MV_TILE must be a multiple"),
+                          (["-DMV_ROW_FWD=MV_WARPTILES", "-DMV_TILE=4096"], "48 KiB")):
+        proc = subprocess.run([NVCC, "-ptx", "-arch=sm_90", "-std=c++14", *opts, "-I", str(KERNELS),
+                               "-o", str(tmp_path / "x.ptx"), str(KERNELS / "fused.cu")],
+                              capture_output=True, text=True)
+        assert proc.returncode != 0 and message in proc.stdout + proc.stderr, (opts, proc.stderr)
 
 
 def test_no_fast_math_in_ptx(ptx):
@@ -121,7 +143,7 @@ def test_no_fast_math_in_ptx(ptx):
         proc, dst = ptx[("fused.cu", arch)]
         assert proc.returncode == 0
         text = dst.read_text()
-        for approx in ("lg2.approx", "sqrt.approx", "sin.approx", "cos.approx"):
+        for approx in FAST_MATH_SIGNS:
             assert approx not in text, approx
         assert "sqrt.rn.f32" in text and "sqrt.rn.f64" in text
 
@@ -453,6 +475,82 @@ def test_replay_row_kernels(shim, dtype, shape):
         np.testing.assert_allclose(dmu, dz + gg[:, None] * m, rtol=rtol, atol=atol)
         np.testing.assert_allclose(
             dlv, dz * eps * std * 0.5 + gg[:, None] * 0.5 * np.expm1(lv), rtol=rtol, atol=10 * atol)
+
+
+@pytest.fixture(scope="module")
+def tile_shims(shim, tmp_path_factory):
+    """MV_TILE -> the host shim built with it: the default's, and those of every tile among the
+    candidate designs of benchmarks/ab_row_kernels.py (a tile's replay is that of every design
+    that runs it, a block or a warp per tile)."""
+    libs = {TILE_DEFAULT: shim}
+    for opts in _ab_script().VARIANTS.values():
+        for o in opts:
+            if o.startswith("-DMV_TILE=") and int(o.split("=", 1)[1]) not in libs:
+                libs[int(o.split("=", 1)[1])] = _build_shim(tmp_path_factory, o)
+    for tile, lib in libs.items():
+        lib.shim_tile.restype = ctypes.c_longlong
+        assert lib.shim_tile() == tile
+    return libs
+
+
+TILE_DEFAULT = 4096
+# rows shorter and longer than the candidates' tiles (512, 256), starting on and off chunk
+# boundaries, and the empty array
+OTHER_TILE_SHAPES = [(0, 50), (1, 1), (5, 3), (1370, 3), (7, 50), (170, 50), (4, 64), (3, 253), (3, 254),
+                     (5, 509), (5, 510), (3, 513), (5, 784), (3, 1025), (2, 5000), (3, 5001)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_row_kernels_of_other_tiles(tile_shims, dtype):
+    """The forward row kernels of each candidate tile, replayed on the host: kl in the documented
+    order of that tile bit for bit (rows cut at every `tile` elements), equal to the default's
+    where a row is one segment of both (D <= tile - 3), z bit for bit the reparameterization
+    kernel's."""
+    rtol, atol = TOL[dtype]
+    seed, offset, stream = 99, 3, 1
+    sfx = _sfx(dtype)
+    base = tile_shims[TILE_DEFAULT]
+    assert set(tile_shims) > {TILE_DEFAULT}
+    for B, D in OTHER_TILE_SHAPES:
+        mu, logvar = _inputs((B, D), dtype, B * D + 7)
+        terms = np.empty(B * D, dtype)
+        call(base, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
+        z_flat = np.full(B * D, np.nan, dtype)
+        call(base, f"shim_reparam_fwd_{sfx}", mu, logvar, z_flat, _I64(B * D), _U64(seed), _U64(offset),
+             _U32(stream))
+        kl_default = np.full(B, np.nan, dtype)
+        call(base, f"shim_kl_fwd_{sfx}", mu, logvar, kl_default, _I64(B), _I64(D))
+        for tile, lib in tile_shims.items():
+            P = _row_tiling(lib, D)[1]
+            want = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], P, r * D, tile) for r in range(B)], dtype)
+            kl = np.full(B, np.nan, dtype)
+            call(lib, f"shim_kl_fwd_{sfx}", mu, logvar, kl, _I64(B), _I64(D))
+            np.testing.assert_array_equal(kl, want, err_msg=f"tile {tile}, {(B, D)}")
+            np.testing.assert_allclose(kl, _ref_kl_terms(mu, logvar).sum(axis=1),
+                                       rtol=rtol * max(1, D) ** 0.5 * 4, atol=atol)
+            if D <= tile - 3:
+                np.testing.assert_array_equal(kl, kl_default, err_msg=f"tile {tile}, {(B, D)}")
+            z, kl2 = np.full((B, D), np.nan, dtype), np.full(B, np.nan, dtype)
+            call(lib, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl2, _I64(B), _I64(D), _U64(seed),
+                 _U64(offset), _U32(stream))
+            np.testing.assert_array_equal(z.ravel(), z_flat, err_msg=f"tile {tile}, {(B, D)}")
+            np.testing.assert_array_equal(kl2, want, err_msg=f"tile {tile}, {(B, D)}")
+
+
+def test_other_tiles_cut_long_rows_elsewhere(tile_shims):
+    """The order does depend on the tile where rows are longer: terms whose rounding shows the
+    grouping give a different float32 kl for some row (so the bit-for-bit checks above could fail)."""
+    B, D = 40, 5001
+    rng = np.random.default_rng(3)
+    mu = (rng.standard_normal((B, D)) * 10.0 ** rng.integers(-3, 4, (B, D))).astype(np.float32)
+    logvar = np.zeros((B, D), np.float32)
+    kls = {}
+    for tile, lib in tile_shims.items():
+        kls[tile] = np.full(B, np.nan, np.float32)
+        call(lib, "shim_kl_fwd_f32", mu, logvar, kls[tile], _I64(B), _I64(D))
+    for tile in kls:
+        if tile != TILE_DEFAULT:
+            assert not np.array_equal(kls[tile], kls[TILE_DEFAULT]), tile
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -941,18 +1039,7 @@ def _fake_cupy(libs, calls):
         maximum=np.maximum, expm1=np.expm1, array_equal=np.array_equal, asnumpy=np.asarray)
 
 
-@pytest.fixture(scope="module")
-def ab_shims(shim, tmp_path_factory):
-    """The host shims of every MV_TILE among the A/B's variants (MV_TILE -> shim)."""
-    libs = {4096: shim}
-    for opts in _ab_script().VARIANTS.values():
-        for o in opts:
-            if o.startswith("-DMV_TILE=") and int(o.split("=", 1)[1]) not in libs:
-                libs[int(o.split("=", 1)[1])] = _build_shim(tmp_path_factory, o)
-    return libs
-
-
-def test_ab_row_kernels_on_fake_gpu(ab_shims, tmp_path):
+def test_ab_row_kernels_on_fake_gpu(tile_shims, tmp_path):
     """benchmarks/ab_row_kernels.py end to end on a fake CuPy (every launch's arguments checked
     against the C signature, kernels replayed on the host with the variant's tile): every variant
     passes its checks and is timed, with the default's kl bit for bit, and one JSON is written."""
@@ -961,40 +1048,47 @@ def test_ab_row_kernels_on_fake_gpu(ab_shims, tmp_path):
     ab = _ab_script()
     calls = []
     res = ab.main(["--sizes", "600,3000", "--D", "2,3,50,784", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)],
-                  cp=_fake_cupy(ab_shims, calls))
+                  cp=_fake_cupy(tile_shims, calls))
     assert set(res["variants"]) == set(ab.VARIANTS) and ab.DEFAULT in ab.VARIANTS
     for name, info in res["variants"].items():
         assert info["edge_checks_passed"], (name, info["failures"])
     assert len(res["rows"]) == 2 * 4 * len(ab.VARIANTS) * 2
     for r in res["rows"]:
         assert "error" not in r and r["us"] > 0 and r["kl_max_rel_err"] <= 1e-5, r
-        assert r["kl_bit_identical_to_default"] is (None if r["variant"] == ab.DEFAULT else True), r
+        if r["variant"] == ab.DEFAULT:
+            assert r["kl_bit_identical_to_default"] is None
+        elif r["D"] <= ab.tile_of(r["variant"]) - 3:  # one segment in both: the same order
+            assert r["kl_bit_identical_to_default"] is True, r
     assert {c[0] for c in calls} >= {"mv_kl_fwd_f32", "mv_reparam_kl_fwd_f64", "mv_reparam_fwd_f32"}
     files = list(tmp_path.glob("ab_row_kernels_fake-gpu_*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == res["rows"]
     assert res["complete"] and set(res["copy_gbps"]) == {"start", "end"}
-    cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "regtiles,regtiles-2048", "--copy-mib", "1",
-                   "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(ab_shims, calls))
+    cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "regtiles,warptiles", "--copy-mib", "1",
+                   "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(tile_shims, calls))
     assert not cut["complete"] and cut["rows"] == [] and len(cut["skipped_cases"]) == 2
-    # one block per tile of the variant's MV_TILE
-    assert ab.launch_grid("regtiles", 1000, 50) == 13 and ab.launch_grid("regtiles-2048", 1000, 50) == 25
-    assert ab.launch_grid("regtiles-1024-lb8", 1000, 50) == 50 and ab.launch_grid("regtiles", 3, 9001) == 3
+    # regtiles: one block per tile; warptiles: one block per 8 tiles (a warp each), at most 32 a
+    # multiprocessor (their warps stride over the rest)
+    assert ab.launch_grid("regtiles", 1000, 50, 2) == 13 and ab.launch_grid("regtiles", 3, 9001, 2) == 3
+    assert ab.launch_grid("warptiles", 1000, 50, 2) == 13  # 100 tiles of 10 rows
+    assert ab.launch_grid("warptiles-256", 1000, 50, 2) == 32  # 250 tiles of 4 rows
+    assert ab.launch_grid("warptiles", 10 ** 6, 50, 2) == 64 and ab.launch_grid("warptiles", 10 ** 6, 50, 132) == 4224
+    assert ab.launch_grid("warptiles", 3, 9001, 2) == 1
     from minivae.gpu.kernels import rows_per_tile
 
     for D in (1, 2, 3, 10, 50, 784, 1025, 4101):
-        assert ab.launch_grid("regtiles", 10 ** 6, D) == -(-10 ** 6 // rows_per_tile(D))
+        assert ab.launch_grid("regtiles", 10 ** 6, D, 2) == -(-10 ** 6 // rows_per_tile(D))
 
 
-def test_ab_row_kernels_reports_a_failing_variant(ab_shims, tmp_path, monkeypatch):
+def test_ab_row_kernels_reports_a_failing_variant(tile_shims, tmp_path, monkeypatch):
     """A variant whose kl is wrong is reported with its failures and not timed."""
     ab = _ab_script()
     calls = []
-    fake = _fake_cupy(ab_shims, calls)
+    fake = _fake_cupy(tile_shims, calls)
     real = fake.RawModule
 
     def broken(code, options):
         mod = real(code, options)
-        if "-DMV_TILE=2048" in options and "-DMV_ROW_FWD_MIN_BLOCKS=6" not in options:  # regtiles-2048
+        if "-DMV_TILE=256" in options:  # warptiles-256
             get = mod.get_function
 
             def get_function(name):
@@ -1011,10 +1105,10 @@ def test_ab_row_kernels_reports_a_failing_variant(ab_shims, tmp_path, monkeypatc
 
     fake.RawModule = broken
     res = ab.main(["--sizes", "600", "--D", "50", "--repeats", "2", "--copy-mib", "1", "--out", str(tmp_path)], cp=fake)
-    bad = "regtiles-2048"
+    bad = "warptiles-256"
     assert not res["variants"][bad]["edge_checks_passed"]
     assert any("kl relative error nan" in f for f in res["variants"][bad]["failures"])
     assert res["worst_share_of_copy"][bad].startswith("failed")
     assert all(r["variant"] != bad for r in res["rows"])
     assert res["variants"]["regtiles"]["edge_checks_passed"]
-    assert res["variants"]["regtiles-2048-lb6"]["edge_checks_passed"]
+    assert res["variants"]["warptiles"]["edge_checks_passed"]
