@@ -218,7 +218,14 @@ def main(argv=None, cp=None):
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if cp is None:
-        import cupy as cp
+        try:
+            import cupy as cp
+
+            cp.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # no CuPy, or no device: say so in one line
+            print(f"ab_row_kernels: no GPU to measure ({type(exc).__name__}: {exc}); nothing measured",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
     t_start = time.perf_counter()
     now = _dt.datetime.now(_dt.timezone.utc)
     dev_name = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())["name"]

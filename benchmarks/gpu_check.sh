@@ -11,15 +11,18 @@
 #   3. kernels   benchmarks/bench_kernels.py: fused kernels vs CuPy/PyTorch, and each kernel
 #                alone at 1e7 and 1e8 elements (D = 2, 10, 50, 100, 784) as a share of a
 #                device-to-device copy measured in the same run
+#      ab        benchmarks/ab_row_kernels.py: the candidate designs of the forward row kernels,
+#                each compiled with its own options, checked and timed in one process (~30 s)
 #   4. step      benchmarks/bench_train_step.py --device gpu: minivae eager, the reference on
 #                CuPy, PyTorch CUDA eager and PyTorch with the whole step in a CUDA graph, at
 #                batch 100, 1000, 10000
 #   5. epoch     benchmarks/bench_epoch.py --device gpu: seconds per epoch (batch 100)
 #   6. train     `minivae train --device gpu`, the default VAE for 2 epochs (k = 100 evaluation)
 #
-# Files written to $OUT (at most 7): gpu_check.log (everything), summary.txt (a PASS/FAIL/SKIP
+# Files written to $OUT (at most 8): gpu_check.log (everything), summary.txt (a PASS/FAIL/SKIP
 # line per step with its seconds, and the key numbers: tests, shares of copy, ms per step, ...),
-# pytest_gpu.log, kernels_<device>_<date>.json, train_step_<machine>_t<threads>_gpu.json,
+# pytest_gpu.log, kernels_<device>_<date>.json, ab_row_kernels_<device>_<date>.json,
+# train_step_<machine>_t<threads>_gpu.json,
 # epoch_<machine>_t<threads>_b100_gpu.json, train_gpu_metrics.jsonl.
 #
 # Needs (installs nothing, reaches no network): CuPy and PyTorch with CUDA already installed for
@@ -85,11 +88,13 @@ run_step() {
 if [ -n "$DRY_RUN" ]; then
     echo "DRY_RUN: small sizes, CPU training (checks this script, not the GPU)"
     KERNEL_ARGS=(--quick --kernel-sizes 1e4 --kernel-D 2,50 --no-philox-cpu)
+    AB_ARGS=(--sizes 1e4 --D 50 --max-seconds 5)
     STEP_ARGS=(--warmup-steps 0 --repeat 3 --max-seconds 20)
     TRAIN_DEVICE=cpu
     TRAIN_EPOCHS=1
 else
     KERNEL_ARGS=(--sizes 1e5,1e7 --mnist 100x50 --cpu-max 1e5 --budget 0.5 --repeats 9 --no-philox-cpu)
+    AB_ARGS=(--sizes 1e7,1e8 --D 10,50,784 --max-seconds 35)
     STEP_ARGS=(--warmup-steps 200 --max-seconds 60)
     TRAIN_DEVICE=gpu
     TRAIN_EPOCHS=2
@@ -137,7 +142,11 @@ files = sorted(glob.glob(os.path.join(os.environ["OUT"], kind + "_*.json")), key
 if not files:
     sys.exit(print(f"      {kind}: no result file"))
 r = json.load(open(files[-1]))
-if kind == "kernels":
+if kind == "ab_row_kernels":
+    for name, worst in r.get("worst_share_of_copy", {}).items():
+        print(f"      ab {name}: " + (", ".join(f"{k} worst {100 * v:.0f}% of copy" for k, v in worst.items()
+                                              if v is not None) if isinstance(worst, dict) else worst))
+elif kind == "kernels":
     k = r.get("summary", {}).get("kernels_alone", {})
     worst = ", ".join(f"{n} {100 * v:.0f}%" for n, v in k.get("worst_share_of_copy", {}).items())
     print(f"      kernels: copy {(r.get('device') or {}).get('measured_copy_gbps')} GB/s; worst share of copy: "
@@ -166,6 +175,8 @@ run_step "pytest -m gpu" 130 bash -c pytest_gpu
 echo "      pytest: $(tail -n 1 "$OUT/pytest_gpu.log" 2>/dev/null | tr -d '=')" >> "$SUMMARY"
 run_step "bench_kernels" 80 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" "${KERNEL_ARGS[@]}"
 key_numbers kernels
+run_step "ab_row_kernels" 50 "$PYTHON" benchmarks/ab_row_kernels.py --out "$OUT" "${AB_ARGS[@]}"
+key_numbers ab_row_kernels
 run_step "bench_train_step --device gpu" 100 "$PYTHON" benchmarks/bench_train_step.py --device gpu \
     --out "$OUT" "${STEP_ARGS[@]}"
 key_numbers train_step

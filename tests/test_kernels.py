@@ -1079,6 +1079,17 @@ def test_ab_row_kernels_on_fake_gpu(tile_shims, tmp_path):
         assert ab.launch_grid("regtiles", 10 ** 6, D, 2) == -(-10 ** 6 // rows_per_tile(D))
 
 
+def test_ab_row_kernels_without_a_gpu_measures_nothing(tmp_path, monkeypatch, capsys):
+    """Without CuPy (or a device) the A/B exits with status 2 and one line, writing no file."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(SystemExit) as exc:
+        _ab_script().main(["--out", str(tmp_path)])
+    assert exc.value.code == 2 and "nothing measured" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ab_row_kernels_reports_a_failing_variant(tile_shims, tmp_path, monkeypatch):
     """A variant whose kl is wrong is reported with its failures and not timed."""
     ab = _ab_script()
