@@ -18,9 +18,10 @@ wrapper, the grid of ``launch_grid``), then
 2. timed alone (CUDA events, the median of ``--repeats`` loops) at ``--sizes`` elements (default
    1e7 and 1e8) for rows of ``--D`` (default 10, 50, 784), next to a device-to-device copy
    moving the same bytes and a 1 GiB copy (``--copy-mib``) measured in the same run (at the start
-   and the end).
+   and the end), and next to the flat reparameterization forward (``FLAT``) on the same arrays.
 
-Bytes moved: KL forward (2n + B) * itemsize, fused forward (3n + B) * itemsize (n = B*D).
+Bytes moved: KL forward (2n + B) * itemsize, fused forward (3n + B) * itemsize, reparameterization
+forward 3n * itemsize (n = B*D).
 Writes ``<out>/ab_row_kernels_<device>_<date>.json`` (``--out``, default $OUT, else
 benchmarks/results) and prints a table of the share of the 1 GiB copy's bandwidth.
 """
@@ -62,8 +63,12 @@ VARIANTS = {
     "warptiles-256": (_WARPTILES, "-DMV_TILE=256"),
 }
 DEFAULT = "regtiles"
-KERNELS = {"kl_fwd": 2, "fused_fwd": 3}
-NULL = np.uint64(0)  # a null pointer argument: the draw's offset is OFFSET alone  # name -> bytes moved per element (plus one per row)
+KERNELS = {"kl_fwd": 2, "fused_fwd": 3}  # name -> bytes moved per element (plus one per row)
+NULL = np.uint64(0)  # a null pointer argument: the draw's offset is OFFSET alone
+# The flat reparameterization forward, timed beside them in every case: the same loads, stores and
+# noise as the fused forward without the KL terms and row sums, so the share of copy it reaches
+# tells how much of a fused forward's gap is the row sums and how much the arithmetic.
+FLAT = "flat"
 EDGE_SHAPES = [(1, 1), (3, 2), (2050, 2), (5, 3), (1370, 3), (9, 1), (333, 7), (1000, 10), (7, 50),
                (1001, 50), (4, 64), (9, 1001), (3, 1025), (3, 2050), (2, 4101), (2, 9001), (5, 784),
                (77, 100)]
@@ -128,14 +133,16 @@ class Reference:
 
     def __init__(self, cp):
         self.cp = cp
+        self.sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         mod = cp.RawModule(code=kernel_source("reparam.cu"), options=tuple(NVRTC_OPTIONS))
         self.fns = {s: mod.get_function(f"mv_reparam_fwd_{s}") for s in ("f32", "f64")}
 
-    def z(self, mu, lv):
+    def z(self, mu, lv, z=None):
+        """z of the flat reparameterization kernel (into ``z`` when given)."""
         cp = self.cp
-        z = cp.empty(mu.shape, dtype=mu.dtype)
+        z = cp.empty(mu.shape, dtype=mu.dtype) if z is None else z
         n = mu.size
-        grid = (max(1, min(-(-((n + 3) // 4) // BLOCK), 2 ** 31 - 1)),)
+        grid = (max(1, min(-(-((n + 3) // 4) // BLOCK), 32 * self.sms)),)  # the library's flat launch
         sfx = "f32" if mu.dtype == np.float32 else "f64"
         self.fns[sfx](grid, (BLOCK,), (mu, lv, z, np.int64(n), np.uint64(SEED), np.uint64(OFFSET), NULL,
                                        np.uint32(STREAM)))
@@ -298,6 +305,7 @@ def main(argv=None, cp=None):
         mine = [r for r in rows if r["variant"] == name]
         summary[name] = {k: min((r.get("share_of_copy", 0.0) for r in mine if r["kernel"] == k), default=None)
                          for k in KERNELS}
+    summary[FLAT] = {"reparam_fwd": min((r["share_of_copy"] for r in rows if r["variant"] == FLAT), default=None)}
     result["complete"] = not skipped
     save()
     print(table(rows, names))
@@ -341,12 +349,19 @@ def time_case(cp, variants, ref, mu, lv, copy_big, repeats):
                       f"{100 * row['share_of_copy']:5.1f}% of the big copy, "
                       f"{100 * row['share_of_copy_same_bytes']:5.1f}% of a same-bytes copy", flush=True)
             rows.append(row)
+    us = time_us(cp, lambda: ref.z(mu, lv, z), repeats)
+    gbps = 3 * n * 4 / (us * 1e-6) / 1e9
+    rows.append({"variant": FLAT, "kernel": "reparam_fwd", "n": n, "B": B, "D": D, "us": round(us, 2),
+                 "gbps": round(gbps, 1), "share_of_copy": round(gbps / copy_big, 4)})
+    print(f"{FLAT:>17} {'reparam':>9} n={n:<10.3g} D={D:<4} {us:9.1f} us {gbps:7.0f} GB/s "
+          f"{100 * gbps / copy_big:5.1f}% of the big copy", flush=True)
     return rows
 
 
 def table(rows, names):
-    """Markdown: a line per (n, D), a column per variant and kernel: share of the 1 GiB copy."""
-    cols = [(v, k) for v in names for k in KERNELS]
+    """Markdown: a line per (n, D), a column per variant and kernel, and the flat reparameterization:
+    share of the 1 GiB copy."""
+    cols = [(v, k) for v in names for k in KERNELS] + [(FLAT, "reparam_fwd")]
     lines = ["| n | D | " + " | ".join(f"{v} {k}" for v, k in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for n, D in dict.fromkeys((r["n"], r["D"]) for r in rows):
         cells = []

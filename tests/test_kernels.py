@@ -1052,8 +1052,13 @@ def test_ab_row_kernels_on_fake_gpu(tile_shims, tmp_path):
     assert set(res["variants"]) == set(ab.VARIANTS) and ab.DEFAULT in ab.VARIANTS
     for name, info in res["variants"].items():
         assert info["edge_checks_passed"], (name, info["failures"])
-    assert len(res["rows"]) == 2 * 4 * len(ab.VARIANTS) * 2
+    assert len(res["rows"]) == 2 * 4 * (len(ab.VARIANTS) * 2 + 1)  # and the flat reparameterization
+    flat = [r for r in res["rows"] if r["variant"] == ab.FLAT]
+    assert len(flat) == 8 and all(r["kernel"] == "reparam_fwd" and r["us"] > 0 for r in flat)
+    assert set(res["worst_share_of_copy"]) == set(ab.VARIANTS) | {ab.FLAT}
     for r in res["rows"]:
+        if r["variant"] == ab.FLAT:
+            continue
         assert "error" not in r and r["us"] > 0 and r["kl_max_rel_err"] <= 1e-5, r
         if r["variant"] == ab.DEFAULT:
             assert r["kl_bit_identical_to_default"] is None
@@ -1120,6 +1125,6 @@ def test_ab_row_kernels_reports_a_failing_variant(tile_shims, tmp_path, monkeypa
     assert not res["variants"][bad]["edge_checks_passed"]
     assert any("kl relative error nan" in f for f in res["variants"][bad]["failures"])
     assert res["worst_share_of_copy"][bad].startswith("failed")
-    assert all(r["variant"] != bad for r in res["rows"])
+    assert all(r["variant"] != bad for r in res["rows"]) and any(r["variant"] == ab.FLAT for r in res["rows"])
     assert res["variants"]["regtiles"]["edge_checks_passed"]
     assert res["variants"]["warptiles"]["edge_checks_passed"]
