@@ -38,7 +38,7 @@ __device__ __forceinline__ T mv_lane_tree(T v, int P) {
 //
 // Why MV_WARPTILES could reach the flat kernels' share of copy bandwidth (92% for the
 // reparameterization forward, the same loads, stores and per-element math as the fused forward)
-// where MV_REGTILES stays at 50-75%: MV_REGTILES has up to 128 KB of loads in flight per
+// where MV_REGTILES stays at 48-75%: MV_REGTILES has up to 128 KB of loads in flight per
 // multiprocessor (4 blocks x 256 threads x 4 chunks x 2 inputs x 16 bytes), twice a flat
 // kernel's, and measured slower, not faster, with smaller tiles and more blocks resident (2048
 // and 1024 elements); so what it lacks is not bytes in flight, and its cost is per tile: every
@@ -81,7 +81,7 @@ static_assert(MV_TILE_CHUNKS >= 1 && MV_TILE == 4 * MV_TEAM * MV_TILE_CHUNKS,
 // resident on a multiprocessor (__launch_bounds__(MV_BLOCK, 1) would let it take 80-99, and
 // keep 2 or 3). MV_WARPTILES takes 72-80 on sm_90 (76-96 on sm_80) with MV_TILE=512: 3 blocks
 // (with -DMV_ROW_FWD_MIN_BLOCKS=4, 64 and at most 56 bytes spilled), and 56-64 (61-72) with
-// MV_TILE=256: 4 blocks.
+// MV_TILE=256: 4 blocks on sm_90.
 // -DMV_ROW_FWD_MIN_BLOCKS=k asks for k blocks: at most 65536 / (MV_BLOCK k) registers, the rest
 // spilled to local memory.
 #ifdef MV_ROW_FWD_MIN_BLOCKS
