@@ -186,7 +186,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 5
+    assert lib.shim_abi_version() == 6
     return lib
 
 
@@ -517,7 +517,7 @@ def test_replay_row_kernels_of_other_tiles(tile_shims, dtype):
         call(base, f"shim_elementwise_{sfx}", _INT(2), mu.ravel(), logvar.ravel(), None, terms, _I64(B * D))
         z_flat = np.full(B * D, np.nan, dtype)
         call(base, f"shim_reparam_fwd_{sfx}", mu, logvar, z_flat, _I64(B * D), _U64(seed), _U64(offset),
-             _U32(stream))
+             None, _U32(stream))
         kl_default = np.full(B, np.nan, dtype)
         call(base, f"shim_kl_fwd_{sfx}", mu, logvar, kl_default, _I64(B), _I64(D))
         for tile, lib in tile_shims.items():
@@ -532,7 +532,7 @@ def test_replay_row_kernels_of_other_tiles(tile_shims, dtype):
                 np.testing.assert_array_equal(kl, kl_default, err_msg=f"tile {tile}, {(B, D)}")
             z, kl2 = np.full((B, D), np.nan, dtype), np.full(B, np.nan, dtype)
             call(lib, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl2, _I64(B), _I64(D), _U64(seed),
-                 _U64(offset), _U32(stream))
+                 _U64(offset), None, _U32(stream))
             np.testing.assert_array_equal(z.ravel(), z_flat, err_msg=f"tile {tile}, {(B, D)}")
             np.testing.assert_array_equal(kl2, want, err_msg=f"tile {tile}, {(B, D)}")
 
