@@ -33,7 +33,7 @@ import numpy as np
 from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
-from .backend import resolve_device
+from .backend import get_array_module, resolve_device, to_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .evaluate import classification_error, elbo, log_likelihood, nll_summary
 from .graph_steps import GraphSteps
@@ -270,6 +270,7 @@ class Trainer:
             xl, yl = self.labelled(step)
             extra["labelled"] = (tensor(xl), yl)  # the loaders serve batches on the training device
         loss, stats = self.model.loss(tensor(xb), self.noise, beta=beta, **extra)
+        stats = _read_statistics(stats)
         if not math.isfinite(stats["loss"]):
             raise TrainingDiverged(
                 f"the loss became {stats['loss']} at epoch {self.epoch + 1}, batch {self.batch + 1}; "
@@ -375,6 +376,21 @@ class Trainer:
         self.log(json.dumps(results))
         runs.write_json(self.run_dir / RESULTS, results, kept="the results are printed above")
         return results
+
+
+def _read_statistics(stats):
+    """A step's statistics (0-d arrays, see ``Model.loss``) as Python floats, in one read.
+
+    They are stacked into one small array on their device first, so a GPU step waits for the
+    device once, not once per statistic.
+    """
+    names, values = list(stats), list(stats.values())
+    for name, value in zip(names, values):
+        if getattr(value, "ndim", None) != 0:
+            raise TypeError(f"model.loss returned the statistic {name!r} as {type(value).__name__}; "
+                            "statistics must be 0-d arrays on the model's device")
+    stacked = get_array_module(*values).stack(values)
+    return dict(zip(names, to_device(stacked, "cpu").tolist()))
 
 
 def _kept(line, epoch, steps):

@@ -3,7 +3,10 @@
 A model is an ``nn.Module`` with an attribute ``x_dim`` (the size of an image row) and these
 methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``):
 
-* ``loss(x, noise, beta=None)`` -> (scalar loss Tensor, dict of float statistics);
+* ``loss(x, noise, beta=None)`` -> (scalar loss Tensor, dict of statistics): each statistic a
+  0-d array of the model's float dtype on its device, computed without a read back to the host
+  (the trainer converts them to floats, all at once); ``beta`` (the KL weight; None: the
+  model's own) a Python number or such a 0-d array (see ``kl_weight_of``);
 * ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) Tensors, shape (B,);
 * ``log_weights(x, k, noise)`` -> (k, B) importance log-weights;
 * ``sample(n, noise, probabilities=True)`` -> n images (Bernoulli means, or binary images);
@@ -30,7 +33,7 @@ class Model(nn.Module):
     run_options = ()
 
     def loss(self, x, noise, beta=None):
-        """The training loss and its statistics (see the module docstring)."""
+        """The training loss and its statistics, 0-d arrays (see the module docstring)."""
         raise NotImplementedError
 
     def elbo(self, x, noise, samples=None):
@@ -47,3 +50,18 @@ class Model(nn.Module):
 
     def set_epoch(self, epoch):
         """Per-epoch schedules of the model (e.g. a temperature); none by default."""
+
+
+def kl_weight_of(model, beta):
+    """The KL weight a loss uses: ``beta``, or the model's own ``model.beta`` when it is None.
+
+    ``beta`` may be a Python number or a 0-d array of the model's float dtype on its device (the
+    weight a captured GPU step reads from device memory); the ops refuse an array of another
+    float dtype or device rather than cast it. An array with axes is refused here: it would
+    broadcast into a per-example weight.
+    """
+    if beta is None:
+        return model.beta
+    if getattr(beta, "ndim", 0) != 0:
+        raise ValueError(f"beta must be a number or a 0-d array, got an array of shape {beta.shape}")
+    return beta

@@ -15,7 +15,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
-from .base import Model
+from .base import Model, kl_weight_of
 
 
 class MLP(nn.Module):
@@ -238,19 +238,34 @@ class LatentVariableModel(Model):
     beta, mc_samples, iw_k = 1.0, 1, 1
 
     def loss(self, x, noise, beta=None):
-        """The training loss (a scalar Tensor) and a dict of per-batch statistics (floats).
+        """The training loss (a scalar Tensor) and a dict of per-batch statistics.
 
-        ``beta`` overrides the model's KL weight (the trainer uses it for warm-up). With iw_k > 1
-        the loss is minus the IWAE bound and beta does not apply.
+        The statistics are means over the batch: "loss", and "elbo", "rec" (reconstruction) and
+        "kl" (the KL, unweighted), or with iw_k > 1 "loss" and "bound" (the IWAE bound). Each is
+        a 0-d array of the model's float dtype on its device, made without reading anything back
+        to the host, so a captured GPU step can compute them too; ``float(stats["loss"])`` (or the
+        trainer's one read per step) brings them to Python.
+
+        ``beta`` overrides the model's KL weight (the trainer uses it for warm-up): a Python
+        number, or a 0-d array of the model's float dtype on its device (a weight that can change
+        on the device between replays of a captured step); both give the same bits for one value.
+        With iw_k > 1 the loss is minus the IWAE bound and beta does not apply.
         """
-        beta = self.beta if beta is None else beta
+        beta = kl_weight_of(self, beta)
         if self.iw_k > 1:
             bound = iwae_bound(self.log_weights(x, self.iw_k, noise)).mean()
-            value = bound.item()
-            return -bound, {"loss": -value, "bound": value}
+            loss = -bound
+            return loss, {"loss": loss.data, "bound": bound.data}
         rec, kl = self.elbo(x, noise)
         # One mean of the per-example loss (a graph node fewer than two means and their
         # difference); the statistics are read off the arrays, outside the graph.
         loss = (beta * kl - rec).mean()
-        r, k = float(rec.data.mean()), float(kl.data.mean())
-        return loss, {"loss": loss.item(), "elbo": r - k, "rec": r, "kl": k}
+        r, k = _statistic(rec.data.mean()), _statistic(kl.data.mean())
+        return loss, {"loss": loss.data, "elbo": _statistic(r - k), "rec": r, "kl": k}
+
+
+def _statistic(value):
+    """``value`` as a 0-d array on its device. NumPy turns reductions and arithmetic on 0-d
+    arrays into scalars; ``asanyarray`` makes an array of them again, keeping an ndarray
+    subclass (the tests' host-read guard) as it is."""
+    return get_array_module(value).asanyarray(value)

@@ -114,9 +114,11 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         return F.bernoulli_log_prob(self.decode(y), x) + log_prior - log_q
 
     def loss(self, x, noise, beta=None):
-        """The relaxed-ELBO loss (``LatentVariableModel.loss``) and the temperature in the stats."""
+        """The relaxed-ELBO loss (``LatentVariableModel.loss``) and the temperature in the stats
+        ("tau", a 0-d array like the others, filled on the device)."""
         loss, stats = super().loss(x, noise, beta)
-        stats["tau"] = self.tau
+        xp, dtype = model_array_module(self)
+        stats["tau"] = xp.full((), self.tau, dtype=dtype)
         return loss, stats
 
     def sample(self, n, noise, probabilities=True):

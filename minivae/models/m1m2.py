@@ -79,7 +79,8 @@ class M1M2(Model):
         self.m2.set_data_sizes(n_total, n_labelled)
 
     def loss(self, x, noise, beta=None, labelled=None):
-        """M2's training loss on the features of the unlabelled batch x and of ``labelled`` (x_l, y_l)."""
+        """M2's training loss and statistics (``SemiSupervised.loss``: 0-d arrays; ``beta`` a number
+        or a 0-d array) on the features of the unlabelled batch x and of ``labelled`` (x_l, y_l)."""
         if labelled is not None:
             labelled = (self.features(labelled[0], noise), labelled[1])
         return self.m2.loss(self.features(x, noise), noise, beta, labelled)

@@ -40,7 +40,7 @@ from .. import functional as F
 from ..autograd import no_grad, tensor
 from ..backend import get_array_module
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
-from .base import Model
+from .base import Model, kl_weight_of
 
 
 def label_grid(num_classes, like):
@@ -100,7 +100,7 @@ class SemiSupervised(Model):
         L(x, y) = E[log p(x | y, h) + beta (log p(h) - log q(h | x, y))] + log p(y), with the
         expectation over ``mc_samples`` draws (the analytic KL where the model has one).
         """
-        beta = self.beta if beta is None else beta
+        beta = kl_weight_of(self, beta)
         y = one_hot(labels, self.num_classes, x)
         context = self._context(x, self.mc_samples, noise)
         rec, latent = self._terms(x, y.reshape(1, 1, *y.shape), context, noise)
@@ -123,7 +123,7 @@ class SemiSupervised(Model):
         Written as sum_y q(y | x) [L(x, y) - log q(y | x)] over the label axis, then averaged
         over the samples.
         """
-        beta = self.beta if beta is None else beta
+        beta = kl_weight_of(self, beta)
         per_label, log_q, q, _ = self._enumerated(x, noise, beta, self.mc_samples)
         return F.sum(q * (per_label - log_q), axis=0).mean(axis=0)
 
@@ -136,14 +136,19 @@ class SemiSupervised(Model):
         return rec, rec - bound
 
     def loss(self, x, noise, beta=None, labelled=None):
-        """The training loss (a scalar Tensor) and per-batch statistics (floats).
+        """The training loss (a scalar Tensor) and per-batch statistics.
 
         ``x`` is an unlabelled batch; ``labelled`` an optional pair (x_l, labels) of a labelled
-        batch. loss = -mean U(x) [- mean L(x_l, y_l) + alpha mean(-log q(y_l | x_l))].
+        batch. loss = -mean U(x) [- mean L(x_l, y_l) + alpha mean(-log q(y_l | x_l))]. The
+        statistics are "elbo" (mean U(x)), with a labelled batch "labelled_bound" and
+        "class_loss" (the two means above), and "loss": 0-d arrays of the model's float dtype
+        on its device, made without a read back to the host. ``beta`` (None: the model's)
+        weights the continuous latents' KL terms: a Python number or a 0-d array of the model's
+        float dtype on its device (``kl_weight_of``); both give the same bits for one value.
         """
         bound_u = self.unlabelled_bound(x, noise, beta).mean()
         loss = -bound_u
-        stats = {"elbo": bound_u.item()}
+        stats = {"elbo": bound_u.data}
         if labelled is not None:
             if self.alpha is None:
                 raise ValueError("alpha is not set: pass alpha= or call set_data_sizes(N, N_labelled)")
@@ -151,8 +156,8 @@ class SemiSupervised(Model):
             bound_l, class_loss = self.labelled_bound(x_l, y_l, noise, beta)
             bound_l, class_loss = bound_l.mean(), class_loss.mean()
             loss = loss - bound_l + self.alpha * class_loss
-            stats.update(labelled_bound=bound_l.item(), class_loss=class_loss.item())
-        stats["loss"] = loss.item()
+            stats.update(labelled_bound=bound_l.data, class_loss=class_loss.data)
+        stats["loss"] = loss.data
         return loss, stats
 
     def log_weights(self, x, k, noise):
