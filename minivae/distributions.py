@@ -15,7 +15,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor, tensor
-from .backend import get_array_module, get_default_dtype, to_device
+from .backend import cupy_module, get_array_module, get_default_dtype, resolve_device
 
 
 def sample_bernoulli(probs, noise):
@@ -50,5 +50,6 @@ def log_categorical(y_onehot, logits):
 def log_uniform_categorical(batch_size, num_classes, dtype=None, device="cpu"):
     """The uniform prior over ``num_classes`` classes: a constant vector of -log K, shape (B,)."""
     dtype = np.dtype(get_default_dtype() if dtype is None else dtype)
-    value = np.full(int(batch_size), -math.log(num_classes), dtype=dtype)
-    return Tensor(to_device(value, device))
+    # Filled where it lives: no copy from the host at every step of a GPU training run.
+    xp = cupy_module() if resolve_device(device) == "gpu" else np
+    return Tensor(xp.full(int(batch_size), -math.log(num_classes), dtype=dtype))
