@@ -15,7 +15,7 @@ import numpy as np
 
 from . import functional as F
 from .autograd import Tensor, tensor
-from .backend import cupy_module, get_array_module, get_default_dtype, resolve_device
+from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
 
 
 def sample_bernoulli(probs, noise):
@@ -32,12 +32,23 @@ def standard_normal(noise, shape, like):
 
 
 def one_hot(labels, num_classes, like):
-    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device."""
+    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device.
+
+    Labels on the host are checked to lie in [0, K) before they are copied to ``like``'s device.
+    Labels already on the GPU are taken as they are: checking them would read them back to the
+    host at every step, which a training step captured as a CUDA graph cannot do; the trainer's
+    come from labels it checked once (``Trainer``).
+    """
     xp = get_array_module(like.data)
     labels = labels.data if isinstance(labels, Tensor) else labels
+    if not is_gpu_array(labels):
+        labels = np.asarray(labels)
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"labels must be integers in [0, {num_classes}), got values from "
+                             f"{labels.min()} to {labels.max()}")
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D array, got shape {labels.shape}")
     labels = xp.asarray(labels).astype(int)
-    if labels.ndim != 1 or (labels.size and (labels.min() < 0 or labels.max() >= num_classes)):
-        raise ValueError(f"labels must be a 1-D array of integers in [0, {num_classes})")
     return tensor(xp.eye(num_classes, dtype=like.dtype)[labels])
 
 

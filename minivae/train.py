@@ -131,8 +131,12 @@ class Trainer:
         self.labelled = None
         if self.model.semi_supervised:
             idx = balanced_labelled_subset(self.data.y_train, config.n_labelled, seed=config.seed)
-            self.labelled = LabelledBatches(self.data.x_train[idx], self.data.y_train[idx],
-                                            config.batch_size, config.seed, self.device)
+            labels = np.asarray(self.data.y_train)[idx]
+            if labels.min() < 0 or labels.max() >= self.model.num_classes:  # checked once, here
+                raise ValueError(f"the training labels must lie in [0, {self.model.num_classes}), "
+                                 f"got values from {labels.min()} to {labels.max()}")
+            self.labelled = LabelledBatches(self.data.x_train[idx], labels, config.batch_size,
+                                            config.seed, self.device)
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}

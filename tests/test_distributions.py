@@ -177,3 +177,5 @@ def test_one_hot_checks_the_labels():
     assert y.dtype == np.float32
     with pytest.raises(ValueError, match=r"integers in \[0, 3\)"):
         D.one_hot(np.array([3]), 3, like)
+    with pytest.raises(ValueError, match="1-D"):
+        D.one_hot(np.array([[1]]), 3, like)

@@ -328,3 +328,12 @@ def test_training_never_reads_the_test_set(tmp_path, model, extra):
     assert data.reads == []
     results = trainer.final_evaluation()
     assert "x_test" in data.reads and math.isfinite(results["test_elbo"])
+
+
+def test_training_labels_outside_the_models_classes_are_refused(tmp_path):
+    """A semi-supervised run checks its labels once, when it picks the labelled subset (the
+    per-step one-hot of labels already on the GPU does not check them)."""
+    data = small_data(n_train=100, n_eval=20)
+    data.y_train = np.where(data.y_train == 4, 12, data.y_train)
+    with pytest.raises(ValueError, match=r"training labels must lie in \[0, 10\).*to 12"):
+        Trainer(config(tmp_path, model="m2", n_labelled=20), data=data, progress=False)
