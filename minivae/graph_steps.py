@@ -45,7 +45,7 @@ class GraphSteps:
                                      [self.noise_start + (t - self.first_step) * self.draws for t in steps])
         self.noise = StepNoise(trainer.noise.seed, streams.TRAIN_NOISE, self.schedule.offset)
         loader = trainer.loader
-        dtype = self.model.parameters()[0].dtype
+        dtype = next(iter(self.model.parameters())).dtype
         self.dtype = dtype
         self.x = cp.zeros((loader.batch_size, loader.x.shape[1]), dtype=loader.x.dtype)
         self.labelled = None
@@ -78,20 +78,24 @@ class GraphSteps:
                                       **extra)
         self.model.zero_grad()
         loss.backward()
-        self.optimizer.step(flush=flush)
+        self.optimizer.step_scalars = self.schedule.adam_scalars  # the kernel reads them from memory
+        try:
+            self.optimizer.step(flush=flush)
+        finally:
+            self.optimizer.step_scalars = None
         for k, total in self.sums.items():
             cp.add(total, stats[k], out=total)
         cp.logical_or(self.diverged, ~cp.isfinite(loss.data), out=self.diverged)
 
     def capture(self):
         """Capture the step with and without the flush (at the start of each epoch)."""
-        steps_taken = self.trainer.steps_done
-        self.optimizer.step_scalars = self.schedule.adam_scalars
+        counts = [state.get("step") for state in self.optimizer.state]
         try:
             self.graphs = {flush: CapturedStep(lambda flush=flush: self._step(flush)) for flush in (False, True)}
         finally:  # the captures ran the Python side of two steps that did not happen
-            self.optimizer.step_scalars = None
-            self.optimizer.set_steps(steps_taken)
+            for state, count in zip(self.optimizer.state, counts):
+                if count is not None:
+                    state["step"] = count
             self.model.zero_grad()
 
     def takes(self, xb):
@@ -117,7 +121,7 @@ class GraphSteps:
     def read_sums(self):
         """The statistics summed since the last ``clear_sums`` (one read from the device)."""
         keys = list(self.sums)
-        values = self.cp.stack([self.sums[k] for k in keys]).get() if keys else np.zeros(0)
+        values = self.cp.asnumpy(self.cp.stack([self.sums[k] for k in keys])) if keys else np.zeros(0)
         return {k: float(v) for k, v in zip(keys, values)}
 
     def clear_sums(self):
@@ -127,7 +131,7 @@ class GraphSteps:
 
     def has_diverged(self):
         """Whether a replayed step's loss was NaN or infinite (one read from the device)."""
-        return bool(self.diverged.get())
+        return bool(self.cp.asnumpy(self.diverged))
 
     def sync_host(self, steps_done):
         """Record on the host what the device did, before a checkpoint: the optimizer's step

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import cupy_module
-from ..random import Noise
+from ..random import Generator, Noise
 
 __all__ = ["COLUMNS", "StepSchedule", "StepNoise", "CapturedStep"]
 
@@ -77,40 +77,28 @@ class StepSchedule:
         return self.current[3].astype(dtype)
 
 
-class StepNoise:
-    """The noise generator of a captured step: the ``j``-th draw of a step is ``Noise(seed, j,
-    stream, offset_from=schedule.offset)``, offset j past the step's first offset in memory.
+class StepNoise(Generator):
+    """The noise generator of a captured step: a ``Generator`` whose ``j``-th draw of a step is
+    ``Noise(seed, j, stream, offset_from=schedule.offset)``, offset j past the step's first
+    offset, which is read from memory when the kernels run.
 
-    It has the interface of ``minivae.random.Generator`` that models use (``next_noise``, and the
-    host draws ``normal``/``uniform``/``gumbel``, which such a draw refuses: a model that draws
-    noise on the host cannot be captured). ``draws`` counts the draws since ``reset()``.
+    Its host draws (``normal``, ``uniform``, ``gumbel``) are refused by such a ``Noise``: a model
+    that draws noise on the host cannot be captured. ``offset`` counts the draws since ``reset()``.
     """
 
     def __init__(self, seed, stream, offset_from):
-        self.seed, self.stream, self.offset_from = int(seed), int(stream), offset_from
-        self.draws = 0
+        super().__init__(seed, 0, stream)
+        self.offset_from = offset_from
 
     def reset(self):
         """Start a step: its first draw is offset 0 past the step's first offset."""
-        self.draws = 0
+        self._offset = 0
 
     def next_noise(self):
         """The address of the step's next draw."""
-        noise = Noise(self.seed, self.draws, self.stream, offset_from=self.offset_from)
-        self.draws += 1
+        noise = Noise(self.seed, self._offset, self.stream, offset_from=self.offset_from)
+        self._offset += 1
         return noise
-
-    def normal(self, shape, dtype=np.float32):
-        """Refused: see the class docstring."""
-        return self.next_noise().normal(shape, dtype)
-
-    def uniform(self, shape, dtype=np.float32):
-        """Refused: see the class docstring."""
-        return self.next_noise().uniform(shape, dtype)
-
-    def gumbel(self, shape, dtype=np.float32):
-        """Refused: see the class docstring."""
-        return self.next_noise().gumbel(shape, dtype)
 
 
 class CapturedStep:

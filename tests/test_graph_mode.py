@@ -1,0 +1,183 @@
+"""Graph mode's bookkeeping, checked on the CPU: the GPU trainer's code with NumPy standing in
+for CuPy, the kernels' host builds and the stand-in cuBLAS (as in tests/test_kernels.py).
+
+What a CUDA graph does is not simulated: a "replay" here runs the captured function's Python
+side again. What is checked is everything graph mode computes instead of the eager step: the
+table of per-step scalars (Adam's, from the learning-rate schedule and the bias corrections, and
+the KL weight of warm-up), the step's noise offsets read from memory, the flush of the moments
+every ten steps, the shorter last batch, the statistics summed on the device, and what a
+checkpoint records. A run in graph mode must end with the bits of the same run with --eager, and
+a graph-mode run interrupted and resumed with those of an uninterrupted one. (The same
+comparison on a real GPU, with real captures: tests/test_gpu.py.)
+"""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import minivae.backend
+import minivae.distributions
+import minivae.gpu.graph
+import minivae.graph_steps
+from minivae import checkpoint
+from minivae.gpu import dispatch
+from minivae.train import CHECKPOINT, Trainer
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
+from test_train import config, small_data
+
+
+class _Replayed:
+    """Stands for CapturedStep: 'replaying' runs the function's Python side again."""
+
+    def __init__(self, fn):
+        self.fn = fn  # (a real capture runs the Python side once and executes nothing)
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        self.fn()
+
+
+@pytest.fixture
+def fake_device(fake_gpu, fake_cublas, monkeypatch):
+    """The GPU code paths of the trainer on NumPy arrays (see the module docstring)."""
+    fake_cp = types.SimpleNamespace(
+        asarray=np.asarray, asnumpy=np.asarray, zeros=np.zeros, zeros_like=np.zeros_like, full=np.full,
+        empty=np.empty, stack=np.stack, copyto=np.copyto, add=np.add, logical_or=np.logical_or,
+        isfinite=np.isfinite, int64=np.int64, uint64=np.uint64, float64=np.float64, bool_=np.bool_)
+    for module in (minivae.backend, minivae.distributions, minivae.gpu.graph):
+        monkeypatch.setattr(module, "cupy_module", lambda: fake_cp)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cp)
+    monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
+    monkeypatch.setattr(minivae.graph_steps, "CapturedStep", _Replayed)
+    return fake_gpu[1]
+
+
+def run(tmp_path, name, data, **kw):
+    cfg = config(tmp_path / name, device="gpu", epochs=3, batch_size=80, warmup=2, **kw)
+    lines = []
+    trainer = Trainer(cfg, data=data, progress=False, log=lines.append)
+    trainer.fit()
+    assert not [line for line in lines if "cannot be captured" in line], lines
+    return trainer
+
+
+def final_state(trainer):
+    arrays, meta = checkpoint.load(trainer.run_dir / CHECKPOINT)
+    return arrays, {k: meta[k] for k in ("epoch", "batch", "noise")}
+
+
+@pytest.mark.parametrize("model, extra, n_train", [
+    ("vae", {}, 300), ("vae", {"mc_samples": 2, "beta": 0.5}, 320), ("iwae", {"iw_k": 3}, 320),
+    ("m2", {"n_labelled": 20}, 300)])
+def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, model, extra, n_train):
+    """3 epochs of 4 batches of 80 (with 300 images the last is 60, and runs eagerly), KL warm-up
+    over 2 epochs, a cosine learning rate and a flush of the moments at step 10."""
+    data = small_data(n_train=n_train, n_eval=20)
+    eager = run(tmp_path, "eager", data, model=model, eager=True, **extra)
+    graph = run(tmp_path, "graph", data, model=model, **extra)
+    assert eager.graph is None and graph.graph is not None
+    full_batches = n_train // 80  # replayed in the last epoch
+    assert sum(g.replays for g in graph.graph.graphs.values()) == full_batches
+    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
+    assert m_graph == m_eager  # the position and the noise generator's offset
+    assert a_graph.keys() == a_eager.keys()
+    for key in a_eager:
+        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    metrics = [[line for line in t.run_dir.joinpath("metrics.jsonl").read_text().splitlines()] for t in (eager, graph)]
+    assert len(metrics[0]) == len(metrics[1]) == 3
+    for le, lg in zip(*metrics):
+        e, g = json.loads(le), json.loads(lg)
+        assert g["lr"] == e["lr"] and g["beta"] == e["beta"]
+        assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)  # summed in float32 on the device
+
+
+def test_the_flush_graph_runs_on_the_tenth_step(fake_device, tmp_path):
+    data = small_data(n_train=300, n_eval=20)
+    trainer = Trainer(config(tmp_path, device="gpu", epochs=3, batch_size=80), data=data, progress=False,
+                      log=lambda *a: None)
+    flushes = []
+    original = trainer.optimizer.step
+
+    def step(flush=None):
+        flushes.append(flush)
+        return original(flush=flush)
+
+    trainer.optimizer.step = step
+    trainer.fit()
+    # Steps 1 .. 12: the first and each epoch's last (60 images) run eagerly, where the optimizer
+    # decides (None); the replays pass the flush of their graph: the one with it at step 10.
+    eager = {1, 4, 8, 12}
+    assert flushes == [None if t in eager else t == 10 for t in range(1, 13)]
+
+
+def test_graph_mode_resumes_to_the_same_bits(fake_device, tmp_path, monkeypatch):
+    """Interrupted in the middle of epoch 2 (a checkpoint of replayed steps), resumed: the bits of
+    the run that was not interrupted."""
+    data = small_data(n_train=300, n_eval=20)
+    whole = run(tmp_path, "whole", data)
+    cfg = config(tmp_path / "cut", device="gpu", epochs=3, batch_size=80, warmup=2)
+    trainer = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+    original = trainer._run_step
+
+    def interrupt_at_step_6(xb, beta, step):
+        if step == 6:
+            trainer.stop_requested.set()
+        return original(xb, beta, step)
+
+    monkeypatch.setattr(trainer, "_run_step", interrupt_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert (trainer.epoch, trainer.batch) == (1, 3)
+    resumed = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+    resumed.fit(resume=True)
+    (a_whole, m_whole), (a_res, m_res) = final_state(whole), final_state(resumed)
+    assert m_res == m_whole
+    for key in a_whole:
+        np.testing.assert_array_equal(a_res[key], a_whole[key], err_msg=key)
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why(fake_device, tmp_path, monkeypatch):
+    data = small_data(n_train=300, n_eval=20)
+    eager = run(tmp_path, "eager", data, eager=True)
+
+    def refuse(fn):
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+
+    monkeypatch.setattr(minivae.graph_steps, "CapturedStep", refuse)
+    lines = []
+    trainer = Trainer(config(tmp_path / "g", device="gpu", epochs=3, batch_size=80, warmup=2), data=data,
+                      progress=False, log=lines.append)
+    trainer.fit()
+    notes = [line for line in lines if "cannot be captured" in line]
+    assert len(notes) == 1 and "cuBLAS API during stream capture" in notes[0] and "training eagerly" in notes[0]
+    assert trainer.graph is None
+    (a_eager, _), (a_graph, _) = final_state(eager), final_state(trainer)
+    for key in a_eager:
+        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+
+
+def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_device, tmp_path, monkeypatch):
+    """The device flag is read before every checkpoint: a NaN loss in a replay of epoch 2 stops
+    the run at the end of that epoch, and the checkpoint on disk stays the one of epoch 1."""
+    from minivae.train import TrainingDiverged
+
+    data = small_data(n_train=320, n_eval=20)
+    trainer = Trainer(config(tmp_path, device="gpu", epochs=3, batch_size=80, warmup=2), data=data,
+                      progress=False, log=lambda *a: None)
+    calls = {"n": 0}
+    original = trainer.model.loss
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        value, stats = original(*args, **kwargs)
+        return (value * float("nan") if calls["n"] == 6 else value), stats
+
+    monkeypatch.setattr(trainer.model, "loss", loss)
+    with pytest.raises(TrainingDiverged, match="NaN or infinite before epoch 2, batch 4.*at the end of epoch 1"):
+        trainer.fit()
+    arrays, meta = checkpoint.load(trainer.run_dir / CHECKPOINT)
+    assert (meta["epoch"], meta["batch"]) == (1, 0)
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
