@@ -15,14 +15,17 @@ after its turn, slows them alike); each library's epoch time is the sum of its o
 plus the time to prepare the epoch's batches (shuffle and binarize, done once by minivae's loader
 and counted for every library). Evaluation is not included.
 
-With ``--device gpu`` the same on the GPU: minivae's trainer with ``device="gpu"`` (batches
-prepared on the host as the trainer prepares them, then moved), PyTorch CUDA eager, and the
-reference on CuPy; each turn ends with a device synchronization so that its time is complete.
+With ``--device gpu`` the same on the GPU: minivae's trainer with ``device="gpu"`` (its loader
+shuffles and binarizes each epoch on the device), eagerly (``minivae``, as ``--eager`` trains) and
+in graph mode (``minivae-graph``: the first step eager, the others replays of the captured step,
+``minivae.graph_steps``), PyTorch CUDA eager, and the reference on CuPy; each turn ends with a
+device synchronization so that its time is complete.
 
     python benchmarks/bench_epoch.py            # writes results/epoch_<machine>_t<threads>_b<batch>.json
     python benchmarks/bench_epoch.py --device gpu
 """
 import argparse
+import dataclasses
 import os
 import random
 import sys
@@ -49,7 +52,7 @@ except ImportError:
 
 
 class TrainerStep:
-    """minivae: the Trainer's own per-batch step."""
+    """minivae: the Trainer's own per-batch step (its graph mode's when the config asks for it)."""
 
     def __init__(self, config, data):
         self.trainer = Trainer(config, data=data, progress=False, log=lambda *a: None)
@@ -59,7 +62,7 @@ class TrainerStep:
         return [p.data.copy() for p in self.trainer.model.parameters()]
 
     def __call__(self, xb):
-        self.trainer._step(xb, self.trainer.config.beta, self.steps)
+        self.trainer._run_step(xb, self.trainer.config.beta, self.steps)
         self.steps += 1
 
 
@@ -88,8 +91,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="BLAS / PyTorch threads (default: the cores this process may use)")
     parser.add_argument("--chunk", type=int, default=25, help="batches per turn (default 25)")
-    parser.add_argument("--libs", nargs="+", default=["minivae", "torch", "numpy"],
-                        choices=["minivae", "torch", "numpy"])
+    parser.add_argument("--libs", nargs="+", default=None, choices=["minivae", "minivae-graph", "torch", "numpy"],
+                        help="default: minivae torch numpy, and minivae-graph with --device gpu")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
@@ -112,15 +115,21 @@ def main(argv=None):
     limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
     if torch is not None:
         torch.set_num_threads(threads)
+    if args.libs is None:
+        args.libs = ["minivae", "torch", "numpy"] + (["minivae-graph"] if args.device == "gpu" else [])
+    if "minivae-graph" in args.libs and args.device != "gpu":
+        parser.error("minivae-graph needs --device gpu")
     libs = [n for n in args.libs if n != "torch" or torch is not None]
     load_before = os.getloadavg()
 
     data = load_mnist(verbose=False)
     config = TrainConfig(batch_size=args.batch, epochs=args.epochs, out="/tmp/minivae-bench-epoch",
-                         device=args.device)
+                         device=args.device, eager=True)
     mine = TrainerStep(config, data)
     state = {"params": [bts.to_device(p, "cpu") for p in mine.params()], "m": None, "v": None, "t": 0}
     steppers = {"minivae": mine}
+    if "minivae-graph" in libs:
+        steppers["minivae-graph"] = TrainerStep(dataclasses.replace(config, eager=False), data)
     if "torch" in libs:
         steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), mine.trainer)
     if "numpy" in libs:

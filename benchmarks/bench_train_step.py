@@ -13,6 +13,8 @@ decoder, Bernoulli likelihood, analytic KL) in float32, at batch 100 and 1000:
 * numpy-noflush: the reference without the subnormal flush (to see what the flush buys);
 * torch-flush (CPU): PyTorch with ``torch.set_flush_denormal(True)`` during its steps, PyTorch's
   own remedy for subnormal numbers, next to its default;
+* minivae-graph (``--device gpu``): minivae's graph mode, the trainer's step captured once in a
+  CUDA graph (``minivae.graph_steps``) and replayed, each batch copied into its input buffer;
 * torch-graph (``--device gpu``): PyTorch with the whole step (forward, backward,
   ``Adam(capturable=True)``) captured once in a CUDA graph (``torch.cuda.graph``) and replayed;
   eps is drawn inside the graph and the loss stays on the device (read once per timed block).
@@ -94,9 +96,9 @@ except ImportError:
 
 LR = 1e-3
 Z_DIM = 50
-LIBS = ("minivae", "numpy", "torch", "numpy-noflush", "torch-flush", "torch-graph")
+LIBS = ("minivae", "numpy", "torch", "numpy-noflush", "torch-flush", "minivae-graph", "torch-graph")
 CPU_LIBS = ("minivae", "numpy", "torch", "torch-flush", "numpy-noflush")
-GPU_LIBS = ("minivae", "numpy", "torch", "torch-graph")
+GPU_LIBS = ("minivae", "minivae-graph", "numpy", "torch", "torch-graph")
 
 
 # ----- the libraries ------------------------------------------------------------------------
@@ -153,6 +155,48 @@ class MinivaeRunner:
     def sync(self):
         if self.device == "gpu":
             cupy_module().cuda.Device().synchronize()
+
+
+class MinivaeGraphRunner(MinivaeRunner):
+    """minivae's graph mode (``--device gpu``): a ``Trainer`` whose model, optimizer and noise are
+    this runner's takes its first step eagerly, captures the step (``minivae.graph_steps``), and
+    then each step copies its batch into the graph's input buffer and replays it. The loss stays
+    on the device (summed there, as in training)."""
+    name = "minivae-graph"
+
+    def __init__(self, state, device, seed):
+        if device != "gpu":
+            raise ValueError("minivae-graph needs --device gpu")
+        super().__init__(state, device, seed)
+        self.trainer = None
+
+    def _capture(self, xb, steps=100_000):
+        import tempfile
+        import types
+
+        from minivae.runs import TrainConfig
+        from minivae.train import Trainer
+
+        b = xb.shape[0]
+        host = to_device(xb, "cpu")
+        data = types.SimpleNamespace(x_train=host, y_train=np.zeros(b, np.int64), x_valid=host[:1])
+        config = TrainConfig(z_dim=Z_DIM, lr=LR, lr_schedule="constant", warmup=0, batch_size=b,
+                             epochs=steps, device="gpu", eval_k=0, out=tempfile.mkdtemp())
+        trainer = Trainer(config, data=data, progress=False, log=lambda *a: None)
+        trainer.model, trainer.optimizer, trainer.noise = self.model, self.opt, self.noise
+        trainer._run_step(xb, 1.0, 0)  # eager; sets graph mode up for the steps after it
+        if trainer.graph is None:
+            raise RuntimeError("minivae's step could not be captured")
+        self.trainer, self.t = trainer, 1
+
+    def step(self, xb):
+        if self.trainer is None or xb.shape != self.trainer.graph.x.shape:
+            self._capture(xb)
+        self.trainer.graph.step(xb, self.t)
+        self.t += 1
+
+    def fwd_bwd(self, xb):
+        raise NotImplementedError("minivae-graph captures the whole step only")
 
 
 class NumpyRunner:
@@ -643,7 +687,7 @@ def main(argv=None):
         args.batch = [100, 1000, 10000] if args.device == "gpu" else [100, 1000]
     if args.libs is None:
         args.libs = list(GPU_LIBS if args.device == "gpu" else CPU_LIBS)
-    wrong = set(args.libs) & {"torch-flush", "torch-graph"} - set(GPU_LIBS if args.device == "gpu" else CPU_LIBS)
+    wrong = set(args.libs) & {"torch-flush", "torch-graph", "minivae-graph"} - set(GPU_LIBS if args.device == "gpu" else CPU_LIBS)
     if wrong:
         parser.error(f"{', '.join(sorted(wrong))} cannot run with --device {args.device}")
     libs = [n for n in args.libs if not n.startswith("torch") or torch is not None]
@@ -664,6 +708,7 @@ def main(argv=None):
 
     makers = {"minivae": MinivaeRunner, "numpy": NumpyRunner, "torch": TorchRunner,
               "torch-flush": TorchFlushRunner, "torch-graph": TorchGraphRunner,
+              "minivae-graph": MinivaeGraphRunner,
               "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
     rows, agreement, repeats = {}, {}, {}
     for k, b in enumerate(args.batch):
@@ -671,7 +716,8 @@ def main(argv=None):
         runners = {n: makers[n](state, args.device, seed=3) for n in libs}
         batches = {n: [r.batch(x) for x in host_batches] for n, r in runners.items()}
         agreement[str(b)] = check_agreement(
-            {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph")}, host_batches[0], seed=4)
+            {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph", "minivae-graph")},
+            host_batches[0], seed=4)
         repeat = args.repeat or (20 if b <= 200 else 8)
         budget = (args.max_seconds - (time.perf_counter() - t_start)) / (len(args.batch) - k) * 0.8
         row = time_interleaved(runners, batches, repeat, args.block, budget_s=max(budget, 0))

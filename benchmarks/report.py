@@ -203,9 +203,13 @@ def _row_command(r, nll_k):
 
 
 def _row_note(r):
-    """A recorded note on the run (text in parentheses after its command), or ""."""
+    """A recorded note on the run (text in parentheses after its command), and whether it was
+    trained on the batches drawn before they came from Philox (its config has no ``data_rng``)."""
     match = re.search(r"\s\((.*)\)\s*$", r.get("run_command") or "")
-    return f"; {match.group(1)}" if match else ""
+    note = f"; {match.group(1)}" if match else ""
+    if r["config"].get("data_rng", "pcg64") == "pcg64":
+        note += "; trained on the former PCG64 batches"
+    return note
 
 
 def _model_row(path):
@@ -278,14 +282,14 @@ def summary(results_dir=RESULTS):
         parts += ["One training step of the default VAE, float32, the libraries interleaved in one "
                   "process (`benchmarks/bench_train_step.py`; details, memory and the targets in "
                   "[benchmarks/README.md](benchmarks/README.md)):", "",
-                  "| run | batch | minivae ms / step | NumPy reference (CuPy on the GPU) | PyTorch "
-                  "| PyTorch, whole step in a CUDA graph |",
-                  "|---|---|---|---|---|---|"]
+                  "| run | batch | minivae ms / step | minivae, graph mode | NumPy reference (CuPy on the GPU) "
+                  "| PyTorch | PyTorch, whole step in a CUDA graph |",
+                  "|---|---|---|---|---|---|---|"]
         for path in steps:
             r = json.loads(path.read_text())
             for b, row in r["results"].items():
                 cells = [_step_run_label(path, r), b, _fmt(row["minivae"]["ms_per_step"])]
-                for lib in ("numpy", "torch", "torch-graph"):
+                for lib in ("minivae-graph", "numpy", "torch", "torch-graph"):
                     v = row.get(lib)
                     cells.append("-" if v is None else
                                  f"{_fmt(v['ms_per_step'])} ({_fmt(v['time_ratio_to_minivae'])}x minivae's time)")

@@ -71,7 +71,7 @@ def final_state(trainer):
 
 @pytest.mark.parametrize("model, extra, n_train", [
     ("vae", {}, 300), ("vae", {"mc_samples": 2, "beta": 0.5}, 320), ("iwae", {"iw_k": 3}, 320),
-    ("m2", {"n_labelled": 20}, 300)])
+    ("m2", {"n_labelled": 20}, 300), ("sdgm", {}, 320), ("sdgm-ssl", {"n_labelled": 20}, 320)])
 def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, model, extra, n_train):
     """3 epochs of 4 batches of 80 (with 300 images the last is 60, and runs eagerly), KL warm-up
     over 2 epochs, a cosine learning rate and a flush of the moments at step 10."""
