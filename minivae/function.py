@@ -241,5 +241,10 @@ def _as_tensors(fn, inputs):
         if kind is not None and device_of(x) != device_of(ref.data):
             raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
                                f"{device_of(ref.data)} tensor; move it first")
-        out.append(Tensor(xp.asarray(x, dtype=dtype)))
+        if kind is None and np.ndim(x) == 0 or isinstance(x, np.generic):
+            # A number: a 0-d array filled where the tensor lives, never copied there from the host
+            # (on the GPU such a copy is a transfer that a CUDA graph being captured cannot make).
+            out.append(Tensor(xp.full((), x, dtype=dtype)))
+        else:
+            out.append(Tensor(xp.asarray(x, dtype=dtype)))
     return out
