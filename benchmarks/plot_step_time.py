@@ -4,8 +4,8 @@ Reads the ``bench_train_step.py`` results (``benchmarks/results/train_step_*.jso
 on log-log axes, milliseconds per training step of the default VAE against the batch size:
 
 * CPU runs with ``--cpu-threads`` threads (default 2): minivae and PyTorch (solid, open marks);
-* GPU runs (``--device gpu``): minivae eager, PyTorch eager and, where it was measured, PyTorch
-  with the whole step in one CUDA graph (dashed, filled marks).
+* GPU runs (``--device gpu``): minivae eager, PyTorch eager and, where they were measured,
+  minivae in graph mode and PyTorch with the whole step in one CUDA graph (dashed, filled marks).
 
 The newest file of each kind is used (by the date inside it). Only measured points are drawn:
 a library or batch size missing from a run is missing from the picture.
@@ -24,6 +24,7 @@ DEFAULT_OUT = HERE.parent / "docs" / "img" / "step_time_vs_batch.png"
 #: library key in the JSON -> (legend label, colour)
 LIBRARIES = {
     "minivae": ("minivae (eager)", "tab:blue"),
+    "minivae-graph": ("minivae, graph mode", "tab:green"),
     "torch": ("PyTorch (eager)", "tab:orange"),
     "torch-graph": ("PyTorch, whole step in a CUDA graph", "tab:red"),
 }
