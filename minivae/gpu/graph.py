@@ -58,14 +58,15 @@ class StepSchedule:
         self.counter = cp.zeros(1, dtype=cp.int64)
         self.current = cp.zeros(len(COLUMNS), dtype=cp.float64)
         self.offset = cp.zeros(1, dtype=cp.uint64)
+        from .kernels import get_function  # deferred: it imports CuPy
+
+        # Compiled and loaded now, before any capture: a capture should record launches only.
+        self._advance = get_function("mv_step_advance")
 
     def advance(self):
         """Select the next step's row and offset (one launch of ``mv_step_advance``)."""
-        from .kernels import get_function  # deferred: it imports CuPy
-
-        get_function("mv_step_advance")((1,), (1,), (
-            self.table, self.offsets, np.int64(len(COLUMNS)), np.int64(self.steps), self.counter,
-            self.current, self.offset))
+        self._advance((1,), (1,), (self.table, self.offsets, np.int64(len(COLUMNS)), np.int64(self.steps),
+                                   self.counter, self.current, self.offset))
 
     @property
     def adam_scalars(self):
