@@ -301,7 +301,8 @@ class TorchRunner:
         self.gen = torch.Generator(device=self.dev).manual_seed(seed)
 
     def batch(self, x):
-        return torch.from_numpy(x).to(self.dev)  # shares memory on the CPU
+        # NumPy on the CPU: shares its memory; a CuPy batch (a loader on the GPU): shares it too
+        return torch.as_tensor(x, device=self.dev)
 
     def draw_eps(self, b):
         return torch.randn(b, Z_DIM, generator=self.gen, device=self.dev)
