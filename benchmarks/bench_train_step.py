@@ -599,7 +599,7 @@ def blas_info():
     return [{k: lib.get(k) for k in keys if k in lib} for lib in threadpoolctl.threadpool_info()]
 
 
-def targets(rows):
+def targets(rows, device="cpu"):
     """The targets (see benchmarks/README.md), evaluated on this run's medians."""
     out = {}
     for b, row in rows.items():
@@ -625,6 +625,16 @@ def targets(rows):
             else:
                 r = mvt / row["torch"]["ms_per_step"]
                 res["time_vs_torch"] = {"value": round(r, 3), "target": "<= 1.2", "met": r <= 1.2}
+        # The GPU's targets: graph mode against PyTorch's whole step in a CUDA graph, and the eager
+        # step against PyTorch's eager one (batch 100 and 1000; larger batches are information).
+        if "minivae-graph" in row and "torch-graph" in row:
+            r = row["minivae-graph"]["ms_per_step"] / row["torch-graph"]["ms_per_step"]
+            goal = {100: 0.5, 1000: 0.6}.get(int(b))
+            res["graph_time_vs_torch_graph"] = {"value": round(r, 3), "target": f"<= {goal}" if goal else
+                                                "(information)", "met": r <= goal if goal else None}
+        if device == "gpu" and "torch" in row and int(b) == 100:
+            r = mvt / row["torch"]["ms_per_step"]
+            res["eager_time_vs_torch_eager"] = {"value": round(r, 3), "target": "<= 0.6", "met": r <= 0.6}
         out[b] = res
     return out
 
@@ -791,7 +801,7 @@ def main(argv=None):
         "agreement": agreement,
         "results": rows,
         "forward_backward_only_fresh_init": fwd_bwd,
-        "targets": targets(rows),
+        "targets": targets(rows, args.device),
     }
     print(json.dumps(record["targets"], indent=1))
     if not args.no_save:
