@@ -161,6 +161,9 @@ else:
     for b, row in r["results"].items():
         if kind == "train_step":
             print(f"      batch {b}: " + ", ".join(f"{n} {v['ms_per_step']:.3f} ms" for n, v in row.items()))
+            for name, t in r.get("targets", {}).get(b, {}).items():
+                if "torch" in name and t["met"] is not None:
+                    print(f"        {name} {t['value']} (target {t['target']}: {'met' if t['met'] else 'missed'})")
         else:
             print(f"      {b}: {row['seconds_per_epoch']} s per epoch")
 EOF
