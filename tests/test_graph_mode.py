@@ -181,3 +181,21 @@ def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_de
     arrays, meta = checkpoint.load(trainer.run_dir / CHECKPOINT)
     assert (meta["epoch"], meta["batch"]) == (1, 0)
     assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+
+
+def test_the_loaders_gpu_path_serves_the_cpu_batches(fake_device):
+    """MinibatchLoader(device="gpu") on the stand-in: its epoch order comes from the Philox kernel
+    (host build) and equals the CPU loader's, batch for batch and label for label. (On a real GPU,
+    with the bits drawn there too: tests/test_gpu.py.)"""
+    from minivae.data import MinibatchLoader
+
+    data = small_data(n_train=300, n_eval=20)
+    cpu = MinibatchLoader(data.x_train, 64, seed=3, y=data.y_train)
+    gpu = MinibatchLoader(data.x_train, 64, seed=3, y=data.y_train, device="gpu")
+    for epoch in (0, 5):
+        got, want = list(gpu.epoch(epoch)), list(cpu.epoch(epoch))
+        assert len(got) == len(want) == 5
+        for (xg, yg), (xc, yc) in zip(got, want):
+            np.testing.assert_array_equal(xg, xc)
+            np.testing.assert_array_equal(yg, yc)
+    assert any(call[0] == "mv_philox_words" for call in fake_device)
