@@ -199,3 +199,74 @@ def test_the_loaders_gpu_path_serves_the_cpu_batches(fake_device):
             np.testing.assert_array_equal(xg, xc)
             np.testing.assert_array_equal(yg, yc)
     assert any(call[0] == "mv_philox_words" for call in fake_device)
+
+
+class _FakeCapturingCuPy:
+    """The CuPy calls CapturedStep makes, recorded in order (no GPU)."""
+
+    def __init__(self):
+        self.events = []
+        events = self.events
+
+        class Stream:
+            def __init__(self, non_blocking=False):
+                self.name = "side" if non_blocking else "current"
+
+            def __enter__(self):
+                events.append(f"enter {self.name}")
+
+            def __exit__(self, *exc):
+                events.append(f"exit {self.name}")
+
+            def synchronize(self):
+                events.append(f"synchronize {self.name}")
+
+            def begin_capture(self):
+                events.append("begin_capture")
+
+            def end_capture(self):
+                events.append("end_capture")
+                return Graph()
+
+        class Graph:
+            def launch(self, stream):
+                events.append(f"launch on {stream.name}")
+
+        class Allocator:
+            def __init__(self, malloc):
+                self.malloc = malloc
+
+            def __enter__(self):
+                events.append("pool allocator on")
+
+            def __exit__(self, *exc):
+                events.append("pool allocator off")
+
+        class MemoryPool:
+            def malloc(self, size):
+                return size
+
+        current = Stream()
+        self.cuda = types.SimpleNamespace(MemoryPool=MemoryPool, Stream=Stream, using_allocator=Allocator,
+                                          get_current_stream=lambda: current)
+
+
+def test_captured_step_records_fn_on_its_stream_and_pool_and_replays_on_the_current(monkeypatch):
+    fake = _FakeCapturingCuPy()
+    monkeypatch.setattr(minivae.gpu.graph, "cupy_module", lambda: fake)
+    step = minivae.gpu.graph.CapturedStep(lambda: fake.events.append("fn"))
+    step.replay()
+    assert fake.events == ["synchronize current", "pool allocator on", "enter side", "begin_capture", "fn",
+                           "end_capture", "exit side", "pool allocator off", "launch on current"]
+
+
+def test_a_capture_that_fails_ends_the_capture_and_raises_the_reason(monkeypatch):
+    fake = _FakeCapturingCuPy()
+    monkeypatch.setattr(minivae.gpu.graph, "cupy_module", lambda: fake)
+
+    def refused():
+        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+
+    with pytest.raises(NotImplementedError, match="during stream capture"):
+        minivae.gpu.graph.CapturedStep(refused)
+    assert fake.events[-3:] == ["end_capture", "exit side", "pool allocator off"]
