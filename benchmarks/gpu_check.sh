@@ -195,7 +195,7 @@ run_step "bench_train_step --device gpu" 100 "$PYTHON" benchmarks/bench_train_st
 key_numbers train_step
 run_step "bench_epoch --device gpu" 45 "$PYTHON" benchmarks/bench_epoch.py --device gpu --out "$OUT"
 key_numbers epoch
-run_step "minivae train --device $TRAIN_DEVICE ($TRAIN_EPOCHS epochs, k = $TRAIN_EVAL_K)" 120 bash -c train_gpu
+run_step "minivae train --device $TRAIN_DEVICE ($TRAIN_EPOCHS epochs, k = $TRAIN_EVAL_K)" 150 bash -c train_gpu
 
 echo
 echo "=== done in ${SECONDS}s, status $status"
