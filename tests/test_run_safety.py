@@ -339,3 +339,31 @@ def test_kill_9_at_random_times_always_resumes_to_the_same_bits(tmp_path):
     assert [m["step"] for m in lines if "step" in m] == list(range(0, 12 * EPOCHS, 5))
     assert json.loads((out / RESULTS).read_text()) == json.loads((tmp_path / "ref" / RESULTS).read_text())
     assert not list(out.glob("*.tmp"))
+
+
+def test_a_run_folder_moved_to_another_place_resumes_in_a_new_process_to_the_same_bits(tmp_path):
+    """A long run may be trained in pieces on several machines: the run folder, interrupted here
+    and moved to another path (the old one gone), is resumed by a fresh Python process there and
+    ends with the bits of a run that was never interrupted."""
+    from minivae.runs import TrainConfig
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    child = [sys.executable, "-c", _CHILD]
+    assert subprocess.run(child + [str(tmp_path / "ref")], env=env, timeout=120).returncode == 0
+    first = tmp_path / "machine1" / "run"
+    config = TrainConfig(epochs=EPOCHS, batch_size=50, hidden=(32,), z_dim=4, eval_k=2, warmup=2, trace_every=5,
+                         out=str(first))
+    trainer = Trainer(config, data=small_data(n_train=600), **QUIET)
+    _interrupt_after(trainer, 17)  # in the middle of epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    second = tmp_path / "machine2" / "elsewhere"
+    shutil.copytree(first, second)
+    shutil.rmtree(tmp_path / "machine1")
+    assert subprocess.run(child + [str(second)], env=env, timeout=120, cwd=tmp_path).returncode == 0
+    ref, _ = checkpoint.load(tmp_path / "ref" / CHECKPOINT)
+    got, meta = checkpoint.load(second / CHECKPOINT)
+    assert meta["epoch"] == EPOCHS and sorted(got) == sorted(ref)
+    for name, value in ref.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
