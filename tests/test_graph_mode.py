@@ -28,16 +28,43 @@ from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 from test_train import config, small_data
 
 
+def _host_state(graph_steps):
+    """The host-side numbers a training step reads or changes (not its arrays): the learning rate
+    and step counts of the optimizer, the noise generator's offset, the trainer's position."""
+    trainer, opt = graph_steps.trainer, graph_steps.optimizer
+    return (opt.lr, [dict(s).get("step") for s in opt.state], trainer.noise.offset, trainer.epoch, trainer.batch)
+
+
+def _set_host_state(graph_steps, state):
+    trainer, opt = graph_steps.trainer, graph_steps.optimizer
+    opt.lr, steps, offset, trainer.epoch, trainer.batch = state
+    for s, step in zip(opt.state, steps):
+        if step is not None:
+            s["step"] = step
+    trainer.noise.load_state_dict(dict(trainer.noise.state_dict(), offset=offset))
+
+
 class _Replayed:
-    """Stands for CapturedStep: 'replaying' runs the function's Python side again."""
+    """Stands for CapturedStep. A replay runs the function's Python side again, as it was at the
+    capture: with the host-side numbers of that moment (a graph replays the arguments it
+    captured), and leaving the host's numbers as they were (a replay changes device memory only).
+    So a step that took a number from the host where it should read device memory ends with
+    other bits than the eager steps."""
 
     def __init__(self, fn):
         self.fn = fn  # (a real capture runs the Python side once and executes nothing)
+        self.graph_steps = fn.__closure__[0].cell_contents  # the GraphSteps whose _step fn calls
+        self.at_capture = _host_state(self.graph_steps)
         self.replays = 0
 
     def replay(self):
         self.replays += 1
-        self.fn()
+        live = _host_state(self.graph_steps)
+        _set_host_state(self.graph_steps, self.at_capture)
+        try:
+            self.fn()
+        finally:
+            _set_host_state(self.graph_steps, live)
 
 
 @pytest.fixture
