@@ -62,7 +62,7 @@ class TrainerStep:
         return [p.data.copy() for p in self.trainer.model.parameters()]
 
     def __call__(self, xb):
-        self.trainer._run_step(xb, self.trainer.config.beta, self.steps)
+        self.trainer._run_step(xb, self.trainer.kl_weight_of_step(self.steps), self.steps)
         self.steps += 1
 
 
