@@ -218,7 +218,7 @@ class Trainer:
     def _truncate_metrics(self):
         """Drop metric lines written after the checkpoint (epoch summaries of a crash between the
         two writes, gradient traces of steps that will run again, a line cut off by a crash)."""
-        done = self.epoch * len(self.loader) + self.batch  # optimizer steps in the checkpoint
+        done = self.steps_done  # optimizer steps in the checkpoint
         runs.rewrite_metrics(self.run_dir, lambda line: _kept(line, self.epoch, done))
 
     # ----- graph mode ------------------------------------------------------------------------
