@@ -45,14 +45,13 @@ class GraphSteps:
                                      [self.noise_start + (t - self.first_step) * self.draws for t in steps])
         self.noise = StepNoise(trainer.noise.seed, streams.TRAIN_NOISE, self.schedule.offset)
         loader = trainer.loader
-        dtype = next(iter(self.model.parameters())).dtype
-        self.dtype = dtype
+        self.dtype = next(iter(self.model.parameters())).dtype  # the KL weight's and the sums'
         self.x = cp.zeros((loader.batch_size, loader.x.shape[1]), dtype=loader.x.dtype)
         self.labelled = None
         if trainer.labelled is not None:
             xl, yl = trainer.labelled(0)
             self.labelled = (cp.zeros_like(xl), cp.zeros_like(yl))
-        self.sums = {k: cp.zeros((), dtype=dtype) for k in keys}
+        self.sums = {k: cp.zeros((), dtype=self.dtype) for k in keys}
         self.diverged = cp.zeros((), dtype=cp.bool_)
         self.graphs = {}
 
