@@ -206,11 +206,14 @@ MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 
 }
 
 // The upstream gkl of the four elements of chunk c (0 past n, and everywhere when gkl is null).
+// e / D for e, D >= 0: in 32 bits when both fit (a 64-bit division is a long subroutine).
+MV_HD mv_i64 mv_div(mv_i64 e, mv_i64 D) {
+    return (e < 0x7fffffffLL && D < 0x7fffffffLL) ? (mv_i64)((mv_u32)e / (mv_u32)D) : e / D;
+}
+
 template <typename T>
 MV_HD void mv_row_upstream4(const T* gkl, mv_i64 c, mv_i64 n, mv_i64 D, T g[4]) {
-    const mv_i64 e0 = 4 * c;
-    // one division per chunk, in 32 bits when it fits (a 64-bit division is a long subroutine)
-    mv_i64 row = (e0 < 0x7fffffffLL && D < 0x7fffffffLL) ? (mv_i64)((mv_u32)e0 / (mv_u32)D) : e0 / D;
+    mv_i64 row = mv_div(4 * c, D);  // one division per chunk
     mv_i64 next = (row + 1) * D;
     for (int k = 0; k < 4; ++k) {
         const mv_i64 e = 4 * c + k;
@@ -252,6 +255,35 @@ MV_HD void mv_chunk_kl_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* gkl, const T* 
     }
     mv_store4<T>(dmu, c, 0, n, m);
     mv_store4<T>(dlogvar, c, 0, n, lv);
+}
+
+// ---------------------------------------------------------------- dense layers (flat)
+// Element e of a C-contiguous (rows, N) product is in column e % N.
+//
+// Bias and ReLU of chunk c of the n elements, in place: out = relu(out + b[column]) (b may be
+// null: no bias; relu 0: no ReLU). The additions and the ReLU are NumPy's `out += b` and
+// `maximum(out, 0)`, the same numbers in one pass.
+template <typename T>
+MV_HD void mv_chunk_bias_act(mv_i64 c, mv_i64 n, mv_i64 N, const T* b, int relu, T* out) {
+    T v[4];
+    mv_load4<T>(out, c, 0, n, v);
+    mv_i64 col = 4 * c - N * mv_div(4 * c, N);  // one division per chunk
+    for (int k = 0; k < 4; ++k) {
+        if (b) v[k] = v[k] + b[col];  // (col < N also past n: every read is in bounds)
+        if (relu) v[k] = mv_relu<T>(v[k]);
+        if (++col == N) col = 0;
+    }
+    mv_store4<T>(out, c, 0, n, v);
+}
+
+// The ReLU's backward of chunk c: d = g * [y > 0] (y: the layer's output, after the ReLU).
+template <typename T>
+MV_HD void mv_chunk_relu_grad(mv_i64 c, mv_i64 n, const T* g, const T* y, T* d) {
+    T gv[4], yv[4];
+    mv_load4<T>(g, c, 0, n, gv);
+    mv_load4<T>(y, c, 0, n, yv);
+    for (int k = 0; k < 4; ++k) gv[k] = mv_relu_grad<T>(gv[k], yv[k]);
+    mv_store4<T>(d, c, 0, n, gv);
 }
 
 #endif  // MINIVAE_CHUNKS_CUH

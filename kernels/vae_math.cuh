@@ -6,7 +6,8 @@
 //     Box-Muller on the pairs (w0, w1), (w2, w3) of a block: r cos(theta), r sin(theta),
 //     r = sqrt(-2 log u1), theta = 2 pi u2 evaluated with sincospi);
 //   - reparameterization z = mu + exp(logvar / 2) * eps and its gradient;
-//   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient.
+//   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
+//   - the ReLU of a dense layer and its gradient.
 // (The kernels' per-thread loops over these are in chunks.cuh.)
 // Compile without fast-math: the host and device builds then agree to a few ulp.
 #ifndef MINIVAE_VAE_MATH_CUH
@@ -139,5 +140,15 @@ template <typename T>
 MV_HD T mv_kl_dmu(T g, T mu) { return g * mu; }
 template <typename T>
 MV_HD T mv_kl_dlogvar(T g, T logvar) { return g * (T(0.5) * mv_expm1(logvar)); }
+
+// ---- ReLU of a dense layer's output, and its gradient ----
+// relu(v) = max(v, 0) with NumPy's maximum: a NaN stays NaN (a diverging layer is not hidden
+// behind zeros; CUDA's fmax would return 0).
+template <typename T>
+MV_HD T mv_relu(T v) { return (v >= T(0) || v != v) ? v : T(0); }
+// The gradient reaching the ReLU's input, from the upstream g and the ReLU's output y:
+// g * [y > 0], as g times a 0/1 mask (so 0 at the kink y = 0, and NaN where g is NaN).
+template <typename T>
+MV_HD T mv_relu_grad(T g, T y) { return g * (y > T(0) ? T(1) : T(0)); }
 
 #endif  // MINIVAE_VAE_MATH_CUH

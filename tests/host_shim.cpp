@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 6; }
+SHIM int shim_abi_version() { return 7; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -136,6 +136,15 @@ static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const 
 }
 
 template <typename T>
+static void replay_bias_act(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_bias_act<T>(c, n, N, b, relu, out);
+}
+template <typename T>
+static void replay_relu_grad(const T* g, const T* y, T* d, mv_i64 n) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_relu_grad<T>(c, n, g, y, d);
+}
+
+template <typename T>
 static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam_scalars<T> s) {
     for (mv_i64 i = 0; i < n; ++i) mv_adam_entry<T>(i, p, g, m, v, vmax, s);
 }
@@ -180,6 +189,10 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, mv_draw_offset(offset, from),        \
                                  stream);                                                                    \
     }                                                                                                        \
+    SHIM void shim_bias_act_##SFX(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {                      \
+        replay_bias_act<T>(out, b, n, N, relu);                                                              \
+    }                                                                                                        \
+    SHIM void shim_relu_grad_##SFX(const T* g, const T* y, T* d, mv_i64 n) { replay_relu_grad<T>(g, y, d, n); } \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 
 #define SHIM_ADAM(T, SFX)                                                                                    \

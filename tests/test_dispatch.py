@@ -3,7 +3,8 @@
 Without a GPU the table is checked with NumPy arrays standing for CuPy's (``is_gpu_array``
 patched): the choice of path and its explanation, and that consulting it imports no CuPy. The
 dense-layer rows run their products on the stand-in libcublas of conftest.py (``fake_cublas``),
-which computes the column-major gemm it is given from the arrays' addresses: their results are
+which computes the column-major gemm it is given from the arrays' addresses, and their bias and
+ReLU kernels on the host builds of tests/test_kernels.py (``fake_gpu``): their results are
 compared with the NumPy ops, and the gemm arguments of each product are checked one by one.
 """
 import re
@@ -17,6 +18,7 @@ import minivae as mv
 import minivae.functional as F
 from minivae.function import Context
 from minivae.gpu import cublas, dispatch
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -90,9 +92,11 @@ def _forward_backward(fn, arrays, upstream, monkeypatch, gpu):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name, n_inputs", CASES)
 @pytest.mark.parametrize("through_sum", [False, True])
-def test_dense_rows_equal_the_numpy_ops(fake_cublas, monkeypatch, name, n_inputs, dtype, through_sum):
-    """Forward and backward of each dense-layer row (its products on the stand-in cuBLAS) against
-    the op's NumPy code: output and every gradient to float rounding."""
+def test_dense_rows_equal_the_numpy_ops(fake_gpu, fake_cublas, monkeypatch, name, n_inputs, dtype, through_sum):
+    """Forward and backward of each dense-layer row (its products on the stand-in cuBLAS, its
+    bias and ReLU on the kernels' host builds) against the op's NumPy code: output and every
+    gradient to float rounding; one launch for the bias and the ReLU, one for the ReLU's
+    gradient, none for a product alone."""
     fn, shapes = DENSE[name]
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(s).astype(dtype) for s in shapes[:n_inputs]]
@@ -102,6 +106,10 @@ def test_dense_rows_equal_the_numpy_ops(fake_cublas, monkeypatch, name, n_inputs
     want, ran_cpu = _forward_backward(fn, arrays, upstream, monkeypatch, gpu=False)
     assert ran is dispatch.TABLE[name] and ran_cpu.__name__ == name and ran_cpu is not ran
     assert len(fake_cublas.calls) == 3  # forward, g W^T, x^T g
+    sfx = "f32" if dtype == np.float32 else "f64"
+    launches = {"Matmul": [], "Linear": [f"mv_bias_act_{sfx}"] * (n_inputs == 3),
+                "LinearRelu": [f"mv_bias_act_{sfx}", f"mv_relu_grad_{sfx}"]}[name]
+    assert [c[0] for c in fake_gpu[1]] == launches
     if name == "LinearRelu":
         assert 0 < (want[0] > 0).mean() < 1  # the mask matters
     for g, w in zip(got, want):
@@ -115,7 +123,7 @@ def _gemm(name, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_dense_row_gemm_arguments(fake_cublas, dtype):
+def test_dense_row_gemm_arguments(fake_gpu, fake_cublas, dtype):
     """The three products of a Linear row as cuBLAS receives them. Row-major C = op(A) @ op(B) is
     column-major C^T = op(B)^T @ op(A)^T, so B comes first; transposes are flags on the arrays'
     own memory (W, x and g are read where they are: no copies)."""
@@ -143,7 +151,7 @@ def test_dense_row_gemm_arguments(fake_cublas, dtype):
     assert ctx.saved[0] is x and ctx.saved[1] is W  # what the op's own forward saves
 
 
-def test_dense_rows_run_only_the_products_needed(fake_cublas):
+def test_dense_rows_run_only_the_products_needed(fake_gpu, fake_cublas):
     """No gradient for x (a data batch): the backward runs x^T g only."""
     x, W, b = np.ones((4, 5)), np.ones((5, 2)), np.ones(2)
     row = dispatch.TABLE["LinearRelu"]

@@ -36,6 +36,7 @@ ENTRY_POINTS = {
     "kl.cu": ["mv_kl_fwd_f32", "mv_kl_fwd_f64", "mv_kl_bwd_f32", "mv_kl_bwd_f64"],
     "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
                  "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
+    "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
     "step.cu": ["mv_step_advance"],
 }
@@ -186,7 +187,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 6
+    assert lib.shim_abi_version() == 7
     return lib
 
 
@@ -371,6 +372,39 @@ def test_replay_reparam(shim, dtype, n):
         if with_dmu:
             np.testing.assert_array_equal(dmu, dz)
         np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", FLAT_SIZES)
+@pytest.mark.parametrize("N", [1, 3, 4, 50, 784])
+def test_replay_dense_bias_relu_and_its_gradient(shim, dtype, n, N):
+    """out = relu(out + b) in place and d = g * (y > 0), bit for bit NumPy's `out += b`,
+    `maximum(out, 0)` and `g * (y > 0)`: with and without a bias or the ReLU, the bias's columns
+    wrapping inside chunks (N = 1, 3, 50 are not multiples of 4), NaN kept by the ReLU and by its
+    gradient, and 0 at the kink."""
+    rows = -(-n // N)
+    prod = _inputs((rows, N), dtype, n + N)[0]
+    prod.flat[::7] = 0
+    prod.flat[3::11] = np.nan
+    b = _inputs((N,), dtype, N)[0]
+    for bias in (b, None):
+        for relu in (1, 0):
+            out = prod.copy()
+            call(shim, f"shim_bias_act_{_sfx(dtype)}", out, bias, _I64(out.size), _I64(N), _INT(relu))
+            want = prod.copy()
+            if bias is not None:
+                want += bias
+            if relu:
+                np.maximum(want, 0, out=want)
+            np.testing.assert_array_equal(out, want)
+    y = np.maximum(prod + b, 0)
+    g = _inputs((rows, N), dtype, n)[0]
+    g.flat[5::13] = np.nan
+    d = np.full_like(g, 7)
+    call(shim, f"shim_relu_grad_{_sfx(dtype)}", g, y, d, _I64(g.size))
+    np.testing.assert_array_equal(d, g * (y > 0))
+    if g.size > 13:  # the cases the data holds
+        assert np.isnan(d).any() and (d == 0).any()
 
 
 def _row_tiling(shim, D):
@@ -790,7 +824,20 @@ def test_wrappers_validate(fake_gpu):
     assert K.kl_normal_std_forward(np.ones(4, np.float32), np.zeros(4, np.float32)).shape == ()
     with pytest.raises(ValueError):
         K.kl_normal_std_forward(np.ones((), np.float32), np.zeros((), np.float32))
+    out, b = np.ones((4, 3), np.float32), np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="b: shape"):
+        K.bias_act(out, np.ones(4, np.float32))
+    with pytest.raises(TypeError, match="b: dtype"):
+        K.bias_act(out, b.astype(np.float64))
+    with pytest.raises(ValueError, match="in place"):  # a copy would take the bias and be lost
+        K.bias_act(out.T, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="0-d"):
+        K.bias_act(np.ones((), np.float32))
+    assert K.bias_act(out[:0], b).shape == (0, 3)
+    with pytest.raises(ValueError, match="g: shape"):
+        K.relu_grad(np.ones((3, 4), np.float32), out)
     # non-contiguous inputs are made contiguous before the launch
+    np.testing.assert_array_equal(K.relu_grad(np.asfortranarray(mu), out), mu)
     z = K.reparameterize_forward(np.asfortranarray(mu), logvar, 8)
     np.testing.assert_array_equal(z, K.reparameterize_forward(mu, logvar, 8))
 
@@ -986,6 +1033,8 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
     assert names.count("mv_reparam_kl_fwd_f32") == names.count("mv_reparam_kl_bwd_f32") == 1
     assert names.count("mv_adam_f32") == 1
     layers = sum(isinstance(m, (mv.nn.Linear, mv.nn.LinearReLU)) for m in model.modules())
+    relu_layers = sum(isinstance(m, mv.nn.LinearReLU) for m in model.modules())
+    assert names.count("mv_bias_act_f32") == layers and names.count("mv_relu_grad_f32") == relu_layers > 0
     assert len(fake_cublas.calls) == 3 * layers - 1
     (loss_g, grads_g, w_g), (loss_c, grads_c, w_c) = out
     assert loss_g == pytest.approx(loss_c, rel=1e-5)

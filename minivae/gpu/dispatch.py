@@ -24,8 +24,9 @@ The rows:
 * ``KLNormalStd``: the KL of each row and its gradient (``kernels/kl.cu``).
 * ``ReparameterizeKL``: both in one pass over mu and logvar (``kernels/fused.cu``).
 * ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
-  cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); bias, ReLU
-  and the bias gradient (a column sum) as CuPy elementwise work. CuPy's own matmul cannot be
+  cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); the bias and
+  the ReLU in one launch on the product, in place, and the ReLU's gradient in one more
+  (``kernels/dense.cu``); the bias gradient (a column sum) as a CuPy reduction. CuPy's own matmul cannot be
   captured in a CUDA graph; running the same cuBLAS calls eagerly too is what makes a captured
   step give the eager step's bits. ``gemm_handle()`` is the cuBLAS handle of the current device,
   made at the first product; when libcublas cannot be loaded it raises that error (there is no
@@ -291,13 +292,13 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def _linear_forward(ctx, x, W, b=None):
+def _linear_forward(ctx, x, W, b=None, relu=False):
     ctx.save(x, W)
     xp = get_array_module(x)
     out = xp.empty(x.shape[:-1] + (W.shape[1],), x.dtype)
     _product_into(_rows(out), _rows(x), W)
-    if b is not None:
-        out += b  # out is a fresh array
+    if b is not None or relu:
+        _kernels().bias_act(out, b, relu=relu)  # in place: out is a fresh array
     return out
 
 
@@ -324,16 +325,14 @@ def _linear_backward(ctx, g):
 
 
 def _linear_relu_forward(ctx, x, W, b=None):
-    out = _linear_forward(ctx, x, W, b)
-    xp = get_array_module(out)
-    xp.maximum(out, 0, out=out)
-    ctx.active = out > 0
+    ctx.out = out = _linear_forward(ctx, x, W, b, relu=True)
     return out
 
 
 def _linear_relu_backward(ctx, g):
     x, W = ctx.saved
-    return _dense_backward(ctx, g * ctx.active, x, W)
+    # the ReLU's mask is read off its output here (the xp code keeps it from the forward)
+    return _dense_backward(ctx, _kernels().relu_grad(g, ctx.out), x, W)
 
 
 _LINEAR_TAKES = (f"x of shape (..., in) (its rows flattened), W (in, out) and b (out,) or none, "

@@ -36,7 +36,7 @@ __all__ = [
     "philox_words", "normal", "uniform",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
-    "reparameterize_kl_forward", "reparameterize_kl_backward", "adam_update",
+    "reparameterize_kl_forward", "reparameterize_kl_backward", "bias_act", "relu_grad", "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -98,6 +98,7 @@ _FUNC_FILE = {
     "mv_reparam_fwd": "reparam.cu", "mv_reparam_bwd": "reparam.cu",
     "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
+    "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu",
     "mv_adam": "adam.cu",
     "mv_step_advance": "step.cu",
 }
@@ -368,6 +369,39 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
     return dmu, dlogvar
 
 
+# ------------------------------------------------------------------------------ dense layers
+def bias_act(out, b=None, relu=False):
+    """``out = max(out + b, 0)`` in place, one launch: the bias ``b`` (N,) (or None) broadcast over
+    the rows of the C-contiguous product ``out`` (..., N), then the ReLU when ``relu``. The same
+    numbers as NumPy's ``out += b`` and ``maximum(out, 0, out=out)``; returns ``out``."""
+    require()
+    out = _in_place(out, out, "out")
+    if out.dtype not in _SUFFIX:
+        raise TypeError(f"out: dtype must be float32 or float64, got {out.dtype}")
+    if out.ndim == 0:
+        raise ValueError("out: a product of at least one dimension, got a 0-d array")
+    N = out.shape[-1]
+    if b is not None:
+        b = _same(out, b, "b", shape=(N,))
+    n = out.size
+    if n:
+        get_function("mv_bias_act", out.dtype)(
+            *_flat_launch(_chunks(n)), (out, _NULL if b is None else b, np.int64(n), np.int64(N), np.int32(relu)))
+    return out
+
+
+def relu_grad(g, y):
+    """The gradient reaching a ReLU's input, ``g * (y > 0)``, from the upstream ``g`` and the
+    ReLU's output ``y`` (one shape), in one launch: a new array."""
+    y = _float_array(y, "y")
+    g = _same(y, g, "g")
+    d = cp.empty_like(y)
+    n = y.size
+    if n:
+        get_function("mv_relu_grad", y.dtype)(*_flat_launch(_chunks(n)), (g, y, d, np.int64(n)))
+    return d
+
+
 # ------------------------------------------------------------------------------ Adam
 def _in_place(ref, x, name):
     """An array updated in place: same dtype and shape as ``ref`` and C-contiguous (a copy
@@ -377,7 +411,7 @@ def _in_place(ref, x, name):
     if x.dtype != ref.dtype or x.shape != ref.shape:
         raise ValueError(f"{name}: {x.dtype} {x.shape} does not match the parameter's {ref.dtype} {ref.shape}")
     if not x.flags.c_contiguous:
-        raise ValueError(f"{name}: Adam updates it in place, so it must be C-contiguous")
+        raise ValueError(f"{name}: the kernel updates it in place, so it must be C-contiguous")
     return x
 
 

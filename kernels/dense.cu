@@ -1,0 +1,35 @@
+// The elementwise work of a dense layer around its cuBLAS product (minivae/gpu/dispatch.py), over
+// C-contiguous arrays of n elements, one thread per chunk of 4 (chunks.cuh):
+//   forward:  out = relu(out + b), in place on the product (rows, N); b (N,) broadcast over the
+//             rows, and may be a null pointer (no bias); relu = 0 leaves the ReLU out;
+//   backward: d = g * [y > 0], y the layer's output after the ReLU.
+// One launch each where NumPy's code takes two or three (`out += b`, `maximum`, then `out > 0`
+// for a mask kept until the backward, and `g * mask`).
+// Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
+#include "device.cuh"
+
+template <typename T>
+__device__ __forceinline__ void mv_bias_act(T* __restrict__ out, const T* __restrict__ b, mv_i64 n, mv_i64 N,
+                                            int relu) {
+    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_bias_act<T>(c, n, N, b, relu, out);
+}
+
+extern "C" __global__ void mv_bias_act_f32(float* out, const float* b, mv_i64 n, mv_i64 N, int relu) {
+    mv_bias_act<float>(out, b, n, N, relu);
+}
+extern "C" __global__ void mv_bias_act_f64(double* out, const double* b, mv_i64 n, mv_i64 N, int relu) {
+    mv_bias_act<double>(out, b, n, N, relu);
+}
+
+template <typename T>
+__device__ __forceinline__ void mv_relu_grad_flat(const T* __restrict__ g, const T* __restrict__ y,
+                                                  T* __restrict__ d, mv_i64 n) {
+    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_relu_grad<T>(c, n, g, y, d);
+}
+
+extern "C" __global__ void mv_relu_grad_f32(const float* g, const float* y, float* d, mv_i64 n) {
+    mv_relu_grad_flat<float>(g, y, d, n);
+}
+extern "C" __global__ void mv_relu_grad_f64(const double* g, const double* y, double* d, mv_i64 n) {
+    mv_relu_grad_flat<double>(g, y, d, n);
+}
