@@ -79,6 +79,31 @@ MV_HD void mv_store4(T* __restrict__ p, mv_i64 c, mv_i64 lo, mv_i64 hi, const T 
     }
 }
 
+// e / D for e, D >= 0: in 32 bits when both fit (a 64-bit division is a long subroutine).
+MV_HD mv_i64 mv_div(mv_i64 e, mv_i64 D) {
+    return (e < 0x7fffffffLL && D < 0x7fffffffLL) ? (mv_i64)((mv_u32)e / (mv_u32)D) : e / D;
+}
+
+// Elements [4c, 4c + 4) that lie in [lo, hi) of an array whose values repeat p[0, period) (an
+// array broadcast over leading axes: a bias over the rows of a product, the images x over the
+// samples of their logits); the others read as 0. One division per chunk; a whole chunk is one
+// vector load where the period is a multiple of 4.
+template <typename T>
+MV_HD void mv_load4_periodic(const T* __restrict__ p, mv_i64 period, mv_i64 c, mv_i64 lo, mv_i64 hi, T v[4]) {
+    mv_i64 i = 4 * c - period * mv_div(4 * c, period);  // where element 4c is in p
+#if defined(__CUDA_ARCH__)
+    if (period % 4 == 0 && mv_chunk_whole(p + i, 0, lo - 4 * c, hi - 4 * c)) {
+        mv_vec4_load(p + i, v);
+        return;
+    }
+#endif
+    for (int k = 0; k < 4; ++k) {
+        const mv_i64 e = 4 * c + k;
+        v[k] = (e >= lo && e < hi) ? p[i] : T(0);
+        if (++i == period) i = 0;
+    }
+}
+
 // ---------------------------------------------------------------- flat kernels (n elements)
 MV_HD mv_i64 mv_nchunks(mv_i64 n) { return (n + 3) >> 2; }
 
@@ -190,27 +215,45 @@ MV_HD T mv_segment_sum(const T* terms, mv_i64 n, int P) {
     return part[0];
 }
 
-// Forward of chunk c of the tile [lo, hi), its inputs m, lv already loaded (mv_load4: 0 outside
-// the tile): the KL terms of its four elements into t4 (those outside the tile are terms of
-// zeros, never summed), and with fuse z = mu + exp(logvar / 2) eps of its elements in the tile.
-template <typename T, bool fuse>
+// What a forward row kernel computes of each element of its two inputs and sums per row (its
+// `kind`):
+#define MV_ROW_KL 0          // (mu, logvar): the KL terms
+#define MV_ROW_REPARAM_KL 1  // (mu, logvar): the KL terms, and z = mu + exp(logvar / 2) eps
+#define MV_ROW_BERNOULLI 2   // (logits, x): the Bernoulli log-likelihood terms; x repeats with a
+                             // period (the images, under the logits of several samples of each)
+
+// Chunk c of the tile [lo, hi) of both inputs (0 outside the tile).
+template <typename T, int kind>
+MV_HD void mv_row_load4(const T* in0, const T* in1, mv_i64 period, mv_i64 c, mv_i64 lo, mv_i64 hi,
+                        T a[4], T b[4]) {
+    mv_load4<T>(in0, c, lo, hi, a);
+    if (kind == MV_ROW_BERNOULLI)
+        mv_load4_periodic<T>(in1, period, c, lo, hi, b);
+    else
+        mv_load4<T>(in1, c, lo, hi, b);
+}
+
+// Forward of chunk c of the tile [lo, hi), its inputs a, b already loaded (mv_row_load4): the
+// terms of its four elements into t4 (those outside the tile are terms of zeros, never summed),
+// and for MV_ROW_REPARAM_KL z = mu + exp(logvar / 2) eps of its elements in the tile.
+template <typename T, int kind>
 MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 offset, mv_u32 stream,
-                            T m[4], const T lv[4], T* z, T t4[4]) {
+                            T a[4], const T b[4], T* z, T t4[4]) {
+    if (kind == MV_ROW_BERNOULLI) {
+        for (int k = 0; k < 4; ++k) t4[k] = mv_bernoulli_term<T>(a[k], b[k]);
+        return;
+    }
+    const bool fuse = kind == MV_ROW_REPARAM_KL;
     T eps[4];
     if (fuse) mv_normal4<T>(mv_philox_block((mv_u64)c, seed, offset, stream), eps);
     for (int k = 0; k < 4; ++k) {
-        t4[k] = mv_kl_term<T>(m[k], lv[k]);
-        if (fuse) m[k] = mv_reparam<T>(m[k], lv[k], eps[k]);
+        t4[k] = mv_kl_term<T>(a[k], b[k]);
+        if (fuse) a[k] = mv_reparam<T>(a[k], b[k], eps[k]);
     }
-    if (fuse) mv_store4<T>(z, c, lo, hi, m);
+    if (fuse) mv_store4<T>(z, c, lo, hi, a);
 }
 
 // The upstream gkl of the four elements of chunk c (0 past n, and everywhere when gkl is null).
-// e / D for e, D >= 0: in 32 bits when both fit (a 64-bit division is a long subroutine).
-MV_HD mv_i64 mv_div(mv_i64 e, mv_i64 D) {
-    return (e < 0x7fffffffLL && D < 0x7fffffffLL) ? (mv_i64)((mv_u32)e / (mv_u32)D) : e / D;
-}
-
 template <typename T>
 MV_HD void mv_row_upstream4(const T* gkl, mv_i64 c, mv_i64 n, mv_i64 D, T g[4]) {
     mv_i64 row = mv_div(4 * c, D);  // one division per chunk
@@ -265,13 +308,12 @@ MV_HD void mv_chunk_kl_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* gkl, const T* 
 // `maximum(out, 0)`, the same numbers in one pass.
 template <typename T>
 MV_HD void mv_chunk_bias_act(mv_i64 c, mv_i64 n, mv_i64 N, const T* b, int relu, T* out) {
-    T v[4];
+    T v[4], bias[4];
     mv_load4<T>(out, c, 0, n, v);
-    mv_i64 col = 4 * c - N * mv_div(4 * c, N);  // one division per chunk
+    if (b) mv_load4_periodic<T>(b, N, c, 0, n, bias);
     for (int k = 0; k < 4; ++k) {
-        if (b) v[k] = v[k] + b[col];  // (col < N also past n: every read is in bounds)
+        if (b) v[k] = v[k] + bias[k];
         if (relu) v[k] = mv_relu<T>(v[k]);
-        if (++col == N) col = 0;
     }
     mv_store4<T>(out, c, 0, n, v);
 }
@@ -284,6 +326,20 @@ MV_HD void mv_chunk_relu_grad(mv_i64 c, mv_i64 n, const T* g, const T* y, T* d) 
     mv_load4<T>(y, c, 0, n, yv);
     for (int k = 0; k < 4; ++k) gv[k] = mv_relu_grad<T>(gv[k], yv[k]);
     mv_store4<T>(d, c, 0, n, gv);
+}
+
+// ---------------------------------------------------------------- Bernoulli log-likelihood
+// Backward of chunk c of the n logits, rows of D, with the per-row upstream g and the targets x
+// repeating with period xn: dlogits = g * (x - sigmoid(logits)).
+template <typename T>
+MV_HD void mv_chunk_bernoulli_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* g, const T* logits, const T* x,
+                                  mv_i64 xn, T* d) {
+    T l[4], xv[4], gv[4];
+    mv_load4<T>(logits, c, 0, n, l);
+    mv_load4_periodic<T>(x, xn, c, 0, n, xv);
+    mv_row_upstream4<T>(g, c, n, D, gv);
+    for (int k = 0; k < 4; ++k) l[k] = mv_bernoulli_dlogit<T>(gv[k], l[k], xv[k]);
+    mv_store4<T>(d, c, 0, n, l);
 }
 
 #endif  // MINIVAE_CHUNKS_CUH

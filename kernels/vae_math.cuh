@@ -7,7 +7,8 @@
 //     r = sqrt(-2 log u1), theta = 2 pi u2 evaluated with sincospi);
 //   - reparameterization z = mu + exp(logvar / 2) * eps and its gradient;
 //   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
-//   - the ReLU of a dense layer and its gradient.
+//   - the ReLU of a dense layer and its gradient;
+//   - the Bernoulli log-likelihood of a pixel given its logit, and its gradient.
 // (The kernels' per-thread loops over these are in chunks.cuh.)
 // Compile without fast-math: the host and device builds then agree to a few ulp.
 #ifndef MINIVAE_VAE_MATH_CUH
@@ -28,6 +29,12 @@ MV_HD float mv_exp(float x) { return expf(x); }
 MV_HD double mv_exp(double x) { return exp(x); }
 MV_HD float mv_expm1(float x) { return expm1f(x); }
 MV_HD double mv_expm1(double x) { return expm1(x); }
+MV_HD float mv_log1p(float x) { return log1pf(x); }
+MV_HD double mv_log1p(double x) { return log1p(x); }
+MV_HD float mv_tanh(float x) { return tanhf(x); }
+MV_HD double mv_tanh(double x) { return tanh(x); }
+MV_HD float mv_abs(float x) { return fabsf(x); }
+MV_HD double mv_abs(double x) { return fabs(x); }
 // sin(pi x) and cos(pi x): the argument reduction is exact (no rounded 2*pi, no slow path
 // for large arguments). Device: CUDA's sincospi. Host (test builds): x is folded exactly to
 // r = x - k in [-1/2, 1/2] with k the nearest integer, then sin/cos(pi r) in double and the
@@ -150,5 +157,19 @@ MV_HD T mv_relu(T v) { return (v >= T(0) || v != v) ? v : T(0); }
 // g * [y > 0], as g times a 0/1 mask (so 0 at the kink y = 0, and NaN where g is NaN).
 template <typename T>
 MV_HD T mv_relu_grad(T g, T y) { return g * (y > T(0) ? T(1) : T(0)); }
+
+// ---- Bernoulli log-likelihood of a target x in [0, 1] given the logit l ----
+//   x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l),
+//   softplus(l) = max(l, 0) + log1p(exp(-|l|)): never log(sigmoid(l)), -inf for confident wrong
+//   logits. The operations of minivae.ops.vae.BernoulliLogProb, in its order.
+template <typename T>
+MV_HD T mv_bernoulli_term(T l, T x) {
+    return x * l - (mv_relu<T>(l) + mv_log1p(mv_exp(-mv_abs(l))));
+}
+// Gradient with upstream g (per row): d/dl = x - sigmoid(l), sigmoid(l) = (tanh(l / 2) + 1) / 2.
+template <typename T>
+MV_HD T mv_bernoulli_dlogit(T g, T l, T x) {
+    return (x - (mv_tanh(l * T(0.5)) + T(1)) * T(0.5)) * g;
+}
 
 #endif  // MINIVAE_VAE_MATH_CUH

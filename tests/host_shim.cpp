@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 7; }
+SHIM int shim_abi_version() { return 8; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -72,6 +72,8 @@ static void elementwise(int which, const T* a, const T* b, const T* c, T* out, m
             case 2: out[i] = mv_kl_term<T>(a[i], b[i]); break;                 // (mu, logvar)
             case 3: out[i] = mv_kl_dmu<T>(a[i], b[i]); break;                  // (g, mu)
             case 4: out[i] = mv_kl_dlogvar<T>(a[i], b[i]); break;              // (g, logvar)
+            case 5: out[i] = mv_bernoulli_term<T>(a[i], b[i]); break;          // (logits, x)
+            case 6: out[i] = mv_bernoulli_dlogit<T>(a[i], b[i], c[i]); break;  // (g, logits, x)
         }
     }
 }
@@ -95,9 +97,9 @@ static void replay_reparam_bwd(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 
 // A forward row kernel: its tiles in order, each segment's chunks (loaded, then computed, their
 // terms at 4 (c - c0) + k) then its row-segment sums in the order of the device (mv_segment_sum),
 // segments of a row added in order.
-template <typename T, bool fuse>
-static void replay_row_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D, mv_u64 seed,
-                           mv_u64 offset, mv_u32 stream) {
+template <typename T, int kind>
+static void replay_row_fwd(const T* in0, const T* in1, mv_i64 period, T* z, T* out, mv_i64 B, mv_i64 D,
+                           mv_u64 seed, mv_u64 offset, mv_u32 stream) {
     const mv_row_tiling t = mv_row_tiling_of(D);
     std::vector<T> terms(MV_TILE);
     for (mv_i64 r0 = 0; r0 < B; r0 += t.rows) {
@@ -107,17 +109,16 @@ static void replay_row_fwd(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i
             hi = mv_tile_end(lo, r1, D);
             const mv_i64 c0 = lo >> 2, c1 = (hi + 3) >> 2;
             for (mv_i64 c = c0; c < c1; ++c) {
-                T m[4], v[4];
-                mv_load4<T>(mu, c, lo, hi, m);
-                mv_load4<T>(lv, c, lo, hi, v);
-                mv_chunk_row_fwd<T, fuse>(c, lo, hi, seed, offset, stream, m, v, z, &terms[4 * (c - c0)]);
+                T a[4], b[4];
+                mv_row_load4<T, kind>(in0, in1, period, c, lo, hi, a, b);
+                mv_chunk_row_fwd<T, kind>(c, lo, hi, seed, offset, stream, a, b, z, &terms[4 * (c - c0)]);
             }
             for (mv_i64 row = r0; row < r1; ++row) {
-                const mv_i64 a = row * D > lo ? row * D : lo, b = row * D + D < hi ? row * D + D : hi;
-                if (a >= b) continue;
-                carry += mv_segment_sum<T>(terms.data() + (a - 4 * c0), b - a, t.lanes);
-                if (b == row * D + D) {
-                    kl[row] = carry;
+                const mv_i64 from = row * D > lo ? row * D : lo, to = row * D + D < hi ? row * D + D : hi;
+                if (from >= to) continue;
+                carry += mv_segment_sum<T>(terms.data() + (from - 4 * c0), to - from, t.lanes);
+                if (to == row * D + D) {
+                    out[row] = carry;
                     carry = T(0);
                 }
             }
@@ -142,6 +143,11 @@ static void replay_bias_act(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {
 template <typename T>
 static void replay_relu_grad(const T* g, const T* y, T* d, mv_i64 n) {
     for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_relu_grad<T>(c, n, g, y, d);
+}
+
+template <typename T>
+static void replay_bernoulli_bwd(const T* g, const T* logits, const T* x, T* d, mv_i64 B, mv_i64 D, mv_i64 xn) {
+    for (mv_i64 c = 0; c < mv_nchunks(B * D); ++c) mv_chunk_bernoulli_bwd<T>(c, B * D, D, g, logits, x, xn, d);
 }
 
 template <typename T>
@@ -174,20 +180,28 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, mv_draw_offset(offset, from), stream);              \
     }                                                                                                        \
     SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D) {                      \
-        replay_row_fwd<T, false>(mu, lv, nullptr, kl, B, D, 0, 0, 0);                                        \
+        replay_row_fwd<T, MV_ROW_KL>(mu, lv, 0, nullptr, kl, B, D, 0, 0, 0);                                 \
     }                                                                                                        \
     SHIM void shim_kl_bwd_##SFX(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {\
         replay_kl_bwd<T>(gkl, mu, lv, dmu, dlv, B, D);                                                       \
     }                                                                                                        \
     SHIM void shim_reparam_kl_fwd_##SFX(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,          \
                                         mv_u64 seed, mv_u64 offset, const mv_u64* from, mv_u32 stream) {     \
-        replay_row_fwd<T, true>(mu, lv, z, kl, B, D, seed, mv_draw_offset(offset, from), stream);            \
+        replay_row_fwd<T, MV_ROW_REPARAM_KL>(mu, lv, 0, z, kl, B, D, seed, mv_draw_offset(offset, from),     \
+                                             stream);                                                        \
     }                                                                                                        \
     SHIM void shim_reparam_kl_bwd_##SFX(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu,        \
                                         T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
                                         const mv_u64* from, mv_u32 stream) {                                 \
         replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, mv_draw_offset(offset, from),        \
                                  stream);                                                                    \
+    }                                                                                                        \
+    SHIM void shim_bernoulli_fwd_##SFX(const T* logits, const T* x, T* out, mv_i64 B, mv_i64 D, mv_i64 xn) {  \
+        replay_row_fwd<T, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, out, B, D, 0, 0, 0);                     \
+    }                                                                                                        \
+    SHIM void shim_bernoulli_bwd_##SFX(const T* g, const T* logits, const T* x, T* d, mv_i64 B, mv_i64 D,    \
+                                       mv_i64 xn) {                                                          \
+        replay_bernoulli_bwd<T>(g, logits, x, d, B, D, xn);                                                  \
     }                                                                                                        \
     SHIM void shim_bias_act_##SFX(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {                      \
         replay_bias_act<T>(out, b, n, N, relu);                                                              \

@@ -46,10 +46,11 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 
 
 def test_the_table_names_the_registered_kernels():
-    """Reparameterization (noise), KL, the fused pair, the dense layers and Adam, each with a
-    stated condition and, for the ops, a forward and a backward launch."""
-    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "Matmul", "Linear", "LinearRelu",
-            "Adam"} <= set(dispatch.TABLE)
+    """Reparameterization (noise), KL, the fused pair, the Bernoulli log-likelihood, the dense
+    layers and Adam, each with a stated condition and, for the ops, a forward and a backward
+    launch."""
+    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "Matmul", "Linear",
+            "LinearRelu", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)
@@ -216,3 +217,42 @@ def test_a_missing_libcublas_is_one_clear_error(fake_cublas, as_gpu, monkeypatch
         with pytest.raises(RuntimeError, match=f"libcublas was not found.*{re.escape(missing)}.*MINIVAE_CUBLAS"):
             F.linear(x, W)
     assert dispatch._gemms == {}
+
+
+# ------------------------------------------------------------------------------ Bernoulli log-likelihood
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("logits_shape, x_shape", [((6, 13), (6, 13)), ((1, 6, 13), (6, 13)),
+                                                   ((3, 6, 13), (6, 13))])
+@pytest.mark.parametrize("x_needs_grad", [False, True])
+def test_the_bernoulli_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, logits_shape, x_shape, x_needs_grad):
+    """The decoder's log-likelihood on its kernels against the op's NumPy code: per-row sums and
+    the gradients of logits (and of the images, when they need one: summed over the samples),
+    to float rounding; one launch forward and one backward."""
+    rng = np.random.default_rng(7)
+    logits = (4 * rng.standard_normal(logits_shape)).astype(dtype)
+    x = (rng.random(x_shape) < 0.5).astype(dtype)
+    g = rng.standard_normal(logits_shape[:-1]).astype(dtype)
+    results = []
+    for gpu in (True, False):
+        tl, tx = mv.Tensor(logits.copy(), requires_grad=True), mv.Tensor(x.copy(), requires_grad=x_needs_grad)
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            out = F.bernoulli_log_prob(tl, tx)
+            assert (out._node.fn is dispatch.TABLE["BernoulliLogProb"]) == gpu
+            out.backward(g)
+        results.append([out.data, tl.grad] + ([tx.grad] if x_needs_grad else []))
+    sfx = "f32" if dtype == np.float32 else "f64"
+    assert [c[0] for c in fake_gpu[1]] == [f"mv_bernoulli_fwd_{sfx}", f"mv_bernoulli_bwd_{sfx}"]
+    for got, want in zip(*results):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+def test_the_bernoulli_row_takes_images_of_the_logits_trailing_shape(as_gpu):
+    logits, x = np.zeros((3, 6, 13), np.float32), np.zeros((6, 13), np.float32)
+    assert dispatch.select("BernoulliLogProb", logits, x) is dispatch.TABLE["BernoulliLogProb"]
+    for case, x_other in {"x over rows of logits": np.zeros((6, 1), np.float32),
+                          "x of more axes": np.zeros((2, 3, 6, 13), np.float32),
+                          "another dtype": np.zeros((6, 13))}.items():
+        assert dispatch.select("BernoulliLogProb", logits, x_other) is None, case

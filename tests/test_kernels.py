@@ -36,6 +36,7 @@ ENTRY_POINTS = {
     "kl.cu": ["mv_kl_fwd_f32", "mv_kl_fwd_f64", "mv_kl_bwd_f32", "mv_kl_bwd_f64"],
     "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
                  "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
+    "bernoulli.cu": ["mv_bernoulli_fwd_f32", "mv_bernoulli_fwd_f64", "mv_bernoulli_bwd_f32", "mv_bernoulli_bwd_f64"],
     "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
     "step.cu": ["mv_step_advance"],
@@ -105,7 +106,7 @@ def test_row_forward_variants_compile(tmp_path):
         pytest.skip("nvcc not found on PATH")
     procs = []
     for name, opts in _ab_script().VARIANTS.items():
-        for cu in ("kl.cu", "fused.cu"):
+        for cu in ("kl.cu", "fused.cu", "bernoulli.cu"):
             for arch in ("80", "90"):
                 dst = tmp_path / f"{name}.{cu}.sm_{arch}.ptx"
                 cmd = [NVCC, "-ptx", f"-arch=sm_{arch}", "-std=c++14", "-Werror", "all-warnings", *opts,
@@ -187,7 +188,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 7
+    assert lib.shim_abi_version() == 8
     return lib
 
 
@@ -313,6 +314,8 @@ def test_host_elementwise_math(shim, dtype):
         2: (mu, logvar, eps, _ref_kl_terms(mu, logvar)),
         3: (dz, mu, eps, g * m),
         4: (dz, logvar, eps, g * 0.5 * np.expm1(lv)),
+        5: (mu, (eps > 0).astype(dtype), eps, _ref_bernoulli_terms(mu, eps > 0)),  # |mu| < 5: no cancelling
+        6: (dz, mu, logvar / 4 + 0.5, g * (lv / 4 + 0.5 - 1 / (1 + np.exp(-m)))),
     }
     for which, (a, b, c, want) in refs.items():
         out = np.zeros(3000, dtype)
@@ -372,6 +375,68 @@ def test_replay_reparam(shim, dtype, n):
         if with_dmu:
             np.testing.assert_array_equal(dmu, dz)
         np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
+
+
+def _ref_bernoulli_terms(logits, x):
+    """x l - softplus(l) in float64, softplus in its stable form."""
+    l, t = logits.astype(np.float64), x.astype(np.float64)
+    return t * l - (np.maximum(l, 0) + np.log1p(np.exp(-np.abs(l))))
+
+
+def _bernoulli_inputs(shape, dtype, seed):
+    """Logits of all sizes (some far past where exp overflows, and 0) and targets in [0, 1] (the
+    binary pixels of training, and grey values)."""
+    rng = np.random.default_rng(seed)
+    logits = (rng.standard_normal(shape) * rng.choice([0.1, 3, 40], shape)).astype(dtype)
+    logits.flat[::17] = 0
+    logits.flat[5::23] = 120
+    logits.flat[9::29] = -120
+    x = np.where(rng.random(shape) < 0.3, rng.random(shape), rng.random(shape) < 0.5).astype(dtype)
+    return logits, x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("samples", [0, 3])
+def test_replay_bernoulli_kernels(shim, dtype, shape, samples):
+    """The Bernoulli log-likelihood per row and its gradient, replayed on the host: the row sums
+    equal the device's own terms summed in the documented order bit for bit, and the float64
+    reference to rounding; finite for logits of any size. With ``samples``, the logits are
+    (samples, B, D) and the images (B, D) repeat under them."""
+    rtol, atol = TOL[dtype]
+    B, D = shape
+    x = _bernoulli_inputs(shape, dtype, B * D)[1]
+    lshape = (samples,) + shape if samples else shape
+    logits = _bernoulli_inputs(lshape, dtype, B * D + 1)[0]
+    rows = logits.size // D if D else 0
+    xs = np.broadcast_to(x, lshape)
+    sfx = _sfx(dtype)
+    terms = np.empty(logits.size, dtype)
+    call(shim, f"shim_elementwise_{sfx}", _INT(5), logits.ravel(), np.ascontiguousarray(xs).ravel(), None, terms,
+         _I64(logits.size))
+    # x l - softplus(l) cancels where x = 1 and l >> 0: its error is a few ulp of l, not of the result
+    ulp_l = 4 * np.finfo(dtype).eps * (np.abs(logits.astype(np.float64)) + 1)
+    want = _ref_bernoulli_terms(logits, xs)
+    assert np.all(np.abs(terms - want.ravel()) <= rtol * np.abs(want.ravel()) + ulp_l.ravel())
+    P = _row_tiling(shim, D)[1]
+    ordered = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], P, r * D) for r in range(rows)], dtype)
+
+    out = np.full(lshape[:-1], np.nan, dtype)
+    call(shim, f"shim_bernoulli_fwd_{sfx}", logits, x, out, _I64(rows), _I64(D), _I64(x.size))
+    np.testing.assert_array_equal(out.ravel(), ordered)
+    bound = rtol * max(1, D) ** 0.5 * 4 * np.abs(want).sum(-1) + ulp_l.sum(-1)
+    assert np.all(np.abs(out - want.sum(-1)) <= bound)
+
+    g = _inputs(lshape[:-1], dtype, B + D)[0]
+    d = np.full(lshape, np.nan, dtype)
+    call(shim, f"shim_bernoulli_bwd_{sfx}", g, logits, x, d, _I64(rows), _I64(D), _I64(x.size))
+    assert np.isfinite(d).all()
+    l64 = logits.astype(np.float64)
+    np.testing.assert_allclose(d, g[..., None] * (xs - 0.5 * (np.tanh(0.5 * l64) + 1)), rtol=rtol, atol=atol)
+    own = np.empty(logits.size, dtype)
+    call(shim, f"shim_elementwise_{sfx}", _INT(6), np.ascontiguousarray(np.broadcast_to(g[..., None], lshape)).ravel(),
+         logits.ravel(), np.ascontiguousarray(xs).ravel(), own, _I64(logits.size))
+    np.testing.assert_array_equal(d.ravel(), own)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -824,6 +889,16 @@ def test_wrappers_validate(fake_gpu):
     assert K.kl_normal_std_forward(np.ones(4, np.float32), np.zeros(4, np.float32)).shape == ()
     with pytest.raises(ValueError):
         K.kl_normal_std_forward(np.ones((), np.float32), np.zeros((), np.float32))
+    logits = np.zeros((2, 4, 3), np.float32)
+    with pytest.raises(ValueError, match="x: shape .* is not logits'"):
+        K.bernoulli_log_prob_forward(logits, np.zeros((2, 3), np.float32))
+    with pytest.raises(TypeError, match="x: dtype"):
+        K.bernoulli_log_prob_forward(logits, np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="g: shape"):
+        K.bernoulli_log_prob_backward(np.zeros(4, np.float32), logits, np.zeros((4, 3), np.float32))
+    np.testing.assert_allclose(K.bernoulli_log_prob_forward(logits, np.zeros((4, 3), np.float32)),
+                               np.full((2, 4), -3 * np.log(2)), rtol=1e-6)
+    assert K.bernoulli_log_prob_forward(logits[:, :0], np.zeros((0, 3), np.float32)).shape == (2, 0)
     out, b = np.ones((4, 3), np.float32), np.ones(3, np.float32)
     with pytest.raises(ValueError, match="b: shape"):
         K.bias_act(out, np.ones(4, np.float32))
@@ -1035,6 +1110,7 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
     layers = sum(isinstance(m, (mv.nn.Linear, mv.nn.LinearReLU)) for m in model.modules())
     relu_layers = sum(isinstance(m, mv.nn.LinearReLU) for m in model.modules())
     assert names.count("mv_bias_act_f32") == layers and names.count("mv_relu_grad_f32") == relu_layers > 0
+    assert names.count("mv_bernoulli_fwd_f32") == names.count("mv_bernoulli_bwd_f32") == 1
     assert len(fake_cublas.calls) == 3 * layers - 1
     (loss_g, grads_g, w_g), (loss_c, grads_c, w_c) = out
     assert loss_g == pytest.approx(loss_c, rel=1e-5)

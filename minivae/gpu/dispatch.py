@@ -23,6 +23,8 @@ The rows:
   eps is generated in registers and regenerated in backward, never stored.
 * ``KLNormalStd``: the KL of each row and its gradient (``kernels/kl.cu``).
 * ``ReparameterizeKL``: both in one pass over mu and logvar (``kernels/fused.cu``).
+* ``BernoulliLogProb``: the decoder's log-likelihood of each row of pixels, and its gradient
+  (``kernels/bernoulli.cu``).
 * ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
   cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); the bias and
   the ReLU in one launch on the product, in place, and the ReLU's gradient in one more
@@ -108,6 +110,9 @@ def explain(op, *arrays, **params):
 
 
 # ------------------------------------------------------------------------------ the rows
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # the dtypes of the kernels and of cuBLAS
+
+
 def _kernels():
     from . import kernels  # deferred: it imports CuPy
 
@@ -194,6 +199,32 @@ register("ReparameterizeKL", _reparameterize_kl_forward, _reparameterize_kl_back
          takes="mu and logvar of one shape, at least 1-D (S samples run on S broadcast copies)")
 
 
+def _bernoulli_accepts(logits, x):
+    return (logits.ndim >= 1 and x.ndim >= 1 and logits.dtype in _FLOATS and x.dtype == logits.dtype
+            and x.shape == logits.shape[logits.ndim - x.ndim:])
+
+
+def _bernoulli_forward(ctx, logits, x):
+    xp = get_array_module(logits)
+    logits, x = xp.ascontiguousarray(logits), xp.ascontiguousarray(x)
+    ctx.save(logits, x)
+    return _kernels().bernoulli_log_prob_forward(logits, x)
+
+
+def _bernoulli_backward(ctx, g):
+    logits, x = ctx.saved
+    need_logits, need_x = ctx.needs_input_grad
+    dlogits = _kernels().bernoulli_log_prob_backward(g, logits, x) if need_logits else None
+    # d/dx = g l: the targets are data, so this is rare enough for the xp code (the engine sums
+    # it over the samples when x repeats over them)
+    return dlogits, (g[..., None] * logits if need_x else None)
+
+
+register("BernoulliLogProb", _bernoulli_forward, _bernoulli_backward, accepts=_bernoulli_accepts,
+         takes="logits (..., D) and targets x of one dtype, x of logits' shape or of its trailing axes "
+               "(repeated over the leading ones, as the images under several samples' logits)")
+
+
 def _adam_update(p, g, m, v, vmax, work=None, **scalars):
     # work: the xp form's work arrays; the kernel needs none
     _kernels().adam_update(p, g, m, v, vmax, **scalars)
@@ -247,13 +278,12 @@ def _product_into(out, a, b, transa=False, transb=False):
     return gemm_handle().gemm(a, b, out, transa=transa, transb=transb)
 
 
-_GEMM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _GEMM_OPERANDS = "C-contiguous float32 or float64 arrays of one dtype on the current CUDA device"
 
 
 def _gemm_operands(*arrays):
     dtype, device = arrays[0].dtype, _current_device()
-    return dtype in _GEMM_DTYPES and all(
+    return dtype in _FLOATS and all(
         a.dtype == dtype and a.flags.c_contiguous and _device(a) == device for a in arrays)
 
 

@@ -36,7 +36,8 @@ __all__ = [
     "philox_words", "normal", "uniform",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
-    "reparameterize_kl_forward", "reparameterize_kl_backward", "bias_act", "relu_grad", "adam_update",
+    "reparameterize_kl_forward", "reparameterize_kl_backward",
+    "bernoulli_log_prob_forward", "bernoulli_log_prob_backward", "bias_act", "relu_grad", "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -98,6 +99,7 @@ _FUNC_FILE = {
     "mv_reparam_fwd": "reparam.cu", "mv_reparam_bwd": "reparam.cu",
     "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
+    "mv_bernoulli_fwd": "bernoulli.cu", "mv_bernoulli_bwd": "bernoulli.cu",
     "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu",
     "mv_adam": "adam.cu",
     "mv_step_advance": "step.cu",
@@ -367,6 +369,49 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
             grid, block, (dz, gkl if gkl is not None else _NULL, mu, logvar, dmu, dlogvar,
                           np.int64(B), np.int64(D), s, o, _offset_from(offset_from), st))
     return dmu, dlogvar
+
+
+# ------------------------------------------------------------------------------ Bernoulli log-likelihood
+def _targets(logits, x):
+    """x checked against logits (..., D): the same dtype, and the shape of logits or of its
+    trailing axes (the images under the logits of several samples of each), C-contiguous.
+    Returns x and the period with which its values repeat over the logits' elements."""
+    x = _float_array(x, "x")
+    if x.dtype != logits.dtype:
+        raise TypeError(f"x: dtype {x.dtype} differs from {logits.dtype}")
+    if x.ndim == 0 or x.shape != logits.shape[logits.ndim - x.ndim:]:
+        raise ValueError(f"x: shape {x.shape} is not logits' {logits.shape} or its trailing axes")
+    return x, x.size
+
+
+def bernoulli_log_prob_forward(logits, x):
+    """Per row of the last axis, sum of ``x l - softplus(l)`` (the Bernoulli log-likelihood of
+    the targets ``x`` given the logits ``l``): shape ``logits.shape[:-1]``. ``x`` has the shape
+    of ``logits`` or of its trailing axes (then it repeats over the leading ones)."""
+    logits = _float_array(logits, "logits")
+    x, xn = _targets(logits, x)
+    B, D, rshape = _rows(logits)
+    out = _row_sums_out(rshape, D, logits.dtype)
+    if B and D:
+        grid, block = _row_forward_launch(B, D)
+        get_function("mv_bernoulli_fwd", logits.dtype)(
+            grid, block, (logits, x, out, np.int64(B), np.int64(D), np.int64(xn)))
+    return out
+
+
+def bernoulli_log_prob_backward(g, logits, x):
+    """d/dlogits of bernoulli_log_prob_forward(logits, x) for the upstream ``g`` (one value per
+    row, ``logits.shape[:-1]``): ``g[..., None] * (x - sigmoid(logits))``."""
+    logits = _float_array(logits, "logits")
+    x, xn = _targets(logits, x)
+    B, D, rshape = _rows(logits)
+    g = _same(logits, g, "g", shape=rshape)
+    d = cp.empty_like(logits)
+    if B and D:
+        grid, block = _flat_launch(_chunks(B * D))
+        get_function("mv_bernoulli_bwd", logits.dtype)(
+            grid, block, (g, logits, x, d, np.int64(B), np.int64(D), np.int64(xn)))
+    return d
 
 
 # ------------------------------------------------------------------------------ dense layers
