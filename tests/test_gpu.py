@@ -3,8 +3,9 @@
 The kernels against the NumPy twin on the same noise address: Philox words bit-exact, uniforms
 bit-exact, normals and z to float32 rounding; float64 finite-difference checks of the kernel
 gradients on the device; the kernel-backed ops through ``minivae.gradcheck``; one VAE training
-step on the GPU against the same step on the CPU; and the dense-layer rows on cuBLAS against
-cupy.matmul, through ``minivae.gradcheck``, and captured in a CUDA graph against the eager bits.
+step on the GPU against the same step on the CPU; the dense-layer rows on cuBLAS against
+cupy.matmul, through ``minivae.gradcheck``, and captured in a CUDA graph against the eager bits;
+the Bernoulli log-likelihood and the dense layers' bias and ReLU kernels against NumPy.
 """
 import copy
 import math
@@ -565,6 +566,63 @@ def test_dense_rows_gradcheck_float64_on_device():
         inputs = [t.to("gpu") for t in build(specs, rng_for(op, name))]
         assert fn(*inputs)._node.fn is dispatch.TABLE[op.__name__], name
         assert mv.gradcheck(fn, *inputs), name
+
+
+def test_bernoulli_row_gradcheck_float64_on_device():
+    """minivae.gradcheck of the Bernoulli log-likelihood's cases on GPU tensors in float64, and
+    logits of 3 samples over (B, D) images, every node running the row of bernoulli.cu."""
+    import minivae as mv
+    import minivae.functional as F
+    from minivae.gpu import dispatch
+    from minivae.gradcheck_cases import CASES, build, rng_for
+    from minivae.ops.vae import BernoulliLogProb
+
+    for name, fn, specs in CASES[BernoulliLogProb]:
+        inputs = [t.to("gpu") for t in build(specs, rng_for(BernoulliLogProb, name))]
+        assert fn(*inputs)._node.fn is dispatch.TABLE["BernoulliLogProb"], name
+        assert mv.gradcheck(fn, *inputs), name
+    rng = np.random.default_rng(12)
+    logits = mv.tensor(rng.uniform(-4, 4, (3, 4, 5)), requires_grad=True).to("gpu")
+    x = mv.tensor(rng.uniform(0, 1, (4, 5)), requires_grad=True).to("gpu")
+    assert mv.gradcheck(F.bernoulli_log_prob, logits, x)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(37, 784), (3, 37, 784), (5, 9001)])
+def test_bernoulli_and_dense_kernels_match_numpy(dtype, shape):
+    """bernoulli.cu against the float64 reference (its sums, bit for bit, the device's own terms
+    in the documented order), and dense.cu's bias, ReLU and ReLU gradient bit for bit NumPy's."""
+    from test_kernels import _bernoulli_inputs, _ref_bernoulli_terms
+
+    tol = TOL[dtype]
+    D = shape[-1]
+    logits, x = _bernoulli_inputs(shape, dtype, 13)
+    x = x[(0,) * (len(shape) - 2)]  # (B, D) images, repeated under the samples' logits
+    xs = np.broadcast_to(x, shape)
+    d_logits, d_x = cp.asarray(logits), cp.asarray(x)
+    terms = host(G.bernoulli_log_prob_forward(d_logits.reshape(-1, 1), cp.asarray(xs).reshape(-1, 1)))
+    ulp_l = 4 * np.finfo(dtype).eps * (np.abs(logits.astype(np.float64)) + 1)
+    want = _ref_bernoulli_terms(logits, xs)
+    assert np.all(np.abs(terms - want.reshape(-1)) <= tol["rtol"] * np.abs(want.reshape(-1)) + ulp_l.reshape(-1))
+    lanes = 1
+    while lanes < 32 and 8 * lanes < min(D, TILE):
+        lanes *= 2
+    rows = logits.size // D
+    ordered = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], lanes, r * D, TILE) for r in range(rows)],
+                       dtype)
+    np.testing.assert_array_equal(host(G.bernoulli_log_prob_forward(d_logits, d_x)).reshape(-1), ordered)
+    g = inputs(shape[:-1], dtype, 14)[0]
+    d = host(G.bernoulli_log_prob_backward(cp.asarray(g), d_logits, d_x))
+    l64 = logits.astype(np.float64)
+    np.testing.assert_allclose(d, g[..., None] * (xs - 0.5 * (np.tanh(0.5 * l64) + 1)), **tol)
+
+    prod, g = inputs((shape[-2], D), dtype, 15)
+    b = inputs((D,), dtype, 16)[0]
+    want = np.maximum(prod + b, 0)
+    out = cp.asarray(prod)
+    G.bias_act(out, cp.asarray(b), relu=True)
+    np.testing.assert_array_equal(host(out), want)
+    np.testing.assert_array_equal(host(G.relu_grad(cp.asarray(g), out)), g * (host(out) > 0))
 
 
 def test_dense_rows_captured_in_a_cuda_graph_give_the_eager_bits():
