@@ -311,6 +311,9 @@ KERNELS = {
     "kl_bwd": ((4, 1), lambda G, a: G.kl_normal_std_backward(a["gkl"], a["mu"], a["lv"])),
     "fused_fwd": ((3, 1), lambda G, a: G.reparameterize_kl_forward(a["mu"], a["lv"], 1, 2)),
     "fused_bwd": ((5, 1), lambda G, a: G.reparameterize_kl_backward(a["dz"], a["gkl"], a["mu"], a["lv"], 1, 2)),
+    # the decoder's log-likelihood: logits (mu's array) and binary images
+    "bernoulli_fwd": ((2, 1), lambda G, a: G.bernoulli_log_prob_forward(a["mu"], a["x"])),
+    "bernoulli_bwd": ((3, 1), lambda G, a: G.bernoulli_log_prob_backward(a["gkl"], a["mu"], a["x"])),
 }
 ROW_KERNELS = ("kl_fwd", "kl_bwd", "fused_fwd", "fused_bwd")
 
@@ -331,7 +334,8 @@ def kernel_rows(cp, dtype, sizes, Ds, copy_gbps, repeats, budget):
             arrays = {"mu": rs.standard_normal((B, D), dtype=dtype),
                       "lv": rs.uniform(-2, 1, (B, D)).astype(dtype),
                       "dz": rs.standard_normal((B, D), dtype=dtype),
-                      "gkl": rs.standard_normal(B, dtype=dtype)}
+                      "gkl": rs.standard_normal(B, dtype=dtype),
+                      "x": (rs.uniform(0, 1, (B, D)) < 0.5).astype(dtype)}
             for name, ((kn, kb), call) in KERNELS.items():
                 try:
                     us, inner, reps = time_gpu(lambda: call(G, arrays), repeats, budget, cp)
