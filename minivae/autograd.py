@@ -86,11 +86,14 @@ def _check_finite(fn, stage, arrays):
 
 
 def _unbroadcast(grad, shape, fn):
-    """Sum ``grad`` over the axes that broadcasting added or stretched so it takes ``shape``."""
+    """Sum ``grad`` over the axes that broadcasting added or stretched so it takes ``shape``.
+
+    An added axis of length 1 (one sample of (B, D) parameters, drawn as (1, B, D)) needs no sum:
+    the reshape that drops it gives the same numbers without a pass over the array."""
     if grad.shape == shape:
         return grad
     lead = grad.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(
+    axes = tuple(i for i in range(lead) if grad.shape[i] != 1) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
     reduced = grad.sum(axis=axes, keepdims=True) if axes else grad
     if lead:

@@ -412,3 +412,36 @@ def test_outputs_and_node_form_no_reference_cycle(t64):
         assert [r() for r in refs] == [None, None]  # freed by reference counting alone
     finally:
         gc.enable()
+
+
+class _AddAxis(Function):
+    """(B, D) -> (1, B, D) whose backward hands back a given array (the test's ``upstream``)."""
+
+    @staticmethod
+    def forward(ctx, x, upstream=None):
+        ctx.upstream = upstream
+        return x[None]
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.upstream
+
+
+def test_an_added_axis_of_length_one_is_dropped_without_a_sum():
+    """A gradient of shape (1, B, D) for a (B, D) input reaches it as a reshape of the very array
+    (a sum over one sample would be a pass over the array for the same numbers); over S > 1
+    samples it is summed."""
+    upstream = np.arange(6.0).reshape(1, 2, 3)
+    x = mv.tensor(np.zeros((2, 3)), requires_grad=True)
+    seen = []
+    x.register_hook(lambda g: seen.append(g))
+    _AddAxis.apply(x, upstream=upstream).backward(np.ones((1, 2, 3)))
+    assert np.shares_memory(seen[0], upstream)
+    np.testing.assert_array_equal(x.grad, upstream[0])
+    assert not np.shares_memory(x.grad, upstream)  # a leaf's .grad is its own array
+
+    upstream3 = np.arange(18.0).reshape(3, 2, 3)
+    x3 = mv.tensor(np.zeros((2, 3)), requires_grad=True)
+    y = _AddAxis.apply(x3, upstream=upstream3)
+    y.backward(np.ones(y.shape))
+    np.testing.assert_array_equal(x3.grad, upstream3.sum(axis=0))
