@@ -1,0 +1,210 @@
+"""How many device calls one training step makes on the GPU, counted on the CPU.
+
+A step on the GPU is launch-bound at MNIST sizes: eager, every call into CuPy costs host time;
+captured in a CUDA graph, every kernel is a node of the graph. So the number of calls is the
+step's cost model, and it is counted here with the trainer's GPU code on the fake device of
+tests/test_graph_mode.py (NumPy for CuPy, the kernels' host builds, the stand-in cuBLAS):
+
+* our kernels: each launch the fake records;
+* cuBLAS: each product the stand-in library receives;
+* the rest: each NumPy call on a device array, standing for the CuPy call it would be: a ufunc
+  (elementwise), a reduction or ``mean``, a copy or a cast, an array function (``concatenate``,
+  ``stack``, ``where``, ...). A call made inside another counted one (``stack`` calls
+  ``concatenate``) counts once, as the one CuPy call it is. Allocations (``empty``) and views
+  (``reshape``, ``broadcast_to``) launch nothing and are not counted.
+
+Device arrays are marked by an ndarray subclass, ``Dev``, handed out by the fake CuPy's creation
+functions and kept by NumPy's ufuncs. The counts are an upper bound of CuPy's launches (a CuPy
+reduction over a contiguous axis may take two kernels, which counts once here, but NumPy's
+``mean`` counts once where CuPy's is one kernel too).
+
+    pytest tests/test_device_calls.py -s     # prints the calls of each model's step
+"""
+import collections
+import sys
+
+import numpy as np
+import pytest
+
+import minivae.gpu.kernels
+from minivae.gpu import cublas
+from minivae.train import Trainer
+from test_graph_mode import fake_device  # noqa: F401  (fixture)
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
+from test_train import config, small_data
+
+
+class _Counter:
+    """The calls counted while ``on``; ``depth`` > 0 inside a counted call (not counted again)."""
+
+    def __init__(self):
+        self.calls, self.on, self.depth = collections.Counter(), False, 0
+
+    def count(self, name, fn, *args, **kwargs):
+        if self.on and self.depth == 0:
+            self.calls[name] += 1
+        self.depth += 1
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.depth -= 1
+
+
+COUNTER = _Counter()
+
+
+def _dev(result):
+    """NumPy results as device arrays (scalars of reductions become 0-d arrays, as CuPy's). A
+    fresh result owns its memory, as CuPy's does (a view's .base would tell the engine that it
+    is a view); a ufunc's ``out=`` array is handed back as it is."""
+    if isinstance(result, tuple):
+        return tuple(_dev(r) for r in result)
+    if isinstance(result, Dev) or not isinstance(result, (np.ndarray, np.generic)):
+        return result
+    owned = np.ndarray.__new__(Dev, np.shape(result), np.asarray(result).dtype)
+    np.copyto(owned.view(np.ndarray), result)
+    return owned
+
+
+def _host(a):
+    return a.view(np.ndarray) if isinstance(a, Dev) else a
+
+
+class Dev(np.ndarray):
+    """An ndarray that stands for a CuPy array: its ufunc calls, array functions, reductions,
+    copies and casts are counted."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out")
+        if out is not None:
+            kwargs["out"] = tuple(_host(o) for o in out)
+        name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+        result = COUNTER.count(name, getattr(ufunc, method), *map(_host, inputs), **kwargs)
+        if out is not None:  # the result is written where it was asked for
+            return out[0] if len(out) == 1 else out
+        return _dev(result)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func.__name__ in NOT_LAUNCHES:
+            return super().__array_function__(func, types, args, kwargs)
+        return COUNTER.count(func.__name__, super().__array_function__, func, types, args, kwargs)
+
+    def sum(self, *args, **kwargs):
+        return COUNTER.count("sum", super().sum, *args, **kwargs)
+
+    def mean(self, *args, **kwargs):
+        return COUNTER.count("mean", super().mean, *args, **kwargs)
+
+    def copy(self, *args, **kwargs):
+        return COUNTER.count("copy", super().copy, *args, **kwargs)
+
+    def astype(self, *args, **kwargs):
+        return COUNTER.count("astype", super().astype, *args, **kwargs)
+
+    def fill(self, value):
+        return COUNTER.count("fill", super().fill, value)
+
+
+#: array functions that allocate or make a view: no launch
+NOT_LAUNCHES = {"empty_like", "empty", "broadcast_to", "reshape", "shares_memory", "shape", "ndim"}
+
+
+def _creating(fn, while_counting=False):
+    """``fn`` handing out device arrays (only while the step is counted, ``while_counting``)."""
+    def make(a, *args, **kwargs):
+        if fn is np.asarray and isinstance(a, Dev):
+            return a  # already on the device: the same array, as cupy.asarray gives
+        if while_counting and not COUNTER.on:
+            return fn(a, *args, **kwargs)
+        return _dev(fn(_host(a), *args, **kwargs))
+    return make
+
+
+_ascontiguousarray = np.ascontiguousarray
+
+
+def _contiguous(a, *args, **kwargs):
+    """np.ascontiguousarray keeping the mark; a copy is counted (a view is not)."""
+    out = _ascontiguousarray(_host(a), *args, **kwargs)
+    if not isinstance(a, Dev):
+        return out
+    if not np.shares_memory(out, _host(a)):
+        COUNTER.count("ascontiguousarray", lambda: None)
+    return _dev(out)
+
+
+@pytest.fixture
+def counted_device(fake_device, fake_cublas, monkeypatch):
+    """The fake device, with the fake CuPy handing out ``Dev`` arrays."""
+    for namespace in (sys.modules["cupy"], minivae.gpu.kernels.cp, cublas.cp):
+        for name in ("asarray", "zeros", "empty", "full", "zeros_like", "empty_like"):
+            if hasattr(namespace, name):
+                monkeypatch.setattr(namespace, name, _creating(getattr(np, name)))
+        if hasattr(namespace, "ascontiguousarray"):
+            monkeypatch.setattr(namespace, "ascontiguousarray", _contiguous)
+    # the dispatch rows allocate with xp = NumPy's own functions (left alone outside the step)
+    for name in ("zeros", "empty", "full"):
+        monkeypatch.setattr(np, name, _creating(getattr(np, name), while_counting=True))
+    monkeypatch.setattr(np, "ascontiguousarray", _contiguous)
+    return fake_device, fake_cublas
+
+
+def step_calls(counted_device, tmp_path, monkeypatch, model, **extra):
+    """The device calls of the third step of an eager GPU run of ``model`` (784-512-256-50, batch
+    100): a Counter of our kernels' names, "cuBLAS" and the other calls' names."""
+    kernels, gemms = counted_device
+    data = small_data(n_train=300, n_eval=20)
+    cfg = config(tmp_path / model, device="gpu", epochs=1, batch_size=100, eager=True, model=model,
+                 hidden=(512, 256), z_dim=50, **extra)
+    trainer = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+    plain_step, seen, calls = Trainer._step, [], collections.Counter()
+
+    def counted_step(self, xb, beta, step):
+        seen.append(step)
+        if len(seen) != 3:  # the first steps build the optimizer's state and compile
+            return plain_step(self, xb, beta, step)
+        k0, g0 = len(kernels), len(gemms.calls)
+        COUNTER.calls.clear()
+        COUNTER.on = True
+        try:
+            return plain_step(self, xb, beta, step)
+        finally:
+            COUNTER.on = False
+            calls.update(name for name, _, _ in kernels[k0:])
+            calls["cuBLAS"] = len(gemms.calls) - g0
+            calls.update(COUNTER.calls)
+
+    monkeypatch.setattr(Trainer, "_step", counted_step)
+    trainer.fit()
+    return calls
+
+
+def _own_kernels(calls):
+    return sum(v for k, v in calls.items() if k.startswith("mv_"))
+
+
+#: model -> (its options, the most device calls its step may make: ours, cuBLAS's, the rest)
+BUDGETS = {
+    "vae": ({}, 16, 20, 20),
+    "iwae": ({"iw_k": 3}, 16, 20, 65),
+    "m2": ({"n_labelled": 20}, 42, 64, 198),  # (the labelled batch: a new shuffle and draw each step)
+    "sdgm": ({}, 27, 49, 83),
+}
+
+
+@pytest.mark.parametrize("model", BUDGETS)
+def test_a_training_step_makes_no_more_device_calls_than_its_budget(counted_device, tmp_path, monkeypatch,
+                                                                    model):
+    """The step of the default VAE, the IWAE, M2 and the SDGM: our kernels (reparameterization
+    and KL, the Bernoulli log-likelihood, a dense layer's bias and ReLU, its ReLU's gradient,
+    Adam once), the products on cuBLAS, and at most the budget of other calls (the rest of the
+    loss, the bias gradients, the statistics). A change that adds calls to a step fails here:
+    a launch-bound step is as fast as its number of calls."""
+    extra, own, products, rest = BUDGETS[model]
+    calls = step_calls(counted_device, tmp_path, monkeypatch, model, **extra)
+    print(f"\n{model}: {_own_kernels(calls)} of our kernels, {calls['cuBLAS']} cuBLAS products, "
+          f"{sum(calls.values()) - _own_kernels(calls) - calls['cuBLAS']} other calls: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
+    assert calls["mv_adam_f32"] == 1 and calls["mv_bernoulli_fwd_f32"] == calls["mv_bernoulli_bwd_f32"] >= 1
+    assert _own_kernels(calls) == own and calls["cuBLAS"] == products
+    assert sum(calls.values()) - own - products <= rest
