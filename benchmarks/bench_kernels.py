@@ -314,6 +314,9 @@ KERNELS = {
     # the decoder's log-likelihood: logits (mu's array) and binary images
     "bernoulli_fwd": ((2, 1), lambda G, a: G.bernoulli_log_prob_forward(a["mu"], a["x"])),
     "bernoulli_bwd": ((3, 1), lambda G, a: G.bernoulli_log_prob_backward(a["gkl"], a["mu"], a["x"])),
+    # the log-density of dz's array under N(mu, exp(lv)), and its three gradients
+    "gaussian_fwd": ((3, 1), lambda G, a: G.gaussian_log_prob_forward(a["dz"], a["mu"], a["lv"])),
+    "gaussian_bwd": ((6, 1), lambda G, a: G.gaussian_log_prob_backward(a["gkl"], a["dz"], a["mu"], a["lv"])),
 }
 ROW_KERNELS = ("kl_fwd", "kl_bwd", "fused_fwd", "fused_bwd")
 

@@ -12,11 +12,11 @@
 
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_bernoulli_fwd_f32(const float* logits, const float* x, float* out, mv_i64 B, mv_i64 D, mv_i64 xn) {
-    mv_row_fwd<float, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, out, B, D, 0, 0, 0);
+    mv_row_fwd<float, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, 0, nullptr, out, B, D, 0, 0, 0);
 }
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_bernoulli_fwd_f64(const double* logits, const double* x, double* out, mv_i64 B, mv_i64 D, mv_i64 xn) {
-    mv_row_fwd<double, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, out, B, D, 0, 0, 0);
+    mv_row_fwd<double, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, 0, nullptr, out, B, D, 0, 0, 0);
 }
 
 template <typename T>

@@ -215,32 +215,49 @@ MV_HD T mv_segment_sum(const T* terms, mv_i64 n, int P) {
     return part[0];
 }
 
-// What a forward row kernel computes of each element of its two inputs and sums per row (its
-// `kind`):
+// What a forward row kernel computes of each element of its inputs (in0 with the rows' elements,
+// in1 and in2 repeating with the periods p1 and p2: a divisor of the rows' size where an input is
+// broadcast over leading axes) and sums per row (its `kind`):
 #define MV_ROW_KL 0          // (mu, logvar): the KL terms
 #define MV_ROW_REPARAM_KL 1  // (mu, logvar): the KL terms, and z = mu + exp(logvar / 2) eps
-#define MV_ROW_BERNOULLI 2   // (logits, x): the Bernoulli log-likelihood terms; x repeats with a
-                             // period (the images, under the logits of several samples of each)
+#define MV_ROW_BERNOULLI 2   // (logits, x): the Bernoulli log-likelihood terms; x repeats (the
+                             // images, under the logits of several samples of each)
+#define MV_ROW_GAUSSIAN 3    // (x, mu, logvar): the Gaussian log-density, -1/2 times the sum of
+                             // the terms; mu and logvar repeat (a sample's parameters under
+                             // several samples, or one value for all: a standard normal prior)
 
-// Chunk c of the tile [lo, hi) of both inputs (0 outside the tile).
+// Chunk c of the tile [lo, hi) of the kind's inputs (0 outside the tile). The KL kinds read two
+// inputs of the rows' shape (whole vector loads, no division).
 template <typename T, int kind>
-MV_HD void mv_row_load4(const T* in0, const T* in1, mv_i64 period, mv_i64 c, mv_i64 lo, mv_i64 hi,
-                        T a[4], T b[4]) {
+MV_HD void mv_row_load4(const T* in0, const T* in1, mv_i64 p1, const T* in2, mv_i64 p2, mv_i64 c, mv_i64 lo,
+                        mv_i64 hi, T a[4], T b[4], T d[4]) {
     mv_load4<T>(in0, c, lo, hi, a);
-    if (kind == MV_ROW_BERNOULLI)
-        mv_load4_periodic<T>(in1, period, c, lo, hi, b);
-    else
+    if (kind == MV_ROW_KL || kind == MV_ROW_REPARAM_KL) {
         mv_load4<T>(in1, c, lo, hi, b);
+        return;
+    }
+    mv_load4_periodic<T>(in1, p1, c, lo, hi, b);
+    if (kind == MV_ROW_GAUSSIAN) mv_load4_periodic<T>(in2, p2, c, lo, hi, d);
 }
 
-// Forward of chunk c of the tile [lo, hi), its inputs a, b already loaded (mv_row_load4): the
+// A row's result from the sum of its terms.
+template <typename T, int kind>
+MV_HD T mv_row_finish(T sum) {
+    return kind == MV_ROW_GAUSSIAN ? T(-0.5) * sum : sum;
+}
+
+// Forward of chunk c of the tile [lo, hi), its inputs a, b, d already loaded (mv_row_load4): the
 // terms of its four elements into t4 (those outside the tile are terms of zeros, never summed),
 // and for MV_ROW_REPARAM_KL z = mu + exp(logvar / 2) eps of its elements in the tile.
 template <typename T, int kind>
 MV_HD void mv_chunk_row_fwd(mv_i64 c, mv_i64 lo, mv_i64 hi, mv_u64 seed, mv_u64 offset, mv_u32 stream,
-                            T a[4], const T b[4], T* z, T t4[4]) {
+                            T a[4], const T b[4], const T d[4], T* z, T t4[4]) {
     if (kind == MV_ROW_BERNOULLI) {
         for (int k = 0; k < 4; ++k) t4[k] = mv_bernoulli_term<T>(a[k], b[k]);
+        return;
+    }
+    if (kind == MV_ROW_GAUSSIAN) {
+        for (int k = 0; k < 4; ++k) t4[k] = mv_gaussian_term<T>(a[k], b[k], d[k]);
         return;
     }
     const bool fuse = kind == MV_ROW_REPARAM_KL;
@@ -340,6 +357,33 @@ MV_HD void mv_chunk_bernoulli_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* g, cons
     mv_row_upstream4<T>(g, c, n, D, gv);
     for (int k = 0; k < 4; ++k) l[k] = mv_bernoulli_dlogit<T>(gv[k], l[k], xv[k]);
     mv_store4<T>(d, c, 0, n, l);
+}
+
+// ---------------------------------------------------------------- Gaussian log-density
+// Backward of chunk c of the n elements of x, rows of D, with the per-row upstream g, mu and
+// logvar repeating with periods mu_n and lv_n: dmu = g t exp(-logvar / 2), dx = -dmu,
+// dlogvar = g (t^2 - 1) / 2, each written where its pointer is not null (the engine sums dmu and
+// dlogvar over the axes mu and logvar were broadcast along).
+template <typename T>
+MV_HD void mv_chunk_gaussian_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* g, const T* x, const T* mu, mv_i64 mu_n,
+                                 const T* logvar, mv_i64 lv_n, T* dx, T* dmu, T* dlogvar) {
+    T xv[4], m[4], lv[4], gv[4], d[4];
+    mv_load4<T>(x, c, 0, n, xv);
+    mv_load4_periodic<T>(mu, mu_n, c, 0, n, m);
+    mv_load4_periodic<T>(logvar, lv_n, c, 0, n, lv);
+    mv_row_upstream4<T>(g, c, n, D, gv);
+    if (dx || dmu) {
+        for (int k = 0; k < 4; ++k) d[k] = mv_gaussian_dmu<T>(gv[k], xv[k], m[k], lv[k]);
+        if (dmu) mv_store4<T>(dmu, c, 0, n, d);
+        if (dx) {
+            for (int k = 0; k < 4; ++k) d[k] = -d[k];
+            mv_store4<T>(dx, c, 0, n, d);
+        }
+    }
+    if (dlogvar) {
+        for (int k = 0; k < 4; ++k) d[k] = mv_gaussian_dlogvar<T>(gv[k], xv[k], m[k], lv[k]);
+        mv_store4<T>(dlogvar, c, 0, n, d);
+    }
 }
 
 #endif  // MINIVAE_CHUNKS_CUH

@@ -99,19 +99,21 @@ __device__ __forceinline__ void mv_team_sync() {
 #endif
 }
 
-// The tiles of one team over C-contiguous (B, D) arrays in0, in1 (in1 repeating with `period`
-// for MV_ROW_BERNOULLI): out[b] = sum of row b's terms of the `kind` (chunks.cuh) in the order of
-// chunks.cuh, and for MV_ROW_REPARAM_KL z = mu + exp(logvar / 2) * eps. Team `team` of `teams`
+// The tiles of one team over C-contiguous (B, D) arrays in0 and in1, in2 (repeating with periods
+// p1, p2 where the kind reads them so, chunks.cuh): out[b] = row b's terms of the `kind` summed
+// in the order of chunks.cuh (mv_row_finish of the sum), and for MV_ROW_REPARAM_KL
+// z = mu + exp(logvar / 2) * eps. Team `team` of `teams`
 // takes tiles team, team + teams, ... (R rows, or the segments of one long row): (a) every thread
 // (rank tid of MV_TEAM) loads its MV_TILE_CHUNKS chunks of the tile into registers before it uses
 // any (so that they are in flight together), computes them and stores their terms to the team's
 // `terms` (MV_TILE elements of shared memory) as 16-byte vectors; one team barrier; (b) P lanes
 // per row segment sum them.
 template <typename T, int kind>
-__device__ __forceinline__ void mv_row_fwd_tiles(const T* __restrict__ in0, const T* __restrict__ in1,
-                                                 mv_i64 period, T* __restrict__ z, T* __restrict__ out,
-                                                 mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream,
-                                                 T* terms, int tid, mv_i64 team, mv_i64 teams) {
+__device__ __forceinline__ void mv_row_fwd_tiles(const T* __restrict__ in0, const T* __restrict__ in1, mv_i64 p1,
+                                                 const T* __restrict__ in2, mv_i64 p2, T* __restrict__ z,
+                                                 T* __restrict__ out, mv_i64 B, mv_i64 D, mv_u64 seed,
+                                                 mv_u64 offset, mv_u32 stream, T* terms, int tid, mv_i64 team,
+                                                 mv_i64 teams) {
     // terms[e - 4 c0]: element e of the tile
     const mv_row_tiling t = mv_row_tiling_of(D);
     const int P = t.lanes, lane = tid & (P - 1), group = tid / P;
@@ -123,18 +125,18 @@ __device__ __forceinline__ void mv_row_fwd_tiles(const T* __restrict__ in0, cons
         for (mv_i64 lo = r0 * D, hi; lo < r1 * D; lo = hi) {
             hi = mv_tile_end(lo, r1, D);
             const mv_i64 c0 = lo >> 2, c1 = (hi + 3) >> 2;
-            T a[MV_TILE_CHUNKS][4], b[MV_TILE_CHUNKS][4];
+            T a[MV_TILE_CHUNKS][4], b[MV_TILE_CHUNKS][4], d[MV_TILE_CHUNKS][4];  // (d: MV_ROW_GAUSSIAN's)
 #pragma unroll
             for (int q = 0; q < MV_TILE_CHUNKS; ++q) {  // every load of the thread first
                 const mv_i64 c = c0 + tid + q * MV_TEAM;
-                if (c < c1) mv_row_load4<T, kind>(in0, in1, period, c, lo, hi, a[q], b[q]);
+                if (c < c1) mv_row_load4<T, kind>(in0, in1, p1, in2, p2, c, lo, hi, a[q], b[q], d[q]);
             }
 #pragma unroll
             for (int q = 0; q < MV_TILE_CHUNKS; ++q) {
                 const mv_i64 c = c0 + tid + q * MV_TEAM;
                 if (c < c1) {
                     T t4[4];
-                    mv_chunk_row_fwd<T, kind>(c, lo, hi, seed, offset, stream, a[q], b[q], z, t4);
+                    mv_chunk_row_fwd<T, kind>(c, lo, hi, seed, offset, stream, a[q], b[q], d[q], z, t4);
                     mv_vec4_store(terms + 4 * (c - c0), t4);
                 }
             }
@@ -153,7 +155,7 @@ __device__ __forceinline__ void mv_row_fwd_tiles(const T* __restrict__ in0, cons
                 if (row < r1 && lane == 0) {
                     carry += v;
                     if (to == row * D + D) {  // the row's last segment
-                        out[row] = carry;
+                        out[row] = mv_row_finish<T, kind>(carry);
                         carry = T(0);
                     }
                 }
@@ -164,21 +166,22 @@ __device__ __forceinline__ void mv_row_fwd_tiles(const T* __restrict__ in0, cons
     }
 }
 
-// The forward of the row kernels (kl.cu, fused.cu, bernoulli.cu) over C-contiguous (B, D) arrays
-// (block (MV_BLOCK, 1, 1), any grid), in the design MV_ROW_FWD chose.
+// The forward of the row kernels (kl.cu, fused.cu, bernoulli.cu, gaussian.cu) over C-contiguous
+// (B, D) arrays (block (MV_BLOCK, 1, 1), any grid), in the design MV_ROW_FWD chose.
 template <typename T, int kind>
-__device__ __forceinline__ void mv_row_fwd(const T* __restrict__ in0, const T* __restrict__ in1, mv_i64 period,
-                                           T* __restrict__ z, T* __restrict__ out, mv_i64 B, mv_i64 D,
-                                           mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+__device__ __forceinline__ void mv_row_fwd(const T* __restrict__ in0, const T* __restrict__ in1, mv_i64 p1,
+                                           const T* __restrict__ in2, mv_i64 p2, T* __restrict__ z,
+                                           T* __restrict__ out, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,
+                                           mv_u32 stream) {
     __shared__ __align__(16) T terms[MV_BLOCK / MV_TEAM][MV_TILE];
     static_assert(sizeof(terms) <= 48 * 1024, "the terms of a block must fit in 48 KiB of static shared memory");
 #if MV_ROW_FWD == MV_WARPTILES  // a team per warp: MV_BLOCK / 32 teams a block
     const int warp = threadIdx.x / 32;
-    mv_row_fwd_tiles<T, kind>(in0, in1, period, z, out, B, D, seed, offset, stream, terms[warp],
+    mv_row_fwd_tiles<T, kind>(in0, in1, p1, in2, p2, z, out, B, D, seed, offset, stream, terms[warp],
                               threadIdx.x % 32, (mv_i64)blockIdx.x * (MV_BLOCK / 32) + warp,
                               (mv_i64)gridDim.x * (MV_BLOCK / 32));
 #else  // a team per block
-    mv_row_fwd_tiles<T, kind>(in0, in1, period, z, out, B, D, seed, offset, stream, terms[0], threadIdx.x,
+    mv_row_fwd_tiles<T, kind>(in0, in1, p1, in2, p2, z, out, B, D, seed, offset, stream, terms[0], threadIdx.x,
                               blockIdx.x, gridDim.x);
 #endif
 }

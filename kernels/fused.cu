@@ -14,14 +14,14 @@
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_reparam_kl_fwd_f32(const float* mu, const float* logvar, float* z, float* kl, mv_i64 B, mv_i64 D,
                       mv_u64 seed, mv_u64 offset, const mv_u64* offset_from, mv_u32 stream) {
-    mv_row_fwd<float, MV_ROW_REPARAM_KL>(mu, logvar, 0, z, kl, B, D, seed,
-                                        mv_draw_offset(offset, offset_from), stream);
+    mv_row_fwd<float, MV_ROW_REPARAM_KL>(mu, logvar, 0, nullptr, 0, z, kl, B, D, seed,
+                                         mv_draw_offset(offset, offset_from), stream);
 }
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_reparam_kl_fwd_f64(const double* mu, const double* logvar, double* z, double* kl, mv_i64 B, mv_i64 D,
                       mv_u64 seed, mv_u64 offset, const mv_u64* offset_from, mv_u32 stream) {
-    mv_row_fwd<double, MV_ROW_REPARAM_KL>(mu, logvar, 0, z, kl, B, D, seed,
-                                        mv_draw_offset(offset, offset_from), stream);
+    mv_row_fwd<double, MV_ROW_REPARAM_KL>(mu, logvar, 0, nullptr, 0, z, kl, B, D, seed,
+                                          mv_draw_offset(offset, offset_from), stream);
 }
 
 template <typename T>

@@ -8,11 +8,11 @@
 
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_kl_fwd_f32(const float* mu, const float* logvar, float* kl, mv_i64 B, mv_i64 D) {
-    mv_row_fwd<float, MV_ROW_KL>(mu, logvar, 0, nullptr, kl, B, D, 0, 0, 0);
+    mv_row_fwd<float, MV_ROW_KL>(mu, logvar, 0, nullptr, 0, nullptr, kl, B, D, 0, 0, 0);
 }
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
 mv_kl_fwd_f64(const double* mu, const double* logvar, double* kl, mv_i64 B, mv_i64 D) {
-    mv_row_fwd<double, MV_ROW_KL>(mu, logvar, 0, nullptr, kl, B, D, 0, 0, 0);
+    mv_row_fwd<double, MV_ROW_KL>(mu, logvar, 0, nullptr, 0, nullptr, kl, B, D, 0, 0, 0);
 }
 
 template <typename T>

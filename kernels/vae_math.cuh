@@ -8,7 +8,8 @@
 //   - reparameterization z = mu + exp(logvar / 2) * eps and its gradient;
 //   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
 //   - the ReLU of a dense layer and its gradient;
-//   - the Bernoulli log-likelihood of a pixel given its logit, and its gradient.
+//   - the Bernoulli log-likelihood of a pixel given its logit, and its gradient;
+//   - the Gaussian log-density of one coordinate, and its gradients.
 // (The kernels' per-thread loops over these are in chunks.cuh.)
 // Compile without fast-math: the host and device builds then agree to a few ulp.
 #ifndef MINIVAE_VAE_MATH_CUH
@@ -170,6 +171,32 @@ MV_HD T mv_bernoulli_term(T l, T x) {
 template <typename T>
 MV_HD T mv_bernoulli_dlogit(T g, T l, T x) {
     return (x - (mv_tanh(l * T(0.5)) + T(1)) * T(0.5)) * g;
+}
+
+// ---- Gaussian log-density of x under N(mu, exp(logvar)), one coordinate ----
+//   log N = -(log(2 pi) + logvar + t^2) / 2,  t = (x - mu) exp(-logvar / 2):
+// t^2, not (x - mu)^2 exp(-logvar), which overflows for a collapsed variance. mv_gaussian_term
+// is the bracket; the -1/2 multiplies the row's sum. The operations of
+// minivae.ops.vae.GaussianLogProb, in its order.
+#define MV_LOG_2PI 1.8378770664093453  // log(2 pi)
+template <typename T>
+MV_HD T mv_gaussian_t(T x, T mu, T logvar) { return (x - mu) * mv_exp(T(-0.5) * logvar); }
+template <typename T>
+MV_HD T mv_gaussian_term(T x, T mu, T logvar) {
+    const T t = mv_gaussian_t<T>(x, mu, logvar);
+    return (T(MV_LOG_2PI) + logvar) + t * t;
+}
+// Gradients with upstream g (per row): d/dmu = g t exp(-logvar / 2) = -d/dx (written as (g t)
+// exp(-logvar / 2), finite wherever the product is), d/dlogvar = g (t^2 - 1) / 2.
+template <typename T>
+MV_HD T mv_gaussian_dmu(T g, T x, T mu, T logvar) {
+    const T inv_std = mv_exp(T(-0.5) * logvar);
+    return (g * ((x - mu) * inv_std)) * inv_std;
+}
+template <typename T>
+MV_HD T mv_gaussian_dlogvar(T g, T x, T mu, T logvar) {
+    const T t = mv_gaussian_t<T>(x, mu, logvar);
+    return g * (T(0.5) * (t * t - T(1)));
 }
 
 #endif  // MINIVAE_VAE_MATH_CUH

@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 8; }
+SHIM int shim_abi_version() { return 9; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -74,6 +74,7 @@ static void elementwise(int which, const T* a, const T* b, const T* c, T* out, m
             case 4: out[i] = mv_kl_dlogvar<T>(a[i], b[i]); break;              // (g, logvar)
             case 5: out[i] = mv_bernoulli_term<T>(a[i], b[i]); break;          // (logits, x)
             case 6: out[i] = mv_bernoulli_dlogit<T>(a[i], b[i], c[i]); break;  // (g, logits, x)
+            case 7: out[i] = mv_gaussian_term<T>(a[i], b[i], c[i]); break;     // (x, mu, logvar)
         }
     }
 }
@@ -98,8 +99,8 @@ static void replay_reparam_bwd(const T* dz, const T* lv, T* dmu, T* dlv, mv_i64 
 // terms at 4 (c - c0) + k) then its row-segment sums in the order of the device (mv_segment_sum),
 // segments of a row added in order.
 template <typename T, int kind>
-static void replay_row_fwd(const T* in0, const T* in1, mv_i64 period, T* z, T* out, mv_i64 B, mv_i64 D,
-                           mv_u64 seed, mv_u64 offset, mv_u32 stream) {
+static void replay_row_fwd(const T* in0, const T* in1, mv_i64 p1, const T* in2, mv_i64 p2, T* z, T* out, mv_i64 B,
+                           mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
     const mv_row_tiling t = mv_row_tiling_of(D);
     std::vector<T> terms(MV_TILE);
     for (mv_i64 r0 = 0; r0 < B; r0 += t.rows) {
@@ -109,16 +110,16 @@ static void replay_row_fwd(const T* in0, const T* in1, mv_i64 period, T* z, T* o
             hi = mv_tile_end(lo, r1, D);
             const mv_i64 c0 = lo >> 2, c1 = (hi + 3) >> 2;
             for (mv_i64 c = c0; c < c1; ++c) {
-                T a[4], b[4];
-                mv_row_load4<T, kind>(in0, in1, period, c, lo, hi, a, b);
-                mv_chunk_row_fwd<T, kind>(c, lo, hi, seed, offset, stream, a, b, z, &terms[4 * (c - c0)]);
+                T a[4], b[4], d[4];
+                mv_row_load4<T, kind>(in0, in1, p1, in2, p2, c, lo, hi, a, b, d);
+                mv_chunk_row_fwd<T, kind>(c, lo, hi, seed, offset, stream, a, b, d, z, &terms[4 * (c - c0)]);
             }
             for (mv_i64 row = r0; row < r1; ++row) {
                 const mv_i64 from = row * D > lo ? row * D : lo, to = row * D + D < hi ? row * D + D : hi;
                 if (from >= to) continue;
                 carry += mv_segment_sum<T>(terms.data() + (from - 4 * c0), to - from, t.lanes);
                 if (to == row * D + D) {
-                    out[row] = carry;
+                    out[row] = mv_row_finish<T, kind>(carry);
                     carry = T(0);
                 }
             }
@@ -151,6 +152,13 @@ static void replay_bernoulli_bwd(const T* g, const T* logits, const T* x, T* d, 
 }
 
 template <typename T>
+static void replay_gaussian_bwd(const T* g, const T* x, const T* mu, mv_i64 mu_n, const T* lv, mv_i64 lv_n, T* dx,
+                                T* dmu, T* dlv, mv_i64 B, mv_i64 D) {
+    for (mv_i64 c = 0; c < mv_nchunks(B * D); ++c)
+        mv_chunk_gaussian_bwd<T>(c, B * D, D, g, x, mu, mu_n, lv, lv_n, dx, dmu, dlv);
+}
+
+template <typename T>
 static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam_scalars<T> s) {
     for (mv_i64 i = 0; i < n; ++i) mv_adam_entry<T>(i, p, g, m, v, vmax, s);
 }
@@ -180,15 +188,15 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_reparam_bwd<T>(dz, lv, dmu, dlv, n, seed, mv_draw_offset(offset, from), stream);              \
     }                                                                                                        \
     SHIM void shim_kl_fwd_##SFX(const T* mu, const T* lv, T* kl, mv_i64 B, mv_i64 D) {                      \
-        replay_row_fwd<T, MV_ROW_KL>(mu, lv, 0, nullptr, kl, B, D, 0, 0, 0);                                 \
+        replay_row_fwd<T, MV_ROW_KL>(mu, lv, 0, nullptr, 0, nullptr, kl, B, D, 0, 0, 0);                     \
     }                                                                                                        \
     SHIM void shim_kl_bwd_##SFX(const T* gkl, const T* mu, const T* lv, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {\
         replay_kl_bwd<T>(gkl, mu, lv, dmu, dlv, B, D);                                                       \
     }                                                                                                        \
     SHIM void shim_reparam_kl_fwd_##SFX(const T* mu, const T* lv, T* z, T* kl, mv_i64 B, mv_i64 D,          \
                                         mv_u64 seed, mv_u64 offset, const mv_u64* from, mv_u32 stream) {     \
-        replay_row_fwd<T, MV_ROW_REPARAM_KL>(mu, lv, 0, z, kl, B, D, seed, mv_draw_offset(offset, from),     \
-                                             stream);                                                        \
+        replay_row_fwd<T, MV_ROW_REPARAM_KL>(mu, lv, 0, nullptr, 0, z, kl, B, D, seed,                       \
+                                             mv_draw_offset(offset, from), stream);                          \
     }                                                                                                        \
     SHIM void shim_reparam_kl_bwd_##SFX(const T* dz, const T* gkl, const T* mu, const T* lv, T* dmu,        \
                                         T* dlv, mv_i64 B, mv_i64 D, mv_u64 seed, mv_u64 offset,              \
@@ -197,11 +205,19 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
                                  stream);                                                                    \
     }                                                                                                        \
     SHIM void shim_bernoulli_fwd_##SFX(const T* logits, const T* x, T* out, mv_i64 B, mv_i64 D, mv_i64 xn) {  \
-        replay_row_fwd<T, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, out, B, D, 0, 0, 0);                     \
+        replay_row_fwd<T, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, 0, nullptr, out, B, D, 0, 0, 0);         \
     }                                                                                                        \
     SHIM void shim_bernoulli_bwd_##SFX(const T* g, const T* logits, const T* x, T* d, mv_i64 B, mv_i64 D,    \
                                        mv_i64 xn) {                                                          \
         replay_bernoulli_bwd<T>(g, logits, x, d, B, D, xn);                                                  \
+    }                                                                                                        \
+    SHIM void shim_gaussian_fwd_##SFX(const T* x, const T* mu, mv_i64 mu_n, const T* lv, mv_i64 lv_n, T* out,  \
+                                      mv_i64 B, mv_i64 D) {                                                  \
+        replay_row_fwd<T, MV_ROW_GAUSSIAN>(x, mu, mu_n, lv, lv_n, nullptr, out, B, D, 0, 0, 0);              \
+    }                                                                                                        \
+    SHIM void shim_gaussian_bwd_##SFX(const T* g, const T* x, const T* mu, mv_i64 mu_n, const T* lv,         \
+                                      mv_i64 lv_n, T* dx, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {              \
+        replay_gaussian_bwd<T>(g, x, mu, mu_n, lv, lv_n, dx, dmu, dlv, B, D);                                \
     }                                                                                                        \
     SHIM void shim_bias_act_##SFX(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {                      \
         replay_bias_act<T>(out, b, n, N, relu);                                                              \

@@ -46,11 +46,11 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 
 
 def test_the_table_names_the_registered_kernels():
-    """Reparameterization (noise), KL, the fused pair, the Bernoulli log-likelihood, the dense
-    layers and Adam, each with a stated condition and, for the ops, a forward and a backward
+    """Reparameterization (noise), KL, the fused pair, the Bernoulli and Gaussian log-densities,
+    the dense layers and Adam, each with a stated condition and, for the ops, a forward and a backward
     launch."""
-    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "Matmul", "Linear",
-            "LinearRelu", "Adam"} <= set(dispatch.TABLE)
+    assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "GaussianLogProb",
+            "Matmul", "Linear", "LinearRelu", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)
@@ -256,3 +256,43 @@ def test_the_bernoulli_row_takes_images_of_the_logits_trailing_shape(as_gpu):
                           "x of more axes": np.zeros((2, 3, 6, 13), np.float32),
                           "another dtype": np.zeros((6, 13))}.items():
         assert dispatch.select("BernoulliLogProb", logits, x_other) is None, case
+
+
+# ------------------------------------------------------------------------------ Gaussian log-density
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shapes", [((6, 13), (6, 13), (6, 13)), ((3, 6, 13), (6, 13), (6, 13)),
+                                    ((3, 6, 13), (), ()), ((6, 13), (13,), (6, 13))])
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False)])
+def test_the_gaussian_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, shapes, needs):
+    """The log-density under a diagonal Gaussian on its kernels against the op's NumPy code: per-row
+    values and the gradients of x, mu and logvar (summed by the engine over the axes mu and
+    logvar repeat along), to float rounding; one launch forward and one backward."""
+    rng = np.random.default_rng(8)
+    arrays = [rng.normal(size=shapes[0]), 0.5 * rng.normal(size=shapes[1]), rng.uniform(-2, 1, size=shapes[2])]
+    arrays = [np.asarray(a, dtype) for a in arrays]
+    g = rng.standard_normal(shapes[0][:-1]).astype(dtype)
+    results = []
+    for gpu in (True, False):
+        tensors = [mv.Tensor(a.copy(), requires_grad=need) for a, need in zip(arrays, needs)]
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            out = F.gaussian_log_prob(*tensors)
+            assert (out._node.fn is dispatch.TABLE["GaussianLogProb"]) == gpu
+            out.backward(g)
+        results.append([out.data] + [t.grad for t in tensors if t.requires_grad])
+    sfx = "f32" if dtype == np.float32 else "f64"
+    assert [c[0] for c in fake_gpu[1]] == [f"mv_gaussian_fwd_{sfx}", f"mv_gaussian_bwd_{sfx}"]
+    for got, want in zip(*results):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
+def test_the_gaussian_row_takes_parameters_of_xs_trailing_shape(as_gpu):
+    x, row = np.zeros((3, 6, 13), np.float32), dispatch.TABLE["GaussianLogProb"]
+    for case, (mu, lv) in {"same": (x, x), "a sample's": (x[0], x[0]), "0-d": (x[0, 0, 0], x[0, 0, 0]),
+                           "one row for all": (x[0, 0], x[0])}.items():
+        assert dispatch.select("GaussianLogProb", x, mu, lv) is row, case
+    for case, (mu, lv) in {"over rows": (np.zeros((6, 1), np.float32), x),
+                           "another dtype": (x, x.astype(np.float64))}.items():
+        assert dispatch.select("GaussianLogProb", x, mu, lv) is None, case

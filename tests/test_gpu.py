@@ -5,7 +5,8 @@ bit-exact, normals and z to float32 rounding; float64 finite-difference checks o
 gradients on the device; the kernel-backed ops through ``minivae.gradcheck``; one VAE training
 step on the GPU against the same step on the CPU; the dense-layer rows on cuBLAS against
 cupy.matmul, through ``minivae.gradcheck``, and captured in a CUDA graph against the eager bits;
-the Bernoulli log-likelihood and the dense layers' bias and ReLU kernels against NumPy.
+the Bernoulli and Gaussian log-densities and the dense layers' bias and ReLU kernels against
+NumPy.
 """
 import copy
 import math
@@ -568,30 +569,39 @@ def test_dense_rows_gradcheck_float64_on_device():
         assert mv.gradcheck(fn, *inputs), name
 
 
-def test_bernoulli_row_gradcheck_float64_on_device():
-    """minivae.gradcheck of the Bernoulli log-likelihood's cases on GPU tensors in float64, and
-    logits of 3 samples over (B, D) images, every node running the row of bernoulli.cu."""
+def test_log_density_rows_gradcheck_float64_on_device():
+    """minivae.gradcheck of the Bernoulli and Gaussian log-densities' cases on GPU tensors in
+    float64, and of inputs repeated under 3 samples (logits over (B, D) images; x over a sample's
+    mu and logvar, and over a standard normal's 0-d zeros), every node running its row
+    (bernoulli.cu, gaussian.cu)."""
     import minivae as mv
     import minivae.functional as F
     from minivae.gpu import dispatch
     from minivae.gradcheck_cases import CASES, build, rng_for
-    from minivae.ops.vae import BernoulliLogProb
+    from minivae.ops.vae import BernoulliLogProb, GaussianLogProb
 
-    for name, fn, specs in CASES[BernoulliLogProb]:
-        inputs = [t.to("gpu") for t in build(specs, rng_for(BernoulliLogProb, name))]
-        assert fn(*inputs)._node.fn is dispatch.TABLE["BernoulliLogProb"], name
-        assert mv.gradcheck(fn, *inputs), name
+    for op in (BernoulliLogProb, GaussianLogProb):
+        for name, fn, specs in CASES[op]:
+            inputs = [t.to("gpu") for t in build(specs, rng_for(op, name))]
+            assert fn(*inputs)._node.fn is dispatch.TABLE[op.__name__], name
+            assert mv.gradcheck(fn, *inputs), name
     rng = np.random.default_rng(12)
-    logits = mv.tensor(rng.uniform(-4, 4, (3, 4, 5)), requires_grad=True).to("gpu")
-    x = mv.tensor(rng.uniform(0, 1, (4, 5)), requires_grad=True).to("gpu")
-    assert mv.gradcheck(F.bernoulli_log_prob, logits, x)
+
+    def gpu(a):
+        return mv.tensor(a, requires_grad=True).to("gpu")
+
+    assert mv.gradcheck(F.bernoulli_log_prob, gpu(rng.uniform(-4, 4, (3, 4, 5))), gpu(rng.uniform(0, 1, (4, 5))))
+    x, mu, logvar = gpu(rng.normal(size=(3, 4, 5))), gpu(rng.normal(size=(4, 5))), gpu(rng.uniform(-1, 1, (4, 5)))
+    assert mv.gradcheck(F.gaussian_log_prob, x, mu, logvar)
+    assert mv.gradcheck(lambda z: F.gaussian_log_prob(z, 0.0, 0.0), x)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(37, 784), (3, 37, 784), (5, 9001)])
-def test_bernoulli_and_dense_kernels_match_numpy(dtype, shape):
-    """bernoulli.cu against the float64 reference (its sums, bit for bit, the device's own terms
-    in the documented order), and dense.cu's bias, ReLU and ReLU gradient bit for bit NumPy's."""
+def test_bernoulli_gaussian_and_dense_kernels_match_numpy(dtype, shape):
+    """bernoulli.cu and gaussian.cu against the float64 reference (their sums, bit for bit, the
+    device's own terms in the documented order), and dense.cu's bias, ReLU and ReLU gradient bit
+    for bit NumPy's."""
     from test_kernels import _bernoulli_inputs, _ref_bernoulli_terms
 
     tol = TOL[dtype]
@@ -615,6 +625,21 @@ def test_bernoulli_and_dense_kernels_match_numpy(dtype, shape):
     d = host(G.bernoulli_log_prob_backward(cp.asarray(g), d_logits, d_x))
     l64 = logits.astype(np.float64)
     np.testing.assert_allclose(d, g[..., None] * (xs - 0.5 * (np.tanh(0.5 * l64) + 1)), **tol)
+
+    # the Gaussian log-density of x under a sample's (mu, logvar), repeated under the samples
+    mu, lv = inputs(shape[-2:], dtype, 17)
+    xg = inputs(shape, dtype, 18)[0]
+    terms = host(G.gaussian_log_prob_forward(cp.asarray(xg).reshape(-1, 1),
+                                             cp.asarray(np.broadcast_to(mu, shape)).reshape(-1, 1),
+                                             cp.asarray(np.broadcast_to(lv, shape)).reshape(-1, 1)))
+    ordered = np.array([dtype(-0.5) * _documented_row_sum(-2 * terms[r * D:(r + 1) * D], lanes, r * D, TILE)
+                        for r in range(rows)], dtype)  # (-2 times a row of one term is its term, exactly)
+    np.testing.assert_array_equal(
+        host(G.gaussian_log_prob_forward(cp.asarray(xg), cp.asarray(mu), cp.asarray(lv))).reshape(-1), ordered)
+    t = (xg - mu.astype(np.float64)) * np.exp(-0.5 * lv.astype(np.float64))
+    np.testing.assert_allclose(host(G.gaussian_log_prob_forward(cp.asarray(xg), cp.asarray(mu), cp.asarray(lv))),
+                               -0.5 * (np.log(2 * np.pi) + lv + t * t).sum(-1), rtol=tol["rtol"] * 4 * math.sqrt(D),
+                               atol=tol["atol"])
 
     prod, g = inputs((shape[-2], D), dtype, 15)
     b = inputs((D,), dtype, 16)[0]

@@ -37,6 +37,7 @@ ENTRY_POINTS = {
     "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
                  "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
     "bernoulli.cu": ["mv_bernoulli_fwd_f32", "mv_bernoulli_fwd_f64", "mv_bernoulli_bwd_f32", "mv_bernoulli_bwd_f64"],
+    "gaussian.cu": ["mv_gaussian_fwd_f32", "mv_gaussian_fwd_f64", "mv_gaussian_bwd_f32", "mv_gaussian_bwd_f64"],
     "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
     "step.cu": ["mv_step_advance"],
@@ -106,7 +107,7 @@ def test_row_forward_variants_compile(tmp_path):
         pytest.skip("nvcc not found on PATH")
     procs = []
     for name, opts in _ab_script().VARIANTS.items():
-        for cu in ("kl.cu", "fused.cu", "bernoulli.cu"):
+        for cu in ("kl.cu", "fused.cu", "bernoulli.cu", "gaussian.cu"):
             for arch in ("80", "90"):
                 dst = tmp_path / f"{name}.{cu}.sm_{arch}.ptx"
                 cmd = [NVCC, "-ptx", f"-arch=sm_{arch}", "-std=c++14", "-Werror", "all-warnings", *opts,
@@ -188,7 +189,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 8
+    assert lib.shim_abi_version() == 9
     return lib
 
 
@@ -437,6 +438,63 @@ def test_replay_bernoulli_kernels(shim, dtype, shape, samples):
     call(shim, f"shim_elementwise_{sfx}", _INT(6), np.ascontiguousarray(np.broadcast_to(g[..., None], lshape)).ravel(),
          logits.ravel(), np.ascontiguousarray(xs).ravel(), own, _I64(logits.size))
     np.testing.assert_array_equal(d.ravel(), own)
+
+
+def _ref_gaussian(x, mu, logvar):
+    """The float64 bracket log(2 pi) + logvar + t^2 (t = (x - mu) e^(-logvar / 2)), and t."""
+    x, mu, lv = (np.asarray(a, np.float64) for a in (x, mu, logvar))
+    t = (x - mu) * np.exp(-0.5 * lv)
+    return np.log(2 * np.pi) + lv + t * t, t
+
+
+#: (x's shape, mu's, logvar's): the same shape, a sample's parameters under 3 samples, one row
+#: of parameters for all, one value for all (0-d, as a standard normal's), and mixed periods
+GAUSSIAN_SHAPES = [((7, 50), (7, 50), (7, 50)), ((3, 7, 50), (7, 50), (7, 50)), ((5, 13), (13,), (13,)),
+                   ((3, 5, 13), (), ()), ((2, 4101), (2, 4101), ()), ((9, 3), (9, 3), (9, 3)),
+                   ((3, 5, 13), (13,), (5, 13))]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shapes", GAUSSIAN_SHAPES)
+def test_replay_gaussian_kernels(shim, dtype, shapes):
+    """The Gaussian log-density per row and its gradients, replayed on the host: the row sums
+    equal -1/2 times the device's own terms summed in the documented order, bit for bit, and the
+    float64 reference to rounding, with mu and logvar repeated under x as their shapes say (one
+    value for all where 0-d); each gradient written only where asked for, of x's shape."""
+    rtol, atol = TOL[dtype]
+    xs, ms, ls = shapes
+    D = xs[-1]
+    rows = int(np.prod(xs[:-1]))
+    rng = np.random.default_rng(sum(xs))
+    x = rng.normal(size=xs).astype(dtype)
+    mu = np.asarray(0.5 * rng.normal(size=ms), dtype)
+    lv = np.asarray(rng.uniform(-3, 2, size=ls), dtype)
+    mub, lvb = np.broadcast_to(mu, xs), np.broadcast_to(lv, xs)
+    sfx = _sfx(dtype)
+    terms = np.empty(x.size, dtype)
+    call(shim, f"shim_elementwise_{sfx}", _INT(7), x.ravel(), np.ascontiguousarray(mub).ravel(),
+         np.ascontiguousarray(lvb).ravel(), terms, _I64(x.size))
+    want, t = _ref_gaussian(x, mub, lvb)
+    np.testing.assert_allclose(terms.reshape(xs), want, rtol=rtol, atol=atol)
+    P = _row_tiling(shim, D)[1]
+    ordered = np.array([dtype(-0.5) * _documented_row_sum(terms[r * D:(r + 1) * D], P, r * D)
+                        for r in range(rows)], dtype)
+
+    out = np.full(xs[:-1], np.nan, dtype)
+    call(shim, f"shim_gaussian_fwd_{sfx}", x, mu, _I64(mu.size), lv, _I64(lv.size), out, _I64(rows), _I64(D))
+    np.testing.assert_array_equal(out.ravel(), ordered)
+    np.testing.assert_allclose(out, -0.5 * want.sum(-1), rtol=rtol * D ** 0.5 * 4, atol=atol)
+
+    g = rng.normal(size=xs[:-1]).astype(dtype)
+    inv_std = np.exp(-0.5 * lvb.astype(np.float64))
+    gs = g[..., None] * t * inv_std
+    for needs in ((True, True, True), (False, True, False), (True, False, True)):
+        grads = [np.full(xs, np.nan, dtype) if need else None for need in needs]
+        call(shim, f"shim_gaussian_bwd_{sfx}", g, x, mu, _I64(mu.size), lv, _I64(lv.size), *grads,
+             _I64(rows), _I64(D))
+        for got, ref in zip(grads, (-gs, gs, g[..., None] * 0.5 * (t * t - 1))):
+            if got is not None:
+                np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -890,7 +948,7 @@ def test_wrappers_validate(fake_gpu):
     with pytest.raises(ValueError):
         K.kl_normal_std_forward(np.ones((), np.float32), np.zeros((), np.float32))
     logits = np.zeros((2, 4, 3), np.float32)
-    with pytest.raises(ValueError, match="x: shape .* is not logits'"):
+    with pytest.raises(ValueError, match=r"x: shape \(2, 3\) is not \(2, 4, 3\) or that of its trailing axes"):
         K.bernoulli_log_prob_forward(logits, np.zeros((2, 3), np.float32))
     with pytest.raises(TypeError, match="x: dtype"):
         K.bernoulli_log_prob_forward(logits, np.zeros((4, 3)))
@@ -899,6 +957,16 @@ def test_wrappers_validate(fake_gpu):
     np.testing.assert_allclose(K.bernoulli_log_prob_forward(logits, np.zeros((4, 3), np.float32)),
                                np.full((2, 4), -3 * np.log(2)), rtol=1e-6)
     assert K.bernoulli_log_prob_forward(logits[:, :0], np.zeros((0, 3), np.float32)).shape == (2, 0)
+    with pytest.raises(ValueError, match="mu: shape"):
+        K.gaussian_log_prob_forward(logits, np.zeros((2, 4), np.float32), np.zeros((), np.float32))
+    with pytest.raises(TypeError, match="logvar: dtype"):
+        K.gaussian_log_prob_forward(logits, np.zeros((), np.float32), np.zeros(3))
+    zero = np.zeros((), np.float32)
+    np.testing.assert_allclose(K.gaussian_log_prob_forward(logits, zero, zero),
+                               np.full((2, 4), -1.5 * np.log(2 * np.pi)), rtol=1e-6)
+    dx, dmu, dlv = K.gaussian_log_prob_backward(np.ones((2, 4), np.float32), logits, zero, zero,
+                                                needs=(True, False, False))
+    assert dmu is None and dlv is None and dx.shape == logits.shape
     out, b = np.ones((4, 3), np.float32), np.ones(3, np.float32)
     with pytest.raises(ValueError, match="b: shape"):
         K.bias_act(out, np.ones(4, np.float32))
@@ -1111,6 +1179,7 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
     relu_layers = sum(isinstance(m, mv.nn.LinearReLU) for m in model.modules())
     assert names.count("mv_bias_act_f32") == layers and names.count("mv_relu_grad_f32") == relu_layers > 0
     assert names.count("mv_bernoulli_fwd_f32") == names.count("mv_bernoulli_bwd_f32") == 1
+    assert "mv_gaussian_fwd_f32" not in names  # (the VAE's ELBO takes its KL analytically)
     assert len(fake_cublas.calls) == 3 * layers - 1
     (loss_g, grads_g, w_g), (loss_c, grads_c, w_c) = out
     assert loss_g == pytest.approx(loss_c, rel=1e-5)

@@ -25,6 +25,8 @@ The rows:
 * ``ReparameterizeKL``: both in one pass over mu and logvar (``kernels/fused.cu``).
 * ``BernoulliLogProb``: the decoder's log-likelihood of each row of pixels, and its gradient
   (``kernels/bernoulli.cu``).
+* ``GaussianLogProb``: the log-density of each row under a diagonal Gaussian, and its gradients
+  (``kernels/gaussian.cu``).
 * ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
   cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); the bias and
   the ReLU in one launch on the product, in place, and the ReLU's gradient in one more
@@ -199,14 +201,28 @@ register("ReparameterizeKL", _reparameterize_kl_forward, _reparameterize_kl_back
          takes="mu and logvar of one shape, at least 1-D (S samples run on S broadcast copies)")
 
 
+def _repeats_over(ref, a):
+    """``a`` has ref's dtype, and ref's shape or that of its trailing axes (0-d: one value): the
+    kernels read it as values that repeat over ref's elements."""
+    return a.dtype == ref.dtype and a.ndim <= ref.ndim and a.shape == ref.shape[ref.ndim - a.ndim:]
+
+
+_REPEATING = ("of its shape or of its trailing axes (repeated over the leading ones; 0-d: one value "
+              "for all)")
+
+
+def _contiguous(*arrays):
+    # (a 0-d array is contiguous, and stays 0-d: ascontiguousarray would make it (1,))
+    xp = get_array_module(*arrays)
+    return [a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in arrays]
+
+
 def _bernoulli_accepts(logits, x):
-    return (logits.ndim >= 1 and x.ndim >= 1 and logits.dtype in _FLOATS and x.dtype == logits.dtype
-            and x.shape == logits.shape[logits.ndim - x.ndim:])
+    return logits.ndim >= 1 and logits.dtype in _FLOATS and _repeats_over(logits, x)
 
 
 def _bernoulli_forward(ctx, logits, x):
-    xp = get_array_module(logits)
-    logits, x = xp.ascontiguousarray(logits), xp.ascontiguousarray(x)
+    logits, x = _contiguous(logits, x)
     ctx.save(logits, x)
     return _kernels().bernoulli_log_prob_forward(logits, x)
 
@@ -221,8 +237,28 @@ def _bernoulli_backward(ctx, g):
 
 
 register("BernoulliLogProb", _bernoulli_forward, _bernoulli_backward, accepts=_bernoulli_accepts,
-         takes="logits (..., D) and targets x of one dtype, x of logits' shape or of its trailing axes "
-               "(repeated over the leading ones, as the images under several samples' logits)")
+         takes=f"float logits (..., D) and targets x of their dtype, {_REPEATING} (the images under "
+               f"several samples' logits)")
+
+
+def _gaussian_accepts(x, mu, logvar):
+    return x.ndim >= 1 and x.dtype in _FLOATS and _repeats_over(x, mu) and _repeats_over(x, logvar)
+
+
+def _gaussian_forward(ctx, x, mu, logvar):
+    x, mu, logvar = _contiguous(x, mu, logvar)
+    ctx.save(x, mu, logvar)
+    return _kernels().gaussian_log_prob_forward(x, mu, logvar)
+
+
+def _gaussian_backward(ctx, g):
+    # each of x's shape: the engine sums dmu and dlogvar over the axes they were repeated along
+    return _kernels().gaussian_log_prob_backward(g, *ctx.saved, needs=ctx.needs_input_grad)
+
+
+register("GaussianLogProb", _gaussian_forward, _gaussian_backward, accepts=_gaussian_accepts,
+         takes=f"float x (..., D), and mu and logvar of its dtype, {_REPEATING} (a sample's "
+               f"parameters under several samples, or a standard normal's 0 and 0)")
 
 
 def _adam_update(p, g, m, v, vmax, work=None, **scalars):

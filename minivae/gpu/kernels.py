@@ -37,7 +37,8 @@ __all__ = [
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
     "reparameterize_kl_forward", "reparameterize_kl_backward",
-    "bernoulli_log_prob_forward", "bernoulli_log_prob_backward", "bias_act", "relu_grad", "adam_update",
+    "bernoulli_log_prob_forward", "bernoulli_log_prob_backward",
+    "gaussian_log_prob_forward", "gaussian_log_prob_backward", "bias_act", "relu_grad", "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -100,6 +101,7 @@ _FUNC_FILE = {
     "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
     "mv_bernoulli_fwd": "bernoulli.cu", "mv_bernoulli_bwd": "bernoulli.cu",
+    "mv_gaussian_fwd": "gaussian.cu", "mv_gaussian_bwd": "gaussian.cu",
     "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu",
     "mv_adam": "adam.cu",
     "mv_step_advance": "step.cu",
@@ -372,16 +374,16 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
 
 
 # ------------------------------------------------------------------------------ Bernoulli log-likelihood
-def _targets(logits, x):
-    """x checked against logits (..., D): the same dtype, and the shape of logits or of its
-    trailing axes (the images under the logits of several samples of each), C-contiguous.
-    Returns x and the period with which its values repeat over the logits' elements."""
-    x = _float_array(x, "x")
-    if x.dtype != logits.dtype:
-        raise TypeError(f"x: dtype {x.dtype} differs from {logits.dtype}")
-    if x.ndim == 0 or x.shape != logits.shape[logits.ndim - x.ndim:]:
-        raise ValueError(f"x: shape {x.shape} is not logits' {logits.shape} or its trailing axes")
-    return x, x.size
+def _repeating(ref, a, name):
+    """``a`` checked against ``ref``: the same dtype, and the shape of ``ref`` or of its trailing
+    axes (a 0-d array: one value for all), C-contiguous. Returns ``a`` and the period with which
+    its values repeat over the elements of ``ref`` (its size)."""
+    a = _float_array(a, name)
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} differs from {ref.dtype}")
+    if a.ndim > ref.ndim or a.shape != ref.shape[ref.ndim - a.ndim:]:
+        raise ValueError(f"{name}: shape {a.shape} is not {ref.shape} or that of its trailing axes")
+    return a, a.size
 
 
 def bernoulli_log_prob_forward(logits, x):
@@ -389,7 +391,7 @@ def bernoulli_log_prob_forward(logits, x):
     the targets ``x`` given the logits ``l``): shape ``logits.shape[:-1]``. ``x`` has the shape
     of ``logits`` or of its trailing axes (then it repeats over the leading ones)."""
     logits = _float_array(logits, "logits")
-    x, xn = _targets(logits, x)
+    x, xn = _repeating(logits, x, "x")
     B, D, rshape = _rows(logits)
     out = _row_sums_out(rshape, D, logits.dtype)
     if B and D:
@@ -403,7 +405,7 @@ def bernoulli_log_prob_backward(g, logits, x):
     """d/dlogits of bernoulli_log_prob_forward(logits, x) for the upstream ``g`` (one value per
     row, ``logits.shape[:-1]``): ``g[..., None] * (x - sigmoid(logits))``."""
     logits = _float_array(logits, "logits")
-    x, xn = _targets(logits, x)
+    x, xn = _repeating(logits, x, "x")
     B, D, rshape = _rows(logits)
     g = _same(logits, g, "g", shape=rshape)
     d = cp.empty_like(logits)
@@ -412,6 +414,41 @@ def bernoulli_log_prob_backward(g, logits, x):
         get_function("mv_bernoulli_bwd", logits.dtype)(
             grid, block, (g, logits, x, d, np.int64(B), np.int64(D), np.int64(xn)))
     return d
+
+
+# ------------------------------------------------------------------------------ Gaussian log-density
+def gaussian_log_prob_forward(x, mu, logvar):
+    """Per row of the last axis, ``-(sum of log(2 pi) + logvar + (x - mu)^2 exp(-logvar)) / 2``
+    (the log-density of x under N(mu, exp(logvar))): shape ``x.shape[:-1]``. ``mu`` and
+    ``logvar`` have the shape of ``x`` or of its trailing axes (a 0-d array: one value)."""
+    x = _float_array(x, "x")
+    mu, mu_n = _repeating(x, mu, "mu")
+    logvar, lv_n = _repeating(x, logvar, "logvar")
+    B, D, rshape = _rows(x)
+    out = _row_sums_out(rshape, D, x.dtype)
+    if B and D:
+        grid, block = _row_forward_launch(B, D)
+        get_function("mv_gaussian_fwd", x.dtype)(
+            grid, block, (x, mu, np.int64(mu_n), logvar, np.int64(lv_n), out, np.int64(B), np.int64(D)))
+    return out
+
+
+def gaussian_log_prob_backward(g, x, mu, logvar, needs=(True, True, True)):
+    """The gradients of gaussian_log_prob_forward(x, mu, logvar) for the upstream ``g`` (one
+    value per row): ``(dx, dmu, dlogvar)``, each of x's shape (the caller sums dmu and dlogvar
+    over the axes mu and logvar repeat along), None where ``needs`` says no."""
+    x = _float_array(x, "x")
+    mu, mu_n = _repeating(x, mu, "mu")
+    logvar, lv_n = _repeating(x, logvar, "logvar")
+    B, D, rshape = _rows(x)
+    g = _same(x, g, "g", shape=rshape)
+    grads = [cp.empty_like(x) if need else None for need in needs]
+    if B and D and any(needs):
+        grid, block = _flat_launch(_chunks(B * D))
+        get_function("mv_gaussian_bwd", x.dtype)(
+            grid, block, (g, x, mu, np.int64(mu_n), logvar, np.int64(lv_n),
+                          *(_NULL if d is None else d for d in grads), np.int64(B), np.int64(D)))
+    return tuple(grads)
 
 
 # ------------------------------------------------------------------------------ dense layers
