@@ -320,13 +320,13 @@ MV_HD void mv_chunk_kl_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* gkl, const T* 
 // ---------------------------------------------------------------- dense layers (flat)
 // Element e of a C-contiguous (rows, N) product is in column e % N.
 //
-// Bias and ReLU of chunk c of the n elements, in place: out = relu(out + b[column]) (b may be
-// null: no bias; relu 0: no ReLU). The additions and the ReLU are NumPy's `out += b` and
-// `maximum(out, 0)`, the same numbers in one pass.
+// Bias and ReLU of chunk c of the n elements: out = relu(in + b[column]) (b may be null: no
+// bias; relu 0: no ReLU; in may be out: in place). The additions and the ReLU are NumPy's
+// `out += b` and `maximum(out, 0)`, the same numbers in one pass.
 template <typename T>
-MV_HD void mv_chunk_bias_act(mv_i64 c, mv_i64 n, mv_i64 N, const T* b, int relu, T* out) {
+MV_HD void mv_chunk_bias_act(mv_i64 c, mv_i64 n, mv_i64 N, const T* in, const T* b, int relu, T* out) {
     T v[4], bias[4];
-    mv_load4<T>(out, c, 0, n, v);
+    mv_load4<T>(in, c, 0, n, v);
     if (b) mv_load4_periodic<T>(b, N, c, 0, n, bias);
     for (int k = 0; k < 4; ++k) {
         if (b) v[k] = v[k] + bias[k];

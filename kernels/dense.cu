@@ -1,24 +1,28 @@
-// The elementwise work of a dense layer around its cuBLAS product (minivae/gpu/dispatch.py), over
-// C-contiguous arrays of n elements, one thread per chunk of 4 (chunks.cuh):
-//   forward:  out = relu(out + b), in place on the product (rows, N); b (N,) broadcast over the
-//             rows, and may be a null pointer (no bias); relu = 0 leaves the ReLU out;
-//   backward: d = g * [y > 0], y the layer's output after the ReLU.
+// The elementwise work of a dense layer around its cuBLAS product (minivae/gpu/dispatch.py), and
+// of a ReLU alone, over C-contiguous arrays of n elements, one thread per chunk of 4 (chunks.cuh):
+//   forward:  out = relu(in + b) of rows of N: in place on the product (in = out), or into a new
+//             array; b (N,) broadcast over the rows, and may be a null pointer (no bias);
+//             relu = 0 leaves the ReLU out;
+//   backward: d = g * [y > 0], y the ReLU's output.
 // One launch each where NumPy's code takes two or three (`out += b`, `maximum`, then `out > 0`
 // for a mask kept until the backward, and `g * mask`).
 // Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
 #include "device.cuh"
 
 template <typename T>
-__device__ __forceinline__ void mv_bias_act(T* __restrict__ out, const T* __restrict__ b, mv_i64 n, mv_i64 N,
+__device__ __forceinline__ void mv_bias_act(const T* in, const T* __restrict__ b, T* out, mv_i64 n, mv_i64 N,
                                             int relu) {
-    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_bias_act<T>(c, n, N, b, relu, out);
+    // (in and out may be the same array: no __restrict__ on them)
+    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_bias_act<T>(c, n, N, in, b, relu, out);
 }
 
-extern "C" __global__ void mv_bias_act_f32(float* out, const float* b, mv_i64 n, mv_i64 N, int relu) {
-    mv_bias_act<float>(out, b, n, N, relu);
+extern "C" __global__ void mv_bias_act_f32(const float* in, const float* b, float* out, mv_i64 n, mv_i64 N,
+                                           int relu) {
+    mv_bias_act<float>(in, b, out, n, N, relu);
 }
-extern "C" __global__ void mv_bias_act_f64(double* out, const double* b, mv_i64 n, mv_i64 N, int relu) {
-    mv_bias_act<double>(out, b, n, N, relu);
+extern "C" __global__ void mv_bias_act_f64(const double* in, const double* b, double* out, mv_i64 n, mv_i64 N,
+                                           int relu) {
+    mv_bias_act<double>(in, b, out, n, N, relu);
 }
 
 template <typename T>

@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 9; }
+SHIM int shim_abi_version() { return 10; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -138,8 +138,8 @@ static void replay_reparam_kl_bwd(const T* dz, const T* gkl, const T* mu, const 
 }
 
 template <typename T>
-static void replay_bias_act(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {
-    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_bias_act<T>(c, n, N, b, relu, out);
+static void replay_bias_act(const T* in, const T* b, T* out, mv_i64 n, mv_i64 N, int relu) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_bias_act<T>(c, n, N, in, b, relu, out);
 }
 template <typename T>
 static void replay_relu_grad(const T* g, const T* y, T* d, mv_i64 n) {
@@ -219,8 +219,8 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
                                       mv_i64 lv_n, T* dx, T* dmu, T* dlv, mv_i64 B, mv_i64 D) {              \
         replay_gaussian_bwd<T>(g, x, mu, mu_n, lv, lv_n, dx, dmu, dlv, B, D);                                \
     }                                                                                                        \
-    SHIM void shim_bias_act_##SFX(T* out, const T* b, mv_i64 n, mv_i64 N, int relu) {                      \
-        replay_bias_act<T>(out, b, n, N, relu);                                                              \
+    SHIM void shim_bias_act_##SFX(const T* in, const T* b, T* out, mv_i64 n, mv_i64 N, int relu) {         \
+        replay_bias_act<T>(in, b, out, n, N, relu);                                                          \
     }                                                                                                        \
     SHIM void shim_relu_grad_##SFX(const T* g, const T* y, T* d, mv_i64 n) { replay_relu_grad<T>(g, y, d, n); } \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }

@@ -187,8 +187,8 @@ def _own_kernels(calls):
 BUDGETS = {
     "vae": ({}, 16, 20, 20),
     "iwae": ({"iw_k": 3}, 20, 20, 38),
-    "m2": ({"n_labelled": 20}, 42, 64, 198),  # (the labelled batch: a new shuffle and draw each step)
-    "sdgm": ({}, 31, 49, 53),
+    "m2": ({"n_labelled": 20}, 50, 64, 186),  # (the labelled batch: a new shuffle and draw each step)
+    "sdgm": ({}, 37, 49, 44),
 }
 
 

@@ -50,7 +50,7 @@ def test_the_table_names_the_registered_kernels():
     the dense layers and Adam, each with a stated condition and, for the ops, a forward and a backward
     launch."""
     assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "GaussianLogProb",
-            "Matmul", "Linear", "LinearRelu", "Adam"} <= set(dispatch.TABLE)
+            "Matmul", "Linear", "LinearRelu", "Relu", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)
@@ -296,3 +296,28 @@ def test_the_gaussian_row_takes_parameters_of_xs_trailing_shape(as_gpu):
     for case, (mu, lv) in {"over rows": (np.zeros((6, 1), np.float32), x),
                            "another dtype": (x, x.astype(np.float64))}.items():
         assert dispatch.select("GaussianLogProb", x, mu, lv) is None, case
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_relu_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype):
+    """A ReLU on its own (not a dense layer's) on the kernels of dense.cu against the op's NumPy
+    code, bit for bit, on a non-contiguous input with zeros and a NaN: output and gradient; one
+    launch forward and one backward."""
+    x = np.random.default_rng(9).standard_normal((7, 6)).astype(dtype)
+    x[::3, 1] = 0
+    x[2, 2] = np.nan
+    g = np.random.default_rng(10).standard_normal((6, 7)).astype(dtype)
+    results = []
+    for gpu in (True, False):
+        t = mv.Tensor(x.copy(), requires_grad=True)
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            out = F.relu(t.T)
+            assert (out._node.fn is dispatch.TABLE["Relu"]) == gpu
+            out.backward(g)
+        results.append((out.data, t.grad))
+    sfx = "f32" if dtype == np.float32 else "f64"
+    assert [c[0] for c in fake_gpu[1]] == [f"mv_bias_act_{sfx}", f"mv_relu_grad_{sfx}"]
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)

@@ -644,8 +644,11 @@ def test_bernoulli_gaussian_and_dense_kernels_match_numpy(dtype, shape):
     prod, g = inputs((shape[-2], D), dtype, 15)
     b = inputs((D,), dtype, 16)[0]
     want = np.maximum(prod + b, 0)
-    out = cp.asarray(prod)
-    G.bias_act(out, cp.asarray(b), relu=True)
+    d_prod = cp.asarray(prod)
+    fresh = G.bias_act(d_prod, cp.asarray(b), relu=True, out=cp.empty_like(d_prod))  # into a new array
+    out = G.bias_act(d_prod, cp.asarray(b), relu=True)  # in place
+    assert out is d_prod
+    np.testing.assert_array_equal(host(fresh), want)
     np.testing.assert_array_equal(host(out), want)
     np.testing.assert_array_equal(host(G.relu_grad(cp.asarray(g), out)), g * (host(out) > 0))
 

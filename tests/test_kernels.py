@@ -189,7 +189,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 9
+    assert lib.shim_abi_version() == 10
     return lib
 
 
@@ -512,13 +512,16 @@ def test_replay_dense_bias_relu_and_its_gradient(shim, dtype, n, N):
     b = _inputs((N,), dtype, N)[0]
     for bias in (b, None):
         for relu in (1, 0):
-            out = prod.copy()
-            call(shim, f"shim_bias_act_{_sfx(dtype)}", out, bias, _I64(out.size), _I64(N), _INT(relu))
             want = prod.copy()
             if bias is not None:
                 want += bias
             if relu:
                 np.maximum(want, 0, out=want)
+            out = prod.copy()  # in place
+            call(shim, f"shim_bias_act_{_sfx(dtype)}", out, bias, out, _I64(out.size), _I64(N), _INT(relu))
+            np.testing.assert_array_equal(out, want)
+            out = np.full_like(prod, 7)  # into another array
+            call(shim, f"shim_bias_act_{_sfx(dtype)}", prod, bias, out, _I64(out.size), _I64(N), _INT(relu))
             np.testing.assert_array_equal(out, want)
     y = np.maximum(prod + b, 0)
     g = _inputs((rows, N), dtype, n)[0]

@@ -30,7 +30,9 @@ The rows:
 * ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
   cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); the bias and
   the ReLU in one launch on the product, in place, and the ReLU's gradient in one more
-  (``kernels/dense.cu``); the bias gradient (a column sum) as a CuPy reduction. CuPy's own matmul cannot be
+  (``kernels/dense.cu``); the bias gradient (a column sum) as a CuPy reduction.
+* ``Relu`` (a ReLU that is not a dense layer's): one launch forward and one backward, the
+  kernels of the dense layers'. CuPy's own matmul cannot be
   captured in a CUDA graph; running the same cuBLAS calls eagerly too is what makes a captured
   step give the eager step's bits. ``gemm_handle()`` is the cuBLAS handle of the current device,
   made at the first product; when libcublas cannot be loaded it raises that error (there is no
@@ -399,6 +401,20 @@ def _linear_relu_backward(ctx, g):
     x, W = ctx.saved
     # the ReLU's mask is read off its output here (the xp code keeps it from the forward)
     return _dense_backward(ctx, _kernels().relu_grad(g, ctx.out), x, W)
+
+
+def _relu_forward(ctx, x):
+    xp = get_array_module(x)
+    ctx.out = out = _kernels().bias_act(x, relu=True, out=xp.empty(x.shape, x.dtype))
+    return out
+
+
+def _relu_backward(ctx, g):
+    return _kernels().relu_grad(g, ctx.out)  # the mask read off the output, as LinearRelu's
+
+
+register("Relu", _relu_forward, _relu_backward, accepts=lambda x: x.ndim >= 1 and x.dtype in _FLOATS,
+         takes="float32 or float64 x of at least one dimension")
 
 
 _LINEAR_TAKES = (f"x of shape (..., in) (its rows flattened), W (in, out) and b (out,) or none, "

@@ -452,23 +452,28 @@ def gaussian_log_prob_backward(g, x, mu, logvar, needs=(True, True, True)):
 
 
 # ------------------------------------------------------------------------------ dense layers
-def bias_act(out, b=None, relu=False):
-    """``out = max(out + b, 0)`` in place, one launch: the bias ``b`` (N,) (or None) broadcast over
-    the rows of the C-contiguous product ``out`` (..., N), then the ReLU when ``relu``. The same
-    numbers as NumPy's ``out += b`` and ``maximum(out, 0, out=out)``; returns ``out``."""
+def bias_act(x, b=None, relu=False, out=None):
+    """``max(x + b, 0)`` in one launch: the bias ``b`` (N,) (or None) broadcast over the rows of
+    ``x`` (..., N), then the ReLU when ``relu``; into ``out`` (a new array), or into ``x`` itself
+    when ``out`` is None (in place: ``x`` must be C-contiguous). The same numbers as NumPy's
+    ``x + b`` and ``maximum(., 0)``; returns the result."""
     require()
-    out = _in_place(out, out, "out")
-    if out.dtype not in _SUFFIX:
-        raise TypeError(f"out: dtype must be float32 or float64, got {out.dtype}")
-    if out.ndim == 0:
-        raise ValueError("out: a product of at least one dimension, got a 0-d array")
-    N = out.shape[-1]
+    if out is None:
+        x = out = _in_place(x, x, "x")
+    else:
+        x = _float_array(x, "x")
+        out = _in_place(x, out, "out")
+    if x.dtype not in _SUFFIX:
+        raise TypeError(f"x: dtype must be float32 or float64, got {x.dtype}")
+    if x.ndim == 0:
+        raise ValueError("x: rows of at least one dimension, got a 0-d array")
+    N = x.shape[-1]
     if b is not None:
-        b = _same(out, b, "b", shape=(N,))
-    n = out.size
+        b = _same(x, b, "b", shape=(N,))
+    n = x.size
     if n:
-        get_function("mv_bias_act", out.dtype)(
-            *_flat_launch(_chunks(n)), (out, _NULL if b is None else b, np.int64(n), np.int64(N), np.int32(relu)))
+        get_function("mv_bias_act", x.dtype)(
+            *_flat_launch(_chunks(n)), (x, _NULL if b is None else b, out, np.int64(n), np.int64(N), np.int32(relu)))
     return out
 
 
