@@ -8,8 +8,9 @@
 // Neighbouring threads own neighbouring chunks, so a warp reads 32 x 16 contiguous bytes per
 // input (one 16-byte vector load per thread where the chunk is whole and aligned).
 //
-// Flat kernels (random.cu, reparam.cu, and the backward passes of kl.cu, fused.cu) run these
-// over the chunks of n elements; the forward row kernels run them over tiles of whole rows
+// Flat kernels (random.cu, reparam.cu, dense.cu, and the backward passes of kl.cu, fused.cu,
+// bernoulli.cu, gaussian.cu) run these over the chunks of n elements; the forward row kernels
+// run them over tiles of whole rows
 // (see "row kernels" below). tests/host_shim.cpp replays the same loops on the host, calling
 // these very functions, so the indexing (every element written once, rows and tiles masked,
 // the order of the row sums) is tested without a GPU.
@@ -152,17 +153,18 @@ MV_HD void mv_chunk_reparam_bwd(mv_i64 c, mv_i64 n, mv_u64 seed, mv_u64 offset, 
 // Backward passes need no reduction: they run flat over the chunks like the kernels above, each
 // element e taking its row's upstream gkl[e / D] (one division per chunk).
 //
-// Forward passes sum each row's KL terms. They work on tiles of at most MV_TILE elements: a tile
+// Forward passes sum each row's terms (the KL's, the Bernoulli's or the Gaussian's, as the
+// kernel's kind says below). They work on tiles of at most MV_TILE elements: a tile
 // is R whole rows, or, for rows too long for that, one segment of one row. The threads that
 // share a tile (a block, or a warp: the designs of device.cuh) (a) load the tile's chunks into
 // registers (each thread an equal share, all loads before any use, so that they are in flight
-// together), compute them (mv_chunk_row_fwd: z, and each element's KL term parked in shared
+// together), compute them (mv_chunk_row_fwd: z, and each element's term parked in shared
 // memory at its place in the tile), then (b) sum each row's terms in a FIXED order
-// (mv_segment_sum below): kl = segment sums added in segment order, each segment summed by P
-// "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to right -- whose P partials are then
-// added pairwise by a halving tree (lane i += lane i + P/2, then + P/4, ... 1). R is chosen so
-// that R*D is a multiple of 4: then a tile of whole rows starts on a chunk boundary, and its
-// chunks are whole, aligned 16-byte vector loads and stores.
+// (mv_segment_sum below): a row's sum = segment sums added in segment order, each segment
+// summed by P "lanes" -- lane p adds terms p, p + P, p + 2P, ... left to right -- whose P
+// partials are then added pairwise by a halving tree (lane i += lane i + P/2, then + P/4, ...
+// 1). R is chosen so that R*D is a multiple of 4: then a tile of whole rows starts on a chunk
+// boundary, and its chunks are whole, aligned 16-byte vector loads and stores.
 // A row that does not fit so (R = 1) is cut into segments: the first runs from the row's start
 // to MV_TILE elements past the chunk boundary at or before it, each next one MV_TILE further
 // (so every segment covers at most MV_TILE / 4 chunks, and all but the first start on a chunk

@@ -30,13 +30,13 @@ The rows:
 * ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
   cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); the bias and
   the ReLU in one launch on the product, in place, and the ReLU's gradient in one more
-  (``kernels/dense.cu``); the bias gradient (a column sum) as a CuPy reduction.
-* ``Relu`` (a ReLU that is not a dense layer's): one launch forward and one backward, the
-  kernels of the dense layers'. CuPy's own matmul cannot be
-  captured in a CUDA graph; running the same cuBLAS calls eagerly too is what makes a captured
-  step give the eager step's bits. ``gemm_handle()`` is the cuBLAS handle of the current device,
-  made at the first product; when libcublas cannot be loaded it raises that error (there is no
-  silent fallback to ``cupy.matmul``).
+  (``kernels/dense.cu``); the bias gradient (a column sum) as a CuPy reduction. CuPy's own
+  matmul cannot be captured in a CUDA graph; running the same cuBLAS calls eagerly too is what
+  makes a captured step give the eager step's bits. ``gemm_handle()`` is the cuBLAS handle of the
+  current device, made at the first product; when libcublas cannot be loaded it raises that
+  error (there is no silent fallback to ``cupy.matmul``).
+* ``Relu`` (a ReLU that is not a dense layer's): one launch forward and one backward, on the
+  dense layers' kernels.
 * ``"Adam"``: the optimizer's update of all parameters in one launch (``kernels/adam.cu``).
 
 The table is keyed by name so that this package never imports the ops. Importing this module

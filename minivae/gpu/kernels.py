@@ -177,6 +177,18 @@ def _same(ref, x, name, shape=None):
     return x
 
 
+def _repeating(ref, a, name):
+    """``a`` checked against ``ref``: the same dtype, and the shape of ``ref`` or of its trailing
+    axes (a 0-d array: one value for all), C-contiguous. Returns ``a`` and the period with which
+    its values repeat over the elements of ``ref`` (its size)."""
+    a = _float_array(a, name)
+    if a.dtype != ref.dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} differs from {ref.dtype}")
+    if a.ndim > ref.ndim or a.shape != ref.shape[ref.ndim - a.ndim:]:
+        raise ValueError(f"{name}: shape {a.shape} is not {ref.shape} or that of its trailing axes")
+    return a, a.size
+
+
 def _rows(x):
     """(rows, D, shape of the per-row result) of an array reduced over its last axis."""
     if x.ndim == 0:
@@ -374,18 +386,6 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
 
 
 # ------------------------------------------------------------------------------ Bernoulli log-likelihood
-def _repeating(ref, a, name):
-    """``a`` checked against ``ref``: the same dtype, and the shape of ``ref`` or of its trailing
-    axes (a 0-d array: one value for all), C-contiguous. Returns ``a`` and the period with which
-    its values repeat over the elements of ``ref`` (its size)."""
-    a = _float_array(a, name)
-    if a.dtype != ref.dtype:
-        raise TypeError(f"{name}: dtype {a.dtype} differs from {ref.dtype}")
-    if a.ndim > ref.ndim or a.shape != ref.shape[ref.ndim - a.ndim:]:
-        raise ValueError(f"{name}: shape {a.shape} is not {ref.shape} or that of its trailing axes")
-    return a, a.size
-
-
 def bernoulli_log_prob_forward(logits, x):
     """Per row of the last axis, sum of ``x l - softplus(l)`` (the Bernoulli log-likelihood of
     the targets ``x`` given the logits ``l``): shape ``logits.shape[:-1]``. ``x`` has the shape
@@ -473,7 +473,8 @@ def bias_act(x, b=None, relu=False, out=None):
     n = x.size
     if n:
         get_function("mv_bias_act", x.dtype)(
-            *_flat_launch(_chunks(n)), (x, _NULL if b is None else b, out, np.int64(n), np.int64(N), np.int32(relu)))
+            *_flat_launch(_chunks(n)),
+            (x, _NULL if b is None else b, out, np.int64(n), np.int64(N), np.int32(relu)))
     return out
 
 
