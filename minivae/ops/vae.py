@@ -220,7 +220,9 @@ class BernoulliLogProb(Function):
     for confident wrong logits; sigmoid(l) = (1 + tanh(l / 2)) / 2.
     Cheap form: the passes run in place in two temporaries in forward and one in backward (the
     same operations in the same order as the plain expressions, so the same numbers), instead of
-    one fresh image-sized array per operation (eight in forward, six in backward).
+    one fresh image-sized array per operation (eight in forward, six in backward). On CuPy arrays
+    the dispatch table's kernels run instead: one pass per direction, the images read in place
+    where they repeat under several samples' logits.
     """
 
     @staticmethod
@@ -271,6 +273,9 @@ class GaussianLogProb(Function):
     variance gives a finite gradient wherever the product is finite (s alone is 2.7e40 at
     logvar = -100 and x - mu = 1e-3, above float32's largest number, while g s for the mean over
     a batch of 1000 is 2.7e37).
+    On CuPy arrays the dispatch table's kernels run instead: one pass per direction, t
+    recomputed in backward rather than kept, mu and logvar read in place where they repeat (a
+    sample's parameters under several samples, a standard normal's 0 and 0).
     """
 
     @staticmethod
