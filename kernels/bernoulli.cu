@@ -1,7 +1,7 @@
 // The Bernoulli log-likelihood of the images x under the decoder's logits, per row of D pixels
 // (minivae.ops.vae.BernoulliLogProb), over C-contiguous (B, D) logits; x holds xn values that
-// repeat over the rows (xn = B * D, or a divisor of it that is a multiple of D: the images under
-// the logits of several samples of each):
+// repeat over the logits' elements (xn = B * D, or a divisor of it: the images under the logits
+// of several samples of each):
 //   forward:  out[b] = sum_d x l - softplus(l)   (l = logits[b, d], x its image's pixel),
 //             tiles of whole rows held in registers (mv_row_fwd of device.cuh), the row sums in
 //             the fixed order documented in chunks.cuh;
@@ -11,11 +11,11 @@
 #include "device.cuh"
 
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
-mv_bernoulli_fwd_f32(const float* logits, const float* x, float* out, mv_i64 B, mv_i64 D, mv_i64 xn) {
+mv_bernoulli_fwd_f32(const float* logits, const float* x, mv_i64 xn, float* out, mv_i64 B, mv_i64 D) {
     mv_row_fwd<float, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, 0, nullptr, out, B, D, 0, 0, 0);
 }
 extern "C" __global__ void MV_ROW_FWD_BOUNDS
-mv_bernoulli_fwd_f64(const double* logits, const double* x, double* out, mv_i64 B, mv_i64 D, mv_i64 xn) {
+mv_bernoulli_fwd_f64(const double* logits, const double* x, mv_i64 xn, double* out, mv_i64 B, mv_i64 D) {
     mv_row_fwd<double, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, 0, nullptr, out, B, D, 0, 0, 0);
 }
 

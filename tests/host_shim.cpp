@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 10; }
+SHIM int shim_abi_version() { return 11; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -204,7 +204,7 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_reparam_kl_bwd<T>(dz, gkl, mu, lv, dmu, dlv, B, D, seed, mv_draw_offset(offset, from),        \
                                  stream);                                                                    \
     }                                                                                                        \
-    SHIM void shim_bernoulli_fwd_##SFX(const T* logits, const T* x, T* out, mv_i64 B, mv_i64 D, mv_i64 xn) {  \
+    SHIM void shim_bernoulli_fwd_##SFX(const T* logits, const T* x, mv_i64 xn, T* out, mv_i64 B, mv_i64 D) {  \
         replay_row_fwd<T, MV_ROW_BERNOULLI>(logits, x, xn, nullptr, 0, nullptr, out, B, D, 0, 0, 0);         \
     }                                                                                                        \
     SHIM void shim_bernoulli_bwd_##SFX(const T* g, const T* logits, const T* x, T* d, mv_i64 B, mv_i64 D,    \

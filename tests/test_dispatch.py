@@ -220,6 +220,27 @@ def test_a_missing_libcublas_is_one_clear_error(fake_cublas, as_gpu, monkeypatch
 
 
 # ------------------------------------------------------------------------------ Bernoulli log-likelihood
+def _row_against_numpy(fake_gpu, monkeypatch, fn, op, kernel, arrays, needs, g):
+    """fn's output and input gradients (for upstream ``g``) with the table taking the arrays for
+    CuPy's, against the op's NumPy code, to float rounding; the launches: ``kernel``'s forward,
+    then its backward."""
+    results = []
+    for gpu in (True, False):
+        tensors = [mv.Tensor(a.copy(), requires_grad=need) for a, need in zip(arrays, needs)]
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            out = fn(*tensors)
+            assert (out._node.fn is dispatch.TABLE[op]) == gpu
+            out.backward(g)
+        results.append([out.data] + [t.grad for t in tensors if t.requires_grad])
+    sfx = "f32" if g.dtype == np.float32 else "f64"
+    assert [c[0] for c in fake_gpu[1]] == [f"{kernel}_fwd_{sfx}", f"{kernel}_bwd_{sfx}"]
+    for got, want in zip(*results):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, **TOL[g.dtype.type])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("logits_shape, x_shape", [((6, 13), (6, 13)), ((1, 6, 13), (6, 13)),
                                                    ((3, 6, 13), (6, 13))])
@@ -232,21 +253,8 @@ def test_the_bernoulli_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, log
     logits = (4 * rng.standard_normal(logits_shape)).astype(dtype)
     x = (rng.random(x_shape) < 0.5).astype(dtype)
     g = rng.standard_normal(logits_shape[:-1]).astype(dtype)
-    results = []
-    for gpu in (True, False):
-        tl, tx = mv.Tensor(logits.copy(), requires_grad=True), mv.Tensor(x.copy(), requires_grad=x_needs_grad)
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
-            out = F.bernoulli_log_prob(tl, tx)
-            assert (out._node.fn is dispatch.TABLE["BernoulliLogProb"]) == gpu
-            out.backward(g)
-        results.append([out.data, tl.grad] + ([tx.grad] if x_needs_grad else []))
-    sfx = "f32" if dtype == np.float32 else "f64"
-    assert [c[0] for c in fake_gpu[1]] == [f"mv_bernoulli_fwd_{sfx}", f"mv_bernoulli_bwd_{sfx}"]
-    for got, want in zip(*results):
-        assert got.shape == want.shape and got.dtype == want.dtype
-        np.testing.assert_allclose(got, want, **TOL[dtype])
+    _row_against_numpy(fake_gpu, monkeypatch, F.bernoulli_log_prob, "BernoulliLogProb", "mv_bernoulli",
+                       [logits, x], (True, x_needs_grad), g)
 
 
 def test_the_bernoulli_row_takes_images_of_the_logits_trailing_shape(as_gpu):
@@ -271,21 +279,8 @@ def test_the_gaussian_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, shap
     arrays = [rng.normal(size=shapes[0]), 0.5 * rng.normal(size=shapes[1]), rng.uniform(-2, 1, size=shapes[2])]
     arrays = [np.asarray(a, dtype) for a in arrays]
     g = rng.standard_normal(shapes[0][:-1]).astype(dtype)
-    results = []
-    for gpu in (True, False):
-        tensors = [mv.Tensor(a.copy(), requires_grad=need) for a, need in zip(arrays, needs)]
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
-            out = F.gaussian_log_prob(*tensors)
-            assert (out._node.fn is dispatch.TABLE["GaussianLogProb"]) == gpu
-            out.backward(g)
-        results.append([out.data] + [t.grad for t in tensors if t.requires_grad])
-    sfx = "f32" if dtype == np.float32 else "f64"
-    assert [c[0] for c in fake_gpu[1]] == [f"mv_gaussian_fwd_{sfx}", f"mv_gaussian_bwd_{sfx}"]
-    for got, want in zip(*results):
-        assert got.shape == want.shape and got.dtype == want.dtype
-        np.testing.assert_allclose(got, want, **TOL[dtype])
+    _row_against_numpy(fake_gpu, monkeypatch, F.gaussian_log_prob, "GaussianLogProb", "mv_gaussian", arrays,
+                       needs, g)
 
 
 def test_the_gaussian_row_takes_parameters_of_xs_trailing_shape(as_gpu):

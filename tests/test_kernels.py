@@ -189,7 +189,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 10
+    assert lib.shim_abi_version() == 11
     return lib
 
 
@@ -423,7 +423,7 @@ def test_replay_bernoulli_kernels(shim, dtype, shape, samples):
     ordered = np.array([_documented_row_sum(terms[r * D:(r + 1) * D], P, r * D) for r in range(rows)], dtype)
 
     out = np.full(lshape[:-1], np.nan, dtype)
-    call(shim, f"shim_bernoulli_fwd_{sfx}", logits, x, out, _I64(rows), _I64(D), _I64(x.size))
+    call(shim, f"shim_bernoulli_fwd_{sfx}", logits, x, _I64(x.size), out, _I64(rows), _I64(D))
     np.testing.assert_array_equal(out.ravel(), ordered)
     bound = rtol * max(1, D) ** 0.5 * 4 * np.abs(want).sum(-1) + ulp_l.sum(-1)
     assert np.all(np.abs(out - want.sum(-1)) <= bound)

@@ -234,6 +234,16 @@ def _row_forward_launch(B, D):
     return (max(1, min(-(-B // rows_per_tile(D)), 2 ** 31 - 1)),), (BLOCK,)
 
 
+def _row_sums(base, rows_of, *inputs):
+    """Launch the forward row kernel ``base`` (arguments: ``inputs``, then its output, B and D)
+    over the rows of ``rows_of`` (..., D); returns its output, one value per row."""
+    B, D, rshape = _rows(rows_of)
+    out = _row_sums_out(rshape, D, rows_of.dtype)
+    if B and D:
+        get_function(base, rows_of.dtype)(*_row_forward_launch(B, D), (*inputs, out, np.int64(B), np.int64(D)))
+    return out
+
+
 # ------------------------------------------------------------------------------ generators
 def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
     """Raw words of elements 0 .. n-1 of the draw: uint32 (n,) (== minivae.random.philox_words)."""
@@ -316,12 +326,7 @@ def kl_normal_std_forward(mu, logvar):
     """kl[...] = sum over the last axis of (mu^2 + exp(logvar) - 1 - logvar) / 2: shape[:-1]."""
     mu = _float_array(mu, "mu")
     logvar = _same(mu, logvar, "logvar")
-    B, D, rshape = _rows(mu)
-    kl = _row_sums_out(rshape, D, mu.dtype)
-    if B and D:
-        grid, block = _row_forward_launch(B, D)
-        get_function("mv_kl_fwd", mu.dtype)(grid, block, (mu, logvar, kl, np.int64(B), np.int64(D)))
-    return kl
+    return _row_sums("mv_kl_fwd", mu, mu, logvar)
 
 
 def kl_normal_std_backward(gkl, mu, logvar):
@@ -392,13 +397,7 @@ def bernoulli_log_prob_forward(logits, x):
     of ``logits`` or of its trailing axes (then it repeats over the leading ones)."""
     logits = _float_array(logits, "logits")
     x, xn = _repeating(logits, x, "x")
-    B, D, rshape = _rows(logits)
-    out = _row_sums_out(rshape, D, logits.dtype)
-    if B and D:
-        grid, block = _row_forward_launch(B, D)
-        get_function("mv_bernoulli_fwd", logits.dtype)(
-            grid, block, (logits, x, out, np.int64(B), np.int64(D), np.int64(xn)))
-    return out
+    return _row_sums("mv_bernoulli_fwd", logits, logits, x, np.int64(xn))
 
 
 def bernoulli_log_prob_backward(g, logits, x):
@@ -424,13 +423,7 @@ def gaussian_log_prob_forward(x, mu, logvar):
     x = _float_array(x, "x")
     mu, mu_n = _repeating(x, mu, "mu")
     logvar, lv_n = _repeating(x, logvar, "logvar")
-    B, D, rshape = _rows(x)
-    out = _row_sums_out(rshape, D, x.dtype)
-    if B and D:
-        grid, block = _row_forward_launch(B, D)
-        get_function("mv_gaussian_fwd", x.dtype)(
-            grid, block, (x, mu, np.int64(mu_n), logvar, np.int64(lv_n), out, np.int64(B), np.int64(D)))
-    return out
+    return _row_sums("mv_gaussian_fwd", x, x, mu, np.int64(mu_n), logvar, np.int64(lv_n))
 
 
 def gaussian_log_prob_backward(g, x, mu, logvar, needs=(True, True, True)):
