@@ -14,9 +14,9 @@ tests/test_graph_mode.py (NumPy for CuPy, the kernels' host builds, the stand-in
   (``reshape``, ``broadcast_to``) launch nothing and are not counted.
 
 Device arrays are marked by an ndarray subclass, ``Dev``, handed out by the fake CuPy's creation
-functions and kept by NumPy's ufuncs. The counts are an upper bound of CuPy's launches (a CuPy
-reduction over a contiguous axis may take two kernels, which counts once here, but NumPy's
-``mean`` counts once where CuPy's is one kernel too).
+functions and kept by NumPy's ufuncs. The counts are of calls, not of kernels: a CuPy call may
+launch more than one kernel (some reductions take two), and counts once here. They estimate the
+GPU's numbers; only a GPU can measure them.
 
     pytest tests/test_device_calls.py -s     # prints the calls of each model's step
 """
