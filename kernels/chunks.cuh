@@ -369,13 +369,17 @@ MV_HD void mv_chunk_bernoulli_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* g, cons
 template <typename T>
 MV_HD void mv_chunk_gaussian_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* g, const T* x, const T* mu, mv_i64 mu_n,
                                  const T* logvar, mv_i64 lv_n, T* dx, T* dmu, T* dlogvar) {
-    T xv[4], m[4], lv[4], gv[4], d[4];
+    T xv[4], m[4], lv[4], gv[4], inv_std[4], t[4], d[4];
     mv_load4<T>(x, c, 0, n, xv);
     mv_load4_periodic<T>(mu, mu_n, c, 0, n, m);
     mv_load4_periodic<T>(logvar, lv_n, c, 0, n, lv);
     mv_row_upstream4<T>(g, c, n, D, gv);
+    for (int k = 0; k < 4; ++k) {  // once for the three gradients
+        inv_std[k] = mv_inv_std<T>(lv[k]);
+        t[k] = (xv[k] - m[k]) * inv_std[k];
+    }
     if (dx || dmu) {
-        for (int k = 0; k < 4; ++k) d[k] = mv_gaussian_dmu<T>(gv[k], xv[k], m[k], lv[k]);
+        for (int k = 0; k < 4; ++k) d[k] = mv_gaussian_dmu<T>(gv[k], t[k], inv_std[k]);
         if (dmu) mv_store4<T>(dmu, c, 0, n, d);
         if (dx) {
             for (int k = 0; k < 4; ++k) d[k] = -d[k];
@@ -383,7 +387,7 @@ MV_HD void mv_chunk_gaussian_bwd(mv_i64 c, mv_i64 n, mv_i64 D, const T* g, const
         }
     }
     if (dlogvar) {
-        for (int k = 0; k < 4; ++k) d[k] = mv_gaussian_dlogvar<T>(gv[k], xv[k], m[k], lv[k]);
+        for (int k = 0; k < 4; ++k) d[k] = mv_gaussian_dlogvar<T>(gv[k], t[k]);
         mv_store4<T>(dlogvar, c, 0, n, d);
     }
 }

@@ -180,23 +180,18 @@ MV_HD T mv_bernoulli_dlogit(T g, T l, T x) {
 // minivae.ops.vae.GaussianLogProb, in its order.
 #define MV_LOG_2PI 1.8378770664093453  // log(2 pi)
 template <typename T>
-MV_HD T mv_gaussian_t(T x, T mu, T logvar) { return (x - mu) * mv_exp(T(-0.5) * logvar); }
+MV_HD T mv_inv_std(T logvar) { return mv_exp(T(-0.5) * logvar); }
 template <typename T>
 MV_HD T mv_gaussian_term(T x, T mu, T logvar) {
-    const T t = mv_gaussian_t<T>(x, mu, logvar);
+    const T t = (x - mu) * mv_inv_std<T>(logvar);
     return (T(MV_LOG_2PI) + logvar) + t * t;
 }
-// Gradients with upstream g (per row): d/dmu = g t exp(-logvar / 2) = -d/dx (written as (g t)
-// exp(-logvar / 2), finite wherever the product is), d/dlogvar = g (t^2 - 1) / 2.
+// Gradients with upstream g (per row), from t and inv_std = exp(-logvar / 2) (computed once for
+// the three): d/dmu = g t inv_std = -d/dx (written as (g t) inv_std, finite wherever the
+// product is), d/dlogvar = g (t^2 - 1) / 2.
 template <typename T>
-MV_HD T mv_gaussian_dmu(T g, T x, T mu, T logvar) {
-    const T inv_std = mv_exp(T(-0.5) * logvar);
-    return (g * ((x - mu) * inv_std)) * inv_std;
-}
+MV_HD T mv_gaussian_dmu(T g, T t, T inv_std) { return (g * t) * inv_std; }
 template <typename T>
-MV_HD T mv_gaussian_dlogvar(T g, T x, T mu, T logvar) {
-    const T t = mv_gaussian_t<T>(x, mu, logvar);
-    return g * (T(0.5) * (t * t - T(1)));
-}
+MV_HD T mv_gaussian_dlogvar(T g, T t) { return g * (T(0.5) * (t * t - T(1))); }
 
 #endif  // MINIVAE_VAE_MATH_CUH
