@@ -8,12 +8,13 @@
 // Neighbouring threads own neighbouring chunks, so a warp reads 32 x 16 contiguous bytes per
 // input (one 16-byte vector load per thread where the chunk is whole and aligned).
 //
-// Flat kernels (random.cu, reparam.cu, dense.cu, and the backward passes of kl.cu, fused.cu,
-// bernoulli.cu, gaussian.cu) run these over the chunks of n elements; the forward row kernels
-// run them over tiles of whole rows
-// (see "row kernels" below). tests/host_shim.cpp replays the same loops on the host, calling
-// these very functions, so the indexing (every element written once, rows and tiles masked,
-// the order of the row sums) is tested without a GPU.
+// Flat kernels (random.cu, reparam.cu, dense.cu but for its bias gradient, and the backward
+// passes of kl.cu, fused.cu, bernoulli.cu, gaussian.cu) run these over the chunks of n
+// elements; the forward row kernels run them over tiles of whole rows (see "row kernels"
+// below), and the bias gradient over columns (see "dense layers (columns)").
+// tests/host_shim.cpp replays the same loops on the host, calling these very functions, so the
+// indexing (every element written once, rows and tiles masked, the order of the row and column
+// sums) is tested without a GPU.
 #ifndef MINIVAE_CHUNKS_CUH
 #define MINIVAE_CHUNKS_CUH
 
@@ -345,6 +346,34 @@ MV_HD void mv_chunk_relu_grad(mv_i64 c, mv_i64 n, const T* g, const T* y, T* d) 
     mv_load4<T>(y, c, 0, n, yv);
     for (int k = 0; k < 4; ++k) gv[k] = mv_relu_grad<T>(gv[k], yv[k]);
     mv_store4<T>(d, c, 0, n, gv);
+}
+
+// ---------------------------------------------------------------- dense layers (columns)
+// A dense layer's bias gradient: the column sums of d over the R rows of a C-contiguous (R, N)
+// array, d = g, or d = g * [y > 0] behind a ReLU (whose output is y; d is then written too, for
+// the layer's two products). Each column is summed in a FIXED order by MV_BIAS_LANES lanes --
+// lane l adds the values of rows l, l + MV_BIAS_LANES, ... left to right -- whose partials are
+// then added by the halving tree of the row sums (lane i += lane i + 16, then + 8, ... 1): the
+// order of mv_segment_sum with P = MV_BIAS_LANES over the column's values. A block of
+// MV_BIAS_COLS x MV_BIAS_LANES threads sums MV_BIAS_COLS neighbouring columns (kernels/dense.cu),
+// so a warp reads 4 rows of 8 neighbouring values: whole 32-byte sectors.
+#define MV_BIAS_COLS 8
+#define MV_BIAS_LANES 32
+
+// Lane l's partial sum of column col (and its d, where y is not null).
+template <typename T>
+MV_HD T mv_column_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* g, const T* y, T* d) {
+    T acc = T(0);
+    for (mv_i64 r = l; r < R; r += MV_BIAS_LANES) {
+        const mv_i64 e = r * N + col;
+        T v = g[e];
+        if (y) {
+            v = mv_relu_grad<T>(v, y[e]);
+            d[e] = v;
+        }
+        acc += v;
+    }
+    return acc;
 }
 
 // ---------------------------------------------------------------- Bernoulli log-likelihood

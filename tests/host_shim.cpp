@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 11; }
+SHIM int shim_abi_version() { return 12; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -146,6 +146,19 @@ static void replay_relu_grad(const T* g, const T* y, T* d, mv_i64 n) {
     for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_relu_grad<T>(c, n, g, y, d);
 }
 
+// The bias gradient: each column's lanes (mv_column_partial, which writes d too), then the
+// halving tree over the lanes' partials that the block runs in shared memory.
+template <typename T>
+static void replay_bias_grad(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {
+    for (mv_i64 col = 0; col < N; ++col) {
+        T part[MV_BIAS_LANES];
+        for (int l = 0; l < MV_BIAS_LANES; ++l) part[l] = mv_column_partial<T>(col, l, R, N, g, y, d);
+        for (int o = MV_BIAS_LANES / 2; o > 0; o >>= 1)
+            for (int l = 0; l < o; ++l) part[l] += part[l + o];
+        db[col] = part[0];
+    }
+}
+
 template <typename T>
 static void replay_bernoulli_bwd(const T* g, const T* logits, const T* x, T* d, mv_i64 B, mv_i64 D, mv_i64 xn) {
     for (mv_i64 c = 0; c < mv_nchunks(B * D); ++c) mv_chunk_bernoulli_bwd<T>(c, B * D, D, g, logits, x, xn, d);
@@ -223,6 +236,9 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
         replay_bias_act<T>(in, b, out, n, N, relu);                                                          \
     }                                                                                                        \
     SHIM void shim_relu_grad_##SFX(const T* g, const T* y, T* d, mv_i64 n) { replay_relu_grad<T>(g, y, d, n); } \
+    SHIM void shim_bias_grad_##SFX(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {               \
+        replay_bias_grad<T>(g, y, d, db, R, N);                                                              \
+    }                                                                                                        \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 
 #define SHIM_ADAM(T, SFX)                                                                                    \

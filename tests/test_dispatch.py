@@ -96,8 +96,8 @@ def _forward_backward(fn, arrays, upstream, monkeypatch, gpu):
 def test_dense_rows_equal_the_numpy_ops(fake_gpu, fake_cublas, monkeypatch, name, n_inputs, dtype, through_sum):
     """Forward and backward of each dense-layer row (its products on the stand-in cuBLAS, its
     bias and ReLU on the kernels' host builds) against the op's NumPy code: output and every
-    gradient to float rounding; one launch for the bias and the ReLU, one for the ReLU's
-    gradient, none for a product alone."""
+    gradient to float rounding; one launch for the bias and the ReLU, one for the gradients of
+    the ReLU and the bias together, none for a product alone."""
     fn, shapes = DENSE[name]
     rng = np.random.default_rng(5)
     arrays = [rng.standard_normal(s).astype(dtype) for s in shapes[:n_inputs]]
@@ -108,8 +108,8 @@ def test_dense_rows_equal_the_numpy_ops(fake_gpu, fake_cublas, monkeypatch, name
     assert ran is dispatch.TABLE[name] and ran_cpu.__name__ == name and ran_cpu is not ran
     assert len(fake_cublas.calls) == 3  # forward, g W^T, x^T g
     sfx = "f32" if dtype == np.float32 else "f64"
-    launches = {"Matmul": [], "Linear": [f"mv_bias_act_{sfx}"] * (n_inputs == 3),
-                "LinearRelu": [f"mv_bias_act_{sfx}", f"mv_relu_grad_{sfx}"]}[name]
+    launches = {"Matmul": [], "Linear": [f"mv_bias_act_{sfx}", f"mv_bias_grad_{sfx}"] * (n_inputs == 3),
+                "LinearRelu": [f"mv_bias_act_{sfx}", f"mv_{'bias' if n_inputs == 3 else 'relu'}_grad_{sfx}"]}[name]
     assert [c[0] for c in fake_gpu[1]] == launches
     if name == "LinearRelu":
         assert 0 < (want[0] > 0).mean() < 1  # the mask matters

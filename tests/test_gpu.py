@@ -653,6 +653,23 @@ def test_bernoulli_gaussian_and_dense_kernels_match_numpy(dtype, shape):
     np.testing.assert_array_equal(host(G.relu_grad(cp.asarray(g), out)), g * (host(out) > 0))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 5), (37, 784), (100, 512), (1000, 50), (3, 10, 7)])
+def test_the_bias_gradient_kernel_sums_columns_in_the_documented_order(dtype, shape):
+    """dense.cu's bias gradient on the device: the column sums bit for bit in the order of
+    kernels/chunks.cuh, alone and behind a ReLU (whose gradient is NumPy's bit for bit)."""
+    from test_kernels import _documented_column_sums
+
+    g, y = inputs(shape, dtype, 21)
+    y = np.maximum(y, 0)
+    rows = (-1, shape[-1])
+    d, db = G.bias_grad(cp.asarray(g))
+    np.testing.assert_array_equal(host(db), _documented_column_sums(g.reshape(rows)))
+    d, db = G.bias_grad(cp.asarray(g), cp.asarray(y))
+    np.testing.assert_array_equal(host(d), g * (y > 0))
+    np.testing.assert_array_equal(host(db), _documented_column_sums((g * (y > 0)).reshape(rows)))
+
+
 def test_dense_rows_captured_in_a_cuda_graph_give_the_eager_bits():
     """A LinearRelu + Linear forward and backward captured once in a CUDA graph (relaxed mode, on
     a non-blocking stream) and replayed twice, for two batches written into the input buffer:

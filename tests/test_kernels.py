@@ -38,7 +38,8 @@ ENTRY_POINTS = {
                  "mv_reparam_kl_bwd_f32", "mv_reparam_kl_bwd_f64"],
     "bernoulli.cu": ["mv_bernoulli_fwd_f32", "mv_bernoulli_fwd_f64", "mv_bernoulli_bwd_f32", "mv_bernoulli_bwd_f64"],
     "gaussian.cu": ["mv_gaussian_fwd_f32", "mv_gaussian_fwd_f64", "mv_gaussian_bwd_f32", "mv_gaussian_bwd_f64"],
-    "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64"],
+    "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64",
+                 "mv_bias_grad_f32", "mv_bias_grad_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
     "step.cu": ["mv_step_advance"],
 }
@@ -189,7 +190,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 11
+    assert lib.shim_abi_version() == 12
     return lib
 
 
@@ -531,6 +532,40 @@ def test_replay_dense_bias_relu_and_its_gradient(shim, dtype, n, N):
     np.testing.assert_array_equal(d, g * (y > 0))
     if g.size > 13:  # the cases the data holds
         assert np.isnan(d).any() and (d == 0).any()
+
+
+def _documented_column_sums(d):
+    """The bias gradient of kernels/chunks.cuh: each column of d summed by 32 lanes (lane l
+    adds rows l, l + 32, ... left to right), their partials added by the halving tree; the order
+    of a row segment's sum with P = 32 over the column's values."""
+    return np.array([_documented_row_sum(d[:, c], 32, tile=10 ** 9) for c in range(d.shape[1])], d.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("R, N", [(0, 5), (1, 1), (3, 7), (31, 8), (32, 9), (33, 50), (100, 512), (257, 3)])
+def test_replay_bias_gradient_sums_columns_in_the_documented_order(shim, dtype, R, N):
+    """db = the column sums of d, bit for bit in the documented order, with d = g (nothing else
+    written) or d = g * (y > 0) behind a ReLU (written, bit for bit NumPy's): rows fewer than,
+    equal to and more than the 32 lanes, columns that fill a block of 8 partly, NaN kept, 0 at
+    the kink. Values of mixed magnitudes, so that another order would give other bits."""
+    rng = np.random.default_rng(R * 1000 + N)
+    g = (rng.standard_normal((R, N)) * 10.0 ** rng.integers(-6, 6, (R, N))).astype(dtype)
+    y = np.maximum(rng.standard_normal((R, N)), 0).astype(dtype)
+    y.flat[::5] = 0
+    if R * N > 20:
+        g.flat[17] = np.nan
+    db = np.full(N, 7, dtype)
+    call(shim, f"shim_bias_grad_{_sfx(dtype)}", g, None, None, db, _I64(R), _I64(N))
+    np.testing.assert_array_equal(db, _documented_column_sums(g))
+    d = np.full_like(g, 7)
+    call(shim, f"shim_bias_grad_{_sfx(dtype)}", g, y, d, db, _I64(R), _I64(N))
+    np.testing.assert_array_equal(d, g * (y > 0))
+    np.testing.assert_array_equal(db, _documented_column_sums(g * (y > 0)))
+    if R >= 64:  # more than one value per lane: the order is not NumPy's
+        assert not np.array_equal(_documented_column_sums(g), g.sum(axis=0))
+    exact = (g * (y > 0)).astype(np.float64)
+    bound = R * np.finfo(dtype).eps * np.abs(exact).sum(axis=0)  # a sum's rounding, any order
+    assert np.all((np.abs(db - exact.sum(axis=0)) <= bound) | np.isnan(db))
 
 
 def _row_tiling(shim, D):
@@ -982,8 +1017,20 @@ def test_wrappers_validate(fake_gpu):
     assert K.bias_act(out[:0], b).shape == (0, 3)
     with pytest.raises(ValueError, match="g: shape"):
         K.relu_grad(np.ones((3, 4), np.float32), out)
+    with pytest.raises(ValueError, match="y: shape"):
+        K.bias_grad(out, np.ones((3, 4), np.float32))
+    with pytest.raises(TypeError, match="y: dtype"):
+        K.bias_grad(out, out.astype(np.float64))
+    with pytest.raises(ValueError, match="0-d"):
+        K.bias_grad(np.ones((), np.float32))
+    d, db = K.bias_grad(np.ones((0, 3), np.float32))  # no rows: zero sums
+    np.testing.assert_array_equal(db, np.zeros(3, np.float32))
+    assert K.bias_grad(np.ones((4, 0), np.float32))[1].shape == (0,)
     # non-contiguous inputs are made contiguous before the launch
     np.testing.assert_array_equal(K.relu_grad(np.asfortranarray(mu), out), mu)
+    d, db = K.bias_grad(np.asfortranarray(mu), out)
+    np.testing.assert_array_equal(d, mu)
+    np.testing.assert_allclose(db, mu.sum(axis=0), rtol=1e-6)
     z = K.reparameterize_forward(np.asfortranarray(mu), logvar, 8)
     np.testing.assert_array_equal(z, K.reparameterize_forward(mu, logvar, 8))
 
@@ -1179,8 +1226,8 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
     assert names.count("mv_reparam_kl_fwd_f32") == names.count("mv_reparam_kl_bwd_f32") == 1
     assert names.count("mv_adam_f32") == 1
     layers = sum(isinstance(m, (mv.nn.Linear, mv.nn.LinearReLU)) for m in model.modules())
-    relu_layers = sum(isinstance(m, mv.nn.LinearReLU) for m in model.modules())
-    assert names.count("mv_bias_act_f32") == layers and names.count("mv_relu_grad_f32") == relu_layers > 0
+    assert names.count("mv_bias_act_f32") == names.count("mv_bias_grad_f32") == layers
+    assert "mv_relu_grad_f32" not in names  # (each ReLU's gradient comes with its layer's bias's)
     assert names.count("mv_bernoulli_fwd_f32") == names.count("mv_bernoulli_bwd_f32") == 1
     assert "mv_gaussian_fwd_f32" not in names  # (the VAE's ELBO takes its KL analytically)
     assert len(fake_cublas.calls) == 3 * layers - 1

@@ -19,7 +19,7 @@ from ._source import KERNEL_FILES, NVRTC_OPTIONS, kernel_dir, kernel_source, nvr
 
 #: The names ``minivae.gpu`` takes from ``minivae.gpu.kernels`` when they are first asked for.
 _KERNEL_NAMES = (
-    "adam_update", "bernoulli_log_prob_backward", "bernoulli_log_prob_forward", "bias_act",
+    "adam_update", "bernoulli_log_prob_backward", "bernoulli_log_prob_forward", "bias_act", "bias_grad",
     "gaussian_log_prob_backward", "gaussian_log_prob_forward", "get_function", "is_available",
     "kl_normal_std_backward", "kl_normal_std_forward", "normal", "philox_words", "relu_grad",
     "reparameterize_backward", "reparameterize_forward", "reparameterize_kl_backward",

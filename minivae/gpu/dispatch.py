@@ -29,8 +29,8 @@ The rows:
   (``kernels/gaussian.cu``).
 * ``Matmul`` (2-D operands), ``Linear`` and ``LinearRelu``: the products x W, g W^T and x^T g on
   cuBLAS through ``minivae.gpu.cublas`` (transposes as cuBLAS flags, never copies); the bias and
-  the ReLU in one launch on the product, in place, and the ReLU's gradient in one more
-  (``kernels/dense.cu``); the bias gradient (a column sum) as a CuPy reduction. CuPy's own
+  the ReLU in one launch on the product, in place, and the gradients of the ReLU and the bias
+  (a column sum) in one more (``kernels/dense.cu``). CuPy's own
   matmul cannot be captured in a CUDA graph; running the same cuBLAS calls eagerly too is what
   makes a captured step give the eager step's bits. ``gemm_handle()`` is the cuBLAS handle of the
   current device, made at the first product; when libcublas cannot be loaded it raises that
@@ -370,26 +370,27 @@ def _linear_forward(ctx, x, W, b=None, relu=False):
     return out
 
 
-def _dense_backward(ctx, g, x, W):
-    """(d/dx, d/dW[, d/db]) of x @ W + b: g @ W^T, x^T @ g and the column sums of g (x's leading
-    axes flattened into rows)."""
+def _dense_backward(ctx, g, y=None):
+    """(d/dx, d/dW[, d/db]) of ``relu(x @ W + b)`` (the ReLU when its output ``y`` is given),
+    x's leading axes flattened into rows: with d = g, or d = g * (y > 0) behind the ReLU, the
+    products d @ W^T and x^T @ d and the column sums of d. The ReLU's gradient and the bias's
+    take one launch together (``bias_grad``)."""
+    x, W = ctx.saved
     needs = ctx.needs_input_grad
     xp = get_array_module(g)
     g = _rows(xp.ascontiguousarray(g))  # an upstream gradient may be a broadcast view
+    gb = None
+    if len(needs) == 3 and needs[2]:
+        g, gb = _kernels().bias_grad(g, None if y is None else _rows(y))
+    elif y is not None:
+        g = _kernels().relu_grad(g, _rows(y))
     gx = gW = None
     if needs[0]:
         gx = xp.empty_like(x)
         _product_into(_rows(gx), g, W, transb=True)
     if needs[1]:
         gW = _product_into(xp.empty_like(W), _rows(x), g, transa=True)
-    if len(needs) == 2:
-        return gx, gW
-    return gx, gW, (g.sum(axis=0) if needs[2] else None)
-
-
-def _linear_backward(ctx, g):
-    x, W = ctx.saved
-    return _dense_backward(ctx, g, x, W)
+    return (gx, gW) if len(needs) == 2 else (gx, gW, gb)
 
 
 def _linear_relu_forward(ctx, x, W, b=None):
@@ -398,9 +399,8 @@ def _linear_relu_forward(ctx, x, W, b=None):
 
 
 def _linear_relu_backward(ctx, g):
-    x, W = ctx.saved
     # the ReLU's mask is read off its output here (the xp code keeps it from the forward)
-    return _dense_backward(ctx, _kernels().relu_grad(g, ctx.out), x, W)
+    return _dense_backward(ctx, g, y=ctx.out)
 
 
 def _relu_forward(ctx, x):
@@ -419,6 +419,6 @@ register("Relu", _relu_forward, _relu_backward, accepts=lambda x: x.ndim >= 1 an
 
 _LINEAR_TAKES = (f"x of shape (..., in) (its rows flattened), W (in, out) and b (out,) or none, "
                  f"{_GEMM_OPERANDS}")
-register("Linear", _linear_forward, _linear_backward, accepts=_linear_accepts, takes=_LINEAR_TAKES)
+register("Linear", _linear_forward, _dense_backward, accepts=_linear_accepts, takes=_LINEAR_TAKES)
 register("LinearRelu", _linear_relu_forward, _linear_relu_backward, accepts=_linear_accepts,
          takes=_LINEAR_TAKES)

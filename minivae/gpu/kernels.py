@@ -38,7 +38,8 @@ __all__ = [
     "kl_normal_std_forward", "kl_normal_std_backward",
     "reparameterize_kl_forward", "reparameterize_kl_backward",
     "bernoulli_log_prob_forward", "bernoulli_log_prob_backward",
-    "gaussian_log_prob_forward", "gaussian_log_prob_backward", "bias_act", "relu_grad", "adam_update",
+    "gaussian_log_prob_forward", "gaussian_log_prob_backward", "bias_act", "relu_grad", "bias_grad",
+    "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -102,7 +103,7 @@ _FUNC_FILE = {
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
     "mv_bernoulli_fwd": "bernoulli.cu", "mv_bernoulli_bwd": "bernoulli.cu",
     "mv_gaussian_fwd": "gaussian.cu", "mv_gaussian_bwd": "gaussian.cu",
-    "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu",
+    "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu", "mv_bias_grad": "dense.cu",
     "mv_adam": "adam.cu",
     "mv_step_advance": "step.cu",
 }
@@ -481,6 +482,31 @@ def relu_grad(g, y):
     if n:
         get_function("mv_relu_grad", y.dtype)(*_flat_launch(_chunks(n)), (g, y, d, np.int64(n)))
     return d
+
+
+BIAS_COLUMNS = 8  # MV_BIAS_COLS in kernels/chunks.cuh: the columns a block sums
+
+
+def bias_grad(g, y=None):
+    """A dense layer's bias gradient in one launch: the column sums of ``d`` over the rows of
+    (..., N) arrays, ``d`` = ``g``, or behind a ReLU whose output is ``y``, ``d = g * (y > 0)``
+    (written on the way, for the layer's products). Returns ``(d, db)``: ``d`` is ``g`` itself
+    when ``y`` is None, a new array otherwise (NumPy's ``g * (y > 0)`` bit for bit); ``db`` (N,)
+    is summed in the fixed order of kernels/chunks.cuh ("dense layers (columns)"), not NumPy's."""
+    g = _float_array(g, "g")
+    if g.ndim == 0:
+        raise ValueError("g: rows of at least one dimension, got a 0-d array")
+    d = g
+    if y is not None:
+        y = _same(g, y, "y")
+        d = cp.empty_like(g)
+    R, N, _ = _rows(g)
+    db = cp.empty(N, dtype=g.dtype)
+    if N:
+        get_function("mv_bias_grad", g.dtype)(
+            (-(-N // BIAS_COLUMNS),), (BLOCK,),
+            (g, _NULL if y is None else y, _NULL if y is None else d, db, np.int64(R), np.int64(N)))
+    return d, db
 
 
 # ------------------------------------------------------------------------------ Adam
