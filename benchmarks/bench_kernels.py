@@ -360,6 +360,35 @@ def kernel_rows(cp, dtype, sizes, Ds, copy_gbps, repeats, budget):
     return rows
 
 
+#: the bias gradient at a hidden layer's shape (batch, 512 units), against CuPy's two calls
+DENSE_BATCHES = (100, 1000, 10000)
+DENSE_UNITS = 512
+
+
+def dense_rows(cp, dtype, repeats, budget):
+    """A dense layer's bias gradient behind its ReLU, ``bias_grad(g, y)`` (one launch: d and
+    the column sums of d), against CuPy's ``d = g * (y > 0)`` and ``d.sum(axis=0)``, per batch:
+    microseconds of each (information: the step's launch count is what it saves)."""
+    import minivae.gpu as G
+
+    rows = []
+    for B in DENSE_BATCHES:
+        rs = cp.random.RandomState(0)
+        g = rs.standard_normal((B, DENSE_UNITS), dtype=dtype)
+        y = cp.maximum(rs.standard_normal((B, DENSE_UNITS), dtype=dtype), 0)
+        row = {"B": B, "N": DENSE_UNITS, "dtype": np.dtype(dtype).name}
+        for name, call in (("bias_grad", lambda: G.bias_grad(g, y)),
+                           ("cupy", lambda: (g * (y > 0)).sum(axis=0))):
+            try:
+                row[f"us_{name}"] = round(time_gpu(call, repeats, budget, cp)[0], 3)
+            except Exception as exc:  # one failing case should not lose the others
+                row[f"error_{name}"] = repr(exc)
+        print(f"   bias_grad B={B:<6} N={DENSE_UNITS}: {row.get('us_bias_grad')} us, "
+              f"CuPy {row.get('us_cupy')} us", flush=True)
+        rows.append(row)
+    return rows
+
+
 def kernel_summary(rows):
     """Worst share of copy per row kernel, and whether every row kernel met the target."""
     ok = [r for r in rows if "error" not in r]
@@ -531,6 +560,7 @@ def main(argv=None):
     if cp is not None and args.kernel_sizes:
         krows = kernel_rows(cp, dtype, parse_sizes(args.kernel_sizes), parse_sizes(args.kernel_D),
                             gpu["measured_copy_gbps"], args.repeats, args.budget)
+    drows = dense_rows(cp, dtype, args.repeats, args.budget) if cp is not None else []
     summary = summarize(rows, args)
     if krows:
         summary["kernels_alone"] = kernel_summary(krows)
@@ -546,7 +576,7 @@ def main(argv=None):
         "targets": {"fused_share_of_peak_from_1e7": TARGET_PEAK_SHARE,
                     "fused_speedup_vs_cupy_unfused_at_mnist": TARGET_SPEEDUP_MNIST},
         "summary": summary, "notes": notes, "results": rows,
-        "kernels_alone": krows,
+        "kernels_alone": krows, "bias_gradient": drows,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
