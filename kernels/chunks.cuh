@@ -11,7 +11,7 @@
 // Flat kernels (random.cu, reparam.cu, dense.cu but for its bias gradient, and the backward
 // passes of kl.cu, fused.cu, bernoulli.cu, gaussian.cu) run these over the chunks of n
 // elements; the forward row kernels run them over tiles of whole rows (see "row kernels"
-// below), and the bias gradient over columns (see "dense layers (columns)").
+// below), and the column reductions over columns (see "column reductions").
 // tests/host_shim.cpp replays the same loops on the host, calling these very functions, so the
 // indexing (every element written once, rows and tiles masked, the order of the row and column
 // sums) is tested without a GPU.
@@ -348,23 +348,25 @@ MV_HD void mv_chunk_relu_grad(mv_i64 c, mv_i64 n, const T* g, const T* y, T* d) 
     mv_store4<T>(d, c, 0, n, gv);
 }
 
-// ---------------------------------------------------------------- dense layers (columns)
-// A dense layer's bias gradient: the column sums of d over the R rows of a C-contiguous (R, N)
-// array, d = g, or d = g * [y > 0] behind a ReLU (whose output is y; d is then written too, for
-// the layer's two products). Each column is summed in a FIXED order by MV_BIAS_LANES lanes --
-// lane l adds the values of rows l, l + MV_BIAS_LANES, ... left to right -- whose partials are
-// then added by the halving tree of the row sums (lane i += lane i + 16, then + 8, ... 1): the
-// order of mv_segment_sum with P = MV_BIAS_LANES over the column's values. A block of
-// MV_BIAS_COLS x MV_BIAS_LANES threads sums MV_BIAS_COLS neighbouring columns (kernels/dense.cu),
-// so a warp reads 4 rows of 8 neighbouring values: whole 32-byte sectors.
-#define MV_BIAS_COLS 8
-#define MV_BIAS_LANES 32
+// ---------------------------------------------------------------- column reductions
+// Reductions over the R rows of a C-contiguous (R, N) array, one result per column: a dense
+// layer's bias gradient (kernels/dense.cu) and the log-sum-exp over the leading axis
+// (kernels/logsumexp.cu: the IWAE bound over its k samples). A block of MV_COLUMNS x
+// MV_COLUMN_LANES threads reduces MV_COLUMNS neighbouring columns (so a warp reads 4 rows of 8
+// neighbouring values: whole 32-byte sectors). Each column is reduced in a FIXED order by
+// MV_COLUMN_LANES lanes -- lane l takes rows l, l + MV_COLUMN_LANES, ... left to right -- whose
+// partials are then combined by the halving tree of the row sums (lane i with lane i + 16, then
+// i + 8, ... 1): for a sum, the order of mv_segment_sum with P = MV_COLUMN_LANES over the
+// column's values. No atomics: the same bits at every run, eager or captured.
+#define MV_COLUMNS 8
+#define MV_COLUMN_LANES 32
 
-// Lane l's partial sum of column col (and its d, where y is not null).
+// The bias gradient: the column sums of d, d = g, or d = g * [y > 0] behind a ReLU (whose output
+// is y; d is then written too, for the layer's two products). Lane l's partial sum of column col.
 template <typename T>
-MV_HD T mv_column_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* g, const T* y, T* d) {
+MV_HD T mv_bias_grad_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* g, const T* y, T* d) {
     T acc = T(0);
-    for (mv_i64 r = l; r < R; r += MV_BIAS_LANES) {
+    for (mv_i64 r = l; r < R; r += MV_COLUMN_LANES) {
         const mv_i64 e = r * N + col;
         T v = g[e];
         if (y) {
@@ -374,6 +376,35 @@ MV_HD T mv_column_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* g, con
         acc += v;
     }
     return acc;
+}
+
+// The log-sum-exp of column col (R >= 1) in two passes over it: the maximum m (lane l's partial
+// starts from row l, or from row 0 when it has no rows: the maximum is the same with a value
+// taken twice), then, with the shift s = mv_lse_shift(m), the sum of exp(x - s) (lane l's
+// partial below); the result is mv_lse_finish(s, sum).
+template <typename T>
+MV_HD T mv_column_max_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* x) {
+    T acc = x[(l < R ? l : 0) * N + col];
+    for (mv_i64 r = l + MV_COLUMN_LANES; r < R; r += MV_COLUMN_LANES) acc = mv_max<T>(acc, x[r * N + col]);
+    return acc;
+}
+template <typename T>
+MV_HD T mv_lse_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* x, T shift) {
+    T acc = T(0);
+    for (mv_i64 r = l; r < R; r += MV_COLUMN_LANES) acc += mv_lse_term<T>(x[r * N + col], shift);
+    return acc;
+}
+
+// The log-sum-exp's backward of chunk c of the n = R N elements: d = g[col] exp(x - out[col]),
+// g and out (N,) repeating over the rows.
+template <typename T>
+MV_HD void mv_chunk_lse_bwd(mv_i64 c, mv_i64 n, mv_i64 N, const T* g, const T* x, const T* out, T* d) {
+    T gv[4], xv[4], ov[4];
+    mv_load4_periodic<T>(g, N, c, 0, n, gv);
+    mv_load4<T>(x, c, 0, n, xv);
+    mv_load4_periodic<T>(out, N, c, 0, n, ov);
+    for (int k = 0; k < 4; ++k) xv[k] = mv_lse_grad<T>(gv[k], xv[k], ov[k]);
+    mv_store4<T>(d, c, 0, n, xv);
 }
 
 // ---------------------------------------------------------------- Bernoulli log-likelihood

@@ -10,8 +10,8 @@
 //
 // And the bias gradient of a layer, db = the column sums of d over (R, N) rows, d = g or, behind
 // a ReLU, d = g * [y > 0] written on the way: one launch where NumPy's code takes one for d and
-// one for its sum (chunks.cuh, "dense layers (columns)", gives the order of the sums).
-// Launch: block (MV_BLOCK, 1, 1), grid (ceil(N / MV_BIAS_COLS), 1, 1).
+// one for its sum (chunks.cuh, "column reductions", gives the order of the sums).
+// Launch: block (MV_BLOCK, 1, 1), grid (ceil(N / MV_COLUMNS), 1, 1).
 #include "device.cuh"
 
 template <typename T>
@@ -43,20 +43,14 @@ extern "C" __global__ void mv_relu_grad_f64(const double* g, const double* y, do
     mv_relu_grad_flat<double>(g, y, d, n);
 }
 
-static_assert(MV_BIAS_COLS * MV_BIAS_LANES == MV_BLOCK, "a block sums MV_BIAS_COLS columns, MV_BIAS_LANES lanes each");
-
 template <typename T>
 __device__ __forceinline__ void mv_bias_grad(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ d,
                                              T* __restrict__ db, mv_i64 R, mv_i64 N) {
-    __shared__ T part[MV_BIAS_LANES][MV_BIAS_COLS];
-    const int k = threadIdx.x % MV_BIAS_COLS, l = threadIdx.x / MV_BIAS_COLS;
-    const mv_i64 col = (mv_i64)blockIdx.x * MV_BIAS_COLS + k;
-    part[l][k] = col < N ? mv_column_partial<T>(col, l, R, N, g, y, d) : T(0);
-    for (int o = MV_BIAS_LANES / 2; o > 0; o >>= 1) {  // the halving tree over the lanes
-        __syncthreads();
-        if (l < o) part[l][k] += part[l + o][k];
-    }
-    if (l == 0 && col < N) db[col] = part[0][k];
+    __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
+    const mv_i64 col = mv_column();
+    const T sum = mv_column_total<T, false>(
+        part, col < N ? mv_bias_grad_partial<T>(col, mv_column_lane(), R, N, g, y, d) : T(0));
+    if (mv_column_lane() == 0 && col < N) db[col] = sum;
 }
 
 extern "C" __global__ void mv_bias_grad_f32(const float* g, const float* y, float* d, float* db, mv_i64 R, mv_i64 N) {

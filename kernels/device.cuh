@@ -21,6 +21,35 @@ __device__ __forceinline__ T mv_lane_tree(T v, int P) {
     return v;
 }
 
+// ---------------------------------------------------------------- column reductions
+// The column reductions of chunks.cuh ("column reductions"), block (MV_BLOCK, 1, 1), grid
+// (ceil(N / MV_COLUMNS), 1, 1): thread t reduces lane t / MV_COLUMNS of column
+// blockIdx.x * MV_COLUMNS + t % MV_COLUMNS.
+static_assert(MV_COLUMNS * MV_COLUMN_LANES == MV_BLOCK, "a block reduces MV_COLUMNS columns, MV_COLUMN_LANES lanes each");
+
+// This thread's lane and column.
+__device__ __forceinline__ int mv_column_lane() { return threadIdx.x / MV_COLUMNS; }
+__device__ __forceinline__ mv_i64 mv_column() {
+    return (mv_i64)blockIdx.x * MV_COLUMNS + threadIdx.x % MV_COLUMNS;
+}
+
+// The lanes' partials v of each column of the block combined by the halving tree (the sum, or
+// the maximum with max), returned to every thread of the column. All threads of the block must
+// call it (it synchronizes them); part is the block's shared buffer.
+template <typename T, bool max>
+__device__ __forceinline__ T mv_column_total(T (*part)[MV_COLUMNS], T v) {
+    const int l = mv_column_lane(), k = threadIdx.x % MV_COLUMNS;
+    part[l][k] = v;
+    for (int o = MV_COLUMN_LANES / 2; o > 0; o >>= 1) {
+        __syncthreads();
+        if (l < o) part[l][k] = max ? mv_max<T>(part[l][k], part[l + o][k]) : part[l][k] + part[l + o][k];
+    }
+    __syncthreads();
+    const T total = part[0][k];
+    __syncthreads();  // before the buffer is written again
+    return total;
+}
+
 // ---------------------------------------------------------------- the forward row kernels
 // Their design is chosen when the kernels are compiled, -DMV_ROW_FWD=<one of these>:
 //   MV_REGTILES  (the default) a tile is the work of a block of MV_BLOCK threads: one block per

@@ -9,7 +9,8 @@
 //   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
 //   - the ReLU of a dense layer and its gradient;
 //   - the Bernoulli log-likelihood of a pixel given its logit, and its gradient;
-//   - the Gaussian log-density of one coordinate, and its gradients.
+//   - the Gaussian log-density of one coordinate, and its gradients;
+//   - the log-sum-exp's shift, terms and gradient.
 // (The kernels' per-thread loops over these are in chunks.cuh.)
 // Compile without fast-math: the host and device builds then agree to a few ulp.
 #ifndef MINIVAE_VAE_MATH_CUH
@@ -193,5 +194,20 @@ template <typename T>
 MV_HD T mv_gaussian_dmu(T g, T t, T inv_std) { return (g * t) * inv_std; }
 template <typename T>
 MV_HD T mv_gaussian_dlogvar(T g, T t) { return g * (T(0.5) * (t * t - T(1))); }
+
+// ---- log-sum-exp, log(sum_i exp(x_i)), in the stable form of minivae.ops.reduce.LogSumExp ----
+// m = max(x); the shift s = m where m is finite, else 0 (an all -inf column gives log(0) = -inf,
+// not NaN; an inf gives inf); then s + log(sum(exp(x - s))). A NaN makes the sum NaN whatever
+// the shift, so the maximum need not propagate it. d/dx_i = g exp(x_i - out).
+template <typename T>
+MV_HD T mv_max(T a, T b) { return a > b ? a : b; }
+template <typename T>
+MV_HD T mv_lse_shift(T m) { return m - m == T(0) ? m : T(0); }  // (m - m is NaN for inf and NaN)
+template <typename T>
+MV_HD T mv_lse_term(T x, T shift) { return mv_exp(x - shift); }
+template <typename T>
+MV_HD T mv_lse_finish(T shift, T sum) { return shift + mv_log(sum); }
+template <typename T>
+MV_HD T mv_lse_grad(T g, T x, T out) { return g * mv_exp(x - out); }
 
 #endif  // MINIVAE_VAE_MATH_CUH

@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 12; }
+SHIM int shim_abi_version() { return 13; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -75,6 +75,8 @@ static void elementwise(int which, const T* a, const T* b, const T* c, T* out, m
             case 5: out[i] = mv_bernoulli_term<T>(a[i], b[i]); break;          // (logits, x)
             case 6: out[i] = mv_bernoulli_dlogit<T>(a[i], b[i], c[i]); break;  // (g, logits, x)
             case 7: out[i] = mv_gaussian_term<T>(a[i], b[i], c[i]); break;     // (x, mu, logvar)
+            case 8: out[i] = mv_lse_term<T>(a[i], b[i]); break;                // (x, shift)
+            case 9: out[i] = mv_lse_finish<T>(a[i], b[i]); break;              // (shift, sum)
         }
     }
 }
@@ -146,17 +148,38 @@ static void replay_relu_grad(const T* g, const T* y, T* d, mv_i64 n) {
     for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_relu_grad<T>(c, n, g, y, d);
 }
 
-// The bias gradient: each column's lanes (mv_column_partial, which writes d too), then the
-// halving tree over the lanes' partials that the block runs in shared memory.
+// A column reduction (chunks.cuh, "column reductions"): the halving tree over the lanes'
+// partials that a block runs in shared memory (mv_column_total of device.cuh), the sum or the
+// maximum; returns the total.
+template <typename T>
+static T column_tree(T part[MV_COLUMN_LANES], bool max) {
+    for (int o = MV_COLUMN_LANES / 2; o > 0; o >>= 1)
+        for (int l = 0; l < o; ++l) part[l] = max ? mv_max<T>(part[l], part[l + o]) : part[l] + part[l + o];
+    return part[0];
+}
+// The bias gradient: each column's lanes (mv_bias_grad_partial, which writes d too), then the tree.
 template <typename T>
 static void replay_bias_grad(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {
     for (mv_i64 col = 0; col < N; ++col) {
-        T part[MV_BIAS_LANES];
-        for (int l = 0; l < MV_BIAS_LANES; ++l) part[l] = mv_column_partial<T>(col, l, R, N, g, y, d);
-        for (int o = MV_BIAS_LANES / 2; o > 0; o >>= 1)
-            for (int l = 0; l < o; ++l) part[l] += part[l + o];
-        db[col] = part[0];
+        T part[MV_COLUMN_LANES];
+        for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_bias_grad_partial<T>(col, l, R, N, g, y, d);
+        db[col] = column_tree<T>(part, false);
     }
+}
+// The log-sum-exp of each column: the maximum's lanes and tree, then the sum's.
+template <typename T>
+static void replay_lse_fwd(const T* x, T* out, mv_i64 R, mv_i64 N) {
+    for (mv_i64 col = 0; col < N; ++col) {
+        T part[MV_COLUMN_LANES];
+        for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_column_max_partial<T>(col, l, R, N, x);
+        const T shift = mv_lse_shift<T>(column_tree<T>(part, true));
+        for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_lse_partial<T>(col, l, R, N, x, shift);
+        out[col] = mv_lse_finish<T>(shift, column_tree<T>(part, false));
+    }
+}
+template <typename T>
+static void replay_lse_bwd(const T* g, const T* x, const T* out, T* d, mv_i64 n, mv_i64 N) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_lse_bwd<T>(c, n, N, g, x, out, d);
 }
 
 template <typename T>
@@ -238,6 +261,10 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
     SHIM void shim_relu_grad_##SFX(const T* g, const T* y, T* d, mv_i64 n) { replay_relu_grad<T>(g, y, d, n); } \
     SHIM void shim_bias_grad_##SFX(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {               \
         replay_bias_grad<T>(g, y, d, db, R, N);                                                              \
+    }                                                                                                        \
+    SHIM void shim_logsumexp_fwd_##SFX(const T* x, T* out, mv_i64 R, mv_i64 N) { replay_lse_fwd<T>(x, out, R, N); } \
+    SHIM void shim_logsumexp_bwd_##SFX(const T* g, const T* x, const T* out, T* d, mv_i64 n, mv_i64 N) {    \
+        replay_lse_bwd<T>(g, x, out, d, n, N);                                                               \
     }                                                                                                        \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 

@@ -47,10 +47,10 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 
 def test_the_table_names_the_registered_kernels():
     """Reparameterization (noise), KL, the fused pair, the Bernoulli and Gaussian log-densities,
-    the dense layers and Adam, each with a stated condition and, for the ops, a forward and a backward
+    the dense layers, the log-sum-exp and Adam, each with a stated condition and, for the ops, a forward and a backward
     launch."""
     assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "GaussianLogProb",
-            "Matmul", "Linear", "LinearRelu", "Relu", "Adam"} <= set(dispatch.TABLE)
+            "Matmul", "Linear", "LinearRelu", "Relu", "LogSumExp", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)
@@ -291,6 +291,35 @@ def test_the_gaussian_row_takes_parameters_of_xs_trailing_shape(as_gpu):
     for case, (mu, lv) in {"over rows": (np.zeros((6, 1), np.float32), x),
                            "another dtype": (x, x.astype(np.float64))}.items():
         assert dispatch.select("GaussianLogProb", x, mu, lv) is None, case
+
+
+# ------------------------------------------------------------------------------ log-sum-exp
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axis, keepdims", [((5, 7), 0, False), ((5, 7), (0,), True), ((40, 3, 4), -3, False),
+                                                   ((6,), None, False), ((6,), 0, True), ((1, 7), 0, False)])
+def test_the_logsumexp_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, shape, axis, keepdims):
+    """The log-sum-exp over the leading axis on its kernels against the op's NumPy code (the IWAE
+    bound's form): values and gradients to float rounding, a column of -inf giving -inf (and
+    the op's NaN gradient, exp(-inf - -inf)); one launch forward and one backward."""
+    rng = np.random.default_rng(11)
+    x = (10 * rng.standard_normal(shape)).astype(dtype)
+    if len(shape) > 1:
+        x[:, 1] = -np.inf
+    g = rng.standard_normal(np.sum(x, axis=axis, keepdims=keepdims).shape).astype(dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):  # (NumPy's log(0) and -inf - -inf)
+        _row_against_numpy(fake_gpu, monkeypatch, lambda t: F.logsumexp(t, axis=axis, keepdims=keepdims),
+                           "LogSumExp", "mv_logsumexp", [x], (True,), g)
+
+
+def test_the_logsumexp_row_takes_the_leading_axis_alone(as_gpu):
+    x, row = np.zeros((3, 4, 5), np.float32), dispatch.TABLE["LogSumExp"]
+    for axis in (0, -3, (0,), (-3,)):
+        assert dispatch.select("LogSumExp", x, axis=axis, keepdims=False) is row, axis
+    assert dispatch.select("LogSumExp", x[0, 0], axis=None) is row  # a vector: its one axis
+    for case, (a, axis) in {"another axis": (x, 1), "two axes": (x, (0, 1)), "all axes": (x, None),
+                            "no rows": (x[:0], 0), "a 0-d array": (x[0, 0, 0], None),
+                            "integers": (x.astype(np.int32), 0)}.items():
+        assert dispatch.select("LogSumExp", a, axis=axis) is None, case
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

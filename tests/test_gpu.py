@@ -654,6 +654,36 @@ def test_bernoulli_gaussian_and_dense_kernels_match_numpy(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 4), (5, 100), (50, 3, 7), (5000, 20)])
+def test_the_logsumexp_kernels_match_the_float64_reference(dtype, shape):
+    """logsumexp.cu on the device: log(sum(exp(x), axis=0)) and its gradient against float64
+    NumPy to rounding, a column of -inf giving -inf, the same bits on a second run (a fixed
+    order); and gradcheck of the op's row in float64."""
+    import minivae as mv
+    import minivae.functional as F
+    from minivae.gpu import dispatch
+
+    tol = TOL[dtype]
+    x = (10 * inputs(shape, dtype, 23)[0]).astype(dtype)
+    x[:, 0] = -np.inf
+    out = G.logsumexp_forward(cp.asarray(x))
+    np.testing.assert_array_equal(host(out), host(G.logsumexp_forward(cp.asarray(x))))
+    x64 = x.astype(np.float64)
+    m = np.max(x64, axis=0)
+    m = np.where(np.isfinite(m), m, 0)
+    want = m + np.log(np.exp(x64 - m).sum(axis=0))
+    np.testing.assert_allclose(host(out), want, rtol=tol["rtol"] * math.log2(2 * shape[0]), atol=tol["atol"])
+    g = inputs(shape[1:], dtype, 24)[0]
+    d = host(G.logsumexp_backward(cp.asarray(g), cp.asarray(x), out))
+    keep = np.isfinite(want)  # (the -inf column's gradient is NaN, as the op's NumPy code gives)
+    np.testing.assert_allclose(d[:, keep], (g * np.exp(x64 - host(out).astype(np.float64)))[:, keep],
+                               rtol=tol["rtol"], atol=tol["atol"])
+    t = mv.tensor(np.random.default_rng(25).normal(size=(6, 4)), requires_grad=True).to("gpu")
+    assert F.logsumexp(t, axis=0)._node.fn is dispatch.TABLE["LogSumExp"]
+    assert mv.gradcheck(lambda a: F.logsumexp(a, axis=0), t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(0, 5), (37, 784), (100, 512), (1000, 50), (3, 10, 7)])
 def test_the_bias_gradient_kernel_sums_columns_in_the_documented_order(dtype, shape):
     """dense.cu's bias gradient on the device: the column sums bit for bit in the order of

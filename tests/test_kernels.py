@@ -40,6 +40,7 @@ ENTRY_POINTS = {
     "gaussian.cu": ["mv_gaussian_fwd_f32", "mv_gaussian_fwd_f64", "mv_gaussian_bwd_f32", "mv_gaussian_bwd_f64"],
     "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64",
                  "mv_bias_grad_f32", "mv_bias_grad_f64"],
+    "logsumexp.cu": ["mv_logsumexp_fwd_f32", "mv_logsumexp_fwd_f64", "mv_logsumexp_bwd_f32", "mv_logsumexp_bwd_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
     "step.cu": ["mv_step_advance"],
 }
@@ -190,7 +191,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 12
+    assert lib.shim_abi_version() == 13
     return lib
 
 
@@ -566,6 +567,61 @@ def test_replay_bias_gradient_sums_columns_in_the_documented_order(shim, dtype, 
     exact = (g * (y > 0)).astype(np.float64)
     bound = R * np.finfo(dtype).eps * np.abs(exact).sum(axis=0)  # a sum's rounding, any order
     assert np.all((np.abs(db - exact.sum(axis=0)) <= bound) | np.isnan(db))
+
+
+def _documented_logsumexp(shim, x):
+    """The log-sum-exp of each column of x (R, N) in the order of kernels/chunks.cuh, from the
+    host build's own terms: the maximum m, the shift s (m where finite, else 0),
+    the documented column sums of exp(x - s), then s + log(sum)."""
+    sfx = _sfx(x.dtype)
+    m = np.max(x, axis=0)
+    shift = np.where(np.isfinite(m), m, 0).astype(x.dtype)
+    terms = np.zeros_like(x)
+    call(shim, f"shim_elementwise_{sfx}", _INT(8), x, np.ascontiguousarray(np.broadcast_to(shift, x.shape)), None,
+         terms, _I64(x.size))
+    out = np.zeros_like(shift)
+    call(shim, f"shim_elementwise_{sfx}", _INT(9), shift, _documented_column_sums(terms), None, out, _I64(out.size))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("R, N", [(1, 1), (3, 7), (31, 8), (32, 9), (33, 50), (100, 5), (257, 3), (5000, 2)])
+def test_replay_logsumexp_over_columns_in_the_documented_order(shim, dtype, R, N):
+    """log(sum(exp(x), axis=0)), bit for bit in the documented order from the host build's own
+    terms, and to rounding the float64 value; its gradient g * exp(x - out) bit for bit from the
+    host build's exp, and to rounding the float64 value. Columns of ordinary values, of values far apart (exp would
+    overflow without the shift), with a -inf, all -inf (gives -inf), with +inf (gives +inf),
+    with a NaN (gives NaN)."""
+    rng = np.random.default_rng(R * 100 + N)
+    x = (rng.standard_normal((R, N)) * 30).astype(dtype)
+    x[:, 0] += 500
+    specials = {1: -np.inf, 2: np.inf, 3: np.nan}
+    for col, value in specials.items():
+        if col < N:
+            x[R // 2, col] = value
+    if N > 4:
+        x[:, 4] = -np.inf
+    out = np.full(N, 7, dtype)
+    call(shim, f"shim_logsumexp_fwd_{_sfx(dtype)}", x, out, _I64(R), _I64(N))
+    np.testing.assert_array_equal(out, _documented_logsumexp(shim, x))
+    x64 = x.astype(np.float64)
+    m = np.max(x64, axis=0)
+    m = np.where(np.isfinite(m), m, 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        want = m + np.log(np.exp(x64 - m).sum(axis=0))
+    np.testing.assert_allclose(out, want, rtol=TOL[dtype][0] * (1 + np.log2(R)), atol=TOL[dtype][1])
+    assert np.isnan(out[3]) if N > 3 else True
+    assert out[2] == np.inf if N > 2 else True
+    assert out[4] == -np.inf if N > 4 else True
+    g = rng.standard_normal(N).astype(dtype)
+    d = np.full_like(x, 7)
+    call(shim, f"shim_logsumexp_bwd_{_sfx(dtype)}", g, x, out, d, _I64(x.size), _I64(N))
+    e = np.zeros_like(x)  # exp(x - out), the host build's
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(8), x, np.ascontiguousarray(np.broadcast_to(out, x.shape)), None,
+         e, _I64(x.size))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(d, g * e)
+        np.testing.assert_allclose(d, g * np.exp(x64 - out), rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
 def _row_tiling(shim, D):
@@ -1026,6 +1082,17 @@ def test_wrappers_validate(fake_gpu):
     d, db = K.bias_grad(np.ones((0, 3), np.float32))  # no rows: zero sums
     np.testing.assert_array_equal(db, np.zeros(3, np.float32))
     assert K.bias_grad(np.ones((4, 0), np.float32))[1].shape == (0,)
+    with pytest.raises(ValueError, match="0-d"):
+        K.logsumexp_forward(np.ones((), np.float32))
+    with pytest.raises(ValueError, match="zero rows"):
+        K.logsumexp_forward(np.ones((0, 3), np.float32))
+    with pytest.raises(ValueError, match="g: shape"):
+        K.logsumexp_backward(np.ones(4, np.float32), out, np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="out: dtype"):
+        K.logsumexp_backward(np.ones(3, np.float32), out, np.ones(3))
+    assert K.logsumexp_forward(np.ones((4, 0), np.float32)).shape == (0,)
+    np.testing.assert_allclose(K.logsumexp_forward(np.zeros((4, 2, 3), np.float32)), np.full((2, 3), np.log(4)),
+                               rtol=1e-6)
     # non-contiguous inputs are made contiguous before the launch
     np.testing.assert_array_equal(K.relu_grad(np.asfortranarray(mu), out), mu)
     d, db = K.bias_grad(np.asfortranarray(mu), out)

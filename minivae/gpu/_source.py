@@ -18,7 +18,7 @@ __all__ = ["KERNEL_FILES", "NVRTC_OPTIONS", "kernel_dir", "kernel_source", "nvrt
 
 #: The compiled translation units (each becomes one ``cupy.RawModule``).
 KERNEL_FILES = ("random.cu", "reparam.cu", "kl.cu", "fused.cu", "bernoulli.cu", "gaussian.cu", "dense.cu",
-                "adam.cu", "step.cu")
+                "logsumexp.cu", "adam.cu", "step.cu")
 
 #: NVRTC options: C++14, IEEE math (no ``--use_fast_math``; FMA contraction stays on, as in
 #: nvcc's default). The host build in the tests uses the same headers without fast-math.

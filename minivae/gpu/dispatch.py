@@ -37,6 +37,8 @@ The rows:
   error (there is no silent fallback to ``cupy.matmul``).
 * ``Relu`` (a ReLU that is not a dense layer's): one launch forward and one backward, on the
   dense layers' kernels.
+* ``LogSumExp`` over the leading axis (the IWAE bound over its k samples): one launch forward
+  and one backward (``kernels/logsumexp.cu``).
 * ``"Adam"``: the optimizer's update of all parameters in one launch (``kernels/adam.cu``).
 
 The table is keyed by name so that this package never imports the ops. Importing this module
@@ -261,6 +263,31 @@ def _gaussian_backward(ctx, g):
 register("GaussianLogProb", _gaussian_forward, _gaussian_backward, accepts=_gaussian_accepts,
          takes=f"float x (..., D), and mu and logvar of its dtype, {_REPEATING} (a sample's "
                f"parameters under several samples, or a standard normal's 0 and 0)")
+
+
+def _over_the_leading_axis(x, axis=None, keepdims=False):
+    """Whether ``axis`` names x's leading axis alone (so the op reduces over its rows)."""
+    if x.dtype not in _FLOATS or x.ndim == 0 or x.shape[0] == 0:
+        return False
+    if axis is None:
+        return x.ndim == 1
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return len(axes) == 1 and axes[0] in (0, -x.ndim)
+
+
+def _logsumexp_forward(ctx, x, axis=None, keepdims=False):
+    out = _kernels().logsumexp_forward(x)
+    ctx.save(x, out)
+    return out.reshape((1,) + out.shape) if keepdims else out
+
+
+def _logsumexp_backward(ctx, g):
+    x, out = ctx.saved
+    return _kernels().logsumexp_backward(g.reshape(out.shape), x, out)
+
+
+register("LogSumExp", _logsumexp_forward, _logsumexp_backward, accepts=_over_the_leading_axis,
+         takes="float32 or float64 x with at least one row, reduced over its leading axis alone")
 
 
 def _adam_update(p, g, m, v, vmax, work=None, **scalars):

@@ -39,7 +39,7 @@ __all__ = [
     "reparameterize_kl_forward", "reparameterize_kl_backward",
     "bernoulli_log_prob_forward", "bernoulli_log_prob_backward",
     "gaussian_log_prob_forward", "gaussian_log_prob_backward", "bias_act", "relu_grad", "bias_grad",
-    "adam_update",
+    "logsumexp_forward", "logsumexp_backward", "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -104,6 +104,7 @@ _FUNC_FILE = {
     "mv_bernoulli_fwd": "bernoulli.cu", "mv_bernoulli_bwd": "bernoulli.cu",
     "mv_gaussian_fwd": "gaussian.cu", "mv_gaussian_bwd": "gaussian.cu",
     "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu", "mv_bias_grad": "dense.cu",
+    "mv_logsumexp_fwd": "logsumexp.cu", "mv_logsumexp_bwd": "logsumexp.cu",
     "mv_adam": "adam.cu",
     "mv_step_advance": "step.cu",
 }
@@ -200,6 +201,14 @@ def _rows(x):
 def _check_n(n):
     if n > _MAX_ELEMENTS:
         raise ValueError(f"a draw holds at most 2**34 elements, got {n}")
+
+
+COLUMNS = 8  # MV_COLUMNS in kernels/chunks.cuh: the columns a block of a column reduction takes
+
+
+def _column_launch(N):
+    """(grid, block) of a column reduction over N columns: a block per MV_COLUMNS of them."""
+    return (-(-N // COLUMNS),), (BLOCK,)
 
 
 def _flat_launch(threads):
@@ -484,7 +493,6 @@ def relu_grad(g, y):
     return d
 
 
-BIAS_COLUMNS = 8  # MV_BIAS_COLS in kernels/chunks.cuh: the columns a block sums
 
 
 def bias_grad(g, y=None):
@@ -504,9 +512,46 @@ def bias_grad(g, y=None):
     db = cp.empty(N, dtype=g.dtype)
     if N:
         get_function("mv_bias_grad", g.dtype)(
-            (-(-N // BIAS_COLUMNS),), (BLOCK,),
+            *_column_launch(N),
             (g, _NULL if y is None else y, _NULL if y is None else d, db, np.int64(R), np.int64(N)))
     return d, db
+
+
+# ------------------------------------------------------------------------------ log-sum-exp
+def _columns(x):
+    """(R, N) of an array reduced over its leading axis: R rows of N = the rest's size."""
+    if x.ndim == 0:
+        raise ValueError("x: a log-sum-exp over the leading axis needs at least one axis, got a 0-d array")
+    return x.shape[0], math.prod(x.shape[1:])
+
+
+def logsumexp_forward(x):
+    """``log(sum(exp(x), axis=0))`` in one launch, in the stable form of
+    ``minivae.ops.reduce.LogSumExp`` (shifted by the maximum where it is finite): shape
+    ``x.shape[1:]``; ``x`` needs at least one row. The maximum and the sum of each column run in
+    the fixed order of kernels/chunks.cuh ("column reductions")."""
+    x = _float_array(x, "x")
+    R, N = _columns(x)
+    if R == 0:
+        raise ValueError("x: a log-sum-exp over an empty axis (zero rows) has no maximum")
+    out = cp.empty(x.shape[1:], dtype=x.dtype)
+    if N:
+        get_function("mv_logsumexp_fwd", x.dtype)(*_column_launch(N), (x, out, np.int64(R), np.int64(N)))
+    return out
+
+
+def logsumexp_backward(g, x, out):
+    """The gradient of ``out = logsumexp_forward(x)`` for the upstream ``g`` (``out``'s shape):
+    ``g * exp(x - out)``, broadcast over x's leading axis, in one launch: a new array."""
+    x = _float_array(x, "x")
+    R, N = _columns(x)
+    g = _same(x, g, "g", shape=x.shape[1:])
+    out = _same(x, out, "out", shape=x.shape[1:])
+    d = cp.empty_like(x)
+    if x.size:
+        get_function("mv_logsumexp_bwd", x.dtype)(
+            *_flat_launch(_chunks(x.size)), (g, x, out, d, np.int64(x.size), np.int64(N)))
+    return d
 
 
 # ------------------------------------------------------------------------------ Adam

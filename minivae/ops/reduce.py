@@ -98,6 +98,8 @@ class LogSumExp(Function):
 
     d/dx_i = exp(x_i - logsumexp(x)) = softmax(x)_i.
     Stable form: m + log(sum(exp(x - m))) with m = max(x), so no term overflows.
+    On CuPy arrays reduced over the leading axis alone (the IWAE bound over its k samples), the
+    dispatch table's kernels run instead: one launch per direction.
     """
 
     @staticmethod
