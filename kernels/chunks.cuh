@@ -349,31 +349,46 @@ MV_HD void mv_chunk_relu_grad(mv_i64 c, mv_i64 n, const T* g, const T* y, T* d) 
 }
 
 // ---------------------------------------------------------------- column reductions
-// Reductions over the R rows of a C-contiguous (R, N) array, one result per column: a dense
-// layer's bias gradient (kernels/dense.cu) and the log-sum-exp over the leading axis
-// (kernels/logsumexp.cu: the IWAE bound over its k samples). A block of MV_COLUMNS x
-// MV_COLUMN_LANES threads reduces MV_COLUMNS neighbouring columns (so a warp reads 4 rows of 8
-// neighbouring values: whole 32-byte sectors). Each column is reduced in a FIXED order by
-// MV_COLUMN_LANES lanes -- lane l takes rows l, l + MV_COLUMN_LANES, ... left to right -- whose
-// partials are then combined by the halving tree of the row sums (lane i with lane i + 16, then
-// i + 8, ... 1): for a sum, the order of mv_segment_sum with P = MV_COLUMN_LANES over the
-// column's values. No atomics: the same bits at every run, eager or captured.
+// Reductions over the R rows of an (R, N) view, one result per column; element (r, col) of the
+// view is at r * rs + col * cs (mv_columns). They are: a dense layer's bias gradient
+// (kernels/dense.cu: the rows of a C-contiguous (R, N) array, rs = N, cs = 1); the log-sum-exp
+// over the leading axis (kernels/logsumexp.cu: the IWAE bound over its k samples, the same
+// view); and the log-softmax over the last axis (kernels/logsumexp.cu: a (B, C) array of
+// logits viewed as C rows of B columns, rs = 1, cs = C). A block of MV_COLUMNS x
+// MV_COLUMN_LANES threads reduces MV_COLUMNS neighbouring columns (in the first view a warp
+// reads 4 rows of 8 neighbouring values: whole 32-byte sectors). Each column is reduced in a
+// FIXED order by MV_COLUMN_LANES lanes -- lane l takes rows l, l + MV_COLUMN_LANES, ... left to
+// right -- whose partials are then combined by the halving tree of the row sums (lane i with
+// lane i + 16, then i + 8, ... 1): for a sum, the order of mv_segment_sum with
+// P = MV_COLUMN_LANES over the column's values. No atomics: the same bits at every run, eager
+// or captured.
 #define MV_COLUMNS 8
 #define MV_COLUMN_LANES 32
 
-// The bias gradient: the column sums of d, d = g, or d = g * [y > 0] behind a ReLU (whose output
-// is y; d is then written too, for the layer's two products). Lane l's partial sum of column col.
+struct mv_columns {
+    mv_i64 R, N;    // rows (reduced over) and columns (one result each)
+    mv_i64 rs, cs;  // the strides, in elements, of a row and of a column
+};
+MV_HD mv_i64 mv_at(mv_columns v, mv_i64 r, mv_i64 col) { return r * v.rs + col * v.cs; }
+// The views of the kernels: the rows of a C-contiguous (R, N) array; the C classes of each of
+// the B rows of a C-contiguous (B, C) array (C rows of B columns).
+MV_HD mv_columns mv_row_columns(mv_i64 R, mv_i64 N) { return mv_columns{R, N, N, 1}; }
+MV_HD mv_columns mv_class_columns(mv_i64 B, mv_i64 C) { return mv_columns{C, B, 1, C}; }
+
+// Lane l's partial sum of column col of d = g, or of d = g * [y > 0] behind a ReLU whose output is
+// y (d is then written too): a dense layer's bias gradient (its d is needed by the layer's two
+// products), and with y null the upstream's sum of the log-softmax's backward.
 template <typename T>
-MV_HD T mv_bias_grad_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* g, const T* y, T* d) {
+MV_HD T mv_column_sum_partial(mv_columns v, mv_i64 col, int l, const T* g, const T* y, T* d) {
     T acc = T(0);
-    for (mv_i64 r = l; r < R; r += MV_COLUMN_LANES) {
-        const mv_i64 e = r * N + col;
-        T v = g[e];
+    for (mv_i64 r = l; r < v.R; r += MV_COLUMN_LANES) {
+        const mv_i64 e = mv_at(v, r, col);
+        T x = g[e];
         if (y) {
-            v = mv_relu_grad<T>(v, y[e]);
-            d[e] = v;
+            x = mv_relu_grad<T>(x, y[e]);
+            d[e] = x;
         }
-        acc += v;
+        acc += x;
     }
     return acc;
 }
@@ -383,16 +398,33 @@ MV_HD T mv_bias_grad_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* g, 
 // taken twice), then, with the shift s = mv_lse_shift(m), the sum of exp(x - s) (lane l's
 // partial below); the result is mv_lse_finish(s, sum).
 template <typename T>
-MV_HD T mv_column_max_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* x) {
-    T acc = x[(l < R ? l : 0) * N + col];
-    for (mv_i64 r = l + MV_COLUMN_LANES; r < R; r += MV_COLUMN_LANES) acc = mv_max<T>(acc, x[r * N + col]);
+MV_HD T mv_column_max_partial(mv_columns v, mv_i64 col, int l, const T* x) {
+    T acc = x[mv_at(v, l < v.R ? l : 0, col)];
+    for (mv_i64 r = l + MV_COLUMN_LANES; r < v.R; r += MV_COLUMN_LANES) acc = mv_max<T>(acc, x[mv_at(v, r, col)]);
     return acc;
 }
 template <typename T>
-MV_HD T mv_lse_partial(mv_i64 col, int l, mv_i64 R, mv_i64 N, const T* x, T shift) {
+MV_HD T mv_lse_partial(mv_columns v, mv_i64 col, int l, const T* x, T shift) {
     T acc = T(0);
-    for (mv_i64 r = l; r < R; r += MV_COLUMN_LANES) acc += mv_lse_term<T>(x[r * N + col], shift);
+    for (mv_i64 r = l; r < v.R; r += MV_COLUMN_LANES) acc += mv_lse_term<T>(x[mv_at(v, r, col)], shift);
     return acc;
+}
+
+// The log-softmax of column col, given its log-sum-exp lse: out = x - lse, lane l writing its
+// rows; and its backward, given the column's sum s of the upstream g: d = g - exp(out) s.
+template <typename T>
+MV_HD void mv_log_softmax_lane(mv_columns v, mv_i64 col, int l, const T* x, T lse, T* out) {
+    for (mv_i64 r = l; r < v.R; r += MV_COLUMN_LANES) {
+        const mv_i64 e = mv_at(v, r, col);
+        out[e] = mv_log_softmax<T>(x[e], lse);
+    }
+}
+template <typename T>
+MV_HD void mv_log_softmax_grad_lane(mv_columns v, mv_i64 col, int l, const T* g, const T* out, T s, T* d) {
+    for (mv_i64 r = l; r < v.R; r += MV_COLUMN_LANES) {
+        const mv_i64 e = mv_at(v, r, col);
+        d[e] = mv_log_softmax_grad<T>(g[e], out[e], s);
+    }
 }
 
 // The log-sum-exp's backward of chunk c of the n = R N elements: d = g[col] exp(x - out[col]),

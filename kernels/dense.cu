@@ -47,9 +47,10 @@ template <typename T>
 __device__ __forceinline__ void mv_bias_grad(const T* __restrict__ g, const T* __restrict__ y, T* __restrict__ d,
                                              T* __restrict__ db, mv_i64 R, mv_i64 N) {
     __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
+    const mv_columns v = mv_row_columns(R, N);
     const mv_i64 col = mv_column();
     const T sum = mv_column_total<T, false>(
-        part, col < N ? mv_bias_grad_partial<T>(col, mv_column_lane(), R, N, g, y, d) : T(0));
+        part, col < N ? mv_column_sum_partial<T>(v, col, mv_column_lane(), g, y, d) : T(0));
     if (mv_column_lane() == 0 && col < N) db[col] = sum;
 }
 

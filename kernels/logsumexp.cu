@@ -1,25 +1,38 @@
-// The log-sum-exp over the leading axis of a C-contiguous (R, N) array, one value per column:
-// the importance-weighted bound's log-mean-exp over its k samples (R = k, N = the batch).
-//   forward:  out[col] = s + log(sum_r exp(x[r, col] - s)), s = the column's maximum where it is
-//             finite, else 0 (vae_math.cuh); one launch where NumPy's code takes eight (max,
-//             isfinite, where, subtract, exp, sum, log, add). The maximum and the sum of each
-//             column run in the fixed order of chunks.cuh ("column reductions").
-//             Launch: block (MV_BLOCK, 1, 1), grid (ceil(N / MV_COLUMNS), 1, 1); R >= 1.
-//   backward: d = g[col] exp(x - out[col]) over the n = R N elements (g and out repeat over the
-//             rows), one launch where NumPy's code takes three.
-//             Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loop).
+// Log-sum-exp reductions, as column reductions (chunks.cuh, "column reductions": the maximum
+// and the sum of each column in a fixed order; the shift is the column's maximum where it is
+// finite, else 0, vae_math.cuh):
+//   logsumexp: over the leading axis of a C-contiguous (R, N) array, one value per column: the
+//              importance-weighted bound's log-mean-exp over its k samples (R = k, N = the
+//              batch). Forward out[col] = s + log(sum_r exp(x[r, col] - s)) in one launch where
+//              NumPy's code takes eight (max, isfinite, where, subtract, exp, sum, log, add);
+//              backward d = g[col] exp(x - out[col]) over the n = R N elements (g and out
+//              repeat over the rows), one launch where NumPy's code takes three.
+//   log_softmax: over the last axis of a C-contiguous (B, C) array (a classifier's logits, the
+//              C classes of each of the B rows reduced): out = x - logsumexp(x) in one launch
+//              where NumPy's code takes nine; backward d = g - exp(out) sum(g) in one launch
+//              where NumPy's code takes four.
+// Launch: block (MV_BLOCK, 1, 1); grid (ceil(columns / MV_COLUMNS), 1, 1) for the column
+// reductions (at least one row each), any grid for the flat logsumexp backward (grid-stride).
 #include "device.cuh"
+
+// The log-sum-exp of this thread's column of the view v (R >= 1), in every thread of the block's
+// columns (a column past N gets a value that is not used).
+template <typename T>
+__device__ __forceinline__ T mv_column_lse(T (*part)[MV_COLUMNS], mv_columns v, const T* __restrict__ x) {
+    const mv_i64 col = mv_column();
+    const int l = mv_column_lane();
+    const bool mine = col < v.N;  // (the threads of columns past N take part in the block's trees)
+    const T m = mv_column_total<T, true>(part, mine ? mv_column_max_partial<T>(v, col, l, x) : T(0));
+    const T shift = mv_lse_shift<T>(m);
+    const T sum = mv_column_total<T, false>(part, mine ? mv_lse_partial<T>(v, col, l, x, shift) : T(0));
+    return mv_lse_finish<T>(shift, sum);
+}
 
 template <typename T>
 __device__ __forceinline__ void mv_logsumexp_fwd(const T* __restrict__ x, T* __restrict__ out, mv_i64 R, mv_i64 N) {
     __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
-    const mv_i64 col = mv_column();
-    const int l = mv_column_lane();
-    const bool mine = col < N;  // (the threads of columns past N take part in the block's trees)
-    const T m = mv_column_total<T, true>(part, mine ? mv_column_max_partial<T>(col, l, R, N, x) : T(0));
-    const T shift = mv_lse_shift<T>(m);
-    const T sum = mv_column_total<T, false>(part, mine ? mv_lse_partial<T>(col, l, R, N, x, shift) : T(0));
-    if (l == 0 && mine) out[col] = mv_lse_finish<T>(shift, sum);
+    const T lse = mv_column_lse<T>(part, mv_row_columns(R, N), x);
+    if (mv_column_lane() == 0 && mv_column() < N) out[mv_column()] = lse;
 }
 
 extern "C" __global__ void mv_logsumexp_fwd_f32(const float* x, float* out, mv_i64 R, mv_i64 N) {
@@ -42,4 +55,38 @@ extern "C" __global__ void mv_logsumexp_bwd_f32(const float* g, const float* x, 
 extern "C" __global__ void mv_logsumexp_bwd_f64(const double* g, const double* x, const double* out, double* d,
                                                 mv_i64 n, mv_i64 N) {
     mv_logsumexp_bwd<double>(g, x, out, d, n, N);
+}
+
+template <typename T>
+__device__ __forceinline__ void mv_log_softmax_fwd(const T* __restrict__ x, T* __restrict__ out, mv_i64 B, mv_i64 C) {
+    __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
+    const mv_columns v = mv_class_columns(B, C);
+    const T lse = mv_column_lse<T>(part, v, x);
+    if (mv_column() < B) mv_log_softmax_lane<T>(v, mv_column(), mv_column_lane(), x, lse, out);
+}
+
+extern "C" __global__ void mv_log_softmax_fwd_f32(const float* x, float* out, mv_i64 B, mv_i64 C) {
+    mv_log_softmax_fwd<float>(x, out, B, C);
+}
+extern "C" __global__ void mv_log_softmax_fwd_f64(const double* x, double* out, mv_i64 B, mv_i64 C) {
+    mv_log_softmax_fwd<double>(x, out, B, C);
+}
+
+template <typename T>
+__device__ __forceinline__ void mv_log_softmax_bwd(const T* __restrict__ g, const T* __restrict__ out,
+                                                   T* __restrict__ d, mv_i64 B, mv_i64 C) {
+    __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
+    const mv_columns v = mv_class_columns(B, C);
+    const mv_i64 col = mv_column();
+    const int l = mv_column_lane();
+    const T s = mv_column_total<T, false>(
+        part, col < B ? mv_column_sum_partial<T>(v, col, l, g, (const T*)nullptr, (T*)nullptr) : T(0));
+    if (col < B) mv_log_softmax_grad_lane<T>(v, col, l, g, out, s, d);
+}
+
+extern "C" __global__ void mv_log_softmax_bwd_f32(const float* g, const float* out, float* d, mv_i64 B, mv_i64 C) {
+    mv_log_softmax_bwd<float>(g, out, d, B, C);
+}
+extern "C" __global__ void mv_log_softmax_bwd_f64(const double* g, const double* out, double* d, mv_i64 B, mv_i64 C) {
+    mv_log_softmax_bwd<double>(g, out, d, B, C);
 }

@@ -10,7 +10,7 @@
 //   - the ReLU of a dense layer and its gradient;
 //   - the Bernoulli log-likelihood of a pixel given its logit, and its gradient;
 //   - the Gaussian log-density of one coordinate, and its gradients;
-//   - the log-sum-exp's shift, terms and gradient.
+//   - the log-sum-exp's shift, terms and gradient, and the log-softmax's.
 // (The kernels' per-thread loops over these are in chunks.cuh.)
 // Compile without fast-math: the host and device builds then agree to a few ulp.
 #ifndef MINIVAE_VAE_MATH_CUH
@@ -209,5 +209,10 @@ template <typename T>
 MV_HD T mv_lse_finish(T shift, T sum) { return shift + mv_log(sum); }
 template <typename T>
 MV_HD T mv_lse_grad(T g, T x, T out) { return g * mv_exp(x - out); }
+// log_softmax(x)_i = x_i - lse; d/dx_i = g_i - exp(out_i) * sum_j g_j (s, the upstream's sum).
+template <typename T>
+MV_HD T mv_log_softmax(T x, T lse) { return x - lse; }
+template <typename T>
+MV_HD T mv_log_softmax_grad(T g, T out, T s) { return g - mv_exp(out) * s; }
 
 #endif  // MINIVAE_VAE_MATH_CUH

@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 13; }
+SHIM int shim_abi_version() { return 14; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -157,24 +157,46 @@ static T column_tree(T part[MV_COLUMN_LANES], bool max) {
         for (int l = 0; l < o; ++l) part[l] = max ? mv_max<T>(part[l], part[l + o]) : part[l] + part[l + o];
     return part[0];
 }
-// The bias gradient: each column's lanes (mv_bias_grad_partial, which writes d too), then the tree.
+// The sum of column col of the view v: its lanes (mv_column_sum_partial, which writes d too),
+// then the tree.
+template <typename T>
+static T column_sum(mv_columns v, mv_i64 col, const T* g, const T* y, T* d) {
+    T part[MV_COLUMN_LANES];
+    for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_column_sum_partial<T>(v, col, l, g, y, d);
+    return column_tree<T>(part, false);
+}
+// The log-sum-exp of column col: the maximum's lanes and tree, then the sum's.
+template <typename T>
+static T column_lse(mv_columns v, mv_i64 col, const T* x) {
+    T part[MV_COLUMN_LANES];
+    for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_column_max_partial<T>(v, col, l, x);
+    const T shift = mv_lse_shift<T>(column_tree<T>(part, true));
+    for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_lse_partial<T>(v, col, l, x, shift);
+    return mv_lse_finish<T>(shift, column_tree<T>(part, false));
+}
 template <typename T>
 static void replay_bias_grad(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {
-    for (mv_i64 col = 0; col < N; ++col) {
-        T part[MV_COLUMN_LANES];
-        for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_bias_grad_partial<T>(col, l, R, N, g, y, d);
-        db[col] = column_tree<T>(part, false);
-    }
+    for (mv_i64 col = 0; col < N; ++col) db[col] = column_sum<T>(mv_row_columns(R, N), col, g, y, d);
 }
-// The log-sum-exp of each column: the maximum's lanes and tree, then the sum's.
 template <typename T>
 static void replay_lse_fwd(const T* x, T* out, mv_i64 R, mv_i64 N) {
-    for (mv_i64 col = 0; col < N; ++col) {
-        T part[MV_COLUMN_LANES];
-        for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_column_max_partial<T>(col, l, R, N, x);
-        const T shift = mv_lse_shift<T>(column_tree<T>(part, true));
-        for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_lse_partial<T>(col, l, R, N, x, shift);
-        out[col] = mv_lse_finish<T>(shift, column_tree<T>(part, false));
+    for (mv_i64 col = 0; col < N; ++col) out[col] = column_lse<T>(mv_row_columns(R, N), col, x);
+}
+// The log-softmax over the C classes of each of B rows: C rows of B columns (mv_class_columns).
+template <typename T>
+static void replay_log_softmax_fwd(const T* x, T* out, mv_i64 B, mv_i64 C) {
+    const mv_columns v = mv_class_columns(B, C);
+    for (mv_i64 col = 0; col < B; ++col) {
+        const T lse = column_lse<T>(v, col, x);
+        for (int l = 0; l < MV_COLUMN_LANES; ++l) mv_log_softmax_lane<T>(v, col, l, x, lse, out);
+    }
+}
+template <typename T>
+static void replay_log_softmax_bwd(const T* g, const T* out, T* d, mv_i64 B, mv_i64 C) {
+    const mv_columns v = mv_class_columns(B, C);
+    for (mv_i64 col = 0; col < B; ++col) {
+        const T s = column_sum<T>(v, col, g, nullptr, nullptr);
+        for (int l = 0; l < MV_COLUMN_LANES; ++l) mv_log_softmax_grad_lane<T>(v, col, l, g, out, s, d);
     }
 }
 template <typename T>
@@ -265,6 +287,12 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
     SHIM void shim_logsumexp_fwd_##SFX(const T* x, T* out, mv_i64 R, mv_i64 N) { replay_lse_fwd<T>(x, out, R, N); } \
     SHIM void shim_logsumexp_bwd_##SFX(const T* g, const T* x, const T* out, T* d, mv_i64 n, mv_i64 N) {    \
         replay_lse_bwd<T>(g, x, out, d, n, N);                                                               \
+    }                                                                                                        \
+    SHIM void shim_log_softmax_fwd_##SFX(const T* x, T* out, mv_i64 B, mv_i64 C) {                          \
+        replay_log_softmax_fwd<T>(x, out, B, C);                                                             \
+    }                                                                                                        \
+    SHIM void shim_log_softmax_bwd_##SFX(const T* g, const T* out, T* d, mv_i64 B, mv_i64 C) {              \
+        replay_log_softmax_bwd<T>(g, out, d, B, C);                                                          \
     }                                                                                                        \
     SHIM T shim_segment_sum_##SFX(const T* terms, mv_i64 n, int P) { return mv_segment_sum<T>(terms, n, P); }
 

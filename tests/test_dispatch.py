@@ -47,10 +47,10 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 
 def test_the_table_names_the_registered_kernels():
     """Reparameterization (noise), KL, the fused pair, the Bernoulli and Gaussian log-densities,
-    the dense layers, the log-sum-exp and Adam, each with a stated condition and, for the ops, a forward and a backward
+    the dense layers, the log-sum-exp, the log-softmax and Adam, each with a stated condition and, for the ops, a forward and a backward
     launch."""
     assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "GaussianLogProb",
-            "Matmul", "Linear", "LinearRelu", "Relu", "LogSumExp", "Adam"} <= set(dispatch.TABLE)
+            "Matmul", "Linear", "LinearRelu", "Relu", "LogSumExp", "LogSoftmax", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():
         assert row.op == name and row.takes and callable(row.forward) and callable(row.accepts)
         assert name == "Adam" or callable(row.backward)
@@ -320,6 +320,28 @@ def test_the_logsumexp_row_takes_the_leading_axis_alone(as_gpu):
                             "no rows": (x[:0], 0), "a 0-d array": (x[0, 0, 0], None),
                             "integers": (x.astype(np.int32), 0)}.items():
         assert dispatch.select("LogSumExp", a, axis=axis) is None, case
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape, axis", [((5, 10), -1), ((3, 5, 10), 2), ((7,), 0), ((40, 1), -1)])
+def test_the_log_softmax_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, shape, axis):
+    """A classifier's log-softmax over its classes on its kernels against the op's NumPy code:
+    values and gradients to float rounding (a single class gives 0 and a zero gradient); one
+    launch forward and one backward."""
+    rng = np.random.default_rng(12)
+    x = (10 * rng.standard_normal(shape)).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    _row_against_numpy(fake_gpu, monkeypatch, lambda t: F.log_softmax(t, axis=axis), "LogSoftmax",
+                       "mv_log_softmax", [x], (True,), g)
+
+
+def test_the_log_softmax_row_takes_the_last_axis_alone(as_gpu):
+    x, row = np.zeros((3, 4, 5), np.float32), dispatch.TABLE["LogSoftmax"]
+    for axis in (-1, 2):
+        assert dispatch.select("LogSoftmax", x, axis=axis) is row, axis
+    for case, (a, axis) in {"another axis": (x, 0), "no classes": (x[..., :0], -1), "a 0-d array": (x[0, 0, 0], -1),
+                            "integers": (x.astype(np.int32), -1)}.items():
+        assert dispatch.select("LogSoftmax", a, axis=axis) is None, case
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -684,6 +684,36 @@ def test_the_logsumexp_kernels_match_the_float64_reference(dtype, shape):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 1), (100, 10), (3, 7, 10), (20, 5000)])
+def test_the_log_softmax_kernels_match_the_float64_reference(dtype, shape):
+    """The log-softmax of logsumexp.cu over the last axis on the device: values and gradient
+    against float64 NumPy to rounding (the cancelling x - lse of a row's maximum to a few ulp
+    of x), the same bits on a second run; and gradcheck of the op's row in float64."""
+    import minivae as mv
+    import minivae.functional as F
+    from minivae.gpu import dispatch
+
+    tol = TOL[dtype]
+    x = (10 * inputs(shape, dtype, 26)[0]).astype(dtype)
+    out = G.log_softmax_forward(cp.asarray(x))
+    np.testing.assert_array_equal(host(out), host(G.log_softmax_forward(cp.asarray(x))))
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=-1, keepdims=True)
+    want = x64 - (m + np.log(np.exp(x64 - m).sum(axis=-1, keepdims=True)))
+    bound = tol["rtol"] * math.log2(2 * shape[-1]) * np.abs(want) + 4 * np.finfo(dtype).eps * np.abs(x64) + tol["atol"]
+    assert np.all(np.abs(host(out) - want) <= bound)
+    g = inputs(shape, dtype, 27)[0]
+    d = host(G.log_softmax_backward(cp.asarray(g), out))
+    o64 = host(out).astype(np.float64)
+    want_d = g - np.exp(o64) * g.astype(np.float64).sum(axis=-1, keepdims=True)
+    scale = np.abs(g).astype(np.float64) + np.exp(o64) * np.abs(g.astype(np.float64)).sum(axis=-1, keepdims=True)
+    assert np.all(np.abs(d - want_d) <= tol["rtol"] * math.log2(2 * shape[-1]) * scale + tol["atol"])
+    t = mv.tensor(np.random.default_rng(28).normal(size=(6, 4)), requires_grad=True).to("gpu")
+    assert F.log_softmax(t)._node.fn is dispatch.TABLE["LogSoftmax"]
+    assert mv.gradcheck(lambda a: F.log_softmax(a), t)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(0, 5), (37, 784), (100, 512), (1000, 50), (3, 10, 7)])
 def test_the_bias_gradient_kernel_sums_columns_in_the_documented_order(dtype, shape):
     """dense.cu's bias gradient on the device: the column sums bit for bit in the order of

@@ -40,7 +40,9 @@ ENTRY_POINTS = {
     "gaussian.cu": ["mv_gaussian_fwd_f32", "mv_gaussian_fwd_f64", "mv_gaussian_bwd_f32", "mv_gaussian_bwd_f64"],
     "dense.cu": ["mv_bias_act_f32", "mv_bias_act_f64", "mv_relu_grad_f32", "mv_relu_grad_f64",
                  "mv_bias_grad_f32", "mv_bias_grad_f64"],
-    "logsumexp.cu": ["mv_logsumexp_fwd_f32", "mv_logsumexp_fwd_f64", "mv_logsumexp_bwd_f32", "mv_logsumexp_bwd_f64"],
+    "logsumexp.cu": ["mv_logsumexp_fwd_f32", "mv_logsumexp_fwd_f64", "mv_logsumexp_bwd_f32", "mv_logsumexp_bwd_f64",
+                     "mv_log_softmax_fwd_f32", "mv_log_softmax_fwd_f64", "mv_log_softmax_bwd_f32",
+                     "mv_log_softmax_bwd_f64"],
     "adam.cu": ["mv_adam_f32", "mv_adam_f64"],
     "step.cu": ["mv_step_advance"],
 }
@@ -191,7 +193,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 13
+    assert lib.shim_abi_version() == 14
     return lib
 
 
@@ -622,6 +624,43 @@ def test_replay_logsumexp_over_columns_in_the_documented_order(shim, dtype, R, N
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(d, g * e)
         np.testing.assert_allclose(d, g * np.exp(x64 - out), rtol=TOL[dtype][0], atol=TOL[dtype][1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B, C", [(1, 1), (7, 10), (9, 33), (20, 100), (3, 5000)])
+def test_replay_log_softmax_over_the_classes_in_the_documented_order(shim, dtype, B, C):
+    """x - logsumexp(x) over the last axis (the classes of each row): the log-sum-exp of each row
+    bit for bit in the documented order from the host build's own terms (a row's C classes are
+    the column of the reduction), and to rounding the float64 value; the gradient g - exp(out)
+    sum(g), its sum in the documented order; rows with -inf, +inf and NaN logits."""
+    rng = np.random.default_rng(B * 100 + C)
+    x = (rng.standard_normal((B, C)) * 30).astype(dtype)
+    x[0] += 400
+    for row, value in {1: -np.inf, 2: np.inf, 3: np.nan}.items():
+        if row < B:
+            x[row, C // 2] = value
+    out = np.full_like(x, 7)
+    call(shim, f"shim_log_softmax_fwd_{_sfx(dtype)}", x, out, _I64(B), _I64(C))
+    lse = _documented_logsumexp(shim, np.ascontiguousarray(x.T))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(out, x - lse[:, None])
+        x64 = x.astype(np.float64)
+        m = np.max(x64, axis=1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        want = x64 - (m + np.log(np.exp(x64 - m).sum(axis=1, keepdims=True)))
+    finite = np.isfinite(want)
+    # x - lse cancels where x is the row's maximum: an error of a few ulp of x, not of the result
+    err = np.abs(out[finite] - want[finite])
+    assert np.all(err <= TOL[dtype][0] * (1 + np.log2(C)) * np.abs(want[finite])
+                  + 4 * np.finfo(dtype).eps * np.abs(x64[finite]) + TOL[dtype][1])
+    assert np.array_equal(np.isnan(out), np.isnan(want)) and np.array_equal(np.isinf(out), np.isinf(want))
+    g = (rng.standard_normal((B, C)) * 10.0 ** rng.integers(-4, 4, (B, C))).astype(dtype)
+    d = np.full_like(g, 7)
+    call(shim, f"shim_log_softmax_bwd_{_sfx(dtype)}", g, out, d, _I64(B), _I64(C))
+    e = np.zeros_like(out)  # exp(out), the host build's
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(8), out, np.zeros_like(out), None, e, _I64(out.size))
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(d, g - e * _documented_column_sums(np.ascontiguousarray(g.T))[:, None])
 
 
 def _row_tiling(shim, D):
@@ -1091,6 +1130,13 @@ def test_wrappers_validate(fake_gpu):
     with pytest.raises(TypeError, match="out: dtype"):
         K.logsumexp_backward(np.ones(3, np.float32), out, np.ones(3))
     assert K.logsumexp_forward(np.ones((4, 0), np.float32)).shape == (0,)
+    with pytest.raises(ValueError, match="no classes"):
+        K.log_softmax_forward(np.ones((3, 0), np.float32))
+    with pytest.raises(ValueError, match="g: shape"):
+        K.log_softmax_backward(np.ones((3, 4), np.float32), out)
+    assert K.log_softmax_forward(np.ones((0, 3), np.float32)).shape == (0, 3)
+    np.testing.assert_allclose(K.log_softmax_forward(np.zeros((2, 4), np.float32)), np.full((2, 4), -np.log(4)),
+                               rtol=1e-6)
     np.testing.assert_allclose(K.logsumexp_forward(np.zeros((4, 2, 3), np.float32)), np.full((2, 3), np.log(4)),
                                rtol=1e-6)
     # non-contiguous inputs are made contiguous before the launch

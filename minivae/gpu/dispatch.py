@@ -37,8 +37,9 @@ The rows:
   error (there is no silent fallback to ``cupy.matmul``).
 * ``Relu`` (a ReLU that is not a dense layer's): one launch forward and one backward, on the
   dense layers' kernels.
-* ``LogSumExp`` over the leading axis (the IWAE bound over its k samples): one launch forward
-  and one backward (``kernels/logsumexp.cu``).
+* ``LogSumExp`` over the leading axis (the IWAE bound over its k samples) and ``LogSoftmax``
+  over the last axis (a classifier's classes): one launch forward and one backward each
+  (``kernels/logsumexp.cu``).
 * ``"Adam"``: the optimizer's update of all parameters in one launch (``kernels/adam.cu``).
 
 The table is keyed by name so that this package never imports the ops. Importing this module
@@ -288,6 +289,24 @@ def _logsumexp_backward(ctx, g):
 
 register("LogSumExp", _logsumexp_forward, _logsumexp_backward, accepts=_over_the_leading_axis,
          takes="float32 or float64 x with at least one row, reduced over its leading axis alone")
+
+
+def _over_the_last_axis(x, axis=-1):
+    return x.dtype in _FLOATS and x.ndim >= 1 and x.shape[-1] > 0 and axis in (-1, x.ndim - 1)
+
+
+def _log_softmax_forward(ctx, x, axis=-1):
+    out = _kernels().log_softmax_forward(x)
+    ctx.save(out)
+    return out
+
+
+def _log_softmax_backward(ctx, g):
+    return _kernels().log_softmax_backward(g, ctx.saved[0])
+
+
+register("LogSoftmax", _log_softmax_forward, _log_softmax_backward, accepts=_over_the_last_axis,
+         takes="float32 or float64 x with at least one class, over its last axis")
 
 
 def _adam_update(p, g, m, v, vmax, work=None, **scalars):

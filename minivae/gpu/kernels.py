@@ -39,7 +39,8 @@ __all__ = [
     "reparameterize_kl_forward", "reparameterize_kl_backward",
     "bernoulli_log_prob_forward", "bernoulli_log_prob_backward",
     "gaussian_log_prob_forward", "gaussian_log_prob_backward", "bias_act", "relu_grad", "bias_grad",
-    "logsumexp_forward", "logsumexp_backward", "adam_update",
+    "logsumexp_forward", "logsumexp_backward", "log_softmax_forward", "log_softmax_backward",
+    "adam_update",
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
@@ -105,6 +106,7 @@ _FUNC_FILE = {
     "mv_gaussian_fwd": "gaussian.cu", "mv_gaussian_bwd": "gaussian.cu",
     "mv_bias_act": "dense.cu", "mv_relu_grad": "dense.cu", "mv_bias_grad": "dense.cu",
     "mv_logsumexp_fwd": "logsumexp.cu", "mv_logsumexp_bwd": "logsumexp.cu",
+    "mv_log_softmax_fwd": "logsumexp.cu", "mv_log_softmax_bwd": "logsumexp.cu",
     "mv_adam": "adam.cu",
     "mv_step_advance": "step.cu",
 }
@@ -517,7 +519,7 @@ def bias_grad(g, y=None):
     return d, db
 
 
-# ------------------------------------------------------------------------------ log-sum-exp
+# ------------------------------------------------------------------------------ log-sum-exp, log-softmax
 def _columns(x):
     """(R, N) of an array reduced over its leading axis: R rows of N = the rest's size."""
     if x.ndim == 0:
@@ -551,6 +553,40 @@ def logsumexp_backward(g, x, out):
     if x.size:
         get_function("mv_logsumexp_bwd", x.dtype)(
             *_flat_launch(_chunks(x.size)), (g, x, out, d, np.int64(x.size), np.int64(N)))
+    return d
+
+
+def _classes(x):
+    """(B, C) of an array whose last axis holds the classes: B rows of C."""
+    if x.ndim == 0:
+        raise ValueError("x: a log-softmax over the last axis needs at least one axis, got a 0-d array")
+    return math.prod(x.shape[:-1]), x.shape[-1]
+
+
+def log_softmax_forward(x):
+    """``x - logsumexp(x)`` over the last axis (the classes of each row), in one launch, in the
+    stable form of ``minivae.ops.reduce.LogSoftmax``: x's shape; each row needs a class. The
+    maximum and the sum of each row run in the fixed order of kernels/chunks.cuh ("column
+    reductions")."""
+    x = _float_array(x, "x")
+    B, C = _classes(x)
+    if C == 0:
+        raise ValueError("x: a log-softmax over an empty last axis (no classes) has no maximum")
+    out = cp.empty_like(x)
+    if B:
+        get_function("mv_log_softmax_fwd", x.dtype)(*_column_launch(B), (x, out, np.int64(B), np.int64(C)))
+    return out
+
+
+def log_softmax_backward(g, out):
+    """The gradient of ``out = log_softmax_forward(x)`` for the upstream ``g`` (one shape):
+    ``g - exp(out) * sum(g)`` over the last axis, in one launch: a new array."""
+    out = _float_array(out, "out")
+    g = _same(out, g, "g")
+    B, C = _classes(out)
+    d = cp.empty_like(out)
+    if B and C:
+        get_function("mv_log_softmax_bwd", out.dtype)(*_column_launch(B), (g, out, d, np.int64(B), np.int64(C)))
     return d
 
 
