@@ -34,15 +34,15 @@ __device__ __forceinline__ mv_i64 mv_column() {
 }
 
 // The lanes' partials v of each column of the block combined by the halving tree (the sum, or
-// the maximum with max), returned to every thread of the column. All threads of the block must
+// the maximum with is_max), returned to every thread of the column. All threads of the block must
 // call it (it synchronizes them); part is the block's shared buffer.
-template <typename T, bool max>
+template <typename T, bool is_max>
 __device__ __forceinline__ T mv_column_total(T (*part)[MV_COLUMNS], T v) {
     const int l = mv_column_lane(), k = threadIdx.x % MV_COLUMNS;
     part[l][k] = v;
     for (int o = MV_COLUMN_LANES / 2; o > 0; o >>= 1) {
         __syncthreads();
-        if (l < o) part[l][k] = max ? mv_max<T>(part[l][k], part[l + o][k]) : part[l][k] + part[l + o][k];
+        if (l < o) part[l][k] = is_max ? mv_max<T>(part[l][k], part[l + o][k]) : part[l][k] + part[l + o][k];
     }
     __syncthreads();
     const T total = part[0][k];

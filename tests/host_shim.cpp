@@ -152,9 +152,9 @@ static void replay_relu_grad(const T* g, const T* y, T* d, mv_i64 n) {
 // partials that a block runs in shared memory (mv_column_total of device.cuh), the sum or the
 // maximum; returns the total.
 template <typename T>
-static T column_tree(T part[MV_COLUMN_LANES], bool max) {
+static T column_tree(T part[MV_COLUMN_LANES], bool is_max) {
     for (int o = MV_COLUMN_LANES / 2; o > 0; o >>= 1)
-        for (int l = 0; l < o; ++l) part[l] = max ? mv_max<T>(part[l], part[l + o]) : part[l] + part[l + o];
+        for (int l = 0; l < o; ++l) part[l] = is_max ? mv_max<T>(part[l], part[l + o]) : part[l] + part[l + o];
     return part[0];
 }
 // The sum of column col of the view v: its lanes (mv_column_sum_partial, which writes d too),
