@@ -47,8 +47,8 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
 
 def test_the_table_names_the_registered_kernels():
     """Reparameterization (noise), KL, the fused pair, the Bernoulli and Gaussian log-densities,
-    the dense layers, the log-sum-exp, the log-softmax and Adam, each with a stated condition and, for the ops, a forward and a backward
-    launch."""
+    the dense layers, the log-sum-exp, the log-softmax and Adam, each with a stated condition
+    and, for the ops, a forward and a backward launch."""
     assert {"ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL", "BernoulliLogProb", "GaussianLogProb",
             "Matmul", "Linear", "LinearRelu", "Relu", "LogSumExp", "LogSoftmax", "Adam"} <= set(dispatch.TABLE)
     for name, row in dispatch.TABLE.items():

@@ -54,6 +54,16 @@ F64_RTOL, F64_ATOL = 1e-13, 1e-13
 TOL = {np.float32: (F32_RTOL, F32_ATOL), np.float64: (F64_RTOL, F64_ATOL)}
 
 
+def test_the_wrappers_launch_constants_are_the_kernels():
+    """BLOCK, TILE and COLUMNS of minivae.gpu.kernels are the #defines the kernels are built with."""
+    from minivae.gpu import kernels
+
+    defines = dict(re.findall(r"^#define (MV_\w+) (\d+)", (KERNELS / "device.cuh").read_text()
+                              + (KERNELS / "chunks.cuh").read_text(), flags=re.M))
+    assert (kernels.BLOCK, kernels.TILE, kernels.COLUMNS) == tuple(
+        int(defines[name]) for name in ("MV_BLOCK", "MV_TILE", "MV_COLUMNS"))
+
+
 def test_kernel_files_are_known():
     assert CU_FILES == sorted(ENTRY_POINTS) == sorted(_source.KERNEL_FILES)
     for name in ["philox.cuh", "vae_math.cuh", "chunks.cuh", "device.cuh", "adam.cuh", "step.cuh"]:

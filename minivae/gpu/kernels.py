@@ -495,14 +495,12 @@ def relu_grad(g, y):
     return d
 
 
-
-
 def bias_grad(g, y=None):
     """A dense layer's bias gradient in one launch: the column sums of ``d`` over the rows of
     (..., N) arrays, ``d`` = ``g``, or behind a ReLU whose output is ``y``, ``d = g * (y > 0)``
     (written on the way, for the layer's products). Returns ``(d, db)``: ``d`` is ``g`` itself
     when ``y`` is None, a new array otherwise (NumPy's ``g * (y > 0)`` bit for bit); ``db`` (N,)
-    is summed in the fixed order of kernels/chunks.cuh ("dense layers (columns)"), not NumPy's."""
+    is summed in the fixed order of kernels/chunks.cuh ("column reductions"), not NumPy's."""
     g = _float_array(g, "g")
     if g.ndim == 0:
         raise ValueError("g: rows of at least one dimension, got a 0-d array")
