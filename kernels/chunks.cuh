@@ -361,7 +361,9 @@ MV_HD void mv_chunk_relu_grad(mv_i64 c, mv_i64 n, const T* g, const T* y, T* d) 
 // right -- whose partials are then combined by the halving tree of the row sums (lane i with
 // lane i + 16, then i + 8, ... 1): for a sum, the order of mv_segment_sum with
 // P = MV_COLUMN_LANES over the column's values. No atomics: the same bits at every run, eager
-// or captured.
+// or captured. The work is spread over N / MV_COLUMNS blocks: made for many columns of up to a
+// few thousand rows (a batch of a layer's units, k samples of a batch, a batch's classes), not
+// for a long axis over a few columns, which would run on a few blocks.
 #define MV_COLUMNS 8
 #define MV_COLUMN_LANES 32
 
