@@ -1,5 +1,6 @@
 // Device-only helpers of the kernels (never compiled for the host): the block size, the
-// grid-stride loop of the flat kernels and the tiled forward pass of the row kernels.
+// grid-stride loop of the flat kernels, the column reductions' tree and the tiled forward pass
+// of the row kernels.
 #ifndef MINIVAE_DEVICE_CUH
 #define MINIVAE_DEVICE_CUH
 
@@ -25,7 +26,8 @@ __device__ __forceinline__ T mv_lane_tree(T v, int P) {
 // The column reductions of chunks.cuh ("column reductions"), block (MV_BLOCK, 1, 1), grid
 // (ceil(N / MV_COLUMNS), 1, 1): thread t reduces lane t / MV_COLUMNS of column
 // blockIdx.x * MV_COLUMNS + t % MV_COLUMNS.
-static_assert(MV_COLUMNS * MV_COLUMN_LANES == MV_BLOCK, "a block reduces MV_COLUMNS columns, MV_COLUMN_LANES lanes each");
+static_assert(MV_COLUMNS * MV_COLUMN_LANES == MV_BLOCK,
+              "a block reduces MV_COLUMNS columns, MV_COLUMN_LANES lanes each");
 
 // This thread's lane and column.
 __device__ __forceinline__ int mv_column_lane() { return threadIdx.x / MV_COLUMNS; }

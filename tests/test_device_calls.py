@@ -217,9 +217,9 @@ def test_a_training_step_makes_no_more_device_calls_than_its_budget(counted_devi
     """The step of the default VAE, the IWAE, M2 and the SDGM: our kernels (reparameterization
     and KL, the Bernoulli and Gaussian log-densities, a dense layer's bias and ReLU, the
     gradients of its ReLU and its bias, the IWAE bound's log-sum-exp, M2's log-softmax, Adam
-    once), the products
-    on cuBLAS, and at most the budget of other calls (the rest of the loss, the statistics). A change that adds calls to a step fails here:
-    a launch-bound step is as fast as its number of calls."""
+    once), the products on cuBLAS, and at most the budget of other calls (the rest of the loss,
+    the statistics). A change that adds calls to a step fails here: a launch-bound step is as
+    fast as its number of calls."""
     extra, own, products, rest = BUDGETS[model]
     calls = step_calls(counted_device, tmp_path, monkeypatch, model, **extra)
     print(f"\n{model}: {_own_kernels(calls)} of our kernels, {calls['cuBLAS']} cuBLAS products, "
