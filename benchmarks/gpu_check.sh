@@ -15,7 +15,8 @@
 #                each compiled with its own options, checked and timed in one process (~30 s)
 #   4. step      benchmarks/bench_train_step.py --device gpu: minivae eager and in graph mode,
 #                the reference on CuPy, PyTorch CUDA eager and PyTorch with the whole step in a
-#                CUDA graph, at batch 100, 1000, 10000
+#                CUDA graph, at batch 100, 1000, 10000; and a cProfile of 100 eager minivae steps
+#                per batch size (where the host time of an eager step goes), in its JSON
 #   5. epoch     benchmarks/bench_epoch.py --device gpu: seconds per epoch (batch 100), minivae
 #                eager and in graph mode, PyTorch eager
 #   6. train     `minivae train --device gpu` in graph mode: the default recipe (150 epochs,
@@ -100,7 +101,7 @@ if [ -n "$DRY_RUN" ]; then
 else
     KERNEL_ARGS=(--sizes 1e5,1e7 --mnist 100x50 --cpu-max 1e5 --budget 0.5 --repeats 9 --no-philox-cpu)
     AB_ARGS=(--sizes 1e7,1e8 --D 10,50,784 --max-seconds 35)
-    STEP_ARGS=(--warmup-steps 200 --max-seconds 60)
+    STEP_ARGS=(--warmup-steps 200 --max-seconds 60 --profile 100)
     TRAIN_DEVICE=gpu
     TRAIN_EPOCHS=150
     TRAIN_EVAL_K=5000
