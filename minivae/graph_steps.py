@@ -14,13 +14,13 @@ Two graphs are captured, one whose Adam clears the moments of subnormals and one
 so that a model's per-epoch settings (``set_epoch``) are those of the epoch.
 
 Nothing is read back per step. The statistics are summed on the device and read when the
-progress bar or the epoch's metrics need them; a flag on the device records a non-finite loss,
-and is read at the same times and before every checkpoint, so a step that produced NaN or Inf
-never reaches a saved checkpoint.
+progress bar or the epoch's metrics need them. So are the losses, in a sum of their own that
+stays NaN or infinite once a step's loss was: it is read at the same times and before every
+checkpoint, so a step that produced NaN or Inf never reaches a saved checkpoint.
 """
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from . import streams
 from .autograd import tensor
@@ -51,8 +51,9 @@ class GraphSteps:
         if trainer.labelled is not None:
             xl, yl = trainer.labelled(0)
             self.labelled = (cp.zeros_like(xl), cp.zeros_like(yl))
-        self.sums = {k: cp.zeros((), dtype=self.dtype) for k in keys}
-        self.diverged = cp.zeros((), dtype=cp.bool_)
+        self.keys = list(keys)
+        self.sums = cp.zeros(len(self.keys), dtype=self.dtype)  # the statistics, in the order of keys
+        self.loss_sum = cp.zeros((), dtype=self.dtype)  # NaN or infinite once a loss was
         self.graphs = {}
 
     def _row(self, t):
@@ -82,9 +83,9 @@ class GraphSteps:
             self.optimizer.step(flush=flush)
         finally:
             self.optimizer.step_scalars = None
-        for k, total in self.sums.items():
-            cp.add(total, stats[k], out=total)
-        cp.logical_or(self.diverged, ~cp.isfinite(loss.data), out=self.diverged)
+        if self.keys:
+            cp.add(self.sums, cp.stack([stats[k] for k in self.keys]), out=self.sums)
+        cp.add(self.loss_sum, loss.data, out=self.loss_sum)
 
     def capture(self):
         """Capture the step with and without the flush (at the start of each epoch)."""
@@ -119,18 +120,17 @@ class GraphSteps:
     # ----- what the host reads ---------------------------------------------------------------------
     def read_sums(self):
         """The statistics summed since the last ``clear_sums`` (one read from the device)."""
-        keys = list(self.sums)
-        values = self.cp.asnumpy(self.cp.stack([self.sums[k] for k in keys])) if keys else np.zeros(0)
-        return {k: float(v) for k, v in zip(keys, values)}
+        return dict(zip(self.keys, self.cp.asnumpy(self.sums).tolist()))
 
     def clear_sums(self):
-        """Start new sums (at the start of an epoch)."""
-        for total in self.sums.values():
-            total.fill(0)
+        """Start new sums (after the host has read them)."""
+        self.sums.fill(0)
+        self.loss_sum.fill(0)
 
     def has_diverged(self):
-        """Whether a replayed step's loss was NaN or infinite (one read from the device)."""
-        return bool(self.cp.asnumpy(self.diverged))
+        """Whether a step's loss since the last ``clear_sums`` was NaN or infinite (one read from
+        the device: the sum of the losses)."""
+        return not math.isfinite(float(self.cp.asnumpy(self.loss_sum)))
 
     def sync_host(self, steps_done):
         """Record on the host what the device did, before a checkpoint: the optimizer's step

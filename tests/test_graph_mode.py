@@ -187,8 +187,9 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why(fake_device,
 
 
 def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_device, tmp_path, monkeypatch):
-    """The device flag is read before every checkpoint: a NaN loss in a replay of epoch 2 stops
-    the run at the end of that epoch, and the checkpoint on disk stays the one of epoch 1."""
+    """The sum of the losses on the device is read before every checkpoint: a NaN loss in a
+    replay of epoch 2 stops the run at the end of that epoch, and the checkpoint on disk stays
+    the one of epoch 1."""
     from minivae.train import TrainingDiverged
 
     data = small_data(n_train=320, n_eval=20)
