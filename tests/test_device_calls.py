@@ -14,12 +14,14 @@ tests/test_graph_mode.py (NumPy for CuPy, the kernels' host builds, the stand-in
   (``reshape``, ``broadcast_to``) launch nothing and are not counted.
 
 Device arrays are marked by an ndarray subclass, ``Dev``, handed out by the fake CuPy's creation
-functions and kept by NumPy's ufuncs and by views (a broadcast view of a device array is on the
-device, and so is a copy of it). The counts are of calls, not of kernels: a CuPy call may
-launch more than one kernel (some reductions take two), and counts once here. They estimate the
-GPU's numbers; only a GPU can measure them.
+functions and kept by NumPy's ufuncs, by views (a broadcast view of a device array is on the
+device, and so is a copy of it) and by indexing (an element is a 0-d array, as in CuPy). The
+counts are of calls, not of kernels: a CuPy call may launch more than one kernel (some
+reductions take two), and counts once here. They estimate the GPU's numbers; only a GPU can
+measure them. A captured step is counted in a replay on the tests' stand-in for a capture, which
+runs the step's Python side again: its calls are the graph's nodes.
 
-    pytest tests/test_device_calls.py -s     # prints the calls of each model's step
+    pytest tests/test_device_calls.py -s     # the calls of each model's step, eager and captured
 """
 import collections
 import sys
@@ -31,7 +33,7 @@ import minivae.data.binarization
 import minivae.gpu.kernels
 from minivae.gpu import cublas
 from minivae.train import Trainer
-from test_graph_mode import fake_device  # noqa: F401  (fixture)
+from test_graph_mode import _Replayed, fake_device  # noqa: F401  (fixture)
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 from test_train import config, small_data
 
@@ -92,6 +94,11 @@ class Dev(np.ndarray):
             return result.view(Dev) if type(result) is np.ndarray else result
         return COUNTER.count(func.__name__, super().__array_function__, func, types, args, kwargs)
 
+    def __getitem__(self, key):
+        # an element of a device array is a 0-d device array (a view, as CuPy's), not a scalar
+        result = super().__getitem__(key)
+        return _dev(result) if isinstance(result, np.generic) else result
+
     def sum(self, *args, **kwargs):
         return COUNTER.count("sum", super().sum, *args, **kwargs)
 
@@ -137,17 +144,18 @@ def _contiguous(a, *args, **kwargs):
 
 
 def test_calls_on_views_of_device_arrays_are_counted():
-    """A view (``broadcast_to``, ``reshape``) of a device array is a device array: the calls made
-    on it are counted, so a step cannot hide calls behind views."""
+    """A view (``broadcast_to``, ``reshape``) or an element of a device array is a device array:
+    the calls made on it are counted, so a step cannot hide calls behind views."""
     d = _dev(np.zeros(3))
     COUNTER.calls.clear()
     COUNTER.on = True
     try:
         -np.broadcast_to(d, (2, 3))
         np.reshape(d, (3, 1)) * 2
+        d[1].astype(np.float32)
     finally:
         COUNTER.on = False
-    assert COUNTER.calls == {"negative": 1, "multiply": 1}
+    assert COUNTER.calls == {"negative": 1, "multiply": 1, "astype": 1}
 
 
 @pytest.fixture
@@ -168,33 +176,44 @@ def counted_device(fake_device, fake_cublas, monkeypatch):
     return fake_device, fake_cublas
 
 
-def step_calls(counted_device, tmp_path, monkeypatch, model, **extra):
-    """The device calls of the third step of an eager GPU run of ``model`` (784-512-256-50, batch
-    100): a Counter of our kernels' names, "cuBLAS" and the other calls' names."""
+def _counting_the_third_call(counted_device, calls, fn):
+    """``fn`` whose third call (the first ones build the optimizer's state and compile) adds its
+    device calls to ``calls``: our kernels' names, "cuBLAS" and the other calls' names."""
     kernels, gemms = counted_device
-    data = small_data(n_train=300, n_eval=20)
-    cfg = config(tmp_path / model, device="gpu", epochs=1, batch_size=100, eager=True, model=model,
-                 hidden=(512, 256), z_dim=50, **extra)
-    trainer = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
-    plain_step, seen, calls = Trainer._step, [], collections.Counter()
+    seen = []
 
-    def counted_step(self, xb, beta, step):
-        seen.append(step)
-        if len(seen) != 3:  # the first steps build the optimizer's state and compile
-            return plain_step(self, xb, beta, step)
+    def counted(*args, **kwargs):
+        seen.append(None)
+        if len(seen) != 3:
+            return fn(*args, **kwargs)
         k0, g0 = len(kernels), len(gemms.calls)
         COUNTER.calls.clear()
         COUNTER.on = True
         try:
-            return plain_step(self, xb, beta, step)
+            return fn(*args, **kwargs)
         finally:
             COUNTER.on = False
             calls.update(name for name, _, _ in kernels[k0:])
             calls["cuBLAS"] = len(gemms.calls) - g0
             calls.update(COUNTER.calls)
+    return counted
 
-    monkeypatch.setattr(Trainer, "_step", counted_step)
+
+def step_calls(counted_device, tmp_path, monkeypatch, model, graph=False, **extra):
+    """The device calls of the third step of a GPU run of ``model`` (784-512-256-50, batch 100):
+    eager, or with ``graph`` a replay of the captured step, that is the graph's nodes (on the
+    tests' stand-in for a capture, whose replay runs the step's Python side again)."""
+    data = small_data(n_train=500, n_eval=20)
+    cfg = config(tmp_path / model, device="gpu", epochs=1, batch_size=100, eager=not graph, model=model,
+                 hidden=(512, 256), z_dim=50, **extra)
+    trainer = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+    calls = collections.Counter()
+    if graph:
+        monkeypatch.setattr(_Replayed, "replay", _counting_the_third_call(counted_device, calls, _Replayed.replay))
+    else:
+        monkeypatch.setattr(Trainer, "_step", _counting_the_third_call(counted_device, calls, Trainer._step))
     trainer.fit()
+    assert sum(calls.values()), "no step was counted"
     return calls
 
 
@@ -226,5 +245,31 @@ def test_a_training_step_makes_no_more_device_calls_than_its_budget(counted_devi
           f"{sum(calls.values()) - _own_kernels(calls) - calls['cuBLAS']} other calls: "
           + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
     assert calls["mv_adam_f32"] == 1 and calls["mv_bernoulli_fwd_f32"] == calls["mv_bernoulli_bwd_f32"] >= 1
+    assert _own_kernels(calls) == own and calls["cuBLAS"] == products
+    assert sum(calls.values()) - own - products <= rest
+
+
+#: model -> (its options, the most device calls a replay of its captured step may make: ours,
+#: cuBLAS's, the rest), the nodes of its CUDA graph
+GRAPH_BUDGETS = {
+    "vae": ({}, 20, 20, 18),
+    "iwae": ({"iw_k": 3}, 26, 20, 26),
+    "m2": ({"n_labelled": 20}, 66, 64, 87),  # (the labelled batch is copied in before each replay)
+    "sdgm": ({}, 48, 49, 36),
+}
+
+
+@pytest.mark.parametrize("model", GRAPH_BUDGETS)
+def test_a_captured_step_has_no_more_nodes_than_its_budget(counted_device, tmp_path, monkeypatch, model):
+    """Graph mode's step: the eager step's calls, less the host read of its statistics, plus the
+    step's own bookkeeping on the device (the step counter, the KL weight, the sums of the
+    statistics and of the losses). Each call is a node of the graph, and a replay costs about
+    its number of nodes."""
+    extra, own, products, rest = GRAPH_BUDGETS[model]
+    calls = step_calls(counted_device, tmp_path, monkeypatch, model, graph=True, **extra)
+    print(f"\n{model} (graph): {_own_kernels(calls)} of our kernels, {calls['cuBLAS']} cuBLAS products, "
+          f"{sum(calls.values()) - _own_kernels(calls) - calls['cuBLAS']} other calls: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
+    assert calls["mv_step_advance"] == calls["mv_adam_f32"] == 1
     assert _own_kernels(calls) == own and calls["cuBLAS"] == products
     assert sum(calls.values()) - own - products <= rest
