@@ -190,10 +190,15 @@ def _reparameterize_kl_forward(ctx, mu, logvar, noise=None, samples=None):
 def _reparameterize_kl_backward(ctx, gz, gkl):
     need_mu, need_logvar = ctx.needs_input_grad
     mu, logvar = ctx.saved
-    if gkl is not None and ctx.samples is not None:  # the KL's gradient reaches the first copy only
-        first = get_array_module(gkl).zeros(mu.shape[:-1], dtype=gkl.dtype)
-        first[0] = gkl
-        gkl = first
+    if gkl is not None and ctx.samples is not None:
+        # the KL's gradient reaches the first of the S copies only, the others get zeros (and
+        # with one sample the first copy is all there is: gkl as it is, no launch)
+        first = gkl.reshape((1,) + gkl.shape)
+        if ctx.samples > 1:
+            xp = get_array_module(gkl)
+            gkl = xp.concatenate([first, xp.zeros((ctx.samples - 1,) + gkl.shape, dtype=gkl.dtype)])
+        else:
+            gkl = first
     n = ctx.noise
     dmu, dlogvar = _kernels().reparameterize_kl_backward(gz, gkl, mu, logvar, n.seed, n.offset, n.stream,
                                                          offset_from=n.offset_from)
