@@ -198,6 +198,15 @@ class MinivaeGraphRunner(MinivaeRunner):
     def fwd_bwd(self, xb):
         raise NotImplementedError("minivae-graph captures the whole step only")
 
+    def graph_nodes(self):
+        """The nodes of the captured step's graph, without and with the moments' flush (CUDA's own
+        count, to set beside tests/test_device_calls.py's estimate), or the error that hid it."""
+        try:
+            graphs = self.trainer.graph.graphs
+            return {("with_flush" if flush else "step"): graph.nodes() for flush, graph in graphs.items()}
+        except Exception as exc:  # (an older CuPy without Graph.debug_dot_str)
+            return {"error": repr(exc)}
+
 
 class NumpyRunner:
     """The hand-written reference (``reference_numpy_vae.py``); on the GPU the same code on CuPy."""
@@ -742,6 +751,8 @@ def main(argv=None):
                 row[n].update(measure_memory(r, batches[n], tracemalloc_ok=(n != "torch")))
         if args.profile:
             row["minivae"]["profile"] = profile_steps(runners["minivae"], batches["minivae"], args.profile)
+        if "minivae-graph" in runners:
+            row["minivae-graph"]["graph_nodes"] = runners["minivae-graph"].graph_nodes()
         rows[str(b)] = row
         print(f"batch {b}: " + "   ".join(
             f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, x{v['time_ratio_to_minivae']:.2f})"

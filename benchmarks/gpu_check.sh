@@ -162,6 +162,8 @@ else:
     for b, row in r["results"].items():
         if kind == "train_step":
             print(f"      batch {b}: " + ", ".join(f"{n} {v['ms_per_step']:.3f} ms" for n, v in row.items()))
+            if "graph_nodes" in row.get("minivae-graph", {}):
+                print(f"        minivae-graph nodes: {row['minivae-graph']['graph_nodes']}")
             for name, t in r.get("targets", {}).get(b, {}).items():
                 if "torch" in name and t["met"] is not None:
                     print(f"        {name} {t['value']} (target {t['target']}: {'met' if t['met'] else 'missed'})")

@@ -260,6 +260,9 @@ class _FakeCapturingCuPy:
             def launch(self, stream):
                 events.append(f"launch on {stream.name}")
 
+            def debug_dot_str(self):  # cudaGraphDebugDotPrint's form: a node, its label, the edges
+                return DOT_OF_THREE_NODES
+
         class Allocator:
             def __init__(self, malloc):
                 self.malloc = malloc
@@ -286,6 +289,33 @@ def test_captured_step_records_fn_on_its_stream_and_pool_and_replays_on_the_curr
     step.replay()
     assert fake.events == ["synchronize current", "pool allocator on", "enter side", "begin_capture", "fn",
                            "end_capture", "exit side", "pool allocator off", "launch on current"]
+
+
+#: CUDA's DOT description of a graph of three nodes (the form of cudaGraphDebugDotPrint)
+DOT_OF_THREE_NODES = """digraph dot {
+subgraph cluster_1 {
+label="graph_1" graph[style="dashed"];
+"graph_1_node_0"[style="bold" shape="record" label="{KERNEL
+| {ID | 0 (topoId: 2) | mv_bias_act_f32\\<\\<\\<25,256,0\\>\\>\\>}
+}"];
+"graph_1_node_1"[style="solid" shape="record" label="{
+MEMSET
+| {ID | 1 (topoId: 1)}
+}"];
+"graph_1_node_2"[style="bold" shape="record" label="{KERNEL
+| {ID | 2 (topoId: 0) | mv_adam_f32\\<\\<\\<528,256,0\\>\\>\\>}
+}"];
+"graph_1_node_0" -> "graph_1_node_1";
+"graph_1_node_1" -> "graph_1_node_2";
+}
+}
+"""
+
+
+def test_a_captured_step_counts_the_nodes_of_its_graph(monkeypatch):
+    fake = _FakeCapturingCuPy()
+    monkeypatch.setattr(minivae.gpu.graph, "cupy_module", lambda: fake)
+    assert minivae.gpu.graph.CapturedStep(lambda: None).nodes() == 3
 
 
 def test_a_capture_that_fails_ends_the_capture_and_raises_the_reason(monkeypatch):

@@ -25,6 +25,8 @@ Nothing here runs without CuPy; the trainer (``minivae.train``) decides when to 
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..backend import cupy_module
@@ -128,6 +130,11 @@ class CapturedStep:
         """Launch the graph on the current stream."""
         cp = cupy_module()
         self.graph.launch(cp.cuda.get_current_stream())
+
+    def nodes(self):
+        """The number of nodes of the graph (kernels, memsets, copies: what a replay runs), counted
+        in CUDA's DOT description of it, where each node is named "graph_<i>_node_<j>"."""
+        return len(set(re.findall(r'"(graph_\d+_node_\d+)"', self.graph.debug_dot_str())))
 
 
 def _end_capture_after_error(stream):
