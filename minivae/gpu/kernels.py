@@ -544,7 +544,7 @@ def logsumexp_backward(g, x, out):
     """The gradient of ``out = logsumexp_forward(x)`` for the upstream ``g`` (``out``'s shape):
     ``g * exp(x - out)``, broadcast over x's leading axis, in one launch: a new array."""
     x = _float_array(x, "x")
-    R, N = _columns(x)
+    N = _columns(x)[1]
     g = _same(x, g, "g", shape=x.shape[1:])
     out = _same(x, out, "out", shape=x.shape[1:])
     d = cp.empty_like(x)
@@ -554,20 +554,13 @@ def logsumexp_backward(g, x, out):
     return d
 
 
-def _classes(x):
-    """(B, C) of an array whose last axis holds the classes: B rows of C."""
-    if x.ndim == 0:
-        raise ValueError("x: a log-softmax over the last axis needs at least one axis, got a 0-d array")
-    return math.prod(x.shape[:-1]), x.shape[-1]
-
-
 def log_softmax_forward(x):
     """``x - logsumexp(x)`` over the last axis (the classes of each row), in one launch, in the
     stable form of ``minivae.ops.reduce.LogSoftmax``: x's shape; each row needs a class. The
     maximum and the sum of each row run in the fixed order of kernels/chunks.cuh ("column
     reductions")."""
     x = _float_array(x, "x")
-    B, C = _classes(x)
+    B, C, _ = _rows(x)  # (the classes of each row are the row op's last axis)
     if C == 0:
         raise ValueError("x: a log-softmax over an empty last axis (no classes) has no maximum")
     out = cp.empty_like(x)
@@ -581,7 +574,7 @@ def log_softmax_backward(g, out):
     ``g - exp(out) * sum(g)`` over the last axis, in one launch: a new array."""
     out = _float_array(out, "out")
     g = _same(out, g, "g")
-    B, C = _classes(out)
+    B, C, _ = _rows(out)
     d = cp.empty_like(out)
     if B and C:
         get_function("mv_log_softmax_bwd", out.dtype)(*_column_launch(B), (g, out, d, np.int64(B), np.int64(C)))
