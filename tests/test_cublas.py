@@ -3,6 +3,8 @@ compiler (``fake_lib_path`` in conftest.py: a naive column-major gemm on host me
 cuBLAS's own signatures), so the argument order of the row-major -> column-major mapping, the
 leading dimensions, the scalars passed by reference and the handle's life are all checked against
 NumPy. (The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
+import types
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,10 @@ from minivae.gpu import cublas
 
 @pytest.fixture
 def gemm(fake_lib_path, monkeypatch):
-    monkeypatch.setattr(cublas, "_device_pointer", lambda x: x.ctypes.data)  # host memory stands in
+    # NumPy arrays stand for CuPy's (also where CuPy is installed without a GPU), host memory
+    # for device memory
+    monkeypatch.setattr(cublas, "cp", types.SimpleNamespace(ndarray=np.ndarray))
+    monkeypatch.setattr(cublas, "_device_pointer", lambda x: x.ctypes.data)
     monkeypatch.setattr(cublas, "_current_stream", lambda: 7)
     lib = cublas.load_library([fake_lib_path])
     g = cublas.Gemm(library=lib, workspace_bytes=0)
