@@ -74,7 +74,7 @@ OUTSIDE = re.compile(r"\bsessions?\b|DESIGN\.md|GPU-NOTES|\bthe issue\b|\bissues
 
 def project_files():
     """The repository's code and documentation (not the recorded results, which are records)."""
-    skip = {".git", ".venv", "venv", "__pycache__", "runs", "build", "results"}
+    skip = {".git", ".venv", ".venv-nvrtc", "venv", "__pycache__", "runs", "build", "results"}
     for path in sorted(ROOT.rglob("*")):
         if (path.suffix in (".py", ".md", ".sh", ".toml", ".cu", ".cuh", ".cfg", ".yml", ".yaml", ".txt")
                 and not skip & set(path.relative_to(ROOT).parts) and path != Path(__file__).resolve()):
