@@ -313,6 +313,8 @@ class Adam(Optimizer):
         for layout in self._layouts:
             for a, b in layout.runs(self.params, self.state):
                 for j in range(a, b):
+                    # a graph that saved the parameter's old values must not use them
+                    self.params[layout.members[j]].bump_version()
                     state = self.state[layout.members[j]]
                     state["step"] = state.get("step", 0) + 1
                     for key, views in layout.views.items():

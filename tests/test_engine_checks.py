@@ -84,12 +84,22 @@ def test_retained_graph_keeps_arrays_read_only_until_dropped():
     x.data[0] = 3.0
 
 
-def test_optimizer_step_before_backward_names_the_op_and_input():
+OPTIMIZERS = {
+    "sgd": lambda params: optim.SGD(params, lr=0.1),
+    "adam": lambda params: optim.Adam(params, lr=0.1),
+    "adam-amsgrad": lambda params: optim.Adam(params, lr=0.1, amsgrad=True),
+    "adamw": lambda params: optim.AdamW(params, lr=0.1),
+}
+
+
+@pytest.mark.parametrize("make", OPTIMIZERS.values(), ids=OPTIMIZERS.keys())
+def test_optimizer_step_before_backward_names_the_op_and_input(make):
     mv.nn.init.manual_seed(0)
     layer = nn.Linear(3, 2, dtype=np.float64)
-    opt = optim.SGD(layer.parameters(), lr=0.1)
+    opt = make(layer.parameters())
     x = mv.tensor(np.ones((4, 3)))
     layer(x).sum().backward()  # gradients from an earlier step
+    opt.step()  # a first step (Adam moves the parameters into its flat array here)
     loss = layer(x).sum()
     opt.step()  # changes the weights that the new graph saved
     with pytest.raises(InPlaceModificationError, match=r"Linear: input 1 .*shape \(3, 2\).*version"):
