@@ -288,11 +288,15 @@ CASES = {
     vae.KLNormalStd: [
         case("(4,3)", F.kl_normal_std, U(4, 3), U(4, 3, low=-2, high=1)),
         case("3-D rows", F.kl_normal_std, U(2, 3, 2), U(2, 3, 2)),
+        case("mu (4,1) against logvar (4,3)", F.kl_normal_std, U(4, 1), U(4, 3)),
+        case("logvar (4,1) against mu (4,3)", F.kl_normal_std, U(4, 3), U(4, 1)),
     ],
     vae.KLNormalNormal: [
         case("same shapes", F.kl_normal_normal, U(4, 3), U(4, 3), U(4, 3), U(4, 3)),
         case("broadcast prior (3,)", F.kl_normal_normal, U(4, 3), U(4, 3), U(3), U(3)),
         case("broadcast prior (1,3)", F.kl_normal_normal, U(4, 3), U(4, 3), U(1, 3), U(1, 3)),
+        case("log-variances (4,1) against means (4,3)", F.kl_normal_normal, U(4, 3), U(4, 1), U(4, 3), U(4, 1)),
+        case("logvar_q (4,3) against the rest (4,1)", F.kl_normal_normal, U(4, 1), U(4, 3), U(4, 1), U(4, 1)),
     ],
     vae.BernoulliLogProb: [
         case("binary targets", F.bernoulli_log_prob, U(4, 5, low=-6, high=6), Const(BINARY(4, 5))),

@@ -26,6 +26,16 @@ def _per_row(g):
     return g[..., None]
 
 
+def _full(grad, shape):
+    """``grad`` (None, or an input's gradient computed at that input's own shape) broadcast to the
+    op's broadcast ``shape``, as a view. An input repeated along an axis gets the sum of the
+    gradients of its copies; the engine takes that sum over the axes where the gradient is larger
+    than the input, so a gradient left at the input's shape would count one copy only."""
+    if grad is None or grad.shape == shape:
+        return grad
+    return get_array_module(grad).broadcast_to(grad, shape)
+
+
 class Reparameterize(Function):
     """reparameterize(mu, logvar, eps) = mu + exp(logvar / 2) * eps, the reparameterization trick.
 
@@ -95,14 +105,16 @@ def _kl_terms(xp, mu, logvar):
 
 
 def _kl_grads(g, mu, var, need_mu, need_logvar):
-    """(d/dmu, d/dlogvar) of the KL to N(0, I) for the per-row upstream gradient g."""
+    """(d/dmu, d/dlogvar) of the KL to N(0, I) for the per-row upstream gradient g, each of the
+    broadcast shape of mu and var."""
+    shape = np.broadcast_shapes(mu.shape, var.shape)
     g = _per_row(g)
     dlogvar = None
     if need_logvar:  # g * (0.5 * (var - 1)), one temporary fewer
         half = var - 1
         half *= 0.5
         dlogvar = g * half
-    return (g * mu if need_mu else None), dlogvar
+    return _full(g * mu if need_mu else None, shape), _full(dlogvar, shape)
 
 
 class KLNormalStd(Function):
@@ -205,9 +217,10 @@ class KLNormalNormal(Function):
         d_scaled, ratio, r = ctx.saved
         g = _per_row(g)
         need = ctx.needs_input_grad
-        return (g * d_scaled if need[0] else None,
-                g * (0.5 * (ratio - 1)) if need[1] else None,
-                -g * d_scaled if need[2] else None,
+        # r depends on all four inputs: it has the op's broadcast shape
+        return (_full(g * d_scaled if need[0] else None, r.shape),
+                _full(g * (0.5 * (ratio - 1)) if need[1] else None, r.shape),
+                _full(-g * d_scaled if need[2] else None, r.shape),
                 g * (0.5 * (1 - r)) if need[3] else None)
 
 
