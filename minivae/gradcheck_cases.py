@@ -313,6 +313,8 @@ CASES = {
              U(4, 5, low=-4, high=4), U(4, 5, low=0, high=1)),
         case("none", lambda l, x: F.binary_cross_entropy_with_logits(l, x, reduction="none"),
              U(4, 5, low=-4, high=4), Const(BINARY(4, 5))),
+        case("mean, logits (5,) against targets (4,5)", F.binary_cross_entropy_with_logits,
+             U(5, low=-4, high=4), Const(BINARY(4, 5))),
     ],
     # ---- Ladder VAE (two outputs: mu_q and logvar_q) ----
     ladder.PrecisionWeightedMerge: [

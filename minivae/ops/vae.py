@@ -315,7 +315,8 @@ class BinaryCrossEntropyWithLogits(Function):
     """binary_cross_entropy_with_logits(l, x) = softplus(l) - x l, elementwise, then reduced
     ("mean", "sum" or "none").
 
-    d/dl = sigmoid(l) - x, d/dx = -l (scaled by 1/n for "mean").
+    d/dl = sigmoid(l) - x, d/dx = -l (scaled by 1/n for "mean", n the number of elements of the
+    loss: of the broadcast shape of l and x).
     Stable form: softplus through max(l, 0) + log1p(e^-|l|).
     """
 
@@ -326,7 +327,7 @@ class BinaryCrossEntropyWithLogits(Function):
                              f"or 'none', got {reduction!r}")
         loss = _softplus(get_array_module(logits), logits) - x * logits
         ctx.save(logits, x)
-        ctx.reduction = reduction
+        ctx.reduction, ctx.shape = reduction, loss.shape
         if reduction == "none":
             return loss
         return loss.mean() if reduction == "mean" else loss.sum()
@@ -334,8 +335,8 @@ class BinaryCrossEntropyWithLogits(Function):
     @staticmethod
     def backward(ctx, g):
         logits, x = ctx.saved
-        if ctx.reduction == "mean":
-            g = g / logits.size
+        if ctx.reduction == "mean":  # the mean over the loss's elements, which x may outnumber
+            g = g / math.prod(ctx.shape)
         need_l, need_x = ctx.needs_input_grad
         return (g * (_sigmoid(get_array_module(logits), logits) - x) if need_l else None,
                 -g * logits if need_x else None)
