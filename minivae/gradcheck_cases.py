@@ -302,6 +302,8 @@ CASES = {
         case("binary targets", F.bernoulli_log_prob, U(4, 5, low=-6, high=6), Const(BINARY(4, 5))),
         case("soft targets, both grads", F.bernoulli_log_prob, U(4, 5, low=-4, high=4), U(4, 5, low=0, high=1)),
         case("3-D rows", F.bernoulli_log_prob, U(2, 3, 2, low=-4, high=4), Const(BINARY(2, 3, 2))),
+        case("logits (4,1) against soft targets (4,3), both grads", F.bernoulli_log_prob,
+             U(4, 1, low=-4, high=4), U(4, 3, low=0, high=1)),
     ],
     vae.GaussianLogProb: [
         case("all inputs", F.gaussian_log_prob, U(4, 3), U(4, 3), U(4, 3)),
@@ -315,6 +317,9 @@ CASES = {
              U(4, 5, low=-4, high=4), Const(BINARY(4, 5))),
         case("mean, logits (5,) against targets (4,5)", F.binary_cross_entropy_with_logits,
              U(5, low=-4, high=4), Const(BINARY(4, 5))),
+        case("sum, logits (5,) against soft targets (4,5), both grads",
+             lambda l, x: F.binary_cross_entropy_with_logits(l, x, reduction="sum"),
+             U(5, low=-4, high=4), U(4, 5, low=0, high=1)),
     ],
     # ---- Ladder VAE (two outputs: mu_q and logvar_q) ----
     ladder.PrecisionWeightedMerge: [

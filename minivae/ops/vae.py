@@ -272,7 +272,8 @@ class BernoulliLogProb(Function):
                 d *= 0.5
                 xp.subtract(x, d, out=d)
                 d *= g
-        return d, (g * logits if need_x else None)
+        shape = np.broadcast_shapes(logits.shape, x.shape)
+        return d, _full(g * logits if need_x else None, shape)
 
 
 class GaussianLogProb(Function):
@@ -339,7 +340,7 @@ class BinaryCrossEntropyWithLogits(Function):
             g = g / math.prod(ctx.shape)
         need_l, need_x = ctx.needs_input_grad
         return (g * (_sigmoid(get_array_module(logits), logits) - x) if need_l else None,
-                -g * logits if need_x else None)
+                _full(-g * logits if need_x else None, ctx.shape))
 
 
 def reparameterize(mu, logvar, eps, shape=None):
