@@ -72,6 +72,20 @@ def test_reduction_axis_errors():
         F.binary_cross_entropy_with_logits(ones(2), ones(2), reduction="avg")
 
 
+@pytest.mark.parametrize("axis", [2, -3])
+def test_softmax_axis_out_of_range_names_axis_and_ndim(axis):
+    for op in (F.log_softmax, F.softmax):
+        with pytest.raises(ValueError, match=rf"{op.__name__}: axis {axis} is invalid for an array of 2 dimensions"):
+            op(ones(3, 4), axis=axis)
+
+
+@pytest.mark.parametrize("axes", [(2, 1), (0, 3), (-3, 0)])
+def test_transpose_axis_out_of_range_names_axis_and_ndim(axes):
+    bad = next(a for a in axes if not -2 <= a < 2)
+    with pytest.raises(ValueError, match=rf"transpose: axis {bad} is invalid for an array of 2 dimensions"):
+        F.transpose(ones(3, 4), axes)
+
+
 # ----- dtypes -------------------------------------------------------------------------------
 def test_dtype_mixing_names_the_op():
     x32, x64 = mv.tensor([1.0, 2.0], requires_grad=True), ones(2)

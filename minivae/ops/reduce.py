@@ -1,20 +1,7 @@
 """Reductions: sum, mean, max, logsumexp, and the softmax family along an axis."""
 from ..backend import get_array_module
 from ..function import Function
-
-
-def _axes(axis, ndim):
-    """Normalize ``axis`` (None, int or tuple, negatives allowed) to a sorted tuple of axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    try:
-        norm = sorted({a + ndim if a < 0 else a for a in axes})
-    except TypeError:
-        raise TypeError(f"axis must be an int or a tuple of ints, got {axis!r}") from None
-    if any(not 0 <= a < ndim for a in norm) or len(norm) != len(axes):
-        raise ValueError(f"axis {axis!r} is invalid (or repeated) for an array of {ndim} dimensions")
-    return tuple(norm)
+from .axes import normalize_axes, normalize_axis
 
 
 def _expand(g, axes, keepdims):
@@ -35,7 +22,7 @@ class Sum(Function):
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        ctx.axes = _axes(axis, x.ndim)
+        ctx.axes = normalize_axes("sum", axis, x.ndim)
         ctx.shape, ctx.keepdims = x.shape, keepdims
         return x.sum(axis=ctx.axes, keepdims=keepdims)
 
@@ -52,7 +39,7 @@ class Mean(Function):
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        ctx.axes = _axes(axis, x.ndim)
+        ctx.axes = normalize_axes("mean", axis, x.ndim)
         ctx.shape, ctx.keepdims = x.shape, keepdims
         n = 1
         for a in ctx.axes:
@@ -74,7 +61,7 @@ class Max(Function):
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
-        axes = _axes(axis, x.ndim)
+        axes = normalize_axes("max", axis, x.ndim)
         out = x.max(axis=axes, keepdims=True)
         mask = x == out
         ctx.save(mask / mask.sum(axis=axes, keepdims=True, dtype=x.dtype))
@@ -105,7 +92,7 @@ class LogSumExp(Function):
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         xp = get_array_module(x)
-        axes = _axes(axis, x.ndim)
+        axes = normalize_axes("logsumexp", axis, x.ndim)
         out = _logsumexp(xp, x, axes)
         ctx.save(x, out)
         ctx.axes, ctx.keepdims = axes, keepdims
@@ -127,6 +114,7 @@ class Softmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         xp = get_array_module(x)
+        axis = normalize_axis("softmax", axis, x.ndim)
         e = xp.exp(x - x.max(axis=axis, keepdims=True))
         out = e / e.sum(axis=axis, keepdims=True)
         ctx.save(out)
@@ -151,7 +139,8 @@ class LogSoftmax(Function):
     @staticmethod
     def forward(ctx, x, axis=-1):
         xp = get_array_module(x)
-        out = x - _logsumexp(xp, x, (axis % x.ndim,))
+        axis = normalize_axis("log_softmax", axis, x.ndim)
+        out = x - _logsumexp(xp, x, (axis,))
         ctx.save(out)
         ctx.axis = axis
         return out

@@ -5,6 +5,7 @@ They move elements without changing values, so each backward moves the gradient 
 from ..autograd import Tensor
 from ..backend import get_array_module
 from ..function import Function
+from .axes import normalize_axis
 
 
 class Reshape(Function):
@@ -35,7 +36,10 @@ class Transpose(Function):
 
     @staticmethod
     def forward(ctx, x, axes=None):
-        axes = tuple(reversed(range(x.ndim))) if axes is None else tuple(a % x.ndim for a in axes)
+        if axes is None:
+            axes = tuple(reversed(range(x.ndim)))
+        else:
+            axes = tuple(normalize_axis("transpose", a, x.ndim) for a in axes)
         if sorted(axes) != list(range(x.ndim)):
             raise ValueError(f"transpose: {axes} is not a permutation of the axes of shape {x.shape}")
         ctx.inverse = tuple(sorted(range(x.ndim), key=axes.__getitem__))

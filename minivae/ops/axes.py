@@ -1,0 +1,39 @@
+"""Axis arguments of the ops, checked in one place: an axis out of range or of the wrong type is
+refused with an error that names the op, the axis and the number of dimensions, before NumPy
+(or a silent ``axis % ndim``) sees it.
+
+An axis is an integer (a Python or NumPy integer; negatives count from the end), as in NumPy.
+"""
+import operator
+
+
+def _index(op, axis):
+    """``axis`` as a Python int (NumPy integers accepted, floats and other types refused)."""
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise TypeError(f"{op}: an axis must be an integer, got {axis!r}") from None
+
+
+def normalize_axis(op, axis, ndim):
+    """One ``axis`` of an array of ``ndim`` dimensions as 0 .. ndim - 1 (negatives from the end)."""
+    a = _index(op, axis)
+    if not -ndim <= a < ndim:
+        raise ValueError(f"{op}: axis {a} is invalid for an array of {ndim} dimensions "
+                         f"(valid axes: {-ndim} .. {ndim - 1})")
+    return a + ndim if a < 0 else a
+
+
+def normalize_axes(op, axis, ndim):
+    """``axis`` (None: every axis; one axis; or a tuple or list of axes) of an array of ``ndim``
+    dimensions as a sorted tuple of distinct axes in 0 .. ndim - 1."""
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    try:
+        norm = sorted({a + ndim if a < 0 else a for a in axes})
+    except TypeError:
+        raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}") from None
+    if any(not 0 <= a < ndim for a in norm) or len(norm) != len(axes):
+        raise ValueError(f"{op}: axis {axis!r} is invalid (or repeated) for an array of {ndim} dimensions")
+    return tuple(norm)
