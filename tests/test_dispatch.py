@@ -313,10 +313,11 @@ def test_the_logsumexp_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, sha
 
 def test_the_logsumexp_row_takes_the_leading_axis_alone(as_gpu):
     x, row = np.zeros((3, 4, 5), np.float32), dispatch.TABLE["LogSumExp"]
-    for axis in (0, -3, (0,), (-3,)):
+    for axis in (0, -3, (0,), (-3,), np.int64(0), [0]):
         assert dispatch.select("LogSumExp", x, axis=axis, keepdims=False) is row, axis
     assert dispatch.select("LogSumExp", x[0, 0], axis=None) is row  # a vector: its one axis
     for case, (a, axis) in {"another axis": (x, 1), "two axes": (x, (0, 1)), "all axes": (x, None),
+                            "a float axis": (x, 0.0),
                             "no rows": (x[:0], 0), "a 0-d array": (x[0, 0, 0], None),
                             "integers": (x.astype(np.int32), 0)}.items():
         assert dispatch.select("LogSumExp", a, axis=axis) is None, case
@@ -337,9 +338,10 @@ def test_the_log_softmax_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, s
 
 def test_the_log_softmax_row_takes_the_last_axis_alone(as_gpu):
     x, row = np.zeros((3, 4, 5), np.float32), dispatch.TABLE["LogSoftmax"]
-    for axis in (-1, 2):
+    for axis in (-1, 2, np.int64(-1)):
         assert dispatch.select("LogSoftmax", x, axis=axis) is row, axis
     for case, (a, axis) in {"another axis": (x, 0), "no classes": (x[..., :0], -1), "a 0-d array": (x[0, 0, 0], -1),
+                            "a float axis": (x, -1.0),
                             "integers": (x.astype(np.int32), -1)}.items():
         assert dispatch.select("LogSoftmax", a, axis=axis) is None, case
 

@@ -72,6 +72,18 @@ def test_reduction_axis_errors():
         F.binary_cross_entropy_with_logits(ones(2), ones(2), reduction="avg")
 
 
+@pytest.mark.parametrize("op", [F.sum, F.mean, F.max, F.logsumexp, F.softmax, F.log_softmax],
+                         ids=lambda op: op.__name__)
+def test_numpy_integer_axes_are_accepted(op):
+    x = np.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(op(Tensor(x), axis=np.int64(1)).data, op(Tensor(x), axis=1).data)
+    if op not in (F.softmax, F.log_softmax):  # one axis only
+        np.testing.assert_array_equal(op(Tensor(x), axis=(np.int32(0), np.int64(-1))).data,
+                                      op(Tensor(x), axis=(0, 1)).data)
+    with pytest.raises(TypeError, match=rf"{op.__name__}: an axis must be an integer, got 1.0"):
+        op(Tensor(x), axis=1.0)
+
+
 @pytest.mark.parametrize("axis", [2, -3])
 def test_softmax_axis_out_of_range_names_axis_and_ndim(axis):
     for op in (F.log_softmax, F.softmax):

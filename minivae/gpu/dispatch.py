@@ -277,8 +277,9 @@ def _over_the_leading_axis(x, axis=None, keepdims=False):
         return False
     if axis is None:
         return x.ndim == 1
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return len(axes) == 1 and axes[0] in (0, -x.ndim)
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    # an integer (NumPy's too): another axis type is left to the xp code, which refuses it
+    return len(axes) == 1 and isinstance(axes[0], (int, np.integer)) and axes[0] in (0, -x.ndim)
 
 
 def _logsumexp_forward(ctx, x, axis=None, keepdims=False):
@@ -297,7 +298,8 @@ register("LogSumExp", _logsumexp_forward, _logsumexp_backward, accepts=_over_the
 
 
 def _over_the_last_axis(x, axis=-1):
-    return x.dtype in _FLOATS and x.ndim >= 1 and x.shape[-1] > 0 and axis in (-1, x.ndim - 1)
+    return (x.dtype in _FLOATS and x.ndim >= 1 and x.shape[-1] > 0
+            and isinstance(axis, (int, np.integer)) and axis in (-1, x.ndim - 1))
 
 
 def _log_softmax_forward(ctx, x, axis=-1):

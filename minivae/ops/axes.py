@@ -29,11 +29,8 @@ def normalize_axes(op, axis, ndim):
     dimensions as a sorted tuple of distinct axes in 0 .. ndim - 1."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    try:
-        norm = sorted({a + ndim if a < 0 else a for a in axes})
-    except TypeError:
-        raise TypeError(f"{op}: axis must be an int or a tuple of ints, got {axis!r}") from None
+    axes = [_index(op, a) for a in axis] if isinstance(axis, (tuple, list)) else [_index(op, axis)]
+    norm = sorted({a + ndim if a < 0 else a for a in axes})
     if any(not 0 <= a < ndim for a in norm) or len(norm) != len(axes):
         raise ValueError(f"{op}: axis {axis!r} is invalid (or repeated) for an array of {ndim} dimensions")
     return tuple(norm)
