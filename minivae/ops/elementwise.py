@@ -196,8 +196,12 @@ class Tanh(Function):
 
 
 def _sigmoid(xp, x):
-    """1 / (1 + e^-x) as 0.5 * (1 + tanh(x / 2)): no overflow for any x and no cancellation."""
-    return 0.5 * (xp.tanh(0.5 * x) + 1)
+    """1 / (1 + e^-x) without overflow or cancellation: with e = e^-|x|, in (0, 1] for every x,
+    1 / (1 + e) where x >= 0 and e / (1 + e) where x < 0. (0.5 * (1 + tanh(x / 2)) cancels for
+    negative x: in float32 it is 0 at x = -20, where sigmoid is 2.1e-9.)"""
+    e = xp.exp(-xp.abs(x))
+    d = 1 + e
+    return xp.where(x >= 0, 1 / d, e / d)
 
 
 def _softplus(xp, x):
@@ -209,7 +213,8 @@ class Sigmoid(Function):
     """sigmoid(x) = 1 / (1 + e^-x).
 
     d/dx = sigmoid(x) * (1 - sigmoid(x)), computed from the saved output.
-    Stable form: 0.5 * (1 + tanh(x / 2)), which cannot overflow for any x.
+    Stable form: with e = e^-|x|, 1 / (1 + e) for x >= 0 and e / (1 + e) for x < 0: exp never
+    overflows, and small values of the negative tail keep their relative precision (no 1 - ...).
     """
 
     @staticmethod

@@ -27,7 +27,7 @@ class PrecisionWeightedMerge(Function):
     grad mu_hat = g_mu w_hat, grad mu_p = g_mu w_p, grad a = w_hat (g_lv - g_mu w_p d),
     grad c = w_p (g_lv + g_mu w_hat d).
 
-    Stable form: no variance is formed; sigmoid (as tanh) and logaddexp of the log-variances never
+    Stable form: no variance is formed; sigmoid and logaddexp of the log-variances never
     overflow, so log-variances of +-300 give exact results.
     """
 
