@@ -91,6 +91,23 @@ def test_softmax_axis_out_of_range_names_axis_and_ndim(axis):
             op(ones(3, 4), axis=axis)
 
 
+def test_concatenate_and_stack_axis_errors_name_the_axis():
+    x = ones(2, 3)
+    with pytest.raises(ValueError, match=r"concatenate: axis 2 is invalid for an array of 2 dimensions"):
+        F.concatenate([x, x], axis=2)
+    with pytest.raises(ValueError, match=r"concatenate: axis -3 is invalid for an array of 2 dimensions"):
+        F.concatenate([x, x], axis=-3)
+    with pytest.raises(ValueError, match=r"concatenate: 0-d arrays have no axis"):
+        F.concatenate([ones(), ones()])
+    with pytest.raises(ValueError, match=r"concatenate: shapes \[\(2, 3\), \(3,\)\] do not match"):
+        F.concatenate([x, ones(3)], axis=1)
+    with pytest.raises(ValueError, match=r"stack: axis 5 is invalid for an array of 3 dimensions"):
+        F.stack([x, x], axis=5)
+    for op in (F.concatenate, F.stack):
+        with pytest.raises(ValueError, match=rf"{op.__name__}: needs at least one array"):
+            op([])
+
+
 @pytest.mark.parametrize("axes", [(2, 1), (0, 3), (-3, 0)])
 def test_transpose_axis_out_of_range_names_axis_and_ndim(axes):
     bad = next(a for a in axes if not -2 <= a < 2)

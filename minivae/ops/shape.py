@@ -110,21 +110,26 @@ class Concatenate(Function):
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
+        if not xs:
+            raise ValueError("concatenate: needs at least one array")
+        if xs[0].ndim == 0:
+            raise ValueError("concatenate: 0-d arrays have no axis to join along (stack them instead)")
         xp = get_array_module(*xs)
-        ctx.axis = axis
-        ctx.bounds = [0]
-        for x in xs:
-            ctx.bounds.append(ctx.bounds[-1] + x.shape[axis])
+        axis = normalize_axis("concatenate", axis, xs[0].ndim)
         try:
-            return xp.concatenate(xs, axis=axis)
+            out = xp.concatenate(xs, axis=axis)
         except ValueError:
             raise ValueError(f"concatenate: shapes {[x.shape for x in xs]} do not match "
                              f"off axis {axis}") from None
+        ctx.axis = axis
+        ctx.bounds = [0]
+        for x in xs:  # every x has the axis: concatenate checked their shapes
+            ctx.bounds.append(ctx.bounds[-1] + x.shape[axis])
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        axis = ctx.axis % g.ndim
-        lead = (slice(None),) * axis
+        lead = (slice(None),) * ctx.axis
         return tuple(g[lead + (slice(lo, hi),)] for lo, hi in zip(ctx.bounds, ctx.bounds[1:]))
 
 
@@ -136,7 +141,11 @@ class Stack(Function):
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
+        if not xs:
+            raise ValueError("stack: needs at least one array")
         xp = get_array_module(*xs)
+        # the new axis is one of the result's, which has one more than the inputs
+        axis = normalize_axis("stack", axis, xs[0].ndim + 1)
         ctx.axis, ctx.n = axis, len(xs)
         try:
             return xp.stack(xs, axis=axis)
@@ -145,8 +154,7 @@ class Stack(Function):
 
     @staticmethod
     def backward(ctx, g):
-        axis = ctx.axis % g.ndim
-        lead = (slice(None),) * axis
+        lead = (slice(None),) * ctx.axis
         return tuple(g[lead + (k,)] for k in range(ctx.n))
 
 
