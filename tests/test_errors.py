@@ -108,6 +108,18 @@ def test_concatenate_and_stack_axis_errors_name_the_axis():
             op([])
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_names_the_expected_shape_of_weight_and_bias(training):
+    stats = dict(running_mean=np.zeros(3), running_var=np.ones(3))
+    for weight, bias, bad in ((ones(2), ones(3), "weight"), (ones(3), ones(1), "bias")):
+        with pytest.raises(ValueError, match=rf"batch_norm: {bad} must have shape \(3,\), one value per "
+                                             rf"channel of the input \(4, 3\), got \(\d,\)"):
+            F.batch_norm(ones(4, 3), weight, bias, training=training, **stats)
+    if not training:
+        with pytest.raises(ValueError, match=r"batch_norm: running_var must have shape \(3,\)"):
+            F.batch_norm(ones(4, 3), running_mean=np.zeros(3), running_var=np.ones(1), training=False)
+
+
 @pytest.mark.parametrize("axes", [(2, 1), (0, 3), (-3, 0)])
 def test_transpose_axis_out_of_range_names_axis_and_ndim(axes):
     bad = next(a for a in axes if not -2 <= a < 2)

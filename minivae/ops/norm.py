@@ -20,6 +20,15 @@ def _check_input(x, name):
         raise ValueError(f"{name}: expects input of shape (N, C) or (N, C, L), got {tuple(x.shape)}")
 
 
+def _check_channel_vectors(x, **vectors):
+    """Each of ``vectors`` (None, an array or a tensor) must have shape (C,), one value per
+    channel of ``x``: a wrong length would otherwise fail deep in a reshape, or broadcast."""
+    for name, v in vectors.items():
+        if v is not None and tuple(v.shape) != (x.shape[1],):
+            raise ValueError(f"batch_norm: {name} must have shape ({x.shape[1]},), one value per "
+                             f"channel of the input {tuple(x.shape)}, got {tuple(v.shape)}")
+
+
 class BatchNorm(Function):
     """batch_norm(x, gamma, beta) in training mode, per channel c (axis 1), over the m elements
     of the batch in that channel (axis 0, and axis 2 for (N, C, L) input):
@@ -54,6 +63,7 @@ class BatchNorm(Function):
             if stat is not None and (stat.shape != (x.shape[1],) or stat.dtype != x.dtype):
                 raise ValueError(f"batch_norm: {name} must have shape ({x.shape[1]},) and dtype "
                                  f"{x.dtype}, got {tuple(stat.shape)} {stat.dtype}")
+        _check_channel_vectors(x, weight=gamma, bias=beta)
         c_shape = _channel_shape(x, x.shape[1])
         mean = x.mean(axis=axes, keepdims=True)
         xhat = x - mean
@@ -116,6 +126,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
         raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
     xd = x.data if isinstance(x, Tensor) else x
     _check_input(xd, "batch_norm")
+    _check_channel_vectors(xd, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     xp = get_array_module(running_var)
     inv = 1 / xp.sqrt(running_var + eps)
     c_shape = _channel_shape(xd, xd.shape[1])
