@@ -93,6 +93,24 @@ def test_pow_zero_exponent_has_zero_gradient_at_zero():
     np.testing.assert_array_equal(x.grad, [0.0, 0.0])
 
 
+@pytest.mark.parametrize("shape, axis, keepdims", [((0, 3), 0, False), ((0, 3), 0, True), ((2, 0), -1, False),
+                                                   ((0, 3), None, False)])
+def test_logsumexp_over_an_empty_axis_is_minus_inf_with_an_empty_gradient(shape, axis, keepdims):
+    x = Tensor(np.zeros(shape), requires_grad=True)
+    y = F.logsumexp(x, axis=axis, keepdims=keepdims)
+    np.testing.assert_array_equal(y.data, np.full(np.sum(x.data, axis=axis, keepdims=keepdims).shape, -np.inf))
+    y.backward(np.ones(y.shape))
+    assert x.grad.shape == shape and x.grad.dtype == np.float64
+
+
+def test_log_softmax_over_an_empty_axis_is_empty():
+    x = Tensor(np.zeros((2, 0)), requires_grad=True)
+    y = F.log_softmax(x, axis=-1)
+    assert y.shape == (2, 0)
+    y.backward(np.ones(y.shape))
+    assert x.grad.shape == (2, 0)
+
+
 def test_linear_relu_cases_stay_off_the_kink():
     # The finite differences of linear_relu are only valid where no pre-activation crosses 0.
     from minivae.ops.linalg import LinearRelu

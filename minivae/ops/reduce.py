@@ -74,7 +74,12 @@ class Max(Function):
 
 
 def _logsumexp(xp, x, axes):
-    """log(sum(exp(x))) over ``axes`` with keepdims, shifted by the maximum so exp never overflows."""
+    """log(sum(exp(x))) over ``axes`` with keepdims, shifted by the maximum so exp never overflows.
+
+    Over an empty axis the sum is empty: log(0) = -inf, as in scipy and torch (max has no value
+    there to shift by)."""
+    if any(x.shape[a] == 0 for a in axes):
+        return xp.full([1 if i in axes else n for i, n in enumerate(x.shape)], -xp.inf, dtype=x.dtype)
     m = x.max(axis=axes, keepdims=True)
     m = xp.where(xp.isfinite(m), m, 0)  # an all -inf slice must give -inf, not NaN
     return m + xp.log(xp.exp(x - m).sum(axis=axes, keepdims=True))
@@ -84,7 +89,8 @@ class LogSumExp(Function):
     """logsumexp(x, axis) = log(sum_i exp(x_i)).
 
     d/dx_i = exp(x_i - logsumexp(x)) = softmax(x)_i.
-    Stable form: m + log(sum(exp(x - m))) with m = max(x), so no term overflows.
+    Stable form: m + log(sum(exp(x - m))) with m = max(x), so no term overflows. Over an empty
+    axis: -inf (the log of an empty sum), with an empty gradient.
     On CuPy arrays reduced over the leading axis alone (the IWAE bound over its k samples), the
     dispatch table's kernels run instead: one launch per direction.
     """
