@@ -176,6 +176,14 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def __bool__(self):
+        """The truth of the single element, as in NumPy; any other size is ambiguous (without
+        this, Python would fall back to ``len`` and call every non-empty tensor true)."""
+        if self.data.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous "
+                             "(it has not one element); compare .data with .any() or .all()")
+        return bool(self.data)
+
     # ----- conversion -------------------------------------------------------------------------
     def item(self):
         """Return the single element as a Python number."""

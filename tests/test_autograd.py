@@ -1,5 +1,6 @@
 """The engine: accumulation, topological order, graph freeing, no_grad, dtypes, conversions, memory."""
 import gc
+import re
 import weakref
 
 import numpy as np
@@ -173,6 +174,13 @@ def test_item_and_numpy():
     a = x.numpy()
     assert isinstance(a, np.ndarray) and not isinstance(a, Tensor)
     np.testing.assert_array_equal(a, [1.0, 2.0])
+
+
+def test_truth_value_is_numpys():
+    assert not mv.tensor([0.0]) and not mv.tensor(0.0) and mv.tensor([[2.0]])
+    for shape in ((2,), (0,), (2, 3)):
+        with pytest.raises(ValueError, match=rf"truth value of a tensor of shape {re.escape(str(shape))} is ambiguous"):
+            bool(Tensor(np.ones(shape)))
 
 
 def test_comparisons_return_boolean_arrays():
