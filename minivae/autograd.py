@@ -176,6 +176,14 @@ class Tensor:
     def __len__(self):
         return len(self.data)
 
+    def __iter__(self):
+        """The tensors ``self[0]``, ``self[1]``, ... along the first axis (each one a getitem op
+        of the graph). A 0-d tensor cannot be iterated, as in NumPy (without this, Python would
+        index it until the first error and yield nothing)."""
+        if self.data.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
+
     def __bool__(self):
         """The truth of the single element, as in NumPy; any other size is ambiguous (without
         this, Python would fall back to ``len`` and call every non-empty tensor true)."""

@@ -183,6 +183,16 @@ def test_truth_value_is_numpys():
             bool(Tensor(np.ones(shape)))
 
 
+def test_iteration_goes_along_the_first_axis_and_refuses_0d():
+    x = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    rows = list(x)
+    assert len(rows) == 3 and all(r.shape == (2,) for r in rows)
+    (rows[0] * 2.0 + rows[2]).sum().backward()
+    np.testing.assert_array_equal(x.grad, [[2.0, 2.0], [0.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        list(mv.tensor(1.0))
+
+
 def test_comparisons_return_boolean_arrays():
     t = mv.tensor([-1.0, 0.0, 2.0])
     for result, expected in [(t < 0, [True, False, False]), (t <= 0, [True, True, False]),
