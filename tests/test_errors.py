@@ -144,8 +144,21 @@ def test_only_float_tensors_can_require_grad():
 
 
 def test_pow_needs_a_number_exponent():
-    with pytest.raises(TypeError, match="exponent must be a Python number"):
-        ones(2) ** ones(2)
+    for exponent in (ones(2), np.ones(2), np.array(2.0), "2"):
+        with pytest.raises(TypeError, match="exponent must be a Python or NumPy number"):
+            ones(2) ** exponent
+
+
+def test_pow_takes_numpy_scalar_exponents_keeping_the_dtype():
+    x = mv.tensor([1.5, 2.0], requires_grad=True)  # float32
+    for exponent in (np.float64(2.5), np.int64(3), np.float32(-1.5)):
+        y = x ** exponent
+        assert y.dtype == np.float32
+        np.testing.assert_allclose(y.data, x.data ** float(exponent), rtol=1e-6)
+        x.grad = None
+        y.sum().backward()
+        assert x.grad.dtype == np.float32
+        np.testing.assert_allclose(x.grad, float(exponent) * x.data ** (float(exponent) - 1), rtol=1e-6)
 
 
 # ----- backward misuse ----------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Each class docstring states the forward formula, the derivative and, where it matters, the
 numerically stable form that is computed. ``g`` is the gradient arriving from the output.
 """
+import numbers
+
 from ..autograd import Tensor
 from ..backend import get_array_module
 from ..function import Function
@@ -386,10 +388,12 @@ log_sigmoid = LogSigmoid.apply
 
 
 def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
-    """x ** exponent for a constant Python number ``exponent`` (see ``Pow``)."""
-    if isinstance(exponent, Tensor) or hasattr(exponent, "shape"):
-        raise TypeError("pow: the exponent must be a Python number; for a tensor exponent "
+    """x ** exponent for a constant real number ``exponent``, a Python or NumPy scalar (see ``Pow``)."""
+    if not isinstance(exponent, numbers.Real):
+        raise TypeError("pow: the exponent must be a Python or NumPy number; for a tensor exponent "
                         "write exp(b * log(x))")
+    # As a Python number: a NumPy float64 or int64 exponent would make a float32 result float64.
+    exponent = int(exponent) if isinstance(exponent, numbers.Integral) else float(exponent)
     return Pow.apply(x, exponent=exponent)
 
 
