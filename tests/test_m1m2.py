@@ -68,6 +68,18 @@ def test_classification_uses_the_mean_of_q_z1():
     np.testing.assert_array_equal(model.classify(mv.tensor(x)), expected.argmax(-1))
 
 
+def test_evaluation_is_m2_at_the_mean_of_q_z1():
+    # One fixed feature per image: the k-sample estimate is of log p(z1) for that z1, however
+    # its samples are chunked (tests/test_evaluate.py checks the chunking for every model).
+    model = small_m1m2()
+    x = (np.random.default_rng(6).random((5, 10)) < 0.5).astype(np.float64)
+    z1 = mv.tensor(np_features(model.m1, x))
+    np.testing.assert_allclose(model.log_weights(mv.tensor(x), 6, Generator(3)).data,
+                               model.m2.log_weights(z1, 6, Generator(3)).data, rtol=1e-12)
+    for got, expected in zip(model.elbo(mv.tensor(x), Generator(3)), model.m2.elbo(z1, Generator(3))):
+        np.testing.assert_allclose(got.data, expected.data, rtol=1e-12)
+
+
 def test_samples_are_images_decoded_by_m1():
     model = small_m1m2()
     images = model.sample(6, Generator(2))

@@ -8,10 +8,17 @@ instead of x, with a Gaussian p(z1 | y, z2) in place of the Bernoulli image like
     p(y) p(z2) p(z1 | y, z2),   q(y | z1) q(z2 | z1, y),   z1 ~ q(z1 | x) from the frozen M1.
 
 As in the paper, M1 stays fixed while M2 trains (its parameters do not require gradients, so the
-optimizer skips them), and M2 sees a fresh sample z1 ~ q(z1 | x) at every step; classification
-uses the mean of q(z1 | x), so a prediction is deterministic. The bounds (``loss``, ``elbo``,
-``log_weights``) are those of M2 on z1: they bound log p(z1), not log p(x), so the number to
-compare is the test error (the paper reports 3.33% +- 0.14 with 100 labels, its Table 1).
+optimizer skips them), and M2 sees a fresh sample z1 ~ q(z1 | x) at every training step.
+Everything else sees one fixed feature per image, the mean of q(z1 | x), as the authors' code
+does for its validation and test images: classification, ``elbo`` and ``log_weights``. The
+evaluation's numbers are therefore M2's at z1 = E_q[z1 | x]: ``elbo`` bounds log p(z1), and the
+importance-sampled estimate from ``log_weights`` (``minivae.evaluate.log_likelihood``, reported
+as ``test_nll``) is of -log p(z1) under M2, a density of M1's features, not of the image, so it
+is not comparable with any model's log p(x); the number to compare is the test error (the paper
+reports 3.33% +- 0.14 with 100 labels, its Table 1). A fixed feature also keeps the estimate
+well defined: all k importance samples weigh the same z1, however the evaluation splits them
+into chunks.
+
 Samples go through both models: z2 ~ N(0, I) and y give z1 (the mean of p(z1 | y, z2)), which
 M1's decoder turns into an image.
 
@@ -86,12 +93,15 @@ class M1M2(Model):
         return self.m2.loss(self.features(x, noise), noise, beta, labelled)
 
     def elbo(self, x, noise, samples=None):
-        """M2's (reconstruction, KL) per example on z1 ~ q(z1 | x): terms of a bound on log p(z1)."""
-        return self.m2.elbo(self.features(x, noise), noise, samples)
+        """M2's (reconstruction, KL) per example at z1 = the mean of q(z1 | x): terms of a bound
+        on log p(z1) under M2, not on log p(x)."""
+        return self.m2.elbo(self.features(x), noise, samples)
 
     def log_weights(self, x, k, noise):
-        """M2's (k, B) importance log-weights of one draw z1 ~ q(z1 | x) (a bound on log p(z1))."""
-        return self.m2.log_weights(self.features(x, noise), k, noise)
+        """M2's (k, B) importance log-weights at z1 = the mean of q(z1 | x): their log-mean-exp
+        estimates log p(z1) under M2, not log p(x). The same z1 for every call, so the k samples
+        may be drawn in any number of calls."""
+        return self.m2.log_weights(self.features(x), k, noise)
 
     def class_probabilities(self, x):
         """q(y | z1) at the mean of q(z1 | x), as a (B, K) array."""
