@@ -2,7 +2,10 @@
 
 log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x) (Burda et al. 2015), the number
 papers report as test NLL with k = 5000. The k samples are drawn in chunks and combined with a
-running log-sum-exp, so memory stays bounded by ``chunk_rows`` decoder rows whatever k is.
+running log-sum-exp, so memory stays bounded by ``chunk_rows`` decoder rows whatever k is. That
+makes the chunks one estimate only if each of a model's importance samples is drawn on its own
+(``log_weights`` shares no noise among the samples of one call, a chunk; ``models.base``).
+M1+M2 estimates log p(z1) of its M2 at M1's features instead of log p(x) (``models.m1m2``).
 """
 import contextlib
 import math
@@ -53,10 +56,12 @@ def _progress(iterable, total, desc, enabled):
 
 
 def log_likelihood(model, x, k=5000, noise=None, batch_size=100, chunk_rows=25000, progress=False):
-    """Per-example importance-sampled estimates of log p(x) (a NumPy float64 array of length N).
+    """Per-example importance-sampled estimates of log p(x) (a NumPy float64 array of length N;
+    for M1+M2, of log p(z1) under its M2).
 
-    ``model.log_weights(x, k, noise)`` gives (k, B) log-weights; they are drawn ``chunk_rows //
-    batch_size`` samples at a time and merged by log-sum-exp.
+    ``model.log_weights(x, k, noise)`` gives (k, B) log-weights, k independent samples per
+    example; they are drawn ``chunk_rows // batch_size`` samples at a time and merged by
+    log-sum-exp.
     """
     noise = noise or Generator(seed=12345, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
@@ -64,7 +69,7 @@ def log_likelihood(model, x, k=5000, noise=None, batch_size=100, chunk_rows=2500
     per_chunk = max(1, min(k, chunk_rows // batch_size))
     with evaluating(model):
         for sl in _progress(_batches(len(x), batch_size), math.ceil(len(x) / batch_size),
-                            f"log p(x), k={k}", progress):
+                            f"log-likelihood, k={k}", progress):
             xb = tensor(to_device(x[sl], device))
             total, done = None, 0
             while done < k:

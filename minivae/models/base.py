@@ -8,7 +8,8 @@ methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``):
   (the trainer converts them to floats, all at once); ``beta`` (the KL weight; None: the
   model's own) a Python number or such a 0-d array (see ``kl_weight_of``);
 * ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) Tensors, shape (B,);
-* ``log_weights(x, k, noise)`` -> (k, B) importance log-weights;
+* ``log_weights(x, k, noise)`` -> (k, B) importance log-weights of k samples drawn independently
+  (none sharing noise with another: the evaluation draws k in several calls and merges them);
 * ``sample(n, noise, probabilities=True)`` -> n images (Bernoulli means, or binary images);
 * ``set_epoch(epoch)``: called by the trainer at the start of every epoch (default: nothing).
 

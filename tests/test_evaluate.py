@@ -1,0 +1,96 @@
+"""The importance-sampled log-likelihood does not depend on how its k samples are chunked."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import minivae as mv
+from minivae.evaluate import log_likelihood
+from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
+from minivae.models import MODELS, build_model
+from minivae.random import Generator, Noise
+
+#: Sizes chosen so that the batch axis is the only axis of size B in every draw (the chunks
+#: hold 12, 5 or 2 samples; the latents have 2 to 100 dimensions and 10 classes).
+B, SAMPLES = 7, 12
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkDraw(Noise):
+    """One draw of ``_ChunkAlignedNoise`` (see there)."""
+
+    samples: int = 0
+    done: int = 0
+    fresh_offset: int = 0
+
+    def _draw(self, kind, shape, dtype):
+        shape = tuple(shape)
+        axis = shape.index(B) - 1 if B in shape else -1
+        if axis < 0:  # not per sample: what a Generator gives, new numbers at every call
+            return getattr(Noise(self.seed, self.fresh_offset, self.stream), kind)(shape, dtype)
+        assert shape[axis] == self.samples, f"a draw of shape {shape} has no axis of {self.samples} samples"
+        whole = getattr(super(), kind)(shape[:axis] + (SAMPLES,) + shape[axis + 1:], dtype)
+        return whole.take(range(self.done, self.done + self.samples), axis=axis)
+
+    def normal(self, shape, dtype=np.float32, start=0):
+        return self._draw("normal", shape, dtype)
+
+    def uniform(self, shape, dtype=np.float32, start=0):
+        return self._draw("uniform", shape, dtype)
+
+    def gumbel(self, shape, dtype=np.float32, start=0):
+        return self._draw("gumbel", shape, dtype)
+
+
+class _ChunkAlignedNoise(Generator):
+    """Noise under which chunking changes nothing for a model whose k importance samples are
+    independent given x: the j-th draw of a ``log_weights`` call, shaped (..., samples, B, ...)
+    as the models draw them, is the chunk's slice of one fixed draw of all SAMPLES. A draw
+    without a sample axis is new at every call, as from a ``Generator``: a model that draws
+    such noise and shares it among a chunk's samples (one call) gives different estimates for
+    different chunkings, as it does in use."""
+
+    def __init__(self, seed):
+        super().__init__(seed, offset=2 ** 32)  # fresh draws stay clear of the fixed ones (offset j)
+        self.samples, self.done, self.draw = 0, 0, 0
+
+    def start_call(self, samples):
+        self.samples, self.draw = samples, 0
+
+    def end_call(self):
+        self.done = (self.done + self.samples) % SAMPLES
+
+    def next_noise(self):
+        fresh = super().next_noise()
+        self.draw += 1
+        return _ChunkDraw(self.seed, self.draw - 1, self.stream, samples=self.samples, done=self.done,
+                          fresh_offset=fresh.offset)
+
+
+def _chunked_log_likelihood(name, chunk_rows):
+    """log_likelihood of the small ``name`` model on B images, SAMPLES samples in chunks of
+    ``chunk_rows // B``, under ``_ChunkAlignedNoise``."""
+    mv.nn.init.manual_seed(0)  # M1+M2 builds its M1 with the global initializer
+    model = build_model(name, **dict(SMALL_MODEL, **MODEL_SIZES.get(name, {})),
+                        rng=np.random.default_rng(0)).astype(np.float64)
+    if model.semi_supervised:
+        model.set_data_sizes(100, 10)
+    x = (np.random.default_rng(1).random((B, model.x_dim)) < 0.5).astype(np.float64)
+    noise, log_weights = _ChunkAlignedNoise(5), model.log_weights
+
+    def chunk_log_weights(x, k, _):
+        noise.start_call(k)
+        out = log_weights(x, k, noise)
+        noise.end_call()
+        return out
+
+    model.log_weights = chunk_log_weights
+    return log_likelihood(model, x, k=SAMPLES, noise=noise, batch_size=B, chunk_rows=chunk_rows)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_log_likelihood_does_not_depend_on_the_chunks(name):
+    one_chunk = _chunked_log_likelihood(name, SAMPLES * B)
+    for samples_per_chunk in (1, 5):  # chunks of 1, and of 5, 5 and 2
+        np.testing.assert_allclose(_chunked_log_likelihood(name, samples_per_chunk * B), one_chunk,
+                                   rtol=1e-12, err_msg=f"{samples_per_chunk} samples per chunk")
