@@ -2,9 +2,11 @@
 
 Posterior collapse shows in these numbers: a latent dimension whose posterior mean no longer
 varies with x carries no information (its KL from the prior is ~0). The trainer logs
-``latent_summary`` per epoch (``active_units``, ``kl_per_dim`` in ``metrics.jsonl``), and
-``minivae.viz`` draws the same statistics. Everything here is plain NumPy once the posterior
-parameters are computed.
+``latent_summary`` per epoch (``encoded_gaussian``, ``active_units``, ``kl_per_dim`` in
+``metrics.jsonl``), and ``minivae.viz`` draws the same statistics. They describe the one
+Gaussian that ``model.encode`` returns: the posterior of a VAE, but only a part of the
+posterior of a model with flows or several layers (``Model.encoded_gaussian`` names it).
+Everything here is plain NumPy once the Gaussian's parameters are computed.
 """
 import numpy as np
 
@@ -21,9 +23,10 @@ def kl_per_dimension(mu, logvar):
     """Mean over examples of KL(q(z_d | x) || N(0, 1)) for each latent dimension d, shape (D,).
 
     Per example and dimension KL = 0.5 * (mu^2 + exp(logvar) - 1 - logvar) (closed form for a
-    diagonal Gaussian against the standard normal); the sum over d of the result is the mean KL
-    term of the ELBO. A dimension with KL near 0 carries no information about x (posterior
-    collapse). ``mu`` and ``logvar`` are (N, D) arrays (NumPy, or anything ``np.asarray`` takes).
+    diagonal Gaussian against the standard normal); the sum over d of the result is the mean
+    KL(q(z | x) || N(0, I)), the ELBO's KL term when q is a VAE's posterior. A dimension with
+    KL near 0 carries no information about x (posterior collapse). ``mu`` and ``logvar`` are
+    (N, D) arrays (NumPy, or anything ``np.asarray`` takes).
     """
     mu = np.asarray(mu, dtype=np.float64)
     logvar = np.asarray(logvar, dtype=np.float64)
@@ -51,9 +54,8 @@ def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
 
 
 def encode_dataset(model, x, batch_size=500):
-    """Posterior parameters (mu, logvar) of ``model`` for every row of ``x``, as float64 NumPy (N, D).
-
-    ``model.encode`` must return (mu, logvar) (``model.gaussian_encoder``). Runs in eval mode
+    """(mu, logvar) of ``model.encode`` for every row of ``x``, as float64 NumPy (N, D): the
+    Gaussian that ``model.encoded_gaussian`` names (``model.gaussian_encoder``). Runs in eval mode
     without recording a graph (``minivae.evaluate.evaluating``).
     """
     device = next(iter(model.parameters())).device
@@ -68,14 +70,19 @@ def encode_dataset(model, x, batch_size=500):
 
 def latent_summary(model, x, batch_size=500, threshold=ACTIVE_UNIT_THRESHOLD):
     """Posterior-collapse summary of ``model`` on the data ``x`` (an (N, x_dim) NumPy array):
-    ``{"active_units": int, "kl_per_dim": [float, ...]}``.
+    ``{"encoded_gaussian": str, "active_units": int, "kl_per_dim": [float, ...]}``.
 
-    ``kl_per_dim[d]`` is the mean over x of KL(q(z_d | x) || N(0, 1)) (it sums to the ELBO's KL
-    term); ``active_units`` counts the dimensions d with Cov_x(E_q[z_d | x]) > ``threshold``
-    (Burda et al. 2015). The model is run in eval mode without a graph (``model.encode`` must
-    return (mu, logvar)); a few thousand examples give a stable count.
+    q is the Gaussian that ``model.encode`` returns, named by ``encoded_gaussian`` (the model's
+    ``encoded_gaussian``). ``kl_per_dim[d]`` is the mean over x of KL(q(z_d | .) || N(0, 1));
+    ``active_units`` counts the dimensions d with Cov_x(E_q[z_d]) > ``threshold`` (Burda et
+    al. 2015). For a VAE q is the posterior q(z | x) and ``kl_per_dim`` sums to the ELBO's KL
+    term; for a model with flows it is the Gaussian before the flows, for one with several
+    layers the top layer's, and the sum is that Gaussian's KL from N(0, I), not the ELBO's KL
+    term. The model is run in eval mode without a graph; a few thousand examples give a
+    stable count.
     """
     dtype = next(iter(model.parameters())).dtype
     mu, logvar = encode_dataset(model, np.asarray(x, dtype=dtype), batch_size=batch_size)
-    return {"active_units": active_units(mu, threshold),
+    return {"encoded_gaussian": model.encoded_gaussian,
+            "active_units": active_units(mu, threshold),
             "kl_per_dim": [float(v) for v in kl_per_dimension(mu, logvar)]}

@@ -39,3 +39,24 @@ def test_active_units_by_hand():
     assert analysis.active_units(mu) == 2                     # 1.0 and 0.04 exceed 1e-2
     assert analysis.active_units(mu, threshold=1e-3) == 3
     assert analysis.active_units(mu, threshold=2.0) == 0
+
+
+@pytest.mark.parametrize("name, options", [
+    ("vae", {}), ("iwae", {}), ("flow", {"flows": 2}),
+    ("iwae", {"layers": 2, "z1_dim": 4, "hidden2": (6,)}),
+    ("ladder", {"hidden": (8, 6), "z_dims": (3, 2)}),
+])
+def test_latent_summary_names_the_gaussian_it_measures(name, options):
+    # Only where encode gives the whole posterior (a VAE's q(z | x)) is kl_per_dim the ELBO's KL
+    # term per dimension; otherwise the summary must say which part of the posterior it measures.
+    from minivae.evaluate import elbo
+    from minivae.models import build_model
+
+    model = build_model(name, **dict(dict(x_dim=12, z_dim=3, hidden=(8,)), **options)).astype(np.float64)
+    assert model.gaussian_encoder
+    x = (np.random.default_rng(0).random((200, 12)) < 0.4).astype(np.float64)
+    summary = analysis.latent_summary(model, x)
+    assert summary["encoded_gaussian"] == model.encoded_gaussian
+    _, _, kl = elbo(model, x)
+    is_elbo_kl = sum(summary["kl_per_dim"]) == pytest.approx(kl.mean(), rel=1e-9)
+    assert is_elbo_kl == (model.encoded_gaussian == "q(z | x)"), model.encoded_gaussian

@@ -21,6 +21,7 @@ def test_declared_capabilities_match_the_methods(name):
     if model.semi_supervised:
         model.set_data_sizes(100, 10)
     x = mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+    assert model.gaussian_encoder == isinstance(model.encoded_gaussian, str)  # it names what encode gives
     if model.gaussian_encoder:
         mu, logvar = model.encode(x)
         assert mu.shape == logvar.shape == (3, model.z_dim)

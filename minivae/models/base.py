@@ -27,8 +27,12 @@ class Model(nn.Module):
     semi_supervised = False
     #: Has a classifier: ``classify(x)`` -> an integer array of predicted labels (B,).
     classifies = False
-    #: ``encode(x)`` -> (mu, logvar) of one diagonal Gaussian q(z | x) (for the latent statistics).
+    #: ``encode(x)`` -> (mu, logvar) of one diagonal Gaussian (for the latent statistics).
     gaussian_encoder = False
+    #: With ``gaussian_encoder``: that Gaussian in words, which ``analysis.latent_summary`` reports
+    #: with its statistics. The posterior q(z | x) for a VAE; a part of the posterior for models
+    #: with flows or several layers, whose KL from N(0, I) is then not the ELBO's KL term.
+    encoded_gaussian = None
     #: Constructor options whose value may name another run folder; the run layer replaces the
     #: folder by the model it holds (M1+M2's ``m1``).
     run_options = ()

@@ -27,6 +27,9 @@ DEFAULT_FLOWS = 8
 class FlowVAE(VAE):
     """The VAE of ``minivae.models.vae`` with ``flows`` amortized planar transforms on q(z | x)."""
 
+    # encode, inherited from the VAE, gives q_0, not the posterior q_K
+    encoded_gaussian = "q0(z0 | x), the Gaussian before the flows"
+
     def __init__(self, flows=DEFAULT_FLOWS, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k, rng=rng)

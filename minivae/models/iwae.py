@@ -36,6 +36,7 @@ class TwoLayerVAE(LatentVariableModel):
     """
 
     gaussian_encoder = True
+    encoded_gaussian = "q(z2 | z1 = E[z1 | x]), the top layer"
 
     def __init__(self, x_dim=784, z_dims=(100, 50), blocks=((200, 200), (100, 100)),
                  activation="tanh", beta=1.0, mc_samples=1, iw_k=1, rng=None):

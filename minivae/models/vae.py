@@ -22,6 +22,7 @@ class VAE(LatentVariableModel):
     """
 
     gaussian_encoder = True
+    encoded_gaussian = "q(z | x)"
 
     def __init__(self, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, rng=None):
