@@ -28,8 +28,8 @@ from .data.mnist import SPLIT_SIZES, MNISTError
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
-from .runs import (CHECKPOINT, RunFolderError, TrainConfig, build_run_model, eval_results_path,
-                   load_run, next_free_run_dir, prepare_run_dir, write_json)
+from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
+                   is_run_file, load_run, next_free_run_dir, prepare_run_dir, write_json)
 from .train import TrainingDiverged
 
 PROG = "minivae"
@@ -121,12 +121,18 @@ def _check_writable_folder(folder, option, hint="give a folder you can write to"
         raise UsageError(f"{label}: cannot write in {existing} ({exc.strerror or exc}); {hint}") from None
 
 
-def _check_writable_file(path, option, hint="give a folder you can write to"):
-    """Refuse an output file that is a folder or whose folder cannot be written."""
+def _claim_output_file(path, option, hint="give a folder you can write to"):
+    """Refuse an output file that is a folder, one of the files of a run, or in a folder that
+    cannot be written; then create its folder, so that the write at the end cannot fail for a
+    missing one after all the work."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{option} {path}: this is a folder; give a file name")
+    if is_run_file(path):
+        raise UsageError(f"{option} {path}: this is a file of the run in {path.parent}, which writing "
+                         f"it would destroy; give a file name other than {', '.join(RUN_FILES)}")
     _check_writable_folder(path.parent, option, hint, label=f"{option} {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
 
 
 def _load_run(run):
@@ -328,12 +334,12 @@ def cmd_eval(args):
     n = min(args.n, SPLIT_SIZES["test"])
     if args.out:
         out = Path(args.out)
-        _check_writable_file(out, "--out")
+        _claim_output_file(out, "--out")
     else:  # a score of part of the test set never replaces one of all of it
         out = eval_results_path(args.run, args.k)
         if n < SPLIT_SIZES["test"]:
             out = out.with_name(f"{out.stem}_first{n}.json")
-        _check_writable_file(out, "the result file", hint="write it elsewhere with --out FILE")
+        _claim_output_file(out, "the result file", hint="write it elsewhere with --out FILE")
     from .data import binarize_eval, load_mnist
     from .evaluate import test_set_scores
 
@@ -353,7 +359,7 @@ def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     path = Path(args.out or Path(args.run) / "samples.png")
     _, model = _load_run(args.run)
-    _check_writable_file(path, "--out")
+    _claim_output_file(path, "--out")
     from .evaluate import evaluating
     from .random import Generator
     from .viz import save_image_grid
@@ -566,7 +572,7 @@ def cmd_graph(args):
     if out.suffix == ".svg" and not svg_available():
         raise UsageError(f"--out {out}: an SVG needs Graphviz's `dot` program, which is not installed; "
                          "give a .dot file instead")
-    _check_writable_file(out, "--out")
+    _claim_output_file(out, "--out")
     x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     _, dot = model_loss_graph(model, x, Noise(seed=args.seed), grad=args.grad, title=title)

@@ -177,6 +177,13 @@ def holds_run(run_dir):
     return any((Path(run_dir) / name).exists() for name in RUN_FILES)
 
 
+def is_run_file(path):
+    """Whether ``path`` is one of the files that make a run (``RUN_FILES``) in a folder that holds
+    one: writing anything else there would destroy the run."""
+    path = Path(path).resolve()
+    return path.name in RUN_FILES and holds_run(path.parent)
+
+
 def remove_stray_files(run_dir):
     """Delete the temporary files that an interrupted atomic write left in ``run_dir``."""
     for pattern in STRAY_PATTERNS:

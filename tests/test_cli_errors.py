@@ -295,6 +295,25 @@ def test_output_file_is_a_folder(capsys, run, tmp_path):
     user_error(capsys, ["eval", str(run), "--out", str(tmp_path)], str(tmp_path), "is a folder")
 
 
+@pytest.mark.parametrize("command", ["eval", "sample", "graph"])
+@pytest.mark.parametrize("name", ["checkpoint.npz", "config.json", "metrics.jsonl", "results.json"])
+def test_an_output_file_is_never_a_file_of_a_run(capsys, run, command, name):
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    user_error(capsys, [command, str(run), "--out", str(run / name)], str(run / name), "file of the run")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_the_folder_of_an_output_file_is_made_before_the_work(capsys, run, tmp_path):
+    """eval, sample and graph alike create a missing folder of --out first (eval before loading
+    the data), so the write at the end never fails for it."""
+    with pytest.raises(AssertionError, match="MNIST was loaded"):
+        main(["eval", str(run), "--out", str(tmp_path / "new1" / "res.json")])
+    assert (tmp_path / "new1").is_dir()
+    assert main(["sample", str(run), "--n", "4", "--out", str(tmp_path / "new2" / "s.png")]) == 0
+    assert main(["graph", str(run), "--data", "random", "--out", str(tmp_path / "new3" / "g.dot")]) == 0
+    assert (tmp_path / "new2" / "s.png").is_file() and (tmp_path / "new3" / "g.dot").is_file()
+
+
 @pytest.fixture
 def read_only(tmp_path, monkeypatch):
     """A read-only folder. chmod does not stop root, so there the operating system's answer to a
