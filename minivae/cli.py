@@ -255,6 +255,17 @@ def _check_resume(config):
     config.check_resumable(saved)
 
 
+def _check_out_is_no_run_option(config):
+    """Refuse an --out that is a run the model is built on (M1+M2's m1): starting again there
+    would remove the very run the new model needs."""
+    out = Path(config.out).resolve()
+    for name in getattr(MODELS[config.model], "run_options", ()):  # iwae is a function: none
+        folder = config.model_options.get(name)
+        if folder is not None and Path(folder).resolve() == out:
+            raise UsageError(f"--out {config.out}: this is the run {name}={folder} that model "
+                             f"{config.model!r} is built on; give another --out")
+
+
 def check_train(args):
     """Every check of ``minivae train``; returns the TrainConfig. Nothing is loaded or trained."""
     config = _config_from_args(args)
@@ -267,6 +278,7 @@ def check_train(args):
         build_run_model(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    _check_out_is_no_run_option(config)
     _check_writable_folder(config.out, "--out")
     # Last: claim the folder (refuse one holding a run unless --resume or --overwrite; remove the
     # old run's files with --overwrite), so that no data is loaded for a run that cannot start.

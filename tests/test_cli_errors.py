@@ -261,6 +261,13 @@ def test_m1m2_with_a_missing_m1_run(capsys, tmp_path):
                         "--out", str(tmp_path / "r")], str(tmp_path / "nope"))
 
 
+def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    user_error(capsys, ["train", "--model", "m1m2", "--set", f"m1={run}", "--out", str(run), "--overwrite"],
+               f"--out {run}", f"m1={run}")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 # ----- numbers out of range ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("option, value", [
