@@ -29,7 +29,8 @@ from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
-                   is_run_file, load_run, next_free_run_dir, prepare_run_dir, write_json)
+                   is_run_file, load_run, next_free_run_dir, prepare_run_dir, run_folder_options,
+                   write_json)
 from .train import TrainingDiverged
 
 PROG = "minivae"
@@ -259,9 +260,8 @@ def _check_out_is_no_run_option(config):
     """Refuse an --out that is a run the model is built on (M1+M2's m1): starting again there
     would remove the very run the new model needs."""
     out = Path(config.out).resolve()
-    for name in getattr(MODELS[config.model], "run_options", ()):  # iwae is a function: none
-        folder = config.model_options.get(name)
-        if folder is not None and Path(folder).resolve() == out:
+    for name, folder in run_folder_options(config).items():
+        if Path(folder).resolve() == out:
             raise UsageError(f"--out {config.out}: this is the run {name}={folder} that model "
                              f"{config.model!r} is built on; give another --out")
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .models import MODELS, build_model
+from .nn import StateDictError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
@@ -121,6 +122,13 @@ class TrainConfig:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
 
+    def _run_defining(self):
+        """The settings that define the run (all but ``RESUMABLE_CHANGES``) by name, the run
+        folders of the model options absolute, so that equal settings compare equal."""
+        config = with_absolute_run_folders(self)
+        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in self.RESUMABLE_CHANGES}
+
     def check_resumable(self, saved):
         """Raise ResumeMismatchError unless this config continues the run of ``saved`` (a TrainConfig)."""
         if saved.data_rng != self.data_rng:
@@ -128,11 +136,10 @@ class TrainConfig:
                 f"cannot resume {self.out}: it was trained on batches drawn by {saved.data_rng!r}, and "
                 f"this minivae draws them with {self.data_rng!r}, so the run could not continue as it "
                 "began; evaluate it as it is (minivae eval), or start again with --overwrite")
-        mismatched = [f.name for f in dataclasses.fields(self) if f.name not in self.RESUMABLE_CHANGES
-                      and getattr(saved, f.name) != getattr(self, f.name)]
+        before, after = saved._run_defining(), self._run_defining()
+        mismatched = [name for name in after if before[name] != after[name]]
         if mismatched:
-            changes = ", ".join(f"{name}: {getattr(saved, name)!r} -> {getattr(self, name)!r}"
-                                for name in mismatched)
+            changes = ", ".join(f"{name}: {before[name]!r} -> {after[name]!r}" for name in mismatched)
             raise ResumeMismatchError(
                 f"cannot resume {self.out} with other settings ({changes}); only "
                 f"{', '.join(self.RESUMABLE_CHANGES)} may change, or start again with --overwrite")
@@ -140,24 +147,40 @@ class TrainConfig:
 
 # ----- the model of a run ------------------------------------------------------------------------
 
+def run_folder_options(config):
+    """The options of ``config`` that name other run folders (those its model class lists in
+    ``run_options``, e.g. M1+M2's ``m1``), as a dict name -> folder."""
+    # MODELS holds classes and one factory function (iwae), which has no run options.
+    names = getattr(MODELS.get(config.model), "run_options", ())
+    return {name: config.model_options[name] for name in names
+            if isinstance(config.model_options.get(name), (str, os.PathLike))}
+
+
+def with_absolute_run_folders(config):
+    """``config`` with the run folders of its options made absolute, so that the run can be
+    rebuilt from any current folder (a relative one read from a config is taken as relative to
+    the current folder, as runs saved with one were)."""
+    folders = {name: str(Path(folder).resolve()) for name, folder in run_folder_options(config).items()}
+    return dataclasses.replace(config, model_options=dict(config.model_options, **folders))
+
+
 def build_run_model(config):
     """The (untrained) model that ``config`` describes.
 
-    Options that a model class lists in ``run_options`` name other run folders (M1+M2's ``m1``);
-    they are replaced by the models those runs hold before the model is built.
+    Options that name other run folders (``run_folder_options``) are replaced by the models those
+    runs hold before the model is built.
     """
     kwargs = config.model_kwargs()
-    # MODELS holds classes and one factory function (iwae), which has no run options.
-    for name in getattr(MODELS.get(config.model), "run_options", ()):
-        if isinstance(kwargs.get(name), (str, os.PathLike)):
-            kwargs[name] = load_run(kwargs[name])[1]
+    for name, folder in run_folder_options(config).items():
+        kwargs[name] = load_run(folder)[1]
     return build_model(config.model, **kwargs)
 
 
 def load_run(run):
     """Rebuild the model of a run folder from its checkpoint; return (config, model).
 
-    Raises NotARunError naming the folder when it holds no checkpoint.
+    Raises NotARunError naming the folder when it holds no checkpoint, and CheckpointError naming
+    the checkpoint when it does not fit the model its config describes.
     """
     path = Path(run) / CHECKPOINT
     if not path.is_file():
@@ -166,8 +189,27 @@ def load_run(run):
     arrays, meta = checkpoint.load(path)
     config = TrainConfig.from_dict(meta["config"])
     model = build_run_model(config)
-    model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    load_model_state(model, arrays, path, config)
     return config, model
+
+
+def load_model_state(model, arrays, path, config):
+    """Load the ``model/`` arrays of the checkpoint at ``path`` (of a run with ``config``) into
+    ``model``; raise CheckpointError, one line naming the checkpoint, when they do not fit it."""
+    try:
+        model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+    except StateDictError as exc:
+        raise _misfit(path, config, "; ".join(line.strip() for line in str(exc).splitlines()[1:])) from None
+
+
+def _misfit(path, config, problem):
+    """CheckpointError: the checkpoint at ``path`` does not fit the model of its ``config``; a
+    model built on other runs may not fit because one of those runs was trained again since."""
+    folders = ", ".join(f"{name}={folder}" for name, folder in run_folder_options(config).items())
+    since = (f"; the model is built on the run {folders}, which no longer holds the model it was "
+             "trained with (trained again with other settings?)") if folders else ""
+    return checkpoint.CheckpointError(
+        f"checkpoint {path} does not fit the model its config describes: {problem}{since}")
 
 
 # ----- claiming a folder for training -------------------------------------------------------------

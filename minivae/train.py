@@ -108,7 +108,7 @@ class Trainer:
     """Runs one training job described by a TrainConfig (see the module docstring)."""
 
     def __init__(self, config, data=None, progress=True, log=print):
-        self.config = config
+        self.config = runs.with_absolute_run_folders(config)  # as config.json and checkpoints keep it
         self.run_dir = Path(config.out)
         self.progress, self.log = progress, log
         self.device = resolve_device(config.device)

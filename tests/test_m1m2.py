@@ -1,5 +1,6 @@
 """M1+M2 (Kingma et al. 2014): M2 with a Gaussian likelihood on the features of a frozen VAE."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,49 @@ def test_resume_is_exact_and_the_cli_reports_the_test_error(tmp_path, monkeypatc
     results = json.loads((out / "results.json").read_text())
     assert 0.0 <= results["test_error"] <= 1.0
     assert cli.main(["eval", str(out), "--k", "2", "--no-progress"]) == 0
+
+
+def _m1m2_run(data, m1, out):
+    """A one-epoch M1+M2 run in ``out`` on the VAE run ``m1``."""
+    config = TrainConfig(model="m1m2", epochs=1, batch_size=50, hidden=(8,), z_dim=3, eval_k=0, n_labelled=10,
+                         out=str(out), model_options={"m1": str(m1)})
+    Trainer(config, data=data, progress=False, log=lambda m: None).fit()
+    return Path(out)
+
+
+def test_an_m1_run_trained_again_with_other_sizes_is_named_in_one_line(tmp_path, capsys):
+    from minivae import cli
+    from minivae.checkpoint import CheckpointError
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = _vae_run(tmp_path, data)
+    run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    again = TrainConfig(epochs=1, batch_size=50, hidden=(16,), z_dim=5, eval_k=0, out=str(m1))
+    Trainer(again, data=data, progress=False, log=lambda m: None).fit(overwrite=True)
+    with pytest.raises(CheckpointError) as exc:
+        load_run(run)
+    message = str(exc.value)
+    assert "\n" not in message and str(run / "checkpoint.npz") in message and f"m1={m1}" in message
+    assert cli.main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"m1={m1}" in err
+
+
+def test_the_m1_folder_is_kept_absolute_and_relative_ones_of_older_runs_still_load(tmp_path, monkeypatch):
+    from minivae import checkpoint
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = _vae_run(tmp_path, data)
+    monkeypatch.chdir(tmp_path)
+    run = _m1m2_run(data, "m1", "m1m2")
+    assert json.loads((run / "config.json").read_text())["model_options"]["m1"] == str(m1)
+    monkeypatch.chdir(m1)  # another current folder
+    load_run(tmp_path / "m1m2")
+    # A run saved with a folder relative to the current one (as runs were) is read from there,
+    # and resuming it with the same --set m1 is no change of settings.
+    arrays, meta = checkpoint.load(tmp_path / "m1m2" / "checkpoint.npz")
+    meta["config"]["model_options"]["m1"] = "m1"
+    checkpoint.save(tmp_path / "m1m2" / "checkpoint.npz", arrays, meta)
+    monkeypatch.chdir(tmp_path)
+    config, _ = load_run("m1m2")
+    config.check_resumable(TrainConfig.from_dict(dict(meta["config"], model_options={"m1": str(m1)})))
