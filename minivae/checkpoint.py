@@ -51,6 +51,9 @@ def load(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
+        if META_KEY not in arrays:
+            raise CheckpointError(f"checkpoint {path} holds arrays but no {META_KEY} document: it was "
+                                  "not written by minivae")
         meta = json.loads(str(arrays.pop(META_KEY)))
     # A cut-off or damaged file fails deep inside zipfile or NumPy's header parser, with
     # whatever error that layer raises; all of them mean the same thing here.

@@ -28,6 +28,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from . import checkpoint
 from .models import MODELS, build_model
 from .nn import StateDictError
@@ -112,10 +114,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d):
         """Rebuild a config from its JSON form (unknown keys are an error, so typos surface)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(fields)
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        for name, value in d.items():
+            _check_config_type(name, value, fields[name].type)
         d = dict(d)
         d.setdefault("data_rng", "pcg64")
         if "hidden" in d:
@@ -143,6 +147,22 @@ class TrainConfig:
             raise ResumeMismatchError(
                 f"cannot resume {self.out} with other settings ({changes}); only "
                 f"{', '.join(self.RESUMABLE_CHANGES)} may change, or start again with --overwrite")
+
+
+#: The JSON values each type of a TrainConfig field is read from (a float may be written 1).
+_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple), dict: (dict,)}
+
+
+def _check_config_type(name, value, kind):
+    """Raise ValueError naming the key when a config value read from JSON is not of the field's
+    type (``hidden`` a list of integers)."""
+    is_bool = isinstance(value, bool)
+    ok = isinstance(value, _JSON_TYPES[kind]) and (kind is bool or not is_bool)
+    if ok and kind is tuple:
+        ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if not ok:
+        expected = "a list of integers" if kind is tuple else f"of type {kind.__name__}"
+        raise ValueError(f"{name} is {value!r}, not {expected}")
 
 
 # ----- the model of a run ------------------------------------------------------------------------
@@ -176,28 +196,63 @@ def build_run_model(config):
     return build_model(config.model, **kwargs)
 
 
-def load_run(run):
-    """Rebuild the model of a run folder from its checkpoint; return (config, model).
+def read_checkpoint(run):
+    """The checkpoint of the run folder ``run`` as (arrays, meta, config), its document checked.
 
-    Raises NotARunError naming the folder when it holds no checkpoint, and CheckpointError naming
-    the checkpoint when it does not fit the model its config describes.
+    Raises NotARunError naming the folder when it holds no checkpoint, and CheckpointError, one
+    line naming the file and the problem, when the file or its document (a dict holding a valid
+    ``config``) is damaged.
     """
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise NotARunError(f"{run} is not a run folder: it has no {CHECKPOINT} (train one with "
                            f"`minivae train --out {run}`)")
     arrays, meta = checkpoint.load(path)
-    config = TrainConfig.from_dict(meta["config"])
-    model = build_run_model(config)
+    if not isinstance(meta, dict):
+        raise damaged(path, f"its document is a {type(meta).__name__}, not a dict")
+    if not isinstance(meta.get("config"), dict):
+        raise damaged(path, "its document holds no config")
+    try:
+        config = TrainConfig.from_dict(meta["config"])
+    except ValueError as exc:
+        raise damaged(path, f"its config is invalid: {exc}") from None
+    return arrays, meta, config
+
+
+def damaged(path, problem):
+    """CheckpointError: the checkpoint at ``path`` is damaged, for the reason ``problem``."""
+    return checkpoint.CheckpointError(f"checkpoint {path} is damaged: {problem}")
+
+
+def load_run(run):
+    """Rebuild the model of a run folder from its checkpoint; return (config, model).
+
+    Raises NotARunError naming the folder when it (or a run its model is built on) holds no
+    checkpoint, and CheckpointError naming the checkpoint when it is damaged (see
+    ``read_checkpoint``) or does not fit the model its config describes.
+    """
+    arrays, _, config = read_checkpoint(run)
+    path = Path(run) / CHECKPOINT
+    try:
+        model = build_run_model(config)
+    except RunFolderError:
+        raise  # a run the model is built on is missing; the error names it
+    except (ValueError, TypeError) as exc:  # the constructor's checks
+        raise _misfit(path, config, str(exc)) from None
     load_model_state(model, arrays, path, config)
     return config, model
 
 
 def load_model_state(model, arrays, path, config):
     """Load the ``model/`` arrays of the checkpoint at ``path`` (of a run with ``config``) into
-    ``model``; raise CheckpointError, one line naming the checkpoint, when they do not fit it."""
+    ``model``; raise CheckpointError, one line naming the checkpoint, when they do not fit it or
+    hold a value that is not finite (training never saves one, so the file is damaged)."""
+    state = checkpoint.split_prefix(arrays, "model/")
+    for name, array in state.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise damaged(path, f"the parameter {name} holds NaN or infinite values")
     try:
-        model.load_state_dict(checkpoint.split_prefix(arrays, "model/"))
+        model.load_state_dict(state)
     except StateDictError as exc:
         raise _misfit(path, config, "; ".join(line.strip() for line in str(exc).splitlines()[1:])) from None
 

@@ -214,6 +214,54 @@ def test_damaged_header_raises_checkpoint_error(tmp_path):
                 pass
 
 
+def _config_with(key, value):
+    """A damage: the config's ``key`` set to ``value``."""
+    return lambda arrays, meta: dict(meta, config=dict(meta["config"], **{key: value}))
+
+
+def _first_weight(change):
+    """A damage: the first model array removed (``change`` None) or replaced by ``change(array)``."""
+    def damage(arrays, meta):
+        name = sorted(name for name in arrays if name.startswith("model/"))[0]
+        if change is None:
+            del arrays[name]
+        else:
+            arrays[name] = change(arrays[name])
+        return meta
+    return damage
+
+
+#: Ways the contents of a checkpoint can be damaged (each changes the arrays in place and
+#: returns the document), and what the error must name.
+DAMAGES = {
+    "no config": (lambda arrays, meta: {k: v for k, v in meta.items() if k != "config"}, "no config"),
+    "unknown config key": (_config_with("typo", 1), "typo"),
+    "unknown model": (_config_with("model", "nope"), "'nope'"),
+    "epochs a string": (_config_with("epochs", "3"), "epochs is '3'"),
+    "hidden a number": (_config_with("hidden", 5), "hidden is 5"),
+    "missing array": (_first_weight(None), "missing key"),
+    "wrong dtype": (_first_weight(lambda a: a.astype("float64")), "float64"),
+    "NaN weights": (_first_weight(lambda a: a * float("nan")), "NaN"),
+    "document a list": (lambda arrays, meta: [1, 2], "a list, not a dict"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_checkpoint_with_damaged_contents_is_named_in_one_line(capsys, run, damage):
+    change, named = DAMAGES[damage]
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    checkpoint.save(run / CHECKPOINT, arrays, change(arrays, meta))
+    for command in (["sample", str(run)], ["eval", str(run)], tiny(run, "--resume")):
+        user_error(capsys, command, str(run / CHECKPOINT), named)
+
+
+def test_npz_files_that_are_no_checkpoints_are_named(capsys, run, tmp_path):
+    import numpy as np
+
+    np.savez(run / CHECKPOINT, w=np.zeros(3))  # arrays, but no document
+    user_error(capsys, ["sample", str(run)], str(run / CHECKPOINT), "not written by minivae")
+
+
 # ----- --set ------------------------------------------------------------------------------------
 
 def test_unknown_set_key_lists_the_models_keys(capsys, tmp_path):

@@ -273,6 +273,25 @@ def test_divergence_before_the_first_save_says_there_is_no_checkpoint(tmp_path):
     assert not (tmp_path / "run" / CHECKPOINT).exists()
 
 
+@pytest.mark.parametrize("damage, named", [
+    (lambda meta: meta.pop("epoch"), "'epoch'"), (lambda meta: meta.pop("noise"), "'noise'"),
+    (lambda meta: meta.update(noise={}), "Generator state"), (lambda meta: meta.update(batch="0"), "'batch'"),
+    (lambda meta: meta["optim"].pop("lr"), "'lr'"),
+])
+def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_is(tmp_path, damage, named):
+    data = small_data()
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    arrays, meta = checkpoint.load(tmp_path / "run" / CHECKPOINT)
+    damage(meta)
+    checkpoint.save(tmp_path / "run" / CHECKPOINT, arrays, meta)
+    before = files(tmp_path / "run")
+    with pytest.raises(checkpoint.CheckpointError) as exc:
+        Trainer(config(tmp_path, epochs=2), data=data, **QUIET).fit(resume=True)
+    message = one_line(exc)
+    assert str(tmp_path / "run" / CHECKPOINT) in message and named in message
+    assert files(tmp_path / "run") == before
+
+
 # ----- kill -9 at random times ------------------------------------------------------------------
 
 EPOCHS, MIN_KILLS = 6, 2
