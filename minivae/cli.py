@@ -270,6 +270,9 @@ def check_train(args):
     """Every check of ``minivae train``; returns the TrainConfig. Nothing is loaded or trained."""
     config = _config_from_args(args)
     resolve_device(config.device)  # DeviceError now when the GPU cannot be used
+    if config.lr_schedule == "cosine" and config.lr < config.lr_min:
+        raise UsageError(f"--lr {config.lr:g} is below --lr-min {config.lr_min:g}: the cosine schedule "
+                         "would raise the rate; give an --lr of at least --lr-min")
     semi_supervised = getattr(MODELS[config.model], "semi_supervised", False)
     if semi_supervised and config.n_labelled % N_CLASSES:
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "

@@ -327,6 +327,11 @@ def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)
 
 
+def test_a_cosine_schedule_never_rises(capsys, tmp_path):
+    user_error(capsys, ["train", "--lr", "1e-5", "--lr-min", "1e-4", "--out", str(tmp_path / "r")],
+               "--lr 1e-05", "--lr-min 0.0001")
+
+
 @pytest.mark.parametrize("option, value", [("--k", "0"), ("--n", "0"), ("--k", "-5"), ("--n", "ten")])
 def test_eval_number_out_of_range(capsys, run, option, value):
     user_error(capsys, ["eval", str(run), option, value], f"argument {option}", value)
