@@ -31,7 +31,7 @@ from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
                    is_run_file, load_run, next_free_run_dir, prepare_run_dir, run_folder_options,
                    write_json)
-from .train import TrainingDiverged
+from .train import DataMismatchError, TrainingDiverged, check_batches
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -46,7 +46,7 @@ class UsageError(Exception):
 
 #: Errors of the library that describe a problem with the user's input or machine, not a bug:
 #: printed as one line (their message names the file or value), exit status 2.
-USER_ERRORS = (UsageError, DeviceError, CheckpointError, MNISTError, RunFolderError)
+USER_ERRORS = (UsageError, DeviceError, CheckpointError, MNISTError, RunFolderError, DataMismatchError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -278,9 +278,13 @@ def check_train(args):
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
                          f"{N_CLASSES} classes; give e.g. 100")
     try:  # the constructor's own checks (e.g. iwae's layers, ladder's z_dims), on a throw-away model
-        build_run_model(config)
+        model = build_run_model(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    if semi_supervised and model.num_classes < N_CLASSES:
+        raise UsageError(f"--set num_classes={model.num_classes}: MNIST's labels are 0 to "
+                         f"{N_CLASSES - 1}; give num_classes={N_CLASSES} or more")
+    check_batches(config, model, SPLIT_SIZES["train"])  # and again on the data that is loaded
     _check_out_is_no_run_option(config)
     _check_writable_folder(config.out, "--out")
     # Last: claim the folder (refuse one holding a run unless --resume or --overwrite; remove the

@@ -50,6 +50,44 @@ class TrainingDiverged(RuntimeError):
     was saved, and the message says which checkpoint (if any) holds the last good state."""
 
 
+class DataMismatchError(ValueError):
+    """The training data cannot train the model as the config says (a batch of one image for
+    batch normalization, labels the model has no class for, too few labels of a class); the
+    message names the setting and what would be valid."""
+
+
+def check_batches(config, model, n_train):
+    """Raise DataMismatchError when training ``model`` on ``n_train`` images as ``config`` says
+    would hand a model with batch normalization a batch of one image (whose variance is 0): the
+    last training batch, or the last labelled batch of a semi-supervised model."""
+    if not any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+        return
+    batches = {"training images": (n_train, config.batch_size)}
+    if model.semi_supervised:  # labelled batches of at most n_labelled images (LabelledBatches)
+        batches["labelled images"] = (config.n_labelled, min(config.batch_size, config.n_labelled))
+    for what, (n, size) in batches.items():
+        if n % size == 1:
+            raise DataMismatchError(
+                f"--batch-size {config.batch_size}: the last batch of the {n} {what} would hold one "
+                f"image, on which the batch normalization of model {config.model!r} cannot train; "
+                "give another --batch-size")
+
+
+def labelled_subset(config, model, labels):
+    """The indices of the labelled training images of a semi-supervised run (see
+    ``balanced_labelled_subset``); raises DataMismatchError when ``labels`` (all training
+    labels) lie outside the model's classes or hold too few images of a class."""
+    labels = np.asarray(labels)
+    if labels.min() < 0 or labels.max() >= model.num_classes:
+        raise DataMismatchError(f"the training labels run from {labels.min()} to {labels.max()}, outside "
+                                f"the {model.num_classes} classes of the model; give --set "
+                                f"num_classes={labels.max() + 1} or more")
+    try:
+        return balanced_labelled_subset(labels, config.n_labelled, seed=config.seed)
+    except ValueError as exc:
+        raise DataMismatchError(f"--n-labelled {config.n_labelled}: {exc}") from None
+
+
 def kl_weight(config, epoch):
     """The KL weight in ``epoch`` (0-based): beta, ramped linearly from beta/warmup over ``warmup`` epochs."""
     if config.warmup <= 0:
@@ -119,6 +157,7 @@ class Trainer:
         self.data = data if data is not None else load_mnist(verbose=progress)
         nn.init.manual_seed(config.seed)
         self.model = runs.build_run_model(config).to(self.device)
+        check_batches(config, self.model, len(self.data.x_train))
         self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
         if config.data_rng != "philox":
@@ -134,13 +173,9 @@ class Trainer:
             raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine' or 'constant'")
         self.labelled = None
         if self.model.semi_supervised:
-            idx = balanced_labelled_subset(self.data.y_train, config.n_labelled, seed=config.seed)
-            labels = np.asarray(self.data.y_train)[idx]
-            if labels.min() < 0 or labels.max() >= self.model.num_classes:  # checked once, here
-                raise ValueError(f"the training labels must lie in [0, {self.model.num_classes}), "
-                                 f"got values from {labels.min()} to {labels.max()}")
-            self.labelled = LabelledBatches(self.data.x_train[idx], labels, config.batch_size,
-                                            config.seed, self.device)
+            idx = labelled_subset(config, self.model, self.data.y_train)
+            self.labelled = LabelledBatches(self.data.x_train[idx], np.asarray(self.data.y_train)[idx],
+                                            config.batch_size, config.seed, self.device)
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}

@@ -304,6 +304,27 @@ def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path):
                "--n-labelled", "105", "multiple of the 10 classes")
 
 
+@pytest.mark.parametrize("model, batch_size, what", [("ladder", "49999", "50000 training images"),
+                                                      ("ladder-m2", "99", "100 labelled images")])
+def test_a_batch_of_one_image_for_batch_normalization_is_refused_up_front(capsys, tmp_path, model, batch_size, what):
+    user_error(capsys, ["train", "--model", model, "--batch-size", batch_size, "--out", str(tmp_path / "r")],
+               f"--batch-size {batch_size}", what, "one image")
+    assert not (tmp_path / "r").exists()
+
+
+def test_fewer_classes_than_mnist_has_are_refused_up_front(capsys, tmp_path):
+    user_error(capsys, ["train", "--model", "m2", "--set", "num_classes=3", "--out", str(tmp_path / "r")],
+               "num_classes=3", "num_classes=10")
+
+
+def test_too_few_images_of_a_class_found_with_the_data_is_one_line_and_blocks_nothing(capsys, tmp_path, monkeypatch):
+    """A mismatch only the loaded data shows: one line, and the folder can be used again as it is."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    user_error(capsys, tiny(tmp_path / "r", "--model", "m2", "--n-labelled", "1000"), "--n-labelled 1000",
+               "fewer than the 200")
+    assert main(tiny(tmp_path / "r", "--model", "m2", "--n-labelled", "10")) == 0
+
+
 def test_m1m2_with_a_missing_m1_run(capsys, tmp_path):
     user_error(capsys, ["train", "--model", "m1m2", "--set", f"m1={tmp_path / 'nope'}",
                         "--out", str(tmp_path / "r")], str(tmp_path / "nope"))

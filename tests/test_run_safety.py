@@ -292,6 +292,15 @@ def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_i
     assert files(tmp_path / "run") == before
 
 
+def test_a_batch_of_one_image_for_batch_normalization_is_found_before_anything_is_written(tmp_path):
+    from minivae.train import DataMismatchError
+
+    with pytest.raises(DataMismatchError) as exc:
+        train(config(tmp_path, model="ladder", hidden=(8, 8)), data=small_data(n_train=101), **QUIET)
+    assert "the last batch of the 101 training images" in one_line(exc)
+    assert not (tmp_path / "run").exists()
+
+
 # ----- kill -9 at random times ------------------------------------------------------------------
 
 EPOCHS, MIN_KILLS = 6, 2

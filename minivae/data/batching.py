@@ -191,6 +191,6 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
     for c in classes:  # sorted order, so the draws are assigned to classes reproducibly
         idx = np.flatnonzero(labels == c)
         if len(idx) < per_class:
-            raise ValueError(f"class {c!r} has {len(idx)} examples, fewer than the {per_class} asked for")
+            raise ValueError(f"class {c.item()!r} has {len(idx)} examples, fewer than the {per_class} asked for")
         chosen.append(rng.permutation(idx)[:per_class])
     return np.sort(np.concatenate(chosen)).astype(np.int64, copy=False)
