@@ -266,7 +266,7 @@ def test_npz_files_that_are_no_checkpoints_are_named(capsys, run, tmp_path):
 
 def test_unknown_set_key_lists_the_models_keys(capsys, tmp_path):
     user_error(capsys, ["train", "--model", "flow", "--set", "flow=8", "--out", str(tmp_path / "r")],
-               "flow=8", "'flow'", "flows (int, default 8)")
+               "flow=8", "'flow'", "flows (int >= 0, default 8)")
 
 
 def test_set_key_of_a_model_without_settings(capsys, tmp_path):
@@ -281,6 +281,29 @@ def test_set_value_that_is_not_a_number(capsys, tmp_path):
 def test_set_float_for_an_int_is_an_error(capsys, tmp_path):
     user_error(capsys, ["train", "--model", "flow", "--set", "flows=2.5", "--out", str(tmp_path / "r")],
                "flows=2.5", "not an integer")
+
+
+@pytest.mark.parametrize("model, pair, valid", [
+    ("ladder", "z_dims=0", "list of int >= 1"), ("ladder", "z_dims=4,0", "list of int >= 1"),
+    ("ladder", "mlp_layers=0", "int >= 1"), ("gumbel", "n_vars=0", "int >= 1"), ("adgm", "a_dim=0", "int >= 1"),
+    ("ladder-m2", "classifier_hidden=0", "list of int >= 1"), ("flow", "flows=-1", "int >= 0"),
+    ("m2", "alpha=-1", "float >= 0"), ("m2", "alpha_scale=-1", "float >= 0"), ("gumbel", "tau0=-1", "float > 0"),
+    ("gumbel", "tau0=0", "float > 0"), ("gumbel", "steps_per_epoch=0", "int >= 1"),
+    ("gumbel", "anneal_rate=-5", "float >= 0"), ("m2", "num_classes=1", "int >= 2"),
+])
+def test_set_value_out_of_range_names_the_range(capsys, tmp_path, model, pair, valid):
+    user_error(capsys, ["train", "--model", model, "--set", pair, "--out", str(tmp_path / "r")],
+               f"--set {pair}", "out of range", valid)
+
+
+def test_every_numeric_setting_has_a_minimum():
+    from minivae.models import MODELS
+    from minivae.models.settings import model_settings
+
+    for model in MODELS:
+        for setting in model_settings(model).values():
+            if (setting.item or setting.type) in (int, float):
+                assert setting.minimum is not None, (model, setting.name)
 
 
 def test_set_a_setting_that_has_its_own_option(capsys, tmp_path):

@@ -54,7 +54,7 @@ def test_train_help_for_a_model_lists_its_set_keys(capsys):
     out = capsys.readouterr().out
     for setting in model_settings("gumbel").values():
         assert f"  {setting.describe()}\n" in out
-    assert "tau0 (float, default 1.0)" in out
+    assert "tau0 (float > 0, default 1.0)" in out
 
 
 def test_models_command_lists_every_model_and_setting(capsys):
@@ -64,7 +64,7 @@ def test_models_command_lists_every_model_and_setting(capsys):
         assert f"\n{name}: " in "\n" + out
         for setting in model_settings(name).values():
             assert f"--set {setting.describe()}" in out
-    assert "flows (int, default 8)" in out and "hidden2 (list of int, default 100,100)" in out
+    assert "flows (int >= 0, default 8)" in out and "hidden2 (list of int >= 1, default 100,100)" in out
     assert "m1 (str or none, default none)" in out
     assert ", ".join(COMMON.values()) in out
 

@@ -12,7 +12,9 @@ whose model ``minivae.runs`` loads. Two kinds of parameters are not settings:
 * ``INTERNAL``: the image size, fixed by the data, and the initialization generator.
 
 ``parse_setting`` turns the text of a ``--set`` value into that type, strictly: ``flows=2.5``
-or ``flows=abc`` is an error, not 2 or a string.
+or ``flows=abc`` is an error, not 2 or a string; and refuses a number below the setting's
+minimum (``MINIMUMS``: a size of 0, a negative weight or temperature), which the models would
+otherwise meet with a division by zero deep inside, or accept silently.
 """
 import dataclasses
 import inspect
@@ -27,6 +29,19 @@ COMMON = {"z_dim": "--z-dim", "hidden": "--hidden", "activation": "--activation"
           "mc_samples": "--mc-samples", "iw_k": "--iw-k"}
 #: Constructor parameters that are not settings: the image size (from the data) and the generator.
 INTERNAL = ("x_dim", "rng")
+#: The smallest valid value of each numeric setting (of each item of a list), by name: a name
+#: means the same in every model that has it. (value, True) admits the value itself, (value,
+#: False) only numbers above it (a temperature of 0 would divide by 0).
+MINIMUMS = {
+    # sizes and counts
+    "layers": (1, True), "k": (1, True), "z1_dim": (1, True), "hidden2": (1, True), "z_dims": (1, True),
+    "mlp_layers": (1, True), "classifier_hidden": (1, True), "a_dim": (1, True), "n_vars": (1, True),
+    "n_classes": (2, True), "num_classes": (2, True), "steps_per_epoch": (1, True),
+    "flows": (0, True),  # no flows: the plain VAE
+    # weights, rates and temperatures
+    "alpha": (0, True), "alpha_scale": (0, True), "anneal_rate": (0, True),
+    "tau0": (0, False), "tau_min": (0, False),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,11 +52,25 @@ class Setting:
     default: object
     item: type = None
     optional: bool = False
+    minimum: tuple = None  # (value, inclusive) from MINIMUMS; None for a setting that is no number
 
     def type_name(self):
-        """The type as help text shows it: ``int``, ``float``, ``list of int``, ``str or none``."""
+        """The type as help text shows it, with the valid range: ``int >= 1``, ``float > 0``,
+        ``list of int >= 1``, ``str or none``."""
         name = f"list of {self.item.__name__}" if self.type is tuple else self.type.__name__
+        if self.minimum is not None:
+            low, inclusive = self.minimum
+            name += f" {'>=' if inclusive else '>'} {low}"
         return f"{name} or none" if self.optional else name
+
+    def check_range(self, value):
+        """Raise ValueError (the reason, for ``parse_setting``'s message) when the number
+        ``value`` is below the minimum."""
+        if self.minimum is None:
+            return
+        low, inclusive = self.minimum
+        if value < low or (value == low and not inclusive):
+            raise ValueError("is out of range")
 
     def describe(self):
         """``name (type, default value)``, one entry of a help listing."""
@@ -72,13 +101,14 @@ def _annotated_type(annotation):
 def _setting(param, run_options):
     if param.name in run_options:
         return Setting(param.name, str, param.default, optional=param.default is None)
+    minimum = MINIMUMS.get(param.name)
     if param.annotation is not inspect.Parameter.empty:
         kind, item, optional = _annotated_type(param.annotation)
-        return Setting(param.name, kind, param.default, item, optional or param.default is None)
+        return Setting(param.name, kind, param.default, item, optional or param.default is None, minimum)
     default = param.default
     if isinstance(default, tuple):
-        return Setting(param.name, tuple, default, type(default[0]) if default else int)
-    return Setting(param.name, type(default), default)
+        return Setting(param.name, tuple, default, type(default[0]) if default else int, minimum=minimum)
+    return Setting(param.name, type(default), default, minimum=minimum)
 
 
 def model_settings(model):
@@ -137,7 +167,11 @@ def parse_setting(model, key, text):
             items = [t for t in text.strip().strip("[]()").replace(",", " ").split()]
             if not items:
                 raise ValueError("is an empty list")
-            return [_parse_scalar(setting.item, t) for t in items]
-        return _parse_scalar(setting.type, text)
+            values = [_parse_scalar(setting.item, t) for t in items]
+        else:
+            values = [_parse_scalar(setting.type, text)]
+        for value in values:
+            setting.check_range(value)
+        return values if setting.type is tuple else values[0]
     except ValueError as exc:
         raise ValueError(f"--set {key}={text}: {text!r} {exc} (expected {setting.describe()})") from None
