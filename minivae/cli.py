@@ -185,8 +185,13 @@ def _add_train_args(p):
                    help="encoder hidden sizes; the decoder mirrors them")
     p.add_argument("--activation", default=d.activation, choices=list(ACTIVATIONS),
                    help="nonlinearity between the hidden layers")
-    p.add_argument("--beta", type=nonnegative_float, default=d.beta, help="KL weight (beta-VAE when > 1)")
-    p.add_argument("--warmup", type=count, default=d.warmup, help="epochs of linear KL warm-up (0: none)")
+    p.add_argument("--beta", type=nonnegative_float, default=d.beta,
+                   help="KL weight (beta-VAE when > 1); 1 for a model trained on the IWAE bound "
+                        "(--iw-k above 1, --model iwae), which has no KL term to weight")
+    p.add_argument("--warmup", type=count,
+                   help=f"epochs of linear KL warm-up (0: none); default {d.warmup}, and none for a model "
+                        "trained on the IWAE bound (--iw-k above 1, --model iwae), which has no KL term "
+                        "to warm up: there it may only be 0")
     p.add_argument("--mc-samples", type=positive_int, default=d.mc_samples,
                    help="Monte Carlo samples of the ELBO per image")
     p.add_argument("--iw-k", type=positive_int, default=d.iw_k, help="train on the k-sample IWAE bound when > 1")
@@ -246,13 +251,32 @@ def _config_from_args(args):
     values = {k: v for k, v in vars(args).items() if k in names}
     values["out"] = args.out or _default_out(args.resume)
     values["hidden"] = tuple(values["hidden"])
+    if values["warmup"] is None:  # see _check_kl_weight for a model trained on the IWAE bound
+        values["warmup"] = TrainConfig.warmup
     values["model_options"] = _parse_options(args.model, values["model_options"])
     return TrainConfig(**values)
 
 
-def _check_resume(config):
+def _check_kl_weight(config, model, warmup_given):
+    """A model trained on the IWAE bound (``model.iw_k`` > 1) has no KL term: refuse a --beta
+    other than 1 and a --warmup above 0, and record no warm-up unless one was given."""
+    if model.iw_k == 1:
+        return
+    bound = f"model {config.model!r} trains on the {model.iw_k}-sample IWAE bound, which has no KL term"
+    if config.beta != 1:
+        raise UsageError(f"--beta {config.beta:g}: {bound} to weight; give --beta 1, or --iw-k 1 for the ELBO")
+    if warmup_given and config.warmup:
+        raise UsageError(f"--warmup {config.warmup}: {bound} to warm up; leave --warmup out, or give "
+                         "--iw-k 1 for the ELBO")
+    config.warmup = 0
+
+
+def _check_resume(config, model, warmup_given):
     """Refuse ``--resume`` with settings the run in ``config.out`` was not trained with."""
     saved, _ = load_run(config.out)  # NotARunError without a checkpoint, CheckpointError when damaged
+    if model.iw_k > 1 and not warmup_given:
+        # Runs on the IWAE bound once recorded the default warm-up, which never applied to them.
+        config.warmup = saved.warmup
     config.check_resumable(saved)
 
 
@@ -285,13 +309,14 @@ def check_train(args):
         raise UsageError(f"--set num_classes={model.num_classes}: MNIST's labels are 0 to "
                          f"{N_CLASSES - 1}; give num_classes={N_CLASSES} or more")
     check_batches(config, model, SPLIT_SIZES["train"])  # and again on the data that is loaded
+    _check_kl_weight(config, model, args.warmup is not None)
     _check_out_is_no_run_option(config)
     _check_writable_folder(config.out, "--out")
     # Last: claim the folder (refuse one holding a run unless --resume or --overwrite; remove the
     # old run's files with --overwrite), so that no data is loaded for a run that cannot start.
     prepare_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
-        _check_resume(config)
+        _check_resume(config, model, args.warmup is not None)
     return config
 
 

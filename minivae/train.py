@@ -196,9 +196,14 @@ class Trainer:
         """Optimizer steps taken so far in the run (the position ``epoch``, ``batch``)."""
         return self.epoch * len(self.loader) + self.batch
 
+    def kl_weight_of_epoch(self, epoch):
+        """The KL weight of ``epoch`` (0-based): ``kl_weight``, or beta throughout for a model
+        trained on the IWAE bound, which has no KL term for a weight or a warm-up to apply to."""
+        return kl_weight(self.config, epoch) if self.model.iw_k == 1 else self.config.beta
+
     def kl_weight_of_step(self, step):
-        """The KL weight of optimizer step ``step`` (0-based): that of its epoch (``kl_weight``)."""
-        return kl_weight(self.config, step // len(self.loader))
+        """The KL weight of optimizer step ``step`` (0-based): that of its epoch."""
+        return self.kl_weight_of_epoch(step // len(self.loader))
 
     def learning_rate(self, step):
         """The learning rate of optimizer step ``step``: ``lr``, or the cosine schedule's
@@ -337,7 +342,7 @@ class Trainer:
 
     def _epoch(self):
         config, epoch = self.config, self.epoch
-        beta = kl_weight(config, epoch)
+        beta = self.kl_weight_of_epoch(epoch)
         self.model.set_epoch(epoch)  # per-epoch schedules of a model (e.g. a temperature)
         n_batches = len(self.loader)
         bar = _progress_bar(n_batches, f"epoch {epoch + 1}/{config.epochs}", self.progress)
@@ -368,7 +373,9 @@ class Trainer:
             bar.close()
         self._fold_graph()
         seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch + 1, "beta": beta, "lr": self.optimizer.lr}
+        metrics = {"epoch": epoch + 1, "lr": self.optimizer.lr}
+        if self.model.iw_k == 1:  # the IWAE bound has no KL weight to log
+            metrics["beta"] = beta
         metrics.update({f"train_{k}": v / n_batches for k, v in self.sums.items() if k != "seconds"})
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,

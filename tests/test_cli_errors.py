@@ -376,6 +376,14 @@ def test_a_cosine_schedule_never_rises(capsys, tmp_path):
                "--lr 1e-05", "--lr-min 0.0001")
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["--iw-k", "5", "--beta", "4"], "--beta 4"), (["--model", "iwae", "--beta", "0.5"], "--beta 0.5"),
+    (["--iw-k", "5", "--warmup", "3"], "--warmup 3"), (["--model", "iwae", "--warmup", "10"], "--warmup 10"),
+])
+def test_no_kl_weight_or_warmup_for_the_iwae_bound(capsys, tmp_path, argv, named):
+    user_error(capsys, ["train", *argv, "--out", str(tmp_path / "r")], named, "IWAE bound", "no KL term")
+
+
 @pytest.mark.parametrize("option, value", [("--k", "0"), ("--n", "0"), ("--k", "-5"), ("--n", "ten")])
 def test_eval_number_out_of_range(capsys, run, option, value):
     user_error(capsys, ["eval", str(run), option, value], f"argument {option}", value)

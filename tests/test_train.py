@@ -266,6 +266,26 @@ def test_kl_warmup_counts_epochs():
     assert kl_weight(TrainConfig(beta=3.0, warmup=0), 0) == 3.0
 
 
+def test_the_iwae_bound_gets_no_kl_warmup_and_logs_no_beta(tmp_path, monkeypatch):
+    """The IWAE bound has no KL term: the default `train --model iwae` records no warm-up and logs
+    no beta; a warm-up in a config is not applied; a run that recorded the old default resumes."""
+    from minivae import cli, runs, train as train_module
+
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    out = tmp_path / "iwae"
+    argv = ["train", "--model", "iwae", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0",
+            "--out", str(out), "--no-progress"]
+    assert cli.main([*argv, "--epochs", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["warmup"] == 0
+    assert [line for line in runs.read_metrics(out) if "beta" in line] == []
+    arrays, meta = checkpoint.load(out / CHECKPOINT)
+    meta["config"]["warmup"] = 10
+    checkpoint.save(out / CHECKPOINT, arrays, meta)
+    assert cli.main([*argv, "--epochs", "2", "--resume"]) == 0
+    trainer = Trainer(config(tmp_path, iw_k=3, warmup=4), data=small_data(), progress=False, log=lambda m: None)
+    assert {trainer.kl_weight_of_step(step) for step in range(30)} == {1.0}
+
+
 def test_cli_train_one_short_epoch_and_eval(tmp_path, monkeypatch, capsys):
     from minivae import cli, train as train_module
 

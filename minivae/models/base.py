@@ -33,6 +33,9 @@ class Model(nn.Module):
     #: with its statistics. The posterior q(z | x) for a VAE; a part of the posterior for models
     #: with flows or several layers, whose KL from N(0, I) is then not the ELBO's KL term.
     encoded_gaussian = None
+    #: Importance samples of the training bound: above 1 the model trains on the IWAE bound,
+    #: which has no KL term, so a KL weight (beta, its warm-up) does not apply.
+    iw_k = 1
     #: Constructor options whose value may name another run folder; the run layer replaces the
     #: folder by the model it holds (M1+M2's ``m1``).
     run_options = ()
