@@ -29,8 +29,8 @@ from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
-                   is_run_file, load_run, next_free_run_dir, prepare_run_dir, run_folder_options,
-                   write_json)
+                   check_resume_state, is_run_file, load_run, next_free_run_dir, prepare_run_dir,
+                   read_checkpoint, run_folder_options, write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches
 
 PROG = "minivae"
@@ -273,11 +273,13 @@ def _check_kl_weight(config, model, warmup_given):
 
 def _check_resume(config, model, warmup_given):
     """Refuse ``--resume`` with settings the run in ``config.out`` was not trained with."""
-    saved, _ = load_run(config.out)  # NotARunError without a checkpoint, CheckpointError when damaged
+    load_run(config.out)  # NotARunError without a checkpoint, CheckpointError when damaged
+    _, meta, saved = read_checkpoint(config.out)
+    check_resume_state(meta, Path(config.out) / CHECKPOINT)
     if model.iw_k > 1 and not warmup_given:
         # Runs on the IWAE bound once recorded the default warm-up, which never applied to them.
         config.warmup = saved.warmup
-    config.check_resumable(saved)
+    config.check_resumable(saved, (meta["epoch"], meta["batch"]))
 
 
 def _check_out_is_no_run_option(config):

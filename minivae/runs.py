@@ -32,6 +32,7 @@ import numpy as np
 
 from . import checkpoint
 from .models import MODELS, build_model
+from .models.settings import model_settings
 from .nn import StateDictError
 
 CONFIG = "config.json"
@@ -127,23 +128,35 @@ class TrainConfig:
         return cls(**d)
 
     def _run_defining(self):
-        """The settings that define the run (all but ``RESUMABLE_CHANGES``) by name, the run
-        folders of the model options absolute, so that equal settings compare equal."""
+        """The settings that define the run (all but ``RESUMABLE_CHANGES``) by name, the model
+        options with their defaults filled in and their run folders absolute, so that equal
+        settings compare equal however they were given."""
         config = with_absolute_run_folders(self)
-        return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                if f.name not in self.RESUMABLE_CHANGES}
+        defaults = {name: setting.default for name, setting in model_settings(self.model).items()}
+        defining = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                    if f.name not in self.RESUMABLE_CHANGES and f.name != "model_options"}
+        defining.update({f"--set {name}": value for name, value in dict(defaults, **config.model_options).items()})
+        return defining
 
-    def check_resumable(self, saved):
-        """Raise ResumeMismatchError unless this config continues the run of ``saved`` (a TrainConfig)."""
+    def check_resumable(self, saved, position):
+        """Raise ResumeMismatchError unless this config continues the run of ``saved`` (a
+        TrainConfig), checkpointed at ``position`` = (epochs done, batches done of the next)."""
+        epoch, batch = position
+        begun = epoch + (batch > 0)
+        if self.epochs < begun:
+            done = f"{epoch} epochs" + (f" and {batch} batches of the next" if batch else "")
+            raise ResumeMismatchError(f"cannot resume {self.out} with --epochs {self.epochs}: it has done "
+                                      f"{done}; give --epochs {begun} or more")
         if saved.data_rng != self.data_rng:
             raise ResumeMismatchError(
                 f"cannot resume {self.out}: it was trained on batches drawn by {saved.data_rng!r}, and "
                 f"this minivae draws them with {self.data_rng!r}, so the run could not continue as it "
                 "began; evaluate it as it is (minivae eval), or start again with --overwrite")
         before, after = saved._run_defining(), self._run_defining()
-        mismatched = [name for name in after if before[name] != after[name]]
+        names = list(dict.fromkeys([*before, *after]))  # another model has other --set keys
+        mismatched = [name for name in names if before.get(name) != after.get(name)]
         if mismatched:
-            changes = ", ".join(f"{name}: {before[name]!r} -> {after[name]!r}" for name in mismatched)
+            changes = ", ".join(f"{name}: {before.get(name)!r} -> {after.get(name)!r}" for name in mismatched)
             raise ResumeMismatchError(
                 f"cannot resume {self.out} with other settings ({changes}); only "
                 f"{', '.join(self.RESUMABLE_CHANGES)} may change, or start again with --overwrite")
@@ -217,6 +230,18 @@ def read_checkpoint(run):
     except ValueError as exc:
         raise damaged(path, f"its config is invalid: {exc}") from None
     return arrays, meta, config
+
+
+#: What a checkpoint's document holds besides the config, for a resume, and the type of each.
+RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
+
+
+def check_resume_state(meta, path):
+    """Raise CheckpointError naming the checkpoint at ``path`` unless its document ``meta``
+    holds the state a resume continues from (``RESUME_STATE``)."""
+    for key, kind in RESUME_STATE.items():
+        if type(meta.get(key)) is not kind:
+            raise damaged(path, f"its document holds no {key!r} ({kind.__name__}) to resume from")
 
 
 def damaged(path, problem):

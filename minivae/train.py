@@ -41,10 +41,6 @@ from .random import Generator
 from .runs import CHECKPOINT, CONFIG, RESULTS, TrainConfig
 
 
-#: What a checkpoint's document holds besides the config, for a resume, and the type of each.
-RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
-
-
 class TrainingDiverged(RuntimeError):
     """The loss, a parameter or an optimizer moment became NaN or infinite; nothing non-finite
     was saved, and the message says which checkpoint (if any) holds the last good state."""
@@ -246,16 +242,14 @@ class Trainer:
     def restore(self):
         """Load the run folder's checkpoint into the model, optimizer, generator and position."""
         arrays, meta, saved = runs.read_checkpoint(self.run_dir)
-        self.config.check_resumable(saved)
+        path = self.run_dir / CHECKPOINT
+        runs.check_resume_state(meta, path)
+        self.config.check_resumable(saved, (meta["epoch"], meta["batch"]))
         if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
             # The cosine schedule spans the whole run, so a new length bends the remaining rates.
             self.log(f"note: --epochs changed from {saved.epochs} to {self.config.epochs}; the cosine "
                      "learning-rate schedule is recomputed for the new length")
-        path = self.run_dir / CHECKPOINT
         runs.load_model_state(self.model, arrays, path, saved)
-        for key, kind in RESUME_STATE.items():
-            if type(meta.get(key)) is not kind:
-                raise runs.damaged(path, f"its document holds no {key!r} ({kind.__name__}) to resume from")
         try:  # each checks its state before it changes anything
             self.optimizer.load_state_dict(dict(meta["optim"], **checkpoint.split_prefix(arrays, "optim/")))
             self.noise.load_state_dict(meta["noise"])

@@ -125,6 +125,23 @@ def test_resume_with_changed_settings(capsys, run):
     assert "epochs" in line and "--overwrite" in line  # what may change, and how to start again
 
 
+def test_resume_with_fewer_epochs_than_done_is_refused(capsys, run, monkeypatch):
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    assert main(tiny(run, "--resume", "--epochs", "2")) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    user_error(capsys, tiny(run, "--resume"), "--epochs 1", "done 2 epochs", "--epochs 2 or more")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_resume_with_a_setting_given_at_its_default_is_no_change(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    out = tmp_path / "flow"
+    assert main(tiny(out, "--model", "flow")) == 0
+    assert main(tiny(out, "--model", "flow", "--resume", "--epochs", "2", "--set", "flows=8")) == 0
+    user_error(capsys, tiny(out, "--model", "flow", "--resume", "--epochs", "2", "--set", "flows=4"),
+               "--set flows: 8 -> 4")
+
+
 def test_resume_of_a_run_trained_on_the_former_batches(capsys, run):
     """A checkpoint whose config predates ``data_rng`` was trained on PCG64 batches: resuming it
     would switch generators mid-run, so it is refused, saying why and what can be done."""

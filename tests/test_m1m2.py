@@ -190,4 +190,5 @@ def test_the_m1_folder_is_kept_absolute_and_relative_ones_of_older_runs_still_lo
     checkpoint.save(tmp_path / "m1m2" / "checkpoint.npz", arrays, meta)
     monkeypatch.chdir(tmp_path)
     config, _ = load_run("m1m2")
-    config.check_resumable(TrainConfig.from_dict(dict(meta["config"], model_options={"m1": str(m1)})))
+    config.check_resumable(TrainConfig.from_dict(dict(meta["config"], model_options={"m1": str(m1)})),
+                           (meta["epoch"], meta["batch"]))
