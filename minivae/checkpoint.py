@@ -48,6 +48,9 @@ def load(path):
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: it is not a checkpoint "
+                              "(an .npz zip archive), or only the start of one")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}

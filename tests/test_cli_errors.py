@@ -197,6 +197,20 @@ def test_truncated_checkpoint(capsys, run):
     user_error(capsys, tiny(run, "--resume"), str(path))
 
 
+@pytest.mark.parametrize("content", ["text", "npy"])
+def test_a_file_that_is_no_checkpoint_is_named_so(capsys, run, content):
+    import numpy as np
+
+    path = run / CHECKPOINT
+    if content == "text":
+        path.write_text("not a checkpoint")
+    else:
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    line = user_error(capsys, ["sample", str(run)], str(path), "not a checkpoint")
+    assert "allow_pickle" not in line
+
+
 def test_checkpoint_cut_anywhere_raises_checkpoint_error(tmp_path):
     """Whatever byte a file is cut at, loading raises the project's CheckpointError (not the
     BadZipFile, EOFError or NotImplementedError of the layers below)."""
