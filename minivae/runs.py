@@ -83,7 +83,9 @@ class TrainConfig:
     hidden: tuple = (512, 256)
     activation: str = "relu"
     beta: float = 1.0
-    warmup: int = 10  # epochs of linear KL warm-up from 0 to beta (0: none)
+    # Epochs of linear KL warm-up (0: none): the KL weight of epoch e = 1, 2, ... is
+    # beta * min(1, e / warmup), so beta / warmup in the first.
+    warmup: int = 10
     mc_samples: int = 1
     iw_k: int = 1
     seed: int = 0
@@ -135,7 +137,8 @@ class TrainConfig:
         defaults = {name: setting.default for name, setting in model_settings(self.model).items()}
         defining = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
                     if f.name not in self.RESUMABLE_CHANGES and f.name != "model_options"}
-        defining.update({f"--set {name}": value for name, value in dict(defaults, **config.model_options).items()})
+        options = dict(defaults, **config.model_options)
+        defining.update({f"--set {name}": value for name, value in options.items()})
         return defining
 
     def check_resumable(self, saved, position):
@@ -163,7 +166,8 @@ class TrainConfig:
 
 
 #: The JSON values each type of a TrainConfig field is read from (a float may be written 1).
-_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple), dict: (dict,)}
+_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple),
+               dict: (dict,)}
 
 
 def _check_config_type(name, value, kind):
