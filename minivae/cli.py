@@ -263,11 +263,11 @@ def _check_kl_weight(config, model, warmup_given):
     if model.iw_k == 1:
         return
     bound = f"model {config.model!r} trains on the {model.iw_k}-sample IWAE bound, which has no KL term"
+    elbo = "train on the ELBO (--iw-k 1; --set k=1 for model iwae)"
     if config.beta != 1:
-        raise UsageError(f"--beta {config.beta:g}: {bound} to weight; give --beta 1, or --iw-k 1 for the ELBO")
+        raise UsageError(f"--beta {config.beta:g}: {bound} to weight; give --beta 1, or {elbo}")
     if warmup_given and config.warmup:
-        raise UsageError(f"--warmup {config.warmup}: {bound} to warm up; leave --warmup out, or give "
-                         "--iw-k 1 for the ELBO")
+        raise UsageError(f"--warmup {config.warmup}: {bound} to warm up; leave --warmup out, or {elbo}")
     config.warmup = 0
 
 
