@@ -117,7 +117,7 @@ def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, mod
     assert len(metrics[0]) == len(metrics[1]) == 3
     for le, lg in zip(*metrics):
         e, g = json.loads(le), json.loads(lg)
-        assert g["lr"] == e["lr"] and g["beta"] == e["beta"]
+        assert g["lr"] == e["lr"] and g.get("beta") == e.get("beta")  # (no KL weight for the IWAE bound)
         assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)  # summed in float32 on the device
 
 
