@@ -402,13 +402,14 @@ def kernel_summary(rows):
 
 
 def kernel_table(rows):
-    """Markdown: one line per (n, D), one column per kernel: share of copy in percent."""
+    """Markdown: one line per (n, D), one column per kernel the rows measured: share of copy in percent."""
     ok = [r for r in rows if "error" not in r]
     cases = list(dict.fromkeys((r["n"], r["D"]) for r in ok))
-    lines = ["| n | D | " + " | ".join(KERNELS) + " |", "|" + "---|" * (len(KERNELS) + 2)]
+    measured = [k for k in KERNELS if any(r["kernel"] == k for r in ok)]  # (older runs measured fewer)
+    lines = ["| n | D | " + " | ".join(measured) + " |", "|" + "---|" * (len(measured) + 2)]
     for n, D in cases:
         cells = []
-        for k in KERNELS:
+        for k in measured:
             r = next((r for r in ok if r["kernel"] == k and (r["n"], r["D"]) == (n, D)), None)
             cells.append(f"{100 * r['share_of_copy']:.0f}%" if r else "-")
         lines.append(f"| {n:.0e} | {D} | " + " | ".join(cells) + " |")
