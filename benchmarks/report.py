@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's minivae: its defaults shape the commands
+from minivae.models.iwae import DEFAULT_K as IWAE_DEFAULT_K  # noqa: E402
 from minivae.train import TrainConfig  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -150,6 +151,13 @@ PAPER = {
 }
 
 
+def _bound_k(c):
+    """The k of the IWAE bound a run trained on (1: the ELBO, whose KL term beta and the warm-up weigh)."""
+    if c["model"] == "iwae":
+        return c.get("model_options", {}).get("k") or (c["iw_k"] if c.get("iw_k", 1) > 1 else IWAE_DEFAULT_K)
+    return c.get("iw_k", 1) if c["model"] == "vae" else 1
+
+
 def _model_name(c):
     """The row's model name: ``iwae`` for a VAE trained on the k-sample bound, ``iwae-2`` for two layers."""
     if c["model"] == "vae" and c.get("iw_k", 1) > 1:
@@ -233,7 +241,9 @@ def _model_row(path):
     paper = f"{figure} ({setting}; {checked})" if checked else "-"
     wall = r.get("train_seconds_all_epochs")
     beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
-    label = f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs"
+    bound_k = _bound_k(c)
+    label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1
+             else f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs")
     return (f"| {label} | `{_row_command(r, k)}` | {r['epochs']} | {wall / 60:.1f} min "
             f"({r['seconds_per_epoch_median']:.1f} s median epoch{_row_note(r)}) | {ours} | {paper} |")
 
