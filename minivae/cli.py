@@ -369,8 +369,8 @@ def _estimate_line(model, x, k, batch_size=100):
     log_likelihood(model, x[:batch_size], k=k, noise=noise, batch_size=batch_size)
     seconds = (time.perf_counter() - start) * math.ceil(len(x) / batch_size)
     took = f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
-    return (f"{PROG}: log p(x) with k={k} importance samples on {len(x)} images: about {took} here "
-            "(fewer with a smaller --k or --n)")
+    return (f"{PROG}: {model.estimated_log_likelihood} with k={k} importance samples on {len(x)} images: "
+            f"about {took} here (fewer with a smaller --k or --n)")
 
 
 def cmd_eval(args):

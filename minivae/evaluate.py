@@ -120,11 +120,13 @@ def classification_error(model, x, labels, batch_size=500):
 
 def test_set_scores(model, x_test, y_test, k, progress=False):
     """What ``minivae eval`` reports for a model on binarized test images ``x_test``: the number
-    of images, k, the mean ELBO, the k-sample NLL and its standard error, and (for a model that
+    of images, k, the mean ELBO, the k-sample NLL and its standard error, the likelihood it is
+    the minus of (``model.estimated_log_likelihood``), and (for a model that
     ``classifies``) the classification error against ``y_test``."""
     bound, _, _ = elbo(model, x_test)
     ll = log_likelihood(model, x_test, k=k, progress=progress)
-    scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll)}
+    scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll),
+              "likelihood": model.estimated_log_likelihood}
     if model.classifies:
         scores["test_error"] = classification_error(model, x_test, y_test)
     return scores

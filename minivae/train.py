@@ -412,7 +412,8 @@ class Trainer:
 
     def final_evaluation(self):
         """Test ELBO, test error (models that classify) and (if eval_k > 0) the importance-sampled
-        test log-likelihood; logs them, then writes results.json (so a failed write loses nothing)."""
+        test log-likelihood (``model.estimated_log_likelihood`` says of what); logs them, then
+        writes results.json (so a failed write loses nothing)."""
         x_test = binarize_eval(self.data.x_test, "test")
         bound, rec, kl = elbo(self.model, x_test)
         results = {"epochs": self.epoch, "test_elbo": float(bound.mean()), "test_rec": float(rec.mean()),
@@ -421,7 +422,8 @@ class Trainer:
             results["test_error"] = classification_error(self.model, x_test, self.data.y_test)
         if self.config.eval_k:
             ll = log_likelihood(self.model, x_test, k=self.config.eval_k, progress=self.progress)
-            results.update(nll_summary(ll), eval_k=self.config.eval_k)
+            results.update(nll_summary(ll), eval_k=self.config.eval_k,
+                           likelihood=self.model.estimated_log_likelihood)
         self.log(json.dumps(results))
         runs.write_json(self.run_dir / RESULTS, results, kept="the results are printed above")
         return results

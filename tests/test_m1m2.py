@@ -81,6 +81,15 @@ def test_evaluation_is_m2_at_the_mean_of_q_z1():
         np.testing.assert_allclose(got.data, expected.data, rtol=1e-12)
 
 
+def test_the_scores_say_the_nll_is_of_the_features_not_of_the_images():
+    from minivae.evaluate import test_set_scores
+
+    x = (np.random.default_rng(6).random((5, 10)) < 0.5).astype(np.float64)
+    scores = test_set_scores(small_m1m2(), x, np.arange(5) % 4, k=2)
+    assert "z1" in scores["likelihood"] and "not log p(x)" in scores["likelihood"]
+    assert test_set_scores(small_m1m2().m1, x, None, k=2)["likelihood"] == "log p(x)"
+
+
 def test_samples_are_images_decoded_by_m1():
     model = small_m1m2()
     images = model.sample(6, Generator(2))

@@ -39,6 +39,8 @@ class Model(nn.Module):
     #: Constructor options whose value may name another run folder; the run layer replaces the
     #: folder by the model it holds (M1+M2's ``m1``).
     run_options = ()
+    #: The log-likelihood that ``log_weights`` estimate, in words (and so the test NLL, its minus).
+    estimated_log_likelihood = "log p(x)"
 
     def loss(self, x, noise, beta=None):
         """The training loss and its statistics, 0-d arrays (see the module docstring)."""

@@ -62,6 +62,7 @@ class M1M2(Model):
     semi_supervised = True
     classifies = True
     run_options = ("m1",)
+    estimated_log_likelihood = "log p(z1) of M1's features under M2, not log p(x)"
 
     def __init__(self, m1: VAE | dict | None = None, x_dim=None, z_dim=50, hidden=(500,),
                  activation="relu", num_classes=10, alpha: float | None = None, alpha_scale=0.1,
