@@ -63,7 +63,10 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return "\n".join(indent + line for line in text.splitlines())
 
     def _get_help_string(self, action):
-        if action.default in (False, None, []):  # a flag, or an option that is off unless given
+        # A flag, or an option that is off unless given, shows no default. Identity, not ``in``: a
+        # default of 0 or 0.0 equals False, and would lose its "(default: 0)".
+        default = action.default
+        if default is None or default is False or (isinstance(default, list) and not default):
             return action.help
         return super()._get_help_string(action)
 

@@ -48,6 +48,22 @@ def test_train_help_lists_models_activations_devices_and_defaults(capsys):
         assert text in out
 
 
+@pytest.mark.parametrize("name, parser", subparsers(), ids=[n for n, _ in subparsers()])
+def test_help_shows_a_default_of_zero(name, parser):
+    """0 == False in Python: a default of 0 (--seed, --trace-every) is shown like any other, and
+    only a flag, an option off unless given (None) or an empty list shows none."""
+    help_text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        if action.default is False or action.default is None or action.default == [] or not action.option_strings:
+            continue
+        if action.default is argparse.SUPPRESS or "%(default)" in (action.help or ""):
+            continue
+        shown = f"{action.help} (default: {action.default})"
+        assert " ".join(shown.split()) in help_text, f"minivae {name} {action.option_strings[0]} hides its default"
+    if name == "train":
+        assert "(0: off) (default: 0)" in help_text and "the noise (default: 0)" in help_text
+
+
 def test_train_help_for_a_model_lists_its_set_keys(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--model", "gumbel", "--help"])
