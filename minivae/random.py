@@ -442,6 +442,7 @@ class Generator:
 
     @property
     def seed(self) -> int:
+        """The 64-bit seed every draw of this generator uses (the Philox key)."""
         return self._seed
 
     @property
@@ -451,6 +452,8 @@ class Generator:
 
     @property
     def stream(self) -> int:
+        """The 32-bit stream number of every draw (named in ``minivae.streams``), which keeps
+        generators of one seed that serve different purposes apart."""
         return self._stream
 
     def next_noise(self) -> Noise:
@@ -474,9 +477,14 @@ class Generator:
         return self.next_noise().gumbel(shape, dtype)
 
     def state_dict(self) -> dict:
+        """``{"seed", "offset", "stream"}`` as plain ints (JSON-able): where the next draw is."""
         return {"seed": self._seed, "offset": self._offset, "stream": self._stream}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state`` (a ``state_dict()``): the next draw is the one it names.
+
+        "seed" and "offset" are required (KeyError otherwise), "stream" defaults to 0; each is
+        range-checked as in the constructor."""
         missing = {"seed", "offset"} - set(state)
         if missing:
             raise KeyError(f"Generator state is missing {sorted(missing)}")
