@@ -9,6 +9,7 @@ and HOME at a temporary directory and replaces the HTTP getter by one that refus
 
 import gzip
 import hashlib
+import http.client
 import json
 import pickle
 import shutil
@@ -429,6 +430,22 @@ def test_download_rejects_wrong_bytes_from_every_mirror(tmp_path, monkeypatch):
     assert mnist.IDX_GZ_SHA256["train-images-idx3-ubyte.gz"][0] in msg
     assert not (tmp_path / "c" / mnist.CACHE_FILE).exists()
     assert list((tmp_path / "c").iterdir()) == []  # the temporary download dir is gone
+
+
+@pytest.mark.parametrize("failure", [http.client.IncompleteRead(b"partial"), http.client.BadStatusLine("GARBAGE")])
+def test_a_broken_http_exchange_is_a_failed_mirror(tmp_path, monkeypatch, failure):
+    calls = []
+
+    def broken_get(url, **kw):
+        calls.append(url)
+        raise failure
+
+    monkeypatch.setattr(mnist, "_http_get", broken_get)
+    with pytest.raises(MNISTUnavailableError) as exc:
+        load_mnist(sources=["download"], cache_dir=tmp_path / "c", verbose=False)
+    assert calls == [m + "train-images-idx3-ubyte.gz" for m in mnist.MIRRORS]  # every mirror tried
+    for m in mnist.MIRRORS:
+        assert f"{m}train-images-idx3-ubyte.gz: {type(failure).__name__}" in str(exc.value)
 
 
 def test_every_route_failing_gives_one_clear_error(tmp_path):

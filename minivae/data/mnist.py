@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -609,10 +610,13 @@ def download_idx(dest, *, mirrors: Iterable[str] = MIRRORS, log=None) -> Dict[st
         errors = []
         for mirror in mirrors:
             url = mirror + gz
+            # A response cut short (IncompleteRead) or one that is not HTTP (BadStatusLine) raises
+            # http.client.HTTPException, not OSError: as much this mirror's failure as a refused
+            # connection.
             try:
                 data = _http_get(url, max_bytes=2 * size)
                 _verify(url, data, expected)
-            except (OSError, ValueError, urllib.error.URLError, DataIntegrityError) as e:
+            except (OSError, ValueError, urllib.error.URLError, http.client.HTTPException, DataIntegrityError) as e:
                 errors.append(f"{url}: {type(e).__name__}: {e}")
                 continue
             (dest / gz).write_bytes(data)
