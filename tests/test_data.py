@@ -646,6 +646,33 @@ def test_eval_binarization_fixed_and_independent(probs, monkeypatch):
         binarize_eval(probs, "train")
 
 
+_BINARIZERS = {
+    "binarize": lambda x: binarize(x, seed=0),
+    "binarize_eval": lambda x: binarize_eval(x, "test"),
+    "MinibatchLoader": lambda x: MinibatchLoader(x, 1, seed=0),
+}
+
+
+@pytest.mark.parametrize("entry", sorted(_BINARIZERS))
+@pytest.mark.parametrize("value,error,message", [
+    (np.nan, ValueError, "contains NaN"),
+    (-0.5, ValueError, r"values in \[-0.5, 0.5\]"),
+    (2.0, ValueError, r"values in \[0.5, 2\]"),
+    (np.inf, ValueError, r"values in \[0.5, inf\]"),
+])
+def test_binarization_refuses_values_that_are_not_probabilities(entry, value, error, message):
+    x = np.full((2, 4), 0.5, np.float32)
+    x[1, 2] = value
+    with pytest.raises(error, match=message):
+        _BINARIZERS[entry](x)
+
+
+@pytest.mark.parametrize("entry", sorted(_BINARIZERS))
+def test_binarization_refuses_uint8_pixels(entry):
+    with pytest.raises(TypeError, match="dtype uint8.*divide uint8 pixels by 255"):
+        _BINARIZERS[entry](np.array([[0, 3, 128, 255]], np.uint8))
+
+
 def test_seeds_are_validated(probs):
     with pytest.raises(TypeError):
         binarize(probs, seed=None)

@@ -23,7 +23,7 @@ import numpy as np
 from .. import streams
 from ..backend import device_of, get_array_module, resolve_device, to_device
 from . import _rng
-from .binarization import EpochBits
+from .binarization import EpochBits, check_intensities
 
 
 def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
@@ -89,7 +89,8 @@ class MinibatchLoader:
     epoch ``e`` calls ``loader.epoch(e)`` and continues bit for bit; and it does not depend on
     the device: with ``device="gpu"`` the images are copied to the GPU once, the shuffle and the
     bits are drawn there, and the batches (CuPy arrays) equal the CPU loader's. Defaults suit
-    VAE training on MNIST: shuffled, dynamically binarized.
+    VAE training on MNIST: shuffled, dynamically binarized; then ``x`` must hold float
+    intensities in [0, 1] (checked once, here).
 
     Batches are views into the loader's epoch buffer, overwritten when the next epoch starts (with
     ``shuffle=False`` and ``binarize=False`` they are views of the images themselves).
@@ -109,8 +110,8 @@ class MinibatchLoader:
         x = xp.asarray(x)
         if x.ndim != 2:
             raise ValueError(f"x must be 2-D (N, D), got shape {x.shape}")
-        if binarize and x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-            raise ValueError("binarize=True needs intensities in [0, 1]")
+        if binarize:
+            check_intensities(x)
         if y is not None and len(y) != len(x):
             raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
         # One conversion up front, so that every epoch can gather with take(out=) directly.

@@ -26,6 +26,8 @@ The fixed evaluation draws use float32 uniforms from a PCG64 generator keyed by
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import streams
@@ -47,13 +49,33 @@ def _check_images(x, name="x"):
         raise ValueError(f"{name} must be a 2-D array (N, D), got shape {x.shape}")
 
 
+def check_intensities(x, name: str = "x") -> None:
+    """Refuse an array that is not float intensities in [0, 1], the probabilities of the bits.
+
+    A Bernoulli draw turns anything into bits without complaint: NaN into 0s, 2.0 or uint8 pixels
+    0..255 into 1s (nearly all ink). So a floating dtype is required (TypeError otherwise) and
+    values in [0, 1] (ValueError naming NaN or the range found). One min and one max over the
+    array: callers check once per dataset, not per epoch or batch.
+    """
+    if x.dtype.kind != "f":
+        hint = "; divide uint8 pixels by 255 first" if x.dtype.kind in "ui" else ""
+        raise TypeError(f"{name} has dtype {x.dtype}: binarization takes float intensities in [0, 1]{hint}")
+    if x.size == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())  # a NaN anywhere makes both NaN
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name} contains NaN: binarization takes intensities in [0, 1]")
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}]: binarization takes intensities in [0, 1]")
+
+
 class EpochBits:
     """The dynamic binarization of one array (N, D), epoch after epoch, on its device.
 
     Finds the pixels strictly between 0 and 1 once (their positions and intensities); each
     ``draw(epoch)`` then costs one Philox draw over those pixels and one scatter. ``x`` may be a
-    NumPy or a CuPy array, with values in [0, 1] (not checked here: that would cost a pass over the
-    data; ``load_mnist`` guarantees it and ``MinibatchLoader`` checks it).
+    NumPy or a CuPy array, with values in [0, 1] (not checked here: ``binarize`` and
+    ``MinibatchLoader`` check it, once, with ``check_intensities``).
     """
 
     def __init__(self, x, *, seed: int):
@@ -90,7 +112,9 @@ def binarize(x, *, seed: int, epoch: int = 0, out=None):
     on the GPU (CuPy ``x``). Returns float32 0.0/1.0 on ``x``'s device (``out`` if given; it may
     be ``x`` itself). ``binarize(x, seed=s, epoch=e)`` equals the batches of
     ``iterate_minibatches(x, ..., seed=s, epoch=e, shuffle=False, binarize=True)`` concatenated.
+    Raises TypeError / ValueError for values that are not float intensities in [0, 1].
     """
+    check_intensities(x)
     return EpochBits(x, seed=seed).draw(epoch, out)
 
 
@@ -112,11 +136,13 @@ def binarize_eval(x: np.ndarray, split: str, *, seed: int = EVAL_BINARIZATION_SE
     """The one fixed binarization of a validation or test set (``split`` is 'valid' or 'test').
 
     Float32 0.0/1.0 on the CPU, from PCG64 keyed by ``(seed, split)``. Call it once and keep the
-    result: every evaluation of every run should see these same bits.
+    result: every evaluation of every run should see these same bits. Raises TypeError /
+    ValueError for values that are not float intensities in [0, 1].
     """
     if split not in _rng.SPLIT_CODES:
         raise ValueError(f"binarize_eval is for the 'valid' or 'test' split, got {split!r}")
     x = np.asarray(x)
     _check_images(x)
+    check_intensities(x)
     rng = _rng.generator(seed, _rng.STREAM_BINARIZE, _rng.split_code(split), 0)
     return _fixed_bits_inplace(np.array(x, dtype=np.float32, order="C", copy=True), rng)
