@@ -15,6 +15,7 @@ import pickle
 import shutil
 import struct
 import subprocess
+import tempfile
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -414,7 +415,33 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def fake_mirrors(tmp_path, monkeypatch):
+    """Mirrors that serve small fake IDX .gz files, with the reference hashes and the content
+    check made to accept them; returns the arrays by IDX name."""
+    served = tmp_path / "served"
+    hashes, arrays = make_fake_idx(served, n_train=10_003, gz=True)  # enough for the 10k valid split
+    raw = {name: idx_images(a) if "images" in name else idx_labels(a) for name, a in arrays.items()}
+    monkeypatch.setattr(mnist, "IDX_GZ_SHA256", {f: (h, (served / f).stat().st_size) for f, h in hashes.items()})
+    monkeypatch.setattr(mnist, "IDX_SHA256", {n: (sha(b), len(b)) for n, b in raw.items()})
+    monkeypatch.setattr(mnist, "_http_get", lambda url, **kw: (served / url.rsplit("/", 1)[1]).read_bytes())
+    check_arrays = mnist._check_arrays
+    monkeypatch.setattr(mnist, "_check_arrays", lambda a, label: check_arrays(a, label, expected_content=None))
+    return arrays
+
+
+def test_download_works_with_an_unwritable_cache_directory(tmp_path, fake_mirrors):
+    (tmp_path / "afile").write_text("")
+    cache = tmp_path / "afile" / "cache"  # cannot be created, not even by root
+    with pytest.warns(RuntimeWarning, match=r"not cached; set \$MINIVAE_DATA or cache_dir="):
+        d = load_mnist(sources=["download"], cache_dir=cache, verbose=False)
+    assert d.source == "download" and d.cache_path is None
+    np.testing.assert_array_equal(d.x_test, fake_mirrors["t10k-images-idx3-ubyte"] / np.float32(255))
+
+
 def test_download_rejects_wrong_bytes_from_every_mirror(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     calls = []
 
     def fake_get(url, **kw):
@@ -429,7 +456,7 @@ def test_download_rejects_wrong_bytes_from_every_mirror(tmp_path, monkeypatch):
     assert msg.count("sha256 mismatch") == len(mnist.MIRRORS)
     assert mnist.IDX_GZ_SHA256["train-images-idx3-ubyte.gz"][0] in msg
     assert not (tmp_path / "c" / mnist.CACHE_FILE).exists()
-    assert list((tmp_path / "c").iterdir()) == []  # the temporary download dir is gone
+    assert list((tmp_path / "tmp").iterdir()) == []  # the temporary download dir is gone
 
 
 @pytest.mark.parametrize("failure", [http.client.IncompleteRead(b"partial"), http.client.BadStatusLine("GARBAGE")])

