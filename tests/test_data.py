@@ -873,6 +873,15 @@ def test_loader_validates_inputs():
         MinibatchLoader(np.full((4, 3), 2.0), 2, seed=0)
     with pytest.raises(ValueError, match="batch_size"):
         MinibatchLoader(np.zeros((4, 3)), 0, seed=0)
+    assert len(MinibatchLoader(np.zeros((4, 3)), np.int64(2), seed=0)) == 2
+
+
+@pytest.mark.parametrize("batch_size", [2.5, 2.0, "8", True, None])
+def test_batch_size_must_be_an_integer(batch_size):
+    with pytest.raises(TypeError, match=f"batch_size must be a positive integer, got {batch_size!r}"):
+        MinibatchLoader(np.zeros((4, 3)), batch_size, seed=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        data.num_batches(4, batch_size)
     loader = MinibatchLoader(np.zeros((10, 3)), 4, seed=0, drop_last=True)
     assert len(loader) == 2 and loader.num_examples == 8
 

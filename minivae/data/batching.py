@@ -16,6 +16,7 @@ it longer.
 
 from __future__ import annotations
 
+import numbers
 from typing import Iterator
 
 import numpy as np
@@ -49,10 +50,20 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     return xp.argsort(keys).astype(xp.int64, copy=False)
 
 
-def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
-    """Number of minibatches per epoch for ``n`` examples."""
+def _check_batch_size(batch_size) -> int:
+    """``batch_size`` as a Python int; a float, a string or a bool is refused rather than rounded
+    or read as 1."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+        raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    return int(batch_size)
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless
+    ``batch_size`` is a positive integer)."""
+    batch_size = _check_batch_size(batch_size)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -117,11 +128,10 @@ class MinibatchLoader:
         # One conversion up front, so that every epoch can gather with take(out=) directly.
         self.x = to_device(xp.ascontiguousarray(x, dtype=xp.float32), self.device)
         self.y = None if y is None else to_device(y, self.device)
-        self.batch_size = int(batch_size)
+        self.batch_size = _check_batch_size(batch_size)
         self.seed = _rng.check_seed(seed)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        num_batches(len(self.x), self.batch_size, self.drop_last)  # validates batch_size
         self.bits = EpochBits(self.x, seed=self.seed) if binarize else None
         self._work = self._buffer = None
 
