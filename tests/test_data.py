@@ -878,7 +878,7 @@ def test_loader_validates_inputs():
 
 @pytest.mark.parametrize("batch_size", [2.5, 2.0, "8", True, None])
 def test_batch_size_must_be_an_integer(batch_size):
-    with pytest.raises(TypeError, match=f"batch_size must be a positive integer, got {batch_size!r}"):
+    with pytest.raises(TypeError, match=f"batch_size must be an integer, got {batch_size!r}"):
         MinibatchLoader(np.zeros((4, 3)), batch_size, seed=0)
     with pytest.raises(TypeError, match="batch_size"):
         data.num_batches(4, batch_size)
@@ -889,6 +889,14 @@ def test_batch_size_must_be_an_integer(batch_size):
 # ------------------------------------------------------------------------------------------
 # Labelled subset (for M2)
 # ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [5.7, 5.0, "5", True])
+def test_counts_must_be_integers(count):
+    with pytest.raises(TypeError, match=f"n must be an integer, got {count!r}"):
+        epoch_permutation(count, seed=0, epoch=0)
+    with pytest.raises(TypeError, match=f"n_labelled must be an integer, got {count!r}"):
+        balanced_labelled_subset(np.arange(100) % 5, count, seed=0)
 
 
 def test_balanced_labelled_subset():

@@ -27,6 +27,16 @@ from . import _rng
 from .binarization import EpochBits, check_intensities
 
 
+def _check_count(value, name: str, *, minimum: int) -> int:
+    """``value`` as a Python int of at least ``minimum``; a float, a string or a bool is refused
+    rather than rounded or read as 0 or 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
 def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     """The order of the ``n`` examples in epoch ``epoch``: an int64 permutation of ``range(n)`` on
     ``device`` ("cpu" or "gpu"), the same on both.
@@ -37,9 +47,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     either device, gives the same order. (For n = 50,000 that leaves 48 random bits; two examples
     tie on them with probability about 4e-6 per epoch, and a tie keeps their original order.)
     """
-    n = int(n)
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
+    n = _check_count(n, "n", minimum=0)
     words = _rng.philox_words(2 * n, _rng.check_seed(seed), _rng.check_seed(epoch, "epoch"),
                               streams.TRAIN_ORDER, device)
     xp = get_array_module(words)
@@ -50,20 +58,10 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     return xp.argsort(keys).astype(xp.int64, copy=False)
 
 
-def _check_batch_size(batch_size) -> int:
-    """``batch_size`` as a Python int; a float, a string or a bool is refused rather than rounded
-    or read as 1."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    return int(batch_size)
-
-
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless
     ``batch_size`` is a positive integer)."""
-    batch_size = _check_batch_size(batch_size)
+    batch_size = _check_count(batch_size, "batch_size", minimum=1)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -128,7 +126,7 @@ class MinibatchLoader:
         # One conversion up front, so that every epoch can gather with take(out=) directly.
         self.x = to_device(xp.ascontiguousarray(x, dtype=xp.float32), self.device)
         self.y = None if y is None else to_device(y, self.device)
-        self.batch_size = _check_batch_size(batch_size)
+        self.batch_size = _check_count(batch_size, "batch_size", minimum=1)
         self.seed = _rng.check_seed(seed)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -194,7 +192,8 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     classes = np.unique(labels)
-    if n_labelled <= 0 or n_labelled % len(classes):
+    n_labelled = _check_count(n_labelled, "n_labelled", minimum=1)
+    if n_labelled % len(classes):
         raise ValueError(f"n_labelled={n_labelled} is not a positive multiple of the {len(classes)} classes")
     per_class = n_labelled // len(classes)
     rng = _rng.generator(seed, _rng.STREAM_LABELLED)
