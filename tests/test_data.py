@@ -912,3 +912,10 @@ def test_balanced_labelled_subset():
         balanced_labelled_subset(labels, 105, seed=1)
     with pytest.raises(ValueError, match="fewer"):
         balanced_labelled_subset(np.array([0, 0, 1]), 4, seed=0)
+
+
+def test_balanced_labelled_subset_refuses_empty_and_float_labels():
+    with pytest.raises(ValueError, match="labels is empty"):
+        balanced_labelled_subset(np.array([], dtype=np.int64), 10, seed=0)
+    with pytest.raises(TypeError, match="integer class indices, got dtype float64"):
+        balanced_labelled_subset(np.array([0.0, 1.0, np.nan, 1.0]), 2, seed=0)

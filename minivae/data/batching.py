@@ -191,6 +191,11 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if len(labels) == 0:
+        raise ValueError("labels is empty: there is no class to draw labelled examples from")
+    if labels.dtype.kind not in "iub":
+        # Class labels are integers; float labels (NaN among them) would each count as a class.
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     classes = np.unique(labels)
     n_labelled = _check_count(n_labelled, "n_labelled", minimum=1)
     if n_labelled % len(classes):
