@@ -98,10 +98,13 @@ class GraphSteps:
                     state["step"] = count
             self.model.zero_grad()
 
-    def takes(self, xb):
-        """Whether the graph can run on batch ``xb`` (the input buffer's shape: a shorter last
-        batch of an epoch runs eagerly instead, followed by ``skip_step``)."""
-        return xb.shape == self.x.shape
+    def takes(self, xb, t):
+        """Whether the graph can run step ``t`` on batch ``xb``: whether its batches have the
+        shapes of the input buffers. A shorter last batch of an epoch, or of a pass over the
+        labelled images, runs eagerly instead, followed by ``skip_step``."""
+        if xb.shape != self.x.shape:
+            return False
+        return self.labelled is None or self.trainer.labelled(t)[0].shape == self.labelled[0].shape
 
     def step(self, xb, t):
         """Run step ``t`` on batch ``xb``: copy it into the input buffer, replay the graph."""

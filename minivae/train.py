@@ -270,9 +270,10 @@ class Trainer:
         the step's statistics, or None when they are summed on the device. The first step of a
         GPU run is eager; it sets graph mode up for the rest (see minivae.graph_steps)."""
         if self.graph is not None:
-            if self.graph.takes(xb):
+            if self.graph.takes(xb, step):
                 return self.graph.step(xb, step)
-            # A shorter last batch: this step runs eagerly, from the host's copy of the state.
+            # A shorter batch (unlabelled or labelled): this step runs eagerly, from the host's
+            # copy of the state.
             self._fold_graph()
             stats = self._step(xb, beta, step)
             self.graph.skip_step()

@@ -121,6 +121,24 @@ def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, mod
         assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)  # summed in float32 on the device
 
 
+@pytest.mark.parametrize("n_labelled", [20, 25])
+def test_a_shorter_labelled_batch_runs_eagerly(fake_device, tmp_path, n_labelled):
+    """Batches of 8 over 80 images, all of one size, but the labelled ones come 8, 8, 4 (20) or
+    8, 8, 8, 1 (25): a step with a shorter labelled batch runs eagerly, so the run ends with the
+    bits of the eager run."""
+    data = small_data(n_train=80, n_eval=20)
+    kw = dict(device="gpu", model="m2", n_labelled=n_labelled, epochs=1, batch_size=8)
+    eager = Trainer(config(tmp_path / "eager", eager=True, **kw), data=data, progress=False, log=lambda *a: None)
+    graph = Trainer(config(tmp_path / "graph", **kw), data=data, progress=False, log=lambda *a: None)
+    eager.fit()
+    graph.fit()
+    assert graph.graph is not None
+    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
+    assert m_graph == m_eager
+    for key in a_eager:
+        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+
+
 def test_the_flush_graph_runs_on_the_tenth_step(fake_device, tmp_path):
     data = small_data(n_train=300, n_eval=20)
     trainer = Trainer(config(tmp_path, device="gpu", epochs=3, batch_size=80), data=data, progress=False,
