@@ -16,6 +16,7 @@ import pytest
 
 import minivae as mv
 import minivae.functional as F
+from minivae import optim
 from minivae.function import Context
 from minivae.gpu import cublas, dispatch
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
@@ -40,9 +41,31 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
     assert dispatch.explain("KLNormalStd", mu, mu).startswith("kernel: ")
     assert dispatch.select("KLNormalStd", mu, row) is None  # broadcast shapes: the xp code, openly
     assert dispatch.explain("KLNormalStd", mu, row) == (
-        "xp code on CuPy: KLNormalStd's kernel takes mu and logvar of one shape, at least 1-D")
+        "xp code on CuPy: KLNormalStd's kernel takes mu and logvar of one shape, at least 1-D, and one "
+        "dtype, float32 or float64")
     assert dispatch.select("Exp", mu) is None
     assert "has no kernel" in dispatch.explain("Exp", mu)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_the_vae_and_adam_rows_leave_other_dtypes_to_the_xp_code(fake_gpu, as_gpu, dtype):
+    """Their kernels take float32 and float64 only (one dtype for mu and logvar): other inputs
+    run the xp code, and with the same results as on the CPU."""
+    a, f32 = np.ones((2, 3), dtype), np.ones((2, 3), np.float32)
+    for op, arrays in {"ReparameterizeNoise": (a, a), "KLNormalStd": (a, a), "ReparameterizeKL": (a, a),
+                       "Adam": (a.reshape(-1),) * 3}.items():
+        assert dispatch.select(op, *arrays) is None, op
+        assert dispatch.select(op, *(f32.reshape(arrays[0].shape),) * len(arrays)) is dispatch.TABLE[op], op
+    for op in ("ReparameterizeNoise", "KLNormalStd", "ReparameterizeKL"):
+        assert dispatch.select(op, f32, f32.astype(np.float64)) is None, op
+    if dtype == np.float16:  # (the ops' own dtypes; the Philox normals are float32 or float64 only)
+        mu, logvar = mv.tensor(np.full((2, 3), 0.5, dtype)), mv.tensor(np.zeros((2, 3), dtype))
+        np.testing.assert_array_equal(F.kl_normal_std(mu, logvar).data, [0.375, 0.375])
+        p = mv.Tensor(np.ones(4, dtype), requires_grad=True)
+        p.grad = np.ones(4, dtype)
+        optim.Adam([p], lr=0.5).step()
+        np.testing.assert_array_equal(p.data, np.full(4, 0.5, dtype))
+    assert not fake_gpu[1]  # no launch
 
 
 def test_the_table_names_the_registered_kernels():

@@ -150,12 +150,17 @@ def _reparameterize_backward(ctx, g):
     return (g if need_mu else None), dlogvar
 
 
-register("ReparameterizeNoise", _reparameterize_forward, _reparameterize_backward,
-         takes="mu and logvar that broadcast to the draw's shape (broadcast copies are made)")
+def _one_float_dtype(mu, logvar, *rest, **params):
+    return mu.dtype in _FLOATS and logvar.dtype == mu.dtype
+
+
+register("ReparameterizeNoise", _reparameterize_forward, _reparameterize_backward, accepts=_one_float_dtype,
+         takes="mu and logvar of one dtype, float32 or float64, that broadcast to the draw's shape "
+               "(broadcast copies are made)")
 
 
 def _same_shape_rows(mu, logvar, *rest, **params):
-    return mu.shape == logvar.shape and mu.ndim >= 1
+    return _one_float_dtype(mu, logvar) and mu.shape == logvar.shape and mu.ndim >= 1
 
 
 def _kl_forward(ctx, mu, logvar):
@@ -170,7 +175,7 @@ def _kl_backward(ctx, g):
 
 
 register("KLNormalStd", _kl_forward, _kl_backward, accepts=_same_shape_rows,
-         takes="mu and logvar of one shape, at least 1-D")
+         takes="mu and logvar of one shape, at least 1-D, and one dtype, float32 or float64")
 
 
 def _reparameterize_kl_forward(ctx, mu, logvar, noise=None, samples=None):
@@ -208,7 +213,8 @@ def _reparameterize_kl_backward(ctx, gz, gkl):
 
 register("ReparameterizeKL", _reparameterize_kl_forward, _reparameterize_kl_backward,
          accepts=_same_shape_rows,
-         takes="mu and logvar of one shape, at least 1-D (S samples run on S broadcast copies)")
+         takes="mu and logvar of one shape, at least 1-D, and one dtype, float32 or float64 (S "
+               "samples run on S broadcast copies)")
 
 
 def _repeats_over(ref, a):
@@ -321,9 +327,9 @@ def _adam_update(p, g, m, v, vmax, work=None, **scalars):
     _kernels().adam_update(p, g, m, v, vmax, **scalars)
 
 
-register("Adam", _adam_update,
-         takes="C-contiguous parameter, moments and gradient of one shape and dtype: one launch "
-               "over all of them")
+register("Adam", _adam_update, accepts=lambda p, *moments: p.dtype in _FLOATS,
+         takes="C-contiguous parameter, moments and gradient of one shape and dtype, float32 or "
+               "float64: one launch over all of them")
 
 
 # ------------------------------------------------------------------------------ dense layers on cuBLAS
