@@ -283,7 +283,8 @@ class Adam(Optimizer):
                  amsgrad=False, decoupled_weight_decay=False, flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
         #: None, or a device array (eps_s, neg_step, decay) the GPU update reads in place of the
-        #: numbers of ``update_scalars``: set by graph mode (see ``minivae.gpu.graph``).
+        #: numbers of ``update_scalars``: set by graph mode (see ``minivae.gpu.graph``). They are
+        #: the scalars of one step count, so ``step`` refuses parameters of several counts.
         self.step_scalars = None
         beta1, beta2 = betas
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
@@ -305,8 +306,18 @@ class Adam(Optimizer):
         parameters (see the class docstring). Every gradient's shape is checked first.
 
         ``flush``: whether the moments are then cleared of subnormals; None (the default) does
-        it every ``flush_every`` steps. A step captured as a CUDA graph fixes it when captured."""
+        it every ``flush_every`` steps. A step captured as a CUDA graph fixes it when captured.
+
+        Raises ValueError, and changes nothing, when ``step_scalars`` is set and the parameters
+        to update have different step counts (one had no gradient at an earlier step)."""
         self._check_grads()
+        if self.step_scalars is not None:
+            counts = sorted({state.get("step", 0) for p, state in zip(self.params, self.state)
+                             if p.grad is not None})
+            if len(counts) > 1:
+                raise ValueError(f"step_scalars hold the update's scalars of one step count, but the "
+                                 f"parameters to update have step counts {counts} (some had no "
+                                 "gradient at an earlier step)")
         if not self._layouts or not all(layout.holds(self.params, self.state, self.amsgrad)
                                         for layout in self._layouts):
             self._layouts = self._build_layouts()

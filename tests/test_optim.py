@@ -11,6 +11,8 @@ import minivae as mv
 import minivae.functional as F
 import minivae.nn as nn
 import minivae.optim as optim
+from minivae.gpu import dispatch
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
 
 def _params(dtype=np.float32, seed=0, shapes=((3, 4), (4,))):
@@ -450,6 +452,27 @@ def test_adam_keeps_parameters_in_one_flat_array_and_updates_as_one_by_one(kw):
         assert state.keys() == want_state.keys()
         for key in want_state:
             np.testing.assert_array_equal(state[key], want_state[key], err_msg=key)
+
+
+def test_adam_refuses_step_scalars_for_parameters_of_several_step_counts(fake_gpu, monkeypatch):
+    """step_scalars (graph mode's, read by the GPU kernel) are the scalars of one step count: a
+    parameter one count behind the others (no gradient at the first step) is refused before
+    anything changes, not updated with another count's scalars."""
+    monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
+    params = _params(shapes=((4,), (4,)))
+    opt = optim.Adam(params, lr=1e-2)
+    params[0].grad = np.ones(4, np.float32)
+    opt.step()
+    for p in params:
+        p.grad = np.full(4, 0.5, np.float32)
+    before = [p.data.copy() for p in params]
+    scalars = opt.update_scalars(2, opt.lr)
+    opt.step_scalars = np.array([scalars["eps_s"], scalars["neg_step"], 1.0])
+    with pytest.raises(ValueError, match=r"step_scalars .* step counts \[0, 1\]"):
+        opt.step()
+    assert [s.get("step") for s in opt.state] == [1, None]
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.data, b)
 
 
 def test_adam_follows_parameters_and_state_that_were_replaced():
