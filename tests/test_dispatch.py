@@ -19,6 +19,7 @@ import minivae.functional as F
 from minivae import optim
 from minivae.function import Context
 from minivae.gpu import cublas, dispatch
+from minivae.random import Noise
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
 
@@ -66,6 +67,16 @@ def test_the_vae_and_adam_rows_leave_other_dtypes_to_the_xp_code(fake_gpu, as_gp
         optim.Adam([p], lr=0.5).step()
         np.testing.assert_array_equal(p.data, np.full(4, 0.5, dtype))
     assert not fake_gpu[1]  # no launch
+
+
+def test_a_0d_reparameterization_stays_0d_on_the_kernel_path(fake_gpu, monkeypatch):
+    mu, logvar = mv.tensor(np.array(0.5, np.float32)), mv.tensor(np.array(0.1, np.float32))
+    want = F.reparameterize(mu, logvar, Noise(5, 7))
+    monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
+    got = F.reparameterize(mu, logvar, Noise(5, 7))
+    assert [c[0] for c in fake_gpu[1]] == ["mv_reparam_fwd_f32"]
+    assert got.shape == want.shape == ()
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-6)
 
 
 def test_the_table_names_the_registered_kernels():

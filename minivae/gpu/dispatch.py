@@ -126,8 +126,15 @@ def _kernels():
     return kernels
 
 
+def _contiguous(*arrays):
+    # (a 0-d array is contiguous, and stays 0-d: ascontiguousarray would make it (1,))
+    xp = get_array_module(*arrays)
+    return [a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in arrays]
+
+
 def _broadcast_c(xp, a, shape):
-    return xp.ascontiguousarray(xp.broadcast_to(a, shape))
+    (c,) = _contiguous(xp.broadcast_to(a, shape))
+    return c
 
 
 def _reparameterize_forward(ctx, mu, logvar, noise=None, shape=None):
@@ -225,12 +232,6 @@ def _repeats_over(ref, a):
 
 _REPEATING = ("of its shape or of its trailing axes (repeated over the leading ones; 0-d: one value "
               "for all)")
-
-
-def _contiguous(*arrays):
-    # (a 0-d array is contiguous, and stays 0-d: ascontiguousarray would make it (1,))
-    xp = get_array_module(*arrays)
-    return [a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in arrays]
 
 
 def _bernoulli_accepts(logits, x):
