@@ -79,6 +79,18 @@ def test_a_0d_reparameterization_stays_0d_on_the_kernel_path(fake_gpu, monkeypat
     np.testing.assert_allclose(got.data, want.data, rtol=1e-6)
 
 
+def test_reparameterize_kl_refuses_no_samples_on_both_paths(fake_gpu, monkeypatch):
+    mu = mv.tensor(np.zeros((4, 3), np.float32))
+    for gpu in (False, True):
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+                assert dispatch.select("ReparameterizeKL", mu.data, mu.data, samples=0) is None
+            with pytest.raises(ValueError, match="samples must be at least 1, got 0"):
+                F.reparameterize_kl(mu, mu, Noise(1), samples=0)
+    assert not fake_gpu[1]  # no launch
+
+
 def test_the_table_names_the_registered_kernels():
     """Reparameterization (noise), KL, the fused pair, the Bernoulli and Gaussian log-densities,
     the dense layers, the log-sum-exp, the log-softmax and Adam, each with a stated condition

@@ -218,9 +218,13 @@ def _reparameterize_kl_backward(ctx, gz, gkl):
     return (dmu if need_mu else None), (dlogvar if need_logvar else None)
 
 
+def _reparameterize_kl_accepts(mu, logvar, noise=None, samples=None):
+    return _same_shape_rows(mu, logvar) and (samples is None or samples >= 1)
+
+
 register("ReparameterizeKL", _reparameterize_kl_forward, _reparameterize_kl_backward,
-         accepts=_same_shape_rows,
-         takes="mu and logvar of one shape, at least 1-D, and one dtype, float32 or float64 (S "
+         accepts=_reparameterize_kl_accepts,
+         takes="mu and logvar of one shape, at least 1-D, and one dtype, float32 or float64 (S >= 1 "
                "samples run on S broadcast copies)")
 
 

@@ -163,6 +163,8 @@ class ReparameterizeKL(Function):
         if mu.shape != logvar.shape or mu.ndim < 1:
             raise ValueError(f"reparameterize_kl: mu and logvar must have one shape with at least one "
                              f"axis, got {mu.shape} and {logvar.shape}")
+        if samples is not None and samples < 1:
+            raise ValueError(f"reparameterize_kl: samples must be at least 1, got {samples}")
         xp = get_array_module(mu, logvar)
         shape = mu.shape if samples is None else (int(samples),) + mu.shape
         scaled = _scaled_noise(xp, noise, shape, logvar)
@@ -364,7 +366,8 @@ def reparameterize(mu, logvar, eps, shape=None):
 def reparameterize_kl(mu, logvar, noise, samples=None):
     """(z, kl): z = mu + exp(logvar / 2) * eps and kl = KL(N(mu, e^logvar) || N(0, I)) per row, in
     one op (see ReparameterizeKL). ``noise`` is a ``minivae.random.Noise`` or a ``Generator``
-    (its next draw); ``samples`` = S draws z of shape (S,) + mu.shape, the KL staying per row."""
+    (its next draw); ``samples`` = S >= 1 draws z of shape (S,) + mu.shape, the KL staying per
+    row."""
     if isinstance(noise, Generator):
         noise = noise.next_noise()
     if not isinstance(noise, Noise):
