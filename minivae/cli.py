@@ -218,7 +218,8 @@ def _add_train_args(p):
     p.add_argument("--eval-k", type=count, default=d.eval_k,
                    help="importance samples for the final test log-likelihood (0 skips it)")
     p.add_argument("--trace-every", type=count, default=d.trace_every,
-                   help="log per-layer gradient norms and update ratios every N steps (0: off)")
+                   help="log per-layer gradient norms and update ratios every N steps (0: off); on "
+                        "the GPU the steps then run eagerly, not as a captured CUDA graph")
     p.add_argument("--set", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
                    help="a model-specific setting (repeatable), e.g. --set flows=8; the keys of a model "
                         "and their types: `minivae models` or `minivae train --model NAME --help`. The "

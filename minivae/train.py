@@ -175,9 +175,13 @@ class Trainer:
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         self.epoch, self.batch, self.sums = 0, 0, {}
-        # Graph mode (minivae.graph_steps): on the GPU, unless asked to run eagerly or to trace
-        # gradients (which reads them on the host at chosen steps). Set up after the first step.
-        self.use_graph = self.device == "gpu" and not config.eager and not config.trace_every
+        # Graph mode (minivae.graph_steps): on the GPU, unless asked to run eagerly. Set up after
+        # the first step.
+        self.use_graph = self.device == "gpu" and not config.eager
+        if self.use_graph and config.trace_every:  # a replay cannot stop at a step for the host
+            self.log("note: --trace-every reads the gradients on the host at the traced steps, which "
+                     "a step captured as a CUDA graph cannot; training eagerly")
+            self.use_graph = False
         self.graph = None
         self.saved = None  # (epoch, batch) of the checkpoint in the run folder, once there is one
         self.stop_requested = threading.Event()

@@ -204,6 +204,16 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why(fake_device,
         np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
 
 
+def test_tracing_gradients_trains_eagerly_and_says_so(fake_device, tmp_path):
+    lines = []
+    trainer = Trainer(config(tmp_path, device="gpu", epochs=1, batch_size=80, trace_every=2),
+                      data=small_data(n_train=160, n_eval=20), progress=False, log=lines.append)
+    trainer.fit()
+    notes = [line for line in lines if "--trace-every" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and notes[0].endswith("training eagerly")
+    assert trainer.graph is None
+
+
 def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_device, tmp_path, monkeypatch):
     """The sum of the losses on the device is read before every checkpoint: a NaN loss in a
     replay of epoch 2 stops the run at the end of that epoch, and the checkpoint on disk stays
