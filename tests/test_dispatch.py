@@ -164,6 +164,23 @@ def test_dense_rows_equal_the_numpy_ops(fake_gpu, fake_cublas, monkeypatch, name
         np.testing.assert_allclose(g, w, **TOL[dtype])
 
 
+@pytest.mark.parametrize("name", ["Linear", "LinearRelu"])
+@pytest.mark.parametrize("w_shape", [(0, 3), (5, 0)])
+def test_dense_rows_and_ops_take_layers_of_no_inputs_or_no_outputs(fake_gpu, fake_cublas, monkeypatch, name,
+                                                                  w_shape):
+    """W of shape (0, out) or (in, 0): the kernel row and the xp code give the same (zero or
+    empty) output and gradients."""
+    rng = np.random.default_rng(2)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in ((2, 4, w_shape[0]), w_shape, w_shape[1:])]
+    upstream = rng.standard_normal((2, 4, w_shape[1])).astype(np.float32)
+    got, ran = _forward_backward(DENSE[name][0], arrays, upstream, monkeypatch, gpu=True)
+    want, _ = _forward_backward(DENSE[name][0], arrays, upstream, monkeypatch, gpu=False)
+    assert ran is dispatch.TABLE[name]
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, **TOL[np.float32])
+
+
 def _gemm(name, transa, transb, m, n, k, A, lda, B, ldb, C, ldc):
     """The fields of conftest's GemmCall for C = 1 * op(A) op(B) + 0 * C (column-major)."""
     return (name, transa, transb, m, n, k, 1.0, A.ctypes.data, lda, B.ctypes.data, ldb, 0.0, C.ctypes.data, ldc)

@@ -48,6 +48,7 @@ run.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -420,8 +421,9 @@ def _linear_accepts(x, W, b=None):
 
 
 def _rows(a):
-    """A C-contiguous (..., n) array as a 2-D view of its rows (no copy)."""
-    return a.reshape(-1, a.shape[-1])
+    """A C-contiguous (..., n) array as a 2-D view of its rows (no copy). (The number of rows is
+    computed, because reshape cannot infer it from -1 when n is 0.)"""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 def _linear_forward(ctx, x, W, b=None, relu=False):
