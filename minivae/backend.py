@@ -7,6 +7,7 @@ serves both devices. CuPy is imported only when a GPU array is seen or a GPU is 
 The dtype policy: Python numbers and lists become ``get_default_dtype()`` (float32, as in
 PyTorch); NumPy float arrays keep their dtype; an op never mixes float32 and float64 silently.
 """
+import math
 import os
 import sys
 
@@ -45,6 +46,13 @@ def get_array_module(*arrays):
         if type(a) is not np.ndarray and is_gpu_array(a):  # the common NumPy case costs one check
             return sys.modules["cupy"]
     return np
+
+
+def as_rows(array):
+    """``array`` (..., n) as a 2-D (rows, n) array, its leading axes flattened into rows (a view
+    when ``array`` is C-contiguous). The number of rows is computed, not inferred with -1,
+    because reshape cannot infer it when n is 0."""
+    return array.reshape(math.prod(array.shape[:-1]), array.shape[-1])
 
 
 def device_of(array):

@@ -61,7 +61,7 @@ def test_help_shows_a_default_of_zero(name, parser):
         shown = f"{action.help} (default: {action.default})"
         assert " ".join(shown.split()) in help_text, f"minivae {name} {action.option_strings[0]} hides its default"
     if name == "train":
-        assert "(0: off) (default: 0)" in help_text and "the noise (default: 0)" in help_text
+        assert "a captured CUDA graph (default: 0)" in help_text and "the noise (default: 0)" in help_text
 
 
 def test_train_help_for_a_model_lists_its_set_keys(capsys):

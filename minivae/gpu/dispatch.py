@@ -48,13 +48,12 @@ run.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from ..backend import get_array_module, is_gpu_array
+from ..backend import as_rows, get_array_module, is_gpu_array
 
 __all__ = ["Kernel", "TABLE", "register", "select", "explain", "gemm_handle"]
 
@@ -420,17 +419,11 @@ def _linear_accepts(x, W, b=None):
             and _gemm_operands(x, W, *(() if b is None else (b,))))
 
 
-def _rows(a):
-    """A C-contiguous (..., n) array as a 2-D view of its rows (no copy). (The number of rows is
-    computed, because reshape cannot infer it from -1 when n is 0.)"""
-    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
-
-
 def _linear_forward(ctx, x, W, b=None, relu=False):
     ctx.save(x, W)
     xp = get_array_module(x)
     out = xp.empty(x.shape[:-1] + (W.shape[1],), x.dtype)
-    _product_into(_rows(out), _rows(x), W)
+    _product_into(as_rows(out), as_rows(x), W)
     if b is not None or relu:
         _kernels().bias_act(out, b, relu=relu)  # in place: out is a fresh array
     return out
@@ -444,18 +437,18 @@ def _dense_backward(ctx, g, y=None):
     x, W = ctx.saved
     needs = ctx.needs_input_grad
     xp = get_array_module(g)
-    g = _rows(xp.ascontiguousarray(g))  # an upstream gradient may be a broadcast view
+    g = as_rows(xp.ascontiguousarray(g))  # an upstream gradient may be a broadcast view
     gb = None
     if len(needs) == 3 and needs[2]:
-        g, gb = _kernels().bias_grad(g, None if y is None else _rows(y))
+        g, gb = _kernels().bias_grad(g, None if y is None else as_rows(y))
     elif y is not None:
-        g = _kernels().relu_grad(g, _rows(y))
+        g = _kernels().relu_grad(g, as_rows(y))
     gx = gW = None
     if needs[0]:
         gx = xp.empty_like(x)
-        _product_into(_rows(gx), g, W, transb=True)
+        _product_into(as_rows(gx), g, W, transb=True)
     if needs[1]:
-        gW = _product_into(xp.empty_like(W), _rows(x), g, transa=True)
+        gW = _product_into(xp.empty_like(W), as_rows(x), g, transa=True)
     return (gx, gW) if len(needs) == 2 else (gx, gW, gb)
 
 

@@ -1,7 +1,5 @@
 """Matrix products: matmul, linear (x @ W + b) fused into one node, and linear + ReLU in one node."""
-import math
-
-from ..backend import get_array_module
+from ..backend import as_rows, get_array_module
 from ..function import Function
 
 
@@ -50,18 +48,12 @@ def _linear_forward(ctx, name, x, W, b):
     return out
 
 
-def _rows(a):
-    """``a`` as a 2-D array: its leading axes flattened into rows. (The number of rows is
-    computed, because reshape cannot infer it from -1 when the last axis has length 0.)"""
-    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
-
-
 def _linear_backward(ctx, g, x, W):
     """(d/dx, d/dW[, d/db]) of x @ W + b for the upstream gradient g of its output."""
     needs = ctx.needs_input_grad
     gx = g @ W.T if needs[0] else None
-    g2 = _rows(g)
-    gW = _rows(x).T @ g2 if needs[1] else None
+    g2 = as_rows(g)
+    gW = as_rows(x).T @ g2 if needs[1] else None
     if len(needs) == 2:
         return gx, gW
     return gx, gW, (g2.sum(axis=0) if needs[2] else None)
