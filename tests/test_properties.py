@@ -4,11 +4,13 @@ Each expected gradient is computed independently in NumPy from a random upstream
 all ones, which would hide a misplaced or transposed gradient).
 """
 import numpy as np
-from hypothesis import given, settings, strategies as st
+import pytest
+from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minivae import Tensor
 from minivae import functional as F
+from minivae.autograd import backward
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -164,3 +166,159 @@ def mask_case(draw):
 def test_getitem_boolean_mask(case, seed):
     x, mask = case
     _check_getitem(x, mask, seed)
+
+
+# ----- every other broadcasting op: NumPy forward, gradients by central differences of it ------
+# Each op is checked against its formula written in plain NumPy on the broadcast arrays, and its
+# gradients against central differences of that NumPy formula with respect to each input at the
+# input's own shape (so a gradient that is not summed back over a broadcast axis, or is summed
+# over the wrong one, differs by whole multiples). Shapes come from mutually broadcastable
+# shapes with 0-d inputs, size-1 axes and empty axes; per-row ops (a sum over the last axis)
+# need a result with at least one axis.
+
+def _pwm(mh, a, mp, c):
+    var_q = 1 / (np.exp(-a) + np.exp(-c))
+    mu_q = (mh * np.exp(-a) + mp * np.exp(-c)) * var_q
+    return mu_q, np.broadcast_to(np.log(var_q), mu_q.shape)
+
+
+def _bce(reduction):
+    def ref(l, x):
+        loss = np.logaddexp(0, l) - x * l
+        return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
+    return ref
+
+
+# name: (engine function, NumPy reference, number of inputs, per-row)
+BROADCAST_OPS = {
+    "reparameterize": (F.reparameterize, lambda mu, lv, eps: mu + np.exp(lv / 2) * eps, 3, False),
+    "kl_normal_std": (F.kl_normal_std, lambda mu, lv: 0.5 * (mu**2 + np.exp(lv) - 1 - lv).sum(-1), 2, True),
+    "kl_normal_normal": (F.kl_normal_normal, lambda mq, lq, mp, lp: 0.5 * (
+        lp - lq + (np.exp(lq) + (mq - mp) ** 2) / np.exp(lp) - 1).sum(-1), 4, True),
+    "bernoulli_log_prob": (F.bernoulli_log_prob, lambda l, x: (x * l - np.logaddexp(0, l)).sum(-1), 2, True),
+    "gaussian_log_prob": (F.gaussian_log_prob, lambda x, mu, lv: -0.5 * (
+        np.log(2 * np.pi) + lv + (x - mu) ** 2 / np.exp(lv)).sum(-1), 3, True),
+    "bce mean": (F.binary_cross_entropy_with_logits, _bce("mean"), 2, False),
+    "bce sum": (lambda l, x: F.binary_cross_entropy_with_logits(l, x, reduction="sum"), _bce("sum"), 2, False),
+    "bce none": (lambda l, x: F.binary_cross_entropy_with_logits(l, x, reduction="none"), _bce("none"), 2, False),
+    "precision_weighted_merge": (F.precision_weighted_merge, _pwm, 4, False),
+}
+
+
+def _as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+def _numeric_grads(ref, arrays, upstream, eps=1e-6):
+    """d/d(input) of sum_k <upstream_k, ref(*arrays)_k> by central differences, for every input."""
+    def f(xs):
+        return sum(float((np.asarray(o) * u).sum()) for o, u in zip(_as_tuple(ref(*xs)), upstream))
+
+    grads = []
+    for i, a in enumerate(arrays):
+        grad = np.zeros(a.shape)
+        for idx in np.ndindex(*a.shape):
+            xs = [np.array(x, dtype=np.float64) for x in arrays]
+            xs[i][idx] += eps
+            plus = f(xs)
+            xs[i][idx] -= 2 * eps
+            grad[idx] = (plus - f(xs)) / (2 * eps)
+        grads.append(grad)
+    return grads
+
+
+def _check_against_numpy(fn, ref, arrays, seed):
+    """fn's outputs equal ref's (float64), and the gradient of every input equals the central
+    differences of ref, for random upstream gradients (one per output)."""
+    tensors = [Tensor(a, requires_grad=True) for a in arrays]
+    outs, expected = _as_tuple(fn(*tensors)), _as_tuple(ref(*arrays))
+    assert len(outs) == len(expected)
+    for out, exp in zip(outs, expected):
+        assert out.shape == np.shape(exp) and out.dtype == np.float64
+        np.testing.assert_allclose(out.data, exp, rtol=1e-10, atol=1e-12)
+    rng = np.random.default_rng(seed)
+    upstream = [rng.standard_normal(out.shape) for out in outs]
+    backward(list(outs), upstream)
+    numeric = _numeric_grads(ref, arrays, upstream)
+    for i in range(len(arrays)):
+        assert tensors[i].grad is not None and tensors[i].grad.shape == arrays[i].shape, i
+        np.testing.assert_allclose(tensors[i].grad, numeric[i], rtol=1e-5, atol=1e-6, err_msg=f"input {i}")
+
+
+@pytest.mark.parametrize("name", sorted(BROADCAST_OPS))
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
+def test_broadcasting_ops_against_numpy(name, data, seed):
+    fn, ref, n, per_row = BROADCAST_OPS[name]
+    shapes, out = data.draw(hnp.mutually_broadcastable_shapes(
+        num_shapes=n, min_dims=0, max_dims=3, min_side=0, max_side=3).filter(lambda s: s.result_shape or not per_row))
+    inputs = [data.draw(arrays(shape, -1.5, 1.5)) for shape in shapes]
+    # the mean of no elements is NaN, with no gradient to compare
+    assume(name != "bce mean" or np.prod(out) > 0)
+    if name.startswith("bce"):  # targets in [0, 1]
+        inputs[1] = np.asarray((inputs[1] + 1.5) / 3)
+    _check_against_numpy(fn, ref, inputs, seed)
+
+
+@SETTINGS
+@given(hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=0, max_side=3),
+       st.integers(0, 2**32 - 1))
+def test_where_broadcasts_condition_and_both_branches(shapes, seed):
+    (sc, sa, sb), _ = shapes
+    rng = np.random.default_rng(seed)
+    cond = rng.uniform(size=sc) < 0.5
+    a, b = rng.uniform(-2, 2, sa), rng.uniform(-2, 2, sb)
+    _check_against_numpy(lambda a, b: F.where(cond, a, b), lambda a, b: np.where(cond, a, b), [a, b], seed)
+
+
+@SETTINGS
+@given(shapes, st.data(), st.integers(0, 2**32 - 1))
+def test_broadcast_to_sums_the_gradient_back(target, data, seed):
+    # a trailing part of the target with some axes set to 1
+    kept = data.draw(st.integers(0, len(target)))
+    ones = data.draw(st.lists(st.booleans(), min_size=kept, max_size=kept))
+    shape = tuple(1 if one else n for one, n in zip(ones, target[len(target) - kept:]))
+    x = np.random.default_rng(seed).uniform(-2, 2, shape)
+    _check_against_numpy(lambda a: F.broadcast_to(a, target), lambda a: np.broadcast_to(a, target), [x], seed)
+
+
+@SETTINGS
+@given(hnp.mutually_broadcastable_shapes(signature="(n,k),(k,m)->(n,m)", max_dims=3,
+                                         min_side=1, max_side=3),
+       st.integers(0, 2**32 - 1))
+def test_matmul_broadcasts_batch_axes(shapes, seed):
+    (sa, sb), _ = shapes
+    rng = np.random.default_rng(seed)
+    _check_against_numpy(F.matmul, np.matmul, [rng.uniform(-1, 1, sa), rng.uniform(-1, 1, sb)], seed)
+
+
+@SETTINGS
+@given(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3), st.integers(0, 3), st.integers(0, 3),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_linear_bias_broadcasts_over_every_leading_axis(lead, n_in, n_out, bias, seed):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.uniform(-1, 1, lead + (n_in,)), rng.uniform(-1, 1, (n_in, n_out))]
+    if bias:
+        arrays.append(rng.uniform(-1, 1, n_out))
+    for fn, ref in ((F.linear, lambda x, W, b=0.0: x @ W + b),
+                    (F.linear_relu, lambda x, W, b=0.0: np.maximum(x @ W + b, 0))):
+        pre = arrays[0] @ arrays[1] + (arrays[2] if bias else 0.0)
+        if fn is F.linear_relu and np.any(np.abs(pre) < 1e-3):
+            continue  # central differences across the kink
+        _check_against_numpy(fn, ref, arrays, seed)
+
+
+@SETTINGS
+@given(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=0, max_side=3),
+       st.sampled_from([None, (2,), (1,)]), st.integers(0, 2**32 - 1))
+def test_reparameterize_with_noise_broadcasts(shapes, extra, seed):
+    from minivae.random import Noise
+
+    (smu, slv), out = shapes
+    rng = np.random.default_rng(seed)
+    noise = Noise(seed=seed % 1000, offset=3)
+    shape = None if extra is None else extra + out
+    eps = noise.normal(out if shape is None else shape, dtype=np.float64)
+    _check_against_numpy(lambda mu, lv: F.reparameterize(mu, lv, noise, shape=shape),
+                         lambda mu, lv: mu + np.exp(lv / 2) * eps,
+                         [rng.uniform(-1, 1, smu), rng.uniform(-1, 1, slv)], seed)
