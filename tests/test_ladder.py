@@ -39,13 +39,20 @@ def test_merge_special_cases():
     assert mu_q.item() == 1.0 and logvar_q.item() == -300.0
 
 
-def test_merge_broadcasts_bottom_up_against_samples(rng):
+# The log-variances may broadcast less far than the means (one top-down variance for every
+# sample's mean): logvar_q still takes the shape of all four inputs.
+@pytest.mark.parametrize("logvar_p_shape", [(5, 3, 4), (3, 4)])
+def test_merge_broadcasts_bottom_up_against_samples(rng, logvar_p_shape):
     mu_hat, logvar_hat = (mv.tensor(rng.normal(size=(3, 4)), requires_grad=True) for _ in range(2))
-    mu_p, logvar_p = (mv.tensor(rng.normal(size=(5, 3, 4)), requires_grad=True) for _ in range(2))
+    mu_p = mv.tensor(rng.normal(size=(5, 3, 4)), requires_grad=True)
+    logvar_p = mv.tensor(rng.normal(size=logvar_p_shape), requires_grad=True)
     mu_q, logvar_q = precision_weighted_merge(mu_hat, logvar_hat, mu_p, logvar_p)
     assert mu_q.shape == logvar_q.shape == (5, 3, 4)
+    mu_ref, var_ref = closed_form(mu_hat.data, np.exp(logvar_hat.data), mu_p.data, np.exp(logvar_p.data))
+    np.testing.assert_allclose(mu_q.data, mu_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.exp(logvar_q.data), np.broadcast_to(var_ref, (5, 3, 4)), rtol=1e-12)
     (mu_q * mv.tensor(rng.normal(size=mu_q.shape)) + logvar_q * mv.tensor(rng.normal(size=mu_q.shape))).sum().backward()
-    assert mu_hat.grad.shape == (3, 4) and mu_p.grad.shape == (5, 3, 4)
+    assert mu_hat.grad.shape == (3, 4) and mu_p.grad.shape == (5, 3, 4) and logvar_p.grad.shape == logvar_p_shape
     assert gradcheck(precision_weighted_merge, mu_hat, logvar_hat, mu_p, logvar_p)
 
 
