@@ -27,8 +27,10 @@ def test_kl_per_dimension_sums_to_the_models_kl(rng):
 
 def test_kl_per_dimension_is_zero_at_the_prior():
     assert np.allclose(analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 2))), 0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"must both be \(N, D\), got \(3, 2\) and \(3, 3\)"):
         analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"got \(2,\) and \(2,\)"):  # one example, not (1, D)
+        analysis.kl_per_dimension(np.zeros(2), np.zeros(2))
 
 
 def test_active_units_by_hand():
