@@ -150,3 +150,40 @@ def test_sigmoid_and_the_gradients_through_it_are_accurate_in_float32_tails():
         fn(t).backward(np.ones_like(x))
         assert t.grad.dtype == np.float32
         np.testing.assert_allclose(t.grad, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_max_shares_the_gradient_evenly_among_tied_maxima(axis):
+    """d max / dx_i = 1 / m for each of the m elements equal to the maximum, 0 elsewhere (finite
+    differences cannot check this: a tie is a kink)."""
+    data = np.array([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, -1.0], [5.0, 4.0, 0.0, 5.0]])
+    x = Tensor(data, requires_grad=True)
+    y = F.max(x, axis=axis)
+    g = np.array(1.5) if axis is None else np.array([1.0, 2.0, 3.0])
+    y.backward(g)
+    ties = data == data.max(axis=axis, keepdims=True)
+    gk = g if axis is None else g[:, None]
+    np.testing.assert_array_equal(x.grad, np.where(ties, gk / ties.sum(axis=axis, keepdims=True), 0.0))
+
+
+def test_logsumexp_of_an_all_minus_inf_slice_is_minus_inf():
+    """log(sum(exp(x))) of a slice whose every entry is -inf is log(0) = -inf, not NaN (the shift
+    by the maximum must not subtract -inf from -inf); the other slices are unaffected."""
+    x = Tensor(np.array([[-np.inf, -np.inf, -np.inf], [0.0, np.log(2.0), -np.inf]]))
+    with np.errstate(divide="ignore"):  # log(0) of the empty sums
+        rows, columns = F.logsumexp(x, axis=1).data, F.logsumexp(x, axis=0).data
+    np.testing.assert_allclose(rows, [-np.inf, np.log(3.0)], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(columns, [0.0, np.log(2.0), -np.inf], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("fn", [F.softmax, F.log_softmax])
+def test_softmax_shifts_each_slice_by_its_own_maximum(fn):
+    """Slices of very different scales along the other axes (logits near 0 next to logits near
+    1000): each slice's result equals the float64 formula evaluated on that slice alone, finite,
+    as a shift by one maximum over the whole array would not give (exp(-1000) underflows to 0)."""
+    data = np.array([[0.0, 1.0, -2.0], [1000.0, 1001.0, 998.0], [-1000.0, -999.0, -1002.0]])
+    out = fn(Tensor(data, requires_grad=True), axis=-1)
+    base = np.array([0.0, 1.0, -2.0])  # every row is this one shifted
+    log_p = base - np.log(np.exp(base).sum())
+    want = np.tile(log_p if fn is F.log_softmax else np.exp(log_p), (3, 1))
+    np.testing.assert_allclose(out.data, want, rtol=1e-12, atol=0)
