@@ -382,6 +382,19 @@ def test_clip_grad_norm_below_threshold_and_inf_norm():
     assert optim.clip_grad_norm_([nn.Parameter(np.zeros(2))], 1.0) == 0.0
 
 
+
+def test_clip_grad_norm_inf_norm_is_the_largest_entry_over_all_parameters():
+    """norm_type=inf: the total norm is max_i |g_i| over the entries of every parameter's
+    gradient together (not a sum of per-parameter maxima), and every gradient is scaled by
+    max_norm / (total + 1e-6)."""
+    params = _params(np.float64, shapes=((3,), (2, 2)))
+    params[0].grad = np.array([0.5, -2.0, 1.0])
+    params[1].grad = np.array([[-3.0, 0.25], [1.0, 2.5]])
+    grads = [p.grad.copy() for p in params]
+    assert optim.clip_grad_norm_(params, 1.5, norm_type=math.inf) == 3.0
+    for p, g in zip(params, grads):
+        np.testing.assert_allclose(p.grad, g * (1.5 / (3.0 + 1e-6)), rtol=1e-15)
+
 # ----- schedules -------------------------------------------------------------------------------------
 def test_cosine_and_step_schedules():
     opt = optim.SGD(_params(), lr=1.0)
