@@ -77,6 +77,16 @@ def test_k1_bound_is_the_elbo(rng):
     assert "elbo" in one.loss(mv.tensor(x.data.astype(np.float32)), Generator(0))[1]
 
 
+
+@pytest.mark.parametrize("k", [2, 5, 50])
+def test_bound_is_the_log_mean_of_the_importance_weights(rng, k):
+    """iwae_bound(log_w) = log (1/k) sum_i exp(log_w_i) per example for k > 1 (the mean of the
+    weights, not their sum), against NumPy in float64, also for log-weights far below 0."""
+    log_w = rng.normal(-300.0, 3.0, size=(k, 4))
+    shift = log_w.max(axis=0)
+    want = shift + np.log(np.exp(log_w - shift).mean(axis=0))
+    np.testing.assert_allclose(iwae_bound(mv.tensor(log_w)).data, want, rtol=1e-13)
+
 def test_k_samples_are_independent_draws_per_example(rng):
     model = two_layer()
     x = binary(rng, 3)
