@@ -329,6 +329,32 @@ def test_the_bernoulli_row_takes_images_of_the_logits_trailing_shape(as_gpu):
         assert dispatch.select("BernoulliLogProb", logits, x_other) is None, case
 
 
+# ------------------------------------------------------------------------------ reparameterization and KL
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("needs", [(True, True), (False, True)])
+def test_the_reparameterization_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, needs):
+    """z = mu + exp(logvar / 2) eps on its kernels (eps regenerated in backward) against the op's
+    NumPy code: z and the gradients of mu and logvar, to float rounding; one launch forward and
+    one backward."""
+    rng = np.random.default_rng(9)
+    arrays = [rng.standard_normal((6, 13)).astype(dtype), rng.uniform(-2, 1, (6, 13)).astype(dtype)]
+    g = rng.standard_normal((6, 13)).astype(dtype)
+    _row_against_numpy(fake_gpu, monkeypatch, lambda mu, lv: F.reparameterize(mu, lv, Noise(5, 7)),
+                       "ReparameterizeNoise", "mv_reparam", arrays, needs, g)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("needs", [(True, True), (False, True), (True, False)])
+def test_the_kl_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, needs):
+    """KL(N(mu, e^logvar) || N(0, I)) per row on its kernels against the op's NumPy code: the KL
+    and the gradients of mu and logvar (each reaching its own input), to float rounding; one
+    launch forward and one backward."""
+    rng = np.random.default_rng(10)
+    arrays = [rng.standard_normal((3, 6, 13)).astype(dtype), rng.uniform(-2, 1, (3, 6, 13)).astype(dtype)]
+    g = rng.standard_normal((3, 6)).astype(dtype)
+    _row_against_numpy(fake_gpu, monkeypatch, F.kl_normal_std, "KLNormalStd", "mv_kl", arrays, needs, g)
+
+
 # ------------------------------------------------------------------------------ Gaussian log-density
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shapes", [((6, 13), (6, 13), (6, 13)), ((3, 6, 13), (6, 13), (6, 13)),
