@@ -1,4 +1,5 @@
-"""The importance-sampled log-likelihood does not depend on how its k samples are chunked."""
+"""Evaluation: the importance-sampled log-likelihood does not depend on how its k samples are
+chunked; the per-example ELBO and the NLL summary follow their formulas."""
 import dataclasses
 
 import numpy as np
@@ -94,3 +95,29 @@ def test_log_likelihood_does_not_depend_on_the_chunks(name):
     for samples_per_chunk in (1, 5):  # chunks of 1, and of 5, 5 and 2
         np.testing.assert_allclose(_chunked_log_likelihood(name, samples_per_chunk * B), one_chunk,
                                    rtol=1e-12, err_msg=f"{samples_per_chunk} samples per chunk")
+
+
+def test_elbo_is_the_reconstruction_minus_the_kl_per_example():
+    """evaluate.elbo gives per example (bound, reconstruction, KL) with bound = rec - KL, rec and
+    KL those of the model's own elbo under the same noise, over batches of any size."""
+    from minivae.evaluate import elbo
+
+    model = build_model("vae", x_dim=12, z_dim=3, hidden=(8,), rng=np.random.default_rng(0)).astype(np.float64)
+    x = (np.random.default_rng(1).random((B, 12)) < 0.5).astype(np.float64)
+    bound, rec, kl = elbo(model, x, noise=Generator(3), batch_size=B)
+    with mv.no_grad():
+        want_rec, want_kl = (t.data for t in model.elbo(mv.tensor(x), Generator(3)))
+    np.testing.assert_array_equal(rec, want_rec)
+    np.testing.assert_array_equal(kl, want_kl)
+    np.testing.assert_allclose(bound, want_rec - want_kl, rtol=1e-15)
+    assert (kl > 0).all()  # so bound = rec + KL would differ
+
+
+def test_nll_summary_is_the_mean_and_its_standard_error():
+    """test_nll = -mean(ll), test_nll_stderr = std(ll, ddof=1) / sqrt(n), from the formulas."""
+    from minivae.evaluate import nll_summary
+
+    ll = np.array([-1.0, -2.0, -4.0, -5.0])
+    summary = nll_summary(ll)
+    assert summary["test_nll"] == 3.0
+    assert summary["test_nll_stderr"] == pytest.approx(np.sqrt(10 / 3) / 2, rel=1e-15)
