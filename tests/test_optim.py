@@ -395,6 +395,15 @@ def test_clip_grad_norm_inf_norm_is_the_largest_entry_over_all_parameters():
     for p, g in zip(params, grads):
         np.testing.assert_allclose(p.grad, g * (1.5 / (3.0 + 1e-6)), rtol=1e-15)
 
+
+def test_clip_grad_norm_clips_a_norm_just_above_the_threshold():
+    """Every total norm above max_norm is clipped, also one barely above it (a scale factor
+    max_norm / (total + 1e-6) just below 1): the gradients end with norm max_norm."""
+    p = nn.Parameter(np.zeros(2))
+    p.grad = np.array([0.6, 0.8]) * 1.25  # norm 1.25 against max_norm 1
+    assert optim.clip_grad_norm_([p], 1.0) == pytest.approx(1.25, rel=1e-15)
+    np.testing.assert_allclose(p.grad, np.array([0.6, 0.8]) * 1.25 / (1.25 + 1e-6), rtol=1e-15)
+
 # ----- schedules -------------------------------------------------------------------------------------
 def test_cosine_and_step_schedules():
     opt = optim.SGD(_params(), lr=1.0)
