@@ -61,6 +61,17 @@ def test_two_layer_log_weights_by_hand(rng):
     np.testing.assert_allclose(log_w, expected, rtol=1e-10)
 
 
+
+def test_decode_goes_through_the_conditional_mean_of_z1(rng):
+    """decode(z2), the deterministic decoder of the pictures, gives the logits of p(x | z1) at z1 =
+    the mean of p(z1 | z2) (not at its log-variance, nor at a draw)."""
+    model = two_layer()
+    z2 = rng.normal(size=(3, 2))
+    mu_p, logvar_p = (a.data for a in model.generator.prior(0, mv.tensor(z2)))
+    assert np.abs(mu_p - logvar_p).max() > 0.1  # the two differ, so using the wrong one shows
+    want = model.generator.logits(mv.tensor(mu_p)).data
+    np.testing.assert_array_equal(model.decode(mv.tensor(z2)).data, want)
+
 def test_k1_bound_is_the_elbo(rng):
     """At k = 1 the IWAE bound is exactly the single-sample ELBO (log-weight), and training with
     k = 1 uses the ELBO with the closed-form KL, equal to it in expectation."""
