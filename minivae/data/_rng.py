@@ -30,6 +30,16 @@ STREAM_LABELLED = streams.DATA_LABELLED
 SPLIT_CODES = {"valid": 1, "test": 2}
 
 
+def check_integer(value, name: str, *, minimum: int) -> int:
+    """Return ``value`` as a Python int of at least ``minimum``. A float, a string or a bool is
+    refused (TypeError) rather than rounded or read as 0 or 1; a smaller number gets a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+    return int(value)
+
+
 def check_seed(seed, name: str = "seed") -> int:
     """Return ``seed`` as a Python int, rejecting what the generators would mis-handle.
 
@@ -37,11 +47,9 @@ def check_seed(seed, name: str = "seed") -> int:
     draw fresh OS entropy and break reproducibility, so both are refused here with a clear
     message, as are negative numbers and numbers of more than 64 bits (a Philox key).
     """
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{name} must be a non-negative integer below 2**64, got {seed}")
+    seed = check_integer(seed, name, minimum=0)
+    if seed >= 2**64:
+        raise ValueError(f"{name} must be below 2**64, got {seed}")
     return seed
 
 

@@ -16,7 +16,6 @@ it longer.
 
 from __future__ import annotations
 
-import numbers
 from typing import Iterator
 
 import numpy as np
@@ -25,16 +24,6 @@ from .. import streams
 from ..backend import device_of, get_array_module, resolve_device, to_device
 from . import _rng
 from .binarization import EpochBits, check_intensities
-
-
-def _check_count(value, name: str, *, minimum: int) -> int:
-    """``value`` as a Python int of at least ``minimum``; a float, a string or a bool is refused
-    rather than rounded or read as 0 or 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
@@ -47,7 +36,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     either device, gives the same order. (For n = 50,000 that leaves 48 random bits; two examples
     tie on them with probability about 4e-6 per epoch, and a tie keeps their original order.)
     """
-    n = _check_count(n, "n", minimum=0)
+    n = _rng.check_integer(n, "n", minimum=0)
     words = _rng.philox_words(2 * n, _rng.check_seed(seed), _rng.check_seed(epoch, "epoch"),
                               streams.TRAIN_ORDER, device)
     xp = get_array_module(words)
@@ -61,7 +50,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless
     ``batch_size`` is a positive integer)."""
-    batch_size = _check_count(batch_size, "batch_size", minimum=1)
+    batch_size = _rng.check_integer(batch_size, "batch_size", minimum=1)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -126,7 +115,7 @@ class MinibatchLoader:
         # One conversion up front, so that every epoch can gather with take(out=) directly.
         self.x = to_device(xp.ascontiguousarray(x, dtype=xp.float32), self.device)
         self.y = None if y is None else to_device(y, self.device)
-        self.batch_size = _check_count(batch_size, "batch_size", minimum=1)
+        self.batch_size = _rng.check_integer(batch_size, "batch_size", minimum=1)
         self.seed = _rng.check_seed(seed)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -197,7 +186,7 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
         # Class labels are integers; float labels (NaN among them) would each count as a class.
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     classes = np.unique(labels)
-    n_labelled = _check_count(n_labelled, "n_labelled", minimum=1)
+    n_labelled = _rng.check_integer(n_labelled, "n_labelled", minimum=1)
     if n_labelled % len(classes):
         raise ValueError(f"n_labelled={n_labelled} is not a positive multiple of the {len(classes)} classes")
     per_class = n_labelled // len(classes)
