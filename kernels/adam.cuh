@@ -2,7 +2,9 @@
 // (adam.cu) and the host test shim run it, and it is written to give the CPU optimizer's
 // numbers (minivae.optim.Adam on NumPy) bit for bit: the same operations in the same order,
 // each rounded once -- no fused multiply-add on the device (__fmul_rn / __fadd_rn), IEEE
-// division and square root on both sides.
+// division and square root on both sides. (Apart from float32 subnormals: CuPy compiles with
+// -ftz=true, so the device flushes them at once, where the CPU optimizer flushes subnormal
+// moments every few steps; see minivae/gpu/_source.py.)
 #ifndef MINIVAE_ADAM_CUH
 #define MINIVAE_ADAM_CUH
 

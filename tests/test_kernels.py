@@ -177,20 +177,42 @@ def test_kernel_source_is_self_contained():
     assert _source.kernel_dir() == KERNELS or (_source.kernel_dir() / "philox.cuh").is_file()
 
 
-def test_nvrtc_compiles_sources():
-    """NVRTC (what cupy.RawModule runs at first use) compiles every kernel without a GPU."""
+def _need_nvrtc():
+    """Skip where CuPy's NVRTC is absent (the nvcc tests above still ran); fail instead under
+    MINIVAE_REQUIRE_NVRTC=1."""
     try:
         from cupy.cuda import nvrtc
 
         nvrtc.getVersion()
-    except Exception as exc:  # CuPy or libnvrtc absent: the nvcc test above still ran
+    except Exception as exc:
         missing = f"CuPy's NVRTC is not available here ({type(exc).__name__}: {exc})"
         if os.environ.get("MINIVAE_REQUIRE_NVRTC") == "1":
             pytest.fail(missing + "; MINIVAE_REQUIRE_NVRTC=1 asks for it (pip install -e '.[nvrtc]')")
         pytest.skip(missing)
+
+
+def test_nvrtc_compiles_sources():
+    """NVRTC (what cupy.RawModule runs at first use) compiles every kernel without a GPU."""
+    _need_nvrtc()
     for cu in CU_FILES:
         for arch in ("80", "90"):
             assert len(_source.nvrtc_compile(cu, arch)) > 1000
+
+
+def test_the_checked_build_flushes_float32_subnormals_as_cupy_builds_it():
+    """CuPy appends -ftz=true to the options of every kernel it compiles (see
+    minivae/gpu/_source.py): the installed CuPy still does, and nvrtc_compile checks that very
+    build, whose float32 arithmetic flushes subnormals to zero and whose float64 does not."""
+    _need_nvrtc()
+    import inspect
+
+    from cupy.cuda import compiler
+
+    assert "'-ftz=true'" in inspect.getsource(compiler._compile_with_cache_cuda)
+    ptx = _source.nvrtc_compile("adam.cu", "90", cubin=False).decode()
+    ops = set(re.findall(r"\b(?:add|mul|div|sqrt)\.rn(?:\.ftz)?\.f(?:32|64)", ptx))
+    assert ops == {"add.rn.ftz.f32", "mul.rn.ftz.f32", "div.rn.ftz.f32", "sqrt.rn.ftz.f32",
+                   "add.rn.f64", "mul.rn.f64", "div.rn.f64", "sqrt.rn.f64"}, ops
 
 
 # ------------------------------------------------------------------------------ host build

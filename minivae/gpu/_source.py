@@ -14,15 +14,24 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["KERNEL_FILES", "NVRTC_OPTIONS", "kernel_dir", "kernel_source", "nvrtc_compile"]
+__all__ = ["CUPY_ADDED_OPTIONS", "KERNEL_FILES", "NVRTC_OPTIONS", "kernel_dir", "kernel_source",
+           "nvrtc_compile"]
 
 #: The compiled translation units (each becomes one ``cupy.RawModule``).
 KERNEL_FILES = ("random.cu", "reparam.cu", "kl.cu", "fused.cu", "bernoulli.cu", "gaussian.cu", "dense.cu",
                 "logsumexp.cu", "adam.cu", "step.cu")
 
-#: NVRTC options: C++14, IEEE math (no ``--use_fast_math``; FMA contraction stays on, as in
-#: nvcc's default). The host build in the tests uses the same headers without fast-math.
+#: NVRTC options of ours: C++14, accurate math (no ``--use_fast_math``: division and square root
+#: IEEE-rounded, FMA contraction on, as in nvcc's default). The host build in the tests uses the
+#: same headers without fast-math.
 NVRTC_OPTIONS = ("--std=c++14",)
+
+#: The options ``cupy.RawModule`` adds after ours, for every kernel it compiles, CuPy's own ones
+#: included (``cupy/cuda/compiler.py``). The last ``-ftz`` wins, so on the device float32
+#: subnormal inputs and results (below 2**-126, about 1.2e-38) are flushed to zero; float64 keeps
+#: them. NumPy and the host build keep them too: the devices agree wherever no float32 value of
+#: a kernel is subnormal.
+CUPY_ADDED_OPTIONS = ("--device-as-default-execution-space", "-ftz=true")
 
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 
@@ -98,12 +107,13 @@ def nvrtc_compile(name: str, arch: str = "80", options=NVRTC_OPTIONS, cubin: boo
 
     Needs CuPy and the NVRTC library, not a GPU: it checks the kernels with the very compiler
     that ``cupy.RawModule`` uses at run time, with the options CuPy adds
-    (``--device-as-default-execution-space``). Raises ``RuntimeError`` with the log on failure.
+    (``CUPY_ADDED_OPTIONS``), so that what is checked is what runs. Raises ``RuntimeError``
+    with the log on failure.
     """
     from cupy.cuda import nvrtc  # deferred: CuPy is optional
 
     target = f"sm_{arch}" if cubin else f"compute_{arch}"
-    opts = tuple(options) + (f"--gpu-architecture={target}", "--device-as-default-execution-space")
+    opts = tuple(options) + (f"--gpu-architecture={target}",) + CUPY_ADDED_OPTIONS
     prog = nvrtc.createProgram(kernel_source(name), name, (), ())
     try:
         try:
