@@ -206,6 +206,8 @@ def markdown_table(results):
 
 
 def main(argv=None):
+    """Time every op (or ``--ops``) in minivae, NumPy and (when installed) PyTorch, print the
+    table and write ``engine_<machine>.json`` to ``--out``; returns the record."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=15, help="timeit repeats per measurement (median taken)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])

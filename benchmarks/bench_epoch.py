@@ -59,6 +59,8 @@ class TrainerStep:
         self.steps = 0
 
     def params(self):
+        """Copies of the model's parameter arrays (on the trainer's device), in minivae's order and
+        layout: the weights the other libraries start from."""
         return [p.data.copy() for p in self.trainer.model.parameters()]
 
     def __call__(self, xb):
@@ -85,6 +87,8 @@ class ScheduledRunner:
 
 
 def main(argv=None):
+    """Time ``--epochs`` epochs per library, interleaved, and write
+    ``epoch_<machine>_t<threads>_b<batch>[_gpu].json``; None when ``--device gpu`` finds no GPU."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=1, help="epochs per library (default 1)")

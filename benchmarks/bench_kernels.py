@@ -68,6 +68,7 @@ TARGET_SPEEDUP_MNIST = 3.0  # fused vs cupy-unfused at B=100, D=50
 
 
 def useful_bytes(B, D, itemsize):
+    """Bytes an ideal forward + backward of (B, D) arrays must move: (8 B*D + 2 B) * itemsize."""
     return (8 * B * D + 2 * B) * itemsize
 
 
@@ -92,6 +93,8 @@ def _unfused_step(xp, mu, lv, dz, gkl, draw):
 
 
 def make_numpy(B, D, dtype, philox=False):
+    """(step, None): the unfused forward + backward in NumPy on (B, D) arrays, eps from NumPy's
+    PCG64, or with ``philox`` from minivae.random (no forward-only timing)."""
     rng = np.random.default_rng(0)
     mu = rng.standard_normal((B, D)).astype(dtype)
     lv = rng.uniform(-2, 1, (B, D)).astype(dtype)
@@ -104,6 +107,8 @@ def make_numpy(B, D, dtype, philox=False):
 
 
 def make_cupy_unfused(B, D, dtype, cp):
+    """(step, forward) of the unfused CuPy baseline on (B, D) device arrays: eps from cupy.random,
+    elementwise ops and a row sum; ``forward`` computes z and kl alone."""
     rs = cp.random.RandomState(0)
     mu = rs.standard_normal((B, D), dtype=dtype)
     lv = rs.uniform(-2, 1, (B, D)).astype(dtype)
@@ -121,6 +126,9 @@ def make_cupy_unfused(B, D, dtype, cp):
 
 
 def make_minivae(B, D, dtype, cp, fused=True):
+    """(step, forward) of our kernels on (B, D) device arrays, eps regenerated from a new Philox
+    address per call: the two fused kernels, or with ``fused=False`` the four separate ones (and
+    forward None)."""
     import minivae.gpu as G
 
     rs = cp.random.RandomState(0)
@@ -154,6 +162,8 @@ def make_minivae(B, D, dtype, cp, fused=True):
 
 
 def make_torch(B, D, dtype, torch, device):
+    """(step, forward) of the same formulas in PyTorch on ``device`` (eps from torch.randn_like);
+    ``forward`` computes z and kl alone."""
     tdt = {np.float32: torch.float32, np.float64: torch.float64}[dtype]
     g = torch.Generator(device=device).manual_seed(0)
     mu = torch.randn(B, D, generator=g, device=device, dtype=tdt)
@@ -182,6 +192,8 @@ def make_torch(B, D, dtype, torch, device):
 
 # ------------------------------------------------------------------------------ timing
 def time_cpu(fn, repeats, budget_s):
+    """(median microseconds per call of fn, calls per timed loop, loops): perf_counter loops of
+    ~20 ms after a warm-up call, fewer loops (at least 3) when ``repeats`` would pass ``budget_s``."""
     fn()  # warm-up
     t0 = time.perf_counter()
     fn()
@@ -198,6 +210,8 @@ def time_cpu(fn, repeats, budget_s):
 
 
 def time_gpu(fn, repeats, budget_s, cp):
+    """As time_cpu on CuPy's current device: CUDA events around loops of ~10 ms after three warm-up
+    calls, at least 5 loops; returns (median microseconds per call, calls per loop, loops)."""
     for _ in range(3):  # warm-up: compilation, allocator pools
         fn()
     cp.cuda.Device().synchronize()
@@ -417,6 +431,8 @@ def kernel_table(rows):
 
 
 def versions(cp, torch):
+    """The versions in the result: NumPy, minivae, the git commit; with ``cp`` CuPy and which kernel
+    sources ran (folder, hash); with ``torch`` PyTorch."""
     v = {"numpy": np.__version__}
     try:
         from importlib.metadata import version
@@ -442,10 +458,13 @@ def versions(cp, torch):
 
 # ------------------------------------------------------------------------------ main
 def parse_sizes(text):
+    """The integers of a comma-separated list, each may be written as a float (``1e7``)."""
     return [int(float(s)) for s in text.split(",") if s.strip()]
 
 
 def main(argv=None):
+    """Time every implementation at every size (and each kernel alone on a GPU), print the tables
+    and write ``kernels_<device>_<date>.json`` to ``--out``; returns the result."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1e3,1e4,1e5,1e6,1e7,1e8",
@@ -594,6 +613,8 @@ def main(argv=None):
 
 
 def summarize(rows, args):
+    """The targets on this run's rows: the fused kernels' speedup at the ``--mnist`` shape (over
+    cupy-unfused and NumPy) and their share of peak bandwidth from 1e7 elements."""
     ok = [r for r in rows if "error" not in r]
     s = {}
     mnist = None
@@ -615,6 +636,8 @@ def summarize(rows, args):
 
 
 def markdown_table(rows):
+    """Markdown: a line per B x D, a column per implementation (microseconds per forward +
+    backward), and the fused kernels' GB/s (share of peak)."""
     ok = [r for r in rows if "error" not in r]
     impls = list(dict.fromkeys(r["impl"] for r in ok))
     shapes = list(dict.fromkeys((r["B"], r["D"]) for r in ok))

@@ -121,6 +121,7 @@ class MinivaeRunner:
         self.noise = Generator(seed)
 
     def batch(self, x):
+        """The batch on the runner's device (a copy on the GPU; a NumPy batch as it is on the CPU)."""
         return to_device(x, self.device)
 
     def fwd_bwd(self, xb):
@@ -131,11 +132,15 @@ class MinivaeRunner:
         return stats["loss"]
 
     def step(self, xb):
+        """fwd_bwd, then minivae's Adam step; returns the loss as a 0-d array on the runner's device
+        (not read back)."""
         loss = self.fwd_bwd(xb)
         self.opt.step()
         return loss
 
     def draw_eps(self, b):
+        """One draw of eps, (1, b, Z_DIM) float32 from the runner's Philox generator; on the GPU
+        ``minivae.gpu.normal`` draws it on the device, from the same Philox address."""
         if self.device != "gpu":
             return self.noise.normal((1, b, Z_DIM), dtype=np.float32)
         from minivae import gpu  # the GPU draws with its own kernel, from the same address
@@ -153,6 +158,7 @@ class MinivaeRunner:
         return loss.item(), grads
 
     def sync(self):
+        """CuPy: waits for the device; nothing on the CPU."""
         if self.device == "gpu":
             cupy_module().cuda.Device().synchronize()
 
@@ -190,12 +196,15 @@ class MinivaeGraphRunner(MinivaeRunner):
         self.trainer, self.t = trainer, 1
 
     def step(self, xb):
+        """Replay the captured step on ``xb`` (capturing it on the first call and on a new batch
+        shape); returns None: the loss stays on the device."""
         if self.trainer is None or xb.shape != self.trainer.graph.x.shape:
             self._capture(xb)
         self.trainer.graph.step(xb, self.t)
         self.t += 1
 
     def fwd_bwd(self, xb):
+        """Not available: graph mode captures the whole step only (raises NotImplementedError)."""
         raise NotImplementedError("minivae-graph captures the whole step only")
 
     def graph_nodes(self):
@@ -224,9 +233,11 @@ class NumpyRunner:
         self.rng = self.xp.random.default_rng(seed) if device == "gpu" else np.random.default_rng(seed)
 
     def batch(self, x):
+        """The batch as an array of the runner's module (NumPy; a CuPy copy on the GPU)."""
         return self.xp.asarray(x)
 
     def draw_eps(self, b):
+        """One draw of eps, (b, Z_DIM) float32 from NumPy's (on the GPU CuPy's) seeded default_rng."""
         return self.rng.standard_normal((b, Z_DIM), dtype=np.float32)
 
     def fwd_bwd(self, xb):
@@ -235,11 +246,14 @@ class NumpyRunner:
         return loss, grads
 
     def step(self, xb):
+        """fwd_bwd, then the reference Adam (flushing subnormal moments every ``flush_every`` steps);
+        returns the loss as a Python float."""
         loss, grads = self.fwd_bwd(xb)
         self.opt.step(grads)
         return loss
 
     def loss_and_grads(self, xb, eps):
+        """Loss and gradients (NumPy) of the reference with the given eps, for the agreement check."""
         loss, _, grads = self.model.loss_and_grads(xb, self.xp.asarray(eps))
         return loss, [to_device(g, "cpu") for g in grads]
 
@@ -250,6 +264,7 @@ class NumpyRunner:
                 "t": self.opt.t}
 
     def sync(self):
+        """CuPy: waits for the device; nothing on NumPy."""
         if self.xp is not np:
             self.xp.cuda.Device().synchronize()
 
@@ -272,6 +287,8 @@ if torch is not None:
             return list(self.enc) + [self.mu, self.logvar] + list(self.dec)
 
         def loss(self, x, eps):
+            """The negative ELBO with the given eps, averaged over the batch: mean KL minus mean Bernoulli
+            log-likelihood."""
             h = x
             for layer in self.enc:
                 h = torch.relu(layer(h))
@@ -310,10 +327,12 @@ class TorchRunner:
         self.gen = torch.Generator(device=self.dev).manual_seed(seed)
 
     def batch(self, x):
+        """The batch as a tensor on the runner's device."""
         # NumPy on the CPU: shares its memory; a CuPy batch (a loader on the GPU): shares it too
         return torch.as_tensor(x, device=self.dev)
 
     def draw_eps(self, b):
+        """One draw of eps, (b, Z_DIM) float32 from torch.randn with the runner's seeded generator."""
         return torch.randn(b, Z_DIM, generator=self.gen, device=self.dev)
 
     def fwd_bwd(self, xb):
@@ -324,11 +343,14 @@ class TorchRunner:
         return loss.item()
 
     def step(self, xb):
+        """fwd_bwd, then ``torch.optim.Adam``'s step; returns the loss as a Python float."""
         loss = self.fwd_bwd(xb)
         self.opt.step()
         return loss
 
     def loss_and_grads(self, xb, eps):
+        """Loss and gradients (NumPy) with the given eps, the weight gradients transposed to minivae's
+        (in, out) layout."""
         self.opt.zero_grad()
         loss = self.model.loss(xb, torch.from_numpy(eps).to(self.dev))
         loss.backward()
@@ -337,6 +359,7 @@ class TorchRunner:
         return loss.item(), grads
 
     def sync(self):
+        """CUDA: ``torch.cuda.synchronize()``; nothing on the CPU."""
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
 
@@ -362,10 +385,13 @@ class TorchFlushRunner(TorchRunner):
             torch.set_flush_denormal(False)
 
     def fwd_bwd(self, xb):
+        """TorchRunner's forward and backward, with subnormal numbers flushed to zero during it only."""
         with self._flushing():
             return super().fwd_bwd(xb)
 
     def step(self, xb):
+        """TorchRunner's step (forward, backward, Adam), with subnormal numbers flushed to zero during
+        it only."""
         with self._flushing():
             return super().step(xb)
 
@@ -412,6 +438,8 @@ class TorchGraphRunner(TorchRunner):
             self.static_loss = self._whole_step()
 
     def step(self, xb):
+        """Copy ``xb`` into the graph's input buffer and replay the captured step (capturing it on the
+        first call and on a new batch shape); returns the loss as a device tensor, not read."""
         if self.graph is None or xb.shape != self.static_x.shape:
             self._capture(xb)
         self.static_x.copy_(xb)
@@ -419,6 +447,7 @@ class TorchGraphRunner(TorchRunner):
         return self.static_loss
 
     def fwd_bwd(self, xb):
+        """Not available: the graph captures the whole step only (raises NotImplementedError)."""
         raise NotImplementedError("torch-graph captures the whole step only")
 
 
@@ -571,10 +600,12 @@ class ForwardBackwardOnly:
         self.runner, self.name = runner, runner.name
 
     def step(self, xb):
+        """The runner's fwd_bwd, no optimizer step; returns the loss (without NumpyRunner's gradients)."""
         loss = self.runner.fwd_bwd(xb)
         return loss[0] if isinstance(loss, tuple) else loss
 
     def sync(self):
+        """The runner's sync."""
         self.runner.sync()
 
 
@@ -670,6 +701,8 @@ def profile_steps(runner, batches, steps):
 
 
 def main(argv=None):
+    """Time a training step per library and batch size (and forward + backward alone), print the
+    targets and write ``train_step_<machine>_t<threads>[_gpu][_retain].json``; returns the record."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="batch sizes (default 100 1000 on the CPU, 100 1000 10000 on the GPU)")

@@ -58,6 +58,7 @@ def series(run):
 
 
 def device_label(run):
+    """Where a run ran, for the legend: the GPU's name, or "CPU, <threads> threads"."""
     if run.get("device") == "gpu":
         return (run.get("gpu") or {}).get("name", "GPU")
     return f"CPU, {run.get('threads')} threads"
@@ -104,6 +105,8 @@ def plot(cpu, gpu, out, cpu_threads):
 
 
 def main(argv=None):
+    """Draw the newest CPU and GPU train_step results into ``--out``
+    (docs/img/step_time_vs_batch.png); returns its path."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default=str(RESULTS), help="folder of train_step_*.json")
     parser.add_argument("--out", default=str(DEFAULT_OUT))

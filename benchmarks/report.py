@@ -341,6 +341,8 @@ def write_readme(text, readme=README, begin=BEGIN, end=END):
 
 
 def main(argv=None):
+    """Print the tables of every result; ``--write`` also replaces the generated section of
+    benchmarks/README.md, ``--readme`` the results section of the top-level README.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", action="store_true", help="update benchmarks/README.md in place")
     parser.add_argument("--readme", action="store_true",

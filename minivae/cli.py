@@ -53,6 +53,7 @@ class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are raised (as UsageError), so ``main`` prints them as one line."""
 
     def error(self, message):
+        """Raise the message as a UsageError instead of printing the usage and exiting."""
         raise UsageError(message)
 
 

@@ -420,6 +420,7 @@ class _NumpyArrayUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module, name):
+        """The allowed NumPy callable the pickle names; any other global raises UnpicklingError."""
         try:
             return self._ALLOWED[(module, name)]
         except KeyError:
