@@ -1,5 +1,7 @@
-"""The docs cannot rot: docs/gradients.md matches the ops' docstrings, and the Python blocks of
-docs/tutorial.md and docs/gradients.md run and their assertions hold."""
+"""The docs cannot rot: docs/gradients.md matches the ops' docstrings, the Python blocks of
+docs/tutorial.md and docs/gradients.md run and their assertions hold, and every public function
+has a docstring."""
+import ast
 import re
 import shutil
 import xml.etree.ElementTree as ET
@@ -11,7 +13,8 @@ import pytest
 from minivae import docs
 from minivae.gradcheck_cases import op_classes
 
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
 
 
 def python_blocks(path):
@@ -166,3 +169,90 @@ def test_pictures_are_in_docs():
         path = DOCS / name
         assert path.exists() and path.stat().st_size > 1000, f"docs/{name} is missing"
     assert (DOCS / "vae_graph.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+# ----- a docstring on every public function -------------------------------------------------------
+# Read from the source with ast, nothing imported: the GPU and benchmark modules count too, on a
+# machine without CuPy or PyTorch.
+SCANNED = ("minivae", "benchmarks", "tools")
+EXEMPT_METHODS = ("forward", "backward")
+
+
+def _parsed_sources(root=ROOT):
+    """{path relative to ``root``: its ast} of every .py file under the SCANNED folders."""
+    return {path.relative_to(root).as_posix(): ast.parse(path.read_text(), str(path))
+            for folder in SCANNED for path in sorted((root / folder).rglob("*.py"))}
+
+
+def _defs(node, owner=""):
+    """(owner, node) of every class and def in ``node`` that is not inside a function (defs under
+    an ``if`` or ``try`` count), ``owner`` being the dotted names of the classes around it."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield owner, child
+        elif isinstance(child, ast.ClassDef):
+            yield owner, child
+            yield from _defs(child, f"{owner}.{child.name}".lstrip("."))
+        else:
+            yield from _defs(child, owner)
+
+
+def function_subclasses(sources):
+    """Names of the classes that subclass Function, directly or through others, following the
+    bases by name. A base named like a class of its own file is that class: nn.layers.LinearReLU
+    subclasses the layer Linear of its file, not the op Linear of ops/linalg.py."""
+    classes = {(path, node.name): [b.id if isinstance(b, ast.Name) else b.attr for b in node.bases
+                                   if isinstance(b, (ast.Name, ast.Attribute))]
+               for path, tree in sources.items() for _, node in _defs(tree) if isinstance(node, ast.ClassDef)}
+
+    def resolve(path, name):
+        if (path, name) in classes:
+            return [(path, name)]
+        return [key for key in classes if key[1] == name]
+
+    found = {key for key in classes if key[1] == "Function"}
+    roots = set(found)
+    grew = True
+    while grew:
+        grew = False
+        for key, bases in classes.items():
+            if key not in found and any(b in found for name in bases for b in resolve(key[0], name)
+                                        if b != key):
+                found.add(key)
+                grew = True
+    return {name for _, name in found - roots}
+
+
+def public_functions_without_docstrings(sources):
+    """``path:line Class.name`` of every public function or method (its name does not start with
+    "_"; the methods of private classes count) that has no docstring, except the ops' forward and
+    backward."""
+    ops = function_subclasses(sources)
+    missing = []
+    for path, tree in sources.items():
+        for owner, node in _defs(tree):
+            if isinstance(node, ast.ClassDef) or node.name.startswith("_") or ast.get_docstring(node):
+                continue
+            if node.name in EXEMPT_METHODS and owner.rpartition(".")[2] in ops:
+                continue
+            missing.append(f"{path}:{node.lineno} {owner + '.' if owner else ''}{node.name}")
+    return missing
+
+
+def test_every_public_function_has_a_docstring():
+    """The project's rule: a docstring on every public function and method of minivae/,
+    benchmarks/ and tools/. Exempt: ``forward`` and ``backward`` of the ops (the subclasses of
+    Function). An op's class docstring states its forward formula and its derivative (checked by
+    test_every_op_states_forward_and_derivative and rendered into docs/gradients.md), and
+    Function.forward/backward document the interface, so a docstring on each op's two
+    static methods would only repeat one of them."""
+    sources = _parsed_sources()
+    assert len(sources) > 20, f"found only {sorted(sources)} under {ROOT}"
+    missing = public_functions_without_docstrings(sources)
+    assert not missing, f"{len(missing)} public functions without a docstring:\n" + "\n".join(missing)
+
+
+def test_docstring_exemption_is_the_ops():
+    """The classes whose forward/backward are exempt above are exactly the op classes (a class
+    named like an op elsewhere, a layer say, gets no exemption)."""
+    assert function_subclasses(_parsed_sources()) == {op.__name__ for op in op_classes()}
