@@ -587,7 +587,9 @@ def time_interleaved(runners, batches, repeat, block, budget_s=None):
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
         out.setdefault("_repeat", repeat)
         out[n] = {"ms_per_step": round(statistics.median(t), 3), "ms_min": round(min(t), 3),
-                  "ms_q1": round(q[0], 3), "ms_q3": round(q[2], 3), "last_loss": round(float(losses[n]), 3),
+                  "ms_q1": round(q[0], 3), "ms_q3": round(q[2], 3),
+                  # (None for minivae-graph, whose losses are only summed on the device)
+                  "last_loss": None if losses[n] is None else round(float(losses[n]), 3),
                   "page_faults_per_step": round(statistics.median(faults[n][1:]), 1)}
     return out
 

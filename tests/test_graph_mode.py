@@ -356,3 +356,28 @@ def test_a_capture_that_fails_ends_the_capture_and_raises_the_reason(monkeypatch
     with pytest.raises(NotImplementedError, match="during stream capture"):
         minivae.gpu.graph.CapturedStep(refused)
     assert fake.events[-3:] == ["end_capture", "exit side", "pool allocator off"]
+
+
+def test_the_step_benchmark_times_graph_mode(fake_device, monkeypatch):
+    """benchmarks/bench_train_step.py's minivae-graph runner (the trainer's step captured, then
+    replayed) goes through the benchmark's timing loop: its loss is only summed on the device,
+    so no last loss is reported, and the replays train (the parameters move)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
+    spec = importlib.util.spec_from_file_location("bench_train_step", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    device = types.SimpleNamespace(synchronize=lambda: None)  # the fake runs each call at once
+    monkeypatch.setattr(sys.modules["cupy"], "cuda", types.SimpleNamespace(Device=lambda: device), raising=False)
+    state, _ = bench.warm_state(None, 0, seed=0)
+    runner = bench.MinivaeGraphRunner(state, "gpu", seed=0)
+    x = (np.random.default_rng(0).random((3, 4, 784)) < 0.5).astype(np.float32)
+    before = [p.data.copy() for p in runner.model.parameters()]
+    out = bench.time_interleaved({"minivae-graph": runner}, {"minivae-graph": [runner.batch(b) for b in x]},
+                                 repeat=1, block=2)
+    row = out["minivae-graph"]
+    assert row["last_loss"] is None and row["ms_per_step"] > 0
+    assert runner.t == 5  # the step count: the eager step of the capture, then a replay per call
+    assert any(not np.array_equal(p.data, b) for p, b in zip(runner.model.parameters(), before))
