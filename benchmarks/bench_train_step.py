@@ -125,15 +125,18 @@ class MinivaeRunner:
         return to_device(x, self.device)
 
     def fwd_bwd(self, xb):
-        """Forward and backward without the optimizer step; returns the loss."""
+        """Forward and backward without the optimizer step; returns the loss as a Python float.
+
+        Read back every step, as the other libraries' runners read theirs and as the trainer
+        reads a step's statistics: on the GPU that waits for the device, so no library's host
+        work runs ahead of its kernels."""
         loss, stats = self.model.loss(mv.tensor(xb), self.noise)
         self.model.zero_grad()
         loss.backward()
-        return stats["loss"]
+        return float(stats["loss"])
 
     def step(self, xb):
-        """fwd_bwd, then minivae's Adam step; returns the loss as a 0-d array on the runner's device
-        (not read back)."""
+        """fwd_bwd, then minivae's Adam step; returns the loss (a Python float)."""
         loss = self.fwd_bwd(xb)
         self.opt.step()
         return loss
