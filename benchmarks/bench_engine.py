@@ -214,8 +214,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="PyTorch intra-op threads (tiny arrays: 1)")
     parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
-    parser.add_argument("--ops", nargs="*", help="only these ops (default: all)")
+    parser.add_argument("--ops", nargs="+", help="only these ops (default: all)")
     args = parser.parse_args(argv)
+    unknown = [op for op in args.ops or () if op not in OPS]
+    if unknown:
+        parser.error(f"--ops: unknown op(s) {', '.join(map(repr, unknown))}; choose from "
+                     f"{', '.join(map(repr, OPS))}")
 
     dtype = np.dtype(args.dtype)
     if torch is not None:
