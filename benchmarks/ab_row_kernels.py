@@ -192,7 +192,8 @@ def check_edges(cp, var, ref):
 
 # ------------------------------------------------------------------------------ timing
 def time_us(cp, fn, repeats):
-    """Median microseconds of fn() (bench_kernels' CUDA-event loops, at most 0.5 s per call)."""
+    """Median microseconds of fn() (bench_kernels' CUDA-event loops of ~10 ms: as many as fit in
+    0.5 s, but at least 5)."""
     return time_gpu(fn, repeats, 0.5, cp)[0]
 
 

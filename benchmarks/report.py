@@ -2,7 +2,7 @@
 
     python benchmarks/report.py            # print the tables for every train_step_* and epoch_* result
     python benchmarks/report.py --write    # also replace the generated section of benchmarks/README.md
-    python benchmarks/report.py --readme   # and the short results section of the top-level README.md
+    python benchmarks/report.py --readme   # replace the short results section of the top-level README.md
 
 Each table names the machine, the threads, the date and the command of the run it came from.
 """
