@@ -19,7 +19,7 @@ from machine import default_machine_name, versions, write_result  # noqa: E402
 
 from minivae.cli import _add_train_args, _config_from_args  # noqa: E402
 from minivae.data import binarize_eval, load_mnist  # noqa: E402
-from minivae.evaluate import log_likelihood, nll_summary  # noqa: E402
+from minivae.evaluate import log_likelihood_and_ess, nll_summary  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def main(argv=None):
 
     x_test = binarize_eval(data.x_test, "test")[: args.eval_n]
     start = time.perf_counter()
-    ll = log_likelihood(trainer.model, x_test, k=args.nll_k, progress=not args.no_progress)
+    ll, ess = log_likelihood_and_ess(trainer.model, x_test, k=args.nll_k, progress=not args.no_progress)
     eval_seconds = time.perf_counter() - start
     epoch_seconds = [m["seconds"] for m in metrics]
     payload = {
@@ -57,7 +57,7 @@ def main(argv=None):
         "train_seconds_all_epochs": round(float(np.sum(epoch_seconds)), 1),
         "seconds_per_epoch_median": round(float(np.median(epoch_seconds)), 2),
         "test_elbo": final["test_elbo"],
-        **nll_summary(ll),
+        **nll_summary(ll, ess),
         "nll_k": args.nll_k,
         "nll_n_test": len(x_test),
         "nll_eval_seconds": round(eval_seconds, 1),

@@ -6,6 +6,11 @@ running log-sum-exp, so memory stays bounded by ``chunk_rows`` decoder rows what
 makes the chunks one estimate only if each of a model's importance samples is drawn on its own
 (``log_weights`` shares no noise among the samples of one call, a chunk; ``models.base``).
 M1+M2 estimates log p(z1) of its M2 at M1's features instead of log p(x) (``models.m1m2``).
+
+The estimate is only as good as its weights are even: when a few of the k samples carry nearly
+all the weight, log p(x) is typically underestimated by more than the spread over the images
+shows. So each example's effective sample size (sum w)^2 / sum w^2 (Kong 1992) is computed from
+the same weights: k for equal weights, near 1 when one sample dominates.
 """
 import contextlib
 import math
@@ -57,30 +62,40 @@ def _progress(iterable, total, desc, enabled):
 
 def log_likelihood(model, x, k=5000, noise=None, batch_size=100, chunk_rows=25000, progress=False):
     """Per-example importance-sampled estimates of log p(x) (a NumPy float64 array of length N;
-    for M1+M2, of log p(z1) under its M2).
+    for M1+M2, of log p(z1) under its M2): the first of :func:`log_likelihood_and_ess`."""
+    return log_likelihood_and_ess(model, x, k, noise, batch_size, chunk_rows, progress)[0]
+
+
+def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_rows=25000, progress=False):
+    """Per-example importance-sampled estimates of log p(x) and the effective sample sizes of
+    their weights, (sum w)^2 / sum w^2 in [1, k] (two NumPy float64 arrays of length N).
 
     ``model.log_weights(x, k, noise)`` gives (k, B) log-weights, k independent samples per
     example; they are drawn ``chunk_rows // batch_size`` samples at a time and merged by
-    log-sum-exp.
+    log-sum-exp (of the weights, and of their squares for the effective sample size).
     """
     noise = noise or Generator(seed=12345, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
-    out = np.empty(len(x))
+    ll, ess = np.empty(len(x)), np.empty(len(x))
     per_chunk = max(1, min(k, chunk_rows // batch_size))
     with evaluating(model):
         for sl in _progress(_batches(len(x), batch_size), math.ceil(len(x) / batch_size),
                             f"log-likelihood, k={k}", progress):
             xb = tensor(to_device(x[sl], device))
-            total, done = None, 0
+            total = total_sq = None  # log sum w, log sum w^2 over the samples so far
+            done = 0
             while done < k:
                 kc = min(per_chunk, k - done)
-                log_w = model.log_weights(xb, kc, noise).data
+                log_w = model.log_weights(xb, kc, noise).data.astype(np.float64)
                 xp = get_array_module(log_w)
-                lse = logmeanexp(log_w.astype(np.float64), axis=0) + math.log(kc)
+                lse = logmeanexp(log_w, axis=0) + math.log(kc)
+                lse_sq = logmeanexp(2 * log_w, axis=0) + math.log(kc)
                 total = lse if total is None else xp.logaddexp(total, lse)
+                total_sq = lse_sq if total_sq is None else xp.logaddexp(total_sq, lse_sq)
                 done += kc
-            out[sl] = to_device(total - math.log(k), "cpu")
-    return out
+            ll[sl] = to_device(total - math.log(k), "cpu")
+            ess[sl] = to_device(xp.exp(2 * total - total_sq), "cpu")
+    return ll, ess
 
 
 def elbo(model, x, noise=None, batch_size=500):
@@ -99,10 +114,14 @@ def elbo(model, x, noise=None, batch_size=500):
     return bound, rec, kl
 
 
-def nll_summary(ll):
-    """Mean test NLL and its standard error over the images, from per-image log-likelihoods."""
+def nll_summary(ll, ess=None):
+    """Mean test NLL and its standard error over the images, from per-image log-likelihoods;
+    with their effective sample sizes ``ess`` also the median and the smallest of those."""
     ll = np.asarray(ll, dtype=np.float64)
-    return {"test_nll": float(-ll.mean()), "test_nll_stderr": float(ll.std(ddof=1) / np.sqrt(len(ll)))}
+    out = {"test_nll": float(-ll.mean()), "test_nll_stderr": float(ll.std(ddof=1) / np.sqrt(len(ll)))}
+    if ess is not None:
+        out.update(ess_median=float(np.median(ess)), ess_min=float(np.min(ess)))
+    return out
 
 
 def classification_error(model, x, labels, batch_size=500):
@@ -121,11 +140,12 @@ def classification_error(model, x, labels, batch_size=500):
 def test_set_scores(model, x_test, y_test, k, progress=False):
     """What ``minivae eval`` reports for a model on binarized test images ``x_test``: the number
     of images, k, the mean ELBO, the k-sample NLL and its standard error, the likelihood it is
-    the minus of (``model.estimated_log_likelihood``), and (for a model that
-    ``classifies``) the classification error against ``y_test``."""
+    the minus of (``model.estimated_log_likelihood``), the median and smallest effective sample
+    size of its weights, and (for a model that ``classifies``) the classification error against
+    ``y_test``."""
     bound, _, _ = elbo(model, x_test)
-    ll = log_likelihood(model, x_test, k=k, progress=progress)
-    scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll),
+    ll, ess = log_likelihood_and_ess(model, x_test, k=k, progress=progress)
+    scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll, ess),
               "likelihood": model.estimated_log_likelihood}
     if model.classifies:
         scores["test_error"] = classification_error(model, x_test, y_test)

@@ -35,7 +35,7 @@ from .analysis import latent_summary
 from .autograd import tensor
 from .backend import get_array_module, resolve_device, to_device
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
-from .evaluate import classification_error, elbo, log_likelihood, nll_summary
+from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
 from .random import Generator
 from .runs import CHECKPOINT, CONFIG, RESULTS, TrainConfig
@@ -426,8 +426,8 @@ class Trainer:
         if self.model.classifies:
             results["test_error"] = classification_error(self.model, x_test, self.data.y_test)
         if self.config.eval_k:
-            ll = log_likelihood(self.model, x_test, k=self.config.eval_k, progress=self.progress)
-            results.update(nll_summary(ll), eval_k=self.config.eval_k,
+            ll, ess = log_likelihood_and_ess(self.model, x_test, k=self.config.eval_k, progress=self.progress)
+            results.update(nll_summary(ll, ess), eval_k=self.config.eval_k,
                            likelihood=self.model.estimated_log_likelihood)
         self.log(json.dumps(results))
         runs.write_json(self.run_dir / RESULTS, results, kept="the results are printed above")

@@ -119,12 +119,12 @@ def test_graph_without_graphviz_says_an_svg_needs_it(capsys, tmp_path, monkeypat
 def test_eval_estimates_the_time_and_shows_progress(capsys, monkeypatch, trained_run):  # noqa: F811
     monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
     calls = []
-    real = minivae.evaluate.log_likelihood
+    real = minivae.evaluate.log_likelihood_and_ess
 
     def spy(*args, **kwargs):
         calls.append(kwargs)
         return real(*args, **kwargs)
-    monkeypatch.setattr(minivae.evaluate, "log_likelihood", spy)
+    monkeypatch.setattr(minivae.evaluate, "log_likelihood_and_ess", spy)
     assert main(["eval", str(trained_run), "--k", "3", "--out", str(trained_run / "e.json")]) == 0
     captured = capsys.readouterr()
     estimate = [line for line in captured.err.splitlines() if "importance samples on 20 images: about" in line]
@@ -133,6 +133,7 @@ def test_eval_estimates_the_time_and_shows_progress(capsys, monkeypatch, trained
     assert calls[-1]["progress"] is True and calls[-1]["k"] == 3   # the bar (tqdm) of the real evaluation
     result = json.loads(captured.out)
     assert result == json.loads((trained_run / "e.json").read_text()) and result["k"] == 3
+    assert 1 <= result["ess_min"] <= result["ess_median"] <= 3  # the weights' effective sample sizes
 
 
 def test_eval_of_part_of_the_test_set_gets_its_own_file(capsys, monkeypatch, trained_run):  # noqa: F811

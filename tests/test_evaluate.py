@@ -114,10 +114,58 @@ def test_elbo_is_the_reconstruction_minus_the_kl_per_example():
 
 
 def test_nll_summary_is_the_mean_and_its_standard_error():
-    """test_nll = -mean(ll), test_nll_stderr = std(ll, ddof=1) / sqrt(n), from the formulas."""
+    """test_nll = -mean(ll), test_nll_stderr = std(ll, ddof=1) / sqrt(n), from the formulas; with
+    effective sample sizes also their median and minimum."""
     from minivae.evaluate import nll_summary
 
     ll = np.array([-1.0, -2.0, -4.0, -5.0])
     summary = nll_summary(ll)
     assert summary["test_nll"] == 3.0
     assert summary["test_nll_stderr"] == pytest.approx(np.sqrt(10 / 3) / 2, rel=1e-15)
+    assert "ess_median" not in summary
+    summary = nll_summary(ll, ess=np.array([40.0, 3.0, 10.0, 7.5]))
+    assert (summary["ess_median"], summary["ess_min"]) == (8.75, 3.0)
+
+
+class _FixedWeights:
+    """A stand-in model whose log_weights hand out the columns of one fixed (K, N) array in order,
+    chunk after chunk (for each batch of examples), so that the estimate is known in closed form."""
+
+    training = False
+
+    def __init__(self, log_w):
+        self.log_w, self.done = log_w, 0
+
+    def parameters(self):
+        return iter([mv.tensor(np.zeros(1))])
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def eval(self):
+        self.train(False)
+
+    def log_weights(self, x, k, noise):
+        rows = x.data[:, 0].astype(int)  # each example's column
+        out = self.log_w[self.done:self.done + k][:, rows]
+        self.done = (self.done + k) % len(self.log_w)
+        return mv.tensor(out)
+
+
+@pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
+def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
+    """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,
+    however the k samples are chunked: k for equal weights, about 1 when one weight dominates,
+    and the formula's value for spread weights (log-weights far from 0: no overflow)."""
+    from minivae.evaluate import log_likelihood_and_ess
+
+    K = 12
+    spread = np.random.default_rng(0).normal(0.0, 2.0, K) - 900.0
+    log_w = np.stack([np.full(K, 700.0), np.r_[0.0, np.full(K - 1, -60.0)], spread], axis=1)
+    x = np.arange(3, dtype=np.float64)[:, None]
+    ll, ess = log_likelihood_and_ess(_FixedWeights(log_w), x, k=K, batch_size=3, chunk_rows=chunk_rows)
+    w = np.exp(spread - spread.max())
+    np.testing.assert_allclose(ll, [700.0, np.log(np.exp(-60.0 * np.r_[0, np.ones(K - 1)]).mean()),
+                                    spread.max() + np.log(w.mean())], rtol=1e-12)
+    np.testing.assert_allclose(ess, [K, 1.0, w.sum() ** 2 / (w ** 2).sum()], rtol=1e-12)
+    assert 1.0 < ess[2] < K

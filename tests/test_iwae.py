@@ -137,3 +137,4 @@ def test_two_layer_iwae_trains_from_the_cli_settings(tmp_path):
     assert isinstance(trainer.model, TwoLayerVAE) and trainer.model.iw_k == 3
     results = trainer.final_evaluation()
     assert np.isfinite(results["test_nll"]) and results["test_nll"] < -results["test_elbo"] + 1.0
+    assert 1 <= results["ess_min"] <= results["ess_median"] <= 5  # of the eval_k = 5 weights
