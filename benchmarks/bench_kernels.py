@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import re
 import statistics
@@ -209,57 +210,42 @@ def time_cpu(fn, repeats, budget_s):
     return statistics.median(samples) * 1e6, inner, repeats
 
 
-def time_gpu(fn, repeats, budget_s, cp):
-    """As time_cpu on CuPy's current device: CUDA events around loops of ~10 ms after three warm-up
-    calls, at least 5 loops; returns (median microseconds per call, calls per loop, loops)."""
+def time_events(fn, repeats, budget_s, new_event, elapsed_s, synchronize):
+    """As time_cpu on a GPU, timed by its events: loops of ~10 ms after three warm-up calls, at
+    least 5 loops; returns (median microseconds per call, calls per loop, loops). ``new_event()``
+    makes a timing event (with ``record()`` and ``synchronize()``), ``elapsed_s(start, end)`` is the
+    seconds between two recorded events and ``synchronize()`` waits for the device."""
     for _ in range(3):  # warm-up: compilation, allocator pools
         fn()
-    cp.cuda.Device().synchronize()
-    start, end = cp.cuda.Event(), cp.cuda.Event()
-    start.record()
-    fn()
-    end.record()
-    end.synchronize()
-    one = max(cp.cuda.get_elapsed_time(start, end) / 1e3, 1e-7)
-    inner = max(1, min(2000, int(0.01 / one)))  # ~10 ms per timed loop
-    repeats = max(5, min(repeats, int(budget_s / (one * inner)) or 5))
-    samples = []
-    for _ in range(repeats):
+    synchronize()
+    start, end = new_event(), new_event()
+
+    def loop_s(calls):
         start.record()
-        for _ in range(inner):
+        for _ in range(calls):
             fn()
         end.record()
         end.synchronize()
-        samples.append(cp.cuda.get_elapsed_time(start, end) / 1e3 / inner)
+        return elapsed_s(start, end)
+
+    one = max(loop_s(1), 1e-7)
+    inner = max(1, min(2000, int(0.01 / one)))  # ~10 ms per timed loop
+    repeats = max(5, min(repeats, int(budget_s / (one * inner)) or 5))
+    samples = [loop_s(inner) / inner for _ in range(repeats)]
     return statistics.median(samples) * 1e6, inner, repeats
 
 
-class _TorchTimer:
-    def __init__(self, torch):
-        self.torch = torch
+def time_gpu(fn, repeats, budget_s, cp):
+    """time_events on CuPy's current device."""
+    return time_events(fn, repeats, budget_s, cp.cuda.Event,
+                       lambda start, end: cp.cuda.get_elapsed_time(start, end) / 1e3,
+                       cp.cuda.Device().synchronize)
 
-    def __call__(self, fn, repeats, budget_s):
-        torch = self.torch
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        one = max(start.elapsed_time(end) / 1e3, 1e-7)
-        inner = max(1, min(2000, int(0.01 / one)))
-        repeats = max(5, min(repeats, int(budget_s / (one * inner)) or 5))
-        samples = []
-        for _ in range(repeats):
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3 / inner)
-        return statistics.median(samples) * 1e6, inner, repeats
+
+def time_torch_cuda(fn, repeats, budget_s, torch):
+    """time_events on PyTorch's current CUDA device."""
+    return time_events(fn, repeats, budget_s, lambda: torch.cuda.Event(enable_timing=True),
+                       lambda start, end: start.elapsed_time(end) / 1e3, torch.cuda.synchronize)
 
 
 # ------------------------------------------------------------------------------ environment
@@ -545,13 +531,13 @@ def main(argv=None):
                     timer = time_cpu
                 elif name == "cupy-unfused":
                     step, forward = make_cupy_unfused(B, D, dtype, cp)
-                    timer = lambda f, r, b: time_gpu(f, r, b, cp)  # noqa: E731
+                    timer = functools.partial(time_gpu, cp=cp)
                 elif name.startswith("minivae"):
                     step, forward = make_minivae(B, D, dtype, cp, fused=(name == "minivae-fused"))
-                    timer = lambda f, r, b: time_gpu(f, r, b, cp)  # noqa: E731
+                    timer = functools.partial(time_gpu, cp=cp)
                 else:
                     step, forward = make_torch(B, D, dtype, torch, torch_device)
-                    timer = _TorchTimer(torch) if torch_device == "cuda" else time_cpu
+                    timer = functools.partial(time_torch_cuda, torch=torch) if torch_device == "cuda" else time_cpu
                 us, inner, reps = timer(step, args.repeats, args.budget)
                 row = {"impl": name, "device": device, "B": B, "D": D, "n": n, "dtype": args.dtype,
                        "us_fwd_bwd": round(us, 3), "inner": inner, "repeats": reps,
