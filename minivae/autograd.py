@@ -35,23 +35,24 @@ _state = _State()
 
 
 @contextlib.contextmanager
+def set_grad_enabled(enabled):
+    """Context manager (and decorator) under which operations record a graph if ``enabled``;
+    the previous mode comes back on leaving, however the block ends."""
+    previous, _state.grad_enabled = _state.grad_enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
 def no_grad():
     """Context manager (and decorator) under which no graph is recorded: for evaluation and updates."""
-    previous, _state.grad_enabled = _state.grad_enabled, False
-    try:
-        yield
-    finally:
-        _state.grad_enabled = previous
+    return set_grad_enabled(False)
 
 
-@contextlib.contextmanager
 def enable_grad():
     """Context manager that records the graph again inside a ``no_grad`` block."""
-    previous, _state.grad_enabled = _state.grad_enabled, True
-    try:
-        yield
-    finally:
-        _state.grad_enabled = previous
+    return set_grad_enabled(True)
 
 
 def is_grad_enabled():

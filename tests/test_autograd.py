@@ -152,8 +152,22 @@ def test_no_grad_as_decorator_and_enable_grad_inside(t64):
             inner = t * 2.0
         return inner, t * 3.0
 
-    inner, outer = evaluate(x)
-    assert inner.requires_grad and not outer.requires_grad
+    for _ in range(2):  # the decorator enters its context afresh on every call
+        inner, outer = evaluate(x)
+        assert inner.requires_grad and not outer.requires_grad
+        assert mv.is_grad_enabled()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_set_grad_enabled_restores_the_mode_however_the_block_ends(t64, enabled):
+    x = t64(3)
+    with mv.no_grad():
+        with pytest.raises(ValueError):
+            with mv.set_grad_enabled(enabled):
+                assert (x * 2.0).requires_grad == enabled
+                raise ValueError
+        assert not mv.is_grad_enabled()
+    assert mv.is_grad_enabled()
 
 
 def test_detach_shares_data_and_cuts_the_graph(t64):
