@@ -6,8 +6,9 @@
 For runs made with ``minivae train`` directly (``bench_mnist.py`` records its own). The JSON holds
 the run's config, epochs, summed and median epoch seconds, its final validation metrics and its
 ``results.json``, plus the usual machine / versions / date fields of this machine. ``--eval``
-adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error, k and images
-replace those of ``results.json``, whose reconstruction and KL parts are then dropped).
+adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error, k, images and
+effective sample sizes replace those of ``results.json``, whose reconstruction and KL parts are
+then dropped).
 """
 import argparse
 import json
@@ -48,10 +49,13 @@ def main(argv=None):
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
-        for key in ("test_rec", "test_kl"):  # parts of the ELBO that the evaluation's replaces
+        # the parts of the ELBO that the evaluation's replaces, and the training's own effective
+        # sample sizes (of its k, not the evaluation's)
+        for key in ("test_rec", "test_kl", "ess_median", "ess_min"):
             payload["results"].pop(key, None)
         payload["results"].update(test_nll=ev["test_nll"], test_nll_stderr=ev.get("test_nll_stderr"),
-                                  eval_k=ev["k"], n_test=ev["n_test"], test_elbo=ev["test_elbo"])
+                                  eval_k=ev["k"], n_test=ev["n_test"], test_elbo=ev["test_elbo"],
+                                  **{key: ev[key] for key in ("ess_median", "ess_min") if key in ev})
         payload["eval_command"] = args.eval_command
     print(write_result(f"run_{args.name}", payload))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's minivae: its defaults shape the commands
+from minivae.data.mnist import SPLIT_SIZES  # noqa: E402
 from minivae.models.iwae import DEFAULT_K as IWAE_DEFAULT_K  # noqa: E402
 from minivae.train import TrainConfig  # noqa: E402
 
@@ -200,13 +201,16 @@ def _environment(command):
     return re.match(r"((?:[A-Z_][A-Z0-9_]*=\S+\s+)*)", command).group(1)
 
 
-def _row_command(r, nll_k):
+def _row_command(r, nll_k, n_test=SPLIT_SIZES["test"]):
     """The command cell of a row: the recorded environment, the train command from the config, and
-    ``minivae eval`` when the row's log-likelihood was measured apart from the training."""
+    ``minivae eval`` when the row's log-likelihood was measured apart from the training (on the
+    first ``n_test`` test images)."""
     c = r["config"]
     command = _environment(r.get("run_command") or "") + train_command(c)
     if nll_k and nll_k != c.get("eval_k"):
         command += f" && minivae eval {_run_folder(c['out'])} --k {nll_k}"
+        if n_test < SPLIT_SIZES["test"]:
+            command += f" --n {n_test}"
     return command
 
 
@@ -226,17 +230,19 @@ def _model_row(path):
     c = r["config"]
     name = _model_name(c)
     res = r.get("results", r)
-    k = None
+    k, n = None, SPLIT_SIZES["test"]
     if "test_error" in res:
         ours = f"test error {100 * res['test_error']:.2f}%"
     elif "test_nll" not in res:
         ours = f"test ELBO {res['test_elbo']:.2f} (no importance-sampled NLL)"
     else:
         k = r.get("nll_k") or res.get("eval_k")
-        n = r.get("nll_n_test") or res.get("n_test", 10000)
+        n = r.get("nll_n_test") or res.get("n_test", n)
         stderr = r.get("test_nll_stderr") or res.get("test_nll_stderr")
+        ess = (f", effective sample size median {res['ess_median']:.0f}, min {res['ess_min']:.1f}"
+               if "ess_median" in res else "")
         ours = (f"test NLL {res['test_nll']:.2f}" + (f" ± {stderr:.2f}" if stderr else "")
-                + f" (k={k}, {n} images); test ELBO {res['test_elbo']:.2f}")
+                + f" (k={k}, {n} images{ess}); test ELBO {res['test_elbo']:.2f}")
     setting, figure, checked = PAPER.get(name, ("-", "-", "")) if c.get("beta", 1.0) == 1.0 else ("-", "-", "")
     paper = f"{figure} ({setting}; {checked})" if checked else "-"
     wall = r.get("train_seconds_all_epochs")
@@ -244,7 +250,7 @@ def _model_row(path):
     bound_k = _bound_k(c)
     label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1
              else f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs")
-    return (f"| {label} | `{_row_command(r, k)}` | {r['epochs']} | {wall / 60:.1f} min "
+    return (f"| {label} | `{_row_command(r, k, n)}` | {r['epochs']} | {wall / 60:.1f} min "
             f"({r['seconds_per_epoch_median']:.1f} s median epoch{_row_note(r)}) | {ours} | {paper} |")
 
 

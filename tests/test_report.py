@@ -88,3 +88,36 @@ def test_results_doc_commands_train_recorded_runs():
         matches = [c for c in recorded
                    if _comparable(parsed, set(c) - {"out", "eval_k"}) == _comparable(c, set(c) - {"out", "eval_k"})]
         assert matches, f"docs/results.md: `{span}` trains none of the recorded runs"
+
+
+def _run_folder(tmp_path, results):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "vae", "epochs": 2}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_elbo": -100.0, "seconds": 2.0 + e})
+                                               + "\n" for e in (1, 2)))
+    (run / "results.json").write_text(json.dumps(results))
+    return run
+
+
+@pytest.mark.parametrize("eval_has_ess", [True, False])
+def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_has_ess):
+    """``--eval`` replaces the training's own test scores, its effective sample sizes too (they
+    were of another k): with the evaluation's where it gives them, else with none."""
+    import record_run
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0, "test_rec": -70.0, "test_kl": 29.0, "test_nll": 95.0,
+                                 "eval_k": 100, "n_test": 10000, "ess_median": 40.0, "ess_min": 2.0})
+    ev = {"n_test": 1000, "k": 5000, "test_elbo": -98.0, "test_nll": 94.0, "test_nll_stderr": 0.5}
+    if eval_has_ess:
+        ev.update(ess_median=15.0, ess_min=1.5)
+    (run / "eval.json").write_text(json.dumps(ev))
+    written = {}
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload: written.update(payload) or name)
+    record_run.main([str(run), "--name", "x", "--command", "minivae train --epochs 2",
+                     "--eval", str(run / "eval.json"), "--eval-command", "minivae eval run --k 5000 --n 1000"])
+    expected = {"test_elbo": -98.0, "test_nll": 94.0, "test_nll_stderr": 0.5, "eval_k": 5000, "n_test": 1000}
+    if eval_has_ess:
+        expected.update(ess_median=15.0, ess_min=1.5)
+    assert written["results"] == expected
+    assert (written["epochs"], written["train_seconds_all_epochs"], written["seconds_per_epoch_median"]) == (2, 7.0, 3.5)
