@@ -90,6 +90,25 @@ def test_results_doc_commands_train_recorded_runs():
         assert matches, f"docs/results.md: `{span}` trains none of the recorded runs"
 
 
+def test_rows_of_a_partial_evaluation_say_how_many_images():
+    """A row scored on part of the test set gives ``--n`` in its eval command, so that pasting it
+    scores the same images; a row of all of them gives none."""
+    for path in RUNS:
+        r = json.loads(path.read_text())
+        row = report._model_row(path)
+        n = r.get("results", r).get("n_test", 10000)
+        assert (f" --n {n}`" in row) == (n < 10000), path.name
+    assert any(json.loads(p.read_text()).get("results", {}).get("n_test", 10000) < 10000 for p in RUNS)
+
+
+def test_rows_give_the_effective_sample_size_when_it_was_recorded():
+    path = RESULTS / "run_vae16_16ep_first1000_amd-epyc-2c.json"
+    res = json.loads(path.read_text())["results"]
+    assert (f"effective sample size median {res['ess_median']:.0f}, min {res['ess_min']:.1f}"
+            in report._model_row(path))
+    assert "effective sample size" not in report._model_row(RESULTS / "run_ladder5_16ep_amd-epyc-2c.json")
+
+
 def _run_folder(tmp_path, results):
     run = tmp_path / "run"
     run.mkdir()
