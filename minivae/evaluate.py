@@ -22,6 +22,9 @@ from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
 from .random import Generator
 
+#: The seed of the evaluation's noise when none is given: every score of a model uses the same draws.
+EVAL_SEED = 12345
+
 
 def logmeanexp(a, axis=0):
     """log(mean(exp(a))) along ``axis`` without overflow or underflow (NumPy or CuPy array)."""
@@ -74,7 +77,7 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
     example; they are drawn ``chunk_rows // batch_size`` samples at a time and merged by
     log-sum-exp (of the weights, and of their squares for the effective sample size).
     """
-    noise = noise or Generator(seed=12345, stream=streams.EVAL_LOG_LIKELIHOOD)
+    noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
     ll, ess = np.empty(len(x)), np.empty(len(x))
     per_chunk = max(1, min(k, chunk_rows // batch_size))
@@ -102,7 +105,7 @@ def elbo(model, x, noise=None, batch_size=500):
     """Per-example single-sample ELBO and its (reconstruction, KL) parts, as NumPy arrays.
 
     """
-    noise = noise or Generator(seed=12345, stream=streams.EVAL_ELBO)
+    noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))
     with evaluating(model):
