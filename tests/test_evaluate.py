@@ -10,6 +10,7 @@ from minivae.evaluate import log_likelihood
 from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
 from minivae.models import MODELS, build_model
 from minivae.random import Generator, Noise
+from test_train import FixedWeights
 
 #: Sizes chosen so that the batch axis is the only axis of size B in every draw (the chunks
 #: hold 12, 5 or 2 samples; the latents have 2 to 100 dimensions and 10 classes).
@@ -127,31 +128,6 @@ def test_nll_summary_is_the_mean_and_its_standard_error():
     assert (summary["ess_median"], summary["ess_min"]) == (8.75, 3.0)
 
 
-class _FixedWeights:
-    """A stand-in model whose log_weights hand out the columns of one fixed (K, N) array in order,
-    chunk after chunk (for each batch of examples), so that the estimate is known in closed form."""
-
-    training = False
-
-    def __init__(self, log_w):
-        self.log_w, self.done = log_w, 0
-
-    def parameters(self):
-        return iter([mv.tensor(np.zeros(1))])
-
-    def train(self, mode=True):
-        self.training = mode
-
-    def eval(self):
-        self.train(False)
-
-    def log_weights(self, x, k, noise):
-        rows = x.data[:, 0].astype(int)  # each example's column
-        out = self.log_w[self.done:self.done + k][:, rows]
-        self.done = (self.done + k) % len(self.log_w)
-        return mv.tensor(out)
-
-
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
 def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,
@@ -163,7 +139,7 @@ def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     spread = np.random.default_rng(0).normal(0.0, 2.0, K) - 900.0
     log_w = np.stack([np.full(K, 700.0), np.r_[0.0, np.full(K - 1, -60.0)], spread], axis=1)
     x = np.arange(3, dtype=np.float64)[:, None]
-    ll, ess = log_likelihood_and_ess(_FixedWeights(log_w), x, k=K, batch_size=3, chunk_rows=chunk_rows)
+    ll, ess = log_likelihood_and_ess(FixedWeights(log_w), x, k=K, batch_size=3, chunk_rows=chunk_rows)
     w = np.exp(spread - spread.max())
     np.testing.assert_allclose(ll, [700.0, np.log(np.exp(-60.0 * np.r_[0, np.ones(K - 1)]).mean()),
                                     spread.max() + np.log(w.mean())], rtol=1e-12)
