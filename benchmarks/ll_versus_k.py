@@ -27,7 +27,7 @@ from minivae.data import binarize_eval, load_mnist  # noqa: E402
 from minivae.data.mnist import SPLIT_SIZES  # noqa: E402
 from minivae.evaluate import EVAL_SEED, log_likelihood_and_ess, nll_summary  # noqa: E402
 from minivae.random import Generator  # noqa: E402
-from minivae.runs import load_run  # noqa: E402
+from minivae.runs import CHECKPOINT, CONFIG, load_run  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,8 +41,8 @@ def parse_args(argv=None):
     parser.add_argument("--name", help="result file name (default from the run folder and machine)")
     parser.add_argument("--out", help="the folder of the result (default benchmarks/results)")
     args = parser.parse_args(argv)
-    if not (Path(args.run) / "checkpoint.npz").is_file():
-        parser.error(f"{args.run} is not a run folder: it has no checkpoint.npz")
+    if not (Path(args.run) / CHECKPOINT).is_file():
+        parser.error(f"{args.run} is not a run folder: it has no {CHECKPOINT}")
     if not 1 <= args.n <= SPLIT_SIZES["test"]:
         parser.error(f"--n {args.n}: give 1 to {SPLIT_SIZES['test']} test images")
     for option, values in (("--k", args.k), ("--seeds", args.seeds)):
@@ -72,7 +72,7 @@ def main(argv=None):
             print(" ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
                            for key, value in rows[-1].items()), flush=True)
     mean_nll = {k: statistics.fmean(r["test_nll"] for r in rows if r["k"] == k) for k in args.k}
-    payload = {"run": str(args.run), "config": json.loads((Path(args.run) / "config.json").read_text()),
+    payload = {"run": str(args.run), "config": json.loads((Path(args.run) / CONFIG).read_text()),
                "versions": versions(), "n_test": len(x_test), "rows": rows,
                "mean_test_nll_by_k": {str(k): v for k, v in mean_nll.items()}}
     name = args.name or f"ll_versus_k_{Path(args.run).name}_{default_machine_name()}"
