@@ -239,7 +239,9 @@ def _own_kernels(calls):
 BUDGETS = {
     "vae": ({}, 19, 20, 16),
     "iwae": ({"iw_k": 3}, 25, 20, 26),
-    "m2": ({"n_labelled": 20}, 67, 64, 103),  # (the labelled batch: a new shuffle and draw each step)
+    # (the labelled batch: a new shuffle and draw each step; the bounds at beta = 1 for the
+    # statistics: 17 calls)
+    "m2": ({"n_labelled": 20}, 67, 64, 120),
     "sdgm": ({}, 47, 49, 34),
 }
 
@@ -268,7 +270,7 @@ def test_a_training_step_makes_no_more_device_calls_than_its_budget(counted_devi
 GRAPH_BUDGETS = {
     "vae": ({}, 20, 20, 18),
     "iwae": ({"iw_k": 3}, 26, 20, 29),
-    "m2": ({"n_labelled": 20}, 66, 64, 90),  # (the labelled batch is copied in before each replay)
+    "m2": ({"n_labelled": 20}, 66, 64, 107),  # (the labelled batch is copied in before each replay)
     "sdgm": ({}, 48, 49, 36),
 }
 

@@ -115,7 +115,8 @@ def test_training_mode_statistics_are_those_of_the_repeated_batch():
     k, b = 4, 5
     model = small_ladder_m2(k, 1)
     x = binary(np.random.default_rng(2), (b, 10))
-    per_label, _, _, _ = model._enumerated(x, Generator(3), 0.5, 1)
+    rec, latent, _, _ = model._enumerated(x, Generator(3), 1)
+    per_label = model._per_label(x, rec, latent, 0.5)
     x_rep = mv.tensor(np.tile(x.data, (k, 1)))
     y_rep = one_hot(np.repeat(np.arange(k), b), k, x).reshape(1, 1, k * b, k)
     rec, latent = model._terms(x_rep, y_rep, {"samples": 1}, Generator(3))

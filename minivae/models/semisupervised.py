@@ -100,22 +100,39 @@ class SemiSupervised(Model):
         L(x, y) = E[log p(x | y, h) + beta (log p(h) - log q(h | x, y))] + log p(y), with the
         expectation over ``mc_samples`` draws (the analytic KL where the model has one).
         """
-        beta = kl_weight_of(self, beta)
+        rec, latent, class_loss = self._labelled_terms(x, labels, noise)
+        return self._labelled(x, rec, latent, kl_weight_of(self, beta)), class_loss
+
+    def _labelled_terms(self, x, labels, noise):
+        """The reconstruction and latent terms (1, S, B) of the given labels, and the
+        classification loss (B,)."""
         y = one_hot(labels, self.num_classes, x)
         context = self._context(x, self.mc_samples, noise)
         rec, latent = self._terms(x, y.reshape(1, 1, *y.shape), context, noise)
-        bound = (rec + beta * latent).mean(axis=(0, 1)) + self.log_prior_y(x)
         class_loss = -log_categorical(y, self._class_logits(x, context)).mean(axis=0)
-        return bound, class_loss
+        return rec, latent, class_loss
 
-    def _enumerated(self, x, noise, beta, samples, analytic=True):
-        """Per-label bounds L(x, y) (K, S, B), log q(y | x, ...) and q(y | x, ...) as (K, S or 1, B),
-        and the reconstruction terms (K, S, B)."""
+    def _labelled(self, x, rec, latent, beta):
+        """L(x, y) per example (B,) from ``_labelled_terms``' terms, the latent ones weighted by beta."""
+        return (rec + beta * latent).mean(axis=(0, 1)) + self.log_prior_y(x)
+
+    def _enumerated(self, x, noise, samples, analytic=True):
+        """The reconstruction and latent terms of every label (K, S, B), and log q(y | x, ...) and
+        q(y | x, ...) as (K, S or 1, B)."""
         context = self._context(x, samples, noise)
         rec, latent = self._terms(x, label_grid(self.num_classes, x), context, noise, analytic)
-        per_label = rec + beta * latent + self.log_prior_y(x)
         log_q = F.log_softmax(self._class_logits(x, context), axis=-1).transpose(2, 0, 1)
-        return per_label, log_q, F.exp(log_q), rec
+        return rec, latent, log_q, F.exp(log_q)
+
+    def _unlabelled(self, x, terms, beta):
+        """U(x) per example (B,) from ``_enumerated``'s terms, the latent ones weighted by beta:
+        sum_y q(y | x) [L(x, y) - log q(y | x)], averaged over the samples."""
+        rec, latent, log_q, q = terms
+        return F.sum(q * (self._per_label(x, rec, latent, beta) - log_q), axis=0).mean(axis=0)
+
+    def _per_label(self, x, rec, latent, beta):
+        """L(x, y) for each label and sample, from its terms, the latent ones weighted by beta."""
+        return rec + beta * latent + self.log_prior_y(x)
 
     def unlabelled_bound(self, x, noise, beta=None):
         """U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)) per example, shape (B,), all labels at once.
@@ -123,40 +140,44 @@ class SemiSupervised(Model):
         Written as sum_y q(y | x) [L(x, y) - log q(y | x)] over the label axis, then averaged
         over the samples.
         """
-        beta = kl_weight_of(self, beta)
-        per_label, log_q, q, _ = self._enumerated(x, noise, beta, self.mc_samples)
-        return F.sum(q * (per_label - log_q), axis=0).mean(axis=0)
+        return self._unlabelled(x, self._enumerated(x, noise, self.mc_samples), kl_weight_of(self, beta))
 
     def elbo(self, x, noise, samples=None):
         """U(x) split as (reconstruction, KL) per example, each (B,): rec = sum_y q(y|x) E log p(x|y,h)
         and kl = rec - U(x), the KL of q(y, h | x) from the prior (labels included)."""
-        per_label, log_q, q, rec = self._enumerated(x, noise, 1.0, samples or self.mc_samples)
-        bound = F.sum(q * (per_label - log_q), axis=0).mean(axis=0)
+        terms = self._enumerated(x, noise, samples or self.mc_samples)
+        rec, q = terms[0], terms[3]
         rec = F.sum(q * rec, axis=0).mean(axis=0)
-        return rec, rec - bound
+        return rec, rec - self._unlabelled(x, terms, 1.0)
 
     def loss(self, x, noise, beta=None, labelled=None):
         """The training loss (a scalar Tensor) and per-batch statistics.
 
         ``x`` is an unlabelled batch; ``labelled`` an optional pair (x_l, labels) of a labelled
-        batch. loss = -mean U(x) [- mean L(x_l, y_l) + alpha mean(-log q(y_l | x_l))]. The
-        statistics are "elbo" (mean U(x)), with a labelled batch "labelled_bound" and
-        "class_loss" (the two means above), and "loss": 0-d arrays of the model's float dtype
-        on its device, made without a read back to the host. ``beta`` (None: the model's)
-        weights the continuous latents' KL terms: a Python number or a 0-d array of the model's
-        float dtype on its device (``kl_weight_of``); both give the same bits for one value.
+        batch. loss = -mean U(x) [- mean L(x_l, y_l) + alpha mean(-log q(y_l | x_l))], the latent
+        terms of U and L weighted by ``beta`` (None: the model's): a Python number or a 0-d array
+        of the model's float dtype on its device (``kl_weight_of``); both give the same bits for
+        one value. The statistics are "elbo" (mean U(x)), with a labelled batch "labelled_bound"
+        and "class_loss" (the two means above), and "loss": 0-d arrays of the model's float dtype
+        on its device, made without a read back to the host. The bounds in the statistics are
+        the bounds themselves (beta = 1) on the step's draws, whatever the weight the loss gives
+        their KL terms, as the other models report their ELBO.
         """
-        bound_u = self.unlabelled_bound(x, noise, beta).mean()
-        loss = -bound_u
-        stats = {"elbo": bound_u.data}
+        beta = kl_weight_of(self, beta)
+        terms = self._enumerated(x, noise, self.mc_samples)
+        loss = -self._unlabelled(x, terms, beta).mean()
+        with no_grad():
+            stats = {"elbo": self._unlabelled(x, terms, 1.0).mean().data}
         if labelled is not None:
             if self.alpha is None:
                 raise ValueError("alpha is not set: pass alpha= or call set_data_sizes(N, N_labelled)")
             x_l, y_l = labelled
-            bound_l, class_loss = self.labelled_bound(x_l, y_l, noise, beta)
-            bound_l, class_loss = bound_l.mean(), class_loss.mean()
-            loss = loss - bound_l + self.alpha * class_loss
-            stats.update(labelled_bound=bound_l.data, class_loss=class_loss.data)
+            rec, latent, class_loss = self._labelled_terms(x_l, y_l, noise)
+            class_loss = class_loss.mean()
+            loss = loss - self._labelled(x_l, rec, latent, beta).mean() + self.alpha * class_loss
+            with no_grad():
+                stats.update(labelled_bound=self._labelled(x_l, rec, latent, 1.0).mean().data,
+                             class_loss=class_loss.data)
         stats["loss"] = loss.data
         return loss, stats
 
@@ -173,8 +194,8 @@ class SemiSupervised(Model):
         per_chunk = max(1, self.max_rows // (self.num_classes * x.shape[0]))
         chunks = []
         for start in range(0, k, per_chunk):
-            per_label, _, _, _ = self._enumerated(x, noise, 1.0, min(per_chunk, k - start), analytic=False)
-            chunks.append(F.logsumexp(per_label, axis=0))
+            rec, latent, _, _ = self._enumerated(x, noise, min(per_chunk, k - start), analytic=False)
+            chunks.append(F.logsumexp(self._per_label(x, rec, latent, 1.0), axis=0))
         return chunks[0] if len(chunks) == 1 else F.concatenate(chunks, axis=0)
 
     def class_probabilities(self, x):
