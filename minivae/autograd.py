@@ -13,7 +13,9 @@ no op carries that logic itself.
 use): ``fn(grad)`` is called then and may return a replacement. Every tensor carries a version
 number, raised by ``bump_version`` whenever the library changes its array in place (an optimizer
 step, loading a checkpoint); a node remembers the versions of the inputs it saved, and backward
-refuses to run it when one has changed (see ``minivae.function`` for the whole rule).
+refuses to run it when one has changed (see ``minivae.function`` for the whole rule). A tensor
+whose array is a view of another tensor's memory (``W.T``, ``W[0]``, ``W.detach()``) shares that
+tensor's version, its ``_base``, as in PyTorch: a change to W is a change to its views.
 
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
@@ -111,7 +113,7 @@ class Tensor:
     ``data`` is the backend array (NumPy or CuPy). Leaf tensors made with ``requires_grad=True``
     receive ``grad`` after ``backward``; gradients accumulate across calls until reset.
     """
-    __slots__ = ("data", "grad", "requires_grad", "_node", "_version", "_hooks", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_node", "_version", "_base", "_hooks", "__weakref__")
     # Make NumPy defer to Tensor's reflected operators (array + tensor -> Tensor.__radd__).
     __array_ufunc__ = None
 
@@ -124,12 +126,14 @@ class Tensor:
         self.grad = None
         self._node = None
         self._version = 0
+        self._base = None  # the tensor whose memory ``data`` views, if any (see ``version``)
         self._hooks = None
 
     @property
     def version(self):
-        """How many times the library changed ``data`` in place (see ``bump_version``)."""
-        return self._version
+        """How many times the library changed ``data`` in place (see ``bump_version``); for a
+        view of another tensor's memory, that tensor's version."""
+        return self._version if self._base is None else self._base._version
 
     def bump_version(self):
         """Record an in-place change of ``data``: call it just before writing into the array.
@@ -138,7 +142,11 @@ class Tensor:
         backward then refuses to use the changed values: ``backward()`` raises an error naming
         the op. On the CPU a saved array is read-only until its graph is released (see
         ``minivae.function``); this makes it writable again, since the version check takes over.
+        A view's change is a change of the tensor it views.
         """
+        if self._base is not None:
+            self._base.bump_version()
+            return
         self._version += 1
         data = self.data
         if type(data) is np.ndarray and data.base is None and not data.flags.writeable:
@@ -205,8 +213,10 @@ class Tensor:
         return to_device(self.data, "cpu")
 
     def detach(self):
-        """Return a tensor sharing the data but cut from the graph."""
-        return Tensor(self.data)
+        """Return a tensor sharing the data (and so the version) but cut from the graph."""
+        detached = Tensor(self.data)
+        detached._base = self if self._base is None else self._base
+        return detached
 
     def to(self, device):
         """Return this tensor on ``device`` ("cpu" or "gpu"); a leaf keeps ``requires_grad``."""

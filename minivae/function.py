@@ -24,7 +24,10 @@ make the gradients silently wrong, in two ways:
   it writes into ``data`` in place (optimizer steps, ``Module.load_state_dict``); a node records
   the versions of the inputs whose arrays its context saved, and ``check_versions`` (called by
   the engine just before the node's backward) raises ``InPlaceModificationError`` naming the op
-  and the input. This works for NumPy and CuPy arrays alike.
+  and the input. An op's output that is a view of an input's memory (a transpose, a reshape, a
+  slice) gets that input's memory owner as its ``_base`` and so shares its version: an
+  optimizer step on W is seen by a node that saved ``W.T``. This works for NumPy and CuPy
+  arrays alike.
 * NumPy arrays are also protected against writes that bypass the library
   (``x.data[:] = 10``): the arrays a context saves are made read-only
   (``arr.setflags(write=False)``) until the node is released (after its backward, or when the
@@ -92,11 +95,11 @@ class Node:
         """Raise InPlaceModificationError if an input this op saved was changed in place since."""
         for i, version in self.versions:
             t = self.inputs[i]
-            if t._version != version:
+            if t.version != version:
                 raise InPlaceModificationError(
                     f"{self.fn.__name__}: input {i} (a {t.dtype} tensor of shape {tuple(t.shape)}) "
                     f"was changed in place after the forward pass (version {version}, now "
-                    f"{t._version}), but {self.fn.__name__}.backward needs its old value; call "
+                    f"{t.version}), but {self.fn.__name__}.backward needs its old value; call "
                     f"backward() before changing it (e.g. before optimizer.step()), or run the "
                     f"forward pass again")
 
@@ -166,13 +169,14 @@ class Function:
             t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
             t.data, t.grad, t.requires_grad, t._node = a, None, record, None
             t._version, t._hooks = 0, None
+            t._base = None if a.base is None else _viewed(a, tensors)
             results.append(t)
         if record:
             versions, read_only = (), []
             saved = ctx.saved
             if saved:
                 ids = [id(a) for a in saved]
-                versions = tuple([(i, t._version) for i, t in enumerate(tensors) if id(t.data) in ids])
+                versions = tuple([(i, t.version) for i, t in enumerate(tensors) if id(t.data) in ids])
                 for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
                     if type(a) is np.ndarray and a.base is None and a.flags.writeable:
                         a.setflags(write=False)
@@ -181,6 +185,23 @@ class Function:
             for t in results:
                 t._node = node
         return tuple(results) if several else results[0]
+
+
+def _viewed(array, tensors):
+    """The tensor owning the memory that ``array`` (a view) looks into, if it is one of the
+    inputs' (or what they view themselves), else None: a view's version is its owner's."""
+    root = _memory_root(array)
+    for t in tensors:
+        if _memory_root(t.data) is root:
+            return t if t._base is None else t._base
+    return None
+
+
+def _memory_root(array):
+    """The array at the end of the ``.base`` chain: the one that owns the memory."""
+    while array.base is not None:
+        array = array.base
+    return array
 
 
 def _explain_broadcast(fn, arrays):

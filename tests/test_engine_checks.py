@@ -135,6 +135,38 @@ def test_arrays_that_cannot_be_locked_rely_on_versions():
         y.backward()
 
 
+VIEWS = {
+    "transpose": lambda w: w.T,
+    "transpose twice": lambda w: w.T.T,
+    "row": lambda w: w[0],
+    "reshape": lambda w: w.reshape(3, 2),
+    "detach": lambda w: w.detach(),
+}
+
+
+@pytest.mark.parametrize("view", VIEWS.values(), ids=VIEWS.keys())
+def test_a_step_on_a_tensor_is_seen_through_its_views(view):
+    """A view of W (the tied-weights ``x @ W.T``, a row, a detached W) shares W's version: an
+    optimizer step on W before backward is an error, not a gradient at the new values."""
+    w = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    v = view(w)
+    c = mv.tensor(np.ones(v.shape), requires_grad=True)
+    y = (c * v).sum()  # Mul saves the view's array for c's gradient
+    w.grad = np.ones((3, 2))
+    optim.SGD([w], lr=0.5).step()
+    with pytest.raises(InPlaceModificationError, match="Mul: input 1 .*version 0, now 1"):
+        y.backward()
+
+
+def test_a_copy_of_a_tensor_may_outlive_its_changes():
+    w = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
+    x = x64(1.0, 2.0)
+    y = (x * w[[0, 2], 0]).sum()  # an integer-array index copies
+    w.bump_version()
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 4.0])
+
+
 def test_unsaved_inputs_may_change():
     x = x64(1.0, 2.0)
     y = (x + 1.0).sum()  # add saves nothing
