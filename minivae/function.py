@@ -189,10 +189,12 @@ class Function:
 
 def _viewed(array, tensors):
     """The tensor owning the memory that ``array`` (a view) looks into, if it is one of the
-    inputs' (or what they view themselves), else None: a view's version is its owner's."""
-    root = _memory_root(array)
+    inputs' (or what they view themselves), else None: a view's version is its owner's. Several
+    parameters may be views of one flat array (Adam's layout): the input the view overlaps is
+    the one."""
+    root, xp = _memory_root(array), get_array_module(array)
     for t in tensors:
-        if _memory_root(t.data) is root:
+        if _memory_root(t.data) is root and xp.may_share_memory(array, t.data):
             return t if t._base is None else t._base
     return None
 

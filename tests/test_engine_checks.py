@@ -158,6 +158,30 @@ def test_a_step_on_a_tensor_is_seen_through_its_views(view):
         y.backward()
 
 
+class SecondTransposed(Function):
+    """An op of two inputs whose output is a view of the second."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        return b.T
+
+    @staticmethod
+    def backward(ctx, g):
+        return None, g.T
+
+
+def test_a_view_belongs_to_the_input_it_overlaps():
+    """Two parameters viewing one flat array (Adam's layout): the view of the second is the
+    second's, so a change of the second alone is seen."""
+    flat = np.arange(8.0)
+    p1, p2 = (mv.tensor(flat[i:i + 4].reshape(2, 2), requires_grad=True) for i in (0, 4))
+    c = mv.tensor(np.ones((2, 2)), requires_grad=True)
+    y = (c * SecondTransposed.apply(p1, p2)).sum()
+    p2.bump_version()
+    with pytest.raises(InPlaceModificationError, match="Mul: input 1"):
+        y.backward()
+
+
 def test_a_copy_of_a_tensor_may_outlive_its_changes():
     w = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
     x = x64(1.0, 2.0)
