@@ -121,8 +121,9 @@ class Dev(np.ndarray):
         return COUNTER.count("fill", super().fill, value)
 
 
-#: array functions that allocate or make a view: no launch
-NOT_LAUNCHES = {"empty_like", "empty", "broadcast_to", "reshape", "shares_memory", "shape", "ndim"}
+#: array functions that allocate, make a view or compare address ranges on the host: no launch
+NOT_LAUNCHES = {"empty_like", "empty", "broadcast_to", "reshape", "shares_memory", "may_share_memory",
+                "shape", "ndim"}
 
 
 #: creation functions that launch something on the device: a fill, or a copy from the host
