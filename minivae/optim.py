@@ -330,6 +330,8 @@ class Adam(Optimizer):
                     state["step"] = state.get("step", 0) + 1
                     for key, views in layout.views.items():
                         if key != "param":
+                            if key not in state:  # no moments yet, or reset by load_state_dict
+                                views[j][...] = 0
                             state[key] = views[j]
                 t = self.state[layout.members[a]]["step"]
                 flush_now = bool(self.flush_every) and t % self.flush_every == 0 if flush is None else flush

@@ -346,6 +346,26 @@ def test_optimizer_load_errors():
     assert fresh.state_dict().keys() == before.keys()  # unchanged after a failed load
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(amsgrad=True)])
+def test_loading_a_state_from_before_the_first_step_starts_afresh(kw):
+    """A state_dict taken before any step has no moments: loading it resets the optimizer, and
+    the next steps are those of a fresh one (not the old moments with step counts from 1)."""
+    params, fresh_params = _params(), _params()
+    opt = optim.Adam(params, lr=0.1, **kw)
+    empty = opt.state_dict()
+    _run(opt, params, _grads(params, 3))
+    opt.load_state_dict(empty)
+    for p, q in zip(params, fresh_params):
+        q.data[...] = p.data
+    _run(opt, params, _grads(params, 2, seed=5))
+    fresh = optim.Adam(fresh_params, lr=0.1, **kw)
+    _run(fresh, fresh_params, _grads(fresh_params, 2, seed=5))
+    for p, q in zip(params, fresh_params):
+        np.testing.assert_array_equal(p.data, q.data)
+    for a, b in zip(opt.state, fresh.state):
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_module_to_keeps_optimizer_valid():
     model = _Net()
     opt = optim.Adam(model.parameters())
