@@ -29,7 +29,7 @@ from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
-                   check_resume_state, is_run_file, load_run, next_free_run_dir, prepare_run_dir,
+                   check_resume_state, check_run_dir, is_run_file, load_run, next_free_run_dir,
                    read_checkpoint, run_folder_options, write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches
 
@@ -319,9 +319,11 @@ def check_train(args):
     _check_kl_weight(config, model, args.warmup is not None)
     _check_out_is_no_run_option(config)
     _check_writable_folder(config.out, "--out")
-    # Last: claim the folder (refuse one holding a run unless --resume or --overwrite; remove the
-    # old run's files with --overwrite), so that no data is loaded for a run that cannot start.
-    prepare_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
+    # Refuse a folder holding a run unless --resume or --overwrite, so that no data is loaded for
+    # a run that cannot start. Nothing is removed yet: with --overwrite the old run's files go
+    # only once the trainer is built (the data loaded, the labels drawn), so that a mistake found
+    # there leaves the old run as it was.
+    check_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
         _check_resume(config, model, args.warmup is not None)
     return config

@@ -317,12 +317,11 @@ def remove_stray_files(run_dir):
             path.unlink()
 
 
-def prepare_run_dir(run_dir, resume=False, overwrite=False):
-    """Make ``run_dir`` ready for training; raise RunFolderError when it may not be used as asked.
+def check_run_dir(run_dir, resume=False, overwrite=False):
+    """Raise RunFolderError when ``run_dir`` may not be used for training as asked; change nothing.
 
-    A new or empty folder is created. A folder that holds a run is refused unless ``resume``
-    (it must hold a checkpoint, which training continues) or ``overwrite`` (the run's files are
-    removed first). Stray temporary files of an interrupted save are removed in every case.
+    A folder that holds a run is refused unless ``resume`` (it must hold a checkpoint) or
+    ``overwrite``.
     """
     run_dir = Path(run_dir)
     if resume and overwrite:
@@ -336,6 +335,17 @@ def prepare_run_dir(run_dir, resume=False, overwrite=False):
     if not resume and holds_run(run_dir) and not overwrite:
         raise RunExistsError(f"{run_dir} already holds a run; continue it with --resume, start "
                              "it again with --overwrite, or choose another --out")
+
+
+def prepare_run_dir(run_dir, resume=False, overwrite=False):
+    """Make ``run_dir`` ready for training; raise RunFolderError when it may not be used as asked.
+
+    The checks of ``check_run_dir``; then a new or empty folder is created, and with
+    ``overwrite`` the run's files are removed. Stray temporary files of an interrupted save are
+    removed in every case.
+    """
+    check_run_dir(run_dir, resume, overwrite)
+    run_dir = Path(run_dir)
     try:
         if overwrite:
             _remove_run_files(run_dir)

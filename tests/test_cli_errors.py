@@ -170,11 +170,17 @@ def test_resume_and_overwrite_together(capsys, run):
     user_error(capsys, tiny(run, "--resume", "--overwrite"), "--resume", "--overwrite")
 
 
-def test_overwrite_starts_again(capsys, run, monkeypatch):
-    """--overwrite is passed on: the old run's files go before the (here: missing) data is loaded."""
+def test_overwrite_removes_the_old_run_only_once_training_can_start(capsys, run, monkeypatch):
+    """--overwrite: data that cannot be loaded, or a mistake that only the loaded data shows,
+    leaves the old run as it was; a run that can start replaces it."""
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(AssertionError, match="MNIST was loaded"):
         main(tiny(run, "--overwrite"))
-    assert not (run / CHECKPOINT).exists() and not (run / "results.json").exists()
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    user_error(capsys, tiny(run, "--overwrite", "--model", "m2", "--n-labelled", "1000"), "--n-labelled 1000")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert main(tiny(run, "--overwrite", "--z-dim", "3")) == 0
+    assert json.loads((run / "config.json").read_text())["z_dim"] == 3
 
 
 def test_training_twice_makes_two_runs(capsys, tmp_path, monkeypatch):
