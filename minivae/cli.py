@@ -74,13 +74,13 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 # ----- argument types: each refuses a bad value with a message naming it --------------------------
 
-def _integer(low, what):
+def _integer(low, what, high=None):
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {what}") from None
-        if value < low:
+        if value < low or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"{value} is out of range; give {what}")
         return value
     parse.__name__ = what  # argparse names the type in some messages
@@ -102,6 +102,8 @@ def _number(low, inclusive, what):
 
 positive_int = _integer(1, "an integer >= 1")
 count = _integer(0, "an integer >= 0")
+#: Philox's key is 64 bits wide.
+philox_seed = _integer(0, "an integer in [0, 2**64)", high=2**64 - 1)
 positive_float = _number(0.0, False, "a number > 0")
 nonnegative_float = _number(0.0, True, "a number >= 0")
 
@@ -203,7 +205,7 @@ def _add_train_args(p):
                    help="labels (balanced over the classes, chosen by --seed from the training set) a "
                         "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from; "
                         "a multiple of 10")
-    p.add_argument("--seed", type=count, default=d.seed,
+    p.add_argument("--seed", type=philox_seed, default=d.seed,
                    help="seed of the initial weights, the batch order, the binarization and the noise")
     p.add_argument("--out", help=f"run folder (config, checkpoint, metrics, results, pictures); default "
                                  f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
@@ -470,7 +472,7 @@ def build_parser():
     p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
     p.add_argument("run", help="a run folder written by `minivae train`")
     p.add_argument("--n", type=positive_int, default=64, help="how many images")
-    p.add_argument("--seed", type=count, default=0, help="seed of the samples")
+    p.add_argument("--seed", type=philox_seed, default=0, help="seed of the samples")
     p.add_argument("--out", help="the PNG file (default: RUN/samples.png)")
     p = command("plot", cmd_plot, "pictures of a run (PNG files in the run folder)")
     p.add_argument("run", help="a run folder written by `minivae train`")
@@ -554,7 +556,7 @@ def _add_gradient_commands(command):
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
                    help="the batch: the first test images of a cached MNIST, or random binary "
                         "images (auto: MNIST when cached)")
-    p.add_argument("--seed", type=count, default=0, help="seed of the noise (and of random data)")
+    p.add_argument("--seed", type=philox_seed, default=0, help="seed of the noise (and of random data)")
 
 
 def cmd_gradcheck(args):

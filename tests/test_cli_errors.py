@@ -403,6 +403,7 @@ def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
     ("--z-dim", "0"), ("--batch-size", "0"), ("--epochs", "0"), ("--epochs", "-1"), ("--eval-k", "-1"),
     ("--mc-samples", "0"), ("--iw-k", "0"), ("--warmup", "-2"), ("--lr", "0"), ("--lr", "nan"),
     ("--beta", "-1"), ("--hidden", "0"), ("--seed", "-1"), ("--n-labelled", "0"), ("--epochs", "2.5"),
+    ("--seed", str(2**64)),
 ])
 def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)
@@ -429,6 +430,8 @@ def test_eval_number_out_of_range(capsys, run, option, value):
 def test_sample_and_graph_numbers_out_of_range(capsys, run):
     user_error(capsys, ["sample", str(run), "--n", "0"], "argument --n", "0")
     user_error(capsys, ["graph", "--model", "vae", "--batch-size", "0"], "argument --batch-size", "0")
+    for argv in (["sample", str(run)], ["graph", "--model", "vae"]):  # Philox's key has 64 bits
+        user_error(capsys, [*argv, "--seed", str(2**64)], "argument --seed", str(2**64), "[0, 2**64)")
 
 
 # ----- output folders ---------------------------------------------------------------------------
