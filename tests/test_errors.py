@@ -161,6 +161,23 @@ def test_pow_takes_numpy_scalar_exponents_keeping_the_dtype():
         np.testing.assert_allclose(x.grad, float(exponent) * x.data ** (float(exponent) - 1), rtol=1e-6)
 
 
+NUMPY_SCALAR_PARAMETERS = {
+    "leaky_relu slope": lambda x: F.leaky_relu(x, np.float64(0.1)),
+    "elu alpha": lambda x: F.elu(x, np.float64(1.5)),
+    "clip bounds": lambda x: F.clip(x, np.float64(-0.5), np.float64(1.0)),
+    "clip lower bound": lambda x: F.clip(x, lo=np.float64(-0.5)),
+}
+
+
+@pytest.mark.parametrize("op", NUMPY_SCALAR_PARAMETERS.values(), ids=NUMPY_SCALAR_PARAMETERS.keys())
+def test_numpy_scalar_parameters_keep_the_dtype(op):
+    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32), requires_grad=True)
+    y = op(x)
+    assert y.dtype == np.float32
+    (y + x).sum().backward()  # float64 here would be refused: "cannot mix float64 and float32"
+    assert x.grad.dtype == np.float32
+
+
 # ----- backward misuse ----------------------------------------------------------------------
 def test_backward_on_non_scalar_needs_grad():
     y = ones(2, 3) * 2.0

@@ -392,23 +392,33 @@ def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
     if not isinstance(exponent, numbers.Real):
         raise TypeError("pow: the exponent must be a Python or NumPy number; for a tensor exponent "
                         "write exp(b * log(x))")
-    # As a Python number: a NumPy float64 or int64 exponent would make a float32 result float64.
-    exponent = int(exponent) if isinstance(exponent, numbers.Integral) else float(exponent)
-    return Pow.apply(x, exponent=exponent)
+    return Pow.apply(x, exponent=_python_number(exponent))
+
+
+def _python_number(value):
+    """``value`` (a Python or NumPy scalar) as a Python int or float.
+
+    Why: under NumPy's promotion rules a NumPy float64 or int64 scalar makes a float32 result
+    float64, while a Python number adopts the array's dtype.
+    """
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def leaky_relu(x, slope=0.01):
     """Leaky ReLU with negative-side slope ``slope`` (see ``LeakyRelu``)."""
-    return LeakyRelu.apply(x, slope=slope)
+    return LeakyRelu.apply(x, slope=_python_number(slope))  # keeps float32 float32
 
 
 def elu(x, alpha=1.0):
     """ELU with saturation ``-alpha`` (see ``Elu``)."""
-    return Elu.apply(x, alpha=alpha)
+    return Elu.apply(x, alpha=_python_number(alpha))  # keeps float32 float32
 
 
 def clip(x, lo=None, hi=None):
     """Clamp ``x`` into [lo, hi]; either bound may be None (see ``Clip``)."""
+    # Python numbers keep a float32 result float32 (see _python_number).
+    lo = None if lo is None else _python_number(lo)
+    hi = None if hi is None else _python_number(hi)
     return Clip.apply(x, lo=lo, hi=hi)
 
 
