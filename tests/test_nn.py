@@ -261,6 +261,16 @@ def test_init_functions_in_place():
         nn.init.uniform_(w, rng="seed")
 
 
+def test_layer_without_inputs_and_empty_tensors_in_init():
+    layer = nn.Linear(0, 3)  # a zero fan_in: nothing to draw, nothing to divide by
+    assert layer.weight.shape == (0, 3)
+    y = layer(mv.tensor(np.ones((2, 0), dtype=np.float32)))
+    np.testing.assert_array_equal(y.data, np.zeros((2, 3)))  # the bias, drawn from U(0, 0)
+    for fill in (nn.init.kaiming_uniform_, nn.init.kaiming_normal_):
+        w = nn.Parameter(np.empty((3, 0), dtype=np.float32))
+        assert fill(w, mode="fan_out") is w
+
+
 def test_parameter_dtype_policy():
     assert nn.Parameter([1.0, 2.0]).dtype == np.float32
     assert nn.Parameter(np.zeros(2)).dtype == np.float64

@@ -121,6 +121,11 @@ def xavier_normal_(tensor, gain=1.0, rng=None):
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng)
 
 
+def _is_empty(tensor):
+    """Whether ``tensor`` has no elements (a dimension of size 0)."""
+    return math.prod(tensor.shape) == 0
+
+
 def _kaiming_std(shape, a, mode, nonlinearity):
     fan_in, fan_out = calculate_fan_in_and_fan_out(shape)
     if mode not in ("fan_in", "fan_out"):
@@ -133,12 +138,18 @@ def kaiming_uniform_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rn
     """He et al. (2015): U(-b, b) with b = gain * sqrt(3 / fan), gain from ``nonlinearity``
     (slope ``a`` for leaky_relu); return it.
 
-    With a = sqrt(5) (the default of ``Linear``, as in PyTorch) b = 1 / sqrt(fan_in).
+    With a = sqrt(5) (the default of ``Linear``, as in PyTorch) b = 1 / sqrt(fan_in). A tensor
+    without elements (``Linear(0, n)``) is returned unchanged.
     """
+    if _is_empty(tensor):  # nothing to fill, and its fan may be 0
+        return tensor
     bound = math.sqrt(3.0) * _kaiming_std(tensor.shape, a, mode, nonlinearity)
     return uniform_(tensor, -bound, bound, rng)
 
 
 def kaiming_normal_(tensor, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
-    """He et al. (2015): N(0, std^2) with std = gain / sqrt(fan); return it."""
+    """He et al. (2015): N(0, std^2) with std = gain / sqrt(fan); return it (unchanged when it
+    has no elements)."""
+    if _is_empty(tensor):  # nothing to fill, and its fan may be 0
+        return tensor
     return normal_(tensor, 0.0, _kaiming_std(tensor.shape, a, mode, nonlinearity), rng)
