@@ -261,6 +261,26 @@ def test_init_functions_in_place():
         nn.init.uniform_(w, rng="seed")
 
 
+def test_an_evaluation_graph_leaves_the_running_statistics_writable():
+    """A graph built in evaluation mode without no_grad (a validation loss kept for logging)
+    must not lock BatchNorm's buffers: training, reset_running_stats and load_state_dict write
+    into them while that graph lives."""
+    x = mv.tensor(np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32))
+    model = nn.Sequential(nn.Linear(3, 3, rng=1), nn.BatchNorm1d(3), nn.Linear(3, 2, rng=2))
+    other = nn.Sequential(nn.Linear(3, 3, rng=3), nn.BatchNorm1d(3), nn.Linear(3, 2, rng=4))
+    other.train()
+    other(x)  # running statistics that differ from model's
+    model.eval()
+    val_loss = model(x).sum()
+    model.train()
+    model(x)  # updates the running statistics in place
+    model[1].reset_running_stats()
+    val_loss.backward()  # the evaluation graph saved copies: the old statistics
+    model.load_state_dict(other.state_dict())
+    for name, value in other.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[name], value, err_msg=name)
+
+
 def test_layer_without_inputs_and_empty_tensors_in_init():
     layer = nn.Linear(0, 3)  # a zero fan_in: nothing to draw, nothing to divide by
     assert layer.weight.shape == (0, 3)

@@ -128,13 +128,17 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     _check_input(xd, "batch_norm")
     _check_channel_vectors(xd, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     xp = get_array_module(running_var)
+    # The ops below get fresh arrays, never the buffers themselves: an op may save what it gets,
+    # and a saved array stays read-only while its graph lives, but the next training step,
+    # load_state_dict and reset_running_stats write into the buffers in place.
     inv = 1 / xp.sqrt(running_var + eps)
+    mean_inv = running_mean * inv
     c_shape = _channel_shape(xd, xd.shape[1])
     if weight is None:
-        scale, shift = inv, -running_mean * inv
+        scale, shift = inv, -mean_inv
     else:
         scale = mul(weight, inv)
-        shift = sub(bias, mul(scale, running_mean))
+        shift = sub(bias, mul(weight, mean_inv))  # beta - running_mean * s
     if xd.ndim == 3:
         scale = scale.reshape(c_shape)
         shift = shift.reshape(c_shape)
