@@ -209,6 +209,22 @@ def test_load_state_dict_before_backward_is_caught():
         loss.backward()
 
 
+def test_load_state_dict_into_a_saved_buffer_changes_nothing():
+    """A buffer (no version of its own) that a live graph saved stays read-only: loading into
+    it is refused, and before any other entry is written."""
+    model = nn.Sequential(nn.Linear(3, 3, rng=1), nn.BatchNorm1d(3), nn.Linear(3, 2, rng=2))
+    other = nn.Sequential(nn.Linear(3, 3, rng=3), nn.BatchNorm1d(3), nn.Linear(3, 2, rng=4))
+    before = {name: value.copy() for name, value in model.state_dict().items()}
+    x = mv.tensor(np.ones(3, np.float32), requires_grad=True)
+    loss = (x * model[1].running_mean).sum()  # Mul saves the buffer for x's gradient
+    with pytest.raises(nn.StateDictError, match=r"1\.running_mean: .*read-only"):
+        model.load_state_dict(other.state_dict())
+    for name, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    loss.backward()  # releases the buffer
+    model.load_state_dict(other.state_dict())
+
+
 # ----- backward's contract ----------------------------------------------------------------------
 class TwoGradientsForOneInput(Function):
     @staticmethod

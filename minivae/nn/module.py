@@ -310,7 +310,8 @@ class Module:
 
         Every problem is collected and reported at once, before anything is changed: names the
         module lacks or the state lacks (only when ``strict``), and shape or dtype mismatches
-        (always: a silent cast or reshape would hide a wrong checkpoint). Returns
+        (always: a silent cast or reshape would hide a wrong checkpoint), and arrays that cannot
+        be written (a buffer that a live graph saved for its backward pass). Returns
         ``IncompatibleKeys(missing_keys, unexpected_keys)``.
         """
         entries = self._state_entries()
@@ -337,6 +338,9 @@ class Module:
             elif value.dtype != target.dtype:
                 problems.append(f"{name}: dtype {value.dtype} in state_dict, {target.dtype} in the "
                                 "module (convert one with astype first)")
+            elif not _can_write(owner, target):
+                problems.append(f"{name}: the module's array is read-only (a graph that is still "
+                                "alive saved it for its backward pass; run backward or drop it first)")
             else:
                 updates.append((owner, target, value))
         if problems:
@@ -367,6 +371,21 @@ class Module:
         if not lines:
             return head + ")"
         return head + "\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _can_write(owner, target):
+    """Whether ``load_state_dict`` can write into ``target``, the array of ``owner`` (a Tensor,
+    or for a buffer the array itself), checked before anything is written.
+
+    A NumPy array a live graph saved is read-only (see ``minivae.function``). For a Tensor's own
+    array that is no obstacle: ``bump_version`` makes it writable, and the version check then
+    stops those graphs. A buffer has no version, so nothing would stop a graph that saved it
+    from using the new values: it is refused. CuPy arrays have no read-only flag.
+    """
+    if not isinstance(target, np.ndarray) or target.flags.writeable:
+        return True
+    # What bump_version unlocks: a plain NumPy array that owns its memory.
+    return isinstance(owner, Tensor) and type(target) is np.ndarray and target.base is None
 
 
 class ModuleList(Module):
