@@ -65,11 +65,15 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         # A flag, or an option that is off unless given, shows no default. Identity, not ``in``: a
-        # default of 0 or 0.0 equals False, and would lose its "(default: 0)".
-        default = action.default
+        # default of 0 or 0.0 equals False, and would lose its "(default: 0)". A setting of a run
+        # (``train``) shows TrainConfig's value: its own default, None, means "not given".
+        default = getattr(action, "config_default", action.default)
         if default is None or default is False or (isinstance(default, list) and not default):
             return action.help
-        return super()._get_help_string(action)
+        if not hasattr(action, "config_default"):
+            return super()._get_help_string(action)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        return f"{action.help} (default: {shown})"
 
 
 # ----- argument types: each refuses a bad value with a message naming it --------------------------
@@ -172,58 +176,62 @@ class _TrainHelp(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         parser.print_help()
-        print("\n" + _settings_text(namespace.model))
+        print("\n" + _settings_text(namespace.model or TrainConfig.model))
         parser.exit()
 
 
 def _add_train_args(p):
+    """The options of ``train``. Each setting of a run defaults to None, "not given": a new run
+    takes TrainConfig's value and a resumed run keeps its own (``_config_from_args``), so that a
+    resume changes only what is given; the help shows TrainConfig's value."""
     d = TrainConfig()
-    p.add_argument("--model", default=d.model, choices=list(MODELS),
-                   help="model family (each one's --set keys: `minivae models`)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the 50k training images")
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per optimizer step")
-    p.add_argument("--lr", type=positive_float, default=d.lr, help="Adam learning rate (peak of the schedule)")
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default=d.lr_schedule,
-                   help="cosine: from --lr down to --lr-min at the last step; constant: --lr throughout")
-    p.add_argument("--lr-min", type=nonnegative_float, default=d.lr_min, help="final rate of the cosine schedule")
-    p.add_argument("--z-dim", type=positive_int, default=d.z_dim, help="size of the latent code z")
-    p.add_argument("--hidden", type=positive_int, nargs="+", default=list(d.hidden),
-                   help="encoder hidden sizes; the decoder mirrors them")
-    p.add_argument("--activation", default=d.activation, choices=list(ACTIVATIONS),
-                   help="nonlinearity between the hidden layers")
-    p.add_argument("--beta", type=nonnegative_float, default=d.beta,
-                   help="KL weight (beta-VAE when > 1); 1 for a model trained on the IWAE bound "
-                        "(--iw-k above 1, --model iwae), which has no KL term to weight")
+
+    def setting(*flags, **kw):
+        action = p.add_argument(*flags, **kw)
+        action.config_default = getattr(d, action.dest)
+
+    setting("--model", choices=list(MODELS), help="model family (each one's --set keys: `minivae models`)")
+    setting("--epochs", type=positive_int, help="passes over the 50k training images")
+    setting("--batch-size", type=positive_int, help="images per optimizer step")
+    setting("--lr", type=positive_float, help="Adam learning rate (peak of the schedule)")
+    setting("--lr-schedule", choices=("cosine", "constant"),
+            help="cosine: from --lr down to --lr-min at the last step; constant: --lr throughout")
+    setting("--lr-min", type=nonnegative_float, help="final rate of the cosine schedule")
+    setting("--z-dim", type=positive_int, help="size of the latent code z")
+    setting("--hidden", type=positive_int, nargs="+", help="encoder hidden sizes; the decoder mirrors them")
+    setting("--activation", choices=list(ACTIVATIONS), help="nonlinearity between the hidden layers")
+    setting("--beta", type=nonnegative_float,
+            help="KL weight (beta-VAE when > 1); 1 for a model trained on the IWAE bound "
+                 "(--iw-k above 1, --model iwae), which has no KL term to weight")
     p.add_argument("--warmup", type=count,
                    help=f"epochs of linear KL warm-up (0: none); default {d.warmup}, and none for a model "
                         "trained on the IWAE bound (--iw-k above 1, --model iwae), which has no KL term "
                         "to warm up: there it may only be 0")
-    p.add_argument("--mc-samples", type=positive_int, default=d.mc_samples,
-                   help="Monte Carlo samples of the ELBO per image")
-    p.add_argument("--iw-k", type=positive_int, default=d.iw_k, help="train on the k-sample IWAE bound when > 1")
-    p.add_argument("--n-labelled", type=positive_int, default=d.n_labelled,
-                   help="labels (balanced over the classes, chosen by --seed from the training set) a "
-                        "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from; "
-                        "a multiple of 10")
-    p.add_argument("--seed", type=philox_seed, default=d.seed,
-                   help="seed of the initial weights, the batch order, the binarization and the noise")
+    setting("--mc-samples", type=positive_int, help="Monte Carlo samples of the ELBO per image")
+    setting("--iw-k", type=positive_int, help="train on the k-sample IWAE bound when > 1")
+    setting("--n-labelled", type=positive_int,
+            help="labels (balanced over the classes, chosen by --seed from the training set) a "
+                 "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from; "
+                 "a multiple of 10")
+    setting("--seed", type=philox_seed,
+            help="seed of the initial weights, the batch order, the binarization and the noise")
     p.add_argument("--out", help=f"run folder (config, checkpoint, metrics, results, pictures); default "
                                  f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
                                  f"({d.out} itself with --resume)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with its own settings but for "
+                        "those given (only " + ", ".join(TrainConfig.RESUMABLE_CHANGES) + " may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run (its files are removed first)")
-    p.add_argument("--device", default=d.device, choices=DEVICES,
-                   help="where to train; auto: the GPU when CuPy and a device are usable")
-    p.add_argument("--eager", action="store_true",
-                   help="on the GPU, run every step from Python (the oracle of graph mode, for study) "
-                        "instead of replaying the step captured as one CUDA graph")
-    p.add_argument("--eval-k", type=count, default=d.eval_k,
-                   help="importance samples for the final test log-likelihood (0 skips it)")
-    p.add_argument("--trace-every", type=count, default=d.trace_every,
-                   help="log per-layer gradient norms and update ratios every N steps (0: off); on "
-                        "the GPU the steps then run eagerly, not as a captured CUDA graph")
-    p.add_argument("--set", dest="model_options", action="append", default=[], metavar="KEY=VALUE",
+    setting("--device", choices=DEVICES, help="where to train; auto: the GPU when CuPy and a device are usable")
+    setting("--eager", action=argparse.BooleanOptionalAction,
+            help="on the GPU, run every step from Python (the oracle of graph mode, for study) "
+                 "instead of replaying the step captured as one CUDA graph")
+    setting("--eval-k", type=count, help="importance samples for the final test log-likelihood (0 skips it)")
+    setting("--trace-every", type=count,
+            help="log per-layer gradient norms and update ratios every N steps (0: off); on "
+                 "the GPU the steps then run eagerly, not as a captured CUDA graph")
+    p.add_argument("--set", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="a model-specific setting (repeatable), e.g. --set flows=8; the keys of a model "
                         "and their types: `minivae models` or `minivae train --model NAME --help`. The "
                         "settings with an option of their own (" + ", ".join(COMMON.values()) + ") are "
@@ -254,14 +262,26 @@ def _default_out(resume):
 
 
 def _config_from_args(args):
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["out"] = args.out or _default_out(args.resume)
+    """The TrainConfig of ``train``'s options: the settings given, over those of the run in --out
+    when resuming (so a resume changes only what is given; ``check_resumable`` then says whether
+    it may), else over TrainConfig's defaults. ``--set`` pairs add to the run's model options."""
+    out = args.out or _default_out(args.resume)
+    base = _saved_config(out, args) if args.resume else TrainConfig()
+    values = dataclasses.asdict(TrainConfig())  # what no option sets (data_rng) is this library's
+    for name in values.keys() & vars(args).keys():
+        given = getattr(args, name)
+        values[name] = getattr(base, name) if given is None else given
+    values["out"] = out
     values["hidden"] = tuple(values["hidden"])
-    if values["warmup"] is None:  # see _check_kl_weight for a model trained on the IWAE bound
-        values["warmup"] = TrainConfig.warmup
-    values["model_options"] = _parse_options(args.model, values["model_options"])
+    values["model_options"] = dict(base.model_options, **_parse_options(values["model"], args.model_options or []))
     return TrainConfig(**values)
+
+
+def _saved_config(out, args):
+    """The config of the run in ``out`` that ``--resume`` continues (one line naming the folder
+    when it holds none, or when --overwrite is given too)."""
+    check_run_dir(out, resume=True, overwrite=args.overwrite)
+    return load_run(out)[0]  # CheckpointError when the checkpoint is damaged
 
 
 def _check_kl_weight(config, model, warmup_given):
@@ -280,7 +300,6 @@ def _check_kl_weight(config, model, warmup_given):
 
 def _check_resume(config, model, warmup_given):
     """Refuse ``--resume`` with settings the run in ``config.out`` was not trained with."""
-    load_run(config.out)  # NotARunError without a checkpoint, CheckpointError when damaged
     _, meta, saved = read_checkpoint(config.out)
     check_resume_state(meta, Path(config.out) / CHECKPOINT)
     if model.iw_k > 1 and not warmup_given:

@@ -142,6 +142,22 @@ def test_resume_with_a_setting_given_at_its_default_is_no_change(capsys, tmp_pat
                "--set flows: 8 -> 4")
 
 
+def test_resume_keeps_the_settings_of_the_run_but_those_given(capsys, tmp_path, monkeypatch):
+    """`train --out RUN --resume` continues the run as it was configured: a setting left out is
+    the run's own, not train's default (a forgotten --epochs never makes a run of 1 epoch one of
+    150), and one given is a change (checked as any other)."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    out = tmp_path / "flow"
+    assert main(tiny(out, "--model", "flow", "--set", "flows=3", "--seed", "7", "--warmup", "1",
+                     "--lr-schedule", "constant", "--eager")) == 0
+    first = json.loads((out / "config.json").read_text())
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text()) == first
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-eager", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text()) == dict(first, epochs=2, eager=False)
+    user_error(capsys, ["train", "--out", str(out), "--resume", "--set", "flows=4"], "--set flows: 3 -> 4")
+
+
 def test_resume_of_a_run_trained_on_the_former_batches(capsys, run):
     """A checkpoint whose config predates ``data_rng`` was trained on PCG64 batches: resuming it
     would switch generators mid-run, so it is refused, saying why and what can be done."""

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 import minivae.data
+from minivae import cli
 from minivae.cli import _config_from_args, build_parser
+from minivae.runs import TrainConfig
 from test_train import small_data
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -56,14 +58,16 @@ def test_readme_has_commands():
 
 
 @pytest.mark.parametrize("words", commands(), ids=lambda w: " ".join(w)[:60])
-def test_readme_command_is_valid(words):
-    """Parsed as the CLI parses it (``--set`` values checked against the model's types too)."""
+def test_readme_command_is_valid(words, monkeypatch):
+    """Parsed as the CLI parses it (``--set`` values checked against the model's types too; a
+    resumed run's own settings are the defaults' here)."""
     if words == ["--version"]:
         with pytest.raises(SystemExit, match="0"):
             build_parser().parse_args(words)
         return
     args = build_parser().parse_args(words)
     if args.command == "train":
+        monkeypatch.setattr(cli, "_saved_config", lambda out, args: TrainConfig())
         _config_from_args(args)
 
 
