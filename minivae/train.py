@@ -184,6 +184,7 @@ class Trainer:
             self.use_graph = False
         self.graph = None
         self.saved = None  # (epoch, batch) of the checkpoint in the run folder, once there is one
+        self.steps_at_start = 0  # steps done when ``fit`` began (more when resumed)
         self.stop_requested = threading.Event()
 
     @property
@@ -244,7 +245,8 @@ class Trainer:
                 f"state, at {_position(*self.saved)}")
 
     def restore(self):
-        """Load the run folder's checkpoint into the model, optimizer, generator and position."""
+        """Load the run folder's checkpoint into the model, optimizer, generator and position;
+        return the config it was saved with."""
         arrays, meta, saved = runs.read_checkpoint(self.run_dir)
         path = self.run_dir / CHECKPOINT
         runs.check_resume_state(meta, path)
@@ -261,6 +263,7 @@ class Trainer:
             raise runs.damaged(path, f"cannot resume from it: {exc.args[0] if exc.args else exc}") from None
         self.epoch, self.batch, self.sums = meta["epoch"], meta["batch"], meta["sums"]
         self.saved = (self.epoch, self.batch)
+        return saved
 
     def _truncate_metrics(self):
         """Drop metric lines written after the checkpoint (epoch summaries of a crash between the
@@ -394,9 +397,12 @@ class Trainer:
         """
         runs.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
         if resume:
-            self.restore()
+            saved = self.restore()
             self._truncate_metrics()
-            self.log(f"resumed {self.run_dir} at epoch {self.epoch + 1}, batch {self.batch}")
+            self.log(f"resumed {self.run_dir} at {_position(self.epoch, self.batch)}")
+            if saved != self.config:  # the checkpoint records the settings the run goes on with
+                self.save()
+        self.steps_at_start = self.steps_done
         runs.write_json(self.run_dir / CONFIG, self.config.to_dict())
         try:
             with _deferred_interrupt(self.stop_requested):
@@ -481,4 +487,27 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
     """
     trainer = Trainer(config, data=data, progress=progress, log=log)
     trainer.fit(resume=resume, overwrite=overwrite)
+    if resume and trainer.steps_at_start == trainer.total_steps:
+        # Nothing was trained: the results of the finished run stand, unless they lack what was
+        # asked (results.json missing or damaged, another --eval-k): the evaluation can take minutes.
+        kept = _results_of_finished_run(trainer.run_dir, trainer.config)
+        if kept is not None:
+            log(f"{trainer.run_dir} had finished its {trainer.epoch} epochs: nothing to train; its "
+                f"results stand in {RESULTS} (score it again with `minivae eval {trainer.run_dir}`)")
+            return kept
     return trainer.final_evaluation()
+
+
+def _results_of_finished_run(run_dir, config):
+    """The results.json of a run that finished ``config.epochs`` epochs, when it holds what the
+    final evaluation of ``config`` would (the log-likelihood of ``config.eval_k`` samples, if
+    any), else None."""
+    try:
+        results = json.loads((Path(run_dir) / RESULTS).read_text())
+    except (OSError, ValueError):  # missing (interrupted evaluation) or damaged: evaluate again
+        return None
+    if not isinstance(results, dict) or results.get("epochs") != config.epochs:
+        return None
+    if config.eval_k and results.get("eval_k") != config.eval_k:
+        return None
+    return results

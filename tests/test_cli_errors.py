@@ -158,6 +158,26 @@ def test_resume_keeps_the_settings_of_the_run_but_those_given(capsys, tmp_path, 
     user_error(capsys, ["train", "--out", str(out), "--resume", "--set", "flows=4"], "--set flows: 3 -> 4")
 
 
+def test_resuming_a_finished_run_keeps_its_results(capsys, tmp_path, monkeypatch):
+    """Nothing to train: results.json stands (the log-likelihood can take minutes to compute),
+    unless it lacks what is asked (another --eval-k) or is missing (an interrupted evaluation)."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    out = tmp_path / "r"
+    assert main(tiny(out, "--eval-k", "2")) == 0
+    results = (out / "results.json").read_bytes()
+    capsys.readouterr()
+    for extra in ([], ["--eval-k", "0"]):
+        assert main(["train", "--out", str(out), "--resume", "--no-progress", *extra]) == 0
+        assert (out / "results.json").read_bytes() == results
+    printed = capsys.readouterr().out
+    assert "at the end of epoch 1" in printed and "had finished its 1 epochs: nothing to train" in printed
+    assert main(["train", "--out", str(out), "--resume", "--no-progress", "--eval-k", "3"]) == 0
+    assert json.loads((out / "results.json").read_text())["eval_k"] == 3
+    (out / "results.json").unlink()
+    assert main(["train", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "results.json").read_text())["eval_k"] == 3
+
+
 def test_resume_of_a_run_trained_on_the_former_batches(capsys, run):
     """A checkpoint whose config predates ``data_rng`` was trained on PCG64 batches: resuming it
     would switch generators mid-run, so it is refused, saying why and what can be done."""
