@@ -300,8 +300,8 @@ def _check_kl_weight(config, model, warmup_given):
 
 def _check_resume(config, model, warmup_given):
     """Refuse ``--resume`` with settings the run in ``config.out`` was not trained with."""
-    _, meta, saved = read_checkpoint(config.out)
-    check_resume_state(meta, Path(config.out) / CHECKPOINT)
+    arrays, meta, saved = read_checkpoint(config.out)
+    check_resume_state(arrays, meta, Path(config.out) / CHECKPOINT)
     if model.iw_k > 1 and not warmup_given:
         # Runs on the IWAE bound once recorded the default warm-up, which never applied to them.
         config.warmup = saved.warmup

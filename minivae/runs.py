@@ -240,12 +240,16 @@ def read_checkpoint(run):
 RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
 
 
-def check_resume_state(meta, path):
+def check_resume_state(arrays, meta, path):
     """Raise CheckpointError naming the checkpoint at ``path`` unless its document ``meta``
-    holds the state a resume continues from (``RESUME_STATE``)."""
+    holds the state a resume continues from (``RESUME_STATE``) and its optimizer state (the
+    ``optim/`` arrays) is finite (training never saves it otherwise, so the file is damaged)."""
     for key, kind in RESUME_STATE.items():
         if type(meta.get(key)) is not kind:
             raise damaged(path, f"its document holds no {key!r} ({kind.__name__}) to resume from")
+    for name, array in checkpoint.split_prefix(arrays, "optim/").items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise damaged(path, f"the optimizer state {name} holds NaN or infinite values")
 
 
 def damaged(path, problem):

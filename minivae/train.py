@@ -249,7 +249,7 @@ class Trainer:
         return the config it was saved with."""
         arrays, meta, saved = runs.read_checkpoint(self.run_dir)
         path = self.run_dir / CHECKPOINT
-        runs.check_resume_state(meta, path)
+        runs.check_resume_state(arrays, meta, path)
         self.config.check_resumable(saved, (meta["epoch"], meta["batch"]))
         if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
             # The cosine schedule spans the whole run, so a new length bends the remaining rates.

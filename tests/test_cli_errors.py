@@ -328,6 +328,16 @@ def test_a_checkpoint_with_damaged_contents_is_named_in_one_line(capsys, run, da
         user_error(capsys, command, str(run / CHECKPOINT), named)
 
 
+def test_a_non_finite_optimizer_state_is_named_before_a_resume(capsys, run):
+    """Training never saves one, so the file is damaged: resuming from it is refused (not trained
+    on until the loss turns NaN), naming the file and the state."""
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    arrays["optim/state.0.exp_avg"] = arrays["optim/state.0.exp_avg"] * float("nan")
+    checkpoint.save(run / CHECKPOINT, arrays, meta)
+    user_error(capsys, tiny(run, "--resume"), str(run / CHECKPOINT), "damaged",
+               "optimizer state state.0.exp_avg holds NaN")
+
+
 def test_npz_files_that_are_no_checkpoints_are_named(capsys, run, tmp_path):
     import numpy as np
 
