@@ -118,10 +118,12 @@ def elbo(model, x, noise=None, batch_size=500):
 
 
 def nll_summary(ll, ess=None):
-    """Mean test NLL and its standard error over the images, from per-image log-likelihoods;
-    with their effective sample sizes ``ess`` also the median and the smallest of those."""
+    """Mean test NLL and its standard error over the images, from per-image log-likelihoods
+    (None from one image: no spread to estimate it from); with their effective sample sizes
+    ``ess`` also the median and the smallest of those."""
     ll = np.asarray(ll, dtype=np.float64)
-    out = {"test_nll": float(-ll.mean()), "test_nll_stderr": float(ll.std(ddof=1) / np.sqrt(len(ll)))}
+    stderr = float(ll.std(ddof=1) / np.sqrt(len(ll))) if len(ll) > 1 else None
+    out = {"test_nll": float(-ll.mean()), "test_nll_stderr": stderr}
     if ess is not None:
         out.update(ess_median=float(np.median(ess)), ess_min=float(np.min(ess)))
     return out

@@ -126,6 +126,7 @@ def test_nll_summary_is_the_mean_and_its_standard_error():
     assert "ess_median" not in summary
     summary = nll_summary(ll, ess=np.array([40.0, 3.0, 10.0, 7.5]))
     assert (summary["ess_median"], summary["ess_min"]) == (8.75, 3.0)
+    assert nll_summary(ll[:1]) == {"test_nll": 1.0, "test_nll_stderr": None}  # no spread from one image
 
 
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
