@@ -441,7 +441,8 @@ def read_metrics(run_dir):
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    text = path.read_text()
+    # Bytes that are not UTF-8 are damage too: read as U+FFFD, their line is not JSON (named below).
+    text = path.read_bytes().decode("utf-8", errors="replace")
     lines = text.split("\n")
     partial = lines.pop()  # "" when the file ends with a newline, as every complete write does
     records = []

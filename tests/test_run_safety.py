@@ -121,9 +121,11 @@ def test_a_cut_off_last_metrics_line_never_blocks_resume_or_reading(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
-def test_a_broken_metrics_line_inside_the_file_is_named(tmp_path):
-    (tmp_path / METRICS).write_text('{"epoch": 1}\n{"epo\n{"epoch": 2}\n')
-    with pytest.raises(RunFolderError, match="line 2 is not JSON"):
+@pytest.mark.parametrize("broken", [b'{"epo', b'\xff\xfe\x00garbage'])
+def test_a_broken_metrics_line_inside_the_file_is_named(tmp_path, broken):
+    """Text that is not JSON, or bytes that are not even UTF-8: one error naming file and line."""
+    (tmp_path / METRICS).write_bytes(b'{"epoch": 1}\n' + broken + b'\n{"epoch": 2}\n')
+    with pytest.raises(RunFolderError, match=f"{METRICS} line 2 is not JSON"):
         runs.read_metrics(tmp_path)
 
 
