@@ -7,13 +7,13 @@ and moved over the old one with ``os.replace``, so an interruption leaves either
 new checkpoint, never half of one.
 """
 import json
-import os
-import tempfile
 import tokenize
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_write
 
 META_KEY = "__meta__"
 
@@ -30,17 +30,7 @@ def save(path, arrays, meta):
         raise ValueError(f"{META_KEY!r} is reserved for the JSON document")
     payload = {name: np.asarray(a) for name, a in arrays.items()}
     payload[META_KEY] = np.array(json.dumps(meta))
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, **payload))
 
 
 def load(path):

@@ -25,12 +25,12 @@ what would be valid.
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint
+from .files import atomic_write
 from .models import MODELS, build_model
 from .models.settings import model_settings
 from .nn import StateDictError
@@ -390,17 +390,11 @@ def _write_error(path, exc, kept=""):
 
 
 def _replace_text(path, text, kept=""):
-    """Replace the file ``path`` by ``text`` atomically: a temporary file in the same folder, then
-    ``os.replace``; on failure the temporary file is removed and RunWriteError raised."""
-    tmp = None
+    """Replace the file ``path`` by ``text`` atomically (``files.atomic_write``); a failure
+    raises RunWriteError, saying where the numbers are ``kept``."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(text.encode()))
     except OSError as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise _write_error(path, exc, kept) from None
 
 

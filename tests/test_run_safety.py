@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -129,6 +130,20 @@ def test_a_broken_metrics_line_inside_the_file_is_named(tmp_path, broken):
         runs.read_metrics(tmp_path)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_the_files_of_a_run_get_the_permissions_of_the_umask(tmp_path, umask):
+    """Written atomically through a private temporary file, they still get what a plain open
+    would give them (others may read a run on a shared machine)."""
+    old = os.umask(umask)
+    try:
+        train(config(tmp_path, epochs=1, eval_k=2), data=small_data(), **QUIET)
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
+    assert modes == dict.fromkeys([CHECKPOINT, "config.json", METRICS, RESULTS], 0o666 & ~umask)
+
+
 def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
     data = small_data()
     run = tmp_path / "run"
@@ -187,13 +202,13 @@ def test_eval_prints_its_result_before_writing_it(tmp_path, monkeypatch, capsys)
     run = tmp_path / "run"
     train(config(tmp_path, epochs=1), data=data, **QUIET)
     monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
-    real_mkstemp = runs.tempfile.mkstemp
+    real_mkstemp = tempfile.mkstemp
 
     def read_only(*args, dir=None, **kwargs):  # the run folder refuses new files
         if Path(dir) == run:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return real_mkstemp(*args, dir=dir, **kwargs)
-    monkeypatch.setattr(runs.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
     capsys.readouterr()
     try:
         code = cli.main(["eval", str(run), "--k", "3", "--no-progress"])

@@ -54,9 +54,11 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ..files import atomic_write
 
 # --------------------------------------------------------------------------------------------
 # Reference hashes
@@ -504,30 +506,12 @@ def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
                 np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
 
 
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write via a temporary file in the same directory, fsync, then ``os.replace``: readers see
-    the old file or the complete new one, never a partial write."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def write_cache(cache_dir, arrays: Mapping[str, np.ndarray], provenance: Mapping) -> Path:
     """Write ``mnist.npz`` and its sidecar ``mnist.json`` (sha256, content digest, provenance)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     npz = cache_dir / CACHE_FILE
-    _atomic_write(npz, lambda f: _write_npz(f, arrays))
+    atomic_write(npz, lambda f: _write_npz(f, arrays))
     _write_sidecar(cache_dir, arrays, provenance)
     return npz
 
@@ -547,7 +531,7 @@ def _write_sidecar(cache_dir: Path, arrays: Mapping[str, np.ndarray], provenance
         "provenance": dict(provenance),
     }
     text = json.dumps(meta, indent=2, sort_keys=True).encode()
-    _atomic_write(cache_dir / SIDECAR_FILE, lambda f: f.write(text))
+    atomic_write(cache_dir / SIDECAR_FILE, lambda f: f.write(text))
 
 
 def read_cache(cache_dir, *, expected_content: Optional[str] = CONTENT_SHA256) -> Dict[str, np.ndarray]:
