@@ -104,6 +104,13 @@ def _number(low, inclusive, what):
     return parse
 
 
+def nonempty_path(text):
+    """A file or folder name; an empty one is a mistake (it would read as "not given")."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return text
+
+
 positive_int = _integer(1, "an integer >= 1")
 count = _integer(0, "an integer >= 0")
 #: Philox's key is 64 bits wide.
@@ -119,9 +126,10 @@ def _check_writable_folder(folder, option, hint="give a folder you can write to"
 
     ``label`` starts the message (default: ``option folder``)."""
     folder = Path(folder)
+    this = "this" if label is None else str(folder)  # a label names a file in the folder
     label = label or f"{option} {folder}"
     if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{label}: this is a file, not a folder; give a folder")
+        raise UsageError(f"{label}: {this} is a file, not a folder; give a folder")
     existing = next(p for p in [folder, *folder.parents] if p.exists() or p == Path(p.anchor))
     if not existing.is_dir():
         raise UsageError(f"{label}: {existing} is a file, not a folder")
@@ -215,7 +223,7 @@ def _add_train_args(p):
                  "a multiple of 10")
     setting("--seed", type=philox_seed,
             help="seed of the initial weights, the batch order, the binarization and the noise")
-    p.add_argument("--out", help=f"run folder (config, checkpoint, metrics, results, pictures); default "
+    p.add_argument("--out", type=nonempty_path, help=f"run folder (config, checkpoint, metrics, results, pictures); default "
                                  f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
                                  f"({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true",
@@ -479,22 +487,22 @@ def build_parser():
     _add_train_args(p)
     p = command("eval", cmd_eval, "test ELBO and importance-sampled log-likelihood of a run "
                                   "(prints an estimate of the time first)")
-    p.add_argument("run", help="a run folder written by `minivae train`")
+    p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
     p.add_argument("--k", type=positive_int, default=EVAL_K,
                    help="importance samples per image (the papers use 5000: five times slower)")
     p.add_argument("--n", type=positive_int, default=10000, help="score the first N test images")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to compute (k = 5000 takes "
                                                                       "seconds on a GPU)")
-    p.add_argument("--out", help="the JSON file of the result (default: RUN/eval_kK.json, or "
+    p.add_argument("--out", type=nonempty_path, help="the JSON file of the result (default: RUN/eval_kK.json, or "
                                  "RUN/eval_kK_firstN.json for part of the test set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
-    p.add_argument("run", help="a run folder written by `minivae train`")
+    p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
     p.add_argument("--n", type=positive_int, default=64, help="how many images")
     p.add_argument("--seed", type=philox_seed, default=0, help="seed of the samples")
-    p.add_argument("--out", help="the PNG file (default: RUN/samples.png)")
+    p.add_argument("--out", type=nonempty_path, help="the PNG file (default: RUN/samples.png)")
     p = command("plot", cmd_plot, "pictures of a run (PNG files in the run folder)")
-    p.add_argument("run", help="a run folder written by `minivae train`")
+    p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
     command("models", cmd_models, "the models and their --set keys, with types and defaults")
     _add_gradient_commands(command)
     return parser
@@ -565,11 +573,11 @@ def _add_gradient_commands(command):
                    help="check a small instance of this model's loss w.r.t. every parameter "
                         "(only the model unless --op is given too); one of " + ", ".join(MODELS))
     p = command("graph", cmd_graph, "the computation graph of one loss evaluation, as Graphviz DOT (+ SVG)")
-    p.add_argument("run", nargs="?", help="a run folder (its checkpoint's model); or give --model")
+    p.add_argument("run", nargs="?", type=nonempty_path, help="a run folder (its checkpoint's model); or give --model")
     p.add_argument("--model", metavar="NAME", choices=list(MODELS),
                    help="a freshly initialized model with the train defaults; one of " + ", ".join(MODELS))
     p.add_argument("--grad", action="store_true", help="label every node with its gradient norm")
-    p.add_argument("--out", help="output file: .dot (an .svg is written next to it when Graphviz is "
+    p.add_argument("--out", type=nonempty_path, help="output file: .dot (an .svg is written next to it when Graphviz is "
                                  "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images in the batch")
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",

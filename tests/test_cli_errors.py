@@ -493,6 +493,21 @@ def test_output_file_is_a_folder(capsys, run, tmp_path):
     user_error(capsys, ["eval", str(run), "--out", str(tmp_path)], str(tmp_path), "is a folder")
 
 
+def test_the_file_in_the_way_of_an_output_file_is_named(capsys, run, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "x.json"
+    line = user_error(capsys, ["eval", str(run), "--out", str(out)], f"--out {out}: {tmp_path / 'file'} is a file")
+    assert "this is a file" not in line  # x.json is no file: the folder it would go in is
+
+
+@pytest.mark.parametrize("argv", [["train", "--out", ""], ["eval", ""], ["sample", "RUN", "--out", ""],
+                                  ["graph", "--model", "vae", "--out", ""]])
+def test_an_empty_path_is_refused(capsys, run, argv):
+    """Not read as "not given" (train would go to runs/vae, sample to RUN/samples.png)."""
+    argv = [str(run) if a == "RUN" else a for a in argv]
+    user_error(capsys, argv, "an empty path")
+
+
 @pytest.mark.parametrize("command", ["eval", "sample", "graph"])
 @pytest.mark.parametrize("name", ["checkpoint.npz", "config.json", "metrics.jsonl", "results.json"])
 def test_an_output_file_is_never_a_file_of_a_run(capsys, run, command, name):
