@@ -413,7 +413,8 @@ def save_checkpoint(run_dir, arrays, meta):
     try:
         checkpoint.save(path, arrays, meta)
     except OSError as exc:
-        raise _write_error(path, exc, "the previous checkpoint is kept") from None
+        kept = "the previous checkpoint is kept" if path.is_file() else f"{run_dir} has no checkpoint yet"
+        raise _write_error(path, exc, kept) from None
 
 
 def append_metrics(run_dir, record):

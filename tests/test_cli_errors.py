@@ -567,6 +567,16 @@ def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
     assert "no space left" in line.lower()
 
 
+def test_a_first_checkpoint_that_cannot_be_written_claims_no_earlier_one(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(checkpoint.np, "savez", full)
+    line = user_error(capsys, tiny(tmp_path / "r"), "checkpoint.npz", "No space left")
+    assert line.endswith(f"{tmp_path / 'r'} has no checkpoint yet")
+
+
 # ----- graph ------------------------------------------------------------------------------------
 
 def test_graph_needs_a_run_or_a_model(capsys, run):
