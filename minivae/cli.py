@@ -341,6 +341,9 @@ def check_train(args):
         model = build_run_model(config)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    except MemoryError as exc:  # NumPy says how much: "Unable to allocate 2.85 TiB for an array ..."
+        sizes = f"--hidden {' '.join(map(str, config.hidden))} --z-dim {config.z_dim}"
+        raise UsageError(f"{sizes}: the model does not fit in memory ({exc}); give smaller sizes") from None
     if semi_supervised and model.num_classes < N_CLASSES:
         raise UsageError(f"--set num_classes={model.num_classes}: MNIST's labels are 0 to "
                          f"{N_CLASSES - 1}; give num_classes={N_CLASSES} or more")
@@ -498,7 +501,8 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
-    p.add_argument("--n", type=positive_int, default=64, help="how many images")
+    p.add_argument("--n", type=_integer(1, "an integer in [1, 10000]", high=10000), default=64,
+                   help="how many images (one grid in one PNG)")
     p.add_argument("--seed", type=philox_seed, default=0, help="seed of the samples")
     p.add_argument("--out", type=nonempty_path, help="the PNG file (default: RUN/samples.png)")
     p = command("plot", cmd_plot, "pictures of a run (PNG files in the run folder)")

@@ -455,6 +455,17 @@ def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)
 
 
+def test_a_model_too_large_for_memory_is_one_line(capsys, tmp_path, monkeypatch):
+    """(The allocation fails as NumPy fails it, without trying to take the memory.)"""
+    def too_large(config):
+        raise MemoryError("Unable to allocate 2.85 TiB for an array with shape (1000000000, 784) "
+                          "and data type float32")
+    monkeypatch.setattr(cli, "build_run_model", too_large)
+    user_error(capsys, ["train", "--hidden", "1000000000", "--out", str(tmp_path / "r")],
+               "--hidden 1000000000 --z-dim 50", "does not fit in memory", "2.85 TiB", "smaller sizes")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_cosine_schedule_never_rises(capsys, tmp_path):
     user_error(capsys, ["train", "--lr", "1e-5", "--lr-min", "1e-4", "--out", str(tmp_path / "r")],
                "--lr 1e-05", "--lr-min 0.0001")
@@ -475,6 +486,7 @@ def test_eval_number_out_of_range(capsys, run, option, value):
 
 def test_sample_and_graph_numbers_out_of_range(capsys, run):
     user_error(capsys, ["sample", str(run), "--n", "0"], "argument --n", "0")
+    user_error(capsys, ["sample", str(run), "--n", "10001"], "argument --n", "10001", "[1, 10000]")
     user_error(capsys, ["graph", "--model", "vae", "--batch-size", "0"], "argument --batch-size", "0")
     for argv in (["sample", str(run)], ["graph", "--model", "vae"]):  # Philox's key has 64 bits
         user_error(capsys, [*argv, "--seed", str(2**64)], "argument --seed", str(2**64), "[0, 2**64)")
