@@ -17,12 +17,17 @@ Rules:
   read, so it never blocks a resume or a plot;
 * JSON files are written atomically (a temporary file moved into place), and a failed write
   raises ``RunWriteError``, one line naming the file and the reason;
-* leftover ``checkpoint.npz.*.tmp`` files of an interrupted save are removed at the next start.
+* leftover ``checkpoint.npz.*.tmp`` files of an interrupted save are removed at the next start;
+* one process at a time trains in a folder: ``claim_run_dir`` holds an exclusive lock on it
+  (``flock`` on the folder itself, so no lock file is left behind; released when the process
+  ends, however it ends), and a second one is refused.
 
 Errors about a run folder are ``RunFolderError`` (a ``ValueError``): one line naming the folder and
 what would be valid.
 """
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -64,6 +69,10 @@ class NotARunError(RunFolderError):
 
 class ResumeMismatchError(RunFolderError):
     """``resume`` with settings that differ from those of the run's checkpoint."""
+
+
+class RunBusyError(RunFolderError):
+    """Another process is training in the run folder."""
 
 
 class RunWriteError(RunFolderError):
@@ -341,22 +350,38 @@ def check_run_dir(run_dir, resume=False, overwrite=False):
                              "it again with --overwrite, or choose another --out")
 
 
-def prepare_run_dir(run_dir, resume=False, overwrite=False):
-    """Make ``run_dir`` ready for training; raise RunFolderError when it may not be used as asked.
+@contextlib.contextmanager
+def claim_run_dir(run_dir, resume=False, overwrite=False):
+    """Make ``run_dir`` ready for training and hold it for the ``with`` block; raise
+    RunFolderError when it may not be used as asked.
 
-    The checks of ``check_run_dir``; then a new or empty folder is created, and with
-    ``overwrite`` the run's files are removed. Stray temporary files of an interrupted save are
-    removed in every case.
+    The checks of ``check_run_dir``; then a new or empty folder is created and locked
+    (RunBusyError when another process holds it: nothing is removed then), with ``overwrite``
+    the run's files are removed, and stray temporary files of an interrupted save are removed
+    in every case.
     """
     check_run_dir(run_dir, resume, overwrite)
     run_dir = Path(run_dir)
     try:
-        if overwrite:
-            _remove_run_files(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        remove_stray_files(run_dir)
+        folder = os.open(run_dir, os.O_RDONLY)
     except OSError as exc:
         raise RunWriteError(f"cannot use {run_dir} as a run folder: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(f"{run_dir} is being trained by another process; wait for it to end "
+                               "(or stop it), or choose another --out") from None
+        try:
+            if overwrite:
+                _remove_run_files(run_dir)
+            remove_stray_files(run_dir)
+        except OSError as exc:
+            raise RunWriteError(f"cannot use {run_dir} as a run folder: {exc.strerror or exc}") from None
+        yield
+    finally:
+        os.close(folder)  # releases the lock
 
 
 def _remove_run_files(run_dir):

@@ -393,9 +393,13 @@ class Trainer:
 
         A folder that holds a run is refused (``runs.RunExistsError``) before anything is written,
         unless ``resume`` (continue from its checkpoint) or ``overwrite`` (remove its files and
-        start again).
+        start again); so is one that another process trains in (``runs.RunBusyError``).
         """
-        runs.prepare_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        with runs.claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite):
+            return self._fit_claimed(resume)
+
+    def _fit_claimed(self, resume):
+        """``fit`` in a run folder claimed for this process."""
         if resume:
             saved = self.restore()
             self._truncate_metrics()
@@ -486,16 +490,19 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
     again); see ``Trainer.fit``.
     """
     trainer = Trainer(config, data=data, progress=progress, log=log)
-    trainer.fit(resume=resume, overwrite=overwrite)
-    if resume and trainer.steps_at_start == trainer.total_steps:
-        # Nothing was trained: the results of the finished run stand, unless they lack what was
-        # asked (results.json missing or damaged, another --eval-k): the evaluation can take minutes.
-        kept = _results_of_finished_run(trainer.run_dir, trainer.config)
-        if kept is not None:
-            log(f"{trainer.run_dir} had finished its {trainer.epoch} epochs: nothing to train; its "
-                f"results stand in {RESULTS} (score it again with `minivae eval {trainer.run_dir}`)")
-            return kept
-    return trainer.final_evaluation()
+    # The folder stays claimed through the evaluation, whose results.json belongs to this run.
+    with runs.claim_run_dir(trainer.run_dir, resume=resume, overwrite=overwrite):
+        trainer._fit_claimed(resume)
+        if resume and trainer.steps_at_start == trainer.total_steps:
+            # Nothing was trained: the results of the finished run stand, unless they lack what was
+            # asked (results.json missing or damaged, another --eval-k): the evaluation can take
+            # minutes.
+            kept = _results_of_finished_run(trainer.run_dir, trainer.config)
+            if kept is not None:
+                log(f"{trainer.run_dir} had finished its {trainer.epoch} epochs: nothing to train; its "
+                    f"results stand in {RESULTS} (score it again with `minivae eval {trainer.run_dir}`)")
+                return kept
+        return trainer.final_evaluation()
 
 
 def _results_of_finished_run(run_dir, config):

@@ -1,6 +1,7 @@
 """No run is ever lost: refusal to train over a run, crash-consistent run folders, the divergence
 guard, failed writes, and kill -9 at random times."""
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 
 from minivae import checkpoint, cli, runs
-from minivae.runs import (CHECKPOINT, METRICS, RESULTS, NotARunError, RunExistsError, RunFolderError,
-                          RunWriteError)
+from minivae.runs import (CHECKPOINT, METRICS, RESULTS, NotARunError, RunBusyError, RunExistsError,
+                          RunFolderError, RunWriteError)
 from minivae.train import Trainer, TrainingDiverged, train
 
 from test_train import _interrupt_after, config, params, small_data
@@ -91,6 +92,24 @@ def test_resume_and_out_are_checked_before_training(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunFolderError, match="is a file"):
         Trainer(config(tmp_path, out=str(tmp_path / "file")), data=data, **QUIET).fit()
+
+
+def test_a_folder_another_process_trains_in_is_refused_and_left_as_it_is(tmp_path):
+    data = small_data()
+    run = tmp_path / "run"
+    Trainer(config(tmp_path, epochs=1), data=data, **QUIET).fit()
+    before = files(run)
+    other = os.open(run, os.O_RDONLY)  # stands for the other process's claim (flock conflicts
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # between open files, even in one process)
+    try:
+        for kw in (dict(resume=True), dict(overwrite=True)):
+            with pytest.raises(RunBusyError, match=f"{run} is being trained by another process"):
+                train(config(tmp_path, epochs=2), data=data, **kw, **QUIET)
+        assert files(run) == before
+    finally:
+        os.close(other)
+    train(config(tmp_path, epochs=2), data=data, resume=True, **QUIET)  # released: free again
+    assert json.loads((run / RESULTS).read_text())["epochs"] == 2
 
 
 def test_next_free_run_dir_counts_up_past_folders_that_hold_runs(tmp_path):
