@@ -27,12 +27,16 @@ what would be valid.
 """
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: there, run folders are not locked
+    fcntl = None
 
 from . import checkpoint
 from .files import atomic_write
@@ -364,12 +368,13 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        folder = os.open(run_dir, os.O_RDONLY)
+        folder = os.open(run_dir, os.O_RDONLY) if fcntl is not None else None
     except OSError as exc:
         raise RunWriteError(f"cannot use {run_dir} as a run folder: {exc.strerror or exc}") from None
     try:
         try:
-            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if folder is not None:
+                fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunBusyError(f"{run_dir} is being trained by another process; wait for it to end "
                                "(or stop it), or choose another --out") from None
@@ -381,7 +386,8 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
             raise RunWriteError(f"cannot use {run_dir} as a run folder: {exc.strerror or exc}") from None
         yield
     finally:
-        os.close(folder)  # releases the lock
+        if folder is not None:
+            os.close(folder)  # releases the lock
 
 
 def _remove_run_files(run_dir):
