@@ -275,7 +275,8 @@ def _config_from_args(args):
     it may), else over TrainConfig's defaults. ``--set`` pairs add to the run's model options."""
     out = args.out or _default_out(args.resume)
     base = _saved_config(out, args) if args.resume else TrainConfig()
-    values = dataclasses.asdict(TrainConfig())  # what no option sets (data_rng) is this library's
+    values = dataclasses.asdict(base)
+    values["data_rng"] = TrainConfig.data_rng  # the generator of this library, not the run's
     for name in values.keys() & vars(args).keys():
         given = getattr(args, name)
         values[name] = getattr(base, name) if given is None else given

@@ -107,6 +107,11 @@ class TrainConfig:
     eval_k: int = 1000  # importance samples for the test log-likelihood at the end (0: skip)
     n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
     model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
+    # The models of the runs that model options name (M1+M2's m1) as {option: {"model": name,
+    # "kwargs": constructor arguments}}, recorded when the run starts: the run's own checkpoint
+    # holds their weights, so with these it is rebuilt without those folders. Empty for runs
+    # saved before it existed (rebuilt from the folders, which must then still hold them).
+    run_models: dict = dataclasses.field(default_factory=dict)
     trace_every: int = 0  # log gradient norms and update ratios every N steps (0: off)
     eager: bool = False  # on the GPU: every step from Python, not replays of a captured CUDA graph
     # The generator of the training data's order and bits: "philox" (minivae.data, the same on
@@ -148,8 +153,9 @@ class TrainConfig:
         settings compare equal however they were given."""
         config = with_absolute_run_folders(self)
         defaults = {name: setting.default for name, setting in model_settings(self.model).items()}
+        # run_models is a record of the run, not a setting: a resume takes it from the checkpoint.
         defining = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                    if f.name not in self.RESUMABLE_CHANGES and f.name != "model_options"}
+                    if f.name not in self.RESUMABLE_CHANGES and f.name not in ("model_options", "run_models")}
         options = dict(defaults, **config.model_options)
         defining.update({f"--set {name}": value for name, value in options.items()})
         return defining
@@ -217,13 +223,29 @@ def with_absolute_run_folders(config):
 def build_run_model(config):
     """The (untrained) model that ``config`` describes.
 
-    Options that name other run folders (``run_folder_options``) are replaced by the models those
-    runs hold before the model is built.
+    Options that name other run folders (``run_folder_options``) are replaced by models: built
+    from ``config.run_models`` when recorded there (untrained: the run's own checkpoint holds
+    their weights), else the trained models those runs hold (a new run, or one saved before
+    ``run_models`` existed).
     """
     kwargs = config.model_kwargs()
     for name, folder in run_folder_options(config).items():
-        kwargs[name] = load_run(folder)[1]
+        recorded = config.run_models.get(name)
+        if recorded is not None:
+            kwargs[name] = build_model(recorded["model"], **recorded["kwargs"])
+        else:
+            kwargs[name] = load_run(folder)[1]
     return build_model(config.model, **kwargs)
+
+
+def with_run_models(config):
+    """``config`` with ``run_models`` recorded from the run folders its options name (their
+    configs), for a run that starts: see ``TrainConfig.run_models``."""
+    recorded = {}
+    for name, folder in run_folder_options(config).items():
+        other = read_checkpoint(folder)[2]
+        recorded[name] = {"model": other.model, "kwargs": other.model_kwargs()}
+    return dataclasses.replace(config, run_models=recorded)
 
 
 def read_checkpoint(run):
@@ -306,7 +328,8 @@ def load_model_state(model, arrays, path, config):
 def _misfit(path, config, problem):
     """CheckpointError: the checkpoint at ``path`` does not fit the model of its ``config``; a
     model built on other runs may not fit because one of those runs was trained again since."""
-    folders = ", ".join(f"{name}={folder}" for name, folder in run_folder_options(config).items())
+    folders = ", ".join(f"{name}={folder}" for name, folder in run_folder_options(config).items()
+                        if name not in config.run_models)
     since = (f"; the model is built on the run {folders}, which no longer holds the model it was "
              "trained with (trained again with other settings?)") if folders else ""
     return checkpoint.CheckpointError(

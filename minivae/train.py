@@ -21,6 +21,7 @@ batches are a pure function of (seed, optimizer step), so resuming stays exact. 
 classify (``classifies = True``) get ``valid_error`` per epoch and ``test_error`` at the end.
 """
 import contextlib
+import dataclasses
 import json
 import math
 import signal
@@ -251,6 +252,7 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         runs.check_resume_state(arrays, meta, path)
         self.config.check_resumable(saved, (meta["epoch"], meta["batch"]))
+        self.config = dataclasses.replace(self.config, run_models=saved.run_models)  # the run's record
         if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
             # The cosine schedule spans the whole run, so a new length bends the remaining rates.
             self.log(f"note: --epochs changed from {saved.epochs} to {self.config.epochs}; the cosine "
@@ -400,6 +402,8 @@ class Trainer:
 
     def _fit_claimed(self, resume):
         """``fit`` in a run folder claimed for this process."""
+        if not resume:  # the models of the runs it is built on, so that it never needs them again
+            self.config = runs.with_run_models(self.config)
         if resume:
             saved = self.restore()
             self._truncate_metrics()

@@ -1,5 +1,6 @@
 """M1+M2 (Kingma et al. 2014): M2 with a Gaussian likelihood on the features of a frozen VAE."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -164,13 +165,39 @@ def _m1m2_run(data, m1, out):
     return Path(out)
 
 
-def test_an_m1_run_trained_again_with_other_sizes_is_named_in_one_line(tmp_path, capsys):
-    from minivae import cli
+def test_an_m1m2_run_is_rebuilt_without_its_m1_folder(tmp_path, monkeypatch):
+    """The run records M1's settings when it starts and its checkpoint holds M1's weights: the M1
+    folder trained again with other sizes, or removed, changes nothing for eval, sample and a
+    resume (a run folder is self-contained, and may move to another machine alone)."""
+    from minivae import cli, train as train_module
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = _vae_run(tmp_path, data)
+    run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    assert json.loads((run / "config.json").read_text())["run_models"]["m1"]["kwargs"]["z_dim"] == 4
+    before = load_run(run)[1].state_dict()
+    again = TrainConfig(epochs=1, batch_size=50, hidden=(16,), z_dim=5, eval_k=0, out=str(m1))
+    Trainer(again, data=data, progress=False, log=lambda m: None).fit(overwrite=True)
+    shutil.rmtree(m1)
+    after = load_run(run)[1].state_dict()
+    assert after.keys() == before.keys() and all(np.array_equal(after[k], before[k]) for k in before)
+    assert cli.main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 0
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: data)
+    assert cli.main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert json.loads((run / "results.json").read_text())["epochs"] == 2
+
+
+def test_an_m1m2_run_saved_before_run_models_names_a_retrained_m1_in_one_line(tmp_path, capsys):
+    """Such a run is rebuilt from its M1 folder: M1 trained again with other sizes is named."""
+    from minivae import checkpoint, cli
     from minivae.checkpoint import CheckpointError
 
     data = small_data(n_train=100, n_eval=20)
     m1 = _vae_run(tmp_path, data)
     run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    arrays, meta = checkpoint.load(run / "checkpoint.npz")
+    del meta["config"]["run_models"]
+    checkpoint.save(run / "checkpoint.npz", arrays, meta)
     again = TrainConfig(epochs=1, batch_size=50, hidden=(16,), z_dim=5, eval_k=0, out=str(m1))
     Trainer(again, data=data, progress=False, log=lambda m: None).fit(overwrite=True)
     with pytest.raises(CheckpointError) as exc:

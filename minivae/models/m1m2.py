@@ -27,8 +27,9 @@ The model takes the trained VAE itself (``M1M2(m1=vae)``). Registered as ``m1m2`
 (``minivae.runs``, its ``run_options``) loads and passes in:
 ``minivae train --model m1m2 --set m1=runs/vae --n-labelled 100 --hidden 500 --z-dim 50``.
 ``--hidden`` and ``--z-dim`` are M2's (z2); M1's sizes come from its run. The checkpoint keeps
-M1's weights too, so a trained M1+M2 keeps the M1 it was trained with even if the M1 run goes on
-training (the M1 folder must still exist: its config gives M1's sizes when the model is rebuilt).
+M1's weights too, and the run records M1's settings when it starts (``TrainConfig.run_models``),
+so a trained M1+M2 keeps the M1 it was trained with, and is rebuilt without the M1 folder, even
+if that run is trained again or removed.
 """
 from .. import functional as F
 from ..autograd import no_grad
