@@ -31,15 +31,13 @@ make the gradients silently wrong, in two ways:
 * NumPy arrays are also protected against writes that bypass the library
   (``x.data[:] = 10``): the arrays a context saves are made read-only
   (``arr.setflags(write=False)``) until the node is released (after its backward, or when the
-  graph is dropped), so such a write fails at once with NumPy's "read-only" error. Several live
-  nodes may save one array (two graphs over the same weight): ``Node.lock_counts`` counts, per
-  locked array, the nodes that hold it, and the array becomes writable again only when the last
-  of them is released. ``Tensor.bump_version`` unlocks a saved array before that, on purpose
-  (its version check takes over); a node that saves it afterwards locks it again. Only arrays
+  graph is dropped), so such a write fails at once with NumPy's "read-only" error. Only arrays
   that own their memory are locked (a view cannot be made writable again while its base is
-  read-only), so a write through a view, or into the base of a saved view, is not caught; nor
-  is an array that was read-only already before the engine locked it ever made writable. CuPy
-  arrays have no such flag; on the GPU only the version numbers guard.
+  read-only), so a write through a view, or into the base of a saved view, is not caught. Nor
+  is one after the node that locked an array was released while another live graph also saved
+  it (the lock is a best effort, kept simple: no table of holders); the version numbers, which
+  the library's own writes raise, guard every graph. CuPy arrays have no such flag; on the GPU
+  only the version numbers guard.
 
 This module sits above ``minivae.autograd``: recording a node means making Tensors, so it needs
 the Tensor class, while the engine only reads the fields of the nodes it is given.
@@ -80,17 +78,13 @@ class Node:
     arrays: either has the ``backward`` to call), ``ctx`` (its Context), ``inputs`` (the input
     Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions``
     (``(input index, version when the op ran)`` for each input whose array the context saved) and
-    ``read_only`` (the saved NumPy arrays this node holds locked, each counted in ``lock_counts``).
+    ``read_only`` (the NumPy arrays this node made read-only).
 
     The outputs are weak references so that a tensor and its node never form a reference cycle:
     an output the caller dropped simply receives no gradient. After a backward pass without
     ``retain_graph`` the engine calls ``release``, which frees the saved arrays and the inputs.
     """
     __slots__ = ("fn", "ctx", "inputs", "outputs", "versions", "read_only")
-
-    #: id(array) -> how many live nodes hold that saved array locked (read-only). The ids stay
-    #: valid: each of those nodes keeps the array alive in its ``read_only`` until it unlocks.
-    lock_counts = {}
 
     def __init__(self, fn, ctx, inputs, outputs, versions, read_only):
         self.fn = fn
@@ -113,8 +107,7 @@ class Node:
                     f"forward pass again")
 
     def release(self):
-        """Free the context and the inputs, and let go of the arrays this node holds locked (each
-        becomes writable when no other live node holds it)."""
+        """Free the context and the inputs, and make the arrays locked by this node writable."""
         self._unlock()
         self.ctx, self.inputs = None, ()
 
@@ -122,15 +115,8 @@ class Node:
         self._unlock()  # a graph dropped without a backward pass must not leave arrays read-only
 
     def _unlock(self):
-        counts = self.lock_counts
         for a in self.read_only:
-            key = id(a)
-            holders = counts[key] - 1
-            if holders:
-                counts[key] = holders  # another live node still needs the old values
-            else:
-                del counts[key]
-                a.setflags(write=True)
+            a.setflags(write=True)
         self.read_only = ()
 
     def __repr__(self):
@@ -194,15 +180,9 @@ class Function:
             if saved:
                 ids = [id(a) for a in saved]
                 versions = tuple([(i, t.version) for i, t in enumerate(tensors) if id(t.data) in ids])
-                counts = Node.lock_counts
                 for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
-                    if type(a) is np.ndarray and a.base is None:
-                        key = id(a)
-                        holders = counts.get(key, 0)
-                        if holders == 0 and not a.flags.writeable:
-                            continue  # read-only already, not by the engine: never unlock it
-                        a.setflags(write=False)  # again, if bump_version unlocked it
-                        counts[key] = holders + 1
+                    if type(a) is np.ndarray and a.base is None and a.flags.writeable:
+                        a.setflags(write=False)
                         read_only.append(a)
             node = Node(impl, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
             for t in results:
