@@ -14,8 +14,10 @@ use): ``fn(grad)`` is called then and may return a replacement. Every tensor car
 number, raised by ``bump_version`` whenever the library changes its array in place (an optimizer
 step, loading a checkpoint); a node remembers the versions of the inputs it saved, and backward
 refuses to run it when one has changed (see ``minivae.function`` for the whole rule). A tensor
-whose array is a view of another tensor's memory (``W.T``, ``W[0]``, ``W.detach()``) shares that
-tensor's version, its ``_base``, as in PyTorch: a change to W is a change to its views.
+whose array is a view of a leaf tensor's memory (``W.T``, ``W[0]``, ``W.detach()``) shares that
+leaf's version, its ``_base``, as in PyTorch: a change to W is a change to its views. Only
+leaves are changed in place by the library, so a view of a tensor made by an op needs no base
+(and holds no graph alive through one).
 
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
@@ -107,6 +109,15 @@ def _unbroadcast(grad, shape, fn):
     return reduced
 
 
+def _memory_owner(t):
+    """The leaf whose version guards ``t``'s memory: ``t`` itself or its base for a leaf or a
+    view of one; None for a tensor an op made (the library never changes those in place, and a
+    base would keep their graph alive)."""
+    if t._base is not None:
+        return t._base
+    return t if t._node is None else None
+
+
 class Tensor:
     """An n-dimensional array that records the operations applied to it, for reverse-mode gradients.
 
@@ -126,13 +137,13 @@ class Tensor:
         self.grad = None
         self._node = None
         self._version = 0
-        self._base = None  # the tensor whose memory ``data`` views, if any (see ``version``)
+        self._base = None  # the leaf whose memory ``data`` views, if any (see ``version``)
         self._hooks = None
 
     @property
     def version(self):
         """How many times the library changed ``data`` in place (see ``bump_version``); for a
-        view of another tensor's memory, that tensor's version."""
+        view of a leaf's memory, that leaf's version."""
         return self._version if self._base is None else self._base._version
 
     def bump_version(self):
@@ -213,9 +224,9 @@ class Tensor:
         return to_device(self.data, "cpu")
 
     def detach(self):
-        """Return a tensor sharing the data (and so the version) but cut from the graph."""
+        """Return a tensor sharing the data (and a leaf's version) but cut from the graph."""
         detached = Tensor(self.data)
-        detached._base = self if self._base is None else self._base
+        detached._base = _memory_owner(self)
         return detached
 
     def to(self, device):

@@ -24,10 +24,9 @@ make the gradients silently wrong, in two ways:
   it writes into ``data`` in place (optimizer steps, ``Module.load_state_dict``); a node records
   the versions of the inputs whose arrays its context saved, and ``check_versions`` (called by
   the engine just before the node's backward) raises ``InPlaceModificationError`` naming the op
-  and the input. An op's output that is a view of an input's memory (a transpose, a reshape, a
-  slice) gets that input's memory owner as its ``_base`` and so shares its version: an
-  optimizer step on W is seen by a node that saved ``W.T``. This works for NumPy and CuPy
-  arrays alike.
+  and the input. An op's output that is a view of a leaf's memory (a transpose, a reshape, a
+  slice of W) gets that leaf as its ``_base`` and so shares its version: an optimizer step on
+  W is seen by a node that saved ``W.T``. This works for NumPy and CuPy arrays alike.
 * NumPy arrays are also protected against writes that bypass the library
   (``x.data[:] = 10``): the arrays a context saves are made read-only
   (``arr.setflags(write=False)``) until the node is released (after its backward, or when the
@@ -46,7 +45,7 @@ import weakref
 
 import numpy as np
 
-from .autograd import Tensor, _check_finite, _state, tensor
+from .autograd import Tensor, _check_finite, _memory_owner, _state, tensor
 from .backend import device_of, get_array_module
 from .gpu import dispatch
 
@@ -98,7 +97,7 @@ class Node:
         """Raise InPlaceModificationError if an input this op saved was changed in place since."""
         for i, version in self.versions:
             t = self.inputs[i]
-            if t.version != version:
+            if (t._version if t._base is None else t._base._version) != version:
                 raise InPlaceModificationError(
                     f"{self.fn.__name__}: input {i} (a {t.dtype} tensor of shape {tuple(t.shape)}) "
                     f"was changed in place after the forward pass (version {version}, now "
@@ -179,7 +178,8 @@ class Function:
             saved = ctx.saved
             if saved:
                 ids = [id(a) for a in saved]
-                versions = tuple([(i, t.version) for i, t in enumerate(tensors) if id(t.data) in ids])
+                versions = tuple([(i, t._version if t._base is None else t._base._version)
+                                  for i, t in enumerate(tensors) if id(t.data) in ids])
                 for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
                     if type(a) is np.ndarray and a.base is None and a.flags.writeable:
                         a.setflags(write=False)
@@ -191,14 +191,15 @@ class Function:
 
 
 def _viewed(array, tensors):
-    """The tensor owning the memory that ``array`` (a view) looks into, if it is one of the
-    inputs' (or what they view themselves), else None: a view's version is its owner's. Several
-    parameters may be views of one flat array (Adam's layout): the input the view overlaps is
-    the one."""
-    root, xp = _memory_root(array), get_array_module(array)
+    """The leaf whose memory ``array`` (a view) looks into, if it is an input's (see
+    ``autograd._memory_owner``), else None: a view's version is that leaf's. Several parameters
+    may be views of one flat array (Adam's layout): of several inputs, the one the view overlaps
+    is the one."""
+    root = _memory_root(array)
     for t in tensors:
-        if _memory_root(t.data) is root and xp.may_share_memory(array, t.data):
-            return t if t._base is None else t._base
+        if _memory_root(t.data) is root and (
+                len(tensors) == 1 or get_array_module(array).may_share_memory(array, t.data)):
+            return _memory_owner(t)
     return None
 
 

@@ -182,6 +182,15 @@ def test_a_view_belongs_to_the_input_it_overlaps():
         y.backward()
 
 
+def test_a_detached_result_keeps_no_graph_alive():
+    """Only leaves share their version with their views: a kept ``loss.detach()`` holds no
+    reference to the graph, which is freed with its locks."""
+    x = x64(1.0, 2.0)
+    kept = (x * x).sum().detach()
+    x.data[:] = 5.0  # not read-only: no node that saved x is alive
+    assert kept.version == 0
+
+
 def test_a_copy_of_a_tensor_may_outlive_its_changes():
     w = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
     x = x64(1.0, 2.0)
