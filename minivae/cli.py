@@ -282,7 +282,10 @@ def _config_from_args(args):
         values[name] = getattr(base, name) if given is None else given
     values["out"] = out
     values["hidden"] = tuple(values["hidden"])
-    values["model_options"] = dict(base.model_options, **_parse_options(values["model"], args.model_options or []))
+    # Another --model has other --set keys: then the run's options are not carried over (the
+    # change of model is refused by check_resumable, in one line).
+    inherited = base.model_options if values["model"] == base.model else {}
+    values["model_options"] = dict(inherited, **_parse_options(values["model"], args.model_options or []))
     return TrainConfig(**values)
 
 

@@ -156,6 +156,7 @@ def test_resume_keeps_the_settings_of_the_run_but_those_given(capsys, tmp_path, 
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--no-eager", "--no-progress"]) == 0
     assert json.loads((out / "config.json").read_text()) == dict(first, epochs=2, eager=False)
     user_error(capsys, ["train", "--out", str(out), "--resume", "--set", "flows=4"], "--set flows: 3 -> 4")
+    user_error(capsys, ["train", "--out", str(out), "--resume", "--model", "vae"], "model: 'flow' -> 'vae'")
 
 
 def test_resuming_a_finished_run_keeps_its_results(capsys, tmp_path, monkeypatch):
