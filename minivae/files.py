@@ -6,22 +6,23 @@ A failure (or an interrupt) on the way removes the temporary file and leaves the
 was. Checkpoints, the JSON files of a run and the MNIST cache are all written this way.
 """
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
 def atomic_write(path, write):
     """Replace the file ``path`` atomically by what ``write(f)`` writes into a binary file ``f``.
 
-    The file gets the permissions a plain ``open`` would give it (0666 less the process's
-    umask): the temporary file is made private (0600), and ``os.replace`` keeps its mode.
-    Exceptions (OSError of a full disk or a read-only folder, KeyboardInterrupt) propagate after
-    the temporary file is removed.
+    The temporary file is ``<name>.<random>.tmp`` next to ``path``, created with the permissions
+    a plain ``open`` gives (0666 less the umask: ``tempfile.mkstemp`` would make it private, and
+    ``os.replace`` keeps the mode). Exceptions (OSError of a full disk or a read-only folder,
+    KeyboardInterrupt) propagate after the temporary file is removed.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = os.open(tmp, flags, 0o666)  # O_EXCL: never another file of the same name
     try:
-        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -33,10 +34,3 @@ def atomic_write(path, write):
         except OSError:
             pass
         raise
-
-
-def _umask():
-    """The process's umask (Python can read it only by setting it, so it is set back at once)."""
-    mask = os.umask(0o077)
-    os.umask(mask)
-    return mask

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -163,6 +162,20 @@ def test_the_files_of_a_run_get_the_permissions_of_the_umask(tmp_path, umask):
     assert modes == dict.fromkeys([CHECKPOINT, "config.json", METRICS, RESULTS], 0o666 & ~umask)
 
 
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from minivae.files import atomic_write
+
+    path = tmp_path / "f.json"
+    atomic_write(path, lambda f: f.write(b"old"))
+
+    def fail(f):
+        f.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, fail)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
 def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
     data = small_data()
     run = tmp_path / "run"
@@ -221,13 +234,13 @@ def test_eval_prints_its_result_before_writing_it(tmp_path, monkeypatch, capsys)
     run = tmp_path / "run"
     train(config(tmp_path, epochs=1), data=data, **QUIET)
     monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
-    real_mkstemp = tempfile.mkstemp
+    real_write = runs.atomic_write
 
-    def read_only(*args, dir=None, **kwargs):  # the run folder refuses new files
-        if Path(dir) == run:
+    def read_only(path, write):  # the run folder refuses new files
+        if Path(path).parent == run:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return real_mkstemp(*args, dir=dir, **kwargs)
-    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+        return real_write(path, write)
+    monkeypatch.setattr(runs, "atomic_write", read_only)
     capsys.readouterr()
     try:
         code = cli.main(["eval", str(run), "--k", "3", "--no-progress"])
