@@ -333,7 +333,14 @@ def _check_out_is_no_run_option(config):
 def check_train(args):
     """Every check of ``minivae train``; returns the TrainConfig. Nothing is loaded or trained."""
     config = _config_from_args(args)
-    resolve_device(config.device)  # DeviceError now when the GPU cannot be used
+    try:
+        resolve_device(config.device)  # DeviceError now when the GPU cannot be used
+    except DeviceError as exc:
+        if args.device is not None:
+            raise
+        # The run's own device, not asked for here (a run folder copied to another machine).
+        raise UsageError(f"{config.out} was trained with --device {config.device}, which cannot be "
+                         f"used here ({exc}); give --device cpu to go on on the CPU") from None
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise UsageError(f"--lr {config.lr:g} is below --lr-min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an --lr of at least --lr-min")

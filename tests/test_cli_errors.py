@@ -179,6 +179,21 @@ def test_resuming_a_finished_run_keeps_its_results(capsys, tmp_path, monkeypatch
     assert json.loads((out / "results.json").read_text())["eval_k"] == 3
 
 
+def test_resuming_a_gpu_run_where_no_gpu_can_be_used_says_where_gpu_came_from(capsys, run):
+    from minivae import backend, runs
+
+    try:
+        backend.resolve_device("gpu")
+        pytest.skip("a GPU can be used here")
+    except backend.DeviceError:
+        pass
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    meta["config"]["device"] = "gpu"
+    runs.save_checkpoint(run, arrays, meta)
+    user_error(capsys, ["train", "--out", str(run), "--resume", "--epochs", "2"],
+               f"{run} was trained with --device gpu", "give --device cpu")
+
+
 def test_resume_of_a_run_trained_on_the_former_batches(capsys, run):
     """A checkpoint whose config predates ``data_rng`` was trained on PCG64 batches: resuming it
     would switch generators mid-run, so it is refused, saying why and what can be done."""
