@@ -27,6 +27,7 @@ what would be valid.
 """
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 from pathlib import Path
@@ -401,6 +402,10 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
         except BlockingIOError:
             raise RunBusyError(f"{run_dir} is being trained by another process; wait for it to end "
                                "(or stop it), or choose another --out") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise RunWriteError(f"cannot lock {run_dir} for training: {exc.strerror or exc}") from None
+            # A file system without locks (some network mounts): train unlocked, as on Windows.
         try:
             if overwrite:
                 _remove_run_files(run_dir)

@@ -111,6 +111,21 @@ def test_a_folder_another_process_trains_in_is_refused_and_left_as_it_is(tmp_pat
     assert json.loads((run / RESULTS).read_text())["epochs"] == 2
 
 
+@pytest.mark.parametrize("error, trains", [(errno.ENOLCK, True), (errno.EIO, False)])
+def test_a_file_system_without_locks_trains_unlocked_and_other_lock_errors_are_named(
+        tmp_path, monkeypatch, error, trains):
+    def flock(fd, operation):
+        raise OSError(error, os.strerror(error))
+    monkeypatch.setattr(runs.fcntl, "flock", flock)
+    trainer = Trainer(config(tmp_path, epochs=1), data=small_data(), **QUIET)
+    if trains:
+        trainer.fit()
+        assert (tmp_path / "run" / CHECKPOINT).exists()
+    else:
+        with pytest.raises(RunWriteError, match=f"cannot lock {tmp_path / 'run'} for training"):
+            trainer.fit()
+
+
 def test_next_free_run_dir_counts_up_past_folders_that_hold_runs(tmp_path):
     base = tmp_path / "runs" / "vae"
     assert runs.next_free_run_dir(base) == base
