@@ -142,6 +142,11 @@ class TrainConfig:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         for name, value in d.items():
             _check_config_type(name, value, fields[name].type)
+        for name, record in d.get("run_models", {}).items():
+            if not (isinstance(record, dict) and record.get("model") in MODELS
+                    and isinstance(record.get("kwargs"), dict)):
+                raise ValueError(f"run_models.{name} is {record!r}, not {{'model': a model name, "
+                                 "'kwargs': a dict}")
         d = dict(d)
         d.setdefault("data_rng", "pcg64")
         if "hidden" in d:

@@ -403,6 +403,9 @@ class Trainer:
     def _fit_claimed(self, resume):
         """``fit`` in a run folder claimed for this process."""
         if not resume:  # the models of the runs it is built on, so that it never needs them again
+            if self.config.run_models:  # they would have been built untrained, from the record
+                raise ValueError("a new run records its own run_models: start it from a config "
+                                 "without them (they are the record of an existing run)")
             self.config = runs.with_run_models(self.config)
         if resume:
             saved = self.restore()

@@ -187,6 +187,28 @@ def test_an_m1m2_run_is_rebuilt_without_its_m1_folder(tmp_path, monkeypatch):
     assert json.loads((run / "results.json").read_text())["epochs"] == 2
 
 
+def test_the_record_of_run_models_is_checked(tmp_path, capsys):
+    """A damaged record is a damaged checkpoint (one line); a new run never starts from a record,
+    which would give it an untrained M1."""
+    import dataclasses
+
+    from minivae import checkpoint, cli
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = _vae_run(tmp_path, data)
+    run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    config = load_run(run)[0]
+    with pytest.raises(ValueError, match="new run records its own run_models"):
+        Trainer(dataclasses.replace(config, out=str(tmp_path / "new")), data=data, progress=False,
+                log=lambda m: None).fit()
+    arrays, meta = checkpoint.load(run / "checkpoint.npz")
+    meta["config"]["run_models"] = {"m1": {"model": "vae"}}
+    checkpoint.save(run / "checkpoint.npz", arrays, meta)
+    assert cli.main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "damaged" in err and "run_models.m1" in err
+
+
 def test_an_m1m2_run_saved_before_run_models_names_a_retrained_m1_in_one_line(tmp_path, capsys):
     """Such a run is rebuilt from its M1 folder: M1 trained again with other sizes is named."""
     from minivae import checkpoint, cli
