@@ -178,6 +178,12 @@ def test_numpy_scalar_parameters_keep_the_dtype(op):
     assert x.grad.dtype == np.float32
 
 
+def test_clip_still_takes_bounds_per_column():
+    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32))
+    y = F.clip(x, lo=np.array([0.0, -1.0], np.float32))
+    np.testing.assert_array_equal(y.data, [[0.0, 0.5], [2.0, -1.0]])
+
+
 # ----- backward misuse ----------------------------------------------------------------------
 def test_backward_on_non_scalar_needs_grad():
     y = ones(2, 3) * 2.0

@@ -396,12 +396,15 @@ def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
 
 
 def _python_number(value):
-    """``value`` (a Python or NumPy scalar) as a Python int or float.
+    """``value``, when a Python or NumPy scalar, as a Python int or float; anything else (an
+    array of per-element bounds for ``clip``) as it is.
 
     Why: under NumPy's promotion rules a NumPy float64 or int64 scalar makes a float32 result
     float64, while a Python number adopts the array's dtype.
     """
-    return int(value) if isinstance(value, numbers.Integral) else float(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if isinstance(value, numbers.Real) else value
 
 
 def leaky_relu(x, slope=0.01):
