@@ -228,7 +228,9 @@ def _add_train_args(p):
                                  f"({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its own settings but for "
-                        "those given (only " + ", ".join(TrainConfig.RESUMABLE_CHANGES) + " may change)")
+                        "those given (only " + ", ".join(f"--{name.replace('_', '-')}" for name in
+                                                         TrainConfig.RESUMABLE_CHANGES if name != "out")
+                        + " may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run (its files are removed first)")
     setting("--device", choices=DEVICES, help="where to train; auto: the GPU when CuPy and a device are usable")

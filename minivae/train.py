@@ -395,7 +395,9 @@ class Trainer:
 
         A folder that holds a run is refused (``runs.RunExistsError``) before anything is written,
         unless ``resume`` (continue from its checkpoint) or ``overwrite`` (remove its files and
-        start again); so is one that another process trains in (``runs.RunBusyError``).
+        start again); so is one that another process trains in (``runs.RunBusyError``). A resume
+        that changes a setting (``TrainConfig.RESUMABLE_CHANGES``) saves the checkpoint with it at
+        once, so that the next resume continues with it.
         """
         with runs.claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite):
             return self._fit_claimed(resume)
@@ -494,7 +496,8 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
     """Train a model as ``config`` says, evaluate it on the test set and return the results dict.
 
     ``config.out`` must not hold a run unless ``resume`` (continue it) or ``overwrite`` (start it
-    again); see ``Trainer.fit``.
+    again); see ``Trainer.fit``. A resumed run that had finished its epochs returns the results
+    it holds (results.json), without evaluating again, when they hold what ``config`` asks.
     """
     trainer = Trainer(config, data=data, progress=progress, log=log)
     # The folder stays claimed through the evaluation, whose results.json belongs to this run.

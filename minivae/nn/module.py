@@ -339,8 +339,9 @@ class Module:
                 problems.append(f"{name}: dtype {value.dtype} in state_dict, {target.dtype} in the "
                                 "module (convert one with astype first)")
             elif not _can_write(owner, target):
-                problems.append(f"{name}: the module's array is read-only (a graph that is still "
-                                "alive saved it for its backward pass; run backward or drop it first)")
+                problems.append(f"{name}: the module's array is read-only (saved for the backward "
+                                "pass of a graph that is still alive: run backward or drop it first; "
+                                "or made read-only by its owner)")
             else:
                 updates.append((owner, target, value))
         if problems:
