@@ -438,15 +438,19 @@ def _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings):
     """Reconstructions, PCA (t-SNE, UMAP), traversal and KL-per-dimension pictures of a VAE."""
     paths, n = [], len(x_test)
     mu, logvar = encode_dataset(model, x_test)
-    # Reconstruct from the posterior mean: deterministic, and the picture the encoder+decoder
-    # pair converges to, without sampling noise.
-    recon = decode_means(model, mu[:32])
+    # Reconstruct from the model's deterministic latent point (the posterior mean; for flows, the
+    # mean of q_0 pushed through them): the picture the encoder+decoder pair converges to,
+    # without sampling noise.
+    with evaluating(model):
+        param = next(iter(model.parameters()))
+        z = model.reconstruction_latent(tensor(to_device(x_test[:32].astype(param.dtype), param.device)))
+    recon = decode_means(model, z.numpy())
     paths.append(plot_reconstructions(x_test[:32], recon, run_dir / "reconstructions.png"))
 
     proj, ratio = pca_2d(mu)
     paths.append(plot_latent_scatter(
         proj, y_test, run_dir / "latent_pca.png",
-        f"test-set posterior means E_q[z|x] (z-dim {mu.shape[1]}, n={n}), PCA",
+        f"test-set means of {model.encoded_gaussian} (z-dim {mu.shape[1]}, n={n}), PCA",
         f"PC1 ({100 * ratio[0]:.0f}% of variance)", f"PC2 ({100 * ratio[1]:.0f}% of variance)"))
 
     if embeddings:
@@ -456,7 +460,8 @@ def _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings):
             paths.append(plot_latent_scatter(
                 np.asarray(emb), None if y_test is None else y_test[idx],
                 run_dir / f"latent_{name}.png",
-                f"test-set posterior means, {name.upper()} (n={len(idx)})", f"{name} 1", f"{name} 2"))
+                f"test-set means of {model.encoded_gaussian}, {name.upper()} (n={len(idx)})",
+                f"{name} 1", f"{name} 2"))
 
     kl = kl_per_dimension(mu, logvar)
     paths.append(plot_traversal(model, run_dir / "traversal.png", kl=kl))

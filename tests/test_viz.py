@@ -17,7 +17,10 @@ import pytest
 pytest.importorskip("matplotlib")
 import matplotlib.image as mpimg  # noqa: E402
 
+import minivae as mv  # noqa: E402
 from minivae import viz  # noqa: E402
+from minivae.data import binarize_eval  # noqa: E402
+from minivae.evaluate import evaluating  # noqa: E402
 from minivae.runs import METRICS, PICTURES, TrainConfig, load_run  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
 
@@ -168,6 +171,25 @@ def test_plot_run_draws_samples_and_curves_for_models_without_one_gaussian_laten
     assert images["samples.png"].shape[:2] == (rows * 30 + 2, 8 * 30 + 2)
     for name, img in images.items():
         assert np.isfinite(img).all() and img[..., :3].std() > 0.01, f"{name} is blank"
+
+
+def test_a_flow_run_is_reconstructed_through_its_flows(data, tmp_path, monkeypatch):
+    """The reconstructions decode the mean of q_0 pushed through the flows, not the mean of q_0
+    (the Gaussian before them)."""
+    config = TrainConfig(model="flow", epochs=1, batch_size=50, hidden=(16,), z_dim=3, eval_k=0,
+                         out=str(tmp_path / "flow"), seed=1)
+    Trainer(config, data=data, progress=False, log=lambda *a, **k: None).fit()
+    decoded, real = [], viz.decode_means
+    monkeypatch.setattr(viz, "decode_means", lambda model, z, **kw: decoded.append(z) or real(model, z, **kw))
+    viz.plot_run(tmp_path / "flow", data=data, embeddings=False)
+    _, model = load_run(tmp_path / "flow")
+    x = mv.tensor(binarize_eval(np.asarray(data.x_test[:32]), "test"))
+    with evaluating(model):
+        h = model.encoder(x)
+        mu = model.q_z(h)[0].data
+        expected = model.flows(h, mv.tensor(mu[None]))[0].data[0]
+    np.testing.assert_allclose(decoded[0], expected, rtol=1e-6)
+    assert not np.allclose(decoded[0], mu)
 
 
 def test_plot_run_traversal_shape_depends_on_z_dim(run_z2, run_z3, data, tmp_path):

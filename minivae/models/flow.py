@@ -35,6 +35,13 @@ class FlowVAE(VAE):
         super().__init__(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k, rng=rng)
         self.flows = AmortizedPlanarFlows(tuple(hidden)[-1], z_dim, flows, rng=rng)
 
+    def reconstruction_latent(self, x):
+        """The mean of q_0(z_0 | x) pushed through the flows: the deterministic latent point that
+        pictures decode ``x`` from (the mean of q_K itself has no closed form)."""
+        h = self.encoder(x)
+        mu, _ = self.q_z(h)
+        return self.flows(h, mu.reshape(1, *mu.shape))[0][0]
+
     def _flow_sample(self, x, k, noise):
         """k draws z_0 ~ q_0(z | x) per example, pushed through the flows: (mu, logvar, z_0, z_K,
         sum of log-determinants (k, B))."""

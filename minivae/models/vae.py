@@ -46,6 +46,11 @@ class VAE(LatentVariableModel):
         """Return the Bernoulli logits of p(x | z)."""
         return self.decoder(z)
 
+    def reconstruction_latent(self, x):
+        """The latent point that pictures decode ``x`` from: the mean of q(z | x) (deterministic,
+        without sampling noise)."""
+        return self.encode(x)[0]
+
     def elbo(self, x, noise, samples=None):
         """Per-example ELBO terms: (reconstruction E_q log p(x|z), KL(q(z|x) || p(z))), each (B,).
 
