@@ -600,7 +600,8 @@ def _add_gradient_commands(command):
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
                    help="the batch: the first test images of a cached MNIST, or random binary "
                         "images (auto: MNIST when cached)")
-    p.add_argument("--seed", type=philox_seed, default=0, help="seed of the noise (and of random data)")
+    p.add_argument("--seed", type=philox_seed, default=0,
+                   help="seed of the noise (a training run's first-step noise with this seed) and of random data")
 
 
 def cmd_gradcheck(args):
@@ -654,7 +655,7 @@ def _graph_batch(args, x_dim):
 def cmd_graph(args):
     """Write the graph of one loss evaluation as DOT (and SVG when Graphviz is installed)."""
     from .graph import model_loss_graph, render_svg, svg_available
-    from .random import Noise
+    from .random import Generator
 
     if (args.run is None) == (args.model is None):
         raise UsageError("graph: give a run folder or --model NAME (one of the two)")
@@ -674,7 +675,10 @@ def cmd_graph(args):
     _claim_output_file(out, "--out")
     x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
-    _, dot = model_loss_graph(model, x, Noise(seed=args.seed), grad=args.grad, title=title)
+    # The noise of a training run's first step with this seed: a Generator, so that each draw of
+    # the loss (a and z of ADGM, each layer of a ladder) gets its own numbers, as in training.
+    noise = Generator(seed=args.seed, stream=streams.TRAIN_NOISE)
+    _, dot = model_loss_graph(model, x, noise, grad=args.grad, title=title)
     if out.suffix == ".svg":
         out.write_text(render_svg(dot))
         print(out)

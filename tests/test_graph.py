@@ -163,6 +163,23 @@ def test_graph_command_for_a_model(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "g.svg").exists()
 
 
+def test_the_graph_command_draws_noise_as_training_does(tmp_path, monkeypatch):
+    """A Generator on the training stream, not one fixed Noise address: a model that draws more
+    than once per loss (ADGM's a and z) gets other numbers for each draw, as in training."""
+    import minivae.graph
+    from minivae import streams
+    from minivae.random import Generator
+
+    monkeypatch.setattr("minivae.graph.svg_available", lambda: False)
+    seen, real = [], minivae.graph.model_loss_graph
+    monkeypatch.setattr(minivae.graph, "model_loss_graph",
+                        lambda model, x, noise, **kw: seen.append(noise) or real(model, x, noise, **kw))
+    assert main(["graph", "--model", "adgm", "--data", "random", "--batch-size", "2", "--seed", "5",
+                 "--out", str(tmp_path / "g.dot")]) == 0
+    assert isinstance(seen[0], Generator)
+    assert seen[0].state_dict()["seed"] == 5 and seen[0].state_dict()["stream"] == streams.TRAIN_NOISE
+
+
 def test_graph_command_for_a_run(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("minivae.graph.svg_available", lambda: False)
     config = TrainConfig(z_dim=2, hidden=(8,), out=str(tmp_path))
