@@ -20,7 +20,7 @@ import numpy as np
 from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
-from .random import Generator
+from .random import Generator, Noise
 
 #: The seed of the evaluation's noise when none is given: every score of a model uses the same draws.
 EVAL_SEED = 12345
@@ -75,8 +75,17 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
 
     ``model.log_weights(x, k, noise)`` gives (k, B) log-weights, k independent samples per
     example; they are drawn ``chunk_rows // batch_size`` samples at a time and merged by
-    log-sum-exp (of the weights, and of their squares for the effective sample size).
+    log-sum-exp (of the weights, and of their squares for the effective sample size). Each chunk
+    draws the generator's next numbers, so another ``batch_size`` or ``chunk_rows`` gives another,
+    equally valid, draw of the same estimate; the defaults (which ``minivae eval`` and the trainer
+    use) repeat exactly. ``noise`` must move on from chunk to chunk: a ``Generator`` (default: the
+    evaluation's, ``EVAL_SEED``), not one fixed ``Noise`` address, which would give every chunk
+    the same samples.
     """
+    if isinstance(noise, Noise):
+        raise TypeError("log_likelihood needs noise that moves on from chunk to chunk (a Generator): "
+                        "a Noise gives every chunk the same samples, so k of them would count a few "
+                        "samples several times")
     noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
     ll, ess = np.empty(len(x)), np.empty(len(x))
@@ -102,9 +111,8 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
 
 
 def elbo(model, x, noise=None, batch_size=500):
-    """Per-example single-sample ELBO and its (reconstruction, KL) parts, as NumPy arrays.
-
-    """
+    """Per-example ELBO and its (reconstruction, KL) parts, as NumPy arrays: ``model.elbo``, so
+    averaged over the model's ``mc_samples`` draws."""
     noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))

@@ -4,8 +4,9 @@ While a graph is alive every Tensor made by an op holds ``_node``, the op's ``No
 ``minivae.function``). ``trace_graph(root)`` walks those links from ``root`` (an explicit
 stack, no recursion) and returns a ``Graph``: one node per tensor, each labelled with the op that
 made it (or its name, for a leaf), its shape and its dtype, and one edge per use of a tensor as an
-input. Constant inputs (data, reparameterization noise) are nodes too, so the picture shows
-everything an op consumed.
+input. Constant inputs (the data, constants) are nodes too, so the picture shows every array an op
+consumed; reparameterization noise is drawn inside its op (from a generator's address), so it is
+no node.
 
 ``node_gradients(root)`` runs one backward pass and returns the gradient of ``root`` with respect
 to every tensor of the graph, intermediate ones included. The engine stores gradients only on

@@ -129,6 +129,17 @@ def test_nll_summary_is_the_mean_and_its_standard_error():
     assert nll_summary(ll[:1]) == {"test_nll": 1.0, "test_nll_stderr": None}  # no spread from one image
 
 
+def test_a_fixed_noise_address_is_refused_by_the_log_likelihood():
+    """Every chunk would draw the same samples: k = 50 would be k = 10 counted five times."""
+    from minivae.evaluate import log_likelihood
+    from minivae.models import VAE
+    from minivae.random import Noise
+
+    model = VAE(x_dim=6, z_dim=2, hidden=(4,))
+    with pytest.raises(TypeError, match="a Noise gives every chunk the same samples"):
+        log_likelihood(model, np.ones((3, 6), np.float32), k=50, noise=Noise(seed=1), chunk_rows=30)
+
+
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
 def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,
