@@ -14,10 +14,10 @@ use): ``fn(grad)`` is called then and may return a replacement. Every tensor car
 number, raised by ``bump_version`` whenever the library changes its array in place (an optimizer
 step, loading a checkpoint); a node remembers the versions of the inputs it saved, and backward
 refuses to run it when one has changed (see ``minivae.function`` for the whole rule). A tensor
-whose array is a view of a leaf tensor's memory (``W.T``, ``W[0]``, ``W.detach()``) shares that
-leaf's version, its ``_base``, as in PyTorch: a change to W is a change to its views. Only
-leaves are changed in place by the library, so a view of a tensor made by an op needs no base
-(and holds no graph alive through one).
+whose array is a view of another's memory (``W.T``, ``W[0]``, ``W.detach()``) shares that
+memory's version through its ``_base``, as in PyTorch: a change to W is a change to its views.
+The base of a view of a leaf is the leaf; that of a view of an op's result is a
+``_MemoryVersion``, which holds the version without the result (and so without its graph).
 
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
@@ -110,12 +110,15 @@ def _unbroadcast(grad, shape, fn):
 
 
 def _memory_owner(t):
-    """The leaf whose version guards ``t``'s memory: ``t`` itself or its base for a leaf or a
-    view of one; None for a tensor an op made (the library never changes those in place, and a
-    base would keep their graph alive)."""
+    """What holds the version of ``t``'s memory, for a view of ``t`` to share: ``t``'s base if it
+    has one, ``t`` itself for a leaf. An op's result gets a ``_MemoryVersion`` as its base here:
+    holding the result would keep its graph alive with the view."""
     if t._base is not None:
         return t._base
-    return t if t._node is None else None
+    if t._node is None:
+        return t
+    t._base = _MemoryVersion(t)  # from now on t's version is the one t and its views share
+    return t._base
 
 
 class Tensor:
@@ -137,13 +140,13 @@ class Tensor:
         self.grad = None
         self._node = None
         self._version = 0
-        self._base = None  # the leaf whose memory ``data`` views, if any (see ``version``)
+        self._base = None  # what holds the version of the memory ``data`` views (``_memory_owner``)
         self._hooks = None
 
     @property
     def version(self):
         """How many times the library changed ``data`` in place (see ``bump_version``); for a
-        view of a leaf's memory, that leaf's version."""
+        view of another tensor's memory, that memory's version."""
         return self._version if self._base is None else self._base._version
 
     def bump_version(self):
@@ -224,7 +227,7 @@ class Tensor:
         return to_device(self.data, "cpu")
 
     def detach(self):
-        """Return a tensor sharing the data (and a leaf's version) but cut from the graph."""
+        """Return a tensor sharing the data (and its version) but cut from the graph."""
         detached = Tensor(self.data)
         detached._base = _memory_owner(self)
         return detached
@@ -259,6 +262,20 @@ class Tensor:
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
+
+
+class _MemoryVersion:
+    """The version of an op's result's memory, kept apart from the result once a view of it
+    exists (``detach()``, a reshape under ``no_grad``). Such a view may be changed in place (an
+    optimizer refining a detached latent, ``nn.init``), which changes what a graph saved from the
+    result; sharing this version makes that graph refuse its backward, as for a parameter. It
+    stands in for the result as a base: ``_version``, ``data``, ``_base`` and ``bump_version``."""
+    __slots__ = ("_version", "data", "_base")
+
+    def __init__(self, result):
+        self._version, self.data, self._base = result._version, result.data, None
+
+    bump_version = Tensor.bump_version
 
 
 class HookHandle:

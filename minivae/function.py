@@ -24,9 +24,10 @@ make the gradients silently wrong, in two ways:
   it writes into ``data`` in place (optimizer steps, ``Module.load_state_dict``); a node records
   the versions of the inputs whose arrays its context saved, and ``check_versions`` (called by
   the engine just before the node's backward) raises ``InPlaceModificationError`` naming the op
-  and the input. An op's output that is a view of a leaf's memory (a transpose, a reshape, a
-  slice of W) gets that leaf as its ``_base`` and so shares its version: an optimizer step on
-  W is seen by a node that saved ``W.T``. This works for NumPy and CuPy arrays alike.
+  and the input. An op's output that is a view of an input's memory (a transpose, a reshape, a
+  slice of W) gets what holds that memory's version as its ``_base`` (``autograd._memory_owner``)
+  and so shares it: an optimizer step on W is seen by a node that saved ``W.T``. This works for
+  NumPy and CuPy arrays alike.
 * NumPy arrays are also protected against writes that bypass the library
   (``x.data[:] = 10``): the arrays a context saves are made read-only
   (``arr.setflags(write=False)``) until the node is released (after its backward, or when the
@@ -191,10 +192,10 @@ class Function:
 
 
 def _viewed(array, tensors):
-    """The leaf whose memory ``array`` (a view) looks into, if it is an input's (see
-    ``autograd._memory_owner``), else None: a view's version is that leaf's. Several parameters
-    may be views of one flat array (Adam's layout): of several inputs, the one the view overlaps
-    is the one."""
+    """What holds the version of the memory ``array`` (a view) looks into, if it is an input's
+    (``autograd._memory_owner``), else None: a view's version is that memory's. Several
+    parameters may be views of one flat array (Adam's layout): of several inputs, the one the
+    view overlaps is the one."""
     root = _memory_root(array)
     for t in tensors:
         if _memory_root(t.data) is root and (

@@ -191,6 +191,20 @@ def test_a_detached_result_keeps_no_graph_alive():
     assert kept.version == 0
 
 
+def test_a_step_on_a_detached_result_is_seen_by_the_graph_that_saved_the_result():
+    """Refining a detached latent in place (an optimizer on ``mu.detach()``) changes what the
+    graph saved from mu: its backward refuses, as for a parameter."""
+    x = x64(1.0, 2.0, 3.0)
+    mu = x * 1.0
+    kl = (mu * mu).sum()  # saves mu's array
+    z = mu.detach()
+    z.requires_grad = True
+    z.grad = np.ones(3)
+    optim.SGD([z], lr=1.0).step()  # writes into mu's memory
+    with pytest.raises(InPlaceModificationError, match="Mul: input 0"):
+        kl.backward()
+
+
 def test_a_copy_of_a_tensor_may_outlive_its_changes():
     w = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
     x = x64(1.0, 2.0)
