@@ -143,8 +143,8 @@ class TrainConfig:
         for name, value in d.items():
             _check_config_type(name, value, fields[name].type)
         for name, record in d.get("run_models", {}).items():
-            if not (isinstance(record, dict) and record.get("model") in MODELS
-                    and isinstance(record.get("kwargs"), dict)):
+            if not (isinstance(record, dict) and isinstance(record.get("model"), str)
+                    and record["model"] in MODELS and isinstance(record.get("kwargs"), dict)):
                 raise ValueError(f"run_models.{name} is {record!r}, not {{'model': a model name, "
                                  "'kwargs': a dict}")
         d = dict(d)

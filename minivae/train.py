@@ -399,15 +399,19 @@ class Trainer:
         that changes a setting (``TrainConfig.RESUMABLE_CHANGES``) saves the checkpoint with it at
         once, so that the next resume continues with it.
         """
-        with runs.claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite):
+        with self._claim(resume, overwrite):
             return self._fit_claimed(resume)
+
+    def _claim(self, resume, overwrite):
+        """``runs.claim_run_dir`` for this run, once the config is known to fit a new run."""
+        if not resume and self.config.run_models:  # the models were built untrained, from it
+            raise ValueError("a new run records its own run_models: start it from a config "
+                             "without them (they are the record of an existing run)")
+        return runs.claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
 
     def _fit_claimed(self, resume):
         """``fit`` in a run folder claimed for this process."""
         if not resume:  # the models of the runs it is built on, so that it never needs them again
-            if self.config.run_models:  # they would have been built untrained, from the record
-                raise ValueError("a new run records its own run_models: start it from a config "
-                                 "without them (they are the record of an existing run)")
             self.config = runs.with_run_models(self.config)
         if resume:
             saved = self.restore()
@@ -501,7 +505,7 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
     """
     trainer = Trainer(config, data=data, progress=progress, log=log)
     # The folder stays claimed through the evaluation, whose results.json belongs to this run.
-    with runs.claim_run_dir(trainer.run_dir, resume=resume, overwrite=overwrite):
+    with trainer._claim(resume, overwrite):
         trainer._fit_claimed(resume)
         if resume and trainer.steps_at_start == trainer.total_steps:
             # Nothing was trained: the results of the finished run stand, unless they lack what was

@@ -10,7 +10,7 @@ import minivae as mv
 from minivae.models import VAE, M1M2, build_model
 from minivae.random import Generator
 from minivae.runs import NotARunError, TrainConfig, build_run_model, load_run
-from minivae.train import Trainer
+from minivae.train import Trainer, train
 
 from test_m2 import np_log_softmax
 from test_train import check_exact_resume, small_data
@@ -201,12 +201,17 @@ def test_the_record_of_run_models_is_checked(tmp_path, capsys):
     with pytest.raises(ValueError, match="new run records its own run_models"):
         Trainer(dataclasses.replace(config, out=str(tmp_path / "new")), data=data, progress=False,
                 log=lambda m: None).fit()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(ValueError, match="new run records its own run_models"):  # before removing
+        train(config, overwrite=True, data=data, progress=False, log=lambda m: None)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     arrays, meta = checkpoint.load(run / "checkpoint.npz")
-    meta["config"]["run_models"] = {"m1": {"model": "vae"}}
-    checkpoint.save(run / "checkpoint.npz", arrays, meta)
-    assert cli.main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
-    err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and "damaged" in err and "run_models.m1" in err
+    for damaged in ({"m1": {"model": "vae"}}, {"m1": {"model": ["vae"], "kwargs": {}}}):
+        meta["config"]["run_models"] = damaged
+        checkpoint.save(run / "checkpoint.npz", arrays, meta)
+        assert cli.main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "damaged" in err and "run_models.m1" in err
 
 
 def test_an_m1m2_run_saved_before_run_models_names_a_retrained_m1_in_one_line(tmp_path, capsys):
