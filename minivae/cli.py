@@ -30,7 +30,7 @@ from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
                    check_resume_state, check_run_dir, is_run_file, load_run, next_free_run_dir,
-                   read_checkpoint, run_folder_options, write_json)
+                   read_checkpoint, resumable_options, run_folder_options, write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches
 
 PROG = "minivae"
@@ -228,9 +228,7 @@ def _add_train_args(p):
                                  f"({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its own settings but for "
-                        "those given (only " + ", ".join(f"--{name.replace('_', '-')}" for name in
-                                                         TrainConfig.RESUMABLE_CHANGES if name != "out")
-                        + " may change)")
+                        "those given (only " + ", ".join(resumable_options()) + " may change)")
     p.add_argument("--overwrite", action="store_true",
                    help="start again in an --out that holds a run (its files are removed first)")
     setting("--device", choices=DEVICES, help="where to train; auto: the GPU when CuPy and a device are usable")

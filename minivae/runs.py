@@ -187,7 +187,13 @@ class TrainConfig:
             changes = ", ".join(f"{name}: {before.get(name)!r} -> {after.get(name)!r}" for name in mismatched)
             raise ResumeMismatchError(
                 f"cannot resume {self.out} with other settings ({changes}); only "
-                f"{', '.join(self.RESUMABLE_CHANGES)} may change, or start again with --overwrite")
+                f"{', '.join(resumable_options())} may change, or start again with --overwrite")
+
+
+def resumable_options():
+    """The command-line options of ``TrainConfig.RESUMABLE_CHANGES`` (``--eval-k`` for eval_k),
+    but ``--out``, which names the run rather than changing it."""
+    return [f"--{name.replace('_', '-')}" for name in TrainConfig.RESUMABLE_CHANGES if name != "out"]
 
 
 #: The JSON values each type of a TrainConfig field is read from (a float may be written 1).
@@ -408,7 +414,7 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
             raise RunBusyError(f"{run_dir} is being trained by another process; wait for it to end "
                                "(or stop it), or choose another --out") from None
         except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
                 raise RunWriteError(f"cannot lock {run_dir} for training: {exc.strerror or exc}") from None
             # A file system without locks (some network mounts): train unlocked, as on Windows.
         try:

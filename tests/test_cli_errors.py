@@ -122,7 +122,7 @@ def test_resume_without_a_run(capsys, tmp_path):
 def test_resume_with_changed_settings(capsys, run):
     line = user_error(capsys, tiny(run, "--resume", "--z-dim", "3", "--lr", "0.01"), "cannot resume",
                       "z_dim: 2 -> 3", "lr: 0.001 -> 0.01")
-    assert "epochs" in line and "--overwrite" in line  # what may change, and how to start again
+    assert "--epochs, --device" in line and "--overwrite" in line  # what may change, how to start again
 
 
 def test_resume_with_fewer_epochs_than_done_is_refused(capsys, run, monkeypatch):
