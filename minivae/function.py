@@ -205,8 +205,10 @@ def _viewed(array, tensors):
 
 
 def _memory_root(array):
-    """The array at the end of the ``.base`` chain: the one that owns the memory."""
-    while array.base is not None:
+    """The object at the end of the ``.base`` chain, which owns the memory: an array, or the
+    buffer an array was made over (``np.frombuffer``'s bytes, a memory map, another library's
+    tensor), which has no ``.base`` of its own."""
+    while getattr(array, "base", None) is not None:
         array = array.base
     return array
 

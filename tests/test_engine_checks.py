@@ -205,6 +205,15 @@ def test_a_step_on_a_detached_result_is_seen_by_the_graph_that_saved_the_result(
         kl.backward()
 
 
+def test_views_of_arrays_made_over_a_buffer_work():
+    """An array over a bytes buffer (np.frombuffer; a memory map is alike) ends its .base chain
+    in an object that is no array."""
+    w = mv.tensor(np.frombuffer(np.arange(4.0).tobytes()).copy().reshape(2, 2), requires_grad=True)
+    x = mv.tensor(np.frombuffer(np.ones(4).tobytes()).reshape(2, 2))
+    (x.T * w).sum().backward()
+    np.testing.assert_array_equal(w.grad, np.ones((2, 2)))
+
+
 def test_a_copy_of_a_tensor_may_outlive_its_changes():
     w = mv.tensor(np.arange(6.0).reshape(3, 2), requires_grad=True)
     x = x64(1.0, 2.0)
