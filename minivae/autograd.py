@@ -117,8 +117,13 @@ def _memory_owner(t):
         return t._base
     if t._node is None:
         return t
-    t._base = _MemoryVersion(t)  # from now on t's version is the one t and its views share
-    return t._base
+    t._base = holder = _MemoryVersion(t)  # from now on t's version is the one t and its views share
+    node = t._node
+    if node.ctx is not None and any(a is t.data for a in node.ctx.saved):
+        # The op that made t saved it for its backward (exp keeps its output): that backward
+        # must now see a change made through a view, as it sees changes of its inputs.
+        node.saved_outputs += ((holder, holder._version),)
+    return holder
 
 
 class Tensor:
@@ -342,7 +347,7 @@ def backward(tensors, grads, retain_graph=False):
                 break
         else:
             continue  # no gradient reached this op (an op after it returned None)
-        if node.versions:
+        if node.versions or node.saved_outputs:
             node.check_versions()
         in_grads = fn.backward(ctx, *out_grads)
         if type(in_grads) is not tuple:

@@ -77,14 +77,16 @@ class Node:
     """One recorded op: ``fn`` (the Function class, or the dispatch-table row that ran it on CuPy
     arrays: either has the ``backward`` to call), ``ctx`` (its Context), ``inputs`` (the input
     Tensors), ``outputs`` (weak references to the output Tensors, in order), ``versions``
-    (``(input index, version when the op ran)`` for each input whose array the context saved) and
-    ``read_only`` (the NumPy arrays this node made read-only).
+    (``(input index, version when the op ran)`` for each input whose array the context saved),
+    ``saved_outputs`` (``(version holder, version)`` of an output the context saved, added when a
+    view of it is first made: ``autograd._memory_owner``) and ``read_only`` (the NumPy arrays
+    this node made read-only).
 
     The outputs are weak references so that a tensor and its node never form a reference cycle:
     an output the caller dropped simply receives no gradient. After a backward pass without
     ``retain_graph`` the engine calls ``release``, which frees the saved arrays and the inputs.
     """
-    __slots__ = ("fn", "ctx", "inputs", "outputs", "versions", "read_only")
+    __slots__ = ("fn", "ctx", "inputs", "outputs", "versions", "saved_outputs", "read_only")
 
     def __init__(self, fn, ctx, inputs, outputs, versions, read_only):
         self.fn = fn
@@ -92,6 +94,7 @@ class Node:
         self.inputs = inputs
         self.outputs = outputs
         self.versions = versions
+        self.saved_outputs = ()
         self.read_only = read_only
 
     def check_versions(self):
@@ -105,6 +108,13 @@ class Node:
                     f"{t.version}), but {self.fn.__name__}.backward needs its old value; call "
                     f"backward() before changing it (e.g. before optimizer.step()), or run the "
                     f"forward pass again")
+        for holder, version in self.saved_outputs:
+            if holder._version != version:
+                raise InPlaceModificationError(
+                    f"{self.fn.__name__}: its output was changed in place through a view (e.g. an "
+                    f"optimizer step on a detached copy) after the forward pass (version {version}, "
+                    f"now {holder._version}), but {self.fn.__name__}.backward needs its old value; "
+                    f"call backward() before changing it, or run the forward pass again")
 
     def release(self):
         """Free the context and the inputs, and make the arrays locked by this node writable."""

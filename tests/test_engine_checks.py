@@ -205,6 +205,19 @@ def test_a_step_on_a_detached_result_is_seen_by_the_graph_that_saved_the_result(
         kl.backward()
 
 
+def test_a_step_on_a_detached_output_that_its_op_saved_is_seen():
+    """exp keeps its output for its backward: changing that output through a detached copy is
+    caught as a change of an input would be."""
+    x = x64(0.0, 1.0)
+    y = x.exp()
+    v = y.detach()
+    v.requires_grad = True
+    v.grad = np.ones(2)
+    optim.SGD([v], lr=1.0).step()
+    with pytest.raises(InPlaceModificationError, match="Exp: its output was changed in place"):
+        y.backward(np.ones(2))
+
+
 def test_views_of_arrays_made_over_a_buffer_work():
     """An array over a bytes buffer (np.frombuffer; a memory map is alike) ends its .base chain
     in an object that is no array."""
