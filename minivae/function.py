@@ -190,7 +190,8 @@ class Function:
             if saved:
                 ids = [id(a) for a in saved]
                 versions = tuple([(i, t._version if t._base is None else t._base._version)
-                                  for i, t in enumerate(tensors) if id(t.data) in ids])
+                                  for i, t in enumerate(tensors)
+                                  if id(t.data) in ids or _views_into(saved, t.data)])
                 for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
                     if type(a) is np.ndarray and a.base is None and a.flags.writeable:
                         a.setflags(write=False)
@@ -212,6 +213,16 @@ def _viewed(array, tensors):
                 len(tensors) == 1 or get_array_module(array).may_share_memory(array, t.data)):
             return _memory_owner(t)
     return None
+
+
+def _views_into(saved, array):
+    """Whether one of the ``saved`` arrays is a view into ``array``'s memory (an op, or a GPU
+    row, may save ``logvar.reshape(...)`` rather than ``logvar``: a change of logvar changes it)."""
+    views = [v for v in saved if getattr(v, "base", None) is not None]
+    if not views:
+        return False
+    root, xp = _memory_root(array), get_array_module(array)
+    return any(_memory_root(v) is root and xp.may_share_memory(v, array) for v in views)
 
 
 def _memory_root(array):

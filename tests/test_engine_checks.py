@@ -218,6 +218,28 @@ def test_a_step_on_a_detached_output_that_its_op_saved_is_seen():
         y.backward(np.ones(2))
 
 
+class SavesAView(Function):
+    """x * c, keeping a reshaped view of c (not c's array itself) for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, c):
+        ctx.save(c.reshape(-1))
+        return x * c
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved[0], None
+
+
+def test_an_input_saved_as_a_view_is_guarded_too():
+    x = x64(1.0, 2.0)
+    c = mv.tensor(np.array([3.0, 4.0]))
+    y = SavesAView.apply(x, c).sum()
+    c.bump_version()
+    with pytest.raises(InPlaceModificationError, match="SavesAView: input 1"):
+        y.backward()
+
+
 def test_views_of_arrays_made_over_a_buffer_work():
     """An array over a bytes buffer (np.frombuffer; a memory map is alike) ends its .base chain
     in an object that is no array."""
