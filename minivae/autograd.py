@@ -164,12 +164,15 @@ class Tensor:
         A view's change is a change of the tensor it views.
         """
         if self._base is not None:
-            self._base.bump_version()
-            return
-        self._version += 1
+            self._base.bump_version()  # which unlocks the memory's owner
+        else:
+            self._version += 1
         data = self.data
-        if type(data) is np.ndarray and data.base is None and not data.flags.writeable:
-            data.setflags(write=True)
+        if type(data) is np.ndarray and not data.flags.writeable:
+            try:  # a view made while its memory was locked keeps the flag after the unlock
+                data.setflags(write=True)
+            except ValueError:  # memory that this tensor's base does not own: left as it is
+                pass
 
     def register_hook(self, hook):
         """Call ``hook(grad)`` with this tensor's gradient once it is complete in a backward pass.

@@ -240,6 +240,18 @@ def test_an_input_saved_as_a_view_is_guarded_too():
         y.backward()
 
 
+def test_a_view_made_while_its_memory_was_locked_can_be_stepped_after_the_backward():
+    x = x64(1.0, 2.0, 3.0, 4.0)
+    mu = x * 1.0
+    loss = (mu * mu).sum()  # mu's array is locked until the backward
+    z = mu[:2].detach()  # a view, read-only as its memory is now
+    loss.backward()
+    z.requires_grad = True
+    z.grad = np.ones(2)
+    optim.SGD([z], lr=1.0).step()  # no false "read-only" error
+    np.testing.assert_array_equal(mu.data, [0.0, 1.0, 3.0, 4.0])
+
+
 def test_views_of_arrays_made_over_a_buffer_work():
     """An array over a bytes buffer (np.frombuffer; a memory map is alike) ends its .base chain
     in an object that is no array."""
