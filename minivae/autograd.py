@@ -17,7 +17,10 @@ refuses to run it when one has changed (see ``minivae.function`` for the whole r
 whose array is a view of another's memory (``W.T``, ``W[0]``, ``W.detach()``) shares that
 memory's version through its ``_base``, as in PyTorch: a change to W is a change to its views.
 The base of a view of a leaf is the leaf; that of a view of an op's result is a
-``_MemoryVersion``, which holds the version without the result (and so without its graph).
+``_MemoryVersion``, which holds the version without the result (and so without its graph). A
+tensor made from another's array by a constructor (``Tensor(mu.data)``, ``nn.Parameter(mu)``)
+rather than by a view or ``detach()`` has a version of its own: a graph that saved mu does not
+see it change.
 
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
