@@ -223,9 +223,10 @@ def _add_train_args(p):
                  "a multiple of 10")
     setting("--seed", type=philox_seed,
             help="seed of the initial weights, the batch order, the binarization and the noise")
-    p.add_argument("--out", type=nonempty_path, help=f"run folder (config, checkpoint, metrics, results, pictures); default "
-                                 f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
-                                 f"({d.out} itself with --resume)")
+    p.add_argument("--out", type=nonempty_path,
+                   help=f"run folder (config, checkpoint, metrics, results, pictures); default "
+                        f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
+                        f"({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its own settings but for "
                         "those given (only " + ", ".join(resumable_options()) + " may change)")
@@ -507,8 +508,9 @@ def build_parser():
     p.add_argument("--n", type=positive_int, default=10000, help="score the first N test images")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to compute (k = 5000 takes "
                                                                       "seconds on a GPU)")
-    p.add_argument("--out", type=nonempty_path, help="the JSON file of the result (default: RUN/eval_kK.json, or "
-                                 "RUN/eval_kK_firstN.json for part of the test set)")
+    p.add_argument("--out", type=nonempty_path,
+                   help="the JSON file of the result (default: RUN/eval_kK.json, or "
+                        "RUN/eval_kK_firstN.json for part of the test set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
@@ -588,12 +590,14 @@ def _add_gradient_commands(command):
                    help="check a small instance of this model's loss w.r.t. every parameter "
                         "(only the model unless --op is given too); one of " + ", ".join(MODELS))
     p = command("graph", cmd_graph, "the computation graph of one loss evaluation, as Graphviz DOT (+ SVG)")
-    p.add_argument("run", nargs="?", type=nonempty_path, help="a run folder (its checkpoint's model); or give --model")
+    p.add_argument("run", nargs="?", type=nonempty_path,
+                   help="a run folder (its checkpoint's model); or give --model")
     p.add_argument("--model", metavar="NAME", choices=list(MODELS),
                    help="a freshly initialized model with the train defaults; one of " + ", ".join(MODELS))
     p.add_argument("--grad", action="store_true", help="label every node with its gradient norm")
-    p.add_argument("--out", type=nonempty_path, help="output file: .dot (an .svg is written next to it when Graphviz is "
-                                 "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
+    p.add_argument("--out", type=nonempty_path,
+                   help="output file: .dot (an .svg is written next to it when Graphviz is "
+                        "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
     p.add_argument("--batch-size", type=positive_int, default=16, help="images in the batch")
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
                    help="the batch: the first test images of a cached MNIST, or random binary "

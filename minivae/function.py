@@ -36,8 +36,8 @@ make the gradients silently wrong, in two ways:
   read-only), so a write through a view, or into the base of a saved view, is not caught. Nor
   is one made after a node that locked an array was released while another live graph also
   saved it (the lock is a best effort, kept simple: no table of holders); the version numbers,
-  which the library's own writes raise, guard every graph. CuPy arrays have no such flag; on the GPU
-  only the version numbers guard.
+  which the library's own writes raise, guard every graph. CuPy arrays have no such flag; on
+  the GPU only the version numbers guard.
 
 This module sits above ``minivae.autograd``: recording a node means making Tensors, so it needs
 the Tensor class, while the engine only reads the fields of the nodes it is given.
