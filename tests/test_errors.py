@@ -179,9 +179,34 @@ def test_numpy_scalar_parameters_keep_the_dtype(op):
 
 
 def test_clip_still_takes_bounds_per_column():
-    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32))
+    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32), requires_grad=True)
     y = F.clip(x, lo=np.array([0.0, -1.0], np.float32))
     np.testing.assert_array_equal(y.data, [[0.0, 0.5], [2.0, -1.0]])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [[0.0, 1.0], [1.0, 0.0]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_takes_a_0d_array_bound_as_a_number(dtype):
+    x = mv.tensor(np.array([-1.0, 0.5, 2.0], dtype), requires_grad=True)
+    y = F.clip(x, np.array(0.0), np.array(1.0, np.float32))
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y.data, [0.0, 0.5, 1.0])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("bound, message", [
+    (np.zeros(2, np.float64), r"clip: lo has dtype float64 and the tensor float32; convert the bound"),
+    (np.zeros(2, np.int64), r"clip: lo has dtype int64 and the tensor float32"),
+    ([0.0, -1.0], r"clip: lo must be None, a number or an array on x's device "
+                  r"\(numpy.ndarray\), got list"),
+    (mv.tensor([0.0, -1.0]), r"clip: lo is a Tensor; bounds are constants"),
+])
+def test_clip_refuses_a_bound_that_would_change_the_dtype_or_wants_a_gradient(bound, message):
+    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match=message):
+        F.clip(x, lo=bound)
 
 
 # ----- backward misuse ----------------------------------------------------------------------

@@ -5,7 +5,7 @@ numerically stable form that is computed. ``g`` is the gradient arriving from th
 """
 import numbers
 
-from ..autograd import Tensor
+from ..autograd import Tensor, tensor
 from ..backend import get_array_module
 from ..function import Function
 
@@ -418,11 +418,35 @@ def elu(x, alpha=1.0):
 
 
 def clip(x, lo=None, hi=None):
-    """Clamp ``x`` into [lo, hi]; either bound may be None (see ``Clip``)."""
-    # Python numbers keep a float32 result float32 (see _python_number).
-    lo = None if lo is None else _python_number(lo)
-    hi = None if hi is None else _python_number(hi)
-    return Clip.apply(x, lo=lo, hi=hi)
+    """Clamp ``x`` into [lo, hi] (see ``Clip``).
+
+    Each bound is None, a number (a 0-d array counts as one), or an array of ``x``'s dtype and
+    device that broadcasts with it: per-column bounds, say. Bounds are constants (no gradient
+    reaches them); for a bound that needs one, write ``where(x < lo, lo, x)``.
+    """
+    x = x if isinstance(x, Tensor) else tensor(x)  # as Clip.apply would make it
+    return Clip.apply(x, lo=_clip_bound(x, lo, "lo"), hi=_clip_bound(x, hi, "hi"))
+
+
+def _clip_bound(x, bound, name):
+    """``bound`` checked for ``clip(x, ...)``: numbers as Python numbers (they keep a float32
+    result float32, see ``_python_number``), arrays as they are once they match ``x``. An array
+    of another dtype would change the result's dtype, which the gradient could not follow."""
+    if isinstance(bound, Tensor):
+        raise TypeError(f"clip: {name} is a Tensor; bounds are constants, so pass a number or an "
+                        f"array (or use where(...) for a bound that needs a gradient)")
+    if bound is None or isinstance(bound, numbers.Real):
+        return None if bound is None else _python_number(bound)
+    if getattr(bound, "ndim", None) == 0:
+        return _python_number(bound.item())
+    array_type = type(x.data)
+    if not isinstance(bound, array_type):
+        raise TypeError(f"clip: {name} must be None, a number or an array on x's device "
+                        f"({array_type.__module__}.{array_type.__name__}), got {type(bound).__name__}")
+    if bound.dtype != x.dtype:
+        raise TypeError(f"clip: {name} has dtype {bound.dtype} and the tensor {x.dtype}; convert "
+                        "the bound with astype first (casts are never silent)")
+    return bound
 
 
 def where(cond, a, b):
