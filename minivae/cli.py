@@ -354,7 +354,8 @@ def check_train(args):
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except MemoryError as exc:  # NumPy says how much: "Unable to allocate 2.85 TiB for an array ..."
-        sizes = f"--hidden {' '.join(map(str, config.hidden))} --z-dim {config.z_dim}"
+        sizes = " ".join([f"--hidden {' '.join(map(str, config.hidden))} --z-dim {config.z_dim}"]
+                         + [f"--set {name}={value}" for name, value in config.model_options.items()])
         raise UsageError(f"{sizes}: the model does not fit in memory ({exc}); give smaller sizes") from None
     if semi_supervised and model.num_classes < N_CLASSES:
         raise UsageError(f"--set num_classes={model.num_classes}: MNIST's labels are 0 to "

@@ -480,6 +480,9 @@ def test_a_model_too_large_for_memory_is_one_line(capsys, tmp_path, monkeypatch)
     user_error(capsys, ["train", "--hidden", "1000000000", "--out", str(tmp_path / "r")],
                "--hidden 1000000000 --z-dim 50", "does not fit in memory", "2.85 TiB", "smaller sizes")
     assert not (tmp_path / "r").exists()
+    # A size given as a model setting is named too.
+    user_error(capsys, ["train", "--model", "sdgm", "--set", "a_dim=1000000000", "--out",
+                        str(tmp_path / "r")], "--set a_dim=1000000000", "does not fit in memory")
 
 
 def test_a_cosine_schedule_never_rises(capsys, tmp_path):
