@@ -1,7 +1,8 @@
 """Atomic file writes: readers see the old file or the complete new one, never part of one.
 
 The bytes go to a temporary file in the same folder, are flushed to the disk (``fsync``), and the
-file is then moved over the old one with ``os.replace``, which is atomic within one file system.
+file is then moved over the old one with ``os.replace``, which is atomic within one file system;
+the folder is flushed last, so that the move itself outlasts a crash of the machine.
 A failure (or an interrupt) on the way removes the temporary file and leaves the old file as it
 was. Checkpoints, the JSON files of a run and the MNIST cache are all written this way.
 """
@@ -34,3 +35,19 @@ def atomic_write(path, write):
         except OSError:
             pass
         raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder):
+    """Flush ``folder``'s entries to the disk: a file's own ``fsync`` does not cover the entry
+    that names it, so without this a crash could bring back the old file after the move. POSIX
+    only (Windows cannot open a folder); a file system that cannot sync a folder is left as is."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

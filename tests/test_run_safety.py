@@ -191,6 +191,23 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="folders are synced on POSIX only")
+def test_an_atomic_write_syncs_the_file_then_the_folder_after_the_move(tmp_path, monkeypatch):
+    from minivae import files
+
+    folder, target = os.stat(tmp_path), tmp_path / "f.json"
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        is_folder = (st.st_dev, st.st_ino) == (folder.st_dev, folder.st_ino)
+        synced.append(("folder" if is_folder else "file", target.exists()))
+        real_fsync(fd)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    files.atomic_write(target, lambda f: f.write(b"new"))
+    assert synced == [("file", False), ("folder", True)]  # the folder once the file is moved in
+
+
 def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
     data = small_data()
     run = tmp_path / "run"
