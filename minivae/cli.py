@@ -17,6 +17,7 @@ import re
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -538,7 +539,9 @@ def _os_error_line(exc):
 def main(argv=None):
     """Entry point of the ``minivae`` command; returns the exit status (2 for a user error)."""
     try:
-        return _run(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _run(argv)
     except BrokenPipeError:  # the reader of our output left early (`minivae models | head`)
         # Point stdout at /dev/null so that the interpreter's last flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -568,6 +571,12 @@ def _run(argv):
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Print a warning as ``minivae: warning: message``: the user of a command needs what it
+    says, not the line of library code that raised it."""
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
 
 
 def _error(message):

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import pytest
@@ -483,6 +484,17 @@ def test_a_model_too_large_for_memory_is_one_line(capsys, tmp_path, monkeypatch)
     # A size given as a model setting is named too.
     user_error(capsys, ["train", "--model", "sdgm", "--set", "a_dim=1000000000", "--out",
                         str(tmp_path / "r")], "--set a_dim=1000000000", "does not fit in memory")
+
+
+def test_a_warning_is_one_line_naming_the_command(capsys, tmp_path, monkeypatch):
+    def check_train(args):
+        warnings.warn("the MNIST cache cannot be written", RuntimeWarning)
+        raise UsageError("stop here")
+    monkeypatch.setattr(cli, "check_train", check_train)
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "minivae: warning: the MNIST cache cannot be written", "minivae: error: stop here"]
 
 
 def test_a_cosine_schedule_never_rises(capsys, tmp_path):
