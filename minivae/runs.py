@@ -30,6 +30,7 @@ import dataclasses
 import errno
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -417,6 +418,9 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
             if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
                 raise RunWriteError(f"cannot lock {run_dir} for training: {exc.strerror or exc}") from None
             # A file system without locks (some network mounts): train unlocked, as on Windows.
+            warnings.warn(f"{run_dir} cannot be locked on this file system ({exc.strerror}): "
+                          "training unlocked, so train no other process into it meanwhile",
+                          RuntimeWarning, stacklevel=3)
         try:
             if overwrite:
                 _remove_run_files(run_dir)
