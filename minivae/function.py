@@ -206,11 +206,9 @@ def _viewed(array, tensors):
     """What holds the version of the memory ``array`` (a view) looks into, if it is an input's
     (``autograd._memory_owner``), else None: a view's version is that memory's. Several
     parameters may be views of one flat array (Adam's layout): of several inputs, the one the
-    view overlaps is the one."""
-    root = _memory_root(array)
+    view overlaps is the one; a one-input op's view can only be of its input."""
     for t in tensors:
-        if _memory_root(t.data) is root and (
-                len(tensors) == 1 or get_array_module(array).may_share_memory(array, t.data)):
+        if _looks_into(array, t.data, overlap_known=len(tensors) == 1):
             return _memory_owner(t)
     return None
 
@@ -218,11 +216,15 @@ def _viewed(array, tensors):
 def _views_into(saved, array):
     """Whether one of the ``saved`` arrays is a view into ``array``'s memory (an op, or a GPU
     row, may save ``logvar.reshape(...)`` rather than ``logvar``: a change of logvar changes it)."""
-    views = [v for v in saved if getattr(v, "base", None) is not None]
-    if not views:
-        return False
-    root, xp = _memory_root(array), get_array_module(array)
-    return any(_memory_root(v) is root and xp.may_share_memory(v, array) for v in views)
+    return any(getattr(v, "base", None) is not None and _looks_into(v, array) for v in saved)
+
+
+def _looks_into(view, array, overlap_known=False):
+    """Whether ``view`` uses part of ``array``'s memory: both have one memory root, and the parts
+    they use overlap (views of one flat array may not). ``overlap_known`` skips the overlap test
+    where sharing the root implies it."""
+    return _memory_root(view) is _memory_root(array) and (
+        overlap_known or get_array_module(array).may_share_memory(view, array))
 
 
 def _memory_root(array):
