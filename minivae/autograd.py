@@ -129,6 +129,20 @@ def _memory_owner(t):
     return holder
 
 
+def _can_unlock(array):
+    """Whether ``bump_version`` can make the read-only ``array`` writable again: a plain NumPy
+    array, unless it views memory that is itself read-only. NumPy's own rule decides: the flag
+    is set, then put back."""
+    if type(array) is not np.ndarray:
+        return False
+    try:
+        array.setflags(write=True)
+    except ValueError:
+        return False
+    array.setflags(write=False)
+    return True
+
+
 class Tensor:
     """An n-dimensional array that records the operations applied to it, for reverse-mode gradients.
 
@@ -171,11 +185,9 @@ class Tensor:
         else:
             self._version += 1
         data = self.data
-        if type(data) is np.ndarray and not data.flags.writeable:
-            try:  # a view made while its memory was locked keeps the flag after the unlock
-                data.setflags(write=True)
-            except ValueError:  # memory that this tensor's base does not own: left as it is
-                pass
+        # (A view made while its memory was locked keeps the flag after the unlock.)
+        if type(data) is np.ndarray and not data.flags.writeable and _can_unlock(data):
+            data.setflags(write=True)
 
     def register_hook(self, hook):
         """Call ``hook(grad)`` with this tensor's gradient once it is complete in a backward pass.

@@ -252,6 +252,25 @@ def test_a_view_made_while_its_memory_was_locked_can_be_stepped_after_the_backwa
     np.testing.assert_array_equal(mu.data, [0.0, 1.0, 3.0, 4.0])
 
 
+def test_load_state_dict_writes_what_a_step_could_write_and_refuses_the_rest():
+    """The check before loading follows bump_version's unlock: a view made while its memory
+    was locked is written once the graph is gone; a view of memory its owner made read-only
+    is refused before anything is written."""
+    x = x64(1.0, 2.0, 3.0, 4.0)
+    loss = (x * x).sum()  # x's array is locked until the backward
+    module = nn.Module()
+    module.p = nn.Parameter(x.data[:2])  # a view, read-only as its memory is now
+    loss.backward()
+    module.load_state_dict({"p": np.zeros(2)})  # no false "read-only" error
+    np.testing.assert_array_equal(x.data, [0.0, 0.0, 3.0, 4.0])
+    frozen = np.arange(4.0)
+    frozen.setflags(write=False)
+    module.p, module.q = nn.Parameter(np.ones(2)), nn.Parameter(frozen[:2])
+    with pytest.raises(nn.StateDictError, match=r"q: the module's array is read-only"):
+        module.load_state_dict({"p": np.zeros(2), "q": np.zeros(2)})
+    np.testing.assert_array_equal(module.p.data, [1.0, 1.0])
+
+
 def test_views_of_arrays_made_over_a_buffer_work():
     """An array over a bytes buffer (np.frombuffer; a memory map is alike) ends its .base chain
     in an object that is no array."""

@@ -14,7 +14,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from ..autograd import Tensor
+from ..autograd import Tensor, _can_unlock
 from ..backend import device_of, get_array_module, get_default_dtype, resolve_device, to_device
 
 
@@ -378,15 +378,14 @@ def _can_write(owner, target):
     """Whether ``load_state_dict`` can write into ``target``, the array of ``owner`` (a Tensor,
     or for a buffer the array itself), checked before anything is written.
 
-    A NumPy array a live graph saved is read-only (see ``minivae.function``). For a Tensor's own
-    array that is no obstacle: ``bump_version`` makes it writable, and the version check then
+    A NumPy array a live graph saved is read-only (see ``minivae.function``). For a Tensor's
+    array that is no obstacle where ``bump_version`` can unlock it, since the version check then
     stops those graphs. A buffer has no version, so nothing would stop a graph that saved it
     from using the new values: it is refused. CuPy arrays have no read-only flag.
     """
     if not isinstance(target, np.ndarray) or target.flags.writeable:
         return True
-    # What bump_version unlocks: a plain NumPy array that owns its memory.
-    return isinstance(owner, Tensor) and type(target) is np.ndarray and target.base is None
+    return isinstance(owner, Tensor) and _can_unlock(target)
 
 
 class ModuleList(Module):
