@@ -458,7 +458,8 @@ def tensor(data, requires_grad=False, dtype=None):
     """Make a Tensor from a number, a list or an array.
 
     Python numbers and lists of floats become the default dtype (float32); arrays keep their
-    dtype unless ``dtype`` is given. Integer data stays integer (and cannot require gradients).
+    dtype unless ``dtype`` is given. Integer data stays integer (and cannot require gradients);
+    ops on it compute in floating point.
     """
     if isinstance(data, Tensor):
         data = data.data

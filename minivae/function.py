@@ -47,7 +47,7 @@ import weakref
 import numpy as np
 
 from .autograd import Tensor, _check_finite, _memory_owner, _state, tensor
-from .backend import device_of, get_array_module
+from .backend import device_of, get_array_module, get_default_dtype
 from .gpu import dispatch
 
 
@@ -250,9 +250,12 @@ def _as_tensors(fn, inputs):
     """Wrap the inputs of one op as Tensors with one device and one float dtype.
 
     Python numbers adopt the dtype of the tensor inputs so that ``x * 2`` stays float32; arrays of
-    another float dtype are refused rather than silently up- or down-cast.
+    another float dtype are refused rather than silently up- or down-cast. Ops compute in floating
+    point: integer and boolean inputs take the float dtype of the others, or the default dtype
+    when none is float (as in PyTorch: ``sigmoid`` of uint8 pixels, or ``pixels / 255.0``, in
+    NumPy's integer rules would wrap around or become float64).
     """
-    # Fast path, the common case: Tensors on the CPU that share one dtype, taken as they are.
+    # Fast path, the common case: float Tensors on the CPU that share one dtype, taken as they are.
     dtype = None
     for x in inputs:
         if type(x) is not Tensor and not isinstance(x, Tensor) or type(x.data) is not np.ndarray \
@@ -260,7 +263,8 @@ def _as_tensors(fn, inputs):
             break
         dtype = x.data.dtype
     else:
-        return list(inputs)
+        if dtype is None or dtype.kind == "f":
+            return list(inputs)
     ref = None  # the first float tensor (else the first tensor) sets the dtype and device
     for x in inputs:
         if isinstance(x, Tensor):
@@ -274,12 +278,14 @@ def _as_tensors(fn, inputs):
                     raise TypeError(f"{fn.__name__}: cannot mix {ref.dtype} and {x.dtype} tensors; "
                                     f"convert one with .astype() first")
                 ref = x
-    if ref is None:
-        return [tensor(x) for x in inputs]
+    if ref is None:  # no tensor: each input becomes one as tensor() makes it
+        inputs = [tensor(x) for x in inputs]
+        ref = next((x for x in inputs if x.data.dtype.kind == "f"), inputs[0])
     dtype = ref.data.dtype
     xp = get_array_module(ref.data)
-    if dtype.kind != "f":  # integer or boolean tensors only: NumPy's own promotion rules apply
-        return [x if isinstance(x, Tensor) else Tensor(xp.asarray(x)) for x in inputs]
+    if dtype.kind != "f":  # no float tensor: a float array's dtype, else the default dtype
+        dtype = next((x.dtype for x in inputs if not isinstance(x, (Tensor, np.generic))
+                      and getattr(getattr(x, "dtype", None), "kind", None) == "f"), get_default_dtype())
     out = []
     for x in inputs:
         if isinstance(x, Tensor):

@@ -309,6 +309,30 @@ def test_integer_tensor_with_python_float_is_not_truncated():
     np.testing.assert_array_equal((mv.tensor([1, 2]) * 0.5).data, [0.5, 1.0])
 
 
+UINT8_PIXELS = np.array([0, 3, 200], np.uint8)
+FLOAT_OPS_ON_INTEGERS = {  # op, and its value from float64 NumPy
+    "sigmoid": (F.sigmoid, 1 / (1 + np.exp(-UINT8_PIXELS.astype(float)))),
+    "softplus": (F.softplus, np.log1p(np.exp(UINT8_PIXELS.astype(float)))),
+    "log_softmax": (F.log_softmax, UINT8_PIXELS - np.log(np.exp(UINT8_PIXELS.astype(float)).sum())),
+    "divide by 255.0": (lambda u: u / 255.0, UINT8_PIXELS / 255.0),
+    "minus its mean": (lambda u: u - u.mean(), UINT8_PIXELS - UINT8_PIXELS.mean()),
+}
+
+
+@pytest.mark.parametrize("name", FLOAT_OPS_ON_INTEGERS)
+def test_ops_on_integer_tensors_compute_in_the_default_float_dtype(name):
+    """NumPy's integer rules would wrap uint8 around (sigmoid's -|x|, x - max) or give float64."""
+    op, expected = FLOAT_OPS_ON_INTEGERS[name]
+    out = op(mv.tensor(UINT8_PIXELS))
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out.data, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_an_integer_tensor_takes_the_dtype_of_a_float_array_it_meets():
+    assert (mv.tensor([1, 2]) * np.ones(2)).dtype == np.float64
+    assert (mv.tensor([1, 2]) + mv.tensor([True, False])).dtype == np.float32
+
+
 def test_mixing_float32_and_float64_tensors_raises_naming_the_op():
     x32 = mv.tensor([1.0, 2.0])
     x64 = mv.tensor(np.array([1.0, 2.0]))
