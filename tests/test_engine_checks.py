@@ -289,6 +289,16 @@ def test_a_copy_of_a_tensor_may_outlive_its_changes():
     np.testing.assert_array_equal(x.grad, [0.0, 4.0])
 
 
+@pytest.mark.parametrize("index", [np.array([0, 1]), [0, 1], np.array([True, True, False, False])],
+                         ids=["integer array", "list", "mask"])
+def test_an_index_changed_after_the_forward_does_not_move_the_gradient(index):
+    x = x64(0.0, 1.0, 2.0, 3.0)
+    y = x[index]
+    index[0] = 3 if not isinstance(index, np.ndarray) or index.dtype != bool else False
+    y.backward(np.array([1.0, 10.0]))
+    np.testing.assert_array_equal(x.grad, [1.0, 10.0, 0.0, 0.0])
+
+
 def test_unsaved_inputs_may_change():
     x = x64(1.0, 2.0)
     y = (x + 1.0).sum()  # add saves nothing

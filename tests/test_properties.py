@@ -140,11 +140,12 @@ def test_getitem_integer_arrays_accumulate(case, seed):
 
 @st.composite
 def mixed_index_case(draw):
-    """A slice on axis 0 and a (repeating) integer list on axis 1."""
+    """A slice on axis 0 and a (repeating) integer list, or tuple, on axis 1 (NumPy reads a tuple
+    inside the index as an integer array too)."""
     shape = draw(hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=4))
     ints = draw(st.lists(st.integers(-shape[1], shape[1] - 1), min_size=1, max_size=6))
     start = draw(st.integers(0, shape[0] - 1))
-    return draw(arrays(shape)), (slice(start, None), ints)
+    return draw(arrays(shape)), (slice(start, None), draw(st.sampled_from([list, tuple]))(ints))
 
 
 @SETTINGS

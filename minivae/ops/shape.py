@@ -2,6 +2,8 @@
 
 They move elements without changing values, so each backward moves the gradient back.
 """
+import numbers
+
 from ..autograd import Tensor
 from ..backend import get_array_module
 from ..function import Function
@@ -69,10 +71,24 @@ class BroadcastTo(Function):
         return g
 
 
-def _is_advanced(index):
-    """True when ``index`` uses integer or boolean arrays, whose repeated entries must accumulate."""
+def _own_index(index, xp):
+    """``index`` with each part that is not a slice, an integer, None or Ellipsis (an array, a
+    mask, a list, a nested tuple) made an array of its own.
+
+    Why: the backward scatters into the positions of the index it kept, so a caller's array
+    changed before the backward would move the gradient silently; and NumPy reads a nested
+    tuple as an integer array, which ``_is_advanced`` must see as one."""
     parts = index if isinstance(index, tuple) else (index,)
-    return any(hasattr(p, "shape") or isinstance(p, list) for p in parts)
+    own = tuple(p if p is None or p is Ellipsis or isinstance(p, (slice, numbers.Integral))
+                else xp.array(p) for p in parts)
+    return own if isinstance(index, tuple) else own[0]
+
+
+def _is_advanced(index):
+    """True when ``index`` (as ``_own_index`` makes it) uses integer or boolean arrays, whose
+    repeated entries must accumulate."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(hasattr(p, "shape") for p in parts)
 
 
 class Getitem(Function):
@@ -84,6 +100,7 @@ class Getitem(Function):
 
     @staticmethod
     def forward(ctx, x, index):
+        index = _own_index(index, get_array_module(x))
         ctx.shape, ctx.index = x.shape, index
         return x[index]
 
