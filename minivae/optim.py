@@ -180,10 +180,20 @@ class Optimizer:
     _flushed = ()  # names of the state arrays cleared of subnormals every flush_every steps
 
     def _check_grads(self):
+        """Refuse a gradient (set by hand: backward gives the right kind) that does not match its
+        parameter: another shape, or another dtype or device, which the update would cast
+        silently or carry into the state (a float64 momentum for a float32 parameter)."""
         for i, p in enumerate(self.params):
-            if p.grad is not None and p.grad.shape != p.data.shape:
-                raise ValueError(f"parameter {i}: gradient of shape {p.grad.shape} for a parameter "
+            g = p.grad
+            if g is None:
+                continue
+            if g.shape != p.data.shape:
+                raise ValueError(f"parameter {i}: gradient of shape {g.shape} for a parameter "
                                  f"of shape {p.data.shape}")
+            if g.dtype != p.data.dtype or device_of(g) != device_of(p.data):
+                raise TypeError(f"parameter {i}: a {g.dtype} gradient on the {device_of(g)} for a "
+                                f"{p.data.dtype} parameter on the {device_of(p.data)}; convert it "
+                                "first")
 
     def _update(self, i, p, g, state):
         raise NotImplementedError

@@ -455,6 +455,21 @@ def test_every_gradient_shape_is_checked_before_any_update():
     np.testing.assert_array_equal(params[0].data, before)
 
 
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), optim.Adam],
+                         ids=["SGD", "Adam"])
+def test_a_gradient_of_another_dtype_is_refused_before_any_update(make):
+    """Else SGD's momentum would become float64 for a float32 parameter, and its saved state
+    could not be loaded back."""
+    params = _params(np.float32, shapes=((3, 4), (4,)))
+    before = params[0].data.copy()
+    params[0].grad = np.ones((3, 4), np.float32)
+    params[1].grad = np.ones(4)
+    with pytest.raises(TypeError, match="parameter 1: a float64 gradient on the cpu for a float32 "
+                                        "parameter on the cpu; convert it first"):
+        make(params).step()
+    np.testing.assert_array_equal(params[0].data, before)
+
+
 # ----- Adam's flat buffer --------------------------------------------------------------------------
 def _one_by_one(start, grads, **kw):
     """The reference: one Adam per parameter (no shared buffer), None gradients skipped."""
