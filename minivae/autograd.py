@@ -155,7 +155,7 @@ class Tensor:
 
     def __init__(self, data, requires_grad=False):
         xp = get_array_module(data)
-        self.data = data if isinstance(data, xp.ndarray) else xp.asarray(data)
+        self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
@@ -463,13 +463,18 @@ def tensor(data, requires_grad=False, dtype=None):
     """
     if isinstance(data, Tensor):
         data = data.data
-    xp = get_array_module(data)
     if dtype is not None:
-        array = xp.asarray(data, dtype=dtype)
-    elif isinstance(data, xp.ndarray) or isinstance(data, np.generic):
-        array = xp.asarray(data)
-    else:
-        array = np.asarray(data)
-        if array.dtype.kind == "f" or (requires_grad and array.dtype.kind in "iub"):
-            array = array.astype(get_default_dtype())
-    return Tensor(array, requires_grad=requires_grad)
+        data = get_array_module(data).asarray(data, dtype=dtype)
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def _as_array(data, requires_grad):
+    """``data``, not an array of the backend, as one: a NumPy scalar with its dtype; Python
+    numbers and lists in NumPy's dtype, except floats (and integers that will require gradients)
+    in the default dtype."""
+    if isinstance(data, np.generic):
+        return np.asarray(data)
+    array = np.asarray(data)
+    if array.dtype.kind == "f" or (requires_grad and array.dtype.kind in "iub"):
+        array = array.astype(get_default_dtype())
+    return array

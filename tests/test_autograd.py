@@ -255,6 +255,12 @@ def test_default_dtype_is_float32():
     assert mv.tensor([1.0], dtype=np.float64).dtype == np.float64
 
 
+def test_the_tensor_constructor_makes_the_dtypes_tensor_makes():
+    for data in (1.0, [1.0, 2.0], [1, 2], np.float64(1.0), np.zeros(2), True):
+        assert Tensor(data).dtype == mv.tensor(data).dtype, data
+    assert Tensor([1, 2], requires_grad=True).dtype == np.float32
+
+
 def test_set_default_dtype():
     try:
         mv.backend.set_default_dtype(np.float64)
