@@ -256,14 +256,27 @@ class Tensor:
         return detached
 
     def to(self, device):
-        """Return this tensor on ``device`` ("cpu" or "gpu"); a leaf keeps ``requires_grad``."""
+        """Return this tensor on ``device`` ("cpu" or "gpu"), a new leaf that keeps
+        ``requires_grad``. A result of recorded ops is refused (``_check_may_leave_graph``)."""
         if device_of(self.data) == device:
             return self
+        self._check_may_leave_graph("to")
         return Tensor(to_device(self.data, device), requires_grad=self.requires_grad)
 
     def astype(self, dtype):
-        """Return a copy with another dtype, cut from the graph (casts are explicit, never silent)."""
+        """Return a copy with another dtype, a new leaf that keeps ``requires_grad`` (casts are
+        explicit, never silent). A result of recorded ops is refused (``_check_may_leave_graph``)."""
+        self._check_may_leave_graph("astype")
         return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+
+    def _check_may_leave_graph(self, method):
+        """Refuse to copy a result of recorded ops into a new leaf: the gradient would stop at the
+        copy without a word, and never reach the parameters the result came from."""
+        if self._node is not None:
+            raise RuntimeError(f"{method}: this tensor is the result of recorded ops, and a copy "
+                               "would cut it from their graph (its gradient would never reach "
+                               "their inputs); convert the inputs before the forward "
+                               "(Module.astype, Module.to), or detach() it first to cut it on purpose")
 
     # ----- the backward pass ------------------------------------------------------------------
     def backward(self, grad=None, retain_graph=False):

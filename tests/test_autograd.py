@@ -255,6 +255,22 @@ def test_default_dtype_is_float32():
     assert mv.tensor([1.0], dtype=np.float64).dtype == np.float64
 
 
+def test_a_result_of_recorded_ops_is_not_cast_out_of_its_graph():
+    """Else the gradient would stop at the copy: x.grad None after the backward, no error."""
+    x = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    h = x * 2.0
+    with pytest.raises(RuntimeError, match=r"astype: this tensor is the result of recorded ops.*"
+                                           r"detach\(\) it first"):
+        h.astype(np.float32)
+    with pytest.raises(RuntimeError, match=r"to: this tensor is the result of recorded ops"):
+        h.to("gpu")
+    assert h.detach().astype(np.float32).dtype == np.float32  # cut on purpose
+    leaf = x.astype(np.float32)  # a leaf's copy is a new leaf that keeps requires_grad
+    assert leaf.is_leaf and leaf.requires_grad and leaf.dtype == np.float32
+    with mv.no_grad():
+        assert (x * 2.0).astype(np.float32).dtype == np.float32  # nothing recorded to cut
+
+
 def test_the_tensor_constructor_makes_the_dtypes_tensor_makes():
     for data in (1.0, [1.0, 2.0], [1, 2], np.float64(1.0), np.zeros(2), True):
         assert Tensor(data).dtype == mv.tensor(data).dtype, data
