@@ -164,6 +164,8 @@ def test_pow_takes_numpy_scalar_exponents_keeping_the_dtype():
 NUMPY_SCALAR_PARAMETERS = {
     "leaky_relu slope": lambda x: F.leaky_relu(x, np.float64(0.1)),
     "elu alpha": lambda x: F.elu(x, np.float64(1.5)),
+    "leaky_relu 0-d slope": lambda x: F.leaky_relu(x, np.array(0.1)),
+    "elu 0-d alpha": lambda x: F.elu(x, np.array(1.5)),
     "clip bounds": lambda x: F.clip(x, np.float64(-0.5), np.float64(1.0)),
     "clip lower bound": lambda x: F.clip(x, lo=np.float64(-0.5)),
 }
@@ -176,6 +178,19 @@ def test_numpy_scalar_parameters_keep_the_dtype(op):
     assert y.dtype == np.float32
     (y + x).sum().backward()  # float64 here would be refused: "cannot mix float64 and float32"
     assert x.grad.dtype == np.float32
+
+
+@pytest.mark.parametrize("op, parameter, value, message", [
+    (F.leaky_relu, "slope", mv.tensor(np.float32(0.2)), r"leaky_relu: slope must be a number, got Tensor"),
+    (F.leaky_relu, "slope", np.full(2, 0.2, np.float32),
+     r"leaky_relu: slope must be a number, got ndarray of shape \(2,\)"),
+    (F.elu, "alpha", mv.tensor(np.float32(1.0), requires_grad=True), r"elu: alpha must be a number, got Tensor"),
+    (F.elu, "alpha", np.ones((1, 1)), r"elu: alpha must be a number, got ndarray of shape \(1, 1\)"),
+])
+def test_leaky_relu_and_elu_refuse_a_parameter_that_is_not_a_number(op, parameter, value, message):
+    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match=message):
+        op(x, **{parameter: value})
 
 
 def test_clip_still_takes_bounds_per_column():

@@ -396,25 +396,39 @@ def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
 
 
 def _python_number(value):
-    """``value``, when a Python or NumPy scalar, as a Python int or float; anything else (an
-    array of per-element bounds for ``clip``) as it is.
+    """``value`` as a Python int or float when it is a number: a Python or NumPy scalar, or a 0-d
+    array (NumPy's own stand-in for a scalar); None when it is anything else (an array with axes,
+    a Tensor, ...), for the caller to refuse or take as it is.
 
-    Why: under NumPy's promotion rules a NumPy float64 or int64 scalar makes a float32 result
-    float64, while a Python number adopts the array's dtype.
+    Why: under NumPy's promotion rules a NumPy float64 or int64 scalar, or a 0-d float64 array,
+    makes a float32 result float64, while a Python number adopts the array's dtype.
     """
+    if getattr(value, "ndim", None) == 0 and not isinstance(value, Tensor):
+        value = value.item()
     if isinstance(value, numbers.Integral):
         return int(value)
-    return float(value) if isinstance(value, numbers.Real) else value
+    return float(value) if isinstance(value, numbers.Real) else None
+
+
+def _number_parameter(value, op, name):
+    """The constant parameter ``name`` of ``op`` as a Python number (see ``_python_number``). A
+    Tensor is refused (no gradient reaches the parameter), and so is an array with axes (the op
+    takes one value, not one per element)."""
+    number = _python_number(value)
+    if number is None:
+        shape = f" of shape {value.shape}" if hasattr(value, "shape") else ""
+        raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__}{shape}")
+    return number
 
 
 def leaky_relu(x, slope=0.01):
-    """Leaky ReLU with negative-side slope ``slope`` (see ``LeakyRelu``)."""
-    return LeakyRelu.apply(x, slope=_python_number(slope))  # keeps float32 float32
+    """Leaky ReLU with negative-side slope ``slope``, a number (see ``LeakyRelu``)."""
+    return LeakyRelu.apply(x, slope=_number_parameter(slope, "leaky_relu", "slope"))
 
 
 def elu(x, alpha=1.0):
-    """ELU with saturation ``-alpha`` (see ``Elu``)."""
-    return Elu.apply(x, alpha=_python_number(alpha))  # keeps float32 float32
+    """ELU with saturation ``-alpha``, a number (see ``Elu``)."""
+    return Elu.apply(x, alpha=_number_parameter(alpha, "elu", "alpha"))
 
 
 def clip(x, lo=None, hi=None):
@@ -435,10 +449,11 @@ def _clip_bound(x, bound, name):
     if isinstance(bound, Tensor):
         raise TypeError(f"clip: {name} is a Tensor; bounds are constants, so pass a number or an "
                         f"array (or use where(...) for a bound that needs a gradient)")
-    if bound is None or isinstance(bound, numbers.Real):
-        return None if bound is None else _python_number(bound)
-    if getattr(bound, "ndim", None) == 0:
-        return _python_number(bound.item())
+    if bound is None:
+        return None
+    number = _python_number(bound)
+    if number is not None:
+        return number
     array_type = type(x.data)
     if not isinstance(bound, array_type):
         raise TypeError(f"clip: {name} must be None, a number or an array on x's device "
