@@ -95,6 +95,7 @@ def build(specs, rng):
 REPEATED = np.array([0, 2, 0, 0, 3])
 MASK = np.array([[True, False, True, False], [False, False, True, True], [True, True, False, False]])
 COND = np.array([[True, False, True, False], [False, True, True, False], [True, True, False, True]])
+ROW_BOUNDS = np.array([[-0.5], [0.0], [0.5]])  # clip's lower bound per row of the (3, 4) result
 
 CASES = {
     # ---- elementwise ----
@@ -152,6 +153,8 @@ CASES = {
     el.Clip: [
         case("both bounds", lambda a: F.clip(a, -0.5, 0.5), AWAY(3, 4, points=(-0.5, 0.5), margin=0.05)),
         case("lower bound only", lambda a: F.clip(a, lo=0.3), AWAY(3, 4, points=(0.3,), margin=0.05)),
+        case("lower bounds (3,1) broadcast x (4,)", lambda a: F.clip(a, ROW_BOUNDS.astype(a.dtype), 1.0),
+             AWAY(4, points=(*ROW_BOUNDS.ravel(), 1.0), margin=0.05)),
     ],
     el.Where: [
         case("same shape", lambda a, b: F.where(COND, a, b), U(3, 4), U(3, 4)),

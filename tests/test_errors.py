@@ -201,6 +201,14 @@ def test_clip_still_takes_bounds_per_column():
     np.testing.assert_array_equal(x.grad, [[0.0, 1.0], [1.0, 0.0]])
 
 
+def test_clip_takes_a_bound_that_broadcasts_x_to_a_larger_shape():
+    x = mv.tensor(np.array([-1.0, 0.5, 2.0], np.float32), requires_grad=True)
+    y = F.clip(x, lo=np.array([[0.0], [1.0]], np.float32))
+    np.testing.assert_array_equal(y.data, [[0.0, 0.5, 2.0], [1.0, 1.0, 2.0]])
+    y.sum().backward()  # summed back over the rows: x[1] is inside in one of them
+    np.testing.assert_array_equal(x.grad, [0.0, 1.0, 2.0])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_clip_takes_a_0d_array_bound_as_a_number(dtype):
     x = mv.tensor(np.array([-1.0, 0.5, 2.0], dtype), requires_grad=True)

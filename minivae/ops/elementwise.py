@@ -334,11 +334,12 @@ class Clip(Function):
     @staticmethod
     def forward(ctx, x, lo=None, hi=None):
         xp = get_array_module(x)
+        # not &=: an array bound may broadcast x to a larger shape, which x's mask cannot hold
         inside = xp.ones(x.shape, dtype=bool)
         if lo is not None:
-            inside &= x >= lo
+            inside = inside & (x >= lo)
         if hi is not None:
-            inside &= x <= hi
+            inside = inside & (x <= hi)
         ctx.save(inside)
         return xp.clip(x, lo, hi)
 
