@@ -187,3 +187,14 @@ def test_softmax_shifts_each_slice_by_its_own_maximum(fn):
     log_p = base - np.log(np.exp(base).sum())
     want = np.tile(log_p if fn is F.log_softmax else np.exp(log_p), (3, 1))
     np.testing.assert_allclose(out.data, want, rtol=1e-12, atol=0)
+
+
+def test_log_softmax_keeps_float32_precision_for_logits_far_from_0():
+    """Logits near -90 in float32 against the float64 formula: (x - m) - log(sum(exp(x - m))) is
+    within an ulp or two of each result, where x - (m + log(sum(...))) rounds the sum next to
+    m = -90 and is off by ulps of 90 (2e-6)."""
+    x = np.array([[0.0, -1.0, -2.0]], np.float32) - 90
+    out = F.log_softmax(Tensor(x), axis=-1).data
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.max()) - np.log(np.exp(x64 - x64.max()).sum())
+    np.testing.assert_allclose(out, want, rtol=2 * np.finfo(np.float32).eps, atol=0)
