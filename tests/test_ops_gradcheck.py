@@ -103,12 +103,14 @@ def test_logsumexp_over_an_empty_axis_is_minus_inf_with_an_empty_gradient(shape,
     assert x.grad.shape == shape and x.grad.dtype == np.float64
 
 
-def test_log_softmax_over_an_empty_axis_is_empty():
-    x = Tensor(np.zeros((2, 0)), requires_grad=True)
-    y = F.log_softmax(x, axis=-1)
-    assert y.shape == (2, 0)
+@pytest.mark.parametrize("fn", [F.softmax, F.log_softmax])
+@pytest.mark.parametrize("shape, axis", [((2, 0), -1), ((0, 3), 0)])
+def test_softmax_over_an_empty_axis_is_empty(fn, shape, axis):
+    x = Tensor(np.zeros(shape), requires_grad=True)
+    y = fn(x, axis=axis)
+    assert y.shape == shape
     y.backward(np.ones(y.shape))
-    assert x.grad.shape == (2, 0)
+    assert x.grad.shape == shape
 
 
 def test_linear_relu_cases_stay_off_the_kink():

@@ -118,14 +118,15 @@ class Softmax(Function):
     """softmax(x)_i = exp(x_i) / sum_j exp(x_j) along ``axis``.
 
     d/dx: the Jacobian is diag(s) - s s^T, so the input gradient is s * (g - sum(g * s)).
-    Stable form: exp(x - max(x)) before normalizing.
+    Stable form: exp(x - max(x)) before normalizing. Over an empty axis: an empty result.
     """
 
     @staticmethod
     def forward(ctx, x, axis=-1):
         xp = get_array_module(x)
         axis = normalize_axis("softmax", axis, x.ndim)
-        e = xp.exp(x - x.max(axis=axis, keepdims=True))
+        m = x.max(axis=axis, keepdims=True) if x.shape[axis] else 0  # an empty axis has no max
+        e = xp.exp(x - m)
         out = e / e.sum(axis=axis, keepdims=True)
         ctx.save(out)
         ctx.axis = axis
