@@ -244,6 +244,15 @@ def test_tensor_methods_match_functional(t64):
     assert (x.shape, x.ndim, x.size, x.device, len(x)) == ((2, 3), 2, 6, "cpu", 2)
 
 
+@pytest.mark.parametrize("size", [6, np.int64(6), np.array(6)], ids=["int", "np.int64", "0-d array"])
+def test_reshape_and_broadcast_to_take_an_integer_as_a_1d_shape(size):
+    x = mv.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    assert F.reshape(x, size).shape == x.reshape(size).shape == (6,)
+    one = mv.tensor([2.0], requires_grad=True)
+    F.broadcast_to(one, size).sum().backward()
+    np.testing.assert_array_equal(one.grad, [6.0])
+
+
 # ----- dtypes -------------------------------------------------------------------------------
 def test_default_dtype_is_float32():
     assert get_default_dtype() == np.float32

@@ -3,6 +3,7 @@
 They move elements without changing values, so each backward moves the gradient back.
 """
 import numbers
+import operator
 
 from ..autograd import Tensor
 from ..backend import get_array_module
@@ -175,9 +176,17 @@ class Stack(Function):
         return tuple(g[lead + (k,)] for k in range(ctx.n))
 
 
+def _shape_tuple(shape):
+    """``shape`` as a tuple; an integer (a Python or NumPy int) is a 1-D shape, as in NumPy."""
+    try:
+        return (operator.index(shape),)
+    except TypeError:
+        return tuple(shape)
+
+
 def reshape(x, shape):
     """Reshape ``x`` (one dimension may be -1)."""
-    return Reshape.apply(x, shape=tuple(shape) if not isinstance(shape, int) else (shape,))
+    return Reshape.apply(x, shape=_shape_tuple(shape))
 
 
 def transpose(x, axes=None):
@@ -187,7 +196,7 @@ def transpose(x, axes=None):
 
 def broadcast_to(x, shape):
     """Broadcast ``x`` to ``shape`` (a read-only view; its gradient is summed back)."""
-    return BroadcastTo.apply(x, shape=tuple(shape))
+    return BroadcastTo.apply(x, shape=_shape_tuple(shape))
 
 
 def getitem(x, index):
