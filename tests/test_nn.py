@@ -372,6 +372,18 @@ def test_batchnorm_errors():
         bn(_x(4, 5))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_keeps_float32_with_numpy_float64_eps_and_momentum(training):
+    x = mv.tensor(np.random.default_rng(6).standard_normal((4, 3)).astype(np.float32), requires_grad=True)
+    gamma, beta = mv.tensor([1.0, 1.0, 1.0], requires_grad=True), mv.tensor([0.0, 0.0, 0.0], requires_grad=True)
+    running_mean, running_var = np.zeros(3, np.float32), np.ones(3, np.float32)
+    y = batch_norm(x, gamma, beta, running_mean, running_var, training=training,
+                   momentum=np.float64(0.1), eps=np.float64(1e-5))
+    assert y.dtype == np.float32
+    y.backward(np.ones(y.shape, np.float32))
+    assert x.grad.dtype == gamma.grad.dtype == np.float32
+
+
 def test_batchnorm_gradcheck_float64():
     rng = np.random.default_rng(4)
 

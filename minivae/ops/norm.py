@@ -118,6 +118,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     """
     if (weight is None) != (bias is None):
         raise ValueError("batch_norm: give both weight and bias, or neither")
+    eps, momentum = float(eps), float(momentum)  # a NumPy float64 would make float32 statistics float64
     if training:
         params = (x,) if weight is None else (x, weight, bias)
         return BatchNorm.apply(*params, eps=eps, running_mean=running_mean,
