@@ -34,18 +34,20 @@ def standard_normal(noise, shape, like):
 def one_hot(labels, num_classes, like):
     """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device.
 
-    Labels on the host are checked to lie in [0, K) before they are copied to ``like``'s device.
+    Labels of another dtype (floats, booleans) are refused, wherever they are. Labels on the host
+    are checked to lie in [0, K) before they are copied to ``like``'s device.
     Labels already on the GPU are taken as they are: checking them would read them back to the
     host at every step, which a training step captured as a CUDA graph cannot do; the trainer's
     come from labels it checked once (``Trainer``).
     """
     xp = get_array_module(like.data)
     labels = labels.data if isinstance(labels, Tensor) else labels
-    if not is_gpu_array(labels):
-        labels = np.asarray(labels)
-        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-            raise ValueError(f"labels must be integers in [0, {num_classes}), got values from "
-                             f"{labels.min()} to {labels.max()}")
+    labels = labels if is_gpu_array(labels) else np.asarray(labels)
+    if labels.dtype.kind not in "iu":  # the cast to int below would make label 2.5 class 2 silently
+        raise TypeError(f"labels must be integers, got an array of dtype {labels.dtype}")
+    if not is_gpu_array(labels) and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must be integers in [0, {num_classes}), got values from "
+                         f"{labels.min()} to {labels.max()}")
     if labels.ndim != 1:
         raise ValueError(f"labels must be a 1-D array, got shape {labels.shape}")
     labels = xp.asarray(labels).astype(int)

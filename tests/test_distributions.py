@@ -179,3 +179,6 @@ def test_one_hot_checks_the_labels():
         D.one_hot(np.array([3]), 3, like)
     with pytest.raises(ValueError, match="1-D"):
         D.one_hot(np.array([[1]]), 3, like)
+    np.testing.assert_array_equal(D.one_hot(np.array([2, 0], np.uint8), 3, like).data, y.data)  # MNIST's dtype
+    with pytest.raises(TypeError, match="labels must be integers, got an array of dtype float64"):
+        D.one_hot(np.array([0.9, 2.5]), 3, like)

@@ -121,7 +121,7 @@ def test_the_vae_training_loss_uses_reparameterize_kl(kwargs):
         assert "KLNormalStd" not in names
 
 
-@pytest.mark.parametrize("samples", [None, 1, 3])
+@pytest.mark.parametrize("samples", [None, 1, 3, np.int64(2)])
 def test_reparameterize_kl_equals_the_separate_ops_bit_for_bit(samples):
     """(z, kl) and both gradients equal reparameterize + kl_normal_std, to the last bit (float64),
     with S samples per row too; the KL stays one value per row."""
@@ -153,6 +153,8 @@ def test_reparameterize_kl_refuses_what_it_cannot_take():
         F.reparameterize_kl(Tensor(np.zeros((3, 2))), Tensor(np.zeros(2)), Noise(1))
     with pytest.raises(TypeError, match="Noise or Generator"):
         F.reparameterize_kl(Tensor(np.zeros((3, 2))), Tensor(np.zeros((3, 2))), np.zeros((3, 2)))
+    with pytest.raises(TypeError, match="reparameterize_kl: samples must be an integer, got 2.7"):
+        F.reparameterize_kl(Tensor(np.zeros((3, 2))), Tensor(np.zeros((3, 2))), Noise(1), samples=2.7)
 
 
 @pytest.mark.parametrize("samples", [1, 3])

@@ -5,6 +5,7 @@ example) give (S, B). Inputs broadcast against each other like NumPy arrays.
 Fusing each into one node keeps temporaries out of the graph and lets the GPU run one kernel.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -373,6 +374,8 @@ def reparameterize_kl(mu, logvar, noise, samples=None):
     if not isinstance(noise, Noise):
         raise TypeError(f"reparameterize_kl: noise must be a minivae.random.Noise or Generator, "
                         f"got {type(noise).__name__}")
+    if samples is not None and not isinstance(samples, numbers.Integral):  # int(2.7) would draw 2
+        raise TypeError(f"reparameterize_kl: samples must be an integer, got {samples!r}")
     return ReparameterizeKL.apply(mu, logvar, noise=noise, samples=samples)
 
 
