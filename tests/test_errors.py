@@ -5,6 +5,7 @@ import pytest
 import minivae as mv
 from minivae import AnomalyError, Tensor
 from minivae import functional as F
+from minivae.random import Noise
 
 
 def ones(*shape):
@@ -48,6 +49,22 @@ def test_broadcast_failure_through_operators_and_vae_ops():
         F.kl_normal_normal(ones(4, 3), ones(4, 3), ones(2), ones(2))
     with pytest.raises(ValueError, match=r"where: cannot broadcast the condition \(3,\) with \(4,\) and \(4,\)"):
         F.where(np.ones(3, bool), ones(4), ones(4))
+
+
+PER_ROW_OPS = {
+    "kl_normal_std": lambda s: F.kl_normal_std(s, 0.0),
+    "kl_normal_normal": lambda s: F.kl_normal_normal(s, 0.0, 0.0, 0.0),
+    "bernoulli_log_prob": lambda s: F.bernoulli_log_prob(s, 1.0),
+    "gaussian_log_prob": lambda s: F.gaussian_log_prob(s, 0.0, 0.0),
+    "reparameterize_kl": lambda s: F.reparameterize_kl(s, s, Noise(1)),
+}
+
+
+@pytest.mark.parametrize("name", PER_ROW_OPS)
+def test_per_row_vae_ops_refuse_0d_inputs(name):
+    s = mv.tensor(np.float32(0.5), requires_grad=True)
+    with pytest.raises(ValueError, match=rf"{name}: needs inputs with at least one axis"):
+        PER_ROW_OPS[name](s)
 
 
 def test_shape_op_errors_name_op_and_shapes():

@@ -17,6 +17,15 @@ from .elementwise import _sigmoid, _softplus
 _LOG_2PI = math.log(2 * math.pi)
 
 
+def _check_rows(op, *arrays):
+    """Refuse 0-d inputs to the per-row op ``op``: they must broadcast to at least one axis, the
+    row that is summed. NumPy sums a 0-d array over axis -1 as if it had one, but neither the
+    per-row gradient (given a trailing axis to spread over the row) nor the in-place passes fit."""
+    if all(a.ndim == 0 for a in arrays):
+        raise ValueError(f"{op}: needs inputs with at least one axis (it sums each row over the "
+                         f"last), got 0-d inputs")
+
+
 def _row_sum(a):
     """Sum over the last axis: one value per example (per sample and example for 3-D inputs)."""
     return a.sum(axis=-1)
@@ -129,6 +138,7 @@ class KLNormalStd(Function):
 
     @staticmethod
     def forward(ctx, mu, logvar):
+        _check_rows("kl_normal_std", mu, logvar)
         kl, var = _kl_terms(get_array_module(mu, logvar), mu, logvar)
         ctx.save(mu, var)
         return kl
@@ -161,9 +171,10 @@ class ReparameterizeKL(Function):
 
     @staticmethod
     def forward(ctx, mu, logvar, noise=None, samples=None):
-        if mu.shape != logvar.shape or mu.ndim < 1:
-            raise ValueError(f"reparameterize_kl: mu and logvar must have one shape with at least one "
-                             f"axis, got {mu.shape} and {logvar.shape}")
+        if mu.shape != logvar.shape:
+            raise ValueError(f"reparameterize_kl: mu and logvar must have one shape, got {mu.shape} "
+                             f"and {logvar.shape}")
+        _check_rows("reparameterize_kl", mu, logvar)
         if samples is not None and samples < 1:
             raise ValueError(f"reparameterize_kl: samples must be at least 1, got {samples}")
         xp = get_array_module(mu, logvar)
@@ -207,6 +218,7 @@ class KLNormalNormal(Function):
 
     @staticmethod
     def forward(ctx, mu_q, logvar_q, mu_p, logvar_p):
+        _check_rows("kl_normal_normal", mu_q, logvar_q, mu_p, logvar_p)
         xp = get_array_module(mu_q, mu_p)
         inv_std_p = xp.exp(-0.5 * logvar_p)
         ratio = xp.exp(logvar_q - logvar_p)
@@ -243,6 +255,7 @@ class BernoulliLogProb(Function):
 
     @staticmethod
     def forward(ctx, logits, x):
+        _check_rows("bernoulli_log_prob", logits, x)
         ctx.save(logits, x)
         xp = get_array_module(logits, x)
         ctx.in_place = x.shape == logits.shape or np.broadcast_shapes(logits.shape, x.shape) == logits.shape
@@ -297,6 +310,7 @@ class GaussianLogProb(Function):
 
     @staticmethod
     def forward(ctx, x, mu, logvar):
+        _check_rows("gaussian_log_prob", x, mu, logvar)
         xp = get_array_module(x, mu)
         inv_std = xp.exp(-0.5 * logvar)
         t = (x - mu) * inv_std
