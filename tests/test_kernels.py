@@ -1345,6 +1345,29 @@ def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
         K.adam_update(p, np.zeros(12, np.float32), p.copy(), p.copy(), None, **ok)
 
 
+@pytest.mark.parametrize("op", ["relu", "linear_relu"])
+def test_a_change_through_a_detached_relu_output_is_refused_on_the_gpu_rows(
+        fake_gpu, fake_cublas, monkeypatch, op):
+    """The rows read the ReLU's mask off its output: a change of the output made through a
+    detached view (an optimizer refining it) must stop the backward, as on the CPU, rather
+    than give the gradient of another mask."""
+    import minivae as mv
+    from minivae import functional as F, optim
+    from minivae.function import InPlaceModificationError
+    from minivae.gpu import dispatch
+
+    monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
+    rng = np.random.default_rng(0)
+    x = mv.tensor(rng.standard_normal((4, 6)).astype(np.float32), requires_grad=True)
+    W = mv.tensor(rng.standard_normal((6, 6)).astype(np.float32), requires_grad=True)
+    h = F.relu(x) if op == "relu" else F.linear_relu(x, W)
+    d = h.detach()
+    d.requires_grad, d.grad = True, -np.ones(h.shape, np.float32)
+    optim.SGD([d], lr=10.0).step()  # every output now positive: another mask
+    with pytest.raises(InPlaceModificationError):
+        h.sum().backward()
+
+
 @pytest.mark.parametrize("mc_samples", [1, 3])
 def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fake_cublas, monkeypatch,
                                                                    mc_samples):

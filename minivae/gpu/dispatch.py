@@ -434,7 +434,7 @@ def _dense_backward(ctx, g, y=None):
     x's leading axes flattened into rows: with d = g, or d = g * (y > 0) behind the ReLU, the
     products d @ W^T and x^T @ d and the column sums of d. The ReLU's gradient and the bias's
     take one launch together (``bias_grad``)."""
-    x, W = ctx.saved
+    x, W = ctx.saved[:2]
     needs = ctx.needs_input_grad
     xp = get_array_module(g)
     g = as_rows(xp.ascontiguousarray(g))  # an upstream gradient may be a broadcast view
@@ -453,23 +453,27 @@ def _dense_backward(ctx, g, y=None):
 
 
 def _linear_relu_forward(ctx, x, W, b=None):
-    ctx.out = out = _linear_forward(ctx, x, W, b, relu=True)
+    out = _linear_forward(ctx, x, W, b, relu=True)
+    # Saved, not kept aside: the engine then guards it like any saved array, so a change made
+    # through a detached view of the output is refused rather than read as another mask.
+    ctx.save(*ctx.saved, out)
     return out
 
 
 def _linear_relu_backward(ctx, g):
     # the ReLU's mask is read off its output here (the xp code keeps it from the forward)
-    return _dense_backward(ctx, g, y=ctx.out)
+    return _dense_backward(ctx, g, y=ctx.saved[2])
 
 
 def _relu_forward(ctx, x):
     xp = get_array_module(x)
-    ctx.out = out = _kernels().bias_act(x, relu=True, out=xp.empty(x.shape, x.dtype))
+    out = _kernels().bias_act(x, relu=True, out=xp.empty(x.shape, x.dtype))
+    ctx.save(out)  # guarded as a saved array (see _linear_relu_forward)
     return out
 
 
 def _relu_backward(ctx, g):
-    return _kernels().relu_grad(g, ctx.out)  # the mask read off the output, as LinearRelu's
+    return _kernels().relu_grad(g, ctx.saved[0])  # the mask read off the output, as LinearRelu's
 
 
 register("Relu", _relu_forward, _relu_backward, accepts=lambda x: x.ndim >= 1 and x.dtype in _FLOATS,
