@@ -122,11 +122,23 @@ def _memory_owner(t):
         return t
     t._base = holder = _MemoryVersion(t)  # from now on t's version is the one t and its views share
     node = t._node
-    if node.ctx is not None and any(a is t.data for a in node.ctx.saved):
-        # The op that made t saved it for its backward (exp keeps its output): that backward
-        # must now see a change made through a view, as it sees changes of its inputs.
+    root = _memory_root(t.data)
+    if node.ctx is not None and any(_memory_root(a) is root for a in node.ctx.saved):
+        # The op that made t saved it for its backward (exp keeps its output; logsumexp keeps
+        # it with the summed axis, and returns a reshape of it): that backward must now see a
+        # change made through a view, as it sees changes of its inputs. (t is no view of an
+        # input, or it would have a base: what it shares memory with is its op's own.)
         node.saved_outputs += ((holder, holder._version),)
     return holder
+
+
+def _memory_root(array):
+    """The object at the end of the ``.base`` chain, which owns the memory: an array, or the
+    buffer an array was made over (``np.frombuffer``'s bytes, a memory map, another library's
+    tensor), which has no ``.base`` of its own."""
+    while getattr(array, "base", None) is not None:
+        array = array.base
+    return array
 
 
 def _can_unlock(array):

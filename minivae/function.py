@@ -46,7 +46,7 @@ import weakref
 
 import numpy as np
 
-from .autograd import Tensor, _check_finite, _memory_owner, _state, tensor
+from .autograd import Tensor, _check_finite, _memory_owner, _memory_root, _state, tensor
 from .backend import device_of, get_array_module, get_default_dtype
 from .gpu import dispatch
 
@@ -225,15 +225,6 @@ def _looks_into(view, array, overlap_known=False):
     where sharing the root implies it."""
     return _memory_root(view) is _memory_root(array) and (
         overlap_known or get_array_module(array).may_share_memory(view, array))
-
-
-def _memory_root(array):
-    """The object at the end of the ``.base`` chain, which owns the memory: an array, or the
-    buffer an array was made over (``np.frombuffer``'s bytes, a memory map, another library's
-    tensor), which has no ``.base`` of its own."""
-    while getattr(array, "base", None) is not None:
-        array = array.base
-    return array
 
 
 def _explain_broadcast(fn, arrays):

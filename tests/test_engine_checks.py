@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import minivae as mv
-from minivae import nn, optim
+from minivae import functional as F, nn, optim
 from minivae.autograd import backward
 from minivae.function import Function, InPlaceModificationError
 
@@ -205,16 +205,21 @@ def test_a_step_on_a_detached_result_is_seen_by_the_graph_that_saved_the_result(
         kl.backward()
 
 
-def test_a_step_on_a_detached_output_that_its_op_saved_is_seen():
-    """exp keeps its output for its backward: changing that output through a detached copy is
-    caught as a change of an input would be."""
+@pytest.mark.parametrize("op, name", [
+    (lambda x: x.exp(), "Exp"),
+    # logsumexp keeps its output with the summed axis, and returns a reshape of it
+    (lambda x: F.logsumexp(x.reshape(2, 1), axis=1), "LogSumExp"),
+], ids=["exp", "logsumexp"])
+def test_a_step_on_a_detached_output_that_its_op_saved_is_seen(op, name):
+    """An op that keeps its output for its backward: changing that output through a detached
+    copy is caught as a change of an input would be."""
     x = x64(0.0, 1.0)
-    y = x.exp()
+    y = op(x)
     v = y.detach()
     v.requires_grad = True
     v.grad = np.ones(2)
     optim.SGD([v], lr=1.0).step()
-    with pytest.raises(InPlaceModificationError, match="Exp: its output was changed in place"):
+    with pytest.raises(InPlaceModificationError, match=f"{name}: its output was changed in place"):
         y.backward(np.ones(2))
 
 
