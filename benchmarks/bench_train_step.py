@@ -46,6 +46,11 @@ Before timing, the three are checked to compute the same loss and gradients on o
 Also per library: minor page faults per step (memory the allocator gave back to the OS and
 touches again) and the time to draw eps alone.
 
+A library that fails -- its runner raises (a step that cannot be captured, a CUDA error), or it
+does not compute minivae's loss and gradients -- is dropped from the rest of the run, the reason
+kept in the JSON's ``errors``, and the others go on without it. The JSON is written after each
+batch size (``finished`` false until the end), so a run cut short keeps what it measured.
+
 Memory, per library, for one step after timing: the peak of the bytes allocated during the
 step and alive at once, seen by tracemalloc (NumPy and minivae; PyTorch's allocator is not
 visible to it), and the rise of the process's peak resident set size during the step (Linux:
@@ -69,6 +74,7 @@ import resource
 import statistics
 import sys
 import time
+import traceback
 import tracemalloc
 from pathlib import Path
 
@@ -191,11 +197,12 @@ class MinivaeGraphRunner(MinivaeRunner):
         data = types.SimpleNamespace(x_train=host, y_train=np.zeros(b, np.int64), x_valid=host[:1])
         config = TrainConfig(z_dim=Z_DIM, lr=LR, lr_schedule="constant", warmup=0, batch_size=b,
                              epochs=steps, device="gpu", eval_k=0, out=tempfile.mkdtemp())
-        trainer = Trainer(config, data=data, progress=False, log=lambda *a: None)
+        notes = []  # the trainer's note says why a step cannot be captured
+        trainer = Trainer(config, data=data, progress=False, log=notes.append)
         trainer.model, trainer.optimizer, trainer.noise = self.model, self.opt, self.noise
         trainer._run_step(xb, 1.0, 0)  # eager; sets graph mode up for the steps after it
         if trainer.graph is None:
-            raise RuntimeError("minivae's step could not be captured")
+            raise RuntimeError(" ".join(["minivae's step could not be captured."] + notes))
         self.trainer, self.t = trainer, 1
 
     def step(self, xb):
@@ -536,26 +543,42 @@ def warm_state(data, steps, seed):
     return state, info
 
 
-def check_agreement(runners, xb_host, seed):
-    """Max relative gradient difference of each library to minivae (same weights, x, eps)."""
+def check_agreement(runners, xb_host, seed, fail):
+    """Max relative loss and gradient differences of each library to minivae (same weights, x,
+    eps). A library that differs, or raises, is left out and passed to ``fail(name, exc)``; so is
+    minivae when it raises, and then nothing is compared."""
+    if "minivae" not in runners:
+        return {}
     base = runners["minivae"]
-    loss0, grads0 = base.loss_and_grads(base.batch(xb_host), seed)
+    try:
+        loss0, grads0 = base.loss_and_grads(base.batch(xb_host), seed)
+    except Exception as exc:
+        fail("minivae", exc)
+        return {}
     eps = Generator(seed).normal((1, xb_host.shape[0], Z_DIM), dtype=np.float32)[0]
     out = {}
     for name, r in runners.items():
         if name == "minivae":
             continue
-        loss, grads = r.loss_and_grads(r.batch(xb_host), eps)
-        err = max(float(np.abs(g - g0).max() / max(np.abs(g0).max(), 1e-30)) for g, g0 in zip(grads, grads0))
-        out[name] = {"loss_rel_diff": abs(loss - loss0) / abs(loss0), "grad_max_rel_diff": err}
-        if out[name]["loss_rel_diff"] > 1e-4 or err > 1e-2:
-            raise AssertionError(f"{name} does not compute minivae's loss and gradients: {out[name]}")
+        try:
+            loss, grads = r.loss_and_grads(r.batch(xb_host), eps)
+            err = max(float(np.abs(g - g0).max() / max(np.abs(g0).max(), 1e-30)) for g, g0 in zip(grads, grads0))
+            diff = {"loss_rel_diff": abs(loss - loss0) / abs(loss0), "grad_max_rel_diff": err}
+            if diff["loss_rel_diff"] > 1e-4 or err > 1e-2:
+                raise AssertionError(f"{name} does not compute minivae's loss and gradients: {diff}")
+        except Exception as exc:
+            fail(name, exc)
+            continue
+        out[name] = diff
     return out
 
 
-def time_interleaved(runners, batches, repeat, block, budget_s=None):
+def time_interleaved(runners, batches, repeat, block, budget_s=None, fail=None):
     """Median/min/quartiles of ms per step over ``repeat`` blocks of ``block`` steps each (fewer,
-    but at least 3, when the untimed first round says ``repeat`` would not fit in ``budget_s``)."""
+    but at least 3, when the untimed first round says ``repeat`` would not fit in ``budget_s``).
+
+    With ``fail``, a library whose block raises is passed to ``fail(name, exc)`` and left out of
+    the rest of the timing and of the result; without it, the exception propagates."""
     names = list(runners)
     order = random.Random(0)  # seeded: a rerun takes the same orders
     cursor = {n: 0 for n in names}
@@ -576,19 +599,31 @@ def time_interleaved(runners, batches, repeat, block, budget_s=None):
         faults[n].append((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / block)
         return (t1 - t0) / block * 1e3
 
+    def run_block_or_drop(n):
+        try:
+            return run_block(n)
+        except Exception as exc:
+            if fail is None:
+                raise
+            fail(n, exc)
+            names.remove(n)
+            return None
+
     t0 = time.perf_counter()
-    for n in names:  # untimed: first-touch allocations, caches, lazy initialization
-        run_block(n)
+    for n in list(names):  # untimed: first-touch allocations, caches, lazy initialization, captures
+        run_block_or_drop(n)
     round_s = time.perf_counter() - t0
     if budget_s is not None and round_s * repeat > budget_s:
         repeat = max(3, int(budget_s / round_s))
     for _ in range(repeat):
         for n in order.sample(names, len(names)):
-            times[n].append(run_block(n))
-    out = {}
-    for n, t in times.items():
+            ms = run_block_or_drop(n)
+            if ms is not None:
+                times[n].append(ms)
+    out = {"_repeat": repeat}
+    for n in names:
+        t = times[n]
         q = statistics.quantiles(t, n=4) if len(t) > 1 else [t[0]] * 3
-        out.setdefault("_repeat", repeat)
         out[n] = {"ms_per_step": round(statistics.median(t), 3), "ms_min": round(min(t), 3),
                   "ms_q1": round(q[0], 3), "ms_q3": round(q[2], 3),
                   # (None for minivae-graph, whose losses are only summed on the device)
@@ -648,8 +683,9 @@ def targets(rows, device="cpu"):
     """The targets (see benchmarks/README.md), evaluated on this run's medians."""
     out = {}
     for b, row in rows.items():
-        mvt, res = row["minivae"]["ms_per_step"], {}
-        if "numpy" in row:
+        # (minivae's targets need its row, absent when it was dropped from the run)
+        mvt, res = row.get("minivae", {}).get("ms_per_step"), {}
+        if mvt is not None and "numpy" in row:
             r = mvt / row["numpy"]["ms_per_step"]
             res["time_vs_numpy"] = {"value": round(r, 3), "target": "<= 1.1", "met": r <= 1.1}
             if row["minivae"].get("eps_ms") is not None and row["numpy"].get("eps_ms") is not None:
@@ -663,7 +699,7 @@ def targets(rows, device="cpu"):
             if mm and mn:
                 r = mm / mn
                 res["peak_memory_vs_numpy"] = {"value": round(r, 3), "target": "<= 1.5", "met": r <= 1.5}
-        if "torch" in row:
+        if mvt is not None and "torch" in row:
             if int(b) <= 100:
                 r = row["torch"]["ms_per_step"] / mvt  # throughput ratio minivae / torch
                 res["throughput_vs_torch"] = {"value": round(r, 3), "target": ">= 1.0", "met": r >= 1.0}
@@ -677,11 +713,58 @@ def targets(rows, device="cpu"):
             goal = {100: 0.5, 1000: 0.6}.get(int(b))
             res["graph_time_vs_torch_graph"] = {"value": round(r, 3), "target": f"<= {goal}" if goal else
                                                 "(information)", "met": r <= goal if goal else None}
-        if device == "gpu" and "torch" in row and int(b) == 100:
+        if mvt is not None and device == "gpu" and "torch" in row and int(b) == 100:
             r = mvt / row["torch"]["ms_per_step"]
             res["eager_time_vs_torch_eager"] = {"value": round(r, 3), "target": "<= 0.6", "met": r <= 0.6}
         out[b] = res
     return out
+
+
+def drop_library(errors, name, where, exc):
+    """Print why library ``name`` failed and keep it in ``errors[name]``: it is dropped from the
+    rest of the run, and the others go on without it."""
+    print(f"{name} failed ({where}); going on without it:", file=sys.stderr, flush=True)
+    traceback.print_exception(exc)
+    errors[name] = f"{where}: {exc!r}"
+
+
+def build_runners(libs, makers, state, device, host_batches, fail):
+    """Each library's runner, started from ``state``, and its copies of the batches; a library
+    whose runner cannot be built is left out and passed to ``fail(name, exc)``."""
+    runners, batches = {}, {}
+    for n in libs:
+        try:
+            runner = makers[n](state, device, seed=3)
+            batches[n] = [runner.batch(x) for x in host_batches]
+            runners[n] = runner
+        except Exception as exc:
+            fail(n, exc)
+    return runners, batches
+
+
+def step_extras(runner, batches, b, device, profile):
+    """What is measured of a library besides its step time: the time to draw eps, the memory of a
+    step (CPU), cProfile of minivae's steps (``profile`` > 0) and the nodes of minivae's graph."""
+    out = {"eps_ms": time_eps(runner, b)}
+    if device == "cpu":
+        out.update(measure_memory(runner, batches, tracemalloc_ok=(runner.name != "torch")))
+    if profile and runner.name == "minivae":
+        out["profile"] = profile_steps(runner, batches, profile)
+    if runner.name == "minivae-graph":
+        out["graph_nodes"] = runner.graph_nodes()
+    return out
+
+
+def add_ratios(row):
+    """Each library's time and throughput ratios to minivae (None when minivae is not in ``row``)."""
+    base = row.get("minivae", {}).get("ms_per_step")
+    for v in row.values():
+        v["time_ratio_to_minivae"] = round(v["ms_per_step"] / base, 3) if base else None
+        v["throughput_ratio_to_minivae"] = round(base / v["ms_per_step"], 3) if base else None
+
+
+def _fmt_ratio(r):
+    return "-" if r is None else f"{r:.2f}"
 
 
 def profile_steps(runner, batches, steps):
@@ -768,63 +851,16 @@ def main(argv=None):
               "torch-flush": TorchFlushRunner, "torch-graph": TorchGraphRunner,
               "minivae-graph": MinivaeGraphRunner,
               "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
-    rows, agreement, repeats = {}, {}, {}
-    for k, b in enumerate(args.batch):
-        host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
-        runners = {n: makers[n](state, args.device, seed=3) for n in libs}
-        batches = {n: [r.batch(x) for x in host_batches] for n, r in runners.items()}
-        agreement[str(b)] = check_agreement(
-            {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph", "minivae-graph")},
-            host_batches[0], seed=4)
-        repeat = args.repeat or (20 if b <= 200 else 8)
-        budget = (args.max_seconds - (time.perf_counter() - t_start)) / (len(args.batch) - k) * 0.8
-        row = time_interleaved(runners, batches, repeat, args.block, budget_s=max(budget, 0))
-        repeats[str(b)] = row.pop("_repeat")
-        for n, r in runners.items():
-            row[n]["images_per_s"] = round(b / row[n]["ms_per_step"] * 1e3, 1)
-            row[n]["time_ratio_to_minivae"] = round(row[n]["ms_per_step"] / row["minivae"]["ms_per_step"], 3)
-            row[n]["throughput_ratio_to_minivae"] = round(row["minivae"]["ms_per_step"] / row[n]["ms_per_step"], 3)
-            row[n]["eps_ms"] = time_eps(r, b)
-            if args.device == "cpu":
-                row[n].update(measure_memory(r, batches[n], tracemalloc_ok=(n != "torch")))
-        if args.profile:
-            row["minivae"]["profile"] = profile_steps(runners["minivae"], batches["minivae"], args.profile)
-        if "minivae-graph" in runners:
-            row["minivae-graph"]["graph_nodes"] = runners["minivae-graph"].graph_nodes()
-        rows[str(b)] = row
-        print(f"batch {b}: " + "   ".join(
-            f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, x{v['time_ratio_to_minivae']:.2f})"
-            for n, v in row.items()), flush=True)
-        del runners, batches
-
-    fwd_bwd = {}
-    if args.device == "cpu" and not args.skip_fwd_bwd:
-        fresh, _ = warm_state(data, 0, seed=1)
-        for b in args.batch:
-            host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
-            runners = {n: ForwardBackwardOnly(makers[n](fresh, "cpu", seed=3))
-                       for n in libs if n in ("minivae", "numpy", "torch", "torch-flush")}
-            batches = {n: [r.runner.batch(x) for x in host_batches] for n, r in runners.items()}
-            budget = max(0.0, args.max_seconds - (time.perf_counter() - t_start)) * 0.2
-            row = time_interleaved(runners, batches, args.repeat or (20 if b <= 200 else 8), args.block,
-                                   budget_s=budget)
-            row.pop("_repeat")
-            for n in runners:
-                row[n]["time_ratio_to_minivae"] = round(row[n]["ms_per_step"] / row["minivae"]["ms_per_step"], 3)
-            fwd_bwd[str(b)] = row
-            print(f"batch {b}, forward+backward only (fresh initialization): " + "   ".join(
-                f"{n} {v['ms_per_step']:.2f} ms (x{v['time_ratio_to_minivae']:.2f})" for n, v in row.items()),
-                flush=True)
-            del runners, batches
-
     info = machine_info()
+    gpu = gpu_info() if args.device == "gpu" else None
     name = args.machine or default_machine_name(info)
+    rows, agreement, repeats, fwd_bwd, errors = {}, {}, {}, {}, {}
     n_params = sum(a.size for a in state["params"])
     record = {
         "benchmark": "VAE training step (forward, backward, Adam), float32",
         "machine": dict(info, name=name),
         "device": args.device,
-        "gpu": gpu_info() if args.device == "gpu" else None,
+        "gpu": gpu,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
                      "torch": torch.__version__ if torch is not None else None,
@@ -844,22 +880,84 @@ def main(argv=None):
         "timing": (f"ms per step: median (min, quartiles) over blocks of {args.block} steps; libraries "
                    "interleaved block by block in a random order each round (seeded)"),
         "repeats": repeats,
-        "load_average": {"before": [round(x, 2) for x in load_before],
-                         "after": [round(x, 2) for x in os.getloadavg()]},
-        "seconds": round(time.perf_counter() - t_start, 1),
+        "finished": False,  # true once every batch size (and the forward and backward part) is done
         "agreement": agreement,
         "results": rows,
         "forward_backward_only_fresh_init": fwd_bwd,
-        "targets": targets(rows, args.device),
+        "errors": errors,  # library -> where and why it failed; it was dropped from then on
     }
+    suffix = ("" if args.device == "cpu" else f"_{args.device}") + ("_retain" if retained else "")
+    path = None if args.no_save else Path(args.out) / f"train_step_{name}_t{threads}{suffix}.json"
+
+    def save():
+        """Bring the record's time, load and targets up to date and write it (if saving)."""
+        record.update(seconds=round(time.perf_counter() - t_start, 1),
+                      load_average={"before": [round(x, 2) for x in load_before],
+                                    "after": [round(x, 2) for x in os.getloadavg()]},
+                      targets=targets(rows, args.device))
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=2) + "\n")
+
+    for k, b in enumerate(args.batch):
+        libs = [n for n in libs if n not in errors]  # a library that failed is out of the run
+        host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
+
+        def fail(where):
+            """The ``fail`` callback of a stage: a library's error at this batch size."""
+            return lambda n, exc: drop_library(errors, n, f"batch {b}, {where}", exc)
+
+        runners, batches = build_runners(libs, makers, state, args.device, host_batches, fail("setting up"))
+        agreement[str(b)] = check_agreement(
+            {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph", "minivae-graph")},
+            host_batches[0], seed=4, fail=fail("agreement check"))
+        runners = {n: r for n, r in runners.items() if n not in errors}
+        repeat = args.repeat or (20 if b <= 200 else 8)
+        budget = (args.max_seconds - (time.perf_counter() - t_start)) / (len(args.batch) - k) * 0.8
+        row = time_interleaved(runners, batches, repeat, args.block, budget_s=max(budget, 0),
+                               fail=fail("timing"))
+        repeats[str(b)] = row.pop("_repeat")
+        for n in list(row):
+            try:
+                row[n].update(step_extras(runners[n], batches[n], b, args.device, args.profile))
+            except Exception as exc:
+                drop_library(errors, n, f"batch {b}, after timing", exc)
+                del row[n]
+        for v in row.values():
+            v["images_per_s"] = round(b / v["ms_per_step"] * 1e3, 1)
+        add_ratios(row)
+        rows[str(b)] = row
+        print(f"batch {b}: " + "   ".join(f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, "
+                                         f"x{_fmt_ratio(v['time_ratio_to_minivae'])})" for n, v in row.items()),
+              flush=True)
+        save()  # after each batch size: a run cut short keeps what it measured
+        del runners, batches
+
+    if args.device == "cpu" and not args.skip_fwd_bwd:
+        fresh, _ = warm_state(data, 0, seed=1)
+        for b in args.batch:
+            host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
+            runners = {n: ForwardBackwardOnly(makers[n](fresh, "cpu", seed=3))
+                       for n in libs if n in ("minivae", "numpy", "torch", "torch-flush") and n not in errors}
+            batches = {n: [r.runner.batch(x) for x in host_batches] for n, r in runners.items()}
+            budget = max(0.0, args.max_seconds - (time.perf_counter() - t_start)) * 0.2
+            row = time_interleaved(
+                runners, batches, args.repeat or (20 if b <= 200 else 8), args.block, budget_s=budget,
+                fail=lambda n, exc: drop_library(errors, n, f"batch {b}, forward+backward only", exc))
+            row.pop("_repeat")
+            add_ratios(row)
+            fwd_bwd[str(b)] = row
+            print(f"batch {b}, forward+backward only (fresh initialization): " + "   ".join(
+                f"{n} {v['ms_per_step']:.2f} ms (x{_fmt_ratio(v['time_ratio_to_minivae'])})" for n, v in row.items()),
+                flush=True)
+            del runners, batches
+
+    record["finished"] = True
+    save()
     print(json.dumps(record["targets"], indent=1))
-    if not args.no_save:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        suffix = "" if args.device == "cpu" else f"_{args.device}"
-        suffix += "_retain" if retained else ""
-        path = out / f"train_step_{name}_t{threads}{suffix}.json"
-        path.write_text(json.dumps(record, indent=2) + "\n")
+    if errors:
+        print("dropped from the run: " + json.dumps(errors, indent=1))
+    if path is not None:
         print(f"wrote {path}")
     return record
 

@@ -169,6 +169,8 @@ else:
                     print(f"        {name} {t['value']} (target {t['target']}: {'met' if t['met'] else 'missed'})")
         else:
             print(f"      {b}: {row['seconds_per_epoch']} s per epoch")
+    for name, error in r.get("errors", {}).items():
+        print(f"      FAILED {name}: {error[:300]}")
 EOF
 }
 

@@ -102,6 +102,11 @@ def train_step_tables(r):
                 b, lib, _fmt(v["ms_per_step"]), _fmt(v["images_per_s"], 0), _fmt(v["time_ratio_to_minivae"]),
                 _fmt(v.get("tracemalloc_peak_mib"), 1), _fmt(v.get("rss_peak_rise_mib"), 1),
                 _fmt(v.get("page_faults_per_step"), 0), _fmt(v.get("eps_ms"), 3)]) + " |")
+    if not r.get("finished", True):
+        lines += ["", "This run was cut short: only the batch sizes above were measured."]
+    if r.get("errors"):
+        lines += ["", "Dropped from this run (the library failed; the others went on without it): "
+                  + "; ".join(f"{lib}: {error}" for lib, error in r["errors"].items()) + "."]
     if r.get("forward_backward_only_fresh_init"):
         lines += ["", "Forward and backward only (no optimizer), from a fresh initialization:", "",
                   "| batch | library | ms / step | time vs minivae |", "|---|---|---|---|"]
@@ -304,7 +309,7 @@ def summary(results_dir=RESULTS):
         for path in steps:
             r = json.loads(path.read_text())
             for b, row in r["results"].items():
-                cells = [_step_run_label(path, r), b, _fmt(row["minivae"]["ms_per_step"])]
+                cells = [_step_run_label(path, r), b, _fmt(row.get("minivae", {}).get("ms_per_step"))]
                 for lib in ("minivae-graph", "numpy", "torch", "torch-graph"):
                     v = row.get(lib)
                     cells.append("-" if v is None else
