@@ -19,7 +19,16 @@ With ``--device gpu`` the same on the GPU: minivae's trainer with ``device="gpu"
 shuffles and binarizes each epoch on the device), eagerly (``minivae``, as ``--eager`` trains) and
 in graph mode (``minivae-graph``: the first step eager, the others replays of the captured step,
 ``minivae.graph_steps``), PyTorch CUDA eager, and the reference on CuPy; each turn ends with a
-device synchronization so that its time is complete.
+device synchronization so that its time is complete, and so does the batch preparation (the
+loader's shuffle and binarization kernels run asynchronously).
+
+Before timing, each library runs one chunk untimed (the loader its first epoch): the one-time
+costs -- kernel loads, PyTorch's first cuBLAS call, the graph trainer's eager first step and its
+capture -- are not an epoch's. (The trainers are configured for one epoch more than is timed, so
+that these steps stay within their run's schedules.) When the step cannot be captured, the
+graph trainer would train eagerly: its row is dropped then, the trainer's note kept in the JSON
+(``graph_mode``). A library that raises is dropped likewise, the others going on without it
+(``errors``).
 
     python benchmarks/bench_epoch.py            # writes results/epoch_<machine>_t<threads>_b<batch>.json
     python benchmarks/bench_epoch.py --device gpu
@@ -30,6 +39,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,8 +65,13 @@ class TrainerStep:
     """minivae: the Trainer's own per-batch step (its graph mode's when the config asks for it)."""
 
     def __init__(self, config, data):
-        self.trainer = Trainer(config, data=data, progress=False, log=lambda *a: None)
+        self.notes = []  # what the trainer said, e.g. why its step cannot be captured
+        self.trainer = Trainer(config, data=data, progress=False, log=self._note)
         self.steps = 0
+
+    def _note(self, line):
+        print(line, flush=True)
+        self.notes.append(line)
 
     def params(self):
         """Copies of the model's parameter arrays (on the trainer's device), in minivae's order and
@@ -127,7 +142,8 @@ def main(argv=None):
     load_before = os.getloadavg()
 
     data = load_mnist(verbose=False)
-    config = TrainConfig(batch_size=args.batch, epochs=args.epochs, out="/tmp/minivae-bench-epoch",
+    # One epoch more than is timed: the untimed warm-up steps come on top (see the docstring).
+    config = TrainConfig(batch_size=args.batch, epochs=args.epochs + 1, out="/tmp/minivae-bench-epoch",
                          device=args.device, eager=True)
     mine = TrainerStep(config, data)
     state = {"params": [bts.to_device(p, "cpu") for p in mine.params()], "m": None, "v": None, "t": 0}
@@ -138,30 +154,53 @@ def main(argv=None):
         steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), mine.trainer)
     if "numpy" in libs:
         steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, args.device, seed=config.seed), mine.trainer)
+    graph = steppers.get("minivae-graph")
+    errors = {}  # library -> why it was dropped
+
+    def run_chunk(n, chunk):
+        """Library ``n``'s steps over ``chunk``, from one device synchronization to the next; their
+        seconds, or 0 when the library raised (then it is dropped and ``errors`` says why)."""
+        try:
+            sync()
+            t0 = time.perf_counter()
+            for xb in chunk:
+                steppers[n](xb)
+            sync()
+            return time.perf_counter() - t0
+        except Exception as exc:
+            print(f"{n} failed; going on without it:", file=sys.stderr, flush=True)
+            traceback.print_exception(exc)
+            errors[n] = repr(exc)
+            del steppers[n]
+            return 0.0
+
+    warm = list(mine.trainer.loader.epoch(0))[:args.chunk]  # untimed: first calls and the capture
+    for n in list(steppers):
+        run_chunk(n, warm)
+    if graph is not None and graph.trainer.graph is None and "minivae-graph" in steppers:
+        # The capture failed and the trainer went on eagerly: that is not graph mode's epoch.
+        errors["minivae-graph"] = "graph mode is off, its steps would run eagerly: " + " ".join(graph.notes)
+        del steppers["minivae-graph"]
 
     seconds = {n: 0.0 for n in steppers}
     prepare = 0.0
     order = random.Random(0)  # a new random order per chunk, seeded
     for epoch in range(args.epochs):
+        sync()
         t0 = time.perf_counter()
         batches = list(mine.trainer.loader.epoch(epoch))  # views of the loader's epoch buffer
+        sync()  # the device's shuffle and binarization are part of the epoch
         prepare += time.perf_counter() - t0
-        names = list(steppers)
         for start in range(0, len(batches), args.chunk):
             chunk = batches[start:start + args.chunk]
-            for n in order.sample(names, len(names)):  # see bench_train_step.time_interleaved
-                step = steppers[n]
-                sync()
-                t0 = time.perf_counter()
-                for xb in chunk:
-                    step(xb)
-                sync()
-                seconds[n] += time.perf_counter() - t0
-        print(f"epoch {epoch + 1}: " + "   ".join(f"{n} {s:.1f} s" for n, s in seconds.items()), flush=True)
+            for n in order.sample(list(steppers), len(steppers)):  # see bench_train_step.time_interleaved
+                seconds[n] += run_chunk(n, chunk)
+        print(f"epoch {epoch + 1}: " + "   ".join(f"{n} {seconds[n]:.1f} s" for n in steppers), flush=True)
 
-    per_epoch = {n: round((s + prepare) / args.epochs, 2) for n, s in seconds.items()}
+    per_epoch = {n: round((seconds[n] + prepare) / args.epochs, 2) for n in steppers}
+    base = per_epoch.get("minivae")
     results = {n: {"seconds_per_epoch": v, "images_per_s": round(len(data.x_train) / v, 1),
-                   "time_ratio_to_minivae": round(v / per_epoch["minivae"], 3)} for n, v in per_epoch.items()}
+                   "time_ratio_to_minivae": round(v / base, 3) if base else None} for n, v in per_epoch.items()}
     payload = {
         "benchmark": "seconds per MNIST training epoch (default VAE, float32)",
         "device": args.device, "gpu": gpu_info() if args.device == "gpu" else None, "batch": args.batch, "epochs": args.epochs, "threads": threads,
@@ -170,9 +209,13 @@ def main(argv=None):
         "blas": bts.blas_info(),
         "prepare_batches_seconds_per_epoch": round(prepare / args.epochs, 3),
         "timing": (f"sum of each library's step times over the epoch, the libraries taking turns every "
-                   f"{args.chunk} batches, plus the batch preparation (counted for each)"),
+                   f"{args.chunk} batches after one untimed turn each, plus the batch preparation "
+                   f"(counted for each)"),
         "load_average": {"before": [round(x, 2) for x in load_before],
                          "after": [round(x, 2) for x in os.getloadavg()]},
+        "graph_mode": (None if graph is None else
+                       {"active": graph.trainer.graph is not None, "notes": graph.notes}),
+        "errors": errors,
         "results": results,
     }
     print(results)

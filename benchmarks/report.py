@@ -135,6 +135,9 @@ def epoch_table(r):
     for lib, v in r["results"].items():
         lines.append(f"| {lib} | {_fmt(v['seconds_per_epoch'])} | {_fmt(v['images_per_s'], 0)} | "
                      f"{_fmt(v['time_ratio_to_minivae'])} |")
+    if r.get("errors"):
+        lines += ["", "Dropped from this run: " + "; ".join(f"{lib}: {error}" for lib, error in r["errors"].items())
+                  + "."]
     return "\n".join(lines)
 
 

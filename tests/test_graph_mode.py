@@ -381,3 +381,34 @@ def test_the_step_benchmark_times_graph_mode(fake_device, monkeypatch):
     assert row["last_loss"] is None and row["ms_per_step"] > 0
     assert runner.t == 5  # the step count: the eager step of the capture, then a replay per call
     assert any(not np.array_equal(p.data, b) for p, b in zip(runner.model.parameters(), before))
+
+
+@pytest.mark.parametrize("captured", [True, False])
+def test_the_epoch_benchmark_reports_graph_mode_only_when_it_ran(fake_device, monkeypatch, captured):
+    """benchmarks/bench_epoch.py's minivae-graph row is graph mode's epoch: when the step cannot
+    be captured (the trainer then trains eagerly), the row is dropped and the trainer's note kept."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_epoch.py"
+    spec = importlib.util.spec_from_file_location("bench_epoch", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    device = types.SimpleNamespace(synchronize=lambda: None)  # the fake runs each call at once
+    monkeypatch.setattr(sys.modules["cupy"], "cuda", types.SimpleNamespace(Device=lambda: device), raising=False)
+    monkeypatch.setattr(sys.modules["cupy"], "__version__", "fake", raising=False)
+    monkeypatch.setattr(bench, "gpu_info", lambda: {"name": "fake"})
+    monkeypatch.setattr(bench, "load_mnist", lambda verbose: small_data(n_train=100, n_eval=20))
+    if not captured:
+        def refused(fn):
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        monkeypatch.setattr(minivae.graph_steps, "CapturedStep", refused)
+    r = bench.main(["--device", "gpu", "--libs", "minivae", "minivae-graph", "--batch", "20", "--chunk", "2",
+                    "--no-save"])
+    assert r["graph_mode"]["active"] == captured
+    if captured:
+        assert set(r["results"]) == {"minivae", "minivae-graph"} and r["errors"] == {}
+    else:
+        assert set(r["results"]) == {"minivae"}
+        assert "cannot be captured" in r["errors"]["minivae-graph"]
+        assert any("cuBLAS API during stream capture" in note for note in r["graph_mode"]["notes"])
