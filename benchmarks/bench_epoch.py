@@ -113,7 +113,8 @@ def main(argv=None):
     parser.add_argument("--libs", nargs="+", default=None, choices=["minivae", "minivae-graph", "torch", "numpy"],
                         help="default: minivae torch numpy, and minivae-graph with --device gpu")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
+    parser.add_argument("--machine", help="name in the output file (default: the GPU's with --device gpu, "
+                                          "else from the CPU model)")
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     parser.add_argument("--out", default=None, help="output folder (default benchmarks/results)")
     args = parser.parse_args(argv)
@@ -201,9 +202,10 @@ def main(argv=None):
     base = per_epoch.get("minivae")
     results = {n: {"seconds_per_epoch": v, "images_per_s": round(len(data.x_train) / v, 1),
                    "time_ratio_to_minivae": round(v / base, 3) if base else None} for n, v in per_epoch.items()}
+    gpu = gpu_info() if args.device == "gpu" else None
     payload = {
         "benchmark": "seconds per MNIST training epoch (default VAE, float32)",
-        "device": args.device, "gpu": gpu_info() if args.device == "gpu" else None, "batch": args.batch, "epochs": args.epochs, "threads": threads,
+        "device": args.device, "gpu": gpu, "batch": args.batch, "epochs": args.epochs, "threads": threads,
         "train_images": int(len(data.x_train)), "steps_per_epoch": len(mine.trainer.loader),
         "versions": versions("torch", "threadpoolctl", *(["cupy"] if args.device == "gpu" else [])),
         "blas": bts.blas_info(),
@@ -220,7 +222,7 @@ def main(argv=None):
     }
     print(results)
     if not args.no_save:
-        name = args.machine or default_machine_name(machine_info())
+        name = args.machine or default_machine_name(machine_info(), gpu)
         suffix = "_gpu" if args.device == "gpu" else ""
         path = write_result(f"epoch_{name}_t{threads}_b{args.batch}{suffix}", payload, args.out)
         print(f"wrote {path}")

@@ -58,7 +58,7 @@ visible to it), and the rise of the process's peak resident set size during the 
 
     python benchmarks/bench_train_step.py                 # writes results/train_step_<machine>_t<threads>.json
     python benchmarks/bench_train_step.py --threads 1
-    python benchmarks/bench_train_step.py --device gpu    # minivae on CuPy, PyTorch CUDA eager and graph
+    python benchmarks/bench_train_step.py --device gpu    # results/train_step_<gpu>_t<threads>_gpu.json
     python benchmarks/bench_train_step.py --retain-freed-memory   # glibc keeps freed memory
 """
 import argparse
@@ -806,7 +806,8 @@ def main(argv=None):
     parser.add_argument("--skip-fwd-bwd", action="store_true",
                         help="CPU: skip the forward+backward-only timing at a fresh initialization")
     parser.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
-    parser.add_argument("--machine", help="name in the output file (default: from the CPU model)")
+    parser.add_argument("--machine", help="name in the output file (default: the GPU's with --device gpu, "
+                                          "else from the CPU model)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="output folder")
     parser.add_argument("--no-save", action="store_true", help="print only; write no JSON")
     parser.add_argument("--max-seconds", type=float, default=170,
@@ -853,7 +854,7 @@ def main(argv=None):
               "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
     info = machine_info()
     gpu = gpu_info() if args.device == "gpu" else None
-    name = args.machine or default_machine_name(info)
+    name = args.machine or default_machine_name(info, gpu)
     rows, agreement, repeats, fwd_bwd, errors = {}, {}, {}, {}, {}
     n_params = sum(a.size for a in state["params"])
     record = {

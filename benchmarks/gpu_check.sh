@@ -35,7 +35,9 @@
 # PYTHONPATH. MNIST must be in the cache folder $MINIVAE_DATA (default ./.mnist_cache: copy
 # mnist.npz and mnist.json there from ~/.cache/minivae of a machine that has them).
 #
-# Environment: OUT (default ./gpu_check_out), PYTHON, MINIVAE_DATA, TOTAL_SECONDS (default 400:
+# Environment: MINIVAE_GIT_COMMIT (the commit of this tree: set it, e.g. to `git rev-parse HEAD`
+# where the tree was copied from; every result records it, and the copy's own .git may be stale),
+# OUT (default ./gpu_check_out), PYTHON, MINIVAE_DATA, TOTAL_SECONDS (default 400:
 # a step gets at most what is left of it), DRY_RUN=1 (check the script itself on a machine
 # without a GPU: small sizes, a one-epoch CPU training; the GPU benchmarks fail with exit
 # status 2, "nothing measured", and the steps after them still run).
@@ -61,6 +63,15 @@ exec > >(tee -a "$LOG") 2>&1
 status=0
 SCRATCH="$(mktemp -d)"
 trap 'rm -rf "$SCRATCH"' EXIT
+
+# The commit comes first in the summary: every result names it (machine.git_commit() reads
+# MINIVAE_GIT_COMMIT before the copy's .git, whose HEAD may be stale on a lent machine).
+if [ -n "${MINIVAE_GIT_COMMIT:-}" ]; then
+    echo "commit $MINIVAE_GIT_COMMIT" | tee -a "$SUMMARY"
+else
+    echo "WARNING: MINIVAE_GIT_COMMIT is unset: the results name this copy's .git HEAD" \
+         "($(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo none)), which may be stale" | tee -a "$SUMMARY"
+fi
 
 # run_step NAME BUDGET_SECONDS COMMAND...: runs COMMAND under timeout (its budget, or what is
 # left of TOTAL_SECONDS, whichever is less) and appends one line to summary.txt.

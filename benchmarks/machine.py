@@ -51,11 +51,19 @@ def gpu_info():
             "cupy": cp.__version__}
 
 
-def default_machine_name(info=None):
-    """A short file-name slug for this machine, e.g. ``amd-epyc-2c``."""
+def slug(text):
+    """``text`` as part of a file name: lower case, each run of other characters one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def default_machine_name(info=None, gpu=None):
+    """A short file-name slug for this machine: the GPU's name (e.g. ``nvidia-h200``) for results
+    measured on the GPU (``gpu``: what ``gpu_info()`` returned; lent GPU machines share one
+    CPU model), else the CPU model and cores (e.g. ``amd-epyc-2c``)."""
+    if gpu:
+        return slug(gpu["name"])
     info = info or machine_info()
-    slug = re.sub(r"[^a-z0-9]+", "-", info["cpu_model"].lower()).strip("-")
-    return f"{slug}-{info['cores']}c"
+    return f"{slug(info['cpu_model'])}-{info['cores']}c"
 
 
 def git_commit():

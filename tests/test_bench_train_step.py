@@ -86,3 +86,14 @@ def test_a_run_cut_short_keeps_the_batch_sizes_it_measured(small_mnist, monkeypa
     assert not r["finished"]
     assert list(r["results"]) == ["20"] and set(r["results"]["20"]) == {"minivae", "numpy"}
     assert r["errors"] == {}
+
+
+def test_gpu_results_are_named_after_the_gpu():
+    """Lent GPU machines share one CPU model: their results are named after the GPU, so that an
+    H100's and an H200's do not overwrite each other."""
+    import machine
+
+    cpu = {"cpu_model": "Intel(R) Xeon(R) Processor", "cores": 16}
+    assert machine.default_machine_name(cpu) == "intel-r-xeon-r-processor-16c"
+    assert machine.default_machine_name(cpu, {"name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
+    assert machine.default_machine_name(cpu, {"name": "NVIDIA H200"}) == "nvidia-h200"
