@@ -21,16 +21,24 @@
 #                eager and in graph mode, PyTorch eager
 #   6. train     `minivae train --device gpu` in graph mode: the default recipe (150 epochs,
 #                KL warm-up 10) and the test log-likelihood at k = 5000 on the 10,000 test
-#                images, its results line in summary.txt. Stopped as soon as the trainer notes
-#                that the step cannot be captured (graph mode off: the eager recipe would take far
-#                longer than its budget); python has a timeout of its own, shorter than the
-#                step's, so that the run's files are still copied when it runs out of time
+#                images, recorded by benchmarks/record_run.py. Stopped as soon as the trainer
+#                notes that the step cannot be captured (graph mode off: the eager recipe would
+#                take far longer than its budget); python has a timeout of its own, shorter than
+#                the step's, so that the run is still recorded when it runs out of time
 #
-# Files written to $OUT (at most 8): gpu_check.log (everything), summary.txt (a PASS/FAIL/SKIP
-# line per step with its seconds, and the key numbers: tests, shares of copy, ms per step, ...),
-# pytest_gpu.log, kernels_<device>_<date>.json, ab_row_kernels_<device>_<date>.json,
-# train_step_<machine>_t<threads>_gpu.json,
-# epoch_<machine>_t<threads>_b100_gpu.json, train_gpu_metrics.jsonl (the recipe's epochs).
+# Files written to $OUT: at most 7, one under the 8 files that a lent machine brings back (past
+# that, results are lost, and which ones is not ours to choose). The rule: nothing else writes to
+# $OUT; a step's logs go into gpu_check.log, and a new result goes into an existing file rather
+# than a new one. The script counts the files at the end and warns when there are more.
+#   gpu_check.log    everything, pytest's report included
+#   summary.txt      the commit, a PASS/FAIL/SKIP line per step with its seconds, and the key
+#                    numbers: tests, shares of copy, ms per step, seconds per epoch, the recipe
+#   kernels_<gpu>_<date>.json, ab_row_kernels_<gpu>_<date>.json,
+#   train_step_<gpu>_t<threads>_gpu.json, epoch_<gpu>_t<threads>_b100_gpu.json
+#   run_recipe_gpu_150ep_<gpu>.json  the recipe as benchmarks/record_run.py records a run: date,
+#                    command, machine, GPU, versions, commit, config, every epoch's metrics,
+#                    seconds, test results (the NLL at k = 5000); in benchmarks/results,
+#                    report.py puts it into the README's table of trained models
 #
 # Needs (installs nothing, reaches no network): CuPy and PyTorch with CUDA already installed for
 # $PYTHON (default python3), with numpy and pytest; minivae runs from this checkout through
@@ -148,17 +156,15 @@ EOF
 }
 
 pytest_gpu() {
-    "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider tests > "$OUT/pytest_gpu.log" 2>&1
-    local rc=$?
-    tail -n 25 "$OUT/pytest_gpu.log"
-    return $rc
+    "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider tests 2>&1 | tee "$SCRATCH/pytest.log"
+    return "${PIPESTATUS[0]}"  # pytest's (this child bash has no pipefail)
 }
 
 # key numbers of the newest result of a kind in $OUT, appended to summary.txt (never fails a step)
 key_numbers() {
     "$PYTHON" - "$1" >> "$SUMMARY" 2>&1 <<'EOF' || true
 import glob, json, os, sys
-kind = sys.argv[1]
+kind = sys.argv[1]  # the results' file names start with it
 files = sorted(glob.glob(os.path.join(os.environ["OUT"], kind + "_*.json")), key=os.path.getmtime)
 if not files:
     sys.exit(print(f"      {kind}: no result file"))
@@ -167,6 +173,15 @@ if kind == "ab_row_kernels":
     for name, worst in r.get("worst_share_of_copy", {}).items():
         print(f"      ab {name}: " + (", ".join(f"{k} worst {100 * v:.0f}% of copy" for k, v in worst.items()
                                               if v is not None) if isinstance(worst, dict) else worst))
+elif kind == "run":  # the recipe, against its targets
+    res, wall = r["results"], r.get("command_wall_seconds")
+    print(f"      recipe: {r['epochs']} of {r['config']['epochs']} epochs, {r['train_seconds_all_epochs']} s "
+          f"summed over them (target <= 30 s), the whole command {wall} s")
+    if "test_nll" in res:
+        print(f"      recipe: test NLL {res['test_nll']:.2f} (k = {res.get('eval_k')}, {res.get('n_test') or 'all'} "
+              f"test images; target: within 0.3 of the CPU recipe's 86.93)")
+    else:
+        print(f"      recipe: not evaluated: {res}")
 elif kind == "kernels":
     k = r.get("summary", {}).get("kernels_alone", {})
     worst = ", ".join(f"{n} {100 * v:.0f}%" for n, v in k.get("worst_share_of_copy", {}).items())
@@ -188,12 +203,15 @@ else:
 EOF
 }
 
-# The recipe. Its python runs under a timeout of its own, 20 s shorter than the step's: the step's
-# timeout kills this whole shell, so after it nothing of the run would be copied to $OUT. And it
-# runs in the background, watched: when the trainer notes that the step cannot be captured, it
-# would train eagerly (150 epochs take about 400 s), so it is stopped at once.
+# The recipe, recorded as one JSON in $OUT by benchmarks/record_run.py, finished or not. Its python
+# runs under a timeout of its own, 20 s shorter than the step's: the step's timeout kills this
+# whole shell, so after it nothing of the run would be recorded. And it runs in the background,
+# watched: when the trainer notes that the step cannot be captured, it would train eagerly (150
+# epochs take about 400 s), so it is stopped at once.
 train_gpu() {
-    local run="$SCRATCH/run" out="$SCRATCH/train.out" rc=0
+    local run="$SCRATCH/recipe_${TRAIN_DEVICE}_${TRAIN_EPOCHS}ep" out="$SCRATCH/train.out" rc=0 note=""
+    local command="minivae train --device $TRAIN_DEVICE --epochs $TRAIN_EPOCHS --eval-k $TRAIN_EVAL_K --no-progress"
+    local t0=$SECONDS
     rm -rf "$run"
     : > "$out"  # (before tail opens it)
     timeout --kill-after=5 $((STEP_BUDGET - 20)) "$PYTHON" -m minivae train --device "$TRAIN_DEVICE" \
@@ -204,6 +222,7 @@ train_gpu() {
         if grep -q "cannot be captured" "$out"; then
             echo "      train: stopped, graph mode is off: $(grep -m 1 "cannot be captured" "$out" | cut -c1-300)" \
                 | tee -a "$SUMMARY"
+            note="stopped: graph mode was off, the step could not be captured"
             kill "$pid"
             break
         fi
@@ -211,9 +230,14 @@ train_gpu() {
     done
     wait "$pid" || rc=$?
     wait  # (for tail)
-    cp "$run/metrics.jsonl" "$OUT/train_gpu_metrics.jsonl" 2>/dev/null
-    echo "      train: $(tail -n 1 "$OUT/train_gpu_metrics.jsonl" 2>/dev/null | cut -c1-200)" >> "$SUMMARY"
-    echo "      results: $(cat "$run/results.json" 2>/dev/null | tr -d '\n' | cut -c1-300)" >> "$SUMMARY"
+    local wall=$((SECONDS - t0))
+    if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+        note="stopped at its time limit of $((STEP_BUDGET - 20)) s"
+    fi
+    # One JSON with what the run folder holds, finished or not (the folder itself is scratch)
+    "$PYTHON" benchmarks/record_run.py "$run" --out "$OUT" --allow-unfinished --wall-seconds "$wall" \
+        --command "$command --out $(basename "$run")${note:+ ($note)}" \
+        || echo "      recipe: no record of the run (record_run.py failed, see gpu_check.log)" >> "$SUMMARY"
     return $rc
 }
 
@@ -222,7 +246,7 @@ export OUT PYTHON ROOT SCRATCH TRAIN_DEVICE TRAIN_EPOCHS TRAIN_EVAL_K SUMMARY
 export -f machine pytest_gpu train_gpu
 run_step machine 40 bash -c machine
 run_step "pytest -m gpu" 130 bash -c pytest_gpu
-echo "      pytest: $(tail -n 1 "$OUT/pytest_gpu.log" 2>/dev/null | tr -d '=')" >> "$SUMMARY"
+echo "      pytest: $(tail -n 1 "$SCRATCH/pytest.log" 2>/dev/null | tr -d '=')" >> "$SUMMARY"
 run_step "bench_kernels" 80 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" "${KERNEL_ARGS[@]}"
 key_numbers kernels
 run_step "ab_row_kernels" 50 "$PYTHON" benchmarks/ab_row_kernels.py --out "$OUT" "${AB_ARGS[@]}"
@@ -233,7 +257,12 @@ key_numbers train_step
 run_step "bench_epoch --device gpu" 45 "$PYTHON" benchmarks/bench_epoch.py --device gpu --out "$OUT"
 key_numbers epoch
 run_step "minivae train --device $TRAIN_DEVICE ($TRAIN_EPOCHS epochs, k = $TRAIN_EVAL_K)" 150 bash -c train_gpu
+key_numbers run
 
+files=$(find "$OUT" -type f | wc -l)
+if [ "$files" -gt 7 ]; then
+    echo "WARNING: $files files in $OUT, more than 7: a lent machine brings back 8 at most" | tee -a "$SUMMARY"
+fi
 echo
 echo "=== done in ${SECONDS}s, status $status"
 cat "$SUMMARY"

@@ -1,14 +1,20 @@
-"""Record a finished run folder (config, per-epoch metrics, final results) as a benchmark JSON.
+"""Record a run folder (config, per-epoch metrics, final results) as a benchmark JSON.
 
-    python benchmarks/record_run.py RUN --name NAME --command "the minivae train command used"
+    python benchmarks/record_run.py RUN --command "the minivae train command used" [--name NAME]
         [--eval RUN/eval_k5000.json --eval-command "the minivae eval command used"]
+        [--out DIR] [--wall-seconds S] [--allow-unfinished]
 
 For runs made with ``minivae train`` directly (``bench_mnist.py`` records its own). The JSON holds
-the run's config, epochs, summed and median epoch seconds, its final validation metrics and its
-``results.json``, plus the usual machine / versions / date fields of this machine. ``--eval``
-adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error, k, images and
-effective sample sizes replace those of ``results.json``, whose reconstruction and KL parts are
-then dropped).
+the run's config, every epoch's metrics, summed and median epoch seconds, its final validation
+metrics and its ``results.json``, plus the usual machine / versions / date fields of this
+machine: record a run on the machine that trained it. A GPU run (its config says
+``device="gpu"``) also gets the GPU's name, memory, CUDA and CuPy versions, and is named after
+the GPU. ``--eval`` adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error,
+k, images and effective sample sizes replace those of ``results.json``, whose reconstruction and
+KL parts are then dropped). ``--allow-unfinished`` records a run that stopped before its final
+evaluation, with ``finished`` false and no test scores (benchmarks/gpu_check.sh keeps the epochs
+of a recipe cut short that way). A note on the run goes in parentheses at the end of
+``--command`` (report.py shows it beside the row).
 """
 import argparse
 import json
@@ -17,34 +23,46 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import versions, write_result  # noqa: E402
+from machine import default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 
 
 def main(argv=None):
-    """Read the run folder and write ``benchmarks/results/run_<NAME>.json``."""
+    """Read the run folder and write ``run_<NAME>.json`` (default NAME: the run folder's name and
+    the machine's) into ``--out`` (default benchmarks/results)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name", help="the file is run_NAME.json (default: RUN's folder name, then the machine's)")
     parser.add_argument("--command", required=True, help="the command that trained the run")
     parser.add_argument("--eval", help="an eval_k*.json that `minivae eval` wrote for this run")
     parser.add_argument("--eval-command", help="the command that wrote --eval")
+    parser.add_argument("--out", help="output folder (default benchmarks/results)")
+    parser.add_argument("--wall-seconds", type=float, help="the train command's wall time, start to exit")
+    parser.add_argument("--allow-unfinished", action="store_true",
+                        help="record a run without results.json (stopped early) without test scores")
     args = parser.parse_args(argv)
     if bool(args.eval) != bool(args.eval_command):
         parser.error("--eval and --eval-command go together")
     run = Path(args.run)
     finished = (run / "results.json").exists()
-    if not finished and not args.eval:
+    if not finished and not args.eval and not args.allow_unfinished:
         parser.error(f"{args.run} has no results.json: give the evaluation with --eval")
+    config = json.loads((run / "config.json").read_text())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-               if line.strip() and "valid_elbo" in line]
+               if line.strip() and "valid_elbo" in line] if (run / "metrics.jsonl").exists() else []
     seconds = [m["seconds"] for m in metrics]
+    gpu = gpu_info() if config.get("device") == "gpu" else None
     payload = {"run_command": args.command,
-               "config": json.loads((run / "config.json").read_text()),
-               "versions": versions(),
+               "config": config,
+               "device": config.get("device", "cpu"),
+               "gpu": gpu,
+               "versions": versions(*(["cupy"] if gpu else [])),
+               "finished": finished,
                "epochs": len(metrics),
                "train_seconds_all_epochs": round(sum(seconds), 1),
-               "seconds_per_epoch_median": round(statistics.median(seconds), 2),
-               "final_epoch": metrics[-1],
+               "seconds_per_epoch_median": round(statistics.median(seconds), 2) if seconds else None,
+               "command_wall_seconds": args.wall_seconds,
+               "final_epoch": metrics[-1] if metrics else None,
+               "epoch_metrics": metrics,
                "results": (json.loads((run / "results.json").read_text()) if finished
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
@@ -57,7 +75,8 @@ def main(argv=None):
                                   eval_k=ev["k"], n_test=ev["n_test"], test_elbo=ev["test_elbo"],
                                   **{key: ev[key] for key in ("ess_median", "ess_min") if key in ev})
         payload["eval_command"] = args.eval_command
-    print(write_result(f"run_{args.name}", payload))
+    name = args.name or f"{run.name}_{default_machine_name(machine_info(), gpu)}"
+    print(write_result(f"run_{name}", payload, args.out))
 
 
 if __name__ == "__main__":

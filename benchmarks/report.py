@@ -232,6 +232,20 @@ def _row_note(r):
     return note
 
 
+def _wall_time(r):
+    """The wall-time cell of a row: the epochs' summed seconds, the GPU it trained on, the median
+    epoch, the whole command's time where it was recorded, and the row's note."""
+    wall, median = r.get("train_seconds_all_epochs"), r.get("seconds_per_epoch_median")
+    cell = f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min"
+    if r.get("gpu"):
+        cell += f" on {r['gpu']['name']}"
+    details = [("no epoch finished" if median is None else
+                f"{median:.{1 if median >= 1 else 2}f} s median epoch")]
+    if r.get("command_wall_seconds"):
+        details.append(f"the whole command {r['command_wall_seconds']:.0f} s")
+    return f"{cell} ({'; '.join(details)}{_row_note(r)})"
+
+
 def _model_row(path):
     """One row of the model-family table from a bench_mnist (mnist_*) or record_run (run_*) JSON."""
     r = json.loads(path.read_text())
@@ -241,6 +255,8 @@ def _model_row(path):
     k, n = None, SPLIT_SIZES["test"]
     if "test_error" in res:
         ours = f"test error {100 * res['test_error']:.2f}%"
+    elif "test_elbo" not in res:  # (record_run.py --allow-unfinished)
+        ours = f"not evaluated: stopped after {r['epochs']} of {c['epochs']} epochs"
     elif "test_nll" not in res:
         ours = f"test ELBO {res['test_elbo']:.2f} (no importance-sampled NLL)"
     else:
@@ -253,13 +269,11 @@ def _model_row(path):
                 + f" (k={k}, {n} images{ess}); test ELBO {res['test_elbo']:.2f}")
     setting, figure, checked = PAPER.get(name, ("-", "-", "")) if c.get("beta", 1.0) == 1.0 else ("-", "-", "")
     paper = f"{figure} ({setting}; {checked})" if checked else "-"
-    wall = r.get("train_seconds_all_epochs")
     beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
     bound_k = _bound_k(c)
     label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1
              else f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs")
-    return (f"| {label} | `{_row_command(r, k, n)}` | {r['epochs']} | {wall / 60:.1f} min "
-            f"({r['seconds_per_epoch_median']:.1f} s median epoch{_row_note(r)}) | {ours} | {paper} |")
+    return f"| {label} | `{_row_command(r, k, n)}` | {r['epochs']} | {_wall_time(r)} | {ours} | {paper} |"
 
 
 def models_table(results_dir=RESULTS):

@@ -132,7 +132,7 @@ def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_ha
         ev.update(ess_median=15.0, ess_min=1.5)
     (run / "eval.json").write_text(json.dumps(ev))
     written = {}
-    monkeypatch.setattr(record_run, "write_result", lambda name, payload: written.update(payload) or name)
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None: written.update(payload) or name)
     record_run.main([str(run), "--name", "x", "--command", "minivae train --epochs 2",
                      "--eval", str(run / "eval.json"), "--eval-command", "minivae eval run --k 5000 --n 1000"])
     expected = {"test_elbo": -98.0, "test_nll": 94.0, "test_nll_stderr": 0.5, "eval_k": 5000, "n_test": 1000}
@@ -140,3 +140,30 @@ def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_ha
         expected.update(ess_median=15.0, ess_min=1.5)
     assert written["results"] == expected
     assert (written["epochs"], written["train_seconds_all_epochs"], written["seconds_per_epoch_median"]) == (2, 7.0, 3.5)
+
+
+def test_a_gpu_recipe_cut_short_is_recorded_with_its_epochs_and_gpu(tmp_path, monkeypatch):
+    """benchmarks/gpu_check.sh records its recipe on the GPU machine into its own folder, even when
+    it stopped before the final evaluation: the row says so, and names the GPU."""
+    import record_run
+
+    run = tmp_path / "recipe_gpu_150ep"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": "vae", "epochs": 150, "warmup": 10, "device": "gpu",
+                                                  "data_rng": "philox", "out": str(run)}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "valid_elbo": -100.0, "seconds": 0.25})
+                                               + "\n" for e in (1, 2)))
+    monkeypatch.setattr(record_run, "gpu_info", lambda: {"name": "NVIDIA H200", "cupy": "14.2.0"})
+    args = [str(run), "--command", "minivae train --device gpu --epochs 150 (stopped at its time limit)",
+            "--out", str(tmp_path / "out"), "--wall-seconds", "130"]
+    with pytest.raises(SystemExit):  # a run without results.json is recorded only when asked to
+        record_run.main(args)
+    record_run.main(args + ["--allow-unfinished"])
+    path = tmp_path / "out" / "run_recipe_gpu_150ep_nvidia-h200.json"
+    r = json.loads(path.read_text())
+    assert (r["finished"], r["device"], r["gpu"]["name"], r["epochs"]) == (False, "gpu", "NVIDIA H200", 2)
+    assert [m["epoch"] for m in r["epoch_metrics"]] == [1, 2] and r["train_seconds_all_epochs"] == 0.5
+    assert {"date", "command", "machine", "versions"} <= set(r) and "git_commit" in r["versions"]
+    row = report._model_row(path)
+    assert "| 0 s on NVIDIA H200 (0.25 s median epoch; the whole command 130 s; stopped at its time limit) |" in row
+    assert "not evaluated: stopped after 2 of 150 epochs" in row
