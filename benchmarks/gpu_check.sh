@@ -70,6 +70,7 @@ LOG="$OUT/gpu_check.log"
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 exec > >(tee -a "$LOG") 2>&1
+TEE_PID=$!
 status=0
 SCRATCH="$(mktemp -d)"
 trap 'rm -rf "$SCRATCH"' EXIT
@@ -267,4 +268,7 @@ echo
 echo "=== done in ${SECONDS}s, status $status"
 cat "$SUMMARY"
 ls -la "$OUT"
+# tee may still be writing the log's end: close its pipe and wait for it before exiting
+exec >&- 2>&-
+wait "$TEE_PID"
 exit $status
