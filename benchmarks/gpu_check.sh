@@ -196,8 +196,15 @@ if os.environ["HAVE_MNIST"]:  # (a missing cache has its own line in the summary
 EOF
 }
 
+# pytest -m gpu, its report into the log. -rfEs: the short summary names the failures and
+# errors (-rs alone would replace pytest's default -rfE and list only the skips); a module that
+# cannot be imported fails alone instead of stopping pytest before any test runs; and with
+# pytest-timeout, a test that hangs fails alone instead of using up the step.
 pytest_gpu() {
-    "$PYTHON" -m pytest -m gpu -v -rs -p no:cacheprovider tests 2>&1 | tee "$SCRATCH/pytest.log"
+    local per_test=()
+    "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
+    "$PYTHON" -m pytest -m gpu -v -rfEs --continue-on-collection-errors -p no:cacheprovider "${per_test[@]}" \
+        tests 2>&1 | tee "$SCRATCH/pytest.log"
     return "${PIPESTATUS[0]}"  # pytest's (this child bash has no pipefail)
 }
 
@@ -288,6 +295,7 @@ export -f machine pytest_gpu train_gpu
 run_step machine 20 bash -c machine
 run_step "pytest -m gpu" 110 bash -c pytest_gpu
 echo "      pytest: $(tail -n 1 "$SCRATCH/pytest.log" 2>/dev/null | tr -d '=')" >> "$SUMMARY"
+grep -E "^(FAILED|ERROR) " "$SCRATCH/pytest.log" 2>/dev/null | head -n 20 | cut -c1-200 | sed 's/^/        /' >> "$SUMMARY"
 run_step "bench_kernels" 45 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" "${KERNEL_ARGS[@]}"
 key_numbers kernels
 run_mnist_step "bench_train_step --device gpu" 80 "$PYTHON" benchmarks/bench_train_step.py --device gpu \
