@@ -62,6 +62,27 @@ def test_shared_parameter_listed_once_and_reassignment():
     assert "a.bias" not in m.state_dict()
 
 
+def test_reassignment_keeps_the_position():
+    seq = nn.Sequential({"fc": nn.Linear(2, 3, rng=0), "act": nn.ReLU()})
+    head = nn.Linear(2, 3, rng=1)
+    head.bias.data[...] = -10.0
+    seq.fc = head  # replacing the head keeps it first: it runs before the ReLU
+    assert list(seq._modules) == ["fc", "act"]
+    x = _x(1, 2)
+    np.testing.assert_array_equal(seq(x).data, np.maximum(head(x).data, 0))
+    m = nn.Module()
+    m.w1 = nn.Parameter(np.zeros(1))
+    m.w2 = nn.Parameter(np.zeros(2))
+    m.w1 = nn.Parameter(np.ones(3))
+    m.register_parameter("w2", nn.Parameter(np.ones(4)))
+    assert [(n, p.shape) for n, p in m.named_parameters()] == [("w1", (3,)), ("w2", (4,))]
+    m.register_buffer("b1", np.zeros(1))
+    m.register_buffer("b2", np.zeros(1))
+    m.b1 = np.ones(2)
+    m.register_buffer("b2", np.ones(3))
+    assert [(n, b.shape) for n, b in m.named_buffers()] == [("b1", (2,)), ("b2", (3,))]
+
+
 def test_missing_super_init_is_explained():
     class Broken(nn.Module):
         def __init__(self):

@@ -81,10 +81,10 @@ class Module:
                 or name in self.__dict__.get("_buffers", ()) or name in self.__dict__.get("_modules", ()):
             params, buffers, modules = self._registries()
             if isinstance(value, Parameter):
-                self._forget(name)
+                self._forget(name, keep=params)
                 params[name] = value
             elif isinstance(value, Module):
-                self._forget(name)
+                self._forget(name, keep=modules)
                 modules[name] = value
             elif name in params:
                 if value is not None:
@@ -103,10 +103,14 @@ class Module:
             return
         object.__setattr__(self, name, value)
 
-    def _forget(self, name):
-        """Remove ``name`` from every registry and the instance dict before it is re-registered."""
+    def _forget(self, name, keep):
+        """Remove ``name`` from the instance dict and from every registry but ``keep``, the one it
+        is about to be assigned in. A name already in ``keep`` stays where it is (assigning to a
+        dict key keeps its position), so a replaced stage of a Sequential runs where the old one
+        did and the order of ``parameters()`` (the optimizer's state order) does not change."""
         for reg in self._registries():
-            reg.pop(name, None)
+            if reg is not keep:
+                reg.pop(name, None)
         self.__dict__.pop(name, None)
 
     def __getattr__(self, name):
@@ -130,7 +134,7 @@ class Module:
             raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, "
                             f"got {type(param).__name__}")
         self._registries()
-        self._forget(name)
+        self._forget(name, keep=self._parameters)
         self._parameters[name] = param
 
     def register_buffer(self, name, array):
@@ -138,7 +142,7 @@ class Module:
         if array is not None and not hasattr(array, "shape"):
             raise TypeError(f"register_buffer({name!r}): expected an array, got {type(array).__name__}")
         self._registries()
-        self._forget(name)
+        self._forget(name, keep=self._buffers)
         self._buffers[name] = array
 
     # ----- traversal ----------------------------------------------------------------------------
