@@ -83,6 +83,23 @@ def test_reassignment_keeps_the_position():
     assert [(n, b.shape) for n, b in m.named_buffers()] == [("b1", (2,)), ("b2", (3,))]
 
 
+@pytest.mark.parametrize("name", ["weight.x", ""])
+def test_names_with_a_dot_or_empty_are_refused(name):
+    # "fc.weight" beside a submodule "fc" (or an empty name) would share a state_dict key.
+    m = nn.Module()
+    with pytest.raises(KeyError, match="parameter name"):
+        m.register_parameter(name, nn.Parameter(np.zeros(1)))
+    with pytest.raises(KeyError, match="parameter name"):
+        setattr(m, name, nn.Parameter(np.zeros(1)))
+    with pytest.raises(KeyError, match="buffer name"):
+        m.register_buffer(name, np.zeros(1))
+    with pytest.raises(KeyError, match="submodule name"):
+        setattr(m, name, nn.ReLU())
+    with pytest.raises(KeyError, match="submodule name"):
+        nn.Sequential({name: nn.ReLU()})
+    assert not m._parameters and not m._buffers and not m._modules
+
+
 def test_missing_super_init_is_explained():
     class Broken(nn.Module):
         def __init__(self):

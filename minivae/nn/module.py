@@ -49,6 +49,18 @@ class Parameter(Tensor):
         return f"Parameter({self.data!r})"
 
 
+def _check_name(kind, name):
+    """Refuse ``name`` for a parameter, buffer or submodule (``kind``) unless it is a non-empty
+    string without ".": state_dict joins the names of the tree with ".", so "fc.weight" next to
+    a submodule "fc", or an empty name, would give two arrays the same key and lose one."""
+    if not isinstance(name, str):
+        raise TypeError(f"{kind} name must be a string, got {type(name).__name__}")
+    if not name:
+        raise KeyError(f"{kind} name is empty")
+    if "." in name:  # KeyError as in PyTorch (it prints its message quoted: hence "")
+        raise KeyError(f'{kind} name "{name}" contains "."')
+
+
 def _move_array(array, device):
     return None if array is None else to_device(array, device)
 
@@ -81,9 +93,11 @@ class Module:
                 or name in self.__dict__.get("_buffers", ()) or name in self.__dict__.get("_modules", ()):
             params, buffers, modules = self._registries()
             if isinstance(value, Parameter):
+                _check_name("parameter", name)
                 self._forget(name, keep=params)
                 params[name] = value
             elif isinstance(value, Module):
+                _check_name("submodule", name)
                 self._forget(name, keep=modules)
                 modules[name] = value
             elif name in params:
@@ -133,6 +147,7 @@ class Module:
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, "
                             f"got {type(param).__name__}")
+        _check_name("parameter", name)
         self._registries()
         self._forget(name, keep=self._parameters)
         self._parameters[name] = param
@@ -141,6 +156,7 @@ class Module:
         """Register ``array`` (a backend array, or None) as non-trained state saved in ``state_dict``."""
         if array is not None and not hasattr(array, "shape"):
             raise TypeError(f"register_buffer({name!r}): expected an array, got {type(array).__name__}")
+        _check_name("buffer", name)
         self._registries()
         self._forget(name, keep=self._buffers)
         self._buffers[name] = array
@@ -449,7 +465,9 @@ class Sequential(ModuleList):
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], dict):
             for name, m in modules[0].items():
-                self._modules[str(name)] = self._check(m)
+                name = str(name)
+                _check_name("submodule", name)
+                self._modules[name] = self._check(m)
         else:
             self.extend(modules)
 
