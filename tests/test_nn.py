@@ -141,6 +141,20 @@ def test_sequential_and_module_list():
         nn.ModuleList([nn.ReLU(), "not a module"])
 
 
+@pytest.mark.parametrize("container", [nn.Sequential, lambda *ms: nn.ModuleList(ms)],
+                         ids=["Sequential", "ModuleList"])
+def test_a_slice_keeps_the_stage_names(container):
+    a = container(nn.Linear(2, 2, rng=0), nn.Linear(2, 2, rng=1), nn.Linear(2, 2, rng=2))
+    tail = a[1:]
+    assert [n for n, _ in tail.named_children()] == ["1", "2"]
+    b = container(nn.Linear(2, 2, rng=3), nn.Linear(2, 2, rng=4), nn.Linear(2, 2, rng=5))
+    assert b.load_state_dict(tail.state_dict(), strict=False).missing_keys == ["0.weight", "0.bias"]
+    np.testing.assert_array_equal(b[1].weight.data, a[1].weight.data)  # into the same layer
+    assert tail[0] is a[1]  # positions still count from 0
+    named = nn.Sequential({"fc": nn.Linear(2, 2, rng=0), "act": nn.ReLU()})
+    assert list(named[0:1].state_dict()) == ["fc.weight", "fc.bias"]
+
+
 # ----- state_dict ----------------------------------------------------------------------------------
 def test_state_dict_round_trip_through_npz():
     m = Block(rng=0)

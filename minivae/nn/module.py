@@ -442,7 +442,11 @@ class ModuleList(Module):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return ModuleList(list(self._modules.values())[i])
+            # The stages keep their names, so the slice's state_dict keys are those of the whole
+            # (and load into the same stages of an equal list). The constructor would renumber.
+            part = ModuleList()
+            part._modules.update(list(self._modules.items())[i])
+            return part
         return self._modules[self._key(i)]
 
     def __setitem__(self, i, module):
@@ -473,7 +477,7 @@ class Sequential(ModuleList):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return Sequential(*list(self._modules.values())[i])
+            return Sequential(dict(list(self._modules.items())[i]))  # names kept, as in ModuleList
         return super().__getitem__(i)
 
     def forward(self, x):
