@@ -155,6 +155,15 @@ def test_a_slice_keeps_the_stage_names(container):
     assert list(named[0:1].state_dict()) == ["fc.weight", "fc.bias"]
 
 
+def test_append_never_replaces_a_stage():
+    tail = nn.Sequential(nn.Tanh(), nn.ReLU(), nn.Sigmoid())[1:]  # stages "1" and "2"
+    tail.append(nn.Tanh())
+    assert [(n, type(m).__name__) for n, m in tail.named_children()] == [
+        ("1", "ReLU"), ("2", "Sigmoid"), ("3", "Tanh")]
+    named = nn.Sequential({"fc": nn.Linear(1, 1, rng=0), "2": nn.Tanh()}).append(nn.ReLU())
+    assert [type(m).__name__ for m in named] == ["Linear", "Tanh", "ReLU"]
+
+
 # ----- state_dict ----------------------------------------------------------------------------------
 def test_state_dict_round_trip_through_npz():
     m = Block(rng=0)

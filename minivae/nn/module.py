@@ -424,8 +424,12 @@ class ModuleList(Module):
         return module
 
     def append(self, module):
-        """Add ``module`` at the end; return self."""
-        self._modules[str(len(self._modules))] = self._check(module)
+        """Add ``module`` at the end, named by its position, or by the next integer not taken
+        (a slice keeps the names of the whole, a named Sequential may hold "2"); return self."""
+        n = len(self._modules)
+        while str(n) in self._modules:  # never replace a stage
+            n += 1
+        self._modules[str(n)] = self._check(module)
         return self
 
     def extend(self, modules):
