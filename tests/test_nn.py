@@ -137,6 +137,11 @@ def test_sequential_and_module_list():
     assert list(named.state_dict()) == ["fc.weight", "fc.bias"]
     with pytest.raises(IndexError):
         seq[3]
+    for index in ("0", 1.0, slice(0, 1)):  # a slice reads a part but cannot be assigned
+        with pytest.raises(TypeError, match="indices must be integers"):
+            seq[index] = nn.ReLU()
+    with pytest.raises(TypeError, match="indices must be integers, not str"):
+        seq["0"]
     with pytest.raises(TypeError):
         nn.ModuleList([nn.ReLU(), "not a module"])
 

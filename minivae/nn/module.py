@@ -10,6 +10,7 @@ A Module owns three registries, filled by plain attribute assignment:
 Names are dotted through the tree (``encoder.0.weight``), as in PyTorch, and ``state_dict`` maps
 those names to NumPy arrays so a model can be saved in an ``.npz`` file without pickle.
 """
+import operator
 from collections import namedtuple
 
 import numpy as np
@@ -439,6 +440,12 @@ class ModuleList(Module):
         return self
 
     def _key(self, i):
+        """The name of the stage at position ``i`` (an integer; negative counts from the end)."""
+        try:
+            i = operator.index(i)  # a name such as "0" would fail below with a comparison error
+        except TypeError:
+            raise TypeError(f"{type(self).__name__} indices must be integers, not "
+                            f"{type(i).__name__}") from None
         keys = list(self._modules)
         if not -len(keys) <= i < len(keys):
             raise IndexError(f"index {i} is out of range for {type(self).__name__} of length {len(keys)}")
