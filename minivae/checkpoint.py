@@ -1,10 +1,10 @@
 """Checkpoints as one ``.npz`` file: arrays by name plus a JSON document, written atomically.
 
-No pickle anywhere: arrays are read with ``allow_pickle=False`` and everything else (epoch,
-config, RNG and optimizer counters) is JSON stored as a string array, so loading a checkpoint
-from elsewhere can never run code. The file is written to a temporary name in the same folder
-and moved over the old one with ``os.replace``, so an interruption leaves either the old or the
-new checkpoint, never half of one.
+No pickle anywhere: arrays are written and read with ``allow_pickle=False`` and everything else
+(epoch, config, RNG and optimizer counters) is JSON stored as a string array, so loading a
+checkpoint from elsewhere can never run code. The file is written to a temporary name in the
+same folder and moved over the old one with ``os.replace``, so an interruption leaves either the
+old or the new checkpoint, never half of one.
 """
 import json
 import tokenize
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .autograd import Tensor
 from .files import atomic_write
 
 META_KEY = "__meta__"
@@ -23,14 +24,47 @@ class CheckpointError(RuntimeError):
 
 
 def save(path, arrays, meta):
-    """Write ``arrays`` (name -> ndarray) and ``meta`` (JSON-able dict) to ``path`` atomically."""
+    """Write ``arrays`` (str name -> NumPy array or array-like) and ``meta`` (JSON-able dict) to
+    ``path`` atomically.
+
+    Raises TypeError for a name that is not a string or a value that is a Tensor, and ValueError
+    for a value that NumPy could store only as a pickle (a dict, None, a ragged list), naming
+    the array, before anything is written: the old checkpoint then stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if META_KEY in arrays:
         raise ValueError(f"{META_KEY!r} is reserved for the JSON document")
-    payload = {name: np.asarray(a) for name, a in arrays.items()}
+    payload = {name: _plain_array(name, value) for name, value in arrays.items()}
     payload[META_KEY] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez(f, **payload))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: _write_npz(f, payload))
+
+
+def _plain_array(name, value):
+    """``value`` as a NumPy array that can be stored without pickle, or an error naming ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"checkpoint array names must be strings, got {name!r}")
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name}: a {type(value).__name__}, not an array: pass its .numpy() "
+                        "(or a module's state_dict(), which holds arrays)")
+    try:
+        array = np.asarray(value)
+    except ValueError as exc:  # a ragged list
+        raise ValueError(f"{name}: {exc}") from exc
+    if array.dtype.hasobject:
+        raise ValueError(f"{name}: a {type(value).__name__} that becomes an object array, which "
+                         "could only be stored as a pickle; pass an array of numbers or strings")
+    return array
+
+
+def _write_npz(f, payload):
+    """Write ``payload`` (name -> array) into the binary file ``f`` as an uncompressed ``.npz``,
+    member by member as ``np.savez`` does, but with the names as data: ``np.savez(f, **payload)``
+    takes an array named ``file`` or ``allow_pickle`` for its own argument of that name."""
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in payload.items():
+            with archive.open(name + ".npy", mode="w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def load(path):

@@ -227,16 +227,17 @@ def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
 
 
 def _full_disk_on_call(n):
-    """A stand-in for np.savez that fails like a full disk on its ``n``-th call (1-based)."""
-    real, calls = np.savez, [0]
+    """A stand-in for the writer of a checkpoint's bytes (``checkpoint._write_npz``) that fails
+    like a full disk on its ``n``-th call (1-based)."""
+    real, calls = checkpoint._write_npz, [0]
 
-    def savez(f, **arrays):
+    def write(f, payload):
         calls[0] += 1
         if calls[0] == n:
             f.write(b"PK\x03\x04 half a checkpoint")
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(f, **arrays)
-    return savez
+        return real(f, payload)
+    return write
 
 
 def test_a_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
@@ -244,7 +245,7 @@ def test_a_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     run = tmp_path / "run"
     Trainer(config(tmp_path, epochs=1, lr_schedule="constant"), data=data, **QUIET).fit()
     before = (run / CHECKPOINT).read_bytes()
-    monkeypatch.setattr(checkpoint.np, "savez", _full_disk_on_call(1))
+    monkeypatch.setattr(checkpoint, "_write_npz", _full_disk_on_call(1))
     with pytest.raises(RunWriteError) as exc:
         Trainer(config(tmp_path, epochs=2, lr_schedule="constant"), data=data, **QUIET).fit(resume=True)
     message = one_line(exc)

@@ -167,6 +167,34 @@ def test_checkpoint_round_trip_and_no_pickle(tmp_path):
         checkpoint.load(path)
 
 
+def test_checkpoint_names_are_data_not_arguments(tmp_path):
+    # np.savez(f, **arrays) took these two for its own arguments (dropped one, crashed on the other).
+    path = tmp_path / "c.npz"
+    arrays = {"file": np.arange(2.0), "allow_pickle": np.ones(3), "w": np.zeros(1)}
+    checkpoint.save(path, arrays, {})
+    loaded, _ = checkpoint.load(path)
+    assert sorted(loaded) == ["allow_pickle", "file", "w"]
+    for name, array in arrays.items():
+        np.testing.assert_array_equal(loaded[name], array)
+
+
+@pytest.mark.parametrize("name, value, error, match", [
+    ("extra", {"mu": np.zeros(2)}, ValueError, "extra: .*pickle"),
+    ("w", None, ValueError, "w: .*pickle"),
+    ("ragged", [[1.0], [1.0, 2.0]], ValueError, "ragged: .*inhomogeneous"),
+    ("w", mv.nn.Parameter(np.ones(2)), TypeError, r"w: .*\.numpy\(\)"),
+    (1, np.ones(2), TypeError, "names must be strings"),
+], ids=["dict", "None", "ragged list", "Parameter", "int name"])
+def test_checkpoint_save_refuses_what_needs_pickle_and_keeps_the_old_file(tmp_path, name, value,
+                                                                          error, match):
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.ones(3)}, {"epoch": 1})
+    good = path.read_bytes()
+    with pytest.raises(error, match=match):
+        checkpoint.save(path, {"w": np.ones(3), name: value}, {"epoch": 2})
+    assert path.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]
+
+
 def test_training_reduces_the_loss_and_writes_the_run_folder(tmp_path):
     data = small_data()
     trainer = Trainer(config(tmp_path, epochs=3), data=data, progress=False, log=lambda m: None)
