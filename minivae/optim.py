@@ -539,7 +539,8 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
         return 0.0
     norm_type = float(norm_type)
     if norm_type == math.inf:
-        total = max(float(get_array_module(p.grad).abs(p.grad).max()) for p in grads)
+        norms = [float(get_array_module(p.grad).abs(p.grad).max()) for p in grads]
+        total = float(np.max(norms))  # NaN if any is: Python's max() skips a NaN after the first
     elif norm_type == 2.0:
         sq = 0.0
         for p in grads:

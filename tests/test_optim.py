@@ -416,6 +416,15 @@ def test_clip_grad_norm_inf_norm_is_the_largest_entry_over_all_parameters():
         np.testing.assert_allclose(p.grad, g * (1.5 / (3.0 + 1e-6)), rtol=1e-15)
 
 
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_clip_grad_norm_propagates_a_nan_from_any_gradient(norm_type):
+    params = _params(np.float64, shapes=((2,), (2,)))
+    params[0].grad = np.array([1.0, 2.0])
+    params[1].grad = np.array([np.nan, 0.5])  # not the first: Python's max() would skip it
+    assert math.isnan(optim.clip_grad_norm_(params, 1.0, norm_type=norm_type))
+    assert all(np.isnan(p.grad).all() for p in params)
+
+
 def test_clip_grad_norm_clips_a_norm_just_above_the_threshold():
     """Every total norm above max_norm is clipped, also one barely above it (a scale factor
     max_norm / (total + 1e-6) just below 1): the gradients end with norm max_norm."""
