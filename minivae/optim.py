@@ -46,6 +46,21 @@ from .gpu import dispatch
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
 FLUSH_EVERY = 10
 
+# (test, what the value must be). Each test is False for NaN, which fails every comparison:
+# ``lr < 0`` would let a NaN through, and one step would turn every parameter into NaN.
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
+#: Hyperparameter name -> (test, what the value must be): checked at construction and by
+#: ``load_state_dict``.
+_RANGES = {"lr": _NON_NEGATIVE, "momentum": _NON_NEGATIVE, "dampening": (math.isfinite, "finite"),
+           "weight_decay": _NON_NEGATIVE, "eps": _NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA}
+
+
+def _out_of_range(hyper):
+    """A message for each value of ``hyper`` (name -> value) outside its range in ``_RANGES``."""
+    return [f"invalid {name} {value!r}: it must be {_RANGES[name][1]}"
+            for name, value in hyper.items() if name in _RANGES and not _RANGES[name][0](value)]
+
 
 class Optimizer:
     """Base class: holds the parameter list, per-parameter state and scratch buffers.
@@ -77,8 +92,7 @@ class Optimizer:
             if id(p) in seen:
                 raise ValueError(f"{type(self).__name__}: parameter {i} appears twice in the list")
             seen.add(id(p))
-        if lr < 0:
-            raise ValueError(f"invalid learning rate {lr}")
+        self._check_ranges(lr=lr)
         self.params = params
         self.lr = float(lr)
         self.flush_every = int(flush_every)
@@ -139,6 +153,7 @@ class Optimizer:
         for name in scalars:
             if name not in sd:
                 problems.append(f"missing key {name!r}")
+        problems += _out_of_range({name: sd[name] for name in self._hyper if name in sd})
         n = sd.get("num_params")
         if n is not None and int(n) != len(self.params):
             problems.append(f"the state is for {int(n)} parameters, this optimizer has {len(self.params)}")
@@ -178,6 +193,12 @@ class Optimizer:
 
     # ----- helpers for subclasses -------------------------------------------------------------
     _flushed = ()  # names of the state arrays cleared of subnormals every flush_every steps
+
+    def _check_ranges(self, **hyper):
+        """Raise ValueError naming each hyperparameter of ``hyper`` outside its range (``_RANGES``)."""
+        problems = _out_of_range(hyper)
+        if problems:
+            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def _check_grads(self):
         """Refuse a gradient (set by hand: backward gives the right kind) that does not match its
@@ -246,8 +267,7 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
-        if momentum < 0 or weight_decay < 0:
-            raise ValueError(f"invalid momentum {momentum} or weight_decay {weight_decay}")
+        self._check_ranges(momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
@@ -297,10 +317,7 @@ class Adam(Optimizer):
         #: the scalars of one step count, so ``step`` refuses parameters of several counts.
         self.step_scalars = None
         beta1, beta2 = betas
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"invalid betas {betas}: each must be in [0, 1)")
-        if eps < 0 or weight_decay < 0:
-            raise ValueError(f"invalid eps {eps} or weight_decay {weight_decay}")
+        self._check_ranges(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.weight_decay, self.amsgrad = float(weight_decay), bool(amsgrad)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)

@@ -197,6 +197,28 @@ def test_constructor_errors():
         optim.SGD([p], lr=0.1, nesterov=True)
 
 
+@pytest.mark.parametrize("make, name", [
+    (lambda p, nan: optim.SGD([p], lr=nan), "lr"),
+    (lambda p, nan: optim.SGD([p], lr=0.1, momentum=nan), "momentum"),
+    (lambda p, nan: optim.SGD([p], lr=0.1, dampening=nan), "dampening"),
+    (lambda p, nan: optim.SGD([p], lr=0.1, weight_decay=nan), "weight_decay"),
+    (lambda p, nan: optim.Adam([p], lr=nan), "lr"),
+    (lambda p, nan: optim.Adam([p], eps=nan), "eps"),
+    (lambda p, nan: optim.Adam([p], betas=(0.9, nan)), "beta2"),
+    (lambda p, nan: optim.AdamW([p], weight_decay=nan), "weight_decay"),
+], ids=["SGD-lr", "SGD-momentum", "SGD-dampening", "SGD-weight_decay", "Adam-lr", "Adam-eps",
+        "Adam-beta2", "AdamW-weight_decay"])
+def test_nan_hyperparameters_are_refused_at_construction_and_loading(make, name):
+    p = nn.Parameter(np.zeros(2))
+    with pytest.raises(ValueError, match=f"invalid {name} nan"):
+        make(p, math.nan)
+    opt = make(p, 0.5)
+    state = dict(opt.state_dict(), **{name: math.nan})
+    with pytest.raises(ValueError, match=f"invalid {name} nan"):
+        opt.load_state_dict(state)
+    assert getattr(opt, name) == 0.5
+
+
 def test_zero_grad():
     params = _params()
     opt = optim.SGD(params, lr=0.1)
