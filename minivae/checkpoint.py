@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .autograd import Tensor
-from .files import atomic_write
+from .files import atomic_write, write_npz
 
 META_KEY = "__meta__"
 
@@ -37,7 +37,7 @@ def save(path, arrays, meta):
     payload = {name: _plain_array(name, value) for name, value in arrays.items()}
     payload[META_KEY] = np.array(json.dumps(meta))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: _write_npz(f, payload))
+    atomic_write(path, lambda f: write_npz(f, payload))
 
 
 def _plain_array(name, value):
@@ -55,16 +55,6 @@ def _plain_array(name, value):
         raise ValueError(f"{name}: a {type(value).__name__} that becomes an object array, which "
                          "could only be stored as a pickle; pass an array of numbers or strings")
     return array
-
-
-def _write_npz(f, payload):
-    """Write ``payload`` (name -> array) into the binary file ``f`` as an uncompressed ``.npz``,
-    member by member as ``np.savez`` does, but with the names as data: ``np.savez(f, **payload)``
-    takes an array named ``file`` or ``allow_pickle`` for its own argument of that name."""
-    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in payload.items():
-            with archive.open(name + ".npy", mode="w", force_zip64=True) as member:
-                np.lib.format.write_array(member, array, allow_pickle=False)
 
 
 def load(path):

@@ -1,4 +1,5 @@
-"""Atomic file writes: readers see the old file or the complete new one, never part of one.
+"""Atomic file writes (readers see the old file or the complete new one, never part of one),
+and the ``.npz`` writer used with them.
 
 The bytes go to a temporary file in the same folder, are flushed to the disk (``fsync``), and the
 file is then moved over the old one with ``os.replace``, which is atomic within one file system;
@@ -8,7 +9,10 @@ was. Checkpoints, the JSON files of a run and the MNIST cache are all written th
 """
 import os
 import secrets
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 
 def atomic_write(path, write):
@@ -51,3 +55,22 @@ def _sync_folder(folder):
         pass
     finally:
         os.close(fd)
+
+
+def write_npz(f, arrays, compressed=False):
+    """Write ``arrays`` (name -> NumPy array) into the binary file ``f`` as a ``.npz`` that
+    ``np.load`` reads, member by member as ``np.savez`` does, with two differences: the names are
+    data (``np.savez(f, **arrays)`` takes an array named ``file`` or ``allow_pickle`` for its own
+    argument of that name), and the members carry a fixed timestamp, so that the bytes are a
+    function of the arrays alone. Nothing is pickled: an object array raises ValueError.
+    """
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(f, "w", compression=method, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = method
+            with archive.open(info, "w", force_zip64=True) as member:
+                # C order, so that the bytes do not depend on the layout (ascontiguousarray would
+                # also make a 0-d array 1-d)
+                array = array if array.flags.c_contiguous else np.ascontiguousarray(array)
+                np.lib.format.write_array(member, array, allow_pickle=False)

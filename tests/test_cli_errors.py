@@ -615,7 +615,7 @@ def test_a_first_checkpoint_that_cannot_be_written_claims_no_earlier_one(capsys,
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(checkpoint, "_write_npz", full)
+    monkeypatch.setattr(checkpoint, "write_npz", full)
     line = user_error(capsys, tiny(tmp_path / "r"), "checkpoint.npz", "No space left")
     assert line.endswith(f"{tmp_path / 'r'} has no checkpoint yet")
 

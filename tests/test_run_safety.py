@@ -227,9 +227,9 @@ def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
 
 
 def _full_disk_on_call(n):
-    """A stand-in for the writer of a checkpoint's bytes (``checkpoint._write_npz``) that fails
+    """A stand-in for the writer of a checkpoint's bytes (``checkpoint.write_npz``) that fails
     like a full disk on its ``n``-th call (1-based)."""
-    real, calls = checkpoint._write_npz, [0]
+    real, calls = checkpoint.write_npz, [0]
 
     def write(f, payload):
         calls[0] += 1
@@ -245,7 +245,7 @@ def test_a_full_disk_gives_one_clear_error_and_keeps_the_last_checkpoint(tmp_pat
     run = tmp_path / "run"
     Trainer(config(tmp_path, epochs=1, lr_schedule="constant"), data=data, **QUIET).fit()
     before = (run / CHECKPOINT).read_bytes()
-    monkeypatch.setattr(checkpoint, "_write_npz", _full_disk_on_call(1))
+    monkeypatch.setattr(checkpoint, "write_npz", _full_disk_on_call(1))
     with pytest.raises(RunWriteError) as exc:
         Trainer(config(tmp_path, epochs=2, lr_schedule="constant"), data=data, **QUIET).fit(resume=True)
     message = one_line(exc)

@@ -58,7 +58,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..files import atomic_write
+from ..files import atomic_write, write_npz
 
 # --------------------------------------------------------------------------------------------
 # Reference hashes
@@ -495,23 +495,14 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "minivae"
 
 
-def _write_npz(f, arrays: Mapping[str, np.ndarray]) -> None:
-    # Our own zip writer instead of np.savez_compressed: fixed member timestamps make the bytes a
-    # function of the data alone, so two processes caching the same data write the same file.
-    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for key in ARRAY_KEYS:
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-
-
 def write_cache(cache_dir, arrays: Mapping[str, np.ndarray], provenance: Mapping) -> Path:
     """Write ``mnist.npz`` and its sidecar ``mnist.json`` (sha256, content digest, provenance)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     npz = cache_dir / CACHE_FILE
-    atomic_write(npz, lambda f: _write_npz(f, arrays))
+    # compressed, and written by write_npz, whose bytes are a function of the data alone: two
+    # processes caching the same data write the same file
+    atomic_write(npz, lambda f: write_npz(f, {key: arrays[key] for key in ARRAY_KEYS}, compressed=True))
     _write_sidecar(cache_dir, arrays, provenance)
     return npz
 
