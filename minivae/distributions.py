@@ -6,8 +6,9 @@ the models call directly. Here:
 
 * ``sample_bernoulli``: binary images from Bernoulli means, the one place models draw pixels;
 * ``standard_normal``: a N(0, I) draw from the Philox generator, in a model's dtype and device;
-* ``one_hot``, ``log_categorical``, ``log_uniform_categorical``: labels and the categorical
-  distribution of the models with a discrete variable (M2, ADGM/SDGM, Gumbel-softmax).
+* ``one_hot``, ``check_label_count``, ``log_categorical``, ``log_uniform_categorical``: labels
+  and the categorical distribution of the models with a discrete variable (M2, ADGM/SDGM,
+  Gumbel-softmax).
 """
 import math
 
@@ -31,8 +32,21 @@ def standard_normal(noise, shape, like):
     return xp.asarray(noise.normal(tuple(shape), dtype=like.dtype))
 
 
-def one_hot(labels, num_classes, like):
+def check_label_count(labels, n):
+    """Refuse a label array whose length is not ``n``, the number of rows it labels.
+
+    NumPy broadcasting would score every one of n rows with a single label without a word (and
+    fail deep inside an op for other lengths). The length is known on the host for labels on
+    either device, so this reads nothing back from the GPU.
+    """
+    if len(labels) != n:
+        raise ValueError(f"{n} rows but {len(labels)} labels: give one label per row")
+
+
+def one_hot(labels, num_classes, like, n=None):
     """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device.
+
+    ``n``, when given, is the number of rows the labels are for (``check_label_count``).
 
     Labels of another dtype (floats, booleans) are refused, wherever they are. Labels on the host
     are checked to lie in [0, K) before they are copied to ``like``'s device.
@@ -50,6 +64,8 @@ def one_hot(labels, num_classes, like):
                          f"{labels.min()} to {labels.max()}")
     if labels.ndim != 1:
         raise ValueError(f"labels must be a 1-D array, got shape {labels.shape}")
+    if n is not None:
+        check_label_count(labels, n)
     labels = xp.asarray(labels).astype(int)
     return tensor(xp.eye(num_classes, dtype=like.dtype)[labels])
 

@@ -20,6 +20,7 @@ import numpy as np
 from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
+from .distributions import check_label_count
 from .random import Generator, Noise
 
 #: The seed of the evaluation's noise when none is given: every score of a model uses the same draws.
@@ -140,6 +141,7 @@ def nll_summary(ll, ess=None):
 def classification_error(model, x, labels, batch_size=500):
     """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
     ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches."""
+    check_label_count(labels, len(x))
     device = next(iter(model.parameters())).device
     wrong = 0
     with evaluating(model):

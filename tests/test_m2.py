@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import minivae as mv
-from minivae.models import M2, build_model
+from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
+from minivae.models import M2, MODELS, build_model
 from minivae.distributions import one_hot
 from minivae.models.common import JointMLP
 from minivae.random import Generator
@@ -173,6 +174,33 @@ def test_classify_and_the_classification_error():
     labels[[1, 4, 9]] = (labels[[1, 4, 9]] + 1) % 4  # three wrong labels out of ten
     for batch_size in (3, 10, 100):
         assert classification_error(model, x.data, labels, batch_size=batch_size) == pytest.approx(0.3)
+
+
+def small_semi_supervised(name):
+    mv.nn.init.manual_seed(0)  # M1+M2 builds its M1 with the global initializer
+    model = build_model(name, **dict(SMALL_MODEL, **MODEL_SIZES.get(name, {})),
+                        rng=np.random.default_rng(0)).astype(np.float64)
+    model.set_data_sizes(100, 10)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(n for n, cls in MODELS.items() if getattr(cls, "semi_supervised", False)))
+def test_labels_must_be_one_per_row(name):
+    # One label for five rows would broadcast: every row scored (or compared) with that label.
+    model = small_semi_supervised(name)
+    x = binary(np.random.default_rng(1), (5, model.x_dim))
+    for labels in (np.array([1]), np.array([1, 2, 0])):
+        message = f"5 rows but {len(labels)} labels: give one label per row"
+        with pytest.raises(ValueError, match=message):
+            model.loss(x, Generator(0), labelled=(x, labels))
+        with pytest.raises(ValueError, match=message):
+            classification_error(model, x.data, labels)
+        with pytest.raises(ValueError, match=f"4 rows but {len(labels)} labels"):
+            model.sample(4, Generator(0), labels=labels)
+    with pytest.raises(TypeError, match=r"labelled must be a pair \(x_l, labels\), got a Tensor"):
+        model.loss(x, Generator(0), labelled=x)
+    with pytest.raises(TypeError, match=r"labelled must be a pair \(x_l, labels\), got a tuple"):
+        model.loss(x, Generator(0), labelled=(x, np.arange(5) % 4, None))
 
 
 def test_sample_cycles_through_the_labels():

@@ -35,8 +35,7 @@ Registered as ``adgm`` and ``sdgm`` (unsupervised) and ``adgm-ssl`` and ``sdgm-s
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..backend import get_array_module
-from ..distributions import one_hot, sample_bernoulli, standard_normal
+from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
 from .semisupervised import SemiSupervised
 
@@ -173,9 +172,8 @@ class SemiSupervisedADGM(_AuxiliaryNetworks, SemiSupervised):
 
     def sample(self, n, noise, probabilities=True, labels=None):
         """n images with labels 0, 1, ..., K-1, 0, ... (or ``labels``)."""
-        param = next(iter(self.parameters()))
-        labels = get_array_module(param.data).arange(n) % self.num_classes if labels is None else labels
-        return self._sample(n, noise, probabilities, one_hot(labels, self.num_classes, param))
+        y = self.sample_labels(n, labels, next(iter(self.parameters())))
+        return self._sample(n, noise, probabilities, y)
 
 
 class SemiSupervisedSDGM(SemiSupervisedADGM):

@@ -74,8 +74,7 @@ bottom-up block, the top-down pass and the likelihood run on K * S * B rows (K =
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..backend import get_array_module
-from ..distributions import one_hot, sample_bernoulli, standard_normal
+from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
 from .ladder import PAPER_Z_DIMS, kl_terms, log_ratio, top_down
 from .semisupervised import SemiSupervised
@@ -207,8 +206,7 @@ class LadderM2(SemiSupervised):
         """n images by ancestral sampling from z_L ~ N(0, I) down, with labels 0, 1, ..., K-1, 0, ...
         (or ``labels``). Runs in eval mode (running statistics, left unchanged)."""
         param = next(iter(self.parameters()))
-        labels = get_array_module(param.data).arange(n) % self.num_classes if labels is None else labels
-        y = one_hot(labels, self.num_classes, param)
+        y = self.sample_labels(n, labels, param)
         was_training = self.training
         self.eval()
         try:

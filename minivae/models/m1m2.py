@@ -37,6 +37,7 @@ from ..distributions import sample_bernoulli
 from .base import Model
 from .common import rsample
 from .m2 import M2
+from .semisupervised import split_labelled
 from .vae import VAE
 
 
@@ -91,7 +92,8 @@ class M1M2(Model):
         """M2's training loss and statistics (``SemiSupervised.loss``: 0-d arrays; ``beta`` a number
         or a 0-d array) on the features of the unlabelled batch x and of ``labelled`` (x_l, y_l)."""
         if labelled is not None:
-            labelled = (self.features(labelled[0], noise), labelled[1])
+            x_l, labels = split_labelled(labelled)
+            labelled = (self.features(x_l, noise), labels)
         return self.m2.loss(self.features(x, noise), noise, beta, labelled)
 
     def elbo(self, x, noise, samples=None):

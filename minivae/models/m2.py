@@ -22,8 +22,7 @@ m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..backend import get_array_module
-from ..distributions import one_hot, sample_bernoulli, standard_normal
+from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP
 from .semisupervised import SemiSupervised
 
@@ -95,11 +94,10 @@ class M2(SemiSupervised):
         Bernoulli: the means (``probabilities``) or binary images; Gaussian: the means m(y, z).
         """
         param = next(iter(self.parameters()))
-        xp = get_array_module(param.data)
-        labels = xp.arange(n) % self.num_classes if labels is None else labels
+        y = self.sample_labels(n, labels, param)
         with no_grad():
             z = standard_normal(noise, (n, self.z_dim), param)
-            out = self.decode(z, one_hot(labels, self.num_classes, param))
+            out = self.decode(z, y)
         if self.likelihood == "gaussian":
             return out[0].data
         probs = F.sigmoid(out).data

@@ -49,6 +49,13 @@ def label_grid(num_classes, like):
     return tensor(xp.eye(num_classes, dtype=like.dtype).reshape(num_classes, 1, 1, num_classes))
 
 
+def split_labelled(labelled):
+    """(x_l, labels) from a loss's ``labelled`` argument, which must be such a pair."""
+    if not (isinstance(labelled, (tuple, list)) and len(labelled) == 2):
+        raise TypeError(f"labelled must be a pair (x_l, labels), got a {type(labelled).__name__}")
+    return labelled
+
+
 class SemiSupervised(Model):
     """The labelled and unlabelled bounds, the loss, the log-weights and the classifier of a
     model with a label y (see the module docstring for the math and what a subclass provides).
@@ -106,7 +113,7 @@ class SemiSupervised(Model):
     def _labelled_terms(self, x, labels, noise):
         """The reconstruction and latent terms (1, S, B) of the given labels, and the
         classification loss (B,)."""
-        y = one_hot(labels, self.num_classes, x)
+        y = one_hot(labels, self.num_classes, x, n=x.shape[0])
         context = self._context(x, self.mc_samples, noise)
         rec, latent = self._terms(x, y.reshape(1, 1, *y.shape), context, noise)
         class_loss = -log_categorical(y, self._class_logits(x, context)).mean(axis=0)
@@ -171,7 +178,7 @@ class SemiSupervised(Model):
         if labelled is not None:
             if self.alpha is None:
                 raise ValueError("alpha is not set: pass alpha= or call set_data_sizes(N, N_labelled)")
-            x_l, y_l = labelled
+            x_l, y_l = split_labelled(labelled)
             rec, latent, class_loss = self._labelled_terms(x_l, y_l, noise)
             class_loss = class_loss.mean()
             loss = loss - self._labelled(x_l, rec, latent, beta).mean() + self.alpha * class_loss
@@ -197,6 +204,13 @@ class SemiSupervised(Model):
             rec, latent, _, _ = self._enumerated(x, noise, min(per_chunk, k - start), analytic=False)
             chunks.append(F.logsumexp(self._per_label(x, rec, latent, 1.0), axis=0))
         return chunks[0] if len(chunks) == 1 else F.concatenate(chunks, axis=0)
+
+    def sample_labels(self, n, labels, like):
+        """The one-hot labels (n, K) of ``sample(n, ..., labels)``: ``labels``, one per image, or
+        0, 1, ..., K-1, 0, ... when None; in ``like``'s dtype and device."""
+        if labels is None:
+            labels = get_array_module(like.data).arange(n) % self.num_classes
+        return one_hot(labels, self.num_classes, like, n=n)
 
     def class_probabilities(self, x):
         """q(y | x) as a (B, K) array (for ADGM/SDGM at the mean of q(a | x)), without a graph."""
