@@ -12,6 +12,7 @@ import numpy as np
 
 from .autograd import tensor
 from .backend import to_device
+from .checks import check_integer
 from .evaluate import evaluating
 
 # Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
@@ -56,8 +57,10 @@ def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
 def encode_dataset(model, x, batch_size=500):
     """(mu, logvar) of ``model.encode`` for every row of ``x``, as float64 NumPy (N, D): the
     Gaussian that ``model.encoded_gaussian`` names (``model.gaussian_encoder``). Runs in eval mode
-    without recording a graph (``minivae.evaluate.evaluating``).
+    without recording a graph (``minivae.evaluate.evaluating``). ``batch_size`` is an integer of
+    at least 1.
     """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     device = next(iter(model.parameters())).device
     mus, logvars = [], []
     with evaluating(model):

@@ -20,6 +20,7 @@ import numpy as np
 from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
+from .checks import check_integer
 from .distributions import check_label_count
 from .random import Generator, Noise
 
@@ -81,8 +82,12 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
     equally valid, draw of the same estimate; the defaults (which ``minivae eval`` and the trainer
     use) repeat exactly. ``noise`` must move on from chunk to chunk: a ``Generator`` (default: the
     evaluation's, ``EVAL_SEED``), not one fixed ``Noise`` address, which would give every chunk
-    the same samples.
+    the same samples. ``k``, ``batch_size`` and ``chunk_rows`` are integers of at least 1 (a
+    fractional k would draw floor(k) samples per chunk but divide by k).
     """
+    k = check_integer(k, "k", minimum=1)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    chunk_rows = check_integer(chunk_rows, "chunk_rows", minimum=1)
     if isinstance(noise, Noise):
         raise TypeError("log_likelihood needs noise that moves on from chunk to chunk (a Generator): "
                         "a Noise gives every chunk the same samples, so k of them would count a few "
@@ -113,7 +118,8 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
 
 def elbo(model, x, noise=None, batch_size=500):
     """Per-example ELBO and its (reconstruction, KL) parts, as NumPy arrays: ``model.elbo``, so
-    averaged over the model's ``mc_samples`` draws."""
+    averaged over the model's ``mc_samples`` draws; ``batch_size`` an integer of at least 1."""
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))
@@ -140,7 +146,9 @@ def nll_summary(ll, ess=None):
 
 def classification_error(model, x, labels, batch_size=500):
     """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
-    ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches."""
+    ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches of
+    ``batch_size`` (an integer of at least 1)."""
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     check_label_count(labels, len(x))
     device = next(iter(model.parameters())).device
     wrong = 0
@@ -157,7 +165,8 @@ def test_set_scores(model, x_test, y_test, k, progress=False):
     of images, k, the mean ELBO, the k-sample NLL and its standard error, the likelihood it is
     the minus of (``model.estimated_log_likelihood``), the median and smallest effective sample
     size of its weights, and (for a model that ``classifies``) the classification error against
-    ``y_test``."""
+    ``y_test``. ``k`` is an integer of at least 1."""
+    k = check_integer(k, "k", minimum=1)  # before the ELBO's pass, not after it
     bound, _, _ = elbo(model, x_test)
     ll, ess = log_likelihood_and_ess(model, x_test, k=k, progress=progress)
     scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll, ess),

@@ -62,3 +62,13 @@ def test_latent_summary_names_the_gaussian_it_measures(name, options):
     _, _, kl = elbo(model, x)
     is_elbo_kl = sum(summary["kl_per_dim"]) == pytest.approx(kl.mean(), rel=1e-9)
     assert is_elbo_kl == (model.encoded_gaussian == "q(z | x)"), model.encoded_gaussian
+
+
+@pytest.mark.parametrize("bad, error", [(2.5, TypeError), (0, ValueError)])
+def test_the_batch_size_must_be_a_positive_integer(bad, error):
+    from minivae.models import VAE
+
+    model, x = VAE(x_dim=6, z_dim=2, hidden=(4,)), np.ones((3, 6), np.float32)
+    for summarize in (analysis.encode_dataset, analysis.latent_summary):
+        with pytest.raises(error, match="batch_size must be"):
+            summarize(model, x, batch_size=bad)

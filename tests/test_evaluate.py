@@ -140,6 +140,26 @@ def test_a_fixed_noise_address_is_refused_by_the_log_likelihood():
         log_likelihood(model, np.ones((3, 6), np.float32), k=50, noise=Noise(seed=1), chunk_rows=30)
 
 
+@pytest.mark.parametrize("bad, error", [(3.5, TypeError), (True, TypeError), (0, ValueError), (-1, ValueError)])
+def test_sample_counts_and_batch_sizes_must_be_positive_integers(bad, error):
+    """k = 3.5 drew 3 samples per chunk but divided by 3.5; k = 0 or batch_size = 0 failed with a
+    math domain or a zero division error."""
+    from minivae import evaluate as E
+
+    model = build_model("m2", **SMALL_MODEL, rng=np.random.default_rng(0))  # one that classifies too
+    x, y = np.ones((3, model.x_dim), np.float32), np.arange(3)
+    calls = [("k", lambda: E.log_likelihood(model, x, k=bad)),
+             ("k", lambda: E.log_likelihood_and_ess(model, x, k=bad)),
+             ("batch_size", lambda: E.log_likelihood(model, x, k=2, batch_size=bad)),
+             ("chunk_rows", lambda: E.log_likelihood(model, x, k=2, chunk_rows=bad)),
+             ("batch_size", lambda: E.elbo(model, x, batch_size=bad)),
+             ("batch_size", lambda: E.classification_error(model, x, y, batch_size=bad)),
+             ("k", lambda: E.test_set_scores(model, x, y, k=bad))]
+    for name, call in calls:
+        with pytest.raises(error, match=f"{name} must be"):
+            call()
+
+
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
 def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,

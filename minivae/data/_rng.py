@@ -14,11 +14,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
 from .. import random, streams
+from ..checks import check_integer
 
 # Stream identifiers of the PCG64 draws (named in minivae.streams): distinct integers, so the
 # evaluation bits and the labelled-subset choice are independent streams for one seed.
@@ -28,16 +27,6 @@ STREAM_LABELLED = streams.DATA_LABELLED
 # Split identifiers inside the evaluation binarization stream: validation and test get their own
 # fixed draws, independent of each other.
 SPLIT_CODES = {"valid": 1, "test": 2}
-
-
-def check_integer(value, name: str, *, minimum: int) -> int:
-    """Return ``value`` as a Python int of at least ``minimum``. A float, a string or a bool is
-    refused (TypeError) rather than rounded or read as 0 or 1; a smaller number gets a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-    return int(value)
 
 
 def check_seed(seed, name: str = "seed") -> int:

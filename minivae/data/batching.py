@@ -22,6 +22,7 @@ import numpy as np
 
 from .. import streams
 from ..backend import device_of, get_array_module, resolve_device, to_device
+from ..checks import check_integer
 from . import _rng
 from .binarization import EpochBits, check_intensities
 
@@ -36,7 +37,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     either device, gives the same order. (For n = 50,000 that leaves 48 random bits; two examples
     tie on them with probability about 4e-6 per epoch, and a tie keeps their original order.)
     """
-    n = _rng.check_integer(n, "n", minimum=0)
+    n = check_integer(n, "n", minimum=0)
     words = _rng.philox_words(2 * n, _rng.check_seed(seed), _rng.check_seed(epoch, "epoch"),
                               streams.TRAIN_ORDER, device)
     xp = get_array_module(words)
@@ -50,7 +51,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless
     ``batch_size`` is a positive integer)."""
-    batch_size = _rng.check_integer(batch_size, "batch_size", minimum=1)
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
@@ -115,7 +116,7 @@ class MinibatchLoader:
         # One conversion up front, so that every epoch can gather with take(out=) directly.
         self.x = to_device(xp.ascontiguousarray(x, dtype=xp.float32), self.device)
         self.y = None if y is None else to_device(y, self.device)
-        self.batch_size = _rng.check_integer(batch_size, "batch_size", minimum=1)
+        self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.seed = _rng.check_seed(seed)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
@@ -186,7 +187,7 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
         # Class labels are integers; float labels (NaN among them) would each count as a class.
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     classes = np.unique(labels)
-    n_labelled = _rng.check_integer(n_labelled, "n_labelled", minimum=1)
+    n_labelled = check_integer(n_labelled, "n_labelled", minimum=1)
     if n_labelled % len(classes):
         raise ValueError(f"n_labelled={n_labelled} is not a positive multiple of the {len(classes)} classes")
     per_class = n_labelled // len(classes)
