@@ -13,7 +13,7 @@ import numpy as np
 from .autograd import tensor
 from .backend import to_device
 from .checks import check_integer
-from .evaluate import evaluating
+from .evaluate import as_model_input, evaluating
 
 # Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
 # when Cov_x(E_{q(u|x)}[u]) > 1e-2.
@@ -61,6 +61,7 @@ def encode_dataset(model, x, batch_size=500):
     at least 1.
     """
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    x = as_model_input(model, x)
     device = next(iter(model.parameters())).device
     mus, logvars = [], []
     with evaluating(model):
@@ -84,8 +85,7 @@ def latent_summary(model, x, batch_size=500, threshold=ACTIVE_UNIT_THRESHOLD):
     term. The model is run in eval mode without a graph; a few thousand examples give a
     stable count.
     """
-    dtype = next(iter(model.parameters())).dtype
-    mu, logvar = encode_dataset(model, np.asarray(x, dtype=dtype), batch_size=batch_size)
+    mu, logvar = encode_dataset(model, x, batch_size=batch_size)
     return {"encoded_gaussian": model.encoded_gaussian,
             "active_units": active_units(mu, threshold),
             "kl_per_dim": [float(v) for v in kl_per_dimension(mu, logvar)]}

@@ -1,5 +1,6 @@
 """Checks of arguments that several layers take (the data pipeline, the models, the evaluation),
 so that one mistake gets one message wherever it is made."""
+import math
 import numbers
 
 
@@ -11,3 +12,25 @@ def check_integer(value, name: str, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return int(value)
+
+
+def check_intensities(x, name: str = "x", use: str = "binarization") -> None:
+    """Refuse an array (NumPy or CuPy) that is not float intensities in [0, 1], naming ``use``,
+    what takes them, in the message.
+
+    Binarization (a Bernoulli draw) and a Bernoulli likelihood take anything without complaint:
+    a draw turns NaN into 0s and 2.0 or uint8 pixels 0..255 into 1s (nearly all ink), and
+    log p(x) of such pixels is no log-probability at all. So a floating dtype is required
+    (TypeError otherwise) and values in [0, 1] (ValueError naming NaN or the range found). One
+    min and one max over the array: callers check once per dataset or call, not per batch.
+    """
+    if x.dtype.kind != "f":
+        hint = "; divide uint8 pixels by 255 first" if x.dtype.kind in "ui" else ""
+        raise TypeError(f"{name} has dtype {x.dtype}: {use} takes float intensities in [0, 1]{hint}")
+    if x.size == 0:
+        return
+    lo, hi = float(x.min()), float(x.max())  # a NaN anywhere makes both NaN
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name} contains NaN: {use} takes intensities in [0, 1]")
+    if lo < 0 or hi > 1:
+        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}]: {use} takes intensities in [0, 1]")

@@ -11,6 +11,10 @@ The estimate is only as good as its weights are even: when a few of the k sample
 all the weight, log p(x) is typically underestimated by more than the spread over the images
 shows. So each example's effective sample size (sum w)^2 / sum w^2 (Kong 1992) is computed from
 the same weights: k for equal weights, near 1 when one sample dominates.
+
+Every evaluator takes x as an (N, x_dim) NumPy array of intensities in [0, 1], binary images
+for the log-likelihood to be one (``minivae.data.binarize_eval`` makes them), and converts it to
+the model's float dtype (``as_model_input``).
 """
 import contextlib
 import math
@@ -20,7 +24,7 @@ import numpy as np
 from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
-from .checks import check_integer
+from .checks import check_integer, check_intensities
 from .distributions import check_label_count
 from .random import Generator, Noise
 
@@ -48,6 +52,25 @@ def evaluating(model):
             yield
     finally:
         model.train(was_training)
+
+
+def as_model_input(model, x):
+    """``x`` checked and converted once per call of an evaluator: a NumPy (B, ``model.x_dim``)
+    array, B >= 1, of intensities in [0, 1] (``check_intensities``), in the model's float dtype.
+
+    A single image (x_dim,) would otherwise be taken as x_dim examples of one pixel and a
+    (B, 28, 28) batch fail deep inside an op; uint8 pixels 0..255 would be scored as if they
+    were bits; and the ops refuse to mix float32 images with a float64 model.
+    """
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[1] != model.x_dim:
+        hint = ("" if x.ndim == 2 else
+                "; reshape one image with x.reshape(1, -1), a batch of images with x.reshape(len(x), -1)")
+        raise ValueError(f"x must be a batch of shape (B, {model.x_dim}), got shape {x.shape}{hint}")
+    if len(x) == 0:
+        raise ValueError(f"x has no examples (shape {x.shape}): there is nothing to evaluate")
+    check_intensities(x, use="the evaluation")
+    return x.astype(next(iter(model.parameters())).dtype, copy=False)
 
 
 def _batches(n, batch_size):
@@ -88,6 +111,7 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
     k = check_integer(k, "k", minimum=1)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     chunk_rows = check_integer(chunk_rows, "chunk_rows", minimum=1)
+    x = as_model_input(model, x)
     if isinstance(noise, Noise):
         raise TypeError("log_likelihood needs noise that moves on from chunk to chunk (a Generator): "
                         "a Noise gives every chunk the same samples, so k of them would count a few "
@@ -120,6 +144,7 @@ def elbo(model, x, noise=None, batch_size=500):
     """Per-example ELBO and its (reconstruction, KL) parts, as NumPy arrays: ``model.elbo``, so
     averaged over the model's ``mc_samples`` draws; ``batch_size`` an integer of at least 1."""
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    x = as_model_input(model, x)
     noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))
@@ -149,6 +174,7 @@ def classification_error(model, x, labels, batch_size=500):
     ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches of
     ``batch_size`` (an integer of at least 1)."""
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
+    x = as_model_input(model, x)
     check_label_count(labels, len(x))
     device = next(iter(model.parameters())).device
     wrong = 0
@@ -157,7 +183,7 @@ def classification_error(model, x, labels, batch_size=500):
             xb = tensor(to_device(x[start:start + batch_size], device))
             predicted = to_device(model.classify(xb), "cpu")
             wrong += int((predicted != np.asarray(labels[start:start + batch_size])).sum())
-    return wrong / max(1, len(x))
+    return wrong / len(x)
 
 
 def test_set_scores(model, x_test, y_test, k, progress=False):

@@ -72,3 +72,16 @@ def test_the_batch_size_must_be_a_positive_integer(bad, error):
     for summarize in (analysis.encode_dataset, analysis.latent_summary):
         with pytest.raises(error, match="batch_size must be"):
             summarize(model, x, batch_size=bad)
+
+
+def test_x_is_checked_and_converted_to_the_models_dtype():
+    from minivae.models import VAE
+
+    model = VAE(x_dim=6, z_dim=2, hidden=(4,)).astype(np.float64)
+    x = (np.random.default_rng(0).random((5, 6)) < 0.5).astype(np.float32)
+    for summarize in (analysis.encode_dataset, analysis.latent_summary):
+        with pytest.raises(ValueError, match=r"x must be a batch of shape \(B, 6\), got shape \(6,\)"):
+            summarize(model, x[0])
+        with pytest.raises(TypeError, match="divide uint8 pixels by 255 first"):
+            summarize(model, (x * 255).astype(np.uint8))
+    np.testing.assert_equal(analysis.encode_dataset(model, x), analysis.encode_dataset(model, x.astype(np.float64)))

@@ -160,6 +160,32 @@ def test_sample_counts_and_batch_sizes_must_be_positive_integers(bad, error):
             call()
 
 
+def test_x_is_checked_and_converted_to_the_models_dtype():
+    """A single image was taken as x_dim one-pixel examples, uint8 pixels were scored as if they
+    were bits, and a float64 model could not be evaluated on float32 images (or a list)."""
+    from minivae import evaluate as E
+
+    model = build_model("m2", **SMALL_MODEL, rng=np.random.default_rng(0)).astype(np.float64)
+    x = (np.random.default_rng(1).random((4, model.x_dim)) < 0.5).astype(np.float32)
+    y = np.arange(4)
+    evaluators = [lambda x: E.log_likelihood(model, x, k=2), lambda x: E.log_likelihood_and_ess(model, x, k=2),
+                  lambda x: E.elbo(model, x), lambda x: E.classification_error(model, x, y),
+                  lambda x: E.test_set_scores(model, x, y, k=2)]
+    refused = [(x[0], ValueError, r"x must be a batch of shape \(B, 12\), got shape \(12,\); reshape one image"),
+               (x.reshape(4, 3, 4), ValueError, r"reshape .* a batch of images with x.reshape\(len\(x\), -1\)"),
+               (x[:, :6], ValueError, r"x must be a batch of shape \(B, 12\), got shape \(4, 6\)$"),
+               (x[:0], ValueError, r"x has no examples"),
+               ((x * 255).astype(np.uint8), TypeError, "divide uint8 pixels by 255 first"),
+               (2 * x, ValueError, r"x has values in \[0, 2\]: the evaluation takes intensities in \[0, 1\]")]
+    for evaluate in evaluators:
+        for bad, error, message in refused:
+            with pytest.raises(error, match=message):
+                evaluate(bad)
+        want = evaluate(x.astype(np.float64))
+        for same in (x, x.tolist()):
+            np.testing.assert_equal(evaluate(same), want)
+
+
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
 def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,
@@ -170,7 +196,7 @@ def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     K = 12
     spread = np.random.default_rng(0).normal(0.0, 2.0, K) - 900.0
     log_w = np.stack([np.full(K, 700.0), np.r_[0.0, np.full(K - 1, -60.0)], spread], axis=1)
-    x = np.arange(3, dtype=np.float64)[:, None]
+    x = np.eye(3)
     ll, ess = log_likelihood_and_ess(FixedWeights(log_w), x, k=K, batch_size=3, chunk_rows=chunk_rows)
     w = np.exp(spread - spread.max())
     np.testing.assert_allclose(ll, [700.0, np.log(np.exp(-60.0 * np.r_[0, np.ones(K - 1)]).mean()),

@@ -109,13 +109,14 @@ def test_logmeanexp_is_stable_for_large_magnitudes():
 
 class FixedWeights:
     """A stand-in model whose log_weights hand out the rows of one fixed (K, N) array in order,
-    chunk after chunk (wrapping round for each batch), column ``x[:, 0]`` for each example: the
-    estimate from them is known in closed form."""
+    chunk after chunk (wrapping round for each batch), for each example the column its one-hot
+    row of ``x`` names: the estimate from them is known in closed form."""
 
     training = False
 
     def __init__(self, log_w):
         self.log_w, self.done = log_w, 0
+        self.x_dim = log_w.shape[1]
 
     def parameters(self):
         return iter([mv.tensor(np.zeros(1))])
@@ -127,7 +128,7 @@ class FixedWeights:
         self.train(False)
 
     def log_weights(self, x, k, noise):
-        rows = x.data[:, 0].astype(int)  # each example's column
+        rows = x.data.argmax(axis=1)  # each example's column
         out = self.log_w[self.done:self.done + k][:, rows]
         self.done = (self.done + k) % len(self.log_w)
         return mv.tensor(out)
@@ -136,7 +137,7 @@ class FixedWeights:
 @pytest.mark.parametrize("chunk_rows", [10, 70, 10000])
 def test_log_likelihood_merges_chunks_exactly(chunk_rows):
     offsets = np.array([-3000.0, 2500.0, 1.5])
-    x = np.array([[0], [1], [2], [1]], dtype=np.float32)
+    x = np.eye(3, dtype=np.float32)[[0, 1, 2, 1]]
     ll = log_likelihood(FixedWeights(np.tile(offsets, (37, 1))), x, k=37, batch_size=2, chunk_rows=chunk_rows)
     np.testing.assert_allclose(ll, offsets[[0, 1, 2, 1]], rtol=1e-12)
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from .. import streams
 from ..backend import device_of, get_array_module, resolve_device, to_device
-from ..checks import check_integer
+from ..checks import check_integer, check_intensities
 from . import _rng
-from .binarization import EpochBits, check_intensities
+from .binarization import EpochBits
 
 
 def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):

@@ -26,12 +26,11 @@ The fixed evaluation draws use float32 uniforms from a PCG64 generator keyed by
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import streams
 from ..backend import device_of, get_array_module
+from ..checks import check_intensities
 from . import _rng
 
 # Seed of the fixed validation/test draws. A named constant, independent of the training seed, so
@@ -47,26 +46,6 @@ CHUNK_ROWS = 4096
 def _check_images(x, name="x"):
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (N, D), got shape {x.shape}")
-
-
-def check_intensities(x, name: str = "x") -> None:
-    """Refuse an array that is not float intensities in [0, 1], the probabilities of the bits.
-
-    A Bernoulli draw turns anything into bits without complaint: NaN into 0s, 2.0 or uint8 pixels
-    0..255 into 1s (nearly all ink). So a floating dtype is required (TypeError otherwise) and
-    values in [0, 1] (ValueError naming NaN or the range found). One min and one max over the
-    array: callers check once per dataset, not per epoch or batch.
-    """
-    if x.dtype.kind != "f":
-        hint = "; divide uint8 pixels by 255 first" if x.dtype.kind in "ui" else ""
-        raise TypeError(f"{name} has dtype {x.dtype}: binarization takes float intensities in [0, 1]{hint}")
-    if x.size == 0:
-        return
-    lo, hi = float(x.min()), float(x.max())  # a NaN anywhere makes both NaN
-    if math.isnan(lo) or math.isnan(hi):
-        raise ValueError(f"{name} contains NaN: binarization takes intensities in [0, 1]")
-    if lo < 0 or hi > 1:
-        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}]: binarization takes intensities in [0, 1]")
 
 
 class EpochBits:
