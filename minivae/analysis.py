@@ -14,6 +14,7 @@ from .autograd import tensor
 from .backend import to_device
 from .checks import check_integer
 from .evaluate import as_model_input, evaluating
+from .models.base import require
 
 # Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
 # when Cov_x(E_{q(u|x)}[u]) > 1e-2.
@@ -60,6 +61,7 @@ def encode_dataset(model, x, batch_size=500):
     without recording a graph (``minivae.evaluate.evaluating``). ``batch_size`` is an integer of
     at least 1.
     """
+    require(model, "gaussian_encoder", "latent statistics (encode(x) -> (mu, logvar))")
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     x = as_model_input(model, x)
     device = next(iter(model.parameters())).device

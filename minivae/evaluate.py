@@ -26,6 +26,7 @@ from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
 from .checks import check_integer, check_intensities
 from .distributions import check_label_count
+from .models.base import require
 from .random import Generator, Noise
 
 #: The seed of the evaluation's noise when none is given: every score of a model uses the same draws.
@@ -173,6 +174,7 @@ def classification_error(model, x, labels, batch_size=500):
     """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
     ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches of
     ``batch_size`` (an integer of at least 1)."""
+    require(model, "classifies", "a classification error")
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     x = as_model_input(model, x)
     check_label_count(labels, len(x))

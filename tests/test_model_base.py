@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import minivae as mv
-from minivae.models import MODELS
+from minivae.models import MODELS, build_model
 from minivae.models.base import Model
 from minivae.runs import TrainConfig, build_run_model
 
@@ -32,3 +32,21 @@ def test_declared_capabilities_match_the_methods(name):
 
 def test_the_run_options_are_declared_by_the_models_that_load_runs():
     assert {name for name, cls in MODELS.items() if getattr(cls, "run_options", ())} == {"m1m2"}
+
+
+def test_what_needs_a_capability_refuses_a_model_without_it():
+    # Before: M2.encode() missing 1 required positional argument, 'GumbelSoftmaxVAE' object has
+    # no attribute 'encode', 'VAE' object has no attribute 'classify'.
+    from minivae.analysis import encode_dataset, latent_summary
+    from minivae.evaluate import classification_error
+
+    x = np.zeros((3, 12), np.float32)
+    for name in ("m2", "gumbel"):
+        model = build_model(name, x_dim=12, z_dim=2, hidden=(8,))
+        for summarize in (encode_dataset, latent_summary):
+            with pytest.raises(TypeError, match=rf"{type(model).__name__} cannot be used for latent statistics "
+                                                rf".*: it does not declare gaussian_encoder"):
+                summarize(model, x)
+    with pytest.raises(TypeError, match="VAE cannot be used for a classification error: it does not declare "
+                                        r"classifies \(VAE.classifies is False\)"):
+        classification_error(build_model("vae", x_dim=12, z_dim=2, hidden=(8,)), x, np.arange(3))

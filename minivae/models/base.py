@@ -62,6 +62,15 @@ class Model(nn.Module):
         """Per-epoch schedules of the model (e.g. a temperature); none by default."""
 
 
+def require(model, capability, use):
+    """Refuse (TypeError) a model whose class does not declare ``capability``, one of ``Model``'s
+    capability attributes, naming the model, the capability and ``use``, what needs it."""
+    if not getattr(model, capability):
+        name = type(model).__name__
+        raise TypeError(f"{name} cannot be used for {use}: it does not declare {capability} "
+                        f"({name}.{capability} is False)")
+
+
 def kl_weight_of(model, beta):
     """The KL weight a loss uses: ``beta``, or the model's own ``model.beta`` when it is None.
 
