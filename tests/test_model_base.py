@@ -4,7 +4,9 @@ import pytest
 
 import minivae as mv
 from minivae.models import MODELS, build_model
+from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
 from minivae.models.base import Model
+from minivae.random import Generator
 from minivae.runs import TrainConfig, build_run_model
 
 
@@ -50,3 +52,37 @@ def test_what_needs_a_capability_refuses_a_model_without_it():
     with pytest.raises(TypeError, match="VAE cannot be used for a classification error: it does not declare "
                                         r"classifies \(VAE.classifies is False\)"):
         classification_error(build_model("vae", x_dim=12, z_dim=2, hidden=(8,)), x, np.arange(3))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_methods_take_sample_counts_as_integers(name):
+    # Before: k=2.5 drew 2 samples, samples=0 meant the default, n=-1 failed in the Philox draw.
+    model = small_model(name)
+    if model.semi_supervised:
+        model.set_data_sizes(100, 10)
+    x = mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+    for bad, error, problem in ((2.5, TypeError, "an integer, got 2.5"), (0, ValueError, "at least 1, got 0")):
+        with pytest.raises(error, match=f"^k must be {problem}"):
+            model.log_weights(x, bad, Generator(0))
+        with pytest.raises(error, match=f"^samples must be {problem}"):
+            model.elbo(x, Generator(0), samples=bad)
+    with pytest.raises(TypeError, match="^n must be an integer, got 2.5"):
+        model.sample(2.5, Generator(0))
+    with pytest.raises(ValueError, match="^n must be at least 0, got -1"):
+        model.sample(-1, Generator(0))
+    assert model.log_weights(x, np.int64(2), Generator(0)).shape == (2, 3)  # NumPy integers are integers
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_constructors_take_sample_counts_as_integers(name):
+    options = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
+    with pytest.raises(TypeError, match="^mc_samples must be an integer, got 2.7"):
+        build_model(name, **options, mc_samples=2.7)
+    with pytest.raises(ValueError, match="^mc_samples must be at least 1, got 0"):
+        build_model(name, **options, mc_samples=0)
+    if name in ("vae", "iwae", "flow", "ladder", "adgm", "sdgm"):  # those that may train on the IWAE bound
+        with pytest.raises(TypeError, match="^iw_k must be an integer, got 1.5"):
+            build_model(name, **options, iw_k=1.5)
+    if name == "iwae":
+        with pytest.raises(TypeError, match="^k must be an integer, got 2.7"):
+            build_model(name, **options, k=2.7)

@@ -35,6 +35,7 @@ Registered as ``adgm`` and ``sdgm`` (unsupervised) and ``adgm-ssl`` and ``sdgm-s
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..checks import check_integer
 from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
 from .semisupervised import SemiSupervised
@@ -104,6 +105,7 @@ class _AuxiliaryNetworks:
         return rec, latent + F.gaussian_log_prob(z, 0.0, 0.0) - F.gaussian_log_prob(z, mu, logvar)
 
     def _sample(self, n, noise, probabilities, y):
+        n = check_integer(n, "n", minimum=0)
         param = next(iter(self.parameters()))
         with no_grad():
             z = standard_normal(noise, (n, self.z_dim), param)
@@ -125,10 +127,7 @@ class ADGM(_AuxiliaryNetworks, LatentVariableModel):
 
     def __init__(self, x_dim=784, a_dim=100, z_dim=100, hidden=(500, 500), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
-        super().__init__()
-        if mc_samples < 1 or iw_k < 1:
-            raise ValueError(f"mc_samples and iw_k must be >= 1, got {mc_samples} and {iw_k}")
-        self.beta, self.mc_samples, self.iw_k = float(beta), int(mc_samples), int(iw_k)
+        super().__init__(beta, mc_samples, iw_k)
         self._build(x_dim, a_dim, z_dim, hidden, activation, 0, rng)
 
     def _bound_terms(self, x, samples, noise, analytic=True):
@@ -136,12 +135,12 @@ class ADGM(_AuxiliaryNetworks, LatentVariableModel):
 
     def elbo(self, x, noise, samples=None):
         """Per-example (E log p(x | ...), E[log q(a, z | x) - log p(a, z | ...)]), each (B,)."""
-        rec, latent = self._bound_terms(x, samples or self.mc_samples, noise)
+        rec, latent = self._bound_terms(x, self.elbo_samples(samples), noise)
         return rec.mean(axis=0), -latent.mean(axis=0)
 
     def log_weights(self, x, k, noise):
         """(k, B) log-weights log p(x, a, z) - log q(a, z | x) for k independent draws of (a, z)."""
-        rec, latent = self._bound_terms(x, k, noise, analytic=False)
+        rec, latent = self._bound_terms(x, check_integer(k, "k", minimum=1), noise, analytic=False)
         return rec + latent
 
     def sample(self, n, noise, probabilities=True):

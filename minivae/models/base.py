@@ -7,16 +7,19 @@ methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``):
   0-d array of the model's float dtype on its device, computed without a read back to the host
   (the trainer converts them to floats, all at once); ``beta`` (the KL weight; None: the
   model's own) a Python number or such a 0-d array (see ``kl_weight_of``);
-* ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) Tensors, shape (B,);
+* ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) Tensors, shape (B,),
+  averaged over ``samples`` draws (None: the model's ``mc_samples``; ``elbo_samples``);
 * ``log_weights(x, k, noise)`` -> (k, B) importance log-weights of k samples drawn independently
   (none sharing noise with another: the evaluation draws k in several calls and merges them);
 * ``sample(n, noise, probabilities=True)`` -> n images (Bernoulli means, or binary images);
 * ``set_epoch(epoch)``: called by the trainer at the start of every epoch (default: nothing).
 
 and the class attributes below say which optional capabilities it has; code asks these, never
-``hasattr``.
+``hasattr``. Sample counts (``mc_samples``, ``iw_k``, ``samples`` and ``k`` of at least 1, ``n``
+of at least 0) are integers, refused otherwise rather than truncated (``check_integer``).
 """
 from .. import nn
+from ..checks import check_integer
 
 
 class Model(nn.Module):
@@ -60,6 +63,11 @@ class Model(nn.Module):
 
     def set_epoch(self, epoch):
         """Per-epoch schedules of the model (e.g. a temperature); none by default."""
+
+    def elbo_samples(self, samples):
+        """The draws an ``elbo`` call averages over: the model's ``mc_samples`` when ``samples``
+        is None, else ``samples``, an integer of at least 1 (0 is refused, not the default)."""
+        return self.mc_samples if samples is None else check_integer(samples, "samples", minimum=1)
 
 
 def require(model, capability, use):

@@ -13,6 +13,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..checks import check_integer
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
 from .base import Model, kl_weight_of
@@ -92,7 +93,7 @@ def rsample(mu, logvar, noise, k=None):
     """
     shape = np.broadcast_shapes(mu.shape, logvar.shape)
     if k is not None:
-        shape = (int(k),) + shape
+        shape = (k,) + shape
     # Counter-addressed noise: the GPU kernel draws eps in registers, the CPU its NumPy twin.
     return F.reparameterize(mu, logvar, noise, shape=shape)
 
@@ -213,6 +214,7 @@ class TopDownGenerator(nn.Module):
 
         Runs in eval mode (batch normalization with its running statistics, left unchanged).
         """
+        n = check_integer(n, "n", minimum=0)
         xp, dtype = model_array_module(self)
         was_training = self.training
         self.eval()
@@ -230,12 +232,16 @@ class TopDownGenerator(nn.Module):
 class LatentVariableModel(Model):
     """Base of the models: the training loss from ``elbo`` or from ``log_weights``.
 
-    Subclasses set ``beta`` (KL weight), ``mc_samples`` (samples of the ELBO) and ``iw_k`` and
-    define ``elbo(x, noise, samples=None)`` -> per-example (reconstruction, KL) and
-    ``log_weights(x, k, noise)`` -> (k, B).
+    Subclasses pass ``beta`` (KL weight), ``mc_samples`` (samples of the ELBO) and ``iw_k`` to
+    the constructor and define ``elbo(x, noise, samples=None)`` -> per-example (reconstruction,
+    KL) and ``log_weights(x, k, noise)`` -> (k, B).
     """
 
-    beta, mc_samples, iw_k = 1.0, 1, 1
+    def __init__(self, beta=1.0, mc_samples=1, iw_k=1):
+        super().__init__()
+        self.beta = float(beta)
+        self.mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
+        self.iw_k = check_integer(iw_k, "iw_k", minimum=1)
 
     def loss(self, x, noise, beta=None):
         """The training loss (a scalar Tensor) and a dict of per-batch statistics.

@@ -32,6 +32,7 @@ import math
 
 from .. import functional as F
 from ..autograd import no_grad, tensor
+from ..checks import check_integer
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
 from .common import MLP, LatentVariableModel, model_array_module
 
@@ -47,14 +48,11 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def __init__(self, n_vars=30, n_classes=10, tau0=1.0, tau_min=0.5, anneal_rate=3e-5,
                  steps_per_epoch=500, x_dim=784, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, z_dim=None, rng=None):
-        super().__init__()
-        if iw_k != 1:
+        super().__init__(beta, mc_samples, iw_k)
+        if self.iw_k != 1:
             raise ValueError("gumbel: importance-weighted training needs reparameterized samples of "
                              "the discrete model; use iw_k=1 (k > 1 is for evaluation)")
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
         self.x_dim, self.n_vars, self.n_classes = x_dim, int(n_vars), int(n_classes)
-        self.beta, self.mc_samples = float(beta), int(mc_samples)
         self.schedule = dict(tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate,
                              steps_per_epoch=steps_per_epoch)
         self.tau = float(tau0)
@@ -101,14 +99,14 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         categorical codes in eval mode (or as ``hard`` says)."""
         hard = not self.training if hard is None else hard
         logits = self.logits(x)
-        y = self.sample_codes(logits, samples or self.mc_samples, noise, hard)
+        y = self.sample_codes(logits, self.elbo_samples(samples), noise, hard)
         return F.bernoulli_log_prob(self.decode(y), x).mean(axis=0), self.kl(logits)
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x | y) + log p(y) - log q(y | x) for k exact categorical codes y ~ q(y | x);
         log p(y) = -n_vars log K per example (a (B,) vector)."""
         logits = self.logits(x)
-        y = self.sample_codes(logits, k, noise, hard=True)
+        y = self.sample_codes(logits, check_integer(k, "k", minimum=1), noise, hard=True)
         log_prior = log_uniform_categorical(x.shape[0], self.n_classes, x.dtype, x.device) * self.n_vars
         log_q = F.sum(log_categorical(y, logits), axis=-1)
         return F.bernoulli_log_prob(self.decode(y), x) + log_prior - log_q
@@ -123,6 +121,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
 
     def sample(self, n, noise, probabilities=True):
         """n images from the discrete model: codes uniform one-hot (Gumbel-max of zero logits)."""
+        n = check_integer(n, "n", minimum=0)
         xp, dtype = model_array_module(self)
         with no_grad():
             y = self._one_hot(self._gumbel((n, self.n_vars, self.n_classes), noise))

@@ -21,6 +21,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 --activation tanh`` (its Table 1 reports test NLL 82.90 for k = 50, 85.33 for k = 1).
 """
 from .. import functional as F
+from ..checks import check_integer
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
 
@@ -40,14 +41,13 @@ class TwoLayerVAE(LatentVariableModel):
 
     def __init__(self, x_dim=784, z_dims=(100, 50), blocks=((200, 200), (100, 100)),
                  activation="tanh", beta=1.0, mc_samples=1, iw_k=1, rng=None):
-        super().__init__()
+        super().__init__(beta, mc_samples, iw_k)
         if len(z_dims) != 2 or len(blocks) != 2:
             raise ValueError(f"TwoLayerVAE needs two latent sizes and two hidden blocks, got "
                              f"{z_dims} and {blocks}")
-        if mc_samples < 1 or iw_k < 1 or (mc_samples > 1 and iw_k > 1):
-            raise ValueError(f"need mc_samples >= 1 and iw_k >= 1, not both > 1; got {mc_samples}, {iw_k}")
+        if self.mc_samples > 1 and self.iw_k > 1:
+            raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
         self.x_dim, self.z_dims = x_dim, tuple(z_dims)
-        self.beta, self.mc_samples, self.iw_k = float(beta), int(mc_samples), int(iw_k)
         (d1, d2), (h1, h2) = self.z_dims, [tuple(b) for b in blocks]
         self.q_z1 = GaussianLayer(x_dim, h1, d1, activation, rng=rng)
         self.q_z2 = GaussianLayer(d1, h2, d2, activation, rng=rng)
@@ -78,6 +78,7 @@ class TwoLayerVAE(LatentVariableModel):
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z1, z2) - log q(z1, z2 | x) for k independent draws per example."""
+        k = check_integer(k, "k", minimum=1)
         (z1, z2), ((mu1, logvar1), (mu2, logvar2)), _ = self._posterior(x, k, noise)
         log_q = F.gaussian_log_prob(z1, mu1, logvar1) + F.gaussian_log_prob(z2, mu2, logvar2)
         return self.generator.log_prob(x, (z1, z2)) - log_q
@@ -89,7 +90,7 @@ class TwoLayerVAE(LatentVariableModel):
         in closed form given z1; the first is sampled (p(z1 | z2) depends on z2, which depends on
         z1, so it has no closed form).
         """
-        (z1, z2), ((mu1, logvar1), _), kl2 = self._posterior(x, samples or self.mc_samples, noise)
+        (z1, z2), ((mu1, logvar1), _), kl2 = self._posterior(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.generator.logits(z1), x)
         mu_p, logvar_p = self.generator.prior(0, z2)
         kl = F.gaussian_log_prob(z1, mu1, logvar1) - F.gaussian_log_prob(z1, mu_p, logvar_p) + kl2
@@ -104,9 +105,11 @@ def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=7
          hidden=(512, 256), activation="relu", beta=1.0, mc_samples=1, iw_k=1, rng=None):
     """The importance-weighted autoencoder: ``VAE(iw_k=k)`` (one layer) or ``TwoLayerVAE`` (see the
     module docstring for the options)."""
+    iw_k = check_integer(iw_k, "iw_k", minimum=1)
     if k is None:
         k = iw_k if iw_k > 1 else DEFAULT_K
-    elif iw_k > 1 and iw_k != k:
+    k = check_integer(k, "k", minimum=1)
+    if iw_k > 1 and iw_k != k:
         raise ValueError(f"iwae: the option k={k} contradicts iw_k={iw_k}; give only one")
     if layers == 1:
         return VAE(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k=k, rng=rng)

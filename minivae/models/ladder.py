@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
+from ..checks import check_integer
 from ..ops.ladder import precision_weighted_merge
 from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 
@@ -81,7 +82,7 @@ class LadderVAE(LatentVariableModel):
     def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(512, 256, 128, 64, 32),
                  mlp_layers=2, activation="leaky_relu", batch_norm=True, beta=1.0, mc_samples=1, iw_k=1,
                  z_dim=None, rng=None):
-        super().__init__()
+        super().__init__(beta, mc_samples, iw_k)
         hidden = tuple(int(h) for h in hidden)
         if z_dims is None:
             if len(hidden) > len(PAPER_Z_DIMS):
@@ -89,10 +90,9 @@ class LadderVAE(LatentVariableModel):
             z_dims = PAPER_Z_DIMS[:len(hidden)]
         if len(z_dims) != len(hidden):
             raise ValueError(f"ladder: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
-        if mc_samples < 1 or iw_k < 1 or (mc_samples > 1 and iw_k > 1):
-            raise ValueError(f"need mc_samples >= 1 and iw_k >= 1, not both > 1; got {mc_samples}, {iw_k}")
+        if self.mc_samples > 1 and self.iw_k > 1:
+            raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
         self.x_dim, self.z_dims = x_dim, tuple(int(d) for d in z_dims)
-        self.beta, self.mc_samples, self.iw_k = float(beta), int(mc_samples), int(iw_k)
         blocks = [(h,) * mlp_layers for h in hidden]
         inputs = (x_dim,) + hidden[:-1]
         self.up = nn.ModuleList([MLP((n_in,) + b, activation, batch_norm=batch_norm, rng=rng)
@@ -129,12 +129,12 @@ class LadderVAE(LatentVariableModel):
         """k draws from q: z (bottom to top, each (k, B, d_l)), the q and the p parameters per
         layer ((mu, logvar) pairs, bottom to top; the top layer's p is N(0, I), given as None)."""
         bottom_up = self.bottom_up(x)
-        shape = (int(k),) + np.broadcast_shapes(*(t.shape for t in bottom_up[-1]))
+        shape = (k,) + np.broadcast_shapes(*(t.shape for t in bottom_up[-1]))
         return top_down(bottom_up, self.generator.prior, noise, shape)
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z_1..z_L) - log q(z_1..z_L | x) for k independent draws per example."""
-        zs, q, p = self._posterior(x, k, noise)
+        zs, q, p = self._posterior(x, check_integer(k, "k", minimum=1), noise)
         return F.bernoulli_log_prob(self.generator.logits(zs[0]), x) + log_ratio(zs, q, p)
 
     def kl_terms(self, q, p):
@@ -144,7 +144,7 @@ class LadderVAE(LatentVariableModel):
     def elbo(self, x, noise, samples=None):
         """Per-example (reconstruction, KL), each (B,), averaged over ``samples`` draws; the KL is
         the sum of the layers' closed-form KLs (each given a sample of the layer above)."""
-        zs, q, p = self._posterior(x, samples or self.mc_samples, noise)
+        zs, q, p = self._posterior(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.generator.logits(zs[0]), x).mean(axis=0)
         *lower, top = self.kl_terms(q, p)
         kl = top

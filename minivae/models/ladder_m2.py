@@ -179,7 +179,7 @@ class LadderM2(SemiSupervised):
         """``samples`` draws from q(z_1..z_L | x, y) for labels y of shape (L, 1, B or 1, K): z, q and
         p per layer, bottom to top, as ``ladder.top_down`` returns them; z_l is (L, samples, B, d_l)."""
         bottom_up = self.bottom_up(x, y)
-        shape = (y.shape[0], int(samples), x.shape[0], self.z_dims[-1])
+        shape = (y.shape[0], samples, x.shape[0], self.z_dims[-1])
         return top_down(bottom_up, lambda l, z_above: self.prior(l, z_above, y), noise, shape)
 
     # ----- what SemiSupervised needs -------------------------------------------------------------

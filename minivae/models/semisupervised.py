@@ -39,6 +39,7 @@ A subclass provides three methods:
 from .. import functional as F
 from ..autograd import no_grad, tensor
 from ..backend import get_array_module
+from ..checks import check_integer
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
 from .base import Model, kl_weight_of
 
@@ -75,9 +76,8 @@ class SemiSupervised(Model):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if mc_samples < 1:
-            raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
-        self.num_classes, self.beta, self.mc_samples = int(num_classes), float(beta), int(mc_samples)
+        self.num_classes, self.beta = int(num_classes), float(beta)
+        self.mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
         self.alpha_given = None if alpha is None else float(alpha)
         self.alpha, self.alpha_scale = self.alpha_given, float(alpha_scale)
 
@@ -152,7 +152,7 @@ class SemiSupervised(Model):
     def elbo(self, x, noise, samples=None):
         """U(x) split as (reconstruction, KL) per example, each (B,): rec = sum_y q(y|x) E log p(x|y,h)
         and kl = rec - U(x), the KL of q(y, h | x) from the prior (labels included)."""
-        terms = self._enumerated(x, noise, samples or self.mc_samples)
+        terms = self._enumerated(x, noise, self.elbo_samples(samples))
         rec, q = terms[0], terms[3]
         rec = F.sum(q * rec, axis=0).mean(axis=0)
         return rec, rec - self._unlabelled(x, terms, 1.0)
@@ -198,6 +198,7 @@ class SemiSupervised(Model):
         cancels from the weight (its role, choosing y, is taken by the exact sum). Draws are
         made in chunks of at most ``max_rows`` rows.
         """
+        k = check_integer(k, "k", minimum=1)
         per_chunk = max(1, self.max_rows // (self.num_classes * x.shape[0]))
         chunks = []
         for start in range(0, k, per_chunk):
@@ -208,6 +209,7 @@ class SemiSupervised(Model):
     def sample_labels(self, n, labels, like):
         """The one-hot labels (n, K) of ``sample(n, ..., labels)``: ``labels``, one per image, or
         0, 1, ..., K-1, 0, ... when None; in ``like``'s dtype and device."""
+        n = check_integer(n, "n", minimum=0)
         if labels is None:
             labels = get_array_module(like.data).arange(n) % self.num_classes
         return one_hot(labels, self.num_classes, like, n=n)

@@ -9,6 +9,7 @@ Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on al
 """
 from .. import functional as F
 from ..autograd import no_grad
+from ..checks import check_integer
 from ..distributions import sample_bernoulli
 from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
 
@@ -26,13 +27,10 @@ class VAE(LatentVariableModel):
 
     def __init__(self, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, rng=None):
-        super().__init__()
-        if mc_samples < 1 or iw_k < 1:
-            raise ValueError(f"mc_samples and iw_k must be >= 1, got {mc_samples} and {iw_k}")
-        if mc_samples > 1 and iw_k > 1:
+        super().__init__(beta, mc_samples, iw_k)
+        if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
         self.x_dim, self.z_dim = x_dim, z_dim
-        self.beta, self.mc_samples, self.iw_k = float(beta), int(mc_samples), int(iw_k)
         hidden = tuple(hidden)
         self.encoder = MLP((x_dim,) + hidden, activation, rng=rng)
         self.q_z = GaussianHead(hidden[-1], z_dim, rng=rng)
@@ -59,13 +57,13 @@ class VAE(LatentVariableModel):
         the fused reparameterization + KL kernels).
         """
         mu, logvar = self.encode(x)
-        z, kl = F.reparameterize_kl(mu, logvar, noise, samples=samples or self.mc_samples)
+        z, kl = F.reparameterize_kl(mu, logvar, noise, samples=self.elbo_samples(samples))
         return F.bernoulli_log_prob(self.decode(z), x).mean(axis=0), kl
 
     def log_weights(self, x, k, noise):
         """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
         mu, logvar = self.encode(x)
-        z = rsample(mu, logvar, noise, k)
+        z = rsample(mu, logvar, noise, check_integer(k, "k", minimum=1))
         return (F.bernoulli_log_prob(self.decode(z), x) + F.gaussian_log_prob(z, 0.0, 0.0)
                 - F.gaussian_log_prob(z, mu, logvar))
 
@@ -74,6 +72,7 @@ class VAE(LatentVariableModel):
 
         With ``probabilities=False`` the pixels are also sampled (binary images).
         """
+        n = check_integer(n, "n", minimum=0)
         xp, dtype = model_array_module(self)
         with no_grad():
             z = xp.asarray(noise.normal((n, self.z_dim), dtype=dtype))
