@@ -86,3 +86,20 @@ def test_constructors_take_sample_counts_as_integers(name):
     if name == "iwae":
         with pytest.raises(TypeError, match="^k must be an integer, got 2.7"):
             build_model(name, **options, k=2.7)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_an_int_rng_seeds_one_generator_for_all_the_layers(name):
+    # Before: every layer made its own default_rng(0), so layers of one shape (mu and logvar
+    # heads, mirrored encoder and decoder layers) started with the same weights.
+    options = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
+
+    def weights(rng):  # M1+M2's frozen M1 is built apart, from the global generator
+        model = build_model(name, **options, rng=rng)
+        return {n: p.data for n, p in model.named_parameters() if p.requires_grad and p.ndim == 2}
+
+    seeded = weights(0)
+    np.testing.assert_equal(seeded, weights(np.random.default_rng(0)))
+    same = [(a, b) for a in seeded for b in seeded
+            if a < b and seeded[a].shape == seeded[b].shape and np.array_equal(seeded[a], seeded[b])]
+    assert not same

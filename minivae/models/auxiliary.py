@@ -52,6 +52,7 @@ class _AuxiliaryNetworks:
     skip = False
 
     def _build(self, x_dim, a_dim, z_dim, hidden, activation, num_classes, rng):
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         self.x_dim, self.a_dim, self.z_dim = x_dim, a_dim, z_dim
         hidden = tuple(hidden)
         ys = (num_classes,) if num_classes else ()

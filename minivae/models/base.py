@@ -17,6 +17,11 @@ methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``):
 and the class attributes below say which optional capabilities it has; code asks these, never
 ``hasattr``. Sample counts (``mc_samples``, ``iw_k``, ``samples`` and ``k`` of at least 1, ``n``
 of at least 0) are integers, refused otherwise rather than truncated (``check_integer``).
+
+A constructor's ``rng`` (None, an int seed or a NumPy Generator) is made into one Generator
+(``nn.init.get_rng``) before it is threaded through the layers: an int passed on would seed a
+fresh ``default_rng(seed)`` in every layer, so layers of one shape (a VAE's mu and logvar heads,
+mirrored encoder and decoder layers) would start with identical weights.
 """
 from .. import nn
 from ..checks import check_integer

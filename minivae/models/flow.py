@@ -17,6 +17,7 @@ the model, so an optimizer made from ``model.parameters()`` always trains them.
 import math
 
 from .. import functional as F
+from .. import nn
 from ..checks import check_integer
 from ..flows import AmortizedPlanarFlows
 from .common import rsample
@@ -33,6 +34,7 @@ class FlowVAE(VAE):
 
     def __init__(self, flows=DEFAULT_FLOWS, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         super().__init__(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k, rng=rng)
         self.flows = AmortizedPlanarFlows(tuple(hidden)[-1], z_dim, flows, rng=rng)
 

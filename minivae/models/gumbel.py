@@ -31,6 +31,7 @@ reparameterized samples of the discrete model.
 import math
 
 from .. import functional as F
+from .. import nn
 from ..autograd import no_grad, tensor
 from ..checks import check_integer
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
@@ -49,6 +50,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
                  steps_per_epoch=500, x_dim=784, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, z_dim=None, rng=None):
         super().__init__(beta, mc_samples, iw_k)
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if self.iw_k != 1:
             raise ValueError("gumbel: importance-weighted training needs reparameterized samples of "
                              "the discrete model; use iw_k=1 (k > 1 is for evaluation)")

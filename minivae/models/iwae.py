@@ -21,6 +21,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 --activation tanh`` (its Table 1 reports test NLL 82.90 for k = 50, 85.33 for k = 1).
 """
 from .. import functional as F
+from .. import nn
 from ..checks import check_integer
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
@@ -42,6 +43,7 @@ class TwoLayerVAE(LatentVariableModel):
     def __init__(self, x_dim=784, z_dims=(100, 50), blocks=((200, 200), (100, 100)),
                  activation="tanh", beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__(beta, mc_samples, iw_k)
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if len(z_dims) != 2 or len(blocks) != 2:
             raise ValueError(f"TwoLayerVAE needs two latent sizes and two hidden blocks, got "
                              f"{z_dims} and {blocks}")

@@ -83,6 +83,7 @@ class LadderVAE(LatentVariableModel):
                  mlp_layers=2, activation="leaky_relu", batch_norm=True, beta=1.0, mc_samples=1, iw_k=1,
                  z_dim=None, rng=None):
         super().__init__(beta, mc_samples, iw_k)
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         hidden = tuple(int(h) for h in hidden)
         if z_dims is None:
             if len(hidden) > len(PAPER_Z_DIMS):

@@ -108,6 +108,7 @@ class LadderM2(SemiSupervised):
                  classifier_hidden: tuple[int, ...] | None = None, alpha: float | None = None,
                  alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, z_dim=None, rng=None):
         super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("ladder-m2 trains on the ELBO-based bounds; iw_k must be 1")
         hidden = tuple(int(h) for h in hidden)

@@ -42,6 +42,7 @@ class M2(SemiSupervised):
                  alpha: float | None = None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1,
                  likelihood="bernoulli", rng=None):
         super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("M2 trains on the ELBO-based bounds; iw_k must be 1")
         if likelihood not in LIKELIHOODS:

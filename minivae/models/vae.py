@@ -8,6 +8,7 @@ Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on al
 (the linear op accepts leading axes), so samples cost one batched pass, not a Python loop.
 """
 from .. import functional as F
+from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer
 from ..distributions import sample_bernoulli
@@ -28,6 +29,7 @@ class VAE(LatentVariableModel):
     def __init__(self, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, rng=None):
         super().__init__(beta, mc_samples, iw_k)
+        rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
         self.x_dim, self.z_dim = x_dim, z_dim
