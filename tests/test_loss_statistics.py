@@ -184,6 +184,29 @@ def test_beta_of_another_dtype_or_with_axes_is_refused(name):
         step(model, np.float32, beta=np.full(5, 0.5, dtype=np.float32))
 
 
+@pytest.mark.parametrize("name", ["vae", "m2"])
+def test_beta_that_is_not_a_number_is_refused(name):
+    # Before: a list became a weight per example, "2" was used as 2.0 and True as 1.0.
+    model = build(name, np.float32)
+    for beta in ([0.5], list(range(5)), "2", True):
+        with pytest.raises(TypeError, match=rf"beta must be a number or a 0-d array, got {type(beta).__name__}"):
+            step(model, np.float32, beta=beta)
+    assert bits(step(model, np.float32, 2)[0].data) == bits(step(model, np.float32, 2.0)[0].data)
+
+
+def test_a_loss_refuses_an_empty_batch():
+    # Before: NaN statistics and "Mean of empty slice" warnings.
+    for name in sorted(CASES):
+        model = build(name, np.float32)
+        x, extra = batch(model, np.float32)
+        with pytest.raises(ValueError, match="^x is an empty batch"):
+            model.loss(x[:0], Generator(3), **extra)
+        if model.semi_supervised:
+            x_l, labels = extra["labelled"]
+            with pytest.raises(ValueError, match="^x_l is an empty batch"):
+                model.loss(x, Generator(3), labelled=(x_l[:0], labels[:0]))
+
+
 def guarded_step(model, dtype, beta):
     """``step`` with the parameters, the buffers (batch-norm statistics), the inputs and a given
     ``beta`` viewed as ``HostReadGuard``."""

@@ -23,6 +23,8 @@ A constructor's ``rng`` (None, an int seed or a NumPy Generator) is made into on
 fresh ``default_rng(seed)`` in every layer, so layers of one shape (a VAE's mu and logvar heads,
 mirrored encoder and decoder layers) would start with identical weights.
 """
+import numbers
+
 from .. import nn
 from ..checks import check_integer
 
@@ -90,10 +92,22 @@ def kl_weight_of(model, beta):
     ``beta`` may be a Python number or a 0-d array of the model's float dtype on its device (the
     weight a captured GPU step reads from device memory); the ops refuse an array of another
     float dtype or device rather than cast it. An array with axes is refused here: it would
-    broadcast into a per-example weight.
+    broadcast into a per-example weight. So is anything else (a list would broadcast the same
+    way, a string be read as a number, a bool as 0 or 1); a Python number is taken as a float.
     """
     if beta is None:
         return model.beta
-    if getattr(beta, "ndim", 0) != 0:
-        raise ValueError(f"beta must be a number or a 0-d array, got an array of shape {beta.shape}")
-    return beta
+    if hasattr(beta, "ndim"):  # an array (or a NumPy scalar): the ops check its dtype and device
+        if beta.ndim != 0:
+            raise ValueError(f"beta must be a number or a 0-d array, got an array of shape {beta.shape}")
+        return beta
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
+        raise TypeError(f"beta must be a number or a 0-d array, got {type(beta).__name__} {beta!r:.40}")
+    return float(beta)
+
+
+def check_batch(x, name="x"):
+    """Refuse an empty batch (B = 0): the means of a loss over it are NaN (with warnings), not
+    an error."""
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {x.shape}): a loss needs at least one example")

@@ -16,7 +16,7 @@ from ..autograd import no_grad
 from ..checks import check_integer
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
-from .base import Model, kl_weight_of
+from .base import Model, check_batch, kl_weight_of
 
 
 class MLP(nn.Module):
@@ -257,6 +257,7 @@ class LatentVariableModel(Model):
         on the device between replays of a captured step); both give the same bits for one value.
         With iw_k > 1 the loss is minus the IWAE bound and beta does not apply.
         """
+        check_batch(x)
         beta = kl_weight_of(self, beta)
         if self.iw_k > 1:
             bound = iwae_bound(self.log_weights(x, self.iw_k, noise)).mean()

@@ -41,7 +41,7 @@ from ..autograd import no_grad, tensor
 from ..backend import get_array_module
 from ..checks import check_integer
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
-from .base import Model, kl_weight_of
+from .base import Model, check_batch, kl_weight_of
 
 
 def label_grid(num_classes, like):
@@ -170,6 +170,7 @@ class SemiSupervised(Model):
         the bounds themselves (beta = 1) on the step's draws, whatever the weight the loss gives
         their KL terms, as the other models report their ELBO.
         """
+        check_batch(x)
         beta = kl_weight_of(self, beta)
         terms = self._enumerated(x, noise, self.mc_samples)
         loss = -self._unlabelled(x, terms, beta).mean()
@@ -179,6 +180,7 @@ class SemiSupervised(Model):
             if self.alpha is None:
                 raise ValueError("alpha is not set: pass alpha= or call set_data_sizes(N, N_labelled)")
             x_l, y_l = split_labelled(labelled)
+            check_batch(x_l, "x_l")
             rec, latent, class_loss = self._labelled_terms(x_l, y_l, noise)
             class_loss = class_loss.mean()
             loss = loss - self._labelled(x_l, rec, latent, beta).mean() + self.alpha * class_loss
