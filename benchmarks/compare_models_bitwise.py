@@ -59,7 +59,7 @@ def _record(out_path):
     """Run every case with the ``minivae`` on ``sys.path`` and save the arrays to ``out_path``."""
     import minivae as mv
     from minivae.models import build_model
-    from minivae.random import Noise
+    from minivae.random import Generator
 
     out = {}
     for case, (name, extra) in _cases().items():
@@ -80,7 +80,7 @@ def _record(out_path):
                 model.set_data_sizes(60, 4)
                 call["labelled"] = (mv.tensor(x[:4]), labels[:4])
             tag = f"{case}|beta={beta}"
-            loss, _ = model.loss(mv.tensor(x), Noise(seed=5), beta=beta, **call)
+            loss, _ = model.loss(mv.tensor(x), Generator(seed=5), beta=beta, **call)
             loss.backward()
             out[f"{tag}|loss"] = np.asarray(loss.data)
             for pname, p in model.named_parameters():
@@ -88,7 +88,7 @@ def _record(out_path):
                     out[f"{tag}|grad|{pname}"] = np.asarray(p.grad)
             if beta is None:
                 with mv.no_grad():
-                    lw = model.log_weights(mv.tensor(x), 3, Noise(seed=6))
+                    lw = model.log_weights(mv.tensor(x), 3, Generator(seed=6))
                 out[f"{case}|log_weights"] = np.asarray(lw.data)
     np.savez(out_path, **out)
 

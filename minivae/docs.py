@@ -182,10 +182,10 @@ def vae_graph_dot(x):
     from .graph import model_loss_graph
     from .models import VAE
     from .nn import init
-    from .random import Noise
+    from .random import Generator
 
     init.manual_seed(0)
-    _, dot = model_loss_graph(VAE(), x, Noise(seed=0), grad=True, title=GRAPH_TITLE)
+    _, dot = model_loss_graph(VAE(), x, Generator(seed=0), grad=True, title=GRAPH_TITLE)
     return dot
 
 

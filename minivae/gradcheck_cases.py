@@ -395,20 +395,19 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
     """A gradcheck case for a whole model: ``(parameter names, fn, inputs)``.
 
     ``fn(x, *params)`` is the model's training loss on a fixed batch ``x`` of binary images
-    with fixed reparameterization noise (a ``minivae.random.Noise``, which gives the same eps at
-    every call), evaluated with ``params`` in place of the model's parameters, so the inputs
+    with fixed reparameterization noise (a fresh ``minivae.random.Generator(seed)`` at every
+    call, so every call draws the same numbers), evaluated with ``params`` in place of the model's parameters, so the inputs
     may be float64 or float32 copies. ``inputs`` are float64: x (a constant), then a copy of
     every trainable parameter (``requires_grad``; a frozen part such as M1+M2's M1 is a constant), in
     ``named_parameters`` order.
     """
     from .models import build_model
-    from .random import Noise
+    from .random import Generator
 
     rng = np.random.default_rng(seed)
     sizes = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
     model = build_model(name, **dict(sizes, rng=rng, **kwargs)).astype(np.float64)
     x = (rng.uniform(size=(batch, model.x_dim)) < 0.5).astype(np.float64)
-    noise = Noise(seed=seed)
     slots, names = [], []
     for mname, module in model.named_modules():
         for key, p in module._parameters.items():
@@ -424,7 +423,7 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
         for (module, key), p in zip(slots, params):
             module._parameters[key] = p
         try:
-            return model.loss(x, noise)[0]
+            return model.loss(x, Generator(seed))[0]
         finally:
             for (module, key), p in zip(slots, originals):
                 module._parameters[key] = p

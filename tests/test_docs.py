@@ -147,10 +147,10 @@ def test_graph_structure_sees_a_changed_graph():
     """The comparison above tells graphs apart (here: two ELBO samples add nodes)."""
     from minivae.graph import model_loss_graph
     from minivae.models import VAE
-    from minivae.random import Noise
+    from minivae.random import Generator
 
     x = (np.random.default_rng(0).uniform(size=(16, 784)) < 0.5).astype(np.float32)
-    _, other = model_loss_graph(VAE(mc_samples=2), x, Noise(seed=0), grad=True)
+    _, other = model_loss_graph(VAE(mc_samples=2), x, Generator(seed=0), grad=True)
     assert dot_structure(other) != dot_structure(docs.vae_graph_dot(x))
 
 

@@ -335,11 +335,11 @@ def test_every_model_loss_gradients_and_log_weights_match_the_cpu(name):
     out = {}
     for model, device in ((cpu_model, "cpu"), (gpu_model, "gpu")):
         extra = {"labelled": (mv.tensor(x[:4]).to(device), mv.backend.to_device(labels[:4], device))} if semi else {}
-        loss, _ = model.loss(mv.tensor(x).to(device), mv.random.Noise(seed=5), beta=0.7, **extra)
+        loss, _ = model.loss(mv.tensor(x).to(device), mv.random.Generator(seed=5), beta=0.7, **extra)
         assert loss.device == device
         loss.backward()
         with mv.no_grad():
-            lw = model.log_weights(mv.tensor(x).to(device), 3, mv.random.Noise(seed=6))
+            lw = model.log_weights(mv.tensor(x).to(device), 3, mv.random.Generator(seed=6))
         assert lw.device == device and lw.shape == (3, len(x))
         out[device] = (float(loss.item()), _grads(model), lw.numpy())
     (loss_c, g_c, lw_c), (loss_g, g_g, lw_g) = out["cpu"], out["gpu"]

@@ -13,7 +13,7 @@ from minivae.cli import main
 from minivae.graph import model_loss_graph, node_gradients, parameter_names, to_dot, trace_graph
 from minivae.models import VAE
 from minivae.ops.elementwise import Exp
-from minivae.random import Noise
+from minivae.random import Generator
 from minivae.runs import CHECKPOINT, TrainConfig
 
 NODE = re.compile(r'^  (n\d+) \[label="((?:[^"\\]|\\.)*)", shape=(\w+), fillcolor="(#[0-9a-f]{6})"(, penwidth=2)?\];$')
@@ -131,7 +131,7 @@ def test_freed_graph_is_refused_for_gradients():
 def test_vae_loss_graph():
     model = VAE(x_dim=12, z_dim=3, hidden=(8,), rng=np.random.default_rng(0))
     x = (np.random.default_rng(1).uniform(size=(5, 12)) < 0.5).astype(np.float32)
-    graph, dot = model_loss_graph(model, x, Noise(seed=0), grad=True)
+    graph, dot = model_loss_graph(model, x, Generator(seed=0), grad=True)
     nodes, edges, root = parse_dot(dot)
     check_dag(nodes, edges, root)
     titles = [lines[0] for lines in nodes.values()]
@@ -141,7 +141,7 @@ def test_vae_loss_graph():
         assert op in titles
     assert "x" in titles and all(lines[1].endswith("float32") for lines in nodes.values())
     # the parameters' gradient norms are those of an ordinary backward
-    loss, _ = model.loss(mv.tensor(x), Noise(seed=0))
+    loss, _ = model.loss(mv.tensor(x), Generator(seed=0))
     loss.backward()
     norms = {n.name: n.grad_norm for n in graph.nodes if n.kind == "param"}
     for name, p in model.named_parameters():

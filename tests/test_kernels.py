@@ -1390,7 +1390,7 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
         with monkeypatch.context() as mp:
             if gpu:
                 mp.setattr(dispatch, "is_gpu_array", lambda array: True)
-            loss, _ = model.loss(mv.tensor(x), mr.Noise(seed=4, offset=2))
+            loss, _ = model.loss(mv.tensor(x), mr.Generator(seed=4, offset=2))
             loss.backward()
             grads = [p.grad.copy() for p in model.parameters()]
             opt.step()

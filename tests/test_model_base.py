@@ -6,7 +6,7 @@ import minivae as mv
 from minivae.models import MODELS, build_model
 from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
 from minivae.models.base import Model
-from minivae.random import Generator
+from minivae.random import Generator, Noise
 from minivae.runs import TrainConfig, build_run_model
 
 
@@ -103,3 +103,19 @@ def test_an_int_rng_seeds_one_generator_for_all_the_layers(name):
     same = [(a, b) for a in seeded for b in seeded
             if a < b and seeded[a].shape == seeded[b].shape and np.array_equal(seeded[a], seeded[b])]
     assert not same
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_fixed_noise_address_is_refused(name):
+    # Before: a Noise gave every draw of one call the same numbers (ADGM's eps_a == eps_z, the
+    # chunks of M2's log_weights repeated, sample's pixels drawn from the words that made z).
+    model = small_model(name)
+    if model.semi_supervised:
+        model.set_data_sizes(100, 10)
+    x = mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+    calls = [lambda noise: model.loss(x, noise), lambda noise: model.elbo(x, noise),
+             lambda noise: model.log_weights(x, 2, noise), lambda noise: model.sample(2, noise)]
+    for call in calls:
+        with pytest.raises(TypeError, match="noise must be a minivae.random.Generator, not a Noise"):
+            call(Noise(seed=1))
+        call(Generator(seed=1))

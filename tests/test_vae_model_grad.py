@@ -109,13 +109,13 @@ def test_the_vae_training_loss_uses_reparameterize_kl(kwargs):
     GPU form is the fused kernel pair), and no separate KL node."""
     from minivae.models import ADGM, SDGM, VAE
     from minivae.models.iwae import TwoLayerVAE
-    from minivae.random import Noise
+    from minivae.random import Generator
 
     x = Tensor((np.random.default_rng(0).uniform(size=(4, 12)) < 0.5).astype(np.float64))
     small = dict(x_dim=12, z_dim=3, hidden=(8,), **kwargs)
     for model in (VAE(**small), ADGM(**small), SDGM(**small),
                   TwoLayerVAE(x_dim=12, z_dims=(4, 3), blocks=((8,), (6,)), **kwargs)):
-        loss, _ = model.astype(np.float64).loss(x, Noise(seed=3))
+        loss, _ = model.astype(np.float64).loss(x, Generator(seed=3))
         names = _op_names(loss)
         assert names.count("ReparameterizeKL") == 1, (type(model).__name__, names)
         assert "KLNormalStd" not in names
@@ -164,12 +164,12 @@ def test_the_vae_elbo_averages_the_reconstruction_over_its_samples(samples):
     example; the loss is the batch mean of beta KL - reconstruction. Against NumPy in float64
     from the same encoder, decoder and eps (the draw's normals)."""
     from minivae.models import VAE
-    from minivae.random import Noise
+    from minivae.random import Generator, Noise
 
     x = (np.random.default_rng(0).uniform(size=(4, 12)) < 0.5).astype(np.float64)
     model = VAE(x_dim=12, z_dim=3, hidden=(8,), beta=2.5, mc_samples=samples).astype(np.float64)
-    rec, kl = model.elbo(Tensor(x), Noise(seed=3))
-    loss, stats = model.loss(Tensor(x), Noise(seed=3))
+    rec, kl = model.elbo(Tensor(x), Generator(seed=3))
+    loss, stats = model.loss(Tensor(x), Generator(seed=3))  # the first draw of each: Noise(seed=3)
     mu, logvar = (t.data for t in model.encode(Tensor(x)))
     eps = Noise(seed=3).normal((samples,) + mu.shape, dtype=np.float64)
     logits = model.decode(Tensor(mu + np.exp(logvar / 2) * eps)).data

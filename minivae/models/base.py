@@ -1,7 +1,8 @@
 """The base class of every model: what the trainer, the evaluator and the command line rely on.
 
 A model is an ``nn.Module`` with an attribute ``x_dim`` (the size of an image row) and these
-methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``):
+methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``, never one fixed ``Noise``:
+``check_noise``):
 
 * ``loss(x, noise, beta=None)`` -> (scalar loss Tensor, dict of statistics): each statistic a
   0-d array of the model's float dtype on its device, computed without a read back to the host
@@ -27,6 +28,7 @@ import numbers
 
 from .. import nn
 from ..checks import check_integer
+from ..random import Noise
 
 
 class Model(nn.Module):
@@ -104,6 +106,20 @@ def kl_weight_of(model, beta):
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a number or a 0-d array, got {type(beta).__name__} {beta!r:.40}")
     return float(beta)
+
+
+def check_noise(noise):
+    """Refuse a ``minivae.random.Noise`` where a model takes a ``Generator``.
+
+    A ``Noise`` is one fixed draw: every draw of one model call (a and z, the layers of a
+    hierarchy, the chunks of ``log_weights``, the pixels ``sample`` draws after its z) would
+    start from the same numbers, giving repeated or correlated samples where independent ones
+    are meant. A fresh ``Generator(seed)`` gives the same numbers at every call instead.
+    """
+    if isinstance(noise, Noise):
+        raise TypeError("noise must be a minivae.random.Generator, not a Noise (one fixed draw, which "
+                        "every draw of the call would repeat); Generator(seed) gives the same numbers "
+                        "at every call")
 
 
 def check_batch(x, name="x"):

@@ -16,7 +16,7 @@ from ..autograd import no_grad
 from ..checks import check_integer
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
-from .base import Model, check_batch, kl_weight_of
+from .base import Model, check_batch, check_noise, kl_weight_of
 
 
 class MLP(nn.Module):
@@ -215,6 +215,7 @@ class TopDownGenerator(nn.Module):
         Runs in eval mode (batch normalization with its running statistics, left unchanged).
         """
         n = check_integer(n, "n", minimum=0)
+        check_noise(noise)
         xp, dtype = model_array_module(self)
         was_training = self.training
         self.eval()

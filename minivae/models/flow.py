@@ -20,6 +20,7 @@ from .. import functional as F
 from .. import nn
 from ..checks import check_integer
 from ..flows import AmortizedPlanarFlows
+from .base import check_noise
 from .common import rsample
 from .vae import VAE
 
@@ -56,6 +57,7 @@ class FlowVAE(VAE):
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x | z_K) + log p(z_K) - log q_K(z_K | x) for k independent draws."""
+        check_noise(noise)
         mu, logvar, z0, zk, log_det = self._flow_sample(x, check_integer(k, "k", minimum=1), noise)
         log_q = F.gaussian_log_prob(z0, mu, logvar) - log_det
         return F.bernoulli_log_prob(self.decode(zk), x) + F.gaussian_log_prob(zk, 0.0, 0.0) - log_q
@@ -66,6 +68,7 @@ class FlowVAE(VAE):
         KL(q_K || p) = -H[q_0] - E[sum_k log|det J_k| + log p(z_K)], with the Gaussian entropy
         H[q_0] = 1/2 sum_j (1 + log 2 pi + logvar_j) in closed form and the rest sampled.
         """
+        check_noise(noise)
         mu, logvar, z0, zk, log_det = self._flow_sample(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.decode(zk), x).mean(axis=0)
         entropy = 0.5 * F.sum(logvar, axis=-1) + 0.5 * self.z_dim * (1 + math.log(2 * math.pi))

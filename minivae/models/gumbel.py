@@ -35,6 +35,7 @@ from .. import nn
 from ..autograd import no_grad, tensor
 from ..checks import check_integer
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
+from .base import check_noise
 from .common import MLP, LatentVariableModel, model_array_module
 
 
@@ -99,6 +100,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def elbo(self, x, noise, samples=None, hard=None):
         """Per-example (reconstruction, KL), each (B,); relaxed codes in training mode, exact
         categorical codes in eval mode (or as ``hard`` says)."""
+        check_noise(noise)
         hard = not self.training if hard is None else hard
         logits = self.logits(x)
         y = self.sample_codes(logits, self.elbo_samples(samples), noise, hard)
@@ -107,6 +109,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def log_weights(self, x, k, noise):
         """(k, B) log p(x | y) + log p(y) - log q(y | x) for k exact categorical codes y ~ q(y | x);
         log p(y) = -n_vars log K per example (a (B,) vector)."""
+        check_noise(noise)
         logits = self.logits(x)
         y = self.sample_codes(logits, check_integer(k, "k", minimum=1), noise, hard=True)
         log_prior = log_uniform_categorical(x.shape[0], self.n_classes, x.dtype, x.device) * self.n_vars
@@ -124,6 +127,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def sample(self, n, noise, probabilities=True):
         """n images from the discrete model: codes uniform one-hot (Gumbel-max of zero logits)."""
         n = check_integer(n, "n", minimum=0)
+        check_noise(noise)
         xp, dtype = model_array_module(self)
         with no_grad():
             y = self._one_hot(self._gumbel((n, self.n_vars, self.n_classes), noise))

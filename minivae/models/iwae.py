@@ -23,6 +23,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 from .. import functional as F
 from .. import nn
 from ..checks import check_integer
+from .base import check_noise
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
 
@@ -81,6 +82,7 @@ class TwoLayerVAE(LatentVariableModel):
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z1, z2) - log q(z1, z2 | x) for k independent draws per example."""
         k = check_integer(k, "k", minimum=1)
+        check_noise(noise)
         (z1, z2), ((mu1, logvar1), (mu2, logvar2)), _ = self._posterior(x, k, noise)
         log_q = F.gaussian_log_prob(z1, mu1, logvar1) + F.gaussian_log_prob(z2, mu2, logvar2)
         return self.generator.log_prob(x, (z1, z2)) - log_q
@@ -92,6 +94,7 @@ class TwoLayerVAE(LatentVariableModel):
         in closed form given z1; the first is sampled (p(z1 | z2) depends on z2, which depends on
         z1, so it has no closed form).
         """
+        check_noise(noise)
         (z1, z2), ((mu1, logvar1), _), kl2 = self._posterior(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.generator.logits(z1), x)
         mu_p, logvar_p = self.generator.prior(0, z2)

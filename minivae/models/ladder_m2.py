@@ -75,6 +75,7 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..distributions import sample_bernoulli, standard_normal
+from .base import check_noise
 from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
 from .ladder import PAPER_Z_DIMS, kl_terms, log_ratio, top_down
 from .semisupervised import SemiSupervised
@@ -206,6 +207,7 @@ class LadderM2(SemiSupervised):
     def sample(self, n, noise, probabilities=True, labels=None):
         """n images by ancestral sampling from z_L ~ N(0, I) down, with labels 0, 1, ..., K-1, 0, ...
         (or ``labels``). Runs in eval mode (running statistics, left unchanged)."""
+        check_noise(noise)
         param = next(iter(self.parameters()))
         y = self.sample_labels(n, labels, param)
         was_training = self.training

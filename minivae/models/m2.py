@@ -24,6 +24,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP
+from .base import check_noise
 from .semisupervised import SemiSupervised
 
 
@@ -94,6 +95,7 @@ class M2(SemiSupervised):
 
         Bernoulli: the means (``probabilities``) or binary images; Gaussian: the means m(y, z).
         """
+        check_noise(noise)
         param = next(iter(self.parameters()))
         y = self.sample_labels(n, labels, param)
         with no_grad():

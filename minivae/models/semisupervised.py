@@ -41,7 +41,7 @@ from ..autograd import no_grad, tensor
 from ..backend import get_array_module
 from ..checks import check_integer
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
-from .base import Model, check_batch, kl_weight_of
+from .base import Model, check_batch, check_noise, kl_weight_of
 
 
 def label_grid(num_classes, like):
@@ -113,6 +113,7 @@ class SemiSupervised(Model):
     def _labelled_terms(self, x, labels, noise):
         """The reconstruction and latent terms (1, S, B) of the given labels, and the
         classification loss (B,)."""
+        check_noise(noise)  # every bound with a given label comes here
         y = one_hot(labels, self.num_classes, x, n=x.shape[0])
         context = self._context(x, self.mc_samples, noise)
         rec, latent = self._terms(x, y.reshape(1, 1, *y.shape), context, noise)
@@ -126,6 +127,7 @@ class SemiSupervised(Model):
     def _enumerated(self, x, noise, samples, analytic=True):
         """The reconstruction and latent terms of every label (K, S, B), and log q(y | x, ...) and
         q(y | x, ...) as (K, S or 1, B)."""
+        check_noise(noise)  # every bound over all labels (loss, elbo, log_weights) comes here
         context = self._context(x, samples, noise)
         rec, latent = self._terms(x, label_grid(self.num_classes, x), context, noise, analytic)
         log_q = F.log_softmax(self._class_logits(x, context), axis=-1).transpose(2, 0, 1)

@@ -12,6 +12,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer
 from ..distributions import sample_bernoulli
+from .base import check_noise
 from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
 
 
@@ -58,12 +59,14 @@ class VAE(LatentVariableModel):
         z of shape (samples, B, D). Both come from one ``F.reparameterize_kl`` node (on the GPU,
         the fused reparameterization + KL kernels).
         """
+        check_noise(noise)
         mu, logvar = self.encode(x)
         z, kl = F.reparameterize_kl(mu, logvar, noise, samples=self.elbo_samples(samples))
         return F.bernoulli_log_prob(self.decode(z), x).mean(axis=0), kl
 
     def log_weights(self, x, k, noise):
         """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
+        check_noise(noise)
         mu, logvar = self.encode(x)
         z = rsample(mu, logvar, noise, check_integer(k, "k", minimum=1))
         return (F.bernoulli_log_prob(self.decode(z), x) + F.gaussian_log_prob(z, 0.0, 0.0)
@@ -75,6 +78,7 @@ class VAE(LatentVariableModel):
         With ``probabilities=False`` the pixels are also sampled (binary images).
         """
         n = check_integer(n, "n", minimum=0)
+        check_noise(noise)
         xp, dtype = model_array_module(self)
         with no_grad():
             z = xp.asarray(noise.normal((n, self.z_dim), dtype=dtype))
