@@ -358,19 +358,26 @@ def test_a_capture_that_fails_ends_the_capture_and_raises_the_reason(monkeypatch
     assert fake.events[-3:] == ["end_capture", "exit side", "pool allocator off"]
 
 
+def _benchmark(name, monkeypatch):
+    """The script benchmarks/<name>.py as a module, on the fake device (whose synchronize has
+    nothing to wait for: the fake runs each call at once)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    device = types.SimpleNamespace(synchronize=lambda: None)
+    monkeypatch.setattr(sys.modules["cupy"], "cuda", types.SimpleNamespace(Device=lambda: device), raising=False)
+    return bench
+
+
 def test_the_step_benchmark_times_graph_mode(fake_device, monkeypatch):
     """benchmarks/bench_train_step.py's minivae-graph runner (the trainer's step captured, then
     replayed) goes through the benchmark's timing loop: its loss is only summed on the device,
     so no last loss is reported, and the replays train (the parameters move)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train_step.py"
-    spec = importlib.util.spec_from_file_location("bench_train_step", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    device = types.SimpleNamespace(synchronize=lambda: None)  # the fake runs each call at once
-    monkeypatch.setattr(sys.modules["cupy"], "cuda", types.SimpleNamespace(Device=lambda: device), raising=False)
+    bench = _benchmark("bench_train_step", monkeypatch)
     state, _ = bench.warm_state(None, 0, seed=0)
     runner = bench.MinivaeGraphRunner(state, "gpu", seed=0)
     x = (np.random.default_rng(0).random((3, 4, 784)) < 0.5).astype(np.float32)
@@ -387,15 +394,7 @@ def test_the_step_benchmark_times_graph_mode(fake_device, monkeypatch):
 def test_the_epoch_benchmark_reports_graph_mode_only_when_it_ran(fake_device, monkeypatch, captured):
     """benchmarks/bench_epoch.py's minivae-graph row is graph mode's epoch: when the step cannot
     be captured (the trainer then trains eagerly), the row is dropped and the trainer's note kept."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_epoch.py"
-    spec = importlib.util.spec_from_file_location("bench_epoch", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    device = types.SimpleNamespace(synchronize=lambda: None)  # the fake runs each call at once
-    monkeypatch.setattr(sys.modules["cupy"], "cuda", types.SimpleNamespace(Device=lambda: device), raising=False)
+    bench = _benchmark("bench_epoch", monkeypatch)
     monkeypatch.setattr(sys.modules["cupy"], "__version__", "fake", raising=False)
     monkeypatch.setattr(bench, "gpu_info", lambda: {"name": "fake"})
     monkeypatch.setattr(bench, "load_mnist", lambda verbose: small_data(n_train=100, n_eval=20))

@@ -54,13 +54,18 @@ def test_what_needs_a_capability_refuses_a_model_without_it():
         classification_error(build_model("vae", x_dim=12, z_dim=2, hidden=(8,)), x, np.arange(3))
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_methods_take_sample_counts_as_integers(name):
-    # Before: k=2.5 drew 2 samples, samples=0 meant the default, n=-1 failed in the Philox draw.
+def _small_model_and_batch(name):
+    """A small model ``name``, ready for a loss, and a batch of 3 binary images for it."""
     model = small_model(name)
     if model.semi_supervised:
         model.set_data_sizes(100, 10)
-    x = mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+    return model, mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_methods_take_sample_counts_as_integers(name):
+    # Before: k=2.5 drew 2 samples, samples=0 meant the default, n=-1 failed in the Philox draw.
+    model, x = _small_model_and_batch(name)
     for bad, error, problem in ((2.5, TypeError, "an integer, got 2.5"), (0, ValueError, "at least 1, got 0")):
         with pytest.raises(error, match=f"^k must be {problem}"):
             model.log_weights(x, bad, Generator(0))
@@ -109,10 +114,7 @@ def test_an_int_rng_seeds_one_generator_for_all_the_layers(name):
 def test_a_fixed_noise_address_is_refused(name):
     # Before: a Noise gave every draw of one call the same numbers (ADGM's eps_a == eps_z, the
     # chunks of M2's log_weights repeated, sample's pixels drawn from the words that made z).
-    model = small_model(name)
-    if model.semi_supervised:
-        model.set_data_sizes(100, 10)
-    x = mv.tensor((np.random.default_rng(0).random((3, model.x_dim)) < 0.5).astype(np.float32))
+    model, x = _small_model_and_batch(name)
     calls = [lambda noise: model.loss(x, noise), lambda noise: model.elbo(x, noise),
              lambda noise: model.log_weights(x, 2, noise), lambda noise: model.sample(2, noise)]
     for call in calls:
