@@ -285,3 +285,11 @@ def test_cli_trains_m2_with_n_labelled_and_reports_the_test_error(tmp_path, monk
     assert cli.main(["eval", str(out), "--k", "2", "--no-progress"]) == 0
     assert "test_error" in json.loads((out / "eval_k2.json").read_text())
     assert build_model("m2", alpha=1.5).alpha == 1.5
+
+
+def test_the_data_sizes_are_positive_integers():
+    model = M2(x_dim=12, z_dim=2, hidden=(8,), rng=0)
+    with pytest.raises(ValueError, match="^n_labelled must be at least 1, got 0"):
+        model.set_data_sizes(100, 0)  # (a ZeroDivisionError before)
+    with pytest.raises(TypeError, match="^n_total must be an integer, got 100.5"):
+        model.set_data_sizes(100.5, 10)

@@ -93,7 +93,10 @@ class SemiSupervised(Model):
 
     # ----- the bounds --------------------------------------------------------------------------
     def set_data_sizes(self, n_total, n_labelled):
-        """Fix alpha = alpha_scale * N / N_l (Kingma et al. 2014 use alpha = 0.1 N), unless given."""
+        """Fix alpha = alpha_scale * N / N_l (Kingma et al. 2014 use alpha = 0.1 N), unless given.
+        Both sizes are integers of at least 1."""
+        n_total = check_integer(n_total, "n_total", minimum=1)
+        n_labelled = check_integer(n_labelled, "n_labelled", minimum=1)
         if self.alpha_given is None:
             self.alpha = self.alpha_scale * n_total / n_labelled
 
