@@ -62,6 +62,13 @@ def load(path):
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is a folder (or another non-file), not a checkpoint file")
+    try:  # is_zipfile below would take an unreadable file for a corrupt one
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and suggest allow_pickle
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: it is not a checkpoint "
                               "(an .npz zip archive), or only the start of one")

@@ -1,6 +1,8 @@
 """The VAE, the training loop, checkpoints, resume, evaluation and the CLI, on small made-up data."""
+import errno
 import json
 import math
+import os
 import types
 
 import numpy as np
@@ -177,6 +179,19 @@ def test_checkpoint_names_are_data_not_arguments(tmp_path):
     assert sorted(loaded) == ["allow_pickle", "file", "w"]
     for name, array in arrays.items():
         np.testing.assert_array_equal(loaded[name], array)
+
+
+def test_checkpoint_load_names_a_folder_and_an_unreadable_file(tmp_path, monkeypatch):
+    with pytest.raises(checkpoint.CheckpointError, match=f"{tmp_path} is a folder .*not a checkpoint file"):
+        checkpoint.load(tmp_path)
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.ones(2)}, {})
+
+    def unreadable(*args, **kwargs):  # (chmod 0 would not stop root)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+    monkeypatch.setattr(checkpoint, "open", unreadable, raising=False)
+    with pytest.raises(checkpoint.CheckpointError, match=f"cannot read checkpoint {path}: Permission denied"):
+        checkpoint.load(path)
 
 
 @pytest.mark.parametrize("name, value, error, match", [
