@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import minivae as mv
-from minivae import Function, Tensor
+from minivae import Function, Tensor, nn
 from minivae import functional as F
 from minivae.backend import get_default_dtype
 
@@ -280,10 +280,12 @@ def test_a_result_of_recorded_ops_is_not_cast_out_of_its_graph():
         assert (x * 2.0).astype(np.float32).dtype == np.float32  # nothing recorded to cut
 
 
-def test_the_tensor_constructor_makes_the_dtypes_tensor_makes():
+def test_the_tensor_and_parameter_constructors_make_the_dtypes_tensor_makes():
     for data in (1.0, [1.0, 2.0], [1, 2], np.float64(1.0), np.zeros(2), True):
         assert Tensor(data).dtype == mv.tensor(data).dtype, data
+        assert nn.Parameter(data).dtype == mv.tensor(data, requires_grad=True).dtype, data
     assert Tensor([1, 2], requires_grad=True).dtype == np.float32
+    assert nn.Parameter(np.float64(1.5)).dtype == np.float64  # a NumPy scalar keeps its dtype
 
 
 def test_set_default_dtype():

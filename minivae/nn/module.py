@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..autograd import Tensor, _can_unlock
-from ..backend import device_of, get_array_module, get_default_dtype, resolve_device, to_device
+from ..backend import device_of, resolve_device, to_device
 
 
 class StateDictError(ValueError):
@@ -30,21 +30,14 @@ IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_k
 class Parameter(Tensor):
     """A Tensor that is a trainable weight of a Module: a leaf with ``requires_grad=True``.
 
-    Assigning a Parameter to an attribute of a Module registers it. Python numbers and lists
-    become the default dtype (float32); arrays keep their dtype.
+    Assigning a Parameter to an attribute of a Module registers it. Its data takes the dtypes
+    ``mv.tensor`` gives: Python numbers and lists the default dtype (float32, integers included,
+    as they require gradients); arrays and NumPy scalars keep theirs.
     """
     __slots__ = ()  # Tensor uses __slots__; an empty tuple keeps Parameter free of a __dict__
 
     def __init__(self, data, requires_grad=True):
-        if isinstance(data, Tensor):
-            data = data.data
-        xp = get_array_module(data)
-        if not isinstance(data, xp.ndarray):
-            # Numbers and lists follow mv.tensor's policy: the default float dtype.
-            data = np.asarray(data)
-            if data.dtype.kind in "fiub":
-                data = data.astype(get_default_dtype())
-        super().__init__(data, requires_grad=requires_grad)
+        super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad=requires_grad)
 
     def __repr__(self):
         return f"Parameter({self.data!r})"
