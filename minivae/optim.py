@@ -41,6 +41,7 @@ import numpy as np
 
 from .autograd import Tensor
 from .backend import device_of, get_array_module, to_device
+from .checks import check_integer
 from .gpu import dispatch
 
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
@@ -53,7 +54,16 @@ _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
 #: Hyperparameter name -> (test, what the value must be): checked at construction and by
 #: ``load_state_dict``.
 _RANGES = {"lr": _NON_NEGATIVE, "momentum": _NON_NEGATIVE, "dampening": (math.isfinite, "finite"),
-           "weight_decay": _NON_NEGATIVE, "eps": _NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA}
+           "weight_decay": _NON_NEGATIVE, "eps": _NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
+           "min_lr": _NON_NEGATIVE, "gamma": _NON_NEGATIVE}
+
+
+def _check_ranges(owner, **hyper):
+    """Raise ValueError naming ``owner`` (an optimizer or scheduler class) and each value of
+    ``hyper`` outside its range (``_RANGES``)."""
+    problems = _out_of_range(hyper)
+    if problems:
+        raise ValueError(f"{owner.__name__}: " + "; ".join(problems))
 
 
 def _out_of_range(hyper):
@@ -92,7 +102,7 @@ class Optimizer:
             if id(p) in seen:
                 raise ValueError(f"{type(self).__name__}: parameter {i} appears twice in the list")
             seen.add(id(p))
-        self._check_ranges(lr=lr)
+        _check_ranges(type(self), lr=lr)
         self.params = params
         self.lr = float(lr)
         self.flush_every = int(flush_every)
@@ -194,12 +204,6 @@ class Optimizer:
     # ----- helpers for subclasses -------------------------------------------------------------
     _flushed = ()  # names of the state arrays cleared of subnormals every flush_every steps
 
-    def _check_ranges(self, **hyper):
-        """Raise ValueError naming each hyperparameter of ``hyper`` outside its range (``_RANGES``)."""
-        problems = _out_of_range(hyper)
-        if problems:
-            raise ValueError(f"{type(self).__name__}: " + "; ".join(problems))
-
     def _check_grads(self):
         """Refuse a gradient (set by hand: backward gives the right kind) that does not match its
         parameter: another shape, or another dtype or device, which the update would cast
@@ -267,7 +271,7 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
-        self._check_ranges(momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        _check_ranges(type(self), momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
@@ -317,7 +321,7 @@ class Adam(Optimizer):
         #: the scalars of one step count, so ``step`` refuses parameters of several counts.
         self.step_scalars = None
         beta1, beta2 = betas
-        self._check_ranges(beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+        _check_ranges(type(self), beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.weight_decay, self.amsgrad = float(weight_decay), bool(amsgrad)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
@@ -610,7 +614,10 @@ class CosineLR(LRScheduler):
     half cosine from base_lr down to ``min_lr`` at ``total_steps``, constant afterwards."""
 
     def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0):
-        self.total_steps, self.min_lr, self.warmup_steps = int(total_steps), float(min_lr), int(warmup_steps)
+        _check_ranges(type(self), min_lr=min_lr)
+        self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
+        self.warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
+        self.min_lr = float(min_lr)
         super().__init__(optimizer)
 
     def lr_at(self, t):
@@ -626,7 +633,9 @@ class StepLR(LRScheduler):
     """base_lr * gamma ** (t // step_size): decay by ``gamma`` every ``step_size`` steps."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        self.step_size, self.gamma = int(step_size), float(gamma)
+        _check_ranges(type(self), gamma=gamma)
+        self.step_size = check_integer(step_size, "step_size", minimum=1)
+        self.gamma = float(gamma)
         super().__init__(optimizer)
 
     def lr_at(self, t):

@@ -197,6 +197,21 @@ def test_constructor_errors():
         optim.SGD([p], lr=0.1, nesterov=True)
 
 
+@pytest.mark.parametrize("make, error, message", [
+    (lambda o: optim.CosineLR(o, 10, warmup_steps=-1), ValueError, "warmup_steps must be at least 0, got -1"),
+    (lambda o: optim.CosineLR(o, 0), ValueError, "total_steps must be at least 1, got 0"),
+    (lambda o: optim.CosineLR(o, 10.5), TypeError, "total_steps must be an integer, got 10.5"),
+    (lambda o: optim.CosineLR(o, 10, min_lr=math.nan), ValueError, "CosineLR: invalid min_lr nan"),
+    (lambda o: optim.StepLR(o, 0), ValueError, "step_size must be at least 1, got 0"),
+    (lambda o: optim.StepLR(o, 3, gamma=-0.5), ValueError, "StepLR: invalid gamma -0.5"),
+], ids=["negative warm-up", "no steps", "fractional steps", "NaN min_lr", "step_size 0", "negative gamma"])
+def test_scheduler_arguments_are_checked(make, error, message):
+    """(A negative warm-up shifted the schedule silently; step_size 0 was a ZeroDivisionError at
+    the first step.)"""
+    with pytest.raises(error, match=f"^{message}"):
+        make(optim.SGD(_params(), lr=0.1))
+
+
 @pytest.mark.parametrize("make, name", [
     (lambda p, nan: optim.SGD([p], lr=nan), "lr"),
     (lambda p, nan: optim.SGD([p], lr=0.1, momentum=nan), "momentum"),
