@@ -526,3 +526,11 @@ def test_mlp_builds_linear_relu_layers_under_the_unfused_names():
     normed = MLP((6, 5, 3), "relu", batch_norm=True, rng=0)  # a BatchNorm1d sits between: no fusion
     assert [type(m).__name__ for m in normed.net] == ["Linear", "BatchNorm1d", "ReLU", "Linear",
                                                       "BatchNorm1d", "ReLU"]
+
+
+def test_initializers_refuse_integer_tensors():
+    """(uniform_ on an int64 tensor filled it with truncated values.)"""
+    for fill in (lambda t: nn.init.uniform_(t, 0.0, 5.0), lambda t: nn.init.normal_(t),
+                 nn.init.xavier_uniform_):
+        with pytest.raises(TypeError, match="initializers fill float tensors, got one of dtype int64"):
+            fill(mv.tensor(np.zeros((2, 2), np.int64)))

@@ -45,6 +45,8 @@ def get_rng(rng=None):
 def _fill(tensor, values):
     """Write ``values`` (float64 NumPy) into ``tensor``'s array in place, in its dtype and device."""
     array = tensor.data if isinstance(tensor, Tensor) else tensor
+    if array.dtype.kind != "f":  # the cast below would truncate the values without a word
+        raise TypeError(f"initializers fill float tensors, got one of dtype {array.dtype}")
     if isinstance(tensor, Tensor):
         tensor.bump_version()  # a graph that saved the old values must not use them
     host = np.asarray(values, dtype=np.float64).astype(array.dtype)
