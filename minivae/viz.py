@@ -236,6 +236,9 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
         ax.set_title("decoded latent grid over N(0,1) quantiles (z1 right, z2 up)", fontsize=10)
         fig.tight_layout()
         return _save(fig, path)
+    if kl is not None and np.shape(kl) != (d,):  # else argsort would rank fewer dims, or others
+        raise ValueError(f"kl must hold one value per latent dimension, shape ({d},), got shape "
+                         f"{np.shape(kl)}")
     order = np.arange(d) if kl is None else np.argsort(-np.asarray(kl), kind="stable")
     dims = order[:min(n_dims, d)]
     values = np.linspace(-span, span, n)

@@ -201,6 +201,13 @@ def test_plot_run_traversal_shape_depends_on_z_dim(run_z2, run_z3, data, tmp_pat
         assert (abs(h - w) < 0.1 * w) == square, (run.name, h, w)
 
 
+def test_a_traversal_needs_one_kl_value_per_latent_dimension(run_z3, tmp_path):
+    """(With two values for three dimensions it drew two rows, ranked from the wrong list.)"""
+    with pytest.raises(ValueError, match=r"kl must hold one value per latent dimension, shape \(3,\), "
+                                         r"got shape \(2,\)"):
+        viz.plot_traversal(viz_model(run_z3), tmp_path / "t.png", kl=[0.5, 0.1])
+
+
 def test_plot_run_grad_norms_when_logged(run_z3, data, tmp_path):
     run = _copy_run(run_z3, tmp_path)
     with open(run / METRICS, "a") as f:  # gradient-trace lines next to the epoch lines
