@@ -398,7 +398,12 @@ MV_HD T mv_column_sum_partial(mv_columns v, mv_i64 col, int l, const T* g, const
 // The log-sum-exp of column col (R >= 1) in two passes over it: the maximum m (lane l's partial
 // starts from row l, or from row 0 when it has no rows: the maximum is the same with a value
 // taken twice), then, with the shift s = mv_lse_shift(m), the sum of exp(x - s) (lane l's
-// partial below); the result is mv_lse_finish(s, sum).
+// partial below); the result is mv_lse_finish(s, sum). The two parts are kept apart for the
+// log-softmax, which subtracts them one at a time (mv_log_softmax).
+template <typename T>
+struct mv_lse_parts {
+    T shift, sum;
+};
 template <typename T>
 MV_HD T mv_column_max_partial(mv_columns v, mv_i64 col, int l, const T* x) {
     T acc = x[mv_at(v, l < v.R ? l : 0, col)];
@@ -412,13 +417,15 @@ MV_HD T mv_lse_partial(mv_columns v, mv_i64 col, int l, const T* x, T shift) {
     return acc;
 }
 
-// The log-softmax of column col, given its log-sum-exp lse: out = x - lse, lane l writing its
-// rows; and its backward, given the column's sum s of the upstream g: d = g - exp(out) s.
+// The log-softmax of column col, given the parts p of its log-sum-exp: out = (x - p.shift) -
+// log(p.sum), lane l writing its rows; and its backward, given the column's sum s of the upstream
+// g: d = g - exp(out) s.
 template <typename T>
-MV_HD void mv_log_softmax_lane(mv_columns v, mv_i64 col, int l, const T* x, T lse, T* out) {
+MV_HD void mv_log_softmax_lane(mv_columns v, mv_i64 col, int l, const T* x, mv_lse_parts<T> p, T* out) {
+    const T log_sum = mv_log(p.sum);
     for (mv_i64 r = l; r < v.R; r += MV_COLUMN_LANES) {
         const mv_i64 e = mv_at(v, r, col);
-        out[e] = mv_log_softmax<T>(x[e], lse);
+        out[e] = mv_log_softmax<T>(x[e], p.shift, log_sum);
     }
 }
 template <typename T>

@@ -8,31 +8,33 @@
 //              backward d = g[col] exp(x - out[col]) over the n = R N elements (g and out
 //              repeat over the rows), one launch where NumPy's code takes three.
 //   log_softmax: over the last axis of a C-contiguous (B, C) array (a classifier's logits, the
-//              C classes of each of the B rows reduced): out = x - logsumexp(x) in one launch
+//              C classes of each of the B rows reduced): out = (x - s) - log(sum_c exp(x - s)), the
+//              shift and the log-sum subtracted one at a time (vae_math.cuh), in one launch
 //              where NumPy's code takes nine; backward d = g - exp(out) sum(g) in one launch
 //              where NumPy's code takes four.
 // Launch: block (MV_BLOCK, 1, 1); grid (ceil(columns / MV_COLUMNS), 1, 1) for the column
 // reductions (at least one row each), any grid for the flat logsumexp backward (grid-stride).
 #include "device.cuh"
 
-// The log-sum-exp of this thread's column of the view v (R >= 1), in every thread of the block's
-// columns (a column past N gets a value that is not used).
+// The parts of the log-sum-exp of this thread's column of the view v (R >= 1), in every thread of
+// the block's columns (a column past N gets values that are not used).
 template <typename T>
-__device__ __forceinline__ T mv_column_lse(T (*part)[MV_COLUMNS], mv_columns v, const T* __restrict__ x) {
+__device__ __forceinline__ mv_lse_parts<T> mv_column_lse(T (*part)[MV_COLUMNS], mv_columns v,
+                                                         const T* __restrict__ x) {
     const mv_i64 col = mv_column();
     const int l = mv_column_lane();
     const bool mine = col < v.N;  // (the threads of columns past N take part in the block's trees)
     const T m = mv_column_total<T, true>(part, mine ? mv_column_max_partial<T>(v, col, l, x) : T(0));
     const T shift = mv_lse_shift<T>(m);
     const T sum = mv_column_total<T, false>(part, mine ? mv_lse_partial<T>(v, col, l, x, shift) : T(0));
-    return mv_lse_finish<T>(shift, sum);
+    return {shift, sum};
 }
 
 template <typename T>
 __device__ __forceinline__ void mv_logsumexp_fwd(const T* __restrict__ x, T* __restrict__ out, mv_i64 R, mv_i64 N) {
     __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
-    const T lse = mv_column_lse<T>(part, mv_row_columns(R, N), x);
-    if (mv_column_lane() == 0 && mv_column() < N) out[mv_column()] = lse;
+    const mv_lse_parts<T> p = mv_column_lse<T>(part, mv_row_columns(R, N), x);
+    if (mv_column_lane() == 0 && mv_column() < N) out[mv_column()] = mv_lse_finish<T>(p.shift, p.sum);
 }
 
 extern "C" __global__ void mv_logsumexp_fwd_f32(const float* x, float* out, mv_i64 R, mv_i64 N) {
@@ -61,8 +63,8 @@ template <typename T>
 __device__ __forceinline__ void mv_log_softmax_fwd(const T* __restrict__ x, T* __restrict__ out, mv_i64 B, mv_i64 C) {
     __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
     const mv_columns v = mv_class_columns(B, C);
-    const T lse = mv_column_lse<T>(part, v, x);
-    if (mv_column() < B) mv_log_softmax_lane<T>(v, mv_column(), mv_column_lane(), x, lse, out);
+    const mv_lse_parts<T> p = mv_column_lse<T>(part, v, x);
+    if (mv_column() < B) mv_log_softmax_lane<T>(v, mv_column(), mv_column_lane(), x, p, out);
 }
 
 extern "C" __global__ void mv_log_softmax_fwd_f32(const float* x, float* out, mv_i64 B, mv_i64 C) {

@@ -209,9 +209,12 @@ template <typename T>
 MV_HD T mv_lse_finish(T shift, T sum) { return shift + mv_log(sum); }
 template <typename T>
 MV_HD T mv_lse_grad(T g, T x, T out) { return g * mv_exp(x - out); }
-// log_softmax(x)_i = x_i - lse; d/dx_i = g_i - exp(out_i) * sum_j g_j (s, the upstream's sum).
+// log_softmax(x)_i = (x_i - shift) - log(sum), the stable form of minivae.ops.reduce.LogSoftmax:
+// x_i - (shift + log(sum)) would round the log-sum-exp to x's precision first and lose the digits
+// of the small log term when the shift is large (float32 logits near -90: errors of 2e-6, not
+// 1e-7). d/dx_i = g_i - exp(out_i) * sum_j g_j (s, the upstream's sum).
 template <typename T>
-MV_HD T mv_log_softmax(T x, T lse) { return x - lse; }
+MV_HD T mv_log_softmax(T x, T shift, T log_sum) { return (x - shift) - log_sum; }
 template <typename T>
 MV_HD T mv_log_softmax_grad(T g, T out, T s) { return g - mv_exp(out) * s; }
 

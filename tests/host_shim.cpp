@@ -77,6 +77,7 @@ static void elementwise(int which, const T* a, const T* b, const T* c, T* out, m
             case 7: out[i] = mv_gaussian_term<T>(a[i], b[i], c[i]); break;     // (x, mu, logvar)
             case 8: out[i] = mv_lse_term<T>(a[i], b[i]); break;                // (x, shift)
             case 9: out[i] = mv_lse_finish<T>(a[i], b[i]); break;              // (shift, sum)
+            case 10: out[i] = mv_log_softmax<T>(a[i], b[i], mv_log(c[i])); break;  // (x, shift, sum)
         }
     }
 }
@@ -165,14 +166,14 @@ static T column_sum(mv_columns v, mv_i64 col, const T* g, const T* y, T* d) {
     for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_column_sum_partial<T>(v, col, l, g, y, d);
     return column_tree<T>(part, false);
 }
-// The log-sum-exp of column col: the maximum's lanes and tree, then the sum's.
+// The parts of the log-sum-exp of column col: the maximum's lanes and tree, then the sum's.
 template <typename T>
-static T column_lse(mv_columns v, mv_i64 col, const T* x) {
+static mv_lse_parts<T> column_lse(mv_columns v, mv_i64 col, const T* x) {
     T part[MV_COLUMN_LANES];
     for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_column_max_partial<T>(v, col, l, x);
     const T shift = mv_lse_shift<T>(column_tree<T>(part, true));
     for (int l = 0; l < MV_COLUMN_LANES; ++l) part[l] = mv_lse_partial<T>(v, col, l, x, shift);
-    return mv_lse_finish<T>(shift, column_tree<T>(part, false));
+    return {shift, column_tree<T>(part, false)};
 }
 template <typename T>
 static void replay_bias_grad(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {
@@ -180,15 +181,18 @@ static void replay_bias_grad(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i
 }
 template <typename T>
 static void replay_lse_fwd(const T* x, T* out, mv_i64 R, mv_i64 N) {
-    for (mv_i64 col = 0; col < N; ++col) out[col] = column_lse<T>(mv_row_columns(R, N), col, x);
+    for (mv_i64 col = 0; col < N; ++col) {
+        const mv_lse_parts<T> p = column_lse<T>(mv_row_columns(R, N), col, x);
+        out[col] = mv_lse_finish<T>(p.shift, p.sum);
+    }
 }
 // The log-softmax over the C classes of each of B rows: C rows of B columns (mv_class_columns).
 template <typename T>
 static void replay_log_softmax_fwd(const T* x, T* out, mv_i64 B, mv_i64 C) {
     const mv_columns v = mv_class_columns(B, C);
     for (mv_i64 col = 0; col < B; ++col) {
-        const T lse = column_lse<T>(v, col, x);
-        for (int l = 0; l < MV_COLUMN_LANES; ++l) mv_log_softmax_lane<T>(v, col, l, x, lse, out);
+        const mv_lse_parts<T> p = column_lse<T>(v, col, x);
+        for (int l = 0; l < MV_COLUMN_LANES; ++l) mv_log_softmax_lane<T>(v, col, l, x, p, out);
     }
 }
 template <typename T>

@@ -609,18 +609,31 @@ def test_replay_bias_gradient_sums_columns_in_the_documented_order(shim, dtype, 
     assert np.all((np.abs(db - exact.sum(axis=0)) <= bound) | np.isnan(db))
 
 
-def _documented_logsumexp(shim, x):
-    """The log-sum-exp of each column of x (R, N) in the order of kernels/chunks.cuh, from the
-    host build's own terms: the maximum m, the shift s (m where finite, else 0), the documented
-    column sums of exp(x - s), then s + log(sum)."""
-    sfx = _sfx(x.dtype)
+def _documented_lse_parts(shim, x):
+    """The parts of the log-sum-exp of each column of x (R, N) in the order of kernels/chunks.cuh,
+    from the host build's own terms: the shift s (the maximum where finite, else 0) and the
+    documented column sums of exp(x - s)."""
     m = np.max(x, axis=0)
     shift = np.where(np.isfinite(m), m, 0).astype(x.dtype)
     terms = np.zeros_like(x)
-    call(shim, f"shim_elementwise_{sfx}", _INT(8), x, np.ascontiguousarray(np.broadcast_to(shift, x.shape)), None,
-         terms, _I64(x.size))
+    call(shim, f"shim_elementwise_{_sfx(x.dtype)}", _INT(8), x, np.ascontiguousarray(np.broadcast_to(shift, x.shape)),
+         None, terms, _I64(x.size))
+    return shift, _documented_column_sums(terms)
+
+
+def _documented_logsumexp(shim, x):
+    """The log-sum-exp of each column of x (R, N) in the documented order: s + log(sum) from the
+    host build's parts."""
+    shift, sums = _documented_lse_parts(shim, x)
     out = np.zeros_like(shift)
-    call(shim, f"shim_elementwise_{sfx}", _INT(9), shift, _documented_column_sums(terms), None, out, _I64(out.size))
+    call(shim, f"shim_elementwise_{_sfx(x.dtype)}", _INT(9), shift, sums, None, out, _I64(out.size))
+    return out
+
+
+def _host_log_softmax(shim, x):
+    """The host build's log-softmax over the last axis of x (B, C)."""
+    out = np.full_like(x, 7)
+    call(shim, f"shim_log_softmax_fwd_{_sfx(x.dtype)}", x, out, _I64(x.shape[0]), _I64(x.shape[1]))
     return out
 
 
@@ -663,24 +676,37 @@ def test_replay_logsumexp_over_columns_in_the_documented_order(shim, dtype, R, N
         np.testing.assert_allclose(d, g * np.exp(x64 - out), rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
+def test_replay_log_softmax_keeps_float32_precision_for_logits_far_from_0(shim):
+    """Logits near -90 in float32 against the float64 formula, as the NumPy op's test: within an
+    ulp or two of each result, where x - (s + log(sum)) rounds the log-sum-exp next to s = -90
+    and is off by ulps of 90 (2e-6)."""
+    x = np.array([[0.0, -1.0, -2.0]], np.float32) - 90
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.max()) - np.log(np.exp(x64 - x64.max()).sum())
+    np.testing.assert_allclose(_host_log_softmax(shim, x), want, rtol=2 * np.finfo(np.float32).eps, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B, C", [(1, 1), (7, 10), (9, 33), (20, 100), (3, 5000)])
 def test_replay_log_softmax_over_the_classes_in_the_documented_order(shim, dtype, B, C):
-    """x - logsumexp(x) over the last axis (the classes of each row): the log-sum-exp of each row
-    bit for bit in the documented order from the host build's own terms (a row's C classes are
-    the column of the reduction), and to rounding the float64 value; the gradient g - exp(out)
-    sum(g), its sum in the documented order; rows with -inf, +inf and NaN logits."""
+    """(x - s) - log(sum(exp(x - s))) over the last axis (the classes of each row): bit for bit
+    from the parts of each row's log-sum-exp in the documented order, from the host build's own
+    terms (a row's C classes are the column of the reduction), and to rounding the float64 value;
+    the gradient g - exp(out) sum(g), its sum in the documented order; rows with -inf, +inf and
+    NaN logits."""
     rng = np.random.default_rng(B * 100 + C)
     x = (rng.standard_normal((B, C)) * 30).astype(dtype)
     x[0] += 400
     for row, value in {1: -np.inf, 2: np.inf, 3: np.nan}.items():
         if row < B:
             x[row, C // 2] = value
-    out = np.full_like(x, 7)
-    call(shim, f"shim_log_softmax_fwd_{_sfx(dtype)}", x, out, _I64(B), _I64(C))
-    lse = _documented_logsumexp(shim, np.ascontiguousarray(x.T))
+    out = _host_log_softmax(shim, x)
+    shift, sums = _documented_lse_parts(shim, np.ascontiguousarray(x.T))
+    want = np.zeros_like(x)
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(10), x, np.ascontiguousarray(np.broadcast_to(shift[:, None], x.shape)),
+         np.ascontiguousarray(np.broadcast_to(sums[:, None], x.shape)), want, _I64(x.size))
     with np.errstate(invalid="ignore"):
-        np.testing.assert_array_equal(out, x - lse[:, None])
+        np.testing.assert_array_equal(out, want)
         x64 = x.astype(np.float64)
         m = np.max(x64, axis=1, keepdims=True)
         m = np.where(np.isfinite(m), m, 0)
