@@ -31,7 +31,7 @@ from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
                    check_resume_state, check_run_dir, is_run_file, load_run, next_free_run_dir,
-                   read_checkpoint, resumable_options, run_folder_options, write_json)
+                   read_checkpoint, resumable_options, run_folder_options, run_model, write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches
 
 PROG = "minivae"
@@ -271,12 +271,11 @@ def _default_out(resume):
     return base if resume else str(next_free_run_dir(base))
 
 
-def _config_from_args(args):
-    """The TrainConfig of ``train``'s options: the settings given, over those of the run in --out
-    when resuming (so a resume changes only what is given; ``check_resumable`` then says whether
-    it may), else over TrainConfig's defaults. ``--set`` pairs add to the run's model options."""
-    out = args.out or _default_out(args.resume)
-    base = _saved_config(out, args) if args.resume else TrainConfig()
+def _config_from_args(args, out, base):
+    """The TrainConfig of ``train``'s options for the run folder ``out``: the settings given, over
+    those of ``base``: the config of the run when resuming (so a resume changes only what is
+    given; ``check_resumable`` then says whether it may), else TrainConfig's defaults. ``--set``
+    pairs add to the run's model options."""
     values = dataclasses.asdict(base)
     values["data_rng"] = TrainConfig.data_rng  # the generator of this library, not the run's
     for name in values.keys() & vars(args).keys():
@@ -291,11 +290,15 @@ def _config_from_args(args):
     return TrainConfig(**values)
 
 
-def _saved_config(out, args):
-    """The config of the run in ``out`` that ``--resume`` continues (one line naming the folder
-    when it holds none, or when --overwrite is given too)."""
+def _checkpoint_to_resume(out, args):
+    """The checkpoint of the run in ``out`` that ``--resume`` continues, as ``read_checkpoint``
+    returns it: (arrays, meta, config). One line naming the folder when it holds no run, or when
+    --overwrite is given too; CheckpointError when the checkpoint is damaged, its model state
+    included."""
     check_run_dir(out, resume=True, overwrite=args.overwrite)
-    return load_run(out)[0]  # CheckpointError when the checkpoint is damaged
+    arrays, meta, saved = read_checkpoint(out)
+    run_model(out, arrays, saved)  # built only to check that the arrays fit the saved config
+    return arrays, meta, saved
 
 
 def _check_kl_weight(config, model, warmup_given):
@@ -312,9 +315,10 @@ def _check_kl_weight(config, model, warmup_given):
     config.warmup = 0
 
 
-def _check_resume(config, model, warmup_given):
-    """Refuse ``--resume`` with settings the run in ``config.out`` was not trained with."""
-    arrays, meta, saved = read_checkpoint(config.out)
+def _check_resume(config, model, warmup_given, resumed):
+    """Refuse ``--resume`` from the checkpoint ``resumed`` (``_checkpoint_to_resume``) when it
+    lacks the state to go on from or the run was not trained with the settings of ``config``."""
+    arrays, meta, saved = resumed
     check_resume_state(arrays, meta, Path(config.out) / CHECKPOINT)
     if model.iw_k > 1 and not warmup_given:
         # Runs on the IWAE bound once recorded the default warm-up, which never applied to them.
@@ -334,7 +338,12 @@ def _check_out_is_no_run_option(config):
 
 def check_train(args):
     """Every check of ``minivae train``; returns the TrainConfig. Nothing is loaded or trained."""
-    config = _config_from_args(args)
+    out = args.out or _default_out(args.resume)
+    # A checkpoint can be large, so a resume reads it once here: for the settings the run goes on
+    # with, and for the checks of its state once those of the options have passed. Training
+    # reads it again where it holds the folder, so that it goes on from the state it checks.
+    resumed = _checkpoint_to_resume(out, args) if args.resume else None
+    config = _config_from_args(args, out, base=resumed[2] if args.resume else TrainConfig())
     try:
         resolve_device(config.device)  # DeviceError now when the GPU cannot be used
     except DeviceError as exc:
@@ -371,7 +380,7 @@ def check_train(args):
     # there leaves the old run as it was.
     check_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
     if args.resume:
-        _check_resume(config, model, args.warmup is not None)
+        _check_resume(config, model, args.warmup is not None, resumed)
     return config
 
 

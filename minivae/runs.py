@@ -313,6 +313,12 @@ def load_run(run):
     ``read_checkpoint``) or does not fit the model its config describes.
     """
     arrays, _, config = read_checkpoint(run)
+    return config, run_model(run, arrays, config)
+
+
+def run_model(run, arrays, config):
+    """The model of the run folder ``run`` rebuilt from its checkpoint as ``read_checkpoint``
+    read it (``arrays`` and ``config``); raises as ``load_run`` does."""
     path = Path(run) / CHECKPOINT
     try:
         model = build_run_model(config)
@@ -321,7 +327,7 @@ def load_run(run):
     except (ValueError, TypeError) as exc:  # the constructor's checks
         raise _misfit(path, config, str(exc)) from None
     load_model_state(model, arrays, path, config)
-    return config, model
+    return model
 
 
 def load_model_state(model, arrays, path, config):

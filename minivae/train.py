@@ -247,7 +247,8 @@ class Trainer:
 
     def restore(self):
         """Load the run folder's checkpoint into the model, optimizer, generator and position;
-        return the config it was saved with."""
+        return the config it was saved with. Called with the folder claimed, so that the state
+        checked here is the state trained on: no other process can replace it in between."""
         arrays, meta, saved = runs.read_checkpoint(self.run_dir)
         path = self.run_dir / CHECKPOINT
         runs.check_resume_state(arrays, meta, path)

@@ -355,6 +355,38 @@ def test_a_non_finite_optimizer_state_is_named_before_a_resume(capsys, run):
                "optimizer state state.0.exp_avg holds NaN")
 
 
+def test_a_resume_reads_the_checkpoint_once_to_check_it_and_once_to_go_on(run, monkeypatch):
+    """A checkpoint can be large: ``train --resume`` reads it once for every check made before
+    the data is loaded, and once more where training holds the folder (the state it goes on
+    from, which another process may have changed in between)."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    reads, load = [], checkpoint.load
+
+    def counted_load(path):
+        reads.append(Path(path))
+        return load(path)
+
+    monkeypatch.setattr(checkpoint, "load", counted_load)
+    assert main(tiny(run, "--resume", "--epochs", "2")) == 0
+    assert reads == [run / CHECKPOINT] * 2
+
+
+def test_a_checkpoint_damaged_after_the_checks_of_a_resume_is_not_trained_on(capsys, run, monkeypatch):
+    """The state a resume goes on from is the one checked: a checkpoint changed between the
+    checks and the start of training (here while the data loads) is checked again as read."""
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+
+    def damage_then_load(verbose=True):
+        arrays["optim/state.0.exp_avg"] = arrays["optim/state.0.exp_avg"] * float("nan")
+        checkpoint.save(run / CHECKPOINT, arrays, meta)
+        return small_data(n_train=100, n_eval=20)
+
+    monkeypatch.setattr(minivae.train, "load_mnist", damage_then_load)
+    user_error(capsys, tiny(run, "--resume", "--epochs", "2"), str(run / CHECKPOINT), "damaged",
+               "optimizer state state.0.exp_avg holds NaN")
+    assert not (run / "metrics.jsonl").read_text().count('"epoch": 2')
+
+
 def test_npz_files_that_are_no_checkpoints_are_named(capsys, run, tmp_path):
     import numpy as np
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from minivae.cli import _config_from_args, build_parser
+from minivae.runs import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -23,7 +24,8 @@ def config_of(command):
     """The TrainConfig that ``minivae train ...`` (after any VAR=value prefix) would train with."""
     words = shlex.split(command.split(" && ")[0])
     words = words[words.index("minivae") + 1:]
-    return dataclasses.asdict(_config_from_args(build_parser().parse_args(words)))
+    args = build_parser().parse_args(words)
+    return dataclasses.asdict(_config_from_args(args, args.out or TrainConfig().out, TrainConfig()))
 
 
 @pytest.mark.parametrize("path", RUNS, ids=[p.stem for p in RUNS])
