@@ -124,8 +124,9 @@ class SemiSupervised(Model):
         return rec, latent, class_loss
 
     def _labelled(self, x, rec, latent, beta):
-        """L(x, y) per example (B,) from ``_labelled_terms``' terms, the latent ones weighted by beta."""
-        return (rec + beta * latent).mean(axis=(0, 1)) + self.log_prior_y(x)
+        """L(x, y) per example (B,) from ``_labelled_terms``' terms, the latent ones weighted by
+        beta: ``_per_label``'s bound of the one given label, averaged over the samples."""
+        return self._per_label(x, rec, latent, beta).mean(axis=(0, 1))
 
     def _enumerated(self, x, noise, samples, analytic=True):
         """The reconstruction and latent terms of every label (K, S, B), and log q(y | x, ...) and
