@@ -2,6 +2,7 @@
 so that one mistake gets one message wherever it is made."""
 import math
 import numbers
+from collections.abc import Iterable
 
 
 def check_integer(value, name: str, *, minimum: int) -> int:
@@ -12,6 +13,22 @@ def check_integer(value, name: str, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return int(value)
+
+
+def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:
+    """Return ``values``, layer sizes such as a model's ``hidden`` widths, as a tuple of Python
+    ints, each at least 1 (``check_integer``, naming it ``name[i]``).
+
+    A string or a single number is refused (TypeError) rather than read as its characters or
+    failing as "not iterable" inside a layer; an empty list gets a ValueError unless
+    ``allow_empty`` (for a model whose structure needs no hidden layer).
+    """
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of integers, got {values!r}")
+    sizes = tuple(check_integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(values))
+    if not sizes and not allow_empty:
+        raise ValueError(f"{name} is empty: give at least one size")
+    return sizes
 
 
 def check_intensities(x, name: str = "x", use: str = "binarization") -> None:

@@ -121,3 +121,58 @@ def test_a_fixed_noise_address_is_refused(name):
         with pytest.raises(TypeError, match="noise must be a minivae.random.Generator, not a Noise"):
             call(Noise(seed=1))
         call(Generator(seed=1))
+
+
+@pytest.mark.parametrize("hidden, error, message", [
+    ((), ValueError, "hidden is empty: give at least one size"),
+    ((8, 0), ValueError, r"hidden\[1\] must be at least 1, got 0"),
+    ((8, -3), ValueError, r"hidden\[1\] must be at least 1, got -3"),
+    ((8, 4.5), TypeError, r"hidden\[1\] must be an integer, got 4.5"),
+    ((8, True), TypeError, r"hidden\[1\] must be an integer, got True"),
+    ((8, "4"), TypeError, r"hidden\[1\] must be an integer, got '4'"),
+    ("84", TypeError, "hidden must be a sequence of integers, got '84'"),
+    (8, TypeError, "hidden must be a sequence of integers, got 8"),
+])
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_constructors_check_the_hidden_widths(name, hidden, error, message):
+    # Before: () raised IndexError (hidden[-1]), 0 built a layer of no units, 4.5 a layer of 4,
+    # True one of 1, "84" layers of 8 and 4 units (its characters), -3 "negative dimensions".
+    options = {**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "hidden": hidden}
+    if name == "gumbel" and hidden == ():  # no hidden layer: linear encoder and decoder
+        build_model(name, **options)
+        return
+    with pytest.raises(error, match=f"^{message}$"):
+        build_model(name, **options)
+
+
+@pytest.mark.parametrize("name, options, error, message", [
+    ("iwae", dict(layers=2, hidden2=()), ValueError, "hidden2 is empty"),
+    ("iwae", dict(layers=2, hidden2=(8, 0)), ValueError, r"hidden2\[1\] must be at least 1, got 0"),
+    ("ladder", dict(z_dims=(3, 0)), ValueError, r"z_dims\[1\] must be at least 1, got 0"),
+    ("ladder", dict(z_dims=(3, 2.5)), TypeError, r"z_dims\[1\] must be an integer, got 2.5"),
+    ("ladder-m2", dict(z_dims=(3, -2)), ValueError, r"z_dims\[1\] must be at least 1, got -2"),
+    ("ladder-m2", dict(classifier_hidden=()), ValueError, "classifier_hidden is empty"),
+    ("ladder-m2", dict(classifier_hidden=(8, 0.5)), TypeError, r"classifier_hidden\[1\] must be an integer"),
+])
+def test_constructors_check_their_other_lists_of_sizes(name, options, error, message):
+    # Before: an empty list raised IndexError deep in a layer, a 0 built an empty layer.
+    with pytest.raises(error, match=f"^{message}"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), **options})
+
+
+@pytest.mark.parametrize("blocks, error, message", [
+    (((8,), ()), ValueError, r"blocks\[1\] is empty"),
+    ((8, 8), TypeError, r"blocks\[0\] must be a sequence of integers, got 8"),
+    (((8,), (0,)), ValueError, r"blocks\[1\]\[0\] must be at least 1, got 0"),
+])
+def test_two_layer_vae_checks_its_blocks(blocks, error, message):
+    with pytest.raises(error, match=f"^{message}"):
+        mv.models.TwoLayerVAE(x_dim=12, z_dims=(3, 2), blocks=blocks)
+
+
+def test_a_gumbel_model_without_hidden_layers_trains():
+    model = build_model("gumbel", x_dim=12, hidden=(), n_vars=2, n_classes=3, rng=0)
+    x = mv.tensor((np.random.default_rng(0).random((3, 12)) < 0.5).astype(np.float32))
+    loss, _ = model.loss(x, Generator(0))
+    loss.backward()
+    assert np.isfinite(float(loss.data))

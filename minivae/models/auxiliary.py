@@ -35,7 +35,7 @@ Registered as ``adgm`` and ``sdgm`` (unsupervised) and ``adgm-ssl`` and ``sdgm-s
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer
+from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise
 from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
@@ -55,7 +55,7 @@ class _AuxiliaryNetworks:
     def _build(self, x_dim, a_dim, z_dim, hidden, activation, num_classes, rng):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         self.x_dim, self.a_dim, self.z_dim = x_dim, a_dim, z_dim
-        hidden = tuple(hidden)
+        hidden = check_sizes(hidden, "hidden")
         ys = (num_classes,) if num_classes else ()
         self.q_a_net = MLP((x_dim,) + hidden, activation, rng=rng)
         self.q_a = GaussianHead(hidden[-1], a_dim, rng=rng)

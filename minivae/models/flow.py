@@ -37,7 +37,7 @@ class FlowVAE(VAE):
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         super().__init__(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k, rng=rng)
-        self.flows = AmortizedPlanarFlows(tuple(hidden)[-1], z_dim, flows, rng=rng)
+        self.flows = AmortizedPlanarFlows(self.q_z.mu.in_features, z_dim, flows, rng=rng)
 
     def reconstruction_latent(self, x):
         """The mean of q_0(z_0 | x) pushed through the flows: the deterministic latent point that

@@ -33,7 +33,7 @@ import math
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad, tensor
-from ..checks import check_integer
+from ..checks import check_integer, check_sizes
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
 from .base import check_noise
 from .common import MLP, LatentVariableModel, model_array_module
@@ -59,7 +59,9 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         self.schedule = dict(tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate,
                              steps_per_epoch=steps_per_epoch)
         self.tau = float(tau0)
-        hidden, code = tuple(hidden), self.n_vars * self.n_classes
+        # No hidden layer is a model too: both MLPs end in their own output layer (the code, x).
+        hidden = check_sizes(hidden, "hidden", allow_empty=True)
+        code = self.n_vars * self.n_classes
         self.encoder = MLP((x_dim,) + hidden + (code,), activation, final_activation=False, rng=rng)
         self.decoder = MLP((code,) + hidden[::-1] + (x_dim,), activation, final_activation=False, rng=rng)
 

@@ -22,7 +22,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 """
 from .. import functional as F
 from .. import nn
-from ..checks import check_integer
+from ..checks import check_integer, check_sizes
 from .base import check_noise
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
@@ -45,13 +45,15 @@ class TwoLayerVAE(LatentVariableModel):
                  activation="tanh", beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__(beta, mc_samples, iw_k)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
+        z_dims = check_sizes(z_dims, "z_dims")
+        blocks = tuple(check_sizes(b, f"blocks[{i}]") for i, b in enumerate(blocks))
         if len(z_dims) != 2 or len(blocks) != 2:
             raise ValueError(f"TwoLayerVAE needs two latent sizes and two hidden blocks, got "
                              f"{z_dims} and {blocks}")
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
-        self.x_dim, self.z_dims = x_dim, tuple(z_dims)
-        (d1, d2), (h1, h2) = self.z_dims, [tuple(b) for b in blocks]
+        self.x_dim, self.z_dims = x_dim, z_dims
+        (d1, d2), (h1, h2) = self.z_dims, blocks
         self.q_z1 = GaussianLayer(x_dim, h1, d1, activation, rng=rng)
         self.q_z2 = GaussianLayer(d1, h2, d2, activation, rng=rng)
         self.generator = TopDownGenerator(x_dim, self.z_dims, (h1, h2), activation, rng=rng)
@@ -118,7 +120,8 @@ def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=7
         raise ValueError(f"iwae: the option k={k} contradicts iw_k={iw_k}; give only one")
     if layers == 1:
         return VAE(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k=k, rng=rng)
-    if layers == 2:
-        return TwoLayerVAE(x_dim, (z1_dim, z_dim), (tuple(hidden), tuple(hidden2)), activation,
+    if layers == 2:  # the blocks named as the factory's arguments, not as TwoLayerVAE's
+        blocks = (check_sizes(hidden, "hidden"), check_sizes(hidden2, "hidden2"))
+        return TwoLayerVAE(x_dim, (z1_dim, z_dim), blocks, activation,
                            beta, mc_samples, iw_k=k, rng=rng)
     raise ValueError(f"iwae: layers must be 1 or 2, got {layers!r}")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..checks import check_integer
+from ..checks import check_integer, check_sizes
 from ..ops.ladder import precision_weighted_merge
 from .base import check_noise
 from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
@@ -85,16 +85,17 @@ class LadderVAE(LatentVariableModel):
                  z_dim=None, rng=None):
         super().__init__(beta, mc_samples, iw_k)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
-        hidden = tuple(int(h) for h in hidden)
+        hidden = check_sizes(hidden, "hidden")
         if z_dims is None:
             if len(hidden) > len(PAPER_Z_DIMS):
                 raise ValueError(f"ladder: give z_dims for more than {len(PAPER_Z_DIMS)} layers")
             z_dims = PAPER_Z_DIMS[:len(hidden)]
+        z_dims = check_sizes(z_dims, "z_dims")
         if len(z_dims) != len(hidden):
             raise ValueError(f"ladder: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
-        self.x_dim, self.z_dims = x_dim, tuple(int(d) for d in z_dims)
+        self.x_dim, self.z_dims = x_dim, z_dims
         blocks = [(h,) * mlp_layers for h in hidden]
         inputs = (x_dim,) + hidden[:-1]
         self.up = nn.ModuleList([MLP((n_in,) + b, activation, batch_norm=batch_norm, rng=rng)

@@ -74,6 +74,7 @@ bottom-up block, the top-down pass and the likelihood run on K * S * B rows (K =
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..checks import check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise
 from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
@@ -112,18 +113,20 @@ class LadderM2(SemiSupervised):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("ladder-m2 trains on the ELBO-based bounds; iw_k must be 1")
-        hidden = tuple(int(h) for h in hidden)
+        hidden = check_sizes(hidden, "hidden")
         if z_dims is None:
             if len(hidden) > len(PAPER_Z_DIMS):
                 raise ValueError(f"ladder-m2: give z_dims for more than {len(PAPER_Z_DIMS)} layers")
             z_dims = PAPER_Z_DIMS[:len(hidden)]
-        if len(z_dims) != len(hidden) or not hidden:
+        z_dims = check_sizes(z_dims, "z_dims")
+        if len(z_dims) != len(hidden):
             raise ValueError(f"ladder-m2: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
-        self.x_dim, self.z_dims = x_dim, tuple(int(d) for d in z_dims)
+        self.x_dim, self.z_dims = x_dim, z_dims
         n, k, z = len(hidden), self.num_classes, self.z_dims
         blocks = [(h,) * mlp_layers for h in hidden]
         inputs = (x_dim,) + hidden[:-1]
-        classifier_hidden = (hidden[0],) if classifier_hidden is None else tuple(classifier_hidden)
+        classifier_hidden = ((hidden[0],) if classifier_hidden is None
+                             else check_sizes(classifier_hidden, "classifier_hidden"))
         self.classifier = nn.Sequential(MLP((x_dim,) + classifier_hidden, activation, rng=rng),
                                         nn.Linear(classifier_hidden[-1], k, rng=rng))
         # Bottom-up: label-free blocks, then the top block reads (d_{L-1}, y).

@@ -22,6 +22,7 @@ m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
+from ..checks import check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP
 from .base import check_noise
@@ -50,7 +51,7 @@ class M2(SemiSupervised):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.likelihood = likelihood
         self.x_dim, self.z_dim = x_dim, z_dim
-        hidden, k = tuple(hidden), self.num_classes
+        hidden, k = check_sizes(hidden, "hidden"), self.num_classes
         self.classifier = nn.Sequential(MLP((x_dim,) + hidden, activation, rng=rng),
                                         nn.Linear(hidden[-1], k, rng=rng))
         self.encoder = JointMLP((x_dim, k), hidden, activation, rng=rng)

@@ -10,7 +10,7 @@ Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on al
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer
+from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli
 from .base import check_noise
 from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
@@ -34,7 +34,7 @@ class VAE(LatentVariableModel):
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
         self.x_dim, self.z_dim = x_dim, z_dim
-        hidden = tuple(hidden)
+        hidden = check_sizes(hidden, "hidden")
         self.encoder = MLP((x_dim,) + hidden, activation, rng=rng)
         self.q_z = GaussianHead(hidden[-1], z_dim, rng=rng)
         self.decoder = MLP((z_dim,) + hidden[::-1] + (x_dim,), activation, final_activation=False, rng=rng)
