@@ -176,3 +176,45 @@ def test_a_gumbel_model_without_hidden_layers_trains():
     loss, _ = model.loss(x, Generator(0))
     loss.backward()
     assert np.isfinite(float(loss.data))
+
+
+#: (option, bad value, error, message) of the sizes most models take.
+SIZE_CASES = [("x_dim", 0, ValueError, "x_dim must be at least 1, got 0"),
+              ("x_dim", 12.0, TypeError, "x_dim must be an integer, got 12.0"),
+              ("z_dim", 0, ValueError, "z_dim must be at least 1, got 0"),
+              ("z_dim", -1, ValueError, "z_dim must be at least 1, got -1"),
+              ("z_dim", 2.5, TypeError, "z_dim must be an integer, got 2.5")]
+#: Models without a size of their own: the Ladder models and the Gumbel VAE take z_dim and
+#: ignore it; M1+M2's x_dim is M1's, refused when it differs.
+NOT_THEIRS = {("ladder", "z_dim"), ("ladder-m2", "z_dim"), ("gumbel", "z_dim"), ("m1m2", "x_dim")}
+
+
+@pytest.mark.parametrize("name, option, value, error, message", [
+    (name, *case) for name in sorted(MODELS) for case in SIZE_CASES if (name, case[0]) not in NOT_THEIRS])
+def test_constructors_check_the_data_and_latent_sizes(name, option, value, error, message):
+    # Before: a size of 0 built a model of empty layers, 2.5 one of 2 units, -1 failed with
+    # NumPy's "negative dimensions are not allowed".
+    with pytest.raises(error, match=f"^{message}$"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), option: value})
+
+
+@pytest.mark.parametrize("name, options, error, message", [
+    ("iwae", dict(layers=True), TypeError, "layers must be an integer, got True"),
+    ("iwae", dict(layers=2, z1_dim=0), ValueError, "z1_dim must be at least 1, got 0"),
+    ("ladder", dict(mlp_layers=0), ValueError, "mlp_layers must be at least 1, got 0"),
+    ("ladder-m2", dict(mlp_layers=1.5), TypeError, "mlp_layers must be an integer, got 1.5"),
+    ("flow", dict(flows=-1), ValueError, "flows must be at least 0, got -1"),
+    ("flow", dict(flows=2.5), TypeError, "flows must be an integer, got 2.5"),
+    ("gumbel", dict(n_vars=0), ValueError, "n_vars must be at least 1, got 0"),
+    ("gumbel", dict(n_classes=1), ValueError, "n_classes must be at least 2, got 1"),
+    ("adgm", dict(a_dim=0), ValueError, "a_dim must be at least 1, got 0"),
+    ("sdgm-ssl", dict(a_dim=2.5), TypeError, "a_dim must be an integer, got 2.5"),
+    ("m2", dict(num_classes=2.5), TypeError, "num_classes must be an integer, got 2.5"),
+    ("ladder-m2", dict(num_classes="10"), TypeError, "num_classes must be an integer, got '10'"),
+    ("m1m2", dict(z_dim=0), ValueError, "z_dim must be at least 1, got 0"),
+])
+def test_constructors_check_their_other_sizes(name, options, error, message):
+    # Before: layers=True built the one-layer VAE, mlp_layers=0 and z1_dim=0 raised IndexError
+    # or built empty layers, 2.5 flows were 2, one class gave a latent that carries nothing.
+    with pytest.raises(error, match=f"^{message}$"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), **options})

@@ -54,7 +54,9 @@ class _AuxiliaryNetworks:
 
     def _build(self, x_dim, a_dim, z_dim, hidden, activation, num_classes, rng):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
-        self.x_dim, self.a_dim, self.z_dim = x_dim, a_dim, z_dim
+        self.x_dim = check_integer(x_dim, "x_dim", minimum=1)
+        self.a_dim = check_integer(a_dim, "a_dim", minimum=1)
+        self.z_dim = check_integer(z_dim, "z_dim", minimum=1)
         hidden = check_sizes(hidden, "hidden")
         ys = (num_classes,) if num_classes else ()
         self.q_a_net = MLP((x_dim,) + hidden, activation, rng=rng)

@@ -36,6 +36,7 @@ class FlowVAE(VAE):
     def __init__(self, flows=DEFAULT_FLOWS, x_dim=784, z_dim=50, hidden=(512, 256), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
+        flows = check_integer(flows, "flows", minimum=0)  # 0: the plain VAE
         super().__init__(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k, rng=rng)
         self.flows = AmortizedPlanarFlows(self.q_z.mu.in_features, z_dim, flows, rng=rng)
 

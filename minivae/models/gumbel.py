@@ -55,7 +55,10 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         if self.iw_k != 1:
             raise ValueError("gumbel: importance-weighted training needs reparameterized samples of "
                              "the discrete model; use iw_k=1 (k > 1 is for evaluation)")
-        self.x_dim, self.n_vars, self.n_classes = x_dim, int(n_vars), int(n_classes)
+        self.x_dim = check_integer(x_dim, "x_dim", minimum=1)
+        self.n_vars = check_integer(n_vars, "n_vars", minimum=1)
+        # One class is no latent at all: every code is the same, the KL always 0.
+        self.n_classes = check_integer(n_classes, "n_classes", minimum=2)
         self.schedule = dict(tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate,
                              steps_per_epoch=steps_per_epoch)
         self.tau = float(tau0)

@@ -52,7 +52,7 @@ class TwoLayerVAE(LatentVariableModel):
                              f"{z_dims} and {blocks}")
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
-        self.x_dim, self.z_dims = x_dim, z_dims
+        self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         (d1, d2), (h1, h2) = self.z_dims, blocks
         self.q_z1 = GaussianLayer(x_dim, h1, d1, activation, rng=rng)
         self.q_z2 = GaussianLayer(d1, h2, d2, activation, rng=rng)
@@ -118,10 +118,12 @@ def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=7
     k = check_integer(k, "k", minimum=1)
     if iw_k > 1 and iw_k != k:
         raise ValueError(f"iwae: the option k={k} contradicts iw_k={iw_k}; give only one")
+    layers = check_integer(layers, "layers", minimum=1)
     if layers == 1:
         return VAE(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k=k, rng=rng)
     if layers == 2:  # the blocks named as the factory's arguments, not as TwoLayerVAE's
         blocks = (check_sizes(hidden, "hidden"), check_sizes(hidden2, "hidden2"))
-        return TwoLayerVAE(x_dim, (z1_dim, z_dim), blocks, activation,
+        z_dims = (check_integer(z1_dim, "z1_dim", minimum=1), check_integer(z_dim, "z_dim", minimum=1))
+        return TwoLayerVAE(x_dim, z_dims, blocks, activation,
                            beta, mc_samples, iw_k=k, rng=rng)
     raise ValueError(f"iwae: layers must be 1 or 2, got {layers!r}")

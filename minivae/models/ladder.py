@@ -95,7 +95,8 @@ class LadderVAE(LatentVariableModel):
             raise ValueError(f"ladder: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
-        self.x_dim, self.z_dims = x_dim, z_dims
+        self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
+        mlp_layers = check_integer(mlp_layers, "mlp_layers", minimum=1)
         blocks = [(h,) * mlp_layers for h in hidden]
         inputs = (x_dim,) + hidden[:-1]
         self.up = nn.ModuleList([MLP((n_in,) + b, activation, batch_norm=batch_norm, rng=rng)

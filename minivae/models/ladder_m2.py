@@ -74,7 +74,7 @@ bottom-up block, the top-down pass and the likelihood run on K * S * B rows (K =
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_sizes
+from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise
 from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
@@ -121,8 +121,9 @@ class LadderM2(SemiSupervised):
         z_dims = check_sizes(z_dims, "z_dims")
         if len(z_dims) != len(hidden):
             raise ValueError(f"ladder-m2: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
-        self.x_dim, self.z_dims = x_dim, z_dims
+        self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         n, k, z = len(hidden), self.num_classes, self.z_dims
+        mlp_layers = check_integer(mlp_layers, "mlp_layers", minimum=1)
         blocks = [(h,) * mlp_layers for h in hidden]
         inputs = (x_dim,) + hidden[:-1]
         classifier_hidden = ((hidden[0],) if classifier_hidden is None

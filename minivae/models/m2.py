@@ -22,7 +22,7 @@ m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_sizes
+from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP
 from .base import check_noise
@@ -50,7 +50,8 @@ class M2(SemiSupervised):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         self.likelihood = likelihood
-        self.x_dim, self.z_dim = x_dim, z_dim
+        self.x_dim = check_integer(x_dim, "x_dim", minimum=1)
+        self.z_dim = check_integer(z_dim, "z_dim", minimum=1)
         hidden, k = check_sizes(hidden, "hidden"), self.num_classes
         self.classifier = nn.Sequential(MLP((x_dim,) + hidden, activation, rng=rng),
                                         nn.Linear(hidden[-1], k, rng=rng))

@@ -74,9 +74,8 @@ class SemiSupervised(Model):
 
     def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.num_classes, self.beta = int(num_classes), float(beta)
+        self.num_classes = check_integer(num_classes, "num_classes", minimum=2)
+        self.beta = float(beta)
         self.mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
         self.alpha_given = None if alpha is None else float(alpha)
         self.alpha, self.alpha_scale = self.alpha_given, float(alpha_scale)

@@ -33,7 +33,8 @@ class VAE(LatentVariableModel):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if self.mc_samples > 1 and self.iw_k > 1:
             raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
-        self.x_dim, self.z_dim = x_dim, z_dim
+        self.x_dim = check_integer(x_dim, "x_dim", minimum=1)
+        self.z_dim = check_integer(z_dim, "z_dim", minimum=1)
         hidden = check_sizes(hidden, "hidden")
         self.encoder = MLP((x_dim,) + hidden, activation, rng=rng)
         self.q_z = GaussianHead(hidden[-1], z_dim, rng=rng)
