@@ -218,3 +218,16 @@ def test_constructors_check_their_other_sizes(name, options, error, message):
     # or built empty layers, 2.5 flows were 2, one class gave a latent that carries nothing.
     with pytest.raises(error, match=f"^{message}$"):
         build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), **options})
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_constructors_refuse_an_activation_that_is_no_name(name):
+    # Before: AttributeError: 'NoneType' object has no attribute 'lower', from inside MLP.
+    with pytest.raises(TypeError, match="^activation must be a name, one of relu, .*; got None$"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "activation": None})
+
+
+def test_an_unknown_activation_is_refused_where_no_layer_is_activated():
+    # Before: a Gumbel VAE without hidden layers (one Linear each way) took any name.
+    with pytest.raises(ValueError, match="^unknown activation 'swishy'; choose one of relu"):
+        build_model("gumbel", x_dim=12, hidden=(), activation="swishy")

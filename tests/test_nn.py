@@ -498,6 +498,13 @@ def test_activation_by_name():
         nn.activation("swishy")
 
 
+@pytest.mark.parametrize("name", [None, 3, nn.ReLU])
+def test_an_activation_that_is_no_name_is_refused_naming_the_choices(name):
+    # Before: AttributeError: 'NoneType' object has no attribute 'lower'.
+    with pytest.raises(TypeError, match=f"^activation must be a name, one of relu, .*; got {name!r}$"):
+        nn.activation(name)
+
+
 def test_linear_relu_matches_linear_then_relu_bit_for_bit():
     fused = nn.LinearReLU(5, 4, dtype=np.float64, rng=3)
     plain = nn.Sequential(nn.Linear(5, 4, dtype=np.float64, rng=3), nn.ReLU())

@@ -31,7 +31,8 @@ class MLP(nn.Module):
     def __init__(self, sizes, activation="relu", final_activation=True, batch_norm=False, rng=None):
         super().__init__()
         self.batch_norm = bool(batch_norm)
-        fuse = activation.lower() == "relu" and not batch_norm
+        # Resolving the name here also refuses a bad one where no layer is activated (one Linear).
+        fuse = type(nn.activation(activation)) is nn.ReLU and not batch_norm
         # The layers are named by their positions in the unfused list (Linear, [BatchNorm1d,]
         # activation, Linear, ...), so a LinearReLU keeps the parameter names of its Linear:
         # net.0.weight, net.2.weight, ... whether fused or not.

@@ -206,6 +206,8 @@ ACTIVATIONS = {"relu": ReLU, "leaky_relu": LeakyReLU, "elu": ELU, "tanh": Tanh,
 
 def activation(name):
     """A new activation module from its name (a key of ``ACTIVATIONS``, case-insensitive)."""
+    if not isinstance(name, str):
+        raise TypeError(f"activation must be a name, one of {', '.join(ACTIVATIONS)}; got {name!r}")
     try:
         return ACTIVATIONS[name.lower()]()
     except KeyError:
