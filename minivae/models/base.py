@@ -108,6 +108,14 @@ def kl_weight_of(model, beta):
     return float(beta)
 
 
+def check_one_training_bound(mc_samples, iw_k):
+    """Refuse ``mc_samples`` > 1 with ``iw_k`` > 1 for a model that trains either on the ELBO
+    averaged over ``mc_samples`` draws or on the IWAE bound of ``iw_k`` samples: given both, its
+    loss would train on the IWAE bound and leave ``mc_samples`` unused without a word."""
+    if mc_samples > 1 and iw_k > 1:
+        raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
+
+
 def check_noise(noise):
     """Refuse a ``minivae.random.Noise`` where a model takes a ``Generator``.
 

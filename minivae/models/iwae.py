@@ -23,7 +23,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 from .. import functional as F
 from .. import nn
 from ..checks import check_integer, check_sizes
-from .base import check_noise
+from .base import check_noise, check_one_training_bound
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
 
@@ -50,8 +50,7 @@ class TwoLayerVAE(LatentVariableModel):
         if len(z_dims) != 2 or len(blocks) != 2:
             raise ValueError(f"TwoLayerVAE needs two latent sizes and two hidden blocks, got "
                              f"{z_dims} and {blocks}")
-        if self.mc_samples > 1 and self.iw_k > 1:
-            raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
+        check_one_training_bound(self.mc_samples, self.iw_k)
         self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         (d1, d2), (h1, h2) = self.z_dims, blocks
         self.q_z1 = GaussianLayer(x_dim, h1, d1, activation, rng=rng)

@@ -26,7 +26,7 @@ from .. import functional as F
 from .. import nn
 from ..checks import check_integer, check_sizes
 from ..ops.ladder import precision_weighted_merge
-from .base import check_noise
+from .base import check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 
 PAPER_Z_DIMS = (64, 32, 16, 8, 4)
@@ -93,8 +93,7 @@ class LadderVAE(LatentVariableModel):
         z_dims = check_sizes(z_dims, "z_dims")
         if len(z_dims) != len(hidden):
             raise ValueError(f"ladder: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
-        if self.mc_samples > 1 and self.iw_k > 1:
-            raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
+        check_one_training_bound(self.mc_samples, self.iw_k)
         self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         mlp_layers = check_integer(mlp_layers, "mlp_layers", minimum=1)
         blocks = [(h,) * mlp_layers for h in hidden]

@@ -12,7 +12,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli
-from .base import check_noise
+from .base import check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
 
 
@@ -31,8 +31,7 @@ class VAE(LatentVariableModel):
                  mc_samples=1, iw_k=1, rng=None):
         super().__init__(beta, mc_samples, iw_k)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
-        if self.mc_samples > 1 and self.iw_k > 1:
-            raise ValueError("choose either mc_samples (ELBO) or iw_k (IWAE bound), not both")
+        check_one_training_bound(self.mc_samples, self.iw_k)
         self.x_dim = check_integer(x_dim, "x_dim", minimum=1)
         self.z_dim = check_integer(z_dim, "z_dim", minimum=1)
         hidden = check_sizes(hidden, "hidden")
