@@ -100,6 +100,47 @@ def test_names_with_a_dot_or_empty_are_refused(name):
     assert not m._parameters and not m._buffers and not m._modules
 
 
+_REGISTRATIONS = {
+    "register_parameter": lambda m, name: m.register_parameter(name, nn.Parameter(np.zeros(1))),
+    "register_buffer": lambda m, name: m.register_buffer(name, np.zeros(1)),
+    "assign a Parameter": lambda m, name: setattr(m, name, nn.Parameter(np.zeros(1))),
+    "assign a submodule": lambda m, name: setattr(m, name, nn.ReLU()),
+    "Sequential dict": lambda m, name: nn.Sequential({name: nn.ReLU()}),
+}
+
+
+@pytest.mark.parametrize("register", _REGISTRATIONS.values(), ids=_REGISTRATIONS.keys())
+@pytest.mark.parametrize("name", ["training", "_parameters", "forward", "state_dict", "__class__"])
+def test_names_of_module_attributes_are_refused(register, name):
+    # Normal lookup finds these before the registries: m.forward would stay the method while
+    # state_dict saved the parameter, and a buffer "training" would replace the flag.
+    m = nn.Module()
+    with pytest.raises(KeyError, match=f'name "{name}" is taken by the attribute'):
+        register(m, name)
+    assert m.training is True and callable(m.forward)
+    assert not m._parameters and not m._buffers and not m._modules
+    assert m.eval() is m and not m.training
+
+
+@pytest.mark.parametrize("register, existing", [
+    ("register_parameter", "plain"), ("register_parameter", "buffer"), ("register_parameter", "submodule"),
+    ("register_buffer", "plain"), ("register_buffer", "parameter"), ("register_buffer", "submodule")])
+def test_registering_a_name_taken_by_another_attribute_is_refused(register, existing):
+    # As in PyTorch: a registration by name would replace the attribute by accident (the same
+    # registry may take a name again: test_reassignment_keeps_the_position).
+    m = nn.Module()
+    m.plain = 3
+    m.parameter = nn.Parameter(np.zeros(2))
+    m.register_buffer("buffer", np.zeros(2))
+    m.submodule = nn.ReLU()
+    with pytest.raises(KeyError, match=f'attribute "{existing}" already exists'):
+        _REGISTRATIONS[register](m, existing)
+    assert m.plain == 3 and isinstance(m.submodule, nn.ReLU)
+    assert {k: v.shape for k, v in m.state_dict().items()} == {"parameter": (2,), "buffer": (2,)}
+    m.plain = nn.Parameter(np.ones(1))  # an assignment may replace a plain attribute, as in PyTorch
+    assert [n for n, _ in m.named_parameters()] == ["parameter", "plain"]
+
+
 def test_missing_super_init_is_explained():
     class Broken(nn.Module):
         def __init__(self):

@@ -43,16 +43,33 @@ class Parameter(Tensor):
         return f"Parameter({self.data!r})"
 
 
-def _check_name(kind, name):
-    """Refuse ``name`` for a parameter, buffer or submodule (``kind``) unless it is a non-empty
-    string without ".": state_dict joins the names of the tree with ".", so "fc.weight" next to
-    a submodule "fc", or an empty name, would give two arrays the same key and lose one."""
+def _check_name(module, kind, name, into=None):
+    """Refuse ``name`` for a parameter, buffer or submodule (``kind``) of ``module``:
+
+    * unless it is a non-empty string without ".": state_dict joins the names of the tree with
+      ".", so "fc.weight" next to a submodule "fc", or an empty name, would give two arrays the
+      same key and lose one;
+    * when it names an attribute of the class (a method such as ``forward`` or ``state_dict``)
+      or one that every Module sets (``training``, ``_parameters``, ...): normal attribute
+      lookup finds those before the registries, so ``module.forward`` would stay the method while
+      state_dict saved the parameter, and a buffer named "training" would replace the flag;
+    * when ``into`` is the registry of a registration by name (``register_parameter``,
+      ``register_buffer``, a Sequential's dict), also when any other attribute of ``module``,
+      plain or registered elsewhere, has that name, as in PyTorch. An assignment
+      (``into=None``) may replace one: ``module.x = Parameter(...)`` says which ``x`` it means.
+    """
     if not isinstance(name, str):
         raise TypeError(f"{kind} name must be a string, got {type(name).__name__}")
     if not name:
         raise KeyError(f"{kind} name is empty")
     if "." in name:  # KeyError as in PyTorch (it prints its message quoted: hence "")
         raise KeyError(f'{kind} name "{name}" contains "."')
+    if name in _MODULE_ATTRIBUTES or hasattr(type(module), name):
+        raise KeyError(f'{kind} name "{name}" is taken by the attribute {type(module).__name__}.'
+                       f"{name}, which the {kind} would replace or be hidden by")
+    if into is not None and name not in into and hasattr(module, name):
+        raise KeyError(f'{kind} name "{name}": attribute "{name}" already exists (delete it '
+                       "first to register the name anew)")
 
 
 def _move_array(array, device):
@@ -87,11 +104,11 @@ class Module:
                 or name in self.__dict__.get("_buffers", ()) or name in self.__dict__.get("_modules", ()):
             params, buffers, modules = self._registries()
             if isinstance(value, Parameter):
-                _check_name("parameter", name)
+                _check_name(self, "parameter", name)
                 self._forget(name, keep=params)
                 params[name] = value
             elif isinstance(value, Module):
-                _check_name("submodule", name)
+                _check_name(self, "submodule", name)
                 self._forget(name, keep=modules)
                 modules[name] = value
             elif name in params:
@@ -137,23 +154,28 @@ class Module:
         object.__delattr__(self, name)
 
     def register_parameter(self, name, param):
-        """Register ``param`` (a Parameter, or None for an absent optional weight) under ``name``."""
+        """Register ``param`` (a Parameter, or None for an absent optional weight) under ``name``.
+
+        A name that another attribute already has (plain, a buffer or a submodule; or one of the
+        class, such as ``forward``) is refused with a KeyError, as in PyTorch; assigning
+        ``module.name = param`` replaces a plain attribute, buffer or submodule on purpose."""
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter({name!r}): expected a Parameter or None, "
                             f"got {type(param).__name__}")
-        _check_name("parameter", name)
-        self._registries()
-        self._forget(name, keep=self._parameters)
-        self._parameters[name] = param
+        params = self._registries()[0]
+        _check_name(self, "parameter", name, into=params)
+        params[name] = param  # a name already registered keeps its position
 
     def register_buffer(self, name, array):
-        """Register ``array`` (a backend array, or None) as non-trained state saved in ``state_dict``."""
+        """Register ``array`` (a backend array, or None) as non-trained state saved in ``state_dict``.
+
+        A name that another attribute already has (plain, a parameter or a submodule; or one of
+        the class, such as ``forward``) is refused with a KeyError, as in PyTorch."""
         if array is not None and not hasattr(array, "shape"):
             raise TypeError(f"register_buffer({name!r}): expected an array, got {type(array).__name__}")
-        _check_name("buffer", name)
-        self._registries()
-        self._forget(name, keep=self._buffers)
-        self._buffers[name] = array
+        buffers = self._registries()[1]
+        _check_name(self, "buffer", name, into=buffers)
+        buffers[name] = array  # a name already registered keeps its position
 
     # ----- traversal ----------------------------------------------------------------------------
     def named_children(self):
@@ -388,6 +410,11 @@ class Module:
         return head + "\n  " + "\n  ".join(lines) + "\n)"
 
 
+#: The attributes every Module sets in ``__init__`` (its registries and ``training``), which a
+#: parameter, buffer or submodule of the same name would replace.
+_MODULE_ATTRIBUTES = frozenset(vars(Module()))
+
+
 def _can_write(owner, target):
     """Whether ``load_state_dict`` can write into ``target``, the array of ``owner`` (a Tensor,
     or for a buffer the array itself), checked before anything is written.
@@ -474,7 +501,7 @@ class Sequential(ModuleList):
         if len(modules) == 1 and isinstance(modules[0], dict):
             for name, m in modules[0].items():
                 name = str(name)
-                _check_name("submodule", name)
+                _check_name(self, "submodule", name, into=self._modules)
                 self._modules[name] = self._check(m)
         else:
             self.extend(modules)
