@@ -9,6 +9,7 @@ import minivae as mv
 import minivae.functional as F
 import minivae.nn as nn
 from minivae.gradcheck import check_float32, gradcheck
+from minivae.optim import SGD
 from minivae.ops.norm import BatchNorm, batch_norm
 
 
@@ -208,6 +209,87 @@ def test_append_never_replaces_a_stage():
         ("1", "ReLU"), ("2", "Sigmoid"), ("3", "Tanh")]
     named = nn.Sequential({"fc": nn.Linear(1, 1, rng=0), "2": nn.Tanh()}).append(nn.ReLU())
     assert [type(m).__name__ for m in named] == ["Linear", "Tanh", "ReLU"]
+
+
+_LIST_CHANGES = {  # the change, and the out_features of the stages after it (before: 1, 2, 3)
+    "insert(1)": (lambda ml: ml.insert(1, nn.Linear(1, 4, rng=4)), [1, 4, 2, 3]),
+    "insert(-1)": (lambda ml: ml.insert(-1, nn.Linear(1, 4, rng=4)), [1, 2, 4, 3]),
+    "insert past the end": (lambda ml: ml.insert(10, nn.Linear(1, 4, rng=4)), [1, 2, 3, 4]),
+    "insert before the start": (lambda ml: ml.insert(-10, nn.Linear(1, 4, rng=4)), [4, 1, 2, 3]),
+    "del [0]": (lambda ml: ml.__delitem__(0), [2, 3]),
+    "del [-2]": (lambda ml: ml.__delitem__(-2), [1, 3]),
+    "del [:2]": (lambda ml: ml.__delitem__(slice(None, 2)), [3]),
+    "pop(0)": (lambda ml: ml.pop(0), [2, 3]),
+    "pop()": (lambda ml: ml.pop(), [1, 2]),
+}
+
+
+@pytest.mark.parametrize("container", [lambda *ms: nn.ModuleList(ms), nn.Sequential],
+                         ids=["ModuleList", "Sequential"])
+@pytest.mark.parametrize("change, sizes", _LIST_CHANGES.values(), ids=_LIST_CHANGES.keys())
+def test_insert_and_removal_rename_the_stages_after_their_positions(container, change, sizes):
+    layers = [nn.Linear(1, n, rng=n) for n in (1, 2, 3)]
+    ml = container(*layers)
+    removed = change(ml)
+    assert [n for n, _ in ml.named_children()] == [str(i) for i in range(len(sizes))]
+    assert [m.out_features for m in ml] == sizes
+    assert [(n, p.shape) for n, p in ml.named_parameters()] == [
+        (f"{i}.{name}", shape) for i, n in enumerate(sizes) for name, shape in
+        [("weight", (1, n)), ("bias", (n,))]]
+    assert list(ml.state_dict()) == [n for n, _ in ml.named_parameters()]
+    assert list(ml.parameters()) == [p for m in ml for p in (m.weight, m.bias)]
+    if removed is not None:  # pop returns the stage it removed
+        assert removed in layers and removed not in list(ml)
+
+
+def test_insert_and_removal_keep_the_names_of_a_named_sequential():
+    # Renumbering "fc" would change the checkpoint keys; names of digits follow the positions.
+    seq = nn.Sequential({"fc": nn.Linear(1, 2, rng=0), "act": nn.Tanh()}).append(nn.ReLU())
+    seq.insert(1, nn.Linear(2, 2, rng=1))
+    assert [(n, type(m).__name__) for n, m in seq.named_children()] == [
+        ("fc", "Linear"), ("1", "Linear"), ("act", "Tanh"), ("3", "ReLU")]
+    x = _x(3, 1)
+    np.testing.assert_array_equal(seq(x).data, F.relu(F.tanh(seq[1](seq[0](x)))).data)
+    del seq[0]
+    assert [n for n, _ in seq.named_children()] == ["0", "act", "2"]
+    assert isinstance(seq.pop(-1), nn.ReLU) and [n for n, _ in seq.named_children()] == ["0", "act"]
+    tail = nn.ModuleList([nn.Tanh(), nn.ReLU(), nn.Sigmoid()])[1:]  # stages "1" and "2"
+    tail.insert(0, nn.ELU())
+    assert [(n, type(m).__name__) for n, m in tail.named_children()] == [
+        ("0", "ELU"), ("1", "ReLU"), ("2", "Sigmoid")]
+
+
+def test_an_optimizer_keeps_the_parameters_it_was_built_with():
+    # It holds Parameters, not positions: it updates the stages it was built with, wherever
+    # they are now, and not the inserted one (the ModuleList docstring says so).
+    ml = nn.ModuleList([nn.Linear(2, 2, rng=0), nn.Linear(2, 2, rng=1)])
+    opt = SGD(ml.parameters(), lr=0.1)
+    ml.insert(0, nn.Linear(2, 2, rng=2))
+    weights = [m.weight.data.copy() for m in ml]
+    x = _x(3, 2)
+    for m in ml:
+        x = m(x)
+    x.sum().backward()
+    opt.step()
+    assert opt.params == list(ml[1:].parameters())
+    np.testing.assert_array_equal(ml[0].weight.data, weights[0])
+    for m, w in zip(ml[1:], weights[1:]):
+        np.testing.assert_allclose(m.weight.data, w - 0.1 * m.weight.grad)
+
+
+def test_insert_and_pop_check_their_arguments():
+    ml = nn.ModuleList([nn.ReLU()])
+    for bad in (lambda: ml.insert("0", nn.Tanh()), lambda: ml.pop("0"), lambda: ml.pop(slice(0, 1))):
+        with pytest.raises(TypeError, match="indices must be integers"):
+            bad()
+    with pytest.raises(TypeError, match="holds Modules"):
+        ml.insert(0, "not a module")
+    with pytest.raises(IndexError, match="out of range"):
+        ml.pop(1)
+    assert [type(m).__name__ for m in ml] == ["ReLU"]
+    ml.pop()
+    with pytest.raises(IndexError, match="out of range"):
+        ml.pop()
 
 
 # ----- state_dict ----------------------------------------------------------------------------------

@@ -433,6 +433,18 @@ class ModuleList(Module):
     """A list of modules, each registered (named "0", "1", ...) so their parameters are found.
 
     It has no forward: iterate over it in the parent's forward.
+
+    The names are the stages' positions, so state_dict keys ("1.weight") say where a stage is,
+    with two exceptions that keep a key meaning the same stage: a slice keeps the names of the
+    whole (``a[1:]`` holds "1" and "2", and its state_dict loads into ``a``), and ``append``
+    never replaces a stage (it takes the next free number). ``insert``, ``pop`` and ``del``
+    move stages, so afterwards every stage named by digits is renamed after its new position
+    ("0", "1", ..., as PyTorch renumbers), in a slice too; any other name, such as "fc" from a
+    Sequential's dict, is kept: renumbering it would change the keys of a checkpoint for no reason.
+
+    An optimizer holds the Parameters it was built with: after ``insert`` it does not train the
+    new stage, and after a removal it keeps the removed stage's state (and its place in the
+    optimizer's state_dict). Build the optimizer after changing the list.
     """
 
     def __init__(self, modules=()):
@@ -459,17 +471,54 @@ class ModuleList(Module):
             self.append(m)
         return self
 
-    def _key(self, i):
-        """The name of the stage at position ``i`` (an integer; negative counts from the end)."""
+    def insert(self, index, module):
+        """Put ``module`` before the stage at position ``index`` (as ``list.insert``: negative
+        counts from the end, and past either end means at that end); the stages are renamed
+        after their positions (see the class docstring)."""
+        stages = list(self._modules.items())
+        stages.insert(self._index(index), ("0", self._check(module)))  # digits: named by position
+        self._renumber(stages)
+
+    def pop(self, index=-1):
+        """Remove the stage at position ``index`` (default: the last) and return it; the stages
+        after it are renamed after their new positions (see the class docstring)."""
+        index = self._position(index)
+        module = self[index]
+        del self[index]
+        return module
+
+    def __delitem__(self, index):
+        """Remove the stage at position ``index``, or the stages of a slice; the stages after
+        them are renamed after their new positions (see the class docstring)."""
+        stages = list(self._modules.items())
+        del stages[index if isinstance(index, slice) else self._position(index)]
+        self._renumber(stages)
+
+    def _renumber(self, stages):
+        """Hold ``stages``, (name, module) pairs in their new order, renaming each stage named by
+        digits after its position (other names are never digits, so no two stages meet)."""
+        self._modules.clear()  # in place: the same dict, as every other change to the registry
+        for position, (name, module) in enumerate(stages):
+            self._modules[str(position) if name.isdigit() else name] = module
+
+    def _index(self, i):
+        """``i`` as an int: indices are integers (a name such as "0" is refused)."""
         try:
-            i = operator.index(i)  # a name such as "0" would fail below with a comparison error
+            return operator.index(i)
         except TypeError:
             raise TypeError(f"{type(self).__name__} indices must be integers, not "
                             f"{type(i).__name__}") from None
-        keys = list(self._modules)
-        if not -len(keys) <= i < len(keys):
-            raise IndexError(f"index {i} is out of range for {type(self).__name__} of length {len(keys)}")
-        return keys[i]
+
+    def _position(self, i):
+        """The position, from 0, of the stage at index ``i`` (negative counts from the end)."""
+        i, n = self._index(i), len(self._modules)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} is out of range for {type(self).__name__} of length {n}")
+        return i % n
+
+    def _key(self, i):
+        """The name of the stage at index ``i`` (an integer; negative counts from the end)."""
+        return list(self._modules)[self._position(i)]
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -493,7 +542,8 @@ class ModuleList(Module):
 class Sequential(ModuleList):
     """Modules applied one after another: ``Sequential(Linear(784, 512), ReLU(), Linear(512, 10))``.
 
-    A single dict argument names the stages: ``Sequential({"fc": Linear(2, 3), "act": ReLU()})``.
+    A single dict argument names the stages: ``Sequential({"fc": Linear(2, 3), "act": ReLU()})``;
+    ``insert``, ``pop`` and ``del`` keep those that are not digits (see ``ModuleList``).
     """
 
     def __init__(self, *modules):
