@@ -664,3 +664,9 @@ def test_initializers_refuse_integer_tensors():
                  nn.init.xavier_uniform_):
         with pytest.raises(TypeError, match="initializers fill float tensors, got one of dtype int64"):
             fill(mv.tensor(np.zeros((2, 2), np.int64)))
+
+
+def test_a_sequential_refuses_two_keys_that_name_one_stage():
+    """Sequential names its stages by str(key): {1: a, "1": b} would keep b alone, silently."""
+    with pytest.raises(KeyError, match='"1" is given twice'):
+        nn.Sequential({1: nn.ReLU(), "1": nn.Tanh()})

@@ -551,6 +551,9 @@ class Sequential(ModuleList):
         if len(modules) == 1 and isinstance(modules[0], dict):
             for name, m in modules[0].items():
                 name = str(name)
+                if name in self._modules:  # {1: a, "1": b} would keep b alone, without a word
+                    raise KeyError(f'submodule name "{name}" is given twice (as {name!r} and as a '
+                                   "key that reads the same as a string)")
                 _check_name(self, "submodule", name, into=self._modules)
                 self._modules[name] = self._check(m)
         else:
