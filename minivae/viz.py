@@ -149,7 +149,10 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
 # ----- model queries (no graph, eval mode) ------------------------------------------------------
 
 def decode_means(model, z, batch_size=500):
-    """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim)."""
+    """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim).
+
+    No points (N = 0) give no images, an empty (0, x_dim) array.
+    """
     param = next(iter(model.parameters()))
     z = np.asarray(z, dtype=param.dtype)
     out = []
@@ -157,7 +160,7 @@ def decode_means(model, z, batch_size=500):
         for start in range(0, len(z), batch_size):
             zb = tensor(to_device(z[start:start + batch_size], param.device))
             out.append(F.sigmoid(model.decode(zb)).numpy())
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros((0, model.x_dim), dtype=param.dtype)
 
 
 # ----- figures ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import minivae as mv  # noqa: E402
 from minivae import viz  # noqa: E402
 from minivae.data import binarize_eval  # noqa: E402
 from minivae.evaluate import evaluating  # noqa: E402
+from minivae.models import VAE  # noqa: E402
 from minivae.runs import METRICS, PICTURES, TrainConfig, load_run  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
 
@@ -136,6 +137,18 @@ def test_gaussian_quantile_grid_is_symmetric():
     q = viz._gaussian_quantiles(5)
     assert q[2] == pytest.approx(0.0, abs=1e-12) and np.allclose(q, -q[::-1])
     assert q[-1] == pytest.approx(1.6448536, rel=1e-6)  # the 95% quantile of N(0, 1)
+
+
+# ----- model queries -----------------------------------------------------------------------------
+
+@pytest.fixture
+def small_vae():
+    return VAE(x_dim=16, z_dim=3, hidden=(4,))
+
+
+def test_decode_means_of_no_latent_points_is_no_images(small_vae):
+    images = viz.decode_means(small_vae, np.zeros((0, 3)))
+    assert images.shape == (0, 16) and images.dtype == np.float32
 
 
 # ----- plot_run on trained runs -----------------------------------------------------------------------
