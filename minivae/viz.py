@@ -38,6 +38,7 @@ from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
+from .checks import check_integer
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
@@ -151,10 +152,16 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
 def decode_means(model, z, batch_size=500):
     """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim).
 
-    No points (N = 0) give no images, an empty (0, x_dim) array.
+    No points (N = 0) give no images, an empty (0, x_dim) array. ``batch_size`` is an integer of
+    at least 1.
     """
+    batch_size = check_integer(batch_size, "batch_size", minimum=1)
     param = next(iter(model.parameters()))
     z = np.asarray(z, dtype=param.dtype)
+    # Models of several latent layers have no z_dim: they decode their top layer, of any width here.
+    z_dim = getattr(model, "z_dim", None)
+    if z.ndim != 2 or (z_dim is not None and z.shape[1] != z_dim):
+        raise ValueError(f"z must be latent points of shape (N, {z_dim or 'D'}), got shape {z.shape}")
     out = []
     with evaluating(model):
         for start in range(0, len(z), batch_size):

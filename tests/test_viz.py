@@ -151,6 +151,21 @@ def test_decode_means_of_no_latent_points_is_no_images(small_vae):
     assert images.shape == (0, 16) and images.dtype == np.float32
 
 
+@pytest.mark.parametrize("z, match", [
+    (np.zeros((4, 2)), r"z must be latent points of shape \(N, 3\), got shape \(4, 2\)"),
+    (np.zeros(3), r"z must be latent points of shape \(N, 3\), got shape \(3,\)"),
+], ids=["wrong width", "one point as a 1-D array"])
+def test_decode_means_needs_z_of_the_models_latent_width(small_vae, z, match):
+    with pytest.raises(ValueError, match=match):
+        viz.decode_means(small_vae, z)
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError)])
+def test_decode_means_batch_size_must_be_a_positive_integer(small_vae, bad, error):
+    with pytest.raises(error, match="batch_size must be"):
+        viz.decode_means(small_vae, np.zeros((2, 3)), batch_size=bad)
+
+
 # ----- plot_run on trained runs -----------------------------------------------------------------------
 
 EXPECTED = ["samples.png", "reconstructions.png", "latent_pca.png", "traversal.png",
