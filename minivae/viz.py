@@ -385,6 +385,10 @@ def plot_grad_norms(metrics, path):
     return _save(fig, path)
 
 
+# The fewest points t-SNE embeds: its perplexity, (N - 1) / 3 here, must be positive.
+_MIN_EMBED = 2
+
+
 def _embeddings(points, seed):
     """Yield (name, 2-D embedding) for each optional embedder that is installed."""
     try:
@@ -411,11 +415,14 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
-    ``n_embed`` of them to stay fast (``embeddings=False`` skips them). The sample grid uses the
-    Philox generator (``seed``, stream 3), as ``minivae sample`` does. See the module docstring for
-    the list of files.
+    ``n_embed`` of them to stay fast (``embeddings=False`` skips them, as does a test set of one
+    image). ``n_latent`` is an integer of at least 1, ``n_embed`` of at least 2. The sample grid
+    uses the Philox generator (``seed``, stream 3), as ``minivae sample`` does. See the module
+    docstring for the list of files.
     """
     _require_matplotlib()
+    n_latent = check_integer(n_latent, "n_latent", minimum=1)
+    n_embed = check_integer(n_embed, "n_embed", minimum=_MIN_EMBED)
     run_dir = Path(run_dir)
     _, model = load_run(run_dir)
     data = data if data is not None else load_mnist(verbose=False)
@@ -466,7 +473,7 @@ def _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings):
         f"test-set means of {model.encoded_gaussian} (z-dim {mu.shape[1]}, n={n}), PCA",
         f"PC1 ({100 * ratio[0]:.0f}% of variance)", f"PC2 ({100 * ratio[1]:.0f}% of variance)"))
 
-    if embeddings:
+    if embeddings and n >= _MIN_EMBED:
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(n, size=min(n_embed, n), replace=False))
         for name, emb in _embeddings(mu[idx], seed):

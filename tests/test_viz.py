@@ -255,8 +255,10 @@ def test_plot_run_without_grad_norms_or_metrics(run_z2, data, tmp_path):
     assert "curves.png" not in names and "grad_norms.png" not in names
 
 
-def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkeypatch):
-    # A stand-in sklearn.manifold.TSNE: checks the optional path without installing scikit-learn.
+@pytest.fixture
+def fake_tsne(monkeypatch):
+    """A stand-in sklearn.manifold.TSNE (and no UMAP): checks the optional path without installing
+    scikit-learn. It refuses a perplexity outside (0, N) as scikit-learn does; returns what it saw."""
     seen = {}
 
     class FakeTSNE:
@@ -265,6 +267,8 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
 
         def fit_transform(self, x):
             seen["n"] = len(x)
+            if not 0 < seen["perplexity"] < len(x):
+                raise ValueError(f"perplexity must be in (0, n_samples), got {seen['perplexity']}")
             return np.asarray(x)[:, :2] * 10
 
     sklearn = types.ModuleType("sklearn")
@@ -274,12 +278,33 @@ def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, monkey
     monkeypatch.setitem(sys.modules, "sklearn", sklearn)
     monkeypatch.setitem(sys.modules, "sklearn.manifold", manifold)
     monkeypatch.setitem(sys.modules, "umap", None)  # "not installed", even where it is
+    return seen
+
+
+def test_plot_run_embeds_with_tsne_when_installed(run_z3, data, tmp_path, fake_tsne):
     run = _copy_run(run_z3, tmp_path)
     names = [p.name for p in viz.plot_run(run, data=data, n_embed=60, seed=4)]
     assert "latent_tsne.png" in names and "latent_umap.png" not in names
     assert set(EXPECTED + ["grad_norms.png", "latent_umap.png"] + names) <= set(PICTURES)  # all known
-    assert seen == {"perplexity": pytest.approx(59 / 3), "random_state": 4, "n": 60}
+    assert fake_tsne == {"perplexity": pytest.approx(59 / 3), "random_state": 4, "n": 60}
     _read_png(run / "latent_tsne.png")
+
+
+@pytest.mark.parametrize("n_test", [1, 2])
+def test_plot_run_of_a_tiny_test_set(run_z3, data, tmp_path, fake_tsne, n_test):
+    """One test image is no t-SNE (its perplexity would be 0), two are; the rest is drawn."""
+    tiny = types.SimpleNamespace(x_test=data.x_test[:n_test], y_test=data.y_test[:n_test])
+    names = [p.name for p in viz.plot_run(_copy_run(run_z3, tmp_path), data=tiny)]
+    assert set(EXPECTED) <= set(names) and ("latent_tsne.png" in names) == (n_test > 1)
+
+
+@pytest.mark.parametrize("argument, bad, error", [
+    ("n_latent", 0, ValueError), ("n_latent", -5, ValueError), ("n_latent", 10.0, TypeError),
+    ("n_embed", 1, ValueError), ("n_embed", 0, ValueError),
+])
+def test_plot_run_checks_its_subset_sizes(run_z3, data, tmp_path, argument, bad, error):
+    with pytest.raises(error, match=f"{argument} must be"):
+        viz.plot_run(_copy_run(run_z3, tmp_path), data=data, **{argument: bad})
 
 
 def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
