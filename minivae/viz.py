@@ -198,11 +198,20 @@ def plot_reconstructions(x, recon, path, n=32, ncol=8):
 
 
 def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
-    """A 2-D scatter of latent points coloured by digit label (tab10, with a legend)."""
+    """A 2-D scatter of latent points coloured by digit label (tab10, with a legend).
+
+    ``points`` is (N, 2); ``labels`` None (one colour) or one integer label per point, shape (N,).
+    """
     Figure, _ = _require_matplotlib()
+    points = np.asarray(points)
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"points must be (N, 2), got shape {points.shape}")
+    labels = None if labels is None else np.asarray(labels)
+    if labels is not None and labels.shape != (len(points),):
+        raise ValueError(f"labels must hold one label per point, shape ({len(points)},), got shape "
+                         f"{labels.shape}")
     fig = Figure(figsize=(6.4, 5.6))
     ax = fig.subplots()
-    labels = None if labels is None else np.asarray(labels)
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.6)
     else:

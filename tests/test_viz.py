@@ -166,6 +166,23 @@ def test_decode_means_batch_size_must_be_a_positive_integer(small_vae, bad, erro
         viz.decode_means(small_vae, np.zeros((2, 3)), batch_size=bad)
 
 
+# ----- figures ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("points, labels, match", [
+    (np.zeros((10, 2)), np.arange(5), r"labels must hold one label per point, shape \(10,\), got shape \(5,\)"),
+    (np.zeros((10, 2)), np.arange(10)[:, None], r"labels must .* got shape \(10, 1\)"),
+    (np.zeros((10, 3)), None, r"points must be \(N, 2\), got shape \(10, 3\)"),  # not two of them
+    (np.zeros(10), None, r"points must be \(N, 2\), got shape \(10,\)"),
+], ids=["too few labels", "a column of labels", "three coordinates", "1-D points"])
+def test_plot_latent_scatter_checks_points_and_labels(tmp_path, points, labels, match):
+    with pytest.raises(ValueError, match=match):
+        viz.plot_latent_scatter(points, labels, tmp_path / "s.png", "t", "x", "y")
+
+
+def test_plot_latent_scatter_takes_lists(tmp_path):
+    _read_png(viz.plot_latent_scatter([[0, 1], [1, 0], [2, 2]], [0, 1, 1], tmp_path / "s.png", "t", "x", "y"))
+
+
 # ----- plot_run on trained runs -----------------------------------------------------------------------
 
 EXPECTED = ["samples.png", "reconstructions.png", "latent_pca.png", "traversal.png",
