@@ -111,14 +111,14 @@ def tile_images(images, nrow=None, pad=2, pad_value=_PAD_VALUE):
 
     ``images`` is (N, H*W) with square images or (N, H, W); ``pad`` pixels of ``pad_value``
     separate the tiles and frame the grid. Empty cells of the last row stay ``pad_value``.
+    ``nrow`` is an integer of at least 1, ``pad`` of at least 0.
     """
     x = _as_images(images)
     n, h, w = x.shape
     if n == 0:
         raise ValueError("no images to tile")
-    ncol = nrow if nrow is not None else math.ceil(math.sqrt(n))
-    if ncol < 1:
-        raise ValueError(f"nrow must be >= 1, got {nrow}")
+    ncol = math.ceil(math.sqrt(n)) if nrow is None else check_integer(nrow, "nrow", minimum=1)
+    pad = check_integer(pad, "pad", minimum=0)
     ncol = min(ncol, n)
     rows = math.ceil(n / ncol)
     grid = np.full((rows * (h + pad) + pad, ncol * (w + pad) + pad), pad_value, dtype=np.float64)
@@ -134,13 +134,14 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
 
     ``images``: (N, 784) or (N, 28, 28) (NumPy or CuPy). ``nrow``: images per row (default
     ceil(sqrt(N)), as torchvision's ``make_grid``). Each pixel of the grid is one pixel of the PNG,
-    magnified ``scale`` times by pixel repetition (nearest neighbour keeps the pixels sharp).
-    Values are clipped to [0, 1] and shown 0 = black, 1 = white.
+    magnified ``scale`` times (an integer of at least 1) by pixel repetition (nearest neighbour
+    keeps the pixels sharp). Values are clipped to [0, 1] and shown 0 = black, 1 = white.
     """
     _, mpimg = _require_matplotlib()
+    scale = check_integer(scale, "scale", minimum=1)
     grid = np.clip(tile_images(images, nrow=nrow, pad=pad), 0.0, 1.0)
     if scale != 1:
-        grid = np.kron(grid, np.ones((int(scale), int(scale))))
+        grid = np.kron(grid, np.ones((scale, scale)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mpimg.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
@@ -184,9 +185,11 @@ def _gray_axes(ax, grid):
 
 
 def plot_reconstructions(x, recon, path, n=32, ncol=8):
-    """Side-by-side grids: ``n`` inputs (left) and their reconstructions (right), same positions."""
+    """Side-by-side grids: ``n`` inputs (left) and their reconstructions (right), same positions,
+    ``ncol`` per row (both integers of at least 1)."""
     Figure, _ = _require_matplotlib()
-    n = min(n, len(x))
+    n = min(check_integer(n, "n", minimum=1), len(x))
+    ncol = check_integer(ncol, "ncol", minimum=1)
     # Height from the grids' aspect (ncol x ceil(n/ncol) tiles per panel) plus room for titles.
     fig = Figure(figsize=(8, 0.5 + 3.9 * math.ceil(n / ncol) / ncol))
     for ax, images, title in zip(fig.subplots(1, 2), (x[:n], recon[:n]),
@@ -241,8 +244,11 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
     to top, as in a scatter plot). Otherwise: one row per latent dimension, the ``n_dims``
     dimensions with the largest mean KL (``kl``, shape (D,); the first ones when None), each swept
     over ``n`` values from -span to span while the other dimensions stay at 0, the prior mean.
+    ``n`` and ``n_dims`` are integers of at least 1.
     """
     Figure, _ = _require_matplotlib()
+    n = check_integer(n, "n", minimum=1)
+    n_dims = check_integer(n_dims, "n_dims", minimum=1)
     d = model.z_dim
     if d == 2:
         q = _gaussian_quantiles(n)

@@ -168,6 +168,29 @@ def test_decode_means_batch_size_must_be_a_positive_integer(small_vae, bad, erro
 
 # ----- figures ------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("draw, argument, bad, error", [
+    ("tile", "nrow", 0, ValueError), ("tile", "nrow", 2.5, TypeError),
+    ("tile", "pad", -1, ValueError), ("tile", "pad", 1.5, TypeError),
+    ("save", "scale", 0, ValueError), ("save", "scale", 1.5, TypeError),
+    ("reconstructions", "n", 0, ValueError), ("reconstructions", "n", -1, ValueError),
+    ("reconstructions", "ncol", 0, ValueError),
+    ("traversal", "n", 0, ValueError), ("traversal", "n", 2.5, TypeError),
+    ("traversal", "n_dims", 0, ValueError), ("traversal", "n_dims", -1, ValueError),
+])
+def test_the_counts_of_the_pictures_are_positive_integers(small_vae, tmp_path, draw, argument, bad, error):
+    """(A negative n or n_dims sliced off the last images or dimensions, a scale of 1.5 was
+    rounded down, a pad of -1 or an ncol of 0 failed inside NumPy or in a division.)"""
+    images = np.zeros((4, 16))
+    draws = {
+        "tile": lambda **kw: viz.tile_images(images, **kw),
+        "save": lambda **kw: viz.save_image_grid(images, tmp_path / "g.png", **kw),
+        "reconstructions": lambda **kw: viz.plot_reconstructions(images, images, tmp_path / "r.png", **kw),
+        "traversal": lambda **kw: viz.plot_traversal(small_vae, tmp_path / "t.png", **kw),
+    }
+    with pytest.raises(error, match=f"^{argument} must be"):
+        draws[draw](**{argument: bad})
+
+
 @pytest.mark.parametrize("points, labels, match", [
     (np.zeros((10, 2)), np.arange(5), r"labels must hold one label per point, shape \(10,\), got shape \(5,\)"),
     (np.zeros((10, 2)), np.arange(10)[:, None], r"labels must .* got shape \(10, 1\)"),
