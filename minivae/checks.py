@@ -31,6 +31,15 @@ def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:
     return sizes
 
 
+def check_float(x, name: str = "x", use: str = "binarization") -> None:
+    """Refuse an array (NumPy or CuPy) whose dtype is not floating with a TypeError naming
+    ``use``, what takes float intensities in [0, 1]: integer pixels 0..255 would be read as
+    intensities up to 255, and a clip to [0, 1] or a Bernoulli draw turns them into 1s."""
+    if x.dtype.kind != "f":
+        hint = "; divide uint8 pixels by 255 first" if x.dtype.kind in "ui" else ""
+        raise TypeError(f"{name} has dtype {x.dtype}: {use} takes float intensities in [0, 1]{hint}")
+
+
 def check_intensities(x, name: str = "x", use: str = "binarization") -> None:
     """Refuse an array (NumPy or CuPy) that is not float intensities in [0, 1], naming ``use``,
     what takes them, in the message.
@@ -38,12 +47,10 @@ def check_intensities(x, name: str = "x", use: str = "binarization") -> None:
     Binarization (a Bernoulli draw) and a Bernoulli likelihood take anything without complaint:
     a draw turns NaN into 0s and 2.0 or uint8 pixels 0..255 into 1s (nearly all ink), and
     log p(x) of such pixels is no log-probability at all. So a floating dtype is required
-    (TypeError otherwise) and values in [0, 1] (ValueError naming NaN or the range found). One
+    (``check_float``) and values in [0, 1] (ValueError naming NaN or the range found). One
     min and one max over the array: callers check once per dataset or call, not per batch.
     """
-    if x.dtype.kind != "f":
-        hint = "; divide uint8 pixels by 255 first" if x.dtype.kind in "ui" else ""
-        raise TypeError(f"{name} has dtype {x.dtype}: {use} takes float intensities in [0, 1]{hint}")
+    check_float(x, name, use)
     if x.size == 0:
         return
     lo, hi = float(x.min()), float(x.max())  # a NaN anywhere makes both NaN

@@ -38,7 +38,7 @@ from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
-from .checks import check_integer
+from .checks import check_float, check_integer
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
@@ -106,6 +106,11 @@ def _as_images(images):
     return x
 
 
+def _check_pixels(images, name):
+    """Refuse integer images before a picture that shows [0, 1] as black to white clips them."""
+    check_float(np.asarray(to_device(images, "cpu")), name, use="a picture")
+
+
 def tile_images(images, nrow=None, pad=2, pad_value=_PAD_VALUE):
     """Arrange images into one 2-D array: ``nrow`` images per row (default ceil(sqrt(N))).
 
@@ -135,9 +140,11 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
     ``images``: (N, 784) or (N, 28, 28) (NumPy or CuPy). ``nrow``: images per row (default
     ceil(sqrt(N)), as torchvision's ``make_grid``). Each pixel of the grid is one pixel of the PNG,
     magnified ``scale`` times (an integer of at least 1) by pixel repetition (nearest neighbour
-    keeps the pixels sharp). Values are clipped to [0, 1] and shown 0 = black, 1 = white.
+    keeps the pixels sharp). Values are clipped to [0, 1] and shown 0 = black, 1 = white; an
+    integer dtype (uint8 pixels 0..255) is refused with a TypeError.
     """
     _, mpimg = _require_matplotlib()
+    _check_pixels(images, "images")
     scale = check_integer(scale, "scale", minimum=1)
     grid = np.clip(tile_images(images, nrow=nrow, pad=pad), 0.0, 1.0)
     if scale != 1:
@@ -186,8 +193,10 @@ def _gray_axes(ax, grid):
 
 def plot_reconstructions(x, recon, path, n=32, ncol=8):
     """Side-by-side grids: ``n`` inputs (left) and their reconstructions (right), same positions,
-    ``ncol`` per row (both integers of at least 1)."""
+    ``ncol`` per row (both integers of at least 1). Both are float intensities in [0, 1]."""
     Figure, _ = _require_matplotlib()
+    _check_pixels(x, "x")
+    _check_pixels(recon, "recon")
     n = min(check_integer(n, "n", minimum=1), len(x))
     ncol = check_integer(ncol, "ncol", minimum=1)
     # Height from the grids' aspect (ncol x ceil(n/ncol) tiles per panel) plus room for titles.

@@ -114,6 +114,22 @@ def test_tile_images_places_tiles_row_major():
     assert grid[7, 4] == -1  # the empty last cell keeps the pad value
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+@pytest.mark.parametrize("name", ["images", "x", "recon"])
+def test_integer_pixels_are_refused_not_drawn_white(tmp_path, dtype, name):
+    """(Pixels 0..255 were clipped to [0, 1]: every pixel with any ink came out white.)"""
+    pixels = np.arange(4 * 16).reshape(4, 16).astype(dtype)
+    floats = pixels / 255.0
+    draws = {
+        "images": lambda: viz.save_image_grid(pixels, tmp_path / "g.png"),
+        "x": lambda: viz.plot_reconstructions(pixels, floats, tmp_path / "r.png"),
+        "recon": lambda: viz.plot_reconstructions(floats, pixels, tmp_path / "r.png"),
+    }
+    with pytest.raises(TypeError, match=rf"{name} has dtype {np.dtype(dtype)}: a picture takes float "
+                                        r"intensities in \[0, 1\]; divide uint8 pixels by 255 first"):
+        draws[name]()
+
+
 def test_tile_images_rejects_non_square_rows():
     with pytest.raises(ValueError, match="square"):
         viz.tile_images(np.zeros((2, 10)))
