@@ -299,10 +299,17 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
 
 
 def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
-    """Bar plot of the mean KL per latent dimension; active units (activity > threshold) in colour."""
+    """Bar plot of the mean KL per latent dimension; active units (activity > threshold) in colour.
+
+    ``kl`` and ``activity`` hold one value per latent dimension, both of shape (D,).
+    """
     Figure, _ = _require_matplotlib()
-    kl = np.asarray(kl)
-    active = np.asarray(activity) > threshold
+    kl, activity = np.asarray(kl), np.asarray(activity)
+    # matplotlib would cycle a shorter list of bar colours: the grey bars would be the wrong ones.
+    if kl.ndim != 1 or activity.shape != kl.shape:
+        raise ValueError(f"kl and activity must hold one value per latent dimension, both of shape "
+                         f"(D,), got {kl.shape} and {activity.shape}")
+    active = activity > threshold
     fig = Figure(figsize=(max(6.0, 0.16 * len(kl) + 2), 3.6))
     ax = fig.subplots()
     colors = np.where(active, "C0", "0.7")

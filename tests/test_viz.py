@@ -222,6 +222,17 @@ def test_plot_latent_scatter_takes_lists(tmp_path):
     _read_png(viz.plot_latent_scatter([[0, 1], [1, 0], [2, 2]], [0, 1, 1], tmp_path / "s.png", "t", "x", "y"))
 
 
+@pytest.mark.parametrize("kl, activity, shapes", [
+    ([1.0, 2.0, 3.0], [0.5, 0.0], r"\(3,\) and \(2,\)"),
+    (1.0, 1.0, r"\(\) and \(\)"),
+], ids=["fewer activities", "scalars"])
+def test_plot_kl_per_dim_needs_one_activity_per_kl_value(tmp_path, kl, activity, shapes):
+    """(Two activities for three dimensions coloured the bars by matplotlib's cycle of the two.)"""
+    with pytest.raises(ValueError, match=r"kl and activity must hold one value per latent dimension, "
+                                         r"both of shape \(D,\), got " + shapes):
+        viz.plot_kl_per_dim(kl, activity, tmp_path / "k.png")
+
+
 # ----- plot_run on trained runs -----------------------------------------------------------------------
 
 EXPECTED = ["samples.png", "reconstructions.png", "latent_pca.png", "traversal.png",
