@@ -70,9 +70,13 @@ def pca_2d(points):
 
     Returns ``(projected (N, 2), explained variance ratio (2,))``. With D == 1 the second
     coordinate is zero. The sign of each component is fixed (largest loading positive) so the
-    picture does not flip between runs of the same model.
+    picture does not flip between runs of the same model. ``points`` must be finite, N >= 1.
     """
     x = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"points must be (N, D) with N >= 1, got shape {x.shape}")
+    if not np.isfinite(x).all():  # else the SVD fails to converge, naming nothing
+        raise ValueError("points contain NaN or infinite values (a diverged model's latent means?)")
     x = x - x.mean(axis=0)
     # Economy SVD of the centred data: rows of vt are the principal directions, s**2 / (N - 1)
     # their variances. N x D with D <= a few hundred, so this is cheap.

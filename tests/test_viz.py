@@ -149,6 +149,22 @@ def test_pca_2d_finds_the_main_direction(rng):
     assert np.all(one_d[:, 1] == 0) and r1[0] == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("points, match", [
+    (np.arange(5.0), r"points must be \(N, D\) with N >= 1, got shape \(5,\)"),
+    (np.zeros((0, 3)), r"points must be \(N, D\) with N >= 1, got shape \(0, 3\)"),
+    (np.array([[np.nan, 0.0], [1.0, 2.0], [3.0, 4.0]]), "points contain NaN or infinite values"),
+], ids=["1-D", "no points", "NaN"])
+def test_pca_2d_refuses_points_it_cannot_project(points, match):
+    with pytest.raises(ValueError, match=match):
+        viz.pca_2d(points)
+
+
+def test_pca_2d_of_one_point_or_identical_points_is_the_origin():
+    for points in (np.ones((1, 3)), np.ones((5, 3))):
+        proj, ratio = viz.pca_2d(points)
+        assert proj.shape == (len(points), 2) and not proj.any() and not ratio.any()
+
+
 def test_gaussian_quantile_grid_is_symmetric():
     q = viz._gaussian_quantiles(5)
     assert q[2] == pytest.approx(0.0, abs=1e-12) and np.allclose(q, -q[::-1])
