@@ -328,6 +328,11 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     return _save(fig, path)
 
 
+def _epoch_lines(metrics):
+    """The per-epoch summary lines of ``metrics``; gradient-trace lines (if any) may share the file."""
+    return [m for m in metrics if "epoch" in m and ("valid_elbo" in m or "train_loss" in m)]
+
+
 def _series(lines, key, x_key="epoch"):
     pts = [(m[x_key], m[key]) for m in lines if m.get(key) is not None and x_key in m]
     return ([p[0] for p in pts], [p[1] for p in pts]) if pts else None
@@ -335,12 +340,18 @@ def _series(lines, key, x_key="epoch"):
 
 def plot_curves(metrics, path):
     """Learning curves: train ELBO (or IWAE bound) and validation ELBO per epoch; train KL, or the
-    validation error of a model with a classifier."""
+    validation error of a model with a classifier.
+
+    ``metrics`` is the list of dicts ``minivae.runs.read_metrics`` returns; without one per-epoch
+    line (``epoch`` with ``train_loss`` or ``valid_elbo``) there is nothing to draw (ValueError).
+    """
     Figure, _ = _require_matplotlib()
     from matplotlib.ticker import MaxNLocator
 
-    # Only per-epoch summary lines; gradient-trace lines (if any) may share the file.
-    lines = [m for m in metrics if "epoch" in m and ("valid_elbo" in m or "train_loss" in m)]
+    lines = _epoch_lines(metrics)
+    if not lines:
+        raise ValueError("metrics has no per-epoch line (a dict with 'epoch' and 'train_loss' or "
+                         "'valid_elbo'), so no curve to draw: pass the list read_metrics(run) returns")
     fig = Figure(figsize=(10, 3.8))
     ax_b, ax_kl = fig.subplots(1, 2)
     style = dict(marker="o", markersize=3)  # markers, so a one-epoch run still shows its point
@@ -384,6 +395,7 @@ def plot_grad_norms(metrics, path):
 
     The x axis is ``step`` when the lines have it, else ``epoch``, else the line number. When
     ``update_ratio/NAME`` keys are present they get a second panel (update-to-weight ratios).
+    Without either key there is nothing to draw (ValueError).
     """
     Figure, _ = _require_matplotlib()
     import matplotlib
@@ -391,6 +403,9 @@ def plot_grad_norms(metrics, path):
 
     # Trace lines only (epoch summaries may share the file); ratios may sit on lines of their own.
     lines = [m for m in metrics if any(k.startswith((GRAD_PREFIX, RATIO_PREFIX)) for k in m)]
+    if not lines:
+        raise ValueError(f"metrics has no '{GRAD_PREFIX}...' or '{RATIO_PREFIX}...' entry, so no "
+                         "gradient norm to draw")
     x_key = "step" if all("step" in m for m in lines) else "epoch" if all("epoch" in m for m in lines) else None
     xs = [m[x_key] for m in lines] if x_key else list(range(1, len(lines) + 1))
     panels = [(GRAD_PREFIX, "gradient norm")]
@@ -482,10 +497,10 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
         paths += _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings)
 
     metrics = read_metrics(run_dir)
-    if metrics:
+    if _epoch_lines(metrics):
         paths.append(plot_curves(metrics, run_dir / "curves.png"))
-        if has_grad_norms(metrics):
-            paths.append(plot_grad_norms(metrics, run_dir / "grad_norms.png"))
+    if has_grad_norms(metrics):
+        paths.append(plot_grad_norms(metrics, run_dir / "grad_norms.png"))
     return paths
 
 

@@ -249,6 +249,20 @@ def test_plot_kl_per_dim_needs_one_activity_per_kl_value(tmp_path, kl, activity,
         viz.plot_kl_per_dim(kl, activity, tmp_path / "k.png")
 
 
+@pytest.mark.parametrize("draw, metrics, match", [
+    ("curves", [], "metrics has no per-epoch line"),
+    ("curves", [{"step": 10, "grad_norm/w": 1.0}], "metrics has no per-epoch line"),
+    ("curves", "metrics.jsonl", "pass the list read_metrics"),  # a path, not its lines
+    ("grad_norms", [], "metrics has no 'grad_norm/...' or 'update_ratio/...' entry"),
+    ("grad_norms", [{"epoch": 1, "train_loss": 90.0}], "no gradient norm to draw"),
+], ids=["no lines", "trace lines only", "a path", "no lines", "epoch lines only"])
+def test_metrics_without_the_lines_to_draw_are_refused(tmp_path, draw, metrics, match):
+    """(They gave empty axes, a picture without a curve and without a word.)"""
+    plot = viz.plot_curves if draw == "curves" else viz.plot_grad_norms
+    with pytest.raises(ValueError, match=match):
+        plot(metrics, tmp_path / "c.png")
+
+
 # ----- plot_run on trained runs -----------------------------------------------------------------------
 
 EXPECTED = ["samples.png", "reconstructions.png", "latent_pca.png", "traversal.png",
@@ -336,6 +350,13 @@ def test_plot_run_without_grad_norms_or_metrics(run_z2, data, tmp_path):
     (run / METRICS).unlink()
     names = [p.name for p in viz.plot_run(run, data=data, embeddings=False)]
     assert "curves.png" not in names and "grad_norms.png" not in names
+
+
+def test_plot_run_of_gradient_traces_without_epoch_lines_draws_no_curves(run_z2, data, tmp_path):
+    run = _copy_run(run_z2, tmp_path)
+    (run / METRICS).write_text(json.dumps({"step": 10, "grad_norm/encoder.net.0.weight": 0.5}) + "\n")
+    names = [p.name for p in viz.plot_run(run, data=data, embeddings=False)]
+    assert "curves.png" not in names and "grad_norms.png" in names
 
 
 @pytest.fixture
