@@ -185,8 +185,10 @@ def decode_means(model, z, batch_size=500):
 # ----- figures ------------------------------------------------------------------------------
 
 def _save(fig, path):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # as save_image_grid: every picture alike
     fig.savefig(path, dpi=100)
-    return Path(path)
+    return path
 
 
 def _gray_axes(ax, grid):

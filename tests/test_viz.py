@@ -249,6 +249,13 @@ def test_plot_kl_per_dim_needs_one_activity_per_kl_value(tmp_path, kl, activity,
         viz.plot_kl_per_dim(kl, activity, tmp_path / "k.png")
 
 
+def test_every_picture_creates_its_folder(tmp_path):
+    """A figure written into a folder not yet made, as save_image_grid's grid is."""
+    pytest.importorskip("matplotlib")
+    path = viz.plot_kl_per_dim(np.array([0.5, 0.0]), np.array([1.0, 0.0]), tmp_path / "new" / "k.png")
+    assert path.is_file()
+
+
 @pytest.mark.parametrize("draw, metrics, match", [
     ("curves", [], "metrics has no per-epoch line"),
     ("curves", [{"step": 10, "grad_norm/w": 1.0}], "metrics has no per-epoch line"),
