@@ -32,8 +32,8 @@ def kl_per_dimension(mu, logvar):
     """
     mu = np.asarray(mu, dtype=np.float64)
     logvar = np.asarray(logvar, dtype=np.float64)
-    if mu.shape != logvar.shape or mu.ndim != 2:
-        raise ValueError(f"mu and logvar must both be (N, D), got {mu.shape} and {logvar.shape}")
+    if mu.shape != logvar.shape or mu.ndim != 2 or len(mu) == 0:
+        raise ValueError(f"mu and logvar must both be (N, D) with N >= 1, got {mu.shape} and {logvar.shape}")
     return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
 
 
@@ -44,8 +44,8 @@ def latent_activity(mu):
     the variance of column d over the examples (normalized by N, the population variance).
     """
     mu = np.asarray(mu, dtype=np.float64)
-    if mu.ndim != 2:
-        raise ValueError(f"mu must be (N, D), got shape {mu.shape}")
+    if mu.ndim != 2 or len(mu) == 0:  # a mean over no examples is NaN, and no unit is active
+        raise ValueError(f"mu must be (N, D) with N >= 1, got shape {mu.shape}")
     return mu.var(axis=0)
 
 

@@ -27,7 +27,7 @@ def test_kl_per_dimension_sums_to_the_models_kl(rng):
 
 def test_kl_per_dimension_is_zero_at_the_prior():
     assert np.allclose(analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 2))), 0.0)
-    with pytest.raises(ValueError, match=r"must both be \(N, D\), got \(3, 2\) and \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"must both be \(N, D\) with N >= 1, got \(3, 2\) and \(3, 3\)"):
         analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match=r"got \(2,\) and \(2,\)"):  # one example, not (1, D)
         analysis.kl_per_dimension(np.zeros(2), np.zeros(2))
@@ -85,3 +85,12 @@ def test_x_is_checked_and_converted_to_the_models_dtype():
         with pytest.raises(TypeError, match="divide uint8 pixels by 255 first"):
             summarize(model, (x * 255).astype(np.uint8))
     np.testing.assert_equal(analysis.encode_dataset(model, x), analysis.encode_dataset(model, x.astype(np.float64)))
+
+
+@pytest.mark.parametrize("measure", [lambda mu: analysis.kl_per_dimension(mu, mu), analysis.latent_activity,
+                                     analysis.active_units], ids=["kl_per_dimension", "latent_activity",
+                                                                  "active_units"])
+def test_latent_statistics_of_no_examples_are_refused(measure):
+    """A mean over no examples is NaN (and 0 active units): refused, naming the shape."""
+    with pytest.raises(ValueError, match=r"N >= 1, got .*\(0, 3\)"):
+        measure(np.zeros((0, 3)))
