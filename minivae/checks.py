@@ -15,6 +15,37 @@ def check_integer(value, name: str, *, minimum: int) -> int:
     return int(value)
 
 
+def check_real(value, name: str) -> float:
+    """Return ``value`` as a Python float. A bool, a string or anything else that is no real
+    number is refused (TypeError) rather than read as 0 or 1, or parsed."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    return float(value)
+
+
+#: A range for ``check_ranges``: (test, what the value must be). Each test must be False for NaN,
+#: which fails every comparison: a test ``not v < 0`` would let it through.
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+
+
+def out_of_range(values: dict, ranges: dict) -> list:
+    """A message for each of ``values`` (name -> real number) outside its range in ``ranges``
+    (name -> (test, what the value must be)); a name without a range is not checked."""
+    return [f"invalid {name} {value!r}: it must be {ranges[name][1]}"
+            for name, value in values.items() if name in ranges and not ranges[name][0](value)]
+
+
+def check_ranges(owner, ranges: dict, **values) -> None:
+    """Check the real-valued settings ``values`` of ``owner`` (a class or function, named in the
+    message): each must be a real number (``check_real``: TypeError otherwise) within its range
+    in ``ranges`` (``out_of_range``); a ValueError names every value that is not."""
+    for name, value in values.items():
+        check_real(value, name)
+    problems = out_of_range(values, ranges)
+    if problems:
+        raise ValueError(f"{owner.__name__}: " + "; ".join(problems))
+
+
 def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:
     """Return ``values``, layer sizes such as a model's ``hidden`` widths, as a tuple of Python
     ints, each at least 1 (``check_integer``, naming it ``name[i]``).

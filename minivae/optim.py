@@ -41,35 +41,19 @@ import numpy as np
 
 from .autograd import Tensor
 from .backend import device_of, get_array_module, to_device
-from .checks import check_integer
+from .checks import NON_NEGATIVE, check_integer, check_ranges, out_of_range
 from .gpu import dispatch
 
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
 FLUSH_EVERY = 10
 
-# (test, what the value must be). Each test is False for NaN, which fails every comparison:
-# ``lr < 0`` would let a NaN through, and one step would turn every parameter into NaN.
-_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
 _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
-#: Hyperparameter name -> (test, what the value must be): checked at construction and by
-#: ``load_state_dict``.
-_RANGES = {"lr": _NON_NEGATIVE, "momentum": _NON_NEGATIVE, "dampening": (math.isfinite, "finite"),
-           "weight_decay": _NON_NEGATIVE, "eps": _NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
-           "min_lr": _NON_NEGATIVE, "gamma": _NON_NEGATIVE}
-
-
-def _check_ranges(owner, **hyper):
-    """Raise ValueError naming ``owner`` (an optimizer or scheduler class) and each value of
-    ``hyper`` outside its range (``_RANGES``)."""
-    problems = _out_of_range(hyper)
-    if problems:
-        raise ValueError(f"{owner.__name__}: " + "; ".join(problems))
-
-
-def _out_of_range(hyper):
-    """A message for each value of ``hyper`` (name -> value) outside its range in ``_RANGES``."""
-    return [f"invalid {name} {value!r}: it must be {_RANGES[name][1]}"
-            for name, value in hyper.items() if name in _RANGES and not _RANGES[name][0](value)]
+#: Hyperparameter name -> (test, what the value must be): checked at construction
+#: (``check_ranges``) and by ``load_state_dict`` (``out_of_range``). A NaN learning rate would
+#: turn every parameter into NaN at the first step.
+_RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": (math.isfinite, "finite"),
+           "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
+           "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE}
 
 
 class Optimizer:
@@ -102,7 +86,7 @@ class Optimizer:
             if id(p) in seen:
                 raise ValueError(f"{type(self).__name__}: parameter {i} appears twice in the list")
             seen.add(id(p))
-        _check_ranges(type(self), lr=lr)
+        check_ranges(type(self), _RANGES, lr=lr)
         self.params = params
         self.lr = float(lr)
         self.flush_every = int(flush_every)
@@ -163,7 +147,7 @@ class Optimizer:
         for name in scalars:
             if name not in sd:
                 problems.append(f"missing key {name!r}")
-        problems += _out_of_range({name: sd[name] for name in self._hyper if name in sd})
+        problems += out_of_range({name: sd[name] for name in self._hyper if name in sd}, _RANGES)
         n = sd.get("num_params")
         if n is not None and int(n) != len(self.params):
             problems.append(f"the state is for {int(n)} parameters, this optimizer has {len(self.params)}")
@@ -271,7 +255,7 @@ class SGD(Optimizer):
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
-        _check_ranges(type(self), momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        check_ranges(type(self), _RANGES, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
@@ -321,7 +305,7 @@ class Adam(Optimizer):
         #: the scalars of one step count, so ``step`` refuses parameters of several counts.
         self.step_scalars = None
         beta1, beta2 = betas
-        _check_ranges(type(self), beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
+        check_ranges(type(self), _RANGES, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.weight_decay, self.amsgrad = float(weight_decay), bool(amsgrad)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
@@ -614,7 +598,7 @@ class CosineLR(LRScheduler):
     half cosine from base_lr down to ``min_lr`` at ``total_steps``, constant afterwards."""
 
     def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0):
-        _check_ranges(type(self), min_lr=min_lr)
+        check_ranges(type(self), _RANGES, min_lr=min_lr)
         self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
         self.warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
         self.min_lr = float(min_lr)
@@ -633,7 +617,7 @@ class StepLR(LRScheduler):
     """base_lr * gamma ** (t // step_size): decay by ``gamma`` every ``step_size`` steps."""
 
     def __init__(self, optimizer, step_size, gamma=0.1):
-        _check_ranges(type(self), gamma=gamma)
+        check_ranges(type(self), _RANGES, gamma=gamma)
         self.step_size = check_integer(step_size, "step_size", minimum=1)
         self.gamma = float(gamma)
         super().__init__(optimizer)

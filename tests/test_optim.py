@@ -234,6 +234,18 @@ def test_nan_hyperparameters_are_refused_at_construction_and_loading(make, name)
     assert getattr(opt, name) == 0.5
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda p: optim.SGD([p], lr="0.1"), "lr must be a real number, got '0.1'"),
+    (lambda p: optim.SGD([p], lr=0.1, weight_decay=True), "weight_decay must be a real number, got True"),
+    (lambda p: optim.Adam([p], eps=[1e-8]), r"eps must be a real number, got \[1e-08\]"),
+    (lambda p: optim.StepLR(optim.SGD([p], lr=0.1), 3, gamma=None), "gamma must be a real number, got None"),
+], ids=["string", "bool", "list", "None"])
+def test_hyperparameters_that_are_no_numbers_are_refused(make, message):
+    """(A string or None failed inside a comparison, with no name; True was taken as 1.)"""
+    with pytest.raises(TypeError, match=f"^{message}$"):
+        make(nn.Parameter(np.zeros(2)))
+
+
 def test_zero_grad():
     params = _params()
     opt = optim.SGD(params, lr=0.1)
