@@ -23,9 +23,10 @@ def check_real(value, name: str) -> float:
     return float(value)
 
 
-#: A range for ``check_ranges``: (test, what the value must be). Each test must be False for NaN,
-#: which fails every comparison: a test ``not v < 0`` would let it through.
-NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+# Ranges for ``check_ranges``: (test, what the value must be). Each test is False for NaN, which
+# fails every comparison (a test ``not v < 0`` would let it through), and for infinity, which no
+# weight, rate or step size can be without turning a loss or a parameter into inf or NaN.
+NON_NEGATIVE = (lambda v: 0 <= v < math.inf, ">= 0 and finite")
 
 
 def out_of_range(values: dict, ranges: dict) -> list:

@@ -234,6 +234,21 @@ def test_nan_hyperparameters_are_refused_at_construction_and_loading(make, name)
     assert getattr(opt, name) == 0.5
 
 
+@pytest.mark.parametrize("make, name", [
+    (lambda p: optim.SGD([p], lr=math.inf), "lr"),
+    (lambda p: optim.SGD([p], lr=0.1, momentum=math.inf), "momentum"),
+    (lambda p: optim.Adam([p], weight_decay=math.inf), "weight_decay"),
+    (lambda p: optim.Adam([p], eps=math.inf), "eps"),
+    (lambda p: optim.CosineLR(optim.SGD([p], lr=0.1), 10, min_lr=math.inf), "min_lr"),
+    (lambda p: optim.StepLR(optim.SGD([p], lr=0.1), 3, gamma=math.inf), "gamma"),
+], ids=["lr", "momentum", "weight_decay", "eps", "min_lr", "gamma"])
+def test_infinite_hyperparameters_are_refused(make, name):
+    """(An infinite rate or decay made the parameters inf or NaN at the first step, an infinite
+    eps froze them.)"""
+    with pytest.raises(ValueError, match=f"invalid {name} inf: it must be >= 0 and finite"):
+        make(nn.Parameter(np.zeros(2)))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: optim.SGD([p], lr="0.1"), "lr must be a real number, got '0.1'"),
     (lambda p: optim.SGD([p], lr=0.1, weight_decay=True), "weight_decay must be a real number, got True"),
