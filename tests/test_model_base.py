@@ -1,4 +1,6 @@
 """Every registered model declares its capabilities (models.base.Model) truthfully."""
+import math
+
 import numpy as np
 import pytest
 
@@ -239,3 +241,24 @@ def test_models_that_train_on_one_bound_refuse_mc_samples_with_iw_k(name, option
     options = {**SMALL_MODEL, **MODEL_SIZES.get(name, {}), **options, "mc_samples": 2, "iw_k": 3}
     with pytest.raises(ValueError, match=r"^choose either mc_samples \(ELBO\) or iw_k \(IWAE bound\), not both$"):
         build_model(name, **options)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("beta", [-0.5, math.nan, math.inf], ids=["negative", "NaN", "inf"])
+def test_a_kl_weight_out_of_range_is_refused_by_constructors_and_losses(name, beta):
+    # Before: the constructors took any float, a loss any Python number: a negative beta
+    # rewarded the posterior for leaving the prior, NaN or inf made the loss NaN.
+    message = rf"invalid beta {beta}: it must be >= 0 and finite$"
+    with pytest.raises(ValueError, match=message):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "beta": beta})
+    model, x = _small_model_and_batch(name)
+    with pytest.raises(ValueError, match=message):
+        model.loss(x, Generator(0), beta=beta)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("beta", ["1", True, None], ids=["string", "bool", "None"])
+def test_constructors_refuse_a_kl_weight_that_is_no_number(name, beta):
+    # Before: "1" was parsed and True taken as 1; None failed in float() without a name.
+    with pytest.raises(TypeError, match=f"^beta must be a real number, got {beta!r}$"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "beta": beta})

@@ -27,8 +27,14 @@ mirrored encoder and decoder layers) would start with identical weights.
 import numbers
 
 from .. import nn
-from ..checks import check_integer
+from ..checks import NON_NEGATIVE, check_integer, check_ranges
 from ..random import Noise
+
+#: The range of each real-valued setting of the models, by name (a name means the same in every
+#: model that has it), which constructors check with ``check_ranges``. ``beta`` weights a KL
+#: divergence: a negative weight would reward a posterior for moving away from the prior, an
+#: infinite one make the loss inf or NaN. The command line's ``settings.MINIMUMS`` agrees.
+SETTING_RANGES = {"beta": NON_NEGATIVE}
 
 
 class Model(nn.Module):
@@ -95,7 +101,9 @@ def kl_weight_of(model, beta):
     weight a captured GPU step reads from device memory); the ops refuse an array of another
     float dtype or device rather than cast it. An array with axes is refused here: it would
     broadcast into a per-example weight. So is anything else (a list would broadcast the same
-    way, a string be read as a number, a bool as 0 or 1); a Python number is taken as a float.
+    way, a string be read as a number, a bool as 0 or 1); a Python number is taken as a float,
+    and must be in the range a constructor's beta must be in (``SETTING_RANGES``: a ValueError
+    otherwise). An array is not read back to the host to check its value.
     """
     if beta is None:
         return model.beta
@@ -105,6 +113,7 @@ def kl_weight_of(model, beta):
         return beta
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a number or a 0-d array, got {type(beta).__name__} {beta!r:.40}")
+    check_ranges(type(model), SETTING_RANGES, beta=beta)
     return float(beta)
 
 

@@ -13,10 +13,10 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer
+from ..checks import check_integer, check_ranges
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
-from .base import Model, check_batch, check_noise, kl_weight_of
+from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
 
 
 class MLP(nn.Module):
@@ -241,6 +241,7 @@ class LatentVariableModel(Model):
 
     def __init__(self, beta=1.0, mc_samples=1, iw_k=1):
         super().__init__()
+        check_ranges(type(self), SETTING_RANGES, beta=beta)
         self.beta = float(beta)
         self.mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
         self.iw_k = check_integer(iw_k, "iw_k", minimum=1)

@@ -39,9 +39,9 @@ A subclass provides three methods:
 from .. import functional as F
 from ..autograd import no_grad, tensor
 from ..backend import get_array_module
-from ..checks import check_integer
+from ..checks import check_integer, check_ranges
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
-from .base import Model, check_batch, check_noise, kl_weight_of
+from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
 
 
 def label_grid(num_classes, like):
@@ -75,6 +75,7 @@ class SemiSupervised(Model):
     def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1):
         super().__init__()
         self.num_classes = check_integer(num_classes, "num_classes", minimum=2)
+        check_ranges(type(self), SETTING_RANGES, beta=beta)
         self.beta = float(beta)
         self.mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
         self.alpha_given = None if alpha is None else float(alpha)
