@@ -262,3 +262,21 @@ def test_constructors_refuse_a_kl_weight_that_is_no_number(name, beta):
     # Before: "1" was parsed and True taken as 1; None failed in float() without a name.
     with pytest.raises(TypeError, match=f"^beta must be a real number, got {beta!r}$"):
         build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "beta": beta})
+
+
+SEMI_SUPERVISED = [name for name in sorted(MODELS) if getattr(MODELS[name], "semi_supervised", False)]
+
+
+@pytest.mark.parametrize("name", SEMI_SUPERVISED)
+@pytest.mark.parametrize("option, value, error, message", [
+    ("alpha", -1.0, ValueError, "invalid alpha -1.0: it must be >= 0 and finite"),
+    ("alpha", math.nan, ValueError, "invalid alpha nan: it must be >= 0 and finite"),
+    ("alpha_scale", -0.1, ValueError, "invalid alpha_scale -0.1: it must be >= 0 and finite"),
+    ("alpha_scale", math.inf, ValueError, "invalid alpha_scale inf: it must be >= 0 and finite"),
+    ("alpha", "0.1", TypeError, "alpha must be a real number, got '0.1'"),
+], ids=["negative alpha", "NaN alpha", "negative alpha_scale", "inf alpha_scale", "string alpha"])
+def test_semi_supervised_models_check_the_classifier_weight(name, option, value, error, message):
+    # Before: a negative alpha (given, or from a negative alpha_scale) pushed the classifier's
+    # loss the wrong way, NaN made the loss NaN, "0.1" was parsed.
+    with pytest.raises(error, match=f"{message}$"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), option: value})

@@ -31,10 +31,11 @@ from ..checks import NON_NEGATIVE, check_integer, check_ranges
 from ..random import Noise
 
 #: The range of each real-valued setting of the models, by name (a name means the same in every
-#: model that has it), which constructors check with ``check_ranges``. ``beta`` weights a KL
-#: divergence: a negative weight would reward a posterior for moving away from the prior, an
-#: infinite one make the loss inf or NaN. The command line's ``settings.MINIMUMS`` agrees.
-SETTING_RANGES = {"beta": NON_NEGATIVE}
+#: model that has it), which constructors check with ``check_ranges``. No weight may be infinite
+#: (the loss would be inf or NaN) or negative: a negative ``beta`` would reward a posterior for
+#: moving away from the prior, a negative ``alpha`` (or ``alpha_scale``, its factor) train the
+#: classifier away from the given labels. The command line's ``settings.MINIMUMS`` agrees.
+SETTING_RANGES = {"beta": NON_NEGATIVE, "alpha": NON_NEGATIVE, "alpha_scale": NON_NEGATIVE}
 
 
 class Model(nn.Module):

@@ -63,7 +63,9 @@ class SemiSupervised(Model):
 
     ``alpha`` weights the classification loss; None means 0.1 * N / N_l, fixed once the trainer
     calls ``set_data_sizes(N, N_l)`` (``alpha_scale`` replaces the 0.1). ``beta`` weights the
-    continuous latents' KL terms (warm-up, beta-VAE); the label's terms are not scaled.
+    continuous latents' KL terms (warm-up, beta-VAE); the label's terms are not scaled. The
+    three weights are finite and at least 0 (``base.SETTING_RANGES``): a negative ``alpha``
+    would train the classifier away from the given labels.
     ``mc_samples`` averages the bounds over that many draws of the continuous latents.
     """
 
@@ -75,7 +77,10 @@ class SemiSupervised(Model):
     def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1):
         super().__init__()
         self.num_classes = check_integer(num_classes, "num_classes", minimum=2)
-        check_ranges(type(self), SETTING_RANGES, beta=beta)
+        settings = dict(beta=beta, alpha_scale=alpha_scale)
+        if alpha is not None:  # None: alpha_scale * N / N_l, from set_data_sizes
+            settings["alpha"] = alpha
+        check_ranges(type(self), SETTING_RANGES, **settings)
         self.beta = float(beta)
         self.mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
         self.alpha_given = None if alpha is None else float(alpha)
