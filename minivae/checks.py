@@ -27,6 +27,7 @@ def check_real(value, name: str) -> float:
 # fails every comparison (a test ``not v < 0`` would let it through), and for infinity, which no
 # weight, rate or step size can be without turning a loss or a parameter into inf or NaN.
 NON_NEGATIVE = (lambda v: 0 <= v < math.inf, ">= 0 and finite")
+POSITIVE = (lambda v: 0 < v < math.inf, "> 0 and finite")
 
 
 def out_of_range(values: dict, ranges: dict) -> list:

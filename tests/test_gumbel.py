@@ -100,6 +100,25 @@ def test_temperature_schedule():
     assert model.tau == pytest.approx(2.0 * math.exp(-0.3))
 
 
+@pytest.mark.parametrize("options, error, message", [
+    (dict(tau0=0), ValueError, "invalid tau0 0: it must be > 0 and finite"),
+    (dict(tau0=math.inf), ValueError, "invalid tau0 inf: it must be > 0 and finite"),
+    (dict(tau_min=0.0), ValueError, "invalid tau_min 0.0: it must be > 0 and finite"),
+    (dict(tau_min=math.nan), ValueError, "invalid tau_min nan: it must be > 0 and finite"),
+    (dict(anneal_rate=-3e-5), ValueError, "invalid anneal_rate -3e-05: it must be >= 0 and finite"),
+    (dict(tau0="1"), TypeError, "tau0 must be a real number, got '1'"),
+    (dict(tau0=0.5, tau_min=0.8), ValueError, "tau_min=0.8 is above tau0=0.5"),
+    (dict(steps_per_epoch=0), ValueError, "steps_per_epoch must be at least 1, got 0"),
+    (dict(steps_per_epoch=2.5), TypeError, "steps_per_epoch must be an integer, got 2.5"),
+], ids=["tau0 0", "tau0 inf", "tau_min 0", "tau_min NaN", "negative rate", "string tau0",
+        "tau_min above tau0", "no steps", "fractional steps"])
+def test_the_temperature_schedule_is_checked(options, error, message):
+    # Before: a temperature of 0 divided by zero and trained on NaN, a negative rate or step
+    # count heated the relaxation up, tau_min above tau0 skipped the annealing: all silently.
+    with pytest.raises(error, match=message):
+        small(**options)
+
+
 def test_iw_training_is_refused():
     with pytest.raises(ValueError, match="iw_k"):
         GumbelSoftmaxVAE(iw_k=5)

@@ -27,15 +27,18 @@ mirrored encoder and decoder layers) would start with identical weights.
 import numbers
 
 from .. import nn
-from ..checks import NON_NEGATIVE, check_integer, check_ranges
+from ..checks import NON_NEGATIVE, POSITIVE, check_integer, check_ranges
 from ..random import Noise
 
 #: The range of each real-valued setting of the models, by name (a name means the same in every
 #: model that has it), which constructors check with ``check_ranges``. No weight may be infinite
 #: (the loss would be inf or NaN) or negative: a negative ``beta`` would reward a posterior for
 #: moving away from the prior, a negative ``alpha`` (or ``alpha_scale``, its factor) train the
-#: classifier away from the given labels. The command line's ``settings.MINIMUMS`` agrees.
-SETTING_RANGES = {"beta": NON_NEGATIVE, "alpha": NON_NEGATIVE, "alpha_scale": NON_NEGATIVE}
+#: classifier away from the given labels. A temperature divides logits: it must be above 0, and
+#: a rate of annealing at least 0 (a negative one would heat up instead). The command line's
+#: ``settings.MINIMUMS`` agrees.
+SETTING_RANGES = {"beta": NON_NEGATIVE, "alpha": NON_NEGATIVE, "alpha_scale": NON_NEGATIVE,
+                  "tau0": POSITIVE, "tau_min": POSITIVE, "anneal_rate": NON_NEGATIVE}
 
 
 class Model(nn.Module):

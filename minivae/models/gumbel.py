@@ -33,9 +33,9 @@ import math
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad, tensor
-from ..checks import check_integer, check_sizes
+from ..checks import check_integer, check_ranges, check_sizes
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
-from .base import check_noise
+from .base import SETTING_RANGES, check_noise
 from .common import MLP, LatentVariableModel, model_array_module
 
 
@@ -45,7 +45,12 @@ def temperature(epoch, tau0=1.0, tau_min=0.5, anneal_rate=3e-5, steps_per_epoch=
 
 
 class GumbelSoftmaxVAE(LatentVariableModel):
-    """A VAE with ``n_vars`` categorical latents of ``n_classes`` classes (see the module docstring)."""
+    """A VAE with ``n_vars`` categorical latents of ``n_classes`` classes (see the module docstring).
+
+    The temperatures ``tau0`` and ``tau_min`` are finite and above 0 (they divide the logits),
+    with ``tau_min`` at most ``tau0``; ``anneal_rate`` is finite and at least 0 (0: a constant
+    temperature), ``steps_per_epoch`` an integer of at least 1.
+    """
 
     def __init__(self, n_vars=30, n_classes=10, tau0=1.0, tau_min=0.5, anneal_rate=3e-5,
                  steps_per_epoch=500, x_dim=784, hidden=(512, 256), activation="relu", beta=1.0,
@@ -59,9 +64,13 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         self.n_vars = check_integer(n_vars, "n_vars", minimum=1)
         # One class is no latent at all: every code is the same, the KL always 0.
         self.n_classes = check_integer(n_classes, "n_classes", minimum=2)
-        self.schedule = dict(tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate,
-                             steps_per_epoch=steps_per_epoch)
-        self.tau = float(tau0)
+        check_ranges(type(self), SETTING_RANGES, tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate)
+        if tau_min > tau0:
+            raise ValueError(f"tau_min={tau_min} is above tau0={tau0}: the temperature would be tau_min "
+                             "from the first epoch on, never annealed; give a tau_min of at most tau0")
+        self.schedule = dict(tau0=float(tau0), tau_min=float(tau_min), anneal_rate=float(anneal_rate),
+                             steps_per_epoch=check_integer(steps_per_epoch, "steps_per_epoch", minimum=1))
+        self.tau = self.schedule["tau0"]
         # No hidden layer is a model too: both MLPs end in their own output layer (the code, x).
         hidden = check_sizes(hidden, "hidden", allow_empty=True)
         code = self.n_vars * self.n_classes
