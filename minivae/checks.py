@@ -48,6 +48,15 @@ def check_ranges(owner, ranges: dict, **values) -> None:
         raise ValueError(f"{owner.__name__}: " + "; ".join(problems))
 
 
+def check_sequence(values, name: str, items: str) -> tuple:
+    """Return ``values`` as a tuple. A string or a single value is refused (TypeError, saying
+    that ``name`` must be a sequence of ``items``) rather than read as its characters or failing
+    as "not iterable" further on."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of {items}, got {values!r}")
+    return tuple(values)
+
+
 def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:
     """Return ``values``, layer sizes such as a model's ``hidden`` widths, as a tuple of Python
     ints, each at least 1 (``check_integer``, naming it ``name[i]``).
@@ -56,9 +65,8 @@ def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:
     failing as "not iterable" inside a layer; an empty list gets a ValueError unless
     ``allow_empty`` (for a model whose structure needs no hidden layer).
     """
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise TypeError(f"{name} must be a sequence of integers, got {values!r}")
-    sizes = tuple(check_integer(v, f"{name}[{i}]", minimum=1) for i, v in enumerate(values))
+    sizes = tuple(check_integer(v, f"{name}[{i}]", minimum=1)
+                  for i, v in enumerate(check_sequence(values, name, "integers")))
     if not sizes and not allow_empty:
         raise ValueError(f"{name} is empty: give at least one size")
     return sizes

@@ -165,6 +165,7 @@ def test_constructors_check_their_other_lists_of_sizes(name, options, error, mes
 @pytest.mark.parametrize("blocks, error, message", [
     (((8,), ()), ValueError, r"blocks\[1\] is empty"),
     ((8, 8), TypeError, r"blocks\[0\] must be a sequence of integers, got 8"),
+    (5, TypeError, r"blocks must be a sequence of lists of hidden sizes, got 5"),
     (((8,), (0,)), ValueError, r"blocks\[1\]\[0\] must be at least 1, got 0"),
 ])
 def test_two_layer_vae_checks_its_blocks(blocks, error, message):

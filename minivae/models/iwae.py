@@ -22,7 +22,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 """
 from .. import functional as F
 from .. import nn
-from ..checks import check_integer, check_sizes
+from ..checks import check_integer, check_sequence, check_sizes
 from .base import check_noise, check_one_training_bound
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
@@ -46,7 +46,8 @@ class TwoLayerVAE(LatentVariableModel):
         super().__init__(beta, mc_samples, iw_k)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         z_dims = check_sizes(z_dims, "z_dims")
-        blocks = tuple(check_sizes(b, f"blocks[{i}]") for i, b in enumerate(blocks))
+        blocks = tuple(check_sizes(b, f"blocks[{i}]")
+                       for i, b in enumerate(check_sequence(blocks, "blocks", "lists of hidden sizes")))
         if len(z_dims) != 2 or len(blocks) != 2:
             raise ValueError(f"TwoLayerVAE needs two latent sizes and two hidden blocks, got "
                              f"{z_dims} and {blocks}")
