@@ -33,6 +33,7 @@ if that run is trained again or removed.
 """
 from .. import functional as F
 from ..autograd import no_grad
+from ..checks import check_integer
 from ..distributions import sample_bernoulli
 from .base import Model
 from .common import rsample
@@ -71,7 +72,7 @@ class M1M2(Model):
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__()
         self.m1 = _m1_model(m1)
-        if x_dim is not None and x_dim != self.m1.x_dim:
+        if x_dim is not None and check_integer(x_dim, "x_dim", minimum=1) != self.m1.x_dim:
             raise ValueError(f"x_dim={x_dim} does not match M1's input size {self.m1.x_dim}")
         self.x_dim, self.z_dim = self.m1.x_dim, z_dim
         self.m2 = M2(self.m1.z_dim, z_dim, hidden, activation, num_classes, alpha, alpha_scale, beta,
