@@ -3,6 +3,7 @@ bad value (and what would be valid), with exit status 2 and no traceback; all of
 before any work starts: MNIST is never loaded here (``no_mnist`` makes loading it fail the test)."""
 import errno
 import json
+import math
 import os
 import shutil
 import stat
@@ -438,6 +439,24 @@ def test_every_numeric_setting_has_a_minimum():
                 assert setting.minimum is not None, (model, setting.name)
 
 
+def test_the_real_settings_have_the_ranges_the_models_check():
+    """``--set`` refuses a real number below its minimum, the model's constructor one outside its
+    range (``SETTING_RANGES``): the two must draw the line at the same place, so that the command
+    line neither refuses what a model takes nor passes on what it refuses."""
+    from minivae.models import MODELS
+    from minivae.models.base import SETTING_RANGES
+    from minivae.models.settings import model_settings
+
+    for model in MODELS:
+        for setting in model_settings(model).values():
+            if setting.type is float:
+                test = SETTING_RANGES[setting.name][0]
+                low, inclusive = setting.minimum
+                assert test(low) == inclusive, (model, setting.name)
+                assert not test(math.nextafter(low, -math.inf)), (model, setting.name)
+                assert test(math.nextafter(low, math.inf)) and not test(math.inf), (model, setting.name)
+
+
 def test_set_a_setting_that_has_its_own_option(capsys, tmp_path):
     """``--set z_dim=5`` would contradict ``--z-dim`` (and config.json): refused, naming the option."""
     user_error(capsys, ["train", "--z-dim", "2", "--set", "z_dim=5", "--out", str(tmp_path / "r")],
@@ -449,9 +468,12 @@ def test_set_without_equals(capsys, tmp_path):
                "flows", "KEY=VALUE")
 
 
-def test_set_value_the_model_refuses(capsys, tmp_path):
-    user_error(capsys, ["train", "--model", "iwae", "--set", "layers=3", "--out", str(tmp_path / "r")],
-               "layers", "3")
+@pytest.mark.parametrize("model, pair, message", [
+    ("iwae", "layers=3", "layers must be 1 or 2, got 3"),
+    ("gumbel", "tau_min=2", "tau_min=2.0 is above tau0=1.0"),
+])
+def test_set_value_the_model_refuses(capsys, tmp_path, model, pair, message):
+    user_error(capsys, ["train", "--model", model, "--set", pair, "--out", str(tmp_path / "r")], message)
 
 
 def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path):

@@ -31,7 +31,8 @@ COMMON = {"z_dim": "--z-dim", "hidden": "--hidden", "activation": "--activation"
 INTERNAL = ("x_dim", "rng")
 #: The smallest valid value of each numeric setting (of each item of a list), by name: a name
 #: means the same in every model that has it. (value, True) admits the value itself, (value,
-#: False) only numbers above it (a temperature of 0 would divide by 0).
+#: False) only numbers above it (a temperature of 0 would divide by 0). The minimum of a real
+#: setting is where the models' own check (``base.SETTING_RANGES``) draws the line.
 MINIMUMS = {
     # sizes and counts
     "layers": (1, True), "k": (1, True), "z1_dim": (1, True), "hidden2": (1, True), "z_dims": (1, True),
