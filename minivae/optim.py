@@ -53,7 +53,9 @@ _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
 #: turn every parameter into NaN at the first step.
 _RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": (math.isfinite, "finite"),
            "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
-           "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE}
+           "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE,
+           # inf is no clipping (the norm measured alone); a negative bound would flip the gradients
+           "max_norm": (lambda v: v >= 0, ">= 0")}
 
 
 class Optimizer:
@@ -528,8 +530,8 @@ class _FlatLayout:
 
 
 def clip_grad_norm_(params, max_norm, norm_type=2.0):
-    """Scale all gradients together so that their joint norm is at most ``max_norm``; return the
-    norm before clipping (a Python float).
+    """Scale all gradients together so that their joint norm is at most ``max_norm`` (a number
+    >= 0; inf measures the norm without clipping); return the norm before clipping (a Python float).
 
     The joint norm is the ``norm_type`` norm (2 or inf) of all gradient entries together. When it
     exceeds ``max_norm`` every ``p.grad`` is replaced by ``p.grad * max_norm / (norm + 1e-6)``, a
@@ -537,6 +539,7 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
     reduced in their own dtype (no float64 temporaries); a NaN or Inf norm propagates into the
     gradients, as in PyTorch, so the caller's NaN check sees it.
     """
+    check_ranges(clip_grad_norm_, _RANGES, max_norm=max_norm)
     if isinstance(params, Tensor):
         params = [params]
     grads = [p for p in params if p.grad is not None]

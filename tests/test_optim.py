@@ -467,6 +467,23 @@ def test_clip_grad_norm_below_threshold_and_inf_norm():
 
 
 
+@pytest.mark.parametrize("max_norm, error", [(-1.0, ValueError), (math.nan, ValueError), ("1", TypeError)])
+def test_clip_grad_norm_refuses_a_bound_that_is_no_norm(max_norm, error):
+    """A negative bound scaled the gradients by a negative factor: every step went uphill."""
+    p = nn.Parameter(np.zeros(2))
+    p.grad = np.array([3.0, 4.0])
+    with pytest.raises(error, match="max_norm"):
+        optim.clip_grad_norm_([p], max_norm)
+    np.testing.assert_array_equal(p.grad, [3.0, 4.0])
+
+
+def test_clip_grad_norm_of_an_infinite_bound_measures_without_clipping():
+    p = nn.Parameter(np.zeros(2))
+    p.grad = np.array([3.0, 4.0])
+    assert optim.clip_grad_norm_([p], math.inf) == pytest.approx(5.0)
+    np.testing.assert_array_equal(p.grad, [3.0, 4.0])
+
+
 def test_clip_grad_norm_inf_norm_is_the_largest_entry_over_all_parameters():
     """norm_type=inf: the total norm is max_i |g_i| over the entries of every parameter's
     gradient together (not a sum of per-parameter maxima), and every gradient is scaled by
