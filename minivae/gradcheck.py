@@ -103,9 +103,12 @@ def _analytic(fn, inputs, upstream):
 
 
 def _fail(i, name, where, analytic, numeric, atol, rtol):
+    if np.isfinite(analytic) and np.isfinite(numeric):
+        why = f"|diff| {abs(analytic - numeric):.3g} > atol {atol:g} + rtol {rtol:g} * |numeric|"
+    else:
+        why = "not finite: check at a point where fn and its gradient are finite"
     raise GradcheckError(f"gradient of input {i} ({name}) disagrees at {where}: analytic "
-                         f"{analytic:.10g}, numeric {numeric:.10g} (|diff| {abs(analytic - numeric):.3g} > "
-                         f"atol {atol:g} + rtol {rtol:g} * |numeric|)")
+                         f"{analytic:.10g}, numeric {numeric:.10g} ({why})")
 
 
 def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions, rng):
@@ -178,7 +181,8 @@ def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CH
     _, grads = _analytic(fn, inputs, upstream)
     for i, where, ana, num in _comparisons(fn, inputs, upstream, grads, eps, full_check_max,
                                            n_directions, rng):
-        if abs(ana - num) > atol + rtol * abs(num):
+        # Written as "not within" so that a NaN, which fails every comparison, fails the check.
+        if not abs(ana - num) <= atol + rtol * abs(num):
             _fail(i, names[i], where, ana, num, atol, rtol)
     return True
 
@@ -281,7 +285,7 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
         scale = float(abs(ref).max()) if ref.size else 0.0
         err = abs(got.astype(np.float64) - ref)
         worst = float(err.max()) if err.size else 0.0
-        if worst > atol + rtol * scale:
+        if not worst <= atol + rtol * scale:  # a NaN fails too
             idx = np.unravel_index(int(err.argmax()), err.shape)
             raise GradcheckError(f"float32 {name} differs from float64 at {idx}: {float(got[idx]):.8g} vs "
                                  f"{float(ref[idx]):.8g} (max error {worst:.3g} > {atol:g} + {rtol:g} * {scale:.3g})")

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minivae import Function, GradcheckError, Tensor
+from minivae import functional as F
 from minivae.gradcheck import ATOL, FULL_CHECK_MAX, RTOL, check_float32, gradcheck
 
 
@@ -128,6 +129,41 @@ def test_error_reports_analytic_and_numeric_values():
     found = re.search(r"analytic (\S+), numeric (\S+) ", message)
     analytic, numeric = float(found[1]), float(found[2])
     assert analytic / numeric == pytest.approx(1.01, rel=1e-6)
+
+
+def nan_at_one_element(x):
+    """x with one element NaN: f, and so every numeric derivative, is NaN."""
+    x.data[1] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("fn, make_input", [
+    (SquareOff.apply, nan_at_one_element),
+    (lambda x: F.log(SquareOff.apply(x) - 5.0), lambda x: x),   # log of negative values: NaN
+], ids=["NaN input", "NaN output"])
+def test_nan_gradients_never_pass(t64, fn, make_input):
+    """NaN fails every comparison: a check written as "fail when the error exceeds the
+    tolerance" would pass a wrong backward wherever the values are NaN."""
+    with np.errstate(invalid="ignore"):
+        with pytest.raises(GradcheckError, match="numeric nan .*not finite"):
+            gradcheck(fn, make_input(t64(3)))
+
+
+class NanInFloat32(Function):
+    """2x, whose float32 backward gives NaN (as an overflow to inf times 0 would)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * (np.float32(np.nan) if g.dtype == np.float32 else 2.0)
+
+
+def test_check_float32_does_not_pass_a_nan_gradient(t64):
+    with pytest.raises(GradcheckError, match=r"float32 gradient of input 0 \(x\) differs .*: nan vs"):
+        check_float32(NanInFloat32.apply, t64(3))
 
 
 def test_tolerances_are_named_constants():
