@@ -29,6 +29,7 @@ import numpy as np
 
 from .autograd import Tensor, backward, no_grad
 from .backend import get_array_module
+from .checks import NON_NEGATIVE, POSITIVE, check_integer, check_ranges
 from .function import Function
 
 #: Step of the central difference in float64: truncation error ~eps^2, rounding ~1e-16/eps.
@@ -156,6 +157,19 @@ def _check_float64(inputs, names, caller):
                             f"need float64 (use check_float32 for float32 backward passes)")
 
 
+#: The ranges of the step and the tolerances (``check_ranges``).
+SETTING_RANGES = {"eps": POSITIVE, "atol": NON_NEGATIVE, "rtol": NON_NEGATIVE}
+
+
+def _check_settings(caller, full_check_max=FULL_CHECK_MAX, n_directions=N_DIRECTIONS, **tolerances):
+    """Refuse settings under which a wrong gradient could pass: a NaN step or tolerance (every
+    comparison with NaN would be skipped), an infinite tolerance, no random direction (a large
+    input would go unchecked); and a zero step, which divides by zero."""
+    check_ranges(caller, SETTING_RANGES, **tolerances)
+    check_integer(full_check_max, "full_check_max", minimum=0)
+    check_integer(n_directions, "n_directions", minimum=1)
+
+
 def _upstream(fn, inputs, rng):
     """Independent random upstream gradients, one per output of fn in its shape (never all ones),
     on fn's device."""
@@ -174,6 +188,7 @@ def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CH
     The error names the input (position and argument name), the element or direction, the
     analytic and the numeric value.
     """
+    _check_settings(gradcheck, full_check_max, n_directions, eps=eps, atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
     names = input_names(fn, len(inputs))
     _check_float64(inputs, names, "gradcheck")
@@ -213,6 +228,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
     """
     if dtype not in ("float64", "float32"):
         raise ValueError(f"gradcheck_report: dtype must be 'float64' or 'float32', got {dtype!r}")
+    _check_settings(gradcheck_report, full_check_max, n_directions, eps=eps, atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
     names = input_names(fn, len(inputs))
     if dtype == "float64":
@@ -265,6 +281,7 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
     ``inputs`` are float64 Tensors; float32 copies are made of each. Tolerances are relative to
     the size of the float64 result, since float32 rounding scales with the values.
     """
+    _check_settings(check_float32, atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
     as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad) if isinstance(t, Tensor)
             else t for t in inputs]

@@ -6,7 +6,7 @@ import pytest
 
 from minivae import Function, GradcheckError, Tensor
 from minivae import functional as F
-from minivae.gradcheck import ATOL, FULL_CHECK_MAX, RTOL, check_float32, gradcheck
+from minivae.gradcheck import ATOL, FULL_CHECK_MAX, RTOL, check_float32, gradcheck, gradcheck_report
 
 
 class Square(Function):
@@ -164,6 +164,31 @@ class NanInFloat32(Function):
 def test_check_float32_does_not_pass_a_nan_gradient(t64):
     with pytest.raises(GradcheckError, match=r"float32 gradient of input 0 \(x\) differs .*: nan vs"):
         check_float32(NanInFloat32.apply, t64(3))
+
+
+@pytest.mark.parametrize("setting, error, message", [
+    (dict(eps=0.0), ValueError, "invalid eps 0.0: it must be > 0 and finite"),
+    (dict(eps=-1e-6), ValueError, "invalid eps -1e-06"),
+    (dict(eps=float("nan")), ValueError, "invalid eps nan"),
+    (dict(eps="1e-6"), TypeError, "eps must be a real number"),
+    (dict(atol=float("nan")), ValueError, "invalid atol nan: it must be >= 0 and finite"),
+    (dict(atol=float("inf")), ValueError, "invalid atol inf"),
+    (dict(rtol=-0.1), ValueError, "invalid rtol -0.1"),
+    (dict(n_directions=0), ValueError, "n_directions must be at least 1"),
+    (dict(n_directions=2.5), TypeError, "n_directions must be an integer"),
+    (dict(full_check_max=-1), ValueError, "full_check_max must be at least 0"),
+])
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_report])
+def test_bad_settings_are_refused(t64, check, setting, error, message):
+    """NaN tolerances or no random direction would pass any backward (SquareOff is 1% off)."""
+    with pytest.raises(error, match=re.escape(message)):
+        check(SquareOff.apply, t64(20, 20), **setting)
+
+
+@pytest.mark.parametrize("setting", [dict(atol=float("nan")), dict(rtol=-1.0)])
+def test_check_float32_refuses_bad_tolerances(t64, setting):
+    with pytest.raises(ValueError, match="check_float32: invalid"):
+        check_float32(Square.apply, t64(3), **setting)
 
 
 def test_tolerances_are_named_constants():
