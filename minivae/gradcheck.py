@@ -2,8 +2,9 @@
 
 ``gradcheck(fn, *inputs)`` contracts each output with a random upstream gradient u_k of its own
 (never all ones: a sum hides transposed or permuted gradients; independent per output, so that
-swapped or mixed-up output gradients show) and compares, for every input that requires a
-gradient,
+swapped or mixed-up output gradients show; each component of size 0.5 to 1.5 with a random sign,
+so that no output element's gradient is scaled down out of sight) and compares, for every input
+that requires a gradient,
 
 * each element of the analytic gradient with the central difference
   (f(x + eps e_i) - f(x - eps e_i)) / (2 eps) when the input is small, and
@@ -112,6 +113,12 @@ def _fail(i, name, where, analytic, numeric, atol, rtol):
                          f"{analytic:.10g}, numeric {numeric:.10g} ({why})")
 
 
+def _unvanishing(rng, shape):
+    """Random float64 values of size 0.5 to 1.5 with random signs: random enough to tell elements
+    apart, and none near 0, which would hide whatever it multiplies."""
+    return rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+
+
 def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions, rng):
     """Yield ``(input index, where, analytic, numeric)`` for every check of every input.
 
@@ -145,7 +152,7 @@ def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions,
                 yield i, f"element {idx}", float(analytic[idx]), num
         else:
             for k in range(n_directions):
-                v = rng.uniform(0.5, 1.5, t.shape) * rng.choice([-1.0, 1.0], t.shape)
+                v = _unvanishing(rng, t.shape)
                 num = numeric_along(xp.asarray(v))
                 yield i, f"random direction {k} of {n_directions}", float((analytic * v).sum()), num
 
@@ -176,7 +183,7 @@ def _upstream(fn, inputs, rng):
     with no_grad():
         outs = _outputs(fn(*inputs))
     xp = get_array_module(outs[0].data)
-    return [xp.asarray(rng.standard_normal(out.shape)) for out in outs]
+    return [xp.asarray(_unvanishing(rng, out.shape)) for out in outs]
 
 
 def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CHECK_MAX,

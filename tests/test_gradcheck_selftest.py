@@ -120,6 +120,28 @@ def test_random_direction_path_catches_transposition_on_large_input(t64):
         gradcheck(MatmulTransposedGrad.apply, a, b)
 
 
+class DropsTheSmallestUpstream(Function):
+    """2x, whose backward drops the upstream gradient's element of smallest size: wrong for one
+    output element only, the one the check weighs least."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, g):
+        out = 2 * g
+        out.flat[np.argmin(np.abs(g))] = 0.0
+        return out
+
+
+def test_no_upstream_element_is_small_enough_to_hide_an_error(t64):
+    """Normal upstream gradients have elements near 0 (about 1e-3 among 1600): an error there is
+    scaled down below the tolerance of a random direction. Sizes 0.5 to 1.5 leave none."""
+    with pytest.raises(GradcheckError, match="random direction"):
+        gradcheck(DropsTheSmallestUpstream.apply, t64(40, 40))
+
+
 def test_error_reports_analytic_and_numeric_values():
     x = Tensor(np.array([[1.5]]), requires_grad=True)
     with pytest.raises(GradcheckError) as info:
@@ -306,6 +328,7 @@ def test_each_output_gets_its_own_random_upstream_gradient(t64, monkeypatch):
     (g_sum, g_prod), = seen
     assert not np.array_equal(g_sum, g_prod)
     assert len(np.unique(g_sum)) == g_sum.size and len(np.unique(g_prod)) == g_prod.size
+    assert (np.abs(g_sum) >= 0.5).all() and (np.abs(g_prod) >= 0.5).all()
 
 
 def test_an_unused_output_is_checked_as_constant(t64):
