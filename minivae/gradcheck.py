@@ -157,6 +157,25 @@ def _comparisons(fn, inputs, upstream, grads, eps, full_check_max, n_directions,
                 yield i, f"random direction {k} of {n_directions}", float((analytic * v).sum()), num
 
 
+def _check_leaves(inputs, names, caller):
+    """Refuse an input whose own gradient cannot be checked: one made by recorded ops (the engine
+    keeps no gradient on it, and the backward would flow on into its inputs), or one given twice
+    (its gradient is the sum over both positions, so a backward that swaps them would pass)."""
+    seen = {}
+    for i, t in enumerate(inputs):
+        if not (isinstance(t, Tensor) and t.requires_grad):
+            continue
+        if not t.is_leaf:
+            raise ValueError(f"{caller}: input {i} ({names[i]}) is the result of recorded ops, which "
+                             f"keeps no gradient; pass a leaf, Tensor(x.data.copy(), requires_grad=True)")
+        if id(t) in seen:
+            j = seen[id(t)]
+            raise ValueError(f"{caller}: inputs {j} ({names[j]}) and {i} ({names[i]}) are the same "
+                             f"Tensor, so their gradients cannot be checked apart; pass a copy, or use "
+                             f"the tensor twice inside fn")
+        seen[id(t)] = i
+
+
 def _check_float64(inputs, names, caller):
     for i, t in enumerate(inputs):
         if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
@@ -198,6 +217,7 @@ def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CH
     _check_settings(gradcheck, full_check_max, n_directions, eps=eps, atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
     names = input_names(fn, len(inputs))
+    _check_leaves(inputs, names, "gradcheck")
     _check_float64(inputs, names, "gradcheck")
     upstream = _upstream(fn, inputs, rng)
     _, grads = _analytic(fn, inputs, upstream)
@@ -238,6 +258,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
     _check_settings(gradcheck_report, full_check_max, n_directions, eps=eps, atol=atol, rtol=rtol)
     rng = np.random.default_rng(seed)
     names = input_names(fn, len(inputs))
+    _check_leaves(inputs, names, "gradcheck_report")
     if dtype == "float64":
         _check_float64(inputs, names, "gradcheck_report")
         upstream = _upstream(fn, inputs, rng)
@@ -289,6 +310,8 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
     the size of the float64 result, since float32 rounding scales with the values.
     """
     _check_settings(check_float32, atol=atol, rtol=rtol)
+    arguments = input_names(fn, len(inputs))
+    _check_leaves(inputs, arguments, "check_float32")
     rng = np.random.default_rng(seed)
     as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad) if isinstance(t, Tensor)
             else t for t in inputs]
@@ -299,7 +322,6 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
         if out32.dtype != np.float32:
             raise GradcheckError(f"float32 inputs gave a {out32.dtype} output: a silent upcast")
     names = ["output"] if len(outs64) == 1 else [f"output {k}" for k in range(len(outs64))]
-    arguments = input_names(fn, len(inputs))
     pairs = [(name, o64.data, o32.data) for name, o64, o32 in zip(names, outs64, outs32)] + [
         (f"gradient of input {i} ({arguments[i]})", g64, g32)
         for i, (g64, g32) in enumerate(zip(grads64, grads32)) if g64 is not None]

@@ -222,6 +222,40 @@ def test_inputs_without_grad_and_non_tensors_are_passed_through(t64):
     assert gradcheck(lambda x, c, k: x * c * k, x, c, 2.5)
 
 
+class MulSwapped(Function):
+    """a * b^2, whose backward swaps the two gradients (wrong on purpose). With a and b the same
+    tensor only their sum, 3 x^2, can be seen, and that is right."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save(a, b)
+        return a * b * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        return g * 2 * a * b, g * b * b
+
+
+def same_tensor_twice(x):
+    return x, x
+
+
+def made_by_an_op(x):
+    # x * 1 is no leaf: its gradient is not kept, so the analytic one would read as 0
+    return x * 1.0, Tensor(x.data.copy(), requires_grad=True)
+
+
+@pytest.mark.parametrize("make_inputs, message", [
+    (same_tensor_twice, r"inputs 0 \(a\) and 1 \(b\) are the same Tensor"),
+    (made_by_an_op, r"input 0 \(a\) is the result of recorded ops"),
+])
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_report, check_float32])
+def test_inputs_whose_own_gradient_cannot_be_checked_are_refused(t64, check, make_inputs, message):
+    with pytest.raises(ValueError, match=message):
+        check(MulSwapped.apply, *make_inputs(t64(3)))
+
+
 def test_gradcheck_refuses_float32_inputs():
     x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     with pytest.raises(TypeError, match="float64"):
