@@ -196,11 +196,22 @@ def _check_settings(caller, full_check_max=FULL_CHECK_MAX, n_directions=N_DIRECT
     check_integer(n_directions, "n_directions", minimum=1)
 
 
-def _upstream(fn, inputs, rng):
+def _upstream(fn, inputs, names, rng):
     """Independent random upstream gradients, one per output of fn in its shape (never all ones),
-    on fn's device."""
+    on fn's device.
+
+    This is fn's first call, so it also refuses (ValueError) a fn that changes a Tensor input in
+    place: every later call, the analytic one and the perturbed ones, would start from other
+    values (a fn that overwrites its input with zeros would pass any backward).
+    """
+    before = [t.data.copy() if isinstance(t, Tensor) else None for t in inputs]
     with no_grad():
         outs = _outputs(fn(*inputs))
+    for i, (t, old) in enumerate(zip(inputs, before)):
+        if old is not None and not (t.shape == old.shape and
+                                    get_array_module(old).array_equal(t.data, old, equal_nan=True)):
+            raise ValueError(f"fn changed input {i} ({names[i]}) in place; finite differences need "
+                             f"a fn that leaves its inputs as they are (compute on a copy)")
     xp = get_array_module(outs[0].data)
     return [xp.asarray(_unvanishing(rng, out.shape)) for out in outs]
 
@@ -219,7 +230,7 @@ def gradcheck(fn, *inputs, eps=EPS, atol=ATOL, rtol=RTOL, full_check_max=FULL_CH
     names = input_names(fn, len(inputs))
     _check_leaves(inputs, names, "gradcheck")
     _check_float64(inputs, names, "gradcheck")
-    upstream = _upstream(fn, inputs, rng)
+    upstream = _upstream(fn, inputs, names, rng)
     _, grads = _analytic(fn, inputs, upstream)
     for i, where, ana, num in _comparisons(fn, inputs, upstream, grads, eps, full_check_max,
                                            n_directions, rng):
@@ -261,7 +272,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
     _check_leaves(inputs, names, "gradcheck_report")
     if dtype == "float64":
         _check_float64(inputs, names, "gradcheck_report")
-        upstream = _upstream(fn, inputs, rng)
+        upstream = _upstream(fn, inputs, names, rng)
         _, grads = _analytic(fn, inputs, upstream)
     else:
         as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad)
@@ -269,7 +280,7 @@ def gradcheck_report(fn, *inputs, dtype="float64", eps=EPS, atol=ATOL, rtol=RTOL
         # The float64 inputs of the numeric side: the float32 values, exactly.
         inputs = [Tensor(t.data.astype(np.float64), requires_grad=t.requires_grad)
                   if isinstance(t, Tensor) else t for t in as32]
-        upstream = _upstream(fn, inputs, rng)
+        upstream = _upstream(fn, inputs, names, rng)
         _, grads32 = _analytic(fn, as32, [u.astype(np.float32) for u in upstream])
         grads = [None if g is None else g.astype(np.float64) for g in grads32]
     per_input = {}
@@ -315,7 +326,7 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
     rng = np.random.default_rng(seed)
     as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad) if isinstance(t, Tensor)
             else t for t in inputs]
-    upstream = _upstream(fn, inputs, rng)
+    upstream = _upstream(fn, inputs, arguments, rng)
     outs64, grads64 = _analytic(fn, inputs, upstream)
     outs32, grads32 = _analytic(fn, as32, [u.astype(np.float32) for u in upstream])
     for out32 in outs32:

@@ -256,6 +256,19 @@ def test_inputs_whose_own_gradient_cannot_be_checked_are_refused(t64, check, mak
         check(MulSwapped.apply, *make_inputs(t64(3)))
 
 
+def zeroes_then_squares(x):
+    """x^2 (with SquareOff's wrong backward) of an input it first overwrites with zeros: every
+    perturbation is wiped out, so numeric and analytic gradients are both 0."""
+    x.data[...] = 0.0
+    return SquareOff.apply(x)
+
+
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_report, check_float32])
+def test_a_fn_that_changes_its_input_in_place_is_refused(t64, check):
+    with pytest.raises(ValueError, match=r"fn changed input 0 \(x\) in place"):
+        check(zeroes_then_squares, t64(3))
+
+
 def test_gradcheck_refuses_float32_inputs():
     x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     with pytest.raises(TypeError, match="float64"):
