@@ -78,8 +78,13 @@ def input_names(fn, n):
 
 
 def _outputs(out):
-    """fn's result as a tuple of Tensors (fn may return one Tensor or several)."""
-    return out if isinstance(out, tuple) else (out,)
+    """fn's result as a tuple of Tensors (fn may return one Tensor or a tuple of them); a
+    TypeError naming what fn returned otherwise."""
+    outs = out if isinstance(out, tuple) else (out,)
+    if not outs or not all(isinstance(o, Tensor) for o in outs):
+        what = "an empty tuple" if not outs else ", ".join(type(o).__name__ for o in outs)
+        raise TypeError(f"fn must return a Tensor or a tuple of Tensors, got {what}")
+    return outs
 
 
 def _contract(fn, inputs, upstream):
@@ -95,7 +100,7 @@ def _analytic(fn, inputs, upstream):
         if isinstance(t, Tensor):
             t.grad = None
     outs = _outputs(fn(*inputs))
-    if not all(isinstance(out, Tensor) for out in outs) or not any(out.requires_grad for out in outs):
+    if not any(out.requires_grad for out in outs):
         raise GradcheckError("fn must return Tensors, at least one depending on an input with "
                              "requires_grad=True")
     roots = [(out, out.data.dtype.type(1) * u) for out, u in zip(outs, upstream) if out.requires_grad]

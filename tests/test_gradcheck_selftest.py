@@ -269,6 +269,15 @@ def test_a_fn_that_changes_its_input_in_place_is_refused(t64, check):
         check(zeroes_then_squares, t64(3))
 
 
+@pytest.mark.parametrize("result, named", [
+    (1.0, "float"), ([0], "list"), (None, "NoneType"), ((), "an empty tuple"),
+    (np.zeros(3), "ndarray"), ((Tensor(np.zeros(3)), None), "Tensor, NoneType"),
+])
+def test_a_result_that_is_no_tensor_is_named(t64, result, named):
+    with pytest.raises(TypeError, match=re.escape(f"fn must return a Tensor or a tuple of Tensors, got {named}")):
+        gradcheck(lambda x: result, t64(3))
+
+
 def test_gradcheck_refuses_float32_inputs():
     x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
     with pytest.raises(TypeError, match="float64"):
