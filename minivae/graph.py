@@ -151,6 +151,12 @@ def trace_graph(root, names=None, grad=False):
     """
     if not isinstance(root, Tensor):
         raise TypeError(f"trace_graph: expected a Tensor, got {type(root).__name__}")
+    if grad and root.size != 1:
+        raise ValueError(f"trace_graph(grad=True): root has shape {root.shape}; the gradients are "
+                         "those of a one-element root (a loss): trace its sum, or pass grad=False")
+    if grad and not root.requires_grad:
+        raise ValueError("trace_graph(grad=True): root does not require grad (no input had "
+                         "requires_grad=True, or it was made under no_grad): no gradient reaches a node")
     names = dict(names or {})
     tensors = _walk(root)
     if any(t._node is not None and t._node.ctx is None for t in tensors):

@@ -128,6 +128,17 @@ def test_freed_graph_is_refused_for_gradients():
         trace_graph(out)
 
 
+@pytest.mark.parametrize("make_root, message", [
+    (lambda a: F.exp(a), r"root has shape \(2,\); the gradients are those of a one-element root"),
+    (lambda a: F.exp(a.detach()).sum(), "root does not require grad"),
+], ids=["non-scalar root", "root without grad"])
+def test_gradients_need_a_one_element_root_that_requires_grad(make_root, message):
+    a = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(ValueError, match=message):
+        trace_graph(make_root(a), grad=True)
+    assert trace_graph(make_root(a)).nodes                # without gradients it is a graph
+
+
 def test_vae_loss_graph():
     model = VAE(x_dim=12, z_dim=3, hidden=(8,), rng=np.random.default_rng(0))
     x = (np.random.default_rng(1).uniform(size=(5, 12)) < 0.5).astype(np.float32)
