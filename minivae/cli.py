@@ -693,7 +693,9 @@ def cmd_graph(args):
     if out.suffix == ".svg" and not svg_available():
         raise UsageError(f"--out {out}: an SVG needs Graphviz's `dot` program, which is not installed; "
                          "give a .dot file instead")
-    _claim_output_file(out, "--out")
+    _claim_output_file(out, "--out")  # first: a file of the run is refused as such
+    if out.suffix not in (".dot", ".svg"):  # DOT text in a .png would be silently unreadable
+        raise UsageError(f"--out {out}: give a .dot or an .svg file")
     x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     # The noise of a training run's first step with this seed: a Generator, so that each draw of

@@ -681,6 +681,15 @@ def test_graph_needs_a_run_or_a_model(capsys, run):
     user_error(capsys, ["graph", str(run), "--model", "vae"], "--model")
 
 
+@pytest.mark.parametrize("name", ["graph.png", "graph"])
+def test_graph_output_is_a_dot_or_svg_file(capsys, tmp_path, name):
+    """DOT text is never written into a file whose name says it is something else."""
+    out = tmp_path / name
+    user_error(capsys, ["graph", "--model", "vae", "--data", "random", "--out", str(out)],
+               f"--out {out}", "give a .dot or an .svg file")
+    assert not out.exists()
+
+
 def test_graph_svg_without_graphviz(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     user_error(capsys, ["graph", "--model", "vae", "--data", "random", "--out", str(tmp_path / "g.svg")],
