@@ -617,7 +617,11 @@ def _add_gradient_commands(command):
     p.add_argument("--out", type=nonempty_path,
                    help="output file: .dot (an .svg is written next to it when Graphviz is "
                         "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="images in the batch")
+    # At most the test set: a batch of MNIST test images has no more, and a random one that big
+    # would only exhaust the memory.
+    test_size = SPLIT_SIZES["test"]
+    p.add_argument("--batch-size", type=_integer(1, f"an integer in [1, {test_size}]", high=test_size),
+                   default=16, help="images in the batch")
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
                    help="the batch: the first test images of a cached MNIST, or random binary "
                         "images (auto: MNIST when cached)")

@@ -572,7 +572,9 @@ def test_eval_number_out_of_range(capsys, run, option, value):
 def test_sample_and_graph_numbers_out_of_range(capsys, run):
     user_error(capsys, ["sample", str(run), "--n", "0"], "argument --n", "0")
     user_error(capsys, ["sample", str(run), "--n", "10001"], "argument --n", "10001", "[1, 10000]")
-    user_error(capsys, ["graph", "--model", "vae", "--batch-size", "0"], "argument --batch-size", "0")
+    for size in ("0", "10001", "100000000"):  # no more images than the test set; no MemoryError
+        user_error(capsys, ["graph", "--model", "vae", "--batch-size", size], "argument --batch-size",
+                   size, "[1, 10000]")
     for argv in (["sample", str(run)], ["graph", "--model", "vae"]):  # Philox's key has 64 bits
         user_error(capsys, [*argv, "--seed", str(2**64)], "argument --seed", str(2**64), "[0, 2**64)")
 
