@@ -28,7 +28,7 @@ import inspect
 
 import numpy as np
 
-from .autograd import Tensor, backward, no_grad
+from .autograd import Tensor, backward, enable_grad, no_grad
 from .backend import get_array_module
 from .checks import NON_NEGATIVE, POSITIVE, check_integer, check_ranges
 from .function import Function
@@ -99,7 +99,8 @@ def _analytic(fn, inputs, upstream):
     for t in inputs:
         if isinstance(t, Tensor):
             t.grad = None
-    outs = _outputs(fn(*inputs))
+    with enable_grad():  # gradcheck called inside a no_grad block still records fn
+        outs = _outputs(fn(*inputs))
     if not any(out.requires_grad for out in outs):
         raise GradcheckError("fn must return Tensors, at least one depending on an input with "
                              "requires_grad=True")

@@ -4,6 +4,7 @@ import re
 import numpy as np
 import pytest
 
+import minivae as mv
 from minivae import Function, GradcheckError, Tensor
 from minivae import functional as F
 from minivae.gradcheck import ATOL, FULL_CHECK_MAX, RTOL, check_float32, gradcheck, gradcheck_report
@@ -412,3 +413,14 @@ def test_failure_shows_the_name_and_both_values(t64):
     assert "input 0 (mu)" in message
     analytic, numeric = (float(m) for m in re.findall(r"(?:analytic|numeric) ([-+0-9.e]+)", message)[:2])
     assert analytic == pytest.approx(numeric * 1.01, rel=1e-6)
+
+
+@pytest.mark.parametrize("check", [gradcheck, check_float32, lambda fn, x: gradcheck_report(fn, x)])
+def test_a_check_inside_no_grad_still_checks(check):
+    """Called in a no_grad block, fn recorded nothing: every check failed with "fn must return
+    Tensors ... requires_grad=True", as if fn had no input to differentiate."""
+    x = Tensor(np.linspace(-1.0, 1.0, 6), requires_grad=True)
+    with mv.no_grad():
+        check(lambda x: F.tanh(x) * 2.0, x)
+    with mv.no_grad(), pytest.raises(GradcheckError, match="disagrees"):
+        gradcheck(SquareOff.apply, x)
