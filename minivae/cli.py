@@ -691,7 +691,9 @@ def cmd_graph(args):
         try:
             model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())
         except ValueError as exc:  # e.g. m1m2, which needs a trained M1: only from a run folder
-            raise UsageError(f"graph --model {args.model}: {exc}") from None
+            raise UsageError(f"graph --model {args.model}: {exc}; graph builds a model with the train "
+                             "defaults only (it takes no --set): give a run folder of this model "
+                             "instead, `minivae graph RUN`") from None
         source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
     out = Path(args.out) if args.out else default_out
     if out.suffix == ".svg" and not svg_available():

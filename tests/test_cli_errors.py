@@ -579,6 +579,12 @@ def test_sample_and_graph_numbers_out_of_range(capsys, run):
         user_error(capsys, [*argv, "--seed", str(2**64)], "argument --seed", str(2**64), "[0, 2**64)")
 
 
+def test_graph_of_a_model_that_needs_settings_points_to_a_run_folder(capsys):
+    """m1m2 needs --set m1=RUN, which graph does not take: the line says what graph does take."""
+    user_error(capsys, ["graph", "--model", "m1m2"], "graph --model m1m2", "takes no --set",
+               "minivae graph RUN")
+
+
 # ----- output folders ---------------------------------------------------------------------------
 
 def test_out_is_a_file(capsys, tmp_path):
