@@ -77,6 +77,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .checks import check_integer
+
 __all__ = [
     "PHILOX_M4x32_0", "PHILOX_M4x32_1", "PHILOX_W32_0", "PHILOX_W32_1",
     "MAX_ELEMENTS", "philox4x32", "philox_words", "uniform_from_words",
@@ -102,17 +104,15 @@ _TWO_POW_M23 = 1.0 / (1 << 23)
 _TWO_POW_M32 = 1.0 / (1 << 32)
 
 
-def _check_u64(name: str, value) -> int:
-    v = int(value)
-    if v != value or not 0 <= v <= _MASK64:
-        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value!r}")
-    return v
+def _check_word(name: str, value, bits: int) -> int:
+    """``value`` as a Python int in [0, 2**bits), for a word of a draw's address.
 
-
-def _check_u32(name: str, value) -> int:
-    v = int(value)
-    if v != value or not 0 <= v <= _MASK32:
-        raise ValueError(f"{name} must be an integer in [0, 2**32), got {value!r}")
+    A float, a bool or a string is refused (``check_integer``: TypeError) rather than taken for
+    the integer it equals or is read as: seed 2.0 or True would name another generator's noise
+    than the user meant, without a word."""
+    v = check_integer(value, name, minimum=0)
+    if v >> bits:
+        raise ValueError(f"{name} must be an integer in [0, 2**{bits}), got {value!r}")
     return v
 
 
@@ -230,9 +230,9 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int
     Element ``i`` is word ``i % 4`` of ``philox4x32((i // 4, offset_lo, offset_hi, stream),
     (seed_lo, seed_hi))``. Returns uint32 of shape (n,).
     """
-    seed = _check_u64("seed", seed)
-    offset = _check_u64("offset", offset)
-    stream = _check_u32("stream", stream)
+    seed = _check_word("seed", seed, 64)
+    offset = _check_word("offset", offset, 64)
+    stream = _check_word("stream", stream, 32)
     n, start = int(n), int(start)
     if n < 0 or start < 0 or start + n > MAX_ELEMENTS:
         raise ValueError(f"elements [{start}, {start + n}) outside [0, 2**34)")
@@ -320,8 +320,8 @@ def _check_draw(shape, seed, offset, stream, start):
     start = int(start)
     if start < 0 or start + n > MAX_ELEMENTS:
         raise ValueError(f"elements [{start}, {start + n}) outside [0, 2**34)")
-    return (shape, n, _check_u64("seed", seed), _check_u64("offset", offset),
-            _check_u32("stream", stream), start)
+    return (shape, n, _check_word("seed", seed, 64), _check_word("offset", offset, 64),
+            _check_word("stream", stream, 32), start)
 
 
 def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
@@ -351,9 +351,9 @@ def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
 
 def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0) -> np.ndarray:
     """The normals of arbitrary flat element indices of a draw (any integer array shape)."""
-    seed = _check_u64("seed", seed)
-    offset = _check_u64("offset", offset)
-    stream = _check_u32("stream", stream)
+    seed = _check_word("seed", seed, 64)
+    offset = _check_word("offset", offset, 64)
+    stream = _check_word("stream", stream, 32)
     dt = _float_dtype(dtype)
     idx = np.asarray(indices)
     if idx.dtype.kind not in "ui":
@@ -394,9 +394,9 @@ class Noise:
     offset_from: object = field(default=None, compare=False)
 
     def __post_init__(self):
-        _check_u64("seed", self.seed)
-        _check_u64("offset", self.offset)
-        _check_u32("stream", self.stream)
+        # Kept as Python ints (a NumPy integer given is converted), like a Generator's state.
+        for name, bits in (("seed", 64), ("offset", 64), ("stream", 32)):
+            object.__setattr__(self, name, _check_word(name, getattr(self, name), bits))
         f = self.offset_from
         if f is not None and (getattr(f, "dtype", None) != np.uint64 or getattr(f, "size", 0) != 1):
             raise TypeError(f"offset_from must be a device array of one uint64, got {f!r}")
@@ -436,9 +436,9 @@ class Generator:
     """
 
     def __init__(self, seed: int = 0, offset: int = 0, stream: int = 0):
-        self._seed = _check_u64("seed", seed)
-        self._offset = _check_u64("offset", offset)
-        self._stream = _check_u32("stream", stream)
+        self._seed = _check_word("seed", seed, 64)
+        self._offset = _check_word("offset", offset, 64)
+        self._stream = _check_word("stream", stream, 32)
 
     @property
     def seed(self) -> int:
@@ -488,9 +488,9 @@ class Generator:
         missing = {"seed", "offset"} - set(state)
         if missing:
             raise KeyError(f"Generator state is missing {sorted(missing)}")
-        self._seed = _check_u64("seed", state["seed"])
-        self._offset = _check_u64("offset", state["offset"])
-        self._stream = _check_u32("stream", state.get("stream", 0))
+        self._seed = _check_word("seed", state["seed"], 64)
+        self._offset = _check_word("offset", state["offset"], 64)
+        self._stream = _check_word("stream", state.get("stream", 0), 32)
 
     def __repr__(self) -> str:
         return f"Generator(seed={self._seed}, offset={self._offset}, stream={self._stream})"

@@ -270,6 +270,47 @@ def test_bad_addresses():
     assert mr.normal(3, seed=(1 << 64) - 1, offset=(1 << 64) - 1).shape == (3,)
 
 
+
+# Every way to name a draw: a word of its address given as a keyword, the others valid.
+ADDRESS_TAKERS = {
+    "normal": lambda **a: mr.normal(3, **{"seed": 1, **a}),
+    "philox_words": lambda **a: mr.philox_words(3, **{"seed": 1, **a}),
+    "normal_at": lambda **a: mr.normal_at(np.arange(3), **{"seed": 1, **a}),
+    "Noise": lambda **a: mr.Noise(**{"seed": 1, **a}),
+    "Generator": lambda **a: mr.Generator(**a),
+    "load_state_dict": lambda **a: mr.Generator().load_state_dict({"seed": 1, "offset": 0, **a}),
+}
+
+
+@pytest.mark.parametrize("taker", sorted(ADDRESS_TAKERS))
+@pytest.mark.parametrize("word, value, error, match", [
+    ("seed", 2.0, TypeError, "seed must be an integer, got 2.0"),
+    ("seed", True, TypeError, "seed must be an integer, got True"),
+    ("seed", None, TypeError, "seed must be an integer, got None"),
+    ("seed", float("nan"), TypeError, "seed must be an integer, got nan"),
+    ("seed", "5", TypeError, "seed must be an integer, got '5'"),
+    ("seed", -1, ValueError, "seed must be at least 0, got -1"),
+    ("seed", 1 << 64, ValueError, r"seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
+    ("offset", 3.0, TypeError, "offset must be an integer, got 3.0"),
+    ("stream", True, TypeError, "stream must be an integer, got True"),
+    ("stream", 1 << 32, ValueError, r"stream must be an integer in \[0, 2\*\*32\), got 4294967296"),
+])
+def test_an_address_word_that_is_no_integer_in_range_is_refused(taker, word, value, error, match):
+    """A float, a bool, None or a string is refused, not taken for the integer it equals or reads
+    as (seed 2.0 or True would silently name another draw), and so is a word out of range."""
+    with pytest.raises(error, match=match):
+        ADDRESS_TAKERS[taker](**{word: value})
+
+
+def test_numpy_integers_name_the_same_draws_as_python_ints():
+    seed = np.uint64((1 << 64) - 1)
+    noise = mr.Noise(seed, np.int64(5), np.uint32(3))
+    assert (noise.seed, noise.offset, noise.stream) == ((1 << 64) - 1, 5, 3)
+    assert all(type(v) is int for v in (noise.seed, noise.offset, noise.stream))
+    assert all(type(v) is int for v in mr.Generator(seed, np.int64(5)).state_dict().values())
+    np.testing.assert_array_equal(noise.normal(6), mr.normal(6, (1 << 64) - 1, 5, stream=3))
+
+
 # ------------------------------------------------------------------------------ Generator
 def test_generator_draws_never_overlap():
     g = mr.Generator(42)
