@@ -73,11 +73,12 @@ Every draw is computed from its address when it is asked for: nothing is kept be
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import check_integer
+from .checks import check_integer, check_sequence
 
 __all__ = [
     "PHILOX_M4x32_0", "PHILOX_M4x32_1", "PHILOX_W32_0", "PHILOX_W32_1",
@@ -116,6 +117,15 @@ def _check_word(name: str, value, bits: int) -> int:
     return v
 
 
+def _check_elements(n: int, start) -> int:
+    """``start`` as a Python int, once elements ``start ... start + n - 1`` are known to lie in a
+    draw (at most ``MAX_ELEMENTS``)."""
+    start = check_integer(start, "start", minimum=0)
+    if start + n > MAX_ELEMENTS:
+        raise ValueError(f"a draw holds at most 2**34 elements, asked for elements [{start}, {start + n})")
+    return start
+
+
 def _float_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
@@ -124,9 +134,12 @@ def _float_dtype(dtype) -> np.dtype:
 
 
 def _shape(shape) -> tuple[int, ...]:
-    if isinstance(shape, (int, np.integer)):
-        return (int(shape),)
-    return tuple(int(s) for s in shape)
+    """``shape``, an integer or a sequence of them, as a tuple of Python ints >= 0.
+
+    Each size goes through ``check_integer``: converted with int(), a size 2.5 would become 2
+    and the string "23" the shape (2, 3), without a word."""
+    sizes = (shape,) if isinstance(shape, numbers.Integral) else check_sequence(shape, "shape", "integers")
+    return tuple(check_integer(s, f"shape[{i}]", minimum=0) for i, s in enumerate(sizes))
 
 
 # ---------------------------------------------------------------------------------------
@@ -145,8 +158,7 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     if c.shape[-1:] != (4,) or k.shape[-1:] != (2,):
         raise ValueError(f"philox4x32: counter must have shape (..., 4) and key (..., 2), "
                          f"got {c.shape} and {k.shape}")
-    if int(rounds) != rounds or rounds < 0:
-        raise ValueError(f"rounds must be a non-negative integer, got {rounds!r}")
+    rounds = check_integer(rounds, "rounds", minimum=0)
     for name, a in (("counter", c), ("key", k)):
         if a.dtype.kind not in "ui":
             raise TypeError(f"philox4x32: {name} must hold integers, got {a.dtype}")
@@ -159,7 +171,7 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     lo = np.empty_like(x)
     x[0], x[1], lo[0], lo[1] = c[..., 0], c[..., 2], c[..., 3], c[..., 1]
     k = np.moveaxis(k, -1, 0)  # (2, ...): the key words, aligned with x's trailing axes
-    keys = _round_keys(k.reshape((2,) + (1,) * (len(shape) - (k.ndim - 1)) + k.shape[1:]), int(rounds))
+    keys = _round_keys(k.reshape((2,) + (1,) * (len(shape) - (k.ndim - 1)) + k.shape[1:]), rounds)
     x, y = _rounds(x, lo, keys)
     return np.stack([x[0], y[0], x[1], y[1]], axis=-1).astype(np.uint32)
 
@@ -233,9 +245,8 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int
     seed = _check_word("seed", seed, 64)
     offset = _check_word("offset", offset, 64)
     stream = _check_word("stream", stream, 32)
-    n, start = int(n), int(start)
-    if n < 0 or start < 0 or start + n > MAX_ELEMENTS:
-        raise ValueError(f"elements [{start}, {start + n}) outside [0, 2**34)")
+    n = check_integer(n, "n", minimum=0)
+    start = _check_elements(n, start)
     out = np.empty(n, dtype=np.uint32)
     # A slice at a time: the ten rounds then run on working arrays that stay in the CPU's cache
     # (a slice of 2**18 elements keeps about 8 MB in flight), which makes a draw of millions of
@@ -314,12 +325,8 @@ def _range_normals(start: int, n: int, seed: int, offset: int, stream: int, dt) 
 
 def _check_draw(shape, seed, offset, stream, start):
     shape = _shape(shape)
-    if any(s < 0 for s in shape):
-        raise ValueError(f"negative dimension in shape {shape}")
     n = math.prod(shape)
-    start = int(start)
-    if start < 0 or start + n > MAX_ELEMENTS:
-        raise ValueError(f"elements [{start}, {start + n}) outside [0, 2**34)")
+    start = _check_elements(n, start)
     return (shape, n, _check_word("seed", seed, 64), _check_word("offset", offset, 64),
             _check_word("stream", stream, 32), start)
 

@@ -302,6 +302,45 @@ def test_an_address_word_that_is_no_integer_in_range_is_refused(taker, word, val
         ADDRESS_TAKERS[taker](**{word: value})
 
 
+@pytest.mark.parametrize("draw", [mr.normal, mr.uniform, mr.gumbel])
+@pytest.mark.parametrize("shape, error, match", [
+    ((2.5, 3), TypeError, r"shape\[0\] must be an integer, got 2.5"),
+    ((2, 3.0), TypeError, r"shape\[1\] must be an integer, got 3.0"),
+    ("23", TypeError, "shape must be a sequence of integers, got '23'"),
+    (2.5, TypeError, "shape must be a sequence of integers, got 2.5"),
+    (None, TypeError, "shape must be a sequence of integers, got None"),
+    (True, TypeError, r"shape\[0\] must be an integer, got True"),
+    ((2, -1), ValueError, r"shape\[1\] must be at least 0, got -1"),
+    ((1 << 20, 1 << 20), ValueError, r"at most 2\*\*34 elements, asked for elements \[0, 1099511627776\)"),
+])
+def test_a_shape_of_other_than_integer_sizes_is_refused(draw, shape, error, match):
+    """Read with int(), a size 2.5 became 2 and the string "23" the shape (2, 3), silently."""
+    with pytest.raises(error, match=match):
+        draw(shape, seed=1)
+
+
+@pytest.mark.parametrize("shape", [3, np.int64(3), [1, 3], (np.int64(1), 3), np.array([1, 3])])
+def test_a_shape_is_an_integer_or_a_sequence_of_them(shape):
+    want = mr.normal(3, 5).reshape(np.atleast_1d(np.asarray(shape)).tolist())
+    np.testing.assert_array_equal(mr.normal(shape, 5), want)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: mr.normal(3, 1, start=1.5), "start must be an integer, got 1.5"),
+    (lambda: mr.uniform(3, 1, start=True), "start must be an integer, got True"),
+    (lambda: mr.philox_words(2.5, 1), "n must be an integer, got 2.5"),
+    (lambda: mr.philox_words(2, 1, start=1.5), "start must be an integer, got 1.5"),
+    (lambda: mr.philox4x32(np.zeros(4, np.uint32), np.zeros(2, np.uint32), rounds=True),
+     "rounds must be an integer, got True"),
+    (lambda: mr.philox4x32(np.zeros(4, np.uint32), np.zeros(2, np.uint32), rounds=2.5),
+     "rounds must be an integer, got 2.5"),
+])
+def test_a_count_that_is_no_integer_is_refused(call, match):
+    """start 1.5 was read as 1 and n 2.5 as 2, naming other elements than asked for."""
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
 def test_numpy_integers_name_the_same_draws_as_python_ints():
     seed = np.uint64((1 << 64) - 1)
     noise = mr.Noise(seed, np.int64(5), np.uint32(3))
