@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -490,14 +491,22 @@ class Generator:
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state`` (a ``state_dict()``): the next draw is the one it names.
 
-        "seed" and "offset" are required (KeyError otherwise), "stream" defaults to 0; each is
-        range-checked as in the constructor."""
+        "seed" and "offset" are required (KeyError otherwise), "stream" defaults to 0, and any
+        other key is refused (ValueError): a misspelt "stream" would otherwise leave stream 0.
+        Each value is checked as in the constructor, all of them before any is applied, so a
+        refused state leaves the generator as it was."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"Generator state must be a dict (a state_dict()), got {state!r}")
         missing = {"seed", "offset"} - set(state)
         if missing:
             raise KeyError(f"Generator state is missing {sorted(missing)}")
-        self._seed = _check_word("seed", state["seed"], 64)
-        self._offset = _check_word("offset", state["offset"], 64)
-        self._stream = _check_word("stream", state.get("stream", 0), 32)
+        unknown = set(state) - {"seed", "offset", "stream"}
+        if unknown:
+            raise ValueError(f"Generator state has unknown keys {sorted(map(str, unknown))}: "
+                             "it holds 'seed', 'offset' and 'stream'")
+        self._seed, self._offset, self._stream = (_check_word("seed", state["seed"], 64),
+                                                  _check_word("offset", state["offset"], 64),
+                                                  _check_word("stream", state.get("stream", 0), 32))
 
     def __repr__(self) -> str:
         return f"Generator(seed={self._seed}, offset={self._offset}, stream={self._stream})"

@@ -384,6 +384,23 @@ def test_generator_state_round_trip():
         h.load_state_dict({"seed": -3, "offset": 0})
 
 
+@pytest.mark.parametrize("state, error, match", [
+    ({"seed": 1, "offset": 2, "stream": -1}, ValueError, "stream must be at least 0, got -1"),
+    ({"seed": 1, "offset": 2.5}, TypeError, "offset must be an integer, got 2.5"),
+    ({"seed": 1, "offset": 2, "steam": 3}, ValueError, r"unknown keys \['steam'\]"),
+    ({"bit_generator": "PCG64", "state": {}}, KeyError, r"missing \['offset', 'seed'\]"),
+    ([("seed", 1), ("offset", 2)], TypeError, "Generator state must be a dict"),
+    (None, TypeError, "Generator state must be a dict"),
+])
+def test_a_refused_state_leaves_the_generator_as_it_was(state, error, match):
+    """A state with a bad stream used to set the seed and offset before refusing it, and a
+    misspelt key was dropped (stream 0 in place of the one meant)."""
+    g = mr.Generator(7, 8, 9)
+    with pytest.raises(error, match=match):
+        g.load_state_dict(state)
+    assert g.state_dict() == {"seed": 7, "offset": 8, "stream": 9}
+
+
 def test_stream_numbers_are_named_once_and_distinct():
     """Every stream number is a named constant of minivae.streams; within each kind (Philox
     streams, data-pipeline streams) no two names share a number, so no two uses share noise."""
