@@ -472,17 +472,29 @@ class Generator:
         self._offset += 1
         return noise
 
+    def _draw(self, kind, shape, dtype):
+        """The ``kind`` draw ("normal", "uniform" or "gumbel") of the next :class:`Noise`.
+
+        A draw that is refused (its shape or dtype) uses up no offset, so the call that corrects
+        it draws the noise that a run without the mistake draws."""
+        offset = self._offset
+        try:
+            return getattr(self.next_noise(), kind)(shape, dtype)
+        except Exception:
+            self._offset = offset
+            raise
+
     def normal(self, shape, dtype=np.float32):
         """Standard normals of the next draw."""
-        return self.next_noise().normal(shape, dtype)
+        return self._draw("normal", shape, dtype)
 
     def uniform(self, shape, dtype=np.float32):
         """Uniforms of the next draw."""
-        return self.next_noise().uniform(shape, dtype)
+        return self._draw("uniform", shape, dtype)
 
     def gumbel(self, shape, dtype=np.float32):
         """Gumbel samples of the next draw."""
-        return self.next_noise().gumbel(shape, dtype)
+        return self._draw("gumbel", shape, dtype)
 
     def state_dict(self) -> dict:
         """``{"seed", "offset", "stream"}`` as plain ints (JSON-able): where the next draw is."""

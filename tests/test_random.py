@@ -364,6 +364,17 @@ def test_generator_draws_never_overlap():
     np.testing.assert_array_equal(noise.normal((4,)), mr.normal(4, 42, 2))
 
 
+@pytest.mark.parametrize("kind", ["normal", "uniform", "gumbel"])
+@pytest.mark.parametrize("shape, dtype", [((2, -3), np.float32), ((2.5, 3), np.float32), ((2, 3), np.float16)])
+def test_a_refused_draw_uses_up_no_offset(kind, shape, dtype):
+    """The draw after a refused one is the draw a run without the mistake makes."""
+    g = mr.Generator(42, offset=5)
+    with pytest.raises((TypeError, ValueError)):
+        getattr(g, kind)(shape, dtype)
+    assert g.offset == 5
+    np.testing.assert_array_equal(getattr(g, kind)((2, 3)), getattr(mr.Generator(42, 5), kind)((2, 3)))
+
+
 def test_generator_state_round_trip():
     g = mr.Generator(seed=(1 << 63) + 5, stream=3)
     g.normal(7)
