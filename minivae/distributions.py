@@ -17,11 +17,24 @@ import numpy as np
 from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
+from .checks import check_float, check_intensities
 
 
 def sample_bernoulli(probs, noise):
     """Binary images drawn from the Bernoulli means ``probs`` (a NumPy or CuPy array): pixel j is
-    1 where u_j < probs_j, u_j ~ Uniform[0, 1) from the Philox generator ``noise``."""
+    1 where u_j < probs_j, u_j ~ Uniform[0, 1) from the Philox generator ``noise``.
+
+    The means must be floats in [0, 1]: the draw would turn NaN (a diverged decoder) into 0s and
+    a mean above 1 into 1s without a word. Means on the host are checked
+    (``check_intensities``); means on the GPU are checked for their dtype only, since checking
+    their values would read them back to the host at every call.
+    """
+    use = "a Bernoulli draw (sample_bernoulli)"
+    if is_gpu_array(probs):
+        check_float(probs, "probs", use)
+    else:
+        probs = np.asarray(probs)
+        check_intensities(probs, "probs", use)
     xp = get_array_module(probs)
     return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
 

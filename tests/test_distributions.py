@@ -170,6 +170,22 @@ def test_sample_bernoulli_draws_pixels_below_their_means():
     np.testing.assert_array_equal(images, (u < probs).astype(np.float32))
 
 
+@pytest.mark.parametrize("probs, error, match", [
+    (np.array([0.5, np.nan], np.float32), ValueError, "probs contains NaN"),
+    (np.array([0.5, 1.5]), ValueError, r"probs has values in \[0.5, 1.5\]"),
+    (np.array([-0.5, 0.5]), ValueError, r"probs has values in \[-0.5, 0.5\]"),
+    (np.array([0, 255], np.uint8), TypeError, "probs has dtype uint8: a Bernoulli draw"),
+])
+def test_sample_bernoulli_refuses_means_that_are_no_probabilities(probs, error, match):
+    """A draw turned NaN into 0 and a mean outside [0, 1] into 0 or 1, silently."""
+    with pytest.raises(error, match=match):
+        D.sample_bernoulli(probs, Generator(3))
+
+
+def test_sample_bernoulli_takes_a_list_of_means():
+    np.testing.assert_array_equal(D.sample_bernoulli([0.0, 1.0], Generator(3)), [0.0, 1.0])
+
+
 def test_one_hot_checks_the_labels():
     like = _t(np.zeros(1, np.float32))
     y = D.one_hot(np.array([2, 0]), 3, like)
