@@ -17,7 +17,7 @@ import numpy as np
 from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
-from .checks import check_float, check_intensities
+from .checks import check_float, check_integer, check_intensities
 
 
 def sample_bernoulli(probs, noise):
@@ -40,9 +40,10 @@ def sample_bernoulli(probs, noise):
 
 
 def standard_normal(noise, shape, like):
-    """A standard normal array of ``shape`` from the Philox generator, in ``like``'s dtype and device."""
+    """A standard normal array of ``shape`` (an integer or a sequence of them) from the Philox
+    generator, in ``like``'s dtype and device."""
     xp = get_array_module(like.data)
-    return xp.asarray(noise.normal(tuple(shape), dtype=like.dtype))
+    return xp.asarray(noise.normal(shape, dtype=like.dtype))
 
 
 def check_label_count(labels, n):
@@ -67,6 +68,7 @@ def one_hot(labels, num_classes, like, n=None):
     host at every step, which a training step captured as a CUDA graph cannot do; the trainer's
     come from labels it checked once (``Trainer``).
     """
+    num_classes = check_integer(num_classes, "num_classes", minimum=1)
     xp = get_array_module(like.data)
     labels = labels.data if isinstance(labels, Tensor) else labels
     labels = labels if is_gpu_array(labels) else np.asarray(labels)
@@ -90,8 +92,13 @@ def log_categorical(y_onehot, logits):
 
 
 def log_uniform_categorical(batch_size, num_classes, dtype=None, device="cpu"):
-    """The uniform prior over ``num_classes`` classes: a constant vector of -log K, shape (B,)."""
+    """The uniform prior over ``num_classes`` classes: a constant vector of -log K, shape (B,).
+
+    Both sizes are checked as integers (``check_integer``): a float batch size 2.5 would give 2
+    rows and 2.5 classes the log-density of no categorical distribution."""
+    batch_size = check_integer(batch_size, "batch_size", minimum=0)
+    num_classes = check_integer(num_classes, "num_classes", minimum=1)
     dtype = np.dtype(get_default_dtype() if dtype is None else dtype)
     # Filled where it lives: no copy from the host at every step of a GPU training run.
     xp = cupy_module() if resolve_device(device) == "gpu" else np
-    return Tensor(xp.full(int(batch_size), -math.log(num_classes), dtype=dtype))
+    return Tensor(xp.full(batch_size, -math.log(num_classes), dtype=dtype))

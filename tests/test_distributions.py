@@ -93,6 +93,29 @@ def test_log_uniform_categorical_is_a_vector_of_minus_log_k():
                                D.log_uniform_categorical(3, 10, dtype=np.float64).data, rtol=1e-13)
 
 
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: D.log_uniform_categorical(2.5, 3), TypeError, "batch_size must be an integer, got 2.5"),
+    (lambda: D.log_uniform_categorical(-1, 3), ValueError, "batch_size must be at least 0, got -1"),
+    (lambda: D.log_uniform_categorical(2, 2.5), TypeError, "num_classes must be an integer, got 2.5"),
+    (lambda: D.log_uniform_categorical(2, True), TypeError, "num_classes must be an integer, got True"),
+    (lambda: D.log_uniform_categorical(2, 0), ValueError, "num_classes must be at least 1, got 0"),
+    (lambda: D.one_hot(np.array([0]), 2.5, _t(np.zeros(1))), TypeError, "num_classes must be an integer, got 2.5"),
+    (lambda: D.one_hot(np.array([], np.int64), -1, _t(np.zeros(1))), ValueError,
+     "num_classes must be at least 1, got -1"),
+])
+def test_class_counts_and_batch_sizes_must_be_integers(call, error, match):
+    """A batch size 2.5 gave 2 rows and 2.5 classes a prior of -log 2.5, silently; 0 classes met
+    a bare "math domain error" and a float or negative count a NumPy error naming nothing."""
+    with pytest.raises(error, match=match):
+        call()
+
+
+@pytest.mark.parametrize("shape", [3, (3,), [3]])
+def test_standard_normal_takes_an_integer_or_a_sequence_as_its_shape(shape):
+    z = D.standard_normal(Generator(4), shape, _t(np.zeros(1, np.float32)))
+    np.testing.assert_array_equal(z, Generator(4).normal(3))
+
+
 def test_kls():
     mu_q, lv_q, mu_p, lv_p = rng.standard_normal((4, 3, 4))
     kl_std = 0.5 * (mu_q ** 2 + np.exp(lv_q) - 1 - lv_q).sum(1)
