@@ -58,12 +58,16 @@ class FlipForgotten(Function):
         return g
 
 
-class OneElementWrong(Function):
-    """2x, with the gradient of one element (3, 7) dropped: only that element is wrong."""
+class Twice(Function):
+    """2x, whose subclasses below each get the backward wrong in one way of their own."""
 
     @staticmethod
     def forward(ctx, x):
         return 2 * x
+
+
+class OneElementWrong(Twice):
+    """2x, with the gradient of one element (3, 7) dropped: only that element is wrong."""
 
     @staticmethod
     def backward(ctx, g):
@@ -121,13 +125,9 @@ def test_random_direction_path_catches_transposition_on_large_input(t64):
         gradcheck(MatmulTransposedGrad.apply, a, b)
 
 
-class DropsTheSmallestUpstream(Function):
+class DropsTheSmallestUpstream(Twice):
     """2x, whose backward drops the upstream gradient's element of smallest size: wrong for one
     output element only, the one the check weighs least."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return 2 * x
 
     @staticmethod
     def backward(ctx, g):
@@ -172,12 +172,8 @@ def test_nan_gradients_never_pass(t64, fn, make_input):
             gradcheck(fn, make_input(t64(3)))
 
 
-class NanInFloat32(Function):
+class NanInFloat32(Twice):
     """2x, whose float32 backward gives NaN (as an overflow to inf times 0 would)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return 2 * x
 
     @staticmethod
     def backward(ctx, g):
