@@ -85,7 +85,7 @@ __all__ = [
     "PHILOX_M4x32_0", "PHILOX_M4x32_1", "PHILOX_W32_0", "PHILOX_W32_1",
     "MAX_ELEMENTS", "philox4x32", "philox_words", "uniform_from_words",
     "normal_from_words", "uniform", "normal", "gumbel", "normal_at",
-    "Noise", "Generator",
+    "Noise", "Generator", "check_address", "check_elements", "check_shape",
 ]
 
 # Random123 constants (philox.h)
@@ -118,7 +118,14 @@ def _check_word(name: str, value, bits: int) -> int:
     return v
 
 
-def _check_elements(n: int, start) -> int:
+def check_address(seed, offset, stream) -> tuple[int, int, int]:
+    """The address of a draw as Python ints: ``seed`` and ``offset`` words of 64 bits, ``stream``
+    of 32 (``_check_word``). The GPU kernels' wrappers check theirs here too, so one address
+    names one draw on both devices."""
+    return _check_word("seed", seed, 64), _check_word("offset", offset, 64), _check_word("stream", stream, 32)
+
+
+def check_elements(n: int, start=0) -> int:
     """``start`` as a Python int, once elements ``start ... start + n - 1`` are known to lie in a
     draw (at most ``MAX_ELEMENTS``)."""
     start = check_integer(start, "start", minimum=0)
@@ -134,7 +141,7 @@ def _float_dtype(dtype) -> np.dtype:
     return dt
 
 
-def _shape(shape) -> tuple[int, ...]:
+def check_shape(shape) -> tuple[int, ...]:
     """``shape``, an integer or a sequence of them, as a tuple of Python ints >= 0.
 
     Each size goes through ``check_integer``: converted with int(), a size 2.5 would become 2
@@ -243,11 +250,9 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int
     Element ``i`` is word ``i % 4`` of ``philox4x32((i // 4, offset_lo, offset_hi, stream),
     (seed_lo, seed_hi))``. Returns uint32 of shape (n,).
     """
-    seed = _check_word("seed", seed, 64)
-    offset = _check_word("offset", offset, 64)
-    stream = _check_word("stream", stream, 32)
+    seed, offset, stream = check_address(seed, offset, stream)
     n = check_integer(n, "n", minimum=0)
-    start = _check_elements(n, start)
+    start = check_elements(n, start)
     out = np.empty(n, dtype=np.uint32)
     # A slice at a time: the ten rounds then run on working arrays that stay in the CPU's cache
     # (a slice of 2**18 elements keeps about 8 MB in flight), which makes a draw of millions of
@@ -325,11 +330,10 @@ def _range_normals(start: int, n: int, seed: int, offset: int, stream: int, dt) 
 
 
 def _check_draw(shape, seed, offset, stream, start):
-    shape = _shape(shape)
+    shape = check_shape(shape)
     n = math.prod(shape)
-    start = _check_elements(n, start)
-    return (shape, n, _check_word("seed", seed, 64), _check_word("offset", offset, 64),
-            _check_word("stream", stream, 32), start)
+    start = check_elements(n, start)
+    return (shape, n, *check_address(seed, offset, stream), start)
 
 
 def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
@@ -359,9 +363,7 @@ def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
 
 def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0) -> np.ndarray:
     """The normals of arbitrary flat element indices of a draw (any integer array shape)."""
-    seed = _check_word("seed", seed, 64)
-    offset = _check_word("offset", offset, 64)
-    stream = _check_word("stream", stream, 32)
+    seed, offset, stream = check_address(seed, offset, stream)
     dt = _float_dtype(dtype)
     idx = np.asarray(indices)
     if idx.dtype.kind not in "ui":
@@ -403,8 +405,9 @@ class Noise:
 
     def __post_init__(self):
         # Kept as Python ints (a NumPy integer given is converted), like a Generator's state.
-        for name, bits in (("seed", 64), ("offset", 64), ("stream", 32)):
-            object.__setattr__(self, name, _check_word(name, getattr(self, name), bits))
+        address = check_address(self.seed, self.offset, self.stream)
+        for name, value in zip(("seed", "offset", "stream"), address):
+            object.__setattr__(self, name, value)
         f = self.offset_from
         if f is not None and (getattr(f, "dtype", None) != np.uint64 or getattr(f, "size", 0) != 1):
             raise TypeError(f"offset_from must be a device array of one uint64, got {f!r}")
@@ -444,9 +447,7 @@ class Generator:
     """
 
     def __init__(self, seed: int = 0, offset: int = 0, stream: int = 0):
-        self._seed = _check_word("seed", seed, 64)
-        self._offset = _check_word("offset", offset, 64)
-        self._stream = _check_word("stream", stream, 32)
+        self._seed, self._offset, self._stream = check_address(seed, offset, stream)
 
     @property
     def seed(self) -> int:
@@ -516,9 +517,8 @@ class Generator:
         if unknown:
             raise ValueError(f"Generator state has unknown keys {sorted(map(str, unknown))}: "
                              "it holds 'seed', 'offset' and 'stream'")
-        self._seed, self._offset, self._stream = (_check_word("seed", state["seed"], 64),
-                                                  _check_word("offset", state["offset"], 64),
-                                                  _check_word("stream", state.get("stream", 0), 32))
+        self._seed, self._offset, self._stream = check_address(state["seed"], state["offset"],
+                                                               state.get("stream", 0))
 
     def __repr__(self) -> str:
         return f"Generator(seed={self._seed}, offset={self._offset}, stream={self._stream})"

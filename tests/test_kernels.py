@@ -1571,3 +1571,19 @@ def test_ab_row_kernels_reports_a_failing_variant(tile_shims, tmp_path, monkeypa
     assert all(r["variant"] != bad for r in res["rows"]) and any(r["variant"] == ab.FLAT for r in res["rows"])
     assert res["variants"]["regtiles"]["edge_checks_passed"]
     assert res["variants"]["warptiles"]["edge_checks_passed"]
+
+
+@pytest.mark.parametrize("draw, named", [
+    (lambda K: K.normal((2.5, 3), 1), r"shape\[0\] must be an integer, got 2.5"),
+    (lambda K: K.uniform("23", 1), "shape must be a sequence of integers, got '23'"),
+    (lambda K: K.normal((2, 3), 1.5), "seed must be an integer, got 1.5"),
+    (lambda K: K.philox_words(2.5, 1), "n must be an integer, got 2.5"),
+    (lambda K: K.reparameterize_forward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), True),
+     "seed must be an integer, got True"),
+    (lambda K: K.normal(4, 1, stream=2**32), r"stream must be an integer in \[0, 2\*\*32\)"),
+], ids=["float size", "string shape", "float seed", "float count", "bool seed", "stream of 33 bits"])
+def test_the_gpu_draws_check_their_address_and_shape_as_the_cpu_draws(fake_gpu, draw, named):
+    """The wrappers took int() of each: shape (2.5, 3) drew (2, 3), "23" the shape (2, 3), and
+    seed 1.5 or True named the noise of seed 1, where minivae.random refuses them."""
+    with pytest.raises((TypeError, ValueError), match=named):
+        draw(fake_gpu[0])

@@ -21,6 +21,8 @@ import threading
 
 import numpy as np
 
+from ..checks import check_integer
+from ..random import check_address, check_elements, check_shape
 from ._source import KERNEL_FILES, NVRTC_OPTIONS, kernel_source
 
 try:  # CuPy is optional: minivae works on NumPy alone, and this module imports without it
@@ -44,9 +46,6 @@ __all__ = [
 ]
 
 BLOCK = 256  # MV_BLOCK in kernels/device.cuh
-_MAX_ELEMENTS = 1 << 34  # element index i // 4 is one 32-bit counter word
-_MASK64 = (1 << 64) - 1
-_MASK32 = (1 << 32) - 1
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 _NULL = np.uint64(0)  # a null pointer argument (8 bytes, like a device pointer)
 
@@ -140,9 +139,8 @@ def _max_grid() -> int:
 
 
 def _address(seed, offset, stream):
-    seed, offset, stream = int(seed), int(offset), int(stream)
-    if not 0 <= seed <= _MASK64 or not 0 <= offset <= _MASK64 or not 0 <= stream <= _MASK32:
-        raise ValueError(f"noise address out of range: seed={seed}, offset={offset}, stream={stream}")
+    """The address of a draw as the kernels take it, checked as ``minivae.random`` checks it."""
+    seed, offset, stream = check_address(seed, offset, stream)
     return np.uint64(seed), np.uint64(offset), np.uint32(stream)
 
 
@@ -200,11 +198,6 @@ def _rows(x):
     return math.prod(x.shape[:-1]), x.shape[-1], x.shape[:-1]
 
 
-def _check_n(n):
-    if n > _MAX_ELEMENTS:
-        raise ValueError(f"a draw holds at most 2**34 elements, got {n}")
-
-
 COLUMNS = 8  # MV_COLUMNS in kernels/chunks.cuh: the columns a block of a column reduction takes
 
 
@@ -260,8 +253,8 @@ def _row_sums(base, rows_of, *inputs):
 def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
     """Raw words of elements 0 .. n-1 of the draw: uint32 (n,) (== minivae.random.philox_words)."""
     require()
-    n = int(n)
-    _check_n(n)
+    n = check_integer(n, "n", minimum=0)
+    check_elements(n)
     out = cp.empty(n, dtype=cp.uint32)
     if n:
         s, o, st = _address(seed, offset, stream)
@@ -271,12 +264,12 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
 
 def _generate(base, shape, seed, offset, dtype, stream):
     require()
-    shape = (int(shape),) if np.isscalar(shape) else tuple(int(v) for v in shape)
+    shape = check_shape(shape)
     dtype = np.dtype(dtype)
     if dtype not in _SUFFIX:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
     n = math.prod(shape)
-    _check_n(n)
+    check_elements(n)
     out = cp.empty(shape, dtype=dtype)
     if n:
         s, o, st = _address(seed, offset, stream)
@@ -303,7 +296,7 @@ def reparameterize_forward(mu, logvar, seed: int, offset: int = 0, stream: int =
     mu = _float_array(mu, "mu")
     logvar = _same(mu, logvar, "logvar")
     n = mu.size
-    _check_n(n)
+    check_elements(n)
     z = cp.empty_like(mu)
     if n:
         s, o, st = _address(seed, offset, stream)
@@ -321,7 +314,7 @@ def reparameterize_backward(dz, logvar, seed: int, offset: int = 0, stream: int 
     logvar = _float_array(logvar, "logvar")
     dz = _same(logvar, dz, "dz")
     n = dz.size
-    _check_n(n)
+    check_elements(n)
     dlogvar = cp.empty_like(dz)
     dmu = cp.empty_like(dz) if copy_dmu else None
     if n:
@@ -364,7 +357,7 @@ def reparameterize_kl_forward(mu, logvar, seed: int, offset: int = 0, stream: in
     mu = _float_array(mu, "mu")
     logvar = _same(mu, logvar, "logvar")
     B, D, rshape = _rows(mu)
-    _check_n(mu.size)
+    check_elements(mu.size)
     z = cp.empty_like(mu)
     kl = _row_sums_out(rshape, D, mu.dtype)
     if B and D:
@@ -388,7 +381,7 @@ def reparameterize_kl_backward(dz, gkl, mu, logvar, seed: int, offset: int = 0, 
     logvar = _same(mu, logvar, "logvar")
     dz = _same(mu, dz, "dz")
     B, D, rshape = _rows(mu)
-    _check_n(mu.size)
+    check_elements(mu.size)
     if gkl is not None:
         gkl = _same(mu, gkl, "gkl", shape=rshape)
     dmu = cp.empty_like(mu)
