@@ -12,7 +12,7 @@ import numpy as np
 
 from .autograd import tensor
 from .backend import to_device
-from .checks import check_integer
+from .checks import check_integer, check_points
 from .evaluate import as_model_input, evaluating
 from .models.base import require
 
@@ -44,8 +44,7 @@ def latent_activity(mu):
     the variance of column d over the examples (normalized by N, the population variance).
     """
     mu = np.asarray(mu, dtype=np.float64)
-    if mu.ndim != 2 or len(mu) == 0:  # a mean over no examples is NaN, and no unit is active
-        raise ValueError(f"mu must be (N, D) with N >= 1, got shape {mu.shape}")
+    check_points(mu, "mu")  # over no examples: NaN, and no unit active
     return mu.var(axis=0)
 
 

@@ -72,6 +72,13 @@ def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:
     return sizes
 
 
+def check_points(x, name: str) -> None:
+    """Refuse an array that is not N >= 1 points of D coordinates, shape (N, D): a statistic
+    over no points is NaN (a mean) or an error from deep inside (an SVD), naming nothing."""
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError(f"{name} must be (N, D) with N >= 1, got shape {x.shape}")
+
+
 def check_float(x, name: str = "x", use: str = "binarization") -> None:
     """Refuse an array (NumPy or CuPy) whose dtype is not floating with a TypeError naming
     ``use``, what takes float intensities in [0, 1]: integer pixels 0..255 would be read as

@@ -38,7 +38,7 @@ from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
-from .checks import check_float, check_integer
+from .checks import check_float, check_integer, check_points
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
@@ -73,8 +73,7 @@ def pca_2d(points):
     picture does not flip between runs of the same model. ``points`` must be finite, N >= 1.
     """
     x = np.asarray(points, dtype=np.float64)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"points must be (N, D) with N >= 1, got shape {x.shape}")
+    check_points(x, "points")
     if not np.isfinite(x).all():  # else the SVD fails to converge, naming nothing
         raise ValueError("points contain NaN or infinite values (a diverged model's latent means?)")
     x = x - x.mean(axis=0)
