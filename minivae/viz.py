@@ -111,7 +111,8 @@ def _as_images(images):
 
 def _check_pixels(images, name):
     """Refuse integer images before a picture that shows [0, 1] as black to white clips them."""
-    check_float(np.asarray(to_device(images, "cpu")), name, use="a picture")
+    # The dtype alone: no copy of a CuPy array to the host (_as_images makes the one copy).
+    check_float(images if hasattr(images, "dtype") else np.asarray(images), name, use="a picture")
 
 
 def tile_images(images, nrow=None, pad=2, pad_value=_PAD_VALUE):
