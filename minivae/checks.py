@@ -4,6 +4,8 @@ import math
 import numbers
 from collections.abc import Iterable
 
+import numpy as np
+
 
 def check_integer(value, name: str, *, minimum: int) -> int:
     """Return ``value`` as a Python int of at least ``minimum``. A float, a string or a bool is
@@ -23,11 +25,22 @@ def check_real(value, name: str) -> float:
     return float(value)
 
 
+def check_bool(value, name: str) -> bool:
+    """Return ``value`` as a Python bool. Anything but True or False (a NumPy bool included) is
+    refused (TypeError) rather than read by its truth: the string "false" is true, and so is
+    every number but 0, so a switch given as either would silently do the opposite or nothing."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 # Ranges for ``check_ranges``: (test, what the value must be). Each test is False for NaN, which
 # fails every comparison (a test ``not v < 0`` would let it through), and for infinity, which no
 # weight, rate or step size can be without turning a loss or a parameter into inf or NaN.
 NON_NEGATIVE = (lambda v: 0 <= v < math.inf, ">= 0 and finite")
 POSITIVE = (lambda v: 0 < v < math.inf, "> 0 and finite")
+FINITE = (math.isfinite, "finite")
+FRACTION = (lambda v: 0 <= v <= 1, "in [0, 1]")
 
 
 def out_of_range(values: dict, ranges: dict) -> list:

@@ -41,7 +41,7 @@ import numpy as np
 
 from .autograd import Tensor
 from .backend import device_of, get_array_module, to_device
-from .checks import NON_NEGATIVE, check_integer, check_ranges, out_of_range
+from .checks import FINITE, NON_NEGATIVE, check_bool, check_integer, check_ranges, out_of_range
 from .gpu import dispatch
 
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
@@ -51,7 +51,7 @@ _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
 #: Hyperparameter name -> (test, what the value must be): checked at construction
 #: (``check_ranges``) and by ``load_state_dict`` (``out_of_range``). A NaN learning rate would
 #: turn every parameter into NaN at the first step.
-_RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": (math.isfinite, "finite"),
+_RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": FINITE,
            "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
            "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE,
            # inf is no clipping (the norm measured alone); a negative bound would flip the gradients
@@ -258,10 +258,11 @@ class SGD(Optimizer):
                  flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
         check_ranges(type(self), _RANGES, momentum=momentum, dampening=dampening, weight_decay=weight_decay)
+        nesterov = check_bool(nesterov, "nesterov")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
-        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+        self.weight_decay, self.nesterov = float(weight_decay), nesterov
 
     def _update(self, i, p, g, state):
         d = p.data * self.weight_decay + g if self.weight_decay else g
@@ -309,8 +310,8 @@ class Adam(Optimizer):
         beta1, beta2 = betas
         check_ranges(type(self), _RANGES, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
-        self.weight_decay, self.amsgrad = float(weight_decay), bool(amsgrad)
-        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self.weight_decay, self.amsgrad = float(weight_decay), check_bool(amsgrad, "amsgrad")
+        self.decoupled_weight_decay = check_bool(decoupled_weight_decay, "decoupled_weight_decay")
         self._layouts = []  # built at the first step
 
     @property

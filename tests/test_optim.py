@@ -261,6 +261,17 @@ def test_hyperparameters_that_are_no_numbers_are_refused(make, message):
         make(nn.Parameter(np.zeros(2)))
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda p: optim.SGD([p], lr=0.1, momentum=0.9, nesterov="false"), "nesterov must be True or False, got 'false'"),
+    (lambda p: optim.Adam([p], amsgrad="no"), "amsgrad must be True or False, got 'no'"),
+    (lambda p: optim.Adam([p], decoupled_weight_decay=1), "decoupled_weight_decay must be True or False, got 1"),
+], ids=["nesterov", "amsgrad", "decoupled"])
+def test_switches_that_are_no_bools_are_refused(make, message):
+    """(The string "false" or "no" is truthy: it turned the variant on.)"""
+    with pytest.raises(TypeError, match=f"^{message}$"):
+        make(nn.Parameter(np.zeros(2)))
+
+
 def test_zero_grad():
     params = _params()
     opt = optim.SGD(params, lr=0.1)
