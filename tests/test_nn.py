@@ -628,6 +628,33 @@ def test_an_activation_that_is_no_name_is_refused_naming_the_choices(name):
         nn.activation(name)
 
 
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: nn.Linear(4.5, 3), TypeError, "in_features must be an integer, got 4.5"),
+    (lambda: nn.Linear(4, "3"), TypeError, "out_features must be an integer, got '3'"),
+    (lambda: nn.Linear(4, -1), ValueError, "out_features must be at least 0, got -1"),
+    (lambda: nn.Linear(4, 3, bias="false"), TypeError, "bias must be True or False, got 'false'"),
+    (lambda: nn.BatchNorm1d(2.5), TypeError, "num_features must be an integer, got 2.5"),
+    (lambda: nn.BatchNorm1d(0), ValueError, "num_features must be at least 1, got 0"),
+    (lambda: nn.BatchNorm1d(4, eps=0), ValueError, "BatchNorm1d: invalid eps 0: it must be > 0 and finite"),
+    (lambda: nn.BatchNorm1d(4, momentum=1.5), ValueError, r"BatchNorm1d: invalid momentum 1.5: it must be in \[0, 1\]"),
+    (lambda: nn.BatchNorm1d(4, momentum="0.1"), TypeError, "momentum must be a real number, got '0.1'"),
+    (lambda: nn.BatchNorm1d(4, affine=0), TypeError, "affine must be True or False, got 0"),
+    (lambda: nn.BatchNorm1d(4, track_running_stats="no"), TypeError,
+     "track_running_stats must be True or False, got 'no'"),
+    (lambda: nn.LeakyReLU(math.nan), ValueError, "LeakyReLU: invalid negative_slope nan: it must be finite"),
+    (lambda: nn.LeakyReLU(True), TypeError, "negative_slope must be a real number, got True"),
+    (lambda: nn.ELU(math.inf), ValueError, "ELU: invalid alpha inf: it must be finite"),
+], ids=["fractional in", "string out", "negative out", "string bias", "fractional features",
+        "no features", "eps 0", "momentum above 1", "string momentum", "int affine", "string tracking",
+        "NaN slope", "bool slope", "infinite alpha"])
+def test_layer_constructors_check_their_arguments(make, error, message):
+    # Before: 4.5 features became 4, "3" became 3, bias="false" added a bias, eps=0 divided a
+    # constant channel by 0, momentum 1.5 extrapolated the running statistics, a NaN slope
+    # made every negative input NaN: all without a word.
+    with pytest.raises(error, match=f"^{message}$"):
+        make()
+
+
 def test_linear_relu_matches_linear_then_relu_bit_for_bit():
     fused = nn.LinearReLU(5, 4, dtype=np.float64, rng=3)
     plain = nn.Sequential(nn.Linear(5, 4, dtype=np.float64, rng=3), nn.ReLU())

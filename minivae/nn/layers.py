@@ -6,6 +6,7 @@ import numpy as np
 
 from .. import ops as F
 from ..backend import get_default_dtype
+from ..checks import FINITE, FRACTION, POSITIVE, check_bool, check_integer, check_ranges
 from ..ops.norm import batch_norm
 from . import init
 from .module import Module, Parameter
@@ -26,9 +27,10 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, dtype=None, rng=None):
         super().__init__()
         dtype = _dtype(dtype)
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = check_integer(in_features, "in_features", minimum=0)
+        self.out_features = check_integer(out_features, "out_features", minimum=0)
         self.weight = Parameter(np.empty((self.in_features, self.out_features), dtype=dtype))
-        if bias:
+        if check_bool(bias, "bias"):
             self.bias = Parameter(np.empty(self.out_features, dtype=dtype))
         else:
             self.register_parameter("bias", None)
@@ -78,8 +80,16 @@ class BatchNorm1d(Module):
                  dtype=None):
         super().__init__()
         dtype = _dtype(dtype)
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
-        self.affine, self.track_running_stats = bool(affine), bool(track_running_stats)
+        # eps > 0 keeps the division by sqrt(var + eps) finite for a constant channel; a
+        # momentum outside [0, 1] would extrapolate the running statistics past the batch's.
+        ranges = {"eps": POSITIVE, "momentum": FRACTION}
+        check_ranges(type(self), ranges, eps=eps)
+        if momentum is not None:  # None: the cumulative average
+            check_ranges(type(self), ranges, momentum=momentum)
+        self.num_features = check_integer(num_features, "num_features", minimum=1)
+        self.eps, self.momentum = float(eps), None if momentum is None else float(momentum)
+        self.affine = check_bool(affine, "affine")
+        self.track_running_stats = check_bool(track_running_stats, "track_running_stats")
         if self.affine:
             self.weight = Parameter(np.ones(self.num_features, dtype=dtype))
             self.bias = Parameter(np.zeros(self.num_features, dtype=dtype))
@@ -114,7 +124,7 @@ class BatchNorm1d(Module):
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1  # in place: the buffer array stays the same object
             momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                        else float(self.momentum))
+                        else self.momentum)
         update = self.training and self.track_running_stats
         return batch_norm(x, self.weight, self.bias,
                           self.running_mean if update else None,
@@ -148,6 +158,7 @@ class LeakyReLU(Module):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
+        check_ranges(type(self), {"negative_slope": FINITE}, negative_slope=negative_slope)
         self.negative_slope = float(negative_slope)
 
     def forward(self, x):
@@ -164,6 +175,7 @@ class ELU(Module):
 
     def __init__(self, alpha=1.0):
         super().__init__()
+        check_ranges(type(self), {"alpha": FINITE}, alpha=alpha)
         self.alpha = float(alpha)
 
     def forward(self, x):
