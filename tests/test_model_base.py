@@ -223,6 +223,13 @@ def test_constructors_check_their_other_sizes(name, options, error, message):
         build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), **options})
 
 
+@pytest.mark.parametrize("name, value", [("ladder", "false"), ("ladder", 0), ("ladder-m2", "no")])
+def test_constructors_refuse_a_switch_that_is_no_bool(name, value):
+    # Before: batch_norm="false" (truthy) built the model with batch normalization, 0 without.
+    with pytest.raises(TypeError, match=f"^batch_norm must be True or False, got {value!r}$"):
+        build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "batch_norm": value})
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_constructors_refuse_an_activation_that_is_no_name(name):
     # Before: AttributeError: 'NoneType' object has no attribute 'lower', from inside MLP.

@@ -13,7 +13,7 @@ import numpy as np
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer, check_ranges
+from ..checks import check_bool, check_integer, check_ranges
 from ..distributions import sample_bernoulli
 from ..backend import get_array_module
 from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
@@ -30,7 +30,8 @@ class MLP(nn.Module):
 
     def __init__(self, sizes, activation="relu", final_activation=True, batch_norm=False, rng=None):
         super().__init__()
-        self.batch_norm = bool(batch_norm)
+        self.batch_norm = check_bool(batch_norm, "batch_norm")
+        final_activation = check_bool(final_activation, "final_activation")
         # Resolving the name here also refuses a bad one where no layer is activated (one Linear).
         fuse = type(nn.activation(activation)) is nn.ReLU and not batch_norm
         # The layers are named by their positions in the unfused list (Linear, [BatchNorm1d,]
@@ -142,7 +143,7 @@ class JointMLP(nn.Module):
         # One bias for the sum: the first block carries it.
         self.inputs = nn.ModuleList([nn.Linear(n, hidden[0], bias=(i == 0), rng=rng)
                                      for i, n in enumerate(self.in_sizes)])
-        self.norm = nn.BatchNorm1d(hidden[0]) if batch_norm else None
+        self.norm = nn.BatchNorm1d(hidden[0]) if check_bool(batch_norm, "batch_norm") else None
         self.act = nn.activation(activation)
         self.rest = (MLP(hidden, activation, batch_norm=batch_norm, rng=rng) if len(hidden) > 1
                      else nn.Identity())
