@@ -119,6 +119,20 @@ def test_the_temperature_schedule_is_checked(options, error, message):
         small(**options)
 
 
+@pytest.mark.parametrize("args, options, error, message", [
+    ((-1,), {}, ValueError, "epoch must be at least 0, got -1"),
+    ((2.5,), {}, TypeError, "epoch must be an integer, got 2.5"),
+    ((3,), dict(tau0=0), ValueError, "temperature: invalid tau0 0: it must be > 0 and finite"),
+    ((3,), dict(tau0=0.5, tau_min=0.8), ValueError, "tau_min=0.8 is above tau0=0.5"),
+    ((3,), dict(steps_per_epoch=0), ValueError, "steps_per_epoch must be at least 1, got 0"),
+], ids=["negative epoch", "fractional epoch", "tau0 0", "tau_min above tau0", "no steps"])
+def test_the_temperature_function_checks_its_arguments(args, options, error, message):
+    # Before: a negative epoch heated the relaxation above tau0, tau0=0 gave a temperature of
+    # tau_min, tau_min above tau0 a constant one: all without a word.
+    with pytest.raises(error, match=message):
+        temperature(*args, **options)
+
+
 def test_iw_training_is_refused():
     with pytest.raises(ValueError, match="iw_k"):
         GumbelSoftmaxVAE(iw_k=5)

@@ -39,9 +39,24 @@ from .base import SETTING_RANGES, check_noise
 from .common import MLP, LatentVariableModel, model_array_module
 
 
+def _schedule(owner, tau0, tau_min, anneal_rate, steps_per_epoch):
+    """The temperature schedule's settings as Python numbers, checked (ValueError or TypeError
+    naming ``owner``'s setting): a temperature at or below 0 divides the logits by 0 or flips
+    them, and a ``tau_min`` above ``tau0`` would never be annealed."""
+    check_ranges(owner, SETTING_RANGES, tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate)
+    if tau_min > tau0:
+        raise ValueError(f"tau_min={tau_min} is above tau0={tau0}: the temperature would be tau_min "
+                         "from the first epoch on, never annealed; give a tau_min of at most tau0")
+    return dict(tau0=float(tau0), tau_min=float(tau_min), anneal_rate=float(anneal_rate),
+                steps_per_epoch=check_integer(steps_per_epoch, "steps_per_epoch", minimum=1))
+
+
 def temperature(epoch, tau0=1.0, tau_min=0.5, anneal_rate=3e-5, steps_per_epoch=500):
-    """tau = max(tau_min, tau0 exp(-anneal_rate * epoch * steps_per_epoch)) (see the module docstring)."""
-    return max(tau_min, tau0 * math.exp(-anneal_rate * epoch * steps_per_epoch))
+    """tau = max(tau_min, tau0 exp(-anneal_rate * epoch * steps_per_epoch)) (see the module
+    docstring) for a 0-based ``epoch``; the settings are checked as the model checks them."""
+    s = _schedule(temperature, tau0, tau_min, anneal_rate, steps_per_epoch)
+    t = check_integer(epoch, "epoch", minimum=0) * s["steps_per_epoch"]
+    return max(s["tau_min"], s["tau0"] * math.exp(-s["anneal_rate"] * t))
 
 
 class GumbelSoftmaxVAE(LatentVariableModel):
@@ -64,12 +79,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         self.n_vars = check_integer(n_vars, "n_vars", minimum=1)
         # One class is no latent at all: every code is the same, the KL always 0.
         self.n_classes = check_integer(n_classes, "n_classes", minimum=2)
-        check_ranges(type(self), SETTING_RANGES, tau0=tau0, tau_min=tau_min, anneal_rate=anneal_rate)
-        if tau_min > tau0:
-            raise ValueError(f"tau_min={tau_min} is above tau0={tau0}: the temperature would be tau_min "
-                             "from the first epoch on, never annealed; give a tau_min of at most tau0")
-        self.schedule = dict(tau0=float(tau0), tau_min=float(tau_min), anneal_rate=float(anneal_rate),
-                             steps_per_epoch=check_integer(steps_per_epoch, "steps_per_epoch", minimum=1))
+        self.schedule = _schedule(type(self), tau0, tau_min, anneal_rate, steps_per_epoch)
         self.tau = self.schedule["tau0"]
         # No hidden layer is a model too: both MLPs end in their own output layer (the code, x).
         hidden = check_sizes(hidden, "hidden", allow_empty=True)
