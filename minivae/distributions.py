@@ -87,7 +87,15 @@ def one_hot(labels, num_classes, like, n=None):
 
 def log_categorical(y_onehot, logits):
     """log Cat(y; softmax(logits)) per row = sum_k y_k log_softmax(logits)_k, classes on the last
-    axis (log-softmax, never log(softmax), which underflows)."""
+    axis (log-softmax, never log(softmax), which underflows).
+
+    The leading axes broadcast (the semi-supervised models score (B, K) labels against (S, B, K)
+    logits); the class axes must be equal, since a (B, 1) ``y_onehot`` would broadcast too and
+    sum the log-probabilities of all classes (ValueError naming both shapes)."""
+    y_shape, shape = tuple(y_onehot.shape), tuple(logits.shape)
+    if not y_shape or not shape or y_shape[-1] != shape[-1]:
+        raise ValueError(f"log_categorical: y_onehot {y_shape} and logits {shape} must have the "
+                         "same number of classes on their last axis")
     return F.sum(y_onehot * F.log_softmax(logits, axis=-1), axis=-1)
 
 
@@ -99,6 +107,8 @@ def log_uniform_categorical(batch_size, num_classes, dtype=None, device="cpu"):
     batch_size = check_integer(batch_size, "batch_size", minimum=0)
     num_classes = check_integer(num_classes, "num_classes", minimum=1)
     dtype = np.dtype(get_default_dtype() if dtype is None else dtype)
+    if dtype.kind != "f":  # an integer -log K is cut to a wrong constant, e.g. -2 for 10 classes
+        raise TypeError(f"log_uniform_categorical: dtype must be floating, got {dtype}")
     # Filled where it lives: no copy from the host at every step of a GPU training run.
     xp = cupy_module() if resolve_device(device) == "gpu" else np
     return Tensor(xp.full(batch_size, -math.log(num_classes), dtype=dtype))

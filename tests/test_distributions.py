@@ -82,6 +82,24 @@ def test_log_categorical():
     np.testing.assert_allclose(big.data, [-1000.0])  # no overflow, no -inf
 
 
+def test_log_categorical_broadcasts_leading_axes_but_not_the_classes():
+    logits = rng.standard_normal((3, 4, 5))
+    y = np.eye(5)[[0, 2, 4, 1]]  # (B, K) labels against (S, B, K) logits, as the models score them
+    np.testing.assert_allclose(D.log_categorical(_t(y), _t(logits)).data,
+                               (_np_log_softmax(logits) * y).sum(-1), rtol=1e-12)
+    # Before: a (B, 1) column broadcast over the classes and summed all their log-probabilities.
+    for bad_y, bad_logits in [(np.ones((4, 1)), logits), (np.eye(4), logits), (np.array(1.0), logits[0, 0])]:
+        with pytest.raises(ValueError, match=r"^log_categorical: y_onehot \(.*\) and logits \(.*\) must "
+                                             "have the same number of classes on their last axis$"):
+            D.log_categorical(_t(bad_y), _t(bad_logits))
+
+
+def test_log_uniform_categorical_refuses_an_integer_dtype():
+    # Before: dtype=int filled the prior with int(-log 10) = -2.
+    with pytest.raises(TypeError, match="^log_uniform_categorical: dtype must be floating, got int64$"):
+        D.log_uniform_categorical(3, 10, dtype=np.int64)
+
+
 def test_log_uniform_categorical_is_a_vector_of_minus_log_k():
     prior = D.log_uniform_categorical(7, 10)
     assert prior.shape == (7,) and prior.dtype == np.float32 and not prior.requires_grad
