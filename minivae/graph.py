@@ -26,12 +26,15 @@ Example::
 import dataclasses
 import shutil
 import subprocess
+from collections.abc import Mapping
 
 import numpy as np
 
 from .autograd import Tensor, _topological_order
 from .backend import to_device
 
+#: Graphviz's layout directions: top to bottom, bottom to top, left to right, right to left.
+RANKDIRS = ("TB", "BT", "LR", "RL")
 #: Fill colours of the node kinds (op outputs, parameters / named leaves, constants, the root).
 COLORS = {"op": "#dbe9f6", "param": "#d5efd5", "input": "#fff2b3", "const": "#eeeeee", "root": "#f9d9b8"}
 
@@ -141,6 +144,20 @@ def node_gradients(root, grad=None):
     return out
 
 
+def _check_names(names):
+    """``names`` as a dict ``id(tensor) -> name``: anything else is refused (TypeError), since a
+    dict keyed by the tensors themselves, ``{x: "x"}``, would match no node and name nothing."""
+    if names is None:
+        return {}
+    if not isinstance(names, Mapping):
+        raise TypeError(f"trace_graph: names must be a dict id(tensor) -> name, got {type(names).__name__}")
+    for key, name in names.items():
+        if isinstance(key, bool) or not isinstance(key, int) or not isinstance(name, str):
+            raise TypeError(f"trace_graph: names must map id(tensor) to a name, e.g. {{id(x): 'x'}}; "
+                            f"got {type(key).__name__} -> {type(name).__name__}")
+    return dict(names)
+
+
 def trace_graph(root, names=None, grad=False):
     """The Graph of ``root`` (a Tensor that an op made, e.g. a loss).
 
@@ -157,7 +174,7 @@ def trace_graph(root, names=None, grad=False):
     if grad and not root.requires_grad:
         raise ValueError("trace_graph(grad=True): root does not require grad (no input had "
                          "requires_grad=True, or it was made under no_grad): no gradient reaches a node")
-    names = dict(names or {})
+    names = _check_names(names)
     tensors = _walk(root)
     if any(t._node is not None and t._node.ctx is None for t in tensors):
         raise RuntimeError("trace_graph: the graph was already freed by a backward pass (its inputs "
@@ -191,7 +208,10 @@ def _quote(text):
 def to_dot(graph, title=None, rankdir="BT"):
     """The Graph as Graphviz DOT text: one ``nK [label=...]`` line per node, one ``nA -> nB``
     line per edge (data flows from A into the op that made B); inputs at the bottom by default.
+    ``rankdir`` is one of Graphviz's directions, TB, BT, LR or RL (ValueError otherwise).
     """
+    if rankdir not in RANKDIRS:
+        raise ValueError(f"to_dot: rankdir must be one of {', '.join(RANKDIRS)}, got {rankdir!r}")
     lines = ["digraph minivae {", f"  rankdir={rankdir};",
              '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
              '  edge [arrowsize=0.6];']

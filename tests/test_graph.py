@@ -84,6 +84,29 @@ def test_small_expression_graph_and_dot():
     assert nodes[by_label["Exp"]][1] == "(2,) float64"
 
 
+@pytest.mark.parametrize("make_names, message", [
+    (lambda a: ["a"], "names must be a dict id(tensor) -> name, got list"),
+    (lambda a: "a", "names must be a dict id(tensor) -> name, got str"),
+    (lambda a: {a: "a"}, "names must map id(tensor) to a name, e.g. {id(x): 'x'}; got Tensor -> str"),
+    (lambda a: {id(a): 3}, "names must map id(tensor) to a name, e.g. {id(x): 'x'}; got int -> int"),
+], ids=["list", "string", "keyed by the tensor", "a number as the name"])
+def test_trace_graph_refuses_names_that_name_nothing(make_names, message):
+    # Before: {a: "a"} matched no node (the keys are ids) and named nothing, silently; a list
+    # met dict()'s "dictionary update sequence element #0 has length 1".
+    a = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    with pytest.raises(TypeError, match=f"^trace_graph: {re.escape(message)}$"):
+        trace_graph((a * a).sum(), names=make_names(a))
+
+
+@pytest.mark.parametrize("rankdir", ["LR", "TB", "RL", "BT"])
+def test_to_dot_takes_graphviz_directions_and_refuses_others(rankdir):
+    graph = trace_graph((mv.tensor(np.ones(2), requires_grad=True) * 2).sum())
+    assert f"  rankdir={rankdir};" in to_dot(graph, rankdir=rankdir).split("\n")
+    # Before: any text was written into the DOT file, and Graphviz fell back to its default.
+    with pytest.raises(ValueError, match=f"^to_dot: rankdir must be one of TB, BT, LR, RL, got '{rankdir.lower()}'$"):
+        to_dot(graph, rankdir=rankdir.lower())
+
+
 def test_gradients_of_intermediate_nodes():
     a = mv.tensor(np.array([1.0, -2.0, 0.5]), requires_grad=True)
     e = F.exp(a)
