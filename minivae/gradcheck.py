@@ -95,18 +95,26 @@ def _contract(fn, inputs, upstream):
 
 
 def _analytic(fn, inputs, upstream):
-    """fn's outputs and the gradients of <upstream, fn> for each input (None where none is needed)."""
-    for t in inputs:
-        if isinstance(t, Tensor):
-            t.grad = None
-    with enable_grad():  # gradcheck called inside a no_grad block still records fn
-        outs = _outputs(fn(*inputs))
-    if not any(out.requires_grad for out in outs):
-        raise GradcheckError("fn must return Tensors, at least one depending on an input with "
-                             "requires_grad=True")
-    roots = [(out, out.data.dtype.type(1) * u) for out, u in zip(outs, upstream) if out.requires_grad]
-    backward([out for out, _ in roots], [u for _, u in roots])
-    grads = [t.grad if isinstance(t, Tensor) and t.requires_grad else None for t in inputs]
+    """fn's outputs and the gradients of <upstream, fn> for each input (None where none is needed).
+
+    The inputs' own ``.grad`` are put back afterwards: a check leaves the caller's gradients as
+    they were, as a measurement should."""
+    tensors = [t for t in inputs if isinstance(t, Tensor)]
+    kept = [t.grad for t in tensors]
+    for t in tensors:
+        t.grad = None  # backward accumulates: start each input from no gradient
+    try:
+        with enable_grad():  # gradcheck called inside a no_grad block still records fn
+            outs = _outputs(fn(*inputs))
+        if not any(out.requires_grad for out in outs):
+            raise GradcheckError("fn must return Tensors, at least one depending on an input with "
+                                 "requires_grad=True")
+        roots = [(out, out.data.dtype.type(1) * u) for out, u in zip(outs, upstream) if out.requires_grad]
+        backward([out for out, _ in roots], [u for _, u in roots])
+        grads = [t.grad if isinstance(t, Tensor) and t.requires_grad else None for t in inputs]
+    finally:
+        for t, g in zip(tensors, kept):
+            t.grad = g
     return outs, grads
 
 

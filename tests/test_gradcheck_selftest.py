@@ -420,3 +420,18 @@ def test_a_check_inside_no_grad_still_checks(check):
         check(lambda x: F.tanh(x) * 2.0, x)
     with mv.no_grad(), pytest.raises(GradcheckError, match="disagrees"):
         gradcheck(SquareOff.apply, x)
+
+
+@pytest.mark.parametrize("check", [gradcheck, check_float32, lambda fn, x: gradcheck_report(fn, x)])
+def test_a_check_leaves_the_callers_gradients_as_they_were(check):
+    """A check used to clear the inputs' .grad and leave its own gradient there, so checking a
+    model's parameter in the middle of a step replaced the gradient about to be applied."""
+    x = Tensor(np.linspace(-1.0, 1.0, 6), requires_grad=True)
+    mine = np.full(6, 7.0)
+    x.grad = mine
+    check(lambda x: F.tanh(x) * 2.0, x)
+    assert x.grad is mine and np.all(mine == 7.0)
+    x.grad = None
+    with pytest.raises(GradcheckError, match="disagrees"):
+        gradcheck(SquareOff.apply, x)
+    assert x.grad is None
