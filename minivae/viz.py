@@ -203,6 +203,9 @@ def plot_reconstructions(x, recon, path, n=32, ncol=8):
     Figure, _ = _require_matplotlib()
     _check_pixels(x, "x")
     _check_pixels(recon, "recon")
+    if np.shape(x) != np.shape(recon):  # the panels pair the images by position
+        raise ValueError(f"x and recon must have the same shape, one reconstruction per input; "
+                         f"got {np.shape(x)} and {np.shape(recon)}")
     n = min(check_integer(n, "n", minimum=1), len(x))
     ncol = check_integer(ncol, "ncol", minimum=1)
     # Height from the grids' aspect (ncol x ceil(n/ncol) tiles per panel) plus room for titles.
@@ -228,6 +231,8 @@ def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
     if labels is not None and labels.shape != (len(points),):
         raise ValueError(f"labels must hold one label per point, shape ({len(points)},), got shape "
                          f"{labels.shape}")
+    if labels is not None and labels.dtype.kind not in "iu":  # the colour is C(label mod 10)
+        raise TypeError(f"labels must be integers (digit classes), got dtype {labels.dtype}")
     fig = Figure(figsize=(6.4, 5.6))
     ax = fig.subplots()
     if labels is None:

@@ -234,6 +234,21 @@ def test_plot_latent_scatter_checks_points_and_labels(tmp_path, points, labels, 
         viz.plot_latent_scatter(points, labels, tmp_path / "s.png", "t", "x", "y")
 
 
+@pytest.mark.parametrize("labels", [np.array(["3", "7", "3"]), np.array([0.0, 1.5, 1.0])], ids=["strings", "floats"])
+def test_plot_latent_scatter_needs_integer_labels(tmp_path, labels):
+    """(String labels failed in int() with "invalid literal", floats were coloured by their
+    integer part and named by their full value.)"""
+    with pytest.raises(TypeError, match=f"^labels must be integers \\(digit classes\\), got dtype {labels.dtype}$"):
+        viz.plot_latent_scatter(np.zeros((3, 2)), labels, tmp_path / "s.png", "t", "x", "y")
+
+
+def test_plot_reconstructions_needs_one_reconstruction_per_input(tmp_path):
+    """(Fewer reconstructions than inputs drew panels of different sizes, pairing nothing.)"""
+    with pytest.raises(ValueError, match=r"^x and recon must have the same shape, one reconstruction "
+                                         r"per input; got \(8, 16\) and \(5, 16\)$"):
+        viz.plot_reconstructions(np.zeros((8, 16)), np.zeros((5, 16)), tmp_path / "r.png")
+
+
 def test_plot_latent_scatter_takes_lists(tmp_path):
     _read_png(viz.plot_latent_scatter([[0, 1], [1, 0], [2, 2]], [0, 1, 1], tmp_path / "s.png", "t", "x", "y"))
 
