@@ -207,6 +207,22 @@ def test_a_loss_refuses_an_empty_batch():
                 model.loss(x, Generator(3), labelled=(x_l[:0], labels[:0]))
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_loss_refuses_a_batch_that_is_no_float_rows(name):
+    # Before: integer pixels were scored as Bernoulli outcomes (255 as 255), and one image
+    # without its batch axis gave a loss over a 0-d ELBO; M1+M2 checked only its features.
+    model = build(name, np.float32)
+    x, extra = batch(model, np.float32)
+    with pytest.raises(TypeError, match="^x has dtype int64: a model's loss takes float intensities"):
+        model.loss(x.astype(np.int64), Generator(3), **extra)
+    with pytest.raises(ValueError, match=r"^x must be a batch of rows, shape \(B, D\), got shape \(\d+,\)$"):
+        model.loss(x[0], Generator(3), **extra)
+    if model.semi_supervised:
+        x_l, labels = extra["labelled"]
+        with pytest.raises(TypeError, match="^x_l has dtype uint8: a model's loss takes float intensities"):
+            model.loss(x, Generator(3), labelled=((x_l * 255).astype(np.uint8), labels))
+
+
 def guarded_step(model, dtype, beta):
     """``step`` with the parameters, the buffers (batch-norm statistics), the inputs and a given
     ``beta`` viewed as ``HostReadGuard``."""
