@@ -141,8 +141,15 @@ def _check_writable_folder(folder, option, hint="give a folder you can write to"
         raise UsageError(f"{label}: cannot write in {existing} ({exc.strerror or exc}); {hint}") from None
 
 
-def _claim_output_file(path, option, hint="give a folder you can write to"):
-    """Refuse an output file that is a folder, one of the files of a run, or in a folder that
+#: The kinds of output file: the suffixes the name of one may end in, and the kind in words.
+PNG_FILE = ((".png",), "a .png file")
+JSON_FILE = ((".json",), "a .json file")
+GRAPH_FILE = ((".dot", ".svg"), "a .dot or an .svg file")
+
+
+def _claim_output_file(path, option, kind, hint="give a folder you can write to"):
+    """Refuse an output file that is a folder, one of the files of a run, a file whose name
+    does not end in one of the suffixes of ``kind`` (e.g. ``PNG_FILE``), or in a folder that
     cannot be written; then create its folder, so that the write at the end cannot fail for a
     missing one after all the work."""
     path = Path(path)
@@ -151,6 +158,9 @@ def _claim_output_file(path, option, hint="give a folder you can write to"):
     if is_run_file(path):
         raise UsageError(f"{option} {path}: this is a file of the run in {path.parent}, which writing "
                          f"it would destroy; give a file name other than {', '.join(RUN_FILES)}")
+    suffixes, words = kind
+    if path.suffix not in suffixes:  # a picture written as eval_k1000.json would destroy the result
+        raise UsageError(f"{option} {path}: give {words}")
     _check_writable_folder(path.parent, option, hint, label=f"{option} {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -442,12 +452,12 @@ def cmd_eval(args):
     n = min(args.n, SPLIT_SIZES["test"])
     if args.out:
         out = Path(args.out)
-        _claim_output_file(out, "--out")
+        _claim_output_file(out, "--out", JSON_FILE)
     else:  # a score of part of the test set never replaces one of all of it
         out = eval_results_path(args.run, args.k)
         if n < SPLIT_SIZES["test"]:
             out = out.with_name(f"{out.stem}_first{n}.json")
-        _claim_output_file(out, "the result file", hint="write it elsewhere with --out FILE")
+        _claim_output_file(out, "the result file", JSON_FILE, hint="write it elsewhere with --out FILE")
     from .data import binarize_eval, load_mnist
     from .evaluate import test_set_scores
 
@@ -467,7 +477,7 @@ def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     path = Path(args.out or Path(args.run) / "samples.png")
     _, model = _load_run(args.run)
-    _claim_output_file(path, "--out")
+    _claim_output_file(path, "--out", PNG_FILE)
     from .evaluate import evaluating
     from .random import Generator
     from .viz import save_image_grid
@@ -699,9 +709,7 @@ def cmd_graph(args):
     if out.suffix == ".svg" and not svg_available():
         raise UsageError(f"--out {out}: an SVG needs Graphviz's `dot` program, which is not installed; "
                          "give a .dot file instead")
-    _claim_output_file(out, "--out")  # first: a file of the run is refused as such
-    if out.suffix not in (".dot", ".svg"):  # DOT text in a .png would be silently unreadable
-        raise UsageError(f"--out {out}: give a .dot or an .svg file")
+    _claim_output_file(out, "--out", GRAPH_FILE)
     x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     # The noise of a training run's first step with this seed: a Generator, so that each draw of

@@ -621,6 +621,18 @@ def test_an_output_file_is_never_a_file_of_a_run(capsys, run, command, name):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+@pytest.mark.parametrize("command, name, kind", [("sample", "eval_k3.json", ".png"), ("sample", "grid.jpg", ".png"),
+                                                 ("eval", "samples.png", ".json"), ("eval", "result", ".json")])
+def test_an_output_file_is_of_the_kind_the_command_writes(capsys, run, command, name, kind):
+    """A PNG is never written over an evaluation's result, nor JSON over a picture, nor either
+    into a file whose name says it is something else."""
+    (run / "eval_k3.json").write_text("{}")
+    (run / "samples.png").write_bytes(b"a picture")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    user_error(capsys, [command, str(run), "--out", str(run / name)], f"--out {run / name}", f"give a {kind} file")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 def test_the_folder_of_an_output_file_is_made_before_the_work(capsys, run, tmp_path):
     """eval, sample and graph alike create a missing folder of --out first (eval before loading
     the data), so the write at the end never fails for it."""
