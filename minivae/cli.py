@@ -165,6 +165,19 @@ def _claim_output_file(path, option, kind, hint="give a folder you can write to"
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _claim_out(args, default, kind, what):
+    """The output file of a command: ``args.out``, or ``default`` when no --out is given,
+    claimed by ``_claim_output_file``; a message about the default calls it ``what`` (the user
+    gave no --out) and says how to write it elsewhere."""
+    if args.out:
+        path = Path(args.out)
+        _claim_output_file(path, "--out", kind)
+    else:
+        path = Path(default)
+        _claim_output_file(path, what, kind, hint="write it elsewhere with --out FILE")
+    return path
+
+
 def _load_run(run):
     """(config, model) of a run folder, or one UsageError naming the folder when it holds no run."""
     if not (Path(run) / CHECKPOINT).is_file():
@@ -450,14 +463,10 @@ def cmd_eval(args):
     device = resolve_device(args.device)
     _, model = _load_run(args.run)
     n = min(args.n, SPLIT_SIZES["test"])
-    if args.out:
-        out = Path(args.out)
-        _claim_output_file(out, "--out", JSON_FILE)
-    else:  # a score of part of the test set never replaces one of all of it
-        out = eval_results_path(args.run, args.k)
-        if n < SPLIT_SIZES["test"]:
-            out = out.with_name(f"{out.stem}_first{n}.json")
-        _claim_output_file(out, "the result file", JSON_FILE, hint="write it elsewhere with --out FILE")
+    default = eval_results_path(args.run, args.k)
+    if n < SPLIT_SIZES["test"]:  # a score of part of the test set never replaces one of all of it
+        default = default.with_name(f"{default.stem}_first{n}.json")
+    out = _claim_out(args, default, JSON_FILE, "the result file")
     from .data import binarize_eval, load_mnist
     from .evaluate import test_set_scores
 
@@ -475,9 +484,8 @@ def cmd_eval(args):
 
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
-    path = Path(args.out or Path(args.run) / "samples.png")
     _, model = _load_run(args.run)
-    _claim_output_file(path, "--out", PNG_FILE)
+    path = _claim_out(args, Path(args.run) / "samples.png", PNG_FILE, "the picture")
     from .evaluate import evaluating
     from .random import Generator
     from .viz import save_image_grid
@@ -705,11 +713,10 @@ def cmd_graph(args):
                              "defaults only (it takes no --set): give a run folder of this model "
                              "instead, `minivae graph RUN`") from None
         source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
-    out = Path(args.out) if args.out else default_out
-    if out.suffix == ".svg" and not svg_available():
-        raise UsageError(f"--out {out}: an SVG needs Graphviz's `dot` program, which is not installed; "
+    if args.out and Path(args.out).suffix == ".svg" and not svg_available():
+        raise UsageError(f"--out {args.out}: an SVG needs Graphviz's `dot` program, which is not installed; "
                          "give a .dot file instead")
-    _claim_output_file(out, "--out", GRAPH_FILE)
+    out = _claim_out(args, default_out, GRAPH_FILE, "the graph file")
     x, what = _graph_batch(args, model.x_dim)
     title = f"{source}: loss on {len(x)} {what}" + (", |grad| = norm of d loss / d node" if args.grad else "")
     # The noise of a training run's first step with this seed: a Generator, so that each draw of

@@ -673,6 +673,15 @@ def test_eval_of_a_read_only_run_is_refused_before_computing(capsys, run, read_o
     user_error(capsys, ["eval", str(read_only)], str(read_only), "cannot write", "--out FILE")
 
 
+@pytest.mark.parametrize("command, what", [("sample", "the picture"), ("graph", "the graph file")])
+def test_a_default_output_file_in_a_read_only_run_points_to_out(capsys, run, read_only, command, what):
+    """No --out was given: the line names the file the command would write, and --out FILE as
+    the way to write it elsewhere, not an "--out" the user never gave."""
+    shutil.copy(run / CHECKPOINT, read_only / CHECKPOINT)
+    line = user_error(capsys, [command, str(read_only)], f"{what} {read_only}", "cannot write", "--out FILE")
+    assert not line.startswith("minivae: error: --out")
+
+
 def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
     """A disk that fills up during training (the checkpoint's fsync fails with ENOSPC)."""
     monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
