@@ -179,12 +179,10 @@ def _claim_out(args, default, kind, what):
 
 
 def _load_run(run):
-    """(config, model) of a run folder, or one UsageError naming the folder when it holds no run."""
-    if not (Path(run) / CHECKPOINT).is_file():
-        if not Path(run).exists():
-            raise UsageError(f"run folder {run} does not exist (train one with `minivae train --out {run}`)")
-        raise UsageError(f"{run} is not a run folder: it has no {CHECKPOINT} "
-                         f"(train one with `minivae train --out {run}`)")
+    """(config, model) of a run folder: one UsageError naming the folder when it does not exist,
+    NotARunError when it holds no run (``load_run`` says what it holds instead)."""
+    if not Path(run).exists():
+        raise UsageError(f"run folder {run} does not exist (train one with `minivae train --out {run}`)")
     return load_run(run)  # a damaged checkpoint raises CheckpointError
 
 

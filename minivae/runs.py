@@ -270,8 +270,7 @@ def read_checkpoint(run):
     """
     path = Path(run) / CHECKPOINT
     if not path.is_file():
-        raise NotARunError(f"{run} is not a run folder: it has no {CHECKPOINT} (train one with "
-                           f"`minivae train --out {run}`)")
+        raise _no_checkpoint(Path(run))
     arrays, meta = checkpoint.load(path)
     if not isinstance(meta, dict):
         raise damaged(path, f"its document is a {type(meta).__name__}, not a dict")
@@ -282,6 +281,22 @@ def read_checkpoint(run):
     except ValueError as exc:
         raise damaged(path, f"its config is invalid: {exc}") from None
     return arrays, meta, config
+
+
+def _no_checkpoint(run):
+    """NotARunError for ``run``, which holds no checkpoint: what it is instead and what to give
+    or do. A training stopped before its first checkpoint leaves a run that can only start again:
+    ``train --out RUN`` alone would be refused for the run it holds, and ``--resume`` for the
+    missing checkpoint."""
+    if run.is_file():
+        holder = f", here {run.parent}" if (run.parent / CHECKPOINT).is_file() else ""
+        return NotARunError(f"{run} is a file, not a run folder; give the folder of a run{holder}")
+    if holds_run(run):
+        return NotARunError(f"{run} holds no {CHECKPOINT}: its training stopped before saving one; "
+                            f"train it again with `minivae train --out {run} --overwrite` and the "
+                            f"settings in its {CONFIG}")
+    return NotARunError(f"{run} is not a run folder: it has no {CHECKPOINT} (train one with "
+                        f"`minivae train --out {run}`)")
 
 
 #: What a checkpoint's document holds besides the config, for a resume, and the type of each.

@@ -117,6 +117,23 @@ def test_a_folder_without_a_run(capsys, tmp_path):
     user_error(capsys, ["eval", str(tmp_path)], str(tmp_path), "not a run folder", CHECKPOINT)
 
 
+@pytest.mark.parametrize("command", ["eval", "sample", "plot", "graph"])
+def test_a_file_of_a_run_given_as_the_run_folder_points_to_its_folder(capsys, run, command):
+    """Not "train one with --out RUN/checkpoint.npz", which would be refused for the file."""
+    line = user_error(capsys, [command, str(run / CHECKPOINT)], f"{run / CHECKPOINT} is a file", f"here {run}")
+    assert "train one" not in line
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_to_be_trained_again(capsys, run, monkeypatch):
+    """Its config.json makes it a run, which `train --out RUN` refuses and `--resume` cannot go
+    on from: the line says what works."""
+    (run / CHECKPOINT).unlink()
+    line = user_error(capsys, ["eval", str(run)], str(run), f"holds no {CHECKPOINT}")
+    assert f"`minivae train --out {run} --overwrite`" in line
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    assert main(tiny(run, "--overwrite")) == 0
+
+
 def test_resume_without_a_run(capsys, tmp_path):
     user_error(capsys, tiny(tmp_path / "empty", "--resume"), str(tmp_path / "empty"), "cannot resume", CHECKPOINT)
 
