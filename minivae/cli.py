@@ -32,7 +32,7 @@ from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
                    check_resume_state, check_run_dir, is_run_file, load_run, next_free_run_dir,
                    read_checkpoint, resumable_options, run_folder_options, run_model, write_json)
-from .train import DataMismatchError, TrainingDiverged, check_batches
+from .train import DataMismatchError, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -711,6 +711,9 @@ def cmd_graph(args):
                              "defaults only (it takes no --set): give a run folder of this model "
                              "instead, `minivae graph RUN`") from None
         source, default_out = f"model {args.model} (initial weights)", Path(f"{args.model}_graph.dot")
+    if args.batch_size == 1 and has_batch_norm(model):  # the graph is of a training step's loss
+        raise UsageError(f"--batch-size 1: {source} has batch normalization, which cannot train on one "
+                         "image; give --batch-size 2 or more")
     if args.out and Path(args.out).suffix == ".svg" and not svg_available():
         raise UsageError(f"--out {args.out}: an SVG needs Graphviz's `dot` program, which is not installed; "
                          "give a .dot file instead")

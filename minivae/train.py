@@ -53,11 +53,17 @@ class DataMismatchError(ValueError):
     message names the setting and what would be valid."""
 
 
+def has_batch_norm(model):
+    """Whether ``model`` has a batch normalization layer, which cannot train on a batch of one
+    image (its variance is 0)."""
+    return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+
+
 def check_batches(config, model, n_train):
     """Raise DataMismatchError when training ``model`` on ``n_train`` images as ``config`` says
     would hand a model with batch normalization a batch of one image (whose variance is 0): the
     last training batch, or the last labelled batch of a semi-supervised model."""
-    if not any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+    if not has_batch_norm(model):
         return
     batches = {"training images": (n_train, config.batch_size)}
     if model.semi_supervised:  # labelled batches of at most n_labelled images (LabelledBatches)

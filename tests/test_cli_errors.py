@@ -736,6 +736,16 @@ def test_graph_output_is_a_dot_or_svg_file(capsys, tmp_path, name):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("model", ["ladder", "ladder-m2"])
+def test_graph_of_one_image_for_batch_normalization_is_one_line(capsys, tmp_path, model):
+    """The graph is of a training step's loss, which batch normalization cannot take on one image."""
+    out = tmp_path / "g.dot"
+    user_error(capsys, ["graph", "--model", model, "--batch-size", "1", "--data", "random", "--out", str(out)],
+               "--batch-size 1", f"model {model}", "batch normalization", "--batch-size 2")
+    assert not out.exists()
+    assert main(["graph", "--model", model, "--batch-size", "2", "--data", "random", "--out", str(out)]) == 0
+
+
 def test_graph_svg_without_graphviz(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     user_error(capsys, ["graph", "--model", "vae", "--data", "random", "--out", str(tmp_path / "g.svg")],
