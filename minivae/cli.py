@@ -116,6 +116,8 @@ positive_int = _integer(1, "an integer >= 1")
 count = _integer(0, "an integer >= 0")
 #: Philox's key is 64 bits wide.
 philox_seed = _integer(0, "an integer in [0, 2**64)", high=2**64 - 1)
+#: A number of MNIST test images: a batch of them, or the first N, has at most the whole test set.
+test_images = _integer(1, f"an integer in [1, {SPLIT_SIZES['test']}]", high=SPLIT_SIZES["test"])
 positive_float = _number(0.0, False, "a number > 0")
 nonnegative_float = _number(0.0, True, "a number >= 0")
 
@@ -460,19 +462,18 @@ def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
     _, model = _load_run(args.run)
-    n = min(args.n, SPLIT_SIZES["test"])
     default = eval_results_path(args.run, args.k)
-    if n < SPLIT_SIZES["test"]:  # a score of part of the test set never replaces one of all of it
-        default = default.with_name(f"{default.stem}_first{n}.json")
+    if args.n < SPLIT_SIZES["test"]:  # a score of part of the test set never replaces one of all of it
+        default = default.with_name(f"{default.stem}_first{args.n}.json")
     out = _claim_out(args, default, JSON_FILE, "the result file")
     from .data import binarize_eval, load_mnist
     from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
     data = load_mnist(verbose=False)
-    x_test = binarize_eval(data.x_test, "test")[:n]
+    x_test = binarize_eval(data.x_test, "test")[:args.n]
     print(_estimate_line(model, x_test, args.k), file=sys.stderr)
-    result = {"run": str(args.run), **test_set_scores(model, x_test, data.y_test[:n], args.k,
+    result = {"run": str(args.run), **test_set_scores(model, x_test, data.y_test[:args.n], args.k,
                                                       progress=not args.no_progress)}
     print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
     write_json(out, result, kept="the result is printed above")
@@ -532,7 +533,7 @@ def build_parser():
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
     p.add_argument("--k", type=positive_int, default=EVAL_K,
                    help="importance samples per image (the papers use 5000: five times slower)")
-    p.add_argument("--n", type=positive_int, default=10000, help="score the first N test images")
+    p.add_argument("--n", type=test_images, default=SPLIT_SIZES["test"], help="score the first N test images")
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to compute (k = 5000 takes "
                                                                       "seconds on a GPU)")
     p.add_argument("--out", type=nonempty_path,
@@ -633,11 +634,8 @@ def _add_gradient_commands(command):
     p.add_argument("--out", type=nonempty_path,
                    help="output file: .dot (an .svg is written next to it when Graphviz is "
                         "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
-    # At most the test set: a batch of MNIST test images has no more, and a random one that big
-    # would only exhaust the memory.
-    test_size = SPLIT_SIZES["test"]
-    p.add_argument("--batch-size", type=_integer(1, f"an integer in [1, {test_size}]", high=test_size),
-                   default=16, help="images in the batch")
+    # A random batch bigger than the test set would only exhaust the memory.
+    p.add_argument("--batch-size", type=test_images, default=16, help="images in the batch")
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
                    help="the batch: the first test images of a cached MNIST, or random binary "
                         "images (auto: MNIST when cached)")

@@ -586,6 +586,11 @@ def test_eval_number_out_of_range(capsys, run, option, value):
     user_error(capsys, ["eval", str(run), option, value], f"argument {option}", value)
 
 
+def test_eval_scores_no_more_images_than_the_test_set_has(capsys, run):
+    """--n 20000 is refused, not scored as the 10000 there are without a word."""
+    user_error(capsys, ["eval", str(run), "--n", "20000"], "argument --n", "20000", "[1, 10000]")
+
+
 def test_sample_and_graph_numbers_out_of_range(capsys, run):
     user_error(capsys, ["sample", str(run), "--n", "0"], "argument --n", "0")
     user_error(capsys, ["sample", str(run), "--n", "10001"], "argument --n", "10001", "[1, 10000]")
