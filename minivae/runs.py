@@ -526,27 +526,29 @@ def read_metrics(run_dir):
     """The lines of ``metrics.jsonl`` in ``run_dir`` as a list of dicts ([] if the file is absent).
 
     A last line cut off by a crash (no newline, not valid JSON) is dropped; any other line that is
-    not JSON raises RunFolderError naming the file and the line.
+    not JSON, or is JSON but not an object (a list, a number), raises RunFolderError naming the
+    file and the line.
     """
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
     # Bytes that are not UTF-8 are damage too: read as U+FFFD, their line is not JSON (named below).
     text = path.read_bytes().decode("utf-8", errors="replace")
+    # The last line is "" when the file ends with a newline, as every complete write does.
     lines = text.split("\n")
-    partial = lines.pop()  # "" when the file ends with a newline, as every complete write does
     records = []
     for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise RunFolderError(f"{path} line {number} is not JSON: {line[:60]!r}") from None
-    if partial.strip():
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(partial))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            pass  # cut off while it was being written: the epoch it belonged to runs again
+            if number == len(lines):
+                break  # cut off while it was being written: the epoch it belonged to runs again
+            raise RunFolderError(f"{path} line {number} is not JSON: {line[:60]!r}") from None
+        if not isinstance(record, dict):  # every reader looks its values up by name
+            raise RunFolderError(f"{path} line {number} is not a JSON object: {line[:60]!r}")
+        records.append(record)
     return records
 
 

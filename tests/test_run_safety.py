@@ -165,6 +165,18 @@ def test_a_broken_metrics_line_inside_the_file_is_named(tmp_path, broken):
         runs.read_metrics(tmp_path)
 
 
+@pytest.mark.parametrize("line", [b'[1, 2]', b'3', b'"epoch"'])
+@pytest.mark.parametrize("last", [False, True])
+def test_a_metrics_line_that_is_no_json_object_is_named(tmp_path, capsys, line, last):
+    """JSON, but no record to look a value up in (`minivae plot` ended in an AttributeError from
+    inside the plots): one error naming file and line, also as the last line without its
+    newline (no cut-off record reads as a list or a number)."""
+    end = b'' if last else b'\n{"epoch": 2}\n'
+    (tmp_path / METRICS).write_bytes(b'{"epoch": 1}\n' + line + end)
+    with pytest.raises(RunFolderError, match=f"{METRICS} line 2 is not a JSON object"):
+        runs.read_metrics(tmp_path)
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_the_files_of_a_run_get_the_permissions_of_the_umask(tmp_path, umask):
     """Written atomically through a private temporary file, they still get what a plain open
