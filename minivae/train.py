@@ -76,6 +76,19 @@ def check_batches(config, model, n_train):
                 "give another --batch-size")
 
 
+def check_image_widths(model, data):
+    """Raise DataMismatchError unless the training and validation images of ``data`` are rows of
+    the ``model.x_dim`` pixels the model is built for (MNIST's 784). Found later, a training set
+    of other images fails at the first step, deep inside an op, once the run folder is claimed,
+    and a validation set after the first epoch. (The test set is not read before the final
+    evaluation, which checks it.)"""
+    for split in ("train", "valid"):
+        shape = np.shape(getattr(data, f"x_{split}"))
+        if len(shape) != 2 or shape[1] != model.x_dim:
+            raise DataMismatchError(f"data.x_{split} has shape {shape}, but the model takes rows of "
+                                    f"{model.x_dim} pixels: give images of shape (N, {model.x_dim})")
+
+
 def labelled_subset(config, model, labels):
     """The indices of the labelled training images of a semi-supervised run (see
     ``balanced_labelled_subset``); raises DataMismatchError when ``labels`` (all training
@@ -160,6 +173,7 @@ class Trainer:
         self.data = data if data is not None else load_mnist(verbose=progress)
         nn.init.manual_seed(config.seed)
         self.model = runs.build_run_model(config).to(self.device)
+        check_image_widths(self.model, self.data)
         check_batches(config, self.model, len(self.data.x_train))
         self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)

@@ -410,6 +410,19 @@ def test_a_batch_of_one_image_for_batch_normalization_is_found_before_anything_i
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_images_of_another_width_are_found_before_anything_is_written(tmp_path, split):
+    from minivae.train import DataMismatchError
+
+    data = small_data()
+    setattr(data, f"x_{split}", getattr(data, f"x_{split}")[:, :100])
+    with pytest.raises(DataMismatchError) as exc:
+        train(config(tmp_path), data=data, **QUIET)
+    assert f"data.x_{split} has shape ({len(getattr(data, f'x_{split}'))}, 100)" in one_line(exc)
+    assert "rows of 784 pixels" in str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
 # ----- kill -9 at random times ------------------------------------------------------------------
 
 EPOCHS, MIN_KILLS = 6, 2
