@@ -460,6 +460,31 @@ def test_cache_without_its_sidecar_is_verified_by_the_content_digest(tmp_path, m
     assert not (tmp_path / mnist.SIDECAR_FILE).exists()
 
 
+@pytest.mark.parametrize("damage", [
+    lambda text: text[: len(text) // 2],  # a copy cut off
+    lambda text: "",
+    lambda text: "[1, 2]",
+    lambda text: text.replace('"format": 1', '"format": 99'),
+], ids=["cut off", "empty", "no dict", "other format"])
+def test_a_damaged_sidecar_is_as_good_as_a_lost_one(tmp_path, monkeypatch, damage):
+    """The content digest verifies the arrays, and the sidecar is written again; content that is
+    not the reference is still refused."""
+    arrays = small_uint8_arrays()
+    for key, a in arrays.items():  # the sizes the content check requires: those of these arrays
+        monkeypatch.setitem(mnist.SPLIT_SIZES, key[2:], a.shape[0])
+    mnist.write_cache(tmp_path, arrays, {"source": "test"})
+    side = tmp_path / mnist.SIDECAR_FILE
+    good = side.read_text()
+    side.write_text(damage(good))
+    back = mnist.read_cache(tmp_path, expected_content=mnist.content_sha256(arrays))
+    for k in mnist.ARRAY_KEYS:
+        np.testing.assert_array_equal(back[k], arrays[k])
+    assert json.loads(side.read_text())["sha256"] == json.loads(good)["sha256"]
+    side.write_text(damage(good))
+    with pytest.raises(DataIntegrityError, match="not the reference MNIST content"):
+        mnist.read_cache(tmp_path, expected_content="0" * 64)
+
+
 def test_cache_without_sidecar_and_a_damaged_deflate_stream_is_a_corrupt_source(tmp_path):
     cache = tmp_path / "c"
     arrays = small_uint8_arrays()

