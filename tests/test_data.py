@@ -881,6 +881,14 @@ def test_epoch_permutation_follows_its_definition():
     assert epoch_permutation(0, seed=0, epoch=0).shape == (0,)
 
 
+def test_epoch_permutation_names_an_unknown_device():
+    """Not a NumPy permutation for a device it does not know (nor for "cuda", a GPU name)."""
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        epoch_permutation(5, seed=0, epoch=0, device="tpu")
+    np.testing.assert_array_equal(epoch_permutation(5, seed=0, epoch=0, device="CPU"),
+                                  epoch_permutation(5, seed=0, epoch=0))
+
+
 def test_epoch_permutations_are_uniform():
     """Over 2400 epochs every one of the 120 orders of 5 examples turns up about 20 times (a
     chi-square test at the 2e-6 level: a biased or stuck shuffle fails it)."""

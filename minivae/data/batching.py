@@ -29,7 +29,7 @@ from .binarization import EpochBits
 
 def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     """The order of the ``n`` examples in epoch ``epoch``: an int64 permutation of ``range(n)`` on
-    ``device`` ("cpu" or "gpu"), the same on both.
+    ``device`` ("cpu" or "gpu", or another name ``backend.resolve_device`` takes), the same on both.
 
     Example ``i`` gets a 64-bit random key from two words of the Philox draw ``(seed, offset=epoch,
     stream=TRAIN_ORDER)``, and the examples are sorted by key. The key's lowest bits are replaced by
@@ -39,7 +39,7 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
     """
     n = check_integer(n, "n", minimum=0)
     words = _rng.philox_words(2 * n, _rng.check_seed(seed), _rng.check_seed(epoch, "epoch"),
-                              streams.TRAIN_ORDER, device)
+                              streams.TRAIN_ORDER, resolve_device(device))
     xp = get_array_module(words)
     pairs = words.reshape(n, 2).astype(xp.uint64)
     index_bits = (n - 1).bit_length() if n > 1 else 0
