@@ -766,6 +766,12 @@ def test_binarize_out_and_in_place(probs):
         binarize(probs, seed=9, out=np.empty(probs.shape, np.float64))
 
 
+def test_binarize_takes_a_nested_list_as_binarize_eval_does(probs):
+    np.testing.assert_array_equal(binarize(probs.tolist(), seed=9, epoch=2), binarize(probs, seed=9, epoch=2))
+    with pytest.raises(TypeError, match="has dtype int64: binarization takes float intensities"):
+        binarize([[0, 255]], seed=0)
+
+
 def test_eval_binarization_fixed_and_independent(probs, monkeypatch):
     """The evaluation bits are the PCG64 draws the recorded results were scored on: float32
     uniforms of SeedSequence([EVAL_BINARIZATION_SEED, DATA_BINARIZE, split code, 0]), whatever the

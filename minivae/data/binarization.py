@@ -91,8 +91,10 @@ def binarize(x, *, seed: int, epoch: int = 0, out=None):
     on the GPU (CuPy ``x``). Returns float32 0.0/1.0 on ``x``'s device (``out`` if given; it may
     be ``x`` itself). ``binarize(x, seed=s, epoch=e)`` equals the batches of
     ``iterate_minibatches(x, ..., seed=s, epoch=e, shuffle=False, binarize=True)`` concatenated.
-    Raises TypeError / ValueError for values that are not float intensities in [0, 1].
+    Raises TypeError / ValueError for values that are not float intensities in [0, 1]; a nested
+    list is taken as a NumPy array, as ``binarize_eval`` takes it.
     """
+    x = get_array_module(x).asarray(x)
     check_intensities(x)
     return EpochBits(x, seed=seed).draw(epoch, out)
 
