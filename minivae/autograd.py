@@ -18,7 +18,7 @@ whose array is a view of another's memory (``W.T``, ``W[0]``, ``W.detach()``) sh
 memory's version through its ``_base``, as in PyTorch: a change to W is a change to its views.
 The base of a view of a leaf is the leaf; that of a view of an op's result is a
 ``_MemoryVersion``, which holds the version without the result (and so without its graph). A
-tensor made from another's array by a constructor (``Tensor(mu.data)``, ``nn.Parameter(mu)``)
+tensor made from another's array by a constructor (``Tensor(mu)``, ``nn.Parameter(mu)``)
 rather than by a view or ``detach()`` has a version of its own: a graph that saved mu does not
 see it change.
 
@@ -166,6 +166,8 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data, requires_grad=False):
+        if isinstance(data, Tensor):  # its array, as tensor() and nn.Parameter take it
+            data = data.data
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
         if requires_grad and self.data.dtype.kind != "f":

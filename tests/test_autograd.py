@@ -179,6 +179,15 @@ def test_detach_shares_data_and_cuts_the_graph(t64):
 
 
 # ----- conversions and operators ----------------------------------------------------------------
+def test_a_tensor_made_from_a_tensor_takes_its_array():
+    """As tensor() and nn.Parameter do; NumPy would make an object array of 0-d tensors."""
+    x = mv.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    t = Tensor(x)
+    assert t.data is x.data and t.is_leaf and not t.requires_grad
+    assert Tensor(x, requires_grad=True).requires_grad
+    np.testing.assert_array_equal((t * 2).data, [[2.0, 4.0], [6.0, 8.0]])
+
+
 def test_item_and_numpy():
     t = mv.tensor([[2.5]])
     assert t.item() == 2.5 and isinstance(t.item(), float)
