@@ -93,6 +93,15 @@ def _check_finite(fn, stage, arrays):
                                    f"(array of shape {tuple(a.shape)}, dtype {a.dtype})")
 
 
+def _check_real(array, what, given):
+    """Refuse ``array``, made from ``given``, unless it holds real numbers: booleans, integers or
+    floats. NumPy casts None (an object) to NaN and a complex number to its real part, each with
+    no error, and fails on a string inside a float conversion that names nothing."""
+    if array.dtype.kind not in "biuf":
+        got = repr(given) if array.ndim == 0 else f"{type(given).__name__} of dtype {array.dtype}"
+        raise TypeError(f"{what} must be real numbers (booleans, integers or floats), got {got}")
+
+
 def _unbroadcast(grad, shape, fn):
     """Sum ``grad`` over the axes that broadcasting added or stretched so it takes ``shape``.
 
@@ -170,6 +179,7 @@ class Tensor:
             data = data.data
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
+        _check_real(self.data, "Tensor data", data)
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
@@ -449,7 +459,9 @@ def _root_gradient(t, grad):
             and not isinstance(grad, np.generic):
         grad = xp.array(grad)
     else:
-        grad = xp.array(grad, dtype=t.dtype)
+        given = grad if hasattr(grad, "dtype") else np.asarray(grad)
+        _check_real(given, "backward(): grad", grad)
+        grad = xp.array(given, dtype=t.dtype)
     if grad.dtype != t.dtype:
         raise TypeError(f"backward(): grad is {grad.dtype}, tensor is {t.dtype}")
     if grad.shape != t.shape:
@@ -491,7 +503,9 @@ def tensor(data, requires_grad=False, dtype=None):
     if isinstance(data, Tensor):
         data = data.data
     if dtype is not None:
-        data = get_array_module(data).asarray(data, dtype=dtype)
+        array = get_array_module(data).asarray(data)
+        _check_real(array, "Tensor data", data)  # before the cast, which makes None a NaN
+        data = array.astype(dtype, copy=False)
     return Tensor(data, requires_grad=requires_grad)
 
 

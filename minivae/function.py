@@ -46,7 +46,7 @@ import weakref
 
 import numpy as np
 
-from .autograd import Tensor, _check_finite, _memory_owner, _memory_root, _state, tensor
+from .autograd import Tensor, _check_finite, _check_real, _memory_owner, _memory_root, _state, tensor
 from .backend import device_of, get_array_module, get_default_dtype
 from .gpu import dispatch
 
@@ -284,6 +284,7 @@ def _as_tensors(fn, inputs):
             out.append(x if x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
             continue
         kind = getattr(getattr(x, "dtype", None), "kind", None)
+        _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
         # NumPy scalars (np.sqrt(2.0)) are numbers like Python's and adopt the dtype too.
         if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
             raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "

@@ -160,6 +160,26 @@ def test_only_float_tensors_can_require_grad():
         Tensor(np.arange(3), requires_grad=True)
 
 
+NOT_REAL_NUMBERS = {  # NumPy makes None a NaN and drops an imaginary part without an error
+    "Tensor(None)": (lambda: Tensor(None), "Tensor data"),
+    "Tensor of strings": (lambda: Tensor(["1", "2"]), "Tensor data"),
+    "complex Tensor": (lambda: Tensor(np.array([1j])), "Tensor data"),
+    "tensor with a dtype": (lambda: mv.tensor([None, 1.0], dtype=np.float32), "Tensor data"),
+    "plus None": (lambda: ones(2) + None, "Add: an operand"),
+    "times a complex number": (lambda: ones(2) * 1j, "Mul: an operand"),
+    "minus a string": (lambda: ones(2) - "1", "Sub: an operand"),
+    "times a complex array": (lambda: ones(2) * np.array([1j, 2]), "Mul: an operand"),
+    "a list of None as grad": (lambda: (ones(2) * 2).backward([None, None]), "backward"),
+}
+
+
+@pytest.mark.parametrize("name", NOT_REAL_NUMBERS)
+def test_data_that_is_no_real_numbers_is_refused(name):
+    make, what = NOT_REAL_NUMBERS[name]
+    with pytest.raises(TypeError, match=rf"{what}.* must be real numbers \(booleans, integers or floats\)"):
+        make()
+
+
 def test_pow_needs_a_number_exponent():
     for exponent in (ones(2), np.ones(2), np.array(2.0), "2"):
         with pytest.raises(TypeError, match="exponent must be a Python or NumPy number"):
