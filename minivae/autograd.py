@@ -31,6 +31,7 @@ import threading
 import numpy as np
 
 from .backend import device_of, get_array_module, get_default_dtype, to_device
+from .checks import check_sequence
 
 
 class _State(threading.local):
@@ -379,6 +380,7 @@ def backward(tensors, grads, retain_graph=False):
     another leaf, and no context outlives the pass); otherwise it gets a copy. A tensor's hooks
     run when its sum is complete: just before its node's backward, or at the end for a leaf.
     """
+    tensors, grads = _check_roots(tensors, grads)
     pending = {}  # tensor -> the sum of the gradients that reached it so far
     for t, g in zip(tensors, grads):
         g = _root_gradient(t, g)
@@ -438,6 +440,25 @@ def backward(tensors, grads, retain_graph=False):
             g = g.copy()  # a context may keep g, or g is a view, or another leaf has it
         given.add(id(g))
         leaf.grad = g
+
+
+def _check_roots(tensors, grads):
+    """``tensors`` and ``grads`` of ``backward`` as two tuples of one length, ``tensors`` all
+    Tensors. Why: zip would drop the tensors that have no gradient (or the gradients that have
+    no tensor) without a word, and a Tensor given alone would be read as its rows."""
+    for name, value in (("tensors", tensors), ("grads", grads)):
+        if isinstance(value, Tensor):
+            raise TypeError(f"backward(): {name} must be a sequence with one entry per tensor, got "
+                            "a Tensor; write t.backward(grad), or backward([t], [grad])")
+    tensors = check_sequence(tensors, "backward(): tensors", "Tensors")
+    grads = check_sequence(grads, "backward(): grads", "gradients (None, arrays or Tensors)")
+    if len(grads) != len(tensors):
+        raise ValueError(f"backward(): {len(tensors)} tensor(s) but {len(grads)} gradient(s); give "
+                         "one gradient per tensor (None for a one-element tensor)")
+    for k, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"backward(): tensors[{k}] is a {type(t).__name__}, not a Tensor")
+    return tensors, grads
 
 
 def _root_gradient(t, grad):

@@ -500,6 +500,19 @@ def test_backward_from_several_tensors_at_once(t64):
     np.testing.assert_array_equal(x.grad, [1.0, 2.0, 3.0, 4.0])
 
 
+def test_backward_needs_one_gradient_per_tensor(t64):
+    """zip would drop the second tensor's gradient without a word."""
+    x = t64(3)
+    first, second = (x * 2.0).sum(), (x * 3.0).sum()
+    with pytest.raises(ValueError, match=r"2 tensor\(s\) but 1 gradient\(s\)"):
+        mv.autograd.backward([first, second], [None])
+    with pytest.raises(TypeError, match="tensors must be a sequence .* got a Tensor"):
+        mv.autograd.backward(first, None)
+    with pytest.raises(TypeError, match=r"tensors\[1\] is a float, not a Tensor"):
+        mv.autograd.backward([first, 2.0], [None, None])
+    assert x.grad is None
+
+
 def test_outputs_and_node_form_no_reference_cycle(t64):
     x = t64(4)
     first, second = _SplitHalves.apply(x)
