@@ -218,9 +218,9 @@ class Tensor:
         """Call ``hook(grad)`` with this tensor's gradient once it is complete in a backward pass.
 
         "Complete" means summed over every use of the tensor, so the hook runs once per pass. It
-        may return a replacement array of the same shape and dtype (or None to keep ``grad``);
-        the replacement is what flows on to the inputs, or into ``.grad`` for a leaf (the hook
-        runs before accumulation). Returns a handle whose ``remove()`` unregisters the hook.
+        may return a replacement array (not a Tensor) of the same shape and dtype (or None to
+        keep ``grad``); the replacement is what flows on to the inputs, or into ``.grad`` for a
+        leaf (the hook runs before accumulation). Returns a handle whose ``remove()`` unregisters the hook.
         """
         if not callable(hook):
             raise TypeError(f"register_hook: expected a callable, got {type(hook).__name__}")
@@ -357,11 +357,18 @@ def _run_hooks(t, grad):
     """``grad`` after each of ``t``'s hooks (a hook returning None keeps it)."""
     for hook in t._hooks:
         new = hook(grad)
-        if new is not None:
-            if new.shape != grad.shape or new.dtype != grad.dtype:
-                raise RuntimeError(f"a gradient hook returned {new.dtype} {tuple(new.shape)} for a "
-                                   f"gradient of {grad.dtype} {tuple(grad.shape)}")
-            grad = new
+        if new is None:
+            continue
+        if isinstance(new, np.generic):  # what NumPy's arithmetic makes of a 0-d array
+            new = np.asarray(new)
+        xp = get_array_module(grad)
+        if not isinstance(new, xp.ndarray):  # a Tensor would end up in .grad or in a backward
+            raise TypeError(f"a gradient hook returned a {type(new).__name__}; it must return None "
+                            f"or a {xp.__name__}.ndarray, as the gradient it gets is one")
+        if new.shape != grad.shape or new.dtype != grad.dtype:
+            raise RuntimeError(f"a gradient hook returned {new.dtype} {tuple(new.shape)} for a "
+                               f"gradient of {grad.dtype} {tuple(grad.shape)}")
+        grad = new
     return grad
 
 

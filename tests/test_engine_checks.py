@@ -50,6 +50,26 @@ def test_hook_of_the_wrong_shape_is_refused():
         h.sum().backward()
 
 
+@pytest.mark.parametrize("leaf", [True, False])
+@pytest.mark.parametrize("returned", [mv.tensor([1.0, 1.0]), [1.0, 1.0], 1.0])
+def test_hook_that_returns_no_array_is_refused(leaf, returned):
+    """A Tensor would end up as the leaf's .grad, or in the inputs' backward."""
+    x = x64(1.0, 2.0)
+    h = x if leaf else x * 2.0
+    h.register_hook(lambda g: returned)
+    with pytest.raises(TypeError, match=f"hook returned a {type(returned).__name__}; it must "
+                                        "return None or a numpy.ndarray"):
+        (h * 3.0).sum().backward()
+    assert x.grad is None
+
+
+def test_hook_may_return_numpys_scalar_for_a_0d_gradient():
+    x = mv.tensor(np.array(2.0), requires_grad=True)
+    x.register_hook(lambda g: g * 0.5)  # a NumPy float64, not a 0-d array
+    (x * 3.0).backward()
+    assert type(x.grad) is np.ndarray and x.grad.shape == () and x.grad == 1.5
+
+
 def test_hook_needs_a_tensor_that_requires_grad():
     with pytest.raises(RuntimeError, match="does not require grad"):
         mv.tensor(np.ones(2)).register_hook(lambda g: None)
