@@ -89,6 +89,14 @@ def test_reduction_axis_errors():
         F.binary_cross_entropy_with_logits(ones(2), ones(2), reduction="avg")
 
 
+@pytest.mark.parametrize("axis", [1, None, (0, 1)])
+def test_max_over_an_axis_of_size_0_names_it(axis):
+    with pytest.raises(ValueError, match=r"max: an empty slice has no maximum \(axis 1 of shape "
+                                         r"\(3, 0, 2\) has size 0\)"):
+        F.max(ones(3, 0, 2), axis=axis)
+    assert F.max(ones(3, 0, 2), axis=0).shape == (0, 2)  # no slice to take a maximum of: no error
+
+
 @pytest.mark.parametrize("op", [F.sum, F.mean, F.max, F.logsumexp, F.softmax, F.log_softmax],
                          ids=lambda op: op.__name__)
 def test_numpy_integer_axes_are_accepted(op):

@@ -56,13 +56,19 @@ class Max(Function):
     """max(x, axis) = the largest element along the axes.
 
     d/dx_i = 1 / m for the m elements equal to the maximum (ties share the gradient evenly),
-    0 elsewhere.
+    0 elsewhere. Over an axis of size 0 it is an error (an empty slice has no maximum), unless
+    the result has no elements either, as in NumPy.
     """
 
     @staticmethod
     def forward(ctx, x, axis=None, keepdims=False):
         axes = normalize_axes("max", axis, x.ndim)
-        out = x.max(axis=axes, keepdims=True)
+        try:
+            out = x.max(axis=axes, keepdims=True)
+        except ValueError:  # NumPy's "zero-size array to reduction operation maximum ..."
+            empty = [a for a in axes if x.shape[a] == 0]
+            raise ValueError(f"max: an empty slice has no maximum (axis {empty[0]} of shape "
+                             f"{x.shape} has size 0)") from None
         mask = x == out
         ctx.save(mask / mask.sum(axis=axes, keepdims=True, dtype=x.dtype))
         ctx.axes, ctx.keepdims = axes, keepdims
