@@ -97,6 +97,17 @@ def test_max_over_an_axis_of_size_0_names_it(axis):
     assert F.max(ones(3, 0, 2), axis=0).shape == (0, 2)  # no slice to take a maximum of: no error
 
 
+@pytest.mark.parametrize("call", [lambda x: x.sum(True), lambda x: x.mean((0, True)),
+                                  lambda x: x.max(np.True_), lambda x: F.softmax(x, axis=True),
+                                  lambda x: x.transpose(True, False),
+                                  lambda x: F.stack([x, x], axis=True)],
+                         ids=["sum", "mean", "max", "softmax", "transpose", "stack"])
+def test_a_bool_is_no_axis(call):
+    """x.sum(True), meant as keepdims=True, would sum over axis 1."""
+    with pytest.raises(TypeError, match=r"an axis must be an integer, got (np\.)?True"):
+        call(ones(2, 3))
+
+
 @pytest.mark.parametrize("op", [F.sum, F.mean, F.max, F.logsumexp, F.softmax, F.log_softmax],
                          ids=lambda op: op.__name__)
 def test_numpy_integer_axes_are_accepted(op):

@@ -2,17 +2,23 @@
 refused with an error that names the op, the axis and the number of dimensions, before NumPy
 (or a silent ``axis % ndim``) sees it.
 
-An axis is an integer (a Python or NumPy integer; negatives count from the end), as in NumPy.
+An axis is an integer (a Python or NumPy integer, not a bool; negatives count from the end), as
+in NumPy.
 """
 import operator
 
 
 def _index(op, axis):
-    """``axis`` as a Python int (NumPy integers accepted, floats and other types refused)."""
+    """``axis`` as a Python int (NumPy integers accepted, floats, booleans and other types
+    refused). A bool is an int to Python, but ``x.sum(True)``, meant as keepdims, would
+    reduce axis 1; NumPy refuses it too."""
     try:
-        return operator.index(axis)
+        index = operator.index(axis)
     except TypeError:
-        raise TypeError(f"{op}: an axis must be an integer, got {axis!r}") from None
+        index = None
+    if index is None or isinstance(axis, bool):
+        raise TypeError(f"{op}: an axis must be an integer, got {axis!r}")
+    return index
 
 
 def normalize_axis(op, axis, ndim):
