@@ -524,9 +524,11 @@ def _topological_order(roots):
 def tensor(data, requires_grad=False, dtype=None):
     """Make a Tensor from a number, a list or an array.
 
-    Python numbers and lists of floats become the default dtype (float32); arrays keep their
-    dtype unless ``dtype`` is given. Integer data stays integer (and cannot require gradients);
-    ops on it compute in floating point.
+    Python floats and lists with a float become the default dtype (float32); arrays and NumPy
+    scalars keep their dtype unless ``dtype`` is given. Python integers and booleans (and lists
+    of them) stay integer or boolean, ops on them computing in floating point, except with
+    ``requires_grad=True``: then they become the default dtype too, as in ``nn.Parameter``.
+    An integer array cannot require gradients.
     """
     if isinstance(data, Tensor):
         data = data.data
