@@ -285,11 +285,12 @@ def _as_tensors(fn, inputs):
             continue
         kind = getattr(getattr(x, "dtype", None), "kind", None)
         _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
-        # NumPy scalars (np.sqrt(2.0)) are numbers like Python's and adopt the dtype too.
+        # NumPy scalars (np.sqrt(2.0)) are numbers like Python's: they adopt the dtype, and are
+        # filled on the tensor's device below (they live on no device of their own).
         if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
             raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "
                             f"without a silent cast; convert it first")
-        if kind is not None and device_of(x) != device_of(ref.data):
+        if kind is not None and not isinstance(x, np.generic) and device_of(x) != device_of(ref.data):
             raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
                                f"{device_of(ref.data)} tensor; move it first")
         if kind is None and np.ndim(x) == 0 or isinstance(x, np.generic):

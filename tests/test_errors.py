@@ -1,4 +1,7 @@
 """Bad input gets a clear error naming the op and the shapes or dtypes, not a NumPy traceback."""
+import sys
+import types
+
 import numpy as np
 import pytest
 
@@ -352,6 +355,27 @@ def test_backward_refuses_a_gradient_of_another_dtype():
 
 
 # ----- devices --------------------------------------------------------------------------------
+class _DeviceArray(np.ndarray):
+    """Stands for a CuPy array: minivae.backend tells devices apart by the module of the type."""
+
+
+_DeviceArray.__module__ = "cupy.stand_in"
+
+
+@pytest.mark.parametrize("number", [2.0, np.float32(2.0), np.float64(2.0), np.int64(2)],
+                         ids=["python", "float32", "float64", "int64"])
+def test_numpy_scalars_act_like_python_numbers_on_the_gpu(monkeypatch, number):
+    """A NumPy scalar is a number like Python's (it is filled where the tensor lives), not a
+    host array that would have to be moved to the GPU first."""
+    on_device = types.SimpleNamespace(
+        ndarray=_DeviceArray, full=lambda *a, **kw: np.full(*a, **kw).view(_DeviceArray))
+    monkeypatch.setitem(sys.modules, "cupy", on_device)
+    x = Tensor(np.array([1.0, 2.0], np.float32).view(_DeviceArray), requires_grad=True)
+    y = x * number
+    assert y.device == "gpu" and y.dtype == np.float32
+    np.testing.assert_array_equal(y.data, [2.0, 4.0])
+
+
 def test_train_on_a_missing_gpu_is_one_error_line_not_a_traceback(tmp_path, capsys):
     """`minivae train --device gpu` where CuPy or a device is missing: exit 2, one line saying why."""
     import minivae.gpu
