@@ -48,6 +48,15 @@ def test_a_kernel_runs_only_where_its_condition_holds(as_gpu):
     assert "has no kernel" in dispatch.explain("Exp", mu)
 
 
+def test_the_module_docstring_shows_what_explain_says(as_gpu):
+    """The example of ``explain`` in the module docstring prints today's reason, word for word."""
+    example = re.search(r"^ *>>> print\((dispatch\.explain\(.*?\))\) +#.*\n *(.*)$", dispatch.__doc__, flags=re.M)
+    assert example, "the module docstring shows no >>> print(dispatch.explain(...)) and its output"
+    call, shown = example.groups()
+    mu, logvar_row = np.zeros((4, 3)), np.zeros(3)  # (B, D) and (D,), as its comment says
+    assert eval(call, {"dispatch": dispatch, "mu": mu, "logvar_row": logvar_row}) == shown
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.int32])
 def test_the_vae_and_adam_rows_leave_other_dtypes_to_the_xp_code(fake_gpu, as_gpu, dtype):
     """Their kernels take float32 and float64 only (one dtype for mu and logvar): other inputs

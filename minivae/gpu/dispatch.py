@@ -14,8 +14,8 @@ update) a CUDA implementation:
 the row when the condition holds, and None otherwise, and then the op's xp code runs on CuPy, which
 is correct, only slower. ``explain`` says which path an op takes for given inputs, and why::
 
-    >>> dispatch.explain("KLNormalStd", mu, logvar_row)      # CuPy arrays of shapes (B, D), (D,)
-    'xp code on CuPy: KLNormalStd's kernel takes mu and logvar of one shape, at least 1-D'
+    >>> print(dispatch.explain("KLNormalStd", mu, logvar_row))  # CuPy arrays of shapes (B, D), (D,)
+    xp code on CuPy: KLNormalStd's kernel takes mu and logvar of one shape, at least 1-D, and one dtype, float32 or float64
 
 The rows:
 
