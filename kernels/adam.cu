@@ -1,6 +1,6 @@
 // Adam (and AdamW, amsgrad) over one parameter array in one pass, in place: the GPU side of
 // minivae.optim.Adam, equal to its NumPy update bit for bit (see adam.cuh). On the GPU the
-// NumPy form's eight element-wise passes would be eight launches per parameter; this is one.
+// NumPy form's twelve element-wise passes would be twelve launches per parameter; this is one.
 // vmax may be a null pointer (amsgrad off). The scalars that change from step to step, eps_s,
 // neg_step and decay (they hold the bias corrections and the learning rate), are read from
 // step_scalars[0..2] in device memory instead of the arguments when step_scalars is not a null

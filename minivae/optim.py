@@ -32,8 +32,9 @@ ulp of eps, and a flushed first moment moves a parameter by less than lr * tiny 
 The flush is the same on every device (on the GPU it costs four launches every ten steps).
 
 On the GPU, Adam's update is the kernel that ``minivae.gpu.dispatch`` registers for ``"Adam"``
-(``kernels/adam.cu``): one launch over the flat arrays instead of the eight element-wise passes
-of the xp form, with the same rounded operations in the same order, so both give the same bits.
+(``kernels/adam.cu``): one launch over the flat arrays instead of the twelve element-wise passes
+of the xp form (more with weight decay or amsgrad), with the same rounded operations in the same
+order, so both give the same bits.
 """
 import math
 
