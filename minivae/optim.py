@@ -29,7 +29,8 @@ entries below the dtype's smallest normal number (``finfo.tiny``, 1.2e-38 in flo
 This changes no result beyond rounding: in Adam the flushed second moment adds at most
 sqrt(tiny) / sqrt(1 - beta2^t) ~ 3e-18 to a denominator that holds eps = 1e-8, far below half an
 ulp of eps, and a flushed first moment moves a parameter by less than lr * tiny / eps ~ 1e-33.
-The flush is the same on every device (on the GPU it costs four launches every ten steps).
+The flush is the same on every device (on the GPU it costs four launches per moment array, eight
+without amsgrad, every ten steps).
 
 On the GPU, Adam's update is the kernel that ``minivae.gpu.dispatch`` registers for ``"Adam"``
 (``kernels/adam.cu``): one launch over the flat arrays instead of the twelve element-wise passes
