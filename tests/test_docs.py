@@ -12,6 +12,7 @@ import pytest
 
 from minivae import docs
 from minivae.gradcheck_cases import op_classes
+from test_imports import PACKAGE_DIR, import_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -169,6 +170,43 @@ def test_pictures_are_in_docs():
         path = DOCS / name
         assert path.exists() and path.stat().st_size > 1000, f"docs/{name} is missing"
     assert (DOCS / "vae_graph.svg").read_text().lstrip().startswith(("<?xml", "<svg"))
+
+
+# ----- the layers of docs/architecture.md ---------------------------------------------------------
+#: Packages that only re-export or load lazily, named in the text rather than in the table.
+UNLAYERED = {"minivae", "minivae.gpu"}
+
+
+def documented_layers(text):
+    """{module or folder (``minivae.ops.*``): its layer} from the modules column of the layer
+    table of docs/architecture.md (``backend.py``, ``gpu/_source.py``, ``ops/*.py``, ``nn/``)."""
+    layers = {}
+    for number, modules in re.findall(r"^\| (\d+)\.[^|]*\| ([^|]*) \|", text, flags=re.M):
+        for path in re.findall(r"`([\w/*]+(?:\.py|/))`", modules):
+            name = "minivae." + path.removesuffix(".py").removesuffix("/").replace("/", ".")
+            layers[name.removesuffix(".__init__")] = int(number)
+    return layers
+
+
+def layer_of(module, layers):
+    """The layer of ``module``: its own row, else that of the innermost folder that holds it."""
+    if module in layers:
+        return layers[module]
+    folders = [f for f in layers if module.startswith(f.removesuffix("*").rstrip(".") + ".")
+               or f.endswith(".*") and module == f[:-2]]
+    return layers[max(folders, key=len)] if folders else None
+
+
+def test_architecture_layers_follow_the_import_graph():
+    """Every module sits in a row of docs/architecture.md's layer table and imports (deferred
+    imports included, as tests/test_imports.py reads them) only from its own layer or below."""
+    layers = documented_layers((DOCS / "architecture.md").read_text())
+    graph = import_graph(PACKAGE_DIR)
+    assert not {m for m in graph if layer_of(m, layers) is None} - UNLAYERED
+    upward = [f"{a} (layer {layer_of(a, layers)}) imports {b} (layer {layer_of(b, layers)})"
+              for a in sorted(graph) if a not in UNLAYERED for b in sorted(graph[a])
+              if b not in UNLAYERED and layer_of(b, layers) > layer_of(a, layers)]
+    assert not upward, "docs/architecture.md puts a module below one it imports:\n" + "\n".join(upward)
 
 
 # ----- a docstring on every public function -------------------------------------------------------
