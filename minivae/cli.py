@@ -1,4 +1,4 @@
-"""The command line: ``minivae train | eval | sample | plot | models | gradcheck | graph``
+"""The command line: ``minivae train | eval | cluster | sample | plot | models | gradcheck | graph``
 (also ``python -m minivae``).
 
 One error path: every mistake a user can make (an unknown model, a value out of range, a
@@ -29,7 +29,8 @@ from .data.mnist import SPLIT_SIZES, MNISTError
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
-from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, eval_results_path,
+from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, cluster_results_path,
+                   eval_results_path,
                    check_resume_state, check_run_dir, is_run_file, load_run, next_free_run_dir,
                    read_checkpoint, resumable_options, run_folder_options, run_model, write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches, has_batch_norm
@@ -458,14 +459,20 @@ def _estimate_line(model, x, k, batch_size=100):
             f"about {took} here (fewer with a smaller --k or --n)")
 
 
+def _result_file(args, default):
+    """The JSON file of a command's result on the first ``args.n`` test images (``_claim_out``):
+    ``args.out``, else ``default`` in the run folder, named ``..._firstN.json`` for part of the
+    test set, so that a score of part of it never replaces one of all of it."""
+    if args.n < SPLIT_SIZES["test"]:
+        default = default.with_name(f"{default.stem}_first{args.n}.json")
+    return _claim_out(args, default, JSON_FILE, "the result file")
+
+
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
     _, model = _load_run(args.run)
-    default = eval_results_path(args.run, args.k)
-    if args.n < SPLIT_SIZES["test"]:  # a score of part of the test set never replaces one of all of it
-        default = default.with_name(f"{default.stem}_first{args.n}.json")
-    out = _claim_out(args, default, JSON_FILE, "the result file")
+    out = _result_file(args, eval_results_path(args.run, args.k))
     from .data import binarize_eval, load_mnist
     from .evaluate import test_set_scores
 
@@ -480,6 +487,39 @@ def cmd_eval(args):
     print(f"{PROG}: wrote {out}", file=sys.stderr)
     return 0
 
+
+# ----- cluster ----------------------------------------------------------------------------------
+
+def cmd_cluster(args):
+    """Cluster a run's test-set posterior means by k-means; score the clusters against the labels."""
+    if args.clusters > args.n:
+        raise UsageError(f"--clusters {args.clusters} is more than the {args.n} images to cluster "
+                         f"(--n); give at most {args.n}")
+    device = resolve_device(args.device)
+    config, model = _load_run(args.run)
+    if not model.gaussian_encoder:
+        raise UsageError(f"the {config.model} model of {args.run} has no Gaussian encoder (encode(x) -> "
+                         "(mu, logvar)) whose means could be clustered; give a run of a VAE")
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise UsageError("cluster needs scikit-learn, an optional extra: pip install 'minivae[cluster]'") from None
+    out = _result_file(args, cluster_results_path(args.run, args.clusters))
+    from .clustering import latent_clusters
+    from .data import binarize_eval, load_mnist
+
+    model.to(device)  # the encoding follows the model's device
+    data = load_mnist(verbose=False)
+    x_test = binarize_eval(data.x_test, "test")[:args.n]
+    result = {"run": str(args.run), **latent_clusters(model, x_test, data.y_test[:args.n],
+                                                      n_clusters=args.clusters, seed=args.seed)}
+    print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
+    write_json(out, result, kept="the result is printed above")
+    print(f"{PROG}: wrote {out}", file=sys.stderr)
+    return 0
+
+
+# ----- sample and plot --------------------------------------------------------------------------
 
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
@@ -540,6 +580,17 @@ def build_parser():
                    help="the JSON file of the result (default: RUN/eval_kK.json, or "
                         "RUN/eval_kK_firstN.json for part of the test set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = command("cluster", cmd_cluster, "k-means on a run's test-set posterior means, scored against "
+                                        "the digit labels (accuracy, NMI, ARI)")
+    p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
+    p.add_argument("--clusters", type=positive_int, default=10, help="how many clusters")
+    p.add_argument("--n", type=test_images, default=SPLIT_SIZES["test"], help="cluster the first N test images")
+    p.add_argument("--seed", type=_integer(0, "an integer in [0, 2**32)", high=2**32 - 1), default=0,
+                   help="seed of k-means' starting centres")
+    p.add_argument("--device", default="cpu", choices=DEVICES, help="where to encode the images")
+    p.add_argument("--out", type=nonempty_path,
+                   help="the JSON file of the result (default: RUN/clusters_C.json, or "
+                        "RUN/clusters_C_firstN.json for part of the test set)")
     p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
     p.add_argument("--n", type=_integer(1, "an integer in [1, 10000]", high=10000), default=64,

@@ -7,6 +7,7 @@ A run lives in one folder::
     checkpoint.npz   model, optimizer, noise generator and loop position (``minivae.checkpoint``)
     results.json     the test numbers, written at the end
     eval_k*.json     the results of ``minivae eval``
+    clusters_*.json  the results of ``minivae cluster``
     *.png            the pictures of ``minivae plot`` (``PICTURES``)
 
 Rules:
@@ -55,10 +56,10 @@ PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne
             "traversal.png", "kl_per_dim.png", "curves.png", "grad_norms.png")
 #: The files of a run, by name and by pattern; ``overwrite`` removes these and nothing else.
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, RESULTS)
-RUN_FILE_PATTERNS = ("eval_k*.json", "graph.dot", "graph.svg") + PICTURES
+RUN_FILE_PATTERNS = ("eval_k*.json", "clusters_*.json", "graph.dot", "graph.svg") + PICTURES
 #: The temporary files of an interrupted atomic write (``checkpoint.save`` and ``write_json`` name
 #: them ``<file>.<random>.tmp``).
-STRAY_PATTERNS = tuple(f"{name}.*.tmp" for name in RUN_FILES) + ("eval_k*.json.*.tmp",)
+STRAY_PATTERNS = tuple(f"{name}.*.tmp" for name in RUN_FILES) + ("eval_k*.json.*.tmp", "clusters_*.json.*.tmp")
 
 
 class RunFolderError(ValueError):
@@ -566,3 +567,7 @@ def eval_results_path(run_dir, k):
     """Where ``minivae eval --k K`` writes its result: ``RUN/eval_kK.json``."""
     return Path(run_dir) / f"eval_k{int(k)}.json"
 
+
+def cluster_results_path(run_dir, n_clusters):
+    """Where ``minivae cluster --clusters C`` writes its result: ``RUN/clusters_C.json``."""
+    return Path(run_dir) / f"clusters_{int(n_clusters)}.json"

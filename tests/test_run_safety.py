@@ -65,6 +65,7 @@ def test_overwrite_starts_again_and_leaves_no_old_results(tmp_path):
     run = tmp_path / "run"
     train(config(tmp_path, epochs=2, eval_k=2), data=data, **QUIET)
     (run / "eval_k4.json").write_text("{}")
+    (run / "clusters_10_first500.json").write_text("{}")
     (run / "samples.png").write_bytes(b"an old picture")
     (run / "notes.txt").write_text("mine")  # not a file of the run: kept
     trainer = Trainer(config(tmp_path, epochs=1), data=data, **QUIET)
