@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from .backend import device_of, get_array_module, get_default_dtype, to_device
+from .backend import device_name, device_of, get_array_module, get_default_dtype, to_device
 from .checks import check_sequence
 
 
@@ -283,7 +283,7 @@ class Tensor:
     def to(self, device):
         """Return this tensor on ``device`` ("cpu" or "gpu"), a new leaf that keeps
         ``requires_grad``. A result of recorded ops is refused (``_check_may_leave_graph``)."""
-        if device_of(self.data) == device:
+        if device_of(self.data) == device_name(device):  # "cuda" or "GPU" is where it already is
             return self
         self._check_may_leave_graph("to")
         return Tensor(to_device(self.data, device), requires_grad=self.requires_grad)

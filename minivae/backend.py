@@ -77,23 +77,31 @@ def cupy_module():
     return cupy
 
 
-def resolve_device(device=None):
-    """Turn ``device`` (None, "cpu", "gpu", "cuda" or "auto") into "cpu" or "gpu".
+def device_name(device=None):
+    """The name ``device`` stands for, "cpu", "gpu" or "auto", without checking that it can be
+    used: any case, "cuda" for "gpu"; None (or "") reads ``$MINIVAE_DEVICE`` (default "cpu").
+    Anything that is no name is refused (TypeError), an unknown name too (ValueError)."""
+    if device is None or device == "":
+        device = os.environ.get("MINIVAE_DEVICE") or "cpu"
+    if not isinstance(device, str):  # 0 would read as "not given", 1 fail in .lower()
+        raise TypeError(f"device must be a name, 'cpu', 'gpu' or 'auto', got {device!r}")
+    device = "gpu" if device.lower() == "cuda" else device.lower()
+    if device not in DEVICES + ("auto",):
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'auto'")
+    return device
 
-    None reads ``$MINIVAE_DEVICE`` (default "cpu"); "auto" picks the GPU when CuPy and a device
-    are available.
-    """
-    device = (device or os.environ.get("MINIVAE_DEVICE") or "cpu").lower()
-    if device == "cuda":
-        device = "gpu"
+
+def resolve_device(device=None):
+    """Turn ``device`` (None, "cpu", "gpu", "cuda" or "auto": see ``device_name``) into "cpu" or
+    "gpu", checking that it can be used (``DeviceError`` when "gpu" cannot); "auto" picks the GPU
+    when CuPy and a device are available."""
+    device = device_name(device)
     if device == "auto":
         try:
             cupy_module()
             return "gpu"
         except DeviceError:
             return "cpu"
-    if device not in DEVICES:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'gpu' or 'auto'")
     if device == "gpu":
         cupy_module()
     return device

@@ -289,6 +289,30 @@ def test_a_result_of_recorded_ops_is_not_cast_out_of_its_graph():
         assert (x * 2.0).astype(np.float32).dtype == np.float32  # nothing recorded to cut
 
 
+@pytest.mark.parametrize("name", ["CPU", "Cpu", None, ""])
+def test_to_the_device_a_tensor_is_on_by_another_spelling_is_no_copy(name, monkeypatch):
+    # Before: "CPU" is not "cpu", so a result of recorded ops was refused as if it were moving
+    # (and a leaf was copied into a new one).
+    monkeypatch.delenv("MINIVAE_DEVICE", raising=False)
+    x = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    h = x * 2.0
+    assert h.to(name) is h and x.to(name) is x
+
+
+@pytest.mark.parametrize("device, error, message", [
+    (0, TypeError, "device must be a name, 'cpu', 'gpu' or 'auto', got 0"),
+    (1, TypeError, "device must be a name, 'cpu', 'gpu' or 'auto', got 1"),
+    ("tpu", ValueError, "unknown device 'tpu'; use 'cpu', 'gpu' or 'auto'"),
+])
+def test_a_device_that_is_no_name_is_refused(device, error, message):
+    # Before: 0 read as "not given" (the CPU), 1 failed with "'int' object has no attribute 'lower'".
+    from minivae.backend import resolve_device
+    with pytest.raises(error, match=f"^{message}$"):
+        resolve_device(device)
+    with pytest.raises(error, match=f"^{message}$"):
+        mv.tensor(np.zeros(2)).to(device)
+
+
 def test_the_tensor_and_parameter_constructors_make_the_dtypes_tensor_makes():
     for data in (1.0, [1.0, 2.0], [1, 2], np.float64(1.0), np.zeros(2), True):
         assert Tensor(data).dtype == mv.tensor(data).dtype, data
