@@ -166,6 +166,21 @@ def test_transpose_axis_out_of_range_names_axis_and_ndim(axes):
         F.transpose(ones(3, 4), axes)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda x: F.reshape(x, None), "reshape: shape must be an integer or a sequence of integers, got None"),
+    (lambda x: F.reshape(x, 2.5), "reshape: shape must be an integer or a sequence of integers, got 2.5"),
+    (lambda x: x.reshape(3, 4.0), r"reshape: shape must be an integer or a sequence of integers, got \(3, 4.0\)"),
+    (lambda x: F.broadcast_to(x, "34"), "broadcast_to: shape must be an integer or a sequence of integers, got '34'"),
+    (lambda x: F.transpose(x, 0), "transpose: axes must be None or a tuple of every axis, got 0"),
+], ids=["None", "float", "float in a tuple", "string", "one axis"])
+def test_shapes_and_axes_of_the_wrong_type_name_the_op(call, message):
+    # Before: NumPy's "'NoneType' object is not iterable" or "'float' object cannot be
+    # interpreted as an integer", naming no op; a string was read as the shape (3, 4).
+    with pytest.raises(TypeError, match=f"^{message}$"):
+        call(ones(3, 4))
+    assert F.reshape(ones(3, 4), np.int64(12)).shape == (12,)  # one integer is a 1-D shape
+
+
 # ----- dtypes -------------------------------------------------------------------------------
 def test_dtype_mixing_names_the_op():
     x32, x64 = mv.tensor([1.0, 2.0], requires_grad=True), ones(2)

@@ -176,27 +176,36 @@ class Stack(Function):
         return tuple(g[lead + (k,)] for k in range(ctx.n))
 
 
-def _shape_tuple(shape):
-    """``shape`` as a tuple; an integer (a Python or NumPy int) is a 1-D shape, as in NumPy."""
+def _shape_tuple(op, shape):
+    """``shape`` as a tuple of ints; an integer (a Python or NumPy int) is a 1-D shape, as in
+    NumPy. Anything else (None, a float, a string) is a TypeError naming ``op``, where NumPy's
+    own message would name no op ("'NoneType' object is not iterable")."""
     try:
         return (operator.index(shape),)
     except TypeError:
-        return tuple(shape)
+        pass
+    try:
+        return tuple(operator.index(n) for n in shape)
+    except TypeError:
+        raise TypeError(f"{op}: shape must be an integer or a sequence of integers, got {shape!r}") from None
 
 
 def reshape(x, shape):
     """Reshape ``x`` (one dimension may be -1)."""
-    return Reshape.apply(x, shape=_shape_tuple(shape))
+    return Reshape.apply(x, shape=_shape_tuple("reshape", shape))
 
 
 def transpose(x, axes=None):
-    """Permute the axes of ``x`` (reverse them when ``axes`` is None)."""
+    """Permute the axes of ``x`` (reverse them when ``axes`` is None, else a tuple or list of
+    every axis once)."""
+    if axes is not None and not isinstance(axes, (tuple, list)):  # NumPy: "'int' object is not iterable"
+        raise TypeError(f"transpose: axes must be None or a tuple of every axis, got {axes!r}")
     return Transpose.apply(x, axes=axes)
 
 
 def broadcast_to(x, shape):
     """Broadcast ``x`` to ``shape`` (a read-only view; its gradient is summed back)."""
-    return BroadcastTo.apply(x, shape=_shape_tuple(shape))
+    return BroadcastTo.apply(x, shape=_shape_tuple("broadcast_to", shape))
 
 
 def getitem(x, index):
