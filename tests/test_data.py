@@ -952,6 +952,23 @@ def test_loader_validates_inputs():
     assert len(MinibatchLoader(np.zeros((4, 3)), np.int64(2), seed=0)) == 2
 
 
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: MinibatchLoader(np.zeros((4, 3)), 2, seed=0, y=5), ValueError,
+     r"y must hold one label per row of x, shape \(4,\), got shape \(\)"),
+    (lambda: MinibatchLoader(np.zeros((4, 3)), 2, seed=0, y=np.zeros((4, 1))), ValueError,
+     r"y must hold one label per row of x, shape \(4,\), got shape \(4, 1\)"),
+    (lambda: MinibatchLoader(np.zeros((4, 3)), 2, seed=0, binarize=False).epoch(-1), ValueError,
+     "epoch must be at least 0, got -1"),
+    (lambda: data.num_batches(-5, 2), ValueError, "n must be at least 0, got -5"),
+    (lambda: data.num_batches(4.5, 2), TypeError, "n must be an integer, got 4.5"),
+], ids=["number as labels", "column of labels", "negative epoch", "negative count", "fractional count"])
+def test_loader_arguments_are_named_when_given(call, error, message):
+    # Before: y=5 met "object of type 'int' has no len()", a (4, 1) column was taken, epoch(-1)
+    # failed only at the first batch, and num_batches(-5, 2) returned -2.
+    with pytest.raises(error, match=f"^{message}$"):
+        call()
+
+
 @pytest.mark.parametrize("batch_size", [2.5, 2.0, "8", True, None])
 def test_batch_size_must_be_an_integer(batch_size):
     with pytest.raises(TypeError, match=f"batch_size must be an integer, got {batch_size!r}"):

@@ -49,8 +49,9 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
-    """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless
-    ``batch_size`` is a positive integer)."""
+    """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless ``n`` is
+    an integer of at least 0 and ``batch_size`` a positive one)."""
+    n = check_integer(n, "n", minimum=0)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     return n // batch_size if drop_last else -(-n // batch_size)
 
@@ -111,8 +112,10 @@ class MinibatchLoader:
             raise ValueError(f"x must be 2-D (N, D), got shape {x.shape}")
         if binarize:
             check_intensities(x)
-        if y is not None and len(y) != len(x):
-            raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+        if y is not None:
+            y = get_array_module(y).asarray(y)  # a number or a generator: 0-d, refused below
+            if y.ndim != 1 or len(y) != len(x):
+                raise ValueError(f"y must hold one label per row of x, shape ({len(x)},), got shape {y.shape}")
         # One conversion up front, so that every epoch can gather with take(out=) directly.
         self.x = to_device(xp.ascontiguousarray(x, dtype=xp.float32), self.device)
         self.y = None if y is None else to_device(y, self.device)
@@ -162,7 +165,11 @@ class MinibatchLoader:
         return data, labels
 
     def epoch(self, epoch: int) -> Iterator:
-        """Iterator over the minibatches of epoch ``epoch`` (``xb`` or ``(xb, yb)``)."""
+        """Iterator over the minibatches of epoch ``epoch`` (``xb`` or ``(xb, yb)``); a bad
+        ``epoch`` is refused here, not at the first batch."""
+        return self._batches(_rng.check_seed(epoch, "epoch"))
+
+    def _batches(self, epoch):
         data, labels = self.epoch_data(epoch)
         n = len(self.x)
         for b in range(len(self)):
