@@ -70,7 +70,8 @@ def is_grad_enabled():
 
 @contextlib.contextmanager
 def detect_anomaly():
-    """Check every forward output and backward gradient for NaN/Inf and name the op that made it.
+    """Check every forward input and output and every backward gradient for NaN/Inf, and name
+    the op that made it (or, for an input, the op that received it).
 
     Slow (one ``isfinite`` per array), so meant for debugging a loss that went NaN.
     """
@@ -86,12 +87,18 @@ class AnomalyError(FloatingPointError):
 
 
 def _check_finite(fn, stage, arrays):
+    """Raise AnomalyError naming ``fn`` and ``stage`` ("forward", "backward" or "forward input")
+    when one of ``arrays`` holds NaN or Inf."""
     for a in arrays:
         if a is not None and a.dtype.kind in "fc":
             xp = get_array_module(a)
             if not bool(xp.isfinite(a).all()):
-                raise AnomalyError(f"{fn.__name__} {stage} produced NaN or Inf "
-                                   f"(array of shape {tuple(a.shape)}, dtype {a.dtype})")
+                where = f"(array of shape {tuple(a.shape)}, dtype {a.dtype})"
+                if stage == "forward input":  # an op's output would have been caught at that op
+                    raise AnomalyError(f"{fn.__name__} forward input holds NaN or Inf {where}: no op "
+                                       "checked here made it (a leaf's data, or a result computed "
+                                       "before detect_anomaly)")
+                raise AnomalyError(f"{fn.__name__} {stage} produced NaN or Inf {where}")
 
 
 def _check_real(array, what, given):
