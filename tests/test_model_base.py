@@ -244,7 +244,8 @@ def test_an_unknown_activation_is_refused_where_no_layer_is_activated():
 
 
 @pytest.mark.parametrize("name, options", [
-    ("vae", {}), ("flow", {}), ("iwae", {"layers": 1}), ("iwae", {"layers": 2}), ("ladder", {})])
+    ("vae", {}), ("flow", {}), ("iwae", {"layers": 1}), ("iwae", {"layers": 2}), ("ladder", {}),
+    ("adgm", {}), ("sdgm", {})])
 def test_models_that_train_on_one_bound_refuse_mc_samples_with_iw_k(name, options):
     options = {**SMALL_MODEL, **MODEL_SIZES.get(name, {}), **options, "mc_samples": 2, "iw_k": 3}
     with pytest.raises(ValueError, match=r"^choose either mc_samples \(ELBO\) or iw_k \(IWAE bound\), not both$"):

@@ -37,7 +37,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
-from .base import check_noise
+from .base import check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
 from .semisupervised import SemiSupervised
 
@@ -133,6 +133,7 @@ class ADGM(_AuxiliaryNetworks, LatentVariableModel):
     def __init__(self, x_dim=784, a_dim=100, z_dim=100, hidden=(500, 500), activation="relu",
                  beta=1.0, mc_samples=1, iw_k=1, rng=None):
         super().__init__(beta, mc_samples, iw_k)
+        check_one_training_bound(self.mc_samples, self.iw_k)
         self._build(x_dim, a_dim, z_dim, hidden, activation, 0, rng)
 
     def _bound_terms(self, x, samples, noise, analytic=True):
