@@ -302,15 +302,22 @@ def _no_checkpoint(run):
 
 #: What a checkpoint's document holds besides the config, for a resume, and the type of each.
 RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
+#: What a checkpoint's document holds since it was recorded, and the type of each: checkpoints
+#: saved before lack it and resume without its check. ``n_train``: the number of training images.
+RECORDED_STATE = {"n_train": int}
 
 
 def check_resume_state(arrays, meta, path):
     """Raise CheckpointError naming the checkpoint at ``path`` unless its document ``meta``
-    holds the state a resume continues from (``RESUME_STATE``) and its optimizer state (the
-    ``optim/`` arrays) is finite (training never saves it otherwise, so the file is damaged)."""
+    holds the state a resume continues from (``RESUME_STATE``, and ``RECORDED_STATE`` of the
+    right types where present) and its optimizer state (the ``optim/`` arrays) is finite
+    (training never saves it otherwise, so the file is damaged)."""
     for key, kind in RESUME_STATE.items():
         if type(meta.get(key)) is not kind:
             raise damaged(path, f"its document holds no {key!r} ({kind.__name__}) to resume from")
+    for key, kind in RECORDED_STATE.items():
+        if key in meta and type(meta[key]) is not kind:
+            raise damaged(path, f"its {key!r} is {meta[key]!r}, not an {kind.__name__}")
     for name, array in checkpoint.split_prefix(arrays, "optim/").items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise damaged(path, f"the optimizer state {name} holds NaN or infinite values")

@@ -7,7 +7,8 @@ folder that holds a run unless asked to resume it or to overwrite it. Everything
 the seed and a position: the batch order and binarization of epoch e depend only on
 (seed, e), and the reparameterization noise on the Philox generator's offset, which the
 checkpoint stores. So ``--resume`` after an interruption, even in the middle of an epoch, ends
-with exactly the parameters of an uninterrupted run.
+with exactly the parameters of an uninterrupted run. The checkpoint also records the number of
+training images, and a resume on data of another size is refused.
 
 Divergence guard: a non-finite loss stops training before the step, and no checkpoint is ever
 written with a non-finite parameter or optimizer moment (an infinite gradient with a finite loss
@@ -254,7 +255,8 @@ class Trainer:
                 f"non-finite values in {shown} at {_position(self.epoch, self.batch)} (an infinite "
                 f"gradient or update); {self._last_good()}. Try a smaller --lr or a KL --warmup.")
         meta = {"config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch,
-                "sums": self.sums, "noise": self.noise.state_dict(), "optim": numbers}
+                "sums": self.sums, "noise": self.noise.state_dict(), "optim": numbers,
+                "n_train": len(self.data.x_train)}
         runs.save_checkpoint(self.run_dir, arrays, meta)
         self.saved = (self.epoch, self.batch)
 
@@ -273,6 +275,7 @@ class Trainer:
         path = self.run_dir / CHECKPOINT
         runs.check_resume_state(arrays, meta, path)
         self.config.check_resumable(saved, (meta["epoch"], meta["batch"]))
+        self._check_data_size(meta.get("n_train"))  # None: a checkpoint saved before it was recorded
         self.config = dataclasses.replace(self.config, run_models=saved.run_models)  # the run's record
         if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
             # The cosine schedule spans the whole run, so a new length bends the remaining rates.
@@ -287,6 +290,16 @@ class Trainer:
         self.epoch, self.batch, self.sums = meta["epoch"], meta["batch"], meta["sums"]
         self.saved = (self.epoch, self.batch)
         return saved
+
+    def _check_data_size(self, n_train):
+        """Raise ResumeMismatchError unless the training data has the ``n_train`` images the run
+        was trained on: on another number the position in the checkpoint would count other
+        batches, and a resume would go on from a state no run on these images passes through."""
+        if n_train is not None and n_train != len(self.data.x_train):
+            raise runs.ResumeMismatchError(
+                f"cannot resume {self.run_dir}: it was trained on {n_train} training images, and "
+                f"data.x_train holds {len(self.data.x_train)}; resume it with the data it was "
+                "trained on, or start again with --overwrite")
 
     def _truncate_metrics(self):
         """Drop metric lines written after the checkpoint (epoch summaries of a crash between the

@@ -386,7 +386,7 @@ def test_divergence_before_the_first_save_says_there_is_no_checkpoint(tmp_path):
 @pytest.mark.parametrize("damage, named", [
     (lambda meta: meta.pop("epoch"), "'epoch'"), (lambda meta: meta.pop("noise"), "'noise'"),
     (lambda meta: meta.update(noise={}), "Generator state"), (lambda meta: meta.update(batch="0"), "'batch'"),
-    (lambda meta: meta["optim"].pop("lr"), "'lr'"),
+    (lambda meta: meta["optim"].pop("lr"), "'lr'"), (lambda meta: meta.update(n_train="300"), "'n_train'"),
 ])
 def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_is(tmp_path, damage, named):
     data = small_data()
@@ -400,6 +400,30 @@ def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_i
     message = one_line(exc)
     assert str(tmp_path / "run" / CHECKPOINT) in message and named in message
     assert files(tmp_path / "run") == before
+
+
+def test_a_resume_on_training_data_of_another_size_is_refused_and_changes_nothing(tmp_path):
+    """The checkpoint's position counts batches of the images it was trained on: on another
+    number of images it would name other batches, so the resume is refused."""
+    trainer = Trainer(config(tmp_path, epochs=2), data=small_data(n_train=300), **QUIET)
+    _interrupt_after(trainer, 4)  # inside epoch 1 of 6 batches
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    before = files(tmp_path / "run")
+    with pytest.raises(runs.ResumeMismatchError) as exc:
+        Trainer(config(tmp_path, epochs=2), data=small_data(n_train=100), **QUIET).fit(resume=True)
+    assert "trained on 300 training images, and data.x_train holds 100" in one_line(exc)
+    assert files(tmp_path / "run") == before
+
+
+def test_a_checkpoint_saved_before_the_data_size_was_recorded_still_resumes(tmp_path):
+    data = small_data()
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    arrays, meta = checkpoint.load(tmp_path / "run" / CHECKPOINT)
+    del meta["n_train"]
+    checkpoint.save(tmp_path / "run" / CHECKPOINT, arrays, meta)
+    Trainer(config(tmp_path, epochs=2), data=data, **QUIET).fit(resume=True)
+    assert checkpoint.load(tmp_path / "run" / CHECKPOINT)[1]["n_train"] == 300
 
 
 def test_a_batch_of_one_image_for_batch_normalization_is_found_before_anything_is_written(tmp_path):
