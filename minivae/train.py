@@ -467,7 +467,7 @@ class Trainer:
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
             self.save()
-            self.log(f"interrupted: saved epoch {self.epoch + 1}, batch {self.batch} to "
+            self.log(f"interrupted: saved {_position(self.epoch, self.batch)} to "
                      f"{self.run_dir / CHECKPOINT}; continue with --resume")
             raise
         return self.run_dir

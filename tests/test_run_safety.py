@@ -49,6 +49,34 @@ def test_training_into_a_finished_run_is_refused_and_changes_nothing(tmp_path):
     assert files(tmp_path / "run") == before
 
 
+@pytest.mark.parametrize("stop_after, saved", [(4, "epoch 1, batch 4"), (6, "epoch 1, batch 6")])
+def test_ctrl_c_inside_an_epoch_says_which_batch_was_saved(tmp_path, stop_after, saved):
+    lines = []
+    trainer = Trainer(config(tmp_path, epochs=2), data=small_data(), progress=False, log=lines.append)
+    _interrupt_after(trainer, stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert lines[-1] == f"interrupted: saved {saved} to {tmp_path / 'run' / CHECKPOINT}; continue with --resume"
+
+
+@pytest.mark.parametrize("epoch", [1, 2])
+def test_ctrl_c_between_epochs_says_which_epoch_was_saved(tmp_path, epoch):
+    """A Ctrl-C during an epoch's validation or checkpoint is honoured once the epoch is saved;
+    the message names that epoch, not the next (an epoch 3 of a run of 2)."""
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if line.startswith(f"epoch {epoch:>3}"):  # logged after the epoch's checkpoint
+            trainer.stop_requested.set()
+    trainer = Trainer(config(tmp_path, epochs=2), data=small_data(), progress=False, log=log)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert lines[-1] == (f"interrupted: saved the end of epoch {epoch} to {tmp_path / 'run' / CHECKPOINT}; "
+                         "continue with --resume")
+    assert checkpoint.load(tmp_path / "run" / CHECKPOINT)[1]["epoch"] == epoch
+
+
 def test_ctrl_c_after_starting_in_a_finished_run_leaves_it_as_it_was(tmp_path):
     data = small_data()
     train(config(tmp_path, epochs=1), data=data, **QUIET)
