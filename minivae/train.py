@@ -79,15 +79,17 @@ def check_batches(config, model, n_train):
 
 def check_image_widths(model, data):
     """Raise DataMismatchError unless the training and validation images of ``data`` are rows of
-    the ``model.x_dim`` pixels the model is built for (MNIST's 784). Found later, a training set
-    of other images fails at the first step, deep inside an op, once the run folder is claimed,
-    and a validation set after the first epoch. (The test set is not read before the final
-    evaluation, which checks it.)"""
+    the ``model.x_dim`` pixels the model is built for (MNIST's 784), at least one of each. Found
+    later, a training set of other images fails at the first step, deep inside an op, once the
+    run folder is claimed, and a validation set (an empty one too) after the first epoch, whose
+    training is lost. (The test set is not read before the final evaluation, which checks it.)"""
     for split in ("train", "valid"):
         shape = np.shape(getattr(data, f"x_{split}"))
         if len(shape) != 2 or shape[1] != model.x_dim:
             raise DataMismatchError(f"data.x_{split} has shape {shape}, but the model takes rows of "
                                     f"{model.x_dim} pixels: give images of shape (N, {model.x_dim})")
+        if shape[0] == 0:  # the validation set is scored after every epoch
+            raise DataMismatchError(f"data.x_{split} has shape {shape}, no image: give at least one")
 
 
 def labelled_subset(config, model, labels):

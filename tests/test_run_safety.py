@@ -17,7 +17,7 @@ import pytest
 from minivae import checkpoint, cli, runs
 from minivae.runs import (CHECKPOINT, METRICS, RESULTS, NotARunError, RunBusyError, RunExistsError,
                           RunFolderError, RunWriteError)
-from minivae.train import Trainer, TrainingDiverged, train
+from minivae.train import DataMismatchError, Trainer, TrainingDiverged, train
 
 from test_train import _interrupt_after, config, params, small_data
 
@@ -473,6 +473,17 @@ def test_images_of_another_width_are_found_before_anything_is_written(tmp_path, 
         train(config(tmp_path), data=data, **QUIET)
     assert f"data.x_{split} has shape ({len(getattr(data, f'x_{split}'))}, 100)" in one_line(exc)
     assert "rows of 784 pixels" in str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("split", ["train", "valid"])
+def test_a_split_without_images_is_found_before_anything_is_written(tmp_path, split):
+    """An empty validation set would fail only when it is scored, after the first epoch."""
+    data = small_data()
+    setattr(data, f"x_{split}", getattr(data, f"x_{split}")[:0])
+    with pytest.raises(DataMismatchError) as exc:
+        train(config(tmp_path, lr_schedule="constant"), data=data, **QUIET)
+    assert one_line(exc) == f"data.x_{split} has shape (0, 784), no image: give at least one"
     assert not (tmp_path / "run").exists()
 
 
