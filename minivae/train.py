@@ -92,6 +92,20 @@ def check_image_widths(model, data):
             raise DataMismatchError(f"data.x_{split} has shape {shape}, no image: give at least one")
 
 
+def check_label_counts(model, data):
+    """Raise DataMismatchError unless ``data`` holds one label per image where training reads
+    labels: the training labels of a semi-supervised model (its labelled subset is drawn from
+    them) and the validation labels of a model that classifies (scored after every epoch).
+    Found later, too few training labels read as too few images of a class, too many index
+    past the images, and validation labels fail after the first epoch, whose training is lost."""
+    splits = (["train"] if model.semi_supervised else []) + (["valid"] if model.classifies else [])
+    for split in splits:
+        n_labels, n_images = len(getattr(data, f"y_{split}")), len(getattr(data, f"x_{split}"))
+        if n_labels != n_images:
+            raise DataMismatchError(f"data.y_{split} holds {n_labels} labels for the {n_images} images "
+                                    f"of data.x_{split}: give one label per image")
+
+
 def labelled_subset(config, model, labels):
     """The indices of the labelled training images of a semi-supervised run (see
     ``balanced_labelled_subset``); raises DataMismatchError when ``labels`` (all training
@@ -177,6 +191,7 @@ class Trainer:
         nn.init.manual_seed(config.seed)
         self.model = runs.build_run_model(config).to(self.device)
         check_image_widths(self.model, self.data)
+        check_label_counts(self.model, self.data)
         check_batches(config, self.model, len(self.data.x_train))
         self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)

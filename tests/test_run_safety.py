@@ -487,6 +487,20 @@ def test_a_split_without_images_is_found_before_anything_is_written(tmp_path, sp
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("split, n_labels", [("train", 250), ("train", 350), ("valid", 50)])
+def test_labels_that_do_not_match_the_images_are_found_before_anything_is_written(tmp_path, split, n_labels):
+    """Too few training labels used to read as too few images of a class, and validation labels
+    failed after the first epoch."""
+    data = small_data()
+    setattr(data, f"y_{split}", np.resize(getattr(data, f"y_{split}"), n_labels))
+    with pytest.raises(DataMismatchError) as exc:
+        train(config(tmp_path, model="m2", n_labelled=20), data=data, **QUIET)
+    n_images = len(getattr(data, f"x_{split}"))
+    assert one_line(exc) == (f"data.y_{split} holds {n_labels} labels for the {n_images} images of "
+                             f"data.x_{split}: give one label per image")
+    assert not (tmp_path / "run").exists()
+
+
 # ----- kill -9 at random times ------------------------------------------------------------------
 
 EPOCHS, MIN_KILLS = 6, 2
