@@ -567,7 +567,12 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
                 log(f"{trainer.run_dir} had finished its {trainer.epoch} epochs: nothing to train; its "
                     f"results stand in {RESULTS} (score it again with `minivae eval {trainer.run_dir}`)")
                 return kept
-        return trainer.final_evaluation()
+        try:
+            return trainer.final_evaluation()
+        except KeyboardInterrupt:  # training is done and saved; only the scores are missing
+            log(f"interrupted during the final evaluation: {trainer.run_dir / CHECKPOINT} holds the "
+                f"trained model; --resume evaluates it (or `minivae eval {trainer.run_dir}`)")
+            raise
 
 
 def _results_of_finished_run(run_dir, config):

@@ -77,6 +77,23 @@ def test_ctrl_c_between_epochs_says_which_epoch_was_saved(tmp_path, epoch):
     assert checkpoint.load(tmp_path / "run" / CHECKPOINT)[1]["epoch"] == epoch
 
 
+def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path, monkeypatch):
+    from minivae import train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "log_likelihood_and_ess", interrupted)
+    lines = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tmp_path, epochs=1, eval_k=2), data=small_data(), progress=False, log=lines.append)
+    run = tmp_path / "run"
+    assert lines[-1] == (f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
+                         f"model; --resume evaluates it (or `minivae eval {run}`)")
+    monkeypatch.undo()
+    results = train(config(tmp_path, epochs=1, eval_k=2), resume=True, data=small_data(), **QUIET)
+    assert results["epochs"] == 1 and results["eval_k"] == 2
+
+
 def test_ctrl_c_after_starting_in_a_finished_run_leaves_it_as_it_was(tmp_path):
     data = small_data()
     train(config(tmp_path, epochs=1), data=data, **QUIET)
