@@ -36,6 +36,7 @@ from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
 from .backend import get_array_module, resolve_device, to_device
+from .checks import check_integer
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
@@ -52,6 +53,18 @@ class DataMismatchError(ValueError):
     """The training data cannot train the model as the config says (a batch of one image for
     batch normalization, labels the model has no class for, too few labels of a class); the
     message names the setting and what would be valid."""
+
+
+def check_loop_settings(config):
+    """Raise TypeError or ValueError naming the setting unless the counts the loop reads itself
+    are integers as the command line takes them: ``epochs`` at least 1; ``warmup``, ``eval_k``
+    and ``trace_every`` at least 0 (the model, the loader and the optimizer check the others).
+    Given through the Python API, an ``eval_k`` of -1 or 2.5 failed only in the final
+    evaluation, after the whole training; a ``trace_every`` of -1 traced every step; and
+    ``epochs`` below 1 trained nothing, without a word under a constant learning rate."""
+    check_integer(config.epochs, "epochs", minimum=1)
+    for name in ("warmup", "eval_k", "trace_every"):
+        check_integer(getattr(config, name), name, minimum=0)
 
 
 def has_batch_norm(model):
@@ -183,6 +196,7 @@ class Trainer:
     """Runs one training job described by a TrainConfig (see the module docstring)."""
 
     def __init__(self, config, data=None, progress=True, log=print):
+        check_loop_settings(config)
         self.config = runs.with_absolute_run_folders(config)  # as config.json and checkpoints keep it
         self.run_dir = Path(config.out)
         self.progress, self.log = progress, log

@@ -310,6 +310,23 @@ def test_the_learning_rate_follows_the_cosine_schedule_or_stays_constant(tmp_pat
         Trainer(config(tmp_path, lr_schedule="linear"), data=data, progress=False, log=lambda m: None)
 
 
+@pytest.mark.parametrize("setting, error", [
+    (dict(eval_k=-1), "eval_k must be at least 0, got -1"), (dict(eval_k=2.5), "eval_k must be an integer, got 2.5"),
+    (dict(trace_every=-1), "trace_every must be at least 0, got -1"),
+    (dict(epochs=0, lr_schedule="constant"), "epochs must be at least 1, got 0"),
+    (dict(warmup=1.5), "warmup must be an integer, got 1.5")])
+def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
+    """As the command line checks them; a bad eval_k used to fail after the whole training."""
+    from minivae import train as train_module
+
+    def no_data(verbose=True):
+        raise AssertionError("data loaded for a config that cannot train")
+    monkeypatch.setattr(train_module, "load_mnist", no_data)
+    with pytest.raises((TypeError, ValueError), match=f"^{error}$"):
+        Trainer(config(tmp_path, **setting), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_kl_warmup_counts_epochs():
     c = TrainConfig(beta=2.0, warmup=4)
     assert [kl_weight(c, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
