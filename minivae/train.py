@@ -61,10 +61,15 @@ def check_loop_settings(config):
     and ``trace_every`` at least 0 (the model, the loader and the optimizer check the others).
     Given through the Python API, an ``eval_k`` of -1 or 2.5 failed only in the final
     evaluation, after the whole training; a ``trace_every`` of -1 traced every step; and
-    ``epochs`` below 1 trained nothing, without a word under a constant learning rate."""
+    ``epochs`` below 1 trained nothing, without a word under a constant learning rate.
+    Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
+    decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4)."""
     check_integer(config.epochs, "epochs", minimum=1)
     for name in ("warmup", "eval_k", "trace_every"):
         check_integer(getattr(config, name), name, minimum=0)
+    if config.lr_schedule == "cosine" and config.lr < config.lr_min:
+        raise ValueError(f"lr {config.lr:g} is below lr_min {config.lr_min:g}: the cosine schedule "
+                         "would raise the rate; give an lr of at least lr_min")
 
 
 def has_batch_norm(model):

@@ -308,6 +308,10 @@ def test_the_learning_rate_follows_the_cosine_schedule_or_stays_constant(tmp_pat
     assert {constant.learning_rate(t) for t in (0, 5, 10 * total)} == {constant.config.lr}
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'"):
         Trainer(config(tmp_path, lr_schedule="linear"), data=data, progress=False, log=lambda m: None)
+    # The default lr_min of 1e-4 with a smaller lr would make the "decay" a rise.
+    with pytest.raises(ValueError, match=r"^lr 5e-05 is below lr_min 0.0001: the cosine schedule would raise"):
+        Trainer(config(tmp_path, lr=5e-5), data=data, progress=False, log=lambda m: None)
+    assert Trainer(config(tmp_path, lr=5e-5, lr_schedule="constant"), data=data, progress=False).learning_rate(0) == 5e-5
 
 
 @pytest.mark.parametrize("setting, error", [
