@@ -49,6 +49,12 @@ class TrainingDiverged(RuntimeError):
     was saved, and the message says which checkpoint (if any) holds the last good state."""
 
 
+#: What to do after a divergence. Not a resume: it is bit for bit, with the run's own --lr, so it
+#: would take the same steps to the same NaN.
+_DIVERGED_ADVICE = ("A resume would repeat the same steps: start again with --overwrite and a "
+                    "smaller --lr or a KL --warmup.")
+
+
 class DataMismatchError(ValueError):
     """The training data cannot train the model as the config says (a batch of one image for
     batch normalization, labels the model has no class for, too few labels of a class); the
@@ -289,7 +295,7 @@ class Trainer:
             shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise TrainingDiverged(
                 f"non-finite values in {shown} at {_position(self.epoch, self.batch)} (an infinite "
-                f"gradient or update); {self._last_good()}. Try a smaller --lr or a KL --warmup.")
+                f"gradient or update); {self._last_good()}. {_DIVERGED_ADVICE}")
         meta = {"config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch,
                 "sums": self.sums, "noise": self.noise.state_dict(), "optim": numbers,
                 "n_train": len(self.data.x_train)}
@@ -382,7 +388,7 @@ class Trainer:
         if self.graph.has_diverged():
             raise TrainingDiverged(
                 f"the loss became NaN or infinite before {_position(self.epoch, self.batch)}; "
-                f"{self._last_good()}. Try a smaller --lr or a KL --warmup.")
+                f"{self._last_good()}. {_DIVERGED_ADVICE}")
         for k, v in self.graph.read_sums().items():
             self.sums[k] = self.sums.get(k, 0.0) + v
         self.graph.clear_sums()
@@ -401,7 +407,7 @@ class Trainer:
         if not math.isfinite(stats["loss"]):
             raise TrainingDiverged(
                 f"the loss became {stats['loss']} at epoch {self.epoch + 1}, batch {self.batch + 1}; "
-                f"{self._last_good()}. Try a smaller --lr or a KL --warmup.")
+                f"{self._last_good()}. {_DIVERGED_ADVICE}")
         self.model.zero_grad()
         loss.backward()
         if self.config.trace_every and step % self.config.trace_every == 0:

@@ -375,6 +375,9 @@ def test_an_infinite_gradient_on_the_last_step_before_a_save_keeps_the_good_chec
     with pytest.raises(TrainingDiverged) as exc:
         trainer.fit(resume=True)
     assert f"{run / CHECKPOINT} still holds the last good state, at the end of epoch 1" in one_line(exc)
+    # Before: "Try a smaller --lr", which a resume cannot change: it would diverge at the same step.
+    assert one_line(exc).endswith("A resume would repeat the same steps: start again with --overwrite "
+                                  "and a smaller --lr or a KL --warmup.")
     # The same state; the resume recorded its new length at once.
     arrays_now, meta_now = checkpoint.load(run / CHECKPOINT)
     assert arrays_now.keys() == arrays.keys() and all(np.array_equal(arrays[k], arrays_now[k]) for k in arrays)
