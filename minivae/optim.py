@@ -605,6 +605,9 @@ class CosineLR(LRScheduler):
 
     def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0):
         check_ranges(type(self), _RANGES, min_lr=min_lr)
+        if min_lr > optimizer.lr:  # the "decay" from base_lr to min_lr would be a rise
+            raise ValueError(f"CosineLR: min_lr {min_lr:g} is above the optimizer's lr {optimizer.lr:g}: "
+                             "the schedule would raise the rate; give a min_lr of at most the lr")
         self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
         self.warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
         self.min_lr = float(min_lr)

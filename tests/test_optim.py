@@ -202,12 +202,15 @@ def test_constructor_errors():
     (lambda o: optim.CosineLR(o, 0), ValueError, "total_steps must be at least 1, got 0"),
     (lambda o: optim.CosineLR(o, 10.5), TypeError, "total_steps must be an integer, got 10.5"),
     (lambda o: optim.CosineLR(o, 10, min_lr=math.nan), ValueError, "CosineLR: invalid min_lr nan"),
+    (lambda o: optim.CosineLR(o, 10, min_lr=0.5), ValueError,
+     r"CosineLR: min_lr 0.5 is above the optimizer's lr 0.1: the schedule would raise the rate"),
     (lambda o: optim.StepLR(o, 0), ValueError, "step_size must be at least 1, got 0"),
     (lambda o: optim.StepLR(o, 3, gamma=-0.5), ValueError, "StepLR: invalid gamma -0.5"),
-], ids=["negative warm-up", "no steps", "fractional steps", "NaN min_lr", "step_size 0", "negative gamma"])
+], ids=["negative warm-up", "no steps", "fractional steps", "NaN min_lr", "min_lr above lr", "step_size 0",
+        "negative gamma"])
 def test_scheduler_arguments_are_checked(make, error, message):
     """(A negative warm-up shifted the schedule silently; step_size 0 was a ZeroDivisionError at
-    the first step.)"""
+    the first step; a min_lr above the lr made the cosine "decay" a rise.)"""
     with pytest.raises(error, match=f"^{message}"):
         make(optim.SGD(_params(), lr=0.1))
 
