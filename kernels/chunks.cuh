@@ -287,6 +287,9 @@ MV_HD void mv_row_upstream4(const T* gkl, mv_i64 c, mv_i64 n, mv_i64 D, T g[4]) 
 
 // Fused backward of chunk c of the n = B*D elements, upstream dz and gkl (B,) (may be null):
 //   dmu = dz + g * mu,   dlogvar = dz * eps * exp(logvar / 2) / 2 + g * (exp(logvar) - 1) / 2.
+// With gkl null the KL's terms are left out, not added as 0 * mu and 0 * (exp(logvar) - 1) / 2:
+// those are NaN where mu is infinite or exp(logvar) overflows, and the op's xp code, which adds
+// nothing then, stays finite.
 template <typename T>
 MV_HD void mv_chunk_fused_bwd(mv_i64 c, mv_i64 n, mv_i64 D, mv_u64 seed, mv_u64 offset, mv_u32 stream,
                               const T* dz, const T* gkl, const T* mu, const T* logvar, T* dmu, T* dlogvar) {
@@ -297,8 +300,9 @@ MV_HD void mv_chunk_fused_bwd(mv_i64 c, mv_i64 n, mv_i64 D, mv_u64 seed, mv_u64 
     mv_row_upstream4<T>(gkl, c, n, D, g);
     mv_normal4<T>(mv_philox_block((mv_u64)c, seed, offset, stream), eps);
     for (int k = 0; k < 4; ++k) {
-        m[k] = d[k] + mv_kl_dmu<T>(g[k], m[k]);
-        lv[k] = mv_reparam_dlogvar<T>(d[k], lv[k], eps[k]) + mv_kl_dlogvar<T>(g[k], lv[k]);
+        const T dlv = mv_reparam_dlogvar<T>(d[k], lv[k], eps[k]);
+        m[k] = gkl ? d[k] + mv_kl_dmu<T>(g[k], m[k]) : d[k];
+        lv[k] = gkl ? dlv + mv_kl_dlogvar<T>(g[k], lv[k]) : dlv;
     }
     mv_store4<T>(dmu, c, 0, n, m);
     mv_store4<T>(dlogvar, c, 0, n, lv);

@@ -1087,6 +1087,23 @@ def test_a_draws_offset_from_device_memory_is_added_to_its_offset(fake_gpu, dtyp
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_backward_without_a_kl_gradient_adds_no_kl_terms(fake_gpu, dtype):
+    """With no gradient for the KL (gkl None: a model that uses z alone, as the IWAE's second
+    layer), the fused backward is the reparameterization's: dmu = dz and its dlogvar, bit for
+    bit, finite where the KL's terms would be 0 * inf (mu infinite, exp(logvar) overflowing)."""
+    K, _ = fake_gpu
+    seed, offset = 5, 11
+    mu, logvar = _inputs((6, 7), dtype, 12)
+    mu[0, :3] = [np.inf, -np.inf, 1.0]
+    logvar[1, :3] = 100.0 if dtype == np.float32 else 800.0  # exp overflows, exp(logvar / 2) does not
+    dz = _inputs((6, 7), dtype, 13)[0]
+    dmu, dlogvar = K.reparameterize_kl_backward(dz, None, mu, logvar, seed, offset)
+    np.testing.assert_array_equal(dmu, dz)
+    np.testing.assert_array_equal(dlogvar, K.reparameterize_backward(dz, logvar, seed, offset)[1])
+    assert np.all(np.isfinite(dlogvar))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_reads_the_steps_scalars_from_device_memory(fake_gpu, dtype):
     """With step_scalars = (eps_s, neg_step, decay) in a float64 array, the kernel ignores those
     arguments and gives the bits it gives when they are passed as arguments."""
