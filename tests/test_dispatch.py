@@ -415,7 +415,7 @@ def test_the_logsumexp_row_takes_the_leading_axis_alone(as_gpu):
         assert dispatch.select("LogSumExp", x, axis=axis, keepdims=False) is row, axis
     assert dispatch.select("LogSumExp", x[0, 0], axis=None) is row  # a vector: its one axis
     for case, (a, axis) in {"another axis": (x, 1), "two axes": (x, (0, 1)), "all axes": (x, None),
-                            "a float axis": (x, 0.0),
+                            "a float axis": (x, 0.0), "a bool axis": (x, False), "a bool in a tuple": (x, (False,)),
                             "no rows": (x[:0], 0), "a 0-d array": (x[0, 0, 0], None),
                             "integers": (x.astype(np.int32), 0)}.items():
         assert dispatch.select("LogSumExp", a, axis=axis) is None, case
@@ -439,9 +439,24 @@ def test_the_log_softmax_row_takes_the_last_axis_alone(as_gpu):
     for axis in (-1, 2, np.int64(-1)):
         assert dispatch.select("LogSoftmax", x, axis=axis) is row, axis
     for case, (a, axis) in {"another axis": (x, 0), "no classes": (x[..., :0], -1), "a 0-d array": (x[0, 0, 0], -1),
-                            "a float axis": (x, -1.0),
+                            "a float axis": (x, -1.0), "a bool axis": (x[0], True),
                             "integers": (x.astype(np.int32), -1)}.items():
         assert dispatch.select("LogSoftmax", a, axis=axis) is None, case
+
+
+def test_a_bool_axis_is_refused_on_the_gpu_as_on_the_cpu(fake_gpu, monkeypatch):
+    """A bool is no axis (minivae.ops.axes): the log-sum-exp and log-softmax rows leave it to the
+    xp code, which refuses it, rather than run their kernels over axis 0 or 1."""
+    x = mv.tensor(np.zeros((3, 4), np.float32))
+    for gpu in (False, True):
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            with pytest.raises(TypeError, match="an axis must be an integer, got False"):
+                F.logsumexp(x, axis=False)
+            with pytest.raises(TypeError, match="an axis must be an integer, got True"):
+                F.log_softmax(x, axis=True)
+    assert not fake_gpu[1]  # no launch
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -282,6 +282,12 @@ register("GaussianLogProb", _gaussian_forward, _gaussian_backward, accepts=_gaus
                f"parameters under several samples, or a standard normal's 0 and 0)")
 
 
+def _an_axis(axis):
+    """Whether ``axis`` is of a type the ops take for an axis: an integer (NumPy's too), not a
+    bool (``minivae.ops.axes``). Another type is left to the xp code, which refuses it."""
+    return isinstance(axis, (int, np.integer)) and not isinstance(axis, bool)
+
+
 def _over_the_leading_axis(x, axis=None, keepdims=False):
     """Whether ``axis`` names x's leading axis alone (so the op reduces over its rows)."""
     if x.dtype not in _FLOATS or x.ndim == 0 or x.shape[0] == 0:
@@ -289,8 +295,7 @@ def _over_the_leading_axis(x, axis=None, keepdims=False):
     if axis is None:
         return x.ndim == 1
     axes = axis if isinstance(axis, (tuple, list)) else (axis,)
-    # an integer (NumPy's too): another axis type is left to the xp code, which refuses it
-    return len(axes) == 1 and isinstance(axes[0], (int, np.integer)) and axes[0] in (0, -x.ndim)
+    return len(axes) == 1 and _an_axis(axes[0]) and axes[0] in (0, -x.ndim)
 
 
 def _logsumexp_forward(ctx, x, axis=None, keepdims=False):
@@ -310,7 +315,7 @@ register("LogSumExp", _logsumexp_forward, _logsumexp_backward, accepts=_over_the
 
 def _over_the_last_axis(x, axis=-1):
     return (x.dtype in _FLOATS and x.ndim >= 1 and x.shape[-1] > 0
-            and isinstance(axis, (int, np.integer)) and axis in (-1, x.ndim - 1))
+            and _an_axis(axis) and axis in (-1, x.ndim - 1))
 
 
 def _log_softmax_forward(ctx, x, axis=-1):
