@@ -152,9 +152,9 @@ MV_HD T mv_kl_dlogvar(T g, T logvar) { return g * (T(0.5) * mv_expm1(logvar)); }
 
 // ---- ReLU of a dense layer's output, and its gradient ----
 // relu(v) = max(v, 0) with NumPy's maximum: a NaN stays NaN (a diverging layer is not hidden
-// behind zeros; CUDA's fmax would return 0).
+// behind zeros; CUDA's fmax would return 0), and -0 gives +0, as NumPy's maximum(-0.0, 0) does.
 template <typename T>
-MV_HD T mv_relu(T v) { return (v >= T(0) || v != v) ? v : T(0); }
+MV_HD T mv_relu(T v) { return (v > T(0) || v != v) ? v : T(0); }
 // The gradient reaching the ReLU's input, from the upstream g and the ReLU's output y:
 // g * [y > 0], as g times a 0/1 mask (so 0 at the kink y = 0, and NaN where g is NaN).
 template <typename T>

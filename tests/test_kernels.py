@@ -575,6 +575,20 @@ def test_replay_dense_bias_relu_and_its_gradient(shim, dtype, n, N):
         assert np.isnan(d).any() and (d == 0).any()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_relu_of_negative_zero_is_numpys_positive_zero(shim, dtype):
+    """NumPy's maximum(-0.0, 0) is +0.0: the ReLU kernel gives the same bits, the sign of each zero
+    included (which assert_array_equal does not compare), with and without a bias of -0.0."""
+    x = np.array([-0.0, 0.0, -0.0, 0.0, -1.5, 2.5, -0.0], dtype)
+    uint = np.uint32 if dtype == np.float32 else np.uint64
+    for bias in (None, np.array([-0.0], dtype)):
+        want = x + bias if bias is not None else x.copy()
+        np.maximum(want, 0, out=want)
+        out = np.full_like(x, 7)
+        call(shim, f"shim_bias_act_{_sfx(dtype)}", x, bias, out, _I64(x.size), _I64(1), _INT(1))
+        np.testing.assert_array_equal(out.view(uint), want.view(uint))
+
+
 def _documented_column_sums(d):
     """The column sums of kernels/chunks.cuh ("column reductions"): each column of d summed by 32
     lanes (lane l adds rows l, l + 32, ... left to right), their partials added by the halving
