@@ -746,8 +746,8 @@ def step_extras(runner, batches, b, device, profile):
     """What is measured of a library besides its step time: the time to draw eps, the memory of a
     step (CPU), cProfile of minivae's steps (``profile`` > 0) and the nodes of minivae's graph."""
     out = {"eps_ms": time_eps(runner, b)}
-    if device == "cpu":
-        out.update(measure_memory(runner, batches, tracemalloc_ok=(runner.name != "torch")))
+    if device == "cpu":  # (tracemalloc does not see PyTorch's allocator: no number for its columns)
+        out.update(measure_memory(runner, batches, tracemalloc_ok=not runner.name.startswith("torch")))
     if profile and runner.name == "minivae":
         out["profile"] = profile_steps(runner, batches, profile)
     if runner.name == "minivae-graph":

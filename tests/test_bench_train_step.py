@@ -97,3 +97,18 @@ def test_gpu_results_are_named_after_the_gpu():
     assert machine.default_machine_name(cpu) == "intel-r-xeon-r-processor-16c"
     assert machine.default_machine_name(cpu, {"name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
     assert machine.default_machine_name(cpu, {"name": "NVIDIA H200"}) == "nvidia-h200"
+
+
+def test_no_tracemalloc_number_for_any_pytorch_column(small_mnist, tmp_path):
+    """tracemalloc sees NumPy's allocations, not PyTorch's: no PyTorch column (torch-flush
+    included) gets a peak from it, while minivae's is measured."""
+    if bench.torch is None:
+        pytest.skip("PyTorch is not installed")
+    bench.main(["--batch", "20", "--libs", "minivae", "torch", "torch-flush", "--warmup-steps", "0",
+                "--repeat", "3", "--skip-fwd-bwd", "--max-seconds", "5", "--threads", "2", "--machine", "test",
+                "--out", str(tmp_path)])
+    row = result(tmp_path)["results"]["20"]
+    assert set(row) == {"minivae", "torch", "torch-flush"}
+    assert row["minivae"]["tracemalloc_peak_mib"] > 0
+    assert row["torch"]["tracemalloc_peak_mib"] is None
+    assert row["torch-flush"]["tracemalloc_peak_mib"] is None
