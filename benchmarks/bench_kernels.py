@@ -31,7 +31,9 @@ B rows): reparameterization forward/backward 3n, KL forward 2n + B, KL backward 
 forward 3n + B, fused backward 5n + B, times the itemsize.
 
 Results go to ``<out>/kernels_<device>_<date>.json`` with the machine, device, versions, date
-and command. Run ``python benchmarks/bench_kernels.py --quick`` for a CPU-only smoke run.
+and command. Run ``python benchmarks/bench_kernels.py --quick`` for a CPU-only smoke run; with
+``--require-gpu`` (as benchmarks/gpu_check.sh runs it) a machine without a usable GPU measures
+nothing and the script exits with status 2.
 """
 from __future__ import annotations
 
@@ -462,6 +464,9 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=2.0, help="seconds at most per case (about)")
     ap.add_argument("--cpu-max", type=float, default=1e7, help="largest B*D run on the CPU (default 1e7)")
     ap.add_argument("--no-gpu", action="store_true", help="CPU implementations only")
+    ap.add_argument("--require-gpu", action="store_true",
+                    help="without CuPy or a CUDA device, measure nothing and exit with status 2 "
+                         "(instead of the CPU rows alone)")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-philox-cpu", action="store_true", help="skip the numpy-philox row")
     ap.add_argument("--impls", nargs="+", metavar="NAME",
@@ -472,6 +477,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="sizes 1e3..1e5, few repeats (smoke test)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="output directory")
     args = ap.parse_args(argv)
+    if args.require_gpu and args.no_gpu:
+        ap.error("--require-gpu and --no-gpu exclude each other")
 
     if args.quick:
         args.sizes, args.repeats, args.budget = "1e3,1e4,1e5", 3, 0.3
@@ -486,15 +493,19 @@ def main(argv=None):
     gpu = None
     notes = []
     if not args.no_gpu:
+        why = "no CUDA device"
         try:
             import cupy
 
             if cupy.cuda.runtime.getDeviceCount() > 0:
                 cp = cupy
         except Exception as exc:  # no CuPy or no device: CPU rows only
-            notes.append(f"GPU rows skipped: {type(exc).__name__}: {exc}")
-        if cp is None and not notes:
-            notes.append("GPU rows skipped: no CUDA device")
+            why = f"{type(exc).__name__}: {exc}"
+        if cp is None and args.require_gpu:
+            print(f"bench_kernels: no GPU to measure ({why}); nothing measured", file=sys.stderr)
+            raise SystemExit(2)
+        if cp is None:
+            notes.append(f"GPU rows skipped: {why}")
     if not args.no_torch:
         try:
             import torch as _torch

@@ -296,7 +296,7 @@ run_step machine 20 bash -c machine
 run_step "pytest -m gpu" 110 bash -c pytest_gpu
 echo "      pytest: $(tail -n 1 "$SCRATCH/pytest.log" 2>/dev/null | tr -d '=')" >> "$SUMMARY"
 grep -E "^(FAILED|ERROR) " "$SCRATCH/pytest.log" 2>/dev/null | head -n 20 | cut -c1-200 | sed 's/^/        /' >> "$SUMMARY"
-run_step "bench_kernels" 45 "$PYTHON" benchmarks/bench_kernels.py --out "$OUT" "${KERNEL_ARGS[@]}"
+run_step "bench_kernels" 45 "$PYTHON" benchmarks/bench_kernels.py --require-gpu --out "$OUT" "${KERNEL_ARGS[@]}"
 key_numbers kernels
 run_mnist_step "bench_train_step --device gpu" 80 "$PYTHON" benchmarks/bench_train_step.py --device gpu \
     --out "$OUT" "${STEP_ARGS[@]}"

@@ -70,3 +70,13 @@ def test_the_event_timer_takes_fewer_loops_when_the_budget_is_short():
     assert (inner, repeats) == (10, 10)  # 0.1 s of 10 ms loops
     # ... and never fewer than five
     assert bench_kernels.time_gpu(clock.tick, 50, 0.001, _fake_cupy(clock))[2] == 5
+
+
+def test_with_require_gpu_a_machine_without_a_gpu_measures_nothing(tmp_path, monkeypatch, capsys):
+    """benchmarks/gpu_check.sh runs the benchmark with --require-gpu: where CuPy cannot be used it
+    exits with status 2 and one line, writing no file, instead of passing with the CPU rows alone."""
+    monkeypatch.setitem(sys.modules, "cupy", None)  # `import cupy` raises ImportError
+    with pytest.raises(SystemExit) as exc:
+        bench_kernels.main(["--require-gpu", "--quick", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "nothing measured" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
