@@ -9,7 +9,8 @@
 #   1. machine   (20) nvidia-smi, Python, NumPy/CuPy/PyTorch versions; MNIST loaded from the cache
 #   2. pytest    (110) `pytest -m gpu`: every GPU test (kernels against the NumPy twin, row sums in
 #                their documented order, cuBLAS gemm eager and inside a captured CUDA graph,
-#                device gradchecks, a VAE step GPU vs CPU, Adam bit for bit, ...)
+#                device gradchecks, a VAE step GPU vs CPU, Adam bit for bit, ...); a skipped
+#                GPU test fails the step
 #   3. kernels   (45) benchmarks/bench_kernels.py: fused kernels vs CuPy/PyTorch, and each kernel
 #                alone at 1e7 and 1e8 elements (D = 2, 10, 50, 100, 784) as a share of a
 #                device-to-device copy measured in the same run
@@ -199,13 +200,20 @@ EOF
 # pytest -m gpu, its report into the log. -rfEs: the short summary names the failures and
 # errors (-rs alone would replace pytest's default -rfE and list only the skips); a module that
 # cannot be imported fails alone instead of stopping pytest before any test runs; and with
-# pytest-timeout, a test that hangs fails alone instead of using up the step.
+# pytest-timeout, a test that hangs fails alone instead of using up the step. A GPU test skips
+# only where CuPy or a device cannot be used, so here a skipped test fails the step: without it,
+# a machine whose CUDA stack does not load would pass with every GPU test skipped.
 pytest_gpu() {
-    local per_test=()
+    local per_test=() rc
     "$PYTHON" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout 60)
     "$PYTHON" -m pytest -m gpu -v -rfEs --continue-on-collection-errors -p no:cacheprovider "${per_test[@]}" \
         tests 2>&1 | tee "$SCRATCH/pytest.log"
-    return "${PIPESTATUS[0]}"  # pytest's (this child bash has no pipefail)
+    rc="${PIPESTATUS[0]}"  # pytest's (this child bash has no pipefail)
+    if [ "$rc" -eq 0 ] && grep -q "^SKIPPED " "$SCRATCH/pytest.log"; then
+        echo "pytest -m gpu: GPU tests were skipped (the SKIPPED lines above say why): none may be here"
+        return 1
+    fi
+    return "$rc"
 }
 
 # key numbers of the newest result of a kind in $OUT, appended to summary.txt (never fails a step)
@@ -295,7 +303,7 @@ export -f machine pytest_gpu train_gpu
 run_step machine 20 bash -c machine
 run_step "pytest -m gpu" 110 bash -c pytest_gpu
 echo "      pytest: $(tail -n 1 "$SCRATCH/pytest.log" 2>/dev/null | tr -d '=')" >> "$SUMMARY"
-grep -E "^(FAILED|ERROR) " "$SCRATCH/pytest.log" 2>/dev/null | head -n 20 | cut -c1-200 | sed 's/^/        /' >> "$SUMMARY"
+grep -E "^(FAILED|ERROR|SKIPPED) " "$SCRATCH/pytest.log" 2>/dev/null | head -n 20 | cut -c1-200 | sed 's/^/        /' >> "$SUMMARY"
 run_step "bench_kernels" 45 "$PYTHON" benchmarks/bench_kernels.py --require-gpu --out "$OUT" "${KERNEL_ARGS[@]}"
 key_numbers kernels
 run_mnist_step "bench_train_step --device gpu" 80 "$PYTHON" benchmarks/bench_train_step.py --device gpu \

@@ -1,0 +1,60 @@
+"""benchmarks/gpu_check.sh's steps, each shell function run alone by bash with a stand-in for
+Python that prints what the real program would: a step whose GPU part cannot run must fail, not
+pass with nothing measured."""
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh"
+
+if shutil.which("bash") is None:
+    pytest.skip("bash is not installed", allow_module_level=True)
+
+
+def shell_function(name):
+    """The definition of the shell function ``name`` in gpu_check.sh."""
+    found = re.search(rf"^{name}\(\) {{\n.*?^}}\n", SCRIPT.read_text(), re.S | re.M)
+    assert found, f"gpu_check.sh defines no {name}()"
+    return found.group(0)
+
+
+def run_pytest_step(tmp_path, report, rc):
+    """gpu_check.sh's pytest_gpu with a Python whose pytest prints ``report`` and exits with ``rc``
+    (and which has no pytest-timeout); returns bash's completed process."""
+    (tmp_path / "report.txt").write_text(report)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exit 1\ncat "{tmp_path}/report.txt"\nexit {rc}\n')
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), SCRATCH=str(tmp_path))
+    return subprocess.run(["bash", "-c", shell_function("pytest_gpu") + "pytest_gpu"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+PASSED = "tests/test_gpu.py::test_adam PASSED\n===== 129 passed, 1147 deselected in 24.64s =====\n"
+SKIPPED = ("tests/test_nn.py::test_batchnorm_gpu SKIPPED (needs CuPy and a CUDA device)\n"
+           "=========================== short test summary info ============================\n"
+           "SKIPPED [1] tests/test_gpu.py:22: CuPy is not installed (pip install 'minivae[gpu]')\n"
+           "SKIPPED [1] tests/test_nn.py:363: needs CuPy and a CUDA device\n"
+           "===== 2 skipped, 2824 deselected in 4.24s =====\n")
+
+
+def test_the_pytest_step_passes_when_every_gpu_test_ran(tmp_path):
+    proc = run_pytest_step(tmp_path, PASSED, 0)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "pytest.log").read_text() == PASSED  # the report, for the summary
+
+
+def test_the_pytest_step_fails_when_gpu_tests_were_skipped(tmp_path):
+    """pytest exits with 0 when every selected test skips, as the GPU tests do where CuPy or the
+    device cannot be used: the step fails instead, and says so."""
+    proc = run_pytest_step(tmp_path, SKIPPED, 0)
+    assert proc.returncode == 1
+    assert "GPU tests were skipped" in proc.stdout
+
+
+def test_the_pytest_step_keeps_pytest_s_exit_status(tmp_path):
+    assert run_pytest_step(tmp_path, "===== 1 failed, 128 passed =====\n", 1).returncode == 1
