@@ -23,7 +23,8 @@ wrapper, the grid of ``launch_grid``), then
 Bytes moved: KL forward (2n + B) * itemsize, fused forward (3n + B) * itemsize, reparameterization
 forward 3n * itemsize (n = B*D).
 Writes ``<out>/ab_row_kernels_<device>_<date>.json`` (``--out``, default $OUT, else
-benchmarks/results) and prints a table of the share of the 1 GiB copy's bandwidth.
+benchmarks/results) with the machine, versions, date and command, and prints a table of the share
+of the 1 GiB copy's bandwidth.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernels import time_gpu  # noqa: E402
-from machine import git_commit  # noqa: E402
+from machine import git_commit, machine_info, versions  # noqa: E402
 
 from minivae.gpu._source import NVRTC_OPTIONS, kernel_source  # noqa: E402
 from minivae.gpu.kernels import BLOCK, TILE  # noqa: E402
@@ -253,6 +254,7 @@ def main(argv=None, cp=None):
     result = {"benchmark": "ab_row_kernels", "date": now.isoformat(timespec="seconds"),
               "command": "ab_row_kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "device": dev_name, "cupy": cp.__version__, "git_commit": git_commit(),
+              "machine": machine_info(), "versions": dict(versions(), cupy=cp.__version__),
               "copy_mib": args.copy_mib, "copy_gbps": {},
               "bytes_model": "kl_fwd (2n + B) * 4, fused_fwd (3n + B) * 4 (float32)",
               "variants": meta, "worst_share_of_copy": {}, "rows": rows, "complete": False}

@@ -1542,6 +1542,9 @@ def test_ab_row_kernels_on_fake_gpu(tile_shims, tmp_path):
     files = list(tmp_path.glob("ab_row_kernels_fake-gpu_*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["rows"] == res["rows"]
     assert res["complete"] and set(res["copy_gbps"]) == {"start", "end"}
+    # what every benchmark JSON records: the machine, the versions, the date and the command
+    assert res["machine"]["cpu_model"] and res["date"] and res["command"].startswith("ab_row_kernels.py --sizes")
+    assert {"python", "numpy", "minivae", "git_commit"} <= set(res["versions"]) and res["versions"]["cupy"] == "fake"
     cut = ab.main(["--sizes", "600", "--D", "2,50", "--variants", "regtiles,warptiles", "--copy-mib", "1",
                    "--max-seconds", "0", "--out", str(tmp_path / "cut")], cp=_fake_cupy(tile_shims, calls))
     assert not cut["complete"] and cut["rows"] == [] and len(cut["skipped_cases"]) == 2
