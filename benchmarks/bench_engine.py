@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import timeit
@@ -33,7 +32,7 @@ from minivae import Tensor
 from minivae import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import default_machine_name, machine_info  # noqa: E402
+from machine import default_machine_name, machine_info, versions  # noqa: E402
 
 try:
     import torch
@@ -247,9 +246,7 @@ def main(argv=None):
         "machine": dict(info, name=name),
         "device": "cpu",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "torch": torch.__version__ if torch is not None else None,
-                     "minivae": minivae.__version__},
+        "versions": versions("torch"),
         "threads": {"torch": torch.get_num_threads() if torch is not None else None,
                     **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}},
         "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
