@@ -41,6 +41,7 @@ import argparse
 import datetime as _dt
 import functools
 import json
+import platform
 import re
 import statistics
 import subprocess
@@ -419,9 +420,9 @@ def kernel_table(rows):
 
 
 def versions(cp, torch):
-    """The versions in the result: NumPy, minivae, the git commit; with ``cp`` CuPy and which kernel
-    sources ran (folder, hash); with ``torch`` PyTorch."""
-    v = {"numpy": np.__version__}
+    """The versions in the result: Python, NumPy, minivae, the git commit; with ``cp`` CuPy and which
+    kernel sources ran (folder, hash); with ``torch`` PyTorch."""
+    v = {"python": platform.python_version(), "numpy": np.__version__}
     try:
         from importlib.metadata import version
 

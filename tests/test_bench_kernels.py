@@ -80,3 +80,11 @@ def test_with_require_gpu_a_machine_without_a_gpu_measures_nothing(tmp_path, mon
         bench_kernels.main(["--require-gpu", "--quick", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "nothing measured" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_result_names_the_python_and_library_versions(tmp_path):
+    r = bench_kernels.main(["--no-gpu", "--no-torch", "--no-philox-cpu", "--sizes", "1e3", "--mnist", "",
+                            "--repeats", "3", "--budget", "0.05", "--out", str(tmp_path)])
+    assert {"python", "numpy", "minivae", "git_commit"} <= set(r["versions"])
+    assert r["machine"]["cpu_model"] and r["date"] and r["command"].startswith("bench_kernels.py --no-gpu")
+    assert [row["impl"] for row in r["results"]] == ["numpy"]
