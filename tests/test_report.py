@@ -79,8 +79,9 @@ def _comparable(config, keys):
 
 def test_results_doc_commands_train_recorded_runs():
     """Each command in docs/results.md's tables (written after `minivae train`) gives the config of
-    one recorded run, apart from where it ran and its final evaluation."""
-    recorded = [json.loads(p.read_text())["config"] for p in RUNS]
+    one recorded run (a run_*.json, or the clusters_*.json of a run clustered), apart from where
+    it ran and its final evaluation."""
+    recorded = [json.loads(p.read_text())["config"] for p in RUNS + sorted(RESULTS.glob("clusters_*.json"))]
     text = (ROOT / "docs" / "results.md").read_text()
     spans = [s for line in text.splitlines() if line.startswith("|")
              for s in re.findall(r"`([^`]*)`", line) if s.startswith(("--", "minivae train"))]
@@ -169,3 +170,25 @@ def test_a_gpu_recipe_cut_short_is_recorded_with_its_epochs_and_gpu(tmp_path, mo
     row = report._model_row(path)
     assert "| 0 s on NVIDIA H200 (0.25 s median epoch; the whole command 130 s; stopped at its time limit) |" in row
     assert "not evaluated: stopped after 2 of 150 epochs" in row
+
+
+def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_path, monkeypatch):
+    import record_clusters
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0})
+    for c in (10, 20):
+        (run / f"clusters_{c}.json").write_text(json.dumps(
+            {"run": "/elsewhere/run", "encoded_gaussian": "q(z | x)", "n": 10000, "n_clusters": c,
+             "seed": 0, "accuracy": 0.5, "nmi": 0.4, "ari": 0.3}))
+    written = {}
+    monkeypatch.setattr(record_clusters, "write_result", lambda name, payload, out=None: written.update(payload) or name)
+    record_clusters.main([str(run), "--name", "x", "--command", "minivae train --epochs 2"])
+    assert written["run_command"] == "minivae train --epochs 2" and written["results"] == {"test_elbo": -99.0}
+    assert [s["cluster_command"] for s in written["clusters"]] == [
+        f"minivae cluster run --clusters {c} --n 10000 --seed 0" for c in (10, 20)]
+    assert all("run" not in s and s["accuracy"] == 0.5 for s in written["clusters"])
+    assert "git_commit" in written["versions"] and "sklearn" in written["versions"]
+    (run / "clusters_10.json").unlink()
+    (run / "clusters_20.json").unlink()
+    with pytest.raises(SystemExit):  # nothing to record
+        record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
