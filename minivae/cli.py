@@ -29,10 +29,10 @@ from .data.mnist import SPLIT_SIZES, MNISTError
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
-from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, cluster_results_path,
-                   eval_results_path,
-                   check_resume_state, check_run_dir, is_run_file, load_run, next_free_run_dir,
-                   read_checkpoint, resumable_options, run_folder_options, run_model, write_json)
+from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
+                   check_run_dir, cluster_results_path, eval_results_path, is_run_file, load_run,
+                   next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
+                   write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
