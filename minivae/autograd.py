@@ -399,7 +399,7 @@ def backward(tensors, grads, retain_graph=False):
     for t, g in zip(tensors, grads):
         g = _root_gradient(t, g)
         acc = pending.get(t)
-        pending[t] = g if acc is None else acc + g
+        pending[t] = g if acc is None else _array(acc + g)
     anomaly = _state.anomaly
     for node in _topological_order(tensors):
         fn, ctx = node.fn, node.ctx
@@ -432,13 +432,14 @@ def backward(tensors, grads, retain_graph=False):
             if g is None or not inp.requires_grad:
                 continue
             data = inp.data
+            g = _array(g)
             if g.shape != data.shape:
                 g = _unbroadcast(g, data.shape, fn)
             if g.dtype != data.dtype:
                 raise RuntimeError(f"{fn.__name__}.backward returned {g.dtype} for a "
                                    f"{data.dtype} input")
             acc = pending.get(inp)
-            pending[inp] = g if acc is None else acc + g
+            pending[inp] = g if acc is None else _array(acc + g)
         if not retain_graph:
             node.release()  # drop the saved arrays and the input tensors
     # What is left are the leaves' complete sums (every op that feeds them has run).
@@ -448,12 +449,19 @@ def backward(tensors, grads, retain_graph=False):
             hooked = _run_hooks(leaf, g)
             g = g if hooked is g else hooked.copy()  # a replacement may be the hook's own array
         if leaf.grad is not None:
-            leaf.grad = leaf.grad + g  # a new array: the caller may hold the old .grad
+            leaf.grad = _array(leaf.grad + g)  # a new array: the caller may hold the old .grad
             continue
         if retain_graph or getattr(g, "base", None) is not None or id(g) in given:
             g = g.copy()  # a context may keep g, or g is a view, or another leaf has it
         given.add(id(g))
         leaf.grad = g
+
+
+def _array(g):
+    """``g`` as an array: NumPy's arithmetic on 0-d arrays returns NumPy scalars (``g * out`` in
+    a backward, ``acc + g`` here), but every gradient, a leaf's ``.grad`` and what a hook gets,
+    is an array (writable, with the array's methods), as for any other shape and on CuPy."""
+    return np.asarray(g) if isinstance(g, np.generic) else g
 
 
 def _check_roots(tensors, grads):

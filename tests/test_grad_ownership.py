@@ -182,3 +182,21 @@ def test_zero_dimensional_leaves_accumulate_every_contribution():
     x = mv.tensor(2.0, requires_grad=True)
     (x * x + 3 * x).backward()  # three contributions; 0-d sums are NumPy scalars
     assert x.grad == 7.0
+
+
+@pytest.mark.parametrize("second_backward", [False, True])
+def test_zero_dimensional_gradients_are_writable_arrays(second_backward):
+    """NumPy's arithmetic on 0-d arrays returns NumPy scalars (read-only, without ``setflags`` or
+    item assignment); the gradients of 0-d tensors are arrays all the same, as for every other
+    shape: what a hook gets, the ``.grad`` of a leaf, and its sum over two backward passes."""
+    x = mv.tensor(2.0, requires_grad=True)
+    seen = []
+    y = F.exp(x * 1.5)
+    y.register_hook(lambda g: seen.append(g))
+    for _ in range(1 + second_backward):
+        (y * y + F.exp(x)).backward(retain_graph=True)
+    for g in seen + [x.grad]:
+        assert type(g) is np.ndarray and g.shape == () and g.dtype == x.dtype and g.flags.writeable
+    expected = (1 + second_backward) * (3 * np.exp(6.0) + np.exp(2.0))
+    np.testing.assert_allclose(x.grad, expected, rtol=1e-6)  # float32, the default dtype
+    x.grad[...] = 0.0  # it is the leaf's own array
