@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 from minivae import Tensor
 from minivae import functional as F
 from minivae.autograd import backward
+from minivae.gradcheck import FLOAT32_ATOL, FLOAT32_RTOL
 
 SETTINGS = settings(max_examples=60, deadline=None)
 
@@ -51,6 +52,92 @@ def test_broadcasting_gradients(case, op):
     assert ta.grad.shape == a.shape and tb.grad.shape == b.shape
     np.testing.assert_allclose(ta.grad, sum_to(np.broadcast_to(da, g.shape), a.shape), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(tb.grad, sum_to(np.broadcast_to(db, g.shape), b.shape), rtol=1e-12, atol=1e-12)
+
+
+def assert_close(got, want, dtype, err_msg=""):
+    """``got`` is an array of ``dtype`` and of ``want``'s shape, equal to the float64 ``want`` up to
+    rounding: to 1e-12 in float64; in float32, within ``FLOAT32_ATOL + FLOAT32_RTOL * max|want|``
+    (the rule of ``check_float32``: float32 rounding scales with the largest value)."""
+    assert type(got) is np.ndarray, (type(got), err_msg)
+    assert got.dtype == dtype and got.shape == np.shape(want), (got.dtype, got.shape, np.shape(want), err_msg)
+    if dtype == np.float64:
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=err_msg)
+    else:
+        scale = float(np.abs(want).max()) if np.size(want) else 0.0
+        np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT32_ATOL + FLOAT32_RTOL * scale, err_msg=err_msg)
+
+
+# d(op)/da and d(op)/db of each binary op, written in NumPy on the broadcast arrays
+BINARY_OPS = {
+    "add": (np.add, lambda a, b: (1.0, 1.0)),
+    "sub": (np.subtract, lambda a, b: (1.0, -1.0)),
+    "mul": (np.multiply, lambda a, b: (b, a)),
+    "div": (np.divide, lambda a, b: (1 / b, -a / b**2)),
+}
+dtypes = st.sampled_from([np.float32, np.float64])
+
+
+@settings(max_examples=120, deadline=None)
+@given(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=0, max_side=3),
+       st.sampled_from(sorted(BINARY_OPS)), dtypes, st.integers(0, 2**32 - 1))
+def test_binary_ops_with_empty_axes_in_float32_and_float64(shapes, op, dtype, seed):
+    """add/sub/mul/div under any broadcast pair, 0-d inputs and size-0 axes included (the cases
+    above have none), in either dtype: the result and both gradients keep the inputs' dtype, and
+    each gradient is the NumPy derivative times a random upstream, summed over the axes that
+    input was broadcast along."""
+    (sa, sb), out = shapes
+    rng = np.random.default_rng(seed)
+    a = rng.uniform(-2, 2, sa).astype(dtype)
+    b = (rng.uniform(0.5, 2, sb) * rng.choice([-1.0, 1.0], sb)).astype(dtype)  # |b| >= 0.5 for div
+    ta, tb = Tensor(a, requires_grad=True), Tensor(b, requires_grad=True)
+    result = getattr(F, op)(ta, tb)
+    forward, derivatives = BINARY_OPS[op]
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    assert_close(result.data, forward(a64, b64), dtype)
+    g = rng.standard_normal(out).astype(dtype)
+    result.backward(g)
+    da, db = (np.broadcast_to(d * g.astype(np.float64), out) for d in derivatives(a64, b64))
+    assert_close(ta.grad, sum_to(da, sa), dtype, "d/da")
+    assert_close(tb.grad, sum_to(db, sb), dtype, "d/db")
+
+
+@SETTINGS
+@given(shapes, st.sampled_from(sorted(BINARY_OPS)), dtypes, st.integers(0, 2**32 - 1))
+def test_binary_ops_of_one_tensor_with_itself(shape, op, dtype, seed):
+    """op(a, a): both operand slots are the same tensor, so its gradient is the sum of the two
+    partial derivatives at b = a (2 g for add, 0 for sub and div, 2 a g for mul): the engine
+    must add the two contributions, neither dropping one nor letting one overwrite the other."""
+    rng = np.random.default_rng(seed)
+    a = (rng.uniform(0.5, 2, shape) * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+    t = Tensor(a, requires_grad=True)
+    result = getattr(F, op)(t, t)
+    forward, derivatives = BINARY_OPS[op]
+    a64 = a.astype(np.float64)
+    assert_close(result.data, forward(a64, a64), dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    result.backward(g)
+    da, db = derivatives(a64, a64)
+    assert_close(t.grad, (da + db) * g.astype(np.float64), dtype)
+
+
+@SETTINGS
+@given(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3), st.sampled_from(sorted(BINARY_OPS)),
+       st.floats(0.5, 2.0), st.booleans(), dtypes, st.integers(0, 2**32 - 1))
+def test_binary_ops_with_a_python_number(shape, op, number, number_first, dtype, seed):
+    """A Python number on either side is a constant that takes the tensor's dtype (float32 stays
+    float32, as in PyTorch), and the tensor's gradient is the partial derivative of its side."""
+    rng = np.random.default_rng(seed)
+    a = (rng.uniform(0.5, 2, shape) * rng.choice([-1.0, 1.0], shape)).astype(dtype)
+    t = Tensor(a, requires_grad=True)
+    result = getattr(F, op)(number, t) if number_first else getattr(F, op)(t, number)
+    forward, derivatives = BINARY_OPS[op]
+    a64 = a.astype(np.float64)
+    args = (number, a64) if number_first else (a64, number)
+    assert_close(result.data, forward(*args), dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    result.backward(g)
+    d = derivatives(*args)[1 if number_first else 0]
+    assert_close(t.grad, np.broadcast_to(d * g.astype(np.float64), shape), dtype)
 
 
 @st.composite
