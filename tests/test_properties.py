@@ -410,3 +410,92 @@ def test_reparameterize_with_noise_broadcasts(shapes, extra, seed):
     _check_against_numpy(lambda mu, lv: F.reparameterize(mu, lv, noise, shape=shape),
                          lambda mu, lv: mu + np.exp(lv / 2) * eps,
                          [rng.uniform(-1, 1, smu), rng.uniform(-1, 1, slv)], seed)
+
+
+# ----- unary elementwise ops: any shape, both dtypes, the documented value at each kink -----------
+def _sigmoid64(x):
+    return 1 / (1 + np.exp(-x))
+
+
+# name: (engine function, NumPy forward, NumPy derivative, input range, kinks). Kinks are points
+# where the derivative jumps; inputs land on them on purpose, and the derivative there is the
+# one each op's docstring states (and PyTorch uses): 0 for relu and abs at 0, the negative
+# side's slope for leaky_relu and elu at 0, 1 for clip at either bound.
+UNARY_OPS = {
+    "neg": (F.neg, np.negative, lambda x: -np.ones_like(x), (-2, 2), ()),
+    "exp": (F.exp, np.exp, np.exp, (-3, 3), ()),
+    "log": (F.log, np.log, lambda x: 1 / x, (0.2, 3), ()),
+    "sqrt": (F.sqrt, np.sqrt, lambda x: 0.5 / np.sqrt(x), (0.2, 3), ()),
+    "abs": (F.abs, np.abs, np.sign, (-2, 2), (0.0,)),
+    "tanh": (F.tanh, np.tanh, lambda x: 1 / np.cosh(x) ** 2, (-3, 3), ()),
+    "sigmoid": (F.sigmoid, _sigmoid64, lambda x: _sigmoid64(x) * _sigmoid64(-x), (-8, 8), ()),
+    "relu": (F.relu, lambda x: np.maximum(x, 0), lambda x: (x > 0) * 1.0, (-2, 2), (0.0,)),
+    "leaky_relu 0.2": (lambda t: F.leaky_relu(t, 0.2), lambda x: np.where(x > 0, x, 0.2 * x),
+                       lambda x: np.where(x > 0, 1.0, 0.2), (-2, 2), (0.0,)),
+    "elu 1.5": (lambda t: F.elu(t, 1.5), lambda x: np.where(x > 0, x, 1.5 * (np.exp(x) - 1)),
+                lambda x: np.where(x > 0, 1.0, 1.5 * np.exp(x)), (-2, 2), (0.0,)),
+    "softplus": (F.softplus, lambda x: np.log(1 + np.exp(x)), _sigmoid64, (-8, 8), ()),
+    "log_sigmoid": (F.log_sigmoid, lambda x: -np.log(1 + np.exp(-x)), lambda x: _sigmoid64(-x), (-8, 8), ()),
+    "pow 3": (lambda t: t ** 3, lambda x: x ** 3, lambda x: 3 * x ** 2, (-2, 2), ()),
+    "pow 0": (lambda t: t ** 0, lambda x: np.ones_like(x), np.zeros_like, (-2, 2), (0.0,)),
+    "pow 0.5": (lambda t: F.pow(t, 0.5), np.sqrt, lambda x: 0.5 / np.sqrt(x), (0.2, 3), ()),
+    "pow -1.5": (lambda t: t ** -1.5, lambda x: x ** -1.5, lambda x: -1.5 * x ** -2.5, (0.5, 2), ()),
+    "clip": (lambda t: F.clip(t, -0.5, 0.7), lambda x: np.clip(x, -0.5, 0.7),
+             lambda x: ((x >= -0.5) & (x <= 0.7)) * 1.0, (-2, 2), (-0.5, 0.7)),
+    "clip hi": (lambda t: F.clip(t, hi=0.25), lambda x: np.minimum(x, 0.25), lambda x: (x <= 0.25) * 1.0,
+                (-2, 2), (0.25,)),
+}
+
+
+@st.composite
+def unary_case(draw, name):
+    """An input of any shape (0-d and size-0 axes included) in the op's range, a quarter of its
+    elements set exactly on a kink when the op has one, and a dtype."""
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+    low, high = UNARY_OPS[name][3]
+    kinks = UNARY_OPS[name][4]
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(low, high, shape)
+    if kinks:
+        x = np.where(rng.uniform(size=shape) < 0.25, rng.choice(kinks, shape), x)
+    return x, draw(dtypes), seed
+
+
+@pytest.mark.parametrize("name", sorted(UNARY_OPS))
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_unary_ops_any_shape_both_dtypes(name, data):
+    """Each unary op keeps the shape and the dtype of its input (float32 stays float32), equals
+    its formula in NumPy (evaluated in float64 on the same values), and its gradient is the
+    formula's derivative times a random upstream, at kinks too."""
+    x, dtype, seed = data.draw(unary_case(name))
+    fn, forward, derivative, _, _ = UNARY_OPS[name]
+    x = x.astype(dtype)
+    x64 = x.astype(np.float64)
+    t = Tensor(x, requires_grad=True)
+    out = fn(t)
+    assert_close(out.data, forward(x64), dtype)
+    g = np.random.default_rng(seed + 1).standard_normal(x.shape).astype(dtype)
+    out.backward(g)
+    assert_close(t.grad, derivative(x64) * g.astype(np.float64), dtype)
+
+
+@pytest.mark.parametrize("name", ["abs", "relu", "leaky_relu 0.2", "elu 1.5", "clip", "clip hi", "pow 0"])
+def test_unary_kinks_take_pytorchs_derivative(name):
+    """At the kinks the engine's derivative is PyTorch's, exactly (so models and tests move
+    between the two without surprises)."""
+    torch = pytest.importorskip("torch")
+    spell = {"abs": torch.abs, "relu": torch.relu, "leaky_relu 0.2": lambda t: torch.nn.functional.leaky_relu(t, 0.2),
+             "elu 1.5": lambda t: torch.nn.functional.elu(t, 1.5), "clip": lambda t: torch.clamp(t, -0.5, 0.7),
+             "clip hi": lambda t: torch.clamp(t, max=0.25), "pow 0": lambda t: t ** 0}[name]
+    fn, _, _, _, kinks = UNARY_OPS[name]
+    x = np.array(sorted(set(kinks) | {-1.0, -0.25, 0.0, 0.25, 1.0}))
+    g = np.arange(1.0, x.size + 1)
+    t = Tensor(x, requires_grad=True)
+    out = fn(t)
+    out.backward(g)
+    tt = torch.tensor(x, requires_grad=True)
+    spell(tt).backward(torch.tensor(g))
+    np.testing.assert_array_equal(out.data, spell(torch.tensor(x)).numpy())
+    np.testing.assert_array_equal(t.grad, tt.grad.numpy())
