@@ -499,3 +499,30 @@ def test_unary_kinks_take_pytorchs_derivative(name):
     spell(tt).backward(torch.tensor(g))
     np.testing.assert_array_equal(out.data, spell(torch.tensor(x)).numpy())
     np.testing.assert_array_equal(t.grad, tt.grad.numpy())
+
+
+@SETTINGS
+@given(hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=0, max_side=3),
+       st.sampled_from(["both", "lo", "hi"]), dtypes, st.integers(0, 2**32 - 1))
+def test_clip_with_array_bounds_that_broadcast_x(shapes, which, dtype, seed):
+    """clip(x, lo, hi) with per-element bounds (arrays of x's dtype) that broadcast against x and
+    may make the result larger than x: the result is min(max(x, lo), hi) in the broadcast shape,
+    and x's gradient is the upstream where lo <= x <= hi (bounds included), summed back to x's
+    shape. Bounds may cross (lo > hi gives hi, with no gradient), as in NumPy and PyTorch."""
+    (sx, slo, shi), _ = shapes
+    rng = np.random.default_rng(seed)
+    # multiples of 1/4, so that many elements lie exactly on a bound, which passes the gradient
+    x = (rng.integers(-8, 9, sx) / 4).astype(dtype)
+    lo = (rng.integers(-6, 3, slo) / 4).astype(dtype) if which != "hi" else None
+    hi = (rng.integers(-2, 7, shi) / 4).astype(dtype) if which != "lo" else None
+    out_shape = np.broadcast_shapes(sx, slo if lo is not None else (), shi if hi is not None else ())
+    x64 = x.astype(np.float64)
+    lo64 = -np.inf if lo is None else lo.astype(np.float64)
+    hi64 = np.inf if hi is None else hi.astype(np.float64)
+    t = Tensor(x, requires_grad=True)
+    result = F.clip(t, lo, hi)
+    assert_close(result.data, np.minimum(np.maximum(x64, lo64), hi64) + np.zeros(out_shape), dtype)
+    g = rng.standard_normal(out_shape).astype(dtype)
+    result.backward(g)
+    inside = (x64 >= lo64) & (x64 <= hi64)
+    assert_close(t.grad, sum_to(np.where(inside, g.astype(np.float64), 0.0), x.shape), dtype)
