@@ -63,7 +63,8 @@ def assert_close(got, want, dtype, err_msg=""):
     if dtype == np.float64:
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=err_msg)
     else:
-        scale = float(np.abs(want).max()) if np.size(want) else 0.0
+        finite = np.abs(want)[np.isfinite(want)]  # -inf where logsumexp sums nothing
+        scale = float(finite.max()) if finite.size else 0.0
         np.testing.assert_allclose(got, want, rtol=0, atol=FLOAT32_ATOL + FLOAT32_RTOL * scale, err_msg=err_msg)
 
 
@@ -141,8 +142,8 @@ def test_binary_ops_with_a_python_number(shape, op, number, number_first, dtype,
 
 
 @st.composite
-def reduce_case(draw):
-    shape = draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=4))
+def reduce_case(draw, max_dims=4, min_side=1, max_side=4):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=max_dims, min_side=min_side, max_side=max_side))
     nd = len(shape)
     axes = draw(st.lists(st.integers(0, nd - 1), unique=True, max_size=nd))
     # Any spelling: None, one int, a tuple; some axes written as negative numbers.
@@ -315,22 +316,33 @@ def _numeric_grads(ref, arrays, upstream, eps=1e-6):
     return grads
 
 
-def _check_against_numpy(fn, ref, arrays, seed):
-    """fn's outputs equal ref's (float64), and the gradient of every input equals the central
-    differences of ref, for random upstream gradients (one per output)."""
+def _check_against_numpy(fn, ref, arrays, seed, dtype=np.float64):
+    """fn's outputs equal ref's, and the gradient of every input equals the central differences
+    of ref, for random upstream gradients (one per output). With ``dtype=np.float32`` the inputs
+    and upstreams are rounded to float32 first; outputs and gradients must stay float32 and agree
+    with ref (in float64, at the same points) to float32 rounding (``assert_close``)."""
+    arrays = [np.asarray(a, dtype=dtype) for a in arrays]
     tensors = [Tensor(a, requires_grad=True) for a in arrays]
+    arrays = [a.astype(np.float64) for a in arrays]
     outs, expected = _as_tuple(fn(*tensors)), _as_tuple(ref(*arrays))
     assert len(outs) == len(expected)
     for out, exp in zip(outs, expected):
-        assert out.shape == np.shape(exp) and out.dtype == np.float64
-        np.testing.assert_allclose(out.data, exp, rtol=1e-10, atol=1e-12)
+        assert out.shape == np.shape(exp) and out.dtype == dtype
+        if dtype == np.float64:
+            np.testing.assert_allclose(out.data, exp, rtol=1e-10, atol=1e-12)
+        else:
+            assert_close(out.data, np.asarray(exp), dtype)
     rng = np.random.default_rng(seed)
-    upstream = [rng.standard_normal(out.shape) for out in outs]
+    upstream = [rng.standard_normal(out.shape).astype(dtype) for out in outs]
     backward(list(outs), upstream)
-    numeric = _numeric_grads(ref, arrays, upstream)
+    numeric = _numeric_grads(ref, arrays, [u.astype(np.float64) for u in upstream])
     for i in range(len(arrays)):
-        assert tensors[i].grad is not None and tensors[i].grad.shape == arrays[i].shape, i
-        np.testing.assert_allclose(tensors[i].grad, numeric[i], rtol=1e-5, atol=1e-6, err_msg=f"input {i}")
+        grad = tensors[i].grad
+        assert type(grad) is np.ndarray and grad.shape == arrays[i].shape and grad.dtype == dtype, i
+        if dtype == np.float64:
+            np.testing.assert_allclose(grad, numeric[i], rtol=1e-5, atol=1e-6, err_msg=f"input {i}")
+        else:
+            assert_close(grad, numeric[i], dtype, f"input {i}")
 
 
 @pytest.mark.parametrize("name", sorted(BROADCAST_OPS))
@@ -526,3 +538,112 @@ def test_clip_with_array_bounds_that_broadcast_x(shapes, which, dtype, seed):
     result.backward(g)
     inside = (x64 >= lo64) & (x64 <= hi64)
     assert_close(t.grad, sum_to(np.where(inside, g.astype(np.float64), 0.0), x.shape), dtype)
+
+
+# ----- reductions over any axes, with size-0 axes, in both dtypes --------------------------------
+def _lse(x, axis, keepdims):
+    """log(sum(exp(x))) as written, without the shift (the inputs are small): an independent
+    spelling of the stable form; an empty sum gives log(0) = -inf."""
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(x).sum(axis=axis, keepdims=keepdims))
+
+
+def _reduced_size(shape, axis):
+    axes = range(len(shape)) if axis is None else np.atleast_1d(axis) % len(shape)
+    return int(np.prod([shape[a] for a in axes]))
+
+
+@settings(max_examples=80, deadline=None)
+@given(reduce_case(max_dims=3, min_side=0, max_side=3), st.sampled_from(["sum", "mean", "logsumexp"]), dtypes,
+       st.integers(0, 2**32 - 1))
+def test_reductions_with_empty_axes_both_dtypes(case, op, dtype, seed):
+    """sum, mean and logsumexp over any axes (None, one, a tuple, negative), keepdims or not, of
+    arrays with size-0 axes, in float32 and float64: the result equals NumPy's (logsumexp: -inf
+    over an empty axis), and the gradient the central differences of the NumPy formula (an empty
+    gradient where x is empty). The mean of no elements is NaN, with no gradient to compare."""
+    x, axis, keepdims = case
+    assume(op != "mean" or _reduced_size(x.shape, axis) > 0)
+    ref = {"sum": lambda a: np.sum(a, axis=axis, keepdims=keepdims),
+           "mean": lambda a: np.mean(a, axis=axis, keepdims=keepdims),
+           "logsumexp": lambda a: _lse(a, axis, keepdims)}[op]
+    fn = getattr(F, op)
+    _check_against_numpy(lambda t: fn(t, axis=axis, keepdims=keepdims), ref, [x], seed, dtype)
+
+
+@settings(max_examples=80, deadline=None)
+@given(reduce_case(max_dims=3, min_side=0, max_side=3), dtypes, st.integers(0, 2**32 - 1))
+def test_max_any_axes_shares_ties_and_refuses_empty_slices(case, dtype, seed):
+    """max over any axes, values on a coarse grid so that ties are common: the result is NumPy's
+    maximum, and each of the m elements equal to their slice's maximum receives 1/m of the
+    upstream (computed here from NumPy's maximum and a count of the ties), the others 0. Over a
+    size-0 axis there is no maximum: a ValueError, as NumPy (and torch.amax) raise."""
+    x, axis, keepdims = case
+    x = (np.round(x * 2) / 2).astype(dtype)  # -2, -1.5, ..., 2
+    t = Tensor(x, requires_grad=True)
+    if _reduced_size(x.shape, axis) == 0:
+        with pytest.raises(ValueError, match="empty slice has no maximum"):
+            F.max(t, axis=axis, keepdims=keepdims)
+        return
+    out = F.max(t, axis=axis, keepdims=keepdims)
+    want = np.max(x, axis=axis, keepdims=keepdims)
+    assert_close(out.data, want.astype(np.float64), dtype)
+    g = np.random.default_rng(seed).standard_normal(want.shape).astype(dtype)
+    out.backward(g)
+    ties = x == np.max(x, axis=axis, keepdims=True)
+    g_kept = g.astype(np.float64).reshape(np.max(x, axis=axis, keepdims=True).shape)
+    assert_close(t.grad, np.where(ties, g_kept / ties.sum(axis=axis, keepdims=True), 0.0), dtype)
+
+
+@st.composite
+def one_axis_case(draw):
+    """An array of 1 to 3 axes (size-0 ones included) and one of its axes, maybe negative."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=3))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return draw(arrays(shape, -3.0, 3.0)), axis
+
+
+def _softmax(x, axis):
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(one_axis_case(), st.sampled_from(["softmax", "log_softmax"]), dtypes, st.integers(0, 2**32 - 1))
+def test_softmax_and_log_softmax_along_any_axis(case, op, dtype, seed):
+    """softmax and log_softmax along any one axis (negative too) of arrays with size-0 axes, in
+    both dtypes: the result is exp(x) / sum(exp(x)) (or its log, x - log(sum(exp(x)))) along that
+    axis only, and the gradient the central differences of that NumPy formula."""
+    x, axis = case
+    ref = {"softmax": lambda a: _softmax(a, axis),
+           "log_softmax": lambda a: a - _lse(a, axis, keepdims=True)}[op]
+    fn = getattr(F, op)
+    _check_against_numpy(lambda t: fn(t, axis=axis), ref, [x], seed, dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(reduce_case(max_dims=3, min_side=1, max_side=3), st.sampled_from(["max", "logsumexp", "softmax", "log_softmax"]),
+       st.integers(0, 2**32 - 1))
+def test_reductions_match_pytorch(case, op, seed):
+    """max (as torch.amax, which also shares the gradient among ties), logsumexp, softmax and
+    log_softmax over the same axes as in PyTorch: the same results and gradients, in float64."""
+    torch = pytest.importorskip("torch")
+    x, axis, keepdims = case
+    dims = tuple(range(x.ndim)) if axis is None else tuple(int(a) for a in np.atleast_1d(axis))
+    assume(dims)  # PyTorch reads dim=() as every axis, NumPy (and minivae) as none
+    if op == "max":
+        x = np.round(x * 2) / 2  # ties
+        ours = lambda t: F.max(t, axis=axis, keepdims=keepdims)  # noqa: E731
+        theirs = lambda t: torch.amax(t, dim=dims, keepdim=keepdims)  # noqa: E731
+    elif op == "logsumexp":
+        ours = lambda t: F.logsumexp(t, axis=axis, keepdims=keepdims)  # noqa: E731
+        theirs = lambda t: torch.logsumexp(t, dim=dims, keepdim=keepdims)  # noqa: E731
+    else:
+        ours = lambda t: getattr(F, op)(t, axis=dims[0])  # noqa: E731
+        theirs = lambda t: getattr(torch, op)(t, dim=dims[0])  # noqa: E731
+    t, tt = Tensor(x, requires_grad=True), torch.tensor(x, requires_grad=True)
+    out, tout = ours(t), theirs(tt)
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-12, atol=1e-12)
+    g = np.random.default_rng(seed).standard_normal(out.shape)
+    out.backward(g)
+    tout.backward(torch.tensor(g))
+    np.testing.assert_allclose(t.grad, tt.grad.numpy(), rtol=1e-12, atol=1e-12)
