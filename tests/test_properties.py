@@ -647,3 +647,166 @@ def test_reductions_match_pytorch(case, op, seed):
     out.backward(g)
     tout.backward(torch.tensor(g))
     np.testing.assert_allclose(t.grad, tt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+# ----- shape ops: forward as NumPy, backward by labels ---------------------------------------------
+def moved_gradients(numpy_op, shapes, g):
+    """Where the upstream ``g`` of an op that only moves elements goes, worked out by value:
+    number every element of every input (one running count), apply the NumPy op to those
+    labels, and add each upstream entry to the element whose label landed there (bincount sums
+    the entries of an element used twice, e.g. an input passed twice). Returns one gradient per
+    input shape."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    starts = np.cumsum([0] + sizes)
+    labels = [np.arange(a, b).reshape(s) for a, b, s in zip(starts, starts[1:], shapes)]
+    picked = np.asarray(numpy_op(*labels))
+    total = np.bincount(picked.ravel(), weights=g.ravel().astype(np.float64), minlength=starts[-1])
+    return [total[a:b].reshape(s) for a, b, s in zip(starts, starts[1:], shapes)]
+
+
+def _check_moves(fn, numpy_op, xs, seed, dtype, uses=None):
+    """``fn`` on tensors of the arrays ``xs`` (each used at the positions listed in ``uses``,
+    default once each, in order) equals ``numpy_op`` on the arrays exactly, and each tensor's
+    gradient is what ``moved_gradients`` says (an input used twice gets both shares; one not
+    used, none)."""
+    uses = list(range(len(xs))) if uses is None else uses
+    xs = [np.asarray(x, dtype=dtype) for x in xs]
+    tensors = [Tensor(x, requires_grad=True) for x in xs]
+    out = fn(*[tensors[i] for i in uses])
+    want = numpy_op(*[xs[i] for i in uses])
+    assert out.dtype == dtype and out.shape == want.shape
+    np.testing.assert_array_equal(out.data, want)
+    g = np.random.default_rng(seed).standard_normal(out.shape).astype(dtype)
+    out.backward(g)
+    per_use = moved_gradients(numpy_op, [xs[i].shape for i in uses], g)
+    for k, t in enumerate(tensors):
+        if k not in uses:  # a tensor the op never saw gets no gradient
+            assert t.grad is None
+            continue
+        expected = sum((per_use[j] for j, i in enumerate(uses) if i == k), np.zeros(xs[k].shape))
+        assert_close(t.grad, expected, dtype, f"input {k}")
+
+
+@st.composite
+def reshape_case(draw):
+    """A shape, and another of the same size: the axes shuffled, some neighbours merged, ones
+    inserted, and one entry written -1 where that leaves the shape unambiguous."""
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=3))
+    parts = list(draw(st.permutations(shape)))
+    merged = []
+    for n in parts:
+        if merged and draw(st.booleans()):
+            merged[-1] *= n
+        else:
+            merged.append(n)
+    for _ in range(draw(st.integers(0, 2))):
+        merged.insert(draw(st.integers(0, len(merged))), 1)
+    if merged and draw(st.booleans()):
+        k = draw(st.integers(0, len(merged) - 1))
+        if np.prod(merged[:k] + merged[k + 1:]) != 0:  # -1 with a zero elsewhere is ambiguous
+            merged[k] = -1
+    return shape, tuple(merged)
+
+
+@SETTINGS
+@given(reshape_case(), st.booleans(), dtypes, st.integers(0, 2**32 - 1))
+def test_reshape_to_any_shape_of_the_same_size(case, as_method, dtype, seed):
+    """reshape (as a function, or the method with the sizes as separate arguments) to any shape
+    of the same size, -1 included, 0-d and size-0 shapes included: NumPy's result, and the
+    upstream goes back to the element each entry came from."""
+    shape, target = case
+    x = np.random.default_rng(seed).uniform(-2, 2, shape)
+    fn = (lambda t: t.reshape(*target)) if as_method else (lambda t: F.reshape(t, target))
+    _check_moves(fn, lambda a: a.reshape(target), [x], seed, dtype)
+
+
+@st.composite
+def transpose_case(draw):
+    """A shape and a permutation of its axes, each written as a positive or negative number, or
+    None (reverse them)."""
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=3))
+    if draw(st.booleans()):
+        return shape, None
+    perm = draw(st.permutations(range(len(shape))))
+    return shape, tuple(a - len(shape) if draw(st.booleans()) else a for a in perm)
+
+
+@SETTINGS
+@given(transpose_case(), st.booleans(), dtypes, st.integers(0, 2**32 - 1))
+def test_transpose_by_any_permutation(case, as_method, dtype, seed):
+    """transpose by any permutation (negative axes, None, the method and .T): NumPy's result,
+    and the upstream permuted back (a forward permutation used again in backward, instead of its
+    inverse, sends entries to the wrong places for every 3-cycle)."""
+    shape, axes = case
+    x = np.random.default_rng(seed).uniform(-2, 2, shape)
+    if as_method:
+        fn = (lambda t: t.T) if axes is None else (lambda t: t.transpose(*axes))
+    else:
+        fn = lambda t: F.transpose(t, axes)  # noqa: E731
+    _check_moves(fn, lambda a: np.transpose(a, axes), [x], seed, dtype)
+
+
+@st.composite
+def join_case(draw, new_axis):
+    """Arrays to join: for concatenate, one shape off ``axis`` and any size (0 included) along
+    it; for stack, one shape. Each of 1 to 4 positions takes one of the arrays, so that one
+    tensor may be joined to itself."""
+    base = draw(hnp.array_shapes(min_dims=0 if new_axis else 1, max_dims=3, min_side=0, max_side=3))
+    nd = len(base) + (1 if new_axis else 0)
+    axis = draw(st.integers(-nd, nd - 1))
+    n = draw(st.integers(1, 3))
+    if new_axis:
+        shapes = [base] * n
+    else:
+        k = axis % nd
+        shapes = [base[:k] + (draw(st.integers(0, 3)),) + base[k + 1:] for _ in range(n)]
+    uses = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=4))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    return [rng.uniform(-2, 2, s) for s in shapes], axis, uses, seed
+
+
+@SETTINGS
+@given(join_case(new_axis=False), dtypes)
+def test_concatenate_any_axis_sizes_and_repeats(case, dtype):
+    """concatenate along any axis (negative too) of pieces of any size along it (0 included),
+    one tensor possibly several times: NumPy's result, and each piece's slice of the upstream
+    back to it (summed over its uses)."""
+    xs, axis, uses, seed = case
+    _check_moves(lambda *ts: F.concatenate(ts, axis=axis), lambda *a: np.concatenate(a, axis=axis),
+                 xs, seed, dtype, uses)
+
+
+@SETTINGS
+@given(join_case(new_axis=True), dtypes)
+def test_stack_any_axis_and_repeats(case, dtype):
+    """stack along any new axis (negative too, up to one past the last) of arrays of any shape
+    (0-d and size-0 included), one tensor possibly several times: NumPy's result, and each
+    position's entry of the upstream back to its tensor (summed over its uses)."""
+    xs, axis, uses, seed = case
+    _check_moves(lambda *ts: F.stack(ts, axis=axis), lambda *a: np.stack(a, axis=axis), xs, seed, dtype, uses)
+
+
+@st.composite
+def basic_index_any_shape_case(draw):
+    """Basic indices (slices with any steps, negative included; integers; None; Ellipsis) of
+    arrays that may be 0-d or have size-0 axes, which the getitem tests above leave out."""
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4))
+    index = draw(hnp.basic_indices(shape, min_dims=0, allow_newaxis=True, allow_ellipsis=True))
+    return draw(arrays(shape)), index
+
+
+@SETTINGS
+@given(basic_index_any_shape_case(), dtypes, st.integers(0, 2**32 - 1))
+def test_getitem_of_0d_and_empty_arrays(case, dtype, seed):
+    x, index = case
+    _check_moves(lambda t: t[index], lambda a: a[index], [x], seed, dtype)
+
+
+@SETTINGS
+@given(integer_index_case(), dtypes, st.integers(0, 2**32 - 1))
+def test_getitem_integer_arrays_in_both_dtypes(case, dtype, seed):
+    """Integer-array indices (negative and repeated entries) in float32 as in float64: the
+    scatter-add of the backward keeps the dtype."""
+    x, index = case
+    _check_moves(lambda t: t[index], lambda a: a[index], [x], seed, dtype)
