@@ -384,18 +384,56 @@ def test_broadcast_to_sums_the_gradient_back(target, data, seed):
 
 @SETTINGS
 @given(hnp.mutually_broadcastable_shapes(signature="(n,k),(k,m)->(n,m)", max_dims=3,
-                                         min_side=1, max_side=3),
-       st.integers(0, 2**32 - 1))
-def test_matmul_broadcasts_batch_axes(shapes, seed):
+                                         min_side=0, max_side=3),
+       dtypes, st.integers(0, 2**32 - 1))
+def test_matmul_broadcasts_batch_axes(shapes, dtype, seed):
+    """Batched matmul, batch axes broadcast, any size 0 included (an empty inner axis gives
+    zeros, and zero gradients), in float32 and float64."""
     (sa, sb), _ = shapes
     rng = np.random.default_rng(seed)
-    _check_against_numpy(F.matmul, np.matmul, [rng.uniform(-1, 1, sa), rng.uniform(-1, 1, sb)], seed)
+    _check_against_numpy(F.matmul, np.matmul, [rng.uniform(-1, 1, sa), rng.uniform(-1, 1, sb)], seed, dtype)
+
+
+@SETTINGS
+@given(hnp.mutually_broadcastable_shapes(signature="(n,k),(k,m)->(n,m)", max_dims=4, min_side=0, max_side=3),
+       st.booleans(), st.integers(0, 2**32 - 1))
+def test_matmul_matches_pytorch(shapes, square, seed):
+    """Batched matmul against torch.matmul in float64, results and gradients; or x @ x for one
+    square tensor, whose gradient is g x^T + x^T g summed over the broadcast batch axes."""
+    torch = pytest.importorskip("torch")
+    (sa, sb), _ = shapes
+    rng = np.random.default_rng(seed)
+    if square:
+        sa = sa[:-1] + (sa[-2],)
+        inputs = [rng.uniform(-1, 1, sa)]
+        ours, theirs = (lambda a: a @ a), (lambda a: a @ a)
+    else:
+        inputs = [rng.uniform(-1, 1, sa), rng.uniform(-1, 1, sb)]
+        ours, theirs = F.matmul, torch.matmul
+    ts = [Tensor(x, requires_grad=True) for x in inputs]
+    tts = [torch.tensor(x, requires_grad=True) for x in inputs]
+    out, tout = ours(*ts), theirs(*tts)
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=1e-12, atol=1e-12)
+    g = rng.standard_normal(out.shape)
+    out.backward(g)
+    tout.backward(torch.tensor(g))
+    for t, tt in zip(ts, tts):
+        np.testing.assert_allclose(t.grad, tt.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("sa, sb", [((3,), (3, 2)), ((2, 3), (3,)), ((3,), (3,)), ((), (2, 2))])
+def test_matmul_refuses_vectors(sa, sb):
+    """matmul takes arrays of two or more axes only (its documented contract: reshape a vector
+    first); NumPy and PyTorch would promote a 1-D operand to a row or a column. linear takes a
+    1-D x (the property above draws it)."""
+    with pytest.raises(ValueError, match="matmul: needs arrays of at least 2 dimensions"):
+        F.matmul(Tensor(np.ones(sa)), Tensor(np.ones(sb)))
 
 
 @SETTINGS
 @given(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=3), st.integers(0, 3), st.integers(0, 3),
-       st.booleans(), st.integers(0, 2**32 - 1))
-def test_linear_bias_broadcasts_over_every_leading_axis(lead, n_in, n_out, bias, seed):
+       st.booleans(), dtypes, st.integers(0, 2**32 - 1))
+def test_linear_bias_broadcasts_over_every_leading_axis(lead, n_in, n_out, bias, dtype, seed):
     rng = np.random.default_rng(seed)
     arrays = [rng.uniform(-1, 1, lead + (n_in,)), rng.uniform(-1, 1, (n_in, n_out))]
     if bias:
@@ -405,7 +443,7 @@ def test_linear_bias_broadcasts_over_every_leading_axis(lead, n_in, n_out, bias,
         pre = arrays[0] @ arrays[1] + (arrays[2] if bias else 0.0)
         if fn is F.linear_relu and np.any(np.abs(pre) < 1e-3):
             continue  # central differences across the kink
-        _check_against_numpy(fn, ref, arrays, seed)
+        _check_against_numpy(fn, ref, arrays, seed, dtype)
 
 
 @SETTINGS
