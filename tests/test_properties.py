@@ -263,7 +263,8 @@ def test_getitem_boolean_mask(case, seed):
 # input's own shape (so a gradient that is not summed back over a broadcast axis, or is summed
 # over the wrong one, differs by whole multiples). Shapes come from mutually broadcastable
 # shapes with 0-d inputs, size-1 axes and empty axes; per-row ops (a sum over the last axis)
-# need a result with at least one axis.
+# need a result with at least one axis. Inputs are float32 or float64; float32 results and
+# gradients must stay float32 and agree with the float64 reference to float32 rounding.
 
 def _pwm(mh, a, mp, c):
     var_q = 1 / (np.exp(-a) + np.exp(-c))
@@ -347,8 +348,8 @@ def _check_against_numpy(fn, ref, arrays, seed, dtype=np.float64):
 
 @pytest.mark.parametrize("name", sorted(BROADCAST_OPS))
 @settings(max_examples=100, deadline=None)
-@given(data=st.data(), seed=st.integers(0, 2**32 - 1))
-def test_broadcasting_ops_against_numpy(name, data, seed):
+@given(data=st.data(), dtype=dtypes, seed=st.integers(0, 2**32 - 1))
+def test_broadcasting_ops_against_numpy(name, data, dtype, seed):
     fn, ref, n, per_row = BROADCAST_OPS[name]
     shapes, out = data.draw(hnp.mutually_broadcastable_shapes(
         num_shapes=n, min_dims=0, max_dims=3, min_side=0, max_side=3).filter(lambda s: s.result_shape or not per_row))
@@ -357,18 +358,31 @@ def test_broadcasting_ops_against_numpy(name, data, seed):
     assume(name != "bce mean" or np.prod(out) > 0)
     if name.startswith("bce"):  # targets in [0, 1]
         inputs[1] = np.asarray((inputs[1] + 1.5) / 3)
-    _check_against_numpy(fn, ref, inputs, seed)
+    _check_against_numpy(fn, ref, inputs, seed, dtype)
 
 
 @SETTINGS
 @given(hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=0, max_side=3),
-       st.integers(0, 2**32 - 1))
-def test_where_broadcasts_condition_and_both_branches(shapes, seed):
+       dtypes, st.integers(0, 2**32 - 1))
+def test_where_broadcasts_condition_and_both_branches(shapes, dtype, seed):
     (sc, sa, sb), _ = shapes
     rng = np.random.default_rng(seed)
     cond = rng.uniform(size=sc) < 0.5
     a, b = rng.uniform(-2, 2, sa), rng.uniform(-2, 2, sb)
-    _check_against_numpy(lambda a, b: F.where(cond, a, b), lambda a, b: np.where(cond, a, b), [a, b], seed)
+    _check_against_numpy(lambda a, b: F.where(cond, a, b), lambda a, b: np.where(cond, a, b), [a, b], seed, dtype)
+
+
+@SETTINGS
+@given(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=0, max_side=3),
+       dtypes, st.integers(0, 2**32 - 1))
+def test_where_with_one_tensor_in_both_branches(shapes, dtype, seed):
+    """where(cond, a, a * 2): one tensor reaches both branches, so its gradient is g where cond
+    and 2 g elsewhere, summed over the axes the condition broadcast it along."""
+    (sc, sa), _ = shapes
+    rng = np.random.default_rng(seed)
+    cond = rng.uniform(size=sc) < 0.5
+    _check_against_numpy(lambda a: F.where(cond, a, a * 2.0), lambda a: np.where(cond, a, a * 2.0),
+                         [rng.uniform(-2, 2, sa)], seed, dtype)
 
 
 @SETTINGS
@@ -448,8 +462,8 @@ def test_linear_bias_broadcasts_over_every_leading_axis(lead, n_in, n_out, bias,
 
 @SETTINGS
 @given(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, min_side=0, max_side=3),
-       st.sampled_from([None, (2,), (1,)]), st.integers(0, 2**32 - 1))
-def test_reparameterize_with_noise_broadcasts(shapes, extra, seed):
+       st.sampled_from([None, (2,), (1,)]), dtypes, st.integers(0, 2**32 - 1))
+def test_reparameterize_with_noise_broadcasts(shapes, extra, dtype, seed):
     from minivae.random import Noise
 
     (smu, slv), out = shapes
@@ -459,7 +473,28 @@ def test_reparameterize_with_noise_broadcasts(shapes, extra, seed):
     eps = noise.normal(out if shape is None else shape, dtype=np.float64)
     _check_against_numpy(lambda mu, lv: F.reparameterize(mu, lv, noise, shape=shape),
                          lambda mu, lv: mu + np.exp(lv / 2) * eps,
-                         [rng.uniform(-1, 1, smu), rng.uniform(-1, 1, slv)], seed)
+                         [rng.uniform(-1, 1, smu), rng.uniform(-1, 1, slv)], seed, dtype)
+
+
+@SETTINGS
+@given(hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=3), st.sampled_from([None, 1, 3]), dtypes,
+       st.integers(0, 2**32 - 1))
+def test_reparameterize_kl_any_rows_and_samples(shape, samples, dtype, seed):
+    """The fused (z, kl) of reparameterize_kl for rows of any shape (size-0 axes included) and
+    S samples per row, in both dtypes: z = mu + exp(logvar / 2) eps with the draw's normals (of
+    shape (S,) + mu.shape), kl per row, both against NumPy, and the gradients of mu and logvar
+    (through z summed over the samples, and through kl) against central differences."""
+    from minivae.random import Noise
+
+    noise = Noise(seed=seed % 1000, offset=5)
+    eps = noise.normal(shape if samples is None else (samples,) + shape, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+
+    def ref(mu, lv):
+        return mu + np.exp(lv / 2) * eps, 0.5 * (mu**2 + np.exp(lv) - 1 - lv).sum(-1)
+
+    _check_against_numpy(lambda mu, lv: F.reparameterize_kl(mu, lv, noise, samples=samples), ref,
+                         [rng.uniform(-1, 1, shape), rng.uniform(-1, 1, shape)], seed, dtype)
 
 
 # ----- unary elementwise ops: any shape, both dtypes, the documented value at each kink -----------
