@@ -883,3 +883,67 @@ def test_getitem_integer_arrays_in_both_dtypes(case, dtype, seed):
     scatter-add of the backward keeps the dtype."""
     x, index = case
     _check_moves(lambda t: t[index], lambda a: a[index], [x], seed, dtype)
+
+
+# ----- batch normalization ------------------------------------------------------------------------
+@st.composite
+def batch_norm_case(draw):
+    """(N, C) or (N, C, L) input with at least two values per channel, and whether it is affine."""
+    n, c = draw(st.integers(1, 4)), draw(st.integers(1, 3))
+    shape = (n, c) + ((draw(st.integers(1, 3)),) if draw(st.booleans()) else ())
+    assume(n * (shape[2] if len(shape) == 3 else 1) >= 2)
+    return shape, draw(st.booleans())
+
+
+def _bn_reference(x, gamma=None, beta=None, eps=1e-5):
+    """Batch normalization as its docstring writes it, over every axis but the channel axis 1."""
+    axes = (0,) if x.ndim == 2 else (0, 2)
+    c = (1, -1) if x.ndim == 2 else (1, -1, 1)
+    xhat = (x - x.mean(axis=axes, keepdims=True)) / np.sqrt(x.var(axis=axes, keepdims=True) + eps)
+    return xhat if gamma is None else xhat * gamma.reshape(c) + beta.reshape(c)
+
+
+@SETTINGS
+@given(batch_norm_case(), dtypes, st.integers(0, 2**32 - 1))
+def test_batch_norm_training_any_shape(case, dtype, seed):
+    """batch_norm in training mode for (N, C) and (N, C, L) inputs, affine or not, in both
+    dtypes: the result is (x - mean) / sqrt(var + eps) * gamma + beta with the biased batch
+    variance per channel, and every gradient (x through the mean and variance too, gamma, beta)
+    the central differences of that NumPy formula. The running statistics, given, move by
+    momentum toward the batch mean and the unbiased batch variance."""
+    (shape, affine) = case
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-2, 2, shape)
+    axes = (0,) if len(shape) == 2 else (0, 2)
+    assume(x.astype(dtype).astype(np.float64).var(axis=axes).min() > 1e-2)  # finite differences need a spread
+    inputs = [x] + ([rng.uniform(0.5, 2, shape[1]), rng.uniform(-1, 1, shape[1])] if affine else [])
+    _check_against_numpy(F.batch_norm, _bn_reference, inputs, seed, dtype)
+
+    x32 = x.astype(dtype)
+    mean, var = rng.uniform(-1, 1, shape[1]).astype(dtype), rng.uniform(0.5, 2, shape[1]).astype(dtype)
+    old_mean, old_var = mean.astype(np.float64), var.astype(np.float64)
+    F.batch_norm(Tensor(x32), running_mean=mean, running_var=var, momentum=0.25)
+    x64 = x32.astype(np.float64)
+    assert_close(mean, 0.75 * old_mean + 0.25 * x64.mean(axis=axes), dtype)
+    assert_close(var, 0.75 * old_var + 0.25 * x64.var(axis=axes, ddof=1), dtype)
+
+
+@SETTINGS
+@given(batch_norm_case(), dtypes, st.integers(0, 2**32 - 1))
+def test_batch_norm_evaluation_any_shape(case, dtype, seed):
+    """batch_norm in evaluation mode: (x - running_mean) / sqrt(running_var + eps) * gamma + beta,
+    with the running statistics as constants; the gradients of x, gamma and beta against central
+    differences of that NumPy formula, in both dtypes."""
+    (shape, affine) = case
+    rng = np.random.default_rng(seed)
+    mean, var = rng.uniform(-1, 1, shape[1]).astype(dtype), rng.uniform(0.5, 2, shape[1]).astype(dtype)
+    c = (1, -1) if len(shape) == 2 else (1, -1, 1)
+
+    def ref(x, gamma=None, beta=None):
+        xhat = (x - mean.astype(np.float64).reshape(c)) / np.sqrt(var.astype(np.float64).reshape(c) + 1e-5)
+        return xhat if gamma is None else xhat * gamma.reshape(c) + beta.reshape(c)
+
+    inputs = [rng.uniform(-2, 2, shape)] + ([rng.uniform(0.5, 2, shape[1]), rng.uniform(-1, 1, shape[1])]
+                                            if affine else [])
+    _check_against_numpy(lambda *ts: F.batch_norm(*ts, running_mean=mean, running_var=var, training=False),
+                         ref, inputs, seed, dtype)
