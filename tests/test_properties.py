@@ -885,6 +885,32 @@ def test_getitem_integer_arrays_in_both_dtypes(case, dtype, seed):
     _check_moves(lambda t: t[index], lambda a: a[index], [x], seed, dtype)
 
 
+
+@st.composite
+def mixed_index_any_case(draw):
+    """Per axis a slice (any step), an integer, or an integer array; the arrays share one shape
+    (0-d and empty included), so they broadcast together. Arrays and integers separated by a
+    slice put the indexed axes first, as NumPy's rules say; next to each other, in place."""
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4))
+    res = draw(hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=3))
+    parts = []
+    for n in shape:
+        kind = draw(st.sampled_from(["slice", "int", "array"]))
+        if kind == "slice":
+            parts.append(draw(st.slices(n)))
+        elif kind == "int":
+            parts.append(draw(st.integers(-n, n - 1)))
+        else:
+            parts.append(draw(hnp.arrays(np.intp, res, elements=st.integers(-n, n - 1))))
+    return draw(arrays(shape)), tuple(parts)
+
+
+@SETTINGS
+@given(mixed_index_any_case(), dtypes, st.integers(0, 2**32 - 1))
+def test_getitem_mixed_slices_integers_and_arrays(case, dtype, seed):
+    x, index = case
+    _check_moves(lambda t: t[index], lambda a: a[index], [x], seed, dtype)
+
 # ----- batch normalization ------------------------------------------------------------------------
 @st.composite
 def batch_norm_case(draw):
