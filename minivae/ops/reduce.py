@@ -56,8 +56,8 @@ class Max(Function):
     """max(x, axis) = the largest element along the axes.
 
     d/dx_i = 1 / m for the m elements equal to the maximum (ties share the gradient evenly),
-    0 elsewhere. Over an axis of size 0 it is an error (an empty slice has no maximum), unless
-    the result has no elements either, as in NumPy.
+    0 elsewhere. Reducing an axis of size 0 is an error (an empty slice has no maximum), even
+    when the result has no elements either, as in NumPy.
     """
 
     @staticmethod
