@@ -541,9 +541,12 @@ def test_cosine_and_step_schedules():
     assert lrs[10] == pytest.approx(0.1) and lrs[12] == pytest.approx(0.1)
     opt2 = optim.SGD(_params(), lr=1.0)
     step = optim.StepLR(opt2, step_size=3, gamma=0.5)
+    lrs = [opt2.lr]
     for _ in range(7):
         step.step()
-    assert opt2.lr == pytest.approx(0.25)
+        lrs.append(opt2.lr)
+    # Every step, not only the last: the rate drops after steps 3 and 6, not one step early.
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
     again = optim.StepLR(optim.SGD(_params(), lr=5.0), step_size=3, gamma=0.5)
     again.load_state_dict(step.state_dict())
     assert again.optimizer.lr == opt2.lr
