@@ -215,6 +215,12 @@ def test_gumbel():
     assert np.all(np.isfinite(g))
     assert abs(g.mean() - 0.5772156649) < 1e-2 and abs(g.var() - math.pi ** 2 / 6) < 3e-2
     assert mr.gumbel((2, 3), 9, dtype=np.float32).dtype == np.float32
+    # The moments above hold for any Gumbel transform (-log(-log(1 - u)) too); the convention is
+    # -log(-log(u)) of the uniform at the same address, in float64, rounded once to the dtype.
+    for dtype in (np.float64, np.float32):
+        u = mr.uniform((5, 3), 9, 4, dtype, stream=2).astype(np.float64)
+        np.testing.assert_array_equal(mr.gumbel((5, 3), 9, 4, dtype, stream=2),
+                                      (-np.log(-np.log(u))).astype(dtype))
 
 
 # ------------------------------------------------------------------------------ addressing
