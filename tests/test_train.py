@@ -223,6 +223,22 @@ def test_training_reduces_the_loss_and_writes_the_run_folder(tmp_path):
     assert np.isfinite(results["test_elbo"])
 
 
+def test_the_epochs_train_statistics_are_the_means_of_its_steps(tmp_path):
+    """train_loss, train_elbo, ... of an epoch are the means of that epoch's step statistics
+    (not of every step so far, nor divided by another count)."""
+    trainer = Trainer(config(tmp_path, epochs=2, batch_size=100), data=small_data(), progress=False,
+                      log=lambda m: None)
+    step, steps = trainer._step, []
+    trainer._step = lambda *args: steps.append(step(*args)) or steps[-1]
+    trainer.fit()
+    lines = [json.loads(l) for l in (trainer.run_dir / METRICS).read_text().splitlines()]
+    assert len(steps) == 6 and len(lines) == 2  # 3 batches of 100 per epoch
+    for epoch, line in enumerate(lines):
+        for name in ("loss", "elbo", "rec", "kl"):
+            want = np.mean([s[name] for s in steps[3 * epoch:3 * epoch + 3]])
+            assert line[f"train_{name}"] == pytest.approx(want, rel=1e-12), (epoch, name)
+
+
 def _interrupt_after(trainer, n_steps):
     """Make the trainer see a Ctrl-C after ``n_steps`` optimizer steps (as the SIGINT handler would)."""
     step, count = trainer._step, [0]
