@@ -362,6 +362,10 @@ def _check_out_is_no_run_option(config):
 
 def check_train(args):
     """Every check of ``minivae train``; returns the TrainConfig. Nothing is loaded or trained."""
+    if args.overwrite and args.out is None and not args.resume:
+        # Without --out the run goes to a free folder, so --overwrite would start nothing again.
+        raise UsageError(f"--overwrite starts again the run in --out, and no --out was given; give "
+                         f"the run folder, e.g. --out {TrainConfig().out} --overwrite")
     out = args.out or _default_out(args.resume)
     # A checkpoint can be large, so a resume reads it once here: for the settings the run goes on
     # with, and for the checks of its state once those of the options have passed. Training

@@ -266,6 +266,14 @@ def test_training_twice_makes_two_runs(capsys, tmp_path, monkeypatch):
     assert json.loads((tmp_path / "runs" / "vae" / "results.json").read_text())["epochs"] == 2
 
 
+def test_overwrite_without_out_is_refused(capsys, tmp_path, monkeypatch):
+    """--overwrite starts again the run in --out; without --out there is none to start again (the
+    default folder is a free one), so the option would silently do nothing."""
+    monkeypatch.chdir(tmp_path)
+    user_error(capsys, tiny(None, "--overwrite"), "--overwrite", "--out")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_truncated_checkpoint(capsys, run):
     path = run / CHECKPOINT
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
