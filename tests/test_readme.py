@@ -94,3 +94,12 @@ def test_license_is_mit_as_pyproject_says():
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "Copyright (c) 2026 the minivae authors" in text
     assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_number_of_ops_is_the_number_of_functions_in_ops():
+    """The layout table's "N ops" counts the Function classes of ``minivae.ops``: an op added
+    without the README's count changed fails here."""
+    from minivae.gradcheck_cases import op_classes
+
+    counts = re.findall(r"\| (\d+) ops, one `Function` each", README)
+    assert counts == [str(len(op_classes()))]
