@@ -209,6 +209,10 @@ def main(argv=None):
                         help="also render docs/vae_graph.svg (needs Graphviz's dot and a cached MNIST)")
     args = parser.parse_args(argv)
     if args.graph and not args.check:
+        from .graph import svg_available
+
+        if not svg_available():  # before anything is written, not as a traceback halfway
+            parser.error("--graph needs Graphviz's `dot` program on the PATH (e.g. apt-get install graphviz)")
         print(write_vae_graph())
     if not args.check:
         TUTORIAL.write_text(render_tutorial())

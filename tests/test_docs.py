@@ -133,6 +133,18 @@ def svg_structure(svg):
     return _structure(labels, sum(g.get("class") == "edge" for g in groups))
 
 
+def test_rendering_the_graph_without_graphviz_is_one_line(monkeypatch, capsys):
+    # Before: a traceback from render_svg, after the graph had been traced on MNIST.
+    import minivae.graph
+
+    monkeypatch.setattr(minivae.graph, "svg_available", lambda: False)
+    monkeypatch.setattr(docs, "write_vae_graph", lambda: pytest.fail("the graph was made before the check"))
+    with pytest.raises(SystemExit) as exit_:
+        docs.main(["--graph"])
+    assert exit_.value.code == 2
+    assert "--graph needs Graphviz's `dot` program on the PATH" in capsys.readouterr().err.splitlines()[-1]
+
+
 def test_vae_graph_svg_is_todays_graph():
     """docs/vae_graph.svg shows today's graph of the default VAE's loss: the same nodes (op or
     parameter, shape, dtype; the gradient norms depend on the images) and as many edges.
