@@ -787,7 +787,7 @@ def test_eval_binarization_fixed_and_independent(probs, monkeypatch):
         np.testing.assert_array_equal(binarize_eval(probs, split), want)
     monkeypatch.setattr(binarize_mod, "CHUNK_ROWS", 7)
     np.testing.assert_array_equal(binarize_eval(probs, "valid"), v1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="binarize_eval is for the 'valid' or 'test' split, got 'train'"):
         binarize_eval(probs, "train")
 
 
@@ -819,11 +819,11 @@ def test_binarization_refuses_uint8_pixels(entry):
 
 
 def test_seeds_are_validated(probs):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="seed must be an integer, got None"):
         binarize(probs, seed=None)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match=r"seed must be an integer, got 1\.0"):
         binarize(probs, seed=1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="seed must be at least 0, got -1"):
         binarize(probs, seed=-1)
     with pytest.raises(ValueError, match="2\\*\\*64"):
         binarize(probs, seed=2**64)
