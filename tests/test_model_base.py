@@ -95,11 +95,11 @@ def test_constructors_take_sample_counts_as_integers(name):
             build_model(name, **options, k=2.7)
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_an_int_rng_seeds_one_generator_for_all_the_layers(name):
+@pytest.mark.parametrize("name, layers", [(name, {}) for name in sorted(MODELS)] + [("iwae", {"layers": 2})])
+def test_an_int_rng_seeds_one_generator_for_all_the_layers(name, layers):
     # Before: every layer made its own default_rng(0), so layers of one shape (mu and logvar
     # heads, mirrored encoder and decoder layers) started with the same weights.
-    options = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
+    options = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}), **layers)
 
     def weights(rng):  # M1+M2's frozen M1 is built apart, from the global generator
         model = build_model(name, **options, rng=rng)
