@@ -1,0 +1,82 @@
+"""How a run's settings travel: ``--set`` text to typed values, a TrainConfig to config.json (and a
+checkpoint's document) and back, and the model rebuilt from it; a resume compares settings as
+they mean, not as they happen to be spelled."""
+import json
+
+import pytest
+
+from minivae.models import MODELS
+from minivae.models.settings import model_settings, parse_setting
+from minivae.runs import TrainConfig, build_run_model
+
+#: A value other than the default for every ``--set`` key of every model, as the command line
+#: gives it (text), with ``--hidden 8 6``: the round trip below must cover each of them.
+NON_DEFAULTS = {
+    "vae": {},
+    "iwae": {"layers": "2", "k": "3", "z1_dim": "3", "hidden2": "5,4"},
+    "ladder": {"z_dims": "3,2", "mlp_layers": "1", "batch_norm": "false"},
+    "flow": {"flows": "2"},
+    "gumbel": {"n_vars": "3", "n_classes": "4", "tau0": "2", "tau_min": "0.25", "anneal_rate": "0.5",
+               "steps_per_epoch": "7"},
+    "adgm": {"a_dim": "3"},
+    "sdgm": {"a_dim": "3"},
+    "m2": {"num_classes": "11", "alpha": "2.5", "alpha_scale": "0.5", "likelihood": "gaussian"},
+    "adgm-ssl": {"a_dim": "3", "num_classes": "11", "alpha": "2.5", "alpha_scale": "0.5"},
+    "sdgm-ssl": {"a_dim": "3", "num_classes": "11", "alpha": "2.5", "alpha_scale": "0.5"},
+    "ladder-m2": {"z_dims": "3,2", "mlp_layers": "2", "batch_norm": "false", "num_classes": "11",
+                  "classifier_hidden": "6,5", "alpha": "2.5", "alpha_scale": "0.5"},
+    "m1m2": {"m1": "/runs/m1", "num_classes": "11", "alpha": "2.5", "alpha_scale": "0.5"},
+}
+#: M1+M2's M1 as a run records it (``TrainConfig.run_models``), so that no M1 folder is needed.
+M1_RECORD = {"m1": {"model": "vae", "kwargs": {"z_dim": 3, "hidden": [7], "activation": "relu", "beta": 1.0,
+                                               "mc_samples": 1, "iw_k": 1}}}
+
+
+def _config(model, options):
+    """The config of a run of ``model`` with the model ``options`` (M1+M2 always on its M1)."""
+    if model == "m1m2":
+        return TrainConfig(model=model, hidden=(8, 6), z_dim=2, model_options=dict({"m1": "/runs/m1"}, **options),
+                           run_models=M1_RECORD)
+    return TrainConfig(model=model, hidden=(8, 6), z_dim=2, model_options=options)
+
+
+def _through_json(config):
+    """``config`` written as config.json (and a checkpoint's document) writes it, and read back."""
+    return TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+
+
+def _settings_of(model):
+    """What defines a built model: its parameters' names and shapes, and the plain values (sizes,
+    weights, temperatures, names) held by it and by each of its modules."""
+    plain = (bool, int, float, str, tuple, dict, type(None))
+    values = {(path, name): value for path, module in [("", model), *model.named_modules()]
+              for name, value in vars(module).items() if isinstance(value, plain) and not name.startswith("_")}
+    return {name: array.shape for name, array in model.state_dict().items()}, values
+
+
+def test_the_table_names_every_setting_of_every_model():
+    assert set(NON_DEFAULTS) == set(MODELS)
+    for model in MODELS:
+        assert set(NON_DEFAULTS[model]) == set(model_settings(model)), model
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_every_setting_round_trips_through_config_json_to_the_same_model(model):
+    """Each setting given by ``--set`` changes the model, and the config read back from JSON
+    (lists for tuples) rebuilds that very model and is the same run to resume."""
+    options = {key: parse_setting(model, key, text) for key, text in NON_DEFAULTS[model].items()}
+    config = _config(model, options)
+    read = _through_json(config)
+    assert read.model_options == json.loads(json.dumps(options))
+    built = _settings_of(build_run_model(config))
+    assert _settings_of(build_run_model(read)) == built
+    read.check_resumable(config, (0, 1))
+    config.check_resumable(read, (0, 1))
+    defaults = _settings_of(build_run_model(_config(model, {})))
+    # Each one is used: alone, or with the others (iwae's hidden2 with layers=2); a run folder
+    # (M1+M2's m1) is replaced by the model it holds, whose record test_m1m2 checks.
+    for key in options.keys() - set(getattr(MODELS[model], "run_options", ())):
+        alone = _settings_of(build_run_model(_config(model, {key: options[key]})))
+        others = _settings_of(build_run_model(_config(model, {k: v for k, v in options.items() if k != key})))
+        assert alone != defaults or others != built, (model, key)
+
