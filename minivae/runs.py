@@ -166,7 +166,7 @@ class TrainConfig:
                     if f.name not in self.RESUMABLE_CHANGES and f.name not in ("model_options", "run_models")}
         options = dict(defaults, **config.model_options)
         defining.update({f"--set {name}": value for name, value in options.items()})
-        return defining
+        return {name: _comparable(value) for name, value in defining.items()}
 
     def check_resumable(self, saved, position):
         """Raise ResumeMismatchError unless this config continues the run of ``saved`` (a
@@ -190,6 +190,15 @@ class TrainConfig:
             raise ResumeMismatchError(
                 f"cannot resume {self.out} with other settings ({changes}); only "
                 f"{', '.join(resumable_options())} may change, or start again with --overwrite")
+
+
+def _comparable(value):
+    """``value`` with its lists made tuples, at any depth, for comparing settings: JSON (a
+    checkpoint's config) and ``--set`` give a sequence as a list, TrainConfig and the models'
+    defaults as a tuple, and ``hidden=[512, 256]`` is the same setting as ``(512, 256)``."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_comparable(item) for item in value)
+    return value
 
 
 def resumable_options():

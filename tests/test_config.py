@@ -80,3 +80,15 @@ def test_every_setting_round_trips_through_config_json_to_the_same_model(model):
         others = _settings_of(build_run_model(_config(model, {k: v for k, v in options.items() if k != key})))
         assert alone != defaults or others != built, (model, key)
 
+
+def test_a_sequence_given_as_a_list_or_a_tuple_is_the_same_setting_to_resume():
+    """``--set`` and JSON give lists, TrainConfig and the models' defaults tuples: the default
+    given explicitly, or a Python config with tuples resumed from its checkpoint, is no change."""
+    saved = _through_json(TrainConfig(model="iwae"))
+    TrainConfig(model="iwae", model_options={"hidden2": parse_setting("iwae", "hidden2", "100,100")}
+                ).check_resumable(saved, (0, 1))
+    TrainConfig(hidden=[512, 256]).check_resumable(_through_json(TrainConfig()), (0, 1))
+    tuples = TrainConfig(model="ladder", hidden=(8, 6), model_options={"z_dims": (3, 2)})
+    tuples.check_resumable(_through_json(tuples), (0, 1))
+    with pytest.raises(ValueError, match=r"--set hidden2: \(100, 100\) -> \(50, 50\)"):
+        TrainConfig(model="iwae", model_options={"hidden2": [50, 50]}).check_resumable(saved, (0, 1))
