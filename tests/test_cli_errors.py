@@ -532,6 +532,12 @@ def test_m1m2_with_a_missing_m1_run(capsys, tmp_path):
                         "--out", str(tmp_path / "r")], str(tmp_path / "nope"))
 
 
+def test_m1m2_with_an_empty_m1_is_refused_not_read_as_the_current_folder(capsys, run, tmp_path, monkeypatch):
+    monkeypatch.chdir(run)  # a VAE run: an empty path would name it
+    user_error(capsys, ["train", "--model", "m1m2", "--set", "m1=", "--out", str(tmp_path / "r")],
+               "--set m1=", "an empty path", "the folder of a `minivae train` run")
+
+
 def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     user_error(capsys, ["train", "--model", "m1m2", "--set", f"m1={run}", "--out", str(run), "--overwrite"],

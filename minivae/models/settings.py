@@ -54,6 +54,7 @@ class Setting:
     item: type = None
     optional: bool = False
     minimum: tuple = None  # (value, inclusive) from MINIMUMS; None for a setting that is no number
+    run_folder: bool = False  # names the folder of another run (the model's run_options)
 
     def type_name(self):
         """The type as help text shows it, with the valid range: ``int >= 1``, ``float > 0``,
@@ -101,7 +102,7 @@ def _annotated_type(annotation):
 
 def _setting(param, run_options):
     if param.name in run_options:
-        return Setting(param.name, str, param.default, optional=param.default is None)
+        return Setting(param.name, str, param.default, optional=param.default is None, run_folder=True)
     minimum = MINIMUMS.get(param.name)
     if param.annotation is not inspect.Parameter.empty:
         kind, item, optional = _annotated_type(param.annotation)
@@ -164,6 +165,8 @@ def parse_setting(model, key, text):
     if setting.optional and text.lower() in ("none", "null"):
         return None
     try:
+        if setting.run_folder and not text:  # Path("") is the current folder, not a run
+            raise ValueError("is an empty path; give the folder of a `minivae train` run")
         if setting.type is tuple:
             items = [t for t in text.strip().strip("[]()").replace(",", " ").split()]
             if not items:
