@@ -191,14 +191,21 @@ def _load_run(run):
 
 # ----- train ------------------------------------------------------------------------------------
 
+def _unused_lines(model):
+    """One line for each option of ``settings.COMMON`` that ``model`` does not use (its
+    ``unused_settings``): ``no --z-dim (its latent sizes are --set z_dims)``."""
+    return [f"no {COMMON[name]} ({instead})"
+            for name, instead in getattr(MODELS[model], "unused_settings", {}).items()]
+
+
 def _settings_text(model):
-    """The lines of help listing the ``--set`` keys of ``model`` with their types and defaults."""
+    """The lines of help listing the ``--set`` keys of ``model`` with their types and defaults,
+    and the common options it does not use."""
     settings = model_settings(model)
-    if not settings:
-        return f"model {model!r} has no --set settings"
-    lines = [f"--set KEY=VALUE settings of model {model!r} (type, default):"]
-    lines += [f"  {s.describe()}" for s in settings.values()]
-    return "\n".join(lines)
+    lines = ([f"--set KEY=VALUE settings of model {model!r} (type, default):"]
+             + [f"  {s.describe()}" for s in settings.values()] if settings
+             else [f"model {model!r} has no --set settings"])
+    return "\n".join(lines + [f"model {model!r} takes {line}" for line in _unused_lines(model)])
 
 
 class _TrainHelp(argparse.Action):
@@ -383,6 +390,10 @@ def check_train(args):
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise UsageError(f"--lr {config.lr:g} is below --lr-min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an --lr of at least --lr-min")
+    for name, instead in getattr(MODELS[config.model], "unused_settings", {}).items():
+        if getattr(args, name) is not None:  # given: the model would leave it unused
+            raise UsageError(f"{COMMON[name]} {getattr(args, name)}: model {config.model!r} does not use "
+                             f"it ({instead}); leave {COMMON[name]} out")
     semi_supervised = getattr(MODELS[config.model], "semi_supervised", False)
     if semi_supervised and config.n_labelled % N_CLASSES:
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
@@ -437,7 +448,10 @@ def cmd_models(args):
         print(f"{name}: {_summary(cls)}")
         for setting in model_settings(name).values():
             print(f"    --set {setting.describe()}")
-    print("\nEvery model also takes " + ", ".join(COMMON.values()) + " (see `minivae train --help`).")
+        for line in _unused_lines(name):
+            print(f"    {line}")
+    print("\nEvery model also takes " + ", ".join(COMMON.values()) + " (see `minivae train --help`), "
+          "but one it lists with \"no\".")
     return 0
 
 

@@ -488,6 +488,15 @@ def test_set_a_setting_that_has_its_own_option(capsys, tmp_path):
                "z_dim=5", "--z-dim")
 
 
+@pytest.mark.parametrize("model, instead", [("ladder", "--set z_dims"), ("ladder-m2", "--set z_dims"),
+                                            ("gumbel", "--set n_vars")])
+def test_a_common_option_the_model_does_not_use_is_refused_not_ignored(capsys, tmp_path, model, instead):
+    """The Ladder VAEs' latent sizes are z_dims and the Gumbel VAE's latent n_vars categorical
+    variables: --z-dim would change nothing, so it is refused, saying what to give instead."""
+    user_error(capsys, ["train", "--model", model, "--z-dim", "7", "--out", str(tmp_path / "r")],
+               "--z-dim 7", f"model {model!r} does not use it", instead)
+
+
 def test_set_without_equals(capsys, tmp_path):
     user_error(capsys, ["train", "--model", "flow", "--set", "flows", "--out", str(tmp_path / "r")],
                "flows", "KEY=VALUE")

@@ -58,6 +58,10 @@ class Model(nn.Module):
     #: Importance samples of the training bound: above 1 the model trains on the IWAE bound,
     #: which has no KL term, so a KL weight (beta, its warm-up) does not apply.
     iw_k = 1
+    #: The trainer's common settings (``settings.COMMON``) that the constructor takes but does
+    #: not use, each with what sets that part of the model instead: the command line refuses
+    #: their options rather than leave them unused without a word.
+    unused_settings = {}
     #: Constructor options whose value may name another run folder; the run layer replaces the
     #: folder by the model it holds (M1+M2's ``m1``).
     run_options = ()

@@ -67,6 +67,8 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     temperature), ``steps_per_epoch`` an integer of at least 1.
     """
 
+    unused_settings = {"z_dim": "its latent is --set n_vars categorical variables of --set n_classes classes"}
+
     def __init__(self, n_vars=30, n_classes=10, tau0=1.0, tau_min=0.5, anneal_rate=3e-5,
                  steps_per_epoch=500, x_dim=784, hidden=(512, 256), activation="relu", beta=1.0,
                  mc_samples=1, iw_k=1, z_dim=None, rng=None):

@@ -79,6 +79,7 @@ class LadderVAE(LatentVariableModel):
 
     gaussian_encoder = True
     encoded_gaussian = "q(z_L | x), the top layer"
+    unused_settings = {"z_dim": "its latent sizes are --set z_dims"}
 
     def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(512, 256, 128, 64, 32),
                  mlp_layers=2, activation="leaky_relu", batch_norm=True, beta=1.0, mc_samples=1, iw_k=1,

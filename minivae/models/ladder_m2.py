@@ -105,6 +105,8 @@ class LadderM2(SemiSupervised):
     ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
     """
 
+    unused_settings = {"z_dim": "its latent sizes are --set z_dims"}
+
     def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(128, 128, 128),
                  mlp_layers=1, activation="leaky_relu", batch_norm=True, num_classes=10,
                  classifier_hidden: tuple[int, ...] | None = None, alpha: float | None = None,
