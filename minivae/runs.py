@@ -44,7 +44,7 @@ except ImportError:  # Windows has no flock: there, run folders are not locked
 from . import checkpoint
 from .files import atomic_write
 from .models import MODELS, build_model
-from .models.settings import model_settings
+from .models.settings import COMMON, INTERNAL, model_settings
 from .nn import StateDictError
 
 CONFIG = "config.json"
@@ -126,7 +126,19 @@ class TrainConfig:
     RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every", "eager")
 
     def model_kwargs(self):
-        """The keyword arguments of the model constructor (common ones, then ``model_options``)."""
+        """The keyword arguments of the model constructor (common ones, then ``model_options``).
+
+        Raises ValueError for a model option that is a common setting (``z_dim``: the config's
+        own field) or an internal one (``x_dim``, ``rng``): it would override what the config
+        records, so that config.json would describe another model than the one trained.
+        """
+        for name in self.model_options:
+            if name in COMMON:
+                raise ValueError(f"model_options holds {name!r}, which is the config's own setting "
+                                 f"{name} ({COMMON[name]}); set it there, not in model_options")
+            if name in INTERNAL:
+                raise ValueError(f"model_options holds {name!r}, which no run sets: the data gives "
+                                 "the image size, and seed the initial weights")
         common = dict(z_dim=self.z_dim, hidden=tuple(self.hidden), activation=self.activation,
                       beta=self.beta, mc_samples=self.mc_samples, iw_k=self.iw_k)
         return dict(common, **self.model_options)

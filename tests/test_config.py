@@ -92,3 +92,12 @@ def test_a_sequence_given_as_a_list_or_a_tuple_is_the_same_setting_to_resume():
     tuples.check_resumable(_through_json(tuples), (0, 1))
     with pytest.raises(ValueError, match=r"--set hidden2: \(100, 100\) -> \(50, 50\)"):
         TrainConfig(model="iwae", model_options={"hidden2": [50, 50]}).check_resumable(saved, (0, 1))
+
+
+@pytest.mark.parametrize("name, value", [("z_dim", 5), ("hidden", [4]), ("beta", 2.0), ("x_dim", 10), ("rng", 3)])
+def test_a_model_option_that_would_override_the_config_is_refused(name, value):
+    """``model_options={"z_dim": 5}`` from Python built a model of z_dim 5 while config.json
+    recorded the config's own z_dim: the record of the run would describe another model."""
+    config = TrainConfig(hidden=(8,), z_dim=2, model_options={name: value})
+    with pytest.raises(ValueError, match=f"model_options holds '{name}'"):
+        build_run_model(config)
