@@ -451,7 +451,7 @@ def cmd_models(args):
         for line in _unused_lines(name):
             print(f"    {line}")
     print("\nEvery model also takes " + ", ".join(COMMON.values()) + " (see `minivae train --help`), "
-          "but one it lists with \"no\".")
+          "except an option listed under it with \"no\".")
     return 0
 
 
