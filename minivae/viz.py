@@ -454,7 +454,9 @@ def _embeddings(points, seed):
         TSNE = None
     if TSNE is not None:
         perplexity = min(30.0, (len(points) - 1) / 3.0)
-        yield "tsne", TSNE(n_components=2, perplexity=perplexity, init="pca",
+        # PCA's start takes two components, which points of one coordinate (z-dim 1) lack.
+        init = "pca" if points.shape[1] >= 2 else "random"
+        yield "tsne", TSNE(n_components=2, perplexity=perplexity, init=init,
                            random_state=seed).fit_transform(points)
     try:
         import umap

@@ -424,6 +424,15 @@ def test_plot_run_of_a_tiny_test_set(run_z3, data, tmp_path, fake_tsne, n_test):
     assert set(EXPECTED) <= set(names) and ("latent_tsne.png" in names) == (n_test > 1)
 
 
+def test_plot_run_embeds_the_means_of_a_one_dimensional_latent_with_tsne(data, tmp_path):
+    """scikit-learn's t-SNE starts from two principal components, which z-dim 1 lacks."""
+    pytest.importorskip("sklearn")
+    run = _train_run(tmp_path / "z1", data, 1)
+    names = [p.name for p in viz.plot_run(run, data=data, n_embed=60)]
+    assert set(EXPECTED) <= set(names) and "latent_tsne.png" in names
+    _read_png(run / "latent_tsne.png")
+
+
 @pytest.mark.parametrize("argument, bad, error", [
     ("n_latent", 0, ValueError), ("n_latent", -5, ValueError), ("n_latent", 10.0, TypeError),
     ("n_embed", 1, ValueError), ("n_embed", 0, ValueError),
