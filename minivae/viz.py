@@ -222,8 +222,11 @@ def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
     """A 2-D scatter of latent points coloured by digit label (tab10, with a legend).
 
     ``points`` is (N, 2); ``labels`` None (one colour) or one integer label per point, shape (N,).
+    The points are drawn in one fixed shuffled order, so where digits overlap none covers the
+    others.
     """
     Figure, _ = _require_matplotlib()
+    from matplotlib.lines import Line2D
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must be (N, 2), got shape {points.shape}")
@@ -238,11 +241,16 @@ def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
     if labels is None:
         ax.scatter(points[:, 0], points[:, 1], s=3, alpha=0.6)
     else:
-        # One scatter call per class, so the legend names every digit with its colour.
-        for c in np.unique(labels):
-            m = labels == c
-            ax.scatter(points[m, 0], points[m, 1], s=3, alpha=0.6, color=f"C{int(c) % 10}", label=str(c))
-        ax.legend(markerscale=4, fontsize=8, loc="best", title="label", title_fontsize=8)
+        # One scatter call in a shuffled order: a call per class would paint the last digits
+        # over the first wherever they overlap, and so would points sorted by label. The order
+        # is fixed, so the same points give the same picture.
+        order = np.random.default_rng(0).permutation(len(points))
+        ax.scatter(points[order, 0], points[order, 1], s=3, alpha=0.6,
+                   color=[f"C{int(c) % 10}" for c in labels[order]])
+        # The legend names every digit with its colour, from one marker per digit.
+        handles = [Line2D([], [], linestyle="", marker="o", markersize=7, alpha=0.6,
+                          color=f"C{int(c) % 10}", label=str(c)) for c in np.unique(labels)]
+        ax.legend(handles=handles, fontsize=8, loc="best", title="label", title_fontsize=8)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -253,6 +253,25 @@ def test_plot_latent_scatter_takes_lists(tmp_path):
     _read_png(viz.plot_latent_scatter([[0, 1], [1, 0], [2, 2]], [0, 1, 1], tmp_path / "s.png", "t", "x", "y"))
 
 
+def test_plot_latent_scatter_mixes_the_digits_in_its_drawing_order(tmp_path, monkeypatch):
+    """Points drawn digit after digit would put the last digits over all the others where they
+    overlap: the picture would show a region of 9s where 4s and 9s are mixed."""
+    figures, real = [], viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or real(fig, path))
+    labels = np.repeat(np.arange(10), 20)  # sorted by label, as a per-digit loop would draw them
+    points = np.random.default_rng(0).standard_normal((200, 2))
+    viz.plot_latent_scatter(points, labels, tmp_path / "s.png", "t", "x", "y")
+    ax, = figures[0].axes
+    # The colour of every point in drawing order (a collection of one colour stores it once).
+    drawn = np.concatenate([np.broadcast_to(c.get_facecolors()[:, :3], (len(c.get_offsets()), 3))
+                            for c in ax.collections])
+    assert len(drawn) == 200
+    changes = int(np.any(drawn[1:] != drawn[:-1], axis=1).sum())
+    assert changes > 100, f"the colour changes {changes} times along the drawing order"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [str(d) for d in range(10)]
+
+
 @pytest.mark.parametrize("kl, activity, shapes", [
     ([1.0, 2.0, 3.0], [0.5, 0.0], r"\(3,\) and \(2,\)"),
     (1.0, 1.0, r"\(\) and \(\)"),
