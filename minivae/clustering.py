@@ -21,6 +21,7 @@ for the other latent statistics (``minivae.analysis``).
 import numpy as np
 
 from .analysis import encode_dataset
+from .backend import to_device
 from .checks import check_integer, check_points
 
 
@@ -36,9 +37,10 @@ def _require_sklearn():
 
 
 def _integer_labels(values, name, n=None):
-    """``values`` as an integer array of one label per point, shape (N,) with N >= 1 (N = ``n``
-    when given): ValueError for another shape, TypeError for labels that are no integers."""
-    values = np.asarray(values)
+    """``values`` (NumPy, CuPy or a list) as an integer NumPy array of one label per point, shape
+    (N,) with N >= 1 (N = ``n`` when given): ValueError for another shape, TypeError for labels
+    that are no integers."""
+    values = to_device(values, "cpu")  # scikit-learn and scipy count on the host
     if values.ndim != 1 or len(values) == 0 or (n is not None and len(values) != n):
         want = "(N,) with N >= 1" if n is None else f"({n},)"
         raise ValueError(f"{name} must hold one label per point, shape {want}; got shape {values.shape}")
@@ -62,11 +64,12 @@ def _check_seed(seed):
 
 
 def kmeans(points, n_clusters=10, seed=0):
-    """The cluster (0 .. n_clusters - 1) of each of the (N, D) ``points``, shape (N,), by
-    scikit-learn's KMeans (k-means++ starts, the best of 10 runs), seeded by ``seed``.
-    ``n_clusters`` is an integer from 1 to N."""
+    """The cluster (0 .. n_clusters - 1) of each of the (N, D) ``points`` (NumPy or CuPy), a NumPy
+    array of shape (N,), by scikit-learn's KMeans (k-means++ starts, the best of 10 runs), seeded
+    by ``seed``. ``n_clusters`` is an integer from 1 to N."""
     KMeans, _, _ = _require_sklearn()
-    points = np.asarray(points, dtype=np.float64)
+    # scikit-learn runs on the host: a CuPy array is copied there, not refused by np.asarray.
+    points = np.asarray(to_device(points, "cpu"), dtype=np.float64)
     check_points(points, "points")
     n_clusters = check_integer(n_clusters, "n_clusters", minimum=1)
     if n_clusters > len(points):
@@ -79,7 +82,7 @@ def cluster_accuracy(labels, clusters):
     """The fraction of points whose cluster names their label once each cluster is matched to at
     most one label and each label to at most one cluster, by the matching that maximizes the
     number of such points (see the module docstring). ``labels`` and ``clusters`` are integer
-    arrays of shape (N,)."""
+    arrays of shape (N,), NumPy or CuPy."""
     from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-learn
 
     labels, clusters = _pair(labels, clusters)
@@ -93,7 +96,8 @@ def cluster_accuracy(labels, clusters):
 
 def clustering_scores(labels, clusters):
     """``{"accuracy", "nmi", "ari"}`` of the partition ``clusters`` against ``labels`` (integer
-    arrays of shape (N,)), each a float; see the module docstring for what each measures."""
+    arrays of shape (N,), NumPy or CuPy), each a float; see the module docstring for what each
+    measures."""
     _, adjusted_rand_score, normalized_mutual_info_score = _require_sklearn()
     labels, clusters = _pair(labels, clusters)
     return {"accuracy": cluster_accuracy(labels, clusters),

@@ -62,6 +62,35 @@ def test_kmeans_separates_blobs_and_is_fixed_by_its_seed():
     np.testing.assert_array_equal(clusters, clustering.kmeans(points, n_clusters=3, seed=4))
 
 
+class _DeviceArray:
+    """Stands for a CuPy array: minivae.backend tells devices apart by the module of the type, and
+    CuPy refuses np.asarray (no implicit copy to the host); ``get()`` is the explicit copy."""
+
+    def __init__(self, array):
+        self._array = np.asarray(array)
+
+    def get(self):
+        return self._array.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` "
+                        "to construct a NumPy array explicitly.")
+
+
+_DeviceArray.__module__ = "cupy.stand_in"
+
+
+def test_kmeans_and_the_scores_take_arrays_on_the_gpu():
+    """The means and labels of a model on the GPU are CuPy arrays; scikit-learn runs on the host."""
+    pytest.importorskip("sklearn")
+    points, labels = blobs()
+    clusters = clustering.kmeans(_DeviceArray(points), n_clusters=3, seed=4)
+    np.testing.assert_array_equal(clusters, clustering.kmeans(points, n_clusters=3, seed=4))
+    assert clustering.clustering_scores(_DeviceArray(labels), _DeviceArray(clusters)) == \
+        clustering.clustering_scores(labels, clusters)
+    assert clustering.cluster_accuracy(_DeviceArray(labels), _DeviceArray(clusters)) == 1.0
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda p: clustering.kmeans(p, n_clusters=0), ValueError, "n_clusters must be at least 1, got 0"),
     (lambda p: clustering.kmeans(p, n_clusters=2.5), TypeError, "n_clusters must be an integer, got 2.5"),
