@@ -323,6 +323,8 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     ``kl`` and ``activity`` hold one value per latent dimension, both of shape (D,).
     """
     Figure, _ = _require_matplotlib()
+    from matplotlib.ticker import MaxNLocator
+
     kl, activity = np.asarray(kl), np.asarray(activity)
     # matplotlib would cycle a shorter list of bar colours: the grey bars would be the wrong ones.
     if kl.ndim != 1 or activity.shape != kl.shape:
@@ -336,6 +338,7 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("mean KL (nats)")
     ax.set_xlim(-0.8, len(kl) - 0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no dimension 0.5 between two bars
     ax.set_title(f"KL per dimension: total {kl.sum():.2f} nats\nactive units "
                  f"{int(active.sum())}/{len(kl)} (Cov_x E_q[z] > {threshold:g}, grey = inactive)",
                  fontsize=9)
@@ -415,6 +418,7 @@ def plot_grad_norms(metrics, path):
     Figure, _ = _require_matplotlib()
     import matplotlib
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     # Trace lines only (epoch summaries may share the file); ratios may sit on lines of their own.
     lines = [m for m in metrics if any(k.startswith((GRAD_PREFIX, RATIO_PREFIX)) for k in m)]
@@ -440,6 +444,7 @@ def plot_grad_norms(metrics, path):
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[layer],
                         marker="o" if len(pts) < 3 else None, markersize=3)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, epochs, records: whole numbers
         ax.set_xlabel(x_key or "record")
         ax.set_ylabel(ylabel)
         ax.set_title(ylabel + " per layer", fontsize=10)

@@ -283,6 +283,22 @@ def test_plot_kl_per_dim_needs_one_activity_per_kl_value(tmp_path, kl, activity,
         viz.plot_kl_per_dim(kl, activity, tmp_path / "k.png")
 
 
+@pytest.mark.parametrize("draw", [
+    lambda path: viz.plot_kl_per_dim([0.5, 0.2], [1.0, 0.0], path),
+    lambda path: viz.plot_grad_norms([{"step": s, "grad_norm/w": 1.0 / s} for s in (10, 20, 30)], path),
+    lambda path: viz.plot_grad_norms([{"epoch": e, "grad_norm/w": 1.0 / e} for e in (1, 2, 3)], path),
+], ids=["latent dimensions", "steps", "epochs"])
+def test_axes_of_whole_numbers_have_whole_number_ticks(tmp_path, monkeypatch, draw):
+    """No latent dimension 0.5 between two bars, no step 12.5 or epoch 1.25."""
+    figures, real = [], viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or real(fig, path))
+    draw(tmp_path / "p.png")
+    for ax in figures[0].axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert len(ticks) >= 2 and all(t == int(t) for t in ticks), ticks
+
+
 def test_every_picture_creates_its_folder(tmp_path):
     """A figure written into a folder not yet made, as save_image_grid's grid is."""
     pytest.importorskip("matplotlib")
