@@ -38,7 +38,7 @@ from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
-from .checks import check_float, check_integer, check_points
+from .checks import POSITIVE, check_float, check_integer, check_points, check_ranges
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
@@ -159,13 +159,20 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
     return path
 
 
+def _check_finite(values, name):
+    """Refuse NaN or infinite values, which a picture would draw as blank tiles or missing bars
+    without a word."""
+    if not np.isfinite(values).all():
+        raise ValueError(f"{name} contains NaN or infinite values; give finite ones")
+
+
 # ----- model queries (no graph, eval mode) ------------------------------------------------------
 
 def decode_means(model, z, batch_size=500):
     """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim).
 
-    No points (N = 0) give no images, an empty (0, x_dim) array. ``batch_size`` is an integer of
-    at least 1.
+    No points (N = 0) give no images, an empty (0, x_dim) array. ``z`` must be finite;
+    ``batch_size`` is an integer of at least 1.
     """
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     param = next(iter(model.parameters()))
@@ -174,6 +181,7 @@ def decode_means(model, z, batch_size=500):
     z_dim = getattr(model, "z_dim", None)
     if z.ndim != 2 or (z_dim is not None and z.shape[1] != z_dim):
         raise ValueError(f"z must be latent points of shape (N, {z_dim or 'D'}), got shape {z.shape}")
+    _check_finite(z, "z")
     out = []
     with evaluating(model):
         for start in range(0, len(z), batch_size):
@@ -272,11 +280,12 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
     to top, as in a scatter plot). Otherwise: one row per latent dimension, the ``n_dims``
     dimensions with the largest mean KL (``kl``, shape (D,); the first ones when None), each swept
     over ``n`` values from -span to span while the other dimensions stay at 0, the prior mean.
-    ``n`` and ``n_dims`` are integers of at least 1.
+    ``n`` and ``n_dims`` are integers of at least 1, ``span`` a number above 0, ``kl`` finite.
     """
     Figure, _ = _require_matplotlib()
     n = check_integer(n, "n", minimum=1)
     n_dims = check_integer(n_dims, "n_dims", minimum=1)
+    check_ranges(plot_traversal, {"span": POSITIVE}, span=span)
     d = model.z_dim
     if d == 2:
         q = _gaussian_quantiles(n)
@@ -292,6 +301,8 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
     if kl is not None and np.shape(kl) != (d,):  # else argsort would rank fewer dims, or others
         raise ValueError(f"kl must hold one value per latent dimension, shape ({d},), got shape "
                          f"{np.shape(kl)}")
+    if kl is not None:  # argsort would rank a NaN last, and its row would read "(nan)"
+        _check_finite(kl, "kl")
     order = np.arange(d) if kl is None else np.argsort(-np.asarray(kl), kind="stable")
     dims = order[:min(n_dims, d)]
     values = np.linspace(-span, span, n)
@@ -320,7 +331,7 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
 def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     """Bar plot of the mean KL per latent dimension; active units (activity > threshold) in colour.
 
-    ``kl`` and ``activity`` hold one value per latent dimension, both of shape (D,).
+    ``kl`` and ``activity`` hold one finite value per latent dimension, both of shape (D,).
     """
     Figure, _ = _require_matplotlib()
     from matplotlib.ticker import MaxNLocator
@@ -330,6 +341,8 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     if kl.ndim != 1 or activity.shape != kl.shape:
         raise ValueError(f"kl and activity must hold one value per latent dimension, both of shape "
                          f"(D,), got {kl.shape} and {activity.shape}")
+    _check_finite(kl, "kl")  # a NaN draws no bar and a total of "nan nats"
+    _check_finite(activity, "activity")  # a NaN would be drawn as an inactive unit
     active = activity > threshold
     fig = Figure(figsize=(max(6.0, 0.16 * len(kl) + 2), 3.6))
     ax = fig.subplots()
