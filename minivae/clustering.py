@@ -63,6 +63,14 @@ def _check_seed(seed):
     return seed
 
 
+def _check_n_clusters(n_clusters, n):
+    """``n_clusters`` as a Python int from 1 to ``n``, the number of points to cluster."""
+    n_clusters = check_integer(n_clusters, "n_clusters", minimum=1)
+    if n_clusters > n:
+        raise ValueError(f"n_clusters={n_clusters} is more than the {n} points")
+    return n_clusters
+
+
 def kmeans(points, n_clusters=10, seed=0):
     """The cluster (0 .. n_clusters - 1) of each of the (N, D) ``points`` (NumPy or CuPy), a NumPy
     array of shape (N,), by scikit-learn's KMeans (k-means++ starts, the best of 10 runs), seeded
@@ -71,9 +79,7 @@ def kmeans(points, n_clusters=10, seed=0):
     # scikit-learn runs on the host: a CuPy array is copied there, not refused by np.asarray.
     points = np.asarray(to_device(points, "cpu"), dtype=np.float64)
     check_points(points, "points")
-    n_clusters = check_integer(n_clusters, "n_clusters", minimum=1)
-    if n_clusters > len(points):
-        raise ValueError(f"n_clusters={n_clusters} is more than the {len(points)} points")
+    n_clusters = _check_n_clusters(n_clusters, len(points))
     seed = _check_seed(seed)
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(points)
 
@@ -112,7 +118,7 @@ def latent_clusters(model, x, labels, n_clusters=10, seed=0, batch_size=500):
     # Everything is checked before the encoding pass, not after it.
     _require_sklearn()
     labels = _integer_labels(labels, "labels", len(x))
-    n_clusters = check_integer(n_clusters, "n_clusters", minimum=1)
+    n_clusters = _check_n_clusters(n_clusters, len(labels))
     seed = _check_seed(seed)
     mu, _ = encode_dataset(model, x, batch_size=batch_size)
     clusters = kmeans(mu, n_clusters, seed)

@@ -132,6 +132,16 @@ def test_latent_clusters_of_a_vae():
         clustering.latent_clusters(M2(x_dim=784, z_dim=3, hidden=(8,)), data.x_test, data.y_test)
 
 
+def test_latent_clusters_checks_the_number_of_clusters_before_encoding(monkeypatch):
+    """More clusters than images is refused before the pass that encodes them, not after it."""
+    pytest.importorskip("sklearn")
+    data = small_data(n_eval=50)
+    model = VAE(x_dim=784, z_dim=3, hidden=(16,), rng=0)
+    monkeypatch.setattr(model, "encode", lambda x: pytest.fail("the images were encoded"))
+    with pytest.raises(ValueError, match="^n_clusters=20 is more than the 10 points$"):
+        clustering.latent_clusters(model, data.x_test[:10], data.y_test[:10], n_clusters=20)
+
+
 # ----- the command ------------------------------------------------------------------------------
 
 def test_cluster_command_writes_its_scores(capsys, monkeypatch, trained_run):  # noqa: F811
