@@ -421,6 +421,12 @@ def has_grad_norms(metrics):
     return any(k.startswith(GRAD_PREFIX) for m in metrics for k in m)
 
 
+# The gradient norms' legend: the names one column holds in the figure's height, and the line
+# styles that tell apart layers of one colour.
+_LEGEND_ROWS = 25
+_LINE_STYLES = ("-", "--", ":", "-.")
+
+
 def plot_grad_norms(metrics, path):
     """Per-layer gradient norms (``grad_norm/NAME`` keys) on a log scale, one line per name.
 
@@ -446,15 +452,23 @@ def plot_grad_norms(metrics, path):
     # One colour per layer name, shared by both panels, so the single legend is right for both.
     layers = sorted({k.split("/", 1)[1] for m in lines for k in m
                      if k.startswith((GRAD_PREFIX, RATIO_PREFIX))})
+    # Beyond 20 layers (a ladder VAE has 46 parameters) the colours repeat: each round of 20
+    # gets a line style of its own, so no two layers are drawn alike.
     palette = "tab10" if len(layers) <= 10 else "tab20"
-    colors = {name: matplotlib.colormaps[palette](i % 20) for i, name in enumerate(layers)}
-    fig = Figure(figsize=(6.5 * len(panels) + 2.5, 4.2))
+    styles = {name: (matplotlib.colormaps[palette](i % 20), _LINE_STYLES[i // 20 % len(_LINE_STYLES)])
+              for i, name in enumerate(layers)}
+    # The legend gets a column per _LEGEND_ROWS names and the figure the width of its columns:
+    # one column of 46 names ran off the top and the bottom of the figure.
+    ncol = math.ceil(len(layers) / _LEGEND_ROWS)
+    legend_width = 2.3 * ncol
+    fig = Figure(figsize=(6.5 * len(panels) + 0.2 + legend_width, 4.2))
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (prefix, ylabel) in zip(axes, panels):
         for layer in layers:
             pts = [(x, m[prefix + layer]) for x, m in zip(xs, lines) if m.get(prefix + layer) is not None]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=colors[layer],
+                color, linestyle = styles[layer]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], color=color, linestyle=linestyle,
                         marker="o" if len(pts) < 3 else None, markersize=3)
         ax.set_yscale("log")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, epochs, records: whole numbers
@@ -462,9 +476,9 @@ def plot_grad_norms(metrics, path):
         ax.set_ylabel(ylabel)
         ax.set_title(ylabel + " per layer", fontsize=10)
     # One shared legend outside the panels: layer names are long.
-    handles = [Line2D([], [], color=colors[name]) for name in layers]
-    fig.legend(handles, layers, loc="center right", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1 - 2.3 / fig.get_figwidth(), 1))
+    handles = [Line2D([], [], color=styles[name][0], linestyle=styles[name][1]) for name in layers]
+    fig.legend(handles, layers, loc="center right", fontsize=7, ncol=ncol)
+    fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 1))
     return _save(fig, path)
 
 

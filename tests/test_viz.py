@@ -315,6 +315,24 @@ def test_axes_of_whole_numbers_have_whole_number_ticks(tmp_path, monkeypatch, dr
         assert len(ticks) >= 2 and all(t == int(t) for t in ticks), ticks
 
 
+def test_grad_norms_of_many_layers_draw_each_alike_nowhere_and_show_every_name(tmp_path, monkeypatch):
+    """A ladder VAE has 46 parameters: tab20 gave layers i and i + 20 one colour, and the one
+    legend column ran off the figure, its first and last names cut away."""
+    figures, real = [], viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or real(fig, path))
+    names = [f"layer{i:02d}.weight" for i in range(46)]
+    metrics = [{"step": s, **{f"grad_norm/{n}": 1.0 + i for i, n in enumerate(names)}} for s in (10, 20)]
+    viz.plot_grad_norms(metrics, tmp_path / "g.png")
+    fig = figures[0]
+    ax = fig.axes[0]
+    looks = {(tuple(line.get_color()), line.get_linestyle()) for line in ax.lines}
+    assert len(ax.lines) == 46 and len(looks) == 46
+    legend, = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == names
+    box, frame = legend.get_window_extent(), fig.bbox
+    assert frame.y0 <= box.y0 and box.y1 <= frame.y1 and frame.x0 <= box.x0 and box.x1 <= frame.x1
+
+
 def test_every_picture_creates_its_folder(tmp_path):
     """A figure written into a folder not yet made, as save_image_grid's grid is."""
     pytest.importorskip("matplotlib")
