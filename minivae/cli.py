@@ -543,13 +543,10 @@ def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     _, model = _load_run(args.run)
     path = _claim_out(args, Path(args.run) / "samples.png", PNG_FILE, "the picture")
-    from .evaluate import evaluating
-    from .random import Generator
-    from .viz import save_image_grid
+    from .viz import prior_samples, save_image_grid
 
-    with evaluating(model):  # BatchNorm layers must use their running statistics
-        images = model.sample(args.n, Generator(seed=args.seed, stream=streams.SAMPLE_IMAGES))
-    save_image_grid(np.asarray(images), path)
+    images, nrow = prior_samples(model, args.n, args.seed)  # a model with labels: a class per row
+    save_image_grid(np.asarray(images), path, nrow=nrow)
     print(path)
     return 0
 

@@ -3,7 +3,7 @@
 ``minivae plot RUN`` calls :func:`plot_run`, which writes PNG files into the run folder::
 
     samples.png          an 8 x 8 grid of Bernoulli means decoded from z ~ N(0, I) (a model with a
-                         label y: one row per class, 8 draws each)
+                         label y: one row per class, 8 draws each; ``prior_samples``)
     reconstructions.png  test inputs next to the Bernoulli means decoded from their posterior means
     latent_pca.png       test-set posterior means E_q[z|x] projected to 2-D by PCA, coloured by label
     latent_tsne.png      the same points embedded by t-SNE (only when scikit-learn is installed)
@@ -167,6 +167,22 @@ def _check_finite(values, name):
 
 
 # ----- model queries (no graph, eval mode) ------------------------------------------------------
+
+def prior_samples(model, n, seed):
+    """``n`` images drawn from the prior of ``model`` (Bernoulli means of its decoder) and how
+    many to show per row: a model with a label y draws its classes in blocks of ceil(n / K), one
+    block per row of the grid, the others ceil(sqrt(n)) per row. The draws are those of
+    ``minivae sample --seed``; the model runs in eval mode, since ``sample`` itself only turns
+    the graph off (batch-norm layers must use their running statistics)."""
+    n = check_integer(n, "n", minimum=1)
+    noise = Generator(seed=seed, stream=streams.SAMPLE_IMAGES)
+    with evaluating(model):
+        if model.semi_supervised:
+            per_class = math.ceil(n / model.num_classes)
+            labels = np.repeat(np.arange(model.num_classes), per_class)[:n]
+            return model.sample(n, noise, labels=labels), per_class
+        return model.sample(n, noise), math.ceil(math.sqrt(n))
+
 
 def decode_means(model, z, batch_size=500):
     """Bernoulli means sigmoid(decode(z)) for latent points ``z`` (N, D), as NumPy (N, x_dim).
@@ -531,16 +547,9 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     y_test = None if y_test is None else np.asarray(y_test)[:n]
     paths = []
 
-    # Samples from the prior: Bernoulli means of the decoder, as in minivae sample. In eval mode,
-    # since sample() itself only turns the graph off (batch-norm layers must use running stats).
-    # A model with a label draws one class per row (8 draws of the other latents each).
-    with evaluating(model):
-        if model.semi_supervised:
-            labels = np.repeat(np.arange(model.num_classes), 8)
-            images = model.sample(len(labels), Generator(seed=seed, stream=streams.SAMPLE_IMAGES), labels=labels)
-        else:
-            images = model.sample(64, Generator(seed=seed, stream=streams.SAMPLE_IMAGES))
-    paths.append(save_image_grid(images, run_dir / "samples.png", nrow=8))
+    # A model with a label: one row per class, 8 draws of the other latents each.
+    images, nrow = prior_samples(model, 8 * model.num_classes if model.semi_supervised else 64, seed)
+    paths.append(save_image_grid(images, run_dir / "samples.png", nrow=nrow))
 
     if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE
         paths += _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings)

@@ -285,6 +285,14 @@ def test_cli_trains_m2_with_n_labelled_and_reports_the_test_error(tmp_path, monk
     assert cli.main(["eval", str(out), "--k", "2", "--no-progress"]) == 0
     assert "test_error" in json.loads((out / "eval_k2.json").read_text())
     assert build_model("m2", alpha=1.5).alpha == 1.5
+    # minivae sample draws one class per row of its grid (it drew 0, 1, ..., 9, 0, ... into
+    # rows of 8, as no row or column held one class).
+    drawn = []
+    real = M2.sample
+    monkeypatch.setattr(M2, "sample", lambda self, n, noise, labels=None: drawn.append(labels) or real(
+        self, n, noise, labels=labels))
+    assert cli.main(["sample", str(out), "--n", "20"]) == 0
+    np.testing.assert_array_equal(drawn[-1], np.arange(20) // 2)
 
 
 def test_the_data_sizes_are_positive_integers():

@@ -545,3 +545,25 @@ def test_missing_matplotlib_says_how_to_install(monkeypatch, tmp_path):
         viz.save_image_grid(np.zeros((1, 784)), tmp_path / "x.png")
     with pytest.raises(ImportError, match="minivae"):
         viz.plot_run(tmp_path)
+
+
+@pytest.mark.parametrize("n, per_row", [(64, 7), (20, 2), (5, 1)])
+def test_prior_samples_of_a_model_with_labels_give_each_class_a_row(n, per_row, monkeypatch):
+    """(minivae sample drew the labels 0, 1, ..., 9, 0, ... into rows of 8, so no column and no
+    row held one class; minivae plot drew its own blocks.)"""
+    from minivae.models import M2
+
+    model = M2(x_dim=16, z_dim=2, hidden=(8,), rng=0)
+    asked = {}
+    real = model.sample
+    monkeypatch.setattr(model, "sample", lambda k, noise, labels=None: asked.update(labels=labels) or real(k, noise, labels=labels))
+    images, nrow = viz.prior_samples(model, n, seed=0)
+    assert nrow == per_row and len(images) == n
+    np.testing.assert_array_equal(asked["labels"], np.arange(n) // per_row)  # row r holds class r
+
+
+def test_prior_samples_of_a_model_without_labels_are_a_square_grid(small_vae):
+    images, nrow = viz.prior_samples(small_vae, 20, seed=3)
+    assert nrow == 5 and len(images) == 20
+    again, _ = viz.prior_samples(small_vae, 20, seed=3)
+    np.testing.assert_array_equal(np.asarray(images), np.asarray(again))  # fixed by the seed
