@@ -394,6 +394,12 @@ def check_train(args):
         if getattr(args, name) is not None:  # given: the model would leave it unused
             raise UsageError(f"{COMMON[name]} {getattr(args, name)}: model {config.model!r} does not use "
                              f"it ({instead}); leave {COMMON[name]} out")
+    given = _parse_options(config.model, args.model_options or [])  # this command's, not a run's
+    for name, (other, value) in getattr(MODELS[config.model], "conditional_settings", {}).items():
+        chosen = config.model_options.get(other, model_settings(config.model)[other].default)
+        if name in given and chosen != value:
+            raise UsageError(f"--set {name}: model {config.model!r} uses it only with --set {other}={value}, "
+                             f"and would leave it unused; give --set {other}={value} too, or leave {name} out")
     semi_supervised = getattr(MODELS[config.model], "semi_supervised", False)
     if semi_supervised and config.n_labelled % N_CLASSES:
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "

@@ -510,6 +510,16 @@ def test_set_value_the_model_refuses(capsys, tmp_path, model, pair, message):
     user_error(capsys, ["train", "--model", model, "--set", pair, "--out", str(tmp_path / "r")], message)
 
 
+@pytest.mark.parametrize("pair", ["hidden2=50,50", "z1_dim=20"])
+def test_a_setting_of_the_two_layer_iwae_alone_is_refused_not_ignored(capsys, tmp_path, pair):
+    # Before: iwae with its default layers=1 trained the one-layer VAE and recorded the setting.
+    key = pair.split("=")[0]
+    user_error(capsys, tiny(tmp_path / "r", "--model", "iwae", "--set", pair),
+               f"--set {key}: model 'iwae' uses it only with --set layers=2", f"leave {key} out")
+    user_error(capsys, tiny(tmp_path / "r", "--model", "iwae", "--set", "layers=1", "--set", pair),
+               f"--set {key}: model 'iwae' uses it only with --set layers=2")
+
+
 def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path):
     user_error(capsys, ["train", "--model", "m2", "--n-labelled", "105", "--out", str(tmp_path / "r")],
                "--n-labelled", "105", "multiple of the 10 classes")

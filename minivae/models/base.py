@@ -62,6 +62,9 @@ class Model(nn.Module):
     #: not use, each with what sets that part of the model instead: the command line refuses
     #: their options rather than leave them unused without a word.
     unused_settings = {}
+    #: ``--set`` keys the model uses only when another has a given value, each as name ->
+    #: (other name, value): the command line refuses one given without that value.
+    conditional_settings = {}
     #: Constructor options whose value may name another run folder; the run layer replaces the
     #: folder by the model it holds (M1+M2's ``m1``).
     run_options = ()

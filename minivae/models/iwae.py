@@ -127,3 +127,8 @@ def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=7
         return TwoLayerVAE(x_dim, z_dims, blocks, activation,
                            beta, mc_samples, iw_k=k, rng=rng)
     raise ValueError(f"iwae: layers must be 1 or 2, got {layers!r}")
+
+
+#: Options that shape the two-layer model only: given with layers=1 they would be left unused
+#: without a word, so the command line refuses them there (``Model.conditional_settings``).
+iwae.conditional_settings = {"z1_dim": ("layers", 2), "hidden2": ("layers", 2)}
