@@ -1,6 +1,7 @@
 """minivae.nn: module registration, state dicts, devices, Linear and init, BatchNorm1d, activations."""
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -346,7 +347,8 @@ def test_load_state_dict_rejects_shape_and_dtype_without_changing_anything():
     assert "fc.bias: dtype float64" in msg
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
-    with pytest.raises(nn.StateDictError):  # shape errors are raised even when not strict
+    # Shape errors are raised even when not strict (fc.bias's dtype alone would raise too).
+    with pytest.raises(nn.StateDictError, match=re.escape("fc.weight: shape (3, 4) in state_dict")):
         m.load_state_dict(state, strict=False)
 
 
