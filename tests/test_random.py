@@ -371,11 +371,15 @@ def test_generator_draws_never_overlap():
 
 
 @pytest.mark.parametrize("kind", ["normal", "uniform", "gumbel"])
-@pytest.mark.parametrize("shape, dtype", [((2, -3), np.float32), ((2.5, 3), np.float32), ((2, 3), np.float16)])
-def test_a_refused_draw_uses_up_no_offset(kind, shape, dtype):
+@pytest.mark.parametrize("shape, dtype, error, message", [
+    ((2, -3), np.float32, ValueError, r"shape\[1\] must be at least 0, got -3"),
+    ((2.5, 3), np.float32, TypeError, r"shape\[0\] must be an integer, got 2\.5"),
+    ((2, 3), np.float16, TypeError, "dtype must be float32 or float64, got float16")],
+    ids=["negative-size", "float-size", "float16"])
+def test_a_refused_draw_uses_up_no_offset(kind, shape, dtype, error, message):
     """The draw after a refused one is the draw a run without the mistake makes."""
     g = mr.Generator(42, offset=5)
-    with pytest.raises((TypeError, ValueError)):
+    with pytest.raises(error, match=f"^{message}$"):  # our check, not NumPy's failure further on
         getattr(g, kind)(shape, dtype)
     assert g.offset == 5
     np.testing.assert_array_equal(getattr(g, kind)((2, 3)), getattr(mr.Generator(42, 5), kind)((2, 3)))
