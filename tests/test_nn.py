@@ -152,6 +152,16 @@ def test_missing_super_init_is_explained():
         Broken()
 
 
+def test_apply_visits_the_layers_in_order_each_after_its_children():
+    """PyTorch's order: children first, siblings as listed, a shared module once."""
+    m = Block()
+    m.again = m.fc  # shared: visited once, where it first appears
+    visited = []
+    assert m.apply(visited.append) is m
+    names = {id(mod): name for name, mod in m.named_modules()}
+    assert [names[id(mod)] for mod in visited] == ["fc", "bn", "heads.0", "heads.1", "heads", ""]
+
+
 def test_train_eval_propagate():
     m = Block()
     assert m.training and m.bn.training and m.heads[1].training

@@ -250,8 +250,21 @@ class Module:
             yield b
 
     def apply(self, fn):
-        """Call ``fn(module)`` on every descendant and then on this module (e.g. a custom init); return self."""
-        for m in reversed(list(self.modules())):
+        """Call ``fn(module)`` once on every module of the tree, children before their parent
+        and siblings in the order they were added, as PyTorch does (for ``Sequential(a, b)``:
+        a, b, then the Sequential), so a custom init that draws from one generator fills the
+        layers in the order they are listed; return self."""
+        order, seen = [], set()
+        stack = [(self, False)]
+        while stack:  # post-order with an explicit stack, as in _walk: no recursion limit
+            m, children_done = stack.pop()
+            if children_done:
+                order.append(m)
+            elif id(m) not in seen:
+                seen.add(id(m))
+                stack.append((m, True))  # comes back to m once its children are done
+                stack.extend((c, False) for c in reversed(list(m.children())))
+        for m in order:
             fn(m)
         return self
 
