@@ -393,6 +393,17 @@ def test_astype_converts_parameters_and_float_buffers():
     assert m(_x(dtype=np.float64)).dtype == np.float64
 
 
+@pytest.mark.parametrize("dtype", [np.int64, bool, "U3"])
+def test_astype_refuses_a_dtype_that_is_not_float(dtype):
+    m = Block()
+    before = {name: value.copy() for name, value in m.state_dict().items()}
+    with pytest.raises(TypeError, match=r"^astype takes a float dtype such as float32 or float64, got "):
+        m.astype(dtype)
+    after = m.state_dict()
+    assert all(after[name].dtype == value.dtype and np.array_equal(after[name], value)
+               for name, value in before.items())
+
+
 # ----- Linear and init ------------------------------------------------------------------------------
 def test_linear_forward_and_layout():
     lin = nn.Linear(4, 3, rng=0)

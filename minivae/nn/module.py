@@ -315,8 +315,13 @@ class Module:
 
     def astype(self, dtype):
         """Convert every float parameter and float buffer to ``dtype`` in place (gradients are
-        dropped); return self. Integer buffers (counters) keep their dtype."""
+        dropped); return self. Integer buffers (counters) keep their dtype.
+
+        ``dtype`` must be a float dtype (TypeError otherwise): an integer, bool or string dtype
+        would truncate the weights and leave parameters that cannot take a gradient."""
         dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"astype takes a float dtype such as float32 or float64, got {dtype}")
         for p in self.parameters():
             if p.data.dtype.kind == "f":
                 p.data = p.data.astype(dtype)
