@@ -171,6 +171,15 @@ def test_train_eval_propagate():
     assert all(mod.training for mod in m.modules())
 
 
+@pytest.mark.parametrize("mode", ["False", "eval", 0, None])
+def test_train_refuses_a_mode_that_is_not_a_bool(mode):
+    m = Block().eval()
+    with pytest.raises(TypeError, match=r"^training mode must be True or False, got "):
+        m.train(mode)
+    assert not any(mod.training for mod in m.modules())
+    assert m.train(np.bool_(True)).training  # a NumPy bool is a bool
+
+
 def test_zero_grad_sets_none():
     m = Block()
     m(_x()).sum().backward()

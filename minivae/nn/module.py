@@ -17,6 +17,7 @@ import numpy as np
 
 from ..autograd import Tensor, _can_unlock
 from ..backend import device_of, resolve_device, to_device
+from ..checks import check_bool
 
 
 class StateDictError(ValueError):
@@ -270,9 +271,13 @@ class Module:
 
     # ----- modes and gradients ------------------------------------------------------------------
     def train(self, mode=True):
-        """Set ``training`` to ``mode`` on this module and every descendant; return self."""
+        """Set ``training`` to ``mode`` on this module and every descendant; return self.
+
+        ``mode`` must be True or False (TypeError otherwise, as ``check_bool``): ``train("False")``
+        or ``train("eval")`` would be read by its truth and leave the model in training."""
+        mode = check_bool(mode, "training mode")
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self):
