@@ -68,7 +68,11 @@ class FlowVAE(VAE):
 
         KL(q_K || p) = -H[q_0] - E[sum_k log|det J_k| + log p(z_K)], with the Gaussian entropy
         H[q_0] = 1/2 sum_j (1 + log 2 pi + logvar_j) in closed form and the rest sampled.
+        Without flows q_K is q_0, whose KL has a closed form: then this is the VAE's ``elbo``
+        (the same reconstruction from the same draws, and the analytic KL, never negative).
         """
+        if self.flows.n_flows == 0:  # a sampled KL would only add variance to the same bound
+            return super().elbo(x, noise, samples)
         check_noise(noise)
         mu, logvar, z0, zk, log_det = self._flow_sample(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.decode(zk), x).mean(axis=0)
