@@ -143,6 +143,21 @@ def test_registering_a_name_taken_by_another_attribute_is_refused(register, exis
     assert [n for n, _ in m.named_parameters()] == ["parameter", "plain"]
 
 
+@pytest.mark.parametrize("value", [np.float64(1.0), mv.tensor(np.zeros(3)), [0.0, 1.0]],
+                         ids=["numpy-scalar", "tensor", "list"])
+def test_a_buffer_that_is_no_array_is_refused(value):
+    """A NumPy scalar cannot be written in place by load_state_dict, and a Tensor came back from
+    to() as a bare array: a buffer holds a NumPy or CuPy array."""
+    m = nn.Module()
+    kind = type(value).__name__
+    with pytest.raises(TypeError, match=rf"^register_buffer\('b'\): expected a NumPy or CuPy array, got {kind}$"):
+        m.register_buffer("b", value)
+    m.register_buffer("b", np.zeros(3))
+    with pytest.raises(TypeError, match=rf"^cannot assign a {kind} to buffer 'b': buffers hold NumPy or CuPy arrays$"):
+        m.b = value
+    assert type(m.b) is np.ndarray
+
+
 def test_missing_super_init_is_explained():
     class Broken(nn.Module):
         def __init__(self):
