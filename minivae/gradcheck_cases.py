@@ -397,9 +397,10 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
     ``fn(x, *params)`` is the model's training loss on a fixed batch ``x`` of binary images
     with fixed reparameterization noise (a fresh ``minivae.random.Generator(seed)`` at every
     call, so every call draws the same numbers), evaluated with ``params`` in place of the model's parameters, so the inputs
-    may be float64 or float32 copies. ``inputs`` are float64: x (a constant), then a copy of
-    every trainable parameter (``requires_grad``; a frozen part such as M1+M2's M1 is a constant), in
-    ``named_parameters`` order.
+    may be float64 or float32 copies: the rest of the model (a frozen part, batch normalization's
+    running statistics) is cast to the dtype of ``x`` at each call. ``inputs`` are float64: x (a
+    constant), then a copy of every trainable parameter (``requires_grad``; a frozen part such as
+    M1+M2's M1 is a constant), in ``named_parameters`` order.
     """
     from .models import build_model
     from .random import Generator
@@ -419,6 +420,9 @@ def model_case(name="vae", batch=4, seed=0, **kwargs):
                             for module, key in slots]
 
     def loss(x, *params):
+        # Float32 copies of the inputs (``gradcheck_report(dtype="float32")``) would otherwise
+        # meet float64 frozen weights and running statistics, which the ops refuse to mix.
+        model.astype(x.dtype)
         originals = [module._parameters[key] for module, key in slots]
         for (module, key), p in zip(slots, params):
             module._parameters[key] = p

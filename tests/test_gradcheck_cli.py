@@ -101,6 +101,16 @@ def test_cli_model(capsys):
     assert "elements" in rows[0] and all(row.endswith("pass") for row in rows)
 
 
+@pytest.mark.parametrize("model", ["ladder", "m1m2"])
+def test_cli_model_float32_with_batch_norm_or_a_frozen_part(model, capsys):
+    """A ladder's running statistics and M1+M2's frozen M1 follow the float32 copies of the
+    parameters, rather than stopping the check at the ops' refusal to mix float32 and float64."""
+    assert main(["gradcheck", "--model", model, "--dtype", "float32"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert [row.split()[1] for row in rows] == gradcheck_cases.model_case(model)[0]
+    assert all(row.endswith("pass") for row in rows)
+
+
 def test_cli_reports_a_failure(capsys, monkeypatch):
     monkeypatch.setitem(gradcheck_cases.CASES, SquareOff, [case("off by 1%", SquareOff.apply, U(2, 3))])
     assert main(["gradcheck", "--op", "SquareOff"]) == 1
