@@ -44,8 +44,13 @@ def gradient_norms(model):
 
 
 def snapshot(model):
-    """``{parameter name: copy of its data}``: the "before" (or "after") of ``update_ratios``."""
-    return {name: p.data.copy() for name, p in model.named_parameters()}
+    """``{parameter name: copy of its data}`` for every parameter that requires a gradient: the
+    "before" (or "after") of ``update_ratios``.
+
+    A frozen parameter (``requires_grad`` False, such as M1+M2's M1) is left out, as
+    ``gradient_norms`` leaves it out: no optimizer moves it, and its ratio would be 0 at every step.
+    """
+    return {name: p.data.copy() for name, p in model.named_parameters() if p.requires_grad}
 
 
 def update_ratios(before, after):

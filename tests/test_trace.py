@@ -6,7 +6,7 @@ import pytest
 
 import minivae as mv
 from minivae import optim
-from minivae.models import VAE
+from minivae.models import VAE, build_model
 from minivae.random import Generator
 from minivae.analysis import latent_summary
 from minivae.trace import GRAD_PREFIX, RATIO_PREFIX, gradient_norms, snapshot, update_ratios
@@ -47,6 +47,23 @@ def test_update_ratios_of_an_sgd_step(model_and_batch):
         expected = lr * np.linalg.norm(p.grad.astype(np.float64)) / np.linalg.norm(before[name].astype(np.float64))
         assert ratios[RATIO_PREFIX + name] == pytest.approx(expected, rel=1e-4)
     assert before["encoder.net.0.weight"] is not model.encoder.net[0].weight.data   # a copy
+
+
+def test_a_frozen_part_has_neither_a_gradient_norm_nor_an_update_ratio():
+    """M1+M2's M1 is frozen: no gradient, and no ratio of 0 at every traced step either."""
+    model = build_model("m1m2", x_dim=10, z_dim=3, hidden=(6,), rng=np.random.default_rng(0),
+                        m1=dict(x_dim=10, z_dim=4, hidden=(6,)))
+    model.set_data_sizes(32, 4)
+    x = (np.random.default_rng(1).uniform(size=(32, 10)) < 0.5).astype(np.float32)
+    loss, _ = model.loss(mv.tensor(x), Generator(0), labelled=(mv.tensor(x[:4]), np.arange(4)))
+    loss.backward()
+    before = snapshot(model)
+    optim.Adam(model.parameters(), lr=1e-3).step()
+    trained = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert len(trained) < len(list(model.named_parameters()))   # the M1 is there, frozen
+    assert sorted(before) == sorted(trained)
+    assert sorted(update_ratios(before, model)) == sorted(RATIO_PREFIX + name for name in trained)
+    assert sorted(gradient_norms(model)) == sorted(GRAD_PREFIX + name for name in trained)
 
 
 def test_update_ratio_of_zero_weights():
