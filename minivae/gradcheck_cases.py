@@ -40,7 +40,11 @@ def away_from(rng, shape, points=(0.0,), margin=0.1, low=-2.0, high=2.0):
 
 
 def distinct(rng, shape, spacing=0.1):
-    """Values at least ``spacing`` apart in random order: no ties for max."""
+    """Values at least 3/4 ``spacing`` apart in random order: no ties for max.
+
+    Value k is ``k * spacing`` plus a jitter below ``spacing / 4``, so neighbours may come as
+    close as ``spacing - spacing / 4``.
+    """
     n = int(np.prod(shape))
     return (rng.permutation(n) * spacing + rng.uniform(0, spacing / 4, n) - n * spacing / 2).reshape(shape)
 
@@ -57,7 +61,7 @@ def AWAY(*shape, points=(0.0,), margin=0.1, low=-2.0, high=2.0):
 
 
 def DISTINCT(*shape):
-    """No two values closer than 0.1 (max without ties)."""
+    """No two values closer than 0.075 (max without ties; ``distinct`` with a spacing of 0.1)."""
     return lambda rng: distinct(rng, shape)
 
 
