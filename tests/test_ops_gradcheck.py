@@ -178,6 +178,22 @@ def test_logsumexp_of_an_all_minus_inf_slice_is_minus_inf():
     np.testing.assert_allclose(columns, [0.0, np.log(2.0), -np.inf], rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_logsumexp_gradient_keeps_its_precision_far_from_0(dtype):
+    """The gradient softmax(x) against the float64 formula on the same inputs, to an ulp or two,
+    for slices whose maximum is large: exp(x - out) with out = m + log(sum) rounded to x's
+    precision loses the log term (float32 at 1e8 gave 1 for each of two equal entries, not 1/2;
+    at 1e7, 0.37; near -3000, as importance weights in float32 can be, errors of 1e-4)."""
+    big = 1e8 if dtype == np.float32 else 1e17
+    x = np.array([[big, big, -np.inf], [1e7, 1e7, 1e7 - 1], [-3000.0, -3000.5, -3001.25]], dtype)
+    t = Tensor(x, requires_grad=True)
+    F.logsumexp(t, axis=-1).backward(np.array([1.0, 2.0, -1.5], dtype))
+    x64 = x.astype(np.float64)
+    m = x64.max(axis=-1, keepdims=True)
+    want = np.exp(x64 - m) / np.exp(x64 - m).sum(axis=-1, keepdims=True) * np.array([[1.0], [2.0], [-1.5]])
+    np.testing.assert_allclose(t.grad, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
 @pytest.mark.parametrize("fn", [F.softmax, F.log_softmax])
 def test_softmax_shifts_each_slice_by_its_own_maximum(fn):
     """Slices of very different scales along the other axes (logits near 0 next to logits near

@@ -98,7 +98,10 @@ class LogSumExp(Function):
     """logsumexp(x, axis) = log(sum_i exp(x_i)).
 
     d/dx_i = exp(x_i - logsumexp(x)) = softmax(x)_i.
-    Stable form: m + log(sum(exp(x - m))) with m = max(x), so no term overflows. Over an empty
+    Stable form: m + log(sum(exp(x - m))) with m = max(x), so no term overflows. The gradient is
+    exp((x - m) - log(sum(...))), the two parts subtracted one at a time as in ``LogSoftmax``,
+    never exp(x - out): out rounds m + log(sum(...)) to x's precision, which loses the log term
+    when m is large (float32 at m = 1e8: two equal entries get 1 each, not 1/2). Over an empty
     axis: -inf (the log of an empty sum), with an empty gradient.
     On CuPy arrays reduced over the leading axis alone (the IWAE bound over its k samples), the
     dispatch table's kernels run instead: one launch per direction.
@@ -110,14 +113,19 @@ class LogSumExp(Function):
         axes = normalize_axes("logsumexp", axis, x.ndim)
         m, log_sum = _logsumexp_parts(xp, x, axes)
         out = m + log_sum
-        ctx.save(x, out)
+        ctx.save(x, m, log_sum)
         ctx.axes, ctx.keepdims = axes, keepdims
         return out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
 
     @staticmethod
     def backward(ctx, g):
-        x, out = ctx.saved
-        return _expand(g, ctx.axes, ctx.keepdims) * get_array_module(g).exp(x - out)
+        x, m, log_sum = ctx.saved
+        xp = get_array_module(g)
+        d = xp.subtract(x, m, out=xp.empty_like(x))  # exp((x - m) - log_sum), in one array
+        d -= log_sum
+        xp.exp(d, out=d)
+        d *= _expand(g, ctx.axes, ctx.keepdims)
+        return d
 
 
 class Softmax(Function):
