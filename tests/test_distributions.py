@@ -200,6 +200,25 @@ def test_collapsed_prior_variance_gives_finite_kl_and_log_density_in_float32():
         np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5)
 
 
+def test_collapsed_prior_variance_gives_finite_gradients_of_the_batch_mean_in_float32():
+    # The gradient of the mean over a batch of 1000 (an upstream 1e-3 per row) at a prior
+    # log-variance of -100 and mu_q - mu_p = 1e-3: d / e^logvar_p is 2.7e40, above float32's
+    # largest number, but 1e-3 times it is 2.7e37. It must be finite and agree with float64, as
+    # gaussian_log_prob's gradient with the same numbers is.
+    mu_q, lv_q = np.array([[1e-3, 0.5], [-2e-3, 0.0]]), np.array([[-100.0, 0.1], [-99.0, -0.2]])
+    mu_p, lv_p = np.array([[0.0, 0.25], [0.0, 0.0]]), np.array([[-100.0, 0.0], [-99.5, 0.3]])
+    g = np.array([1e-3, 1e-3])
+
+    def grads(dtype):
+        args = [_t(a.astype(dtype), requires_grad=True) for a in (mu_q, lv_q, mu_p, lv_p)]
+        F.kl_normal_normal(*args).backward(g.astype(dtype))
+        return [a.grad for a in args]
+
+    for g32, g64 in zip(grads(np.float32), grads(np.float64)):
+        assert np.isfinite(g32).all()
+        np.testing.assert_allclose(g32, g64, rtol=1e-5, atol=1e-5)
+
+
 def test_sample_bernoulli_draws_pixels_below_their_means():
     probs = np.array([[0.0, 1.0, 0.25, 0.75]] * 20000, dtype=np.float32)
     images = D.sample_bernoulli(probs, Generator(3))
