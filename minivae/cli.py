@@ -492,23 +492,35 @@ def _result_file(args, default):
     return _claim_out(args, default, JSON_FILE, "the result file")
 
 
+def _test_images(n):
+    """The first ``n`` MNIST test images, binarized as every score binarizes them (the fixed
+    draw of ``binarize_eval``), and their labels."""
+    from .data import binarize_eval, load_mnist
+
+    data = load_mnist(verbose=False)
+    return binarize_eval(data.x_test, "test")[:n], data.y_test[:n]
+
+
+def _report(out, result):
+    """Print ``result`` as one JSON line, then write it to ``out``: printed first, so that a
+    failed write (RunWriteError) loses nothing."""
+    print(json.dumps(result))
+    write_json(out, result, kept="the result is printed above")
+    print(f"{PROG}: wrote {out}", file=sys.stderr)
+
+
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
     _, model = _load_run(args.run)
     out = _result_file(args, eval_results_path(args.run, args.k))
-    from .data import binarize_eval, load_mnist
     from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
-    data = load_mnist(verbose=False)
-    x_test = binarize_eval(data.x_test, "test")[:args.n]
+    x_test, y_test = _test_images(args.n)
     print(_estimate_line(model, x_test, args.k), file=sys.stderr)
-    result = {"run": str(args.run), **test_set_scores(model, x_test, data.y_test[:args.n], args.k,
-                                                      progress=not args.no_progress)}
-    print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
-    write_json(out, result, kept="the result is printed above")
-    print(f"{PROG}: wrote {out}", file=sys.stderr)
+    _report(out, {"run": str(args.run), **test_set_scores(model, x_test, y_test, args.k,
+                                                           progress=not args.no_progress)})
     return 0
 
 
@@ -530,16 +542,11 @@ def cmd_cluster(args):
         raise UsageError("cluster needs scikit-learn, an optional extra: pip install 'minivae[cluster]'") from None
     out = _result_file(args, cluster_results_path(args.run, args.clusters))
     from .clustering import latent_clusters
-    from .data import binarize_eval, load_mnist
 
     model.to(device)  # the encoding follows the model's device
-    data = load_mnist(verbose=False)
-    x_test = binarize_eval(data.x_test, "test")[:args.n]
-    result = {"run": str(args.run), **latent_clusters(model, x_test, data.y_test[:args.n],
-                                                      n_clusters=args.clusters, seed=args.seed)}
-    print(json.dumps(result))  # before writing: a failed write (RunWriteError) loses nothing
-    write_json(out, result, kept="the result is printed above")
-    print(f"{PROG}: wrote {out}", file=sys.stderr)
+    x_test, y_test = _test_images(args.n)
+    _report(out, {"run": str(args.run), **latent_clusters(model, x_test, y_test,
+                                                          n_clusters=args.clusters, seed=args.seed)})
     return 0
 
 
