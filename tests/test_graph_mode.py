@@ -7,8 +7,9 @@ table of per-step scalars (Adam's, from the learning-rate schedule and the bias 
 the KL weight of warm-up), the step's noise offsets read from memory, the flush of the moments
 every ten steps, the shorter last batch, the statistics summed on the device, and what a
 checkpoint records. A run in graph mode must end with the bits of the same run with --eager, and
-a graph-mode run interrupted and resumed with those of an uninterrupted one. (The same
-comparison on a real GPU, with real captures: tests/test_gpu.py.)
+a graph-mode run interrupted and resumed with those of an uninterrupted one. The stand-in's
+device arrays refuse to be read on the host while a replay runs the step's Python side, as a
+real capture does. (The same comparison on a real GPU, with real captures: tests/test_gpu.py.)
 """
 import json
 import sys
@@ -19,12 +20,14 @@ import pytest
 
 import minivae.backend
 import minivae.distributions
+import minivae.gpu.cublas
 import minivae.gpu.graph
 import minivae.graph_steps
 from minivae import checkpoint
 from minivae.gpu import dispatch
 from minivae.train import CHECKPOINT, Trainer
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
+from test_loss_statistics import HostRead, HostReadGuard, guard
 from test_train import config, small_data
 
 
@@ -44,6 +47,18 @@ def _set_host_state(graph_steps, state):
     trainer.noise.load_state_dict(dict(trainer.noise.state_dict(), offset=offset))
 
 
+def _on_device(make):
+    """``make`` (a NumPy array constructor), returning a ``HostReadGuard``."""
+    return lambda *args, **kwargs: guard(make(*args, **kwargs))
+
+
+def _asnumpy(a):
+    """CuPy's copy to the host, refused during a capture."""
+    if HostReadGuard.refusing:
+        raise HostRead(f"cupy.asnumpy of an array of shape {np.shape(a)}: a host read")
+    return np.asarray(a)
+
+
 class _Replayed:
     """Stands for CapturedStep. A replay runs the function's Python side again, as it was at the
     capture: with the host-side numbers of that moment (a graph replays the arguments it
@@ -61,19 +76,28 @@ class _Replayed:
         self.replays += 1
         live = _host_state(self.graph_steps)
         _set_host_state(self.graph_steps, self.at_capture)
+        HostReadGuard.refusing = True  # the Python side runs as it did during the capture
         try:
             self.fn()
         finally:
+            HostReadGuard.refusing = False
             _set_host_state(self.graph_steps, live)
 
 
 @pytest.fixture
 def fake_device(fake_gpu, fake_cublas, monkeypatch):
-    """The GPU code paths of the trainer on NumPy arrays (see the module docstring)."""
+    """The GPU code paths of the trainer on NumPy arrays (see the module docstring), which refuse
+    host reads while a replay runs."""
     fake_cp = types.SimpleNamespace(
-        asarray=np.asarray, asnumpy=np.asarray, zeros=np.zeros, zeros_like=np.zeros_like, full=np.full,
-        empty=np.empty, stack=np.stack, copyto=np.copyto, add=np.add, logical_or=np.logical_or,
+        asarray=_on_device(np.asarray), asnumpy=_asnumpy, zeros=_on_device(np.zeros),
+        zeros_like=_on_device(np.zeros_like), full=_on_device(np.full), empty=_on_device(np.empty),
+        stack=_on_device(np.stack), copyto=np.copyto, add=np.add, logical_or=np.logical_or,
         isfinite=np.isfinite, int64=np.int64, uint64=np.uint64, float64=np.float64, bool_=np.bool_)
+    kernels = fake_gpu[0]
+    for name in ("empty", "empty_like", "zeros", "zeros_like", "ascontiguousarray"):
+        monkeypatch.setattr(kernels.cp, name, _on_device(getattr(np, name)))
+    monkeypatch.setattr(minivae.gpu.cublas.cp, "empty", _on_device(np.empty))
+    monkeypatch.setattr(HostReadGuard, "refusing", False)  # but while a replay runs
     for module in (minivae.backend, minivae.distributions, minivae.gpu.graph):
         monkeypatch.setattr(module, "cupy_module", lambda: fake_cp)
     monkeypatch.setitem(sys.modules, "cupy", fake_cp)

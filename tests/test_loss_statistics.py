@@ -58,13 +58,30 @@ class HostRead(AssertionError):
     """A model's loss or backward converted an array to a Python value (a device-to-host read)."""
 
 
+def _refused(name):
+    """ndarray's method ``name``, raising ``HostRead`` instead while ``HostReadGuard.refusing``."""
+
+    def read(self, *args):
+        if HostReadGuard.refusing:
+            raise HostRead(f"{name} of a {self.dtype} array of shape {self.shape}: a host read")
+        return getattr(np.ndarray, name)(self, *args)
+
+    return read
+
+
 class HostReadGuard(np.ndarray):
-    """An ndarray whose conversions to Python values raise ``HostRead`` (see the module docstring)."""
+    """An ndarray standing for a device array: its conversions to Python values raise
+    ``HostRead`` (see the module docstring) while ``refusing`` is set (always, but where a test
+    turns it off outside the code it watches), and its indexing gives 0-d arrays where NumPy's
+    gives scalars, as CuPy's does, so that an element read stays watched."""
 
-    def _refuse(self, *args, **kwargs):
-        raise HostRead(f"a host read of a {self.dtype} array of shape {self.shape}")
+    refusing = True
+    item, tolist, __float__, __int__, __index__, __bool__, __complex__ = map(_refused, (
+        "item", "tolist", "__float__", "__int__", "__index__", "__bool__", "__complex__"))
 
-    item = tolist = __float__ = __int__ = __index__ = __bool__ = __complex__ = _refuse
+    def __getitem__(self, index):
+        out = super().__getitem__(index)
+        return out if isinstance(out, np.ndarray) else guard(np.asarray(out))
 
 
 def guard(array):
