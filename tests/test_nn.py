@@ -367,6 +367,18 @@ def test_load_state_dict_reports_missing_and_unexpected_keys():
     assert result.missing_keys == ["fc.bias"] and result.unexpected_keys == ["fc.extra"]
 
 
+def test_load_state_dict_refuses_a_key_that_is_not_a_name():
+    m = Block()
+    before = m.state_dict()
+    state = dict(m.state_dict(), **{"fc.weight": np.zeros((4, 3), dtype=np.float32)})
+    state[0] = np.zeros(3, dtype=np.float32)
+    for strict in (True, False):
+        with pytest.raises(TypeError, match=re.escape("names (strings), got 0 (int)")):
+            m.load_state_dict(state, strict=strict)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_load_state_dict_rejects_shape_and_dtype_without_changing_anything():
     m = Block()
     before = m.state_dict()

@@ -381,8 +381,14 @@ class Module:
         module lacks or the state lacks (only when ``strict``), and shape or dtype mismatches
         (always: a silent cast or reshape would hide a wrong checkpoint), and arrays that cannot
         be written (a buffer that a live graph saved for its backward pass). Returns
-        ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``. A key that is not a string can name
+        nothing (a list of arrays turned into a dict by position, say), so it is refused with a
+        TypeError, strict or not.
         """
+        bad_keys = [f"{k!r} ({type(k).__name__})" for k in state if not isinstance(k, str)]
+        if bad_keys:
+            raise TypeError(f"state_dict keys must be parameter or buffer names (strings), "
+                            f"got {', '.join(bad_keys)}")
         entries = self._state_entries()
         missing = [n for n in entries if n not in state]
         unexpected = [n for n in state if n not in entries]
