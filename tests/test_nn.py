@@ -518,6 +518,16 @@ def test_init_functions_in_place():
         nn.init.uniform_(w, rng="seed")
 
 
+def test_calculate_gain_refuses_a_slope_that_is_no_real_number():
+    """True is an int: read as a slope of 1 it gave leaky_relu the gain 1, not sqrt(2 / 1.0001)."""
+    for slope in (True, "0.2"):
+        with pytest.raises(TypeError, match=re.escape(f"negative slope) must be a real number, got {slope!r}")):
+            nn.init.calculate_gain("leaky_relu", slope)
+    with pytest.raises(ValueError, match="negative slope\\) must be finite, got nan"):
+        nn.init.calculate_gain("leaky_relu", math.nan)
+    assert nn.init.calculate_gain("leaky_relu", 1) == 1.0  # an int slope is a number
+
+
 def test_an_evaluation_graph_leaves_the_running_statistics_writable():
     """A graph built in evaluation mode without no_grad (a validation loss kept for logging)
     must not lock BatchNorm's buffers: training, reset_running_stats and load_state_dict write

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend import device_of, to_device
+from ..checks import check_real
 
 _default_rng = np.random.default_rng(0)
 
@@ -78,7 +79,10 @@ def calculate_gain(nonlinearity, param=None):
     if nonlinearity == "relu":
         return math.sqrt(2.0)
     if nonlinearity == "leaky_relu":
-        slope = 0.01 if param is None else float(param)
+        # check_real refuses True (an int, so a slope of 1) and a string such as "0.2".
+        slope = 0.01 if param is None else check_real(param, "param (leaky_relu's negative slope)")
+        if not math.isfinite(slope):  # an infinite slope would give a gain of 0: all-zero weights
+            raise ValueError(f"param (leaky_relu's negative slope) must be finite, got {slope}")
         return math.sqrt(2.0 / (1 + slope ** 2))
     if nonlinearity == "selu":
         return 3.0 / 4
