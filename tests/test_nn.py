@@ -508,10 +508,13 @@ def test_init_functions_in_place():
     assert nn.init.calculate_fan_in_and_fan_out((3, 4, 5, 2)) == (30, 40)
     assert nn.init.calculate_gain("leaky_relu", math.sqrt(5)) == pytest.approx(math.sqrt(1 / 3))
     # PyTorch's table, entry by entry: a wrong gain only scales the initial weights.
-    gains = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "elu": 1.0, "tanh": 5 / 3,
+    gains = {"linear": 1.0, "identity": 1.0, "sigmoid": 1.0, "tanh": 5 / 3,
              "relu": math.sqrt(2.0), "leaky_relu": math.sqrt(2 / (1 + 0.01 ** 2)), "selu": 3 / 4}
     for name, gain in gains.items():
         assert nn.init.calculate_gain(name) == pytest.approx(gain, rel=1e-15), name
+    # PyTorch has no gain for elu: a made-up 1 would pass for a recommendation.
+    with pytest.raises(ValueError, match="no recommended gain for nonlinearity 'elu': choose one of linear"):
+        nn.init.calculate_gain("elu")
     with pytest.raises(ValueError):
         nn.init.xavier_uniform_(nn.Parameter(np.zeros(3, dtype=np.float32)))
     with pytest.raises(TypeError):

@@ -69,10 +69,15 @@ def calculate_fan_in_and_fan_out(shape):
 
 
 def calculate_gain(nonlinearity, param=None):
-    """The recommended gain for an activation (PyTorch's values): linear/identity/sigmoid 1,
+    """The recommended gain for an activation (PyTorch's table): linear/identity/sigmoid 1,
     tanh 5/3, relu sqrt(2), leaky_relu sqrt(2 / (1 + slope^2)) (slope ``param``, default 0.01),
-    selu 3/4, elu 1."""
-    if nonlinearity in ("linear", "identity", "sigmoid", "elu"):
+    selu 3/4.
+
+    Any other name is refused (ValueError), elu included: as in PyTorch, there is no recommended
+    gain for it (its output variance depends on alpha), so pass the gain you mean to the
+    initializer yourself.
+    """
+    if nonlinearity in ("linear", "identity", "sigmoid"):
         return 1.0
     if nonlinearity == "tanh":
         return 5.0 / 3
@@ -86,7 +91,8 @@ def calculate_gain(nonlinearity, param=None):
         return math.sqrt(2.0 / (1 + slope ** 2))
     if nonlinearity == "selu":
         return 3.0 / 4
-    raise ValueError(f"unknown nonlinearity {nonlinearity!r}")
+    raise ValueError(f"no recommended gain for nonlinearity {nonlinearity!r}: choose one of linear, "
+                     "identity, sigmoid, tanh, relu, leaky_relu, selu, or give the gain yourself")
 
 
 def uniform_(tensor, a=0.0, b=1.0, rng=None):
