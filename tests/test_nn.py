@@ -559,6 +559,13 @@ def test_layer_without_inputs_and_empty_tensors_in_init():
     for fill in (nn.init.kaiming_uniform_, nn.init.kaiming_normal_):
         w = nn.Parameter(np.empty((3, 0), dtype=np.float32))
         assert fill(w, mode="fan_out") is w
+    # Shape (0, 0) (or a receptive field of size 0) has fan_in + fan_out = 0 for Xavier.
+    for fill in (nn.init.xavier_uniform_, nn.init.xavier_normal_):
+        for shape in ((0, 0), (2, 3, 0), (0, 3)):
+            w = nn.Parameter(np.empty(shape, dtype=np.float32))
+            assert fill(w) is w and w.shape == shape
+        with pytest.raises(ValueError, match="at least 2 dimensions"):
+            fill(nn.Parameter(np.empty(0, dtype=np.float32)))  # no fans at all, empty or not
 
 
 def test_parameter_dtype_policy():

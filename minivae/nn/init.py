@@ -120,22 +120,28 @@ def ones_(tensor):
     return constant_(tensor, 1.0)
 
 
+def _is_empty(tensor):
+    """Whether ``tensor`` has no elements (a dimension of size 0)."""
+    return math.prod(tensor.shape) == 0
+
+
 def xavier_uniform_(tensor, gain=1.0, rng=None):
-    """Glorot & Bengio (2010): U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)); return it."""
+    """Glorot & Bengio (2010): U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)); return it
+    (unchanged when it has no elements, as the Kaiming initializers do)."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor.shape)
+    if _is_empty(tensor):  # nothing to fill, and shape (0, 0) has fan_in + fan_out = 0
+        return tensor
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return uniform_(tensor, -bound, bound, rng)
 
 
 def xavier_normal_(tensor, gain=1.0, rng=None):
-    """Glorot & Bengio (2010): N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out)); return it."""
+    """Glorot & Bengio (2010): N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out)); return it
+    (unchanged when it has no elements)."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor.shape)
+    if _is_empty(tensor):  # nothing to fill, and its fans may sum to 0
+        return tensor
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng)
-
-
-def _is_empty(tensor):
-    """Whether ``tensor`` has no elements (a dimension of size 0)."""
-    return math.prod(tensor.shape) == 0
 
 
 def _kaiming_std(shape, a, mode, nonlinearity):
