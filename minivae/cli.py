@@ -697,7 +697,8 @@ def _add_gradient_commands(command):
     """Register the ``gradcheck`` and ``graph`` subcommands through ``command`` (see build_parser)."""
     p = command("gradcheck", cmd_gradcheck, "finite-difference checks of every op (or a model), as tables")
     p.add_argument("--op", action="append", metavar="NAME",
-                   help="check only this op (class or function name, e.g. softplus; repeatable)")
+                   help="check only this op (class or function name, e.g. softplus; repeatable, "
+                        "each op checked once)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="float64: the exact check; float32: float32 backward vs float64 differences, "
                         "with the error rounding alone would leave")
@@ -727,7 +728,9 @@ def cmd_gradcheck(args):
     from .gradcheck_cases import CASES, criteria, find_op, format_table, public_name, report_model, report_op
 
     try:
-        ops = [find_op(name) for name in args.op] if args.op else ([] if args.model else list(CASES))
+        # dict.fromkeys keeps the first of repeated names (softplus and Softplus are one op).
+        named = list(dict.fromkeys(find_op(name) for name in args.op or ()))
+        ops = named if args.op else ([] if args.model else list(CASES))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     missing = [op.__name__ for op in ops if op not in CASES]

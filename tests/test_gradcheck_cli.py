@@ -83,6 +83,14 @@ def test_cli_one_op(capsys):
     assert out.rstrip().endswith("13 of 13 checks passed")
 
 
+def test_cli_checks_an_op_named_twice_once(capsys):
+    assert main(["gradcheck", "--op", "softplus", "--op", "Linear", "--op", "Softplus"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Softplus (F.softplus)") == 1
+    assert out.index("Softplus (F.softplus)") < out.index("Linear (F.linear)")  # the first order
+    assert out.rstrip().endswith("13 of 13 checks passed")
+
+
 def test_cli_every_op_float32(capsys):
     assert main(["gradcheck", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out
