@@ -200,15 +200,18 @@ def write_vae_graph(out=GRAPH_SVG):
 
 
 def main(argv=None):
-    """``python -m minivae.docs [--check] [--graph]``: write docs/gradients.md and the outputs of
+    """``python -m minivae.docs [--check | --graph]``: write docs/gradients.md and the outputs of
     docs/tutorial.md, or compare gradients.md (exit 1 if stale); ``--graph`` also renders
-    docs/vae_graph.svg."""
+    docs/vae_graph.svg, and is refused with ``--check``, which writes nothing."""
     parser = argparse.ArgumentParser(prog="python -m minivae.docs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 when the file is stale")
     parser.add_argument("--graph", action="store_true",
                         help="also render docs/vae_graph.svg (needs Graphviz's dot and a cached MNIST)")
     args = parser.parse_args(argv)
-    if args.graph and not args.check:
+    if args.graph and args.check:  # --check writes nothing, so the graph would silently not be made
+        parser.error("--check and --graph exclude each other: --check only compares "
+                     "docs/gradients.md, --graph writes docs/vae_graph.svg; give one of the two")
+    if args.graph:
         from .graph import svg_available
 
         if not svg_available():  # before anything is written, not as a traceback halfway

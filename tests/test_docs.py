@@ -145,6 +145,18 @@ def test_rendering_the_graph_without_graphviz_is_one_line(monkeypatch, capsys):
     assert "--graph needs Graphviz's `dot` program on the PATH" in capsys.readouterr().err.splitlines()[-1]
 
 
+def test_check_with_graph_is_refused(monkeypatch, capsys):
+    # Before: --check compared gradients.md and silently made no graph.
+    monkeypatch.setattr(docs, "write_vae_graph", lambda: pytest.fail("the graph was made"))
+    monkeypatch.setattr(docs, "render_gradients", lambda: pytest.fail("gradients.md was compared"))
+    with pytest.raises(SystemExit) as exit_:
+        docs.main(["--check", "--graph"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --check and --graph exclude each other: --check only compares docs/gradients.md, "
+        "--graph writes docs/vae_graph.svg; give one of the two")
+
+
 def test_vae_graph_svg_is_todays_graph():
     """docs/vae_graph.svg shows today's graph of the default VAE's loss: the same nodes (op or
     parameter, shape, dtype; the gradient norms depend on the images) and as many edges.
