@@ -367,6 +367,27 @@ def test_load_state_dict_reports_missing_and_unexpected_keys():
     assert result.missing_keys == ["fc.bias"] and result.unexpected_keys == ["fc.extra"]
 
 
+def test_repr_puts_settings_of_a_module_with_children_on_their_own_line():
+    class Scaled(nn.Module):
+        def __init__(self, scale):
+            super().__init__()
+            self.scale, self.fc = scale, nn.Linear(2, 3)
+
+        def extra_repr(self):
+            return f"scale={self.scale}"
+
+    assert repr(nn.Linear(2, 3)) == "Linear(in_features=2, out_features=3, bias=True)"
+    assert repr(nn.Sequential()) == "Sequential()"
+    # PyTorch's layout; before, "Scaled(scale=2" ran into the first child's line.
+    assert repr(nn.Sequential(Scaled(2))) == (
+        "Sequential(\n"
+        "  (0): Scaled(\n"
+        "    scale=2\n"
+        "    (fc): Linear(in_features=2, out_features=3, bias=True)\n"
+        "  )\n"
+        ")")
+
+
 def test_load_state_dict_refuses_a_key_that_is_not_a_name():
     m = Block()
     before = m.state_dict()

@@ -442,11 +442,15 @@ class Module:
         return ""
 
     def __repr__(self):
-        lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()]
-        head = f"{type(self).__name__}({self.extra_repr()}"
-        if not lines:
-            return head + ")"
-        return head + "\n  " + "\n  ".join(lines) + "\n)"
+        """PyTorch's layout: ``Name(extra)`` for a module without children whose ``extra_repr``
+        is one line; otherwise each line of ``extra_repr``, then each child, on its own
+        indented line, so that settings never run into the first child."""
+        extra_repr = self.extra_repr()
+        extra = extra_repr.split("\n") if extra_repr else []
+        children = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self.named_children()]
+        if not children and len(extra) <= 1:
+            return f"{type(self).__name__}({''.join(extra)})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(extra + children) + "\n)"
 
 
 #: The attributes every Module sets in ``__init__`` (its registries and ``training``), which a
