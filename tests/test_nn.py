@@ -398,6 +398,8 @@ def test_load_state_dict_refuses_a_key_that_is_not_a_name():
             m.load_state_dict(state, strict=strict)
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
+    with pytest.raises(TypeError, match="state_dict must be a mapping .*, got list$"):
+        m.load_state_dict(list(state.values()))
 
 
 def test_load_state_dict_rejects_shape_and_dtype_without_changing_anything():

@@ -12,6 +12,7 @@ those names to NumPy arrays so a model can be saved in an ``.npz`` file without 
 """
 import operator
 from collections import namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -383,8 +384,11 @@ class Module:
         be written (a buffer that a live graph saved for its backward pass). Returns
         ``IncompatibleKeys(missing_keys, unexpected_keys)``. A key that is not a string can name
         nothing (a list of arrays turned into a dict by position, say), so it is refused with a
-        TypeError, strict or not.
+        TypeError, strict or not, and so is a ``state`` that is no mapping (a list of arrays).
         """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state_dict must be a mapping of parameter and buffer names to arrays "
+                            f"(such as a module's state_dict()), got {type(state).__name__}")
         bad_keys = [f"{k!r} ({type(k).__name__})" for k in state if not isinstance(k, str)]
         if bad_keys:
             raise TypeError(f"state_dict keys must be parameter or buffer names (strings), "
