@@ -1101,6 +1101,28 @@ def test_a_draws_offset_from_device_memory_is_added_to_its_offset(fake_gpu, dtyp
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kl_kernels_and_the_numpy_op_agree_near_the_prior(fake_gpu, dtype):
+    """One KL term per row at logvar near 0, where e^logvar - 1 - logvar cancels: the kernels and
+    kl_normal_std's NumPy code compute it with the same operations (expm1(logvar) - logvar), so
+    the KL agrees to a few ulp(logvar) (the libraries' expm1 may differ in the last bit), not
+    to ulp(1) as exp(logvar) - 1 - logvar would; d/dlogvar to a few ulp of itself."""
+    import minivae as mv
+    from minivae import functional as F
+
+    K, _ = fake_gpu
+    logvar = np.array([[0.1, 1e-3, -2e-4, 1e-4, 3e-6, -3e-6, 1e-8, 0.0]], dtype).T
+    mu = np.zeros_like(logvar)
+    mu[0] = 0.25
+    gkl = np.linspace(0.5, 2.0, len(logvar)).astype(dtype)
+    lv = mv.Tensor(logvar, requires_grad=True)
+    kl = F.kl_normal_std(mv.Tensor(mu), lv)
+    kl.backward(gkl)
+    eps = np.finfo(dtype).eps
+    assert (np.abs(K.kl_normal_std_forward(mu, logvar) - kl.data) <= 4 * eps * np.abs(logvar[:, 0])).all()
+    np.testing.assert_allclose(K.kl_normal_std_backward(gkl, mu, logvar)[1], lv.grad, rtol=4 * eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_fused_backward_without_a_kl_gradient_adds_no_kl_terms(fake_gpu, dtype):
     """With no gradient for the KL (gkl None: a model that uses z alone, as the IWAE's second
     layer), the fused backward is the reparameterization's: dmu = dz and its dlogvar, bit for

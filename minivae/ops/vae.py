@@ -106,25 +106,19 @@ class ReparameterizeNoise(Function):
 
 
 def _kl_terms(xp, mu, logvar):
-    """(the KL to N(0, I) per row, e^logvar): 1/2 sum_j (mu_j^2 + e^logvar_j - 1 - logvar_j)."""
-    var = xp.exp(logvar)
-    terms = xp.add(mu * mu, var)  # mu^2 + var - 1 - logvar, left to right, the rest in place
-    terms -= 1
-    terms -= logvar
-    return 0.5 * _row_sum(terms), var
+    """(the KL to N(0, I) per row, e^logvar - 1): 1/2 sum_j (mu_j^2 + (e^logvar_j - 1 - logvar_j)),
+    the bracket as expm1(logvar) - logvar, the operations of the kernels (kernels/vae_math.cuh)."""
+    em1 = xp.expm1(logvar)
+    return 0.5 * _row_sum(xp.add(mu * mu, em1 - logvar)), em1
 
 
-def _kl_grads(g, mu, var, need_mu, need_logvar):
-    """(d/dmu, d/dlogvar) of the KL to N(0, I) for the per-row upstream gradient g, each of the
-    broadcast shape of mu and var."""
-    shape = np.broadcast_shapes(mu.shape, var.shape)
+def _kl_grads(g, mu, em1, need_mu, need_logvar):
+    """(d/dmu, d/dlogvar) of the KL to N(0, I) for the per-row upstream gradient g, from mu and
+    em1 = e^logvar - 1, each of the broadcast shape of mu and em1."""
+    shape = np.broadcast_shapes(mu.shape, em1.shape)
     g = _per_row(g)
-    dlogvar = None
-    if need_logvar:  # g * (0.5 * (var - 1)), one temporary fewer
-        half = var - 1
-        half *= 0.5
-        dlogvar = g * half
-    return _full(g * mu if need_mu else None, shape), _full(dlogvar, shape)
+    return (_full(g * mu if need_mu else None, shape),
+            _full(g * (0.5 * em1) if need_logvar else None, shape))
 
 
 class KLNormalStd(Function):
@@ -133,20 +127,24 @@ class KLNormalStd(Function):
 
     d/dmu = mu, d/dlogvar = (e^logvar - 1) / 2 (times the row's upstream gradient).
     Analytic, never a Monte Carlo estimate: it has no variance. On CuPy arrays of one shape the
-    dispatch table's kernels (one reduction per row) run instead.
+    dispatch table's kernels (one reduction per row, the same formula) run instead.
+    Stable form: e^logvar - 1 is expm1(logvar), so near logvar = 0 (a collapsed unit, whose
+    posterior is the prior) e^logvar - 1 - logvar is off by a few ulp(logvar), not ulp(1), and
+    never negative (computed as exp(logvar) - 1 - logvar it was -1e-8 in float32 at mu = 0,
+    logvar = 3e-6, where the KL is 2.25e-12).
     """
 
     @staticmethod
     def forward(ctx, mu, logvar):
         _check_rows("kl_normal_std", mu, logvar)
-        kl, var = _kl_terms(get_array_module(mu, logvar), mu, logvar)
-        ctx.save(mu, var)
+        kl, em1 = _kl_terms(get_array_module(mu, logvar), mu, logvar)
+        ctx.save(mu, em1)
         return kl
 
     @staticmethod
     def backward(ctx, g):
-        mu, var = ctx.saved
-        return _kl_grads(g, mu, var, *ctx.needs_input_grad)
+        mu, em1 = ctx.saved
+        return _kl_grads(g, mu, em1, *ctx.needs_input_grad)
 
 
 class ReparameterizeKL(Function):
@@ -180,20 +178,20 @@ class ReparameterizeKL(Function):
         xp = get_array_module(mu, logvar)
         shape = mu.shape if samples is None else (int(samples),) + mu.shape
         scaled = _scaled_noise(xp, noise, shape, logvar)
-        kl, var = _kl_terms(xp, mu, logvar)
-        ctx.save(scaled, mu, var)
+        kl, em1 = _kl_terms(xp, mu, logvar)
+        ctx.save(scaled, mu, em1)
         return mu + scaled, kl
 
     @staticmethod
     def backward(ctx, gz, gkl):
-        scaled, mu, var = ctx.saved
+        scaled, mu, em1 = ctx.saved
         need_mu, need_logvar = ctx.needs_input_grad
         dmu = dlogvar = None
         if gz is not None:
             dmu = _sum_samples(gz, mu.shape) if need_mu else None
             dlogvar = _sum_samples(gz * (0.5 * scaled), mu.shape) if need_logvar else None
         if gkl is not None:
-            kl_mu, kl_logvar = _kl_grads(gkl, mu, var, need_mu, need_logvar)
+            kl_mu, kl_logvar = _kl_grads(gkl, mu, em1, need_mu, need_logvar)
             dmu = kl_mu if dmu is None else kl_mu + dmu
             dlogvar = kl_logvar if dlogvar is None else kl_logvar + dlogvar
         return dmu, dlogvar
