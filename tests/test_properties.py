@@ -586,6 +586,19 @@ def test_unary_kinks_take_pytorchs_derivative(name):
     np.testing.assert_array_equal(t.grad, tt.grad.numpy())
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elu_gradient_keeps_its_precision_deep_in_the_negative_tail(dtype):
+    """elu's derivative below 0 is alpha e^x to a few ulp of itself, however small: computed as
+    elu(x) + alpha it cancelled, off by 1e-3 of itself at x = -10 in float32, and 0 below -17
+    (-37 in float64), where PyTorch gives alpha e^x."""
+    x = np.array([-0.5, -5.0, -10.0, -17.0, -18.0, -30.0, -40.0, -80.0], dtype)
+    g = np.linspace(0.5, 2.0, x.size).astype(dtype)
+    t = Tensor(x, requires_grad=True)
+    F.elu(t, 1.5).backward(g)
+    want = g.astype(np.float64) * 1.5 * np.exp(x.astype(np.float64))
+    np.testing.assert_allclose(t.grad, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
 @SETTINGS
 @given(hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=0, max_side=3),
        st.sampled_from(["both", "lo", "hi"]), dtypes, st.integers(0, 2**32 - 1))
