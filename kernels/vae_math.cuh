@@ -33,8 +33,6 @@ MV_HD float mv_expm1(float x) { return expm1f(x); }
 MV_HD double mv_expm1(double x) { return expm1(x); }
 MV_HD float mv_log1p(float x) { return log1pf(x); }
 MV_HD double mv_log1p(double x) { return log1p(x); }
-MV_HD float mv_tanh(float x) { return tanhf(x); }
-MV_HD double mv_tanh(double x) { return tanh(x); }
 MV_HD float mv_abs(float x) { return fabsf(x); }
 MV_HD double mv_abs(double x) { return fabs(x); }
 // sin(pi x) and cos(pi x): the argument reduction is exact (no rounded 2*pi, no slow path
@@ -168,10 +166,14 @@ template <typename T>
 MV_HD T mv_bernoulli_term(T l, T x) {
     return x * l - (mv_relu<T>(l) + mv_log1p(mv_exp(-mv_abs(l))));
 }
-// Gradient with upstream g (per row): d/dl = x - sigmoid(l), sigmoid(l) = (tanh(l / 2) + 1) / 2.
+// Gradient with upstream g (per row): d/dl = x - sigmoid(l), sigmoid(l) = 1 / (1 + e) where
+// l >= 0 and e / (1 + e) where l < 0, e = exp(-|l|): never (tanh(l / 2) + 1) / 2, which cancels
+// for negative l (0 in float32 at l = -20, where sigmoid is 2.1e-9). The operations of
+// BernoulliLogProb's backward, in its order.
 template <typename T>
 MV_HD T mv_bernoulli_dlogit(T g, T l, T x) {
-    return (x - (mv_tanh(l * T(0.5)) + T(1)) * T(0.5)) * g;
+    const T e = mv_exp(-mv_abs(l));
+    return (x - (l >= T(0) ? T(1) : e) / (T(1) + e)) * g;
 }
 
 // ---- Gaussian log-density of x under N(mu, exp(logvar)), one coordinate ----

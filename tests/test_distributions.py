@@ -68,6 +68,24 @@ def test_log_bernoulli_logits():
     np.testing.assert_allclose(extreme.data, [-400.0])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bernoulli_logit_gradient_at_negative_logits_is_the_same_on_both_paths(dtype):
+    # d/dl = x - sigmoid(l). Where x has the logits' shape the op ran an in-place pass with
+    # sigmoid = (1 + tanh(l / 2)) / 2, which cancels for negative l: 0 at x = 0, l = -20 in float32
+    # (l = -40 in float64) while the path for images that broadcast up gave -2.06e-9 (-4.2e-18).
+    # Both paths must give x - sigmoid(l) to a few ulp of itself, the same numbers.
+    logits = np.array([-0.5, -5.0, -10.0, -20.0, -40.0, -80.0, 3.0, 0.0], dtype)
+    x = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 1.0], dtype)
+    want = x - 1 / (1 + np.exp(-logits.astype(np.float64)))
+    grads = []
+    for logits_shape, x_shape in (((2, 8), (2, 8)), ((8,), (2, 8))):  # in place; x adds an axis
+        lt = _t(np.broadcast_to(logits, logits_shape).copy(), requires_grad=True)
+        F.bernoulli_log_prob(lt, _t(np.broadcast_to(x, x_shape).copy())).backward(np.ones(2, dtype))
+        grads.append(lt.grad.reshape(-1, 8).sum(0) / 2)
+        np.testing.assert_allclose(grads[-1], want, rtol=4 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+
 def test_log_categorical():
     k = 5
     logits = rng.standard_normal((6, k)) * 4

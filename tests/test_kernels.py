@@ -475,11 +475,25 @@ def test_replay_bernoulli_kernels(shim, dtype, shape, samples):
     call(shim, f"shim_bernoulli_bwd_{sfx}", g, logits, x, d, _I64(rows), _I64(D), _I64(x.size))
     assert np.isfinite(d).all()
     l64 = logits.astype(np.float64)
-    np.testing.assert_allclose(d, g[..., None] * (xs - 0.5 * (np.tanh(0.5 * l64) + 1)), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(d, g[..., None] * (xs - 1 / (1 + np.exp(-l64))), rtol=rtol, atol=atol)
     own = np.empty(logits.size, dtype)
     call(shim, f"shim_elementwise_{sfx}", _INT(6), np.ascontiguousarray(np.broadcast_to(g[..., None], lshape)).ravel(),
          logits.ravel(), np.ascontiguousarray(xs).ravel(), own, _I64(logits.size))
     np.testing.assert_array_equal(d.ravel(), own)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_bernoulli_gradient_at_negative_logits(shim, dtype):
+    """d/dl = g (x - sigmoid(l)) to a few ulp of itself where sigmoid(l) is tiny: the kernels
+    computed sigmoid as (tanh(l / 2) + 1) / 2, which cancels (0 at l = -20 in float32, -40 in
+    float64) where x = 0 and x - sigmoid(l) is -2.06e-9 (-4.2e-18), as PyTorch gives it."""
+    logits = np.array([-0.5, -5.0, -10.0, -20.0, -40.0, -80.0, 3.0, 0.0], dtype)
+    x = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.3, 0.3, 1.0], dtype)
+    g = np.linspace(0.5, 2.0, x.size).astype(dtype)
+    d = np.full(x.size, np.nan, dtype)
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(6), g, logits, x, d, _I64(x.size))
+    want = g * (x - 1 / (1 + np.exp(-logits.astype(np.float64))))
+    np.testing.assert_allclose(d, want, rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 def _ref_gaussian(x, mu, logvar):

@@ -247,10 +247,12 @@ class BernoulliLogProb(Function):
 
     d/dlogits = x - sigmoid(l), d/dx = l.
     Stable form: softplus(l) = max(l, 0) + log1p(e^-|l|), never log(sigmoid(l)), which is -inf
-    for confident wrong logits; sigmoid(l) = (1 + tanh(l / 2)) / 2.
-    Cheap form: the passes run in place in two temporaries in forward and one in backward (the
+    for confident wrong logits; with e = e^-|l|, sigmoid(l) = 1 / (1 + e) where l >= 0 and
+    e / (1 + e) where l < 0, never (1 + tanh(l / 2)) / 2, which cancels for negative l (0 in
+    float32 at l = -20, where sigmoid is 2.1e-9).
+    Cheap form: the passes run in place in two temporaries in forward and two in backward (the
     same operations in the same order as the plain expressions, so the same numbers), instead of
-    one fresh image-sized array per operation (eight in forward, six in backward). On CuPy arrays
+    one fresh image-sized array per operation (eight in forward, nine in backward). On CuPy arrays
     the dispatch table's kernels run instead: one pass per direction, the images read in place
     where they repeat under several samples' logits.
     """
@@ -283,11 +285,13 @@ class BernoulliLogProb(Function):
         if need_l:
             if not ctx.in_place:  # g has the output's shape, so it fits logits when x does
                 d = g * (x - _sigmoid(xp, logits))
-            else:  # g * (x - sigmoid(l)), sigmoid(l) = 0.5 * (tanh(0.5 l) + 1), in one array
-                d = xp.multiply(logits, 0.5)
-                xp.tanh(d, out=d)
+            else:  # g * (x - sigmoid(l)) in two arrays, sigmoid(l) = where(l >= 0, 1, e) / (1 + e)
+                d = xp.abs(logits)
+                xp.negative(d, out=d)
+                xp.exp(d, out=d)  # e
+                numerator = xp.where(logits >= 0, 1, d)
                 d += 1
-                d *= 0.5
+                xp.divide(numerator, d, out=d)  # into d, made by ufuncs of logits: of its array type
                 xp.subtract(x, d, out=d)
                 d *= g
         shape = np.broadcast_shapes(logits.shape, x.shape)
