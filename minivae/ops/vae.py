@@ -209,7 +209,10 @@ class KLNormalNormal(Function):
     With d = mu_q - mu_p and r = (e^logvar_q + d^2) / e^logvar_p:
     d/dmu_q = d / e^logvar_p, d/dmu_p = -d / e^logvar_p,
     d/dlogvar_q = (e^logvar_q / e^logvar_p - 1) / 2, d/dlogvar_p = (1 - r) / 2.
-    Stable form: the variance ratio is e^(logvar_q - logvar_p) and d^2 / e^logvar_p is
+    Stable form: the variance ratio minus 1 is expm1(logvar_q - logvar_p), so where the two
+    variances are close, ratio - 1 - (logvar_q - logvar_p) is off by a few ulp of the difference,
+    not ulp(1), as in kl_normal_std (computed as e^(logvar_q - logvar_p) - 1 it was 0 in float32
+    at a difference of 1e-4, where the KL is 2.5e-9). d^2 / e^logvar_p is
     (d e^(-logvar_p / 2))^2, so a collapsed prior (logvar_p below -88, where e^-logvar_p overflows
     float32) that the posterior matches gives its true, small KL, not inf * 0 = NaN. As in
     gaussian_log_prob, g d / e^logvar_p is computed as (g d e^(-logvar_p / 2)) e^(-logvar_p / 2),
@@ -222,23 +225,24 @@ class KLNormalNormal(Function):
         _check_rows("kl_normal_normal", mu_q, logvar_q, mu_p, logvar_p)
         xp = get_array_module(mu_q, mu_p)
         inv_std_p = xp.exp(-0.5 * logvar_p)
-        ratio = xp.exp(logvar_q - logvar_p)
+        diff = logvar_q - logvar_p
+        ratio_m1 = xp.expm1(diff)  # e^logvar_q / e^logvar_p - 1
         d_std = (mu_q - mu_p) * inv_std_p
-        r = ratio + d_std * d_std
-        ctx.save(d_std, inv_std_p, ratio, r)
-        return 0.5 * _row_sum(logvar_p - logvar_q + r - 1)
+        r_m1 = ratio_m1 + d_std * d_std  # r - 1
+        ctx.save(d_std, inv_std_p, ratio_m1, r_m1)
+        return 0.5 * _row_sum(r_m1 - diff)
 
     @staticmethod
     def backward(ctx, g):
-        d_std, inv_std_p, ratio, r = ctx.saved
+        d_std, inv_std_p, ratio_m1, r_m1 = ctx.saved
         g = _per_row(g)
         need = ctx.needs_input_grad
         gd = (g * d_std) * inv_std_p if need[0] or need[2] else None  # g d / e^logvar_p
         # r depends on all four inputs: it has the op's broadcast shape
-        return (_full(gd if need[0] else None, r.shape),
-                _full(g * (0.5 * (ratio - 1)) if need[1] else None, r.shape),
-                _full(-gd if need[2] else None, r.shape),
-                g * (0.5 * (1 - r)) if need[3] else None)
+        return (_full(gd if need[0] else None, r_m1.shape),
+                _full(g * (0.5 * ratio_m1) if need[1] else None, r_m1.shape),
+                _full(-gd if need[2] else None, r_m1.shape),
+                g * (-0.5 * r_m1) if need[3] else None)
 
 
 class BernoulliLogProb(Function):
