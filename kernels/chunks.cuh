@@ -403,7 +403,7 @@ MV_HD T mv_column_sum_partial(mv_columns v, mv_i64 col, int l, const T* g, const
 // starts from row l, or from row 0 when it has no rows: the maximum is the same with a value
 // taken twice), then, with the shift s = mv_lse_shift(m), the sum of exp(x - s) (lane l's
 // partial below); the result is mv_lse_finish(s, sum). The two parts are kept apart for the
-// log-softmax, which subtracts them one at a time (mv_log_softmax).
+// log-softmax and the log-sum-exp's gradient, which subtract them one at a time (mv_log_softmax).
 template <typename T>
 struct mv_lse_parts {
     T shift, sum;
@@ -440,15 +440,18 @@ MV_HD void mv_log_softmax_grad_lane(mv_columns v, mv_i64 col, int l, const T* g,
     }
 }
 
-// The log-sum-exp's backward of chunk c of the n = R N elements: d = g[col] exp(x - out[col]),
-// g and out (N,) repeating over the rows.
+// The log-sum-exp's backward of chunk c of the n = R N elements: d = g[col] exp((x -
+// shift[col]) - log_sum[col]) (mv_lse_grad), g and the forward's parts shift and log_sum (N,)
+// repeating over the rows.
 template <typename T>
-MV_HD void mv_chunk_lse_bwd(mv_i64 c, mv_i64 n, mv_i64 N, const T* g, const T* x, const T* out, T* d) {
-    T gv[4], xv[4], ov[4];
+MV_HD void mv_chunk_lse_bwd(mv_i64 c, mv_i64 n, mv_i64 N, const T* g, const T* x, const T* shift,
+                            const T* log_sum, T* d) {
+    T gv[4], xv[4], sv[4], lv[4];
     mv_load4_periodic<T>(g, N, c, 0, n, gv);
     mv_load4<T>(x, c, 0, n, xv);
-    mv_load4_periodic<T>(out, N, c, 0, n, ov);
-    for (int k = 0; k < 4; ++k) xv[k] = mv_lse_grad<T>(gv[k], xv[k], ov[k]);
+    mv_load4_periodic<T>(shift, N, c, 0, n, sv);
+    mv_load4_periodic<T>(log_sum, N, c, 0, n, lv);
+    for (int k = 0; k < 4; ++k) xv[k] = mv_lse_grad<T>(gv[k], xv[k], sv[k], lv[k]);
     mv_store4<T>(d, c, 0, n, xv);
 }
 

@@ -4,9 +4,12 @@
 //   logsumexp: over the leading axis of a C-contiguous (R, N) array, one value per column: the
 //              importance-weighted bound's log-mean-exp over its k samples (R = k, N = the
 //              batch). Forward out[col] = s + log(sum_r exp(x[r, col] - s)) in one launch where
-//              NumPy's code takes eight (max, isfinite, where, subtract, exp, sum, log, add);
-//              backward d = g[col] exp(x - out[col]) over the n = R N elements (g and out
-//              repeat over the rows), one launch where NumPy's code takes three.
+//              NumPy's code takes eight (max, isfinite, where, subtract, exp, sum, log, add),
+//              writing the parts its backward takes too, shift[col] = s and log_sum[col] =
+//              log(sum_r ...); backward d = g[col] exp((x - shift[col]) - log_sum[col]) over the
+//              n = R N elements (g and the parts repeat over the rows), one launch where NumPy's
+//              code takes four. Never exp(x - out): out rounds s + log(sum) to x's precision,
+//              which loses the log term when s is large (vae_math.cuh, mv_lse_grad).
 //   log_softmax: over the last axis of a C-contiguous (B, C) array (a classifier's logits, the
 //              C classes of each of the B rows reduced): out = (x - s) - log(sum_c exp(x - s)), the
 //              shift and the log-sum subtracted one at a time (vae_math.cuh), in one launch
@@ -31,32 +34,41 @@ __device__ __forceinline__ mv_lse_parts<T> mv_column_lse(T (*part)[MV_COLUMNS], 
 }
 
 template <typename T>
-__device__ __forceinline__ void mv_logsumexp_fwd(const T* __restrict__ x, T* __restrict__ out, mv_i64 R, mv_i64 N) {
+__device__ __forceinline__ void mv_logsumexp_fwd(const T* __restrict__ x, T* __restrict__ out, T* __restrict__ shift,
+                                                 T* __restrict__ log_sum, mv_i64 R, mv_i64 N) {
     __shared__ T part[MV_COLUMN_LANES][MV_COLUMNS];
     const mv_lse_parts<T> p = mv_column_lse<T>(part, mv_row_columns(R, N), x);
-    if (mv_column_lane() == 0 && mv_column() < N) out[mv_column()] = mv_lse_finish<T>(p.shift, p.sum);
+    const mv_i64 col = mv_column();
+    if (mv_column_lane() == 0 && col < N) {
+        out[col] = mv_lse_finish<T>(p.shift, p.sum);
+        shift[col] = p.shift;
+        log_sum[col] = mv_log(p.sum);
+    }
 }
 
-extern "C" __global__ void mv_logsumexp_fwd_f32(const float* x, float* out, mv_i64 R, mv_i64 N) {
-    mv_logsumexp_fwd<float>(x, out, R, N);
+extern "C" __global__ void mv_logsumexp_fwd_f32(const float* x, float* out, float* shift, float* log_sum, mv_i64 R,
+                                                mv_i64 N) {
+    mv_logsumexp_fwd<float>(x, out, shift, log_sum, R, N);
 }
-extern "C" __global__ void mv_logsumexp_fwd_f64(const double* x, double* out, mv_i64 R, mv_i64 N) {
-    mv_logsumexp_fwd<double>(x, out, R, N);
+extern "C" __global__ void mv_logsumexp_fwd_f64(const double* x, double* out, double* shift, double* log_sum,
+                                                mv_i64 R, mv_i64 N) {
+    mv_logsumexp_fwd<double>(x, out, shift, log_sum, R, N);
 }
 
 template <typename T>
 __device__ __forceinline__ void mv_logsumexp_bwd(const T* __restrict__ g, const T* __restrict__ x,
-                                                 const T* __restrict__ out, T* __restrict__ d, mv_i64 n, mv_i64 N) {
-    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_lse_bwd<T>(c, n, N, g, x, out, d);
+                                                 const T* __restrict__ shift, const T* __restrict__ log_sum,
+                                                 T* __restrict__ d, mv_i64 n, mv_i64 N) {
+    MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_lse_bwd<T>(c, n, N, g, x, shift, log_sum, d);
 }
 
-extern "C" __global__ void mv_logsumexp_bwd_f32(const float* g, const float* x, const float* out, float* d, mv_i64 n,
-                                                mv_i64 N) {
-    mv_logsumexp_bwd<float>(g, x, out, d, n, N);
+extern "C" __global__ void mv_logsumexp_bwd_f32(const float* g, const float* x, const float* shift,
+                                                const float* log_sum, float* d, mv_i64 n, mv_i64 N) {
+    mv_logsumexp_bwd<float>(g, x, shift, log_sum, d, n, N);
 }
-extern "C" __global__ void mv_logsumexp_bwd_f64(const double* g, const double* x, const double* out, double* d,
-                                                mv_i64 n, mv_i64 N) {
-    mv_logsumexp_bwd<double>(g, x, out, d, n, N);
+extern "C" __global__ void mv_logsumexp_bwd_f64(const double* g, const double* x, const double* shift,
+                                                const double* log_sum, double* d, mv_i64 n, mv_i64 N) {
+    mv_logsumexp_bwd<double>(g, x, shift, log_sum, d, n, N);
 }
 
 template <typename T>

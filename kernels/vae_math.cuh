@@ -200,7 +200,8 @@ MV_HD T mv_gaussian_dlogvar(T g, T t) { return g * (T(0.5) * (t * t - T(1))); }
 // ---- log-sum-exp, log(sum_i exp(x_i)), in the stable form of minivae.ops.reduce.LogSumExp ----
 // m = max(x); the shift s = m where m is finite, else 0 (an all -inf column gives log(0) = -inf,
 // not NaN; an inf gives inf); then s + log(sum(exp(x - s))). A NaN makes the sum NaN whatever
-// the shift, so the maximum need not propagate it. d/dx_i = g exp(x_i - out).
+// the shift, so the maximum need not propagate it. d/dx_i = g exp((x_i - s) - log(sum))
+// (mv_lse_grad, below the log-softmax whose form it takes).
 template <typename T>
 MV_HD T mv_max(T a, T b) { return a > b ? a : b; }
 template <typename T>
@@ -209,8 +210,6 @@ template <typename T>
 MV_HD T mv_lse_term(T x, T shift) { return mv_exp(x - shift); }
 template <typename T>
 MV_HD T mv_lse_finish(T shift, T sum) { return shift + mv_log(sum); }
-template <typename T>
-MV_HD T mv_lse_grad(T g, T x, T out) { return g * mv_exp(x - out); }
 // log_softmax(x)_i = (x_i - shift) - log(sum), the stable form of minivae.ops.reduce.LogSoftmax:
 // x_i - (shift + log(sum)) would round the log-sum-exp to x's precision first and lose the digits
 // of the small log term when the shift is large (float32 logits near -90: errors of 2e-6, not
@@ -219,5 +218,11 @@ template <typename T>
 MV_HD T mv_log_softmax(T x, T shift, T log_sum) { return (x - shift) - log_sum; }
 template <typename T>
 MV_HD T mv_log_softmax_grad(T g, T out, T s) { return g - mv_exp(out) * s; }
+// The log-sum-exp's gradient g exp(x_i - out) = g exp(log_softmax(x)_i), from the shift and the
+// log-sum apart, as minivae.ops.reduce.LogSumExp: exp(x_i - out) with out rounded to x's precision
+// loses the log term when the shift is large (float32 at 1e8: two equal entries get 1 each, not
+// 1/2).
+template <typename T>
+MV_HD T mv_lse_grad(T g, T x, T shift, T log_sum) { return g * mv_exp(mv_log_softmax<T>(x, shift, log_sum)); }
 
 #endif  // MINIVAE_VAE_MATH_CUH

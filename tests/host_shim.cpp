@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 14; }
+SHIM int shim_abi_version() { return 15; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -180,10 +180,12 @@ static void replay_bias_grad(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i
     for (mv_i64 col = 0; col < N; ++col) db[col] = column_sum<T>(mv_row_columns(R, N), col, g, y, d);
 }
 template <typename T>
-static void replay_lse_fwd(const T* x, T* out, mv_i64 R, mv_i64 N) {
+static void replay_lse_fwd(const T* x, T* out, T* shift, T* log_sum, mv_i64 R, mv_i64 N) {
     for (mv_i64 col = 0; col < N; ++col) {
         const mv_lse_parts<T> p = column_lse<T>(mv_row_columns(R, N), col, x);
         out[col] = mv_lse_finish<T>(p.shift, p.sum);
+        shift[col] = p.shift;
+        log_sum[col] = mv_log(p.sum);
     }
 }
 // The log-softmax over the C classes of each of B rows: C rows of B columns (mv_class_columns).
@@ -204,8 +206,8 @@ static void replay_log_softmax_bwd(const T* g, const T* out, T* d, mv_i64 B, mv_
     }
 }
 template <typename T>
-static void replay_lse_bwd(const T* g, const T* x, const T* out, T* d, mv_i64 n, mv_i64 N) {
-    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_lse_bwd<T>(c, n, N, g, x, out, d);
+static void replay_lse_bwd(const T* g, const T* x, const T* shift, const T* log_sum, T* d, mv_i64 n, mv_i64 N) {
+    for (mv_i64 c = 0; c < mv_nchunks(n); ++c) mv_chunk_lse_bwd<T>(c, n, N, g, x, shift, log_sum, d);
 }
 
 template <typename T>
@@ -288,9 +290,12 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
     SHIM void shim_bias_grad_##SFX(const T* g, const T* y, T* d, T* db, mv_i64 R, mv_i64 N) {               \
         replay_bias_grad<T>(g, y, d, db, R, N);                                                              \
     }                                                                                                        \
-    SHIM void shim_logsumexp_fwd_##SFX(const T* x, T* out, mv_i64 R, mv_i64 N) { replay_lse_fwd<T>(x, out, R, N); } \
-    SHIM void shim_logsumexp_bwd_##SFX(const T* g, const T* x, const T* out, T* d, mv_i64 n, mv_i64 N) {    \
-        replay_lse_bwd<T>(g, x, out, d, n, N);                                                               \
+    SHIM void shim_logsumexp_fwd_##SFX(const T* x, T* out, T* shift, T* log_sum, mv_i64 R, mv_i64 N) {      \
+        replay_lse_fwd<T>(x, out, shift, log_sum, R, N);                                                     \
+    }                                                                                                        \
+    SHIM void shim_logsumexp_bwd_##SFX(const T* g, const T* x, const T* shift, const T* log_sum, T* d,      \
+                                       mv_i64 n, mv_i64 N) {                                                 \
+        replay_lse_bwd<T>(g, x, shift, log_sum, d, n, N);                                                    \
     }                                                                                                        \
     SHIM void shim_log_softmax_fwd_##SFX(const T* x, T* out, mv_i64 B, mv_i64 C) {                          \
         replay_log_softmax_fwd<T>(x, out, B, C);                                                             \

@@ -409,6 +409,33 @@ def test_the_logsumexp_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, sha
                            "LogSumExp", "mv_logsumexp", [x], (True,), g)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_logsumexp_rows_gradient_keeps_its_precision_far_from_0(fake_gpu, monkeypatch, dtype):
+    """The kernels' gradient equals the op's NumPy code's, and the float64 formula, to an ulp or
+    two, for columns whose maximum is large next to a column of ordinary values: exp(x - out) with
+    out = m + log(sum) rounded to x's precision loses the log term (float32 at 1e8 gave 1 for
+    each of two equal entries, not 1/2; at 1e7, 0.37; near -3000, errors of 1e-4)."""
+    big = 1e8 if dtype == np.float32 else 1e17
+    columns = [[big, big, -np.inf], [1e7, 1e7, 1e7 - 1], [-3000.0, -3000.5, -3001.25], [0.5, -1.0, 2.0]]
+    x = np.ascontiguousarray(np.array(columns, dtype).T)  # (3 samples, 4 columns)
+    g = np.array([1.0, 2.0, -1.5, 0.75], dtype)
+    grads = {}
+    for gpu in (True, False):
+        t = mv.Tensor(x.copy(), requires_grad=True)
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+            out = F.logsumexp(t, axis=0)
+            assert (out._node.fn is dispatch.TABLE["LogSumExp"]) == gpu
+            out.backward(g)
+        grads[gpu] = t.grad
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=0))
+    want = e / e.sum(axis=0) * g
+    np.testing.assert_allclose(grads[True], grads[False], rtol=4 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_allclose(grads[True], want, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
 def test_the_logsumexp_row_takes_the_leading_axis_alone(as_gpu):
     x, row = np.zeros((3, 4, 5), np.float32), dispatch.TABLE["LogSumExp"]
     for axis in (0, -3, (0,), (-3,), np.int64(0), [0]):

@@ -669,8 +669,9 @@ def test_bernoulli_gaussian_and_dense_kernels_match_numpy(dtype, shape):
 @pytest.mark.parametrize("shape", [(1, 4), (5, 100), (50, 3, 7), (5000, 20)])
 def test_the_logsumexp_kernels_match_the_float64_reference(dtype, shape):
     """logsumexp.cu on the device: log(sum(exp(x), axis=0)) and its gradient against float64
-    NumPy to rounding, a column of -inf giving -inf, the same bits on a second run (a fixed
-    order); and gradcheck of the op's row in float64."""
+    NumPy to rounding, a column of -inf giving -inf, columns far from 0 (where exp(x - out)
+    would lose the log term to out's rounding: the gradient takes the parts apart), the same
+    bits on a second run (a fixed order); and gradcheck of the op's row in float64."""
     import minivae as mv
     import minivae.functional as F
     from minivae.gpu import dispatch
@@ -678,19 +679,23 @@ def test_the_logsumexp_kernels_match_the_float64_reference(dtype, shape):
     tol = TOL[dtype]
     x = (10 * inputs(shape, dtype, 23)[0]).astype(dtype)
     x[:, 0] = -np.inf
-    out = G.logsumexp_forward(cp.asarray(x))
-    np.testing.assert_array_equal(host(out), host(G.logsumexp_forward(cp.asarray(x))))
+    x[:, -1] += 1e8 if dtype == np.float32 else 1e17
+    out, shift, log_sum = G.logsumexp_forward(cp.asarray(x))
+    np.testing.assert_array_equal(host(out), host(G.logsumexp_forward(cp.asarray(x))[0]))
+    np.testing.assert_array_equal(host(out), host(shift) + host(log_sum))
     x64 = x.astype(np.float64)
     m = np.max(x64, axis=0)
     m = np.where(np.isfinite(m), m, 0)
+    rtol = tol["rtol"] * math.log2(2 * shape[0])  # (the sum's rounding, in the value and the gradient)
     with np.errstate(divide="ignore", invalid="ignore"):  # (log(0) and -inf - -inf of the -inf column)
-        want = m + np.log(np.exp(x64 - m).sum(axis=0))
-        np.testing.assert_allclose(host(out), want, rtol=tol["rtol"] * math.log2(2 * shape[0]), atol=tol["atol"])
+        log_sum64 = np.log(np.exp(x64 - m).sum(axis=0))
+        want = m + log_sum64
+        np.testing.assert_allclose(host(out), want, rtol=rtol, atol=tol["atol"])
         g = inputs(shape[1:], dtype, 24)[0]
-        d = host(G.logsumexp_backward(cp.asarray(g), cp.asarray(x), out))
+        d = host(G.logsumexp_backward(cp.asarray(g), cp.asarray(x), shift, log_sum))
         keep = np.isfinite(want)  # (the -inf column's gradient is NaN, as the op's NumPy code gives)
-        np.testing.assert_allclose(d[:, keep], (g * np.exp(x64 - host(out).astype(np.float64)))[:, keep],
-                                   rtol=tol["rtol"], atol=tol["atol"])
+        want_d = g * np.exp((x64 - m) - log_sum64)  # (x64 - want would round away log_sum64 at 1e17)
+        np.testing.assert_allclose(d[:, keep], want_d[:, keep], rtol=rtol, atol=tol["atol"])
     t = mv.tensor(np.random.default_rng(25).normal(size=(6, 4)), requires_grad=True).to("gpu")
     assert F.logsumexp(t, axis=0)._node.fn is dispatch.TABLE["LogSumExp"]
     assert mv.gradcheck(lambda a: F.logsumexp(a, axis=0), t)

@@ -231,7 +231,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 14
+    assert lib.shim_abi_version() == 15
     return lib
 
 
@@ -669,8 +669,9 @@ def _host_log_softmax(shim, x):
 @pytest.mark.parametrize("R, N", [(1, 1), (3, 7), (31, 8), (32, 9), (33, 50), (100, 5), (257, 3), (5000, 2)])
 def test_replay_logsumexp_over_columns_in_the_documented_order(shim, dtype, R, N):
     """log(sum(exp(x), axis=0)), bit for bit in the documented order from the host build's own
-    terms, and to rounding the float64 value; its gradient g * exp(x - out) bit for bit from the
-    host build's exp, and to rounding the float64 value. Columns of ordinary values, of values
+    terms, and to rounding the float64 value, with its parts shift and log_sum (out = shift +
+    log_sum); its gradient g * exp((x - shift) - log_sum) bit for bit from the host build's
+    log-softmax and exp, and to rounding the float64 value. Columns of ordinary values, of values
     far apart (exp would overflow without the shift), with a -inf, all -inf (gives -inf), with
     +inf (gives +inf), with a NaN (gives NaN)."""
     rng = np.random.default_rng(R * 100 + N)
@@ -682,9 +683,17 @@ def test_replay_logsumexp_over_columns_in_the_documented_order(shim, dtype, R, N
             x[R // 2, col] = value
     if N > 4:
         x[:, 4] = -np.inf
-    out = np.full(N, 7, dtype)
-    call(shim, f"shim_logsumexp_fwd_{_sfx(dtype)}", x, out, _I64(R), _I64(N))
+    out, shift, log_sum = np.full(N, 7, dtype), np.full(N, 7, dtype), np.full(N, 7, dtype)
+    call(shim, f"shim_logsumexp_fwd_{_sfx(dtype)}", x, out, shift, log_sum, _I64(R), _I64(N))
     np.testing.assert_array_equal(out, _documented_logsumexp(shim, x))
+    want_shift, sums = _documented_lse_parts(shim, x)
+    nan = np.isnan(x).any(axis=0)  # (the maximum need not propagate a NaN: the sum does)
+    np.testing.assert_array_equal(shift[~nan], want_shift[~nan])
+    want_log_sum = np.zeros_like(sums)  # log(sum) as the host build's 0 + log(sum)
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(9), np.zeros_like(sums), sums, None, want_log_sum,
+         _I64(N))
+    np.testing.assert_array_equal(log_sum, want_log_sum)
+    np.testing.assert_array_equal(out, shift + log_sum)
     x64 = x.astype(np.float64)
     m = np.max(x64, axis=0)
     m = np.where(np.isfinite(m), m, 0)
@@ -695,13 +704,15 @@ def test_replay_logsumexp_over_columns_in_the_documented_order(shim, dtype, R, N
         assert np.isnan(out[3]) and out[2] == np.inf and out[4] == -np.inf
     g = rng.standard_normal(N).astype(dtype)
     d = np.full_like(x, 7)
-    call(shim, f"shim_logsumexp_bwd_{_sfx(dtype)}", g, x, out, d, _I64(x.size), _I64(N))
-    e = np.zeros_like(x)  # exp(x - out), the host build's
-    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(8), x, np.ascontiguousarray(np.broadcast_to(out, x.shape)), None,
-         e, _I64(x.size))
+    call(shim, f"shim_logsumexp_bwd_{_sfx(dtype)}", g, x, shift, log_sum, d, _I64(x.size), _I64(N))
+    log_softmax = np.zeros_like(x)  # (x - shift) - log(sum), the host build's
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(10), x, np.ascontiguousarray(np.broadcast_to(shift, x.shape)),
+         np.ascontiguousarray(np.broadcast_to(sums, x.shape)), log_softmax, _I64(x.size))
+    e = np.zeros_like(x)  # its exp, the host build's
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(8), log_softmax, np.zeros_like(x), None, e, _I64(x.size))
     with np.errstate(invalid="ignore"):
         np.testing.assert_array_equal(d, g * e)
-        np.testing.assert_allclose(d, g * np.exp(x64 - out), rtol=TOL[dtype][0], atol=TOL[dtype][1])
+        np.testing.assert_allclose(d, g * np.exp(x64 - want), rtol=TOL[dtype][0], atol=TOL[dtype][1])
 
 
 def test_replay_log_softmax_keeps_float32_precision_for_logits_far_from_0(shim):
@@ -1255,11 +1266,14 @@ def test_wrappers_validate(fake_gpu):
         K.logsumexp_forward(np.ones((), np.float32))
     with pytest.raises(ValueError, match="zero rows"):
         K.logsumexp_forward(np.ones((0, 3), np.float32))
+    parts = np.zeros(3, np.float32), np.ones(3, np.float32)
     with pytest.raises(ValueError, match="g: shape"):
-        K.logsumexp_backward(np.ones(4, np.float32), out, np.ones(3, np.float32))
-    with pytest.raises(TypeError, match="out: dtype"):
-        K.logsumexp_backward(np.ones(3, np.float32), out, np.ones(3))
-    assert K.logsumexp_forward(np.ones((4, 0), np.float32)).shape == (0,)
+        K.logsumexp_backward(np.ones(4, np.float32), out, *parts)
+    with pytest.raises(TypeError, match="shift: dtype"):
+        K.logsumexp_backward(np.ones(3, np.float32), out, np.zeros(3), parts[1])
+    with pytest.raises(ValueError, match="log_sum: shape"):
+        K.logsumexp_backward(np.ones(3, np.float32), out, parts[0], np.ones(4, np.float32))
+    assert [a.shape for a in K.logsumexp_forward(np.ones((4, 0), np.float32))] == [(0,)] * 3
     with pytest.raises(ValueError, match="no classes"):
         K.log_softmax_forward(np.ones((3, 0), np.float32))
     with pytest.raises(ValueError, match="g: shape"):
@@ -1267,8 +1281,10 @@ def test_wrappers_validate(fake_gpu):
     assert K.log_softmax_forward(np.ones((0, 3), np.float32)).shape == (0, 3)
     np.testing.assert_allclose(K.log_softmax_forward(np.zeros((2, 4), np.float32)), np.full((2, 4), -np.log(4)),
                                rtol=1e-6)
-    np.testing.assert_allclose(K.logsumexp_forward(np.zeros((4, 2, 3), np.float32)), np.full((2, 3), np.log(4)),
-                               rtol=1e-6)
+    lse, shift, log_sum = K.logsumexp_forward(np.zeros((4, 2, 3), np.float32))
+    np.testing.assert_allclose(lse, np.full((2, 3), np.log(4)), rtol=1e-6)
+    np.testing.assert_array_equal(shift, np.zeros((2, 3), np.float32))
+    np.testing.assert_array_equal(log_sum, lse)
     # non-contiguous inputs are made contiguous before the launch
     np.testing.assert_array_equal(K.relu_grad(np.asfortranarray(mu), out), mu)
     d, db = K.bias_grad(np.asfortranarray(mu), out)

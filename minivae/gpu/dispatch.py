@@ -299,14 +299,14 @@ def _over_the_leading_axis(x, axis=None, keepdims=False):
 
 
 def _logsumexp_forward(ctx, x, axis=None, keepdims=False):
-    out = _kernels().logsumexp_forward(x)
-    ctx.save(x, out)
+    out, shift, log_sum = _kernels().logsumexp_forward(x)
+    ctx.save(x, shift, log_sum)  # the parts, as the op's xp code: exp(x - out) loses the log term
     return out.reshape((1,) + out.shape) if keepdims else out
 
 
 def _logsumexp_backward(ctx, g):
-    x, out = ctx.saved
-    return _kernels().logsumexp_backward(g.reshape(out.shape), x, out)
+    x, shift, log_sum = ctx.saved
+    return _kernels().logsumexp_backward(g.reshape(shift.shape), x, shift, log_sum)
 
 
 register("LogSumExp", _logsumexp_forward, _logsumexp_backward, accepts=_over_the_leading_axis,

@@ -522,28 +522,37 @@ def logsumexp_forward(x):
     """``log(sum(exp(x), axis=0))`` in one launch, in the stable form of
     ``minivae.ops.reduce.LogSumExp`` (shifted by the maximum where it is finite): shape
     ``x.shape[1:]``; ``x`` needs at least one row. The maximum and the sum of each column run in
-    the fixed order of kernels/chunks.cuh ("column reductions")."""
+    the fixed order of kernels/chunks.cuh ("column reductions").
+
+    Returns ``(out, shift, log_sum)``, three arrays of ``out``'s shape: the result and its parts,
+    ``out = shift + log_sum``, which ``logsumexp_backward`` takes."""
     x = _float_array(x, "x")
     R, N = _columns(x)
     if R == 0:
         raise ValueError("x: a log-sum-exp over an empty axis (zero rows) has no maximum")
     out = cp.empty(x.shape[1:], dtype=x.dtype)
+    shift, log_sum = cp.empty_like(out), cp.empty_like(out)
     if N:
-        get_function("mv_logsumexp_fwd", x.dtype)(*_column_launch(N), (x, out, np.int64(R), np.int64(N)))
-    return out
+        get_function("mv_logsumexp_fwd", x.dtype)(
+            *_column_launch(N), (x, out, shift, log_sum, np.int64(R), np.int64(N)))
+    return out, shift, log_sum
 
 
-def logsumexp_backward(g, x, out):
-    """The gradient of ``out = logsumexp_forward(x)`` for the upstream ``g`` (``out``'s shape):
-    ``g * exp(x - out)``, broadcast over x's leading axis, in one launch: a new array."""
+def logsumexp_backward(g, x, shift, log_sum):
+    """The gradient of ``out, shift, log_sum = logsumexp_forward(x)`` for the upstream ``g``
+    (``out``'s shape): ``g * exp((x - shift) - log_sum)``, broadcast over x's leading axis, in one
+    launch: a new array. The parts are subtracted one at a time, as in
+    ``minivae.ops.reduce.LogSumExp``: ``exp(x - out)`` would lose the log term to the rounding of
+    ``out`` when the shift is large."""
     x = _float_array(x, "x")
     N = _columns(x)[1]
     g = _same(x, g, "g", shape=x.shape[1:])
-    out = _same(x, out, "out", shape=x.shape[1:])
+    shift = _same(x, shift, "shift", shape=x.shape[1:])
+    log_sum = _same(x, log_sum, "log_sum", shape=x.shape[1:])
     d = cp.empty_like(x)
     if x.size:
         get_function("mv_logsumexp_bwd", x.dtype)(
-            *_flat_launch(_chunks(x.size)), (g, x, out, d, np.int64(x.size), np.int64(N)))
+            *_flat_launch(_chunks(x.size)), (g, x, shift, log_sum, d, np.int64(x.size), np.int64(N)))
     return d
 
 
