@@ -38,6 +38,7 @@ of the xp form (more with weight decay or amsgrad), with the same rounded operat
 order, so both give the same bits.
 """
 import math
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -145,6 +146,9 @@ class Optimizer:
     def load_state_dict(self, state_dict):
         """Restore hyperparameters and per-parameter state from ``state_dict``, checking every
         name, shape and dtype first (nothing changes when anything is wrong)."""
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping of names to values (such as an optimizer's "
+                            f"state_dict()), got {type(state_dict).__name__}")
         sd = dict(state_dict)
         problems = []
         scalars = self._hyper + ("flush_every", "num_params")
@@ -159,7 +163,7 @@ class Optimizer:
         for key, value in sd.items():
             if key in scalars:
                 continue
-            parts = key.split(".")
+            parts = key.split(".") if isinstance(key, str) else []
             if len(parts) != 3 or parts[0] != "state" or not parts[1].isdigit() \
                     or parts[2] not in self._state_keys:
                 problems.append(f"unexpected key {key!r} for {type(self).__name__}")

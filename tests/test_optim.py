@@ -424,6 +424,18 @@ def test_optimizer_load_errors():
     assert fresh.state_dict().keys() == before.keys()  # unchanged after a failed load
 
 
+def test_optimizer_load_refuses_a_key_that_is_no_name_and_a_state_that_is_no_mapping():
+    # Before: AttributeError "'int' object has no attribute 'split'", and dict()'s own
+    # "cannot convert dictionary update sequence element #0 to a sequence" for a list.
+    params = _params()
+    sd = optim.Adam(params).state_dict()
+    sd[0] = np.zeros(3)
+    with pytest.raises(ValueError, match="unexpected key 0 for Adam"):
+        optim.Adam(params).load_state_dict(sd)
+    with pytest.raises(TypeError, match="^state_dict must be a mapping .* got list$"):
+        optim.Adam(params).load_state_dict([np.zeros(3)])
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(amsgrad=True)])
 def test_loading_a_state_from_before_the_first_step_starts_afresh(kw):
     """A state_dict taken before any step has no moments: loading it resets the optimizer, and
