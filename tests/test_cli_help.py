@@ -81,7 +81,7 @@ def test_models_command_lists_every_model_and_setting(capsys):
         for setting in model_settings(name).values():
             assert f"--set {setting.describe()}" in out
     assert "flows (int >= 0, default 8)" in out and "hidden2 (list of int >= 1, default 100,100)" in out
-    assert "m1 (str or none, default none)" in out
+    assert "m1 (run folder, required)" in out  # not "default none": M1+M2 cannot do without it
     assert "\nladder: " in out and "    no --z-dim (its latent sizes are --set z_dims)\n" in out
     assert ", ".join(COMMON.values()) in out
 

@@ -75,7 +75,10 @@ class Setting:
             raise ValueError("is out of range")
 
     def describe(self):
-        """``name (type, default value)``, one entry of a help listing."""
+        """``name (type, default value)``, one entry of a help listing; ``name (run folder,
+        required)`` for a run folder the model cannot do without (M1+M2's ``m1``)."""
+        if self.run_folder and self.default is None:
+            return f"{self.name} (run folder, required)"
         default = "none" if self.default is None else _format(self.default)
         return f"{self.name} ({self.type_name()}, default {default})"
 
