@@ -1,15 +1,16 @@
 """Graph mode's bookkeeping, checked on the CPU: the GPU trainer's code with NumPy standing in
 for CuPy, the kernels' host builds and the stand-in cuBLAS (as in tests/test_kernels.py).
 
-What a CUDA graph does is not simulated: a "replay" here runs the captured function's Python
-side again. What is checked is everything graph mode computes instead of the eager step: the
+What a CUDA graph does is not simulated: a "capture" here runs the step's Python side once and
+gives the device arrays it wrote their values back, and a "replay" runs the Python side again.
+What is checked is everything graph mode computes instead of the eager step: the
 table of per-step scalars (Adam's, from the learning-rate schedule and the bias corrections, and
 the KL weight of warm-up), the step's noise offsets read from memory, the flush of the moments
 every ten steps, the shorter last batch, the statistics summed on the device, and what a
 checkpoint records. A run in graph mode must end with the bits of the same run with --eager, and
 a graph-mode run interrupted and resumed with those of an uninterrupted one. The stand-in's
-device arrays refuse to be read on the host while a replay runs the step's Python side, as a
-real capture does. (The same comparison on a real GPU, with real captures: tests/test_gpu.py.)
+device arrays refuse to be read on the host while a capture or a replay runs the step's Python
+side, as a real capture does. (The same comparison on a real GPU, with real captures: tests/test_gpu.py.)
 """
 import json
 import sys
@@ -59,18 +60,52 @@ def _asnumpy(a):
     return np.asarray(a)
 
 
+def _written_arrays(graph_steps):
+    """The device arrays a training step writes, by name: the parameters (views of Adam's flat
+    arrays), Adam's moments, the model's buffers (batch-norm statistics), the schedule's counter,
+    row and offset, and the device's sums."""
+    model, schedule = graph_steps.model, graph_steps.schedule
+    arrays = {f"parameter {n}": p.data for n, p in model.named_parameters()}
+    arrays.update({f"buffer {n}": b for n, b in model.named_buffers()})
+    for i, state in enumerate(graph_steps.optimizer.state):
+        arrays.update({f"moment {k} of parameter {i}": v for k, v in state.items() if k != "step"})
+    arrays.update(counter=schedule.counter, current=schedule.current, offset=schedule.offset,
+                  sums=graph_steps.sums, loss_sum=graph_steps.loss_sum)
+    return arrays
+
+
 class _Replayed:
-    """Stands for CapturedStep. A replay runs the function's Python side again, as it was at the
-    capture: with the host-side numbers of that moment (a graph replays the arguments it
-    captured), and leaving the host's numbers as they were (a replay changes device memory only).
-    So a step that took a number from the host where it should read device memory ends with
-    other bits than the eager steps."""
+    """Stands for CapturedStep. The capture runs the function's Python side once, as a real one
+    does, refusing host reads (a capture raises on them, and so on a host draw of noise, which
+    the trainer then reports), but it executes nothing: the device arrays the step wrote get
+    their values back. A step that rebinds one of them (a new array where it should write in
+    place) is refused: a graph would read the old one at every replay.
+
+    A replay runs the Python side again, as it was at the capture: with the host-side numbers of
+    that moment (a graph replays the arguments it captured), and leaving the host's numbers as
+    they were (a replay changes device memory only). So a step that took a number from the host
+    where it should read device memory ends with other bits than the eager steps."""
+
+    capturing = False  # while a capture runs the Python side (tests that count a step's calls skip it)
 
     def __init__(self, fn):
-        self.fn = fn  # (a real capture runs the Python side once and executes nothing)
+        self.fn = fn
         self.graph_steps = fn.__closure__[0].cell_contents  # the GraphSteps whose _step fn calls
         self.at_capture = _host_state(self.graph_steps)
         self.replays = 0
+        before = _written_arrays(self.graph_steps)
+        values = {name: np.array(a, copy=True) for name, a in before.items()}
+        HostReadGuard.refusing = _Replayed.capturing = True
+        try:
+            fn()
+        finally:
+            HostReadGuard.refusing = _Replayed.capturing = False
+            for name, a in before.items():
+                np.copyto(a, values[name])
+        rebound = [name for name, a in _written_arrays(self.graph_steps).items() if a is not before.get(name)]
+        if rebound:
+            raise AssertionError(f"the step rebinds {rebound} instead of writing them in place: "
+                                 "its replays would read the arrays of the capture")
 
     def replay(self):
         self.replays += 1
@@ -87,7 +122,7 @@ class _Replayed:
 @pytest.fixture
 def fake_device(fake_gpu, fake_cublas, monkeypatch):
     """The GPU code paths of the trainer on NumPy arrays (see the module docstring), which refuse
-    host reads while a replay runs."""
+    host reads while the step is captured or replayed."""
     fake_cp = types.SimpleNamespace(
         asarray=_on_device(np.asarray), asnumpy=_asnumpy, zeros=_on_device(np.zeros),
         zeros_like=_on_device(np.zeros_like), full=_on_device(np.full), empty=_on_device(np.empty),
@@ -97,7 +132,7 @@ def fake_device(fake_gpu, fake_cublas, monkeypatch):
     for name in ("empty", "empty_like", "zeros", "zeros_like", "ascontiguousarray"):
         monkeypatch.setattr(kernels.cp, name, _on_device(getattr(np, name)))
     monkeypatch.setattr(minivae.gpu.cublas.cp, "empty", _on_device(np.empty))
-    monkeypatch.setattr(HostReadGuard, "refusing", False)  # but while a replay runs
+    monkeypatch.setattr(HostReadGuard, "refusing", False)  # but while the step is captured or replayed
     for module in (minivae.backend, minivae.distributions, minivae.gpu.graph):
         monkeypatch.setattr(module, "cupy_module", lambda: fake_cp)
     monkeypatch.setitem(sys.modules, "cupy", fake_cp)
@@ -171,7 +206,8 @@ def test_the_flush_graph_runs_on_the_tenth_step(fake_device, tmp_path):
     original = trainer.optimizer.step
 
     def step(flush=None):
-        flushes.append(flush)
+        if not _Replayed.capturing:
+            flushes.append(flush)
         return original(flush=flush)
 
     trainer.optimizer.step = step
@@ -251,7 +287,8 @@ def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_de
     original = trainer.model.loss
 
     def loss(*args, **kwargs):
-        calls["n"] += 1
+        if not _Replayed.capturing:
+            calls["n"] += 1
         value, stats = original(*args, **kwargs)
         return (value * float("nan") if calls["n"] == 6 else value), stats
 
