@@ -300,6 +300,18 @@ def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_de
     assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
 
 
+@pytest.mark.parametrize("kind", ["normal", "uniform", "gumbel"])
+def test_a_host_draw_in_a_captured_step_is_refused_saying_why(kind):
+    """A captured step's noise comes from the kernels, with its offset in device memory: a host
+    draw (the Gumbel-softmax VAE's noise.gumbel) is refused, and the error, which the trainer's
+    note quotes, says what the step did and why a graph cannot do it."""
+    noise = minivae.gpu.graph.StepNoise(3, 1, offset_from=np.zeros(1, dtype=np.uint64))
+    with pytest.raises(ValueError, match=rf"draws {kind} noise on the host \(noise\.{kind}\), which a "
+                                         "CUDA graph would replay as the same numbers at every step"):
+        getattr(noise, kind)((2, 3))
+    assert noise.offset == 0  # the refused draw took no offset
+
+
 def test_the_loaders_gpu_path_serves_the_cpu_batches(fake_device):
     """MinibatchLoader(device="gpu") on the stand-in: its epoch order comes from the Philox kernel
     (host build) and equals the CPU loader's, batch for batch and label for label. (On a real GPU,

@@ -85,13 +85,22 @@ class StepNoise(Generator):
     ``Noise(seed, j, stream, offset_from=schedule.offset)``, offset j past the step's first
     offset, which is read from memory when the kernels run.
 
-    Its host draws (``normal``, ``uniform``, ``gumbel``) are refused by such a ``Noise``: a model
-    that draws noise on the host cannot be captured. ``offset`` counts the draws since ``reset()``.
+    Its host draws (``normal``, ``uniform``, ``gumbel``) are refused (ValueError), saying so: a
+    model that draws noise on the host cannot be captured, since the graph would replay the
+    numbers of the capture's draw at every step (the Gumbel-softmax VAE's step is such a one).
+    ``offset`` counts the draws since ``reset()``.
     """
 
     def __init__(self, seed, stream, offset_from):
         super().__init__(seed, 0, stream)
         self.offset_from = offset_from
+
+    def _draw(self, kind, shape, dtype):
+        """Refuse a host draw (see the class docstring): the error says why, where that of the
+        ``Noise`` would only say that its offset lives in device memory."""
+        raise ValueError(f"the step draws {kind} noise on the host (noise.{kind}), which a CUDA graph would "
+                         "replay as the same numbers at every step; only noise that the GPU kernels "
+                         "generate (noise.next_noise()) can be captured")
 
     def reset(self):
         """Start a step: its first draw is offset 0 past the step's first offset."""
