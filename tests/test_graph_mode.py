@@ -13,6 +13,7 @@ device arrays refuse to be read on the host while a capture or a replay runs the
 side, as a real capture does. (The same comparison on a real GPU, with real captures: tests/test_gpu.py.)
 """
 import json
+import numbers
 import sys
 import types
 
@@ -26,7 +27,7 @@ import minivae.gpu.graph
 import minivae.graph_steps
 from minivae import checkpoint
 from minivae.gpu import dispatch
-from minivae.models import MODELS
+from minivae.models import MODELS, VAE
 from minivae.train import CHECKPOINT, Trainer
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 from test_loss_statistics import HostRead, HostReadGuard, guard
@@ -35,18 +36,25 @@ from test_train import config, small_data
 
 def _host_state(graph_steps):
     """The host-side numbers a training step reads or changes (not its arrays): the learning rate
-    and step counts of the optimizer, the noise generator's offset, the trainer's position."""
+    and step counts of the optimizer, the noise generator's offset, the trainer's position, and
+    the numbers the model's modules hold (per-epoch settings such as a temperature)."""
     trainer, opt = graph_steps.trainer, graph_steps.optimizer
-    return (opt.lr, [dict(s).get("step") for s in opt.state], trainer.noise.offset, trainer.epoch, trainer.batch)
+    settings = [(m, {k: v for k, v in vars(m).items() if isinstance(v, numbers.Number)})
+                for m in graph_steps.model.modules()]
+    return (opt.lr, [dict(s).get("step") for s in opt.state], trainer.noise.offset, trainer.epoch, trainer.batch,
+            settings)
 
 
 def _set_host_state(graph_steps, state):
     trainer, opt = graph_steps.trainer, graph_steps.optimizer
-    opt.lr, steps, offset, trainer.epoch, trainer.batch = state
+    opt.lr, steps, offset, trainer.epoch, trainer.batch, settings = state
     for s, step in zip(opt.state, steps):
         if step is not None:
             s["step"] = step
     trainer.noise.load_state_dict(dict(trainer.noise.state_dict(), offset=offset))
+    for module, values in settings:
+        for name, value in values.items():
+            setattr(module, name, value)
 
 
 def _on_device(make):
@@ -225,6 +233,33 @@ def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, mod
         e, g = json.loads(le), json.loads(lg)
         assert g["lr"] == e["lr"] and g.get("beta") == e.get("beta")  # (no KL weight for the IWAE bound)
         assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)  # summed in float32 on the device
+
+
+class _AnnealedVAE(VAE):
+    """A VAE with a per-epoch setting, as the Gumbel-softmax VAE's temperature: a factor on the
+    KL weight that ``set_epoch`` changes, a Python number, which a graph captures as it was."""
+
+    factor = 1.0
+
+    def set_epoch(self, epoch):
+        self.factor = 1.0 / (epoch + 1)
+
+    def loss(self, x, noise, beta=None):
+        return super().loss(x, noise, beta=self.factor * (self.beta if beta is None else beta))
+
+
+def test_a_per_epoch_setting_holds_in_the_graphs_of_its_epoch(fake_device, tmp_path, monkeypatch):
+    """The step is captured again at the start of every epoch, so replays run with the settings
+    ``set_epoch`` gave the model for that epoch: the bits of the eager run."""
+    monkeypatch.setitem(MODELS, "vae", _AnnealedVAE)
+    data = small_data(n_train=320, n_eval=20)
+    eager = run(tmp_path, "eager", data, eager=True)
+    graph = run(tmp_path, "graph", data)
+    assert isinstance(graph.model, _AnnealedVAE) and graph.model.factor == 1 / 3
+    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
+    assert m_graph == m_eager
+    for key in a_eager:
+        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
 
 
 @pytest.mark.parametrize("n_labelled", [20, 25])
