@@ -26,7 +26,9 @@ samples) is an upper bound on -log p(x) of the discrete model, as for the other 
 Registered as ``gumbel``; options ``n_vars``, ``n_classes``, ``tau0``, ``tau_min``,
 ``anneal_rate``, ``steps_per_epoch``. ``--hidden`` sets the encoder (decoder mirrored);
 ``--z-dim`` is not used. Importance-weighted training (``iw_k`` > 1) is refused: it would need
-reparameterized samples of the discrete model.
+reparameterized samples of the discrete model. The Gumbel noise is drawn on the host, so on the
+GPU the training step cannot be captured as a CUDA graph (``minivae.graph_steps``): the trainer
+says so and trains this model eagerly.
 """
 import math
 
