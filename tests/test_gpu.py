@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import minivae.random as mr
+from test_graph_mode import GRAPH_CASES, eager_and_graph_runs
 from test_kernels import ADAM_IDS, ADAM_SETTINGS, _documented_row_sum, adam_case, assert_same_adam_state
 
 pytestmark = pytest.mark.gpu
@@ -800,43 +801,15 @@ def test_dense_rows_captured_in_a_cuda_graph_give_the_eager_bits():
 
 
 # ------------------------------------------------------------------------------ graph mode
-GRAPH_CASES = [("vae", {}, 300), ("vae", {"beta": 0.5, "mc_samples": 2}, 320), ("iwae", {"iw_k": 3}, 320),
-               ("m2", {"n_labelled": 20}, 300), ("sdgm", {}, 320), ("sdgm-ssl", {"n_labelled": 20}, 320)]
-
-
 @pytest.mark.parametrize("model, extra, n_train", GRAPH_CASES)
 def test_graph_mode_replays_give_the_bits_of_eager_steps(tmp_path, model, extra, n_train):
     """N steps replayed from one captured CUDA graph end with the parameters, Adam moments and
     noise offset of N eager steps on the same GPU, bit for bit: 3 epochs of batches of 80 (with
     300 images a last batch of 60, which runs eagerly), KL warm-up, cosine learning rate, the
     moments' flush at step 10, a capture per epoch. (tests/test_graph_mode.py: the same on the CPU
-    with a stand-in for the capture.)"""
-    from test_graph_mode import final_state, run
-    from test_train import small_data
-
-    data = small_data(n_train=n_train, n_eval=20)
-    eager = run(tmp_path, "eager", data, model=model, eager=True, **extra)
-    graph = run(tmp_path, "graph", data, model=model, **extra)  # fails on a "cannot be captured" note
-    assert eager.graph is None and graph.graph is not None
-    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
-    assert m_graph == m_eager
-    for key in a_eager:
-        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
-
-
-def test_a_model_that_draws_noise_on_the_host_says_so_and_trains_eagerly(tmp_path):
-    """The Gumbel-softmax VAE draws its noise on the host: its step cannot be captured; training
-    says why in one note and goes on eagerly."""
-    from minivae.train import Trainer
-    from test_train import config, small_data
-
-    lines = []
-    trainer = Trainer(config(tmp_path, model="gumbel", device="gpu", epochs=1, batch_size=50),
-                      data=small_data(n_train=100, n_eval=20), progress=False, log=lines.append)
-    trainer.fit()
-    assert trainer.graph is None
-    notes = [line for line in lines if "cannot be captured" in line and "training eagerly" in line]
-    assert len(notes) == 1 and "draws gumbel noise on the host" in notes[0]
+    with a stand-in for the capture.) Every registered model: the Gumbel-softmax VAE's step cannot
+    be captured, and must say why and train eagerly."""
+    eager_and_graph_runs(tmp_path, model, extra, n_train)
 
 
 def test_engine_ops_with_numbers_are_captured_and_replayed():

@@ -206,27 +206,35 @@ def test_every_graph_setting_is_of_a_registered_model():
     assert set(GRAPH_SETTINGS) | set(NOT_CAPTURED) <= set(MODELS)
 
 
+def eager_and_graph_runs(tmp_path, model, extra, n_train):
+    """The eager and the graph-mode run of a ``GRAPH_CASES`` case, checked to end with the same
+    bits: parameters, moments, position and noise offset. The graph-mode run says nothing about
+    a capture, or, for a model of ``NOT_CAPTURED``, says once why it trains eagerly. (Shared with
+    tests/test_gpu.py, which runs it with real captures.)"""
+    data = small_data(n_train=n_train, n_eval=20)
+    if model == "m1m2":
+        extra = dict(extra, model_options={"m1": _m1_run(tmp_path, data)})
+    eager = run(tmp_path, "eager", data, model=model, eager=True, **extra)
+    graph = run(tmp_path, "graph", data, model=model, not_captured=NOT_CAPTURED.get(model), **extra)
+    assert eager.graph is None and (graph.graph is None) == (model in NOT_CAPTURED)
+    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
+    assert m_graph == m_eager  # the position and the noise generator's offset
+    assert a_graph.keys() == a_eager.keys()
+    for key in a_eager:
+        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    return eager, graph
+
+
 @pytest.mark.parametrize("model, extra, n_train", GRAPH_CASES)
 def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, model, extra, n_train):
     """Every registered model: 3 epochs of 4 batches of 80 (with 300 images the last is 60, and
     runs eagerly), KL warm-up over 2 epochs, a cosine learning rate and a flush of the moments
     at step 10. The graph-mode run ends with the bits of the eager run; so does that of a model
     whose step cannot be captured (``NOT_CAPTURED``), which says why once and trains eagerly."""
-    data = small_data(n_train=n_train, n_eval=20)
-    if model == "m1m2":
-        extra = dict(extra, model_options={"m1": _m1_run(tmp_path, data)})
-    eager = run(tmp_path, "eager", data, model=model, eager=True, **extra)
-    graph = run(tmp_path, "graph", data, model=model, not_captured=NOT_CAPTURED.get(model), **extra)
-    assert eager.graph is None
-    if model not in NOT_CAPTURED:
-        assert graph.graph is not None
+    eager, graph = eager_and_graph_runs(tmp_path, model, extra, n_train)
+    if graph.graph is not None:
         full_batches = n_train // 80  # replayed in the last epoch
         assert sum(g.replays for g in graph.graph.graphs.values()) == full_batches
-    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
-    assert m_graph == m_eager  # the position and the noise generator's offset
-    assert a_graph.keys() == a_eager.keys()
-    for key in a_eager:
-        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
     metrics = [[line for line in t.run_dir.joinpath("metrics.jsonl").read_text().splitlines()] for t in (eager, graph)]
     assert len(metrics[0]) == len(metrics[1]) == 3
     for le, lg in zip(*metrics):
