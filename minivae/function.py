@@ -167,7 +167,7 @@ class Function:
         try:
             out = impl.forward(ctx, *arrays, **params)
         except ValueError as exc:
-            if len(arrays) > 1 and "could not be broadcast" in str(exc):
+            if len(arrays) > 1 and any(words in str(exc) for words in _BROADCAST_ERRORS):
                 _explain_broadcast(cls, arrays)
             raise
         several = type(out) is tuple
@@ -225,6 +225,11 @@ def _looks_into(view, array, overlap_known=False):
     where sharing the root implies it."""
     return _memory_root(view) is _memory_root(array) and (
         overlap_known or get_array_module(array).may_share_memory(view, array))
+
+
+#: NumPy's words for shapes that do not broadcast: a ufunc's, and ``np.broadcast_shapes``'s (which
+#: ops call to find their output's shape before computing it).
+_BROADCAST_ERRORS = ("could not be broadcast", "cannot be broadcast")
 
 
 def _explain_broadcast(fn, arrays):

@@ -8,7 +8,9 @@ import pytest
 import minivae as mv
 from minivae import AnomalyError, Tensor
 from minivae import functional as F
+from minivae.gpu import dispatch
 from minivae.random import Noise
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
 
 def ones(*shape):
@@ -52,6 +54,20 @@ def test_broadcast_failure_through_operators_and_vae_ops():
         F.kl_normal_normal(ones(4, 3), ones(4, 3), ones(2), ones(2))
     with pytest.raises(ValueError, match=r"where: cannot broadcast the condition \(3,\) with \(4,\) and \(4,\)"):
         F.where(np.ones(3, bool), ones(4), ones(4))
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_broadcast_failure_of_ops_that_take_their_shape_first_names_op_and_shapes(fake_gpu, monkeypatch, gpu):
+    """reparameterize and bernoulli_log_prob find their output's shape with np.broadcast_shapes,
+    whose error has other words than a ufunc's: on the CPU and on the GPU rows (NumPy arrays
+    standing for CuPy's) the error names the op and the shapes all the same."""
+    if gpu:
+        monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
+    with pytest.raises(ValueError, match=r"^ReparameterizeNoise: cannot broadcast shapes \(4, 3\) and \(2,\) together$"):
+        F.reparameterize(ones(4, 3), ones(2), Noise(1))
+    with pytest.raises(ValueError, match=r"^BernoulliLogProb: cannot broadcast shapes \(4, 3\) and \(2,\) together$"):
+        F.bernoulli_log_prob(ones(4, 3), np.ones(2))
+    assert not fake_gpu[1]  # no launch
 
 
 PER_ROW_OPS = {
