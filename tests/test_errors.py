@@ -9,7 +9,7 @@ import minivae as mv
 from minivae import AnomalyError, Tensor
 from minivae import functional as F
 from minivae.gpu import dispatch
-from minivae.random import Noise
+from minivae.random import Generator, Noise
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
 
@@ -68,6 +68,26 @@ def test_broadcast_failure_of_ops_that_take_their_shape_first_names_op_and_shape
     with pytest.raises(ValueError, match=r"^BernoulliLogProb: cannot broadcast shapes \(4, 3\) and \(2,\) together$"):
         F.bernoulli_log_prob(ones(4, 3), np.ones(2))
     assert not fake_gpu[1]  # no launch
+
+
+def test_reparameterize_refuses_a_draw_shape_clearly():
+    """shape= is checked as the draws check theirs, and must broadcast with mu and logvar: one
+    message naming the sizes or the shapes, not NumPy's "arg 2" or "'float' object cannot be
+    interpreted as an integer"."""
+    mu = ones(4, 3)
+    with pytest.raises(ValueError, match=r"^reparameterize: mu of shape \(4, 3\) and logvar of shape \(3,\) do not "
+                                         r"broadcast with the draw's shape \(2, 1\)$"):
+        F.reparameterize(mu, ones(3), Noise(1), shape=(2, 1))
+    with pytest.raises(ValueError, match=r"^shape\[1\] must be at least 0, got -3$"):
+        F.reparameterize(mu, mu, Noise(1), shape=(2, -3))
+    with pytest.raises(TypeError, match=r"^shape\[0\] must be an integer, got 2.0$"):
+        F.reparameterize(mu, mu, Noise(1), shape=(2.0, 4, 3))
+    z = F.reparameterize(ones(3), 0.0, Noise(1), shape=(2, 3))  # a number for logvar
+    assert z.shape == (2, 3)
+    noise = Generator(1)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        F.reparameterize(mu, mu, noise, shape=(2, 1))
+    assert noise.offset == 0  # a refused draw uses up no offset, as the generator's own draws
 
 
 PER_ROW_OPS = {

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..function import Function
-from ..random import Generator, Noise
+from ..random import Generator, Noise, check_shape
 from .elementwise import _sigmoid, _softplus
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -370,6 +370,19 @@ class BinaryCrossEntropyWithLogits(Function):
                 _full(-g * logits if need_x else None, ctx.shape))
 
 
+def _draw_shape(mu, logvar, shape):
+    """``shape=`` of reparameterize as a tuple of sizes (``check_shape``), refused, with the three
+    shapes named, where mu and logvar do not broadcast with it (NumPy's words would name them
+    "arg 0" to "arg 2")."""
+    shape = check_shape(shape)
+    try:
+        np.broadcast_shapes(np.shape(mu), np.shape(logvar), shape)
+    except ValueError:
+        raise ValueError(f"reparameterize: mu of shape {np.shape(mu)} and logvar of shape {np.shape(logvar)} "
+                         f"do not broadcast with the draw's shape {shape}") from None
+    return shape
+
+
 def reparameterize(mu, logvar, eps, shape=None):
     """z = mu + exp(logvar / 2) * eps (see Reparameterize).
 
@@ -379,6 +392,8 @@ def reparameterize(mu, logvar, eps, shape=None):
     kernels on GPU tensors and the NumPy twin on CPU tensors, with the same eps for the same
     seed and offset; ``shape`` then sets the shape of the draw (e.g. (S,) + mu.shape for S samples).
     """
+    if isinstance(eps, (Generator, Noise)) and shape is not None:
+        shape = _draw_shape(mu, logvar, shape)  # before a Generator hands out its next draw
     if isinstance(eps, Generator):
         eps = eps.next_noise()
     if isinstance(eps, Noise):
