@@ -80,8 +80,9 @@ def _scaled_noise(xp, noise, shape, logvar):
 
 class ReparameterizeNoise(Function):
     """reparameterize(mu, logvar, noise) = mu + exp(logvar / 2) * eps, eps the standard normals of
-    the counter-addressed draw ``noise`` (a minivae.random.Noise), of shape ``shape`` (default: the
-    broadcast shape of mu and logvar; (S, B, D) from (B, D) parameters draws S samples).
+    the counter-addressed draw ``noise`` (a minivae.random.Noise), of the broadcast shape of mu,
+    logvar and ``shape`` (default: of mu and logvar; (S, B, D) from (B, D) parameters draws S
+    samples).
 
     d/dmu = 1, d/dlogvar = exp(logvar / 2) * eps / 2. eps is not an input (no gradient).
     Here eps comes from the NumPy twin of the GPU generator and exp(logvar / 2) * eps is saved,
@@ -390,7 +391,8 @@ def reparameterize(mu, logvar, eps, shape=None):
     gradient when it requires one), or counter-addressed noise: a ``minivae.random.Noise``, or a
     ``minivae.random.Generator`` (its next draw). Counter-addressed noise runs the fused GPU
     kernels on GPU tensors and the NumPy twin on CPU tensors, with the same eps for the same
-    seed and offset; ``shape`` then sets the shape of the draw (e.g. (S,) + mu.shape for S samples).
+    seed and offset; ``shape`` then sets the shape of the draw, broadcast with mu's and logvar's
+    (e.g. (S,) + mu.shape for S samples).
     """
     if isinstance(eps, (Generator, Noise)) and shape is not None:
         shape = _draw_shape(mu, logvar, shape)  # before a Generator hands out its next draw
