@@ -16,7 +16,8 @@ import pytest
 
 import minivae.random as mr
 from test_graph_mode import GRAPH_CASES, eager_and_graph_runs
-from test_kernels import ADAM_IDS, ADAM_SETTINGS, _documented_row_sum, adam_case, assert_same_adam_state
+from test_kernels import (ADAM_IDS, ADAM_SETTINGS, _documented_row_sum, adam_case, assert_same_adam_state,
+                          check_offset_views)
 
 pytestmark = pytest.mark.gpu
 
@@ -195,6 +196,15 @@ def test_noncontiguous_inputs():
     z = G.reparameterize_forward(mu.T, logvar.T, 3)
     want = G.reparameterize_forward(cp.ascontiguousarray(mu.T), cp.ascontiguousarray(logvar.T), 3)
     assert bool((z == want).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_views_that_start_off_a_vector_boundary_give_the_bits_of_aligned_copies(dtype):
+    """C-contiguous views whose data does not start on a 16-byte boundary (x[1:] of rows of odd
+    length) reach the kernels as they are: their chunks take the element-wise loads and stores
+    (mv_chunk_whole tests the address), never a misaligned float4 / double2, and the results are
+    those of aligned copies bit for bit."""
+    check_offset_views(G, cp, host, dtype)
 
 
 # ------------------------------------------------------------------------------ gradients on the device

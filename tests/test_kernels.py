@@ -1294,6 +1294,84 @@ def test_wrappers_validate(fake_gpu):
     np.testing.assert_array_equal(z, K.reparameterize_forward(mu, logvar, 8))
 
 
+# rows of D = 12 (a multiple of the four elements of a vector), 13 (rows start off the vectors'
+# boundaries) and 4099 (rows cut into segments)
+OFFSET_VIEW_SHAPES = [(6, 12), (6, 13), (2, 4099)]
+
+
+def check_offset_views(G, xp, host, dtype):
+    """The launch wrappers ``G`` on C-contiguous views that start an element or two past an
+    aligned allocation, off a 16-byte boundary (as ``x[1:]`` of rows of odd length does),
+    against fresh copies of the same values: the same bits. Such views reach the kernels as they
+    are (they are C-contiguous), so on the device every whole chunk of them fails the 16-byte
+    alignment test of the float4 / double2 loads and stores (mv_chunk_whole) and takes the
+    element-wise path; in-place updates land in the view itself. ``xp`` allocates the arrays and
+    ``host`` reads results back."""
+
+    def pointer(a):
+        return a.ctypes.data if isinstance(a, np.ndarray) else a.data.ptr
+
+    def shifted(a):
+        flat = xp.empty(a.size + 2, dtype=a.dtype)
+        k = 1 if (pointer(flat) + a.itemsize) % 16 else 2  # (a float64 allocation may start at 8 mod 16)
+        view = flat[k:k + a.size].reshape(a.shape)
+        assert pointer(view) % 16
+        view[...] = xp.asarray(a)
+        return view
+
+    def same(got, want):
+        if isinstance(want, tuple):
+            for g, w in zip(got, want):
+                same(g, w)
+        elif want is not None:
+            np.testing.assert_array_equal(host(got), host(want))
+
+    def both(fn, *arrays):
+        """fn on the shifted views and on aligned copies (the arrays, then the other arguments)."""
+        return fn(*(shifted(a) for a in arrays)), fn(*(xp.asarray(a) for a in arrays))
+
+    rng = np.random.default_rng(31)
+    for B, D in OFFSET_VIEW_SHAPES:
+        mu, logvar = _inputs((B, D), dtype, B * D)
+        dz, g_rows = rng.standard_normal((B, D)).astype(dtype), rng.standard_normal(B).astype(dtype)
+        address = (7, 5, 2)
+        same(*both(lambda m, lv: G.reparameterize_forward(m, lv, *address), mu, logvar))
+        same(*both(lambda d, lv: G.reparameterize_backward(d, lv, *address, copy_dmu=True), dz, logvar))
+        same(*both(G.kl_normal_std_forward, mu, logvar))
+        same(*both(G.kl_normal_std_backward, g_rows, mu, logvar))
+        same(*both(lambda m, lv: G.reparameterize_kl_forward(m, lv, *address), mu, logvar))
+        same(*both(lambda d, g, m, lv: G.reparameterize_kl_backward(d, g, m, lv, *address), dz, g_rows, mu, logvar))
+        logits, x = _bernoulli_inputs((3, B, D), dtype, D)
+        x = x[0]  # the images, repeated under three samples' logits
+        g_samples = rng.standard_normal((3, B)).astype(dtype)
+        same(*both(G.bernoulli_log_prob_forward, logits, x))
+        same(*both(G.bernoulli_log_prob_backward, g_samples, logits, x))
+        same(*both(G.gaussian_log_prob_forward, logits, mu[0], logvar[0]))
+        same(*both(G.gaussian_log_prob_backward, g_samples, logits, mu[0], logvar[0]))
+        same(*both(lambda a, b: G.bias_act(a, b, relu=True, out=xp.empty(a.shape, a.dtype)), dz, mu[0]))
+        view = shifted(dz)
+        assert G.bias_act(view, shifted(mu[0]), relu=True) is view  # in place, into the view
+        same(view, G.bias_act(xp.asarray(dz), xp.asarray(mu[0]), relu=True))
+        same(*both(G.relu_grad, dz, mu))
+        same(*both(G.bias_grad, dz, mu))
+        same(*both(G.bias_grad, dz))
+        same(*both(G.logsumexp_forward, mu))
+        _, shift, log_sum = G.logsumexp_forward(xp.asarray(mu))
+        same(*both(G.logsumexp_backward, mu[0], mu, host(shift), host(log_sum)))
+        same(*both(G.log_softmax_forward, mu))
+        same(*both(G.log_softmax_backward, dz, host(G.log_softmax_forward(xp.asarray(mu)))))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wrappers_take_views_that_start_off_a_vector_boundary(fake_gpu, dtype):
+    """Views that start off a 16-byte boundary give the bits of aligned copies, an in-place bias
+    lands in the view (the host replay: the wrappers' side; tests/test_gpu.py runs the same check
+    on the device, where it is the vector loads' alignment test that is checked)."""
+    K, calls = fake_gpu
+    check_offset_views(K, np, np.asarray, dtype)
+    assert calls
+
+
 def test_imports_do_not_need_cupy():
     """`import minivae` and minivae.random never import CuPy; minivae.gpu imports without it
     (and then says clearly that the GPU path cannot run)."""
