@@ -29,12 +29,12 @@ from hypothesis.extra import numpy as hnp
 
 import minivae as mv
 import minivae.functional as F
-from minivae import ops, optim
+from minivae import ops
 from minivae.autograd import backward
 from minivae.function import Context
 from minivae.gpu import dispatch
 from minivae.random import Noise
-from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
+from test_kernels import assert_same_adam_state, fake_gpu, run_adam, shim  # noqa: F401  (fixtures)
 
 # The fixtures (the host build, the patched modules) hold nothing an example changes but the
 # launch records, which each example clears.
@@ -455,24 +455,8 @@ def test_the_adam_row_equals_the_numpy_optimizer_bit_for_bit(fake_gpu, monkeypat
     start = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = [[(rng.standard_normal(s) * 10.0 ** rng.integers(-6, 3, s)).astype(dtype)
               if rng.random() < 0.8 else None for s in shapes] for _ in range(steps)]
-    finals = []
-    for gpu in (True, False):
-        params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
-        opt = optim.Adam(params, lr=1e-2, flush_every=2, **kw)
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
-            for step in grads:
-                for p, g in zip(params, step):
-                    p.grad = g
-                opt.step()
-        finals.append(([p.data for p in params], opt.state))
-    for a, b in zip(finals[0][0], finals[1][0]):
-        np.testing.assert_array_equal(a, b)
-    for got, want in zip(finals[0][1], finals[1][1]):
-        assert got.keys() == want.keys()
-        for key in want:
-            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert_same_adam_state(*run_adam(monkeypatch, start, grads, True, flush_every=2, **kw),
+                           *run_adam(monkeypatch, start, grads, False, flush_every=2, **kw))
 
 
 # ------------------------------------------------------------------------------ any inputs: the row or the xp code

@@ -1460,30 +1460,36 @@ def assert_same_adam_state(params, states, want_params, want_states):
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+def run_adam(monkeypatch, start, grads, gpu, **kw):
+    """(parameters, state) after ``Adam(lr=1e-2, **kw)`` takes the steps ``grads`` (a list of
+    gradients a step, None for a parameter without one) from ``start``, with the dispatch table
+    on (``gpu``: the table takes the NumPy arrays for CuPy's, the kernel runs its host build) or
+    off (the optimizer's xp code)."""
+    import minivae as mv
+    from minivae import optim
+    from minivae.gpu import dispatch
+
+    params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
+    opt = optim.Adam(params, lr=1e-2, **kw)
+    with monkeypatch.context() as mp:
+        if gpu:
+            mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g
+            opt.step()
+    return [p.data for p in params], opt.state
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kw", ADAM_SETTINGS, ids=ADAM_IDS)
 def test_adam_kernel_equals_the_numpy_optimizer_bit_for_bit(fake_gpu, monkeypatch, dtype, kw):
     """minivae.optim.Adam's GPU path (its scalars, the dispatch table's row, the wrapper, adam.cu's
     per-entry update, here built for the host) against its xp code on NumPy: the same bits after
     six steps, with one launch per step for all parameters (one flat buffer)."""
-    import minivae as mv
-    from minivae import optim
-    from minivae.gpu import dispatch
-
     K, calls = fake_gpu
     start, grads = adam_case(dtype)
-    finals = []
-    for gpu in (True, False):
-        params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
-        opt = optim.Adam(params, lr=1e-2, flush_every=0, **kw)
-        with monkeypatch.context() as mp:
-            if gpu:  # the table takes the arrays for CuPy's; they are NumPy, the kernel the host build
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
-            for step in grads:
-                for p, g in zip(params, step):
-                    p.grad = g
-                opt.step()
-        finals.append(([p.data for p in params], opt.state))
+    finals = [run_adam(monkeypatch, start, grads, gpu, flush_every=0, **kw) for gpu in (True, False)]
     assert sum(c[0] == f"mv_adam_{_sfx(dtype)}" for c in calls) == len(grads)
     assert_same_adam_state(*finals[0], *finals[1])
 
@@ -1492,24 +1498,10 @@ def test_adam_kernel_path_flushes_subnormals_like_the_numpy_optimizer(fake_gpu, 
     """With a flush every second step, the kernel path (one flush over the flat moments, its work
     array the gathered gradient) and the xp path (one flush per parameter after its update) leave
     the same bits, and no subnormal moment where the run without flushes has some."""
-    import minivae as mv
-    from minivae import optim
-    from minivae.gpu import dispatch
-
     start, grads = adam_case(np.float32, steps=4)
     grads = [[g * np.float32(1e-20) for g in step] for step in grads]  # g^2 (1 - b2) is subnormal
-    finals = {}
-    for gpu, flush_every in ((True, 2), (False, 2), (False, 0)):
-        params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
-        opt = optim.Adam(params, lr=1e-2, flush_every=flush_every)
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
-            for step in grads:
-                for p, g in zip(params, step):
-                    p.grad = g
-                opt.step()
-        finals[gpu, flush_every] = ([p.data for p in params], opt.state)
+    finals = {(gpu, flush_every): run_adam(monkeypatch, start, grads, gpu, flush_every=flush_every)
+              for gpu, flush_every in ((True, 2), (False, 2), (False, 0))}
 
     def subnormals(state):
         tiny = np.finfo(np.float32).tiny
