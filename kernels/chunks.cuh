@@ -109,7 +109,8 @@ MV_HD void mv_load4_periodic(const T* __restrict__ p, mv_i64 period, mv_i64 c, m
 // ---------------------------------------------------------------- flat kernels (n elements)
 MV_HD mv_i64 mv_nchunks(mv_i64 n) { return (n + 3) >> 2; }
 
-// Normals (dist = 0) or uniforms (dist = 1) of chunk c into out[0, n).
+// Normals (dist = 0), uniforms (dist = 1) or standard Gumbel samples (dist = 2) of chunk c into
+// out[0, n).
 template <typename T>
 MV_HD void mv_chunk_generate(mv_i64 c, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset,
                              mv_u32 stream, T* out) {
@@ -117,8 +118,10 @@ MV_HD void mv_chunk_generate(mv_i64 c, mv_i64 n, int dist, mv_u64 seed, mv_u64 o
     mv_u32x4 w = mv_philox_block((mv_u64)c, seed, offset, stream);
     if (dist == 0)
         mv_normal4<T>(w, v);
-    else
+    else if (dist == 1)
         mv_uniform4<T>(w, v);
+    else
+        mv_gumbel4<T>(w, v);
     mv_store4<T>(out, c, 0, n, v);
 }
 

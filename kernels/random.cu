@@ -1,6 +1,7 @@
-// Philox4x32-10 streams on the GPU: raw words, uniforms and standard normals of the draw
-// (seed, offset, stream), element for element the same as minivae.random (words bit-exact,
-// floats to a few ulp). One thread per chunk (4 elements, one Philox block).
+// Philox4x32-10 streams on the GPU: raw words, uniforms, standard normals and standard Gumbel
+// samples of the draw (seed, offset, stream), element for element the same as minivae.random
+// (words and uniforms bit-exact, floats to a few ulp). One thread per chunk (4 elements, one
+// Philox block).
 // Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
 #include "device.cuh"
 
@@ -37,4 +38,15 @@ extern "C" __global__ void mv_uniform_f32(float* out, mv_i64 n, mv_u64 seed, mv_
 extern "C" __global__ void mv_uniform_f64(double* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
                                           mv_u32 stream) {
     mv_generate<double>(out, n, 1, seed, offset, stream);
+}
+// The Gumbel samples of a model's step: the draw's offset is offset + *offset_from when
+// offset_from is not a null pointer (mv_draw_offset, philox.cuh), so that a step captured as a
+// CUDA graph draws new noise at every replay.
+extern "C" __global__ void mv_gumbel_f32(float* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
+                                         const mv_u64* offset_from, mv_u32 stream) {
+    mv_generate<float>(out, n, 2, seed, mv_draw_offset(offset, offset_from), stream);
+}
+extern "C" __global__ void mv_gumbel_f64(double* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
+                                         const mv_u64* offset_from, mv_u32 stream) {
+    mv_generate<double>(out, n, 2, seed, mv_draw_offset(offset, offset_from), stream);
 }

@@ -1,10 +1,10 @@
 // Per-element math of the VAE hot path as __host__ __device__ inline functions, shared by
 // the CUDA kernels (*.cu) and the host test shim (tests/host_shim.cpp, built with g++ and
 // compared with the NumPy twin in minivae/random.py and minivae/ops):
-//   - uniform and standard-normal transforms of Philox words (the convention of
-//     minivae/random.py: float32 uniform ((w >> 9) + 0.5) * 2^-23, float64 (w + 0.5) * 2^-32,
+//   - uniform, standard-normal and standard-Gumbel transforms of Philox words (the convention
+//     of minivae/random.py: float32 uniform ((w >> 9) + 0.5) * 2^-23, float64 (w + 0.5) * 2^-32,
 //     Box-Muller on the pairs (w0, w1), (w2, w3) of a block: r cos(theta), r sin(theta),
-//     r = sqrt(-2 log u1), theta = 2 pi u2 evaluated with sincospi);
+//     r = sqrt(-2 log u1), theta = 2 pi u2 evaluated with sincospi; Gumbel -log(-log(u)));
 //   - reparameterization z = mu + exp(logvar / 2) * eps and its gradient;
 //   - analytic KL(N(mu, exp(logvar)) || N(0, 1)) per element and its gradient;
 //   - the ReLU of a dense layer and its gradient;
@@ -114,6 +114,26 @@ MV_HD void mv_uniform4(mv_u32x4 w, T out[4]) {
     out[1] = mv_traits<T>::uniform(w.y);
     out[2] = mv_traits<T>::uniform(w.z);
     out[3] = mv_traits<T>::uniform(w.w);
+}
+
+// ---- standard Gumbel samples: g = -log(-log(u)) ----
+// minivae.random.gumbel's recipe step for step: u the uniform of the target dtype (exact, strictly
+// inside (0, 1), so both logs are finite), widened to double, both logs taken in double, the
+// result rounded once to T. The host build gives NumPy's float32 sample bit for bit for every one
+// of the 2^23 float32 uniforms; in float64 the two libraries' logs differ by an ulp now and then,
+// and the samples by at most an ulp of max(1, |g|) (tests/test_kernels.py).
+template <typename T>
+MV_HD T mv_gumbel(mv_u32 w) {
+    const double u = (double)mv_traits<T>::uniform(w);
+    return (T)(-mv_log(-mv_log(u)));
+}
+
+template <typename T>
+MV_HD void mv_gumbel4(mv_u32x4 w, T out[4]) {
+    out[0] = mv_gumbel<T>(w.x);
+    out[1] = mv_gumbel<T>(w.y);
+    out[2] = mv_gumbel<T>(w.z);
+    out[3] = mv_gumbel<T>(w.w);
 }
 
 // The normal of element i alone (the slow path; the kernels use whole blocks).

@@ -56,7 +56,11 @@ Float transforms
   target dtype) and rounds once at the end, so it is the accurate reference; the float32
   GPU code computes them in float32 (logf, sqrtf, sincospif) and agrees to a few float32
   ulps. The words and the uniforms are bit-identical on both sides.
-* **Gumbel**: ``g = -log(-log(u))`` with the uniform above.
+* **Gumbel**: ``g = -log(-log(u))`` with the uniform above, both logs in float64 and the result
+  rounded once to the target dtype. The GPU kernel (``minivae.gpu.gumbel``) computes the same
+  recipe; built for the host, it gives NumPy's float32 samples bit for bit (all 2**23 of them)
+  and float64 ones to an ulp of ``max(1, |g|)`` (the two libraries' logs differ by an ulp now and
+  then, and near ``u = 1/e`` the outer log turns that into many ulps of a ``g`` near 0).
 
 Public API
 ----------
@@ -65,8 +69,8 @@ Public API
 ``normal(shape, seed, offset)``, ``gumbel(...)``, ``normal_at(indices, ...)``,
 :class:`Noise` (the address of one draw) and :class:`Generator` (a seed plus an advancing
 offset, with a JSON-able ``state_dict``). All of them compute on the CPU; on the GPU the same
-draws come from ``minivae.gpu.normal`` / ``uniform`` (the same words), and the reparameterization
-kernels generate them in registers from a :class:`Noise`.
+draws come from ``minivae.gpu.normal`` / ``uniform`` / ``gumbel`` (the same words), and the
+reparameterization kernels generate them in registers from a :class:`Noise`.
 
 Every draw is computed from its address when it is asked for: nothing is kept between calls.
 """

@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 15; }
+SHIM int shim_abi_version() { return 16; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -58,6 +58,10 @@ static void normal_words(const mv_u32* w, T* out, mv_i64 nblocks) {
         mv_u32x4 v = {w[4 * b], w[4 * b + 1], w[4 * b + 2], w[4 * b + 3]};
         mv_normal4<T>(v, out + 4 * b);
     }
+}
+template <typename T>
+static void gumbel_words(const mv_u32* w, T* out, mv_i64 n) {
+    for (mv_i64 i = 0; i < n; ++i) out[i] = mv_gumbel<T>(w[i]);
 }
 template <typename T>
 static void normal_at(const mv_i64* idx, T* out, mv_i64 n, mv_u64 seed, mv_u64 offset, mv_u32 stream) {
@@ -233,6 +237,7 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
     SHIM void shim_normal_words_##SFX(const mv_u32* w, T* out, mv_i64 nblocks) {                            \
         normal_words<T>(w, out, nblocks);                                                                    \
     }                                                                                                        \
+    SHIM void shim_gumbel_words_##SFX(const mv_u32* w, T* out, mv_i64 n) { gumbel_words<T>(w, out, n); }    \
     SHIM void shim_normal_at_##SFX(const mv_i64* idx, T* out, mv_i64 n, mv_u64 seed, mv_u64 offset,         \
                                    mv_u32 stream) {                                                          \
         normal_at<T>(idx, out, n, seed, offset, stream);                                                     \
@@ -242,6 +247,10 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
     }                                                                                                        \
     SHIM void shim_generate_##SFX(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream) {   \
         replay_generate<T>(out, n, dist, seed, offset, stream);                                              \
+    }                                                                                                        \
+    SHIM void shim_gumbel_##SFX(T* out, mv_i64 n, mv_u64 seed, mv_u64 offset, const mv_u64* from,            \
+                                mv_u32 stream) {                                                             \
+        replay_generate<T>(out, n, 2, seed, mv_draw_offset(offset, from), stream);                           \
     }                                                                                                        \
     SHIM void shim_reparam_fwd_##SFX(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,  \
                                      const mv_u64* from, mv_u32 stream) {                                    \

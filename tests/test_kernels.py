@@ -34,7 +34,8 @@ NVCC = shutil.which("nvcc")
 CXX = shutil.which("g++") or shutil.which("c++")
 
 ENTRY_POINTS = {
-    "random.cu": ["mv_philox_words", "mv_normal_f32", "mv_normal_f64", "mv_uniform_f32", "mv_uniform_f64"],
+    "random.cu": ["mv_philox_words", "mv_normal_f32", "mv_normal_f64", "mv_uniform_f32", "mv_uniform_f64",
+                  "mv_gumbel_f32", "mv_gumbel_f64"],
     "reparam.cu": ["mv_reparam_fwd_f32", "mv_reparam_fwd_f64", "mv_reparam_bwd_f32", "mv_reparam_bwd_f64"],
     "kl.cu": ["mv_kl_fwd_f32", "mv_kl_fwd_f64", "mv_kl_bwd_f32", "mv_kl_bwd_f64"],
     "fused.cu": ["mv_reparam_kl_fwd_f32", "mv_reparam_kl_fwd_f64",
@@ -55,6 +56,21 @@ ENTRY_POINTS = {
 F32_RTOL, F32_ATOL = 4e-6, 2e-6
 F64_RTOL, F64_ATOL = 1e-13, 1e-13
 TOL = {np.float32: (F32_RTOL, F32_ATOL), np.float64: (F64_RTOL, F64_ATOL)}
+# Gumbel samples -log(-log(u)) are computed in float64 on both sides and rounded once: float32 ones
+# are equal bit for bit; float64 ones differ where NumPy's log and the C library's differ by an ulp
+# (about 0.4% of the first logs), by at most an ulp of max(1, |g|) as measured (an ulp of -log(u)
+# near 1, where log cancels, is many ulps of g near 0): allowed here up to four.
+GUMBEL_F64_TOL = 4 * np.finfo(np.float64).eps
+
+
+def assert_same_gumbel(got, want):
+    """Gumbel samples of the host build (or the wrappers) against minivae.random's: float32 bit
+    for bit, float64 to GUMBEL_F64_TOL of max(1, |g|)."""
+    assert got.dtype == want.dtype and got.shape == want.shape
+    if want.dtype == np.float32:
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=GUMBEL_F64_TOL, atol=GUMBEL_F64_TOL)
 
 
 def test_the_wrappers_launch_constants_are_the_kernels():
@@ -231,7 +247,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 15
+    assert lib.shim_abi_version() == 16
     return lib
 
 
@@ -325,6 +341,23 @@ def test_host_normals_match_twin(shim, dtype):
     np.testing.assert_allclose(got, mr.normal_at(idx, 9, 4, dtype, stream=1), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_host_gumbel_is_the_twins_recipe(shim, dtype):
+    """-log(-log(u)) of the uniform of the dtype, in float64, rounded once (minivae.random.gumbel),
+    at the extreme words (the smallest and largest uniforms), over a draw's words and, in float32,
+    for every one of the 2**23 uniforms (the words w << 9)."""
+    w = np.concatenate([np.array([0, 1, 511, 512, 0xFFFFFE00, 0xFFFFFFFF], np.uint32),
+                        mr.philox_words(40000, 5, 2, 1)])
+    if dtype == np.float32:
+        w = np.concatenate([w, np.arange(1 << 23, dtype=np.uint32) << np.uint32(9)])
+    out = np.zeros(w.size, dtype)
+    call(shim, f"shim_gumbel_words_{_sfx(dtype)}", w, out, _I64(w.size))
+    u = mr.uniform_from_words(w, dtype).astype(np.float64)
+    assert_same_gumbel(out, (-np.log(-np.log(u))).astype(dtype))
+    assert np.isfinite(out).all()
+    assert_same_gumbel(out[6:40006], mr.gumbel(40000, 5, 2, dtype, 1))
+
+
 def _inputs(shape, dtype, seed=0):
     rng = np.random.default_rng(seed)
     mu = rng.normal(size=shape).astype(dtype)
@@ -387,14 +420,16 @@ ROW_SHAPES = [(1, 1), (3, 2), (2050, 2), (5, 3), (1370, 3), (7, 50), (170, 50), 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n", FLAT_SIZES)
 def test_replay_generate(shim, dtype, n):
-    for dist, twin in ((0, mr.normal), (1, mr.uniform)):
+    for dist, twin in ((0, mr.normal), (1, mr.uniform), (2, mr.gumbel)):
         out = np.full(n, np.nan, dtype)
         call(shim, f"shim_generate_{_sfx(dtype)}", out, _I64(n), _INT(dist), _U64(21), _U64(2), _U32(0))
         want = twin(n, 21, 2, dtype)
-        if dist == 1:
+        if dist == 0:
+            np.testing.assert_allclose(out, want, rtol=TOL[dtype][0], atol=TOL[dtype][1])
+        elif dist == 1:
             np.testing.assert_array_equal(out, want)
         else:
-            np.testing.assert_allclose(out, want, rtol=TOL[dtype][0], atol=TOL[dtype][1])
+            assert_same_gumbel(out, want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1061,6 +1096,8 @@ def test_wrappers_on_fake_gpu(fake_gpu, dtype):
     np.testing.assert_allclose(K.normal((3, 7), seed, offset, dtype), mr.normal((3, 7), seed, offset, dtype),
                                rtol=rtol, atol=atol)
     np.testing.assert_array_equal(K.uniform(9, seed, offset, dtype), mr.uniform(9, seed, offset, dtype))
+    assert_same_gumbel(K.gumbel((5, 3, 7), seed, offset, dtype, stream=2),
+                       mr.gumbel((5, 3, 7), seed, offset, dtype, stream=2))
 
     shape = (6, 5, 50)  # (samples, batch, D): 30 rows of D = 50, reduced over the last axis
     mu, logvar = _inputs(shape, dtype, 3)
@@ -1114,14 +1151,18 @@ def test_a_draws_offset_from_device_memory_is_added_to_its_offset(fake_gpu, dtyp
              (K.reparameterize_kl_forward(mu, logvar, seed, offset)[0],
               K.reparameterize_kl_forward(mu, logvar, seed, 3, offset_from=counter)[0]),
              (K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, offset)[1],
-              K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, 3, offset_from=counter)[1])]
+              K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, 3, offset_from=counter)[1]),
+             (K.gumbel((4, 50), seed, offset, dtype), K.gumbel((4, 50), seed, 3, dtype, offset_from=counter))]
     for want, got in pairs:
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(K.reparameterize_forward(mu, logvar, seed, 3), pairs[0][0])
+    assert_same_gumbel(pairs[-1][1], mr.gumbel((4, 50), seed, offset, dtype))
     n = len(calls)
     for bad in (np.array([1], np.int64), np.array([1, 2], np.uint64), 5):
         with pytest.raises(ValueError, match="offset_from"):
             K.reparameterize_forward(mu, logvar, seed, 3, offset_from=bad)
+        with pytest.raises(ValueError, match="offset_from"):
+            K.gumbel((4, 50), seed, 3, dtype, offset_from=bad)
     assert len(calls) == n
 
 
@@ -1737,7 +1778,11 @@ def test_ab_row_kernels_reports_a_failing_variant(tile_shims, tmp_path, monkeypa
     (lambda K: K.reparameterize_forward(np.zeros((2, 3), np.float32), np.zeros((2, 3), np.float32), True),
      "seed must be an integer, got True"),
     (lambda K: K.normal(4, 1, stream=2**32), r"stream must be an integer in \[0, 2\*\*32\)"),
-], ids=["float size", "string shape", "float seed", "float count", "bool seed", "stream of 33 bits"])
+    (lambda K: K.gumbel((2, 1.5), 1), r"shape\[1\] must be an integer, got 1.5"),
+    (lambda K: K.gumbel(4, 1, offset=-1), "offset must be at least 0, got -1"),
+    (lambda K: K.gumbel(4, 1, dtype=np.float16), "dtype must be float32 or float64, got float16"),
+], ids=["float size", "string shape", "float seed", "float count", "bool seed", "stream of 33 bits",
+        "gumbel: float size", "gumbel: negative offset", "gumbel: float16"])
 def test_the_gpu_draws_check_their_address_and_shape_as_the_cpu_draws(fake_gpu, draw, named):
     """The wrappers took int() of each: shape (2.5, 3) drew (2, 3), "23" the shape (2, 3), and
     seed 1.5 or True named the noise of seed 1, where minivae.random refuses them."""

@@ -20,7 +20,7 @@ from ._source import KERNEL_FILES, NVRTC_OPTIONS, kernel_dir, kernel_source, nvr
 #: The names ``minivae.gpu`` takes from ``minivae.gpu.kernels`` when they are first asked for.
 _KERNEL_NAMES = (
     "adam_update", "bernoulli_log_prob_backward", "bernoulli_log_prob_forward", "bias_act", "bias_grad",
-    "gaussian_log_prob_backward", "gaussian_log_prob_forward", "get_function", "is_available",
+    "gaussian_log_prob_backward", "gaussian_log_prob_forward", "get_function", "gumbel", "is_available",
     "kl_normal_std_backward", "kl_normal_std_forward", "log_softmax_backward", "log_softmax_forward",
     "logsumexp_backward", "logsumexp_forward", "normal", "philox_words", "relu_grad",
     "reparameterize_backward", "reparameterize_forward", "reparameterize_kl_backward",

@@ -35,7 +35,7 @@ else:
 
 __all__ = [
     "is_available", "require", "get_function",
-    "philox_words", "normal", "uniform",
+    "philox_words", "normal", "uniform", "gumbel",
     "reparameterize_forward", "reparameterize_backward",
     "kl_normal_std_forward", "kl_normal_std_backward",
     "reparameterize_kl_forward", "reparameterize_kl_backward",
@@ -97,7 +97,7 @@ def _module(filename: str):
 
 
 _FUNC_FILE = {
-    "mv_philox_words": "random.cu", "mv_normal": "random.cu", "mv_uniform": "random.cu",
+    "mv_philox_words": "random.cu", "mv_normal": "random.cu", "mv_uniform": "random.cu", "mv_gumbel": "random.cu",
     "mv_reparam_fwd": "reparam.cu", "mv_reparam_bwd": "reparam.cu",
     "mv_kl_fwd": "kl.cu", "mv_kl_bwd": "kl.cu",
     "mv_reparam_kl_fwd": "fused.cu", "mv_reparam_kl_bwd": "fused.cu",
@@ -262,19 +262,24 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
     return out
 
 
-def _generate(base, shape, seed, offset, dtype, stream):
+def _draw_array(shape, dtype):
+    """The new (uninitialized) array of a draw, its shape and dtype checked as the CPU checks them."""
     require()
     shape = check_shape(shape)
     dtype = np.dtype(dtype)
     if dtype not in _SUFFIX:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    n = math.prod(shape)
-    check_elements(n)
-    out = cp.empty(shape, dtype=dtype)
+    check_elements(math.prod(shape))
+    return cp.empty(shape, dtype=dtype)
+
+
+def _generate(base, shape, seed, offset, dtype, stream):
+    out = _draw_array(shape, dtype)
+    n = out.size
     if n:
         s, o, st = _address(seed, offset, stream)
         grid, block = _flat_launch(_chunks(n))
-        get_function(base, dtype)(grid, block, (out, np.int64(n), s, o, st))
+        get_function(base, out.dtype)(grid, block, (out, np.int64(n), s, o, st))
     return out
 
 
@@ -286,6 +291,20 @@ def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0)
 def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0):
     """Uniforms in (0, 1) of the draw (seed, offset, stream) on the GPU (== minivae.random.uniform)."""
     return _generate("mv_uniform", shape, seed, offset, dtype, stream)
+
+
+def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0, offset_from=None):
+    """Standard Gumbel samples -log(-log(u)) of the draw (seed, offset, stream) on the GPU
+    (== minivae.random.gumbel: u the uniform of ``dtype``, the logs in float64, rounded once).
+    ``offset_from`` (a CuPy uint64 array of one value, or None) adds its value to the offset
+    when the kernel runs: the noise of a captured CUDA graph."""
+    out = _draw_array(shape, dtype)
+    n = out.size
+    if n:
+        s, o, st = _address(seed, offset, stream)
+        grid, block = _flat_launch(_chunks(n))
+        get_function("mv_gumbel", out.dtype)(grid, block, (out, np.int64(n), s, o, _offset_from(offset_from), st))
+    return out
 
 
 # ------------------------------------------------------------------------------ reparameterization
