@@ -6,6 +6,8 @@ the models call directly. Here:
 
 * ``sample_bernoulli``: binary images from Bernoulli means, the one place models draw pixels;
 * ``standard_normal``: a N(0, I) draw from the Philox generator, in a model's dtype and device;
+* ``standard_gumbel``: a Gumbel(0, 1) draw from the Philox generator, made on a model's device
+  (the GPU kernel there, so that a training step captured as a CUDA graph can draw it);
 * ``one_hot``, ``check_label_count``, ``log_categorical``, ``log_uniform_categorical``: labels
   and the categorical distribution of the models with a discrete variable (M2, ADGM/SDGM,
   Gumbel-softmax).
@@ -18,6 +20,7 @@ from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
 from .checks import check_float, check_integer, check_intensities
+from .random import Generator, check_shape
 
 
 def sample_bernoulli(probs, noise):
@@ -44,6 +47,28 @@ def standard_normal(noise, shape, like):
     generator, in ``like``'s dtype and device."""
     xp = get_array_module(like.data)
     return xp.asarray(noise.normal(shape, dtype=like.dtype))
+
+
+def standard_gumbel(noise, shape, like):
+    """Standard Gumbel samples -log(-log(u)) of ``shape`` (an integer or a sequence of them) from
+    the Philox generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in ``like``'s
+    dtype and device.
+
+    The draw is made where ``like`` lives: on the CPU by the NumPy twin
+    (``minivae.random.gumbel``), on the GPU by the kernel (``minivae.gpu.gumbel``), which computes
+    the same recipe from the same Philox words, with no copy from the host and with the draw's
+    offset read from device memory where its ``Noise`` says so (``offset_from``: the draws of a
+    captured training step).
+    """
+    data = like.data
+    if not is_gpu_array(data):
+        return noise.gumbel(shape, dtype=data.dtype)
+    shape = check_shape(shape)  # before a Generator hands out its next draw
+    if isinstance(noise, Generator):
+        noise = noise.next_noise()
+    from . import gpu  # deferred: it imports CuPy
+
+    return gpu.gumbel(shape, noise.seed, noise.offset, data.dtype, noise.stream, offset_from=noise.offset_from)
 
 
 def check_label_count(labels, n):

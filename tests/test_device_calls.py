@@ -244,18 +244,21 @@ BUDGETS = {
     # statistics: 17 calls)
     "m2": ({"n_labelled": 20}, 67, 64, 120),
     "sdgm": ({}, 47, 49, 34),
+    # (its Gumbel noise: one launch of mv_gumbel, no copy from the host)
+    "gumbel": ({}, 18, 17, 46),
 }
 
 
 @pytest.mark.parametrize("model", BUDGETS)
 def test_a_training_step_makes_no_more_device_calls_than_its_budget(counted_device, tmp_path, monkeypatch,
                                                                     model):
-    """The step of the default VAE, the IWAE, M2 and the SDGM: our kernels (reparameterization
-    and KL, the Bernoulli and Gaussian log-densities, a dense layer's bias and ReLU, the
-    gradients of its ReLU and its bias, the IWAE bound's log-sum-exp, M2's log-softmax, Adam
-    once), the products on cuBLAS, and at most the budget of other calls (the rest of the loss,
-    the statistics). A change that adds calls to a step fails here: a launch-bound step is as
-    fast as its number of calls."""
+    """The step of the default VAE, the IWAE, M2, the SDGM and the Gumbel-softmax VAE: our kernels
+    (reparameterization and KL, the Gumbel noise, the Bernoulli and Gaussian log-densities, a
+    dense layer's bias and ReLU, the gradients of its ReLU and its bias, the IWAE bound's
+    log-sum-exp, the log-softmax of M2 and of the categorical KL, Adam once), the products on
+    cuBLAS, and at most the budget of other calls (the rest of the loss, the statistics). A
+    change that adds calls to a step fails here: a launch-bound step is as fast as its number of
+    calls."""
     extra, own, products, rest = BUDGETS[model]
     calls = step_calls(counted_device, tmp_path, monkeypatch, model, **extra)
     print(f"\n{model}: {_own_kernels(calls)} of our kernels, {calls['cuBLAS']} cuBLAS products, "
@@ -273,6 +276,7 @@ GRAPH_BUDGETS = {
     "iwae": ({"iw_k": 3}, 26, 20, 29),
     "m2": ({"n_labelled": 20}, 66, 64, 107),  # (the labelled batch is copied in before each replay)
     "sdgm": ({}, 48, 49, 36),
+    "gumbel": ({}, 19, 17, 48),
 }
 
 

@@ -817,8 +817,8 @@ def test_graph_mode_replays_give_the_bits_of_eager_steps(tmp_path, model, extra,
     noise offset of N eager steps on the same GPU, bit for bit: 3 epochs of batches of 80 (with
     300 images a last batch of 60, which runs eagerly), KL warm-up, cosine learning rate, the
     moments' flush at step 10, a capture per epoch. (tests/test_graph_mode.py: the same on the CPU
-    with a stand-in for the capture.) Every registered model: the Gumbel-softmax VAE's step cannot
-    be captured, and must say why and train eagerly."""
+    with a stand-in for the capture.) Every registered model, each step captured: the
+    Gumbel-softmax VAE's too, whose noise the Gumbel kernel draws on the device."""
     eager_and_graph_runs(tmp_path, model, extra, n_train)
 
 

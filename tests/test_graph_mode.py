@@ -146,24 +146,19 @@ def fake_device(fake_gpu, fake_cublas, monkeypatch):
         monkeypatch.setattr(module, "cupy_module", lambda: fake_cp)
     monkeypatch.setitem(sys.modules, "cupy", fake_cp)
     monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
+    monkeypatch.setattr(minivae.distributions, "is_gpu_array", lambda array: True)
     monkeypatch.setattr(minivae.graph_steps, "CapturedStep", _Replayed)
     return fake_gpu[1]
 
 
-def run(tmp_path, name, data, not_captured=None, **kw):
+def run(tmp_path, name, data, **kw):
     """A run of 3 epochs of batches of 80 on the GPU (the stand-in), KL warm-up over 2. No step
-    may say that it cannot be captured; or, given ``not_captured`` (the reason), one note says
-    so, naming the reason, and the run trains eagerly."""
+    may say that it cannot be captured."""
     cfg = config(tmp_path / name, device="gpu", epochs=3, batch_size=80, warmup=2, **kw)
     lines = []
     trainer = Trainer(cfg, data=data, progress=False, log=lines.append)
     trainer.fit()
-    notes = [line for line in lines if "cannot be captured" in line]
-    if not_captured is None:
-        assert not notes, lines
-    else:
-        assert len(notes) == 1 and not_captured in notes[0] and notes[0].endswith("training eagerly"), lines
-        assert trainer.graph is None
+    assert not [line for line in lines if "cannot be captured" in line], lines
     return trainer
 
 
@@ -186,10 +181,6 @@ GRAPH_SETTINGS = {
     "ladder-m2": ({"n_labelled": 20, "hidden": (16, 8), "model_options": {"z_dims": (4, 3)}}, 320),
     "m1m2": ({"n_labelled": 20}, 300),  # and M1, a VAE run trained first (``_m1_run``)
 }
-#: Models whose step cannot be captured, each with the reason the trainer's note gives: the
-#: Gumbel-softmax VAE draws its noise on the host (``noise.gumbel``), where a graph would replay
-#: the numbers drawn at the capture.
-NOT_CAPTURED = {"gumbel": "draws gumbel noise on the host"}
 GRAPH_CASES = [(name, *GRAPH_SETTINGS.get(name, ({}, 300))) for name in MODELS] + [
     ("vae", {"mc_samples": 2, "beta": 0.5}, 320),
     ("iwae", {"iw_k": 3, "model_options": {"layers": 2, "z1_dim": 6, "hidden2": (8,)}}, 300)]
@@ -203,20 +194,20 @@ def _m1_run(tmp_path, data):
 
 
 def test_every_graph_setting_is_of_a_registered_model():
-    assert set(GRAPH_SETTINGS) | set(NOT_CAPTURED) <= set(MODELS)
+    assert set(GRAPH_SETTINGS) <= set(MODELS)
 
 
 def eager_and_graph_runs(tmp_path, model, extra, n_train):
     """The eager and the graph-mode run of a ``GRAPH_CASES`` case, checked to end with the same
-    bits: parameters, moments, position and noise offset. The graph-mode run says nothing about
-    a capture, or, for a model of ``NOT_CAPTURED``, says once why it trains eagerly. (Shared with
-    tests/test_gpu.py, which runs it with real captures.)"""
+    bits: parameters, moments, position and noise offset. The graph-mode run's step is captured
+    and says nothing about a capture. (Shared with tests/test_gpu.py, which runs it with real
+    captures.)"""
     data = small_data(n_train=n_train, n_eval=20)
     if model == "m1m2":
         extra = dict(extra, model_options={"m1": _m1_run(tmp_path, data)})
     eager = run(tmp_path, "eager", data, model=model, eager=True, **extra)
-    graph = run(tmp_path, "graph", data, model=model, not_captured=NOT_CAPTURED.get(model), **extra)
-    assert eager.graph is None and (graph.graph is None) == (model in NOT_CAPTURED)
+    graph = run(tmp_path, "graph", data, model=model, **extra)
+    assert eager.graph is None and graph.graph is not None
     (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
     assert m_graph == m_eager  # the position and the noise generator's offset
     assert a_graph.keys() == a_eager.keys()
@@ -229,12 +220,11 @@ def eager_and_graph_runs(tmp_path, model, extra, n_train):
 def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, model, extra, n_train):
     """Every registered model: 3 epochs of 4 batches of 80 (with 300 images the last is 60, and
     runs eagerly), KL warm-up over 2 epochs, a cosine learning rate and a flush of the moments
-    at step 10. The graph-mode run ends with the bits of the eager run; so does that of a model
-    whose step cannot be captured (``NOT_CAPTURED``), which says why once and trains eagerly."""
+    at step 10. The graph-mode run replays the captured step and ends with the bits of the eager
+    run."""
     eager, graph = eager_and_graph_runs(tmp_path, model, extra, n_train)
-    if graph.graph is not None:
-        full_batches = n_train // 80  # replayed in the last epoch
-        assert sum(g.replays for g in graph.graph.graphs.values()) == full_batches
+    full_batches = n_train // 80  # replayed in the last epoch
+    assert sum(g.replays for g in graph.graph.graphs.values()) == full_batches
     metrics = [[line for line in t.run_dir.joinpath("metrics.jsonl").read_text().splitlines()] for t in (eager, graph)]
     assert len(metrics[0]) == len(metrics[1]) == 3
     for le, lg in zip(*metrics):
@@ -393,8 +383,8 @@ def test_a_non_finite_loss_in_a_replayed_step_never_reaches_a_checkpoint(fake_de
 @pytest.mark.parametrize("kind", ["normal", "uniform", "gumbel"])
 def test_a_host_draw_in_a_captured_step_is_refused_saying_why(kind):
     """A captured step's noise comes from the kernels, with its offset in device memory: a host
-    draw (the Gumbel-softmax VAE's noise.gumbel) is refused, and the error, which the trainer's
-    note quotes, says what the step did and why a graph cannot do it."""
+    draw (noise.normal, noise.uniform, noise.gumbel) is refused, and the error, which the
+    trainer's note quotes, says what the step did and why a graph cannot do it."""
     noise = minivae.gpu.graph.StepNoise(3, 1, offset_from=np.zeros(1, dtype=np.uint64))
     with pytest.raises(ValueError, match=rf"draws {kind} noise on the host \(noise\.{kind}\), which a "
                                          "CUDA graph would replay as the same numbers at every step"):

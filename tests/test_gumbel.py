@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 from test_train import config, small_data
 
 import minivae as mv
@@ -155,3 +156,60 @@ def test_trainer_anneals_the_temperature_per_epoch(tmp_path):
     np.testing.assert_allclose([m["train_tau"] for m in lines], [1.0, math.exp(-0.1), math.exp(-0.2)])
     assert np.isfinite(trainer.final_evaluation()["test_nll"])
     assert isinstance(build_model("gumbel"), GumbelSoftmaxVAE)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_standard_gumbel_draws_where_its_like_lives(fake_gpu, monkeypatch, dtype):
+    """distributions.standard_gumbel: the NumPy twin for a NumPy ``like``, the kernel (its host
+    build) for a CuPy one, with the same numbers (float32 bit for bit) from a Generator's next
+    draw; on the GPU a Noise whose offset lives in device memory (a captured step's) draws
+    offset + that value. A refused shape takes no offset from the generator."""
+    import minivae.distributions
+    from minivae.distributions import standard_gumbel
+    from minivae.random import Noise
+
+    K, calls = fake_gpu
+    like = mv.tensor(np.zeros(3, dtype))
+    cpu = standard_gumbel(Generator(8, offset=5), (4, 7), like)
+    noise = Generator(8, offset=5)
+    monkeypatch.setattr(minivae.distributions, "is_gpu_array", lambda array: True)
+    gpu = standard_gumbel(noise, (4, 7), like)
+    assert [c[0] for c in calls] == [f"mv_gumbel_{'f32' if dtype == np.float32 else 'f64'}"] and noise.offset == 6
+    assert gpu.dtype == cpu.dtype == dtype and gpu.shape == cpu.shape == (4, 7)
+    tol = 0 if dtype == np.float32 else 4 * np.finfo(np.float64).eps  # (see tests/test_kernels.py)
+    np.testing.assert_allclose(gpu, cpu, rtol=tol, atol=tol)
+    captured = Noise(8, 2, offset_from=np.array([3], np.uint64))
+    np.testing.assert_array_equal(standard_gumbel(captured, (4, 7), like), gpu)
+    with pytest.raises(ValueError, match="must be at least 0, got -1"):
+        standard_gumbel(noise, (4, -1), like)
+    assert noise.offset == 6
+
+
+def test_the_gpu_path_draws_the_noise_with_the_kernel_and_gives_the_cpu_loss(fake_gpu, fake_cublas, monkeypatch):
+    """With the model's arrays taken for CuPy's, the Gumbel noise of the loss is drawn by the
+    kernel (its host build, through minivae.gpu.gumbel), one launch, from the generator's next
+    draw: the loss, its statistics and the generator's offset are the CPU step's, and so are the
+    exact codes of evaluation."""
+    import minivae.distributions
+    from minivae.gpu import dispatch
+
+    K, calls = fake_gpu
+    x = (np.random.default_rng(0).uniform(size=(6, 10)) < 0.5).astype(np.float32)
+    out = []
+    for gpu in (True, False):
+        mv.nn.init.manual_seed(0)
+        model = GumbelSoftmaxVAE(x_dim=10, hidden=(8,), n_vars=3, n_classes=4)
+        noise = Generator(4, offset=2)
+        with monkeypatch.context() as mp:
+            if gpu:
+                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+                mp.setattr(minivae.distributions, "is_gpu_array", lambda array: True)
+            loss, stats = model.loss(mv.tensor(x), noise)
+            codes = model.eval().sample_codes(model.logits(mv.tensor(x)), 5, noise, hard=True).data
+        out.append((loss.item(), {k: float(v) for k, v in stats.items()}, codes, noise.offset))
+    assert [c[0] for c in calls].count("mv_gumbel_f32") == 2  # the loss's draw, the codes' draw
+    (loss_g, stats_g, codes_g, offset_g), (loss_c, stats_c, codes_c, offset_c) = out
+    assert offset_g == offset_c == 4
+    assert loss_g == pytest.approx(loss_c, rel=1e-6)
+    assert stats_g == pytest.approx(stats_c, rel=1e-6)
+    np.testing.assert_array_equal(codes_g, codes_c)

@@ -87,7 +87,7 @@ class StepNoise(Generator):
 
     Its host draws (``normal``, ``uniform``, ``gumbel``) are refused (ValueError), saying so: a
     model that draws noise on the host cannot be captured, since the graph would replay the
-    numbers of the capture's draw at every step (the Gumbel-softmax VAE's step is such a one).
+    numbers of the capture's draw at every step.
     ``offset`` counts the draws since ``reset()``.
     """
 

@@ -26,9 +26,9 @@ samples) is an upper bound on -log p(x) of the discrete model, as for the other 
 Registered as ``gumbel``; options ``n_vars``, ``n_classes``, ``tau0``, ``tau_min``,
 ``anneal_rate``, ``steps_per_epoch``. ``--hidden`` sets the encoder (decoder mirrored);
 ``--z-dim`` is not used. Importance-weighted training (``iw_k`` > 1) is refused: it would need
-reparameterized samples of the discrete model. The Gumbel noise is drawn on the host, so on the
-GPU the training step cannot be captured as a CUDA graph (``minivae.graph_steps``): the trainer
-says so and trains this model eagerly.
+reparameterized samples of the discrete model. The Gumbel noise is drawn on the model's device
+(``distributions.standard_gumbel``): on the GPU by a kernel, so that the training step is
+captured as a CUDA graph like the other models' (``minivae.graph_steps``).
 """
 import math
 
@@ -36,7 +36,7 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad, tensor
 from ..checks import check_integer, check_ranges, check_sizes
-from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli
+from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli, standard_gumbel
 from .base import SETTING_RANGES, check_noise
 from .common import MLP, LatentVariableModel, model_array_module
 
@@ -103,10 +103,6 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         """Bernoulli logits of p(x | y) for codes y (..., n_vars, n_classes), one-hot or relaxed."""
         return self.decoder(y.reshape(*y.shape[:-2], self.n_vars * self.n_classes))
 
-    def _gumbel(self, shape, noise):
-        xp, dtype = model_array_module(self)
-        return xp.asarray(noise.gumbel(shape, dtype=dtype))
-
     def _one_hot(self, scores):
         """One-hot codes of the argmax over classes (a constant: no gradient)."""
         xp = model_array_module(self)[0]
@@ -115,7 +111,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def sample_codes(self, logits, k, noise, hard):
         """k codes per example, (k, B, n_vars, n_classes): relaxed softmax((logits + g) / tau), or
         (``hard``) exact categorical samples one_hot(argmax(logits + g))."""
-        g = self._gumbel((k,) + logits.shape, noise)
+        g = standard_gumbel(noise, (k,) + logits.shape, logits)
         if hard:
             return self._one_hot(logits.data + g)
         return F.softmax((logits + g) / self.tau, axis=-1)
@@ -156,8 +152,8 @@ class GumbelSoftmaxVAE(LatentVariableModel):
         """n images from the discrete model: codes uniform one-hot (Gumbel-max of zero logits)."""
         n = check_integer(n, "n", minimum=0)
         check_noise(noise)
-        xp, dtype = model_array_module(self)
+        param = next(iter(self.parameters()))
         with no_grad():
-            y = self._one_hot(self._gumbel((n, self.n_vars, self.n_classes), noise))
+            y = self._one_hot(standard_gumbel(noise, (n, self.n_vars, self.n_classes), param))
             probs = F.sigmoid(self.decode(y)).data
         return probs if probabilities else sample_bernoulli(probs, noise)
