@@ -298,28 +298,41 @@ def test_the_flush_graph_runs_on_the_tenth_step(fake_device, tmp_path):
     assert flushes == [None if t in eager else t == 10 for t in range(1, 13)]
 
 
-def test_graph_mode_resumes_to_the_same_bits(fake_device, tmp_path, monkeypatch):
-    """Interrupted in the middle of epoch 2 (a checkpoint of replayed steps), resumed: the bits of
-    the run that was not interrupted."""
-    data = small_data(n_train=300, n_eval=20)
-    whole = run(tmp_path, "whole", data)
-    cfg = config(tmp_path / "cut", device="gpu", epochs=3, batch_size=80, warmup=2)
-    trainer = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
-    original = trainer._run_step
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+@pytest.mark.parametrize("model, extra, n_train", GRAPH_CASES)
+def test_every_model_resumes_to_the_bits_of_the_run_not_interrupted(request, tmp_path, monkeypatch, model, extra,
+                                                                     n_train, device):
+    """Interrupted in the middle of epoch 2 and resumed: the bits of the run that was not
+    interrupted, for every registered model, on the CPU and in graph mode (on the stand-in: a
+    checkpoint of replayed steps)."""
+    if device == "gpu":
+        request.getfixturevalue("fake_device")
+    data = small_data(n_train=n_train, n_eval=20)
+    if model == "m1m2":
+        extra = dict(extra, model_options={"m1": _m1_run(tmp_path, data)})
+
+    def trainer(name):
+        cfg = config(tmp_path / name, device=device, epochs=3, batch_size=80, warmup=2, model=model, **extra)
+        return Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+
+    whole, cut = trainer("whole"), trainer("cut")
+    whole.fit()
+    original = cut._run_step
 
     def interrupt_at_step_6(xb, beta, step):
         if step == 6:
-            trainer.stop_requested.set()
+            cut.stop_requested.set()
         return original(xb, beta, step)
 
-    monkeypatch.setattr(trainer, "_run_step", interrupt_at_step_6)
+    monkeypatch.setattr(cut, "_run_step", interrupt_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit()
-    assert (trainer.epoch, trainer.batch) == (1, 3)
-    resumed = Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+        cut.fit()
+    assert (cut.epoch, cut.batch) == (1, 3)
+    resumed = trainer("cut")
     resumed.fit(resume=True)
     (a_whole, m_whole), (a_res, m_res) = final_state(whole), final_state(resumed)
     assert m_res == m_whole
+    assert a_res.keys() == a_whole.keys()
     for key in a_whole:
         np.testing.assert_array_equal(a_res[key], a_whole[key], err_msg=key)
 
