@@ -20,7 +20,7 @@ from minivae import optim
 from minivae.function import Context
 from minivae.gpu import cublas, dispatch
 from minivae.random import Noise
-from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
+from test_kernels import dispatch_table, fake_gpu, shim  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -91,9 +91,8 @@ def test_a_0d_reparameterization_stays_0d_on_the_kernel_path(fake_gpu, monkeypat
 def test_reparameterize_kl_refuses_no_samples_on_both_paths(fake_gpu, monkeypatch):
     mu = mv.tensor(np.zeros((4, 3), np.float32))
     for gpu in (False, True):
-        with monkeypatch.context() as mp:
+        with dispatch_table(monkeypatch, gpu):
             if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
                 assert dispatch.select("ReparameterizeKL", mu.data, mu.data, samples=0) is None
             with pytest.raises(ValueError, match="samples must be at least 1, got 0"):
                 F.reparameterize_kl(mu, mu, Noise(1), samples=0)
@@ -133,9 +132,7 @@ def _forward_backward(fn, arrays, upstream, monkeypatch, gpu):
     """fn's output, the input gradients for the upstream gradient, and what the node ran; the
     table takes the arrays for CuPy's when ``gpu``."""
     tensors = [mv.Tensor(a.copy(), requires_grad=True) for a in arrays]
-    with monkeypatch.context() as mp:
-        if gpu:
-            mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+    with dispatch_table(monkeypatch, gpu):
         out = fn(*tensors)
         ran = out._node.fn
         if upstream is None:  # through sum: the row gets a broadcast (non-contiguous) gradient
@@ -299,9 +296,7 @@ def _row_against_numpy(fake_gpu, monkeypatch, fn, op, kernel, arrays, needs, g):
     results = []
     for gpu in (True, False):
         tensors = [mv.Tensor(a.copy(), requires_grad=need) for a, need in zip(arrays, needs)]
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        with dispatch_table(monkeypatch, gpu):
             out = fn(*tensors)
             assert (out._node.fn is dispatch.TABLE[op]) == gpu
             out.backward(g)
@@ -422,9 +417,7 @@ def test_the_logsumexp_rows_gradient_keeps_its_precision_far_from_0(fake_gpu, mo
     grads = {}
     for gpu in (True, False):
         t = mv.Tensor(x.copy(), requires_grad=True)
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        with dispatch_table(monkeypatch, gpu):
             out = F.logsumexp(t, axis=0)
             assert (out._node.fn is dispatch.TABLE["LogSumExp"]) == gpu
             out.backward(g)
@@ -476,9 +469,7 @@ def test_a_bool_axis_is_refused_on_the_gpu_as_on_the_cpu(fake_gpu, monkeypatch):
     xp code, which refuses it, rather than run their kernels over axis 0 or 1."""
     x = mv.tensor(np.zeros((3, 4), np.float32))
     for gpu in (False, True):
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        with dispatch_table(monkeypatch, gpu):
             with pytest.raises(TypeError, match="an axis must be an integer, got False"):
                 F.logsumexp(x, axis=False)
             with pytest.raises(TypeError, match="an axis must be an integer, got True"):
@@ -498,9 +489,7 @@ def test_the_relu_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype):
     results = []
     for gpu in (True, False):
         t = mv.Tensor(x.copy(), requires_grad=True)
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        with dispatch_table(monkeypatch, gpu):
             out = F.relu(t.T)
             assert (out._node.fn is dispatch.TABLE["Relu"]) == gpu
             out.backward(g)

@@ -34,7 +34,7 @@ from minivae.autograd import backward
 from minivae.function import Context
 from minivae.gpu import dispatch
 from minivae.random import Noise
-from test_kernels import assert_same_adam_state, fake_gpu, run_adam, shim  # noqa: F401  (fixtures)
+from test_kernels import assert_same_adam_state, dispatch_table, fake_gpu, run_adam, shim  # noqa: F401  (fixtures)
 
 # The fixtures (the host build, the patched modules) hold nothing an example changes but the
 # launch records, which each example clears.
@@ -126,9 +126,7 @@ def _run(monkeypatch, fn, arrays, needs, grads, gpu):
     (one per output, None for none), with the table on (``gpu``) or off; and what the first
     output's node ran (None without a node)."""
     tensors = [mv.Tensor(a.copy(), requires_grad=need) for a, need in zip(arrays, needs)]
-    with monkeypatch.context() as mp:
-        if gpu:
-            mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+    with dispatch_table(monkeypatch, gpu):
         out = fn(*tensors)
         outs = list(out) if type(out) is tuple else [out]
         ran = outs[0]._node.fn if outs[0]._node is not None else None
@@ -519,9 +517,7 @@ def _outcome(monkeypatch, fn, arrays, gpu):
     needs = [a.dtype.kind == "f" for a in arrays]
     try:
         tensors = [mv.Tensor(a.copy(), requires_grad=need) for a, need in zip(arrays, needs)]
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        with dispatch_table(monkeypatch, gpu):
             out = fn(*tensors)
             outs = list(out) if type(out) is tuple else [out]
             ran = outs[0]._node.fn if outs[0]._node is not None else None

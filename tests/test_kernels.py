@@ -11,6 +11,7 @@
 3. The CuPy launch wrappers (minivae/gpu/kernels.py) run against a fake CuPy whose kernels
    are those replays, with every argument checked against the C signature in the .cu source.
 """
+import contextlib
 import ctypes
 import math
 import os
@@ -1501,6 +1502,18 @@ def assert_same_adam_state(params, states, want_params, want_states):
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
+@contextlib.contextmanager
+def dispatch_table(monkeypatch, on):
+    """Inside: with ``on``, the dispatch table takes the NumPy arrays for CuPy's (its kernels run
+    their host build, ``fake_gpu``); without, the ops run their xp code."""
+    from minivae.gpu import dispatch
+
+    with monkeypatch.context() as mp:
+        if on:
+            mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        yield
+
+
 def run_adam(monkeypatch, start, grads, gpu, **kw):
     """(parameters, state) after ``Adam(lr=1e-2, **kw)`` takes the steps ``grads`` (a list of
     gradients a step, None for a parameter without one) from ``start``, with the dispatch table
@@ -1508,13 +1521,10 @@ def run_adam(monkeypatch, start, grads, gpu, **kw):
     off (the optimizer's xp code)."""
     import minivae as mv
     from minivae import optim
-    from minivae.gpu import dispatch
 
     params = [mv.Tensor(a.copy(), requires_grad=True) for a in start]
     opt = optim.Adam(params, lr=1e-2, **kw)
-    with monkeypatch.context() as mp:
-        if gpu:
-            mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+    with dispatch_table(monkeypatch, gpu):
         for step in grads:
             for p, g in zip(params, step):
                 p.grad = g
@@ -1598,7 +1608,6 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
     launch; loss, gradients and weights agree with the CPU step."""
     import minivae as mv
     from minivae import optim
-    from minivae.gpu import dispatch
     from minivae.models import VAE
 
     K, calls = fake_gpu
@@ -1607,9 +1616,7 @@ def test_vae_training_step_runs_the_fused_kernels_through_the_table(fake_gpu, fa
     for gpu in (True, False):
         model = VAE(x_dim=12, z_dim=3, hidden=(8,), mc_samples=mc_samples, rng=np.random.default_rng(1))
         opt = optim.Adam(model.parameters(), lr=1e-2)
-        with monkeypatch.context() as mp:
-            if gpu:
-                mp.setattr(dispatch, "is_gpu_array", lambda array: True)
+        with dispatch_table(monkeypatch, gpu):
             loss, _ = model.loss(mv.tensor(x), mr.Generator(seed=4, offset=2))
             loss.backward()
             grads = [p.grad.copy() for p in model.parameters()]
