@@ -127,15 +127,20 @@ def labelled_batch(model, rng, rows=K):
 
 
 # ----- 1. no leakage across examples ----------------------------------------------------------
+def one_image_changed(name, data, x):
+    """(the model ``name`` in a drawn mode, a drawn row j, x with image j drawn afresh)."""
+    model = build(name, training=data.draw(st.sampled_from(modes(name)), "training"))
+    j = data.draw(st.integers(0, len(x) - 1), "j")
+    other = x.copy()
+    other[j] = data.draw(hnp.arrays(np.float64, D, elements=pixels), "new image")
+    return model, j, other
+
+
 @pytest.mark.parametrize("name", ALL)
 @SETTINGS
 @given(data=st.data(), x=images(), seed=seeds)
 def test_changing_one_image_leaves_the_others_bit_for_bit(name, data, x, seed):
-    training = data.draw(st.sampled_from(modes(name)), "training")
-    model = build(name, training=training)
-    j = data.draw(st.integers(0, len(x) - 1), "j")
-    other = x.copy()
-    other[j] = data.draw(hnp.arrays(np.float64, D, elements=pixels), "new image")
+    model, j, other = one_image_changed(name, data, x)
     labels = np.arange(len(x)) % K
     before, after = per_example(model, x, seed, labels), per_example(model, other, seed, labels)
     rest = np.arange(len(x)) != j
@@ -161,11 +166,7 @@ def test_the_loss_is_the_mean_of_per_example_terms(name, x, seed, beta):
 @SETTINGS
 @given(data=st.data(), x=images(), seed=seeds)
 def test_the_input_gradient_of_one_image_ignores_the_others(name, data, x, seed):
-    training = data.draw(st.sampled_from(modes(name)), "training")
-    model = build(name, training=training)
-    j = data.draw(st.integers(0, len(x) - 1), "j")
-    other = x.copy()
-    other[j] = data.draw(hnp.arrays(np.float64, D, elements=pixels), "new image")
+    model, j, other = one_image_changed(name, data, x)
     labelled = labelled_batch(model, np.random.default_rng(seed))
     grads = []
     for batch in (x, other):
