@@ -262,24 +262,22 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
     return out
 
 
-def _draw_array(shape, dtype):
-    """The new (uninitialized) array of a draw, its shape and dtype checked as the CPU checks them."""
+def _generate(base, shape, seed, offset, dtype, stream, *offset_from):
+    """The draw of generator kernel ``base``, its shape and dtype checked as the CPU checks them.
+    ``offset_from``: nothing for a kernel without that parameter (mv_normal, mv_uniform), the
+    array or None for one with it (mv_gumbel)."""
     require()
     shape = check_shape(shape)
     dtype = np.dtype(dtype)
     if dtype not in _SUFFIX:
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
-    check_elements(math.prod(shape))
-    return cp.empty(shape, dtype=dtype)
-
-
-def _generate(base, shape, seed, offset, dtype, stream):
-    out = _draw_array(shape, dtype)
-    n = out.size
+    n = math.prod(shape)
+    check_elements(n)
+    out = cp.empty(shape, dtype=dtype)
     if n:
         s, o, st = _address(seed, offset, stream)
         grid, block = _flat_launch(_chunks(n))
-        get_function(base, out.dtype)(grid, block, (out, np.int64(n), s, o, st))
+        get_function(base, dtype)(grid, block, (out, np.int64(n), s, o, *map(_offset_from, offset_from), st))
     return out
 
 
@@ -298,13 +296,7 @@ def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
     (== minivae.random.gumbel: u the uniform of ``dtype``, the logs in float64, rounded once).
     ``offset_from`` (a CuPy uint64 array of one value, or None) adds its value to the offset
     when the kernel runs: the noise of a captured CUDA graph."""
-    out = _draw_array(shape, dtype)
-    n = out.size
-    if n:
-        s, o, st = _address(seed, offset, stream)
-        grid, block = _flat_launch(_chunks(n))
-        get_function("mv_gumbel", out.dtype)(grid, block, (out, np.int64(n), s, o, _offset_from(offset_from), st))
-    return out
+    return _generate("mv_gumbel", shape, seed, offset, dtype, stream, offset_from)
 
 
 # ------------------------------------------------------------------------------ reparameterization
