@@ -2,7 +2,7 @@
 so that one mistake gets one message wherever it is made."""
 import math
 import numbers
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -68,6 +68,13 @@ def check_sequence(values, name: str, items: str) -> tuple:
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise TypeError(f"{name} must be a sequence of {items}, got {values!r}")
     return tuple(values)
+
+
+def check_mapping(value, name: str, items: str) -> None:
+    """Refuse a ``value`` that is no mapping (a list of arrays for a state_dict, say) with one
+    TypeError saying that ``name`` must be a mapping of ``items``, before it is read by key."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping of {items}, got {type(value).__name__}")
 
 
 def check_sizes(values, name: str, *, allow_empty: bool = False) -> tuple:

@@ -38,13 +38,12 @@ of the xp form (more with weight decay or amsgrad), with the same rounded operat
 order, so both give the same bits.
 """
 import math
-from collections.abc import Mapping
 
 import numpy as np
 
 from .autograd import Tensor
 from .backend import device_of, get_array_module, to_device
-from .checks import FINITE, NON_NEGATIVE, check_bool, check_integer, check_ranges, out_of_range
+from .checks import FINITE, NON_NEGATIVE, check_bool, check_integer, check_mapping, check_ranges, out_of_range
 from .gpu import dispatch
 
 #: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
@@ -146,9 +145,7 @@ class Optimizer:
     def load_state_dict(self, state_dict):
         """Restore hyperparameters and per-parameter state from ``state_dict``, checking every
         name, shape and dtype first (nothing changes when anything is wrong)."""
-        if not isinstance(state_dict, Mapping):
-            raise TypeError(f"state_dict must be a mapping of names to values (such as an optimizer's "
-                            f"state_dict()), got {type(state_dict).__name__}")
+        check_mapping(state_dict, "state_dict", "names to values (such as an optimizer's state_dict())")
         sd = dict(state_dict)
         problems = []
         scalars = self._hyper + ("flush_every", "num_params")

@@ -12,13 +12,12 @@ those names to NumPy arrays so a model can be saved in an ``.npz`` file without 
 """
 import operator
 from collections import namedtuple
-from collections.abc import Mapping
 
 import numpy as np
 
 from ..autograd import Tensor, _can_unlock
 from ..backend import device_of, is_gpu_array, resolve_device, to_device
-from ..checks import check_bool
+from ..checks import check_bool, check_mapping
 
 
 class StateDictError(ValueError):
@@ -386,9 +385,7 @@ class Module:
         nothing (a list of arrays turned into a dict by position, say), so it is refused with a
         TypeError, strict or not, and so is a ``state`` that is no mapping (a list of arrays).
         """
-        if not isinstance(state, Mapping):
-            raise TypeError(f"state_dict must be a mapping of parameter and buffer names to arrays "
-                            f"(such as a module's state_dict()), got {type(state).__name__}")
+        check_mapping(state, "state_dict", "parameter and buffer names to arrays (such as a module's state_dict())")
         bad_keys = [f"{k!r} ({type(k).__name__})" for k in state if not isinstance(k, str)]
         if bad_keys:
             raise TypeError(f"state_dict keys must be parameter or buffer names (strings), "
