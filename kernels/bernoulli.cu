@@ -6,7 +6,7 @@
 //             tiles of whole rows held in registers (mv_row_fwd of device.cuh), the row sums in
 //             the fixed order documented in chunks.cuh;
 //   backward: dlogits = g[b] * (x - sigmoid(l)), flat over the chunks of the B*D elements.
-// One launch each where NumPy's code takes nine and six (each pass over the image-sized arrays).
+// One launch each where NumPy's code takes eight and ten (each pass over the image-sized arrays).
 // Launch: block (MV_BLOCK, 1, 1), any grid (grid-stride loops).
 #include "device.cuh"
 

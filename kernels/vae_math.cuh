@@ -186,14 +186,16 @@ template <typename T>
 MV_HD T mv_bernoulli_term(T l, T x) {
     return x * l - (mv_relu<T>(l) + mv_log1p(mv_exp(-mv_abs(l))));
 }
-// Gradient with upstream g (per row): d/dl = x - sigmoid(l), sigmoid(l) = 1 / (1 + e) where
-// l >= 0 and e / (1 + e) where l < 0, e = exp(-|l|): never (tanh(l / 2) + 1) / 2, which cancels
-// for negative l (0 in float32 at l = -20, where sigmoid is 2.1e-9). The operations of
-// BernoulliLogProb's backward, in its order.
+// Gradient with upstream g (per row): d/dl = x - sigmoid(l), written around
+// s = sigmoid(-|l|) = e / (1 + e), e = exp(-|l|): (x - 1) + s where l >= 0 and x - s where l < 0.
+// Never x - sigmoid(l), which cancels where sigmoid(l) is near 1 (0 in float32 at x = 1, l = 20,
+// where it is 2.06e-9), nor sigmoid as (tanh(l / 2) + 1) / 2, which cancels for negative l. The
+// operations of BernoulliLogProb's backward, in its order.
 template <typename T>
 MV_HD T mv_bernoulli_dlogit(T g, T l, T x) {
     const T e = mv_exp(-mv_abs(l));
-    return (x - (l >= T(0) ? T(1) : e) / (T(1) + e)) * g;
+    const T s = e / (T(1) + e);
+    return (l >= T(0) ? (x - T(1)) + s : x - s) * g;
 }
 
 // ---- Gaussian log-density of x under N(mu, exp(logvar)), one coordinate ----

@@ -86,6 +86,38 @@ def test_bernoulli_logit_gradient_at_negative_logits_is_the_same_on_both_paths(d
     np.testing.assert_array_equal(grads[0], grads[1])
 
 
+def _x_minus_sigmoid_cases(dtype):
+    """Logits (mostly far positive, where sigmoid(l) rounds to 1) with targets 1, 1/2 and 0, and
+    x - sigmoid(l) in float64 from forms with no cancellation: sigmoid(-l) at x = 1,
+    -tanh(l / 2) / 2 at x = 1/2 and -sigmoid(l) at x = 0."""
+    logits = np.array([0.5, 5.0, 10.0, 20.0, 40.0, 80.0, -3.0, 0.0, 20.0, 40.0, -20.0], dtype)
+    x = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.0, 1.0], dtype)
+    l64 = logits.astype(np.float64)
+    want = np.where(x == 1, 1 / (1 + np.exp(l64)),
+                    np.where(x == 0.5, -0.5 * np.tanh(0.5 * l64), -1 / (1 + np.exp(-l64))))
+    return logits, x, want
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_logit_gradient_where_sigmoid_rounds_to_one(dtype):
+    # d/dl = x - sigmoid(l) cancels where sigmoid(l) is near 1: at x = 1, l = 20 it was 0 in
+    # float32 (l = 40 in float64) where it is 2.06e-9 (4.2e-18), and off by 4e-4 of itself at
+    # l = 10. Written around sigmoid(-|l|) it is right to a few ulp of itself on bernoulli_log_prob's
+    # two paths (its in-place pass and the one for images that broadcast up), the same numbers,
+    # and in binary_cross_entropy_with_logits (sigmoid(l) - x).
+    logits, x, want = _x_minus_sigmoid_cases(dtype)
+    n, grads = len(x), []
+    for logits_shape, x_shape in (((2, n), (2, n)), ((n,), (2, n))):  # in place; x adds an axis
+        lt = _t(np.broadcast_to(logits, logits_shape).copy(), requires_grad=True)
+        F.bernoulli_log_prob(lt, _t(np.broadcast_to(x, x_shape).copy())).backward(np.ones(2, dtype))
+        grads.append(lt.grad.reshape(-1, n).sum(0) / 2)
+        np.testing.assert_allclose(grads[-1], want, rtol=4 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    lt = _t(logits, requires_grad=True)
+    F.binary_cross_entropy_with_logits(lt, _t(x), reduction="sum").backward()
+    np.testing.assert_array_equal(lt.grad, -grads[0])
+
+
 def test_log_categorical():
     k = 5
     logits = rng.standard_normal((6, k)) * 4

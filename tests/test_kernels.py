@@ -532,6 +532,23 @@ def test_replay_bernoulli_gradient_at_negative_logits(shim, dtype):
     np.testing.assert_allclose(d, want, rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_bernoulli_gradient_where_sigmoid_rounds_to_one(shim, dtype):
+    """d/dl = g (x - sigmoid(l)) to a few ulp of itself where sigmoid(l) is near 1: x - sigmoid(l)
+    cancelled there (0 at x = 1, l = 20 in float32, l = 40 in float64, where it is 2.06e-9 and
+    4.2e-18); the kernels compute it around sigmoid(-|l|), as BernoulliLogProb's backward does."""
+    logits = np.array([0.5, 5.0, 10.0, 20.0, 40.0, 80.0, -3.0, 0.0, 20.0, 40.0, -20.0], dtype)
+    x = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.0, 1.0], dtype)
+    l64 = logits.astype(np.float64)
+    # forms with no cancellation: sigmoid(-l) at x = 1, -tanh(l / 2) / 2 at x = 1/2, -sigmoid(l) at x = 0
+    want = np.where(x == 1, 1 / (1 + np.exp(l64)),
+                    np.where(x == 0.5, -0.5 * np.tanh(0.5 * l64), -1 / (1 + np.exp(-l64))))
+    g = np.linspace(0.5, 2.0, x.size).astype(dtype)
+    d = np.full(x.size, np.nan, dtype)
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(6), g, logits, x, d, _I64(x.size))
+    np.testing.assert_allclose(d, g * want, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
 def _ref_gaussian(x, mu, logvar):
     """The float64 bracket log(2 pi) + logvar + t^2 (t = (x - mu) e^(-logvar / 2)), and t."""
     x, mu, lv = (np.asarray(a, np.float64) for a in (x, mu, logvar))

@@ -12,7 +12,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..function import Function
 from ..random import Generator, Noise, check_shape
-from .elementwise import _sigmoid, _softplus
+from .elementwise import _softplus
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -246,18 +246,29 @@ class KLNormalNormal(Function):
                 g * (-0.5 * r_m1) if need[3] else None)
 
 
+def _x_minus_sigmoid(xp, x, logits):
+    """x - sigmoid(l) written around s = sigmoid(-|l|) = e / (1 + e), e = e^-|l|: (x - 1) + s where
+    l >= 0 (1 - sigmoid(l) is sigmoid(-l)) and x - s where l < 0, so no sigmoid near 1 is
+    subtracted (x - sigmoid(l) was 0 in float32 at x = 1, l = 20, where it is 2.06e-9)."""
+    e = xp.exp(-xp.abs(logits))
+    s = e / (1 + e)
+    return xp.where(logits >= 0, (x - 1) + s, x - s)
+
+
 class BernoulliLogProb(Function):
     """bernoulli_log_prob(logits, x) = sum_j [x_j log sigmoid(l_j) + (1 - x_j) log sigmoid(-l_j)] per row
     = sum_j [x_j l_j - softplus(l_j)].
 
     d/dlogits = x - sigmoid(l), d/dx = l.
     Stable form: softplus(l) = max(l, 0) + log1p(e^-|l|), never log(sigmoid(l)), which is -inf
-    for confident wrong logits; with e = e^-|l|, sigmoid(l) = 1 / (1 + e) where l >= 0 and
-    e / (1 + e) where l < 0, never (1 + tanh(l / 2)) / 2, which cancels for negative l (0 in
-    float32 at l = -20, where sigmoid is 2.1e-9).
-    Cheap form: the passes run in place in two temporaries in forward and two in backward (the
+    for confident wrong logits; with s = sigmoid(-|l|) = e / (1 + e), e = e^-|l|,
+    x - sigmoid(l) = (x - 1) + s where l >= 0 and x - s where l < 0: neither x - sigmoid(l)
+    (0 in float32 at x = 1, l = 20, where it is 2.06e-9) nor sigmoid as (1 + tanh(l / 2)) / 2
+    (0 in float32 at l = -20, where sigmoid is 2.1e-9).
+    Cheap form: the passes run in place in two temporaries in forward and two in backward, with
+    the backward's mask of l >= 0 (booleans, a quarter of a float32 array) beside them (the
     same operations in the same order as the plain expressions, so the same numbers), instead of
-    one fresh image-sized array per operation (eight in forward, nine in backward). On CuPy arrays
+    one fresh image-sized array per operation (eight in forward, ten in backward). On CuPy arrays
     the dispatch table's kernels run instead: one pass per direction, the images read in place
     where they repeat under several samples' logits.
     """
@@ -289,15 +300,18 @@ class BernoulliLogProb(Function):
         d = None
         if need_l:
             if not ctx.in_place:  # g has the output's shape, so it fits logits when x does
-                d = g * (x - _sigmoid(xp, logits))
-            else:  # g * (x - sigmoid(l)) in two arrays, sigmoid(l) = where(l >= 0, 1, e) / (1 + e)
+                d = g * _x_minus_sigmoid(xp, x, logits)
+            else:  # two arrays and a mask, as _x_minus_sigmoid: (x - [l >= 0]) + (+-s)
+                nonneg = logits >= 0
                 d = xp.abs(logits)
                 xp.negative(d, out=d)
                 xp.exp(d, out=d)  # e
-                numerator = xp.where(logits >= 0, 1, d)
+                signed = xp.negative(d)
+                xp.copyto(signed, d, where=nonneg)  # e where l >= 0, -e where l < 0
                 d += 1
-                xp.divide(numerator, d, out=d)  # into d, made by ufuncs of logits: of its array type
-                xp.subtract(x, d, out=d)
+                xp.divide(signed, d, out=signed)  # s where l >= 0, -s where l < 0
+                xp.subtract(x, nonneg, out=d)  # x - 1 where l >= 0, x where l < 0
+                d += signed
                 d *= g
         shape = np.broadcast_shapes(logits.shape, x.shape)
         return d, _full(g * logits if need_x else None, shape)
@@ -346,7 +360,9 @@ class BinaryCrossEntropyWithLogits(Function):
 
     d/dl = sigmoid(l) - x, d/dx = -l (scaled by 1/n for "mean", n the number of elements of the
     loss: of the broadcast shape of l and x).
-    Stable form: softplus through max(l, 0) + log1p(e^-|l|).
+    Stable form: softplus through max(l, 0) + log1p(e^-|l|); sigmoid(l) - x as -(x - sigmoid(l))
+    in bernoulli_log_prob's form around sigmoid(-|l|), which does not cancel where sigmoid(l)
+    is near 1.
     """
 
     @staticmethod
@@ -367,7 +383,7 @@ class BinaryCrossEntropyWithLogits(Function):
         if ctx.reduction == "mean":  # the mean over the loss's elements, which x may outnumber
             g = g / math.prod(ctx.shape)
         need_l, need_x = ctx.needs_input_grad
-        return (g * (_sigmoid(get_array_module(logits), logits) - x) if need_l else None,
+        return (-g * _x_minus_sigmoid(get_array_module(logits), x, logits) if need_l else None,
                 _full(-g * logits if need_x else None, ctx.shape))
 
 
