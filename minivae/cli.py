@@ -273,7 +273,7 @@ def _add_train_args(p):
             help="log per-layer gradient norms and update ratios every N steps (0: off); on "
                  "the GPU the steps then run eagerly, not as a captured CUDA graph")
     p.add_argument("--set", dest="model_options", action="append", metavar="KEY=VALUE",
-                   help="a model-specific setting (repeatable), e.g. --set flows=8; the keys of a model "
+                   help="a model-specific setting (repeatable, one value per key), e.g. --set flows=8; the keys of a model "
                         "and their types: `minivae models` or `minivae train --model NAME --help`. The "
                         "settings with an option of their own (" + ", ".join(COMMON.values()) + ") are "
                         "given through it, never through --set")
@@ -281,17 +281,23 @@ def _add_train_args(p):
 
 
 def _parse_options(model, pairs):
-    """The ``--set`` pairs as a dict of typed values (see ``minivae.models.settings``)."""
-    options = {}
+    """The ``--set`` pairs as a dict of typed values (see ``minivae.models.settings``). A key
+    given twice with two values is refused: which one the user meant is not ours to guess (the
+    same value twice is one setting, as a repeated ``--op`` is one op)."""
+    options, given_as = {}, {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UsageError(f"--set {pair}: expected KEY=VALUE, e.g. --set flows=8")
         key = key.replace("-", "_")
         try:
-            options[key] = parse_setting(model, key, value)
+            parsed = parse_setting(model, key, value)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+        if key in options and options[key] != parsed:
+            raise UsageError(f"--set {key} is given twice, as --set {given_as[key]} and --set {pair}; "
+                             "give it once")
+        options[key], given_as[key] = parsed, pair
     return options
 
 

@@ -823,3 +823,22 @@ def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch, run):
     monkeypatch.setattr(cli, "cmd_sample", interrupted)
     assert main(["sample", str(run)]) == 130
     assert capsys.readouterr().err == "minivae: interrupted\n"
+
+
+@pytest.mark.parametrize("pairs, named", [
+    (["flows=8", "flows=4"], ["--set flows is given twice", "--set flows=8", "--set flows=4", "give it once"]),
+    (["flows=8", "flows=2", "flows=8"], ["--set flows is given twice", "--set flows=8", "--set flows=2"]),
+])
+def test_a_set_key_given_twice_with_two_values_is_refused(capsys, tmp_path, pairs, named):
+    """``--set flows=8 --set flows=4`` trained with the last value without a word: which one was
+    meant is a guess, so the two are named instead."""
+    argv = ["train", "--model", "flow", "--out", str(tmp_path / "r")]
+    for pair in pairs:
+        argv += ["--set", pair]
+    user_error(capsys, argv, *named)
+
+
+def test_a_set_key_given_twice_with_one_value_is_one_setting():
+    """The same value twice (as ``-`` or ``_`` in the key) is no contradiction, as a repeated
+    ``--op`` is one op."""
+    assert cli._parse_options("iwae", ["z1_dim=20", "z1-dim=20"]) == {"z1_dim": 20}
