@@ -101,3 +101,19 @@ def test_a_model_option_that_would_override_the_config_is_refused(name, value):
     config = TrainConfig(hidden=(8,), z_dim=2, model_options={name: value})
     with pytest.raises(ValueError, match=f"model_options holds '{name}'"):
         build_run_model(config)
+
+
+@pytest.mark.parametrize("model, key, text, value", [
+    ("ladder", "batch_norm", " true", True), ("ladder", "batch_norm", "false ", False),
+    ("flow", "flows", " 8 ", 8), ("gumbel", "tau0", " 2", 2.0), ("m2", "alpha", " none ", None),
+    ("m2", "likelihood", " gaussian", "gaussian"), ("ladder", "z_dims", " 4, 2 ", [4, 2]),
+])
+def test_spaces_around_a_set_value_are_no_part_of_it_whatever_its_type(model, key, text, value):
+    """``--set "flows= 8"`` was 8 (int() takes the spaces) while ``--set "batch_norm= true"`` was
+    refused as "not true or false", and ``alpha= none`` as "not a number"."""
+    assert parse_setting(model, key, text) == value
+
+
+def test_a_set_run_folder_of_spaces_alone_is_an_empty_path():
+    with pytest.raises(ValueError, match=r"--set m1= : ' ' is an empty path"):
+        parse_setting("m1m2", "m1", " ")

@@ -154,8 +154,9 @@ def parse_setting(model, key, text):
     """The value of ``--set key=text`` for ``model``, converted to the setting's type.
 
     A list is written ``100,100`` or ``[100, 100]`` and returned as a list (its JSON form, as
-    ``config.json`` stores it); ``none`` is accepted where the default is None. Raises
-    ValueError with a one-line message naming the key, the value and what would be valid.
+    ``config.json`` stores it); ``none`` is accepted where the default is None. Spaces around
+    the value are no part of it, whatever its type (``"batch_norm= true"`` as ``"flows= 8"``).
+    Raises ValueError with a one-line message naming the key, the value and what would be valid.
     """
     if key in COMMON:
         raise ValueError(f"--set {key}={text}: {key} has its own option; use {COMMON[key]} instead")
@@ -165,18 +166,20 @@ def parse_setting(model, key, text):
         raise ValueError(f"--set {key}={text}: model {model!r} has no setting {key!r}; "
                          + (f"its settings: {valid}" if valid else "it has no --set settings"))
     setting = settings[key]
-    if setting.optional and text.lower() in ("none", "null"):
+    # int() and float() take surrounding spaces; so must a bool, a none, a name and a folder.
+    given = text.strip()
+    if setting.optional and given.lower() in ("none", "null"):
         return None
     try:
-        if setting.run_folder and not text:  # Path("") is the current folder, not a run
+        if setting.run_folder and not given:  # Path("") is the current folder, not a run
             raise ValueError("is an empty path; give the folder of a `minivae train` run")
         if setting.type is tuple:
-            items = [t for t in text.strip().strip("[]()").replace(",", " ").split()]
+            items = [t for t in given.strip("[]()").replace(",", " ").split()]
             if not items:
                 raise ValueError("is an empty list")
             values = [_parse_scalar(setting.item, t) for t in items]
         else:
-            values = [_parse_scalar(setting.type, text)]
+            values = [_parse_scalar(setting.type, given)]
         for value in values:
             setting.check_range(value)
         return values if setting.type is tuple else values[0]
