@@ -73,11 +73,18 @@ def test_every_setting_round_trips_through_config_json_to_the_same_model(model):
     read.check_resumable(config, (0, 1))
     config.check_resumable(read, (0, 1))
     defaults = _settings_of(build_run_model(_config(model, {})))
-    # Each one is used: alone, or with the others (iwae's hidden2 with layers=2); a run folder
-    # (M1+M2's m1) is replaced by the model it holds, whose record test_m1m2 checks.
+    # Each one is used: alone, or with the others; a setting used only with another (iwae's
+    # hidden2 with layers=2) comes with it, and goes with it. A run folder (M1+M2's m1) is
+    # replaced by the model it holds, whose record test_m1m2 checks.
+    needs = getattr(MODELS[model], "conditional_settings", {})
     for key in options.keys() - set(getattr(MODELS[model], "run_options", ())):
-        alone = _settings_of(build_run_model(_config(model, {key: options[key]})))
-        others = _settings_of(build_run_model(_config(model, {k: v for k, v in options.items() if k != key})))
+        given = {key: options[key]}
+        if key in needs:
+            other, value = needs[key]
+            given[other] = value
+        alone = _settings_of(build_run_model(_config(model, given)))
+        rest = {k: v for k, v in options.items() if k != key and (k not in needs or needs[k][0] != key)}
+        others = _settings_of(build_run_model(_config(model, rest)))
         assert alone != defaults or others != built, (model, key)
 
 

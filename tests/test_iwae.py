@@ -1,5 +1,7 @@
 """The IWAE with one and two stochastic layers: the registered factory, k = 1 is the ELBO,
 k independent samples per example, the bound grows with k, gradients, training."""
+import re
+
 import numpy as np
 import pytest
 from test_train import config, small_data
@@ -113,7 +115,8 @@ def test_k_samples_are_independent_draws_per_example(rng):
 @pytest.mark.parametrize("layers", [1, 2])
 def test_bound_increases_with_k(rng, layers):
     mv.nn.init.manual_seed(0)
-    model = build_model("iwae", layers=layers, x_dim=12, z_dim=2, z1_dim=3, hidden=(8,), hidden2=(5,))
+    two_layer_sizes = dict(z1_dim=3, hidden2=(5,)) if layers == 2 else {}
+    model = build_model("iwae", layers=layers, x_dim=12, z_dim=2, hidden=(8,), **two_layer_sizes)
     model.astype(np.float64)
     x = binary(rng, 8)
     bounds = [np.mean([iwae_bound(model.log_weights(x, k, Generator(s))).data.mean() for s in range(30)])
@@ -138,3 +141,20 @@ def test_two_layer_iwae_trains_from_the_cli_settings(tmp_path):
     results = trainer.final_evaluation()
     assert np.isfinite(results["test_nll"]) and results["test_nll"] < -results["test_elbo"] + 1.0
     assert 1 <= results["ess_min"] <= results["ess_median"] <= 5  # of the eval_k = 5 weights
+
+
+@pytest.mark.parametrize("sizes, named", [
+    (dict(z1_dim=20), "layers=1 would leave z1_dim=20 unused"),
+    (dict(hidden2=[50, 50]), "layers=1 would leave hidden2=(50, 50) unused"),
+    (dict(z1_dim=20, hidden2=(8,)), "layers=1 would leave z1_dim=20 and hidden2=(8,) unused"),
+])
+def test_the_two_layer_sizes_with_one_layer_are_refused_not_ignored(sizes, named):
+    """``iwae(layers=1, z1_dim=20)`` built the one-layer VAE without a word about z1_dim (the
+    command line refused it, the Python API took it)."""
+    with pytest.raises(ValueError, match=re.escape(named) + ".*give layers=2"):
+        build_model("iwae", layers=1, x_dim=12, z_dim=2, hidden=(8,), **sizes)
+
+
+def test_the_two_layer_sizes_at_their_defaults_build_the_one_layer_model():
+    model = build_model("iwae", layers=1, x_dim=12, z_dim=2, hidden=(8,), z1_dim=100, hidden2=[100, 100])
+    assert not isinstance(model, TwoLayerVAE)

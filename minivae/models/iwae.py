@@ -28,6 +28,8 @@ from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsampl
 from .vae import VAE
 
 DEFAULT_K = 5
+#: The two-layer model's own sizes, z1 and the z1 <-> z2 block (the paper's).
+DEFAULT_Z1_DIM, DEFAULT_HIDDEN2 = 100, (100, 100)
 
 
 class TwoLayerVAE(LatentVariableModel):
@@ -108,10 +110,11 @@ class TwoLayerVAE(LatentVariableModel):
         return self.generator.sample(n, noise, probabilities)
 
 
-def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=784, z_dim=50,
-         hidden=(512, 256), activation="relu", beta=1.0, mc_samples=1, iw_k=1, rng=None):
+def iwae(layers=1, k: int | None = None, z1_dim=DEFAULT_Z1_DIM, hidden2=DEFAULT_HIDDEN2, x_dim=784,
+         z_dim=50, hidden=(512, 256), activation="relu", beta=1.0, mc_samples=1, iw_k=1, rng=None):
     """The importance-weighted autoencoder: ``VAE(iw_k=k)`` (one layer) or ``TwoLayerVAE`` (see the
-    module docstring for the options)."""
+    module docstring for the options). ``z1_dim`` and ``hidden2`` shape the two-layer model
+    only: other than their defaults with ``layers=1`` they are refused (ValueError), not ignored."""
     iw_k = check_integer(iw_k, "iw_k", minimum=1)
     if k is None:
         k = iw_k if iw_k > 1 else DEFAULT_K
@@ -119,16 +122,27 @@ def iwae(layers=1, k: int | None = None, z1_dim=100, hidden2=(100, 100), x_dim=7
     if iw_k > 1 and iw_k != k:
         raise ValueError(f"iwae: the option k={k} contradicts iw_k={iw_k}; give only one")
     layers = check_integer(layers, "layers", minimum=1)
+    # Checked whatever the layers, so that a bad value is named as such, not as an unused one.
+    z1_dim, hidden2 = check_integer(z1_dim, "z1_dim", minimum=1), check_sizes(hidden2, "hidden2")
     if layers == 1:
+        unused = []
+        if z1_dim != DEFAULT_Z1_DIM:
+            unused.append(f"z1_dim={z1_dim}")
+        if hidden2 != DEFAULT_HIDDEN2:
+            unused.append(f"hidden2={hidden2}")
+        if unused:
+            raise ValueError(f"iwae: layers=1 would leave {' and '.join(unused)} unused (sizes of the "
+                             f"two-layer model only); give layers=2, or leave {'them' if len(unused) > 1 else 'it'} out")
         return VAE(x_dim, z_dim, hidden, activation, beta, mc_samples, iw_k=k, rng=rng)
     if layers == 2:  # the blocks named as the factory's arguments, not as TwoLayerVAE's
-        blocks = (check_sizes(hidden, "hidden"), check_sizes(hidden2, "hidden2"))
-        z_dims = (check_integer(z1_dim, "z1_dim", minimum=1), check_integer(z_dim, "z_dim", minimum=1))
+        blocks = (check_sizes(hidden, "hidden"), hidden2)
+        z_dims = (z1_dim, check_integer(z_dim, "z_dim", minimum=1))
         return TwoLayerVAE(x_dim, z_dims, blocks, activation,
                            beta, mc_samples, iw_k=k, rng=rng)
     raise ValueError(f"iwae: layers must be 1 or 2, got {layers!r}")
 
 
 #: Options that shape the two-layer model only: given with layers=1 they would be left unused
-#: without a word, so the command line refuses them there (``Model.conditional_settings``).
+#: without a word, so the command line refuses them there (``Model.conditional_settings``), even
+#: at their defaults, naming the --set; the factory refuses values other than the defaults.
 iwae.conditional_settings = {"z1_dim": ("layers", 2), "hidden2": ("layers", 2)}
