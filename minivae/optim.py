@@ -594,9 +594,18 @@ class LRScheduler:
         return {"base_lr": self.base_lr, "last_step": self.last_step}
 
     def load_state_dict(self, state):
-        """Restore the schedule position and set the optimizer's learning rate accordingly."""
+        """Restore the schedule position and set the optimizer's learning rate accordingly.
+        Both entries are checked first (nothing changes when one is wrong): a missing one gets a
+        ValueError naming it, ``base_lr`` must be a number >= 0 and ``last_step`` an integer >= 0."""
+        check_mapping(state, "state", "names to values (such as a scheduler's state_dict())")
+        missing = [name for name in ("base_lr", "last_step") if name not in state]
+        if missing:
+            raise ValueError(f"cannot load {type(self).__name__} state: missing key "
+                             + " and ".join(map(repr, missing)))
+        check_ranges(type(self), {"base_lr": _RANGES["lr"]}, base_lr=state["base_lr"])
+        last_step = check_integer(state["last_step"], "last_step", minimum=0)
         self.base_lr = float(state["base_lr"])
-        self.last_step = int(state["last_step"])
+        self.last_step = last_step
         self.optimizer.lr = self.lr_at(self.last_step)
 
 

@@ -564,6 +564,29 @@ def test_cosine_and_step_schedules():
     assert again.optimizer.lr == opt2.lr
 
 
+
+@pytest.mark.parametrize("state, error, message", [
+    ({"base_lr": 1.0}, ValueError, "cannot load StepLR state: missing key 'last_step'"),
+    ({}, ValueError, "cannot load StepLR state: missing key 'base_lr' and 'last_step'"),
+    ([1.0, 3], TypeError, r"state must be a mapping of names to values \(such as a scheduler's state_dict\(\)\), "
+                          "got list"),
+    ({"base_lr": math.nan, "last_step": 3}, ValueError, "StepLR: invalid base_lr nan: it must be >= 0 and finite"),
+    ({"base_lr": "1.0", "last_step": 3}, TypeError, "base_lr must be a real number, got '1.0'"),
+    ({"base_lr": 1.0, "last_step": -1}, ValueError, "last_step must be at least 0, got -1"),
+    ({"base_lr": 1.0, "last_step": 2.5}, TypeError, "last_step must be an integer, got 2.5"),
+], ids=["no last_step", "empty", "list", "nan rate", "text rate", "negative step", "fractional step"])
+def test_a_scheduler_state_is_checked_before_it_is_loaded(state, error, message):
+    """A missing entry was a bare KeyError, a list a TypeError about list indices, and a NaN
+    rate or a step of -1 or 2.5 (read as 2) were taken: each is now named, and nothing changes."""
+    opt = optim.SGD(_params(), lr=1.0)
+    sched = optim.StepLR(opt, step_size=3, gamma=0.5)
+    for _ in range(4):
+        sched.step()
+    with pytest.raises(error, match=message):
+        sched.load_state_dict(state)
+    assert (sched.base_lr, sched.last_step, opt.lr) == (1.0, 4, 0.5)
+
+
 def test_every_gradient_shape_is_checked_before_any_update():
     params = _params(np.float32, shapes=((3, 4), (4,)))
     before = params[0].data.copy()
