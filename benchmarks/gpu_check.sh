@@ -25,7 +25,8 @@
 #                images, recorded by benchmarks/record_run.py. Stopped as soon as the trainer
 #                notes that the step cannot be captured (graph mode off: the eager recipe would
 #                take far longer than its budget); python has a timeout of its own, shorter than
-#                the step's, so that the run is still recorded when it runs out of time
+#                the step's, so that the run is still recorded when it runs out of time (and at
+#                least 10 s: with less left the run is not started)
 #   7. ab        (50, optional: only in what time is left) benchmarks/ab_row_kernels.py: the
 #                candidate designs of the forward row kernels, each compiled with its own
 #                options, checked and timed in one process (~30-45 s); exploratory, so last
@@ -267,10 +268,17 @@ EOF
 train_gpu() {
     local run="$SCRATCH/recipe_${TRAIN_DEVICE}_${TRAIN_EPOCHS}ep" out="$SCRATCH/train.out" rc=0 note=""
     local command="minivae train --device $TRAIN_DEVICE --epochs $TRAIN_EPOCHS --eval-k $TRAIN_EVAL_K --no-progress"
-    local t0=$SECONDS
+    local t0=$SECONDS limit=$((STEP_BUDGET - 20))
+    # `timeout 0` sets no limit at all (and a negative one is an error): with under 10 s for
+    # python (a small TOTAL_SECONDS), the run is not started.
+    if [ "$limit" -lt 10 ]; then
+        echo "SKIP  train: a budget of ${STEP_BUDGET}s leaves python ${limit}s once 20 s are kept to record" \
+             "the run, and it needs 10 s at least; give a larger TOTAL_SECONDS" | tee -a "$SUMMARY"
+        return 1
+    fi
     rm -rf "$run"
     : > "$out"  # (before tail opens it)
-    timeout --kill-after=5 $((STEP_BUDGET - 20)) "$PYTHON" -m minivae train --device "$TRAIN_DEVICE" \
+    timeout --kill-after=5 "$limit" "$PYTHON" -m minivae train --device "$TRAIN_DEVICE" \
         --epochs "$TRAIN_EPOCHS" --eval-k "$TRAIN_EVAL_K" --no-progress --out "$run" > "$out" 2>&1 &
     local pid=$!
     tail -n +1 -f --pid="$pid" "$out" &  # its lines, as they come, into gpu_check.log
@@ -288,7 +296,7 @@ train_gpu() {
     wait  # (for tail)
     local wall=$((SECONDS - t0))
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-        note="stopped at its time limit of $((STEP_BUDGET - 20)) s"
+        note="stopped at its time limit of $limit s"
     fi
     # One JSON with what the run folder holds, finished or not (the folder itself is scratch)
     "$PYTHON" benchmarks/record_run.py "$run" --out "$OUT" --allow-unfinished --wall-seconds "$wall" \

@@ -58,3 +58,33 @@ def test_the_pytest_step_fails_when_gpu_tests_were_skipped(tmp_path):
 
 def test_the_pytest_step_keeps_pytest_s_exit_status(tmp_path):
     assert run_pytest_step(tmp_path, "===== 1 failed, 128 passed =====\n", 1).returncode == 1
+
+
+def run_train_step(tmp_path, budget):
+    """gpu_check.sh's train_gpu with a step budget of ``budget`` seconds and a Python that only
+    writes down its arguments, a line per call; returns (bash's completed process, the calls)."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls.txt"\n')
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), SCRATCH=str(tmp_path), OUT=str(tmp_path), STEP_BUDGET=str(budget),
+               SUMMARY=str(tmp_path / "summary.txt"), TRAIN_DEVICE="cpu", TRAIN_EPOCHS="1", TRAIN_EVAL_K="10")
+    proc = subprocess.run(["bash", "-c", shell_function("train_gpu") + "train_gpu"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    calls = tmp_path / "calls.txt"
+    return proc, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("budget", [20, 29])
+def test_the_train_step_is_not_started_without_time_for_it(tmp_path, budget):
+    """A budget of 20 s (the least a step is given) left python `timeout 0`, which is no time
+    limit at all: the recipe of 150 epochs would have run past every budget."""
+    proc, calls = run_train_step(tmp_path, budget)
+    assert proc.returncode == 1 and calls == [], proc.stdout + proc.stderr
+    assert f"SKIP  train: a budget of {budget}s leaves python {budget - 20}s" in \
+        (tmp_path / "summary.txt").read_text()
+
+
+def test_the_train_step_runs_and_records_with_time_for_it(tmp_path):
+    proc, calls = run_train_step(tmp_path, 30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls[0].startswith("-m minivae train --device cpu --epochs 1") and "record_run.py" in calls[1]
