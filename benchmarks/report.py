@@ -63,9 +63,12 @@ def kernels_section(path):
     if not d:
         return ""
     peak = d.get("peak_bandwidth_gbps")
+    # bench_kernels records None where neither the device nor its datasheet gave the peak
+    peak_text = (f"peak {peak:.0f} GB/s from {d.get('peak_bandwidth_source')}" if peak is not None
+                 else "peak bandwidth unknown")
     lines = [f"`{path.stem}`: reparameterization + KL, forward + backward, {r['results'][0].get('dtype', 'float32')}, "
-             f"microseconds per call (CUDA events, median). {d['name']} (peak {peak:.0f} GB/s from "
-             f"{d.get('peak_bandwidth_source')}; a device-to-device copy measured {d.get('measured_copy_gbps')} GB/s), "
+             f"microseconds per call (CUDA events, median). {d['name']} ({peak_text}; a device-to-device copy "
+             f"measured {d.get('measured_copy_gbps')} GB/s), "
              f"CuPy {r['versions'].get('cupy')}, {r['date'][:10]}; `{r['command']}`.", "",
              markdown_table(r["results"]), ""]
     if "mnist_speedup_fused_vs_cupy_unfused" in s:

@@ -192,3 +192,24 @@ def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_p
     (run / "clusters_20.json").unlink()
     with pytest.raises(SystemExit):  # nothing to record
         record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
+
+
+@pytest.mark.parametrize("missing", ["None", "absent"])
+def test_a_kernel_result_without_a_peak_bandwidth_is_rendered(tmp_path, missing):
+    """bench_kernels records a peak of None where neither the device nor a datasheet gives one
+    (and older results may lack the field): the section said ``peak {None:.0f}`` and crashed."""
+    path = max(RESULTS.glob("kernels_*.json"))
+    r = json.loads(path.read_text())
+    if missing == "None":
+        r["device"].update(peak_bandwidth_gbps=None, peak_bandwidth_source=None)
+    else:
+        del r["device"]["peak_bandwidth_gbps"], r["device"]["peak_bandwidth_source"]
+    for row in r["results"]:
+        row.pop("share_of_peak", None)
+    r["summary"].pop("fused_share_of_peak_from_1e7", None)
+    copy = tmp_path / path.name
+    copy.write_text(json.dumps(r))
+    text = report.kernels_section(copy)
+    assert f"{r['device']['name']} (peak bandwidth unknown; a device-to-device copy measured" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ x \d+ \|", line)]
+    assert rows and all(re.search(r"\| \d+ \|$", line) for line in rows)  # fused GB/s, no share of peak
