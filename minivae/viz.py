@@ -282,11 +282,17 @@ def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
     return _save(fig, path)
 
 
+def _sweep(lo, hi, n):
+    """``n`` evenly spaced values from ``lo`` to ``hi``; for n = 1 the one value between them
+    (``np.linspace`` gives ``lo``: a traversal of one image would show an edge, not the middle)."""
+    return np.linspace(lo, hi, n) if n > 1 else np.array([(lo + hi) / 2])
+
+
 def _gaussian_quantiles(n, lo=0.05, hi=0.95):
     # Equal steps in probability, mapped through the inverse normal CDF (Kingma & Welling 2014,
     # figure 4): the grid covers the prior's mass evenly instead of over-sampling its tails.
     nd = statistics.NormalDist()
-    return np.array([nd.inv_cdf(p) for p in np.linspace(lo, hi, n)])
+    return np.array([nd.inv_cdf(p) for p in _sweep(lo, hi, n)])
 
 
 def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
@@ -296,6 +302,7 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
     to top, as in a scatter plot). Otherwise: one row per latent dimension, the ``n_dims``
     dimensions with the largest mean KL (``kl``, shape (D,); the first ones when None), each swept
     over ``n`` values from -span to span while the other dimensions stay at 0, the prior mean.
+    With ``n`` = 1 the one image of each axis is at its centre, 0.
     ``n`` and ``n_dims`` are integers of at least 1, ``span`` a number above 0, ``kl`` finite.
     """
     Figure, _ = _require_matplotlib()
@@ -321,7 +328,7 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
         _check_finite(kl, "kl")
     order = np.arange(d) if kl is None else np.argsort(-np.asarray(kl), kind="stable")
     dims = order[:min(n_dims, d)]
-    values = np.linspace(-span, span, n)
+    values = _sweep(-span, span, n)
     z = np.zeros((len(dims) * n, d))
     for r, dim in enumerate(dims):
         z[r * n:(r + 1) * n, dim] = values

@@ -417,6 +417,17 @@ def test_plot_run_traversal_shape_depends_on_z_dim(run_z2, run_z3, data, tmp_pat
         assert (abs(h - w) < 0.1 * w) == square, (run.name, h, w)
 
 
+@pytest.mark.parametrize("z_dim", [2, 3])
+def test_a_traversal_of_one_image_per_axis_shows_the_centre(monkeypatch, tmp_path, z_dim):
+    """np.linspace(-span, span, 1) is [-span]: n = 1 drew z = -3 (and z = -1.64, the 5% quantile,
+    on the grid of z-dim 2) under a tick labelled as the one value, instead of the prior mean."""
+    decoded = []
+    decode = viz.decode_means
+    monkeypatch.setattr(viz, "decode_means", lambda model, z: decoded.append(z) or decode(model, z))
+    viz.plot_traversal(VAE(x_dim=16, z_dim=z_dim, hidden=(4,)), tmp_path / "t.png", n=1)
+    np.testing.assert_array_equal(decoded[0], np.zeros((1 if z_dim == 2 else z_dim, z_dim)))
+
+
 def test_a_traversal_needs_one_kl_value_per_latent_dimension(run_z3, tmp_path):
     """(With two values for three dimensions it drew two rows, ranked from the wrong list.)"""
     with pytest.raises(ValueError, match=r"kl must hold one value per latent dimension, shape \(3,\), "
