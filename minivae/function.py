@@ -139,6 +139,11 @@ class Function:
     See the module docstring for the contract; ``apply`` is how an op is called on tensors.
     """
 
+    #: True for an op that only moves its inputs' elements (a reshape, an index, a join): when
+    #: no input is float, integer and boolean inputs keep their dtype, as in NumPy and PyTorch.
+    #: Every other op computes in floating point (see ``_as_tensors``).
+    moves_elements = False
+
     @staticmethod
     def forward(ctx, *arrays, **params):
         """Compute the op's output array (or tuple of arrays) from the input arrays."""
@@ -249,7 +254,9 @@ def _as_tensors(fn, inputs):
     another float dtype are refused rather than silently up- or down-cast. Ops compute in floating
     point: integer and boolean inputs take the float dtype of the others, or the default dtype
     when none is float (as in PyTorch: ``sigmoid`` of uint8 pixels, or ``pixels / 255.0``, in
-    NumPy's integer rules would wrap around or become float64).
+    NumPy's integer rules would wrap around or become float64). An op that only moves elements
+    (``Function.moves_elements``) computes nothing: without a float input, its inputs keep their
+    dtypes, so ``labels[idx]`` stays integer.
     """
     # Fast path, the common case: float Tensors on the CPU that share one dtype, taken as they are.
     dtype = None
@@ -279,14 +286,16 @@ def _as_tensors(fn, inputs):
         ref = next((x for x in inputs if x.data.dtype.kind == "f"), inputs[0])
     dtype = ref.data.dtype
     xp = get_array_module(ref.data)
-    if dtype.kind != "f":  # no float tensor: a float array's dtype, else the default dtype
+    if dtype.kind != "f" and fn.moves_elements and not any(map(_is_float, inputs)):
+        dtype = None  # each input keeps its dtype (NumPy joins an int32 and an int64 as int64)
+    elif dtype.kind != "f":  # no float tensor: a float array's dtype, else the default dtype
         dtype = next((x.dtype for x in inputs if not isinstance(x, (Tensor, np.generic))
                       and getattr(getattr(x, "dtype", None), "kind", None) == "f"), get_default_dtype())
     out = []
     for x in inputs:
         if isinstance(x, Tensor):
             # integer and boolean tensors are constants: they take the float dtype, never upcast it
-            out.append(x if x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
+            out.append(x if dtype is None or x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
             continue
         kind = getattr(getattr(x, "dtype", None), "kind", None)
         _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
@@ -305,3 +314,10 @@ def _as_tensors(fn, inputs):
         else:
             out.append(Tensor(xp.asarray(x, dtype=dtype)))
     return out
+
+
+def _is_float(x):
+    """Whether ``x``, an op's input (a Tensor, an array, a number or a list), holds floats."""
+    data = x.data if isinstance(x, Tensor) else x
+    dtype = getattr(data, "dtype", None)
+    return (dtype if dtype is not None else np.asarray(data).dtype).kind == "f"

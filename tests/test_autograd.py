@@ -394,6 +394,37 @@ def test_ops_on_integer_tensors_compute_in_the_default_float_dtype(name):
     np.testing.assert_allclose(out.data, expected, rtol=1e-6, atol=1e-6)
 
 
+INTEGER_MOVES = {  # an op that only moves elements, and what NumPy makes of it
+    "index": (lambda t: t[0], lambda a: a[0]),
+    "integer-array index": (lambda t: t[[1, 0, 1]], lambda a: a[[1, 0, 1]]),
+    "reshape": (lambda t: t.reshape(3, 2), lambda a: a.reshape(3, 2)),
+    "transpose": (lambda t: t.T, lambda a: a.T),
+    "broadcast_to": (lambda t: F.broadcast_to(t, (2, 2, 3)), lambda a: np.broadcast_to(a, (2, 2, 3))),
+    "concatenate": (lambda t: F.concatenate([t, t[:1]]), lambda a: np.concatenate([a, a[:1]])),
+    "stack": (lambda t: F.stack([t, t]), lambda a: np.stack([a, a])),
+}
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, bool])
+@pytest.mark.parametrize("name", INTEGER_MOVES)
+def test_ops_that_only_move_elements_keep_integer_and_boolean_dtypes(name, dtype):
+    # Before: labels[0] of an int64 tensor was float32, as every op's inputs were cast to floats.
+    op, numpy_op = INTEGER_MOVES[name]
+    a = (np.arange(6).reshape(2, 3) % 3).astype(dtype)
+    out = op(mv.tensor(a))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out.data, numpy_op(a))
+
+
+def test_joining_integers_with_floats_computes_in_floats():
+    ints, floats = mv.tensor([1, 2]), mv.tensor([0.5], requires_grad=True)
+    joined = F.concatenate([ints, floats])
+    assert joined.dtype == np.float32
+    joined.sum().backward()
+    np.testing.assert_array_equal(floats.grad, [1.0])
+    assert F.concatenate([mv.tensor(np.arange(2, dtype=np.int32)), mv.tensor([3])]).dtype == np.int64
+
+
 def test_an_integer_tensor_takes_the_dtype_of_a_float_array_it_meets():
     assert (mv.tensor([1, 2]) * np.ones(2)).dtype == np.float64
     assert (mv.tensor([1, 2]) + mv.tensor([True, False])).dtype == np.float32

@@ -1,6 +1,7 @@
 """Shape ops: reshape, transpose, broadcast_to, getitem, concatenate, stack.
 
-They move elements without changing values, so each backward moves the gradient back.
+They move elements without changing values, so each backward moves the gradient back; and
+integer or boolean tensors keep their dtype through them (``Function.moves_elements``).
 """
 import numbers
 import operator
@@ -16,6 +17,8 @@ class Reshape(Function):
 
     d/dx: g reshaped back to the input's shape.
     """
+
+    moves_elements = True
 
     @staticmethod
     def forward(ctx, x, shape):
@@ -36,6 +39,8 @@ class Transpose(Function):
 
     d/dx: g permuted by the inverse permutation.
     """
+
+    moves_elements = True
 
     @staticmethod
     def forward(ctx, x, axes=None):
@@ -59,6 +64,8 @@ class BroadcastTo(Function):
     d/dx: g summed over the repeated axes, which the engine's one unbroadcasting helper does,
     so backward returns g as it is.
     """
+
+    moves_elements = True
 
     @staticmethod
     def forward(ctx, x, shape):
@@ -99,6 +106,8 @@ class Getitem(Function):
     receives the sum of its k gradients (scatter-add, not assignment).
     """
 
+    moves_elements = True
+
     @staticmethod
     def forward(ctx, x, index):
         index = _own_index(index, get_array_module(x))
@@ -125,6 +134,8 @@ class Concatenate(Function):
 
     d/dx_k: the slice of g that x_k occupies.
     """
+
+    moves_elements = True
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
@@ -156,6 +167,8 @@ class Stack(Function):
 
     d/dx_k: g indexed at position k of the new axis.
     """
+
+    moves_elements = True
 
     @staticmethod
     def forward(ctx, *xs, axis=0):
