@@ -178,7 +178,7 @@ class Tensor:
     ``data`` is the backend array (NumPy or CuPy). Leaf tensors made with ``requires_grad=True``
     receive ``grad`` after ``backward``; gradients accumulate across calls until reset.
     """
-    __slots__ = ("data", "grad", "requires_grad", "_node", "_version", "_base", "_hooks", "__weakref__")
+    __slots__ = ("data", "grad", "_requires_grad", "_node", "_version", "_base", "_hooks", "__weakref__")
     # Make NumPy defer to Tensor's reflected operators (array + tensor -> Tensor.__radd__).
     __array_ufunc__ = None
 
@@ -188,14 +188,25 @@ class Tensor:
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
         _check_real(self.data, "Tensor data", data)
-        if requires_grad and self.data.dtype.kind != "f":
-            raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad
         self.grad = None
         self._node = None
         self._version = 0
         self._base = None  # what holds the version of the memory ``data`` views (``_memory_owner``)
         self._hooks = None
+
+    @property
+    def requires_grad(self):
+        """Whether a backward pass computes this tensor's gradient (into ``.grad`` for a leaf)."""
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, requires_grad):
+        """Set whether the gradient is computed; integer and boolean data, which has none, is
+        refused. The constructor sets it here too, so that a later change cannot skip the check."""
+        if requires_grad and self.data.dtype.kind != "f":
+            raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
+        self._requires_grad = bool(requires_grad)
 
     @property
     def version(self):

@@ -185,7 +185,7 @@ class Function:
             if isinstance(a, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
                 a = np.asarray(a)
             t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
-            t.data, t.grad, t.requires_grad, t._node = a, None, record, None
+            t.data, t.grad, t._requires_grad, t._node = a, None, record, None
             t._version, t._hooks = 0, None
             t._base = None if a.base is None else _viewed(a, tensors)
             results.append(t)

@@ -233,6 +233,19 @@ def test_only_float_tensors_can_require_grad():
         Tensor(np.arange(3), requires_grad=True)
 
 
+@pytest.mark.parametrize("data", [np.arange(3), np.array([True, False])], ids=["int64", "bool"])
+def test_setting_requires_grad_on_an_integer_tensor_is_refused_as_in_the_constructor(data):
+    # Before: the attribute took True, and a gradient could then flow into integer data.
+    t = Tensor(data)
+    with pytest.raises(TypeError, match=f"^only float tensors can require gradients, got dtype {data.dtype}$"):
+        t.requires_grad = True
+    assert not t.requires_grad
+    t.requires_grad = False  # nothing to refuse
+    x = Tensor(np.zeros(3))
+    x.requires_grad = True
+    assert x.requires_grad
+
+
 NOT_REAL_NUMBERS = {  # NumPy makes None a NaN and drops an imaginary part without an error
     "Tensor(None)": (lambda: Tensor(None), "Tensor data"),
     "Tensor of strings": (lambda: Tensor(["1", "2"]), "Tensor data"),
