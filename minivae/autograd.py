@@ -188,9 +188,9 @@ class Tensor:
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
         _check_real(self.data, "Tensor data", data)
+        self._node = None  # before requires_grad, whose setter asks whether this is a leaf
         self.requires_grad = requires_grad
         self.grad = None
-        self._node = None
         self._version = 0
         self._base = None  # what holds the version of the memory ``data`` views (``_memory_owner``)
         self._hooks = None
@@ -206,6 +206,11 @@ class Tensor:
         refused. The constructor sets it here too, so that a later change cannot skip the check."""
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
+        if self._node is not None and not requires_grad:
+            # backward would skip this input of the ops that use it, and the gradient through it
+            # would be missing from the leaves' .grad without a word
+            raise RuntimeError("requires_grad cannot be turned off on the result of recorded ops "
+                               "(only on a leaf); use detach() for a tensor cut from the graph")
         self._requires_grad = bool(requires_grad)
 
     @property

@@ -246,6 +246,21 @@ def test_setting_requires_grad_on_an_integer_tensor_is_refused_as_in_the_constru
     assert x.requires_grad
 
 
+def test_requires_grad_of_a_result_of_recorded_ops_cannot_be_turned_off():
+    # Before: it was taken, and backward skipped y: x.grad was [6, 12], the gradient through z
+    # alone, instead of [12, 24].
+    x = mv.tensor([1.0, 2.0], requires_grad=True)
+    y, z = x * 2.0, x * 3.0
+    with pytest.raises(RuntimeError, match=r"^requires_grad cannot be turned off on the result of "
+                                           r"recorded ops \(only on a leaf\); use detach\(\)"):
+        y.requires_grad = False
+    y.requires_grad = True  # what it is already
+    (y * z).sum().backward()
+    np.testing.assert_array_equal(x.grad, [12.0, 24.0])
+    x.requires_grad = False  # a leaf may be frozen
+    assert not x.requires_grad
+
+
 NOT_REAL_NUMBERS = {  # NumPy makes None a NaN and drops an imaginary part without an error
     "Tensor(None)": (lambda: Tensor(None), "Tensor data"),
     "Tensor of strings": (lambda: Tensor(["1", "2"]), "Tensor data"),
