@@ -82,9 +82,24 @@ def _records(out, op):
 
 def test_where_condition_spellings():
     a, b = Tensor(np.array([1.0, 2.0])), Tensor(np.array([10.0, 20.0]))
-    for cond in ([True, False], np.array([1, 0]), Tensor(np.array([1.0, 0.0]))):
+    for cond in ([True, False], np.array([True, False]), Tensor(np.array([1.0, 0.0])) > 0.5,
+                 Tensor(np.array([True, False]))):
         np.testing.assert_array_equal(F.where(cond, a, b).data, [1.0, 20.0])
     np.testing.assert_array_equal(F.where(False, a, b).data, [10.0, 20.0])
+
+
+@pytest.mark.parametrize("cond, dtype", [
+    (Tensor(np.array([0.5, 0.0])), "float64"),
+    (np.array([0.5, 0.0], np.float32), "float32"),
+    (np.array([1, 0]), "int64"),
+    ([1, 0], "int64"),
+], ids=["float Tensor", "float32 array", "int array", "int list"])
+def test_where_refuses_a_condition_that_is_not_boolean(cond, dtype):
+    # Before: it was read by its truth, so a probability 0.5 (or -1e-9) picked a without a word.
+    a, b = Tensor(np.array([1.0, 2.0])), Tensor(np.array([10.0, 20.0]))
+    with pytest.raises(TypeError, match=rf"^where: the condition must be boolean \(a comparison such "
+                                        rf"as x.data > 0\), got dtype {dtype}; for a 0/1 mask write mask != 0$"):
+        F.where(cond, a, b)
 
 
 def test_pow_zero_exponent_has_zero_gradient_at_zero():

@@ -467,6 +467,13 @@ def _clip_bound(x, bound, name):
 
 
 def where(cond, a, b):
-    """Pick ``a`` where ``cond`` is true and ``b`` elsewhere; ``cond`` carries no gradient (see ``Where``)."""
+    """Pick ``a`` where ``cond`` is true and ``b`` elsewhere; ``cond`` carries no gradient (see ``Where``).
+
+    ``cond`` must be boolean (a comparison, a bool array, list or Tensor), as in PyTorch: a
+    float condition read by its truth would take 0.5, or -1e-9, as true without a word."""
     cond = cond.data if isinstance(cond, Tensor) else cond
-    return Where.apply(a, b, cond=get_array_module(cond).asarray(cond, dtype=bool))
+    cond = get_array_module(cond).asarray(cond)
+    if cond.dtype != bool:
+        raise TypeError(f"where: the condition must be boolean (a comparison such as x.data > 0), "
+                        f"got dtype {cond.dtype}; for a 0/1 mask write mask != 0")
+    return Where.apply(a, b, cond=cond)
