@@ -183,6 +183,21 @@ def test_concatenate_and_stack_axis_errors_name_the_axis():
             op([])
 
 
+@pytest.mark.parametrize("op", [F.concatenate, F.stack])
+@pytest.mark.parametrize("xs, given", [(ones(2, 3), "Tensor"), (np.ones((2, 3)), "ndarray")],
+                         ids=["Tensor", "ndarray"])
+def test_concatenate_and_stack_refuse_one_tensor_for_a_sequence(op, xs, given):
+    # Before: it was read as its rows, so concatenate(x) of a (2, 3) tensor gave x flattened to
+    # (6,), and stack(x) a copy of x, without an error.
+    with pytest.raises(TypeError, match=rf"^{op.__name__}: xs must be a sequence of tensors, got a "
+                                        rf"{given} of shape \(2, 3\); write {op.__name__}\(\[a, b\]\)$"):
+        op(xs)
+    with pytest.raises(TypeError, match=rf"^{op.__name__}: xs must be a sequence of tensors, got 5$"):
+        op(5)
+    joined = op(x for x in [ones(2), ones(2)])  # any iterable of tensors
+    assert joined.shape == {"concatenate": (4,), "stack": (2, 2)}[op.__name__]
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_names_the_expected_shape_of_weight_and_bias(training):
     stats = dict(running_mean=np.zeros(3), running_var=np.ones(3))

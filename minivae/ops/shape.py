@@ -8,6 +8,7 @@ import operator
 
 from ..autograd import Tensor
 from ..backend import get_array_module
+from ..checks import check_sequence
 from ..function import Function
 from .axes import normalize_axis
 
@@ -230,11 +231,21 @@ def getitem(x, index):
     return Getitem.apply(x, index=index)
 
 
+def _check_tensors(op, xs):
+    """``xs``, the tensors ``op`` joins, as a tuple. One Tensor or array is refused (TypeError)
+    rather than read as the sequence of its rows: ``concatenate(x)`` would flatten x's first
+    two axes, and ``stack(x)`` copy it, without a word."""
+    if isinstance(xs, Tensor) or hasattr(xs, "shape"):
+        raise TypeError(f"{op}: xs must be a sequence of tensors, got a {type(xs).__name__} of "
+                        f"shape {tuple(xs.shape)}; write {op}([a, b])")
+    return check_sequence(xs, f"{op}: xs", "tensors")
+
+
 def concatenate(xs, axis=0):
     """Join a sequence of tensors along an existing axis."""
-    return Concatenate.apply(*xs, axis=axis)
+    return Concatenate.apply(*_check_tensors("concatenate", xs), axis=axis)
 
 
 def stack(xs, axis=0):
     """Join a sequence of same-shaped tensors along a new axis."""
-    return Stack.apply(*xs, axis=axis)
+    return Stack.apply(*_check_tensors("stack", xs), axis=axis)
