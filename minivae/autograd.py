@@ -31,7 +31,7 @@ import threading
 import numpy as np
 
 from .backend import device_name, device_of, get_array_module, get_default_dtype, to_device
-from .checks import check_sequence
+from .checks import check_bool, check_sequence
 
 
 class _State(threading.local):
@@ -202,8 +202,10 @@ class Tensor:
 
     @requires_grad.setter
     def requires_grad(self, requires_grad):
-        """Set whether the gradient is computed; integer and boolean data, which has none, is
-        refused. The constructor sets it here too, so that a later change cannot skip the check."""
+        """Set whether the gradient is computed: True or False (``check_bool``); integer and
+        boolean data, which has none, is refused. The constructor sets it here too, so that a
+        later change cannot skip the checks."""
+        requires_grad = check_bool(requires_grad, "requires_grad")
         if requires_grad and self.data.dtype.kind != "f":
             raise TypeError(f"only float tensors can require gradients, got dtype {self.data.dtype}")
         if self._node is not None and not requires_grad:
@@ -211,7 +213,7 @@ class Tensor:
             # would be missing from the leaves' .grad without a word
             raise RuntimeError("requires_grad cannot be turned off on the result of recorded ops "
                                "(only on a leaf); use detach() for a tensor cut from the graph")
-        self._requires_grad = bool(requires_grad)
+        self._requires_grad = requires_grad
 
     @property
     def version(self):

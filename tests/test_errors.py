@@ -8,6 +8,7 @@ import pytest
 import minivae as mv
 from minivae import AnomalyError, Tensor
 from minivae import functional as F
+from minivae import nn
 from minivae.gpu import dispatch
 from minivae.random import Generator, Noise
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
@@ -259,6 +260,27 @@ def test_setting_requires_grad_on_an_integer_tensor_is_refused_as_in_the_constru
     x = Tensor(np.zeros(3))
     x.requires_grad = True
     assert x.requires_grad
+
+
+@pytest.mark.parametrize("value", ["False", 1, None], ids=["string", "int", "None"])
+def test_requires_grad_must_be_true_or_false(value):
+    # Before: it was read by its truth, so requires_grad="False" turned gradients on, and
+    # Module.requires_grad_("False") unfroze every parameter.
+    message = rf"^requires_grad must be True or False, got {value!r}$"
+    with pytest.raises(TypeError, match=message):
+        Tensor([1.0, 2.0], requires_grad=value)
+    with pytest.raises(TypeError, match=message):
+        mv.tensor([1.0, 2.0], requires_grad=value)
+    with pytest.raises(TypeError, match=message):
+        nn.Parameter([1.0, 2.0], requires_grad=value)
+    x = Tensor([1.0, 2.0])
+    with pytest.raises(TypeError, match=message):
+        x.requires_grad = value
+    layer = nn.Linear(2, 3).requires_grad_(False)
+    with pytest.raises(TypeError, match=message):
+        layer.requires_grad_(value)
+    assert not any(p.requires_grad for p in layer.parameters())
+    assert Tensor([1.0], requires_grad=np.True_).requires_grad  # a NumPy bool is one
 
 
 def test_requires_grad_of_a_result_of_recorded_ops_cannot_be_turned_off():

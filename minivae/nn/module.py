@@ -304,8 +304,9 @@ class Module:
 
     def requires_grad_(self, requires_grad=True):
         """Turn gradient tracking on or off for every parameter (to freeze a part); return self."""
+        requires_grad = check_bool(requires_grad, "requires_grad")  # also when there is no parameter
         for p in self.parameters():
-            p.requires_grad = bool(requires_grad)
+            p.requires_grad = requires_grad
         return self
 
     def num_parameters(self):
