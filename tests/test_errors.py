@@ -211,6 +211,23 @@ def test_batch_norm_names_the_expected_shape_of_weight_and_bias(training):
             F.batch_norm(ones(4, 3), running_mean=np.zeros(3), running_var=np.ones(1), training=False)
 
 
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("setting, error, message", [
+    (dict(eps=0.0), ValueError, r"^batch_norm: invalid eps 0.0: it must be > 0 and finite$"),
+    (dict(eps=-1e-5), ValueError, r"^batch_norm: invalid eps -1e-05: it must be > 0 and finite$"),
+    (dict(momentum=5.0), ValueError, r"^batch_norm: invalid momentum 5.0: it must be in \[0, 1\]$"),
+    (dict(eps="a"), TypeError, r"^eps must be a real number, got 'a'$"),
+], ids=["eps 0", "eps < 0", "momentum > 1", "eps a string"])
+def test_batch_norm_refuses_the_settings_batchnorm1d_refuses(training, setting, error, message):
+    # Before: eps <= 0 made a constant channel NaN, and momentum=5.0 a negative running variance
+    # (-4.0), each with no error; only nn.BatchNorm1d checked them.
+    x = Tensor(np.array([[1.0, 2.0], [1.0, 3.0]]))
+    running_mean, running_var = np.zeros(2), np.ones(2)
+    with pytest.raises(error, match=message):
+        F.batch_norm(x, running_mean=running_mean, running_var=running_var, training=training, **setting)
+    np.testing.assert_array_equal(running_var, [1.0, 1.0])
+
+
 @pytest.mark.parametrize("axes", [(2, 1), (0, 3), (-3, 0)])
 def test_transpose_axis_out_of_range_names_axis_and_ndim(axes):
     bad = next(a for a in axes if not -2 <= a < 2)

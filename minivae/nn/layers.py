@@ -6,8 +6,8 @@ import numpy as np
 
 from .. import ops as F
 from ..backend import get_default_dtype
-from ..checks import FINITE, FRACTION, POSITIVE, check_bool, check_integer, check_ranges
-from ..ops.norm import batch_norm
+from ..checks import FINITE, check_bool, check_integer, check_ranges
+from ..ops.norm import SETTING_RANGES, batch_norm
 from . import init
 from .module import Module, Parameter
 
@@ -80,12 +80,9 @@ class BatchNorm1d(Module):
                  dtype=None):
         super().__init__()
         dtype = _dtype(dtype)
-        # eps > 0 keeps the division by sqrt(var + eps) finite for a constant channel; a
-        # momentum outside [0, 1] would extrapolate the running statistics past the batch's.
-        ranges = {"eps": POSITIVE, "momentum": FRACTION}
-        check_ranges(type(self), ranges, eps=eps)
+        check_ranges(type(self), SETTING_RANGES, eps=eps)
         if momentum is not None:  # None: the cumulative average
-            check_ranges(type(self), ranges, momentum=momentum)
+            check_ranges(type(self), SETTING_RANGES, momentum=momentum)
         self.num_features = check_integer(num_features, "num_features", minimum=1)
         self.eps, self.momentum = float(eps), None if momentum is None else float(momentum)
         self.affine = check_bool(affine, "affine")

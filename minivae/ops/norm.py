@@ -1,8 +1,15 @@
 """Normalization: batch normalization over the batch axis (training mode as one fused op)."""
 from ..autograd import Tensor
 from ..backend import get_array_module
+from ..checks import FRACTION, POSITIVE, check_ranges
 from ..function import Function
 from .elementwise import add, mul, sub
+
+#: The ranges of batch normalization's settings (``checks.check_ranges``), checked by
+#: ``batch_norm`` and ``nn.BatchNorm1d``: eps > 0 keeps the division by sqrt(var + eps) finite
+#: for a constant channel; a momentum outside [0, 1] would extrapolate the running statistics
+#: past the batch's (a negative running variance, say).
+SETTING_RANGES = {"eps": POSITIVE, "momentum": FRACTION}
 
 
 def _reduce_axes(x):
@@ -118,6 +125,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     """
     if (weight is None) != (bias is None):
         raise ValueError("batch_norm: give both weight and bias, or neither")
+    check_ranges(batch_norm, SETTING_RANGES, eps=eps, momentum=momentum)
     eps, momentum = float(eps), float(momentum)  # a NumPy float64 would make float32 statistics float64
     if training:
         params = (x,) if weight is None else (x, weight, bias)
