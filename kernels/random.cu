@@ -17,36 +17,37 @@ extern "C" __global__ void mv_philox_words(mv_u32* out, mv_i64 n, mv_u64 seed, m
     }
 }
 
+// The draw's offset is offset + *offset_from when offset_from is not a null pointer
+// (mv_draw_offset, philox.cuh), so that a step captured as a CUDA graph draws new noise at every
+// replay; dist: 0 normals, 1 uniforms, 2 Gumbel samples (mv_chunk_generate).
 template <typename T>
-__device__ __forceinline__ void mv_generate(T* out, mv_i64 n, int dist, mv_u64 seed,
-                                            mv_u64 offset, mv_u32 stream) {
+__device__ __forceinline__ void mv_generate(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset,
+                                            const mv_u64* offset_from, mv_u32 stream) {
+    offset = mv_draw_offset(offset, offset_from);
     MV_FOR_CHUNKS(c, mv_nchunks(n)) mv_chunk_generate<T>(c, n, dist, seed, offset, stream, out);
 }
 
 extern "C" __global__ void mv_normal_f32(float* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                                         mv_u32 stream) {
-    mv_generate<float>(out, n, 0, seed, offset, stream);
+                                         const mv_u64* offset_from, mv_u32 stream) {
+    mv_generate<float>(out, n, 0, seed, offset, offset_from, stream);
 }
 extern "C" __global__ void mv_normal_f64(double* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                                         mv_u32 stream) {
-    mv_generate<double>(out, n, 0, seed, offset, stream);
+                                         const mv_u64* offset_from, mv_u32 stream) {
+    mv_generate<double>(out, n, 0, seed, offset, offset_from, stream);
 }
 extern "C" __global__ void mv_uniform_f32(float* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                                          mv_u32 stream) {
-    mv_generate<float>(out, n, 1, seed, offset, stream);
+                                          const mv_u64* offset_from, mv_u32 stream) {
+    mv_generate<float>(out, n, 1, seed, offset, offset_from, stream);
 }
 extern "C" __global__ void mv_uniform_f64(double* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
-                                          mv_u32 stream) {
-    mv_generate<double>(out, n, 1, seed, offset, stream);
+                                          const mv_u64* offset_from, mv_u32 stream) {
+    mv_generate<double>(out, n, 1, seed, offset, offset_from, stream);
 }
-// The Gumbel samples of a model's step: the draw's offset is offset + *offset_from when
-// offset_from is not a null pointer (mv_draw_offset, philox.cuh), so that a step captured as a
-// CUDA graph draws new noise at every replay.
 extern "C" __global__ void mv_gumbel_f32(float* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
                                          const mv_u64* offset_from, mv_u32 stream) {
-    mv_generate<float>(out, n, 2, seed, mv_draw_offset(offset, offset_from), stream);
+    mv_generate<float>(out, n, 2, seed, offset, offset_from, stream);
 }
 extern "C" __global__ void mv_gumbel_f64(double* out, mv_i64 n, mv_u64 seed, mv_u64 offset,
                                          const mv_u64* offset_from, mv_u32 stream) {
-    mv_generate<double>(out, n, 2, seed, mv_draw_offset(offset, offset_from), stream);
+    mv_generate<double>(out, n, 2, seed, offset, offset_from, stream);
 }

@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 16; }
+SHIM int shim_abi_version() { return 17; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -245,12 +245,9 @@ static void replay_adam(T* p, const T* g, T* m, T* v, T* vmax, mv_i64 n, mv_adam
     SHIM void shim_elementwise_##SFX(int which, const T* a, const T* b, const T* c, T* out, mv_i64 n) {     \
         elementwise<T>(which, a, b, c, out, n);                                                              \
     }                                                                                                        \
-    SHIM void shim_generate_##SFX(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset, mv_u32 stream) {   \
-        replay_generate<T>(out, n, dist, seed, offset, stream);                                              \
-    }                                                                                                        \
-    SHIM void shim_gumbel_##SFX(T* out, mv_i64 n, mv_u64 seed, mv_u64 offset, const mv_u64* from,            \
-                                mv_u32 stream) {                                                             \
-        replay_generate<T>(out, n, 2, seed, mv_draw_offset(offset, from), stream);                           \
+    SHIM void shim_generate_##SFX(T* out, mv_i64 n, int dist, mv_u64 seed, mv_u64 offset,                   \
+                                  const mv_u64* from, mv_u32 stream) {                                       \
+        replay_generate<T>(out, n, dist, seed, mv_draw_offset(offset, from), stream);                        \
     }                                                                                                        \
     SHIM void shim_reparam_fwd_##SFX(const T* mu, const T* lv, T* z, mv_i64 n, mv_u64 seed, mv_u64 offset,  \
                                      const mv_u64* from, mv_u32 stream) {                                    \

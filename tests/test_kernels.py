@@ -248,7 +248,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 16
+    assert lib.shim_abi_version() == 17
     return lib
 
 
@@ -423,7 +423,7 @@ ROW_SHAPES = [(1, 1), (3, 2), (2050, 2), (5, 3), (1370, 3), (7, 50), (170, 50), 
 def test_replay_generate(shim, dtype, n):
     for dist, twin in ((0, mr.normal), (1, mr.uniform), (2, mr.gumbel)):
         out = np.full(n, np.nan, dtype)
-        call(shim, f"shim_generate_{_sfx(dtype)}", out, _I64(n), _INT(dist), _U64(21), _U64(2), _U32(0))
+        call(shim, f"shim_generate_{_sfx(dtype)}", out, _I64(n), _INT(dist), _U64(21), _U64(2), None, _U32(0))
         want = twin(n, 21, 2, dtype)
         if dist == 0:
             np.testing.assert_allclose(out, want, rtol=TOL[dtype][0], atol=TOL[dtype][1])
@@ -1040,6 +1040,7 @@ class _FakeKernel:
         "mv_philox_words": ("shim_philox_words", lambda a: a + [_I64(0)]),
         "mv_normal": ("shim_generate", lambda a: a[:2] + [_INT(0)] + a[2:]),
         "mv_uniform": ("shim_generate", lambda a: a[:2] + [_INT(1)] + a[2:]),
+        "mv_gumbel": ("shim_generate", lambda a: a[:2] + [_INT(2)] + a[2:]),
     }
 
     def __init__(self, lib, name, sig, calls, replay=None):
@@ -1170,17 +1171,21 @@ def test_a_draws_offset_from_device_memory_is_added_to_its_offset(fake_gpu, dtyp
               K.reparameterize_kl_forward(mu, logvar, seed, 3, offset_from=counter)[0]),
              (K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, offset)[1],
               K.reparameterize_kl_backward(dz, gkl, mu, logvar, seed, 3, offset_from=counter)[1]),
-             (K.gumbel((4, 50), seed, offset, dtype), K.gumbel((4, 50), seed, 3, dtype, offset_from=counter))]
+             *((draw((4, 50), seed, offset, dtype), draw((4, 50), seed, 3, dtype, offset_from=counter))
+               for draw in (K.normal, K.uniform, K.gumbel))]
     for want, got in pairs:
         np.testing.assert_array_equal(got, want)
     assert not np.array_equal(K.reparameterize_forward(mu, logvar, seed, 3), pairs[0][0])
+    np.testing.assert_allclose(pairs[-3][1], mr.normal((4, 50), seed, offset, dtype), *TOL[dtype])
+    np.testing.assert_array_equal(pairs[-2][1], mr.uniform((4, 50), seed, offset, dtype))
     assert_same_gumbel(pairs[-1][1], mr.gumbel((4, 50), seed, offset, dtype))
     n = len(calls)
     for bad in (np.array([1], np.int64), np.array([1, 2], np.uint64), 5):
         with pytest.raises(ValueError, match="offset_from"):
             K.reparameterize_forward(mu, logvar, seed, 3, offset_from=bad)
-        with pytest.raises(ValueError, match="offset_from"):
-            K.gumbel((4, 50), seed, 3, dtype, offset_from=bad)
+        for draw in (K.normal, K.uniform, K.gumbel):
+            with pytest.raises(ValueError, match="offset_from"):
+                draw((4, 50), seed, 3, dtype, offset_from=bad)
     assert len(calls) == n
 
 

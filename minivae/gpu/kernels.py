@@ -262,10 +262,9 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0):
     return out
 
 
-def _generate(base, shape, seed, offset, dtype, stream, *offset_from):
-    """The draw of generator kernel ``base``, its shape and dtype checked as the CPU checks them.
-    ``offset_from``: nothing for a kernel without that parameter (mv_normal, mv_uniform), the
-    array or None for one with it (mv_gumbel)."""
+def _generate(base, shape, seed, offset, dtype, stream, offset_from):
+    """The draw of generator kernel ``base``, its shape and dtype checked as the CPU checks them
+    (``offset_from``: see ``normal``)."""
     require()
     shape = check_shape(shape)
     dtype = np.dtype(dtype)
@@ -277,25 +276,28 @@ def _generate(base, shape, seed, offset, dtype, stream, *offset_from):
     if n:
         s, o, st = _address(seed, offset, stream)
         grid, block = _flat_launch(_chunks(n))
-        get_function(base, dtype)(grid, block, (out, np.int64(n), s, o, *map(_offset_from, offset_from), st))
+        get_function(base, dtype)(grid, block, (out, np.int64(n), s, o, _offset_from(offset_from), st))
     return out
 
 
-def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0):
-    """Standard normals of the draw (seed, offset, stream) on the GPU (== minivae.random.normal)."""
-    return _generate("mv_normal", shape, seed, offset, dtype, stream)
+def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0, offset_from=None):
+    """Standard normals of the draw (seed, offset, stream) on the GPU (== minivae.random.normal:
+    the same words; float32 normals to a few ulps, the kernel's transform being in float32).
+    ``offset_from`` (a CuPy uint64 array of one value, or None) adds its value to the offset
+    when the kernel runs: the noise of a captured CUDA graph."""
+    return _generate("mv_normal", shape, seed, offset, dtype, stream, offset_from)
 
 
-def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0):
-    """Uniforms in (0, 1) of the draw (seed, offset, stream) on the GPU (== minivae.random.uniform)."""
-    return _generate("mv_uniform", shape, seed, offset, dtype, stream)
+def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0, offset_from=None):
+    """Uniforms in (0, 1) of the draw (seed, offset, stream) on the GPU (== minivae.random.uniform,
+    bit for bit; ``offset_from``: see ``normal``)."""
+    return _generate("mv_uniform", shape, seed, offset, dtype, stream, offset_from)
 
 
 def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0, offset_from=None):
     """Standard Gumbel samples -log(-log(u)) of the draw (seed, offset, stream) on the GPU
-    (== minivae.random.gumbel: u the uniform of ``dtype``, the logs in float64, rounded once).
-    ``offset_from`` (a CuPy uint64 array of one value, or None) adds its value to the offset
-    when the kernel runs: the noise of a captured CUDA graph."""
+    (== minivae.random.gumbel: u the uniform of ``dtype``, the logs in float64, rounded once;
+    ``offset_from``: see ``normal``)."""
     return _generate("mv_gumbel", shape, seed, offset, dtype, stream, offset_from)
 
 
