@@ -89,7 +89,7 @@ __all__ = [
     "PHILOX_M4x32_0", "PHILOX_M4x32_1", "PHILOX_W32_0", "PHILOX_W32_1",
     "MAX_ELEMENTS", "philox4x32", "philox_words", "uniform_from_words",
     "normal_from_words", "uniform", "normal", "gumbel", "normal_at",
-    "Noise", "Generator", "check_address", "check_elements", "check_shape",
+    "Noise", "Generator", "check_address", "check_dtype", "check_elements", "check_shape",
 ]
 
 # Random123 constants (philox.h)
@@ -138,7 +138,9 @@ def check_elements(n: int, start=0) -> int:
     return start
 
 
-def _float_dtype(dtype) -> np.dtype:
+def check_dtype(dtype) -> np.dtype:
+    """``dtype`` as a NumPy dtype, refused (TypeError) unless float32 or float64: the dtypes a
+    draw comes in, on the CPU and in the GPU kernels."""
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
@@ -275,7 +277,7 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int
 
 def uniform_from_words(words, dtype=np.float32) -> np.ndarray:
     """Map uint32 words to uniforms strictly inside (0, 1) (see the module docstring)."""
-    dt = _float_dtype(dtype)
+    dt = check_dtype(dtype)
     w = np.asarray(words, dtype=np.uint32)
     if dt == np.float32:
         # (w >> 9) < 2**23, so (w >> 9) + 0.5 needs 24 significant bits: exact in float32.
@@ -305,7 +307,7 @@ def normal_from_words(words, dtype=np.float32) -> np.ndarray:
     uniform of the target dtype. sin and cos are sincospi(2 U(w1)) (``2 U`` is exact); the
     arithmetic is done in float64 and rounded once to the target dtype.
     """
-    dt = _float_dtype(dtype)
+    dt = check_dtype(dtype)
     w = np.asarray(words, dtype=np.uint32)
     if w.shape[-1:] != (4,):
         raise ValueError(f"normal_from_words expects words of shape (..., 4), got {w.shape}")
@@ -346,7 +348,7 @@ def normal(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
     in C order, reshaped to ``shape``. ``normal((B, D), s, o)[b, d]`` is element ``b*D + d``,
     exactly what the GPU kernels compute for a (B, D) array with the same seed and offset."""
     shape, n, seed, offset, stream, start = _check_draw(shape, seed, offset, stream, start)
-    return _range_normals(start, n, seed, offset, stream, _float_dtype(dtype)).reshape(shape)
+    return _range_normals(start, n, seed, offset, stream, check_dtype(dtype)).reshape(shape)
 
 
 def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
@@ -360,7 +362,7 @@ def uniform(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0
 def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
            start: int = 0) -> np.ndarray:
     """Standard Gumbel samples ``-log(-log(u))`` (computed in float64, rounded once)."""
-    dt = _float_dtype(dtype)
+    dt = check_dtype(dtype)
     u = uniform(shape, seed, offset, dt, stream, start).astype(np.float64)
     return (-np.log(-np.log(u))).astype(dt, copy=False)
 
@@ -368,7 +370,7 @@ def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
 def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0) -> np.ndarray:
     """The normals of arbitrary flat element indices of a draw (any integer array shape)."""
     seed, offset, stream = check_address(seed, offset, stream)
-    dt = _float_dtype(dtype)
+    dt = check_dtype(dtype)
     idx = np.asarray(indices)
     if idx.dtype.kind not in "ui":
         raise TypeError("indices must be integers")

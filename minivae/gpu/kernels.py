@@ -22,7 +22,7 @@ import threading
 import numpy as np
 
 from ..checks import check_integer
-from ..random import check_address, check_elements, check_shape
+from ..random import check_address, check_dtype, check_elements, check_shape
 from ._source import KERNEL_FILES, NVRTC_OPTIONS, kernel_source
 
 try:  # CuPy is optional: minivae works on NumPy alone, and this module imports without it
@@ -267,9 +267,7 @@ def _generate(base, shape, seed, offset, dtype, stream, offset_from):
     (``offset_from``: see ``normal``)."""
     require()
     shape = check_shape(shape)
-    dtype = np.dtype(dtype)
-    if dtype not in _SUFFIX:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    dtype = check_dtype(dtype)
     n = math.prod(shape)
     check_elements(n)
     out = cp.empty(shape, dtype=dtype)
