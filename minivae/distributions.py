@@ -6,11 +6,14 @@ the models call directly. Here:
 
 * ``sample_bernoulli``: binary images from Bernoulli means, the one place models draw pixels;
 * ``standard_normal``: a N(0, I) draw from the Philox generator, in a model's dtype and device;
-* ``standard_gumbel``: a Gumbel(0, 1) draw from the Philox generator, made on a model's device
-  (the GPU kernel there, so that a training step captured as a CUDA graph can draw it);
+* ``standard_gumbel``: a Gumbel(0, 1) draw from the Philox generator, in a model's dtype and
+  device;
 * ``one_hot``, ``check_label_count``, ``log_categorical``, ``log_uniform_categorical``: labels
   and the categorical distribution of the models with a discrete variable (M2, ADGM/SDGM,
   Gumbel-softmax).
+
+The three draws are made where their arrays live (``_draw``): on the GPU by the kernels, so that
+nothing is copied from the host and a training step captured as a CUDA graph can draw them.
 """
 import math
 
@@ -20,12 +23,37 @@ from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
 from .checks import check_float, check_integer, check_intensities
-from .random import Generator, check_shape
+from .random import Generator, check_dtype, check_shape
+
+
+def _draw(kind, noise, shape, like):
+    """The ``kind`` draw ("normal", "uniform" or "gumbel") of ``shape`` (an integer or a sequence
+    of them) from the Philox generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``),
+    in the dtype of the array ``like`` and made where it lives.
+
+    On the CPU the NumPy twin draws it (``minivae.random``); on the GPU the kernel of that name
+    (``minivae.gpu.normal``, ``uniform``, ``gumbel``), from the same Philox words: uniforms and
+    float32 Gumbel samples bit for bit, normals and float64 Gumbel samples to a few ulps (see
+    ``minivae.random``). The kernel needs no copy from the host and reads the draw's offset from
+    device memory where its ``Noise`` says so (``offset_from``: the draws of a captured training
+    step).
+    """
+    if not is_gpu_array(like):
+        return getattr(noise, kind)(shape, dtype=like.dtype)
+    # Checked before a Generator hands out its next draw: a refused draw takes no offset, as on
+    # the CPU (Generator.normal and the others), so the corrected call draws what it would have.
+    shape, dtype = check_shape(shape), check_dtype(like.dtype)
+    if isinstance(noise, Generator):
+        noise = noise.next_noise()
+    from . import gpu  # deferred: it imports CuPy
+
+    return getattr(gpu, kind)(shape, noise.seed, noise.offset, dtype, noise.stream, offset_from=noise.offset_from)
 
 
 def sample_bernoulli(probs, noise):
     """Binary images drawn from the Bernoulli means ``probs`` (a NumPy or CuPy array): pixel j is
-    1 where u_j < probs_j, u_j ~ Uniform[0, 1) from the Philox generator ``noise``.
+    1 where u_j < probs_j, u_j ~ Uniform[0, 1) from the Philox generator ``noise``, drawn where
+    ``probs`` lives (``_draw``: the same uniforms on either device, so the same images).
 
     The means must be floats in [0, 1]: the draw would turn NaN (a diverged decoder) into 0s and
     a mean above 1 into 1s without a word. Means on the host are checked
@@ -38,37 +66,22 @@ def sample_bernoulli(probs, noise):
     else:
         probs = np.asarray(probs)
         check_intensities(probs, "probs", use)
-    xp = get_array_module(probs)
-    return (xp.asarray(noise.uniform(probs.shape, dtype=probs.dtype)) < probs).astype(probs.dtype)
+    return (_draw("uniform", noise, probs.shape, probs) < probs).astype(probs.dtype)
 
 
 def standard_normal(noise, shape, like):
     """A standard normal array of ``shape`` (an integer or a sequence of them) from the Philox
-    generator, in ``like``'s dtype and device."""
-    xp = get_array_module(like.data)
-    return xp.asarray(noise.normal(shape, dtype=like.dtype))
+    generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in ``like``'s dtype and
+    device: drawn there (``_draw``; on the GPU by ``minivae.gpu.normal``)."""
+    return _draw("normal", noise, shape, like.data)
 
 
 def standard_gumbel(noise, shape, like):
     """Standard Gumbel samples -log(-log(u)) of ``shape`` (an integer or a sequence of them) from
     the Philox generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in ``like``'s
-    dtype and device.
-
-    The draw is made where ``like`` lives: on the CPU by the NumPy twin
-    (``minivae.random.gumbel``), on the GPU by the kernel (``minivae.gpu.gumbel``), which computes
-    the same recipe from the same Philox words, with no copy from the host and with the draw's
-    offset read from device memory where its ``Noise`` says so (``offset_from``: the draws of a
-    captured training step).
-    """
-    data = like.data
-    if not is_gpu_array(data):
-        return noise.gumbel(shape, dtype=data.dtype)
-    shape = check_shape(shape)  # before a Generator hands out its next draw
-    if isinstance(noise, Generator):
-        noise = noise.next_noise()
-    from . import gpu  # deferred: it imports CuPy
-
-    return gpu.gumbel(shape, noise.seed, noise.offset, data.dtype, noise.stream, offset_from=noise.offset_from)
+    dtype and device: drawn there (``_draw``; on the CPU by ``minivae.random.gumbel``, on the GPU
+    by ``minivae.gpu.gumbel``, which computes the same recipe from the same Philox words)."""
+    return _draw("gumbel", noise, shape, like.data)
 
 
 def check_label_count(labels, n):

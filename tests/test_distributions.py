@@ -10,6 +10,7 @@ import minivae.distributions as D
 from minivae import functional as F
 from minivae.random import Generator
 from minivae.gradcheck import gradcheck
+from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
 LOG_2PI = math.log(2 * math.pi)
 rng = np.random.default_rng(0)
@@ -323,6 +324,52 @@ def test_sample_bernoulli_refuses_means_that_are_no_probabilities(probs, error, 
 
 def test_sample_bernoulli_takes_a_list_of_means():
     np.testing.assert_array_equal(D.sample_bernoulli([0.0, 1.0], Generator(3)), [0.0, 1.0])
+
+
+def _draw(kind, noise, dtype, shape=(4, 7)):
+    """The draw of ``kind`` in ``dtype`` through its sampling helper: standard_normal's and
+    standard_gumbel's of ``shape``, sample_bernoulli's images of (4, 7) means from 0 to 1."""
+    if kind == "uniform":
+        return D.sample_bernoulli(np.linspace(0, 1, 28).reshape(4, 7).astype(dtype), noise)
+    helper = D.standard_normal if kind == "normal" else D.standard_gumbel
+    return helper(noise, shape, _t(np.zeros(3, dtype)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["normal", "uniform", "gumbel"])
+def test_the_sampling_helpers_draw_where_their_arrays_live(fake_gpu, monkeypatch, kind, dtype):
+    """standard_normal, sample_bernoulli and standard_gumbel: the NumPy twin for NumPy arrays,
+    the kernel (its host build) for CuPy ones, from a Generator's next draw, with the same
+    numbers (uniforms, hence images, bit for bit; normals and Gumbel samples to the kernels'
+    tolerances); on the GPU a Noise whose offset lives in device memory (a captured step's)
+    draws offset + that value. A refused shape or dtype takes no offset from the generator.
+    (Before, the normals and the uniforms were drawn on the host and copied over, and a
+    captured step's Noise could not draw them.)"""
+    from test_kernels import TOL, assert_same_gumbel
+
+    from minivae.random import Noise
+
+    K, calls = fake_gpu
+    cpu = _draw(kind, Generator(8, offset=5), dtype)
+    noise = Generator(8, offset=5)
+    monkeypatch.setattr(D, "is_gpu_array", lambda array: True)
+    gpu = _draw(kind, noise, dtype)
+    assert [c[0] for c in calls] == [f"mv_{kind}_{'f32' if dtype == np.float32 else 'f64'}"] and noise.offset == 6
+    assert gpu.dtype == cpu.dtype == dtype and gpu.shape == cpu.shape == (4, 7)
+    if kind == "normal":
+        np.testing.assert_allclose(gpu, cpu, *TOL[dtype])
+    elif kind == "uniform":
+        np.testing.assert_array_equal(gpu, cpu)
+    else:
+        assert_same_gumbel(gpu, cpu)
+    captured = Noise(8, 2, offset_from=np.array([3], np.uint64))
+    np.testing.assert_array_equal(_draw(kind, captured, dtype), gpu)
+    if kind != "uniform":  # (the images' shape is their means')
+        with pytest.raises(ValueError, match="must be at least 0, got -1"):
+            _draw(kind, noise, dtype, shape=(4, -1))
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got float16"):
+        _draw(kind, noise, np.float16)
+    assert noise.offset == 6
 
 
 def test_one_hot_checks_the_labels():

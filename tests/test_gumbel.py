@@ -158,33 +158,6 @@ def test_trainer_anneals_the_temperature_per_epoch(tmp_path):
     assert isinstance(build_model("gumbel"), GumbelSoftmaxVAE)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_standard_gumbel_draws_where_its_like_lives(fake_gpu, monkeypatch, dtype):
-    """distributions.standard_gumbel: the NumPy twin for a NumPy ``like``, the kernel (its host
-    build) for a CuPy one, with the same numbers (float32 bit for bit) from a Generator's next
-    draw; on the GPU a Noise whose offset lives in device memory (a captured step's) draws
-    offset + that value. A refused shape takes no offset from the generator."""
-    import minivae.distributions
-    from minivae.distributions import standard_gumbel
-    from minivae.random import Noise
-
-    K, calls = fake_gpu
-    like = mv.tensor(np.zeros(3, dtype))
-    cpu = standard_gumbel(Generator(8, offset=5), (4, 7), like)
-    noise = Generator(8, offset=5)
-    monkeypatch.setattr(minivae.distributions, "is_gpu_array", lambda array: True)
-    gpu = standard_gumbel(noise, (4, 7), like)
-    assert [c[0] for c in calls] == [f"mv_gumbel_{'f32' if dtype == np.float32 else 'f64'}"] and noise.offset == 6
-    assert gpu.dtype == cpu.dtype == dtype and gpu.shape == cpu.shape == (4, 7)
-    tol = 0 if dtype == np.float32 else 4 * np.finfo(np.float64).eps  # (see tests/test_kernels.py)
-    np.testing.assert_allclose(gpu, cpu, rtol=tol, atol=tol)
-    captured = Noise(8, 2, offset_from=np.array([3], np.uint64))
-    np.testing.assert_array_equal(standard_gumbel(captured, (4, 7), like), gpu)
-    with pytest.raises(ValueError, match="must be at least 0, got -1"):
-        standard_gumbel(noise, (4, -1), like)
-    assert noise.offset == 6
-
-
 def test_the_gpu_path_draws_the_noise_with_the_kernel_and_gives_the_cpu_loss(fake_gpu, fake_cublas, monkeypatch):
     """With the model's arrays taken for CuPy's, the Gumbel noise of the loss is drawn by the
     kernel (its host build, through minivae.gpu.gumbel), one launch, from the generator's next
