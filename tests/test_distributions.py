@@ -10,7 +10,8 @@ import minivae.distributions as D
 from minivae import functional as F
 from minivae.random import Generator
 from minivae.gradcheck import gradcheck
-from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
+from test_kernels import dispatch_table, fake_gpu, shim  # noqa: F401  (fixtures)
+from test_loss_statistics import CASES, build
 
 LOG_2PI = math.log(2 * math.pi)
 rng = np.random.default_rng(0)
@@ -370,6 +371,23 @@ def test_the_sampling_helpers_draw_where_their_arrays_live(fake_gpu, monkeypatch
     with pytest.raises(TypeError, match="dtype must be float32 or float64, got float16"):
         _draw(kind, noise, np.float16)
     assert noise.offset == 6
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_models_samples_are_drawn_where_the_model_lives(fake_gpu, fake_cublas, monkeypatch, name):
+    """On the GPU (the fake one: the kernels' host builds, with the dispatch table on) a model's
+    sample() draws its z, codes and pixels with the kernels: a StepNoise, which refuses host
+    draws, serves it, and the images are those the CPU draws from a Generator of the same seed.
+    (Before, the VAE and the ladder VAE drew their z on the host and copied it over.)"""
+    from minivae.gpu.graph import StepNoise
+
+    model = build(name, np.float64)
+    cpu = [model.sample(5, Generator(7, stream=2), probabilities=p) for p in (True, False)]
+    with dispatch_table(monkeypatch, True):
+        monkeypatch.setattr(D, "is_gpu_array", lambda array: True)
+        gpu = [model.sample(5, StepNoise(7, 2, np.zeros(1, np.uint64)), probabilities=p) for p in (True, False)]
+    np.testing.assert_allclose(gpu[0], cpu[0], rtol=1e-10, atol=1e-12)  # (the kernels' normals, to an ulp)
+    np.testing.assert_array_equal(gpu[1], cpu[1])
 
 
 def test_one_hot_checks_the_labels():

@@ -14,7 +14,7 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..checks import check_bool, check_integer, check_ranges
-from ..distributions import sample_bernoulli
+from ..distributions import sample_bernoulli, standard_normal
 from ..backend import get_array_module
 from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
 
@@ -218,12 +218,12 @@ class TopDownGenerator(nn.Module):
         """
         n = check_integer(n, "n", minimum=0)
         check_noise(noise)
-        xp, dtype = model_array_module(self)
+        param = next(iter(self.parameters()))
         was_training = self.training
         self.eval()
         try:
             with no_grad():
-                z = xp.asarray(noise.normal((n, self.z_dims[-1]), dtype=dtype))
+                z = standard_normal(noise, (n, self.z_dims[-1]), param)
                 for l in reversed(range(len(self.z_dims) - 1)):
                     z = rsample(*self.prior(l, z), noise)
                 probs = F.sigmoid(self.logits(z)).data

@@ -11,9 +11,9 @@ from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer, check_sizes
-from ..distributions import sample_bernoulli
+from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise, check_one_training_bound
-from .common import MLP, GaussianHead, LatentVariableModel, model_array_module, rsample
+from .common import MLP, GaussianHead, LatentVariableModel, rsample
 
 
 class VAE(LatentVariableModel):
@@ -79,8 +79,7 @@ class VAE(LatentVariableModel):
         """
         n = check_integer(n, "n", minimum=0)
         check_noise(noise)
-        xp, dtype = model_array_module(self)
         with no_grad():
-            z = xp.asarray(noise.normal((n, self.z_dim), dtype=dtype))
+            z = standard_normal(noise, (n, self.z_dim), next(iter(self.parameters())))
             probs = F.sigmoid(self.decode(z)).data
         return probs if probabilities else sample_bernoulli(probs, noise)
