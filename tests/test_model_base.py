@@ -125,6 +125,23 @@ def test_a_fixed_noise_address_is_refused(name):
         call(Generator(seed=1))
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_noise_that_is_no_philox_generator_is_refused(name):
+    # Before: NumPy's generator met "normal() got an unexpected keyword argument 'dtype'" in
+    # sample(), "noise must be a minivae.random.Noise or Generator, got Generator" in the VAE's
+    # loss, or "shape= applies to counter-addressed noise" in M2's; a seed or None an
+    # AttributeError.
+    model, x = _small_model_and_batch(name)
+    calls = [lambda noise: model.loss(x, noise), lambda noise: model.elbo(x, noise),
+             lambda noise: model.log_weights(x, 2, noise), lambda noise: model.sample(2, noise)]
+    for noise, kind in ((np.random.default_rng(0), "numpy.random._generator.Generator"), (3, "builtins.int"),
+                        (None, "builtins.NoneType")):
+        for call in calls:
+            with pytest.raises(TypeError, match=rf"noise must be a minivae.random.Generator \(Generator\(seed\)\), "
+                                                rf"got an object of type {kind}$"):
+                call(noise)
+
+
 @pytest.mark.parametrize("hidden, error, message", [
     ((), ValueError, "hidden is empty: give at least one size"),
     ((8, 0), ValueError, r"hidden\[1\] must be at least 1, got 0"),

@@ -28,7 +28,7 @@ import numbers
 
 from .. import nn
 from ..checks import NON_NEGATIVE, POSITIVE, check_float, check_integer, check_ranges
-from ..random import Noise
+from ..random import Generator, Noise
 
 #: The range of each real-valued setting of the models, by name (a name means the same in every
 #: model that has it), which constructors check with ``check_ranges``. No weight may be infinite
@@ -137,17 +137,23 @@ def check_one_training_bound(mc_samples, iw_k):
 
 
 def check_noise(noise):
-    """Refuse a ``minivae.random.Noise`` where a model takes a ``Generator``.
+    """Refuse anything but a ``minivae.random.Generator`` where a model takes its noise.
 
     A ``Noise`` is one fixed draw: every draw of one model call (a and z, the layers of a
     hierarchy, the chunks of ``log_weights``, the pixels ``sample`` draws after its z) would
     start from the same numbers, giving repeated or correlated samples where independent ones
     are meant. A fresh ``Generator(seed)`` gives the same numbers at every call instead.
+    Anything else (NumPy's ``np.random.Generator``, a seed) would fail inside the first draw
+    with an error about its methods or, for NumPy's, one naming a "Generator" as the wrong type.
     """
     if isinstance(noise, Noise):
         raise TypeError("noise must be a minivae.random.Generator, not a Noise (one fixed draw, which "
                         "every draw of the call would repeat); Generator(seed) gives the same numbers "
                         "at every call")
+    if not isinstance(noise, Generator):
+        kind = type(noise)
+        raise TypeError(f"noise must be a minivae.random.Generator (Generator(seed)), got an object of "
+                        f"type {kind.__module__}.{kind.__qualname__}")
 
 
 def check_batch(x, name="x"):

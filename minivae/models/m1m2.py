@@ -35,7 +35,7 @@ from .. import functional as F
 from ..autograd import no_grad
 from ..checks import check_integer
 from ..distributions import sample_bernoulli
-from .base import Model, check_batch
+from .base import Model, check_batch, check_noise
 from .common import rsample
 from .m2 import M2
 from .semisupervised import split_labelled
@@ -93,6 +93,7 @@ class M1M2(Model):
         """M2's training loss and statistics (``SemiSupervised.loss``: 0-d arrays; ``beta`` a number
         or a 0-d array) on the features of the unlabelled batch x and of ``labelled`` (x_l, y_l)."""
         check_batch(x)  # the images: M2 checks the features made of them, not these
+        check_noise(noise)  # before M1 draws the features with it
         if labelled is not None:
             x_l, labels = split_labelled(labelled)
             check_batch(x_l, "x_l")
