@@ -70,8 +70,15 @@ def is_grad_enabled():
 
 @contextlib.contextmanager
 def detect_anomaly():
-    """Check every forward input and output and every backward gradient for NaN/Inf, and name
-    the op that made it (or, for an input, the op that received it).
+    """Context manager under which an AnomalyError names the op where NaN or Inf first appears.
+
+    An op's forward is at fault when it produces NaN from inputs without NaN (log(-1), inf - inf)
+    or Inf from finite inputs (an overflow such as exp(1000), or 1 / 0); its backward, when it
+    produces a gradient holding NaN from upstream gradients, inputs and saved arrays without
+    NaN, or Inf from finite ones (the derivative of sqrt at 0). Values that arrive already
+    non-finite are not blamed on the op that receives them: the op that made them was flagged
+    there, or they are the caller's own, such as a -inf mask given to ``where`` before a
+    ``logsumexp``, which gives finite results and gradients.
 
     Slow (one ``isfinite`` per array), so meant for debugging a loss that went NaN.
     """
@@ -83,22 +90,43 @@ def detect_anomaly():
 
 
 class AnomalyError(FloatingPointError):
-    """Raised in anomaly mode when an op's forward or backward produces NaN or Inf."""
+    """Raised in anomaly mode by the op whose forward or backward first produced NaN or Inf."""
 
 
-def _check_finite(fn, stage, arrays):
-    """Raise AnomalyError naming ``fn`` and ``stage`` ("forward", "backward" or "forward input")
-    when one of ``arrays`` holds NaN or Inf."""
+def _nan_and_inf(arrays):
+    """Whether the float arrays among ``arrays`` (None skipped) hold NaN, and whether they hold Inf."""
+    has_nan = has_inf = False
     for a in arrays:
-        if a is not None and a.dtype.kind in "fc":
-            xp = get_array_module(a)
-            if not bool(xp.isfinite(a).all()):
-                where = f"(array of shape {tuple(a.shape)}, dtype {a.dtype})"
-                if stage == "forward input":  # an op's output would have been caught at that op
-                    raise AnomalyError(f"{fn.__name__} forward input holds NaN or Inf {where}: no op "
-                                       "checked here made it (a leaf's data, or a result computed "
-                                       "before detect_anomaly)")
-                raise AnomalyError(f"{fn.__name__} {stage} produced NaN or Inf {where}")
+        if a is None or a.dtype.kind not in "fc":
+            continue
+        xp = get_array_module(a)
+        if not bool(xp.isfinite(a).all()):
+            has_nan = has_nan or bool(xp.isnan(a).any())
+            has_inf = has_inf or bool(xp.isinf(a).any())
+    return has_nan, has_inf
+
+
+def _check_finite(fn, stage, results, sources, source_words):
+    """Raise AnomalyError when ``fn``'s ``stage`` ("forward" or "backward") is where NaN or Inf
+    starts: one of ``results`` holds NaN that ``sources`` (what the stage computed it from,
+    described by ``source_words``) did not hold, or Inf where every source was finite."""
+    had = None  # (NaN, Inf) in the sources: looked at only when a result is not finite
+    for k, a in enumerate(results):
+        made_nan, made_inf = _nan_and_inf([a])
+        if not (made_nan or made_inf):
+            continue
+        if had is None:
+            had = _nan_and_inf(sources)
+        had_nan, had_inf = had
+        if made_nan and not had_nan:
+            kind, free = "NaN", "without NaN"
+        elif made_inf and not (had_nan or had_inf):
+            kind, free = "Inf", "all finite"
+        else:
+            continue
+        what = "output" if stage == "forward" else "gradient for input"
+        raise AnomalyError(f"{fn.__name__} {stage} produced {kind} in {what} {k} (shape "
+                           f"{tuple(a.shape)}, dtype {a.dtype}) from {source_words} {free}")
 
 
 def _check_real(array, what, given):
@@ -445,7 +473,9 @@ def backward(tensors, grads, retain_graph=False):
             raise RuntimeError(f"{fn.__name__}.backward returned {len(in_grads)} gradient(s) for "
                                f"{len(node.inputs)} input(s); return one per input (None for none)")
         if anomaly:
-            _check_finite(fn, "backward", in_grads)
+            _check_finite(fn, "backward", in_grads,
+                          out_grads + [t.data for t in node.inputs] + list(ctx.saved),
+                          "upstream gradients, inputs and saved arrays")
         for inp, g in zip(node.inputs, in_grads):
             if g is None or not inp.requires_grad:
                 continue

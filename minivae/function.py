@@ -165,8 +165,6 @@ class Function:
         ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
         arrays = [t.data for t in tensors]
         anomaly = _state.anomaly
-        if anomaly:
-            _check_finite(cls, "forward input", arrays)
         # A CUDA kernel registered for this op and these (CuPy) inputs, or None: the op's own code.
         impl = dispatch.select(cls.__name__, *arrays, **params) or cls
         try:
@@ -178,7 +176,7 @@ class Function:
         several = type(out) is tuple
         outs = out if several else (out,)
         if anomaly:
-            _check_finite(cls, "forward", outs)
+            _check_finite(cls, "forward", outs, arrays, "inputs")
         record = _state.grad_enabled and True in needs
         results = []
         for a in outs:
