@@ -26,6 +26,7 @@ Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, 
 ``minivae.ops`` package, which comes after this module, installs them on the class.
 """
 import contextlib
+import functools
 import threading
 
 import numpy as np
@@ -42,25 +43,64 @@ class _State(threading.local):
 _state = _State()
 
 
-@contextlib.contextmanager
-def set_grad_enabled(enabled):
+class _GradMode:
     """Context manager (and decorator) under which operations record a graph if ``enabled``;
     the previous mode comes back on leaving, however the block ends."""
-    previous, _state.grad_enabled = _state.grad_enabled, bool(enabled)
-    try:
-        yield
-    finally:
-        _state.grad_enabled = previous
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.previous, _state.grad_enabled = _state.grad_enabled, self.enabled
+        return self
+
+    def __exit__(self, *exc_info):
+        _state.grad_enabled = self.previous
+        return False
+
+    def __call__(self, fn):
+        """``fn`` wrapped so that every call runs under this mode."""
+        enabled = self.enabled
+
+        @functools.wraps(fn)
+        def run_in_mode(*args, **kwargs):
+            # A context of its own per call: calls may nest (recursion) or run in several threads.
+            with _GradMode(enabled):
+                return fn(*args, **kwargs)
+        return run_in_mode
+
+
+class set_grad_enabled(_GradMode):
+    """Switch the recording of graphs on (``mode`` True) or off for this thread, at once.
+
+    Called alone (``mv.set_grad_enabled(False)``), the mode holds until it is set again, as with
+    ``torch.set_grad_enabled``. As a context manager, the mode before the call comes back on
+    leaving the block, however it ends. As a decorator, every call of the function runs under
+    ``mode``, and decorating it leaves the current mode as it was.
+    """
+
+    def __init__(self, mode):
+        super().__init__(bool(mode))
+        self.previous, _state.grad_enabled = _state.grad_enabled, self.enabled
+
+    def __enter__(self):
+        return self  # the call has set the mode already
+
+    def __call__(self, fn):
+        """``fn`` wrapped so that every call runs under ``mode``; the mode set by the call that
+        made this decorator is undone, as a decorator changes nothing until the function runs."""
+        _state.grad_enabled = self.previous
+        return super().__call__(fn)
 
 
 def no_grad():
     """Context manager (and decorator) under which no graph is recorded: for evaluation and updates."""
-    return set_grad_enabled(False)
+    return _GradMode(False)
 
 
 def enable_grad():
-    """Context manager that records the graph again inside a ``no_grad`` block."""
-    return set_grad_enabled(True)
+    """Context manager (and decorator) that records the graph again inside a ``no_grad`` block."""
+    return _GradMode(True)
 
 
 def is_grad_enabled():

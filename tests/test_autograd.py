@@ -170,6 +170,39 @@ def test_set_grad_enabled_restores_the_mode_however_the_block_ends(t64, enabled)
     assert mv.is_grad_enabled()
 
 
+def test_set_grad_enabled_called_alone_sets_the_mode_until_set_again(t64):
+    """As torch.set_grad_enabled: a call, not only a with block, switches the mode."""
+    x = t64(3)
+    try:
+        mv.set_grad_enabled(False)
+        assert not mv.is_grad_enabled() and not (x * 2.0).requires_grad
+        with mv.enable_grad():
+            assert (x * 2.0).requires_grad
+        assert not mv.is_grad_enabled()
+        mv.set_grad_enabled(True)
+        assert mv.is_grad_enabled() and (x * 2.0).requires_grad
+    finally:
+        mv.set_grad_enabled(True)
+
+
+def test_set_grad_enabled_as_decorator_switches_only_inside_calls(t64):
+    x = t64(3)
+
+    @mv.set_grad_enabled(False)
+    def evaluate(t):
+        return t * 2.0
+
+    assert mv.is_grad_enabled()  # decorating changed nothing
+    assert not evaluate(x).requires_grad
+    assert mv.is_grad_enabled() and (x * 2.0).requires_grad
+
+
+def test_no_grad_called_alone_changes_nothing():
+    """Only set_grad_enabled acts when called; no_grad() and enable_grad() act in a with block."""
+    mv.no_grad()
+    assert mv.is_grad_enabled()
+
+
 def test_detach_shares_data_and_cuts_the_graph(t64):
     x = t64(3)
     d = x.detach()
