@@ -80,7 +80,7 @@ class set_grad_enabled(_GradMode):
     """
 
     def __init__(self, mode):
-        super().__init__(bool(mode))
+        super().__init__(check_bool(mode, "set_grad_enabled(mode)"))
         self.previous, _state.grad_enabled = _state.grad_enabled, self.enabled
 
     def __enter__(self):

@@ -203,6 +203,13 @@ def test_no_grad_called_alone_changes_nothing():
     assert mv.is_grad_enabled()
 
 
+@pytest.mark.parametrize("mode", ["no", 0, 1, None, np.float64(1.0)])
+def test_set_grad_enabled_refuses_a_mode_that_is_not_a_bool(mode):
+    with pytest.raises(TypeError, match=r"^set_grad_enabled\(mode\) must be True or False, got "):
+        mv.set_grad_enabled(mode)
+    assert mv.is_grad_enabled()
+
+
 def test_detach_shares_data_and_cuts_the_graph(t64):
     x = t64(3)
     d = x.detach()
