@@ -148,6 +148,16 @@ def test_a_bool_is_no_axis(call):
         call(ones(2, 3))
 
 
+@pytest.mark.parametrize("op", [F.sum, F.mean, F.max, F.logsumexp], ids=lambda op: op.__name__)
+@pytest.mark.parametrize("keepdims", ["no", 1, None])
+def test_keepdims_must_be_a_bool(op, keepdims):
+    """NumPy's sum fails on "no" naming no op; max read it by its truth and kept the axes."""
+    with pytest.raises(TypeError, match=rf"^{op.__name__}: keepdims must be True or False, got "
+                                        rf"{keepdims!r}$"):
+        op(ones(2, 3), axis=1, keepdims=keepdims)
+    assert op(ones(2, 3), axis=1, keepdims=np.True_).shape == (2, 1)
+
+
 @pytest.mark.parametrize("op", [F.sum, F.mean, F.max, F.logsumexp, F.softmax, F.log_softmax],
                          ids=lambda op: op.__name__)
 def test_numpy_integer_axes_are_accepted(op):

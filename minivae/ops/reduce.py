@@ -1,5 +1,6 @@
 """Reductions: sum, mean, max, logsumexp, and the softmax family along an axis."""
 from ..backend import get_array_module
+from ..checks import check_bool
 from ..function import Function
 from .axes import normalize_axes, normalize_axis
 
@@ -182,22 +183,22 @@ class LogSoftmax(Function):
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - the public name matches NumPy's
     """Sum over ``axis`` (None: all axes; an int or a tuple of ints)."""
-    return Sum.apply(x, axis=axis, keepdims=keepdims)
+    return Sum.apply(x, axis=axis, keepdims=check_bool(keepdims, "sum: keepdims"))
 
 
 def mean(x, axis=None, keepdims=False):
     """Mean over ``axis`` (None: all axes; an int or a tuple of ints)."""
-    return Mean.apply(x, axis=axis, keepdims=keepdims)
+    return Mean.apply(x, axis=axis, keepdims=check_bool(keepdims, "mean: keepdims"))
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001 - the public name matches NumPy's
     """Maximum over ``axis``; the gradient is shared evenly among tied maxima."""
-    return Max.apply(x, axis=axis, keepdims=keepdims)
+    return Max.apply(x, axis=axis, keepdims=check_bool(keepdims, "max: keepdims"))
 
 
 def logsumexp(x, axis=None, keepdims=False):
     """log(sum(exp(x))) over ``axis``, computed without overflow."""
-    return LogSumExp.apply(x, axis=axis, keepdims=keepdims)
+    return LogSumExp.apply(x, axis=axis, keepdims=check_bool(keepdims, "logsumexp: keepdims"))
 
 
 def softmax(x, axis=-1):
