@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the op and the shapes or dtypes, not a NumPy traceback."""
+import re
 import sys
 import types
 
@@ -236,6 +237,15 @@ def test_batch_norm_refuses_the_settings_batchnorm1d_refuses(training, setting, 
     with pytest.raises(error, match=message):
         F.batch_norm(x, running_mean=running_mean, running_var=running_var, training=training, **setting)
     np.testing.assert_array_equal(running_var, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("shape", [(-2,), (2, -3), (-1, -2)])
+def test_reshape_refuses_a_negative_size_other_than_minus_one(shape):
+    """NumPy 2 reads any negative size as the inferred one: (2, -3) gave (2, 3) without a word."""
+    with pytest.raises(ValueError, match=rf"^reshape: sizes must be at least 0, or -1 for the one "
+                                         rf"inferred, got {re.escape(str(shape))}$"):
+        ones(2, 3).reshape(*shape)
+    assert ones(2, 3).reshape(-1, 2).shape == (3, 2)
 
 
 @pytest.mark.parametrize("axes", [(2, 1), (0, 3), (-3, 0)])

@@ -205,8 +205,11 @@ def _shape_tuple(op, shape):
 
 
 def reshape(x, shape):
-    """Reshape ``x`` (one dimension may be -1)."""
-    return Reshape.apply(x, shape=_shape_tuple("reshape", shape))
+    """Reshape ``x`` (one dimension may be -1, inferred from the others)."""
+    shape = _shape_tuple("reshape", shape)
+    if any(n < -1 for n in shape):  # NumPy 2 infers any negative size, as if it were -1
+        raise ValueError(f"reshape: sizes must be at least 0, or -1 for the one inferred, got {shape}")
+    return Reshape.apply(x, shape=shape)
 
 
 def transpose(x, axes=None):
