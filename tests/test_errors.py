@@ -270,6 +270,19 @@ def test_shapes_and_axes_of_the_wrong_type_name_the_op(call, message):
     assert F.reshape(ones(3, 4), np.int64(12)).shape == (12,)  # one integer is a 1-D shape
 
 
+@pytest.mark.parametrize("index, got", [(1.0, "1.0"), (np.float32(1.0), r"np.float32\(1.0\)"),
+                                        ((0, 1.5), "1.5"), ("a", "'a'"),
+                                        ([0.5], "an array of dtype float64")],
+                         ids=["float", "numpy float", "float in a tuple", "string", "float list"])
+def test_getitem_refuses_an_index_that_is_not_integer_or_boolean(index, got):
+    """NumPy's message ("arrays used as indices must be of integer (or boolean) type") named
+    neither the op nor the value."""
+    with pytest.raises(IndexError, match=rf"^getitem: an index must be an integer, a slice, None, "
+                                         rf"Ellipsis, or an integer or boolean array, got {got}$"):
+        ones(2, 3)[index]
+    assert ones(2, 3)[np.int64(1), [True, False, True]].shape == (2,)
+
+
 # ----- dtypes -------------------------------------------------------------------------------
 def test_dtype_mixing_names_the_op():
     x32, x64 = mv.tensor([1.0, 2.0], requires_grad=True), ones(2)

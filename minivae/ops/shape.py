@@ -89,8 +89,19 @@ def _own_index(index, xp):
     tuple as an integer array, which ``_is_advanced`` must see as one."""
     parts = index if isinstance(index, tuple) else (index,)
     own = tuple(p if p is None or p is Ellipsis or isinstance(p, (slice, numbers.Integral))
-                else xp.array(p) for p in parts)
+                else _index_array(p, xp) for p in parts)
     return own if isinstance(index, tuple) else own[0]
+
+
+def _index_array(part, xp):
+    """``part`` of an index as an array of its own, refused (IndexError) unless it holds integers
+    or booleans: NumPy's own error for ``x[1.0]`` names neither the op nor the value."""
+    array = xp.array(part)
+    if array.dtype.kind not in "biu":
+        got = repr(part) if array.ndim == 0 else f"an array of dtype {array.dtype}"
+        raise IndexError(f"getitem: an index must be an integer, a slice, None, Ellipsis, or an "
+                         f"integer or boolean array, got {got}")
+    return array
 
 
 def _is_advanced(index):
