@@ -283,6 +283,17 @@ def test_getitem_refuses_an_index_that_is_not_integer_or_boolean(index, got):
     assert ones(2, 3)[np.int64(1), [True, False, True]].shape == (2,)
 
 
+@pytest.mark.parametrize("index, shape", [([], (0, 3)), ((0, []), (0,)), ((slice(None), []), (2, 0))],
+                         ids=["rows", "in a tuple", "columns"])
+def test_getitem_with_an_empty_list_selects_nothing(index, shape):
+    """As in NumPy and PyTorch. Before, the list became a float array, refused as an index."""
+    x = ones(2, 3)
+    y = x[index]
+    assert y.shape == shape
+    (y * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, np.zeros((2, 3)))
+
+
 # ----- dtypes -------------------------------------------------------------------------------
 def test_dtype_mixing_names_the_op():
     x32, x64 = mv.tensor([1.0, 2.0], requires_grad=True), ones(2)

@@ -95,8 +95,11 @@ def _own_index(index, xp):
 
 def _index_array(part, xp):
     """``part`` of an index as an array of its own, refused (IndexError) unless it holds integers
-    or booleans: NumPy's own error for ``x[1.0]`` names neither the op nor the value."""
+    or booleans: NumPy's own error for ``x[1.0]`` names neither the op nor the value. An empty
+    list selects nothing, as in NumPy, though ``array([])`` alone would be of floats."""
     array = xp.array(part)
+    if array.size == 0 and not hasattr(part, "dtype"):  # NumPy reads [] as no positions, not as floats
+        array = array.astype(xp.intp)
     if array.dtype.kind not in "biu":
         got = repr(part) if array.ndim == 0 else f"an array of dtype {array.dtype}"
         raise IndexError(f"getitem: an index must be an integer, a slice, None, Ellipsis, or an "
