@@ -32,6 +32,20 @@ from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 PAPER_Z_DIMS = (64, 32, 16, 8, 4)
 
 
+def check_ladder_sizes(model, hidden, z_dims):
+    """The hidden widths and latent sizes of ``model``'s (a name, for messages) L layers, bottom to
+    top, as tuples: ``z_dims`` None takes the paper's first L sizes (``PAPER_Z_DIMS``)."""
+    hidden = check_sizes(hidden, "hidden")
+    if z_dims is None:
+        if len(hidden) > len(PAPER_Z_DIMS):
+            raise ValueError(f"{model}: give z_dims for more than {len(PAPER_Z_DIMS)} layers")
+        z_dims = PAPER_Z_DIMS[:len(hidden)]
+    z_dims = check_sizes(z_dims, "z_dims")
+    if len(z_dims) != len(hidden):
+        raise ValueError(f"{model}: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
+    return hidden, z_dims
+
+
 def top_down(bottom_up, prior, noise, shape):
     """The Ladder VAE's top-down pass: draws from q and the q and p parameters of every layer.
 
@@ -86,14 +100,7 @@ class LadderVAE(LatentVariableModel):
                  z_dim=None, rng=None):
         super().__init__(beta, mc_samples, iw_k)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
-        hidden = check_sizes(hidden, "hidden")
-        if z_dims is None:
-            if len(hidden) > len(PAPER_Z_DIMS):
-                raise ValueError(f"ladder: give z_dims for more than {len(PAPER_Z_DIMS)} layers")
-            z_dims = PAPER_Z_DIMS[:len(hidden)]
-        z_dims = check_sizes(z_dims, "z_dims")
-        if len(z_dims) != len(hidden):
-            raise ValueError(f"ladder: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
+        hidden, z_dims = check_ladder_sizes("ladder", hidden, z_dims)
         check_one_training_bound(self.mc_samples, self.iw_k)
         self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         mlp_layers = check_integer(mlp_layers, "mlp_layers", minimum=1)

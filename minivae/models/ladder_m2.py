@@ -78,7 +78,7 @@ from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise
 from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
-from .ladder import PAPER_Z_DIMS, kl_terms, log_ratio, top_down
+from .ladder import check_ladder_sizes, kl_terms, log_ratio, top_down
 from .semisupervised import SemiSupervised
 
 
@@ -115,14 +115,7 @@ class LadderM2(SemiSupervised):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("ladder-m2 trains on the ELBO-based bounds; iw_k must be 1")
-        hidden = check_sizes(hidden, "hidden")
-        if z_dims is None:
-            if len(hidden) > len(PAPER_Z_DIMS):
-                raise ValueError(f"ladder-m2: give z_dims for more than {len(PAPER_Z_DIMS)} layers")
-            z_dims = PAPER_Z_DIMS[:len(hidden)]
-        z_dims = check_sizes(z_dims, "z_dims")
-        if len(z_dims) != len(hidden):
-            raise ValueError(f"ladder-m2: {len(hidden)} hidden widths need as many z_dims, got {z_dims}")
+        hidden, z_dims = check_ladder_sizes("ladder-m2", hidden, z_dims)
         self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         n, k, z = len(hidden), self.num_classes, self.z_dims
         mlp_layers = check_integer(mlp_layers, "mlp_layers", minimum=1)
