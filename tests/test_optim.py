@@ -309,6 +309,39 @@ def test_flush_removes_subnormal_moments_and_changes_nothing_else():
     np.testing.assert_array_equal(p_flush, p_plain)  # no result changes, not even by rounding
 
 
+@pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=1e-3, flush_every=3),
+                                  lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, flush_every=3)],
+                         ids=["Adam", "SGD"])
+def test_the_flush_runs_at_every_flush_every_th_step_and_no_other(make):
+    """A first moment (Adam's exp_avg, SGD's momentum buffer) made subnormal at steps 1 and 4
+    decays without reaching 0, so it is still there after steps 1, 2, 4 and 5 and is cleared by
+    the flushes of steps 3 and 6 (a flush at every step but the third, or at none, would pass a
+    check of the end state alone)."""
+    p = nn.Parameter(np.zeros(2, np.float32))
+    opt = make([p])
+    key = "exp_avg" if isinstance(opt, optim.Adam) else "momentum_buffer"
+    kept = []
+    for t in range(1, 7):
+        p.grad = np.array([1e-38 if t in (1, 4) else 0.0, 1.0], np.float32)  # 1e-38 is below tiny
+        opt.step()
+        kept.append(bool(opt.state[0][key][0] != 0))
+        assert opt.state[0][key][1] != 0  # a normal entry is never flushed
+    assert kept == [True, True, False, True, True, False]
+
+
+def test_adam_flushes_as_its_step_argument_says():
+    """``step(flush=...)`` overrides the count (a captured step fixes its flush when captured):
+    True flushes at step 1, False keeps the subnormal moment at step 3."""
+    p = nn.Parameter(np.zeros(1, np.float32))
+    opt = optim.Adam([p], lr=1e-3, flush_every=3)
+    kept = []
+    for t, flush in ((1, True), (2, None), (3, False)):
+        p.grad = np.array([1e-38 if t != 3 else 0.0], np.float32)
+        opt.step(flush=flush)
+        kept.append(bool(opt.state[0]["exp_avg"][0] != 0))
+    assert kept == [False, True, True]
+
+
 # ----- state_dict and exact resume -------------------------------------------------------------------
 class _Net(nn.Module):
     def __init__(self):
