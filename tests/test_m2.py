@@ -231,6 +231,17 @@ def test_labelled_batches_are_a_function_of_seed_and_step():
     assert not np.array_equal(a(0)[0], a(3)[0])  # the next pass: new order and new binarization
 
 
+def test_the_trainer_takes_the_labelled_batches_of_the_runs_step_count(tmp_path):
+    """Step t of the run (0-based, counted over all its epochs) gets the labelled batch of step t,
+    so each pass over the unlabelled images meets labelled batches not seen before (numbered
+    within the epoch, the second pass would repeat the first's batches in the same order)."""
+    trainer = Trainer(ssl_config(tmp_path), data=small_data(), progress=False, log=lambda m: None)
+    asked, batches = [], trainer.labelled
+    trainer.labelled = lambda step: asked.append(step) or batches(step)
+    trainer.fit()
+    assert asked == list(range(12))  # 2 epochs of 300 images in batches of 50
+
+
 def test_semi_supervised_training_reduces_the_loss_and_reports_errors(tmp_path):
     data = small_data()
     trainer = Trainer(ssl_config(tmp_path, epochs=4), data=data, progress=False, log=lambda m: None)

@@ -279,6 +279,24 @@ def test_resume_after_interrupt_gives_exactly_the_uninterrupted_parameters(tmp_p
     assert epochs == [1, 2]
 
 
+@pytest.mark.parametrize("stop_after", [3, 8])  # inside epoch 1, inside epoch 2
+def test_a_resumed_epoch_reports_the_means_over_all_its_steps(tmp_path, stop_after):
+    """The train_* statistics of an epoch cut by Ctrl-C and resumed are those of the run not
+    interrupted: the sums of the steps before the cut come back from the checkpoint and join those
+    after it, and their mean is over the epoch's 6 steps (a resume that started the sums afresh
+    would report a third of the epoch's loss)."""
+    check_exact_resume(lambda name: config(tmp_path / name), small_data(), stop_after)
+
+    def summaries(name):
+        return [json.loads(l) for l in (tmp_path / name / "run" / METRICS).read_text().splitlines()]
+
+    for want, got in zip(summaries("ref"), summaries("cut"), strict=True):
+        train_keys = sorted(k for k in want if k.startswith("train_"))
+        assert train_keys and sorted(k for k in got if k.startswith("train_")) == train_keys
+        for key in train_keys:
+            assert got[key] == pytest.approx(want[key], rel=1e-12), (want["epoch"], key)
+
+
 def test_resume_extends_a_finished_run(tmp_path):
     data = small_data()
     quiet = dict(data=data, progress=False, log=lambda m: None)
@@ -329,6 +347,19 @@ def test_the_learning_rate_follows_the_cosine_schedule_or_stays_constant(tmp_pat
     with pytest.raises(ValueError, match=r"^lr 5e-05 is below lr_min 0.0001: the cosine schedule would raise"):
         Trainer(config(tmp_path, lr=5e-5), data=data, progress=False, log=lambda m: None)
     assert Trainer(config(tmp_path, lr=5e-5, lr_schedule="constant"), data=data, progress=False).learning_rate(0) == 5e-5
+
+
+def test_the_cosine_schedule_spans_the_steps_of_all_the_epochs(tmp_path):
+    """The rate each optimizer step runs with: lr_min + (lr - lr_min) (1 + cos(pi t / T)) / 2 at
+    step t, with T = 12 the steps of the run (2 epochs of 300 images in batches of 50), counted
+    here from the settings rather than read from the trainer (whose own count the schedule uses)."""
+    trainer = Trainer(config(tmp_path, lr=1e-3, lr_min=1e-4), data=small_data(), progress=False,
+                      log=lambda m: None)
+    rates, step = [], trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kw: rates.append(trainer.optimizer.lr) or step(*args, **kw)
+    trainer.fit()
+    want = [1e-4 + (1e-3 - 1e-4) * (1 + math.cos(math.pi * t / 12)) / 2 for t in range(12)]
+    assert rates == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("setting, error", [
