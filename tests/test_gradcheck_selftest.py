@@ -214,6 +214,32 @@ def test_tolerances_are_named_constants():
     assert 0 < ATOL < 1e-3 and 0 < RTOL < 1e-2
 
 
+class ShiftedGradient(Function):
+    """c x, whose backward adds ``error`` to the exact gradient c g. The function is linear, so its
+    central differences are c g up to rounding (1e-10), and the error alone decides the check."""
+
+    @staticmethod
+    def forward(ctx, x, c=1.0, error=0.0):
+        ctx.c, ctx.error = c, error
+        return c * x
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.c * g + ctx.error
+
+
+@pytest.mark.parametrize("c", [1e-3, 1.0], ids=["atol decides", "rtol decides"])
+def test_the_tolerance_is_atol_plus_rtol_times_the_numeric_gradient(t64, c):
+    """An error of half the tolerance ATOL + RTOL |numeric| passes, one of twice fails: the
+    upstream gradients are 0.5 to 1.5 in size, so the numeric gradient |c g| is 0.5 c to 1.5 c.
+    At c = 1e-3, gradients of the size a VAE's parameters often have, ATOL is most of it: a
+    looser absolute tolerance would let an error of 2e-5 on a gradient of 1e-3 through."""
+    x = t64(3, 4)
+    assert gradcheck(lambda t: ShiftedGradient.apply(t, c=c, error=0.5 * (ATOL + RTOL * 0.5 * c)), x)
+    with pytest.raises(GradcheckError, match=r"input 0 \(t\) disagrees at element \(0, 0\)"):
+        gradcheck(lambda t: ShiftedGradient.apply(t, c=c, error=2 * (ATOL + RTOL * 1.5 * c)), x)
+
+
 def test_inputs_without_grad_and_non_tensors_are_passed_through(t64):
     x, c = t64(3), t64(3, requires_grad=False)
     assert gradcheck(lambda x, c, k: x * c * k, x, c, 2.5)
