@@ -74,6 +74,19 @@ def test_decode_goes_through_the_conditional_mean_of_z1(rng):
     want = model.generator.logits(mv.tensor(mu_p)).data
     np.testing.assert_array_equal(model.decode(mv.tensor(z2)).data, want)
 
+
+def test_sample_draws_z1_from_its_prior_given_z2():
+    """sample() is ancestral sampling: z2 ~ N(0, I) (the generator's first draw), then z1 =
+    mu_p + e^(logvar_p / 2) eps ~ p(z1 | z2) (its second draw), never the mean of p(z1 | z2),
+    which decode() uses; then the Bernoulli means sigmoid(logits(z1))."""
+    model = two_layer()
+    g = Generator(6)
+    z2 = g.normal((5, 2), dtype=np.float64)
+    mu_p, logvar_p = (a.data for a in model.generator.prior(0, mv.tensor(z2)))
+    z1 = mu_p + np.exp(logvar_p / 2) * g.normal((5, 4), dtype=np.float64)
+    want = 1 / (1 + np.exp(-model.generator.logits(mv.tensor(z1)).data))
+    np.testing.assert_allclose(model.sample(5, Generator(6)), want, rtol=1e-12)
+
 def test_k1_bound_is_the_elbo(rng):
     """At k = 1 the IWAE bound is exactly the single-sample ELBO (log-weight), and training with
     k = 1 uses the ELBO with the closed-form KL, equal to it in expectation."""
