@@ -93,7 +93,7 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 100
     lr: float = 1e-3
-    lr_schedule: str = "cosine"  # "cosine" (to lr_min at the last step) or "constant"
+    lr_schedule: str = "cosine"  # "cosine" (down to lr_min after the last step) or "constant"
     lr_min: float = 1e-4
     z_dim: int = 50
     hidden: tuple = (512, 256)

@@ -272,7 +272,8 @@ class Trainer:
 
     def learning_rate(self, step):
         """The learning rate of optimizer step ``step``: ``lr``, or the cosine schedule's
-        (``optim.CosineLR``, from lr to lr_min at the last step)."""
+        (``optim.CosineLR``, from lr down to lr_min at the step after the last, as PyTorch's
+        ``CosineAnnealingLR``: the last step runs just above lr_min)."""
         return self.config.lr if self.schedule is None else self.schedule.lr_at(step)
 
     # ----- checkpoints -----------------------------------------------------------------------
