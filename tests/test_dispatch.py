@@ -16,9 +16,10 @@ import pytest
 
 import minivae as mv
 import minivae.functional as F
-from minivae import optim
+from minivae import gradcheck_cases, optim
 from minivae.function import Context
 from minivae.gpu import cublas, dispatch
+from minivae.ops.vae import BernoulliLogProb, GaussianLogProb
 from minivae.random import Noise
 from test_kernels import dispatch_table, fake_gpu, shim  # noqa: F401  (fixtures)
 
@@ -384,6 +385,22 @@ def test_the_gaussian_row_takes_parameters_of_xs_trailing_shape(as_gpu):
     for case, (mu, lv) in {"over rows": (np.zeros((6, 1), np.float32), x),
                            "another dtype": (x, x.astype(np.float64))}.items():
         assert dispatch.select("GaussianLogProb", x, mu, lv) is None, case
+
+
+#: The gradcheck cases of the log-density ops whose inputs their rows do not take, so that on
+#: CuPy they run the xp code: the rows take targets (a Gaussian's mu and logvar) of the first
+#: input's shape or of its trailing axes, and these logits broadcast against larger targets.
+#: tests/test_gpu.py gradchecks every case on the device and expects the row for all the others.
+XP_CODE_CASES = {("BernoulliLogProb", "logits (4,1) against soft targets (4,3), both grads")}
+
+
+@pytest.mark.parametrize("op", [BernoulliLogProb, GaussianLogProb])
+def test_the_log_density_rows_take_every_gradcheck_case_but_the_named_ones(as_gpu, op):
+    """On CuPy, every gradcheck case of the op runs its row, but those of XP_CODE_CASES."""
+    for name, _, specs in gradcheck_cases.CASES[op]:
+        arrays = [t.data for t in gradcheck_cases.build(specs, gradcheck_cases.rng_for(op, name))]
+        want = None if (op.__name__, name) in XP_CODE_CASES else dispatch.TABLE[op.__name__]
+        assert dispatch.select(op.__name__, *arrays) is want, name
 
 
 # ------------------------------------------------------------------------------ log-sum-exp
