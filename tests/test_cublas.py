@@ -3,6 +3,8 @@ compiler (``fake_lib_path`` in conftest.py: a naive column-major gemm on host me
 cuBLAS's own signatures), so the argument order of the row-major -> column-major mapping, the
 leading dimensions, the scalars passed by reference and the handle's life are all checked against
 NumPy. (The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
+import ctypes.util
+import re
 import types
 
 import numpy as np
@@ -121,3 +123,15 @@ def test_candidates_prefer_the_environment_and_the_cuda_major(monkeypatch, tmp_p
     assert cands[0] == "/opt/x/libcublas.so"
     assert cands[1] == str(lib / "libcublas.so.13")
     assert "libcublas.so.13" in cands  # the loader's own search comes last
+
+
+def test_a_library_without_the_functions_is_passed_over_and_named(fake_lib_path):
+    """A file that loads but is no libcublas of ours (MINIVAE_CUBLAS naming libcublasLt, or a
+    cuBLAS older than cublasSetWorkspace_v2) is tried like one that does not load: the next
+    candidate is taken, or the one error lists it with the symbol it lacks."""
+    other = ctypes.util.find_library("c")
+    if other is None:
+        pytest.skip("no C library to stand for a library without cuBLAS's functions")
+    with pytest.raises(RuntimeError, match=rf"tried {re.escape(other)} \(loads, but lacks .*cublasCreate_v2"):
+        cublas.load_library([other])
+    assert cublas.load_library([other, fake_lib_path])._name == fake_lib_path

@@ -97,10 +97,13 @@ def load_library(candidates=None):
             if os.path.dirname(path) and os.path.isfile(lt):  # its companion, from the same folder
                 ctypes.CDLL(lt, mode=ctypes.RTLD_GLOBAL)
             lib = ctypes.CDLL(path)
+            _declare(lib)
         except OSError as exc:
             tried.append(f"{path} ({exc})")
             continue
-        _declare(lib)
+        except AttributeError as exc:  # another library, or a cuBLAS older than the functions declared
+            tried.append(f"{path} (loads, but lacks a function minivae calls: {exc})")
+            continue
         return lib
     raise RuntimeError(
         "minivae.gpu.cublas: libcublas was not found or did not load; tried "
