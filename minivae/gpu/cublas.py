@@ -12,8 +12,8 @@ Why ctypes rather than a package. The maintained bindings that reach the same C 
 nvmath-python (``nvmath.bindings.cublas`` / ``cublasLt``; version 1.0.1 is a 5.6 MB wheel that
 also requires cuda-bindings, cuda-core and cuda-pathfinder) and cuda-python (whose
 ``cuda.bindings`` cover the driver, runtime and NVRTC, not cuBLAS). Neither comes with CuPy or
-PyTorch, so using them would add three or four packages to ``minivae[gpu]`` for five C calls,
-and a GPU machine without the internet could not run graph mode at all. Five ``ctypes``
+PyTorch, so using them would add three or four packages to ``minivae[gpu]`` for six C calls,
+and a GPU machine without the internet could not run graph mode at all. Six ``ctypes``
 declarations against the ``libcublas`` that CuPy's own CUDA install already ships are smaller
 than any of those and are tested here with a fake library.
 
@@ -89,7 +89,7 @@ def library_candidates(major=None):
 
 def load_library(candidates=None):
     """The first libcublas of ``candidates`` (default :func:`library_candidates`) that loads,
-    as a ``ctypes.CDLL`` with the five functions declared; one clear error if none does."""
+    as a ``ctypes.CDLL`` with the six functions declared; one clear error if none does."""
     tried = []
     for path in library_candidates(_cuda_major()) if candidates is None else candidates:
         try:
