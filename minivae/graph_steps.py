@@ -53,6 +53,10 @@ class GraphSteps:
             self.labelled = (cp.zeros_like(xl), cp.zeros_like(yl))
         self.keys = list(keys)
         self.sums = cp.zeros(len(self.keys), dtype=self.dtype)  # the statistics, in the order of keys
+        # The images of each replayed step, (unlabelled, labelled): every replay has the batches
+        # of the input buffers' shapes, so the host weighs the summed batch means by these.
+        self.batch_sizes = (len(self.x), 0 if self.labelled is None else len(self.labelled[0]))
+        self.steps_summed = 0  # replays since the last clear_sums
         self.loss_sum = cp.zeros((), dtype=self.dtype)  # NaN or infinite once a loss was
         self.graphs = {}
 
@@ -115,6 +119,7 @@ class GraphSteps:
             cp.copyto(self.labelled[0], xl)
             cp.copyto(self.labelled[1], yl)
         self.graphs[bool(self.flush_every) and (t + 1) % self.flush_every == 0].replay()
+        self.steps_summed += 1
 
     def skip_step(self):
         """Pass over the schedule's row of a step that ran eagerly."""
@@ -122,13 +127,15 @@ class GraphSteps:
 
     # ----- what the host reads ---------------------------------------------------------------------
     def read_sums(self):
-        """The statistics summed since the last ``clear_sums`` (one read from the device)."""
+        """The statistics summed since the last ``clear_sums``: the sums of the batch means of
+        ``steps_summed`` steps on batches of ``batch_sizes`` (one read from the device)."""
         return dict(zip(self.keys, self.cp.asnumpy(self.sums).tolist()))
 
     def clear_sums(self):
         """Start new sums (after the host has read them)."""
         self.sums.fill(0)
         self.loss_sum.fill(0)
+        self.steps_summed = 0
 
     def has_diverged(self):
         """Whether a step's loss since the last ``clear_sums`` was NaN or infinite (one read from

@@ -324,8 +324,9 @@ def _no_checkpoint(run):
 #: What a checkpoint's document holds besides the config, for a resume, and the type of each.
 RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
 #: What a checkpoint's document holds since it was recorded, and the type of each: checkpoints
-#: saved before lack it and resume without its check. ``n_train``: the number of training images.
-RECORDED_STATE = {"n_train": int}
+#: saved before lack it and resume without its check. ``n_train``: the number of training images;
+#: ``images``: the images each of the ``sums`` is over (before, the sums were of batch means).
+RECORDED_STATE = {"n_train": int, "images": dict}
 
 
 def check_resume_state(arrays, meta, path):

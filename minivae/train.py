@@ -2,7 +2,10 @@
 
 A run lives in one folder (``minivae.runs``): ``config.json`` (the settings), ``metrics.jsonl``
 (one JSON line per epoch), ``checkpoint.npz`` (model, optimizer, noise generator and loop
-position; see ``minivae.checkpoint``) and, at the end, ``results.json``. Training refuses a
+position; see ``minivae.checkpoint``) and, at the end, ``results.json``. An epoch's ``train_*``
+statistics are means over its training images, as ``valid_elbo`` is over the validation images:
+a shorter last batch weighs as many images as it holds (a semi-supervised model's labelled
+statistics, over the labelled images its steps took). Training refuses a
 folder that holds a run unless asked to resume it or to overwrite it. Everything random is a function of
 the seed and a position: the batch order and binarization of epoch e depend only on
 (seed, e), and the reparameterization noise on the Philox generator's offset, which the
@@ -202,6 +205,12 @@ class LabelledBatches:
             self._epoch = epoch
         return self._batches[i]
 
+    def batch_size(self, step):
+        """The number of images in the labelled batch of step ``step``: the batch size, or fewer
+        for the last batch of a pass over the labelled images."""
+        i = step % len(self.loader)
+        return min(self.loader.batch_size, self.loader.num_examples - i * self.loader.batch_size)
+
 
 class Trainer:
     """Runs one training job described by a TrainConfig (see the module docstring)."""
@@ -238,7 +247,9 @@ class Trainer:
                                             config.batch_size, config.seed, self.device)
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
-        self.epoch, self.batch, self.sums = 0, 0, {}
+        # The loop position: epochs done, batches done of the next, and that epoch's statistics so
+        # far as sums over images (with "seconds", its training time) and the images each is over.
+        self.epoch, self.batch, self.sums, self.images = 0, 0, {}, {}
         # Graph mode (minivae.graph_steps): on the GPU, unless asked to run eagerly. Set up after
         # the first step.
         self.use_graph = self.device == "gpu" and not config.eager
@@ -298,7 +309,7 @@ class Trainer:
                 f"non-finite values in {shown} at {_position(self.epoch, self.batch)} (an infinite "
                 f"gradient or update); {self._last_good()}. {_DIVERGED_ADVICE}")
         meta = {"config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch,
-                "sums": self.sums, "noise": self.noise.state_dict(), "optim": numbers,
+                "sums": self.sums, "images": self.images, "noise": self.noise.state_dict(), "optim": numbers,
                 "n_train": len(self.data.x_train)}
         runs.save_checkpoint(self.run_dir, arrays, meta)
         self.saved = (self.epoch, self.batch)
@@ -330,9 +341,26 @@ class Trainer:
             self.noise.load_state_dict(meta["noise"])
         except (KeyError, TypeError, ValueError) as exc:
             raise runs.damaged(path, f"cannot resume from it: {exc.args[0] if exc.args else exc}") from None
-        self.epoch, self.batch, self.sums = meta["epoch"], meta["batch"], meta["sums"]
+        self.epoch, self.batch = meta["epoch"], meta["batch"]
+        if "images" in meta:
+            self.sums, self.images = meta["sums"], meta["images"]
+        else:
+            self._load_sums_of_batch_means(meta["sums"])
         self.saved = (self.epoch, self.batch)
         return saved
+
+    def _load_sums_of_batch_means(self, sums):
+        """Load the ``sums`` of a checkpoint saved before they were sums over images: the sums of
+        the batch means of the epoch's first ``batch`` steps. Every batch of an epoch but its
+        last is full, so each of those means is taken as one over ``batch_size`` images (a
+        labelled one over a full labelled batch). That is exact for a checkpoint saved inside an
+        epoch, but for labelled statistics where a pass over the labelled images ended in a
+        shorter batch; those, and all statistics of a checkpoint saved after an epoch's last
+        step, come out as the means of their batch means, as they would have before."""
+        self.sums = {"seconds": sums["seconds"]} if "seconds" in sums else {}
+        self.images = {}
+        full = (self.loader.batch_size, 0 if self.labelled is None else self.labelled.loader.batch_size)
+        self._add_statistics({k: v for k, v in sums.items() if k != "seconds"}, full, self.batch)
 
     def _check_data_size(self, n_train):
         """Raise ResumeMismatchError unless the training data has the ``n_train`` images the run
@@ -390,13 +418,32 @@ class Trainer:
             raise TrainingDiverged(
                 f"the loss became NaN or infinite before {_position(self.epoch, self.batch)}; "
                 f"{self._last_good()}. {_DIVERGED_ADVICE}")
-        for k, v in self.graph.read_sums().items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
+        if self.graph.steps_summed:
+            self._add_statistics(self.graph.read_sums(), self.graph.batch_sizes, self.graph.steps_summed)
         self.graph.clear_sums()
         self.graph.sync_host(self.steps_done)
         self.optimizer.lr = self.learning_rate(max(self.steps_done - 1, 0))
 
     # ----- the loop --------------------------------------------------------------------------
+    def _batch_sizes(self, xb, step):
+        """The images of step ``step`` on the batch ``xb``: (unlabelled, labelled), the second 0
+        for a model without labels."""
+        return len(xb), 0 if self.labelled is None else self.labelled.batch_size(step)
+
+    def _add_statistics(self, stats, sizes, steps=1):
+        """Add ``stats`` to the epoch's sums as sums over images: each the sum of ``steps`` batch
+        means over batches of ``sizes`` = (unlabelled, labelled) images, the second for the
+        model's ``labelled_statistics``. So an epoch's statistics are means over its images, and
+        a shorter last batch weighs as many images as it holds, not as many as a full one."""
+        for k, v in stats.items():
+            size = sizes[1] if k in self.model.labelled_statistics else sizes[0]
+            self.sums[k] = self.sums.get(k, 0.0) + v * size
+            self.images[k] = self.images.get(k, 0) + steps * size
+
+    def _means(self):
+        """The epoch's statistics so far, each the mean over the images it was computed on."""
+        return {k: v / self.images[k] for k, v in self.sums.items() if k != "seconds"}
+
     def _step(self, xb, beta, step):
         self.optimizer.lr = self.learning_rate(step)
         extra = {}
@@ -436,9 +483,10 @@ class Trainer:
         for i, xb in enumerate(self.loader.epoch(epoch)):
             if i < self.batch:  # resuming inside this epoch: these batches were done already
                 continue
-            stats = self._run_step(xb, beta, epoch * n_batches + i)
-            for k, v in (stats or {}).items():
-                self.sums[k] = self.sums.get(k, 0.0) + v
+            step = epoch * n_batches + i
+            stats = self._run_step(xb, beta, step)
+            if stats is not None:  # else summed on the device (graph mode), added by _fold_graph
+                self._add_statistics(stats, self._batch_sizes(xb, step))
             self.batch = i + 1
             self.sums["seconds"] = time.perf_counter() - start
             if self.stop_requested.is_set():
@@ -447,8 +495,7 @@ class Trainer:
                 bar.update(1)
                 if i % 20 == 0:
                     self._fold_graph()
-                    shown = {k: f"{v / self.batch:.2f}" for k, v in self.sums.items()
-                             if k in ("loss", "elbo", "kl")}
+                    shown = {k: f"{v:.2f}" for k, v in self._means().items() if k in ("loss", "elbo", "kl")}
                     bar.set_postfix(shown, refresh=False)
         if bar is not None:
             bar.close()
@@ -457,7 +504,7 @@ class Trainer:
         metrics = {"epoch": epoch + 1, "lr": self.optimizer.lr}
         if self.model.iw_k == 1:  # the IWAE bound has no KL weight to log
             metrics["beta"] = beta
-        metrics.update({f"train_{k}": v / n_batches for k, v in self.sums.items() if k != "seconds"})
+        metrics.update({f"train_{k}": v for k, v in self._means().items()})
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,
                        images_per_second=self.loader.num_examples / seconds)
@@ -503,7 +550,7 @@ class Trainer:
                 while self.epoch < self.config.epochs:
                     metrics = self._epoch()
                     runs.append_metrics(self.run_dir, metrics)
-                    self.epoch, self.batch, self.sums = self.epoch + 1, 0, {}
+                    self.epoch, self.batch, self.sums, self.images = self.epoch + 1, 0, {}, {}
                     self.save()
                     self.log(_epoch_line(metrics))
                     if self.stop_requested.is_set():

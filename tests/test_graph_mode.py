@@ -25,7 +25,7 @@ import minivae.distributions
 import minivae.gpu.cublas
 import minivae.gpu.graph
 import minivae.graph_steps
-from minivae import checkpoint
+from minivae import checkpoint, runs
 from minivae.gpu import dispatch
 from minivae.models import MODELS, VAE
 from minivae.train import CHECKPOINT, Trainer
@@ -231,6 +231,44 @@ def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, mod
         e, g = json.loads(le), json.loads(lg)
         assert g["lr"] == e["lr"] and g.get("beta") == e.get("beta")  # (no KL weight for the IWAE bound)
         assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)  # summed in float32 on the device
+
+
+def _record_steps(trainer):
+    """Record (unlabelled images, labelled images, statistics) of every training step of
+    ``trainer`` run eagerly, into the returned list."""
+    model, steps = trainer.model, []
+    loss = model.loss
+
+    def recording(x, noise, beta=None, **labelled):
+        out = loss(x, noise, beta, **labelled)
+        n_labelled = len(labelled["labelled"][0]) if labelled else 0
+        steps.append((len(x), n_labelled, {k: float(v) for k, v in out[1].items()}))
+        return out
+    model.loss = recording
+    return steps
+
+
+@pytest.mark.parametrize("model, extra", [("vae", {}), ("m2", {"n_labelled": 40})])
+def test_graph_mode_train_statistics_are_means_over_the_images(fake_device, tmp_path, model, extra):
+    """250 images in batches of 80: the three full batches of an epoch are replayed, their
+    statistics summed on the device, and the last, of 10 images, runs eagerly (for M2 also the
+    steps whose labelled batch is the 10 left of 40 labels); each epoch's statistics are still
+    means over its images, as the eager run's steps give them, weighted by hand."""
+    data = small_data(n_train=250, n_eval=20)
+    kw = dict(device="gpu", model=model, epochs=2, batch_size=30 if model == "m2" else 80, warmup=0, **extra)
+    eager = Trainer(config(tmp_path / "eager", eager=True, **kw), data=data, progress=False, log=lambda *a: None)
+    steps = _record_steps(eager)
+    eager.fit()
+    graph = Trainer(config(tmp_path / "graph", **kw), data=data, progress=False, log=lambda *a: None)
+    graph.fit()
+    assert sum(g.replays for g in graph.graph.graphs.values()) > 0
+    per_epoch = len(eager.loader)
+    for epoch, line in enumerate(runs.read_metrics(graph.run_dir)):
+        epoch_steps = steps[per_epoch * epoch:per_epoch * (epoch + 1)]
+        for name in epoch_steps[0][2]:
+            sizes = np.array([n_l if name in graph.model.labelled_statistics else n for n, n_l, _ in epoch_steps])
+            want = np.dot(sizes, [stats[name] for _, _, stats in epoch_steps]) / sizes.sum()
+            assert line[f"train_{name}"] == pytest.approx(want, rel=1e-5), (epoch, name)  # float32 sums
 
 
 class _AnnealedVAE(VAE):

@@ -118,6 +118,17 @@ def test_every_registered_model_is_covered():
     assert {registered for registered, _ in CASES.values()} == set(MODELS)
 
 
+@pytest.mark.parametrize("name", CASES)
+def test_the_labelled_statistics_are_those_a_labelled_batch_adds(name):
+    """``labelled_statistics`` name the statistics that are means over the labelled batch, which
+    the trainer averages over the labelled images: those a labelled batch adds to the loss's."""
+    model = build(name, np.float64)
+    x, extra = batch(model, np.float64)
+    with_labels = model.loss(x, Generator(3), **extra)[1]
+    without = model.loss(x, Generator(3))[1]
+    assert set(model.labelled_statistics) == set(with_labels) - set(without)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_statistics_are_0d_arrays_of_the_model_dtype(name, dtype):

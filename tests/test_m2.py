@@ -231,13 +231,13 @@ def test_labelled_batches_are_a_function_of_seed_and_step():
     assert not np.array_equal(a(0)[0], a(3)[0])  # the next pass: new order and new binarization
 
 
-def test_the_trainer_takes_the_labelled_batches_of_the_runs_step_count(tmp_path):
+def test_the_trainer_takes_the_labelled_batches_of_the_runs_step_count(tmp_path, monkeypatch):
     """Step t of the run (0-based, counted over all its epochs) gets the labelled batch of step t,
     so each pass over the unlabelled images meets labelled batches not seen before (numbered
     within the epoch, the second pass would repeat the first's batches in the same order)."""
     trainer = Trainer(ssl_config(tmp_path), data=small_data(), progress=False, log=lambda m: None)
-    asked, batches = [], trainer.labelled
-    trainer.labelled = lambda step: asked.append(step) or batches(step)
+    asked, batch_of_step = [], LabelledBatches.__call__
+    monkeypatch.setattr(LabelledBatches, "__call__", lambda self, step: asked.append(step) or batch_of_step(self, step))
     trainer.fit()
     assert asked == list(range(12))  # 2 epochs of 300 images in batches of 50
 
@@ -254,6 +254,30 @@ def test_semi_supervised_training_reduces_the_loss_and_reports_errors(tmp_path):
     assert lines[-1]["valid_error"] <= lines[0]["valid_error"]
     results = trainer.final_evaluation()
     assert 0.0 <= results["test_error"] < 0.5 and np.isfinite(results["test_elbo"])
+
+
+def test_semi_supervised_train_statistics_are_means_over_the_images_of_each_stream(tmp_path):
+    """130 images in batches of 30 (30, 30, 30, 30, 10) and 40 labels in labelled batches of 30
+    (30, 10, 30, 10, ...): train_elbo and train_loss are means over the unlabelled images,
+    train_labelled_bound and train_class_loss over the labelled ones, each image counted once."""
+    trainer = Trainer(ssl_config(tmp_path, epochs=2, batch_size=30, n_labelled=40, warmup=0),
+                      data=small_data(n_train=130), progress=False, log=lambda m: None)
+    model, steps = trainer.model, []
+    loss = model.loss
+
+    def recording(x, noise, beta=None, labelled=None):
+        out = loss(x, noise, beta, labelled)  # only the training steps call it
+        steps.append((len(x), len(labelled[0]), {k: float(v) for k, v in out[1].items()}))
+        return out
+    model.loss = recording
+    trainer.fit()
+    assert [(n, n_l) for n, n_l, _ in steps[:5]] == [(30, 30), (30, 10), (30, 30), (30, 10), (10, 30)]
+    for epoch, line in enumerate(mv.runs.read_metrics(trainer.run_dir)):
+        epoch_steps = steps[5 * epoch:5 * epoch + 5]
+        for name, labelled in (("loss", False), ("elbo", False), ("labelled_bound", True), ("class_loss", True)):
+            sizes = np.array([n_l if labelled else n for n, n_l, _ in epoch_steps])
+            want = np.dot(sizes, [stats[name] for _, _, stats in epoch_steps]) / sizes.sum()
+            assert line[f"train_{name}"] == pytest.approx(want, rel=1e-9), (epoch, name)
 
 
 def test_the_labelled_subset_comes_from_the_training_labels_only(tmp_path, monkeypatch):

@@ -240,6 +240,118 @@ def test_the_epochs_train_statistics_are_the_means_of_its_steps(tmp_path):
             assert line[f"train_{name}"] == pytest.approx(want, rel=1e-12), (epoch, name)
 
 
+def _record_per_image_terms(trainer):
+    """Record the per-image (reconstruction, KL) of every training step of ``trainer``'s VAE, in
+    the order of its steps, into the returned list (the evaluation's calls, in eval mode, not)."""
+    model, terms = trainer.model, []
+    elbo = model.elbo
+
+    def recording(x, noise, samples=None):
+        rec, kl = elbo(x, noise, samples)
+        if model.training:
+            terms.append((rec.numpy().astype(np.float64), kl.numpy().astype(np.float64)))
+        return rec, kl
+    model.elbo = recording
+    return terms
+
+
+def _means_over_images(terms, n_train, epochs):
+    """train_loss, train_elbo, train_rec and train_kl of each epoch (KL weight 1), averaged by
+    hand over the epoch's ``n_train`` images from the per-image terms of its steps."""
+    rec, kl = (np.concatenate([t[i] for t in terms]) for i in (0, 1))
+    assert len(rec) == n_train * epochs
+    return [{"loss": (kl - rec)[e].mean(), "elbo": (rec - kl)[e].mean(), "rec": rec[e].mean(),
+             "kl": kl[e].mean()} for e in (slice(n * n_train, (n + 1) * n_train) for n in range(epochs))]
+
+
+def test_the_epochs_train_statistics_are_means_over_its_images(tmp_path):
+    """With a shorter last batch (250 images in batches of 80: 80, 80, 80, 10), each image counts
+    once: not the mean of the four batch means, where the 10 images of the last weigh as much as
+    the 80 of another."""
+    trainer = Trainer(config(tmp_path, epochs=2, batch_size=80, warmup=0), data=small_data(n_train=250),
+                      progress=False, log=lambda m: None)
+    terms = _record_per_image_terms(trainer)
+    trainer.fit()
+    lines = mv.runs.read_metrics(trainer.run_dir)
+    for line, want in zip(lines, _means_over_images(terms, 250, 2), strict=True):
+        for name, value in want.items():
+            assert line[f"train_{name}"] == pytest.approx(value, rel=1e-6), (line["epoch"], name)
+
+
+def _check_the_same_train_statistics(lines, other):
+    assert len(lines) == len(other)
+    for line, got in zip(lines, other):
+        names = [name for name in line if name.startswith("train_")]
+        assert names and names == [name for name in got if name.startswith("train_")]
+        for name in names:
+            assert got[name] == pytest.approx(line[name], rel=1e-12), (line["epoch"], name)
+
+
+def test_an_interrupted_epoch_resumes_to_the_statistics_of_the_whole_one(tmp_path):
+    """Cut inside epoch 1 (after 2 of its 80, 80, 80, 10 batches) and resumed: each epoch's
+    statistics are those of the run not interrupted."""
+    data, quiet = small_data(n_train=250), dict(progress=False, log=lambda m: None)
+    whole = Trainer(config(tmp_path / "whole", batch_size=80), data=data, **quiet)
+    whole.fit()
+    cut = Trainer(config(tmp_path / "cut", batch_size=80), data=data, **quiet)
+    _interrupt_after(cut, 2)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    Trainer(config(tmp_path / "cut", batch_size=80), data=data, **quiet).fit(resume=True)
+    _check_the_same_train_statistics(mv.runs.read_metrics(whole.run_dir), mv.runs.read_metrics(cut.run_dir))
+
+
+def test_a_checkpoint_with_sums_of_batch_means_resumes_to_the_same_statistics(tmp_path):
+    """A checkpoint saved inside an epoch before its sums were over images holds the sums of the
+    batch means of its steps, and no ``images``: it still resumes, to the same statistics (its
+    batches were full ones)."""
+    data, quiet = small_data(n_train=250), dict(progress=False, log=lambda m: None)
+    whole = Trainer(config(tmp_path / "whole", batch_size=80), data=data, **quiet)
+    whole.fit()
+    cut = Trainer(config(tmp_path / "cut", batch_size=80), data=data, **quiet)
+    _interrupt_after(cut, 6)  # epoch 2, batch 2
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    path = tmp_path / "cut" / "run" / CHECKPOINT
+    arrays, meta = checkpoint.load(path)
+    images = meta.pop("images")
+    assert images == {name: 160 for name in ("loss", "elbo", "rec", "kl")}
+    meta["sums"] = {k: v if k == "seconds" else v / 80 for k, v in meta["sums"].items()}
+    checkpoint.save(path, arrays, meta)
+    resumed = Trainer(config(tmp_path / "cut", batch_size=80), data=data, **quiet)
+    resumed.fit(resume=True)
+    _check_the_same_train_statistics(mv.runs.read_metrics(whole.run_dir), mv.runs.read_metrics(resumed.run_dir))
+
+
+def test_the_progress_bar_shows_the_means_over_the_images(tmp_path, monkeypatch):
+    """The progress bar shows the running means every 20 batches: at the 21st and last batch of
+    an epoch of 201 images in batches of 10 (the last of one image), the means over the 201."""
+    from minivae import train as train_module
+
+    shown = []
+
+    class Bar:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, values, refresh=True):
+            shown.append(values)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_module, "_progress_bar", lambda total, desc, enabled: Bar())
+    trainer = Trainer(config(tmp_path, epochs=1, batch_size=10, warmup=0), data=small_data(n_train=201),
+                      log=lambda m: None)
+    terms = _record_per_image_terms(trainer)
+    trainer.fit()
+    assert len(shown) == 2  # batches 1 and 21
+    (want,) = _means_over_images(terms, 201, 1)
+    assert shown[-1].keys() == {"loss", "elbo", "kl"}
+    for name, value in shown[-1].items():
+        assert float(value) == pytest.approx(want[name], abs=0.006), name
+
+
 def _interrupt_after(trainer, n_steps):
     """Make the trainer see a Ctrl-C after ``n_steps`` optimizer steps (as the SIGINT handler would)."""
     step, count = trainer._step, [0]

@@ -47,6 +47,11 @@ class Model(nn.Module):
     #: Learns from labels too: ``loss(x, noise, beta, labelled=(x_l, y_l))``, and
     #: ``set_data_sizes(n_total, n_labelled)`` is called before training.
     semi_supervised = False
+    #: With ``semi_supervised``: the statistics of ``loss`` that are means over the labelled
+    #: batch. The trainer weighs each statistic by the images it is a mean over, these by the
+    #: labelled batch's and the others by ``x``'s ("loss" too, which adds the labelled terms to
+    #: the unlabelled ones), so that an epoch's statistics are means over its images.
+    labelled_statistics = ()
     #: Has a classifier: ``classify(x)`` -> an integer array of predicted labels (B,).
     classifies = False
     #: ``encode(x)`` -> (mu, logvar) of one diagonal Gaussian (for the latent statistics).

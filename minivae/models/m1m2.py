@@ -64,6 +64,7 @@ class M1M2(Model):
 
     semi_supervised = True
     classifies = True
+    labelled_statistics = M2.labelled_statistics  # its loss is M2's
     run_options = ("m1",)
     estimated_log_likelihood = "log p(z1) of M1's features under M2, not log p(x)"
 

@@ -71,6 +71,7 @@ class SemiSupervised(Model):
 
     semi_supervised = True
     classifies = True
+    labelled_statistics = ("labelled_bound", "class_loss")
     #: Rows (labels x samples x examples) one pass of ``log_weights`` may hold; more are chunked.
     max_rows = 20000
 
