@@ -356,7 +356,7 @@ def _check_resume(config, model, warmup_given, resumed):
     """Refuse ``--resume`` from the checkpoint ``resumed`` (``_checkpoint_to_resume``) when it
     lacks the state to go on from or the run was not trained with the settings of ``config``."""
     arrays, meta, saved = resumed
-    check_resume_state(arrays, meta, Path(config.out) / CHECKPOINT)
+    check_resume_state(arrays, meta, Path(config.out) / CHECKPOINT, saved)
     if model.iw_k > 1 and not warmup_given:
         # Runs on the IWAE bound once recorded the default warm-up, which never applied to them.
         config.warmup = saved.warmup

@@ -42,6 +42,7 @@ except ImportError:  # Windows has no flock: there, run folders are not locked
     fcntl = None
 
 from . import checkpoint
+from .data import num_batches
 from .files import atomic_write
 from .models import MODELS, build_model
 from .models.settings import COMMON, INTERNAL, model_settings
@@ -329,20 +330,54 @@ RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim"
 RECORDED_STATE = {"n_train": int, "images": dict}
 
 
-def check_resume_state(arrays, meta, path):
+def check_resume_state(arrays, meta, path, config, n_train=None):
     """Raise CheckpointError naming the checkpoint at ``path`` unless its document ``meta``
     holds the state a resume continues from (``RESUME_STATE``, and ``RECORDED_STATE`` of the
-    right types where present) and its optimizer state (the ``optim/`` arrays) is finite
-    (training never saves it otherwise, so the file is damaged)."""
+    right types where present), at a loop position of the run of ``config``, the config it was
+    saved with (``check_position``; ``n_train``, the training images, where ``meta`` does not
+    record them), and its optimizer state (the ``optim/`` arrays) is finite (training never
+    saves it otherwise, so the file is damaged)."""
     for key, kind in RESUME_STATE.items():
         if type(meta.get(key)) is not kind:
             raise damaged(path, f"its document holds no {key!r} ({kind.__name__}) to resume from")
     for key, kind in RECORDED_STATE.items():
         if key in meta and type(meta[key]) is not kind:
             raise damaged(path, f"its {key!r} is {meta[key]!r}, not an {kind.__name__}")
+    check_position(meta, path, config, meta.get("n_train", n_train))
     for name, array in checkpoint.split_prefix(arrays, "optim/").items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise damaged(path, f"the optimizer state {name} holds NaN or infinite values")
+
+
+def check_position(meta, path, config, n_train=None):
+    """Raise CheckpointError naming the checkpoint at ``path`` unless the loop position in its
+    document ``meta`` is one that training as ``config`` says passes through: ``epoch`` epochs
+    done, 0 to ``config.epochs``, and ``batch`` batches done of the next, 0 to the batches of an
+    epoch of ``n_train`` images (all of them: stopped after its last step, before its metrics;
+    without ``n_train``, at least 0), and none once every epoch is done; its ``sums`` numbers,
+    and its ``images`` (where recorded) a count for each statistic of the sums, at least 1 once
+    a batch is done. Training never saves anything else; resumed from another position, a run
+    would skip or repeat steps without a word, or fail inside the loop."""
+    epoch, batch = meta["epoch"], meta["batch"]
+    if not 0 <= epoch <= config.epochs:
+        raise damaged(path, f"its epoch {epoch} lies outside its run of {config.epochs} epochs; "
+                            f"an epoch from 0 to {config.epochs} would be valid")
+    if epoch == config.epochs and batch != 0:
+        raise damaged(path, f"its batch {batch} follows the last of its run's {config.epochs} epochs, "
+                            "where only batch 0 would be valid")
+    batches = None if n_train is None else num_batches(n_train, config.batch_size)
+    if batch < 0 or (batches is not None and batch > batches):
+        valid = "at least 0" if batches is None else (f"0 to {batches}, the batches of {config.batch_size} "
+                                                      f"in an epoch of {n_train} images")
+        raise damaged(path, f"its batch {batch} lies outside an epoch; a batch {valid} would be valid")
+    for name, value in meta["sums"].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise damaged(path, f"its sums[{name!r}] is {value!r}, not a number")
+    if "images" in meta:  # each step of the epoch so far was over at least one image
+        statistics, images, least = sorted(set(meta["sums"]) - {"seconds"}), meta["images"], 1 if batch else 0
+        if sorted(images) != statistics or any(type(n) is not int or n < least for n in images.values()):
+            raise damaged(path, f"its images {images!r} are not a count of at least {least} for each "
+                                f"statistic of its sums, {statistics}")
 
 
 def damaged(path, problem):

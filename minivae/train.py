@@ -327,7 +327,7 @@ class Trainer:
         checked here is the state trained on: no other process can replace it in between."""
         arrays, meta, saved = runs.read_checkpoint(self.run_dir)
         path = self.run_dir / CHECKPOINT
-        runs.check_resume_state(arrays, meta, path)
+        runs.check_resume_state(arrays, meta, path, saved, len(self.data.x_train))
         self.config.check_resumable(saved, (meta["epoch"], meta["batch"]))
         self._check_data_size(meta.get("n_train"))  # None: a checkpoint saved before it was recorded
         self.config = dataclasses.replace(self.config, run_models=saved.run_models)  # the run's record

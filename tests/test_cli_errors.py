@@ -381,6 +381,16 @@ def test_a_non_finite_optimizer_state_is_named_before_a_resume(capsys, run):
                "optimizer state state.0.exp_avg holds NaN")
 
 
+def test_a_checkpoint_position_past_its_run_is_named_before_a_resume(capsys, run):
+    """Not "give --epochs 5 or more": the run has 1 epoch, so the file is damaged."""
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    meta["epoch"] = 5
+    checkpoint.save(run / CHECKPOINT, arrays, meta)
+    line = user_error(capsys, tiny(run, "--resume"), str(run / CHECKPOINT), "damaged",
+                      "its epoch 5 lies outside its run of 1 epochs")
+    assert "--epochs" not in line
+
+
 def test_a_resume_reads_the_checkpoint_once_to_check_it_and_once_to_go_on(run, monkeypatch):
     """A checkpoint can be large: ``train --resume`` reads it once for every check made before
     the data is loaded, and once more where training holds the folder (the state it goes on

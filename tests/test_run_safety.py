@@ -450,6 +450,35 @@ def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_i
     assert files(tmp_path / "run") == before
 
 
+@pytest.mark.parametrize("position, named", [
+    (dict(epoch=-1), "its epoch -1 lies outside its run of 1 epochs; an epoch from 0 to 1"),
+    (dict(epoch=2), "its epoch 2 lies outside its run of 1 epochs"),
+    (dict(batch=3), "its batch 3 follows the last of its run's 1 epochs"),
+    (dict(epoch=0, batch=7), "its batch 7 lies outside an epoch; a batch 0 to 6, the batches of 50 in an "
+                             "epoch of 300 images"),
+    (dict(epoch=0, batch=-1), "its batch -1 lies outside an epoch"),
+    (dict(epoch=0, batch=2, sums={"loss": "1.5"}, images={"loss": 100}), "its sums['loss'] is '1.5', not a number"),
+    (dict(epoch=0, batch=2, sums={"loss": 1.5, "elbo": -1.5}, images={"loss": 100}),
+     "its images {'loss': 100} are not a count of at least 1 for each statistic of its sums, ['elbo', 'loss']"),
+    (dict(epoch=0, batch=2, sums={"loss": 1.5}, images={"loss": 0}), "its images {'loss': 0}"),
+])
+def test_a_checkpoint_position_outside_its_run_is_named_and_left_as_it_is(tmp_path, position, named):
+    """Training never saves a position its run does not pass through. Resumed, an epoch past the
+    run's trained nothing and a batch past an epoch's skipped it, without a word; a negative one
+    failed in the loader, or repeated steps."""
+    data = small_data()
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    arrays, meta = checkpoint.load(tmp_path / "run" / CHECKPOINT)
+    meta.update(position)
+    checkpoint.save(tmp_path / "run" / CHECKPOINT, arrays, meta)
+    before = files(tmp_path / "run")
+    with pytest.raises(checkpoint.CheckpointError) as exc:
+        Trainer(config(tmp_path, epochs=2), data=data, **QUIET).fit(resume=True)
+    message = one_line(exc)
+    assert f"checkpoint {tmp_path / 'run' / CHECKPOINT} is damaged: {named}" in message
+    assert files(tmp_path / "run") == before
+
+
 def test_a_resume_on_training_data_of_another_size_is_refused_and_changes_nothing(tmp_path):
     """The checkpoint's position counts batches of the images it was trained on: on another
     number of images it would name other batches, so the resume is refused."""
