@@ -43,7 +43,7 @@ from .checks import check_integer
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
-from .random import Generator
+from .random import Generator, check_address
 from .runs import CHECKPOINT, CONFIG, RESULTS, TrainConfig
 
 
@@ -72,7 +72,11 @@ def check_loop_settings(config):
     evaluation, after the whole training; a ``trace_every`` of -1 traced every step; and
     ``epochs`` below 1 trained nothing, without a word under a constant learning rate.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
-    decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4)."""
+    decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
+    of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
+    seeds the initial weights first, where NumPy refused -1 as "expected non-negative integer",
+    naming no setting, and 2.5 as entropy that SeedSequence does not take."""
+    check_address(config.seed, 0, 0)
     check_integer(config.epochs, "epochs", minimum=1)
     for name in ("warmup", "eval_k", "trace_every"):
         check_integer(getattr(config, name), name, minimum=0)

@@ -478,7 +478,9 @@ def test_the_cosine_schedule_spans_the_steps_of_all_the_epochs(tmp_path):
     (dict(eval_k=-1), "eval_k must be at least 0, got -1"), (dict(eval_k=2.5), "eval_k must be an integer, got 2.5"),
     (dict(trace_every=-1), "trace_every must be at least 0, got -1"),
     (dict(epochs=0, lr_schedule="constant"), "epochs must be at least 1, got 0"),
-    (dict(warmup=1.5), "warmup must be an integer, got 1.5")])
+    (dict(warmup=1.5), "warmup must be an integer, got 1.5"),
+    (dict(seed=-1), "seed must be at least 0, got -1"), (dict(seed=2.5), "seed must be an integer, got 2.5"),
+    (dict(seed=2**64), r"seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module
