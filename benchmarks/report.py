@@ -17,7 +17,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's minivae: its defaults shape the commands
 from minivae.data.mnist import SPLIT_SIZES  # noqa: E402
 from minivae.models.iwae import DEFAULT_K as IWAE_DEFAULT_K  # noqa: E402
-from minivae.train import TrainConfig  # noqa: E402
+from minivae.runs import TrainConfig  # noqa: E402
 
 RESULTS = HERE / "results"
 README = HERE / "README.md"

@@ -44,7 +44,7 @@ from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
 from .random import Generator, check_address
-from .runs import CHECKPOINT, CONFIG, RESULTS, TrainConfig
+from .runs import CHECKPOINT, CONFIG, RESULTS
 
 
 class TrainingDiverged(RuntimeError):
