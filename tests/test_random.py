@@ -464,3 +464,26 @@ def test_a_draw_with_its_offset_in_device_memory_is_refused_on_the_cpu():
     for bad in (np.array([5], np.int64), np.array([1, 2], np.uint64), 5):
         with pytest.raises(TypeError, match="offset_from"):
             mr.Noise(1, offset_from=bad)
+
+
+def test_the_last_offset_is_never_drawn_so_every_state_loads_again():
+    """Offsets are 64-bit words: a draw at offset 2**64 - 1 would leave the offset at 2**64, a
+    state no Generator can load. The draw before it is the last one, and the refusal uses up no
+    offset."""
+    g = mr.Generator(5, offset=(1 << 64) - 2)
+    np.testing.assert_array_equal(g.normal(3), mr.normal(3, 5, (1 << 64) - 2))
+    with pytest.raises(OverflowError, match=r"offset exhausted"):
+        g.normal(3)
+    assert g.offset == (1 << 64) - 1
+    mr.Generator().load_state_dict(g.state_dict())
+
+
+def test_normal_at_names_an_element_index_past_the_last_element():
+    """Element 2**34 lies past any draw: refused with the valid range, not by the Philox counter
+    check deep below it."""
+    last = mr.MAX_ELEMENTS - 1
+    np.testing.assert_array_equal(mr.normal_at([last], 3), mr.normal(1, 3, start=last))
+    with pytest.raises(ValueError, match=r"^indices must be in \[0, 2\*\*34\)$"):
+        mr.normal_at([mr.MAX_ELEMENTS], 3)
+    with pytest.raises(ValueError, match=r"^indices must be in \[0, 2\*\*34\)$"):
+        mr.normal_at([-1], 3)
