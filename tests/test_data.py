@@ -791,6 +791,21 @@ def test_eval_binarization_fixed_and_independent(probs, monkeypatch):
         binarize_eval(probs, "train")
 
 
+
+def test_a_pixel_equal_to_its_uniform_stays_0():
+    """A bit is 1 exactly when its uniform is below the pixel (so P(1) = p): a pixel equal to the
+    very uniform it meets (both are float32) gives 0, the next float up gives 1, in the training
+    draw and in the fixed evaluation draw alike."""
+    u = minivae.random.uniform(3 * 5, 7, 2, np.float32, streams.TRAIN_BITS).reshape(3, 5)
+    assert not binarize(u, seed=7, epoch=2).any()
+    assert binarize(np.nextafter(u, np.float32(1)), seed=7, epoch=2).all()
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(
+        [data.EVAL_BINARIZATION_SEED, streams.DATA_BINARIZE, 1, 0])))
+    v = rng.random((3, 5), dtype=np.float32)
+    assert v.min() > 0
+    assert not binarize_eval(v, "valid").any()
+    assert binarize_eval(np.nextafter(v, np.float32(1)), "valid").all()
+
 _BINARIZERS = {
     "binarize": lambda x: binarize(x, seed=0),
     "binarize_eval": lambda x: binarize_eval(x, "test"),
@@ -957,11 +972,14 @@ def test_loader_validates_inputs():
      r"y must hold one label per row of x, shape \(4,\), got shape \(\)"),
     (lambda: MinibatchLoader(np.zeros((4, 3)), 2, seed=0, y=np.zeros((4, 1))), ValueError,
      r"y must hold one label per row of x, shape \(4,\), got shape \(4, 1\)"),
+    (lambda: MinibatchLoader(np.zeros((4, 3)), 2, seed=0, y=np.arange(3)), ValueError,
+     r"y must hold one label per row of x, shape \(4,\), got shape \(3,\)"),
     (lambda: MinibatchLoader(np.zeros((4, 3)), 2, seed=0, binarize=False).epoch(-1), ValueError,
      "epoch must be at least 0, got -1"),
     (lambda: data.num_batches(-5, 2), ValueError, "n must be at least 0, got -5"),
     (lambda: data.num_batches(4.5, 2), TypeError, "n must be an integer, got 4.5"),
-], ids=["number as labels", "column of labels", "negative epoch", "negative count", "fractional count"])
+], ids=["number as labels", "column of labels", "too few labels", "negative epoch", "negative count",
+      "fractional count"])
 def test_loader_arguments_are_named_when_given(call, error, message):
     # Before: y=5 met "object of type 'int' has no len()", a (4, 1) column was taken, epoch(-1)
     # failed only at the first batch, and num_batches(-5, 2) returned -2.
@@ -1006,6 +1024,29 @@ def test_balanced_labelled_subset():
     with pytest.raises(ValueError, match="fewer"):
         balanced_labelled_subset(np.array([0, 0, 1]), 4, seed=0)
 
+
+
+def test_the_labelled_subset_is_the_draw_of_its_own_stream():
+    """The labelled examples M2 runs learn from are PCG64 permutations of each class's indices, in
+    sorted class order, from SeedSequence([seed, DATA_LABELLED]): recomputed here. Another stream
+    would pick other examples and change every semi-supervised result."""
+    labels = np.random.default_rng(3).integers(0, 4, 200)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([11, streams.DATA_LABELLED])))
+    want = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:5] for c in range(4)]))
+    np.testing.assert_array_equal(balanced_labelled_subset(labels, 20, seed=11), want)
+
+
+def test_a_class_of_exactly_the_examples_asked_for_gives_them_all():
+    np.testing.assert_array_equal(balanced_labelled_subset(np.array([1, 0, 0, 1]), 4, seed=0), [0, 1, 2, 3])
+
+
+def test_a_seed_of_more_than_64_bits_is_refused_by_the_fixed_draws_too():
+    """The PCG64 draws would take any integer: the seed is refused where Philox would refuse it."""
+    with pytest.raises(ValueError, match=r"^seed must be below 2\*\*64, got 18446744073709551616$"):
+        balanced_labelled_subset(np.arange(10) % 2, 2, seed=2**64)
+    with pytest.raises(ValueError, match=r"^seed must be below 2\*\*64"):
+        binarize_eval(np.full((2, 3), 0.5, np.float32), "test", seed=2**64)
+    assert len(balanced_labelled_subset(np.arange(10) % 2, 2, seed=2**64 - 1)) == 2
 
 def test_balanced_labelled_subset_refuses_empty_and_float_labels():
     with pytest.raises(ValueError, match="labels is empty"):
