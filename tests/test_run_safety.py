@@ -268,6 +268,40 @@ def test_an_atomic_write_syncs_the_file_then_the_folder_after_the_move(tmp_path,
     assert synced == [("file", False), ("folder", True)]  # the folder once the file is moved in
 
 
+
+def test_a_checkpoint_array_named_as_its_document_is_refused_and_the_old_file_kept(tmp_path):
+    """An array called __meta__ would be replaced by the JSON document without a word."""
+    path = tmp_path / CHECKPOINT
+    checkpoint.save(path, {"w": np.ones(2)}, {"epoch": 1})
+    good = path.read_bytes()
+    with pytest.raises(ValueError, match="'__meta__' is reserved for the JSON document"):
+        checkpoint.save(path, {checkpoint.META_KEY: np.zeros(2)}, {"epoch": 2})
+    assert path.read_bytes() == good
+
+
+def test_split_prefix_takes_the_names_that_begin_with_the_prefix_only():
+    arrays = {"optim/m": 1, "model/optim/x": 2, "optim/v": 3, "optim": 4}
+    assert checkpoint.split_prefix(arrays, "optim/") == {"m": 1, "v": 3}
+
+
+def test_an_npz_holds_the_same_bytes_whatever_the_layout_of_its_arrays():
+    """write_npz writes C order: a Fortran-ordered or strided array gives the bytes of its C copy
+    (np.save would record the Fortran order instead), and reads back equal."""
+    from io import BytesIO
+
+    from minivae.files import write_npz
+
+    a = np.arange(12.0).reshape(3, 4)
+    written = {}
+    layouts = {"c": a, "fortran": np.asfortranarray(a), "strided": np.repeat(a, 2, axis=1)[:, ::2]}
+    for name, layout in layouts.items():
+        f = BytesIO()
+        write_npz(f, {"w": layout})
+        written[name] = f.getvalue()
+        with np.load(BytesIO(written[name])) as z:
+            np.testing.assert_array_equal(z["w"], a)
+    assert written["fortran"] == written["c"] == written["strided"]
+
 def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
     data = small_data()
     run = tmp_path / "run"
