@@ -1,13 +1,16 @@
 """How a run's settings travel: ``--set`` text to typed values, a TrainConfig to config.json (and a
 checkpoint's document) and back, and the model rebuilt from it; a resume compares settings as
 they mean, not as they happen to be spelled."""
+import dataclasses
 import json
+import re
 
 import pytest
 
 from minivae.models import MODELS
 from minivae.models.settings import model_settings, parse_setting
-from minivae.runs import TrainConfig, build_run_model
+from minivae.runs import ResumeMismatchError, TrainConfig, build_run_model, resumable_options
+from test_cli_help import subparsers
 
 #: A value other than the default for every ``--set`` key of every model, as the command line
 #: gives it (text), with ``--hidden 8 6``: the round trip below must cover each of them.
@@ -124,3 +127,44 @@ def test_spaces_around_a_set_value_are_no_part_of_it_whatever_its_type(model, ke
 def test_a_set_run_folder_of_spaces_alone_is_an_empty_path():
     with pytest.raises(ValueError, match=r"--set m1= : ' ' is an empty path"):
         parse_setting("m1m2", "m1", " ")
+
+
+# ----- resuming: what may change -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, value", [("seed", 1), ("batch_size", 50), ("lr", 0.01), ("lr_schedule", "constant"),
+                                         ("warmup", 3), ("n_labelled", 600), ("mc_samples", 2)])
+def test_a_setting_that_defines_the_run_cannot_change_on_resume(name, value):
+    saved = TrainConfig(epochs=2)
+    changed = dataclasses.replace(saved, **{name: value})
+    with pytest.raises(ResumeMismatchError, match=re.escape(f"{name}: {getattr(saved, name)!r} -> {value!r}")):
+        changed.check_resumable(saved, (1, 0))
+
+
+def test_the_settings_a_resume_may_change_are_named_as_train_takes_them():
+    saved = TrainConfig(epochs=2)
+    dataclasses.replace(saved, epochs=5, out="elsewhere", device="gpu", eval_k=0, trace_every=3,
+                        eager=True).check_resumable(saved, (1, 0))
+    options = resumable_options()
+    assert options == ["--epochs", "--device", "--eval-k", "--trace-every", "--eager"]
+    train = dict(subparsers())["train"]
+    assert set(options) <= {option for action in train._actions for option in action.option_strings}
+
+
+def test_a_run_saved_inside_an_epoch_needs_the_epochs_to_finish_it():
+    """Saved after 3 batches of epoch 2, the run has begun 2 epochs: --epochs 1 is refused."""
+    saved = TrainConfig(epochs=2)
+    with pytest.raises(ResumeMismatchError, match=r"has done 1 epochs and 3 batches of the next; give --epochs 2 or more"):
+        dataclasses.replace(saved, epochs=1).check_resumable(saved, (1, 3))
+    dataclasses.replace(saved, epochs=2).check_resumable(saved, (1, 3))
+    dataclasses.replace(saved, epochs=1).check_resumable(saved, (1, 0))
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("epochs", True, "of type int"), ("lr", True, "of type float"), ("eager", 1, "of type bool"),
+    ("hidden", [True, 8], "a list of integers"), ("hidden", [8.0], "a list of integers"),
+])
+def test_a_config_value_of_another_json_type_is_refused(key, value, expected):
+    """JSON true is no epoch count, and 1 no switch (Python's bool is an int)."""
+    with pytest.raises(ValueError, match=re.escape(f"{key} is {value!r}, not {expected}")):
+        TrainConfig.from_dict({key: value})
+    assert TrainConfig.from_dict({"lr": 1}).lr == 1  # a float may be written as an integer

@@ -184,6 +184,8 @@ def test_next_free_run_dir_counts_up_past_folders_that_hold_runs(tmp_path):
     (tmp_path / "runs" / "vae-2").mkdir()
     (tmp_path / "runs" / "vae-2" / METRICS).write_text("")
     assert runs.next_free_run_dir(base) == tmp_path / "runs" / "vae-3"
+    (tmp_path / "runs" / "vae-3").write_text("a file, where no run can go")
+    assert runs.next_free_run_dir(base) == tmp_path / "runs" / "vae-4"
 
 
 # ----- crash-consistent run folders -------------------------------------------------------------
@@ -207,6 +209,14 @@ def test_a_cut_off_last_metrics_line_never_blocks_resume_or_reading(tmp_path):
 def test_a_broken_metrics_line_inside_the_file_is_named(tmp_path, broken):
     """Text that is not JSON, or bytes that are not even UTF-8: one error naming file and line."""
     (tmp_path / METRICS).write_bytes(b'{"epoch": 1}\n' + broken + b'\n{"epoch": 2}\n')
+    with pytest.raises(RunFolderError, match=f"{METRICS} line 2 is not JSON"):
+        runs.read_metrics(tmp_path)
+
+
+def test_a_broken_last_line_that_was_written_whole_is_named(tmp_path):
+    """Only a last line without its newline can be a write cut off: one that ends in a newline
+    was written whole, so text there that is not JSON is damage."""
+    (tmp_path / METRICS).write_bytes(b'{"epoch": 1}\n{"epo\n')
     with pytest.raises(RunFolderError, match=f"{METRICS} line 2 is not JSON"):
         runs.read_metrics(tmp_path)
 
@@ -316,6 +326,15 @@ def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
     Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
     assert not any(path.exists() for path in stray)
     assert (run / "mine.tmp").exists()
+
+
+def test_stray_files_of_the_results_of_eval_and_cluster_are_removed_too(tmp_path):
+    stray = ["eval_k1000.json.3fa9c1.tmp", "clusters_10.json.b0b0b0.tmp", "clusters_10_first100.json.x.tmp"]
+    kept = ["eval_k1000.json", "clusters_10.json", "mine.tmp", "notes.json.x.tmp"]
+    for name in stray + kept:
+        (tmp_path / name).write_text("")
+    runs.remove_stray_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept)
 
 
 def _full_disk_on_call(n):
