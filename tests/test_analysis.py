@@ -94,3 +94,26 @@ def test_latent_statistics_of_no_examples_are_refused(measure):
     """A mean over no examples is NaN (and 0 active units): refused, naming the shape."""
     with pytest.raises(ValueError, match=r"N >= 1, got .*\(0, 3\)"):
         measure(np.zeros((0, 3)))
+
+
+def test_a_unit_at_the_threshold_is_not_active():
+    """Active means an activity above the threshold (Burda et al.: Cov > 1e-2), not equal to it."""
+    mu = np.array([[0.5], [-0.5]])  # population variance 0.25, exactly
+    assert analysis.active_units(mu, threshold=0.25) == 0
+    assert analysis.active_units(mu, threshold=np.nextafter(0.25, 0)) == 1
+
+
+def test_the_summary_counts_active_units_at_its_threshold_over_every_example():
+    from minivae.models import VAE
+
+    model = VAE(x_dim=6, z_dim=3, hidden=(4,)).astype(np.float64)
+    x = (np.random.default_rng(1).random((7, 6)) < 0.5).astype(np.float64)
+    mu, logvar = analysis.encode_dataset(model, x, batch_size=3)  # batches of 3, 3 and 1
+    whole = analysis.encode_dataset(model, x, batch_size=500)
+    assert mu.shape == logvar.shape == (7, 3)
+    np.testing.assert_allclose(mu, whole[0], rtol=1e-12)
+    np.testing.assert_allclose(logvar, whole[1], rtol=1e-12)
+    activity = analysis.latent_activity(mu)
+    for threshold in (0.0, np.median(activity), activity.max()):
+        summary = analysis.latent_summary(model, x, batch_size=3, threshold=threshold)
+        assert summary["active_units"] == int((activity > threshold).sum())
