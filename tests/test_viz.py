@@ -130,6 +130,17 @@ def test_integer_pixels_are_refused_not_drawn_white(tmp_path, dtype, name):
         draws[name]()
 
 
+
+def test_tile_images_keeps_tiles_of_any_height_and_width_upright():
+    """(N, H, W) tiles with H != W: each lies as given, W pixels wide, at its place in the grid."""
+    images = np.arange(5)[:, None, None] * 10 + np.arange(6).reshape(2, 3)
+    grid = viz.tile_images(images, nrow=2, pad=1, pad_value=-1)
+    assert grid.shape == (3 * (2 + 1) + 1, 2 * (3 + 1) + 1)
+    for i, image in enumerate(images):
+        r, c = divmod(i, 2)
+        np.testing.assert_array_equal(grid[1 + 3 * r:3 + 3 * r, 1 + 4 * c:4 + 4 * c], image)
+
+
 def test_tile_images_rejects_non_square_rows():
     with pytest.raises(ValueError, match="square"):
         viz.tile_images(np.zeros((2, 10)))
@@ -147,6 +158,20 @@ def test_pca_2d_finds_the_main_direction(rng):
     assert np.allclose(proj[:, 0], t - t.mean(), atol=0.05)
     one_d, r1 = viz.pca_2d(rng.normal(size=(20, 1)))
     assert np.all(one_d[:, 1] == 0) and r1[0] == pytest.approx(1.0)
+
+
+
+def test_pca_2d_turns_each_direction_so_its_largest_loading_is_positive(rng):
+    """Whatever sign the SVD returns, the picture is the same: each principal direction, recovered
+    here from the projection by least squares, has its largest loading (in absolute value) > 0."""
+    for _ in range(10):
+        directions = np.linalg.qr(rng.normal(size=(4, 2)))[0].T  # two orthonormal directions
+        t = rng.normal(size=(300, 2)) * [5.0, 2.0]
+        points = t @ directions + 0.01 * rng.normal(size=(300, 4))
+        proj, _ = viz.pca_2d(points)
+        loadings = np.linalg.lstsq(points - points.mean(axis=0), proj, rcond=None)[0].T
+        for v in loadings:
+            assert v[np.abs(v).argmax()] > 0, v
 
 
 @pytest.mark.parametrize("points, match", [
@@ -181,6 +206,15 @@ def small_vae():
 def test_decode_means_of_no_latent_points_is_no_images(small_vae):
     images = viz.decode_means(small_vae, np.zeros((0, 3)))
     assert images.shape == (0, 16) and images.dtype == np.float32
+
+
+
+def test_decode_means_are_the_sigmoid_of_the_decoder_logits(small_vae):
+    z = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    with evaluating(small_vae):
+        logits = small_vae.decode(mv.tensor(z)).numpy().astype(np.float64)
+    means = viz.decode_means(small_vae, z, batch_size=2)  # batches of 2, 2 and 1
+    np.testing.assert_allclose(means, 1 / (1 + np.exp(-logits)), rtol=1e-6)
 
 
 @pytest.mark.parametrize("z, match", [
@@ -428,6 +462,32 @@ def test_a_traversal_of_one_image_per_axis_shows_the_centre(monkeypatch, tmp_pat
     np.testing.assert_array_equal(decoded[0], np.zeros((1 if z_dim == 2 else z_dim, z_dim)))
 
 
+
+def _traversal_points(monkeypatch, tmp_path, z_dim, **options):
+    """The latent points plot_traversal decodes, in the order of its tiles."""
+    decoded = []
+    decode = viz.decode_means
+    monkeypatch.setattr(viz, "decode_means", lambda model, z: decoded.append(z) or decode(model, z))
+    viz.plot_traversal(VAE(x_dim=16, z_dim=z_dim, hidden=(4,)), tmp_path / "t.png", **options)
+    return decoded[0]
+
+
+def test_the_grid_of_two_latents_runs_z1_to_the_right_and_z2_up(monkeypatch, tmp_path):
+    z = _traversal_points(monkeypatch, tmp_path, 2, n=3)
+    q = viz._gaussian_quantiles(3)
+    np.testing.assert_array_equal(z, [[q[0], q[2]], [q[1], q[2]], [q[2], q[2]],   # top row: z2 highest
+                                      [q[0], q[1]], [q[1], q[1]], [q[2], q[1]],
+                                      [q[0], q[0]], [q[1], q[0]], [q[2], q[0]]])
+
+
+def test_a_traversal_sweeps_the_dimensions_of_highest_kl_first(monkeypatch, tmp_path):
+    """One row per dimension, highest KL first; each row moves its own dimension only."""
+    z = _traversal_points(monkeypatch, tmp_path, 4, kl=[0.1, 2.0, 0.5, 1.0], n=3, n_dims=2, span=2.0)
+    want = np.zeros((6, 4))
+    want[0:3, 1] = want[3:6, 3] = [-2.0, 0.0, 2.0]
+    np.testing.assert_array_equal(z, want)
+
+
 def test_a_traversal_needs_one_kl_value_per_latent_dimension(run_z3, tmp_path):
     """(With two values for three dimensions it drew two rows, ranked from the wrong list.)"""
     with pytest.raises(ValueError, match=r"kl must hold one value per latent dimension, shape \(3,\), "
@@ -520,6 +580,15 @@ def test_plot_run_embeds_the_means_of_a_one_dimensional_latent_with_tsne(data, t
 def test_plot_run_checks_its_subset_sizes(run_z3, data, tmp_path, argument, bad, error):
     with pytest.raises(error, match=f"{argument} must be"):
         viz.plot_run(_copy_run(run_z3, tmp_path), data=data, **{argument: bad})
+
+
+
+def test_plot_run_encodes_the_first_n_latent_test_images(run_z3, data, tmp_path, monkeypatch):
+    encoded = []
+    encode = viz.encode_dataset
+    monkeypatch.setattr(viz, "encode_dataset", lambda model, x: encoded.append(x) or encode(model, x))
+    viz.plot_run(_copy_run(run_z3, tmp_path), data=data, n_latent=40, embeddings=False)
+    np.testing.assert_array_equal(encoded[0], binarize_eval(data.x_test[:40], "test"))
 
 
 def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
