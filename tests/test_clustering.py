@@ -3,6 +3,7 @@ labels. The accuracy's matching is checked against a brute force over every matc
 against blobs it must separate; the command on a tiny run made by the CLI itself."""
 import itertools
 import json
+import math
 import sys
 
 import numpy as np
@@ -46,6 +47,35 @@ def test_a_renamed_partition_scores_1_and_a_constant_one_scores_its_largest_clas
     assert clustering.clustering_scores(labels, renamed) == {"accuracy": 1.0, "nmi": 1.0, "ari": 1.0}
     constant = clustering.clustering_scores(labels, np.zeros(9, dtype=np.int64))
     assert constant["accuracy"] == pytest.approx(4 / 9) and constant["nmi"] == 0 and constant["ari"] == 0
+
+
+
+def scores_by_hand(labels, clusters):
+    """NMI (mutual information over the arithmetic mean of the two entropies, in nats) and ARI
+    (pair counts against their expectation) from the count table, by their textbook formulas."""
+    n = len(labels)
+    table = {}
+    for y, c in zip(labels, clusters):
+        table[y, c] = table.get((y, c), 0) + 1
+    rows = {y: sum(k for (a, _), k in table.items() if a == y) for y in set(labels)}
+    cols = {c: sum(k for (_, b), k in table.items() if b == c) for c in set(clusters)}
+    mi = sum(k / n * math.log(k * n / (rows[y] * cols[c])) for (y, c), k in table.items())
+    entropy = lambda counts: -sum(k / n * math.log(k / n) for k in counts.values())
+    nmi = mi / ((entropy(rows) + entropy(cols)) / 2)
+    index = sum(math.comb(k, 2) for k in table.values())
+    a, b = sum(math.comb(k, 2) for k in rows.values()), sum(math.comb(k, 2) for k in cols.values())
+    expected = a * b / math.comb(n, 2)
+    return nmi, (index - expected) / ((a + b) / 2 - expected)
+
+
+def test_nmi_and_ari_are_what_their_names_say():
+    pytest.importorskip("sklearn")
+    labels = [0, 0, 0, 1, 1, 1, 2, 2]
+    clusters = [0, 0, 1, 1, 2, 2, 2, 2]
+    nmi, ari = scores_by_hand(labels, clusters)
+    assert abs(nmi - ari) > 0.1
+    scores = clustering.clustering_scores(np.array(labels), np.array(clusters))
+    assert scores["nmi"] == pytest.approx(nmi, rel=1e-12) and scores["ari"] == pytest.approx(ari, rel=1e-12)
 
 
 def blobs(n_per=40, centres=((0, 0), (10, 0), (0, 10)), seed=0):
@@ -130,6 +160,23 @@ def test_latent_clusters_of_a_vae():
         clustering.latent_clusters(model, data.x_test, data.y_test[:10])
     with pytest.raises(TypeError, match="M2 cannot be used for latent statistics"):
         clustering.latent_clusters(M2(x_dim=784, z_dim=3, hidden=(8,)), data.x_test, data.y_test)
+
+
+def test_kmeans_takes_as_many_clusters_as_points():
+    pytest.importorskip("sklearn")
+    clusters = clustering.kmeans(np.array([[0.0], [1.0], [5.0]]), n_clusters=3)
+    assert sorted(clusters.tolist()) == [0, 1, 2]
+
+
+def test_latent_clusters_groups_the_means_not_the_log_variances(monkeypatch):
+    """Means in three far blobs, log-variances of no structure: the clusters are the blobs."""
+    pytest.importorskip("sklearn")
+    points, labels = blobs()
+    noise = np.random.default_rng(1).normal(size=points.shape)
+    monkeypatch.setattr(clustering, "encode_dataset", lambda model, x, batch_size: (points, noise))
+    model = VAE(x_dim=4, z_dim=2, hidden=(3,), rng=0)
+    result = clustering.latent_clusters(model, np.zeros((len(points), 4)), labels, n_clusters=3)
+    assert result["accuracy"] == 1.0 and result["n"] == len(points)
 
 
 def test_latent_clusters_checks_the_number_of_clusters_before_encoding(monkeypatch):
