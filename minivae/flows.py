@@ -30,6 +30,7 @@ from . import functional as F
 from . import nn
 from .autograd import tensor
 from .backend import get_array_module
+from .checks import check_integer
 
 
 def constrain_u(u, w):
@@ -62,12 +63,15 @@ class AmortizedPlanarFlows(nn.Module):
     The parameters come from one linear layer of the encoder's last hidden features, built with
     the model, so they are ordinary model parameters (an optimizer made from
     ``model.parameters()`` trains them). ``forward(h, z0)`` returns (z_K, sum_k log |det J_k|),
-    the second of shape z0.shape[:-1].
+    the second of shape z0.shape[:-1]. ``z_dim`` is an integer of at least 1, ``n_flows`` of at
+    least 0 (no transform: the identity).
     """
 
     def __init__(self, n_features, z_dim, n_flows, rng=None):
         super().__init__()
-        self.z_dim, self.n_flows = int(z_dim), int(n_flows)
+        # Read with int(), z_dim 3.7 built flows of width 3 without a word.
+        self.z_dim = check_integer(z_dim, "z_dim", minimum=1)
+        self.n_flows = check_integer(n_flows, "n_flows", minimum=0)
         self.params = nn.Linear(n_features, self.n_flows * (2 * self.z_dim + 1), rng=rng)
 
     def forward(self, h, z):

@@ -1,6 +1,7 @@
 """Planar flows: log-det-Jacobian against a numerical Jacobian, per example, invertible, gradchecked;
 the flow VAE's bound and its training."""
 import numpy as np
+import pytest
 from test_train import config, small_data
 
 import minivae as mv
@@ -186,3 +187,17 @@ def test_flow_model_trains_from_the_cli_settings(tmp_path):
     trainer.fit()
     assert trainer.model.flows.n_flows == 2
     assert np.isfinite(trainer.final_evaluation()["test_nll"])
+
+
+@pytest.mark.parametrize("z_dim, n_flows, error, message", [
+    (3.7, 2, TypeError, "z_dim must be an integer, got 3.7"),
+    (3, 2.5, TypeError, "n_flows must be an integer, got 2.5"),
+    (3, True, TypeError, "n_flows must be an integer, got True"),
+    (0, 2, ValueError, "z_dim must be at least 1, got 0"),
+    (3, -1, ValueError, "n_flows must be at least 0, got -1"),
+])
+def test_amortized_flows_take_whole_sizes_only(z_dim, n_flows, error, message):
+    """A width 3.7 or a count 2.5 was rounded down without a word, and n_flows=-1 was named as
+    the linear layer's "out_features ... -7"."""
+    with pytest.raises(error, match=f"^{message}$"):
+        AmortizedPlanarFlows(5, z_dim, n_flows)
