@@ -13,6 +13,7 @@
 """
 import contextlib
 import ctypes
+import decimal
 import math
 import os
 import re
@@ -549,6 +550,23 @@ def test_replay_bernoulli_gradient_where_sigmoid_rounds_to_one(shim, dtype):
     np.testing.assert_allclose(d, g * want, rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_bernoulli_gradient_at_a_zero_logit_is_the_ops(shim, dtype):
+    """At l = 0 (and -0) the gradient takes the branch of l >= 0, (x - 1) + 1/2, as
+    BernoulliLogProb's backward does: the op's bits for grey pixels x < 1/2, where x - 1 rounds
+    and the other branch, x - 1/2, would not."""
+    from minivae.ops.vae import _x_minus_sigmoid
+
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.uniform(0, 0.5, 200), [0.0, 0.5, 1.0, 0.3]]).astype(dtype)
+    logits = np.where(np.arange(x.size) % 2, dtype(-0.0), dtype(0.0)).astype(dtype)
+    g = rng.uniform(0.5, 2.0, x.size).astype(dtype)
+    d = np.full(x.size, np.nan, dtype)
+    call(shim, f"shim_elementwise_{_sfx(dtype)}", _INT(6), g, logits, x, d, _I64(x.size))
+    np.testing.assert_array_equal(d, g * _x_minus_sigmoid(np, x, logits))
+    assert not np.array_equal(d, g * (x - dtype(0.5)))  # (the cases where the branches differ)
+
+
 def _ref_gaussian(x, mu, logvar):
     """The float64 bracket log(2 pi) + logvar + t^2 (t = (x - mu) e^(-logvar / 2)), and t."""
     x, mu, lv = (np.asarray(a, np.float64) for a in (x, mu, logvar))
@@ -604,6 +622,26 @@ def test_replay_gaussian_kernels(shim, dtype, shapes):
         for got, ref in zip(grads, (-gs, gs, g[..., None] * 0.5 * (t * t - 1))):
             if got is not None:
                 np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replay_gaussian_gradient_is_finite_where_the_product_is(shim, dtype):
+    """d/dmu = -d/dx = g t exp(-logvar / 2), taken as (g t) exp(-logvar / 2): finite for a
+    collapsed variance and a small upstream, where t exp(-logvar / 2) = (x - mu) exp(-logvar)
+    overflows (e^100 in float32, e^800 in float64) though the product does not."""
+    lv, g = (-100.0, 1e-30) if dtype == np.float32 else (-800.0, 1e-300)
+    x, mu, logvar = (np.array([v], dtype) for v in (1.0, -0.5, lv))
+    gs = np.array([g], dtype)
+    dx, dmu = np.full(1, np.nan, dtype), np.full(1, np.nan, dtype)
+    call(shim, f"shim_gaussian_bwd_{_sfx(dtype)}", gs, x, mu, _I64(1), logvar, _I64(1), dx, dmu, None,
+         _I64(1), _I64(1))
+    with decimal.localcontext() as ctx:  # g (x - mu) e^-logvar to 40 digits, where e^800 fits
+        ctx.prec = 40
+        D = decimal.Decimal
+        want = float(D(float(gs[0])) * (-D(float(logvar[0]))).exp() * D(1.5))
+    assert want < np.finfo(dtype).max
+    np.testing.assert_allclose(dmu, [want], rtol=8 * np.finfo(dtype).eps, atol=0)
+    np.testing.assert_array_equal(dx, -dmu)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
