@@ -19,7 +19,7 @@
 
 #define SHIM extern "C"
 
-SHIM int shim_abi_version() { return 17; }
+SHIM int shim_abi_version() { return 18; }
 
 // ---- the tiling of the forward row kernels (MV_TILE, rows per tile, lanes per row segment) --
 SHIM mv_i64 shim_tile() { return MV_TILE; }
@@ -28,6 +28,9 @@ SHIM void shim_row_tiling(mv_i64 D, mv_i64* rows, int* lanes) {
     *rows = t.rows;
     *lanes = t.lanes;
 }
+
+// ---- the chunks' division (a chunk's row, its place in a repeating input) -------------------
+SHIM mv_i64 shim_div(mv_i64 e, mv_i64 D) { return mv_div(e, D); }
 
 // ---- Philox -------------------------------------------------------------------------------
 SHIM void shim_philox4x32(const mv_u32* ctr, const mv_u32* key, mv_u32* out, mv_i64 n, int rounds) {

@@ -249,7 +249,7 @@ def _build_shim(tmp_path_factory, *defines):
         capture_output=True, text=True)
     assert proc.returncode == 0, f"host build failed:\n{proc.stderr}"
     lib = ctypes.CDLL(str(out))
-    assert lib.shim_abi_version() == 17
+    assert lib.shim_abi_version() == 18
     return lib
 
 
@@ -888,11 +888,12 @@ def _documented_row_sum(terms, P, start=0, tile=4096):
 
 def test_row_tiling(shim):
     """Tiles of whole rows start on chunk boundaries (R*D % 4 == 0) and fill the shared buffer
-    (less than the next multiple of 4 / gcd(D, 4) rows left out); about 8 terms or fewer per lane."""
+    (less than the next multiple of 4 / gcd(D, 4) rows left out); a row segment summed by the
+    fewest lanes that take 8 terms or fewer each (up to 32): the lanes fix the order of the sums."""
     from minivae.gpu.kernels import BLOCK, TILE
 
     assert TILE == 4096 and TILE % (4 * BLOCK) == 0  # MV_TILE, MV_TILE_CHUNKS = 4 chunks a thread
-    for D in [1, 2, 3, 5, 10, 50, 64, 100, 784, 1001, 1024, 1025, 2048, 2049, 4101, 10 ** 6]:
+    for D in [1, 2, 3, 5, 8, 10, 16, 17, 50, 64, 100, 256, 784, 1001, 1024, 1025, 2048, 2049, 4101, 10 ** 6]:
         R, P = _row_tiling(shim, D)
         m = 4 // math.gcd(D, 4)
         assert R >= 1 and P & (P - 1) == 0 and 1 <= P <= 32 and BLOCK % P == 0
@@ -901,8 +902,19 @@ def test_row_tiling(shim):
         else:
             assert R == 1
         assert 8 * P >= min(D, TILE) or P == 32
+        assert P == 1 or 8 * (P // 2) < min(D, TILE), (D, P)  # half as many would take more than 8
     assert _row_tiling(shim, 50) == (80, 8) and _row_tiling(shim, 784) == (5, 32)
     assert _row_tiling(shim, 10) == (408, 2) and _row_tiling(shim, 1025) == (1, 32)
+
+
+def test_chunk_division_is_exact_past_32_bits(shim):
+    """mv_div, which gives a chunk's row (its upstream) and its place in a repeating input, divides
+    in 32 bits only where both numbers fit: the quotient is exact on either side of 2**31 and
+    2**32 (arrays of 2**31 elements and more fit on a GPU of 80 GB)."""
+    shim.shim_div.restype = ctypes.c_longlong
+    for e in [0, 1, 7, 2 ** 31 - 2, 2 ** 31 - 1, 2 ** 31, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 5, 2 ** 40 + 3, 2 ** 62 + 1]:
+        for D in [1, 3, 4, 784, 2 ** 31 - 1, 2 ** 31, 2 ** 32 + 1, 2 ** 33 + 1]:
+            assert shim.shim_div(_I64(e), _I64(D)) == e // D, (e, D)
 
 
 def test_launch_grid_has_one_block_per_tile(shim):
