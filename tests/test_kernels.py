@@ -1647,6 +1647,34 @@ def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
         K.adam_update(p, np.zeros(12, np.float32), p.copy(), p.copy(), None, **ok)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_adam_kernel_equals_the_xp_update_on_any_state(fake_gpu, dtype):
+    """The kernel against the optimizer's xp update itself (minivae.optim._adam_update), for what
+    Adam never passes or reaches but the wrapper takes: a coupled weight_decay together with
+    AdamW's decay (the decay is applied instead), and NaN and inf in the gradient and in the
+    moments, a NaN running maximum where v is finite included (NumPy's maximum: NaN wins)."""
+    from minivae.optim import _adam_update
+
+    K, _ = fake_gpu
+    rng = np.random.default_rng(8)
+    n = 40
+    p, g, m = (rng.standard_normal(n).astype(dtype) for _ in range(3))
+    v = np.abs(rng.standard_normal(n)).astype(dtype)
+    vmax = v + np.abs(rng.standard_normal(n)).astype(dtype)
+    g[:3] = np.nan, np.inf, -np.inf
+    m[3], v[4], vmax[5:7] = np.nan, np.inf, (np.nan, np.inf)
+    steps = dict(b1=0.9, b2=0.999, eps_s=1e-8 * 0.0316, neg_step=-1e-3 * 0.0316 / 0.1)
+    for decays in (dict(weight_decay=0.1, decay=1 - 1e-3 * 0.1), dict(weight_decay=0.1, decay=None)):
+        for amsgrad in (True, False):
+            got, want = ([a.copy() for a in (p, m, v, vmax)] for _ in range(2))
+            K.adam_update(got[0], g, got[1], got[2], got[3] if amsgrad else None, **steps, **decays)
+            with np.errstate(invalid="ignore", over="ignore"):
+                _adam_update(want[0], g.copy(), want[1], want[2], want[3] if amsgrad else None, **steps, **decays,
+                             work=(np.empty_like(p), np.empty_like(p)))
+            for a, b, name in zip(got, want, ("p", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")):
+                np.testing.assert_array_equal(a, b, err_msg=f"{name}, {decays}, amsgrad {amsgrad}")
+
+
 @pytest.mark.parametrize("op", ["relu", "linear_relu"])
 def test_a_change_through_a_detached_relu_output_is_refused_on_the_gpu_rows(
         fake_gpu, fake_cublas, monkeypatch, op):
