@@ -1675,6 +1675,32 @@ def test_adam_kernel_equals_the_xp_update_on_any_state(fake_gpu, dtype):
                 np.testing.assert_array_equal(a, b, err_msg=f"{name}, {decays}, amsgrad {amsgrad}")
 
 
+def test_host_step_counter_selects_its_steps_row_and_nothing_outside_the_run(shim):
+    """mv_step_advance (kernels/step.cuh): at step t in [0, steps) the table's row t and the
+    offset t are copied to current and offset; a counter outside (below 0, at steps or past it)
+    writes nothing; the counter advances by one either way. The table and the offsets are views
+    of arrays one step longer, so that a read past their end would show."""
+    steps, width = 3, 4
+    padded_table = np.arange((steps + 1) * width, dtype=np.float64) + 0.5
+    padded_offsets = np.array([10, 20, 30, 99], np.uint64)
+    table, offsets = padded_table[:steps * width], padded_offsets[:steps]
+    step, current, offset = np.array([-2], np.int64), np.full(width, -1.0), np.array([7], np.uint64)
+
+    def advance(want_step, want_row, want_offset):
+        call(shim, "shim_step_advance", table, offsets, _I64(width), _I64(steps), step, current, offset)
+        assert step[0] == want_step
+        np.testing.assert_array_equal(current, np.full(width, -1.0) if want_row is None
+                                      else table[want_row * width:(want_row + 1) * width])
+        assert offset[0] == want_offset
+
+    advance(-1, None, 7)
+    advance(0, None, 7)
+    for t in range(steps):
+        advance(t + 1, t, offsets[t])
+    advance(steps + 1, steps - 1, offsets[-1])
+    advance(steps + 2, steps - 1, offsets[-1])
+
+
 @pytest.mark.parametrize("op", ["relu", "linear_relu"])
 def test_a_change_through_a_detached_relu_output_is_refused_on_the_gpu_rows(
         fake_gpu, fake_cublas, monkeypatch, op):
