@@ -457,6 +457,31 @@ def test_replay_reparam(shim, dtype, n):
         np.testing.assert_allclose(dlv, dz * eps * std * 0.5, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_replays_write_nothing_past_the_end_of_their_outputs(shim, dtype):
+    """The last chunk of n elements (n not a multiple of 4) holds elements past the end: the
+    kernels' stores leave them alone. Each output is the start of a longer array whose tail must
+    keep its values: the flat stores (a draw, the fused backward), the tiles' (the fused forward's
+    z) and a row kernel's sums."""
+    seed, offset, stream = 5, 1, 0
+    sfx = _sfx(dtype)
+    for B, D in [(1, 1), (3, 3), (5, 7), (2, 4101)]:
+        n = B * D
+        mu, logvar = _inputs((B, D), dtype, n)
+        g = _inputs((B,), dtype, n + 1)[0]
+        outputs = [np.full(n + 4, 7, dtype) for _ in range(5)]  # (kl's tail longer than needed)
+        draw, z, dmu, dlv = (a[:n] for a in outputs[:4])
+        kl = outputs[4][:B]
+        call(shim, f"shim_generate_{sfx}", draw, _I64(n), _INT(0), _U64(seed), _U64(offset), None, _U32(stream))
+        call(shim, f"shim_reparam_kl_fwd_{sfx}", mu, logvar, z, kl, _I64(B), _I64(D), _U64(seed), _U64(offset),
+             None, _U32(stream))
+        call(shim, f"shim_reparam_kl_bwd_{sfx}", mu, g, mu, logvar, dmu, dlv, _I64(B), _I64(D), _U64(seed),
+             _U64(offset), None, _U32(stream))
+        for a in outputs[:4]:
+            np.testing.assert_array_equal(a[n:], np.full(4, 7, dtype), err_msg=str((B, D)))
+        np.testing.assert_array_equal(outputs[4][B:], np.full(n + 4 - B, 7, dtype), err_msg=str((B, D)))
+
+
 def _ref_bernoulli_terms(logits, x):
     """x l - softplus(l) in float64, softplus in its stable form."""
     l, t = logits.astype(np.float64), x.astype(np.float64)
