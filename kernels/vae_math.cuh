@@ -38,8 +38,9 @@ MV_HD double mv_abs(double x) { return fabs(x); }
 // sin(pi x) and cos(pi x): the argument reduction is exact (no rounded 2*pi, no slow path
 // for large arguments). Device: CUDA's sincospi. Host (test builds): x is folded exactly to
 // r = x - k in [-1/2, 1/2] with k the nearest integer, then sin/cos(pi r) in double and the
-// signs of (-1)^k -- the same evaluation as minivae.random, so both stay accurate near the
-// zeros of sin and cos.
+// signs of (-1)^k -- the same evaluation as minivae.random: sin stays relatively accurate near
+// its zeros, cos near its zeros (r = +-1/2) to about 1e-16 absolute, not relative (CUDA's
+// sincospi reduces to a quarter period); absolute is what Box-Muller's r cos(theta) needs.
 #if !defined(__CUDA_ARCH__)
 inline void mv_host_sincospi(double x, double* s, double* c) {
     double k = floor(x + 0.5);

@@ -289,8 +289,11 @@ def _sincospi(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """sin(pi x), cos(pi x) in float64 with an exact argument reduction.
 
     ``x`` is folded to ``r = x - k`` in [-1/2, 1/2] (``k`` the nearest integer; the
-    subtraction is exact), so the result keeps its relative accuracy near the zeros of sin
-    and cos, like CUDA's ``sincospi`` (and the host build of ``kernels/vae_math.cuh``).
+    subtraction is exact), as in the host build of ``kernels/vae_math.cuh``: no rounded 2 pi
+    and no loss for large arguments, and sin keeps its relative accuracy near its zeros. Near
+    the zeros of cos (r = +-1/2) the error is absolute, about 1e-16 (pi r is rounded), where
+    CUDA's ``sincospi`` reduces to a quarter period and stays relative; for Box-Muller, whose
+    normals are r cos(theta), the absolute error is what counts.
     """
     x = np.asarray(x, dtype=np.float64)
     k = np.floor(x + 0.5)
