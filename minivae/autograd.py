@@ -480,6 +480,7 @@ def backward(tensors, grads, retain_graph=False):
     another leaf, and no context outlives the pass); otherwise it gets a copy. A tensor's hooks
     run when its sum is complete: just before its node's backward, or at the end for a leaf.
     """
+    retain_graph = check_bool(retain_graph, "backward: retain_graph")  # "no" would keep the graph
     tensors, grads = _check_roots(tensors, grads)
     pending = {}  # tensor -> the sum of the gradients that reached it so far
     for t, g in zip(tensors, grads):

@@ -344,6 +344,17 @@ def test_requires_grad_must_be_true_or_false(value):
     assert Tensor([1.0], requires_grad=np.True_).requires_grad  # a NumPy bool is one
 
 
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_retain_graph_must_be_true_or_false(value):
+    # Before: it was read by its truth, so retain_graph="no" kept the graph's saved arrays.
+    x = mv.tensor([1.0, 2.0], requires_grad=True)
+    loss = (x * x).sum()
+    with pytest.raises(TypeError, match=rf"^backward: retain_graph must be True or False, got {value!r}$"):
+        loss.backward(retain_graph=value)
+    loss.backward()  # the refused call left the graph as it was
+    assert x.grad.tolist() == [2.0, 4.0]
+
+
 def test_requires_grad_of_a_result_of_recorded_ops_cannot_be_turned_off():
     # Before: it was taken, and backward skipped y: x.grad was [6, 12], the gradient through z
     # alone, instead of [12, 24].
