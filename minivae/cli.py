@@ -235,8 +235,9 @@ def _add_train_args(p):
     setting("--batch-size", type=positive_int, help="images per optimizer step")
     setting("--lr", type=positive_float, help="Adam learning rate (peak of the schedule)")
     setting("--lr-schedule", choices=("cosine", "constant"),
-            help="cosine: from --lr down to --lr-min at the last step; constant: --lr throughout")
-    setting("--lr-min", type=nonnegative_float, help="final rate of the cosine schedule")
+            help="cosine: from --lr down to --lr-min after the last step (the last step runs just "
+                 "above it); constant: --lr throughout")
+    setting("--lr-min", type=nonnegative_float, help="the rate the cosine schedule decays to")
     setting("--z-dim", type=positive_int, help="size of the latent code z")
     setting("--hidden", type=positive_int, nargs="+", help="encoder hidden sizes; the decoder mirrors them")
     setting("--activation", choices=list(ACTIVATIONS), help="nonlinearity between the hidden layers")
