@@ -596,7 +596,8 @@ class LRScheduler:
     def load_state_dict(self, state):
         """Restore the schedule position and set the optimizer's learning rate accordingly.
         Both entries are checked first (nothing changes when one is wrong): a missing one gets a
-        ValueError naming it, ``base_lr`` must be a number >= 0 and ``last_step`` an integer >= 0."""
+        ValueError naming it, ``base_lr`` must be a number >= 0 that the schedule can start from
+        (``_check_peak``) and ``last_step`` an integer >= 0."""
         check_mapping(state, "state", "names to values (such as a scheduler's state_dict())")
         missing = [name for name in ("base_lr", "last_step") if name not in state]
         if missing:
@@ -604,9 +605,14 @@ class LRScheduler:
                              + " and ".join(map(repr, missing)))
         check_ranges(type(self), {"base_lr": _RANGES["lr"]}, base_lr=state["base_lr"])
         last_step = check_integer(state["last_step"], "last_step", minimum=0)
+        self._check_peak(float(state["base_lr"]), "the state's base_lr")
         self.base_lr = float(state["base_lr"])
         self.last_step = last_step
         self.optimizer.lr = self.lr_at(self.last_step)
+
+    def _check_peak(self, lr, what):
+        """Refuse (ValueError) a peak rate ``lr`` (``what`` names it in the message) that this
+        schedule cannot start from; any rate >= 0 suits the schedules but ``CosineLR``."""
 
 
 class CosineLR(LRScheduler):
@@ -615,13 +621,18 @@ class CosineLR(LRScheduler):
 
     def __init__(self, optimizer, total_steps, min_lr=0.0, warmup_steps=0):
         check_ranges(type(self), _RANGES, min_lr=min_lr)
-        if min_lr > optimizer.lr:  # the "decay" from base_lr to min_lr would be a rise
-            raise ValueError(f"CosineLR: min_lr {min_lr:g} is above the optimizer's lr {optimizer.lr:g}: "
-                             "the schedule would raise the rate; give a min_lr of at most the lr")
+        self.min_lr = float(min_lr)
+        self._check_peak(optimizer.lr, "the optimizer's lr")
         self.total_steps = check_integer(total_steps, "total_steps", minimum=1)
         self.warmup_steps = check_integer(warmup_steps, "warmup_steps", minimum=0)
-        self.min_lr = float(min_lr)
         super().__init__(optimizer)
+
+    def _check_peak(self, lr, what):
+        """Refuse a peak rate below ``min_lr``, from the optimizer or from a loaded state: the
+        "decay" from it to min_lr would be a rise."""
+        if self.min_lr > lr:
+            raise ValueError(f"CosineLR: min_lr {self.min_lr:g} is above {what} {lr:g}: the schedule "
+                             "would raise the rate; give a min_lr of at most the lr")
 
     def lr_at(self, t):
         """See the class docstring."""

@@ -620,6 +620,21 @@ def test_a_scheduler_state_is_checked_before_it_is_loaded(state, error, message)
     assert (sched.base_lr, sched.last_step, opt.lr) == (1.0, 4, 0.5)
 
 
+
+def test_a_cosine_state_whose_rate_lies_below_min_lr_is_refused_as_in_the_constructor():
+    """The constructor refuses an lr below min_lr (the decay would be a rise); a loaded base_lr
+    below it was taken, and the rate rose from 1e-5 towards 1e-4. Nothing changes now."""
+    opt = optim.SGD(_params(), lr=1e-3)
+    sched = optim.CosineLR(opt, total_steps=10, min_lr=1e-4)
+    sched.step()
+    before = (sched.base_lr, sched.last_step, opt.lr)
+    with pytest.raises(ValueError, match=r"^CosineLR: min_lr 0.0001 is above the state's base_lr 1e-05: "
+                                         r"the schedule would raise the rate; give a min_lr of at most the lr$"):
+        sched.load_state_dict({"base_lr": 1e-5, "last_step": 0})
+    assert (sched.base_lr, sched.last_step, opt.lr) == before
+    sched.load_state_dict({"base_lr": 1e-4, "last_step": 0})  # a constant schedule at min_lr
+    assert opt.lr == 1e-4
+
 def test_every_gradient_shape_is_checked_before_any_update():
     params = _params(np.float32, shapes=((3, 4), (4,)))
     before = params[0].data.copy()
