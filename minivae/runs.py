@@ -342,7 +342,7 @@ def check_resume_state(arrays, meta, path, config, n_train=None):
             raise damaged(path, f"its document holds no {key!r} ({kind.__name__}) to resume from")
     for key, kind in RECORDED_STATE.items():
         if key in meta and type(meta[key]) is not kind:
-            raise damaged(path, f"its {key!r} is {meta[key]!r}, not an {kind.__name__}")
+            raise damaged(path, f"its {key!r} is {meta[key]!r}, not of type {kind.__name__}")
     check_position(meta, path, config, meta.get("n_train", n_train))
     for name, array in checkpoint.split_prefix(arrays, "optim/").items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():

@@ -488,6 +488,7 @@ def test_divergence_before_the_first_save_says_there_is_no_checkpoint(tmp_path):
     (lambda meta: meta.pop("epoch"), "'epoch'"), (lambda meta: meta.pop("noise"), "'noise'"),
     (lambda meta: meta.update(noise={}), "Generator state"), (lambda meta: meta.update(batch="0"), "'batch'"),
     (lambda meta: meta["optim"].pop("lr"), "'lr'"), (lambda meta: meta.update(n_train="300"), "'n_train'"),
+    (lambda meta: meta.update(images=[100]), "its 'images' is [100], not of type dict"),
 ])
 def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_is(tmp_path, damage, named):
     data = small_data()
