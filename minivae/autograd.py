@@ -118,7 +118,9 @@ def detect_anomaly():
     NaN, or Inf from finite ones (the derivative of sqrt at 0). Values that arrive already
     non-finite are not blamed on the op that receives them: the op that made them was flagged
     there, or they are the caller's own, such as a -inf mask given to ``where`` before a
-    ``logsumexp``, which gives finite results and gradients.
+    ``logsumexp``, which gives finite results and gradients. But a NaN that no op made (in a
+    leaf's data, such as a batch of images, or a constant) is named at the first op that takes
+    it: NaN is never a value a caller means, and that op is where it enters the graph.
 
     Slow (one ``isfinite`` per array), so meant for debugging a loss that went NaN.
     """
@@ -144,6 +146,15 @@ def _nan_and_inf(arrays):
             has_nan = has_nan or bool(xp.isnan(a).any())
             has_inf = has_inf or bool(xp.isinf(a).any())
     return has_nan, has_inf
+
+
+def _check_leaf_inputs(fn, tensors):
+    """Raise AnomalyError naming ``fn`` when one of its input ``tensors`` that no op made (a
+    leaf's data or a constant: no node) holds NaN, where the NaN enters the graph."""
+    for k, t in enumerate(tensors):
+        if t._node is None and _nan_and_inf([t.data])[0]:
+            raise AnomalyError(f"{fn.__name__} forward input {k} (shape {tuple(t.data.shape)}, dtype "
+                               f"{t.data.dtype}) holds NaN that no op made: a leaf's data or a constant")
 
 
 def _check_finite(fn, stage, results, sources, source_words):

@@ -46,7 +46,7 @@ import weakref
 
 import numpy as np
 
-from .autograd import Tensor, _check_finite, _check_real, _memory_owner, _memory_root, _state, tensor
+from .autograd import Tensor, _check_finite, _check_leaf_inputs, _check_real, _memory_owner, _memory_root, _state, tensor
 from .backend import device_of, get_array_module, get_default_dtype
 from .gpu import dispatch
 
@@ -165,6 +165,8 @@ class Function:
         ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
         arrays = [t.data for t in tensors]
         anomaly = _state.anomaly
+        if anomaly:
+            _check_leaf_inputs(cls, tensors)
         # A CUDA kernel registered for this op and these (CuPy) inputs, or None: the op's own code.
         impl = dispatch.select(cls.__name__, *arrays, **params) or cls
         try:

@@ -553,11 +553,23 @@ def test_anomaly_does_not_blame_an_op_for_a_masked_input():
     assert np.isfinite(x.grad).all() and x.grad[0, 1] == 0.0
 
 
-def test_anomaly_does_not_blame_an_op_for_a_nan_it_receives():
-    """A NaN in a leaf's data was made by no op: tanh passes it on, and nothing is named."""
+def test_anomaly_names_the_op_where_a_nan_of_the_callers_data_enters():
+    """A NaN in a leaf's data (a NaN pixel) or in a constant was made by no op: it is named at the
+    first op that takes it, an Inf there is not (a -inf mask is meant), and an op that receives
+    the NaN from another op is not blamed for it."""
+    pixels = Tensor(np.array([np.nan, 0.0]))
     with mv.detect_anomaly():
-        out = F.tanh(Tensor(np.array([np.nan, 0.0]), requires_grad=True))
-    assert np.isnan(out.data[0]) and out.data[1] == 0.0
+        with pytest.raises(AnomalyError, match=r"^Tanh forward input 0 \(shape \(2,\), dtype float64\) "
+                                               r"holds NaN that no op made: a leaf's data or a constant$"):
+            F.tanh(pixels)
+        with pytest.raises(AnomalyError, match=r"^Mul forward input 1 .* holds NaN"):
+            ones(2) * np.array([1.0, np.nan])
+        F.tanh(Tensor(np.array([-np.inf, 0.0])))  # an Inf in a leaf: no anomaly
+    with np.errstate(all="ignore"):
+        made = ones(2) * -1.0
+        made = F.log(made)  # NaN made outside anomaly mode, by an op
+    with mv.detect_anomaly():
+        assert np.isnan(F.tanh(made).data).all()  # not a leaf's: tanh is not blamed
 
 
 def test_without_anomaly_mode_nan_passes_silently():
