@@ -8,9 +8,10 @@ import pytest
 import minivae as mv
 import minivae.distributions as D
 from minivae import functional as F
-from minivae.random import Generator
+from minivae.gpu.graph import StepNoise
 from minivae.gradcheck import gradcheck
-from test_kernels import dispatch_table, fake_gpu, shim  # noqa: F401  (fixtures)
+from minivae.random import Generator, Noise
+from test_kernels import TOL, assert_same_gumbel, dispatch_table, fake_gpu, shim  # noqa: F401  (fixtures)
 from test_loss_statistics import CASES, build
 
 LOG_2PI = math.log(2 * math.pi)
@@ -346,10 +347,6 @@ def test_the_sampling_helpers_draw_where_their_arrays_live(fake_gpu, monkeypatch
     draws offset + that value. A refused shape or dtype takes no offset from the generator.
     (Before, the normals and the uniforms were drawn on the host and copied over, and a
     captured step's Noise could not draw them.)"""
-    from test_kernels import TOL, assert_same_gumbel
-
-    from minivae.random import Noise
-
     K, calls = fake_gpu
     cpu = _draw(kind, Generator(8, offset=5), dtype)
     noise = Generator(8, offset=5)
@@ -379,8 +376,6 @@ def test_every_models_samples_are_drawn_where_the_model_lives(fake_gpu, fake_cub
     sample() draws its z, codes and pixels with the kernels: a StepNoise, which refuses host
     draws, serves it, and the images are those the CPU draws from a Generator of the same seed.
     (Before, the VAE and the ladder VAE drew their z on the host and copied it over.)"""
-    from minivae.gpu.graph import StepNoise
-
     model = build(name, np.float64)
     cpu = [model.sample(5, Generator(7, stream=2), probabilities=p) for p in (True, False)]
     with dispatch_table(monkeypatch, True):
