@@ -651,3 +651,47 @@ def test_an_added_axis_of_length_one_is_dropped_without_a_sum():
     y = _AddAxis.apply(x3, upstream=upstream3)
     y.backward(np.ones(y.shape))
     np.testing.assert_array_equal(x3.grad, upstream3.sum(axis=0))
+
+
+# ----- what backward gives where ----------------------------------------------------------------
+def test_a_tensor_given_twice_to_backward_gets_the_sum_of_both_gradients(t64):
+    x = t64(3)
+    y = x * 2.0
+    g1, g2 = np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])
+    mv.autograd.backward([y, y], [g1, g2])
+    np.testing.assert_array_equal(x.grad, 2.0 * (g1 + g2))
+
+
+def test_a_tensor_that_does_not_require_grad_gets_none_though_add_returns_it_one(t64):
+    # Add hands g to both of its inputs; a constant, or a value made under no_grad, must not keep it.
+    x = t64(3)
+    constant = mv.tensor(np.array([1.0, 2.0, 3.0]))
+    with mv.no_grad():
+        made_without_graph = x * 2.0
+    (x + constant + made_without_graph).sum().backward()
+    np.testing.assert_array_equal(x.grad, np.ones(3))
+    assert constant.grad is None and made_without_graph.grad is None
+
+
+def test_arrays_saved_by_an_op_are_writable_after_backward_while_its_output_lives(t64):
+    x = t64(3)
+    h = x * x  # Mul saves x (its array is read-only until the node is released)
+    h.sum().backward()
+    assert not h.is_leaf  # h, and so Mul's node, is still alive: backward released the node
+    x.data[:] = 10.0
+    np.testing.assert_array_equal(x.data, np.full(3, 10.0))
+
+
+def test_an_integer_tensor_before_a_float_tensor_takes_the_float_tensors_dtype():
+    ints = mv.tensor([1, 2])
+    x = mv.tensor(np.array([0.5, 0.25]), requires_grad=True)  # float64, after the integers
+    y = ints * x
+    assert y.dtype == np.float64  # not the default float32, a silent cast of x
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [1.0, 2.0])
+
+
+def test_joining_integers_with_a_list_of_floats_computes_in_the_default_dtype():
+    joined = F.stack([mv.tensor([1, 2]), [0.5, 1.5]])
+    assert joined.dtype == get_default_dtype()
+    np.testing.assert_array_equal(joined.data, [[1.0, 2.0], [0.5, 1.5]])

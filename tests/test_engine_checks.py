@@ -401,3 +401,30 @@ def test_backward_grad_of_another_dtype_is_refused():
         y.backward(grad=np.ones(3, dtype=np.float64))
     with pytest.raises(TypeError, match="grad is float64, tensor is float32"):
         backward([y], [mv.tensor(np.ones(3, dtype=np.float64))])
+
+
+def test_a_leafs_grad_is_never_the_array_its_hook_returned():
+    x = x64(1.0, 2.0)
+    replacement = np.array([5.0, 6.0])
+    x.register_hook(lambda g: replacement)
+    (x * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [5.0, 6.0])
+    replacement[:] = 0.0  # the hook's own array: changing it must not change x.grad
+    np.testing.assert_array_equal(x.grad, [5.0, 6.0])
+
+
+class GradientOfAnotherDtype(Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * 2).astype(np.float32)
+
+
+def test_a_gradient_of_another_dtype_names_the_function():
+    x = x64(1.0, 2.0)
+    with pytest.raises(RuntimeError, match="^GradientOfAnotherDtype.backward returned float32 for a "
+                                           "float64 input$"):
+        GradientOfAnotherDtype.apply(x).sum().backward()

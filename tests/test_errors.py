@@ -572,6 +572,16 @@ def test_anomaly_names_the_op_where_a_nan_of_the_callers_data_enters():
         assert np.isnan(F.tanh(made).data).all()  # not a leaf's: tanh is not blamed
 
 
+def test_anomaly_does_not_blame_an_op_for_inf_made_beside_a_nan_that_arrived():
+    """An op whose input holds a NaN made by an earlier op (outside anomaly mode) did not start
+    the trouble: its Inf is not named as made "from inputs all finite", which they were not."""
+    with np.errstate(all="ignore"):
+        made = F.log(ones(2) * np.array([-1.0, 1.0]))  # [nan, 0], made by Log
+    with np.errstate(all="ignore"), mv.detect_anomaly():
+        out = F.exp(made + 1000.0)  # [nan, inf]: exp(1000) overflows beside the NaN
+    assert np.isnan(out.data[0]) and np.isinf(out.data[1])
+
+
 def test_without_anomaly_mode_nan_passes_silently():
     with np.errstate(all="ignore"):
         out = F.log(ones(2) * -1.0)
