@@ -293,6 +293,21 @@ def test_tensor_methods_match_functional(t64):
     assert (x.shape, x.ndim, x.size, x.device, len(x)) == ((2, 3), 2, 6, "cpu", 2)
 
 
+def test_tensor_methods_take_a_list_of_axes_or_sizes_as_numpy_does(t64):
+    x = t64(2, 3, 4)
+    np.testing.assert_array_equal(x.transpose([1, 0, 2]).data, x.data.transpose(1, 0, 2))
+    np.testing.assert_array_equal(x.transpose(2, 0, 1).data, x.data.transpose(2, 0, 1))
+    np.testing.assert_array_equal(x.reshape([4, 6]).data, x.data.reshape(4, 6))
+
+
+def test_a_tensor_inside_an_index_tuple_is_used_by_value(t64):
+    x = t64(3, 2)
+    rows = mv.tensor([0, 2, 0])
+    y = x[rows, 1]
+    np.testing.assert_array_equal(y.data, x.data[[0, 2, 0], 1])
+    y.backward(np.array([1.0, 10.0, 100.0]))
+    np.testing.assert_array_equal(x.grad, [[0.0, 101.0], [0.0, 0.0], [0.0, 10.0]])
+
 @pytest.mark.parametrize("size", [6, np.int64(6), np.array(6)], ids=["int", "np.int64", "0-d array"])
 def test_reshape_and_broadcast_to_take_an_integer_as_a_1d_shape(size):
     x = mv.tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
