@@ -9,6 +9,7 @@ import pytest
 import minivae as mv
 import minivae.functional as F
 import minivae.nn as nn
+from minivae.function import InPlaceModificationError
 from minivae.gradcheck import check_float32, gradcheck
 from minivae.optim import SGD
 from minivae.ops.norm import BatchNorm, batch_norm
@@ -62,6 +63,26 @@ def test_shared_parameter_listed_once_and_reassignment():
         m.a.weight = mv.tensor(np.zeros((2, 3), dtype=np.float32))  # not a Parameter
     m.a.bias = None  # an optional parameter may be removed
     assert "a.bias" not in m.state_dict()
+
+
+def test_a_parameter_shared_by_two_modules_is_listed_once():
+    # Tied weights: one Parameter under two names. An optimizer given it twice would step it twice.
+    m = nn.Module()
+    m.a, m.b = nn.Linear(2, 2, rng=0), nn.Linear(2, 2, rng=1)
+    m.b.weight = m.a.weight
+    assert [n for n, _ in m.named_parameters()] == ["a.weight", "a.bias", "b.bias"]
+    assert len(list(m.parameters())) == 3 and m.num_parameters() == 4 + 2 + 2
+
+
+def test_a_parameter_assigned_over_an_attribute_or_buffer_replaces_it():
+    m = nn.Module()
+    m.w = 1.0
+    m.w = nn.Parameter(np.ones(2))
+    assert isinstance(m.w, nn.Parameter)
+    m.register_buffer("s", np.zeros(1))
+    m.s = nn.Parameter(np.full(1, 2.0))
+    assert isinstance(m.s, nn.Parameter) and list(m.named_buffers()) == []
+    np.testing.assert_array_equal(m.state_dict()["s"], [2.0])
 
 
 def test_reassignment_keeps_the_position():
@@ -452,6 +473,13 @@ def test_astype_converts_parameters_and_float_buffers():
     assert m(_x(dtype=np.float64)).dtype == np.float64
 
 
+def test_astype_drops_the_gradients_of_the_old_dtype():
+    m = Block()
+    m(_x()).sum().backward()
+    m.astype(np.float64)
+    assert all(p.grad is None for p in m.parameters())
+
+
 @pytest.mark.parametrize("dtype", [np.int64, bool, "U3"])
 def test_astype_refuses_a_dtype_that_is_not_float(dtype):
     m = Block()
@@ -542,6 +570,15 @@ def test_init_functions_in_place():
         nn.init.xavier_uniform_(nn.Parameter(np.zeros(3, dtype=np.float32)))
     with pytest.raises(TypeError):
         nn.init.uniform_(w, rng="seed")
+
+
+def test_an_initializer_on_a_saved_parameter_is_seen_by_the_graph():
+    w = nn.Parameter(np.ones(3))
+    y = (w * mv.tensor(np.array([1.0, 2.0, 3.0]))).sum()  # Mul saves w
+    nn.init.zeros_(w)  # in place, though the graph locked w's array
+    np.testing.assert_array_equal(w.data, np.zeros(3))
+    with pytest.raises(InPlaceModificationError, match="^Mul: input 0"):
+        y.backward()
 
 
 def test_calculate_gain_refuses_a_slope_that_is_no_real_number():
@@ -654,6 +691,16 @@ def test_batchnorm_momentum_none_is_cumulative_average():
         bn(mv.tensor(x))
     np.testing.assert_allclose(bn.running_mean, np.mean([x.mean(0) for x in xs], axis=0), rtol=1e-12)
     np.testing.assert_allclose(bn.running_var, np.mean([x.var(0, ddof=1) for x in xs], axis=0), rtol=1e-12)
+
+
+def test_reset_running_stats_starts_the_statistics_anew():
+    bn = nn.BatchNorm1d(2)
+    bn(_x(6, 2))
+    assert bn.num_batches_tracked == 1 and not np.all(bn.running_var == 1.0)
+    bn.reset_running_stats()
+    np.testing.assert_array_equal(bn.running_mean, [0.0, 0.0])
+    np.testing.assert_array_equal(bn.running_var, [1.0, 1.0])
+    assert bn.num_batches_tracked == 0
 
 
 def test_batchnorm_without_tracking_or_affine():
