@@ -31,7 +31,8 @@ import threading
 
 import numpy as np
 
-from .backend import device_name, device_of, get_array_module, get_default_dtype, to_device
+from .backend import (device_name, device_of, get_array_module, get_default_dtype, resolve_device,
+                      to_device)
 from .checks import check_bool, check_sequence
 
 
@@ -385,9 +386,13 @@ class Tensor:
         return detached
 
     def to(self, device):
-        """Return this tensor on ``device`` ("cpu" or "gpu"), a new leaf that keeps
-        ``requires_grad``. A result of recorded ops is refused (``_check_may_leave_graph``)."""
-        if device_of(self.data) == device_name(device):  # "cuda" or "GPU" is where it already is
+        """Return this tensor on ``device`` ("cpu", "gpu" or "auto", as ``Module.to`` takes it),
+        a new leaf that keeps ``requires_grad``; itself where it is there already. A result of
+        recorded ops is refused (``_check_may_leave_graph``)."""
+        target = device_name(device)  # "cuda" or "GPU" is "gpu"
+        if target == "auto":  # the device "auto" picks on this machine
+            target = resolve_device(target)
+        if device_of(self.data) == target:
             return self
         self._check_may_leave_graph("to")
         return Tensor(to_device(self.data, device), requires_grad=self.requires_grad)

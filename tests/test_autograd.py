@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import minivae as mv
-from minivae import Function, Tensor, nn
+from minivae import Function, Tensor, backend, nn
 from minivae import functional as F
-from minivae.backend import get_default_dtype
+from minivae.backend import DeviceError, get_default_dtype
 
 
 # ----- gradient accumulation and order ---------------------------------------------------------
@@ -352,6 +352,17 @@ def test_to_the_device_a_tensor_is_on_by_another_spelling_is_no_copy(name, monke
     x = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
     h = x * 2.0
     assert h.to(name) is h and x.to(name) is x
+
+
+def test_to_auto_where_it_picks_the_cpu_is_no_copy(monkeypatch):
+    # Before: "auto" is not "cpu", so a result of recorded ops was refused as if it were moving,
+    # and a leaf became a new leaf over the same array (its gradient no longer the leaf's).
+    def no_gpu():
+        raise DeviceError("no GPU here")
+    monkeypatch.setattr(backend, "cupy_module", no_gpu)
+    x = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    h = x * 2.0
+    assert h.to("auto") is h and x.to("AUTO") is x
 
 
 @pytest.mark.parametrize("device, error, message", [
