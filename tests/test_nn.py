@@ -590,6 +590,27 @@ def test_calculate_gain_refuses_a_slope_that_is_no_real_number():
         nn.init.calculate_gain("leaky_relu", math.nan)
     assert nn.init.calculate_gain("leaky_relu", 1) == 1.0  # an int slope is a number
 
+@pytest.mark.parametrize("fill, error, message", [
+    (lambda w: nn.init.normal_(w, std=-1.0), ValueError, "normal_: invalid std -1.0: it must be >= 0 and finite"),
+    (lambda w: nn.init.normal_(w, std=math.nan), ValueError, "normal_: invalid std nan: it must be >= 0 and finite"),
+    (lambda w: nn.init.normal_(w, mean=math.inf), ValueError, "normal_: invalid mean inf: it must be finite"),
+    (lambda w: nn.init.uniform_(w, 0.0, math.nan), ValueError, "uniform_: invalid b nan: it must be finite"),
+    (lambda w: nn.init.uniform_(w, 1.0, 0.0), ValueError, r"uniform_: a 1.0 is above b 0.0: U\(a, b\) needs a <= b"),
+    (lambda w: nn.init.xavier_uniform_(w, gain=math.nan), ValueError,
+     "xavier_uniform_: invalid gain nan: it must be >= 0 and finite"),
+    (lambda w: nn.init.xavier_normal_(w, gain=-1.0), ValueError,
+     "xavier_normal_: invalid gain -1.0: it must be >= 0 and finite"),
+    (lambda w: nn.init.xavier_normal_(w, gain="2"), TypeError, "gain must be a real number, got '2'"),
+], ids=["negative std", "NaN std", "infinite mean", "NaN bound", "bounds reversed", "NaN gain",
+        "negative gain", "string gain"])
+def test_initializers_refuse_settings_that_give_no_distribution(fill, error, message):
+    # Before: a NaN std or gain filled the weights with NaN without a word; the others failed
+    # with NumPy's "scale < 0", "high - low < 0" or an OverflowError, naming no setting.
+    w = nn.Parameter(np.zeros((2, 3)))
+    with pytest.raises(error, match=f"^{message}$"):
+        fill(w)
+    np.testing.assert_array_equal(w.data, np.zeros((2, 3)))  # nothing written
+
 
 def test_an_evaluation_graph_leaves_the_running_statistics_writable():
     """A graph built in evaluation mode without no_grad (a validation loss kept for logging)

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend import device_of, to_device
-from ..checks import check_real
+from ..checks import FINITE, NON_NEGATIVE, check_ranges, check_real
 
 _default_rng = np.random.default_rng(0)
 
@@ -96,12 +96,19 @@ def calculate_gain(nonlinearity, param=None):
 
 
 def uniform_(tensor, a=0.0, b=1.0, rng=None):
-    """Fill ``tensor`` in place with draws from U(a, b); return it."""
+    """Fill ``tensor`` in place with draws from U(a, b), a <= b both finite; return it."""
+    # NumPy names no bound: "high - low < 0", or an OverflowError for a NaN or infinite one.
+    check_ranges(uniform_, {"a": FINITE, "b": FINITE}, a=a, b=b)
+    if a > b:
+        raise ValueError(f"uniform_: a {a!r} is above b {b!r}: U(a, b) needs a <= b")
     return _fill(tensor, get_rng(rng).uniform(a, b, size=tensor.shape))
 
 
 def normal_(tensor, mean=0.0, std=1.0, rng=None):
-    """Fill ``tensor`` in place with draws from N(mean, std^2); return it."""
+    """Fill ``tensor`` in place with draws from N(mean, std^2), mean finite and std >= 0 finite;
+    return it."""
+    # NumPy fills NaN for a NaN std and says only "scale < 0" for a negative one.
+    check_ranges(normal_, {"mean": FINITE, "std": NON_NEGATIVE}, mean=mean, std=std)
     return _fill(tensor, get_rng(rng).normal(mean, std, size=tensor.shape))
 
 
@@ -126,9 +133,10 @@ def _is_empty(tensor):
 
 
 def xavier_uniform_(tensor, gain=1.0, rng=None):
-    """Glorot & Bengio (2010): U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)); return it
-    (unchanged when it has no elements, as the Kaiming initializers do)."""
+    """Glorot & Bengio (2010): U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)), gain >= 0
+    and finite; return it (unchanged when it has no elements, as the Kaiming initializers do)."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor.shape)
+    check_ranges(xavier_uniform_, {"gain": NON_NEGATIVE}, gain=gain)  # else named as a bound
     if _is_empty(tensor):  # nothing to fill, and shape (0, 0) has fan_in + fan_out = 0
         return tensor
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
@@ -136,9 +144,10 @@ def xavier_uniform_(tensor, gain=1.0, rng=None):
 
 
 def xavier_normal_(tensor, gain=1.0, rng=None):
-    """Glorot & Bengio (2010): N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out)); return it
-    (unchanged when it has no elements)."""
+    """Glorot & Bengio (2010): N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out)), gain
+    >= 0 and finite; return it (unchanged when it has no elements)."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor.shape)
+    check_ranges(xavier_normal_, {"gain": NON_NEGATIVE}, gain=gain)  # else named as the std
     if _is_empty(tensor):  # nothing to fill, and its fans may sum to 0
         return tensor
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)), rng)
