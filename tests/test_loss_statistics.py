@@ -227,9 +227,10 @@ def test_beta_of_another_dtype_or_with_axes_is_refused(name):
 
 @pytest.mark.parametrize("name", ["vae", "m2"])
 def test_beta_that_is_not_a_number_is_refused(name):
-    # Before: a list became a weight per example, "2" was used as 2.0 and True as 1.0.
+    # Before: a list became a weight per example, "2" was used as 2.0 and True as 1.0 (and
+    # NumPy's True, taken for a 0-d array, too).
     model = build(name, np.float32)
-    for beta in ([0.5], list(range(5)), "2", True):
+    for beta in ([0.5], list(range(5)), "2", True, np.True_):
         with pytest.raises(TypeError, match=rf"beta must be a number or a 0-d array, got {type(beta).__name__}"):
             step(model, np.float32, beta=beta)
     assert bits(step(model, np.float32, 2)[0].data) == bits(step(model, np.float32, 2.0)[0].data)

@@ -273,13 +273,15 @@ def test_models_that_train_on_one_bound_refuse_mc_samples_with_iw_k(name, option
 @pytest.mark.parametrize("beta", [-0.5, math.nan, math.inf], ids=["negative", "NaN", "inf"])
 def test_a_kl_weight_out_of_range_is_refused_by_constructors_and_losses(name, beta):
     # Before: the constructors took any float, a loss any Python number: a negative beta
-    # rewarded the posterior for leaving the prior, NaN or inf made the loss NaN.
+    # rewarded the posterior for leaving the prior, NaN or inf made the loss NaN. A NumPy
+    # scalar (np.float32(-0.5)) was taken as a 0-d array, whose value is never read: unchecked.
     message = rf"invalid beta {beta}: it must be >= 0 and finite$"
     with pytest.raises(ValueError, match=message):
         build_model(name, **{**SMALL_MODEL, **MODEL_SIZES.get(name, {}), "beta": beta})
     model, x = _small_model_and_batch(name)
-    with pytest.raises(ValueError, match=message):
-        model.loss(x, Generator(0), beta=beta)
+    for weight in (beta, np.float32(beta), np.float64(beta)):  # a NumPy scalar is a number too
+        with pytest.raises(ValueError, match=message):
+            model.loss(x, Generator(0), beta=weight)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

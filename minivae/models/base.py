@@ -26,6 +26,8 @@ mirrored encoder and decoder layers) would start with identical weights.
 """
 import numbers
 
+import numpy as np
+
 from .. import nn
 from ..checks import NON_NEGATIVE, POSITIVE, check_float, check_integer, check_ranges
 from ..random import Generator, Noise
@@ -117,20 +119,22 @@ def kl_weight_of(model, beta):
     weight a captured GPU step reads from device memory); the ops refuse an array of another
     float dtype or device rather than cast it. An array with axes is refused here: it would
     broadcast into a per-example weight. So is anything else (a list would broadcast the same
-    way, a string be read as a number, a bool as 0 or 1); a Python number is taken as a float,
+    way, a string be read as a number, a bool as 0 or 1); a number, Python's or a NumPy scalar
+    (such as an element of a NumPy schedule, which lives on the host), is taken as a float,
     and must be in the range a constructor's beta must be in (``SETTING_RANGES``: a ValueError
     otherwise). An array is not read back to the host to check its value.
     """
     if beta is None:
         return model.beta
-    if hasattr(beta, "ndim"):  # an array (or a NumPy scalar): the ops check its dtype and device
+    if hasattr(beta, "ndim") and not isinstance(beta, np.generic):  # the ops check an array's dtype
         if beta.ndim != 0:
             raise ValueError(f"beta must be a number or a 0-d array, got an array of shape {beta.shape}")
         return beta
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
         raise TypeError(f"beta must be a number or a 0-d array, got {type(beta).__name__} {beta!r:.40}")
+    beta = float(beta)
     check_ranges(type(model), SETTING_RANGES, beta=beta)
-    return float(beta)
+    return beta
 
 
 def check_one_training_bound(mc_samples, iw_k):
