@@ -8,9 +8,9 @@ the models call directly. Here:
 * ``standard_normal``: a N(0, I) draw from the Philox generator, in a model's dtype and device;
 * ``standard_gumbel``: a Gumbel(0, 1) draw from the Philox generator, in a model's dtype and
   device;
-* ``one_hot``, ``check_label_count``, ``log_categorical``, ``log_uniform_categorical``: labels
-  and the categorical distribution of the models with a discrete variable (M2, ADGM/SDGM,
-  Gumbel-softmax).
+* ``one_hot``, ``check_labels``, ``check_label_count``, ``log_categorical``,
+  ``log_uniform_categorical``: labels and the categorical distribution of the models with a
+  discrete variable (M2, ADGM/SDGM, Gumbel-softmax).
 
 The three draws are made where their arrays live (``_draw``): on the GPU by the kernels, so that
 nothing is copied from the host and a training step captured as a CUDA graph can draw them.
@@ -95,22 +95,21 @@ def check_label_count(labels, n):
         raise ValueError(f"{n} rows but {len(labels)} labels: give one label per row")
 
 
-def one_hot(labels, num_classes, like, n=None):
-    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device.
+def check_labels(labels, num_classes, n=None):
+    """``labels`` (an array on either device, a Tensor or a sequence) as an array of class
+    indices (B,), checked: integers (a float label 2.5 would be cast to class 2 silently, or
+    never equal a prediction), one axis (a column (B, 1) or one-hot rows (B, K) would broadcast
+    against the B predictions or rows), ``n`` of them when ``n`` is given
+    (``check_label_count``), and on the host values in [0, ``num_classes``).
 
-    ``n``, when given, is the number of rows the labels are for (``check_label_count``).
-
-    Labels of another dtype (floats, booleans) are refused, wherever they are. Labels on the host
-    are checked to lie in [0, K) before they are copied to ``like``'s device.
-    Labels already on the GPU are taken as they are: checking them would read them back to the
+    Labels already on the GPU are not checked for their values: that would read them back to the
     host at every step, which a training step captured as a CUDA graph cannot do; the trainer's
     come from labels it checked once (``Trainer``).
     """
     num_classes = check_integer(num_classes, "num_classes", minimum=1)
-    xp = get_array_module(like.data)
     labels = labels.data if isinstance(labels, Tensor) else labels
     labels = labels if is_gpu_array(labels) else np.asarray(labels)
-    if labels.dtype.kind not in "iu":  # the cast to int below would make label 2.5 class 2 silently
+    if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got an array of dtype {labels.dtype}")
     if not is_gpu_array(labels) and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must be integers in [0, {num_classes}), got values from "
@@ -119,6 +118,16 @@ def one_hot(labels, num_classes, like, n=None):
         raise ValueError(f"labels must be a 1-D array, got shape {labels.shape}")
     if n is not None:
         check_label_count(labels, n)
+    return labels
+
+
+def one_hot(labels, num_classes, like, n=None):
+    """Integer labels (B,) as a constant (B, K) one-hot Tensor in ``like``'s dtype and device,
+    the labels checked first (``check_labels``; ``n``, when given, is the number of rows they
+    are for). Labels on the host are checked before they are copied to ``like``'s device.
+    """
+    labels = check_labels(labels, num_classes, n)
+    xp = get_array_module(like.data)
     labels = xp.asarray(labels).astype(int)
     return tensor(xp.eye(num_classes, dtype=like.dtype)[labels])
 

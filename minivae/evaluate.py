@@ -25,7 +25,7 @@ from . import streams
 from .autograd import no_grad, tensor
 from .backend import get_array_module, to_device
 from .checks import check_integer, check_intensities
-from .distributions import check_label_count
+from .distributions import check_labels
 from .models.base import require
 from .random import Generator, Noise
 
@@ -173,18 +173,20 @@ def nll_summary(ll, ess=None):
 def classification_error(model, x, labels, batch_size=500):
     """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
     ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches of
-    ``batch_size`` (an integer of at least 1)."""
+    ``batch_size`` (an integer of at least 1). ``labels`` are N integer class indices in
+    [0, ``model.num_classes``), shape (N,) (``check_labels``): a column (N, 1) would be compared
+    with every prediction, giving errors above 1, and one-hot rows fail to broadcast."""
     require(model, "classifies", "a classification error")
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     x = as_model_input(model, x)
-    check_label_count(labels, len(x))
+    labels = check_labels(labels, model.num_classes, n=len(x))
     device = next(iter(model.parameters())).device
     wrong = 0
     with evaluating(model):
         for start in range(0, len(x), batch_size):
             xb = tensor(to_device(x[start:start + batch_size], device))
             predicted = to_device(model.classify(xb), "cpu")
-            wrong += int((predicted != np.asarray(labels[start:start + batch_size])).sum())
+            wrong += int((predicted != labels[start:start + batch_size]).sum())
     return wrong / len(x)
 
 

@@ -186,6 +186,29 @@ def test_x_is_checked_and_converted_to_the_models_dtype():
             np.testing.assert_equal(evaluate(same), want)
 
 
+@pytest.mark.parametrize("name", ["m2", "m1m2"])
+def test_the_labels_of_the_classification_error_are_checked(name):
+    """A column of labels (N, 1) was compared with every prediction (an error of 3.7 for 6
+    images), one-hot labels failed with NumPy's broadcasting message, and labels outside the
+    model's classes or given as floats were scored without a word."""
+    from minivae import evaluate as E
+
+    mv.nn.init.manual_seed(0)  # M1+M2 builds its M1 with the global initializer
+    model = build_model(name, **SMALL_MODEL, **MODEL_SIZES.get(name, {}), rng=np.random.default_rng(0))
+    k = model.num_classes
+    x = (np.random.default_rng(1).random((6, model.x_dim)) < 0.5).astype(np.float32)
+    y = model.classify(mv.tensor(x))
+    assert E.classification_error(model, x, y, batch_size=4) == 0
+    refused = [(y[:, None], ValueError, r"labels must be a 1-D array, got shape \(6, 1\)"),
+               (np.eye(k, dtype=np.int64)[y], ValueError, rf"labels must be a 1-D array, got shape \(6, {k}\)"),
+               (y + 1.0, TypeError, "labels must be integers, got an array of dtype float64"),
+               (y + k, ValueError, rf"labels must be integers in \[0, {k}\), got values from"),
+               (y[:5], ValueError, "6 rows but 5 labels")]
+    for labels, error, message in refused:
+        with pytest.raises(error, match=message):
+            E.classification_error(model, x, labels)
+
+
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
 def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,

@@ -54,7 +54,8 @@ class Model(nn.Module):
     #: labelled batch's and the others by ``x``'s ("loss" too, which adds the labelled terms to
     #: the unlabelled ones), so that an epoch's statistics are means over its images.
     labelled_statistics = ()
-    #: Has a classifier: ``classify(x)`` -> an integer array of predicted labels (B,).
+    #: Has a classifier: ``classify(x)`` -> an integer array of predicted labels (B,), each in
+    #: [0, ``num_classes``).
     classifies = False
     #: ``encode(x)`` -> (mu, logvar) of one diagonal Gaussian (for the latent statistics).
     gaussian_encoder = False
