@@ -196,7 +196,12 @@ def test_set_scores(model, x_test, y_test, k, progress=False):
     the minus of (``model.estimated_log_likelihood``), the median and smallest effective sample
     size of its weights, and (for a model that ``classifies``) the classification error against
     ``y_test``. ``k`` is an integer of at least 1."""
-    k = check_integer(k, "k", minimum=1)  # before the ELBO's pass, not after it
+    # k, the images and the labels before the ELBO's pass: the labels, scored last, were
+    # refused after both passes over the images.
+    k = check_integer(k, "k", minimum=1)
+    x_test = as_model_input(model, x_test)
+    if model.classifies:
+        check_labels(y_test, model.num_classes, n=len(x_test))
     bound, _, _ = elbo(model, x_test)
     ll, ess = log_likelihood_and_ess(model, x_test, k=k, progress=progress)
     scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll, ess),

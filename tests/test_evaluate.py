@@ -209,6 +209,23 @@ def test_the_labels_of_the_classification_error_are_checked(name):
             E.classification_error(model, x, labels)
 
 
+def test_the_test_set_scores_check_the_labels_before_the_passes_over_the_images():
+    """Labels that the classification error refuses were found after the ELBO's pass and the
+    importance-sampled one (k = 5000 for ``minivae eval``), which were then lost."""
+    from minivae import evaluate as E
+
+    model = build_model("m2", **SMALL_MODEL, rng=np.random.default_rng(0))
+    x = (np.random.default_rng(1).random((4, model.x_dim)) < 0.5).astype(np.float32)
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("a pass over the images before the labels were checked")
+
+    model.elbo = model.log_weights = no_pass
+    for labels in (np.arange(4)[:, None], np.arange(3), np.arange(4) + 0.0):
+        with pytest.raises((ValueError, TypeError), match="labels"):
+            E.test_set_scores(model, x, labels, k=2)
+
+
 @pytest.mark.parametrize("chunk_rows", [2, 6, 1000])
 def test_the_effective_sample_size_is_that_of_the_weights(chunk_rows):
     """log_likelihood_and_ess gives log mean w and (sum w)^2 / sum w^2 of each example's weights,
