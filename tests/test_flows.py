@@ -132,6 +132,47 @@ def test_flow_log_weights_by_hand(rng):
     np.testing.assert_allclose(log_w, log_px + log_pz - (log_q0 - log_det.data), rtol=1e-10)
 
 
+@pytest.mark.parametrize("flows", [1, 3])
+def test_flow_elbo_by_hand(rng, flows):
+    """The bound's terms from the same draws as the log-weights: the reconstruction at z_K, and
+    KL = -H[q_0] - E[sum_k log |det J_k| + log p(z_K)] with the Gaussian entropy in closed form,
+    for one flow as for several (only without flows is the KL the VAE's analytic one)."""
+    model = small_flow(flows=flows)
+    x = binary(rng, 4)
+    rec, kl = model.elbo(x, Generator(3), samples=2)
+    h = model.encoder(x)
+    mu, logvar = model.q_z(h)
+    z0 = mu.data + np.exp(logvar.data / 2) * Generator(3).normal((2, 4, 3), dtype=np.float64)
+    zk, log_det = model.flows(h, t(z0))
+    logits = model.decode(zk).data
+    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1)
+    log_pz = -0.5 * (zk.data ** 2 + np.log(2 * np.pi)).sum(-1)
+    entropy = 0.5 * (logvar.data + 1 + np.log(2 * np.pi)).sum(-1)
+    np.testing.assert_allclose(rec.data, log_px.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(kl.data, -entropy - (log_det.data + log_pz).mean(0), rtol=1e-12)
+
+
+def test_the_reconstruction_latent_is_the_mean_of_q0_pushed_through_the_flows(rng):
+    """The point the pictures decode an image from: for the VAE the mean of q(z | x) (not its
+    log-variance, not a draw), for the flow VAE that mean pushed through the flows, the
+    transforms' parameters predicted from the encoder's features (written out with the weights:
+    tanh, one hidden layer)."""
+    x = binary(rng, 4)
+    model = small_flow()
+    p = model.state_dict()
+    h = np.tanh(x.data @ p["encoder.net.0.weight"] + p["encoder.net.0.bias"])
+    mu = h @ p["q_z.mu.weight"] + p["q_z.mu.bias"]
+    vae = VAE(x_dim=10, z_dim=3, hidden=(6,), activation="tanh").astype(np.float64)
+    vae.load_state_dict({k: v for k, v in p.items() if not k.startswith("flows.")})
+    np.testing.assert_allclose(vae.reconstruction_latent(x).data, mu, rtol=1e-12)
+    c = h @ p["flows.params.weight"] + p["flows.params.bias"]
+    z = t(mu)
+    for k in range(3):
+        z, _ = planar_flow(z, t(c[:, 7 * k:7 * k + 3]), t(c[:, 7 * k + 3:7 * k + 6]), t(c[:, 7 * k + 6]))
+    assert np.abs(z.data - mu).max() > 0.01  # the flows move it, so leaving them out shows
+    np.testing.assert_allclose(model.reconstruction_latent(x).data, z.data, rtol=1e-12)
+
+
 def test_zero_flows_is_the_vae_and_the_elbo_matches_the_weights_on_average(rng):
     x = binary(rng, 3)
     flow0, vae = small_flow(flows=0), VAE(x_dim=10, z_dim=3, hidden=(6,), activation="tanh").astype(np.float64)

@@ -97,6 +97,7 @@ def test_temperature_schedule():
     taus = [temperature(e) for e in range(200)]
     assert all(a >= b for a, b in zip(taus, taus[1:])) and min(taus) == 0.5
     model = small(tau0=2.0, tau_min=0.1, anneal_rate=1e-3, steps_per_epoch=100)
+    assert model.tau == 2.0  # before any set_epoch: the schedule's start, tau0
     model.set_epoch(3)
     assert model.tau == pytest.approx(2.0 * math.exp(-0.3))
 

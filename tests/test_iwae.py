@@ -28,6 +28,7 @@ def test_factory_options():
     one = build_model("iwae", z_dim=3, hidden=(8,))
     assert isinstance(one, VAE) and one.iw_k == DEFAULT_K == 5
     assert build_model("iwae", iw_k=50).iw_k == 50 and build_model("iwae", k=1).iw_k == 1
+    assert build_model("iwae", iw_k=2).iw_k == 2  # any --iw-k above 1 is the k, the smallest too
     with pytest.raises(ValueError, match="contradicts"):
         build_model("iwae", k=5, iw_k=50)
     two = build_model("iwae", layers=2, z_dim=50, hidden=(200, 200), activation="tanh")
@@ -62,6 +63,35 @@ def test_two_layer_log_weights_by_hand(rng):
                 - log_normal(z1, mu1, lv1) - log_normal(z2, mu2, lv2))
     np.testing.assert_allclose(log_w, expected, rtol=1e-10)
 
+
+
+def test_the_generative_blocks_mirror_the_inference_blocks():
+    """Blocks of unequal widths show the mirror: q(z1 | x) is x -> 8 -> 6 -> z1 and q(z2 | z1)
+    z1 -> 5 -> 3 -> z2, so p(z1 | z2) is z2 -> 3 -> 5 -> z1 and p(x | z1) z1 -> 6 -> 8 -> x."""
+    model = two_layer(blocks=((8, 6), (5, 3)))
+    shapes = {k: v.shape for k, v in model.state_dict().items() if k.endswith("weight")}
+    assert [shapes[f"q_z1.trunk.net.{i}.weight"] for i in (0, 2)] == [(12, 8), (8, 6)]
+    assert [shapes[f"q_z2.trunk.net.{i}.weight"] for i in (0, 2)] == [(4, 5), (5, 3)]
+    assert [shapes[f"generator.priors.0.trunk.net.{i}.weight"] for i in (0, 2)] == [(2, 3), (3, 5)]
+    assert shapes["generator.priors.0.head.mu.weight"] == (5, 4)
+    assert [shapes[f"generator.likelihood.net.{i}.weight"] for i in (0, 2, 4)] == [(4, 6), (6, 8), (8, 12)]
+
+
+def test_encode_is_q_z2_at_the_mean_of_q_z1(rng):
+    """encode(x), the summary of the top layer for pictures and latent statistics, is q(z2 | z1)
+    at z1 = the mean of q(z1 | x), written out with the weights (tanh, one hidden layer each)."""
+    model = two_layer()
+    x = binary(rng, 3)
+    p = model.state_dict()
+
+    def gaussian(name, h):
+        h = np.tanh(h @ p[f"{name}.trunk.net.0.weight"] + p[f"{name}.trunk.net.0.bias"])
+        return [h @ p[f"{name}.head.{v}.weight"] + p[f"{name}.head.{v}.bias"] for v in ("mu", "logvar")]
+
+    mu1, logvar1 = gaussian("q_z1", x.data)
+    assert np.abs(mu1 - logvar1).max() > 0.1  # the two differ, so using the wrong one shows
+    for got, want in zip(model.encode(x), gaussian("q_z2", mu1)):
+        np.testing.assert_allclose(got.data, want, rtol=1e-12)
 
 
 def test_decode_goes_through_the_conditional_mean_of_z1(rng):
@@ -143,6 +173,16 @@ def test_two_layer_gradients_match_finite_differences(rng):
         model = two_layer(**kw)
         for _, p in model.named_parameters():
             gradcheck(lambda p_: model.loss(x, Generator(9))[0], p)
+
+
+def test_one_layer_iwae_gradients_match_finite_differences(rng):
+    """The one-layer IWAE trains through its log-weights (``VAE.log_weights``): the gradient
+    flows through the k draws z into the encoder, and into the decoder."""
+    mv.nn.init.manual_seed(0)
+    model = VAE(x_dim=12, z_dim=2, hidden=(5,), activation="tanh", iw_k=3).astype(np.float64)
+    x = binary(rng, 4)
+    for _, p in model.named_parameters():
+        assert gradcheck(lambda p_: model.loss(x, Generator(9))[0], p)
 
 
 def test_two_layer_iwae_trains_from_the_cli_settings(tmp_path):
