@@ -108,6 +108,25 @@ def test_classify_uses_the_mean_of_q_a():
     np.testing.assert_array_equal(model.classify(x), expected)
 
 
+@pytest.mark.parametrize("cls", [SemiSupervisedADGM, SemiSupervisedSDGM])
+def test_class_probabilities_are_q_y_at_the_mean_of_q_a_by_hand(cls):
+    """q(y | a, x) at a = the mean of q(a | x), written out with the weights (relu, the hidden
+    layers 6 and 5): an argmax alone agrees with too many wrong inputs to show one."""
+    model = small(cls, num_classes=3)
+    x = binary(np.random.default_rng(3), (5, D))
+    p = model.state_dict()
+    relu = lambda v: np.maximum(v, 0)
+    h = relu(relu(x.data @ p["q_a_net.net.0.weight"] + p["q_a_net.net.0.bias"])
+             @ p["q_a_net.net.2.weight"] + p["q_a_net.net.2.bias"])
+    mu_a, logvar_a = (h @ p[f"q_a.{v}.weight"] + p[f"q_a.{v}.bias"] for v in ("mu", "logvar"))
+    assert np.abs(mu_a - logvar_a).max() > 0.1  # the two differ, so using the wrong one shows
+    h = relu(x.data @ p["classifier.inputs.0.weight"] + mu_a @ p["classifier.inputs.1.weight"]
+             + p["classifier.inputs.0.bias"])
+    h = relu(h @ p["classifier.rest.net.0.weight"] + p["classifier.rest.net.0.bias"])
+    logits = h @ p["class_logits.weight"] + p["class_logits.bias"]
+    np.testing.assert_allclose(model.class_probabilities(x), np.exp(np_log_softmax(logits)), rtol=1e-12)
+
+
 @pytest.mark.parametrize("cls, kw", [(ADGM, {}), (SDGM, {"iw_k": 2}), (SemiSupervisedADGM, {"alpha": 3.0}),
                                      (SemiSupervisedSDGM, {"alpha": 3.0})])
 def test_auxiliary_loss_gradients_match_finite_differences(cls, kw):

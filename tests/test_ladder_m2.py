@@ -213,6 +213,25 @@ def test_where_the_label_enters_and_batch_norm():
         LadderM2(iw_k=2)
 
 
+def test_decode_goes_through_the_conditional_means_with_the_label():
+    """decode(z_3, y), the deterministic decoder: z_2 = the mean of p(z_2 | z_3, y), z_1 = the mean
+    of p(z_1 | z_2), then the logits of p(x | z_1, y), written out with the weights (tanh, one
+    hidden layer per block, no batch normalization)."""
+    model = small_ladder_m2(k=4, batch_norm=False)
+    p = model.state_dict()
+    z3 = np.random.default_rng(8).normal(size=(5, 2))
+    y = one_hot(np.array([3, 0, 2, 2, 1]), 4, mv.tensor(z3))
+
+    def dense(name, h):
+        return h @ p[f"{name}.weight"] + p[f"{name}.bias"] if f"{name}.bias" in p else h @ p[f"{name}.weight"]
+
+    h = np.tanh(dense("priors.1.trunk.inputs.0", z3) + dense("priors.1.trunk.inputs.1", y.data))
+    z2 = dense("priors.1.head.mu", h)
+    z1 = dense("priors.0.head.mu", np.tanh(dense("priors.0.trunk.net.0", z2)))
+    h = np.tanh(dense("likelihood.inputs.0", z1) + dense("likelihood.inputs.1", y.data))
+    np.testing.assert_allclose(model.decode(mv.tensor(z3), y).data, dense("likelihood_logits", h), rtol=1e-12)
+
+
 def test_classify_and_the_classification_error():
     model = small_ladder_m2(k=4)
     x = binary(np.random.default_rng(7), (10, 10))
