@@ -124,6 +124,26 @@ def test_spaces_around_a_set_value_are_no_part_of_it_whatever_its_type(model, ke
     assert parse_setting(model, key, text) == value
 
 
+@pytest.mark.parametrize("model, key, text, value", [
+    ("ladder", "z_dims", "4,2", [4, 2]), ("ladder", "z_dims", "[4, 2]", [4, 2]),
+    ("ladder", "z_dims", "(4, 2)", [4, 2]), ("m2", "alpha", "None", None), ("m2", "alpha", "null", None),
+])
+def test_the_written_forms_of_a_list_and_of_none(model, key, text, value):
+    assert parse_setting(model, key, text) == value
+
+
+@pytest.mark.parametrize("model, key, text, reason", [
+    ("gumbel", "n_classes", "1", "is out of range"), ("gumbel", "tau0", "0", "is out of range"),
+    ("flow", "flows", "-1", "is out of range"), ("m2", "alpha", "inf", "is not a finite number"),
+    ("gumbel", "tau_min", "nan", "is not a finite number"),
+])
+def test_the_parser_refuses_what_the_model_would_naming_the_set(model, key, text, reason):
+    """Refused where the --set is read, naming it and the valid range, not by the model's
+    constructor in its own words after the run folder was chosen."""
+    with pytest.raises(ValueError, match=rf"^--set {key}={text}: '{text}' {reason} \(expected {key} "):
+        parse_setting(model, key, text)
+
+
 def test_a_set_run_folder_of_spaces_alone_is_an_empty_path():
     with pytest.raises(ValueError, match=r"--set m1= : ' ' is an empty path"):
         parse_setting("m1m2", "m1", " ")
