@@ -114,6 +114,73 @@ def test_elbo_is_the_reconstruction_minus_the_kl_per_example():
     assert (kl > 0).all()  # so bound = rec + KL would differ
 
 
+class _RowModel:
+    """A stand-in model whose per-example values depend on that example's row alone, without
+    noise: log-weights x.u (the same for every sample), reconstruction x.u, KL x.v, and the
+    class of the largest pixel, so that what an evaluator returns for a row is known. It
+    refuses to be evaluated in training mode."""
+
+    training, classifies, x_dim, num_classes = False, True, 3, 3
+    u, v = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.25, 0.0])
+
+    def parameters(self):
+        return iter([mv.tensor(np.zeros(1))])
+
+    def train(self, mode=True):
+        self.training = mode
+
+    def eval(self):
+        self.train(False)
+
+    def log_weights(self, x, k, noise):
+        assert not self.training
+        return mv.tensor(np.tile(x.data @ self.u, (k, 1)))
+
+    def elbo(self, x, noise):
+        assert not self.training
+        return mv.tensor(x.data @ self.u), mv.tensor(x.data @ self.v)
+
+    def classify(self, x):
+        assert not self.training
+        return x.data.argmax(axis=1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 6, 7, 8])
+def test_the_batches_cover_every_image_once(batch_size):
+    """Seven images in batches of any size, the last one short or alone: each evaluator's value
+    for every image is that image's own (an image left out would keep an uninitialized value)."""
+    from minivae import evaluate as E
+
+    model, x = _RowModel(), np.random.default_rng(2).random((7, 3))
+    ll, ess = E.log_likelihood_and_ess(model, x, k=4, batch_size=batch_size, chunk_rows=2 * batch_size)
+    np.testing.assert_allclose(ll, x @ model.u, rtol=1e-12)
+    np.testing.assert_allclose(ess, 4, rtol=1e-12)  # equal weights
+    bound, rec, kl = E.elbo(model, x, batch_size=batch_size)
+    np.testing.assert_allclose(rec, x @ model.u, rtol=1e-15)
+    np.testing.assert_allclose(kl, x @ model.v, rtol=1e-15)
+    np.testing.assert_allclose(bound, x @ (model.u - model.v), rtol=1e-12)
+    labels = x.argmax(axis=1)
+    labels[[0, 6]] = (labels[[0, 6]] + 1) % 3  # the first and the last image misclassified
+    assert E.classification_error(model, x, labels, batch_size=batch_size) == pytest.approx(2 / 7)
+
+
+def test_the_evaluators_leave_the_model_in_its_mode():
+    """They evaluate in eval mode and hand the model back as they found it: in training mode
+    for a trainer scoring between epochs, in eval mode for a caller that put it there."""
+    from minivae import evaluate as E
+
+    model = _RowModel()
+    x = np.random.default_rng(2).random((4, 3))
+    for training in (True, False):
+        model.train(training)
+        E.log_likelihood(model, x, k=2)
+        assert model.training is training
+        E.elbo(model, x)
+        assert model.training is training
+        E.classification_error(model, x, x.argmax(axis=1))
+        assert model.training is training
+
+
 def test_nll_summary_is_the_mean_and_its_standard_error():
     """test_nll = -mean(ll), test_nll_stderr = std(ll, ddof=1) / sqrt(n), from the formulas; with
     effective sample sizes also their median and minimum."""
