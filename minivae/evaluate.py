@@ -117,7 +117,8 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
         raise TypeError("log_likelihood needs noise that moves on from chunk to chunk (a Generator): "
                         "a Noise gives every chunk the same samples, so k of them would count a few "
                         "samples several times")
-    noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_LOG_LIKELIHOOD)
+    if noise is None:  # not ``noise or``: a falsy mistake such as 0 is the model's to refuse
+        noise = Generator(seed=EVAL_SEED, stream=streams.EVAL_LOG_LIKELIHOOD)
     device = next(iter(model.parameters())).device
     ll, ess = np.empty(len(x)), np.empty(len(x))
     per_chunk = max(1, min(k, chunk_rows // batch_size))
@@ -146,7 +147,8 @@ def elbo(model, x, noise=None, batch_size=500):
     averaged over the model's ``mc_samples`` draws; ``batch_size`` an integer of at least 1."""
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     x = as_model_input(model, x)
-    noise = noise or Generator(seed=EVAL_SEED, stream=streams.EVAL_ELBO)
+    if noise is None:
+        noise = Generator(seed=EVAL_SEED, stream=streams.EVAL_ELBO)
     device = next(iter(model.parameters())).device
     rec, kl, bound = (np.empty(len(x)) for _ in range(3))
     with evaluating(model):

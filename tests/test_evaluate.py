@@ -207,6 +207,19 @@ def test_a_fixed_noise_address_is_refused_by_the_log_likelihood():
         log_likelihood(model, np.ones((3, 6), np.float32), k=50, noise=Noise(seed=1), chunk_rows=30)
 
 
+@pytest.mark.parametrize("score", ["log_likelihood", "elbo"])
+@pytest.mark.parametrize("bad", [0, False, ""])
+def test_noise_that_is_false_is_refused_not_replaced_by_the_default(score, bad):
+    """``noise=0`` is a mistake (a seed where a Generator belongs), not a request for the
+    evaluation's own generator: the model refuses it, naming the type."""
+    from minivae import evaluate
+    from minivae.models import VAE
+
+    model = VAE(x_dim=6, z_dim=2, hidden=(4,))
+    with pytest.raises(TypeError, match="noise must be a minivae.random.Generator"):
+        getattr(evaluate, score)(model, np.ones((3, 6), np.float32), noise=bad)
+
+
 @pytest.mark.parametrize("bad, error", [(3.5, TypeError), (True, TypeError), (0, ValueError), (-1, ValueError)])
 def test_sample_counts_and_batch_sizes_must_be_positive_integers(bad, error):
     """k = 3.5 drew 3 samples per chunk but divided by 3.5; k = 0 or batch_size = 0 failed with a
