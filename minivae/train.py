@@ -41,6 +41,7 @@ from .autograd import tensor
 from .backend import get_array_module, resolve_device, to_device
 from .checks import check_integer
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
+from .distributions import check_labels
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
 from .random import Generator, check_address
@@ -126,15 +127,22 @@ def check_image_widths(model, data):
 def check_label_counts(model, data):
     """Raise DataMismatchError unless ``data`` holds one label per image where training reads
     labels: the training labels of a semi-supervised model (its labelled subset is drawn from
-    them) and the validation labels of a model that classifies (scored after every epoch).
-    Found later, too few training labels read as too few images of a class, too many index
-    past the images, and validation labels fail after the first epoch, whose training is lost."""
+    them) and the validation labels of a model that classifies (scored after every epoch), these
+    also as ``classification_error`` scores them (``check_labels``: integers of one axis, in the
+    model's classes). Found later, too few training labels read as too few images of a class,
+    too many index past the images, and validation labels fail after the first epoch, whose
+    training is lost."""
     splits = (["train"] if model.semi_supervised else []) + (["valid"] if model.classifies else [])
     for split in splits:
         n_labels, n_images = len(getattr(data, f"y_{split}")), len(getattr(data, f"x_{split}"))
         if n_labels != n_images:
             raise DataMismatchError(f"data.y_{split} holds {n_labels} labels for the {n_images} images "
                                     f"of data.x_{split}: give one label per image")
+    if model.classifies:
+        try:
+            check_labels(data.y_valid, model.num_classes)
+        except (TypeError, ValueError) as exc:
+            raise DataMismatchError(f"data.y_valid cannot be scored: {exc}") from None
 
 
 def labelled_subset(config, model, labels):

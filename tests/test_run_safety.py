@@ -604,6 +604,24 @@ def test_labels_that_do_not_match_the_images_are_found_before_anything_is_writte
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("labels, says", [
+    (lambda y: y + 10, "labels must be integers in [0, 10), got values from {lo} to {hi}"),
+    (lambda y: y.astype(np.float32), "labels must be integers, got an array of dtype float32"),
+    (lambda y: y[:, None], "labels must be a 1-D array, got shape ({n}, 1)"),
+])
+def test_validation_labels_that_cannot_be_scored_are_found_before_anything_is_written(tmp_path, labels, says):
+    """The validation error is scored after every epoch: labels outside the classes, floats or a
+    column were refused there, after the first epoch's training."""
+    data = small_data()
+    data.y_valid = labels(np.asarray(data.y_valid))
+    with pytest.raises(DataMismatchError) as exc:
+        train(config(tmp_path, model="m2", n_labelled=20), data=data, **QUIET)
+    y = data.y_valid
+    said = says.format(lo=y.min(), hi=y.max(), n=len(y))
+    assert one_line(exc) == f"data.y_valid cannot be scored: {said}"
+    assert not (tmp_path / "run").exists()
+
+
 # ----- kill -9 at random times ------------------------------------------------------------------
 
 EPOCHS, MIN_KILLS = 6, 2
