@@ -231,6 +231,25 @@ def test_labelled_batches_are_a_function_of_seed_and_step():
     assert not np.array_equal(a(0)[0], a(3)[0])  # the next pass: new order and new binarization
 
 
+def test_the_labelled_batches_draw_from_a_seed_of_their_own():
+    """The labelled loader is seeded with SeedSequence([seed, streams.LABELLED_LOADER]), not with
+    the run's seed, which keys the unlabelled loader's Philox order and bits: over the same
+    images the two would draw the same orders and the same bits."""
+    from minivae import streams
+    from minivae.data import MinibatchLoader
+
+    data = small_data()
+    idx = np.arange(0, 60, 2)
+    x, y = data.x_train[idx], data.y_train[idx]
+    batches = LabelledBatches(x, y, 10, seed=3)
+    derived = int(np.random.SeedSequence([3, streams.LABELLED_LOADER]).generate_state(1)[0])
+    for step, (xb, yb) in enumerate(MinibatchLoader(x, 10, seed=derived, y=y).epoch(0)):
+        np.testing.assert_array_equal(batches(step)[0], xb)
+        np.testing.assert_array_equal(batches(step)[1], yb)
+    xr, yr = next(iter(MinibatchLoader(x, 10, seed=3, y=y).epoch(0)))
+    assert not np.array_equal(batches(0)[1], yr)
+
+
 def test_the_trainer_takes_the_labelled_batches_of_the_runs_step_count(tmp_path, monkeypatch):
     """Step t of the run (0-based, counted over all its epochs) gets the labelled batch of step t,
     so each pass over the unlabelled images meets labelled batches not seen before (numbered

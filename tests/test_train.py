@@ -422,6 +422,53 @@ def test_resume_extends_a_finished_run(tmp_path):
         np.testing.assert_array_equal(params(longer.model)[name], value, err_msg=name)
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_a_resume_notes_a_new_length_only_where_it_bends_the_schedule(tmp_path, schedule):
+    """The cosine schedule spans the whole run, so a resume with more epochs recomputes it and
+    says so; a constant rate does not depend on the length, and nothing is said."""
+    data, lines = small_data(), []
+    Trainer(config(tmp_path, epochs=1, lr_schedule=schedule), data=data, progress=False, log=lines.append).fit()
+    Trainer(config(tmp_path, epochs=2, lr_schedule=schedule), data=data, progress=False,
+            log=lines.append).fit(resume=True)
+    notes = [line for line in lines if "schedule is recomputed" in line]
+    assert len(notes) == (schedule == "cosine")
+    if notes:
+        assert notes[0].startswith("note: --epochs changed from 1 to 2")
+
+
+def test_a_finished_run_whose_results_are_of_fewer_epochs_is_evaluated_again(tmp_path):
+    """A run of 1 epoch extended to 2 and interrupted in its final evaluation keeps the
+    results.json of 1 epoch: resumed again, with nothing left to train, it is evaluated anew
+    instead of returning the results of the shorter run."""
+    from minivae.runs import RESULTS
+    from minivae.train import train
+
+    data, quiet = small_data(n_train=100, n_eval=20), dict(progress=False, log=lambda m: None)
+    assert train(config(tmp_path, epochs=1), data=data, **quiet)["epochs"] == 1
+    Trainer(config(tmp_path, epochs=2), data=data, **quiet).fit(resume=True)  # no final evaluation
+    results = train(config(tmp_path, epochs=2), resume=True, data=data, **quiet)
+    assert results["epochs"] == 2
+    assert json.loads((tmp_path / "run" / RESULTS).read_text())["epochs"] == 2
+
+
+def test_a_resumed_epoch_counts_the_seconds_before_the_interruption(tmp_path):
+    """An epoch cut by Ctrl-C and resumed reports its whole training time: the seconds saved
+    in the checkpoint (made 1000 here) plus those after the resume, and its speed over both."""
+    data, quiet = small_data(), dict(progress=False, log=lambda m: None)
+    cut = Trainer(config(tmp_path), data=data, **quiet)
+    _interrupt_after(cut, 3)  # inside epoch 1
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    arrays, meta = checkpoint.load(tmp_path / "run" / CHECKPOINT)
+    assert (meta["epoch"], meta["batch"]) == (0, 3) and meta["sums"]["seconds"] < 1000
+    meta["sums"]["seconds"] = 1000.0
+    checkpoint.save(tmp_path / "run" / CHECKPOINT, arrays, meta)
+    Trainer(config(tmp_path), data=data, **quiet).fit(resume=True)
+    first = json.loads((tmp_path / "run" / METRICS).read_text().splitlines()[0])
+    assert first["epoch"] == 1 and 1000 < first["seconds"] < 1000 + 600
+    assert first["images_per_second"] == pytest.approx(300 / first["seconds"])
+
+
 def test_resume_refuses_a_different_configuration(tmp_path):
     data = small_data()
     quiet = dict(data=data, progress=False, log=lambda m: None)
@@ -459,6 +506,9 @@ def test_the_learning_rate_follows_the_cosine_schedule_or_stays_constant(tmp_pat
     with pytest.raises(ValueError, match=r"^lr 5e-05 is below lr_min 0.0001: the cosine schedule would raise"):
         Trainer(config(tmp_path, lr=5e-5), data=data, progress=False, log=lambda m: None)
     assert Trainer(config(tmp_path, lr=5e-5, lr_schedule="constant"), data=data, progress=False).learning_rate(0) == 5e-5
+    # An lr equal to lr_min is no rise: the cosine schedule stays at it.
+    flat = Trainer(config(tmp_path, lr=1e-4, lr_min=1e-4), data=data, progress=False, log=lambda m: None)
+    assert {flat.learning_rate(t) for t in range(flat.total_steps + 1)} == {1e-4}
 
 
 def test_the_cosine_schedule_spans_the_steps_of_all_the_epochs(tmp_path):
@@ -562,6 +612,45 @@ def test_gradient_tracing_logs_norms_and_survives_resume(tmp_path):
     assert 0 <= summaries[-1]["active_units"] <= 4 and len(summaries[-1]["kl_per_dim"]) == 4
 
 
+def test_traces_written_after_the_checkpoint_by_a_crashed_process_are_not_kept(tmp_path):
+    """A process that dies (no Ctrl-C, no save) in epoch 2 has traced its steps 6 and 8 after the
+    checkpoint of step 6: the resume drops those lines, step 6 included, and writes them again."""
+    data = small_data()
+    quiet = dict(data=data, progress=False, log=lambda m: None)
+    crashed = Trainer(config(tmp_path, trace_every=2), **quiet)
+    step = crashed._step
+
+    def dies_after_step_8(xb, beta, t):
+        out = step(xb, beta, t)
+        if t == 8:
+            raise RuntimeError("killed")
+        return out
+    crashed._step = dies_after_step_8
+    with pytest.raises(RuntimeError, match="killed"):
+        crashed.fit()
+    assert [m.get("step") for m in map(json.loads, (tmp_path / "run" / METRICS).read_text().splitlines())
+            ] == [0, 2, 4, None, 6, 8]
+    Trainer(config(tmp_path, trace_every=2), **quiet).fit(resume=True)
+    lines = [json.loads(l) for l in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    assert [m["step"] for m in lines if "step" in m] == [0, 2, 4, 6, 8, 10]
+
+
+def test_training_gives_ctrl_c_back_to_the_handler_it_found(tmp_path):
+    """The loop defers Ctrl-C to the end of a step only while it runs: afterwards (the final
+    evaluation, the caller's code) SIGINT goes to the handler that was there before."""
+    import signal
+
+    def handler(signum, frame):
+        pass
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        Trainer(config(tmp_path, epochs=1), data=small_data(n_train=100, n_eval=20), progress=False,
+                log=lambda m: None).fit()
+        assert signal.getsignal(signal.SIGINT) is handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _GuardedTestSet(types.SimpleNamespace):
     """MNIST-like data whose test arrays record every read (``reads``)."""
 
@@ -583,10 +672,12 @@ def test_training_never_reads_the_test_set(tmp_path, model, extra):
     assert "x_test" in data.reads and math.isfinite(results["test_elbo"])
 
 
-def test_training_labels_outside_the_models_classes_are_refused(tmp_path):
+@pytest.mark.parametrize("label, span", [(12, "0 to 12"), (10, "0 to 10"), (-1, "-1 to 3")])
+def test_training_labels_outside_the_models_classes_are_refused(tmp_path, label, span):
     """A semi-supervised run checks its labels once, when it picks the labelled subset (the
-    per-step one-hot of labels already on the GPU does not check them)."""
+    per-step one-hot of labels already on the GPU does not check them). The classes of a model
+    of 10 are 0 to 9: a label of 10 is one past them."""
     data = small_data(n_train=100, n_eval=20)
-    data.y_train = np.where(data.y_train == 4, 12, data.y_train)
-    with pytest.raises(ValueError, match=r"training labels run from 0 to 12, outside the 10 classes"):
+    data.y_train = np.where(data.y_train == 4, label, data.y_train)
+    with pytest.raises(ValueError, match=rf"training labels run from {span}, outside the 10 classes"):
         Trainer(config(tmp_path, model="m2", n_labelled=20), data=data, progress=False)
