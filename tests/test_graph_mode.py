@@ -375,6 +375,46 @@ def test_every_model_resumes_to_the_bits_of_the_run_not_interrupted(request, tmp
         np.testing.assert_array_equal(a_res[key], a_whole[key], err_msg=key)
 
 
+def test_a_last_step_run_first_is_run_eagerly_and_nothing_is_captured(fake_device, tmp_path, monkeypatch):
+    """A GPU run of one step (one batch of 80, one epoch), and a resume with one step left, have
+    no step to replay after the eager one: nothing is captured, and the runs end with the bits
+    of the same runs with --eager."""
+    data = small_data(n_train=80, n_eval=20)
+
+    def trainer(name, epochs, **kw):
+        cfg = config(tmp_path / name, device="gpu", epochs=epochs, batch_size=80, **kw)
+        return Trainer(cfg, data=data, progress=False, log=lambda *a: None)
+
+    eager, graph = trainer("eager", 1, eager=True), trainer("graph", 1)
+    eager.fit()
+    graph.fit()
+    assert graph.graph is None
+    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
+    assert m_graph == m_eager
+    for key in a_eager:
+        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    whole, cut = trainer("whole", 3, eager=True), trainer("cut", 3)
+    whole.fit()
+    original = cut._run_step
+
+    def interrupt_at_step_1(xb, beta, step):
+        if step == 1:
+            cut.stop_requested.set()
+        return original(xb, beta, step)
+
+    monkeypatch.setattr(cut, "_run_step", interrupt_at_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    assert (cut.epoch, cut.batch) == (1, 1) and cut.graph is not None  # step 1 was a replay
+    resumed = trainer("cut", 3)
+    resumed.fit(resume=True)
+    assert resumed.graph is None
+    (a_whole, m_whole), (a_res, m_res) = final_state(whole), final_state(resumed)
+    assert m_res == m_whole
+    for key in a_whole:
+        np.testing.assert_array_equal(a_res[key], a_whole[key], err_msg=key)
+
+
 def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why(fake_device, tmp_path, monkeypatch):
     data = small_data(n_train=300, n_eval=20)
     eager = run(tmp_path, "eager", data, eager=True)
