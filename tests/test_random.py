@@ -436,6 +436,17 @@ def test_stream_numbers_are_named_once_and_distinct():
                                     "EVAL_TIME_ESTIMATE", "TRAIN_ORDER", "TRAIN_BITS", "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])
 
 
+def test_stream_numbers_are_those_the_recorded_runs_were_made_with():
+    """The numbers themselves are part of every recorded result (docs/results.md, a run folder
+    resumed or evaluated again): another number draws other noise, order or bits. The tests that
+    compare two paths read the constant on both sides, so only this one sees it change."""
+    from minivae import streams
+
+    assert {name: getattr(streams, name) for name in vars(streams) if name.isupper()} == {
+        "TRAIN_NOISE": 0, "SAMPLE_IMAGES": 3, "EVAL_LOG_LIKELIHOOD": 7, "EVAL_ELBO": 8, "EVAL_TIME_ESTIMATE": 9,
+        "TRAIN_ORDER": 10, "TRAIN_BITS": 11, "DATA_BINARIZE": 2, "DATA_LABELLED": 3, "LABELLED_LOADER": 4}
+
+
 @pytest.mark.parametrize("start", [0, 3, 262141])
 def test_words_of_a_draw_longer_than_a_slice_are_the_blocks_words(start):
     """A large draw is computed a slice at a time: across the slices' seams (and from a start
