@@ -76,18 +76,30 @@ def test_split_docstring():
     assert forward == "f(x) = log(1 + e^x)."
     assert derivative == "d/dx = sigmoid(x).\n\nA note after."
     assert stable == "Stable form: max(x, 0) + log1p(e^-|x|),\nwhich never overflows."
+    # The first paragraph is the forward part even where it names a derivative.
+    forward, derivative, _ = docs.split_docstring("y = x^2, whose d/dx is below.\n\nd/dx = 2 x.")
+    assert (forward, derivative) == ("y = x^2, whose d/dx is below.", "d/dx = 2 x.")
 
 
-def test_template_needs_both_markers():
+def test_template_needs_both_markers_once_each():
     with pytest.raises(ValueError, match="op-reference"):
         docs.render_gradients("# title\n\n" + docs.INDEX_MARKER + "\n")
+    with pytest.raises(ValueError, match="op-index --> exactly once"):
+        docs.render_gradients(f"# title\n\n{docs.INDEX_MARKER}\n\n{docs.REFERENCE_MARKER}\n\n{docs.INDEX_MARKER}\n")
 
 
 def test_docs_command_writes_and_checks(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "gradients.md"
+    """--check compares gradients.md and writes nothing, the tutorial's outputs included."""
+    out, tutorial = tmp_path / "gradients.md", tmp_path / "tutorial.md"
+    stale = "```python\nprint(1 + 1)\n```\n\n```text\n3\n```\n"
+    tutorial.write_text(stale)
     monkeypatch.setattr(docs, "OUTPUT", out)
+    monkeypatch.setattr(docs, "TUTORIAL", tutorial)
+    monkeypatch.chdir(tmp_path)
     assert docs.main(["--check"]) == 1                       # missing
+    assert tutorial.read_text() == stale
     assert docs.main([]) == 0 and out.read_text() == docs.render_gradients()
+    assert tutorial.read_text() == stale.replace("3", "2")
     assert docs.main(["--check"]) == 0
     out.write_text(out.read_text() + "edited by hand\n")
     assert docs.main(["--check"]) == 1
@@ -109,6 +121,19 @@ def test_a_stale_tutorial_output_is_detected(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = "Intro.\n\n```python\nprint(1 + 1)\n```\n\n```text\n3\n```\n\nEnd.\n"
     assert docs.render_tutorial(text) == text.replace("```text\n3\n", "```text\n2\n")
+
+
+def test_an_error_in_a_tutorial_block_names_the_line_of_the_file(tmp_path, monkeypatch):
+    """A block that raises is compiled as "NAME:LINE", LINE the file's line of the block's first
+    line of code, so the traceback's line within the block leads to the line in the file."""
+    monkeypatch.chdir(tmp_path)
+    text = "Intro.\n\n```python\nx = 1\ny = x / 0\n```\n"
+    with pytest.raises(ZeroDivisionError) as info:
+        docs.render_tutorial(text, name="t.md")
+    tb = info.tb
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    assert (tb.tb_frame.f_code.co_filename, tb.tb_lineno) == ("t.md:4", 2)  # "x = 1" is line 4 of t.md
 
 
 def test_gradients_worked_examples_run(tmp_path, monkeypatch):
