@@ -98,6 +98,15 @@ def test_trace_graph_refuses_names_that_name_nothing(make_names, message):
         trace_graph((a * a).sum(), names=make_names(a))
 
 
+def test_a_backslash_in_a_title_or_name_is_shown_as_it_is():
+    r"""DOT reads \n, \l and \r in a label as line breaks: a backslash of the text is escaped
+    first, so a title or name such as runs\new or x\l stays one line, as given."""
+    a = mv.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    dot = to_dot(trace_graph((a * a).sum(), names={id(a): "x\\l"}), title="runs\\new")
+    assert '  label="runs\\\\new";' in dot.split("\n")
+    assert 'label="x\\\\l\\n(2,) float64"' in dot
+
+
 @pytest.mark.parametrize("rankdir", ["LR", "TB", "RL", "BT"])
 def test_to_dot_takes_graphviz_directions_and_refuses_others(rankdir):
     graph = trace_graph((mv.tensor(np.ones(2), requires_grad=True) * 2).sum())
