@@ -73,6 +73,19 @@ def test_update_ratio_of_zero_weights():
     assert ratios == {RATIO_PREFIX + "b": 1.0, RATIO_PREFIX + "w": 0.0, RATIO_PREFIX + "v": pytest.approx(0.1)}
 
 
+def test_norms_of_float32_arrays_are_accumulated_in_float64():
+    """An exploding gradient (1e20 per element, the case tracing is for) has a finite norm:
+    its squares overflow float32 (1e40), not float64; so do the update ratios' norms."""
+    model = VAE(x_dim=10, z_dim=4, hidden=(6,), rng=np.random.default_rng(0))
+    for p in model.parameters():
+        p.grad = np.full(p.shape, 1e20, dtype=np.float32)
+    norms = gradient_norms(model)
+    for name, p in model.named_parameters():
+        assert norms[GRAD_PREFIX + name] == pytest.approx(1e20 * np.sqrt(p.data.size), rel=1e-6)
+    before = {"w": np.full(4, 1e20, dtype=np.float32)}
+    assert update_ratios(before, {"w": before["w"] * 3}) == {RATIO_PREFIX + "w": pytest.approx(2.0)}
+
+
 def test_latent_summary_finds_dead_units(model_and_batch):
     model, x = model_and_batch
     # dimensions 0 and 2 vary strongly with x; 1 and 3 ignore it: constant posterior mean
