@@ -248,14 +248,17 @@ def _record_steps(trainer):
     return steps
 
 
-@pytest.mark.parametrize("model, extra", [("vae", {}), ("m2", {"n_labelled": 40})])
-def test_graph_mode_train_statistics_are_means_over_the_images(fake_device, tmp_path, model, extra):
+@pytest.mark.parametrize("model, extra, batch_size", [("vae", {}, 80), ("m2", {"n_labelled": 40}, 30),
+                                                      ("m2", {"n_labelled": 20}, 80)])
+def test_graph_mode_train_statistics_are_means_over_the_images(fake_device, tmp_path, model, extra, batch_size):
     """250 images in batches of 80: the three full batches of an epoch are replayed, their
-    statistics summed on the device, and the last, of 10 images, runs eagerly (for M2 also the
-    steps whose labelled batch is the 10 left of 40 labels); each epoch's statistics are still
-    means over its images, as the eager run's steps give them, weighted by hand."""
+    statistics summed on the device, and the last, of 10 images, runs eagerly (for M2 in batches
+    of 30 also the steps whose labelled batch is the 10 left of 40 labels; with 20 labels in
+    batches of 80, every replay has 20 labelled images and 80 unlabelled ones); each epoch's
+    statistics are still means over its images, as the eager run's steps give them, weighted by
+    hand."""
     data = small_data(n_train=250, n_eval=20)
-    kw = dict(device="gpu", model=model, epochs=2, batch_size=30 if model == "m2" else 80, warmup=0, **extra)
+    kw = dict(device="gpu", model=model, epochs=2, batch_size=batch_size, warmup=0, **extra)
     eager = Trainer(config(tmp_path / "eager", eager=True, **kw), data=data, progress=False, log=lambda *a: None)
     steps = _record_steps(eager)
     eager.fit()
