@@ -644,6 +644,17 @@ def test_sample_and_graph_numbers_out_of_range(capsys, run):
         user_error(capsys, [*argv, "--seed", str(2**64)], "argument --seed", str(2**64), "[0, 2**64)")
 
 
+@pytest.mark.parametrize("argv, dest, value", [
+    (["train", "--seed", str(2**64 - 1)], "seed", 2**64 - 1), (["train", "--warmup", "0"], "warmup", 0),
+    (["eval", "RUN", "--n", "10000"], "n", 10000), (["sample", "RUN", "--n", "10000"], "n", 10000),
+    (["cluster", "RUN", "--seed", str(2**32 - 1)], "seed", 2**32 - 1),
+    (["graph", "--model", "vae", "--batch-size", "10000"], "batch_size", 10000),
+    (["train", "--lr-min", "0"], "lr_min", 0.0)])
+def test_the_ends_of_the_ranges_are_accepted(argv, dest, value):
+    """The ranges the errors name include their ends: the largest seed, all the test images."""
+    assert getattr(cli.build_parser().parse_args(argv), dest) == value
+
+
 def test_graph_of_a_model_that_needs_settings_points_to_a_run_folder(capsys):
     """m1m2 needs --set m1=RUN, which graph does not take: the line says what graph does take."""
     user_error(capsys, ["graph", "--model", "m1m2"], "graph --model m1m2", "takes no --set",
@@ -756,6 +767,31 @@ def test_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", full)
     line = user_error(capsys, tiny(tmp_path / "r"))
     assert "no space left" in line.lower()
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_or_quota_met_by_a_command_is_one_line(capsys, run, monkeypatch, code):
+    """An error of the operating system that no library message names (here the PNG of
+    `sample`): a full disk and a used-up quota get the same line, naming the file."""
+    import minivae.viz
+
+    def full(images, path, nrow):
+        raise OSError(code, os.strerror(code), str(path))
+    monkeypatch.setattr(minivae.viz, "save_image_grid", full)
+    user_error(capsys, ["sample", str(run)], "no space left on the device", str(run / "samples.png"),
+               "--resume")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflows of the divergence
+def test_a_diverged_training_is_one_line_and_status_1(capsys, tmp_path, monkeypatch):
+    """A run that diverges is no mistake in the command line (status 2) but a failure of the
+    run: one line that says what is on disk, and exit status 1."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    capsys.readouterr()
+    assert main(tiny(tmp_path / "r", "--lr", "1e30", "--lr-schedule", "constant")) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("minivae: error: the loss became nan"), err
+    assert err[0].endswith("start again with --overwrite and a smaller --lr or a KL --warmup.")
 
 
 def test_a_first_checkpoint_that_cannot_be_written_claims_no_earlier_one(capsys, tmp_path, monkeypatch):

@@ -137,6 +137,21 @@ def test_eval_estimates_the_time_and_shows_progress(capsys, monkeypatch, trained
     assert 1 <= result["ess_min"] <= result["ess_median"] <= 3  # the weights' effective sample sizes
 
 
+def test_eval_estimates_the_time_of_a_short_last_batch_too(capsys, monkeypatch, trained_run):  # noqa: F811
+    """The estimate is the time of one batch of 100 images times the batches of the images
+    scored, a shorter last one included: 20 images are one batch, not none. (The clock reads
+    40 s more at each call, so a timed batch takes 40 s.)"""
+    import types
+
+    from minivae import cli
+
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    ticks = iter(range(0, 4000, 40))
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(perf_counter=lambda: next(ticks)))
+    assert main(["eval", str(trained_run), "--k", "2", "--no-progress", "--out", str(trained_run / "e.json")]) == 0
+    assert "importance samples on 20 images: about 40 s here" in capsys.readouterr().err
+
+
 def test_eval_of_part_of_the_test_set_gets_its_own_file(capsys, monkeypatch, trained_run):  # noqa: F811
     monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
     assert main(["eval", str(trained_run), "--k", "2", "--n", "10", "--no-progress"]) == 0
