@@ -352,6 +352,36 @@ def test_the_progress_bar_shows_the_means_over_the_images(tmp_path, monkeypatch)
         assert float(value) == pytest.approx(want[name], abs=0.006), name
 
 
+def test_the_progress_bar_of_a_resumed_epoch_starts_at_the_batches_done(tmp_path, monkeypatch):
+    """Resumed after 3 of its 6 batches, epoch 1's bar starts at 3 and ends full, as epoch 2's."""
+    from minivae import train as train_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total):
+            self.total, self.n = total, 0
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, values, refresh=True):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train_module, "_progress_bar",
+                        lambda total, desc, enabled: bars.append(Bar(total)) or bars[-1])
+    cut = Trainer(config(tmp_path), data=small_data(), log=lambda m: None)
+    _interrupt_after(cut, 3)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    bars.clear()
+    Trainer(config(tmp_path), data=small_data(), log=lambda m: None).fit(resume=True)
+    assert [(bar.total, bar.n) for bar in bars] == [(6, 6), (6, 6)]
+
+
 def _interrupt_after(trainer, n_steps):
     """Make the trainer see a Ctrl-C after ``n_steps`` optimizer steps (as the SIGINT handler would)."""
     step, count = trainer._step, [0]
@@ -541,6 +571,25 @@ def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, 
     with pytest.raises((TypeError, ValueError), match=f"^{error}$"):
         Trainer(config(tmp_path, **setting), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_config_of_batches_drawn_by_another_generator_is_refused(tmp_path):
+    """A config.json of a run whose batches were drawn with PCG64 (before Philox) cannot start a
+    run here: its batches would not be those its name promises."""
+    with pytest.raises(ValueError, match="^this minivae draws the training batches with 'philox', not 'pcg64'$"):
+        Trainer(config(tmp_path, data_rng="pcg64"), data=small_data(), progress=False)
+
+
+def test_the_validation_images_are_scored_on_their_own_fixed_draw(tmp_path):
+    """Each epoch's valid_elbo is over the validation set's one fixed binarization, not the test
+    set's draw: with the same grey images in both splits, the two draws differ."""
+    from minivae.data import binarize_eval
+
+    data = small_data(n_train=100, n_eval=20)
+    data.x_test = data.x_valid
+    trainer = Trainer(config(tmp_path), data=data, progress=False, log=lambda m: None)
+    np.testing.assert_array_equal(trainer.x_valid, binarize_eval(data.x_valid, "valid"))
+    assert not np.array_equal(trainer.x_valid, binarize_eval(data.x_test, "test"))
 
 
 def test_kl_warmup_counts_epochs():
