@@ -520,7 +520,7 @@ class Trainer:
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,
                        images_per_second=self.loader.num_examples / seconds)
-        if self.model.gaussian_encoder and self.labelled is None:  # posterior collapse summary
+        if self.model.gaussian_encoder:  # posterior collapse summary
             metrics.update(latent_summary(self.model, self.x_valid[:2000]))
         if self.model.classifies:
             metrics["valid_error"] = classification_error(self.model, self.x_valid, self.data.y_valid)
