@@ -2,6 +2,7 @@
 command trains that very run with today's defaults."""
 import dataclasses
 import json
+import os
 import re
 import shlex
 import sys
@@ -213,3 +214,136 @@ def test_a_kernel_result_without_a_peak_bandwidth_is_rendered(tmp_path, missing)
     assert f"{r['device']['name']} (peak bandwidth unknown; a device-to-device copy measured" in text
     rows = [line for line in text.splitlines() if re.match(r"\| \d+ x \d+ \|", line)]
     assert rows and all(re.search(r"\| \d+ \|$", line) for line in rows)  # fused GB/s, no share of peak
+
+
+def test_the_generated_sections_of_both_readmes_are_today_s_tables():
+    """Every table of benchmarks/README.md and the whole results section of README.md (not only
+    its model table) are what report.py makes of the recorded results."""
+    bench = (ROOT / "benchmarks" / "README.md").read_text()
+    assert f"{report.BEGIN}\n\n{report.render()}\n{report.END}" in bench, \
+        "benchmarks/README.md is stale: run `python benchmarks/report.py --write`"
+    top = (ROOT / "README.md").read_text()
+    assert f"{report.TOP_BEGIN}\n{report.summary()}{report.TOP_END}" in top, \
+        "README.md's results are stale: run `python benchmarks/report.py --readme`"
+
+
+def _step_result(**changes):
+    """A bench_train_step result with made-up numbers: batch 100, minivae 10 ms, numpy 8 ms."""
+    r = {"model": {"dtype": "float32", "parameters": 1234567},
+         "steady_state": {"steps": 1000, "subnormal_exp_avg_fraction": 0.0984},
+         "machine": {"cpu_model": "Made-up CPU", "cores": 2}, "threads": 1, "date": "2026-01-02T03:04:05+00:00",
+         "command": "python benchmarks/bench_train_step.py", "load_average": {"before": [0.5, 0, 0], "after": [1.25, 0, 0]},
+         "blas": [{"user_api": "blas", "internal_api": "openblas", "version": "0.3", "num_threads": 1}],
+         "results": {"100": {
+             "minivae": {"ms_per_step": 10.0, "ms_min": 9.0, "images_per_s": 10000.0, "time_ratio_to_minivae": 1.0,
+                         "throughput_ratio_to_minivae": 1.0, "tracemalloc_peak_mib": 5.43, "rss_peak_rise_mib": 0.0,
+                         "page_faults_per_step": 2.0, "eps_ms": 0.1314},
+             "numpy": {"ms_per_step": 8.0, "ms_min": 7.0, "images_per_s": 12500.0, "time_ratio_to_minivae": 0.8,
+                       "throughput_ratio_to_minivae": 1.25, "tracemalloc_peak_mib": 6.0, "rss_peak_rise_mib": 0.5,
+                       "page_faults_per_step": 0.0, "eps_ms": 0.045}}},
+         "targets": {"100": {"time_vs_numpy": {"value": 1.25, "target": "<= 1.1", "met": False}}}}
+    r.update(changes)
+    return r
+
+
+def test_the_training_step_table_has_each_library_s_measured_numbers():
+    text = report.train_step_tables(_step_result())
+    assert ("Training step, float32, 1,234,567 parameters, steady state after 1000 Adam steps (9.8% of Adam's "
+            "first moments subnormal). Made-up CPU (2 cores), 1 thread(s), 2026-01-02, load average 0.5 before "
+            "/ 1.2 after; `python benchmarks/bench_train_step.py`. NumPy BLAS: openblas 0.3 (1 threads).") in text
+    assert "| 100 | minivae | 10.00 | 10000 | 1.00 | 5.4 | 0.0 | 2 | 0.131 |" in text
+    assert "| 100 | numpy | 8.00 | 12500 | 0.80 | 6.0 | 0.5 | 0 | 0.045 |" in text
+    assert "| 100 | minivae time / NumPy reference time | <= 1.1 | 1.250 | **no** |" in text
+    assert "cut short" not in text  # (results written before `finished` was recorded are whole runs)
+    assert "cut short" in report.train_step_tables(_step_result(finished=False))
+
+
+def test_the_readme_summary_takes_each_step_row_from_its_own_run(tmp_path):
+    (tmp_path / "train_step_a_t1.json").write_text(json.dumps(_step_result()))
+    gpu = _step_result(device="gpu", gpu={"name": "Made-up GPU"})
+    gpu["results"]["100"]["numpy"].update(ms_per_step=2.5, time_ratio_to_minivae=0.25)
+    (tmp_path / "train_step_b_gpu.json").write_text(json.dumps(gpu))
+    rows = [line for line in report.summary(tmp_path).splitlines() if line.startswith("| `train_step")]
+    assert rows == ["| `train_step_a_t1` (CPU, 1 thread(s)) | 100 | 10.00 | - | 8.00 (0.80x minivae's time) | - | - |",
+                    "| `train_step_b_gpu` (GPU: Made-up GPU) | 100 | 10.00 | - | 2.50 (0.25x minivae's time) | - | - |"]
+
+
+def test_the_epoch_table_has_each_library_s_seconds_and_ratio():
+    r = {"train_images": 50000, "batch": 100, "steps_per_epoch": 500, "prepare_batches_seconds_per_epoch": 0.456,
+         "epochs": 2, "machine": {"cpu_model": "Made-up CPU", "cores": 2}, "threads": 2,
+         "date": "2026-01-02T03:04:05+00:00", "command": "python benchmarks/bench_epoch.py",
+         "results": {"minivae": {"seconds_per_epoch": 20.0, "images_per_s": 2500.0, "time_ratio_to_minivae": 1.0},
+                     "torch": {"seconds_per_epoch": 25.0, "images_per_s": 2000.0, "time_ratio_to_minivae": 1.25}}}
+    text = report.epoch_table(r)
+    assert text.startswith("One MNIST epoch (50,000 images, batch 100, 500 steps; batch preparation 0.46 s")
+    assert "| minivae | 20.00 | 2500 | 1.00 |\n| torch | 25.00 | 2000 | 1.25 |" in text
+
+
+def test_the_engine_line_gives_minivae_s_and_pytorch_s_medians(tmp_path):
+    (tmp_path / "engine_x.json").write_text(json.dumps({
+        "machine": {"cpu_model": "Made-up CPU"}, "date": "2026-01-02T03:04:05+00:00", "command": "bench_engine.py",
+        "summary": {"median_minivae_overhead_us": 12.34, "median_torch_overhead_us": 23.45,
+                    "ops_where_minivae_overhead_below_torch": 7, "ops": 9}}))
+    text = report.engine_table(tmp_path)
+    assert "12.3 us for minivae vs 23.4 us for PyTorch; minivae lower on 7 of 9 ops." in text
+
+
+def _kernel_result(date, command="bench_kernels.py"):
+    return {"date": date, "command": command, "versions": {"cupy": "1"},
+            "device": {"name": "Made-up GPU", "peak_bandwidth_gbps": 1000.0, "peak_bandwidth_source": "datasheet",
+                       "measured_copy_gbps": 800.0},
+            "results": [{"impl": "minivae-fused", "B": 100, "D": 50, "n": 5000, "us_fwd_bwd": 5.0, "gbps": 3.4}],
+            "summary": {"mnist_speedup_fused_vs_cupy_unfused": 4.2, "mnist_speedup_target_met": True,
+                        "mnist_speedup_fused_vs_numpy_cpu": 9.9,
+                        "fused_share_of_peak_from_1e7": {"10000000": 0.775}, "fused_peak_target_met": False},
+            "kernels_alone": [{"kernel": "kl_fwd", "n": 10 ** 7, "D": 50, "share_of_copy": 0.9}]}
+
+
+def test_the_kernel_section_gives_the_speedup_and_shares_of_its_run(tmp_path):
+    path = tmp_path / "kernels_x.json"
+    r = _kernel_result("2026-01-02T03:04:05+00:00")
+    r["summary"]["kernels_alone"] = {"row_kernels_target_met": False}
+    path.write_text(json.dumps(r))
+    text = report.kernels_section(path)
+    assert "- fused vs unfused CuPy at MNIST size (100 x 50): 4.2x (target >= 3: yes)" in text
+    assert "- fused share of peak bandwidth from 1e7 elements: 1e+07 elements 78% (target >= 80%: **no**)" in text
+    assert "as a share of the 800.0 GB/s copy of the same run" in text
+    assert "KL and fused kernels at >= 85% of the copy in every case: **no**" in text
+
+
+def test_the_readme_shows_the_newest_kernel_run_that_timed_every_implementation(tmp_path):
+    for stem, date, command in (("kernels_a", "2026-01-01T00:00:00+00:00", "bench_kernels.py"),
+                                ("kernels_b", "2026-01-03T00:00:00+00:00", "bench_kernels.py"),
+                                ("kernels_c", "2026-01-05T00:00:00+00:00", "bench_kernels.py --impls minivae-fused")):
+        (tmp_path / f"{stem}.json").write_text(json.dumps(_kernel_result(date, command)))
+    assert report._latest_full_kernel_run(tmp_path) == tmp_path / "kernels_b.json"
+
+
+def test_record_run_counts_the_epochs_of_a_traced_run_and_takes_their_median(tmp_path, monkeypatch):
+    """metrics.jsonl holds a line per epoch and, with --trace-every, lines of gradient norms: the
+    epochs alone are counted, their seconds summed, the median is the middle epoch's (not the
+    mean), and the final epoch is the last; the evaluation's command is kept with its scores."""
+    import record_run
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0})
+    lines = [{"epoch": 1, "valid_elbo": -101.0, "seconds": 1.0}, {"step": 0, "epoch": 1, "grad_norm": 2.0},
+             {"epoch": 2, "valid_elbo": -100.0, "seconds": 2.0}, {"epoch": 3, "valid_elbo": -99.5, "seconds": 6.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (run / "eval.json").write_text(json.dumps({"n_test": 10000, "k": 5000, "test_elbo": -98.0, "test_nll": 94.0}))
+    written = {}
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None: written.update(payload) or name)
+    record_run.main([str(run), "--command", "minivae train --epochs 3", "--eval", str(run / "eval.json"),
+                     "--eval-command", "minivae eval run --k 5000"])
+    assert (written["epochs"], written["train_seconds_all_epochs"], written["seconds_per_epoch_median"]) == (3, 9.0, 2.0)
+    assert written["final_epoch"]["epoch"] == 3 and [m["epoch"] for m in written["epoch_metrics"]] == [1, 2, 3]
+    assert written["eval_command"] == "minivae eval run --k 5000"
+
+
+def test_results_name_the_commit_the_environment_gives(monkeypatch):
+    """On a lent GPU machine the tree is a copy whose .git may be stale: MINIVAE_GIT_COMMIT wins."""
+    import machine
+
+    monkeypatch.setenv("MINIVAE_GIT_COMMIT", "0123abc")
+    assert machine.versions()["git_commit"] == "0123abc"
+    info = machine.machine_info()
+    assert info["cores"] == os.cpu_count() and info["cpu_model"]
