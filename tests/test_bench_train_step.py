@@ -86,6 +86,9 @@ def test_a_run_cut_short_keeps_the_batch_sizes_it_measured(small_mnist, monkeypa
     assert not r["finished"]
     assert list(r["results"]) == ["20"] and set(r["results"]["20"]) == {"minivae", "numpy"}
     assert r["errors"] == {}
+    assert r["machine"]["name"] == "test" and r["machine"]["cpu_model"]
+    for v in r["results"]["20"].values():
+        assert v["images_per_s"] == round(20 / v["ms_per_step"] * 1e3, 1)
 
 
 def test_gpu_results_are_named_after_the_gpu():
@@ -112,3 +115,116 @@ def test_no_tracemalloc_number_for_any_pytorch_column(small_mnist, tmp_path):
     assert row["minivae"]["tracemalloc_peak_mib"] > 0
     assert row["torch"]["tracemalloc_peak_mib"] is None
     assert row["torch-flush"]["tracemalloc_peak_mib"] is None
+
+
+def _step_row(ms, **extra):
+    return dict(ms_per_step=ms, **extra)
+
+
+def test_the_targets_divide_minivae_s_time_by_the_others_as_the_readme_states():
+    rows = {"100": {"minivae": _step_row(10.0, eps_ms=1.5, tracemalloc_peak_mib=6.0),
+                    "numpy": _step_row(8.8, eps_ms=0.3, tracemalloc_peak_mib=4.0),
+                    "torch": _step_row(12.5), "minivae-graph": _step_row(2.0), "torch-graph": _step_row(5.0)},
+            "1000": {"minivae": _step_row(100.0), "torch": _step_row(80.0)}}
+    t = bench.targets(rows)
+    assert t["100"]["time_vs_numpy"] == {"value": 1.136, "target": "<= 1.1", "met": False}
+    assert t["100"]["time_vs_numpy_if_eps_cost_the_same"]["value"] == 1.0  # (10 - 1.5 + 0.3) / 8.8
+    assert t["100"]["peak_memory_vs_numpy"] == {"value": 1.5, "target": "<= 1.5", "met": True}
+    assert t["100"]["throughput_vs_torch"] == {"value": 1.25, "target": ">= 1.0", "met": True}
+    assert t["100"]["graph_time_vs_torch_graph"] == {"value": 0.4, "target": "<= 0.5", "met": True}
+    assert t["1000"] == {"time_vs_torch": {"value": 1.25, "target": "<= 1.2", "met": False}}
+    row = {"minivae": _step_row(10.0), "numpy": _step_row(8.0)}
+    bench.add_ratios(row)
+    assert (row["numpy"]["time_ratio_to_minivae"], row["numpy"]["throughput_ratio_to_minivae"]) == (0.8, 1.25)
+
+
+class _FakeClock:
+    """perf_counter and the page-fault count of a fake process that the fake runners advance."""
+
+    def __init__(self):
+        self.now_s, self.faults = 0.0, 0
+
+    def perf_counter(self):
+        return self.now_s
+
+    def getrusage(self, who):
+        return types.SimpleNamespace(ru_minflt=self.faults)
+
+
+class _FakeRunner:
+    """Each block of steps costs the next of ``costs`` (seconds per step) and of ``faults`` (per step)."""
+
+    def __init__(self, clock, costs, faults, block):
+        self.clock, self.costs, self.faults, self.block, self.steps = clock, costs, faults, block, 0
+
+    def step(self, xb):
+        self.clock.now_s += self.costs[self.steps // self.block]
+        self.clock.faults += self.faults[self.steps // self.block]
+        self.steps += 1
+        return 1.0
+
+    def draw_eps(self, b):
+        self.clock.now_s += 1e-3
+
+    def sync(self):
+        pass
+
+
+def test_the_interleaved_timer_reports_the_median_quartiles_and_faults_of_the_timed_blocks(monkeypatch):
+    """The first block is untimed (its one-time costs and page faults are not a step's)."""
+    clock = _FakeClock()
+    monkeypatch.setattr(bench, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(bench, "resource", types.SimpleNamespace(getrusage=clock.getrusage, RUSAGE_SELF=0))
+    runner = _FakeRunner(clock, [0.1, 1e-3, 2e-3, 3e-3, 5e-3, 9e-3], [1000, 1, 2, 3, 4, 5], block=2)
+    out = bench.time_interleaved({"a": runner}, {"a": [None]}, repeat=5, block=2)
+    assert out["_repeat"] == 5
+    assert out["a"] == {"ms_per_step": 3.0, "ms_min": 1.0, "ms_q1": 1.5, "ms_q3": 7.0, "last_loss": 1.0,
+                        "page_faults_per_step": 3.0}
+    assert bench.time_eps(runner, 10, repeat=4) == 1.0  # ms per draw
+    # a first round that says five would not fit in the budget: fewer, but three at least
+    runner = _FakeRunner(clock, [0.1] * 20, [0] * 20, block=2)
+    assert bench.time_interleaved({"a": runner}, {"a": [None]}, repeat=5, block=2, budget_s=0.1)["_repeat"] == 3
+
+
+def test_subnormal_moments_are_counted_without_the_zeros():
+    assert bench.count_subnormal([np.array([0.0, 1e-39, -1e-40, 1.0, -0.0], np.float32), np.zeros(3, np.float32)]) == 2
+
+
+class _Agreeing:
+    def __init__(self, scale):
+        self.scale = scale
+
+    def batch(self, x):
+        return x
+
+    def loss_and_grads(self, xb, seed_or_eps):
+        return 1.0, [np.ones(3) * self.scale, np.ones(2)]
+
+
+def test_a_library_whose_gradient_differs_by_two_percent_is_dropped():
+    failed = {}
+    out = bench.check_agreement({"minivae": _Agreeing(1.0), "close": _Agreeing(1.001), "far": _Agreeing(1.02)},
+                                np.zeros((2, 784), np.float32), 0, lambda name, exc: failed.update({name: exc}))
+    assert list(out) == ["close"] and out["close"]["grad_max_rel_diff"] == pytest.approx(1e-3)
+    assert list(failed) == ["far"]
+
+
+def test_the_peak_rss_rise_is_the_peak_during_the_step_less_the_rss_before(monkeypatch):
+    samples = iter([(1000, 1500), (1200, 3048)] * 3)  # (VmRSS, VmHWM) in KiB before and after each step
+    monkeypatch.setattr(bench, "_rss_kib", lambda: next(samples))
+    monkeypatch.setattr(bench, "_reset_peak_rss", lambda: True)
+    runner = _FakeRunner(_FakeClock(), [0.0] * 3, [0] * 3, block=1)
+    assert bench.measure_memory(runner, [None], tracemalloc_ok=False) == {"tracemalloc_peak_mib": None,
+                                                                          "rss_peak_rise_mib": 2.0}
+
+
+def test_the_steady_state_gives_the_subnormal_share_of_each_moment(monkeypatch):
+    m, v = np.array([1e-39, 1.0, 0.0, 0.0], np.float32), np.array([1e-39, 1e-40, 1.0, 0.0], np.float32)
+    steps = []
+    fake = types.SimpleNamespace(step=steps.append, state=lambda: {"params": [], "m": [m], "v": [v], "t": 3})
+    monkeypatch.setattr(bench, "NumpyRunner", lambda state, device, seed, flush_every: fake)
+    data = types.SimpleNamespace(x_train=np.zeros((200, 784), np.float32))
+    _, info = bench.warm_state(data, 3, seed=1)
+    assert len(steps) == 3
+    assert (info["subnormal_exp_avg_fraction"], info["subnormal_exp_avg_sq_fraction"],
+            info["zero_exp_avg_fraction"]) == (0.25, 0.5, 0.5)
