@@ -85,3 +85,49 @@ def test_adam_equals_minivae_adam_bit_for_bit(dtype):
     for i, (m, v) in enumerate(zip(r_opt.m, r_opt.v)):
         np.testing.assert_array_equal(opt.state[i]["exp_avg"], m)
         np.testing.assert_array_equal(opt.state[i]["exp_avg_sq"], v)
+
+
+@pytest.mark.parametrize("dtype, tiny_grad", [(np.float32, 1e-38), (np.float64, 1e-308)])
+def test_adam_flushes_subnormal_moments_on_the_steps_minivae_does(dtype, tiny_grad):
+    """Gradients so small that the first moment is subnormal from the first step (the test above
+    never reaches the subnormal range): both flush them on the same steps, to +0 both."""
+    shapes = [(3, 2)]
+    tensors = [mv.nn.Parameter(np.ones(shapes[0], dtype))]
+    arrays = [np.ones(shapes[0], dtype)]
+    opt = optim.Adam(tensors, lr=0.01, betas=(0.8, 0.99), eps=1e-6, flush_every=3)
+    r_opt = ref.ReferenceAdam(arrays, lr=0.01, betas=(0.8, 0.99), eps=1e-6, flush_every=3)
+    grad = np.full(shapes[0], tiny_grad, dtype)
+    grad[0] = -tiny_grad  # a negative moment flushed must become +0, not -0
+    flushed = []
+    for step in range(1, 8):
+        tensors[0].grad = grad.copy()
+        opt.step()
+        r_opt.step([grad])
+        m, m_ref = opt.state[0]["exp_avg"], r_opt.m[0]
+        np.testing.assert_array_equal(m_ref, m)
+        assert np.array_equal(np.signbit(m_ref), np.signbit(m)), step
+        flushed.append(not m_ref.any())
+    assert flushed == [False, False, True, False, False, True, False]
+
+
+def test_init_params_is_pytorch_s_linear_initialization():
+    """U(-1/sqrt(in), 1/sqrt(in)) for a layer's weight (in, out) and for its bias."""
+    params = ref.init_params(seed=0, x_dim=16, z_dim=2, hidden=(4,))
+    bounds = [1 / np.sqrt(16)] * 2 + [1 / np.sqrt(4)] * 4 + [1 / np.sqrt(2)] * 2 + [1 / np.sqrt(4)] * 2
+    assert [p.shape for p in params] == ref.param_shapes(x_dim=16, z_dim=2, hidden=(4,))
+    for p, bound in zip(params, bounds):
+        assert np.abs(p).max() <= bound and np.abs(p).max() > bound / 4
+
+
+def test_adam_keeps_a_moment_of_exactly_the_smallest_normal_number():
+    """Only entries below the smallest normal number are flushed (as minivae's Adam does)."""
+    tiny = np.finfo(np.float32).tiny
+    grad = np.full((2,), 2 * tiny, np.float32)  # (1 - 0.5) * 2 tiny = tiny, exactly
+    tensor = mv.nn.Parameter(np.ones(2, np.float32))
+    opt = optim.Adam([tensor], lr=0.01, betas=(0.5, 0.99), eps=1e-6, flush_every=1)
+    r_opt = ref.ReferenceAdam([np.ones(2, np.float32)], lr=0.01, betas=(0.5, 0.99), eps=1e-6, flush_every=1)
+    tensor.grad = grad.copy()
+    opt.step()
+    r_opt.step([grad])
+    np.testing.assert_array_equal(r_opt.m[0], opt.state[0]["exp_avg"])
+    assert (r_opt.m[0] == tiny).all()
