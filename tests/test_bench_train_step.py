@@ -228,3 +228,27 @@ def test_the_steady_state_gives_the_subnormal_share_of_each_moment(monkeypatch):
     assert len(steps) == 3
     assert (info["subnormal_exp_avg_fraction"], info["subnormal_exp_avg_sq_fraction"],
             info["zero_exp_avg_fraction"]) == (0.25, 0.5, 0.5)
+
+
+def _plotted(tmp_path, stem, **fields):
+    r = {"date": "2026-01-01T00:00:00+00:00", "threads": 2, "device": "cpu", "results": {}}
+    r.update(fields)
+    (tmp_path / f"train_step_{stem}.json").write_text(json.dumps(r))
+    return r
+
+
+def test_the_plot_takes_the_newest_run_of_each_kind_and_its_batches_in_order(tmp_path):
+    """docs/img/step_time_vs_batch.png: the newest CPU run with the threads asked for (not one that
+    kept freed memory) and the newest GPU run, by the date inside; batch sizes in numeric order."""
+    import plot_step_time
+
+    _plotted(tmp_path, "a", date="2026-01-02T00:00:00+00:00")
+    cpu = _plotted(tmp_path, "b", date="2026-01-03T00:00:00+00:00", results={
+        "1000": {"minivae": {"ms_per_step": 50.0}}, "100": {"minivae": {"ms_per_step": 9.0}},
+        "20": {"minivae": {"ms_per_step": 2.0}, "numpy": {"ms_per_step": 1.0}}})
+    _plotted(tmp_path, "c", date="2026-01-04T00:00:00+00:00", retain_freed_memory=True)
+    _plotted(tmp_path, "d", date="2026-01-05T00:00:00+00:00", threads=1)
+    gpu = _plotted(tmp_path, "e_gpu", date="2026-01-02T00:00:00+00:00", device="gpu")
+    _plotted(tmp_path, "f_gpu", date="2026-01-01T00:00:00+00:00", device="gpu")
+    assert plot_step_time.newest_runs(tmp_path, 2) == (cpu, gpu)
+    assert plot_step_time.series(cpu) == {"minivae": ([20, 100, 1000], [2.0, 9.0, 50.0])}
