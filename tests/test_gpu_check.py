@@ -88,3 +88,34 @@ def test_the_train_step_runs_and_records_with_time_for_it(tmp_path):
     proc, calls = run_train_step(tmp_path, 30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert calls[0].startswith("-m minivae train --device cpu --epochs 1") and "record_run.py" in calls[1]
+
+
+def test_a_recipe_whose_step_cannot_be_captured_is_stopped_recorded_with_the_reason_and_fails(tmp_path):
+    """The trainer notes that graph mode is off (150 eager epochs would run past every budget): the
+    run is stopped at once, recorded with the reason in its command's note, and the step fails."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls.txt"\n'
+                      '[ "$1 $2 $3" = "-m minivae train" ] && {\n'
+                      '  echo "note: the vae step cannot be captured as a CUDA graph"; exec sleep 30; }\nexit 0\n')
+    python.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(python), SCRATCH=str(tmp_path), OUT=str(tmp_path), STEP_BUDGET="60",
+               SUMMARY=str(tmp_path / "summary.txt"), TRAIN_DEVICE="gpu", TRAIN_EPOCHS="150", TRAIN_EVAL_K="5000")
+    proc = subprocess.run(["bash", "-c", shell_function("train_gpu") + "train_gpu"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert "record_run.py" in calls[1] and calls[1].endswith(
+        "--out recipe_gpu_150ep (stopped: graph mode was off, the step could not be captured)")
+    assert "train: stopped, graph mode is off" in (tmp_path / "summary.txt").read_text()
+
+
+def test_a_step_gets_what_is_left_after_the_recipe_s_reserve(tmp_path):
+    """seconds_left keeps RESERVED (the recipe's 150 s) and 5 s back; a step's budget is cut to it."""
+    script = (shell_function("seconds_left") + shell_function("run_step")
+              + 'TOTAL_SECONDS=200 RESERVED=150 SECONDS=0\nseconds_left\n'
+              + 'run_step probe 100 bash -c \'echo "budget $STEP_BUDGET"\'\n')
+    proc = subprocess.run(["bash", "-c", script], env=dict(os.environ, SUMMARY=str(tmp_path / "summary.txt")),
+                          capture_output=True, text=True, timeout=60)
+    lines = proc.stdout.split()
+    assert lines[0] == "45" and "budget 45" in proc.stdout, proc.stdout + proc.stderr
+    assert (tmp_path / "summary.txt").read_text().startswith("PASS  probe")
