@@ -293,11 +293,13 @@ def engine_table(results_dir=RESULTS):
     for path in sorted(results_dir.glob("engine_*.json")):
         r = json.loads(path.read_text())
         s = r["summary"]
+        # bench_engine.py measured without PyTorch records minivae's median alone
+        versus = (f" vs {s['median_torch_overhead_us']:.1f} us for PyTorch; minivae lower on "
+                  f"{s['ops_where_minivae_overhead_below_torch']} of {s['ops']} ops"
+                  if "median_torch_overhead_us" in s else " (PyTorch not measured)")
         lines.append(f"`{path.stem}` ({r['machine'].get('cpu_model')}, {r['date'][:10]}, `{r['command']}`): "
                      f"median engine overhead per op (forward + backward, (4,4) float32) "
-                     f"{s['median_minivae_overhead_us']:.1f} us for minivae vs "
-                     f"{s['median_torch_overhead_us']:.1f} us for PyTorch; minivae lower on "
-                     f"{s['ops_where_minivae_overhead_below_torch']} of {s['ops']} ops.")
+                     f"{s['median_minivae_overhead_us']:.1f} us for minivae{versus}.")
     return "\n".join(lines)
 
 

@@ -347,3 +347,12 @@ def test_results_name_the_commit_the_environment_gives(monkeypatch):
     assert machine.versions()["git_commit"] == "0123abc"
     info = machine.machine_info()
     assert info["cores"] == os.cpu_count() and info["cpu_model"]
+
+
+def test_an_engine_result_measured_without_pytorch_is_rendered(tmp_path):
+    """bench_engine.py runs without PyTorch and then records minivae's median alone: the line said
+    ``s['median_torch_overhead_us']`` and report.py stopped with a KeyError."""
+    (tmp_path / "engine_x.json").write_text(json.dumps({
+        "machine": {"cpu_model": "Made-up CPU"}, "date": "2026-01-02T03:04:05+00:00", "command": "bench_engine.py",
+        "summary": {"median_minivae_overhead_us": 12.34}}))
+    assert report.engine_table(tmp_path).endswith("12.3 us for minivae (PyTorch not measured).")
