@@ -298,7 +298,8 @@ def engine_table(results_dir=RESULTS):
                   f"{s['ops_where_minivae_overhead_below_torch']} of {s['ops']} ops"
                   if "median_torch_overhead_us" in s else " (PyTorch not measured)")
         lines.append(f"`{path.stem}` ({r['machine'].get('cpu_model')}, {r['date'][:10]}, `{r['command']}`): "
-                     f"median engine overhead per op (forward + backward, (4,4) float32) "
+                     f"median engine overhead per op (forward + backward, "
+                     f"({','.join(map(str, r.get('shape', (4, 4))))}) {r.get('dtype', 'float32')}) "
                      f"{s['median_minivae_overhead_us']:.1f} us for minivae{versus}.")
     return "\n".join(lines)
 

@@ -356,3 +356,11 @@ def test_an_engine_result_measured_without_pytorch_is_rendered(tmp_path):
         "machine": {"cpu_model": "Made-up CPU"}, "date": "2026-01-02T03:04:05+00:00", "command": "bench_engine.py",
         "summary": {"median_minivae_overhead_us": 12.34}}))
     assert report.engine_table(tmp_path).endswith("12.3 us for minivae (PyTorch not measured).")
+
+
+def test_the_engine_line_names_the_dtype_that_was_measured(tmp_path):
+    """bench_engine.py --dtype float64 records its dtype: the line said float32 for every run."""
+    (tmp_path / "engine_x.json").write_text(json.dumps({
+        "machine": {"cpu_model": "Made-up CPU"}, "date": "2026-01-02T03:04:05+00:00", "command": "bench_engine.py",
+        "shape": [4, 4], "dtype": "float64", "summary": {"median_minivae_overhead_us": 12.34}}))
+    assert "(forward + backward, (4,4) float64) 12.3 us" in report.engine_table(tmp_path)
