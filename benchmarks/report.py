@@ -66,7 +66,9 @@ def kernels_section(path):
     # bench_kernels records None where neither the device nor its datasheet gave the peak
     peak_text = (f"peak {peak:.0f} GB/s from {d.get('peak_bandwidth_source')}" if peak is not None
                  else "peak bandwidth unknown")
-    lines = [f"`{path.stem}`: reparameterization + KL, forward + backward, {r['results'][0].get('dtype', 'float32')}, "
+    # (a case that failed has no dtype; results before the dtype was recorded were float32)
+    dtype = next((row["dtype"] for row in r["results"] if "dtype" in row), "float32")
+    lines = [f"`{path.stem}`: reparameterization + KL, forward + backward, {dtype}, "
              f"microseconds per call (CUDA events, median). {d['name']} ({peak_text}; a device-to-device copy "
              f"measured {d.get('measured_copy_gbps')} GB/s), "
              f"CuPy {r['versions'].get('cupy')}, {r['date'][:10]}; `{r['command']}`.", "",

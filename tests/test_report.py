@@ -364,3 +364,14 @@ def test_the_engine_line_names_the_dtype_that_was_measured(tmp_path):
         "machine": {"cpu_model": "Made-up CPU"}, "date": "2026-01-02T03:04:05+00:00", "command": "bench_engine.py",
         "shape": [4, 4], "dtype": "float64", "summary": {"median_minivae_overhead_us": 12.34}}))
     assert "(forward + backward, (4,4) float64) 12.3 us" in report.engine_table(tmp_path)
+
+
+def test_the_kernel_section_names_the_dtype_when_its_first_case_failed(tmp_path):
+    """A case that failed is recorded without its dtype: a float64 run whose first case failed was
+    labelled float32."""
+    r = _kernel_result("2026-01-02T03:04:05+00:00", "bench_kernels.py --dtype float64")
+    r["results"] = [{"impl": "numpy", "device": "cpu", "B": 100, "D": 50, "n": 5000, "error": "MemoryError()"},
+                    dict(r["results"][0], dtype="float64")]
+    path = tmp_path / "kernels_x.json"
+    path.write_text(json.dumps(r))
+    assert "reparameterization + KL, forward + backward, float64, microseconds" in report.kernels_section(path)
