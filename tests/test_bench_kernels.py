@@ -201,3 +201,8 @@ def test_the_peak_bandwidth_is_twice_the_memory_clock_times_the_bus_or_the_datas
     cp = types.SimpleNamespace(cuda=types.SimpleNamespace(
         Device=lambda: device, runtime=types.SimpleNamespace(getDeviceProperties=lambda i: props)))
     assert bench_kernels.gpu_info(cp)["peak_bandwidth_gbps"] == pytest.approx(peak)
+
+
+def test_sizes_may_be_written_as_floats_with_spaces_and_a_trailing_comma():
+    assert bench_kernels.parse_sizes("1e7, 1e8,") == [10 ** 7, 10 ** 8]
+    assert bench_kernels.parse_sizes("") == []

@@ -100,6 +100,7 @@ def test_gpu_results_are_named_after_the_gpu():
     assert machine.default_machine_name(cpu) == "intel-r-xeon-r-processor-16c"
     assert machine.default_machine_name(cpu, {"name": "NVIDIA H100 80GB HBM3"}) == "nvidia-h100-80gb-hbm3"
     assert machine.default_machine_name(cpu, {"name": "NVIDIA H200"}) == "nvidia-h200"
+    assert machine.default_machine_name(cpu, {"name": "NVIDIA H100 (PCIe)"}) == "nvidia-h100-pcie"
 
 
 def test_no_tracemalloc_number_for_any_pytorch_column(small_mnist, tmp_path):

@@ -256,6 +256,9 @@ def test_the_training_step_table_has_each_library_s_measured_numbers():
     assert "| 100 | minivae time / NumPy reference time | <= 1.1 | 1.250 | **no** |" in text
     assert "cut short" not in text  # (results written before `finished` was recorded are whole runs)
     assert "cut short" in report.train_step_tables(_step_result(finished=False))
+    dropped = report.train_step_tables(_step_result(errors={"torch": "batch 100, timing: RuntimeError('x')"}))
+    assert ("Dropped from this run (the library failed; the others went on without it): torch: batch 100, "
+            "timing: RuntimeError('x').") in dropped
 
 
 def test_the_readme_summary_takes_each_step_row_from_its_own_run(tmp_path):
