@@ -352,6 +352,17 @@ def test_results_name_the_commit_the_environment_gives(monkeypatch):
     assert info["cores"] == os.cpu_count() and info["cpu_model"]
 
 
+
+def test_a_written_result_names_the_command_that_made_it(tmp_path, monkeypatch):
+    import machine
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks/record_run.py", "runs/A", "--command", "minivae train"])
+    path = machine.write_result("run_x", {"epochs": 2, "command_wall_seconds": None}, tmp_path)
+    r = json.loads(path.read_text())
+    assert r["command"] == f"{Path(sys.executable).name} benchmarks/record_run.py runs/A --command minivae train"
+    assert (r["epochs"], path.name) == (2, "run_x.json") and r["machine"]["cpu_model"] and r["date"]
+
+
 def test_an_engine_result_measured_without_pytorch_is_rendered(tmp_path):
     """bench_engine.py runs without PyTorch and then records minivae's median alone: the line said
     ``s['median_torch_overhead_us']`` and report.py stopped with a KeyError."""
