@@ -167,6 +167,30 @@ def final_state(trainer):
     return arrays, {k: meta[k] for k in ("epoch", "batch", "noise")}
 
 
+def assert_same_final_state(trainer, reference):
+    """``trainer``'s checkpoint holds the bits of ``reference``'s: parameters, moments, position
+    and the noise generator's offset."""
+    (arrays, meta), (expected_arrays, expected_meta) = final_state(trainer), final_state(reference)
+    assert meta == expected_meta
+    assert arrays.keys() == expected_arrays.keys()
+    for key in expected_arrays:
+        np.testing.assert_array_equal(arrays[key], expected_arrays[key], err_msg=key)
+
+
+def fit_until_interrupted(trainer, monkeypatch, step):
+    """Run ``trainer.fit`` and stop it at optimizer step ``step``, as a Ctrl-C there would."""
+    original = trainer._run_step
+
+    def interrupt(xb, beta, s):
+        if s == step:
+            trainer.stop_requested.set()
+        return original(xb, beta, s)
+
+    monkeypatch.setattr(trainer, "_run_step", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+
+
 #: Each registered model's case: small settings (each case runs in a few seconds) and the number
 #: of training images (300: each epoch ends with a batch of 60, which runs eagerly). A model
 #: registered later gets the trainer's settings and 300 images until it is given its own here.
@@ -208,11 +232,7 @@ def eager_and_graph_runs(tmp_path, model, extra, n_train):
     eager = run(tmp_path, "eager", data, model=model, eager=True, **extra)
     graph = run(tmp_path, "graph", data, model=model, **extra)
     assert eager.graph is None and graph.graph is not None
-    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
-    assert m_graph == m_eager  # the position and the noise generator's offset
-    assert a_graph.keys() == a_eager.keys()
-    for key in a_eager:
-        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    assert_same_final_state(graph, eager)
     return eager, graph
 
 
@@ -295,10 +315,7 @@ def test_a_per_epoch_setting_holds_in_the_graphs_of_its_epoch(fake_device, tmp_p
     eager = run(tmp_path, "eager", data, eager=True)
     graph = run(tmp_path, "graph", data)
     assert isinstance(graph.model, _AnnealedVAE) and graph.model.factor == 1 / 3
-    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
-    assert m_graph == m_eager
-    for key in a_eager:
-        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    assert_same_final_state(graph, eager)
 
 
 @pytest.mark.parametrize("n_labelled", [20, 25])
@@ -313,10 +330,7 @@ def test_a_shorter_labelled_batch_runs_eagerly(fake_device, tmp_path, n_labelled
     eager.fit()
     graph.fit()
     assert graph.graph is not None
-    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
-    assert m_graph == m_eager
-    for key in a_eager:
-        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    assert_same_final_state(graph, eager)
 
 
 def test_the_flush_graph_runs_on_the_tenth_step(fake_device, tmp_path):
@@ -358,24 +372,11 @@ def test_every_model_resumes_to_the_bits_of_the_run_not_interrupted(request, tmp
 
     whole, cut = trainer("whole"), trainer("cut")
     whole.fit()
-    original = cut._run_step
-
-    def interrupt_at_step_6(xb, beta, step):
-        if step == 6:
-            cut.stop_requested.set()
-        return original(xb, beta, step)
-
-    monkeypatch.setattr(cut, "_run_step", interrupt_at_step_6)
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    fit_until_interrupted(cut, monkeypatch, 6)
     assert (cut.epoch, cut.batch) == (1, 3)
     resumed = trainer("cut")
     resumed.fit(resume=True)
-    (a_whole, m_whole), (a_res, m_res) = final_state(whole), final_state(resumed)
-    assert m_res == m_whole
-    assert a_res.keys() == a_whole.keys()
-    for key in a_whole:
-        np.testing.assert_array_equal(a_res[key], a_whole[key], err_msg=key)
+    assert_same_final_state(resumed, whole)
 
 
 def test_a_last_step_run_first_is_run_eagerly_and_nothing_is_captured(fake_device, tmp_path, monkeypatch):
@@ -392,30 +393,15 @@ def test_a_last_step_run_first_is_run_eagerly_and_nothing_is_captured(fake_devic
     eager.fit()
     graph.fit()
     assert graph.graph is None
-    (a_eager, m_eager), (a_graph, m_graph) = final_state(eager), final_state(graph)
-    assert m_graph == m_eager
-    for key in a_eager:
-        np.testing.assert_array_equal(a_graph[key], a_eager[key], err_msg=key)
+    assert_same_final_state(graph, eager)
     whole, cut = trainer("whole", 3, eager=True), trainer("cut", 3)
     whole.fit()
-    original = cut._run_step
-
-    def interrupt_at_step_1(xb, beta, step):
-        if step == 1:
-            cut.stop_requested.set()
-        return original(xb, beta, step)
-
-    monkeypatch.setattr(cut, "_run_step", interrupt_at_step_1)
-    with pytest.raises(KeyboardInterrupt):
-        cut.fit()
+    fit_until_interrupted(cut, monkeypatch, 1)
     assert (cut.epoch, cut.batch) == (1, 1) and cut.graph is not None  # step 1 was a replay
     resumed = trainer("cut", 3)
     resumed.fit(resume=True)
     assert resumed.graph is None
-    (a_whole, m_whole), (a_res, m_res) = final_state(whole), final_state(resumed)
-    assert m_res == m_whole
-    for key in a_whole:
-        np.testing.assert_array_equal(a_res[key], a_whole[key], err_msg=key)
+    assert_same_final_state(resumed, whole)
 
 
 def test_a_step_that_cannot_be_captured_trains_eagerly_and_says_why(fake_device, tmp_path, monkeypatch):
