@@ -124,7 +124,9 @@ def train_step_tables(r):
              "time_vs_torch": "minivae time / PyTorch time",
              "peak_memory_vs_numpy": "minivae peak step memory / reference's (tracemalloc)",
              "time_vs_numpy_if_eps_cost_the_same": "minivae time / reference time, minivae's eps draw "
-                                                   "counted at NumPy's cost (not a target)"}
+                                                   "counted at NumPy's cost (not a target)",
+             "graph_time_vs_torch_graph": "minivae graph-mode time / PyTorch CUDA-graph time",
+             "eager_time_vs_torch_eager": "minivae eager time / PyTorch eager time"}
     for b, targets in r.get("targets", {}).items():
         for key, t in targets.items():
             lines.append(f"| {b} | {names.get(key, key)} | {t['target']} | {_fmt(t['value'], 3)} | {_fmt(t['met'])} |")

@@ -261,6 +261,24 @@ def test_the_training_step_table_has_each_library_s_measured_numbers():
             "timing: RuntimeError('x').") in dropped
 
 
+def test_every_target_the_step_benchmark_computes_has_a_name_in_the_table():
+    """The targets of a GPU run (graph mode and eager against PyTorch's) and of a CPU run are
+    each shown by name, never by their JSON key."""
+    from bench_train_step import targets
+
+    row = {lib: {"ms_per_step": ms, "eps_ms": 0.01, "tracemalloc_peak_mib": 2.0}
+           for lib, ms in [("minivae", 0.5), ("minivae-graph", 0.2), ("numpy", 0.6), ("torch", 1.0),
+                           ("torch-graph", 0.4)]}
+    computed = {**targets({"100": row}, device="gpu"), "1000": targets({"1000": row})["1000"]}
+    keys = {key for per_batch in computed.values() for key in per_batch}
+    assert {"graph_time_vs_torch_graph", "eager_time_vs_torch_eager", "time_vs_torch"} <= keys
+    text = report.train_step_tables(_step_result(targets=computed))
+    rows = [line for line in text.splitlines() if line.startswith(("| 100 |", "| 1000 |")) and "minivae" in line]
+    assert not [key for key in keys if key in text], text
+    assert "| 100 | minivae graph-mode time / PyTorch CUDA-graph time | <= 0.5 | 0.500 | yes |" in rows
+    assert "| 100 | minivae eager time / PyTorch eager time | <= 0.6 | 0.500 | yes |" in rows
+
+
 def test_the_readme_summary_takes_each_step_row_from_its_own_run(tmp_path):
     (tmp_path / "train_step_a_t1.json").write_text(json.dumps(_step_result()))
     gpu = _step_result(device="gpu", gpu={"name": "Made-up GPU"})
