@@ -45,7 +45,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_kernels import time_gpu  # noqa: E402
-from machine import git_commit, machine_info, versions  # noqa: E402
+from machine import command_line, git_commit, machine_info, versions  # noqa: E402
 
 from minivae.gpu._source import NVRTC_OPTIONS, kernel_source  # noqa: E402
 from minivae.gpu.kernels import BLOCK, TILE  # noqa: E402
@@ -252,7 +252,7 @@ def main(argv=None, cp=None):
     path = out / f"ab_row_kernels_{dev}_{now.strftime('%Y%m%dT%H%M%SZ')}.json"
     meta, rows = {}, []
     result = {"benchmark": "ab_row_kernels", "date": now.isoformat(timespec="seconds"),
-              "command": "ab_row_kernels.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "command": command_line(__file__, argv),
               "device": dev_name, "cupy": cp.__version__, "git_commit": git_commit(),
               "machine": machine_info(), "versions": dict(versions(), cupy=cp.__version__),
               "copy_mib": args.copy_mib, "copy_gbps": {},

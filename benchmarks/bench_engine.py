@@ -32,7 +32,7 @@ from minivae import Tensor
 from minivae import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import default_machine_name, machine_info, versions  # noqa: E402
+from machine import command_line, default_machine_name, machine_info, versions  # noqa: E402
 
 try:
     import torch
@@ -250,7 +250,7 @@ def main(argv=None):
         "versions": versions("torch"),
         "threads": {"torch": torch.get_num_threads() if torch is not None else None,
                     **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}},
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command_line(__file__, argv),
         "python_executable": sys.executable,
         "shape": list(SHAPE), "dtype": dtype.name, "repeat": args.repeat,
         "timing": ("microseconds per forward + backward: median (and min) over repeats of timeit loops of "

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_train_step as bts  # noqa: E402
-from machine import default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
+from machine import command_line, default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 from minivae.runs import TrainConfig  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
 from minivae.backend import DeviceError, cupy_module  # noqa: E402
@@ -224,7 +224,8 @@ def main(argv=None):
     if not args.no_save:
         name = args.machine or default_machine_name(machine_info(), gpu)
         suffix = "_gpu" if args.device == "gpu" else ""
-        path = write_result(f"epoch_{name}_t{threads}_b{args.batch}{suffix}", payload, args.out)
+        path = write_result(f"epoch_{name}_t{threads}_b{args.batch}{suffix}", payload, args.out,
+                            command=command_line(__file__, argv))
         print(f"wrote {path}")
     return payload
 

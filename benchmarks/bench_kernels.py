@@ -58,7 +58,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import minivae.random as mr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import git_commit, machine_info
+from machine import command_line, git_commit, machine_info
 from machine import gpu_info as machine_gpu_info  # noqa: E402
 
 # Known theoretical peaks (GB/s) as a fallback when the device does not report its memory clock.
@@ -586,8 +586,7 @@ def main(argv=None):
     result = {
         "benchmark": "bench_kernels", "what": "reparameterization + KL to N(0,I), forward + backward",
         "date": now.isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name] + sys.argv) if argv is None
-        else "bench_kernels.py " + " ".join(argv),
+        "command": command_line(__file__, argv),
         "machine": machine_info(), "device": gpu, "versions": versions(cp, torch),
         "torch_device": torch_device if torch is not None else None,
         "bytes_model": "(8*B*D + 2*B) * itemsize per forward+backward",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import default_machine_name, versions, write_result  # noqa: E402
+from machine import command_line, default_machine_name, versions, write_result  # noqa: E402
 
 from minivae.cli import _add_train_args, _config_from_args  # noqa: E402
 from minivae.data import binarize_eval, load_mnist  # noqa: E402
@@ -65,7 +65,7 @@ def main(argv=None):
     }
     name = args.name or f"mnist_{Path(config.out).name}_{default_machine_name()}"
     print(json.dumps(payload, indent=2))
-    print(write_result(name, payload))
+    print(write_result(name, payload, command=command_line(__file__, argv)))
 
 
 if __name__ == "__main__":

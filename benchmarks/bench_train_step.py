@@ -84,7 +84,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import minivae as mv  # noqa: E402
 import reference_numpy_vae as ref  # noqa: E402
-from machine import default_machine_name, git_commit, gpu_info, machine_info  # noqa: E402
+from machine import command_line, default_machine_name, git_commit, gpu_info, machine_info  # noqa: E402
 from minivae import optim  # noqa: E402
 from minivae.backend import DeviceError, cupy_module, to_device  # noqa: E402
 from minivae.data import MinibatchLoader, load_mnist  # noqa: E402
@@ -873,7 +873,7 @@ def main(argv=None):
         "torch_backends": ({"mkl": torch.backends.mkl.is_available(),
                             "mkldnn": torch.backends.mkldnn.is_available(),
                             "num_threads": torch.get_num_threads()} if torch is not None else None),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "command": command_line(__file__, argv),
         "python_executable": sys.executable,
         "model": {"x_dim": 784, "hidden": [512, 256], "z_dim": Z_DIM, "parameters": int(n_params),
                   "dtype": "float32", "optimizer": f"Adam(lr={LR})"},

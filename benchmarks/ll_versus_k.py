@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import default_machine_name, versions, write_result  # noqa: E402
+from machine import command_line, default_machine_name, versions, write_result  # noqa: E402
 
 from minivae import streams  # noqa: E402
 from minivae.data import binarize_eval, load_mnist  # noqa: E402
@@ -76,7 +76,7 @@ def main(argv=None):
                "versions": versions(), "n_test": len(x_test), "rows": rows,
                "mean_test_nll_by_k": {str(k): v for k, v in mean_nll.items()}}
     name = args.name or f"ll_versus_k_{Path(args.run).name}_{default_machine_name()}"
-    print(write_result(name, payload, args.out))
+    print(write_result(name, payload, args.out, command=command_line(__file__, argv)))
 
 
 if __name__ == "__main__":

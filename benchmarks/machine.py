@@ -92,10 +92,20 @@ def versions(*modules):
     return out
 
 
-def write_result(name, payload, out_dir=None):
-    """Write ``payload`` plus machine, versions, date and command as JSON; return the path."""
+def command_line(script, argv=None):
+    """The command that made a result, for its JSON: the interpreter and ``sys.argv`` when
+    ``script`` ran from the shell (``argv`` None); when its ``main`` was called from Python with
+    ``argv``, the script's file name and those arguments (``sys.argv`` is then the caller's)."""
+    if argv is None:
+        return " ".join([Path(sys.executable).name] + sys.argv)
+    return " ".join([Path(script).name] + list(argv))
+
+
+def write_result(name, payload, out_dir=None, command=None):
+    """Write ``payload`` plus machine, versions, date and ``command`` (``command_line``; by
+    default that of the script run from the shell) as JSON; return the path."""
     record = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "command": " ".join([Path(sys.executable).name] + sys.argv),
+              "command": command if command is not None else command_line(sys.argv[0]),
               "machine": machine_info()}
     record.update(payload)
     path = Path(out_dir or RESULTS) / f"{name}.json"

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import default_machine_name, machine_info, versions, write_result  # noqa: E402
+from machine import command_line, default_machine_name, machine_info, versions, write_result  # noqa: E402
 
 
 def cluster_command(run, scores):
@@ -51,7 +51,7 @@ def main(argv=None):
                "versions": versions("sklearn"),
                "clusters": scores}
     name = args.name or f"{run.name}_{default_machine_name(machine_info())}"
-    print(write_result(f"clusters_{name}", payload, args.out))
+    print(write_result(f"clusters_{name}", payload, args.out, command=command_line(__file__, argv)))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
+from machine import command_line, default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 
 
 def main(argv=None):
@@ -76,7 +76,7 @@ def main(argv=None):
                                   **{key: ev[key] for key in ("ess_median", "ess_min") if key in ev})
         payload["eval_command"] = args.eval_command
     name = args.name or f"{run.name}_{default_machine_name(machine_info(), gpu)}"
-    print(write_result(f"run_{name}", payload, args.out))
+    print(write_result(f"run_{name}", payload, args.out, command=command_line(__file__, argv)))
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_ha
         ev.update(ess_median=15.0, ess_min=1.5)
     (run / "eval.json").write_text(json.dumps(ev))
     written = {}
-    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None: written.update(payload) or name)
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
     record_run.main([str(run), "--name", "x", "--command", "minivae train --epochs 2",
                      "--eval", str(run / "eval.json"), "--eval-command", "minivae eval run --k 5000 --n 1000"])
     expected = {"test_elbo": -98.0, "test_nll": 94.0, "test_nll_stderr": 0.5, "eval_k": 5000, "n_test": 1000}
@@ -168,6 +168,7 @@ def test_a_gpu_recipe_cut_short_is_recorded_with_its_epochs_and_gpu(tmp_path, mo
     assert (r["finished"], r["device"], r["gpu"]["name"], r["epochs"]) == (False, "gpu", "NVIDIA H200", 2)
     assert [m["epoch"] for m in r["epoch_metrics"]] == [1, 2] and r["train_seconds_all_epochs"] == 0.5
     assert {"date", "command", "machine", "versions"} <= set(r) and "git_commit" in r["versions"]
+    assert r["command"] == "record_run.py " + " ".join(args + ["--allow-unfinished"])  # not pytest's argv
     row = report._model_row(path)
     assert "| 0 s on NVIDIA H200 (0.25 s median epoch; the whole command 130 s; stopped at its time limit) |" in row
     assert "not evaluated: stopped after 2 of 150 epochs" in row
@@ -182,7 +183,7 @@ def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_p
             {"run": "/elsewhere/run", "encoded_gaussian": "q(z | x)", "n": 10000, "n_clusters": c,
              "seed": 0, "accuracy": 0.5, "nmi": 0.4, "ari": 0.3}))
     written = {}
-    monkeypatch.setattr(record_clusters, "write_result", lambda name, payload, out=None: written.update(payload) or name)
+    monkeypatch.setattr(record_clusters, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
     record_clusters.main([str(run), "--name", "x", "--command", "minivae train --epochs 2"])
     assert written["run_command"] == "minivae train --epochs 2" and written["results"] == {"test_elbo": -99.0}
     assert [s["cluster_command"] for s in written["clusters"]] == [
@@ -352,7 +353,7 @@ def test_record_run_counts_the_epochs_of_a_traced_run_and_takes_their_median(tmp
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (run / "eval.json").write_text(json.dumps({"n_test": 10000, "k": 5000, "test_elbo": -98.0, "test_nll": 94.0}))
     written = {}
-    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None: written.update(payload) or name)
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
     record_run.main([str(run), "--command", "minivae train --epochs 3", "--eval", str(run / "eval.json"),
                      "--eval-command", "minivae eval run --k 5000"])
     assert (written["epochs"], written["train_seconds_all_epochs"], written["seconds_per_epoch_median"]) == (3, 9.0, 2.0)
@@ -379,6 +380,8 @@ def test_a_written_result_names_the_command_that_made_it(tmp_path, monkeypatch):
     r = json.loads(path.read_text())
     assert r["command"] == f"{Path(sys.executable).name} benchmarks/record_run.py runs/A --command minivae train"
     assert (r["epochs"], path.name) == (2, "run_x.json") and r["machine"]["cpu_model"] and r["date"]
+    assert machine.command_line("/somewhere/benchmarks/record_run.py", ["runs/B", "--name", "b"]) == \
+        "record_run.py runs/B --name b"  # its main called from Python: its own arguments
 
 
 def test_an_engine_result_measured_without_pytorch_is_rendered(tmp_path):
