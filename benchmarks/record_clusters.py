@@ -44,6 +44,8 @@ def main(argv=None):
         result = json.loads(path.read_text())
         result.pop("run", None)  # where it was on the machine that clustered it
         scores.append({"cluster_command": cluster_command(run.name, result), **result})
+    if not args.clusters:  # in the order of their settings, not of their names (100 before 20)
+        scores.sort(key=lambda s: (s["n_clusters"], s["n"], s["seed"]))
     results = run / "results.json"
     payload = {"run_command": args.command,
                "config": json.loads((run / "config.json").read_text()),

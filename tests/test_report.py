@@ -178,7 +178,7 @@ def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_p
     import record_clusters
 
     run = _run_folder(tmp_path, {"test_elbo": -99.0})
-    for c in (10, 20):
+    for c in (100, 20, 10):
         (run / f"clusters_{c}.json").write_text(json.dumps(
             {"run": "/elsewhere/run", "encoded_gaussian": "q(z | x)", "n": 10000, "n_clusters": c,
              "seed": 0, "accuracy": 0.5, "nmi": 0.4, "ari": 0.3}))
@@ -187,11 +187,11 @@ def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_p
     record_clusters.main([str(run), "--name", "x", "--command", "minivae train --epochs 2"])
     assert written["run_command"] == "minivae train --epochs 2" and written["results"] == {"test_elbo": -99.0}
     assert [s["cluster_command"] for s in written["clusters"]] == [
-        f"minivae cluster run --clusters {c} --n 10000 --seed 0" for c in (10, 20)]
+        f"minivae cluster run --clusters {c} --n 10000 --seed 0" for c in (10, 20, 100)]
     assert all("run" not in s and s["accuracy"] == 0.5 for s in written["clusters"])
     assert "git_commit" in written["versions"] and "sklearn" in written["versions"]
-    (run / "clusters_10.json").unlink()
-    (run / "clusters_20.json").unlink()
+    for c in (10, 20, 100):
+        (run / f"clusters_{c}.json").unlink()
     with pytest.raises(SystemExit):  # nothing to record
         record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
 
