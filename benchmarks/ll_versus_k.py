@@ -48,6 +48,10 @@ def parse_args(argv=None):
     for option, values in (("--k", args.k), ("--seeds", args.seeds)):
         if min(values) < 1:
             parser.error(f"{option} {min(values)}: every value must be at least 1")
+    repeated = sorted({k for k in args.k if args.k.count(k) > 1})
+    if repeated:  # its rows would repeat the same seeds' noise and count twice in its mean
+        parser.error(f"--k {repeated[0]} is given more than once: give each k once, and more "
+                     "--seeds for more estimates at it")
     if len(args.seeds) == 1:
         args.seeds = args.seeds * len(args.k)
     elif len(args.seeds) != len(args.k):

@@ -55,6 +55,7 @@ def test_one_row_per_k_and_seed_seed_0_as_minivae_eval(run, data, tmp_path, monk
     (["--k", "5", "--seeds", "0"], "--seeds 0"),
     (["--n", "0"], "--n 0"),
     (["--n", "10001"], "--n 10001"),
+    (["--k", "5", "50", "5"], "--k 5 is given more than once"),
 ])
 def test_bad_arguments_are_named(run, capsys, args, named):
     with pytest.raises(SystemExit) as exit_info:
