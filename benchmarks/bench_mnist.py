@@ -17,7 +17,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, default_machine_name, versions, write_result  # noqa: E402
 
-from minivae.cli import _add_train_args, _config_from_args  # noqa: E402
+from minivae.cli import USER_ERRORS, _add_train_args, check_train  # noqa: E402
 from minivae.data import binarize_eval, load_mnist  # noqa: E402
 from minivae.evaluate import log_likelihood_and_ess, nll_summary  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
@@ -32,13 +32,16 @@ def main(argv=None):
     parser.add_argument("--name", help="result file name (default from the config and machine)")
     parser.add_argument("--trained-with", help="with --resume of a finished run: the command that trained it")
     args = parser.parse_args(argv)
-    config = _config_from_args(args)
+    try:  # the config and checks of `minivae train`, one line for a mistake as there
+        config = check_train(args)
+    except USER_ERRORS as exc:
+        parser.error(str(exc))
     config.eval_k = 0  # scored below, with --nll-k, and timed apart from training
 
     data = load_mnist(verbose=False)
     trainer = Trainer(config, data=data, progress=not args.no_progress)
     start = time.perf_counter()
-    trainer.fit(resume=args.resume)
+    trainer.fit(resume=args.resume, overwrite=args.overwrite)
     train_seconds = time.perf_counter() - start
     metrics = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
     final = trainer.final_evaluation()
