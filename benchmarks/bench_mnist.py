@@ -51,8 +51,9 @@ def main(argv=None):
     ll, ess = log_likelihood_and_ess(trainer.model, x_test, k=args.nll_k, progress=not args.no_progress)
     eval_seconds = time.perf_counter() - start
     epoch_seconds = [m["seconds"] for m in metrics]
+    command = command_line(__file__, argv)
     payload = {
-        "run_command": args.trained_with or " ".join(["python"] + sys.argv),
+        "run_command": args.trained_with or command,
         "config": json.loads((trainer.run_dir / "config.json").read_text()),
         "versions": versions(),
         "epochs": len(metrics),
@@ -68,7 +69,7 @@ def main(argv=None):
     }
     name = args.name or f"mnist_{Path(config.out).name}_{default_machine_name()}"
     print(json.dumps(payload, indent=2))
-    print(write_result(name, payload, command=command_line(__file__, argv)))
+    print(write_result(name, payload, command=command))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import bench_mnist  # noqa: E402
 
 def test_a_tiny_run_is_trained_scored_and_written(tmp_path, monkeypatch):
     """The options of ``minivae train`` become the run's config (``check_train``), and the
-    result holds its test NLL and the command that made it."""
+    result holds its test NLL and the command that made it, which also trained the run: called
+    from Python, argv, not the caller's sys.argv (pytest's)."""
     data = small_data(n_train=100, n_eval=20)
     monkeypatch.setattr(bench_mnist, "load_mnist", lambda verbose=True: data)
     written = {}
@@ -23,7 +24,7 @@ def test_a_tiny_run_is_trained_scored_and_written(tmp_path, monkeypatch):
     argv = ["--epochs", "1", "--hidden", "8", "--z-dim", "2", "--batch-size", "50",
             "--out", str(tmp_path / "tiny"), "--no-progress", "--nll-k", "2", "--eval-n", "5"]
     bench_mnist.main(argv)
-    assert written["command"] == "bench_mnist.py " + " ".join(argv)
+    assert written["command"] == written["run_command"] == "bench_mnist.py " + " ".join(argv)
     assert written["config"]["z_dim"] == 2 and written["epochs"] == 1 and written["nll_n_test"] == 5
     assert written["test_nll"] > 0
 
