@@ -148,12 +148,19 @@ def check_label_counts(model, data):
 def labelled_subset(config, model, labels):
     """The indices of the labelled training images of a semi-supervised run (see
     ``balanced_labelled_subset``); raises DataMismatchError when ``labels`` (all training
-    labels) lie outside the model's classes or hold too few images of a class."""
+    labels) lie outside the model's classes, are no integer class indices of one axis
+    (``check_labels``, as every step's one-hot takes them) or hold too few images of a class."""
     labels = np.asarray(labels)
-    if labels.min() < 0 or labels.max() >= model.num_classes:
+    if labels.dtype.kind in "iu" and labels.size and (labels.min() < 0 or labels.max() >= model.num_classes):
         raise DataMismatchError(f"the training labels run from {labels.min()} to {labels.max()}, outside "
                                 f"the {model.num_classes} classes of the model; give --set "
                                 f"num_classes={labels.max() + 1} or more")
+    # Found later, booleans fail at the first step, once the run folder is written, and a
+    # column would be blamed on --n-labelled.
+    try:
+        check_labels(labels, model.num_classes)
+    except (TypeError, ValueError) as exc:
+        raise DataMismatchError(f"data.y_train cannot be used: {exc}") from None
     try:
         return balanced_labelled_subset(labels, config.n_labelled, seed=config.seed)
     except ValueError as exc:

@@ -622,6 +622,23 @@ def test_validation_labels_that_cannot_be_scored_are_found_before_anything_is_wr
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("labels, says", [
+    (lambda y: y.astype(np.float32), "labels must be integers, got an array of dtype float32"),
+    (lambda y: y % 2 == 1, "labels must be integers, got an array of dtype bool"),
+    (lambda y: y[:, None], "labels must be a 1-D array, got shape ({n}, 1)"),
+])
+def test_training_labels_that_cannot_be_one_hot_are_found_before_anything_is_written(tmp_path, labels, says):
+    """A semi-supervised model one-hots its training labels at every step: booleans were refused
+    there, at the first step, once the run folder was written; floats were refused by the
+    labelled subset's own TypeError, and a column was blamed on --n-labelled."""
+    data = small_data()
+    data.y_train = labels(np.asarray(data.y_train))
+    with pytest.raises(DataMismatchError) as exc:
+        train(config(tmp_path, model="m2", n_labelled=20), data=data, **QUIET)
+    assert one_line(exc) == f"data.y_train cannot be used: {says.format(n=len(data.y_train))}"
+    assert not (tmp_path / "run").exists()
+
+
 # ----- kill -9 at random times ------------------------------------------------------------------
 
 EPOCHS, MIN_KILLS = 6, 2
