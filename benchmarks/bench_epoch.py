@@ -45,7 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_train_step as bts  # noqa: E402
-from machine import command_line, default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
+from machine import (command_line, default_machine_name, gpu_info, machine_info, thread_limits,  # noqa: E402
+                     versions, write_result)
 from minivae.runs import TrainConfig  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
 from minivae.backend import DeviceError, cupy_module  # noqa: E402
@@ -55,10 +56,6 @@ try:
     import torch
 except ImportError:
     torch = None
-try:
-    import threadpoolctl
-except ImportError:
-    threadpoolctl = None
 
 
 class TrainerStep:
@@ -132,102 +129,100 @@ def main(argv=None):
                 torch.cuda.synchronize()
 
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
-    if torch is not None:
-        torch.set_num_threads(threads)
-    if args.libs is None:
-        args.libs = ["minivae", "torch", "numpy"] + (["minivae-graph"] if args.device == "gpu" else [])
-    if "minivae-graph" in args.libs and args.device != "gpu":
-        parser.error("minivae-graph needs --device gpu")
-    libs = [n for n in args.libs if n != "torch" or torch is not None]
-    load_before = os.getloadavg()
+    with thread_limits(threads, torch):  # given back when main returns
+        if args.libs is None:
+            args.libs = ["minivae", "torch", "numpy"] + (["minivae-graph"] if args.device == "gpu" else [])
+        if "minivae-graph" in args.libs and args.device != "gpu":
+            parser.error("minivae-graph needs --device gpu")
+        libs = [n for n in args.libs if n != "torch" or torch is not None]
+        load_before = os.getloadavg()
 
-    data = load_mnist(verbose=False)
-    # One epoch more than is timed: the untimed warm-up steps come on top (see the docstring).
-    config = TrainConfig(batch_size=args.batch, epochs=args.epochs + 1, out="/tmp/minivae-bench-epoch",
-                         device=args.device, eager=True)
-    mine = TrainerStep(config, data)
-    state = {"params": [bts.to_device(p, "cpu") for p in mine.params()], "m": None, "v": None, "t": 0}
-    steppers = {"minivae": mine}
-    if "minivae-graph" in libs:
-        steppers["minivae-graph"] = TrainerStep(dataclasses.replace(config, eager=False), data)
-    if "torch" in libs:
-        steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), mine.trainer)
-    if "numpy" in libs:
-        steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, args.device, seed=config.seed), mine.trainer)
-    graph = steppers.get("minivae-graph")
-    errors = {}  # library -> why it was dropped
+        data = load_mnist(verbose=False)
+        # One epoch more than is timed: the untimed warm-up steps come on top (see the docstring).
+        config = TrainConfig(batch_size=args.batch, epochs=args.epochs + 1, out="/tmp/minivae-bench-epoch",
+                             device=args.device, eager=True)
+        mine = TrainerStep(config, data)
+        state = {"params": [bts.to_device(p, "cpu") for p in mine.params()], "m": None, "v": None, "t": 0}
+        steppers = {"minivae": mine}
+        if "minivae-graph" in libs:
+            steppers["minivae-graph"] = TrainerStep(dataclasses.replace(config, eager=False), data)
+        if "torch" in libs:
+            steppers["torch"] = ScheduledRunner(bts.TorchRunner(state, args.device, seed=config.seed), mine.trainer)
+        if "numpy" in libs:
+            steppers["numpy"] = ScheduledRunner(bts.NumpyRunner(state, args.device, seed=config.seed), mine.trainer)
+        graph = steppers.get("minivae-graph")
+        errors = {}  # library -> why it was dropped
 
-    def run_chunk(n, chunk):
-        """Library ``n``'s steps over ``chunk``, from one device synchronization to the next; their
-        seconds, or 0 when the library raised (then it is dropped and ``errors`` says why)."""
-        try:
+        def run_chunk(n, chunk):
+            """Library ``n``'s steps over ``chunk``, from one device synchronization to the next; their
+            seconds, or 0 when the library raised (then it is dropped and ``errors`` says why)."""
+            try:
+                sync()
+                t0 = time.perf_counter()
+                for xb in chunk:
+                    steppers[n](xb)
+                sync()
+                return time.perf_counter() - t0
+            except Exception as exc:
+                print(f"{n} failed; going on without it:", file=sys.stderr, flush=True)
+                traceback.print_exception(exc)
+                errors[n] = repr(exc)
+                del steppers[n]
+                return 0.0
+
+        warm = list(mine.trainer.loader.epoch(0))[:args.chunk]  # untimed: first calls and the capture
+        for n in list(steppers):
+            run_chunk(n, warm)
+        if graph is not None and graph.trainer.graph is None and "minivae-graph" in steppers:
+            # The capture failed and the trainer went on eagerly: that is not graph mode's epoch.
+            errors["minivae-graph"] = "graph mode is off, its steps would run eagerly: " + " ".join(graph.notes)
+            del steppers["minivae-graph"]
+
+        seconds = {n: 0.0 for n in steppers}
+        prepare = 0.0
+        order = random.Random(0)  # a new random order per chunk, seeded
+        for epoch in range(args.epochs):
             sync()
             t0 = time.perf_counter()
-            for xb in chunk:
-                steppers[n](xb)
-            sync()
-            return time.perf_counter() - t0
-        except Exception as exc:
-            print(f"{n} failed; going on without it:", file=sys.stderr, flush=True)
-            traceback.print_exception(exc)
-            errors[n] = repr(exc)
-            del steppers[n]
-            return 0.0
+            batches = list(mine.trainer.loader.epoch(epoch))  # views of the loader's epoch buffer
+            sync()  # the device's shuffle and binarization are part of the epoch
+            prepare += time.perf_counter() - t0
+            for start in range(0, len(batches), args.chunk):
+                chunk = batches[start:start + args.chunk]
+                for n in order.sample(list(steppers), len(steppers)):  # see bench_train_step.time_interleaved
+                    seconds[n] += run_chunk(n, chunk)
+            print(f"epoch {epoch + 1}: " + "   ".join(f"{n} {seconds[n]:.1f} s" for n in steppers), flush=True)
 
-    warm = list(mine.trainer.loader.epoch(0))[:args.chunk]  # untimed: first calls and the capture
-    for n in list(steppers):
-        run_chunk(n, warm)
-    if graph is not None and graph.trainer.graph is None and "minivae-graph" in steppers:
-        # The capture failed and the trainer went on eagerly: that is not graph mode's epoch.
-        errors["minivae-graph"] = "graph mode is off, its steps would run eagerly: " + " ".join(graph.notes)
-        del steppers["minivae-graph"]
-
-    seconds = {n: 0.0 for n in steppers}
-    prepare = 0.0
-    order = random.Random(0)  # a new random order per chunk, seeded
-    for epoch in range(args.epochs):
-        sync()
-        t0 = time.perf_counter()
-        batches = list(mine.trainer.loader.epoch(epoch))  # views of the loader's epoch buffer
-        sync()  # the device's shuffle and binarization are part of the epoch
-        prepare += time.perf_counter() - t0
-        for start in range(0, len(batches), args.chunk):
-            chunk = batches[start:start + args.chunk]
-            for n in order.sample(list(steppers), len(steppers)):  # see bench_train_step.time_interleaved
-                seconds[n] += run_chunk(n, chunk)
-        print(f"epoch {epoch + 1}: " + "   ".join(f"{n} {seconds[n]:.1f} s" for n in steppers), flush=True)
-
-    per_epoch = {n: round((seconds[n] + prepare) / args.epochs, 2) for n in steppers}
-    base = per_epoch.get("minivae")
-    results = {n: {"seconds_per_epoch": v, "images_per_s": round(len(data.x_train) / v, 1),
-                   "time_ratio_to_minivae": round(v / base, 3) if base else None} for n, v in per_epoch.items()}
-    gpu = gpu_info() if args.device == "gpu" else None
-    payload = {
-        "benchmark": "seconds per MNIST training epoch (default VAE, float32)",
-        "device": args.device, "gpu": gpu, "batch": args.batch, "epochs": args.epochs, "threads": threads,
-        "train_images": int(len(data.x_train)), "steps_per_epoch": len(mine.trainer.loader),
-        "versions": versions("torch", "threadpoolctl", *(["cupy"] if args.device == "gpu" else [])),
-        "blas": bts.blas_info(),
-        "prepare_batches_seconds_per_epoch": round(prepare / args.epochs, 3),
-        "timing": (f"sum of each library's step times over the epoch, the libraries taking turns every "
-                   f"{args.chunk} batches after one untimed turn each, plus the batch preparation "
-                   f"(counted for each)"),
-        "load_average": {"before": [round(x, 2) for x in load_before],
-                         "after": [round(x, 2) for x in os.getloadavg()]},
-        "graph_mode": (None if graph is None else
-                       {"active": graph.trainer.graph is not None, "notes": graph.notes}),
-        "errors": errors,
-        "results": results,
-    }
-    print(results)
-    if not args.no_save:
-        name = args.machine or default_machine_name(machine_info(), gpu)
-        suffix = "_gpu" if args.device == "gpu" else ""
-        path = write_result(f"epoch_{name}_t{threads}_b{args.batch}{suffix}", payload, args.out,
-                            command=command_line(__file__, argv))
-        print(f"wrote {path}")
-    return payload
+        per_epoch = {n: round((seconds[n] + prepare) / args.epochs, 2) for n in steppers}
+        base = per_epoch.get("minivae")
+        results = {n: {"seconds_per_epoch": v, "images_per_s": round(len(data.x_train) / v, 1),
+                       "time_ratio_to_minivae": round(v / base, 3) if base else None} for n, v in per_epoch.items()}
+        gpu = gpu_info() if args.device == "gpu" else None
+        payload = {
+            "benchmark": "seconds per MNIST training epoch (default VAE, float32)",
+            "device": args.device, "gpu": gpu, "batch": args.batch, "epochs": args.epochs, "threads": threads,
+            "train_images": int(len(data.x_train)), "steps_per_epoch": len(mine.trainer.loader),
+            "versions": versions("torch", "threadpoolctl", *(["cupy"] if args.device == "gpu" else [])),
+            "blas": bts.blas_info(),
+            "prepare_batches_seconds_per_epoch": round(prepare / args.epochs, 3),
+            "timing": (f"sum of each library's step times over the epoch, the libraries taking turns every "
+                       f"{args.chunk} batches after one untimed turn each, plus the batch preparation "
+                       f"(counted for each)"),
+            "load_average": {"before": [round(x, 2) for x in load_before],
+                             "after": [round(x, 2) for x in os.getloadavg()]},
+            "graph_mode": (None if graph is None else
+                           {"active": graph.trainer.graph is not None, "notes": graph.notes}),
+            "errors": errors,
+            "results": results,
+        }
+        print(results)
+        if not args.no_save:
+            name = args.machine or default_machine_name(machine_info(), gpu)
+            suffix = "_gpu" if args.device == "gpu" else ""
+            path = write_result(f"epoch_{name}_t{threads}_b{args.batch}{suffix}", payload, args.out,
+                                command=command_line(__file__, argv))
+            print(f"wrote {path}")
+        return payload
 
 
 if __name__ == "__main__":

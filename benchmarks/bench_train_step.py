@@ -84,7 +84,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import minivae as mv  # noqa: E402
 import reference_numpy_vae as ref  # noqa: E402
-from machine import command_line, default_machine_name, git_commit, gpu_info, machine_info  # noqa: E402
+from machine import (command_line, default_machine_name, git_commit, gpu_info, machine_info,  # noqa: E402
+                     thread_limits)
 from minivae import optim  # noqa: E402
 from minivae.backend import DeviceError, cupy_module, to_device  # noqa: E402
 from minivae.data import MinibatchLoader, load_mnist  # noqa: E402
@@ -836,131 +837,128 @@ def main(argv=None):
     if "minivae" not in libs:
         libs.insert(0, "minivae")
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    limiter = threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None else None  # noqa: F841
-    if torch is not None:
-        torch.set_num_threads(threads)
+    with thread_limits(threads, torch):  # given back when main returns
+        load_before = os.getloadavg()
+        t_start = time.perf_counter()
+        data = load_mnist(verbose=False)
+        state, warm = warm_state(data, args.warmup_steps, seed=1)
+        print(f"steady state after {warm['steps']} Adam steps: {json.dumps(warm)}", flush=True)
+        # Timed batches: one binarized epoch (seed 2), cut into batches (views).
+        host = next(iter(MinibatchLoader(data.x_train, len(data.x_train), seed=2).epoch(0))).copy()
 
-    load_before = os.getloadavg()
-    t_start = time.perf_counter()
-    data = load_mnist(verbose=False)
-    state, warm = warm_state(data, args.warmup_steps, seed=1)
-    print(f"steady state after {warm['steps']} Adam steps: {json.dumps(warm)}", flush=True)
-    # Timed batches: one binarized epoch (seed 2), cut into batches (views).
-    host = next(iter(MinibatchLoader(data.x_train, len(data.x_train), seed=2).epoch(0))).copy()
+        makers = {"minivae": MinivaeRunner, "numpy": NumpyRunner, "torch": TorchRunner,
+                  "torch-flush": TorchFlushRunner, "torch-graph": TorchGraphRunner,
+                  "minivae-graph": MinivaeGraphRunner,
+                  "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
+        info = machine_info()
+        gpu = gpu_info() if args.device == "gpu" else None
+        name = args.machine or default_machine_name(info, gpu)
+        rows, agreement, repeats, fwd_bwd, errors = {}, {}, {}, {}, {}
+        n_params = sum(a.size for a in state["params"])
+        record = {
+            "benchmark": "VAE training step (forward, backward, Adam), float32",
+            "machine": dict(info, name=name),
+            "device": args.device,
+            "gpu": gpu,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                         "torch": torch.__version__ if torch is not None else None,
+                         "threadpoolctl": threadpoolctl.__version__ if threadpoolctl is not None else None,
+                         "minivae": mv.__version__, "git_commit": git_commit()},
+            "threads": threads,
+            "retain_freed_memory": retained,
+            "blas": blas_info(),
+            "torch_backends": ({"mkl": torch.backends.mkl.is_available(),
+                                "mkldnn": torch.backends.mkldnn.is_available(),
+                                "num_threads": torch.get_num_threads()} if torch is not None else None),
+            "command": command_line(__file__, argv),
+            "python_executable": sys.executable,
+            "model": {"x_dim": 784, "hidden": [512, 256], "z_dim": Z_DIM, "parameters": int(n_params),
+                      "dtype": "float32", "optimizer": f"Adam(lr={LR})"},
+            "steady_state": warm,
+            "timing": (f"ms per step: median (min, quartiles) over blocks of {args.block} steps; libraries "
+                       "interleaved block by block in a random order each round (seeded)"),
+            "repeats": repeats,
+            "finished": False,  # true once every batch size (and the forward and backward part) is done
+            "agreement": agreement,
+            "results": rows,
+            "forward_backward_only_fresh_init": fwd_bwd,
+            "errors": errors,  # library -> where and why it failed; it was dropped from then on
+        }
+        suffix = ("" if args.device == "cpu" else f"_{args.device}") + ("_retain" if retained else "")
+        path = None if args.no_save else Path(args.out) / f"train_step_{name}_t{threads}{suffix}.json"
 
-    makers = {"minivae": MinivaeRunner, "numpy": NumpyRunner, "torch": TorchRunner,
-              "torch-flush": TorchFlushRunner, "torch-graph": TorchGraphRunner,
-              "minivae-graph": MinivaeGraphRunner,
-              "numpy-noflush": lambda state, device, seed: NumpyRunner(state, device, seed, flush_every=0)}
-    info = machine_info()
-    gpu = gpu_info() if args.device == "gpu" else None
-    name = args.machine or default_machine_name(info, gpu)
-    rows, agreement, repeats, fwd_bwd, errors = {}, {}, {}, {}, {}
-    n_params = sum(a.size for a in state["params"])
-    record = {
-        "benchmark": "VAE training step (forward, backward, Adam), float32",
-        "machine": dict(info, name=name),
-        "device": args.device,
-        "gpu": gpu,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     "torch": torch.__version__ if torch is not None else None,
-                     "threadpoolctl": threadpoolctl.__version__ if threadpoolctl is not None else None,
-                     "minivae": mv.__version__, "git_commit": git_commit()},
-        "threads": threads,
-        "retain_freed_memory": retained,
-        "blas": blas_info(),
-        "torch_backends": ({"mkl": torch.backends.mkl.is_available(),
-                            "mkldnn": torch.backends.mkldnn.is_available(),
-                            "num_threads": torch.get_num_threads()} if torch is not None else None),
-        "command": command_line(__file__, argv),
-        "python_executable": sys.executable,
-        "model": {"x_dim": 784, "hidden": [512, 256], "z_dim": Z_DIM, "parameters": int(n_params),
-                  "dtype": "float32", "optimizer": f"Adam(lr={LR})"},
-        "steady_state": warm,
-        "timing": (f"ms per step: median (min, quartiles) over blocks of {args.block} steps; libraries "
-                   "interleaved block by block in a random order each round (seeded)"),
-        "repeats": repeats,
-        "finished": False,  # true once every batch size (and the forward and backward part) is done
-        "agreement": agreement,
-        "results": rows,
-        "forward_backward_only_fresh_init": fwd_bwd,
-        "errors": errors,  # library -> where and why it failed; it was dropped from then on
-    }
-    suffix = ("" if args.device == "cpu" else f"_{args.device}") + ("_retain" if retained else "")
-    path = None if args.no_save else Path(args.out) / f"train_step_{name}_t{threads}{suffix}.json"
+        def save():
+            """Bring the record's time, load and targets up to date and write it (if saving)."""
+            record.update(seconds=round(time.perf_counter() - t_start, 1),
+                          load_average={"before": [round(x, 2) for x in load_before],
+                                        "after": [round(x, 2) for x in os.getloadavg()]},
+                          targets=targets(rows, args.device))
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(record, indent=2) + "\n")
 
-    def save():
-        """Bring the record's time, load and targets up to date and write it (if saving)."""
-        record.update(seconds=round(time.perf_counter() - t_start, 1),
-                      load_average={"before": [round(x, 2) for x in load_before],
-                                    "after": [round(x, 2) for x in os.getloadavg()]},
-                      targets=targets(rows, args.device))
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=2) + "\n")
-
-    for k, b in enumerate(args.batch):
-        libs = [n for n in libs if n not in errors]  # a library that failed is out of the run
-        host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
-
-        def fail(where):
-            """The ``fail`` callback of a stage: a library's error at this batch size."""
-            return lambda n, exc: drop_library(errors, n, f"batch {b}, {where}", exc)
-
-        runners, batches = build_runners(libs, makers, state, args.device, host_batches, fail("setting up"))
-        agreement[str(b)] = check_agreement(
-            {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph", "minivae-graph")},
-            host_batches[0], seed=4, fail=fail("agreement check"))
-        runners = {n: r for n, r in runners.items() if n not in errors}
-        repeat = args.repeat or (20 if b <= 200 else 8)
-        budget = (args.max_seconds - (time.perf_counter() - t_start)) / (len(args.batch) - k) * 0.8
-        row = time_interleaved(runners, batches, repeat, args.block, budget_s=max(budget, 0),
-                               fail=fail("timing"))
-        repeats[str(b)] = row.pop("_repeat")
-        for n in list(row):
-            try:
-                row[n].update(step_extras(runners[n], batches[n], b, args.device, args.profile))
-            except Exception as exc:
-                drop_library(errors, n, f"batch {b}, after timing", exc)
-                del row[n]
-        for v in row.values():
-            v["images_per_s"] = round(b / v["ms_per_step"] * 1e3, 1)
-        add_ratios(row)
-        rows[str(b)] = row
-        print(f"batch {b}: " + "   ".join(f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, "
-                                         f"x{_fmt_ratio(v['time_ratio_to_minivae'])})" for n, v in row.items()),
-              flush=True)
-        save()  # after each batch size: a run cut short keeps what it measured
-        del runners, batches
-
-    if args.device == "cpu" and not args.skip_fwd_bwd:
-        fresh, _ = warm_state(data, 0, seed=1)
-        for b in args.batch:
+        for k, b in enumerate(args.batch):
+            libs = [n for n in libs if n not in errors]  # a library that failed is out of the run
             host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
-            runners = {n: ForwardBackwardOnly(makers[n](fresh, "cpu", seed=3))
-                       for n in libs if n in ("minivae", "numpy", "torch", "torch-flush") and n not in errors}
-            batches = {n: [r.runner.batch(x) for x in host_batches] for n, r in runners.items()}
-            budget = max(0.0, args.max_seconds - (time.perf_counter() - t_start)) * 0.2
-            row = time_interleaved(
-                runners, batches, args.repeat or (20 if b <= 200 else 8), args.block, budget_s=budget,
-                fail=lambda n, exc: drop_library(errors, n, f"batch {b}, forward+backward only", exc))
-            row.pop("_repeat")
+
+            def fail(where):
+                """The ``fail`` callback of a stage: a library's error at this batch size."""
+                return lambda n, exc: drop_library(errors, n, f"batch {b}, {where}", exc)
+
+            runners, batches = build_runners(libs, makers, state, args.device, host_batches, fail("setting up"))
+            agreement[str(b)] = check_agreement(
+                {n: r for n, r in runners.items() if n not in ("numpy-noflush", "torch-graph", "minivae-graph")},
+                host_batches[0], seed=4, fail=fail("agreement check"))
+            runners = {n: r for n, r in runners.items() if n not in errors}
+            repeat = args.repeat or (20 if b <= 200 else 8)
+            budget = (args.max_seconds - (time.perf_counter() - t_start)) / (len(args.batch) - k) * 0.8
+            row = time_interleaved(runners, batches, repeat, args.block, budget_s=max(budget, 0),
+                                   fail=fail("timing"))
+            repeats[str(b)] = row.pop("_repeat")
+            for n in list(row):
+                try:
+                    row[n].update(step_extras(runners[n], batches[n], b, args.device, args.profile))
+                except Exception as exc:
+                    drop_library(errors, n, f"batch {b}, after timing", exc)
+                    del row[n]
+            for v in row.values():
+                v["images_per_s"] = round(b / v["ms_per_step"] * 1e3, 1)
             add_ratios(row)
-            fwd_bwd[str(b)] = row
-            print(f"batch {b}, forward+backward only (fresh initialization): " + "   ".join(
-                f"{n} {v['ms_per_step']:.2f} ms (x{_fmt_ratio(v['time_ratio_to_minivae'])})" for n, v in row.items()),
-                flush=True)
+            rows[str(b)] = row
+            print(f"batch {b}: " + "   ".join(f"{n} {v['ms_per_step']:.2f} ms ({v['images_per_s']:.0f} img/s, "
+                                             f"x{_fmt_ratio(v['time_ratio_to_minivae'])})" for n, v in row.items()),
+                  flush=True)
+            save()  # after each batch size: a run cut short keeps what it measured
             del runners, batches
 
-    record["finished"] = True
-    save()
-    print(json.dumps(record["targets"], indent=1))
-    if errors:
-        print("dropped from the run: " + json.dumps(errors, indent=1))
-    if path is not None:
-        print(f"wrote {path}")
-    return record
+        if args.device == "cpu" and not args.skip_fwd_bwd:
+            fresh, _ = warm_state(data, 0, seed=1)
+            for b in args.batch:
+                host_batches = [host[i:i + b] for i in range(0, len(host) - b + 1, b)][:max(2, 20000 // b)]
+                runners = {n: ForwardBackwardOnly(makers[n](fresh, "cpu", seed=3))
+                           for n in libs if n in ("minivae", "numpy", "torch", "torch-flush") and n not in errors}
+                batches = {n: [r.runner.batch(x) for x in host_batches] for n, r in runners.items()}
+                budget = max(0.0, args.max_seconds - (time.perf_counter() - t_start)) * 0.2
+                row = time_interleaved(
+                    runners, batches, args.repeat or (20 if b <= 200 else 8), args.block, budget_s=budget,
+                    fail=lambda n, exc: drop_library(errors, n, f"batch {b}, forward+backward only", exc))
+                row.pop("_repeat")
+                add_ratios(row)
+                fwd_bwd[str(b)] = row
+                print(f"batch {b}, forward+backward only (fresh initialization): " + "   ".join(
+                    f"{n} {v['ms_per_step']:.2f} ms (x{_fmt_ratio(v['time_ratio_to_minivae'])})" for n, v in row.items()),
+                    flush=True)
+                del runners, batches
+
+        record["finished"] = True
+        save()
+        print(json.dumps(record["targets"], indent=1))
+        if errors:
+            print("dropped from the run: " + json.dumps(errors, indent=1))
+        if path is not None:
+            print(f"wrote {path}")
+        return record
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """What every benchmark JSON records: the machine, library versions, date and command."""
+import contextlib
 import datetime
 import json
 import os
@@ -90,6 +91,28 @@ def versions(*modules):
         except ImportError:
             out[name] = None
     return out
+
+
+@contextlib.contextmanager
+def thread_limits(threads, torch=None):
+    """Limit BLAS (through threadpoolctl, when installed) and ``torch`` (when given) to
+    ``threads`` threads inside the block, and give both their former counts back after it: a
+    benchmark's ``main`` called from Python leaves its caller's process as it found it (a
+    training's bits depend on the BLAS thread count)."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        threadpoolctl = None
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        with (threadpoolctl.threadpool_limits(limits=threads) if threadpoolctl is not None
+              else contextlib.nullcontext()):
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
 
 
 def command_line(script, argv=None):

@@ -103,6 +103,24 @@ def test_gpu_results_are_named_after_the_gpu():
     assert machine.default_machine_name(cpu, {"name": "NVIDIA H100 (PCIe)"}) == "nvidia-h100-pcie"
 
 
+def thread_counts(torch):
+    """The BLAS libraries' thread counts (threadpoolctl) and PyTorch's, as the process has them."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    np.ones((2, 2)) @ np.ones((2, 2))  # (BLAS loaded)
+    return ([p["num_threads"] for p in threadpoolctl.threadpool_info()],
+            torch.get_num_threads() if torch is not None else None)
+
+
+def test_main_gives_its_caller_the_thread_counts_back(small_mnist):
+    """main limits BLAS and PyTorch to --threads while it measures; called from Python, it gives
+    the counts back when it returns (a later training's bits depend on the BLAS thread count)."""
+    before = thread_counts(bench.torch)
+    other = "1" if max(before[0], default=1) != 1 else "2"
+    args = ARGS[:ARGS.index("--threads")] + ["--threads", other] + ARGS[ARGS.index("--threads") + 2:]
+    bench.main(args + ["--no-save"])
+    assert thread_counts(bench.torch) == before
+
+
 def test_no_tracemalloc_number_for_any_pytorch_column(small_mnist, tmp_path):
     """tracemalloc sees NumPy's allocations, not PyTorch's: no PyTorch column (torch-flush
     included) gets a peak from it, while minivae's is measured."""
