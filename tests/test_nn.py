@@ -601,11 +601,17 @@ def test_calculate_gain_refuses_a_slope_that_is_no_real_number():
     (lambda w: nn.init.xavier_normal_(w, gain=-1.0), ValueError,
      "xavier_normal_: invalid gain -1.0: it must be >= 0 and finite"),
     (lambda w: nn.init.xavier_normal_(w, gain="2"), TypeError, "gain must be a real number, got '2'"),
+    (lambda w: nn.init.constant_(w, "a"), TypeError, "value must be a real number, got 'a'"),
+    (lambda w: nn.init.constant_(w, True), TypeError, "value must be a real number, got True"),
+    (lambda w: nn.init.uniform_(w, rng=True), TypeError,
+     "rng must be None, an int seed or a numpy.random.Generator, got bool"),
+    (lambda w: nn.init.manual_seed("a"), TypeError, "seed must be an integer, got 'a'"),
 ], ids=["negative std", "NaN std", "infinite mean", "NaN bound", "bounds reversed", "NaN gain",
-        "negative gain", "string gain"])
+        "negative gain", "string gain", "string value", "bool value", "bool rng", "string seed"])
 def test_initializers_refuse_settings_that_give_no_distribution(fill, error, message):
     # Before: a NaN std or gain filled the weights with NaN without a word; the others failed
-    # with NumPy's "scale < 0", "high - low < 0" or an OverflowError, naming no setting.
+    # with NumPy's "scale < 0", "high - low < 0" or an OverflowError, naming no setting; a bool
+    # value filled 0 or 1 and a bool rng seeded 1; a string value or seed got NumPy's errors.
     w = nn.Parameter(np.zeros((2, 3)))
     with pytest.raises(error, match=f"^{message}$"):
         fill(w)

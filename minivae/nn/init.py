@@ -21,15 +21,16 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend import device_of, to_device
-from ..checks import FINITE, NON_NEGATIVE, check_ranges, check_real
+from ..checks import FINITE, NON_NEGATIVE, check_integer, check_ranges, check_real
 
 _default_rng = np.random.default_rng(0)
 
 
 def manual_seed(seed):
-    """Reseed the default generator used when an initializer gets ``rng=None``."""
+    """Reseed the default generator used when an initializer gets ``rng=None``; ``seed`` is an
+    integer of at least 0 (a bool or a string is refused, not read as a seed)."""
     global _default_rng
-    _default_rng = np.random.default_rng(seed)
+    _default_rng = np.random.default_rng(check_integer(seed, "seed", minimum=0))
 
 
 def get_rng(rng=None):
@@ -38,7 +39,7 @@ def get_rng(rng=None):
         return _default_rng
     if isinstance(rng, np.random.Generator):
         return rng
-    if isinstance(rng, (int, np.integer)):
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):  # True is no seed 1
         return np.random.default_rng(int(rng))
     raise TypeError(f"rng must be None, an int seed or a numpy.random.Generator, got {type(rng).__name__}")
 
@@ -113,7 +114,8 @@ def normal_(tensor, mean=0.0, std=1.0, rng=None):
 
 
 def constant_(tensor, value):
-    """Fill ``tensor`` in place with ``value``; return it."""
+    """Fill ``tensor`` in place with ``value``, a real number; return it."""
+    value = check_real(value, "value")  # a bool would fill 0 or 1, a string be parsed or fail in NumPy
     return _fill(tensor, np.full(tensor.shape, value, dtype=np.float64))
 
 
