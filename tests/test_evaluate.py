@@ -10,7 +10,7 @@ from minivae.evaluate import log_likelihood
 from minivae.gradcheck_cases import MODEL_SIZES, SMALL_MODEL
 from minivae.models import MODELS, build_model
 from minivae.random import Generator, Noise
-from test_train import FixedWeights
+from test_train import FixedWeights, StandInModel
 
 #: Sizes chosen so that the batch axis is the only axis of size B in every draw (the chunks
 #: hold 12, 5 or 2 samples; the latents have 2 to 100 dimensions and 10 classes).
@@ -114,23 +114,14 @@ def test_elbo_is_the_reconstruction_minus_the_kl_per_example():
     assert (kl > 0).all()  # so bound = rec + KL would differ
 
 
-class _RowModel:
+class _RowModel(StandInModel):
     """A stand-in model whose per-example values depend on that example's row alone, without
     noise: log-weights x.u (the same for every sample), reconstruction x.u, KL x.v, and the
     class of the largest pixel, so that what an evaluator returns for a row is known. It
     refuses to be evaluated in training mode."""
 
-    training, classifies, x_dim, num_classes = False, True, 3, 3
+    classifies, x_dim, num_classes = True, 3, 3
     u, v = np.array([1.0, 2.0, 3.0]), np.array([0.5, 0.25, 0.0])
-
-    def parameters(self):
-        return iter([mv.tensor(np.zeros(1))])
-
-    def train(self, mode=True):
-        self.training = mode
-
-    def eval(self):
-        self.train(False)
 
     def log_weights(self, x, k, noise):
         assert not self.training

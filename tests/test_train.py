@@ -109,16 +109,11 @@ def test_logmeanexp_is_stable_for_large_magnitudes():
     assert logmeanexp(np.full((3, 1), -np.inf), axis=0)[0] == -np.inf
 
 
-class FixedWeights:
-    """A stand-in model whose log_weights hand out the rows of one fixed (K, N) array in order,
-    chunk after chunk (wrapping round for each batch), for each example the column its one-hot
-    row of ``x`` names: the estimate from them is known in closed form."""
+class StandInModel:
+    """What the evaluators need of a model besides its scores: a parameter (for the device) and
+    the training/eval mode switch."""
 
     training = False
-
-    def __init__(self, log_w):
-        self.log_w, self.done = log_w, 0
-        self.x_dim = log_w.shape[1]
 
     def parameters(self):
         return iter([mv.tensor(np.zeros(1))])
@@ -128,6 +123,16 @@ class FixedWeights:
 
     def eval(self):
         self.train(False)
+
+
+class FixedWeights(StandInModel):
+    """A stand-in model whose log_weights hand out the rows of one fixed (K, N) array in order,
+    chunk after chunk (wrapping round for each batch), for each example the column its one-hot
+    row of ``x`` names: the estimate from them is known in closed form."""
+
+    def __init__(self, log_w):
+        self.log_w, self.done = log_w, 0
+        self.x_dim = log_w.shape[1]
 
     def log_weights(self, x, k, noise):
         rows = x.data.argmax(axis=1)  # each example's column
