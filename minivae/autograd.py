@@ -350,6 +350,9 @@ class Tensor:
         return f"Tensor({self.data!r}{grad})"
 
     def __len__(self):
+        """The length of the first axis; a 0-d tensor has none (as in NumPy and PyTorch)."""
+        if self.data.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
 
     def __iter__(self):

@@ -256,6 +256,13 @@ def test_iteration_goes_along_the_first_axis_and_refuses_0d():
         list(mv.tensor(1.0))
 
 
+def test_len_is_the_first_axis_and_refuses_0d_by_name():
+    assert len(mv.tensor(np.zeros((3, 2)))) == 3
+    with pytest.raises(TypeError, match=r"^len\(\) of a 0-d tensor$"):
+        len(mv.tensor(1.0))
+
+
+
 def test_comparisons_return_boolean_arrays():
     t = mv.tensor([-1.0, 0.0, 2.0])
     for result, expected in [(t < 0, [True, False, False]), (t <= 0, [True, True, False]),
