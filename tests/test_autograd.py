@@ -262,6 +262,11 @@ def test_len_is_the_first_axis_and_refuses_0d_by_name():
         len(mv.tensor(1.0))
 
 
+@pytest.mark.parametrize("call", [lambda t: t.transpose(None), lambda t: t.transpose(), lambda t: t.T])
+def test_the_transpose_method_reverses_the_axes_given_none_as_numpy(call):
+    x = np.arange(24.0).reshape(2, 3, 4)
+    assert np.array_equal(call(mv.tensor(x)).data, x.transpose(None))
+
 
 def test_comparisons_return_boolean_arrays():
     t = mv.tensor([-1.0, 0.0, 2.0])

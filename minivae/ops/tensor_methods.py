@@ -33,8 +33,10 @@ def _reshape(self, *shape):
 
 
 def _transpose(self, *axes):
-    """Permute the axes (reverse them when none are given)."""
-    return transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else (axes or None))
+    """Permute the axes (reverse them when none are given, or None, as NumPy's method)."""
+    if len(axes) == 1 and (axes[0] is None or isinstance(axes[0], (tuple, list))):
+        return transpose(self, axes[0])
+    return transpose(self, axes or None)
 
 
 def _exp(self):
