@@ -236,32 +236,42 @@ def test_beta_that_is_not_a_number_is_refused(name):
     assert bits(step(model, np.float32, 2)[0].data) == bits(step(model, np.float32, 2.0)[0].data)
 
 
-def test_a_loss_refuses_an_empty_batch():
-    # Before: NaN statistics and "Mean of empty slice" warnings.
+# The three ways into a model's scores: its loss, its per-example ELBO and its log-weights.
+SCORES = {"loss": lambda model, x, extra: model.loss(x, Generator(3), **extra),
+          "elbo": lambda model, x, extra: model.elbo(x, Generator(3)),
+          "log_weights": lambda model, x, extra: model.log_weights(x, 2, Generator(3))}
+
+
+@pytest.mark.parametrize("score", sorted(SCORES))
+def test_a_loss_or_bound_refuses_an_empty_batch(score):
+    # Before: NaN statistics and "Mean of empty slice" warnings from a loss; a semi-supervised
+    # model's log_weights divided by zero (the bounds of the others came back empty).
     for name in sorted(CASES):
         model = build(name, np.float32)
         x, extra = batch(model, np.float32)
         with pytest.raises(ValueError, match="^x is an empty batch"):
-            model.loss(x[:0], Generator(3), **extra)
-        if model.semi_supervised:
+            SCORES[score](model, x[:0], extra)
+        if model.semi_supervised and score == "loss":
             x_l, labels = extra["labelled"]
             with pytest.raises(ValueError, match="^x_l is an empty batch"):
                 model.loss(x, Generator(3), labelled=(x_l[:0], labels[:0]))
 
 
+@pytest.mark.parametrize("score", sorted(SCORES))
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_a_loss_refuses_a_batch_that_is_no_float_rows(name):
+def test_a_loss_or_bound_refuses_a_batch_that_is_no_float_rows(name, score):
     # Before: integer pixels were scored as Bernoulli outcomes (255 as 255), and one image
-    # without its batch axis gave a loss over a 0-d ELBO; M1+M2 checked only its features.
+    # without its batch axis gave a loss over a 0-d ELBO; M1+M2 checked only its features;
+    # elbo and log_weights checked neither.
     model = build(name, np.float32)
     x, extra = batch(model, np.float32)
-    with pytest.raises(TypeError, match="^x has dtype int64: a model's loss takes float intensities"):
-        model.loss(x.astype(np.int64), Generator(3), **extra)
+    with pytest.raises(TypeError, match="^x has dtype int64: a model takes float intensities"):
+        SCORES[score](model, x.astype(np.int64), extra)
     with pytest.raises(ValueError, match=r"^x must be a batch of rows, shape \(B, D\), got shape \(\d+,\)$"):
-        model.loss(x[0], Generator(3), **extra)
-    if model.semi_supervised:
+        SCORES[score](model, x[0], extra)
+    if model.semi_supervised and score == "loss":
         x_l, labels = extra["labelled"]
-        with pytest.raises(TypeError, match="^x_l has dtype uint8: a model's loss takes float intensities"):
+        with pytest.raises(TypeError, match="^x_l has dtype uint8: a model takes float intensities"):
             model.loss(x, Generator(3), labelled=((x_l * 255).astype(np.uint8), labels))
 
 

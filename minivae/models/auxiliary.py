@@ -37,7 +37,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
-from .base import check_noise, check_one_training_bound
+from .base import check_batch, check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
 from .semisupervised import SemiSupervised
 
@@ -141,12 +141,14 @@ class ADGM(_AuxiliaryNetworks, LatentVariableModel):
 
     def elbo(self, x, noise, samples=None):
         """Per-example (E log p(x | ...), E[log q(a, z | x) - log p(a, z | ...)]), each (B,)."""
+        check_batch(x)
         check_noise(noise)
         rec, latent = self._bound_terms(x, self.elbo_samples(samples), noise)
         return rec.mean(axis=0), -latent.mean(axis=0)
 
     def log_weights(self, x, k, noise):
         """(k, B) log-weights log p(x, a, z) - log q(a, z | x) for k independent draws of (a, z)."""
+        check_batch(x)
         check_noise(noise)
         rec, latent = self._bound_terms(x, check_integer(k, "k", minimum=1), noise, analytic=False)
         return rec + latent

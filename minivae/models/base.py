@@ -167,13 +167,13 @@ def check_noise(noise):
 
 
 def check_batch(x, name="x"):
-    """Refuse what a loss cannot average over: anything but a batch of rows, shape (B, D) (one
-    image without its batch axis would give a 0-d ELBO), an empty batch (B = 0: the means are
-    NaN, with warnings, not an error), or pixels that are no floats (``checks.check_float``:
-    integers 0..255 would be scored as Bernoulli outcomes up to 255). Shape and dtype only:
-    nothing is read from the device."""
+    """Refuse what a model's loss and bounds (``loss``, ``elbo``, ``log_weights``) cannot score:
+    anything but a batch of rows, shape (B, D) (one image without its batch axis would give a
+    0-d ELBO), an empty batch (B = 0: a loss's means are NaN, with warnings, not an error), or
+    pixels that are no floats (``checks.check_float``: integers 0..255 would be scored as
+    Bernoulli outcomes up to 255). Shape and dtype only: nothing is read from the device."""
     if x.ndim != 2:
         raise ValueError(f"{name} must be a batch of rows, shape (B, D), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch (shape {x.shape}): a loss needs at least one example")
-    check_float(x, name, use="a model's loss")
+        raise ValueError(f"{name} is an empty batch (shape {x.shape}): a model needs at least one example")
+    check_float(x, name, use="a model")

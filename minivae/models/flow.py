@@ -20,7 +20,7 @@ from .. import functional as F
 from .. import nn
 from ..checks import check_integer
 from ..flows import AmortizedPlanarFlows
-from .base import check_noise
+from .base import check_batch, check_noise
 from .common import rsample
 from .vae import VAE
 
@@ -58,6 +58,7 @@ class FlowVAE(VAE):
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x | z_K) + log p(z_K) - log q_K(z_K | x) for k independent draws."""
+        check_batch(x)
         check_noise(noise)
         mu, logvar, z0, zk, log_det = self._flow_sample(x, check_integer(k, "k", minimum=1), noise)
         log_q = F.gaussian_log_prob(z0, mu, logvar) - log_det
@@ -73,6 +74,7 @@ class FlowVAE(VAE):
         """
         if self.flows.n_flows == 0:  # a sampled KL would only add variance to the same bound
             return super().elbo(x, noise, samples)
+        check_batch(x)
         check_noise(noise)
         mu, logvar, z0, zk, log_det = self._flow_sample(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.decode(zk), x).mean(axis=0)

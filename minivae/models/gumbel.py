@@ -37,7 +37,7 @@ from .. import nn
 from ..autograd import no_grad, tensor
 from ..checks import check_integer, check_ranges, check_sizes
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli, standard_gumbel
-from .base import SETTING_RANGES, check_noise
+from .base import SETTING_RANGES, check_batch, check_noise
 from .common import MLP, LatentVariableModel, model_array_module
 
 
@@ -124,6 +124,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def elbo(self, x, noise, samples=None, hard=None):
         """Per-example (reconstruction, KL), each (B,); relaxed codes in training mode, exact
         categorical codes in eval mode (or as ``hard`` says)."""
+        check_batch(x)
         check_noise(noise)
         hard = not self.training if hard is None else hard
         logits = self.logits(x)
@@ -133,6 +134,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def log_weights(self, x, k, noise):
         """(k, B) log p(x | y) + log p(y) - log q(y | x) for k exact categorical codes y ~ q(y | x);
         log p(y) = -n_vars log K per example (a (B,) vector)."""
+        check_batch(x)
         check_noise(noise)
         logits = self.logits(x)
         y = self.sample_codes(logits, check_integer(k, "k", minimum=1), noise, hard=True)

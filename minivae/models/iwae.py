@@ -23,7 +23,7 @@ The paper's two-layer MNIST model: ``--model iwae --set layers=2 --set k=50 --hi
 from .. import functional as F
 from .. import nn
 from ..checks import check_integer, check_sequence, check_sizes
-from .base import check_noise, check_one_training_bound
+from .base import check_batch, check_noise, check_one_training_bound
 from .common import GaussianLayer, LatentVariableModel, TopDownGenerator, rsample
 from .vae import VAE
 
@@ -86,6 +86,7 @@ class TwoLayerVAE(LatentVariableModel):
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z1, z2) - log q(z1, z2 | x) for k independent draws per example."""
         k = check_integer(k, "k", minimum=1)
+        check_batch(x)
         check_noise(noise)
         (z1, z2), ((mu1, logvar1), (mu2, logvar2)), _ = self._posterior(x, k, noise)
         log_q = F.gaussian_log_prob(z1, mu1, logvar1) + F.gaussian_log_prob(z2, mu2, logvar2)
@@ -98,6 +99,7 @@ class TwoLayerVAE(LatentVariableModel):
         in closed form given z1; the first is sampled (p(z1 | z2) depends on z2, which depends on
         z1, so it has no closed form).
         """
+        check_batch(x)
         check_noise(noise)
         (z1, z2), ((mu1, logvar1), _), kl2 = self._posterior(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.generator.logits(z1), x)

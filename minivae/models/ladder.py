@@ -26,7 +26,7 @@ from .. import functional as F
 from .. import nn
 from ..checks import check_integer, check_sizes
 from ..ops.ladder import precision_weighted_merge
-from .base import check_noise, check_one_training_bound
+from .base import check_batch, check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 
 PAPER_Z_DIMS = (64, 32, 16, 8, 4)
@@ -145,6 +145,7 @@ class LadderVAE(LatentVariableModel):
 
     def log_weights(self, x, k, noise):
         """(k, B) log p(x, z_1..z_L) - log q(z_1..z_L | x) for k independent draws per example."""
+        check_batch(x)
         check_noise(noise)
         zs, q, p = self._posterior(x, check_integer(k, "k", minimum=1), noise)
         return F.bernoulli_log_prob(self.generator.logits(zs[0]), x) + log_ratio(zs, q, p)
@@ -156,6 +157,7 @@ class LadderVAE(LatentVariableModel):
     def elbo(self, x, noise, samples=None):
         """Per-example (reconstruction, KL), each (B,), averaged over ``samples`` draws; the KL is
         the sum of the layers' closed-form KLs (each given a sample of the layer above)."""
+        check_batch(x)
         check_noise(noise)
         zs, q, p = self._posterior(x, self.elbo_samples(samples), noise)
         rec = F.bernoulli_log_prob(self.generator.logits(zs[0]), x).mean(axis=0)

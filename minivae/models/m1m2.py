@@ -104,12 +104,14 @@ class M1M2(Model):
     def elbo(self, x, noise, samples=None):
         """M2's (reconstruction, KL) per example at z1 = the mean of q(z1 | x): terms of a bound
         on log p(z1) under M2, not on log p(x)."""
+        check_batch(x)  # the images, as in ``loss``
         return self.m2.elbo(self.features(x), noise, samples)
 
     def log_weights(self, x, k, noise):
         """M2's (k, B) importance log-weights at z1 = the mean of q(z1 | x): their log-mean-exp
         estimates log p(z1) under M2, not log p(x). The same z1 for every call, so the k samples
         may be drawn in any number of calls."""
+        check_batch(x)
         return self.m2.log_weights(self.features(x), k, noise)
 
     def class_probabilities(self, x):

@@ -164,6 +164,7 @@ class SemiSupervised(Model):
     def elbo(self, x, noise, samples=None):
         """U(x) split as (reconstruction, KL) per example, each (B,): rec = sum_y q(y|x) E log p(x|y,h)
         and kl = rec - U(x), the KL of q(y, h | x) from the prior (labels included)."""
+        check_batch(x)
         terms = self._enumerated(x, noise, self.elbo_samples(samples))
         rec, q = terms[0], terms[3]
         rec = F.sum(q * rec, axis=0).mean(axis=0)
@@ -213,6 +214,7 @@ class SemiSupervised(Model):
         made in chunks of at most ``max_rows`` rows.
         """
         k = check_integer(k, "k", minimum=1)
+        check_batch(x)  # before an empty batch divides by zero below
         per_chunk = max(1, self.max_rows // (self.num_classes * x.shape[0]))
         chunks = []
         for start in range(0, k, per_chunk):

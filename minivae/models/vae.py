@@ -12,7 +12,7 @@ from .. import nn
 from ..autograd import no_grad
 from ..checks import check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
-from .base import check_noise, check_one_training_bound
+from .base import check_batch, check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, LatentVariableModel, rsample
 
 
@@ -59,6 +59,7 @@ class VAE(LatentVariableModel):
         z of shape (samples, B, D). Both come from one ``F.reparameterize_kl`` node (on the GPU,
         the fused reparameterization + KL kernels).
         """
+        check_batch(x)
         check_noise(noise)
         mu, logvar = self.encode(x)
         z, kl = F.reparameterize_kl(mu, logvar, noise, samples=self.elbo_samples(samples))
@@ -66,6 +67,7 @@ class VAE(LatentVariableModel):
 
     def log_weights(self, x, k, noise):
         """(k, B) importance log-weights log p(x|z) + log p(z) - log q(z|x) for k draws z ~ q(z|x)."""
+        check_batch(x)
         check_noise(noise)
         mu, logvar = self.encode(x)
         z = rsample(mu, logvar, noise, check_integer(k, "k", minimum=1))
