@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 from . import streams
-from .autograd import no_grad, tensor
+from .autograd import Tensor, no_grad, tensor
 from .backend import get_array_module, to_device
 from .checks import check_integer, check_intensities
 from .distributions import check_labels
@@ -172,6 +172,15 @@ def nll_summary(ll, ess=None):
     return out
 
 
+def _host_labels(model, labels, n):
+    """``labels`` for ``n`` examples as a NumPy array of class indices of ``model``, checked
+    (``check_labels``). Labels on the GPU are brought to the host first: ``check_labels`` would
+    not read their values there, and the evaluation compares them with the predictions on the
+    host anyway."""
+    labels = labels.data if isinstance(labels, Tensor) else labels
+    return check_labels(to_device(labels, "cpu"), model.num_classes, n=n)
+
+
 def classification_error(model, x, labels, batch_size=500):
     """The fraction of the examples of ``x`` (NumPy (N, D)) whose ``model.classify`` differs from
     ``labels``: (1/N) sum_n [argmax_y q(y | x_n) != y_n], in eval mode and in batches of
@@ -181,7 +190,7 @@ def classification_error(model, x, labels, batch_size=500):
     require(model, "classifies", "a classification error")
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
     x = as_model_input(model, x)
-    labels = check_labels(labels, model.num_classes, n=len(x))
+    labels = _host_labels(model, labels, n=len(x))
     device = next(iter(model.parameters())).device
     wrong = 0
     with evaluating(model):
@@ -203,7 +212,7 @@ def test_set_scores(model, x_test, y_test, k, progress=False):
     k = check_integer(k, "k", minimum=1)
     x_test = as_model_input(model, x_test)
     if model.classifies:
-        check_labels(y_test, model.num_classes, n=len(x_test))
+        y_test = _host_labels(model, y_test, n=len(x_test))
     bound, _, _ = elbo(model, x_test)
     ll, ess = log_likelihood_and_ess(model, x_test, k=k, progress=progress)
     scores = {"n_test": len(x_test), "k": k, "test_elbo": float(bound.mean()), **nll_summary(ll, ess),

@@ -280,6 +280,34 @@ def test_the_labels_of_the_classification_error_are_checked(name):
             E.classification_error(model, x, labels)
 
 
+class _DeviceLabels(np.ndarray):
+    """NumPy labels standing for labels on the GPU: ``is_gpu_array`` takes them for a CuPy
+    array, and ``get()`` brings them to the host as CuPy's does."""
+
+    __module__ = "cupy_stand_in"
+
+    def get(self):
+        return np.asarray(self)
+
+
+def test_labels_on_the_gpu_are_checked_on_the_host_by_the_evaluators():
+    """``check_labels`` does not read the values of labels on the GPU (a captured training step
+    cannot); the evaluators, which compare on the host, scored labels outside the classes as
+    errors without a word."""
+    from minivae import evaluate as E
+
+    model = build_model("m2", **SMALL_MODEL, rng=np.random.default_rng(0))
+    x = (np.random.default_rng(1).random((6, model.x_dim)) < 0.5).astype(np.float32)
+    y = model.classify(mv.tensor(x))
+    assert E.classification_error(model, x, y.view(_DeviceLabels), batch_size=4) == 0
+    assert E.classification_error(model, x, ((y + 1) % model.num_classes).view(_DeviceLabels)) == 1
+    outside = (y + model.num_classes).view(_DeviceLabels)
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 10\), got values from"):
+        E.classification_error(model, x, outside)
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 10\)"):
+        E.test_set_scores(model, x, outside, k=2)
+
+
 def test_the_test_set_scores_check_the_labels_before_the_passes_over_the_images():
     """Labels that the classification error refuses were found after the ELBO's pass and the
     importance-sampled one (k = 5000 for ``minivae eval``), which were then lost."""
