@@ -1057,6 +1057,20 @@ def test_batch_size_must_be_an_integer(batch_size):
     assert len(loader) == 2 and loader.num_examples == 8
 
 
+@pytest.mark.parametrize("switch", ["shuffle", "binarize", "drop_last"])
+@pytest.mark.parametrize("value", ["False", 0, None])
+def test_loader_switches_must_be_true_or_false(switch, value):
+    # Before: read by their truth, so shuffle="False" shuffled and drop_last=None kept the tail.
+    x = np.full((5, 3), 0.5, dtype=np.float32)
+    with pytest.raises(TypeError, match=f"^{switch} must be True or False, got {value!r}$"):
+        MinibatchLoader(x, 2, seed=0, **{switch: value})
+    if switch == "drop_last":
+        with pytest.raises(TypeError, match=f"^drop_last must be True or False, got {value!r}$"):
+            data.num_batches(5, 2, value)
+    loader = MinibatchLoader(x, 2, seed=0, **{switch: np.bool_(False)})
+    assert getattr(loader, switch) is False
+
+
 # ------------------------------------------------------------------------------------------
 # Labelled subset (for M2)
 # ------------------------------------------------------------------------------------------

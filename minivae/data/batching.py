@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import streams
 from ..backend import device_of, get_array_module, resolve_device, to_device
-from ..checks import check_integer, check_intensities
+from ..checks import check_bool, check_integer, check_intensities
 from . import _rng
 from .binarization import EpochBits
 
@@ -50,10 +50,10 @@ def epoch_permutation(n: int, *, seed: int, epoch: int, device: str = "cpu"):
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     """Number of minibatches per epoch for ``n`` examples (TypeError / ValueError unless ``n`` is
-    an integer of at least 0 and ``batch_size`` a positive one)."""
+    an integer of at least 0, ``batch_size`` a positive one and ``drop_last`` True or False)."""
     n = check_integer(n, "n", minimum=0)
     batch_size = check_integer(batch_size, "batch_size", minimum=1)
-    return n // batch_size if drop_last else -(-n // batch_size)
+    return n // batch_size if check_bool(drop_last, "drop_last") else -(-n // batch_size)
 
 
 def iterate_minibatches(x, batch_size: int, *, seed: int, epoch: int, shuffle: bool = True,
@@ -90,7 +90,8 @@ class MinibatchLoader:
     the device: with ``device="gpu"`` the images are copied to the GPU once, the shuffle and the
     bits are drawn there, and the batches (CuPy arrays) equal the CPU loader's. Defaults suit
     VAE training on MNIST: shuffled, dynamically binarized; then ``x`` must hold float
-    intensities in [0, 1] (checked once, here).
+    intensities in [0, 1] (checked once, here). ``shuffle``, ``binarize`` and ``drop_last`` are
+    True or False (TypeError otherwise: ``shuffle="False"`` would shuffle).
 
     Batches are views into the loader's epoch buffer, overwritten when the next epoch starts (with
     ``shuffle=False`` and ``binarize=False`` they are views of the images themselves).
@@ -105,6 +106,8 @@ class MinibatchLoader:
 
     def __init__(self, x, batch_size: int, *, seed: int, y=None, shuffle: bool = True,
                  binarize: bool = True, drop_last: bool = False, device: str = "cpu"):
+        shuffle, binarize = check_bool(shuffle, "shuffle"), check_bool(binarize, "binarize")
+        drop_last = check_bool(drop_last, "drop_last")
         self.device = resolve_device(device)
         xp = get_array_module(x)
         x = xp.asarray(x)
@@ -121,8 +124,8 @@ class MinibatchLoader:
         self.y = None if y is None else to_device(y, self.device)
         self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.seed = _rng.check_seed(seed)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
         self.bits = EpochBits(self.x, seed=self.seed) if binarize else None
         self._work = self._buffer = None
 
