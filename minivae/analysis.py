@@ -12,7 +12,7 @@ import numpy as np
 
 from .autograd import tensor
 from .backend import to_device
-from .checks import check_integer, check_points
+from .checks import NON_NEGATIVE, check_integer, check_points, check_ranges
 from .evaluate import as_model_input, evaluating
 from .models.base import require
 
@@ -50,7 +50,10 @@ def latent_activity(mu):
 
 def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
     """The number of active latent units: dimensions whose activity ``latent_activity(mu)`` exceeds
-    ``threshold`` (1e-2 as in Burda et al. 2015). ``mu`` is the (N, D) matrix of posterior means."""
+    ``threshold`` (1e-2 as in Burda et al. 2015). ``mu`` is the (N, D) matrix of posterior means;
+    ``threshold`` a real number >= 0 and finite (``check_ranges``)."""
+    # A NaN threshold is exceeded by no activity: 0 active units, as if the posterior had collapsed.
+    check_ranges(active_units, {"threshold": NON_NEGATIVE}, threshold=threshold)
     return int((latent_activity(mu) > threshold).sum())
 
 
@@ -84,8 +87,9 @@ def latent_summary(model, x, batch_size=500, threshold=ACTIVE_UNIT_THRESHOLD):
     term; for a model with flows it is the Gaussian before the flows, for one with several
     layers the top layer's, and the sum is that Gaussian's KL from N(0, I), not the ELBO's KL
     term. The model is run in eval mode without a graph; a few thousand examples give a
-    stable count.
+    stable count. ``threshold`` is checked as ``active_units`` checks it, before the encoding.
     """
+    check_ranges(latent_summary, {"threshold": NON_NEGATIVE}, threshold=threshold)
     mu, logvar = encode_dataset(model, x, batch_size=batch_size)
     return {"encoded_gaussian": model.encoded_gaussian,
             "active_units": active_units(mu, threshold),

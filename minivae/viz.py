@@ -38,7 +38,7 @@ from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
-from .checks import POSITIVE, check_float, check_integer, check_points, check_ranges
+from .checks import NON_NEGATIVE, POSITIVE, check_float, check_integer, check_points, check_ranges
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
@@ -354,7 +354,8 @@ def plot_traversal(model, path, kl=None, n=15, n_dims=8, span=3.0):
 def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
     """Bar plot of the mean KL per latent dimension; active units (activity > threshold) in colour.
 
-    ``kl`` and ``activity`` hold one finite value per latent dimension, both of shape (D,).
+    ``kl`` and ``activity`` hold one finite value per latent dimension, both of shape (D,);
+    ``threshold`` is a real number >= 0 and finite, as ``minivae.analysis.active_units`` takes it.
     """
     Figure, _ = _require_matplotlib()
     from matplotlib.ticker import MaxNLocator
@@ -366,6 +367,7 @@ def plot_kl_per_dim(kl, activity, path, threshold=ACTIVE_UNIT_THRESHOLD):
                          f"(D,), got {kl.shape} and {activity.shape}")
     _check_finite(kl, "kl")  # a NaN draws no bar and a total of "nan nats"
     _check_finite(activity, "activity")  # a NaN would be drawn as an inactive unit
+    check_ranges(plot_kl_per_dim, {"threshold": NON_NEGATIVE}, threshold=threshold)  # NaN: all grey
     active = activity > threshold
     fig = Figure(figsize=(max(6.0, 0.16 * len(kl) + 2), 3.6))
     ax = fig.subplots()

@@ -103,6 +103,29 @@ def test_a_unit_at_the_threshold_is_not_active():
     assert analysis.active_units(mu, threshold=np.nextafter(0.25, 0)) == 1
 
 
+@pytest.mark.parametrize("threshold, error, says", [
+    (math.nan, ValueError, "invalid threshold nan: it must be >= 0 and finite"),
+    (math.inf, ValueError, "invalid threshold inf: it must be >= 0 and finite"),
+    (-0.01, ValueError, "invalid threshold -0.01: it must be >= 0 and finite"),
+    ("0.01", TypeError, "threshold must be a real number, got '0.01'"),
+], ids=["nan", "inf", "negative", "string"])
+def test_a_threshold_that_no_activity_can_be_measured_against_is_refused(threshold, error, says):
+    """(A NaN threshold counted 0 active units, as if the posterior had collapsed, a negative one
+    counted a dead unit as active, and a string met NumPy's "ufunc 'greater' did not contain a
+    loop".)"""
+    from minivae.models import VAE
+
+    mu = np.array([[0.5, 0.0], [-0.5, 0.0]])
+    with pytest.raises(error, match=f"{says}$"):
+        analysis.active_units(mu, threshold=threshold)
+    model = VAE(x_dim=6, z_dim=2, hidden=(4,))
+    encoded = []
+    model.encode = lambda x: encoded.append(x)  # refused before the encoding pass
+    with pytest.raises(error, match=f"{says}$"):
+        analysis.latent_summary(model, np.zeros((3, 6), np.float32), threshold=threshold)
+    assert encoded == []
+
+
 def test_the_summary_counts_active_units_at_its_threshold_over_every_example():
     from minivae.models import VAE
 
