@@ -89,7 +89,11 @@ def cluster_accuracy(labels, clusters):
     most one label and each label to at most one cluster, by the matching that maximizes the
     number of such points (see the module docstring). ``labels`` and ``clusters`` are integer
     arrays of shape (N,), NumPy or CuPy."""
-    from scipy.optimize import linear_sum_assignment  # scipy comes with scikit-learn
+    try:
+        from scipy.optimize import linear_sum_assignment
+    except ImportError:  # as for scikit-learn, which brings scipy: the extra, not a bare module name
+        raise ImportError("cluster_accuracy needs scipy, which comes with scikit-learn, an optional "
+                          "extra: pip install 'minivae[cluster]'") from None
 
     labels, clusters = _pair(labels, clusters)
     _, label_index = np.unique(labels, return_inverse=True)

@@ -148,6 +148,15 @@ def test_without_scikit_learn_the_extra_is_named(monkeypatch):
         clustering.kmeans(blobs()[0])
 
 
+def test_without_scipy_the_extra_is_named(monkeypatch):
+    """(cluster_accuracy, which needs no scikit-learn itself, met "No module named 'scipy'".)"""
+    monkeypatch.setitem(sys.modules, "scipy", None)  # an import of it fails, as when absent
+    monkeypatch.setitem(sys.modules, "scipy.optimize", None)
+    with pytest.raises(ImportError, match=r"^cluster_accuracy needs scipy, which comes with scikit-learn, "
+                                          r"an optional extra: pip install 'minivae\[cluster\]'$"):
+        clustering.cluster_accuracy([0, 1, 1], [1, 0, 0])
+
+
 def test_latent_clusters_of_a_vae():
     pytest.importorskip("sklearn")
     data = small_data(n_eval=50)
