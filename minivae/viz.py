@@ -145,12 +145,15 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
     ceil(sqrt(N)), as torchvision's ``make_grid``). Each pixel of the grid is one pixel of the PNG,
     magnified ``scale`` times (an integer of at least 1) by pixel repetition (nearest neighbour
     keeps the pixels sharp). Values are clipped to [0, 1] and shown 0 = black, 1 = white; an
-    integer dtype (uint8 pixels 0..255) is refused with a TypeError.
+    integer dtype (uint8 pixels 0..255) is refused with a TypeError, NaN or infinite values (a
+    diverged model's images) with a ValueError.
     """
     _, mpimg = _require_matplotlib()
     _check_pixels(images, "images")
     scale = check_integer(scale, "scale", minimum=1)
-    grid = np.clip(tile_images(images, nrow=nrow, pad=pad), 0.0, 1.0)
+    grid = tile_images(images, nrow=nrow, pad=pad)
+    _check_finite(grid, "images")
+    grid = np.clip(grid, 0.0, 1.0)
     if scale != 1:
         grid = np.kron(grid, np.ones((scale, scale)))
     path = Path(path)
@@ -223,7 +226,7 @@ def _gray_axes(ax, grid):
 
 def plot_reconstructions(x, recon, path, n=32, ncol=8):
     """Side-by-side grids: ``n`` inputs (left) and their reconstructions (right), same positions,
-    ``ncol`` per row (both integers of at least 1). Both are float intensities in [0, 1]."""
+    ``ncol`` per row (both integers of at least 1). Both are finite float intensities in [0, 1]."""
     Figure, _ = _require_matplotlib()
     _check_pixels(x, "x")
     _check_pixels(recon, "recon")
@@ -232,11 +235,14 @@ def plot_reconstructions(x, recon, path, n=32, ncol=8):
                          f"got {np.shape(x)} and {np.shape(recon)}")
     n = min(check_integer(n, "n", minimum=1), len(x))
     ncol = check_integer(ncol, "ncol", minimum=1)
+    grids = (tile_images(x[:n], nrow=ncol), tile_images(recon[:n], nrow=ncol))
+    _check_finite(grids[0], "x")
+    _check_finite(grids[1], "recon")
     # Height from the grids' aspect (ncol x ceil(n/ncol) tiles per panel) plus room for titles.
     fig = Figure(figsize=(8, 0.5 + 3.9 * math.ceil(n / ncol) / ncol))
-    for ax, images, title in zip(fig.subplots(1, 2), (x[:n], recon[:n]),
-                                 ("input (binarized test images)", "reconstruction (Bernoulli means)")):
-        _gray_axes(ax, tile_images(images, nrow=ncol))
+    for ax, grid, title in zip(fig.subplots(1, 2), grids,
+                               ("input (binarized test images)", "reconstruction (Bernoulli means)")):
+        _gray_axes(ax, grid)
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

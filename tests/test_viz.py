@@ -241,10 +241,18 @@ def test_decode_means_batch_size_must_be_a_positive_integer(small_vae, bad, erro
     (lambda m, path: viz.plot_kl_per_dim([0.5, 0.2], [1.0, np.nan], path), "activity contains NaN"),
     (lambda m, path: viz.plot_kl_per_dim([0.5, 0.2], [1.0, 0.0], path, threshold=np.nan),
      "plot_kl_per_dim: invalid threshold nan"),
-], ids=["z", "traversal kl", "span nan", "span inf", "kl per dim", "activity", "threshold"])
+    (lambda m, path: viz.save_image_grid(np.array([[0.5] * 4, [np.nan] * 4]), path),
+     "images contains NaN or infinite"),
+    (lambda m, path: viz.plot_reconstructions(np.full((2, 4), 0.5), np.array([[0.5] * 4, [np.nan] * 4]), path),
+     "recon contains NaN or infinite"),
+    (lambda m, path: viz.plot_reconstructions(np.array([[np.inf] * 4, [0.5] * 4]), np.full((2, 4), 0.5), path),
+     "x contains NaN or infinite"),
+], ids=["z", "traversal kl", "span nan", "span inf", "kl per dim", "activity", "threshold", "image grid",
+        "reconstructions", "inputs"])
 def test_nan_or_infinite_latent_values_are_refused_not_drawn(small_vae, tmp_path, draw, match):
     """(They were drawn without a word: blank tiles, a row labelled "(nan)", a missing bar and a
-    total of "nan nats", a NaN activity as an inactive unit, every unit grey at a NaN threshold.)"""
+    total of "nan nats", a NaN activity as an inactive unit, every unit grey at a NaN threshold,
+    a NaN image as a transparent tile.)"""
     with pytest.raises(ValueError, match=match):
         draw(small_vae, tmp_path / "p.png")
     assert not (tmp_path / "p.png").exists()
