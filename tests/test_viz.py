@@ -586,10 +586,15 @@ def test_plot_run_embeds_the_means_of_a_one_dimensional_latent_with_tsne(data, t
 @pytest.mark.parametrize("argument, bad, error", [
     ("n_latent", 0, ValueError), ("n_latent", -5, ValueError), ("n_latent", 10.0, TypeError),
     ("n_embed", 1, ValueError), ("n_embed", 0, ValueError),
+    ("embeddings", "False", TypeError), ("embeddings", None, TypeError),
 ])
 def test_plot_run_checks_its_subset_sizes(run_z3, data, tmp_path, argument, bad, error):
+    """(embeddings="False" ran t-SNE, as the string is true.)"""
+    run = _copy_run(run_z3, tmp_path)
+    before = sorted(p.name for p in run.iterdir())
     with pytest.raises(error, match=f"{argument} must be"):
-        viz.plot_run(_copy_run(run_z3, tmp_path), data=data, **{argument: bad})
+        viz.plot_run(run, data=data, **{argument: bad})
+    assert sorted(p.name for p in run.iterdir()) == before  # refused before any picture is drawn
 
 
 
