@@ -849,6 +849,18 @@ def test_eval_binarization_fixed_and_independent(probs, monkeypatch):
     np.testing.assert_array_equal(binarize_eval(probs, "valid"), v1)
     with pytest.raises(ValueError, match="binarize_eval is for the 'valid' or 'test' split, got 'train'"):
         binarize_eval(probs, "train")
+    # (A list met "unhashable type: 'list'", naming neither the split nor the valid ones.)
+    with pytest.raises(ValueError, match=r"binarize_eval is for the 'valid' or 'test' split, got \['test'\]$"):
+        binarize_eval(probs, ["test"])
+
+
+def test_a_split_that_is_no_name_is_named():
+    """(MNIST.split(["test"]) met "unhashable type: 'list'", as binarize_eval did.)"""
+    arrays = {key: np.zeros((2, 784) if key.startswith("x_") else (2,), np.uint8) for key in mnist.ARRAY_KEYS}
+    d = mnist.MNIST.from_uint8(arrays, source="test")
+    assert d.split("test")[0].shape == (2, 784)
+    with pytest.raises(ValueError, match=r"^split must be one of \['train', 'valid', 'test'\], got \['test'\]$"):
+        d.split(["test"])
 
 
 

@@ -120,7 +120,7 @@ def binarize_eval(x: np.ndarray, split: str, *, seed: int = EVAL_BINARIZATION_SE
     result: every evaluation of every run should see these same bits. Raises TypeError /
     ValueError for values that are not float intensities in [0, 1].
     """
-    if split not in _rng.SPLIT_CODES:
+    if not isinstance(split, str) or split not in _rng.SPLIT_CODES:  # a list is no dict key
         raise ValueError(f"binarize_eval is for the 'valid' or 'test' split, got {split!r}")
     x = np.asarray(x)
     _check_images(x)

@@ -226,7 +226,7 @@ class MNIST:
 
     def split(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
         """``(x, y)`` of the split ``'train'``, ``'valid'`` or ``'test'``."""
-        if name not in SPLIT_SIZES:
+        if not isinstance(name, str) or name not in SPLIT_SIZES:  # a list is no dict key
             raise ValueError(f"split must be one of {list(SPLIT_SIZES)}, got {name!r}")
         return getattr(self, "x_" + name), getattr(self, "y_" + name)
 
