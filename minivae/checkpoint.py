@@ -9,6 +9,7 @@ old or the new checkpoint, never half of one.
 import json
 import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,9 +81,10 @@ def load(path):
                                   "not written by minivae")
         meta = json.loads(str(arrays.pop(META_KEY)))
     # A cut-off or damaged file fails deep inside zipfile or NumPy's header parser, with
-    # whatever error that layer raises; all of them mean the same thing here.
+    # whatever error that layer raises; all of them mean the same thing here. (zlib.error: a
+    # damaged member of a compressed .npz, as np.savez_compressed writes.)
     except (OSError, ValueError, KeyError, EOFError, SyntaxError, NotImplementedError,
-            zipfile.BadZipFile, tokenize.TokenError) as exc:
+            zipfile.BadZipFile, tokenize.TokenError, zlib.error) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
     return arrays, meta
 

@@ -6,9 +6,11 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -287,6 +289,22 @@ def test_a_checkpoint_array_named_as_its_document_is_refused_and_the_old_file_ke
     with pytest.raises(ValueError, match="'__meta__' is reserved for the JSON document"):
         checkpoint.save(path, {checkpoint.META_KEY: np.zeros(2)}, {"epoch": 2})
     assert path.read_bytes() == good
+
+
+def test_a_damaged_compressed_checkpoint_is_named_as_corrupt(tmp_path):
+    """(A compressed .npz, as np.savez_compressed writes, with a damaged deflate stream met a bare
+    zlib.error: "Error -3 while decompressing data: invalid block type".)"""
+    path = tmp_path / CHECKPOINT
+    np.savez_compressed(path, w=np.arange(1000.0), **{checkpoint.META_KEY: np.array(json.dumps({"epoch": 1}))})
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        member = archive.getinfo("w.npy")
+    # The member's data follows its local header (30 bytes, then its name and extra field).
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    data[member.header_offset + 30 + name_length + extra_length] = 0xFF  # deflate block type 3: invalid
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CheckpointError, match=f"^checkpoint {path} is unreadable or corrupt: "):
+        checkpoint.load(path)
 
 
 def test_split_prefix_takes_the_names_that_begin_with_the_prefix_only():
