@@ -93,8 +93,9 @@ class MinibatchLoader:
     intensities in [0, 1] (checked once, here). ``shuffle``, ``binarize`` and ``drop_last`` are
     True or False (TypeError otherwise: ``shuffle="False"`` would shuffle).
 
-    Batches are views into the loader's epoch buffer, overwritten when the next epoch starts (with
-    ``shuffle=False`` and ``binarize=False`` they are views of the images themselves).
+    Batches are float32 whatever ``x``'s dtype (the images are converted once, here), views into
+    the loader's epoch buffer, overwritten when the next epoch starts (with ``shuffle=False`` and
+    ``binarize=False`` they are views of the float32 images).
 
     Example::
 
