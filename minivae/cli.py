@@ -30,7 +30,7 @@ from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
-                   check_run_dir, cluster_results_path, eval_results_path, is_run_file, load_run,
+                   check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
                    next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
                    write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches, has_batch_norm
@@ -181,12 +181,27 @@ def _claim_out(args, default, kind, what):
     return path
 
 
-def _load_run(run):
-    """(config, model) of a run folder: one UsageError naming the folder when it does not exist,
-    NotARunError when it holds no run (``load_run`` says what it holds instead)."""
+def _read_run(run):
+    """(arrays, meta, config) of a run folder's checkpoint: one UsageError naming the folder when
+    it does not exist, NotARunError (saying what it holds instead) when it holds no run,
+    CheckpointError when the checkpoint is damaged."""
     if not Path(run).exists():
         raise UsageError(f"run folder {run} does not exist (train one with `minivae train --out {run}`)")
-    return load_run(run)  # a damaged checkpoint raises CheckpointError
+    return read_checkpoint(run)
+
+
+def _load_run(run):
+    """(config, model) of a run folder (``_read_run``'s errors)."""
+    arrays, _, config = _read_run(run)
+    return config, run_model(run, arrays, config)
+
+
+def _load_scored_run(run):
+    """(config, model, trained) of a run folder, as ``_load_run``; ``trained`` is the position of
+    its checkpoint (``checkpoint_position``), which a result of the model records: a resumed run
+    trains on, and its earlier results stay."""
+    arrays, meta, config = _read_run(run)
+    return config, run_model(run, arrays, config), checkpoint_position(meta, Path(run) / CHECKPOINT)
 
 
 # ----- train ------------------------------------------------------------------------------------
@@ -519,15 +534,15 @@ def _report(out, result):
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
-    _, model = _load_run(args.run)
+    _, model, trained = _load_scored_run(args.run)
     out = _result_file(args, eval_results_path(args.run, args.k))
     from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
     x_test, y_test = _test_images(args.n)
     print(_estimate_line(model, x_test, args.k), file=sys.stderr)
-    _report(out, {"run": str(args.run), **test_set_scores(model, x_test, y_test, args.k,
-                                                           progress=not args.no_progress)})
+    _report(out, {"run": str(args.run), **trained, **test_set_scores(model, x_test, y_test, args.k,
+                                                                      progress=not args.no_progress)})
     return 0
 
 
@@ -539,7 +554,7 @@ def cmd_cluster(args):
         raise UsageError(f"--clusters {args.clusters} is more than the {args.n} images to cluster "
                          f"(--n); give at most {args.n}")
     device = resolve_device(args.device)
-    config, model = _load_run(args.run)
+    config, model, trained = _load_scored_run(args.run)
     if not model.gaussian_encoder:
         raise UsageError(f"the {config.model} model of {args.run} has no Gaussian encoder (encode(x) -> "
                          "(mu, logvar)) whose means could be clustered; give a run of a VAE")
@@ -552,8 +567,8 @@ def cmd_cluster(args):
 
     model.to(device)  # the encoding follows the model's device
     x_test, y_test = _test_images(args.n)
-    _report(out, {"run": str(args.run), **latent_clusters(model, x_test, y_test,
-                                                          n_clusters=args.clusters, seed=args.seed)})
+    _report(out, {"run": str(args.run), **trained, **latent_clusters(model, x_test, y_test,
+                                                                     n_clusters=args.clusters, seed=args.seed)})
     return 0
 
 

@@ -349,6 +349,16 @@ def check_resume_state(arrays, meta, path, config, n_train=None):
             raise damaged(path, f"the optimizer state {name} holds NaN or infinite values")
 
 
+def checkpoint_position(meta, path):
+    """{"epochs": epochs done, "batch": batches done of the next epoch} of a checkpoint's
+    document ``meta``: what a score of its model records. CheckpointError naming the checkpoint
+    at ``path`` when the document holds no position (training always saves one)."""
+    for key in ("epoch", "batch"):
+        if type(meta.get(key)) is not RESUME_STATE[key]:
+            raise damaged(path, f"its document holds no {key!r} (int): the position of its model")
+    return {"epochs": meta["epoch"], "batch": meta["batch"]}
+
+
 def check_position(meta, path, config, n_train=None):
     """Raise CheckpointError naming the checkpoint at ``path`` unless the loop position in its
     document ``meta`` is one that training as ``config`` says passes through: ``epoch`` epochs

@@ -14,6 +14,7 @@ import pytest
 import minivae
 import minivae.data
 import minivae.evaluate
+import minivae.train
 from minivae.cli import EVAL_K, build_parser, main
 from minivae.models import MODELS
 from minivae.models.settings import COMMON, model_settings
@@ -156,6 +157,54 @@ def test_eval_of_part_of_the_test_set_gets_its_own_file(capsys, monkeypatch, tra
     monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
     assert main(["eval", str(trained_run), "--k", "2", "--n", "10", "--no-progress"]) == 0
     assert json.loads((trained_run / "eval_k2_first10.json").read_text())["n_test"] == 10
+
+
+def test_a_score_names_the_checkpoint_it_scored(capsys, monkeypatch, tmp_path, trained_run):  # noqa: F811
+    """A run resumed for more epochs keeps the scores of its earlier checkpoint beside the new
+    ones: each names the epochs done (and the batches of the next) of the model it scored."""
+    data = small_data(n_train=100, n_eval=20)
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: data)
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: data)
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    assert main(["eval", str(run), "--k", "2", "--no-progress"]) == 0
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    assert main(["eval", str(run), "--k", "2", "--no-progress", "--out", str(run / "again.json")]) == 0
+    before, after = (json.loads((run / name).read_text()) for name in ("eval_k2.json", "again.json"))
+    assert (before["epochs"], before["batch"]) == (1, 0)
+    assert (after["epochs"], after["batch"]) == (2, 0)
+
+
+def test_a_checkpoint_without_its_position_is_scored_by_no_command_that_records_it(
+        capsys, monkeypatch, tmp_path, trained_run):  # noqa: F811
+    """Training always saves the loop position; a checkpoint without one is damaged for the
+    commands whose results record it (one line naming the file), and still serves the others."""
+    from minivae import checkpoint
+    from minivae.runs import CHECKPOINT
+
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    del meta["epoch"]
+    checkpoint.save(run / CHECKPOINT, arrays, meta)
+    assert main(["eval", str(run), "--k", "2", "--no-progress"]) == 2
+    assert f"{run / CHECKPOINT}" in capsys.readouterr().err and not (run / "eval_k2.json").exists()
+    monkeypatch.setattr("minivae.graph.svg_available", lambda: False)
+    assert main(["graph", str(run), "--data", "random"]) == 0
+
+
+def test_a_clustering_names_the_checkpoint_it_scored(capsys, monkeypatch, tmp_path, trained_run):  # noqa: F811
+    """As an evaluation: the clusters of a run's means name the epochs its model had trained
+    (scikit-learn and the k-means are stood in for: only the record is checked here)."""
+    import types
+
+    import minivae.clustering
+
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setattr(minivae.clustering, "latent_clusters", lambda *args, **kwargs: {"accuracy": 1.0})
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    out = tmp_path / "clusters.json"
+    assert main(["cluster", str(trained_run), "--clusters", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"run": str(trained_run), "epochs": 1, "batch": 0, "accuracy": 1.0}
 
 
 def test_output_into_a_pipe_closed_early_ends_without_a_traceback():
