@@ -11,7 +11,8 @@ machine: record a run on the machine that trained it. A GPU run (its config says
 ``device="gpu"``) also gets the GPU's name, memory, CUDA and CuPy versions, and is named after
 the GPU. ``--eval`` adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error,
 k, images and effective sample sizes replace those of ``results.json``, whose reconstruction and
-KL parts are then dropped). ``--allow-unfinished`` records a run that stopped before its final
+KL parts are then dropped); an evaluation of an earlier checkpoint, which names fewer epochs than
+the run has done, is refused. ``--allow-unfinished`` records a run that stopped before its final
 evaluation, with ``finished`` false and no test scores (benchmarks/gpu_check.sh keeps the epochs
 of a recipe cut short that way). A note on the run goes in parentheses at the end of
 ``--command`` (report.py shows it beside the row).
@@ -67,6 +68,11 @@ def main(argv=None):
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
+        # A run resumed for more epochs keeps the evaluations of its earlier checkpoints, which
+        # name the epochs they scored (those written before they did, nothing).
+        if ev.get("epochs", len(metrics)) != len(metrics):
+            parser.error(f"--eval {args.eval} scored the run after {ev['epochs']} of its {len(metrics)} "
+                         f"epochs; score it again with `minivae eval {args.run}`")
         # the parts of the ELBO that the evaluation's replaces, and the training's own effective
         # sample sizes (of its k, not the evaluation's)
         for key in ("test_rec", "test_kl", "ess_median", "ess_min"):

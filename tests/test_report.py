@@ -146,6 +146,28 @@ def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_ha
     assert (written["epochs"], written["train_seconds_all_epochs"], written["seconds_per_epoch_median"]) == (2, 7.0, 3.5)
 
 
+def test_record_run_refuses_the_evaluation_of_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
+    """An evaluation written before the run was resumed for more epochs scored another model:
+    refused, naming both epoch counts; one that names none (written before evaluations did) is taken."""
+    import record_run
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0})
+    written = {}
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
+    ev = {"n_test": 10000, "k": 5000, "test_elbo": -98.0, "test_nll": 94.0, "test_nll_stderr": 0.5}
+    args = [str(run), "--command", "minivae train --epochs 2", "--eval", str(run / "eval.json"),
+            "--eval-command", "minivae eval run --k 5000"]
+    (run / "eval.json").write_text(json.dumps(dict(ev, epochs=1, batch=0)))
+    with pytest.raises(SystemExit):
+        record_run.main(args)
+    assert "scored the run after 1 of its 2 epochs" in capsys.readouterr().err
+    assert not written
+    for recorded in (dict(ev, epochs=2, batch=0), ev):
+        (run / "eval.json").write_text(json.dumps(recorded))
+        record_run.main(args)
+        assert written["results"]["test_nll"] == 94.0
+
+
 def test_a_gpu_recipe_cut_short_is_recorded_with_its_epochs_and_gpu(tmp_path, monkeypatch):
     """benchmarks/gpu_check.sh records its recipe on the GPU machine into its own folder, even when
     it stopped before the final evaluation: the row says so, and names the GPU."""
