@@ -552,7 +552,7 @@ def test_too_few_images_of_a_class_found_with_the_data_is_one_line_and_blocks_no
     """A mismatch only the loaded data shows: one line, and the folder can be used again as it is."""
     monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
     user_error(capsys, tiny(tmp_path / "r", "--model", "m2", "--n-labelled", "1000"), "--n-labelled 1000",
-               "fewer than the 200")
+               "asks for 200 examples of each class", "give at most 70")
     assert main(tiny(tmp_path / "r", "--model", "m2", "--n-labelled", "10")) == 0
 
 

@@ -1107,8 +1107,18 @@ def test_balanced_labelled_subset():
     assert np.bincount(labels[balanced_labelled_subset(labels, 600, seed=1)]).tolist() == [60] * 10
     with pytest.raises(ValueError, match="multiple"):
         balanced_labelled_subset(labels, 105, seed=1)
-    with pytest.raises(ValueError, match="fewer"):
+    with pytest.raises(ValueError, match="asks for 2 examples of each class, but class 1 has 1"):
         balanced_labelled_subset(np.array([0, 0, 1]), 4, seed=0)
+
+
+def test_too_many_labels_name_the_smallest_class_and_the_most_there_can_be():
+    # Before: "class 0 has 2 examples, fewer than the 3 asked for", the first class in order
+    # that fell short, and not how many labels a balanced subset can hold.
+    labels = np.array([0, 0, 0, 1, 1, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match=r"^n_labelled=12 asks for 4 examples of each class, but class 2 "
+                                         r"has 2; give at most 6 \(3 classes x 2\)$"):
+        balanced_labelled_subset(labels, 12, seed=0)
+    assert len(balanced_labelled_subset(labels, 6, seed=0)) == 6
 
 
 

@@ -202,11 +202,14 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
     if n_labelled % len(classes):
         raise ValueError(f"n_labelled={n_labelled} is not a positive multiple of the {len(classes)} classes")
     per_class = n_labelled // len(classes)
+    counts = [int((labels == c).sum()) for c in classes]
+    if min(counts) < per_class:
+        smallest = classes[int(np.argmin(counts))]
+        raise ValueError(f"n_labelled={n_labelled} asks for {per_class} examples of each class, but class "
+                         f"{smallest.item()!r} has {min(counts)}; give at most {len(classes) * min(counts)} "
+                         f"({len(classes)} classes x {min(counts)})")
     rng = _rng.generator(seed, _rng.STREAM_LABELLED)
     chosen = []
     for c in classes:  # sorted order, so the draws are assigned to classes reproducibly
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < per_class:
-            raise ValueError(f"class {c.item()!r} has {len(idx)} examples, fewer than the {per_class} asked for")
-        chosen.append(rng.permutation(idx)[:per_class])
+        chosen.append(rng.permutation(np.flatnonzero(labels == c))[:per_class])
     return np.sort(np.concatenate(chosen)).astype(np.int64, copy=False)
