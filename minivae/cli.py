@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__, streams
 from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
-from .data.mnist import SPLIT_SIZES, MNISTError
+from .data.mnist import SPLIT_SIZES, TRAIN_CLASS_COUNTS, MNISTError
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
@@ -426,6 +426,11 @@ def check_train(args):
     if semi_supervised and config.n_labelled % N_CLASSES:
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
                          f"{N_CLASSES} classes; give e.g. 100")
+    fewest = min(TRAIN_CLASS_COUNTS)
+    if semi_supervised and config.n_labelled > N_CLASSES * fewest:
+        raise UsageError(f"argument --n-labelled: {config.n_labelled} is more than a subset balanced over "
+                         f"the digits can hold (the training images hold {fewest} of digit "
+                         f"{TRAIN_CLASS_COUNTS.index(fewest)}); give at most {N_CLASSES * fewest}")
     try:  # the constructor's own checks (e.g. iwae's layers, ladder's z_dims), on a throw-away model
         model = build_run_model(config)
     except ValueError as exc:

@@ -530,9 +530,14 @@ def test_a_setting_of_the_two_layer_iwae_alone_is_refused_not_ignored(capsys, tm
                f"--set {key}: model 'iwae' uses it only with --set layers=2")
 
 
-def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path):
+def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path, monkeypatch):
     user_error(capsys, ["train", "--model", "m2", "--n-labelled", "105", "--out", str(tmp_path / "r")],
                "--n-labelled", "105", "multiple of the 10 classes")
+    # Before: more labels than the digit with the fewest images holds were refused only once
+    # MNIST was loaded.
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: pytest.fail("data loaded"))
+    user_error(capsys, ["train", "--model", "m2", "--n-labelled", "45070", "--out", str(tmp_path / "r")],
+               "--n-labelled: 45070", "4506 of digit 5", "give at most 45060")
 
 
 @pytest.mark.parametrize("model, batch_size, what", [("ladder", "49999", "50000 training images"),

@@ -703,6 +703,7 @@ def test_real_split_sizes_and_values(real):
     # Pixels are k/255: all 256 levels present, and the counts of known labels.
     assert len(np.unique(d.x_train)) == 256
     assert np.bincount(d.y_test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert tuple(np.bincount(d.y_train)) == mnist.TRAIN_CLASS_COUNTS
 
 
 def test_real_pickle_is_the_idx_split(real, tmp_path):
