@@ -27,6 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 
 
+def epoch_metrics(run):
+    """The lines of ``run``/metrics.jsonl of the epochs done (those with a validation ELBO), as
+    dicts; none when the file is absent."""
+    path = Path(run) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()
+            if line.strip() and "valid_elbo" in line] if path.exists() else []
+
+
 def main(argv=None):
     """Read the run folder and write ``run_<NAME>.json`` (default NAME: the run folder's name and
     the machine's) into ``--out`` (default benchmarks/results)."""
@@ -48,8 +56,7 @@ def main(argv=None):
     if not finished and not args.eval and not args.allow_unfinished:
         parser.error(f"{args.run} has no results.json: give the evaluation with --eval")
     config = json.loads((run / "config.json").read_text())
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
-               if line.strip() and "valid_elbo" in line] if (run / "metrics.jsonl").exists() else []
+    metrics = epoch_metrics(run)
     seconds = [m["seconds"] for m in metrics]
     gpu = gpu_info() if config.get("device") == "gpu" else None
     payload = {"run_command": args.command,

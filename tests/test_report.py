@@ -218,6 +218,25 @@ def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_p
         record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
 
 
+def test_record_clusters_refuses_the_clustering_of_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
+    """A clustering written before the run was resumed for more epochs encoded with another
+    model: refused, naming both epoch counts; one that names the run's epochs is taken."""
+    import record_clusters
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0})
+    written = {}
+    monkeypatch.setattr(record_clusters, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
+    scores = {"n": 100, "n_clusters": 10, "seed": 0, "accuracy": 0.5, "nmi": 0.4, "ari": 0.3}
+    (run / "clusters_10.json").write_text(json.dumps(dict(scores, epochs=1, batch=0)))
+    with pytest.raises(SystemExit):
+        record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
+    assert "clustered the run after 1 of its 2 epochs" in capsys.readouterr().err
+    assert not written
+    (run / "clusters_10.json").write_text(json.dumps(dict(scores, epochs=2, batch=0)))
+    record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
+    assert written["clusters"][0]["epochs"] == 2
+
+
 @pytest.mark.parametrize("missing", ["None", "absent"])
 def test_a_kernel_result_without_a_peak_bandwidth_is_rendered(tmp_path, missing):
     """bench_kernels records a peak of None where neither the device nor a datasheet gives one
