@@ -40,6 +40,12 @@ def is_gpu_array(array):
     return type(array).__module__.startswith("cupy")
 
 
+def is_array(value):
+    """True when ``value`` is a NumPy or CuPy ndarray: what can be written in place. A NumPy
+    scalar (no memory to write into) or a Tensor (an op's input, not an array) is not."""
+    return isinstance(value, np.ndarray) or is_gpu_array(value)
+
+
 def get_array_module(*arrays):
     """Return ``cupy`` if any argument is a CuPy array, else ``numpy``."""
     for a in arrays:

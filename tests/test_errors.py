@@ -239,6 +239,20 @@ def test_batch_norm_refuses_the_settings_batchnorm1d_refuses(training, setting, 
     np.testing.assert_array_equal(running_var, [1.0, 1.0])
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_refuses_running_statistics_that_are_no_arrays(training):
+    # Before: Tensors were taken, and in training mode left as they were without a word (the
+    # in-place update made new Tensors instead); a list failed on "has no attribute 'shape'".
+    x = Tensor(np.array([[1.0, 2.0], [3.0, 5.0]]))
+    running_mean = Tensor(np.zeros(2))
+    with pytest.raises(TypeError, match=r"^batch_norm: running_mean must be a NumPy or CuPy array "
+                                        r"\(updated in place in training mode\), got Tensor$"):
+        F.batch_norm(x, running_mean=running_mean, running_var=np.ones(2), training=training)
+    with pytest.raises(TypeError, match=r"^batch_norm: running_var must be .* got list$"):
+        F.batch_norm(x, running_mean=np.zeros(2), running_var=[1.0, 1.0], training=training)
+    np.testing.assert_array_equal(running_mean.data, [0.0, 0.0])
+
+
 @pytest.mark.parametrize("shape", [(-2,), (2, -3), (-1, -2)])
 def test_reshape_refuses_a_negative_size_other_than_minus_one(shape):
     """NumPy 2 reads any negative size as the inferred one: (2, -3) gave (2, 3) without a word."""

@@ -16,7 +16,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..autograd import Tensor, _can_unlock
-from ..backend import device_of, is_gpu_array, resolve_device, to_device
+from ..backend import device_of, is_array, resolve_device, to_device
 from ..checks import check_bool, check_mapping
 
 
@@ -73,13 +73,6 @@ def _check_name(module, kind, name, into=None):
                        "first to register the name anew)")
 
 
-def _is_array(value):
-    """Whether ``value`` is a NumPy or CuPy array, what a buffer must hold: a NumPy scalar has a
-    shape too but cannot be written in place (as ``load_state_dict`` and BatchNorm write their
-    buffers), and a Tensor would come back from ``to()`` as a bare array."""
-    return isinstance(value, np.ndarray) or is_gpu_array(value)
-
-
 def _move_array(array, device):
     return None if array is None else to_device(array, device)
 
@@ -125,7 +118,7 @@ class Module:
                                     "use a Parameter (or None), or set its .data")
                 params[name] = None
             elif name in buffers:
-                if value is not None and not _is_array(value):
+                if value is not None and not is_array(value):
                     raise TypeError(f"cannot assign a {type(value).__name__} to buffer {name!r}: "
                                     "buffers hold NumPy or CuPy arrays")
                 buffers[name] = value
@@ -181,7 +174,7 @@ class Module:
 
         A name that another attribute already has (plain, a parameter or a submodule; or one of
         the class, such as ``forward``) is refused with a KeyError, as in PyTorch."""
-        if array is not None and not _is_array(array):
+        if array is not None and not is_array(array):
             raise TypeError(f"register_buffer({name!r}): expected a NumPy or CuPy array, "
                             f"got {type(array).__name__}")
         buffers = self._registries()[1]

@@ -1,6 +1,6 @@
 """Normalization: batch normalization over the batch axis (training mode as one fused op)."""
 from ..autograd import Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, is_array
 from ..checks import FRACTION, POSITIVE, check_ranges
 from ..function import Function
 from .elementwise import add, mul, sub
@@ -116,7 +116,8 @@ class BatchNorm(Function):
 def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, training=True,
                momentum=0.1, eps=1e-5):
     """Batch normalization of ``x`` (N, C) or (N, C, L) per channel; ``weight``/``bias`` are the
-    optional affine gamma and beta of shape (C,).
+    optional affine gamma and beta of shape (C,), ``running_mean``/``running_var`` None or arrays
+    of shape (C,) in ``x``'s dtype (a Tensor is refused: it cannot be updated in place).
 
     ``training=True``: batch statistics, one fused node (``BatchNorm``), running statistics
     updated in place when given. ``training=False``: the running statistics (constant arrays),
@@ -125,6 +126,12 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
     """
     if (weight is None) != (bias is None):
         raise ValueError("batch_norm: give both weight and bias, or neither")
+    for name, stat in (("running_mean", running_mean), ("running_var", running_var)):
+        # A Tensor would not be updated: ``running_mean *= 0.9`` in the forward, with no in-place
+        # operator on Tensor, rebinds a local name to a new Tensor and leaves the caller's as it was.
+        if stat is not None and not is_array(stat):
+            raise TypeError(f"batch_norm: {name} must be a NumPy or CuPy array (updated in place "
+                            f"in training mode), got {type(stat).__name__}")
     check_ranges(batch_norm, SETTING_RANGES, eps=eps, momentum=momentum)
     eps, momentum = float(eps), float(momentum)  # a NumPy float64 would make float32 statistics float64
     if training:
