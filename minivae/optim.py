@@ -38,6 +38,7 @@ of the xp form (more with weight decay or amsgrad), with the same rounded operat
 order, so both give the same bits.
 """
 import math
+import numbers
 
 import numpy as np
 
@@ -144,7 +145,8 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore hyperparameters and per-parameter state from ``state_dict``, checking every
-        name, shape and dtype first (nothing changes when anything is wrong)."""
+        name, number (a real number in its range; flush_every an integer >= 0), shape and dtype
+        first (nothing changes when anything is wrong)."""
         check_mapping(state_dict, "state_dict", "names to values (such as an optimizer's state_dict())")
         sd = dict(state_dict)
         problems = []
@@ -152,10 +154,16 @@ class Optimizer:
         for name in scalars:
             if name not in sd:
                 problems.append(f"missing key {name!r}")
-        problems += out_of_range({name: sd[name] for name in self._hyper if name in sd}, _RANGES)
+            elif not _is_number(sd[name]):
+                problems.append(f"{name} must be a number, got {sd[name]!r}")
+        problems += out_of_range({name: sd[name] for name in self._hyper
+                                  if name in sd and _is_number(sd[name])}, _RANGES)
+        flush_every = sd.get("flush_every")
+        if _is_number(flush_every) and not (flush_every >= 0 and float(flush_every).is_integer()):
+            problems.append(f"flush_every must be an integer >= 0, got {flush_every!r}")
         n = sd.get("num_params")
-        if n is not None and int(n) != len(self.params):
-            problems.append(f"the state is for {int(n)} parameters, this optimizer has {len(self.params)}")
+        if _is_number(n) and n != len(self.params):
+            problems.append(f"the state is for {n} parameters, this optimizer has {len(self.params)}")
         new_state = [dict() for _ in self.params]
         for key, value in sd.items():
             if key in scalars:
@@ -171,7 +179,10 @@ class Optimizer:
                 continue
             p = self.params[i]
             if name == "step":
-                new_state[i][name] = int(value)
+                if _is_number(value):
+                    new_state[i][name] = int(value)
+                else:
+                    problems.append(f"{key} must be a number, got {value!r}")
                 continue
             value = np.asarray(value) if not hasattr(value, "shape") else value
             if tuple(value.shape) != tuple(p.data.shape) or value.dtype != p.data.dtype:
@@ -234,6 +245,15 @@ def flush_subnormals(array, work=None):
     xp.greater_equal(keep, xp.finfo(array.dtype).tiny, out=keep)  # 1.0 or 0.0
     xp.multiply(array, keep, out=array)
     array += 0.0
+
+
+def _is_number(value):
+    """Whether ``value`` is a real number as a state_dict holds one: a Python or NumPy number
+    (a bool too: ``state_dict`` saves amsgrad as 0 or 1), or a 0-d array of one, as ``np.load``
+    gives back a number saved with ``np.savez``."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.dtype.kind in "biuf"
+    return isinstance(value, numbers.Real)
 
 
 def _plain(value):

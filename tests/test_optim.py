@@ -469,6 +469,32 @@ def test_optimizer_load_refuses_a_key_that_is_no_name_and_a_state_that_is_no_map
         optim.Adam(params).load_state_dict([np.zeros(3)])
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("flush_every", None, "flush_every must be a number, got None"),
+    ("flush_every", -3, "flush_every must be an integer >= 0, got -3"),
+    ("beta1", "0.8", "beta1 must be a number, got '0.8'"),
+    ("num_params", [2], r"num_params must be a number, got \[2\]"),
+    ("state.0.step", None, "state.0.step must be a number, got None; state.0: arrays without a "
+                           "step count"),
+])
+def test_optimizer_load_of_a_state_with_a_bad_number_changes_nothing(key, value, message):
+    # Before: flush_every None raised int()'s TypeError after lr and the betas had been loaded,
+    # and -3 was taken; "0.8" failed in a comparison ("'<=' not supported between ..."), [2] in
+    # int() and a step of None in int(), each with NumPy's or Python's words.
+    params = _params()
+    opt = optim.Adam(params, lr=0.1)
+    _run(opt, params, _grads(params, 1))
+    sd = opt.state_dict()
+    sd["lr"], sd[key] = 0.5, value
+    with pytest.raises(ValueError, match=rf"^cannot load Adam state: {message}$"):
+        opt.load_state_dict(sd)
+    assert opt.lr == 0.1 and opt.flush_every == 10 and opt.state[0]["step"] == 1
+    loaded = opt.state_dict()
+    loaded["lr"], loaded["flush_every"] = np.array(0.5), np.array(3)  # numbers as np.load gives them
+    opt.load_state_dict(loaded)
+    assert (opt.lr, opt.flush_every) == (0.5, 3)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(amsgrad=True)])
 def test_loading_a_state_from_before_the_first_step_starts_afresh(kw):
     """A state_dict taken before any step has no moments: loading it resets the optimizer, and
