@@ -94,7 +94,8 @@ class Optimizer:
         check_ranges(type(self), _RANGES, lr=lr)
         self.params = params
         self.lr = float(lr)
-        self.flush_every = int(flush_every)
+        # int() would make 2.5 a 2 and "10" a 10; a negative period would flush at every step
+        self.flush_every = check_integer(flush_every, "flush_every", minimum=0)
         self.state = [dict() for _ in params]
 
     # ----- the public API -------------------------------------------------------------------------

@@ -469,6 +469,18 @@ def test_optimizer_load_refuses_a_key_that_is_no_name_and_a_state_that_is_no_map
         optim.Adam(params).load_state_dict([np.zeros(3)])
 
 
+@pytest.mark.parametrize("flush_every, error, message", [
+    (2.5, TypeError, "flush_every must be an integer, got 2.5"),
+    ("10", TypeError, "flush_every must be an integer, got '10'"),
+    (-1, ValueError, "flush_every must be at least 0, got -1"),
+])
+def test_optimizers_refuse_a_flush_period_that_is_no_count(flush_every, error, message):
+    # Before: int() made 2.5 a period of 2 and "10" one of 10, and -1 flushed at every step.
+    for make in (optim.SGD, optim.Adam):
+        with pytest.raises(error, match=f"^{message}$"):
+            make(_params(), lr=0.1, flush_every=flush_every)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("flush_every", None, "flush_every must be a number, got None"),
     ("flush_every", -3, "flush_every must be an integer >= 0, got -3"),
