@@ -190,11 +190,12 @@ def _check_leaves(inputs, names, caller):
         seen[id(t)] = i
 
 
-def _check_float64(inputs, names, caller):
+def _check_float64(inputs, names, caller, why="finite differences need float64 (use "
+                                                "check_float32 for float32 backward passes)"):
+    """Refuse (TypeError, saying ``why``) an input that requires a gradient and is not float64."""
     for i, t in enumerate(inputs):
         if isinstance(t, Tensor) and t.requires_grad and t.dtype != np.float64:
-            raise TypeError(f"{caller}: input {i} ({names[i]}) is {t.dtype}; finite differences "
-                            f"need float64 (use check_float32 for float32 backward passes)")
+            raise TypeError(f"{caller}: input {i} ({names[i]}) is {t.dtype}; {why}")
 
 
 #: The ranges of the step and the tolerances (``check_ranges``).
@@ -337,6 +338,8 @@ def check_float32(fn, *inputs, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL, seed=0):
     _check_settings(check_float32, atol=atol, rtol=rtol)
     arguments = input_names(fn, len(inputs))
     _check_leaves(inputs, arguments, "check_float32")
+    _check_float64(inputs, arguments, "check_float32", "give float64 inputs: they are the "
+                   "reference, and the float32 copies are made from them")
     rng = np.random.default_rng(seed)
     as32 = [Tensor(t.data.astype(np.float32), requires_grad=t.requires_grad) if isinstance(t, Tensor)
             else t for t in inputs]

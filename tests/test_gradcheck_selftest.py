@@ -307,6 +307,15 @@ def test_gradcheck_refuses_float32_inputs():
         gradcheck(Square.apply, x)
 
 
+def test_check_float32_refuses_float32_inputs_by_name():
+    # Before: "backward(): grad is float64, tensor is float32", from deep inside the engine.
+    x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match=r"^check_float32: input 0 \(x\) is float32; give float64 "
+                                        r"inputs: they are the reference, and the float32 copies "
+                                        r"are made from them$"):
+        check_float32(Square.apply, x)
+
+
 def test_gradcheck_needs_an_input_with_grad(t64):
     with pytest.raises(GradcheckError, match="requires_grad"):
         gradcheck(Square.apply, t64(3, requires_grad=False))
