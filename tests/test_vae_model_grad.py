@@ -157,6 +157,20 @@ def test_reparameterize_kl_refuses_what_it_cannot_take():
         F.reparameterize_kl(Tensor(np.zeros((3, 2))), Tensor(np.zeros((3, 2))), Noise(1), samples=2.7)
 
 
+@pytest.mark.parametrize("samples, error", [(2.7, TypeError), (True, TypeError), (0, ValueError)])
+def test_reparameterize_kl_refuses_samples_before_a_generator_draws(samples, error):
+    """A refused call takes no draw from a Generator, as Generator.normal's, so the corrected
+    call draws what it would have. (Before: the draw was taken first, and True drew one sample
+    of shape (1, 3, 2).)"""
+    from minivae.random import Generator
+
+    mu = Tensor(np.zeros((3, 2)))
+    generator = Generator(1)
+    with pytest.raises(error, match="^reparameterize_kl: samples must be "):
+        F.reparameterize_kl(mu, mu, generator, samples=samples)
+    assert generator.offset == 0
+
+
 @pytest.mark.parametrize("samples", [1, 3])
 def test_the_vae_elbo_averages_the_reconstruction_over_its_samples(samples):
     """VAE(mc_samples=S).elbo: the reconstruction is the mean over the S draws z_s = mu +

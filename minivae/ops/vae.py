@@ -5,11 +5,11 @@ example) give (S, B). Inputs broadcast against each other like NumPy arrays.
 Fusing each into one node keeps temporaries out of the graph and lets the GPU run one kernel.
 """
 import math
-import numbers
 
 import numpy as np
 
 from ..backend import get_array_module
+from ..checks import check_integer
 from ..function import Function
 from ..random import Generator, Noise, check_shape
 from .elementwise import _softplus
@@ -426,13 +426,13 @@ def reparameterize_kl(mu, logvar, noise, samples=None):
     one op (see ReparameterizeKL). ``noise`` is a ``minivae.random.Noise`` or a ``Generator``
     (its next draw); ``samples`` = S >= 1 draws z of shape (S,) + mu.shape, the KL staying per
     row."""
+    if samples is not None:  # before a Generator hands out its next draw; int(2.7) would draw 2
+        samples = check_integer(samples, "reparameterize_kl: samples", minimum=1)
     if isinstance(noise, Generator):
         noise = noise.next_noise()
     if not isinstance(noise, Noise):
         raise TypeError(f"reparameterize_kl: noise must be a minivae.random.Noise or Generator, "
                         f"got {type(noise).__name__}")
-    if samples is not None and not isinstance(samples, numbers.Integral):  # int(2.7) would draw 2
-        raise TypeError(f"reparameterize_kl: samples must be an integer, got {samples!r}")
     return ReparameterizeKL.apply(mu, logvar, noise=noise, samples=samples)
 
 
