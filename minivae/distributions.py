@@ -71,17 +71,18 @@ def sample_bernoulli(probs, noise):
 
 def standard_normal(noise, shape, like):
     """A standard normal array of ``shape`` (an integer or a sequence of them) from the Philox
-    generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in ``like``'s dtype and
-    device: drawn there (``_draw``; on the GPU by ``minivae.gpu.normal``)."""
-    return _draw("normal", noise, shape, like.data)
+    generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in the dtype and device
+    of ``like`` (a Tensor or an array): drawn there (``_draw``; on the GPU by ``minivae.gpu.normal``)."""
+    return _draw("normal", noise, shape, like.data if isinstance(like, Tensor) else like)
 
 
 def standard_gumbel(noise, shape, like):
     """Standard Gumbel samples -log(-log(u)) of ``shape`` (an integer or a sequence of them) from
-    the Philox generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in ``like``'s
-    dtype and device: drawn there (``_draw``; on the CPU by ``minivae.random.gumbel``, on the GPU
-    by ``minivae.gpu.gumbel``, which computes the same recipe from the same Philox words)."""
-    return _draw("gumbel", noise, shape, like.data)
+    the Philox generator ``noise`` (a ``Generator``: its next draw; or a ``Noise``), in the dtype
+    and device of ``like`` (a Tensor or an array): drawn there (``_draw``; on the CPU by
+    ``minivae.random.gumbel``, on the GPU by ``minivae.gpu.gumbel``, which computes the same
+    recipe from the same Philox words)."""
+    return _draw("gumbel", noise, shape, like.data if isinstance(like, Tensor) else like)
 
 
 def check_label_count(labels, n):

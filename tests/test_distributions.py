@@ -187,6 +187,16 @@ def test_standard_normal_takes_an_integer_or_a_sequence_as_its_shape(shape):
     np.testing.assert_array_equal(z, Generator(4).normal(3))
 
 
+@pytest.mark.parametrize("draw, kind", [(D.standard_normal, "normal"), (D.standard_gumbel, "gumbel")])
+def test_the_draws_take_their_dtype_from_a_tensor_or_an_array(draw, kind):
+    # Before: an array failed with "'memoryview' object has no attribute 'dtype'" (a NumPy
+    # array's .data is its buffer).
+    for like in (np.zeros(1), _t(np.zeros(1))):
+        z = draw(Generator(4), (2, 3), like)
+        np.testing.assert_array_equal(z, getattr(Generator(4), kind)((2, 3), np.float64))
+        assert z.dtype == np.float64
+
+
 def test_kls():
     mu_q, lv_q, mu_p, lv_p = rng.standard_normal((4, 3, 4))
     kl_std = 0.5 * (mu_q ** 2 + np.exp(lv_q) - 1 - lv_q).sum(1)
