@@ -163,9 +163,10 @@ class ReparameterizeKL(Function):
         d/dlogvar = sum_s gz * exp(logvar / 2) * eps / 2 + gkl * (e^logvar - 1) / 2
 
     (the sum over samples as the engine sums a broadcast gradient), the same numbers as
-    ``reparameterize`` and ``kl_normal_std`` applied separately. On CuPy arrays of one shape with
-    one sample per row, the dispatch table runs the fused kernels: one pass reads mu and logvar
-    and writes z and kl; eps is generated in registers and regenerated in backward.
+    ``reparameterize`` and ``kl_normal_std`` applied separately. On CuPy arrays of one shape, the
+    dispatch table runs the fused kernels: one pass reads mu and logvar and writes z and kl; eps
+    is generated in registers and regenerated in backward. With S samples they run on S
+    broadcast copies of the rows, and the KL of the first copy is the op's.
     """
 
     @staticmethod
