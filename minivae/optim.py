@@ -16,10 +16,10 @@ Conventions shared by every optimizer here:
   arrays. SGD updates parameter by parameter.
 * Parameters whose ``grad`` is None are skipped (their state and step count do not advance).
 * ``state_dict()`` is a flat ``{str: numpy array | int | float}``: hyperparameters by name,
-  ``"num_params"``, and per parameter ``"state.<i>.<key>"`` (``i`` is the position in the
-  ``params`` list). Save the arrays with ``np.savez`` and the numbers with ``json``; nothing
-  needs pickle. ``load_state_dict`` restores hyperparameters and state exactly, so training
-  resumed from a checkpoint is bit-for-bit the uninterrupted run.
+  ``"flush_every"``, ``"num_params"``, and per parameter ``"state.<i>.<key>"`` (``i`` is the
+  position in the ``params`` list). Save the arrays with ``np.savez`` and the numbers with
+  ``json``; nothing needs pickle. ``load_state_dict`` restores hyperparameters and state
+  exactly, so training resumed from a checkpoint is bit-for-bit the uninterrupted run.
 
 Subnormal moments: when a gradient entry stays exactly zero (MNIST border pixels),
 its moments decay geometrically, reach the subnormal range after some hundred steps and then
@@ -47,7 +47,7 @@ from .backend import device_of, get_array_module, to_device
 from .checks import FINITE, NON_NEGATIVE, check_bool, check_integer, check_mapping, check_ranges, out_of_range
 from .gpu import dispatch
 
-#: Steps between two flushes of subnormal optimizer state on the CPU (0: never).
+#: Steps between two flushes of subnormal optimizer state, on every device (0: never).
 FLUSH_EVERY = 10
 
 _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
