@@ -4,8 +4,10 @@ Every op asks ``get_array_module(x)`` for the module that owns its arrays, so on
 serves both devices. CuPy is imported only when a GPU array is seen or a GPU is asked for:
 ``import minivae`` needs NumPy alone.
 
-The dtype policy: Python numbers and lists become ``get_default_dtype()`` (float32, as in
-PyTorch); NumPy float arrays keep their dtype; an op never mixes float32 and float64 silently.
+The dtype policy: Python floats (and lists holding one) become ``get_default_dtype()`` (float32,
+as in PyTorch); Python integers and booleans stay integer or boolean, and an op computes on them
+in the float dtype of its other inputs, else the default dtype; NumPy float arrays keep their
+dtype; an op never mixes float32 and float64 silently.
 """
 import math
 import os
@@ -22,12 +24,13 @@ class DeviceError(RuntimeError):
 
 
 def get_default_dtype():
-    """Return the float dtype given to tensors made from Python numbers (float32 by default)."""
+    """Return the float dtype given to tensors made from Python floats, and to ops on integer or
+    boolean inputs alone (float32 by default)."""
     return _default_dtype
 
 
 def set_default_dtype(dtype):
-    """Set the float dtype for tensors made from Python numbers; only float32 and float64 are allowed."""
+    """Set the float dtype of ``get_default_dtype``; only float32 and float64 are allowed."""
     global _default_dtype
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
