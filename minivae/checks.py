@@ -26,9 +26,10 @@ def check_real(value, name: str) -> float:
 
 
 def check_bool(value, name: str) -> bool:
-    """Return ``value`` as a Python bool. Anything but True or False (a NumPy bool included) is
-    refused (TypeError) rather than read by its truth: the string "false" is true, and so is
-    every number but 0, so a switch given as either would silently do the opposite or nothing."""
+    """Return ``value`` as a Python bool. Anything but True or False (NumPy's bools, np.True_
+    and np.False_, are taken as those) is refused (TypeError) rather than read by its truth: the
+    string "false" is true, and so is every number but 0, so a switch given as either would
+    silently do the opposite or nothing."""
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
