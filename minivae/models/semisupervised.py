@@ -1,6 +1,6 @@
 """What the semi-supervised models (M2, ADGM, SDGM) share: the bounds with a label y.
 
-Notation (Kingma et al. 2014, "Semi-supervised learning with deep generative models", Sec. 3.2).
+Notation (Kingma et al. 2014, "Semi-supervised learning with deep generative models", Sec. 3.1).
 A model has a label y in {0..K-1}, continuous latents h (z for M2; a and z for ADGM/SDGM), a
 uniform prior p(y) = 1/K and an inference model with a classifier q(y | x, ...). For a labelled
 pair the bound is (their Eq. 6, written here as a quantity to maximize)
@@ -17,8 +17,12 @@ loss that trains q(y | x) on the labels directly (their Eq. 9), here per minibat
     loss = -mean_u U(x) - mean_l L(x, y) + alpha * mean_l [-log q(y | x)],
     alpha = 0.1 * N / N_l by default,
 
-with N the number of training images and N_l the number of labels (so the classifier's term
-keeps the weight 0.1 N that the paper gives it against a sum over the data set, whatever N_l).
+with N the number of training images and N_l the number of labels. The paper's objective
+(Eq. 9) weighs the classifier's mean by 0.1 N against the labelled bound's sum over the N_l
+pairs; here both labelled terms are means over their batch, and 0.1 N / N_l keeps that ratio,
+whatever N_l. Against the unlabelled bound both labelled terms then weigh N / N_l times more
+than in the paper's objective (every step takes a labelled batch besides the unlabelled one),
+which is also how the authors' code of the ADGM (Maaloe et al. 2016) scales them.
 
 The sum over y in U(x) is exact: all K labels are enumerated in one batched pass. The label is
 an extra leading axis: a grid of one-hot vectors of shape (K, 1, 1, K) meets x of shape
@@ -211,7 +215,8 @@ class SemiSupervised(Model):
         SDGM the auxiliary a ~ q(a | x) is shared by the labels and sits in the denominator).
         E[w] = sum_y p(x, y) = p(x), so log mean_k w is a valid bound on log p(x); q(y | x)
         cancels from the weight (its role, choosing y, is taken by the exact sum). Draws are
-        made in chunks of at most ``max_rows`` rows.
+        made in chunks of at most ``max_rows`` rows, or of one sample each when the K * B rows
+        of a single sample are more.
         """
         k = check_integer(k, "k", minimum=1)
         check_batch(x)  # before an empty batch divides by zero below
