@@ -1,4 +1,4 @@
-"""M1+M2 (Kingma, Rezende, Mohamed & Welling 2014, Sec. 3.2.3): M2 on the latent space of a VAE.
+"""M1+M2 (Kingma, Rezende, Mohamed & Welling 2014, Sec. 2.3): M2 on the latent space of a VAE.
 
 M1 is a VAE trained on all images without labels (``minivae train --model vae``); its encoder
 q(z1 | x) turns each image into a 50-dimensional feature z1, where the classes are far easier to
