@@ -2,6 +2,7 @@
 
 Generative model (their Eq. 2): p(y) = Cat(y; 1/K), p(z) = N(z; 0, I), p(x | y, z) Bernoulli
 with logits f(y, z). Inference model (their Eq. 4): q(z | x, y) = N(mu(x, y), diag e^logvar(x, y))
+(in the paper the variance depends on x alone; here on x and y, as the mean does)
 and the classifier q(y | x) = Cat(y; softmax(g(x))). With ``likelihood="gaussian"``, p(x | y, z) is a
 diagonal Gaussian N(x; m(y, z), diag e^s(y, z)) instead: the M2 of M1+M2, whose "x" are the real-valued
 latent features of a trained VAE (``minivae.models.m1m2``). The labelled bound, the unlabelled bound
@@ -14,9 +15,10 @@ Defaults: one hidden layer of 500 units per network and a 50-dimensional z (``hi
 ``z_dim=50``); ``hidden`` lists the encoder's and classifier's hidden sizes, the decoder mirrors
 them. The paper reports 11.97% (+- 1.71) test error on MNIST with 100 labels (its Table 1).
 
-Cost: the unlabelled bound runs the encoder head and the decoder on K * S * B rows (K = 10
-labels), so a step costs about K times a VAE step of the same size; the 784-wide first layer of
-the encoder and the classifier run once per image. Registered as ``m2``: ``minivae train --model
+Cost: the unlabelled bound runs the encoder above its first layer on K * B rows (K = 10 labels;
+q(z | x, y) does not depend on the draw) and the decoder on K * S * B rows (S = ``mc_samples``),
+so a step costs about K times a VAE step of the same size; the 784-wide first layer of the
+encoder and the classifier run once per image. Registered as ``m2``: ``minivae train --model
 m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 """
 from .. import functional as F
