@@ -35,8 +35,9 @@ Batch normalization and the enumerated labels. As in the Ladder VAE paper every 
 layer of the bottom-up and top-down networks is batch normalized (not the classifier, as in M2
 and the reference). In the unlabelled bound each image meets all K labels in one pass, and every
 batch-normalized layer that sees y (the top bottom-up block, the whole top-down pass, the
-likelihood) takes its statistics over all K * S * B rows of that pass, not over the B rows of
-each label separately. Per-label statistics would erase the label: where y enters a layer its
+likelihood) takes its statistics over all rows of that pass (K * B in the top bottom-up block,
+which comes before the draws, K * S * B after them), not over the rows of each label
+separately. Per-label statistics would erase the label: where y enters a layer its
 contribution y W_y is the same for all B rows of a label, so a per-label batch mean subtracts it
 exactly and the per-label variance never sees it; the first normalized layer after y would give
 the same output for every label in training mode (q(z_L | x, y) would not depend on y while
@@ -69,7 +70,8 @@ keeps them above 1); the merge is the stable op, not a division of precisions; t
 analytic, not single-sample estimates.
 
 Cost: the bottom-up blocks below the label and the classifier run once per image; the top
-bottom-up block, the top-down pass and the likelihood run on K * S * B rows (K = 10 labels).
+bottom-up block runs on K * B rows (K = 10 labels), the top-down pass and the likelihood on
+K * S * B rows (S = ``mc_samples``).
 """
 from .. import functional as F
 from .. import nn
