@@ -13,9 +13,12 @@ checkpoint stores. So ``--resume`` after an interruption, even in the middle of 
 with exactly the parameters of an uninterrupted run. The checkpoint also records the number of
 training images, and a resume on data of another size is refused.
 
-Divergence guard: a non-finite loss stops training before the step, and no checkpoint is ever
-written with a non-finite parameter or optimizer moment (an infinite gradient with a finite loss
-shows there); the error says which checkpoint, if any, holds the last good state.
+Divergence guard: a non-finite loss stops training, in eager mode before its step; in graph
+mode, which reads nothing back per step (``minivae.graph_steps``), at the next read of the
+device's sums (every 20 steps under a progress bar, at the end of the epoch, before every
+checkpoint), after the steps in between ran. No checkpoint is ever written with a non-finite
+parameter or optimizer moment (an infinite gradient with a finite loss shows there); the error
+says which checkpoint, if any, holds the last good state.
 
 Semi-supervised models (``semi_supervised = True``: M2, M1+M2, ADGM/SDGM with labels, Ladder-M2) learn from
 ``n_labelled`` labels, ``balanced_labelled_subset(y_train, n_labelled, seed)``, chosen from the
