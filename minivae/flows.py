@@ -17,7 +17,7 @@ so that w^T u_hat = m(w^T u) > -1. Then, with s = softplus(w^T u) > 0,
     1 + u_hat^T psi = 1 + (1 - h^2) m(w^T u) = h^2 + (1 - h^2) s > 0,
 
 and the log-determinant is computed in that last form: written as 1 + (1 - h^2)(-1 + s), the sum
--1 + s rounds to exactly -1 for w^T u below about -38 (float64; -17 in float32), and
+-1 + s rounds to exactly -1 for w^T u below about -37 (float64; -17 in float32), and
 log(h^2) is -inf where h = 0.
 Chaining K transforms z_K = f_K o ... o f_1 (z_0) gives the density
 log q_K(z_K) = log q_0(z_0) - sum_k log |det df_k/dz_{k-1}| used in the bound.
