@@ -66,7 +66,8 @@ class GumbelSoftmaxVAE(LatentVariableModel):
 
     The temperatures ``tau0`` and ``tau_min`` are finite and above 0 (they divide the logits),
     with ``tau_min`` at most ``tau0``; ``anneal_rate`` is finite and at least 0 (0: a constant
-    temperature), ``steps_per_epoch`` an integer of at least 1.
+    temperature), ``steps_per_epoch`` an integer of at least 1. ``z_dim`` is accepted for the
+    trainer's common settings and ignored: the latent is ``n_vars`` x ``n_classes``.
     """
 
     unused_settings = {"z_dim": "its latent is --set n_vars categorical variables of --set n_classes classes"}
