@@ -275,6 +275,26 @@ def test_a_loss_or_bound_refuses_a_batch_that_is_no_float_rows(name, score):
             model.loss(x, Generator(3), labelled=((x_l * 255).astype(np.uint8), labels))
 
 
+BOUNDS = {"labelled_bound": lambda model, x: model.labelled_bound(x, np.zeros(len(x), int), Generator(3)),
+          "unlabelled_bound": lambda model, x: model.unlabelled_bound(x, Generator(3))}
+
+
+@pytest.mark.parametrize("bound", sorted(BOUNDS))
+@pytest.mark.parametrize("name", ["adgm-ssl", "ladder-m2", "m2", "sdgm-ssl"])  # M1+M2 has no such bounds
+def test_a_semi_supervised_bound_refuses_a_batch_that_is_no_float_rows(name, bound):
+    # Before: one image without its batch axis was read as D rows of one pixel by labelled_bound
+    # ("10 rows but 1 labels") and failed inside a reshape in unlabelled_bound; integer pixels
+    # failed in log_uniform_categorical, naming its dtype argument.
+    model = build(name, np.float32)
+    x, _ = batch(model, np.float32)
+    with pytest.raises(TypeError, match="^x has dtype int64: a model takes float intensities"):
+        BOUNDS[bound](model, x.astype(np.int64))
+    with pytest.raises(ValueError, match=r"^x must be a batch of rows, shape \(B, D\), got shape \(\d+,\)$"):
+        BOUNDS[bound](model, x[0])
+    with pytest.raises(ValueError, match="^x is an empty batch"):
+        BOUNDS[bound](model, x[:0])
+
+
 def guarded_step(model, dtype, beta):
     """``step`` with the parameters, the buffers (batch-norm statistics), the inputs and a given
     ``beta`` viewed as ``HostReadGuard``."""

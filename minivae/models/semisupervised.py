@@ -118,8 +118,10 @@ class SemiSupervised(Model):
         """L(x, y) per example, shape (B,), and the classification loss -log q(y | x, ...), (B,).
 
         L(x, y) = E[log p(x | y, h) + beta (log p(h) - log q(h | x, y))] + log p(y), with the
-        expectation over ``mc_samples`` draws (the analytic KL where the model has one).
+        expectation over ``mc_samples`` draws (the analytic KL where the model has one). ``x``
+        is checked as ``loss`` checks it (``base.check_batch``).
         """
+        check_batch(x)
         rec, latent, class_loss = self._labelled_terms(x, labels, noise)
         return self._labelled(x, rec, latent, kl_weight_of(self, beta)), class_loss
 
@@ -161,8 +163,9 @@ class SemiSupervised(Model):
         """U(x) = sum_y q(y | x) L(x, y) + H(q(y | x)) per example, shape (B,), all labels at once.
 
         Written as sum_y q(y | x) [L(x, y) - log q(y | x)] over the label axis, then averaged
-        over the samples.
+        over the samples. ``x`` is checked as ``loss`` checks it (``base.check_batch``).
         """
+        check_batch(x)
         return self._unlabelled(x, self._enumerated(x, noise, self.mc_samples), kl_weight_of(self, beta))
 
     def elbo(self, x, noise, samples=None):
