@@ -295,6 +295,19 @@ def test_a_semi_supervised_bound_refuses_a_batch_that_is_no_float_rows(name, bou
         BOUNDS[bound](model, x[:0])
 
 
+@pytest.mark.parametrize("bound", ["labelled_bound", "unlabelled_bound"])
+def test_a_semi_supervised_bound_refuses_its_weight_before_it_draws(bound):
+    # Before: the weight was checked after the whole pass, whose draw the generator had handed
+    # out, so the corrected call drew other noise.
+    model = build("m2", np.float32)
+    x, _ = batch(model, np.float32)
+    args = (x, np.zeros(len(x), int)) if bound == "labelled_bound" else (x,)
+    generator = Generator(3)
+    with pytest.raises(ValueError, match="beta"):
+        getattr(model, bound)(*args, generator, beta=-1.0)
+    assert generator.offset == 0
+
+
 def guarded_step(model, dtype, beta):
     """``step`` with the parameters, the buffers (batch-norm statistics), the inputs and a given
     ``beta`` viewed as ``HostReadGuard``."""

@@ -122,8 +122,9 @@ class SemiSupervised(Model):
         is checked as ``loss`` checks it (``base.check_batch``).
         """
         check_batch(x)
+        beta = kl_weight_of(self, beta)  # before the pass, which takes a draw from the generator
         rec, latent, class_loss = self._labelled_terms(x, labels, noise)
-        return self._labelled(x, rec, latent, kl_weight_of(self, beta)), class_loss
+        return self._labelled(x, rec, latent, beta), class_loss
 
     def _labelled_terms(self, x, labels, noise):
         """The reconstruction and latent terms (1, S, B) of the given labels, and the
@@ -166,7 +167,8 @@ class SemiSupervised(Model):
         over the samples. ``x`` is checked as ``loss`` checks it (``base.check_batch``).
         """
         check_batch(x)
-        return self._unlabelled(x, self._enumerated(x, noise, self.mc_samples), kl_weight_of(self, beta))
+        beta = kl_weight_of(self, beta)  # before the pass, which takes a draw from the generator
+        return self._unlabelled(x, self._enumerated(x, noise, self.mc_samples), beta)
 
     def elbo(self, x, noise, samples=None):
         """U(x) split as (reconstruction, KL) per example, each (B,): rec = sum_y q(y|x) E log p(x|y,h)
