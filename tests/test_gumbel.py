@@ -89,6 +89,9 @@ def test_training_mode_uses_relaxed_codes_and_eval_mode_exact_ones(rng):
     exact, _ = model.elbo(x, Generator(1))
     assert not np.allclose(relaxed.data, exact.data)
     np.testing.assert_array_equal(model.elbo(x, Generator(1), hard=False)[0].data, relaxed.data)
+    for hard in ("False", 0, 1.0):  # before: read by their truth (the string "False" gave exact codes)
+        with pytest.raises(TypeError, match=f"^hard must be True or False, got {hard!r}$"):
+            model.elbo(x, Generator(1), hard=hard)
 
 
 def test_temperature_schedule():

@@ -35,7 +35,7 @@ import math
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad, tensor
-from ..checks import check_integer, check_ranges, check_sizes
+from ..checks import check_bool, check_integer, check_ranges, check_sizes
 from ..distributions import log_categorical, log_uniform_categorical, sample_bernoulli, standard_gumbel
 from .base import SETTING_RANGES, check_batch, check_noise
 from .common import MLP, LatentVariableModel, model_array_module
@@ -124,10 +124,10 @@ class GumbelSoftmaxVAE(LatentVariableModel):
 
     def elbo(self, x, noise, samples=None, hard=None):
         """Per-example (reconstruction, KL), each (B,); relaxed codes in training mode, exact
-        categorical codes in eval mode (or as ``hard`` says)."""
+        categorical codes in eval mode (or as ``hard``, True or False, says)."""
         check_batch(x)
         check_noise(noise)
-        hard = not self.training if hard is None else hard
+        hard = not self.training if hard is None else check_bool(hard, "hard")  # "False" is true
         logits = self.logits(x)
         y = self.sample_codes(logits, self.elbo_samples(samples), noise, hard)
         return F.bernoulli_log_prob(self.decode(y), x).mean(axis=0), self.kl(logits)
