@@ -1,6 +1,7 @@
 """The engine: accumulation, topological order, graph freeing, no_grad, dtypes, conversions, memory."""
 import gc
 import re
+import sys
 import weakref
 
 import numpy as np
@@ -72,13 +73,22 @@ def test_deep_chain_has_no_recursion_limit():
     np.testing.assert_array_equal(x.grad, np.ones(2))
 
 
-def test_deep_chain_can_be_dropped_without_backward():
+def test_deep_chain_can_be_dropped_without_backward(monkeypatch):
+    """The whole chain is released without a recursion error. An error raised while an object is
+    freed (in a ``__del__``) never reaches the test: Python prints "Exception ignored" through
+    ``sys.unraisablehook``, which records it here instead."""
+    ignored = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda args: ignored.append(f"{args.exc_type.__name__}: "
+                                                                          f"{args.exc_value}"))
     x = mv.tensor(np.ones(2), requires_grad=True)
-    y = x
+    y = first = x * 1.0
     for _ in range(10_000):
         y = y * 1.0
-    del y  # the whole chain is released without a recursion error
+    first = weakref.ref(first)
+    del y
     gc.collect()
+    assert first() is None
+    assert ignored == [], f"{len(ignored)} errors while the chain was freed, the first: {ignored[0]}"
 
 
 def test_grad_accumulates_across_backward_calls_until_reset(t64):
