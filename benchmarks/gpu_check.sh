@@ -305,6 +305,15 @@ train_gpu() {
     return $rc
 }
 
+# count_files: a warning in summary.txt when $OUT holds more than the 7 files listed above
+count_files() {
+    local files
+    files=$(find "$OUT" -type f | wc -l)
+    if [ "$files" -gt 7 ]; then
+        echo "WARNING: $files files in $OUT, more than 7: a lent machine brings back 8 at most" | tee -a "$SUMMARY"
+    fi
+}
+
 # (timeout runs programs, not shell functions: the functions above run in a child bash)
 export OUT PYTHON ROOT SCRATCH HAVE_MNIST TRAIN_DEVICE TRAIN_EPOCHS TRAIN_EVAL_K SUMMARY
 export -f machine pytest_gpu train_gpu
@@ -331,10 +340,7 @@ else
     echo "SKIP  ab_row_kernels (optional): only $(seconds_left)s left" | tee -a "$SUMMARY"
 fi
 
-files=$(find "$OUT" -type f | wc -l)
-if [ "$files" -gt 7 ]; then
-    echo "WARNING: $files files in $OUT, more than 7: a lent machine brings back 8 at most" | tee -a "$SUMMARY"
-fi
+count_files
 echo
 echo "=== done in ${SECONDS}s, status $status"
 cat "$SUMMARY"
