@@ -1108,8 +1108,20 @@ def _signatures():
     return sigs
 
 
+#: MV_COLUMNS of kernels/chunks.cuh: the columns a block of a column reduction takes
+MV_COLUMNS = int(re.search(r"^#define MV_COLUMNS (\d+)", (KERNELS / "chunks.cuh").read_text(), re.M).group(1))
+
+
 class _FakeKernel:
-    """Checks each argument against the C signature, then runs the host replay."""
+    """Checks each argument against the C signature and the grid of a column reduction, then runs
+    the host replay."""
+
+    #: The column reductions and the parameter that counts their columns: they have no grid-stride
+    #: loop, a block reduces MV_COLUMNS columns (kernels/device.cuh), so their grid must be
+    #: ceil(columns / MV_COLUMNS) blocks (a smaller one leaves columns unwritten on the device,
+    #: which the host replay, run whole, would not show)
+    COLUMN_REDUCTIONS = {"mv_bias_grad": "N", "mv_logsumexp_fwd": "N", "mv_log_softmax_fwd": "B",
+                         "mv_log_softmax_bwd": "B"}
 
     REPLAY = {
         "mv_philox_words": ("shim_philox_words", lambda a: a + [_I64(0)]),
@@ -1142,6 +1154,9 @@ class _FakeKernel:
                 cargs.append(_CSCALAR[ctype](a.item()))
         base = re.sub(r"_f(32|64)$", "", self.name)
         sfx = self.name[len(base):]
+        if base in self.COLUMN_REDUCTIONS:
+            columns = args[[pname for _, _, pname in self.sig].index(self.COLUMN_REDUCTIONS[base])]
+            assert grid == (-(-int(columns) // MV_COLUMNS),), f"{self.name}: grid {grid} for {columns} columns"
         if self.replay is not None:
             self.replay(cargs)
         else:
@@ -1179,6 +1194,75 @@ def test_signatures_parsed():
     assert set(sigs) == {e for v in ENTRY_POINTS.values() for e in v}
     assert [p[2] for p in sigs["mv_reparam_kl_bwd_f32"]] == [
         "dz", "gkl", "mu", "logvar", "dmu", "dlogvar", "B", "D", "seed", "offset", "offset_from", "stream"]
+
+
+def test_each_kernel_is_loaded_from_its_file_by_its_name_once_per_device(monkeypatch):
+    """get_function asks the module of the file that defines a kernel for it by its full name
+    (base_f32 or base_f64 with a dtype), compiles each file once per device, and caches each
+    kernel by that name and the device: a float64 kernel asked for after the float32 one is the
+    float64 one, and each device gets kernels of its own module (a CUDA module is loaded on one
+    device). Every entry point of the sources can be asked for."""
+    import minivae.gpu.kernels as K
+
+    device, compiled = [0], []
+
+    class RawModule:  # cupy.RawModule as the wrappers use it
+        def __init__(self, code, options):
+            self.file = re.match(r"// minivae kernel source: (\S+) ", code).group(1)
+            self.device = device[0]
+            compiled.append((self.file, self.device))
+            assert options == _source.NVRTC_OPTIONS
+
+        def get_function(self, name):
+            assert name in ENTRY_POINTS[self.file], f"{self.file} defines no {name}"
+            return self.file, self.device, name
+
+    runtime = types.SimpleNamespace(getDevice=lambda: device[0])
+    cuda = types.SimpleNamespace(runtime=runtime)
+    monkeypatch.setattr(K, "cp", types.SimpleNamespace(RawModule=RawModule, cuda=cuda))
+    monkeypatch.setattr(K, "require", lambda: None)
+    monkeypatch.setattr(K, "_modules", {})
+    monkeypatch.setattr(K, "_functions", {})
+    entry_points = {name: cu for cu, names in ENTRY_POINTS.items() for name in names}
+    for device[0] in (0, 1):
+        asked = set()
+        for base in K._FUNC_FILE:
+            for dtype in [None] if base in entry_points else [np.float32, np.float64]:
+                name = base if dtype is None else f"{base}_{_sfx(dtype)}"
+                for _ in range(2):  # the second time from the cache
+                    assert K.get_function(base, dtype) == (entry_points[name], device[0], name)
+                asked.add(name)
+        assert asked == set(entry_points)
+    assert sorted(compiled) == sorted((cu, d) for cu in ENTRY_POINTS for d in (0, 1))
+
+
+def test_the_gpu_path_is_refused_without_cupy_or_a_device(monkeypatch):
+    """is_available is False, and require raises the error that says why, where CuPy is missing,
+    sees no device, or cannot ask the driver (no driver: CuPy raises); require passes once a
+    device is seen."""
+    import minivae.gpu.kernels as K
+
+    count = [0]
+
+    def device_count():
+        if count[0] is None:
+            raise RuntimeError("cudaErrorInsufficientDriver")
+        return count[0]
+
+    monkeypatch.setattr(K, "_ready", False)
+    monkeypatch.setattr(K, "cp", None)
+    assert not K.is_available()
+    with pytest.raises(RuntimeError, match="minivae.gpu needs CuPy"):
+        K.require()
+    runtime = types.SimpleNamespace(getDeviceCount=device_count)
+    monkeypatch.setattr(K, "cp", types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime)))
+    for count[0] in (0, None):
+        assert not K.is_available()
+        with pytest.raises(RuntimeError, match="CuPy is installed but no CUDA device is visible"):
+            K.require()
+    count[0] = 1
+    assert K.is_available()
+    K.require()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1324,8 +1408,9 @@ def test_adam_reads_the_steps_scalars_from_device_memory(fake_gpu, dtype):
         results.append((p, m, v))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
-    with pytest.raises(ValueError, match="step_scalars"):
-        K.adam_update(p, g, m, v, None, **hyper, **scalars, step_scalars=np.zeros(3, np.float32))
+    for bad in (np.zeros(3, np.float32), np.zeros(6)[::2]):  # another dtype; three values 16 bytes apart
+        with pytest.raises(ValueError, match="step_scalars"):
+            K.adam_update(p, g, m, v, None, **hyper, **scalars, step_scalars=bad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1670,6 +1755,8 @@ def test_adam_kernel_refuses_arrays_it_cannot_update_in_place(fake_gpu):
         K.adam_update(p, p.copy(), np.zeros((4, 3), np.float64), p.copy(), None, **ok)
     with pytest.raises(ValueError, match="shape"):
         K.adam_update(p, np.zeros(12, np.float32), p.copy(), p.copy(), None, **ok)
+    with pytest.raises(ValueError, match="max_exp_avg_sq"):  # amsgrad's running maximum too
+        K.adam_update(p, p.copy(), p.copy(), p.copy(), np.zeros(12, np.float32), **ok)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -1939,10 +2026,14 @@ def test_ab_row_kernels_reports_a_failing_variant(tile_shims, tmp_path, monkeypa
     (lambda K: K.gumbel((2, 1.5), 1), r"shape\[1\] must be an integer, got 1.5"),
     (lambda K: K.gumbel(4, 1, offset=-1), "offset must be at least 0, got -1"),
     (lambda K: K.gumbel(4, 1, dtype=np.float16), "dtype must be float32 or float64, got float16"),
+    (lambda K: K.philox_words(2**62, 1), r"a draw holds at most 2\*\*34 elements"),
+    (lambda K: K.uniform((2**31, 2**31), 1), r"a draw holds at most 2\*\*34 elements"),
 ], ids=["float size", "string shape", "float seed", "float count", "bool seed", "stream of 33 bits",
-        "gumbel: float size", "gumbel: negative offset", "gumbel: float16"])
+        "gumbel: float size", "gumbel: negative offset", "gumbel: float16", "words past the draw",
+        "uniforms past the draw"])
 def test_the_gpu_draws_check_their_address_and_shape_as_the_cpu_draws(fake_gpu, draw, named):
     """The wrappers took int() of each: shape (2.5, 3) drew (2, 3), "23" the shape (2, 3), and
-    seed 1.5 or True named the noise of seed 1, where minivae.random refuses them."""
+    seed 1.5 or True named the noise of seed 1, where minivae.random refuses them. A draw of more
+    elements than a draw holds is refused before its output is allocated."""
     with pytest.raises((TypeError, ValueError), match=named):
         draw(fake_gpu[0])
