@@ -61,8 +61,9 @@ def test_bad_arguments_raise_clear_errors(gemm):
         g.gemm(a, b, out, transb=True)
     with pytest.raises(TypeError, match="dtype"):
         g.gemm(a.astype(np.float32), b, out)
-    with pytest.raises(TypeError, match="float32 or float64"):
-        g.gemm(a.astype(np.int32), b.astype(np.int32), out.astype(np.int32))
+    for dtype in (np.int32, np.float16):
+        with pytest.raises(TypeError, match="float32 or float64"):
+            g.gemm(a.astype(dtype), b.astype(dtype), out.astype(dtype))
     with pytest.raises(ValueError, match="C-contiguous"):
         g.gemm(np.ones((3, 2)).T, b, out)
     with pytest.raises(ValueError, match="2-D"):
@@ -93,18 +94,18 @@ def test_the_workspace_outlives_every_stream_change(fake_cublas):
     g.close()
 
 
-def test_a_failing_status_names_it(gemm):
+@pytest.mark.parametrize("function, status, named", [("cublasDgemm_v2", 13, "EXECUTION_FAILED"),
+                                                     ("cublasDgemm_v2", 1, "NOT_INITIALIZED"),
+                                                     ("cublasSetStream_v2", 7, "INVALID_VALUE")])
+def test_a_failing_status_names_it(gemm, function, status, named):
     g, real = gemm
 
-    class Failing:  # the real library, except that gemm reports CUBLAS_STATUS_EXECUTION_FAILED
+    class Failing:  # the real library, except that ``function`` reports ``status``
         def __getattr__(self, name):
-            return getattr(real, name)
-
-        def cublasDgemm_v2(self, *args):
-            return 13
+            return (lambda *args: status) if name == function else getattr(real, name)
 
     g._lib = Failing()
-    with pytest.raises(RuntimeError, match="cublasDgemm_v2 failed: CUBLAS_STATUS_EXECUTION_FAILED"):
+    with pytest.raises(RuntimeError, match=f"{function} failed: CUBLAS_STATUS_{named}"):
         g.gemm(np.ones((1, 1)), np.ones((1, 1)), np.ones((1, 1)))
 
 
@@ -123,6 +124,19 @@ def test_candidates_prefer_the_environment_and_the_cuda_major(monkeypatch, tmp_p
     assert cands[0] == "/opt/x/libcublas.so"
     assert cands[1] == str(lib / "libcublas.so.13")
     assert "libcublas.so.13" in cands  # the loader's own search comes last
+
+
+def test_the_cuda_major_s_library_comes_before_the_newest(monkeypatch, tmp_path):
+    """Where a folder holds the libraries of CUDA 12 and 13, CuPy built for CUDA 12 gets 12's."""
+    lib = tmp_path / "cuda" / "lib64"
+    lib.mkdir(parents=True)
+    for name in ("libcublas.so.13", "libcublas.so.12"):
+        (lib / name).write_bytes(b"")
+    monkeypatch.delenv("MINIVAE_CUBLAS", raising=False)
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "cuda"))
+    monkeypatch.setattr("sys.path", [])
+    assert cublas.library_candidates(12)[0] == str(lib / "libcublas.so.12")
+    assert cublas.library_candidates(13)[0] == str(lib / "libcublas.so.13")
 
 
 def test_a_library_without_the_functions_is_passed_over_and_named(fake_lib_path):
