@@ -195,6 +195,57 @@ def test_kernel_source_is_self_contained():
     assert _source.kernel_dir() == KERNELS or (_source.kernel_dir() / "philox.cuh").is_file()
 
 
+@pytest.fixture
+def kernel_folder(tmp_path, monkeypatch):
+    """``tmp_path`` as the kernel folder (``$MINIVAE_KERNELS_DIR``), with the caches of
+    ``minivae.gpu._source`` emptied before and after."""
+    (tmp_path / "philox.cuh").write_text("// the header the folder is recognised by\n")
+    monkeypatch.setenv("MINIVAE_KERNELS_DIR", str(tmp_path))
+    for cached in (_source.kernel_dir, _source.kernel_source):
+        cached.cache_clear()
+    yield tmp_path
+    for cached in (_source.kernel_dir, _source.kernel_source):
+        cached.cache_clear()
+
+
+def test_kernel_source_inlines_each_local_header_once(kernel_folder):
+    """Local headers (#include "x", written with any spaces the preprocessor takes) are inlined
+    where they are first included, each once, however many files include them; a system header
+    (#include <x>) is left to the compiler."""
+    (kernel_folder / "a.cuh").write_text('#include "b.cuh"\nint a;\n')
+    (kernel_folder / "b.cuh").write_text("int b;\n")
+    (kernel_folder / "k.cu").write_text('#include "a.cuh"\n  #  include "b.cuh"\n#include <math.h>\nint k;\n')
+    src = _source.kernel_source("k.cu")
+    assert src.count("int b;") == 1 and src.count("int a;") == 1
+    assert src.index("int b;") < src.index("int a;") < src.index("int k;")
+    assert not re.search(r'^\s*#\s*include\s+"', src, re.M) and "#include <math.h>" in src
+    assert '// (#include "b.cuh": already inlined)' in src
+
+
+def test_kernel_source_names_a_missing_file_or_an_include_cycle(kernel_folder):
+    """(Headers that include each other are inlined once each, as include guards would have it;
+    a header that includes the file being assembled is a cycle.)"""
+    (kernel_folder / "c.cuh").write_text('#include "d.cuh"\n')
+    (kernel_folder / "d.cuh").write_text('#include "c.cuh"\n#include "cycle.cu"\n')
+    (kernel_folder / "cycle.cu").write_text('#include "c.cuh"\n')
+    (kernel_folder / "missing.cu").write_text('#include "nowhere.cuh"\n')
+    with pytest.raises(ValueError, match="include cycle: cycle.cu -> c.cuh -> d.cuh -> cycle.cu"):
+        _source.kernel_source("cycle.cu")
+    with pytest.raises(FileNotFoundError, match='missing.cu: #include "nowhere.cuh" not found in'):
+        _source.kernel_source("missing.cu")
+    with pytest.raises(FileNotFoundError, match="no kernel source nothing.cu in"):
+        _source.kernel_source("nothing.cu")
+
+
+def test_the_kernel_folder_is_the_first_that_holds_the_sources(kernel_folder, tmp_path_factory, monkeypatch):
+    """$MINIVAE_KERNELS_DIR is taken when it holds philox.cuh; a folder without it is passed over
+    (for the sources that ship with minivae)."""
+    assert _source.kernel_dir() == kernel_folder
+    monkeypatch.setenv("MINIVAE_KERNELS_DIR", str(tmp_path_factory.mktemp("empty")))
+    _source.kernel_dir.cache_clear()
+    assert (_source.kernel_dir() / "philox.cuh").read_text() == (KERNELS / "philox.cuh").read_text()
+
+
 def _need_nvrtc():
     """Skip where CuPy's NVRTC is absent (the nvcc tests above still ran); fail instead under
     MINIVAE_REQUIRE_NVRTC=1."""
