@@ -24,6 +24,7 @@ import minivae.backend
 import minivae.distributions
 import minivae.gpu.cublas
 import minivae.gpu.graph
+import minivae.gpu.kernels
 import minivae.graph_steps
 from minivae import checkpoint, runs
 from minivae.gpu import dispatch
@@ -579,16 +580,34 @@ def test_a_captured_step_counts_the_nodes_of_its_graph(monkeypatch):
     assert minivae.gpu.graph.CapturedStep(lambda: None).nodes() == 3
 
 
-def test_a_capture_that_fails_ends_the_capture_and_raises_the_reason(monkeypatch):
+@pytest.mark.parametrize("error", [NotImplementedError("calling cuBLAS API during stream capture is currently "
+                                                       "unsupported"), KeyboardInterrupt("during stream capture")])
+def test_a_capture_that_fails_ends_the_capture_and_raises_the_reason(monkeypatch, error):
+    """(An interrupt too: the stream is left usable for what the trainer does next.)"""
     fake = _FakeCapturingCuPy()
     monkeypatch.setattr(minivae.gpu.graph, "cupy_module", lambda: fake)
 
     def refused():
-        raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        raise error
 
-    with pytest.raises(NotImplementedError, match="during stream capture"):
+    with pytest.raises(type(error), match="during stream capture"):
         minivae.gpu.graph.CapturedStep(refused)
     assert fake.events[-3:] == ["end_capture", "exit side", "pool allocator off"]
+
+
+def test_a_schedule_loads_its_kernel_when_made_and_needs_an_offset_a_step(monkeypatch):
+    """StepSchedule loads mv_step_advance when it is made, before any capture (a capture should
+    record launches only), and refuses offsets that are not one per row of scalars."""
+    loaded = []
+    fake_cp = types.SimpleNamespace(asarray=np.asarray, zeros=np.zeros, int64=np.int64, float64=np.float64,
+                                    uint64=np.uint64)
+    monkeypatch.setattr(minivae.gpu.graph, "cupy_module", lambda: fake_cp)
+    monkeypatch.setattr(minivae.gpu.kernels, "get_function", lambda name: loaded.append(name) or (lambda *args: None))
+    rows = np.zeros((3, len(minivae.gpu.graph.COLUMNS)))
+    assert minivae.gpu.graph.StepSchedule(rows, np.arange(3)).steps == 3
+    assert loaded == ["mv_step_advance"]
+    with pytest.raises(ValueError, match=r"one offset a step, got \(3, 4\) and \(2,\)"):
+        minivae.gpu.graph.StepSchedule(rows, np.arange(2))
 
 
 def _benchmark(name, monkeypatch):
