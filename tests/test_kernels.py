@@ -1659,6 +1659,23 @@ def test_imports_do_not_need_cupy():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
+def test_minivae_gpu_offers_every_launch_wrapper():
+    """minivae.gpu takes each public name of minivae.gpu.kernels from it at first use, and lists
+    it in its __all__; the module itself too, when it is the first name asked for."""
+    import sys
+
+    import minivae.gpu as G
+    from minivae.gpu import kernels
+
+    first = subprocess.run([sys.executable, "-c", "import minivae.gpu as g; print(g.kernels.__name__)"],
+                           capture_output=True, text=True)
+    assert first.stdout == "minivae.gpu.kernels\n", first.stderr
+    assert G.kernels is kernels
+    for name in kernels.__all__:
+        assert getattr(G, name) is getattr(kernels, name), name
+    assert set(kernels.__all__) <= set(G.__all__)
+
+
 def test_kernels_ship_with_the_package(tmp_path):
     """A non-editable build (setuptools build_py, as `pip install .` runs it) puts the kernel
     sources in minivae/kernels/, and minivae.gpu finds them there."""
