@@ -1490,6 +1490,10 @@ def test_wrappers_validate(fake_gpu):
         K.kl_normal_std_forward(mu.astype(np.int32), logvar)
     with pytest.raises(ValueError, match="dz and gkl are both None"):
         K.reparameterize_kl_backward(None, None, mu, logvar, 0)
+    with pytest.raises(ValueError, match=r"gkl: shape \(4, 3\) differs from \(4,\)"):  # one value a row
+        K.reparameterize_kl_backward(mu, mu, mu, logvar, 0)
+    with pytest.raises(TypeError, match="gkl: dtype float64 differs from float32"):
+        K.reparameterize_kl_backward(mu, np.zeros(4), mu, logvar, 0)
     assert K.reparameterize_forward(mu[:0], logvar[:0], 0).shape == (0, 3)
     assert K.reparameterize_forward(mu[0, 0, ...], logvar[0, 0, ...], 0).shape == ()
     assert K.kl_normal_std_forward(np.zeros((3, 0), np.float32), np.zeros((3, 0), np.float32)).tolist() == [0, 0, 0]
