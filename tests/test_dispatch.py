@@ -349,6 +349,19 @@ def test_the_reparameterization_row_equals_the_numpy_op(fake_gpu, monkeypatch, d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_reparameterization_row_regenerates_no_noise_for_mu_alone(fake_gpu, monkeypatch, dtype):
+    """With a logvar that needs no gradient, dmu = g is the whole backward: no launch."""
+    rng = np.random.default_rng(9)
+    mu = mv.Tensor(rng.standard_normal((6, 13)).astype(dtype), requires_grad=True)
+    logvar = mv.Tensor(rng.uniform(-2, 1, (6, 13)).astype(dtype))
+    g = rng.standard_normal((6, 13)).astype(dtype)
+    with dispatch_table(monkeypatch, True):
+        F.reparameterize(mu, logvar, Noise(5, 7)).backward(g)
+    np.testing.assert_array_equal(mu.grad, g)
+    assert [c[0] for c in fake_gpu[1]] == [f"mv_reparam_fwd_{'f32' if dtype == np.float32 else 'f64'}"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("needs", [(True, True), (False, True), (True, False)])
 def test_the_kl_row_equals_the_numpy_op(fake_gpu, monkeypatch, dtype, needs):
     """KL(N(mu, e^logvar) || N(0, I)) per row on its kernels against the op's NumPy code: the KL
