@@ -599,6 +599,69 @@ def test_elu_gradient_keeps_its_precision_deep_in_the_negative_tail(dtype):
     np.testing.assert_allclose(t.grad, want, rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
+@pytest.mark.parametrize("dtype, x", [
+    (np.float32, [-80.0, -20.0, -1.0, 0.0, 1.0, 20.0, 90.0, 200.0]),
+    (np.float64, [-700.0, -40.0, -20.0, -1.0, 0.0, 1.0, 20.0, 40.0, 800.0]),
+])
+def test_softplus_and_log_sigmoid_keep_their_precision_in_both_tails(dtype, x):
+    """softplus(x) = log(1 + e^x) and log_sigmoid(-x) = -softplus(x) against the float64 formula
+    log(1 + e^x) = logaddexp(0, x), to a few ulp of each value: the tiny side (softplus(-40) =
+    4.2e-18, log_sigmoid(40) = -4.2e-18) keeps its digits, which log(1 + e) in place of log1p(e)
+    rounds to 0, and the far side stays finite (log(sigmoid(x)) is -inf below -104 in float32).
+    The tiny side stops where e^x leaves the normal numbers of the dtype."""
+    x = np.array(x, dtype)
+    want = np.logaddexp(0, x.astype(np.float64))
+    rtol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(F.softplus(Tensor(x)).data, want, rtol=rtol, atol=0)
+    np.testing.assert_allclose(F.log_sigmoid(Tensor(-x)).data, -want, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elu_keeps_its_precision_just_below_0(dtype):
+    """elu(x) = alpha (e^x - 1) for x < 0 near 0, against alpha expm1(x) in float64: to a few ulp,
+    where e^x - 1 computed as written cancels (off by 1e-4 of itself at x = -1e-4 in float32)."""
+    x = np.array([-1e-4, -1e-6, -1e-8, -3e-3], dtype)
+    want = 1.5 * np.expm1(x.astype(np.float64))
+    np.testing.assert_allclose(F.elu(Tensor(x), 1.5).data, want, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elu_takes_no_exp_of_large_positive_inputs(dtype):
+    """elu and its gradient at x far above 0 (where e^x overflows) are x and 1, without an
+    overflow on the way: exp is only taken of min(x, 0), as the docstring says."""
+    x = np.array([100.0, 1000.0, 3e38], dtype)
+    t = Tensor(x, requires_grad=True)
+    with np.errstate(over="raise"):
+        out = F.elu(t)
+        out.backward(np.full_like(x, 2.0))
+    np.testing.assert_array_equal(out.data, x)
+    np.testing.assert_array_equal(t.grad, np.full_like(x, 2.0))
+
+
+def test_leaky_relu_and_elu_default_to_pytorchs_parameters():
+    """leaky_relu's default slope is 0.01 and elu's default alpha is 1.0, as in PyTorch."""
+    x = np.array([-2.0, -0.5, 0.0, 1.5])
+    np.testing.assert_allclose(F.leaky_relu(Tensor(x)).data, [-0.02, -0.005, 0.0, 1.5], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(F.elu(Tensor(x)).data, [np.expm1(-2.0), np.expm1(-0.5), 0.0, 1.5],
+                               rtol=1e-15, atol=0)
+
+
+def test_relu_of_infinities_and_nan():
+    """relu(-inf) = 0 and relu(inf) = inf (an x * (x > 0) form gives NaN at -inf); a NaN stays
+    NaN, so that anomaly mode can see it."""
+    out = F.relu(Tensor(np.array([-np.inf, np.inf, np.nan, -1.0, 2.0]))).data
+    np.testing.assert_array_equal(out, [0.0, np.inf, np.nan, 0.0, 2.0])
+
+
+def test_clip_of_an_array_with_array_bounds():
+    """clip takes a NumPy array (not only a Tensor) for x, with array bounds as with numbers."""
+    x = np.array([[-1.0, 0.5, 2.0], [0.25, -3.0, 0.75]])
+    lo = np.array([0.0, 0.0, 0.5])
+    out = F.clip(x, lo, 1.0)
+    assert isinstance(out, Tensor) and out.dtype == np.float64
+    np.testing.assert_array_equal(out.data, [[0.0, 0.5, 1.0], [0.25, 0.0, 0.75]])
+
+
 @SETTINGS
 @given(hnp.mutually_broadcastable_shapes(num_shapes=3, min_dims=0, max_dims=3, min_side=0, max_side=3),
        st.sampled_from(["both", "lo", "hi"]), dtypes, st.integers(0, 2**32 - 1))
