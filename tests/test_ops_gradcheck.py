@@ -7,6 +7,7 @@ unchecked. Inputs are kept away from kinks: relu/abs/leaky_relu/elu at 0, clip a
 max ties, log/sqrt/pow of non-positive values, division by values near 0.
 """
 import inspect
+import re
 import sys
 import types
 
@@ -17,8 +18,9 @@ import minivae.ops
 from minivae import Function, Tensor
 from minivae import functional as F
 from minivae.gradcheck import check_float32, gradcheck
-from minivae.gradcheck_cases import CASES, build, op_classes
+from minivae.gradcheck_cases import COND, CASES, away_from, build, distinct, op_classes
 from minivae.gradcheck_cases import rng_for as _rng_for
+from minivae.ops import elementwise as el, ladder
 
 
 PARAMS = [pytest.param(op, name, fn, specs, id=f"{op.__name__}-{name}")
@@ -231,3 +233,106 @@ def test_log_softmax_keeps_float32_precision_for_logits_far_from_0():
     x64 = x.astype(np.float64)
     want = (x64 - x64.max()) - np.log(np.exp(x64 - x64.max()).sum())
     np.testing.assert_allclose(out, want, rtol=2 * np.finfo(np.float32).eps, atol=0)
+
+
+# ----- the cases are what their names say ----------------------------------------------------------
+def test_away_from_keeps_every_value_off_each_kink():
+    """``away_from`` leaves no value within ``margin`` of any of its points (so a finite
+    difference never straddles a kink), over many draws and with two points at once."""
+    rng = np.random.default_rng(0)
+    x = away_from(rng, (20000,), points=(-0.5, 0.5), margin=0.05)
+    assert np.abs(x + 0.5).min() >= 0.05 and np.abs(x - 0.5).min() >= 0.05
+    x = away_from(rng, (20000,))
+    assert np.abs(x).min() >= 0.1 and (x < 0).any() and (x > 0).any()
+
+
+def test_distinct_values_are_three_quarters_of_the_spacing_apart():
+    """No two values of ``distinct`` are closer than 3/4 of its spacing (max has no ties)."""
+    rng = np.random.default_rng(0)
+    for shape in [(3, 4), (2, 3, 4), (500,)]:
+        x = distinct(rng, shape)
+        assert x.shape == shape
+        assert np.diff(np.sort(x.ravel())).min() >= 0.075
+
+
+def _case(op, name):
+    """The inputs (as float64 arrays) and the result of the case ``name`` of ``op``."""
+    fn, specs = next((fn, specs) for case_name, fn, specs in CASES[op] if case_name == name)
+    inputs = build(specs, _rng_for(op, name))
+    return [t.data for t in inputs], fn(*inputs)
+
+
+# (op, case name): the result the name promises, in NumPy, from the case's inputs
+NAMED_RESULTS = {
+    (el.LeakyRelu, "default slope"): lambda x: np.where(x > 0, x, 0.01 * x),
+    (el.LeakyRelu, "slope 0.2"): lambda x: np.where(x > 0, x, 0.2 * x),
+    (el.Elu, "default alpha"): lambda x: np.where(x > 0, x, np.expm1(x)),
+    (el.Elu, "alpha 1.5"): lambda x: np.where(x > 0, x, 1.5 * np.expm1(x)),
+    (el.Pow, "x**2"): lambda x: x ** 2,
+    (el.Pow, "x**3 (any sign)"): lambda x: x ** 3,
+    (el.Pow, "x**2.5 (positive x)"): lambda x: x ** 2.5,
+    (el.Pow, "x**-1.5 (positive x)"): lambda x: x ** -1.5,
+    (el.Pow, "x**0"): lambda x: np.ones_like(x),
+    (el.Clip, "both bounds"): lambda x: np.clip(x, -0.5, 0.5),
+    (el.Clip, "lower bound only"): lambda x: np.maximum(x, 0.3),
+    (el.Clip, "lower bounds (3,1) broadcast x (4,)"): lambda x: np.clip(x, [[-0.5], [0.0], [0.5]], 1.0),
+    (el.Where, "python scalar b"): lambda a: np.where(COND, a, 0.0),
+    (el.Where, "list condition"): lambda a, b: np.where([True, False, False, True], a, b),
+}
+
+
+@pytest.mark.parametrize("op, name", NAMED_RESULTS, ids=lambda v: getattr(v, "__name__", v))
+def test_a_case_computes_what_its_name_says(op, name):
+    """A case named for a parameter (a slope, an exponent, a bound) uses that parameter: its
+    result is the NumPy formula with it. A clip case clips some elements and leaves others."""
+    inputs, out = _case(op, name)
+    want = NAMED_RESULTS[op, name](*inputs)
+    np.testing.assert_allclose(out.data, want, rtol=1e-15, atol=0)
+    if op is el.Clip:
+        x = np.broadcast_to(inputs[0], want.shape)
+        assert (want != x).any() and (want == x).any(), f"case {name!r} never reaches a bound"
+
+
+SIGN_BRANCHES = [el.Abs, el.Relu, el.LeakyRelu, el.Elu, el.Sigmoid, el.Softplus, el.LogSigmoid]
+
+
+@pytest.mark.parametrize("op", SIGN_BRANCHES, ids=lambda op: op.__name__)
+def test_cases_of_ops_that_branch_on_the_sign_see_both_signs(op):
+    """Each of these ops computes one formula for x >= 0 (or x > 0) and another below: every
+    case has inputs on both sides, so both branches are checked. A case named "wide range" also
+    reaches |x| > 5, where the stable forms' e^-|x| is small."""
+    for name, _, _ in CASES[op]:
+        (x,), _ = _case(op, name)
+        assert (x < 0).any() and (x > 0).any(), f"case {name!r} of {op.__name__} misses a branch"
+        if "wide range" in name:
+            assert x.min() < -5 and x.max() > 5, f"case {name!r} of {op.__name__} is not wide"
+
+
+SHAPES_NAME = re.compile(r"\(([\d, ]*)\)(\s*[-+*/@]\s*\(([\d, ]*)\))*")
+
+
+@pytest.mark.parametrize("op, name", [(op, name) for op, cases in CASES.items() for name, _, _ in cases
+                                      if SHAPES_NAME.fullmatch(name)],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_a_case_named_by_its_shapes_has_those_shapes(op, name):
+    """"(3,1)+(1,4)" takes inputs of shapes (3, 1) and (1, 4); "(3,4)" inputs of shape (3, 4)."""
+    inputs, _ = _case(op, name)
+    named = [tuple(int(n) for n in group.split(",") if n.strip()) for group in re.findall(r"\(([\d, ]*)\)", name)]
+    assert [x.shape for x in inputs] == (named * len(inputs) if len(named) == 1 else named)
+
+
+@pytest.mark.parametrize("op, name", [(op, name) for op, cases in CASES.items() for name, _, _ in cases
+                                      if "python scalar" in name],
+                         ids=lambda v: getattr(v, "__name__", v))
+def test_a_python_scalar_case_gives_the_op_a_number(op, name):
+    """The op itself meets the number as a constant 0-d input, not a tensor computed from x."""
+    _, out = _case(op, name)
+    node = out._node
+    assert node.fn is op
+    assert any(t.ndim == 0 and t._node is None and not t.requires_grad for t in node.inputs)
+
+
+def test_the_very_unequal_precisions_case_is_very_unequal():
+    """The two precisions of each element differ by a factor of at least e^8."""
+    (_, logvar_hat, _, logvar_p), _ = _case(ladder.PrecisionWeightedMerge, "very unequal precisions")
+    assert np.abs(logvar_hat - logvar_p).min() >= 8
