@@ -336,3 +336,15 @@ def test_the_very_unequal_precisions_case_is_very_unequal():
     """The two precisions of each element differ by a factor of at least e^8."""
     (_, logvar_hat, _, logvar_p), _ = _case(ladder.PrecisionWeightedMerge, "very unequal precisions")
     assert np.abs(logvar_hat - logvar_p).min() >= 8
+
+
+@pytest.mark.parametrize("op", [op for op, cases in CASES.items() if any("large values" in c[0] for c in cases)],
+                         ids=lambda op: op.__name__)
+def test_large_value_cases_overflow_exp_in_float64(op):
+    """A "large values (stable)" case has every input above log(float64 max) = 709.78, where e^x
+    overflows: the float64 check then fails for a form without the shift by the maximum, rather
+    than only the float32 check after the cast."""
+    for name, _, _ in CASES[op]:
+        if "large values" in name:
+            (x,), _ = _case(op, name)
+            assert x.min() > np.log(np.finfo(np.float64).max), f"case {name!r} of {op.__name__}"
