@@ -470,3 +470,22 @@ def test_a_check_leaves_the_callers_gradients_as_they_were(check):
     with pytest.raises(GradcheckError, match="disagrees"):
         gradcheck(SquareOff.apply, x)
     assert x.grad is None
+
+
+def test_a_model_case_is_a_function_of_the_parameters_it_is_given():
+    """``model_case``'s loss reads the parameters passed to it, not the model's own: a changed
+    copy changes the loss, every copy receives a gradient, and the model is left as it was (a
+    loss that ignored them would pass every check, both gradients being 0). The VAE has no
+    batch normalization, which would make a bias before it have no effect."""
+    from minivae.gradcheck_cases import model_case
+
+    names, fn, (x, *params) = model_case("vae")
+    before = fn(x, *params).item()
+    for k, name in enumerate(names):
+        changed = list(params)
+        changed[k] = Tensor(params[k].data + 0.25, requires_grad=True)
+        assert fn(x, *changed).item() != before, f"the loss does not read {name}"
+    assert fn(x, *params).item() == before
+    fn(x, *params).backward()
+    for name, p in zip(names, params):
+        assert p.grad is not None and np.any(p.grad != 0), f"no gradient reaches {name}"
