@@ -81,6 +81,13 @@ def test_split_docstring():
     assert (forward, derivative) == ("y = x^2, whose d/dx is below.", "d/dx = 2 x.")
 
 
+def test_a_docstring_without_a_derivative_has_none():
+    """Paragraphs after the first that state no derivative are not taken for one: the derivative
+    part is "", which test_every_op_states_forward_and_derivative refuses."""
+    forward, derivative, stable = docs.split_docstring("f(x) = x^3.\n\nUsed by the encoder.")
+    assert (forward, derivative, stable) == ("f(x) = x^3.\n\nUsed by the encoder.", "", "")
+
+
 def test_template_needs_both_markers_once_each():
     with pytest.raises(ValueError, match="op-reference"):
         docs.render_gradients("# title\n\n" + docs.INDEX_MARKER + "\n")
