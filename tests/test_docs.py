@@ -88,6 +88,17 @@ def test_a_docstring_without_a_derivative_has_none():
     assert (forward, derivative, stable) == ("f(x) = x^3.\n\nUsed by the encoder.", "", "")
 
 
+def test_a_paragraph_starting_with_derivative_states_the_derivative():
+    forward, derivative, _ = docs.split_docstring("f(x) = |x|^3.\n\nDerivative: 3 x |x|.")
+    assert (forward, derivative) == ("f(x) = |x|^3.", "Derivative: 3 x |x|.")
+
+
+def test_the_generated_page_ends_with_one_newline():
+    template = f"# title\n\n{docs.INDEX_MARKER}\n\n{docs.REFERENCE_MARKER}\n\n\n\n"
+    text = docs.render_gradients(template)
+    assert text.startswith(docs.HEADER + "# title\n") and text.endswith("\n") and not text.endswith("\n\n")
+
+
 def test_template_needs_both_markers_once_each():
     with pytest.raises(ValueError, match="op-reference"):
         docs.render_gradients("# title\n\n" + docs.INDEX_MARKER + "\n")
@@ -128,6 +139,14 @@ def test_a_stale_tutorial_output_is_detected(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = "Intro.\n\n```python\nprint(1 + 1)\n```\n\n```text\n3\n```\n\nEnd.\n"
     assert docs.render_tutorial(text) == text.replace("```text\n3\n", "```text\n2\n")
+
+
+def test_a_tutorial_block_that_prints_nothing_shows_no_output(tmp_path, monkeypatch):
+    """No empty text block is added under a block that prints nothing; a stale one is dropped."""
+    monkeypatch.chdir(tmp_path)
+    quiet = "```python\nx = 2\n```\n"
+    assert docs.render_tutorial(quiet) == quiet
+    assert docs.render_tutorial(quiet + "\n```text\n2\n```\n") == quiet
 
 
 def test_an_error_in_a_tutorial_block_names_the_line_of_the_file(tmp_path, monkeypatch):
