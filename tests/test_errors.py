@@ -493,6 +493,19 @@ def test_clip_refuses_a_bound_that_would_change_the_dtype_or_wants_a_gradient(bo
         F.clip(x, lo=bound)
 
 
+def test_clip_of_an_integer_tensor_takes_bounds_of_the_dtype_it_computes_in():
+    """clip of integer pixels computes in the default dtype, as every op on integers: a float32
+    bound array keeps the result float32, and an int64 one, which NumPy would promote with the
+    float32 pixels to a float64 result, is refused."""
+    pixels = mv.tensor(np.array([[0, 100, 255], [30, 200, 7]], np.int64))
+    out = F.clip(pixels, np.array([10, 0, 0], np.float32), 250)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out.data, [[10, 100, 250], [30, 200, 7]])
+    with pytest.raises(TypeError, match=r"^clip: lo has dtype int64 and the tensor int64, computed in "
+                                        r"float32; convert the bound with astype first"):
+        F.clip(pixels, lo=np.array([10, 0, 0]))
+
+
 # ----- backward misuse ----------------------------------------------------------------------
 def test_backward_on_non_scalar_needs_grad():
     y = ones(2, 3) * 2.0

@@ -6,7 +6,7 @@ numerically stable form that is computed. ``g`` is the gradient arriving from th
 import numbers
 
 from ..autograd import Tensor, tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, get_default_dtype
 from ..function import Function
 
 
@@ -436,8 +436,9 @@ def elu(x, alpha=1.0):
 def clip(x, lo=None, hi=None):
     """Clamp ``x`` into [lo, hi] (see ``Clip``).
 
-    Each bound is None, a number (a 0-d array counts as one), or an array of ``x``'s dtype and
-    device that broadcasts with it: per-column bounds, say. Bounds are constants (no gradient
+    Each bound is None, a number (a 0-d array counts as one), or an array that broadcasts with
+    ``x`` (per-column bounds, say), on ``x``'s device and of the dtype clip computes in: ``x``'s,
+    or the default dtype for an integer ``x``. Bounds are constants (no gradient
     reaches them); for a bound that needs one, write ``where(x < lo, lo, x)``.
     """
     x = x if isinstance(x, Tensor) else tensor(x)  # as Clip.apply would make it
@@ -446,8 +447,10 @@ def clip(x, lo=None, hi=None):
 
 def _clip_bound(x, bound, name):
     """``bound`` checked for ``clip(x, ...)``: numbers as Python numbers (they keep a float32
-    result float32, see ``_python_number``), arrays as they are once they match ``x``. An array
-    of another dtype would change the result's dtype, which the gradient could not follow."""
+    result float32, see ``_python_number``), arrays as they are once they match the dtype clip
+    computes in: ``x``'s, or the default dtype for an integer or boolean ``x`` (as every op on
+    one). An array of another dtype would change the result's dtype, which the gradient could
+    not follow (an int64 bound would make clip of an int64 tensor float64)."""
     if isinstance(bound, Tensor):
         raise TypeError(f"clip: {name} is a Tensor; bounds are constants, so pass a number or an "
                         f"array (or use where(...) for a bound that needs a gradient)")
@@ -460,9 +463,11 @@ def _clip_bound(x, bound, name):
     if not isinstance(bound, array_type):
         raise TypeError(f"clip: {name} must be None, a number or an array on x's device "
                         f"({array_type.__module__}.{array_type.__name__}), got {type(bound).__name__}")
-    if bound.dtype != x.dtype:
-        raise TypeError(f"clip: {name} has dtype {bound.dtype} and the tensor {x.dtype}; convert "
-                        "the bound with astype first (casts are never silent)")
+    computed = x.dtype if x.dtype.kind == "f" else get_default_dtype()
+    if bound.dtype != computed:
+        tensor_dtype = x.dtype if computed == x.dtype else f"{x.dtype}, computed in {computed}"
+        raise TypeError(f"clip: {name} has dtype {bound.dtype} and the tensor {tensor_dtype}; "
+                        "convert the bound with astype first (casts are never silent)")
     return bound
 
 
