@@ -392,8 +392,8 @@ log_sigmoid = LogSigmoid.apply
 def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
     """x ** exponent for a constant real number ``exponent``, a Python or NumPy scalar (see ``Pow``)."""
     if not isinstance(exponent, numbers.Real):
-        raise TypeError("pow: the exponent must be a Python or NumPy number; for a tensor exponent "
-                        "write exp(b * log(x))")
+        raise TypeError(f"pow: the exponent must be a real Python or NumPy number, got "
+                        f"{type(exponent).__name__}; for a tensor exponent write exp(b * log(x))")
     return Pow.apply(x, exponent=_python_number(exponent))
 
 
