@@ -489,3 +489,11 @@ def test_a_model_case_is_a_function_of_the_parameters_it_is_given():
     fn(x, *params).backward()
     for name, p in zip(names, params):
         assert p.grad is not None and np.any(p.grad != 0), f"no gradient reaches {name}"
+
+
+def test_a_model_case_scores_a_batch_of_binary_images_of_the_size_asked():
+    from minivae.gradcheck_cases import SMALL_MODEL, model_case
+
+    _, _, (x, *_) = model_case("vae", batch=3)
+    assert x.shape == (3, SMALL_MODEL["x_dim"]) and not x.requires_grad
+    assert set(np.unique(x.data)) == {0.0, 1.0}

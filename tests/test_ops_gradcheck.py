@@ -18,7 +18,7 @@ import minivae.ops
 from minivae import Function, Tensor
 from minivae import functional as F
 from minivae.gradcheck import check_float32, gradcheck
-from minivae.gradcheck_cases import COND, CASES, away_from, build, distinct, op_classes
+from minivae.gradcheck_cases import BINARY, COND, CASES, away_from, build, distinct, op_classes
 from minivae.gradcheck_cases import rng_for as _rng_for
 from minivae.ops import elementwise as el, ladder
 
@@ -253,6 +253,12 @@ def test_distinct_values_are_three_quarters_of_the_spacing_apart():
         x = distinct(rng, shape)
         assert x.shape == shape
         assert np.diff(np.sort(x.ravel())).min() >= 0.075
+
+
+def test_binary_targets_are_0_and_1():
+    x = BINARY(50, 4)(np.random.default_rng(0))
+    assert x.shape == (50, 4) and x.dtype == np.float64
+    assert set(np.unique(x)) == {0.0, 1.0}
 
 
 def _case(op, name):
