@@ -6,7 +6,8 @@
 The JSON holds the run's config and final results, the command that trained it, and every
 ``clusters_*.json`` of the run (or those given): their scores and the ``minivae cluster``
 command that writes each again, plus the usual machine / versions / date fields of this machine.
-A clustering of an earlier checkpoint, which names fewer epochs than the run has done, is refused.
+A clustering of another checkpoint than the one at the end of the run's last epoch (an earlier
+one, or one saved inside an epoch) is refused.
 docs/results.md quotes these files.
 """
 import argparse
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, default_machine_name, machine_info, versions, write_result  # noqa: E402
-from record_run import epoch_metrics  # noqa: E402
+from record_run import epoch_metrics, other_checkpoint  # noqa: E402
 
 
 def cluster_command(run, scores):
@@ -46,11 +47,11 @@ def main(argv=None):
     for path in paths:
         result = json.loads(path.read_text())
         result.pop("run", None)  # where it was on the machine that clustered it
-        # A run resumed for more epochs keeps the clusterings of its earlier checkpoints, which
-        # name the epochs they encoded with (those written before they did, nothing).
-        if result.get("epochs", epochs) != epochs:
-            parser.error(f"{path} clustered the run after {result['epochs']} of its {epochs} epochs; "
-                         f"cluster it again with `minivae cluster {args.run}`")
+        where = other_checkpoint(result, epochs)
+        if where:
+            parser.error(f"{path} clustered the run {where}; cluster it again with `minivae cluster "
+                         f"{args.run}` (after `minivae train --out {args.run} --resume` if it stopped "
+                         f"inside an epoch)")
         scores.append({"cluster_command": cluster_command(run.name, result), **result})
     if not args.clusters:  # in the order of their settings, not of their names (100 before 20)
         scores.sort(key=lambda s: (s["n_clusters"], s["n"], s["seed"]))

@@ -11,8 +11,9 @@ machine: record a run on the machine that trained it. A GPU run (its config says
 ``device="gpu"``) also gets the GPU's name, memory, CUDA and CuPy versions, and is named after
 the GPU. ``--eval`` adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error,
 k, images and effective sample sizes replace those of ``results.json``, whose reconstruction and
-KL parts are then dropped); an evaluation of an earlier checkpoint, which names fewer epochs than
-the run has done, is refused. ``--allow-unfinished`` records a run that stopped before its final
+KL parts are then dropped); an evaluation of another checkpoint than the one at the end of the
+run's last epoch (an earlier one, or one saved inside an epoch) is refused.
+``--allow-unfinished`` records a run that stopped before its final
 evaluation, with ``finished`` false and no test scores (benchmarks/gpu_check.sh keeps the epochs
 of a recipe cut short that way). A note on the run goes in parentheses at the end of
 ``--command`` (report.py shows it beside the row).
@@ -33,6 +34,18 @@ def epoch_metrics(run):
     path = Path(run) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()
             if line.strip() and "valid_elbo" in line] if path.exists() else []
+
+
+def other_checkpoint(result, epochs):
+    """Where the ``minivae eval`` or ``minivae cluster`` ``result`` scored a run whose
+    metrics.jsonl records ``epochs`` epochs, in words, when that is not the end of the last of
+    them; None when it is, or when ``result`` names no position (written before results did). A
+    run resumed for more epochs keeps the results of its earlier checkpoints, and a run stopped
+    inside an epoch was scored with batches of it that no recorded epoch holds."""
+    done, batch = result.get("epochs", epochs), result.get("batch", 0)
+    if (done, batch) == (epochs, 0):
+        return None
+    return f"after {done}" + (f" epochs and {batch} batches" if batch else "") + f" of its {epochs} epochs"
 
 
 def main(argv=None):
@@ -75,11 +88,11 @@ def main(argv=None):
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
-        # A run resumed for more epochs keeps the evaluations of its earlier checkpoints, which
-        # name the epochs they scored (those written before they did, nothing).
-        if ev.get("epochs", len(metrics)) != len(metrics):
-            parser.error(f"--eval {args.eval} scored the run after {ev['epochs']} of its {len(metrics)} "
-                         f"epochs; score it again with `minivae eval {args.run}`")
+        where = other_checkpoint(ev, len(metrics))
+        if where:
+            parser.error(f"--eval {args.eval} scored the run {where}; score it again with "
+                         f"`minivae eval {args.run}` (after `minivae train --out {args.run} --resume` if "
+                         f"it stopped inside an epoch)")
         # the parts of the ELBO that the evaluation's replaces, and the training's own effective
         # sample sizes (of its k, not the evaluation's)
         for key in ("test_rec", "test_kl", "ess_median", "ess_min"):

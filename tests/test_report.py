@@ -147,8 +147,9 @@ def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_ha
 
 
 def test_record_run_refuses_the_evaluation_of_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
-    """An evaluation written before the run was resumed for more epochs scored another model:
-    refused, naming both epoch counts; one that names none (written before evaluations did) is taken."""
+    """An evaluation written before the run was resumed for more epochs scored another model, and
+    so did one of a checkpoint saved inside an epoch: refused, naming the position and the run's
+    epochs; one that names none (written before evaluations did) is taken."""
     import record_run
 
     run = _run_folder(tmp_path, {"test_elbo": -99.0})
@@ -161,6 +162,13 @@ def test_record_run_refuses_the_evaluation_of_an_earlier_checkpoint(tmp_path, mo
     with pytest.raises(SystemExit):
         record_run.main(args)
     assert "scored the run after 1 of its 2 epochs" in capsys.readouterr().err
+    assert not written
+    # A run stopped inside its third epoch: its checkpoint's model trained 50 batches past the
+    # two epochs recorded.
+    (run / "eval.json").write_text(json.dumps(dict(ev, epochs=2, batch=50)))
+    with pytest.raises(SystemExit):
+        record_run.main(args)
+    assert "scored the run after 2 epochs and 50 batches of its 2 epochs" in capsys.readouterr().err
     assert not written
     for recorded in (dict(ev, epochs=2, batch=0), ev):
         (run / "eval.json").write_text(json.dumps(recorded))
@@ -220,7 +228,8 @@ def test_record_clusters_keeps_every_score_with_the_command_that_writes_it(tmp_p
 
 def test_record_clusters_refuses_the_clustering_of_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
     """A clustering written before the run was resumed for more epochs encoded with another
-    model: refused, naming both epoch counts; one that names the run's epochs is taken."""
+    model, and so did one of a checkpoint saved inside an epoch: refused, naming the position and
+    the run's epochs; one that names the run's epochs is taken."""
     import record_clusters
 
     run = _run_folder(tmp_path, {"test_elbo": -99.0})
@@ -231,6 +240,11 @@ def test_record_clusters_refuses_the_clustering_of_an_earlier_checkpoint(tmp_pat
     with pytest.raises(SystemExit):
         record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
     assert "clustered the run after 1 of its 2 epochs" in capsys.readouterr().err
+    assert not written
+    (run / "clusters_10.json").write_text(json.dumps(dict(scores, epochs=2, batch=50)))
+    with pytest.raises(SystemExit):
+        record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
+    assert "clustered the run after 2 epochs and 50 batches of its 2 epochs" in capsys.readouterr().err
     assert not written
     (run / "clusters_10.json").write_text(json.dumps(dict(scores, epochs=2, batch=0)))
     record_clusters.main([str(run), "--command", "minivae train --epochs 2"])
