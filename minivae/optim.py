@@ -146,8 +146,8 @@ class Optimizer:
 
     def load_state_dict(self, state_dict):
         """Restore hyperparameters and per-parameter state from ``state_dict``, checking every
-        name, number (a real number in its range; flush_every an integer >= 0), shape and dtype
-        first (nothing changes when anything is wrong)."""
+        name, number (a real number in its range; flush_every and each step count an integer
+        >= 0), shape and dtype first (nothing changes when anything is wrong)."""
         check_mapping(state_dict, "state_dict", "names to values (such as an optimizer's state_dict())")
         sd = dict(state_dict)
         problems = []
@@ -160,7 +160,7 @@ class Optimizer:
         problems += out_of_range({name: sd[name] for name in self._hyper
                                   if name in sd and _is_number(sd[name])}, _RANGES)
         flush_every = sd.get("flush_every")
-        if _is_number(flush_every) and not (flush_every >= 0 and float(flush_every).is_integer()):
+        if _is_number(flush_every) and not _is_count(flush_every):
             problems.append(f"flush_every must be an integer >= 0, got {flush_every!r}")
         n = sd.get("num_params")
         if _is_number(n) and n != len(self.params):
@@ -180,10 +180,12 @@ class Optimizer:
                 continue
             p = self.params[i]
             if name == "step":
-                if _is_number(value):
-                    new_state[i][name] = int(value)
-                else:
+                if not _is_number(value):
                     problems.append(f"{key} must be a number, got {value!r}")
+                elif not _is_count(value):  # int() would make 2.5 a 2, and fail on NaN or inf
+                    problems.append(f"{key} must be an integer >= 0, got {value!r}")
+                else:
+                    new_state[i][name] = int(value)
                 continue
             value = np.asarray(value) if not hasattr(value, "shape") else value
             if tuple(value.shape) != tuple(p.data.shape) or value.dtype != p.data.dtype:
@@ -255,6 +257,12 @@ def _is_number(value):
     if isinstance(value, np.ndarray) and value.ndim == 0:
         return value.dtype.kind in "biuf"
     return isinstance(value, numbers.Real)
+
+
+def _is_count(value):
+    """Whether the number ``value`` (``_is_number``) is a whole number >= 0, as a step count or
+    flush_every is: False for NaN and infinities."""
+    return value >= 0 and float(value).is_integer()
 
 
 def _plain(value):

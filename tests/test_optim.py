@@ -488,11 +488,17 @@ def test_optimizers_refuse_a_flush_period_that_is_no_count(flush_every, error, m
     ("num_params", [2], r"num_params must be a number, got \[2\]"),
     ("state.0.step", None, "state.0.step must be a number, got None; state.0: arrays without a "
                            "step count"),
+    ("state.0.step", 2.5, "state.0.step must be an integer >= 0, got 2.5; state.0: arrays without a "
+                          "step count"),
+    ("state.0.step", -1, "state.0.step must be an integer >= 0, got -1; state.0: .*"),
+    ("state.0.step", math.nan, "state.0.step must be an integer >= 0, got nan; state.0: .*"),
+    ("state.0.step", math.inf, "state.0.step must be an integer >= 0, got inf; state.0: .*"),
 ])
 def test_optimizer_load_of_a_state_with_a_bad_number_changes_nothing(key, value, message):
     # Before: flush_every None raised int()'s TypeError after lr and the betas had been loaded,
     # and -3 was taken; "0.8" failed in a comparison ("'<=' not supported between ..."), [2] in
-    # int() and a step of None in int(), each with NumPy's or Python's words.
+    # int() and a step of None in int(), each with NumPy's or Python's words; a step of 2.5 was
+    # loaded as 2 and one of -1 as -1, NaN met int()'s ValueError and inf its OverflowError.
     params = _params()
     opt = optim.Adam(params, lr=0.1)
     _run(opt, params, _grads(params, 1))
