@@ -27,13 +27,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 
+from minivae.runs import read_metrics  # noqa: E402
+
 
 def epoch_metrics(run):
-    """The lines of ``run``/metrics.jsonl of the epochs done (those with a validation ELBO), as
-    dicts; none when the file is absent."""
-    path = Path(run) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()
-            if line.strip() and "valid_elbo" in line] if path.exists() else []
+    """The records of ``run``'s metrics.jsonl of the epochs done (those with a validation ELBO;
+    ``minivae.runs.read_metrics``, which drops a last line cut off by a crash); none when the
+    file is absent."""
+    return [record for record in read_metrics(run) if "valid_elbo" in record]
 
 
 def other_checkpoint(result, epochs):

@@ -146,6 +146,20 @@ def test_record_run_takes_the_evaluation_s_scores(tmp_path, monkeypatch, eval_ha
     assert (written["epochs"], written["train_seconds_all_epochs"], written["seconds_per_epoch_median"]) == (2, 7.0, 3.5)
 
 
+def test_record_run_takes_a_run_whose_last_metrics_line_was_cut_off(tmp_path, monkeypatch):
+    """A run killed while writing its metrics leaves a last line without its end; the run is
+    recorded with the epochs before it (before: a JSONDecodeError)."""
+    import record_run
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0})
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "valid_elbo": -9')
+    written = {}
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
+    record_run.main([str(run), "--command", "minivae train --epochs 2"])
+    assert written["epochs"] == 2 and [m["epoch"] for m in written["epoch_metrics"]] == [1, 2]
+
+
 def test_record_run_refuses_the_evaluation_of_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
     """An evaluation written before the run was resumed for more epochs scored another model, and
     so did one of a checkpoint saved inside an epoch: refused, naming the position and the run's
