@@ -197,17 +197,17 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
     if labels.dtype.kind not in "iub":
         # Class labels are integers; float labels (NaN among them) would each count as a class.
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    classes = np.unique(labels)
+    classes, counts = np.unique(labels, return_counts=True)
     n_labelled = check_integer(n_labelled, "n_labelled", minimum=1)
     if n_labelled % len(classes):
         raise ValueError(f"n_labelled={n_labelled} is not a positive multiple of the {len(classes)} classes")
     per_class = n_labelled // len(classes)
-    counts = [int((labels == c).sum()) for c in classes]
-    if min(counts) < per_class:
+    fewest = int(counts.min())
+    if fewest < per_class:
         smallest = classes[int(np.argmin(counts))]
         raise ValueError(f"n_labelled={n_labelled} asks for {per_class} examples of each class, but class "
-                         f"{smallest.item()!r} has {min(counts)}; give at most {len(classes) * min(counts)} "
-                         f"({len(classes)} classes x {min(counts)})")
+                         f"{smallest.item()!r} has {fewest}; give at most {len(classes) * fewest} "
+                         f"({len(classes)} classes x {fewest})")
     rng = _rng.generator(seed, _rng.STREAM_LABELLED)
     chosen = []
     for c in classes:  # sorted order, so the draws are assigned to classes reproducibly
