@@ -30,7 +30,7 @@ from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
-                   check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
+                   check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file, load_run,
                    next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
                    write_json)
 from .train import DataMismatchError, TrainingDiverged, check_batches, has_batch_norm
@@ -181,26 +181,25 @@ def _claim_out(args, default, kind, what):
     return path
 
 
-def _read_run(run):
-    """(arrays, meta, config) of a run folder's checkpoint: one UsageError naming the folder when
-    it does not exist, NotARunError (saying what it holds instead) when it holds no run,
-    CheckpointError when the checkpoint is damaged."""
+def _check_run_folder(run):
+    """One UsageError naming the run folder ``run`` when it does not exist."""
     if not Path(run).exists():
         raise UsageError(f"run folder {run} does not exist (train one with `minivae train --out {run}`)")
-    return read_checkpoint(run)
 
 
 def _load_run(run):
-    """(config, model) of a run folder (``_read_run``'s errors)."""
-    arrays, _, config = _read_run(run)
-    return config, run_model(run, arrays, config)
+    """(config, model) of a run folder: ``_check_run_folder``'s UsageError, NotARunError when it
+    holds no run (``load_run`` says what it holds instead)."""
+    _check_run_folder(run)
+    return load_run(run)  # a damaged checkpoint raises CheckpointError
 
 
 def _load_scored_run(run):
     """(config, model, trained) of a run folder, as ``_load_run``; ``trained`` is the position of
     its checkpoint (``checkpoint_position``), which a result of the model records: a resumed run
     trains on, and its earlier results stay."""
-    arrays, meta, config = _read_run(run)
+    _check_run_folder(run)
+    arrays, meta, config = read_checkpoint(run)
     return config, run_model(run, arrays, config), checkpoint_position(meta, Path(run) / CHECKPOINT)
 
 
