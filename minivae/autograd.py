@@ -190,6 +190,20 @@ def _check_real(array, what, given):
         raise TypeError(f"{what} must be real numbers (booleans, integers or floats), got {got}")
 
 
+def _plain_array(data, what):
+    """``data`` itself, unless it is one of NumPy's array subclasses whose operations mean other
+    things than an array's: an ``np.matrix`` becomes the plain array it views (with a matrix,
+    ``*`` is a matrix product and a sum keeps two axes, so an op would give other numbers or
+    fail inside NumPy); a masked array is refused (TypeError naming ``what``), since no op skips
+    its masked entries: they would be read as the numbers stored under the mask."""
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a masked array, whose masked entries would be read as the "
+                        "numbers under the mask; fill them first (a.filled(value))")
+    if isinstance(data, np.matrix):
+        return data.view(np.ndarray)
+    return data
+
+
 def _unbroadcast(grad, shape, fn):
     """Sum ``grad`` over the axes that broadcasting added or stretched so it takes ``shape``.
 
@@ -265,6 +279,7 @@ class Tensor:
     def __init__(self, data, requires_grad=False):
         if isinstance(data, Tensor):  # its array, as tensor() and nn.Parameter take it
             data = data.data
+        data = _plain_array(data, "Tensor data")
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
         _check_real(self.data, "Tensor data", data)
@@ -655,6 +670,7 @@ def tensor(data, requires_grad=False, dtype=None):
     """
     if isinstance(data, Tensor):
         data = data.data
+    data = _plain_array(data, "Tensor data")  # before the cast, which would drop a mask
     if dtype is not None:
         array = get_array_module(data).asarray(data)
         _check_real(array, "Tensor data", data)  # before the cast, which makes None a NaN

@@ -2,6 +2,7 @@
 import re
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -402,6 +403,38 @@ def test_data_that_is_no_real_numbers_is_refused(name):
     make, what = NOT_REAL_NUMBERS[name]
     with pytest.raises(TypeError, match=rf"{what}.* must be real numbers \(booleans, integers or floats\)"):
         make()
+
+
+MASKED = {  # no op skips a masked entry: each would be read as the number under the mask
+    "Tensor": (lambda m: Tensor(m), "Tensor data"),
+    "tensor with a dtype": (lambda m: mv.tensor(m, dtype=np.float64), "Tensor data"),
+    "Parameter": (lambda m: nn.Parameter(m), "Tensor data"),
+    "an operand": (lambda m: ones(3) * m, "Mul: an operand"),
+}
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_a_masked_array_is_refused(name):
+    make, what = MASKED[name]
+    masked = np.ma.masked_array([1.0, 2.0, 3.0], mask=[False, True, False])
+    with pytest.raises(TypeError, match=rf"^{what} is a masked array, .*a\.filled\(value\)"):
+        make(masked)
+
+
+def test_a_matrix_is_taken_as_the_plain_array_it_views():
+    """With an np.matrix kept as the data, ``*`` was a matrix product and a sum failed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # NumPy's advice against np.matrix
+        m = np.matrix([[1.0, 2.0], [3.0, 4.0]])
+    a = np.asarray(m)
+    for x in (Tensor(m, requires_grad=True), mv.tensor(m, requires_grad=True), nn.Parameter(m)):
+        assert type(x.data) is np.ndarray and np.shares_memory(x.data, a)
+        y = x * x
+        np.testing.assert_array_equal(y.data, a * a)
+        y.sum().backward()
+        np.testing.assert_array_equal(x.grad, 2 * a)
+    np.testing.assert_array_equal((ones(2, 2) * m).data, a)
+    np.testing.assert_array_equal(mv.tensor(m, dtype=np.float32).sum().data, 10.0)
 
 
 @pytest.mark.parametrize("exponent, got", [(ones(2), "Tensor"), (np.ones(2), "ndarray"), (np.array(2.0), "ndarray"),
