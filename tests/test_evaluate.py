@@ -257,6 +257,25 @@ def test_x_is_checked_and_converted_to_the_models_dtype():
             np.testing.assert_equal(evaluate(same), want)
 
 
+def test_x_may_be_a_tensor():
+    """NumPy read a Tensor as a sequence, one indexing op per pixel (seconds for a hundred
+    images), into an array of dtype object that was refused as "x has dtype object"."""
+    from minivae import analysis
+    from minivae import evaluate as E
+
+    model = build_model("m2", **SMALL_MODEL, rng=np.random.default_rng(0))
+    x = (np.random.default_rng(1).random((4, model.x_dim)) < 0.5).astype(np.float32)
+    y = np.arange(4)
+    evaluators = [lambda x: E.log_likelihood_and_ess(model, x, k=2), lambda x: E.elbo(model, x),
+                  lambda x: E.classification_error(model, x, y), lambda x: E.test_set_scores(model, x, y, k=2),
+                  lambda x: analysis.encode_dataset(vae, x)]
+    vae = build_model("vae", **SMALL_MODEL, rng=np.random.default_rng(0))
+    for evaluate in evaluators:
+        want = evaluate(x)
+        np.testing.assert_equal(evaluate(mv.tensor(x)), want)
+        np.testing.assert_equal(evaluate(mv.tensor(x, requires_grad=True)), want)
+
+
 @pytest.mark.parametrize("name", ["m2", "m1m2"])
 def test_the_labels_of_the_classification_error_are_checked(name):
     """A column of labels (N, 1) was compared with every prediction (an error of 3.7 for 6
