@@ -580,8 +580,10 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
         return 0.0
     norm_type = float(norm_type)
     if norm_type == math.inf:
-        norms = [float(get_array_module(p.grad).abs(p.grad).max()) for p in grads]
-        total = float(np.max(norms))  # NaN if any is: Python's max() skips a NaN after the first
+        # A zero-size gradient (a layer without inputs) has no maximum, and adds nothing.
+        norms = [float(get_array_module(p.grad).abs(p.grad).max()) for p in grads if p.grad.size]
+        # NaN if any is: Python's max() skips a NaN after the first
+        total = float(np.max(norms)) if norms else 0.0
     elif norm_type == 2.0:
         sq = 0.0
         for p in grads:

@@ -609,6 +609,18 @@ def test_clip_grad_norm_propagates_a_nan_from_any_gradient(norm_type):
     assert all(np.isnan(p.grad).all() for p in params)
 
 
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+def test_clip_grad_norm_counts_nothing_for_a_zero_size_gradient(norm_type):
+    """The inf norm failed with NumPy's "zero-size array to reduction operation maximum"."""
+    params = _params(np.float64, shapes=((0, 3), (2,)))
+    params[0].grad, params[1].grad = np.zeros((0, 3)), np.array([3.0, -4.0])
+    want = 5.0 if norm_type == 2.0 else 4.0
+    assert optim.clip_grad_norm_(params, 1.0, norm_type=norm_type) == pytest.approx(want, rel=1e-15)
+    np.testing.assert_allclose(params[1].grad, np.array([3.0, -4.0]) / (want + 1e-6), rtol=1e-15)
+    assert params[0].grad.shape == (0, 3)
+    assert optim.clip_grad_norm_(params[:1], 1.0, norm_type=norm_type) == 0.0
+
+
 def test_clip_grad_norm_clips_a_norm_just_above_the_threshold():
     """Every total norm above max_norm is clipped, also one barely above it (a scale factor
     max_norm / (total + 1e-6) just below 1): the gradients end with norm max_norm."""
