@@ -595,7 +595,9 @@ def clip_grad_norm_(params, max_norm, norm_type=2.0):
     coef = float(max_norm) / (total + 1e-6)
     if coef < 1 or math.isnan(coef):
         for p in grads:
-            p.grad = p.grad * coef  # a new array: never write into a gradient that may be shared
+            # A new array: never write into a gradient that may be shared. (NumPy's product of
+            # a 0-d array is a NumPy scalar, which no gradient is: it cannot be written into.)
+            p.grad = get_array_module(p.grad).asarray(p.grad * coef)
     return total
 
 

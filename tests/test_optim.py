@@ -621,6 +621,16 @@ def test_clip_grad_norm_counts_nothing_for_a_zero_size_gradient(norm_type):
     assert optim.clip_grad_norm_(params[:1], 1.0, norm_type=norm_type) == 0.0
 
 
+def test_clip_grad_norm_keeps_the_gradient_of_a_0d_parameter_an_array():
+    """NumPy's product of a 0-d array is a NumPy scalar: .grad became np.float64, which cannot
+    be written into (``p.grad[...] = 0``), unlike every gradient backward gives."""
+    p = nn.Parameter(np.array(3.0))
+    p.grad = np.array(4.0)
+    assert optim.clip_grad_norm_([p], 1.0) == 4.0
+    assert type(p.grad) is np.ndarray and p.grad.shape == () and p.grad.flags.writeable
+    np.testing.assert_allclose(p.grad, 4.0 / (4.0 + 1e-6), rtol=1e-15)
+
+
 def test_clip_grad_norm_clips_a_norm_just_above_the_threshold():
     """Every total norm above max_norm is clipped, also one barely above it (a scale factor
     max_norm / (total + 1e-6) just below 1): the gradients end with norm max_norm."""
