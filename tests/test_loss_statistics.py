@@ -269,10 +269,15 @@ def test_a_loss_or_bound_refuses_a_batch_that_is_no_float_rows(name, score):
         SCORES[score](model, x.astype(np.int64), extra)
     with pytest.raises(ValueError, match=r"^x must be a batch of rows, shape \(B, D\), got shape \(\d+,\)$"):
         SCORES[score](model, x[0], extra)
+    # a list failed with AttributeError: 'list' object has no attribute 'ndim'
+    with pytest.raises(TypeError, match=r"^x must be an array or a Tensor, shape \(B, D\), got list$"):
+        SCORES[score](model, x.data.tolist(), extra)
     if model.semi_supervised and score == "loss":
         x_l, labels = extra["labelled"]
         with pytest.raises(TypeError, match="^x_l has dtype uint8: a model takes float intensities"):
             model.loss(x, Generator(3), labelled=((x_l * 255).astype(np.uint8), labels))
+        with pytest.raises(TypeError, match=r"^x_l must be an array or a Tensor, shape \(B, D\), got list$"):
+            model.loss(x, Generator(3), labelled=(x_l.data.tolist(), labels))
 
 
 BOUNDS = {"labelled_bound": lambda model, x: model.labelled_bound(x, np.zeros(len(x), int), Generator(3)),

@@ -171,7 +171,10 @@ def check_batch(x, name="x"):
     anything but a batch of rows, shape (B, D) (one image without its batch axis would give a
     0-d ELBO), an empty batch (B = 0: a loss's means are NaN, with warnings, not an error), or
     pixels that are no floats (``checks.check_float``: integers 0..255 would be scored as
-    Bernoulli outcomes up to 255). Shape and dtype only: nothing is read from the device."""
+    Bernoulli outcomes up to 255). Shape and dtype only: nothing is read from the device. A
+    list or anything else without them is refused (TypeError) rather than failing on ``x.ndim``."""
+    if not (hasattr(x, "ndim") and hasattr(x, "dtype")):
+        raise TypeError(f"{name} must be an array or a Tensor, shape (B, D), got {type(x).__name__}")
     if x.ndim != 2:
         raise ValueError(f"{name} must be a batch of rows, shape (B, D), got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
