@@ -12,6 +12,7 @@ from minivae import AnomalyError, Tensor
 from minivae import functional as F
 from minivae import nn
 from minivae.gpu import dispatch
+from minivae.ops.vae import ReparameterizeNoise
 from minivae.random import Generator, Noise
 from test_kernels import fake_gpu, shim  # noqa: F401  (fixtures)
 
@@ -67,7 +68,7 @@ def test_broadcast_failure_of_ops_that_take_their_shape_first_names_op_and_shape
     if gpu:
         monkeypatch.setattr(dispatch, "is_gpu_array", lambda array: True)
     with pytest.raises(ValueError, match=r"^ReparameterizeNoise: cannot broadcast shapes \(4, 3\) and \(2,\) together$"):
-        F.reparameterize(ones(4, 3), ones(2), Noise(1))
+        ReparameterizeNoise.apply(ones(4, 3), ones(2), noise=Noise(1))
     with pytest.raises(ValueError, match=r"^BernoulliLogProb: cannot broadcast shapes \(4, 3\) and \(2,\) together$"):
         F.bernoulli_log_prob(ones(4, 3), np.ones(2))
     assert not fake_gpu[1]  # no launch
@@ -91,6 +92,27 @@ def test_reparameterize_refuses_a_draw_shape_clearly():
     with pytest.raises(ValueError, match="do not broadcast"):
         F.reparameterize(mu, mu, noise, shape=(2, 1))
     assert noise.offset == 0  # a refused draw uses up no offset, as the generator's own draws
+
+
+def test_reparameterize_checks_mu_and_logvar_before_a_generator_draws():
+    """mu and logvar that do not broadcast (reparameterize), or differ in shape or have no axis
+    (reparameterize_kl), are refused before a Generator hands out its next draw: the corrected
+    call draws the noise that a call without the mistake draws."""
+    noise = Generator(1)
+    with pytest.raises(ValueError, match=r"^reparameterize: mu of shape \(4, 3\) and logvar of shape \(2,\) do not "
+                                         r"broadcast$"):
+        F.reparameterize(ones(4, 3), ones(2), noise)
+    with pytest.raises(ValueError, match=r"^reparameterize: mu of shape \(4, 3\) and logvar of shape \(2,\) do not "
+                                         r"broadcast$"):
+        F.reparameterize(ones(4, 3), ones(2), Noise(1))  # the same words for an address
+    with pytest.raises(ValueError, match=r"^reparameterize_kl: mu and logvar must have one shape, got \(4, 3\) "
+                                         r"and \(3,\)$"):
+        F.reparameterize_kl(ones(4, 3), ones(3), noise)
+    with pytest.raises(ValueError, match="^reparameterize_kl: needs inputs with at least one axis"):
+        F.reparameterize_kl(Tensor(np.float32(0.0)), 0.0, noise)
+    assert noise.offset == 0
+    z = F.reparameterize(ones(4, 3), ones(3), noise)
+    assert noise.offset == 1 and np.array_equal(z.data, F.reparameterize(ones(4, 3), ones(3), Noise(1, 0)).data)
 
 
 PER_ROW_OPS = {

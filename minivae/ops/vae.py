@@ -21,7 +21,7 @@ def _check_rows(op, *arrays):
     """Refuse 0-d inputs to the per-row op ``op``: they must broadcast to at least one axis, the
     row that is summed. NumPy sums a 0-d array over axis -1 as if it had one, but neither the
     per-row gradient (given a trailing axis to spread over the row) nor the in-place passes fit."""
-    if all(a.ndim == 0 for a in arrays):
+    if all(np.ndim(a) == 0 for a in arrays):
         raise ValueError(f"{op}: needs inputs with at least one axis (it sums each row over the "
                          f"last), got 0-d inputs")
 
@@ -148,6 +148,16 @@ class KLNormalStd(Function):
         return _kl_grads(g, mu, em1, *ctx.needs_input_grad)
 
 
+def _check_kl_rows(mu, logvar):
+    """Refuse reparameterize_kl's mu and logvar unless they have one shape with at least one axis
+    (its KL sums each row). Run by the op, and by ``reparameterize_kl`` before a Generator hands
+    out its next draw, so that a refused call uses up no offset."""
+    if np.shape(mu) != np.shape(logvar):
+        raise ValueError(f"reparameterize_kl: mu and logvar must have one shape, got {np.shape(mu)} "
+                         f"and {np.shape(logvar)}")
+    _check_rows("reparameterize_kl", mu, logvar)
+
+
 class ReparameterizeKL(Function):
     """reparameterize_kl(mu, logvar, noise, samples=None) = (z, kl): a reparameterized sample of
     q = N(mu, e^logvar) and its KL to the prior N(0, I), in one op with two outputs:
@@ -171,10 +181,7 @@ class ReparameterizeKL(Function):
 
     @staticmethod
     def forward(ctx, mu, logvar, noise=None, samples=None):
-        if mu.shape != logvar.shape:
-            raise ValueError(f"reparameterize_kl: mu and logvar must have one shape, got {mu.shape} "
-                             f"and {logvar.shape}")
-        _check_rows("reparameterize_kl", mu, logvar)
+        _check_kl_rows(mu, logvar)
         if samples is not None and samples < 1:
             raise ValueError(f"reparameterize_kl: samples must be at least 1, got {samples}")
         xp = get_array_module(mu, logvar)
@@ -389,15 +396,17 @@ class BinaryCrossEntropyWithLogits(Function):
 
 
 def _draw_shape(mu, logvar, shape):
-    """``shape=`` of reparameterize as a tuple of sizes (``check_shape``), refused, with the three
-    shapes named, where mu and logvar do not broadcast with it (NumPy's words would name them
-    "arg 0" to "arg 2")."""
-    shape = check_shape(shape)
+    """``shape=`` of reparameterize as a tuple of sizes (``check_shape``), or None (the draw takes
+    the broadcast shape of mu and logvar), refused, with the shapes named, where mu, logvar and
+    it do not broadcast (NumPy's words would name them "arg 0" to "arg 2")."""
+    if shape is not None:
+        shape = check_shape(shape)
     try:
-        np.broadcast_shapes(np.shape(mu), np.shape(logvar), shape)
+        np.broadcast_shapes(np.shape(mu), np.shape(logvar), () if shape is None else shape)
     except ValueError:
+        draw = "" if shape is None else f" with the draw's shape {shape}"
         raise ValueError(f"reparameterize: mu of shape {np.shape(mu)} and logvar of shape {np.shape(logvar)} "
-                         f"do not broadcast with the draw's shape {shape}") from None
+                         f"do not broadcast{draw}") from None
     return shape
 
 
@@ -411,7 +420,7 @@ def reparameterize(mu, logvar, eps, shape=None):
     seed and offset; ``shape`` then sets the shape of the draw, broadcast with mu's and logvar's
     (e.g. (S,) + mu.shape for S samples).
     """
-    if isinstance(eps, (Generator, Noise)) and shape is not None:
+    if isinstance(eps, (Generator, Noise)):
         shape = _draw_shape(mu, logvar, shape)  # before a Generator hands out its next draw
     if isinstance(eps, Generator):
         eps = eps.next_noise()
@@ -430,6 +439,7 @@ def reparameterize_kl(mu, logvar, noise, samples=None):
     if samples is not None:  # before a Generator hands out its next draw; int(2.7) would draw 2
         samples = check_integer(samples, "reparameterize_kl: samples", minimum=1)
     if isinstance(noise, Generator):
+        _check_kl_rows(mu, logvar)
         noise = noise.next_noise()
     if not isinstance(noise, Noise):
         raise TypeError(f"reparameterize_kl: noise must be a minivae.random.Noise or Generator, "
