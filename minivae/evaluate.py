@@ -165,8 +165,15 @@ def elbo(model, x, noise=None, batch_size=500):
 def nll_summary(ll, ess=None):
     """Mean test NLL and its standard error over the images, from per-image log-likelihoods
     (None from one image: no spread to estimate it from); with their effective sample sizes
-    ``ess`` also the median and the smallest of those."""
+    ``ess`` also the median and the smallest of those. ``ll`` is one value per image, shape (N,)
+    with N >= 1 (no images have no mean), and ``ess`` has the same shape."""
     ll = np.asarray(ll, dtype=np.float64)
+    if ll.ndim != 1 or len(ll) == 0:
+        raise ValueError(f"nll_summary: ll must hold one log-likelihood per image, shape (N,) with N >= 1, "
+                         f"got shape {ll.shape}")
+    if ess is not None and np.shape(ess) != ll.shape:
+        raise ValueError(f"nll_summary: ess must hold one effective sample size per image, shape {ll.shape} "
+                         f"like ll, got shape {np.shape(ess)}")
     stderr = float(ll.std(ddof=1) / np.sqrt(len(ll))) if len(ll) > 1 else None
     out = {"test_nll": float(-ll.mean()), "test_nll_stderr": stderr}
     if ess is not None:

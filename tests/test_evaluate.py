@@ -187,6 +187,21 @@ def test_nll_summary_is_the_mean_and_its_standard_error():
     assert nll_summary(ll[:1]) == {"test_nll": 1.0, "test_nll_stderr": None}  # no spread from one image
 
 
+def test_nll_summary_refuses_no_images_and_ess_of_other_images():
+    """No log-likelihoods have no mean (NumPy would give NaN with a RuntimeWarning), and
+    effective sample sizes of another number of images would summarize other images."""
+    from minivae.evaluate import nll_summary
+
+    with pytest.raises(ValueError, match=r"^nll_summary: ll must hold one log-likelihood per image, shape \(N,\) "
+                                         r"with N >= 1, got shape \(0,\)$"):
+        nll_summary([])
+    with pytest.raises(ValueError, match=r"got shape \(2, 2\)$"):
+        nll_summary(np.zeros((2, 2)))
+    with pytest.raises(ValueError, match=r"^nll_summary: ess must hold one effective sample size per image, "
+                                         r"shape \(2,\) like ll, got shape \(0,\)$"):
+        nll_summary([-1.0, -2.0], ess=[])
+
+
 def test_a_fixed_noise_address_is_refused_by_the_log_likelihood():
     """Every chunk would draw the same samples: k = 50 would be k = 10 counted five times."""
     from minivae.evaluate import log_likelihood
