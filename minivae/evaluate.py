@@ -2,7 +2,8 @@
 
 log p(x) ~ log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x) (Burda et al. 2015), the number
 papers report as test NLL with k = 5000. The k samples are drawn in chunks and combined with a
-running log-sum-exp, so memory stays bounded by ``chunk_rows`` decoder rows whatever k is. That
+running log-sum-exp, so memory stays bounded by ``chunk_rows`` decoder rows whatever k is (by
+``batch_size`` rows where that is larger: a chunk holds at least one sample per example). That
 makes the chunks one estimate only if each of a model's importance samples is drawn on its own
 (``log_weights`` shares no noise among the samples of one call, a chunk; ``models.base``).
 M1+M2 estimates log p(z1) of its M2 at M1's features instead of log p(x) (``models.m1m2``).
@@ -102,7 +103,8 @@ def log_likelihood_and_ess(model, x, k=5000, noise=None, batch_size=100, chunk_r
     their weights, (sum w)^2 / sum w^2 in [1, k] (two NumPy float64 arrays of length N).
 
     ``model.log_weights(x, k, noise)`` gives (k, B) log-weights, k independent samples per
-    example; they are drawn ``chunk_rows // batch_size`` samples at a time and merged by
+    example; they are drawn ``chunk_rows // batch_size`` samples at a time (at least one, so a
+    chunk has max(chunk_rows, batch_size) decoder rows at most) and merged by
     log-sum-exp (of the weights, and of their squares for the effective sample size). Each chunk
     draws the generator's next numbers, so another ``batch_size`` or ``chunk_rows`` gives another,
     equally valid, draw of the same estimate; the defaults (which ``minivae eval`` and the trainer
