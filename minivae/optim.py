@@ -261,7 +261,10 @@ def _is_number(value):
 
 def _is_count(value):
     """Whether the number ``value`` (``_is_number``) is a whole number >= 0, as a step count or
-    flush_every is: False for NaN and infinities."""
+    flush_every is: False for NaN and infinities, and for a bool (which a count never is: True
+    would be taken as 1), as ``check_integer`` refuses it in the constructor."""
+    if np.asarray(value).dtype.kind == "b":
+        return False
     return value >= 0 and float(value).is_integer()
 
 

@@ -484,6 +484,8 @@ def test_optimizers_refuse_a_flush_period_that_is_no_count(flush_every, error, m
 @pytest.mark.parametrize("key, value, message", [
     ("flush_every", None, "flush_every must be a number, got None"),
     ("flush_every", -3, "flush_every must be an integer >= 0, got -3"),
+    ("flush_every", True, "flush_every must be an integer >= 0, got True"),
+    ("flush_every", np.array(True), r"flush_every must be an integer >= 0, got array\(True\)"),
     ("beta1", "0.8", "beta1 must be a number, got '0.8'"),
     ("num_params", [2], r"num_params must be a number, got \[2\]"),
     ("state.0.step", None, "state.0.step must be a number, got None; state.0: arrays without a "
@@ -491,6 +493,7 @@ def test_optimizers_refuse_a_flush_period_that_is_no_count(flush_every, error, m
     ("state.0.step", 2.5, "state.0.step must be an integer >= 0, got 2.5; state.0: arrays without a "
                           "step count"),
     ("state.0.step", -1, "state.0.step must be an integer >= 0, got -1; state.0: .*"),
+    ("state.0.step", True, "state.0.step must be an integer >= 0, got True; state.0: .*"),
     ("state.0.step", math.nan, "state.0.step must be an integer >= 0, got nan; state.0: .*"),
     ("state.0.step", math.inf, "state.0.step must be an integer >= 0, got inf; state.0: .*"),
 ])
