@@ -200,7 +200,7 @@ def _load_scored_run(run):
     trains on, and its earlier results stay."""
     _check_run_folder(run)
     arrays, meta, config = read_checkpoint(run)
-    return config, run_model(run, arrays, config), checkpoint_position(meta, Path(run) / CHECKPOINT)
+    return config, run_model(run, arrays, config), checkpoint_position(meta, Path(run) / CHECKPOINT, config)
 
 
 # ----- train ------------------------------------------------------------------------------------

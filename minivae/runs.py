@@ -349,26 +349,23 @@ def check_resume_state(arrays, meta, path, config, n_train=None):
             raise damaged(path, f"the optimizer state {name} holds NaN or infinite values")
 
 
-def checkpoint_position(meta, path):
+def checkpoint_position(meta, path, config):
     """{"epochs": epochs done, "batch": batches done of the next epoch} of a checkpoint's
     document ``meta``: what a score of its model records. CheckpointError naming the checkpoint
-    at ``path`` when the document holds no position (training always saves one)."""
+    at ``path`` when the document holds no position (training always saves one), or one that
+    training as ``config`` does not pass through (``_check_loop_position``)."""
     for key in ("epoch", "batch"):
         if type(meta.get(key)) is not RESUME_STATE[key]:
             raise damaged(path, f"its document holds no {key!r} (int): the position of its model")
+    _check_loop_position(meta["epoch"], meta["batch"], path, config)
     return {"epochs": meta["epoch"], "batch": meta["batch"]}
 
 
-def check_position(meta, path, config, n_train=None):
-    """Raise CheckpointError naming the checkpoint at ``path`` unless the loop position in its
-    document ``meta`` is one that training as ``config`` says passes through: ``epoch`` epochs
-    done, 0 to ``config.epochs``, and ``batch`` batches done of the next, 0 to the batches of an
-    epoch of ``n_train`` images (all of them: stopped after its last step, before its metrics;
-    without ``n_train``, at least 0), and none once every epoch is done; its ``sums`` numbers,
-    and its ``images`` (where recorded) a count for each statistic of the sums, at least 1 once
-    a batch is done. Training never saves anything else; resumed from another position, a run
-    would skip or repeat steps without a word, or fail inside the loop."""
-    epoch, batch = meta["epoch"], meta["batch"]
+def _check_loop_position(epoch, batch, path, config, n_train=None):
+    """Raise CheckpointError naming the checkpoint at ``path`` unless ``epoch`` epochs done and
+    ``batch`` batches done of the next are a loop position of training as ``config``: ``epoch``
+    0 to ``config.epochs``, ``batch`` 0 to the batches of an epoch of ``n_train`` images
+    (without ``n_train``, at least 0), and 0 once every epoch is done."""
     if not 0 <= epoch <= config.epochs:
         raise damaged(path, f"its epoch {epoch} lies outside its run of {config.epochs} epochs; "
                             f"an epoch from 0 to {config.epochs} would be valid")
@@ -380,6 +377,18 @@ def check_position(meta, path, config, n_train=None):
         valid = "at least 0" if batches is None else (f"0 to {batches}, the batches of {config.batch_size} "
                                                       f"in an epoch of {n_train} images")
         raise damaged(path, f"its batch {batch} lies outside an epoch; a batch {valid} would be valid")
+
+
+def check_position(meta, path, config, n_train=None):
+    """Raise CheckpointError naming the checkpoint at ``path`` unless the loop position in its
+    document ``meta`` is one that training as ``config`` says passes through
+    (``_check_loop_position``: all the batches of an epoch done is one, stopped after its last
+    step, before its metrics); its ``sums`` numbers, and its ``images`` (where recorded) a count
+    for each statistic of the sums, at least 1 once a batch is done. Training never saves
+    anything else; resumed from another position, a run would skip or repeat steps without a
+    word, or fail inside the loop."""
+    batch = meta["batch"]
+    _check_loop_position(meta["epoch"], batch, path, config, n_train)
     for name, value in meta["sums"].items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise damaged(path, f"its sums[{name!r}] is {value!r}, not a number")

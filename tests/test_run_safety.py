@@ -4,6 +4,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import struct
@@ -549,6 +550,22 @@ def test_a_checkpoint_position_outside_its_run_is_named_and_left_as_it_is(tmp_pa
     message = one_line(exc)
     assert f"checkpoint {tmp_path / 'run' / CHECKPOINT} is damaged: {named}" in message
     assert files(tmp_path / "run") == before
+
+
+@pytest.mark.parametrize("position, named", [
+    (dict(epoch=-1, batch=0), "its epoch -1 lies outside its run of 2 epochs; an epoch from 0 to 2"),
+    (dict(epoch=3, batch=0), "its epoch 3 lies outside its run of 2 epochs"),
+    (dict(epoch=0, batch=-4), "its batch -4 lies outside an epoch; a batch at least 0 would be valid"),
+    (dict(epoch=2, batch=1), "its batch 1 follows the last of its run's 2 epochs"),
+])
+def test_the_position_a_score_records_is_one_its_run_passes_through(tmp_path, position, named):
+    """``eval`` and ``cluster`` record the checkpoint's position with their scores: one outside
+    its run (a negative epoch or batch, say) was recorded as it was, as if the model had been
+    trained that far."""
+    path = tmp_path / "run" / CHECKPOINT
+    with pytest.raises(checkpoint.CheckpointError, match=f"^checkpoint {re.escape(str(path))} is damaged: {named}"):
+        runs.checkpoint_position(position, path, config(tmp_path))
+    assert runs.checkpoint_position(dict(epoch=1, batch=3), path, config(tmp_path)) == {"epochs": 1, "batch": 3}
 
 
 def test_a_resume_on_training_data_of_another_size_is_refused_and_changes_nothing(tmp_path):
