@@ -17,6 +17,16 @@ def check_integer(value, name: str, *, minimum: int) -> int:
     return int(value)
 
 
+def check_sklearn_seed(seed) -> int:
+    """``seed`` as a Python int in [0, 2**32), the seeds scikit-learn (and UMAP) take as
+    ``random_state``: checked by the caller before the work it seeds, which would refuse a larger
+    one only once it runs."""
+    seed = check_integer(seed, "seed", minimum=0)
+    if seed >= 2**32:
+        raise ValueError(f"seed must be below 2**32 (scikit-learn's seeds), got {seed}")
+    return seed
+
+
 def check_real(value, name: str) -> float:
     """Return ``value`` as a Python float. A bool, a string or anything else that is no real
     number is refused (TypeError) rather than read as 0 or 1, or parsed."""

@@ -22,7 +22,7 @@ import numpy as np
 
 from .analysis import encode_dataset
 from .backend import to_device
-from .checks import check_integer, check_points
+from .checks import check_integer, check_points, check_sklearn_seed
 
 
 def _require_sklearn():
@@ -55,14 +55,6 @@ def _pair(labels, clusters):
     return labels, _integer_labels(clusters, "clusters", len(labels))
 
 
-def _check_seed(seed):
-    """``seed`` as a Python int in [0, 2**32), the seeds scikit-learn takes."""
-    seed = check_integer(seed, "seed", minimum=0)
-    if seed >= 2**32:
-        raise ValueError(f"seed must be below 2**32 (scikit-learn's seeds), got {seed}")
-    return seed
-
-
 def _check_n_clusters(n_clusters, n):
     """``n_clusters`` as a Python int from 1 to ``n``, the number of points to cluster."""
     n_clusters = check_integer(n_clusters, "n_clusters", minimum=1)
@@ -80,7 +72,7 @@ def kmeans(points, n_clusters=10, seed=0):
     points = np.asarray(to_device(points, "cpu"), dtype=np.float64)
     check_points(points, "points")
     n_clusters = _check_n_clusters(n_clusters, len(points))
-    seed = _check_seed(seed)
+    seed = check_sklearn_seed(seed)
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(points)
 
 
@@ -123,7 +115,7 @@ def latent_clusters(model, x, labels, n_clusters=10, seed=0, batch_size=500):
     _require_sklearn()
     labels = _integer_labels(labels, "labels", len(x))
     n_clusters = _check_n_clusters(n_clusters, len(labels))
-    seed = _check_seed(seed)
+    seed = check_sklearn_seed(seed)
     mu, _ = encode_dataset(model, x, batch_size=batch_size)
     clusters = kmeans(mu, n_clusters, seed)
     return {"encoded_gaussian": model.encoded_gaussian, "n": len(mu), "n_clusters": n_clusters,

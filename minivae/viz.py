@@ -38,7 +38,8 @@ from . import streams
 from .analysis import ACTIVE_UNIT_THRESHOLD, encode_dataset, kl_per_dimension, latent_activity
 from .autograd import tensor
 from .backend import to_device
-from .checks import NON_NEGATIVE, POSITIVE, check_bool, check_float, check_integer, check_points, check_ranges
+from .checks import (NON_NEGATIVE, POSITIVE, check_bool, check_float, check_integer, check_points, check_ranges,
+                     check_sklearn_seed)
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
 from .models import VAE
@@ -548,13 +549,17 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     ``n_embed`` of them to stay fast (``embeddings=False`` skips them, as does a test set of one
     image). ``n_latent`` is an integer of at least 1, ``n_embed`` of at least 2, ``embeddings``
     True or False (``embeddings="False"`` would run t-SNE). The sample grid
-    uses the Philox generator (``seed``, stream 3), as ``minivae sample`` does. See the module
+    uses the Philox generator (``seed``, stream 3), as ``minivae sample`` does; with
+    ``embeddings`` the seed also seeds t-SNE and UMAP, so it must be below 2**32 (scikit-learn's
+    seeds; ``check_sklearn_seed``), whether they are installed or not. See the module
     docstring for the list of files.
     """
     _require_matplotlib()
     n_latent = check_integer(n_latent, "n_latent", minimum=1)
     n_embed = check_integer(n_embed, "n_embed", minimum=_MIN_EMBED)
     embeddings = check_bool(embeddings, "embeddings")
+    if embeddings:  # before the first picture: t-SNE would refuse it after the samples are drawn
+        seed = check_sklearn_seed(seed)
     run_dir = Path(run_dir)
     _, model = load_run(run_dir)
     data = data if data is not None else load_mnist(verbose=False)

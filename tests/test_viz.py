@@ -587,9 +587,11 @@ def test_plot_run_embeds_the_means_of_a_one_dimensional_latent_with_tsne(data, t
     ("n_latent", 0, ValueError), ("n_latent", -5, ValueError), ("n_latent", 10.0, TypeError),
     ("n_embed", 1, ValueError), ("n_embed", 0, ValueError),
     ("embeddings", "False", TypeError), ("embeddings", None, TypeError),
+    ("seed", 2**32, ValueError), ("seed", -1, ValueError),
 ])
 def test_plot_run_checks_its_subset_sizes(run_z3, data, tmp_path, argument, bad, error):
-    """(embeddings="False" ran t-SNE, as the string is true.)"""
+    """(embeddings="False" ran t-SNE, as the string is true; a seed of 2**32 was refused by
+    t-SNE after the samples, reconstructions and PCA pictures were written.)"""
     run = _copy_run(run_z3, tmp_path)
     before = sorted(p.name for p in run.iterdir())
     with pytest.raises(error, match=f"{argument} must be"):
