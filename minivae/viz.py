@@ -249,6 +249,17 @@ def plot_reconstructions(x, recon, path, n=32, ncol=8):
     return _save(fig, path)
 
 
+def _point_labels(labels, n, name="labels"):
+    """``labels`` as a NumPy array of one integer label per point, shape (``n``,), refused
+    otherwise with ``name`` in the message (the colour of a point is C(label mod 10))."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must hold one label per point, shape ({n},), got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be integers (digit classes), got dtype {labels.dtype}")
+    return labels
+
+
 def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
     """A 2-D scatter of latent points coloured by digit label (tab10, with a legend).
 
@@ -261,12 +272,7 @@ def plot_latent_scatter(points, labels, path, title, xlabel, ylabel):
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 2:
         raise ValueError(f"points must be (N, 2), got shape {points.shape}")
-    labels = None if labels is None else np.asarray(labels)
-    if labels is not None and labels.shape != (len(points),):
-        raise ValueError(f"labels must hold one label per point, shape ({len(points)},), got shape "
-                         f"{labels.shape}")
-    if labels is not None and labels.dtype.kind not in "iu":  # the colour is C(label mod 10)
-        raise TypeError(f"labels must be integers (digit classes), got dtype {labels.dtype}")
+    labels = None if labels is None else _point_labels(labels, len(points))
     fig = Figure(figsize=(6.4, 5.6))
     ax = fig.subplots()
     if labels is None:
@@ -566,7 +572,8 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     n = min(n_latent, len(data.x_test))
     x_test = binarize_eval(np.asarray(data.x_test[:n]), "test")
     y_test = getattr(data, "y_test", None)
-    y_test = None if y_test is None else np.asarray(y_test)[:n]
+    if y_test is not None:  # checked before the first picture, not by the scatters after the samples
+        y_test = _point_labels(y_test, len(data.x_test), "data.y_test")[:n]
     paths = []
 
     # A model with a label: one row per class, 8 draws of the other latents each.

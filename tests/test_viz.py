@@ -600,6 +600,23 @@ def test_plot_run_checks_its_subset_sizes(run_z3, data, tmp_path, argument, bad,
 
 
 
+@pytest.mark.parametrize("y_test, error, message", [
+    (lambda y: y[:-1], ValueError, r"^data\.y_test must hold one label per point, shape \((\d+),\), got shape "
+                                   r"\((\d+),\)$"),
+    (lambda y: y.astype(np.float64), TypeError, r"^data\.y_test must be integers \(digit classes\), got dtype "
+                                                r"float64$"),
+], ids=["one label short", "float labels"])
+def test_plot_run_checks_its_test_labels_before_any_picture(run_z3, data, tmp_path, y_test, error, message):
+    """Labels that are not one integer per test image were refused by the latent scatter, after
+    the samples and reconstructions were written."""
+    run = _copy_run(run_z3, tmp_path)
+    before = sorted(p.name for p in run.iterdir())
+    bad = types.SimpleNamespace(x_test=data.x_test, y_test=y_test(np.asarray(data.y_test)))
+    with pytest.raises(error, match=message):
+        viz.plot_run(run, data=bad, embeddings=False)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_plot_run_encodes_the_first_n_latent_test_images(run_z3, data, tmp_path, monkeypatch):
     encoded = []
     encode = viz.encode_dataset
