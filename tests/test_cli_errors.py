@@ -17,6 +17,7 @@ import pytest
 
 import minivae.data
 import minivae.train
+import minivae.viz
 from minivae import checkpoint, cli
 from minivae.cli import UsageError, main
 from minivae.train import CHECKPOINT
@@ -31,9 +32,15 @@ def _no_mnist(*args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def no_mnist(monkeypatch):
-    """Loading MNIST fails the test: every error below must be found before the data is touched."""
-    monkeypatch.setattr(minivae.data, "load_mnist", _no_mnist)
-    monkeypatch.setattr(minivae.train, "load_mnist", _no_mnist)
+    """Loading MNIST fails the test: every error below must be found before the data is touched.
+
+    ``load_mnist`` is replaced in every minivae module that holds it by name: minivae.data and
+    each module that imported it from there (minivae.train, minivae.viz, imported above so that
+    a command importing it later does not bind the stand-in for good)."""
+    original = minivae.data.load_mnist
+    for name, module in list(sys.modules.items()):
+        if name.startswith("minivae.") and getattr(module, "load_mnist", None) is original:
+            monkeypatch.setattr(module, "load_mnist", _no_mnist)
 
 
 def user_error(capsys, argv, *named):
@@ -111,6 +118,13 @@ def test_unknown_command(capsys):
 @pytest.mark.parametrize("command", ["eval", "sample", "plot", "graph"])
 def test_missing_run_folder(capsys, tmp_path, command):
     user_error(capsys, [command, str(tmp_path / "nope")], str(tmp_path / "nope"), "does not exist")
+
+
+def test_no_mnist_covers_a_command_that_loads_it_through_viz(run):
+    """``plot`` loads MNIST in minivae.viz, which imported load_mnist by name: the fixture's
+    stand-in is met there too, not the cached files."""
+    with pytest.raises(AssertionError, match="^MNIST was loaded before the arguments were checked$"):
+        main(["plot", str(run)])
 
 
 def test_a_folder_without_a_run(capsys, tmp_path):
