@@ -160,6 +160,20 @@ def check_shape(shape) -> tuple[int, ...]:
 # The bijection
 # ---------------------------------------------------------------------------------------
 
+def _check_words(a, owner, name):
+    """Refuse the array ``a``, argument ``name`` of ``owner`` (both named in the message), unless
+    it holds 32-bit words: integers in [0, 2**32). The cast to uint32 would truncate a float and
+    wrap a negative or larger integer around, without a word. A uint32 array needs no look at
+    its values."""
+    if a.dtype == np.uint32:
+        return
+    if a.dtype.kind not in "ui":
+        raise TypeError(f"{owner}: {name} must hold integers, got {a.dtype}")
+    if a.size and (a.min() < 0 or a.max() > _MASK32):
+        raise ValueError(f"{owner}: {name} must hold values in [0, 2**32) (32-bit words), got values "
+                         f"from {a.min()} to {a.max()}")
+
+
 def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
     """Philox4x32 with ``rounds`` rounds (10 is the standard Philox4x32-10).
 
@@ -173,11 +187,8 @@ def philox4x32(counter, key, rounds: int = 10) -> np.ndarray:
         raise ValueError(f"philox4x32: counter must have shape (..., 4) and key (..., 2), "
                          f"got {c.shape} and {k.shape}")
     rounds = check_integer(rounds, "rounds", minimum=0)
-    for name, a in (("counter", c), ("key", k)):
-        if a.dtype.kind not in "ui":
-            raise TypeError(f"philox4x32: {name} must hold integers, got {a.dtype}")
-        if a.size and (a.min() < 0 or a.max() > _MASK32):
-            raise ValueError(f"philox4x32: {name} words must be in [0, 2**32)")
+    _check_words(c, "philox4x32", "counter")
+    _check_words(k, "philox4x32", "key")
     c = c.astype(np.uint64)
     k = k.astype(np.uint64)
     shape = np.broadcast_shapes(c.shape[:-1], k.shape[:-1])
@@ -276,9 +287,12 @@ def philox_words(n: int, seed: int, offset: int = 0, stream: int = 0, start: int
 # ---------------------------------------------------------------------------------------
 
 def uniform_from_words(words, dtype=np.float32) -> np.ndarray:
-    """Map uint32 words to uniforms strictly inside (0, 1) (see the module docstring)."""
+    """Map uint32 words to uniforms strictly inside (0, 1) (see the module docstring). ``words``
+    are integers in [0, 2**32) (``_check_words``)."""
     dt = check_dtype(dtype)
-    w = np.asarray(words, dtype=np.uint32)
+    w = np.asarray(words)
+    _check_words(w, "uniform_from_words", "words")
+    w = w.astype(np.uint32, copy=False)
     if dt == np.float32:
         # (w >> 9) < 2**23, so (w >> 9) + 0.5 needs 24 significant bits: exact in float32.
         return ((w >> np.uint32(9)).astype(np.float32) + np.float32(0.5)) * np.float32(_TWO_POW_M23)
@@ -308,10 +322,13 @@ def normal_from_words(words, dtype=np.float32) -> np.ndarray:
     Pairs (w0, w1) and (w2, w3): ``n0 = r cos(theta)``, ``n1 = r sin(theta)`` with
     ``r = sqrt(-2 log U(w0))`` and ``theta = 2 pi U(w1)`` (likewise n2, n3), ``U`` the
     uniform of the target dtype. sin and cos are sincospi(2 U(w1)) (``2 U`` is exact); the
-    arithmetic is done in float64 and rounded once to the target dtype.
+    arithmetic is done in float64 and rounded once to the target dtype. ``words`` are integers in
+    [0, 2**32) (``_check_words``).
     """
     dt = check_dtype(dtype)
-    w = np.asarray(words, dtype=np.uint32)
+    w = np.asarray(words)
+    _check_words(w, "normal_from_words", "words")
+    w = w.astype(np.uint32, copy=False)
     if w.shape[-1:] != (4,):
         raise ValueError(f"normal_from_words expects words of shape (..., 4), got {w.shape}")
     u = uniform_from_words(w, dt).astype(np.float64)  # exact

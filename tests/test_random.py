@@ -54,10 +54,29 @@ def test_philox_vectorized_and_broadcast():
 def test_philox_rejects_bad_input():
     with pytest.raises(ValueError, match=r"counter must have shape \(\.\.\., 4\) and key \(\.\.\., 2\), got \(3,\)"):
         mr.philox4x32(np.zeros(3, np.uint32), np.zeros(2, np.uint32))
-    with pytest.raises(ValueError, match=r"counter words must be in \[0, 2\*\*32\)"):
+    with pytest.raises(ValueError, match=r"^philox4x32: counter must hold values in \[0, 2\*\*32\) \(32-bit words\), "
+                                         r"got values from 0 to 4294967296$"):
         mr.philox4x32(np.array([0, 0, 0, 1 << 32], dtype=np.uint64), np.zeros(2, np.uint32))
     with pytest.raises(TypeError, match="counter must hold integers, got float64"):
         mr.philox4x32(np.zeros(4), np.zeros(2, np.uint32))
+
+
+@pytest.mark.parametrize("transform", [mr.uniform_from_words, mr.normal_from_words])
+def test_words_must_be_32_bit_integers(transform):
+    """A float or a negative "word" was cast to uint32 without a word: 2.7 read as 2, -1 as
+    0xFFFFFFFF. Integers of another dtype within 32 bits are the words they equal."""
+    words = np.array([[0, 1, 511, 0xFFFFFFFF]])
+    np.testing.assert_array_equal(transform(words), transform(words.astype(np.uint32)))
+    name = transform.__name__
+    with pytest.raises(TypeError, match=f"^{name}: words must hold integers, got float64$"):
+        transform(np.array([[0.0, 1.0, 2.7, 3.0]]))
+    with pytest.raises(TypeError, match=f"^{name}: words must hold integers, got bool$"):
+        transform(np.ones((1, 4), bool))
+    with pytest.raises(ValueError, match=rf"^{name}: words must hold values in \[0, 2\*\*32\) \(32-bit words\), "
+                                         r"got values from -1 to 3$"):
+        transform([[-1, 1, 2, 3]])
+    with pytest.raises(ValueError, match=r"got values from 0 to 4294967296$"):
+        transform([[0, 1, 2, 1 << 32]])
 
 
 def test_addressing_convention():
