@@ -289,9 +289,8 @@ def _as_tensors(fn, inputs):
     xp = get_array_module(ref.data)
     if dtype.kind != "f" and fn.moves_elements and not any(map(_is_float, inputs)):
         dtype = None  # each input keeps its dtype (NumPy joins an int32 and an int64 as int64)
-    elif dtype.kind != "f":  # no float tensor: a float array's dtype, else the default dtype
-        dtype = next((x.dtype for x in inputs if not isinstance(x, (Tensor, np.generic))
-                      and getattr(getattr(x, "dtype", None), "kind", None) == "f"), get_default_dtype())
+    else:
+        dtype = compute_dtype(dtype, inputs)
     out = []
     for x in inputs:
         if isinstance(x, Tensor):
@@ -316,6 +315,17 @@ def _as_tensors(fn, inputs):
         else:
             out.append(Tensor(xp.asarray(x, dtype=dtype)))
     return out
+
+
+def compute_dtype(dtype, inputs=()):
+    """The dtype an op computes in whose first float tensor (else first tensor) input has
+    ``dtype``: that dtype when it is floating; otherwise, since integer and boolean inputs take
+    the float dtype of the others, the dtype of the first float array among ``inputs`` (a
+    Tensor or a NumPy scalar sets none), else the default dtype."""
+    if dtype.kind == "f":
+        return dtype
+    return next((x.dtype for x in inputs if not isinstance(x, (Tensor, np.generic))
+                 and getattr(getattr(x, "dtype", None), "kind", None) == "f"), get_default_dtype())
 
 
 def _is_float(x):

@@ -6,8 +6,8 @@ numerically stable form that is computed. ``g`` is the gradient arriving from th
 import numbers
 
 from ..autograd import Tensor, tensor
-from ..backend import get_array_module, get_default_dtype
-from ..function import Function
+from ..backend import get_array_module
+from ..function import Function, compute_dtype
 
 
 class Add(Function):
@@ -463,7 +463,7 @@ def _clip_bound(x, bound, name):
     if not isinstance(bound, array_type):
         raise TypeError(f"clip: {name} must be None, a number or an array on x's device "
                         f"({array_type.__module__}.{array_type.__name__}), got {type(bound).__name__}")
-    computed = x.dtype if x.dtype.kind == "f" else get_default_dtype()
+    computed = compute_dtype(x.dtype)
     if bound.dtype != computed:
         tensor_dtype = x.dtype if computed == x.dtype else f"{x.dtype}, computed in {computed}"
         raise TypeError(f"clip: {name} has dtype {bound.dtype} and the tensor {tensor_dtype}; "
