@@ -2109,3 +2109,36 @@ def test_the_gpu_draws_check_their_address_and_shape_as_the_cpu_draws(fake_gpu, 
     elements than a draw holds is refused before its output is allocated."""
     with pytest.raises((TypeError, ValueError), match=named):
         draw(fake_gpu[0])
+
+
+class _HugeArray:
+    """A stand-in for a CuPy array of 5 * 2**32 float32 elements, (2**32, 5), C-contiguous: what
+    the launch wrappers read of an array before allocating their outputs, and no memory."""
+    shape, ndim, dtype = (2**32, 5), 2, np.dtype(np.float32)
+    size = 5 * 2**32
+    flags = types.SimpleNamespace(c_contiguous=True)
+
+
+@pytest.mark.parametrize("launch", [
+    lambda K, big: K.reparameterize_forward(big, big, 1),
+    lambda K, big: K.reparameterize_backward(big, big, 1),
+    lambda K, big: K.reparameterize_kl_forward(big, big, 1),
+    lambda K, big: K.reparameterize_kl_backward(big, None, big, big, 1),
+], ids=["reparameterize_forward", "reparameterize_backward", "reparameterize_kl_forward",
+        "reparameterize_kl_backward"])
+def test_the_reparameterization_wrappers_refuse_more_elements_than_a_draw_holds(fake_gpu, monkeypatch, launch):
+    """eps is element i of a draw, which holds at most 2**34 elements (the element's block is a
+    32-bit counter word), so the wrappers refuse larger arrays before allocating their outputs.
+    The arrays are stand-ins (``_HugeArray``), and an allocation of the outputs fails the test."""
+    K, calls = fake_gpu
+
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("the output of a draw past 2**34 elements was allocated")
+
+    monkeypatch.setattr(K.cp, "ndarray", _HugeArray)
+    monkeypatch.setattr(K.cp, "empty", no_allocation)
+    monkeypatch.setattr(K.cp, "empty_like", no_allocation)
+    with pytest.raises(ValueError, match=r"^a draw holds at most 2\*\*34 elements, asked for elements "
+                                         r"\[0, 21474836480\)$"):
+        launch(K, _HugeArray())
+    assert not calls
