@@ -4,8 +4,13 @@ cuBLAS's own signatures), so the argument order of the row-major -> column-major
 leading dimensions, the scalars passed by reference and the handle's life are all checked against
 NumPy. (The same calls on the real library, inside a captured CUDA graph: tests/test_gpu.py.)"""
 import ctypes.util
+import os
 import re
+import shutil
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +154,43 @@ def test_a_library_without_the_functions_is_passed_over_and_named(fake_lib_path)
     with pytest.raises(RuntimeError, match=rf"tried {re.escape(other)} \(loads, but lacks .*cublasCreate_v2"):
         cublas.load_library([other])
     assert cublas.load_library([other, fake_lib_path])._name == fake_lib_path
+
+
+#: A stand-in libcublas that needs a symbol of libcublasLt as it loads (a pointer to its data,
+#: resolved when the library is loaded, however lazily functions are bound) without naming
+#: libcublasLt as a dependency, and defines the functions ``_declare`` looks up.
+NEEDS_LT = ("extern int minivae_lt_marker;\nint *minivae_lt = &minivae_lt_marker;\n"
+            + "".join(f"int {name}(void) {{ return 0; }}\n" for name in (
+                "cublasCreate_v2", "cublasDestroy_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2",
+                "cublasSgemm_v2", "cublasDgemm_v2")))
+
+
+def _in_a_fresh_process(code):
+    """Run ``code`` in a new Python: a library loaded with RTLD_GLOBAL stays for the life of a
+    process, so a load with the companion and one without cannot share one."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_libcublaslt_is_loaded_first_from_the_folder_of_libcublas(tmp_path):
+    """libcublas needs libcublasLt's symbols as it loads; a pip wheel or a toolkit folder that
+    is on no search path has both side by side, so load_library loads the companion of the
+    same folder first (globally, where libcublas finds it). Without it, the stand-in here fails
+    to load with its missing symbol named."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler: cannot build the stand-in libraries")
+    (tmp_path / "lt.c").write_text("int minivae_lt_marker = 42;\n")
+    (tmp_path / "cublas.c").write_text(NEEDS_LT)
+    lt, lib = tmp_path / "libcublasLt.so.99", tmp_path / "libcublas.so.99"
+    for source, out in (("lt.c", lt), ("cublas.c", lib)):
+        proc = subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", str(tmp_path / source), "-o", str(out)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+    alone = _in_a_fresh_process(f"import ctypes; ctypes.CDLL({str(lib)!r})")
+    assert alone.returncode != 0 and "minivae_lt_marker" in alone.stderr  # it needs the companion
+    loaded = _in_a_fresh_process("from minivae.gpu import cublas\n"
+                                 f"print(cublas.load_library([{str(lib)!r}])._name)")
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.strip() == str(lib)
