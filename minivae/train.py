@@ -398,7 +398,8 @@ class Trainer:
         """Drop metric lines written after the checkpoint (epoch summaries of a crash between the
         two writes, gradient traces of steps that will run again, a line cut off by a crash)."""
         done = self.steps_done  # optimizer steps in the checkpoint
-        runs.rewrite_metrics(self.run_dir, lambda line: _kept(line, self.epoch, done))
+        path = self.run_dir / runs.METRICS
+        runs.rewrite_metrics(self.run_dir, lambda line: _kept(line, self.epoch, done, path))
 
     # ----- graph mode ------------------------------------------------------------------------
     def _run_step(self, xb, beta, step):
@@ -618,9 +619,19 @@ def _read_statistics(stats):
     return dict(zip(names, to_device(stacked, "cpu").tolist()))
 
 
-def _kept(line, epoch, steps):
-    """Whether a metrics line belongs to a run checkpointed after ``epoch`` epochs and ``steps`` steps."""
-    return line["step"] < steps if "step" in line else line["epoch"] <= epoch
+def _kept(line, epoch, steps, path):
+    """Whether a metrics line belongs to a run checkpointed after ``epoch`` epochs and ``steps`` steps.
+
+    Training writes an integer ``step`` (a gradient trace) or ``epoch`` (an epoch's summary) in
+    every line; a line of the file at ``path`` without either is damage, and raises
+    RunFolderError naming the file and the line (it cannot be placed before or after the
+    checkpoint, and a KeyError or a comparison of a string with a number said nothing)."""
+    key = "step" if "step" in line else "epoch"
+    if type(line.get(key)) is not int:
+        raise runs.RunFolderError(f"{path} holds the line {json.dumps(line)[:60]!r}, without the integer "
+                                  "'step' or 'epoch' that training writes in every line; remove the line "
+                                  "to resume, or start again with --overwrite")
+    return line[key] < steps if key == "step" else line[key] <= epoch
 
 
 def _position(epoch, batch):

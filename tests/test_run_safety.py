@@ -236,6 +236,28 @@ def test_a_metrics_line_that_is_no_json_object_is_named(tmp_path, capsys, line, 
         runs.read_metrics(tmp_path)
 
 
+@pytest.mark.parametrize("line", ['{"valid_elbo": -90.0}', '{"epoch": "1"}', '{"epoch": true}',
+                                  '{"step": 2.0, "grad_norm/w": 1.0}'])
+def test_a_metrics_line_without_an_integer_position_is_named_at_resume(tmp_path, line):
+    """A line that holds no integer epoch or step cannot be placed before or after the
+    checkpoint (a KeyError or a TypeError from comparing a string with a number came out of the
+    resume): one error naming the file and the line, and the folder left as it was."""
+    data = small_data()
+    run = tmp_path / "run"
+    cut = Trainer(config(tmp_path), data=data, **QUIET)
+    _interrupt_after(cut, STEPS_PER_EPOCH + 2)
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit()
+    with open(run / METRICS, "a") as f:
+        f.write(line + "\n")
+    before = files(run)
+    with pytest.raises(RunFolderError) as exc:
+        Trainer(config(tmp_path), data=data, **QUIET).fit(resume=True)
+    message = one_line(exc)
+    assert str(run / METRICS) in message and line[:20] in message and "'step' or 'epoch'" in message
+    assert files(run) == before
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_the_files_of_a_run_get_the_permissions_of_the_umask(tmp_path, umask):
     """Written atomically through a private temporary file, they still get what a plain open
