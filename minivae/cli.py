@@ -697,7 +697,7 @@ def _run(argv):
         if args.debug:
             raise
         return _error(_os_error_line(exc))
-    except KeyboardInterrupt:  # Ctrl-C: no traceback; training has said what it saved
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no traceback; training has said what it saved
         if args.debug:
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)

@@ -177,9 +177,16 @@ def kl_weight(config, epoch):
     return config.beta * min(1.0, (epoch + 1) / config.warmup)
 
 
+#: The signals that stop training as Ctrl-C does: SIGINT (Ctrl-C) and SIGTERM, what ``kill PID``,
+#: ``timeout`` and a job scheduler that stops or preempts a job send. By default SIGTERM ends the
+#: process at once, losing every step since the last checkpoint, up to a whole epoch.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
 def _deferred_interrupt(flag):
-    """Turn Ctrl-C into a request (``flag.set()``) that the loop honours between two steps.
+    """Turn Ctrl-C and SIGTERM (``STOP_SIGNALS``) into a request (``flag.set()``) that the loop
+    honours between two steps, by saving a checkpoint and raising KeyboardInterrupt.
 
     A KeyboardInterrupt raised inside an optimizer step would leave half the parameters updated;
     deferring it makes every saved checkpoint a state that an uninterrupted run passes through.
@@ -187,11 +194,12 @@ def _deferred_interrupt(flag):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    previous = {signum: signal.signal(signum, lambda signum, frame: flag.set()) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _progress_bar(total, desc, enabled):

@@ -97,6 +97,47 @@ def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path,
     assert results["epochs"] == 1 and results["eval_k"] == 2
 
 
+_TERMINATED_CHILD = """
+import os, signal, sys
+from pathlib import Path
+from minivae.train import Trainer
+from test_train import config, small_data
+
+trainer = Trainer(config(Path(sys.argv[1]), epochs=2), data=small_data(), progress=False, log=print)
+step = trainer._step
+
+def step_then_terminated(xb, beta, t):
+    out = step(xb, beta, t)
+    if t == 3:  # as `kill PID`, `timeout` or a job scheduler stopping the job would
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+trainer._step = step_then_terminated
+try:
+    trainer.fit()
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_sigterm_inside_an_epoch_saves_the_batch_and_resumes_to_the_same_bits(tmp_path):
+    """SIGTERM stops training as Ctrl-C does: at the end of the step, with a checkpoint of it (it
+    ended the process at once, losing every step since the last epoch's checkpoint)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    child = subprocess.run([sys.executable, "-c", _TERMINATED_CHILD, str(tmp_path)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    run = tmp_path / "run"
+    assert child.returncode == 130, child.stderr
+    assert child.stdout.splitlines()[-1] == (f"interrupted: saved epoch 1, batch 4 to {run / CHECKPOINT}; "
+                                             "continue with --resume")
+    resumed = Trainer(config(tmp_path, epochs=2), data=small_data(), **QUIET)
+    resumed.fit(resume=True)
+    ref = Trainer(config(tmp_path / "ref", epochs=2), data=small_data(), **QUIET)
+    ref.fit()
+    for name, value in params(ref.model).items():
+        np.testing.assert_array_equal(params(resumed.model)[name], value, err_msg=name)
+
+
 def test_ctrl_c_after_starting_in_a_finished_run_leaves_it_as_it_was(tmp_path):
     data = small_data()
     train(config(tmp_path, epochs=1), data=data, **QUIET)

@@ -3,6 +3,7 @@ import errno
 import json
 import math
 import os
+import signal
 import types
 
 import numpy as np
@@ -689,20 +690,19 @@ def test_traces_written_after_the_checkpoint_by_a_crashed_process_are_not_kept(t
     assert [m["step"] for m in lines if "step" in m] == [0, 2, 4, 6, 8, 10]
 
 
-def test_training_gives_ctrl_c_back_to_the_handler_it_found(tmp_path):
-    """The loop defers Ctrl-C to the end of a step only while it runs: afterwards (the final
-    evaluation, the caller's code) SIGINT goes to the handler that was there before."""
-    import signal
-
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_training_gives_ctrl_c_back_to_the_handler_it_found(tmp_path, signum):
+    """The loop defers Ctrl-C (and SIGTERM) to the end of a step only while it runs: afterwards
+    (the final evaluation, the caller's code) the signal goes to the handler that was there before."""
     def handler(signum, frame):
         pass
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = signal.signal(signum, handler)
     try:
         Trainer(config(tmp_path, epochs=1), data=small_data(n_train=100, n_eval=20), progress=False,
                 log=lambda m: None).fit()
-        assert signal.getsignal(signal.SIGINT) is handler
+        assert signal.getsignal(signum) is handler
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous)
 
 
 class _GuardedTestSet(types.SimpleNamespace):
