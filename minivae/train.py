@@ -589,7 +589,7 @@ class Trainer:
         except KeyboardInterrupt:
             self.save()
             self.log(f"interrupted: saved {_position(self.epoch, self.batch)} to "
-                     f"{self.run_dir / CHECKPOINT}; continue with --resume")
+                     f"{self.run_dir / CHECKPOINT}; continue with --resume --out {self.run_dir}")
             raise
         return self.run_dir
 
@@ -685,7 +685,8 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
             return trainer.final_evaluation()
         except KeyboardInterrupt:  # training is done and saved; only the scores are missing
             log(f"interrupted during the final evaluation: {trainer.run_dir / CHECKPOINT} holds the "
-                f"trained model; --resume evaluates it (or `minivae eval {trainer.run_dir}`)")
+                f"trained model; --resume --out {trainer.run_dir} evaluates it "
+                f"(or `minivae eval {trainer.run_dir}`)")
             raise
 
 

@@ -59,7 +59,8 @@ def test_ctrl_c_inside_an_epoch_says_which_batch_was_saved(tmp_path, stop_after,
     _interrupt_after(trainer, stop_after)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    assert lines[-1] == f"interrupted: saved {saved} to {tmp_path / 'run' / CHECKPOINT}; continue with --resume"
+    run = tmp_path / "run"
+    assert lines[-1] == f"interrupted: saved {saved} to {run / CHECKPOINT}; continue with --resume --out {run}"
 
 
 @pytest.mark.parametrize("epoch", [1, 2])
@@ -76,7 +77,7 @@ def test_ctrl_c_between_epochs_says_which_epoch_was_saved(tmp_path, epoch):
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert lines[-1] == (f"interrupted: saved the end of epoch {epoch} to {tmp_path / 'run' / CHECKPOINT}; "
-                         "continue with --resume")
+                         f"continue with --resume --out {tmp_path / 'run'}")
     assert checkpoint.load(tmp_path / "run" / CHECKPOINT)[1]["epoch"] == epoch
 
 
@@ -91,10 +92,38 @@ def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path,
         train(config(tmp_path, epochs=1, eval_k=2), data=small_data(), progress=False, log=lines.append)
     run = tmp_path / "run"
     assert lines[-1] == (f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
-                         f"model; --resume evaluates it (or `minivae eval {run}`)")
+                         f"model; --resume --out {run} evaluates it (or `minivae eval {run}`)")
     monkeypatch.undo()
     results = train(config(tmp_path, epochs=1, eval_k=2), resume=True, data=small_data(), **QUIET)
     assert results["epochs"] == 1 and results["eval_k"] == 2
+
+
+def test_the_advice_after_ctrl_c_resumes_the_run_in_the_default_folder_it_went_to(
+        tmp_path, monkeypatch, capsys):
+    """Without --out a second run goes to runs/vae-2; "continue with --resume" alone resumed
+    runs/vae, the first run, and extended it with the epochs given. The advice names the folder."""
+    from minivae import train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data())
+    tiny = ["train", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0", "--no-progress"]
+    assert cli.main(tiny + ["--epochs", "1"]) == 0
+    first = files(tmp_path / "runs" / "vae")
+    real_step = Trainer._step
+
+    def step_then_ctrl_c(self, *args):
+        out = real_step(self, *args)
+        self.stop_requested.set()
+        return out
+    monkeypatch.setattr(Trainer, "_step", step_then_ctrl_c)
+    capsys.readouterr()
+    assert cli.main(tiny + ["--epochs", "2"]) == 130
+    advice = capsys.readouterr().out.splitlines()[-1].split("continue with ")[1]
+    assert advice == f"--resume --out {Path('runs', 'vae-2')}"
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    assert cli.main(["train", *advice.split(), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "runs" / "vae-2" / RESULTS).read_text())["epochs"] == 2
+    assert files(tmp_path / "runs" / "vae") == first
 
 
 _TERMINATED_CHILD = """
@@ -129,7 +158,7 @@ def test_sigterm_inside_an_epoch_saves_the_batch_and_resumes_to_the_same_bits(tm
     run = tmp_path / "run"
     assert child.returncode == 130, child.stderr
     assert child.stdout.splitlines()[-1] == (f"interrupted: saved epoch 1, batch 4 to {run / CHECKPOINT}; "
-                                             "continue with --resume")
+                                             f"continue with --resume --out {run}")
     resumed = Trainer(config(tmp_path, epochs=2), data=small_data(), **QUIET)
     resumed.fit(resume=True)
     ref = Trainer(config(tmp_path / "ref", epochs=2), data=small_data(), **QUIET)
