@@ -539,12 +539,17 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
 
 
 def _remove_run_files(run_dir):
-    """Delete the files a run writes (``RUN_FILES``, ``RUN_FILE_PATTERNS``), if there are any."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
+    """Delete the files a run writes (``RUN_FILES``, ``RUN_FILE_PATTERNS``), if there are any.
+
+    The scores and pictures go first, the files that make the folder a run (``holds_run``) last:
+    stopped in between (Ctrl-C, a kill, a file that cannot be removed), the folder still holds a
+    run, so no new run starts there without --overwrite beside the old run's scores, which would
+    then read as its own."""
     for pattern in RUN_FILE_PATTERNS:
         for path in run_dir.glob(pattern):
             path.unlink()
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def next_free_run_dir(base):

@@ -197,6 +197,33 @@ def test_overwrite_starts_again_and_leaves_no_old_results(tmp_path):
                                                       "notes.txt"]
 
 
+@pytest.mark.parametrize("stopped_at", range(1, 8))
+def test_an_overwrite_stopped_while_removing_never_leaves_old_scores_outside_a_run(tmp_path, monkeypatch,
+                                                                                  stopped_at):
+    """Ctrl-C at any file the overwrite removes: either the folder still holds a run (a new one
+    is refused there without --overwrite) or none of the old run's scores and pictures is left.
+    (The run's own files went first: the old eval_k4.json then stayed in a folder that a new
+    run took without a word, and read as that run's score.)"""
+    data = small_data()
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1, eval_k=2), data=data, **QUIET)
+    for name in ("eval_k4.json", "clusters_10.json", "samples.png"):
+        (run / name).write_text("of the old run")
+    real_unlink, removed = Path.unlink, []
+
+    def unlink(path, missing_ok=False):
+        if len(removed) + 1 == stopped_at:
+            raise KeyboardInterrupt
+        real_unlink(path, missing_ok=missing_ok)
+        removed.append(path.name)
+    monkeypatch.setattr(Path, "unlink", unlink)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config(tmp_path, epochs=1), data=data, **QUIET).fit(overwrite=True)
+    monkeypatch.undo()
+    left = {p.name for p in run.iterdir()}
+    assert runs.holds_run(run) or not left & {"eval_k4.json", "clusters_10.json", "samples.png"}, left
+
+
 def test_resume_and_out_are_checked_before_training(tmp_path):
     data = small_data()
     with pytest.raises(NotARunError, match="no checkpoint.npz; train without --resume"):
