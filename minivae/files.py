@@ -5,7 +5,8 @@ The bytes go to a temporary file in the same folder, are flushed to the disk (``
 file is then moved over the old one with ``os.replace``, which is atomic within one file system;
 the folder is flushed last, so that the move itself outlasts a crash of the machine.
 A failure (or an interrupt) on the way removes the temporary file and leaves the old file as it
-was. Checkpoints, the JSON files of a run and the MNIST cache are all written this way.
+was. Checkpoints, the JSON files and pictures of a run and the MNIST cache are all written
+this way.
 """
 import os
 import secrets

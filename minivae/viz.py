@@ -42,6 +42,7 @@ from .checks import (NON_NEGATIVE, POSITIVE, check_bool, check_float, check_inte
                      check_sklearn_seed)
 from .data import binarize_eval, load_mnist
 from .evaluate import evaluating
+from .files import atomic_write
 from .models import VAE
 from .random import Generator
 from .runs import load_run, read_metrics
@@ -159,7 +160,7 @@ def save_image_grid(images, path, nrow=None, pad=2, scale=1):
         grid = np.kron(grid, np.ones((scale, scale)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mpimg.imsave(path, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    atomic_write(path, lambda f: mpimg.imsave(f, grid, cmap="gray", vmin=0.0, vmax=1.0, format="png"))
     return path
 
 
@@ -213,9 +214,12 @@ def decode_means(model, z, batch_size=500):
 # ----- figures ------------------------------------------------------------------------------
 
 def _save(fig, path):
+    """Write ``fig`` to ``path`` in the format its suffix names (PNG without one), atomically as
+    every picture: a write that fails (a full disk) or is cut off keeps the picture that was
+    there (a plain write truncates it first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # as save_image_grid: every picture alike
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format=path.suffix[1:] or None))
     return path
 
 

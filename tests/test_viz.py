@@ -99,6 +99,45 @@ def test_save_image_grid_flat_rows_default_layout(tmp_path):
     assert 0.3 < rgb[0, 0, 0] < 0.7
 
 
+def _full_disk_png_writer(monkeypatch):
+    """Make PIL's ``Image.save``, which writes every PNG of matplotlib, fail like a full disk
+    halfway, as it would: a file named by its path is opened (truncated) first."""
+    import errno
+    import os
+
+    import PIL.Image
+
+    def save(image, fp, format=None, **params):
+        f = open(fp, "w+b") if isinstance(fp, (str, os.PathLike)) else fp
+        f.write(PNG_MAGIC + b"half a picture")
+        if f is not fp:
+            f.close()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(PIL.Image.Image, "save", save)
+
+
+@pytest.mark.parametrize("draw", ["grid", "curves"])
+def test_a_picture_that_fails_to_be_written_keeps_the_old_one_and_no_temporary_file(tmp_path, monkeypatch,
+                                                                                   draw):
+    """A full disk while a picture is written: the old picture is kept whole (it was truncated
+    first), and no temporary file is left beside it."""
+    path = tmp_path / f"{draw}.png"
+    metrics = [{"epoch": 1, "train_elbo": -120.0, "train_kl": 5.0, "valid_elbo": -118.0}]
+
+    def write():
+        if draw == "grid":
+            viz.save_image_grid(np.zeros((4, 784)), path)
+        else:
+            viz.plot_curves(metrics, path)
+    write()
+    old = path.read_bytes()
+    _full_disk_png_writer(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        write()
+    assert path.read_bytes() == old
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
 def test_save_image_grid_square_input_nrow_scale_and_clipping(tmp_path):
     images = np.full((6, 28, 28), 2.0)  # out of range: clipped to white, not an error
     img = _read_png(viz.save_image_grid(images, tmp_path / "g.png", nrow=3, scale=2))
