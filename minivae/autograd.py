@@ -18,9 +18,10 @@ whose array is a view of another's memory (``W.T``, ``W[0]``, ``W.detach()``) sh
 memory's version through its ``_base``, as in PyTorch: a change to W is a change to its views.
 The base of a view of a leaf is the leaf; that of a view of an op's result is a
 ``_MemoryVersion``, which holds the version without the result (and so without its graph). A
-tensor made from another's array by a constructor (``Tensor(mu)``, ``nn.Parameter(mu)``)
-rather than by a view or ``detach()`` has a version of its own: a graph that saved mu does not
-see it change.
+tensor made from another tensor (``detach()``, ``Tensor(mu)``, ``nn.Parameter(mu)``,
+``mv.tensor(mu)`` without a cast) shares its array and so its version, as in PyTorch: an
+optimizer step on the parameter reaches a graph that saved mu. One made from a bare array
+(``Tensor(mu.data)``) has a version of its own, since nothing says whose memory it is.
 
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
@@ -277,8 +278,9 @@ class Tensor:
     __array_ufunc__ = None
 
     def __init__(self, data, requires_grad=False):
-        if isinstance(data, Tensor):  # its array, as tensor() and nn.Parameter take it
-            data = data.data
+        source = data if isinstance(data, Tensor) else None
+        if source is not None:  # its array, as tensor() and nn.Parameter take it
+            data = source.data
         data = _plain_array(data, "Tensor data")
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
@@ -287,7 +289,10 @@ class Tensor:
         self.requires_grad = requires_grad
         self.grad = None
         self._version = 0
-        self._base = None  # what holds the version of the memory ``data`` views (``_memory_owner``)
+        # What holds the version of the memory ``data`` views (``_memory_owner``). A tensor
+        # made over another's array shares it: an in-place change through either one must reach
+        # a graph that saved the other, or its backward would use the new values without a word.
+        self._base = None if source is None else _memory_owner(source)
         self._hooks = None
 
     @property
@@ -399,9 +404,7 @@ class Tensor:
 
     def detach(self):
         """Return a tensor sharing the data (and its version) but cut from the graph."""
-        detached = Tensor(self.data)
-        detached._base = _memory_owner(self)
-        return detached
+        return Tensor(self)
 
     def to(self, device):
         """Return this tensor on ``device`` ("cpu", "gpu" or "auto", as ``Module.to`` takes it),
@@ -669,6 +672,8 @@ def tensor(data, requires_grad=False, dtype=None):
     An integer array cannot require gradients.
     """
     if isinstance(data, Tensor):
+        if dtype is None or data.dtype == dtype:
+            return Tensor(data, requires_grad=requires_grad)  # its array, and so its version
         data = data.data
     data = _plain_array(data, "Tensor data")  # before the cast, which would drop a mask
     if dtype is not None:

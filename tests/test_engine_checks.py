@@ -225,6 +225,40 @@ def test_a_step_on_a_detached_result_is_seen_by_the_graph_that_saved_the_result(
         kl.backward()
 
 
+@pytest.mark.parametrize("make", [
+    lambda mu: nn.Parameter(mu),
+    lambda mu: mv.Tensor(mu, requires_grad=True),
+    lambda mu: mv.tensor(mu, requires_grad=True),
+    lambda mu: mv.tensor(mu, requires_grad=True, dtype=np.float64),
+], ids=["Parameter", "Tensor", "tensor", "tensor of its own dtype"])
+@pytest.mark.parametrize("leaf", [True, False], ids=["from a leaf", "from a result"])
+def test_a_step_on_a_tensor_made_from_a_saved_one_is_seen(make, leaf):
+    """A tensor constructed from another tensor shares its array, and so its version, as
+    ``detach()`` does: an optimizer step on ``nn.Parameter(mu)`` writes into what the graph of
+    ``mu * mu`` saved, and its backward refuses rather than use the new values."""
+    x = x64(1.0, 2.0, 3.0)
+    mu = x if leaf else x * 1.0
+    y = (mu * mu).sum()
+    p = make(mu)
+    assert np.shares_memory(p.data, mu.data)
+    p.grad = np.ones(3)
+    optim.SGD([p], lr=1.0).step()
+    with pytest.raises(InPlaceModificationError, match="Mul: input 0"):
+        y.backward()
+
+
+def test_a_tensor_cast_from_another_keeps_a_version_of_its_own():
+    """``mv.tensor(mu, dtype=...)`` of another dtype is a copy: a step on it changes nothing a
+    graph saved, and the graph's backward runs."""
+    x = x64(1.0, 2.0, 3.0)
+    y = (x * x).sum()
+    p = mv.tensor(x, requires_grad=True, dtype=np.float32)
+    p.grad = np.ones(3, dtype=np.float32)
+    optim.SGD([p], lr=1.0).step()
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0, 6.0])
+
+
 class KeepsItsOutput(Function):
     """exp(x), keeping its output with an extra axis and returning a reshape of it (a view of
     the saved array), as an op that keeps a reduction's output with its axis would."""

@@ -38,7 +38,7 @@ class Parameter(Tensor):
     __slots__ = ()  # Tensor uses __slots__; an empty tuple keeps Parameter free of a __dict__
 
     def __init__(self, data, requires_grad=True):
-        super().__init__(data.data if isinstance(data, Tensor) else data, requires_grad=requires_grad)
+        super().__init__(data, requires_grad=requires_grad)
 
     def __repr__(self):
         return f"Parameter({self.data!r})"
