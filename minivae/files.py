@@ -22,7 +22,8 @@ def atomic_write(path, write):
     The temporary file is ``<name>.<random>.tmp`` next to ``path``, created with the permissions
     a plain ``open`` gives (0666 less the umask: ``tempfile.mkstemp`` would make it private, and
     ``os.replace`` keeps the mode). Exceptions (OSError of a full disk or a read-only folder,
-    KeyboardInterrupt) propagate after the temporary file is removed.
+    KeyboardInterrupt) propagate after the temporary file is removed; an OSError that names no
+    file (a write into the open file, its flush or fsync) is given ``path`` as its filename.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
@@ -34,11 +35,13 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # "No space left on device" alone would not say which file
         raise
     _sync_folder(path.parent)
 

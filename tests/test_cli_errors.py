@@ -907,3 +907,15 @@ def test_a_set_key_given_twice_with_one_value_is_one_setting():
     """The same value twice (as ``-`` or ``_`` in the key) is no contradiction, as a repeated
     ``--op`` is one op."""
     assert cli._parse_options("iwae", ["z1_dim=20", "z1-dim=20"]) == {"z1_dim": 20}
+
+
+def test_a_picture_that_fills_the_disk_is_named_in_the_line(capsys, run, monkeypatch):
+    """A write into the open file of a picture (matplotlib's, here the PNG of `sample`) fails
+    with an error that names no file: the line still names the picture."""
+    import matplotlib.image
+
+    def full(f, *args, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(matplotlib.image, "imsave", full)
+    user_error(capsys, ["sample", str(run)], "no space left on the device", str(run / "samples.png"))

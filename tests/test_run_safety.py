@@ -378,9 +378,10 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp
     def fail(f):
         f.write(b"half")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(OSError, match="No space") as exc:
         atomic_write(path, fail)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["f.json"]
+    assert exc.value.filename == str(path)  # a write into the open file names none itself
 
 
 @pytest.mark.skipif(os.name != "posix", reason="folders are synced on POSIX only")
