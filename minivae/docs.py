@@ -210,6 +210,11 @@ def main(argv=None):
     parser.add_argument("--graph", action="store_true",
                         help="also render docs/vae_graph.svg (needs Graphviz's dot and a cached MNIST)")
     args = parser.parse_args(argv)
+    # An installed minivae has no docs/ folder beside it: say so before anything is read or traced
+    missing = next((path for path in (TEMPLATE, TUTORIAL) if not path.is_file()), None)
+    if missing is not None:
+        parser.error(f"{missing} not found: python -m minivae.docs works in a source checkout of "
+                     "minivae (docs/ beside minivae/), not on an installed package")
     if args.graph and args.check:  # --check writes nothing, so the graph would silently not be made
         parser.error("--check and --graph exclude each other: --check only compares "
                      "docs/gradients.md, --graph writes docs/vae_graph.svg; give one of the two")

@@ -184,6 +184,23 @@ def svg_structure(svg):
     return _structure(labels, sum(g.get("class") == "edge" for g in groups))
 
 
+def test_docs_command_outside_a_checkout_is_one_line(tmp_path, monkeypatch, capsys):
+    # Before: a FileNotFoundError traceback for site-packages/docs/gradients.template.md, and
+    # with --graph only after the graph had been traced on MNIST.
+    installed = tmp_path / "site-packages"  # an installed minivae has no docs/ beside it
+    for name in ("TEMPLATE", "OUTPUT", "TUTORIAL", "GRAPH_SVG"):
+        monkeypatch.setattr(docs, name, installed / "docs" / getattr(docs, name).name)
+    monkeypatch.setattr(docs, "write_vae_graph", lambda: pytest.fail("the graph was made before the check"))
+    for argv in (["--check"], [], ["--graph"]):
+        with pytest.raises(SystemExit) as exit_:
+            docs.main(argv)
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1].endswith(
+            f"error: {installed / 'docs' / 'gradients.template.md'} not found: python -m minivae.docs "
+            "works in a source checkout of minivae (docs/ beside minivae/), not on an installed package")
+    assert not installed.exists()
+
+
 def test_rendering_the_graph_without_graphviz_is_one_line(monkeypatch, capsys):
     # Before: a traceback from render_svg, after the graph had been traced on MNIST.
     import minivae.graph
