@@ -10,6 +10,7 @@ MNIST is loaded or a step is taken). A traceback appears only with ``--debug``, 
 import argparse
 import dataclasses
 import errno
+import importlib
 import json
 import math
 import os
@@ -518,6 +519,15 @@ def _result_file(args, default):
     return _claim_out(args, default, JSON_FILE, "the result file")
 
 
+def _require_extra(command, module, package, extra):
+    """Refuse ``command`` in one line, naming the extra that installs ``package``, when its
+    optional ``module`` cannot be imported."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{command} needs {package}, an optional extra: pip install 'minivae[{extra}]'") from None
+
+
 def _test_images(n):
     """The first ``n`` MNIST test images, binarized as every score binarizes them (the fixed
     draw of ``binarize_eval``), and their labels."""
@@ -562,10 +572,7 @@ def cmd_cluster(args):
     if not model.gaussian_encoder:
         raise UsageError(f"the {config.model} model of {args.run} has no Gaussian encoder (encode(x) -> "
                          "(mu, logvar)) whose means could be clustered; give a run of a VAE")
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise UsageError("cluster needs scikit-learn, an optional extra: pip install 'minivae[cluster]'") from None
+    _require_extra("cluster", "sklearn", "scikit-learn", "cluster")
     out = _result_file(args, cluster_results_path(args.run, args.clusters))
     from .clustering import latent_clusters
 
@@ -580,6 +587,7 @@ def cmd_cluster(args):
 
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
+    _require_extra("sample", "matplotlib", "matplotlib", "viz")
     _, model = _load_run(args.run)
     path = _claim_out(args, Path(args.run) / "samples.png", PNG_FILE, "the picture")
     from .viz import prior_samples, save_image_grid
@@ -592,10 +600,7 @@ def cmd_sample(args):
 
 def cmd_plot(args):
     """Draw the run's pictures (samples, reconstructions, latent space, curves) as PNGs."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UsageError("plot needs matplotlib, an optional extra: pip install 'minivae[viz]'") from None
+    _require_extra("plot", "matplotlib", "matplotlib", "viz")
     _load_run(args.run)
     _check_writable_folder(args.run, "the run folder")
     from .viz import plot_run

@@ -663,6 +663,16 @@ def test_sample_and_graph_numbers_out_of_range(capsys, run):
         user_error(capsys, [*argv, "--seed", str(2**64)], "argument --seed", str(2**64), "[0, 2**64)")
 
 
+@pytest.mark.parametrize("command", ["sample", "plot"])
+def test_pictures_without_matplotlib_name_the_extra_before_the_run_is_read(capsys, run, monkeypatch, command):
+    # Before: `minivae sample` loaded the run and drew the samples, then ended in an ImportError
+    # traceback with exit status 1.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # an import of it fails, as when absent
+    monkeypatch.setattr(cli, "_load_run", lambda run: pytest.fail("the run was read before the check"))
+    user_error(capsys, [command, str(run)],
+               f"{command} needs matplotlib, an optional extra: pip install 'minivae[viz]'")
+
+
 @pytest.mark.parametrize("argv, dest, value", [
     (["train", "--seed", str(2**64 - 1)], "seed", 2**64 - 1), (["train", "--warmup", "0"], "warmup", 0),
     (["eval", "RUN", "--n", "10000"], "n", 10000), (["sample", "RUN", "--n", "10000"], "n", 10000),
