@@ -1,6 +1,10 @@
 """What pyproject.toml promises an installer: the dependencies the code needs, at versions it
-works with."""
+works with, and an sdist from which the tests run."""
 import re
+import shutil
+import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -22,3 +26,25 @@ def test_numpy_is_required_from_version_2():
     floor = re.fullmatch(r"numpy>=(\d+)(?:\.\d+)*", pins[0].replace(" ", ""))
     assert floor is not None, f"numpy needs a lower bound (numpy>=2.0), got {pins[0]!r}"
     assert int(floor.group(1)) >= 2, f"NumPy 1 lacks the promotion rules minivae relies on: {pins[0]!r}"
+
+
+def test_the_sdist_holds_what_the_tests_need(tmp_path):
+    """Without MANIFEST.in the sdist held tests/test_*.py alone: no conftest.py (its fixtures),
+    no host_shim.cpp, no docs or benchmarks, so its tests failed by the hundred."""
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.py[cod]", "*.so", "*.egg-info")
+    folders = ("minivae", "kernels", "tests", "docs", "benchmarks", "tools")
+    for folder in folders:
+        shutil.copytree(ROOT / folder, src / folder, ignore=ignore)
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(ROOT / name, src / name)
+    proc = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "sdist",
+                           "--dist-dir", str(tmp_path / "dist")], cwd=src, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = (tmp_path / "dist").glob("minivae-*.tar.gz")
+    with tarfile.open(archive) as tar:
+        shipped = {Path(*Path(name).parts[1:]).as_posix() for name in tar.getnames()}
+    wanted = {path.relative_to(src).as_posix() for folder in folders for path in (src / folder).rglob("*")
+              if path.is_file()}
+    assert not wanted - shipped, sorted(wanted - shipped)
