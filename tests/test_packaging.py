@@ -12,16 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _project():
+def _pyproject():
     tomllib = pytest.importorskip("tomllib")
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_numpy_is_required_from_version_2():
     """The engine relies on NumPy 2's promotion rules (NEP 50): a float32 array times a Python
     float stays float32. Under NumPy 1.24, which the pin once allowed, the first training step
     failed with "Mean.backward returned float64 for a float32 input"."""
-    pins = [dep for dep in _project()["dependencies"] if re.match(r"numpy\b", dep)]
+    pins = [dep for dep in _pyproject()["project"]["dependencies"] if re.match(r"numpy\b", dep)]
     assert len(pins) == 1, pins
     floor = re.fullmatch(r"numpy>=(\d+)(?:\.\d+)*", pins[0].replace(" ", ""))
     assert floor is not None, f"numpy needs a lower bound (numpy>=2.0), got {pins[0]!r}"
@@ -48,3 +48,12 @@ def test_the_sdist_holds_what_the_tests_need(tmp_path):
     wanted = {path.relative_to(src).as_posix() for folder in folders for path in (src / folder).rglob("*")
               if path.is_file()}
     assert not wanted - shipped, sorted(wanted - shipped)
+
+
+def test_the_license_is_an_spdx_expression():
+    """The table form, license = { text = "MIT" }, made every build warn that setuptools stops
+    building it after 2027-02-18; the SPDX string needs setuptools 77 to build."""
+    pyproject = _pyproject()
+    assert pyproject["project"]["license"] == "MIT" and pyproject["project"]["license-files"] == ["LICENSE"]
+    requires = pyproject["build-system"]["requires"]
+    assert requires == ["setuptools>=77"], requires

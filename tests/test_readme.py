@@ -93,7 +93,7 @@ def test_project_files_speak_of_the_project_only():
 def test_license_is_mit_as_pyproject_says():
     text = (ROOT / "LICENSE").read_text()
     assert text.startswith("MIT License") and "Copyright (c) 2026 the minivae authors" in text
-    assert 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+    assert 'license = "MIT"' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_the_number_of_ops_is_the_number_of_functions_in_ops():
