@@ -15,6 +15,11 @@ import sys
 
 import numpy as np
 
+# Under NumPy 1's value-based casting float32 arithmetic with Python scalars gives float64, which
+# the engine would refuse only in the middle of a backward pass
+if int(np.__version__.split(".")[0]) < 2:
+    raise ImportError(f"minivae needs NumPy >= 2.0, found NumPy {np.__version__}: pip install 'numpy>=2'")
+
 DEVICES = ("cpu", "gpu")
 _default_dtype = np.dtype(np.float32)
 

@@ -1,5 +1,6 @@
-"""What pyproject.toml promises an installer: the dependencies the code needs, at versions it
-works with, and an sdist from which the tests run."""
+"""What an installer gets: the dependencies the code needs, at versions it works with (others
+refused at import), the license metadata, and an sdist from which the tests run."""
+import os
 import re
 import shutil
 import subprocess
@@ -57,3 +58,13 @@ def test_the_license_is_an_spdx_expression():
     assert pyproject["project"]["license"] == "MIT" and pyproject["project"]["license-files"] == ["LICENSE"]
     requires = pyproject["build-system"]["requires"]
     assert requires == ["setuptools>=77"], requires
+
+
+def test_numpy_1_is_refused_at_import():
+    """A NumPy 1 installed by other means than the pin (pip --no-deps, a system package) gave no
+    word at import; training then stopped in its first backward pass."""
+    code = ("import numpy; numpy.__version__ = '1.26.4'\n"
+            "try:\n    import minivae\nexcept ImportError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.strip() == "minivae needs NumPy >= 2.0, found NumPy 1.26.4: pip install 'numpy>=2'", out
