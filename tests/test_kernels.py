@@ -246,6 +246,40 @@ def test_the_kernel_folder_is_the_first_that_holds_the_sources(kernel_folder, tm
     assert (_source.kernel_dir() / "philox.cuh").read_text() == (KERNELS / "philox.cuh").read_text()
 
 
+def test_the_kernel_folder_is_the_one_beside_the_imported_minivae(tmp_path, monkeypatch):
+    """With minivae imported from one checkout (PYTHONPATH, a worktree) and another one installed
+    editable, whose finder maps ``minivae.kernels`` to its own kernels/, the kernels of the other
+    checkout were compiled in silence."""
+    import importlib.util
+    import sys
+
+    import minivae
+
+    other = tmp_path / "other_checkout" / "kernels"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text("")
+    (other / "philox.cuh").write_text("// another checkout's header\n")
+
+    class EditableFinder:  # as setuptools' editable install puts it at the end of sys.meta_path
+        @staticmethod
+        def find_spec(name, path=None, target=None):
+            if name != "minivae.kernels":
+                return None
+            return importlib.util.spec_from_file_location(name, other / "__init__.py",
+                                                          submodule_search_locations=[str(other)])
+
+    monkeypatch.delenv("MINIVAE_KERNELS_DIR", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [*sys.meta_path, EditableFinder])
+    monkeypatch.delitem(sys.modules, "minivae.kernels", raising=False)
+    monkeypatch.delattr(minivae, "kernels", raising=False)
+    _source.kernel_dir.cache_clear()
+    try:
+        beside = Path(minivae.__file__).resolve().parent
+        assert _source.kernel_dir() in (beside / "kernels", beside.parent / "kernels")
+    finally:
+        _source.kernel_dir.cache_clear()
+
+
 def _need_nvrtc():
     """Skip where CuPy's NVRTC is absent (the nvcc tests above still ran); fail instead under
     MINIVAE_REQUIRE_NVRTC=1."""

@@ -40,14 +40,18 @@ def _candidates():
     env = os.environ.get("MINIVAE_KERNELS_DIR")
     if env:
         yield Path(env)
-    try:  # installed package data (pip install ., or an editable install with the mapping)
+    # The folders beside the imported minivae come before the import system's minivae.kernels:
+    # an editable install of another checkout maps that name to its own kernels/, which would
+    # otherwise be compiled in place of this checkout's.
+    package = Path(__file__).resolve().parents[1]
+    yield package / "kernels"  # installed package data: <site-packages>/minivae/kernels
+    yield package.parent / "kernels"  # a source checkout: <repo>/kernels beside <repo>/minivae
+    try:  # an unusual install (a zip archive): the package data through the import system
         from importlib.resources import files
 
         yield files("minivae.kernels")
     except (ImportError, TypeError, ValueError):
         pass
-    # a source checkout: <repo>/minivae/gpu/_source.py -> <repo>/kernels
-    yield Path(__file__).resolve().parents[2] / "kernels"
 
 
 @lru_cache(maxsize=None)
@@ -55,8 +59,9 @@ def kernel_dir():
     """The directory holding the ``.cu``/``.cuh`` files (a ``Path``, or an
     ``importlib.resources`` Traversable for unusual installs).
 
-    Searched in order: ``$MINIVAE_KERNELS_DIR``, the installed ``minivae.kernels`` package
-    data, ``<source checkout>/kernels``.
+    Searched in order: ``$MINIVAE_KERNELS_DIR``, the installed package data beside the imported
+    minivae (``minivae/kernels``), ``<source checkout>/kernels``, ``minivae.kernels`` as the import
+    system finds it.
     """
     tried = []
     for cand in _candidates():
