@@ -568,6 +568,8 @@ class Trainer:
         """``fit`` in a run folder claimed for this process."""
         if not resume:  # the models of the runs it is built on, so that it never needs them again
             self.config = runs.with_run_models(self.config)
+            # Said first: without --out the folder is the first free one of runs/vae, runs/vae-2, ...
+            self.log(f"training a new run in {self.run_dir}")
         if resume:
             saved = self.restore()
             self._truncate_metrics()

@@ -126,6 +126,23 @@ def test_the_advice_after_ctrl_c_resumes_the_run_in_the_default_folder_it_went_t
     assert files(tmp_path / "runs" / "vae") == first
 
 
+def test_a_new_run_names_its_folder_when_it_starts(tmp_path, monkeypatch, capsys):
+    """Without --out a run goes to the first free folder of runs/vae, runs/vae-2, ...; the folder
+    was named only on an interrupt, so a run left training could not be found (or resumed)."""
+    from minivae import train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data())
+    tiny = ["train", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0", "--no-progress",
+            "--epochs", "1"]
+    for folder in ("vae", "vae-2"):
+        assert cli.main(tiny) == 0
+        assert capsys.readouterr().out.splitlines()[0] == f"training a new run in {Path('runs', folder)}"
+    lines = []
+    train(config(tmp_path, epochs=1), data=small_data(), progress=False, log=lines.append)
+    assert lines[0] == f"training a new run in {tmp_path / 'run'}"
+
+
 _TERMINATED_CHILD = """
 import os, signal, sys
 from pathlib import Path
