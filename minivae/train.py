@@ -361,10 +361,6 @@ class Trainer:
         self.config.check_resumable(saved, (meta["epoch"], meta["batch"]))
         self._check_data_size(meta.get("n_train"))  # None: a checkpoint saved before it was recorded
         self.config = dataclasses.replace(self.config, run_models=saved.run_models)  # the run's record
-        if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
-            # The cosine schedule spans the whole run, so a new length bends the remaining rates.
-            self.log(f"note: --epochs changed from {saved.epochs} to {self.config.epochs}; the cosine "
-                     "learning-rate schedule is recomputed for the new length")
         runs.load_model_state(self.model, arrays, path, saved)
         try:  # each checks its state before it changes anything
             self.optimizer.load_state_dict(dict(meta["optim"], **checkpoint.split_prefix(arrays, "optim/")))
@@ -377,6 +373,11 @@ class Trainer:
         else:
             self._load_sums_of_batch_means(meta["sums"])
         self.saved = (self.epoch, self.batch)
+        if saved.epochs != self.config.epochs and self.config.lr_schedule == "cosine":
+            # The cosine schedule spans the whole run, so a new length bends the remaining rates.
+            # Said only now that the checkpoint is loaded: a refused resume changes nothing.
+            self.log(f"note: --epochs changed from {saved.epochs} to {self.config.epochs}; the cosine "
+                     "learning-rate schedule is recomputed for the new length")
         return saved
 
     def _load_sums_of_batch_means(self, sums):

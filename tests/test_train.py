@@ -472,6 +472,21 @@ def test_a_resume_notes_a_new_length_only_where_it_bends_the_schedule(tmp_path, 
         assert notes[0].startswith("note: --epochs changed from 1 to 2")
 
 
+def test_a_refused_resume_notes_no_new_length(tmp_path):
+    """The note on a new --epochs came before the checkpoint's model state was loaded: a resume
+    refused there (a damaged parameter) printed it, as if the run went on with the new length."""
+    data, lines = small_data(), []
+    Trainer(config(tmp_path, epochs=1), data=data, progress=False, log=lambda m: None).fit()
+    path = tmp_path / "run" / "checkpoint.npz"
+    arrays, meta = checkpoint.load(path)
+    name = next(name for name in arrays if name.startswith("model/"))
+    arrays[name] = np.full_like(arrays[name], np.nan)
+    checkpoint.save(path, arrays, meta)
+    with pytest.raises(checkpoint.CheckpointError, match="NaN"):
+        Trainer(config(tmp_path, epochs=2), data=data, progress=False, log=lines.append).fit(resume=True)
+    assert lines == []
+
+
 def test_a_finished_run_whose_results_are_of_fewer_epochs_is_evaluated_again(tmp_path):
     """A run of 1 epoch extended to 2 and interrupted in its final evaluation keeps the
     results.json of 1 epoch: resumed again, with nothing left to train, it is evaluated anew
