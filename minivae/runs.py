@@ -58,10 +58,10 @@ PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne
 #: The files of a run, by name and by pattern; ``overwrite`` removes these and nothing else.
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, RESULTS)
 RUN_FILE_PATTERNS = ("eval_k*.json", "clusters_*.json", "graph.dot", "graph.svg") + PICTURES
-#: The temporary files of an interrupted atomic write (``checkpoint.save``, ``write_json`` and the
-#: pictures of ``minivae.viz`` name them ``<file>.<random>.tmp``).
-STRAY_PATTERNS = (tuple(f"{name}.*.tmp" for name in RUN_FILES + PICTURES)
-                  + ("eval_k*.json.*.tmp", "clusters_*.json.*.tmp"))
+#: The temporary files of an interrupted atomic write of any of those files (``checkpoint.save``,
+#: ``write_json``, the pictures of ``minivae.viz`` and ``minivae graph`` name them
+#: ``<file>.<random>.tmp``).
+STRAY_PATTERNS = tuple(f"{name}.*.tmp" for name in RUN_FILES + RUN_FILE_PATTERNS)
 
 
 class RunFolderError(ValueError):

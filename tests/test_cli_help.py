@@ -118,6 +118,49 @@ def test_graph_without_graphviz_says_an_svg_needs_it(capsys, tmp_path, monkeypat
     assert len(lines) == 1 and "SVG needs Graphviz" in lines[0] and str(out) in lines[0]
 
 
+def test_graph_that_fails_to_be_written_keeps_the_old_file(capsys, tmp_path, monkeypatch):
+    """A full disk halfway through the write of graph.dot: the old graph is kept whole (a plain
+    write truncated it first), and no temporary file is left."""
+    import errno
+    import io
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    out = tmp_path / "vae.dot"
+    out.write_text("digraph { old }")
+    real_open = io.open
+
+    class HalfWrite:
+        """A file whose first write stops halfway, as on a full disk."""
+
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, data):
+            self.f.write(data[:len(data) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def open_full_disk(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return HalfWrite(f) if "w" in mode else f
+    monkeypatch.setattr(io, "open", open_full_disk)
+    assert main(["graph", "--model", "vae", "--data", "random", "--out", str(out)]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert "no space left" in err, err
+    assert out.read_text() == "digraph { old }"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae.dot"]
+
+
 def test_eval_estimates_the_time_and_shows_progress(capsys, monkeypatch, trained_run):  # noqa: F811
     monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
     calls = []

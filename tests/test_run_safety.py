@@ -486,7 +486,7 @@ def test_stray_tmp_files_are_removed_at_the_next_start(tmp_path):
 
 def test_stray_files_of_the_results_of_eval_and_cluster_and_of_pictures_are_removed_too(tmp_path):
     stray = ["eval_k1000.json.3fa9c1.tmp", "clusters_10.json.b0b0b0.tmp", "clusters_10_first100.json.x.tmp",
-             "samples.png.5e5e5e.tmp", "curves.png.c0ffee.tmp"]
+             "samples.png.5e5e5e.tmp", "curves.png.c0ffee.tmp", "graph.dot.1a2b3c.tmp", "graph.svg.4d5e6f.tmp"]
     kept = ["eval_k1000.json", "clusters_10.json", "samples.png", "mine.tmp", "notes.json.x.tmp", "mine.png.x.tmp"]
     for name in stray + kept:
         (tmp_path / name).write_text("")
