@@ -499,17 +499,22 @@ class Generator:
         self._offset += 1
         return noise
 
-    def _draw(self, kind, shape, dtype):
-        """The ``kind`` draw ("normal", "uniform" or "gumbel") of the next :class:`Noise`.
-
-        A draw that is refused (its shape or dtype) uses up no offset, so the call that corrects
-        it draws the noise that a run without the mistake draws."""
+    def use_next_noise(self, use):
+        """``use(noise)`` for the next draw's :class:`Noise`, whose result it returns. When
+        ``use`` raises (an op that refuses its inputs), the draw is given back: a refused call
+        uses up no offset, so the call that corrects it draws the noise that a run without the
+        mistake draws."""
         offset = self._offset
         try:
-            return getattr(self.next_noise(), kind)(shape, dtype)
+            return use(self.next_noise())
         except Exception:
             self._offset = offset
             raise
+
+    def _draw(self, kind, shape, dtype):
+        """The ``kind`` draw ("normal", "uniform" or "gumbel") of the next :class:`Noise`; a
+        refused one (its shape or dtype) uses up no offset (``use_next_noise``)."""
+        return self.use_next_noise(lambda noise: getattr(noise, kind)(shape, dtype))
 
     def normal(self, shape, dtype=np.float32):
         """Standard normals of the next draw."""

@@ -115,6 +115,25 @@ def test_reparameterize_checks_mu_and_logvar_before_a_generator_draws():
     assert noise.offset == 1 and np.array_equal(z.data, F.reparameterize(ones(4, 3), ones(3), Noise(1, 0)).data)
 
 
+@pytest.mark.parametrize("reparameterize", [F.reparameterize, F.reparameterize_kl])
+@pytest.mark.parametrize("logvar, refused", [
+    (Tensor(np.zeros((4, 3), dtype=np.float32)), "cannot mix float64 and float32"),
+    ("a", "must be real numbers"),
+])
+def test_a_call_the_op_refuses_gives_the_generator_its_draw_back(reparameterize, logvar, refused):
+    """A refusal inside the op (a float32 logvar with a float64 mu, a logvar that is no number)
+    came after the Generator had handed out its draw: each refused call used up an offset, so
+    the corrected call drew other noise than a run without the mistake."""
+    noise = Generator(1)
+    with pytest.raises(TypeError, match=refused):
+        reparameterize(ones(4, 3), logvar, noise)
+    assert noise.offset == 0
+    z = reparameterize(ones(4, 3), ones(4, 3), noise)
+    z = z[0] if isinstance(z, tuple) else z
+    assert noise.offset == 1
+    np.testing.assert_array_equal(z.data, F.reparameterize(ones(4, 3), ones(4, 3), Noise(1, 0)).data)
+
+
 PER_ROW_OPS = {
     "kl_normal_std": lambda s: F.kl_normal_std(s, 0.0),
     "kl_normal_normal": lambda s: F.kl_normal_normal(s, 0.0, 0.0, 0.0),

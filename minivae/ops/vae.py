@@ -422,10 +422,12 @@ def reparameterize(mu, logvar, eps, shape=None):
     """
     if isinstance(eps, (Generator, Noise)):
         shape = _draw_shape(mu, logvar, shape)  # before a Generator hands out its next draw
-    if isinstance(eps, Generator):
-        eps = eps.next_noise()
-    if isinstance(eps, Noise):
-        return ReparameterizeNoise.apply(mu, logvar, noise=eps, shape=shape)
+
+        def draw(noise):
+            return ReparameterizeNoise.apply(mu, logvar, noise=noise, shape=shape)
+        # A Generator takes its draw back when the op refuses mu or logvar (dtypes, devices,
+        # non-numbers).
+        return eps.use_next_noise(draw) if isinstance(eps, Generator) else draw(eps)
     if shape is not None:
         raise TypeError("reparameterize: shape= applies to counter-addressed noise (Noise or Generator)")
     return Reparameterize.apply(mu, logvar, eps)
@@ -438,13 +440,17 @@ def reparameterize_kl(mu, logvar, noise, samples=None):
     row."""
     if samples is not None:  # before a Generator hands out its next draw; int(2.7) would draw 2
         samples = check_integer(samples, "reparameterize_kl: samples", minimum=1)
+
+    def draw(noise):
+        return ReparameterizeKL.apply(mu, logvar, noise=noise, samples=samples)
     if isinstance(noise, Generator):
-        _check_kl_rows(mu, logvar)
-        noise = noise.next_noise()
+        # The Generator takes its draw back when the op refuses mu or logvar (shapes, dtypes,
+        # devices).
+        return noise.use_next_noise(draw)
     if not isinstance(noise, Noise):
         raise TypeError(f"reparameterize_kl: noise must be a minivae.random.Noise or Generator, "
                         f"got {type(noise).__name__}")
-    return ReparameterizeKL.apply(mu, logvar, noise=noise, samples=samples)
+    return draw(noise)
 
 
 kl_normal_std = KLNormalStd.apply
