@@ -134,6 +134,24 @@ def test_a_call_the_op_refuses_gives_the_generator_its_draw_back(reparameterize,
     np.testing.assert_array_equal(z.data, F.reparameterize(ones(4, 3), ones(4, 3), Noise(1, 0)).data)
 
 
+def test_rsample_names_its_arguments():
+    """rsample (the draw of the models) gave NumPy's "shape mismatch: ... arg 0" for mu and
+    logvar that do not broadcast, drew nothing for k=0 and named a float or bool k shape[0]."""
+    from minivae.models.common import rsample
+
+    with pytest.raises(ValueError, match=r"^rsample: mu of shape \(4, 3\) and logvar of shape \(2,\) do not "
+                                         r"broadcast$"):
+        rsample(ones(4, 3), ones(2), Generator(1), k=2)
+    for k, error, message in [(0, ValueError, "k must be at least 1, got 0"),
+                              (2.0, TypeError, "k must be an integer, got 2.0"),
+                              (True, TypeError, "k must be an integer, got True")]:
+        noise = Generator(1)
+        with pytest.raises(error, match=f"^{message}$"):
+            rsample(ones(4, 3), ones(4, 3), noise, k=k)
+        assert noise.offset == 0
+    assert rsample(ones(4, 3), ones(3), Generator(1), k=2).shape == (2, 4, 3)
+
+
 PER_ROW_OPS = {
     "kl_normal_std": lambda s: F.kl_normal_std(s, 0.0),
     "kl_normal_normal": lambda s: F.kl_normal_normal(s, 0.0, 0.0, 0.0),

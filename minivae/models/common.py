@@ -90,12 +90,17 @@ def iwae_bound(log_w):
 def rsample(mu, logvar, noise, k=None):
     """A reparameterized draw z = mu + e^(logvar/2) eps with eps ~ N(0, I) from ``noise``.
 
-    With ``k`` the draw has shape (k, *mu.shape): k independent samples per row (a fresh eps for
-    each, never one sample repeated); without, the broadcast shape of ``mu`` and ``logvar``.
+    With ``k`` (an integer >= 1) the draw has shape (k, *mu.shape): k independent samples per
+    row (a fresh eps for each, never one sample repeated); without, the broadcast shape of
+    ``mu`` and ``logvar``.
     """
-    shape = np.broadcast_shapes(mu.shape, logvar.shape)
-    if k is not None:
-        shape = (k,) + shape
+    try:
+        shape = np.broadcast_shapes(mu.shape, logvar.shape)
+    except ValueError:  # NumPy's words name them "arg 0" and "arg 1"
+        raise ValueError(f"rsample: mu of shape {mu.shape} and logvar of shape {logvar.shape} "
+                         "do not broadcast") from None
+    if k is not None:  # a float k fails inside the draw's shape check, and True would draw one sample
+        shape = (check_integer(k, "k", minimum=1),) + shape
     # Counter-addressed noise: the GPU kernel draws eps in registers, the CPU its NumPy twin.
     return F.reparameterize(mu, logvar, noise, shape=shape)
 
