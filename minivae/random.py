@@ -140,7 +140,10 @@ def check_elements(n: int, start=0) -> int:
 
 def check_dtype(dtype) -> np.dtype:
     """``dtype`` as a NumPy dtype, refused (TypeError) unless float32 or float64: the dtypes a
-    draw comes in, on the CPU and in the GPU kernels."""
+    draw comes in, on the CPU and in the GPU kernels. None is refused too: NumPy reads it as
+    float64, the dtype a draw that left it out by mistake would silently come in."""
+    if dtype is None:
+        raise TypeError("dtype must be float32 or float64, got None")
     dt = np.dtype(dtype)
     if dt not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dt}")
@@ -151,7 +154,10 @@ def check_shape(shape) -> tuple[int, ...]:
     """``shape``, an integer or a sequence of them, as a tuple of Python ints >= 0.
 
     Each size goes through ``check_integer``: converted with int(), a size 2.5 would become 2
-    and the string "23" the shape (2, 3), without a word."""
+    and the string "23" the shape (2, 3), without a word. A 0-d array is one size, as NumPy's
+    shapes take it (iterating over it fails)."""
+    if isinstance(shape, np.ndarray) and shape.ndim == 0:
+        shape = shape.item()
     sizes = (shape,) if isinstance(shape, numbers.Integral) else check_sequence(shape, "shape", "integers")
     return tuple(check_integer(s, f"shape[{i}]", minimum=0) for i, s in enumerate(sizes))
 

@@ -404,6 +404,21 @@ def test_a_refused_draw_uses_up_no_offset(kind, shape, dtype, error, message):
     np.testing.assert_array_equal(getattr(g, kind)((2, 3)), getattr(mr.Generator(42, 5), kind)((2, 3)))
 
 
+def test_a_draw_takes_a_0d_array_as_its_shape_and_refuses_no_dtype():
+    """np.array(3) failed as "iteration over a 0-d array", while NumPy takes it as the shape (3,);
+    dtype=None drew float64 (np.dtype(None)), where a draw comes in float32 unless asked."""
+    np.testing.assert_array_equal(mr.normal(np.array(3), 7), mr.normal(3, 7))
+    assert mr.check_shape(np.array(3)) == (3,) and mr.check_shape(np.array([2, 3])) == (2, 3)
+    with pytest.raises(TypeError, match=r"^shape must be a sequence of integers, got 3\.0$"):
+        mr.check_shape(np.array(3.0))
+    g = mr.Generator(42)
+    for draw in (lambda: mr.normal(3, 7, dtype=None), lambda: mr.uniform(3, 7, dtype=None),
+                 lambda: mr.gumbel(3, 7, dtype=None), lambda: g.normal(3, dtype=None)):
+        with pytest.raises(TypeError, match="^dtype must be float32 or float64, got None$"):
+            draw()
+    assert g.offset == 0
+
+
 def test_generator_state_round_trip():
     g = mr.Generator(seed=(1 << 63) + 5, stream=3)
     g.normal(7)
