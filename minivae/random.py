@@ -394,12 +394,15 @@ def gumbel(shape, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0,
 
 
 def normal_at(indices, seed: int, offset: int = 0, dtype=np.float32, stream: int = 0) -> np.ndarray:
-    """The normals of arbitrary flat element indices of a draw (any integer array shape)."""
+    """The normals of arbitrary flat element indices of a draw (any integer array shape; an
+    empty sequence gives an empty array)."""
     seed, offset, stream = check_address(seed, offset, stream)
     dt = check_dtype(dtype)
     idx = np.asarray(indices)
+    if idx.size == 0:  # np.asarray([]) is float64: no index to refuse, no normal to draw
+        return np.empty(idx.shape, dtype=dt)
     if idx.dtype.kind not in "ui":
-        raise TypeError("indices must be integers")
+        raise TypeError(f"indices must be integers, got an array of dtype {idx.dtype}")
     if idx.size and (idx.min() < 0 or idx.max() >= MAX_ELEMENTS):
         raise ValueError("indices must be in [0, 2**34)")
     idx = idx.astype(np.uint64)

@@ -523,6 +523,15 @@ def test_the_last_offset_is_never_drawn_so_every_state_loads_again():
     mr.Generator().load_state_dict(g.state_dict())
 
 
+def test_normal_at_of_no_indices_is_empty_and_other_indices_are_named():
+    """normal_at([], seed) was refused as "indices must be integers": NumPy reads [] as float64."""
+    for indices in ([], np.zeros((0, 3), dtype=np.int64)):
+        out = mr.normal_at(indices, 3, dtype=np.float64)
+        assert out.shape == np.shape(indices) and out.dtype == np.float64
+    with pytest.raises(TypeError, match=r"^indices must be integers, got an array of dtype float64$"):
+        mr.normal_at([1.0, 2.0], 3)
+
+
 def test_normal_at_names_an_element_index_past_the_last_element():
     """Element 2**34 lies past any draw: refused with the valid range, not by the Philox counter
     check deep below it."""
