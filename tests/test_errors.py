@@ -45,6 +45,18 @@ def test_linear_mismatch_names_op_and_shapes():
         F.linear(ones(2, 4), ones(4, 5), ones(4))
 
 
+def test_linear_names_the_shapes_of_x_as_given():
+    """A 0-d x was reported as shape (1,), and a row x (in,) that did not match as (1, in)."""
+    with pytest.raises(ValueError, match=r"^linear: x must have shape \(\.\.\., in\), with at least one axis, "
+                                         r"got shape \(\)$"):
+        F.linear(Tensor(np.float64(2.0)), ones(3, 4))
+    with pytest.raises(ValueError, match=r"^linear_relu: shapes \(5,\) and \(3, 4\) do not match \(5 != 3\)$"):
+        F.linear_relu(ones(5), ones(3, 4))
+    with pytest.raises(ValueError, match=r"^linear: the weight must be 2-D \(in, out\), got shape \(3,\)$"):
+        F.linear(ones(2, 3), ones(3))
+    assert F.linear(ones(3), ones(3, 4)).shape == (4,)
+
+
 @pytest.mark.parametrize("op", [F.add, F.sub, F.mul, F.div], ids=["add", "sub", "mul", "div"])
 def test_broadcast_failure_names_op_and_shapes(op):
     with pytest.raises(ValueError, match=r"(Add|Sub|Mul|Div): cannot broadcast shapes \(3, 2\) and \(4,\)"):

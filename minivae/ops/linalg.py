@@ -36,9 +36,12 @@ class Matmul(Function):
 
 def _linear_forward(ctx, name, x, W, b):
     """x @ W + b into a fresh array (shapes checked, x and W saved for the backward pass)."""
-    _check_inner(name, x.shape if x.ndim >= 2 else (1,) + x.shape, W.shape)
+    if x.ndim == 0:  # x of shape (in,) is one row; a 0-d x has no inputs axis at all
+        raise ValueError(f"{name}: x must have shape (..., in), with at least one axis, got shape ()")
     if W.ndim != 2:
         raise ValueError(f"{name}: the weight must be 2-D (in, out), got shape {W.shape}")
+    if x.shape[-1] != W.shape[0]:  # the shapes as given: a row x (in,) is not named (1, in)
+        raise ValueError(f"{name}: shapes {x.shape} and {W.shape} do not match ({x.shape[-1]} != {W.shape[0]})")
     if b is not None and b.shape != (W.shape[1],):
         raise ValueError(f"{name}: the bias must have shape ({W.shape[1]},), got {b.shape}")
     ctx.save(x, W)
