@@ -43,7 +43,7 @@ import numbers
 import numpy as np
 
 from .autograd import Tensor
-from .backend import device_of, get_array_module, to_device
+from .backend import device_of, get_array_module, is_array, to_device
 from .checks import FINITE, NON_NEGATIVE, check_bool, check_integer, check_mapping, check_ranges, out_of_range
 from .gpu import dispatch
 
@@ -215,6 +215,9 @@ class Optimizer:
             g = p.grad
             if g is None:
                 continue
+            if not is_array(g):  # a list or a Tensor has no dtype (a list no shape) to check below
+                raise TypeError(f"parameter {i}: its gradient must be a NumPy or CuPy array of shape "
+                                f"{p.data.shape}, got {type(g).__name__}")
             if g.shape != p.data.shape:
                 raise ValueError(f"parameter {i}: gradient of shape {g.shape} for a parameter "
                                  f"of shape {p.data.shape}")

@@ -729,6 +729,21 @@ def test_a_gradient_of_another_dtype_is_refused_before_any_update(make):
     np.testing.assert_array_equal(params[0].data, before)
 
 
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1), optim.Adam], ids=["SGD", "Adam"])
+@pytest.mark.parametrize("grad, named", [([1.0] * 4, "list"), (lambda p: mv.tensor(np.ones(4, np.float32)), "Tensor")])
+def test_a_gradient_that_is_no_array_is_refused_before_any_update(make, grad, named):
+    """A gradient set by hand to a list failed with AttributeError: 'list' object has no
+    attribute 'shape'."""
+    params = _params(np.float32, shapes=((3, 4), (4,)))
+    before = params[0].data.copy()
+    params[0].grad = np.ones((3, 4), np.float32)
+    params[1].grad = grad(params[1]) if callable(grad) else grad
+    with pytest.raises(TypeError, match=rf"^parameter 1: its gradient must be a NumPy or CuPy array of shape "
+                                        rf"\(4,\), got {named}$"):
+        make(params).step()
+    np.testing.assert_array_equal(params[0].data, before)
+
+
 # ----- Adam's flat buffer --------------------------------------------------------------------------
 def _one_by_one(start, grads, **kw):
     """The reference: one Adam per parameter (no shared buffer), None gradients skipped."""
