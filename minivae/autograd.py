@@ -34,7 +34,7 @@ import numpy as np
 
 from .backend import (device_name, device_of, get_array_module, get_default_dtype, resolve_device,
                       to_device)
-from .checks import check_bool, check_sequence
+from .checks import check_bool, check_sequence, plain_array
 
 
 class _State(threading.local):
@@ -191,20 +191,6 @@ def _check_real(array, what, given):
         raise TypeError(f"{what} must be real numbers (booleans, integers or floats), got {got}")
 
 
-def _plain_array(data, what):
-    """``data`` itself, unless it is one of NumPy's array subclasses whose operations mean other
-    things than an array's: an ``np.matrix`` becomes the plain array it views (with a matrix,
-    ``*`` is a matrix product and a sum keeps two axes, so an op would give other numbers or
-    fail inside NumPy); a masked array is refused (TypeError naming ``what``), since no op skips
-    its masked entries: they would be read as the numbers stored under the mask."""
-    if isinstance(data, np.ma.MaskedArray):
-        raise TypeError(f"{what} is a masked array, whose masked entries would be read as the "
-                        "numbers under the mask; fill them first (a.filled(value))")
-    if isinstance(data, np.matrix):
-        return data.view(np.ndarray)
-    return data
-
-
 def _unbroadcast(grad, shape, fn):
     """Sum ``grad`` over the axes that broadcasting added or stretched so it takes ``shape``.
 
@@ -281,7 +267,7 @@ class Tensor:
         source = data if isinstance(data, Tensor) else None
         if source is not None:  # its array, as tensor() and nn.Parameter take it
             data = source.data
-        data = _plain_array(data, "Tensor data")
+        data = plain_array(data, "Tensor data")
         xp = get_array_module(data)
         self.data = data if isinstance(data, xp.ndarray) else _as_array(data, requires_grad)
         _check_real(self.data, "Tensor data", data)
@@ -675,7 +661,7 @@ def tensor(data, requires_grad=False, dtype=None):
         if dtype is None or data.dtype == dtype:
             return Tensor(data, requires_grad=requires_grad)  # its array, and so its version
         data = data.data
-    data = _plain_array(data, "Tensor data")  # before the cast, which would drop a mask
+    data = plain_array(data, "Tensor data")  # before the cast, which would drop a mask
     if dtype is not None:
         array = get_array_module(data).asarray(data)
         _check_real(array, "Tensor data", data)  # before the cast, which makes None a NaN

@@ -110,6 +110,21 @@ def check_points(x, name: str) -> None:
         raise ValueError(f"{name} must be (N, D) with N >= 1, got shape {x.shape}")
 
 
+def plain_array(data, what: str):
+    """``data`` itself, unless it is one of NumPy's array subclasses whose operations mean other
+    things than an array's: an ``np.matrix`` becomes the plain array it views (with a matrix,
+    ``*`` is a matrix product and a sum keeps two axes, so an op would give other numbers or
+    fail inside NumPy); a masked array is refused (TypeError naming ``what``), since nothing here
+    skips its masked entries: they would be read as the numbers stored under the mask (as
+    ``np.asarray`` reads them, dropping the mask without a word)."""
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError(f"{what} is a masked array, whose masked entries would be read as the "
+                        "numbers under the mask; fill them first (a.filled(value))")
+    if isinstance(data, np.matrix):
+        return data.view(np.ndarray)
+    return data
+
+
 def check_float(x, name: str = "x", use: str = "binarization") -> None:
     """Refuse an array (NumPy or CuPy) whose dtype is not floating with a TypeError naming
     ``use``, what takes float intensities in [0, 1]: integer pixels 0..255 would be read as

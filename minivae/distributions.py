@@ -22,7 +22,7 @@ import numpy as np
 from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
-from .checks import check_float, check_integer, check_intensities
+from .checks import check_float, check_integer, check_intensities, plain_array
 from .random import Generator, check_dtype, check_shape
 
 
@@ -109,7 +109,7 @@ def check_labels(labels, num_classes, n=None):
     """
     num_classes = check_integer(num_classes, "num_classes", minimum=1)
     labels = labels.data if isinstance(labels, Tensor) else labels
-    labels = labels if is_gpu_array(labels) else np.asarray(labels)
+    labels = labels if is_gpu_array(labels) else np.asarray(plain_array(labels, "labels"))
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got an array of dtype {labels.dtype}")
     if not is_gpu_array(labels) and labels.size and (labels.min() < 0 or labels.max() >= num_classes):

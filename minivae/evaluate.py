@@ -25,7 +25,7 @@ import numpy as np
 from . import streams
 from .autograd import Tensor, no_grad, tensor
 from .backend import get_array_module, to_device
-from .checks import check_integer, check_intensities
+from .checks import check_integer, check_intensities, plain_array
 from .distributions import check_labels
 from .models.base import require
 from .random import Generator, Noise
@@ -66,7 +66,7 @@ def as_model_input(model, x):
     were bits; and the ops refuse to mix float32 images with a float64 model. NumPy would read a
     Tensor as a sequence, one indexing op per element, into an array of dtype object.
     """
-    x = to_device(x.data, "cpu") if isinstance(x, Tensor) else np.asarray(x)
+    x = to_device(x.data, "cpu") if isinstance(x, Tensor) else np.asarray(plain_array(x, "x"))
     if x.ndim != 2 or x.shape[1] != model.x_dim:
         hint = ("" if x.ndim == 2 else
                 "; reshape one image with x.reshape(1, -1), a batch of images with x.reshape(len(x), -1)")

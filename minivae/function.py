@@ -47,8 +47,9 @@ import weakref
 import numpy as np
 
 from .autograd import (Tensor, _check_finite, _check_leaf_inputs, _check_real, _memory_owner, _memory_root,
-                       _plain_array, _state, tensor)
+                       _state, tensor)
 from .backend import device_of, get_array_module, get_default_dtype
+from .checks import plain_array
 from .gpu import dispatch
 
 
@@ -297,7 +298,7 @@ def _as_tensors(fn, inputs):
             # integer and boolean tensors are constants: they take the float dtype, never upcast it
             out.append(x if dtype is None or x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
             continue
-        x = _plain_array(x, f"{fn.__name__}: an operand")
+        x = plain_array(x, f"{fn.__name__}: an operand")
         kind = getattr(getattr(x, "dtype", None), "kind", None)
         _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
         # NumPy scalars (np.sqrt(2.0)) are numbers like Python's: they adopt the dtype, and are

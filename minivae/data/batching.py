@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import streams
 from ..backend import device_of, get_array_module, resolve_device, to_device
-from ..checks import check_bool, check_integer, check_intensities
+from ..checks import check_bool, check_integer, check_intensities, plain_array
 from . import _rng
 from .binarization import EpochBits
 
@@ -64,7 +64,7 @@ def iterate_minibatches(x, batch_size: int, *, seed: int, epoch: int, shuffle: b
     on ``x``'s device; note that ``binarize`` is off by default here. Yields ``xb`` or, when ``y``
     is given, ``(xb, yb)``.
     """
-    x = get_array_module(x).asarray(x)
+    x = get_array_module(x).asarray(plain_array(x, "x"))
     loader = MinibatchLoader(x, batch_size, seed=seed, y=y, shuffle=shuffle, binarize=binarize,
                              drop_last=drop_last, device=device_of(x))
     return loader.epoch(epoch)
@@ -111,13 +111,13 @@ class MinibatchLoader:
         drop_last = check_bool(drop_last, "drop_last")
         self.device = resolve_device(device)
         xp = get_array_module(x)
-        x = xp.asarray(x)
+        x = xp.asarray(plain_array(x, "x"))
         if x.ndim != 2:
             raise ValueError(f"x must be 2-D (N, D), got shape {x.shape}")
         if binarize:
             check_intensities(x)
         if y is not None:
-            y = get_array_module(y).asarray(y)  # a number or a generator: 0-d, refused below
+            y = get_array_module(y).asarray(plain_array(y, "y"))  # a number or a generator: 0-d, refused below
             if y.ndim != 1 or len(y) != len(x):
                 raise ValueError(f"y must hold one label per row of x, shape ({len(x)},), got shape {y.shape}")
         # One conversion up front, so that every epoch can gather with take(out=) directly.
@@ -189,7 +189,7 @@ def balanced_labelled_subset(labels: np.ndarray, n_labelled: int = 100, *, seed:
     Returns sorted int64 indices into ``labels``; the same ``(labels, n_labelled, seed)`` always
     gives the same subset.
     """
-    labels = np.asarray(labels)
+    labels = np.asarray(plain_array(labels, "labels"))
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     if len(labels) == 0:

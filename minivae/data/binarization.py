@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import streams
 from ..backend import device_of, get_array_module
-from ..checks import check_intensities
+from ..checks import check_intensities, plain_array
 from . import _rng
 
 # Seed of the fixed validation/test draws. A named constant, independent of the training seed, so
@@ -94,7 +94,7 @@ def binarize(x, *, seed: int, epoch: int = 0, out=None):
     Raises TypeError / ValueError for values that are not float intensities in [0, 1]; a nested
     list is taken as a NumPy array, as ``binarize_eval`` takes it.
     """
-    x = get_array_module(x).asarray(x)
+    x = get_array_module(x).asarray(plain_array(x, "x"))
     check_intensities(x)
     return EpochBits(x, seed=seed).draw(epoch, out)
 
@@ -122,7 +122,7 @@ def binarize_eval(x: np.ndarray, split: str, *, seed: int = EVAL_BINARIZATION_SE
     """
     if not isinstance(split, str) or split not in _rng.SPLIT_CODES:  # a list is no dict key
         raise ValueError(f"binarize_eval is for the 'valid' or 'test' split, got {split!r}")
-    x = np.asarray(x)
+    x = np.asarray(plain_array(x, "x"))
     _check_images(x)
     check_intensities(x)
     rng = _rng.generator(seed, _rng.STREAM_BINARIZE, _rng.split_code(split), 0)
