@@ -41,7 +41,6 @@ import argparse
 import datetime as _dt
 import functools
 import json
-import platform
 import re
 import statistics
 import subprocess
@@ -58,7 +57,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 import minivae.random as mr  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import command_line, git_commit, machine_info
+from machine import command_line, machine_info
+from machine import versions as machine_versions  # noqa: E402
 from machine import gpu_info as machine_gpu_info  # noqa: E402
 
 # Known theoretical peaks (GB/s) as a fallback when the device does not report its memory clock.
@@ -420,15 +420,11 @@ def kernel_table(rows):
 
 
 def versions(cp, torch):
-    """The versions in the result: Python, NumPy, minivae, the git commit; with ``cp`` CuPy and which
-    kernel sources ran (folder, hash); with ``torch`` PyTorch."""
-    v = {"python": platform.python_version(), "numpy": np.__version__}
-    try:
-        from importlib.metadata import version
-
-        v["minivae"] = version("minivae")
-    except Exception:
-        v["minivae"] = "source checkout"
+    """The versions in the result: Python, NumPy, the minivae that ran (``minivae.__version__``,
+    not the metadata of whichever minivae is installed) and the git commit, as the other
+    benchmarks record them (``machine.versions``); with ``cp`` CuPy and which kernel sources ran
+    (folder, hash); with ``torch`` PyTorch."""
+    v = machine_versions()
     if cp is not None:
         import hashlib
 
@@ -441,7 +437,6 @@ def versions(cp, torch):
             "".join(G.kernel_source(f) for f in G.KERNEL_FILES).encode()).hexdigest()[:16]
     if torch is not None:
         v["torch"] = torch.__version__
-    v["git_commit"] = git_commit()
     return v
 
 

@@ -82,10 +82,16 @@ def test_with_require_gpu_a_machine_without_a_gpu_measures_nothing(tmp_path, mon
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_result_names_the_python_and_library_versions(tmp_path):
+def test_the_result_names_the_python_and_library_versions(tmp_path, monkeypatch):
+    """The minivae version is that of the minivae that ran, as the other benchmarks record it:
+    importlib.metadata named the installed one, which may be another checkout's."""
+    import minivae
+
+    monkeypatch.setattr(minivae, "__version__", "0.0.0+ran")
     r = bench_kernels.main(["--no-gpu", "--no-torch", "--no-philox-cpu", "--sizes", "1e3", "--mnist", "",
                             "--repeats", "3", "--budget", "0.05", "--out", str(tmp_path)])
     assert {"python", "numpy", "minivae", "git_commit"} <= set(r["versions"])
+    assert r["versions"]["minivae"] == "0.0.0+ran"
     assert r["machine"]["cpu_model"] and r["date"] and r["command"].startswith("bench_kernels.py --no-gpu")
     assert [row["impl"] for row in r["results"]] == ["numpy"]
 
