@@ -51,6 +51,14 @@ def test_the_sdist_holds_what_the_tests_need(tmp_path):
     assert not wanted - shipped, sorted(wanted - shipped)
 
 
+def test_the_version_is_the_one_of_the_package():
+    """pyproject.toml and minivae.__version__ each name the version: what pip installs and
+    what `minivae --version` and the benchmarks' results say must agree."""
+    import minivae
+
+    assert _pyproject()["project"]["version"] == minivae.__version__
+
+
 def test_the_license_is_an_spdx_expression():
     """The table form, license = { text = "MIT" }, made every build warn that setuptools stops
     building it after 2027-02-18; the SPDX string needs setuptools 77 to build."""
