@@ -300,6 +300,23 @@ def test_a_semi_supervised_bound_refuses_a_batch_that_is_no_float_rows(name, bou
         BOUNDS[bound](model, x[:0])
 
 
+@pytest.mark.parametrize("method", ["classify", "class_probabilities"])
+@pytest.mark.parametrize("name", [name for name in sorted(CASES) if build(name, np.float32).classifies])
+def test_the_classifier_refuses_a_batch_that_is_no_float_rows(name, method):
+    # Before: integer pixels 0..255 were classified as if they were intensities, and one image
+    # without its batch axis gave one label (a 0-d array) from the ADGM and SDGM, a reshape
+    # error from the others.
+    model = build(name, np.float32)
+    x, _ = batch(model, np.float32)
+    classify = getattr(model, method)
+    with pytest.raises(TypeError, match="^x has dtype int64: a model takes float intensities"):
+        classify(x.astype(np.int64))
+    with pytest.raises(ValueError, match=r"^x must be a batch of rows, shape \(B, D\), got shape \(\d+,\)$"):
+        classify(x[0])
+    with pytest.raises(ValueError, match="^x is an empty batch"):
+        classify(x[:0])
+
+
 @pytest.mark.parametrize("bound", ["labelled_bound", "unlabelled_bound"])
 def test_a_semi_supervised_bound_refuses_its_weight_before_it_draws(bound):
     # Before: the weight was checked after the whole pass, whose draw the generator had handed

@@ -167,9 +167,9 @@ def check_noise(noise):
 
 
 def check_batch(x, name="x"):
-    """Refuse what a model's loss and bounds (``loss``, ``elbo``, ``log_weights``) cannot score:
-    anything but a batch of rows, shape (B, D) (one image without its batch axis would give a
-    0-d ELBO), an empty batch (B = 0: a loss's means are NaN, with warnings, not an error), or
+    """Refuse what a model's loss, bounds (``loss``, ``elbo``, ``log_weights``) and classifier
+    (``class_probabilities``, ``classify``) cannot take: anything but a batch of rows, shape
+    (B, D) (one image without its batch axis would give a 0-d ELBO), an empty batch (B = 0: a loss's means are NaN, with warnings, not an error), or
     pixels that are no floats (``checks.check_float``: integers 0..255 would be scored as
     Bernoulli outcomes up to 255). Shape and dtype only: nothing is read from the device. A
     list or anything else without them is refused (TypeError) rather than failing on ``x.ndim``."""

@@ -116,10 +116,12 @@ class M1M2(Model):
 
     def class_probabilities(self, x):
         """q(y | z1) at the mean of q(z1 | x), as a (B, K) array."""
+        check_batch(x)  # the images, as in ``loss``
         return self.m2.class_probabilities(self.features(x))
 
     def classify(self, x):
         """The predicted labels argmax_y q(y | z1) at the mean of q(z1 | x), an integer array (B,)."""
+        check_batch(x)  # the images, as in ``loss``
         return self.m2.classify(self.features(x))
 
     def sample(self, n, noise, probabilities=True, labels=None):

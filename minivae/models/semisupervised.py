@@ -241,7 +241,9 @@ class SemiSupervised(Model):
         return one_hot(labels, self.num_classes, like, n=n)
 
     def class_probabilities(self, x):
-        """q(y | x) as a (B, K) array (for ADGM/SDGM at the mean of q(a | x)), without a graph."""
+        """q(y | x) as a (B, K) array (for ADGM/SDGM at the mean of q(a | x)), without a graph.
+        ``x`` is checked as ``loss`` checks it (``base.check_batch``)."""
+        check_batch(x)
         with no_grad():
             logits = self._class_logits(x, self._context(x, 1, None, mean=True))
             return F.softmax(logits, axis=-1).data[0]
