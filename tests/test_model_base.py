@@ -81,6 +81,20 @@ def test_methods_take_sample_counts_as_integers(name):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+def test_sample_takes_probabilities_as_a_bool(name):
+    # Before: labels passed third, model.sample(1, g, np.array([2])), were read as
+    # probabilities=True and the image was drawn with the default label 0; with more labels NumPy
+    # raised "The truth value of an array ... is ambiguous"; the string "False" gave means.
+    model, _ = _small_model_and_batch(name)
+    for bad in (np.array([2]), np.array([0, 1]), "False", 0):
+        generator = Generator(0)
+        with pytest.raises(TypeError, match="^probabilities must be True or False, got "):
+            model.sample(2, generator, bad)
+        assert generator.offset == 0  # refused before a draw
+    assert model.sample(2, Generator(0), np.True_).shape == (2, model.x_dim)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_constructors_take_sample_counts_as_integers(name):
     options = dict(SMALL_MODEL, **MODEL_SIZES.get(name, {}))
     with pytest.raises(TypeError, match="^mc_samples must be an integer, got 2.7"):

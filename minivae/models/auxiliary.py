@@ -35,7 +35,7 @@ Registered as ``adgm`` and ``sdgm`` (unsupervised) and ``adgm-ssl`` and ``sdgm-s
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer, check_sizes
+from ..checks import check_bool, check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_batch, check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, JointMLP, LatentVariableModel, rsample
@@ -110,6 +110,7 @@ class _AuxiliaryNetworks:
 
     def _sample(self, n, noise, probabilities, y):
         n = check_integer(n, "n", minimum=0)
+        probabilities = check_bool(probabilities, "probabilities")
         check_noise(noise)
         param = next(iter(self.parameters()))
         with no_grad():

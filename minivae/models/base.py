@@ -17,7 +17,9 @@ methods (``x`` a (B, x_dim) batch, ``noise`` a Philox ``Generator``, never one f
 
 and the class attributes below say which optional capabilities it has; code asks these, never
 ``hasattr``. Sample counts (``mc_samples``, ``iw_k``, ``samples`` and ``k`` of at least 1, ``n``
-of at least 0) are integers, refused otherwise rather than truncated (``check_integer``).
+of at least 0) are integers, refused otherwise rather than truncated (``check_integer``);
+``probabilities`` is True or False, refused otherwise rather than read by its truth
+(``check_bool``): labels passed in its place, ``sample(n, noise, labels)``, would be dropped.
 
 A constructor's ``rng`` (None, an int seed or a NumPy Generator) is made into one Generator
 (``nn.init.get_rng``) before it is threaded through the layers: an int passed on would seed a

@@ -222,6 +222,7 @@ class TopDownGenerator(nn.Module):
         Runs in eval mode (batch normalization with its running statistics, left unchanged).
         """
         n = check_integer(n, "n", minimum=0)
+        probabilities = check_bool(probabilities, "probabilities")
         check_noise(noise)
         param = next(iter(self.parameters()))
         was_training = self.training

@@ -154,6 +154,7 @@ class GumbelSoftmaxVAE(LatentVariableModel):
     def sample(self, n, noise, probabilities=True):
         """n images from the discrete model: codes uniform one-hot (Gumbel-max of zero logits)."""
         n = check_integer(n, "n", minimum=0)
+        probabilities = check_bool(probabilities, "probabilities")
         check_noise(noise)
         param = next(iter(self.parameters()))
         with no_grad():

@@ -76,7 +76,7 @@ K * S * B rows (S = ``mc_samples``).
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer, check_sizes
+from ..checks import check_bool, check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise
 from .common import MLP, GaussianHead, GaussianLayer, JointMLP, rsample
@@ -209,6 +209,7 @@ class LadderM2(SemiSupervised):
         """n images by ancestral sampling from z_L ~ N(0, I) down, with labels 0, 1, ..., K-1, 0, ...
         (or ``labels``). Runs in eval mode (running statistics, left unchanged)."""
         check_noise(noise)
+        probabilities = check_bool(probabilities, "probabilities")
         param = next(iter(self.parameters()))
         y = self.sample_labels(n, labels, param)
         was_training = self.training

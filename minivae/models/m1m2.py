@@ -33,7 +33,7 @@ if that run is trained again or removed.
 """
 from .. import functional as F
 from ..autograd import no_grad
-from ..checks import check_integer
+from ..checks import check_bool, check_integer
 from ..distributions import sample_bernoulli
 from .base import Model, check_batch, check_noise
 from .common import rsample
@@ -127,6 +127,7 @@ class M1M2(Model):
     def sample(self, n, noise, probabilities=True, labels=None):
         """n images: z1 = the mean of p(z1 | y, z2), z2 ~ N(0, I), labels 0..K-1, 0, ... (or
         ``labels``), decoded by M1 (Bernoulli means, or binary images)."""
+        probabilities = check_bool(probabilities, "probabilities")  # before M2 draws
         z1 = self.m2.sample(n, noise, labels=labels)
         with no_grad():
             probs = F.sigmoid(self.m1.decode(z1)).data

@@ -24,7 +24,7 @@ m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer, check_sizes
+from ..checks import check_bool, check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP
 from .base import check_noise
@@ -100,6 +100,7 @@ class M2(SemiSupervised):
         Bernoulli: the means (``probabilities``) or binary images; Gaussian: the means m(y, z).
         """
         check_noise(noise)
+        probabilities = check_bool(probabilities, "probabilities")
         param = next(iter(self.parameters()))
         y = self.sample_labels(n, labels, param)
         with no_grad():

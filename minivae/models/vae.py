@@ -10,7 +10,7 @@ Shapes: x is (B, 784); with S samples, z is (S, B, D) and the decoder runs on al
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_integer, check_sizes
+from ..checks import check_bool, check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_batch, check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, LatentVariableModel, rsample
@@ -80,6 +80,7 @@ class VAE(LatentVariableModel):
         With ``probabilities=False`` the pixels are also sampled (binary images).
         """
         n = check_integer(n, "n", minimum=0)
+        probabilities = check_bool(probabilities, "probabilities")
         check_noise(noise)
         with no_grad():
             z = standard_normal(noise, (n, self.z_dim), next(iter(self.parameters())))
