@@ -211,3 +211,15 @@ def test_the_two_layer_sizes_with_one_layer_are_refused_not_ignored(sizes, named
 def test_the_two_layer_sizes_at_their_defaults_build_the_one_layer_model():
     model = build_model("iwae", layers=1, x_dim=12, z_dim=2, hidden=(8,), z1_dim=100, hidden2=[100, 100])
     assert not isinstance(model, TwoLayerVAE)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("options, named", [({}, "k=5 (its default)"), ({"k": 3}, "k=3")])
+def test_mc_samples_with_the_iwae_bound_name_the_k_that_sets_it(layers, options, named):
+    """``minivae train --model iwae --mc-samples 2`` was refused with "choose either mc_samples
+    (ELBO) or iw_k (IWAE bound), not both", though no iw_k was given: the k is the factory's."""
+    with pytest.raises(ValueError, match=f"^iwae: {re.escape(named)} trains on the IWAE bound, which "
+                                         "would leave mc_samples=2 unused; give k=1 "):
+        build_model("iwae", layers=layers, x_dim=12, z_dim=2, hidden=(8,), mc_samples=2, **options)
+    model = build_model("iwae", layers=layers, x_dim=12, z_dim=2, hidden=(8,), mc_samples=2, k=1)
+    assert model.mc_samples == 2 and model.iw_k == 1

@@ -116,13 +116,22 @@ def iwae(layers=1, k: int | None = None, z1_dim=DEFAULT_Z1_DIM, hidden2=DEFAULT_
          z_dim=50, hidden=(512, 256), activation="relu", beta=1.0, mc_samples=1, iw_k=1, rng=None):
     """The importance-weighted autoencoder: ``VAE(iw_k=k)`` (one layer) or ``TwoLayerVAE`` (see the
     module docstring for the options). ``z1_dim`` and ``hidden2`` shape the two-layer model
-    only: other than their defaults with ``layers=1`` they are refused (ValueError), not ignored."""
+    only: other than their defaults with ``layers=1`` they are refused (ValueError), not ignored.
+    ``mc_samples`` above 1 needs ``k=1`` (the ELBO): the IWAE bound of k > 1 samples, the
+    default, would leave it unused, and is refused with it."""
     iw_k = check_integer(iw_k, "iw_k", minimum=1)
+    defaulted = k is None
     if k is None:
         k = iw_k if iw_k > 1 else DEFAULT_K
     k = check_integer(k, "k", minimum=1)
     if iw_k > 1 and iw_k != k:
         raise ValueError(f"iwae: the option k={k} contradicts iw_k={iw_k}; give only one")
+    mc_samples = check_integer(mc_samples, "mc_samples", minimum=1)
+    # With iw_k > 1 the constructors' own message names the two settings given.
+    if mc_samples > 1 and k > 1 and iw_k == 1:
+        raise ValueError(f"iwae: k={k}{' (its default)' if defaulted else ''} trains on the IWAE bound, "
+                         f"which would leave mc_samples={mc_samples} unused; give k=1 to train on the "
+                         f"ELBO averaged over mc_samples draws, or leave mc_samples at 1")
     layers = check_integer(layers, "layers", minimum=1)
     # Checked whatever the layers, so that a bad value is named as such, not as an unused one.
     z1_dim, hidden2 = check_integer(z1_dim, "z1_dim", minimum=1), check_sizes(hidden2, "hidden2")
