@@ -481,6 +481,8 @@ MASKED = {  # no op skips a masked entry: each would be read as the number under
     "tensor with a dtype": (lambda m: mv.tensor(m, dtype=np.float64), "Tensor data"),
     "Parameter": (lambda m: nn.Parameter(m), "Tensor data"),
     "an operand": (lambda m: ones(3) * m, "Mul: an operand"),
+    "a clip bound": (lambda m: F.clip(ones(3), lo=m.astype(np.float32)), "clip: lo"),
+    "a condition": (lambda m: F.where(m > 1.5, ones(3), ones(3)), "where: cond"),
 }
 # np.asarray drops a mask without a word: the entry points that read arrays with it refuse one too.
 MASKED_INPUTS = {
@@ -520,6 +522,12 @@ def test_a_matrix_is_taken_as_the_plain_array_it_views():
         np.testing.assert_array_equal(x.grad, 2 * a)
     np.testing.assert_array_equal((ones(2, 2) * m).data, a)
     np.testing.assert_array_equal(mv.tensor(m, dtype=np.float32).sum().data, 10.0)
+    # clip's bounds are no operands: a matrix bound made clip's result a matrix, whose * failed
+    x = mv.tensor(a, requires_grad=True)
+    y = F.clip(x, lo=m)
+    assert type(y.data) is np.ndarray
+    (y * y).sum().backward()
+    np.testing.assert_array_equal(x.grad, 2 * a)
 
 
 @pytest.mark.parametrize("exponent, got", [(ones(2), "Tensor"), (np.ones(2), "ndarray"), (np.array(2.0), "ndarray"),

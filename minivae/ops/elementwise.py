@@ -7,6 +7,7 @@ import numbers
 
 from ..autograd import Tensor, tensor
 from ..backend import get_array_module
+from ..checks import plain_array
 from ..function import Function, compute_dtype
 
 
@@ -456,6 +457,9 @@ def _clip_bound(x, bound, name):
                         f"array (or use where(...) for a bound that needs a gradient)")
     if bound is None:
         return None
+    # As an operand's: the bound is no operand, so Function.apply never sees it, and a matrix
+    # bound made clip's result a matrix (its ``*`` a matrix product), a masked one a masked array
+    bound = plain_array(bound, f"clip: {name}")
     number = _python_number(bound)
     if number is not None:
         return number
@@ -477,7 +481,7 @@ def where(cond, a, b):
     ``cond`` must be boolean (a comparison, a bool array, list or Tensor), as in PyTorch: a
     float condition read by its truth would take 0.5, or -1e-9, as true without a word."""
     cond = cond.data if isinstance(cond, Tensor) else cond
-    cond = get_array_module(cond).asarray(cond)
+    cond = get_array_module(cond).asarray(plain_array(cond, "where: cond"))  # asarray drops a mask
     if cond.dtype != bool:
         raise TypeError(f"where: the condition must be boolean (a comparison such as x.data > 0), "
                         f"got dtype {cond.dtype}; for a 0/1 mask write mask != 0")
