@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -35,7 +36,7 @@ from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file, load_run,
                    next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
                    write_json)
-from .train import DataMismatchError, TrainingDiverged, check_batches, has_batch_norm
+from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -674,7 +675,8 @@ def _os_error_line(exc):
 
 
 def main(argv=None):
-    """Entry point of the ``minivae`` command; returns the exit status (2 for a user error)."""
+    """Entry point of the ``minivae`` command; returns the exit status (2 for a user error;
+    130 after Ctrl-C, 143 after a SIGTERM that training stopped at, as a shell reports them)."""
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
@@ -703,11 +705,15 @@ def _run(argv):
         if args.debug:
             raise
         return _error(_os_error_line(exc))
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: no traceback; training has said what it saved
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: no traceback; training has said what it saved
         if args.debug:
             raise
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        # The status a shell gives a process ended by signal N, 128 + N, as `timeout` and job
+        # schedulers read it: 130 for Ctrl-C, 143 for a SIGTERM that training stopped at.
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        said = "" if signum == signal.SIGINT else f" by {signum.name}"
+        print(f"{PROG}: interrupted{said}", file=sys.stderr)
+        return 128 + signum
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):

@@ -183,10 +183,38 @@ def kl_weight(config, epoch):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped at the end of a step by the signal ``signum`` (one of ``STOP_SIGNALS``),
+    after saving its checkpoint. A KeyboardInterrupt, so that code that handles Ctrl-C handles
+    it; ``signum`` lets the command line exit as a shell reports a process ended by that signal
+    (128 + signum: 130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, signum):
+        self.signum = signal.Signals(signum)
+        super().__init__(self.signum.name)
+
+
+class StopRequest:
+    """A request to stop training at the end of the current step: ``set(signum)`` makes it (the
+    signal handler of ``_deferred_interrupt``), ``signum`` is the signal that made it."""
+
+    def __init__(self):
+        self.signum = None
+
+    def set(self, signum=signal.SIGINT):
+        """Ask the loop to stop, as the signal ``signum`` (Ctrl-C unless said) would."""
+        self.signum = signal.Signals(signum)
+
+    def is_set(self):
+        """Whether a stop was asked for."""
+        return self.signum is not None
+
+
 @contextlib.contextmanager
 def _deferred_interrupt(flag):
-    """Turn Ctrl-C and SIGTERM (``STOP_SIGNALS``) into a request (``flag.set()``) that the loop
-    honours between two steps, by saving a checkpoint and raising KeyboardInterrupt.
+    """Turn Ctrl-C and SIGTERM (``STOP_SIGNALS``) into a request (``flag.set(signum)``, a
+    ``StopRequest``) that the loop honours between two steps, by saving a checkpoint and raising
+    ``Stopped``.
 
     A KeyboardInterrupt raised inside an optimizer step would leave half the parameters updated;
     deferring it makes every saved checkpoint a state that an uninterrupted run passes through.
@@ -194,7 +222,7 @@ def _deferred_interrupt(flag):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {signum: signal.signal(signum, lambda signum, frame: flag.set()) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, lambda signum, frame: flag.set(signum)) for signum in STOP_SIGNALS}
     try:
         yield
     finally:
@@ -290,7 +318,7 @@ class Trainer:
         self.graph = None
         self.saved = None  # (epoch, batch) of the checkpoint in the run folder, once there is one
         self.steps_at_start = 0  # steps done when ``fit`` began (more when resumed)
-        self.stop_requested = threading.Event()
+        self.stop_requested = StopRequest()
 
     @property
     def total_steps(self):
@@ -522,7 +550,7 @@ class Trainer:
             self.batch = i + 1
             self.sums["seconds"] = time.perf_counter() - start
             if self.stop_requested.is_set():
-                raise KeyboardInterrupt
+                raise Stopped(self.stop_requested.signum)
             if bar is not None:
                 bar.update(1)
                 if i % 20 == 0:
@@ -588,7 +616,7 @@ class Trainer:
                     self.save()
                     self.log(_epoch_line(metrics))
                     if self.stop_requested.is_set():
-                        raise KeyboardInterrupt
+                        raise Stopped(self.stop_requested.signum)
         except KeyboardInterrupt:
             self.save()
             self.log(f"interrupted: saved {_position(self.epoch, self.batch)} to "

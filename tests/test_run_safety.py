@@ -143,10 +143,31 @@ def test_a_new_run_names_its_folder_when_it_starts(tmp_path, monkeypatch, capsys
     assert lines[0] == f"training a new run in {tmp_path / 'run'}"
 
 
+def test_a_sigterm_that_training_stops_at_exits_143_and_ctrl_c_130(tmp_path, monkeypatch, capsys):
+    """A process ended by signal N has status 128 + N, as `timeout` and job schedulers read it: a
+    SIGTERM that training turned into a checkpoint exited 130, the status of a Ctrl-C."""
+    from minivae import train as train_module
+
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data())
+    real_step = Trainer._step
+    for signum, status, said in [(signal.SIGTERM, 143, "interrupted by SIGTERM"), (signal.SIGINT, 130, "interrupted")]:
+        def step_then_signal(self, *args):
+            out = real_step(self, *args)
+            os.kill(os.getpid(), signum)  # to this process: training's own handler takes it
+            return out
+        monkeypatch.setattr(Trainer, "_step", step_then_signal)
+        run = tmp_path / signum.name
+        assert cli.main(["train", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0",
+                         "--no-progress", "--epochs", "2", "--out", str(run)]) == status
+        out, err = capsys.readouterr()
+        assert err == f"minivae: {said}\n"
+        assert out.splitlines()[-1].startswith(f"interrupted: saved epoch 1, batch 1 to {run / CHECKPOINT}")
+
+
 _TERMINATED_CHILD = """
 import os, signal, sys
 from pathlib import Path
-from minivae.train import Trainer
+from minivae.train import Stopped, Trainer
 from test_train import config, small_data
 
 trainer = Trainer(config(Path(sys.argv[1]), epochs=2), data=small_data(), progress=False, log=print)
@@ -160,8 +181,8 @@ def step_then_terminated(xb, beta, t):
 trainer._step = step_then_terminated
 try:
     trainer.fit()
-except KeyboardInterrupt:
-    sys.exit(130)
+except Stopped as exc:
+    sys.exit(128 + exc.signum)
 """
 
 
@@ -173,7 +194,7 @@ def test_sigterm_inside_an_epoch_saves_the_batch_and_resumes_to_the_same_bits(tm
     child = subprocess.run([sys.executable, "-c", _TERMINATED_CHILD, str(tmp_path)], env=env,
                            capture_output=True, text=True, timeout=120)
     run = tmp_path / "run"
-    assert child.returncode == 130, child.stderr
+    assert child.returncode == 128 + signal.SIGTERM, child.stderr
     assert child.stdout.splitlines()[-1] == (f"interrupted: saved epoch 1, batch 4 to {run / CHECKPOINT}; "
                                              f"continue with --resume --out {run}")
     resumed = Trainer(config(tmp_path, epochs=2), data=small_data(), **QUIET)
