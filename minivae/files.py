@@ -22,13 +22,17 @@ def atomic_write(path, write):
     The temporary file is ``<name>.<random>.tmp`` next to ``path``, created with the permissions
     a plain ``open`` gives (0666 less the umask: ``tempfile.mkstemp`` would make it private, and
     ``os.replace`` keeps the mode). Exceptions (OSError of a full disk or a read-only folder,
-    KeyboardInterrupt) propagate after the temporary file is removed; an OSError that names no
-    file (a write into the open file, its flush or fsync) is given ``path`` as its filename.
+    KeyboardInterrupt) propagate after the temporary file is removed; an OSError of the temporary
+    file, or one that names no file (a write into the open file, its flush or fsync), is raised
+    as an OSError of ``path``.
     """
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    fd = os.open(tmp, flags, 0o666)  # O_EXCL: never another file of the same name
+    try:
+        fd = os.open(tmp, flags, 0o666)  # O_EXCL: never another file of the same name
+    except OSError as exc:  # a folder that does not exist or cannot be written
+        raise _error_of_target(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -40,10 +44,19 @@ def atomic_write(path, write):
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # "No space left on device" alone would not say which file
+        # An error that names another file, or has no errno (its message is its own), stands.
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp)):
+            raise _error_of_target(exc, path) from exc
         raise
     _sync_folder(path.parent)
+
+
+def _error_of_target(exc, path):
+    """The OSError ``exc``, met while writing ``path`` through its temporary file, as an error of
+    ``path`` (of the same errno, so of the same class): the user asked for ``path``, and
+    ``path.<random>.tmp``, or "No space left on device" naming no file, would not say which of
+    their files failed."""
+    return OSError(exc.errno, exc.strerror, str(path))
 
 
 def _sync_folder(folder):

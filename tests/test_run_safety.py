@@ -422,6 +422,22 @@ def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary_one(tmp
     assert exc.value.filename == str(path)  # a write into the open file names none itself
 
 
+def test_an_atomic_write_that_cannot_make_or_move_its_temporary_file_names_the_target(tmp_path):
+    """A folder that does not exist (the temporary file cannot be made) and a target that is a
+    folder (the temporary file cannot be moved onto it): the error named the temporary file,
+    ``<name>.<random>.tmp``, a file the user never asked for."""
+    from minivae.files import atomic_write
+
+    for path, error in [(tmp_path / "missing" / "f.json", FileNotFoundError),
+                        (tmp_path / "folder", IsADirectoryError if os.name == "posix" else OSError)]:
+        if path.name == "folder":
+            path.mkdir()
+        with pytest.raises(error) as exc:
+            atomic_write(path, lambda f: f.write(b"new"))
+        assert exc.value.filename == str(path) and ".tmp" not in str(exc.value), exc.value
+    assert [p.name for p in tmp_path.iterdir()] == ["folder"]
+
+
 @pytest.mark.skipif(os.name != "posix", reason="folders are synced on POSIX only")
 def test_an_atomic_write_syncs_the_file_then_the_folder_after_the_move(tmp_path, monkeypatch):
     from minivae import files
