@@ -23,7 +23,7 @@ from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
 from .checks import check_float, check_integer, check_intensities, plain_array
-from .random import Generator, check_dtype, check_shape
+from .random import Generator
 
 
 def _draw(kind, noise, shape, like):
@@ -40,14 +40,15 @@ def _draw(kind, noise, shape, like):
     """
     if not is_gpu_array(like):
         return getattr(noise, kind)(shape, dtype=like.dtype)
-    # Checked before a Generator hands out its next draw: a refused draw takes no offset, as on
-    # the CPU (Generator.normal and the others), so the corrected call draws what it would have.
-    shape, dtype = check_shape(shape), check_dtype(like.dtype)
-    if isinstance(noise, Generator):
-        noise = noise.next_noise()
     from . import gpu  # deferred: it imports CuPy
 
-    return getattr(gpu, kind)(shape, noise.seed, noise.offset, dtype, noise.stream, offset_from=noise.offset_from)
+    def draw(address):
+        return getattr(gpu, kind)(shape, address.seed, address.offset, like.dtype, address.stream,
+                                  offset_from=address.offset_from)
+    # A draw the kernel's wrapper refuses (its shape, its dtype, more than 2**34 elements) gives
+    # a Generator its offset back, as on the CPU (Generator.normal and the others), so the
+    # corrected call draws what it would have.
+    return noise.use_next_noise(draw) if isinstance(noise, Generator) else draw(noise)
 
 
 def sample_bernoulli(probs, noise):

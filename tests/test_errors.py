@@ -164,6 +164,25 @@ def test_rsample_names_its_arguments():
     assert rsample(ones(4, 3), ones(3), Generator(1), k=2).shape == (2, 4, 3)
 
 
+@pytest.mark.parametrize("draw", [
+    lambda noise, like: distributions.standard_normal(noise, (2 ** 17, 2 ** 17 + 1), like),
+    lambda noise, like: distributions.standard_gumbel(noise, (2 ** 17, 2 ** 17 + 1), like),
+])
+def test_a_gpu_draw_its_kernel_refuses_gives_the_generator_its_draw_back(monkeypatch, draw):
+    """On the GPU the size of a draw (at most 2**34 elements) is checked by the kernel's wrapper,
+    after the Generator had handed out its draw: the refused call used up an offset, so the
+    corrected call drew other noise than on the CPU, where the draw is given back."""
+    import minivae.gpu.kernels as K
+
+    monkeypatch.setattr(distributions, "is_gpu_array", lambda array: True)
+    monkeypatch.setattr(K, "require", lambda: None)  # refused before CuPy is needed
+    noise = Generator(1)
+    with pytest.raises(ValueError, match=r"^a draw holds at most 2\*\*34 elements, asked for elements "
+                                         r"\[0, 17180000256\)$"):
+        draw(noise, np.zeros(1, np.float32))
+    assert noise.offset == 0
+
+
 PER_ROW_OPS = {
     "kl_normal_std": lambda s: F.kl_normal_std(s, 0.0),
     "kl_normal_normal": lambda s: F.kl_normal_normal(s, 0.0, 0.0, 0.0),
