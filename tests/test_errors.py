@@ -106,10 +106,10 @@ def test_reparameterize_refuses_a_draw_shape_clearly():
     assert noise.offset == 0  # a refused draw uses up no offset, as the generator's own draws
 
 
-def test_reparameterize_checks_mu_and_logvar_before_a_generator_draws():
+def test_reparameterize_refuses_mu_and_logvar_without_using_a_generators_draw():
     """mu and logvar that do not broadcast (reparameterize), or differ in shape or have no axis
-    (reparameterize_kl), are refused before a Generator hands out its next draw: the corrected
-    call draws the noise that a call without the mistake draws."""
+    (reparameterize_kl), are refused, naming their shapes, and a Generator keeps its next draw:
+    the corrected call draws the noise that a call without the mistake draws."""
     noise = Generator(1)
     with pytest.raises(ValueError, match=r"^reparameterize: mu of shape \(4, 3\) and logvar of shape \(2,\) do not "
                                          r"broadcast$"):

@@ -150,8 +150,9 @@ class KLNormalStd(Function):
 
 def _check_kl_rows(mu, logvar):
     """Refuse reparameterize_kl's mu and logvar unless they have one shape with at least one axis
-    (its KL sums each row). Run by the op, and by ``reparameterize_kl`` before a Generator hands
-    out its next draw, so that a refused call uses up no offset."""
+    (its KL sums each row). Run by the op's forward: ``reparameterize_kl`` gives a Generator its
+    draw back when the op refuses (``Generator.use_next_noise``), so a refused call uses up no
+    offset."""
     if np.shape(mu) != np.shape(logvar):
         raise ValueError(f"reparameterize_kl: mu and logvar must have one shape, got {np.shape(mu)} "
                          f"and {np.shape(logvar)}")
@@ -421,7 +422,9 @@ def reparameterize(mu, logvar, eps, shape=None):
     (e.g. (S,) + mu.shape for S samples).
     """
     if isinstance(eps, (Generator, Noise)):
-        shape = _draw_shape(mu, logvar, shape)  # before a Generator hands out its next draw
+        # Shapes that do not broadcast would fail in the op too (giving a Generator its draw
+        # back), but in NumPy's words, which name them "arg 0" to "arg 2".
+        shape = _draw_shape(mu, logvar, shape)
 
         def draw(noise):
             return ReparameterizeNoise.apply(mu, logvar, noise=noise, shape=shape)
@@ -438,7 +441,7 @@ def reparameterize_kl(mu, logvar, noise, samples=None):
     one op (see ReparameterizeKL). ``noise`` is a ``minivae.random.Noise`` or a ``Generator``
     (its next draw); ``samples`` = S >= 1 draws z of shape (S,) + mu.shape, the KL staying per
     row."""
-    if samples is not None:  # before a Generator hands out its next draw; int(2.7) would draw 2
+    if samples is not None:  # by name, and as an integer: the op's int() would draw 2 for 2.7
         samples = check_integer(samples, "reparameterize_kl: samples", minimum=1)
 
     def draw(noise):
