@@ -21,7 +21,9 @@ The base of a view of a leaf is the leaf; that of a view of an op's result is a
 tensor made from another tensor (``detach()``, ``Tensor(mu)``, ``nn.Parameter(mu)``,
 ``mv.tensor(mu)`` without a cast) shares its array and so its version, as in PyTorch: an
 optimizer step on the parameter reaches a graph that saved mu. One made from a bare array
-(``Tensor(mu.data)``) has a version of its own, since nothing says whose memory it is.
+(``Tensor(mu.data)``) has a version of its own, since nothing says whose memory it is; so has a
+parameter once the library gives it an array of other memory (``Module.astype``, ``Module.to``,
+Adam's flat buffer: ``Tensor._replace_data``).
 
 Tensor's arithmetic operators (``+``, ``@``, ``x[i]``, ``x.sum()``...) are ops, so the
 ``minivae.ops`` package, which comes after this module, installs them on the class.
@@ -324,6 +326,17 @@ class Tensor:
         # (A view made while its memory was locked keeps the flag after the unlock.)
         if type(data) is np.ndarray and not data.flags.writeable and _can_unlock(data):
             data.setflags(write=True)
+
+    def _replace_data(self, array):
+        """Make ``array`` this tensor's ``data`` (``Module.to``, ``Module.astype``, Adam's flat
+        buffer). When it is other memory than the memory whose version this tensor shared (it
+        was made from another tensor, ``nn.Parameter(t)``), the version follows the array: the
+        tensor gets one of its own, starting from the shared one. Else a step on the tensor would
+        stop a graph that saved the other's memory, which nothing wrote into, and a change of
+        that memory would stop the graphs that saved this tensor."""
+        if self._base is not None and _memory_root(array) is not _memory_root(self._base.data):
+            self._version, self._base = self._base._version, None
+        self.data = array
 
     def register_hook(self, hook):
         """Call ``hook(grad)`` with this tensor's gradient once it is complete in a backward pass.

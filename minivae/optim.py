@@ -525,7 +525,7 @@ class _FlatLayout:
         for j, i in enumerate(members):
             p, part = params[i], slice(self.offsets[j], self.offsets[j + 1])
             self.param[part] = p.data.reshape(-1)
-            p.data = self.param[part].reshape(p.data.shape)
+            p._replace_data(self.param[part].reshape(p.data.shape))
             self.views["param"].append(p.data)
             for key, flat in self.moments.items():
                 view = flat[part].reshape(p.data.shape)

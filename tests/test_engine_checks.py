@@ -259,6 +259,58 @@ def test_a_tensor_cast_from_another_keeps_a_version_of_its_own():
     np.testing.assert_array_equal(x.grad, [2.0, 4.0, 6.0])
 
 
+class _Holds(nn.Module):
+    """A module with the one parameter ``p``."""
+
+    def __init__(self, p):
+        super().__init__()
+        self.p = p
+
+
+def _adam_step(p):
+    """A step of Adam with a zero gradient (which leaves the values): it moves its parameters
+    into one flat buffer first."""
+    p.grad = np.zeros(3)
+    optim.Adam([p]).step()
+    p.grad = None
+
+
+@pytest.mark.parametrize("replace", [lambda p: _Holds(p).astype(np.float64), _adam_step],
+                         ids=["Module.astype", "Adam's flat buffer"])
+def test_a_parameter_given_an_array_of_its_own_keeps_a_version_of_its_own(replace):
+    """``nn.Parameter(mu)`` shares mu's version while it shares mu's array. Once the library
+    gives it an array of other memory, the version follows the array: a step on the parameter
+    stopped the backward of a graph that saved mu, whose memory nothing wrote into, and a step
+    on mu stopped that of a graph that saved the parameter."""
+    mu = x64(1.0, 2.0, 3.0)
+    p = nn.Parameter(mu)
+    replace(p)
+    assert not np.shares_memory(p.data, mu.data)
+    y = (mu * mu).sum()
+    p.grad = np.ones(3)
+    optim.SGD([p], lr=1.0).step()  # writes p's memory only
+    y.backward()
+    np.testing.assert_array_equal(mu.grad, [2.0, 4.0, 6.0])
+    y_p = (p * p).sum()
+    p.grad = None
+    optim.SGD([mu], lr=1.0).step()  # writes mu's memory only
+    y_p.backward()
+    np.testing.assert_array_equal(p.grad, 2 * p.data)
+
+
+def test_a_parameter_moved_to_the_device_it_is_on_still_shares_the_version():
+    """``Module.to`` of the device a parameter is on keeps its array, so its version stays the
+    one it shares with the tensor it was made from."""
+    mu = x64(1.0, 2.0, 3.0)
+    y = (mu * mu).sum()
+    p = nn.Parameter(mu)
+    _Holds(p).to("cpu")
+    p.grad = np.ones(3)
+    optim.SGD([p], lr=1.0).step()
+    with pytest.raises(InPlaceModificationError, match="Mul: input 0"):
+        y.backward()
+
+
 class KeepsItsOutput(Function):
     """exp(x), keeping its output with an extra axis and returning a reshape of it (a view of
     the saved array), as an op that keeps a reduction's output with its axis would."""

@@ -315,7 +315,7 @@ class Module:
         """
         device = resolve_device(device)
         for p in self.parameters():
-            p.data = to_device(p.data, device)
+            p._replace_data(to_device(p.data, device))
             p.grad = _move_array(p.grad, device)
         for m in self.modules():
             for name, b in m._buffers.items():
@@ -333,7 +333,7 @@ class Module:
             raise TypeError(f"astype takes a float dtype such as float32 or float64, got {dtype}")
         for p in self.parameters():
             if p.data.dtype.kind == "f":
-                p.data = p.data.astype(dtype)
+                p._replace_data(p.data.astype(dtype))
                 p.grad = None
         for m in self.modules():
             for name, b in m._buffers.items():
