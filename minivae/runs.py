@@ -502,9 +502,9 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
     RunFolderError when it may not be used as asked.
 
     The checks of ``check_run_dir``; then a new or empty folder is created and locked
-    (RunBusyError when another process holds it: nothing is removed then), with ``overwrite``
-    the run's files are removed, and stray temporary files of an interrupted save are removed
-    in every case.
+    (RunBusyError when another process holds it: nothing is removed then), the checks are made
+    again under the lock, with ``overwrite`` the run's files are removed, and stray temporary
+    files of an interrupted save are removed in every case.
     """
     check_run_dir(run_dir, resume, overwrite)
     run_dir = Path(run_dir)
@@ -527,6 +527,10 @@ def claim_run_dir(run_dir, resume=False, overwrite=False):
             warnings.warn(f"{run_dir} cannot be locked on this file system ({exc.strerror}): "
                           "training unlocked, so train no other process into it meanwhile",
                           RuntimeWarning, stacklevel=3)
+        # Again, now that no other training can change the folder: one may have trained a run
+        # into it, start to end, after the first check (made before the folder is created, so
+        # that a refused request leaves nothing behind) and before the lock.
+        check_run_dir(run_dir, resume, overwrite)
         try:
             if overwrite:
                 _remove_run_files(run_dir)

@@ -295,6 +295,24 @@ def test_a_folder_another_process_trains_in_is_refused_and_left_as_it_is(tmp_pat
     assert json.loads((run / RESULTS).read_text())["epochs"] == 2
 
 
+def test_a_run_trained_into_the_folder_between_the_check_and_the_lock_is_refused(tmp_path, monkeypatch):
+    """Two trainings started together into one folder both found it free; the one that took the
+    lock second, after the other had trained its run to the end (a process stopped in between,
+    by Ctrl-Z or a busy machine), trained a new run over it without --overwrite."""
+    data = small_data()
+    run = tmp_path / "run"
+    real_check = runs.check_run_dir
+    def check_then_another_trains(run_dir, resume=False, overwrite=False):
+        real_check(run_dir, resume, overwrite)
+        monkeypatch.setattr(runs, "check_run_dir", real_check)
+        train(config(tmp_path, epochs=1), data=data, **QUIET)  # the other process, start to end
+    monkeypatch.setattr(runs, "check_run_dir", check_then_another_trains)
+    with pytest.raises(RunExistsError, match=f"{run} already holds a run"):
+        train(config(tmp_path, epochs=2, seed=1), data=data, **QUIET)
+    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+    assert json.loads((run / RESULTS).read_text())["epochs"] == 1
+
+
 @pytest.mark.parametrize("error, trains", [(errno.ENOLCK, True), (errno.EIO, False)])
 def test_a_file_system_without_locks_trains_unlocked_and_other_lock_errors_are_named(
         tmp_path, monkeypatch, error, trains):
