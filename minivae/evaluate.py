@@ -13,7 +13,7 @@ all the weight, log p(x) is typically underestimated by more than the spread ove
 shows. So each example's effective sample size (sum w)^2 / sum w^2 (Kong 1992) is computed from
 the same weights: k for equal weights, near 1 when one sample dominates.
 
-Every evaluator takes x as an (N, x_dim) NumPy array (or a Tensor) of intensities in [0, 1],
+Every evaluator takes x as an (N, x_dim) array (NumPy or CuPy) or Tensor of intensities in [0, 1],
 binary images for the log-likelihood to be one (``minivae.data.binarize_eval`` makes them), and
 converts it to the model's float dtype (``as_model_input``).
 """
@@ -59,14 +59,15 @@ def evaluating(model):
 def as_model_input(model, x):
     """``x`` checked and converted once per call of an evaluator: a NumPy (B, ``model.x_dim``)
     array, B >= 1, of intensities in [0, 1] (``check_intensities``), in the model's float dtype.
-    A Tensor's data is taken (brought to the host from the GPU), as the labels' are.
+    A Tensor's data is taken, and images on the GPU are brought to the host, as the labels are
+    (NumPy cannot read a CuPy array: CuPy refuses with a TypeError).
 
     A single image (x_dim,) would otherwise be taken as x_dim examples of one pixel and a
     (B, 28, 28) batch fail deep inside an op; uint8 pixels 0..255 would be scored as if they
     were bits; and the ops refuse to mix float32 images with a float64 model. NumPy would read a
     Tensor as a sequence, one indexing op per element, into an array of dtype object.
     """
-    x = to_device(x.data, "cpu") if isinstance(x, Tensor) else np.asarray(plain_array(x, "x"))
+    x = to_device(x.data if isinstance(x, Tensor) else plain_array(x, "x"), "cpu")
     if x.ndim != 2 or x.shape[1] != model.x_dim:
         hint = ("" if x.ndim == 2 else
                 "; reshape one image with x.reshape(1, -1), a batch of images with x.reshape(len(x), -1)")

@@ -342,6 +342,39 @@ def test_labels_on_the_gpu_are_checked_on_the_host_by_the_evaluators():
         E.test_set_scores(model, x, outside, k=2)
 
 
+class _DeviceImages:
+    """Images standing for a CuPy array: ``is_gpu_array`` takes them for one, ``get()`` brings
+    them to the host, and NumPy cannot read them, as CuPy refuses it."""
+
+    __module__ = "cupy_stand_in"
+
+    def __init__(self, host):
+        self.host = host
+
+    def get(self):
+        return self.host.copy()
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use `.get()` "
+                        "to construct a NumPy array explicitly.")
+
+
+def test_images_on_the_gpu_are_scored_as_a_tensor_of_them_is():
+    """The evaluators took a Tensor on the GPU and labels on the GPU to the host, but images on
+    the GPU (a CuPy array) failed with CuPy's TypeError."""
+    from minivae import evaluate as E
+
+    model = build_model("m2", **SMALL_MODEL, rng=np.random.default_rng(0))
+    x = (np.random.default_rng(1).random((6, model.x_dim)) < 0.5).astype(np.float32)
+    y = model.classify(mv.tensor(x))
+    for want, got in zip(E.elbo(model, x), E.elbo(model, _DeviceImages(x))):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(E.log_likelihood(model, _DeviceImages(x), k=3), E.log_likelihood(model, x, k=3))
+    assert E.classification_error(model, _DeviceImages(x), y) == 0
+    with pytest.raises(ValueError, match=r"x must be a batch of shape \(B, 12\), got shape \(6, 1, 12\)"):
+        E.elbo(model, _DeviceImages(x[:, None]))
+
+
 def test_the_test_set_scores_check_the_labels_before_the_passes_over_the_images():
     """Labels that the classification error refuses were found after the ELBO's pass and the
     importance-sampled one (k = 5000 for ``minivae eval``), which were then lost."""
