@@ -520,51 +520,21 @@ def backward(tensors, grads, retain_graph=False):
     tensors, grads = _check_roots(tensors, grads)
     pending = {}  # tensor -> the sum of the gradients that reached it so far
     for t, g in zip(tensors, grads):
-        g = _root_gradient(t, g)
-        acc = pending.get(t)
-        pending[t] = g if acc is None else _array(acc + g)
+        _accumulate(pending, t, _root_gradient(t, g))
     anomaly = _state.anomaly
     for node in _topological_order(tensors):
-        fn, ctx = node.fn, node.ctx
-        if ctx is None:
+        if node.ctx is None:
             raise RuntimeError("backward() through a graph that was already freed; "
                                "pass retain_graph=True to the first backward()")
-        out_grads = []
-        for ref in node.outputs:
-            out = ref()
-            g = pending.pop(out, None)
-            if g is not None and out._hooks:
-                g = _run_hooks(out, g)
-            out_grads.append(g)
-        for g in out_grads:
-            if g is not None:
-                break
-        else:
+        out_grads = _output_gradients(node, pending)
+        if out_grads is None:
             continue  # no gradient reached this op (an op after it returned None)
-        if node.versions or node.saved_outputs:
+        if node.versions or node.saved_outputs:  # a node that saved no input has none to check
             node.check_versions()
-        in_grads = fn.backward(ctx, *out_grads)
-        if type(in_grads) is not tuple:
-            in_grads = (in_grads,)
-        if len(in_grads) != len(node.inputs):
-            raise RuntimeError(f"{fn.__name__}.backward returned {len(in_grads)} gradient(s) for "
-                               f"{len(node.inputs)} input(s); return one per input (None for none)")
-        if anomaly:
-            _check_finite(fn, "backward", in_grads,
-                          out_grads + [t.data for t in node.inputs] + list(ctx.saved),
-                          "upstream gradients, inputs and saved arrays")
+        in_grads = _node_backward(node, out_grads, anomaly)
         for inp, g in zip(node.inputs, in_grads):
-            if g is None or not inp.requires_grad:
-                continue
-            data = inp.data
-            g = _array(g)
-            if g.shape != data.shape:
-                g = _unbroadcast(g, data.shape, fn)
-            if g.dtype != data.dtype:
-                raise RuntimeError(f"{fn.__name__}.backward returned {g.dtype} for a "
-                                   f"{data.dtype} input")
-            acc = pending.get(inp)
-            pending[inp] = g if acc is None else _array(acc + g)
+            if g is not None and inp.requires_grad:
+                _accumulate(pending, inp, _input_gradient(node.fn, g, inp.data))
         if not retain_graph:
             node.release()  # drop the saved arrays and the input tensors
     # What is left are the leaves' complete sums (every op that feeds them has run).
@@ -580,6 +550,57 @@ def backward(tensors, grads, retain_graph=False):
             g = g.copy()  # a context may keep g, or g is a view, or another leaf has it
         given.add(id(g))
         leaf.grad = g
+
+
+def _accumulate(pending, t, g):
+    """Add ``g`` to the sum of the gradients of ``t`` in ``pending``, as a new array: ``g`` may be
+    an array that an op also handed to another input (see ``backward``)."""
+    acc = pending.get(t)
+    pending[t] = g if acc is None else _array(acc + g)
+
+
+def _output_gradients(node, pending):
+    """The complete gradient of each of ``node``'s outputs, taken out of ``pending`` and passed
+    through the output's hooks (None for an output that none reached, or that is gone); None
+    when no gradient reached any output."""
+    out_grads, reached = [], False
+    for ref in node.outputs:
+        out = ref()
+        g = pending.pop(out, None)
+        if g is not None:
+            reached = True
+            if out._hooks:
+                g = _run_hooks(out, g)
+        out_grads.append(g)
+    return out_grads if reached else None
+
+
+def _node_backward(node, out_grads, anomaly):
+    """The gradients for ``node``'s inputs from its backward, as a tuple of one per input (None
+    where an input needs none); in anomaly mode, refused where the backward made NaN or Inf."""
+    fn, ctx = node.fn, node.ctx
+    in_grads = fn.backward(ctx, *out_grads)
+    if type(in_grads) is not tuple:
+        in_grads = (in_grads,)
+    if len(in_grads) != len(node.inputs):
+        raise RuntimeError(f"{fn.__name__}.backward returned {len(in_grads)} gradient(s) for "
+                           f"{len(node.inputs)} input(s); return one per input (None for none)")
+    if anomaly:
+        _check_finite(fn, "backward", in_grads,
+                      out_grads + [t.data for t in node.inputs] + list(ctx.saved),
+                      "upstream gradients, inputs and saved arrays")
+    return in_grads
+
+
+def _input_gradient(fn, g, data):
+    """``g``, the gradient that ``fn.backward`` returned for the input whose array is ``data``,
+    summed back to that input's shape (``_unbroadcast``); another dtype is refused, never cast."""
+    g = _array(g)
+    if g.shape != data.shape:
+        g = _unbroadcast(g, data.shape, fn)
+    if g.dtype != data.dtype:
+        raise RuntimeError(f"{fn.__name__}.backward returned {g.dtype} for a {data.dtype} input")
+    return g
 
 
 def _array(g):
