@@ -538,6 +538,12 @@ def backward(tensors, grads, retain_graph=False):
         if not retain_graph:
             node.release()  # drop the saved arrays and the input tensors
     # What is left are the leaves' complete sums (every op that feeds them has run).
+    _store_leaf_gradients(pending, retain_graph)
+
+
+def _store_leaf_gradients(pending, retain_graph):
+    """Add each leaf's complete gradient in ``pending`` to its ``.grad``, after its hooks. A leaf
+    keeps the summed array itself only where it is surely its own (see ``backward``)."""
     given = set()  # ids of the arrays already given to a leaf in this pass
     for leaf, g in pending.items():
         if leaf._hooks:
