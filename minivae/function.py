@@ -103,7 +103,7 @@ class Node:
         """Raise InPlaceModificationError if an input this op saved was changed in place since."""
         for i, version in self.versions:
             t = self.inputs[i]
-            if (t._version if t._base is None else t._base._version) != version:
+            if t.version != version:
                 raise InPlaceModificationError(
                     f"{self.fn.__name__}: input {i} (a {t.dtype} tensor of shape {tuple(t.shape)}) "
                     f"was changed in place after the forward pass (version {version}, now "
@@ -196,8 +196,7 @@ class Function:
             saved = ctx.saved
             if saved:
                 ids = [id(a) for a in saved]
-                versions = tuple([(i, t._version if t._base is None else t._base._version)
-                                  for i, t in enumerate(tensors)
+                versions = tuple([(i, t.version) for i, t in enumerate(tensors)
                                   if id(t.data) in ids or _views_into(saved, t.data)])
                 for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
                     if type(a) is np.ndarray and a.base is None and a.flags.writeable:
