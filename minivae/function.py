@@ -181,31 +181,48 @@ class Function:
         outs = out if several else (out,)
         if anomaly:
             _check_finite(cls, "forward", outs, arrays, "inputs")
-        record = _state.grad_enabled and True in needs
-        results = []
-        for a in outs:
-            if isinstance(a, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
-                a = np.asarray(a)
-            t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s, minus its checks
-            t.data, t.grad, t._requires_grad, t._node = a, None, record, None
-            t._version, t._hooks = 0, None
-            t._base = None if a.base is None else _viewed(a, tensors)
-            results.append(t)
+        record = _state.grad_enabled and any(needs)
+        results = [_output_tensor(a, tensors, record) for a in outs]
         if record:
-            versions, read_only = (), []
-            saved = ctx.saved
-            if saved:
-                ids = [id(a) for a in saved]
-                versions = tuple([(i, t.version) for i, t in enumerate(tensors)
-                                  if id(t.data) in ids or _views_into(saved, t.data)])
-                for a in saved:  # lock the arrays that own their memory (a view cannot be unlocked)
-                    if type(a) is np.ndarray and a.base is None and a.flags.writeable:
-                        a.setflags(write=False)
-                        read_only.append(a)
-            node = Node(impl, ctx, tensors, tuple(map(weakref.ref, results)), versions, read_only)
+            node = Node(impl, ctx, tensors, tuple(map(weakref.ref, results)),
+                        _saved_versions(ctx.saved, tensors), _lock(ctx.saved))
             for t in results:
                 t._node = node
         return tuple(results) if several else results[0]
+
+
+def _output_tensor(array, inputs, requires_grad):
+    """A Tensor of the op's output ``array``, its fields set directly: ``Tensor.__init__`` checks
+    data from outside, and the op computed this array from checked inputs. A view of an input's
+    memory shares that memory's version (``_viewed``)."""
+    if isinstance(array, np.generic):  # NumPy reduces to scalars; keep every .data an ndarray
+        array = np.asarray(array)
+    t = Tensor.__new__(Tensor)  # the fields set here are all of __init__'s
+    t.data, t.grad, t._requires_grad, t._node = array, None, requires_grad, None
+    t._version, t._hooks = 0, None
+    t._base = None if array.base is None else _viewed(array, inputs)
+    return t
+
+
+def _saved_versions(saved, inputs):
+    """``(index, version)`` of each of the op's ``inputs`` whose array, or memory a view of it
+    looks into, is among the ``saved`` arrays: the versions its backward must find unchanged."""
+    if not saved:
+        return ()
+    ids = [id(a) for a in saved]
+    return tuple([(i, t.version) for i, t in enumerate(inputs)
+                  if id(t.data) in ids or _views_into(saved, t.data)])
+
+
+def _lock(saved):
+    """Make the ``saved`` NumPy arrays that own their memory read-only (a view cannot be made
+    writable again while its base is read-only) and return them, for the node to unlock."""
+    read_only = []
+    for a in saved:
+        if type(a) is np.ndarray and a.base is None and a.flags.writeable:
+            a.setflags(write=False)
+            read_only.append(a)
+    return read_only
 
 
 def _viewed(array, tensors):
