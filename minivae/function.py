@@ -276,16 +276,8 @@ def _as_tensors(fn, inputs):
     (``Function.moves_elements``) computes nothing: without a float input, its inputs keep their
     dtypes, so ``labels[idx]`` stays integer.
     """
-    # Fast path, the common case: float Tensors on the CPU that share one dtype, taken as they are.
-    dtype = None
-    for x in inputs:
-        if type(x) is not Tensor and not isinstance(x, Tensor) or type(x.data) is not np.ndarray \
-                or (dtype is not None and x.data.dtype != dtype):
-            break
-        dtype = x.data.dtype
-    else:
-        if dtype is None or dtype.kind == "f":
-            return list(inputs)
+    if _taken_as_they_are(inputs):  # the common case, found without the checks below
+        return list(inputs)
     ref = None  # the first float tensor (else the first tensor) sets the dtype and device
     for x in inputs:
         if isinstance(x, Tensor):
@@ -332,6 +324,19 @@ def _as_tensors(fn, inputs):
         else:
             out.append(Tensor(xp.asarray(x, dtype=dtype)))
     return out
+
+
+def _taken_as_they_are(inputs):
+    """Whether the op's ``inputs`` are Tensors on the CPU that share one float dtype (or there are
+    none): then ``_as_tensors`` has nothing to convert or refuse."""
+    dtype = None
+    for x in inputs:
+        if not isinstance(x, Tensor) or type(x.data) is not np.ndarray:
+            return False
+        if dtype is not None and x.data.dtype != dtype:
+            return False
+        dtype = x.data.dtype
+    return dtype is None or dtype.kind == "f"
 
 
 def compute_dtype(dtype, inputs=()):
