@@ -152,15 +152,6 @@ def _nan_and_inf(arrays):
     return has_nan, has_inf
 
 
-def _check_leaf_inputs(fn, tensors):
-    """Raise AnomalyError naming ``fn`` when one of its input ``tensors`` that no op made (a
-    leaf's data or a constant: no node) holds NaN, where the NaN enters the graph."""
-    for k, t in enumerate(tensors):
-        if t._node is None and _nan_and_inf([t.data])[0]:
-            raise AnomalyError(f"{fn.__name__} forward input {k} (shape {tuple(t.data.shape)}, dtype "
-                               f"{t.data.dtype}) holds NaN that no op made: a leaf's data or a constant")
-
-
 def _check_finite(fn, stage, results, sources, source_words):
     """Raise AnomalyError when ``fn``'s ``stage`` ("forward" or "backward") is where NaN or Inf
     starts: one of ``results`` holds NaN that ``sources`` (what the stage computed it from,

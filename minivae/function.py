@@ -46,8 +46,8 @@ import weakref
 
 import numpy as np
 
-from .autograd import (Tensor, _check_finite, _check_leaf_inputs, _check_real, _memory_owner, _memory_root,
-                       _state, tensor)
+from .autograd import (AnomalyError, Tensor, _check_finite, _check_real, _memory_owner, _memory_root,
+                       _nan_and_inf, _state, tensor)
 from .backend import device_of, get_array_module, get_default_dtype
 from .checks import plain_array
 from .gpu import dispatch
@@ -189,6 +189,16 @@ class Function:
             for t in results:
                 t._node = node
         return tuple(results) if several else results[0]
+
+
+def _check_leaf_inputs(fn, tensors):
+    """In anomaly mode, raise AnomalyError naming ``fn`` when one of its input ``tensors`` that no
+    op made (a leaf's data or a constant: no node) holds NaN, where the NaN enters the graph
+    (see ``detect_anomaly``)."""
+    for k, t in enumerate(tensors):
+        if t._node is None and _nan_and_inf([t.data])[0]:
+            raise AnomalyError(f"{fn.__name__} forward input {k} (shape {tuple(t.data.shape)}, dtype "
+                               f"{t.data.dtype}) holds NaN that no op made: a leaf's data or a constant")
 
 
 def _output_tensor(array, inputs, requires_grad):
