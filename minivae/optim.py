@@ -273,9 +273,7 @@ def _is_count(value):
 
 def _plain(value):
     """A Python int or float for JSON (bools become ints)."""
-    if isinstance(value, (bool, np.bool_)):
-        return int(value)
-    if isinstance(value, (int, np.integer)):
+    if isinstance(value, (int, np.integer, np.bool_)):  # a bool is an int
         return int(value)
     return float(value)
 
