@@ -305,35 +305,37 @@ def _as_tensors(fn, inputs):
         inputs = [tensor(x) for x in inputs]
         ref = next((x for x in inputs if x.data.dtype.kind == "f"), inputs[0])
     dtype = ref.data.dtype
-    xp = get_array_module(ref.data)
     if dtype.kind != "f" and fn.moves_elements and not any(map(_is_float, inputs)):
         dtype = None  # each input keeps its dtype (NumPy joins an int32 and an int64 as int64)
     else:
         dtype = compute_dtype(dtype, inputs)
-    out = []
-    for x in inputs:
-        if isinstance(x, Tensor):
-            # integer and boolean tensors are constants: they take the float dtype, never upcast it
-            out.append(x if dtype is None or x.data.dtype == dtype else Tensor(x.data.astype(dtype)))
-            continue
-        x = plain_array(x, f"{fn.__name__}: an operand")
-        kind = getattr(getattr(x, "dtype", None), "kind", None)
-        _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
-        # NumPy scalars (np.sqrt(2.0)) are numbers like Python's: they adopt the dtype, and are
-        # filled on the tensor's device below (they live on no device of their own).
-        if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
-            raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "
-                            f"without a silent cast; convert it first")
-        if kind is not None and not isinstance(x, np.generic) and device_of(x) != device_of(ref.data):
-            raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
-                               f"{device_of(ref.data)} tensor; move it first")
-        if kind is None and np.ndim(x) == 0 or isinstance(x, np.generic):
-            # A number: a 0-d array filled where the tensor lives, never copied there from the host
-            # (on the GPU such a copy is a transfer that a CUDA graph being captured cannot make).
-            out.append(Tensor(xp.full((), x, dtype=dtype)))
-        else:
-            out.append(Tensor(xp.asarray(x, dtype=dtype)))
-    return out
+    return [_input_tensor(fn, x, dtype, ref) for x in inputs]
+
+
+def _input_tensor(fn, x, dtype, ref):
+    """The input ``x`` of the op ``fn`` as a Tensor of ``dtype`` (None: its own) on the device of
+    ``ref``, a tensor input. A number, list or array becomes a constant, once checked: real
+    numbers, and an array of another float dtype or on another device refused, never cast."""
+    if isinstance(x, Tensor):
+        # integer and boolean tensors are constants: they take the float dtype, never upcast it
+        return x if dtype is None or x.data.dtype == dtype else Tensor(x.data.astype(dtype))
+    x = plain_array(x, f"{fn.__name__}: an operand")
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
+    # NumPy scalars (np.sqrt(2.0)) are numbers like Python's: they adopt the dtype, and are
+    # filled on the tensor's device below (they live on no device of their own).
+    if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
+        raise TypeError(f"{fn.__name__}: a {x.dtype} array cannot be combined with a {dtype} tensor "
+                        f"without a silent cast; convert it first")
+    if kind is not None and not isinstance(x, np.generic) and device_of(x) != device_of(ref.data):
+        raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
+                           f"{device_of(ref.data)} tensor; move it first")
+    xp = get_array_module(ref.data)
+    if kind is None and np.ndim(x) == 0 or isinstance(x, np.generic):
+        # A number: a 0-d array filled where the tensor lives, never copied there from the host
+        # (on the GPU such a copy is a transfer that a CUDA graph being captured cannot make).
+        return Tensor(xp.full((), x, dtype=dtype))
+    return Tensor(xp.asarray(x, dtype=dtype))
 
 
 def _taken_as_they_are(inputs):
