@@ -62,11 +62,13 @@ _RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": FINITE,
 
 
 class Optimizer:
-    """Base class: holds the parameter list, per-parameter state and scratch buffers.
+    """Base class: holds the parameter list and the per-parameter state.
 
     Subclasses list their scalar hyperparameters in ``_hyper`` (saved by ``state_dict``), the
     names of their per-parameter state in ``_state_keys`` (those to clear of subnormals in
     ``_flushed``), and define ``_update(i, p, g, state)``, which updates ``p.data`` in place.
+    (Adam, which updates runs of parameters over flat arrays, has a ``step`` of its own, which
+    calls an ``_update`` of its own.)
     """
     _hyper = ("lr",)
     _state_keys = ("step",)
@@ -139,6 +141,8 @@ class Optimizer:
             for key, value in state.items():
                 if hasattr(value, "shape"):
                     host = to_device(value, "cpu")
+                    # A CPU state array is the live one, which later steps change in place: the
+                    # checkpoint gets a copy (a GPU array's transfer is one already).
                     out[f"state.{i}.{key}"] = host.copy() if host is value else host
                 else:
                     out[f"state.{i}.{key}"] = _plain(value)
