@@ -370,30 +370,40 @@ class Adam(Optimizer):
         to update have different step counts (one had no gradient at an earlier step)."""
         self._check_grads()
         if self.step_scalars is not None:
-            counts = sorted({state.get("step", 0) for p, state in zip(self.params, self.state)
-                             if p.grad is not None})
-            if len(counts) > 1:
-                raise ValueError(f"step_scalars hold the update's scalars of one step count, but the "
-                                 f"parameters to update have step counts {counts} (some had no "
-                                 "gradient at an earlier step)")
+            self._check_one_step_count()
         if not self._layouts or not all(layout.holds(self.params, self.state, self.amsgrad)
                                         for layout in self._layouts):
             self._layouts = self._build_layouts()
         for layout in self._layouts:
             for a, b in layout.runs(self.params, self.state):
                 for j in range(a, b):
-                    # a graph that saved the parameter's old values must not use them
-                    self.params[layout.members[j]].bump_version()
-                    state = self.state[layout.members[j]]
-                    state["step"] = state.get("step", 0) + 1
-                    for key, views in layout.views.items():
-                        if key != "param":
-                            if key not in state:  # no moments yet, or reset by load_state_dict
-                                views[j][...] = 0
-                            state[key] = views[j]
+                    self._advance(layout, j)
                 t = self.state[layout.members[a]]["step"]
                 flush_now = bool(self.flush_every) and t % self.flush_every == 0 if flush is None else flush
                 self._update(layout, a, b, t, flush=flush_now)
+
+    def _check_one_step_count(self):
+        """Refuse a step whose parameters to update have several step counts, which the one
+        step count's scalars in ``step_scalars`` cannot serve."""
+        counts = sorted({state.get("step", 0) for p, state in zip(self.params, self.state)
+                         if p.grad is not None})
+        if len(counts) > 1:
+            raise ValueError(f"step_scalars hold the update's scalars of one step count, but the "
+                             f"parameters to update have step counts {counts} (some had no "
+                             "gradient at an earlier step)")
+
+    def _advance(self, layout, j):
+        """Start the step of member ``j`` of ``layout``: a new version of its parameter, one more
+        step in its count, and its moments as the layout's views of them."""
+        # a graph that saved the parameter's old values must not use them
+        self.params[layout.members[j]].bump_version()
+        state = self.state[layout.members[j]]
+        state["step"] = state.get("step", 0) + 1
+        for key, views in layout.views.items():
+            if key != "param":
+                if key not in state:  # no moments yet, or reset by load_state_dict
+                    views[j][...] = 0
+                state[key] = views[j]
 
     def update_scalars(self, t, lr):
         """The scalars of the update at step count ``t`` with learning rate ``lr``: b1, b2,
