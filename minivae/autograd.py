@@ -481,6 +481,7 @@ def _run_hooks(t, grad):
             continue
         if isinstance(new, np.generic):  # what NumPy's arithmetic makes of a 0-d array
             new = np.asarray(new)
+        new = plain_array(new, "a gradient hook's result")  # an ndarray, but no op skips its mask
         xp = get_array_module(grad)
         if not isinstance(new, xp.ndarray):  # a Tensor would end up in .grad or in a backward
             raise TypeError(f"a gradient hook returned a {type(new).__name__}; it must return None "
@@ -639,6 +640,7 @@ def _root_gradient(t, grad):
         return xp.ones_like(t.data)
     # A copy: the caller keeps its array, and no leaf's .grad may alias it. Numbers and lists
     # take t's dtype; an array or tensor of another float dtype is refused, never cast.
+    grad = plain_array(grad, "backward(): grad")  # the copy would drop a mask
     if isinstance(grad, Tensor):
         grad = grad.data.copy()
     elif getattr(grad, "dtype", None) is not None and grad.dtype.kind == "f" \

@@ -502,7 +502,16 @@ MASKED = {  # no op skips a masked entry: each would be read as the number under
     "an operand": (lambda m: ones(3) * m, "Mul: an operand"),
     "a clip bound": (lambda m: F.clip(ones(3), lo=m.astype(np.float32)), "clip: lo"),
     "a condition": (lambda m: F.where(m > 1.5, ones(3), ones(3)), "where: cond"),
+    "backward's grad": (lambda m: (ones(3) * 2.0).backward(m), r"backward\(\): grad"),
+    "a hook's result": (lambda m: _hooked(lambda g: m), "a gradient hook's result"),
 }
+
+
+def _hooked(hook):
+    """The backward of 2 x through ``hook`` on x's gradient."""
+    x = ones(3)
+    x.register_hook(hook)
+    (x * 2.0).sum().backward()
 # np.asarray drops a mask without a word: the entry points that read arrays with it refuse one too.
 MASKED_INPUTS = {
     "check_labels": (lambda m: distributions.check_labels(m.astype(np.int64), 10), "labels"),
