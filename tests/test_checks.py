@@ -1,11 +1,13 @@
 """minivae.checks: the shared argument checks, at the edges of their ranges."""
 import math
+import re
 
 import numpy as np
 import pytest
 
-from minivae.checks import (FINITE, FRACTION, NON_NEGATIVE, POSITIVE, check_integer,
-                            check_intensities, check_ranges)
+from minivae.checks import (FINITE, FRACTION, NON_NEGATIVE, POSITIVE, check_float, check_integer,
+                            check_intensities, check_points, check_ranges, check_real,
+                            check_sequence, out_of_range)
 
 
 def owner():
@@ -35,6 +37,41 @@ def test_values_outside_their_ranges_are_named(setting, must):
         check_ranges(owner, RANGES, **setting)
 
 
+def test_values_outside_their_ranges_are_all_named_at_once():
+    message = ("^owner: invalid rate 0.0: it must be > 0 and finite; "
+               "invalid weight -1.0: it must be >= 0 and finite$")
+    with pytest.raises(ValueError, match=message):
+        check_ranges(owner, RANGES, rate=0.0, weight=-1.0)
+
+
+def test_a_value_without_a_range_is_not_checked():
+    assert out_of_range({"rate": -1.0, "label": -1.0}, RANGES) == [
+        "invalid rate -1.0: it must be > 0 and finite"]
+
+
+def test_numbers_come_back_as_python_numbers():
+    # A NumPy scalar kept as such would reach a config written as JSON, which refuses np.int64.
+    n, x = check_integer(np.int64(3), "n", minimum=0), check_real(np.float32(0.5), "x")
+    assert (type(n), n) == (int, 3) and (type(x), x) == (float, 0.5)
+    assert type(check_real(2, "x")) is float
+
+
+def test_a_sequence_is_returned_as_a_tuple():
+    assert check_sequence(iter([1, 2]), "hidden", "integers") == (1, 2)
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3, 4), (0, 3)])
+def test_points_are_one_or_more_rows_of_coordinates(shape):
+    message = rf"^z must be \(N, D\) with N >= 1, got shape {re.escape(str(shape))}$"
+    with pytest.raises(ValueError, match=message):
+        check_points(np.zeros(shape), "z")
+
+
+def test_complex_intensities_are_refused():
+    with pytest.raises(TypeError, match=r"^x has dtype complex128: a picture takes float intensities"):
+        check_float(np.zeros(3, dtype=complex), use="a picture")
+
+
 def test_check_integer_takes_its_minimum():
     assert check_integer(np.int64(3), "n", minimum=3) == 3
     with pytest.raises(ValueError, match="^n must be at least 3, got 2$"):
@@ -46,3 +83,5 @@ def test_intensities_take_0_and_1_and_an_empty_array():
     check_intensities(np.zeros((0, 784), dtype=np.float32))  # no pixels: nothing out of range
     with pytest.raises(ValueError, match=r"^x has values in \[0, 1.5\]"):
         check_intensities(np.array([0.0, 1.5]))
+    with pytest.raises(ValueError, match=r"^x has values in \[-0.5, 1\]"):
+        check_intensities(np.array([-0.5, 1.0]))
