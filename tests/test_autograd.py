@@ -419,6 +419,58 @@ def test_set_default_dtype():
         mv.backend.set_default_dtype(np.float32)
 
 
+def test_device_names_read_in_any_case_and_default_to_the_cpu(monkeypatch):
+    monkeypatch.delenv("MINIVAE_DEVICE", raising=False)
+    assert [backend.device_name(d) for d in ("CUDA", "Gpu", "AUTO", None)] == ["gpu", "gpu", "auto", "cpu"]
+    monkeypatch.setenv("MINIVAE_DEVICE", "cuda")
+    assert backend.device_name(None) == "gpu"
+
+
+class _FakeCupyArray:
+    """What the backend takes for a CuPy array: a type defined in a module of cupy."""
+
+
+_FakeCupyArray.__module__ = "cupy._core.core"
+
+
+def _fake_cupy(device_count):
+    runtime = type(sys)("runtime")
+    runtime.getDeviceCount = lambda: device_count
+    cupy = type(sys)("cupy")
+    cupy.cuda = type(sys)("cuda")
+    cupy.cuda.runtime = runtime
+    return cupy
+
+
+def test_a_cupy_array_among_the_arguments_picks_cupy(monkeypatch):
+    cupy = _fake_cupy(1)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    assert backend.get_array_module(np.zeros(2), _FakeCupyArray()) is cupy
+    assert backend.get_array_module(np.zeros(2), 1.0) is np
+
+
+def test_cupy_without_a_device_is_one_device_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(0))
+    with pytest.raises(DeviceError, match="^the GPU was asked for but CUDA reports no device$"):
+        backend.resolve_device("gpu")
+    assert backend.resolve_device("auto") == "cpu"
+
+
+def test_is_array_takes_arrays_alone():
+    assert backend.is_array(np.zeros(())) and backend.is_array(_FakeCupyArray())
+    assert not backend.is_array(np.float32(1.0)) and not backend.is_array(mv.tensor(1.0))
+
+
+def test_to_device_on_the_cpu_gives_a_numpy_array():
+    assert isinstance(backend.to_device([1, 2], "cpu"), np.ndarray)
+
+
+@pytest.mark.parametrize("shape, rows", [((2, 3, 4), (6, 4)), ((2, 3, 0), (6, 0)), ((0, 5), (0, 5)),
+                                         ((4,), (1, 4))])
+def test_as_rows_flattens_the_leading_axes(shape, rows):
+    assert backend.as_rows(np.zeros(shape)).shape == rows
+
+
 FLOAT32_EXPRESSIONS = {
     "x*2": lambda x, y: x * 2,
     "2*x": lambda x, y: 2 * x,
