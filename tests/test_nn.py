@@ -442,6 +442,85 @@ def test_load_state_dict_rejects_shape_and_dtype_without_changing_anything():
         m.load_state_dict(state, strict=False)
 
 
+def test_none_takes_the_place_of_a_submodule_or_buffer_and_del_removes_a_submodule():
+    m = nn.Module()
+    m.fc, m.act = nn.Linear(2, 3, rng=0), nn.ReLU()
+    m.fc = None
+    assert m.fc is None and list(m._modules) == ["fc", "act"]
+    assert [n for n, _ in m.named_children()] == ["act"] and [n for n, _ in m.named_modules()] == ["", "act"]
+    del m.act
+    assert list(m._modules) == ["fc"] and not hasattr(m, "act")
+    bn = nn.BatchNorm1d(3)
+    bn.running_mean = None
+    assert bn.running_mean is None and "running_mean" not in bn.state_dict()
+
+
+def test_register_parameter_refuses_a_plain_tensor_and_keeps_the_position():
+    m = nn.Module()
+    with pytest.raises(TypeError, match=r"^register_parameter\('w'\): expected a Parameter or None, got Tensor$"):
+        m.register_parameter("w", mv.tensor(np.zeros(2), requires_grad=True))
+    m.register_parameter("w1", nn.Parameter(np.zeros(1)))
+    m.register_parameter("w2", nn.Parameter(np.zeros(2)))
+    m.register_parameter("w1", nn.Parameter(np.zeros(3)))
+    assert [(n, p.shape) for n, p in m.named_parameters()] == [("w1", (3,)), ("w2", (2,))]
+
+
+def test_recurse_false_lists_the_module_s_own_parameters_and_buffers():
+    outer = nn.Module()
+    outer.w = nn.Parameter(np.zeros(1))
+    outer.bn = nn.BatchNorm1d(2)
+    assert [n for n, _ in outer.named_parameters(prefix="model", recurse=False)] == ["model.w"]
+    assert list(outer.parameters(recurse=False)) == [outer.w]
+    assert list(outer.named_buffers(recurse=False)) == [] and list(outer.buffers(recurse=False)) == []
+    assert [n for n, _ in outer.bn.named_buffers(recurse=False)] == ["running_mean", "running_var",
+                                                                     "num_batches_tracked"]
+
+
+def test_buffers_skip_the_absent_ones():
+    assert list(nn.BatchNorm1d(3, track_running_stats=False).named_buffers()) == []
+
+
+def test_requires_grad_checks_its_flag_without_parameters_too():
+    with pytest.raises(TypeError, match="^requires_grad must be True or False, got 'no'$"):
+        nn.Module().requires_grad_("no")
+
+
+def test_astype_leaves_a_parameter_of_integers():
+    m = nn.Module()
+    m.idx = nn.Parameter(np.array([1, 2]), requires_grad=False)
+    m.w = nn.Parameter(np.zeros(2))
+    m.astype(np.float32)
+    assert (m.idx.dtype, m.w.dtype) == (np.int64, np.float32)
+
+
+def test_repr_of_a_module_with_settings_on_several_lines():
+    class Settings(nn.Module):
+        def extra_repr(self):
+            return "a=1\nb=2"
+    assert repr(Settings()) == "Settings(\n  a=1\n  b=2\n)"
+
+
+def test_append_to_a_slice_skips_every_name_taken():
+    part = nn.ModuleList([nn.ReLU() for _ in range(5)])[2:]  # "2", "3", "4": 3 and 4 are taken
+    part.append(nn.Tanh())
+    assert list(part._modules) == ["2", "3", "4", "5"] and isinstance(part[3], nn.Tanh)
+
+
+def test_an_index_out_of_range_and_a_stage_that_is_no_module_are_named():
+    stages = nn.ModuleList([nn.ReLU(), nn.Tanh()])
+    with pytest.raises(IndexError, match="^index 2 is out of range for ModuleList of length 2$"):
+        del stages[2]
+    with pytest.raises(TypeError, match="^ModuleList holds Modules, got int$"):
+        stages[0] = 3
+    assert len(stages) == 2
+
+
+def test_load_state_dict_takes_nested_lists():
+    layer = nn.Linear(2, 3, bias=False, dtype=np.float64)
+    layer.load_state_dict({"weight": [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]})
+    np.testing.assert_array_equal(layer.weight.data, [[1, 2, 3], [4, 5, 6]])
+
+
 # ----- devices and dtypes ---------------------------------------------------------------------------
 def test_to_cpu_keeps_parameter_objects():
     m = Block()
@@ -464,6 +543,18 @@ def test_to_gpu_and_back():
     out = m(x.to("gpu")).numpy()
     m.to("cpu")
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_to_moves_the_gradients_and_a_gpu_module_loads_a_state_dict():
+    m, state = Block(), Block(rng=1).state_dict()
+    for p in m.parameters():
+        p.grad = np.ones_like(p.data)
+    m.to("gpu")
+    assert all(p.grad.__class__.__module__.startswith("cupy") for p in m.parameters())
+    m.load_state_dict(state)
+    loaded = m.state_dict()
+    assert all(np.array_equal(loaded[name], value) for name, value in state.items())
 
 
 def test_astype_converts_parameters_and_float_buffers():
