@@ -619,6 +619,27 @@ def test_linear_init_is_deterministic_under_a_seed():
     np.testing.assert_array_equal(f.weight.data.astype(np.float32), a.weight.data)
 
 
+def test_linear_draws_its_weight_then_its_bias_from_u_of_one_over_sqrt_in():
+    layer, rng = nn.Linear(4, 3, dtype=np.float64, rng=7), np.random.default_rng(7)
+    np.testing.assert_allclose(layer.weight.data, rng.uniform(-0.5, 0.5, size=(4, 3)), rtol=1e-12)
+    np.testing.assert_allclose(layer.bias.data, rng.uniform(-0.5, 0.5, size=3), rtol=1e-12)
+
+
+def test_layers_take_the_default_dtype():
+    try:
+        mv.backend.set_default_dtype(np.float64)
+        assert nn.Linear(2, 3).weight.dtype == np.float64
+        assert nn.BatchNorm1d(3).running_mean.dtype == np.float64
+    finally:
+        mv.backend.set_default_dtype(np.float32)
+
+
+def test_layer_reprs_show_their_settings():
+    assert repr(nn.Linear(2, 3, bias=False)) == "Linear(in_features=2, out_features=3, bias=False)"
+    assert repr(nn.BatchNorm1d(3, momentum=1, affine=False)) == (
+        "BatchNorm1d(3, eps=1e-05, momentum=1.0, affine=False, track_running_stats=True)")
+
+
 def test_one_generator_threaded_through_layers():
     rng = np.random.default_rng(0)
     first, second = nn.Linear(3, 3, rng=rng), nn.Linear(3, 3, rng=rng)
@@ -645,6 +666,8 @@ def test_init_functions_in_place():
     assert np.all(w.data == 0.25)
     nn.init.zeros_(w)
     assert not w.data.any() and w.data is array
+    nn.init.ones_(w)
+    assert np.all(w.data == 1.0) and w.data is array
     assert nn.init.calculate_fan_in_and_fan_out((784, 512)) == (784, 512)
     # Trailing axes are a receptive field, multiplied into both fans.
     assert nn.init.calculate_fan_in_and_fan_out((3, 4, 5, 2)) == (30, 40)
@@ -661,6 +684,15 @@ def test_init_functions_in_place():
         nn.init.xavier_uniform_(nn.Parameter(np.zeros(3, dtype=np.float32)))
     with pytest.raises(TypeError):
         nn.init.uniform_(w, rng="seed")
+
+
+def test_kaiming_takes_the_slope_a_of_a_leaky_relu_by_default():
+    # gain sqrt(2 / (1 + a^2)) = 1 for a = 1: std 1 / sqrt(fan_in) (a relu's gain would be sqrt(2))
+    w = nn.Parameter(np.empty((4, 3)))
+    nn.init.kaiming_normal_(w, a=1.0, rng=5)
+    np.testing.assert_allclose(w.data, np.random.default_rng(5).normal(0.0, 0.5, size=(4, 3)), rtol=1e-12)
+    with pytest.raises(ValueError, match="^mode must be 'fan_in' or 'fan_out', got 'fan_avg'$"):
+        nn.init.kaiming_uniform_(w, mode="fan_avg")
 
 
 def test_an_initializer_on_a_saved_parameter_is_seen_by_the_graph():
