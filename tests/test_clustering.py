@@ -122,6 +122,71 @@ def test_kmeans_and_the_scores_take_arrays_on_the_gpu():
     assert clustering.cluster_accuracy(_DeviceArray(labels), _DeviceArray(clusters)) == 1.0
 
 
+class _StandInKMeans:
+    """Records what KMeans is given; its clusters are the points' positions modulo k."""
+    calls = []
+
+    def __init__(self, **settings):
+        self.settings = settings
+
+    def fit_predict(self, points):
+        _StandInKMeans.calls.append((self.settings, points))
+        return np.arange(len(points)) % self.settings["n_clusters"]
+
+
+def _best_matching(counts, maximize):
+    """scipy's linear_sum_assignment (maximize=True) by trying every matching: small tables only."""
+    assert maximize
+    if counts.shape[0] > counts.shape[1]:
+        cols, rows = _best_matching(counts.T, maximize)
+        order = np.argsort(rows)
+        return rows[order], cols[order]
+    rows = np.arange(counts.shape[0])
+    best = max(itertools.permutations(range(counts.shape[1]), len(rows)),
+               key=lambda cols: counts[rows, list(cols)].sum())
+    return rows, np.array(best)
+
+
+@pytest.fixture
+def stand_in_extras(monkeypatch):
+    """scikit-learn's KMeans and scores and scipy's matching, by stand-ins: what minivae counts
+    and hands them is tested where the extras are not installed."""
+    for name in ("sklearn", "sklearn.cluster", "sklearn.metrics", "scipy", "scipy.optimize"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["sklearn.cluster"].KMeans = _StandInKMeans
+    sys.modules["sklearn.metrics"].adjusted_rand_score = lambda labels, clusters: 0.0
+    sys.modules["sklearn.metrics"].normalized_mutual_info_score = lambda labels, clusters: 0.0
+    sys.modules["scipy.optimize"].linear_sum_assignment = _best_matching
+    monkeypatch.setattr(_StandInKMeans, "calls", [])
+
+
+def test_kmeans_hands_scikit_learn_float64_host_points_and_its_settings(stand_in_extras):
+    points = blobs()[0].astype(np.float32)
+    clustering.kmeans(_DeviceArray(points), n_clusters=3, seed=4)
+    (settings, given), = _StandInKMeans.calls
+    assert settings == {"n_clusters": 3, "n_init": 10, "random_state": 4}
+    assert type(given) is np.ndarray and given.dtype == np.float64
+    np.testing.assert_array_equal(given, points)
+
+
+def test_cluster_accuracy_counts_more_points_than_a_small_integer_holds(stand_in_extras):
+    labels = np.repeat([0, 1], [300, 100])
+    clusters = np.repeat([7, 3], [300, 100])
+    assert clustering.cluster_accuracy(_DeviceArray(labels), _DeviceArray(clusters)) == 1.0
+    assert clustering.cluster_accuracy(labels, np.full(400, 5)) == 0.75
+
+
+def test_latent_clusters_checks_the_seed_and_the_extra_before_encoding(monkeypatch, stand_in_extras):
+    model = VAE(x_dim=4, z_dim=2, hidden=(3,), rng=0)
+    monkeypatch.setattr(model, "encode", lambda x: pytest.fail("the images were encoded"))
+    x, labels = np.zeros((10, 4), dtype=np.float32), np.arange(10) % 2
+    with pytest.raises(ValueError, match=r"^seed must be below 2\*\*32"):
+        clustering.latent_clusters(model, x, labels, n_clusters=2, seed=2**32)
+    monkeypatch.setitem(sys.modules, "sklearn.cluster", None)  # an import of it fails, as when absent
+    with pytest.raises(ImportError, match="^clustering needs scikit-learn"):
+        clustering.latent_clusters(model, x, labels, n_clusters=2)
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda p: clustering.kmeans(p, n_clusters=0), ValueError, "n_clusters must be at least 1, got 0"),
     (lambda p: clustering.kmeans(p, n_clusters=2.5), TypeError, "n_clusters must be an integer, got 2.5"),
@@ -134,8 +199,8 @@ def test_kmeans_and_the_scores_take_arrays_on_the_gpu():
     (lambda p: clustering.cluster_accuracy([], []), ValueError, r"labels must hold one label per point, shape \(N,\) with N >= 1"),
 ], ids=["no clusters", "fractional clusters", "more clusters than points", "seed too large",
         "1-D points", "fewer clusters than labels", "float labels", "no points"])
-def test_bad_arguments_are_named(call, error, message):
-    pytest.importorskip("sklearn")
+def test_bad_arguments_are_named(call, error, message, stand_in_extras):
+    # minivae's own checks, made before scikit-learn or scipy is used: they run without either.
     with pytest.raises(error, match=f"^{message}"):
         call(blobs()[0])
 
