@@ -153,6 +153,10 @@ def test_tile_images_places_tiles_row_major():
     assert grid[7, 4] == -1  # the empty last cell keeps the pad value
 
 
+def test_tile_images_of_fewer_images_than_a_row_holds_is_one_row_of_them():
+    assert viz.tile_images(np.zeros((3, 2, 2)), nrow=8, pad=1).shape == (4, 10)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.int64])
 @pytest.mark.parametrize("name", ["images", "x", "recon"])
 def test_integer_pixels_are_refused_not_drawn_white(tmp_path, dtype, name):
@@ -333,7 +337,8 @@ def test_plot_latent_scatter_checks_points_and_labels(tmp_path, points, labels, 
         viz.plot_latent_scatter(points, labels, tmp_path / "s.png", "t", "x", "y")
 
 
-@pytest.mark.parametrize("labels", [np.array(["3", "7", "3"]), np.array([0.0, 1.5, 1.0])], ids=["strings", "floats"])
+@pytest.mark.parametrize("labels", [np.array(["3", "7", "3"]), np.array([0.0, 1.5, 1.0]), np.array([True, False, True])],
+                         ids=["strings", "floats", "bools"])
 def test_plot_latent_scatter_needs_integer_labels(tmp_path, labels):
     """(String labels failed in int() with "invalid literal", floats were coloured by their
     integer part and named by their full value.)"""
@@ -346,6 +351,44 @@ def test_plot_reconstructions_needs_one_reconstruction_per_input(tmp_path):
     with pytest.raises(ValueError, match=r"^x and recon must have the same shape, one reconstruction "
                                          r"per input; got \(8, 16\) and \(5, 16\)$"):
         viz.plot_reconstructions(np.zeros((8, 16)), np.zeros((5, 16)), tmp_path / "r.png")
+
+
+def _drawn_figures(monkeypatch):
+    """The figures the pictures draw, in order, each still written to its file."""
+    figures, real = [], viz._save
+    monkeypatch.setattr(viz, "_save", lambda fig, path: figures.append(fig) or real(fig, path))
+    return figures
+
+
+def test_reconstructions_of_fewer_images_than_n_are_as_tall_as_their_rows(tmp_path, monkeypatch):
+    figures = _drawn_figures(monkeypatch)
+    viz.plot_reconstructions(np.zeros((4, 16)), np.zeros((4, 16)), tmp_path / "r.png", n=32, ncol=8)
+    assert figures[0].get_figheight() == pytest.approx(0.5 + 3.9 / 8)  # one row of tiles, not four
+
+
+def test_a_unit_at_the_threshold_is_inactive(tmp_path, monkeypatch):
+    figures = _drawn_figures(monkeypatch)
+    viz.plot_kl_per_dim([1.0, 1.0, 1.0], [0.02, 0.01, 0.0], tmp_path / "k.png", threshold=0.01)
+    assert "active units 1/3" in figures[0].axes[0].get_title()
+
+
+def test_curves_skip_missing_values_and_show_the_error_in_percent(tmp_path, monkeypatch):
+    figures = _drawn_figures(monkeypatch)
+    viz.plot_curves([{"epoch": 1, "train_elbo": -100.0, "valid_elbo": None, "valid_error": 0.1},
+                     {"epoch": 2, "train_elbo": -90.0, "valid_elbo": -95.0, "valid_error": 0.05}],
+                    tmp_path / "c.png")
+    ax_bound, ax_error = figures[0].axes
+    assert [list(line.get_xdata()) for line in ax_bound.lines] == [[1, 2], [2]]
+    assert list(ax_error.lines[0].get_ydata()) == [10.0, 5.0]
+    assert ax_error.get_ylabel() == "% of validation images"
+
+
+def test_grad_norms_use_epochs_where_not_every_line_has_a_step(tmp_path, monkeypatch):
+    figures = _drawn_figures(monkeypatch)
+    viz.plot_grad_norms([{"epoch": 1, "step": 10, "grad_norm/w": 1.0}, {"epoch": 2, "grad_norm/w": 2.0}],
+                        tmp_path / "g.png")
+    ax, = figures[0].axes
+    assert ax.get_xlabel() == "epoch" and list(ax.lines[0].get_xdata()) == [1, 2]
 
 
 def test_plot_latent_scatter_takes_lists(tmp_path):
@@ -662,6 +705,17 @@ def test_plot_run_encodes_the_first_n_latent_test_images(run_z3, data, tmp_path,
     monkeypatch.setattr(viz, "encode_dataset", lambda model, x: encoded.append(x) or encode(model, x))
     viz.plot_run(_copy_run(run_z3, tmp_path), data=data, n_latent=40, embeddings=False)
     np.testing.assert_array_equal(encoded[0], binarize_eval(data.x_test[:40], "test"))
+
+
+def test_plot_run_shows_each_reconstruction_next_to_its_input(run_z3, data, tmp_path, monkeypatch):
+    drawn = []
+    monkeypatch.setattr(viz, "plot_reconstructions", lambda x, recon, path: drawn.append((x, recon)) or path)
+    viz.plot_run(_copy_run(run_z3, tmp_path), data=data, embeddings=False)
+    (x, recon), = drawn
+    model = viz_model(run_z3)
+    with evaluating(model):
+        z = model.reconstruction_latent(mv.tensor(x[:2])).numpy()
+    np.testing.assert_allclose(recon[:2], viz.decode_means(model, z), rtol=1e-5, atol=1e-6)
 
 
 def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, monkeypatch):
