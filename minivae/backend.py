@@ -44,8 +44,9 @@ def set_default_dtype(dtype):
 
 
 def is_gpu_array(array):
-    """True when ``array`` is a CuPy ndarray (checked without importing CuPy)."""
-    return type(array).__module__.startswith("cupy")
+    """True when ``array`` is a CuPy ndarray (checked without importing CuPy; a NumPy array,
+    the common case, is told by its type alone)."""
+    return type(array) is not np.ndarray and type(array).__module__.startswith("cupy")
 
 
 def is_array(value):
