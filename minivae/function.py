@@ -219,9 +219,12 @@ def _saved_versions(saved, inputs):
     looks into, is among the ``saved`` arrays: the versions its backward must find unchanged."""
     if not saved:
         return ()
-    ids = [id(a) for a in saved]
-    return tuple([(i, t.version) for i, t in enumerate(inputs)
-                  if id(t.data) in ids or _views_into(saved, t.data)])
+    ids = list(map(id, saved))
+    versions = []
+    for i, t in enumerate(inputs):
+        if id(t.data) in ids or _views_into(saved, t.data):
+            versions.append((i, t.version))
+    return tuple(versions)
 
 
 def _lock(saved):
@@ -249,7 +252,10 @@ def _viewed(array, tensors):
 def _views_into(saved, array):
     """Whether one of the ``saved`` arrays is a view into ``array``'s memory (an op, or a GPU
     row, may save ``logvar.reshape(...)`` rather than ``logvar``: a change of logvar changes it)."""
-    return any(getattr(v, "base", None) is not None and _looks_into(v, array) for v in saved)
+    for v in saved:
+        if getattr(v, "base", None) is not None and _looks_into(v, array):
+            return True
+    return False
 
 
 def _looks_into(view, array, overlap_known=False):
