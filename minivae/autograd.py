@@ -675,8 +675,9 @@ def _topological_order(roots):
             continue
         visited.add(node)
         stack.append((node, True))
-        stack.extend([(inp._node, False) for inp in node.inputs
-                      if inp._node is not None and inp._node not in visited])
+        for inp in node.inputs:
+            if inp._node is not None and inp._node not in visited:
+                stack.append((inp._node, False))
     order.reverse()
     return order
 
