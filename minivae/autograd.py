@@ -432,7 +432,8 @@ class Tensor:
         unless ``retain_graph`` is True. (``minivae.autograd.backward([a, b], [ga, gb])``
         starts from several tensors at once.)
         """
-        backward([self], [grad], retain_graph=retain_graph)
+        retain_graph = check_bool(retain_graph, "backward: retain_graph")  # "no" would keep the graph
+        _backward_pass([self], [grad], retain_graph)
 
     # Comparisons give plain boolean arrays: they have no gradient, and __eq__ stays identity.
     def __lt__(self, other): return self.data < _raw(other)
@@ -510,6 +511,13 @@ def backward(tensors, grads, retain_graph=False):
     """
     retain_graph = check_bool(retain_graph, "backward: retain_graph")  # "no" would keep the graph
     tensors, grads = _check_roots(tensors, grads)
+    _backward_pass(tensors, grads, retain_graph)
+
+
+def _backward_pass(tensors, grads, retain_graph):
+    """``backward`` from roots as ``_check_roots`` returns them: ``tensors`` a sequence of
+    Tensors and ``grads`` one of as many gradients (``retain_graph`` a bool). ``Tensor.backward``
+    starts here, since ``[self]`` and ``[grad]`` are such sequences: the checks could not fail."""
     pending = {}  # tensor -> the sum of the gradients that reached it so far
     for t, g in zip(tensors, grads):
         _accumulate(pending, t, _root_gradient(t, g))
