@@ -533,7 +533,7 @@ def _backward_pass(tensors, grads, retain_graph):
             node.check_versions()
         in_grads = _node_backward(node, out_grads, anomaly)
         for inp, g in zip(node.inputs, in_grads):
-            if g is not None and inp.requires_grad:
+            if g is not None and inp._requires_grad:
                 _accumulate(pending, inp, _input_gradient(node.fn, g, inp.data))
         if not retain_graph:
             node.release()  # drop the saved arrays and the input tensors

@@ -164,7 +164,7 @@ class Function:
         """
         tensors = _as_tensors(cls, inputs)
         ctx = Context()
-        ctx.needs_input_grad = needs = tuple([t.requires_grad for t in tensors])
+        ctx.needs_input_grad = needs = tuple([t._requires_grad for t in tensors])
         arrays = [t.data for t in tensors]
         anomaly = _state.anomaly
         if anomaly:
