@@ -325,9 +325,11 @@ def _input_tensor(fn, x, dtype, ref):
     if isinstance(x, Tensor):
         # integer and boolean tensors are constants: they take the float dtype, never upcast it
         return x if dtype is None or x.data.dtype == dtype else Tensor(x.data.astype(dtype))
-    x = plain_array(x, f"{fn.__name__}: an operand")
+    what = f"{fn.__name__}: an operand"
+    x = plain_array(x, what)
     kind = getattr(getattr(x, "dtype", None), "kind", None)
-    _check_real(x if kind is not None else np.asarray(x), f"{fn.__name__}: an operand", x)
+    given = x if kind is not None else np.asarray(x)  # a number or a list, as NumPy reads it
+    _check_real(given, what, x)
     # NumPy scalars (np.sqrt(2.0)) are numbers like Python's: they adopt the dtype, and are
     # filled on the tensor's device below (they live on no device of their own).
     if kind == "f" and x.dtype != dtype and not isinstance(x, np.generic):
@@ -337,7 +339,7 @@ def _input_tensor(fn, x, dtype, ref):
         raise RuntimeError(f"{fn.__name__}: a {device_of(x)} array cannot be combined with a "
                            f"{device_of(ref.data)} tensor; move it first")
     xp = get_array_module(ref.data)
-    if kind is None and np.ndim(x) == 0 or isinstance(x, np.generic):
+    if kind is None and given.ndim == 0 or isinstance(x, np.generic):
         # A number: a 0-d array filled where the tensor lives, never copied there from the host
         # (on the GPU such a copy is a transfer that a CUDA graph being captured cannot make).
         return Tensor(xp.full((), x, dtype=dtype))
