@@ -192,9 +192,11 @@ def _unbroadcast(grad, shape, fn):
     if grad.shape == shape:
         return grad
     lead = grad.ndim - len(shape)
-    axes = tuple(i for i in range(lead) if grad.shape[i] != 1) + tuple(
-        lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1)
-    reduced = grad.sum(axis=axes, keepdims=True) if axes else grad
+    axes = []
+    for i, n in enumerate(grad.shape):
+        if n != 1 and (i < lead or shape[i - lead] == 1):  # added, or stretched from 1
+            axes.append(i)
+    reduced = grad.sum(axis=tuple(axes), keepdims=True) if axes else grad
     if lead:
         reduced = reduced.reshape(reduced.shape[lead:])
     if reduced.shape != shape:

@@ -1,5 +1,7 @@
 """The engine's guards and hooks: gradient hooks, in-place changes of saved tensors, backward
 functions that return the wrong number of gradients, and mixed dtypes at backward()."""
+import re
+
 import numpy as np
 import pytest
 
@@ -514,3 +516,19 @@ def test_a_gradient_of_another_dtype_names_the_function():
     with pytest.raises(RuntimeError, match="^GradientOfAnotherDtype.backward returned float32 for a "
                                            "float64 input$"):
         GradientOfAnotherDtype.apply(x).sum().backward()
+
+
+class GradientOfFewerAxes(Doubling):
+    @staticmethod
+    def backward(ctx, g):
+        return (g * 2).reshape(-1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2), (2, 1, 1)])
+def test_a_gradient_of_fewer_axes_than_its_input_names_the_function(shape):
+    # the engine's own message, not an IndexError or NumPy's duplicate-axis error from inside it
+    x = mv.tensor(np.ones(shape), requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"^GradientOfFewerAxes.backward returned a gradient of shape "
+                                           rf"\(2,\), which does not reduce to the input shape "
+                                           rf"{re.escape(str(shape))}$"):
+        GradientOfFewerAxes.apply(x).sum().backward()
