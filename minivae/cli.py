@@ -28,7 +28,7 @@ from . import __version__, streams
 from .backend import DeviceError, resolve_device
 from .checkpoint import CheckpointError
 from .data.mnist import SPLIT_SIZES, TRAIN_CLASS_COUNTS, MNISTError
-from .files import atomic_write
+from .files import atomic_write_text
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
@@ -811,12 +811,6 @@ def _graph_batch(args, x_dim):
     return (rng.uniform(size=(args.batch_size, x_dim)) < 0.5).astype(np.float32), "random binary images"
 
 
-def _write_text(path, text):
-    """Replace the file ``path`` by ``text`` (UTF-8) atomically (``files.atomic_write``), as a
-    run's other files: a write that fails or is cut off keeps the old file whole."""
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
 def cmd_graph(args):
     """Write the graph of one loss evaluation as DOT (and SVG when Graphviz is installed)."""
     from .graph import model_loss_graph, render_svg, svg_available
@@ -849,14 +843,14 @@ def cmd_graph(args):
     noise = Generator(seed=args.seed, stream=streams.TRAIN_NOISE)
     _, dot = model_loss_graph(model, x, noise, grad=args.grad, title=title)
     if out.suffix == ".svg":
-        _write_text(out, render_svg(dot))
+        atomic_write_text(out, render_svg(dot))
         print(out)
         return 0
-    _write_text(out, dot)
+    atomic_write_text(out, dot)
     print(out)
     if svg_available():
         svg = out.with_suffix(".svg")
-        _write_text(svg, render_svg(dot))
+        atomic_write_text(svg, render_svg(dot))
         print(svg)
     else:
         print(f"{PROG}: note: no SVG written: an SVG needs Graphviz's `dot` program "

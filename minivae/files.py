@@ -51,6 +51,11 @@ def atomic_write(path, write):
     _sync_folder(path.parent)
 
 
+def atomic_write_text(path, text):
+    """Replace the file ``path`` by ``text`` (UTF-8) atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
 def _error_of_target(exc, path):
     """The OSError ``exc``, met while writing ``path`` through its temporary file, as an error of
     ``path`` (of the same errno, so of the same class): the user asked for ``path``, and

@@ -43,7 +43,7 @@ except ImportError:  # Windows has no flock: there, run folders are not locked
 
 from . import checkpoint
 from .data import num_batches
-from .files import atomic_write
+from .files import atomic_write_text
 from .models import MODELS, build_model
 from .models.settings import COMMON, INTERNAL, model_settings
 from .nn import StateDictError
@@ -579,10 +579,10 @@ def _write_error(path, exc, kept=""):
 
 
 def _replace_text(path, text, kept=""):
-    """Replace the file ``path`` by ``text`` atomically (``files.atomic_write``); a failure
+    """Replace the file ``path`` by ``text`` atomically (``files.atomic_write_text``); a failure
     raises RunWriteError, saying where the numbers are ``kept``."""
     try:
-        atomic_write(path, lambda f: f.write(text.encode()))
+        atomic_write_text(path, text)
     except OSError as exc:
         raise _write_error(path, exc, kept) from None
 

@@ -592,13 +592,13 @@ def test_eval_prints_its_result_before_writing_it(tmp_path, monkeypatch, capsys)
     run = tmp_path / "run"
     train(config(tmp_path, epochs=1), data=data, **QUIET)
     monkeypatch.setattr(data_module, "load_mnist", lambda verbose=True: data)
-    real_write = runs.atomic_write
+    real_write = runs.atomic_write_text
 
-    def read_only(path, write):  # the run folder refuses new files
+    def read_only(path, text):  # the run folder refuses new files
         if Path(path).parent == run:
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
-        return real_write(path, write)
-    monkeypatch.setattr(runs, "atomic_write", read_only)
+        return real_write(path, text)
+    monkeypatch.setattr(runs, "atomic_write_text", read_only)
     capsys.readouterr()
     try:
         code = cli.main(["eval", str(run), "--k", "3", "--no-progress"])
