@@ -23,7 +23,7 @@ from . import functional as F
 from .autograd import Tensor, tensor
 from .backend import cupy_module, get_array_module, get_default_dtype, is_gpu_array, resolve_device
 from .checks import check_float, check_integer, check_intensities, plain_array
-from .random import Generator
+from .random import use_noise
 
 
 def _draw(kind, noise, shape, like):
@@ -48,7 +48,7 @@ def _draw(kind, noise, shape, like):
     # A draw the kernel's wrapper refuses (its shape, its dtype, more than 2**34 elements) gives
     # a Generator its offset back, as on the CPU (Generator.normal and the others), so the
     # corrected call draws what it would have.
-    return noise.use_next_noise(draw) if isinstance(noise, Generator) else draw(noise)
+    return use_noise(noise, draw)
 
 
 def sample_bernoulli(probs, noise):

@@ -562,3 +562,12 @@ class Generator:
 
     def __repr__(self) -> str:
         return f"Generator(seed={self._seed}, offset={self._offset}, stream={self._stream})"
+
+
+def use_noise(noise, use):
+    """``use(noise)`` for a :class:`Noise`; for a :class:`Generator`, ``use`` of its next draw,
+    which the generator takes back when ``use`` raises (``Generator.use_next_noise``): a call
+    refused by what it draws for uses up no offset."""
+    if isinstance(noise, Generator):
+        return noise.use_next_noise(use)
+    return use(noise)

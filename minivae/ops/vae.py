@@ -11,7 +11,7 @@ import numpy as np
 from ..backend import get_array_module
 from ..checks import check_integer
 from ..function import Function
-from ..random import Generator, Noise, check_shape
+from ..random import Generator, Noise, check_shape, use_noise
 from .elementwise import _softplus
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -151,7 +151,7 @@ class KLNormalStd(Function):
 def _check_kl_rows(mu, logvar):
     """Refuse reparameterize_kl's mu and logvar unless they have one shape with at least one axis
     (its KL sums each row). Run by the op's forward: ``reparameterize_kl`` gives a Generator its
-    draw back when the op refuses (``Generator.use_next_noise``), so a refused call uses up no
+    draw back when the op refuses (``random.use_noise``), so a refused call uses up no
     offset."""
     if np.shape(mu) != np.shape(logvar):
         raise ValueError(f"reparameterize_kl: mu and logvar must have one shape, got {np.shape(mu)} "
@@ -430,7 +430,7 @@ def reparameterize(mu, logvar, eps, shape=None):
             return ReparameterizeNoise.apply(mu, logvar, noise=noise, shape=shape)
         # A Generator takes its draw back when the op refuses mu or logvar (dtypes, devices,
         # non-numbers).
-        return eps.use_next_noise(draw) if isinstance(eps, Generator) else draw(eps)
+        return use_noise(eps, draw)
     if shape is not None:
         raise TypeError("reparameterize: shape= applies to counter-addressed noise (Noise or Generator)")
     return Reparameterize.apply(mu, logvar, eps)
@@ -446,14 +446,11 @@ def reparameterize_kl(mu, logvar, noise, samples=None):
 
     def draw(noise):
         return ReparameterizeKL.apply(mu, logvar, noise=noise, samples=samples)
-    if isinstance(noise, Generator):
-        # The Generator takes its draw back when the op refuses mu or logvar (shapes, dtypes,
-        # devices).
-        return noise.use_next_noise(draw)
-    if not isinstance(noise, Noise):
+    if not isinstance(noise, (Generator, Noise)):
         raise TypeError(f"reparameterize_kl: noise must be a minivae.random.Noise or Generator, "
                         f"got {type(noise).__name__}")
-    return draw(noise)
+    # A Generator takes its draw back when the op refuses mu or logvar (shapes, dtypes, devices).
+    return use_noise(noise, draw)
 
 
 kl_normal_std = KLNormalStd.apply
