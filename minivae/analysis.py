@@ -13,8 +13,9 @@ import numpy as np
 from .autograd import tensor
 from .backend import to_device
 from .checks import NON_NEGATIVE, check_integer, check_points, check_ranges
-from .evaluate import as_model_input, evaluating
+from .evaluate import as_model_input
 from .models.base import require
+from .nn import evaluating
 
 # Activity threshold of Burda et al. 2015 (IWAE paper, section 5.2): a latent unit u is active
 # when Cov_x(E_{q(u|x)}[u]) > 1e-2.
@@ -60,7 +61,7 @@ def active_units(mu, threshold=ACTIVE_UNIT_THRESHOLD):
 def encode_dataset(model, x, batch_size=500):
     """(mu, logvar) of ``model.encode`` for every row of ``x``, as float64 NumPy (N, D): the
     Gaussian that ``model.encoded_gaussian`` names (``model.gaussian_encoder``). Runs in eval mode
-    without recording a graph (``minivae.evaluate.evaluating``). ``batch_size`` is an integer of
+    without recording a graph (``minivae.nn.evaluating``). ``batch_size`` is an integer of
     at least 1.
     """
     require(model, "gaussian_encoder", "latent statistics (encode(x) -> (mu, logvar))")

@@ -17,17 +17,17 @@ Every evaluator takes x as an (N, x_dim) array (NumPy or CuPy) or Tensor of inte
 binary images for the log-likelihood to be one (``minivae.data.binarize_eval`` makes them), and
 converts it to the model's float dtype (``as_model_input``).
 """
-import contextlib
 import math
 
 import numpy as np
 
 from . import streams
-from .autograd import Tensor, no_grad, tensor
+from .autograd import Tensor, tensor
 from .backend import get_array_module, to_device
 from .checks import check_integer, check_intensities, plain_array
 from .distributions import check_labels
 from .models.base import require
+from .nn import evaluating
 from .random import Generator, Noise
 
 #: The seed of the evaluation's noise when none is given: every score of a model uses the same draws.
@@ -42,18 +42,6 @@ def logmeanexp(a, axis=0):
     with np.errstate(divide="ignore"):  # an all -inf slice is log(0) = -inf, as it should be
         out = m + xp.log(xp.exp(a - m).mean(axis=axis, keepdims=True))
     return out.squeeze(axis)
-
-
-@contextlib.contextmanager
-def evaluating(model):
-    """Put ``model`` in eval mode with no graph recorded, restoring its mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        with no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def as_model_input(model, x):

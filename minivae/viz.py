@@ -41,9 +41,9 @@ from .backend import to_device
 from .checks import (NON_NEGATIVE, POSITIVE, check_bool, check_float, check_integer, check_points, check_ranges,
                      check_sklearn_seed)
 from .data import binarize_eval, load_mnist
-from .evaluate import evaluating
 from .files import atomic_write
 from .models import VAE
+from .nn import evaluating
 from .random import Generator
 from .runs import load_run, read_metrics
 from .trace import GRAD_PREFIX, RATIO_PREFIX

@@ -55,7 +55,8 @@ import numpy as np
 import pytest
 
 import minivae as mv
-from minivae.evaluate import evaluating, log_likelihood
+from minivae.evaluate import log_likelihood
+from minivae.nn import evaluating
 from minivae.models import build_model
 from minivae.random import Generator
 

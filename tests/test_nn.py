@@ -207,6 +207,18 @@ def test_train_eval_propagate():
     assert all(mod.training for mod in m.modules())
 
 
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluating_runs_in_eval_mode_without_a_graph_and_restores_the_mode(training):
+    m = Block().train(training)
+    with nn.evaluating(m):
+        assert not any(mod.training for mod in m.modules())
+        assert not m(_x()).requires_grad
+    assert all(mod.training == training for mod in m.modules())
+    with pytest.raises(KeyError), nn.evaluating(m):  # restored however the block ends
+        raise KeyError("x")
+    assert all(mod.training == training for mod in m.modules()) and m(_x()).requires_grad
+
 @pytest.mark.parametrize("mode", ["False", "eval", 0, None])
 def test_train_refuses_a_mode_that_is_not_a_bool(mode):
     m = Block().eval()

@@ -20,7 +20,7 @@ import matplotlib.image as mpimg  # noqa: E402
 import minivae as mv  # noqa: E402
 from minivae import viz  # noqa: E402
 from minivae.data import binarize_eval  # noqa: E402
-from minivae.evaluate import evaluating  # noqa: E402
+from minivae.nn import evaluating  # noqa: E402
 from minivae.models import VAE  # noqa: E402
 from minivae.runs import METRICS, PICTURES, TrainConfig, load_run  # noqa: E402
 from minivae.train import Trainer  # noqa: E402

@@ -12,7 +12,6 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..autograd import no_grad
 from ..checks import check_bool, check_integer, check_ranges
 from ..distributions import sample_bernoulli, standard_normal
 from ..backend import get_array_module
@@ -225,16 +224,11 @@ class TopDownGenerator(nn.Module):
         probabilities = check_bool(probabilities, "probabilities")
         check_noise(noise)
         param = next(iter(self.parameters()))
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                z = standard_normal(noise, (n, self.z_dims[-1]), param)
-                for l in reversed(range(len(self.z_dims) - 1)):
-                    z = rsample(*self.prior(l, z), noise)
-                probs = F.sigmoid(self.logits(z)).data
-        finally:
-            self.train(was_training)
+        with nn.evaluating(self):
+            z = standard_normal(noise, (n, self.z_dims[-1]), param)
+            for l in reversed(range(len(self.z_dims) - 1)):
+                z = rsample(*self.prior(l, z), noise)
+            probs = F.sigmoid(self.logits(z)).data
         return probs if probabilities else sample_bernoulli(probs, noise)
 
 

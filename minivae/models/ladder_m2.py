@@ -75,7 +75,6 @@ K * S * B rows (S = ``mc_samples``).
 """
 from .. import functional as F
 from .. import nn
-from ..autograd import no_grad
 from ..checks import check_bool, check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .base import check_noise
@@ -212,14 +211,9 @@ class LadderM2(SemiSupervised):
         probabilities = check_bool(probabilities, "probabilities")
         param = next(iter(self.parameters()))
         y = self.sample_labels(n, labels, param)
-        was_training = self.training
-        self.eval()
-        try:
-            with no_grad():
-                z = standard_normal(noise, (n, self.z_dims[-1]), param)
-                for l in reversed(range(len(self.z_dims) - 1)):
-                    z = rsample(*self.prior(l, z, y), noise)
-                probs = F.sigmoid(self.logits(z, y)).data
-        finally:
-            self.train(was_training)
+        with nn.evaluating(self):
+            z = standard_normal(noise, (n, self.z_dims[-1]), param)
+            for l in reversed(range(len(self.z_dims) - 1)):
+                z = rsample(*self.prior(l, z, y), noise)
+            probs = F.sigmoid(self.logits(z, y)).data
         return probs if probabilities else sample_bernoulli(probs, noise)

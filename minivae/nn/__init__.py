@@ -7,8 +7,8 @@ from . import init
 from .layers import (ACTIVATIONS, ELU, BatchNorm1d, Identity, LeakyReLU, Linear, LinearReLU,
                      ReLU, Sigmoid,
                      Softplus, Tanh, activation)
-from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError
+from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential, StateDictError, evaluating
 
-__all__ = ["init", "Module", "Parameter", "ModuleList", "Sequential", "StateDictError",
+__all__ = ["init", "Module", "Parameter", "ModuleList", "Sequential", "StateDictError", "evaluating",
            "IncompatibleKeys", "Linear", "LinearReLU", "BatchNorm1d", "Identity", "ReLU", "LeakyReLU", "ELU",
            "Tanh", "Sigmoid", "Softplus", "ACTIVATIONS", "activation"]

@@ -10,12 +10,13 @@ A Module owns three registries, filled by plain attribute assignment:
 Names are dotted through the tree (``encoder.0.weight``), as in PyTorch, and ``state_dict`` maps
 those names to NumPy arrays so a model can be saved in an ``.npz`` file without pickle.
 """
+import contextlib
 import operator
 from collections import namedtuple
 
 import numpy as np
 
-from ..autograd import Tensor, _can_unlock
+from ..autograd import Tensor, _can_unlock, no_grad
 from ..backend import device_of, is_array, resolve_device, to_device
 from ..checks import check_bool, check_mapping
 
@@ -451,6 +452,18 @@ class Module:
 #: The attributes every Module sets in ``__init__`` (its registries and ``training``), which a
 #: parameter, buffer or submodule of the same name would replace.
 _MODULE_ATTRIBUTES = frozenset(vars(Module()))
+
+
+@contextlib.contextmanager
+def evaluating(module):
+    """Put ``module`` in eval mode with no graph recorded, restoring its mode afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        with no_grad():
+            yield
+    finally:
+        module.train(was_training)
 
 
 def _can_write(owner, target):
