@@ -610,6 +610,41 @@ def test_leaky_relu_and_elu_refuse_a_parameter_that_is_not_a_number(op, paramete
         op(x, **{parameter: value})
 
 
+@pytest.mark.parametrize("value", [True, False, np.True_, np.array(False)],
+                         ids=["True", "False", "np.True_", "0-d"])
+@pytest.mark.parametrize("op, name", [
+    (lambda x, v: F.leaky_relu(x, slope=v), "leaky_relu: slope"),
+    (lambda x, v: F.elu(x, alpha=v), "elu: alpha"),
+    (lambda x, v: F.clip(x, lo=v), "clip: lo"),
+    (lambda x, v: F.clip(x, -1.0, hi=v), "clip: hi"),
+], ids=["leaky_relu", "elu", "clip lo", "clip hi"])
+def test_number_parameters_of_the_ops_refuse_a_bool(op, name, value):
+    """A bool is an int to Python: a slope True made leaky_relu the identity and a bound True
+    clipped at 1, without a word. NumPy's (np.True_, a 0-d bool array) became Python bools on
+    the way, so 1 or 0 as well."""
+    x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32), requires_grad=True)
+    with pytest.raises(TypeError, match=rf"^{name} must be a real number, got {bool(value)}$"):
+        op(x, value)
+
+
+@pytest.mark.parametrize("power", [lambda x: x ** True, lambda x: x ** False, lambda x: F.pow(x, True)],
+                         ids=["** True", "** False", "pow"])
+def test_pow_refuses_a_bool_exponent(power):
+    """x ** True was x, and x ** False ones. (NumPy's bools, no real numbers to Python, were
+    refused already.)"""
+    with pytest.raises(TypeError, match=r"^pow: the exponent must be a real number, got (True|False)$"):
+        power(mv.tensor(np.array([-1.0, 2.0], np.float32), requires_grad=True))
+
+
+def test_number_parameters_of_the_ops_still_take_integers():
+    x = mv.tensor(np.array([-2.0, 3.0], np.float32))
+    np.testing.assert_array_equal(F.leaky_relu(x, 1).data, [-2.0, 3.0])
+    np.testing.assert_array_equal(F.elu(x, np.int64(0)).data, [0.0, 3.0])
+    np.testing.assert_array_equal(F.clip(x, 0, np.array(1)).data, [0.0, 1.0])
+    np.testing.assert_array_equal((x ** 1).data, [-2.0, 3.0])
+    np.testing.assert_array_equal((x ** 0).data, [1.0, 1.0])
+
+
 def test_clip_still_takes_bounds_per_column():
     x = mv.tensor(np.array([[-1.0, 0.5], [2.0, -3.0]], np.float32), requires_grad=True)
     y = F.clip(x, lo=np.array([0.0, -1.0], np.float32))

@@ -7,7 +7,7 @@ import numbers
 
 from ..autograd import Tensor, tensor
 from ..backend import get_array_module
-from ..checks import plain_array
+from ..checks import check_real, plain_array
 from ..function import Function, compute_dtype
 
 
@@ -391,33 +391,36 @@ log_sigmoid = LogSigmoid.apply
 
 
 def pow(x, exponent):  # noqa: A001 - the public name matches NumPy's
-    """x ** exponent for a constant real number ``exponent``, a Python or NumPy scalar (see ``Pow``)."""
+    """x ** exponent for a constant real number ``exponent``, a Python or NumPy scalar but not a
+    bool (see ``Pow``)."""
     if not isinstance(exponent, numbers.Real):
         raise TypeError(f"pow: the exponent must be a real Python or NumPy number, got "
                         f"{type(exponent).__name__}; for a tensor exponent write exp(b * log(x))")
-    return Pow.apply(x, exponent=_python_number(exponent))
+    return Pow.apply(x, exponent=_python_number(exponent, "pow: the exponent"))
 
 
-def _python_number(value):
+def _python_number(value, name):
     """``value`` as a Python int or float when it is a number: a Python or NumPy scalar, or a 0-d
     array (NumPy's own stand-in for a scalar); None when it is anything else (an array with axes,
-    a Tensor, ...), for the caller to refuse or take as it is.
+    a Tensor, ...), for the caller to refuse or take as it is. A bool (Python's, NumPy's or a 0-d
+    bool array) is refused by ``check_real``, a TypeError naming ``name``: to Python it is the
+    int 1 or 0, so ``x ** True`` would be x and a slope True the identity, without a word.
 
     Why: under NumPy's promotion rules a NumPy float64 or int64 scalar, or a 0-d float64 array,
     makes a float32 result float64, while a Python number adopts the array's dtype.
     """
     if getattr(value, "ndim", None) == 0 and not isinstance(value, Tensor):
         value = value.item()
-    if isinstance(value, numbers.Integral):
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
-    return float(value) if isinstance(value, numbers.Real) else None
+    return check_real(value, name) if isinstance(value, numbers.Real) else None
 
 
 def _number_parameter(value, op, name):
     """The constant parameter ``name`` of ``op`` as a Python number (see ``_python_number``). A
     Tensor is refused (no gradient reaches the parameter), and so is an array with axes (the op
     takes one value, not one per element)."""
-    number = _python_number(value)
+    number = _python_number(value, f"{op}: {name}")
     if number is None:
         shape = f" of shape {value.shape}" if hasattr(value, "shape") else ""
         raise TypeError(f"{op}: {name} must be a number, got {type(value).__name__}{shape}")
@@ -425,22 +428,22 @@ def _number_parameter(value, op, name):
 
 
 def leaky_relu(x, slope=0.01):
-    """Leaky ReLU with negative-side slope ``slope``, a number (see ``LeakyRelu``)."""
+    """Leaky ReLU with negative-side slope ``slope``, a number but not a bool (see ``LeakyRelu``)."""
     return LeakyRelu.apply(x, slope=_number_parameter(slope, "leaky_relu", "slope"))
 
 
 def elu(x, alpha=1.0):
-    """ELU with saturation ``-alpha``, a number (see ``Elu``)."""
+    """ELU with saturation ``-alpha``, a number but not a bool (see ``Elu``)."""
     return Elu.apply(x, alpha=_number_parameter(alpha, "elu", "alpha"))
 
 
 def clip(x, lo=None, hi=None):
     """Clamp ``x`` into [lo, hi] (see ``Clip``).
 
-    Each bound is None, a number (a 0-d array counts as one), or an array that broadcasts with
-    ``x`` (per-column bounds, say), on ``x``'s device and of the dtype clip computes in: ``x``'s,
-    or the default dtype for an integer ``x``. Bounds are constants (no gradient
-    reaches them); for a bound that needs one, write ``where(x < lo, lo, x)``.
+    Each bound is None, a number (a 0-d array counts as one; a bool does not), or an array that
+    broadcasts with ``x`` (per-column bounds, say), on ``x``'s device and of the dtype clip
+    computes in: ``x``'s, or the default dtype for an integer ``x``. Bounds are constants (no
+    gradient reaches them); for a bound that needs one, write ``where(x < lo, lo, x)``.
     """
     x = x if isinstance(x, Tensor) else tensor(x)  # as Clip.apply would make it
     return Clip.apply(x, lo=_clip_bound(x, lo, "lo"), hi=_clip_bound(x, hi, "hi"))
@@ -460,7 +463,7 @@ def _clip_bound(x, bound, name):
     # As an operand's: the bound is no operand, so Function.apply never sees it, and a matrix
     # bound made clip's result a matrix (its ``*`` a matrix product), a masked one a masked array
     bound = plain_array(bound, f"clip: {name}")
-    number = _python_number(bound)
+    number = _python_number(bound, f"clip: {name}")
     if number is not None:
         return number
     array_type = type(x.data)
