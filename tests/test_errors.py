@@ -366,10 +366,18 @@ def test_transpose_axis_out_of_range_names_axis_and_ndim(axes):
     (lambda x: x.reshape(3, 4.0), r"reshape: shape must be an integer or a sequence of integers, got \(3, 4.0\)"),
     (lambda x: F.broadcast_to(x, "34"), "broadcast_to: shape must be an integer or a sequence of integers, got '34'"),
     (lambda x: F.transpose(x, 0), "transpose: axes must be None or a tuple of every axis, got 0"),
-], ids=["None", "float", "float in a tuple", "string", "one axis"])
+    (lambda x: F.reshape(x[0, 0], True),
+     "reshape: shape must be an integer or a sequence of integers, got True"),
+    (lambda x: x.reshape(12, True),
+     r"reshape: shape must be an integer or a sequence of integers, got \(12, True\)"),
+    (lambda x: F.broadcast_to(x, [True, 3, 4]),
+     r"broadcast_to: shape must be an integer or a sequence of integers, got \[True, 3, 4\]"),
+], ids=["None", "float", "float in a tuple", "string", "one axis", "bool", "bool in a tuple",
+        "bool in a list"])
 def test_shapes_and_axes_of_the_wrong_type_name_the_op(call, message):
     # Before: NumPy's "'NoneType' object is not iterable" or "'float' object cannot be
-    # interpreted as an integer", naming no op; a string was read as the shape (3, 4).
+    # interpreted as an integer", naming no op; a string was read as the shape (3, 4), and a
+    # bool, an int to Python, as a size of 1 or 0 (NumPy refuses a bool in a shape).
     with pytest.raises(TypeError, match=f"^{message}$"):
         call(ones(3, 4))
     assert F.reshape(ones(3, 4), np.int64(12)).shape == (12,)  # one integer is a 1-D shape
