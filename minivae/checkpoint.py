@@ -7,6 +7,7 @@ same folder and moved over the old one with ``os.replace``, so an interruption l
 old or the new checkpoint, never half of one.
 """
 import json
+import math
 import tokenize
 import zipfile
 import zlib
@@ -74,6 +75,8 @@ def load(path):
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: it is not a checkpoint "
                               "(an .npz zip archive), or only the start of one")
     try:
+        with zipfile.ZipFile(path) as archive:
+            _check_array_sizes(path, archive)
         with np.load(path, allow_pickle=False) as f:
             arrays = {name: f[name] for name in f.files}
         if META_KEY not in arrays:
@@ -87,6 +90,51 @@ def load(path):
             zipfile.BadZipFile, tokenize.TokenError, zlib.error) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {exc}") from exc
     return arrays, meta
+
+
+def _check_array_sizes(path, archive):
+    """Refuse (CheckpointError naming ``path``) a member of the checkpoint's zip ``archive`` whose
+    .npy header describes another number of bytes than the member holds, counted by reading it a
+    chunk at a time.
+
+    np.load allocates the array that a header describes before it reads a byte of its data (the
+    zip's CRC is checked only once the data is read), so a damaged or crafted header of shape
+    (10**12,) raised MemoryError, naming no file. Nor can the size that the zip's directory gives
+    a member be compared instead: it too is checked only as the member is read.
+    """
+    for info in archive.infolist():
+        with archive.open(info) as member:
+            header = _npy_header(member)
+            # No .npy file: np.load gives its bytes as they are; pickled objects: np.load refuses
+            # them by name (allow_pickle=False), and their bytes are no array's anyway.
+            if header is None or header[1].hasobject:
+                continue
+            shape, dtype = header
+            held = 0
+            while chunk := member.read(1 << 20):
+                held += len(chunk)
+        described = math.prod(shape) * dtype.itemsize
+        if held != described:
+            raise CheckpointError(f"checkpoint {path} is unreadable or corrupt: {info.filename} describes an "
+                                  f"array of shape {shape} and dtype {dtype} ({described} bytes) but holds "
+                                  f"{held} bytes")
+
+
+def _npy_header(member):
+    """(shape, dtype) of the .npy header that ``member`` (a file open at its start) begins with,
+    leaving it at the array's data; None for a member that is no .npy file."""
+    prefix = np.lib.format.MAGIC_PREFIX
+    if member.read(len(prefix)) != prefix:
+        return None
+    member.seek(0)  # read_magic reads the prefix again, and the version after it
+    version = np.lib.format.read_magic(member)
+    # Version 3.0 differs from 2.0 only in the header's text encoding (UTF-8, for field names),
+    # which changes no size; np.load refuses the versions after it.
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+    else:
+        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+    return shape, dtype
 
 
 def split_prefix(arrays, prefix):

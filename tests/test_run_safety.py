@@ -500,6 +500,83 @@ def test_a_damaged_compressed_checkpoint_is_named_as_corrupt(tmp_path):
         checkpoint.load(path)
 
 
+def _checkpoint_with_member(path, shape, data, method=zipfile.ZIP_STORED, directory_size=None):
+    """Write at ``path`` a checkpoint whose array ``w`` is a float64 .npy header of ``shape``
+    followed by the bytes ``data`` (whatever their number), its member compressed by ``method``;
+    ``directory_size``, when given, is written into the zip's directory as the member's size."""
+    from io import BytesIO
+
+    header = BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    meta = BytesIO()
+    np.lib.format.write_array(meta, np.array(json.dumps({"epoch": 1})))
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        archive.writestr("w.npy", header.getvalue() + data)
+        archive.writestr(checkpoint.META_KEY + ".npy", meta.getvalue())
+    if directory_size is not None:
+        raw = bytearray(path.read_bytes())
+        entry = raw.index(b"PK\x01\x02")  # the directory's entry of w.npy, the first member
+        raw[entry + 24:entry + 28] = struct.pack("<I", len(header.getvalue()) + directory_size)
+        path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("shape, data, held", [
+    ((2**40,), np.arange(2.0).tobytes(), 16),  # 8 TiB described
+    ((5, 5), np.arange(30.0).tobytes(), 240),  # fewer described: np.load read the first 25 values
+], ids=["more", "fewer"])
+def test_a_checkpoint_array_is_refused_when_its_header_describes_other_bytes_than_it_holds(
+        tmp_path, shape, data, held):
+    """np.load allocates the array a header describes before it reads its data (and the zip's CRC
+    once it has read it): a damaged or crafted header of shape (2**40,) raised MemoryError,
+    naming no file, and one of a smaller shape loaded the first values as the array."""
+    path = tmp_path / CHECKPOINT
+    _checkpoint_with_member(path, shape, data)
+    described = 8 * int(np.prod(shape))
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(
+            f"checkpoint {path} is unreadable or corrupt: w.npy describes an array of shape {shape} "
+            f"and dtype float64 ({described} bytes) but holds {held} bytes")):
+        checkpoint.load(path)
+
+
+def test_a_checkpoint_array_is_refused_unread_when_the_zip_directory_agrees_with_its_header(tmp_path):
+    """The size the zip's directory gives a compressed member is checked only as the member is
+    read: a header of 800 MB that the directory agrees with had np.load allocate them (and fail
+    to read them). Counting the member's bytes a chunk at a time allocates no such array."""
+    import tracemalloc
+
+    path = tmp_path / CHECKPOINT
+    _checkpoint_with_member(path, (10**8,), np.arange(2.0).tobytes(), zipfile.ZIP_DEFLATED,
+                            directory_size=8 * 10**8)
+    with zipfile.ZipFile(path) as archive:
+        assert archive.getinfo("w.npy").file_size > 8 * 10**8
+    tracemalloc.start()
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(
+                f"checkpoint {path} is unreadable or corrupt: w.npy describes an array of shape (100000000,) "
+                "and dtype float64 (800000000 bytes) but holds 16 bytes")):
+            checkpoint.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 * 2**20, peak
+
+
+def test_a_checkpoint_still_loads_whatever_its_arrays(tmp_path):
+    """Every array of a checkpoint passes the size check: empty, 0-d, strings, Fortran order,
+    compressed (as np.savez_compressed writes)."""
+    arrays = {"empty": np.zeros((0, 3)), "scalar": np.array(2.5), "text": np.array(["ab", "cde"]),
+              "fortran": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "ints": np.arange(5, dtype=np.int8)}
+    path = tmp_path / CHECKPOINT
+    checkpoint.save(path, arrays, {"epoch": 1})
+    compressed = tmp_path / "compressed.npz"
+    np.savez_compressed(compressed, **arrays, **{checkpoint.META_KEY: np.array(json.dumps({"epoch": 1}))})
+    for written in (path, compressed):
+        loaded, meta = checkpoint.load(written)
+        assert meta == {"epoch": 1} and sorted(loaded) == sorted(arrays)
+        for name, array in arrays.items():
+            np.testing.assert_array_equal(loaded[name], array)
+
+
 def test_split_prefix_takes_the_names_that_begin_with_the_prefix_only():
     arrays = {"optim/m": 1, "model/optim/x": 2, "optim/v": 3, "optim": 4}
     assert checkpoint.split_prefix(arrays, "optim/") == {"m": 1, "v": 3}
