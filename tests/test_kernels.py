@@ -2146,11 +2146,23 @@ def test_the_gpu_draws_check_their_address_and_shape_as_the_cpu_draws(fake_gpu, 
 
 
 class _HugeArray:
-    """A stand-in for a CuPy array of 5 * 2**32 float32 elements, (2**32, 5), C-contiguous: what
-    the launch wrappers read of an array before allocating their outputs, and no memory."""
-    shape, ndim, dtype = (2**32, 5), 2, np.dtype(np.float32)
-    size = 5 * 2**32
-    flags = types.SimpleNamespace(c_contiguous=True)
+    """A stand-in for a C-contiguous float32 CuPy array of ``shape``, (2**32, 5) unless given:
+    what the launch wrappers read of an array before allocating their outputs, and no memory."""
+    dtype, flags = np.dtype(np.float32), types.SimpleNamespace(c_contiguous=True)
+
+    def __init__(self, shape=(2**32, 5)):
+        self.shape, self.ndim, self.size = shape, len(shape), math.prod(shape)
+
+
+def _forbid_allocation(K, monkeypatch):
+    """Let the wrappers of ``K`` take ``_HugeArray`` stand-ins for CuPy arrays, and fail the test
+    when they allocate an output."""
+    def no_allocation(*args, **kwargs):
+        raise AssertionError("an output was allocated")
+
+    monkeypatch.setattr(K.cp, "ndarray", _HugeArray)
+    monkeypatch.setattr(K.cp, "empty", no_allocation)
+    monkeypatch.setattr(K.cp, "empty_like", no_allocation)
 
 
 @pytest.mark.parametrize("launch", [
@@ -2165,14 +2177,34 @@ def test_the_reparameterization_wrappers_refuse_more_elements_than_a_draw_holds(
     32-bit counter word), so the wrappers refuse larger arrays before allocating their outputs.
     The arrays are stand-ins (``_HugeArray``), and an allocation of the outputs fails the test."""
     K, calls = fake_gpu
-
-    def no_allocation(*args, **kwargs):
-        raise AssertionError("the output of a draw past 2**34 elements was allocated")
-
-    monkeypatch.setattr(K.cp, "ndarray", _HugeArray)
-    monkeypatch.setattr(K.cp, "empty", no_allocation)
-    monkeypatch.setattr(K.cp, "empty_like", no_allocation)
+    _forbid_allocation(K, monkeypatch)
     with pytest.raises(ValueError, match=r"^a draw holds at most 2\*\*34 elements, asked for elements "
                                          r"\[0, 21474836480\)$"):
         launch(K, _HugeArray())
+    assert not calls
+
+
+@pytest.mark.parametrize("launch, shape, name, what", [
+    (lambda K, big: K.bias_grad(big), lambda n: (3, n), "g", "columns"),
+    (lambda K, big: K.bias_grad(big, big), lambda n: (3, n), "g", "columns"),
+    (lambda K, big: K.logsumexp_forward(big), lambda n: (3, n), "x", "columns"),
+    (lambda K, big: K.log_softmax_forward(big), lambda n: (n, 10), "x", "rows"),
+    (lambda K, big: K.log_softmax_backward(big, big), lambda n: (n, 10), "out", "rows"),
+], ids=["bias_grad", "bias_grad behind a relu", "logsumexp_forward", "log_softmax_forward",
+        "log_softmax_backward"])
+def test_the_column_reductions_refuse_more_columns_than_one_grid_holds(
+        fake_gpu, monkeypatch, launch, shape, name, what):
+    """A column reduction takes a block per 8 columns (the rows of a log-softmax) and has no
+    grid-stride loop, so more than 8 (2**31 - 1) columns asked for a grid past CUDA's 2**31 - 1
+    blocks, which CUDA refuses at the launch with an error naming neither the wrapper nor the
+    size. They are refused by name before the outputs are allocated; one column fewer reaches
+    the allocation."""
+    K, calls = fake_gpu
+    _forbid_allocation(K, monkeypatch)
+    most = 8 * (2**31 - 1)
+    with pytest.raises(ValueError, match=rf"^{name}: one launch takes at most {most} {what} \(8 per "
+                                         rf"block, 2\*\*31 - 1 blocks\), got {most + 1}$"):
+        launch(K, _HugeArray(shape(most + 1)))
+    with pytest.raises(AssertionError, match="an output was allocated"):
+        launch(K, _HugeArray(shape(most)))
     assert not calls

@@ -199,10 +199,20 @@ def _rows(x):
 
 
 COLUMNS = 8  # MV_COLUMNS in kernels/chunks.cuh: the columns a block of a column reduction takes
+#: The most columns one launch of a column reduction takes: a block per COLUMNS of them (its
+#: kernels have no grid-stride loop), in a grid of at most 2**31 - 1 blocks, CUDA's limit.
+MAX_COLUMNS = COLUMNS * (2**31 - 1)
 
 
-def _column_launch(N):
-    """(grid, block) of a column reduction over N columns: a block per MV_COLUMNS of them."""
+def _column_launch(N, name, what="columns"):
+    """(grid, block) of a column reduction over N columns: a block per MV_COLUMNS of them.
+
+    More than MAX_COLUMNS are refused (ValueError naming the array ``name`` and ``what`` its
+    columns are), before the caller allocates anything: CUDA refuses their grid only at the
+    launch, with an error that names neither."""
+    if N > MAX_COLUMNS:
+        raise ValueError(f"{name}: one launch takes at most {MAX_COLUMNS} {what} ({COLUMNS} per block, "
+                         f"2**31 - 1 blocks), got {N}")
     return (-(-N // COLUMNS),), (BLOCK,)
 
 
@@ -508,15 +518,16 @@ def bias_grad(g, y=None):
     g = _float_array(g, "g")
     if g.ndim == 0:
         raise ValueError("g: rows of at least one dimension, got a 0-d array")
+    R, N, _ = _rows(g)
+    launch = _column_launch(N, "g")
     d = g
     if y is not None:
         y = _same(g, y, "y")
         d = cp.empty_like(g)
-    R, N, _ = _rows(g)
     db = cp.empty(N, dtype=g.dtype)
     if N:
         get_function("mv_bias_grad", g.dtype)(
-            *_column_launch(N),
+            *launch,
             (g, _NULL if y is None else y, _NULL if y is None else d, db, np.int64(R), np.int64(N)))
     return d, db
 
@@ -541,11 +552,12 @@ def logsumexp_forward(x):
     R, N = _columns(x)
     if R == 0:
         raise ValueError("x: a log-sum-exp over an empty axis (zero rows) has no maximum")
+    launch = _column_launch(N, "x")
     out = cp.empty(x.shape[1:], dtype=x.dtype)
     shift, log_sum = cp.empty_like(out), cp.empty_like(out)
     if N:
         get_function("mv_logsumexp_fwd", x.dtype)(
-            *_column_launch(N), (x, out, shift, log_sum, np.int64(R), np.int64(N)))
+            *launch, (x, out, shift, log_sum, np.int64(R), np.int64(N)))
     return out, shift, log_sum
 
 
@@ -576,9 +588,10 @@ def log_softmax_forward(x):
     B, C, _ = _rows(x)  # (the classes of each row are the row op's last axis)
     if C == 0:
         raise ValueError("x: a log-softmax over an empty last axis (no classes) has no maximum")
+    launch = _column_launch(B, "x", "rows")
     out = cp.empty_like(x)
     if B:
-        get_function("mv_log_softmax_fwd", x.dtype)(*_column_launch(B), (x, out, np.int64(B), np.int64(C)))
+        get_function("mv_log_softmax_fwd", x.dtype)(*launch, (x, out, np.int64(B), np.int64(C)))
     return out
 
 
@@ -588,9 +601,10 @@ def log_softmax_backward(g, out):
     out = _float_array(out, "out")
     g = _same(out, g, "g")
     B, C, _ = _rows(out)
+    launch = _column_launch(B, "out", "rows")
     d = cp.empty_like(out)
     if B and C:
-        get_function("mv_log_softmax_bwd", out.dtype)(*_column_launch(B), (g, out, d, np.int64(B), np.int64(C)))
+        get_function("mv_log_softmax_bwd", out.dtype)(*launch, (g, out, d, np.int64(B), np.int64(C)))
     return d
 
 
