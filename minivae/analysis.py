@@ -13,7 +13,7 @@ import numpy as np
 from .autograd import tensor
 from .backend import to_device
 from .checks import NON_NEGATIVE, check_integer, check_points, check_ranges
-from .evaluate import as_model_input
+from .evaluate import as_model_input, host_array
 from .models.base import require
 from .nn import evaluating
 
@@ -29,10 +29,10 @@ def kl_per_dimension(mu, logvar):
     diagonal Gaussian against the standard normal); the sum over d of the result is the mean
     KL(q(z | x) || N(0, I)), the ELBO's KL term when q is a VAE's posterior. A dimension with
     KL near 0 carries no information about x (posterior collapse). ``mu`` and ``logvar`` are
-    (N, D) arrays (NumPy, or anything ``np.asarray`` takes).
+    (N, D) arrays (NumPy or CuPy, a Tensor, or anything ``np.asarray`` takes: ``host_array``).
     """
-    mu = np.asarray(mu, dtype=np.float64)
-    logvar = np.asarray(logvar, dtype=np.float64)
+    mu = np.asarray(host_array(mu, "mu"), dtype=np.float64)
+    logvar = np.asarray(host_array(logvar, "logvar"), dtype=np.float64)
     if mu.shape != logvar.shape or mu.ndim != 2 or len(mu) == 0:
         raise ValueError(f"mu and logvar must both be (N, D) with N >= 1, got {mu.shape} and {logvar.shape}")
     return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
@@ -41,10 +41,11 @@ def kl_per_dimension(mu, logvar):
 def latent_activity(mu):
     """Per-dimension activity Cov_x(E_q[z_d | x]) of Burda et al. 2015, shape (D,).
 
-    ``mu`` is the (N, D) matrix of posterior means over a data set; the activity of dimension d is
-    the variance of column d over the examples (normalized by N, the population variance).
+    ``mu`` is the (N, D) matrix of posterior means over a data set (NumPy or CuPy, a Tensor, or
+    anything ``np.asarray`` takes: ``host_array``); the activity of dimension d is the variance
+    of column d over the examples (normalized by N, the population variance).
     """
-    mu = np.asarray(mu, dtype=np.float64)
+    mu = np.asarray(host_array(mu, "mu"), dtype=np.float64)
     check_points(mu, "mu")  # over no examples: NaN, and no unit active
     return mu.var(axis=0)
 

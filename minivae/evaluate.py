@@ -44,18 +44,26 @@ def logmeanexp(a, axis=0):
     return out.squeeze(axis)
 
 
+def host_array(x, name):
+    """``x`` (a NumPy or CuPy array, a Tensor, or anything ``np.asarray`` takes) as a NumPy array
+    on the host: a Tensor's data is taken, and an array on the GPU is copied to the host (NumPy
+    cannot read a CuPy array: CuPy refuses with a TypeError; nor a Tensor, which it would read as
+    a sequence, one indexing op per element, failing on a shape error). A masked array is refused
+    and an np.matrix made plain (``plain_array``, naming ``name``)."""
+    return to_device(x.data if isinstance(x, Tensor) else plain_array(x, name), "cpu")
+
+
 def as_model_input(model, x):
     """``x`` checked and converted once per call of an evaluator: a NumPy (B, ``model.x_dim``)
     array, B >= 1, of intensities in [0, 1] (``check_intensities``), in the model's float dtype.
     A Tensor's data is taken, and images on the GPU are brought to the host, as the labels are
-    (NumPy cannot read a CuPy array: CuPy refuses with a TypeError).
+    (``host_array``).
 
     A single image (x_dim,) would otherwise be taken as x_dim examples of one pixel and a
     (B, 28, 28) batch fail deep inside an op; uint8 pixels 0..255 would be scored as if they
-    were bits; and the ops refuse to mix float32 images with a float64 model. NumPy would read a
-    Tensor as a sequence, one indexing op per element, into an array of dtype object.
+    were bits; and the ops refuse to mix float32 images with a float64 model.
     """
-    x = to_device(x.data if isinstance(x, Tensor) else plain_array(x, "x"), "cpu")
+    x = host_array(x, "x")
     if x.ndim != 2 or x.shape[1] != model.x_dim:
         hint = ("" if x.ndim == 2 else
                 "; reshape one image with x.reshape(1, -1), a batch of images with x.reshape(len(x), -1)")
@@ -176,9 +184,8 @@ def _host_labels(model, labels, n):
     """``labels`` for ``n`` examples as a NumPy array of class indices of ``model``, checked
     (``check_labels``). Labels on the GPU are brought to the host first: ``check_labels`` would
     not read their values there, and the evaluation compares them with the predictions on the
-    host anyway."""
-    labels = labels.data if isinstance(labels, Tensor) else labels
-    return check_labels(to_device(labels, "cpu"), model.num_classes, n=n)
+    host anyway (``host_array``)."""
+    return check_labels(host_array(labels, "labels"), model.num_classes, n=n)
 
 
 def classification_error(model, x, labels, batch_size=500):

@@ -41,6 +41,7 @@ from .backend import to_device
 from .checks import (NON_NEGATIVE, POSITIVE, check_bool, check_float, check_integer, check_points, check_ranges,
                      check_sklearn_seed)
 from .data import binarize_eval, load_mnist
+from .evaluate import host_array
 from .files import atomic_write
 from .models import VAE
 from .nn import evaluating
@@ -72,9 +73,10 @@ def pca_2d(points):
 
     Returns ``(projected (N, 2), explained variance ratio (2,))``. With D == 1 the second
     coordinate is zero. The sign of each component is fixed (largest loading positive) so the
-    picture does not flip between runs of the same model. ``points`` must be finite, N >= 1.
+    picture does not flip between runs of the same model. ``points`` must be finite, N >= 1:
+    NumPy or CuPy, a Tensor, or anything ``np.asarray`` takes (``host_array``).
     """
-    x = np.asarray(points, dtype=np.float64)
+    x = np.asarray(host_array(points, "points"), dtype=np.float64)
     check_points(x, "points")
     if not np.isfinite(x).all():  # else the SVD fails to converge, naming nothing
         raise ValueError("points contain NaN or infinite values (a diverged model's latent means?)")
@@ -98,9 +100,9 @@ def pca_2d(points):
 # ----- image grids -----------------------------------------------------------------------------
 
 def _as_images(images):
-    """(N, 784) or (N, H, W) array-like (NumPy or CuPy) -> float (N, H, W) NumPy array."""
-    # to_device copies CuPy arrays to the host and leaves NumPy arrays and lists as they are.
-    x = np.asarray(to_device(images, "cpu"), dtype=np.float64)
+    """(N, 784) or (N, H, W) array-like (NumPy or CuPy, or a Tensor: ``host_array``) -> float
+    (N, H, W) NumPy array."""
+    x = np.asarray(host_array(images, "images"), dtype=np.float64)
     if x.ndim == 2:
         side = math.isqrt(x.shape[1])
         if side * side != x.shape[1]:

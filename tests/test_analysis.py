@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from minivae import analysis
+from minivae import analysis, tensor
+from test_clustering import _DeviceArray
 
 
 def test_kl_per_dimension_by_hand():
@@ -41,6 +42,27 @@ def test_active_units_by_hand():
     assert analysis.active_units(mu) == 2                     # 1.0 and 0.04 exceed 1e-2
     assert analysis.active_units(mu, threshold=1e-3) == 3
     assert analysis.active_units(mu, threshold=2.0) == 0
+
+
+@pytest.mark.parametrize("wrap", [_DeviceArray, tensor], ids=["gpu array", "tensor"])
+def test_the_latent_statistics_take_arrays_on_the_gpu_and_tensors(rng, wrap):
+    """A model on the GPU gives CuPy means and log-variances, which NumPy cannot read (CuPy
+    refuses with a TypeError), and NumPy read a Tensor as a sequence of tensors, failing with
+    "setting an array element with a sequence": both are brought to the host."""
+    mu, logvar = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    np.testing.assert_array_equal(analysis.kl_per_dimension(wrap(mu), wrap(logvar)),
+                                  analysis.kl_per_dimension(mu, logvar))
+    np.testing.assert_array_equal(analysis.latent_activity(wrap(mu)), analysis.latent_activity(mu))
+    assert analysis.active_units(wrap(mu), threshold=0.5) == analysis.active_units(mu, threshold=0.5)
+
+
+def test_the_latent_statistics_refuse_a_masked_array():
+    """np.asarray dropped the mask: the numbers under it were counted as means."""
+    mu = np.ma.masked_array(np.ones((2, 2)), mask=[[False, True], [False, False]])
+    with pytest.raises(TypeError, match="^mu is a masked array"):
+        analysis.latent_activity(mu)
+    with pytest.raises(TypeError, match="^logvar is a masked array"):
+        analysis.kl_per_dimension(mu.data, mu)
 
 
 @pytest.mark.parametrize("name, options", [

@@ -24,6 +24,7 @@ from minivae.nn import evaluating  # noqa: E402
 from minivae.models import VAE  # noqa: E402
 from minivae.runs import METRICS, PICTURES, TrainConfig, load_run  # noqa: E402
 from minivae.train import Trainer  # noqa: E402
+from test_clustering import _DeviceArray  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -225,6 +226,17 @@ def test_pca_2d_turns_each_direction_so_its_largest_loading_is_positive(rng):
 def test_pca_2d_refuses_points_it_cannot_project(points, match):
     with pytest.raises(ValueError, match=match):
         viz.pca_2d(points)
+
+
+@pytest.mark.parametrize("wrap", [_DeviceArray, mv.tensor], ids=["gpu array", "tensor"])
+def test_pca_2d_and_the_image_grids_take_arrays_on_the_gpu_and_tensors(rng, wrap):
+    """NumPy cannot read a CuPy array (CuPy refuses with a TypeError), and it read a Tensor as a
+    sequence of tensors, failing with "setting an array element with a sequence": pca_2d failed
+    on both, the image grids on a Tensor. Both are brought to the host."""
+    points, images = rng.normal(size=(6, 3)), rng.random((4, 9))
+    for got, want in zip(viz.pca_2d(wrap(points)), viz.pca_2d(points)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(viz.tile_images(wrap(images)), viz.tile_images(images))
 
 
 def test_pca_2d_of_one_point_or_identical_points_is_the_origin():
