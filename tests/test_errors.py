@@ -330,6 +330,16 @@ def test_batch_norm_refuses_the_settings_batchnorm1d_refuses(training, setting, 
     np.testing.assert_array_equal(running_var, [1.0, 1.0])
 
 
+@pytest.mark.parametrize("training", ["no", 0.0, None, np.array(True)])
+def test_batch_norm_refuses_a_training_switch_that_is_no_bool(training):
+    # Before: read by its truth, so "no" trained (and moved the running statistics), 0.0 evaluated.
+    running_mean = np.zeros(2)
+    with pytest.raises(TypeError, match=rf"^batch_norm: training must be True or False, got {re.escape(repr(training))}$"):
+        F.batch_norm(Tensor(np.array([[1.0, 2.0], [3.0, 5.0]])), running_mean=running_mean,
+                     running_var=np.ones(2), training=training)
+    np.testing.assert_array_equal(running_mean, [0.0, 0.0])
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_refuses_running_statistics_that_are_no_arrays(training):
     # Before: Tensors were taken, and in training mode left as they were without a word (the

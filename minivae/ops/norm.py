@@ -1,7 +1,7 @@
 """Normalization: batch normalization over the batch axis (training mode as one fused op)."""
 from ..autograd import Tensor
 from ..backend import get_array_module, is_array
-from ..checks import FRACTION, POSITIVE, check_ranges
+from ..checks import FRACTION, POSITIVE, check_bool, check_ranges
 from ..function import Function
 from .elementwise import add, mul, sub
 
@@ -133,6 +133,7 @@ def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, t
             raise TypeError(f"batch_norm: {name} must be a NumPy or CuPy array (updated in place "
                             f"in training mode), got {type(stat).__name__}")
     check_ranges(batch_norm, SETTING_RANGES, eps=eps, momentum=momentum)
+    training = check_bool(training, "batch_norm: training")  # "no" would train, 0.0 evaluate
     eps, momentum = float(eps), float(momentum)  # a NumPy float64 would make float32 statistics float64
     if training:
         params = (x,) if weight is None else (x, weight, bias)
