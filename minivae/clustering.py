@@ -21,8 +21,8 @@ for the other latent statistics (``minivae.analysis``).
 import numpy as np
 
 from .analysis import encode_dataset
-from .backend import to_device
 from .checks import check_integer, check_points, check_sklearn_seed
+from .evaluate import host_array
 
 
 def _require_sklearn():
@@ -37,10 +37,10 @@ def _require_sklearn():
 
 
 def _integer_labels(values, name, n=None):
-    """``values`` (NumPy, CuPy or a list) as an integer NumPy array of one label per point, shape
-    (N,) with N >= 1 (N = ``n`` when given): ValueError for another shape, TypeError for labels
-    that are no integers."""
-    values = to_device(values, "cpu")  # scikit-learn and scipy count on the host
+    """``values`` (NumPy, CuPy, a Tensor or a list: ``host_array``) as an integer NumPy array of
+    one label per point, shape (N,) with N >= 1 (N = ``n`` when given): ValueError for another
+    shape, TypeError for labels that are no integers."""
+    values = host_array(values, name)  # scikit-learn and scipy count on the host
     if values.ndim != 1 or len(values) == 0 or (n is not None and len(values) != n):
         want = "(N,) with N >= 1" if n is None else f"({n},)"
         raise ValueError(f"{name} must hold one label per point, shape {want}; got shape {values.shape}")
@@ -64,12 +64,12 @@ def _check_n_clusters(n_clusters, n):
 
 
 def kmeans(points, n_clusters=10, seed=0):
-    """The cluster (0 .. n_clusters - 1) of each of the (N, D) ``points`` (NumPy or CuPy), a NumPy
-    array of shape (N,), by scikit-learn's KMeans (k-means++ starts, the best of 10 runs), seeded
-    by ``seed``. ``n_clusters`` is an integer from 1 to N."""
+    """The cluster (0 .. n_clusters - 1) of each of the (N, D) ``points`` (NumPy or CuPy, or a
+    Tensor: ``host_array``), a NumPy array of shape (N,), by scikit-learn's KMeans (k-means++
+    starts, the best of 10 runs), seeded by ``seed``. ``n_clusters`` is an integer from 1 to N."""
     KMeans, _, _ = _require_sklearn()
     # scikit-learn runs on the host: a CuPy array is copied there, not refused by np.asarray.
-    points = np.asarray(to_device(points, "cpu"), dtype=np.float64)
+    points = np.asarray(host_array(points, "points"), dtype=np.float64)
     check_points(points, "points")
     n_clusters = _check_n_clusters(n_clusters, len(points))
     seed = check_sklearn_seed(seed)

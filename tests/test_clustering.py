@@ -10,6 +10,7 @@ import types
 import numpy as np
 import pytest
 
+import minivae as mv
 import minivae.data
 from minivae import clustering
 from minivae.cli import main
@@ -121,6 +122,19 @@ def test_kmeans_and_the_scores_take_arrays_on_the_gpu():
         clustering.clustering_scores(labels, clusters)
     assert clustering.cluster_accuracy(_DeviceArray(labels), _DeviceArray(clusters)) == 1.0
 
+
+
+def test_kmeans_and_the_scores_take_tensors_and_refuse_masked_arrays():
+    """A model's means as a Tensor are read by their data (NumPy read a Tensor as a sequence of
+    0-d Tensors and failed); a masked array is refused by name rather than read under its mask."""
+    pytest.importorskip("sklearn")
+    points, labels = blobs()
+    clusters = clustering.kmeans(mv.tensor(points), n_clusters=3, seed=4)
+    np.testing.assert_array_equal(clusters, clustering.kmeans(points, n_clusters=3, seed=4))
+    assert clustering.clustering_scores(mv.tensor(labels), mv.tensor(clusters)) == \
+        clustering.clustering_scores(labels, clusters)
+    with pytest.raises(TypeError, match=r"^labels.*masked"):
+        clustering.cluster_accuracy(np.ma.masked_array(labels), clusters)
 
 class _StandInKMeans:
     """Records what KMeans is given; its clusters are the points' positions modulo k."""
