@@ -32,10 +32,10 @@ from .files import atomic_write_text
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
-from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
-                   check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file, load_run,
-                   next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
-                   write_json)
+from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, RunReplacedError, TrainConfig, build_run_model,
+                   check_resume_state, check_run_dir, check_same_run, checkpoint_position, cluster_results_path,
+                   eval_results_path, is_run_file, load_run, next_free_run_dir, read_checkpoint, resumable_options,
+                   run_folder_options, run_model, write_json)
 from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
@@ -198,12 +198,14 @@ def _load_run(run):
 
 
 def _load_scored_run(run):
-    """(config, model, trained) of a run folder, as ``_load_run``; ``trained`` is the position of
-    its checkpoint (``checkpoint_position``), which a result of the model records: a resumed run
-    trains on, and its earlier results stay."""
+    """(config, model, trained, run_id) of a run folder, as ``_load_run``; ``trained`` is the
+    position of its checkpoint (``checkpoint_position``), which a result of the model records: a
+    resumed run trains on, and its earlier results stay. ``run_id`` is the identity of the run,
+    which ``_report`` checks the folder still holds when it writes the result."""
     _check_run_folder(run)
     arrays, meta, config = read_checkpoint(run)
-    return config, run_model(run, arrays, config), checkpoint_position(meta, Path(run) / CHECKPOINT, config)
+    trained = checkpoint_position(meta, Path(run) / CHECKPOINT, config)
+    return config, run_model(run, arrays, config), trained, meta.get("run_id")
 
 
 # ----- train ------------------------------------------------------------------------------------
@@ -539,26 +541,38 @@ def _test_images(n):
     return binarize_eval(data.x_test, "test")[:n], data.y_test[:n]
 
 
-def _report(out, result):
-    """Print ``result`` as one JSON line, then write it to ``out``: printed first, so that a
-    failed write (RunWriteError) loses nothing."""
+def _report(args, out, result, run_id):
+    """Print ``result`` of the command ``args`` on the run ``args.run`` as one JSON line, then
+    write it to ``out``: printed first, so that a failed write (RunWriteError) loses nothing.
+
+    Neither happens when the folder no longer holds the run of identity ``run_id`` that was
+    scored (``check_same_run``; trained again with --overwrite during the minutes of scoring):
+    the result would be taken for one of the run it holds now. The check is made again after the
+    write, which may follow the overwrite's removal of the old run's scores: the result is then
+    removed here."""
+    check_same_run(args.run, run_id, args.command)
     print(json.dumps(result))
     write_json(out, result, kept="the result is printed above")
+    try:
+        check_same_run(args.run, run_id, args.command)
+    except RunReplacedError:
+        out.unlink(missing_ok=True)
+        raise
     print(f"{PROG}: wrote {out}", file=sys.stderr)
 
 
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
-    _, model, trained = _load_scored_run(args.run)
+    _, model, trained, run_id = _load_scored_run(args.run)
     out = _result_file(args, eval_results_path(args.run, args.k))
     from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
     x_test, y_test = _test_images(args.n)
     print(_estimate_line(model, x_test, args.k), file=sys.stderr)
-    _report(out, {"run": str(args.run), **trained, **test_set_scores(model, x_test, y_test, args.k,
-                                                                      progress=not args.no_progress)})
+    scores = test_set_scores(model, x_test, y_test, args.k, progress=not args.no_progress)
+    _report(args, out, {"run": str(args.run), **trained, **scores}, run_id)
     return 0
 
 
@@ -570,7 +584,7 @@ def cmd_cluster(args):
         raise UsageError(f"--clusters {args.clusters} is more than the {args.n} images to cluster "
                          f"(--n); give at most {args.n}")
     device = resolve_device(args.device)
-    config, model, trained = _load_scored_run(args.run)
+    config, model, trained, run_id = _load_scored_run(args.run)
     if not model.gaussian_encoder:
         raise UsageError(f"the {config.model} model of {args.run} has no Gaussian encoder (encode(x) -> "
                          "(mu, logvar)) whose means could be clustered; give a run of a VAE")
@@ -580,8 +594,8 @@ def cmd_cluster(args):
 
     model.to(device)  # the encoding follows the model's device
     x_test, y_test = _test_images(args.n)
-    _report(out, {"run": str(args.run), **trained, **latent_clusters(model, x_test, y_test,
-                                                                     n_clusters=args.clusters, seed=args.seed)})
+    clusters = latent_clusters(model, x_test, y_test, n_clusters=args.clusters, seed=args.seed)
+    _report(args, out, {"run": str(args.run), **trained, **clusters}, run_id)
     return 0
 
 

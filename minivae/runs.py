@@ -21,7 +21,11 @@ Rules:
 * leftover ``checkpoint.npz.*.tmp`` files of an interrupted save are removed at the next start;
 * one process at a time trains in a folder: ``claim_run_dir`` holds an exclusive lock on it
   (``flock`` on the folder itself, so no lock file is left behind; released when the process
-  ends, however it ends), and a second one is refused.
+  ends, however it ends), and a second one is refused;
+* ``minivae eval`` and ``minivae cluster`` take no lock, so that a run can be scored while it
+  trains on (the result records the position of the checkpoint scored), but write their result
+  only while the folder holds the run they scored: each run has an identity (``run_id``, kept by
+  a resume, new when it starts again), checked before and after the write (``check_same_run``).
 
 Errors about a run folder are ``RunFolderError`` (a ``ValueError``): one line naming the folder and
 what would be valid.
@@ -31,6 +35,7 @@ import dataclasses
 import errno
 import json
 import os
+import secrets
 import warnings
 from pathlib import Path
 
@@ -86,6 +91,10 @@ class RunBusyError(RunFolderError):
 
 class RunWriteError(RunFolderError):
     """A file of a run folder could not be written (a full disk, a read-only folder, ...)."""
+
+
+class RunReplacedError(RunFolderError):
+    """A run folder no longer holds the run a command read from it (started again, or removed)."""
 
 
 @dataclasses.dataclass
@@ -327,8 +336,9 @@ def _no_checkpoint(run):
 RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
 #: What a checkpoint's document holds since it was recorded, and the type of each: checkpoints
 #: saved before lack it and resume without its check. ``n_train``: the number of training images;
-#: ``images``: the images each of the ``sums`` is over (before, the sums were of batch means).
-RECORDED_STATE = {"n_train": int, "images": dict}
+#: ``images``: the images each of the ``sums`` is over (before, the sums were of batch means);
+#: ``run_id``: the identity of the run (``new_run_id``).
+RECORDED_STATE = {"n_train": int, "images": dict, "run_id": str}
 
 
 def check_resume_state(arrays, meta, path, config, n_train=None):
@@ -360,6 +370,33 @@ def checkpoint_position(meta, path, config):
             raise damaged(path, f"its document holds no {key!r} (int): the position of its model")
     _check_loop_position(meta["epoch"], meta["batch"], path, config)
     return {"epochs": meta["epoch"], "batch": meta["batch"]}
+
+
+def new_run_id():
+    """The identity of a new run, saved in each of its checkpoints as ``run_id`` and kept by a
+    resume. Random, so that a run started again in the same folder (``--overwrite``), or in a
+    folder removed and made again, never has the identity of the run it replaced. A run saved
+    before runs had one has none (``run_id`` absent), and keeps none when resumed: given one
+    then, it would look replaced to a command that read it before."""
+    return secrets.token_hex(8)
+
+
+def check_same_run(run, run_id, command):
+    """Raise RunReplacedError, one line naming the folder, unless the run folder ``run`` still
+    holds the run of identity ``run_id`` (``new_run_id``; None for a run saved before runs had
+    one) that ``minivae command`` scored: its checkpoint still records that identity. A run that
+    trains on meanwhile (resumed, or not yet finished) keeps it; one started again in the
+    folder, or removed, does not, and a result of the model read would be taken for a result of
+    the run the folder holds now."""
+    try:
+        same = read_checkpoint(run)[1].get("run_id") == run_id
+    except NotARunError:  # removed; a run started again saves its first checkpoint after an epoch
+        same = False
+    if not same:
+        raise RunReplacedError(
+            f"{run} no longer holds the run that was scored: it was trained again (or removed) "
+            f"meanwhile, so the result is not written; to score the run it holds now, run "
+            f"`minivae {command} {run}` again once that run has saved a checkpoint")
 
 
 def _check_loop_position(epoch, batch, path, config, n_train=None):
@@ -549,12 +586,21 @@ def _remove_run_files(run_dir):
     The scores and pictures go first, the files that make the folder a run (``holds_run``) last:
     stopped in between (Ctrl-C, a kill, a file that cannot be removed), the folder still holds a
     run, so no new run starts there without --overwrite beside the old run's scores, which would
-    then read as its own."""
-    for pattern in RUN_FILE_PATTERNS:
-        for path in run_dir.glob(pattern):
-            path.unlink()
+    then read as its own. The scores and pictures go once more at the end: ``eval`` and
+    ``cluster`` take no lock, and one that checked the run (``check_same_run``) before its
+    checkpoint went may have written its result since; one that checks after finds the checkpoint
+    gone and removes its result itself."""
+    _remove_scores_and_pictures(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    _remove_scores_and_pictures(run_dir)
+
+
+def _remove_scores_and_pictures(run_dir):
+    """Delete the files of ``RUN_FILE_PATTERNS`` in ``run_dir``: the scores and pictures of a run."""
+    for pattern in RUN_FILE_PATTERNS:
+        for path in run_dir.glob(pattern):
+            path.unlink(missing_ok=True)  # an evaluation may remove its own result meanwhile
 
 
 def next_free_run_dir(base):

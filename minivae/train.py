@@ -317,6 +317,7 @@ class Trainer:
             self.use_graph = False
         self.graph = None
         self.saved = None  # (epoch, batch) of the checkpoint in the run folder, once there is one
+        self.run_id = runs.new_run_id()  # a resume takes the run's own (``restore``)
         self.steps_at_start = 0  # steps done when ``fit`` began (more when resumed)
         self.stop_requested = StopRequest()
 
@@ -369,6 +370,8 @@ class Trainer:
         meta = {"config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch,
                 "sums": self.sums, "images": self.images, "noise": self.noise.state_dict(), "optim": numbers,
                 "n_train": len(self.data.x_train)}
+        if self.run_id is not None:  # None: a run saved before runs had an identity keeps none
+            meta["run_id"] = self.run_id
         runs.save_checkpoint(self.run_dir, arrays, meta)
         self.saved = (self.epoch, self.batch)
 
@@ -396,6 +399,7 @@ class Trainer:
         except (KeyError, TypeError, ValueError) as exc:
             raise runs.damaged(path, f"cannot resume from it: {exc.args[0] if exc.args else exc}") from None
         self.epoch, self.batch = meta["epoch"], meta["batch"]
+        self.run_id = meta.get("run_id")
         if "images" in meta:
             self.sums, self.images = meta["sums"], meta["images"]
         else:

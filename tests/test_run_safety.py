@@ -1,5 +1,6 @@
 """No run is ever lost: refusal to train over a run, crash-consistent run folders, the divergence
 guard, failed writes, and kill -9 at random times."""
+import contextlib
 import errno
 import fcntl
 import json
@@ -690,6 +691,141 @@ def test_eval_prints_its_result_before_writing_it(tmp_path, monkeypatch, capsys)
     assert not (run / "eval_k3.json").exists()
 
 
+# ----- scoring a run while it trains on, or is trained again --------------------------------------
+
+def _score_with(command, run, meanwhile, monkeypatch, data):
+    """``minivae eval RUN`` or ``minivae cluster RUN`` on ``data``, calling ``meanwhile()`` while
+    the model is scored (the minutes of k = 5000), as another process would act then; the exit
+    status. The clustering is stood in for: only when and where its result is written counts."""
+    import types
+
+    import minivae.clustering
+    import minivae.data
+    import minivae.evaluate
+
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: data)
+    real_scores = minivae.evaluate.test_set_scores
+
+    def scores_meanwhile(*args, **kwargs):
+        meanwhile()
+        return real_scores(*args, **kwargs)
+
+    def clusters_meanwhile(*args, **kwargs):
+        meanwhile()
+        return {"accuracy": 1.0}
+    monkeypatch.setattr(minivae.evaluate, "test_set_scores", scores_meanwhile)
+    monkeypatch.setattr(minivae.clustering, "latent_clusters", clusters_meanwhile)
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    options = ["--k", "2", "--no-progress"] if command == "eval" else ["--clusters", "2"]
+    return cli.main([command, str(run), *options])
+
+
+def _results_in(run):
+    """The names of the results of ``eval`` and ``cluster`` in the folder ``run``."""
+    return sorted(p.name for pattern in ("eval_k*.json", "clusters_*.json") for p in run.glob(pattern))
+
+
+def _without_run_id(run):
+    """Make the checkpoint of ``run`` one saved before runs had an identity."""
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    del meta["run_id"]
+    checkpoint.save(run / CHECKPOINT, arrays, meta)
+
+
+@pytest.mark.parametrize("command", ["eval", "cluster"])
+@pytest.mark.parametrize("meanwhile", ["trained again", "started again",
+                                       "trained again, saved without an identity"])
+def test_a_score_of_a_run_trained_again_meanwhile_is_not_written(tmp_path, monkeypatch, capsys, command,
+                                                                 meanwhile):
+    """``train --out RUN --overwrite`` while RUN was scored (eval and cluster take no lock): the
+    result of the old run's model was written into the new run, whose score it then read as,
+    with the old run's position. It is refused in one line; the new run is scored as it says."""
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    if meanwhile.endswith("without an identity"):
+        _without_run_id(run)
+    new_run = contextlib.ExitStack()
+
+    def train_again():
+        if meanwhile == "started again":  # in its first epoch: no checkpoint yet
+            new_run.enter_context(runs.claim_run_dir(run, overwrite=True))
+            runs.write_json(run / runs.CONFIG, config(tmp_path, epochs=1, seed=1).to_dict())
+        else:
+            train(config(tmp_path, epochs=1, seed=1), overwrite=True, data=data, **QUIET)
+    with new_run:
+        capsys.readouterr()
+        assert _score_with(command, run, train_again, monkeypatch, data) == 2
+        out, err = capsys.readouterr()
+        assert err.splitlines()[-1] == (
+            f"minivae: error: {run} no longer holds the run that was scored: it was trained again (or removed) "
+            "meanwhile, so the result is not written; to score the run it holds now, run "
+            f"`minivae {command} {run}` again once that run has saved a checkpoint")
+        assert out == "" and _results_in(run) == []
+    if meanwhile != "started again":
+        monkeypatch.undo()
+        assert _score_with(command, run, lambda: None, monkeypatch, data) == 0
+        assert len(_results_in(run)) == 1
+
+
+@pytest.mark.parametrize("command", ["eval", "cluster"])
+@pytest.mark.parametrize("saved_without_an_identity", [False, True])
+def test_a_run_scored_while_it_trains_on_gets_its_score(tmp_path, monkeypatch, capsys, command,
+                                                        saved_without_an_identity):
+    """A resume while the run is scored replaces its checkpoint, but the run is the same: its
+    result is written, naming the position of the checkpoint scored. So for a run saved before
+    runs had an identity, which the resume keeps without one."""
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    if saved_without_an_identity:
+        _without_run_id(run)
+
+    def resume():
+        train(config(tmp_path, epochs=2), resume=True, data=data, **QUIET)
+    assert _score_with(command, run, resume, monkeypatch, data) == 0
+    result = json.loads((run / _results_in(run)[0]).read_text())
+    assert (result["epochs"], result["batch"]) == (1, 0)
+    assert checkpoint.load(run / CHECKPOINT)[1]["epoch"] == 2
+    assert ("run_id" in checkpoint.load(run / CHECKPOINT)[1]) == (not saved_without_an_identity)
+
+
+def test_a_score_written_as_its_run_is_trained_again_is_removed(tmp_path, monkeypatch, capsys):
+    """The overwrite between the check before the write and the write itself: the result is
+    found by the check after it, and removed."""
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    real_write = runs.atomic_write_text
+
+    def trained_again_then_written(path, text):
+        if Path(path).name == "eval_k2.json":
+            train(config(tmp_path, epochs=1, seed=1), overwrite=True, data=data, **QUIET)
+        real_write(path, text)
+    monkeypatch.setattr(runs, "atomic_write_text", trained_again_then_written)
+    assert _score_with("eval", run, lambda: None, monkeypatch, data) == 2
+    assert "no longer holds the run that was scored" in capsys.readouterr().err
+    assert _results_in(run) == []
+
+
+def test_a_score_written_while_an_overwrite_removes_the_run_goes_with_it(tmp_path, monkeypatch):
+    """An evaluation of the old run that checked it before its checkpoint went may write its
+    result after the old scores were removed: the overwrite removes the scores again once the
+    checkpoint is gone (an evaluation that checks after that finds it gone)."""
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    real_unlink = Path.unlink
+
+    def written_first(path, missing_ok=False):
+        if path.name == runs.CONFIG:  # the first file of the run to go, after its scores
+            (run / "eval_k2.json").write_text("of the old run")
+        real_unlink(path, missing_ok=missing_ok)
+    monkeypatch.setattr(Path, "unlink", written_first)
+    Trainer(config(tmp_path, epochs=1, seed=1), data=data, **QUIET).fit(overwrite=True)
+    assert _results_in(run) == []
+
+
 # ----- the divergence guard ---------------------------------------------------------------------
 
 def _bad_gradient_at(trainer, step, value):
@@ -778,6 +914,7 @@ def test_divergence_before_the_first_save_says_there_is_no_checkpoint(tmp_path):
     (lambda meta: meta.update(noise={}), "Generator state"), (lambda meta: meta.update(batch="0"), "'batch'"),
     (lambda meta: meta["optim"].pop("lr"), "'lr'"), (lambda meta: meta.update(n_train="300"), "'n_train'"),
     (lambda meta: meta.update(images=[100]), "its 'images' is [100], not of type dict"),
+    (lambda meta: meta.update(run_id=7), "its 'run_id' is 7, not of type str"),
 ])
 def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_is(tmp_path, damage, named):
     data = small_data()
