@@ -277,8 +277,8 @@ def _add_train_args(p):
             help="seed of the initial weights, the batch order, the binarization and the noise")
     p.add_argument("--out", type=nonempty_path,
                    help=f"run folder (config, checkpoint, metrics, results, pictures); default "
-                        f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run "
-                        f"({d.out} itself with --resume)")
+                        f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run or another "
+                        f"training takes it first ({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its own settings but for "
                         "those given (only " + ", ".join(resumable_options()) + " may change)")
@@ -465,8 +465,12 @@ def cmd_train(args):
     from .train import train
 
     config = check_train(args)
+    # Without --out the run goes to the first free folder of runs/vae, runs/vae-2, ... when it
+    # starts: another training started meanwhile may have taken the one the checks found free.
+    free_of = TrainConfig().out if args.out is None and not args.resume else None
     try:
-        train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+              free_of=free_of)
     except TrainingDiverged as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

@@ -33,6 +33,7 @@ what would be valid.
 import contextlib
 import dataclasses
 import errno
+import itertools
 import json
 import os
 import secrets
@@ -603,17 +604,46 @@ def _remove_scores_and_pictures(run_dir):
             path.unlink(missing_ok=True)  # an evaluation may remove its own result meanwhile
 
 
+def _run_dir_names(base):
+    """``base``, then ``base-2``, ``base-3``, ...: the folders a new run named after ``base`` may take."""
+    base = Path(base)
+    yield base
+    for n in itertools.count(2):
+        yield base.with_name(f"{base.name}-{n}")
+
+
+def _takes_new_run(folder):
+    """Whether a new run may start in ``folder`` without --overwrite: it holds no run, and is no file."""
+    return not holds_run(folder) and not (folder.exists() and not folder.is_dir())
+
+
 def next_free_run_dir(base):
     """``base`` if it holds no run, else the first of ``base-2``, ``base-3``, ... that holds none.
 
     The default ``--out`` of ``minivae train``: training twice makes two runs.
     """
-    base = Path(base)
-    candidate, n = base, 1
-    while holds_run(candidate) or (candidate.exists() and not candidate.is_dir()):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+    return next(folder for folder in _run_dir_names(base) if _takes_new_run(folder))
+
+
+@contextlib.contextmanager
+def claim_free_run_dir(base):
+    """Claim for a new run the first of ``base``, ``base-2``, ... that holds no run and that no
+    other process trains in (``claim_run_dir``), and hold it for the ``with`` block; yield it.
+
+    ``next_free_run_dir`` names the folder before the work starts (loading the data takes
+    seconds), so two trainings started together name the same one; the second to claim it finds
+    it taken, by the other's lock or by the other's run, and goes on to the next.
+    """
+    with contextlib.ExitStack() as claimed:
+        for folder in _run_dir_names(base):
+            if not _takes_new_run(folder):
+                continue
+            try:
+                claimed.enter_context(claim_run_dir(folder))
+            except (RunBusyError, RunExistsError):  # taken since it was named
+                continue
+            yield folder
+            return
 
 
 # ----- writing and reading the run's files --------------------------------------------------------

@@ -590,12 +590,23 @@ class Trainer:
         with self._claim(resume, overwrite):
             return self._fit_claimed(resume)
 
-    def _claim(self, resume, overwrite):
-        """``runs.claim_run_dir`` for this run, once the config is known to fit a new run."""
+    @contextlib.contextmanager
+    def _claim(self, resume, overwrite, free_of=None):
+        """Hold the run folder for the ``with`` block, once the config is known to fit a new run:
+        ``runs.claim_run_dir``, or for a new run with ``free_of``, ``runs.claim_free_run_dir``,
+        and the run goes to the folder claimed."""
         if not resume and self.config.run_models:  # the models were built untrained, from it
             raise ValueError("a new run records its own run_models: start it from a config "
                              "without them (they are the record of an existing run)")
-        return runs.claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite)
+        if free_of is None:
+            with runs.claim_run_dir(self.run_dir, resume=resume, overwrite=overwrite):
+                yield
+            return
+        if resume or overwrite:
+            raise ValueError("free_of names the folder of a new run; give it without resume and overwrite")
+        with runs.claim_free_run_dir(free_of) as folder:
+            self.run_dir, self.config = folder, dataclasses.replace(self.config, out=str(folder))
+            yield
 
     def _fit_claimed(self, resume):
         """``fit`` in a run folder claimed for this process."""
@@ -696,16 +707,19 @@ def _epoch_line(m):
     return " | ".join(parts)
 
 
-def train(config, resume=False, overwrite=False, progress=True, data=None, log=print):
+def train(config, resume=False, overwrite=False, progress=True, data=None, log=print, free_of=None):
     """Train a model as ``config`` says, evaluate it on the test set and return the results dict.
 
     ``config.out`` must not hold a run unless ``resume`` (continue it) or ``overwrite`` (start it
     again); see ``Trainer.fit``. A resumed run that had finished its epochs returns the results
     it holds (results.json), without evaluating again, when they hold what ``config`` asks.
+    With ``free_of``, a folder name, a new run goes instead to the first of ``free_of``,
+    ``free_of-2``, ... that is free when training starts (``runs.claim_free_run_dir``), as
+    ``minivae train`` without --out does.
     """
     trainer = Trainer(config, data=data, progress=progress, log=log)
     # The folder stays claimed through the evaluation, whose results.json belongs to this run.
-    with trainer._claim(resume, overwrite):
+    with trainer._claim(resume, overwrite, free_of):
         trainer._fit_claimed(resume)
         if resume and trainer.steps_at_start == trainer.total_steps:
             # Nothing was trained: the results of the finished run stand, unless they lack what was

@@ -127,6 +127,67 @@ def test_the_advice_after_ctrl_c_resumes_the_run_in_the_default_folder_it_went_t
     assert files(tmp_path / "runs" / "vae") == first
 
 
+@pytest.mark.parametrize("taken", ["being trained", "trained"])
+def test_a_training_without_out_goes_on_to_the_next_free_folder_when_its_own_is_taken(
+        tmp_path, monkeypatch, capsys, taken):
+    """Two `minivae train` without --out started together both name runs/vae while loading the
+    data; the second to claim it found it taken (locked by the other, or holding the other's run
+    by then) and was refused, where it goes on to runs/vae-2, as it does when the other's run is
+    written before it starts. The advice after Ctrl-C names that folder; --out runs/vae given
+    stays refused."""
+    from minivae import train as train_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data())
+    first = tmp_path / "runs" / "vae"
+    first.mkdir(parents=True)
+    other = os.open(first, os.O_RDONLY)  # the other process's claim, once the folder is named
+    real_check, real_step = cli.check_train, Trainer._step
+
+    def step_then_ctrl_c(self, *args):
+        out = real_step(self, *args)
+        self.stop_requested.set()
+        return out
+
+    def checked_then_taken(args):
+        checked = real_check(args)
+        if taken == "being trained":
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            train(config(tmp_path, epochs=1, out=str(Path("runs", "vae"))), data=small_data(), **QUIET)
+        monkeypatch.setattr(Trainer, "_step", step_then_ctrl_c)  # this training: Ctrl-C after a step
+        return checked
+    monkeypatch.setattr(cli, "check_train", checked_then_taken)
+    tiny = ["train", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0", "--no-progress"]
+    try:
+        assert cli.main(tiny + ["--epochs", "2"]) == 130
+        out = capsys.readouterr().out.splitlines()
+        assert out[0] == f"training a new run in {Path('runs', 'vae-2')}"
+        advice = out[-1].split("continue with ")[1]
+        assert advice == f"--resume --out {Path('runs', 'vae-2')}"
+        if taken == "being trained":
+            assert list(first.iterdir()) == []
+            assert cli.main(tiny + ["--out", str(Path("runs", "vae"))]) == 2
+            assert f"{Path('runs', 'vae')} is being trained by another process" in capsys.readouterr().err
+    finally:
+        os.close(other)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data())
+    assert cli.main(["train", *advice.split(), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "runs" / "vae-2" / RESULTS).read_text())["epochs"] == 2
+
+
+@pytest.mark.parametrize("asked", [dict(resume=True), dict(overwrite=True)])
+def test_a_free_folder_is_chosen_for_a_new_run_only(tmp_path, asked):
+    """``free_of`` names the folders a new run may take: with a resume or an overwrite, which
+    name their folder, it is refused before anything is written."""
+    with pytest.raises(ValueError, match="free_of names the folder of a new run; give it without resume "
+                                         "and overwrite"):
+        train(config(tmp_path), data=small_data(), free_of=str(tmp_path / "runs"), **asked, **QUIET)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_new_run_names_its_folder_when_it_starts(tmp_path, monkeypatch, capsys):
     """Without --out a run goes to the first free folder of runs/vae, runs/vae-2, ...; the folder
     was named only on an interrupt, so a run left training could not be found (or resumed)."""
