@@ -159,15 +159,23 @@ MV_HD T mv_reparam_dlogvar(T dz, T logvar, T eps) {
 // ---- KL(N(mu, exp(logvar)) || N(0, 1)) of one coordinate ----
 //   kl = (mu^2 + exp(logvar) - 1 - logvar) / 2, written with expm1: near logvar = 0, where
 //   exp(logvar) - 1 - logvar cancels, the error stays a few ulp(logvar) instead of ulp(1).
+// The halves are formed first, (exp(x) - 1) / 2 as m (m / 2 + 1) with m = expm1(x / 2), so a term
+// is finite wherever its value is (0.5 * expm1(x) is inf in float32 for x in [88.72, 89.42],
+// where the result is below 3.4e38). The operations of minivae.ops.vae._kl_terms, in its order.
+template <typename T>
+MV_HD T mv_half_expm1(T x) {
+    const T m = mv_expm1(T(0.5) * x);
+    return m * (T(0.5) * m + T(1));
+}
 template <typename T>
 MV_HD T mv_kl_term(T mu, T logvar) {
-    return T(0.5) * (mu * mu + (mv_expm1(logvar) - logvar));
+    return T(0.5) * mu * mu + (mv_half_expm1<T>(logvar) - T(0.5) * logvar);
 }
 // Gradient with upstream g (per row): dkl/dmu = mu, dkl/dlogvar = (exp(logvar) - 1) / 2.
 template <typename T>
 MV_HD T mv_kl_dmu(T g, T mu) { return g * mu; }
 template <typename T>
-MV_HD T mv_kl_dlogvar(T g, T logvar) { return g * (T(0.5) * mv_expm1(logvar)); }
+MV_HD T mv_kl_dlogvar(T g, T logvar) { return g * mv_half_expm1<T>(logvar); }
 
 // ---- ReLU of a dense layer's output, and its gradient ----
 // relu(v) = max(v, 0) with NumPy's maximum: a NaN stays NaN (a diverging layer is not hidden

@@ -1,5 +1,6 @@
 """The log-densities and KLs the models use (the fused ops of minivae.functional and the helpers
 of minivae.distributions) against NumPy formulas (no SciPy), and the shared sampling helpers."""
+import decimal
 import math
 
 import numpy as np
@@ -11,7 +12,8 @@ from minivae import functional as F
 from minivae.gpu.graph import StepNoise
 from minivae.gradcheck import gradcheck
 from minivae.random import Generator, Noise
-from test_kernels import TOL, assert_same_gumbel, dispatch_table, fake_gpu, shim  # noqa: F401  (fixtures)
+from test_kernels import (TOL, WIDE_KL_ROWS, assert_same_gumbel, dispatch_table, fake_gpu,  # noqa: F401  (fixtures)
+                          shim)
 from test_loss_statistics import CASES, build
 
 LOG_2PI = math.log(2 * math.pi)
@@ -270,6 +272,36 @@ def test_kl_near_the_prior_is_exact_to_a_few_ulp_of_logvar(dtype):
         assert (kl.data >= 0).all(), name
         np.testing.assert_array_less(np.abs(kl.data - want), 4 * eps * np.abs(lv[:, 0]), err_msg=name)
         np.testing.assert_allclose(logvar.grad, want_grad, rtol=4 * eps, atol=0, err_msg=name)
+
+
+def _kl_term_exactly(mu, logvar):
+    """(mu^2 / 2 + (e^logvar - 1) / 2 - logvar / 2, (e^logvar - 1) / 2) for floats mu and logvar,
+    from a 40-digit decimal exp, then rounded to float64 (inf past its largest number)."""
+    with decimal.localcontext() as context:
+        context.prec = 40
+        m, v = decimal.Decimal(float(mu)), decimal.Decimal(float(logvar))
+        half_em1 = (v.exp() - 1) / 2
+        return float(m * m / 2 + half_em1 - v / 2), float(half_em1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kl_to_the_prior_is_finite_wherever_its_value_is(dtype):
+    # KL = mu^2 / 2 + (e^logvar - 1) / 2 - logvar / 2 and d/dlogvar = (e^logvar - 1) / 2 stay below
+    # float32's largest number up to logvar = 89.42, while e^logvar - 1 overflows from 88.72: the
+    # KL and its gradient were inf there. They must agree with the exact values, and be inf
+    # where the KL is past the largest number.
+    mu, lv = (np.array([[row[i]] for row in WIDE_KL_ROWS[dtype]], dtype) for i in (0, 1))
+    with np.errstate(over="ignore"):  # the last row's values round to inf in dtype
+        exact = [_kl_term_exactly(m, v) for m, v in zip(mu[:, 0], lv[:, 0])]
+        want, want_grad = np.array(exact).T.astype(dtype)
+    assert np.isfinite(want[:-1]).all() and np.isinf(want[-1]) and np.isinf(want_grad[-1])
+    for name, fn in {"kl_normal_std": F.kl_normal_std,
+                     "reparameterize_kl": lambda m, v: F.reparameterize_kl(m, v, Generator(1))[1]}.items():
+        logvar = _t(lv, requires_grad=True)
+        kl = fn(_t(mu), logvar)
+        kl.backward(np.ones(len(lv), dtype))
+        np.testing.assert_allclose(kl.data, want, rtol=8 * np.finfo(dtype).eps, err_msg=name)
+        np.testing.assert_allclose(logvar.grad[:, 0], want_grad, rtol=8 * np.finfo(dtype).eps, err_msg=name)
 
 
 def test_collapsed_prior_variance_gives_finite_kl_and_log_density_in_float32():

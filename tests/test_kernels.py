@@ -1455,6 +1455,37 @@ def test_the_kl_kernels_and_the_numpy_op_agree_near_the_prior(fake_gpu, dtype):
     np.testing.assert_allclose(K.kl_normal_std_backward(gkl, mu, logvar)[1], lv.grad, rtol=4 * eps, atol=0)
 
 
+# (mu, logvar) of one-term rows where mu^2 or e^logvar - 1 overflows but the KL, their sum halved,
+# does not; the last row's KL is past the largest number
+WIDE_KL_ROWS = {np.float32: [(0.0, 88.75), (0.0, 89.0), (1e3, 89.4), (2.5e19, 0.0), (0.0, 89.5)],
+                np.float64: [(0.0, 709.8), (0.0, 710.0), (1e3, 710.45), (1.5e154, 0.0), (0.0, 710.5)]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kl_kernels_and_the_numpy_op_are_finite_where_the_kl_is(fake_gpu, dtype):
+    """Rows whose KL term is finite although e^logvar - 1 or mu^2 overflows (logvar in [88.72,
+    89.42] in float32): the kernels, fused or not, give kl_normal_std's KL and d/dlogvar there,
+    finite, to a few ulp (the libraries' expm1 may differ in the last bit); past the largest
+    number both give inf."""
+    import minivae as mv
+    from minivae import functional as F
+
+    K, _ = fake_gpu
+    mu, logvar = (np.array([[row[i]] for row in WIDE_KL_ROWS[dtype]], dtype) for i in (0, 1))
+    gkl = np.ones(len(mu), dtype)
+    lv = mv.Tensor(logvar, requires_grad=True)
+    kl = F.kl_normal_std(mv.Tensor(mu), lv)
+    kl.backward(gkl)
+    assert np.isfinite(kl.data[:-1]).all() and np.isfinite(lv.grad[:-1]).all()
+    rtol = 4 * np.finfo(dtype).eps
+    for got_kl, got_dlv in ((K.kl_normal_std_forward(mu, logvar),
+                             K.kl_normal_std_backward(gkl, mu, logvar)[1]),
+                            (K.reparameterize_kl_forward(mu, logvar, 5, 0)[1],
+                             K.reparameterize_kl_backward(np.zeros_like(mu), gkl, mu, logvar, 5, 0)[1])):
+        np.testing.assert_allclose(got_kl, kl.data, rtol=rtol, atol=0)
+        np.testing.assert_allclose(got_dlv, lv.grad, rtol=rtol, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_the_fused_backward_without_a_kl_gradient_adds_no_kl_terms(fake_gpu, dtype):
     """With no gradient for the KL (gkl None: a model that uses z alone, as the IWAE's second

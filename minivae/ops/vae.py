@@ -106,20 +106,30 @@ class ReparameterizeNoise(Function):
         return (g if need_mu else None), (g * (0.5 * scaled) if need_logvar else None)
 
 
+def _half_expm1(xp, x):
+    """(e^x - 1) / 2 as m (m / 2 + 1), m = expm1(x / 2) (e^x - 1 = (e^(x/2) - 1)(e^(x/2) + 1)):
+    finite wherever the result is, and within a few ulp of it near x = 0, as expm1 is. 0.5 *
+    expm1(x) overflows first: it is inf in float32 from x = 88.72, where the result is 1.7e38, up
+    to 89.42, where the result overflows too (in float64 from 709.78 to 710.48)."""
+    m = xp.expm1(0.5 * x)
+    return m * (0.5 * m + 1)
+
+
 def _kl_terms(xp, mu, logvar):
-    """(the KL to N(0, I) per row, e^logvar - 1): 1/2 sum_j (mu_j^2 + (e^logvar_j - 1 - logvar_j)),
-    the bracket as expm1(logvar) - logvar, the operations of the kernels (kernels/vae_math.cuh)."""
-    em1 = xp.expm1(logvar)
-    return 0.5 * _row_sum(xp.add(mu * mu, em1 - logvar)), em1
+    """(the KL to N(0, I) per row, (e^logvar - 1) / 2): sum_j (mu_j^2 / 2 + ((e^logvar_j - 1) / 2
+    - logvar_j / 2)), the halves formed before the sums (``_half_expm1``), so that a term is
+    finite wherever its value is; the operations of the kernels (kernels/vae_math.cuh)."""
+    half_em1 = _half_expm1(xp, logvar)
+    return _row_sum(xp.add(0.5 * mu * mu, half_em1 - 0.5 * logvar)), half_em1
 
 
-def _kl_grads(g, mu, em1, need_mu, need_logvar):
+def _kl_grads(g, mu, half_em1, need_mu, need_logvar):
     """(d/dmu, d/dlogvar) of the KL to N(0, I) for the per-row upstream gradient g, from mu and
-    em1 = e^logvar - 1, each of the broadcast shape of mu and em1."""
-    shape = np.broadcast_shapes(mu.shape, em1.shape)
+    half_em1 = (e^logvar - 1) / 2, each of the broadcast shape of mu and half_em1."""
+    shape = np.broadcast_shapes(mu.shape, half_em1.shape)
     g = _per_row(g)
     return (_full(g * mu if need_mu else None, shape),
-            _full(g * (0.5 * em1) if need_logvar else None, shape))
+            _full(g * half_em1 if need_logvar else None, shape))
 
 
 class KLNormalStd(Function):
@@ -132,20 +142,23 @@ class KLNormalStd(Function):
     Stable form: e^logvar - 1 is expm1(logvar), so near logvar = 0 (a collapsed unit, whose
     posterior is the prior) e^logvar - 1 - logvar is off by a few ulp(logvar), not ulp(1), and
     never negative (computed as exp(logvar) - 1 - logvar it was -1e-8 in float32 at mu = 0,
-    logvar = 3e-6, where the KL is 2.25e-12).
+    logvar = 3e-6, where the KL is 2.25e-12). The halves are formed first: (e^logvar - 1) / 2 is
+    m (m / 2 + 1) with m = expm1(logvar / 2), and mu^2 / 2 is (mu / 2) mu, so the KL and
+    d/dlogvar are finite wherever they are below the largest number (0.5 * expm1(logvar) made
+    both inf in float32 for logvar in [88.72, 89.42]).
     """
 
     @staticmethod
     def forward(ctx, mu, logvar):
         _check_rows("kl_normal_std", mu, logvar)
-        kl, em1 = _kl_terms(get_array_module(mu, logvar), mu, logvar)
-        ctx.save(mu, em1)
+        kl, half_em1 = _kl_terms(get_array_module(mu, logvar), mu, logvar)
+        ctx.save(mu, half_em1)
         return kl
 
     @staticmethod
     def backward(ctx, g):
-        mu, em1 = ctx.saved
-        return _kl_grads(g, mu, em1, *ctx.needs_input_grad)
+        mu, half_em1 = ctx.saved
+        return _kl_grads(g, mu, half_em1, *ctx.needs_input_grad)
 
 
 def _check_kl_rows(mu, logvar):
@@ -188,20 +201,20 @@ class ReparameterizeKL(Function):
         xp = get_array_module(mu, logvar)
         shape = mu.shape if samples is None else (int(samples),) + mu.shape
         scaled = _scaled_noise(xp, noise, shape, logvar)
-        kl, em1 = _kl_terms(xp, mu, logvar)
-        ctx.save(scaled, mu, em1)
+        kl, half_em1 = _kl_terms(xp, mu, logvar)
+        ctx.save(scaled, mu, half_em1)
         return mu + scaled, kl
 
     @staticmethod
     def backward(ctx, gz, gkl):
-        scaled, mu, em1 = ctx.saved
+        scaled, mu, half_em1 = ctx.saved
         need_mu, need_logvar = ctx.needs_input_grad
         dmu = dlogvar = None
         if gz is not None:
             dmu = _sum_samples(gz, mu.shape) if need_mu else None
             dlogvar = _sum_samples(gz * (0.5 * scaled), mu.shape) if need_logvar else None
         if gkl is not None:
-            kl_mu, kl_logvar = _kl_grads(gkl, mu, em1, need_mu, need_logvar)
+            kl_mu, kl_logvar = _kl_grads(gkl, mu, half_em1, need_mu, need_logvar)
             dmu = kl_mu if dmu is None else kl_mu + dmu
             dlogvar = kl_logvar if dlogvar is None else kl_logvar + dlogvar
         return dmu, dlogvar
