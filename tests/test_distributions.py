@@ -274,14 +274,24 @@ def test_kl_near_the_prior_is_exact_to_a_few_ulp_of_logvar(dtype):
         np.testing.assert_allclose(logvar.grad, want_grad, rtol=4 * eps, atol=0, err_msg=name)
 
 
-def _kl_term_exactly(mu, logvar):
-    """(mu^2 / 2 + (e^logvar - 1) / 2 - logvar / 2, (e^logvar - 1) / 2) for floats mu and logvar,
-    from a 40-digit decimal exp, then rounded to float64 (inf past its largest number)."""
+def _kl_exactly(mu_q, logvar_q, mu_p=0.0, logvar_p=0.0):
+    """(KL, d/dmu_q, d/dlogvar_q, d/dlogvar_p) of KL(N(mu_q, e^logvar_q) || N(mu_p, e^logvar_p)) for
+    one coordinate, from 40-digit decimals (no overflow at any size), each rounded to float64
+    (inf past its largest number)."""
     with decimal.localcontext() as context:
         context.prec = 40
-        m, v = decimal.Decimal(float(mu)), decimal.Decimal(float(logvar))
-        half_em1 = (v.exp() - 1) / 2
-        return float(m * m / 2 + half_em1 - v / 2), float(half_em1)
+        mq, lq, mp, lp = (decimal.Decimal(float(a)) for a in (mu_q, logvar_q, mu_p, logvar_p))
+        d, var_p = mq - mp, lp.exp()
+        ratio_m1 = (lq - lp).exp() - 1
+        r_m1 = ratio_m1 + d * d / var_p
+        return tuple(float(v) for v in ((r_m1 - (lq - lp)) / 2, d / var_p, ratio_m1 / 2, -r_m1 / 2))
+
+
+def _exactly_in(dtype, rows):
+    """_kl_exactly of each row of arguments rounded to ``dtype``, as columns in ``dtype`` (values
+    past its largest number inf)."""
+    with np.errstate(over="ignore"):
+        return np.array([_kl_exactly(*row) for row in np.array(rows, dtype)]).T.astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -291,9 +301,7 @@ def test_the_kl_to_the_prior_is_finite_wherever_its_value_is(dtype):
     # KL and its gradient were inf there. They must agree with the exact values, and be inf
     # where the KL is past the largest number.
     mu, lv = (np.array([[row[i]] for row in WIDE_KL_ROWS[dtype]], dtype) for i in (0, 1))
-    with np.errstate(over="ignore"):  # the last row's values round to inf in dtype
-        exact = [_kl_term_exactly(m, v) for m, v in zip(mu[:, 0], lv[:, 0])]
-        want, want_grad = np.array(exact).T.astype(dtype)
+    want, _, want_grad, _ = _exactly_in(dtype, WIDE_KL_ROWS[dtype])
     assert np.isfinite(want[:-1]).all() and np.isinf(want[-1]) and np.isinf(want_grad[-1])
     for name, fn in {"kl_normal_std": F.kl_normal_std,
                      "reparameterize_kl": lambda m, v: F.reparameterize_kl(m, v, Generator(1))[1]}.items():
@@ -302,6 +310,33 @@ def test_the_kl_to_the_prior_is_finite_wherever_its_value_is(dtype):
         kl.backward(np.ones(len(lv), dtype))
         np.testing.assert_allclose(kl.data, want, rtol=8 * np.finfo(dtype).eps, err_msg=name)
         np.testing.assert_allclose(logvar.grad[:, 0], want_grad, rtol=8 * np.finfo(dtype).eps, err_msg=name)
+
+
+# (mu_q, logvar_q, mu_p, logvar_p) of one-term rows where the variance ratio minus 1 or
+# (mu_q - mu_p)^2 / e^logvar_p overflows but the KL, their sum halved, does not; the last row's
+# KL is past the largest number
+WIDE_KL_NORMAL_ROWS = {
+    np.float32: [(0.0, 89.0, 0.0, 0.0), (0.5, 88.0, 0.5, -1.0), (1.0, -100.0, 0.0, -88.9),
+                 (0.0, 89.5, 0.0, 0.0)],
+    np.float64: [(0.0, 710.0, 0.0, 0.0), (0.5, 709.0, 0.5, -1.0), (1.0, -800.0, 0.0, -709.9),
+                 (0.0, 710.5, 0.0, 0.0)]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_kl_between_gaussians_is_finite_wherever_its_value_is(dtype):
+    # As for the KL to the prior: the ratio of the variances minus 1 overflowed float32 from
+    # logvar_q - logvar_p = 88.72, and d^2 / e^logvar_p at logvar_p = -88.9 with d = 1, where the
+    # KL and the log-variances' gradients are below float32's largest number. They must agree
+    # with the exact values (d / e^logvar_p, the gradient of mu_q, is past it in the third row).
+    rows = WIDE_KL_NORMAL_ROWS[dtype]
+    want_kl, want_mu_q, want_lv_q, want_lv_p = _exactly_in(dtype, rows)
+    assert np.isfinite(want_kl[:-1]).all() and np.isinf(want_kl[-1]) and np.isinf(want_mu_q[2])
+    args = [_t(np.array([[row[i]] for row in rows], dtype), requires_grad=True) for i in range(4)]
+    kl = F.kl_normal_normal(*args)
+    kl.backward(np.ones(len(rows), dtype))
+    for got, want in ((kl.data, want_kl), (args[0].grad[:, 0], want_mu_q), (args[2].grad[:, 0], -want_mu_q),
+                      (args[1].grad[:, 0], want_lv_q), (args[3].grad[:, 0], want_lv_p)):
+        np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps)
 
 
 def test_collapsed_prior_variance_gives_finite_kl_and_log_density_in_float32():

@@ -241,6 +241,11 @@ class KLNormalNormal(Function):
     gaussian_log_prob, g d / e^logvar_p is computed as (g d e^(-logvar_p / 2)) e^(-logvar_p / 2),
     so the gradient is finite wherever the product is (d / e^logvar_p alone is 2.7e40 at
     logvar_p = -100 and d = 1e-3, above float32's largest number; times g = 1e-3 it is 2.7e37).
+    As in kl_normal_std, the halves are formed first ((ratio - 1) / 2 by m (m / 2 + 1) with
+    m = expm1((logvar_q - logvar_p) / 2), d^2 / (2 e^logvar_p) as (d_std / 2) d_std with
+    d_std = d e^(-logvar_p / 2)), so the KL and d/dlogvar are finite wherever they are below the
+    largest number (halved after the sums, they were inf in float32 at logvar_q - logvar_p = 89,
+    where the KL is 2.2e38).
     """
 
     @staticmethod
@@ -249,23 +254,23 @@ class KLNormalNormal(Function):
         xp = get_array_module(mu_q, mu_p)
         inv_std_p = xp.exp(-0.5 * logvar_p)
         diff = logvar_q - logvar_p
-        ratio_m1 = xp.expm1(diff)  # e^logvar_q / e^logvar_p - 1
+        half_ratio_m1 = _half_expm1(xp, diff)  # (e^logvar_q / e^logvar_p - 1) / 2
         d_std = (mu_q - mu_p) * inv_std_p
-        r_m1 = ratio_m1 + d_std * d_std  # r - 1
-        ctx.save(d_std, inv_std_p, ratio_m1, r_m1)
-        return 0.5 * _row_sum(r_m1 - diff)
+        half_r_m1 = half_ratio_m1 + 0.5 * d_std * d_std  # (r - 1) / 2
+        ctx.save(d_std, inv_std_p, half_ratio_m1, half_r_m1)
+        return _row_sum(half_r_m1 - 0.5 * diff)
 
     @staticmethod
     def backward(ctx, g):
-        d_std, inv_std_p, ratio_m1, r_m1 = ctx.saved
+        d_std, inv_std_p, half_ratio_m1, half_r_m1 = ctx.saved
         g = _per_row(g)
         need = ctx.needs_input_grad
         gd = (g * d_std) * inv_std_p if need[0] or need[2] else None  # g d / e^logvar_p
         # r depends on all four inputs: it has the op's broadcast shape
-        return (_full(gd if need[0] else None, r_m1.shape),
-                _full(g * (0.5 * ratio_m1) if need[1] else None, r_m1.shape),
-                _full(-gd if need[2] else None, r_m1.shape),
-                g * (-0.5 * r_m1) if need[3] else None)
+        return (_full(gd if need[0] else None, half_r_m1.shape),
+                _full(g * half_ratio_m1 if need[1] else None, half_r_m1.shape),
+                _full(-gd if need[2] else None, half_r_m1.shape),
+                -(g * half_r_m1) if need[3] else None)
 
 
 def _x_minus_sigmoid(xp, x, logits):
