@@ -228,8 +228,8 @@ MV_HD T mv_segment_sum(const T* terms, mv_i64 n, int P) {
 #define MV_ROW_REPARAM_KL 1  // (mu, logvar): the KL terms, and z = mu + exp(logvar / 2) eps
 #define MV_ROW_BERNOULLI 2   // (logits, x): the Bernoulli log-likelihood terms; x repeats (the
                              // images, under the logits of several samples of each)
-#define MV_ROW_GAUSSIAN 3    // (x, mu, logvar): the Gaussian log-density, -1/2 times the sum of
-                             // the terms; mu and logvar repeat (a sample's parameters under
+#define MV_ROW_GAUSSIAN 3    // (x, mu, logvar): the Gaussian log-density, minus the sum of the
+                             // halved terms; mu and logvar repeat (a sample's parameters under
                              // several samples, or one value for all: a standard normal prior)
 
 // Chunk c of the tile [lo, hi) of the kind's inputs (0 outside the tile). The KL kinds read two
@@ -249,7 +249,7 @@ MV_HD void mv_row_load4(const T* in0, const T* in1, mv_i64 p1, const T* in2, mv_
 // A row's result from the sum of its terms.
 template <typename T, int kind>
 MV_HD T mv_row_finish(T sum) {
-    return kind == MV_ROW_GAUSSIAN ? T(-0.5) * sum : sum;
+    return kind == MV_ROW_GAUSSIAN ? -sum : sum;
 }
 
 // Forward of chunk c of the tile [lo, hi), its inputs a, b, d already loaded (mv_row_load4): the

@@ -210,7 +210,8 @@ MV_HD T mv_bernoulli_dlogit(T g, T l, T x) {
 // ---- Gaussian log-density of x under N(mu, exp(logvar)), one coordinate ----
 //   log N = -(log(2 pi) + logvar + t^2) / 2,  t = (x - mu) exp(-logvar / 2):
 // t^2, not (x - mu)^2 exp(-logvar), which overflows for a collapsed variance. mv_gaussian_term
-// is the bracket; the -1/2 multiplies the row's sum. The operations of
+// is the bracket halved, t^2 / 2 as (t / 2) t (finite wherever the log-density is, where t^2
+// may overflow); the row's result is minus the sum. The operations of
 // minivae.ops.vae.GaussianLogProb, in its order.
 #define MV_LOG_2PI 1.8378770664093453  // log(2 pi)
 template <typename T>
@@ -218,15 +219,16 @@ MV_HD T mv_inv_std(T logvar) { return mv_exp(T(-0.5) * logvar); }
 template <typename T>
 MV_HD T mv_gaussian_term(T x, T mu, T logvar) {
     const T t = (x - mu) * mv_inv_std<T>(logvar);
-    return (T(MV_LOG_2PI) + logvar) + t * t;
+    return T(0.5) * (T(MV_LOG_2PI) + logvar) + T(0.5) * t * t;
 }
 // Gradients with upstream g (per row), from t and inv_std = exp(-logvar / 2) (computed once for
 // the three): d/dmu = g t inv_std = -d/dx (written as (g t) inv_std, finite wherever the
-// product is), d/dlogvar = g (t^2 - 1) / 2.
+// product is), d/dlogvar = g (t^2 - 1) / 2 (written as ((g t) / 2) t - g / 2, finite wherever
+// it is, and 0 where g is 0, though t^2 may overflow).
 template <typename T>
 MV_HD T mv_gaussian_dmu(T g, T t, T inv_std) { return (g * t) * inv_std; }
 template <typename T>
-MV_HD T mv_gaussian_dlogvar(T g, T t) { return g * (T(0.5) * (t * t - T(1))); }
+MV_HD T mv_gaussian_dlogvar(T g, T t) { return T(0.5) * (g * t) * t - T(0.5) * g; }
 
 // ---- log-sum-exp, log(sum_i exp(x_i)), in the stable form of minivae.ops.reduce.LogSumExp ----
 // m = max(x); the shift s = m where m is finite, else 0 (an all -inf column gives log(0) = -inf,

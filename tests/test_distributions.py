@@ -12,8 +12,8 @@ from minivae import functional as F
 from minivae.gpu.graph import StepNoise
 from minivae.gradcheck import gradcheck
 from minivae.random import Generator, Noise
-from test_kernels import (TOL, WIDE_KL_ROWS, assert_same_gumbel, dispatch_table, fake_gpu,  # noqa: F401  (fixtures)
-                          shim)
+from test_kernels import (TOL, WIDE_GAUSSIAN_ROWS, WIDE_KL_ROWS, assert_same_gumbel,  # noqa: F401  (fixtures)
+                          dispatch_table, fake_gpu, shim)
 from test_loss_statistics import CASES, build
 
 LOG_2PI = math.log(2 * math.pi)
@@ -337,6 +337,29 @@ def test_the_kl_between_gaussians_is_finite_wherever_its_value_is(dtype):
     for got, want in ((kl.data, want_kl), (args[0].grad[:, 0], want_mu_q), (args[2].grad[:, 0], -want_mu_q),
                       (args[1].grad[:, 0], want_lv_q), (args[3].grad[:, 0], want_lv_p)):
         np.testing.assert_allclose(got, want, rtol=8 * np.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gaussian_log_density_and_its_logvar_gradient_are_finite_wherever_their_values_are(dtype):
+    # t^2 = (x - mu)^2 e^-logvar overflows float32 from t = 1.8e19, and made the log-density
+    # -(log(2 pi) + logvar + t^2) / 2 and d/dlogvar = g (t^2 - 1) / 2 inf with it, though they are
+    # finite up to t = 2.6e19 (d/dlogvar for g = 1e-3 up to 8.2e20). They must agree with the
+    # exact values, and d/dlogvar be 0 where g is 0 (it was 0 * inf = NaN).
+    rows = np.array(WIDE_GAUSSIAN_ROWS[dtype], dtype)
+    with decimal.localcontext() as context:  # to 40 digits, where e^720 fits
+        context.prec = 40
+        exact = []
+        for x, lv, g in (map(decimal.Decimal, map(float, row)) for row in rows):
+            t2 = x * x * (-lv).exp()
+            exact.append((-(decimal.Decimal(LOG_2PI) + lv + t2) / 2, g * (t2 - 1) / 2))
+    with np.errstate(over="ignore"):
+        want, want_grad = np.array(exact, np.float64).T.astype(dtype)
+    assert np.isfinite(want[:2]).all() and np.isneginf(want[2:]).all() and np.isfinite(want_grad).all()
+    logvar = _t(rows[:, 1:2], requires_grad=True)
+    log_prob = F.gaussian_log_prob(_t(rows[:, :1]), 0.0, logvar)
+    log_prob.backward(rows[:, 2])
+    np.testing.assert_allclose(log_prob.data, want, rtol=8 * np.finfo(dtype).eps)
+    np.testing.assert_allclose(logvar.grad[:, 0], want_grad, rtol=8 * np.finfo(dtype).eps)
 
 
 def test_collapsed_prior_variance_gives_finite_kl_and_log_density_in_float32():

@@ -678,10 +678,10 @@ def test_replay_bernoulli_gradient_at_a_zero_logit_is_the_ops(shim, dtype):
 
 
 def _ref_gaussian(x, mu, logvar):
-    """The float64 bracket log(2 pi) + logvar + t^2 (t = (x - mu) e^(-logvar / 2)), and t."""
+    """The float64 halved bracket (log(2 pi) + logvar + t^2) / 2 (t = (x - mu) e^(-logvar / 2)), and t."""
     x, mu, lv = (np.asarray(a, np.float64) for a in (x, mu, logvar))
     t = (x - mu) * np.exp(-0.5 * lv)
-    return np.log(2 * np.pi) + lv + t * t, t
+    return 0.5 * (np.log(2 * np.pi) + lv + t * t), t
 
 
 #: (x's shape, mu's, logvar's): the same shape, a sample's parameters under 3 samples, one row
@@ -695,7 +695,7 @@ GAUSSIAN_SHAPES = [((7, 50), (7, 50), (7, 50)), ((3, 7, 50), (7, 50), (7, 50)), 
 @pytest.mark.parametrize("shapes", GAUSSIAN_SHAPES)
 def test_replay_gaussian_kernels(shim, dtype, shapes):
     """The Gaussian log-density per row and its gradients, replayed on the host: the row sums
-    equal -1/2 times the device's own terms summed in the documented order, bit for bit, and the
+    equal minus the device's own (halved) terms summed in the documented order, bit for bit, and the
     float64 reference to rounding, with mu and logvar repeated under x as their shapes say (one
     value for all where 0-d); each gradient written only where asked for, of x's shape."""
     rtol, atol = TOL[dtype]
@@ -714,13 +714,12 @@ def test_replay_gaussian_kernels(shim, dtype, shapes):
     want, t = _ref_gaussian(x, mub, lvb)
     np.testing.assert_allclose(terms.reshape(xs), want, rtol=rtol, atol=atol)
     P = _row_tiling(shim, D)[1]
-    ordered = np.array([dtype(-0.5) * _documented_row_sum(terms[r * D:(r + 1) * D], P, r * D)
-                        for r in range(rows)], dtype)
+    ordered = np.array([-_documented_row_sum(terms[r * D:(r + 1) * D], P, r * D) for r in range(rows)], dtype)
 
     out = np.full(xs[:-1], np.nan, dtype)
     call(shim, f"shim_gaussian_fwd_{sfx}", x, mu, _I64(mu.size), lv, _I64(lv.size), out, _I64(rows), _I64(D))
     np.testing.assert_array_equal(out.ravel(), ordered)
-    np.testing.assert_allclose(out, -0.5 * want.sum(-1), rtol=rtol * D ** 0.5 * 4, atol=atol)
+    np.testing.assert_allclose(out, -want.sum(-1), rtol=rtol * D ** 0.5 * 4, atol=atol)
 
     g = rng.normal(size=xs[:-1]).astype(dtype)
     inv_std = np.exp(-0.5 * lvb.astype(np.float64))
@@ -752,6 +751,36 @@ def test_replay_gaussian_gradient_is_finite_where_the_product_is(shim, dtype):
     assert want < np.finfo(dtype).max
     np.testing.assert_allclose(dmu, [want], rtol=8 * np.finfo(dtype).eps, atol=0)
     np.testing.assert_array_equal(dx, -dmu)
+
+
+# (x, logvar, upstream g) of one-term rows of a Gaussian log-density with mu = 0: t^2 =
+# x^2 e^-logvar overflows but the log-density and d/dlogvar do not (two rows); the log-density is
+# past the lowest number but d/dlogvar, for a small g, is finite; and g = 0 there (a sample that
+# logsumexp gives no weight)
+WIDE_GAUSSIAN_ROWS = {np.float32: [(1.0, -88.9, 1.0), (2e19, 0.0, 1.0), (1.0, -90.0, 1e-3), (1.0, -95.0, 0.0)],
+                      np.float64: [(1.0, -709.9, 1.0), (1.4e154, 0.0, 1.0), (1.0, -712.0, 1e-3),
+                                   (1.0, -720.0, 0.0)]}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_gaussian_kernels_and_the_numpy_op_are_finite_where_the_values_are(fake_gpu, dtype):
+    """Rows whose log-density or d/dlogvar is finite although t^2 overflows: the kernels give the
+    NumPy op's values there, finite, to a few ulp (the libraries' exp may differ in the last
+    bit), -inf where the log-density is past the lowest number, and d/dlogvar 0 where g is 0."""
+    import minivae as mv
+    from minivae import functional as F
+
+    K, _ = fake_gpu
+    x, logvar, g = (np.array([[row[i]] for row in WIDE_GAUSSIAN_ROWS[dtype]], dtype) for i in range(3))
+    lv = mv.Tensor(logvar, requires_grad=True)
+    lp = F.gaussian_log_prob(mv.Tensor(x), 0.0, lv)
+    lp.backward(g[:, 0])
+    assert np.isfinite(lv.grad).all() and lv.grad[-1, 0] == 0 and np.isneginf(lp.data[2:]).all()
+    zero = np.zeros((), dtype)
+    rtol = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(K.gaussian_log_prob_forward(x, zero, logvar), lp.data, rtol=rtol, atol=0)
+    np.testing.assert_allclose(K.gaussian_log_prob_backward(g[:, 0], x, zero, logvar)[2], lv.grad, rtol=rtol,
+                               atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
