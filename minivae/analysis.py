@@ -30,12 +30,14 @@ def kl_per_dimension(mu, logvar):
     KL(q(z | x) || N(0, I)), the ELBO's KL term when q is a VAE's posterior. A dimension with
     KL near 0 carries no information about x (posterior collapse). ``mu`` and ``logvar`` are
     (N, D) arrays (NumPy or CuPy, a Tensor, or anything ``np.asarray`` takes: ``host_array``).
+    exp(logvar) - 1 is expm1(logvar), as in ``kl_normal_std``: a collapsed dimension's KL, where
+    exp(logvar) - 1 - logvar cancels, is then a few ulp(logvar) from its value, never negative.
     """
     mu = np.asarray(host_array(mu, "mu"), dtype=np.float64)
     logvar = np.asarray(host_array(logvar, "logvar"), dtype=np.float64)
     if mu.shape != logvar.shape or mu.ndim != 2 or len(mu) == 0:
         raise ValueError(f"mu and logvar must both be (N, D) with N >= 1, got {mu.shape} and {logvar.shape}")
-    return (0.5 * (mu ** 2 + np.exp(logvar) - 1.0 - logvar)).mean(axis=0)
+    return (0.5 * (mu ** 2 + (np.expm1(logvar) - logvar))).mean(axis=0)
 
 
 def latent_activity(mu):

@@ -26,6 +26,14 @@ def test_kl_per_dimension_sums_to_the_models_kl(rng):
     assert analysis.kl_per_dimension(mu, logvar).sum() == pytest.approx(total, rel=1e-10)
 
 
+def test_kl_per_dimension_of_a_collapsed_dimension_is_its_small_positive_value():
+    # Near the prior, e^lv - 1 - lv = lv^2 / 2 + lv^3 / 6 + ...; written as exp(lv) - 1.0 - lv in
+    # float64 it cancelled to -5.9e-17 at lv = 1e-8, a negative KL, where the KL is 2.5e-17.
+    for lv in (1e-8, -1e-8, 3e-6):
+        want = 0.5 * (lv ** 2 / 2 + lv ** 3 / 6 + lv ** 4 / 24)
+        assert analysis.kl_per_dimension(np.zeros((1, 1)), np.full((1, 1), lv))[0] == pytest.approx(want, rel=1e-6, abs=0)
+
+
 def test_kl_per_dimension_is_zero_at_the_prior():
     assert np.allclose(analysis.kl_per_dimension(np.zeros((3, 2)), np.zeros((3, 2))), 0.0)
     with pytest.raises(ValueError, match=r"must both be \(N, D\) with N >= 1, got \(3, 2\) and \(3, 3\)"):
