@@ -32,10 +32,10 @@ from .files import atomic_write_text
 from .models import MODELS, build_model
 from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
-from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, RunReplacedError, TrainConfig, build_run_model,
-                   check_resume_state, check_run_dir, check_same_run, checkpoint_position, cluster_results_path,
-                   eval_results_path, is_run_file, load_run, next_free_run_dir, read_checkpoint, resumable_options,
-                   run_folder_options, run_model, write_json)
+from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
+                   check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
+                   next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
+                   write_json, writing_for_run)
 from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
@@ -191,21 +191,23 @@ def _check_run_folder(run):
 
 
 def _load_run(run):
-    """(config, model) of a run folder: ``_check_run_folder``'s UsageError, NotARunError when it
-    holds no run (``load_run`` says what it holds instead)."""
+    """(config, model, meta) of a run folder, ``meta`` the document of the checkpoint the model
+    was read from: its ``run_id`` is the identity of the run, which a command checks the folder
+    still holds when it writes a result or a picture of the model (``writing_for_run``).
+    ``_check_run_folder``'s UsageError, NotARunError when it holds no run (``read_checkpoint``
+    says what it holds instead)."""
     _check_run_folder(run)
-    return load_run(run)  # a damaged checkpoint raises CheckpointError
+    arrays, meta, config = read_checkpoint(run)  # a damaged checkpoint raises CheckpointError
+    return config, run_model(run, arrays, config), meta
 
 
 def _load_scored_run(run):
     """(config, model, trained, run_id) of a run folder, as ``_load_run``; ``trained`` is the
     position of its checkpoint (``checkpoint_position``), which a result of the model records: a
-    resumed run trains on, and its earlier results stay. ``run_id`` is the identity of the run,
-    which ``_report`` checks the folder still holds when it writes the result."""
-    _check_run_folder(run)
-    arrays, meta, config = read_checkpoint(run)
+    resumed run trains on, and its earlier results stay."""
+    config, model, meta = _load_run(run)
     trained = checkpoint_position(meta, Path(run) / CHECKPOINT, config)
-    return config, run_model(run, arrays, config), trained, meta.get("run_id")
+    return config, model, trained, meta.get("run_id")
 
 
 # ----- train ------------------------------------------------------------------------------------
@@ -550,18 +552,11 @@ def _report(args, out, result, run_id):
     write it to ``out``: printed first, so that a failed write (RunWriteError) loses nothing.
 
     Neither happens when the folder no longer holds the run of identity ``run_id`` that was
-    scored (``check_same_run``; trained again with --overwrite during the minutes of scoring):
-    the result would be taken for one of the run it holds now. The check is made again after the
-    write, which may follow the overwrite's removal of the old run's scores: the result is then
-    removed here."""
-    check_same_run(args.run, run_id, args.command)
-    print(json.dumps(result))
-    write_json(out, result, kept="the result is printed above")
-    try:
-        check_same_run(args.run, run_id, args.command)
-    except RunReplacedError:
-        out.unlink(missing_ok=True)
-        raise
+    scored (``writing_for_run``; trained again with --overwrite during the minutes of scoring):
+    the result would be taken for one of the run it holds now."""
+    with writing_for_run(args.run, run_id, args.command, out):
+        print(json.dumps(result))
+        write_json(out, result, kept="the result is printed above")
     print(f"{PROG}: wrote {out}", file=sys.stderr)
 
 
@@ -608,12 +603,13 @@ def cmd_cluster(args):
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     _require_extra("sample", "matplotlib", "matplotlib", "viz")
-    _, model = _load_run(args.run)
+    _, model, meta = _load_run(args.run)
     path = _claim_out(args, Path(args.run) / "samples.png", PNG_FILE, "the picture")
     from .viz import prior_samples, save_image_grid
 
     images, nrow = prior_samples(model, args.n, args.seed)  # a model with labels: a class per row
-    save_image_grid(np.asarray(images), path, nrow=nrow)
+    with writing_for_run(args.run, meta.get("run_id"), "sample", path, drawn=True):
+        save_image_grid(np.asarray(images), path, nrow=nrow)
     print(path)
     return 0
 
@@ -829,6 +825,18 @@ def _graph_batch(args, x_dim):
     return (rng.uniform(size=(args.batch_size, x_dim)) < 0.5).astype(np.float32), "random binary images"
 
 
+def _write_graph(args, run_id, path, text):
+    """Write ``text`` (DOT or SVG) of ``minivae graph`` to ``path`` and print its name: a graph
+    of the run of identity ``run_id`` in the folder ``args.run`` only while the folder holds that
+    run (``writing_for_run``); a graph of ``--model`` belongs to no run."""
+    if args.run is None:
+        atomic_write_text(path, text)
+    else:
+        with writing_for_run(args.run, run_id, "graph", path, drawn=True):
+            atomic_write_text(path, text)
+    print(path)
+
+
 def cmd_graph(args):
     """Write the graph of one loss evaluation as DOT (and SVG when Graphviz is installed)."""
     from .graph import model_loss_graph, render_svg, svg_available
@@ -836,8 +844,10 @@ def cmd_graph(args):
 
     if (args.run is None) == (args.model is None):
         raise UsageError("graph: give a run folder or --model NAME (one of the two)")
+    run_id = None  # the identity of the run drawn (``_write_graph``); a --model belongs to none
     if args.run is not None:
-        _, model = _load_run(args.run)
+        _, model, meta = _load_run(args.run)
+        run_id = meta.get("run_id")
         source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
     else:
         try:
@@ -861,15 +871,11 @@ def cmd_graph(args):
     noise = Generator(seed=args.seed, stream=streams.TRAIN_NOISE)
     _, dot = model_loss_graph(model, x, noise, grad=args.grad, title=title)
     if out.suffix == ".svg":
-        atomic_write_text(out, render_svg(dot))
-        print(out)
+        _write_graph(args, run_id, out, render_svg(dot))
         return 0
-    atomic_write_text(out, dot)
-    print(out)
+    _write_graph(args, run_id, out, dot)
     if svg_available():
-        svg = out.with_suffix(".svg")
-        atomic_write_text(svg, render_svg(dot))
-        print(svg)
+        _write_graph(args, run_id, out.with_suffix(".svg"), render_svg(dot))
     else:
         print(f"{PROG}: note: no SVG written: an SVG needs Graphviz's `dot` program "
               f"(apt-get install graphviz; then `dot -Tsvg {out} -o {out.with_suffix('.svg')}`)", file=sys.stderr)

@@ -22,10 +22,11 @@ Rules:
 * one process at a time trains in a folder: ``claim_run_dir`` holds an exclusive lock on it
   (``flock`` on the folder itself, so no lock file is left behind; released when the process
   ends, however it ends), and a second one is refused;
-* ``minivae eval`` and ``minivae cluster`` take no lock, so that a run can be scored while it
-  trains on (the result records the position of the checkpoint scored), but write their result
-  only while the folder holds the run they scored: each run has an identity (``run_id``, kept by
-  a resume, new when it starts again), checked before and after the write (``check_same_run``).
+* ``minivae eval``, ``cluster``, ``sample``, ``plot`` and ``graph`` take no lock, so that a run
+  can be scored and drawn while it trains on (a score records the position of the checkpoint
+  scored), but write their results and pictures only while the folder holds the run they read:
+  each run has an identity (``run_id``, kept by a resume, new when it starts again), checked
+  before and after each write (``writing_for_run``).
 
 Errors about a run folder are ``RunFolderError`` (a ``ValueError``): one line naming the folder and
 what would be valid.
@@ -382,22 +383,44 @@ def new_run_id():
     return secrets.token_hex(8)
 
 
-def check_same_run(run, run_id, command):
+def check_same_run(run, run_id, command, picture=None):
     """Raise RunReplacedError, one line naming the folder, unless the run folder ``run`` still
     holds the run of identity ``run_id`` (``new_run_id``; None for a run saved before runs had
-    one) that ``minivae command`` scored: its checkpoint still records that identity. A run that
+    one) that ``minivae command`` read: its checkpoint still records that identity. A run that
     trains on meanwhile (resumed, or not yet finished) keeps it; one started again in the
-    folder, or removed, does not, and a result of the model read would be taken for a result of
-    the run the folder holds now."""
+    folder, or removed, does not, and a result or a picture of the model read would be taken for
+    one of the run the folder holds now. ``picture`` is the file of the picture (or graph) the
+    command draws of the run, which the message names; None for the result of a score."""
     try:
         same = read_checkpoint(run)[1].get("run_id") == run_id
     except NotARunError:  # removed; a run started again saves its first checkpoint after an epoch
         same = False
     if not same:
+        did, do, output = ("scored", "score", "the result") if picture is None else ("drawn", "draw", picture)
         raise RunReplacedError(
-            f"{run} no longer holds the run that was scored: it was trained again (or removed) "
-            f"meanwhile, so the result is not written; to score the run it holds now, run "
+            f"{run} no longer holds the run that was {did}: it was trained again (or removed) "
+            f"meanwhile, so {output} is not written; to {do} the run it holds now, run "
             f"`minivae {command} {run}` again once that run has saved a checkpoint")
+
+
+@contextlib.contextmanager
+def writing_for_run(run, run_id, command, path, drawn=False):
+    """Hold the ``with`` block that writes the file ``path``, a result (or, ``drawn``, a picture)
+    that ``minivae command`` made of the run of identity ``run_id`` it read from the folder
+    ``run``, to the rule that keeps it out of a run trained again meanwhile; yield ``path``.
+
+    ``check_same_run`` before the block, which then does not run, and again after it: the
+    overwrite that started the new run may have removed the old run's files before the block
+    wrote ``path``, which is then removed here. One written before the overwrite removed the
+    checkpoint goes with the old run's files (``_remove_run_files``)."""
+    picture = path if drawn else None
+    check_same_run(run, run_id, command, picture)
+    yield path
+    try:
+        check_same_run(run, run_id, command, picture)
+    except RunReplacedError:
+        Path(path).unlink(missing_ok=True)
+        raise
 
 
 def _check_loop_position(epoch, batch, path, config, n_train=None):
@@ -587,10 +610,10 @@ def _remove_run_files(run_dir):
     The scores and pictures go first, the files that make the folder a run (``holds_run``) last:
     stopped in between (Ctrl-C, a kill, a file that cannot be removed), the folder still holds a
     run, so no new run starts there without --overwrite beside the old run's scores, which would
-    then read as its own. The scores and pictures go once more at the end: ``eval`` and
-    ``cluster`` take no lock, and one that checked the run (``check_same_run``) before its
-    checkpoint went may have written its result since; one that checks after finds the checkpoint
-    gone and removes its result itself."""
+    then read as its own. The scores and pictures go once more at the end: the commands that
+    score and draw a run take no lock, and one that checked the run (``writing_for_run``) before
+    its checkpoint went may have written its result or picture since; one that checks after finds
+    the checkpoint gone and removes its file itself."""
     _remove_scores_and_pictures(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
@@ -601,7 +624,7 @@ def _remove_scores_and_pictures(run_dir):
     """Delete the files of ``RUN_FILE_PATTERNS`` in ``run_dir``: the scores and pictures of a run."""
     for pattern in RUN_FILE_PATTERNS:
         for path in run_dir.glob(pattern):
-            path.unlink(missing_ok=True)  # an evaluation may remove its own result meanwhile
+            path.unlink(missing_ok=True)  # a command may remove its own result or picture meanwhile
 
 
 def _run_dir_names(base):

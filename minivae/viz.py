@@ -46,7 +46,7 @@ from .files import atomic_write
 from .models import VAE
 from .nn import evaluating
 from .random import Generator
-from .runs import load_run, read_metrics
+from .runs import read_checkpoint, read_metrics, run_model, writing_for_run
 from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
@@ -554,7 +554,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     """Draw every picture of a trained run into its folder; return the list of PNG paths.
 
     ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
-    The model is rebuilt with ``minivae.runs.load_run``; the test images come from ``data`` (any
+    The model is rebuilt from its checkpoint; the test images come from ``data`` (any
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
@@ -565,6 +565,10 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     ``embeddings`` the seed also seeds t-SNE and UMAP, so it must be below 2**32 (scikit-learn's
     seeds; ``check_sklearn_seed``), whether they are installed or not. See the module
     docstring for the list of files.
+
+    Each picture is written only while the folder holds the run drawn (``runs.writing_for_run``):
+    ``RunReplacedError`` when it was trained again meanwhile (``minivae train --overwrite`` while
+    t-SNE ran), and the pictures written before go with the run it replaced.
     """
     _require_matplotlib()
     n_latent = check_integer(n_latent, "n_latent", minimum=1)
@@ -573,7 +577,13 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     if embeddings:  # before the first picture: t-SNE would refuse it after the samples are drawn
         seed = check_sklearn_seed(seed)
     run_dir = Path(run_dir)
-    _, model = load_run(run_dir)
+    arrays, meta, config = read_checkpoint(run_dir)
+    model = run_model(run_dir, arrays, config)
+
+    def picture(name):
+        """Hold the ``with`` block that writes the picture ``name`` into the run folder; yield its path."""
+        return writing_for_run(run_dir, meta.get("run_id"), "plot", run_dir / name, drawn=True)
+
     data = data if data is not None else load_mnist(verbose=False)
     n = min(n_latent, len(data.x_test))
     x_test = binarize_eval(np.asarray(data.x_test[:n]), "test")
@@ -584,21 +594,25 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
 
     # A model with a label: one row per class, 8 draws of the other latents each.
     images, nrow = prior_samples(model, 8 * model.num_classes if model.semi_supervised else 64, seed)
-    paths.append(save_image_grid(images, run_dir / "samples.png", nrow=nrow))
+    with picture("samples.png") as path:
+        paths.append(save_image_grid(images, path, nrow=nrow))
 
     if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE
-        paths += _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings)
+        paths += _latent_pictures(model, picture, x_test, y_test, n_embed, seed, embeddings)
 
     metrics = read_metrics(run_dir)
     if _epoch_lines(metrics):
-        paths.append(plot_curves(metrics, run_dir / "curves.png"))
+        with picture("curves.png") as path:
+            paths.append(plot_curves(metrics, path))
     if has_grad_norms(metrics):
-        paths.append(plot_grad_norms(metrics, run_dir / "grad_norms.png"))
+        with picture("grad_norms.png") as path:
+            paths.append(plot_grad_norms(metrics, path))
     return paths
 
 
-def _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings):
-    """Reconstructions, PCA (t-SNE, UMAP), traversal and KL-per-dimension pictures of a VAE."""
+def _latent_pictures(model, picture, x_test, y_test, n_embed, seed, embeddings):
+    """Reconstructions, PCA (t-SNE, UMAP), traversal and KL-per-dimension pictures of a VAE,
+    each written in the ``with`` block of ``picture(name)`` (see ``plot_run``)."""
     paths, n = [], len(x_test)
     mu, logvar = encode_dataset(model, x_test)
     # Reconstruct from the model's deterministic latent point (the posterior mean; for flows, the
@@ -608,25 +622,29 @@ def _latent_pictures(model, run_dir, x_test, y_test, n_embed, seed, embeddings):
         param = next(iter(model.parameters()))
         z = model.reconstruction_latent(tensor(to_device(x_test[:32].astype(param.dtype), param.device)))
     recon = decode_means(model, z.numpy())
-    paths.append(plot_reconstructions(x_test[:32], recon, run_dir / "reconstructions.png"))
+    with picture("reconstructions.png") as path:
+        paths.append(plot_reconstructions(x_test[:32], recon, path))
 
     proj, ratio = pca_2d(mu)
-    paths.append(plot_latent_scatter(
-        proj, y_test, run_dir / "latent_pca.png",
-        f"test-set means of {model.encoded_gaussian} (z-dim {mu.shape[1]}, n={n}), PCA",
-        f"PC1 ({100 * ratio[0]:.0f}% of variance)", f"PC2 ({100 * ratio[1]:.0f}% of variance)"))
+    with picture("latent_pca.png") as path:
+        paths.append(plot_latent_scatter(
+            proj, y_test, path,
+            f"test-set means of {model.encoded_gaussian} (z-dim {mu.shape[1]}, n={n}), PCA",
+            f"PC1 ({100 * ratio[0]:.0f}% of variance)", f"PC2 ({100 * ratio[1]:.0f}% of variance)"))
 
     if embeddings and n >= _MIN_EMBED:
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(n, size=min(n_embed, n), replace=False))
         for name, emb in _embeddings(mu[idx], seed):
-            paths.append(plot_latent_scatter(
-                np.asarray(emb), None if y_test is None else y_test[idx],
-                run_dir / f"latent_{name}.png",
-                f"test-set means of {model.encoded_gaussian}, {name.upper()} (n={len(idx)})",
-                f"{name} 1", f"{name} 2"))
+            with picture(f"latent_{name}.png") as path:
+                paths.append(plot_latent_scatter(
+                    np.asarray(emb), None if y_test is None else y_test[idx], path,
+                    f"test-set means of {model.encoded_gaussian}, {name.upper()} (n={len(idx)})",
+                    f"{name} 1", f"{name} 2"))
 
     kl = kl_per_dimension(mu, logvar)
-    paths.append(plot_traversal(model, run_dir / "traversal.png", kl=kl))
-    paths.append(plot_kl_per_dim(kl, latent_activity(mu), run_dir / "kl_per_dim.png"))
+    with picture("traversal.png") as path:
+        paths.append(plot_traversal(model, path, kl=kl))
+    with picture("kl_per_dim.png") as path:
+        paths.append(plot_kl_per_dim(kl, latent_activity(mu), path))
     return paths

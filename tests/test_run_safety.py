@@ -793,6 +793,21 @@ def _without_run_id(run):
     checkpoint.save(run / CHECKPOINT, arrays, meta)
 
 
+def _another_training(tmp_path, data, how, new_run):
+    """A function that trains the run of ``config(tmp_path)`` again with --overwrite, as another
+    process would: to its end (``how`` "trained again"), or only started ("started again": in its
+    first epoch, without a checkpoint yet; the folder stays claimed by ``new_run``, an ExitStack)."""
+    run = tmp_path / "run"
+
+    def train_again():
+        if how == "started again":
+            new_run.enter_context(runs.claim_run_dir(run, overwrite=True))
+            runs.write_json(run / runs.CONFIG, config(tmp_path, epochs=1, seed=1).to_dict())
+        else:
+            train(config(tmp_path, epochs=1, seed=1), overwrite=True, data=data, **QUIET)
+    return train_again
+
+
 @pytest.mark.parametrize("command", ["eval", "cluster"])
 @pytest.mark.parametrize("meanwhile", ["trained again", "started again",
                                        "trained again, saved without an identity"])
@@ -807,13 +822,7 @@ def test_a_score_of_a_run_trained_again_meanwhile_is_not_written(tmp_path, monke
     if meanwhile.endswith("without an identity"):
         _without_run_id(run)
     new_run = contextlib.ExitStack()
-
-    def train_again():
-        if meanwhile == "started again":  # in its first epoch: no checkpoint yet
-            new_run.enter_context(runs.claim_run_dir(run, overwrite=True))
-            runs.write_json(run / runs.CONFIG, config(tmp_path, epochs=1, seed=1).to_dict())
-        else:
-            train(config(tmp_path, epochs=1, seed=1), overwrite=True, data=data, **QUIET)
+    train_again = _another_training(tmp_path, data, meanwhile, new_run)
     with new_run:
         capsys.readouterr()
         assert _score_with(command, run, train_again, monkeypatch, data) == 2
@@ -885,6 +894,106 @@ def test_a_score_written_while_an_overwrite_removes_the_run_goes_with_it(tmp_pat
     monkeypatch.setattr(Path, "unlink", written_first)
     Trainer(config(tmp_path, epochs=1, seed=1), data=data, **QUIET).fit(overwrite=True)
     assert _results_in(run) == []
+
+
+# ----- drawing a run while it trains on, or is trained again --------------------------------------
+
+#: The picture of each command that ``_draw_with`` writes after ``meanwhile``, the first refused when
+#: the run was trained again then (plot's samples, reconstructions and PCA are written before).
+DRAWN_AFTER = {"sample": "samples.png", "plot": "traversal.png", "graph": "graph.dot"}
+
+
+def _draw_with(command, run, meanwhile, monkeypatch, data):
+    """``minivae sample RUN``, ``plot RUN`` or ``graph RUN`` on ``data``, calling ``meanwhile()``
+    while the pictures are drawn, as another process would act then (for plot, where t-SNE runs:
+    its first three pictures are written by then); the exit status. The embedders are left out
+    (sklearn is not imported), so that plot stays quick."""
+    import minivae.graph
+    from minivae import viz
+
+    monkeypatch.setattr(viz, "load_mnist", lambda verbose=True: data)
+    module, name = {"sample": (viz, "prior_samples"), "plot": (viz, "_embeddings"),
+                    "graph": (minivae.graph, "model_loss_graph")}[command]
+    real = getattr(module, name)
+
+    def drawn_meanwhile(*args, **kwargs):
+        meanwhile()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(module, name, drawn_meanwhile)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "umap", None)
+    options = {"sample": ["--n", "4"], "plot": [], "graph": ["--data", "random"]}[command]
+    return cli.main([command, str(run), *options])
+
+
+def _pictures_in(run):
+    """The names of the pictures and graphs in the folder ``run``."""
+    return sorted(p.name for p in run.iterdir() if p.suffix in (".png", ".dot", ".svg"))
+
+
+@pytest.mark.parametrize("command", ["sample", "plot", "graph"])
+@pytest.mark.parametrize("meanwhile", ["trained again", "started again"])
+def test_a_picture_of_a_run_trained_again_meanwhile_is_not_written(tmp_path, monkeypatch, capsys, command,
+                                                                   meanwhile):
+    """``train --out RUN --overwrite`` while RUN was drawn (sample, plot and graph take no lock,
+    and plot's t-SNE takes minutes): the pictures of the old run's model were written into the
+    new run, where they read as its own. The picture at hand is refused in one line naming it,
+    those plot wrote before went with the old run, and the new run is drawn as the line says."""
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    new_run = contextlib.ExitStack()
+    train_again = _another_training(tmp_path, data, meanwhile, new_run)
+    with new_run:
+        capsys.readouterr()
+        assert _draw_with(command, run, train_again, monkeypatch, data) == 2
+        out, err = capsys.readouterr()
+        assert err.splitlines()[-1] == (
+            f"minivae: error: {run} no longer holds the run that was drawn: it was trained again (or removed) "
+            f"meanwhile, so {run / DRAWN_AFTER[command]} is not written; to draw the run it holds now, "
+            f"run `minivae {command} {run}` again once that run has saved a checkpoint")
+        assert out == "" and _pictures_in(run) == []
+    if meanwhile == "trained again":
+        monkeypatch.undo()
+        assert _draw_with(command, run, lambda: None, monkeypatch, data) == 0
+        assert DRAWN_AFTER[command] in _pictures_in(run)
+
+
+@pytest.mark.parametrize("command", ["sample", "plot", "graph"])
+def test_a_picture_written_as_its_run_is_trained_again_is_removed(tmp_path, monkeypatch, capsys, command):
+    """The overwrite between the check before a picture is written and its write: the picture is
+    found by the check after it, and removed."""
+    from minivae import viz
+
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    module, name = (cli, "atomic_write_text") if command == "graph" else (viz, "atomic_write")
+    real_write = getattr(module, name)
+
+    def trained_again_then_written(path, *args):
+        if Path(path).parent == run:
+            train(config(tmp_path, epochs=1, seed=1), overwrite=True, data=data, **QUIET)
+        real_write(path, *args)
+    monkeypatch.setattr(module, name, trained_again_then_written)
+    assert _draw_with(command, run, lambda: None, monkeypatch, data) == 2
+    assert "no longer holds the run that was drawn" in capsys.readouterr().err
+    assert _pictures_in(run) == []
+
+
+@pytest.mark.parametrize("command", ["sample", "plot", "graph"])
+def test_a_run_drawn_while_it_trains_on_gets_its_pictures(tmp_path, monkeypatch, command):
+    """A resume while the run is drawn replaces its checkpoint, but the run is the same: its
+    pictures are written."""
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+
+    def resume():
+        train(config(tmp_path, epochs=2), resume=True, data=data, **QUIET)
+    assert _draw_with(command, run, resume, monkeypatch, data) == 0
+    assert DRAWN_AFTER[command] in _pictures_in(run)
+    assert checkpoint.load(run / CHECKPOINT)[1]["epoch"] == 2
 
 
 # ----- the divergence guard ---------------------------------------------------------------------
