@@ -624,14 +624,16 @@ class Trainer:
         runs.write_json(self.run_dir / CONFIG, self.config.to_dict())
         try:
             with _deferred_interrupt(self.stop_requested):
-                while self.epoch < self.config.epochs:
+                while self.epoch < self.config.epochs and not self.stop_requested.is_set():
                     metrics = self._epoch()
                     runs.append_metrics(self.run_dir, metrics)
                     self.epoch, self.batch, self.sums, self.images = self.epoch + 1, 0, {}, {}
                     self.save()
                     self.log(_epoch_line(metrics))
-                    if self.stop_requested.is_set():
-                        raise Stopped(self.stop_requested.signum)
+            # Checked once the handlers are back: a signal between two epochs, or after the last
+            # check of the loop, would otherwise let the final evaluation run as if none came.
+            if self.stop_requested.is_set():
+                raise Stopped(self.stop_requested.signum)
         except KeyboardInterrupt:
             self.save()
             self.log(f"interrupted: saved {_position(self.epoch, self.batch)} to "

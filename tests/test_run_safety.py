@@ -226,6 +226,35 @@ def test_a_sigterm_that_training_stops_at_exits_143_and_ctrl_c_130(tmp_path, mon
         assert out.splitlines()[-1].startswith(f"interrupted: saved epoch 1, batch 1 to {run / CHECKPOINT}")
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_after_the_last_stop_check_skips_the_final_evaluation(tmp_path, monkeypatch, capsys, signum):
+    """A Ctrl-C or SIGTERM after the loop's last check for one, before its handlers were given
+    back, was taken by them and acted on by nothing: the final evaluation ran as if no signal had
+    come (minutes with --eval-k 5000; a second signal ended the process). Training is done and
+    saved then: the evaluation is skipped as after a signal in the loop, and --resume does it."""
+    from minivae import train as train_module
+
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data())
+    real_deferred = train_module._deferred_interrupt
+
+    @contextlib.contextmanager
+    def signalled_at_the_end(flag):
+        with real_deferred(flag):
+            yield
+            signal.raise_signal(signum)  # the loop is over; its handlers take the signal
+    monkeypatch.setattr(train_module, "_deferred_interrupt", signalled_at_the_end)
+    run = tmp_path / "run"
+    argv = ["train", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "2", "--no-progress",
+            "--epochs", "1", "--out", str(run)]
+    assert cli.main(argv) == 128 + signum
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"interrupted: saved the end of epoch 1 to {run / CHECKPOINT}; continue with --resume --out {run}")
+    assert not (run / RESULTS).exists()
+    monkeypatch.setattr(train_module, "_deferred_interrupt", real_deferred)
+    assert cli.main([*argv, "--resume"]) == 0
+    assert json.loads((run / RESULTS).read_text())["eval_k"] == 2
+
+
 _TERMINATED_CHILD = """
 import os, signal, sys
 from pathlib import Path
