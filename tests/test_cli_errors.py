@@ -726,6 +726,13 @@ def test_an_output_file_is_never_a_file_of_a_run(capsys, run, command, name):
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+def test_an_output_file_named_as_a_file_of_a_run_may_go_where_no_run_is(capsys, run, tmp_path):
+    """Only a folder that holds a run keeps its files' names for them: results.json in a folder
+    of scores is a .json output like any other (its checks pass, so MNIST is loaded next)."""
+    with pytest.raises(AssertionError, match="MNIST was loaded"):
+        main(["eval", str(run), "--out", str(tmp_path / "scores" / "results.json")])
+
+
 @pytest.mark.parametrize("command, name, kind", [("sample", "eval_k3.json", ".png"), ("sample", "grid.jpg", ".png"),
                                                  ("eval", "samples.png", ".json"), ("eval", "result", ".json")])
 def test_an_output_file_is_of_the_kind_the_command_writes(capsys, run, command, name, kind):

@@ -236,6 +236,25 @@ def test_an_m1m2_run_saved_before_run_models_names_a_retrained_m1_in_one_line(tm
     assert len(err.splitlines()) == 1 and f"m1={m1}" in err
 
 
+def test_a_checkpoint_that_does_not_fit_its_recorded_m1_blames_no_m1_folder(tmp_path):
+    """A run that records its M1 (``run_models``) is rebuilt without the M1 folder: a checkpoint of
+    it that does not fit its model is named alone, not the M1 run, which played no part."""
+    from minivae import checkpoint
+    from minivae.checkpoint import CheckpointError
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = _vae_run(tmp_path, data)
+    run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    arrays, meta = checkpoint.load(run / "checkpoint.npz")
+    del arrays[next(name for name in arrays if name.startswith("model/"))]
+    checkpoint.save(run / "checkpoint.npz", arrays, meta)
+    with pytest.raises(CheckpointError) as exc:
+        load_run(run)
+    message = str(exc.value)
+    assert "does not fit the model its config describes" in message
+    assert f"m1={m1}" not in message and "built on the run" not in message
+
+
 def test_the_m1_folder_is_kept_absolute_and_relative_ones_of_older_runs_still_load(tmp_path, monkeypatch):
     from minivae import checkpoint
 

@@ -404,6 +404,23 @@ def test_a_run_trained_into_the_folder_between_the_check_and_the_lock_is_refused
     assert json.loads((run / RESULTS).read_text())["epochs"] == 1
 
 
+def test_a_new_run_goes_on_when_its_free_folder_is_trained_into_before_the_lock(tmp_path, monkeypatch):
+    """A run without --out takes the first free folder; another training may run start to end in
+    it after it was found free and before the lock is taken. The new run goes on to the next
+    folder, as it does when it finds the folder locked, and the other run is left as it is."""
+    data = small_data()
+    base = tmp_path / "runs" / "vae"
+    real_check = runs.check_run_dir
+    def check_then_another_trains(run_dir, resume=False, overwrite=False):
+        real_check(run_dir, resume, overwrite)
+        monkeypatch.setattr(runs, "check_run_dir", real_check)
+        train(config(tmp_path, epochs=1, out=str(base)), data=data, **QUIET)  # the other process
+    monkeypatch.setattr(runs, "check_run_dir", check_then_another_trains)
+    train(config(tmp_path, epochs=2, seed=1), data=data, free_of=str(base), **QUIET)
+    assert json.loads((base / RESULTS).read_text())["epochs"] == 1
+    assert json.loads((tmp_path / "runs" / "vae-2" / RESULTS).read_text())["epochs"] == 2
+
+
 @pytest.mark.parametrize("error, trains", [(errno.ENOLCK, True), (errno.EIO, False)])
 def test_a_file_system_without_locks_trains_unlocked_and_other_lock_errors_are_named(
         tmp_path, monkeypatch, error, trains):
@@ -478,6 +495,14 @@ def test_a_metrics_line_that_is_no_json_object_is_named(tmp_path, capsys, line, 
     (tmp_path / METRICS).write_bytes(b'{"epoch": 1}\n' + line + end)
     with pytest.raises(RunFolderError, match=f"{METRICS} line 2 is not a JSON object"):
         runs.read_metrics(tmp_path)
+
+
+def test_rewriting_the_metrics_of_a_folder_without_them_writes_no_file(tmp_path):
+    """A run stopped inside its first epoch has no metrics.jsonl, and its resume drops the lines
+    written after the checkpoint (``rewrite_metrics``): where there are none, no file is made; an
+    empty metrics.jsonl would make a folder hold a run (``holds_run``)."""
+    runs.rewrite_metrics(tmp_path, lambda record: True)
+    assert list(tmp_path.iterdir()) == [] and not runs.holds_run(tmp_path)
 
 
 @pytest.mark.parametrize("line", ['{"valid_elbo": -90.0}', '{"epoch": "1"}', '{"epoch": true}',
