@@ -168,13 +168,21 @@ def test_checkpoint_round_trip_and_no_pickle(tmp_path):
     arrays, meta = checkpoint.load(path)
     np.testing.assert_array_equal(arrays["a"], np.arange(3.0))
     assert meta == {"epoch": 3, "nested": {"x": [1, 2]}}
-    # A pickled array must be refused, in a file that is otherwise a checkpoint.
+    # A pickled array must be refused, in a file that is otherwise a checkpoint, and named as
+    # pickled: its bytes are a pickle, not an array of the wrong size.
     np.savez(path, a=np.array([object()], dtype=object), **{checkpoint.META_KEY: np.array(json.dumps({}))})
-    with pytest.raises(checkpoint.CheckpointError, match="is unreadable or corrupt"):
+    with pytest.raises(checkpoint.CheckpointError, match="is unreadable or corrupt: .*allow_pickle=False"):
         checkpoint.load(path)
     path.write_bytes(b"truncated")
     with pytest.raises(checkpoint.CheckpointError, match="corrupt"):
         checkpoint.load(path)
+
+
+def test_checkpoint_save_makes_the_folder_it_writes_into(tmp_path):
+    """A checkpoint may be saved where no folder is yet: save makes the folders of its path."""
+    path = tmp_path / "new" / "run" / "c.npz"
+    checkpoint.save(path, {"a": np.arange(3.0)}, {"epoch": 1})
+    np.testing.assert_array_equal(checkpoint.load(path)[0]["a"], np.arange(3.0))
 
 
 def test_checkpoint_names_are_data_not_arguments(tmp_path):
