@@ -255,6 +255,26 @@ def test_a_checkpoint_that_does_not_fit_its_recorded_m1_blames_no_m1_folder(tmp_
     assert f"m1={m1}" not in message and "built on the run" not in message
 
 
+def test_a_resume_keeps_the_record_of_m1_that_its_config_lacks(tmp_path):
+    """``run_models`` is a record of the run, which a resume takes from the checkpoint: resumed
+    through the API with the settings it was started with (no record), the run still records its
+    M1, and is rebuilt without the M1 folder afterwards."""
+    import dataclasses
+
+    from minivae import checkpoint
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = _vae_run(tmp_path, data)
+    run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    started = dataclasses.replace(load_run(run)[0], run_models={}, epochs=2)
+    train(started, resume=True, data=data, progress=False, log=lambda m: None)
+    for recorded in (json.loads((run / "config.json").read_text()),
+                     checkpoint.load(run / "checkpoint.npz")[1]["config"]):
+        assert recorded["run_models"]["m1"]["kwargs"]["z_dim"] == 4
+    shutil.rmtree(m1)
+    assert load_run(run)[0].epochs == 2
+
+
 def test_the_m1_folder_is_kept_absolute_and_relative_ones_of_older_runs_still_load(tmp_path, monkeypatch):
     from minivae import checkpoint
 
