@@ -4,13 +4,12 @@ They move elements without changing values, so each backward moves the gradient 
 integer or boolean tensors keep their dtype through them (``Function.moves_elements``).
 """
 import numbers
-import operator
 
 from ..autograd import Tensor
 from ..backend import get_array_module
 from ..checks import check_sequence
 from ..function import Function
-from .axes import normalize_axis
+from .axes import _index, normalize_axis
 
 
 class Reshape(Function):
@@ -207,24 +206,17 @@ class Stack(Function):
 def _shape_tuple(op, shape):
     """``shape`` as a tuple of ints; an integer (a Python or NumPy int) is a 1-D shape, as in
     NumPy. Anything else (None, a float, a string, a bool) is a TypeError naming ``op``, where
-    NumPy's own message would name no op ("'NoneType' object is not iterable")."""
+    NumPy's own message would name no op ("'NoneType' object is not iterable"). Each size is read
+    by the rule of an axis (``axes._index``): a bool is refused, as NumPy's shapes refuse it, for
+    to Python it is the int 1 or 0, so ``reshape(x, (True, 4))`` would give x the shape (1, 4)."""
     try:
-        return (_size(shape),)
+        return (_index(op, shape),)
     except TypeError:
         pass
     try:
-        return tuple(_size(n) for n in shape)
+        return tuple(_index(op, n) for n in shape)
     except TypeError:
         raise TypeError(f"{op}: shape must be an integer or a sequence of integers, got {shape!r}") from None
-
-
-def _size(n):
-    """One size of a shape as a Python int (``operator.index``), a bool refused (TypeError) as
-    NumPy's shapes refuse it: to Python it is the int 1 or 0, so ``reshape(x, (True, 4))`` would
-    give x the shape (1, 4) without a word."""
-    if isinstance(n, bool):
-        raise TypeError(f"a size must be an integer, got {n!r}")
-    return operator.index(n)
 
 
 def reshape(x, shape):
