@@ -61,6 +61,17 @@ def _plain_array(name, value):
 
 def load(path):
     """Read a checkpoint written by ``save``; return (arrays, meta)."""
+    return _read(path, document_only=False)
+
+
+def load_document(path):
+    """Read only the JSON document of the checkpoint at ``path``, as ``load`` returns it (its
+    ``meta``), with ``load``'s checks on that member alone: its arrays are left unread."""
+    return _read(path, document_only=True)[1]
+
+
+def _read(path, document_only):
+    """(arrays, meta) of the checkpoint at ``path``: every array, or none with ``document_only``."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
@@ -76,12 +87,14 @@ def load(path):
                               "(an .npz zip archive), or only the start of one")
     try:
         with zipfile.ZipFile(path) as archive:
-            _check_array_sizes(path, archive)
+            members = [info for info in archive.infolist()
+                       if not document_only or info.filename == f"{META_KEY}.npy"]
+            _check_array_sizes(path, archive, members)
         with np.load(path, allow_pickle=False) as f:
-            arrays = {name: f[name] for name in f.files}
-        if META_KEY not in arrays:
-            raise CheckpointError(f"checkpoint {path} holds arrays but no {META_KEY} document: it was "
-                                  "not written by minivae")
+            if META_KEY not in f.files:
+                raise CheckpointError(f"checkpoint {path} holds arrays but no {META_KEY} document: it "
+                                      "was not written by minivae")
+            arrays = {name: f[name] for name in ([META_KEY] if document_only else f.files)}
         meta = json.loads(str(arrays.pop(META_KEY)))
     # A cut-off or damaged file fails deep inside zipfile or NumPy's header parser, with
     # whatever error that layer raises; all of them mean the same thing here. (zlib.error: a
@@ -92,17 +105,17 @@ def load(path):
     return arrays, meta
 
 
-def _check_array_sizes(path, archive):
-    """Refuse (CheckpointError naming ``path``) a member of the checkpoint's zip ``archive`` whose
-    .npy header describes another number of bytes than the member holds, counted by reading it a
-    chunk at a time.
+def _check_array_sizes(path, archive, members):
+    """Refuse (CheckpointError naming ``path``) one of the ``members`` (ZipInfo) of the
+    checkpoint's zip ``archive`` whose .npy header describes another number of bytes than the
+    member holds, counted by reading it a chunk at a time.
 
     np.load allocates the array that a header describes before it reads a byte of its data (the
     zip's CRC is checked only once the data is read), so a damaged or crafted header of shape
     (10**12,) raised MemoryError, naming no file. Nor can the size that the zip's directory gives
     a member be compared instead: it too is checked only as the member is read.
     """
-    for info in archive.infolist():
+    for info in members:
         with archive.open(info) as member:
             header = _npy_header(member)
             # No .npy file: np.load gives its bytes as they are; pickled objects: np.load refuses

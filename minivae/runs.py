@@ -291,7 +291,7 @@ def with_run_models(config):
     configs), for a run that starts: see ``TrainConfig.run_models``."""
     recorded = {}
     for name, folder in run_folder_options(config).items():
-        other = read_checkpoint(folder)[2]
+        other = read_checkpoint_document(folder)[1]
         recorded[name] = {"model": other.model, "kwargs": other.model_kwargs()}
     return dataclasses.replace(config, run_models=recorded)
 
@@ -303,19 +303,38 @@ def read_checkpoint(run):
     line naming the file and the problem, when the file or its document (a dict holding a valid
     ``config``) is damaged.
     """
+    path = _checkpoint_path(run)
+    arrays, meta = checkpoint.load(path)
+    return arrays, meta, _checked_config(path, meta)
+
+
+def read_checkpoint_document(run):
+    """(meta, config) of the checkpoint of the run folder ``run``, as ``read_checkpoint`` gives
+    them (and refuses them), without reading its arrays."""
+    path = _checkpoint_path(run)
+    meta = checkpoint.load_document(path)
+    return meta, _checked_config(path, meta)
+
+
+def _checkpoint_path(run):
+    """The checkpoint file of the run folder ``run``; NotARunError when it holds none."""
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise _no_checkpoint(Path(run))
-    arrays, meta = checkpoint.load(path)
+    return path
+
+
+def _checked_config(path, meta):
+    """The TrainConfig that ``meta``, the document of the checkpoint ``path``, holds; CheckpointError
+    naming the file when the document is no dict or holds no valid config."""
     if not isinstance(meta, dict):
         raise damaged(path, f"its document is a {type(meta).__name__}, not a dict")
     if not isinstance(meta.get("config"), dict):
         raise damaged(path, "its document holds no config")
     try:
-        config = TrainConfig.from_dict(meta["config"])
+        return TrainConfig.from_dict(meta["config"])
     except ValueError as exc:
         raise damaged(path, f"its config is invalid: {exc}") from None
-    return arrays, meta, config
 
 
 def _no_checkpoint(run):
@@ -392,7 +411,7 @@ def check_same_run(run, run_id, command, picture=None):
     one of the run the folder holds now. ``picture`` is the file of the picture (or graph) the
     command draws of the run, which the message names; None for the result of a score."""
     try:
-        same = read_checkpoint(run)[1].get("run_id") == run_id
+        same = read_checkpoint_document(run)[0].get("run_id") == run_id
     except NotARunError:  # removed; a run started again saves its first checkpoint after an epoch
         same = False
     if not same:

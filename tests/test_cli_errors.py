@@ -344,6 +344,29 @@ def test_damaged_header_raises_checkpoint_error(tmp_path):
                 checkpoint.load(path)
 
 
+def test_a_document_read_checks_the_document_and_reads_no_array(tmp_path):
+    """``load_document`` gives ``load``'s document, with its checks on that member alone: a
+    damaged array leaves it readable, a damaged document or none is refused as ``load`` refuses it."""
+    import numpy as np
+
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": np.arange(30.0).reshape(5, 6)}, {"epoch": 1})
+    assert checkpoint.load_document(path) == checkpoint.load(path)[1] == {"epoch": 1}
+    data = path.read_bytes()
+    w_data = data.index(np.arange(30.0).tobytes())
+    for at, reader in ((w_data, checkpoint.load), (data.rindex(b"{'descr'") + 2, checkpoint.load_document)):
+        damaged = bytearray(data)
+        damaged[at] ^= 0xFF
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(checkpoint.CheckpointError, match="unreadable or corrupt"):
+            reader(path)
+        if reader is checkpoint.load:
+            assert checkpoint.load_document(path) == {"epoch": 1}
+    np.savez(path, w=np.zeros(3))
+    with pytest.raises(checkpoint.CheckpointError, match="not written by minivae"):
+        checkpoint.load_document(path)
+
+
 def _config_with(key, value):
     """A damage: the config's ``key`` set to ``value``."""
     return lambda arrays, meta: dict(meta, config=dict(meta["config"], **{key: value}))

@@ -914,6 +914,21 @@ def test_a_run_scored_while_it_trains_on_gets_its_score(tmp_path, monkeypatch, c
     assert ("run_id" in checkpoint.load(run / CHECKPOINT)[1]) == (not saved_without_an_identity)
 
 
+def test_the_identity_of_a_run_is_read_from_its_checkpoint_document_alone(tmp_path, monkeypatch):
+    """A command checks a run's identity before and after each file it writes (a ``plot`` up to 18
+    times): from the checkpoint's document, without reading its arrays each time."""
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=small_data(n_train=100, n_eval=20), **QUIET)
+    run_id = checkpoint.load(run / CHECKPOINT)[1]["run_id"]
+
+    def arrays_read(path):
+        raise AssertionError(f"the arrays of {path} were read")
+    monkeypatch.setattr(checkpoint, "load", arrays_read)
+    runs.check_same_run(run, run_id, "eval")
+    with pytest.raises(runs.RunReplacedError, match="no longer holds the run that was scored"):
+        runs.check_same_run(run, "another run", "eval")
+
+
 def test_a_score_written_as_its_run_is_trained_again_is_removed(tmp_path, monkeypatch, capsys):
     """The overwrite between the check before the write and the write itself: the result is
     found by the check after it, and removed."""
