@@ -289,7 +289,8 @@ def test_the_unlabelled_bound_weighs_the_labelled_bounds_by_the_classifier(name,
 def test_the_same_seed_gives_the_same_bits_and_float32_agrees_with_float64(name, data, seed):
     """A model, its float32 copy and a second float64 copy, on the same batch and the float32
     noise (``test_model_properties._float32_noise``). Without batch normalization in training
-    mode, where two nearly equal rows magnify float32 rounding (a property of the data)."""
+    mode, where two nearly equal rows magnify float32 rounding (a property of the data); and for
+    planar flows, the tolerance grows with the cancellation in their w (``_flow_cancellation``)."""
     model, x, labelled = data.draw(instances(name, dtypes=(np.float64,)))
     if has_batch_norm(model):
         model.eval()
@@ -312,7 +313,28 @@ def test_the_same_seed_gives_the_same_bits_and_float32_agrees_with_float64(name,
     for n in g64:
         np.testing.assert_array_equal(g_again[n], g64[n], err_msg=n)
     assert l32.dtype == np.float32
-    np.testing.assert_allclose(l32, l64, rtol=1e-4, atol=1e-4)
+    rtol = 1e-4 + 4 * np.finfo(np.float32).eps * _flow_cancellation(model, x)
+    np.testing.assert_allclose(l32, l64, rtol=rtol, atol=1e-4)
+
+
+def _flow_cancellation(model, x):
+    """1 for a model without planar flows; else the largest ratio, over the examples of ``x`` and
+    the flows, of the size of the terms that sum to a flow's w (its features times the weights,
+    and the bias) to the size of w. The constraint on u divides by ||w||^2 (``flows.constrain_u``),
+    so where those terms cancel to a small w, z_K moves by about 1 / ||w||, and the float32
+    rounding of w, relative to its terms, is magnified by this ratio (twice in z_K^2) in the loss
+    (drawn: w = -2.5e-4 of terms 1.07, a 1-D latent, a KL of 7e4 nats, float32 and float64 losses
+    1.1e-4 apart)."""
+    flows = getattr(model, "flows", None)
+    if flows is None or flows.n_flows == 0:
+        return 1.0
+    h = model.encoder(mv.tensor(x.astype(np.float64))).data  # the model is back in float64
+    W, b = flows.params.weight.data, flows.params.bias.data
+    value, terms = h @ W + b, np.abs(h) @ np.abs(W) + np.abs(b)
+    D, step = flows.z_dim, 2 * flows.z_dim + 1
+    ratios = [np.linalg.norm(terms[:, k + D:k + 2 * D], axis=1) / np.linalg.norm(value[:, k + D:k + 2 * D], axis=1)
+              for k in range(0, flows.n_flows * step, step)]
+    return max(1.0, float(np.max(ratios)))
 
 
 # ----- 5. finite differences for the configurations the models' own checks leave out -------------------
