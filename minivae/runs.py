@@ -303,25 +303,34 @@ def read_checkpoint(run):
     line naming the file and the problem, when the file or its document (a dict holding a valid
     ``config``) is damaged.
     """
-    path = _checkpoint_path(run)
-    arrays, meta = checkpoint.load(path)
+    path, (arrays, meta) = _read_run_checkpoint(run, checkpoint.load)
     return arrays, meta, _checked_config(path, meta)
 
 
 def read_checkpoint_document(run):
     """(meta, config) of the checkpoint of the run folder ``run``, as ``read_checkpoint`` gives
     them (and refuses them), without reading its arrays."""
-    path = _checkpoint_path(run)
-    meta = checkpoint.load_document(path)
+    path, meta = _read_run_checkpoint(run, checkpoint.load_document)
     return meta, _checked_config(path, meta)
 
 
-def _checkpoint_path(run):
-    """The checkpoint file of the run folder ``run``; NotARunError when it holds none."""
+def _read_run_checkpoint(run, read):
+    """(path, ``read(path)``) for the checkpoint file ``path`` of the run folder ``run``, ``read``
+    being ``checkpoint.load`` or ``checkpoint.load_document``; NotARunError when the folder holds
+    no checkpoint, also when it is removed while it is read.
+
+    The commands that score or draw a run take no lock, so ``train --overwrite`` may remove the
+    checkpoint between the check that it is there and the end of the read, which opens the file
+    more than once: the read then fails as if the file were damaged."""
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise _no_checkpoint(Path(run))
-    return path
+    try:
+        return path, read(path)
+    except checkpoint.CheckpointError:
+        if path.is_file():
+            raise
+        raise _no_checkpoint(Path(run)) from None
 
 
 def _checked_config(path, meta):

@@ -929,6 +929,30 @@ def test_the_identity_of_a_run_is_read_from_its_checkpoint_document_alone(tmp_pa
         runs.check_same_run(run, "another run", "eval")
 
 
+def test_a_checkpoint_removed_while_it_is_read_is_no_checkpoint(tmp_path, monkeypatch):
+    """``train --overwrite`` may remove a run's checkpoint while a command that takes no lock reads
+    it (eval and plot read the run's identity around each file they write): the folder then holds
+    no checkpoint (NotARunError; for the identity, RunReplacedError), not a checkpoint that is
+    "unreadable or corrupt", as the failed read (the file is opened more than once) would say."""
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=small_data(n_train=100, n_eval=20), **QUIET)
+    saved = (run / CHECKPOINT).read_bytes()
+    run_id = checkpoint.load(run / CHECKPOINT)[1]["run_id"]
+    real_check = checkpoint._check_array_sizes
+
+    def removed_meanwhile(path, archive, members):
+        Path(path).unlink()  # by the overwrite, once the zip's directory was read
+        real_check(path, archive, members)
+    monkeypatch.setattr(checkpoint, "_check_array_sizes", removed_meanwhile)
+    for read in (runs.read_checkpoint, runs.read_checkpoint_document):
+        (run / CHECKPOINT).write_bytes(saved)
+        with pytest.raises(NotARunError, match=f"holds no {CHECKPOINT}"):
+            read(run)
+    (run / CHECKPOINT).write_bytes(saved)
+    with pytest.raises(runs.RunReplacedError, match="no longer holds the run that was scored"):
+        runs.check_same_run(run, run_id, "eval")
+
+
 def test_a_score_written_as_its_run_is_trained_again_is_removed(tmp_path, monkeypatch, capsys):
     """The overwrite between the check before the write and the write itself: the result is
     found by the check after it, and removed."""
