@@ -440,10 +440,16 @@ def writing_for_run(run, run_id, command, path, drawn=False):
     ``check_same_run`` before the block, which then does not run, and again after it: the
     overwrite that started the new run may have removed the old run's files before the block
     wrote ``path``, which is then removed here. One written before the overwrite removed the
-    checkpoint goes with the old run's files (``_remove_run_files``)."""
+    checkpoint goes with the old run's files (``_remove_run_files``). A write that fails is
+    checked too: the overwrite also removes the temporary files in the folder, this write's
+    among them, and the error would then say only that a file is missing."""
     picture = path if drawn else None
     check_same_run(run, run_id, command, picture)
-    yield path
+    try:
+        yield path
+    except (OSError, RunWriteError):
+        check_same_run(run, run_id, command, picture)
+        raise
     try:
         check_same_run(run, run_id, command, picture)
     except RunReplacedError:

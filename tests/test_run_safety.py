@@ -989,6 +989,39 @@ def test_a_score_written_while_an_overwrite_removes_the_run_goes_with_it(tmp_pat
     assert _results_in(run) == []
 
 
+@pytest.mark.parametrize("command, written", [("eval", "eval_k2.json"), ("sample", "samples.png"),
+                                               ("plot", "samples.png"), ("graph", "graph.dot")])
+def test_a_write_cut_short_by_the_overwrite_of_its_run_is_refused_as_such(tmp_path, monkeypatch, capsys,
+                                                                            command, written):
+    """The overwrite that starts a new run in the folder removes the temporary files it holds,
+    among them that of a result or picture being written of the old run: the write fails, and
+    the error says that the run was trained again, not that a file is missing."""
+    from minivae import files, viz
+
+    data = small_data(n_train=100, n_eval=20)
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    real_write = files.atomic_write
+
+    def trained_again_while_written(path, write):
+        def write_meanwhile(f):
+            if Path(path) == run / written:
+                train(config(tmp_path, epochs=1, seed=1), overwrite=True, data=data, **QUIET)
+            write(f)
+        real_write(path, write_meanwhile)
+    for module in (files, viz):  # viz's pictures, and the files of atomic_write_text
+        monkeypatch.setattr(module, "atomic_write", trained_again_while_written)
+    capsys.readouterr()
+    if command == "eval":
+        assert _score_with(command, run, lambda: None, monkeypatch, data) == 2
+    else:
+        assert _draw_with(command, run, lambda: None, monkeypatch, data) == 2
+    err = capsys.readouterr().err
+    did = "scored" if command == "eval" else "drawn"
+    assert f"no longer holds the run that was {did}: it was trained again" in err.splitlines()[-1]
+    assert written not in os.listdir(run)
+
+
 # ----- drawing a run while it trains on, or is trained again --------------------------------------
 
 #: The picture of each command that ``_draw_with`` writes after ``meanwhile``, the first refused when
