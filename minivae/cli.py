@@ -278,9 +278,9 @@ def _add_train_args(p):
     setting("--seed", type=philox_seed,
             help="seed of the initial weights, the batch order, the binarization and the noise")
     p.add_argument("--out", type=nonempty_path,
-                   help=f"run folder (config, checkpoint, metrics, results, pictures); default "
-                        f"{d.out}, or {d.out}-2, {d.out}-3, ... when it holds a run or another "
-                        f"training takes it first ({d.out} itself with --resume)")
+                   help=f"run folder (config, checkpoint, metrics, results, pictures, and with --keep-best "
+                        f"the best epoch's model); default {d.out}, or {d.out}-2, {d.out}-3, ... when it "
+                        f"holds a run or another training takes it first ({d.out} itself with --resume)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its own settings but for "
                         "those given (only " + ", ".join(resumable_options()) + " may change)")
@@ -291,6 +291,9 @@ def _add_train_args(p):
             help="on the GPU, run every step from Python (the oracle of graph mode, for study) "
                  "instead of replaying the step captured as one CUDA graph")
     setting("--eval-k", type=count, help="importance samples for the final test log-likelihood (0 skips it)")
+    setting("--keep-best", action="store_true", default=None,
+            help="model selection: keep the model of the epoch best on the validation split (its ELBO, "
+                 "or a classifier's error) in RUN/best.npz, and score that one on the test set at the end")
     setting("--trace-every", type=count,
             help="log per-layer gradient norms and update ratios every N steps (0: off); on "
                  "the GPU the steps then run eagerly, not as a captured CUDA graph")

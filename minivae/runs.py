@@ -5,6 +5,7 @@ A run lives in one folder::
     config.json      the settings (a ``TrainConfig``), written when training starts
     metrics.jsonl    one JSON line per epoch (and per traced step, with ``--trace-every``)
     checkpoint.npz   model, optimizer, noise generator and loop position (``minivae.checkpoint``)
+    best.npz         with ``--keep-best``: the model of the epoch best on the validation split
     results.json     the test numbers, written at the end
     eval_k*.json     the results of ``minivae eval``
     clusters_*.json  the results of ``minivae cluster``
@@ -57,13 +58,14 @@ from .nn import StateDictError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
+BEST = "best.npz"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 #: The pictures ``minivae plot`` and ``minivae sample`` draw into a run folder.
 PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png", "latent_umap.png",
             "traversal.png", "kl_per_dim.png", "curves.png", "grad_norms.png")
 #: The files of a run, by name and by pattern; ``overwrite`` removes these and nothing else.
-RUN_FILES = (CONFIG, CHECKPOINT, METRICS, RESULTS)
+RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, RESULTS)
 RUN_FILE_PATTERNS = ("eval_k*.json", "clusters_*.json", "graph.dot", "graph.svg") + PICTURES
 #: The temporary files of an interrupted atomic write of any of those files (``checkpoint.save``,
 #: ``write_json``, the pictures of ``minivae.viz`` and ``minivae graph`` name them
@@ -134,6 +136,9 @@ class TrainConfig:
     # the CPU and the GPU). A config saved before it existed reads "pcg64": such a run was
     # trained on other batches, so it can be evaluated but not resumed.
     data_rng: str = "philox"
+    # Model selection by the validation split: the final evaluation scores the model of the epoch
+    # best on it (best.npz), not that of the last epoch (checkpoint.npz).
+    keep_best: bool = False
 
     #: Settings that may change when a run is resumed; any other change makes another run.
     RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every", "eager")
@@ -369,6 +374,9 @@ RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim"
 #: ``images``: the images each of the ``sums`` is over (before, the sums were of batch means);
 #: ``run_id``: the identity of the run (``new_run_id``).
 RECORDED_STATE = {"n_train": int, "images": dict, "run_id": str}
+#: The validation scores by which ``keep_best`` selects an epoch, each with whether a higher one is
+#: better: ``valid_error`` for a model that classifies, else ``valid_elbo``.
+SELECTION_SCORES = {"valid_elbo": True, "valid_error": False}
 
 
 def check_resume_state(arrays, meta, path, config, n_train=None):
@@ -385,9 +393,27 @@ def check_resume_state(arrays, meta, path, config, n_train=None):
         if key in meta and type(meta[key]) is not kind:
             raise damaged(path, f"its {key!r} is {meta[key]!r}, not of type {kind.__name__}")
     check_position(meta, path, config, meta.get("n_train", n_train))
+    _check_best(meta, path, config)
     for name, array in checkpoint.split_prefix(arrays, "optim/").items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise damaged(path, f"the optimizer state {name} holds NaN or infinite values")
+
+
+def _check_best(meta, path, config):
+    """Raise CheckpointError naming the checkpoint at ``path`` unless its document ``meta``
+    records the best epoch so far as training with ``config`` saves it: with ``keep_best``, once
+    an epoch is done, ``best`` = {"epoch": an epoch done, "by": a name of ``SELECTION_SCORES``,
+    "score": a number}. Resumed without it, a run would select among its later epochs only."""
+    if not config.keep_best or meta["epoch"] == 0:
+        return
+    best = meta.get("best")
+    valid = (isinstance(best, dict) and type(best.get("epoch")) is int and 1 <= best["epoch"] <= meta["epoch"]
+             and isinstance(best.get("by"), str) and best["by"] in SELECTION_SCORES
+             and type(best.get("score")) in (int, float))
+    if not valid:
+        names = " or ".join(map(repr, SELECTION_SCORES))
+        raise damaged(path, f"its best {best!r} is no record of the best epoch so far, which would be "
+                            f"{{'epoch': 1 to {meta['epoch']}, 'by': {names}, 'score': a number}}")
 
 
 def checkpoint_position(meta, path, config):
@@ -728,14 +754,17 @@ def write_json(path, obj, kept=""):
     _replace_text(Path(path), json.dumps(obj, indent=2), kept)
 
 
-def save_checkpoint(run_dir, arrays, meta):
-    """``checkpoint.save`` into the run folder; a failed write raises RunWriteError and leaves the
-    previous checkpoint as it was (the save is atomic)."""
-    path = Path(run_dir) / CHECKPOINT
+def save_checkpoint(run_dir, arrays, meta, name=CHECKPOINT):
+    """``checkpoint.save`` into the file ``name`` of the run folder (its checkpoint, or ``BEST``);
+    a failed write raises RunWriteError and leaves the previous file as it was (the save is
+    atomic)."""
+    path = Path(run_dir) / name
     try:
         checkpoint.save(path, arrays, meta)
     except OSError as exc:
-        kept = "the previous checkpoint is kept" if path.is_file() else f"{run_dir} has no checkpoint yet"
+        # Where training goes on from: best.npz is written before the epoch's checkpoint.
+        saved = (Path(run_dir) / CHECKPOINT).is_file()
+        kept = "the previous checkpoint is kept" if saved else f"{run_dir} has no checkpoint yet"
         raise _write_error(path, exc, kept) from None
 
 

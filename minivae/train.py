@@ -13,6 +13,10 @@ checkpoint stores. So ``--resume`` after an interruption, even in the middle of 
 with exactly the parameters of an uninterrupted run. The checkpoint also records the number of
 training images, and a resume on data of another size is refused.
 
+Model selection (``keep_best``): after each epoch, the model of the epoch best on the validation
+split so far is kept in ``best.npz``, and the final evaluation scores that model instead of the
+last one (the test set only gives the final numbers, as papers report them).
+
 Divergence guard: a non-finite loss stops training, in eager mode before its step; in graph
 mode, which reads nothing back per step (``minivae.graph_steps``), at the next read of the
 device's sums (every 20 steps under a progress bar, at the end of the epoch, before every
@@ -48,7 +52,7 @@ from .distributions import check_labels
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
 from .random import Generator, check_address
-from .runs import CHECKPOINT, CONFIG, RESULTS
+from .runs import BEST, CHECKPOINT, CONFIG, RESULTS
 
 
 class TrainingDiverged(RuntimeError):
@@ -317,6 +321,9 @@ class Trainer:
             self.use_graph = False
         self.graph = None
         self.saved = None  # (epoch, batch) of the checkpoint in the run folder, once there is one
+        # With keep_best: {"epoch", "by", "score"} of the epoch best on the validation split so far
+        # (``_keep_if_best``), whose model is in best.npz; None before the first epoch ends.
+        self.best = None
         self.run_id = runs.new_run_id()  # a resume takes the run's own (``restore``)
         self.steps_at_start = 0  # steps done when ``fit`` began (more when resumed)
         self.stop_requested = StopRequest()
@@ -354,26 +361,75 @@ class Trainer:
         not finite: a checkpoint always holds a state training can go on from.
         """
         self._fold_graph()
-        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        arrays = self._model_arrays()
         numbers = {}
         for k, v in self.optimizer.state_dict().items():
             if isinstance(v, np.ndarray):
                 arrays[f"optim/{k}"] = v
             else:
                 numbers[k] = v
+        self._check_finite(arrays)
+        meta = dict(self._document(), sums=self.sums, images=self.images, noise=self.noise.state_dict(),
+                    optim=numbers, n_train=len(self.data.x_train))
+        if self.best is not None:  # so that a resume goes on comparing the epochs with it
+            meta["best"] = self.best
+        runs.save_checkpoint(self.run_dir, arrays, meta)
+        self.saved = (self.epoch, self.batch)
+
+    def _model_arrays(self):
+        """The model's state as the arrays of a checkpoint (``model/`` and its names)."""
+        return {f"model/{k}": v for k, v in self.model.state_dict().items()}
+
+    def _check_finite(self, arrays):
+        """Raise TrainingDiverged, naming them, when any of the checkpoint ``arrays`` holds a
+        value that is not finite: no file of the run ever holds a state training cannot go on from."""
         bad = [name for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
         if bad:
             shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
             raise TrainingDiverged(
                 f"non-finite values in {shown} at {_position(self.epoch, self.batch)} (an infinite "
                 f"gradient or update); {self._last_good()}. {_DIVERGED_ADVICE}")
-        meta = {"config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch,
-                "sums": self.sums, "images": self.images, "noise": self.noise.state_dict(), "optim": numbers,
-                "n_train": len(self.data.x_train)}
-        if self.run_id is not None:  # None: a run saved before runs had an identity keeps none
+
+    def _document(self):
+        """What each file of the run's model records of it: its settings, the loop position of the
+        model and the run's identity (none for a run saved before runs had one, which keeps none)."""
+        meta = {"config": self.config.to_dict(), "epoch": self.epoch, "batch": self.batch}
+        if self.run_id is not None:
             meta["run_id"] = self.run_id
-        runs.save_checkpoint(self.run_dir, arrays, meta)
-        self.saved = (self.epoch, self.batch)
+        return meta
+
+    def _keep_if_best(self, metrics):
+        """With ``keep_best``, after an epoch (its ``metrics``) and before its checkpoint: when its
+        validation score beats the best so far (``_beats``), write its model to best.npz and
+        make it the best, which the checkpoint then records.
+
+        A crash between the two writes leaves best.npz of an epoch that the checkpoint does not
+        include: the resume trains that epoch again, from the checkpoint before, to the same bits,
+        and writes the same best.npz again (``_load_best`` refuses one of an epoch not recorded)."""
+        by = "valid_error" if self.model.classifies else "valid_elbo"
+        score = metrics[by]
+        if not _beats(score, self.best):
+            return
+        arrays = self._model_arrays()
+        self._check_finite(arrays)
+        meta = dict(self._document(), by=by, score=score)
+        runs.save_checkpoint(self.run_dir, arrays, meta, name=BEST)
+        self.best = {"epoch": self.epoch, "by": by, "score": score}
+
+    def _load_best(self):
+        """Load the model of best.npz, the epoch best on the validation split, into the trained
+        model. CheckpointError naming the file unless it holds the epoch that the checkpoint
+        records as the best, of this run (a best.npz written by a crashed run that then went on
+        another way, with another --epochs or --device, holds another)."""
+        path = self.run_dir / BEST
+        arrays, meta = checkpoint.load(path)
+        held = (meta.get("run_id"), meta.get("epoch")) if isinstance(meta, dict) else (None, None)
+        if held != (self.run_id, self.best["epoch"]):
+            raise checkpoint.CheckpointError(
+                f"{path} holds epoch {held[1]} of run {held[0]}, not epoch {self.best['epoch']} of run "
+                f"{self.run_id}, the best by {self.best['by']} that {self.run_dir / CHECKPOINT} records; "
+                f"score the last epoch with `minivae eval {self.run_dir}`, or start again with --overwrite")
+        runs.load_model_state(self.model, arrays, path, self.config)
 
     def _last_good(self):
         """Where the last good state is, for the divergence errors (truthfully: there may be none)."""
@@ -400,6 +456,7 @@ class Trainer:
             raise runs.damaged(path, f"cannot resume from it: {exc.args[0] if exc.args else exc}") from None
         self.epoch, self.batch = meta["epoch"], meta["batch"]
         self.run_id = meta.get("run_id")
+        self.best = meta.get("best")
         if "images" in meta:
             self.sums, self.images = meta["sums"], meta["images"]
         else:
@@ -628,6 +685,8 @@ class Trainer:
                     metrics = self._epoch()
                     runs.append_metrics(self.run_dir, metrics)
                     self.epoch, self.batch, self.sums, self.images = self.epoch + 1, 0, {}, {}
+                    if self.config.keep_best:
+                        self._keep_if_best(metrics)
                     self.save()
                     self.log(_epoch_line(metrics))
             # Checked once the handlers are back: a signal between two epochs, or after the last
@@ -644,11 +703,19 @@ class Trainer:
     def final_evaluation(self):
         """Test ELBO, test error (models that classify) and (if eval_k > 0) the importance-sampled
         test log-likelihood (``model.estimated_log_likelihood`` says of what); logs them, then
-        writes results.json (so a failed write loses nothing)."""
+        writes results.json (so a failed write loses nothing). With ``keep_best`` it scores the
+        model of the epoch best on the validation split, loaded into ``model`` from best.npz, and
+        the results record that epoch as ``selected``."""
+        if self.config.keep_best:
+            self._load_best()
+            self.log(f"scoring the model of epoch {self.best['epoch']} of {self.epoch}, the best by "
+                     f"{self.best['by']} ({self.best['score']:.4f}), from {self.run_dir / BEST}")
         x_test = binarize_eval(self.data.x_test, "test")
         bound, rec, kl = elbo(self.model, x_test)
         results = {"epochs": self.epoch, "test_elbo": float(bound.mean()), "test_rec": float(rec.mean()),
                    "test_kl": float(kl.mean())}
+        if self.config.keep_best:
+            results["selected"] = self.best
         if self.model.classifies:
             results["test_error"] = classification_error(self.model, x_test, self.data.y_test)
         if self.config.eval_k:
@@ -658,6 +725,15 @@ class Trainer:
         self.log(json.dumps(results))
         runs.write_json(self.run_dir / RESULTS, results, kept="the results are printed above")
         return results
+
+
+def _beats(score, best):
+    """Whether an epoch's validation ``score`` beats the ``best`` so far (None before the first
+    epoch), both by the same ``runs.SELECTION_SCORES``: a higher ELBO, a lower error. A tie keeps
+    the earlier epoch."""
+    if best is None:
+        return True
+    return score > best["score"] if runs.SELECTION_SCORES[best["by"]] else score < best["score"]
 
 
 def _read_statistics(stats):

@@ -1,0 +1,201 @@
+"""Model selection by the validation split (``--keep-best``): the final evaluation scores the
+model of the epoch best on it, kept in best.npz, through resumes, crashes and overwrites."""
+import json
+
+import numpy as np
+import pytest
+
+import minivae.train
+from minivae import checkpoint
+from minivae.cli import main
+from minivae.runs import BEST, CHECKPOINT, RESULTS, ResumeMismatchError
+from minivae.train import Trainer, train
+
+from test_train import _interrupt_after, config, small_data
+
+QUIET = dict(progress=False, log=lambda m: None)
+STEPS_PER_EPOCH = 6  # small_data(): 300 training images in batches of 50
+
+
+def scripted_validation(monkeypatch, **scores):
+    """Make the validation scores of epoch e (1-based) ``scores[name][e - 1]`` for each name
+    given (``valid_elbo``, ``valid_error``), whatever the training did: a function of the epoch,
+    so that a resumed run sees the same scores as one not interrupted."""
+    real = Trainer._epoch
+
+    def epoch(self):
+        metrics = real(self)
+        for name, values in scores.items():
+            metrics[name] = values[metrics["epoch"] - 1]
+        return metrics
+    monkeypatch.setattr(Trainer, "_epoch", epoch)
+
+
+def model_arrays(path):
+    """The model's arrays of the checkpoint file ``path``."""
+    return {name: a for name, a in checkpoint.load(path)[0].items() if name.startswith("model/")}
+
+
+def assert_same_arrays(got, want):
+    assert sorted(got) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+
+
+@pytest.mark.parametrize("scores, best", [([-200.0, -100.0, -150.0], 2),   # a later epoch is worse
+                                          ([-100.0, -100.0, -150.0], 1),   # a tie keeps the earlier one
+                                          ([-300.0, -200.0, -100.0], 3)])
+def test_the_final_evaluation_scores_the_epoch_best_on_the_validation_split(tmp_path, monkeypatch, scores,
+                                                                             best):
+    """best.npz holds the model of the epoch with the highest validation ELBO, the very model of
+    a run of that many epochs (a constant rate: the same steps), and the final numbers are that
+    model's; checkpoint.npz goes on holding the last epoch, which a resume continues from."""
+    data, lines = small_data(), []
+    scripted_validation(monkeypatch, valid_elbo=scores)
+    kept = config(tmp_path / "kept", epochs=3, lr_schedule="constant", eval_k=2, keep_best=True)
+    results = train(kept, data=data, progress=False, log=lines.append)
+    short = train(config(tmp_path / "short", epochs=best, lr_schedule="constant", eval_k=2), data=data,
+                  **QUIET)
+    run = tmp_path / "kept" / "run"
+    assert_same_arrays(model_arrays(run / BEST), model_arrays(tmp_path / "short" / "run" / CHECKPOINT))
+    selected = {"epoch": best, "by": "valid_elbo", "score": scores[best - 1]}
+    assert results == dict(short, epochs=3, selected=selected)
+    assert json.loads((run / RESULTS).read_text()) == results
+    assert f"scoring the model of epoch {best} of 3, the best by valid_elbo" in "\n".join(lines)
+    best_document = checkpoint.load_document(run / BEST)
+    assert {k: best_document[k] for k in ("epoch", "batch", "by", "score")} == dict(selected, batch=0)
+    last = checkpoint.load_document(run / CHECKPOINT)
+    assert (last["epoch"], last["best"], best_document["run_id"]) == (3, selected, last["run_id"])
+
+
+def test_a_model_that_classifies_is_selected_by_its_validation_error(tmp_path, monkeypatch):
+    """The ELBO rises every epoch here, but the classifier's error is lowest after epoch 2."""
+    scripted_validation(monkeypatch, valid_elbo=[-300.0, -200.0, -100.0], valid_error=[0.5, 0.3, 0.4])
+    results = train(config(tmp_path, model="m2", n_labelled=20, epochs=3, keep_best=True), data=small_data(),
+                    **QUIET)
+    assert results["selected"] == {"epoch": 2, "by": "valid_error", "score": 0.3}
+    assert "test_error" in results
+
+
+def _crash_at_the_checkpoint_of_epoch(trainer, epoch):
+    """Make ``trainer`` stop, as a killed process would, when it is about to save the checkpoint
+    at the end of ``epoch``: after its best.npz, before its checkpoint."""
+    save = trainer.save
+
+    def crashing():
+        if (trainer.epoch, trainer.batch) == (epoch, 0):
+            raise RuntimeError("killed")
+        save()
+    trainer.save = crashing
+
+
+@pytest.mark.parametrize("cut", ["between the writes of epoch 2", "inside epoch 3"])
+def test_a_resumed_run_ends_with_the_best_npz_and_results_of_one_not_interrupted(tmp_path, monkeypatch, cut):
+    """Epoch 2 is the best and epoch 3 worse. Killed between best.npz and the checkpoint of
+    epoch 2, the run resumes at the end of epoch 1 and writes epoch 2's best.npz again; cut inside
+    epoch 3, it goes on comparing with the best that its checkpoint records (a resume that
+    forgot it would take epoch 3 for the best)."""
+    data = small_data()
+    scripted_validation(monkeypatch, valid_elbo=[-200.0, -100.0, -150.0])
+
+    def make(name):
+        return config(tmp_path / name, epochs=3, keep_best=True, eval_k=2)
+    ref = train(make("ref"), data=data, **QUIET)
+    trainer = Trainer(make("cut"), data=data, **QUIET)
+    run = tmp_path / "cut" / "run"
+    if cut == "inside epoch 3":
+        _interrupt_after(trainer, 2 * STEPS_PER_EPOCH + 2)
+        with pytest.raises(KeyboardInterrupt):
+            trainer.fit()
+    else:
+        _crash_at_the_checkpoint_of_epoch(trainer, 2)
+        with pytest.raises(RuntimeError, match="killed"):
+            trainer.fit()
+        written = [checkpoint.load_document(run / name)["epoch"] for name in (BEST, CHECKPOINT)]
+        assert written == [2, 1]
+    assert train(make("cut"), resume=True, data=data, **QUIET) == ref
+    assert ref["selected"]["epoch"] == 2
+    assert_same_arrays(model_arrays(run / BEST), model_arrays(tmp_path / "ref" / "run" / BEST))
+    documents = [checkpoint.load_document(folder / BEST) for folder in (run, tmp_path / "ref" / "run")]
+    for document in documents:
+        del document["run_id"], document["config"]["out"]  # the two runs' own
+    assert documents[0] == documents[1]
+
+
+def test_a_best_npz_of_an_epoch_the_checkpoint_does_not_record_is_not_scored(tmp_path, monkeypatch):
+    """Killed between the writes of epoch 2, then resumed on another path (here other scores;
+    another --device or --epochs can do it) where epoch 2 is no longer the best: best.npz still
+    holds epoch 2, and the final evaluation says so instead of scoring it as epoch 1."""
+    data = small_data()
+    scripted_validation(monkeypatch, valid_elbo=[-200.0, -100.0, -150.0])
+    trainer = Trainer(config(tmp_path, epochs=3, keep_best=True), data=data, **QUIET)
+    _crash_at_the_checkpoint_of_epoch(trainer, 2)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit()
+    scripted_validation(monkeypatch, valid_elbo=[-200.0, -300.0, -250.0])
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        train(config(tmp_path, epochs=3, keep_best=True), resume=True, data=data, **QUIET)
+    message = str(error.value)
+    assert str(tmp_path / "run" / BEST) in message and "holds epoch 2" in message and "not epoch 1" in message
+    assert "minivae eval" in message and "\n" not in message
+    assert not (tmp_path / "run" / RESULTS).exists()
+
+
+@pytest.mark.parametrize("before, after", [(False, True), (True, False)])
+def test_a_resume_cannot_change_keep_best(tmp_path, before, after):
+    data = small_data()
+    Trainer(config(tmp_path, epochs=1, keep_best=before), data=data, **QUIET).fit()
+    with pytest.raises(ResumeMismatchError, match=f"keep_best: {before} -> {after}"):
+        Trainer(config(tmp_path, epochs=2, keep_best=after), data=data, **QUIET).fit(resume=True)
+
+
+@pytest.mark.parametrize("best, problem", [(None, "its best None"),
+                                           ({"epoch": 2, "by": "valid_elbo", "score": 1.0}, "'epoch': 2"),
+                                           ({"epoch": 1, "by": "loss", "score": 1.0}, "'loss'"),
+                                           ({"epoch": 1, "by": "valid_elbo", "score": "high"}, "'high'")])
+def test_a_checkpoint_without_a_valid_best_record_is_not_resumed(tmp_path, best, problem):
+    """A run with keep_best saved after epoch 1 records its best epoch so far; without a valid
+    record a resume would select among the later epochs only."""
+    data = small_data()
+    trainer = Trainer(config(tmp_path, epochs=2, keep_best=True), data=data, **QUIET)
+    _interrupt_after(trainer, STEPS_PER_EPOCH + 2)  # inside epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    path = tmp_path / "run" / CHECKPOINT
+    arrays, meta = checkpoint.load(path)
+    meta["best"] = best
+    checkpoint.save(path, arrays, meta)
+    with pytest.raises(checkpoint.CheckpointError, match="is damaged: its best") as error:
+        Trainer(config(tmp_path, epochs=2, keep_best=True), data=data, **QUIET).fit(resume=True)
+    assert problem in str(error.value)
+
+
+def test_overwrite_removes_best_npz_and_a_run_without_keep_best_writes_none(tmp_path):
+    data = small_data()
+    run = tmp_path / "run"
+    train(config(tmp_path, epochs=1, keep_best=True), data=data, **QUIET)
+    assert (run / BEST).is_file()
+    results = train(config(tmp_path, epochs=1), overwrite=True, data=data, **QUIET)
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl",
+                                                      "results.json"]
+    assert "selected" not in results and "best" not in checkpoint.load_document(run / CHECKPOINT)
+
+
+def test_train_keep_best_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """--keep-best says which epoch it scored; a resume keeps the run's choice, and refuses to
+    change it, in one line."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    tiny = ["--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0", "--no-progress"]
+    out = tmp_path / "kept"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--keep-best", *tiny]) == 0
+    assert "scoring the model of epoch 1 of 1" in capsys.readouterr().out
+    assert main(["train", "--epochs", "2", "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert json.loads((out / "config.json").read_text())["keep_best"] is True
+    assert json.loads((out / RESULTS).read_text())["selected"]["epoch"] in (1, 2)
+    other = tmp_path / "other"
+    assert main(["train", "--epochs", "1", "--out", str(other), *tiny]) == 0
+    capsys.readouterr()
+    assert main(["train", "--epochs", "2", "--out", str(other), "--resume", "--keep-best",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "cannot resume" in err[0] and "keep_best: False -> True" in err[0], err
