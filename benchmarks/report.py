@@ -239,13 +239,19 @@ def _row_note(r):
     return note
 
 
+def _device(r):
+    """The device a run trained on, in words: its GPU's name, or the cores and model of its CPU."""
+    if r["config"].get("device", "cpu") == "gpu":
+        return r["gpu"]["name"] if r.get("gpu") else "a GPU whose name was not recorded"
+    return f"a {r['machine'].get('cores')}-core {r['machine'].get('cpu_model')}"
+
+
 def _wall_time(r):
-    """The wall-time cell of a row: the epochs' summed seconds, the GPU it trained on, the median
+    """The training-time cell of a row: the epochs' summed seconds (each epoch's own, so a run
+    resumed in several trainings counts all of them), the device it trained on, the median
     epoch, the whole command's time where it was recorded, and the row's note."""
     wall, median = r.get("train_seconds_all_epochs"), r.get("seconds_per_epoch_median")
-    cell = f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min"
-    if r.get("gpu"):
-        cell += f" on {r['gpu']['name']}"
+    cell = (f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min") + f" on {_device(r)}"
     details = [("no epoch finished" if median is None else
                 f"{median:.{1 if median >= 1 else 2}f} s median epoch")]
     if r.get("command_wall_seconds"):
@@ -286,7 +292,7 @@ def _model_row(path):
 def models_table(results_dir=RESULTS):
     """The model-family results: every trained-run JSON, with the paper's figure beside it."""
     paths = sorted(results_dir.glob("mnist_*.json")) + sorted(results_dir.glob("run_*.json"))
-    lines = ["| model | command | epochs | training wall time (shared machine) | ours | paper |",
+    lines = ["| model | command | epochs | training time and device | ours | paper |",
              "|---|---|---|---|---|---|"]
     return "\n".join(lines + [_model_row(p) for p in paths])
 
@@ -319,8 +325,9 @@ def summary(results_dir=RESULTS):
     """The short results section of the top-level README: trained models, step and epoch speed."""
     parts = []
     if list(results_dir.glob("run_*.json")) or list(results_dir.glob("mnist_*.json")):
-        parts += ["The model family next to the papers' figures (each row a real run on this "
-                  "machine, shared with other jobs, so wall times are pessimistic):", "",
+        parts += ["The model family next to the papers' figures (each row a real run; its training time is "
+                  "the sum of its epochs' seconds, over every training that resumed it; the CPUs were "
+                  "shared with other jobs, so their times are pessimistic):", "",
                   models_table(results_dir), ""]
     engine = engine_table(results_dir)
     if engine:

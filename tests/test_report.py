@@ -479,3 +479,30 @@ def test_the_kernel_section_names_the_dtype_when_its_first_case_failed(tmp_path)
     path = tmp_path / "kernels_x.json"
     path.write_text(json.dumps(r))
     assert "reparameterization + KL, forward + backward, float64, microseconds" in report.kernels_section(path)
+
+
+def _run_result(folder, name, seed=0, results=None, device="cpu", **config):
+    """A record_run result of a made-up run ``name`` (2 epochs of 45 s on a made-up 2-core CPU,
+    or a made-up GPU) written into ``folder``; ``config`` changes its settings."""
+    config = dataclasses.asdict(TrainConfig(epochs=2, seed=seed, device=device, out=f"/elsewhere/runs/{name}",
+                                            **config))
+    r = {"run_command": "minivae train", "config": config, "device": device,
+         "gpu": {"name": "Made-up GPU"} if device == "gpu" else None,
+         "machine": {"cpu_model": "Made-up CPU", "cores": 2}, "epochs": 2, "train_seconds_all_epochs": 90.0,
+         "seconds_per_epoch_median": 45.0, "command_wall_seconds": None,
+         "results": results or {"epochs": 2, "test_elbo": -99.0}}
+    path = folder / f"run_{name}.json"
+    path.write_text(json.dumps(r))
+    return path
+
+
+def test_each_row_names_the_device_its_run_trained_on(tmp_path):
+    """A CPU row said only its time (the machine was in the table's header); a GPU row whose GPU
+    was not recorded said nothing of the device."""
+    assert "| 1.5 min on a 2-core Made-up CPU (45.0 s median epoch) |" in report._model_row(
+        _run_result(tmp_path, "a"))
+    assert "| 1.5 min on Made-up GPU (45.0 s median epoch) |" in report._model_row(
+        _run_result(tmp_path, "b", device="gpu"))
+    unnamed = _run_result(tmp_path, "c", device="gpu")
+    unnamed.write_text(json.dumps(dict(json.loads(unnamed.read_text()), gpu=None)))
+    assert "| 1.5 min on a GPU whose name was not recorded (45.0 s median epoch) |" in report._model_row(unnamed)
