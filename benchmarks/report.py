@@ -10,12 +10,14 @@ import argparse
 import dataclasses
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's minivae: its defaults shape the commands
 from minivae.data.mnist import SPLIT_SIZES  # noqa: E402
+from minivae.models import MODELS  # noqa: E402
 from minivae.models.iwae import DEFAULT_K as IWAE_DEFAULT_K  # noqa: E402
 from minivae.runs import TrainConfig  # noqa: E402
 
@@ -229,14 +231,14 @@ def _row_command(r, nll_k, n_test=SPLIT_SIZES["test"]):
     return command
 
 
-def _row_note(r):
+def _row_notes(r):
     """A recorded note on the run (text in parentheses after its command), and whether it was
     trained on the batches drawn before they came from Philox (its config has no ``data_rng``)."""
     match = re.search(r"\s\((.*)\)\s*$", r.get("run_command") or "")
-    note = f"; {match.group(1)}" if match else ""
+    notes = [match.group(1)] if match else []
     if r["config"].get("data_rng", "pcg64") == "pcg64":
-        note += "; trained on the former PCG64 batches"
-    return note
+        notes.append("trained on the former PCG64 batches")
+    return notes
 
 
 def _device(r):
@@ -246,55 +248,151 @@ def _device(r):
     return f"a {r['machine'].get('cores')}-core {r['machine'].get('cpu_model')}"
 
 
-def _wall_time(r):
-    """The training-time cell of a row: the epochs' summed seconds (each epoch's own, so a run
-    resumed in several trainings counts all of them), the device it trained on, the median
-    epoch, the whole command's time where it was recorded, and the row's note."""
-    wall, median = r.get("train_seconds_all_epochs"), r.get("seconds_per_epoch_median")
-    cell = (f"{wall:.0f} s" if wall < 60 else f"{wall / 60:.1f} min") + f" on {_device(r)}"
-    details = [("no epoch finished" if median is None else
-                f"{median:.{1 if median >= 1 else 2}f} s median epoch")]
-    if r.get("command_wall_seconds"):
-        details.append(f"the whole command {r['command_wall_seconds']:.0f} s")
-    return f"{cell} ({'; '.join(details)}{_row_note(r)})"
+def _duration(seconds):
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
-def _model_row(path):
-    """One row of the model-family table from a bench_mnist (mnist_*) or record_run (run_*) JSON."""
-    r = json.loads(path.read_text())
+def _epoch_seconds(seconds):
+    return f"{seconds:.{1 if seconds >= 1 else 2}f} s"
+
+
+def _wall_time(runs):
+    """The training-time cell of a row of ``runs``: the epochs' summed seconds (each epoch's own,
+    so a run resumed in several trainings counts all of them; for several runs their mean and
+    sum), the devices they trained on, the median epoch (its range over the runs), the whole
+    commands' times where they were recorded, and the runs' notes."""
+    walls = [r["train_seconds_all_epochs"] for r in runs]
+    cell = (_duration(walls[0]) if len(runs) == 1 else
+            f"{_duration(statistics.fmean(walls))} per run, {_duration(sum(walls))} in all")
+    cell += " on " + " and ".join(dict.fromkeys(_device(r) for r in runs))
+    medians = [r["seconds_per_epoch_median"] for r in runs if r.get("seconds_per_epoch_median") is not None]
+    details = [" to ".join(dict.fromkeys(_epoch_seconds(m) for m in (min(medians), max(medians))))
+               + " median epoch" if medians else "no epoch finished"]
+    commands = [f"{r['command_wall_seconds']:.0f} s" for r in runs if r.get("command_wall_seconds")]
+    if commands:
+        details.append(f"the whole command{'s' if len(commands) > 1 else ''} {', '.join(commands)}")
+    details += dict.fromkeys(note for r in runs for note in _row_notes(r))
+    return f"{cell} ({'; '.join(details)})"
+
+
+def _scores(r):
+    """A run's test scores: the ``results`` of a record_run JSON, the top level of a bench_mnist one."""
+    return r.get("results", r)
+
+
+def _nll_evaluation(r):
+    """The k and the test images of the importance-sampled NLL a run's row shows; (None, every
+    test image) where it shows none (a model that classifies shows its test error)."""
+    scores, n = _scores(r), SPLIT_SIZES["test"]
+    if "test_error" in scores or "test_nll" not in scores:
+        return None, n
+    return r.get("nll_k") or scores.get("eval_k"), r.get("nll_n_test") or scores.get("n_test", n)
+
+
+def _replicate_key(r):
+    """What runs that differ only in their seed share: every setting but the seed and the run
+    folder, the epochs trained, which scores were recorded, and the k and images of the NLL."""
+    settings = {key: value for key, value in r["config"].items() if key not in ("seed", "out")}
+    scored = [key for key in ("test_error", "test_nll", "test_elbo") if key in _scores(r)]
+    return json.dumps([settings, r["epochs"], scored, _nll_evaluation(r)], sort_keys=True)
+
+
+def _seed(r):
+    """A run's seed (a config recorded without one trained with the default's)."""
+    return r["config"].get("seed", TrainConfig.seed)
+
+
+def seed_groups(paths):
+    """The run JSONs ``paths`` in rows: runs that differ only in their seed share one, each seed
+    once (a second run of a seed, e.g. on another machine, starts another row); the rows in the
+    order of their first runs."""
+    groups = []  # [(key, seeds, paths)]
+    for path in paths:
+        r = json.loads(path.read_text())
+        key, seed = _replicate_key(r), _seed(r)
+        group = next((g for g in groups if g[0] == key and seed not in g[1]), None)
+        if group is None:
+            groups.append((key, {seed}, [path]))
+        else:
+            group[1].add(seed)
+            group[2].append(path)
+    return [group_paths for _, _, group_paths in groups]
+
+
+def _over_seeds(values, unit=""):
+    """One score per seed as a row shows it: their mean, and their standard deviation when
+    there are several."""
+    text = f"{statistics.fmean(values):.2f}{unit}"
+    return text + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+
+
+def _seeds(runs):
+    """How many seeds ``runs`` were trained with, in words: label draws for a semi-supervised
+    model, whose labelled images the seed draws (``iwae``, a factory, has no class to ask)."""
+    semi_supervised = getattr(MODELS[runs[0]["config"]["model"]], "semi_supervised", False)
+    word = "label draw" if semi_supervised else "seed"
+    return f"{len(runs)} {word}{'s' if len(runs) > 1 else ''}"
+
+
+def _effective_sample_sizes(scores):
+    """The effective sample sizes of a row's NLL where every run recorded them: the median and
+    the minimum (of several runs, the least of each)."""
+    if not all("ess_median" in s for s in scores):
+        return ""
+    least = " (the least over the runs)" if len(scores) > 1 else ""
+    return (f", effective sample size{least} median {min(s['ess_median'] for s in scores):.0f}, "
+            f"min {min(s['ess_min'] for s in scores):.1f}")
+
+
+def _ours(runs):
+    """The scores cell of a row of ``runs`` (differing only in their seed): the test error, or
+    the test NLL and ELBO (or the ELBO alone), as the mean over the seeds ± their standard
+    deviation; a single run's NLL ± the standard error of its estimate; and how many seeds."""
+    r, scores = runs[0], [_scores(run) for run in runs]
+    seeds = _seeds(runs)
+    spread = seeds if len(runs) == 1 else f"mean ± standard deviation over {seeds}"
+    if "test_error" in scores[0]:
+        return f"test error {_over_seeds([100 * s['test_error'] for s in scores], '%')} ({spread})"
+    if "test_elbo" not in scores[0]:  # (record_run.py --allow-unfinished)
+        return f"not evaluated: stopped after {r['epochs']} of {r['config']['epochs']} epochs ({seeds})"
+    elbo = _over_seeds([s["test_elbo"] for s in scores])
+    if "test_nll" not in scores[0]:
+        return f"test ELBO {elbo} (no importance-sampled NLL; {spread})"
+    k, n = _nll_evaluation(r)
+    nll = _over_seeds([s["test_nll"] for s in scores])
+    stderrs = [_scores(run)["test_nll_stderr"] for run in runs if _scores(run).get("test_nll_stderr")]
+    if len(runs) == 1 and stderrs:
+        nll, spread = f"{nll} ± {stderrs[0]:.2f}", f"{seeds}, ± the estimate's standard error"
+    elif stderrs:
+        spread += f"; each estimate's standard error at most {max(stderrs):.2f}"
+    return f"test NLL {nll} (k={k}, {n} images{_effective_sample_sizes(scores)}; {spread}); test ELBO {elbo}"
+
+
+def _model_row(*paths):
+    """One row of the model-family table from the bench_mnist (mnist_*) or record_run (run_*)
+    JSONs of runs that differ only in their seed (``seed_groups``)."""
+    runs = sorted((json.loads(path.read_text()) for path in paths), key=_seed)
+    r = runs[0]
     c = r["config"]
     name = _model_name(c)
-    res = r.get("results", r)
-    k, n = None, SPLIT_SIZES["test"]
-    if "test_error" in res:
-        ours = f"test error {100 * res['test_error']:.2f}%"
-    elif "test_elbo" not in res:  # (record_run.py --allow-unfinished)
-        ours = f"not evaluated: stopped after {r['epochs']} of {c['epochs']} epochs"
-    elif "test_nll" not in res:
-        ours = f"test ELBO {res['test_elbo']:.2f} (no importance-sampled NLL)"
-    else:
-        k = r.get("nll_k") or res.get("eval_k")
-        n = r.get("nll_n_test") or res.get("n_test", n)
-        stderr = r.get("test_nll_stderr") or res.get("test_nll_stderr")
-        ess = (f", effective sample size median {res['ess_median']:.0f}, min {res['ess_min']:.1f}"
-               if "ess_median" in res else "")
-        ours = (f"test NLL {res['test_nll']:.2f}" + (f" ± {stderr:.2f}" if stderr else "")
-                + f" (k={k}, {n} images{ess}); test ELBO {res['test_elbo']:.2f}")
+    k, n = _nll_evaluation(r)
+    commands = "; ".join(f"`{_row_command(run, k, n)}`" for run in runs)
     setting, figure, checked = PAPER.get(name, ("-", "-", "")) if c.get("beta", 1.0) == 1.0 else ("-", "-", "")
     paper = f"{figure} ({setting}; {checked})" if checked else "-"
     beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
     bound_k = _bound_k(c)
     label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1
              else f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs")
-    return f"| {label} | `{_row_command(r, k, n)}` | {r['epochs']} | {_wall_time(r)} | {ours} | {paper} |"
+    return f"| {label} | {commands} | {r['epochs']} | {_wall_time(runs)} | {_ours(runs)} | {paper} |"
 
 
 def models_table(results_dir=RESULTS):
-    """The model-family results: every trained-run JSON, with the paper's figure beside it."""
+    """The model-family results: every trained-run JSON, runs that differ only in their seed in
+    one row, with the paper's figure beside it."""
     paths = sorted(results_dir.glob("mnist_*.json")) + sorted(results_dir.glob("run_*.json"))
     lines = ["| model | command | epochs | training time and device | ours | paper |",
              "|---|---|---|---|---|---|"]
-    return "\n".join(lines + [_model_row(p) for p in paths])
+    return "\n".join(lines + [_model_row(*group) for group in seed_groups(paths)])
 
 
 def engine_table(results_dir=RESULTS):
@@ -325,9 +423,10 @@ def summary(results_dir=RESULTS):
     """The short results section of the top-level README: trained models, step and epoch speed."""
     parts = []
     if list(results_dir.glob("run_*.json")) or list(results_dir.glob("mnist_*.json")):
-        parts += ["The model family next to the papers' figures (each row a real run; its training time is "
-                  "the sum of its epochs' seconds, over every training that resumed it; the CPUs were "
-                  "shared with other jobs, so their times are pessimistic):", "",
+        parts += ["The model family next to the papers' figures (each row a real run, or the runs that "
+                  "differ only in their seed, which also draws a semi-supervised model's labelled images; "
+                  "a run's training time is the sum of its epochs' seconds, over every training that "
+                  "resumed it; the CPUs were shared with other jobs, so their times are pessimistic):", "",
                   models_table(results_dir), ""]
     engine = engine_table(results_dir)
     if engine:

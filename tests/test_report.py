@@ -506,3 +506,79 @@ def test_each_row_names_the_device_its_run_trained_on(tmp_path):
     unnamed = _run_result(tmp_path, "c", device="gpu")
     unnamed.write_text(json.dumps(dict(json.loads(unnamed.read_text()), gpu=None)))
     assert "| 1.5 min on a GPU whose name was not recorded (45.0 s median epoch) |" in report._model_row(unnamed)
+
+
+def _rows(folder):
+    return report.models_table(folder).splitlines()[2:]
+
+
+def test_semi_supervised_runs_of_several_label_draws_are_one_row(tmp_path):
+    """Runs that differ only in their seed, which draws the labelled images, were one row each;
+    the papers give the mean and standard deviation over label draws."""
+    for seed, error in ((2, 0.14), (0, 0.10), (1, 0.12)):
+        _run_result(tmp_path, f"m2_s{seed}", seed, {"epochs": 2, "test_elbo": -99.0, "test_error": error},
+                    model="m2")
+    [row] = _rows(tmp_path)
+    assert "| test error 12.00% ± 2.00 (mean ± standard deviation over 3 label draws) |" in row
+    assert ("| `minivae train --model m2 --epochs 2 --out runs/m2_s0`; "
+            "`minivae train --model m2 --epochs 2 --seed 1 --out runs/m2_s1`; "
+            "`minivae train --model m2 --epochs 2 --seed 2 --out runs/m2_s2` |") in row
+    assert "| 1.5 min per run, 4.5 min in all on a 2-core Made-up CPU (45.0 s median epoch) |" in row
+    (tmp_path / "run_m2_s1.json").unlink(), (tmp_path / "run_m2_s2.json").unlink()
+    [row] = _rows(tmp_path)
+    assert "| test error 10.00% (1 label draw) |" in row
+    cut = _run_result(tmp_path, "m2_cut", 1, {"epochs": 1}, model="m2")  # stopped: no test error to tell
+    cut.write_text(json.dumps(dict(json.loads(cut.read_text()), epochs=1)))
+    assert "| not evaluated: stopped after 1 of 2 epochs (1 label draw) |" in _rows(tmp_path)[0]  # (runs/m2_cut)
+
+
+def test_the_nll_of_several_seeds_is_their_mean_and_standard_deviation(tmp_path):
+    """Over several seeds the spread is the seeds' standard deviation (each estimate's standard
+    error said beside it); one seed keeps its estimate's standard error."""
+    for seed, nll, stderr in ((0, 90.0, 0.2), (1, 91.0, 0.3)):
+        _run_result(tmp_path, f"vae_s{seed}", seed, {"epochs": 2, "test_elbo": -90.0 - 2 * seed, "test_nll": nll,
+                                                     "test_nll_stderr": stderr, "eval_k": 5000, "n_test": 10000},
+                    eval_k=5000)
+    [row] = _rows(tmp_path)
+    assert ("| test NLL 90.50 ± 0.71 (k=5000, 10000 images; mean ± standard deviation over 2 seeds; each "
+            "estimate's standard error at most 0.30); test ELBO -91.00 ± 1.41 |") in row
+    (tmp_path / "run_vae_s1.json").unlink()
+    [row] = _rows(tmp_path)
+    assert ("| test NLL 90.00 ± 0.20 (k=5000, 10000 images; 1 seed, ± the estimate's standard error); "
+            "test ELBO -90.00 |") in row
+
+
+def test_runs_that_differ_in_more_than_their_seed_are_rows_of_their_own(tmp_path):
+    """Another setting, device, number of epochs trained or evaluation makes another row, and so
+    does a second run of a seed a row holds already (it is no other draw)."""
+    _run_result(tmp_path, "a", 0)
+    _run_result(tmp_path, "b", 1, lr=3e-4)
+    _run_result(tmp_path, "c", 1, device="gpu")
+    _run_result(tmp_path, "d", 1, results={"epochs": 2, "test_elbo": -99.0, "test_nll": 95.0, "eval_k": 100})
+    _run_result(tmp_path, "e", 0)
+    unfinished = _run_result(tmp_path, "f", 1)
+    unfinished.write_text(json.dumps(dict(json.loads(unfinished.read_text()), epochs=1, results={"epochs": 1})))
+    assert len(_rows(tmp_path)) == 6
+    _run_result(tmp_path, "g", 1)  # joins a (seed 0), not e, which also has seed 0
+    rows = _rows(tmp_path)
+    assert len(rows) == 6 and "2 seeds" in rows[0] and "(no importance-sampled NLL; 1 seed) |" in rows[4]
+
+
+def test_the_time_of_a_row_of_several_runs_names_each_device_and_the_range_of_their_epochs(tmp_path):
+    """Seeds trained on different GPUs are one row (the same settings on the same kind of device):
+    it names both GPUs, the mean and total time, the range of the median epochs, each command's
+    wall time, and the effective sample sizes of the worst run."""
+    for seed, gpu, median, wall, ess in ((0, "Made-up GPU", 0.25, 130.0, (15.0, 1.5)),
+                                         (1, "Other GPU", 0.5, 150.0, (12.0, 2.0))):
+        path = _run_result(tmp_path, f"g{seed}", seed, {"epochs": 2, "test_elbo": -90.0, "test_nll": 88.0,
+                                                        "eval_k": 5000, "n_test": 1000, "ess_median": ess[0],
+                                                        "ess_min": ess[1]}, device="gpu")
+        r = json.loads(path.read_text())
+        r.update(gpu={"name": gpu}, seconds_per_epoch_median=median, command_wall_seconds=wall,
+                 train_seconds_all_epochs=2 * median, run_command=f"minivae train --device gpu (piece {seed})")
+        path.write_text(json.dumps(r))
+    [row] = _rows(tmp_path)
+    assert ("| 1 s per run, 2 s in all on Made-up GPU and Other GPU (0.25 s to 0.50 s median epoch; the whole "
+            "commands 130 s, 150 s; piece 0; piece 1) |") in row
+    assert ("(k=5000, 1000 images, effective sample size (the least over the runs) median 12, "
+            "min 1.5; mean ± standard deviation over 2 seeds)") in row
