@@ -811,9 +811,14 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
         try:
             return trainer.final_evaluation()
         except KeyboardInterrupt:  # training is done and saved; only the scores are missing
-            log(f"interrupted during the final evaluation: {trainer.run_dir / CHECKPOINT} holds the "
-                f"trained model; --resume --out {trainer.run_dir} evaluates it "
-                f"(or `minivae eval {trainer.run_dir}`)")
+            run = trainer.run_dir
+            if trainer.config.keep_best:  # eval would score another model than the one selected
+                log(f"interrupted during the final evaluation: {run / BEST} holds the model of the epoch "
+                    f"best on the validation split; --resume --out {run} evaluates it (`minivae eval "
+                    f"{run}` scores the last epoch's, in {run / CHECKPOINT})")
+            else:
+                log(f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
+                    f"model; --resume --out {run} evaluates it (or `minivae eval {run}`)")
             raise
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from minivae import checkpoint, cli, runs
-from minivae.runs import (CHECKPOINT, METRICS, RESULTS, NotARunError, RunBusyError, RunExistsError,
+from minivae.runs import (BEST, CHECKPOINT, METRICS, RESULTS, NotARunError, RunBusyError, RunExistsError,
                           RunFolderError, RunWriteError)
 from minivae.train import DataMismatchError, Trainer, TrainingDiverged, train
 
@@ -82,7 +82,10 @@ def test_ctrl_c_between_epochs_says_which_epoch_was_saved(tmp_path, epoch):
     assert checkpoint.load(tmp_path / "run" / CHECKPOINT)[1]["epoch"] == epoch
 
 
-def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path, monkeypatch):
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path, monkeypatch, keep_best):
+    """And where the model it scores is: with --keep-best, `minivae eval` would score the last
+    epoch's model, not the one selected."""
     from minivae import train as train_module
 
     def interrupted(*args, **kwargs):
@@ -90,13 +93,20 @@ def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path,
     monkeypatch.setattr(train_module, "log_likelihood_and_ess", interrupted)
     lines = []
     with pytest.raises(KeyboardInterrupt):
-        train(config(tmp_path, epochs=1, eval_k=2), data=small_data(), progress=False, log=lines.append)
+        train(config(tmp_path, epochs=1, eval_k=2, keep_best=keep_best), data=small_data(), progress=False,
+              log=lines.append)
     run = tmp_path / "run"
-    assert lines[-1] == (f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
-                         f"model; --resume --out {run} evaluates it (or `minivae eval {run}`)")
+    if keep_best:
+        assert lines[-1] == (f"interrupted during the final evaluation: {run / BEST} holds the model of the "
+                             f"epoch best on the validation split; --resume --out {run} evaluates it "
+                             f"(`minivae eval {run}` scores the last epoch's, in {run / CHECKPOINT})")
+    else:
+        assert lines[-1] == (f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
+                             f"model; --resume --out {run} evaluates it (or `minivae eval {run}`)")
     monkeypatch.undo()
-    results = train(config(tmp_path, epochs=1, eval_k=2), resume=True, data=small_data(), **QUIET)
-    assert results["epochs"] == 1 and results["eval_k"] == 2
+    results = train(config(tmp_path, epochs=1, eval_k=2, keep_best=keep_best), resume=True, data=small_data(),
+                    **QUIET)
+    assert results["epochs"] == 1 and results["eval_k"] == 2 and ("selected" in results) == keep_best
 
 
 def test_the_advice_after_ctrl_c_resumes_the_run_in_the_default_folder_it_went_to(
