@@ -372,8 +372,9 @@ RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim"
 #: What a checkpoint's document holds since it was recorded, and the type of each: checkpoints
 #: saved before lack it and resume without its check. ``n_train``: the number of training images;
 #: ``images``: the images each of the ``sums`` is over (before, the sums were of batch means);
-#: ``run_id``: the identity of the run (``new_run_id``).
-RECORDED_STATE = {"n_train": int, "images": dict, "run_id": str}
+#: ``run_id``: the identity of the run (``new_run_id``); ``piece``: how many trainings (the one
+#: that started the run, then each resume) have trained it, the one that saved it included.
+RECORDED_STATE = {"n_train": int, "images": dict, "run_id": str, "piece": int}
 #: The validation scores by which ``keep_best`` selects an epoch, each with whether a higher one is
 #: better: ``valid_error`` for a model that classifies, else ``valid_elbo``.
 SELECTION_SCORES = {"valid_elbo": True, "valid_error": False}

@@ -325,6 +325,9 @@ class Trainer:
         # (``_keep_if_best``), whose model is in best.npz; None before the first epoch ends.
         self.best = None
         self.run_id = runs.new_run_id()  # a resume takes the run's own (``restore``)
+        # Which training of the run this is: 1 for a new run, one more at each resume. A long run
+        # may be trained in pieces on several machines, and its record says how many.
+        self.piece = 1
         self.steps_at_start = 0  # steps done when ``fit`` began (more when resumed)
         self.stop_requested = StopRequest()
 
@@ -370,7 +373,7 @@ class Trainer:
                 numbers[k] = v
         self._check_finite(arrays)
         meta = dict(self._document(), sums=self.sums, images=self.images, noise=self.noise.state_dict(),
-                    optim=numbers, n_train=len(self.data.x_train))
+                    optim=numbers, n_train=len(self.data.x_train), piece=self.piece)
         if self.best is not None:  # so that a resume goes on comparing the epochs with it
             meta["best"] = self.best
         runs.save_checkpoint(self.run_dir, arrays, meta)
@@ -457,6 +460,7 @@ class Trainer:
         self.epoch, self.batch = meta["epoch"], meta["batch"]
         self.run_id = meta.get("run_id")
         self.best = meta.get("best")
+        self.piece = meta.get("piece", 1) + 1  # (a run saved before pieces were counted: as one)
         if "images" in meta:
             self.sums, self.images = meta["sums"], meta["images"]
         else:
@@ -622,7 +626,8 @@ class Trainer:
             bar.close()
         self._fold_graph()
         seconds = time.perf_counter() - start
-        metrics = {"epoch": epoch + 1, "lr": self.optimizer.lr}
+        # The training and the device that finished the epoch: a run's time by piece and device.
+        metrics = {"epoch": epoch + 1, "lr": self.optimizer.lr, "piece": self.piece, "device": self.device}
         if self.model.iw_k == 1:  # the IWAE bound has no KL weight to log
             metrics["beta"] = beta
         metrics.update({f"train_{k}": v for k, v in self._means().items()})

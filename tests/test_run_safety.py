@@ -1161,10 +1161,10 @@ def test_an_infinite_gradient_on_the_last_step_before_a_save_keeps_the_good_chec
     # Before: "Try a smaller --lr", which a resume cannot change: it would diverge at the same step.
     assert one_line(exc).endswith("A resume would repeat the same steps: start again with --overwrite "
                                   "and a smaller --lr or a KL --warmup.")
-    # The same state; the resume recorded its new length at once.
+    # The same state; the resume recorded its new length at once, as the run's second training.
     arrays_now, meta_now = checkpoint.load(run / CHECKPOINT)
     assert arrays_now.keys() == arrays.keys() and all(np.array_equal(arrays[k], arrays_now[k]) for k in arrays)
-    meta["config"]["epochs"] = 2
+    meta["config"]["epochs"], meta["piece"] = 2, 2
     assert meta_now == meta
 
 
@@ -1220,6 +1220,7 @@ def test_divergence_before_the_first_save_says_there_is_no_checkpoint(tmp_path):
     (lambda meta: meta["optim"].pop("lr"), "'lr'"), (lambda meta: meta.update(n_train="300"), "'n_train'"),
     (lambda meta: meta.update(images=[100]), "its 'images' is [100], not of type dict"),
     (lambda meta: meta.update(run_id=7), "its 'run_id' is 7, not of type str"),
+    (lambda meta: meta.update(piece="1"), "its 'piece' is '1', not of type int"),
 ])
 def test_a_checkpoint_without_the_state_to_resume_from_is_named_and_left_as_it_is(tmp_path, damage, named):
     data = small_data()

@@ -510,6 +510,33 @@ def test_a_finished_run_whose_results_are_of_fewer_epochs_is_evaluated_again(tmp
     assert json.loads((tmp_path / "run" / RESULTS).read_text())["epochs"] == 2
 
 
+def test_each_epoch_names_the_training_of_the_run_and_the_device_that_finished_it(tmp_path):
+    """A long run may be trained in pieces, on several machines: each epoch's line says which
+    training of the run finished it (1, then one more at each resume) and on which device, and
+    the checkpoint records the count; a run saved before pieces were counted resumes as its
+    second. An epoch cut and resumed is the resume's."""
+    data, quiet = small_data(), dict(progress=False, log=lambda m: None)
+    run = tmp_path / "run"
+
+    def pieces():
+        return [(line["epoch"], line["piece"], line["device"]) for line in
+                map(json.loads, (run / METRICS).read_text().splitlines())]
+    Trainer(config(tmp_path, epochs=1), data=data, **quiet).fit()
+    assert pieces() == [(1, 1, "cpu")] and checkpoint.load(run / CHECKPOINT)[1]["piece"] == 1
+    cut = Trainer(config(tmp_path, epochs=3), data=data, **quiet)
+    _interrupt_after(cut, 3)  # inside epoch 2
+    with pytest.raises(KeyboardInterrupt):
+        cut.fit(resume=True)
+    Trainer(config(tmp_path, epochs=3), data=data, **quiet).fit(resume=True)
+    assert pieces() == [(1, 1, "cpu"), (2, 3, "cpu"), (3, 3, "cpu")]
+    assert checkpoint.load(run / CHECKPOINT)[1]["piece"] == 3
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    del meta["piece"]
+    checkpoint.save(run / CHECKPOINT, arrays, meta)
+    Trainer(config(tmp_path, epochs=4), data=data, **quiet).fit(resume=True)
+    assert pieces()[-1] == (4, 2, "cpu")
+
+
 def test_a_resumed_epoch_counts_the_seconds_before_the_interruption(tmp_path):
     """An epoch cut by Ctrl-C and resumed reports its whole training time: the seconds saved
     in the checkpoint (made 1000 here) plus those after the resume, and its speed over both."""
