@@ -5,9 +5,10 @@
         [--out DIR] [--wall-seconds S] [--allow-unfinished]
 
 For runs made with ``minivae train`` directly (``bench_mnist.py`` records its own). The JSON holds
-the run's config, every epoch's metrics, summed and median epoch seconds, its final validation
-metrics and its ``results.json``, plus the usual machine / versions / date fields of this
-machine: record a run on the machine that trained it. A GPU run (its config says
+the run's config, every epoch's metrics, summed and median epoch seconds, the seconds by device
+and the number of pieces (trainings: a long run may be resumed on several machines), its final
+validation metrics and its ``results.json``, plus the usual machine / versions / date fields of
+this machine: record a run on the machine that trained it. A GPU run (its config says
 ``device="gpu"``) also gets the GPU's name, memory, CUDA and CuPy versions, and is named after
 the GPU. ``--eval`` adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error,
 k, images and effective sample sizes replace those of ``results.json``, whose reconstruction and
@@ -35,6 +36,19 @@ def epoch_metrics(run):
     ``minivae.runs.read_metrics``, which drops a last line cut off by a crash); none when the
     file is absent."""
     return [record for record in read_metrics(run) if "valid_elbo" in record]
+
+
+def pieces_and_devices(metrics):
+    """(the number of trainings the run was trained in, {device: the seconds of its epochs}) from
+    its epoch ``metrics``, whose lines name the training (``piece``: 1, then one more at each
+    resume) and the device that finished each epoch; (None, None) for a run recorded before
+    they did."""
+    if not metrics or not all("piece" in m and "device" in m for m in metrics):
+        return None, None
+    seconds = {}
+    for m in metrics:
+        seconds[m["device"]] = round(seconds.get(m["device"], 0.0) + m["seconds"], 1)
+    return max(m["piece"] for m in metrics), seconds
 
 
 def other_checkpoint(result, epochs):
@@ -73,6 +87,7 @@ def main(argv=None):
     metrics = epoch_metrics(run)
     seconds = [m["seconds"] for m in metrics]
     gpu = gpu_info() if config.get("device") == "gpu" else None
+    pieces, seconds_by_device = pieces_and_devices(metrics)
     payload = {"run_command": args.command,
                "config": config,
                "device": config.get("device", "cpu"),
@@ -81,6 +96,8 @@ def main(argv=None):
                "finished": finished,
                "epochs": len(metrics),
                "train_seconds_all_epochs": round(sum(seconds), 1),
+               "pieces": pieces,
+               "seconds_by_device": seconds_by_device,
                "seconds_per_epoch_median": round(statistics.median(seconds), 2) if seconds else None,
                "command_wall_seconds": args.wall_seconds,
                "final_epoch": metrics[-1] if metrics else None,

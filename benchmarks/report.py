@@ -265,6 +265,7 @@ def _wall_time(runs):
     cell = (_duration(walls[0]) if len(runs) == 1 else
             f"{_duration(statistics.fmean(walls))} per run, {_duration(sum(walls))} in all")
     cell += " on " + " and ".join(dict.fromkeys(_device(r) for r in runs))
+    cell += "".join(dict.fromkeys(_pieces(r) for r in runs))
     medians = [r["seconds_per_epoch_median"] for r in runs if r.get("seconds_per_epoch_median") is not None]
     details = [" to ".join(dict.fromkeys(_epoch_seconds(m) for m in (min(medians), max(medians))))
                + " median epoch" if medians else "no epoch finished"]
@@ -273,6 +274,17 @@ def _wall_time(runs):
         details.append(f"the whole command{'s' if len(commands) > 1 else ''} {', '.join(commands)}")
     details += dict.fromkeys(note for r in runs for note in _row_notes(r))
     return f"{cell} ({'; '.join(details)})"
+
+
+def _pieces(r):
+    """How a run trained in several pieces (resumed) was trained, in words: the number of pieces,
+    and the seconds on each device when there were several; "" for one piece (or unrecorded)."""
+    if (r.get("pieces") or 1) == 1:
+        return ""
+    by_device = r.get("seconds_by_device") or {}
+    if len(by_device) < 2:
+        return f", in {r['pieces']} pieces"
+    return f", in {r['pieces']} pieces: " + ", ".join(f"{_duration(s)} on the {d}" for d, s in by_device.items())
 
 
 def _scores(r):

@@ -160,6 +160,27 @@ def test_record_run_takes_a_run_whose_last_metrics_line_was_cut_off(tmp_path, mo
     assert written["epochs"] == 2 and [m["epoch"] for m in written["epoch_metrics"]] == [1, 2]
 
 
+def test_record_run_counts_the_pieces_a_run_was_trained_in_and_its_seconds_by_device(tmp_path, monkeypatch):
+    """A long run resumed in pieces, on another device: the pieces are those up to the one that
+    finished the last epoch (epoch lines name theirs), the seconds summed per device; a run whose
+    lines name neither (recorded before they did) gets None for both."""
+    import record_run
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0})
+    lines = [{"epoch": 1, "valid_elbo": -100.0, "seconds": 30.0, "piece": 1, "device": "cpu"},
+             {"epoch": 2, "valid_elbo": -100.0, "seconds": 2.0, "piece": 3, "device": "gpu"},
+             {"epoch": 3, "valid_elbo": -100.0, "seconds": 1.5, "piece": 3, "device": "gpu"}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    written = {}
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
+    record_run.main([str(run), "--command", "minivae train --epochs 3"])
+    assert (written["pieces"], written["seconds_by_device"]) == (3, {"cpu": 30.0, "gpu": 3.5})
+    (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "piece"}) + "\n"
+                                               for line in lines))
+    record_run.main([str(run), "--command", "minivae train --epochs 3"])
+    assert (written["pieces"], written["seconds_by_device"]) == (None, None)
+
+
 def test_record_run_refuses_the_evaluation_of_an_earlier_checkpoint(tmp_path, monkeypatch, capsys):
     """An evaluation written before the run was resumed for more epochs scored another model, and
     so did one of a checkpoint saved inside an epoch: refused, naming the position and the run's
@@ -506,6 +527,17 @@ def test_each_row_names_the_device_its_run_trained_on(tmp_path):
     unnamed = _run_result(tmp_path, "c", device="gpu")
     unnamed.write_text(json.dumps(dict(json.loads(unnamed.read_text()), gpu=None)))
     assert "| 1.5 min on a GPU whose name was not recorded (45.0 s median epoch) |" in report._model_row(unnamed)
+
+
+def test_a_row_says_in_how_many_pieces_its_run_was_trained_and_on_which_devices(tmp_path):
+    """Pieces (resumes) and the seconds on each device when there were several; nothing for a
+    run trained in one piece, or recorded before pieces were."""
+    path = _run_result(tmp_path, "a", device="gpu")
+    r = json.loads(path.read_text())
+    for pieces, by_device, said in ((3, {"cpu": 30.0, "gpu": 60.0}, ", in 3 pieces: 30 s on the cpu, 1.0 min on the gpu"),
+                                    (2, {"gpu": 90.0}, ", in 2 pieces"), (1, {"gpu": 90.0}, ""), (None, None, "")):
+        path.write_text(json.dumps(dict(r, pieces=pieces, seconds_by_device=by_device)))
+        assert f"| 1.5 min on Made-up GPU{said} (45.0 s median epoch) |" in report._model_row(path)
 
 
 def _rows(folder):
