@@ -175,6 +175,11 @@ def test_record_run_counts_the_pieces_a_run_was_trained_in_and_its_seconds_by_de
     monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
     record_run.main([str(run), "--command", "minivae train --epochs 3"])
     assert (written["pieces"], written["seconds_by_device"]) == (3, {"cpu": 30.0, "gpu": 3.5})
+    # Short epochs (a GPU's) are summed before the total is rounded, as the run's total is.
+    short = [dict(line, epoch=e, seconds=0.12) for e, line in enumerate([lines[0]] * 150, 1)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in short))
+    record_run.main([str(run), "--command", "minivae train --epochs 150"])
+    assert written["seconds_by_device"] == {"cpu": written["train_seconds_all_epochs"]} == {"cpu": 18.0}
     (run / "metrics.jsonl").write_text("".join(json.dumps({k: v for k, v in line.items() if k != "piece"}) + "\n"
                                                for line in lines))
     record_run.main([str(run), "--command", "minivae train --epochs 3"])
