@@ -294,6 +294,10 @@ def _add_train_args(p):
     setting("--keep-best", action="store_true", default=None,
             help="model selection: keep the model of the epoch best on the validation split (its ELBO, "
                  "or a classifier's error) in RUN/best.npz, and score that one on the test set at the end")
+    setting("--patience", type=count,
+            help="early stopping (with --keep-best): end the run once N epochs in a row have not beaten "
+                 "the best on the validation split (0: train every epoch); the learning rate keeps the "
+                 "schedule of all --epochs")
     setting("--trace-every", type=count,
             help="log per-layer gradient norms and update ratios every N steps (0: off); on "
                  "the GPU the steps then run eagerly, not as a captured CUDA graph")
@@ -421,6 +425,11 @@ def check_train(args):
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise UsageError(f"--lr {config.lr:g} is below --lr-min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an --lr of at least --lr-min")
+    if config.patience and not config.keep_best:
+        kept = (f"{config.out} was trained without --keep-best, which a resume cannot add" if args.resume
+                else "give --keep-best too")
+        raise UsageError(f"--patience {config.patience} ends the run on the best epoch that --keep-best "
+                         f"keeps; {kept}")
     for name, instead in getattr(MODELS[config.model], "unused_settings", {}).items():
         if getattr(args, name) is not None:  # given: the model would leave it unused
             raise UsageError(f"{COMMON[name]} {getattr(args, name)}: model {config.model!r} does not use "

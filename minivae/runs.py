@@ -139,9 +139,13 @@ class TrainConfig:
     # Model selection by the validation split: the final evaluation scores the model of the epoch
     # best on it (best.npz), not that of the last epoch (checkpoint.npz).
     keep_best: bool = False
+    # Early stopping (with keep_best): the run ends once this many epochs in a row have not beaten
+    # the best on the validation split (0: it trains all its epochs). The learning rate keeps the
+    # schedule of all ``epochs``: stopping leaves it where it stands.
+    patience: int = 0
 
     #: Settings that may change when a run is resumed; any other change makes another run.
-    RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every", "eager")
+    RESUMABLE_CHANGES = ("epochs", "out", "device", "eval_k", "trace_every", "eager", "patience")
 
     def model_kwargs(self):
         """The keyword arguments of the model constructor (common ones, then ``model_options``).

@@ -15,7 +15,10 @@ training images, and a resume on data of another size is refused.
 
 Model selection (``keep_best``): after each epoch, the model of the epoch best on the validation
 split so far is kept in ``best.npz``, and the final evaluation scores that model instead of the
-last one (the test set only gives the final numbers, as papers report them).
+last one (the test set only gives the final numbers, as papers report them). Early stopping
+(``patience``, with ``keep_best``): the run ends, before its last epoch if need be, once
+``patience`` epochs in a row have not beaten the best; a resume of an ended run trains nothing
+unless it is given more patience (or more epochs, when they were what ended it).
 
 Divergence guard: a non-finite loss stops training, in eager mode before its step; in graph
 mode, which reads nothing back per step (``minivae.graph_steps``), at the next read of the
@@ -79,6 +82,7 @@ def check_loop_settings(config):
     Given through the Python API, an ``eval_k`` of -1 or 2.5 failed only in the final
     evaluation, after the whole training; a ``trace_every`` of -1 traced every step; and
     ``epochs`` below 1 trained nothing, without a word under a constant learning rate.
+    ``patience`` (at least 0) stops on the best epoch that ``keep_best`` keeps, and needs it.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
     decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
@@ -86,8 +90,11 @@ def check_loop_settings(config):
     naming no setting, and 2.5 as entropy that SeedSequence does not take."""
     check_address(config.seed, 0, 0)
     check_integer(config.epochs, "epochs", minimum=1)
-    for name in ("warmup", "eval_k", "trace_every"):
+    for name in ("warmup", "eval_k", "trace_every", "patience"):
         check_integer(getattr(config, name), name, minimum=0)
+    if config.patience and not config.keep_best:
+        raise ValueError(f"patience {config.patience} stops the run on the best epoch by the validation "
+                         "split, which only keep_best keeps; set keep_best too")
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise ValueError(f"lr {config.lr:g} is below lr_min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an lr of at least lr_min")
@@ -340,6 +347,12 @@ class Trainer:
     def steps_done(self):
         """Optimizer steps taken so far in the run (the position ``epoch``, ``batch``)."""
         return self.epoch * len(self.loader) + self.batch
+
+    def patience_spent(self):
+        """Whether early stopping ends the run here: at the end of an epoch, ``patience`` or more
+        epochs after the best so far (never without ``patience``)."""
+        return (self.config.patience > 0 and self.batch == 0 and self.best is not None
+                and self.epoch - self.best["epoch"] >= self.config.patience)
 
     def kl_weight_of_epoch(self, epoch):
         """The KL weight of ``epoch`` (0-based): ``kl_weight``, or beta throughout for a model
@@ -641,7 +654,7 @@ class Trainer:
         return metrics
 
     def fit(self, resume=False, overwrite=False):
-        """Train to ``config.epochs``; return the run folder.
+        """Train to ``config.epochs``, or until early stopping ends the run; return the run folder.
 
         A folder that holds a run is refused (``runs.RunExistsError``) before anything is written,
         unless ``resume`` (continue from its checkpoint) or ``overwrite`` (remove its files and
@@ -686,7 +699,8 @@ class Trainer:
         runs.write_json(self.run_dir / CONFIG, self.config.to_dict())
         try:
             with _deferred_interrupt(self.stop_requested):
-                while self.epoch < self.config.epochs and not self.stop_requested.is_set():
+                while (self.epoch < self.config.epochs and not self.patience_spent()
+                       and not self.stop_requested.is_set()):
                     metrics = self._epoch()
                     runs.append_metrics(self.run_dir, metrics)
                     self.epoch, self.batch, self.sums, self.images = self.epoch + 1, 0, {}, {}
@@ -698,6 +712,10 @@ class Trainer:
             # check of the loop, would otherwise let the final evaluation run as if none came.
             if self.stop_requested.is_set():
                 raise Stopped(self.stop_requested.signum)
+            if self.patience_spent() and self.epoch < self.config.epochs:
+                self.log(f"early stopping: no epoch beat epoch {self.best['epoch']}'s {self.best['by']} in the "
+                         f"{self.epoch - self.best['epoch']} after it (patience {self.config.patience}); the "
+                         f"run ends at epoch {self.epoch} of {self.config.epochs}")
         except KeyboardInterrupt:
             self.save()
             self.log(f"interrupted: saved {_position(self.epoch, self.batch)} to "
@@ -794,8 +812,9 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
     """Train a model as ``config`` says, evaluate it on the test set and return the results dict.
 
     ``config.out`` must not hold a run unless ``resume`` (continue it) or ``overwrite`` (start it
-    again); see ``Trainer.fit``. A resumed run that had finished its epochs returns the results
-    it holds (results.json), without evaluating again, when they hold what ``config`` asks.
+    again); see ``Trainer.fit``. A resumed run that had ended (its epochs done, or stopped early)
+    returns the results it holds (results.json), without evaluating again, when they hold what
+    ``config`` asks.
     With ``free_of``, a folder name, a new run goes instead to the first of ``free_of``,
     ``free_of-2``, ... that is free when training starts (``runs.claim_free_run_dir``), as
     ``minivae train`` without --out does.
@@ -804,13 +823,13 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
     # The folder stays claimed through the evaluation, whose results.json belongs to this run.
     with trainer._claim(resume, overwrite, free_of):
         trainer._fit_claimed(resume)
-        if resume and trainer.steps_at_start == trainer.total_steps:
-            # Nothing was trained: the results of the finished run stand, unless they lack what was
+        if resume and trainer.steps_done == trainer.steps_at_start:
+            # Nothing was trained: the results of the ended run stand, unless they lack what was
             # asked (results.json missing or damaged, another --eval-k): the evaluation can take
             # minutes.
-            kept = _results_of_finished_run(trainer.run_dir, trainer.config)
+            kept = _results_of_finished_run(trainer.run_dir, trainer.config, trainer.epoch)
             if kept is not None:
-                log(f"{trainer.run_dir} had finished its {trainer.epoch} epochs: nothing to train; its "
+                log(f"{trainer.run_dir} had ended at epoch {trainer.epoch}: nothing to train; its "
                     f"results stand in {RESULTS} (score it again with `minivae eval {trainer.run_dir}`)")
                 return kept
         try:
@@ -827,15 +846,15 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
             raise
 
 
-def _results_of_finished_run(run_dir, config):
-    """The results.json of a run that finished ``config.epochs`` epochs, when it holds what the
+def _results_of_finished_run(run_dir, config, epochs):
+    """The results.json of a run that ended after ``epochs`` epochs, when it holds what the
     final evaluation of ``config`` would (the log-likelihood of ``config.eval_k`` samples, if
     any), else None."""
     try:
         results = json.loads((Path(run_dir) / RESULTS).read_text())
     except (OSError, ValueError):  # missing (interrupted evaluation) or damaged: evaluate again
         return None
-    if not isinstance(results, dict) or results.get("epochs") != config.epochs:
+    if not isinstance(results, dict) or results.get("epochs") != epochs:
         return None
     if config.eval_k and results.get("eval_k") != config.eval_k:
         return None

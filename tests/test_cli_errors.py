@@ -204,7 +204,7 @@ def test_resuming_a_finished_run_keeps_its_results(capsys, tmp_path, monkeypatch
         assert main(["train", "--out", str(out), "--resume", "--no-progress", *extra]) == 0
         assert (out / "results.json").read_bytes() == results
     printed = capsys.readouterr().out
-    assert "at the end of epoch 1" in printed and "had finished its 1 epochs: nothing to train" in printed
+    assert "at the end of epoch 1" in printed and "had ended at epoch 1: nothing to train" in printed
     assert main(["train", "--out", str(out), "--resume", "--no-progress", "--eval-k", "3"]) == 0
     assert json.loads((out / "results.json").read_text())["eval_k"] == 3
     (out / "results.json").unlink()

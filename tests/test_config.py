@@ -161,11 +161,11 @@ def test_a_setting_that_defines_the_run_cannot_change_on_resume(name, value):
 
 
 def test_the_settings_a_resume_may_change_are_named_as_train_takes_them():
-    saved = TrainConfig(epochs=2)
+    saved = TrainConfig(epochs=2, keep_best=True)
     dataclasses.replace(saved, epochs=5, out="elsewhere", device="gpu", eval_k=0, trace_every=3,
-                        eager=True).check_resumable(saved, (1, 0))
+                        eager=True, patience=4).check_resumable(saved, (1, 0))
     options = resumable_options()
-    assert options == ["--epochs", "--device", "--eval-k", "--trace-every", "--eager"]
+    assert options == ["--epochs", "--device", "--eval-k", "--trace-every", "--eager", "--patience"]
     train = dict(subparsers())["train"]
     assert set(options) <= {option for action in train._actions for option in action.option_strings}
 

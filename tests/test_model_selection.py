@@ -199,3 +199,100 @@ def test_train_keep_best_on_the_command_line(tmp_path, monkeypatch, capsys):
                  "--no-progress"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "cannot resume" in err[0] and "keep_best: False -> True" in err[0], err
+
+
+# ----- early stopping -----------------------------------------------------------------------------
+
+def epochs_recorded(run):
+    """The epochs of the run folder ``run``'s metrics.jsonl, in order."""
+    return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("scores, ends", [([-200.0, -100.0, -150.0, -160.0, -170.0, -180.0], 4),
+                                          # a new best (epoch 4) starts the count again
+                                          ([-200.0, -100.0, -150.0, -90.0, -95.0, -96.0], 6),
+                                          # a tie is no improvement
+                                          ([-200.0, -100.0, -100.0, -100.0, -150.0, -160.0], 4)])
+def test_early_stopping_ends_the_run_patience_epochs_after_the_best(tmp_path, monkeypatch, scores, ends):
+    """With patience 2 the run ends after the second epoch in a row that did not beat the best,
+    and its results are those of the run trained through all its epochs (the same schedule, so
+    the same model at the best epoch), but for the epochs done."""
+    data, lines = small_data(), []
+    scripted_validation(monkeypatch, valid_elbo=scores)
+    stopped = train(config(tmp_path / "stopped", epochs=6, keep_best=True, patience=2, eval_k=2), data=data,
+                    progress=False, log=lines.append)
+    assert epochs_recorded(tmp_path / "stopped" / "run") == list(range(1, ends + 1))
+    assert checkpoint.load_document(tmp_path / "stopped" / "run" / CHECKPOINT)["epoch"] == ends
+    if ends < 6:
+        full = train(config(tmp_path / "full", epochs=6, keep_best=True, eval_k=2), data=data, **QUIET)
+        assert full["selected"] == stopped["selected"]
+        assert stopped == dict(full, epochs=ends)
+        best = stopped["selected"]["epoch"]
+        assert (f"early stopping: no epoch beat epoch {best}'s valid_elbo in the {ends - best} after it "
+                f"(patience 2); the run ends at epoch {ends} of 6") in lines
+    else:
+        assert stopped["epochs"] == 6 and not any(line.startswith("early stopping") for line in lines)
+
+
+def test_a_run_stopped_early_resumes_only_with_more_patience(tmp_path, monkeypatch):
+    """Resumed as it was, a run stopped early trains nothing and its results stand; given more
+    patience it trains on from where it ended, and with none, through all its epochs."""
+    data, lines = small_data(), []
+    scripted_validation(monkeypatch, valid_elbo=[-200.0, -100.0, -150.0, -160.0, -170.0, -180.0])
+    run = tmp_path / "run"
+
+    def resume(patience):
+        return train(config(tmp_path, epochs=6, keep_best=True, patience=patience, eval_k=2), resume=True,
+                     data=data, progress=False, log=lines.append)
+    first = train(config(tmp_path, epochs=6, keep_best=True, patience=1, eval_k=2), data=data, **QUIET)
+    assert first["epochs"] == 3
+    assert resume(1) == first and f"{run} had ended at epoch 3: nothing to train" in "\n".join(lines)
+    assert resume(3)["epochs"] == 5 and epochs_recorded(run) == [1, 2, 3, 4, 5]
+    assert resume(0) == dict(first, epochs=6) and epochs_recorded(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_with_patience_cut_inside_an_epoch_resumes_to_the_same_end(tmp_path, monkeypatch):
+    """Cut inside epoch 3, before the run would stop at the end of epoch 4: the resume counts
+    the epochs since the best from the checkpoint's record, and stops where the uncut run did."""
+    data = small_data()
+    scripted_validation(monkeypatch, valid_elbo=[-200.0, -100.0, -150.0, -160.0, -170.0, -180.0])
+
+    def make(name):
+        return config(tmp_path / name, epochs=6, keep_best=True, patience=2, eval_k=2)
+    ref = train(make("ref"), data=data, **QUIET)
+    trainer = Trainer(make("cut"), data=data, **QUIET)
+    _interrupt_after(trainer, 2 * STEPS_PER_EPOCH + 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert train(make("cut"), resume=True, data=data, **QUIET) == ref
+    assert ref["epochs"] == 4 and epochs_recorded(tmp_path / "cut" / "run") == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("settings, problem", [(dict(patience=2), "patience 2 stops the run on the best epoch"),
+                                               (dict(patience=-1, keep_best=True), "patience"),
+                                               (dict(patience=1.5, keep_best=True), "patience")])
+def test_patience_is_a_count_and_needs_keep_best(tmp_path, settings, problem):
+    with pytest.raises((TypeError, ValueError), match=problem):
+        Trainer(config(tmp_path, **settings), data=small_data(), **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_patience_on_the_command_line(tmp_path, monkeypatch, capsys):
+    """--patience without --keep-best is refused in one line, and so is a resume that gives it to a
+    run trained without; given with it, the run may stop early."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    tiny = ["--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0", "--no-progress"]
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--out", str(out), "--patience", "2", *tiny]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["minivae: error: --patience 2 ends the run on the best epoch that --keep-best keeps; give "
+                   "--keep-best too"], err
+    assert not out.exists()
+    assert main(["train", "--epochs", "1", "--out", str(out), *tiny]) == 0
+    capsys.readouterr()
+    assert main(["train", "--epochs", "2", "--out", str(out), "--resume", "--patience", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and f"{out} was trained without --keep-best, which a resume cannot add" in err[0], err
+    assert main(["train", "--epochs", "3", "--out", str(tmp_path / "kept"), "--keep-best", "--patience", "1",
+                 *tiny]) == 0
+    assert json.loads((tmp_path / "kept" / "config.json").read_text())["patience"] == 1
