@@ -301,12 +301,24 @@ def _nll_evaluation(r):
     return r.get("nll_k") or scores.get("eval_k"), r.get("nll_n_test") or scores.get("n_test", n)
 
 
+#: The validation scores by which ``--keep-best`` selects an epoch, in words.
+SELECTION_WORDS = {"valid_elbo": "validation ELBO", "valid_error": "validation error"}
+
+
+def _early_stopping(r):
+    """Whether early stopping (its config's patience) chose where the finished run ``r`` ended:
+    before its last epoch or at it, as its validation scores had it."""
+    return bool(r["config"].get("patience")) and r.get("finished", True)
+
+
 def _replicate_key(r):
     """What runs that differ only in their seed share: every setting but the seed and the run
-    folder, the epochs trained, which scores were recorded, and the k and images of the NLL."""
+    folder, the epochs trained (but under early stopping, whose validation scores chose them),
+    which scores were recorded, and the k and images of the NLL."""
     settings = {key: value for key, value in r["config"].items() if key not in ("seed", "out")}
     scored = [key for key in ("test_error", "test_nll", "test_elbo") if key in _scores(r)]
-    return json.dumps([settings, r["epochs"], scored, _nll_evaluation(r)], sort_keys=True)
+    ended = "early stopping" if _early_stopping(r) else r["epochs"]
+    return json.dumps([settings, ended, scored, _nll_evaluation(r)], sort_keys=True)
 
 
 def _seed(r):
@@ -380,6 +392,22 @@ def _ours(runs):
     return f"test NLL {nll} (k={k}, {n} images{_effective_sample_sizes(scores)}; {spread}); test ELBO {elbo}"
 
 
+def _epochs(runs):
+    """The epochs cell of a row of ``runs``: the epochs trained (each run's where they differ),
+    of how many when early stopping ended the runs, and the epochs scored when the final
+    evaluation took the one best on the validation split (``--keep-best``)."""
+    done = [r["epochs"] for r in runs]
+    cell = ", ".join(map(str, done if len(set(done)) > 1 else done[:1]))
+    config = runs[0]["config"]
+    if _early_stopping(runs[0]):
+        cell += f" of {config['epochs']} (early stopping, patience {config['patience']})"
+    selected = [_scores(r).get("selected") for r in runs]
+    if all(selected):
+        epochs = ", ".join(str(s["epoch"]) for s in selected)
+        cell += f"; scored: epoch{'s' if len(runs) > 1 else ''} {epochs}, best by {SELECTION_WORDS[selected[0]['by']]}"
+    return cell
+
+
 def _model_row(*paths):
     """One row of the model-family table from the bench_mnist (mnist_*) or record_run (run_*)
     JSONs of runs that differ only in their seed (``seed_groups``)."""
@@ -395,7 +423,7 @@ def _model_row(*paths):
     bound_k = _bound_k(c)
     label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1
              else f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs")
-    return f"| {label} | {commands} | {r['epochs']} | {_wall_time(runs)} | {_ours(runs)} | {paper} |"
+    return f"| {label} | {commands} | {_epochs(runs)} | {_wall_time(runs)} | {_ours(runs)} | {paper} |"
 
 
 def models_table(results_dir=RESULTS):

@@ -510,8 +510,8 @@ def test_the_kernel_section_names_the_dtype_when_its_first_case_failed(tmp_path)
 def _run_result(folder, name, seed=0, results=None, device="cpu", **config):
     """A record_run result of a made-up run ``name`` (2 epochs of 45 s on a made-up 2-core CPU,
     or a made-up GPU) written into ``folder``; ``config`` changes its settings."""
-    config = dataclasses.asdict(TrainConfig(epochs=2, seed=seed, device=device, out=f"/elsewhere/runs/{name}",
-                                            **config))
+    config = dataclasses.asdict(TrainConfig(**dict(dict(epochs=2, seed=seed, device=device,
+                                                        out=f"/elsewhere/runs/{name}"), **config)))
     r = {"run_command": "minivae train", "config": config, "device": device,
          "gpu": {"name": "Made-up GPU"} if device == "gpu" else None,
          "machine": {"cpu_model": "Made-up CPU", "cores": 2}, "epochs": 2, "train_seconds_all_epochs": 90.0,
@@ -619,3 +619,27 @@ def test_the_time_of_a_row_of_several_runs_names_each_device_and_the_range_of_th
             "commands 130 s, 150 s; piece 0; piece 1) |") in row
     assert ("(k=5000, 1000 images, effective sample size (the least over the runs) median 12, "
             "min 1.5; mean ± standard deviation over 2 seeds)") in row
+
+
+def test_the_epochs_cell_says_where_early_stopping_ended_the_runs_and_which_epochs_were_scored(tmp_path):
+    """Seeds that early stopping ended at different epochs are one row (their validation scores
+    chose the epochs, not a setting); the cell gives each run's epochs, of how many, and the
+    epochs the final evaluation scored (the best by the validation split)."""
+    for seed, (done, best) in enumerate(((40, 30), (55, 45), (60, 60))):
+        path = _run_result(tmp_path, f"es{seed}", seed, {"epochs": done, "test_elbo": -99.0,
+                                                         "selected": {"epoch": best, "by": "valid_elbo",
+                                                                      "score": -98.0}},
+                           epochs=60, keep_best=True, patience=10)
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), epochs=done)))
+    [row] = _rows(tmp_path)
+    assert ("| 40, 55, 60 of 60 (early stopping, patience 10); scored: epochs 30, 45, 60, best by validation "
+            "ELBO |") in row
+    for seed in (1, 2):
+        (tmp_path / f"run_es{seed}.json").unlink()
+    assert "| 40 of 60 (early stopping, patience 10); scored: epoch 30, best by validation ELBO |" in _rows(tmp_path)[0]
+    _run_result(tmp_path, "kept", 0, {"epochs": 2, "test_elbo": -99.0, "test_error": 0.1,
+                                      "selected": {"epoch": 1, "by": "valid_error", "score": 0.2}},
+                model="m2", keep_best=True)
+    assert "| 2; scored: epoch 1, best by validation error |" in _rows(tmp_path)[1]
+    _run_result(tmp_path, "plain", 0)
+    assert "| 2 |" in _rows(tmp_path)[2]
