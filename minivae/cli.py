@@ -255,10 +255,13 @@ def _add_train_args(p):
     setting("--epochs", type=positive_int, help="passes over the 50k training images")
     setting("--batch-size", type=positive_int, help="images per optimizer step")
     setting("--lr", type=positive_float, help="Adam learning rate (peak of the schedule)")
-    setting("--lr-schedule", choices=("cosine", "constant"),
+    setting("--lr-schedule", choices=("cosine", "stages", "constant"),
             help="cosine: from --lr down to --lr-min after the last step (the last step runs just "
-                 "above it); constant: --lr throughout")
+                 "above it); stages: the IWAE paper's, 3^i epochs at --lr * 10^(-i/7) for i = 0, 1, ... "
+                 "(its 8 stages are --epochs 3280); constant: --lr throughout")
     setting("--lr-min", type=nonnegative_float, help="the rate the cosine schedule decays to")
+    setting("--adam-eps", type=nonnegative_float,
+            help="Adam's epsilon, added to the root of the second moment (the IWAE paper's: 1e-4)")
     setting("--z-dim", type=positive_int, help="size of the latent code z")
     setting("--hidden", type=positive_int, nargs="+", help="encoder hidden sizes; the decoder mirrors them")
     setting("--activation", choices=list(ACTIVATIONS), help="nonlinearity between the hidden layers")

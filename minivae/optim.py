@@ -56,7 +56,7 @@ _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
 #: turn every parameter into NaN at the first step.
 _RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": FINITE,
            "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
-           "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE,
+           "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE, "decay": NON_NEGATIVE,
            # inf is no clipping (the norm measured alone); a negative bound would flip the gradients
            "max_norm": (lambda v: v >= 0, ">= 0")}
 
@@ -706,3 +706,30 @@ class StepLR(LRScheduler):
     def lr_at(self, t):
         """See the class docstring."""
         return self.base_lr * self.gamma ** (t // self.step_size)
+
+
+class StagedLR(LRScheduler):
+    """Stages that grow geometrically: stage i = 0, 1, ... lasts ``first_steps * growth ** i``
+    steps at the rate base_lr * decay ** i. The defaults are the schedule of the IWAE paper
+    (Burda et al. 2015, section 5): 3^i passes over the data at 0.001 * 10^(-i/7), so with
+    ``first_steps`` one epoch's steps and base_lr 1e-3, its eight stages are its 3,280 epochs
+    (the stages go on past them, each 3 times longer and 10^(1/7) slower)."""
+
+    def __init__(self, optimizer, first_steps, growth=3, decay=10 ** (-1 / 7)):
+        self.first_steps = check_integer(first_steps, "first_steps", minimum=1)
+        self.growth = check_integer(growth, "growth", minimum=1)
+        check_ranges(type(self), _RANGES, decay=decay)
+        self.decay = float(decay)
+        super().__init__(optimizer)
+
+    def stage_at(self, t):
+        """The stage that step ``t`` falls in."""
+        stage, end = 0, self.first_steps
+        while t >= end:
+            stage += 1
+            end += self.first_steps * self.growth ** stage
+        return stage
+
+    def lr_at(self, t):
+        """See the class docstring."""
+        return self.base_lr * self.decay ** self.stage_at(t)

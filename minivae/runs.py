@@ -108,8 +108,11 @@ class TrainConfig:
     epochs: int = 150
     batch_size: int = 100
     lr: float = 1e-3
-    lr_schedule: str = "cosine"  # "cosine" (down to lr_min after the last step) or "constant"
+    # "cosine" (down to lr_min after the last step), "stages" (the IWAE paper's: 3^i epochs at
+    # lr * 10^(-i/7), i = 0, 1, ...; its 8 stages are 3280 epochs) or "constant"
+    lr_schedule: str = "cosine"
     lr_min: float = 1e-4
+    adam_eps: float = 1e-8  # Adam's epsilon (the IWAE paper's 1e-4 shortens the steps of small gradients)
     z_dim: int = 50
     hidden: tuple = (512, 256)
     activation: str = "relu"

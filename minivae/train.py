@@ -296,7 +296,7 @@ class Trainer:
         check_image_widths(self.model, self.data)
         check_label_counts(self.model, self.data)
         check_batches(config, self.model, len(self.data.x_train))
-        self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
         if config.data_rng != "philox":
             raise ValueError(f"this minivae draws the training batches with 'philox', not {config.data_rng!r}")
@@ -305,10 +305,12 @@ class Trainer:
                                       device=self.device)
         if config.lr_schedule == "cosine":
             self.schedule = optim.CosineLR(self.optimizer, self.total_steps, min_lr=config.lr_min)
+        elif config.lr_schedule == "stages":
+            self.schedule = optim.StagedLR(self.optimizer, len(self.loader))  # stages of 1, 3, 9, ... epochs
         elif config.lr_schedule == "constant":
             self.schedule = None
         else:
-            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine' or 'constant'")
+            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'stages' or 'constant'")
         self.labelled = None
         if self.model.semi_supervised:
             idx = labelled_subset(config, self.model, self.data.y_train)
@@ -364,9 +366,10 @@ class Trainer:
         return self.kl_weight_of_epoch(step // len(self.loader))
 
     def learning_rate(self, step):
-        """The learning rate of optimizer step ``step``: ``lr``, or the cosine schedule's
+        """The learning rate of optimizer step ``step``: ``lr``, the cosine schedule's
         (``optim.CosineLR``, from lr down to lr_min at the step after the last, as PyTorch's
-        ``CosineAnnealingLR``: the last step runs just above lr_min)."""
+        ``CosineAnnealingLR``: the last step runs just above lr_min), or the IWAE paper's stages
+        (``optim.StagedLR``: 3^i epochs at lr * 10^(-i/7))."""
         return self.config.lr if self.schedule is None else self.schedule.lr_at(step)
 
     # ----- checkpoints -----------------------------------------------------------------------

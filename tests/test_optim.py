@@ -206,8 +206,11 @@ def test_constructor_errors():
      r"CosineLR: min_lr 0.5 is above the optimizer's lr 0.1: the schedule would raise the rate"),
     (lambda o: optim.StepLR(o, 0), ValueError, "step_size must be at least 1, got 0"),
     (lambda o: optim.StepLR(o, 3, gamma=-0.5), ValueError, "StepLR: invalid gamma -0.5"),
+    (lambda o: optim.StagedLR(o, 0), ValueError, "first_steps must be at least 1, got 0"),
+    (lambda o: optim.StagedLR(o, 2, growth=1.5), TypeError, "growth must be an integer, got 1.5"),
+    (lambda o: optim.StagedLR(o, 2, decay=math.nan), ValueError, "StagedLR: invalid decay nan"),
 ], ids=["negative warm-up", "no steps", "fractional steps", "NaN min_lr", "min_lr above lr", "step_size 0",
-        "negative gamma"])
+        "negative gamma", "first stage of 0 steps", "fractional growth", "NaN decay"])
 def test_scheduler_arguments_are_checked(make, error, message):
     """(A negative warm-up shifted the schedule silently; step_size 0 was a ZeroDivisionError at
     the first step; a min_lr above the lr made the cosine "decay" a rise.)"""
@@ -664,6 +667,26 @@ def test_cosine_and_step_schedules():
     again = optim.StepLR(optim.SGD(_params(), lr=5.0), step_size=3, gamma=0.5)
     again.load_state_dict(step.state_dict())
     assert again.optimizer.lr == opt2.lr
+
+
+def test_the_staged_schedule_is_the_iwae_paper_s():
+    """Stages of 3^i epochs at 1e-3 * 10^(-i/7) (Burda et al. 2015): written out here stage by
+    stage, for epochs of 2 steps. The eight stages are 3,280 epochs, the last at 1e-4."""
+    opt = optim.SGD(_params(), lr=1e-3)
+    sched = optim.StagedLR(opt, first_steps=2)
+    want = [1e-3 * 10 ** (-stage / 7) for stage in range(5) for _ in range(2 * 3 ** stage)]
+    got = [opt.lr]
+    for _ in range(len(want) - 1):
+        sched.step()
+        got.append(opt.lr)
+    np.testing.assert_allclose(got, want, rtol=1e-15)
+    assert [sched.stage_at(t) for t in (0, 1, 2, 7, 8, 25, 26)] == [0, 0, 1, 1, 2, 2, 3]
+    epochs = optim.StagedLR(optim.SGD(_params(), lr=1e-3), first_steps=1)
+    assert epochs.stage_at(3279) == 7 and epochs.stage_at(3280) == 8
+    assert epochs.lr_at(3279) == pytest.approx(1e-4, rel=1e-14)
+    again = optim.StagedLR(optim.SGD(_params(), lr=5.0), first_steps=2)
+    again.load_state_dict(sched.state_dict())
+    assert again.optimizer.lr == opt.lr
 
 
 

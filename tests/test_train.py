@@ -610,6 +610,23 @@ def test_the_cosine_schedule_spans_the_steps_of_all_the_epochs(tmp_path):
     assert rates == pytest.approx(want, rel=1e-12)
 
 
+def test_the_staged_schedule_runs_stages_of_1_3_9_epochs_and_adam_takes_the_run_s_epsilon(tmp_path):
+    """With lr_schedule "stages" the steps of epoch 1 run at lr, of epochs 2-4 at lr 10^(-1/7)
+    and of epochs 5-13 at lr 10^(-2/7) (the IWAE paper's schedule, whatever the number of
+    epochs); the optimizer steps with the run's adam_eps."""
+    trainer = Trainer(config(tmp_path, epochs=5, lr=1e-3, lr_schedule="stages", adam_eps=1e-4), data=small_data(),
+                      progress=False, log=lambda m: None)
+    rates, step = [], trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kw: rates.append(trainer.optimizer.lr) or step(*args, **kw)
+    trainer.fit()
+    stage_of_epoch = [0, 1, 1, 1, 2]
+    want = [1e-3 * 10 ** (-stage_of_epoch[t // 6] / 7) for t in range(30)]  # 6 steps an epoch
+    assert rates == pytest.approx(want, rel=1e-14)
+    assert trainer.optimizer.eps == 1e-4
+    default = Trainer(config(tmp_path / "default"), data=small_data(), progress=False, log=lambda m: None)
+    assert default.optimizer.eps == 1e-8
+
+
 @pytest.mark.parametrize("setting, error", [
     (dict(eval_k=-1), "eval_k must be at least 0, got -1"), (dict(eval_k=2.5), "eval_k must be an integer, got 2.5"),
     (dict(trace_every=-1), "trace_every must be at least 0, got -1"),
