@@ -205,7 +205,11 @@ def train_command(config):
         if key in ("model_options", "out") or value == defaults[key] or (
                 isinstance(value, list) and tuple(value) == tuple(defaults[key])):
             continue
-        parts.append(f"--{key.replace('_', '-')} {_arg(value)}")
+        flag = f"--{key.replace('_', '-')}"
+        if isinstance(value, bool):  # a switch: --keep-best, --eager (and --no-eager)
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        else:
+            parts.append(f"{flag} {_arg(value)}")
     for key, value in config.get("model_options", {}).items():
         if key == "m1":  # a run folder
             value = _run_folder(value)

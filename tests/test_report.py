@@ -43,6 +43,14 @@ def test_row_command_trains_the_recorded_config(path):
             assert parsed[key] == (tuple(value) if isinstance(value, list) and key == "hidden" else value), key
 
 
+@pytest.mark.parametrize("settings", [dict(keep_best=True, patience=5), dict(eager=True, device="gpu"),
+                                      dict(lr_schedule="stages", adam_eps=1e-4, batch_size=20, epochs=3280)])
+def test_the_command_of_a_config_trains_that_config(settings):
+    """Switches are given as flags (a `--keep-best True` was refused by the command line)."""
+    config = dataclasses.asdict(TrainConfig(out="runs/x", **settings))
+    assert config_of(report.train_command(config)) == dict(config, hidden=tuple(config["hidden"]))
+
+
 def test_warmup_zero_rows_say_so():
     """A run trained without warm-up (today's default is 10 epochs) shows --warmup 0."""
     row = next(line for line in report.models_table().splitlines() if "`minivae train --warmup 0" in line)
