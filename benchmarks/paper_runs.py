@@ -1,0 +1,142 @@
+"""The papers' own settings for rows of the results table, trained in pieces of bounded time.
+
+    python benchmarks/paper_runs.py list
+    python benchmarks/paper_runs.py piece NAME --seconds S [--runs DIR] [--out OUT] [--device gpu]
+
+A run of the IWAE paper's schedule is 3,280 epochs: hours on a GPU, where a lent GPU machine
+gives minutes. ``piece`` trains the run of the recipe NAME, in the folder DIR/NAME (default
+``runs/paper``), for at most S seconds: a new run when the folder holds none, else a resume of
+it. At S seconds it sends the trainer SIGTERM, on which the trainer saves its checkpoint at the
+end of the step and exits (exit status 143), so the next piece goes on exactly where this one
+stopped, on this machine or on another with the same device kind (the folder is carried there).
+Each piece then writes into OUT (default ``paper_runs_out``) two files: ``NAME.tar``, the run
+folder, to unpack into DIR before the next piece (``tar -xf OUT/NAME.tar -C DIR``), and the run
+as ``benchmarks/record_run.py`` records it, finished or not (pieces, seconds by device, every
+epoch's metrics, and once finished its test scores).
+
+The recipes take the papers' architecture and schedule where they state one, and say where
+and why they differ; model selection and early stopping use the validation split only.
+"""
+import argparse
+import dataclasses
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record_run  # noqa: E402
+
+from minivae.runs import holds_run  # noqa: E402
+
+#: The IWAE paper's training (Burda et al. 2015; read in the authors' code, github.com/yburda/iwae,
+#: experiments.py and optimizers.py): 3^i epochs at 1e-3 * 10^(-i/7), i = 0..7, batches of 20,
+#: Adam with epsilon 1e-4 added to the root of the second moment, 2x200 tanh networks, no KL
+#: warm-up.
+IWAE_PAPER = ["--hidden", "200", "200", "--activation", "tanh", "--batch-size", "20", "--lr", "1e-3",
+              "--lr-schedule", "stages", "--adam-eps", "1e-4", "--warmup", "0", "--epochs", "3280"]
+#: What every recipe adds: the model of the epoch best by the validation ELBO is the one scored,
+#: with the papers' 5000 importance samples.
+SCORING = ["--keep-best", "--eval-k", "5000"]
+#: Where every IWAE-paper recipe departs from it, and why.
+IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second moments started at 1, and "
+                    "rounds each stage's rate (7.2e-4 for 7.197e-4); we keep Adam's usual beta1 0.9 and zeros "
+                    "(minivae has no setting for them) and the exact rates. The authors' code scores the last epoch; "
+                    "we score the epoch best by the validation ELBO (the test set gives only the final number)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A row of the results table as its paper trained it: ``args`` of ``minivae train`` (all
+    but --out and --device), the paper's figure and where it was read, and how we differ."""
+    args: list
+    paper: str
+    differences: str
+
+
+RECIPES = {
+    "vae-1layer": Recipe(["--model", "vae", "--z-dim", "50", *IWAE_PAPER, *SCORING],
+                         "86.76 (Burda et al. 2015, Table 1, VAE, 1 stochastic layer; read in the paper)",
+                         IWAE_DIFFERENCES),
+    "iwae-1layer-k50": Recipe(["--model", "iwae", "--set", "k=50", "--z-dim", "50", *IWAE_PAPER, *SCORING],
+                              "84.78 (Burda et al. 2015, Table 1, IWAE k = 50, 1 stochastic layer; read in "
+                              "the paper)", IWAE_DIFFERENCES),
+    "iwae-2layer-k50": Recipe(["--model", "iwae", "--set", "layers=2", "--set", "k=50", "--z-dim", "50",
+                               *IWAE_PAPER, *SCORING],
+                              "82.90 (Burda et al. 2015, Table 1, IWAE k = 50, 2 stochastic layers: 100 and "
+                              "50 units, 2x200 and 2x100 tanh; read in the paper)", IWAE_DIFFERENCES),
+}
+
+
+def command(name, folder, device):
+    """The ``minivae train`` arguments of the recipe ``name`` with its run in ``folder``."""
+    return ["train", *RECIPES[name].args, "--device", device, "--out", str(folder)]
+
+
+def train_for(argv, seconds, launcher):
+    """Run ``launcher + argv`` for at most ``seconds``, then stop it with SIGTERM (the trainer
+    saves its checkpoint at the end of the step) and wait for it; its exit status."""
+    process = subprocess.Popen([*launcher, *argv])
+    try:
+        return process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGTERM)
+        return process.wait()
+
+
+def pack(folder, path):
+    """Write the run ``folder`` (its files, without the temporary files of a write cut off)
+    into the tar file ``path``, written beside it first and then moved into place."""
+    partial = path.with_name(path.name + ".partial")
+    with tarfile.open(partial, "w") as tar:
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and not file.name.endswith(".tmp"):
+                tar.add(file, arcname=f"{folder.name}/{file.name}")
+    partial.replace(path)
+
+
+def piece(name, seconds, runs, out, device, launcher):
+    """Train a piece of the recipe ``name`` (see the module docstring); its exit status: that
+    of the trainer, 143 when it was stopped at its time."""
+    folder = Path(runs) / name
+    resume = holds_run(folder)
+    argv = [*command(name, folder, device), "--no-progress", *(["--resume"] if resume else [])]
+    print(f"piece of {name} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
+          f"minivae {' '.join(argv)}", flush=True)
+    start = time.monotonic()
+    status = train_for(argv, seconds, launcher)
+    wall = round(time.monotonic() - start, 1)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if holds_run(folder):
+        pack(folder, out / f"{name}.tar")
+        shown = " ".join(["minivae", *command(name, Path("runs") / name, device)])
+        record_run.main([str(folder), "--out", str(out), "--name", name, "--allow-unfinished",
+                         "--wall-seconds", str(wall), "--command", f"{shown} (in pieces of at most {seconds} s)"])
+    return status
+
+
+def main(argv=None):
+    """``list`` the recipes, or train a ``piece`` of one (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="the recipes: command, paper figure, differences")
+    p = sub.add_parser("piece", help="train a piece of a recipe's run")
+    p.add_argument("name", choices=list(RECIPES))
+    p.add_argument("--seconds", type=float, required=True, help="stop the trainer after this many seconds")
+    p.add_argument("--runs", default="runs/paper", help="the folder of the recipes' run folders")
+    p.add_argument("--out", default="paper_runs_out", help="where the packed run and its record go")
+    p.add_argument("--device", default="gpu", choices=("cpu", "gpu"))
+    args = parser.parse_args(argv)
+    if args.action == "list":
+        for name, recipe in RECIPES.items():
+            print(f"{name}: minivae {' '.join(command(name, Path('runs') / name, 'gpu'))}\n"
+                  f"    paper: {recipe.paper}\n    differences: {recipe.differences}")
+        return 0
+    return piece(args.name, args.seconds, args.runs, args.out, args.device, [sys.executable, "-m", "minivae"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
