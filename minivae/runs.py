@@ -315,34 +315,35 @@ def read_checkpoint(run):
     line naming the file and the problem, when the file or its document (a dict holding a valid
     ``config``) is damaged.
     """
-    path, (arrays, meta) = _read_run_checkpoint(run, checkpoint.load)
+    path, (arrays, meta) = _read_run_file(run, CHECKPOINT, checkpoint.load, _no_checkpoint)
     return arrays, meta, _checked_config(path, meta)
 
 
 def read_checkpoint_document(run):
     """(meta, config) of the checkpoint of the run folder ``run``, as ``read_checkpoint`` gives
     them (and refuses them), without reading its arrays."""
-    path, meta = _read_run_checkpoint(run, checkpoint.load_document)
+    path, meta = _read_run_file(run, CHECKPOINT, checkpoint.load_document, _no_checkpoint)
     return meta, _checked_config(path, meta)
 
 
-def _read_run_checkpoint(run, read):
-    """(path, ``read(path)``) for the checkpoint file ``path`` of the run folder ``run``, ``read``
-    being ``checkpoint.load`` or ``checkpoint.load_document``; NotARunError when the folder holds
-    no checkpoint, also when it is removed while it is read.
+def _read_run_file(run, name, read, missing):
+    """(path, ``read(path)``) for the checkpoint file ``path`` named ``name`` (``CHECKPOINT`` or
+    ``BEST``) of the run folder ``run``, ``read`` being ``checkpoint.load`` or
+    ``checkpoint.load_document``; ``missing(run)``, the error for a folder without the file, when
+    it holds none, also when it is removed while it is read.
 
     The commands that score or draw a run take no lock, so ``train --overwrite`` may remove the
-    checkpoint between the check that it is there and the end of the read, which opens the file
-    more than once: the read then fails as if the file were damaged."""
-    path = Path(run) / CHECKPOINT
+    file between the check that it is there and the end of the read, which opens the file more
+    than once: the read then fails as if the file were damaged."""
+    path = Path(run) / name
     if not path.is_file():
-        raise _no_checkpoint(Path(run))
+        raise missing(Path(run))
     try:
         return path, read(path)
     except checkpoint.CheckpointError:
         if path.is_file():
             raise
-        raise _no_checkpoint(Path(run)) from None
+        raise missing(Path(run)) from None
 
 
 def _checked_config(path, meta):
@@ -412,16 +413,21 @@ def _check_best(meta, path, config):
     records the best epoch so far as training with ``config`` saves it: with ``keep_best``, once
     an epoch is done, ``best`` = {"epoch": an epoch done, "by": a name of ``SELECTION_SCORES``,
     "score": a number}. Resumed without it, a run would select among its later epochs only."""
-    if not config.keep_best or meta["epoch"] == 0:
-        return
-    best = meta.get("best")
-    valid = (isinstance(best, dict) and type(best.get("epoch")) is int and 1 <= best["epoch"] <= meta["epoch"]
+    if config.keep_best and meta["epoch"] > 0:
+        _check_best_record(meta.get("best"), meta["epoch"], path, "its best")
+
+
+def _check_best_record(best, last, path, what):
+    """Raise CheckpointError naming the file at ``path`` unless ``best`` (``what`` names it in the
+    message) records a best epoch as training saves it: {"epoch": 1 to ``last``, "by": a name of
+    ``SELECTION_SCORES``, "score": a number}."""
+    valid = (isinstance(best, dict) and type(best.get("epoch")) is int and 1 <= best["epoch"] <= last
              and isinstance(best.get("by"), str) and best["by"] in SELECTION_SCORES
              and type(best.get("score")) in (int, float))
     if not valid:
         names = " or ".join(map(repr, SELECTION_SCORES))
-        raise damaged(path, f"its best {best!r} is no record of the best epoch so far, which would be "
-                            f"{{'epoch': 1 to {meta['epoch']}, 'by': {names}, 'score': a number}}")
+        raise damaged(path, f"{what} {best!r} is no record of the best epoch so far, which would be "
+                            f"{{'epoch': 1 to {last}, 'by': {names}, 'score': a number}}")
 
 
 def checkpoint_position(meta, path, config):
