@@ -34,8 +34,8 @@ from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
-                   next_free_run_dir, read_checkpoint, resumable_options, run_folder_options, run_model,
-                   write_json, writing_for_run)
+                   next_free_run_dir, read_checkpoint, read_run_model, resumable_options, run_folder_options,
+                   run_model, write_json, writing_for_run)
 from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
@@ -190,23 +190,24 @@ def _check_run_folder(run):
         raise UsageError(f"run folder {run} does not exist (train one with `minivae train --out {run}`)")
 
 
-def _load_run(run):
-    """(config, model, meta) of a run folder, ``meta`` the document of the checkpoint the model
-    was read from: its ``run_id`` is the identity of the run, which a command checks the folder
-    still holds when it writes a result or a picture of the model (``writing_for_run``).
-    ``_check_run_folder``'s UsageError, NotARunError when it holds no run (``read_checkpoint``
-    says what it holds instead)."""
+def _load_run(run, last=False):
+    """(config, model, meta, trained) of a run folder, as ``read_run_model`` reads them: the
+    model the run selected (``--keep-best``), or with ``last`` that of its checkpoint; ``meta`` is
+    the document of its checkpoint, whose ``run_id`` is the identity of the run, which a command
+    checks the folder still holds when it writes a result or a picture of the model
+    (``writing_for_run``). ``_check_run_folder``'s UsageError, NotARunError when it holds no run
+    (``read_checkpoint`` says what it holds instead)."""
     _check_run_folder(run)
-    arrays, meta, config = read_checkpoint(run)  # a damaged checkpoint raises CheckpointError
-    return config, run_model(run, arrays, config), meta
+    return read_run_model(run, last)  # a damaged checkpoint raises CheckpointError
 
 
-def _load_scored_run(run):
-    """(config, model, trained, run_id) of a run folder, as ``_load_run``; ``trained`` is the
-    position of its checkpoint (``checkpoint_position``), which a result of the model records: a
-    resumed run trains on, and its earlier results stay."""
-    config, model, meta = _load_run(run)
-    trained = checkpoint_position(meta, Path(run) / CHECKPOINT, config)
+def _load_scored_run(run, last):
+    """(config, model, trained, run_id) of a run folder, as ``_load_run``; ``trained`` is what a
+    result of the model records of it: its position (``checkpoint_position``; a resumed run
+    trains on, and its earlier results stay), and ``selected`` for the model the run selected."""
+    config, model, meta, trained = _load_run(run, last)
+    if trained is None:  # the model of the checkpoint
+        trained = checkpoint_position(meta, Path(run) / CHECKPOINT, config)
     return config, model, trained, meta.get("run_id")
 
 
@@ -296,7 +297,8 @@ def _add_train_args(p):
     setting("--eval-k", type=count, help="importance samples for the final test log-likelihood (0 skips it)")
     setting("--keep-best", action="store_true", default=None,
             help="model selection: keep the model of the epoch best on the validation split (its ELBO, "
-                 "or a classifier's error) in RUN/best.npz, and score that one on the test set at the end")
+                 "or a classifier's error) in RUN/best.npz, and score that one on the test set at the end; "
+                 "eval, cluster, sample, plot and graph then read it too, unless given --last")
     setting("--patience", type=count,
             help="early stopping (with --keep-best): end the run once N epochs in a row have not beaten "
                  "the best on the validation split (0: train every epoch); the learning rate keeps the "
@@ -578,8 +580,8 @@ def _report(args, out, result, run_id):
 def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
-    _, model, trained, run_id = _load_scored_run(args.run)
-    out = _result_file(args, eval_results_path(args.run, args.k))
+    config, model, trained, run_id = _load_scored_run(args.run, args.last)
+    out = _result_file(args, eval_results_path(args.run, args.k, last=args.last and config.keep_best))
     from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
@@ -598,12 +600,13 @@ def cmd_cluster(args):
         raise UsageError(f"--clusters {args.clusters} is more than the {args.n} images to cluster "
                          f"(--n); give at most {args.n}")
     device = resolve_device(args.device)
-    config, model, trained, run_id = _load_scored_run(args.run)
+    config, model, trained, run_id = _load_scored_run(args.run, args.last)
     if not model.gaussian_encoder:
         raise UsageError(f"the {config.model} model of {args.run} has no Gaussian encoder (encode(x) -> "
                          "(mu, logvar)) whose means could be clustered; give a run of a VAE")
     _require_extra("cluster", "sklearn", "scikit-learn", "cluster")
-    out = _result_file(args, cluster_results_path(args.run, args.clusters))
+    out = _result_file(args, cluster_results_path(args.run, args.clusters,
+                                                  last=args.last and config.keep_best))
     from .clustering import latent_clusters
 
     model.to(device)  # the encoding follows the model's device
@@ -618,7 +621,7 @@ def cmd_cluster(args):
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     _require_extra("sample", "matplotlib", "matplotlib", "viz")
-    _, model, meta = _load_run(args.run)
+    _, model, meta, _ = _load_run(args.run, args.last)
     path = _claim_out(args, Path(args.run) / "samples.png", PNG_FILE, "the picture")
     from .viz import prior_samples, save_image_grid
 
@@ -632,13 +635,21 @@ def cmd_sample(args):
 def cmd_plot(args):
     """Draw the run's pictures (samples, reconstructions, latent space, curves) as PNGs."""
     _require_extra("plot", "matplotlib", "matplotlib", "viz")
-    _load_run(args.run)
+    _load_run(args.run, args.last)
     _check_writable_folder(args.run, "the run folder")
     from .viz import plot_run
 
-    for path in plot_run(args.run):
+    for path in plot_run(args.run, last=args.last):
         print(path)
     return 0
+
+
+def _add_last_option(p):
+    """``--last`` of the commands that read a run's model (``_load_run``)."""
+    p.add_argument("--last", action="store_true",
+                   help="use the model of the run's last checkpoint (RUN/checkpoint.npz), not the one of "
+                        "the epoch best on the validation split that a run trained with --keep-best "
+                        "selects (RUN/best.npz); a run trained without it has only the last")
 
 
 def build_parser():
@@ -668,7 +679,9 @@ def build_parser():
                                                                       "seconds on a GPU)")
     p.add_argument("--out", type=nonempty_path,
                    help="the JSON file of the result (default: RUN/eval_kK.json, or "
-                        "RUN/eval_kK_firstN.json for part of the test set)")
+                        "RUN/eval_kK_firstN.json for part of the test set; with --last on a run trained "
+                        "with --keep-best, RUN/eval_kK_last.json or RUN/eval_kK_last_firstN.json)")
+    _add_last_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = command("cluster", cmd_cluster, "k-means on a run's test-set posterior means, scored against "
                                         "the digit labels (accuracy, NMI, ARI)")
@@ -680,15 +693,19 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=DEVICES, help="where to encode the images")
     p.add_argument("--out", type=nonempty_path,
                    help="the JSON file of the result (default: RUN/clusters_C.json, or "
-                        "RUN/clusters_C_firstN.json for part of the test set)")
+                        "RUN/clusters_C_firstN.json for part of the test set; with --last on a run trained "
+                        "with --keep-best, RUN/clusters_C_last.json or RUN/clusters_C_last_firstN.json)")
+    _add_last_option(p)
     p = command("sample", cmd_sample, "a grid of images sampled from a trained model, as a PNG")
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
     p.add_argument("--n", type=_integer(1, "an integer in [1, 10000]", high=10000), default=64,
                    help="how many images (one grid in one PNG)")
     p.add_argument("--seed", type=philox_seed, default=0, help="seed of the samples")
     p.add_argument("--out", type=nonempty_path, help="the PNG file (default: RUN/samples.png)")
+    _add_last_option(p)
     p = command("plot", cmd_plot, "pictures of a run (PNG files in the run folder)")
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
+    _add_last_option(p)
     command("models", cmd_models, "the models and their --set keys, with types and defaults")
     _add_gradient_commands(command)
     return parser
@@ -774,10 +791,12 @@ def _add_gradient_commands(command):
                         "(only the model unless --op is given too); one of " + ", ".join(MODELS))
     p = command("graph", cmd_graph, "the computation graph of one loss evaluation, as Graphviz DOT (+ SVG)")
     p.add_argument("run", nargs="?", type=nonempty_path,
-                   help="a run folder (its checkpoint's model); or give --model")
+                   help="a run folder (the model it selected with --keep-best, else its checkpoint's); or "
+                        "give --model")
     p.add_argument("--model", metavar="NAME", choices=list(MODELS),
                    help="a freshly initialized model with the train defaults; one of " + ", ".join(MODELS))
     p.add_argument("--grad", action="store_true", help="label every node with its gradient norm")
+    _add_last_option(p)
     p.add_argument("--out", type=nonempty_path,
                    help="output file: .dot (an .svg is written next to it when Graphviz is "
                         "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
@@ -859,9 +878,12 @@ def cmd_graph(args):
 
     if (args.run is None) == (args.model is None):
         raise UsageError("graph: give a run folder or --model NAME (one of the two)")
+    if args.last and args.run is None:
+        raise UsageError(f"--last: --model {args.model} is a freshly initialized model, which has no "
+                         "checkpoints; give --last with a run folder only")
     run_id = None  # the identity of the run drawn (``_write_graph``); a --model belongs to none
     if args.run is not None:
-        _, model, meta = _load_run(args.run)
+        _, model, meta, _ = _load_run(args.run, args.last)
         run_id = meta.get("run_id")
         source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
     else:

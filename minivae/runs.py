@@ -5,10 +5,12 @@ A run lives in one folder::
     config.json      the settings (a ``TrainConfig``), written when training starts
     metrics.jsonl    one JSON line per epoch (and per traced step, with ``--trace-every``)
     checkpoint.npz   model, optimizer, noise generator and loop position (``minivae.checkpoint``)
-    best.npz         with ``--keep-best``: the model of the epoch best on the validation split
+    best.npz         with ``--keep-best``: the model of the epoch best on the validation split,
+                     which ``minivae eval``, ``cluster``, ``sample``, ``plot`` and ``graph`` use
+                     unless given ``--last`` (``read_run_model``)
     results.json     the test numbers, written at the end
-    eval_k*.json     the results of ``minivae eval``
-    clusters_*.json  the results of ``minivae cluster``
+    eval_k*.json     the results of ``minivae eval`` (``eval_results_path``)
+    clusters_*.json  the results of ``minivae cluster`` (``cluster_results_path``)
     *.png            the pictures of ``minivae plot`` (``PICTURES``)
 
 Rules:
@@ -24,7 +26,7 @@ Rules:
   (``flock`` on the folder itself, so no lock file is left behind; released when the process
   ends, however it ends), and a second one is refused;
 * ``minivae eval``, ``cluster``, ``sample``, ``plot`` and ``graph`` take no lock, so that a run
-  can be scored and drawn while it trains on (a score records the position of the checkpoint
+  can be scored and drawn while it trains on (a score records the position of the model
   scored), but write their results and pictures only while the folder holds the run they read:
   each run has an identity (``run_id``, kept by a resume, new when it starts again), checked
   before and after each write (``writing_for_run``).
@@ -375,6 +377,13 @@ def _no_checkpoint(run):
                         f"`minivae train --out {run}`)")
 
 
+def _no_best(run):
+    """RunFolderError for ``run``, a run trained with ``keep_best`` that holds no best.npz."""
+    return RunFolderError(f"{run} holds no {BEST}, the model its training selects (--keep-best): its first "
+                          f"epoch has not ended yet, or the file was removed; give --last to use the model "
+                          f"of its last checkpoint, {run / CHECKPOINT}")
+
+
 #: What a checkpoint's document holds besides the config, for a resume, and the type of each.
 RESUME_STATE = {"epoch": int, "batch": int, "sums": dict, "noise": dict, "optim": dict}
 #: What a checkpoint's document holds since it was recorded, and the type of each: checkpoints
@@ -541,7 +550,9 @@ def damaged(path, problem):
 
 
 def load_run(run):
-    """Rebuild the model of a run folder from its checkpoint; return (config, model).
+    """Rebuild the model of a run folder from its checkpoint; return (config, model). The model is
+    that of the checkpoint also for a run trained with ``keep_best`` (``read_run_model`` reads the
+    one it selected).
 
     Raises NotARunError naming the folder when it (or a run its model is built on) holds no
     checkpoint, and CheckpointError naming the checkpoint when it is damaged (see
@@ -551,10 +562,11 @@ def load_run(run):
     return config, run_model(run, arrays, config)
 
 
-def run_model(run, arrays, config):
-    """The model of the run folder ``run`` rebuilt from its checkpoint as ``read_checkpoint``
-    read it (``arrays`` and ``config``); raises as ``load_run`` does."""
-    path = Path(run) / CHECKPOINT
+def run_model(run, arrays, config, name=CHECKPOINT):
+    """The model of the run folder ``run`` rebuilt from the ``arrays`` of its checkpoint file
+    ``name`` (``CHECKPOINT`` as ``read_checkpoint`` read it, or ``BEST``) and the ``config`` of
+    its checkpoint; raises as ``load_run`` does, naming that file."""
+    path = Path(run) / name
     try:
         model = build_run_model(config)
     except RunFolderError:
@@ -563,6 +575,59 @@ def run_model(run, arrays, config):
         raise _misfit(path, config, str(exc)) from None
     load_model_state(model, arrays, path, config)
     return model
+
+
+def read_run_model(run, last=False):
+    """The model of the run folder ``run`` that the commands which score or draw a run use, as
+    (config, model, meta, trained): for a run trained with ``keep_best``, the model it selected
+    (``read_best``, whose ``trained`` a score records of it); otherwise, or with ``last``, the
+    model of its checkpoint (``trained`` None: its position, ``checkpoint_position``, is needed
+    only where a score records it). ``config`` and ``meta`` are always those of the
+    checkpoint: the run's settings, and its identity (``run_id``), which a command checks the
+    folder still holds when it writes a result or a picture (``writing_for_run``). Raises as
+    ``load_run`` and ``read_best`` do."""
+    arrays, meta, config = read_checkpoint(run)
+    if not config.keep_best or last:
+        return config, run_model(run, arrays, config), meta, None
+    arrays, trained = read_best(run, meta, config)
+    return config, run_model(run, arrays, config, name=BEST), meta, trained
+
+
+def read_best(run, meta, config):
+    """The model that the run in the folder ``run``, trained with ``keep_best``, selected so far,
+    read from its best.npz after its checkpoint (whose document ``meta`` and ``config`` are
+    given), as (arrays, trained): ``trained`` is what a score of the model records of it, its
+    position (``checkpoint_position``) and ``selected`` = {"epoch", "by", "score"}, as the
+    results of training record the model they score.
+
+    Readers take no lock, and training writes best.npz of an epoch before the checkpoint of that
+    epoch, each atomically: best.npz of the run holds the epoch that its checkpoint records as the
+    best, or a later one than the checkpoint's, ended since the checkpoint was read. Anything else
+    is no model the run selects: RunFolderError naming the folder when best.npz is missing (the
+    first epoch has not ended, or it was removed); CheckpointError naming the file when it is
+    damaged, of another run (its ``run_id``; a run saved before runs had one has none in either
+    file), or of an epoch that the run no longer selects (left by a training stopped between the
+    two writes, then resumed to other scores).
+    """
+    saved = Path(run) / CHECKPOINT
+    done = checkpoint_position(meta, saved, config)["epochs"]
+    _check_best(meta, saved, config)
+    path, (arrays, document) = _read_run_file(run, BEST, checkpoint.load, _no_best)
+    held = _checked_config(path, document)
+    instead = f"give --last to use the model of the last checkpoint, {saved}"
+    if document.get("run_id") != meta.get("run_id"):
+        raise checkpoint.CheckpointError(f"{path} is the model of another run than {run}: its run_id is "
+                                         f"{document.get('run_id')!r}, and {saved} records "
+                                         f"{meta.get('run_id')!r}; {instead}")
+    position = checkpoint_position(document, path, held)
+    selected = {key: document.get(key) for key in ("epoch", "by", "score")}
+    _check_best_record(selected, held.epochs, path, "its selection")
+    best = meta.get("best")  # None before the first epoch ends: then best.npz is later anyway
+    if selected["epoch"] <= done and selected["epoch"] != best["epoch"]:
+        raise checkpoint.CheckpointError(
+            f"{path} holds epoch {selected['epoch']}, which is neither epoch {best['epoch']}, the best by "
+            f"{best['by']} that {saved} records, nor one ended after the epoch {done} it records; {instead}")
+    return arrays, dict(position, selected=selected)
 
 
 def load_model_state(model, arrays, path, config):
@@ -832,11 +897,19 @@ def rewrite_metrics(run_dir, keep):
     _replace_text(path, "".join(json.dumps(record) + "\n" for record in kept))
 
 
-def eval_results_path(run_dir, k):
-    """Where ``minivae eval --k K`` writes its result: ``RUN/eval_kK.json``."""
-    return Path(run_dir) / f"eval_k{int(k)}.json"
+def eval_results_path(run_dir, k, last=False):
+    """Where ``minivae eval --k K`` writes its result: ``RUN/eval_kK.json`` (``_results_path``)."""
+    return _results_path(run_dir, f"eval_k{int(k)}", last)
 
 
-def cluster_results_path(run_dir, n_clusters):
-    """Where ``minivae cluster --clusters C`` writes its result: ``RUN/clusters_C.json``."""
-    return Path(run_dir) / f"clusters_{int(n_clusters)}.json"
+def cluster_results_path(run_dir, n_clusters, last=False):
+    """Where ``minivae cluster --clusters C`` writes its result: ``RUN/clusters_C.json``
+    (``_results_path``)."""
+    return _results_path(run_dir, f"clusters_{int(n_clusters)}", last)
+
+
+def _results_path(run_dir, stem, last):
+    """``RUN/STEM.json``; with ``last``, a score of the model of the last checkpoint of a run that
+    selected another (``keep_best``), ``RUN/STEM_last.json``, so that neither score replaces the
+    other."""
+    return Path(run_dir) / f"{stem}{'_last' if last else ''}.json"

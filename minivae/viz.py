@@ -46,7 +46,7 @@ from .files import atomic_write
 from .models import VAE
 from .nn import evaluating
 from .random import Generator
-from .runs import read_checkpoint, read_metrics, run_model, writing_for_run
+from .runs import read_metrics, read_run_model, writing_for_run
 from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
@@ -550,11 +550,13 @@ def _embeddings(points, seed):
         yield "umap", umap.UMAP(n_components=2, random_state=seed).fit_transform(points)
 
 
-def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings=True):
+def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings=True, last=False):
     """Draw every picture of a trained run into its folder; return the list of PNG paths.
 
     ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
-    The model is rebuilt from its checkpoint; the test images come from ``data`` (any
+    The model is the one the run selected (``runs.read_run_model``: that of best.npz for a run
+    trained with ``keep_best``), or with ``last`` that of its checkpoint; the curves are those of
+    every epoch, from ``metrics.jsonl``. The test images come from ``data`` (any
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
@@ -574,11 +576,11 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     n_latent = check_integer(n_latent, "n_latent", minimum=1)
     n_embed = check_integer(n_embed, "n_embed", minimum=_MIN_EMBED)
     embeddings = check_bool(embeddings, "embeddings")
+    last = check_bool(last, "last")
     if embeddings:  # before the first picture: t-SNE would refuse it after the samples are drawn
         seed = check_sklearn_seed(seed)
     run_dir = Path(run_dir)
-    arrays, meta, config = read_checkpoint(run_dir)
-    model = run_model(run_dir, arrays, config)
+    _, model, meta, _ = read_run_model(run_dir, last)
 
     def picture(name):
         """Hold the ``with`` block that writes the picture ``name`` into the run folder; yield its path."""

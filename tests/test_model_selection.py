@@ -1,6 +1,11 @@
 """Model selection by the validation split (``--keep-best``): the final evaluation scores the
-model of the epoch best on it, kept in best.npz, through resumes, crashes and overwrites."""
+model of the epoch best on it, kept in best.npz, through resumes, crashes and overwrites, and the
+commands that read a run's model (eval, cluster, sample, plot, graph) read it unless given --last."""
 import json
+import shutil
+import sys
+import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +13,7 @@ import pytest
 import minivae.train
 from minivae import checkpoint
 from minivae.cli import main
-from minivae.runs import BEST, CHECKPOINT, RESULTS, ResumeMismatchError
+from minivae.runs import BEST, CHECKPOINT, RESULTS, ResumeMismatchError, TrainConfig
 from minivae.train import Trainer, train
 
 from test_train import _interrupt_after, config, small_data
@@ -296,3 +301,222 @@ def test_patience_on_the_command_line(tmp_path, monkeypatch, capsys):
     assert main(["train", "--epochs", "3", "--out", str(tmp_path / "kept"), "--keep-best", "--patience", "1",
                  *tiny]) == 0
     assert json.loads((tmp_path / "kept" / "config.json").read_text())["patience"] == 1
+
+
+# ----- the commands that read a run's model: the one it selected, or with --last the last one ----
+
+@pytest.fixture(scope="module")
+def selecting_run(tmp_path_factory):
+    """A run of 3 epochs trained with keep_best whose epoch 2 is the best (its final evaluation
+    with k = 2 in results.json), and the small data it was trained and scored on."""
+    data, out = small_data(), tmp_path_factory.mktemp("selecting")
+    with pytest.MonkeyPatch.context() as mp:
+        scripted_validation(mp, valid_elbo=[-200.0, -100.0, -150.0])
+        train(config(out, epochs=3, eval_k=2, keep_best=True), data=data, **QUIET)
+    return out / "run", data
+
+
+@pytest.fixture
+def run(selecting_run, tmp_path, monkeypatch):
+    """A private copy of ``selecting_run``'s folder, which a test may change; the commands read
+    its data as MNIST."""
+    import minivae.data
+    import minivae.viz
+
+    folder, data = selecting_run
+    for module in (minivae.data, minivae.viz):
+        monkeypatch.setattr(module, "load_mnist", lambda verbose=True: data)
+    return Path(shutil.copytree(folder, tmp_path / "run"))
+
+
+def scores_of(path, data, k=2):
+    """What ``minivae eval --k k`` reports for the model of the checkpoint file ``path`` (of the
+    run of ``data``), scored directly."""
+    from minivae.data import binarize_eval
+    from minivae.evaluate import test_set_scores
+    from minivae.runs import build_run_model
+
+    config = TrainConfig.from_dict(checkpoint.load_document(path)["config"])
+    model = build_run_model(config)
+    model.load_state_dict(checkpoint.split_prefix(checkpoint.load(path)[0], "model/"))
+    return test_set_scores(model, binarize_eval(data.x_test, "test"), data.y_test, k)
+
+
+def evaluated(capsys, argv):
+    """Run ``minivae eval ... --k 2 --no-progress``; return its exit status and error output."""
+    capsys.readouterr()
+    code = main(["eval", *argv, "--k", "2", "--no-progress"])
+    return code, capsys.readouterr().err
+
+
+def test_eval_of_a_run_with_keep_best_scores_the_model_it_selected(run, selecting_run, capsys):
+    """The numbers are those of best.npz's model, which the run's results scored too, and the
+    result records its epoch and the selection; --last scores the last epoch's model, whose
+    numbers differ, into a file of its own."""
+    data = selecting_run[1]
+    assert evaluated(capsys, [str(run)])[0] == 0
+    best = json.loads((run / "eval_k2.json").read_text())
+    selected = {"epoch": 2, "by": "valid_elbo", "score": -100.0}
+    assert best == {"run": str(run), "epochs": 2, "batch": 0, "selected": selected, **scores_of(run / BEST, data)}
+    assert evaluated(capsys, [str(run), "--last"])[0] == 0
+    last = json.loads((run / "eval_k2_last.json").read_text())
+    assert last == {"run": str(run), "epochs": 3, "batch": 0, **scores_of(run / CHECKPOINT, data)}
+    assert best["test_elbo"] != last["test_elbo"]
+    results = json.loads((run / RESULTS).read_text())
+    assert results["selected"] == selected
+    assert (results["test_elbo"], results["test_nll"]) == (best["test_elbo"], best["test_nll"])
+
+
+def test_last_on_a_run_without_keep_best_is_the_model_it_always_scores(tmp_path, capsys, monkeypatch):
+    import minivae.data
+
+    data = small_data()
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: data)
+    train(config(tmp_path, epochs=1), data=data, **QUIET)
+    run = tmp_path / "run"
+    assert evaluated(capsys, [str(run), "--last"])[0] == 0
+    assert sorted(p.name for p in run.glob("eval_k*.json")) == ["eval_k2.json"]
+    result = json.loads((run / "eval_k2.json").read_text())
+    assert result == {"run": str(run), "epochs": 1, "batch": 0, **scores_of(run / CHECKPOINT, data)}
+    assert evaluated(capsys, [str(run)])[0] == 0
+    assert json.loads((run / "eval_k2.json").read_text()) == result
+
+
+def test_cluster_records_the_model_it_clustered(run, capsys, monkeypatch):
+    """(k-means and scikit-learn stood in for: the record and the model are checked here.)"""
+    import minivae.clustering
+
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    clustered = []
+    monkeypatch.setattr(minivae.clustering, "latent_clusters",
+                        lambda model, *args, **kwargs: clustered.append(model.state_dict()) or {"accuracy": 1.0})
+    assert main(["cluster", str(run), "--clusters", "2"]) == 0
+    assert json.loads((run / "clusters_2.json").read_text()) == {
+        "run": str(run), "epochs": 2, "batch": 0, "accuracy": 1.0,
+        "selected": {"epoch": 2, "by": "valid_elbo", "score": -100.0}}
+    assert_same_arrays({f"model/{k}": v for k, v in clustered.pop().items()}, model_arrays(run / BEST))
+    assert main(["cluster", str(run), "--clusters", "2", "--n", "10", "--last"]) == 0
+    assert json.loads((run / "clusters_2_last_first10.json").read_text()) == {
+        "run": str(run), "epochs": 3, "batch": 0, "accuracy": 1.0}
+    assert_same_arrays({f"model/{k}": v for k, v in clustered.pop().items()}, model_arrays(run / CHECKPOINT))
+
+
+@pytest.mark.parametrize("command", ["sample", "plot", "graph"])
+def test_the_pictures_are_of_the_model_the_run_selected(run, monkeypatch, command):
+    """sample, plot (its samples, reconstructions and latent pictures) and graph draw best.npz's
+    model, or with --last the checkpoint's."""
+    import minivae.graph
+    import minivae.viz
+
+    drawn = []
+    function = {"sample": (minivae.viz, "prior_samples"), "plot": (minivae.viz, "encode_dataset"),
+                "graph": (minivae.graph, "model_loss_graph")}[command]
+    real = getattr(*function)
+
+    def drawing(model, *args, **kwargs):
+        drawn.append({f"model/{k}": v for k, v in model.state_dict().items()})
+        return real(model, *args, **kwargs)
+    monkeypatch.setattr(*function, drawing)
+    monkeypatch.setattr(minivae.graph, "svg_available", lambda: False)
+    extra = ["--data", "random"] if command == "graph" else []
+    for last, name in (([], BEST), (["--last"], CHECKPOINT)):
+        assert main([command, str(run), *extra, *last]) == 0
+        assert_same_arrays(drawn.pop(), model_arrays(run / name))
+    assert not drawn
+
+
+def test_graph_takes_last_only_with_a_run(capsys):
+    assert main(["graph", "--model", "vae", "--last"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "--last" in err and "run folder" in err
+
+
+def _refused(capsys, run, *named):
+    """Assert that eval of ``run`` ends in one error line naming each of ``named`` and writes
+    nothing, and that ``--last`` scores the run all the same."""
+    code, err = evaluated(capsys, [str(run)])
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for text in named:
+        assert text in err, (text, err)
+    assert not (run / "eval_k2.json").exists()
+    assert evaluated(capsys, [str(run), "--last"])[0] == 0
+
+
+def test_a_best_npz_of_another_run_is_refused(run, tmp_path, capsys):
+    arrays, meta = checkpoint.load(run / BEST)
+    checkpoint.save(run / BEST, arrays, dict(meta, run_id="0123456789abcdef"))
+    _refused(capsys, run, str(run / BEST), "another run", "'0123456789abcdef'", "--last")
+
+
+def test_a_missing_best_npz_is_named(run, capsys):
+    (run / BEST).unlink()
+    _refused(capsys, run, f"{run} holds no {BEST}", "first epoch has not ended yet", "--last")
+
+
+def test_a_damaged_best_npz_is_named(run, capsys):
+    arrays, meta = checkpoint.load(run / BEST)
+    del meta["by"]
+    checkpoint.save(run / BEST, arrays, meta)
+    _refused(capsys, run, f"checkpoint {run / BEST} is damaged", "'by': None")
+    (run / BEST).write_bytes((run / BEST).read_bytes()[:100])
+    _refused(capsys, run, f"checkpoint {run / BEST} is unreadable or corrupt")
+
+
+def test_a_best_npz_of_an_epoch_the_run_no_longer_selects_is_refused(run, capsys):
+    """The checkpoint after epoch 3 records epoch 1 as the best (a training stopped between the
+    writes of epoch 2, then resumed to other scores, leaves that): best.npz of epoch 2 is none of
+    the run's."""
+    arrays, meta = checkpoint.load(run / CHECKPOINT)
+    checkpoint.save(run / CHECKPOINT, arrays, dict(meta, best={"epoch": 1, "by": "valid_elbo", "score": -200.0}))
+    _refused(capsys, run, str(run / BEST), "holds epoch 2, which is neither epoch 1",
+             "nor one ended after the epoch 3", "--last")
+
+
+def test_a_best_npz_written_after_the_checkpoint_read_is_the_runs_best_so_far(tmp_path, capsys, monkeypatch):
+    """Training writes best.npz of an epoch before its checkpoint: read between the two, best.npz
+    holds a later epoch than the checkpoint, and is scored (here: stopped between the two writes
+    of epoch 2, as a reader would find it); before the first epoch ends, there is none yet."""
+    import minivae.data
+
+    data = small_data()
+    monkeypatch.setattr(minivae.data, "load_mnist", lambda verbose=True: data)
+    scripted_validation(monkeypatch, valid_elbo=[-200.0, -100.0, -150.0])
+    trainer = Trainer(config(tmp_path, epochs=3, keep_best=True), data=data, **QUIET)
+    _crash_at_the_checkpoint_of_epoch(trainer, 2)
+    with pytest.raises(RuntimeError, match="killed"):
+        trainer.fit()
+    run = tmp_path / "run"
+    assert evaluated(capsys, [str(run)])[0] == 0
+    result = json.loads((run / "eval_k2.json").read_text())
+    assert (result["epochs"], result["selected"]["epoch"]) == (2, 2)
+    assert result["test_elbo"] == scores_of(run / BEST, data)["test_elbo"]
+    started = Trainer(config(tmp_path / "started", epochs=1, keep_best=True), data=data, **QUIET)
+    _interrupt_after(started, 2)
+    with pytest.raises(KeyboardInterrupt):
+        started.fit()
+    code, err = evaluated(capsys, [str(tmp_path / "started" / "run")])
+    assert code == 2 and "first epoch has not ended yet" in err and "--last" in err
+
+
+def test_overwrite_removes_the_scores_of_the_last_epoch_too(run, tmp_path, capsys, monkeypatch):
+    """The scores of --last have names of their own, which train --overwrite removes as the others."""
+    import minivae.clustering
+    import minivae.train
+
+    monkeypatch.setitem(sys.modules, "sklearn", types.ModuleType("sklearn"))
+    monkeypatch.setattr(minivae.clustering, "latent_clusters", lambda *args, **kwargs: {"accuracy": 1.0})
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data())
+    assert evaluated(capsys, [str(run), "--last", "--n", "10"])[0] == 0
+    assert main(["cluster", str(run), "--clusters", "2", "--last"]) == 0
+    assert {"eval_k2_last_first10.json", "clusters_2_last.json"} <= {p.name for p in run.iterdir()}
+    assert main(["train", "--epochs", "1", "--hidden", "32", "--z-dim", "4", "--batch-size", "50",
+                 "--eval-k", "0", "--out", str(run), "--overwrite", "--no-progress"]) == 0
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl",
+                                                      "results.json"]
+
+
+def test_plot_run_takes_last_as_true_or_false(run):
+    from minivae.viz import plot_run
+
+    with pytest.raises(TypeError, match="last must be True or False, got 'False'"):
+        plot_run(run, last="False")

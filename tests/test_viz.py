@@ -734,10 +734,10 @@ def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, mo
     # Spy on the loaded model's encode/decode: every call must happen in eval mode and return a
     # tensor outside any graph; afterwards the model is back in its previous (training) mode.
     calls, models = [], []
-    real = viz.run_model
+    real = viz.read_run_model
 
-    def spy_load(run, arrays, config):
-        model = real(run, arrays, config)
+    def spy_load(run, last):
+        config, model, meta, selected = real(run, last)
         for name in ("encode", "decode"):
             method = getattr(model, name)
 
@@ -749,9 +749,9 @@ def test_plot_run_uses_eval_mode_and_records_no_graph(run_z3, data, tmp_path, mo
 
             setattr(model, name, wrapped)
         models.append(model)
-        return model
+        return config, model, meta, selected
 
-    monkeypatch.setattr(viz, "run_model", spy_load)
+    monkeypatch.setattr(viz, "read_run_model", spy_load)
     viz.plot_run(_copy_run(run_z3, tmp_path), data=data, embeddings=False)
     assert {name for name, _, _ in calls} == {"encode", "decode"}
     assert all(not training and not needs_grad for _, training, needs_grad in calls), calls
