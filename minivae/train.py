@@ -447,7 +447,8 @@ class Trainer:
             raise checkpoint.CheckpointError(
                 f"{path} holds epoch {held[1]} of run {held[0]}, not epoch {self.best['epoch']} of run "
                 f"{self.run_id}, the best by {self.best['by']} that {self.run_dir / CHECKPOINT} records; "
-                f"score the last epoch with `minivae eval {self.run_dir}`, or start again with --overwrite")
+                f"score the last epoch with `minivae eval --last {self.run_dir}`, or start again with "
+                "--overwrite")
         runs.load_model_state(self.model, arrays, path, self.config)
 
     def _last_good(self):
@@ -839,13 +840,10 @@ def train(config, resume=False, overwrite=False, progress=True, data=None, log=p
             return trainer.final_evaluation()
         except KeyboardInterrupt:  # training is done and saved; only the scores are missing
             run = trainer.run_dir
-            if trainer.config.keep_best:  # eval would score another model than the one selected
-                log(f"interrupted during the final evaluation: {run / BEST} holds the model of the epoch "
-                    f"best on the validation split; --resume --out {run} evaluates it (`minivae eval "
-                    f"{run}` scores the last epoch's, in {run / CHECKPOINT})")
-            else:
-                log(f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
-                    f"model; --resume --out {run} evaluates it (or `minivae eval {run}`)")
+            held = (f"{run / BEST} holds the model of the epoch best on the validation split"
+                    if trainer.config.keep_best else f"{run / CHECKPOINT} holds the trained model")
+            log(f"interrupted during the final evaluation: {held}; --resume --out {run} evaluates it "
+                f"(or `minivae eval {run}`)")
             raise
 
 

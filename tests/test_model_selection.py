@@ -142,7 +142,7 @@ def test_a_best_npz_of_an_epoch_the_checkpoint_does_not_record_is_not_scored(tmp
         train(config(tmp_path, epochs=3, keep_best=True), resume=True, data=data, **QUIET)
     message = str(error.value)
     assert str(tmp_path / "run" / BEST) in message and "holds epoch 2" in message and "not epoch 1" in message
-    assert "minivae eval" in message and "\n" not in message
+    assert f"`minivae eval --last {tmp_path / 'run'}`" in message and "\n" not in message
     assert not (tmp_path / "run" / RESULTS).exists()
 
 

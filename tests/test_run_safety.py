@@ -84,8 +84,7 @@ def test_ctrl_c_between_epochs_says_which_epoch_was_saved(tmp_path, epoch):
 
 @pytest.mark.parametrize("keep_best", [False, True])
 def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path, monkeypatch, keep_best):
-    """And where the model it scores is: with --keep-best, `minivae eval` would score the last
-    epoch's model, not the one selected."""
+    """And where the model it scores is: with --keep-best, best.npz, which `minivae eval` scores too."""
     from minivae import train as train_module
 
     def interrupted(*args, **kwargs):
@@ -96,13 +95,10 @@ def test_ctrl_c_during_the_final_evaluation_says_the_training_is_saved(tmp_path,
         train(config(tmp_path, epochs=1, eval_k=2, keep_best=keep_best), data=small_data(), progress=False,
               log=lines.append)
     run = tmp_path / "run"
-    if keep_best:
-        assert lines[-1] == (f"interrupted during the final evaluation: {run / BEST} holds the model of the "
-                             f"epoch best on the validation split; --resume --out {run} evaluates it "
-                             f"(`minivae eval {run}` scores the last epoch's, in {run / CHECKPOINT})")
-    else:
-        assert lines[-1] == (f"interrupted during the final evaluation: {run / CHECKPOINT} holds the trained "
-                             f"model; --resume --out {run} evaluates it (or `minivae eval {run}`)")
+    held = (f"{run / BEST} holds the model of the epoch best on the validation split" if keep_best
+            else f"{run / CHECKPOINT} holds the trained model")
+    assert lines[-1] == (f"interrupted during the final evaluation: {held}; --resume --out {run} evaluates "
+                         f"it (or `minivae eval {run}`)")
     monkeypatch.undo()
     results = train(config(tmp_path, epochs=1, eval_k=2, keep_best=keep_best), resume=True, data=small_data(),
                     **QUIET)
