@@ -6,8 +6,9 @@
 The JSON holds the run's config and final results, the command that trained it, and every
 ``clusters_*.json`` of the run (or those given): their scores and the ``minivae cluster``
 command that writes each again, plus the usual machine / versions / date fields of this machine.
-A clustering of another checkpoint than the one at the end of the run's last epoch (an earlier
-one, or one saved inside an epoch) is refused.
+A clustering of another model than the run's (``record_run.other_model``: the one at the end of
+its last epoch, or the epoch a run trained with ``--keep-best`` selected) is refused when given,
+and left out, saying so, when found in the run.
 docs/results.md quotes these files.
 """
 import argparse
@@ -17,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, default_machine_name, machine_info, versions, write_result  # noqa: E402
-from record_run import epoch_metrics, other_checkpoint  # noqa: E402
+from record_run import epoch_metrics, other_model, selection  # noqa: E402
 
 
 def cluster_command(run, scores):
@@ -43,16 +44,21 @@ def main(argv=None):
     if not paths:
         parser.error(f"{args.run} holds no clusters_*.json: run `minivae cluster {args.run}` first")
     scores = []
-    epochs = len(epoch_metrics(run))
+    epochs, selected = len(epoch_metrics(run)), selection(run)
     for path in paths:
         result = json.loads(path.read_text())
         result.pop("run", None)  # where it was on the machine that clustered it
-        where = other_checkpoint(result, epochs)
+        where = other_model(result, epochs, selected)
+        if where and not args.clusters:  # (e.g. a clustering with --last beside the run's own)
+            print(f"left out {path}: it clustered the run {where}", file=sys.stderr)
+            continue
         if where:
             parser.error(f"{path} clustered the run {where}; cluster it again with `minivae cluster "
                          f"{args.run}` (after `minivae train --out {args.run} --resume` if it stopped "
                          f"inside an epoch)")
         scores.append({"cluster_command": cluster_command(run.name, result), **result})
+    if not scores:
+        parser.error(f"{args.run} holds no clustering of its model: run `minivae cluster {args.run}`")
     if not args.clusters:  # in the order of their settings, not of their names (100 before 20)
         scores.sort(key=lambda s: (s["n_clusters"], s["n"], s["seed"]))
     results = run / "results.json"

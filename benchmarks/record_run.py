@@ -12,8 +12,9 @@ this machine: record a run on the machine that trained it. A GPU run (its config
 ``device="gpu"``) also gets the GPU's name, memory, CUDA and CuPy versions, and is named after
 the GPU. ``--eval`` adds a later ``minivae eval`` of the run (its test ELBO, NLL, standard error,
 k, images and effective sample sizes replace those of ``results.json``, whose reconstruction and
-KL parts are then dropped); an evaluation of another checkpoint than the one at the end of the
-run's last epoch (an earlier one, or one saved inside an epoch) is refused.
+KL parts are then dropped); an evaluation of another model than the run's is refused: the run's is
+the one at the end of its last epoch, or for a run trained with ``--keep-best`` the epoch it
+selected (an evaluation of an earlier checkpoint, one saved inside an epoch, or with ``--last``).
 ``--allow-unfinished`` records a run that stopped before its final
 evaluation, with ``finished`` false and no test scores (benchmarks/gpu_check.sh keeps the epochs
 of a recipe cut short that way). A note on the run goes in parentheses at the end of
@@ -28,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import command_line, default_machine_name, gpu_info, machine_info, versions, write_result  # noqa: E402
 
-from minivae.runs import read_metrics  # noqa: E402
+from minivae.runs import read_checkpoint_document, read_metrics  # noqa: E402
 
 
 def epoch_metrics(run):
@@ -53,12 +54,32 @@ def pieces_and_devices(metrics):
     return max(m["piece"] for m in metrics), {device: round(s, 1) for device, s in seconds.items()}
 
 
-def other_checkpoint(result, epochs):
-    """Where the ``minivae eval`` or ``minivae cluster`` ``result`` scored a run whose
-    metrics.jsonl records ``epochs`` epochs, in words, when that is not the end of the last of
-    them; None when it is, or when ``result`` names no position (written before results did). A
-    run resumed for more epochs keeps the results of its earlier checkpoints, and a run stopped
-    inside an epoch was scored with batches of it that no recorded epoch holds."""
+def selection(run):
+    """The epoch that the run in the folder ``run``, trained with ``--keep-best``, selected:
+    {"epoch", "by", "score"} as its results.json records it, or for a run not finished, the best
+    so far that its checkpoint records; None for a run trained without it (or before an epoch ended)."""
+    if not json.loads((Path(run) / "config.json").read_text()).get("keep_best"):
+        return None
+    results = Path(run) / "results.json"
+    if results.exists():
+        return json.loads(results.read_text()).get("selected")
+    return read_checkpoint_document(run)[0].get("best")
+
+
+def other_model(result, epochs, selected=None):
+    """Which other model than the run's the ``minivae eval`` or ``minivae cluster`` ``result``
+    scored, in words; None when it scored the run's. The run's model is the one of epoch
+    ``selected["epoch"]`` for a run that selected one (``selection``), else that at the end of the
+    last of the ``epochs`` epochs its metrics.jsonl records (a result that names no position,
+    written before results did, is taken for it). A run resumed for more epochs keeps the results
+    of its earlier checkpoints, a run stopped inside an epoch was scored with batches of it that no
+    recorded epoch holds, and ``--last`` scores a run's last epoch, not the one it selected."""
+    if selected is not None:
+        chosen = (result.get("selected") or {}).get("epoch")
+        if chosen == selected["epoch"]:
+            return None
+        instead = f"not the epoch it selected, {selected['epoch']}, the best by {selected['by']}"
+        return f"at {'its last checkpoint (--last)' if chosen is None else f'epoch {chosen}'}, {instead}"
     done, batch = result.get("epochs", epochs), result.get("batch", 0)
     if (done, batch) == (epochs, 0):
         return None
@@ -108,7 +129,7 @@ def main(argv=None):
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
-        where = other_checkpoint(ev, len(metrics))
+        where = other_model(ev, len(metrics), selection(run))
         if where:
             parser.error(f"--eval {args.eval} scored the run {where}; score it again with "
                          f"`minivae eval {args.run}` (after `minivae train --out {args.run} --resume` if "

@@ -651,3 +651,65 @@ def test_the_epochs_cell_says_where_early_stopping_ended_the_runs_and_which_epoc
     assert "| 2; scored: epoch 1, best by validation error |" in _rows(tmp_path)[1]
     _run_result(tmp_path, "plain", 0)
     assert "| 2 |" in _rows(tmp_path)[2]
+
+
+def _selecting_run(tmp_path, finished=True):
+    """A run folder of 2 epochs trained with --keep-best that selected epoch 1: in results.json
+    when ``finished``, else only in its checkpoint (its final evaluation not yet run)."""
+    from minivae import checkpoint
+
+    run = _run_folder(tmp_path, {"test_elbo": -99.0, "selected": {"epoch": 1, "by": "valid_elbo", "score": -98.0}})
+    (run / "config.json").write_text(json.dumps({"model": "vae", "epochs": 2, "keep_best": True}))
+    if not finished:
+        (run / "results.json").unlink()
+        checkpoint.save(run / "checkpoint.npz", {}, {
+            "config": TrainConfig(epochs=2, keep_best=True, out=str(run)).to_dict(), "epoch": 2, "batch": 0,
+            "best": {"epoch": 1, "by": "valid_elbo", "score": -98.0}})
+    return run
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_record_run_takes_the_evaluation_of_the_epoch_a_run_selected_and_no_other(tmp_path, monkeypatch, capsys,
+                                                                                  finished):
+    """A run trained with --keep-best is scored at the epoch it selected, which `minivae eval`
+    reads: that evaluation is taken (it was refused as one of an earlier checkpoint), and one of
+    the last epoch (--last) is refused, as the evaluation of another model than the run's."""
+    import record_run
+
+    run = _selecting_run(tmp_path, finished)
+    written = {}
+    monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
+    ev = {"n_test": 10000, "k": 5000, "test_elbo": -98.0, "test_nll": 94.0, "test_nll_stderr": 0.5}
+    args = [str(run), "--command", "minivae train --epochs 2 --keep-best", "--eval", str(run / "eval.json"),
+            "--eval-command", "minivae eval run --k 5000", *([] if finished else ["--allow-unfinished"])]
+    (run / "eval.json").write_text(json.dumps(dict(ev, epochs=2, batch=0)))
+    with pytest.raises(SystemExit):
+        record_run.main(args)
+    assert ("scored the run at its last checkpoint (--last), not the epoch it selected, 1, the best by "
+            "valid_elbo") in capsys.readouterr().err
+    assert not written
+    (run / "eval.json").write_text(json.dumps(dict(ev, epochs=1, batch=0, selected={"epoch": 1, "by": "valid_elbo",
+                                                                                  "score": -98.0})))
+    record_run.main(args)
+    assert written["results"]["test_nll"] == 94.0
+
+
+def test_record_clusters_leaves_out_a_clustering_of_another_model_than_the_run_s(tmp_path, monkeypatch, capsys):
+    """Beside the clustering of the epoch a --keep-best run selected, a clustering with --last
+    is left out, saying so; given by name it is refused."""
+    import record_clusters
+
+    run = _selecting_run(tmp_path)
+    written = {}
+    monkeypatch.setattr(record_clusters, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
+    scores = {"n": 100, "n_clusters": 10, "seed": 0, "accuracy": 0.5, "nmi": 0.4, "ari": 0.3}
+    (run / "clusters_10.json").write_text(json.dumps(dict(scores, epochs=1, batch=0, selected={"epoch": 1})))
+    (run / "clusters_10_last.json").write_text(json.dumps(dict(scores, epochs=2, batch=0, accuracy=0.1)))
+    record_clusters.main([str(run), "--command", "minivae train --epochs 2 --keep-best"])
+    assert [s["accuracy"] for s in written["clusters"]] == [0.5]
+    assert f"left out {run / 'clusters_10_last.json'}: it clustered the run at its last checkpoint" in \
+        capsys.readouterr().err
+    written.clear()
+    with pytest.raises(SystemExit):
+        record_clusters.main([str(run), "--command", "minivae train", "--clusters", str(run / "clusters_10_last.json")])
+    assert not written
