@@ -261,8 +261,9 @@ def _add_train_args(p):
                  "above it); stages: the IWAE paper's, 3^i epochs at --lr * 10^(-i/7) for i = 0, 1, ... "
                  "(its 8 stages are --epochs 3280); constant: --lr throughout")
     setting("--lr-min", type=nonnegative_float, help="the rate the cosine schedule decays to")
-    setting("--adam-eps", type=nonnegative_float,
-            help="Adam's epsilon, added to the root of the second moment (the IWAE paper's: 1e-4)")
+    setting("--adam-eps", type=positive_float,
+            help="Adam's epsilon, added to the root of the second moment (the IWAE paper's: 1e-4); "
+                 "above 0, or a weight whose gradient is 0 becomes NaN")
     setting("--z-dim", type=positive_int, help="size of the latent code z")
     setting("--hidden", type=positive_int, nargs="+", help="encoder hidden sizes; the decoder mirrors them")
     setting("--activation", choices=list(ACTIVATIONS), help="nonlinearity between the hidden layers")

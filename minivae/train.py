@@ -49,7 +49,7 @@ from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
 from .backend import get_array_module, resolve_device, to_device
-from .checks import check_integer
+from .checks import check_integer, check_real
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .distributions import check_labels
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
@@ -83,6 +83,10 @@ def check_loop_settings(config):
     evaluation, after the whole training; a ``trace_every`` of -1 traced every step; and
     ``epochs`` below 1 trained nothing, without a word under a constant learning rate.
     ``patience`` (at least 0) stops on the best epoch that ``keep_best`` keeps, and needs it.
+    ``adam_eps`` must be a positive number: Adam divides by the root of the second moment plus
+    it, so at 0 a weight whose gradients were all 0 so far (one from a pixel that is 0 in every
+    image of a batch, as MNIST's corners are) became 0/0 = NaN at its first step, reported as a
+    divergence after the run folder was written.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
     decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
@@ -95,6 +99,10 @@ def check_loop_settings(config):
     if config.patience and not config.keep_best:
         raise ValueError(f"patience {config.patience} stops the run on the best epoch by the validation "
                          "split, which only keep_best keeps; set keep_best too")
+    if not 0 < check_real(config.adam_eps, "adam_eps") < math.inf:
+        raise ValueError(f"adam_eps {config.adam_eps!r}: Adam divides by the root of the second moment "
+                         "plus adam_eps, so without a positive one a weight whose gradient is 0 becomes NaN; "
+                         "give a positive finite adam_eps (1e-8 by default, the IWAE paper's 1e-4)")
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise ValueError(f"lr {config.lr:g} is below lr_min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an lr of at least lr_min")

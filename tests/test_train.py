@@ -633,7 +633,14 @@ def test_the_staged_schedule_runs_stages_of_1_3_9_epochs_and_adam_takes_the_run_
     (dict(epochs=0, lr_schedule="constant"), "epochs must be at least 1, got 0"),
     (dict(warmup=1.5), "warmup must be an integer, got 1.5"),
     (dict(seed=-1), "seed must be at least 0, got -1"), (dict(seed=2.5), "seed must be an integer, got 2.5"),
-    (dict(seed=2**64), r"seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616")])
+    (dict(seed=2**64), r"seed must be an integer in \[0, 2\*\*64\), got 18446744073709551616"),
+    # Adam's step of a weight whose gradients were all 0 so far (from a pixel that is 0 in every
+    # image of the batch) is 0 / (0 + eps): NaN at eps 0, a divergence after the folder was written.
+    (dict(adam_eps=0.0), r"adam_eps 0.0: Adam divides by the root of the second moment plus adam_eps, so "
+                         r"without a positive one a weight whose gradient is 0 becomes NaN; give a positive "
+                         r"finite adam_eps \(1e-8 by default, the IWAE paper's 1e-4\)"),
+    (dict(adam_eps=math.inf), r"adam_eps inf: .*; give a positive finite adam_eps .*"),
+    (dict(adam_eps="1e-4"), "adam_eps must be a real number, got '1e-4'")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module
