@@ -432,8 +432,8 @@ def check_train(args):
         raise UsageError(f"--lr {config.lr:g} is below --lr-min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an --lr of at least --lr-min")
     if config.patience and not config.keep_best:
-        kept = (f"{config.out} was trained without --keep-best, which a resume cannot add" if args.resume
-                else "give --keep-best too")
+        kept = (f"{config.out} was trained without --keep-best, which a resume cannot add: leave --patience "
+                "out, or start again with --overwrite --keep-best" if args.resume else "give --keep-best too")
         raise UsageError(f"--patience {config.patience} ends the run on the best epoch that --keep-best "
                          f"keeps; {kept}")
     for name, instead in getattr(MODELS[config.model], "unused_settings", {}).items():

@@ -297,7 +297,9 @@ def test_patience_on_the_command_line(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", "--epochs", "2", "--out", str(out), "--resume", "--patience", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and f"{out} was trained without --keep-best, which a resume cannot add" in err[0], err
+    assert err == [f"minivae: error: --patience 1 ends the run on the best epoch that --keep-best keeps; {out} was "
+                   "trained without --keep-best, which a resume cannot add: leave --patience out, or start "
+                   "again with --overwrite --keep-best"], err
     assert main(["train", "--epochs", "3", "--out", str(tmp_path / "kept"), "--keep-best", "--patience", "1",
                  *tiny]) == 0
     assert json.loads((tmp_path / "kept" / "config.json").read_text())["patience"] == 1
