@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -105,16 +104,16 @@ def piece(name, seconds, runs, out, device, launcher):
     argv = [*command(name, folder, device), "--no-progress", *(["--resume"] if resume else [])]
     print(f"piece of {name} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
           f"minivae {' '.join(argv)}", flush=True)
-    start = time.monotonic()
     status = train_for(argv, seconds, launcher)
-    wall = round(time.monotonic() - start, 1)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if holds_run(folder):
         pack(folder, out / f"{name}.tar")
         shown = " ".join(["minivae", *command(name, Path("runs") / name, device)])
+        # No --wall-seconds: no one command trained the run, and this piece's time would read as the
+        # whole run's. The record's epoch seconds, by device, are the run's time.
         record_run.main([str(folder), "--out", str(out), "--name", name, "--allow-unfinished",
-                         "--wall-seconds", str(wall), "--command", f"{shown} (in pieces of at most {seconds} s)"])
+                         "--command", f"{shown} (in pieces of at most {seconds} s)"])
     return status
 
 

@@ -62,6 +62,7 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
     record = json.loads((first / "out" / "run_tiny.json").read_text())
     assert not record["finished"] and record["pieces"] == 1 and record["epochs"] == done["epoch"]
     assert "(in pieces of at most 6 s)" in record["run_command"]
+    assert record["command_wall_seconds"] is None  # a piece's time is not the run's
     second.mkdir()
     with tarfile.open(first / "out" / "tiny.tar") as tar:
         # (the "data" filter, which Python 3.14 makes the default, where it exists)
