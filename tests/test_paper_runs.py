@@ -2,8 +2,10 @@
 and a long run is trained in pieces of bounded time, each resuming the folder the last one left."""
 import json
 import os
+import signal
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,39 +31,63 @@ def test_each_recipe_is_a_valid_command_with_the_iwae_paper_s_training(tmp_path,
 
 
 #: ``python -m minivae`` for the pieces of the test: the command line on the small data of the
-#: training tests instead of MNIST (a new process cannot be handed a monkeypatched loader).
+#: training tests instead of MNIST (a new process cannot be handed a monkeypatched loader). Each
+#: piece ends as the deadline would end it, by SIGTERM, but sent by the trainer to itself after
+#: its ``STOP_AFTER_STEPS``-th step: so the pieces end where the test says on a machine of any
+#: speed (a deadline of a few seconds, on a loaded machine, came before the trainer had started).
 FAKE_MINIVAE = """
+import os
+import signal
 import sys
 import minivae.train
 from minivae.cli import main
 from test_train import small_data
 minivae.train.load_mnist = lambda verbose=True: small_data()
+run_step, steps = minivae.train.Trainer._run_step, []
+
+def step_then_terminated(self, xb, beta, t):
+    out = run_step(self, xb, beta, t)
+    steps.append(t)
+    if len(steps) == int(os.environ["STOP_AFTER_STEPS"]):
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+minivae.train.Trainer._run_step = step_then_terminated
 sys.exit(main(sys.argv[1:]))
 """
 
 
+def test_a_piece_stops_the_trainer_with_sigterm_at_its_time():
+    """At its time a piece sends the trainer SIGTERM and returns its exit status (here a process
+    without a handler for it, which SIGTERM ends however soon it comes)."""
+    start = time.monotonic()
+    assert paper_runs.train_for(["-c", "import time; time.sleep(600)"], 1, [sys.executable]) == -signal.SIGTERM
+    assert time.monotonic() - start < 300
+    assert paper_runs.train_for(["-c", "raise SystemExit(3)"], 300, [sys.executable]) == 3
+
+
 def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkeypatch):
-    """A first piece starts the run and is stopped at its time with SIGTERM (exit 143), its
-    checkpoint saved; the folder, packed, unpacked elsewhere (another machine), is resumed by
-    the next piece; each piece records the run and packs it."""
+    """A first piece starts the run and is stopped with SIGTERM (exit 143), its checkpoint saved
+    inside epoch 2; the folder, packed, unpacked elsewhere (another machine), is resumed by the
+    next piece, stopped inside epoch 3; each piece records the run and packs it."""
     tiny = ["--model", "vae", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--epochs", "100000",
             "--lr-schedule", "constant", "--eval-k", "0"]
     monkeypatch.setitem(paper_runs.RECIPES, "tiny", paper_runs.Recipe(tiny, "-", "-"))
     fake = tmp_path / "fake_minivae.py"
     fake.write_text(FAKE_MINIVAE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("STOP_AFTER_STEPS", "8")  # of the 6 steps of an epoch of 300 images
     launcher = [sys.executable, str(fake)]
     first, second = tmp_path / "machine1", tmp_path / "machine2"
 
-    def piece(runs, out):
-        return paper_runs.piece("tiny", 6, runs, out, "cpu", launcher)
+    def piece(runs, out):  # (its time only bounds a piece that does not stop)
+        return paper_runs.piece("tiny", 300, runs, out, "cpu", launcher)
 
     assert piece(first, first / "out") == 143
     done = checkpoint.load_document(first / "tiny" / CHECKPOINT)
-    assert done["epoch"] >= 1 and done["piece"] == 1
+    assert (done["epoch"], done["batch"], done["piece"]) == (1, 2, 1)
     record = json.loads((first / "out" / "run_tiny.json").read_text())
-    assert not record["finished"] and record["pieces"] == 1 and record["epochs"] == done["epoch"]
-    assert "(in pieces of at most 6 s)" in record["run_command"]
+    assert not record["finished"] and record["pieces"] == 1 and record["epochs"] == 1
+    assert "(in pieces of at most 300 s)" in record["run_command"]
     assert record["command_wall_seconds"] is None  # a piece's time is not the run's
     second.mkdir()
     with tarfile.open(first / "out" / "tiny.tar") as tar:
@@ -72,9 +98,8 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
         np.testing.assert_array_equal(arrays[name], value, err_msg=name)
     assert piece(second, second / "out") == 143
     resumed = checkpoint.load_document(second / "tiny" / CHECKPOINT)
-    assert resumed["piece"] == 2 and resumed["run_id"] == done["run_id"]
-    assert resumed["epoch"] * 1000 + resumed["batch"] > done["epoch"] * 1000 + done["batch"]
+    assert (resumed["epoch"], resumed["batch"], resumed["piece"]) == (2, 4, 2)
+    assert resumed["run_id"] == done["run_id"]
     epochs = [line for line in read_metrics(second / "tiny") if "valid_elbo" in line]
-    assert [line["epoch"] for line in epochs] == list(range(1, len(epochs) + 1))
-    assert {line["piece"] for line in epochs} == {1, 2}
+    assert [(line["epoch"], line["piece"]) for line in epochs] == [(1, 1), (2, 2)]
     assert json.loads((second / "out" / "run_tiny.json").read_text())["pieces"] == 2
