@@ -202,7 +202,9 @@ def train_command(config):
     defaults = dataclasses.asdict(TrainConfig())
     parts = ["minivae train"]
     for key, value in config.items():
-        if key in ("model_options", "out") or value == defaults[key] or (
+        # run_models is no setting but the run's record of the runs its model is built on (M1+M2's
+        # m1), which a new run makes itself from --set m1=RUN: the command line has no option for it.
+        if key in ("model_options", "out", "run_models") or value == defaults[key] or (
                 isinstance(value, list) and tuple(value) == tuple(defaults[key])):
             continue
         flag = f"--{key.replace('_', '-')}"

@@ -51,6 +51,18 @@ def test_the_command_of_a_config_trains_that_config(settings):
     assert config_of(report.train_command(config)) == dict(config, hidden=tuple(config["hidden"]))
 
 
+def test_the_command_of_a_run_built_on_another_leaves_out_its_record_of_that_run():
+    """M1+M2's config records the model of its M1 run (run_models), which no option takes: a new
+    run records its own from --set m1=RUN. (It was given as '--run-models {...}', refused.)"""
+    config = dataclasses.asdict(TrainConfig(model="m1m2", out="/elsewhere/runs/x",
+                                            model_options={"m1": "/elsewhere/runs/m1"},
+                                            run_models={"m1": {"model": "vae", "kwargs": {"z_dim": 50}}}))
+    command = report.train_command(config)
+    assert command == "minivae train --model m1m2 --set m1=runs/m1 --out runs/x"
+    assert config_of(command) == dict(config, hidden=tuple(config["hidden"]), out="runs/x",
+                                      model_options={"m1": "runs/m1"}, run_models={})
+
+
 def test_warmup_zero_rows_say_so():
     """A run trained without warm-up (today's default is 10 epochs) shows --warmup 0."""
     row = next(line for line in report.models_table().splitlines() if "`minivae train --warmup 0" in line)
