@@ -201,7 +201,9 @@ class MinivaeGraphRunner(MinivaeRunner):
         notes = []  # the trainer's note says why a step cannot be captured
         trainer = Trainer(config, data=data, progress=False, log=notes.append)
         trainer.model, trainer.optimizer, trainer.noise = self.model, self.opt, self.noise
-        trainer._run_step(xb, 1.0, 0)  # eager; sets graph mode up for the steps after it
+        # Eager; sets graph mode up for the steps after it. Each epoch here is one batch, so the
+        # schedule captured holds step 1 alone: the replays after it keep its scalars, the same work.
+        trainer._run_step(xb, 1.0, 0)
         if trainer.graph is None:
             raise RuntimeError(" ".join(["minivae's step could not be captured."] + notes))
         self.trainer, self.t = trainer, 1

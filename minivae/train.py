@@ -546,13 +546,14 @@ class Trainer:
         stats = self._step(xb, beta, step)
         if self.use_graph and step + 1 < self.total_steps:
             self.graph = GraphSteps(self, step + 1, self.noise.offset - before, list(stats))
-            self._capture()
+            self._capture(step + 1)
         return stats
 
-    def _capture(self):
-        """(Re)capture the graphs of the step, or say why the model cannot be and go on eagerly."""
+    def _capture(self, step):
+        """(Re)capture the graphs of the step, to run from optimizer step ``step`` to the end of its
+        epoch, or say why the model cannot be and go on eagerly."""
         try:
-            self.graph.capture()
+            self.graph.capture(step)
         except Exception as exc:  # whatever the capture refused; the reason is in the message
             self.log(f"note: the {self.config.model} step cannot be captured as a CUDA graph "
                      f"({type(exc).__name__}: {exc}); training eagerly")
@@ -629,7 +630,7 @@ class Trainer:
         start = time.perf_counter() - self.sums.get("seconds", 0.0)
         self.model.train()
         if self.graph is not None:  # again for this epoch: its model settings are captured too
-            self._capture()
+            self._capture(self.steps_done)
         for i, xb in enumerate(self.loader.epoch(epoch)):
             if i < self.batch:  # resuming inside this epoch: these batches were done already
                 continue

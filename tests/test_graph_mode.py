@@ -319,6 +319,25 @@ def test_a_per_epoch_setting_holds_in_the_graphs_of_its_epoch(fake_device, tmp_p
     assert_same_final_state(graph, eager)
 
 
+def test_each_capture_holds_the_schedule_of_its_epoch_only(fake_device, tmp_path, monkeypatch):
+    """The schedule in device memory holds the steps from the capture to the end of its epoch (3
+    epochs of 4 batches: the first step eager, then steps 1-3, 4-7, 8-11), not the rest of the
+    run, which for the IWAE paper's 3,280 epochs of batches of 20 was 8.2 million rows built on the
+    host at the start of every training; and the run ends with the bits of the eager one."""
+    from minivae.graph_steps import GraphSteps
+
+    captured, capture = [], GraphSteps.capture
+
+    def recording(self, t):
+        capture(self, t)
+        captured.append((t, self.schedule.steps))
+    monkeypatch.setattr(GraphSteps, "capture", recording)
+    data = small_data(n_train=320, n_eval=20)
+    graph = run(tmp_path, "graph", data, lr_schedule="stages")
+    assert captured == [(1, 3), (4, 4), (8, 4)]
+    assert_same_final_state(graph, run(tmp_path, "eager", data, lr_schedule="stages", eager=True))
+
+
 @pytest.mark.parametrize("n_labelled", [20, 25])
 def test_a_shorter_labelled_batch_runs_eagerly(fake_device, tmp_path, n_labelled):
     """Batches of 8 over 80 images, all of one size, but the labelled ones come 8, 8, 4 (20) or
