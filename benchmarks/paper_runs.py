@@ -12,7 +12,9 @@ stopped, on this machine or on another with the same device kind (the folder is 
 Each piece then writes into OUT (default ``paper_runs_out``) two files: ``NAME.tar``, the run
 folder, to unpack into DIR before the next piece (``tar -xf OUT/NAME.tar -C DIR``), and the run
 as ``benchmarks/record_run.py`` records it, finished or not (pieces, seconds by device, every
-epoch's metrics, and once finished its test scores).
+epoch's metrics, and once finished its test scores). The final evaluation (k = 5000 on the
+10,000 test images) runs in the piece that ends the training, and starts again in the next piece
+when it is stopped: give that piece the minutes it takes.
 
 The recipes take the papers' architecture and schedule where they state one, and say where
 and why they differ; model selection and early stopping use the validation split only.
@@ -28,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_run  # noqa: E402
 
-from minivae.runs import holds_run  # noqa: E402
+from minivae.runs import CHECKPOINT, holds_run  # noqa: E402
 
 #: The IWAE paper's training (Burda et al. 2015; read in the authors' code, github.com/yburda/iwae,
 #: experiments.py and optimizers.py): 3^i epochs at 1e-3 * 10^(-i/7), i = 0..7, batches of 20,
@@ -106,8 +108,11 @@ def piece(name, seconds, runs, out, device, launcher):
     """Train a piece of the recipe ``name`` (see the module docstring); its exit status: that
     of the trainer, 143 when it was stopped at its time."""
     folder = Path(runs) / name
-    resume = holds_run(folder)
-    argv = [*command(name, folder, device), "--no-progress", *(["--resume"] if resume else [])]
+    resume = (folder / CHECKPOINT).is_file()
+    # Files of a run without a checkpoint: a first piece stopped before the trainer could save one
+    # (before its signal handler was set). Nothing trained is lost by starting again.
+    start = ["--resume"] if resume else ["--overwrite"] if holds_run(folder) else []
+    argv = [*command(name, folder, device), "--no-progress", *start]
     print(f"piece of {name} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
           f"minivae {' '.join(argv)}", flush=True)
     status = train_for(argv, seconds, launcher)

@@ -103,3 +103,11 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
     epochs = [line for line in read_metrics(second / "tiny") if "valid_elbo" in line]
     assert [(line["epoch"], line["piece"]) for line in epochs] == [(1, 1), (2, 2)]
     assert json.loads((second / "out" / "run_tiny.json").read_text())["pieces"] == 2
+    # A folder with the files of a run but no checkpoint (stopped before it could save one) holds
+    # nothing trained: the next piece starts the run again.
+    third = tmp_path / "machine3" / "tiny"
+    third.mkdir(parents=True)
+    (third / "config.json").write_text((second / "tiny" / "config.json").read_text())
+    assert piece(third.parent, third.parent / "out") == 143
+    again = checkpoint.load_document(third / CHECKPOINT)
+    assert (again["epoch"], again["batch"], again["piece"]) == (1, 2, 1) and again["run_id"] != done["run_id"]
