@@ -256,11 +256,14 @@ def _add_train_args(p):
     setting("--epochs", type=positive_int, help="passes over the 50k training images")
     setting("--batch-size", type=positive_int, help="images per optimizer step")
     setting("--lr", type=positive_float, help="Adam learning rate (peak of the schedule)")
-    setting("--lr-schedule", choices=("cosine", "stages", "constant"),
+    setting("--lr-schedule", choices=("cosine", "stages", "step", "constant"),
             help="cosine: from --lr down to --lr-min after the last step (the last step runs just "
                  "above it); stages: the IWAE paper's, 3^i epochs at --lr * 10^(-i/7) for i = 0, 1, ... "
-                 "(its 8 stages are --epochs 3280); constant: --lr throughout")
+                 "(its 8 stages are --epochs 3280); step: --lr times --lr-gamma every --lr-step epochs; "
+                 "constant: --lr throughout")
     setting("--lr-min", type=nonnegative_float, help="the rate the cosine schedule decays to")
+    setting("--lr-step", type=positive_int, help="the epochs between two decays of the step schedule")
+    setting("--lr-gamma", type=nonnegative_float, help="the factor of each decay of the step schedule")
     setting("--adam-eps", type=positive_float,
             help="Adam's epsilon, added to the root of the second moment (the IWAE paper's: 1e-4); "
                  "above 0, or a weight whose gradient is 0 becomes NaN")

@@ -111,9 +111,12 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3
     # "cosine" (down to lr_min after the last step), "stages" (the IWAE paper's: 3^i epochs at
-    # lr * 10^(-i/7), i = 0, 1, ...; its 8 stages are 3280 epochs) or "constant"
+    # lr * 10^(-i/7), i = 0, 1, ...; its 8 stages are 3280 epochs), "step" (lr * lr_gamma every
+    # lr_step epochs, as the auxiliary models' paper anneals it) or "constant"
     lr_schedule: str = "cosine"
     lr_min: float = 1e-4
+    lr_step: int = 200  # the epochs between two decays of the "step" schedule
+    lr_gamma: float = 0.75  # the factor of each decay of the "step" schedule
     adam_eps: float = 1e-8  # Adam's epsilon (the IWAE paper's 1e-4 shortens the steps of small gradients)
     z_dim: int = 50
     hidden: tuple = (512, 256)

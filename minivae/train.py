@@ -96,6 +96,7 @@ def check_loop_settings(config):
     check_integer(config.epochs, "epochs", minimum=1)
     for name in ("warmup", "eval_k", "trace_every", "patience"):
         check_integer(getattr(config, name), name, minimum=0)
+    check_integer(config.lr_step, "lr_step", minimum=1)
     if config.patience and not config.keep_best:
         raise ValueError(f"patience {config.patience} stops the run on the best epoch by the validation "
                          "split, which only keep_best keeps; set keep_best too")
@@ -315,10 +316,13 @@ class Trainer:
             self.schedule = optim.CosineLR(self.optimizer, self.total_steps, min_lr=config.lr_min)
         elif config.lr_schedule == "stages":
             self.schedule = optim.StagedLR(self.optimizer, len(self.loader))  # stages of 1, 3, 9, ... epochs
+        elif config.lr_schedule == "step":
+            self.schedule = optim.StepLR(self.optimizer, config.lr_step * len(self.loader), gamma=config.lr_gamma)
         elif config.lr_schedule == "constant":
             self.schedule = None
         else:
-            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'stages' or 'constant'")
+            raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; use 'cosine', 'stages', 'step' or "
+                             "'constant'")
         self.labelled = None
         if self.model.semi_supervised:
             idx = labelled_subset(config, self.model, self.data.y_train)
@@ -376,8 +380,9 @@ class Trainer:
     def learning_rate(self, step):
         """The learning rate of optimizer step ``step``: ``lr``, the cosine schedule's
         (``optim.CosineLR``, from lr down to lr_min at the step after the last, as PyTorch's
-        ``CosineAnnealingLR``: the last step runs just above lr_min), or the IWAE paper's stages
-        (``optim.StagedLR``: 3^i epochs at lr * 10^(-i/7))."""
+        ``CosineAnnealingLR``: the last step runs just above lr_min), the IWAE paper's stages
+        (``optim.StagedLR``: 3^i epochs at lr * 10^(-i/7)), or a decay by lr_gamma every lr_step
+        epochs (``optim.StepLR``)."""
         return self.config.lr if self.schedule is None else self.schedule.lr_at(step)
 
     # ----- checkpoints -----------------------------------------------------------------------

@@ -627,8 +627,20 @@ def test_the_staged_schedule_runs_stages_of_1_3_9_epochs_and_adam_takes_the_run_
     assert default.optimizer.eps == 1e-8
 
 
+def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
+    """lr_schedule "step": the steps of epochs 1-2 run at lr, of epochs 3-4 at lr * lr_gamma, of
+    epoch 5 at lr * lr_gamma^2 (the auxiliary models' paper anneals by 0.75 every 200 epochs)."""
+    trainer = Trainer(config(tmp_path, epochs=5, lr=1e-3, lr_schedule="step", lr_step=2, lr_gamma=0.5),
+                      data=small_data(), progress=False, log=lambda m: None)
+    rates, step = [], trainer.optimizer.step
+    trainer.optimizer.step = lambda *args, **kw: rates.append(trainer.optimizer.lr) or step(*args, **kw)
+    trainer.fit()
+    assert rates == [1e-3] * 12 + [5e-4] * 12 + [2.5e-4] * 6  # 6 steps an epoch
+
+
 @pytest.mark.parametrize("setting, error", [
-    (dict(eval_k=-1), "eval_k must be at least 0, got -1"), (dict(eval_k=2.5), "eval_k must be an integer, got 2.5"),
+    (dict(eval_k=-1), "eval_k must be at least 0, got -1"),
+    (dict(lr_step=0), "lr_step must be at least 1, got 0"), (dict(eval_k=2.5), "eval_k must be an integer, got 2.5"),
     (dict(trace_every=-1), "trace_every must be at least 0, got -1"),
     (dict(epochs=0, lr_schedule="constant"), "epochs must be at least 1, got 0"),
     (dict(warmup=1.5), "warmup must be an integer, got 1.5"),
