@@ -1,16 +1,18 @@
 """The papers' own settings for rows of the results table, trained in pieces of bounded time.
 
     python benchmarks/paper_runs.py list
-    python benchmarks/paper_runs.py piece NAME --seconds S [--runs DIR] [--out OUT] [--device gpu]
+    python benchmarks/paper_runs.py piece NAME --seconds S [--seed N] [--runs DIR] [--out OUT] [--device gpu]
 
 A run of the IWAE paper's schedule is 3,280 epochs: hours on a GPU, where a lent GPU machine
-gives minutes. ``piece`` trains the run of the recipe NAME, in the folder DIR/NAME (default
+gives minutes. ``piece`` trains the run of the recipe NAME with the seed N (default 0; for a
+semi-supervised model the seed also draws the labelled images, and the papers report the mean
+and standard deviation over several draws), in the folder DIR/NAME-seedN (default DIR
 ``runs/paper``), for at most S seconds: a new run when the folder holds none, else a resume of
 it. At S seconds it sends the trainer SIGTERM, on which the trainer saves its checkpoint at the
 end of the step and exits (exit status 143), so the next piece goes on exactly where this one
 stopped, on this machine or on another with the same device kind (the folder is carried there).
-Each piece then writes into OUT (default ``paper_runs_out``) two files: ``NAME.tar``, the run
-folder, to unpack into DIR before the next piece (``tar -xf OUT/NAME.tar -C DIR``), and the run
+Each piece then writes into OUT (default ``paper_runs_out``) two files: ``NAME-seedN.tar``, the
+run folder, to unpack into DIR before the next piece (``tar -xf OUT/NAME-seedN.tar -C DIR``), and the run
 as ``benchmarks/record_run.py`` records it, finished or not (pieces, seconds by device, every
 epoch's metrics, and once finished its test scores). The final evaluation (k = 5000 on the
 10,000 test images) runs in the piece that ends the training, and starts again in the next piece
@@ -42,6 +44,20 @@ IWAE_PAPER = ["--hidden", "200", "200", "--activation", "tanh", "--batch-size", 
 #: with the papers' 5000 importance samples.
 SCORING = ["--keep-best", "--eval-k", "5000"]
 #: Where every IWAE-paper recipe departs from it, and why.
+#: The auxiliary deep generative models' training (Maaloe et al. 2016; read in the authors' code,
+#: github.com/larsmaaloee/auxiliary-deep-generative-models, run_mnist.py): 100 labelled and 100
+#: unlabelled images a step, 2x500 ReLU networks, a and z of 100 units, alpha = 0.1 N / N_l (our
+#: default), Adam at 3e-4 times 0.75 every 200 epochs, 1000 epochs, one sample, no warm-up.
+AUXILIARY_PAPER = ["--n-labelled", "100", "--hidden", "500", "500", "--activation", "relu", "--z-dim", "100",
+                   "--set", "a_dim=100", "--batch-size", "100", "--lr", "3e-4", "--lr-schedule", "step",
+                   "--lr-step", "200", "--lr-gamma", "0.75", "--warmup", "0", "--epochs", "1000"]
+#: What every semi-supervised recipe adds: the epoch best by the validation error is the one
+#: scored (the test error is the number; no log-likelihood).
+CLASSIFYING = ["--keep-best", "--eval-k", "0"]
+AUXILIARY_DIFFERENCES = ("the authors' code trains on the training and validation images together (60,000) "
+                         "and scores the test set; we train on 50,000 and keep 10,000 to select the epoch "
+                         "by its validation error. Their weights start from Glorot's normal and their "
+                         "biases near 0; ours from minivae's initialization")
 IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second moments started at 1, and "
                     "rounds each stage's rate (7.2e-4 for 7.197e-4); we keep Adam's usual beta1 0.9 and zeros "
                     "(minivae has no setting for them) and the exact rates. Their epsilon is added to the root "
@@ -74,12 +90,20 @@ RECIPES = {
                                *IWAE_PAPER, *SCORING],
                               "82.90 (Burda et al. 2015, Table 1, IWAE k = 50, 2 stochastic layers: 100 and "
                               "50 units, 2x200 and 2x100 tanh; read in the paper)", IWAE_DIFFERENCES),
+    "sdgm-ssl-100": Recipe(["--model", "sdgm-ssl", *AUXILIARY_PAPER, *CLASSIFYING],
+                           "1.32% ± 0.07 (Maaloe et al. 2016, SDGM, 100 labels; second-hand, from Salimans "
+                           "et al. 2016, Table 1)", AUXILIARY_DIFFERENCES),
+    "adgm-ssl-100": Recipe(["--model", "adgm-ssl", *AUXILIARY_PAPER, *CLASSIFYING],
+                           "0.96% ± 0.02 (Maaloe et al. 2016, ADGM, 100 labels; second-hand, from Salimans "
+                           "et al. 2016, Table 1)",
+                           AUXILIARY_DIFFERENCES + ". The authors' code trains the SDGM only: the ADGM takes "
+                           "its settings (our choice)"),
 }
 
 
-def command(name, folder, device):
-    """The ``minivae train`` arguments of the recipe ``name`` with its run in ``folder``."""
-    return ["train", *RECIPES[name].args, "--device", device, "--out", str(folder)]
+def command(name, folder, device, seed=0):
+    """The ``minivae train`` arguments of the recipe ``name`` with the seed ``seed``, its run in ``folder``."""
+    return ["train", *RECIPES[name].args, "--seed", str(seed), "--device", device, "--out", str(folder)]
 
 
 def train_for(argv, seconds, launcher):
@@ -104,26 +128,27 @@ def pack(folder, path):
     partial.replace(path)
 
 
-def piece(name, seconds, runs, out, device, launcher):
-    """Train a piece of the recipe ``name`` (see the module docstring); its exit status: that
-    of the trainer, 143 when it was stopped at its time."""
-    folder = Path(runs) / name
+def piece(name, seconds, runs, out, device, launcher, seed=0):
+    """Train a piece of the run of the recipe ``name`` with the seed ``seed`` (see the module
+    docstring); its exit status: that of the trainer, 143 when it was stopped at its time."""
+    run = f"{name}-seed{seed}"
+    folder = Path(runs) / run
     resume = (folder / CHECKPOINT).is_file()
     # Files of a run without a checkpoint: a first piece stopped before the trainer could save one
     # (before its signal handler was set). Nothing trained is lost by starting again.
     start = ["--resume"] if resume else ["--overwrite"] if holds_run(folder) else []
-    argv = [*command(name, folder, device), "--no-progress", *start]
-    print(f"piece of {name} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
+    argv = [*command(name, folder, device, seed), "--no-progress", *start]
+    print(f"piece of {run} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
           f"minivae {' '.join(argv)}", flush=True)
     status = train_for(argv, seconds, launcher)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if holds_run(folder):
-        pack(folder, out / f"{name}.tar")
-        shown = " ".join(["minivae", *command(name, Path("runs") / name, device)])
+        pack(folder, out / f"{run}.tar")
+        shown = " ".join(["minivae", *command(name, Path("runs") / run, device, seed)])
         # No --wall-seconds: no one command trained the run, and this piece's time would read as the
         # whole run's. The record's epoch seconds, by device, are the run's time.
-        record_run.main([str(folder), "--out", str(out), "--name", name, "--allow-unfinished",
+        record_run.main([str(folder), "--out", str(out), "--name", run, "--allow-unfinished",
                          "--command", f"{shown} (in pieces of at most {seconds} s)"])
     return status
 
@@ -136,16 +161,19 @@ def main(argv=None):
     p = sub.add_parser("piece", help="train a piece of a recipe's run")
     p.add_argument("name", choices=list(RECIPES))
     p.add_argument("--seconds", type=float, required=True, help="stop the trainer after this many seconds")
+    p.add_argument("--seed", type=int, default=0, help="the run's seed (of a semi-supervised model: also its "
+                                                       "labelled images)")
     p.add_argument("--runs", default="runs/paper", help="the folder of the recipes' run folders")
     p.add_argument("--out", default="paper_runs_out", help="where the packed run and its record go")
     p.add_argument("--device", default="gpu", choices=("cpu", "gpu"))
     args = parser.parse_args(argv)
     if args.action == "list":
         for name, recipe in RECIPES.items():
-            print(f"{name}: minivae {' '.join(command(name, Path('runs') / name, 'gpu'))}\n"
+            print(f"{name}: minivae {' '.join(command(name, Path('runs') / f'{name}-seed0', 'gpu'))}\n"
                   f"    paper: {recipe.paper}\n    differences: {recipe.differences}")
         return 0
-    return piece(args.name, args.seconds, args.runs, args.out, args.device, [sys.executable, "-m", "minivae"])
+    return piece(args.name, args.seconds, args.runs, args.out, args.device, [sys.executable, "-m", "minivae"],
+                 args.seed)
 
 
 if __name__ == "__main__":

@@ -20,14 +20,24 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import paper_runs  # noqa: E402
 
 
-@pytest.mark.parametrize("name", list(paper_runs.RECIPES))
-def test_each_recipe_is_a_valid_command_with_the_iwae_paper_s_training(tmp_path, name):
-    args = build_parser().parse_args(paper_runs.command(name, tmp_path / name, "cpu"))
-    config = check_train(args)
+@pytest.mark.parametrize("name", [name for name in paper_runs.RECIPES if "ssl" not in name])
+def test_each_iwae_recipe_is_a_valid_command_with_the_iwae_paper_s_training(tmp_path, name):
+    config = check_train(build_parser().parse_args(paper_runs.command(name, tmp_path / name, "cpu")))
     assert (config.lr, config.lr_schedule, config.adam_eps, config.batch_size, config.epochs) == \
         (1e-3, "stages", 1e-4, 20, 3280)
     assert (config.hidden, config.activation, config.z_dim, config.warmup) == ((200, 200), "tanh", 50, 0)
     assert config.keep_best and config.eval_k == 5000
+
+
+@pytest.mark.parametrize("name", [name for name in paper_runs.RECIPES if "ssl" in name])
+def test_each_auxiliary_recipe_is_a_valid_command_with_the_authors_training(tmp_path, name):
+    config = check_train(build_parser().parse_args(paper_runs.command(name, tmp_path / name, "cpu", seed=2)))
+    assert (config.lr, config.lr_schedule, config.lr_step, config.lr_gamma, config.epochs) == \
+        (3e-4, "step", 200, 0.75, 1000)
+    assert (config.hidden, config.activation, config.z_dim, config.model_options, config.batch_size) == \
+        ((500, 500), "relu", 100, {"a_dim": 100}, 100)
+    assert (config.n_labelled, config.warmup, config.seed) == (100, 0, 2)
+    assert config.keep_best and config.eval_k == 0
 
 
 #: ``python -m minivae`` for the pieces of the test: the command line on the small data of the
@@ -83,31 +93,34 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
         return paper_runs.piece("tiny", 300, runs, out, "cpu", launcher)
 
     assert piece(first, first / "out") == 143
-    done = checkpoint.load_document(first / "tiny" / CHECKPOINT)
+    done = checkpoint.load_document(first / "tiny-seed0" / CHECKPOINT)
     assert (done["epoch"], done["batch"], done["piece"]) == (1, 2, 1)
-    record = json.loads((first / "out" / "run_tiny.json").read_text())
+    record = json.loads((first / "out" / "run_tiny-seed0.json").read_text())
     assert not record["finished"] and record["pieces"] == 1 and record["epochs"] == 1
     assert "(in pieces of at most 300 s)" in record["run_command"]
     assert record["command_wall_seconds"] is None  # a piece's time is not the run's
     second.mkdir()
-    with tarfile.open(first / "out" / "tiny.tar") as tar:
+    with tarfile.open(first / "out" / "tiny-seed0.tar") as tar:
         # (the "data" filter, which Python 3.14 makes the default, where it exists)
         tar.extractall(second, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    arrays = checkpoint.load(second / "tiny" / CHECKPOINT)[0]
-    for name, value in checkpoint.load(first / "tiny" / CHECKPOINT)[0].items():
+    arrays = checkpoint.load(second / "tiny-seed0" / CHECKPOINT)[0]
+    for name, value in checkpoint.load(first / "tiny-seed0" / CHECKPOINT)[0].items():
         np.testing.assert_array_equal(arrays[name], value, err_msg=name)
     assert piece(second, second / "out") == 143
-    resumed = checkpoint.load_document(second / "tiny" / CHECKPOINT)
+    resumed = checkpoint.load_document(second / "tiny-seed0" / CHECKPOINT)
     assert (resumed["epoch"], resumed["batch"], resumed["piece"]) == (2, 4, 2)
     assert resumed["run_id"] == done["run_id"]
-    epochs = [line for line in read_metrics(second / "tiny") if "valid_elbo" in line]
+    epochs = [line for line in read_metrics(second / "tiny-seed0") if "valid_elbo" in line]
     assert [(line["epoch"], line["piece"]) for line in epochs] == [(1, 1), (2, 2)]
-    assert json.loads((second / "out" / "run_tiny.json").read_text())["pieces"] == 2
+    assert json.loads((second / "out" / "run_tiny-seed0.json").read_text())["pieces"] == 2
     # A folder with the files of a run but no checkpoint (stopped before it could save one) holds
     # nothing trained: the next piece starts the run again.
-    third = tmp_path / "machine3" / "tiny"
+    third = tmp_path / "machine3" / "tiny-seed0"
     third.mkdir(parents=True)
-    (third / "config.json").write_text((second / "tiny" / "config.json").read_text())
+    (third / "config.json").write_text((second / "tiny-seed0" / "config.json").read_text())
     assert piece(third.parent, third.parent / "out") == 143
     again = checkpoint.load_document(third / CHECKPOINT)
     assert (again["epoch"], again["batch"], again["piece"]) == (1, 2, 1) and again["run_id"] != done["run_id"]
+    # Another seed is another run, in a folder of its own.
+    assert paper_runs.piece("tiny", 300, tmp_path / "m4", tmp_path / "m4" / "out", "cpu", launcher, seed=3) == 143
+    assert checkpoint.load_document(tmp_path / "m4" / "tiny-seed3" / CHECKPOINT)["config"]["seed"] == 3
