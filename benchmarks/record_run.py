@@ -42,13 +42,15 @@ def epoch_metrics(run):
 def pieces_and_devices(metrics):
     """(the number of trainings the run was trained in, {device: the seconds of its epochs}) from
     its epoch ``metrics``, whose lines name the training (``piece``: 1, then one more at each
-    resume) and the device that finished each epoch; (None, None) for a run recorded before
-    they did."""
+    resume) and the device that finished each epoch: "cpu", or the GPU's name where the line
+    gives it (a long run's pieces may train on several kinds of GPU), else "gpu"; (None, None)
+    for a run recorded before they did."""
     if not metrics or not all("piece" in m and "device" in m for m in metrics):
         return None, None
     seconds = {}
     for m in metrics:
-        seconds[m["device"]] = seconds.get(m["device"], 0.0) + m["seconds"]
+        device = m.get("gpu") or m["device"]
+        seconds[device] = seconds.get(device, 0.0) + m["seconds"]
     # Rounded once summed, as train_seconds_all_epochs is: rounding each sum on the way would drop
     # up to 0.05 s an epoch (a 0.12 s GPU epoch 150 times gave 15.0 s for 18.0).
     return max(m["piece"] for m in metrics), {device: round(s, 1) for device, s in seconds.items()}

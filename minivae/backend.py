@@ -92,6 +92,14 @@ def cupy_module():
     return cupy
 
 
+def gpu_model():
+    """The name of the current CUDA device, as its driver gives it (e.g. "NVIDIA H100 80GB HBM3");
+    ``cupy_module``'s DeviceError when the GPU cannot be used."""
+    cuda = cupy_module().cuda
+    name = cuda.runtime.getDeviceProperties(cuda.runtime.getDevice())["name"]
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def device_name(device=None):
     """The name ``device`` stands for, "cpu", "gpu" or "auto", without checking that it can be
     used: any case, "cuda" for "gpu"; None (or "") reads ``$MINIVAE_DEVICE`` (default "cpu").

@@ -48,7 +48,7 @@ import numpy as np
 from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
-from .backend import get_array_module, resolve_device, to_device
+from .backend import get_array_module, gpu_model, resolve_device, to_device
 from .checks import check_integer, check_real
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .distributions import check_labels
@@ -299,6 +299,8 @@ class Trainer:
         self.run_dir = Path(config.out)
         self.progress, self.log = progress, log
         self.device = resolve_device(config.device)
+        # Which GPU trains here: the pieces of a long run may train on several kinds of GPU.
+        self.gpu = gpu_model() if self.device == "gpu" else None
         self.data = data if data is not None else load_mnist(verbose=progress)
         nn.init.manual_seed(config.seed)
         self.model = runs.build_run_model(config).to(self.device)
@@ -657,8 +659,10 @@ class Trainer:
             bar.close()
         self._fold_graph()
         seconds = time.perf_counter() - start
-        # The training and the device that finished the epoch: a run's time by piece and device.
+        # The training and the device (and GPU) that finished the epoch: a run's time by piece and device.
         metrics = {"epoch": epoch + 1, "lr": self.optimizer.lr, "piece": self.piece, "device": self.device}
+        if self.gpu is not None:
+            metrics["gpu"] = self.gpu
         if self.model.iw_k == 1:  # the IWAE bound has no KL weight to log
             metrics["beta"] = beta
         metrics.update({f"train_{k}": v for k, v in self._means().items()})

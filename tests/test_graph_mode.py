@@ -137,7 +137,9 @@ def fake_device(fake_gpu, fake_cublas, monkeypatch):
         asarray=_on_device(np.asarray), asnumpy=_asnumpy, zeros=_on_device(np.zeros),
         zeros_like=_on_device(np.zeros_like), full=_on_device(np.full), empty=_on_device(np.empty),
         stack=_on_device(np.stack), copyto=np.copyto, add=np.add, logical_or=np.logical_or,
-        isfinite=np.isfinite, int64=np.int64, uint64=np.uint64, float64=np.float64, bool_=np.bool_)
+        isfinite=np.isfinite, int64=np.int64, uint64=np.uint64, float64=np.float64, bool_=np.bool_,
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(
+            getDevice=lambda: 0, getDeviceProperties=lambda device: {"name": b"Stand-in GPU"})))
     kernels = fake_gpu[0]
     for name in ("empty", "empty_like", "zeros", "zeros_like", "ascontiguousarray"):
         monkeypatch.setattr(kernels.cp, name, _on_device(getattr(np, name)))
@@ -251,6 +253,7 @@ def test_graph_mode_ends_with_the_bits_of_eager_steps(fake_device, tmp_path, mod
     for le, lg in zip(*metrics):
         e, g = json.loads(le), json.loads(lg)
         assert g["lr"] == e["lr"] and g.get("beta") == e.get("beta")  # (no KL weight for the IWAE bound)
+        assert g["device"] == e["device"] == "gpu" and g["gpu"] == e["gpu"] == "Stand-in GPU"  # its name
         assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-5)  # summed in float32 on the device
 
 
@@ -640,7 +643,7 @@ def _benchmark(name, monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     device = types.SimpleNamespace(synchronize=lambda: None)
-    monkeypatch.setattr(sys.modules["cupy"], "cuda", types.SimpleNamespace(Device=lambda: device), raising=False)
+    monkeypatch.setattr(sys.modules["cupy"].cuda, "Device", lambda: device, raising=False)
     return bench
 
 

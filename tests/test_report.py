@@ -195,6 +195,11 @@ def test_record_run_counts_the_pieces_a_run_was_trained_in_and_its_seconds_by_de
     monkeypatch.setattr(record_run, "write_result", lambda name, payload, out=None, command=None: written.update(payload) or name)
     record_run.main([str(run), "--command", "minivae train --epochs 3"])
     assert (written["pieces"], written["seconds_by_device"]) == (3, {"cpu": 30.0, "gpu": 3.5})
+    # Lines that name their GPU: the seconds of each kind of GPU apart (a line before they did: "gpu").
+    named = [lines[0], dict(lines[1], gpu="NVIDIA H100"), dict(lines[2], gpu="NVIDIA H200"), dict(lines[2], epoch=4)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in named))
+    record_run.main([str(run), "--command", "minivae train --epochs 4"])
+    assert written["seconds_by_device"] == {"cpu": 30.0, "NVIDIA H100": 2.0, "NVIDIA H200": 1.5, "gpu": 1.5}
     # Short epochs (a GPU's) are summed before the total is rounded, as the run's total is.
     short = [dict(line, epoch=e, seconds=0.12) for e, line in enumerate([lines[0]] * 150, 1)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in short))

@@ -518,23 +518,23 @@ def test_each_epoch_names_the_training_of_the_run_and_the_device_that_finished_i
     data, quiet = small_data(), dict(progress=False, log=lambda m: None)
     run = tmp_path / "run"
 
-    def pieces():
-        return [(line["epoch"], line["piece"], line["device"]) for line in
+    def pieces():  # (a line names a GPU only when one trained the epoch)
+        return [(line["epoch"], line["piece"], line["device"], line.get("gpu")) for line in
                 map(json.loads, (run / METRICS).read_text().splitlines())]
     Trainer(config(tmp_path, epochs=1), data=data, **quiet).fit()
-    assert pieces() == [(1, 1, "cpu")] and checkpoint.load(run / CHECKPOINT)[1]["piece"] == 1
+    assert pieces() == [(1, 1, "cpu", None)] and checkpoint.load(run / CHECKPOINT)[1]["piece"] == 1
     cut = Trainer(config(tmp_path, epochs=3), data=data, **quiet)
     _interrupt_after(cut, 3)  # inside epoch 2
     with pytest.raises(KeyboardInterrupt):
         cut.fit(resume=True)
     Trainer(config(tmp_path, epochs=3), data=data, **quiet).fit(resume=True)
-    assert pieces() == [(1, 1, "cpu"), (2, 3, "cpu"), (3, 3, "cpu")]
+    assert pieces() == [(1, 1, "cpu", None), (2, 3, "cpu", None), (3, 3, "cpu", None)]
     assert checkpoint.load(run / CHECKPOINT)[1]["piece"] == 3
     arrays, meta = checkpoint.load(run / CHECKPOINT)
     del meta["piece"]
     checkpoint.save(run / CHECKPOINT, arrays, meta)
     Trainer(config(tmp_path, epochs=4), data=data, **quiet).fit(resume=True)
-    assert pieces()[-1] == (4, 2, "cpu")
+    assert pieces()[-1] == (4, 2, "cpu", None)
 
 
 def test_a_resumed_epoch_counts_the_seconds_before_the_interruption(tmp_path):
