@@ -12,9 +12,9 @@ it. At S seconds it sends the trainer SIGTERM, on which the trainer saves its ch
 end of the step and exits (exit status 143), so the next piece goes on exactly where this one
 stopped, on this machine or on another with the same device kind (the folder is carried there).
 Each piece then writes into OUT (default ``paper_runs_out``) two files: ``NAME-seedN.tar``, the
-run folder, to unpack into DIR before the next piece (``tar -xf OUT/NAME-seedN.tar -C DIR``), and the run
-as ``benchmarks/record_run.py`` records it, finished or not (pieces, seconds by device, every
-epoch's metrics, and once finished its test scores). The final evaluation (k = 5000 on the
+run folder, to unpack into DIR before the next piece (``tar -xf OUT/NAME-seedN.tar -C DIR``),
+and the run as ``benchmarks/record_run.py`` records it, finished or not (pieces, seconds by
+device, every epoch's metrics, and once finished its test scores). The final evaluation (k = 5000 on the
 10,000 test images) runs in the piece that ends the training, and starts again in the next piece
 when it is stopped: give that piece the minutes it takes.
 
@@ -40,10 +40,9 @@ from minivae.runs import CHECKPOINT, holds_run  # noqa: E402
 #: warm-up.
 IWAE_PAPER = ["--hidden", "200", "200", "--activation", "tanh", "--batch-size", "20", "--lr", "1e-3",
               "--lr-schedule", "stages", "--adam-eps", "1e-4", "--warmup", "0", "--epochs", "3280"]
-#: What every recipe adds: the model of the epoch best by the validation ELBO is the one scored,
+#: What every IWAE-paper recipe adds: the model of the epoch best by the validation ELBO is scored,
 #: with the papers' 5000 importance samples.
 SCORING = ["--keep-best", "--eval-k", "5000"]
-#: Where every IWAE-paper recipe departs from it, and why.
 #: The auxiliary deep generative models' training (Maaloe et al. 2016; read in the authors' code,
 #: github.com/larsmaaloee/auxiliary-deep-generative-models, run_mnist.py): 100 labelled and 100
 #: unlabelled images a step, 2x500 ReLU networks, a and z of 100 units, alpha = 0.1 N / N_l (our
@@ -54,10 +53,12 @@ AUXILIARY_PAPER = ["--n-labelled", "100", "--hidden", "500", "500", "--activatio
 #: What every semi-supervised recipe adds: the epoch best by the validation error is the one
 #: scored (the test error is the number; no log-likelihood).
 CLASSIFYING = ["--keep-best", "--eval-k", "0"]
+#: Where every auxiliary-model recipe departs from its authors' code, and why.
 AUXILIARY_DIFFERENCES = ("the authors' code trains on the training and validation images together (60,000) "
                          "and scores the test set; we train on 50,000 and keep 10,000 to select the epoch "
                          "by its validation error. Their weights start from Glorot's normal and their "
                          "biases near 0; ours from minivae's initialization")
+#: Where every IWAE-paper recipe departs from it, and why.
 IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second moments started at 1, and "
                     "rounds each stage's rate (7.2e-4 for 7.197e-4); we keep Adam's usual beta1 0.9 and zeros "
                     "(minivae has no setting for them) and the exact rates. Their epsilon is added to the root "
@@ -73,7 +74,7 @@ IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A row of the results table as its paper trained it: ``args`` of ``minivae train`` (all
-    but --out and --device), the paper's figure and where it was read, and how we differ."""
+    but --seed, --device and --out), the paper's figure and where it was read, and how we differ."""
     args: list
     paper: str
     differences: str
