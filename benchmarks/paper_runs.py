@@ -150,7 +150,7 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
         # No --wall-seconds: no one command trained the run, and this piece's time would read as the
         # whole run's. The record's epoch seconds, by device, are the run's time.
         record_run.main([str(folder), "--out", str(out), "--name", run, "--allow-unfinished",
-                         "--command", f"{shown} (in pieces of at most {seconds} s)"])
+                         "--command", f"{shown} (in pieces of at most {seconds:g} s)"])
     return status
 
 

@@ -304,9 +304,9 @@ def _add_train_args(p):
                  "or a classifier's error) in RUN/best.npz, and score that one on the test set at the end; "
                  "eval, cluster, sample, plot and graph then read it too, unless given --last")
     setting("--patience", type=count,
-            help="early stopping (with --keep-best): end the run once N epochs in a row have not beaten "
-                 "the best on the validation split (0: train every epoch); the learning rate keeps the "
-                 "schedule of all --epochs")
+            help="early stopping (with --keep-best): end the run once that many epochs in a row have not "
+                 "beaten the best on the validation split (0: train every epoch); the learning rate keeps "
+                 "the schedule of all --epochs")
     setting("--trace-every", type=count,
             help="log per-layer gradient norms and update ratios every N steps (0: off); on "
                  "the GPU the steps then run eagerly, not as a captured CUDA graph")

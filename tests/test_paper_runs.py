@@ -90,7 +90,7 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
     first, second = tmp_path / "machine1", tmp_path / "machine2"
 
     def piece(runs, out):  # (its time only bounds a piece that does not stop)
-        return paper_runs.piece("tiny", 300, runs, out, "cpu", launcher)
+        return paper_runs.piece("tiny", 300.0, runs, out, "cpu", launcher)  # (a float, as --seconds gives it)
 
     assert piece(first, first / "out") == 143
     done = checkpoint.load_document(first / "tiny-seed0" / CHECKPOINT)
