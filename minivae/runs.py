@@ -291,7 +291,8 @@ def build_run_model(config):
     Options that name other run folders (``run_folder_options``) are replaced by models: built
     from ``config.run_models`` when recorded there (untrained: the run's own checkpoint holds
     their weights), else the trained models those runs hold (a new run, or one saved before
-    ``run_models`` existed).
+    ``run_models`` existed): the model each selected (``read_run_model``), that of the epoch best
+    on the validation split for a run trained with ``keep_best``.
     """
     kwargs = config.model_kwargs()
     for name, folder in run_folder_options(config).items():
@@ -299,7 +300,7 @@ def build_run_model(config):
         if recorded is not None:
             kwargs[name] = build_model(recorded["model"], **recorded["kwargs"])
         else:
-            kwargs[name] = load_run(folder)[1]
+            kwargs[name] = read_run_model(folder, offer_last=False)[1]
     return build_model(config.model, **kwargs)
 
 
@@ -380,11 +381,18 @@ def _no_checkpoint(run):
                         f"`minivae train --out {run}`)")
 
 
-def _no_best(run):
-    """RunFolderError for ``run``, a run trained with ``keep_best`` that holds no best.npz."""
+def _no_best(run, offer_last=True):
+    """RunFolderError for ``run``, a run trained with ``keep_best`` that holds no best.npz; with
+    ``offer_last``, the message offers the model of its checkpoint (``_use_last``)."""
     return RunFolderError(f"{run} holds no {BEST}, the model its training selects (--keep-best): its first "
-                          f"epoch has not ended yet, or the file was removed; give --last to use the model "
-                          f"of its last checkpoint, {run / CHECKPOINT}")
+                          f"epoch has not ended yet, or the file was removed{_use_last(run, offer_last)}")
+
+
+def _use_last(run, offer_last):
+    """The end of an error about the model that the run in the folder ``run`` selected: with
+    ``offer_last`` (the commands that score or draw a run have --last) the way to use its last
+    checkpoint's model instead; else nothing (a model built on the run can use no other)."""
+    return f"; give --last to use the model of its last checkpoint, {Path(run) / CHECKPOINT}" if offer_last else ""
 
 
 #: What a checkpoint's document holds besides the config, for a resume, and the type of each.
@@ -580,7 +588,7 @@ def run_model(run, arrays, config, name=CHECKPOINT):
     return model
 
 
-def read_run_model(run, last=False):
+def read_run_model(run, last=False, offer_last=True):
     """The model of the run folder ``run`` that the commands which score or draw a run use, as
     (config, model, meta, trained): for a run trained with ``keep_best``, the model it selected
     (``read_best``, whose ``trained`` a score records of it); otherwise, or with ``last``, the
@@ -588,15 +596,15 @@ def read_run_model(run, last=False):
     only where a score records it). ``config`` and ``meta`` are always those of the
     checkpoint: the run's settings, and its identity (``run_id``), which a command checks the
     folder still holds when it writes a result or a picture (``writing_for_run``). Raises as
-    ``load_run`` and ``read_best`` do."""
+    ``load_run`` and ``read_best`` do (``offer_last``: see ``read_best``)."""
     arrays, meta, config = read_checkpoint(run)
     if not config.keep_best or last:
         return config, run_model(run, arrays, config), meta, None
-    arrays, trained = read_best(run, meta, config)
+    arrays, trained = read_best(run, meta, config, offer_last)
     return config, run_model(run, arrays, config, name=BEST), meta, trained
 
 
-def read_best(run, meta, config):
+def read_best(run, meta, config, offer_last=True):
     """The model that the run in the folder ``run``, trained with ``keep_best``, selected so far,
     read from its best.npz after its checkpoint (whose document ``meta`` and ``config`` are
     given), as (arrays, trained): ``trained`` is what a score of the model records of it, its
@@ -610,18 +618,20 @@ def read_best(run, meta, config):
     first epoch has not ended, or it was removed); CheckpointError naming the file when it is
     damaged, of another run (its ``run_id``; a run saved before runs had one has none in either
     file), or of an epoch that the run no longer selects (left by a training stopped between the
-    two writes, then resumed to other scores).
+    two writes, then resumed to other scores). With ``offer_last``, each message offers the
+    model of the checkpoint instead (the commands that score or draw a run have --last).
     """
     saved = Path(run) / CHECKPOINT
     done = checkpoint_position(meta, saved, config)["epochs"]
     _check_best(meta, saved, config)
-    path, (arrays, document) = _read_run_file(run, BEST, checkpoint.load, _no_best)
+    path, (arrays, document) = _read_run_file(run, BEST, checkpoint.load,
+                                              lambda folder: _no_best(folder, offer_last))
     held = _checked_config(path, document)
-    instead = f"give --last to use the model of the last checkpoint, {saved}"
+    instead = _use_last(run, offer_last)
     if document.get("run_id") != meta.get("run_id"):
         raise checkpoint.CheckpointError(f"{path} is the model of another run than {run}: its run_id is "
                                          f"{document.get('run_id')!r}, and {saved} records "
-                                         f"{meta.get('run_id')!r}; {instead}")
+                                         f"{meta.get('run_id')!r}{instead}")
     position = checkpoint_position(document, path, held)
     selected = {key: document.get(key) for key in ("epoch", "by", "score")}
     _check_best_record(selected, held.epochs, path, "its selection")
@@ -629,7 +639,7 @@ def read_best(run, meta, config):
     if selected["epoch"] <= done and selected["epoch"] != best["epoch"]:
         raise checkpoint.CheckpointError(
             f"{path} holds epoch {selected['epoch']}, which is neither epoch {best['epoch']}, the best by "
-            f"{best['by']} that {saved} records, nor one ended after the epoch {done} it records; {instead}")
+            f"{best['by']} that {saved} records, nor one ended after the epoch {done} it records{instead}")
     return arrays, dict(position, selected=selected)
 
 

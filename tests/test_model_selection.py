@@ -522,3 +522,31 @@ def test_plot_run_takes_last_as_true_or_false(run):
 
     with pytest.raises(TypeError, match="last must be True or False, got 'False'"):
         plot_run(run, last="False")
+
+
+# ----- a model built on another run (M1+M2's M1) takes the model that run selected ---------------
+
+def m1m2_on(run):
+    """The config of a new M1+M2 run on the VAE run ``run`` as M1."""
+    return TrainConfig(model="m1m2", z_dim=3, hidden=(8,), n_labelled=10, model_options={"m1": str(run)})
+
+
+def test_m1m2_is_built_on_the_model_its_m1_run_selected(run):
+    """M1's weights are those of the epoch best on M1's validation split (best.npz), not of its
+    last epoch, as every command that reads the run takes them."""
+    from minivae.runs import build_run_model
+
+    m1 = build_run_model(m1m2_on(run)).m1.state_dict()
+    assert_same_arrays({f"model/{name}": value for name, value in m1.items()}, model_arrays(run / BEST))
+    last = model_arrays(run / CHECKPOINT)
+    assert any(not np.array_equal(m1[name[len("model/"):]], value) for name, value in last.items())
+
+
+def test_m1m2_on_a_run_without_its_best_npz_is_refused_without_offering_last(run):
+    """No --last in train: the error names the missing file and offers nothing train cannot do."""
+    from minivae.runs import RunFolderError, build_run_model
+
+    (run / BEST).unlink()
+    with pytest.raises(RunFolderError, match=f"holds no {BEST}") as raised:
+        build_run_model(m1m2_on(run))
+    assert "--last" not in str(raised.value)
