@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from minivae.backend import gpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -45,8 +47,7 @@ def gpu_info():
 
     dev = cp.cuda.Device()
     props = cp.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    return {"name": name, "compute_capability": f"{props['major']}.{props['minor']}",
+    return {"name": gpu_model(), "compute_capability": f"{props['major']}.{props['minor']}",
             "multiprocessors": props["multiProcessorCount"], "memory_bytes": props["totalGlobalMem"],
             "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(), "cuda_driver": cp.cuda.runtime.driverGetVersion(),
             "cupy": cp.__version__}

@@ -491,6 +491,27 @@ def test_results_name_the_commit_the_environment_gives(monkeypatch):
     assert info["cores"] == os.cpu_count() and info["cpu_model"]
 
 
+def test_a_results_gpu_is_named_as_the_trainer_names_it(monkeypatch):
+    """The GPU of a result and of the trainer's metrics lines is one name (``backend.gpu_model``),
+    the driver's bytes decoded, so that a run's seconds by GPU and the result's machine agree."""
+    import types
+
+    import machine
+    import minivae.backend
+
+    runtime = types.SimpleNamespace(
+        getDevice=lambda: 0, runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
+        getDeviceProperties=lambda device: {"name": b"NVIDIA H200", "major": 9, "minor": 0,
+                                            "multiProcessorCount": 132, "totalGlobalMem": 2 ** 37})
+    fake_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, Device=lambda: types.SimpleNamespace(id=0)),
+                                    __version__="14.2.0")
+    monkeypatch.setitem(sys.modules, "cupy", fake_cp)
+    monkeypatch.setattr(minivae.backend, "cupy_module", lambda: fake_cp)
+    info = machine.gpu_info()
+    assert info["name"] == minivae.backend.gpu_model() == "NVIDIA H200"
+    assert (info["compute_capability"], info["cupy"]) == ("9.0", "14.2.0")
+
+
 
 def test_a_written_result_names_the_command_that_made_it(tmp_path, monkeypatch):
     import machine
