@@ -19,7 +19,9 @@ device, every epoch's metrics, and once finished its test scores). The final eva
 when it is stopped: give that piece the minutes it takes.
 
 The recipes take the papers' architecture and schedule where they state one, and say where
-and why they differ; model selection and early stopping use the validation split only.
+and why they differ; model selection and early stopping use the validation split only. A recipe
+built on another's trained model (M1+M2 on its M1) starts only once that run, of seed 0, has
+finished in DIR, and takes the model it selected.
 """
 import argparse
 import dataclasses
@@ -32,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_run  # noqa: E402
 
-from minivae.runs import CHECKPOINT, holds_run  # noqa: E402
+from minivae.runs import CHECKPOINT, RESULTS, holds_run  # noqa: E402
 
 #: The IWAE paper's training (Burda et al. 2015; read in the authors' code, github.com/yburda/iwae,
 #: experiments.py and optimizers.py): 3^i epochs at 1e-3 * 10^(-i/7), i = 0..7, batches of 20,
@@ -71,13 +73,63 @@ IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second 
                     "the final number)")
 
 
+#: The Ladder VAE's training (Sonderby et al. 2016; read in the authors' code, github.com/casperkaae/LVAE,
+#: README.md and run_models.py): below each stochastic layer two dense layers of batch-normalized leaky
+#: ReLUs (slope 0.01, minivae's), a KL warm-up from 0 to 1 over 200 epochs, Adam at a constant 2e-4
+#: with epsilon 1e-4, batches of 256, 2000 epochs, one sample. The code's example is the three-layer
+#: model (512-256-128, z 64-32-16); the five layers extend it as the paper's MNIST model does.
+LADDER_PAPER = ["--hidden", "512", "256", "128", "64", "32", "--set", "z_dims=64,32,16,8,4", "--set", "mlp_layers=2",
+                "--set", "batch_norm=true", "--activation", "leaky_relu", "--warmup", "200", "--batch-size", "256",
+                "--lr", "2e-4", "--lr-schedule", "constant", "--adam-eps", "1e-4", "--epochs", "2000"]
+#: Where the Ladder VAE recipe departs from its authors' code, and why.
+LADDER_DIFFERENCES = ("the authors' code batch-normalizes the mean and variance layers too, gives each "
+                      "layer's variance through a softplus (we give the log-variance), feeds each bottom-up "
+                      "layer the mean of the one below, clips the gradient to a norm of 4 and then each "
+                      "element to 0.9, and collects the batch-norm statistics in a pass over the training set "
+                      "before it scores (ours are running averages of training batches): minivae's Ladder "
+                      "VAE has none of these switches. Its warm-up weight steps once per epoch from 0, ours "
+                      "from 1/200. It trains on the training and validation images together (60,000) with no "
+                      "validation; we train on 50,000 and score the epoch best by the validation ELBO")
+#: The planar flows' training (Rezende & Mohamed 2015; no authors' code, read second-hand in a
+#: reproduction, github.com/andrehuang/normalizing-flows-reproduce): z of 40 units, 2x400 ReLU
+#: networks, the flows' parameters given by the encoder, batches of 100, the annealed bound
+#: beta_t = min(1, 0.01 + t/10000) over the steps t (ours: --warmup 20, the 10,000 steps in
+#: epochs of 500), 500,000 steps (1000 epochs).
+FLOW_PAPER = ["--z-dim", "40", "--hidden", "400", "400", "--activation", "relu", "--batch-size", "100",
+              "--warmup", "20", "--epochs", "1000"]
+#: Where the planar-flow recipe departs from the paper, and why.
+FLOW_DIFFERENCES = ("the paper trains with RMSprop at 1e-5 and momentum 0.9; minivae has Adam only, which we "
+                    "run with its usual cosine schedule from 1e-3 to 1e-4. Its warm-up weight rises once per "
+                    "epoch (from 1/20), the paper's at every step (from 0.01). The architecture and schedule "
+                    "are second-hand, from a reproduction, not from the paper's text")
+#: The M2 of M1+M2 as its authors trained it (Kingma et al. 2014; read in the authors' code,
+#: github.com/dpkingma/nips14-ssl, run_2layer_ssl.py and learn_yz_x_ss.py): one softplus layer (of
+#: 300 units for 100 labels), z of 50 units, alpha = 0.1 N / N_l (our default), Adam at a constant
+#: 3e-4, 3000 passes over the unlabelled images, no warm-up. Each of their 100 steps an epoch takes
+#: 499 unlabelled images and 1 labelled; each of our 100 takes 500 unlabelled and 100 labelled.
+M2_PAPER = ["--activation", "softplus", "--z-dim", "50", "--n-labelled", "100", "--batch-size", "500",
+            "--lr", "3e-4", "--lr-schedule", "constant", "--warmup", "0", "--epochs", "3000"]
+#: Where every M2 recipe departs from its authors' code, and why.
+M2_DIFFERENCES = ("their code puts a N(0, 1) prior on the weights, starts them with a standard deviation of "
+                  "1e-3, runs Adam without its bias correction and epsilon, and takes 1 labelled image a step "
+                  "(we take 100): minivae has no such settings. It scores the last epoch; we score the epoch "
+                  "best by the validation error")
+#: M1 as the authors' M1+M2 code loads it (read in github.com/dpkingma/nips14-ssl, gpulearn_z_x.py):
+#: 2x500 softplus networks, z of 50 units, batches of 1000, Adam at 3e-4, no warm-up.
+M1_PAPER = ["--hidden", "500", "500", "--activation", "softplus", "--z-dim", "50", "--batch-size", "1000",
+            "--lr", "3e-4", "--lr-schedule", "constant", "--warmup", "0", "--epochs", "3000"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """A row of the results table as its paper trained it: ``args`` of ``minivae train`` (all
-    but --seed, --device and --out), the paper's figure and where it was read, and how we differ."""
+    but --seed, --device and --out), the paper's figure and where it was read, how we differ, and
+    ``built_on``: the settings that name another recipe's run (--set NAME=RUN), of seed 0, whose
+    model this one is built on."""
     args: list
     paper: str
     differences: str
+    built_on: dict = dataclasses.field(default_factory=dict)
 
 
 RECIPES = {
@@ -99,12 +151,47 @@ RECIPES = {
                            "et al. 2016, Table 1)",
                            AUXILIARY_DIFFERENCES + ". The authors' code trains the SDGM only: the ADGM takes "
                            "its settings (our choice)"),
+    "ladder-5layer": Recipe(["--model", "ladder", *LADDER_PAPER, *SCORING],
+                            "81.74 (Sonderby et al. 2016, Ladder VAE, 5 stochastic layers, k = 5000; second-hand)",
+                            LADDER_DIFFERENCES),
+    "flow-planar-k80": Recipe(["--model", "flow", "--set", "flows=80", *FLOW_PAPER, *SCORING],
+                              "85.10 (Rezende & Mohamed 2015, Table 2, planar flows, K = 80; second-hand)",
+                              FLOW_DIFFERENCES),
+    "m2-ssl-100": Recipe(["--model", "m2", "--hidden", "500", *M2_PAPER, *CLASSIFYING],
+                         "11.97% ± 1.71 (Kingma et al. 2014, Table 1, M2, 100 labels; second-hand)",
+                         "the authors' code has no M2 on the images with 100 labels: we take the M2 of its M1+M2, "
+                         "on the binarized images (a Bernoulli likelihood), with the 500 units that code gives "
+                         "for more labels; " + M2_DIFFERENCES),
+    "m1-vae": Recipe(["--model", "vae", *M1_PAPER, *SCORING],
+                     "none: the M1 of m1m2-ssl-100 (Kingma et al. 2014)",
+                     "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts them with a "
+                     "standard deviation of 0.01; minivae has no such settings. It trains until 10,000 epochs pass without a "
+                     "better validation score and loads its last epoch; we train 3000 epochs and keep the "
+                     "epoch best by the validation ELBO, which M1+M2 then takes"),
+    "m1m2-ssl-100": Recipe(["--model", "m1m2", "--hidden", "300", *M2_PAPER, *CLASSIFYING],
+                           "3.33% ± 0.14 (Kingma et al. 2014, Table 1, M1+M2, 100 labels; second-hand)",
+                           "the authors' code keeps only the features of M1 whose means vary with a standard "
+                           "deviation above 0.1 over the images; minivae's M1+M2 takes all 50; "
+                           + M2_DIFFERENCES, built_on={"m1": "m1-vae"}),
 }
+#: The seed of the run a recipe is built on (``Recipe.built_on``): one M1 for every label draw,
+#: as the authors' code loads one.
+BUILT_ON_SEED = 0
 
 
 def command(name, folder, device, seed=0):
-    """The ``minivae train`` arguments of the recipe ``name`` with the seed ``seed``, its run in ``folder``."""
-    return ["train", *RECIPES[name].args, "--seed", str(seed), "--device", device, "--out", str(folder)]
+    """The ``minivae train`` arguments of the recipe ``name`` with the seed ``seed``, its run in ``folder``
+    (the runs it is built on beside it: ``built_on_folders``)."""
+    built_on = [arg for setting, other in built_on_folders(name, folder).items()
+                for arg in ("--set", f"{setting}={other}")]
+    return ["train", *RECIPES[name].args, *built_on, "--seed", str(seed), "--device", device, "--out", str(folder)]
+
+
+def built_on_folders(name, folder):
+    """The folders of the runs that the recipe ``name``, its run in ``folder``, is built on, by
+    setting: beside ``folder``, of the seed ``BUILT_ON_SEED``."""
+    return {setting: Path(folder).parent / f"{other}-seed{BUILT_ON_SEED}"
+            for setting, other in RECIPES[name].built_on.items()}
 
 
 def train_for(argv, seconds, launcher):
@@ -138,6 +225,13 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     # Files of a run without a checkpoint: a first piece stopped before the trainer could save one
     # (before its signal handler was set). Nothing trained is lost by starting again.
     start = ["--resume"] if resume else ["--overwrite"] if holds_run(folder) else []
+    # A new run takes the trained models it is built on; a resumed one holds them in its checkpoint.
+    unfinished = [] if resume else [f for f in built_on_folders(name, folder).values() if not (f / RESULTS).is_file()]
+    if unfinished:
+        print(f"paper_runs.py: {name} is built on the finished run in {unfinished[0]}, which holds no "
+              f"{RESULTS}: train its pieces first (piece {unfinished[0].name.rsplit('-seed', 1)[0]} "
+              f"--seed {BUILT_ON_SEED} --runs {folder.parent})", file=sys.stderr)
+        return 2
     argv = [*command(name, folder, device, seed), "--no-progress", *start]
     print(f"piece of {run} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
           f"minivae {' '.join(argv)}", flush=True)

@@ -13,14 +13,17 @@ import pytest
 
 from minivae import checkpoint
 from minivae.cli import build_parser, check_train
-from minivae.runs import CHECKPOINT, read_metrics
+from minivae.runs import CHECKPOINT, RESULTS, TrainConfig, read_metrics
+from minivae.train import train
+
+from test_train import small_data
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import paper_runs  # noqa: E402
 
 
-@pytest.mark.parametrize("name", [name for name in paper_runs.RECIPES if "ssl" not in name])
+@pytest.mark.parametrize("name", ["vae-1layer", "iwae-1layer-k50", "iwae-2layer-k50"])
 def test_each_iwae_recipe_is_a_valid_command_with_the_iwae_paper_s_training(tmp_path, name):
     config = check_train(build_parser().parse_args(paper_runs.command(name, tmp_path / name, "cpu")))
     assert (config.lr, config.lr_schedule, config.adam_eps, config.batch_size, config.epochs) == \
@@ -29,7 +32,7 @@ def test_each_iwae_recipe_is_a_valid_command_with_the_iwae_paper_s_training(tmp_
     assert config.keep_best and config.eval_k == 5000
 
 
-@pytest.mark.parametrize("name", [name for name in paper_runs.RECIPES if "ssl" in name])
+@pytest.mark.parametrize("name", ["sdgm-ssl-100", "adgm-ssl-100"])
 def test_each_auxiliary_recipe_is_a_valid_command_with_the_authors_training(tmp_path, name):
     config = check_train(build_parser().parse_args(paper_runs.command(name, tmp_path / name, "cpu", seed=2)))
     assert (config.lr, config.lr_schedule, config.lr_step, config.lr_gamma, config.epochs) == \
@@ -38,6 +41,57 @@ def test_each_auxiliary_recipe_is_a_valid_command_with_the_authors_training(tmp_
         ((500, 500), "relu", 100, {"a_dim": 100}, 100)
     assert (config.n_labelled, config.warmup, config.seed) == (100, 0, 2)
     assert config.keep_best and config.eval_k == 0
+
+
+def train_small_m1(folder):
+    """A small trained VAE run in ``folder``, as M1."""
+    train(TrainConfig(epochs=1, batch_size=50, hidden=(8,), z_dim=2, eval_k=0, out=str(folder)),
+          data=small_data(n_train=100, n_eval=20), progress=False, log=lambda m: None)
+
+
+def recipe_config(name, folder, seed=0):
+    """The TrainConfig of the recipe ``name`` as the command line checks it, its run in ``folder``."""
+    return check_train(build_parser().parse_args(paper_runs.command(name, folder, "cpu", seed=seed)))
+
+
+def test_the_ladder_recipe_is_the_authors_five_layer_training(tmp_path):
+    config = recipe_config("ladder-5layer", tmp_path / "ladder")
+    assert (config.model, config.hidden, config.model_options, config.activation) == \
+        ("ladder", (512, 256, 128, 64, 32), {"z_dims": [64, 32, 16, 8, 4], "mlp_layers": 2, "batch_norm": True},
+         "leaky_relu")
+    assert (config.lr, config.lr_schedule, config.adam_eps, config.batch_size, config.epochs, config.warmup) == \
+        (2e-4, "constant", 1e-4, 256, 2000, 200)
+    assert config.keep_best and config.eval_k == 5000
+
+
+def test_the_planar_flow_recipe_has_80_flows_and_the_annealed_bound(tmp_path):
+    config = recipe_config("flow-planar-k80", tmp_path / "flow")
+    assert (config.model, config.model_options, config.z_dim, config.hidden, config.activation) == \
+        ("flow", {"flows": 80}, 40, (400, 400), "relu")
+    # beta reaches 1 after the paper's 10,000 steps: 20 epochs of 500 batches of 100
+    assert (config.batch_size, config.warmup, config.epochs) == (100, 20, 1000)
+    assert config.keep_best and config.eval_k == 5000
+
+
+@pytest.mark.parametrize("name, model, hidden", [("m2-ssl-100", "m2", (500,)), ("m1m2-ssl-100", "m1m2", (300,))])
+def test_each_m2_recipe_has_the_authors_training(tmp_path, name, model, hidden):
+    train_small_m1(tmp_path / "runs" / "m1-vae-seed0")  # M1+M2 is checked on the model of its M1 run
+    config = recipe_config(name, tmp_path / "runs" / name, seed=2)
+    assert (config.model, config.hidden, config.activation, config.z_dim, config.n_labelled, config.seed) == \
+        (model, hidden, "softplus", 50, 100, 2)
+    assert (config.lr, config.lr_schedule, config.batch_size, config.epochs, config.warmup) == \
+        (3e-4, "constant", 500, 3000, 0)
+    assert config.keep_best and config.eval_k == 0
+
+
+def test_m1m2_is_built_on_the_m1_recipe_of_seed_0_beside_it(tmp_path):
+    """Every label draw of M1+M2 takes one M1, the run of the m1-vae recipe of seed 0."""
+    config = recipe_config("m1-vae", tmp_path / "m1")
+    assert (config.model, config.hidden, config.activation, config.z_dim, config.batch_size, config.lr) == \
+        ("vae", (500, 500), "softplus", 50, 1000, 3e-4)
+    assert config.keep_best
+    argv = paper_runs.command("m1m2-ssl-100", tmp_path / "runs" / "m1m2-ssl-100-seed4", "cpu", seed=4)
+    assert argv[argv.index(f"m1={tmp_path / 'runs' / 'm1-vae-seed0'}") - 1] == "--set"
 
 
 #: ``python -m minivae`` for the pieces of the test: the command line on the small data of the
@@ -124,3 +178,36 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
     # Another seed is another run, in a folder of its own.
     assert paper_runs.piece("tiny", 300, tmp_path / "m4", tmp_path / "m4" / "out", "cpu", launcher, seed=3) == 143
     assert checkpoint.load_document(tmp_path / "m4" / "tiny-seed3" / CHECKPOINT)["config"]["seed"] == 3
+
+
+def test_a_recipe_built_on_another_starts_once_that_run_has_finished(tmp_path, monkeypatch, capsys):
+    """M1+M2 needs its M1 trained: before, a piece says in one line which run to finish and how,
+    and starts nothing; after, it trains on the model of that run."""
+    tiny_m1m2 = ["--model", "m1m2", "--hidden", "8", "--z-dim", "2", "--n-labelled", "10", "--batch-size", "50",
+                 "--epochs", "1", "--lr-schedule", "constant", "--eval-k", "0"]
+    monkeypatch.setitem(paper_runs.RECIPES, "tiny-m1m2", paper_runs.Recipe(tiny_m1m2, "-", "-", {"m1": "tiny-m1"}))
+    fake = tmp_path / "fake_minivae.py"
+    fake.write_text(FAKE_MINIVAE)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("STOP_AFTER_STEPS", "1000")  # more than the run's steps: it finishes
+    runs, out = tmp_path / "runs", tmp_path / "out"
+
+    def piece():
+        return paper_runs.piece("tiny-m1m2", 300, runs, out, "cpu", [sys.executable, str(fake)], seed=1)
+
+    train_small_m1(runs / "tiny-m1-seed0")
+    results = runs / "tiny-m1-seed0" / RESULTS
+    finished = results.read_bytes()
+    results.unlink()  # a run that has not finished
+    capsys.readouterr()
+    assert piece() == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"paper_runs.py: tiny-m1m2 is built on the finished run in {runs / 'tiny-m1-seed0'}, "
+                                f"which holds no {RESULTS}: train its pieces first (piece tiny-m1 --seed 0 --runs "
+                                f"{runs})"], err
+    assert not (runs / "tiny-m1m2-seed1").exists() and not out.exists()
+    results.write_bytes(finished)
+    assert piece() == 0
+    config = json.loads((runs / "tiny-m1m2-seed1" / "config.json").read_text())
+    assert config["model_options"]["m1"] == str((runs / "tiny-m1-seed0").resolve()) and config["seed"] == 1
+    assert json.loads((out / "run_tiny-m1m2-seed1.json").read_text())["finished"]
