@@ -34,8 +34,8 @@ from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
-                   next_free_run_dir, read_checkpoint, read_run_model, resumable_options, run_folder_options,
-                   run_model, write_json, writing_for_run)
+                   model_file_name, next_free_run_dir, read_checkpoint, read_run_model, resumable_options,
+                   run_folder_options, run_model, write_json, writing_for_run)
 from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
@@ -625,8 +625,9 @@ def cmd_cluster(args):
 def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     _require_extra("sample", "matplotlib", "matplotlib", "viz")
-    _, model, meta, _ = _load_run(args.run, args.last)
-    path = _claim_out(args, Path(args.run) / "samples.png", PNG_FILE, "the picture")
+    config, model, meta, _ = _load_run(args.run, args.last)
+    default = Path(args.run) / model_file_name("samples.png", last=args.last and config.keep_best)
+    path = _claim_out(args, default, PNG_FILE, "the picture")
     from .viz import prior_samples, save_image_grid
 
     images, nrow = prior_samples(model, args.n, args.seed)  # a model with labels: a class per row
@@ -653,7 +654,10 @@ def _add_last_option(p):
     p.add_argument("--last", action="store_true",
                    help="use the model of the run's last checkpoint (RUN/checkpoint.npz), not the one of "
                         "the epoch best on the validation split that a run trained with --keep-best "
-                        "selects (RUN/best.npz); a run trained without it has only the last")
+                        "selects (RUN/best.npz); its results and pictures then go to files of their own "
+                        "beside those of the selected model, named ..._last (RUN/eval_kK_last.json, "
+                        "RUN/samples_last.png, ...). A run trained without --keep-best has only the last, "
+                        "whose files keep their names")
 
 
 def build_parser():
@@ -705,7 +709,9 @@ def build_parser():
     p.add_argument("--n", type=_integer(1, "an integer in [1, 10000]", high=10000), default=64,
                    help="how many images (one grid in one PNG)")
     p.add_argument("--seed", type=philox_seed, default=0, help="seed of the samples")
-    p.add_argument("--out", type=nonempty_path, help="the PNG file (default: RUN/samples.png)")
+    p.add_argument("--out", type=nonempty_path,
+                   help="the PNG file (default: RUN/samples.png; with --last on a run trained with "
+                        "--keep-best, RUN/samples_last.png)")
     _add_last_option(p)
     p = command("plot", cmd_plot, "pictures of a run (PNG files in the run folder)")
     p.add_argument("run", type=nonempty_path, help="a run folder written by `minivae train`")
@@ -803,7 +809,8 @@ def _add_gradient_commands(command):
     _add_last_option(p)
     p.add_argument("--out", type=nonempty_path,
                    help="output file: .dot (an .svg is written next to it when Graphviz is "
-                        "installed) or .svg; default RUN/graph.dot, or NAME_graph.dot")
+                        "installed) or .svg; default RUN/graph.dot (with --last on a run trained with "
+                        "--keep-best, RUN/graph_last.dot), or NAME_graph.dot")
     # A random batch bigger than the test set would only exhaust the memory.
     p.add_argument("--batch-size", type=test_images, default=16, help="images in the batch")
     p.add_argument("--data", choices=("auto", "mnist", "random"), default="auto",
@@ -887,9 +894,10 @@ def cmd_graph(args):
                          "checkpoints; give --last with a run folder only")
     run_id = None  # the identity of the run drawn (``_write_graph``); a --model belongs to none
     if args.run is not None:
-        _, model, meta, _ = _load_run(args.run, args.last)
+        config, model, meta, _ = _load_run(args.run, args.last)
         run_id = meta.get("run_id")
-        source, default_out = f"run {args.run}", Path(args.run) / "graph.dot"
+        source = f"run {args.run}"
+        default_out = Path(args.run) / model_file_name("graph.dot", last=args.last and config.keep_best)
     else:
         try:
             model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())

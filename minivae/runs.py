@@ -11,7 +11,11 @@ A run lives in one folder::
     results.json     the test numbers, written at the end
     eval_k*.json     the results of ``minivae eval`` (``eval_results_path``)
     clusters_*.json  the results of ``minivae cluster`` (``cluster_results_path``)
-    *.png            the pictures of ``minivae plot`` (``PICTURES``)
+    *.png, graph.*   the pictures of ``minivae sample``, ``plot`` and ``graph`` (``PICTURES``)
+
+The results and pictures of the model of the last checkpoint (``--last``) of a run trained with
+``keep_best`` are named ``..._last`` (``eval_k1000_last.json``, ``samples_last.png``,
+``graph_last.dot``: ``model_file_name``), so that they never replace those of the model it selected.
 
 Rules:
 
@@ -63,12 +67,27 @@ CHECKPOINT = "checkpoint.npz"
 BEST = "best.npz"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
-#: The pictures ``minivae plot`` and ``minivae sample`` draw into a run folder.
-PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png", "latent_umap.png",
-            "traversal.png", "kl_per_dim.png", "curves.png", "grad_norms.png")
+
+
+def model_file_name(name, last=False):
+    """The name in the run folder of the result or picture ``name`` (``STEM.SUFFIX``) of a run's
+    model: ``name``, or with ``last``, for the model of the last checkpoint of a run that selected
+    another (``keep_best``), ``STEM_last.SUFFIX``, so that neither replaces the other."""
+    name = Path(name)
+    return f"{name.stem}_last{name.suffix}" if last else name.name
+
+
+#: The pictures of a run's model that ``minivae sample``, ``plot`` and ``graph`` draw into its folder,
+#: without --last (``model_file_name``).
+MODEL_PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png",
+                  "latent_umap.png", "traversal.png", "kl_per_dim.png", "graph.dot", "graph.svg")
+#: The pictures ``minivae plot`` draws of a run's metrics.jsonl, the same whichever model it reads.
+CURVES = ("curves.png", "grad_norms.png")
+#: The pictures ``minivae plot``, ``sample`` and ``graph`` draw into a run folder.
+PICTURES = MODEL_PICTURES + tuple(model_file_name(name, last=True) for name in MODEL_PICTURES) + CURVES
 #: The files of a run, by name and by pattern; ``overwrite`` removes these and nothing else.
 RUN_FILES = (CONFIG, CHECKPOINT, BEST, METRICS, RESULTS)
-RUN_FILE_PATTERNS = ("eval_k*.json", "clusters_*.json", "graph.dot", "graph.svg") + PICTURES
+RUN_FILE_PATTERNS = ("eval_k*.json", "clusters_*.json") + PICTURES
 #: The temporary files of an interrupted atomic write of any of those files (``checkpoint.save``,
 #: ``write_json``, the pictures of ``minivae.viz`` and ``minivae graph`` name them
 #: ``<file>.<random>.tmp``).
@@ -911,18 +930,12 @@ def rewrite_metrics(run_dir, keep):
 
 
 def eval_results_path(run_dir, k, last=False):
-    """Where ``minivae eval --k K`` writes its result: ``RUN/eval_kK.json`` (``_results_path``)."""
-    return _results_path(run_dir, f"eval_k{int(k)}", last)
+    """Where ``minivae eval --k K`` writes its result: ``RUN/eval_kK.json``, with ``last``
+    ``RUN/eval_kK_last.json`` (``model_file_name``)."""
+    return Path(run_dir) / model_file_name(f"eval_k{int(k)}.json", last)
 
 
 def cluster_results_path(run_dir, n_clusters, last=False):
-    """Where ``minivae cluster --clusters C`` writes its result: ``RUN/clusters_C.json``
-    (``_results_path``)."""
-    return _results_path(run_dir, f"clusters_{int(n_clusters)}", last)
-
-
-def _results_path(run_dir, stem, last):
-    """``RUN/STEM.json``; with ``last``, a score of the model of the last checkpoint of a run that
-    selected another (``keep_best``), ``RUN/STEM_last.json``, so that neither score replaces the
-    other."""
-    return Path(run_dir) / f"{stem}{'_last' if last else ''}.json"
+    """Where ``minivae cluster --clusters C`` writes its result: ``RUN/clusters_C.json``, with
+    ``last`` ``RUN/clusters_C_last.json`` (``model_file_name``)."""
+    return Path(run_dir) / model_file_name(f"clusters_{int(n_clusters)}.json", last)

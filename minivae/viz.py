@@ -15,6 +15,12 @@
                          the validation error)
     grad_norms.png       per-layer gradient norms, when metrics.jsonl has ``grad_norm/...`` keys
 
+With ``last`` (``minivae plot RUN --last``) on a run trained with ``keep_best``, the pictures of the
+model of its last checkpoint take ``_last`` before their suffix (``samples_last.png``,
+``reconstructions_last.png``, ...: ``runs.model_file_name``), beside those of the model the run
+selected; curves.png and grad_norms.png are drawn from metrics.jsonl, not from a model, and keep
+their names.
+
 The reconstructions and the latent pictures (PCA to KL per dimension) are drawn for the models
 with one Gaussian latent q(z | x) (the VAE family: ``vae``, ``flow``'s base posterior); the
 others (two-layer IWAE, Ladder, Gumbel, ADGM/SDGM, M2, ...) get the samples and the curves.
@@ -46,7 +52,7 @@ from .files import atomic_write
 from .models import VAE
 from .nn import evaluating
 from .random import Generator
-from .runs import read_metrics, read_run_model, writing_for_run
+from .runs import model_file_name, read_metrics, read_run_model, writing_for_run
 from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
@@ -566,7 +572,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     uses the Philox generator (``seed``, stream 3), as ``minivae sample`` does; with
     ``embeddings`` the seed also seeds t-SNE and UMAP, so it must be below 2**32 (scikit-learn's
     seeds; ``check_sklearn_seed``), whether they are installed or not. See the module
-    docstring for the list of files.
+    docstring for the list of files, and their names with ``last``.
 
     Each picture is written only while the folder holds the run drawn (``runs.writing_for_run``):
     ``RunReplacedError`` when it was trained again meanwhile (``minivae train --overwrite`` while
@@ -580,11 +586,16 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     if embeddings:  # before the first picture: t-SNE would refuse it after the samples are drawn
         seed = check_sklearn_seed(seed)
     run_dir = Path(run_dir)
-    _, model, meta, _ = read_run_model(run_dir, last)
+    config, model, meta, _ = read_run_model(run_dir, last)
 
-    def picture(name):
+    def run_picture(name):
         """Hold the ``with`` block that writes the picture ``name`` into the run folder; yield its path."""
         return writing_for_run(run_dir, meta.get("run_id"), "plot", run_dir / name, drawn=True)
+
+    def picture(name):
+        """``run_picture`` of the picture ``name`` of the model, named as the model's
+        (``runs.model_file_name``: ``..._last`` for the last checkpoint's of a run that selected another)."""
+        return run_picture(model_file_name(name, last=last and config.keep_best))
 
     data = data if data is not None else load_mnist(verbose=False)
     n = min(n_latent, len(data.x_test))
@@ -602,12 +613,14 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     if isinstance(model, VAE):  # the latent pictures need the one Gaussian latent q(z | x) of a VAE
         paths += _latent_pictures(model, picture, x_test, y_test, n_embed, seed, embeddings)
 
+    # The curves are drawn from metrics.jsonl, not from the model: the same picture whichever model
+    # is drawn, so one file each (a ``curves_last.png`` would only be a copy of curves.png).
     metrics = read_metrics(run_dir)
     if _epoch_lines(metrics):
-        with picture("curves.png") as path:
+        with run_picture("curves.png") as path:
             paths.append(plot_curves(metrics, path))
     if has_grad_norms(metrics):
-        with picture("grad_norms.png") as path:
+        with run_picture("grad_norms.png") as path:
             paths.append(plot_grad_norms(metrics, path))
     return paths
 

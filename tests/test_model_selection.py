@@ -1,6 +1,7 @@
 """Model selection by the validation split (``--keep-best``): the final evaluation scores the
 model of the epoch best on it, kept in best.npz, through resumes, crashes and overwrites, and the
 commands that read a run's model (eval, cluster, sample, plot, graph) read it unless given --last."""
+import fnmatch
 import json
 import shutil
 import sys
@@ -13,7 +14,7 @@ import pytest
 import minivae.train
 from minivae import checkpoint
 from minivae.cli import main
-from minivae.runs import BEST, CHECKPOINT, RESULTS, ResumeMismatchError, TrainConfig
+from minivae.runs import BEST, CHECKPOINT, RESULTS, RUN_FILE_PATTERNS, ResumeMismatchError, TrainConfig
 from minivae.train import Trainer, train
 
 from test_train import _interrupt_after, config, small_data
@@ -427,6 +428,79 @@ def test_the_pictures_are_of_the_model_the_run_selected(run, monkeypatch, comman
     assert not drawn
 
 
+#: The files each command draws of a run's model, without --last and with it on a run trained with
+#: keep_best (plot drawn by ``drawn``: with t-SNE, without UMAP or gradient norms); the learning
+#: curves are of the run's metrics.jsonl, whichever model is drawn.
+SELECTED_FILES = {"sample": ["samples.png"],
+                  "plot": ["samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png",
+                           "traversal.png", "kl_per_dim.png", "curves.png"],
+                  "graph": ["graph.dot", "graph.svg"]}
+LAST_FILES = {"sample": ["samples_last.png"],
+              "plot": ["samples_last.png", "reconstructions_last.png", "latent_pca_last.png",
+                       "latent_tsne_last.png", "traversal_last.png", "kl_per_dim_last.png", "curves.png"],
+              "graph": ["graph_last.dot", "graph_last.svg"]}
+
+
+def drawn(capsys, monkeypatch, command, run, *options):
+    """The files that ``minivae COMMAND RUN OPTIONS...`` writes, as it prints them: graph of random
+    images, with a stand-in for Graphviz; plot with a stand-in t-SNE and no UMAP, so that each
+    draws the same files whatever is installed."""
+    import minivae.graph
+    import minivae.viz
+
+    monkeypatch.setattr(minivae.graph, "svg_available", lambda: True)
+    monkeypatch.setattr(minivae.graph, "render_svg", lambda dot: "<svg/>")
+    monkeypatch.setattr(minivae.viz, "_embeddings", lambda points, seed: iter([("tsne", points[:, :2])]))
+    capsys.readouterr()
+    assert main([command, str(run), *(["--data", "random"] if command == "graph" else []), *options]) == 0
+    return [Path(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def pictures_in(run):
+    """{name: (contents, modification time)} of the pictures and graphs in the folder ``run``."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.iterdir()
+            if p.suffix in (".png", ".dot", ".svg")}
+
+
+@pytest.mark.parametrize("command", ["sample", "plot", "graph"])
+def test_the_pictures_of_last_on_a_run_with_keep_best_have_files_of_their_own(run, monkeypatch, capsys,
+                                                                             command):
+    """With --last, the pictures of the last checkpoint's model go to files named ..._last, which
+    train --overwrite removes with the run, and those of the model the run selected stay as they
+    were; the learning curves keep their one name. An --out is used as given."""
+    assert drawn(capsys, monkeypatch, command, run) == [run / name for name in SELECTED_FILES[command]]
+    selected = pictures_in(run)
+    assert drawn(capsys, monkeypatch, command, run, "--last") == [run / name for name in LAST_FILES[command]]
+    pictures = pictures_in(run)
+    assert sorted(pictures) == sorted(set(SELECTED_FILES[command] + LAST_FILES[command]))
+    for name in set(SELECTED_FILES[command]) - set(LAST_FILES[command]):
+        assert pictures[name] == selected[name], name
+    assert all(any(fnmatch.fnmatch(name, pattern) for pattern in RUN_FILE_PATTERNS) for name in pictures)
+    out = {"sample": "mine.png", "plot": None, "graph": "mine.dot"}[command]
+    if out:
+        assert drawn(capsys, monkeypatch, command, run, "--last", "--out", str(run / out))[0] == run / out
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """A run of one epoch trained without keep_best, whose only model is the last."""
+    out = tmp_path_factory.mktemp("plain")
+    train(config(out, epochs=1), data=small_data(), **QUIET)
+    return out / "run"
+
+
+@pytest.mark.parametrize("command", ["sample", "plot", "graph"])
+def test_the_pictures_of_last_on_a_run_without_keep_best_keep_their_names(plain_run, tmp_path, monkeypatch,
+                                                                          capsys, command):
+    import minivae.viz
+
+    monkeypatch.setattr(minivae.viz, "load_mnist", lambda verbose=True: small_data())
+    run = Path(shutil.copytree(plain_run, tmp_path / "run"))
+    written = drawn(capsys, monkeypatch, command, run, "--last")
+    assert written == [run / name for name in SELECTED_FILES[command]]
+    assert sorted(pictures_in(run)) == sorted(SELECTED_FILES[command])
+
+
 def test_graph_takes_last_only_with_a_run(capsys):
     assert main(["graph", "--model", "vae", "--last"]) == 2
     err = capsys.readouterr().err
@@ -500,8 +574,9 @@ def test_a_best_npz_written_after_the_checkpoint_read_is_the_runs_best_so_far(tm
     assert code == 2 and "first epoch has not ended yet" in err and "--last" in err
 
 
-def test_overwrite_removes_the_scores_of_the_last_epoch_too(run, tmp_path, capsys, monkeypatch):
-    """The scores of --last have names of their own, which train --overwrite removes as the others."""
+def test_overwrite_removes_the_scores_and_pictures_of_the_last_epoch_too(run, tmp_path, capsys, monkeypatch):
+    """The scores and pictures of --last have names of their own, which train --overwrite removes
+    as the others."""
     import minivae.clustering
     import minivae.train
 
@@ -510,7 +585,10 @@ def test_overwrite_removes_the_scores_of_the_last_epoch_too(run, tmp_path, capsy
     monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data())
     assert evaluated(capsys, [str(run), "--last", "--n", "10"])[0] == 0
     assert main(["cluster", str(run), "--clusters", "2", "--last"]) == 0
-    assert {"eval_k2_last_first10.json", "clusters_2_last.json"} <= {p.name for p in run.iterdir()}
+    for command in ("sample", "graph"):
+        drawn(capsys, monkeypatch, command, run, "--last")
+    assert {"eval_k2_last_first10.json", "clusters_2_last.json", "samples_last.png", "graph_last.dot",
+            "graph_last.svg"} <= {p.name for p in run.iterdir()}
     assert main(["train", "--epochs", "1", "--hidden", "32", "--z-dim", "4", "--batch-size", "50",
                  "--eval-k", "0", "--out", str(run), "--overwrite", "--no-progress"]) == 0
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "config.json", "metrics.jsonl",
