@@ -640,11 +640,11 @@ def cmd_sample(args):
 def cmd_plot(args):
     """Draw the run's pictures (samples, reconstructions, latent space, curves) as PNGs."""
     _require_extra("plot", "matplotlib", "matplotlib", "viz")
-    _load_run(args.run, args.last)
+    read = _load_run(args.run, args.last)  # the run's errors come before those of its folder
     _check_writable_folder(args.run, "the run folder")
     from .viz import plot_run
 
-    for path in plot_run(args.run, last=args.last):
+    for path in plot_run(args.run, last=args.last, read=read):
         print(path)
     return 0
 

@@ -52,7 +52,7 @@ from .files import atomic_write
 from .models import VAE
 from .nn import evaluating
 from .random import Generator
-from .runs import model_file_name, read_metrics, read_run_model, writing_for_run
+from .runs import BEST, CHECKPOINT, model_file_name, read_metrics, read_run_model, writing_for_run
 from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
@@ -556,13 +556,17 @@ def _embeddings(points, seed):
         yield "umap", umap.UMAP(n_components=2, random_state=seed).fit_transform(points)
 
 
-def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings=True, last=False):
+def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings=True, last=False, *,
+             read=None):
     """Draw every picture of a trained run into its folder; return the list of PNG paths.
 
     ``run_dir`` is a folder written by ``minivae train`` (``checkpoint.npz``, ``metrics.jsonl``).
     The model is the one the run selected (``runs.read_run_model``: that of best.npz for a run
-    trained with ``keep_best``), or with ``last`` that of its checkpoint; the curves are those of
-    every epoch, from ``metrics.jsonl``. The test images come from ``data`` (any
+    trained with ``keep_best``), or with ``last`` that of its checkpoint; a caller that has read
+    it already passes what ``read_run_model(run_dir, last)`` returned as ``read``, so that it is
+    not read twice (``minivae plot`` reads it to check the run before anything else; a read of the
+    other model is refused, ValueError). The curves
+    are those of every epoch, from ``metrics.jsonl``. The test images come from ``data`` (any
     object with ``x_test`` and ``y_test``, default ``minivae.data.load_mnist()``), binarized by the
     fixed evaluation draw. ``n_latent`` test images are encoded for the latent pictures, the KL per
     dimension and the active units; t-SNE / UMAP (when installed) run on a seeded subsample of
@@ -586,7 +590,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     if embeddings:  # before the first picture: t-SNE would refuse it after the samples are drawn
         seed = check_sklearn_seed(seed)
     run_dir = Path(run_dir)
-    config, model, meta, _ = read_run_model(run_dir, last)
+    config, model, meta = _model_to_draw(run_dir, last, read)
 
     def run_picture(name):
         """Hold the ``with`` block that writes the picture ``name`` into the run folder; yield its path."""
@@ -623,6 +627,21 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
         with run_picture("grad_norms.png") as path:
             paths.append(plot_grad_norms(metrics, path))
     return paths
+
+
+def _model_to_draw(run_dir, last, read):
+    """(config, model, meta) of the run in ``run_dir`` that ``plot_run`` draws: from ``read``, what
+    ``runs.read_run_model(run_dir, last)`` returned, or read here when it is None. A read of the
+    other model of a run trained with ``keep_best`` is refused (ValueError naming its file): its
+    pictures would take the names of the other's."""
+    if read is None:
+        read = read_run_model(run_dir, last)
+    config, model, meta, trained = read
+    if config.keep_best and (trained is None) != last:  # only the model of best.npz has ``trained``
+        held = run_dir / (CHECKPOINT if trained is None else BEST)
+        raise ValueError(f"read holds the model of {held}, not the one drawn with last={last}; "
+                         f"give what read_run_model(run_dir, last={last}) returns")
+    return config, model, meta
 
 
 def _latent_pictures(model, picture, x_test, y_test, n_embed, seed, embeddings):

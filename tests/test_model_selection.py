@@ -501,6 +501,28 @@ def test_the_pictures_of_last_on_a_run_without_keep_best_keep_their_names(plain_
     assert sorted(pictures_in(run)) == sorted(SELECTED_FILES[command])
 
 
+def test_plot_reads_the_run_once(run, monkeypatch, capsys):
+    """plot checks the run before anything else and draws the model it read then: each file of
+    the model is read once (the checkpoint, and best.npz of the model the run selected)."""
+    read, real = [], checkpoint.load
+    monkeypatch.setattr(checkpoint, "load", lambda path: read.append(Path(path).name) or real(path))
+    for last, files in (([], [CHECKPOINT, BEST]), (["--last"], [CHECKPOINT])):
+        drawn(capsys, monkeypatch, "plot", run, *last)
+        assert read == files, last
+        read.clear()
+
+
+def test_plot_run_refuses_a_read_of_the_other_model(run):
+    from minivae.runs import read_run_model
+    from minivae.viz import plot_run
+
+    for last in (False, True):
+        with pytest.raises(ValueError, match=f"read_run_model\\(run_dir, last={last}\\)") as error:
+            plot_run(run, last=last, read=read_run_model(run, not last))
+        assert (BEST if last else CHECKPOINT) in str(error.value)
+    assert not [p for p in run.iterdir() if p.suffix == ".png"]
+
+
 def test_graph_takes_last_only_with_a_run(capsys):
     assert main(["graph", "--model", "vae", "--last"]) == 2
     err = capsys.readouterr().err
