@@ -163,7 +163,7 @@ RECIPES = {
                          "on the binarized images (a Bernoulli likelihood), with the 500 units that code gives "
                          "for more labels; " + M2_DIFFERENCES),
     "m1-vae": Recipe(["--model", "vae", *M1_PAPER, *SCORING],
-                     "none: the M1 of m1m2-ssl-100 (Kingma et al. 2014)",
+                     "- (the M1 of m1m2-ssl-100; Kingma et al. 2014 give no figure of it alone)",
                      "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts them with a "
                      "standard deviation of 0.01; minivae has no such settings. It trains until 10,000 epochs pass without a "
                      "better validation score and loads its last epoch; we train 3000 epochs and keep the "
@@ -244,7 +244,8 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
         # No --wall-seconds: no one command trained the run, and this piece's time would read as the
         # whole run's. The record's epoch seconds, by device, are the run's time.
         record_run.main([str(folder), "--out", str(out), "--name", run, "--allow-unfinished",
-                         "--command", f"{shown} (in pieces of at most {seconds:g} s)"])
+                         "--command", f"{shown} (in pieces of at most {seconds:g} s)",
+                         "--paper", RECIPES[name].paper])
     return status
 
 

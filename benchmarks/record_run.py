@@ -99,6 +99,8 @@ def main(argv=None):
     parser.add_argument("--eval-command", help="the command that wrote --eval")
     parser.add_argument("--out", help="output folder (default benchmarks/results)")
     parser.add_argument("--wall-seconds", type=float, help="the train command's wall time, start to exit")
+    parser.add_argument("--paper", help="the paper's figure that the run reproduces, and where it was read "
+                                        "(default: the report's figure for the run's model)")
     parser.add_argument("--allow-unfinished", action="store_true",
                         help="record a run without results.json (stopped early) without test scores")
     args = parser.parse_args(argv)
@@ -129,6 +131,8 @@ def main(argv=None):
                "epoch_metrics": metrics,
                "results": (json.loads((run / "results.json").read_text()) if finished
                            else {"epochs": len(metrics)})}  # stopped before its final evaluation
+    if args.paper:
+        payload["paper"] = args.paper
     if args.eval:
         ev = json.loads(Path(args.eval).read_text())
         where = other_model(ev, len(metrics), selection(run))

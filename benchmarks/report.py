@@ -424,7 +424,8 @@ def _model_row(*paths):
     k, n = _nll_evaluation(r)
     commands = "; ".join(f"`{_row_command(run, k, n)}`" for run in runs)
     setting, figure, checked = PAPER.get(name, ("-", "-", "")) if c.get("beta", 1.0) == 1.0 else ("-", "-", "")
-    paper = f"{figure} ({setting}; {checked})" if checked else "-"
+    # A run of a paper's recipe (benchmarks/paper_runs.py) records the figure it reproduces.
+    paper = r.get("paper") or (f"{figure} ({setting}; {checked})" if checked else "-")
     beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
     bound_k = _bound_k(c)
     label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1

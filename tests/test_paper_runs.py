@@ -135,7 +135,7 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
     next piece, stopped inside epoch 3; each piece records the run and packs it."""
     tiny = ["--model", "vae", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--epochs", "100000",
             "--lr-schedule", "constant", "--eval-k", "0"]
-    monkeypatch.setitem(paper_runs.RECIPES, "tiny", paper_runs.Recipe(tiny, "-", "-"))
+    monkeypatch.setitem(paper_runs.RECIPES, "tiny", paper_runs.Recipe(tiny, "1.00 (a made-up figure; read nowhere)", "-"))
     fake = tmp_path / "fake_minivae.py"
     fake.write_text(FAKE_MINIVAE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -152,6 +152,7 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
     record = json.loads((first / "out" / "run_tiny-seed0.json").read_text())
     assert not record["finished"] and record["pieces"] == 1 and record["epochs"] == 1
     assert "(in pieces of at most 300 s)" in record["run_command"]
+    assert record["paper"] == "1.00 (a made-up figure; read nowhere)"  # what the report sets it beside
     assert record["command_wall_seconds"] is None  # a piece's time is not the run's
     second.mkdir()
     with tarfile.open(first / "out" / "tiny-seed0.tar") as tar:

@@ -591,6 +591,16 @@ def test_a_row_says_in_how_many_pieces_its_run_was_trained_and_on_which_devices(
         assert f"| 1.5 min on Made-up GPU{said} (45.0 s median epoch) |" in report._model_row(path)
 
 
+def test_a_run_of_a_papers_recipe_is_set_beside_the_figure_it_records(tmp_path):
+    """A run of benchmarks/paper_runs.py records its recipe's figure: the M1 of M1+M2, a VAE of
+    other sizes than the IWAE paper's, is not set beside that paper's VAE."""
+    path = _run_result(tmp_path, "m1", model="vae")
+    assert report._model_row(path).endswith("| 86.76 (1-layer VAE, 2x200 tanh, Burda et al. 2015 Table 1; "
+                                            "read in the paper) |")
+    path.write_text(json.dumps(dict(json.loads(path.read_text()), paper="- (the M1 of m1m2-ssl-100)")))
+    assert report._model_row(path).endswith("| - (the M1 of m1m2-ssl-100) |")
+
+
 def _rows(folder):
     return report.models_table(folder).splitlines()[2:]
 
