@@ -218,7 +218,9 @@ def pack(folder, path):
 
 def piece(name, seconds, runs, out, device, launcher, seed=0):
     """Train a piece of the run of the recipe ``name`` with the seed ``seed`` (see the module
-    docstring); its exit status: that of the trainer, 143 when it was stopped at its time."""
+    docstring); its exit status: that of the trainer, 143 when it was stopped at its time (also
+    by the signal itself, before the trainer had set its handler: 128 + the signal's number, as a
+    shell gives it, where the process's status is minus that number)."""
     run = f"{name}-seed{seed}"
     folder = Path(runs) / run
     resume = (folder / CHECKPOINT).is_file()
@@ -246,7 +248,7 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
         record_run.main([str(folder), "--out", str(out), "--name", run, "--allow-unfinished",
                          "--command", f"{shown} (in pieces of at most {seconds:g} s)",
                          "--paper", RECIPES[name].paper])
-    return status
+    return 128 - status if status < 0 else status
 
 
 def main(argv=None):

@@ -129,6 +129,14 @@ def test_a_piece_stops_the_trainer_with_sigterm_at_its_time():
     assert paper_runs.train_for(["-c", "raise SystemExit(3)"], 300, [sys.executable]) == 3
 
 
+def test_a_piece_stopped_before_the_trainer_handles_sigterm_exits_143(tmp_path):
+    """A trainer still starting when its time comes is ended by SIGTERM itself: the piece's exit
+    status is 143 all the same (not 241, -15 as a byte), and there is no run to pack."""
+    sleeping = [sys.executable, "-c", "import time; time.sleep(600)"]
+    assert paper_runs.piece("vae-1layer", 1, tmp_path / "runs", tmp_path / "out", "cpu", sleeping) == 143
+    assert not any((tmp_path / "out").iterdir())
+
+
 def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkeypatch):
     """A first piece starts the run and is stopped with SIGTERM (exit 143), its checkpoint saved
     inside epoch 2; the folder, packed, unpacked elsewhere (another machine), is resumed by the
