@@ -77,10 +77,12 @@ IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second 
 #: README.md and run_models.py): below each stochastic layer two dense layers of batch-normalized leaky
 #: ReLUs (slope 0.01, minivae's), a KL warm-up from 0 to 1 over 200 epochs, Adam at a constant 2e-4
 #: with epsilon 1e-4, batches of 256, 2000 epochs, one sample. The code's example is the three-layer
-#: model (512-256-128, z 64-32-16); the five layers extend it as the paper's MNIST model does.
-LADDER_PAPER = ["--hidden", "512", "256", "128", "64", "32", "--set", "z_dims=64,32,16,8,4", "--set", "mlp_layers=2",
-                "--set", "batch_norm=true", "--activation", "leaky_relu", "--warmup", "200", "--batch-size", "256",
-                "--lr", "2e-4", "--lr-schedule", "constant", "--adam-eps", "1e-4", "--epochs", "2000"]
+#: model (512-256-128, z 64-32-16); the five layers extend it to the paper's MNIST sizes, as quoted
+#: second-hand (512-256-128-64-32, z 64-32-16-8-4).
+LADDER_PAPER = ["--hidden", "512", "256", "128", "64", "32", "--set", "z_dims=64,32,16,8,4",
+                "--set", "mlp_layers=2", "--set", "batch_norm=true", "--activation", "leaky_relu",
+                "--warmup", "200", "--batch-size", "256", "--lr", "2e-4", "--lr-schedule", "constant",
+                "--adam-eps", "1e-4", "--epochs", "2000"]
 #: Where the Ladder VAE recipe departs from its authors' code, and why.
 LADDER_DIFFERENCES = ("the authors' code batch-normalizes the mean and variance layers too, gives each "
                       "layer's variance through a softplus (we give the log-variance), feeds each bottom-up "
@@ -159,15 +161,16 @@ RECIPES = {
                               FLOW_DIFFERENCES),
     "m2-ssl-100": Recipe(["--model", "m2", "--hidden", "500", *M2_PAPER, *CLASSIFYING],
                          "11.97% ± 1.71 (Kingma et al. 2014, Table 1, M2, 100 labels; second-hand)",
-                         "the authors' code has no M2 on the images with 100 labels: we take the M2 of its M1+M2, "
-                         "on the binarized images (a Bernoulli likelihood), with the 500 units that code gives "
-                         "for more labels; " + M2_DIFFERENCES),
+                         "the authors' code has no M2 on the images with 100 labels: we take the M2 of its "
+                         "M1+M2, on the binarized images (a Bernoulli likelihood), with the 500 units that "
+                         "code gives for more labels; " + M2_DIFFERENCES),
     "m1-vae": Recipe(["--model", "vae", *M1_PAPER, *SCORING],
                      "- (the M1 of m1m2-ssl-100; Kingma et al. 2014 give no figure of it alone)",
-                     "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts them with a "
-                     "standard deviation of 0.01; minivae has no such settings. It trains until 10,000 epochs pass without a "
-                     "better validation score and loads its last epoch; we train 3000 epochs and keep the "
-                     "epoch best by the validation ELBO, which M1+M2 then takes"),
+                     "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts them "
+                     "with a standard deviation of 0.01; minivae has no such settings. It trains until "
+                     "10,000 epochs pass without a better validation score and loads its last epoch; we "
+                     "train 3000 epochs and keep the epoch best by the validation ELBO, which M1+M2 then "
+                     "takes"),
     "m1m2-ssl-100": Recipe(["--model", "m1m2", "--hidden", "300", *M2_PAPER, *CLASSIFYING],
                            "3.33% ± 0.14 (Kingma et al. 2014, Table 1, M1+M2, 100 labels; second-hand)",
                            "the authors' code keeps only the features of M1 whose means vary with a standard "
@@ -184,7 +187,8 @@ def command(name, folder, device, seed=0):
     (the runs it is built on beside it: ``built_on_folders``)."""
     built_on = [arg for setting, other in built_on_folders(name, folder).items()
                 for arg in ("--set", f"{setting}={other}")]
-    return ["train", *RECIPES[name].args, *built_on, "--seed", str(seed), "--device", device, "--out", str(folder)]
+    return ["train", *RECIPES[name].args, *built_on, "--seed", str(seed), "--device", device,
+            "--out", str(folder)]
 
 
 def built_on_folders(name, folder):
@@ -228,7 +232,8 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     # (before its signal handler was set). Nothing trained is lost by starting again.
     start = ["--resume"] if resume else ["--overwrite"] if holds_run(folder) else []
     # A new run takes the trained models it is built on; a resumed one holds them in its checkpoint.
-    unfinished = [] if resume else [f for f in built_on_folders(name, folder).values() if not (f / RESULTS).is_file()]
+    built_on = [] if resume else built_on_folders(name, folder).values()
+    unfinished = [other for other in built_on if not (other / RESULTS).is_file()]
     if unfinished:
         print(f"paper_runs.py: {name} is built on the finished run in {unfinished[0]}, which holds no "
               f"{RESULTS}: train its pieces first (piece {unfinished[0].name.rsplit('-seed', 1)[0]} "
