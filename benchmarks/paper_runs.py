@@ -182,20 +182,37 @@ RECIPES = {
 BUILT_ON_SEED = 0
 
 
-def command(name, folder, device, seed=0):
-    """The ``minivae train`` arguments of the recipe ``name`` with the seed ``seed``, its run in ``folder``
-    (the runs it is built on beside it: ``built_on_folders``)."""
-    built_on = [arg for setting, other in built_on_folders(name, folder).items()
-                for arg in ("--set", f"{setting}={other}")]
+def command(name, folder, device, seed=0, resume=False):
+    """The ``minivae train`` arguments of the recipe ``name`` with the seed ``seed``, its run in
+    ``folder``, and the runs it is built on beside it (``built_on_runs``) unless it is a ``resume``:
+    the run holds their models then, and their folders, named where it started, may be elsewhere."""
+    built_on = [] if resume else [arg for setting, _, other in built_on_runs(name, folder)
+                                  for arg in ("--set", f"{setting}={other}")]
     return ["train", *RECIPES[name].args, *built_on, "--seed", str(seed), "--device", device,
             "--out", str(folder)]
 
 
-def built_on_folders(name, folder):
-    """The folders of the runs that the recipe ``name``, its run in ``folder``, is built on, by
-    setting: beside ``folder``, of the seed ``BUILT_ON_SEED``."""
-    return {setting: Path(folder).parent / f"{other}-seed{BUILT_ON_SEED}"
-            for setting, other in RECIPES[name].built_on.items()}
+def built_on_runs(name, folder):
+    """The runs that the recipe ``name``, its run in ``folder``, is built on, as (setting, recipe,
+    folder): the folder beside ``folder`` of that recipe's run of the seed ``BUILT_ON_SEED``."""
+    return [(setting, other, Path(folder).parent / f"{other}-seed{BUILT_ON_SEED}")
+            for setting, other in RECIPES[name].built_on.items()]
+
+
+def not_ready(name, folder, seconds, out):
+    """Why a new run of the recipe ``name`` in ``folder`` cannot start yet, with what readies it: a
+    run it is built on is missing or has not finished (no results.json); None when none is."""
+    for _, other, built_on in built_on_runs(name, folder):
+        train = (f"python benchmarks/paper_runs.py piece {other} --seconds {seconds:g} --seed {BUILT_ON_SEED} "
+                 f"--runs {folder.parent} --out {out}")
+        if not holds_run(built_on):
+            return (f"{name} is built on the run of {other} in {built_on}, which holds none: unpack it there "
+                    f"if it was trained elsewhere (tar -xf {built_on.name}.tar -C {folder.parent}), else "
+                    f"train it first ({train})")
+        if not (built_on / RESULTS).is_file():
+            return (f"{name} is built on the run of {other} in {built_on}, which has not finished (no "
+                    f"{RESULTS}): train its pieces first ({train})")
+    return None
 
 
 def train_for(argv, seconds, launcher):
@@ -232,14 +249,11 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     # (before its signal handler was set). Nothing trained is lost by starting again.
     start = ["--resume"] if resume else ["--overwrite"] if holds_run(folder) else []
     # A new run takes the trained models it is built on; a resumed one holds them in its checkpoint.
-    built_on = [] if resume else built_on_folders(name, folder).values()
-    unfinished = [other for other in built_on if not (other / RESULTS).is_file()]
-    if unfinished:
-        print(f"paper_runs.py: {name} is built on the finished run in {unfinished[0]}, which holds no "
-              f"{RESULTS}: train its pieces first (piece {unfinished[0].name.rsplit('-seed', 1)[0]} "
-              f"--seed {BUILT_ON_SEED} --runs {folder.parent})", file=sys.stderr)
+    problem = None if resume else not_ready(name, folder, seconds, out)
+    if problem:
+        print(f"paper_runs.py: {problem}", file=sys.stderr)
         return 2
-    argv = [*command(name, folder, device, seed), "--no-progress", *start]
+    argv = [*command(name, folder, device, seed, resume), "--no-progress", *start]
     print(f"piece of {run} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
           f"minivae {' '.join(argv)}", flush=True)
     status = train_for(argv, seconds, launcher)

@@ -2,6 +2,7 @@
 and a long run is trained in pieces of bounded time, each resuming the folder the last one left."""
 import json
 import os
+import shutil
 import signal
 import sys
 import tarfile
@@ -190,33 +191,42 @@ def test_a_long_run_is_trained_in_pieces_each_resuming_the_last(tmp_path, monkey
 
 
 def test_a_recipe_built_on_another_starts_once_that_run_has_finished(tmp_path, monkeypatch, capsys):
-    """M1+M2 needs its M1 trained: before, a piece says in one line which run to finish and how,
-    and starts nothing; after, it trains on the model of that run."""
+    """M1+M2 needs its M1 trained: before, a piece says in one line what readies it (unpack or
+    train it) and starts nothing; after, it trains on the model of that run, and resumes in a
+    moved folder (the run holds M1, whose folder is named where the run started)."""
     tiny_m1m2 = ["--model", "m1m2", "--hidden", "8", "--z-dim", "2", "--n-labelled", "10", "--batch-size", "50",
-                 "--epochs", "1", "--lr-schedule", "constant", "--eval-k", "0"]
+                 "--epochs", "3", "--lr-schedule", "constant", "--eval-k", "0"]
     monkeypatch.setitem(paper_runs.RECIPES, "tiny-m1m2", paper_runs.Recipe(tiny_m1m2, "-", "-", {"m1": "tiny-m1"}))
     fake = tmp_path / "fake_minivae.py"
     fake.write_text(FAKE_MINIVAE)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.setenv("STOP_AFTER_STEPS", "1000")  # more than the run's steps: it finishes
-    runs, out = tmp_path / "runs", tmp_path / "out"
+    monkeypatch.setenv("PYTHONPATH",
+                       os.pathsep.join([str(ROOT / "tests"), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("STOP_AFTER_STEPS", "8")  # of the 6 steps of an epoch of 300 images
+    runs, out, m1 = tmp_path / "runs", tmp_path / "out", tmp_path / "runs" / "tiny-m1-seed0"
+    train_m1 = f"python benchmarks/paper_runs.py piece tiny-m1 --seconds 300 --seed 0 --runs {runs} --out {out}"
 
-    def piece():
-        return paper_runs.piece("tiny-m1m2", 300, runs, out, "cpu", [sys.executable, str(fake)], seed=1)
+    def piece(folder=runs):
+        return paper_runs.piece("tiny-m1m2", 300, folder, out, "cpu", [sys.executable, str(fake)], seed=1)
 
-    train_small_m1(runs / "tiny-m1-seed0")
-    results = runs / "tiny-m1-seed0" / RESULTS
-    finished = results.read_bytes()
-    results.unlink()  # a run that has not finished
-    capsys.readouterr()
-    assert piece() == 2
-    err = capsys.readouterr().err
-    assert err.splitlines() == [f"paper_runs.py: tiny-m1m2 is built on the finished run in {runs / 'tiny-m1-seed0'}, "
-                                f"which holds no {RESULTS}: train its pieces first (piece tiny-m1 --seed 0 --runs "
-                                f"{runs})"], err
-    assert not (runs / "tiny-m1m2-seed1").exists() and not out.exists()
-    results.write_bytes(finished)
-    assert piece() == 0
+    def refused(problem):
+        capsys.readouterr()
+        assert piece() == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"paper_runs.py: tiny-m1m2 is built on the run of tiny-m1 in {m1}, {problem}"]
+        assert not (runs / "tiny-m1m2-seed1").exists() and not out.exists()
+
+    refused(f"which holds none: unpack it there if it was trained elsewhere (tar -xf tiny-m1-seed0.tar -C {runs}), "
+            f"else train it first ({train_m1})")
+    train_small_m1(m1)
+    finished = (m1 / RESULTS).read_bytes()
+    (m1 / RESULTS).unlink()  # a run that has not finished
+    refused(f"which has not finished (no {RESULTS}): train its pieces first ({train_m1})")
+    (m1 / RESULTS).write_bytes(finished)
+    assert piece() == 143  # stopped inside epoch 2
     config = json.loads((runs / "tiny-m1m2-seed1" / "config.json").read_text())
-    assert config["model_options"]["m1"] == str((runs / "tiny-m1-seed0").resolve()) and config["seed"] == 1
-    assert json.loads((out / "run_tiny-m1m2-seed1.json").read_text())["finished"]
+    assert config["model_options"]["m1"] == str(m1.resolve()) and config["seed"] == 1
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.move(runs, moved)
+    assert piece(moved) == 143  # resumed, stopped inside epoch 3
+    resumed = checkpoint.load_document(moved / "tiny-m1m2-seed1" / CHECKPOINT)
+    assert (resumed["epoch"], resumed["piece"]) == (2, 2)
