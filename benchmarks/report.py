@@ -320,8 +320,13 @@ def _early_stopping(r):
 def _replicate_key(r):
     """What runs that differ only in their seed share: every setting but the seed and the run
     folder, the epochs trained (but under early stopping, whose validation scores chose them),
-    which scores were recorded, and the k and images of the NLL."""
+    which scores were recorded, and the k and images of the NLL. The folders of the runs a model
+    is built on (M1+M2's M1, recorded in ``run_models``) are left out too: each is named as it was
+    where its run started, on whichever machine."""
     settings = {key: value for key, value in r["config"].items() if key not in ("seed", "out")}
+    folders = getattr(MODELS.get(settings["model"]), "run_options", ())
+    settings["model_options"] = {key: value for key, value in settings.get("model_options", {}).items()
+                                 if key not in folders}
     scored = [key for key in ("test_error", "test_nll", "test_elbo") if key in _scores(r)]
     ended = "early stopping" if _early_stopping(r) else r["epochs"]
     return json.dumps([settings, ended, scored, _nll_evaluation(r)], sort_keys=True)

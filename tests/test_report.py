@@ -625,6 +625,21 @@ def test_semi_supervised_runs_of_several_label_draws_are_one_row(tmp_path):
     assert "| not evaluated: stopped after 1 of 2 epochs (1 label draw) |" in _rows(tmp_path)[0]  # (runs/m2_cut)
 
 
+def test_label_draws_of_m1m2_started_on_machines_of_other_paths_are_one_row(tmp_path):
+    """The M1 folder of an M1+M2 run is named where the run started: two label draws started in
+    other folders, on one M1 recipe, are one row; an M1 of other sizes makes a row of its own."""
+    m1 = {"model": "vae", "kwargs": {"z_dim": 50, "hidden": [500, 500]}}
+    for seed, error, where in ((0, 0.10, "/machine1/runs"), (1, 0.12, "/machine2/work/runs")):
+        _run_result(tmp_path, f"m1m2_s{seed}", seed, {"epochs": 2, "test_elbo": -99.0, "test_error": error},
+                    model="m1m2", model_options={"m1": f"{where}/m1-vae-seed0"}, run_models={"m1": m1})
+    [row] = _rows(tmp_path)
+    assert "| test error 11.00% ± 1.41 (mean ± standard deviation over 2 label draws) |" in row
+    other = {"model": "vae", "kwargs": {"z_dim": 50, "hidden": [600, 600]}}
+    _run_result(tmp_path, "m1m2_s2", 2, {"epochs": 2, "test_elbo": -99.0, "test_error": 0.2}, model="m1m2",
+                model_options={"m1": "/machine1/runs/m1-vae-seed0"}, run_models={"m1": other})
+    assert len(_rows(tmp_path)) == 2
+
+
 def test_the_nll_of_several_seeds_is_their_mean_and_standard_deviation(tmp_path):
     """Over several seeds the spread is the seeds' standard deviation (each estimate's standard
     error said beside it); one seed keeps its estimate's standard error."""
