@@ -503,12 +503,15 @@ def test_a_results_gpu_is_named_as_the_trainer_names_it(monkeypatch):
         getDevice=lambda: 0, runtimeGetVersion=lambda: 13000, driverGetVersion=lambda: 13000,
         getDeviceProperties=lambda device: {"name": b"NVIDIA H200", "major": 9, "minor": 0,
                                             "multiProcessorCount": 132, "totalGlobalMem": 2 ** 37})
-    fake_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, Device=lambda: types.SimpleNamespace(id=0)),
+    device = types.SimpleNamespace(id=0)
+    fake_cp = types.SimpleNamespace(cuda=types.SimpleNamespace(runtime=runtime, Device=lambda: device),
                                     __version__="14.2.0")
     monkeypatch.setitem(sys.modules, "cupy", fake_cp)
     monkeypatch.setattr(minivae.backend, "cupy_module", lambda: fake_cp)
+    assert minivae.backend.gpu_model() == "NVIDIA H200"  # the driver's bytes, decoded
+    monkeypatch.setattr(machine, "gpu_model", lambda: "the trainer's name")
     info = machine.gpu_info()
-    assert info["name"] == minivae.backend.gpu_model() == "NVIDIA H200"
+    assert info["name"] == "the trainer's name"
     assert (info["compute_capability"], info["cupy"]) == ("9.0", "14.2.0")
 
 
