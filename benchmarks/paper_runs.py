@@ -100,10 +100,11 @@ LADDER_DIFFERENCES = ("the authors' code batch-normalizes the mean and variance 
 FLOW_PAPER = ["--z-dim", "40", "--hidden", "400", "400", "--activation", "relu", "--batch-size", "100",
               "--warmup", "20", "--epochs", "1000"]
 #: Where the planar-flow recipe departs from the paper, and why.
-FLOW_DIFFERENCES = ("the paper trains with RMSprop at 1e-5 and momentum 0.9; minivae has Adam only, which we "
-                    "run with its usual cosine schedule from 1e-3 to 1e-4. Its warm-up weight rises once per "
-                    "epoch (from 1/20), the paper's at every step (from 0.01). The architecture and schedule "
-                    "are second-hand, from a reproduction, not from the paper's text")
+FLOW_DIFFERENCES = ("the paper trains with RMSprop at 1e-5 and momentum 0.9; minivae train has no RMSprop: "
+                    "we train with Adam, on its usual cosine schedule from 1e-3 to 1e-4. Its warm-up weight "
+                    "rises once per epoch (from 1/20), the paper's at every step (from 0.01). The "
+                    "architecture and schedule are second-hand, from a reproduction, not from the paper's "
+                    "text")
 #: The M2 of M1+M2 as its authors trained it (Kingma et al. 2014; read in the authors' code,
 #: github.com/dpkingma/nips14-ssl, run_2layer_ssl.py and learn_yz_x_ss.py): one softplus layer (of
 #: 300 units for 100 labels), z of 50 units, alpha = 0.1 N / N_l (our default), Adam at a constant
@@ -154,7 +155,8 @@ RECIPES = {
                            AUXILIARY_DIFFERENCES + ". The authors' code trains the SDGM only: the ADGM takes "
                            "its settings (our choice)"),
     "ladder-5layer": Recipe(["--model", "ladder", *LADDER_PAPER, *SCORING],
-                            "81.74 (Sonderby et al. 2016, Ladder VAE, 5 stochastic layers, k = 5000; second-hand)",
+                            "81.74 (Sonderby et al. 2016, Ladder VAE, as quoted in Kingma et al. 2016 (IAF) "
+                            "Table 1; its setting, 5 stochastic layers, not confirmed; second-hand)",
                             LADDER_DIFFERENCES),
     "flow-planar-k80": Recipe(["--model", "flow", "--set", "flows=80", *FLOW_PAPER, *SCORING],
                               "85.10 (Rezende & Mohamed 2015, Table 2, planar flows, K = 80; second-hand)",
@@ -166,15 +168,17 @@ RECIPES = {
                          "code gives for more labels; " + M2_DIFFERENCES),
     "m1-vae": Recipe(["--model", "vae", *M1_PAPER, *SCORING],
                      "- (the M1 of m1m2-ssl-100; Kingma et al. 2014 give no figure of it alone)",
-                     "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts them "
-                     "with a standard deviation of 0.01; minivae has no such settings. It trains until "
+                     "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts the "
+                     "weight matrices at N(0, 1 / fan-in) and the biases with a standard deviation of 0.01; "
+                     "minivae has no such settings. It trains until "
                      "10,000 epochs pass without a better validation score and loads its last epoch; we "
                      "train 3000 epochs and keep the epoch best by the validation ELBO, which M1+M2 then "
                      "takes"),
     "m1m2-ssl-100": Recipe(["--model", "m1m2", "--hidden", "300", *M2_PAPER, *CLASSIFYING],
                            "3.33% ± 0.14 (Kingma et al. 2014, Table 1, M1+M2, 100 labels; second-hand)",
                            "the authors' code keeps only the features of M1 whose means vary with a standard "
-                           "deviation above 0.1 over the images; minivae's M1+M2 takes all 50; "
+                           "deviation above 0.1 over the first 1,000 unlabelled images; minivae's M1+M2 "
+                           "takes all 50; "
                            + M2_DIFFERENCES, built_on={"m1": "m1-vae"}),
 }
 #: The seed of the run a recipe is built on (``Recipe.built_on``): one M1 for every label draw,

@@ -11,7 +11,7 @@ A run lives in one folder::
     results.json     the test numbers, written at the end
     eval_k*.json     the results of ``minivae eval`` (``eval_results_path``)
     clusters_*.json  the results of ``minivae cluster`` (``cluster_results_path``)
-    *.png, graph.*   the pictures of ``minivae sample``, ``plot`` and ``graph`` (``PICTURES``)
+    *.png, graph*    the pictures of ``minivae sample``, ``plot`` and ``graph`` (``PICTURES``)
 
 The results and pictures of the model of the last checkpoint (``--last``) of a run trained with
 ``keep_best`` are named ``..._last`` (``eval_k1000_last.json``, ``samples_last.png``,
@@ -411,7 +411,9 @@ def _use_last(run, offer_last):
     """The end of an error about the model that the run in the folder ``run`` selected: with
     ``offer_last`` (the commands that score or draw a run have --last) the way to use its last
     checkpoint's model instead; else nothing (a model built on the run can use no other)."""
-    return f"; give --last to use the model of its last checkpoint, {Path(run) / CHECKPOINT}" if offer_last else ""
+    if not offer_last:
+        return ""
+    return f"; give --last to use the model of its last checkpoint, {Path(run) / CHECKPOINT}"
 
 
 #: What a checkpoint's document holds besides the config, for a resume, and the type of each.
@@ -586,7 +588,8 @@ def load_run(run):
 
     Raises NotARunError naming the folder when it (or a run its model is built on) holds no
     checkpoint, and CheckpointError naming the checkpoint when it is damaged (see
-    ``read_checkpoint``) or does not fit the model its config describes.
+    ``read_checkpoint``) or does not fit the model its config describes; a run its model is built
+    on without its record (``run_models``) is read as ``read_run_model`` reads it, and raises so.
     """
     arrays, _, config = read_checkpoint(run)
     return config, run_model(run, arrays, config)

@@ -24,9 +24,10 @@ M1's decoder turns into an image.
 
 The model takes the trained VAE itself (``M1M2(m1=vae)``). Registered as ``m1m2``, where
 ``--set m1=RUN`` names the folder of a trained VAE run (required), whose model the run layer
-(``minivae.runs``, its ``run_options``) loads and passes in: the one that run selected, of its
-epoch best on the validation split when it was trained with ``--keep-best``:
+(``minivae.runs``, its ``run_options``) loads and passes in:
 ``minivae train --model m1m2 --set m1=runs/vae --n-labelled 100 --hidden 500 --z-dim 50``.
+That model is the one the run selected: of its epoch best on the validation split when it was
+trained with ``--keep-best``, else of its last epoch.
 ``--hidden`` and ``--z-dim`` are M2's (z2); M1's sizes come from its run. The checkpoint keeps
 M1's weights too, and the run records M1's settings when it starts (``TrainConfig.run_models``),
 so a trained M1+M2 keeps the M1 it was trained with, and is rebuilt without the M1 folder, even
