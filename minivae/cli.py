@@ -34,8 +34,8 @@ from .models.settings import COMMON, model_settings, parse_setting
 from .nn import ACTIVATIONS
 from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run_model, check_resume_state,
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
-                   model_file_name, next_free_run_dir, read_checkpoint, read_run_model, resumable_options,
-                   run_folder_options, run_model, write_json, writing_for_run)
+                   model_file_name, names_last, next_free_run_dir, read_checkpoint, read_run_model,
+                   resumable_options, run_folder_options, run_model, write_json, writing_for_run)
 from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
@@ -585,7 +585,7 @@ def cmd_eval(args):
     """Score a trained run on the test set: ELBO, k-sample log-likelihood (and a classifier's error)."""
     device = resolve_device(args.device)
     config, model, trained, run_id = _load_scored_run(args.run, args.last)
-    out = _result_file(args, eval_results_path(args.run, args.k, last=args.last and config.keep_best))
+    out = _result_file(args, eval_results_path(args.run, args.k, last=names_last(config, args.last)))
     from .evaluate import test_set_scores
 
     model.to(device)  # the evaluation follows the model's device
@@ -610,7 +610,7 @@ def cmd_cluster(args):
                          "(mu, logvar)) whose means could be clustered; give a run of a VAE")
     _require_extra("cluster", "sklearn", "scikit-learn", "cluster")
     out = _result_file(args, cluster_results_path(args.run, args.clusters,
-                                                  last=args.last and config.keep_best))
+                                                  last=names_last(config, args.last)))
     from .clustering import latent_clusters
 
     model.to(device)  # the encoding follows the model's device
@@ -626,7 +626,7 @@ def cmd_sample(args):
     """Save a grid of samples from the prior as a PNG."""
     _require_extra("sample", "matplotlib", "matplotlib", "viz")
     config, model, meta, _ = _load_run(args.run, args.last)
-    default = Path(args.run) / model_file_name("samples.png", last=args.last and config.keep_best)
+    default = Path(args.run) / model_file_name("samples.png", last=names_last(config, args.last))
     path = _claim_out(args, default, PNG_FILE, "the picture")
     from .viz import prior_samples, save_image_grid
 
@@ -897,7 +897,7 @@ def cmd_graph(args):
         config, model, meta, _ = _load_run(args.run, args.last)
         run_id = meta.get("run_id")
         source = f"run {args.run}"
-        default_out = Path(args.run) / model_file_name("graph.dot", last=args.last and config.keep_best)
+        default_out = Path(args.run) / model_file_name("graph.dot", last=names_last(config, args.last))
     else:
         try:
             model = build_model(args.model, **TrainConfig(model=args.model).model_kwargs())

@@ -77,6 +77,13 @@ def model_file_name(name, last=False):
     return f"{name.stem}_last{name.suffix}" if last else name.name
 
 
+def names_last(config, last):
+    """Whether the results and pictures of the model that a command given ``last`` (--last) reads
+    of the run of ``config`` take ``_last`` names (``model_file_name``): only when that model is
+    not the one the run selected, which only a run trained with ``keep_best`` has."""
+    return bool(last and config.keep_best)
+
+
 #: The pictures of a run's model that ``minivae sample``, ``plot`` and ``graph`` draw into its folder,
 #: without --last (``model_file_name``).
 MODEL_PICTURES = ("samples.png", "reconstructions.png", "latent_pca.png", "latent_tsne.png",

@@ -52,7 +52,8 @@ from .files import atomic_write
 from .models import VAE
 from .nn import evaluating
 from .random import Generator
-from .runs import BEST, CHECKPOINT, model_file_name, read_metrics, read_run_model, writing_for_run
+from .runs import (BEST, CHECKPOINT, model_file_name, names_last, read_metrics, read_run_model,
+                   writing_for_run)
 from .trace import GRAD_PREFIX, RATIO_PREFIX
 
 # Grey between tiles: visible against both the black background and the white strokes of digits.
@@ -599,7 +600,7 @@ def plot_run(run_dir, n_latent=5000, data=None, n_embed=2000, seed=0, embeddings
     def picture(name):
         """``run_picture`` of the picture ``name`` of the model, named as the model's
         (``runs.model_file_name``: ``..._last`` for the last checkpoint's of a run that selected another)."""
-        return run_picture(model_file_name(name, last=last and config.keep_best))
+        return run_picture(model_file_name(name, last=names_last(config, last)))
 
     data = data if data is not None else load_mnist(verbose=False)
     n = min(n_latent, len(data.x_test))
