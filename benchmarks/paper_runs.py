@@ -1,6 +1,7 @@
 """The papers' own settings for rows of the results table, trained in pieces of bounded time.
 
     python benchmarks/paper_runs.py list
+    python benchmarks/paper_runs.py status [--runs DIR]
     python benchmarks/paper_runs.py piece NAME --seconds S [--seed N] [--runs DIR] [--out OUT] [--device gpu]
 
 A run of the IWAE paper's schedule is 3,280 epochs: hours on a GPU, where a lent GPU machine
@@ -34,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_run  # noqa: E402
 
-from minivae.runs import CHECKPOINT, RESULTS, holds_run  # noqa: E402
+from minivae.runs import CHECKPOINT, RESULTS, holds_run, read_checkpoint_document  # noqa: E402
 
 #: The IWAE paper's training (Burda et al. 2015; read in the authors' code, github.com/yburda/iwae,
 #: experiments.py and optimizers.py): 3^i epochs at 1e-3 * 10^(-i/7), i = 0..7, batches of 20,
@@ -274,11 +275,34 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     return 128 - status if status < 0 else status
 
 
+def status(runs):
+    """Where each run of a recipe in the folder ``runs`` stands, one line each: the epochs done of
+    its recipe's, the batches done of the next, the pieces it was trained in, the seconds of its
+    epochs by device, and whether it has finished (results.json), for choosing the next piece."""
+    lines = []
+    for folder in sorted(Path(runs).glob("*-seed*")):
+        if folder.name.rsplit("-seed", 1)[0] not in RECIPES or not holds_run(folder):
+            continue
+        if not (folder / CHECKPOINT).is_file():
+            lines.append(f"{folder.name}: no checkpoint yet (its next piece starts it again)")
+            continue
+        meta, config = read_checkpoint_document(folder)
+        _, seconds = record_run.pieces_and_devices(record_run.epoch_metrics(folder))
+        spent = ", ".join(f"{s:g} s on {device}" for device, s in (seconds or {}).items()) or "no epoch yet"
+        state = "finished" if (folder / RESULTS).is_file() else "not finished"
+        lines.append(f"{folder.name}: {meta['epoch']} of {config.epochs} epochs and {meta['batch']} batches, "
+                     f"{meta.get('piece', 1)} piece(s), {spent}; {state}")
+    return lines
+
+
 def main(argv=None):
-    """``list`` the recipes, or train a ``piece`` of one (see the module docstring)."""
+    """``list`` the recipes, tell the ``status`` of their runs, or train a ``piece`` of one (see the
+    module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="the recipes: command, paper figure, differences")
+    p = sub.add_parser("status", help="where each recipe's run in --runs stands")
+    p.add_argument("--runs", default="runs/paper", help="the folder of the recipes' run folders")
     p = sub.add_parser("piece", help="train a piece of a recipe's run")
     p.add_argument("name", choices=list(RECIPES))
     p.add_argument("--seconds", type=float, required=True, help="stop the trainer after this many seconds")
@@ -292,6 +316,9 @@ def main(argv=None):
         for name, recipe in RECIPES.items():
             print(f"{name}: minivae {' '.join(command(name, Path('runs') / f'{name}-seed0', 'gpu'))}\n"
                   f"    paper: {recipe.paper}\n    differences: {recipe.differences}")
+        return 0
+    if args.action == "status":
+        print("\n".join(status(args.runs)) or f"no run of a recipe in {args.runs}")
         return 0
     return piece(args.name, args.seconds, args.runs, args.out, args.device, [sys.executable, "-m", "minivae"],
                  args.seed)

@@ -2,6 +2,7 @@
 and a long run is trained in pieces of bounded time, each resuming the folder the last one left."""
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -197,6 +198,7 @@ def test_a_recipe_built_on_another_starts_once_that_run_has_finished(tmp_path, m
     tiny_m1m2 = ["--model", "m1m2", "--hidden", "8", "--z-dim", "2", "--n-labelled", "10", "--batch-size", "50",
                  "--epochs", "3", "--lr-schedule", "constant", "--eval-k", "0"]
     monkeypatch.setitem(paper_runs.RECIPES, "tiny-m1m2", paper_runs.Recipe(tiny_m1m2, "-", "-", {"m1": "tiny-m1"}))
+    monkeypatch.setitem(paper_runs.RECIPES, "tiny-m1", paper_runs.Recipe([], "-", "-"))  # (trained here directly)
     fake = tmp_path / "fake_minivae.py"
     fake.write_text(FAKE_MINIVAE)
     monkeypatch.setenv("PYTHONPATH",
@@ -230,3 +232,8 @@ def test_a_recipe_built_on_another_starts_once_that_run_has_finished(tmp_path, m
     assert piece(moved) == 143  # resumed, stopped inside epoch 3
     resumed = checkpoint.load_document(moved / "tiny-m1m2-seed1" / CHECKPOINT)
     assert (resumed["epoch"], resumed["piece"]) == (2, 2)
+    # where each run stands, for choosing the next piece
+    (moved / "not-a-recipe-seed0").mkdir()
+    assert [re.sub(r"[0-9.]+ s on cpu", "S s on cpu", line) for line in paper_runs.status(moved)] == [
+        "tiny-m1-seed0: 1 of 1 epochs and 0 batches, 1 piece(s), S s on cpu; finished",
+        "tiny-m1m2-seed1: 2 of 3 epochs and 4 batches, 2 piece(s), S s on cpu; not finished"]
