@@ -35,6 +35,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import record_run  # noqa: E402
 
+from minivae.cli import build_parser  # noqa: E402
+from minivae.data import num_batches  # noqa: E402
+from minivae.data.mnist import SPLIT_SIZES  # noqa: E402
 from minivae.runs import CHECKPOINT, RESULTS, holds_run, read_checkpoint_document  # noqa: E402
 
 #: The IWAE paper's training (Burda et al. 2015; read in the authors' code, github.com/yburda/iwae,
@@ -275,6 +278,14 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     return 128 - status if status < 0 else status
 
 
+def steps(name):
+    """(epochs, steps an epoch, steps in all) of the recipe ``name``'s run: the batches of an epoch
+    are those of MNIST's 50,000 training images, the last one shorter where they do not divide."""
+    args = build_parser().parse_args(command(name, Path("runs") / name, "cpu"))
+    per_epoch = num_batches(SPLIT_SIZES["train"], args.batch_size)
+    return args.epochs, per_epoch, args.epochs * per_epoch
+
+
 def status(runs):
     """Where each run of a recipe in the folder ``runs`` stands, one line each: the epochs done of
     its recipe's, the batches done of the next, the pieces it was trained in, the seconds of its
@@ -314,7 +325,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.action == "list":
         for name, recipe in RECIPES.items():
+            epochs, per_epoch, total = steps(name)
             print(f"{name}: minivae {' '.join(command(name, Path('runs') / f'{name}-seed0', 'gpu'))}\n"
+                  f"    steps: {epochs} epochs of {per_epoch}, {total:,} in all\n"
                   f"    paper: {recipe.paper}\n    differences: {recipe.differences}")
         return 0
     if args.action == "status":

@@ -96,6 +96,15 @@ def test_m1m2_is_built_on_the_m1_recipe_of_seed_0_beside_it(tmp_path):
     assert argv[argv.index(f"m1={tmp_path / 'runs' / 'm1-vae-seed0'}") - 1] == "--set"
 
 
+def test_list_says_how_many_steps_each_recipe_takes(capsys):
+    """A run's steps size its GPU time: the IWAE paper's 3,280 epochs of batches of 20 are 8.2
+    million; the Ladder VAE's batches of 256 leave a last batch of 80 images (196 an epoch)."""
+    assert paper_runs.steps("vae-1layer") == (3280, 2500, 8_200_000)
+    assert paper_runs.steps("ladder-5layer") == (2000, 196, 392_000)
+    assert paper_runs.main(["list"]) == 0
+    assert "    steps: 3000 epochs of 100, 300,000 in all\n" in capsys.readouterr().out
+
+
 #: ``python -m minivae`` for the pieces of the test: the command line on the small data of the
 #: training tests instead of MNIST (a new process cannot be handed a monkeypatched loader). Each
 #: piece ends as the deadline would end it, by SIGTERM, but sent by the trainer to itself after
