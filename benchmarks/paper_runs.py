@@ -174,16 +174,14 @@ RECIPES = {
                      "- (the M1 of m1m2-ssl-100; Kingma et al. 2014 give no figure of it alone)",
                      "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts the "
                      "weight matrices at N(0, 1 / fan-in) and the biases with a standard deviation of 0.01; "
-                     "minivae has no such settings. It trains until "
-                     "10,000 epochs pass without a better validation score and loads its last epoch; we "
-                     "train 3000 epochs and keep the epoch best by the validation ELBO, which M1+M2 then "
-                     "takes"),
+                     "minivae has no such settings. It trains until 10,000 epochs pass without a better "
+                     "validation score and loads its last epoch; we train 3000 epochs and keep the epoch best "
+                     "by the validation ELBO, which M1+M2 then takes"),
     "m1m2-ssl-100": Recipe(["--model", "m1m2", "--hidden", "300", *M2_PAPER, *CLASSIFYING],
                            "3.33% ± 0.14 (Kingma et al. 2014, Table 1, M1+M2, 100 labels; second-hand)",
                            "the authors' code keeps only the features of M1 whose means vary with a standard "
                            "deviation above 0.1 over the first 1,000 unlabelled images; minivae's M1+M2 "
-                           "takes all 50; "
-                           + M2_DIFFERENCES, built_on={"m1": "m1-vae"}),
+                           "takes all 50; " + M2_DIFFERENCES, built_on={"m1": "m1-vae"}),
 }
 #: The seed of the run a recipe is built on (``Recipe.built_on``): one M1 for every label draw,
 #: as the authors' code loads one.
@@ -264,7 +262,7 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     argv = [*command(name, folder, device, seed, resume), "--no-progress", *start]
     print(f"piece of {run} ({'resumed' if resume else 'a new run'}), at most {seconds} s: "
           f"minivae {' '.join(argv)}", flush=True)
-    status = train_for(argv, seconds, launcher)
+    code = train_for(argv, seconds, launcher)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if holds_run(folder):
@@ -275,7 +273,7 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
         record_run.main([str(folder), "--out", str(out), "--name", run, "--allow-unfinished",
                          "--command", f"{shown} (in pieces of at most {seconds:g} s)",
                          "--paper", RECIPES[name].paper])
-    return 128 - status if status < 0 else status
+    return 128 - code if code < 0 else code
 
 
 def steps(name):
