@@ -316,9 +316,9 @@ def build_run_model(config):
 
     Options that name other run folders (``run_folder_options``) are replaced by models: built
     from ``config.run_models`` when recorded there (untrained: the run's own checkpoint holds
-    their weights), else the trained models those runs hold (a new run, or one saved before
-    ``run_models`` existed): the model each selected (``read_run_model``), that of the epoch best
-    on the validation split for a run trained with ``keep_best``.
+    their weights), else (a new run) the trained models those runs hold: the model each selected
+    (``read_run_model``), that of the epoch best on the validation split for a run trained with
+    ``keep_best``.
     """
     kwargs = config.model_kwargs()
     for name, folder in run_folder_options(config).items():
@@ -595,8 +595,7 @@ def load_run(run):
 
     Raises NotARunError naming the folder when it (or a run its model is built on) holds no
     checkpoint, and CheckpointError naming the checkpoint when it is damaged (see
-    ``read_checkpoint``) or does not fit the model its config describes; a run its model is built
-    on without its record (``run_models``) is read as ``read_run_model`` reads it, and raises so.
+    ``read_checkpoint``) or does not fit the model its config describes.
     """
     arrays, _, config = read_checkpoint(run)
     return config, run_model(run, arrays, config)
@@ -608,7 +607,9 @@ def run_model(run, arrays, config, name=CHECKPOINT):
     its checkpoint; raises as ``load_run`` does, naming that file."""
     path = Path(run) / name
     try:
-        model = build_run_model(config)
+        # The weights all come from the checkpoint: of the runs the model is built on, a run saved
+        # before it recorded them (``run_models``) takes their settings only, as a new run records them.
+        model = build_run_model(config if config.run_models else with_run_models(config))
     except RunFolderError:
         raise  # a run the model is built on is missing; the error names it
     except (ValueError, TypeError) as exc:  # the constructor's checks

@@ -236,6 +236,25 @@ def test_an_m1m2_run_saved_before_run_models_names_a_retrained_m1_in_one_line(tm
     assert len(err.splitlines()) == 1 and f"m1={m1}" in err
 
 
+def test_an_m1m2_run_saved_before_run_models_needs_only_the_settings_of_its_m1(tmp_path):
+    """Its checkpoint holds M1's weights: M1's folder gives only its settings, so an M1 trained
+    with --keep-best whose best.npz is gone (the model it selects) does not stop the rebuild."""
+    from minivae import checkpoint
+
+    data = small_data(n_train=100, n_eval=20)
+    m1 = tmp_path / "m1"
+    Trainer(TrainConfig(epochs=1, batch_size=50, hidden=(16,), z_dim=4, eval_k=0, keep_best=True, out=str(m1)),
+            data=data, progress=False, log=lambda m: None).fit()
+    run = _m1m2_run(data, m1, tmp_path / "m1m2")
+    arrays, meta = checkpoint.load(run / "checkpoint.npz")
+    del meta["config"]["run_models"]
+    checkpoint.save(run / "checkpoint.npz", arrays, meta)
+    (m1 / "best.npz").unlink()
+    state = load_run(run)[1].state_dict()
+    for name, value in checkpoint.split_prefix(arrays, "model/").items():
+        np.testing.assert_array_equal(state[name], value, err_msg=name)
+
+
 def test_a_checkpoint_that_does_not_fit_its_recorded_m1_blames_no_m1_folder(tmp_path):
     """A run that records its M1 (``run_models``) is rebuilt without the M1 folder: a checkpoint of
     it that does not fit its model is named alone, not the M1 run, which played no part."""
