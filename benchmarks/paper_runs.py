@@ -188,6 +188,12 @@ RECIPES = {
 BUILT_ON_SEED = 0
 
 
+def run_name(name, seed):
+    """The name of the run folder (and of its tar and record) of the recipe ``name`` with the seed
+    ``seed``: NAME-seedN."""
+    return f"{name}-seed{seed}"
+
+
 def command(name, folder, device, seed=0, resume=False):
     """The ``minivae train`` arguments of the recipe ``name`` with the seed ``seed``, its run in
     ``folder``, and the runs it is built on beside it (``built_on_runs``) unless it is a ``resume``:
@@ -201,7 +207,7 @@ def command(name, folder, device, seed=0, resume=False):
 def built_on_runs(name, folder):
     """The runs that the recipe ``name``, its run in ``folder``, is built on, as (setting, recipe,
     folder): the folder beside ``folder`` of that recipe's run of the seed ``BUILT_ON_SEED``."""
-    return [(setting, other, Path(folder).parent / f"{other}-seed{BUILT_ON_SEED}")
+    return [(setting, other, Path(folder).parent / run_name(other, BUILT_ON_SEED))
             for setting, other in RECIPES[name].built_on.items()]
 
 
@@ -248,7 +254,7 @@ def piece(name, seconds, runs, out, device, launcher, seed=0):
     docstring); its exit status: that of the trainer, 143 when it was stopped at its time (also
     by the signal itself, before the trainer had set its handler: 128 + the signal's number, as a
     shell gives it, where the process's status is minus that number)."""
-    run = f"{name}-seed{seed}"
+    run = run_name(name, seed)
     folder = Path(runs) / run
     resume = (folder / CHECKPOINT).is_file()
     # Files of a run without a checkpoint: a first piece stopped before the trainer could save one
@@ -324,7 +330,7 @@ def main(argv=None):
     if args.action == "list":
         for name, recipe in RECIPES.items():
             epochs, per_epoch, total = steps(name)
-            print(f"{name}: minivae {' '.join(command(name, Path('runs') / f'{name}-seed0', 'gpu'))}\n"
+            print(f"{name}: minivae {' '.join(command(name, Path('runs') / run_name(name, 0), 'gpu'))}\n"
                   f"    steps: {epochs} epochs of {per_epoch}, {total:,} in all\n"
                   f"    paper: {recipe.paper}\n    differences: {recipe.differences}")
         return 0
