@@ -196,6 +196,12 @@ def _arg(value):
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _run_folder_settings(config):
+    """The model settings of the recorded ``config`` that name other run folders (its model's
+    ``run_options``: M1+M2's m1), as ``minivae.runs.run_folder_options`` reads them of a run."""
+    return getattr(MODELS.get(config["model"]), "run_options", ())
+
+
 def train_command(config):
     """The ``minivae train`` command that trains a run with the recorded ``config`` (its
     config.json) today: every setting that differs from today's defaults, then ``--out``."""
@@ -213,7 +219,7 @@ def train_command(config):
         else:
             parts.append(f"{flag} {_arg(value)}")
     for key, value in config.get("model_options", {}).items():
-        if key == "m1":  # a run folder
+        if key in _run_folder_settings(config):
             value = _run_folder(value)
         parts.append(f"--set {key}={','.join(map(_arg, value)) if isinstance(value, list) else _arg(value)}")
     return " ".join(parts + [f"--out {_run_folder(config['out'])}"])
@@ -324,9 +330,8 @@ def _replicate_key(r):
     is built on (M1+M2's M1, recorded in ``run_models``) are left out too: each is named as it was
     where its run started, on whichever machine."""
     settings = {key: value for key, value in r["config"].items() if key not in ("seed", "out")}
-    folders = getattr(MODELS.get(settings["model"]), "run_options", ())
     settings["model_options"] = {key: value for key, value in settings.get("model_options", {}).items()
-                                 if key not in folders}
+                                 if key not in _run_folder_settings(settings)}
     scored = [key for key in ("test_error", "test_nll", "test_elbo") if key in _scores(r)]
     ended = "early stopping" if _early_stopping(r) else r["epochs"]
     return json.dumps([settings, ended, scored, _nll_evaluation(r)], sort_keys=True)
