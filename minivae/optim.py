@@ -1,10 +1,11 @@
-"""Optimizers (SGD with momentum, Adam, AdamW), gradient clipping and learning-rate schedules.
+"""Optimizers (SGD with momentum, Adam, AdamW), gradient clipping (by norm or by value) and
+learning-rate schedules.
 
 Conventions shared by every optimizer here:
 
 * ``p.grad`` is read-only. The engine may hand one gradient array to several tensors (``a + b``
-  gives both the same array), so an update never writes into it; ``clip_grad_norm_`` replaces
-  ``p.grad`` with a scaled copy instead of scaling in place.
+  gives both the same array), so an update never writes into it; ``clip_grad_norm_`` and
+  ``clip_grad_value_`` replace ``p.grad`` with a clipped copy instead of clipping in place.
 * Updates are in place (``p.data`` is modified, not replaced).
 * Adam keeps its parameters in one flat array per dtype and device: at its first step each
   ``p.data`` becomes a view of that array, and the moments ``exp_avg`` and ``exp_avg_sq`` are
@@ -58,7 +59,7 @@ _RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": FINITE,
            "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
            "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE, "decay": NON_NEGATIVE,
            # inf is no clipping (the norm measured alone); a negative bound would flip the gradients
-           "max_norm": (lambda v: v >= 0, ">= 0")}
+           "max_norm": (lambda v: v >= 0, ">= 0"), "clip_value": NON_NEGATIVE}
 
 
 class Optimizer:
@@ -582,44 +583,62 @@ class _FlatLayout:
 
 def clip_grad_norm_(params, max_norm, norm_type=2.0):
     """Scale all gradients together so that their joint norm is at most ``max_norm`` (a number
-    >= 0; inf measures the norm without clipping); return the norm before clipping (a Python float).
+    >= 0; inf measures the norm without clipping); return the norm before clipping, a 0-d array
+    on the gradients' device (0.0 when no parameter has a gradient).
 
-    The joint norm is the ``norm_type`` norm (2 or inf) of all gradient entries together. When it
-    exceeds ``max_norm`` every ``p.grad`` is replaced by ``p.grad * max_norm / (norm + 1e-6)``, a
-    new array: gradients may alias one another, so they are never scaled in place. Gradients are
-    reduced in their own dtype (no float64 temporaries); a NaN or Inf norm propagates into the
-    gradients, as in PyTorch, so the caller's NaN check sees it.
+    The joint norm is the ``norm_type`` norm (2 or inf) of all gradient entries together. Every
+    ``p.grad`` is replaced by ``p.grad * min(1, max_norm / (norm + 1e-6))``, a new array:
+    gradients may alias one another, so they are never scaled in place. The factor stays on the
+    device and is applied also when it is 1 (which changes no bit), as in PyTorch: nothing is
+    read back to the host, so a training step captured as a CUDA graph can clip. Gradients are
+    reduced in their own dtype (no float64 temporaries) and keep it; a NaN or Inf norm
+    propagates into the gradients, as in PyTorch, so the caller's NaN check sees it.
     """
     check_ranges(clip_grad_norm_, _RANGES, max_norm=max_norm)
-    if isinstance(params, Tensor):
-        params = [params]
-    grads = [p for p in params if p.grad is not None]
+    grads = _with_gradients(params)
     if not grads:
         return 0.0
+    xp = get_array_module(grads[0].grad)
     norm_type = float(norm_type)
-    if norm_type == math.inf:
-        # A zero-size gradient (a layer without inputs) has no maximum, and adds nothing.
-        norms = [float(get_array_module(p.grad).abs(p.grad).max()) for p in grads if p.grad.size]
-        # NaN if any is: Python's max() skips a NaN after the first
-        total = float(np.max(norms)) if norms else 0.0
+    # A zero-size gradient (a layer without inputs) adds nothing, and has no maximum.
+    sized = [p.grad for p in grads if p.grad.size]
+    if not sized:
+        total = xp.zeros((), dtype=grads[0].grad.dtype)
+    elif norm_type == math.inf:
+        total = xp.stack([xp.abs(g).max() for g in sized]).max()  # NaN if any is
     elif norm_type == 2.0:
-        sq = 0.0
-        for p in grads:
-            flat = p.grad.reshape(-1)
-            sq += float(get_array_module(flat).dot(flat, flat))
-        total = math.sqrt(sq)
+        # Sums of squares, not dot products: CuPy's dot calls cuBLAS, which a capture refuses.
+        total = xp.sqrt(sum(xp.square(g).sum() for g in sized))
     else:
         raise ValueError(f"norm_type must be 2 or inf, got {norm_type}")
-    coef = float(max_norm) / (total + 1e-6)
-    if coef < 1 or math.isnan(coef):
-        for p in grads:
-            # A new array: never write into a gradient that may be shared. (NumPy's product of
-            # a 0-d array is a NumPy scalar, which no gradient is: it cannot be written into.)
-            p.grad = get_array_module(p.grad).asarray(p.grad * coef)
+    coef = xp.minimum(float(max_norm) / (total + 1e-6), 1.0)
+    for p in grads:
+        _replace_gradient(p, p.grad * coef.astype(p.grad.dtype, copy=False))
     return total
 
 
-# ----- learning-rate schedules ----------------------------------------------------------------
+def clip_grad_value_(params, clip_value):
+    """Clip every gradient entry to [-clip_value, clip_value] (a number >= 0): each ``p.grad``
+    is replaced by a clipped copy (gradients may alias one another, see ``clip_grad_norm_``).
+    All on the device; a NaN entry stays NaN."""
+    check_ranges(clip_grad_value_, _RANGES, clip_value=clip_value)
+    for p in _with_gradients(params):
+        _replace_gradient(p, get_array_module(p.grad).clip(p.grad, -clip_value, clip_value))
+
+
+def _with_gradients(params):
+    """The parameters of ``params`` (one Tensor or an iterable of them) that have a gradient."""
+    if isinstance(params, Tensor):
+        params = [params]
+    return [p for p in params if p.grad is not None]
+
+
+def _replace_gradient(p, grad):
+    """Make ``grad`` the gradient of ``p``, as an array: NumPy's results on a 0-d array are
+    NumPy scalars, which no gradient is (they cannot be written into)."""
+    p.grad = get_array_module(grad).asarray(grad)
+
+
 class LRScheduler:
     """Sets ``optimizer.lr`` from a closed-form function of the step count (so resuming from
     ``state_dict`` gives exactly the same rates). Call ``step()`` once per optimizer step (or

@@ -569,7 +569,9 @@ def test_clip_grad_norm_below_threshold_and_inf_norm():
     g = np.array([0.1, -0.2, 0.2], dtype=np.float32)
     p.grad = g
     assert optim.clip_grad_norm_([p], 1.0) == pytest.approx(0.3, rel=1e-6)
-    assert p.grad is g  # nothing to clip: the gradient is left alone
+    # nothing to clip: a factor of exactly 1 keeps every bit (the original stays untouched)
+    np.testing.assert_array_equal(p.grad, g)
+    assert p.grad.dtype == np.float32 and p.grad is not g
     assert optim.clip_grad_norm_(p, 0.1, norm_type=math.inf) == pytest.approx(0.2)
     assert p.grad.dtype == np.float32 and np.abs(p.grad).max() == pytest.approx(0.1, rel=1e-4)
     assert optim.clip_grad_norm_([nn.Parameter(np.zeros(2))], 1.0) == 0.0
@@ -644,6 +646,45 @@ def test_clip_grad_norm_clips_a_norm_just_above_the_threshold():
     p.grad = np.array([0.6, 0.8]) * 1.25  # norm 1.25 against max_norm 1
     assert optim.clip_grad_norm_([p], 1.0) == pytest.approx(1.25, rel=1e-15)
     np.testing.assert_allclose(p.grad, np.array([0.6, 0.8]) * 1.25 / (1.25 + 1e-6), rtol=1e-15)
+
+
+def test_clip_grad_norm_returns_the_norm_as_an_array_and_keeps_each_gradient_s_dtype():
+    """The norm stays an array (on the GPU, reading it would be a copy to the host, which a
+    captured step refuses). A float32 gradient beside a float64 one stays float32: the factor,
+    reduced over both in float64, is cast to each gradient's dtype."""
+    params = _params(np.float32, shapes=((2,),)) + _params(np.float64, shapes=((2,),))
+    params[0].grad = np.array([3.0, 0.0], dtype=np.float32)
+    params[1].grad = np.array([0.0, 4.0])
+    total = optim.clip_grad_norm_(params, 1.0)
+    assert isinstance(total, (np.ndarray, np.generic)) and total.shape == () and float(total) == 5.0
+    assert [p.grad.dtype for p in params] == [np.float32, np.float64]
+    np.testing.assert_allclose(params[0].grad, [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(params[1].grad, [0.0, 0.8], rtol=1e-6)
+
+
+def test_clip_grad_value_clips_each_entry_into_a_copy():
+    params = _params(np.float32, shapes=((3,), (2,)))
+    shared = np.array([0.5, -2.0, np.nan], dtype=np.float32)
+    params[0].grad, params[1].grad = shared, np.array([-0.25, 1.0], dtype=np.float32)
+    optim.clip_grad_value_(params, 0.75)
+    np.testing.assert_array_equal(params[0].grad, np.array([0.5, -0.75, np.nan], dtype=np.float32))
+    np.testing.assert_array_equal(params[1].grad, np.array([-0.25, 0.75], dtype=np.float32))
+    assert params[0].grad.dtype == np.float32
+    np.testing.assert_array_equal(shared, np.array([0.5, -2.0, np.nan], dtype=np.float32))  # untouched
+    p = nn.Parameter(np.array(1.0))
+    p.grad = np.array(-3.0)
+    optim.clip_grad_value_(p, 1.0)  # one parameter, 0-d: its gradient stays a writable array
+    assert type(p.grad) is np.ndarray and p.grad.shape == () and p.grad == -1.0
+
+
+@pytest.mark.parametrize("clip_value, error", [(-1.0, ValueError), (math.nan, ValueError), ("1", TypeError)])
+def test_clip_grad_value_refuses_a_bound_that_is_no_bound(clip_value, error):
+    p = nn.Parameter(np.zeros(2))
+    p.grad = np.array([3.0, -4.0])
+    with pytest.raises(error, match="clip_value"):
+        optim.clip_grad_value_([p], clip_value)
+    np.testing.assert_array_equal(p.grad, [3.0, -4.0])
+
 
 # ----- schedules -------------------------------------------------------------------------------------
 def test_cosine_and_step_schedules():
