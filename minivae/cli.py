@@ -267,6 +267,15 @@ def _add_train_args(p):
     setting("--adam-eps", type=positive_float,
             help="Adam's epsilon, added to the root of the second moment (the IWAE paper's: 1e-4); "
                  "above 0, or a weight whose gradient is 0 becomes NaN")
+    setting("--clip-norm", type=nonnegative_float,
+            help="before each update, scale the gradients together so that their joint norm is at "
+                 "most this (0: no clipping)")
+    setting("--clip-value", type=nonnegative_float,
+            help="before each update (after --clip-norm), clip every gradient entry to "
+                 "[-this, this] (0: no clipping)")
+    setting("--weight-decay", type=nonnegative_float,
+            help="L2 weight decay: Adam adds this times each parameter to its gradient (0: none); "
+                 "1 / 50000, 2e-5, is a N(0, 1) prior on the parameters")
     setting("--z-dim", type=positive_int, help="size of the latent code z")
     setting("--hidden", type=positive_int, nargs="+", help="encoder hidden sizes; the decoder mirrors them")
     setting("--activation", choices=list(ACTIVATIONS), help="nonlinearity between the hidden layers")

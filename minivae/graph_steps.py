@@ -5,8 +5,8 @@ kernels, builds the optimizer's flat buffers and counts the step's noise draws. 
 ``GraphSteps`` takes over: it computes the scalars of the steps to the end of the epoch on the
 host, with the very code of the eager step (``Trainer.learning_rate``, ``Adam.update_scalars``,
 ``train.kl_weight``), into a ``StepSchedule`` in device memory, and captures one step that reads
-them (``minivae.gpu.graph``): the engine's forward and backward, Adam, and the sums of the step's
-statistics, all on the device. Each later step copies its batch into the input buffer and
+them (``minivae.gpu.graph``): the engine's forward and backward, the gradient clipping of the
+run's settings, Adam, and the sums of the step's statistics, all on the device. Each later step copies its batch into the input buffer and
 replays the graph. So N replays give the parameters of N eager steps bit for bit.
 
 Two graphs are captured, one whose Adam clears the moments of subnormals and one that does not
@@ -82,6 +82,7 @@ class GraphSteps:
                                       **extra)
         self.model.zero_grad()
         loss.backward()
+        self.trainer.clip_gradients()
         self.optimizer.step_scalars = self.schedule.adam_scalars  # the kernel reads them from memory
         try:
             self.optimizer.step(flush=flush)

@@ -86,7 +86,8 @@ def check_loop_settings(config):
     ``adam_eps`` must be a positive number: Adam divides by the root of the second moment plus
     it, so at 0 a weight whose gradients were all 0 so far (one from a pixel that is 0 in every
     image of a batch, as MNIST's corners are) became 0/0 = NaN at its first step, reported as a
-    divergence after the run folder was written.
+    divergence after the run folder was written. ``clip_norm``, ``clip_value`` and
+    ``weight_decay`` are finite numbers >= 0 (0: none): a negative one would turn steps uphill.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
     decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
@@ -100,6 +101,9 @@ def check_loop_settings(config):
     if config.patience and not config.keep_best:
         raise ValueError(f"patience {config.patience} stops the run on the best epoch by the validation "
                          "split, which only keep_best keeps; set keep_best too")
+    for name, zero in (("clip_norm", "no clipping"), ("clip_value", "no clipping"), ("weight_decay", "none")):
+        if not 0 <= check_real(getattr(config, name), name) < math.inf:
+            raise ValueError(f"{name} {getattr(config, name)!r}: give a finite number >= 0 (0: {zero})")
     if not 0 < check_real(config.adam_eps, "adam_eps") < math.inf:
         raise ValueError(f"adam_eps {config.adam_eps!r}: Adam divides by the root of the second moment "
                          "plus adam_eps, so without a positive one a weight whose gradient is 0 becomes NaN; "
@@ -307,7 +311,8 @@ class Trainer:
         check_image_widths(self.model, self.data)
         check_label_counts(self.model, self.data)
         check_batches(config, self.model, len(self.data.x_train))
-        self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps)
+        self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps,
+                                    weight_decay=config.weight_decay)
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
         if config.data_rng != "philox":
             raise ValueError(f"this minivae draws the training batches with 'philox', not {config.data_rng!r}")
@@ -616,6 +621,7 @@ class Trainer:
                 f"{self._last_good()}. {_DIVERGED_ADVICE}")
         self.model.zero_grad()
         loss.backward()
+        self.clip_gradients()
         if self.config.trace_every and step % self.config.trace_every == 0:
             record = {"step": step, "epoch": self.epoch + 1, **trace.gradient_norms(self.model)}
             before = trace.snapshot(self.model)
@@ -625,6 +631,16 @@ class Trainer:
         else:
             self.optimizer.step()
         return stats
+
+    def clip_gradients(self):
+        """Clip the step's gradients as the config says (none by default): their joint norm to
+        ``clip_norm``, then each entry to ``clip_value``. On the device, with nothing read back,
+        so that graph mode's captured step clips in the same way."""
+        params = list(self.model.parameters())
+        if self.config.clip_norm:
+            optim.clip_grad_norm_(params, self.config.clip_norm)
+        if self.config.clip_value:
+            optim.clip_grad_value_(params, self.config.clip_value)
 
     def _epoch(self):
         config, epoch = self.config, self.epoch

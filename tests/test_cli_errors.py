@@ -622,7 +622,8 @@ def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
     ("--z-dim", "0"), ("--batch-size", "0"), ("--epochs", "0"), ("--epochs", "-1"), ("--eval-k", "-1"),
     ("--mc-samples", "0"), ("--iw-k", "0"), ("--warmup", "-2"), ("--lr", "0"), ("--lr", "nan"),
     ("--beta", "-1"), ("--hidden", "0"), ("--seed", "-1"), ("--n-labelled", "0"), ("--epochs", "2.5"),
-    ("--seed", str(2**64)), ("--adam-eps", "0"), ("--adam-eps", "-0.5"),
+    ("--seed", str(2**64)), ("--adam-eps", "0"), ("--adam-eps", "-0.5"), ("--clip-norm", "-1"),
+    ("--clip-value", "inf"), ("--clip-value", "nan"), ("--weight-decay", "-0.5"),
 ])
 def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)

@@ -627,6 +627,49 @@ def test_the_staged_schedule_runs_stages_of_1_3_9_epochs_and_adam_takes_the_run_
     assert default.optimizer.eps == 1e-8
 
 
+@pytest.mark.parametrize("clip", [dict(clip_norm=0.05), dict(clip_value=1e-3), dict(clip_norm=0.05, clip_value=1e-3)])
+def test_the_optimizer_steps_on_the_gradients_clipped_as_the_run_says(tmp_path, clip):
+    """Every update sees gradients of joint norm at most clip_norm (norm first) and entries within
+    [-clip_value, clip_value]; the same run unclipped has larger gradients, and ends elsewhere."""
+    def fit_recording(folder, **settings):
+        trainer = Trainer(config(tmp_path / folder, epochs=2, **settings), data=small_data(),
+                          progress=False, log=lambda m: None)
+        seen, step = [], trainer.optimizer.step
+
+        def recording(*args, **kw):
+            grads = [p.grad for p in trainer.model.parameters()]
+            seen.append((math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads)),
+                         max(float(np.abs(g).max()) for g in grads)))
+            return step(*args, **kw)
+        trainer.optimizer.step = recording
+        trainer.fit()
+        return np.array(seen), np.concatenate([p.data.ravel() for p in trainer.model.parameters()])
+
+    (norms, largest), weights = (a.T if a.ndim == 2 else a for a in fit_recording("clipped", **clip))
+    (free_norms, free_largest), free_weights = (a.T if a.ndim == 2 else a for a in fit_recording("free"))
+    assert len(norms) == len(free_norms) == 12  # 6 steps an epoch
+    if "clip_norm" in clip:
+        assert (norms <= clip["clip_norm"] * (1 + 1e-5)).all() and (free_norms > clip["clip_norm"]).all()
+    if "clip_value" in clip:
+        assert (largest <= clip["clip_value"] * (1 + 1e-7)).all()  # (float32) and (free_largest > clip["clip_value"]).all()
+    assert not np.array_equal(weights, free_weights)
+
+
+def test_adam_decays_the_weights_by_the_run_s_weight_decay(tmp_path):
+    """weight_decay is Adam's coupled L2 term (tests/test_optim.py checks its update against
+    PyTorch's): the trainer's Adam takes it, and its weights end smaller than without it."""
+    def fit(folder, **settings):
+        trainer = Trainer(config(tmp_path / folder, epochs=2, **settings), data=small_data(), progress=False,
+                          log=lambda m: None)
+        trainer.fit()
+        return trainer
+    decayed, free = fit("decayed", weight_decay=50.0), fit("free")
+    assert (decayed.optimizer.weight_decay, free.optimizer.weight_decay) == (50.0, 0.0)
+    norms = [math.sqrt(sum(float((p.data.astype(np.float64) ** 2).sum()) for p in t.model.parameters()))
+             for t in (decayed, free)]
+    assert norms[0] < 0.99 * norms[1]
+
+
 def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     """lr_schedule "step": the steps of epochs 1-2 run at lr, of epochs 3-4 at lr * lr_gamma, of
     epoch 5 at lr * lr_gamma^2 (the auxiliary models' paper anneals by 0.75 every 200 epochs)."""
@@ -652,7 +695,11 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
                          r"without a positive one a weight whose gradient is 0 becomes NaN; give a positive "
                          r"finite adam_eps \(1e-8 by default, the IWAE paper's 1e-4\)"),
     (dict(adam_eps=math.inf), r"adam_eps inf: .*; give a positive finite adam_eps .*"),
-    (dict(adam_eps="1e-4"), "adam_eps must be a real number, got '1e-4'")])
+    (dict(adam_eps="1e-4"), "adam_eps must be a real number, got '1e-4'"),
+    (dict(clip_norm=-1.0), r"clip_norm -1.0: give a finite number >= 0 \(0: no clipping\)"),
+    (dict(clip_value=math.nan), r"clip_value nan: give a finite number >= 0 \(0: no clipping\)"),
+    (dict(clip_value="1"), "clip_value must be a real number, got '1'"),
+    (dict(weight_decay=-1e-5), r"weight_decay -1e-05: give a finite number >= 0 \(0: none\)")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module
