@@ -80,19 +80,19 @@ IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second 
 #: The Ladder VAE's training (Sonderby et al. 2016; read in the authors' code, github.com/casperkaae/LVAE,
 #: README.md and run_models.py): below each stochastic layer two dense layers of batch-normalized leaky
 #: ReLUs (slope 0.01, minivae's), a KL warm-up from 0 to 1 over 200 epochs, Adam at a constant 2e-4
-#: with epsilon 1e-4, batches of 256, 2000 epochs, one sample. The code's example is the three-layer
+#: with epsilon 1e-4 on gradients rescaled to a joint norm of at most 4 and then clipped to 0.9 each,
+#: batches of 256, 2000 epochs, one sample. The code's example is the three-layer
 #: model (512-256-128, z 64-32-16); the five layers extend it to the paper's MNIST sizes, as quoted
 #: second-hand (512-256-128-64-32, z 64-32-16-8-4).
 LADDER_PAPER = ["--hidden", "512", "256", "128", "64", "32", "--set", "z_dims=64,32,16,8,4",
                 "--set", "mlp_layers=2", "--set", "batch_norm=true", "--activation", "leaky_relu",
                 "--warmup", "200", "--batch-size", "256", "--lr", "2e-4", "--lr-schedule", "constant",
-                "--adam-eps", "1e-4", "--epochs", "2000"]
+                "--adam-eps", "1e-4", "--clip-norm", "4", "--clip-value", "0.9", "--epochs", "2000"]
 #: Where the Ladder VAE recipe departs from its authors' code, and why.
 LADDER_DIFFERENCES = ("the authors' code batch-normalizes the mean and variance layers too, gives each "
                       "layer's variance through a softplus (we give the log-variance), feeds each bottom-up "
-                      "layer the mean of the one below, clips the gradient to a norm of 4 and then each "
-                      "element to 0.9, and collects the batch-norm statistics in a pass over the training set "
-                      "before it scores (ours are running averages of training batches): minivae's Ladder "
+                      "layer the mean of the one below, and collects the batch-norm statistics in a pass over "
+                      "the training set before it scores (ours are running averages of training batches): minivae's Ladder "
                       "VAE has none of these switches. Its warm-up weight steps once per epoch from 0, ours "
                       "from 1/200. It trains on the training and validation images together (60,000) with no "
                       "validation; we train on 50,000 and score the epoch best by the validation ELBO")
@@ -111,20 +111,27 @@ FLOW_DIFFERENCES = ("the paper trains with RMSprop at 1e-5 and momentum 0.9; min
                     "text")
 #: The M2 of M1+M2 as its authors trained it (Kingma et al. 2014; read in the authors' code,
 #: github.com/dpkingma/nips14-ssl, run_2layer_ssl.py and learn_yz_x_ss.py): one softplus layer (of
-#: 300 units for 100 labels), z of 50 units, alpha = 0.1 N / N_l (our default), Adam at a constant
+#: 300 units for 100 labels), z of 50 units, alpha = 0.1 N / N_l (our default), a N(0, 1) prior on
+#: the weights (its gradient is our weight decay of 1 / 50,000 on the mean loss), Adam at a constant
 #: 3e-4, 3000 passes over the unlabelled images, no warm-up. Each of their 100 steps an epoch takes
 #: 499 unlabelled images and 1 labelled; each of our 100 takes 500 unlabelled and 100 labelled.
 M2_PAPER = ["--activation", "softplus", "--z-dim", "50", "--n-labelled", "100", "--batch-size", "500",
-            "--lr", "3e-4", "--lr-schedule", "constant", "--warmup", "0", "--epochs", "3000"]
+            "--lr", "3e-4", "--lr-schedule", "constant", "--weight-decay", "2e-5", "--warmup", "0",
+            "--epochs", "3000"]
 #: Where every M2 recipe departs from its authors' code, and why.
-M2_DIFFERENCES = ("their code puts a N(0, 1) prior on the weights, starts them with a standard deviation of "
-                  "1e-3, runs Adam without its bias correction and epsilon, and takes 1 labelled image a step "
-                  "(we take 100): minivae has no such settings. It scores the last epoch; we score the epoch "
+M2_DIFFERENCES = ("their code puts its N(0, 1) prior on the weight matrices of the generative and inference "
+                  "networks and on all of the classifier's parameters, our weight decay on every parameter; "
+                  "it starts the weights with a standard deviation of 1e-3, runs Adam without its bias "
+                  "correction and epsilon, and takes 1 labelled image a step (we take 100): minivae has no "
+                  "such settings. It scores the last epoch; we score the epoch "
                   "best by the validation error")
 #: M1 as the authors' M1+M2 code loads it (read in github.com/dpkingma/nips14-ssl, gpulearn_z_x.py):
-#: 2x500 softplus networks, z of 50 units, batches of 1000, Adam at 3e-4, no warm-up.
+#: 2x500 softplus networks, z of 50 units, batches of 1000, Adam at 3e-4 with epsilon 1e-10 on
+#: gradients of the batch's sum plus 0.02 times each parameter (a N(0, 1) prior: our weight decay of
+#: 2e-5 on the batch mean), no warm-up.
 M1_PAPER = ["--hidden", "500", "500", "--activation", "softplus", "--z-dim", "50", "--batch-size", "1000",
-            "--lr", "3e-4", "--lr-schedule", "constant", "--warmup", "0", "--epochs", "3000"]
+            "--lr", "3e-4", "--lr-schedule", "constant", "--adam-eps", "1e-10", "--weight-decay", "2e-5",
+            "--warmup", "0", "--epochs", "3000"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,9 +179,9 @@ RECIPES = {
                          "code gives for more labels; " + M2_DIFFERENCES),
     "m1-vae": Recipe(["--model", "vae", *M1_PAPER, *SCORING],
                      "- (the M1 of m1m2-ssl-100; Kingma et al. 2014 give no figure of it alone)",
-                     "the authors' code decays the weights by 0.02 a step (a N(0, 1) prior) and starts the "
-                     "weight matrices at N(0, 1 / fan-in) and the biases with a standard deviation of 0.01; "
-                     "minivae has no such settings. It trains until 10,000 epochs pass without a better "
+                     "the authors' code starts the weight matrices at N(0, 1 / fan-in) and the biases with "
+                     "a standard deviation of 0.01, and adds Adam's epsilon before the bias correction, "
+                     "ours after it; minivae has no such settings. It trains until 10,000 epochs pass without a better "
                      "validation score and loads its last epoch; we train 3000 epochs and keep the epoch best "
                      "by the validation ELBO, which M1+M2 then takes"),
     "m1m2-ssl-100": Recipe(["--model", "m1m2", "--hidden", "300", *M2_PAPER, *CLASSIFYING],

@@ -63,6 +63,7 @@ def test_the_ladder_recipe_is_the_authors_five_layer_training(tmp_path):
          "leaky_relu")
     assert (config.lr, config.lr_schedule, config.adam_eps, config.batch_size, config.epochs, config.warmup) == \
         (2e-4, "constant", 1e-4, 256, 2000, 200)
+    assert (config.clip_norm, config.clip_value) == (4.0, 0.9)
     assert config.keep_best and config.eval_k == 5000
 
 
@@ -83,6 +84,7 @@ def test_each_m2_recipe_has_the_authors_training(tmp_path, name, model, hidden):
         (model, hidden, "softplus", 50, 100, 2)
     assert (config.lr, config.lr_schedule, config.batch_size, config.epochs, config.warmup) == \
         (3e-4, "constant", 500, 3000, 0)
+    assert config.weight_decay == 2e-5  # the weight prior N(0, 1) over 50,000 images
     assert config.keep_best and config.eval_k == 0
 
 
@@ -91,6 +93,7 @@ def test_m1m2_is_built_on_the_m1_recipe_of_seed_0_beside_it(tmp_path):
     config = recipe_config("m1-vae", tmp_path / "m1")
     assert (config.model, config.hidden, config.activation, config.z_dim, config.batch_size, config.lr) == \
         ("vae", (500, 500), "softplus", 50, 1000, 3e-4)
+    assert (config.adam_eps, config.weight_decay) == (1e-10, 2e-5)
     assert config.keep_best
     argv = paper_runs.command("m1m2-ssl-100", tmp_path / "runs" / "m1m2-ssl-100-seed4", "cpu", seed=4)
     assert argv[argv.index(f"m1={tmp_path / 'runs' / 'm1-vae-seed0'}") - 1] == "--set"
