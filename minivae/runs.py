@@ -633,12 +633,18 @@ def read_run_model(run, last=False, offer_last=True):
     only where a score records it). ``config`` and ``meta`` are always those of the
     checkpoint: the run's settings, and its identity (``run_id``), which a command checks the
     folder still holds when it writes a result or a picture (``writing_for_run``). Raises as
-    ``load_run`` and ``read_best`` do (``offer_last``: see ``read_best``)."""
+    ``load_run`` and ``read_best`` do (``offer_last``: see ``read_best``).
+
+    The model that a keep-best run selected is read from best.npz alone: its checkpoint's arrays
+    (the last epoch's model and the optimizer's moments, three times the model's size) are not
+    read."""
+    meta, config = read_checkpoint_document(run)
+    if config.keep_best and not last:
+        arrays, trained = read_best(run, meta, config, offer_last)
+        return config, run_model(run, arrays, config, name=BEST), meta, trained
+    # The document again, with the arrays: a training may have replaced the file since.
     arrays, meta, config = read_checkpoint(run)
-    if not config.keep_best or last:
-        return config, run_model(run, arrays, config), meta, None
-    arrays, trained = read_best(run, meta, config, offer_last)
-    return config, run_model(run, arrays, config, name=BEST), meta, trained
+    return config, run_model(run, arrays, config), meta, None
 
 
 def read_best(run, meta, config, offer_last=True):
