@@ -317,7 +317,8 @@ def _add_train_args(p):
                  "beaten the best on the validation split (0: train every epoch); the learning rate keeps "
                  "the schedule of all --epochs")
     setting("--trace-every", type=count,
-            help="log per-layer gradient norms and update ratios every N steps (0: off); on "
+            help="log per-layer gradient norms (those the update takes: after any clipping) and "
+                 "update ratios every N steps (0: off); on "
                  "the GPU the steps then run eagerly, not as a captured CUDA graph")
     p.add_argument("--set", dest="model_options", action="append", metavar="KEY=VALUE",
                    help="a model-specific setting (repeatable, one value per key), e.g. --set flows=8; the keys of a model "
