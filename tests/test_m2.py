@@ -140,6 +140,25 @@ def test_loss_combines_the_bounds_with_alpha():
         small_m2().loss(x, Generator(4), labelled=(xl, labels))
 
 
+def test_labelled_weight_image_weighs_each_labelled_image_as_one_unlabelled_image():
+    """labelled_weight "image": the labelled terms scaled by N_l / N, so that the classifier's
+    weight is alpha_scale (0.1) and the labelled bound's N_l / N, as in Kingma et al. 2014's
+    objective divided by N; before set_data_sizes the loss refuses to guess the sizes."""
+    rng = np.random.default_rng(3)
+    x, xl, labels = binary(rng, (5, 10)), binary(rng, (4, 10)), np.array([0, 1, 2, 3])
+    with pytest.raises(ValueError, match=r"labelled_weight 'image' .* call set_data_sizes\(N, N_labelled\)"):
+        small_m2(labelled_weight="image", alpha=7.0).loss(x, Generator(4), labelled=(xl, labels))
+    model = small_m2(labelled_weight="image")
+    model.set_data_sizes(200, 8)
+    loss, _ = model.loss(x, Generator(4), labelled=(xl, labels))
+    g = Generator(4)
+    u = model.unlabelled_bound(x, g).data.mean()
+    bound, ce = model.labelled_bound(xl, labels, g)
+    np.testing.assert_allclose(loss.data, -u - 8 / 200 * bound.data.mean() + 0.1 * ce.data.mean(), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"labelled_weight must be 'batch' \(.*\) or 'image' \(.*\), got 'images'"):
+        small_m2(labelled_weight="images")
+
+
 def test_log_weights_sum_the_labels_out_exactly():
     k, b, n = 4, 5, 3
     model = small_m2(k)

@@ -168,14 +168,14 @@ class SDGM(ADGM):
 class SemiSupervisedADGM(_AuxiliaryNetworks, SemiSupervised):
     """The semi-supervised ADGM: q(a|x), q(y|a,x), q(z|a,y,x), p(y), p(z), p(x|y,z), p(a|x,y,z).
 
-    ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``beta`` and ``mc_samples`` are those of
-    ``SemiSupervised``; ``iw_k`` must be 1.
+    ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``labelled_weight``, ``beta`` and ``mc_samples``
+    are those of ``SemiSupervised``; ``iw_k`` must be 1.
     """
 
     def __init__(self, x_dim=784, a_dim=100, z_dim=100, hidden=(500, 500), activation="relu",
                  num_classes=10, alpha: float | None = None, alpha_scale=0.1, beta=1.0, mc_samples=1,
-                 iw_k=1, rng=None):
-        super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
+                 iw_k=1, labelled_weight="batch", rng=None):
+        super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples, labelled_weight)
         if iw_k != 1:
             raise ValueError(f"{type(self).__name__} trains on the ELBO-based bounds; iw_k must be 1")
         self._build(x_dim, a_dim, z_dim, hidden, activation, self.num_classes, rng)

@@ -102,8 +102,8 @@ class LadderM2(SemiSupervised):
     docstring): classifier q(y|x), bottom-up pass with y at its top, top-down pass with
     precision-weighted posteriors, p(z_{L-1} | z_L, y), p(x | z_1, y).
 
-    ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``beta`` and ``mc_samples`` are those of
-    ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
+    ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``labelled_weight``, ``beta`` and ``mc_samples``
+    are those of ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
     """
 
     unused_settings = {"z_dim": "its latent sizes are --set z_dims"}
@@ -111,8 +111,9 @@ class LadderM2(SemiSupervised):
     def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(128, 128, 128),
                  mlp_layers=1, activation="leaky_relu", batch_norm=True, num_classes=10,
                  classifier_hidden: tuple[int, ...] | None = None, alpha: float | None = None,
-                 alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, z_dim=None, rng=None):
-        super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
+                 alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1, labelled_weight="batch", z_dim=None,
+                 rng=None):
+        super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples, labelled_weight)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("ladder-m2 trains on the ELBO-based bounds; iw_k must be 1")

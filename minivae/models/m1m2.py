@@ -72,14 +72,14 @@ class M1M2(Model):
 
     def __init__(self, m1: VAE | dict | None = None, x_dim=None, z_dim=50, hidden=(500,),
                  activation="relu", num_classes=10, alpha: float | None = None, alpha_scale=0.1,
-                 beta=1.0, mc_samples=1, iw_k=1, rng=None):
+                 beta=1.0, mc_samples=1, iw_k=1, labelled_weight="batch", rng=None):
         super().__init__()
         self.m1 = _m1_model(m1)
         if x_dim is not None and check_integer(x_dim, "x_dim", minimum=1) != self.m1.x_dim:
             raise ValueError(f"x_dim={x_dim} does not match M1's input size {self.m1.x_dim}")
         self.x_dim, self.z_dim = self.m1.x_dim, z_dim
         self.m2 = M2(self.m1.z_dim, z_dim, hidden, activation, num_classes, alpha, alpha_scale, beta,
-                     mc_samples, iw_k, likelihood="gaussian", rng=rng)
+                     mc_samples, iw_k, likelihood="gaussian", labelled_weight=labelled_weight, rng=rng)
         self.num_classes = self.m2.num_classes
 
     def features(self, x, noise=None):
@@ -89,7 +89,8 @@ class M1M2(Model):
             return mu if noise is None else rsample(mu, logvar, noise)
 
     def set_data_sizes(self, n_total, n_labelled):
-        """Fix M2's alpha from the data sizes (see ``SemiSupervised.set_data_sizes``)."""
+        """Fix M2's alpha (and labelled weight) from the data sizes (see
+        ``SemiSupervised.set_data_sizes``)."""
         self.m2.set_data_sizes(n_total, n_labelled)
 
     def loss(self, x, noise, beta=None, labelled=None):

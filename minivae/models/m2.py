@@ -38,14 +38,14 @@ class M2(SemiSupervised):
     """M2 with MLP classifier q(y|x), encoder q(z|x,y) and a Bernoulli (default) or Gaussian
     decoder p(x|y,z) (``likelihood``).
 
-    ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``beta`` and ``mc_samples`` are those of
-    ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
+    ``alpha`` (None: 0.1 N / N_l), ``alpha_scale``, ``labelled_weight``, ``beta`` and ``mc_samples``
+    are those of ``SemiSupervised``; ``iw_k`` is accepted for the trainer's common settings and must be 1.
     """
 
     def __init__(self, x_dim=784, z_dim=50, hidden=(500,), activation="relu", num_classes=10,
                  alpha: float | None = None, alpha_scale=0.1, beta=1.0, mc_samples=1, iw_k=1,
-                 likelihood="bernoulli", rng=None):
-        super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples)
+                 likelihood="bernoulli", labelled_weight="batch", rng=None):
+        super().__init__(num_classes, alpha, alpha_scale, beta, mc_samples, labelled_weight)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("M2 trains on the ELBO-based bounds; iw_k must be 1")

@@ -14,15 +14,20 @@ for an unlabelled x the label is a latent variable too (their Eq. 7):
 and the training objective over labelled pairs and unlabelled images adds a classification
 loss that trains q(y | x) on the labels directly (their Eq. 9), here per minibatch:
 
-    loss = -mean_u U(x) - mean_l L(x, y) + alpha * mean_l [-log q(y | x)],
+    loss = -mean_u U(x) + w * (alpha * mean_l [-log q(y | x)] - mean_l L(x, y)),
     alpha = 0.1 * N / N_l by default,
 
 with N the number of training images and N_l the number of labels. The paper's objective
 (Eq. 9) weighs the classifier's mean by 0.1 N against the labelled bound's sum over the N_l
 pairs; here both labelled terms are means over their batch, and 0.1 N / N_l keeps that ratio,
-whatever N_l. Against the unlabelled bound both labelled terms then weigh N / N_l times more
-than in the paper's objective (every step takes a labelled batch besides the unlabelled one),
-which is also how the authors' code of the ADGM (Maaloe et al. 2016) scales them.
+whatever N_l. The setting ``labelled_weight`` gives w:
+
+* "batch" (the default): w = 1, the labelled batch weighs as much as the unlabelled one. Against
+  the unlabelled bound both labelled terms then weigh N / N_l times more than in the paper's
+  objective, which is how the authors' code of the ADGM (Maaloe et al. 2016) scales them;
+* "image": w = N_l / N, each labelled image weighs as much as one unlabelled image, as in the
+  paper's objective (Eq. 9 divided by N) and its authors' code (the classifier's weight is then
+  0.1, the labelled bound's N_l / N).
 
 The sum over y in U(x) is exact: all K labels are enumerated in one batched pass. The label is
 an extra leading axis: a grid of one-hot vectors of shape (K, 1, 1, K) meets x of shape
@@ -47,6 +52,10 @@ from ..checks import check_integer, check_ranges
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
 from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
 
+#: How the labelled terms weigh against the unlabelled bound (the module docstring's w).
+LABELLED_WEIGHTS = {"batch": "the labelled batch weighs as the unlabelled batch",
+                    "image": "each labelled image weighs as one unlabelled image, as Kingma et al. 2014"}
+
 
 def label_grid(num_classes, like):
     """All K labels as one-hot rows of shape (K, 1, 1, K): the label axis leads, then samples and batch."""
@@ -69,7 +78,9 @@ class SemiSupervised(Model):
     calls ``set_data_sizes(N, N_l)`` (``alpha_scale`` replaces the 0.1). ``beta`` weights the
     continuous latents' KL terms (warm-up, beta-VAE); the label's terms are not scaled. The
     three weights are finite and at least 0 (``base.SETTING_RANGES``): a negative ``alpha``
-    would train the classifier away from the given labels.
+    would train the classifier away from the given labels. ``labelled_weight`` ("batch" or
+    "image", ``LABELLED_WEIGHTS``) weighs the labelled terms against the unlabelled bound (see the
+    module docstring); "image" needs ``set_data_sizes`` too.
     ``mc_samples`` averages the bounds over that many draws of the continuous latents.
     """
 
@@ -79,8 +90,15 @@ class SemiSupervised(Model):
     #: Rows (labels x samples x examples) one pass of ``log_weights`` may hold; more are chunked.
     max_rows = 20000
 
-    def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1):
+    def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1,
+                 labelled_weight="batch"):
         super().__init__()
+        if labelled_weight not in LABELLED_WEIGHTS:
+            raise ValueError(f"labelled_weight must be " + " or ".join(
+                f"{name!r} ({what})" for name, what in LABELLED_WEIGHTS.items()) + f", got {labelled_weight!r}")
+        self.labelled_weight = labelled_weight
+        # The module docstring's w: 1, or N_l / N once set_data_sizes gives the sizes.
+        self.labelled_scale = 1.0 if labelled_weight == "batch" else None
         self.num_classes = check_integer(num_classes, "num_classes", minimum=2)
         settings = dict(beta=beta, alpha_scale=alpha_scale)
         if alpha is not None:  # None: alpha_scale * N / N_l, from set_data_sizes
@@ -103,12 +121,15 @@ class SemiSupervised(Model):
 
     # ----- the bounds --------------------------------------------------------------------------
     def set_data_sizes(self, n_total, n_labelled):
-        """Fix alpha = alpha_scale * N / N_l (Kingma et al. 2014 use alpha = 0.1 N), unless given.
-        Both sizes are integers of at least 1."""
+        """Fix alpha = alpha_scale * N / N_l (Kingma et al. 2014 use alpha = 0.1 N), unless given,
+        and for ``labelled_weight`` "image" the labelled terms' weight N_l / N. Both sizes are
+        integers of at least 1."""
         n_total = check_integer(n_total, "n_total", minimum=1)
         n_labelled = check_integer(n_labelled, "n_labelled", minimum=1)
         if self.alpha_given is None:
             self.alpha = self.alpha_scale * n_total / n_labelled
+        if self.labelled_weight == "image":
+            self.labelled_scale = n_labelled / n_total
 
     def log_prior_y(self, x):
         """log p(y) = -log K for every example: a (B,) vector (not a scalar), for any y."""
@@ -183,7 +204,7 @@ class SemiSupervised(Model):
         """The training loss (a scalar Tensor) and per-batch statistics.
 
         ``x`` is an unlabelled batch; ``labelled`` an optional pair (x_l, labels) of a labelled
-        batch. loss = -mean U(x) [- mean L(x_l, y_l) + alpha mean(-log q(y_l | x_l))], the latent
+        batch. loss = -mean U(x) [+ w (alpha mean(-log q(y_l | x_l)) - mean L(x_l, y_l))], the latent
         terms of U and L weighted by ``beta`` (None: the model's): a Python number or a 0-d array
         of the model's float dtype on its device (``kl_weight_of``); both give the same bits for
         one value. The statistics are "elbo" (mean U(x)), with a labelled batch "labelled_bound"
@@ -201,11 +222,17 @@ class SemiSupervised(Model):
         if labelled is not None:
             if self.alpha is None:
                 raise ValueError("alpha is not set: pass alpha= or call set_data_sizes(N, N_labelled)")
+            if self.labelled_scale is None:
+                raise ValueError("labelled_weight 'image' weighs the labelled terms by N_l / N: call "
+                                 "set_data_sizes(N, N_labelled)")
             x_l, y_l = split_labelled(labelled)
             check_batch(x_l, "x_l")
             rec, latent, class_loss = self._labelled_terms(x_l, y_l, noise)
             class_loss = class_loss.mean()
-            loss = loss - self._labelled(x_l, rec, latent, beta).mean() + self.alpha * class_loss
+            labelled_loss = self.alpha * class_loss - self._labelled(x_l, rec, latent, beta).mean()
+            if self.labelled_weight == "image":
+                labelled_loss = self.labelled_scale * labelled_loss
+            loss = loss + labelled_loss
             with no_grad():
                 stats.update(labelled_bound=self._labelled(x_l, rec, latent, 1.0).mean().data,
                              class_loss=class_loss.data)
