@@ -111,13 +111,14 @@ FLOW_DIFFERENCES = ("the paper trains with RMSprop at 1e-5 and momentum 0.9; min
                     "text")
 #: The M2 of M1+M2 as its authors trained it (Kingma et al. 2014; read in the authors' code,
 #: github.com/dpkingma/nips14-ssl, run_2layer_ssl.py and learn_yz_x_ss.py): one softplus layer (of
-#: 300 units for 100 labels), z of 50 units, alpha = 0.1 N / N_l (our default), a N(0, 1) prior on
-#: the weights (its gradient is our weight decay of 1 / 50,000 on the mean loss), Adam at a constant
-#: 3e-4, 3000 passes over the unlabelled images, no warm-up. Each of their 100 steps an epoch takes
+#: 300 units for 100 labels), z of 50 units, each labelled image weighed as one unlabelled image with
+#: the classifier's term scaled by alpha = 0.1 N / N_l (our labelled_weight "image" and default alpha),
+#: a N(0, 1) prior on the weights (its gradient is our weight decay of 1 / 50,000 on the mean loss),
+#: Adam at a constant 3e-4, 3000 passes over the unlabelled images, no warm-up. Each of their 100 steps an epoch takes
 #: 499 unlabelled images and 1 labelled; each of our 100 takes 500 unlabelled and 100 labelled.
-M2_PAPER = ["--activation", "softplus", "--z-dim", "50", "--n-labelled", "100", "--batch-size", "500",
-            "--lr", "3e-4", "--lr-schedule", "constant", "--weight-decay", "2e-5", "--warmup", "0",
-            "--epochs", "3000"]
+M2_PAPER = ["--activation", "softplus", "--z-dim", "50", "--n-labelled", "100", "--set", "labelled_weight=image",
+            "--batch-size", "500", "--lr", "3e-4", "--lr-schedule", "constant", "--weight-decay", "2e-5",
+            "--warmup", "0", "--epochs", "3000"]
 #: Where every M2 recipe departs from its authors' code, and why.
 M2_DIFFERENCES = ("their code puts its N(0, 1) prior on the weight matrices of the generative and inference "
                   "networks and on all of the classifier's parameters, our weight decay on every parameter; "

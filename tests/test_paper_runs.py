@@ -85,6 +85,7 @@ def test_each_m2_recipe_has_the_authors_training(tmp_path, name, model, hidden):
     assert (config.lr, config.lr_schedule, config.batch_size, config.epochs, config.warmup) == \
         (3e-4, "constant", 500, 3000, 0)
     assert config.weight_decay == 2e-5  # the weight prior N(0, 1) over 50,000 images
+    assert config.model_options["labelled_weight"] == "image"  # the paper's objective, per image
     assert config.keep_best and config.eval_k == 0
 
 
