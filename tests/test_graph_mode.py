@@ -209,7 +209,9 @@ GRAPH_SETTINGS = {
     "m1m2": ({"n_labelled": 20}, 300),  # and M1, a VAE run trained first (``_m1_run``)
 }
 GRAPH_CASES = [(name, *GRAPH_SETTINGS.get(name, ({}, 300))) for name in MODELS] + [
-    ("vae", {"mc_samples": 2, "beta": 0.5}, 320), ("vae", {"clip_norm": 2.0, "clip_value": 0.05, "weight_decay": 0.01}, 300),
+    ("vae", {"mc_samples": 2, "beta": 0.5}, 320),
+    ("vae", {"clip_norm": 2.0, "clip_value": 0.05, "weight_decay": 0.01}, 300),
+    ("m2", {"n_labelled": 20, "model_options": {"labelled_weight": "image"}}, 320),
     ("iwae", {"iw_k": 3, "model_options": {"layers": 2, "z1_dim": 6, "hidden2": (8,)}}, 300)]
 
 
