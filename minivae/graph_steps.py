@@ -6,8 +6,9 @@ kernels, builds the optimizer's flat buffers and counts the step's noise draws. 
 host, with the very code of the eager step (``Trainer.learning_rate``, ``Adam.update_scalars``,
 ``train.kl_weight``), into a ``StepSchedule`` in device memory, and captures one step that reads
 them (``minivae.gpu.graph``): the engine's forward and backward, the gradient clipping of the
-run's settings, Adam, and the sums of the step's statistics, all on the device. Each later step copies its batch into the input buffer and
-replays the graph. So N replays give the parameters of N eager steps bit for bit.
+run's settings, Adam, and the sums of the step's statistics, all on the device. Each later step
+copies its batch into the input buffer and replays the graph. So N replays give the parameters
+of N eager steps bit for bit.
 
 Two graphs are captured, one whose Adam clears the moments of subnormals and one that does not
 (the optimizer does it every ``flush_every`` steps), and both again at the start of every epoch,
