@@ -45,6 +45,14 @@ def check_bool(value, name: str) -> bool:
     return bool(value)
 
 
+def check_choice(value, name: str, choices: tuple):
+    """Return ``value`` if it is one of ``choices`` (a setting named by a word, such as a
+    likelihood); anything else gets a ValueError naming ``name``, the value and the choices."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
 # Ranges for ``check_ranges``: (test, what the value must be). Each test is False for NaN, which
 # fails every comparison (a test ``not v < 0`` would let it through), and for infinity, which no
 # weight, rate or step size can be without turning a loss or a parameter into inf or NaN.

@@ -5,8 +5,8 @@ import re
 import numpy as np
 import pytest
 
-from minivae.checks import (FINITE, FRACTION, NON_NEGATIVE, POSITIVE, check_float, check_integer,
-                            check_intensities, check_points, check_ranges, check_real,
+from minivae.checks import (FINITE, FRACTION, NON_NEGATIVE, POSITIVE, check_choice, check_float,
+                            check_integer, check_intensities, check_points, check_ranges, check_real,
                             check_sequence, out_of_range)
 
 
@@ -85,3 +85,11 @@ def test_intensities_take_0_and_1_and_an_empty_array():
         check_intensities(np.array([0.0, 1.5]))
     with pytest.raises(ValueError, match=r"^x has values in \[-0.5, 1\]"):
         check_intensities(np.array([-0.5, 1.0]))
+
+
+@pytest.mark.parametrize("value", ["Gaussian", "", 1, None])
+def test_check_choice_names_the_setting_the_value_and_the_choices(value):
+    assert check_choice("gaussian", "likelihood", ("bernoulli", "gaussian")) == "gaussian"
+    message = rf"^likelihood must be one of 'bernoulli', 'gaussian', got {re.escape(repr(value))}$"
+    with pytest.raises(ValueError, match=message):
+        check_choice(value, "likelihood", ("bernoulli", "gaussian"))

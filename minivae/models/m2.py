@@ -24,7 +24,7 @@ m2 --n-labelled 100 --hidden 500 --z-dim 50`` (``--set alpha=...`` fixes alpha).
 from .. import functional as F
 from .. import nn
 from ..autograd import no_grad
-from ..checks import check_bool, check_integer, check_sizes
+from ..checks import check_bool, check_choice, check_integer, check_sizes
 from ..distributions import sample_bernoulli, standard_normal
 from .common import MLP, GaussianHead, JointMLP
 from .base import check_noise
@@ -49,9 +49,7 @@ class M2(SemiSupervised):
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         if iw_k != 1:
             raise ValueError("M2 trains on the ELBO-based bounds; iw_k must be 1")
-        if likelihood not in LIKELIHOODS:
-            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
-        self.likelihood = likelihood
+        self.likelihood = check_choice(likelihood, "likelihood", LIKELIHOODS)
         self.x_dim = check_integer(x_dim, "x_dim", minimum=1)
         self.z_dim = check_integer(z_dim, "z_dim", minimum=1)
         hidden, k = check_sizes(hidden, "hidden"), self.num_classes
