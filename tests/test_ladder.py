@@ -3,11 +3,13 @@ import json
 
 import numpy as np
 import pytest
+from test_cli_errors import user_error
 from test_train import config, small_data
 
 import minivae as mv
 from minivae import nn
 from minivae.gradcheck import check_float32, gradcheck
+from minivae.gradcheck_cases import model_case
 from minivae.models import LadderVAE, build_model
 from minivae.ops.ladder import PrecisionWeightedMerge, precision_weighted_merge
 from minivae.random import Generator
@@ -62,6 +64,10 @@ def test_merge_gradcheck(rng, scale):
     assert gradcheck(precision_weighted_merge, *inputs)
     assert check_float32(precision_weighted_merge, *inputs)
     assert gradcheck(lambda *a: precision_weighted_merge(*a)[0] * precision_weighted_merge(*a)[1], *inputs)
+
+
+#: The settings that follow the authors' code, all on.
+AUTHORS = dict(up_input="mean", variance="softplus", batch_norm_heads=True)
 
 
 def small_ladder(layers=3, **kw):
@@ -165,11 +171,151 @@ def test_sampling_uses_running_statistics_and_leaves_them_alone():
         np.testing.assert_array_equal(v, before[k], err_msg=k)
 
 
-def test_encode_and_decode_describe_the_top_layer(rng):
-    model = small_ladder(3).eval()
+@pytest.mark.parametrize("options", [{}, AUTHORS], ids=["defaults", "authors"])
+def test_encode_and_decode_describe_the_top_layer(rng, options):
+    model = small_ladder(3, **options).eval()
     x = binary(rng, 4)
     mu, logvar = model.encode(x)
     zs, q, _ = model._posterior(x, 1, Generator(0))
     assert model.z_dim == 3 and mu.shape == (4, 3)
     np.testing.assert_array_equal(mu.data, q[-1][0].data)
     assert model.decode(mu).shape == (4, 12)
+
+
+# ----- the authors' settings: up_input, variance, batch_norm_heads ---------------------------------
+def test_defaults_keep_the_parameters_and_the_numbers_of_the_model_before_these_settings():
+    """The defaults are the model that existing runs and checkpoints hold: the same parameter
+    names and shapes, the same initialization, loss and log-weights (numbers recorded from the
+    model before ``up_input``, ``variance`` and ``batch_norm_heads`` existed)."""
+    sizes = dict(x_dim=12, hidden=(5, 4), z_dims=(3, 2), mlp_layers=1, activation="tanh")
+    mv.nn.init.manual_seed(0)
+    model = LadderVAE(**sizes).astype(np.float64)
+    mv.nn.init.manual_seed(0)
+    spelled = LadderVAE(**sizes, up_input="features", variance="exp", batch_norm_heads=False).astype(np.float64)
+    for (name, a), (same, b) in zip(model.state_dict().items(), spelled.state_dict().items(), strict=True):
+        assert name == same and a.tobytes() == b.tobytes(), name
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    up = {"up.0.net.0.weight": (12, 5), "up.0.net.0.bias": (5,), "up.0.net.1.weight": (5,),
+          "up.0.net.1.bias": (5,), "up.1.net.0.weight": (5, 4), "up.1.net.0.bias": (4,),
+          "up.1.net.1.weight": (4,), "up.1.net.1.bias": (4,)}
+    heads = {f"{name}.{v}.{w}": (n_in, d) if w == "weight" else (d,)
+             for name, n_in, d in [("up_heads.0", 5, 3), ("up_heads.1", 4, 2),
+                                   ("generator.priors.0.head", 4, 3)]
+             for v in ("mu", "logvar") for w in ("weight", "bias")}
+    generator = {"generator.priors.0.trunk.net.0.weight": (2, 4), "generator.priors.0.trunk.net.0.bias": (4,),
+                 "generator.priors.0.trunk.net.1.weight": (4,), "generator.priors.0.trunk.net.1.bias": (4,),
+                 "generator.likelihood.net.0.weight": (3, 5), "generator.likelihood.net.0.bias": (5,),
+                 "generator.likelihood.net.1.weight": (5,), "generator.likelihood.net.1.bias": (5,),
+                 "generator.likelihood.net.3.weight": (5, 12), "generator.likelihood.net.3.bias": (12,)}
+    assert shapes == {**up, **heads, **generator}
+    total = sum(float(p.data.sum()) for p in model.parameters())  # the same initialization
+    assert total == pytest.approx(28.257610865102833, rel=1e-13)
+    x = mv.tensor((np.random.default_rng(0).random((3, 12)) < 0.5).astype(np.float64))
+    assert model.loss(x, Generator(9))[0].item() == pytest.approx(8.971243286343668, rel=1e-12)
+    log_w = model.eval().log_weights(x, 2, Generator(3)).data.ravel()
+    before = [-9.895219473334365, -8.812221203991545, -9.052227160754569,
+              -10.508763296909795, -8.478263899882403, -8.865404196442757]
+    np.testing.assert_allclose(log_w, before, rtol=1e-12)
+
+
+def np_batch_norm(p, name, h, training):
+    """BatchNorm1d ``name`` over the rows of h (its leading axes flattened): the batch's mean and
+    biased variance in training mode, the running ones in eval mode; then its scale and shift."""
+    rows = h.reshape(-1, h.shape[-1])
+    mean, var = ((rows.mean(axis=0), rows.var(axis=0)) if training
+                 else (p[name + ".running_mean"], p[name + ".running_var"]))
+    return (h - mean) / np.sqrt(var + 1e-5) * p[name + ".weight"] + p[name + ".bias"]
+
+
+def np_mlp(p, name, h, layers, training, final=True):
+    """An ``MLP`` of ``layers`` linear layers: each Linear -> BatchNorm1d -> tanh (not the last
+    one's normalization and tanh unless ``final``)."""
+    for i in range(layers):
+        h = h @ p[f"{name}.net.{3 * i}.weight"] + p[f"{name}.net.{3 * i}.bias"]
+        if final or i < layers - 1:
+            h = np.tanh(np_batch_norm(p, f"{name}.net.{3 * i + 1}", h, training))
+    return h
+
+
+def np_softplus_head(p, name, h, training):
+    """(mean, variance) of a batch-normalized softplus head: BN(h W + b), and
+    softplus(BN(h W' + b')) + 1e-5."""
+    mu, a = (np_batch_norm(p, f"{name}.{v}.1", h @ p[f"{name}.{v}.0.weight"] + p[f"{name}.{v}.0.bias"],
+                           training) for v in ("mu", "logvar"))
+    return mu, np.logaddexp(0.0, a) + 1e-5
+
+
+def np_log_normal(z, mu, var):
+    return -0.5 * (np.log(2 * np.pi * var) + (z - mu) ** 2 / var).sum(-1)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_log_weights_with_the_authors_settings_match_numpy(rng, training):
+    """Three layers, each bottom-up MLP above the first reading the mean estimate below, every
+    head batch-normalized with variance softplus(a) + 1e-5, written out in NumPy from the
+    parameters: in training mode (batch statistics, over the k * B rows of the samples in the
+    generative heads) and in eval mode (running statistics, made unlike 0 and 1)."""
+    model = small_ladder(3, mlp_layers=2, **AUTHORS)
+    assert model.up[1].net[0].weight.shape == (4, 8) and model.up[2].net[0].weight.shape == (3, 6)
+    draw = np.random.default_rng(5)
+    for norm in (m for m in model.modules() if isinstance(m, nn.BatchNorm1d)):  # away from 0 and 1
+        norm.weight.data[...], norm.running_var[...] = draw.uniform(0.5, 2.0, (2, norm.num_features))
+        norm.bias.data[...], norm.running_mean[...] = draw.normal(0.0, 0.5, (2, norm.num_features))
+    model.train(training)
+    p = {k: v.copy() for k, v in model.state_dict().items()}
+    x, k = binary(rng, 5), 3
+    log_w = model.log_weights(x, k, Generator(4)).data
+
+    estimates, d = [], x.data
+    for l in range(3):  # bottom-up: the mean estimate feeds the next MLP
+        estimates.append(np_softplus_head(p, f"up_heads.{l}", np_mlp(p, f"up.{l}", d, 2, training), training))
+        d = estimates[-1][0]
+    g = Generator(4)
+    mu, var = estimates[-1]
+    z = mu + np.sqrt(var) * g.normal((k, 5, model.z_dims[-1]), dtype=np.float64)
+    expected = np_log_normal(z, 0.0, 1.0) - np_log_normal(z, mu, var)
+    for l in (1, 0):  # top-down: p(z_l | z_{l+1}) merged with the estimate by precision weighting
+        mu_p, var_p = np_softplus_head(p, f"generator.priors.{l}.head",
+                                       np_mlp(p, f"generator.priors.{l}.trunk", z, 2, training), training)
+        mu_q, var_q = closed_form(*estimates[l], mu_p, var_p)
+        z = mu_q + np.sqrt(var_q) * g.normal(mu_q.shape, dtype=np.float64)
+        expected += np_log_normal(z, mu_p, var_p) - np_log_normal(z, mu_q, var_q)
+    logits = np_mlp(p, "generator.likelihood", z, 3, training, final=False)
+    expected += (x.data * logits - np.logaddexp(0.0, logits)).sum(-1)
+    np.testing.assert_allclose(log_w, expected, rtol=1e-10)
+
+
+def test_loss_gradients_with_the_authors_settings_match_finite_differences():
+    names, loss, inputs = model_case("ladder", activation="tanh", **AUTHORS)
+    assert "up_heads.0.logvar.1.weight" in names and "generator.priors.0.head.mu.1.bias" in names
+    assert gradcheck(loss, *inputs)
+
+
+def test_softplus_heads_start_their_variance_bias_at_one():
+    """The authors' initialization: softplus(1) + 1e-5 where the features are 0."""
+    model = small_ladder(2, variance="softplus")
+    for head in (*model.up_heads, model.generator.priors[0].head):
+        np.testing.assert_array_equal(head.logvar.bias.data, 1.0)
+        _, logvar = head(mv.tensor(np.zeros((1, head.mu.weight.shape[0]))))
+        np.testing.assert_allclose(logvar.data, np.log(np.logaddexp(0.0, 1.0) + 1e-5), rtol=1e-15)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("up_input", "mu", "up_input must be one of 'features', 'mean', got 'mu'"),
+    ("variance", "exp(logvar)", r"variance must be one of 'exp', 'softplus', got 'exp\(logvar\)'"),
+    ("batch_norm_heads", "true", "batch_norm_heads must be True or False, got 'true'"),
+])
+def test_bad_values_of_the_authors_settings_are_refused_by_name(setting, value, message):
+    error = TypeError if setting == "batch_norm_heads" else ValueError
+    with pytest.raises(error, match=f"^{message}$"):
+        LadderVAE(x_dim=12, hidden=(5, 4), **{setting: value})
+
+
+@pytest.mark.parametrize("pair, named", [
+    ("up_input=mu", "up_input must be one of 'features', 'mean', got 'mu'"),
+    ("variance=Softplus", "variance must be one of 'exp', 'softplus', got 'Softplus'"),
+    ("batch_norm_heads=yes", "--set batch_norm_heads=yes: 'yes' is not true or false"),
+])
+def test_bad_values_on_the_command_line_are_one_line(capsys, tmp_path, pair, named):
+    user_error(capsys, ["train", "--model", "ladder", "--set", pair, "--out", str(tmp_path / "r")], named)
+    assert not (tmp_path / "r").exists()

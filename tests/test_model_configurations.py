@@ -60,6 +60,12 @@ def ladder(draw):
             "mlp_layers": draw(st.integers(1, 2)), "batch_norm": draw(st.booleans())}
 
 
+def ladder_heads(draw):
+    """The Ladder VAE's settings that follow its authors' code."""
+    return {"up_input": draw(st.sampled_from(["features", "mean"])),
+            "variance": draw(st.sampled_from(["exp", "softplus"])), "batch_norm_heads": draw(st.booleans())}
+
+
 def auxiliary(draw):
     return {"a_dim": draw(st.integers(1, 3)), "z_dim": draw(st.integers(1, 3)), "hidden": draw(sizes())}
 
@@ -78,7 +84,7 @@ def iwae_options(draw):
 OPTIONS = {
     "vae": lambda draw: {"z_dim": draw(st.integers(1, 3)), "hidden": draw(sizes()), **one_bound(draw)},
     "iwae": iwae_options,
-    "ladder": lambda draw: {**ladder(draw), **one_bound(draw)},
+    "ladder": lambda draw: {**ladder(draw), **ladder_heads(draw), **one_bound(draw)},
     "flow": lambda draw: {"flows": draw(st.integers(0, 3)), "z_dim": draw(st.integers(1, 3)),
                           "hidden": draw(sizes()), **one_bound(draw)},
     "gumbel": lambda draw: {"hidden": draw(sizes(0)), "n_vars": draw(st.integers(1, 3)),

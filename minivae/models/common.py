@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..checks import check_bool, check_integer, check_ranges
+from ..checks import check_bool, check_choice, check_integer, check_ranges
 from ..distributions import sample_bernoulli, standard_normal
 from ..backend import get_array_module
 from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
@@ -55,27 +55,60 @@ class MLP(nn.Module):
 
     def forward(self, x):
         """Apply the layers in order."""
-        if not self.batch_norm or x.ndim == 2:
-            return self.net(x)
-        out = self.net(x.reshape(-1, x.shape[-1]))
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        return by_rows(self.net, x) if self.batch_norm else self.net(x)
+
+
+def by_rows(layer, x):
+    """``layer`` applied to ``x`` with its leading axes taken as rows: an (S, B, D) input is
+    passed as S*B rows of D, so that a batch normalization in ``layer`` takes its statistics over
+    all samples of the batch (BatchNorm1d would read a 3-d input as (N, C, L))."""
+    if x.ndim == 2:
+        return layer(x)
+    out = layer(x.reshape(-1, x.shape[-1]))
+    return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+#: How a ``GaussianHead`` makes the variance from the output a of its second linear map.
+VARIANCES = ("exp", "softplus")
+#: The smallest variance of a softplus head, the floor of the Ladder VAE authors' code (Sonderby
+#: et al. 2016), which keeps the log-variance finite where softplus(a) underflows.
+VARIANCE_FLOOR = 1e-5
 
 
 class GaussianHead(nn.Module):
     """Two linear maps from features to the mean and log-variance of a diagonal Gaussian.
 
-    The log-variance is unconstrained (variance = exp(logvar)): a softplus on it would force the
-    variance above 1, a known bug of some implementations.
+    ``variance`` says what the second map's output a is. "exp" (the default): the log-variance
+    itself, unconstrained (variance = exp(a)); a softplus on a log-variance would force the
+    variance above 1, a known bug of some implementations. "softplus": a gives the variance,
+    softplus(a) + ``VARIANCE_FLOOR``, as in the Ladder VAE authors' code; the head returns its
+    logarithm, as minivae's ops take log-variances, and the bias of a starts at 1 as theirs does.
+    ``batch_norm`` puts a BatchNorm1d (with its learned scale and shift) after each linear map,
+    before the softplus, as their code does for every dense layer but the image output; inputs
+    with leading sample axes are normalized as rows (``by_rows``).
     """
 
-    def __init__(self, n_in, n_out, rng=None):
+    def __init__(self, n_in, n_out, variance="exp", batch_norm=False, rng=None):
         super().__init__()
-        self.mu = nn.Linear(n_in, n_out, rng=rng)
-        self.logvar = nn.Linear(n_in, n_out, rng=rng)
+        self.variance = check_choice(variance, "variance", VARIANCES)
+        self.batch_norm = check_bool(batch_norm, "batch_norm")
+        mu, var = nn.Linear(n_in, n_out, rng=rng), nn.Linear(n_in, n_out, rng=rng)
+        if self.variance == "softplus":
+            nn.init.ones_(var.bias)  # a variance of softplus(1) = 1.31 (a batch norm after it cancels this)
+        if self.batch_norm:
+            # A Sequential names them mu.0 (the Linear) and mu.1 (its normalization), as in an MLP.
+            mu, var = nn.Sequential(mu, nn.BatchNorm1d(n_out)), nn.Sequential(var, nn.BatchNorm1d(n_out))
+        self.mu, self.logvar = mu, var
 
     def forward(self, h):
         """Return (mu, logvar)."""
-        return self.mu(h), self.logvar(h)
+        if self.batch_norm:
+            mu, a = by_rows(self.mu, h), by_rows(self.logvar, h)
+        else:
+            mu, a = self.mu(h), self.logvar(h)
+        if self.variance == "softplus":
+            return mu, F.log(F.softplus(a) + VARIANCE_FLOOR)
+        return mu, a
 
 
 def iwae_bound(log_w):
@@ -112,13 +145,15 @@ def model_array_module(model):
 
 class GaussianLayer(nn.Module):
     """A conditional diagonal Gaussian: (mu, logvar) = GaussianHead(MLP(h)), the MLP with sizes
-    ``n_in -> hidden...`` (``batch_norm`` as in ``MLP``); h may carry leading sample axes."""
+    ``n_in -> hidden...`` (``batch_norm`` as in ``MLP``), the head with ``variance`` and
+    ``batch_norm_heads`` (its ``variance`` and ``batch_norm``); h may carry leading sample axes."""
 
-    def __init__(self, n_in, hidden, n_out, activation="relu", batch_norm=False, rng=None):
+    def __init__(self, n_in, hidden, n_out, activation="relu", batch_norm=False, variance="exp",
+                 batch_norm_heads=False, rng=None):
         super().__init__()
         hidden = tuple(hidden)
         self.trunk = MLP((n_in,) + hidden, activation, batch_norm=batch_norm, rng=rng)
-        self.head = GaussianHead(hidden[-1], n_out, rng=rng)
+        self.head = GaussianHead(hidden[-1], n_out, variance, batch_norm_heads, rng=rng)
 
     def forward(self, h):
         """Return (mu, logvar)."""
@@ -174,11 +209,13 @@ class TopDownGenerator(nn.Module):
     (``blocks[0]``: between x and z_1); the generative network between the same two layers mirrors
     them (Burda et al. 2015: q(z_1|x) 200-200, q(z_2|z_1) 100-100, p(z_1|z_2) 100-100,
     p(x|z_1) 200-200). Shared by the two-layer IWAE and the Ladder VAE, whose generative models
-    are the same (Sonderby et al. 2016 change only the inference model).
+    are the same (Sonderby et al. 2016 change only the inference model). ``variance`` and
+    ``batch_norm_heads`` shape the heads of the p(z_l | z_{l+1}) (see ``GaussianHead``).
     Layers are 0-based in code: ``z_dims[0]`` is z_1.
     """
 
-    def __init__(self, x_dim, z_dims, blocks, activation="relu", batch_norm=False, rng=None):
+    def __init__(self, x_dim, z_dims, blocks, activation="relu", batch_norm=False, variance="exp",
+                 batch_norm_heads=False, rng=None):
         super().__init__()
         self.z_dims = tuple(int(d) for d in z_dims)
         blocks = [tuple(b) for b in blocks]
@@ -186,8 +223,8 @@ class TopDownGenerator(nn.Module):
             raise ValueError(f"need one hidden block per stochastic layer, got {len(blocks)} blocks "
                              f"for {len(self.z_dims)} layers")
         self.priors = nn.ModuleList([
-            GaussianLayer(self.z_dims[l + 1], blocks[l + 1][::-1], self.z_dims[l], activation,
-                          batch_norm, rng=rng) for l in range(len(self.z_dims) - 1)])
+            GaussianLayer(self.z_dims[l + 1], blocks[l + 1][::-1], self.z_dims[l], activation, batch_norm,
+                          variance, batch_norm_heads, rng=rng) for l in range(len(self.z_dims) - 1)])
         self.likelihood = MLP((self.z_dims[0],) + blocks[0][::-1] + (x_dim,), activation,
                               final_activation=False, batch_norm=batch_norm, rng=rng)
 

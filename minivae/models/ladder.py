@@ -15,6 +15,25 @@ KL(q(z_l|.) || p(z_l|z_{l+1})) for l < L. As in the paper, all deterministic lay
 normalization, the MLPs have two layers, and the KL is warmed up: pass ``--warmup EPOCHS`` to
 the trainer (the paper ramps it from 0 to 1 over 200 epochs).
 
+Three settings follow the authors' code (github.com/casperkaae/LVAE, run_models.py) where the
+defaults keep minivae's first choices:
+
+* ``up_input``: what the bottom-up MLP of layer l >= 2 reads. "features" (the default): the
+  deterministic features d_{l-1} of the layer below; "mean": its mean estimate mu_hat_{l-1} (of
+  size z_dims[l-2]), as the authors' ``only_mu_up`` does.
+* ``variance``: how every Gaussian head (the bottom-up estimates and the generative
+  p(z_l | z_{l+1})) gives its variance. "exp" (the default): the head's second map is the
+  log-variance; "softplus": the variance is softplus(a) + 1e-5 of that map's output a, the
+  authors' form and floor (``GaussianHead``). Their code adds the floor only inside the
+  log-densities, after the merge, and samples with the variance without it; here the floor is
+  part of each head's variance, so the samples, the merge and the densities use one variance.
+* ``batch_norm_heads``: batch normalization, with its learned scale and shift, between each of
+  those heads' linear maps and its output (before the softplus), as the authors' code has for
+  every dense layer but the image output layer.
+
+The authors' recipe turns all three on:
+``--set up_input=mean --set variance=softplus --set batch_norm_heads=true``.
+
 Registered as ``ladder``. The trainer's ``--hidden`` lists one width per stochastic layer (so its
 length is L, 2 to 5 in the paper), ``--set z_dims=[...]`` the latent sizes (default the paper's
 64, 32, 16, 8, 4, cut to L); ``--z-dim`` is not used. The paper's five-layer MNIST model:
@@ -24,12 +43,14 @@ import numpy as np
 
 from .. import functional as F
 from .. import nn
-from ..checks import check_integer, check_sizes
+from ..checks import check_bool, check_choice, check_integer, check_sizes
 from ..ops.ladder import precision_weighted_merge
 from .base import check_batch, check_noise, check_one_training_bound
 from .common import MLP, GaussianHead, LatentVariableModel, TopDownGenerator
 
 PAPER_Z_DIMS = (64, 32, 16, 8, 4)
+#: What the bottom-up MLPs above the first read: the features or the mean estimate of the layer below.
+UP_INPUTS = ("features", "mean")
 
 
 def check_ladder_sizes(model, hidden, z_dims):
@@ -87,8 +108,9 @@ class LadderVAE(LatentVariableModel):
     """A Ladder VAE with ``len(hidden)`` stochastic layers (see the module docstring).
 
     ``hidden[l]`` is the width of the ``mlp_layers`` dense layers between layer l and l+1 (both
-    ways), ``z_dims[l]`` the size of z_{l+1}. ``z_dim`` is accepted for the trainer's common
-    settings and ignored.
+    ways), ``z_dims[l]`` the size of z_{l+1}. ``up_input``, ``variance`` and ``batch_norm_heads``
+    are the authors' choices described in the module docstring. ``z_dim`` is accepted for the
+    trainer's common settings and ignored.
     """
 
     gaussian_encoder = True
@@ -96,20 +118,24 @@ class LadderVAE(LatentVariableModel):
     unused_settings = {"z_dim": "its latent sizes are --set z_dims"}
 
     def __init__(self, x_dim=784, z_dims: tuple[int, ...] | None = None, hidden=(512, 256, 128, 64, 32),
-                 mlp_layers=2, activation="leaky_relu", batch_norm=True, beta=1.0, mc_samples=1, iw_k=1,
-                 z_dim=None, rng=None):
+                 mlp_layers=2, activation="leaky_relu", batch_norm=True, up_input="features", variance="exp",
+                 batch_norm_heads=False, beta=1.0, mc_samples=1, iw_k=1, z_dim=None, rng=None):
         super().__init__(beta, mc_samples, iw_k)
         rng = nn.init.get_rng(rng)  # one generator for all the layers (see models.base)
         hidden, z_dims = check_ladder_sizes("ladder", hidden, z_dims)
         check_one_training_bound(self.mc_samples, self.iw_k)
         self.x_dim, self.z_dims = check_integer(x_dim, "x_dim", minimum=1), z_dims
         mlp_layers = check_integer(mlp_layers, "mlp_layers", minimum=1)
+        self.up_input = check_choice(up_input, "up_input", UP_INPUTS)
+        batch_norm_heads = check_bool(batch_norm_heads, "batch_norm_heads")  # named as the setting
         blocks = [(h,) * mlp_layers for h in hidden]
-        inputs = (x_dim,) + hidden[:-1]
+        inputs = (x_dim,) + (hidden[:-1] if self.up_input == "features" else z_dims[:-1])
         self.up = nn.ModuleList([MLP((n_in,) + b, activation, batch_norm=batch_norm, rng=rng)
                              for n_in, b in zip(inputs, blocks)])
-        self.up_heads = nn.ModuleList([GaussianHead(h, d, rng=rng) for h, d in zip(hidden, self.z_dims)])
-        self.generator = TopDownGenerator(x_dim, self.z_dims, blocks, activation, batch_norm, rng=rng)
+        self.up_heads = nn.ModuleList([GaussianHead(h, d, variance, batch_norm_heads, rng=rng)
+                                       for h, d in zip(hidden, self.z_dims)])
+        self.generator = TopDownGenerator(x_dim, self.z_dims, blocks, activation, batch_norm, variance,
+                                          batch_norm_heads, rng=rng)
 
     @property
     def z_dim(self):
@@ -118,10 +144,7 @@ class LadderVAE(LatentVariableModel):
 
     def encode(self, x):
         """(mu, logvar) of q(z_L | x), the top layer's posterior (the end of the bottom-up pass)."""
-        d = x
-        for mlp in self.up:
-            d = mlp(d)
-        return self.up_heads[-1](d)
+        return self.bottom_up(x)[-1]
 
     def decode(self, z_top):
         """Bernoulli logits from z_L through the generative means (``TopDownGenerator.decode``)."""
@@ -129,11 +152,14 @@ class LadderVAE(LatentVariableModel):
 
     def bottom_up(self, x):
         """The deterministic bottom-up pass: each layer's estimate (mu_hat, logvar_hat) from the
-        data alone, bottom to top (the top one is q(z_L | x))."""
+        data alone, bottom to top (the top one is q(z_L | x)). Each MLP above the first reads the
+        features d of the layer below, or with ``up_input`` "mean" its mean estimate mu_hat."""
         d, out = x, []
         for mlp, head in zip(self.up, self.up_heads):
             d = mlp(d)
             out.append(head(d))
+            if self.up_input == "mean":
+                d = out[-1][0]
         return out
 
     def _posterior(self, x, k, noise):
