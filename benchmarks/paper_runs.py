@@ -79,23 +79,32 @@ IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second 
 
 #: The Ladder VAE's training (Sonderby et al. 2016; read in the authors' code, github.com/casperkaae/LVAE,
 #: README.md and run_models.py): below each stochastic layer two dense layers of batch-normalized leaky
-#: ReLUs (slope 0.01, minivae's), a KL warm-up from 0 to 1 over 200 epochs, Adam at a constant 2e-4
+#: ReLUs (slope 0.01, minivae's); each bottom-up block above the first reads the mean estimate of the
+#: layer below (their only_mu_up); every mean and variance layer batch-normalized, each variance
+#: softplus(a) + 1e-5; a KL warm-up from 0 to 1 over 200 epochs, Adam at a constant 2e-4
 #: with epsilon 1e-4 on gradients rescaled to a joint norm of at most 4 and then clipped to 0.9 each,
 #: batches of 256, 2000 epochs, one sample. The code's example is the three-layer
 #: model (512-256-128, z 64-32-16); the five layers extend it to the paper's MNIST sizes, as quoted
 #: second-hand (512-256-128-64-32, z 64-32-16-8-4).
 LADDER_PAPER = ["--hidden", "512", "256", "128", "64", "32", "--set", "z_dims=64,32,16,8,4",
-                "--set", "mlp_layers=2", "--set", "batch_norm=true", "--activation", "leaky_relu",
+                "--set", "mlp_layers=2", "--set", "batch_norm=true", "--set", "up_input=mean",
+                "--set", "variance=softplus", "--set", "batch_norm_heads=true", "--activation", "leaky_relu",
                 "--warmup", "200", "--batch-size", "256", "--lr", "2e-4", "--lr-schedule", "constant",
                 "--adam-eps", "1e-4", "--clip-norm", "4", "--clip-value", "0.9", "--epochs", "2000"]
 #: Where the Ladder VAE recipe departs from its authors' code, and why.
-LADDER_DIFFERENCES = ("the authors' code batch-normalizes the mean and variance layers too, gives each "
-                      "layer's variance through a softplus (we give the log-variance), feeds each bottom-up "
-                      "layer the mean of the one below, and collects the batch-norm statistics in a pass over "
-                      "the training set before it scores (ours are running averages of training batches): minivae's Ladder "
-                      "VAE has none of these switches. Its warm-up weight steps once per epoch from 0, ours "
-                      "from 1/200. It trains on the training and validation images together (60,000) with no "
-                      "validation; we train on 50,000 and score the epoch best by the validation ELBO")
+LADDER_DIFFERENCES = ("the authors' example does not share the top-down pass with the generative model "
+                      "(ladder_share_params False): its inference merges with networks of its own, and its "
+                      "p(z_l | z_{l+1}) takes the width of the block below z_l (512 for p(z_1 | z_2)); "
+                      "minivae's Ladder VAE merges with its generative p(z_l | z_{l+1}), of the width of the "
+                      "block above. "
+                      "Their code adds the variance floor only inside the log-densities, ours to each "
+                      "variance; it starts the weights from Glorot's initialization, normalizes with an "
+                      "epsilon of 1e-10 (ours 1e-5), clips the Bernoulli means to [1e-5, 1 - 1e-5], and "
+                      "collects the batch-norm statistics in a pass over the training set before it scores "
+                      "(ours are running averages of training batches): minivae has no such settings. "
+                      "Its warm-up weight steps once per epoch from 0, ours from 1/200. It trains on the "
+                      "training and validation images together (60,000) with no validation; we train on "
+                      "50,000 and score the epoch best by the validation ELBO")
 #: The planar flows' training (Rezende & Mohamed 2015; no authors' code, read second-hand in a
 #: reproduction, github.com/andrehuang/normalizing-flows-reproduce): z of 40 units, 2x400 ReLU
 #: networks, the flows' parameters given by the encoder, batches of 100, the annealed bound
