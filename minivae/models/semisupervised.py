@@ -48,13 +48,13 @@ A subclass provides three methods:
 from .. import functional as F
 from ..autograd import no_grad, tensor
 from ..backend import get_array_module
-from ..checks import check_integer, check_ranges
+from ..checks import check_choice, check_integer, check_ranges
 from ..distributions import log_categorical, log_uniform_categorical, one_hot
 from .base import SETTING_RANGES, Model, check_batch, check_noise, kl_weight_of
 
-#: How the labelled terms weigh against the unlabelled bound (the module docstring's w).
-LABELLED_WEIGHTS = {"batch": "the labelled batch weighs as the unlabelled batch",
-                    "image": "each labelled image weighs as one unlabelled image, as Kingma et al. 2014"}
+#: How the labelled terms weigh against the unlabelled bound (the module docstring's w): "batch",
+#: the labelled batch as the unlabelled batch; "image", each labelled image as one unlabelled image.
+LABELLED_WEIGHTS = ("batch", "image")
 
 
 def label_grid(num_classes, like):
@@ -93,10 +93,7 @@ class SemiSupervised(Model):
     def __init__(self, num_classes=10, alpha=None, alpha_scale=0.1, beta=1.0, mc_samples=1,
                  labelled_weight="batch"):
         super().__init__()
-        if labelled_weight not in LABELLED_WEIGHTS:
-            raise ValueError(f"labelled_weight must be " + " or ".join(
-                f"{name!r} ({what})" for name, what in LABELLED_WEIGHTS.items()) + f", got {labelled_weight!r}")
-        self.labelled_weight = labelled_weight
+        self.labelled_weight = check_choice(labelled_weight, "labelled_weight", LABELLED_WEIGHTS)
         # The module docstring's w: 1, or N_l / N once set_data_sizes gives the sizes.
         self.labelled_scale = 1.0 if labelled_weight == "batch" else None
         self.num_classes = check_integer(num_classes, "num_classes", minimum=2)
