@@ -524,16 +524,17 @@ class _FlatLayout:
         for i in members:
             self.offsets.append(self.offsets[-1] + params[i].data.size)
         n = self.offsets[-1]
-        # Arrays like the parameters (empty_like keeps an ndarray subclass), flat.
-        self.param = xp.empty_like(first, shape=n)
+        # Arrays like the parameters (empty_like keeps an ndarray subclass), flat. Each shape is a
+        # tuple: CuPy's empty_like and zeros_like take a shape of 0 for the prototype's own shape.
+        self.param = xp.empty_like(first, shape=(n,))
         # The gathered gradient of the kernel's update, then the work array of its flush.
-        self.grad = xp.empty_like(first, shape=n)
+        self.grad = xp.empty_like(first, shape=(n,))
         # The xp update's two work arrays, as long as the largest member: the update runs member
         # by member, and reusing the same memory for each keeps it in the CPU's cache.
         longest = max(b - a for a, b in zip(self.offsets, self.offsets[1:]))
-        self.work = (xp.empty_like(first, shape=longest), xp.empty_like(first, shape=longest))
+        self.work = (xp.empty_like(first, shape=(longest,)), xp.empty_like(first, shape=(longest,)))
         keys = ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-        self.moments = {key: xp.zeros_like(first, shape=n) for key in keys}
+        self.moments = {key: xp.zeros_like(first, shape=(n,)) for key in keys}
         self.views = {key: [] for key in ("param",) + keys}
         for j, i in enumerate(members):
             p, part = params[i], slice(self.offsets[j], self.offsets[j + 1])
