@@ -359,6 +359,9 @@ class Where(Function):
     @staticmethod
     def forward(ctx, a, b, cond):
         xp = get_array_module(a, b)
+        # A condition given on the host (a list, a NumPy mask) goes to the device of a and b:
+        # CuPy's where refuses a NumPy array, which NumPy's takes.
+        cond = xp.asarray(cond)
         ctx.save(cond)
         try:
             return xp.where(cond, a, b)
