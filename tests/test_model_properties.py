@@ -266,6 +266,28 @@ def test_the_labelled_and_unlabelled_terms_do_not_depend_on_each_others_batch(
         np.testing.assert_array_equal(alone["elbo"], base["elbo"])
 
 
+@pytest.mark.parametrize("name", [n for n in SEMI_SUPERVISED if n != "m1m2"])  # M1+M2's loss is its M2's
+def test_the_default_labelled_weight_gives_the_bits_of_the_plain_sum_of_the_bounds(name):
+    """labelled_weight "batch" (w = 1): the loss is -mean U(x) - mean L(x_l, y_l) + alpha
+    mean(-log q(y_l | x_l)), added in that order, bit for bit, and so are its gradients: the
+    default weight changes no bit of a training step."""
+    model = build(name)
+    rng = np.random.default_rng(0)
+    x, (x_l, labels) = mv.tensor((rng.random((5, D)) < 0.5).astype(np.float64)), labelled_batch(model, rng)
+    loss, _ = model.loss(x, Generator(3), labelled=(mv.tensor(x_l), labels))
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    model.zero_grad()
+    g = Generator(3)  # the loss draws the unlabelled noise first, then the labelled noise
+    unlabelled = model.unlabelled_bound(x, g)
+    bound, class_loss = model.labelled_bound(mv.tensor(x_l), labels, g)
+    plain = -unlabelled.mean() - bound.mean() + model.alpha * class_loss.mean()
+    plain.backward()
+    assert loss.data.tobytes() == plain.data.tobytes()
+    for n, p in model.named_parameters():
+        np.testing.assert_array_equal(grads[n], p.grad, err_msg=n)
+
+
 def test_m1m2_unlabelled_bound_equals_a_loop_over_labels():
     """M1+M2's U is M2's (Gaussian likelihood) at M1's features, label by label."""
     model = build("m1m2", training=False)

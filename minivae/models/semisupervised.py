@@ -226,10 +226,10 @@ class SemiSupervised(Model):
             check_batch(x_l, "x_l")
             rec, latent, class_loss = self._labelled_terms(x_l, y_l, noise)
             class_loss = class_loss.mean()
-            labelled_loss = self.alpha * class_loss - self._labelled(x_l, rec, latent, beta).mean()
-            if self.labelled_weight == "image":
-                labelled_loss = self.labelled_scale * labelled_loss
-            loss = loss + labelled_loss
+            # Term by term, not w times their difference: w = 1 ("batch") then multiplies exactly,
+            # and the loss and its gradients are those of the plain sum, bit for bit.
+            w = self.labelled_scale
+            loss = loss - w * self._labelled(x_l, rec, latent, beta).mean() + w * self.alpha * class_loss
             with no_grad():
                 stats.update(labelled_bound=self._labelled(x_l, rec, latent, 1.0).mean().data,
                              class_loss=class_loss.data)
