@@ -226,10 +226,14 @@ class SemiSupervised(Model):
             check_batch(x_l, "x_l")
             rec, latent, class_loss = self._labelled_terms(x_l, y_l, noise)
             class_loss = class_loss.mean()
-            # Term by term, not w times their difference: w = 1 ("batch") then multiplies exactly,
-            # and the loss and its gradients are those of the plain sum, bit for bit.
+            # Term by term, not w times their difference, and w of the classifier's term folded
+            # into alpha (a number): with "batch" (w = 1) the loss, its gradients and its device
+            # calls are those of the plain sum.
             w = self.labelled_scale
-            loss = loss - w * self._labelled(x_l, rec, latent, beta).mean() + w * self.alpha * class_loss
+            bound = self._labelled(x_l, rec, latent, beta).mean()
+            if self.labelled_weight == "image":
+                bound = w * bound
+            loss = loss - bound + w * self.alpha * class_loss
             with no_grad():
                 stats.update(labelled_bound=self._labelled(x_l, rec, latent, 1.0).mean().data,
                              class_loss=class_loss.data)
