@@ -195,7 +195,7 @@ class JointMLP(nn.Module):
         for layer, x in zip(self.inputs[1:], xs[1:]):
             h = h + layer(x)
         if self.norm is not None:  # leading axes (labels, samples, batch) are normalized as rows
-            h = self.norm(h.reshape(-1, h.shape[-1])).reshape(*h.shape)
+            h = by_rows(self.norm, h)
         return self.rest(self.act(h))
 
 
