@@ -635,8 +635,9 @@ class Trainer:
     def clip_gradients(self):
         """Clip the step's gradients as the config says (none by default): their joint norm to
         ``clip_norm``, then each entry to ``clip_value``. On the device, with nothing read back,
-        so that graph mode's captured step clips in the same way."""
-        params = list(self.model.parameters())
+        so that graph mode's captured step clips in the same way. The parameters are the
+        optimizer's list of the model's, not a walk of the module tree at every step."""
+        params = self.optimizer.params
         if self.config.clip_norm:
             optim.clip_grad_norm_(params, self.config.clip_norm)
         if self.config.clip_value:
