@@ -1,5 +1,5 @@
-"""Optimizers (SGD with momentum, Adam, AdamW), gradient clipping (by norm or by value) and
-learning-rate schedules.
+"""Optimizers (SGD with momentum, Adam, AdamW, RMSprop), gradient clipping (by norm or by value)
+and learning-rate schedules.
 
 Conventions shared by every optimizer here:
 
@@ -14,7 +14,12 @@ Conventions shared by every optimizer here:
   run parameter by parameter on views of the flat arrays (one parameter's arrays stay in the
   cache across the passes). When ``p.data`` or a state array has been replaced since (``Module.to``,
   ``astype``, assigning ``opt.state[i]``), the next step builds the layout anew from the current
-  arrays. SGD updates parameter by parameter.
+  arrays. SGD and RMSprop update parameter by parameter.
+* An optimizer that a training step captured as a CUDA graph can run (Adam, RMSprop) gives the
+  scalars of its update at step count t with learning rate lr, ``update_scalars(t, lr)``:
+  ``eps_s``, ``neg_step`` and ``decay``. Graph mode computes them on the host for every step into
+  a table in device memory and sets ``step_scalars`` to the current step's row, which the update
+  then reads in place of its Python numbers (a graph replays the numbers it captured).
 * Parameters whose ``grad`` is None are skipped (their state and step count do not advance).
 * ``state_dict()`` is a flat ``{str: numpy array | int | float}``: hyperparameters by name,
   ``"flush_every"``, ``"num_params"``, and per parameter ``"state.<i>.<key>"`` (``i`` is the
@@ -58,6 +63,7 @@ _BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
 _RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": FINITE,
            "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
            "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE, "decay": NON_NEGATIVE,
+           "alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
            # inf is no clipping (the norm measured alone); a negative bound would flip the gradients
            "max_norm": (lambda v: v >= 0, ">= 0"), "clip_value": NON_NEGATIVE}
 
@@ -100,11 +106,17 @@ class Optimizer:
         # int() would make 2.5 a 2 and "10" a 10; a negative period would flush at every step
         self.flush_every = check_integer(flush_every, "flush_every", minimum=0)
         self.state = [dict() for _ in params]
+        #: None, or a device array (eps_s, neg_step, decay) that the update reads in place of the
+        #: numbers of ``update_scalars``: set by graph mode (see the module docstring).
+        self.step_scalars = None
 
     # ----- the public API -------------------------------------------------------------------------
-    def step(self):
+    def step(self, flush=None):
         """Update every parameter that has a gradient, in place (every gradient's shape is
-        checked first, so a bad one leaves all parameters unchanged)."""
+        checked first, so a bad one leaves all parameters unchanged).
+
+        ``flush``: whether the state is then cleared of subnormals; None (the default) does it
+        every ``flush_every`` steps. A step captured as a CUDA graph fixes it when captured."""
         self._check_grads()
         for i, p in enumerate(self.params):
             g = p.grad
@@ -114,10 +126,16 @@ class Optimizer:
             state["step"] = state.get("step", 0) + 1
             p.bump_version()  # a graph that saved p's old values must not use them
             self._update(i, p, g, state)
-            if self.flush_every and state["step"] % self.flush_every == 0:
+            if self._flush_now(state["step"], flush):
                 for key in self._flushed:
                     if key in state:
                         flush_subnormals(state[key])
+
+    def update_scalars(self, t, lr):
+        """The scalars of the update at step count ``t`` with learning rate ``lr`` that a step
+        captured as a CUDA graph reads from memory (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run in a step captured as a CUDA graph: "
+                                  "it reads its numbers from the host")
 
     def set_steps(self, t):
         """Set the step count of every parameter that has state to ``t``. A training step captured
@@ -234,6 +252,11 @@ class Optimizer:
     def _update(self, i, p, g, state):
         raise NotImplementedError
 
+    def _flush_now(self, t, flush):
+        """Whether the step at step count ``t`` clears the state of subnormals: ``flush``, or
+        when it is None every ``flush_every`` steps."""
+        return bool(self.flush_every) and t % self.flush_every == 0 if flush is None else flush
+
     def _state_on_device(self, i, p):
         """The state of parameter ``i``, moved to ``p``'s device if ``Module.to`` moved ``p``."""
         state = self.state[i]
@@ -344,10 +367,6 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  amsgrad=False, decoupled_weight_decay=False, flush_every=FLUSH_EVERY):
         super().__init__(params, lr, flush_every)
-        #: None, or a device array (eps_s, neg_step, decay) the GPU update reads in place of the
-        #: numbers of ``update_scalars``: set by graph mode (see ``minivae.gpu.graph``). They are
-        #: the scalars of one step count, so ``step`` refuses parameters of several counts.
-        self.step_scalars = None
         beta1, beta2 = betas
         check_ranges(type(self), _RANGES, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
@@ -368,7 +387,8 @@ class Adam(Optimizer):
         it every ``flush_every`` steps. A step captured as a CUDA graph fixes it when captured.
 
         Raises ValueError, and changes nothing, when ``step_scalars`` is set and the parameters
-        to update have different step counts (one had no gradient at an earlier step)."""
+        to update have different step counts (one had no gradient at an earlier step): they hold
+        the scalars of one step count (the bias corrections depend on it)."""
         self._check_grads()
         if self.step_scalars is not None:
             self._check_one_step_count()
@@ -380,8 +400,7 @@ class Adam(Optimizer):
                 for j in range(a, b):
                     self._advance(layout, j)
                 t = self.state[layout.members[a]]["step"]
-                flush_now = bool(self.flush_every) and t % self.flush_every == 0 if flush is None else flush
-                self._update(layout, a, b, t, flush=flush_now)
+                self._update(layout, a, b, t, flush=self._flush_now(t, flush))
 
     def _check_one_step_count(self):
         """Refuse a step whose parameters to update have several step counts, which the one
@@ -504,6 +523,65 @@ class AdamW(Adam):
                  amsgrad=False, flush_every=FLUSH_EVERY):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad,
                          decoupled_weight_decay=True, flush_every=flush_every)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Tieleman & Hinton 2012) with optional momentum and L2 weight decay, as
+    torch.optim.RMSprop (not centered):
+
+        g = g + weight_decay * p                 (coupled L2)
+        v = alpha v + (1 - alpha) g^2            (v starts at 0)
+        d = g / (sqrt(v) + eps)
+        buf = momentum buf + d,  d := buf        (momentum > 0 only; buf starts at 0)
+        p = p - lr d
+
+    There is no bias correction, so ``update_scalars`` are the same at every step count: ``eps``
+    and -lr. The update runs parameter by parameter, the same xp operations on NumPy and CuPy.
+    """
+    _hyper = ("lr", "alpha", "eps", "weight_decay", "momentum")
+    _state_keys = ("step", "square_avg", "momentum_buffer")
+    _flushed = ("square_avg", "momentum_buffer")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 flush_every=FLUSH_EVERY):
+        super().__init__(params, lr, flush_every)
+        check_ranges(type(self), _RANGES, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+        self.alpha, self.eps = float(alpha), float(eps)
+        self.weight_decay, self.momentum = float(weight_decay), float(momentum)
+
+    def update_scalars(self, t, lr):
+        """The scalars of the update (see the module docstring): ``eps_s`` = eps and ``neg_step``
+        = -lr at every step count ``t``; no ``decay`` (the weight decay is coupled)."""
+        return dict(eps_s=self.eps, neg_step=-lr, decay=None)
+
+    def _update(self, i, p, g, state):
+        xp = get_array_module(p.data)
+        if "square_avg" not in state:  # the first step, or a state loaded from before it
+            state["square_avg"] = xp.zeros_like(p.data)
+        if self.momentum and "momentum_buffer" not in state:
+            state["momentum_buffer"] = xp.zeros_like(p.data)
+        if self.step_scalars is None:
+            eps, neg_step = self.eps, -self.lr
+        else:  # read when the step runs: rounded to p's dtype, as the Python numbers are
+            eps, neg_step = (self.step_scalars[k].astype(p.dtype) for k in (0, 1))
+        if self.weight_decay:
+            g = p.data * self.weight_decay + g  # (wd p) + g, as Adam
+        v = state["square_avg"]
+        v *= self.alpha
+        buf = g * (1 - self.alpha)
+        buf *= g
+        v += buf
+        xp.sqrt(v, out=buf)
+        buf += eps
+        xp.divide(g, buf, out=buf)
+        if self.momentum:
+            mom = state["momentum_buffer"]
+            mom *= self.momentum
+            mom += buf
+            xp.multiply(mom, neg_step, out=buf)
+        else:
+            buf *= neg_step
+        p.data += buf
 
 
 class _FlatLayout:

@@ -227,8 +227,10 @@ def test_scheduler_arguments_are_checked(make, error, message):
     (lambda p, nan: optim.Adam([p], eps=nan), "eps"),
     (lambda p, nan: optim.Adam([p], betas=(0.9, nan)), "beta2"),
     (lambda p, nan: optim.AdamW([p], weight_decay=nan), "weight_decay"),
+    (lambda p, nan: optim.RMSprop([p], alpha=nan), "alpha"),
+    (lambda p, nan: optim.RMSprop([p], momentum=nan), "momentum"),
 ], ids=["SGD-lr", "SGD-momentum", "SGD-dampening", "SGD-weight_decay", "Adam-lr", "Adam-eps",
-        "Adam-beta2", "AdamW-weight_decay"])
+        "Adam-beta2", "AdamW-weight_decay", "RMSprop-alpha", "RMSprop-momentum"])
 def test_nan_hyperparameters_are_refused_at_construction_and_loading(make, name):
     p = nn.Parameter(np.zeros(2))
     with pytest.raises(ValueError, match=f"invalid {name} nan"):
@@ -313,19 +315,22 @@ def test_flush_removes_subnormal_moments_and_changes_nothing_else():
 
 
 @pytest.mark.parametrize("make", [lambda ps: optim.Adam(ps, lr=1e-3, flush_every=3),
-                                  lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, flush_every=3)],
-                         ids=["Adam", "SGD"])
+                                  lambda ps: optim.SGD(ps, lr=1e-3, momentum=0.9, flush_every=3),
+                                  lambda ps: optim.RMSprop(ps, lr=1e-3, momentum=0.9, flush_every=3)],
+                         ids=["Adam", "SGD", "RMSprop"])
 def test_the_flush_runs_at_every_flush_every_th_step_and_no_other(make):
-    """A first moment (Adam's exp_avg, SGD's momentum buffer) made subnormal at steps 1 and 4
-    decays without reaching 0, so it is still there after steps 1, 2, 4 and 5 and is cleared by
+    """A moment (Adam's exp_avg, SGD's momentum buffer, RMSprop's square_avg) made subnormal at
+    steps 1 and 4 decays without reaching 0, so it is still there after steps 1, 2, 4 and 5 and is cleared by
     the flushes of steps 3 and 6 (a flush at every step but the third, or at none, would pass a
     check of the end state alone)."""
     p = nn.Parameter(np.zeros(2, np.float32))
     opt = make([p])
-    key = "exp_avg" if isinstance(opt, optim.Adam) else "momentum_buffer"
+    # RMSprop's second moment (1 - alpha) g^2 of g = 1e-20 is 1e-42, its momentum buffer g / eps normal
+    key, small = {optim.Adam: ("exp_avg", 1e-38), optim.SGD: ("momentum_buffer", 1e-38),
+                  optim.RMSprop: ("square_avg", 1e-20)}[type(opt)]
     kept = []
     for t in range(1, 7):
-        p.grad = np.array([1e-38 if t in (1, 4) else 0.0, 1.0], np.float32)  # 1e-38 is below tiny
+        p.grad = np.array([small if t in (1, 4) else 0.0, 1.0], np.float32)  # 1e-38 is below tiny
         opt.step()
         kept.append(bool(opt.state[0][key][0] != 0))
         assert opt.state[0][key][1] != 0  # a normal entry is never flushed
@@ -343,6 +348,81 @@ def test_adam_flushes_as_its_step_argument_says():
         opt.step(flush=flush)
         kept.append(bool(opt.state[0]["exp_avg"][0] != 0))
     assert kept == [False, True, True]
+
+
+# ----- RMSprop ---------------------------------------------------------------------------------------
+def _rmsprop_reference(p, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0):
+    """RMSprop as implemented, in NumPy, each operation rounded in the dtype of p."""
+    p, v, buf = p.copy(), np.zeros_like(p), np.zeros_like(p)
+    for g in grads:
+        if weight_decay:
+            g = p * weight_decay + g
+        v = v * alpha + g * (1 - alpha) * g
+        d = g / (np.sqrt(v) + eps)
+        if momentum:
+            buf = buf * momentum + d
+            d = buf
+        p = p + d * -lr
+    return p
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9), dict(weight_decay=0.1),
+                                dict(alpha=0.9, eps=1e-4, momentum=0.5, weight_decay=0.01)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_rmsprop_matches_numpy_exactly(kw, dtype):
+    params = _params(dtype)
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, 5)
+    _run(optim.RMSprop(params, lr=0.01, **kw), params, grads)
+    for j, p in enumerate(params):
+        ref = _rmsprop_reference(start[j], [gs[j] for gs in grads], 0.01, **kw)
+        assert ref.dtype == dtype
+        np.testing.assert_array_equal(p.data, ref)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, weight_decay=0.1, alpha=0.9, eps=1e-4)])
+def test_rmsprop_equals_torch_up_to_rounding(kw):
+    """The same updates as torch.optim.RMSprop in float64 (the library's reference)."""
+    torch = pytest.importorskip("torch")
+    params = _params(np.float64)
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, 20)
+    _run(optim.RMSprop(params, lr=0.01, **kw), params, grads)
+    reference = [torch.tensor(a, requires_grad=True) for a in start]
+    opt = torch.optim.RMSprop(reference, lr=0.01, **kw)
+    for gs in grads:
+        for r, g in zip(reference, gs):
+            r.grad = torch.tensor(g)
+        opt.step()
+    for p, r in zip(params, reference):
+        np.testing.assert_allclose(p.data, r.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_rmsprop_reads_its_scalars_from_step_scalars_when_given():
+    """With ``step_scalars`` (eps_s, neg_step, decay) set, as graph mode sets them, the update
+    takes eps and -lr from them, not from its own numbers: the same bits as the optimizer's own
+    numbers at eps 1e-4 and lr 0.05, though its own are others."""
+    def run(opt):
+        _run(opt, params, grads)
+        return [p.data.copy() for p in params]
+
+    params = _params()
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, 3)
+    expected = run(optim.RMSprop(params, lr=0.05, eps=1e-4, momentum=0.9))
+    for p, a in zip(params, start):
+        p.data[...] = a
+    opt = optim.RMSprop(params, lr=0.5, eps=1e-8, momentum=0.9)
+    scalars = optim.RMSprop(params, lr=0.05, eps=1e-4).update_scalars(7, 0.05)
+    assert scalars == dict(eps_s=1e-4, neg_step=-0.05, decay=None)  # no bias correction: any t
+    opt.step_scalars = np.array([scalars["eps_s"], scalars["neg_step"], 1.0])
+    for got, want in zip(run(opt), expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_an_optimizer_without_step_scalars_says_it_cannot_be_captured():
+    with pytest.raises(NotImplementedError, match="SGD cannot run in a step captured as a CUDA graph"):
+        optim.SGD(_params(), lr=0.1).update_scalars(1, 0.1)
 
 
 # ----- state_dict and exact resume -------------------------------------------------------------------
@@ -394,7 +474,9 @@ def _checkpoint(model, opt, sched):
 
 @pytest.mark.parametrize("make_opt", [
     lambda ps: optim.Adam(ps, lr=3e-3, weight_decay=1e-3, amsgrad=True, flush_every=3),
-    lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, flush_every=3)])
+    lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, flush_every=3),
+    lambda ps: optim.RMSprop(ps, lr=3e-3, momentum=0.9, weight_decay=1e-3, flush_every=3)],
+    ids=["Adam", "SGD", "RMSprop"])
 def test_exact_resume(make_opt):
     batches = _batches(12)
     model = _Net()
@@ -479,7 +561,7 @@ def test_optimizer_load_refuses_a_key_that_is_no_name_and_a_state_that_is_no_map
 ])
 def test_optimizers_refuse_a_flush_period_that_is_no_count(flush_every, error, message):
     # Before: int() made 2.5 a period of 2 and "10" one of 10, and -1 flushed at every step.
-    for make in (optim.SGD, optim.Adam):
+    for make in (optim.SGD, optim.Adam, optim.RMSprop):
         with pytest.raises(error, match=f"^{message}$"):
             make(_params(), lr=0.1, flush_every=flush_every)
 
@@ -778,8 +860,8 @@ def test_every_gradient_shape_is_checked_before_any_update():
     np.testing.assert_array_equal(params[0].data, before)
 
 
-@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), optim.Adam],
-                         ids=["SGD", "Adam"])
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9), optim.Adam, optim.RMSprop],
+                         ids=["SGD", "Adam", "RMSprop"])
 def test_a_gradient_of_another_dtype_is_refused_before_any_update(make):
     """Else SGD's momentum would become float64 for a float32 parameter, and its saved state
     could not be loaded back."""
