@@ -36,7 +36,7 @@ from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
                    model_file_name, names_last, next_free_run_dir, read_checkpoint, read_run_model,
                    resumable_options, run_folder_options, run_model, write_json, writing_for_run)
-from .train import DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
+from .train import OPTIMIZERS, DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -255,7 +255,11 @@ def _add_train_args(p):
     setting("--model", choices=list(MODELS), help="model family (each one's --set keys: `minivae models`)")
     setting("--epochs", type=positive_int, help="passes over the 50k training images")
     setting("--batch-size", type=positive_int, help="images per optimizer step")
-    setting("--lr", type=positive_float, help="Adam learning rate (peak of the schedule)")
+    setting("--optimizer", choices=OPTIMIZERS,
+            help="adam, or rmsprop (PyTorch's: alpha 0.99, eps 1e-8; the planar-flow paper's, with "
+                 "--momentum 0.9)")
+    setting("--momentum", type=nonnegative_float, help="RMSprop's momentum, below 1 (0: none)")
+    setting("--lr", type=positive_float, help="learning rate (peak of the schedule)")
     setting("--lr-schedule", choices=("cosine", "stages", "step", "constant"),
             help="cosine: from --lr down to --lr-min after the last step (the last step runs just "
                  "above it); stages: the IWAE paper's, 3^i epochs at --lr * 10^(-i/7) for i = 0, 1, ... "
@@ -274,7 +278,7 @@ def _add_train_args(p):
             help="before each update (after --clip-norm), clip every gradient entry to "
                  "[-this, this] (0: no clipping)")
     setting("--weight-decay", type=nonnegative_float,
-            help="L2 weight decay: Adam adds this times each parameter to its gradient (0: none); "
+            help="L2 weight decay: the optimizer adds this times each parameter to its gradient (0: none); "
                  "1 / 50000, 2e-5, is a N(0, 1) prior on the parameters")
     setting("--z-dim", type=positive_int, help="size of the latent code z")
     setting("--hidden", type=positive_int, nargs="+", help="encoder hidden sizes; the decoder mirrors them")
@@ -444,6 +448,15 @@ def check_train(args):
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise UsageError(f"--lr {config.lr:g} is below --lr-min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an --lr of at least --lr-min")
+    if config.momentum >= 1:
+        raise UsageError(f"argument --momentum: {config.momentum:g} is not below 1, and the steps would "
+                         "grow without end; give a momentum in [0, 1) (0: none)")
+    if config.momentum and config.optimizer != "rmsprop":
+        raise UsageError(f"--momentum {config.momentum:g} is RMSprop's: give --optimizer rmsprop too, or leave "
+                         "--momentum out (Adam's first moment is its momentum)")
+    if config.optimizer == "rmsprop" and config.adam_eps != TrainConfig.adam_eps:
+        raise UsageError(f"--adam-eps {config.adam_eps:g} is Adam's: --optimizer rmsprop takes PyTorch's eps "
+                         "1e-8; leave --adam-eps out")
     if config.patience and not config.keep_best:
         kept = (f"{config.out} was trained without --keep-best, which a resume cannot add: leave --patience "
                 "out, or start again with --overwrite --keep-best" if args.resume else "give --keep-best too")

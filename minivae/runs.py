@@ -143,12 +143,15 @@ class TrainConfig:
     lr_min: float = 1e-4
     lr_step: int = 200  # the epochs between two decays of the "step" schedule
     lr_gamma: float = 0.75  # the factor of each decay of the "step" schedule
+    # "adam" or "rmsprop" (torch.optim.RMSprop's alpha 0.99 and eps 1e-8, with ``momentum``)
+    optimizer: str = "adam"
+    momentum: float = 0.0  # RMSprop's (0: none); Adam's first moment is its own momentum
     adam_eps: float = 1e-8  # Adam's epsilon (the IWAE paper's 1e-4 shortens the steps of small gradients)
     # Gradient clipping before each update (0: none): the joint norm of all gradients to at most
     # clip_norm, then every entry to [-clip_value, clip_value], as the Ladder VAE authors' code does.
     clip_norm: float = 0.0
     clip_value: float = 0.0
-    # Adam's coupled L2 term: weight_decay * w is added to each parameter's gradient (0: none). With
+    # The coupled L2 term: weight_decay * w is added to each parameter's gradient (0: none). With
     # the loss a mean over images, 1 / (training images) is a N(0, 1) prior on every parameter.
     weight_decay: float = 0.0
     z_dim: int = 50

@@ -49,7 +49,7 @@ from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
 from .autograd import tensor
 from .backend import get_array_module, gpu_model, resolve_device, to_device
-from .checks import check_integer, check_real
+from .checks import check_choice, check_integer, check_real
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
 from .distributions import check_labels
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
@@ -75,6 +75,10 @@ class DataMismatchError(ValueError):
     message names the setting and what would be valid."""
 
 
+#: The optimizers ``minivae train`` offers (``TrainConfig.optimizer``).
+OPTIMIZERS = ("adam", "rmsprop")
+
+
 def check_loop_settings(config):
     """Raise TypeError or ValueError naming the setting unless the counts the loop reads itself
     are integers as the command line takes them: ``epochs`` at least 1; ``warmup``, ``eval_k``
@@ -88,6 +92,8 @@ def check_loop_settings(config):
     image of a batch, as MNIST's corners are) became 0/0 = NaN at its first step, reported as a
     divergence after the run folder was written. ``clip_norm``, ``clip_value`` and
     ``weight_decay`` are finite numbers >= 0 (0: none): a negative one would turn steps uphill.
+    ``optimizer`` is one of ``OPTIMIZERS``; ``momentum``, in [0, 1), is RMSprop's, and ``adam_eps``
+    Adam's: each given to the other optimizer would be ignored without a word, so it is refused.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
     decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
@@ -104,6 +110,15 @@ def check_loop_settings(config):
     for name, zero in (("clip_norm", "no clipping"), ("clip_value", "no clipping"), ("weight_decay", "none")):
         if not 0 <= check_real(getattr(config, name), name) < math.inf:
             raise ValueError(f"{name} {getattr(config, name)!r}: give a finite number >= 0 (0: {zero})")
+    check_choice(config.optimizer, "optimizer", OPTIMIZERS)
+    if not 0 <= check_real(config.momentum, "momentum") < 1:
+        raise ValueError(f"momentum {config.momentum!r}: give a number in [0, 1) (0: none)")
+    if config.optimizer != "rmsprop" and config.momentum:
+        raise ValueError(f"momentum {config.momentum!r} is RMSprop's (optimizer 'rmsprop'); Adam's first "
+                         "moment is its momentum: give momentum 0 with optimizer 'adam'")
+    if config.optimizer == "rmsprop" and config.adam_eps != runs.TrainConfig.adam_eps:
+        raise ValueError(f"adam_eps {config.adam_eps!r} is Adam's epsilon; optimizer 'rmsprop' takes "
+                         f"PyTorch's eps 1e-8: leave adam_eps at {runs.TrainConfig.adam_eps:g}")
     if not 0 < check_real(config.adam_eps, "adam_eps") < math.inf:
         raise ValueError(f"adam_eps {config.adam_eps!r}: Adam divides by the root of the second moment "
                          "plus adam_eps, so without a positive one a weight whose gradient is 0 becomes NaN; "
@@ -111,6 +126,15 @@ def check_loop_settings(config):
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise ValueError(f"lr {config.lr:g} is below lr_min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an lr of at least lr_min")
+
+
+def make_optimizer(config, params):
+    """The optimizer of the run ``config`` over ``params``: Adam with ``adam_eps``, or RMSprop with
+    PyTorch's alpha 0.99 and eps 1e-8 and ``momentum``; both with ``weight_decay`` as a coupled L2
+    term, both able to run in a step captured as a CUDA graph (``update_scalars``)."""
+    if config.optimizer == "rmsprop":
+        return optim.RMSprop(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return optim.Adam(params, lr=config.lr, eps=config.adam_eps, weight_decay=config.weight_decay)
 
 
 def has_batch_norm(model):
@@ -311,8 +335,7 @@ class Trainer:
         check_image_widths(self.model, self.data)
         check_label_counts(self.model, self.data)
         check_batches(config, self.model, len(self.data.x_train))
-        self.optimizer = optim.Adam(self.model.parameters(), lr=config.lr, eps=config.adam_eps,
-                                    weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(config, self.model.parameters())
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
         if config.data_rng != "philox":
             raise ValueError(f"this minivae draws the training batches with 'philox', not {config.data_rng!r}")

@@ -623,7 +623,7 @@ def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
     ("--mc-samples", "0"), ("--iw-k", "0"), ("--warmup", "-2"), ("--lr", "0"), ("--lr", "nan"),
     ("--beta", "-1"), ("--hidden", "0"), ("--seed", "-1"), ("--n-labelled", "0"), ("--epochs", "2.5"),
     ("--seed", str(2**64)), ("--adam-eps", "0"), ("--adam-eps", "-0.5"), ("--clip-norm", "-1"),
-    ("--clip-value", "inf"), ("--clip-value", "nan"), ("--weight-decay", "-0.5"),
+    ("--clip-value", "inf"), ("--clip-value", "nan"), ("--weight-decay", "-0.5"), ("--momentum", "-0.1"),
 ])
 def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)
@@ -652,6 +652,18 @@ def test_a_warning_is_one_line_naming_the_command(capsys, tmp_path, monkeypatch)
     assert main(["train", "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "minivae: warning: the MNIST cache cannot be written", "minivae: error: stop here"]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--momentum", "0.9"], ["--momentum 0.9 is RMSprop's", "--optimizer rmsprop"]),
+    (["--optimizer", "rmsprop", "--momentum", "1"], ["argument --momentum: 1 is not below 1", "[0, 1)"]),
+    (["--optimizer", "rmsprop", "--adam-eps", "1e-4"], ["--adam-eps 0.0001 is Adam's", "leave --adam-eps out"]),
+    (["--optimizer", "sgd"], ["argument --optimizer", "'sgd'", "'adam', 'rmsprop'"]),
+], ids=["momentum with adam", "momentum of 1", "adam-eps with rmsprop", "unknown optimizer"])
+def test_a_setting_of_the_other_optimizer_is_refused(capsys, tmp_path, args, named):
+    """(Given to the optimizer it is not for, it would be ignored without a word.)"""
+    user_error(capsys, ["train", *args, "--out", str(tmp_path / "r")], *named)
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_cosine_schedule_never_rises(capsys, tmp_path):

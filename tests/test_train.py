@@ -671,6 +671,18 @@ def test_adam_decays_the_weights_by_the_run_s_weight_decay(tmp_path):
     assert norms[0] < 0.99 * norms[1]
 
 
+def test_a_run_with_rmsprop_steps_with_it_and_resumes_to_the_same_bits(tmp_path):
+    """optimizer "rmsprop": the trainer's optimizer is RMSprop with the run's momentum and weight
+    decay (tests/test_optim.py checks its update against PyTorch's), whose two state arrays a
+    checkpoint carries: a run cut inside its second epoch and resumed ends with the bits of the
+    uninterrupted one."""
+    settings = dict(optimizer="rmsprop", momentum=0.9, weight_decay=1e-4, lr=1e-3, warmup=2)
+    resumed = check_exact_resume(lambda name: config(tmp_path / name, **settings), small_data(), 8)
+    opt = resumed.optimizer
+    assert isinstance(opt, mv.optim.RMSprop) and (opt.momentum, opt.weight_decay, opt.eps) == (0.9, 1e-4, 1e-8)
+    assert all(set(s) == {"step", "square_avg", "momentum_buffer"} for s in opt.state)
+
+
 def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     """lr_schedule "step": the steps of epochs 1-2 run at lr, of epochs 3-4 at lr * lr_gamma, of
     epoch 5 at lr * lr_gamma^2 (the auxiliary models' paper anneals by 0.75 every 200 epochs)."""
@@ -700,7 +712,13 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     (dict(clip_norm=-1.0), r"clip_norm -1.0: give a finite number >= 0 \(0: no clipping\)"),
     (dict(clip_value=math.nan), r"clip_value nan: give a finite number >= 0 \(0: no clipping\)"),
     (dict(clip_value="1"), "clip_value must be a real number, got '1'"),
-    (dict(weight_decay=-1e-5), r"weight_decay -1e-05: give a finite number >= 0 \(0: none\)")])
+    (dict(weight_decay=-1e-5), r"weight_decay -1e-05: give a finite number >= 0 \(0: none\)"),
+    (dict(optimizer="sgd"), "optimizer must be one of 'adam', 'rmsprop', got 'sgd'"),
+    (dict(optimizer="rmsprop", momentum=1.0), r"momentum 1.0: give a number in \[0, 1\) \(0: none\)"),
+    # Each optimizer's setting given to the other would be ignored without a word.
+    (dict(momentum=0.9), "momentum 0.9 is RMSprop's .*: give momentum 0 with optimizer 'adam'"),
+    (dict(optimizer="rmsprop", adam_eps=1e-4), "adam_eps 0.0001 is Adam's epsilon; optimizer 'rmsprop' takes "
+                                               "PyTorch's eps 1e-8: leave adam_eps at 1e-08")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module

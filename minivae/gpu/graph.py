@@ -5,8 +5,8 @@ one launch: Python, the engine and CuPy then cost nothing per step. But a replay
 arguments that were captured, so whatever a step changes from one step to the next must be read
 from device memory. In a training step that is:
 
-* the step's scalars: Adam's ``eps_s``, ``neg_step`` and ``decay`` (they hold the bias corrections
-  and the learning-rate schedule) and the KL weight of warm-up. ``StepSchedule`` holds them for
+* the step's scalars: the optimizer's ``eps_s``, ``neg_step`` and ``decay`` (Adam's hold the bias
+  corrections and the learning-rate schedule, RMSprop's the schedule) and the KL weight of warm-up. ``StepSchedule`` holds them for
   the steps a captured graph replays (those of an epoch) as a table in device memory, computed on
   the host by the code the eager trainer uses, so both get the same numbers; the step's first
   kernel (``mv_step_advance``, in kernels/step.cu) copies the step's row to ``current`` and
@@ -35,8 +35,9 @@ from ..random import Generator, Noise
 
 __all__ = ["COLUMNS", "StepSchedule", "StepNoise", "CapturedStep"]
 
-#: The per-step scalars of a table row, in order: Adam's eps_s, neg_step and decay (the three that
-#: the Adam kernel reads from memory, kernels/adam.cu), then the KL weight.
+#: The per-step scalars of a table row, in order: the optimizer's eps_s, neg_step and decay (the
+#: three that the Adam kernel, kernels/adam.cu, and RMSprop's update read from memory), then the
+#: KL weight.
 COLUMNS = ("eps_s", "neg_step", "decay", "kl_weight")
 
 
@@ -72,8 +73,9 @@ class StepSchedule:
                                    self.counter, self.current, self.offset))
 
     @property
-    def adam_scalars(self):
-        """The current step's (eps_s, neg_step, decay): what ``Adam.step_scalars`` takes."""
+    def optimizer_scalars(self):
+        """The current step's (eps_s, neg_step, decay): what the optimizer's ``step_scalars``
+        take (``minivae.optim``)."""
         return self.current[:3]
 
     def kl_weight(self, dtype):
