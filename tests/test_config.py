@@ -19,7 +19,7 @@ NON_DEFAULTS = {
     "iwae": {"layers": "2", "k": "3", "z1_dim": "3", "hidden2": "5,4"},
     "ladder": {"z_dims": "3,2", "mlp_layers": "1", "batch_norm": "false", "up_input": "mean",
                "variance": "softplus", "batch_norm_heads": "true"},
-    "flow": {"flows": "2"},
+    "flow": {"flows": "2", "annealing": "joint"},
     "gumbel": {"n_vars": "3", "n_classes": "4", "tau0": "2", "tau_min": "0.25", "anneal_rate": "0.5",
                "steps_per_epoch": "7"},
     "adgm": {"a_dim": "3"},

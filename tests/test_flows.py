@@ -152,6 +152,66 @@ def test_flow_elbo_by_hand(rng, flows):
     np.testing.assert_allclose(kl.data, -entropy - (log_det.data + log_pz).mean(0), rtol=1e-12)
 
 
+@pytest.mark.parametrize("flows", [0, 2])
+def test_the_joint_annealing_weighs_log_p_x_z_by_beta(rng, flows):
+    """annealing "joint" (the paper's eq. 20): the loss is the batch mean of -beta (log p(x | z_K)
+    + log p(z_K)) - H[q_0] - sum_k log |det J_k| from the same draws as the bound's terms (also
+    without flows: then the entropy of q_0 is the closed form's, not the VAE's analytic KL); its
+    statistics are the unweighted bound's, as with the default annealing."""
+    model = small_flow(flows=flows, annealing="joint", mc_samples=2)
+    x = binary(rng, 4)
+    loss, stats = model.loss(x, Generator(3), beta=0.25)
+    h = model.encoder(x)
+    mu, logvar = model.q_z(h)
+    z0 = mu.data + np.exp(logvar.data / 2) * Generator(3).normal((2, 4, 3), dtype=np.float64)
+    zk, log_det = model.flows(h, t(z0))
+    logits = model.decode(zk).data
+    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1).mean(0)
+    log_pz = -0.5 * (zk.data ** 2 + np.log(2 * np.pi)).sum(-1)
+    entropy = 0.5 * (logvar.data + 1 + np.log(2 * np.pi)).sum(-1)
+    expected = (-0.25 * (log_px + log_pz.mean(0)) - entropy - log_det.data.mean(0)).mean()
+    np.testing.assert_allclose(loss.data, expected, rtol=1e-12)
+    kl = -entropy - (log_det.data + log_pz).mean(0)
+    np.testing.assert_allclose([stats["rec"], stats["kl"], stats["elbo"]],
+                               [log_px.mean(), kl.mean(), (log_px - kl).mean()], rtol=1e-12)
+    assert abs(float(loss.data) - float(stats["loss"])) == 0
+
+
+def test_the_joint_annealing_at_beta_1_is_the_bound_and_differs_below(rng):
+    """At beta = 1 both annealings train on minus the bound (the same loss, up to rounding, and
+    the same gradients); at beta < 1 the joint one is another loss, so the setting shows."""
+    x = binary(rng, 4)
+    kl_model, joint = small_flow(), small_flow(annealing="joint")
+    joint.load_state_dict(kl_model.state_dict())
+    grads = []
+    for model in (kl_model, joint):
+        loss, _ = model.loss(x, Generator(5), beta=1.0)
+        model.zero_grad()
+        loss.backward()
+        grads.append([p.grad.copy() for p in model.parameters()])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    low = [float(model.loss(x, Generator(5), beta=0.1)[0].data) for model in (kl_model, joint)]
+    assert abs(low[0] - low[1]) > 1e-3
+
+
+def test_the_joint_annealing_gradients_match_finite_differences(rng):
+    x = binary(rng, 4)
+    model = small_flow(annealing="joint")
+    for _, p in model.named_parameters():
+        gradcheck(lambda p_: model.loss(x, Generator(9), beta=0.3)[0], p)
+
+
+@pytest.mark.parametrize("kw, error, message", [
+    (dict(annealing="entropy"), ValueError, "annealing must be one of 'kl', 'joint', got 'entropy'"),
+    (dict(annealing="joint", iw_k=3), ValueError, r"annealing 'joint' weighs the bound's terms by the warm-up's "
+                                                  r"beta, which the IWAE bound \(iw_k 3\) does not take"),
+])
+def test_an_annealing_that_is_none_or_that_the_bound_would_ignore_is_refused(kw, error, message):
+    with pytest.raises(error, match=f"^{message}"):
+        small_flow(**kw)
+
+
 def test_the_reconstruction_latent_is_the_mean_of_q0_pushed_through_the_flows(rng):
     """The point the pictures decode an image from: for the VAE the mean of q(z | x) (not its
     log-variance, not a draw), for the flow VAE that mean pushed through the flows, the

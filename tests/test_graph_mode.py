@@ -211,7 +211,8 @@ GRAPH_SETTINGS = {
 GRAPH_CASES = [(name, *GRAPH_SETTINGS.get(name, ({}, 300))) for name in MODELS] + [
     ("vae", {"mc_samples": 2, "beta": 0.5}, 320),
     ("vae", {"clip_norm": 2.0, "clip_value": 0.05, "weight_decay": 0.01}, 300),
-    ("flow", {"optimizer": "rmsprop", "momentum": 0.9, "weight_decay": 0.01, "model_options": {"flows": 2}}, 300),
+    ("flow", {"optimizer": "rmsprop", "momentum": 0.9, "weight_decay": 0.01,
+              "model_options": {"flows": 2, "annealing": "joint"}}, 300),
     ("m2", {"n_labelled": 20, "model_options": {"labelled_weight": "image"}}, 320),
     ("iwae", {"iw_k": 3, "model_options": {"layers": 2, "z1_dim": 6, "hidden2": (8,)}}, 300),
     ("ladder", {"hidden": (16, 8), "model_options": {"z_dims": (4, 3), "up_input": "mean",

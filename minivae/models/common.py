@@ -308,8 +308,14 @@ class LatentVariableModel(Model):
         # One mean of the per-example loss (a graph node fewer than two means and their
         # difference); the statistics are read off the arrays, outside the graph.
         loss = (beta * kl - rec).mean()
-        r, k = _statistic(rec.data.mean()), _statistic(kl.data.mean())
-        return loss, {"loss": loss.data, "elbo": _statistic(r - k), "rec": r, "kl": k}
+        return loss, elbo_statistics(loss, rec, kl)
+
+
+def elbo_statistics(loss, rec, kl):
+    """The statistics of a loss from the per-example bound: "loss", "elbo", "rec" and "kl"
+    (unweighted), batch means read off the arrays, outside the graph (see ``loss``)."""
+    r, k = _statistic(rec.data.mean()), _statistic(kl.data.mean())
+    return {"loss": loss.data, "elbo": _statistic(r - k), "rec": r, "kl": k}
 
 
 def _statistic(value):
