@@ -36,7 +36,8 @@ from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
                    model_file_name, names_last, next_free_run_dir, read_checkpoint, read_run_model,
                    resumable_options, run_folder_options, run_model, write_json, writing_for_run)
-from .train import OPTIMIZERS, DataMismatchError, Stopped, TrainingDiverged, check_batches, has_batch_norm
+from .train import (OPTIMIZERS, WARMUP_UNITS, DataMismatchError, Stopped, TrainingDiverged, check_batches,
+                    has_batch_norm)
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -96,13 +97,13 @@ def _integer(low, what, high=None):
     return parse
 
 
-def _number(low, inclusive, what):
+def _number(low, inclusive, what, high=math.inf):
     def parse(text):
         try:
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {what}") from None
-        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+        if not math.isfinite(value) or value < low or (value == low and not inclusive) or value > high:
             raise argparse.ArgumentTypeError(f"{text} is out of range; give {what}")
         return value
     parse.__name__ = what
@@ -124,6 +125,7 @@ philox_seed = _integer(0, "an integer in [0, 2**64)", high=2**64 - 1)
 test_images = _integer(1, f"an integer in [1, {SPLIT_SIZES['test']}]", high=SPLIT_SIZES["test"])
 positive_float = _number(0.0, False, "a number > 0")
 nonnegative_float = _number(0.0, True, "a number >= 0")
+fraction = _number(0.0, True, "a number in [0, 1]", high=1.0)
 
 
 # ----- checks shared by the commands -------------------------------------------------------------
@@ -287,9 +289,16 @@ def _add_train_args(p):
             help="KL weight (beta-VAE when > 1); 1 for a model trained on the IWAE bound "
                  "(--iw-k above 1, --model iwae), which has no KL term to weight")
     p.add_argument("--warmup", type=count,
-                   help=f"epochs of linear KL warm-up (0: none); default {d.warmup}, and none for a model "
-                        "trained on the IWAE bound (--iw-k above 1, --model iwae), which has no KL term "
-                        "to warm up: there it may only be 0")
+                   help=f"epochs (with --warmup-unit step: optimizer steps) of linear KL warm-up (0: none); "
+                        f"default {d.warmup}, and none for a model trained on the IWAE bound (--iw-k above "
+                        "1, --model iwae), which has no KL term to warm up: there it may only be 0")
+    setting("--warmup-start", type=fraction,
+            help="the KL weight of the warm-up's first epoch (or step) as a fraction of --beta; it rises by "
+                 "1 / --warmup an epoch (or step): beta * min(1, start + u / warmup) at u = 0, 1, ...; "
+                 "default 1 / --warmup")
+    setting("--warmup-unit", choices=WARMUP_UNITS,
+            help="what --warmup counts: epochs (the KL weight changes once an epoch) or optimizer "
+                 "steps over the whole run (it changes at every step)")
     setting("--mc-samples", type=positive_int, help="Monte Carlo samples of the ELBO per image")
     setting("--iw-k", type=positive_int, help="train on the k-sample IWAE bound when > 1")
     setting("--n-labelled", type=positive_int,
@@ -390,17 +399,21 @@ def _checkpoint_to_resume(out, args):
     return arrays, meta, saved
 
 
-def _check_kl_weight(config, model, warmup_given):
+def _check_kl_weight(config, model, args):
     """A model trained on the IWAE bound (``model.iw_k`` > 1) has no KL term: refuse a --beta
-    other than 1 and a --warmup above 0, and record no warm-up unless one was given."""
+    other than 1, a --warmup above 0 and a --warmup-start, and record no warm-up unless one was
+    given."""
     if model.iw_k == 1:
         return
     bound = f"model {config.model!r} trains on the {model.iw_k}-sample IWAE bound, which has no KL term"
     elbo = "train on the ELBO (--iw-k 1; --set k=1 for model iwae)"
     if config.beta != 1:
         raise UsageError(f"--beta {config.beta:g}: {bound} to weight; give --beta 1, or {elbo}")
-    if warmup_given and config.warmup:
+    if args.warmup is not None and config.warmup:
         raise UsageError(f"--warmup {config.warmup}: {bound} to warm up; leave --warmup out, or {elbo}")
+    if args.warmup_start is not None:
+        raise UsageError(f"--warmup-start {args.warmup_start:g}: {bound} to warm up; leave --warmup-start "
+                         f"out, or {elbo}")
     config.warmup = 0
 
 
@@ -457,6 +470,9 @@ def check_train(args):
     if config.optimizer == "rmsprop" and config.adam_eps != TrainConfig.adam_eps:
         raise UsageError(f"--adam-eps {config.adam_eps:g} is Adam's: --optimizer rmsprop takes PyTorch's eps "
                          "1e-8; leave --adam-eps out")
+    if config.warmup_start is not None and config.warmup == 0:
+        raise UsageError(f"--warmup-start {config.warmup_start:g} starts a KL warm-up, and --warmup is 0 "
+                         "(none); give --warmup N too, or leave --warmup-start out")
     if config.patience and not config.keep_best:
         kept = (f"{config.out} was trained without --keep-best, which a resume cannot add: leave --patience "
                 "out, or start again with --overwrite --keep-best" if args.resume else "give --keep-best too")
@@ -493,7 +509,7 @@ def check_train(args):
         raise UsageError(f"--set num_classes={model.num_classes}: MNIST's labels are 0 to "
                          f"{N_CLASSES - 1}; give num_classes={N_CLASSES} or more")
     check_batches(config, model, SPLIT_SIZES["train"])  # and again on the data that is loaded
-    _check_kl_weight(config, model, args.warmup is not None)
+    _check_kl_weight(config, model, args)
     _check_out_is_no_run_option(config)
     _check_writable_folder(config.out, "--out")
     # Refuse a folder holding a run unless --resume or --overwrite, so that no data is loaded for

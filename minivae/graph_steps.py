@@ -3,17 +3,17 @@
 ``Trainer`` (minivae.train) runs the first step of a GPU run eagerly, from Python: it compiles the
 kernels, builds the optimizer's flat buffers and counts the step's noise draws. Then
 ``GraphSteps`` takes over: it computes the scalars of the steps to the end of the epoch on the
-host, with the very code of the eager step (``Trainer.learning_rate``, the optimizer's ``update_scalars``,
-``train.kl_weight``), into a ``StepSchedule`` in device memory, and captures one step that reads
-them (``minivae.gpu.graph``): the engine's forward and backward, the gradient clipping of the
-run's settings, the optimizer, and the sums of the step's statistics, all on the device. Each later step
-copies its batch into the input buffer and replays the graph. So N replays give the parameters
-of N eager steps bit for bit.
+host, with the very code of the eager step (``Trainer.learning_rate``, the optimizer's
+``update_scalars``, ``Trainer.kl_weight_of_step``), into a ``StepSchedule`` in device memory, and
+captures one step that reads them (``minivae.gpu.graph``): the engine's forward and backward, the
+gradient clipping of the run's settings, the optimizer, and the sums of the step's statistics, all
+on the device. Each later step copies its batch into the input buffer and replays the graph. So N
+replays give the parameters of N eager steps bit for bit.
 
-Two graphs are captured, one whose optimizer clears its moments of subnormals and one that does not
-(the optimizer does it every ``flush_every`` steps), and both again at the start of every epoch,
-so that a model's per-epoch settings (``set_epoch``) are those of the epoch; each capture reads
-a schedule of its epoch's steps. (One schedule of all the run's steps, made once, would be 8.2
+Two graphs are captured, one whose optimizer clears its moments of subnormals and one that does
+not (the optimizer does it every ``flush_every`` steps), and both again at the start of every
+epoch, so that a model's per-epoch settings (``set_epoch``) are those of the epoch; each capture
+reads a schedule of its epoch's steps. (One schedule of all the run's steps, made once, would be 8.2
 million rows for the IWAE paper's 3,280 epochs of batches of 20, at about 2.6 s and 250 MB of
 host time and memory per million rows on a 2-core machine, at the start of every training.)
 

@@ -158,9 +158,13 @@ class TrainConfig:
     hidden: tuple = (512, 256)
     activation: str = "relu"
     beta: float = 1.0
-    # Epochs of linear KL warm-up (0: none): the KL weight of epoch e = 1, 2, ... is
-    # beta * min(1, e / warmup), so beta / warmup in the first.
+    # Linear KL warm-up over ``warmup`` epochs, or optimizer steps (0: none): the KL weight of epoch
+    # (or step) u = 0, 1, ... is beta * min(1, warmup_start + u / warmup). A warmup_start of None
+    # (the default, and that of a config saved before it existed) is 1 / warmup: beta / warmup in
+    # the first. warmup_unit "epoch" counts epochs, "step" optimizer steps over the whole run.
     warmup: int = 10
+    warmup_start: float | None = None
+    warmup_unit: str = "epoch"
     mc_samples: int = 1
     iw_k: int = 1
     seed: int = 0
@@ -285,20 +289,21 @@ def resumable_options():
     return [f"--{name.replace('_', '-')}" for name in TrainConfig.RESUMABLE_CHANGES if name != "out"]
 
 
-#: The JSON values each type of a TrainConfig field is read from (a float may be written 1).
-_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), tuple: (list, tuple),
-               dict: (dict,)}
+#: The JSON values each type of a TrainConfig field is read from (a float may be written 1; an
+#: optional one, ``float | None``, null).
+_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), float | None: (int, float, type(None)),
+               str: (str,), tuple: (list, tuple), dict: (dict,)}
 
 
 def _check_config_type(name, value, kind):
     """Raise ValueError naming the key when a config value read from JSON is not of the field's
-    type (``hidden`` a list of integers)."""
+    type (``hidden`` a list of integers, ``warmup_start`` a number or null)."""
     is_bool = isinstance(value, bool)
     ok = isinstance(value, _JSON_TYPES[kind]) and (kind is bool or not is_bool)
     if ok and kind is tuple:
         ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     if not ok:
-        expected = "a list of integers" if kind is tuple else f"of type {kind.__name__}"
+        expected = "a list of integers" if kind is tuple else f"of type {getattr(kind, '__name__', kind)}"
         raise ValueError(f"{name} is {value!r}, not {expected}")
 
 

@@ -94,6 +94,8 @@ def check_loop_settings(config):
     ``weight_decay`` are finite numbers >= 0 (0: none): a negative one would turn steps uphill.
     ``optimizer`` is one of ``OPTIMIZERS``; ``momentum``, in [0, 1), is RMSprop's, and ``adam_eps``
     Adam's: each given to the other optimizer would be ignored without a word, so it is refused.
+    ``warmup_unit`` is one of ``WARMUP_UNITS``; ``warmup_start`` is None or a number in [0, 1],
+    and only with a warm-up (``warmup`` above 0), which alone would read it.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
     decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
@@ -103,6 +105,14 @@ def check_loop_settings(config):
     check_integer(config.epochs, "epochs", minimum=1)
     for name in ("warmup", "eval_k", "trace_every", "patience"):
         check_integer(getattr(config, name), name, minimum=0)
+    check_choice(config.warmup_unit, "warmup_unit", WARMUP_UNITS)
+    if config.warmup_start is not None:
+        if not 0 <= check_real(config.warmup_start, "warmup_start") <= 1:
+            raise ValueError(f"warmup_start {config.warmup_start!r}: give a number in [0, 1], the fraction "
+                             "of beta that the KL warm-up starts from (None: 1 / warmup)")
+        if config.warmup == 0:
+            raise ValueError(f"warmup_start {config.warmup_start!r} starts a KL warm-up, and warmup is 0 "
+                             "(none); give a warmup above 0 too, or leave warmup_start None")
     check_integer(config.lr_step, "lr_step", minimum=1)
     if config.patience and not config.keep_best:
         raise ValueError(f"patience {config.patience} stops the run on the best epoch by the validation "
@@ -218,11 +228,26 @@ def labelled_subset(config, model, labels):
         raise DataMismatchError(f"--n-labelled {config.n_labelled}: {exc}") from None
 
 
-def kl_weight(config, epoch):
-    """The KL weight in ``epoch`` (0-based): beta, ramped linearly from beta/warmup over ``warmup`` epochs."""
+#: What a KL warm-up counts (``TrainConfig.warmup_unit``): epochs, or optimizer steps over the whole run.
+WARMUP_UNITS = ("epoch", "step")
+
+
+def kl_weight(config, u):
+    """The KL weight at ``u``, the epoch or the optimizer step of the run (0-based) as
+    ``config.warmup_unit`` says (``Trainer.kl_weight_of_step`` picks it): beta * min(1,
+    warmup_start + u / warmup), a linear ramp to beta over ``warmup`` of them; beta throughout
+    without a warm-up (``warmup`` 0). ``warmup_start`` None is 1 / warmup: beta / warmup at u = 0.
+    The Ladder VAE authors' code starts from 0 by epochs (``min(1, e / 200)``), the planar-flows
+    paper from 0.01 by steps (``min(1, 0.01 + t / 10000)``)."""
     if config.warmup <= 0:
         return config.beta
-    return config.beta * min(1.0, (epoch + 1) / config.warmup)
+    if config.warmup_start is None:
+        # 1 / warmup + u / warmup, as one quotient: the bits of the runs trained before warmup_start
+        # existed (the sum of two quotients rounds otherwise, e.g. at warmup 3 and u 4).
+        fraction = (u + 1) / config.warmup
+    else:
+        fraction = config.warmup_start + u / config.warmup
+    return config.beta * min(1.0, fraction)
 
 
 #: The signals that stop training as Ctrl-C does: SIGINT (Ctrl-C) and SIGTERM, what ``kill PID``,
@@ -398,14 +423,15 @@ class Trainer:
         return (self.config.patience > 0 and self.batch == 0 and self.best is not None
                 and self.epoch - self.best["epoch"] >= self.config.patience)
 
-    def kl_weight_of_epoch(self, epoch):
-        """The KL weight of ``epoch`` (0-based): ``kl_weight``, or beta throughout for a model
-        trained on the IWAE bound, which has no KL term for a weight or a warm-up to apply to."""
-        return kl_weight(self.config, epoch) if self.model.iw_k == 1 else self.config.beta
-
     def kl_weight_of_step(self, step):
-        """The KL weight of optimizer step ``step`` (0-based): that of its epoch."""
-        return self.kl_weight_of_epoch(step // len(self.loader))
+        """The KL weight of optimizer step ``step`` (0-based, over the whole run): ``kl_weight`` at
+        the step or at its epoch, as ``warmup_unit`` says, or beta throughout for a model trained
+        on the IWAE bound, which has no KL term for a weight or a warm-up to apply to. The eager
+        step and graph mode's schedule both take it from here."""
+        if self.model.iw_k > 1:
+            return self.config.beta
+        u = step if self.config.warmup_unit == "step" else step // len(self.loader)
+        return kl_weight(self.config, u)
 
     def learning_rate(self, step):
         """The learning rate of optimizer step ``step``: ``lr``, the cosine schedule's
@@ -668,7 +694,6 @@ class Trainer:
 
     def _epoch(self):
         config, epoch = self.config, self.epoch
-        beta = self.kl_weight_of_epoch(epoch)
         self.model.set_epoch(epoch)  # per-epoch schedules of a model (e.g. a temperature)
         n_batches = len(self.loader)
         bar = _progress_bar(n_batches, f"epoch {epoch + 1}/{config.epochs}", self.progress)
@@ -682,7 +707,7 @@ class Trainer:
             if i < self.batch:  # resuming inside this epoch: these batches were done already
                 continue
             step = epoch * n_batches + i
-            stats = self._run_step(xb, beta, step)
+            stats = self._run_step(xb, self.kl_weight_of_step(step), step)
             if stats is not None:  # else summed on the device (graph mode), added by _fold_graph
                 self._add_statistics(stats, self._batch_sizes(xb, step))
             self.batch = i + 1
@@ -704,7 +729,9 @@ class Trainer:
         if self.gpu is not None:
             metrics["gpu"] = self.gpu
         if self.model.iw_k == 1:  # the IWAE bound has no KL weight to log
-            metrics["beta"] = beta
+            # That of the epoch's last step (of each of its steps, for a warm-up by epochs), as
+            # "lr" is the last step's rate.
+            metrics["beta"] = self.kl_weight_of_step((epoch + 1) * n_batches - 1)
         metrics.update({f"train_{k}": v for k, v in self._means().items()})
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,

@@ -623,7 +623,8 @@ def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
     ("--mc-samples", "0"), ("--iw-k", "0"), ("--warmup", "-2"), ("--lr", "0"), ("--lr", "nan"),
     ("--beta", "-1"), ("--hidden", "0"), ("--seed", "-1"), ("--n-labelled", "0"), ("--epochs", "2.5"),
     ("--seed", str(2**64)), ("--adam-eps", "0"), ("--adam-eps", "-0.5"), ("--clip-norm", "-1"),
-    ("--clip-value", "inf"), ("--clip-value", "nan"), ("--weight-decay", "-0.5"), ("--momentum", "-0.1"),
+    ("--clip-value", "inf"), ("--clip-value", "nan"), ("--weight-decay", "-0.5"), ("--warmup-start", "1.5"),
+    ("--warmup-start", "-0.1"), ("--warmup-start", "nan"), ("--momentum", "-0.1"),
 ])
 def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)
@@ -666,6 +667,21 @@ def test_a_setting_of_the_other_optimizer_is_refused(capsys, tmp_path, args, nam
     assert not (tmp_path / "r").exists()
 
 
+def test_a_warmup_start_needs_a_warmup_and_a_unit_is_a_word_of_two(capsys, tmp_path):
+    """A start given without a warm-up would be silently left unused; a unit other than epoch or
+    step is named with the two."""
+    user_error(capsys, ["train", "--warmup", "0", "--warmup-start", "0.5", "--out", str(tmp_path / "r")],
+               "--warmup-start 0.5 starts a KL warm-up, and --warmup is 0 (none)", "give --warmup N too")
+    user_error(capsys, ["train", "--warmup-unit", "batch", "--out", str(tmp_path / "r")],
+               "argument --warmup-unit", "'batch'", "'epoch'", "'step'")
+
+
+@pytest.mark.parametrize("option, value, change", [("--warmup-unit", "step", "warmup_unit: 'epoch' -> 'step'"),
+                                                   ("--warmup-start", "0.5", "warmup_start: None -> 0.5")])
+def test_a_resume_keeps_the_warmup_of_its_run(capsys, run, option, value, change):
+    user_error(capsys, tiny(run, "--resume", "--epochs", "2", option, value), "cannot resume", change)
+
+
 def test_a_cosine_schedule_never_rises(capsys, tmp_path):
     user_error(capsys, ["train", "--lr", "1e-5", "--lr-min", "1e-4", "--out", str(tmp_path / "r")],
                "--lr 1e-05", "--lr-min 0.0001")
@@ -674,6 +690,7 @@ def test_a_cosine_schedule_never_rises(capsys, tmp_path):
 @pytest.mark.parametrize("argv, named", [
     (["--iw-k", "5", "--beta", "4"], "--beta 4"), (["--model", "iwae", "--beta", "0.5"], "--beta 0.5"),
     (["--iw-k", "5", "--warmup", "3"], "--warmup 3"), (["--model", "iwae", "--warmup", "10"], "--warmup 10"),
+    (["--model", "iwae", "--warmup-start", "0"], "--warmup-start 0"),
 ])
 def test_no_kl_weight_or_warmup_for_the_iwae_bound(capsys, tmp_path, argv, named):
     user_error(capsys, ["train", *argv, "--out", str(tmp_path / "r")], named, "IWAE bound", "no KL term")
@@ -714,7 +731,8 @@ def test_pictures_without_matplotlib_name_the_extra_before_the_run_is_read(capsy
     (["eval", "RUN", "--n", "10000"], "n", 10000), (["sample", "RUN", "--n", "10000"], "n", 10000),
     (["cluster", "RUN", "--seed", str(2**32 - 1)], "seed", 2**32 - 1),
     (["graph", "--model", "vae", "--batch-size", "10000"], "batch_size", 10000),
-    (["train", "--lr-min", "0"], "lr_min", 0.0)])
+    (["train", "--lr-min", "0"], "lr_min", 0.0), (["train", "--warmup-start", "0"], "warmup_start", 0.0),
+    (["train", "--warmup-start", "1"], "warmup_start", 1.0)])
 def test_the_ends_of_the_ranges_are_accepted(argv, dest, value):
     """The ranges the errors name include their ends: the largest seed, all the test images."""
     assert getattr(cli.build_parser().parse_args(argv), dest) == value

@@ -158,7 +158,8 @@ def test_a_set_run_folder_of_spaces_alone_is_an_empty_path():
 # ----- resuming: what may change -------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, value", [("seed", 1), ("batch_size", 50), ("lr", 0.01), ("lr_schedule", "constant"),
-                                         ("warmup", 3), ("n_labelled", 600), ("mc_samples", 2)])
+                                         ("warmup", 3), ("warmup_start", 0.0), ("warmup_unit", "step"),
+                                         ("n_labelled", 600), ("mc_samples", 2)])
 def test_a_setting_that_defines_the_run_cannot_change_on_resume(name, value):
     saved = TrainConfig(epochs=2)
     changed = dataclasses.replace(saved, **{name: value})
@@ -188,9 +189,19 @@ def test_a_run_saved_inside_an_epoch_needs_the_epochs_to_finish_it():
 @pytest.mark.parametrize("key, value, expected", [
     ("epochs", True, "of type int"), ("lr", True, "of type float"), ("eager", 1, "of type bool"),
     ("hidden", [True, 8], "a list of integers"), ("hidden", [8.0], "a list of integers"),
+    ("warmup_start", "0.5", "of type float | None"), ("warmup_start", False, "of type float | None"),
 ])
 def test_a_config_value_of_another_json_type_is_refused(key, value, expected):
     """JSON true is no epoch count, and 1 no switch (Python's bool is an int)."""
     with pytest.raises(ValueError, match=re.escape(f"{key} is {value!r}, not {expected}")):
         TrainConfig.from_dict({key: value})
     assert TrainConfig.from_dict({"lr": 1}).lr == 1  # a float may be written as an integer
+
+
+def test_the_warmup_start_is_a_number_or_null_and_none_without_one():
+    """null (as config.json records the default) and a config saved before warmup_start existed
+    read as None, 1 / warmup; a number is read as it was written."""
+    assert TrainConfig.from_dict({"warmup_start": None}).warmup_start is None
+    assert TrainConfig.from_dict({}).warmup_start is None and TrainConfig.from_dict({}).warmup_unit == "epoch"
+    assert TrainConfig.from_dict({"warmup_start": 0}).warmup_start == 0
+    assert TrainConfig.from_dict(TrainConfig(warmup_start=0.01).to_dict()).warmup_start == 0.01

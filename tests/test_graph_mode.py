@@ -155,9 +155,9 @@ def fake_device(fake_gpu, fake_cublas, monkeypatch):
 
 
 def run(tmp_path, name, data, **kw):
-    """A run of 3 epochs of batches of 80 on the GPU (the stand-in), KL warm-up over 2. No step
-    may say that it cannot be captured."""
-    cfg = config(tmp_path / name, device="gpu", epochs=3, batch_size=80, warmup=2, **kw)
+    """A run of 3 epochs of batches of 80 on the GPU (the stand-in), KL warm-up over 2 (unless
+    ``kw`` says otherwise). No step may say that it cannot be captured."""
+    cfg = config(tmp_path / name, **{"device": "gpu", "epochs": 3, "batch_size": 80, "warmup": 2, **kw})
     lines = []
     trainer = Trainer(cfg, data=data, progress=False, log=lines.append)
     trainer.fit()
@@ -213,6 +213,7 @@ GRAPH_CASES = [(name, *GRAPH_SETTINGS.get(name, ({}, 300))) for name in MODELS] 
     ("vae", {"clip_norm": 2.0, "clip_value": 0.05, "weight_decay": 0.01}, 300),
     ("flow", {"optimizer": "rmsprop", "momentum": 0.9, "weight_decay": 0.01,
               "model_options": {"flows": 2, "annealing": "joint"}}, 300),
+    ("vae", {"warmup": 10, "warmup_unit": "step", "warmup_start": 0.05}, 300),  # a KL weight per step
     ("m2", {"n_labelled": 20, "model_options": {"labelled_weight": "image"}}, 320),
     ("iwae", {"iw_k": 3, "model_options": {"layers": 2, "z1_dim": 6, "hidden2": (8,)}}, 300),
     ("ladder", {"hidden": (16, 8), "model_options": {"z_dims": (4, 3), "up_input": "mean",
@@ -396,7 +397,8 @@ def test_every_model_resumes_to_the_bits_of_the_run_not_interrupted(request, tmp
         extra = dict(extra, model_options={"m1": _m1_run(tmp_path, data)})
 
     def trainer(name):
-        cfg = config(tmp_path / name, device=device, epochs=3, batch_size=80, warmup=2, model=model, **extra)
+        settings = {"device": device, "epochs": 3, "batch_size": 80, "warmup": 2, "model": model, **extra}
+        cfg = config(tmp_path / name, **settings)
         return Trainer(cfg, data=data, progress=False, log=lambda *a: None)
 
     whole, cut = trainer("whole"), trainer("cut")

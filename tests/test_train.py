@@ -718,7 +718,14 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     # Each optimizer's setting given to the other would be ignored without a word.
     (dict(momentum=0.9), "momentum 0.9 is RMSprop's .*: give momentum 0 with optimizer 'adam'"),
     (dict(optimizer="rmsprop", adam_eps=1e-4), "adam_eps 0.0001 is Adam's epsilon; optimizer 'rmsprop' takes "
-                                               "PyTorch's eps 1e-8: leave adam_eps at 1e-08")])
+                                               "PyTorch's eps 1e-8: leave adam_eps at 1e-08"),
+    (dict(warmup_start=1.5), r"warmup_start 1.5: give a number in \[0, 1\], the fraction of beta that the KL "
+                             r"warm-up starts from \(None: 1 / warmup\)"),
+    (dict(warmup_start=math.nan), r"warmup_start nan: give a number in \[0, 1\], .*"),
+    (dict(warmup_start="0"), "warmup_start must be a real number, got '0'"),
+    (dict(warmup=0, warmup_start=0.0), r"warmup_start 0.0 starts a KL warm-up, and warmup is 0 \(none\); give "
+                                       r"a warmup above 0 too, or leave warmup_start None"),
+    (dict(warmup_unit="batch"), "warmup_unit must be one of 'epoch', 'step', got 'batch'")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module
@@ -754,6 +761,90 @@ def test_kl_warmup_counts_epochs():
     c = TrainConfig(beta=2.0, warmup=4)
     assert [kl_weight(c, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
     assert kl_weight(TrainConfig(beta=3.0, warmup=0), 0) == 3.0
+
+
+def test_the_default_warmup_start_keeps_the_bits_of_the_runs_before_it():
+    """Without a warmup_start the weight is beta * min(1, (u + 1) / warmup) to the bit, as it was
+    before the setting existed: 1 / warmup + u / warmup rounds otherwise (at warmup 3, u 4), and
+    a resumed run would leave the bits of its first piece."""
+    for beta in (1.0, 0.5, 3.0):
+        for warmup in range(1, 60):
+            c = TrainConfig(beta=beta, warmup=warmup)
+            assert [kl_weight(c, u) for u in range(200)] == [beta * min(1.0, (u + 1) / warmup) for u in range(200)]
+
+
+@pytest.mark.parametrize("settings, unit_steps, schedule", [
+    # The Ladder VAE authors' code: once an epoch, from 0, min(1, e / 200).
+    (dict(warmup=200, warmup_start=0.0), False, lambda e: min(1, e / 200)),
+    # Rezende & Mohamed (2015), planar flows: at every step t of the run, min(1, 0.01 + t / 10000).
+    (dict(warmup=10000, warmup_unit="step", warmup_start=0.01), True, lambda t: min(1, 0.01 + t / 10000))],
+    ids=["ladder-vae", "planar-flows"])
+def test_the_warmup_follows_the_papers_schedules(tmp_path, settings, unit_steps, schedule):
+    """Each optimizer step's KL weight is the paper's number, by the epoch of the step (6 steps an
+    epoch here) or by the step itself."""
+    trainer = Trainer(config(tmp_path, **settings), data=small_data(), progress=False, log=lambda m: None)
+    steps = range(12_000)
+    assert [trainer.kl_weight_of_step(t) for t in steps] == [schedule(t if unit_steps else t // 6) for t in steps]
+
+
+def _record_betas(trainer):
+    """Record the KL weight that ``trainer``'s model is given at each training step, into the
+    returned list."""
+    betas, loss = [], trainer.model.loss
+
+    def recording(x, noise, beta=None, **labelled):
+        betas.append(beta)
+        return loss(x, noise, beta, **labelled)
+    trainer.model.loss = recording
+    return betas
+
+
+@pytest.mark.parametrize("settings, betas, logged", [
+    (dict(warmup=8, warmup_unit="step", warmup_start=0.25), [2 * min(1, 0.25 + t / 8) for t in range(12)],
+     [1.75, 2.0]),
+    (dict(warmup=4), [0.5] * 6 + [1.0] * 6, [0.5, 1.0])], ids=["by-step", "by-epoch"])
+def test_the_model_s_loss_gets_the_kl_weight_of_each_step(tmp_path, settings, betas, logged):
+    """Warm-up by steps: every step's loss is weighted by its own KL weight (by epochs: that of
+    its epoch); an epoch's metrics log that of its last step, beta = 2."""
+    trainer = Trainer(config(tmp_path, beta=2.0, **settings), data=small_data(), progress=False,
+                      log=lambda m: None)
+    seen = _record_betas(trainer)
+    trainer.fit()
+    assert seen == betas  # 6 steps an epoch
+    assert [line["beta"] for line in mv.runs.read_metrics(trainer.run_dir)] == logged
+
+
+@pytest.mark.parametrize("stop_after", [3, 8])  # inside epoch 1, inside epoch 2
+def test_a_run_warmed_up_by_steps_resumes_inside_an_epoch_to_the_same_bits(tmp_path, stop_after):
+    check_exact_resume(lambda name: config(tmp_path / name, warmup=8, warmup_unit="step", warmup_start=0.1),
+                       small_data(), stop_after)
+
+
+def test_a_run_saved_before_the_warmup_start_and_unit_resumes_as_it_would_have(tmp_path, monkeypatch):
+    """A config.json and checkpoint without warmup_start and warmup_unit (a run trained before
+    they existed) read as the default warm-up, by epochs from 1 / warmup: its resume records them
+    so and ends with the bits of the same run not interrupted."""
+    from minivae import cli, runs, train as train_module
+
+    monkeypatch.setattr(train_module, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    argv = ["train", "--hidden", "8", "--z-dim", "2", "--batch-size", "50", "--eval-k", "0",
+            "--lr-schedule", "constant", "--no-progress"]
+    assert cli.main([*argv, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
+    old = tmp_path / "old"
+    assert cli.main([*argv, "--epochs", "1", "--out", str(old)]) == 0
+    arrays, meta = checkpoint.load(old / CHECKPOINT)
+    saved = json.loads((old / "config.json").read_text())
+    for document in (meta["config"], saved):
+        assert (document.pop("warmup_start"), document.pop("warmup_unit")) == (None, "epoch")
+    checkpoint.save(old / CHECKPOINT, arrays, meta)
+    (old / "config.json").write_text(json.dumps(saved))
+    assert cli.main(["train", "--out", str(old), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    assert json.loads((old / "config.json").read_text()) == dict(saved, epochs=3, warmup_start=None,
+                                                                  warmup_unit="epoch")
+    resumed, whole = (runs.read_checkpoint(folder)[0] for folder in (old, tmp_path / "whole"))
+    assert resumed.keys() == whole.keys()
+    for key in whole:
+        np.testing.assert_array_equal(resumed[key], whole[key], err_msg=key)
 
 
 def test_the_iwae_bound_gets_no_kl_warmup_and_logs_no_beta(tmp_path, monkeypatch):
