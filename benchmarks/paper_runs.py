@@ -89,8 +89,9 @@ IWAE_DIFFERENCES = ("the authors' code runs Adam with beta1 0.99 and its second 
 LADDER_PAPER = ["--hidden", "512", "256", "128", "64", "32", "--set", "z_dims=64,32,16,8,4",
                 "--set", "mlp_layers=2", "--set", "batch_norm=true", "--set", "up_input=mean",
                 "--set", "variance=softplus", "--set", "batch_norm_heads=true", "--activation", "leaky_relu",
-                "--warmup", "200", "--batch-size", "256", "--lr", "2e-4", "--lr-schedule", "constant",
-                "--adam-eps", "1e-4", "--clip-norm", "4", "--clip-value", "0.9", "--epochs", "2000"]
+                "--warmup", "200", "--warmup-start", "0", "--batch-size", "256", "--lr", "2e-4",
+                "--lr-schedule", "constant", "--adam-eps", "1e-4", "--clip-norm", "4", "--clip-value", "0.9",
+                "--epochs", "2000"]
 #: Where the Ladder VAE recipe departs from its authors' code, and why.
 LADDER_DIFFERENCES = ("the authors' example does not share the top-down pass with the generative model "
                       "(ladder_share_params False): its inference merges with networks of its own, and its "
@@ -102,20 +103,17 @@ LADDER_DIFFERENCES = ("the authors' example does not share the top-down pass wit
                       "epsilon of 1e-10 (ours 1e-5), clips the Bernoulli means to [1e-5, 1 - 1e-5], and "
                       "collects the batch-norm statistics in a pass over the training set before it scores "
                       "(ours are running averages of training batches): minivae has no such settings. "
-                      "Its warm-up weight steps once per epoch from 0, ours from 1/200. It trains on the "
-                      "training and validation images together (60,000) with no validation; we train on "
-                      "50,000 and score the epoch best by the validation ELBO")
+                      "It trains on the training and validation images together (60,000) with no "
+                      "validation; we train on 50,000 and score the epoch best by the validation ELBO")
 #: The planar flows' training (Rezende & Mohamed 2015; no authors' code, read second-hand in a
 #: reproduction, github.com/andrehuang/normalizing-flows-reproduce): z of 40 units, 2x400 ReLU
 #: networks, the flows' parameters given by the encoder, batches of 100, the annealed bound
-#: beta_t = min(1, 0.01 + t/10000) over the steps t (ours: --warmup 20, the 10,000 steps in
-#: epochs of 500), 500,000 steps (1000 epochs).
+#: beta_t = min(1, 0.01 + t/10000) over the steps t, 500,000 steps (1000 epochs).
 FLOW_PAPER = ["--z-dim", "40", "--hidden", "400", "400", "--activation", "relu", "--batch-size", "100",
-              "--warmup", "20", "--epochs", "1000"]
+              "--warmup", "10000", "--warmup-unit", "step", "--warmup-start", "0.01", "--epochs", "1000"]
 #: Where the planar-flow recipe departs from the paper, and why.
 FLOW_DIFFERENCES = ("the paper trains with RMSprop at 1e-5 and momentum 0.9; minivae train has no RMSprop: "
-                    "we train with Adam, on its usual cosine schedule from 1e-3 to 1e-4. Its warm-up weight "
-                    "rises once per epoch (from 1/20), the paper's at every step (from 0.01). The "
+                    "we train with Adam, on its usual cosine schedule from 1e-3 to 1e-4. The "
                     "architecture and schedule are second-hand, from a reproduction, not from the paper's "
                     "text")
 #: The M2 of M1+M2 as its authors trained it (Kingma et al. 2014; read in the authors' code,

@@ -65,16 +65,19 @@ def test_the_ladder_recipe_is_the_authors_five_layer_training(tmp_path):
     assert (config.lr, config.lr_schedule, config.adam_eps, config.batch_size, config.epochs, config.warmup) == \
         (2e-4, "constant", 1e-4, 256, 2000, 200)
     assert (config.clip_norm, config.clip_value) == (4.0, 0.9)
+    assert (config.warmup_start, config.warmup_unit) == (0.0, "epoch")  # min(1, e / 200), as their code
     assert config.keep_best and config.eval_k == 5000
 
 
 def test_the_ladder_recipe_names_only_what_still_differs_from_the_authors_code():
-    """The three settings that follow the authors' code are no longer differences; what remains is."""
+    """The settings that follow the authors' code (its three model settings, its warm-up from 0)
+    are no longer differences; what remains is."""
     differences = paper_runs.RECIPES["ladder-5layer"].differences
-    for gone in ("mean of the one below", "through a softplus", "mean and variance layers", "none of these"):
+    for gone in ("mean of the one below", "through a softplus", "mean and variance layers", "none of these",
+                 "warm-up", "once per epoch"):
         assert gone not in differences
     for kept in ("ladder_share_params False", "variance floor", "Glorot", "1e-10", "pass over the training set",
-                 "once per epoch", "60,000"):
+                 "60,000"):
         assert kept in differences
 
 
@@ -82,9 +85,12 @@ def test_the_planar_flow_recipe_has_80_flows_and_the_annealed_bound(tmp_path):
     config = recipe_config("flow-planar-k80", tmp_path / "flow")
     assert (config.model, config.model_options, config.z_dim, config.hidden, config.activation) == \
         ("flow", {"flows": 80}, 40, (400, 400), "relu")
-    # beta reaches 1 after the paper's 10,000 steps: 20 epochs of 500 batches of 100
-    assert (config.batch_size, config.warmup, config.epochs) == (100, 20, 1000)
+    # beta_t = min(1, 0.01 + t / 10000) at every step t, as the paper anneals it
+    assert (config.batch_size, config.warmup, config.warmup_unit, config.warmup_start, config.epochs) == \
+        (100, 10000, "step", 0.01, 1000)
     assert config.keep_best and config.eval_k == 5000
+    differences = paper_runs.RECIPES["flow-planar-k80"].differences
+    assert "warm-up" not in differences and "RMSprop" in differences and "second-hand" in differences
 
 
 @pytest.mark.parametrize("name, model, hidden", [("m2-ssl-100", "m2", (500,)), ("m1m2-ssl-100", "m1m2", (300,))])
