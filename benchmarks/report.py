@@ -176,6 +176,14 @@ def _bound_k(c):
     return c.get("iw_k", 1) if c["model"] == "vae" else 1
 
 
+def _warmup(c):
+    """A run's KL warm-up as its row names it: ``KL warm-up 10 epochs``, or by optimizer steps and
+    from a start of its own, ``KL warm-up 10000 steps from 0.01`` (a config saved before those
+    settings: by epochs, from 1 / warmup)."""
+    start = "" if c.get("warmup_start") is None else f" from {c['warmup_start']:g}"
+    return f"KL warm-up {c.get('warmup', 0)} {c.get('warmup_unit', 'epoch')}s{start}"
+
+
 def _model_name(c):
     """The row's model name: ``iwae`` for a VAE trained on the k-sample bound, ``iwae-2`` for two layers."""
     if c["model"] == "vae" and c.get("iw_k", 1) > 1:
@@ -439,7 +447,7 @@ def _model_row(*paths):
     beta = f", beta {c['beta']:g}" if c.get("beta", 1.0) != 1.0 else ""
     bound_k = _bound_k(c)
     label = (f"{name}, IWAE bound k = {bound_k} (no KL weight)" if bound_k > 1
-             else f"{name}{beta}, KL warm-up {c.get('warmup', 0)} epochs")
+             else f"{name}{beta}, {_warmup(c)}")
     return f"| {label} | {commands} | {_epochs(runs)} | {_wall_time(runs)} | {_ours(runs)} | {paper} |"
 
 

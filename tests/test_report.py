@@ -69,6 +69,16 @@ def test_warmup_zero_rows_say_so():
     assert "vae, KL warm-up 0 epochs" in row
 
 
+def test_a_warmup_by_steps_or_from_a_start_of_its_own_says_so(tmp_path):
+    """The planar-flows paper's warm-up is 10000 steps from 0.01, not 10000 epochs; a run of the
+    default warm-up reads as before."""
+    assert ", KL warm-up 10000 steps from 0.01 |" in report._model_row(
+        _run_result(tmp_path, "flow", model="flow", warmup=10000, warmup_unit="step", warmup_start=0.01))
+    assert ", KL warm-up 200 epochs from 0 |" in report._model_row(
+        _run_result(tmp_path, "ladder", model="ladder", warmup=200, warmup_start=0.0))
+    assert "| vae, KL warm-up 10 epochs |" in report._model_row(_run_result(tmp_path, "vae"))
+
+
 def test_a_separate_evaluation_is_part_of_the_command():
     c = json.loads((RESULTS / "mnist_vae_150ep_amd-epyc-2c.json").read_text())
     assert report._row_command(c, 5000).endswith(" && minivae eval runs/A --k 5000")
