@@ -81,16 +81,19 @@ def test_the_ladder_recipe_names_only_what_still_differs_from_the_authors_code()
         assert kept in differences
 
 
-def test_the_planar_flow_recipe_has_80_flows_and_the_annealed_bound(tmp_path):
+def test_the_planar_flow_recipe_has_80_flows_the_annealed_free_energy_and_rmsprop(tmp_path):
     config = recipe_config("flow-planar-k80", tmp_path / "flow")
     assert (config.model, config.model_options, config.z_dim, config.hidden, config.activation) == \
-        ("flow", {"flows": 80}, 40, (400, 400), "relu")
+        ("flow", {"flows": 80, "annealing": "joint"}, 40, (400, 400), "relu")
+    assert (config.optimizer, config.momentum, config.lr, config.lr_schedule) == ("rmsprop", 0.9, 1e-5, "constant")
     # beta_t = min(1, 0.01 + t / 10000) at every step t, as the paper anneals it
     assert (config.batch_size, config.warmup, config.warmup_unit, config.warmup_start, config.epochs) == \
         (100, 10000, "step", 0.01, 1000)
     assert config.keep_best and config.eval_k == 5000
     differences = paper_runs.RECIPES["flow-planar-k80"].differences
-    assert "warm-up" not in differences and "RMSprop" in differences and "second-hand" in differences
+    for gone in ("warm-up", "RMSprop", "Adam", "cosine"):  # the paper's, now the recipe's
+        assert gone not in differences
+    assert "second-hand" in differences
 
 
 @pytest.mark.parametrize("name, model, hidden", [("m2-ssl-100", "m2", (500,)), ("m1m2-ssl-100", "m1m2", (300,))])
