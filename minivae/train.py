@@ -155,17 +155,19 @@ def has_batch_norm(model):
 
 def check_batches(config, model, n_train):
     """Raise DataMismatchError when training ``model`` on ``n_train`` images as ``config`` says
-    would hand a model with batch normalization a batch of one image (whose variance is 0): the
-    last training batch, or the last labelled batch of a semi-supervised model."""
+    would hand a model with batch normalization a batch of one image (whose variance is 0): every
+    batch, at a batch size of 1, or else the last training batch, or the last labelled batch of a
+    semi-supervised model."""
     if not has_batch_norm(model):
         return
     batches = {"training images": (n_train, config.batch_size)}
     if model.semi_supervised:  # labelled batches of at most n_labelled images (LabelledBatches)
         batches["labelled images"] = (config.n_labelled, min(config.batch_size, config.n_labelled))
     for what, (n, size) in batches.items():
-        if n % size == 1:
+        if size == 1 or n % size == 1:  # (at a size of 1, n % size is 0, and every batch holds one)
+            which = "every batch" if size == 1 else "the last batch"
             raise DataMismatchError(
-                f"--batch-size {config.batch_size}: the last batch of the {n} {what} would hold one "
+                f"--batch-size {config.batch_size}: {which} of the {n} {what} would hold one "
                 f"image, on which the batch normalization of model {config.model!r} cannot train; "
                 "give another --batch-size")
 

@@ -577,8 +577,11 @@ def test_semi_supervised_labels_must_be_balanced(capsys, tmp_path, monkeypatch):
                "--n-labelled: 45070", "4506 of digit 5", "give at most 45060")
 
 
-@pytest.mark.parametrize("model, batch_size, what", [("ladder", "49999", "50000 training images"),
-                                                      ("ladder-m2", "99", "100 labelled images")])
+@pytest.mark.parametrize("model, batch_size, what", [
+    ("ladder", "49999", "the last batch of the 50000 training images"),
+    ("ladder-m2", "99", "the last batch of the 100 labelled images"),
+    # Before: 50000 % 1 is 0, so batches of one image were let through, and the first step failed.
+    ("ladder", "1", "every batch of the 50000 training images")])
 def test_a_batch_of_one_image_for_batch_normalization_is_refused_up_front(capsys, tmp_path, model, batch_size, what):
     user_error(capsys, ["train", "--model", model, "--batch-size", batch_size, "--out", str(tmp_path / "r")],
                f"--batch-size {batch_size}", what, "one image")

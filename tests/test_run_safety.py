@@ -1301,12 +1301,16 @@ def test_a_checkpoint_saved_before_the_data_size_was_recorded_still_resumes(tmp_
     assert checkpoint.load(tmp_path / "run" / CHECKPOINT)[1]["n_train"] == 300
 
 
-def test_a_batch_of_one_image_for_batch_normalization_is_found_before_anything_is_written(tmp_path):
+@pytest.mark.parametrize("n_train, batch_size, what", [(101, 50, "the last batch of the 101 training images"),
+                                                       (100, 1, "every batch of the 100 training images")])
+def test_a_batch_of_one_image_for_batch_normalization_is_found_before_anything_is_written(tmp_path, n_train,
+                                                                                         batch_size, what):
     from minivae.train import DataMismatchError
 
     with pytest.raises(DataMismatchError) as exc:
-        train(config(tmp_path, model="ladder", hidden=(8, 8)), data=small_data(n_train=101), **QUIET)
-    assert "the last batch of the 101 training images" in one_line(exc)
+        train(config(tmp_path, model="ladder", hidden=(8, 8), batch_size=batch_size), data=small_data(n_train=n_train),
+              **QUIET)
+    assert what in one_line(exc)
     assert not (tmp_path / "run").exists()
 
 
