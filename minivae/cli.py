@@ -305,6 +305,10 @@ def _add_train_args(p):
             help="labels (balanced over the classes, chosen by --seed from the training set) a "
                  "semi-supervised model (m2, m1m2, adgm-ssl, sdgm-ssl, ladder-m2) learns from; "
                  "a multiple of 10")
+    setting("--labelled-batch-size", type=positive_int,
+            help="labelled images per optimizer step of a semi-supervised model, next to the --batch-size "
+                 "unlabelled ones, at most --n-labelled (the M2 authors' code takes 1); default: as many "
+                 "as --batch-size, or all --n-labelled when fewer")
     setting("--seed", type=philox_seed,
             help="seed of the initial weights, the batch order, the binarization and the noise")
     p.add_argument("--out", type=nonempty_path,
@@ -497,6 +501,13 @@ def check_train(args):
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is more than a subset balanced over "
                          f"the digits can hold (the training images hold {fewest} of digit "
                          f"{TRAIN_CLASS_COUNTS.index(fewest)}); give at most {N_CLASSES * fewest}")
+    size = config.labelled_batch_size
+    if size is not None and not semi_supervised:
+        raise UsageError(f"--labelled-batch-size {size}: model {config.model!r} is not semi-supervised and "
+                         "would leave it unused; leave --labelled-batch-size out")
+    if size is not None and size > config.n_labelled:
+        raise UsageError(f"argument --labelled-batch-size: {size} is more than the {config.n_labelled} "
+                         f"labelled images (--n-labelled); give at most {config.n_labelled}")
     try:  # the constructor's own checks (e.g. iwae's layers, ladder's z_dims), on a throw-away model
         model = build_run_model(config)
     except ValueError as exc:

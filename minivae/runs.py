@@ -172,6 +172,10 @@ class TrainConfig:
     device: str = "cpu"
     eval_k: int = 1000  # importance samples for the test log-likelihood at the end (0: skip)
     n_labelled: int = 100  # labels a semi-supervised model learns from (balanced over classes)
+    # The labelled images of each step of a semi-supervised model, next to batch_size unlabelled
+    # ones, at most n_labelled. None (not given, as in configs saved before it existed): as many as
+    # batch_size, or all n_labelled when fewer (``train.labelled_batch_size``).
+    labelled_batch_size: int | None = None
     model_options: dict = dataclasses.field(default_factory=dict)  # model-specific settings
     # The models of the runs that model options name (M1+M2's m1) as {option: {"model": name,
     # "kwargs": constructor arguments}}, recorded when the run starts: the run's own checkpoint
@@ -289,10 +293,10 @@ def resumable_options():
     return [f"--{name.replace('_', '-')}" for name in TrainConfig.RESUMABLE_CHANGES if name != "out"]
 
 
-#: The JSON values each type of a TrainConfig field is read from (a float may be written 1; an
-#: optional one, ``float | None``, null).
-_JSON_TYPES = {bool: (bool,), int: (int,), float: (int, float), float | None: (int, float, type(None)),
-               str: (str,), tuple: (list, tuple), dict: (dict,)}
+#: The JSON values each type of a TrainConfig field is read from (a float may be written 1; a
+#: setting that may be not given, ``int | None`` or ``float | None``, null).
+_JSON_TYPES = {bool: (bool,), int: (int,), int | None: (int, type(None)), float: (int, float),
+               float | None: (int, float, type(None)), str: (str,), tuple: (list, tuple), dict: (dict,)}
 
 
 def _check_config_type(name, value, kind):

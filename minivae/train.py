@@ -30,9 +30,11 @@ says which checkpoint, if any, holds the last good state.
 Semi-supervised models (``semi_supervised = True``: M2, M1+M2, ADGM/SDGM with labels, Ladder-M2) learn from
 ``n_labelled`` labels, ``balanced_labelled_subset(y_train, n_labelled, seed)``, chosen from the
 training set only (the test set never takes part in training or model selection). Each step
-feeds them the usual unlabelled batch of all training images plus a labelled batch; the labelled
-batches are a pure function of (seed, optimizer step), so resuming stays exact. Models that
-classify (``classifies = True``) get ``valid_error`` per epoch and ``test_error`` at the end.
+feeds them the usual unlabelled batch of all training images plus a labelled batch
+(``labelled_batch_size``: by default as many images as the unlabelled batch, or all the labelled
+ones when fewer); the labelled batches are a pure function of (seed, optimizer step), so resuming
+stays exact. Models that classify (``classifies = True``) get ``valid_error`` per epoch and
+``test_error`` at the end.
 """
 import contextlib
 import dataclasses
@@ -54,6 +56,7 @@ from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load
 from .distributions import check_labels
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
+from .models import MODELS
 from .random import Generator, check_address
 from .runs import BEST, CHECKPOINT, CONFIG, RESULTS
 
@@ -97,7 +100,10 @@ def check_loop_settings(config):
     ``warmup_unit`` is one of ``WARMUP_UNITS``; ``warmup_start`` is None or a number in [0, 1],
     and only with a warm-up (``warmup`` above 0), which alone would read it.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
-    decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``seed`` is the key
+    decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``labelled_batch_size``,
+    when given (not None), is an integer from 1 to ``n_labelled`` for a semi-supervised model:
+    another model would ignore it without a word, and a batch of more than the labelled images
+    would hold them all, fewer than asked. ``seed`` is the key
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
     seeds the initial weights first, where NumPy refused -1 as "expected non-negative integer",
     naming no setting, and 2.5 as entropy that SeedSequence does not take."""
@@ -136,6 +142,24 @@ def check_loop_settings(config):
     if config.lr_schedule == "cosine" and config.lr < config.lr_min:
         raise ValueError(f"lr {config.lr:g} is below lr_min {config.lr_min:g}: the cosine schedule "
                          "would raise the rate; give an lr of at least lr_min")
+    if config.labelled_batch_size is not None:
+        size = check_integer(config.labelled_batch_size, "labelled_batch_size", minimum=1)
+        if not getattr(MODELS.get(config.model), "semi_supervised", False):
+            raise ValueError(f"labelled_batch_size {size}: model {config.model!r} is not semi-supervised and "
+                             "takes no labelled images, so it would be ignored; leave labelled_batch_size None")
+        n_labelled = check_integer(config.n_labelled, "n_labelled", minimum=1)
+        if size > n_labelled:
+            raise ValueError(f"labelled_batch_size {size} is more than the {n_labelled} labelled images "
+                             f"(n_labelled); give at most {n_labelled}")
+
+
+def labelled_batch_size(config):
+    """The labelled images of each step of a semi-supervised run (the last batch of a pass over
+    them may hold fewer): ``labelled_batch_size``, or when it is not given (None) as many as the
+    unlabelled batch, ``batch_size``, or all ``n_labelled`` when fewer."""
+    if config.labelled_batch_size is None:
+        return min(config.batch_size, config.n_labelled)
+    return config.labelled_batch_size
 
 
 def make_optimizer(config, params):
@@ -160,16 +184,19 @@ def check_batches(config, model, n_train):
     semi-supervised model."""
     if not has_batch_norm(model):
         return
-    batches = {"training images": (n_train, config.batch_size)}
-    if model.semi_supervised:  # labelled batches of at most n_labelled images (LabelledBatches)
-        batches["labelled images"] = (config.n_labelled, min(config.batch_size, config.n_labelled))
-    for what, (n, size) in batches.items():
+    # For each kind of batch: the setting that sizes it, the images, and the batch size.
+    batches = {"training images": ("batch_size", n_train, config.batch_size)}
+    if model.semi_supervised:
+        sized_by = "batch_size" if config.labelled_batch_size is None else "labelled_batch_size"
+        batches["labelled images"] = (sized_by, config.n_labelled, labelled_batch_size(config))
+    for what, (name, n, size) in batches.items():
         if size == 1 or n % size == 1:  # (at a size of 1, n % size is 0, and every batch holds one)
             which = "every batch" if size == 1 else "the last batch"
+            option = "--" + name.replace("_", "-")
             raise DataMismatchError(
-                f"--batch-size {config.batch_size}: {which} of the {n} {what} would hold one "
+                f"{option} {getattr(config, name)}: {which} of the {n} {what} would hold one "
                 f"image, on which the batch normalization of model {config.model!r} cannot train; "
-                "give another --batch-size")
+                f"give another {option}")
 
 
 def check_image_widths(model, data):
@@ -318,16 +345,16 @@ def _progress_bar(total, desc, enabled):
 class LabelledBatches:
     """The labelled minibatch of every optimizer step, a pure function of (seed, step).
 
-    Step t takes batch t mod n of "labelled epoch" t // n (n batches per pass over the labelled
-    subset): each pass reshuffles and re-binarizes the subset (``MinibatchLoader``), so the few
-    labelled images are seen in ever new orders and draws without any state to checkpoint. Its
-    seed is derived from the run's with ``SeedSequence``, so its streams are not those of the
-    unlabelled loader.
+    Step t takes batch t mod n of "labelled epoch" t // n (n batches of ``batch_size`` images per
+    pass over the labelled subset, the last of fewer when batch_size does not divide it): each
+    pass reshuffles and re-binarizes the subset (``MinibatchLoader``), so the few labelled images
+    are seen in ever new orders and draws without any state to checkpoint. Its seed is derived
+    from the run's with ``SeedSequence``, so its streams are not those of the unlabelled loader.
     """
 
     def __init__(self, x, y, batch_size, seed, device="cpu"):
         derived = int(np.random.SeedSequence([seed, streams.LABELLED_LOADER]).generate_state(1)[0])
-        self.loader = MinibatchLoader(x, min(batch_size, len(x)), seed=derived, y=y, device=device)
+        self.loader = MinibatchLoader(x, batch_size, seed=derived, y=y, device=device)
         self._epoch, self._batches = None, []
 
     def __call__(self, step):
@@ -384,7 +411,7 @@ class Trainer:
         if self.model.semi_supervised:
             idx = labelled_subset(config, self.model, self.data.y_train)
             self.labelled = LabelledBatches(self.data.x_train[idx], np.asarray(self.data.y_train)[idx],
-                                            config.batch_size, config.seed, self.device)
+                                            labelled_batch_size(config), config.seed, self.device)
             self.model.set_data_sizes(len(self.data.x_train), len(idx))
         self.x_valid = binarize_eval(self.data.x_valid, "valid")
         # The loop position: epochs done, batches done of the next, and that epoch's statistics so

@@ -588,6 +588,37 @@ def test_a_batch_of_one_image_for_batch_normalization_is_refused_up_front(capsys
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize("args, named", [
+    # Given to a model without labels, it would be ignored without a word.
+    (["--labelled-batch-size", "1"], ["--labelled-batch-size 1: model 'vae' is not semi-supervised",
+                                      "leave --labelled-batch-size out"]),
+    (["--model", "m2", "--n-labelled", "20", "--labelled-batch-size", "21"],
+     ["argument --labelled-batch-size: 21 is more than the 20 labelled images", "give at most 20"]),
+    (["--model", "ladder-m2", "--labelled-batch-size", "1"],
+     ["--labelled-batch-size 1: every batch of the 100 labelled images would hold one image", "batch normalization",
+      "give another --labelled-batch-size"]),
+    (["--model", "ladder-m2", "--labelled-batch-size", "33"],
+     ["--labelled-batch-size 33: the last batch of the 100 labelled images would hold one image"]),
+], ids=["model without labels", "more than the labels", "one image for batch norm", "last of one for batch norm"])
+def test_a_labelled_batch_size_that_cannot_be_used_is_refused_up_front(capsys, tmp_path, monkeypatch, args, named):
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: pytest.fail("data loaded"))
+    user_error(capsys, ["train", *args, "--out", str(tmp_path / "r")], *named)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_resume_keeps_the_labelled_batch_size_of_the_run(capsys, tmp_path, monkeypatch):
+    """The labelled batches define the run: a resume takes the run's own size, and refuses another."""
+    monkeypatch.setattr(minivae.train, "load_mnist", lambda verbose=True: small_data(n_train=100, n_eval=20))
+    out, m2 = tmp_path / "m2", ["--model", "m2", "--n-labelled", "10"]
+    assert main(tiny(out, *m2, "--labelled-batch-size", "2")) == 0
+    assert main(tiny(out, *m2, "--resume", "--epochs", "2")) == 0
+    assert json.loads((out / "config.json").read_text())["labelled_batch_size"] == 2
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    user_error(capsys, tiny(out, *m2, "--resume", "--epochs", "3", "--labelled-batch-size", "3"), "cannot resume",
+               "labelled_batch_size: 2 -> 3")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
 def test_fewer_classes_than_mnist_has_are_refused_up_front(capsys, tmp_path):
     user_error(capsys, ["train", "--model", "m2", "--set", "num_classes=3", "--out", str(tmp_path / "r")],
                "num_classes=3", "num_classes=10")
@@ -628,6 +659,7 @@ def test_m1m2_never_starts_again_in_its_m1_run(capsys, run):
     ("--seed", str(2**64)), ("--adam-eps", "0"), ("--adam-eps", "-0.5"), ("--clip-norm", "-1"),
     ("--clip-value", "inf"), ("--clip-value", "nan"), ("--weight-decay", "-0.5"), ("--warmup-start", "1.5"),
     ("--warmup-start", "-0.1"), ("--warmup-start", "nan"), ("--momentum", "-0.1"),
+    ("--labelled-batch-size", "0"), ("--labelled-batch-size", "2.5"),
 ])
 def test_train_number_out_of_range(capsys, tmp_path, option, value):
     user_error(capsys, ["train", option, value, "--out", str(tmp_path / "r")], f"argument {option}", value)

@@ -159,7 +159,8 @@ def test_a_set_run_folder_of_spaces_alone_is_an_empty_path():
 
 @pytest.mark.parametrize("name, value", [("seed", 1), ("batch_size", 50), ("lr", 0.01), ("lr_schedule", "constant"),
                                          ("warmup", 3), ("warmup_start", 0.0), ("warmup_unit", "step"),
-                                         ("n_labelled", 600), ("mc_samples", 2)])
+                                         ("n_labelled", 600), ("mc_samples", 2),
+                                         ("labelled_batch_size", 1)])
 def test_a_setting_that_defines_the_run_cannot_change_on_resume(name, value):
     saved = TrainConfig(epochs=2)
     changed = dataclasses.replace(saved, **{name: value})
@@ -190,6 +191,7 @@ def test_a_run_saved_inside_an_epoch_needs_the_epochs_to_finish_it():
     ("epochs", True, "of type int"), ("lr", True, "of type float"), ("eager", 1, "of type bool"),
     ("hidden", [True, 8], "a list of integers"), ("hidden", [8.0], "a list of integers"),
     ("warmup_start", "0.5", "of type float | None"), ("warmup_start", False, "of type float | None"),
+    ("labelled_batch_size", 1.0, "of type int | None"), ("labelled_batch_size", True, "of type int | None"),
 ])
 def test_a_config_value_of_another_json_type_is_refused(key, value, expected):
     """JSON true is no epoch count, and 1 no switch (Python's bool is an int)."""
@@ -205,3 +207,11 @@ def test_the_warmup_start_is_a_number_or_null_and_none_without_one():
     assert TrainConfig.from_dict({}).warmup_start is None and TrainConfig.from_dict({}).warmup_unit == "epoch"
     assert TrainConfig.from_dict({"warmup_start": 0}).warmup_start == 0
     assert TrainConfig.from_dict(TrainConfig(warmup_start=0.01).to_dict()).warmup_start == 0.01
+
+
+def test_a_config_without_the_labelled_batch_size_reads_as_not_given():
+    """Configs saved before the setting existed take the labelled batches they were trained on
+    (``train.labelled_batch_size``), and null reads back as it was written."""
+    assert TrainConfig.from_dict({}).labelled_batch_size is None
+    assert TrainConfig.from_dict(json.loads(json.dumps(TrainConfig().to_dict()))) == TrainConfig()
+    assert TrainConfig.from_dict({"labelled_batch_size": 3}).labelled_batch_size == 3

@@ -215,6 +215,7 @@ GRAPH_CASES = [(name, *GRAPH_SETTINGS.get(name, ({}, 300))) for name in MODELS] 
               "model_options": {"flows": 2, "annealing": "joint"}}, 300),
     ("vae", {"warmup": 10, "warmup_unit": "step", "warmup_start": 0.05}, 300),  # a KL weight per step
     ("m2", {"n_labelled": 20, "model_options": {"labelled_weight": "image"}}, 320),
+    ("m2", {"n_labelled": 20, "labelled_batch_size": 1}, 300),  # the input buffer of one labelled image
     ("iwae", {"iw_k": 3, "model_options": {"layers": 2, "z1_dim": 6, "hidden2": (8,)}}, 300),
     ("ladder", {"hidden": (16, 8), "model_options": {"z_dims": (4, 3), "up_input": "mean",
                                                      "variance": "softplus", "batch_norm_heads": True}}, 300)]
@@ -280,14 +281,15 @@ def _record_steps(trainer):
 
 
 @pytest.mark.parametrize("model, extra, batch_size", [("vae", {}, 80), ("m2", {"n_labelled": 40}, 30),
-                                                      ("m2", {"n_labelled": 20}, 80)])
+                                                      ("m2", {"n_labelled": 20}, 80),
+                                                      ("m2", {"n_labelled": 40, "labelled_batch_size": 7}, 30)])
 def test_graph_mode_train_statistics_are_means_over_the_images(fake_device, tmp_path, model, extra, batch_size):
     """250 images in batches of 80: the three full batches of an epoch are replayed, their
     statistics summed on the device, and the last, of 10 images, runs eagerly (for M2 in batches
-    of 30 also the steps whose labelled batch is the 10 left of 40 labels; with 20 labels in
-    batches of 80, every replay has 20 labelled images and 80 unlabelled ones); each epoch's
-    statistics are still means over its images, as the eager run's steps give them, weighted by
-    hand."""
+    of 30 also the steps whose labelled batch is the 10 left of 40 labels, or with labelled
+    batches of 7 the 5 left; with 20 labels in batches of 80, every replay has 20 labelled images
+    and 80 unlabelled ones); each epoch's statistics are still means over its images, as the
+    eager run's steps give them, weighted by hand."""
     data = small_data(n_train=250, n_eval=20)
     kw = dict(device="gpu", model=model, epochs=2, batch_size=batch_size, warmup=0, **extra)
     eager = Trainer(config(tmp_path / "eager", eager=True, **kw), data=data, progress=False, log=lambda *a: None)

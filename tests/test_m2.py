@@ -294,11 +294,17 @@ def test_semi_supervised_training_reduces_the_loss_and_reports_errors(tmp_path):
     assert 0.0 <= results["test_error"] < 0.5 and np.isfinite(results["test_elbo"])
 
 
-def test_semi_supervised_train_statistics_are_means_over_the_images_of_each_stream(tmp_path):
+@pytest.mark.parametrize("labelled_batch_size, labelled_sizes", [
+    (None, [30, 10, 30, 10, 30]),  # by default as many as an unlabelled batch
+    (7, [7, 7, 7, 7, 7])])  # of 40: 7, 7, 7, 7, 7, 5 a pass, the 5 in the second epoch
+def test_semi_supervised_train_statistics_are_means_over_the_images_of_each_stream(tmp_path, labelled_batch_size,
+                                                                                   labelled_sizes):
     """130 images in batches of 30 (30, 30, 30, 30, 10) and 40 labels in labelled batches of 30
-    (30, 10, 30, 10, ...): train_elbo and train_loss are means over the unlabelled images,
-    train_labelled_bound and train_class_loss over the labelled ones, each image counted once."""
-    trainer = Trainer(ssl_config(tmp_path, epochs=2, batch_size=30, n_labelled=40, warmup=0),
+    (30, 10, 30, 10, ...), or of the labelled_batch_size given: train_elbo and train_loss are
+    means over the unlabelled images, train_labelled_bound and train_class_loss over the labelled
+    ones, each image counted once."""
+    trainer = Trainer(ssl_config(tmp_path, epochs=2, batch_size=30, n_labelled=40, warmup=0,
+                                 labelled_batch_size=labelled_batch_size),
                       data=small_data(n_train=130), progress=False, log=lambda m: None)
     model, steps = trainer.model, []
     loss = model.loss
@@ -309,7 +315,7 @@ def test_semi_supervised_train_statistics_are_means_over_the_images_of_each_stre
         return out
     model.loss = recording
     trainer.fit()
-    assert [(n, n_l) for n, n_l, _ in steps[:5]] == [(30, 30), (30, 10), (30, 30), (30, 10), (10, 30)]
+    assert [(n, n_l) for n, n_l, _ in steps[:5]] == list(zip([30, 30, 30, 30, 10], labelled_sizes))
     for epoch, line in enumerate(mv.runs.read_metrics(trainer.run_dir)):
         epoch_steps = steps[5 * epoch:5 * epoch + 5]
         for name, labelled in (("loss", False), ("elbo", False), ("labelled_bound", True), ("class_loss", True)):
@@ -334,9 +340,56 @@ def test_the_labelled_subset_comes_from_the_training_labels_only(tmp_path, monke
 
 
 @pytest.mark.parametrize("stop_after", [3, 6])  # inside epoch 1, inside epoch 2
-def test_semi_supervised_resume_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after):
+@pytest.mark.parametrize("labelled_batch_size", [None, 1])
+def test_semi_supervised_resume_gives_exactly_the_uninterrupted_parameters(tmp_path, stop_after, labelled_batch_size):
     data = small_data(n_train=200, n_eval=20)  # 4 batches per epoch
-    check_exact_resume(lambda name: ssl_config(tmp_path / name, warmup=2), data, stop_after)
+    check_exact_resume(lambda name: ssl_config(tmp_path / name, warmup=2, labelled_batch_size=labelled_batch_size),
+                       data, stop_after)
+
+
+def _labelled_batches_fed(trainer):
+    """Record the labels of the labelled batch that every training step of ``trainer`` hands its
+    model's loss, into the returned list."""
+    fed, loss = [], trainer.model.loss
+
+    def recording(x, noise, beta=None, labelled=None):
+        fed.append(np.array(labelled[1]))
+        return loss(x, noise, beta, labelled)
+    trainer.model.loss = recording
+    return fed
+
+
+def test_a_labelled_batch_size_of_1_feeds_one_labelled_image_every_step(tmp_path):
+    """labelled_batch_size 1 (the M2 authors' code): each of the 12 steps (2 epochs of 300 images
+    in batches of 50) takes 50 unlabelled images and 1 labelled one; the first 10 steps take the
+    10 labelled images once each."""
+    trainer = Trainer(ssl_config(tmp_path, n_labelled=10, labelled_batch_size=1), data=small_data(),
+                      progress=False, log=lambda m: None)
+    fed = _labelled_batches_fed(trainer)
+    trainer.fit()
+    assert [len(labels) for labels in fed] == [1] * 12
+    np.testing.assert_array_equal(np.sort(np.concatenate(fed[:10])), np.sort(trainer.labelled.loader.y))
+
+
+@pytest.mark.parametrize("batch_size, n_labelled, sizes", [(50, 25, {25}), (20, 30, {20, 10})])
+def test_the_default_labelled_batch_is_the_unlabelled_batch_or_all_the_labels(tmp_path, batch_size, n_labelled,
+                                                                              sizes):
+    """Not given (None, as in every config saved before the setting existed), the labelled batch
+    holds min(batch_size, n_labelled) images (the last of a pass fewer): the run ends with the
+    bits of the run given that size, and a run given another size ends elsewhere."""
+    def fit(folder, **settings):
+        trainer = Trainer(ssl_config(tmp_path / folder, batch_size=batch_size, n_labelled=n_labelled, **settings),
+                          data=small_data(), progress=False, log=lambda m: None)
+        fed = _labelled_batches_fed(trainer)
+        trainer.fit()
+        return [len(labels) for labels in fed], trainer.model.state_dict()
+
+    (default_sizes, default), (given_sizes, given) = fit("default"), fit("given", labelled_batch_size=max(sizes))
+    assert default_sizes == given_sizes and set(default_sizes) == sizes
+    for name, value in default.items():
+        np.testing.assert_array_equal(given[name], value, err_msg=name)
+    other = fit("other", labelled_batch_size=max(sizes) - 1)[1]
+    assert any(not np.array_equal(other[name], value) for name, value in default.items())
 
 
 def test_cli_trains_m2_with_n_labelled_and_reports_the_test_error(tmp_path, monkeypatch, capsys):

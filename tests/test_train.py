@@ -725,7 +725,14 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     (dict(warmup_start="0"), "warmup_start must be a real number, got '0'"),
     (dict(warmup=0, warmup_start=0.0), r"warmup_start 0.0 starts a KL warm-up, and warmup is 0 \(none\); give "
                                        r"a warmup above 0 too, or leave warmup_start None"),
-    (dict(warmup_unit="batch"), "warmup_unit must be one of 'epoch', 'step', got 'batch'")])
+    (dict(warmup_unit="batch"), "warmup_unit must be one of 'epoch', 'step', got 'batch'"),
+    # A model without labels would ignore it without a word.
+    (dict(labelled_batch_size=1), "labelled_batch_size 1: model 'vae' is not semi-supervised and takes no "
+                                  "labelled images, so it would be ignored; leave labelled_batch_size None"),
+    (dict(model="m2", n_labelled=20, labelled_batch_size=21),
+     r"labelled_batch_size 21 is more than the 20 labelled images \(n_labelled\); give at most 20"),
+    (dict(model="m2", labelled_batch_size=0), "labelled_batch_size must be at least 1, got 0"),
+    (dict(model="m2", labelled_batch_size=2.0), "labelled_batch_size must be an integer, got 2.0")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module
