@@ -125,16 +125,16 @@ FLOW_DIFFERENCES = ("the architecture, the schedule and the optimizer's settings
 #: the classifier's term scaled by alpha = 0.1 N / N_l (our labelled_weight "image" and default alpha),
 #: a N(0, 1) prior on the weights (its gradient is our weight decay of 1 / 50,000 on the mean loss),
 #: Adam at a constant 3e-4, 3000 passes over the unlabelled images, no warm-up. Each of their 100 steps an epoch takes
-#: 499 unlabelled images and 1 labelled; each of our 100 takes 500 unlabelled and 100 labelled.
+#: 499 unlabelled images and 1 labelled; each of our 100 takes 500 unlabelled and 1 labelled.
 M2_PAPER = ["--activation", "softplus", "--z-dim", "50", "--n-labelled", "100", "--set", "labelled_weight=image",
-            "--batch-size", "500", "--lr", "3e-4", "--lr-schedule", "constant", "--weight-decay", "2e-5",
-            "--warmup", "0", "--epochs", "3000"]
+            "--batch-size", "500", "--labelled-batch-size", "1", "--lr", "3e-4", "--lr-schedule", "constant",
+            "--weight-decay", "2e-5", "--warmup", "0", "--epochs", "3000"]
 #: Where every M2 recipe departs from its authors' code, and why.
 M2_DIFFERENCES = ("their code puts its N(0, 1) prior on the weight matrices of the generative and inference "
                   "networks and on all of the classifier's parameters, our weight decay on every parameter; "
-                  "it starts the weights with a standard deviation of 1e-3, runs Adam without its bias "
-                  "correction and epsilon, and takes 1 labelled image a step (we take 100): minivae has no "
-                  "such settings. It scores the last epoch; we score the epoch "
+                  "it starts the weights with a standard deviation of 1e-3 and runs Adam without its bias "
+                  "correction and epsilon: minivae has no such settings. Its steps take 499 unlabelled "
+                  "images and 1 labelled, ours 500 and 1. It scores the last epoch; we score the epoch "
                   "best by the validation error")
 #: M1 as the authors' M1+M2 code loads it (read in github.com/dpkingma/nips14-ssl, gpulearn_z_x.py):
 #: 2x500 softplus networks, z of 50 units, batches of 1000, Adam at 3e-4 with epsilon 1e-10 on

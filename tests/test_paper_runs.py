@@ -106,7 +106,10 @@ def test_each_m2_recipe_has_the_authors_training(tmp_path, name, model, hidden):
         (3e-4, "constant", 500, 3000, 0)
     assert config.weight_decay == 2e-5  # the weight prior N(0, 1) over 50,000 images
     assert config.model_options["labelled_weight"] == "image"  # the paper's objective, per image
+    assert config.labelled_batch_size == 1  # 1 labelled image a step, as in the authors' code
     assert config.keep_best and config.eval_k == 0
+    differences = paper_runs.RECIPES[name].differences
+    assert "we take 100" not in differences and "499 unlabelled images and 1 labelled, ours 500 and 1" in differences
 
 
 def test_m1m2_is_built_on_the_m1_recipe_of_seed_0_beside_it(tmp_path):
