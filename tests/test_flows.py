@@ -132,6 +132,21 @@ def test_flow_log_weights_by_hand(rng):
     np.testing.assert_allclose(log_w, log_px + log_pz - (log_q0 - log_det.data), rtol=1e-10)
 
 
+def _bound_terms_by_hand(model, x, seed, samples):
+    """The flow VAE's terms from the draws of ``Generator(seed)`` (``samples`` per image), in
+    NumPy: log p(x | z_K) and log p(z_K), (samples, B), the closed-form entropy of q_0, (B,), and
+    sum_k log |det J_k|, (samples, B)."""
+    h = model.encoder(x)
+    mu, logvar = model.q_z(h)
+    z0 = mu.data + np.exp(logvar.data / 2) * Generator(seed).normal((samples, *mu.shape), dtype=np.float64)
+    zk, log_det = model.flows(h, t(z0))
+    logits = model.decode(zk).data
+    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1)
+    log_pz = -0.5 * (zk.data ** 2 + np.log(2 * np.pi)).sum(-1)
+    entropy = 0.5 * (logvar.data + 1 + np.log(2 * np.pi)).sum(-1)
+    return log_px, log_pz, entropy, log_det.data
+
+
 @pytest.mark.parametrize("flows", [1, 3])
 def test_flow_elbo_by_hand(rng, flows):
     """The bound's terms from the same draws as the log-weights: the reconstruction at z_K, and
@@ -140,16 +155,9 @@ def test_flow_elbo_by_hand(rng, flows):
     model = small_flow(flows=flows)
     x = binary(rng, 4)
     rec, kl = model.elbo(x, Generator(3), samples=2)
-    h = model.encoder(x)
-    mu, logvar = model.q_z(h)
-    z0 = mu.data + np.exp(logvar.data / 2) * Generator(3).normal((2, 4, 3), dtype=np.float64)
-    zk, log_det = model.flows(h, t(z0))
-    logits = model.decode(zk).data
-    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1)
-    log_pz = -0.5 * (zk.data ** 2 + np.log(2 * np.pi)).sum(-1)
-    entropy = 0.5 * (logvar.data + 1 + np.log(2 * np.pi)).sum(-1)
+    log_px, log_pz, entropy, log_det = _bound_terms_by_hand(model, x, 3, 2)
     np.testing.assert_allclose(rec.data, log_px.mean(0), rtol=1e-12)
-    np.testing.assert_allclose(kl.data, -entropy - (log_det.data + log_pz).mean(0), rtol=1e-12)
+    np.testing.assert_allclose(kl.data, -entropy - (log_det + log_pz).mean(0), rtol=1e-12)
 
 
 @pytest.mark.parametrize("flows", [0, 2])
@@ -161,17 +169,11 @@ def test_the_joint_annealing_weighs_log_p_x_z_by_beta(rng, flows):
     model = small_flow(flows=flows, annealing="joint", mc_samples=2)
     x = binary(rng, 4)
     loss, stats = model.loss(x, Generator(3), beta=0.25)
-    h = model.encoder(x)
-    mu, logvar = model.q_z(h)
-    z0 = mu.data + np.exp(logvar.data / 2) * Generator(3).normal((2, 4, 3), dtype=np.float64)
-    zk, log_det = model.flows(h, t(z0))
-    logits = model.decode(zk).data
-    log_px = (x.data * logits - np.logaddexp(0, logits)).sum(-1).mean(0)
-    log_pz = -0.5 * (zk.data ** 2 + np.log(2 * np.pi)).sum(-1)
-    entropy = 0.5 * (logvar.data + 1 + np.log(2 * np.pi)).sum(-1)
-    expected = (-0.25 * (log_px + log_pz.mean(0)) - entropy - log_det.data.mean(0)).mean()
+    log_px, log_pz, entropy, log_det = _bound_terms_by_hand(model, x, 3, 2)
+    log_px = log_px.mean(0)
+    expected = (-0.25 * (log_px + log_pz.mean(0)) - entropy - log_det.mean(0)).mean()
     np.testing.assert_allclose(loss.data, expected, rtol=1e-12)
-    kl = -entropy - (log_det.data + log_pz).mean(0)
+    kl = -entropy - (log_det + log_pz).mean(0)
     np.testing.assert_allclose([stats["rec"], stats["kl"], stats["elbo"]],
                                [log_px.mean(), kl.mean(), (log_px - kl).mean()], rtol=1e-12)
     assert abs(float(loss.data) - float(stats["loss"])) == 0

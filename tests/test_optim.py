@@ -32,6 +32,19 @@ def _run(opt, params, grads):
         opt.step()
 
 
+def _assert_matches_reference(make, reference, dtype, steps):
+    """The parameters after ``steps`` updates of the optimizer ``make(params)`` on random
+    gradients are, bit for bit, ``reference(start, grads)`` of each parameter, in its dtype."""
+    params = _params(dtype)
+    start = [p.data.copy() for p in params]
+    grads = _grads(params, steps)
+    _run(make(params), params, grads)
+    for j, p in enumerate(params):
+        ref = reference(start[j], [gs[j] for gs in grads])
+        assert ref.dtype == dtype
+        np.testing.assert_array_equal(p.data, ref)
+
+
 # ----- SGD -------------------------------------------------------------------------------------------
 def _sgd_reference(p, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
     """torch.optim.SGD's update, written out in NumPy."""
@@ -50,14 +63,8 @@ def _sgd_reference(p, grads, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, 
     dict(momentum=0.9, weight_decay=0.01), dict(weight_decay=0.1)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_sgd_matches_numpy_exactly(kw, dtype):
-    params = _params(dtype)
-    start = [p.data.copy() for p in params]
-    grads = _grads(params, 4)
-    _run(optim.SGD(params, lr=0.05, **kw), params, grads)
-    for j, p in enumerate(params):
-        ref = _sgd_reference(start[j], [gs[j] for gs in grads], 0.05, **kw)
-        assert ref.dtype == dtype
-        np.testing.assert_array_equal(p.data, ref)
+    _assert_matches_reference(lambda ps: optim.SGD(ps, lr=0.05, **kw),
+                              lambda p, grads: _sgd_reference(p, grads, 0.05, **kw), dtype, 4)
 
 
 # ----- Adam ------------------------------------------------------------------------------------------
@@ -93,16 +100,11 @@ def _adam_textbook(p, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
                                 dict(weight_decay=0.1, decoupled_weight_decay=True)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_adam_matches_numpy_exactly(kw, dtype):
-    params = _params(dtype)
-    start = [p.data.copy() for p in params]
-    grads = _grads(params, 5)
-    _run(optim.Adam(params, lr=0.01, betas=(0.8, 0.99), eps=1e-6, **kw), params, grads)
-    for j, p in enumerate(params):
-        ref = _adam_reference(start[j], [gs[j] for gs in grads], 0.01, 0.8, 0.99, 1e-6,
-                              kw.get("weight_decay", 0.0), kw.get("amsgrad", False),
-                              kw.get("decoupled_weight_decay", False))
-        assert ref.dtype == dtype
-        np.testing.assert_array_equal(p.data, ref)
+    _assert_matches_reference(
+        lambda ps: optim.Adam(ps, lr=0.01, betas=(0.8, 0.99), eps=1e-6, **kw),
+        lambda p, grads: _adam_reference(p, grads, 0.01, 0.8, 0.99, 1e-6, kw.get("weight_decay", 0.0),
+                                         kw.get("amsgrad", False), kw.get("decoupled_weight_decay", False)),
+        dtype, 5)
 
 
 def test_adam_equals_the_textbook_formula_up_to_rounding():
@@ -370,14 +372,8 @@ def _rmsprop_reference(p, grads, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, mom
                                 dict(alpha=0.9, eps=1e-4, momentum=0.5, weight_decay=0.01)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rmsprop_matches_numpy_exactly(kw, dtype):
-    params = _params(dtype)
-    start = [p.data.copy() for p in params]
-    grads = _grads(params, 5)
-    _run(optim.RMSprop(params, lr=0.01, **kw), params, grads)
-    for j, p in enumerate(params):
-        ref = _rmsprop_reference(start[j], [gs[j] for gs in grads], 0.01, **kw)
-        assert ref.dtype == dtype
-        np.testing.assert_array_equal(p.data, ref)
+    _assert_matches_reference(lambda ps: optim.RMSprop(ps, lr=0.01, **kw),
+                              lambda p, grads: _rmsprop_reference(p, grads, 0.01, **kw), dtype, 5)
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(momentum=0.9, weight_decay=0.1, alpha=0.9, eps=1e-4)])
