@@ -405,8 +405,8 @@ def _checkpoint_to_resume(out, args):
 
 def _check_kl_weight(config, model, args):
     """A model trained on the IWAE bound (``model.iw_k`` > 1) has no KL term: refuse a --beta
-    other than 1, a --warmup above 0 and a --warmup-start, and record no warm-up unless one was
-    given."""
+    other than 1, a --warmup above 0, a --warmup-start and --warmup-unit step, and record no
+    warm-up unless one was given."""
     if model.iw_k == 1:
         return
     bound = f"model {config.model!r} trains on the {model.iw_k}-sample IWAE bound, which has no KL term"
@@ -418,6 +418,8 @@ def _check_kl_weight(config, model, args):
     if args.warmup_start is not None:
         raise UsageError(f"--warmup-start {args.warmup_start:g}: {bound} to warm up; leave --warmup-start "
                          f"out, or {elbo}")
+    if config.warmup_unit == "step":
+        raise UsageError(f"--warmup-unit step: {bound} to warm up; leave --warmup-unit out, or {elbo}")
     config.warmup = 0
 
 
@@ -477,6 +479,9 @@ def check_train(args):
     if config.warmup_start is not None and config.warmup == 0:
         raise UsageError(f"--warmup-start {config.warmup_start:g} starts a KL warm-up, and --warmup is 0 "
                          "(none); give --warmup N too, or leave --warmup-start out")
+    if config.warmup_unit == "step" and config.warmup == 0:
+        raise UsageError("--warmup-unit step counts the steps of a KL warm-up, and --warmup is 0 (none); give "
+                         "--warmup N too, or leave --warmup-unit out")
     if config.patience and not config.keep_best:
         kept = (f"{config.out} was trained without --keep-best, which a resume cannot add: leave --patience "
                 "out, or start again with --overwrite --keep-best" if args.resume else "give --keep-best too")

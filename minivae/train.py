@@ -97,8 +97,8 @@ def check_loop_settings(config):
     ``weight_decay`` are finite numbers >= 0 (0: none): a negative one would turn steps uphill.
     ``optimizer`` is one of ``OPTIMIZERS``; ``momentum``, in [0, 1), is RMSprop's, and ``adam_eps``
     Adam's: each given to the other optimizer would be ignored without a word, so it is refused.
-    ``warmup_unit`` is one of ``WARMUP_UNITS``; ``warmup_start`` is None or a number in [0, 1],
-    and only with a warm-up (``warmup`` above 0), which alone would read it.
+    ``warmup_unit`` is one of ``WARMUP_UNITS``; ``warmup_start`` is None or a number in [0, 1];
+    both a start and the unit "step" only with a warm-up (``warmup`` above 0), which alone reads them.
     Nor may the cosine schedule's ``lr`` lie below its ``lr_min``, as on the command line: the
     decay would be a rise (an lr of 5e-5 with the default lr_min of 1e-4). ``labelled_batch_size``,
     when given (not None), is an integer from 1 to ``n_labelled`` for a semi-supervised model:
@@ -119,6 +119,9 @@ def check_loop_settings(config):
         if config.warmup == 0:
             raise ValueError(f"warmup_start {config.warmup_start!r} starts a KL warm-up, and warmup is 0 "
                              "(none); give a warmup above 0 too, or leave warmup_start None")
+    if config.warmup_unit == "step" and config.warmup == 0:
+        raise ValueError("warmup_unit 'step' counts the steps of a KL warm-up, and warmup is 0 (none); give a "
+                         "warmup above 0 too, or leave warmup_unit 'epoch'")
     check_integer(config.lr_step, "lr_step", minimum=1)
     if config.patience and not config.keep_best:
         raise ValueError(f"patience {config.patience} stops the run on the best epoch by the validation "

@@ -711,6 +711,14 @@ def test_a_warmup_start_needs_a_warmup_and_a_unit_is_a_word_of_two(capsys, tmp_p
                "argument --warmup-unit", "'batch'", "'epoch'", "'step'")
 
 
+def test_a_warmup_by_steps_needs_a_warmup(capsys, tmp_path):
+    """--warmup-unit step without a warm-up would be silently left unused, as a start would."""
+    user_error(capsys, ["train", "--warmup", "0", "--warmup-unit", "step", "--out", str(tmp_path / "r")],
+               "--warmup-unit step counts the steps of a KL warm-up, and --warmup is 0 (none)",
+               "give --warmup N too")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("option, value, change", [("--warmup-unit", "step", "warmup_unit: 'epoch' -> 'step'"),
                                                    ("--warmup-start", "0.5", "warmup_start: None -> 0.5")])
 def test_a_resume_keeps_the_warmup_of_its_run(capsys, run, option, value, change):
@@ -726,6 +734,7 @@ def test_a_cosine_schedule_never_rises(capsys, tmp_path):
     (["--iw-k", "5", "--beta", "4"], "--beta 4"), (["--model", "iwae", "--beta", "0.5"], "--beta 0.5"),
     (["--iw-k", "5", "--warmup", "3"], "--warmup 3"), (["--model", "iwae", "--warmup", "10"], "--warmup 10"),
     (["--model", "iwae", "--warmup-start", "0"], "--warmup-start 0"),
+    (["--iw-k", "5", "--warmup-unit", "step"], "--warmup-unit step"),
 ])
 def test_no_kl_weight_or_warmup_for_the_iwae_bound(capsys, tmp_path, argv, named):
     user_error(capsys, ["train", *argv, "--out", str(tmp_path / "r")], named, "IWAE bound", "no KL term")

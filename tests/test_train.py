@@ -726,6 +726,8 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     (dict(warmup=0, warmup_start=0.0), r"warmup_start 0.0 starts a KL warm-up, and warmup is 0 \(none\); give "
                                        r"a warmup above 0 too, or leave warmup_start None"),
     (dict(warmup_unit="batch"), "warmup_unit must be one of 'epoch', 'step', got 'batch'"),
+    (dict(warmup=0, warmup_unit="step"), r"warmup_unit 'step' counts the steps of a KL warm-up, and warmup is 0 "
+                                         r"\(none\); give a warmup above 0 too, or leave warmup_unit 'epoch'"),
     # A model without labels would ignore it without a word.
     (dict(labelled_batch_size=1), "labelled_batch_size 1: model 'vae' is not semi-supervised and takes no "
                                   "labelled images, so it would be ignored; leave labelled_batch_size None"),
