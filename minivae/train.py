@@ -56,7 +56,7 @@ from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load
 from .distributions import check_labels
 from .evaluate import classification_error, elbo, log_likelihood_and_ess, nll_summary
 from .graph_steps import GraphSteps
-from .models import MODELS
+from .models import registered
 from .random import Generator, check_address
 from .runs import BEST, CHECKPOINT, CONFIG, RESULTS
 
@@ -107,6 +107,7 @@ def check_loop_settings(config):
     of every Philox draw of the run, an integer in [0, 2**64) (``random.check_address``): it
     seeds the initial weights first, where NumPy refused -1 as "expected non-negative integer",
     naming no setting, and 2.5 as entropy that SeedSequence does not take."""
+    model = registered(config.model)  # an unknown name now, not once the data is loaded
     check_address(config.seed, 0, 0)
     check_integer(config.epochs, "epochs", minimum=1)
     for name in ("warmup", "eval_k", "trace_every", "patience"):
@@ -147,7 +148,7 @@ def check_loop_settings(config):
                          "would raise the rate; give an lr of at least lr_min")
     if config.labelled_batch_size is not None:
         size = check_integer(config.labelled_batch_size, "labelled_batch_size", minimum=1)
-        if not getattr(MODELS.get(config.model), "semi_supervised", False):
+        if not getattr(model, "semi_supervised", False):
             raise ValueError(f"labelled_batch_size {size}: model {config.model!r} is not semi-supervised and "
                              "takes no labelled images, so it would be ignored; leave labelled_batch_size None")
         n_labelled = check_integer(config.n_labelled, "n_labelled", minimum=1)

@@ -734,7 +734,9 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     (dict(model="m2", n_labelled=20, labelled_batch_size=21),
      r"labelled_batch_size 21 is more than the 20 labelled images \(n_labelled\); give at most 20"),
     (dict(model="m2", labelled_batch_size=0), "labelled_batch_size must be at least 1, got 0"),
-    (dict(model="m2", labelled_batch_size=2.0), "labelled_batch_size must be an integer, got 2.0")])
+    (dict(model="m2", labelled_batch_size=2.0), "labelled_batch_size must be an integer, got 2.0"),
+    (dict(model="nope"), r"unknown model 'nope'; choose from \[.*\]"),
+    (dict(model="nope", labelled_batch_size=1), r"unknown model 'nope'; choose from \[.*\]")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
     from minivae import train as train_module

@@ -20,10 +20,15 @@ MODELS = {
 }
 
 
-def build_model(name, **kwargs):
-    """Make the model registered as ``name`` (see ``MODELS``) with its keyword arguments."""
+def registered(name):
+    """The constructor registered as ``name`` in ``MODELS`` (a class, or for ``iwae`` a function
+    that makes one); ValueError naming the registered ones for another name."""
     try:
-        cls = MODELS[name]
+        return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}") from None
-    return cls(**kwargs)
+
+
+def build_model(name, **kwargs):
+    """Make the model registered as ``name`` (see ``MODELS``) with its keyword arguments."""
+    return registered(name)(**kwargs)
