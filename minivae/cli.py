@@ -36,8 +36,8 @@ from .runs import (CHECKPOINT, RUN_FILES, RunFolderError, TrainConfig, build_run
                    check_run_dir, checkpoint_position, cluster_results_path, eval_results_path, is_run_file,
                    model_file_name, names_last, next_free_run_dir, read_checkpoint, read_run_model,
                    resumable_options, run_folder_options, run_model, write_json, writing_for_run)
-from .train import (OPTIMIZERS, WARMUP_UNITS, DataMismatchError, Stopped, TrainingDiverged, check_batches,
-                    has_batch_norm)
+from .train import (BN_STATISTICS, OPTIMIZERS, WARMUP_UNITS, DataMismatchError, Stopped, TrainingDiverged,
+                    check_batch_norm_statistics, check_batches, has_batch_norm)
 
 PROG = "minivae"
 #: The devices ``--device`` accepts ("cuda" is another name for "gpu").
@@ -329,6 +329,10 @@ def _add_train_args(p):
             help="model selection: keep the model of the epoch best on the validation split (its ELBO, "
                  "or a classifier's error) in RUN/best.npz, and score that one on the test set at the end; "
                  "eval, cluster, sample, plot and graph then read it too, unless given --last")
+    setting("--bn-statistics", choices=BN_STATISTICS,
+            help="what a batch normalization scores with: running averages of the training batches, or "
+                 "the statistics of one batch of all the training images, set at the end of every epoch "
+                 "(the Ladder VAE authors' code)")
     setting("--patience", type=count,
             help="early stopping (with --keep-best): end the run once that many epochs in a row have not "
                  "beaten the best on the validation split (0: train every epoch); the learning rate keeps "
@@ -525,6 +529,7 @@ def check_train(args):
         raise UsageError(f"--set num_classes={model.num_classes}: MNIST's labels are 0 to "
                          f"{N_CLASSES - 1}; give num_classes={N_CLASSES} or more")
     check_batches(config, model, SPLIT_SIZES["train"])  # and again on the data that is loaded
+    check_batch_norm_statistics(config, model)
     _check_kl_weight(config, model, args)
     _check_out_is_no_run_option(config)
     _check_writable_folder(config.out, "--out")

@@ -191,6 +191,10 @@ class TrainConfig:
     # Model selection by the validation split: the final evaluation scores the model of the epoch
     # best on it (best.npz), not that of the last epoch (checkpoint.npz).
     keep_best: bool = False
+    # The statistics a batch normalization scores with (evaluation mode): "running", the running
+    # averages of the training batches (PyTorch's); "pass", those of one batch of all the training
+    # images, set at the end of every epoch, as the Ladder VAE authors' code collects them.
+    bn_statistics: str = "running"
     # Early stopping (with keep_best): the run ends once this many epochs in a row have not beaten
     # the best on the validation split (0: it trains all its epochs). The learning rate keeps the
     # schedule of all ``epochs``: stopping leaves it where it stands.

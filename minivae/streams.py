@@ -31,6 +31,9 @@ TRAIN_ORDER = 10
 #: The Bernoulli draws that binarize each training epoch (offset: the epoch;
 #: ``minivae.data.binarize``).
 TRAIN_BITS = 11
+#: The noise of the pass over the training images that sets the batch normalizations' statistics
+#: (``Trainer`` with ``bn_statistics`` "pass"; offset 0 at every pass).
+BATCH_NORM_PASS = 12
 
 # ----- data streams (np.random.SeedSequence([seed, stream, ...])) -------------------------------
 #: The one fixed Bernoulli draw of the validation set and of the test set

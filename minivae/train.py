@@ -49,7 +49,7 @@ import numpy as np
 
 from . import checkpoint, nn, optim, runs, streams, trace
 from .analysis import latent_summary
-from .autograd import tensor
+from .autograd import no_grad, tensor
 from .backend import get_array_module, gpu_model, resolve_device, to_device
 from .checks import check_choice, check_integer, check_real
 from .data import MinibatchLoader, balanced_labelled_subset, binarize_eval, load_mnist
@@ -80,6 +80,9 @@ class DataMismatchError(ValueError):
 
 #: The optimizers ``minivae train`` offers (``TrainConfig.optimizer``).
 OPTIMIZERS = ("adam", "rmsprop")
+#: Where the statistics of a batch normalization in evaluation mode come from
+#: (``TrainConfig.bn_statistics``; ``Trainer.batch_norm_statistics_from_a_pass``).
+BN_STATISTICS = ("running", "pass")
 
 
 def check_loop_settings(config):
@@ -131,6 +134,7 @@ def check_loop_settings(config):
         if not 0 <= check_real(getattr(config, name), name) < math.inf:
             raise ValueError(f"{name} {getattr(config, name)!r}: give a finite number >= 0 (0: {zero})")
     check_choice(config.optimizer, "optimizer", OPTIMIZERS)
+    check_choice(config.bn_statistics, "bn_statistics", BN_STATISTICS)
     if not 0 <= check_real(config.momentum, "momentum") < 1:
         raise ValueError(f"momentum {config.momentum!r}: give a number in [0, 1) (0: none)")
     if config.optimizer != "rmsprop" and config.momentum:
@@ -179,6 +183,15 @@ def has_batch_norm(model):
     """Whether ``model`` has a batch normalization layer, which cannot train on a batch of one
     image (its variance is 0)."""
     return any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
+
+
+def check_batch_norm_statistics(config, model):
+    """Raise DataMismatchError when ``config`` asks for the batch normalizations' statistics from
+    a pass over the training images (``bn_statistics`` "pass") for a model without one: the
+    setting would be ignored without a word."""
+    if config.bn_statistics == "pass" and not has_batch_norm(model):
+        raise DataMismatchError(f"--bn-statistics pass: model {config.model!r} has no batch normalization "
+                                "(for the Ladder VAE: --set batch_norm=true); leave --bn-statistics out")
 
 
 def check_batches(config, model, n_train):
@@ -393,6 +406,7 @@ class Trainer:
         check_image_widths(self.model, self.data)
         check_label_counts(self.model, self.data)
         check_batches(config, self.model, len(self.data.x_train))
+        check_batch_norm_statistics(config, self.model)
         self.optimizer = make_optimizer(config, self.model.parameters())
         self.noise = Generator(seed=config.seed, stream=streams.TRAIN_NOISE)
         if config.data_rng != "philox":
@@ -766,6 +780,8 @@ class Trainer:
             # "lr" is the last step's rate.
             metrics["beta"] = self.kl_weight_of_step((epoch + 1) * n_batches - 1)
         metrics.update({f"train_{k}": v for k, v in self._means().items()})
+        if config.bn_statistics == "pass":  # before anything is scored, and the checkpoint saved
+            self.batch_norm_statistics_from_a_pass(epoch)
         valid, _, _ = elbo(self.model, self.x_valid)
         metrics.update(valid_elbo=float(valid.mean()), seconds=seconds,
                        images_per_second=self.loader.num_examples / seconds)
@@ -774,6 +790,28 @@ class Trainer:
         if self.model.classifies:
             metrics["valid_error"] = classification_error(self.model, self.x_valid, self.data.y_valid)
         return metrics
+
+    def batch_norm_statistics_from_a_pass(self, epoch):
+        """Set every batch normalization's running mean and variance to those of one batch of all
+        the training images, as the steps of ``epoch`` saw them (their order and bits): the model's
+        training loss is computed once on that batch, in training mode and without a graph, with
+        each batch normalization's momentum 1, so that it keeps the batch's statistics (the
+        variance unbiased, as PyTorch keeps it). Each layer's are then those of the whole training
+        set, the layers below normalized by theirs: what the Ladder VAE authors' code collects in
+        one pass before it scores. The noise of the pass is its own (``streams.BATCH_NORM_PASS``),
+        the same at every pass, so a resumed run makes the same statistics."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm1d)]
+        momenta = [m.momentum for m in norms]
+        images, _ = self.loader.epoch_data(epoch)  # the loader's epoch buffer, used up here
+        self.model.train()
+        try:
+            for m in norms:
+                m.momentum = 1.0
+            with no_grad():
+                self.model.loss(tensor(images), Generator(seed=self.config.seed, stream=streams.BATCH_NORM_PASS))
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
 
     def fit(self, resume=False, overwrite=False):
         """Train to ``config.epochs``, or until early stopping ends the run; return the run folder.

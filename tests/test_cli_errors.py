@@ -725,6 +725,15 @@ def test_a_resume_keeps_the_warmup_of_its_run(capsys, run, option, value, change
     user_error(capsys, tiny(run, "--resume", "--epochs", "2", option, value), "cannot resume", change)
 
 
+def test_a_batch_norm_pass_for_a_model_without_batch_norm_is_refused(capsys, tmp_path):
+    """(It would be ignored without a word.)"""
+    user_error(capsys, ["train", "--bn-statistics", "pass", "--out", str(tmp_path / "r")],
+               "--bn-statistics pass: model 'vae' has no batch normalization", "leave --bn-statistics out")
+    user_error(capsys, ["train", "--bn-statistics", "collected", "--out", str(tmp_path / "r")],
+               "argument --bn-statistics", "'collected'", "'running', 'pass'")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_cosine_schedule_never_rises(capsys, tmp_path):
     user_error(capsys, ["train", "--lr", "1e-5", "--lr-min", "1e-4", "--out", str(tmp_path / "r")],
                "--lr 1e-05", "--lr-min 0.0001")

@@ -161,7 +161,7 @@ def test_a_set_run_folder_of_spaces_alone_is_an_empty_path():
                                          ("warmup", 3), ("warmup_start", 0.0), ("warmup_unit", "step"),
                                          ("n_labelled", 600), ("mc_samples", 2),
                                          ("labelled_batch_size", 1), ("optimizer", "rmsprop"),
-                                         ("momentum", 0.9)])
+                                         ("momentum", 0.9), ("bn_statistics", "pass")])
 def test_a_setting_that_defines_the_run_cannot_change_on_resume(name, value):
     saved = TrainConfig(epochs=2)
     changed = dataclasses.replace(saved, **{name: value})

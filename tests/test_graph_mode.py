@@ -218,7 +218,8 @@ GRAPH_CASES = [(name, *GRAPH_SETTINGS.get(name, ({}, 300))) for name in MODELS] 
     ("m2", {"n_labelled": 20, "labelled_batch_size": 1}, 300),  # the input buffer of one labelled image
     ("iwae", {"iw_k": 3, "model_options": {"layers": 2, "z1_dim": 6, "hidden2": (8,)}}, 300),
     ("ladder", {"hidden": (16, 8), "model_options": {"z_dims": (4, 3), "up_input": "mean",
-                                                     "variance": "softplus", "batch_norm_heads": True}}, 300)]
+                                                     "variance": "softplus", "batch_norm_heads": True}}, 300),
+    ("ladder", {"hidden": (16, 8), "bn_statistics": "pass", "model_options": {"z_dims": (4, 3)}}, 300)]
 
 
 def _m1_run(tmp_path, data):

@@ -64,19 +64,19 @@ def test_the_ladder_recipe_is_the_authors_five_layer_training(tmp_path):
                                     "up_input": "mean", "variance": "softplus", "batch_norm_heads": True}
     assert (config.lr, config.lr_schedule, config.adam_eps, config.batch_size, config.epochs, config.warmup) == \
         (2e-4, "constant", 1e-4, 256, 2000, 200)
-    assert (config.clip_norm, config.clip_value) == (4.0, 0.9)
+    assert (config.clip_norm, config.clip_value, config.bn_statistics) == (4.0, 0.9, "pass")
     assert (config.warmup_start, config.warmup_unit) == (0.0, "epoch")  # min(1, e / 200), as their code
     assert config.keep_best and config.eval_k == 5000
 
 
 def test_the_ladder_recipe_names_only_what_still_differs_from_the_authors_code():
-    """The settings that follow the authors' code (its three model settings, its warm-up from 0)
-    are no longer differences; what remains is."""
+    """The settings that follow the authors' code (its three model settings, its warm-up from 0,
+    its pass for the batch-norm statistics) are no longer differences; what remains is."""
     differences = paper_runs.RECIPES["ladder-5layer"].differences
     for gone in ("mean of the one below", "through a softplus", "mean and variance layers", "none of these",
-                 "warm-up", "once per epoch"):
+                 "warm-up", "once per epoch", "running averages"):
         assert gone not in differences
-    for kept in ("ladder_share_params False", "variance floor", "Glorot", "1e-10", "pass over the training set",
+    for kept in ("ladder_share_params False", "variance floor", "Glorot", "1e-10", "biased",
                  "60,000"):
         assert kept in differences
 

@@ -15,7 +15,7 @@ from minivae.evaluate import log_likelihood, logmeanexp
 from minivae.models import VAE, iwae_bound
 from minivae.random import Generator
 from minivae.runs import CHECKPOINT, METRICS, ResumeMismatchError, TrainConfig
-from minivae.train import Trainer, TrainingDiverged, kl_weight
+from minivae.train import DataMismatchError, Trainer, TrainingDiverged, kl_weight
 
 
 def small_data(seed=0, n_train=300, n_eval=60, dim=784):
@@ -683,6 +683,60 @@ def test_a_run_with_rmsprop_steps_with_it_and_resumes_to_the_same_bits(tmp_path)
     assert all(set(s) == {"step", "square_avg", "momentum_buffer"} for s in opt.state)
 
 
+LADDER = dict(model="ladder", hidden=(16, 8), model_options={"z_dims": (4, 3)})
+
+
+def test_a_pass_sets_each_batch_norm_to_the_statistics_of_all_the_training_images(tmp_path, monkeypatch):
+    """bn_statistics "pass": at the end of each epoch, every batch normalization of the Ladder VAE
+    holds the mean and the unbiased variance of its input over one batch of all the training
+    images (recorded as the pass feeds them in, and computed here in float64); the validation
+    ELBO of that epoch and its checkpoint are of those statistics."""
+    seen, forward = [], mv.nn.BatchNorm1d.forward
+
+    def recording(self, x):
+        if self.momentum == 1.0:  # the pass
+            seen.append((self, np.array(x.data, dtype=np.float64)))
+        return forward(self, x)
+    monkeypatch.setattr(mv.nn.BatchNorm1d, "forward", recording)
+    trainer = Trainer(config(tmp_path, epochs=1, bn_statistics="pass", **LADDER), data=small_data(),
+                      progress=False, log=lambda m: None)
+    trainer.fit()
+    norms = [m for m in trainer.model.modules() if isinstance(m, mv.nn.BatchNorm1d)]
+    assert norms and {id(m) for m, _ in seen} == {id(m) for m in norms} and len(seen) == len(norms)
+    for m, x in seen:
+        assert len(x) == 300 and m.momentum == 0.1  # every training image; the momentum restored
+        np.testing.assert_allclose(m.running_mean, x.mean(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(m.running_var, x.var(0, ddof=1), rtol=1e-4, atol=1e-6)
+    arrays, _ = checkpoint.load(trainer.run_dir / CHECKPOINT)
+    for name, buffer in trainer.model.named_buffers():
+        np.testing.assert_array_equal(arrays[f"model/{name}"], buffer)
+
+
+def test_the_running_statistics_are_not_those_of_a_pass(tmp_path):
+    """The default keeps PyTorch's running averages: at the end of the run they are not the
+    statistics of the pass, which a run with bn_statistics "pass" holds (so the setting shows)."""
+    def norms(**kw):
+        trainer = Trainer(config(tmp_path / str(len(kw)), epochs=1, **LADDER, **kw), data=small_data(),
+                          progress=False, log=lambda m: None)
+        trainer.fit()
+        return [m.running_var.copy() for m in trainer.model.modules() if isinstance(m, mv.nn.BatchNorm1d)]
+    for running, passed in zip(norms(), norms(bn_statistics="pass")):
+        assert np.abs(running - passed).max() > 1e-3
+
+
+@pytest.mark.parametrize("stop_after", [3, 8])  # inside epoch 1, inside epoch 2
+def test_a_run_with_a_batch_norm_pass_resumes_to_the_same_bits(tmp_path, stop_after):
+    check_exact_resume(lambda name: config(tmp_path / name, bn_statistics="pass", **LADDER), small_data(),
+                       stop_after)
+
+
+def test_a_batch_norm_pass_for_a_model_without_batch_norm_is_refused(tmp_path):
+    """(It would be ignored without a word.)"""
+    with pytest.raises(DataMismatchError, match="^--bn-statistics pass: model 'vae' has no batch normalization"):
+        Trainer(config(tmp_path, bn_statistics="pass"), data=small_data(), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     """lr_schedule "step": the steps of epochs 1-2 run at lr, of epochs 3-4 at lr * lr_gamma, of
     epoch 5 at lr * lr_gamma^2 (the auxiliary models' paper anneals by 0.75 every 200 epochs)."""
@@ -736,6 +790,7 @@ def test_the_step_schedule_decays_by_lr_gamma_every_lr_step_epochs(tmp_path):
     (dict(model="m2", labelled_batch_size=0), "labelled_batch_size must be at least 1, got 0"),
     (dict(model="m2", labelled_batch_size=2.0), "labelled_batch_size must be an integer, got 2.0"),
     (dict(model="nope"), r"unknown model 'nope'; choose from \[.*\]"),
+    (dict(bn_statistics="collected"), "bn_statistics must be one of 'running', 'pass', got 'collected'"),
     (dict(model="nope", labelled_batch_size=1), r"unknown model 'nope'; choose from \[.*\]")])
 def test_the_counts_of_the_loop_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, setting, error):
     """As the command line checks them; a bad eval_k used to fail after the whole training."""
