@@ -502,6 +502,9 @@ def check_train(args):
             raise UsageError(f"--set {name}: model {config.model!r} uses it only with --set {other}={value}, "
                              f"and would leave it unused; give --set {other}={value} too, or leave {name} out")
     semi_supervised = getattr(MODELS[config.model], "semi_supervised", False)
+    if args.n_labelled is not None and not semi_supervised:
+        raise UsageError(f"--n-labelled {args.n_labelled}: model {config.model!r} is not semi-supervised and "
+                         "would leave it unused; leave --n-labelled out")
     if semi_supervised and config.n_labelled % N_CLASSES:
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
                          f"{N_CLASSES} classes; give e.g. 100")

@@ -725,6 +725,13 @@ def test_a_resume_keeps_the_warmup_of_its_run(capsys, run, option, value, change
     user_error(capsys, tiny(run, "--resume", "--epochs", "2", option, value), "cannot resume", change)
 
 
+def test_labels_for_a_model_that_takes_none_are_refused(capsys, tmp_path):
+    """(A VAE would train without them, and its config.json record them as if it had.)"""
+    user_error(capsys, ["train", "--n-labelled", "50", "--out", str(tmp_path / "r")],
+               "--n-labelled 50: model 'vae' is not semi-supervised", "leave --n-labelled out")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_batch_norm_pass_for_a_model_without_batch_norm_is_refused(capsys, tmp_path):
     """(It would be ignored without a word.)"""
     user_error(capsys, ["train", "--bn-statistics", "pass", "--out", str(tmp_path / "r")],
