@@ -799,9 +799,11 @@ class Trainer:
         variance unbiased, as PyTorch keeps it). Each layer's are then those of the whole training
         set, the layers below normalized by theirs: what the Ladder VAE authors' code collects in
         one pass before it scores. The noise of the pass is its own (``streams.BATCH_NORM_PASS``),
-        the same at every pass, so a resumed run makes the same statistics."""
-        norms = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm1d)]
-        momenta = [m.momentum for m in norms]
+        the same at every pass, so a resumed run makes the same statistics. The pass is no training
+        step: each batch normalization's momentum and count of batches (``num_batches_tracked``)
+        come back as they were."""
+        norms = [m for m in self.model.modules() if isinstance(m, nn.BatchNorm1d) and m.track_running_stats]
+        kept = [(m.momentum, m.num_batches_tracked.copy()) for m in norms]
         images, _ = self.loader.epoch_data(epoch)  # the loader's epoch buffer, used up here
         self.model.train()
         try:
@@ -810,8 +812,9 @@ class Trainer:
             with no_grad():
                 self.model.loss(tensor(images), Generator(seed=self.config.seed, stream=streams.BATCH_NORM_PASS))
         finally:
-            for m, momentum in zip(norms, momenta):
+            for m, (momentum, count) in zip(norms, kept):
                 m.momentum = momentum
+                m.num_batches_tracked[...] = count  # in place: graph mode's captured step counts into it
 
     def fit(self, resume=False, overwrite=False):
         """Train to ``config.epochs``, or until early stopping ends the run; return the run folder.

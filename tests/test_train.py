@@ -724,6 +724,18 @@ def test_the_running_statistics_are_not_those_of_a_pass(tmp_path):
         assert np.abs(running - passed).max() > 1e-3
 
 
+def test_a_batch_norm_pass_is_not_counted_as_a_training_batch(tmp_path):
+    """The pass sets the statistics and is no step: after 2 epochs of 6 steps each batch
+    normalization has tracked 12 batches, as in a run without the pass, and its checkpoint says
+    so (the pass at the end of each epoch made it 14)."""
+    trainer = Trainer(config(tmp_path, epochs=2, bn_statistics="pass", **LADDER), data=small_data(),
+                      progress=False, log=lambda m: None)
+    trainer.fit()
+    arrays, _ = checkpoint.load(trainer.run_dir / CHECKPOINT)
+    counts = {name: int(a) for name, a in arrays.items() if name.endswith("num_batches_tracked")}
+    assert counts and set(counts.values()) == {2 * len(trainer.loader)} == {12}
+
+
 @pytest.mark.parametrize("stop_after", [3, 8])  # inside epoch 1, inside epoch 2
 def test_a_run_with_a_batch_norm_pass_resumes_to_the_same_bits(tmp_path, stop_after):
     check_exact_resume(lambda name: config(tmp_path / name, bn_statistics="pass", **LADDER), small_data(),
