@@ -462,12 +462,13 @@ def test_stream_numbers_are_named_once_and_distinct():
     from minivae import streams
 
     philox = [streams.TRAIN_NOISE, streams.SAMPLE_IMAGES, streams.EVAL_LOG_LIKELIHOOD, streams.EVAL_ELBO,
-              streams.EVAL_TIME_ESTIMATE, streams.TRAIN_ORDER, streams.TRAIN_BITS]
+              streams.EVAL_TIME_ESTIMATE, streams.TRAIN_ORDER, streams.TRAIN_BITS, streams.BATCH_NORM_PASS]
     data = [streams.DATA_BINARIZE, streams.DATA_LABELLED, streams.LABELLED_LOADER]
     assert len(set(philox)) == len(philox) and len(set(data)) == len(data)
     names = [n for n in vars(streams) if n.isupper()]
     assert sorted(names) == sorted(["TRAIN_NOISE", "SAMPLE_IMAGES", "EVAL_LOG_LIKELIHOOD", "EVAL_ELBO",
-                                    "EVAL_TIME_ESTIMATE", "TRAIN_ORDER", "TRAIN_BITS", "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])
+                                    "EVAL_TIME_ESTIMATE", "TRAIN_ORDER", "TRAIN_BITS", "BATCH_NORM_PASS",
+                                    "DATA_BINARIZE", "DATA_LABELLED", "LABELLED_LOADER"])
 
 
 def test_stream_numbers_are_those_the_recorded_runs_were_made_with():
@@ -478,7 +479,8 @@ def test_stream_numbers_are_those_the_recorded_runs_were_made_with():
 
     assert {name: getattr(streams, name) for name in vars(streams) if name.isupper()} == {
         "TRAIN_NOISE": 0, "SAMPLE_IMAGES": 3, "EVAL_LOG_LIKELIHOOD": 7, "EVAL_ELBO": 8, "EVAL_TIME_ESTIMATE": 9,
-        "TRAIN_ORDER": 10, "TRAIN_BITS": 11, "DATA_BINARIZE": 2, "DATA_LABELLED": 3, "LABELLED_LOADER": 4}
+        "TRAIN_ORDER": 10, "TRAIN_BITS": 11, "BATCH_NORM_PASS": 12, "DATA_BINARIZE": 2, "DATA_LABELLED": 3,
+        "LABELLED_LOADER": 4}
 
 
 @pytest.mark.parametrize("start", [0, 3, 262141])
