@@ -502,9 +502,10 @@ def check_train(args):
             raise UsageError(f"--set {name}: model {config.model!r} uses it only with --set {other}={value}, "
                              f"and would leave it unused; give --set {other}={value} too, or leave {name} out")
     semi_supervised = getattr(MODELS[config.model], "semi_supervised", False)
-    if args.n_labelled is not None and not semi_supervised:
-        raise UsageError(f"--n-labelled {args.n_labelled}: model {config.model!r} is not semi-supervised and "
-                         "would leave it unused; leave --n-labelled out")
+    for option, value in (("--n-labelled", args.n_labelled), ("--labelled-batch-size", args.labelled_batch_size)):
+        if value is not None and not semi_supervised:
+            raise UsageError(f"{option} {value}: model {config.model!r} is not semi-supervised and would leave "
+                             f"it unused; leave {option} out")
     if semi_supervised and config.n_labelled % N_CLASSES:
         raise UsageError(f"argument --n-labelled: {config.n_labelled} is not a multiple of the "
                          f"{N_CLASSES} classes; give e.g. 100")
@@ -514,9 +515,6 @@ def check_train(args):
                          f"the digits can hold (the training images hold {fewest} of digit "
                          f"{TRAIN_CLASS_COUNTS.index(fewest)}); give at most {N_CLASSES * fewest}")
     size = config.labelled_batch_size
-    if size is not None and not semi_supervised:
-        raise UsageError(f"--labelled-batch-size {size}: model {config.model!r} is not semi-supervised and "
-                         "would leave it unused; leave --labelled-batch-size out")
     if size is not None and size > config.n_labelled:
         raise UsageError(f"argument --labelled-batch-size: {size} is more than the {config.n_labelled} "
                          f"labelled images (--n-labelled); give at most {config.n_labelled}")
