@@ -56,14 +56,20 @@ from .gpu import dispatch
 #: Steps between two flushes of subnormal optimizer state, on every device (0: never).
 FLUSH_EVERY = 10
 
-_BETA = (lambda v: 0 <= v < 1, "in [0, 1), as each of betas")
+
+def _below_one(v):
+    """Whether ``v`` is a decay rate in [0, 1) (1 would never forget; NaN fails the test)."""
+    return 0 <= v < 1
+
+
+_BETA = (_below_one, "in [0, 1), as each of betas")
 #: Hyperparameter name -> (test, what the value must be): checked at construction
 #: (``check_ranges``) and by ``load_state_dict`` (``out_of_range``). A NaN learning rate would
 #: turn every parameter into NaN at the first step.
 _RANGES = {"lr": NON_NEGATIVE, "momentum": NON_NEGATIVE, "dampening": FINITE,
            "weight_decay": NON_NEGATIVE, "eps": NON_NEGATIVE, "beta1": _BETA, "beta2": _BETA,
            "min_lr": NON_NEGATIVE, "gamma": NON_NEGATIVE, "decay": NON_NEGATIVE,
-           "alpha": (lambda v: 0 <= v < 1, "in [0, 1)"),
+           "alpha": (_below_one, "in [0, 1)"),
            # inf is no clipping (the norm measured alone); a negative bound would flip the gradients
            "max_norm": (lambda v: v >= 0, ">= 0"), "clip_value": NON_NEGATIVE}
 
