@@ -91,7 +91,7 @@ class FlowVAE(VAE):
         if self.flows.n_flows == 0:  # a sampled KL would only add variance to the same bound
             return super().elbo(x, noise, samples)
         rec, entropy, log_prior, log_det = self._bound_terms(x, noise, samples)
-        return rec, -entropy - (log_det + log_prior).mean(axis=0)
+        return rec, _kl(entropy, log_prior, log_det)
 
     def _bound_terms(self, x, noise, samples=None):
         """The terms of the bound from ``samples`` draws (the model's ``mc_samples`` by default):
@@ -113,4 +113,10 @@ class FlowVAE(VAE):
         beta = kl_weight_of(self, beta)
         rec, entropy, log_prior, log_det = self._bound_terms(x, noise)
         loss = (-(beta * (rec + log_prior.mean(axis=0))) - (entropy + log_det.mean(axis=0))).mean()
-        return loss, elbo_statistics(loss, rec, -entropy - (log_det + log_prior).mean(axis=0))
+        return loss, elbo_statistics(loss, rec, _kl(entropy, log_prior, log_det))
+
+
+def _kl(entropy, log_prior, log_det):
+    """KL(q_K || p) per example from the bound's terms (``FlowVAE._bound_terms``):
+    -H[q_0] - E[sum_k log |det J_k| + log p(z_K)]."""
+    return -entropy - (log_det + log_prior).mean(axis=0)
